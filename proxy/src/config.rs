@@ -1,0 +1,1 @@
+//! Configuration: `proxy.toml` → [`Config`]. (skeleton, being written)

@@ -1,0 +1,1 @@
+//! Sans-I/O HTTP/1.1 codec. (skeleton, being written)

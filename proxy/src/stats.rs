@@ -1,0 +1,1 @@
+//! Per-shard statistics. (skeleton, being written)
