@@ -1,1 +1,5 @@
-//! Configuration: `proxy.toml` → [`Config`]. (skeleton, being written)
+//! Configuration: `proxy.toml` → [`Config`]. (skeleton: being written)
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {}

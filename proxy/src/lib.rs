@@ -17,4 +17,5 @@
 
 pub mod config;
 pub mod http1;
+pub mod shard;
 pub mod stats;
