@@ -1,5 +1,0 @@
-//! Configuration: `proxy.toml` → [`Config`]. (skeleton: being written)
-
-/// The validated configuration.
-#[derive(Debug, Clone)]
-pub struct Config {}

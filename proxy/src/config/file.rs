@@ -1,0 +1,119 @@
+//! `proxy.toml` exactly as written. Every key is optional at this level (even the
+//! required ones) so that validation, not serde, reports a missing key, by name.
+//! Addresses, durations and numbers stay as written (strings, `i64`) so that an
+//! error can quote the value the operator typed. See [`REFERENCE`](super::REFERENCE)
+//! for what each key means.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileConfig {
+    /// `[proxy]`: identity, cores, admin endpoint. Required.
+    pub proxy: Option<ProxyFile>,
+    /// `[inbound]`: traffic from peer proxies to the local app.
+    pub inbound: Option<InboundFile>,
+    /// `[outbound]`: traffic from the local app to other services.
+    pub outbound: Option<OutboundFile>,
+    /// `[[services]]`: the services the local app may call, in file order.
+    #[serde(default)]
+    pub services: Vec<ServiceFile>,
+    /// `[timeouts]`.
+    pub timeouts: Option<TimeoutsFile>,
+    /// `[limits]`.
+    pub limits: Option<LimitsFile>,
+    /// `[upstream]`.
+    pub upstream: Option<UpstreamFile>,
+}
+
+/// `[proxy]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProxyFile {
+    /// Name of the service this proxy fronts. Required.
+    pub service: Option<String>,
+    /// Number of shards (executor threads).
+    pub cores: Option<i64>,
+    /// CPUs to pin the shards to, one per shard.
+    pub cpus: Option<Vec<i64>>,
+    /// Admin endpoint address.
+    pub admin: Option<String>,
+    /// Labels reported with this proxy's stats.
+    pub labels: Option<BTreeMap<String, String>>,
+    /// How long a shutdown waits for in-flight requests.
+    pub drain_timeout: Option<String>,
+    /// File to append access log lines to.
+    pub access_log: Option<String>,
+}
+
+/// `[inbound]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct InboundFile {
+    /// Address peer proxies connect to.
+    pub listen: Option<String>,
+    /// Address of the local app. Required.
+    pub app: Option<String>,
+}
+
+/// `[outbound]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OutboundFile {
+    /// Address the local app sends its requests to.
+    pub listen: Option<String>,
+    /// Forward requests for unknown services to the address they name.
+    pub passthrough: Option<bool>,
+}
+
+/// One `[[services]]` entry.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ServiceFile {
+    /// Service name, matched against the request's authority. Required.
+    pub name: Option<String>,
+    /// Addresses of the service's instances.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+}
+
+/// `[timeouts]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TimeoutsFile {
+    /// Upstream TCP connect.
+    pub connect: Option<String>,
+    /// First byte of a request until its head is complete.
+    pub head_read: Option<String>,
+    /// Idle client connection between requests.
+    pub keepalive_idle: Option<String>,
+    /// Request head sent upstream until the response head arrives.
+    pub request: Option<String>,
+    /// No byte moving either way during a body transfer or tunnel.
+    pub idle: Option<String>,
+}
+
+/// `[limits]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LimitsFile {
+    /// Largest request or response head, in bytes.
+    pub max_head_bytes: Option<i64>,
+    /// Longest request line, in bytes.
+    pub max_request_line: Option<i64>,
+    /// Most header fields in one head.
+    pub max_headers: Option<i64>,
+}
+
+/// `[upstream]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpstreamFile {
+    /// How long an idle pooled upstream connection is kept.
+    pub pool_idle_timeout: Option<String>,
+    /// Most idle pooled connections per endpoint, per shard.
+    pub max_idle_per_endpoint: Option<i64>,
+}

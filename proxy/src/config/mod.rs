@@ -1,0 +1,256 @@
+//! Configuration: `proxy.toml` → [`Config`].
+//!
+//! The file is read once per start or reload and goes through three steps:
+//!
+//! ```text
+//! text ──toml + serde──▶ FileConfig (file.rs: as written, unknown keys rejected)
+//!      ──resolve.rs────▶ Config     (validated, defaults filled in, typed)
+//!      ──reload.rs─────▶ check_reload(old, new): may a running proxy apply it?
+//! ```
+//!
+//! Every error is one line naming the file, the key and the reason
+//! ([`ConfigError`]); the code past this module never sees a string address or
+//! duration. [`REFERENCE`] documents every key for `--help` and the README.
+
+mod affinity;
+mod duration;
+mod error;
+mod file;
+mod reference;
+mod reload;
+mod resolve;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::json;
+
+pub use error::{ConfigError, ConfigErrorKind};
+pub use reference::REFERENCE;
+
+/// The validated configuration of one proxy process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file this configuration came from, for messages.
+    pub source: PathBuf,
+    /// `[proxy]`: identity, shards, admin endpoint.
+    pub proxy: ProxyConfig,
+    /// `[inbound]`: peer proxies → local app. `None` when the section is absent.
+    pub inbound: Option<InboundConfig>,
+    /// `[outbound]`: local app → other services. `None` when the section is absent.
+    pub outbound: Option<OutboundConfig>,
+    /// `[[services]]`, in file order; names are unique.
+    pub services: Vec<ServiceConfig>,
+    /// `[timeouts]`.
+    pub timeouts: Timeouts,
+    /// `[limits]`.
+    pub limits: Limits,
+    /// `[upstream]`.
+    pub upstream: UpstreamConfig,
+}
+
+/// `[proxy]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// Name of the service this proxy fronts (DNS-label-like, at most 63 characters).
+    pub service: String,
+    /// Number of shards, one executor thread each; 1..=256. Equals `cpus.len()`
+    /// when `cpus` is given.
+    pub cores: usize,
+    /// CPUs to pin shard `i` to (`cpus[i]`), distinct and within this process's
+    /// allowed CPU set at load time. `None`: shards are not pinned.
+    pub cpus: Option<Vec<usize>>,
+    /// Admin HTTP endpoint (`/metrics`, `/config`, ...).
+    pub admin: SocketAddr,
+    /// Labels attached to this proxy's stats; keys and values are non-empty.
+    pub labels: BTreeMap<String, String>,
+    /// On shutdown, how long to wait for in-flight requests before closing.
+    pub drain_timeout: Duration,
+    /// Where to append access log lines; `None`: no access log.
+    pub access_log: Option<PathBuf>,
+}
+
+/// `[inbound]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundConfig {
+    /// Address peer proxies connect to.
+    pub listen: SocketAddr,
+    /// Address of the local app that inbound requests are forwarded to.
+    pub app: SocketAddr,
+}
+
+/// `[outbound]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundConfig {
+    /// Address the local app sends its outgoing requests to.
+    pub listen: SocketAddr,
+    /// Forward requests whose authority names no known service straight to the
+    /// address it names, instead of answering 503.
+    pub passthrough: bool,
+}
+
+/// One `[[services]]` entry: a service the local app may call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// Service name, matched against the request's authority (without port).
+    pub name: String,
+    /// Addresses of the service's instances; may be empty (requests get 503).
+    pub endpoints: Vec<SocketAddr>,
+}
+
+/// `[timeouts]`. Every value is > 0 and ≤ 24h.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Upstream TCP connect.
+    pub connect: Duration,
+    /// From the first byte of a request until its head is complete (slowloris).
+    pub head_read: Duration,
+    /// An idle client connection between requests.
+    pub keepalive_idle: Duration,
+    /// From the request head being sent upstream until the response head arrives.
+    pub request: Duration,
+    /// No byte moving in either direction during a body transfer or tunnel.
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(1),
+            head_read: Duration::from_secs(10),
+            keepalive_idle: Duration::from_secs(60),
+            request: Duration::from_secs(15),
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `[limits]`: bounds on what a peer may send, enforced by the HTTP/1 codec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request or response head in bytes (1024..=1048576); a larger
+    /// head is refused.
+    pub max_head_bytes: usize,
+    /// Longest request line in bytes (256..=max_head_bytes); a longer one is refused.
+    pub max_request_line: usize,
+    /// Most header fields in one head (1..=512); more are refused.
+    pub max_headers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_head_bytes: 65_536,
+            max_request_line: 8_192,
+            max_headers: 100,
+        }
+    }
+}
+
+/// `[upstream]`: connection pooling towards endpoints and the local app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    /// How long an idle pooled upstream connection is kept (> 0, ≤ 24h).
+    pub pool_idle_timeout: Duration,
+    /// Most idle pooled connections per endpoint, on each shard; 0 disables pooling.
+    pub max_idle_per_endpoint: usize,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            pool_idle_timeout: Duration::from_secs(30),
+            max_idle_per_endpoint: 64,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and parses `path`. A read failure names the file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::io(path, &e))?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates `text`; `path` is only used in messages and kept as
+    /// [`Config::source`]. `cpus` is checked against this process's current CPU
+    /// affinity.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        Self::parse_with_cpus(path, text, affinity::allowed_cpus)
+    }
+
+    /// [`Config::parse`] with the allowed CPU set supplied (tests use a fixed one).
+    fn parse_with_cpus(
+        path: &Path,
+        text: &str,
+        allowed_cpus: impl FnOnce() -> std::io::Result<Vec<usize>>,
+    ) -> Result<Config, ConfigError> {
+        let file: file::FileConfig =
+            toml::from_str(text).map_err(|e| ConfigError::toml(path, text, &e))?;
+        resolve::resolve(path, file, allowed_cpus)
+    }
+
+    /// Checks that `new` only changes keys that can be applied without a
+    /// restart; otherwise an error naming the key, e.g.
+    /// `proxy.toml: [proxy] cores: changed from 1 to 2; this key needs a restart`.
+    pub fn check_reload(&self, new: &Config) -> Result<(), ConfigError> {
+        reload::check(self, new)
+    }
+
+    /// The effective configuration (defaults filled in) as JSON for the admin
+    /// `/config` endpoint; durations as strings like `"10s"`/`"500ms"`, absent
+    /// optional values and sections as `null`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let d = |d: Duration| duration::format(d);
+        let p = &self.proxy;
+        json!({
+            "source": self.source.display().to_string(),
+            "proxy": {
+                "service": p.service,
+                "cores": p.cores,
+                "cpus": p.cpus,
+                "admin": p.admin.to_string(),
+                "labels": p.labels,
+                "drain_timeout": d(p.drain_timeout),
+                "access_log": p.access_log.as_ref().map(|p| p.display().to_string()),
+            },
+            "inbound": self.inbound.as_ref().map(|i| json!({
+                "listen": i.listen.to_string(),
+                "app": i.app.to_string(),
+            })),
+            "outbound": self.outbound.as_ref().map(|o| json!({
+                "listen": o.listen.to_string(),
+                "passthrough": o.passthrough,
+            })),
+            "services": self.services.iter().map(|s| json!({
+                "name": s.name,
+                "endpoints": s.endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "timeouts": {
+                "connect": d(self.timeouts.connect),
+                "head_read": d(self.timeouts.head_read),
+                "keepalive_idle": d(self.timeouts.keepalive_idle),
+                "request": d(self.timeouts.request),
+                "idle": d(self.timeouts.idle),
+            },
+            "limits": {
+                "max_head_bytes": self.limits.max_head_bytes,
+                "max_request_line": self.limits.max_request_line,
+                "max_headers": self.limits.max_headers,
+            },
+            "upstream": {
+                "pool_idle_timeout": d(self.upstream.pool_idle_timeout),
+                "max_idle_per_endpoint": self.upstream.max_idle_per_endpoint,
+            },
+        })
+    }
+
+    /// The `[[services]]` entry called `name`, if any.
+    pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}

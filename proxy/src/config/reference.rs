@@ -1,0 +1,85 @@
+//! [`REFERENCE`]: the operator's documentation of `proxy.toml`.
+
+/// Human reference of every key of `proxy.toml` (section, key, type, default,
+/// meaning), printed by `--help` and copied into the README. A test checks that
+/// every key the parser accepts appears here.
+pub const REFERENCE: &str = r#"proxy.toml reference
+
+Types: addr = "IP:port" ("127.0.0.1:9000", "[::1]:9000"; host names are not
+resolved). duration = a whole number and a unit: ms, s, m or h ("250ms", "10s",
+"2m"). name = lowercase letters, digits, '-' and '.', starting and ending with a
+letter or digit, at most 63 characters. Unknown keys are errors.
+"reload" says whether a change is applied on SIGHUP or needs a restart.
+
+[proxy]  (required)
+  service        name             required      Service this proxy fronts.  restart
+  cores          integer          1             Shards (executor threads), 1..=256;
+                                                defaults to the length of cpus when
+                                                cpus is given.  restart
+  cpus           [integer]        unpinned      CPUs to pin the shards to, one per
+                                                shard, distinct, within the process's
+                                                allowed CPU set (taskset, cpuset).
+                                                restart
+  admin          addr             127.0.0.1:9901  Admin HTTP endpoint (/metrics,
+                                                /config).  restart
+  labels         {string=string}  {}            Labels attached to this proxy's
+                                                stats; keys and values non-empty.
+                                                reload
+  drain_timeout  duration         10s           On shutdown, how long in-flight
+                                                requests may take (0s..=24h).  reload
+  access_log     path             none          File to append access log lines to,
+                                                relative to the working directory.
+                                                restart
+
+[inbound]  (optional; at least one of [inbound] and [outbound])
+  listen         addr             127.0.0.1:4143  Where peer proxies connect.
+                                                Adding or removing the section, or
+                                                changing listen: restart
+  app            addr             required      The local app that inbound requests
+                                                are forwarded to.  reload
+
+[outbound]  (optional; at least one of [inbound] and [outbound])
+  listen         addr             127.0.0.1:4140  Where the local app sends its
+                                                requests. Adding or removing the
+                                                section, or changing listen: restart
+  passthrough    bool             false         Forward requests for services not
+                                                listed in [[services]] to the
+                                                address they name, instead of
+                                                answering 503.  reload
+
+The listen addresses and admin must not collide (same port on the same or a
+wildcard IP), except port 0, which lets the OS pick a free port.
+
+[[services]]  (zero or more, in order; reload)
+  name           name             required      Service name, matched against the
+                                                request's authority; unique.
+  endpoints      [addr]           []            Instances of the service, distinct;
+                                                with none, requests get 503.
+
+[timeouts]  (optional; each > 0 and <= 24h; reload)
+  connect        duration         1s            Upstream TCP connect.
+  head_read      duration         10s           From the first byte of a request until
+                                                its head is complete (slowloris).
+  keepalive_idle duration         60s           Idle client connection between
+                                                requests.
+  request        duration         15s           From the request head being sent
+                                                upstream until the response head
+                                                arrives.
+  idle           duration         60s           No byte moving in either direction
+                                                during a body transfer or tunnel.
+
+[limits]  (optional; reload)
+  max_head_bytes   integer        65536         Largest request or response head, in
+                                                bytes, 1024..=1048576.
+  max_request_line integer        8192          Longest request line, in bytes,
+                                                256..=max_head_bytes.
+  max_headers      integer        100           Most header fields in one head,
+                                                1..=512.
+
+[upstream]  (optional; reload)
+  pool_idle_timeout     duration  30s           How long an idle pooled upstream
+                                                connection is kept (> 0, <= 24h).
+  max_idle_per_endpoint integer   64            Most idle pooled connections per
+                                                endpoint on each shard; 0 disables
+                                                pooling.
+"#;

@@ -1,0 +1,109 @@
+//! Which keys a running proxy can apply on SIGHUP. Listening sockets, the shard
+//! threads and their pinning, the admin endpoint, the identity and the access log
+//! file are set up once at start; everything that is read per request or per
+//! connection (services, endpoints, timeouts, limits, pooling, labels) may change.
+
+use super::{Config, ConfigError};
+
+pub(crate) fn check(old: &Config, new: &Config) -> Result<(), ConfigError> {
+    let changed = |place: &str, key: &str, from: String, to: String| {
+        ConfigError::needs_restart(
+            &new.source,
+            place,
+            key,
+            format!("changed from {from} to {to}; this key needs a restart"),
+        )
+    };
+    let (a, b) = (&old.proxy, &new.proxy);
+    if a.service != b.service {
+        return Err(changed(
+            "[proxy]",
+            "service",
+            quoted(&a.service),
+            quoted(&b.service),
+        ));
+    }
+    if a.cores != b.cores {
+        return Err(changed(
+            "[proxy]",
+            "cores",
+            a.cores.to_string(),
+            b.cores.to_string(),
+        ));
+    }
+    if a.cpus != b.cpus {
+        return Err(changed("[proxy]", "cpus", cpus(&a.cpus), cpus(&b.cpus)));
+    }
+    if a.admin != b.admin {
+        return Err(changed(
+            "[proxy]",
+            "admin",
+            quoted(a.admin),
+            quoted(b.admin),
+        ));
+    }
+    if a.access_log != b.access_log {
+        let show = |p: &Option<std::path::PathBuf>| {
+            p.as_ref()
+                .map_or("none".to_owned(), |p| quoted(p.display()))
+        };
+        return Err(changed(
+            "[proxy]",
+            "access_log",
+            show(&a.access_log),
+            show(&b.access_log),
+        ));
+    }
+    section(new, "[inbound]", &old.inbound, &new.inbound)?;
+    if let (Some(a), Some(b)) = (&old.inbound, &new.inbound) {
+        if a.listen != b.listen {
+            return Err(changed(
+                "[inbound]",
+                "listen",
+                quoted(a.listen),
+                quoted(b.listen),
+            ));
+        }
+    }
+    section(new, "[outbound]", &old.outbound, &new.outbound)?;
+    if let (Some(a), Some(b)) = (&old.outbound, &new.outbound) {
+        if a.listen != b.listen {
+            return Err(changed(
+                "[outbound]",
+                "listen",
+                quoted(a.listen),
+                quoted(b.listen),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A listener section may not appear or disappear: its socket is bound at start.
+fn section<T>(
+    new: &Config,
+    place: &str,
+    old: &Option<T>,
+    now: &Option<T>,
+) -> Result<(), ConfigError> {
+    let what = match (old, now) {
+        (None, Some(_)) => "section was added",
+        (Some(_), None) => "section was removed",
+        _ => return Ok(()),
+    };
+    Err(ConfigError::needs_restart(
+        &new.source,
+        place,
+        "",
+        format!("{what}; this needs a restart"),
+    ))
+}
+
+fn quoted(v: impl std::fmt::Display) -> String {
+    format!("\"{v}\"")
+}
+
+fn cpus(cpus: &Option<Vec<usize>>) -> String {
+    cpus.as_ref()
+        .map_or("none".to_owned(), |c| format!("{c:?}"))
+}

@@ -1,0 +1,436 @@
+//! [`FileConfig`] → [`Config`]: defaults, types, and every check that needs more
+//! than one key. Each check names its section and key through [`At`].
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::affinity::format_cpu_list;
+use super::file::{
+    FileConfig, InboundFile, LimitsFile, OutboundFile, ProxyFile, ServiceFile, TimeoutsFile,
+    UpstreamFile,
+};
+use super::{
+    duration, Config, ConfigError, InboundConfig, Limits, OutboundConfig, ProxyConfig,
+    ServiceConfig, Timeouts, UpstreamConfig,
+};
+
+type Result<T> = std::result::Result<T, ConfigError>;
+
+/// Shards are threads on one host; more than this is a typo, not a machine.
+const CORES: RangeInclusive<usize> = 1..=256;
+const MAX_HEAD_BYTES: RangeInclusive<usize> = 1024..=1_048_576;
+const MIN_REQUEST_LINE: usize = 256;
+const MAX_HEADERS: RangeInclusive<usize> = 1..=512;
+/// Upper bound for every timeout: anything longer is a unit mistake.
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Longest service name: one DNS label.
+const MAX_NAME_LEN: usize = 63;
+
+const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
+const DEFAULT_INBOUND_LISTEN: &str = "127.0.0.1:4143";
+const DEFAULT_OUTBOUND_LISTEN: &str = "127.0.0.1:4140";
+const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Validates `file` and fills in defaults. `allowed_cpus` is only called when
+/// `[proxy] cpus` is given (tests pass a fixed set).
+pub(crate) fn resolve(
+    path: &Path,
+    file: FileConfig,
+    allowed_cpus: impl FnOnce() -> io::Result<Vec<usize>>,
+) -> Result<Config> {
+    let proxy = file
+        .proxy
+        .ok_or_else(|| At::new(path, "[proxy]").err("", "this section is required"))?;
+    let proxy = resolve_proxy(At::new(path, "[proxy]"), proxy, allowed_cpus)?;
+    let inbound = file
+        .inbound
+        .map(|f| resolve_inbound(At::new(path, "[inbound]"), f))
+        .transpose()?;
+    let outbound = file
+        .outbound
+        .map(|f| resolve_outbound(At::new(path, "[outbound]"), f))
+        .transpose()?;
+    if inbound.is_none() && outbound.is_none() {
+        return Err(
+            At::new(path, "").err("", "at least one of [inbound] and [outbound] is required")
+        );
+    }
+    check_listeners_distinct(path, &proxy, inbound.as_ref(), outbound.as_ref())?;
+    let services = resolve_services(path, file.services)?;
+    let timeouts = resolve_timeouts(
+        At::new(path, "[timeouts]"),
+        file.timeouts.unwrap_or_default(),
+    )?;
+    let limits = resolve_limits(At::new(path, "[limits]"), file.limits.unwrap_or_default())?;
+    let upstream = resolve_upstream(
+        At::new(path, "[upstream]"),
+        file.upstream.unwrap_or_default(),
+    )?;
+    Ok(Config {
+        source: path.to_owned(),
+        proxy,
+        inbound,
+        outbound,
+        services,
+        timeouts,
+        limits,
+        upstream,
+    })
+}
+
+fn resolve_proxy(
+    at: At<'_>,
+    f: ProxyFile,
+    allowed_cpus: impl FnOnce() -> io::Result<Vec<usize>>,
+) -> Result<ProxyConfig> {
+    let service = at.name("service", at.required("service", f.service)?)?;
+    let cores = f.cores.map(|n| at.int_in("cores", n, CORES)).transpose()?;
+    let cpus = f
+        .cpus
+        .map(|list| resolve_cpus(&at, &list, allowed_cpus))
+        .transpose()?;
+    let cores = match (cores, &cpus) {
+        (Some(n), Some(cpus)) if n != cpus.len() => {
+            return Err(at.err(
+                "cores",
+                format!("{n} does not match cpus, which lists {} CPUs", cpus.len()),
+            ));
+        }
+        (Some(n), _) => n,
+        (None, Some(cpus)) if !CORES.contains(&cpus.len()) => {
+            return Err(at.err(
+                "cpus",
+                format!(
+                    "lists {} CPUs; at most {} shards are supported",
+                    cpus.len(),
+                    CORES.end()
+                ),
+            ));
+        }
+        (None, Some(cpus)) => cpus.len(),
+        (None, None) => 1,
+    };
+    let admin = at.socket_addr("admin", f.admin.as_deref().unwrap_or(DEFAULT_ADMIN))?;
+    let labels = f.labels.unwrap_or_default();
+    check_labels(&at, &labels)?;
+    let drain_timeout = at.duration(
+        "drain_timeout",
+        f.drain_timeout.as_deref(),
+        DEFAULT_DRAIN_TIMEOUT,
+        false,
+    )?;
+    let access_log = match f.access_log {
+        Some(p) if p.is_empty() => {
+            return Err(at.err(
+                "access_log",
+                "is empty; remove the key to disable the access log",
+            ))
+        }
+        p => p.map(PathBuf::from),
+    };
+    Ok(ProxyConfig {
+        service,
+        cores,
+        cpus,
+        admin,
+        labels,
+        drain_timeout,
+        access_log,
+    })
+}
+
+fn resolve_cpus(
+    at: &At<'_>,
+    list: &[i64],
+    allowed_cpus: impl FnOnce() -> io::Result<Vec<usize>>,
+) -> Result<Vec<usize>> {
+    if list.is_empty() {
+        return Err(at.err("cpus", "is empty; remove the key to leave shards unpinned"));
+    }
+    let mut cpus = Vec::with_capacity(list.len());
+    for &n in list {
+        let cpu =
+            usize::try_from(n).map_err(|_| at.err("cpus", format!("{n} is not a CPU number")))?;
+        if cpus.contains(&cpu) {
+            return Err(at.err("cpus", format!("CPU {cpu} is listed twice")));
+        }
+        cpus.push(cpu);
+    }
+    let allowed = allowed_cpus().map_err(|e| {
+        at.err(
+            "cpus",
+            format!("cannot read this process's allowed CPU set: {e}"),
+        )
+    })?;
+    if let Some(cpu) = cpus.iter().find(|cpu| !allowed.contains(cpu)) {
+        return Err(at.err(
+            "cpus",
+            format!(
+                "CPU {cpu} is not in this process's allowed CPU set ({})",
+                format_cpu_list(&allowed)
+            ),
+        ));
+    }
+    Ok(cpus)
+}
+
+fn check_labels(at: &At<'_>, labels: &BTreeMap<String, String>) -> Result<()> {
+    for (key, value) in labels {
+        if key.is_empty() {
+            return Err(at.err("labels", "a label key is empty"));
+        }
+        if value.is_empty() {
+            return Err(at.err(&format!("labels.{key}"), "is empty"));
+        }
+    }
+    Ok(())
+}
+
+fn resolve_inbound(at: At<'_>, f: InboundFile) -> Result<InboundConfig> {
+    let listen = at.socket_addr(
+        "listen",
+        f.listen.as_deref().unwrap_or(DEFAULT_INBOUND_LISTEN),
+    )?;
+    let app = at.connect_addr("app", &at.required("app", f.app)?)?;
+    if app == listen {
+        // Forwarding to ourselves would loop until the connection limit.
+        return Err(at.err(
+            "app",
+            format!("\"{app}\" is the inbound listen address itself"),
+        ));
+    }
+    Ok(InboundConfig { listen, app })
+}
+
+fn resolve_outbound(at: At<'_>, f: OutboundFile) -> Result<OutboundConfig> {
+    let listen = at.socket_addr(
+        "listen",
+        f.listen.as_deref().unwrap_or(DEFAULT_OUTBOUND_LISTEN),
+    )?;
+    Ok(OutboundConfig {
+        listen,
+        passthrough: f.passthrough.unwrap_or(false),
+    })
+}
+
+/// Two listeners on one port collide when their IPs are equal or either is the
+/// wildcard (Linux refuses the second bind). Port 0 asks the OS for a free port,
+/// so it never collides.
+fn check_listeners_distinct(
+    path: &Path,
+    proxy: &ProxyConfig,
+    inbound: Option<&InboundConfig>,
+    outbound: Option<&OutboundConfig>,
+) -> Result<()> {
+    let listeners: Vec<(&str, SocketAddr)> = [
+        Some(("[proxy] admin", proxy.admin)),
+        inbound.map(|i| ("[inbound] listen", i.listen)),
+        outbound.map(|o| ("[outbound] listen", o.listen)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    for (i, &(first, a)) in listeners.iter().enumerate() {
+        for &(second, b) in &listeners[i + 1..] {
+            let overlap = a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified();
+            if a.port() != 0 && a.port() == b.port() && overlap {
+                let (place, key) = second.split_once(' ').unwrap_or((second, ""));
+                return Err(
+                    At::new(path, place).err(key, format!("\"{b}\" collides with {first} \"{a}\""))
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn resolve_services(path: &Path, files: Vec<ServiceFile>) -> Result<Vec<ServiceConfig>> {
+    let mut services: Vec<ServiceConfig> = Vec::with_capacity(files.len());
+    for (i, f) in files.into_iter().enumerate() {
+        let at = At::new(path, &format!("[[services]] #{}", i + 1));
+        let name = at.name("name", at.required("name", f.name)?)?;
+        if services.iter().any(|s| s.name == name) {
+            return Err(at.err("name", format!("\"{name}\" is defined twice")));
+        }
+        let mut endpoints = Vec::with_capacity(f.endpoints.len());
+        for text in &f.endpoints {
+            let addr = at.connect_addr("endpoints", text)?;
+            if endpoints.contains(&addr) {
+                return Err(at.err("endpoints", format!("\"{text}\" is listed twice")));
+            }
+            endpoints.push(addr);
+        }
+        services.push(ServiceConfig { name, endpoints });
+    }
+    Ok(services)
+}
+
+fn resolve_timeouts(at: At<'_>, f: TimeoutsFile) -> Result<Timeouts> {
+    let d = Timeouts::default();
+    Ok(Timeouts {
+        connect: at.duration("connect", f.connect.as_deref(), d.connect, true)?,
+        head_read: at.duration("head_read", f.head_read.as_deref(), d.head_read, true)?,
+        keepalive_idle: at.duration(
+            "keepalive_idle",
+            f.keepalive_idle.as_deref(),
+            d.keepalive_idle,
+            true,
+        )?,
+        request: at.duration("request", f.request.as_deref(), d.request, true)?,
+        idle: at.duration("idle", f.idle.as_deref(), d.idle, true)?,
+    })
+}
+
+fn resolve_limits(at: At<'_>, f: LimitsFile) -> Result<Limits> {
+    let d = Limits::default();
+    let max_head_bytes = f.max_head_bytes.map_or(Ok(d.max_head_bytes), |n| {
+        at.int_in("max_head_bytes", n, MAX_HEAD_BYTES)
+    })?;
+    let max_request_line = match f.max_request_line {
+        Some(n) => at.int_in("max_request_line", n, MIN_REQUEST_LINE..=max_head_bytes)?,
+        None if d.max_request_line > max_head_bytes => {
+            // Only reachable with a small max_head_bytes: say which key to change.
+            return Err(at.err(
+                "max_request_line",
+                format!(
+                    "default {} exceeds max_head_bytes {max_head_bytes}; set it to at most that",
+                    d.max_request_line
+                ),
+            ));
+        }
+        None => d.max_request_line,
+    };
+    let max_headers = f.max_headers.map_or(Ok(d.max_headers), |n| {
+        at.int_in("max_headers", n, MAX_HEADERS)
+    })?;
+    Ok(Limits {
+        max_head_bytes,
+        max_request_line,
+        max_headers,
+    })
+}
+
+fn resolve_upstream(at: At<'_>, f: UpstreamFile) -> Result<UpstreamConfig> {
+    let d = UpstreamConfig::default();
+    Ok(UpstreamConfig {
+        pool_idle_timeout: at.duration(
+            "pool_idle_timeout",
+            f.pool_idle_timeout.as_deref(),
+            d.pool_idle_timeout,
+            true,
+        )?,
+        max_idle_per_endpoint: f
+            .max_idle_per_endpoint
+            .map_or(Ok(d.max_idle_per_endpoint), |n| {
+                at.int_in("max_idle_per_endpoint", n, 0..=usize::MAX)
+            })?,
+    })
+}
+
+/// Where a value sits in the file: `[proxy]`, `[[services]] #2`. Its methods
+/// check one value and, on failure, name this place, the key and the value.
+struct At<'a> {
+    path: &'a Path,
+    place: String,
+}
+
+impl<'a> At<'a> {
+    fn new(path: &'a Path, place: &str) -> Self {
+        Self {
+            path,
+            place: place.to_owned(),
+        }
+    }
+
+    fn err(&self, key: &str, reason: impl std::fmt::Display) -> ConfigError {
+        ConfigError::invalid(self.path, &self.place, key, reason)
+    }
+
+    fn required<T>(&self, key: &str, value: Option<T>) -> Result<T> {
+        value.ok_or_else(|| self.err(key, "is required"))
+    }
+
+    fn socket_addr(&self, key: &str, text: &str) -> Result<SocketAddr> {
+        text.parse()
+            .map_err(|_| self.err(key, format!("\"{text}\" is not a socket address")))
+    }
+
+    /// An address to connect to: port 0 names no listener.
+    fn connect_addr(&self, key: &str, text: &str) -> Result<SocketAddr> {
+        let addr = self.socket_addr(key, text)?;
+        if addr.port() == 0 {
+            return Err(self.err(
+                key,
+                format!("\"{text}\" has port 0, which cannot be connected to"),
+            ));
+        }
+        Ok(addr)
+    }
+
+    fn int_in(&self, key: &str, n: i64, range: RangeInclusive<usize>) -> Result<usize> {
+        usize::try_from(n)
+            .ok()
+            .filter(|v| range.contains(v))
+            .ok_or_else(|| {
+                self.err(
+                    key,
+                    format!("{n} is out of range {}..={}", range.start(), range.end()),
+                )
+            })
+    }
+
+    /// `text` (or `default` when absent), at most [`MAX_TIMEOUT`], and non-zero
+    /// when `positive`.
+    fn duration(
+        &self,
+        key: &str,
+        text: Option<&str>,
+        default: Duration,
+        positive: bool,
+    ) -> Result<Duration> {
+        let Some(text) = text else { return Ok(default) };
+        let d = duration::parse(text)
+            .map_err(|reason| self.err(key, format!("\"{text}\" {reason}")))?;
+        if positive && d.is_zero() {
+            return Err(self.err(key, format!("\"{text}\" must be greater than 0")));
+        }
+        if d > MAX_TIMEOUT {
+            return Err(self.err(
+                key,
+                format!(
+                    "\"{text}\" must be at most {}",
+                    duration::format(MAX_TIMEOUT)
+                ),
+            ));
+        }
+        Ok(d)
+    }
+
+    /// A service name: `[a-z0-9]([a-z0-9-.]*[a-z0-9])?`, at most 63 characters,
+    /// so it can appear in a `Host:` header, a SPIFFE ID and a metric label as is.
+    fn name(&self, key: &str, text: String) -> Result<String> {
+        let edge_ok =
+            |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        let bytes = text.as_bytes();
+        let valid = text.len() <= MAX_NAME_LEN
+            && edge_ok(bytes.first())
+            && edge_ok(bytes.last())
+            && bytes
+                .iter()
+                .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        if !valid {
+            return Err(self.err(
+                key,
+                format!(
+                    "\"{text}\" is not a valid name (lowercase letters, digits, '-' and '.', \
+                     starting and ending with a letter or digit, at most {MAX_NAME_LEN} characters)"
+                ),
+            ));
+        }
+        Ok(text)
+    }
+}

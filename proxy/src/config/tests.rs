@@ -1,0 +1,642 @@
+//! What an operator sees: values parsed from whole files, and the exact one-line
+//! message for each class of mistake.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+const FULL: &str = r#"
+[proxy]
+service = "web"
+cpus = [2, 3]
+admin = "127.0.0.1:9000"
+labels = { zone = "eu-1", team = "payments" }
+drain_timeout = "30s"
+access_log = "/var/log/coremesh/access.log"
+
+[inbound]
+listen = "0.0.0.0:4143"
+app = "127.0.0.1:8080"
+
+[outbound]
+listen = "[::1]:4140"
+passthrough = true
+
+[[services]]
+name = "api"
+endpoints = ["10.0.0.1:9000", "[fd00::2]:9000"]
+
+[[services]]
+name = "billing.internal"
+endpoints = []
+
+[timeouts]
+connect = "250ms"
+head_read = "5s"
+keepalive_idle = "2m"
+request = "1h"
+idle = "90s"
+
+[limits]
+max_head_bytes = 16384
+max_request_line = 4096
+max_headers = 64
+
+[upstream]
+pool_idle_timeout = "45s"
+max_idle_per_endpoint = 0
+"#;
+
+const MINIMAL: &str = "[proxy]\nservice = \"web\"\n[outbound]\n";
+
+/// This machine's CPUs do not matter: the tests see CPUs 0-3.
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse_with_cpus(Path::new("proxy.toml"), text, || Ok(vec![0, 1, 2, 3]))
+}
+
+fn error(text: &str) -> String {
+    match parse(text) {
+        Ok(config) => panic!("accepted:\n{text}\n{config:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn full_example_parses_with_its_values() {
+    let c = parse(FULL).unwrap();
+    assert_eq!(c.source, Path::new("proxy.toml"));
+    assert_eq!(
+        c.proxy,
+        ProxyConfig {
+            service: "web".into(),
+            cores: 2,
+            cpus: Some(vec![2, 3]),
+            admin: addr("127.0.0.1:9000"),
+            labels: [("team", "payments"), ("zone", "eu-1")]
+                .map(|(k, v)| (k.into(), v.into()))
+                .into(),
+            drain_timeout: Duration::from_secs(30),
+            access_log: Some("/var/log/coremesh/access.log".into()),
+        }
+    );
+    assert_eq!(
+        c.inbound,
+        Some(InboundConfig {
+            listen: addr("0.0.0.0:4143"),
+            app: addr("127.0.0.1:8080")
+        })
+    );
+    assert_eq!(
+        c.outbound,
+        Some(OutboundConfig {
+            listen: addr("[::1]:4140"),
+            passthrough: true
+        })
+    );
+    assert_eq!(
+        c.services,
+        [
+            ServiceConfig {
+                name: "api".into(),
+                endpoints: vec![addr("10.0.0.1:9000"), addr("[fd00::2]:9000")]
+            },
+            ServiceConfig {
+                name: "billing.internal".into(),
+                endpoints: vec![]
+            },
+        ]
+    );
+    assert_eq!(
+        c.timeouts,
+        Timeouts {
+            connect: Duration::from_millis(250),
+            head_read: Duration::from_secs(5),
+            keepalive_idle: Duration::from_secs(120),
+            request: Duration::from_secs(3600),
+            idle: Duration::from_secs(90),
+        }
+    );
+    assert_eq!(
+        c.limits,
+        Limits {
+            max_head_bytes: 16384,
+            max_request_line: 4096,
+            max_headers: 64
+        }
+    );
+    assert_eq!(
+        c.upstream,
+        UpstreamConfig {
+            pool_idle_timeout: Duration::from_secs(45),
+            max_idle_per_endpoint: 0
+        }
+    );
+    assert_eq!(c.service("api").map(|s| s.endpoints.len()), Some(2));
+    assert_eq!(c.service("nope"), None);
+}
+
+#[test]
+fn defaults_fill_every_optional_key() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.proxy.service, "web");
+    assert_eq!(c.proxy.cores, 1);
+    assert_eq!(c.proxy.cpus, None);
+    assert_eq!(c.proxy.admin, addr("127.0.0.1:9901"));
+    assert!(c.proxy.labels.is_empty());
+    assert_eq!(c.proxy.drain_timeout, Duration::from_secs(10));
+    assert_eq!(c.proxy.access_log, None);
+    assert_eq!(c.inbound, None);
+    assert_eq!(
+        c.outbound,
+        Some(OutboundConfig {
+            listen: addr("127.0.0.1:4140"),
+            passthrough: false
+        })
+    );
+    assert!(c.services.is_empty());
+    assert_eq!(
+        c.timeouts,
+        Timeouts {
+            connect: Duration::from_secs(1),
+            head_read: Duration::from_secs(10),
+            keepalive_idle: Duration::from_secs(60),
+            request: Duration::from_secs(15),
+            idle: Duration::from_secs(60),
+        }
+    );
+    assert_eq!(
+        c.limits,
+        Limits {
+            max_head_bytes: 65536,
+            max_request_line: 8192,
+            max_headers: 100
+        }
+    );
+    assert_eq!(
+        c.upstream,
+        UpstreamConfig {
+            pool_idle_timeout: Duration::from_secs(30),
+            max_idle_per_endpoint: 64
+        }
+    );
+
+    let c = parse("[proxy]\nservice = \"web\"\n[inbound]\napp = \"127.0.0.1:8080\"\n").unwrap();
+    assert_eq!(c.inbound.unwrap().listen, addr("127.0.0.1:4143"));
+    assert_eq!(c.outbound, None);
+    // Empty sections are fine and mean "all defaults".
+    let c = parse(&format!("{MINIMAL}[timeouts]\n[limits]\n[upstream]\n")).unwrap();
+    assert_eq!(c, parse(MINIMAL).unwrap());
+}
+
+#[test]
+fn real_affinity_is_used_by_parse() {
+    let cpu = affinity::allowed_cpus().unwrap()[0];
+    let text = format!("[proxy]\nservice = \"web\"\ncpus = [{cpu}]\n[outbound]\n");
+    let c = Config::parse(Path::new("proxy.toml"), &text).unwrap();
+    assert_eq!((c.proxy.cores, c.proxy.cpus), (1, Some(vec![cpu])));
+    // cpu_set_t holds 1024 CPUs, so this one is never allowed.
+    let text = "[proxy]\nservice = \"web\"\ncpus = [4000]\n[outbound]\n";
+    let e = Config::parse(Path::new("proxy.toml"), text)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with(
+            "proxy.toml: [proxy] cpus: CPU 4000 is not in this process's allowed CPU set ("
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_key_names_line_and_column() {
+    let text = "[proxy]\nservice = \"web\"\n\n[inbound]\napp = \"127.0.0.1:8080\"\n  lissten = \"127.0.0.1:1\"\n";
+    assert_eq!(
+        error(text),
+        "proxy.toml:6:3: unknown field `lissten`, expected `listen` or `app`"
+    );
+    let e = parse("[proxy]\nservice = \"web\"\n[outbund]\n").unwrap_err();
+    assert_eq!(e.kind(), ConfigErrorKind::Syntax);
+    assert!(
+        e.to_string()
+            .starts_with("proxy.toml:3:2: unknown field `outbund`, expected one of `proxy`, "),
+        "{e}"
+    );
+}
+
+#[test]
+fn syntax_and_type_errors_name_line_and_column() {
+    assert!(error("[proxy\n").starts_with("proxy.toml:1:7: "));
+    assert_eq!(
+        error("[proxy]\nservice = \"web\"\ncores = \"two\"\n[outbound]\n"),
+        "proxy.toml:3:9: invalid type: string \"two\", expected i64"
+    );
+    assert!(!error("[proxy]\nservice = \"web\"\nadmin = 1\n").contains('\n'));
+}
+
+#[test]
+fn bad_socket_address_names_key_and_value() {
+    let e = parse("[proxy]\nservice = \"web\"\n[inbound]\nlisten = \"0.0.0.0:99999\"\napp = \"127.0.0.1:8080\"\n").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        r#"proxy.toml: [inbound] listen: "0.0.0.0:99999" is not a socket address"#
+    );
+    assert_eq!(e.kind(), ConfigErrorKind::Invalid);
+    assert_eq!(
+        error("[proxy]\nservice = \"web\"\nadmin = \"localhost:9901\"\n[outbound]\n"),
+        r#"proxy.toml: [proxy] admin: "localhost:9901" is not a socket address"#
+    );
+    assert_eq!(
+        error(&format!(
+            "{MINIMAL}[[services]]\nname = \"api\"\nendpoints = [\"10.0.0.1\"]\n"
+        )),
+        r#"proxy.toml: [[services]] #1 endpoints: "10.0.0.1" is not a socket address"#
+    );
+    assert_eq!(
+        error("[proxy]\nservice = \"web\"\n[inbound]\napp = \"127.0.0.1:0\"\n"),
+        r#"proxy.toml: [inbound] app: "127.0.0.1:0" has port 0, which cannot be connected to"#
+    );
+    assert_eq!(
+        error("[proxy]\nservice = \"web\"\n[inbound]\napp = \"127.0.0.1:4143\"\n"),
+        r#"proxy.toml: [inbound] app: "127.0.0.1:4143" is the inbound listen address itself"#
+    );
+}
+
+#[test]
+fn bad_durations_name_key_and_value() {
+    let with = |section: &str, kv: &str| error(&format!("{MINIMAL}[{section}]\n{kv}\n"));
+    assert_eq!(
+        with("timeouts", "connect = \"10\""),
+        r#"proxy.toml: [timeouts] connect: "10" is not a duration (a whole number and a unit: ms, s, m or h, e.g. "250ms", "10s", "2m")"#
+    );
+    assert_eq!(
+        with("timeouts", "idle = \"0ms\""),
+        r#"proxy.toml: [timeouts] idle: "0ms" must be greater than 0"#
+    );
+    assert_eq!(
+        with("timeouts", "request = \"25h\""),
+        r#"proxy.toml: [timeouts] request: "25h" must be at most 24h"#
+    );
+    assert_eq!(
+        with("upstream", "pool_idle_timeout = \"1.5s\""),
+        r#"proxy.toml: [upstream] pool_idle_timeout: "1.5s" is not a duration (a whole number and a unit: ms, s, m or h, e.g. "250ms", "10s", "2m")"#
+    );
+    assert_eq!(
+        error(
+            "[proxy]\nservice = \"web\"\ndrain_timeout = \"99999999999999999999s\"\n[outbound]\n"
+        ),
+        r#"proxy.toml: [proxy] drain_timeout: "99999999999999999999s" is too large"#
+    );
+    // A drain of zero means "do not wait".
+    let c = parse("[proxy]\nservice = \"web\"\ndrain_timeout = \"0s\"\n[outbound]\n").unwrap();
+    assert_eq!(c.proxy.drain_timeout, Duration::ZERO);
+}
+
+#[test]
+fn duplicate_service_is_named_by_position() {
+    let text = format!(
+        "{MINIMAL}[[services]]\nname = \"api\"\n[[services]]\nname = \"api\"\nendpoints = [\"127.0.0.1:1\"]\n"
+    );
+    assert_eq!(
+        error(&text),
+        r#"proxy.toml: [[services]] #2 name: "api" is defined twice"#
+    );
+    let text = format!(
+        "{MINIMAL}[[services]]\nname = \"api\"\nendpoints = [\"127.0.0.1:1\", \"127.0.0.1:1\"]\n"
+    );
+    assert_eq!(
+        error(&text),
+        r#"proxy.toml: [[services]] #1 endpoints: "127.0.0.1:1" is listed twice"#
+    );
+    assert_eq!(
+        error(&format!("{MINIMAL}[[services]]\n")),
+        "proxy.toml: [[services]] #1 name: is required"
+    );
+}
+
+#[test]
+fn cores_and_cpus_must_agree() {
+    let proxy = |keys: &str| format!("[proxy]\nservice = \"web\"\n{keys}\n[outbound]\n");
+    assert_eq!(
+        error(&proxy("cores = 2\ncpus = [0, 1, 2]")),
+        "proxy.toml: [proxy] cores: 2 does not match cpus, which lists 3 CPUs"
+    );
+    assert_eq!(
+        parse(&proxy("cores = 2\ncpus = [3, 1]"))
+            .unwrap()
+            .proxy
+            .cpus,
+        Some(vec![3, 1])
+    );
+    assert_eq!(parse(&proxy("cores = 4")).unwrap().proxy.cores, 4);
+    assert_eq!(
+        error(&proxy("cpus = [5]")),
+        "proxy.toml: [proxy] cpus: CPU 5 is not in this process's allowed CPU set (0-3)"
+    );
+    assert_eq!(
+        error(&proxy("cpus = [1, 1]")),
+        "proxy.toml: [proxy] cpus: CPU 1 is listed twice"
+    );
+    assert_eq!(
+        error(&proxy("cpus = []")),
+        "proxy.toml: [proxy] cpus: is empty; remove the key to leave shards unpinned"
+    );
+    assert_eq!(
+        error(&proxy("cpus = [-1]")),
+        "proxy.toml: [proxy] cpus: -1 is not a CPU number"
+    );
+    assert_eq!(
+        error(&proxy("cores = 0")),
+        "proxy.toml: [proxy] cores: 0 is out of range 1..=256"
+    );
+    assert_eq!(
+        error(&proxy("cores = 257")),
+        "proxy.toml: [proxy] cores: 257 is out of range 1..=256"
+    );
+}
+
+#[test]
+fn listener_sections_and_addresses() {
+    assert_eq!(
+        error("[proxy]\nservice = \"web\"\n"),
+        "proxy.toml: at least one of [inbound] and [outbound] is required"
+    );
+    assert_eq!(
+        error("[outbound]\n"),
+        "proxy.toml: [proxy]: this section is required"
+    );
+    assert_eq!(
+        error("[proxy]\nservice = \"web\"\nadmin = \"0.0.0.0:4140\"\n[outbound]\n"),
+        r#"proxy.toml: [outbound] listen: "127.0.0.1:4140" collides with [proxy] admin "0.0.0.0:4140""#
+    );
+    assert_eq!(
+        error("[proxy]\nservice = \"web\"\n[inbound]\nlisten = \"127.0.0.1:7\"\napp = \"127.0.0.1:8080\"\n[outbound]\nlisten = \"127.0.0.1:7\"\n"),
+        r#"proxy.toml: [outbound] listen: "127.0.0.1:7" collides with [inbound] listen "127.0.0.1:7""#
+    );
+    // Port 0: the OS picks a free port for each (how the e2e tests run).
+    let c = parse(
+        "[proxy]\nservice = \"web\"\nadmin = \"127.0.0.1:0\"\n[inbound]\nlisten = \"127.0.0.1:0\"\napp = \"127.0.0.1:8080\"\n[outbound]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.proxy.admin.port(), 0);
+    // Same port on two specific IPs does not collide.
+    parse("[proxy]\nservice = \"web\"\nadmin = \"127.0.0.2:4140\"\n[outbound]\n").unwrap();
+}
+
+#[test]
+fn names_and_labels() {
+    let service = |name: &str| parse(&format!("[proxy]\nservice = \"{name}\"\n[outbound]\n"));
+    for good in [
+        "a",
+        "web",
+        "api-v2",
+        "billing.internal",
+        "9",
+        &"a".repeat(63),
+    ] {
+        assert!(service(good).is_ok(), "{good}");
+    }
+    for bad in [
+        "",
+        "Web",
+        "-web",
+        "web-",
+        "web.",
+        "we_b",
+        "wéb",
+        &"a".repeat(64),
+    ] {
+        assert!(service(bad).is_err(), "{bad}");
+    }
+    assert_eq!(
+        service("Web").unwrap_err().to_string(),
+        "proxy.toml: [proxy] service: \"Web\" is not a valid name (lowercase letters, digits, '-' and '.', \
+         starting and ending with a letter or digit, at most 63 characters)"
+    );
+    assert_eq!(
+        error("[proxy]\n[outbound]\n"),
+        "proxy.toml: [proxy] service: is required"
+    );
+    let labels = |l: &str| {
+        error(&format!(
+            "[proxy]\nservice = \"web\"\nlabels = {{ {l} }}\n[outbound]\n"
+        ))
+    };
+    assert_eq!(
+        labels("team = \"\""),
+        "proxy.toml: [proxy] labels.team: is empty"
+    );
+    assert_eq!(
+        labels("\"\" = \"x\""),
+        "proxy.toml: [proxy] labels: a label key is empty"
+    );
+    assert_eq!(
+        error("[proxy]\nservice = \"web\"\naccess_log = \"\"\n[outbound]\n"),
+        "proxy.toml: [proxy] access_log: is empty; remove the key to disable the access log"
+    );
+}
+
+#[test]
+fn limit_ranges() {
+    let limits = |kv: &str| parse(&format!("{MINIMAL}[limits]\n{kv}\n"));
+    let err = |kv: &str| limits(kv).unwrap_err().to_string();
+    assert_eq!(
+        err("max_head_bytes = 1023"),
+        "proxy.toml: [limits] max_head_bytes: 1023 is out of range 1024..=1048576"
+    );
+    assert_eq!(
+        err("max_headers = 513"),
+        "proxy.toml: [limits] max_headers: 513 is out of range 1..=512"
+    );
+    assert_eq!(
+        err("max_request_line = 255"),
+        "proxy.toml: [limits] max_request_line: 255 is out of range 256..=65536"
+    );
+    assert_eq!(
+        err("max_head_bytes = 2048\nmax_request_line = 4096"),
+        "proxy.toml: [limits] max_request_line: 4096 is out of range 256..=2048"
+    );
+    assert_eq!(
+        err("max_head_bytes = 4096"),
+        "proxy.toml: [limits] max_request_line: default 8192 exceeds max_head_bytes 4096; set it to at most that"
+    );
+    assert_eq!(
+        limits("max_head_bytes = 1024\nmax_request_line = 1024")
+            .unwrap()
+            .limits
+            .max_request_line,
+        1024
+    );
+    assert_eq!(
+        error(&format!(
+            "{MINIMAL}[upstream]\nmax_idle_per_endpoint = -1\n"
+        )),
+        format!(
+            "proxy.toml: [upstream] max_idle_per_endpoint: -1 is out of range 0..={}",
+            usize::MAX
+        )
+    );
+}
+
+#[test]
+fn load_names_the_file_it_cannot_read() {
+    let path = Path::new("/nonexistent/coremesh/proxy.toml");
+    let e = Config::load(path).unwrap_err();
+    assert_eq!(e.kind(), ConfigErrorKind::Io);
+    assert!(
+        e.to_string()
+            .starts_with("/nonexistent/coremesh/proxy.toml: cannot read: "),
+        "{e}"
+    );
+
+    let dir = std::env::temp_dir().join(format!("coremesh-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("proxy.toml");
+    std::fs::write(&path, MINIMAL).unwrap();
+    let c = Config::load(&path).unwrap();
+    assert_eq!(c.source, path);
+    std::fs::write(&path, "[proxy]\n").unwrap();
+    let e = Config::load(&path).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        format!("{}: [proxy] service: is required", path.display())
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn reload_accepts_what_is_read_per_request() {
+    let old = parse(FULL).unwrap();
+    let new = parse(
+        &FULL
+            .replace("name = \"api\"", "name = \"api2\"")
+            .replace("\"[fd00::2]:9000\"", "\"[fd00::3]:9000\"")
+            .replace("connect = \"250ms\"", "connect = \"2s\"")
+            .replace("max_headers = 64", "max_headers = 32")
+            .replace("passthrough = true", "passthrough = false")
+            .replace("app = \"127.0.0.1:8080\"", "app = \"127.0.0.1:8081\"")
+            .replace("zone = \"eu-1\"", "zone = \"eu-2\"")
+            .replace("drain_timeout = \"30s\"", "drain_timeout = \"5s\"")
+            .replace("max_idle_per_endpoint = 0", "max_idle_per_endpoint = 8"),
+    )
+    .unwrap();
+    assert_ne!(old, new);
+    old.check_reload(&new).unwrap();
+    old.check_reload(&old).unwrap();
+}
+
+#[test]
+fn reload_rejects_what_is_set_up_at_start() {
+    let old = parse(MINIMAL).unwrap();
+    let reload = |text: &str| old.check_reload(&parse(text).unwrap()).unwrap_err();
+    let e = reload("[proxy]\nservice = \"web\"\ncores = 2\n[outbound]\n");
+    assert_eq!(e.kind(), ConfigErrorKind::NeedsRestart);
+    assert_eq!(
+        e.to_string(),
+        "proxy.toml: [proxy] cores: changed from 1 to 2; this key needs a restart"
+    );
+    assert_eq!(
+        reload("[proxy]\nservice = \"web\"\ncpus = [0]\n[outbound]\n").to_string(),
+        "proxy.toml: [proxy] cpus: changed from none to [0]; this key needs a restart"
+    );
+    assert_eq!(
+        reload("[proxy]\nservice = \"api\"\n[outbound]\n").to_string(),
+        r#"proxy.toml: [proxy] service: changed from "web" to "api"; this key needs a restart"#
+    );
+    assert_eq!(
+        reload("[proxy]\nservice = \"web\"\nadmin = \"127.0.0.1:1\"\n[outbound]\n").to_string(),
+        r#"proxy.toml: [proxy] admin: changed from "127.0.0.1:9901" to "127.0.0.1:1"; this key needs a restart"#
+    );
+    assert_eq!(
+        reload("[proxy]\nservice = \"web\"\naccess_log = \"a.log\"\n[outbound]\n").to_string(),
+        r#"proxy.toml: [proxy] access_log: changed from none to "a.log"; this key needs a restart"#
+    );
+    assert_eq!(
+        reload("[proxy]\nservice = \"web\"\n[outbound]\nlisten = \"127.0.0.1:1\"\n").to_string(),
+        r#"proxy.toml: [outbound] listen: changed from "127.0.0.1:4140" to "127.0.0.1:1"; this key needs a restart"#
+    );
+    assert_eq!(
+        reload(&format!("{MINIMAL}[inbound]\napp = \"127.0.0.1:8080\"\n")).to_string(),
+        "proxy.toml: [inbound]: section was added; this needs a restart"
+    );
+    assert_eq!(
+        reload("[proxy]\nservice = \"web\"\n[inbound]\napp = \"127.0.0.1:8080\"\n").to_string(),
+        "proxy.toml: [inbound]: section was added; this needs a restart"
+    );
+    let full = parse(FULL).unwrap();
+    let no_outbound = FULL.replace(
+        "[outbound]\nlisten = \"[::1]:4140\"\npassthrough = true\n",
+        "",
+    );
+    assert_eq!(
+        full.check_reload(&parse(&no_outbound).unwrap())
+            .unwrap_err()
+            .to_string(),
+        "proxy.toml: [outbound]: section was removed; this needs a restart"
+    );
+}
+
+#[test]
+fn json_shows_effective_values_with_durations_as_text() {
+    let j = parse(FULL).unwrap().to_json();
+    assert_eq!(j["source"], "proxy.toml");
+    assert_eq!(j["proxy"]["cores"], 2);
+    assert_eq!(j["proxy"]["cpus"], serde_json::json!([2, 3]));
+    assert_eq!(j["proxy"]["admin"], "127.0.0.1:9000");
+    assert_eq!(j["proxy"]["labels"]["zone"], "eu-1");
+    assert_eq!(j["proxy"]["drain_timeout"], "30s");
+    assert_eq!(j["outbound"]["listen"], "[::1]:4140");
+    assert_eq!(j["services"][0]["endpoints"][1], "[fd00::2]:9000");
+    assert_eq!(j["timeouts"]["connect"], "250ms");
+    assert_eq!(j["timeouts"]["keepalive_idle"], "2m");
+    assert_eq!(j["timeouts"]["request"], "1h");
+    assert_eq!(j["timeouts"]["idle"], "90s");
+    assert_eq!(j["upstream"]["pool_idle_timeout"], "45s");
+    assert_eq!(j["limits"]["max_headers"], 64);
+
+    let j = parse(MINIMAL).unwrap().to_json();
+    assert_eq!(j["inbound"], serde_json::Value::Null);
+    assert_eq!(j["proxy"]["cpus"], serde_json::Value::Null);
+    assert_eq!(j["proxy"]["access_log"], serde_json::Value::Null);
+    assert_eq!(j["timeouts"]["head_read"], "10s");
+}
+
+/// The serde error for an unknown key lists every key the section accepts; each
+/// must be documented in REFERENCE, so the two cannot drift apart.
+#[test]
+fn reference_documents_every_key() {
+    let sections = [
+        ("", ""),
+        ("proxy", "[proxy]\n"),
+        ("inbound", "[inbound]\n"),
+        ("outbound", "[outbound]\n"),
+    ];
+    let more = [
+        ("services", "[[services]]\n"),
+        ("timeouts", "[timeouts]\n"),
+        ("limits", "[limits]\n"),
+        ("upstream", "[upstream]\n"),
+    ];
+    for (section, header) in sections.into_iter().chain(more) {
+        let e = error(&format!("{header}zzz_unknown = 1\n"));
+        let expected = e.split_once("expected").map_or("", |(_, list)| list);
+        let keys: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+        assert!(keys.len() >= 2, "{e}");
+        for key in keys {
+            let documented = if section.is_empty() {
+                REFERENCE.contains(&format!("\n[{key}]"))
+                    || REFERENCE.contains(&format!("\n[[{key}]]"))
+            } else {
+                REFERENCE
+                    .lines()
+                    .any(|line| line.split_whitespace().next() == Some(key))
+            };
+            assert!(documented, "{section}.{key} is missing from REFERENCE");
+        }
+    }
+}
