@@ -3,19 +3,99 @@
 //! Data flow (one request, start to finish on the shard that accepted it):
 //!
 //! ```text
-//! listener ──fd──▶ shard ──▶ conn (accept) ──▶ http1 (decode head, in place)
-//!     ──▶ route (authority → service → endpoint) ──▶ pool (keep-alive upstream)
-//!     ──▶ forward (vectored head write, body relayed from the buffer it was read into)
-//!     ──▶ stats (per-shard counters + hdrhistogram, no atomics)
+//! listener ──fd──▶ shard ──▶ forward (accept) ──▶ http1 (decode head, in place)
+//!     ──▶ route (authority → service, or the local app) ──▶ balance (round-robin)
+//!     ──▶ pool (keep-alive upstream) ──▶ forward (vectored head write, body
+//!     relayed from the buffer it was read into) ──▶ stats (per-shard counters
+//!     and hdrhistograms, no atomics) and the access log
 //! ```
 //!
 //! * [`runtime`] is the only module that names the executor (monoio by default,
 //!   glommio behind the `runtime-glommio` feature).
 //! * [`http1`] is sans-I/O: bytes in, parsed heads and forwarding plans out.
-//! * [`agent`] runs on its own thread (tokio current-thread): admin endpoint,
-//!   signals, configuration reloads, the connection acceptor for `cores > 1`.
+//! * [`agent`] runs on the main thread (tokio current-thread): admin endpoint,
+//!   signals, configuration reloads, the connection acceptor for `cores > 1`,
+//!   name resolution for passthrough.
 
+pub mod accesslog;
+pub mod admin;
+pub mod agent;
+pub mod buf;
 pub mod config;
+pub mod error;
+pub mod forward;
 pub mod http1;
+pub mod listener;
+pub mod pool;
+pub mod route;
+pub mod runtime;
 pub mod shard;
 pub mod stats;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::Arc;
+
+use agent::{AgentLink, AgentSetup, Bound};
+use config::Config;
+use shard::{ShardHandle, ShardSetup};
+use stats::Direction;
+
+/// Binds the listeners, starts the shards, and runs the agent on the calling
+/// thread until the proxy has drained. Returns the exit code.
+pub fn start(config_path: PathBuf, cfg: Config) -> Result<i32, String> {
+    let cfg = Arc::new(cfg);
+    let mut listeners = Vec::new();
+    let mut bound = Bound::default();
+    if let Some(i) = &cfg.inbound {
+        let l = listener::bind(i.listen, "[inbound] listen")?;
+        bound.inbound = l.local_addr().ok();
+        listeners.push((l, Direction::Inbound));
+    }
+    if let Some(o) = &cfg.outbound {
+        let l = listener::bind(o.listen, "[outbound] listen")?;
+        bound.outbound = l.local_addr().ok();
+        listeners.push((l, Direction::Outbound));
+    }
+    let admin = listener::bind(cfg.proxy.admin, "[proxy] admin")?;
+    bound.admin = admin.local_addr().ok();
+
+    let (agent_tx, agent_rx) = async_channel::unbounded();
+    let cores = cfg.proxy.cores;
+    // One shard accepts on the sockets itself; several get connections from
+    // the agent's acceptor (see listener.rs).
+    let (mut own, accept) = if cores == 1 { (listeners, Vec::new()) } else { (Vec::new(), listeners) };
+    let mut handles = Vec::with_capacity(cores);
+    for index in 0..cores {
+        let (tx, rx) = async_channel::unbounded();
+        let handle = ShardHandle {
+            index,
+            tx,
+            open_conns: Arc::new(AtomicUsize::new(0)),
+            ready: Arc::new(AtomicBool::new(false)),
+        };
+        let setup = ShardSetup {
+            index,
+            config: cfg.clone(),
+            listeners: std::mem::take(&mut own),
+            rx,
+            open_conns: handle.open_conns.clone(),
+            ready: handle.ready.clone(),
+            agent: AgentLink(agent_tx.clone()),
+        };
+        let cpu = cfg.proxy.cpus.as_ref().map(|c| c[index]);
+        runtime::start_shard(format!("shard-{index}"), cpu, move |driver| shard::run(setup, driver))
+            .map_err(|e| format!("cannot start shard {index}: {e}"))?;
+        handles.push(handle);
+    }
+    Ok(agent::run(AgentSetup {
+        config_path,
+        config: cfg,
+        shards: handles,
+        admin,
+        accept,
+        requests: agent_rx,
+        bound,
+        backend: runtime::backend_name(),
+    }))
+}

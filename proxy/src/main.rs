@@ -1,1 +1,76 @@
-fn main() {}
+//! `coremesh-proxy`: the sidecar binary. Parses the command line and the
+//! configuration, binds the listeners, starts the shards and runs the agent
+//! on the main thread.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use coremesh_proxy::config::{Config, REFERENCE};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// coremesh sidecar proxy: forwards HTTP/1.1 between the local app and the
+/// mesh (outbound by service name, inbound to the local app).
+#[derive(Debug, Parser)]
+#[command(name = "coremesh-proxy", version, after_long_help = REFERENCE)]
+struct Cli {
+    /// The configuration file (TOML; see the reference below with --help).
+    #[arg(long, short, value_name = "FILE")]
+    config: PathBuf,
+    /// Validate the configuration and exit: 0 if it is valid, 1 with the error if not.
+    #[arg(long)]
+    check: bool,
+    /// Log format on stderr. The level comes from RUST_LOG (default "info").
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.check {
+        return match Config::load(&cli.config) {
+            Ok(_) => {
+                println!("{}: ok", cli.config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    init_logging(cli.log_format);
+    let cfg = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match coremesh_proxy::start(cli.config, cfg) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,10 +1,30 @@
-//! Shards: one executor thread per core. (skeleton: message types only, being written)
+//! Shards: one executor thread per core, sharing nothing on the request path.
+//!
+//! Each shard owns its buffer pool, upstream pools, round-robin positions,
+//! stats and access log. The agent thread talks to a shard only through its
+//! inbox ([`ShardMsg`]): connections handed over by the acceptor (once per
+//! connection), a new configuration (on reload), a stats snapshot request
+//! (when `/metrics` is read) and the drain order (on SIGTERM).
+//!
+//! Lifecycle: `starting` (ring built, listeners adopted) → `ready` (accepting;
+//! `ShardHandle::ready` set) → `draining` (accepts cancelled; responses carry
+//! `Connection: close`; replies to the agent once no request is in flight).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use crate::accesslog::AccessLog;
+use crate::agent::{AgentLink, AgentRequest};
+use crate::buf::BufPool;
 use crate::config::Config;
-use crate::stats::{Direction, ShardSnapshot};
+use crate::pool::UpstreamPool;
+use crate::runtime::{self, Stop, TcpListener, TcpStream};
+use crate::stats::{Direction, ShardSnapshot, ShardStats};
 
 /// Messages from the agent thread to one shard. They cross cores a few times a
 /// second or once per connection, never per request.
@@ -28,9 +48,223 @@ pub enum ShardMsg {
 pub struct ShardHandle {
     pub index: usize,
     pub tx: async_channel::Sender<ShardMsg>,
-    /// Open client connections on this shard; written only by that shard
-    /// (once per connection open/close), read by the acceptor.
+    /// Open client connections on this shard: incremented by whoever hands
+    /// the connection to the shard, decremented by the shard when it closes
+    /// (once per connection, never per request); read by the acceptor.
     pub open_conns: Arc<AtomicUsize>,
     /// Set by the shard once its executor runs and it accepts connections.
     pub ready: Arc<AtomicBool>,
+}
+
+/// Everything a shard thread starts with.
+pub struct ShardSetup {
+    pub index: usize,
+    pub config: Arc<Config>,
+    /// Listening sockets this shard accepts on itself (with one shard there is
+    /// no hand-off; with more, the agent accepts and hands connections over).
+    pub listeners: Vec<(std::net::TcpListener, Direction)>,
+    pub rx: async_channel::Receiver<ShardMsg>,
+    pub open_conns: Arc<AtomicUsize>,
+    pub ready: Arc<AtomicBool>,
+    pub agent: AgentLink,
+}
+
+/// One shard's state, shared by the tasks of that shard only.
+pub struct Shard {
+    pub index: usize,
+    /// `Rc` around the `Arc`: a request clones the `Rc` (a plain increment),
+    /// never the cross-core `Arc`.
+    config: RefCell<Rc<Arc<Config>>>,
+    pub stats: RefCell<ShardStats>,
+    pub bufs: BufPool,
+    pub pool: UpstreamPool,
+    rr: RefCell<HashMap<String, usize>>,
+    pub in_flight: Cell<usize>,
+    pub draining: Cell<bool>,
+    open_conns: Arc<AtomicUsize>,
+    pub access_log: RefCell<Option<AccessLog>>,
+    agent: AgentLink,
+}
+
+impl Shard {
+    /// The configuration for a new request.
+    pub fn config(&self) -> Rc<Arc<Config>> {
+        self.config.borrow().clone()
+    }
+
+    pub fn conn_opened(&self, dir: Direction) {
+        self.stats.borrow_mut().conn_opened(dir);
+    }
+
+    pub fn conn_closed(&self, dir: Direction) {
+        self.stats.borrow_mut().conn_closed(dir);
+        self.open_conns.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Records a request answered before routing (a rejected head).
+    pub fn record_local(&self, dir: Direction, status: u16) {
+        let service = match dir {
+            Direction::Inbound => self.config.borrow().proxy.service.clone(),
+            Direction::Outbound => "unknown".to_string(),
+        };
+        self.stats
+            .borrow_mut()
+            .record(dir, &service, status, Duration::ZERO, 0, 0);
+    }
+
+    /// Advances the round-robin position of `service` and returns it.
+    pub fn next_rr(&self, service: &str) -> usize {
+        let mut rr = self.rr.borrow_mut();
+        match rr.get_mut(service) {
+            Some(n) => {
+                *n = n.wrapping_add(1);
+                *n
+            }
+            None => {
+                // Start each shard at a different endpoint so shards do not
+                // send their first requests to the same one.
+                rr.insert(service.to_string(), self.index);
+                self.index
+            }
+        }
+    }
+
+    /// The current round-robin position of `service`.
+    pub fn peek_rr(&self, service: &str) -> usize {
+        self.rr.borrow().get(service).copied().unwrap_or(0)
+    }
+
+    /// Resolves a passthrough host (IP literals directly, names on the agent
+    /// thread so a slow resolver never blocks the shard).
+    pub async fn resolve(&self, host: &str, port: u16) -> std::io::Result<SocketAddr> {
+        let literal = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = literal.parse::<std::net::IpAddr>() {
+            return Ok(SocketAddr::new(ip, port));
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.agent
+            .send(AgentRequest::Resolve {
+                host: host.to_string(),
+                port,
+                reply: tx,
+            })
+            .map_err(|_| std::io::Error::other("agent unavailable"))?;
+        rx.await
+            .map_err(|_| std::io::Error::other("agent unavailable"))?
+    }
+}
+
+/// Runs a shard until its inbox closes. `driver` describes the executor.
+pub async fn run(setup: ShardSetup, driver: String) {
+    let ShardSetup {
+        index,
+        config,
+        listeners,
+        rx,
+        open_conns,
+        ready,
+        agent,
+    } = setup;
+    tracing::info!(shard = index, "shard running on {} {driver}", runtime::backend_name());
+    let access_log = match &config.proxy.access_log {
+        Some(p) => match AccessLog::open(p) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::error!("access log {}: {e}; access logging is off", p.display());
+                None
+            }
+        },
+        None => None,
+    };
+    let shard = Rc::new(Shard {
+        index,
+        config: RefCell::new(Rc::new(config)),
+        stats: RefCell::new(ShardStats::new(index)),
+        bufs: BufPool::new(),
+        pool: UpstreamPool::new(),
+        rr: RefCell::new(HashMap::new()),
+        in_flight: Cell::new(0),
+        draining: Cell::new(false),
+        open_conns,
+        access_log: RefCell::new(access_log),
+        agent,
+    });
+
+    let stop = Stop::new();
+    for (l, dir) in listeners {
+        match TcpListener::from_std(l) {
+            Ok(l) => runtime::spawn_local(accept_loop(shard.clone(), l, dir, stop.handle())),
+            Err(e) => {
+                tracing::error!(shard = index, "cannot adopt listener: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+    let mut stop = Some(stop);
+    runtime::spawn_local(housekeeping(shard.clone()));
+    ready.store(true, Ordering::Release);
+
+    while let Ok(msg) = rx.recv().await {
+        match msg {
+            ShardMsg::Accept { stream, direction } => match TcpStream::from_std(stream) {
+                Ok(s) => runtime::spawn_local(crate::forward::serve(shard.clone(), s, direction)),
+                Err(e) => {
+                    shard.open_conns.fetch_sub(1, Ordering::Relaxed);
+                    tracing::warn!(shard = index, "cannot adopt connection: {e}");
+                }
+            },
+            ShardMsg::Config(c) => {
+                *shard.config.borrow_mut() = Rc::new(c);
+            }
+            ShardMsg::Snapshot(reply) => {
+                let _ = reply.send(shard.stats.borrow().snapshot());
+            }
+            ShardMsg::Drain(reply) => {
+                shard.draining.set(true);
+                if let Some(s) = stop.take() {
+                    s.stop();
+                }
+                let shard = shard.clone();
+                runtime::spawn_local(async move {
+                    while shard.in_flight.get() > 0 {
+                        runtime::sleep(Duration::from_millis(10)).await;
+                    }
+                    if let Some(l) = shard.access_log.borrow_mut().as_mut() {
+                        l.flush();
+                    }
+                    let _ = reply.send(());
+                });
+            }
+        }
+    }
+}
+
+/// Accepts connections on a listener this shard owns.
+async fn accept_loop(shard: Rc<Shard>, l: TcpListener, dir: Direction, stop: runtime::StopHandle) {
+    loop {
+        match l.accept(&stop).await {
+            Ok((s, _peer)) => {
+                shard.open_conns.fetch_add(1, Ordering::Relaxed);
+                runtime::spawn_local(crate::forward::serve(shard.clone(), s, dir));
+            }
+            Err(_) if shard.draining.get() => return,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(shard = shard.index, "accept failed: {e}");
+                runtime::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Once a second: flush the access log, close expired pooled connections.
+async fn housekeeping(shard: Rc<Shard>) {
+    loop {
+        runtime::sleep(Duration::from_secs(1)).await;
+        if let Some(l) = shard.access_log.borrow_mut().as_mut() {
+            l.flush();
+        }
+        let idle = shard.config.borrow().upstream.pool_idle_timeout;
+        shard.pool.sweep(Instant::now(), idle);
+    }
 }

@@ -42,10 +42,11 @@ letter or digit, at most 63 characters. Unknown keys are errors.
   listen         addr             127.0.0.1:4140  Where the local app sends its
                                                 requests. Adding or removing the
                                                 section, or changing listen: restart
-  passthrough    bool             false         Forward requests for services not
+  passthrough    bool             false         Forward requests for hosts not
                                                 listed in [[services]] to the
-                                                address they name, instead of
-                                                answering 503.  reload
+                                                host they name (and tunnel
+                                                CONNECT), instead of answering
+                                                404 "unknown service".  reload
 
 The listen addresses and admin must not collide (same port on the same or a
 wildcard IP), except port 0, which lets the OS pick a free port.

@@ -1,0 +1,225 @@
+//! The agent thread: everything that is not the request path.
+//!
+//! It runs a tokio current-thread runtime (the control-plane client will need
+//! a `Send` runtime that the shard executors are not) and owns: the admin
+//! endpoint, signal handling (SIGHUP reload, SIGTERM/SIGINT drain), the
+//! connection acceptor when there is more than one shard, and name resolution
+//! for passthrough hosts. It reaches shards only through their inboxes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::shard::{ShardHandle, ShardMsg};
+use crate::stats::Direction;
+
+/// Requests from shards to the agent.
+pub enum AgentRequest {
+    /// Resolve a passthrough host name.
+    Resolve {
+        host: String,
+        port: u16,
+        reply: tokio::sync::oneshot::Sender<std::io::Result<SocketAddr>>,
+    },
+}
+
+/// A shard's way to the agent.
+#[derive(Clone)]
+pub struct AgentLink(pub async_channel::Sender<AgentRequest>);
+
+impl AgentLink {
+    pub fn send(&self, r: AgentRequest) -> Result<(), AgentRequest> {
+        self.0.try_send(r).map_err(|e| e.into_inner())
+    }
+}
+
+/// The addresses actually bound (port 0 resolved).
+#[derive(Debug, Clone, Default)]
+pub struct Bound {
+    pub inbound: Option<SocketAddr>,
+    pub outbound: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+}
+
+impl Bound {
+    fn to_json(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        for (k, v) in [("inbound", self.inbound), ("outbound", self.outbound), ("admin", self.admin)] {
+            if let Some(a) = v {
+                m.insert(k.into(), a.to_string().into());
+            }
+        }
+        m.into()
+    }
+}
+
+/// What the agent starts with.
+pub struct AgentSetup {
+    pub config_path: PathBuf,
+    pub config: Arc<Config>,
+    pub shards: Vec<ShardHandle>,
+    pub admin: std::net::TcpListener,
+    /// Listeners the agent accepts on (only when there is more than one shard).
+    pub accept: Vec<(std::net::TcpListener, Direction)>,
+    pub requests: async_channel::Receiver<AgentRequest>,
+    pub bound: Bound,
+    /// The executor the shards run ("monoio"/"glommio"), for `/config`.
+    pub backend: &'static str,
+}
+
+fn config_json(cfg: &Config, bound: &Bound, backend: &str) -> serde_json::Value {
+    let mut v = cfg.to_json();
+    if let Some(m) = v.as_object_mut() {
+        m.insert("bound".into(), bound.to_json());
+        m.insert("runtime".into(), backend.into());
+    }
+    v
+}
+
+/// Runs the agent on the calling thread; returns the process exit code.
+pub fn run(setup: AgentSetup) -> i32 {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the agent runtime: {e}");
+            return 1;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, agent(setup))
+}
+
+async fn agent(setup: AgentSetup) -> i32 {
+    let AgentSetup {
+        config_path,
+        config,
+        shards,
+        admin,
+        accept,
+        requests,
+        bound,
+        backend,
+    } = setup;
+    let (mut hup, mut term, mut int) = match (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(h), Ok(t), Ok(i)) => (h, t, i),
+        _ => {
+            tracing::error!("cannot install signal handlers");
+            return 1;
+        }
+    };
+    let state = Rc::new(AdminState {
+        shards: shards.clone(),
+        config_json: std::cell::RefCell::new(config_json(&config, &bound, backend)),
+        draining: std::cell::Cell::new(false),
+    });
+    let admin = match tokio::net::TcpListener::from_std(admin) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("cannot serve the admin endpoint: {e}");
+            return 1;
+        }
+    };
+    tokio::task::spawn_local(admin::serve(admin, state.clone()));
+    let acceptors: Vec<_> = accept
+        .into_iter()
+        .map(|(l, dir)| tokio::task::spawn_local(crate::listener::acceptor(l, dir, shards.clone())))
+        .collect();
+    tokio::task::spawn_local(resolver(requests));
+
+    let mut line = String::from("bound");
+    for (k, v) in [("inbound", bound.inbound), ("outbound", bound.outbound), ("admin", bound.admin)] {
+        if let Some(a) = v {
+            line.push_str(&format!(" {k}={a}"));
+        }
+    }
+    tracing::info!("{line}");
+
+    let mut current = config;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                current = reload(&config_path, current, &shards, &state, &bound, backend);
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+
+    // Drain: stop accepting, let in-flight requests finish, then exit.
+    let deadline = current.proxy.drain_timeout;
+    tracing::info!("draining: no new connections; waiting up to {deadline:?} for in-flight requests");
+    state.draining.set(true);
+    for a in acceptors {
+        a.abort();
+    }
+    let mut waits = Vec::new();
+    for h in &shards {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if h.tx.try_send(ShardMsg::Drain(tx)).is_ok() {
+            waits.push(rx);
+        }
+    }
+    let all = async {
+        for w in waits {
+            let _ = w.await;
+        }
+    };
+    match tokio::time::timeout(deadline, all).await {
+        Ok(()) => tracing::info!("drained; exiting"),
+        Err(_) => tracing::warn!("drain deadline passed with requests still in flight; exiting"),
+    }
+    0
+}
+
+/// SIGHUP: re-read the file; apply it only if it is valid and changes no key
+/// that needs a restart. Returns the configuration now in force.
+fn reload(path: &PathBuf, current: Arc<Config>, shards: &[ShardHandle], state: &AdminState, bound: &Bound, backend: &str) -> Arc<Config> {
+    let new = match Config::load(path).and_then(|new| current.check_reload(&new).map(|()| new)) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            tracing::error!("configuration reload rejected, keeping the running configuration: {e}");
+            return current;
+        }
+    };
+    for h in shards {
+        let _ = h.tx.try_send(ShardMsg::Config(new.clone()));
+    }
+    *state.config_json.borrow_mut() = config_json(&new, bound, backend);
+    tracing::info!("configuration reloaded from {}", path.display());
+    new
+}
+
+/// Resolves passthrough host names for the shards.
+async fn resolver(requests: async_channel::Receiver<AgentRequest>) {
+    while let Ok(r) = requests.recv().await {
+        match r {
+            AgentRequest::Resolve { host, port, reply } => {
+                tokio::task::spawn_local(async move {
+                    let res = match tokio::time::timeout(
+                        Duration::from_secs(5),
+                        tokio::net::lookup_host((host.as_str(), port)),
+                    )
+                    .await
+                    {
+                        Ok(Ok(mut addrs)) => addrs
+                            .next()
+                            .ok_or_else(|| std::io::Error::other(format!("{host}: no addresses"))),
+                        Ok(Err(e)) => Err(e),
+                        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "resolve timed out")),
+                    };
+                    let _ = reply.send(res);
+                });
+            }
+        }
+    }
+}

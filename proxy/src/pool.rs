@@ -1,0 +1,73 @@
+//! Per-shard keep-alive pools of upstream connections.
+//!
+//! Each shard keeps its own idle connections per endpoint (no sharing across
+//! cores). Idle connections hold no buffer. Connections are reused most
+//! recently used first, which keeps the set of warm connections small and
+//! lets the oldest ones age out; entries idle longer than
+//! `upstream.pool_idle_timeout` are closed by [`UpstreamPool::sweep`] and
+//! skipped by [`UpstreamPool::take`].
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::runtime::TcpStream;
+
+struct Idle {
+    stream: TcpStream,
+    since: Instant,
+}
+
+/// One shard's idle upstream connections.
+#[derive(Default)]
+pub struct UpstreamPool {
+    idle: RefCell<HashMap<SocketAddr, Vec<Idle>>>,
+}
+
+impl UpstreamPool {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The most recently used idle connection to `addr` that has not expired,
+    /// with how long it sat idle.
+    pub fn take(&self, addr: SocketAddr, now: Instant, max_idle: Duration) -> Option<(TcpStream, Duration)> {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.get_mut(&addr)?;
+        while let Some(c) = list.pop() {
+            let age = now.saturating_duration_since(c.since);
+            if age < max_idle {
+                return Some((c.stream, age));
+            }
+        }
+        None
+    }
+
+    /// Keeps `stream` for reuse unless `addr` already has `cap` idle connections.
+    pub fn put(&self, addr: SocketAddr, stream: TcpStream, now: Instant, cap: usize) {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.entry(addr).or_default();
+        if list.len() < cap {
+            list.push(Idle { stream, since: now });
+        }
+    }
+
+    /// Closes connections idle for `max_idle` or longer.
+    pub fn sweep(&self, now: Instant, max_idle: Duration) {
+        let mut idle = self.idle.borrow_mut();
+        idle.retain(|_, list| {
+            list.retain(|c| now.saturating_duration_since(c.since) < max_idle);
+            !list.is_empty()
+        });
+    }
+
+    /// Idle connections currently held.
+    pub fn len(&self) -> usize {
+        self.idle.borrow().values().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,52 @@
+//! The runtime seam: the only module that names the executor.
+//!
+//! Everything above this module (shards, the HTTP/1 forwarding loop, the pool)
+//! sees the same small surface whatever the backend:
+//!
+//! * [`start_shard`]: a thread, optionally pinned to one CPU, running an executor;
+//! * [`spawn_local`], [`sleep`], [`timeout`]: tasks and timers on the current shard;
+//! * [`TcpListener`] / [`TcpStream`]: accept, connect, owned-buffer reads and
+//!   writes ([`Buf`] is a `Vec<u8>` whose spare capacity is read into), a
+//!   vectored write of a [`IoVecs`] (head slices plus body bytes), readiness
+//!   waits so an idle keep-alive connection holds no buffer, and a two-way
+//!   tunnel for `CONNECT` and `Upgrade`.
+//!
+//! monoio is the default backend: io_uring rings created with
+//! `COOP_TASKRUN | SINGLE_ISSUER | DEFER_TASKRUN` (DESIGN.md measures why),
+//! falling back to fewer flags and then to monoio's epoll driver.
+//! glommio is the second backend, behind the `runtime-glommio` feature.
+
+mod iovecs;
+pub use iovecs::IoVecs;
+
+#[cfg(not(feature = "runtime-glommio"))]
+mod monoio_backend;
+#[cfg(not(feature = "runtime-glommio"))]
+pub use monoio_backend::*;
+
+#[cfg(feature = "runtime-glommio")]
+mod glommio_backend;
+#[cfg(feature = "runtime-glommio")]
+pub use glommio_backend::*;
+
+/// An owned I/O buffer: reads append into its spare capacity.
+pub type Buf = Vec<u8>;
+
+/// A timer ran out before the operation finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Elapsed;
+
+/// Pins the calling thread to `cpu`.
+pub fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET only write inside it,
+    // and sched_setaffinity reads exactly size_of::<cpu_set_t>() bytes.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,335 @@
+//! monoio backend: io_uring with `COOP_TASKRUN | SINGLE_ISSUER | DEFER_TASKRUN`,
+//! falling back to fewer flags, then to the epoll ("legacy") driver.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent,
+    Canceller, Splitable,
+};
+use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
+
+use super::{Buf, Elapsed, IoVecs};
+
+/// Ring size per shard: enough for every connection's posted read plus writes.
+const RING_ENTRIES: u32 = 4096;
+
+/// Which driver a shard ended up with, for the log and `/config`.
+pub fn backend_name() -> &'static str {
+    "monoio"
+}
+
+type Rt = monoio::FusionRuntime<
+    monoio::time::TimeDriver<IoUringDriver>,
+    monoio::time::TimeDriver<LegacyDriver>,
+>;
+
+/// Builds the shard's runtime on the calling thread (SINGLE_ISSUER: the ring
+/// belongs to the thread that creates it). Returns the runtime and a
+/// description of what was built.
+fn build_runtime() -> io::Result<(Rt, String)> {
+    let forced_legacy = std::env::var("MONOIO_FORCE_LEGACY_DRIVER")
+        .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
+        .unwrap_or(false);
+    let mut refused = Vec::new();
+    if !forced_legacy && monoio::utils::detect_uring() {
+        type Setup = fn(&mut io_uring::Builder);
+        let ladder: [(&str, Setup); 4] = [
+            ("COOP_TASKRUN|SINGLE_ISSUER|DEFER_TASKRUN", |b| {
+                b.setup_coop_taskrun().setup_single_issuer().setup_defer_taskrun();
+            }),
+            ("COOP_TASKRUN|SINGLE_ISSUER", |b| {
+                b.setup_coop_taskrun().setup_single_issuer();
+            }),
+            ("COOP_TASKRUN", |b| {
+                b.setup_coop_taskrun();
+            }),
+            ("no flags", |_| {}),
+        ];
+        for (name, setup) in ladder {
+            let mut urb = io_uring::IoUring::builder();
+            setup(&mut urb);
+            match RuntimeBuilder::<IoUringDriver>::new()
+                .with_entries(RING_ENTRIES)
+                .uring_builder(urb)
+                .enable_timer()
+                .build()
+            {
+                Ok(rt) => {
+                    let desc = if refused.is_empty() {
+                        format!("io_uring ({name})")
+                    } else {
+                        format!("io_uring ({name}; kernel refused {})", refused.join(", "))
+                    };
+                    return Ok((rt.into(), desc));
+                }
+                Err(e) => refused.push(format!("{name}: {e}")),
+            }
+        }
+    }
+    let rt = RuntimeBuilder::<LegacyDriver>::new().enable_timer().build()?;
+    let why = if forced_legacy {
+        "MONOIO_FORCE_LEGACY_DRIVER is set".to_string()
+    } else if refused.is_empty() {
+        "io_uring is unavailable".to_string()
+    } else {
+        format!("io_uring refused: {}", refused.join("; "))
+    };
+    Ok((rt.into(), format!("epoll ({why})")))
+}
+
+/// Starts a shard thread, pinned to `cpu` when given, running `f` to completion.
+/// `on_start` receives the description of the driver that was built.
+pub fn start_shard<F, Fut>(
+    name: String,
+    cpu: Option<usize>,
+    f: F,
+) -> io::Result<std::thread::JoinHandle<()>>
+where
+    F: FnOnce(String) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    std::thread::Builder::new().name(name).spawn(move || {
+        if let Some(cpu) = cpu {
+            if let Err(e) = super::pin_current_thread(cpu) {
+                tracing::error!("cannot pin shard to CPU {cpu}: {e}");
+            }
+        }
+        match build_runtime() {
+            Ok((mut rt, desc)) => match &mut rt {
+                monoio::FusionRuntime::Uring(r) => r.block_on(f(desc)),
+                monoio::FusionRuntime::Legacy(r) => r.block_on(f(desc)),
+            },
+            Err(e) => {
+                tracing::error!("cannot create the shard's executor: {e}");
+                std::process::exit(1);
+            }
+        }
+    })
+}
+
+/// Spawns a detached task on the current shard.
+pub fn spawn_local<F: Future<Output = ()> + 'static>(f: F) {
+    drop(monoio::spawn(f));
+}
+
+/// Sleeps on the shard's timer.
+pub async fn sleep(d: Duration) {
+    monoio::time::sleep(d).await
+}
+
+/// Runs `f` with a deadline.
+pub async fn timeout<F: Future>(d: Duration, f: F) -> Result<F::Output, Elapsed> {
+    monoio::time::timeout(d, f).await.map_err(|_| Elapsed)
+}
+
+/// A listening socket on the current shard.
+pub struct TcpListener {
+    inner: monoio::net::TcpListener,
+}
+
+impl TcpListener {
+    /// Takes over a bound, listening std socket.
+    pub fn from_std(l: std::net::TcpListener) -> io::Result<Self> {
+        Ok(TcpListener {
+            inner: monoio::net::TcpListener::from_std(l)?,
+        })
+    }
+
+    /// Accepts one connection; `stop` cancels the pending accept (drain).
+    pub async fn accept(&self, stop: &StopHandle) -> io::Result<(TcpStream, SocketAddr)> {
+        let (s, a) = self.inner.cancelable_accept(stop.0.clone()).await?;
+        Ok((TcpStream { inner: s }, a))
+    }
+}
+
+/// Cancels pending accepts when the shard drains.
+pub struct Stop(Canceller);
+/// The handle pending accepts hold.
+#[derive(Clone)]
+pub struct StopHandle(CancelHandle);
+
+impl Stop {
+    pub fn new() -> Self {
+        Stop(Canceller::new())
+    }
+    pub fn handle(&self) -> StopHandle {
+        StopHandle(self.0.handle())
+    }
+    pub fn stop(self) {
+        drop(self.0.cancel());
+    }
+}
+
+impl Default for Stop {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A TCP connection on the current shard.
+pub struct TcpStream {
+    inner: monoio::net::TcpStream,
+}
+
+/// The outcome of [`TcpStream::read_linger`].
+pub enum Linger {
+    /// The read completed (bytes, 0 for EOF, or an error) with the buffer.
+    Read(io::Result<usize>, Buf),
+    /// Nothing arrived within the linger; the buffer is returned unread.
+    Idle(Buf),
+}
+
+impl TcpStream {
+    /// Adopts an accepted std socket (handed over from the acceptor thread).
+    pub fn from_std(s: std::net::TcpStream) -> io::Result<Self> {
+        Ok(TcpStream {
+            inner: monoio::net::TcpStream::from_std(s)?,
+        })
+    }
+
+    /// Connects, bounded by `limit`.
+    pub async fn connect(addr: SocketAddr, limit: Duration) -> io::Result<Self> {
+        match monoio::time::timeout(limit, monoio::net::TcpStream::connect_addr(addr)).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                Ok(TcpStream { inner: s })
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+        }
+    }
+
+    pub fn set_nodelay(&self) {
+        let _ = self.inner.set_nodelay(true);
+    }
+
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.peer_addr()
+    }
+
+    /// Reads into the spare capacity of `buf` (appending after its length).
+    pub async fn read(&mut self, buf: Buf) -> (io::Result<usize>, Buf) {
+        self.inner.read(buf).await
+    }
+
+    /// Keeps a read posted for at most `linger`; if nothing arrives, cancels it
+    /// and gives the buffer back, so the connection can wait without holding one.
+    pub async fn read_linger(&mut self, buf: Buf, linger: Duration) -> Linger {
+        let canceller = Canceller::new();
+        let read = self.inner.cancelable_read(buf, canceller.handle());
+        let mut read = std::pin::pin!(read);
+        monoio::select! {
+            (res, buf) = &mut read => Linger::Read(res, buf),
+            _ = monoio::time::sleep(linger) => {
+                drop(canceller.cancel());
+                let (res, buf) = read.await;
+                match res {
+                    Ok(n) => Linger::Read(Ok(n), buf),
+                    Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => Linger::Idle(buf),
+                    Err(e) => Linger::Read(Err(e), buf),
+                }
+            }
+        }
+    }
+
+    /// Waits until the socket is readable (or closed) without holding a buffer.
+    pub async fn readable(&mut self) -> io::Result<()> {
+        self.inner.readable(false).await
+    }
+
+    /// Writes `buf[range]` completely.
+    pub async fn write_all(&mut self, buf: Buf, range: std::ops::Range<usize>) -> (io::Result<()>, Buf) {
+        use monoio::buf::IoBuf;
+        let (res, slice) = self.inner.write_all(buf.slice(range)).await;
+        (res.map(|_| ()), slice.into_inner())
+    }
+
+    /// Writes every pending byte of `v` (vectored).
+    pub async fn write_vectored(&mut self, mut v: IoVecs) -> (io::Result<()>, IoVecs) {
+        while v.remaining() > 0 {
+            let (res, back) = self.inner.writev(IoVecsBuf(v)).await;
+            v = back.0;
+            match res {
+                Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), v),
+                Ok(n) => v.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return (Err(e), v),
+            }
+        }
+        (Ok(()), v)
+    }
+
+    /// Relays bytes both ways until both directions finish (EOF), either side
+    /// fails, or nothing moves in either direction for `idle`. Returns the
+    /// bytes copied (a → b, b → a).
+    pub async fn tunnel(a: TcpStream, b: TcpStream, bufs: (Buf, Buf), idle: Duration) -> (u64, u64) {
+        let last = Rc::new(Cell::new(Instant::now()));
+        let (ar, aw) = a.inner.into_split();
+        let (br, bw) = b.inner.into_split();
+        let ab = pipe(ar, bw, bufs.0, idle, last.clone());
+        let ba = pipe(br, aw, bufs.1, idle, last);
+        monoio::join!(ab, ba)
+    }
+}
+
+async fn pipe<R: AsyncReadRent, W: AsyncWriteRent>(
+    mut r: R,
+    mut w: W,
+    mut buf: Buf,
+    idle: Duration,
+    last: Rc<Cell<Instant>>,
+) -> u64 {
+    let mut total = 0u64;
+    loop {
+        buf.clear();
+        let (res, b) = match monoio::time::timeout(idle, r.read(buf)).await {
+            Ok(x) => x,
+            Err(_) => {
+                if last.get().elapsed() < idle {
+                    // The other direction is moving: this one is just quiet.
+                    // The dropped read keeps its buffer until the kernel
+                    // lets go of it; take a fresh one.
+                    buf = Vec::with_capacity(crate::buf::BUF_SIZE);
+                    continue;
+                }
+                break;
+            }
+        };
+        buf = b;
+        match res {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                last.set(Instant::now());
+                let (res, b) = w.write_all(buf).await;
+                buf = b;
+                if res.is_err() {
+                    break;
+                }
+                total += n as u64;
+            }
+        }
+    }
+    let _ = w.shutdown().await;
+    total
+}
+
+/// Adapter: monoio's `IoVecBuf` over [`IoVecs`].
+struct IoVecsBuf(IoVecs);
+
+// SAFETY: the iovec array and the buffers it points into are owned by the
+// IoVecs moved into this wrapper; none of them is touched (and no Vec is
+// reallocated) while the runtime owns the value, so the pointer stays valid.
+unsafe impl monoio::buf::IoVecBuf for IoVecsBuf {
+    fn read_iovec_ptr(&self) -> *const libc::iovec {
+        self.0.pending().as_ptr()
+    }
+    fn read_iovec_len(&self) -> usize {
+        self.0.pending().len()
+    }
+}
