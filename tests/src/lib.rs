@@ -1,1 +1,44 @@
-//! placeholder
+//! coremesh-e2e: end-to-end tests that start the real `coremesh-proxy` binary
+//! on loopback and drive it the way users and attackers do.
+//!
+//! How a test is put together:
+//!
+//! ```text
+//!  Client / curl ──▶ coremesh-proxy (child process) ──▶ Origin (std threads)
+//!   raw TCP, owns      config written to a TempDir,        records what it received,
+//!   the framing        ports from port 0, read back        answers by path (/delay,
+//!                      from the `bound` log line           /bytes, /chunked, /status..)
+//! ```
+//!
+//! * [`proxy`]: the [`ProxyBuilder`] (TOML in a per-test temp dir), the running
+//!   [`Proxy`] (addresses, stderr capture, admin requests, signals, RSS, killed
+//!   on drop; prints its log tail when a test panics).
+//! * [`origin`]: upstream servers on `127.0.0.1:0` that answer with what they
+//!   received (method, target, headers, body length and checksum).
+//! * [`client`]: a raw HTTP/1.1 client that owns its bytes, so tests can send
+//!   malformed or pipelined requests and read responses exactly as sent.
+//! * [`curl`]: the real client, for the forms where a real client matters.
+//! * [`metrics`]: a small Prometheus text parser for `/metrics`.
+//! * [`util`]: temp dirs, the deterministic body pattern and its checksum.
+//!
+//! Every address is loopback and every port is picked by the OS, so all tests
+//! run in parallel.
+
+// The harness shares small pieces of state between its helper threads (stderr
+// capture, what an origin received). This is test code, off the data plane,
+// where clippy's disallowed `Mutex` (the shared-nothing rule) does not apply.
+#![allow(clippy::disallowed_types)]
+
+pub mod client;
+pub mod curl;
+pub mod metrics;
+pub mod origin;
+pub mod proxy;
+pub mod util;
+
+pub use client::{http_get, Client, Request, Response};
+pub use curl::Curl;
+pub use metrics::Metrics;
+pub use origin::{Origin, Received};
+pub use proxy::{Proxy, ProxyBuilder};
+pub use util::{pattern_checksum, unused_port, Fnv64, Pattern, TempDir};
