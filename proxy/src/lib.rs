@@ -15,6 +15,8 @@
 //! * [`agent`] runs on its own thread (tokio current-thread): admin endpoint,
 //!   signals, configuration reloads, the connection acceptor for `cores > 1`.
 
+pub mod accesslog;
+pub mod admin;
 pub mod config;
 pub mod http1;
 pub mod shard;
