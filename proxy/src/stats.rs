@@ -1,10 +1,732 @@
-//! STUB
+//! Per-shard statistics.
+//!
+//! Data flow: every shard owns one [`ShardStats`] and updates it with plain
+//! integer arithmetic (no atomics, no locks: the shard is the only writer).
+//! When the agent asks (a few times a second at most), the shard answers with a
+//! [`ShardSnapshot`], an owned copy that crosses to the agent thread. The agent
+//! merges the snapshots of all shards at render time: [`render_prometheus`] for
+//! `/metrics`, [`cores_json`] for `/stats/cores`.
+//!
+//! Per request the cost is one hash lookup of the service name (no allocation
+//! once the service has been seen), a handful of integer additions and one
+//! histogram record. A new service allocates its entry and histogram once.
+//!
+//! Cardinality is bounded: a shard tracks at most [`MAX_SERVICES`] distinct
+//! (direction, service) pairs; requests for further services are counted under
+//! the service name [`OTHER_SERVICE`].
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Direction { Inbound, Outbound }
-impl Direction { pub fn as_str(self) -> &'static str { "x" } }
-#[derive(Debug, Clone)] pub struct ShardSnapshot {}
-pub struct ShardStats;
-impl ShardStats { pub fn new(_c: usize) -> Self { ShardStats } pub fn conn_opened(&mut self, _d: Direction) {} pub fn conn_closed(&mut self, _d: Direction) {}
- pub fn record(&mut self, _dir: Direction, _service: &str, _status: u16, _latency: Duration, _bytes_in: u64, _bytes_out: u64) {}
- pub fn snapshot(&self) -> ShardSnapshot { ShardSnapshot{} } }
+
+use hdrhistogram::Histogram;
+
+/// Which listener a request or connection came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    /// Both directions, in the order they are rendered.
+    pub const ALL: [Direction; 2] = [Direction::Inbound, Direction::Outbound];
+
+    /// The label value used in metrics, JSON and access logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+
+    fn idx(self) -> usize {
+        match self {
+            Direction::Inbound => 0,
+            Direction::Outbound => 1,
+        }
+    }
+}
+
+/// Most distinct (direction, service) pairs one shard tracks. Each pair costs
+/// about 20 KiB (mostly its histogram), so this bounds a shard's stats memory
+/// at about 20 MiB even when callers pass unbounded names (e.g. a `Host:`
+/// header that resolved to nothing but was not folded into "unknown").
+pub const MAX_SERVICES: usize = 1024;
+
+/// The service name requests are counted under once [`MAX_SERVICES`] is reached.
+pub const OTHER_SERVICE: &str = "other";
+
+/// Histogram range: 1 µs ..= 60 s. Longer requests are recorded as 60 s, which
+/// still lands them in the `+Inf` bucket (the largest finite bucket is 10 s).
+const HIST_LOW_US: u64 = 1;
+const HIST_HIGH_US: u64 = 60_000_000;
+/// Two significant figures: values are kept within 1%, which is finer than the
+/// spacing of the exported buckets, at ~20 KiB per histogram.
+const HIST_SIGFIG: u8 = 2;
+
+/// Status classes, indexed by [`class_index`].
+const CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// `status` 0 (no response sent) and anything that is not a valid HTTP status
+/// code (outside 100..=599) count as `none`.
+fn class_index(status: u16) -> usize {
+    match status {
+        100..=599 => usize::from(status / 100),
+        _ => 0,
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(HIST_LOW_US, HIST_HIGH_US, HIST_SIGFIG)
+        .expect("static histogram bounds are valid")
+}
+
+/// Counters for one (direction, service) on one shard.
+#[derive(Debug, Clone)]
+struct ServiceStats {
+    direction: Direction,
+    /// Shared with the snapshots, so a snapshot does not copy the name.
+    service: Arc<str>,
+    by_class: [u64; CLASSES.len()],
+    bytes_in: u64,
+    bytes_out: u64,
+    /// Exact sum of latencies (for the `_sum` series), in nanoseconds; it
+    /// would take 584 years of summed latency to saturate.
+    latency_sum_ns: u64,
+    latency_us: Histogram<u64>,
+}
+
+impl ServiceStats {
+    fn new(direction: Direction, service: Arc<str>) -> Self {
+        ServiceStats {
+            direction,
+            service,
+            by_class: [0; CLASSES.len()],
+            bytes_in: 0,
+            bytes_out: 0,
+            latency_sum_ns: 0,
+            latency_us: new_histogram(),
+        }
+    }
+}
+
+/// One shard's counters. Owned and written by that shard only.
+#[derive(Debug)]
+pub struct ShardStats {
+    core: usize,
+    requests: u64,
+    conns_open: [u64; 2],
+    conns_total: [u64; 2],
+    services: Vec<ServiceStats>,
+    /// Per direction: service name -> index into `services`. `Arc<str>`
+    /// borrows as `str`, so lookups by `&str` do not allocate.
+    index: [HashMap<Arc<str>, usize>; 2],
+}
+
+impl ShardStats {
+    pub fn new(core: usize) -> Self {
+        ShardStats {
+            core,
+            requests: 0,
+            conns_open: [0; 2],
+            conns_total: [0; 2],
+            services: Vec::new(),
+            index: [HashMap::new(), HashMap::new()],
+        }
+    }
+
+    pub fn conn_opened(&mut self, dir: Direction) {
+        self.conns_open[dir.idx()] += 1;
+        self.conns_total[dir.idx()] += 1;
+    }
+
+    pub fn conn_closed(&mut self, dir: Direction) {
+        // Saturating: a close without its open (a caller bug) must not wrap
+        // the gauge to 2^64.
+        let open = &mut self.conns_open[dir.idx()];
+        *open = open.saturating_sub(1);
+    }
+
+    /// One finished request. `service` is the destination service (outbound)
+    /// or the local service (inbound); callers pass "unknown" for names they
+    /// could not resolve. `status` 0 means no response was sent.
+    pub fn record(
+        &mut self,
+        dir: Direction,
+        service: &str,
+        status: u16,
+        latency: Duration,
+        bytes_in: u64,
+        bytes_out: u64,
+    ) {
+        self.requests += 1;
+        let i = self.service_index(dir, service);
+        let s = &mut self.services[i];
+        s.by_class[class_index(status)] += 1;
+        s.bytes_in = s.bytes_in.saturating_add(bytes_in);
+        s.bytes_out = s.bytes_out.saturating_add(bytes_out);
+        let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        s.latency_sum_ns = s.latency_sum_ns.saturating_add(ns);
+        let us = u64::try_from(latency.as_micros())
+            .unwrap_or(u64::MAX)
+            .clamp(HIST_LOW_US, HIST_HIGH_US);
+        s.latency_us.saturating_record(us);
+    }
+
+    fn service_index(&mut self, dir: Direction, service: &str) -> usize {
+        if let Some(&i) = self.index[dir.idx()].get(service) {
+            return i;
+        }
+        let name = if self.services.len() >= MAX_SERVICES {
+            if let Some(&i) = self.index[dir.idx()].get(OTHER_SERVICE) {
+                return i;
+            }
+            OTHER_SERVICE
+        } else {
+            service
+        };
+        let name: Arc<str> = Arc::from(name);
+        let i = self.services.len();
+        self.services.push(ServiceStats::new(dir, name.clone()));
+        self.index[dir.idx()].insert(name, i);
+        i
+    }
+
+    /// An owned copy for the agent. Allocates (the histograms are copied), so
+    /// it is taken on request, a few times a second at most.
+    pub fn snapshot(&self) -> ShardSnapshot {
+        let mut services: Vec<ServiceSnapshot> = self
+            .services
+            .iter()
+            .map(|s| ServiceSnapshot {
+                direction: s.direction,
+                service: s.service.clone(),
+                by_class: s.by_class,
+                bytes_in: s.bytes_in,
+                bytes_out: s.bytes_out,
+                latency_sum_ns: s.latency_sum_ns,
+                latency_us: s.latency_us.clone(),
+            })
+            .collect();
+        services.sort_by(|a, b| (a.direction, &a.service).cmp(&(b.direction, &b.service)));
+        ShardSnapshot {
+            core: self.core,
+            requests: self.requests,
+            conns_open: self.conns_open,
+            conns_total: self.conns_total,
+            services,
+        }
+    }
+}
+
+/// A point-in-time copy of one shard's stats. `Send`: it crosses from the
+/// shard to the agent thread.
+#[derive(Debug, Clone)]
+pub struct ShardSnapshot {
+    pub core: usize,
+    requests: u64,
+    conns_open: [u64; 2],
+    conns_total: [u64; 2],
+    /// Sorted by (direction, service).
+    services: Vec<ServiceSnapshot>,
+}
+
+#[derive(Debug, Clone)]
+struct ServiceSnapshot {
+    direction: Direction,
+    service: Arc<str>,
+    by_class: [u64; CLASSES.len()],
+    bytes_in: u64,
+    bytes_out: u64,
+    latency_sum_ns: u64,
+    latency_us: Histogram<u64>,
+}
+
+impl ShardSnapshot {
+    /// All requests recorded on this shard.
+    pub fn requests(&self) -> u64 {
+        self.requests
+    }
+
+    pub fn connections_open(&self, dir: Direction) -> u64 {
+        self.conns_open[dir.idx()]
+    }
+
+    pub fn connections_total(&self, dir: Direction) -> u64 {
+        self.conns_total[dir.idx()]
+    }
+
+    /// Latency of every request on this shard, all services merged, in µs.
+    fn merged_latency(&self) -> Histogram<u64> {
+        let mut h = new_histogram();
+        for s in &self.services {
+            // Same bounds on both sides, so `add` cannot fail.
+            let _ = h.add(&s.latency_us);
+        }
+        h
+    }
+}
+
+/// Bucket bounds of `coremesh_request_duration_seconds`: (µs, label).
+const BUCKETS: [(u64, &str); 16] = [
+    (100, "0.0001"),
+    (250, "0.00025"),
+    (500, "0.0005"),
+    (1_000, "0.001"),
+    (2_500, "0.0025"),
+    (5_000, "0.005"),
+    (10_000, "0.01"),
+    (25_000, "0.025"),
+    (50_000, "0.05"),
+    (100_000, "0.1"),
+    (250_000, "0.25"),
+    (500_000, "0.5"),
+    (1_000_000, "1"),
+    (2_500_000, "2.5"),
+    (5_000_000, "5"),
+    (10_000_000, "10"),
+];
+
+/// Writes a label value escaped per the text format 0.0.4: `\`, `"` and
+/// newline are backslash-escaped.
+fn push_label_value(out: &mut String, v: &str) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+fn push_header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// `name suffix{direction="..",service=".."` without the closing brace, so
+/// callers can append more labels.
+fn push_dir_service(out: &mut String, name: &str, suffix: &str, dir: Direction, service: &str) {
+    out.push_str(name);
+    out.push_str(suffix);
+    out.push_str("{direction=\"");
+    out.push_str(dir.as_str());
+    out.push_str("\",service=\"");
+    push_label_value(out, service);
+    out.push('"');
+}
+
+/// Renders the snapshots of all shards in the Prometheus text format 0.0.4.
+/// Counters and gauges keep a `core` label; the latency histogram is merged
+/// across cores. Series are sorted by labels so output is stable.
+pub fn render_prometheus(snaps: &[ShardSnapshot], out: &mut String) {
+    let mut snaps: Vec<&ShardSnapshot> = snaps.iter().collect();
+    snaps.sort_by_key(|s| s.core);
+    // Rows sorted by (direction, service, core): one family's lines group the
+    // same service together.
+    let mut rows: Vec<(&ShardSnapshot, &ServiceSnapshot)> = snaps
+        .iter()
+        .flat_map(|snap| snap.services.iter().map(move |s| (*snap, s)))
+        .collect();
+    rows.sort_by(|(ca, a), (cb, b)| {
+        (a.direction, &a.service, ca.core).cmp(&(b.direction, &b.service, cb.core))
+    });
+
+    let name = "coremesh_requests_total";
+    push_header(
+        out,
+        name,
+        "counter",
+        "Finished requests by direction, service, status class (none: no response sent) and core.",
+    );
+    for (snap, s) in &rows {
+        for (class, &n) in CLASSES.iter().zip(&s.by_class) {
+            // Only classes that occurred: a service appears with its first
+            // request, so it always has at least one series here.
+            if n == 0 {
+                continue;
+            }
+            push_dir_service(out, name, "", s.direction, &s.service);
+            let _ = writeln!(out, ",class=\"{class}\",core=\"{}\"}} {n}", snap.core);
+        }
+    }
+
+    let name = "coremesh_request_duration_seconds";
+    push_header(
+        out,
+        name,
+        "histogram",
+        "Request latency from first request byte to last response byte, all cores merged.",
+    );
+    let mut i = 0;
+    while i < rows.len() {
+        let (_, first) = rows[i];
+        let mut merged = first.latency_us.clone();
+        let mut sum_ns = first.latency_sum_ns;
+        let mut j = i + 1;
+        while j < rows.len()
+            && rows[j].1.direction == first.direction
+            && rows[j].1.service == first.service
+        {
+            let _ = merged.add(&rows[j].1.latency_us);
+            sum_ns = sum_ns.saturating_add(rows[j].1.latency_sum_ns);
+            j += 1;
+        }
+        render_histogram(out, name, first.direction, &first.service, &merged, sum_ns);
+        i = j;
+    }
+
+    let name = "coremesh_request_bytes_total";
+    push_header(
+        out,
+        name,
+        "counter",
+        "Bytes received from the downstream client (request head and body).",
+    );
+    for (snap, s) in &rows {
+        push_dir_service(out, name, "", s.direction, &s.service);
+        let _ = writeln!(out, ",core=\"{}\"}} {}", snap.core, s.bytes_in);
+    }
+
+    let name = "coremesh_response_bytes_total";
+    push_header(
+        out,
+        name,
+        "counter",
+        "Bytes sent to the downstream client (response head and body).",
+    );
+    for (snap, s) in &rows {
+        push_dir_service(out, name, "", s.direction, &s.service);
+        let _ = writeln!(out, ",core=\"{}\"}} {}", snap.core, s.bytes_out);
+    }
+
+    let name = "coremesh_connections_open";
+    push_header(out, name, "gauge", "Open downstream connections.");
+    for dir in Direction::ALL {
+        for snap in &snaps {
+            let _ = writeln!(
+                out,
+                "{name}{{direction=\"{}\",core=\"{}\"}} {}",
+                dir.as_str(),
+                snap.core,
+                snap.connections_open(dir)
+            );
+        }
+    }
+
+    let name = "coremesh_connections_total";
+    push_header(out, name, "counter", "Accepted downstream connections.");
+    for dir in Direction::ALL {
+        for snap in &snaps {
+            let _ = writeln!(
+                out,
+                "{name}{{direction=\"{}\",core=\"{}\"}} {}",
+                dir.as_str(),
+                snap.core,
+                snap.connections_total(dir)
+            );
+        }
+    }
+
+    let name = "coremesh_shard_requests_total";
+    push_header(
+        out,
+        name,
+        "counter",
+        "Finished requests per shard, all services.",
+    );
+    for snap in &snaps {
+        let _ = writeln!(out, "{name}{{core=\"{}\"}} {}", snap.core, snap.requests);
+    }
+}
+
+fn render_histogram(
+    out: &mut String,
+    name: &str,
+    dir: Direction,
+    service: &str,
+    h: &Histogram<u64>,
+    sum_ns: u64,
+) {
+    // One pass over the recorded values. A recorded value belongs to bucket
+    // `le` when its hdrhistogram bucket lies at or below the bound (the same
+    // rule as `count_between(0, le)`); with 2 significant figures this is
+    // within 1% of the bound.
+    let mut cumulative = [0u64; BUCKETS.len()];
+    for v in h.iter_recorded() {
+        let value = h.lowest_equivalent(v.value_iterated_to());
+        let n = v.count_at_value();
+        if let Some(b) = BUCKETS.iter().position(|&(le, _)| value <= le) {
+            cumulative[b] += n;
+        }
+    }
+    let mut running = 0u64;
+    for ((_, label), n) in BUCKETS.iter().zip(cumulative) {
+        running += n;
+        push_dir_service(out, name, "_bucket", dir, service);
+        let _ = writeln!(out, ",le=\"{label}\"}} {running}");
+    }
+    let count = h.len();
+    push_dir_service(out, name, "_bucket", dir, service);
+    let _ = writeln!(out, ",le=\"+Inf\"}} {count}");
+    push_dir_service(out, name, "_sum", dir, service);
+    let _ = writeln!(out, "}} {}", sum_ns as f64 / 1e9);
+    push_dir_service(out, name, "_count", dir, service);
+    let _ = writeln!(out, "}} {count}");
+}
+
+/// `{"cores":[{"core":0,"requests":N,"connections_open":{..},"connections_total":{..},"latency_us":{"p50":..,"p99":..}}]}`,
+/// sorted by core. Latency percentiles are over all services of the core, in
+/// microseconds (0 when the core has served no request).
+pub fn cores_json(snaps: &[ShardSnapshot]) -> serde_json::Value {
+    let mut snaps: Vec<&ShardSnapshot> = snaps.iter().collect();
+    snaps.sort_by_key(|s| s.core);
+    let cores: Vec<serde_json::Value> = snaps
+        .iter()
+        .map(|s| {
+            let h = s.merged_latency();
+            let pct = |q: f64| {
+                if h.is_empty() {
+                    0
+                } else {
+                    h.value_at_quantile(q)
+                }
+            };
+            serde_json::json!({
+                "core": s.core,
+                "requests": s.requests,
+                "connections_open": {
+                    "inbound": s.connections_open(Direction::Inbound),
+                    "outbound": s.connections_open(Direction::Outbound),
+                },
+                "connections_total": {
+                    "inbound": s.connections_total(Direction::Inbound),
+                    "outbound": s.connections_total(Direction::Outbound),
+                },
+                "latency_us": {
+                    "p50": pct(0.5),
+                    "p90": pct(0.9),
+                    "p99": pct(0.99),
+                    "max": h.max(),
+                },
+            })
+        })
+        .collect();
+    serde_json::json!({ "cores": cores })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(core: usize) -> ShardStats {
+        let mut st = ShardStats::new(core);
+        st.conn_opened(Direction::Outbound);
+        st.conn_opened(Direction::Outbound);
+        st.conn_closed(Direction::Outbound);
+        st.conn_opened(Direction::Inbound);
+        let ms = Duration::from_millis;
+        st.record(Direction::Outbound, "api", 200, ms(3), 100, 1000);
+        st.record(Direction::Outbound, "api", 200, ms(30), 100, 1000);
+        st.record(Direction::Outbound, "api", 503, ms(300), 100, 20);
+        st.record(Direction::Outbound, "we\"ird\\na\nme", 0, ms(20_000), 1, 0);
+        st.record(
+            Direction::Inbound,
+            "web",
+            404,
+            Duration::from_micros(50),
+            10,
+            5,
+        );
+        st
+    }
+
+    /// Finds the value of the sample line that starts with `prefix`.
+    fn value_of(text: &str, prefix: &str) -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no line {prefix:?} in\n{text}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn counts_classes_and_connections() {
+        let snap = sample(3).snapshot();
+        assert_eq!(snap.core, 3);
+        assert_eq!(snap.requests(), 5);
+        assert_eq!(snap.connections_open(Direction::Outbound), 1);
+        assert_eq!(snap.connections_total(Direction::Outbound), 2);
+        assert_eq!(snap.connections_open(Direction::Inbound), 1);
+        let mut out = String::new();
+        render_prometheus(&[snap], &mut out);
+        let api = r#"direction="outbound",service="api""#;
+        assert_eq!(
+            value_of(
+                &out,
+                &format!(r#"coremesh_requests_total{{{api},class="2xx",core="3"}}"#)
+            ),
+            2.0
+        );
+        assert_eq!(
+            value_of(
+                &out,
+                &format!(r#"coremesh_requests_total{{{api},class="5xx",core="3"}}"#)
+            ),
+            1.0
+        );
+        assert!(
+            out.contains(r#"service="we\"ird\\na\nme",class="none",core="3"} 1"#),
+            "{out}"
+        );
+        assert_eq!(
+            value_of(&out, r#"coremesh_shard_requests_total{core="3"}"#),
+            5.0
+        );
+        assert_eq!(
+            value_of(
+                &out,
+                r#"coremesh_connections_open{direction="outbound",core="3"}"#
+            ),
+            1.0
+        );
+        assert_eq!(
+            value_of(
+                &out,
+                &format!(r#"coremesh_request_bytes_total{{{api},core="3"}}"#)
+            ),
+            300.0
+        );
+        assert_eq!(
+            value_of(
+                &out,
+                &format!(r#"coremesh_response_bytes_total{{{api},core="3"}}"#)
+            ),
+            2020.0
+        );
+    }
+
+    #[test]
+    fn histogram_merges_cores_and_is_cumulative() {
+        let snaps = [sample(0).snapshot(), sample(1).snapshot()];
+        let mut out = String::new();
+        render_prometheus(&snaps, &mut out);
+        let b =
+            r#"coremesh_request_duration_seconds_bucket{direction="outbound",service="api",le="#;
+        // Two cores x (3 ms, 30 ms, 300 ms).
+        assert_eq!(value_of(&out, &format!(r#"{b}"0.0025"}}"#)), 0.0);
+        assert_eq!(value_of(&out, &format!(r#"{b}"0.005"}}"#)), 2.0);
+        assert_eq!(value_of(&out, &format!(r#"{b}"0.05"}}"#)), 4.0);
+        assert_eq!(value_of(&out, &format!(r#"{b}"0.5"}}"#)), 6.0);
+        assert_eq!(value_of(&out, &format!(r#"{b}"10"}}"#)), 6.0);
+        assert_eq!(value_of(&out, &format!(r#"{b}"+Inf"}}"#)), 6.0);
+        let sum = value_of(
+            &out,
+            r#"coremesh_request_duration_seconds_sum{direction="outbound",service="api"}"#,
+        );
+        assert!((sum - 0.666).abs() < 1e-9, "{sum}");
+        // 20 s is past the last finite bucket.
+        let w = r#"coremesh_request_duration_seconds_bucket{direction="outbound",service="we\"ird\\na\nme",le="#;
+        assert_eq!(value_of(&out, &format!(r#"{w}"10"}}"#)), 0.0);
+        assert_eq!(value_of(&out, &format!(r#"{w}"+Inf"}}"#)), 2.0);
+        // One histogram per (direction, service), not per core.
+        assert_eq!(out.matches(&format!(r#"{b}"+Inf"}}"#)).count(), 1);
+    }
+
+    #[test]
+    fn caps_distinct_services() {
+        let mut st = ShardStats::new(0);
+        for i in 0..MAX_SERVICES + 10 {
+            st.record(
+                Direction::Outbound,
+                &format!("svc{i}"),
+                200,
+                Duration::ZERO,
+                0,
+                0,
+            );
+        }
+        st.record(Direction::Outbound, "svc0", 200, Duration::ZERO, 0, 0);
+        let snap = st.snapshot();
+        assert_eq!(snap.services.len(), MAX_SERVICES + 1);
+        let other = snap
+            .services
+            .iter()
+            .find(|s| &*s.service == OTHER_SERVICE)
+            .unwrap();
+        assert_eq!(other.by_class[2], 10);
+        let svc0 = snap
+            .services
+            .iter()
+            .find(|s| &*s.service == "svc0")
+            .unwrap();
+        assert_eq!(svc0.by_class[2], 2);
+    }
+
+    #[test]
+    fn cores_json_shape() {
+        let v = cores_json(&[sample(1).snapshot(), ShardStats::new(0).snapshot()]);
+        let cores = v["cores"].as_array().unwrap();
+        assert_eq!(cores[0]["core"], 0);
+        assert_eq!(cores[0]["requests"], 0);
+        assert_eq!(cores[0]["latency_us"]["p50"], 0);
+        assert_eq!(cores[1]["core"], 1);
+        assert_eq!(cores[1]["requests"], 5);
+        assert_eq!(cores[1]["connections_open"]["outbound"], 1);
+        assert_eq!(cores[1]["connections_total"]["outbound"], 2);
+        let p50 = cores[1]["latency_us"]["p50"].as_u64().unwrap();
+        assert!((29_000..=31_000).contains(&p50), "{p50}");
+        assert!(cores[1]["latency_us"]["p99"].as_u64().unwrap() >= 19_000_000);
+    }
+
+    /// `promtool check metrics` reads the exposition on stdin and prints
+    /// errors and lint warnings; it must print nothing. Skipped (with a note)
+    /// where promtool is not installed.
+    #[test]
+    fn promtool_accepts_output() {
+        use std::io::Write as _;
+        use std::process::{Command, Stdio};
+
+        let mut out = String::new();
+        render_prometheus(&[sample(0).snapshot(), sample(1).snapshot()], &mut out);
+        let mut empty = String::new();
+        render_prometheus(&[], &mut empty);
+        for text in [out, empty] {
+            let child = Command::new("promtool")
+                .args(["check", "metrics"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn();
+            let mut child = match child {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("promtool not run ({e}); skipping");
+                    return;
+                }
+            };
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+            let res = child.wait_with_output().unwrap();
+            let said = format!(
+                "{}{}",
+                String::from_utf8_lossy(&res.stdout),
+                String::from_utf8_lossy(&res.stderr)
+            );
+            assert!(
+                res.status.success() && said.trim().is_empty(),
+                "{said}\n{text}"
+            );
+        }
+    }
+}

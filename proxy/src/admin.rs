@@ -1,0 +1,384 @@
+//! The admin HTTP endpoint, served on the agent thread (tokio current-thread
+//! runtime inside a `LocalSet`, hyper 1, HTTP/1.1 only).
+//!
+//! | path | answer |
+//! | --- | --- |
+//! | `GET /metrics` | Prometheus text format 0.0.4, all shards ([`crate::stats::render_prometheus`]) |
+//! | `GET /stats/cores` | per-core JSON ([`crate::stats::cores_json`]) |
+//! | `GET /ready` | 200 `ready` when every shard is ready and the proxy is not draining, else 503 `not ready` |
+//! | `GET /live` | 200 `live` |
+//! | `GET /config` | the running configuration as JSON ([`AdminState::config_json`]) |
+//!
+//! Other paths get 404, other methods on these paths 405.
+//!
+//! Stats are pulled, not pushed: a `/metrics` request sends
+//! [`ShardMsg::Snapshot`] to every shard and waits at most
+//! [`SNAPSHOT_TIMEOUT`] for the answers; a shard that is stuck or gone is left
+//! out of that scrape rather than stalling it.
+
+use std::cell::{Cell, RefCell};
+use std::convert::Infallible;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+use crate::shard::{ShardHandle, ShardMsg};
+use crate::stats::{self, ShardSnapshot};
+
+/// How long a scrape waits for the shards' snapshots.
+pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Content type of `/metrics` (Prometheus text exposition format 0.0.4).
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// A client must send its request head within this time (slow-loris guard:
+/// the admin port is served by the same thread as the control agent).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the admin endpoint reads. Owned by the agent thread.
+pub struct AdminState {
+    pub shards: Vec<ShardHandle>,
+    /// The running configuration; set by the agent at start and on every
+    /// reload.
+    pub config_json: RefCell<serde_json::Value>,
+    /// Set by the agent when it starts draining; `/ready` then answers 503.
+    pub draining: Cell<bool>,
+}
+
+impl AdminState {
+    /// Every shard runs and the proxy is not draining.
+    pub fn is_ready(&self) -> bool {
+        !self.draining.get() && self.shards.iter().all(|s| s.ready.load(Ordering::Acquire))
+    }
+}
+
+/// Serves the admin endpoint on `listener` until the future is dropped. Each
+/// connection is its own local task, so a bad or slow client only ends its
+/// own connection.
+pub async fn serve(listener: TcpListener, state: Rc<AdminState>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(err) => {
+                // EMFILE and friends: back off instead of spinning, then keep
+                // serving.
+                tracing::warn!(%err, "admin: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::task::spawn_local(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(&state, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(err) = conn.await {
+                tracing::debug!(%err, %peer, "admin: connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Asks every shard for a snapshot and returns the answers that arrive within
+/// [`SNAPSHOT_TIMEOUT`] (one deadline for all shards, so a scrape takes at
+/// most that long however many shards are stuck), sorted by core.
+pub async fn collect_snapshots(state: &AdminState) -> Vec<ShardSnapshot> {
+    let deadline = Instant::now() + SNAPSHOT_TIMEOUT;
+    let mut pending = Vec::with_capacity(state.shards.len());
+    for shard in &state.shards {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sent = match shard.tx.try_send(ShardMsg::Snapshot(tx)) {
+            Ok(()) => true,
+            Err(async_channel::TrySendError::Full(msg)) => {
+                matches!(
+                    tokio::time::timeout_at(deadline, shard.tx.send(msg)).await,
+                    Ok(Ok(()))
+                )
+            }
+            Err(async_channel::TrySendError::Closed(_)) => false,
+        };
+        if sent {
+            pending.push((shard.index, rx));
+        } else {
+            tracing::debug!(
+                shard = shard.index,
+                "admin: shard did not take the snapshot request"
+            );
+        }
+    }
+    let mut snaps = Vec::with_capacity(pending.len());
+    for (index, rx) in pending {
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(snap)) => snaps.push(snap),
+            Ok(Err(_)) => {
+                tracing::debug!(shard = index, "admin: shard dropped the snapshot request")
+            }
+            Err(_) => tracing::warn!(
+                shard = index,
+                "admin: shard did not answer a snapshot request in time"
+            ),
+        }
+    }
+    snaps.sort_by_key(|s| s.core);
+    snaps
+}
+
+async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    let known = matches!(
+        path,
+        "/metrics" | "/stats/cores" | "/ready" | "/live" | "/config"
+    );
+    if !known {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    }
+    if req.method() != Method::GET {
+        let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        resp.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET"));
+        return resp;
+    }
+    match path {
+        "/metrics" => {
+            let snaps = collect_snapshots(state).await;
+            let mut out = String::with_capacity(16 * 1024);
+            stats::render_prometheus(&snaps, &mut out);
+            body(StatusCode::OK, METRICS_CONTENT_TYPE, out.into())
+        }
+        "/stats/cores" => {
+            let snaps = collect_snapshots(state).await;
+            json(&stats::cores_json(&snaps))
+        }
+        "/ready" => {
+            if state.is_ready() {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        "/live" => text(StatusCode::OK, "live\n"),
+        _ => {
+            // "/config". The borrow ends before this returns (no await).
+            let v = state.config_json.borrow();
+            json(&v)
+        }
+    }
+}
+
+fn body(status: StatusCode, content_type: &'static str, bytes: Bytes) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(bytes));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+fn text(status: StatusCode, s: &'static str) -> Response<Full<Bytes>> {
+    body(
+        status,
+        "text/plain; charset=utf-8",
+        Bytes::from_static(s.as_bytes()),
+    )
+}
+
+fn json(v: &serde_json::Value) -> Response<Full<Bytes>> {
+    // Serializing a `Value` cannot fail.
+    let mut out = serde_json::to_vec_pretty(v).unwrap_or_default();
+    out.push(b'\n');
+    body(StatusCode::OK, "application/json", out.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use crate::stats::{Direction, ShardStats};
+
+    /// A shard thread that records a few requests and answers snapshots, like
+    /// the real shard loop. Ends when the agent side drops the sender.
+    fn fake_shard(index: usize) -> (ShardHandle, std::thread::JoinHandle<()>) {
+        let (tx, rx) = async_channel::bounded::<ShardMsg>(16);
+        let thread = std::thread::spawn(move || {
+            let mut st = ShardStats::new(index);
+            st.conn_opened(Direction::Outbound);
+            for ms in [1, 2, 3, 4, 5, 6, 7] {
+                st.record(
+                    Direction::Outbound,
+                    "api",
+                    200,
+                    Duration::from_millis(ms),
+                    100,
+                    200,
+                );
+            }
+            while let Ok(msg) = rx.recv_blocking() {
+                if let ShardMsg::Snapshot(reply) = msg {
+                    let _ = reply.send(st.snapshot());
+                }
+            }
+        });
+        let handle = ShardHandle {
+            index,
+            tx,
+            open_conns: Arc::new(AtomicUsize::new(0)),
+            ready: Arc::new(AtomicBool::new(true)),
+        };
+        (handle, thread)
+    }
+
+    /// One request over a fresh TCP connection; returns (status, head, body).
+    async fn get(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String, String) {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp).await.unwrap();
+        let resp = String::from_utf8(resp).unwrap();
+        let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+        let status = head[9..12].parse().unwrap();
+        (status, head.to_owned(), body.to_owned())
+    }
+
+    #[test]
+    fn serves_every_endpoint() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        let (shard, thread) = fake_shard(0);
+        // A shard whose receiver is gone: skipped, never fatal.
+        let (dead_tx, dead_rx) = async_channel::bounded(1);
+        drop(dead_rx);
+        let dead = ShardHandle {
+            index: 1,
+            tx: dead_tx,
+            open_conns: Arc::new(AtomicUsize::new(0)),
+            ready: Arc::new(AtomicBool::new(true)),
+        };
+        let state = Rc::new(AdminState {
+            shards: vec![shard.clone(), dead],
+            config_json: RefCell::new(serde_json::json!({"cores": 1, "service": "web"})),
+            draining: Cell::new(false),
+        });
+
+        local.block_on(&rt, async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let server = tokio::task::spawn_local(serve(listener, state.clone()));
+
+            // A client that sends garbage and one that hangs up early must
+            // not stop the server.
+            let mut bad = tokio::net::TcpStream::connect(addr).await.unwrap();
+            bad.write_all(b"\x16\x03\x01 not http\r\n\r\n").await.unwrap();
+            drop(tokio::net::TcpStream::connect(addr).await.unwrap());
+
+            let (status, head, body) = get(addr, "GET", "/metrics").await;
+            assert_eq!(status, 200, "{head}");
+            assert!(head.contains(METRICS_CONTENT_TYPE), "{head}");
+            assert!(
+                body.contains(
+                    r#"coremesh_requests_total{direction="outbound",service="api",class="2xx",core="0"} 7"#
+                ),
+                "{body}"
+            );
+            assert!(body.contains(r#"coremesh_shard_requests_total{core="0"} 7"#), "{body}");
+            assert!(!body.contains(r#"core="1""#), "{body}");
+
+            let (status, _, body) = get(addr, "GET", "/stats/cores").await;
+            assert_eq!(status, 200);
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["cores"].as_array().unwrap().len(), 1);
+            assert_eq!(v["cores"][0]["requests"], 7);
+            assert_eq!(v["cores"][0]["connections_open"]["outbound"], 1);
+            let p50 = v["cores"][0]["latency_us"]["p50"].as_u64().unwrap();
+            assert!((4000..4100).contains(&p50), "{p50}");
+
+            assert_eq!(get(addr, "GET", "/live").await.2, "live\n");
+            let (status, _, body) = get(addr, "GET", "/ready").await;
+            assert_eq!((status, body.as_str()), (200, "ready\n"));
+
+            let (status, head, body) = get(addr, "GET", "/config").await;
+            assert_eq!(status, 200);
+            assert!(head.contains("application/json"), "{head}");
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["service"], "web");
+
+            *state.config_json.borrow_mut() = serde_json::json!({"service": "reloaded"});
+            let v: serde_json::Value =
+                serde_json::from_str(&get(addr, "GET", "/config").await.2).unwrap();
+            assert_eq!(v["service"], "reloaded");
+
+            state.draining.set(true);
+            let (status, _, body) = get(addr, "GET", "/ready").await;
+            assert_eq!((status, body.as_str()), (503, "not ready\n"));
+            state.draining.set(false);
+            shard.ready.store(false, Ordering::Release);
+            assert_eq!(get(addr, "GET", "/ready").await.0, 503);
+
+            assert_eq!(get(addr, "GET", "/nope").await.0, 404);
+            let (status, head, _) = get(addr, "POST", "/metrics").await;
+            assert_eq!(status, 405);
+            assert!(head.to_ascii_lowercase().contains("allow: get"), "{head}");
+
+            server.abort();
+        });
+        // The aborted tasks (holding the shard senders) go with the LocalSet;
+        // then the fake shard sees its channel close.
+        drop(local);
+        drop(state);
+        drop(shard);
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn unanswered_shard_is_skipped_after_timeout() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (shard, thread) = fake_shard(0);
+        // A shard that takes the request but never answers.
+        let (mute_tx, mute_rx) = async_channel::bounded::<ShardMsg>(4);
+        let mute = ShardHandle {
+            index: 1,
+            tx: mute_tx,
+            open_conns: Arc::new(AtomicUsize::new(0)),
+            ready: Arc::new(AtomicBool::new(true)),
+        };
+        let state = AdminState {
+            shards: vec![mute, shard],
+            config_json: RefCell::new(serde_json::Value::Null),
+            draining: Cell::new(false),
+        };
+        let started = std::time::Instant::now();
+        let snaps = rt.block_on(collect_snapshots(&state));
+        assert_eq!(snaps.len(), 1);
+        assert_eq!(snaps[0].core, 0);
+        let took = started.elapsed();
+        assert!(
+            took >= SNAPSHOT_TIMEOUT && took < 5 * SNAPSHOT_TIMEOUT,
+            "{took:?}"
+        );
+        drop(state);
+        drop(mute_rx);
+        thread.join().unwrap();
+    }
+}
