@@ -1,0 +1,835 @@
+//! glommio backend (feature `runtime-glommio`): glommio 0.9 `LocalExecutor`s,
+//! kept so the executor choice stays measurable (DESIGN.md, "The executor").
+//!
+//! glommio creates its rings itself, with no `COOP_TASKRUN`/`SINGLE_ISSUER`
+//! flags and no way to ask for them; that is the cost DESIGN.md measures.
+//!
+//! How the seam maps onto glommio:
+//!
+//! * Reads go straight into the spare capacity of the caller's `Vec<u8>` with a
+//!   non-blocking `recv(2)`. glommio's `AsyncRead` wants an initialised
+//!   `&mut [u8]`, which would mean zero-filling the spare capacity per read,
+//!   so it is only used to wait: when the socket is empty, a one-byte
+//!   `AsyncRead::read` into a field of the stream (the "stash") parks the task
+//!   on glommio's readiness poll; the next read delivers the stashed byte
+//!   first. glommio exposes no other readiness wait: its `peek` submits a ring
+//!   receive into a fresh 4 KiB-aligned heap buffer per wait, which an idle
+//!   keep-alive connection would hold. Bytes only ever move in synchronous
+//!   steps, so dropping a read (a timeout, [`TcpStream::read_linger`]'s linger)
+//!   loses nothing and leaves nothing in flight that writes into a `Buf`.
+//! * Writes are a non-blocking `send`/`sendmsg` with `MSG_NOSIGNAL`; when the
+//!   socket buffer is full, the first pending bytes go through glommio's
+//!   `AsyncWrite`, which waits for writability. glommio has no vectored write
+//!   (the `AsyncWrite` default writes one slice), hence `sendmsg` here.
+//! * Cross-thread wake-ups (the agent's `async_channel` sends to a shard) work:
+//!   glommio 0.9 queues a waker woken from a foreign thread and kicks the
+//!   executor's eventfd (`cross_thread_wakeup_reaches_a_parked_shard` checks it).
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, RawFd};
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use futures_lite::future;
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use glommio::{LocalExecutorBuilder, Placement};
+
+use super::{Buf, Elapsed, IoVecs};
+
+/// Submission ring depth per ring (glommio keeps three: main, latency, poll).
+/// glommio queues requests beyond it in user space, so this bounds a batch,
+/// not the number of connections.
+const RING_DEPTH: usize = 1024;
+
+/// Memory glommio registers with each of its rings for its own DMA buffers.
+/// The proxy never uses them (sockets read into `Buf`s), and the kernel
+/// charges registered buffers to RLIMIT_MEMLOCK, per ring as far as we can
+/// tell, so take glommio's minimum (it rounds anything smaller up to 64 KiB).
+/// If registration fails anyway, glommio logs it and runs without.
+const IO_MEMORY: usize = 64 * 1024;
+
+/// glommio refuses to start below 512 KiB of RLIMIT_MEMLOCK; leave room for
+/// the registered buffers of a few shards on top.
+const WANT_MEMLOCK: u64 = 4 << 20;
+
+/// Most `iovec`s one `sendmsg` takes (Linux `UIO_MAXIOV`).
+const IOV_MAX: usize = 1024;
+
+/// Which executor this build runs, for the log and `/config`.
+pub fn backend_name() -> &'static str {
+    "glommio"
+}
+
+/// Raises the soft RLIMIT_MEMLOCK towards [`WANT_MEMLOCK`] (never above the
+/// hard limit). Best effort: glommio says so itself if the budget is too small.
+fn raise_memlock() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read or write exactly one rlimit we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) != 0 || lim.rlim_cur >= WANT_MEMLOCK {
+            return;
+        }
+        let want = WANT_MEMLOCK.min(lim.rlim_max);
+        if want > lim.rlim_cur {
+            lim.rlim_cur = want;
+            let _ = libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim);
+        }
+    }
+}
+
+/// Starts a shard thread, pinned to `cpu` when given, running `f` to completion
+/// on a glommio `LocalExecutor` built on that thread. `f` receives a
+/// description of the driver.
+pub fn start_shard<F, Fut>(
+    name: String,
+    cpu: Option<usize>,
+    f: F,
+) -> io::Result<std::thread::JoinHandle<()>>
+where
+    F: FnOnce(String) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            // Pin here rather than with `Placement::Fixed` so a failure is logged
+            // and the shard still runs, exactly as with the monoio backend.
+            if let Some(cpu) = cpu {
+                if let Err(e) = super::pin_current_thread(cpu) {
+                    tracing::error!("cannot pin shard to CPU {cpu}: {e}");
+                }
+            }
+            raise_memlock();
+            let built = LocalExecutorBuilder::new(Placement::Unbound)
+                .name(&name)
+                .ring_depth(RING_DEPTH)
+                .io_memory(IO_MEMORY)
+                .make();
+            match built {
+                Ok(ex) => {
+                    let desc = format!("io_uring ({RING_DEPTH}-entry rings, no setup flags)");
+                    ex.run(f(desc));
+                }
+                Err(e) => {
+                    tracing::error!("cannot create the shard's executor: {e}");
+                    std::process::exit(1);
+                }
+            }
+        })
+}
+
+/// Spawns a detached task on the current shard.
+pub fn spawn_local<F: Future<Output = ()> + 'static>(f: F) {
+    glommio::spawn_local(f).detach();
+}
+
+/// Sleeps on the shard's timer.
+pub async fn sleep(d: Duration) {
+    glommio::timer::sleep(d).await
+}
+
+/// Runs `f` with a deadline. `f` is polled first, so a result that is ready
+/// when the timer fires still wins.
+pub async fn timeout<F: Future>(d: Duration, f: F) -> Result<F::Output, Elapsed> {
+    future::or(async { Ok(f.await) }, async {
+        glommio::timer::sleep(d).await;
+        Err(Elapsed)
+    })
+    .await
+}
+
+/// A listening socket on the current shard.
+pub struct TcpListener {
+    inner: glommio::net::TcpListener,
+}
+
+impl TcpListener {
+    /// Takes over a bound, listening std socket.
+    pub fn from_std(l: std::net::TcpListener) -> io::Result<Self> {
+        let fd = l.into_raw_fd();
+        // SAFETY: `fd` came out of `into_raw_fd`, so it is an open, bound,
+        // listening TCP socket that nothing else owns or will close.
+        let inner = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
+        Ok(TcpListener { inner })
+    }
+
+    /// Accepts one connection; `stop` makes a pending (or later) accept fail
+    /// with `ECANCELED` (drain).
+    pub async fn accept(&self, stop: &StopHandle) -> io::Result<(TcpStream, SocketAddr)> {
+        let accept = async {
+            let s = self.inner.accept().await?;
+            let peer = s.peer_addr()?;
+            Ok((TcpStream::adopt(s), peer))
+        };
+        let stopped = async {
+            stop.stopped().await;
+            Err(io::Error::from_raw_os_error(libc::ECANCELED))
+        };
+        // The stop is polled first: once it fired, accepts fail even when a
+        // connection is waiting in the backlog.
+        future::or(stopped, accept).await
+    }
+}
+
+struct StopState {
+    stopped: Cell<bool>,
+    /// One waker per task waiting in an accept (deduplicated by `will_wake`).
+    wakers: RefCell<Vec<Waker>>,
+}
+
+/// Cancels pending accepts when the shard drains.
+pub struct Stop(Rc<StopState>);
+/// The handle pending accepts hold.
+#[derive(Clone)]
+pub struct StopHandle(Rc<StopState>);
+
+impl Stop {
+    pub fn new() -> Self {
+        Stop(Rc::new(StopState {
+            stopped: Cell::new(false),
+            wakers: RefCell::new(Vec::new()),
+        }))
+    }
+    pub fn handle(&self) -> StopHandle {
+        StopHandle(self.0.clone())
+    }
+    pub fn stop(self) {
+        self.0.stopped.set(true);
+        let wakers = std::mem::take(&mut *self.0.wakers.borrow_mut());
+        for w in wakers {
+            w.wake();
+        }
+    }
+}
+
+impl Default for Stop {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StopHandle {
+    /// Resolves once [`Stop::stop`] was called.
+    fn stopped(&self) -> impl Future<Output = ()> + '_ {
+        future::poll_fn(move |cx| {
+            if self.0.stopped.get() {
+                return Poll::Ready(());
+            }
+            let mut wakers = self.0.wakers.borrow_mut();
+            match wakers.iter_mut().find(|w| w.will_wake(cx.waker())) {
+                Some(w) => w.clone_from(cx.waker()),
+                None => wakers.push(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
+    }
+}
+
+/// A TCP connection on the current shard.
+pub struct TcpStream {
+    inner: glommio::net::TcpStream,
+    /// The byte a readiness wait took off the socket; the next read starts
+    /// with it.
+    stash: Option<u8>,
+}
+
+/// The outcome of [`TcpStream::read_linger`].
+pub enum Linger {
+    /// The read completed (bytes, 0 for EOF, or an error) with the buffer.
+    Read(io::Result<usize>, Buf),
+    /// Nothing arrived within the linger; the buffer is returned unread.
+    Idle(Buf),
+}
+
+impl TcpStream {
+    /// Adopts an accepted std socket (handed over from the acceptor thread).
+    pub fn from_std(s: std::net::TcpStream) -> io::Result<Self> {
+        let fd = s.into_raw_fd();
+        // SAFETY: `fd` came out of `into_raw_fd`: an open, connected TCP
+        // socket that nothing else owns or will close.
+        let inner = unsafe { glommio::net::TcpStream::from_raw_fd(fd) };
+        Ok(TcpStream::adopt(inner))
+    }
+
+    /// Connects, bounded by `limit`.
+    pub async fn connect(addr: SocketAddr, limit: Duration) -> io::Result<Self> {
+        match timeout(limit, glommio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                Ok(TcpStream::adopt(s))
+            }
+            Ok(Err(e)) => Err(e.into()),
+            Err(Elapsed) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+        }
+    }
+
+    fn adopt(inner: glommio::net::TcpStream) -> Self {
+        TcpStream { inner, stash: None }
+    }
+
+    pub fn set_nodelay(&self) {
+        let _ = self.inner.set_nodelay(true);
+    }
+
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.inner.peer_addr()?)
+    }
+
+    fn fd(&self) -> RawFd {
+        self.inner.as_raw_fd()
+    }
+
+    /// Reads into the spare capacity of `buf` (appending after its length).
+    pub async fn read(&mut self, mut buf: Buf) -> (io::Result<usize>, Buf) {
+        let res = self.read_into(&mut buf).await;
+        (res, buf)
+    }
+
+    /// The read itself; cancel-safe (see the module doc).
+    async fn read_into(&mut self, buf: &mut Buf) -> io::Result<usize> {
+        loop {
+            if let Some(byte) = self.stash {
+                if buf.len() == buf.capacity() {
+                    // What a zero-length read returns on the monoio backend.
+                    return Ok(0);
+                }
+                buf.push(byte);
+                self.stash = None;
+                // Take whatever else arrived without waiting; an error (or
+                // EAGAIN) shows up on the next read.
+                return Ok(1 + recv_spare(self.fd(), buf).unwrap_or(0));
+            }
+            match recv_spare(self.fd(), buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait_readable().await?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                res => return res,
+            }
+        }
+    }
+
+    /// Waits until a byte (stashed) or EOF arrives, on glommio's readiness
+    /// poll. Storing the byte follows the read with no await in between, so
+    /// cancelling the wait cannot lose it.
+    async fn wait_readable(&mut self) -> io::Result<()> {
+        if self.stash.is_some() {
+            return Ok(());
+        }
+        let mut byte = [0u8; 1];
+        if self.inner.read(&mut byte).await? == 1 {
+            self.stash = Some(byte[0]);
+        }
+        Ok(())
+    }
+
+    /// Keeps a read posted for at most `linger`; if nothing arrives, gives the
+    /// buffer back, so the connection can wait without holding one.
+    pub async fn read_linger(&mut self, mut buf: Buf, linger: Duration) -> Linger {
+        let res = future::or(async { Some(self.read_into(&mut buf).await) }, async {
+            glommio::timer::sleep(linger).await;
+            None
+        })
+        .await;
+        match res {
+            Some(res) => Linger::Read(res, buf),
+            None => Linger::Idle(buf),
+        }
+    }
+
+    /// Waits until the socket is readable (or closed) without holding a buffer.
+    pub async fn readable(&mut self) -> io::Result<()> {
+        if self.stash.is_some() {
+            return Ok(());
+        }
+        // Already readable (or closed)? Then nothing needs taking off the socket.
+        let mut probe = [0u8; 1];
+        // SAFETY: `probe` is a live, writable one-byte buffer.
+        let n = unsafe {
+            libc::recv(
+                self.fd(),
+                probe.as_mut_ptr().cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        if n >= 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted {
+            return self.wait_readable().await;
+        }
+        Err(e)
+    }
+
+    /// Writes `buf[range]` completely.
+    pub async fn write_all(
+        &mut self,
+        buf: Buf,
+        range: std::ops::Range<usize>,
+    ) -> (io::Result<()>, Buf) {
+        let mut rest = &buf[range];
+        while !rest.is_empty() {
+            let res = match send_nb(self.fd(), rest) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.inner.write(rest).await,
+                res => res,
+            };
+            match res {
+                Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return (Err(e), buf),
+            }
+        }
+        (Ok(()), buf)
+    }
+
+    /// Writes every pending byte of `v` (vectored).
+    pub async fn write_vectored(&mut self, mut v: IoVecs) -> (io::Result<()>, IoVecs) {
+        while v.remaining() > 0 {
+            let res = match sendmsg_nb(self.fd(), v.pending()) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Full socket buffer: let glommio wait for writability
+                    // and send (part of) the first pending slice.
+                    let first = &v.pending()[0];
+                    // SAFETY: `IoVecs` only holds non-empty iovecs pointing
+                    // into its own `src`/`own` buffers, which `v` keeps alive
+                    // and unmodified for as long as this borrow lasts.
+                    let first = unsafe {
+                        std::slice::from_raw_parts(first.iov_base as *const u8, first.iov_len)
+                    };
+                    self.inner.write(first).await
+                }
+                res => res,
+            };
+            match res {
+                Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), v),
+                Ok(n) => v.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return (Err(e), v),
+            }
+        }
+        (Ok(()), v)
+    }
+
+    /// A second handle on the same socket (`dup(2)`), so one direction of a
+    /// tunnel can read while the other writes: glommio streams cannot be
+    /// split, and its writes need `&mut`.
+    fn try_clone(&self) -> io::Result<TcpStream> {
+        // SAFETY: the fd belongs to `self.inner`, which outlives this borrow.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.fd()) };
+        TcpStream::from_std(std::net::TcpStream::from(fd.try_clone_to_owned()?))
+    }
+
+    /// Relays bytes both ways until both directions finish (EOF), either side
+    /// fails, or nothing moves in either direction for `idle`. Returns the
+    /// bytes copied (a → b, b → a).
+    pub async fn tunnel(
+        a: TcpStream,
+        b: TcpStream,
+        bufs: (Buf, Buf),
+        idle: Duration,
+    ) -> (u64, u64) {
+        let (a2, b2) = match (a.try_clone(), b.try_clone()) {
+            (Ok(a2), Ok(b2)) => (a2, b2),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!("cannot set up a tunnel: {e}");
+                return (0, 0);
+            }
+        };
+        let last = Rc::new(Cell::new(Instant::now()));
+        let ab = pipe(a, b2, bufs.0, idle, last.clone());
+        let ba = pipe(b, a2, bufs.1, idle, last);
+        future::zip(ab, ba).await
+    }
+}
+
+async fn pipe(
+    mut r: TcpStream,
+    mut w: TcpStream,
+    mut buf: Buf,
+    idle: Duration,
+    last: Rc<Cell<Instant>>,
+) -> u64 {
+    let mut total = 0u64;
+    loop {
+        buf.clear();
+        let res = match timeout(idle, r.read_into(&mut buf)).await {
+            Ok(res) => res,
+            // The other direction is moving: this one is just quiet. (Reads
+            // are cancel-safe here, so the buffer is still ours.)
+            Err(Elapsed) if last.get().elapsed() < idle => continue,
+            Err(Elapsed) => break,
+        };
+        match res {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                last.set(Instant::now());
+                let (res, b) = w.write_all(buf, 0..n).await;
+                buf = b;
+                if res.is_err() {
+                    break;
+                }
+                total += n as u64;
+            }
+        }
+    }
+    let _ = w.inner.shutdown(Shutdown::Write).await;
+    total
+}
+
+/// Non-blocking `recv` into the spare capacity of `buf`; grows its length by
+/// what arrived.
+fn recv_spare(fd: RawFd, buf: &mut Buf) -> io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: the kernel writes at most `spare.len()` bytes to `spare`, memory
+    // `buf` owns and we borrow mutably; `MaybeUninit<u8>` has u8's layout.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            spare.as_mut_ptr().cast(),
+            spare.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    // SAFETY: `recv` initialised the first `n <= spare.len()` spare bytes.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
+}
+
+/// Non-blocking `send`; `MSG_NOSIGNAL` turns a closed peer into `EPIPE`
+/// instead of SIGPIPE.
+fn send_nb(fd: RawFd, b: &[u8]) -> io::Result<usize> {
+    // SAFETY: `b` is a live slice; `send` reads at most `b.len()` bytes of it.
+    let n = unsafe {
+        libc::send(
+            fd,
+            b.as_ptr().cast(),
+            b.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Non-blocking vectored send of (up to `IOV_MAX` of) `iov`.
+fn sendmsg_nb(fd: RawFd, iov: &[libc::iovec]) -> io::Result<usize> {
+    // SAFETY: msghdr is plain data; all-zero means no address, no control data.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = iov.len().min(IOV_MAX) as _;
+    // SAFETY: `msg` points at `iov`, whose entries point into buffers the
+    // caller keeps alive for this call (`IoVecs` owns them); `sendmsg` only
+    // reads the array and the bytes.
+    let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http1::{HeadPlan, Seg};
+    use std::io::{Read, Write};
+    use std::sync::mpsc;
+
+    /// Runs `f` on a fresh shard and waits for it.
+    fn on_shard<F, Fut>(f: F)
+    where
+        F: FnOnce(String) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        start_shard("glommio-test".into(), None, f)
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    fn loopback_listener() -> (std::net::TcpListener, SocketAddr) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap();
+        (l, addr)
+    }
+
+    #[test]
+    fn echoes_and_writes_vectored() {
+        let (l, addr) = loopback_listener();
+        let client = std::thread::spawn(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.write_all(b"hello").unwrap();
+            let mut echo = [0u8; 5];
+            s.read_exact(&mut echo).unwrap();
+            assert_eq!(&echo, b"hello");
+            let mut rest = Vec::new();
+            s.read_to_end(&mut rest).unwrap();
+            rest
+        });
+        on_shard(move |desc| async move {
+            assert!(desc.starts_with("io_uring"), "{desc}");
+            let l = TcpListener::from_std(l).unwrap();
+            let stop = Stop::new();
+            let (mut s, peer) = l.accept(&stop.handle()).await.unwrap();
+            assert!(peer.ip().is_loopback());
+            assert!(s.peer_addr().unwrap().ip().is_loopback());
+            s.set_nodelay();
+
+            // Read until the 5 bytes are in: appends after what is there.
+            let mut buf = Vec::with_capacity(64);
+            while buf.len() < 5 {
+                let (res, b) = s.read(buf).await;
+                assert!(res.unwrap() > 0);
+                buf = b;
+            }
+            assert_eq!(buf, b"hello");
+            let (res, buf) = s.write_all(buf, 0..5).await;
+            res.unwrap();
+
+            // Head segments from `src` and `own`, then body bytes from `src`.
+            let src = b"GET /x HTTP/1.1\r\nbody".to_vec();
+            let own = b"host: up\r\n\r\n".to_vec();
+            let plan = HeadPlan {
+                segs: vec![Seg::Src(0..17), Seg::Own(0..own.len())],
+                ..HeadPlan::default()
+            };
+            let v = IoVecs::new(src, &plan, own, 17..21, Vec::new());
+            let (res, v) = s.write_vectored(v).await;
+            res.unwrap();
+            assert_eq!(v.remaining(), 0);
+            drop((s, buf));
+        });
+        assert_eq!(
+            client.join().unwrap(),
+            b"GET /x HTTP/1.1\r\nhost: up\r\n\r\nbody"
+        );
+    }
+
+    #[test]
+    fn large_vectored_write_survives_a_full_socket_buffer() {
+        // Enough to fill the socket buffers so the EAGAIN path runs.
+        const N: usize = 8 << 20;
+        let (l, addr) = loopback_listener();
+        let client = std::thread::spawn(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).unwrap();
+            got
+        });
+        on_shard(move |_| async move {
+            let l = TcpListener::from_std(l).unwrap();
+            let stop = Stop::new();
+            let (mut s, _) = l.accept(&stop.handle()).await.unwrap();
+            let src: Vec<u8> = (0..N).map(|i| (i % 251) as u8).collect();
+            let own = b"own".to_vec();
+            let plan = HeadPlan {
+                segs: vec![Seg::Own(0..3), Seg::Src(0..N / 2)],
+                ..HeadPlan::default()
+            };
+            let v = IoVecs::new(src, &plan, own, N / 2..N, Vec::new());
+            let (res, _) = s.write_vectored(v).await;
+            res.unwrap();
+        });
+        let got = client.join().unwrap();
+        assert_eq!(got.len(), N + 3);
+        assert_eq!(&got[..3], b"own");
+        assert!(got[3..]
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == (i % 251) as u8));
+    }
+
+    #[test]
+    fn stop_fails_a_pending_accept() {
+        let (l, _addr) = loopback_listener();
+        on_shard(move |_| async move {
+            let l = TcpListener::from_std(l).unwrap();
+            let stop = Stop::new();
+            let h = stop.handle();
+            spawn_local(async move {
+                sleep(Duration::from_millis(50)).await;
+                stop.stop();
+            });
+            let started = Instant::now();
+            let res = timeout(Duration::from_secs(5), l.accept(&h)).await;
+            let err = res.expect("stop did not end the accept").err().unwrap();
+            assert_eq!(err.raw_os_error(), Some(libc::ECANCELED));
+            assert!(started.elapsed() < Duration::from_secs(2));
+            // Later accepts fail at once too.
+            assert!(l.accept(&h).await.is_err());
+        });
+    }
+
+    #[test]
+    fn cross_thread_wakeup_reaches_a_parked_shard() {
+        let (tx, rx) = async_channel::unbounded::<Instant>();
+        let (done_tx, done_rx) = mpsc::channel();
+        let shard = start_shard("glommio-test".into(), None, move |_| async move {
+            for _ in 0..3 {
+                let sent = rx.recv().await.unwrap();
+                done_tx.send(sent.elapsed()).unwrap();
+            }
+        })
+        .unwrap();
+        for _ in 0..3 {
+            // Let the shard park before each send.
+            std::thread::sleep(Duration::from_millis(100));
+            tx.send_blocking(Instant::now()).unwrap();
+            let lag = done_rx
+                .recv_timeout(Duration::from_secs(5))
+                .expect("shard was not woken");
+            assert!(lag < Duration::from_millis(500), "woken after {lag:?}");
+        }
+        shard.join().unwrap();
+    }
+
+    #[test]
+    fn linger_readable_timeout_and_connect() {
+        let (l, addr) = loopback_listener();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let client = std::thread::spawn(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            go_rx.recv().unwrap();
+            s.write_all(b"late").unwrap();
+            let mut rest = Vec::new();
+            s.read_to_end(&mut rest).unwrap();
+        });
+        on_shard(move |_| async move {
+            let l = TcpListener::from_std(l).unwrap();
+            let stop = Stop::new();
+            let (mut s, _) = l.accept(&stop.handle()).await.unwrap();
+            // Nothing sent yet: the linger gives the buffer back untouched.
+            let buf = Vec::with_capacity(32);
+            let buf = match s.read_linger(buf, Duration::from_millis(30)).await {
+                Linger::Idle(b) => b,
+                Linger::Read(res, _) => panic!("unexpected read: {res:?}"),
+            };
+            assert!(buf.is_empty() && buf.capacity() >= 32);
+            assert!(timeout(Duration::from_millis(30), s.readable())
+                .await
+                .is_err());
+            go_tx.send(()).unwrap();
+            timeout(Duration::from_secs(5), s.readable())
+                .await
+                .unwrap()
+                .unwrap();
+            match s.read_linger(buf, Duration::from_secs(5)).await {
+                Linger::Read(Ok(4), b) => assert_eq!(b, b"late"),
+                Linger::Read(res, _) => panic!("unexpected read: {res:?}"),
+                Linger::Idle(_) => panic!("data did not arrive"),
+            }
+            drop(s);
+
+            // A refused connect is an error, not a hang.
+            let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let dead_addr = dead.local_addr().unwrap();
+            drop(dead);
+            assert!(TcpStream::connect(dead_addr, Duration::from_secs(2))
+                .await
+                .is_err());
+        });
+        client.join().unwrap();
+    }
+
+    #[test]
+    fn a_byte_taken_by_a_readiness_wait_comes_back_first() {
+        let (l, addr) = loopback_listener();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let client = std::thread::spawn(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            go_rx.recv().unwrap();
+            s.write_all(b"a").unwrap();
+            go_rx.recv().unwrap();
+            s.write_all(b"bc").unwrap();
+        });
+        on_shard(move |_| async move {
+            let l = TcpListener::from_std(l).unwrap();
+            let stop = Stop::new();
+            let (mut s, _) = l.accept(&stop.handle()).await.unwrap();
+            // A cancelled wait takes nothing.
+            assert!(timeout(Duration::from_millis(20), s.readable())
+                .await
+                .is_err());
+            go_tx.send(()).unwrap();
+            timeout(Duration::from_secs(5), s.readable())
+                .await
+                .unwrap()
+                .unwrap();
+            // Readable again at once, whether or not the byte was stashed.
+            s.readable().await.unwrap();
+            let (res, b) = s.read(Vec::with_capacity(1)).await;
+            assert_eq!((res.unwrap(), &b[..]), (1, &b"a"[..]));
+            go_tx.send(()).unwrap();
+            let mut b = Vec::with_capacity(8);
+            while b.len() < 2 {
+                let (res, back) = s.read(b).await;
+                assert!(res.unwrap() > 0);
+                b = back;
+            }
+            assert_eq!(b, b"bc");
+            let (res, _) = s.read(b).await;
+            assert_eq!(res.unwrap(), 0, "EOF");
+        });
+        client.join().unwrap();
+    }
+
+    #[test]
+    fn tunnel_relays_both_ways() {
+        let (front, front_addr) = loopback_listener();
+        let (back, back_addr) = loopback_listener();
+        let client = std::thread::spawn(move || {
+            let mut s = std::net::TcpStream::connect(front_addr).unwrap();
+            s.write_all(b"ping").unwrap();
+            s.shutdown(Shutdown::Write).unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).unwrap();
+            got
+        });
+        let upstream = std::thread::spawn(move || {
+            let (mut s, _) = loop {
+                match back.accept() {
+                    Ok(x) => break x,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            };
+            s.set_nonblocking(false).unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).unwrap();
+            s.write_all(b"pong!").unwrap();
+            got
+        });
+        on_shard(move |_| async move {
+            let front = TcpListener::from_std(front).unwrap();
+            let stop = Stop::new();
+            let (a, _) = front.accept(&stop.handle()).await.unwrap();
+            let b = TcpStream::connect(back_addr, Duration::from_secs(2))
+                .await
+                .unwrap();
+            let bufs = (Vec::with_capacity(16), Vec::with_capacity(16));
+            let (ab, ba) = TcpStream::tunnel(a, b, bufs, Duration::from_secs(5)).await;
+            assert_eq!((ab, ba), (4, 5));
+        });
+        assert_eq!(upstream.join().unwrap(), b"ping");
+        assert_eq!(client.join().unwrap(), b"pong!");
+    }
+}
