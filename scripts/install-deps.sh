@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Installs what building and testing coremesh needs, only where it is missing:
+# curl, promtool (Debian package `prometheus`), python3, a C compiler, and the
+# rustfmt/clippy components. Idempotent; safe to run on every CI run.
+set -euo pipefail
+
+export DEBIAN_FRONTEND=noninteractive
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then
+        SUDO="sudo -n"
+    fi
+fi
+
+need_apt=()
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+command -v cc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
+command -v make >/dev/null 2>&1 || need_apt+=(make)
+
+if [ "${#need_apt[@]}" -gt 0 ]; then
+    echo "install-deps: installing Debian packages: ${need_apt[*]}"
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "install-deps: apt-get not found; install ${need_apt[*]} by hand" >&2
+        exit 1
+    fi
+    $SUDO apt-get update -q </dev/null
+    # --no-install-recommends keeps prometheus from pulling in a web UI stack;
+    # promtool is all we use from it.
+    $SUDO apt-get install -y -q --no-install-recommends \
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+        "${need_apt[@]}" </dev/null
+    # The prometheus package may start a server on :9090; we only need promtool.
+    if [[ " ${need_apt[*]} " == *" prometheus "* ]]; then
+        $SUDO service prometheus stop >/dev/null 2>&1 || true
+    fi
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "install-deps: cargo not found: install a stable Rust toolchain (rustup) first" >&2
+    exit 1
+fi
+
+need_rust=()
+cargo fmt --version >/dev/null 2>&1 || need_rust+=(rustfmt)
+cargo clippy --version >/dev/null 2>&1 || need_rust+=(clippy)
+if [ "${#need_rust[@]}" -gt 0 ]; then
+    echo "install-deps: adding rust components: ${need_rust[*]}"
+    rustup component add "${need_rust[@]}" </dev/null
+fi
+
+echo "install-deps: ok (curl, promtool, python3, cc, rustfmt, clippy present)"

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Runs every check CI runs: fmt, clippy (monoio and glommio), unit tests, the
+# end-to-end suite on monoio/io_uring and again on monoio's epoll driver, and
+# the smoke subset against the glommio backend. Installs what it needs first.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+START=$(date +%s)
+section() {
+    printf '\n==== %s (%ss elapsed) ====\n' "$1" "$(( $(date +%s) - START ))"
+}
+
+# Absolute target dir, so the binary paths below hold wherever cargo puts it.
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
+export CARGO_TARGET_DIR="$TARGET_DIR"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+section "dependencies"
+bash "$ROOT/scripts/install-deps.sh"
+cargo --version
+rustc --version
+
+section "cargo fmt --check"
+cargo fmt --all -- --check
+
+section "clippy (default backend: monoio)"
+cargo clippy --all-targets -- -D warnings
+
+section "clippy (runtime-glommio)"
+cargo clippy -p coremesh-proxy --features runtime-glommio --all-targets -- -D warnings
+
+section "unit tests"
+cargo test -p coremesh-proxy
+cargo test -p coremesh-e2e --lib
+
+section "build coremesh-proxy (debug)"
+cargo build -p coremesh-proxy
+export COREMESH_PROXY_BIN="$TARGET_DIR/debug/coremesh-proxy"
+# Build the e2e test binaries once, outside the timed runs.
+cargo test -p coremesh-e2e --tests --no-run
+
+section "e2e: monoio on io_uring"
+cargo test --no-fail-fast -p coremesh-e2e --tests
+
+section "e2e: monoio on epoll (MONOIO_FORCE_LEGACY_DRIVER=1)"
+MONOIO_FORCE_LEGACY_DRIVER=1 cargo test --no-fail-fast -p coremesh-e2e --tests
+
+section "build coremesh-proxy with runtime-glommio"
+CARGO_TARGET_DIR="$TARGET_DIR/glommio" cargo build -p coremesh-proxy --features runtime-glommio
+
+section "e2e smoke subset: glommio"
+COREMESH_PROXY_BIN="$TARGET_DIR/glommio/debug/coremesh-proxy" cargo test -p coremesh-e2e --test smoke
+
+section "all checks passed"
