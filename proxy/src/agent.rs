@@ -50,7 +50,11 @@ pub struct Bound {
 impl Bound {
     fn to_json(&self) -> serde_json::Value {
         let mut m = serde_json::Map::new();
-        for (k, v) in [("inbound", self.inbound), ("outbound", self.outbound), ("admin", self.admin)] {
+        for (k, v) in [
+            ("inbound", self.inbound),
+            ("outbound", self.outbound),
+            ("admin", self.admin),
+        ] {
             if let Some(a) = v {
                 m.insert(k.into(), a.to_string().into());
             }
@@ -84,7 +88,10 @@ fn config_json(cfg: &Config, bound: &Bound, backend: &str) -> serde_json::Value 
 
 /// Runs the agent on the calling thread; returns the process exit code.
 pub fn run(setup: AgentSetup) -> i32 {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("cannot start the agent runtime: {e}");
@@ -137,7 +144,11 @@ async fn agent(setup: AgentSetup) -> i32 {
     tokio::task::spawn_local(resolver(requests));
 
     let mut line = String::from("bound");
-    for (k, v) in [("inbound", bound.inbound), ("outbound", bound.outbound), ("admin", bound.admin)] {
+    for (k, v) in [
+        ("inbound", bound.inbound),
+        ("outbound", bound.outbound),
+        ("admin", bound.admin),
+    ] {
         if let Some(a) = v {
             line.push_str(&format!(" {k}={a}"));
         }
@@ -157,7 +168,9 @@ async fn agent(setup: AgentSetup) -> i32 {
 
     // Drain: stop accepting, let in-flight requests finish, then exit.
     let deadline = current.proxy.drain_timeout;
-    tracing::info!("draining: no new connections; waiting up to {deadline:?} for in-flight requests");
+    tracing::info!(
+        "draining: no new connections; waiting up to {deadline:?} for in-flight requests"
+    );
     state.draining.set(true);
     for a in acceptors {
         a.abort();
@@ -183,11 +196,20 @@ async fn agent(setup: AgentSetup) -> i32 {
 
 /// SIGHUP: re-read the file; apply it only if it is valid and changes no key
 /// that needs a restart. Returns the configuration now in force.
-fn reload(path: &PathBuf, current: Arc<Config>, shards: &[ShardHandle], state: &AdminState, bound: &Bound, backend: &str) -> Arc<Config> {
+fn reload(
+    path: &std::path::Path,
+    current: Arc<Config>,
+    shards: &[ShardHandle],
+    state: &AdminState,
+    bound: &Bound,
+    backend: &str,
+) -> Arc<Config> {
     let new = match Config::load(path).and_then(|new| current.check_reload(&new).map(|()| new)) {
         Ok(c) => Arc::new(c),
         Err(e) => {
-            tracing::error!("configuration reload rejected, keeping the running configuration: {e}");
+            tracing::error!(
+                "configuration reload rejected, keeping the running configuration: {e}"
+            );
             return current;
         }
     };
@@ -215,7 +237,10 @@ async fn resolver(requests: async_channel::Receiver<AgentRequest>) {
                             .next()
                             .ok_or_else(|| std::io::Error::other(format!("{host}: no addresses"))),
                         Ok(Err(e)) => Err(e),
-                        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "resolve timed out")),
+                        Err(_) => Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "resolve timed out",
+                        )),
                     };
                     let _ = reply.send(res);
                 });

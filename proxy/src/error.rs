@@ -65,7 +65,9 @@ impl ErrorKind {
             ErrorKind::UnknownService => "unknown service",
             ErrorKind::NoAuthority => "no host to route by",
             ErrorKind::NoEndpoints => "no endpoints",
-            ErrorKind::ConnectNotAllowed => "CONNECT is not allowed here (needs [outbound] passthrough = true)",
+            ErrorKind::ConnectNotAllowed => {
+                "CONNECT is not allowed here (needs [outbound] passthrough = true)"
+            }
             ErrorKind::ResolveFailed => "host name did not resolve",
             ErrorKind::ConnectFailed => "upstream connection refused",
             ErrorKind::ConnectTimeout => "upstream connect timeout",
@@ -104,11 +106,19 @@ pub struct ProxyError {
 
 impl ProxyError {
     pub fn new(kind: ErrorKind, context: &'static str) -> Self {
-        ProxyError { kind, cause: None, context }
+        ProxyError {
+            kind,
+            cause: None,
+            context,
+        }
     }
 
     pub fn io(kind: ErrorKind, context: &'static str, cause: io::Error) -> Self {
-        ProxyError { kind, cause: Some(cause), context }
+        ProxyError {
+            kind,
+            cause: Some(cause),
+            context,
+        }
     }
 }
 

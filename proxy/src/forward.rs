@@ -29,7 +29,9 @@ use crate::accesslog::AccessEntry;
 use crate::buf::BUF_SIZE;
 use crate::config::Config;
 use crate::error::{ErrorKind, ProxyError};
-use crate::http1::{self, ChunkedDecoder, Framing, HeadPlan, Method, RequestHead, ResponseHead, Version};
+use crate::http1::{
+    self, ChunkedDecoder, Framing, HeadPlan, Method, RequestHead, ResponseHead, Version,
+};
 use crate::route::{self, Target};
 use crate::runtime::{self, Buf, IoVecs, Linger, TcpStream};
 use crate::shard::Shard;
@@ -103,7 +105,16 @@ pub async fn serve(shard: Rc<Shard>, client: TcpStream, dir: Direction) {
         shard.in_flight.set(shard.in_flight.get() + 1);
         // Boxed: the request's state lives only while a request is in
         // flight, so an idle connection's task stays small.
-        let (next, b) = Box::pin(handle(&shard, &cfg, &mut client, dir, head, b, &mut scratch)).await;
+        let (next, b) = Box::pin(handle(
+            &shard,
+            &cfg,
+            &mut client,
+            dir,
+            head,
+            b,
+            &mut scratch,
+        ))
+        .await;
         shard.in_flight.set(shard.in_flight.get() - 1);
         match next {
             Next::KeepAlive if !shard.draining.get() || !b.is_empty() => buf = Some(b),
@@ -120,7 +131,12 @@ pub async fn serve(shard: Rc<Shard>, client: TcpStream, dir: Direction) {
 }
 
 /// Reads until `slot` holds a complete request head at its start.
-async fn read_head(shard: &Shard, cfg: &Config, client: &mut TcpStream, slot: &mut Option<Buf>) -> HeadRead {
+async fn read_head(
+    shard: &Shard,
+    cfg: &Config,
+    client: &mut TcpStream,
+    slot: &mut Option<Buf>,
+) -> HeadRead {
     let limits = limits(cfg);
     let t = &cfg.timeouts;
     let idle_deadline = Instant::now() + t.keepalive_idle;
@@ -193,7 +209,12 @@ async fn read_head(shard: &Shard, cfg: &Config, client: &mut TcpStream, slot: &m
 }
 
 /// Writes a locally generated error response.
-async fn write_error(client: &mut TcpStream, status: u16, error: &str, close: bool) -> std::io::Result<()> {
+async fn write_error(
+    client: &mut TcpStream,
+    status: u16,
+    error: &str,
+    close: bool,
+) -> std::io::Result<()> {
     let mut out = Vec::with_capacity(256);
     http1::write_error_response(status, error, close, &mut out);
     let len = out.len();
@@ -202,7 +223,11 @@ async fn write_error(client: &mut TcpStream, status: u16, error: &str, close: bo
 
 /// How many of `avail` bytes after the head belong to the request body, and
 /// whether the body is complete within them.
-fn body_prefix(framing: Framing, avail: &[u8], dec: &mut ChunkedDecoder) -> Result<(usize, bool), http1::ParseError> {
+fn body_prefix(
+    framing: Framing,
+    avail: &[u8],
+    dec: &mut ChunkedDecoder,
+) -> Result<(usize, bool), http1::ParseError> {
     Ok(match framing {
         Framing::None | Framing::UntilClose => (0, true),
         Framing::Length(n) => {
@@ -244,9 +269,14 @@ async fn handle(
     };
     // The access log needs the request line's fields after the buffer has
     // been reused for the body, so it gets a copy (only when it is enabled).
-    let logged = shard.access_log.borrow().is_some().then(|| LoggedRequest::new(&head, &cbuf));
-    let (service, next, cbuf) = forward(shard, cfg, client_slot, dir, &head, cbuf, scratch, &mut ex).await;
-    shard.record(dir, &service, logged.as_ref(), &ex);
+    let logged = shard
+        .access_log
+        .borrow()
+        .is_some()
+        .then(|| LoggedRequest::new(&head, &cbuf));
+    let (service, next, cbuf) =
+        forward(shard, cfg, client_slot, dir, &head, cbuf, scratch, &mut ex).await;
+    shard.record(dir, service, logged.as_ref(), &ex);
     (next, cbuf)
 }
 
@@ -271,40 +301,60 @@ impl LoggedRequest {
 
 /// Picks the destination and forwards; returns the service label.
 #[allow(clippy::too_many_arguments)] // one call site; the phases share these
-async fn forward(
+async fn forward<'c>(
     shard: &Shard,
-    cfg: &Arc<Config>,
+    cfg: &'c Config,
     client_slot: &mut Option<TcpStream>,
     dir: Direction,
     head: &RequestHead,
     cbuf: Buf,
     scratch: &mut Scratch,
     ex: &mut Exchange,
-) -> (String, Next, Buf) {
+) -> (&'c str, Next, Buf) {
     let client = client_slot.as_mut().expect("client connection present");
     // Route.
-    let (service, endpoints): (String, Endpoints) = match dir {
+    let (service, endpoints): (&'c str, Endpoints<'c>) = match dir {
         Direction::Inbound => {
             let app = cfg.inbound.as_ref().map(|i| i.app);
             if head.method == Method::Connect || app.is_none() {
-                return local_error(client, head, cbuf, ErrorKind::ConnectNotAllowed, ex, cfg.proxy.service.clone()).await;
+                return local_error(
+                    client,
+                    head,
+                    cbuf,
+                    ErrorKind::ConnectNotAllowed,
+                    ex,
+                    &cfg.proxy.service,
+                )
+                .await;
             }
-            (cfg.proxy.service.clone(), Endpoints::One(app.unwrap_or_else(|| unreachable_addr())))
+            (
+                &cfg.proxy.service,
+                Endpoints::One(app.unwrap_or_else(unreachable_addr)),
+            )
         }
         Direction::Outbound => match route::outbound(cfg, head, &cbuf) {
             Ok(Target::Service(svc)) => {
                 if svc.endpoints.is_empty() {
-                    return local_error(client, head, cbuf, ErrorKind::NoEndpoints, ex, svc.name.clone()).await;
+                    return local_error(client, head, cbuf, ErrorKind::NoEndpoints, ex, &svc.name)
+                        .await;
                 }
-                (svc.name.clone(), Endpoints::Service(svc.name.clone(), svc.endpoints.clone()))
+                (&svc.name, Endpoints::Service(&svc.name, &svc.endpoints))
             }
             Ok(Target::Passthrough { host, port }) => match shard.resolve(&host, port).await {
-                Ok(addr) => ("passthrough".to_string(), Endpoints::One(addr)),
+                Ok(addr) => ("passthrough", Endpoints::One(addr)),
                 Err(_) => {
-                    return local_error(client, head, cbuf, ErrorKind::ResolveFailed, ex, "passthrough".into()).await
+                    return local_error(
+                        client,
+                        head,
+                        cbuf,
+                        ErrorKind::ResolveFailed,
+                        ex,
+                        "passthrough",
+                    )
+                    .await
                 }
             },
-            Err(kind) => return local_error(client, head, cbuf, kind, ex, "unknown".into()).await,
+            Err(kind) => return local_error(client, head, cbuf, kind, ex, "unknown").await,
         },
     };
     if head.method == Method::Connect {
@@ -320,18 +370,22 @@ fn unreachable_addr() -> SocketAddr {
 }
 
 /// The endpoints a request may go to.
-enum Endpoints {
+enum Endpoints<'c> {
     One(SocketAddr),
     /// A mesh service's endpoints, balanced round-robin per shard.
-    Service(String, Vec<SocketAddr>),
+    Service(&'c str, &'c [SocketAddr]),
 }
 
-impl Endpoints {
+impl Endpoints<'_> {
     fn pick(&self, shard: &Shard, attempt: usize) -> SocketAddr {
         match self {
             Endpoints::One(a) => *a,
             Endpoints::Service(name, eps) => {
-                let base = if attempt == 0 { shard.next_rr(name) } else { shard.peek_rr(name) + attempt };
+                let base = if attempt == 0 {
+                    shard.next_rr(name)
+                } else {
+                    shard.peek_rr(name) + attempt
+                };
                 eps[base % eps.len()]
             }
         }
@@ -347,14 +401,14 @@ impl Endpoints {
 
 /// Answers with a local error. The connection stays open only if the request
 /// had no body (otherwise its unread body would be taken for the next request).
-async fn local_error(
+async fn local_error<'c>(
     client: &mut TcpStream,
     head: &RequestHead,
     mut cbuf: Buf,
     kind: ErrorKind,
     ex: &mut Exchange,
-    service: String,
-) -> (String, Next, Buf) {
+    service: &'c str,
+) -> (&'c str, Next, Buf) {
     let close = !head.keep_alive || head.framing != Framing::None;
     ex.status = kind.status();
     let res = write_error(client, kind.status(), kind.text(), close).await;
@@ -382,7 +436,7 @@ fn consume(b: &mut Buf, n: usize) {
 async fn upstream_conn(
     shard: &Shard,
     cfg: &Config,
-    endpoints: &Endpoints,
+    endpoints: &Endpoints<'_>,
     fresh_only: bool,
     non_idempotent: bool,
 ) -> Result<(TcpStream, SocketAddr, bool), ProxyError> {
@@ -391,7 +445,11 @@ async fn upstream_conn(
     for attempt in 0..attempts {
         let addr = endpoints.pick(shard, attempt);
         if !fresh_only {
-            if let Some((c, idle_for)) = shard.pool.take(addr, Instant::now(), cfg.upstream.pool_idle_timeout) {
+            if let Some((c, idle_for)) =
+                shard
+                    .pool
+                    .take(addr, Instant::now(), cfg.upstream.pool_idle_timeout)
+            {
                 // A request that must not be replayed avoids connections that
                 // sat idle long enough for the upstream to have closed them.
                 if !(non_idempotent && idle_for > Duration::from_millis(500)) {
@@ -418,7 +476,7 @@ async fn connect_tunnel(
     client_slot: &mut Option<TcpStream>,
     head: &RequestHead,
     mut cbuf: Buf,
-    endpoints: Endpoints,
+    endpoints: Endpoints<'_>,
     ex: &mut Exchange,
 ) -> (Next, Buf) {
     let client = client_slot.as_mut().expect("client connection present");
@@ -448,7 +506,14 @@ async fn connect_tunnel(
 }
 
 /// Relays both ways, first flushing bytes that arrived with the heads.
-async fn tunnel(shard: &Shard, cfg: &Config, mut client: TcpStream, mut up: TcpStream, cpending: Buf, upending: Buf) -> (u64, u64) {
+async fn tunnel(
+    shard: &Shard,
+    cfg: &Config,
+    mut client: TcpStream,
+    mut up: TcpStream,
+    cpending: Buf,
+    upending: Buf,
+) -> (u64, u64) {
     let mut sent = (0, 0);
     if !cpending.is_empty() {
         let n = cpending.len();
@@ -464,7 +529,13 @@ async fn tunnel(shard: &Shard, cfg: &Config, mut client: TcpStream, mut up: TcpS
         }
         sent.1 += n as u64;
     }
-    let (a, b) = TcpStream::tunnel(client, up, (shard.bufs.get(), shard.bufs.get()), cfg.timeouts.idle).await;
+    let (a, b) = TcpStream::tunnel(
+        client,
+        up,
+        (shard.bufs.get(), shard.bufs.get()),
+        cfg.timeouts.idle,
+    )
+    .await;
     (sent.0 + a, sent.1 + b)
 }
 
@@ -487,28 +558,35 @@ async fn exchange(
     client_slot: &mut Option<TcpStream>,
     head: &RequestHead,
     mut cbuf: Buf,
-    endpoints: Endpoints,
+    endpoints: Endpoints<'_>,
     scratch: &mut Scratch,
     ex: &mut Exchange,
 ) -> (Next, Buf) {
     let mut fresh_only = false;
     loop {
         let client = client_slot.as_mut().expect("client connection present");
-        let (up, addr, reused) =
-            match upstream_conn(shard, cfg, &endpoints, fresh_only, !head.method.is_idempotent()).await {
-                Ok(x) => x,
-                Err(e) => {
-                    ex.status = e.kind.status();
-                    tracing::debug!("{e}");
-                    let close = !head.keep_alive || head.framing != Framing::None;
-                    let _ = write_error(client, e.kind.status(), e.kind.text(), close).await;
-                    if close {
-                        return (Next::Close, cbuf);
-                    }
-                    consume(&mut cbuf, head.head_len);
-                    return (Next::KeepAlive, cbuf);
+        let (up, addr, reused) = match upstream_conn(
+            shard,
+            cfg,
+            &endpoints,
+            fresh_only,
+            !head.method.is_idempotent(),
+        )
+        .await
+        {
+            Ok(x) => x,
+            Err(e) => {
+                ex.status = e.kind.status();
+                tracing::debug!("{e}");
+                let close = !head.keep_alive || head.framing != Framing::None;
+                let _ = write_error(client, e.kind.status(), e.kind.text(), close).await;
+                if close {
+                    return (Next::Close, cbuf);
                 }
-            };
+                consume(&mut cbuf, head.head_len);
+                return (Next::KeepAlive, cbuf);
+            }
+        };
         ex.upstream = Some(addr);
         match over_connection(shard, cfg, client_slot, head, cbuf, up, addr, scratch, ex).await {
             Ok((next, b)) => return (next, b),
@@ -553,7 +631,8 @@ async fn over_connection(
     let t = &cfg.timeouts;
     let limits = limits(cfg);
     let mut dec = ChunkedDecoder::new();
-    let (first_body, body_done) = match body_prefix(head.framing, &cbuf[head.head_len..], &mut dec) {
+    let (first_body, body_done) = match body_prefix(head.framing, &cbuf[head.head_len..], &mut dec)
+    {
         Ok(x) => x,
         Err(_) => {
             // The chunked body's first bytes are malformed: nothing was sent.
@@ -569,7 +648,13 @@ async fn over_connection(
     head.plan_forward(&cbuf, b"", &mut scratch.plan);
     let own = std::mem::take(&mut scratch.plan.own);
     let iov = std::mem::take(&mut scratch.iov);
-    let v = IoVecs::new(cbuf, &scratch.plan, own, head.head_len..head.head_len + first_body, iov);
+    let v = IoVecs::new(
+        cbuf,
+        &scratch.plan,
+        own,
+        head.head_len..head.head_len + first_body,
+        iov,
+    );
     let (res, v) = match runtime::timeout(t.idle, up.write_vectored(v)).await {
         Ok(x) => x,
         Err(_) => {
@@ -606,7 +691,8 @@ async fn over_connection(
                 return Err(gone(cbuf));
             }
         }
-        match relay_request_body(client, &mut up, head.framing, first_body, dec, cbuf, t.idle).await {
+        match relay_request_body(client, &mut up, head.framing, first_body, dec, cbuf, t.idle).await
+        {
             Ok((b, moved, leftover_from)) => {
                 cbuf = b;
                 ex.bytes_in += moved;
@@ -668,7 +754,10 @@ async fn over_connection(
             Ok(x) => x,
             Err(_) => {
                 return Err(Failed {
-                    err: ProxyError::new(ErrorKind::UpstreamTimeout, "waiting for the response head"),
+                    err: ProxyError::new(
+                        ErrorKind::UpstreamTimeout,
+                        "waiting for the response head",
+                    ),
                     replayable: false,
                     response_started: false,
                     cbuf,
@@ -712,8 +801,25 @@ async fn over_connection(
     // Final response: head (and the body bytes that came with it) in one write.
     let client = client_slot.as_mut().expect("client connection present");
     let mut rdec = ChunkedDecoder::new();
+    // An HTTP/1.0 client cannot parse chunked framing: it gets the data,
+    // delimited by closing the connection.
+    let dechunk = resp.framing == Framing::Chunked && head.version == Version::Http10;
     let (first, resp_done) = match resp.framing {
         Framing::UntilClose => (ubuf.len() - resp.head_len, false),
+        Framing::Chunked if dechunk => {
+            match dechunk_in_place(&mut rdec, &mut ubuf, resp.head_len) {
+                Ok((data, _used)) => (data, rdec.is_done()),
+                Err(_) => {
+                    shard.bufs.put(ubuf);
+                    return Err(Failed {
+                        err: ProxyError::new(ErrorKind::BadResponse, "parsing response body"),
+                        replayable: false,
+                        response_started: false,
+                        cbuf,
+                    });
+                }
+            }
+        }
         f => match body_prefix(f, &ubuf[resp.head_len..], &mut rdec) {
             Ok(x) => x,
             Err(_) => {
@@ -727,13 +833,24 @@ async fn over_connection(
             }
         },
     };
-    let extra_bytes = ubuf.len() > resp.head_len + first;
-    let close = !head.keep_alive || resp.framing == Framing::UntilClose || shard.draining.get();
+    let extra_bytes = !dechunk && ubuf.len() > resp.head_len + first;
+    let close =
+        !head.keep_alive || resp.framing == Framing::UntilClose || dechunk || shard.draining.get();
     let keep_10 = head.version == Version::Http10 && !close;
-    resp.plan_forward(&ubuf, close, keep_10, &mut scratch.plan);
+    if dechunk {
+        resp.plan_forward_unchunked(&ubuf, &mut scratch.plan);
+    } else {
+        resp.plan_forward(&ubuf, close, keep_10, &mut scratch.plan);
+    }
     let own = std::mem::take(&mut scratch.plan.own);
     let iov = std::mem::take(&mut scratch.iov);
-    let v = IoVecs::new(ubuf, &scratch.plan, own, resp.head_len..resp.head_len + first, iov);
+    let v = IoVecs::new(
+        ubuf,
+        &scratch.plan,
+        own,
+        resp.head_len..resp.head_len + first,
+        iov,
+    );
     ex.bytes_out += v.remaining() as u64;
     let (res, v) = match runtime::timeout(t.idle, client.write_vectored(v)).await {
         Ok(x) => x,
@@ -748,7 +865,18 @@ async fn over_connection(
     }
     let mut reusable = resp.keep_alive && !extra_bytes;
     if !resp_done {
-        match relay_response_body(client, &mut up, resp.framing, first, rdec, ubuf, t.idle).await {
+        match relay_response_body(
+            client,
+            &mut up,
+            resp.framing,
+            dechunk,
+            first,
+            rdec,
+            ubuf,
+            t.idle,
+        )
+        .await
+        {
             Ok((b, moved, extra)) => {
                 ex.bytes_out += moved;
                 shard.bufs.put(b);
@@ -763,7 +891,9 @@ async fn over_connection(
         shard.bufs.put(ubuf);
     }
     if reusable && cfg.upstream.max_idle_per_endpoint > 0 {
-        shard.pool.put(addr, up, Instant::now(), cfg.upstream.max_idle_per_endpoint);
+        shard
+            .pool
+            .put(addr, up, Instant::now(), cfg.upstream.max_idle_per_endpoint);
     }
     Ok((if close { Next::Close } else { Next::KeepAlive }, cbuf))
 }
@@ -844,13 +974,16 @@ async fn relay_request_body(
     }
 }
 
-/// Streams the rest of a response body from `up` to `client`. Returns the
+#[allow(clippy::too_many_arguments)] // one call site; the relay's whole state
+/// Streams the rest of a response body from `up` to `client` (de-chunked
+/// when `dechunk`). Returns the
 /// buffer, the bytes moved, and whether the upstream sent bytes past the end
 /// of the response (then its connection is not reused).
 async fn relay_response_body(
     client: &mut TcpStream,
     up: &mut TcpStream,
     framing: Framing,
+    dechunk: bool,
     sent: usize,
     mut dec: ChunkedDecoder,
     mut b: Buf,
@@ -868,6 +1001,7 @@ async fn relay_response_body(
             Err(_) => return Err((ErrorKind::Idle, Vec::new())),
         };
         b = back;
+        let mut extra = false;
         let n = match res {
             Ok(0) if framing == Framing::UntilClose => return Ok((b, moved, false)),
             Ok(0) | Err(_) => return Err((ErrorKind::UpstreamReset, b)),
@@ -879,6 +1013,13 @@ async fn relay_response_body(
                 remaining -= take as u64;
                 (take, remaining == 0)
             }
+            Framing::Chunked if dechunk => match dechunk_in_place(&mut dec, &mut b, 0) {
+                Ok((data, used)) => {
+                    extra = used < n;
+                    (data, dec.is_done())
+                }
+                Err(_) => return Err((ErrorKind::BadResponse, b)),
+            },
             Framing::Chunked => match dec.feed(&b[..n]) {
                 Ok(used) => (used, dec.is_done()),
                 Err(_) => return Err((ErrorKind::BadResponse, b)),
@@ -895,9 +1036,30 @@ async fn relay_response_body(
         }
         moved += take as u64;
         if done {
-            return Ok((b, moved, take < n));
+            return Ok((b, moved, extra || (!dechunk && take < n)));
         }
     }
+}
+
+/// Decodes the chunked bytes of `b[from..]` and moves their data down to
+/// start at `from` (data only moves towards the front). Returns the data
+/// length and how many encoded bytes were consumed; `b` is truncated to
+/// `from + data`. Only HTTP/1.0 clients of chunked responses take this path,
+/// so the span list's allocation does not matter.
+fn dechunk_in_place(
+    dec: &mut ChunkedDecoder,
+    b: &mut Buf,
+    from: usize,
+) -> Result<(usize, usize), http1::ParseError> {
+    let mut spans = Vec::new();
+    let used = dec.feed_with(&b[from..], |r| spans.push(r))?;
+    let mut out = from;
+    for r in spans {
+        b.copy_within(from + r.start..from + r.end, out);
+        out += r.len();
+    }
+    b.truncate(out);
+    Ok((out - from, used))
 }
 
 impl Shard {

@@ -64,7 +64,11 @@ pub fn start(config_path: PathBuf, cfg: Config) -> Result<i32, String> {
     let cores = cfg.proxy.cores;
     // One shard accepts on the sockets itself; several get connections from
     // the agent's acceptor (see listener.rs).
-    let (mut own, accept) = if cores == 1 { (listeners, Vec::new()) } else { (Vec::new(), listeners) };
+    let (mut own, accept) = if cores == 1 {
+        (listeners, Vec::new())
+    } else {
+        (Vec::new(), listeners)
+    };
     let mut handles = Vec::with_capacity(cores);
     for index in 0..cores {
         let (tx, rx) = async_channel::unbounded();
@@ -84,8 +88,10 @@ pub fn start(config_path: PathBuf, cfg: Config) -> Result<i32, String> {
             agent: AgentLink(agent_tx.clone()),
         };
         let cpu = cfg.proxy.cpus.as_ref().map(|c| c[index]);
-        runtime::start_shard(format!("shard-{index}"), cpu, move |driver| shard::run(setup, driver))
-            .map_err(|e| format!("cannot start shard {index}: {e}"))?;
+        runtime::start_shard(format!("shard-{index}"), cpu, move |driver| {
+            shard::run(setup, driver)
+        })
+        .map_err(|e| format!("cannot start shard {index}: {e}"))?;
         handles.push(handle);
     }
     Ok(agent::run(AgentSetup {

@@ -79,7 +79,10 @@ pub async fn acceptor(l: std::net::TcpListener, dir: Direction, shards: Vec<Shar
         target.open_conns.fetch_add(1, Ordering::Relaxed);
         if target
             .tx
-            .try_send(ShardMsg::Accept { stream, direction: dir })
+            .try_send(ShardMsg::Accept {
+                stream,
+                direction: dir,
+            })
             .is_err()
         {
             target.open_conns.fetch_sub(1, Ordering::Relaxed);

@@ -32,7 +32,12 @@ impl UpstreamPool {
 
     /// The most recently used idle connection to `addr` that has not expired,
     /// with how long it sat idle.
-    pub fn take(&self, addr: SocketAddr, now: Instant, max_idle: Duration) -> Option<(TcpStream, Duration)> {
+    pub fn take(
+        &self,
+        addr: SocketAddr,
+        now: Instant,
+        max_idle: Duration,
+    ) -> Option<(TcpStream, Duration)> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&addr)?;
         while let Some(c) = list.pop() {

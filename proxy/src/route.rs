@@ -30,7 +30,11 @@ fn mesh_name(host: &[u8]) -> &[u8] {
 }
 
 /// Routes an outbound request.
-pub fn outbound<'a>(cfg: &'a Config, head: &RequestHead, buf: &[u8]) -> Result<Target<'a>, ErrorKind> {
+pub fn outbound<'a>(
+    cfg: &'a Config,
+    head: &RequestHead,
+    buf: &[u8],
+) -> Result<Target<'a>, ErrorKind> {
     let span = head.authority.clone().ok_or(ErrorKind::NoAuthority)?;
     let (host, port) = split_authority(&buf[span]).map_err(|_| ErrorKind::NoAuthority)?;
     if host.is_empty() {
@@ -55,7 +59,11 @@ pub fn outbound<'a>(cfg: &'a Config, head: &RequestHead, buf: &[u8]) -> Result<T
         });
     }
     let host = std::str::from_utf8(host).map_err(|_| ErrorKind::NoAuthority)?;
-    let default_port = if head.method == Method::Connect { 443 } else { 80 };
+    let default_port = if head.method == Method::Connect {
+        443
+    } else {
+        80
+    };
     Ok(Target::Passthrough {
         host: host.to_ascii_lowercase(),
         port: port.unwrap_or(default_port),

@@ -73,7 +73,8 @@ pub struct ShardSetup {
 pub struct Shard {
     pub index: usize,
     /// `Rc` around the `Arc`: a request clones the `Rc` (a plain increment),
-    /// never the cross-core `Arc`.
+    /// never the cross-core `Arc`, whose atomic count every shard shares.
+    #[allow(clippy::redundant_allocation)] // the extra box is the point: see above
     config: RefCell<Rc<Arc<Config>>>,
     pub stats: RefCell<ShardStats>,
     pub bufs: BufPool,
@@ -165,7 +166,11 @@ pub async fn run(setup: ShardSetup, driver: String) {
         ready,
         agent,
     } = setup;
-    tracing::info!(shard = index, "shard running on {} {driver}", runtime::backend_name());
+    tracing::info!(
+        shard = index,
+        "shard running on {} {driver}",
+        runtime::backend_name()
+    );
     let access_log = match &config.proxy.access_log {
         Some(p) => match AccessLog::open(p) {
             Ok(l) => Some(l),

@@ -47,8 +47,14 @@ impl ConfigError {
     pub(crate) fn toml(path: &Path, text: &str, err: &toml::de::Error) -> Self {
         // The parser's messages can span several lines; the first is the reason.
         let reason = err.message().trim().replace('\n', "; ");
-        let message = match err.span().map(|span| line_col(text, span.start)) {
-            Some((line, col)) => format!("{}:{line}:{col}: {reason}", path.display()),
+        let message = match err
+            .span()
+            .map(|span| (line_col(text, span.start), span.start))
+        {
+            Some(((line, col), at)) => match key_at(text, at) {
+                Some(key) => format!("{}:{line}:{col}: {key}: {reason}", path.display()),
+                None => format!("{}:{line}:{col}: {reason}", path.display()),
+            },
             None => format!("{}: {reason}", path.display()),
         };
         Self {
@@ -87,6 +93,33 @@ fn located(path: &Path, place: &str, key: &str, reason: impl fmt::Display) -> St
     }
 }
 
+/// `[section] key` for the line holding byte `offset`: the nearest table
+/// header above it and the key before `=` on that line, so a type error names
+/// the key as well as its position.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    let line = &text[line_start..line_end];
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim())
+        .filter(|k| !k.is_empty() && !k.starts_with('['))?;
+    let section = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.split('#').next().unwrap_or(l).trim().to_string());
+    Some(match section {
+        Some(s) => format!("{s} {key}"),
+        None => key.to_string(),
+    })
+}
+
 /// 1-based line and column (in characters, as editors count) of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let mut offset = offset.min(text.len());
@@ -112,6 +145,15 @@ impl std::error::Error for ConfigError {}
 #[cfg(test)]
 mod tests {
     use super::line_col;
+
+    #[test]
+    fn key_at_names_section_and_key() {
+        let text = "[proxy]\nservice = \"web\"\ncores = \"two\"\n";
+        let at = text.find("\"two").unwrap();
+        assert_eq!(super::key_at(text, at).as_deref(), Some("[proxy] cores"));
+        assert_eq!(super::key_at("x = 1", 4).as_deref(), Some("x"));
+        assert_eq!(super::key_at("[proxy]", 1), None);
+    }
 
     #[test]
     fn line_col_counts_from_one_in_characters() {

@@ -218,7 +218,7 @@ fn unknown_key_names_line_and_column() {
     let text = "[proxy]\nservice = \"web\"\n\n[inbound]\napp = \"127.0.0.1:8080\"\n  lissten = \"127.0.0.1:1\"\n";
     assert_eq!(
         error(text),
-        "proxy.toml:6:3: unknown field `lissten`, expected `listen` or `app`"
+        "proxy.toml:6:3: [inbound] lissten: unknown field `lissten`, expected `listen` or `app`"
     );
     let e = parse("[proxy]\nservice = \"web\"\n[outbund]\n").unwrap_err();
     assert_eq!(e.kind(), ConfigErrorKind::Syntax);
@@ -234,7 +234,7 @@ fn syntax_and_type_errors_name_line_and_column() {
     assert!(error("[proxy\n").starts_with("proxy.toml:1:7: "));
     assert_eq!(
         error("[proxy]\nservice = \"web\"\ncores = \"two\"\n[outbound]\n"),
-        "proxy.toml:3:9: invalid type: string \"two\", expected i64"
+        "proxy.toml:3:9: [proxy] cores: invalid type: string \"two\", expected i64"
     );
     assert!(!error("[proxy]\nservice = \"web\"\nadmin = 1\n").contains('\n'));
 }

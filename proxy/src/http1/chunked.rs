@@ -96,6 +96,16 @@ impl ChunkedDecoder {
     }
 
     pub fn feed(&mut self, data: &[u8]) -> Result<usize, ParseError> {
+        self.feed_with(data, |_| {})
+    }
+
+    /// As [`ChunkedDecoder::feed`], also reporting each span of chunk data
+    /// (offsets into `data`), for a caller that must de-chunk the body.
+    pub fn feed_with(
+        &mut self,
+        data: &[u8],
+        mut on_data: impl FnMut(std::ops::Range<usize>),
+    ) -> Result<usize, ParseError> {
         let mut i = 0;
         while i < data.len() {
             match self.state {
@@ -105,6 +115,9 @@ impl ChunkedDecoder {
                     let avail = (data.len() - i) as u64;
                     let n = avail.min(self.remaining);
                     // n <= data.len() - i, so it fits in usize.
+                    if n > 0 {
+                        on_data(i..i + n as usize);
+                    }
                     i += n as usize;
                     self.remaining -= n;
                     if self.remaining == 0 {

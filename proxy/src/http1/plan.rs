@@ -187,6 +187,34 @@ impl ResponseHead {
         }
         plan.push_src(blank..self.head_len);
     }
+
+    /// The head for an HTTP/1.0 client of a chunked response, which it cannot
+    /// parse: as [`ResponseHead::plan_forward`] with `close`, and the
+    /// Transfer-Encoding field left out, so the body (sent de-chunked by the
+    /// caller) is delimited by closing the connection (RFC 9112 6.3 (8)).
+    pub fn plan_forward_unchunked(&self, src: &[u8], plan: &mut HeadPlan) {
+        plan.clear();
+        let line_next = self.line_end + 2;
+        plan.push_src(0..line_next);
+        let blank = self.head_len - 2;
+        let mut pos = line_next;
+        let mut i = 0;
+        while pos < blank {
+            let end = match src[pos..blank].iter().position(|&b| b == b'\n') {
+                Some(k) => pos + k + 1,
+                None => blank,
+            };
+            let line = &src[pos..end];
+            let is_te = line.len() > 18 && line[..18].eq_ignore_ascii_case(b"transfer-encoding:");
+            if !self.drop.get(i) && !is_te {
+                plan.push_src(pos..end);
+            }
+            pos = end;
+            i += 1;
+        }
+        plan.push_own(b"connection: close\r\n");
+        plan.push_src(blank..self.head_len);
+    }
 }
 
 #[cfg(test)]

@@ -41,7 +41,9 @@ fn build_runtime() -> io::Result<(Rt, String)> {
         type Setup = fn(&mut io_uring::Builder);
         let ladder: [(&str, Setup); 4] = [
             ("COOP_TASKRUN|SINGLE_ISSUER|DEFER_TASKRUN", |b| {
-                b.setup_coop_taskrun().setup_single_issuer().setup_defer_taskrun();
+                b.setup_coop_taskrun()
+                    .setup_single_issuer()
+                    .setup_defer_taskrun();
             }),
             ("COOP_TASKRUN|SINGLE_ISSUER", |b| {
                 b.setup_coop_taskrun().setup_single_issuer();
@@ -72,7 +74,9 @@ fn build_runtime() -> io::Result<(Rt, String)> {
             }
         }
     }
-    let rt = RuntimeBuilder::<LegacyDriver>::new().enable_timer().build()?;
+    let rt = RuntimeBuilder::<LegacyDriver>::new()
+        .enable_timer()
+        .build()?;
     let why = if forced_legacy {
         "MONOIO_FORCE_LEGACY_DRIVER is set".to_string()
     } else if refused.is_empty() {
@@ -144,7 +148,7 @@ impl TcpListener {
     /// Accepts one connection; `stop` cancels the pending accept (drain).
     pub async fn accept(&self, stop: &StopHandle) -> io::Result<(TcpStream, SocketAddr)> {
         let (s, a) = self.inner.cancelable_accept(stop.0.clone()).await?;
-        Ok((TcpStream { inner: s }, a))
+        Ok((TcpStream::wrap(s), a))
     }
 }
 
@@ -175,6 +179,9 @@ impl Default for Stop {
 /// A TCP connection on the current shard.
 pub struct TcpStream {
     inner: monoio::net::TcpStream,
+    /// Cancels a lingering read; kept per connection so a request costs no
+    /// allocation (a fresh one replaces it only after it has cancelled).
+    canceller: Option<Canceller>,
 }
 
 /// The outcome of [`TcpStream::read_linger`].
@@ -186,11 +193,16 @@ pub enum Linger {
 }
 
 impl TcpStream {
+    fn wrap(inner: monoio::net::TcpStream) -> Self {
+        TcpStream {
+            inner,
+            canceller: None,
+        }
+    }
+
     /// Adopts an accepted std socket (handed over from the acceptor thread).
     pub fn from_std(s: std::net::TcpStream) -> io::Result<Self> {
-        Ok(TcpStream {
-            inner: monoio::net::TcpStream::from_std(s)?,
-        })
+        Ok(TcpStream::wrap(monoio::net::TcpStream::from_std(s)?))
     }
 
     /// Connects, bounded by `limit`.
@@ -198,7 +210,7 @@ impl TcpStream {
         match monoio::time::timeout(limit, monoio::net::TcpStream::connect_addr(addr)).await {
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
-                Ok(TcpStream { inner: s })
+                Ok(TcpStream::wrap(s))
             }
             Ok(Err(e)) => Err(e),
             Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
@@ -215,20 +227,30 @@ impl TcpStream {
 
     /// Reads into the spare capacity of `buf` (appending after its length).
     pub async fn read(&mut self, buf: Buf) -> (io::Result<usize>, Buf) {
-        self.inner.read(buf).await
+        use monoio::buf::IoBufMut;
+        // monoio reads a Vec from its start; a slice of the spare capacity
+        // appends instead (and set_init extends the length past it).
+        let (len, cap) = (buf.len(), buf.capacity());
+        let (res, slice) = self.inner.read(buf.slice_mut(len..cap)).await;
+        (res, slice.into_inner())
     }
 
     /// Keeps a read posted for at most `linger`; if nothing arrives, cancels it
     /// and gives the buffer back, so the connection can wait without holding one.
     pub async fn read_linger(&mut self, buf: Buf, linger: Duration) -> Linger {
-        let canceller = Canceller::new();
-        let read = self.inner.cancelable_read(buf, canceller.handle());
+        use monoio::buf::IoBufMut;
+        let canceller = self.canceller.get_or_insert_with(Canceller::new);
+        let handle = canceller.handle();
+        let (len, cap) = (buf.len(), buf.capacity());
+        let read = self.inner.cancelable_read(buf.slice_mut(len..cap), handle);
         let mut read = std::pin::pin!(read);
         monoio::select! {
-            (res, buf) = &mut read => Linger::Read(res, buf),
+            (res, buf) = &mut read => Linger::Read(res, buf.into_inner()),
             _ = monoio::time::sleep(linger) => {
-                drop(canceller.cancel());
+                let fresh = self.canceller.take().map(Canceller::cancel);
                 let (res, buf) = read.await;
+                self.canceller = fresh;
+                let buf = buf.into_inner();
                 match res {
                     Ok(n) => Linger::Read(Ok(n), buf),
                     Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => Linger::Idle(buf),
@@ -244,7 +266,11 @@ impl TcpStream {
     }
 
     /// Writes `buf[range]` completely.
-    pub async fn write_all(&mut self, buf: Buf, range: std::ops::Range<usize>) -> (io::Result<()>, Buf) {
+    pub async fn write_all(
+        &mut self,
+        buf: Buf,
+        range: std::ops::Range<usize>,
+    ) -> (io::Result<()>, Buf) {
         use monoio::buf::IoBuf;
         let (res, slice) = self.inner.write_all(buf.slice(range)).await;
         (res.map(|_| ()), slice.into_inner())
@@ -268,7 +294,12 @@ impl TcpStream {
     /// Relays bytes both ways until both directions finish (EOF), either side
     /// fails, or nothing moves in either direction for `idle`. Returns the
     /// bytes copied (a → b, b → a).
-    pub async fn tunnel(a: TcpStream, b: TcpStream, bufs: (Buf, Buf), idle: Duration) -> (u64, u64) {
+    pub async fn tunnel(
+        a: TcpStream,
+        b: TcpStream,
+        bufs: (Buf, Buf),
+        idle: Duration,
+    ) -> (u64, u64) {
         let last = Rc::new(Cell::new(Instant::now()));
         let (ar, aw) = a.inner.into_split();
         let (br, bw) = b.inner.into_split();

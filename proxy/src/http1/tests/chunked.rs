@@ -95,3 +95,26 @@ fn chunked_line_bounds() {
     assert!(feed_all(&t).0.is_err());
     assert!(feed_bytewise(&t).0.is_err());
 }
+
+#[test]
+fn feed_with_reports_the_data_spans() {
+    let body = b"4;ext=1\r\nWiki\r\n5\r\npedia\r\n0\r\nx-t: 1\r\n\r\nNEXT";
+    let mut d = ChunkedDecoder::new();
+    let mut data = Vec::new();
+    let used = d
+        .feed_with(body, |r| data.extend_from_slice(&body[r]))
+        .unwrap();
+    assert_eq!(&body[used..], b"NEXT");
+    assert_eq!(data, b"Wikipedia");
+    // Byte by byte gives the same data.
+    let mut d = ChunkedDecoder::new();
+    let mut data = Vec::new();
+    for i in 0..used {
+        d.feed_with(&body[i..i + 1], |r| {
+            data.extend_from_slice(&body[i..i + 1][r])
+        })
+        .unwrap();
+    }
+    assert!(d.is_done());
+    assert_eq!(data, b"Wikipedia");
+}

@@ -230,3 +230,17 @@ fn response_prefixes_are_incomplete() {
         );
     }
 }
+
+#[test]
+fn unchunked_plan_drops_transfer_encoding_and_closes() {
+    let src = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nx-a: 1\r\nConnection: keep-alive\r\n\r\n";
+    let r = parse_response(src, Method::Get, &Limits::default())
+        .unwrap()
+        .unwrap();
+    let mut plan = HeadPlan::default();
+    r.plan_forward_unchunked(src, &mut plan);
+    assert_eq!(
+        plan.to_vec(src),
+        b"HTTP/1.1 200 OK\r\nx-a: 1\r\nconnection: close\r\n\r\n".to_vec()
+    );
+}
