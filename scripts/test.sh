@@ -33,7 +33,7 @@ section "clippy (runtime-glommio)"
 cargo clippy -p coremesh-proxy --features runtime-glommio --all-targets -- -D warnings
 
 section "unit tests"
-cargo test -p coremesh-proxy
+cargo test --workspace --exclude coremesh-e2e
 cargo test -p coremesh-e2e --lib
 
 section "build coremesh-proxy (debug)"

@@ -28,13 +28,14 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Path of the proxy binary under test; panics if it is not built.
 pub fn proxy_bin() -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf();
     let path = if let Some(p) = std::env::var_os("COREMESH_PROXY_BIN") {
-        PathBuf::from(p)
+        // Relative to the workspace, as scripts run from there.
+        workspace.join(p)
     } else {
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("tests/ has a parent")
-            .to_path_buf();
         let target = match std::env::var_os("CARGO_TARGET_DIR") {
             Some(t) if Path::new(&t).is_absolute() => PathBuf::from(t),
             Some(t) => workspace.join(t),
