@@ -65,6 +65,8 @@ enum HeadRead {
     Head(RequestHead),
     /// The client closed, went idle too long, or failed.
     Closed,
+    /// Nothing arrived within the linger; the buffer went back to the pool.
+    Idle,
     /// The head broke a rule: answer with this status and close.
     Reject(http1::ParseError),
     /// The head did not complete within `timeouts.head_read`.
@@ -86,17 +88,39 @@ pub async fn serve(shard: Rc<Shard>, client: TcpStream, dir: Direction) {
     let mut client = Some(client);
     let mut buf: Option<Buf> = None;
     let mut scratch = Scratch::default();
+    let mut idle_since = Instant::now();
     while let Some(c) = client.as_mut() {
         let cfg = shard.config();
-        let head = match read_head(&shard, &cfg, c, &mut buf).await {
+        if buf.is_none() {
+            // Idle, holding no buffer. This await is the only state an idle
+            // connection keeps, so it is kept small: no timer of its own (the
+            // shard's idle table enforces keepalive_idle, see idle.rs), and
+            // the head reading and the request are boxed futures that exist
+            // only while the connection is active.
+            if shard.draining.get() {
+                break;
+            }
+            scratch = Scratch::default();
+            c.release_idle_state();
+            let deadline = idle_since + cfg.timeouts.keepalive_idle;
+            let guard = shard.idle.enter(c.raw_fd(), deadline);
+            let woke = c.readable().await;
+            drop(guard);
+            if woke.is_err() {
+                break;
+            }
+            buf = Some(shard.bufs.get());
+        }
+        let head = match Box::pin(read_head(&shard, &cfg, c, &mut buf)).await {
             HeadRead::Head(h) => h,
             HeadRead::Closed => break,
+            HeadRead::Idle => continue,
             HeadRead::TimedOut => {
-                let _ = write_error(c, 408, "request head timeout", true).await;
+                let _ = Box::pin(write_error(c, 408, "request head timeout", true)).await;
                 break;
             }
             HeadRead::Reject(e) => {
-                let _ = write_error(c, e.status, e.reason, true).await;
+                let _ = Box::pin(write_error(c, e.status, e.reason, true)).await;
                 shard.record_local(dir, e.status);
                 break;
             }
@@ -116,6 +140,7 @@ pub async fn serve(shard: Rc<Shard>, client: TcpStream, dir: Direction) {
         ))
         .await;
         shard.in_flight.set(shard.in_flight.get() - 1);
+        idle_since = Instant::now();
         match next {
             Next::KeepAlive if !shard.draining.get() || !b.is_empty() => buf = Some(b),
             _ => {
@@ -139,17 +164,9 @@ async fn read_head(
 ) -> HeadRead {
     let limits = limits(cfg);
     let t = &cfg.timeouts;
-    let idle_deadline = Instant::now() + t.keepalive_idle;
     let mut head_deadline = None;
-    let mut b = match slot.take() {
-        Some(b) => b,
-        None => {
-            // A fresh or idle connection: wait without holding a buffer.
-            match runtime::timeout(t.keepalive_idle, client.readable()).await {
-                Ok(Ok(())) => shard.bufs.get(),
-                _ => return HeadRead::Closed,
-            }
-        }
+    let Some(mut b) = slot.take() else {
+        return HeadRead::Idle;
     };
     loop {
         if !b.is_empty() {
@@ -179,13 +196,10 @@ async fn read_head(
                 match client.read_linger(b, LINGER).await {
                     Linger::Read(res, back) => (res, back),
                     Linger::Idle(back) => {
+                        // Nothing within the linger: give the buffer back
+                        // and wait (in `serve`) without one.
                         shard.bufs.put(back);
-                        let left = idle_deadline.saturating_duration_since(Instant::now());
-                        match runtime::timeout(left, client.readable()).await {
-                            Ok(Ok(())) => {}
-                            _ => return HeadRead::Closed,
-                        }
-                        client.read(shard.bufs.get()).await
+                        return HeadRead::Idle;
                     }
                 }
             }

@@ -25,6 +25,7 @@ pub mod config;
 pub mod error;
 pub mod forward;
 pub mod http1;
+pub mod idle;
 pub mod listener;
 pub mod pool;
 pub mod route;

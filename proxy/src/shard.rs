@@ -22,6 +22,7 @@ use crate::accesslog::AccessLog;
 use crate::agent::{AgentLink, AgentRequest};
 use crate::buf::BufPool;
 use crate::config::Config;
+use crate::idle::IdleConns;
 use crate::pool::UpstreamPool;
 use crate::runtime::{self, Stop, TcpListener, TcpStream};
 use crate::stats::{Direction, ShardSnapshot, ShardStats};
@@ -79,6 +80,8 @@ pub struct Shard {
     pub stats: RefCell<ShardStats>,
     pub bufs: BufPool,
     pub pool: UpstreamPool,
+    /// Idle keep-alive client connections and their deadlines.
+    pub idle: IdleConns,
     rr: RefCell<HashMap<String, usize>>,
     pub in_flight: Cell<usize>,
     pub draining: Cell<bool>,
@@ -187,6 +190,7 @@ pub async fn run(setup: ShardSetup, driver: String) {
         stats: RefCell::new(ShardStats::new(index)),
         bufs: BufPool::new(),
         pool: UpstreamPool::new(),
+        idle: IdleConns::new(),
         rr: RefCell::new(HashMap::new()),
         in_flight: Cell::new(0),
         draining: Cell::new(false),
@@ -207,6 +211,7 @@ pub async fn run(setup: ShardSetup, driver: String) {
     }
     let mut stop = Some(stop);
     runtime::spawn_local(housekeeping(shard.clone()));
+    runtime::spawn_local(idle_sweeper(shard.clone()));
     ready.store(true, Ordering::Release);
 
     while let Ok(msg) = rx.recv().await {
@@ -229,6 +234,8 @@ pub async fn run(setup: ShardSetup, driver: String) {
                 if let Some(s) = stop.take() {
                     s.stop();
                 }
+                // Idle keep-alive connections have nothing in flight: close them now.
+                shard.idle.close_all();
                 let shard = shard.clone();
                 runtime::spawn_local(async move {
                     while shard.in_flight.get() > 0 {
@@ -259,6 +266,15 @@ async fn accept_loop(shard: Rc<Shard>, l: TcpListener, dir: Direction, stop: run
                 runtime::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+/// Closes idle keep-alive connections past `timeouts.keepalive_idle`
+/// (checked four times a second, so the timeout holds within 250 ms).
+async fn idle_sweeper(shard: Rc<Shard>) {
+    loop {
+        runtime::sleep(Duration::from_millis(250)).await;
+        shard.idle.expire(Instant::now());
     }
 }
 

@@ -278,6 +278,15 @@ impl TcpStream {
         let _ = self.inner.set_nodelay(true);
     }
 
+    /// The socket's descriptor (for the shard's idle table).
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd()
+    }
+
+    /// Drops per-connection state that only a busy connection needs, before
+    /// it waits idle (nothing to drop on this backend).
+    pub fn release_idle_state(&mut self) {}
+
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         Ok(self.inner.peer_addr()?)
     }

@@ -217,6 +217,17 @@ impl TcpStream {
         }
     }
 
+    /// The socket's descriptor (for the shard's idle table).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.inner)
+    }
+
+    /// Drops per-connection state that only a busy connection needs, before
+    /// it waits idle.
+    pub fn release_idle_state(&mut self) {
+        self.canceller = None;
+    }
+
     pub fn set_nodelay(&self) {
         let _ = self.inner.set_nodelay(true);
     }
