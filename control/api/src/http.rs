@@ -1,0 +1,106 @@
+//! JSON bodies of control's HTTP API (`meshctl` and the dashboard). Every
+//! request carries `Authorization: Bearer <operator credential>`.
+//!
+//! | method | path | body | answer |
+//! | --- | --- | --- | --- |
+//! | POST | /v1/apply | YAML documents | [`ApplyResult`] |
+//! | GET | /v1/services, /v1/routes | - | `[Resource]` |
+//! | DELETE | /v1/{services,routes}/NAME | - | [`ApplyResult`] |
+//! | GET | /v1/proxies | - | `[ProxyStatus]` |
+//! | GET | /v1/endpoints | - | `[EndpointStatus]` |
+//! | GET | /v1/history | - | `[HistoryEntry]` |
+//! | POST | /v1/rollback | [`RollbackRequest`] | [`ApplyResult`] |
+//! | POST | /v1/tokens | [`TokenRequest`] | [`TokenCreated`] |
+//! | GET | /v1/tokens | - | `[TokenInfo]` |
+//! | DELETE | /v1/tokens/ID | - | `{}` |
+//!
+//! Errors: 400 (input rejected: [`ErrorBody`] says what and where), 401, 404, 500.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyResult {
+    /// The new version (unchanged if nothing changed).
+    pub version: u64,
+    /// `kind/name` of each resource created, changed or deleted.
+    pub changed: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackRequest {
+    pub to: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub version: u64,
+    /// Unix seconds.
+    pub at: u64,
+    /// What the change was, e.g. `apply service/api, route/api-canary` or `rollback to 3`.
+    pub summary: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyStatus {
+    pub service: String,
+    pub node: String,
+    /// Registered inbound address, if any.
+    pub address: Option<SocketAddr>,
+    pub connected: bool,
+    /// Last snapshot version sent, and the config version it carried.
+    pub sent_version: Option<u64>,
+    /// Last ACKed snapshot version and its config version.
+    pub applied_version: Option<u64>,
+    pub applied_config_version: Option<u64>,
+    /// Set when the last answer was a NACK.
+    pub nack: Option<String>,
+    /// Unix seconds of the last heartbeat.
+    pub last_heartbeat: Option<u64>,
+    pub healthy: Option<bool>,
+    /// Unix seconds when its certificate expires.
+    pub cert_expiry: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointStatus {
+    pub service: String,
+    pub address: SocketAddr,
+    pub node: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub healthy: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRequest {
+    pub service: String,
+    /// Seconds; default 3600.
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+    /// Default 1.
+    #[serde(default)]
+    pub uses: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenCreated {
+    pub id: String,
+    /// The whole token, to hand to the proxy (shown once).
+    pub token: String,
+    pub expires_at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub service: String,
+    pub expires_at: u64,
+    pub uses_left: u32,
+    pub revoked: bool,
+}
