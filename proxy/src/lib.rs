@@ -29,6 +29,7 @@ pub mod idle;
 pub mod listener;
 pub mod pool;
 pub mod route;
+pub mod routing;
 pub mod runtime;
 pub mod shard;
 pub mod stats;

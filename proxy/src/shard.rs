@@ -24,6 +24,7 @@ use crate::buf::BufPool;
 use crate::config::Config;
 use crate::idle::IdleConns;
 use crate::pool::UpstreamPool;
+use crate::routing::RoutingTable;
 use crate::runtime::{self, Stop, TcpListener, TcpStream};
 use crate::stats::{Direction, ShardSnapshot, ShardStats};
 
@@ -38,6 +39,12 @@ pub enum ShardMsg {
     },
     /// A new configuration (SIGHUP reload) to use for new requests.
     Config(Arc<Config>),
+    /// Phase one of applying a routing table from control: keep it aside
+    /// and reply; nothing changes for requests yet.
+    Prepare(Arc<RoutingTable>, tokio::sync::oneshot::Sender<()>),
+    /// Phase two: switch to the prepared table with this version (sent once
+    /// every shard has prepared, so all cores switch together).
+    Commit(u64),
     /// Reply with a snapshot of this shard's stats.
     Snapshot(tokio::sync::oneshot::Sender<ShardSnapshot>),
     /// Stop accepting; reply once no request is in flight on this shard.
@@ -88,6 +95,10 @@ pub struct Shard {
     open_conns: Arc<AtomicUsize>,
     pub access_log: RefCell<Option<AccessLog>>,
     agent: AgentLink,
+    /// The routing table from control in force, if any (see routing.rs).
+    #[allow(clippy::redundant_allocation)] // Rc clone per request, not the shared Arc
+    routes: RefCell<Option<Rc<Arc<RoutingTable>>>>,
+    prepared: RefCell<Option<Arc<RoutingTable>>>,
 }
 
 impl Shard {
@@ -103,6 +114,12 @@ impl Shard {
     pub fn conn_closed(&self, dir: Direction) {
         self.stats.borrow_mut().conn_closed(dir);
         self.open_conns.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The routing table from control, if one is in force.
+    #[allow(clippy::redundant_allocation)] // see the field
+    pub fn routes(&self) -> Option<Rc<Arc<RoutingTable>>> {
+        self.routes.borrow().clone()
     }
 
     /// Records a request answered before routing (a rejected head).
@@ -197,6 +214,8 @@ pub async fn run(setup: ShardSetup, driver: String) {
         open_conns,
         access_log: RefCell::new(access_log),
         agent,
+        routes: RefCell::new(None),
+        prepared: RefCell::new(None),
     });
 
     let stop = Stop::new();
@@ -225,6 +244,17 @@ pub async fn run(setup: ShardSetup, driver: String) {
             },
             ShardMsg::Config(c) => {
                 *shard.config.borrow_mut() = Rc::new(c);
+            }
+            ShardMsg::Prepare(table, reply) => {
+                *shard.prepared.borrow_mut() = Some(table);
+                let _ = reply.send(());
+            }
+            ShardMsg::Commit(version) => {
+                let mut prepared = shard.prepared.borrow_mut();
+                if prepared.as_ref().is_some_and(|t| t.version == version) {
+                    let t = prepared.take().expect("checked above");
+                    *shard.routes.borrow_mut() = Some(Rc::new(t));
+                }
             }
             ShardMsg::Snapshot(reply) => {
                 let _ = reply.send(shard.stats.borrow().snapshot());
