@@ -24,6 +24,13 @@ pub enum ErrorKind {
     NoAuthority,
     /// The service has no endpoints.
     NoEndpoints,
+    /// No rule of the service's Route matches the request.
+    NoRoute,
+    /// No backend of the matched rule has an endpoint.
+    NoHealthyEndpoints,
+    /// The upstream answered with a status the retry policy retries, and no
+    /// try was left (internal: the response itself is relayed).
+    RetryableStatus,
     /// `CONNECT` without `[outbound] passthrough`, or on the inbound side.
     ConnectNotAllowed,
     /// A passthrough host name did not resolve.
@@ -50,7 +57,9 @@ impl ErrorKind {
         match self {
             ErrorKind::UnknownService => 404,
             ErrorKind::NoAuthority => 400,
-            ErrorKind::NoEndpoints => 503,
+            ErrorKind::NoEndpoints | ErrorKind::NoHealthyEndpoints => 503,
+            ErrorKind::NoRoute => 404,
+            ErrorKind::RetryableStatus => 502,
             ErrorKind::ConnectNotAllowed => 405,
             ErrorKind::ResolveFailed => 502,
             ErrorKind::ConnectFailed | ErrorKind::UpstreamReset | ErrorKind::BadResponse => 502,
@@ -65,6 +74,9 @@ impl ErrorKind {
             ErrorKind::UnknownService => "unknown service",
             ErrorKind::NoAuthority => "no host to route by",
             ErrorKind::NoEndpoints => "no endpoints",
+            ErrorKind::NoRoute => "no route",
+            ErrorKind::NoHealthyEndpoints => "no healthy endpoints",
+            ErrorKind::RetryableStatus => "upstream error status",
             ErrorKind::ConnectNotAllowed => {
                 "CONNECT is not allowed here (needs [outbound] passthrough = true)"
             }
@@ -85,7 +97,9 @@ impl ErrorKind {
             | ErrorKind::NoAuthority
             | ErrorKind::ConnectNotAllowed
             | ErrorKind::ClientGone => Blame::Downstream,
-            ErrorKind::NoEndpoints => Blame::Internal,
+            ErrorKind::NoEndpoints | ErrorKind::NoHealthyEndpoints | ErrorKind::NoRoute => {
+                Blame::Internal
+            }
             _ => Blame::Upstream,
         }
     }

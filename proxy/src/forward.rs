@@ -33,9 +33,11 @@ use crate::http1::{
     self, ChunkedDecoder, Framing, HeadPlan, Method, RequestHead, ResponseHead, Version,
 };
 use crate::route::{self, Target};
+use crate::routing::{CompiledRule, RoutingTable};
 use crate::runtime::{self, Buf, IoVecs, Linger, TcpStream};
 use crate::shard::Shard;
 use crate::stats::Direction;
+use coremesh_api::resource::RetryOn;
 
 /// How long a finished keep-alive connection keeps its read posted before it
 /// gives its buffer back (a busy client sends its next request well within).
@@ -288,8 +290,20 @@ async fn handle(
         .borrow()
         .is_some()
         .then(|| LoggedRequest::new(&head, &cbuf));
-    let (service, next, cbuf) =
-        forward(shard, cfg, client_slot, dir, &head, cbuf, scratch, &mut ex).await;
+    let table = shard.routes();
+    let table_ref = table.as_ref().map(|t| &***t);
+    let (service, next, cbuf) = forward(
+        shard,
+        cfg,
+        table_ref,
+        client_slot,
+        dir,
+        &head,
+        cbuf,
+        scratch,
+        &mut ex,
+    )
+    .await;
     shard.record(dir, service, logged.as_ref(), &ex);
     (next, cbuf)
 }
@@ -318,6 +332,7 @@ impl LoggedRequest {
 async fn forward<'c>(
     shard: &Shard,
     cfg: &'c Config,
+    table: Option<&'c RoutingTable>,
     client_slot: &mut Option<TcpStream>,
     dir: Direction,
     head: &RequestHead,
@@ -327,6 +342,7 @@ async fn forward<'c>(
 ) -> (&'c str, Next, Buf) {
     let client = client_slot.as_mut().expect("client connection present");
     // Route.
+    let mut policy = TryPolicy::single(cfg);
     let (service, endpoints): (&'c str, Endpoints<'c>) = match dir {
         Direction::Inbound => {
             let app = cfg.inbound.as_ref().map(|i| i.app);
@@ -346,7 +362,32 @@ async fn forward<'c>(
                 Endpoints::One(app.unwrap_or_else(unreachable_addr)),
             )
         }
-        Direction::Outbound => match route::outbound(cfg, head, &cbuf) {
+        Direction::Outbound => match route::outbound(cfg, table, head, &cbuf) {
+            Ok(Target::Routed(sr)) => match &sr.rules {
+                None if sr.all.is_empty() => {
+                    return local_error(client, head, cbuf, ErrorKind::NoEndpoints, ex, &sr.name)
+                        .await
+                }
+                None => (&sr.name, Endpoints::Service(&sr.name, &sr.all)),
+                Some(rules) => match route::match_rule(rules, head, &cbuf) {
+                    None => {
+                        return local_error(client, head, cbuf, ErrorKind::NoRoute, ex, &sr.name)
+                            .await
+                    }
+                    Some(rule) => {
+                        if rule
+                            .backends
+                            .iter()
+                            .all(|b| b.weight == 0 || b.endpoints.is_empty())
+                        {
+                            let kind = ErrorKind::NoHealthyEndpoints;
+                            return local_error(client, head, cbuf, kind, ex, &sr.name).await;
+                        }
+                        policy = TryPolicy::for_rule(cfg, rule);
+                        (&sr.name, Endpoints::Rule(&sr.name, rule))
+                    }
+                },
+            },
             Ok(Target::Service(svc)) => {
                 if svc.endpoints.is_empty() {
                     return local_error(client, head, cbuf, ErrorKind::NoEndpoints, ex, &svc.name)
@@ -375,7 +416,18 @@ async fn forward<'c>(
         let (next, cbuf) = connect_tunnel(shard, cfg, client_slot, head, cbuf, endpoints, ex).await;
         return (service, next, cbuf);
     }
-    let (next, cbuf) = exchange(shard, cfg, client_slot, head, cbuf, endpoints, scratch, ex).await;
+    let (next, cbuf) = exchange(
+        shard,
+        cfg,
+        client_slot,
+        head,
+        cbuf,
+        endpoints,
+        &policy,
+        scratch,
+        ex,
+    )
+    .await;
     (service, next, cbuf)
 }
 
@@ -388,6 +440,8 @@ enum Endpoints<'c> {
     One(SocketAddr),
     /// A mesh service's endpoints, balanced round-robin per shard.
     Service(&'c str, &'c [SocketAddr]),
+    /// A Route rule's weighted backends (at least one has an endpoint).
+    Rule(&'c str, &'c CompiledRule),
 }
 
 impl Endpoints<'_> {
@@ -402,6 +456,35 @@ impl Endpoints<'_> {
                 };
                 eps[base % eps.len()]
             }
+            Endpoints::Rule(name, rule) => {
+                // A backend is drawn by weight among those with endpoints, so
+                // the share of one without endpoints goes to the others in
+                // proportion; then round-robin within it.
+                let total: u64 = rule
+                    .backends
+                    .iter()
+                    .filter(|b| !b.endpoints.is_empty())
+                    .map(|b| u64::from(b.weight))
+                    .sum();
+                let mut draw = shard.random() % total.max(1);
+                let mut chosen = None;
+                for b in rule.backends.iter().filter(|b| !b.endpoints.is_empty()) {
+                    if draw < u64::from(b.weight) {
+                        chosen = Some(b);
+                        break;
+                    }
+                    draw -= u64::from(b.weight);
+                }
+                let b = chosen
+                    .or_else(|| rule.backends.iter().find(|b| !b.endpoints.is_empty()))
+                    .expect("a backend with endpoints (checked when routing)");
+                let base = if attempt == 0 {
+                    shard.next_rr(name)
+                } else {
+                    shard.peek_rr(name) + attempt
+                };
+                b.endpoints[base % b.endpoints.len()]
+            }
         }
     }
 
@@ -409,6 +492,7 @@ impl Endpoints<'_> {
         match self {
             Endpoints::One(_) => 1,
             Endpoints::Service(_, eps) => eps.len(),
+            Endpoints::Rule(_, rule) => rule.backends.iter().map(|b| b.endpoints.len()).sum(),
         }
     }
 }
@@ -453,11 +537,13 @@ async fn upstream_conn(
     endpoints: &Endpoints<'_>,
     fresh_only: bool,
     non_idempotent: bool,
+    try_no: usize,
 ) -> Result<(TcpStream, SocketAddr, bool), ProxyError> {
     let attempts = endpoints.count().min(CONNECT_ATTEMPTS);
     let mut last = ProxyError::new(ErrorKind::ConnectFailed, "no attempt");
     for attempt in 0..attempts {
-        let addr = endpoints.pick(shard, attempt);
+        // Later tries of a request start at another endpoint.
+        let addr = endpoints.pick(shard, attempt + try_no * attempts);
         if !fresh_only {
             if let Some((c, idle_for)) =
                 shard
@@ -494,7 +580,7 @@ async fn connect_tunnel(
     ex: &mut Exchange,
 ) -> (Next, Buf) {
     let client = client_slot.as_mut().expect("client connection present");
-    let up = match upstream_conn(shard, cfg, &endpoints, true, true).await {
+    let up = match upstream_conn(shard, cfg, &endpoints, true, true, 0).await {
         Ok((c, addr, _)) => {
             ex.upstream = Some(addr);
             c
@@ -561,10 +647,81 @@ struct Failed {
     replayable: bool,
     /// A response already started: the client connection must just close.
     response_started: bool,
+    /// The whole request went out in the first write and `cbuf` still holds
+    /// it, so a retry policy may send it again.
+    request_intact: bool,
     cbuf: Buf,
 }
 
-/// Forwards a request and its response over a pooled or new upstream connection.
+/// How many tries a request gets and when (a Route rule's `timeout` and
+/// `retries`; without one, a single try bounded by `timeouts.request`).
+pub(crate) struct TryPolicy {
+    /// From the request head sent until a response head, all tries together.
+    total: Duration,
+    per_try: Option<Duration>,
+    /// Tries after the first.
+    retries: u32,
+    on_connect: bool,
+    on_reset: bool,
+    on_5xx: bool,
+    on_gateway: bool,
+}
+
+impl TryPolicy {
+    fn single(cfg: &Config) -> Self {
+        TryPolicy {
+            total: cfg.timeouts.request,
+            per_try: None,
+            retries: 0,
+            on_connect: false,
+            on_reset: false,
+            on_5xx: false,
+            on_gateway: false,
+        }
+    }
+
+    fn for_rule(cfg: &Config, rule: &CompiledRule) -> Self {
+        let mut p = TryPolicy::single(cfg);
+        if let Some(t) = rule.timeout {
+            p.total = t;
+        }
+        if let Some(r) = &rule.retries {
+            p.retries = r.attempts;
+            p.per_try = r.per_try_timeout;
+            for on in &r.on {
+                match on {
+                    RetryOn::ConnectFailure => p.on_connect = true,
+                    RetryOn::Reset => p.on_reset = true,
+                    RetryOn::Status5xx => p.on_5xx = true,
+                    RetryOn::GatewayError => p.on_gateway = true,
+                }
+            }
+        }
+        p
+    }
+
+    /// Whether a final response with `status` is retried (when tries remain).
+    fn retries_status(&self, status: u16) -> bool {
+        (self.on_5xx && (500..600).contains(&status))
+            || (self.on_gateway && matches!(status, 502..=504))
+    }
+
+    /// Whether a failed try is retried (when tries remain).
+    fn retries_error(&self, kind: ErrorKind) -> bool {
+        match kind {
+            ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout => self.on_connect,
+            ErrorKind::UpstreamReset => self.on_reset,
+            // A per-try timeout counts as a gateway error (as in Envoy).
+            ErrorKind::UpstreamTimeout => self.on_5xx || self.on_gateway,
+            ErrorKind::RetryableStatus => true,
+            _ => false,
+        }
+    }
+}
+
+/// Forwards a request and its response over a pooled or new upstream
+/// connection, trying again as `policy` allows. Only idempotent requests
+/// whose whole body went out in the first write are ever sent twice.
 #[allow(clippy::too_many_arguments)] // one call site; the phases share these
 async fn exchange(
     shard: &Shard,
@@ -573,25 +730,35 @@ async fn exchange(
     head: &RequestHead,
     mut cbuf: Buf,
     endpoints: Endpoints<'_>,
+    policy: &TryPolicy,
     scratch: &mut Scratch,
     ex: &mut Exchange,
 ) -> (Next, Buf) {
     let mut fresh_only = false;
+    let deadline = Instant::now() + policy.total;
+    let idempotent = head.method.is_idempotent();
+    let mut tries = 0u32;
     loop {
-        let client = client_slot.as_mut().expect("client connection present");
-        let (up, addr, reused) = match upstream_conn(
+        let can_retry = tries < policy.retries && idempotent && Instant::now() < deadline;
+        let conn = upstream_conn(
             shard,
             cfg,
             &endpoints,
             fresh_only,
-            !head.method.is_idempotent(),
+            !idempotent,
+            tries as usize,
         )
-        .await
-        {
+        .await;
+        let (up, addr, reused) = match conn {
             Ok(x) => x,
+            Err(e) if can_retry && policy.retries_error(e.kind) => {
+                tries += 1;
+                continue;
+            }
             Err(e) => {
                 ex.status = e.kind.status();
                 tracing::debug!("{e}");
+                let client = client_slot.as_mut().expect("client connection present");
                 let close = !head.keep_alive || head.framing != Framing::None;
                 let _ = write_error(client, e.kind.status(), e.kind.text(), close).await;
                 if close {
@@ -602,7 +769,26 @@ async fn exchange(
             }
         };
         ex.upstream = Some(addr);
-        match over_connection(shard, cfg, client_slot, head, cbuf, up, addr, scratch, ex).await {
+        let try_deadline = match policy.per_try {
+            Some(p) => deadline.min(Instant::now() + p),
+            None => deadline,
+        };
+        let retry_status = (can_retry && (policy.on_5xx || policy.on_gateway)).then_some(policy);
+        let res = over_connection(
+            shard,
+            cfg,
+            client_slot,
+            head,
+            cbuf,
+            up,
+            addr,
+            scratch,
+            ex,
+            try_deadline,
+            retry_status,
+        )
+        .await;
+        match res {
             Ok((next, b)) => return (next, b),
             Err(f) => {
                 cbuf = f.cbuf;
@@ -610,6 +796,16 @@ async fn exchange(
                     // RFC 9112 9.3.1: a request on a connection the server
                     // closed while idle may be retried on a new one.
                     fresh_only = true;
+                    continue;
+                }
+                fresh_only = false;
+                if can_retry
+                    && f.request_intact
+                    && !f.response_started
+                    && policy.retries_error(f.err.kind)
+                {
+                    tracing::debug!(%addr, try = tries + 1, "retrying: {}", f.err);
+                    tries += 1;
                     continue;
                 }
                 tracing::debug!(%addr, "{}", f.err);
@@ -641,6 +837,8 @@ async fn over_connection(
     addr: SocketAddr,
     scratch: &mut Scratch,
     ex: &mut Exchange,
+    deadline: Instant,
+    retry: Option<&TryPolicy>,
 ) -> Result<(Next, Buf), Failed> {
     let t = &cfg.timeouts;
     let limits = limits(cfg);
@@ -677,6 +875,7 @@ async fn over_connection(
                 err: ProxyError::new(ErrorKind::Idle, "writing request head"),
                 replayable: false,
                 response_started: false,
+                request_intact: false,
                 cbuf: Vec::new(),
             });
         }
@@ -689,6 +888,7 @@ async fn over_connection(
             err: ProxyError::io(ErrorKind::UpstreamReset, "writing request head", e),
             replayable: body_done,
             response_started: false,
+            request_intact: body_done,
             cbuf,
         });
     }
@@ -717,15 +917,16 @@ async fn over_connection(
                     err: ProxyError::new(kind, "relaying request body"),
                     replayable: false,
                     response_started: false,
+                    request_intact: false,
                     cbuf: b,
                 })
             }
         }
     }
-    consume(&mut cbuf, consumed);
+    // `cbuf` keeps the request until the exchange succeeds (a retry sends it
+    // again); `consumed` is where the next pipelined request starts.
 
     // Response head (interim responses are relayed as they come).
-    let deadline = Instant::now() + t.request;
     let mut ubuf = shard.bufs.get();
     let mut sent_continue = head.expect_continue && head.version == Version::Http11;
     let resp: ResponseHead = loop {
@@ -753,6 +954,7 @@ async fn over_connection(
                     err: ProxyError::new(ErrorKind::BadResponse, "parsing response head"),
                     replayable: false,
                     response_started: false,
+                    request_intact: body_done,
                     cbuf,
                 });
             }
@@ -774,6 +976,7 @@ async fn over_connection(
                     ),
                     replayable: false,
                     response_started: false,
+                    request_intact: body_done,
                     cbuf,
                 })
             }
@@ -786,6 +989,7 @@ async fn over_connection(
                     err: ProxyError::new(ErrorKind::UpstreamReset, "waiting for the response head"),
                     replayable: had == 0 && head.method.is_idempotent(),
                     response_started: false,
+                    request_intact: body_done,
                     cbuf,
                 });
             }
@@ -793,6 +997,19 @@ async fn over_connection(
         }
     };
     ex.status = resp.status;
+    if retry.is_some_and(|p| p.retries_status(resp.status)) {
+        // Another try answers instead; this response is dropped with its
+        // connection (its body is never read).
+        shard.bufs.put(ubuf);
+        return Err(Failed {
+            err: ProxyError::new(ErrorKind::RetryableStatus, "response status"),
+            replayable: false,
+            response_started: false,
+            request_intact: body_done,
+            cbuf,
+        });
+    }
+    consume(&mut cbuf, consumed);
 
     // 101: both sides switch protocols; the connection becomes a tunnel.
     if resp.switching && head.upgrade {
@@ -829,6 +1046,7 @@ async fn over_connection(
                         err: ProxyError::new(ErrorKind::BadResponse, "parsing response body"),
                         replayable: false,
                         response_started: false,
+                        request_intact: body_done,
                         cbuf,
                     });
                 }
@@ -842,6 +1060,7 @@ async fn over_connection(
                     err: ProxyError::new(ErrorKind::BadResponse, "parsing response body"),
                     replayable: false,
                     response_started: false,
+                    request_intact: body_done,
                     cbuf,
                 });
             }
@@ -917,6 +1136,7 @@ fn gone(cbuf: Buf) -> Failed {
         err: ProxyError::new(ErrorKind::ClientGone, "writing to the client"),
         replayable: false,
         response_started: true,
+        request_intact: false,
         cbuf,
     }
 }
@@ -926,6 +1146,7 @@ fn started(kind: ErrorKind, cbuf: Buf) -> Failed {
         err: ProxyError::new(kind, "relaying the response"),
         replayable: false,
         response_started: true,
+        request_intact: false,
         cbuf,
     }
 }

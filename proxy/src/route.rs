@@ -9,11 +9,14 @@
 use crate::config::{Config, ServiceConfig};
 use crate::error::ErrorKind;
 use crate::http1::{split_authority, Method, RequestHead};
+use crate::routing::{CompiledRule, RoutingTable, ServiceRoutes};
 
 /// Where an outbound request goes.
 #[derive(Debug)]
 pub enum Target<'a> {
-    /// A mesh service from the configuration.
+    /// A mesh service from control's routing table.
+    Routed(&'a ServiceRoutes),
+    /// A mesh service from the static configuration.
     Service(&'a ServiceConfig),
     /// Not a mesh service; forwarded directly (passthrough).
     Passthrough { host: String, port: u16 },
@@ -29,9 +32,11 @@ fn mesh_name(host: &[u8]) -> &[u8] {
     }
 }
 
-/// Routes an outbound request.
+/// Routes an outbound request: control's table first, then the static
+/// `[[services]]`, then passthrough.
 pub fn outbound<'a>(
     cfg: &'a Config,
+    table: Option<&'a RoutingTable>,
     head: &RequestHead,
     buf: &[u8],
 ) -> Result<Target<'a>, ErrorKind> {
@@ -42,6 +47,9 @@ pub fn outbound<'a>(
     }
     let name = mesh_name(host);
     if head.method != Method::Connect {
+        if let Some(svc) = table.and_then(|t| t.service(name)) {
+            return Ok(Target::Routed(svc));
+        }
         if let Some(svc) = cfg
             .services
             .iter()
@@ -70,9 +78,92 @@ pub fn outbound<'a>(
     })
 }
 
+/// The first rule of a Route that matches the request (`None`: 404 no route).
+pub fn match_rule<'a>(
+    rules: &'a [CompiledRule],
+    head: &RequestHead,
+    buf: &[u8],
+) -> Option<&'a CompiledRule> {
+    let path = &buf[head.path.clone()];
+    // The query is not part of the path matched (an absolute-form target's
+    // empty path is "/").
+    let path = match path.iter().position(|&b| b == b'?') {
+        Some(q) => &path[..q],
+        None => path,
+    };
+    let path: &[u8] = if path.is_empty() { b"/" } else { path };
+    let method = method_name(head, buf);
+    rules.iter().find(|r| {
+        r.path.as_ref().is_none_or(|p| p.as_bytes() == path)
+            && r.path_prefix
+                .as_ref()
+                .is_none_or(|p| path.starts_with(p.as_bytes()))
+            && (r.methods.is_empty() || r.methods.iter().any(|m| m.as_bytes() == method))
+            && r.headers
+                .iter()
+                .all(|(k, v)| head.header(buf, k) == Some(v.as_bytes()))
+    })
+}
+
+fn method_name<'a>(head: &RequestHead, buf: &'a [u8]) -> &'a [u8] {
+    let line = &buf[..head.target.start];
+    let line = line.trim_ascii();
+    let start = line.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    &line[start..]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::http1::{parse_request, Limits};
+
+    fn rule(path_prefix: Option<&str>, headers: &[(&str, &str)], methods: &[&str]) -> CompiledRule {
+        CompiledRule {
+            path: None,
+            path_prefix: path_prefix.map(str::to_string),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            methods: methods.iter().map(|m| m.to_string()).collect(),
+            timeout: None,
+            retries: None,
+            backends: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn first_matching_rule_wins() {
+        let rules = vec![
+            rule(None, &[("x-canary", "true")], &[]),
+            rule(Some("/v1/"), &[], &["GET"]),
+            rule(Some("/"), &[], &[]),
+        ];
+        let lim = Limits::default();
+        let at = |raw: &[u8]| {
+            let h = parse_request(raw, &lim).unwrap().unwrap();
+            match_rule(&rules, &h, raw)
+                .map(|r| rules.iter().position(|x| std::ptr::eq(x, r)).unwrap())
+        };
+        assert_eq!(
+            at(b"GET /v1/x HTTP/1.1\r\nHost: api\r\nX-Canary: true\r\n\r\n"),
+            Some(0)
+        );
+        assert_eq!(at(b"GET /v1/x?q=1 HTTP/1.1\r\nHost: api\r\n\r\n"), Some(1));
+        assert_eq!(
+            at(b"POST /v1/x HTTP/1.1\r\nHost: api\r\nContent-Length: 0\r\n\r\n"),
+            Some(2)
+        );
+        assert_eq!(
+            at(b"\r\nGET http://api HTTP/1.1\r\nHost: api\r\n\r\n"),
+            Some(2)
+        );
+        let only_v1 = vec![rule(Some("/v1/"), &[], &[])];
+        let raw = b"GET /v2 HTTP/1.1\r\nHost: api\r\n\r\n";
+        let h = parse_request(raw, &lim).unwrap().unwrap();
+        assert!(match_rule(&only_v1, &h, raw).is_none());
+    }
 
     #[test]
     fn mesh_suffix_is_optional() {

@@ -92,6 +92,8 @@ pub struct Shard {
     rr: RefCell<HashMap<String, usize>>,
     pub in_flight: Cell<usize>,
     pub draining: Cell<bool>,
+    /// xorshift state for weighted backend draws (per shard, no sharing).
+    rng: Cell<u64>,
     open_conns: Arc<AtomicUsize>,
     pub access_log: RefCell<Option<AccessLog>>,
     agent: AgentLink,
@@ -150,6 +152,17 @@ impl Shard {
         }
     }
 
+    /// A pseudo-random number (xorshift64*: fast, and good enough to split
+    /// traffic by weight; not for anything secret).
+    pub fn random(&self) -> u64 {
+        let mut x = self.rng.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
     /// The current round-robin position of `service`.
     pub fn peek_rr(&self, service: &str) -> usize {
         self.rr.borrow().get(service).copied().unwrap_or(0)
@@ -173,6 +186,15 @@ impl Shard {
         rx.await
             .map_err(|_| std::io::Error::other("agent unavailable"))?
     }
+}
+
+/// A non-zero seed that differs per shard and per process.
+fn seed(index: usize) -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1);
+    (t ^ ((index as u64 + 1) << 32) ^ u64::from(std::process::id())) | 1
 }
 
 /// Runs a shard until its inbox closes. `driver` describes the executor.
@@ -211,6 +233,7 @@ pub async fn run(setup: ShardSetup, driver: String) {
         rr: RefCell::new(HashMap::new()),
         in_flight: Cell::new(0),
         draining: Cell::new(false),
+        rng: Cell::new(seed(index)),
         open_conns,
         access_log: RefCell::new(access_log),
         agent,

@@ -274,3 +274,12 @@ fn methods() {
     }
     assert!(!Method::Connect.is_idempotent());
 }
+
+#[test]
+fn header_lookup_is_case_insensitive_and_trimmed() {
+    let src = b"GET / HTTP/1.1\r\nHost: api\r\nX-Canary:  true \r\nx-other: 1\r\n\r\n";
+    let h = parse_request(src, &Limits::default()).unwrap().unwrap();
+    assert_eq!(h.header(src, "x-canary"), Some(&b"true"[..]));
+    assert_eq!(h.header(src, "HOST"), Some(&b"api"[..]));
+    assert_eq!(h.header(src, "missing"), None);
+}
