@@ -52,7 +52,11 @@ pub struct Rule {
     #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
     pub matches: Option<Match>,
     /// Total time for the request (all tries), e.g. `2s`.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_duration"
+    )]
     pub timeout: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<Retries>,
@@ -82,7 +86,11 @@ pub struct Match {
 pub struct Retries {
     /// Retries after the first try (so `attempts: 2` means up to 3 tries).
     pub attempts: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_duration"
+    )]
     pub per_try_timeout: Option<Duration>,
     /// When to retry; default `[connect-failure, reset]`.
     #[serde(default = "RetryOn::defaults")]
@@ -173,3 +181,117 @@ pub fn format_duration(d: Duration) -> String {
         format!("{ms}ms")
     }
 }
+
+/// The example of issue 4, verbatim.
+#[cfg(test)]
+pub(crate) const EXAMPLE: &str = r#"kind: Service
+name: api
+protocol: http            # http | tcp
+---
+kind: Route
+name: api-canary
+service: api              # applies to traffic addressed to service api; at most one Route per service
+rules:                    # first match wins
+  - match: { headers: { x-canary: "true" } }
+    backends: [ { subset: { version: v2 } } ]
+  - match: { pathPrefix: / }
+    timeout: 2s
+    retries: { attempts: 2, perTryTimeout: 500ms, on: [connect-failure, reset, 5xx] }
+    backends:
+      - { subset: { version: v1 }, weight: 90 }
+      - { subset: { version: v2 }, weight: 10 }
+"#;
+
+mod parse;
+mod validation;
+
+pub use parse::{parse_documents, to_yaml};
+pub use validation::{validate, validate_set, MAX_NAME_LEN, MAX_RETRY_ATTEMPTS, MAX_WEIGHT};
+
+impl Resource {
+    /// The kind as written in YAML: `Service`, `Route`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Resource::Service(_) => "Service",
+            Resource::Route(_) => "Route",
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Resource::Service(s) => &s.name,
+            Resource::Route(r) => &r.name,
+        }
+    }
+
+    /// `service/api`, `route/api-canary`: how meshctl and the history name it.
+    pub fn kind_name(&self) -> String {
+        format!("{}/{}", self.kind().to_ascii_lowercase(), self.name())
+    }
+}
+
+/// Why a resource file, a resource or a set of resources was refused.
+///
+/// Displays as `document 2 (route/api-canary): rules[1].backends[0].weight:
+/// <reason>`; each part is left out when unknown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceError {
+    /// 1-based index of the YAML document, when parsing a file.
+    pub document: Option<usize>,
+    /// `kind/name`, when known.
+    pub resource: Option<String>,
+    /// 1-based line and column in the file, for syntax and type errors.
+    pub location: Option<(usize, usize)>,
+    /// Path of the offending field, e.g. `rules[1].backends[0].weight`;
+    /// empty when the error is about the whole resource.
+    pub field: String,
+    pub reason: String,
+}
+
+impl ResourceError {
+    /// An error about `field` of resource `kind_name`.
+    pub fn new(
+        resource: impl Into<String>,
+        field: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        ResourceError {
+            document: None,
+            resource: Some(resource.into()),
+            location: None,
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ResourceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut sep = "";
+        if let Some(n) = self.document {
+            write!(f, "document {n}")?;
+            sep = " ";
+        }
+        if let Some(r) = &self.resource {
+            if self.document.is_some() {
+                write!(f, " ({r})")?;
+            } else {
+                f.write_str(r)?;
+            }
+            sep = " ";
+        }
+        if let Some((line, col)) = self.location {
+            write!(f, "{sep}at line {line}:{col}")?;
+            sep = " ";
+        }
+        if !sep.is_empty() {
+            f.write_str(": ")?;
+        }
+        if !self.field.is_empty() {
+            write!(f, "{}: ", self.field)?;
+        }
+        f.write_str(&self.reason)
+    }
+}
+
+impl std::error::Error for ResourceError {}

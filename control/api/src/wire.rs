@@ -18,6 +18,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::snapshot::Snapshot;
@@ -123,4 +124,316 @@ pub enum ErrorCode {
     /// Protocol version, message order or content.
     BadRequest,
     Internal,
+}
+
+/// Why a frame was refused. Either one closes the stream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The announced (or, when encoding, the actual) length is over the cap.
+    #[error("frame of {len} bytes is over the limit of {max} bytes")]
+    TooLarge { len: usize, max: usize },
+    /// The payload is not a valid message: the serde_json error.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+/// Appends one frame (4-byte big-endian length, then JSON) to `out`. On
+/// error `out` is left as it was.
+pub fn encode<T: Serialize>(msg: &T, out: &mut Vec<u8>) -> Result<(), FrameError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    let written = serde_json::to_writer(&mut *out, msg);
+    let len = out.len() - start - 4;
+    if let Err(e) = written {
+        out.truncate(start);
+        return Err(FrameError::Malformed(e.to_string()));
+    }
+    if len > MAX_FRAME {
+        out.truncate(start);
+        return Err(FrameError::TooLarge {
+            len,
+            max: MAX_FRAME,
+        });
+    }
+    // MAX_FRAME < u32::MAX, so the length fits.
+    out[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(())
+}
+
+/// Sans-I/O frame decoder: [`push`](Self::push) the bytes as they arrive,
+/// then call [`next`](Self::next) until it returns `Ok(None)`.
+///
+/// A frame whose announced length is over `max` is refused as soon as its
+/// 4-byte header is in, before its body is waited for. After an error the
+/// stream is to be closed; the decoder is not meant to resync.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+    /// Start of the unread bytes in `buf`.
+    pos: usize,
+    max: usize,
+}
+
+impl FrameDecoder {
+    pub fn new(max: usize) -> Self {
+        FrameDecoder {
+            buf: Vec::new(),
+            pos: 0,
+            max,
+        }
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        // Drop what has been read before growing.
+        if self.pos > 0 && self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        } else if self.pos > 0 && self.buf.len() + bytes.len() > self.buf.capacity() {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes pushed but not yet returned as a message: non-zero at the end
+    /// of a stream means it was cut mid-frame.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    /// The next complete message, `Ok(None)` if more bytes are needed.
+    // Not `Iterator::next`: generic over the message type and fallible.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+        let unread = &self.buf[self.pos..];
+        let Some(header) = unread.get(..4) else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        if len > self.max {
+            return Err(FrameError::TooLarge { len, max: self.max });
+        }
+        let Some(body) = unread.get(4..4 + len) else {
+            return Ok(None);
+        };
+        let parsed = serde_json::from_slice(body);
+        self.pos += 4 + len;
+        parsed
+            .map(Some)
+            .map_err(|e| FrameError::Malformed(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt::Debug;
+
+    use super::*;
+    use crate::resource::{parse_documents, Protocol, Resource};
+    use crate::snapshot::{Endpoint, ServiceEndpoints};
+
+    fn proxy_msgs() -> Vec<ProxyMsg> {
+        let addr: SocketAddr = "10.0.0.7:4143".parse().unwrap();
+        vec![
+            ProxyMsg::Join {
+                protocol: PROTOCOL_VERSION,
+                token: "cmjt1.id.secret.00".into(),
+                csr_pem: "-----BEGIN CERTIFICATE REQUEST-----\n...".into(),
+                node: "host-a".into(),
+            },
+            ProxyMsg::Hello {
+                protocol: PROTOCOL_VERSION,
+                service: "web".into(),
+                node: "host-a".into(),
+                version: Some(7),
+                calls: Some(vec!["api".into()]),
+            },
+            ProxyMsg::Hello {
+                protocol: PROTOCOL_VERSION,
+                service: "web".into(),
+                node: "host-a".into(),
+                version: None,
+                calls: None,
+            },
+            ProxyMsg::Ack { version: 8 },
+            ProxyMsg::Nack {
+                version: 9,
+                reason: "route api: no such subset".into(),
+            },
+            ProxyMsg::Register {
+                address: addr,
+                labels: [("version".to_string(), "v2".to_string())].into(),
+            },
+            ProxyMsg::Health {
+                healthy: false,
+                detail: "connect refused".into(),
+            },
+            ProxyMsg::Deregister,
+            ProxyMsg::Renew {
+                csr_pem: "csr".into(),
+            },
+        ]
+    }
+
+    fn control_msgs() -> Vec<ControlMsg> {
+        let routes = parse_documents(crate::resource::EXAMPLE)
+            .unwrap()
+            .into_iter()
+            .filter_map(|r| match r {
+                Resource::Route(r) => Some(r),
+                Resource::Service(_) => None,
+            })
+            .collect();
+        vec![
+            ControlMsg::Joined {
+                cert_pem: "cert".into(),
+                ca_pem: "ca".into(),
+                spiffe_id: "spiffe://mesh.local/service/web".into(),
+            },
+            ControlMsg::Welcome {
+                protocol: PROTOCOL_VERSION,
+                heartbeat_interval_ms: 5000,
+            },
+            ControlMsg::Snapshot(Snapshot {
+                version: 12,
+                config_version: 3,
+                services: vec![ServiceEndpoints {
+                    name: "api".into(),
+                    protocol: Protocol::Http,
+                    endpoints: vec![Endpoint {
+                        address: "10.0.0.8:4143".parse().unwrap(),
+                        labels: [("version".to_string(), "v1".to_string())].into(),
+                        node: "host-b".into(),
+                        healthy: true,
+                    }],
+                }],
+                routes,
+            }),
+            ControlMsg::Renewed {
+                cert_pem: "cert2".into(),
+            },
+            ControlMsg::Deregistered,
+            ControlMsg::Error {
+                code: ErrorCode::TokenRefused,
+                message: "token expired".into(),
+            },
+        ]
+    }
+
+    /// Encodes all, then decodes from pushes of `chunk` bytes.
+    fn round_trip<T: Serialize + DeserializeOwned + PartialEq + Debug>(msgs: &[T], chunk: usize) {
+        let mut bytes = Vec::new();
+        for m in msgs {
+            encode(m, &mut bytes).unwrap();
+        }
+        let mut dec = FrameDecoder::new(MAX_FRAME);
+        let mut got = Vec::new();
+        for piece in bytes.chunks(chunk) {
+            dec.push(piece);
+            while let Some(m) = dec.next::<T>().unwrap() {
+                got.push(m);
+            }
+        }
+        assert_eq!(got, msgs);
+        assert_eq!(dec.buffered(), 0);
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        round_trip(&proxy_msgs(), usize::MAX);
+        round_trip(&control_msgs(), usize::MAX);
+    }
+
+    #[test]
+    fn byte_at_a_time() {
+        round_trip(&proxy_msgs(), 1);
+        round_trip(&control_msgs(), 1);
+        round_trip(&control_msgs(), 7);
+    }
+
+    #[test]
+    fn oversize_is_refused_from_the_header() {
+        let mut dec = FrameDecoder::new(16);
+        dec.push(&17u32.to_be_bytes());
+        assert_eq!(
+            dec.next::<ProxyMsg>(),
+            Err(FrameError::TooLarge { len: 17, max: 16 })
+        );
+        let mut dec = FrameDecoder::new(MAX_FRAME);
+        dec.push(&u32::MAX.to_be_bytes());
+        let e = dec.next::<ProxyMsg>().unwrap_err();
+        assert!(matches!(e, FrameError::TooLarge { .. }));
+        assert!(e.to_string().contains("over the limit"), "{e}");
+    }
+
+    #[test]
+    fn encode_refuses_oversize() {
+        let mut out = vec![1, 2, 3];
+        let big = ProxyMsg::Renew {
+            csr_pem: "x".repeat(MAX_FRAME),
+        };
+        assert!(matches!(
+            encode(&big, &mut out),
+            Err(FrameError::TooLarge { max: MAX_FRAME, .. })
+        ));
+        assert_eq!(out, [1, 2, 3]);
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        let mut dec = FrameDecoder::new(MAX_FRAME);
+        dec.push(&[0, 0, 0, 3, b'x', b'y', b'z']);
+        let e = dec.next::<ProxyMsg>().unwrap_err();
+        assert!(matches!(e, FrameError::Malformed(_)), "{e}");
+        assert!(e.to_string().starts_with("malformed message: "), "{e}");
+
+        // Valid JSON, unknown message type.
+        let mut bytes = Vec::new();
+        encode(&serde_json::json!({"type": "launch"}), &mut bytes).unwrap();
+        dec.push(&bytes);
+        let e = dec.next::<ProxyMsg>().unwrap_err();
+        assert!(e.to_string().contains("unknown variant `launch`"), "{e}");
+
+        // Empty frame.
+        dec.push(&[0, 0, 0, 0]);
+        assert!(matches!(
+            dec.next::<ControlMsg>(),
+            Err(FrameError::Malformed(_))
+        ));
+        assert_eq!(dec.buffered(), 0);
+    }
+
+    #[test]
+    fn partial_frames_wait() {
+        let mut bytes = Vec::new();
+        encode(&ProxyMsg::Ack { version: 1 }, &mut bytes).unwrap();
+        let mut dec = FrameDecoder::new(MAX_FRAME);
+        dec.push(&bytes[..2]);
+        assert_eq!(dec.next::<ProxyMsg>(), Ok(None));
+        dec.push(&bytes[2..bytes.len() - 1]);
+        assert_eq!(dec.next::<ProxyMsg>(), Ok(None));
+        assert_eq!(dec.buffered(), bytes.len() - 1);
+        dec.push(&bytes[bytes.len() - 1..]);
+        assert_eq!(
+            dec.next::<ProxyMsg>(),
+            Ok(Some(ProxyMsg::Ack { version: 1 }))
+        );
+    }
+
+    #[test]
+    fn additive_fields_are_optional() {
+        // An older proxy's Hello, without the defaulted fields.
+        let mut bytes = Vec::new();
+        encode(
+            &serde_json::json!({"type": "hello", "protocol": 1, "service": "web", "node": "a"}),
+            &mut bytes,
+        )
+        .unwrap();
+        let mut dec = FrameDecoder::new(MAX_FRAME);
+        dec.push(&bytes);
+        let Some(ProxyMsg::Hello { version, calls, .. }) = dec.next().unwrap() else {
+            panic!("not a hello")
+        };
+        assert_eq!((version, calls), (None, None));
+    }
 }
