@@ -35,6 +35,8 @@ pub enum ErrorKind {
     ConnectNotAllowed,
     /// A passthrough host name did not resolve.
     ResolveFailed,
+    /// A passthrough target is this proxy itself.
+    LoopDetected,
     /// The upstream refused the connection (or it failed otherwise).
     ConnectFailed,
     /// Connecting took longer than `timeouts.connect`.
@@ -62,6 +64,7 @@ impl ErrorKind {
             ErrorKind::RetryableStatus => 502,
             ErrorKind::ConnectNotAllowed => 405,
             ErrorKind::ResolveFailed => 502,
+            ErrorKind::LoopDetected => 508,
             ErrorKind::ConnectFailed | ErrorKind::UpstreamReset | ErrorKind::BadResponse => 502,
             ErrorKind::ConnectTimeout | ErrorKind::UpstreamTimeout | ErrorKind::Idle => 504,
             ErrorKind::ClientGone => 400,
@@ -81,6 +84,7 @@ impl ErrorKind {
                 "CONNECT is not allowed here (needs [outbound] passthrough = true)"
             }
             ErrorKind::ResolveFailed => "host name did not resolve",
+            ErrorKind::LoopDetected => "passthrough target is this proxy",
             ErrorKind::ConnectFailed => "upstream connection refused",
             ErrorKind::ConnectTimeout => "upstream connect timeout",
             ErrorKind::UpstreamReset => "upstream connection reset",

@@ -118,11 +118,19 @@ pub async fn serve(shard: Rc<Shard>, client: TcpStream, dir: Direction) {
             HeadRead::Closed => break,
             HeadRead::Idle => continue,
             HeadRead::TimedOut => {
-                let _ = Box::pin(write_error(c, 408, "request head timeout", true)).await;
+                let _ = Box::pin(write_error(
+                    c,
+                    408,
+                    "request head timeout",
+                    true,
+                    cfg.timeouts.idle,
+                ))
+                .await;
+                shard.record_local(dir, 408);
                 break;
             }
             HeadRead::Reject(e) => {
-                let _ = Box::pin(write_error(c, e.status, e.reason, true)).await;
+                let _ = Box::pin(write_error(c, e.status, e.reason, true, cfg.timeouts.idle)).await;
                 shard.record_local(dir, e.status);
                 break;
             }
@@ -230,11 +238,25 @@ async fn write_error(
     status: u16,
     error: &str,
     close: bool,
+    limit: Duration,
 ) -> std::io::Result<()> {
     let mut out = Vec::with_capacity(256);
     http1::write_error_response(status, error, close, &mut out);
+    write_bounded(client, out, limit).await
+}
+
+/// Writes all of `out` to the client, bounded by `limit` (`timeouts.idle`):
+/// a client that stops reading never holds a request in flight forever.
+async fn write_bounded(
+    client: &mut TcpStream,
+    out: Vec<u8>,
+    limit: Duration,
+) -> std::io::Result<()> {
     let len = out.len();
-    client.write_all(out, 0..len).await.0
+    match runtime::timeout(limit, client.write_all(out, 0..len)).await {
+        Ok((res, _)) => res,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
 }
 
 /// How many of `avail` bytes after the head belong to the request body, and
@@ -260,6 +282,8 @@ fn body_prefix(
 /// A request being served: everything `handle` needs to record it at the end.
 struct Exchange {
     start: Instant,
+    /// `timeouts.idle`: the bound on every write to the client.
+    idle: Duration,
     status: u16,
     bytes_in: u64,
     bytes_out: u64,
@@ -278,6 +302,7 @@ async fn handle(
 ) -> (Next, Buf) {
     let mut ex = Exchange {
         start: Instant::now(),
+        idle: cfg.timeouts.idle,
         status: 0,
         bytes_in: head.head_len as u64,
         bytes_out: 0,
@@ -318,9 +343,11 @@ struct LoggedRequest {
 impl LoggedRequest {
     fn new(head: &RequestHead, buf: &[u8]) -> Self {
         let field = |s: &std::ops::Range<usize>| buf.get(s.clone()).unwrap_or(&[]).to_vec();
-        let method_end = buf.iter().position(|&c| c == b' ').unwrap_or(0);
+        // The method is what precedes the target, after any empty lines
+        // the parser skipped before the request line.
+        let line = buf[..head.target.start].trim_ascii();
         LoggedRequest {
-            method: buf[..method_end].to_vec(),
+            method: line.to_vec(),
             authority: head.authority.as_ref().map(field).unwrap_or_default(),
             path: field(&head.path),
         }
@@ -396,6 +423,10 @@ async fn forward<'c>(
                 (&svc.name, Endpoints::Service(&svc.name, &svc.endpoints))
             }
             Ok(Target::Passthrough { host, port }) => match shard.resolve(&host, port).await {
+                Ok(addr) if shard.is_own(addr) => {
+                    let kind = ErrorKind::LoopDetected;
+                    return local_error(client, head, cbuf, kind, ex, "passthrough").await;
+                }
                 Ok(addr) => ("passthrough", Endpoints::One(addr)),
                 Err(_) => {
                     return local_error(
@@ -509,7 +540,7 @@ async fn local_error<'c>(
 ) -> (&'c str, Next, Buf) {
     let close = !head.keep_alive || head.framing != Framing::None;
     ex.status = kind.status();
-    let res = write_error(client, kind.status(), kind.text(), close).await;
+    let res = write_error(client, kind.status(), kind.text(), close, ex.idle).await;
     let next = if close || res.is_err() {
         Next::Close
     } else {
@@ -550,9 +581,11 @@ async fn upstream_conn(
                     .pool
                     .take(addr, Instant::now(), cfg.upstream.pool_idle_timeout)
             {
-                // A request that must not be replayed avoids connections that
-                // sat idle long enough for the upstream to have closed them.
-                if !(non_idempotent && idle_for > Duration::from_millis(500)) {
+                // A request that must not be replayed checks first that the
+                // upstream has not closed the connection while it sat idle
+                // (one peek; idempotent requests are retried instead).
+                let _ = idle_for;
+                if !(non_idempotent && runtime::stale(c.raw_fd())) {
                     return Ok((c, addr, true));
                 }
             }
@@ -587,13 +620,14 @@ async fn connect_tunnel(
         }
         Err(e) => {
             ex.status = e.kind.status();
-            let _ = write_error(client, e.kind.status(), e.kind.text(), true).await;
+            let _ = write_error(client, e.kind.status(), e.kind.text(), true, ex.idle).await;
             return (Next::Close, cbuf);
         }
     };
     let ok = b"HTTP/1.1 200 Connection Established\r\n\r\n".to_vec();
     let len = ok.len();
-    if client.write_all(ok, 0..len).await.0.is_err() {
+    let _ = len;
+    if write_bounded(client, ok, ex.idle).await.is_err() {
         return (Next::Close, cbuf);
     }
     ex.status = 200;
@@ -617,14 +651,20 @@ async fn tunnel(
     let mut sent = (0, 0);
     if !cpending.is_empty() {
         let n = cpending.len();
-        if up.write_all(cpending, 0..n).await.0.is_err() {
+        if runtime::timeout(cfg.timeouts.idle, up.write_all(cpending, 0..n))
+            .await
+            .map_or(true, |r| r.0.is_err())
+        {
             return sent;
         }
         sent.0 += n as u64;
     }
     if !upending.is_empty() {
         let n = upending.len();
-        if client.write_all(upending, 0..n).await.0.is_err() {
+        if write_bounded(&mut client, upending, cfg.timeouts.idle)
+            .await
+            .is_err()
+        {
             return sent;
         }
         sent.1 += n as u64;
@@ -760,7 +800,7 @@ async fn exchange(
                 tracing::debug!("{e}");
                 let client = client_slot.as_mut().expect("client connection present");
                 let close = !head.keep_alive || head.framing != Framing::None;
-                let _ = write_error(client, e.kind.status(), e.kind.text(), close).await;
+                let _ = write_error(client, e.kind.status(), e.kind.text(), close, ex.idle).await;
                 if close {
                     return (Next::Close, cbuf);
                 }
@@ -818,7 +858,14 @@ async fn exchange(
                     Some(c) => c,
                     None => return (Next::Close, cbuf),
                 };
-                let _ = write_error(client, f.err.kind.status(), f.err.kind.text(), true).await;
+                let _ = write_error(
+                    client,
+                    f.err.kind.status(),
+                    f.err.kind.text(),
+                    true,
+                    ex.idle,
+                )
+                .await;
                 return (Next::Close, cbuf);
             }
         }
@@ -849,7 +896,7 @@ async fn over_connection(
         Err(_) => {
             // The chunked body's first bytes are malformed: nothing was sent.
             let client = client_slot.as_mut().expect("client connection present");
-            let _ = write_error(client, 400, "invalid chunked body", true).await;
+            let _ = write_error(client, 400, "invalid chunked body", true, ex.idle).await;
             ex.status = 400;
             return Ok((Next::Close, cbuf));
         }
@@ -901,7 +948,7 @@ async fn over_connection(
             // The proxy answers 100 itself once the upstream is connected, so
             // the client never waits on an upstream that ignores Expect.
             let cont = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
-            if client.write_all(cont, 0..25).await.0.is_err() {
+            if write_bounded(client, cont, t.idle).await.is_err() {
                 return Err(gone(cbuf));
             }
         }
@@ -935,16 +982,31 @@ async fn over_connection(
                 let client = client_slot.as_mut().expect("client connection present");
                 if r.status == 100 && sent_continue {
                     sent_continue = false; // drop the duplicate 100
+                } else if head.version == Version::Http10 {
+                    // RFC 9110 15.2: no 1xx to an HTTP/1.0 client.
                 } else {
                     let n = r.head_len;
                     let copy = ubuf[..n].to_vec();
-                    if client.write_all(copy, 0..n).await.0.is_err() {
+                    let _ = n;
+                    if write_bounded(client, copy, t.idle).await.is_err() {
                         shard.bufs.put(ubuf);
                         return Err(gone(cbuf));
                     }
                 }
                 consume(&mut ubuf, r.head_len);
                 continue;
+            }
+            Ok(Some(r)) if r.switching && !head.upgrade => {
+                // A 101 nobody asked for: the client would believe the
+                // protocol switched while the proxy keeps parsing HTTP.
+                shard.bufs.put(ubuf);
+                return Err(Failed {
+                    err: ProxyError::new(ErrorKind::BadResponse, "unsolicited 101"),
+                    replayable: false,
+                    response_started: false,
+                    request_intact: false,
+                    cbuf,
+                });
             }
             Ok(Some(r)) => break r,
             Ok(None) => {}
@@ -987,7 +1049,7 @@ async fn over_connection(
                 shard.bufs.put(ubuf);
                 return Err(Failed {
                     err: ProxyError::new(ErrorKind::UpstreamReset, "waiting for the response head"),
-                    replayable: had == 0 && head.method.is_idempotent(),
+                    replayable: had == 0 && head.method.is_idempotent() && body_done,
                     response_started: false,
                     request_intact: body_done,
                     cbuf,
@@ -1018,7 +1080,7 @@ async fn over_connection(
         let out = scratch.plan.to_vec(&ubuf);
         let n = out.len();
         ex.bytes_out += n as u64;
-        if client.write_all(out, 0..n).await.0.is_err() {
+        if write_bounded(&mut client, out, t.idle).await.is_err() {
             shard.bufs.put(ubuf);
             return Ok((Next::Close, cbuf));
         }

@@ -88,6 +88,10 @@ pub fn start(config_path: PathBuf, cfg: Config) -> Result<i32, String> {
             open_conns: handle.open_conns.clone(),
             ready: handle.ready.clone(),
             agent: AgentLink(agent_tx.clone()),
+            own_addrs: [bound.inbound, bound.outbound, bound.admin]
+                .into_iter()
+                .flatten()
+                .collect(),
         };
         let cpu = cfg.proxy.cpus.as_ref().map(|c| c[index]);
         runtime::start_shard(format!("shard-{index}"), cpu, move |driver| {

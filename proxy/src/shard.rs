@@ -75,6 +75,9 @@ pub struct ShardSetup {
     pub open_conns: Arc<AtomicUsize>,
     pub ready: Arc<AtomicBool>,
     pub agent: AgentLink,
+    /// This proxy's own bound addresses (listeners and admin): passthrough
+    /// never forwards to them, which would loop until descriptors run out.
+    pub own_addrs: Vec<SocketAddr>,
 }
 
 /// One shard's state, shared by the tasks of that shard only.
@@ -97,6 +100,7 @@ pub struct Shard {
     open_conns: Arc<AtomicUsize>,
     pub access_log: RefCell<Option<AccessLog>>,
     agent: AgentLink,
+    pub own_addrs: Vec<SocketAddr>,
     /// The routing table from control in force, if any (see routing.rs).
     #[allow(clippy::redundant_allocation)] // Rc clone per request, not the shared Arc
     routes: RefCell<Option<Rc<Arc<RoutingTable>>>>,
@@ -133,6 +137,17 @@ impl Shard {
         self.stats
             .borrow_mut()
             .record(dir, &service, status, Duration::ZERO, 0, 0);
+    }
+
+    /// Whether `addr` is one of this proxy's own listeners (an unspecified
+    /// listen IP matches any local address on that port).
+    pub fn is_own(&self, addr: SocketAddr) -> bool {
+        self.own_addrs.iter().any(|o| {
+            o.port() == addr.port()
+                && (o.ip() == addr.ip()
+                    || (o.ip().is_unspecified()
+                        && (addr.ip().is_loopback() || addr.ip().is_unspecified())))
+        })
     }
 
     /// Advances the round-robin position of `service` and returns it.
@@ -207,6 +222,7 @@ pub async fn run(setup: ShardSetup, driver: String) {
         open_conns,
         ready,
         agent,
+        own_addrs,
     } = setup;
     tracing::info!(
         shard = index,
@@ -237,6 +253,7 @@ pub async fn run(setup: ShardSetup, driver: String) {
         open_conns,
         access_log: RefCell::new(access_log),
         agent,
+        own_addrs,
         routes: RefCell::new(None),
         prepared: RefCell::new(None),
     });

@@ -79,3 +79,83 @@ fn one_down_endpoint_does_not_stop_the_service() {
     }
     assert!(ok >= 3, "the healthy endpoint served {ok} of 6 requests");
 }
+
+/// An upstream that answers one request per connection with a keep-alive
+/// response, then closes the connection shortly after, without saying so
+/// (as servers with a short keep-alive timeout do). Counts requests.
+fn closing_origin() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let served = std::sync::Arc::new(AtomicUsize::new(0));
+    let n = served.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let n = n.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => got.extend_from_slice(&buf[..k]),
+                    }
+                }
+                n.fetch_add(1, Ordering::SeqCst);
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+                std::thread::sleep(Duration::from_millis(50));
+                // Closed without `Connection: close`.
+            });
+        }
+    });
+    (addr, served)
+}
+
+#[test]
+fn a_pooled_connection_the_upstream_closed_is_not_a_failure() {
+    let (api, served) = closing_origin();
+    let proxy = ProxyBuilder::new("web")
+        .outbound()
+        .service("api", &[api])
+        .start();
+    let mut c = proxy.outbound_client();
+    for i in 0..3 {
+        let r = c.get("api", &format!("/get/{i}"));
+        assert_eq!(
+            r.status,
+            200,
+            "GET {i}: {:?} {}",
+            r.headers,
+            proxy.log_tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // A POST (not idempotent, never replayed) checks the pooled connection
+    // before using it instead.
+    let r = c.request(
+        &coremesh_e2e::Request::post("/post")
+            .host("api")
+            .body(&b"hello"[..]),
+    );
+    assert_eq!(r.status, 200, "{:?} {}", r.headers, proxy.log_tail(20));
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 4);
+}
+
+#[test]
+fn passthrough_to_the_proxy_itself_is_refused() {
+    let proxy = ProxyBuilder::new("web")
+        .outbound()
+        .passthrough(true)
+        .start();
+    let me = proxy.outbound();
+    let mut c = proxy.outbound_client();
+    let r =
+        c.request(&coremesh_e2e::Request::get(&format!("http://{me}/loop")).host(&me.to_string()));
+    assert_eq!(r.status, 508, "{:?}", r.headers);
+    assert!(r.header("coremesh-error").is_some());
+}

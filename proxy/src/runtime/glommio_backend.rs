@@ -452,31 +452,30 @@ impl TcpStream {
                 return (0, 0);
             }
         };
+        let fds = [a.fd(), b.fd()];
         let last = Rc::new(Cell::new(Instant::now()));
-        let ab = pipe(a, b2, bufs.0, idle, last.clone());
-        let ba = pipe(b, a2, bufs.1, idle, last);
-        future::zip(ab, ba).await
+        let done = Rc::new(Cell::new(0u8));
+        let ab = pipe(a, b2, bufs.0, last.clone(), done.clone());
+        let ba = pipe(b, a2, bufs.1, last.clone(), done.clone());
+        let dog = super::tunnel_watchdog(fds, idle, last, done, sleep);
+        let ((x, y), ()) = future::zip(future::zip(ab, ba), dog).await;
+        (x, y)
     }
 }
 
+/// One direction of a tunnel; the watchdog ends an idle tunnel by shutting
+/// both sockets down (see `runtime::tunnel_watchdog`).
 async fn pipe(
     mut r: TcpStream,
     mut w: TcpStream,
     mut buf: Buf,
-    idle: Duration,
     last: Rc<Cell<Instant>>,
+    done: Rc<Cell<u8>>,
 ) -> u64 {
     let mut total = 0u64;
     loop {
         buf.clear();
-        let res = match timeout(idle, r.read_into(&mut buf)).await {
-            Ok(res) => res,
-            // The other direction is moving: this one is just quiet. (Reads
-            // are cancel-safe here, so the buffer is still ours.)
-            Err(Elapsed) if last.get().elapsed() < idle => continue,
-            Err(Elapsed) => break,
-        };
-        match res {
+        match r.read_into(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 last.set(Instant::now());
@@ -485,11 +484,13 @@ async fn pipe(
                 if res.is_err() {
                     break;
                 }
+                last.set(Instant::now());
                 total += n as u64;
             }
         }
     }
     let _ = w.inner.shutdown(Shutdown::Write).await;
+    done.set(done.get() + 1);
     total
 }
 

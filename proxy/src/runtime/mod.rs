@@ -36,6 +36,60 @@ pub type Buf = Vec<u8>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Elapsed;
 
+/// Ends a tunnel once nothing moved either way for `idle`: both sockets are
+/// shut down, which completes every pending read and write on them. Returns
+/// when both directions have finished (`done` reaches 2).
+pub(crate) async fn tunnel_watchdog<S, F>(
+    fds: [std::os::fd::RawFd; 2],
+    idle: std::time::Duration,
+    last: std::rc::Rc<std::cell::Cell<std::time::Instant>>,
+    done: std::rc::Rc<std::cell::Cell<u8>>,
+    sleep: S,
+) where
+    S: Fn(std::time::Duration) -> F,
+    F: std::future::Future<Output = ()>,
+{
+    let tick = (idle / 4).max(std::time::Duration::from_millis(10));
+    let mut shut = false;
+    while done.get() < 2 {
+        sleep(tick).await;
+        if !shut && last.get().elapsed() >= idle {
+            for fd in fds {
+                // SAFETY: both sockets stay open until the tunnel returns
+                // (their halves are owned by the pipes being awaited with
+                // this future); shutdown(2) does not close the descriptor.
+                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+            }
+            shut = true;
+        }
+    }
+}
+
+/// Whether an idle pooled connection is unusable: the peer closed it (or
+/// sent bytes nobody asked for). One non-blocking `recv(MSG_PEEK)`.
+pub fn stale(fd: std::os::fd::RawFd) -> bool {
+    let mut b = [0u8; 1];
+    // SAFETY: `b` is a valid 1-byte buffer for the duration of the call; with
+    // MSG_PEEK the kernel copies at most one byte and consumes nothing.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            b.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+        )
+    } else {
+        true
+    }
+}
+
 /// Pins the calling thread to `cpu`.
 pub fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
     // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET only write inside it,

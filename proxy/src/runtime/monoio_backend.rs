@@ -311,38 +311,33 @@ impl TcpStream {
         bufs: (Buf, Buf),
         idle: Duration,
     ) -> (u64, u64) {
+        let fds = [a.raw_fd(), b.raw_fd()];
         let last = Rc::new(Cell::new(Instant::now()));
+        let done = Rc::new(Cell::new(0u8));
         let (ar, aw) = a.inner.into_split();
         let (br, bw) = b.inner.into_split();
-        let ab = pipe(ar, bw, bufs.0, idle, last.clone());
-        let ba = pipe(br, aw, bufs.1, idle, last);
-        monoio::join!(ab, ba)
+        let ab = pipe(ar, bw, bufs.0, last.clone(), done.clone());
+        let ba = pipe(br, aw, bufs.1, last.clone(), done.clone());
+        let (x, y, ()) =
+            monoio::join!(ab, ba, super::tunnel_watchdog(fds, idle, last, done, sleep));
+        (x, y)
     }
 }
 
+/// One direction of a tunnel: reads and writes carry no timer of their own
+/// (dropping an in-flight read could lose its bytes); the watchdog ends a
+/// tunnel that went idle by shutting both sockets down.
 async fn pipe<R: AsyncReadRent, W: AsyncWriteRent>(
     mut r: R,
     mut w: W,
     mut buf: Buf,
-    idle: Duration,
     last: Rc<Cell<Instant>>,
+    done: Rc<Cell<u8>>,
 ) -> u64 {
     let mut total = 0u64;
     loop {
         buf.clear();
-        let (res, b) = match monoio::time::timeout(idle, r.read(buf)).await {
-            Ok(x) => x,
-            Err(_) => {
-                if last.get().elapsed() < idle {
-                    // The other direction is moving: this one is just quiet.
-                    // The dropped read keeps its buffer until the kernel
-                    // lets go of it; take a fresh one.
-                    buf = Vec::with_capacity(crate::buf::BUF_SIZE);
-                    continue;
-                }
-                break;
-            }
-        };
+        let (res, b) = r.read(buf).await;
         buf = b;
         match res {
             Ok(0) | Err(_) => break,
@@ -353,11 +348,14 @@ async fn pipe<R: AsyncReadRent, W: AsyncWriteRent>(
                 if res.is_err() {
                     break;
                 }
+                last.set(Instant::now());
                 total += n as u64;
             }
         }
     }
+    // Half-close: the other side sees EOF, the other direction goes on.
     let _ = w.shutdown().await;
+    done.set(done.get() + 1);
     total
 }
 
