@@ -1,0 +1,650 @@
+//! Exchanging one request with an upstream: picking the endpoint
+//! ([`Endpoints`]), a pooled or new connection, the tries a Route rule's
+//! retry policy allows ([`TryPolicy`]), and one try over one connection
+//! ([`over_connection`]): head and first body bytes in one vectored write,
+//! the rest of the body streamed, interim responses relayed, the final
+//! response relayed from the buffer it was read into.
+
+use super::relay::{
+    body_prefix, dechunk_in_place, relay_request_body, relay_response_body, tunnel,
+};
+use super::*;
+use crate::routing::CompiledRule;
+
+/// The endpoints a request may go to.
+pub(super) enum Endpoints<'c> {
+    One(SocketAddr),
+    /// A mesh service's endpoints, balanced round-robin per shard.
+    Service(&'c str, &'c [SocketAddr]),
+    /// A Route rule's weighted backends (at least one has an endpoint).
+    Rule(&'c str, &'c CompiledRule),
+}
+
+impl Endpoints<'_> {
+    fn pick(&self, shard: &Shard, attempt: usize) -> SocketAddr {
+        match self {
+            Endpoints::One(a) => *a,
+            Endpoints::Service(name, eps) => {
+                let base = if attempt == 0 {
+                    shard.next_rr(name)
+                } else {
+                    shard.peek_rr(name) + attempt
+                };
+                eps[base % eps.len()]
+            }
+            Endpoints::Rule(name, rule) => {
+                // A backend is drawn by weight among those with endpoints, so
+                // the share of one without endpoints goes to the others in
+                // proportion; then round-robin within it.
+                let total: u64 = rule
+                    .backends
+                    .iter()
+                    .filter(|b| !b.endpoints.is_empty())
+                    .map(|b| u64::from(b.weight))
+                    .sum();
+                let mut draw = shard.random() % total.max(1);
+                let mut chosen = None;
+                for b in rule.backends.iter().filter(|b| !b.endpoints.is_empty()) {
+                    if draw < u64::from(b.weight) {
+                        chosen = Some(b);
+                        break;
+                    }
+                    draw -= u64::from(b.weight);
+                }
+                let b = chosen
+                    .or_else(|| rule.backends.iter().find(|b| !b.endpoints.is_empty()))
+                    .expect("a backend with endpoints (checked when routing)");
+                let base = if attempt == 0 {
+                    shard.next_rr(name)
+                } else {
+                    shard.peek_rr(name) + attempt
+                };
+                b.endpoints[base % b.endpoints.len()]
+            }
+        }
+    }
+
+    fn count(&self) -> usize {
+        match self {
+            Endpoints::One(_) => 1,
+            Endpoints::Service(_, eps) => eps.len(),
+            Endpoints::Rule(_, rule) => rule.backends.iter().map(|b| b.endpoints.len()).sum(),
+        }
+    }
+}
+
+/// Opens a connection to the request's upstream: a pooled one if there is
+/// one, else a new one (trying the next endpoint when connecting fails).
+pub(super) async fn upstream_conn(
+    shard: &Shard,
+    cfg: &Config,
+    endpoints: &Endpoints<'_>,
+    fresh_only: bool,
+    non_idempotent: bool,
+    try_no: usize,
+) -> Result<(TcpStream, SocketAddr, bool), ProxyError> {
+    let attempts = endpoints.count().min(CONNECT_ATTEMPTS);
+    let mut last = ProxyError::new(ErrorKind::ConnectFailed, "no attempt");
+    for attempt in 0..attempts {
+        // Later tries of a request start at another endpoint.
+        let addr = endpoints.pick(shard, attempt + try_no * attempts);
+        if !fresh_only {
+            if let Some((c, idle_for)) =
+                shard
+                    .pool
+                    .take(addr, Instant::now(), cfg.upstream.pool_idle_timeout)
+            {
+                // A request that must not be replayed checks first that the
+                // upstream has not closed the connection while it sat idle
+                // (one peek; idempotent requests are retried instead).
+                let _ = idle_for;
+                if !(non_idempotent && runtime::stale(c.raw_fd())) {
+                    return Ok((c, addr, true));
+                }
+            }
+        }
+        match TcpStream::connect(addr, cfg.timeouts.connect).await {
+            Ok(c) => return Ok((c, addr, false)),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                last = ProxyError::io(ErrorKind::ConnectTimeout, "connect", e)
+            }
+            Err(e) => last = ProxyError::io(ErrorKind::ConnectFailed, "connect", e),
+        }
+        tracing::debug!(%addr, "upstream connect failed: {last}");
+    }
+    Err(last)
+}
+
+/// Why an exchange with one upstream connection failed.
+pub(super) struct Failed {
+    err: ProxyError,
+    /// Nothing of the response arrived and the request can be sent again on
+    /// a fresh connection (a pooled connection the upstream had closed).
+    replayable: bool,
+    /// A response already started: the client connection must just close.
+    response_started: bool,
+    /// The whole request went out in the first write and `cbuf` still holds
+    /// it, so a retry policy may send it again.
+    request_intact: bool,
+    cbuf: Buf,
+}
+
+/// How many tries a request gets and when (a Route rule's `timeout` and
+/// `retries`; without one, a single try bounded by `timeouts.request`).
+pub(super) struct TryPolicy {
+    /// From the request head sent until a response head, all tries together.
+    total: Duration,
+    per_try: Option<Duration>,
+    /// Tries after the first.
+    retries: u32,
+    on_connect: bool,
+    on_reset: bool,
+    on_5xx: bool,
+    on_gateway: bool,
+}
+
+impl TryPolicy {
+    pub(super) fn single(cfg: &Config) -> Self {
+        TryPolicy {
+            total: cfg.timeouts.request,
+            per_try: None,
+            retries: 0,
+            on_connect: false,
+            on_reset: false,
+            on_5xx: false,
+            on_gateway: false,
+        }
+    }
+
+    pub(super) fn for_rule(cfg: &Config, rule: &CompiledRule) -> Self {
+        let mut p = TryPolicy::single(cfg);
+        if let Some(t) = rule.timeout {
+            p.total = t;
+        }
+        if let Some(r) = &rule.retries {
+            p.retries = r.attempts;
+            p.per_try = r.per_try_timeout;
+            for on in &r.on {
+                match on {
+                    RetryOn::ConnectFailure => p.on_connect = true,
+                    RetryOn::Reset => p.on_reset = true,
+                    RetryOn::Status5xx => p.on_5xx = true,
+                    RetryOn::GatewayError => p.on_gateway = true,
+                }
+            }
+        }
+        p
+    }
+
+    /// Whether a final response with `status` is retried (when tries remain).
+    fn retries_status(&self, status: u16) -> bool {
+        (self.on_5xx && (500..600).contains(&status))
+            || (self.on_gateway && matches!(status, 502..=504))
+    }
+
+    /// Whether a failed try is retried (when tries remain).
+    fn retries_error(&self, kind: ErrorKind) -> bool {
+        match kind {
+            ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout => self.on_connect,
+            ErrorKind::UpstreamReset => self.on_reset,
+            // A per-try timeout counts as a gateway error (as in Envoy).
+            ErrorKind::UpstreamTimeout => self.on_5xx || self.on_gateway,
+            ErrorKind::RetryableStatus => true,
+            _ => false,
+        }
+    }
+}
+
+/// Forwards a request and its response over a pooled or new upstream
+/// connection, trying again as `policy` allows. Only idempotent requests
+/// whose whole body went out in the first write are ever sent twice.
+#[allow(clippy::too_many_arguments)] // one call site; the phases share these
+pub(super) async fn exchange(
+    shard: &Shard,
+    cfg: &Config,
+    client_slot: &mut Option<TcpStream>,
+    head: &RequestHead,
+    mut cbuf: Buf,
+    endpoints: Endpoints<'_>,
+    policy: &TryPolicy,
+    scratch: &mut Scratch,
+    ex: &mut Exchange,
+) -> (Next, Buf) {
+    let mut fresh_only = false;
+    let deadline = Instant::now() + policy.total;
+    let idempotent = head.method.is_idempotent();
+    let mut tries = 0u32;
+    loop {
+        let can_retry = tries < policy.retries && idempotent && Instant::now() < deadline;
+        let conn = upstream_conn(
+            shard,
+            cfg,
+            &endpoints,
+            fresh_only,
+            !idempotent,
+            tries as usize,
+        )
+        .await;
+        let (up, addr, reused) = match conn {
+            Ok(x) => x,
+            Err(e) if can_retry && policy.retries_error(e.kind) => {
+                tries += 1;
+                continue;
+            }
+            Err(e) => {
+                ex.status = e.kind.status();
+                tracing::debug!("{e}");
+                let client = client_slot.as_mut().expect("client connection present");
+                let close = !head.keep_alive || head.framing != Framing::None;
+                let _ = write_error(client, e.kind.status(), e.kind.text(), close, ex.idle).await;
+                if close {
+                    return (Next::Close, cbuf);
+                }
+                consume(&mut cbuf, head.head_len);
+                return (Next::KeepAlive, cbuf);
+            }
+        };
+        ex.upstream = Some(addr);
+        let try_deadline = match policy.per_try {
+            Some(p) => deadline.min(Instant::now() + p),
+            None => deadline,
+        };
+        let retry_status = (can_retry && (policy.on_5xx || policy.on_gateway)).then_some(policy);
+        let res = over_connection(
+            shard,
+            cfg,
+            client_slot,
+            head,
+            cbuf,
+            up,
+            addr,
+            scratch,
+            ex,
+            try_deadline,
+            retry_status,
+        )
+        .await;
+        match res {
+            Ok((next, b)) => return (next, b),
+            Err(f) => {
+                cbuf = f.cbuf;
+                if reused && f.replayable && !fresh_only {
+                    // RFC 9112 9.3.1: a request on a connection the server
+                    // closed while idle may be retried on a new one.
+                    fresh_only = true;
+                    continue;
+                }
+                fresh_only = false;
+                if can_retry
+                    && f.request_intact
+                    && !f.response_started
+                    && policy.retries_error(f.err.kind)
+                {
+                    tracing::debug!(%addr, try = tries + 1, "retrying: {}", f.err);
+                    tries += 1;
+                    continue;
+                }
+                tracing::debug!(%addr, "{}", f.err);
+                ex.status = f.err.kind.status();
+                if f.response_started {
+                    ex.status = 0;
+                    return (Next::Close, cbuf);
+                }
+                let client = match client_slot.as_mut() {
+                    Some(c) => c,
+                    None => return (Next::Close, cbuf),
+                };
+                let _ = write_error(
+                    client,
+                    f.err.kind.status(),
+                    f.err.kind.text(),
+                    true,
+                    ex.idle,
+                )
+                .await;
+                return (Next::Close, cbuf);
+            }
+        }
+    }
+}
+
+/// One attempt of a request over `up`.
+#[allow(clippy::too_many_arguments)] // one call site; the phases share these
+pub(super) async fn over_connection(
+    shard: &Shard,
+    cfg: &Config,
+    client_slot: &mut Option<TcpStream>,
+    head: &RequestHead,
+    cbuf: Buf,
+    mut up: TcpStream,
+    addr: SocketAddr,
+    scratch: &mut Scratch,
+    ex: &mut Exchange,
+    deadline: Instant,
+    retry: Option<&TryPolicy>,
+) -> Result<(Next, Buf), Failed> {
+    let t = &cfg.timeouts;
+    let limits = limits(cfg);
+    let mut dec = ChunkedDecoder::new();
+    let (first_body, body_done) = match body_prefix(head.framing, &cbuf[head.head_len..], &mut dec)
+    {
+        Ok(x) => x,
+        Err(_) => {
+            // The chunked body's first bytes are malformed: nothing was sent.
+            let client = client_slot.as_mut().expect("client connection present");
+            let _ = write_error(client, 400, "invalid chunked body", true, ex.idle).await;
+            ex.status = 400;
+            return Ok((Next::Close, cbuf));
+        }
+    };
+    ex.bytes_in = (head.head_len + first_body) as u64;
+
+    // Forward the head and the body bytes that came with it, in one write.
+    head.plan_forward(&cbuf, b"", &mut scratch.plan);
+    let own = std::mem::take(&mut scratch.plan.own);
+    let iov = std::mem::take(&mut scratch.iov);
+    let v = IoVecs::new(
+        cbuf,
+        &scratch.plan,
+        own,
+        head.head_len..head.head_len + first_body,
+        iov,
+    );
+    let (res, v) = match runtime::timeout(t.idle, up.write_vectored(v)).await {
+        Ok(x) => x,
+        Err(_) => {
+            // The write future was dropped with the buffers; start over.
+            return Err(Failed {
+                err: ProxyError::new(ErrorKind::Idle, "writing request head"),
+                replayable: false,
+                response_started: false,
+                request_intact: false,
+                cbuf: Vec::new(),
+            });
+        }
+    };
+    let (mut cbuf, own, iov) = v.into_parts();
+    scratch.plan.own = own;
+    scratch.iov = iov;
+    if let Err(e) = res {
+        return Err(Failed {
+            err: ProxyError::io(ErrorKind::UpstreamReset, "writing request head", e),
+            replayable: body_done,
+            response_started: false,
+            request_intact: body_done,
+            cbuf,
+        });
+    }
+
+    // The rest of the body, streamed with one buffer in flight.
+    let mut consumed = head.head_len + first_body;
+    if !body_done {
+        let client = client_slot.as_mut().expect("client connection present");
+        if head.expect_continue && head.version == Version::Http11 {
+            // The proxy answers 100 itself once the upstream is connected, so
+            // the client never waits on an upstream that ignores Expect.
+            let cont = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
+            if write_bounded(client, cont, t.idle).await.is_err() {
+                return Err(gone(cbuf));
+            }
+        }
+        match relay_request_body(client, &mut up, head.framing, first_body, dec, cbuf, t.idle).await
+        {
+            Ok((b, moved, leftover_from)) => {
+                cbuf = b;
+                ex.bytes_in += moved;
+                consumed = leftover_from;
+            }
+            Err((kind, b)) => {
+                return Err(Failed {
+                    err: ProxyError::new(kind, "relaying request body"),
+                    replayable: false,
+                    response_started: false,
+                    request_intact: false,
+                    cbuf: b,
+                })
+            }
+        }
+    }
+    // `cbuf` keeps the request until the exchange succeeds (a retry sends it
+    // again); `consumed` is where the next pipelined request starts.
+
+    // Response head (interim responses are relayed as they come).
+    let mut ubuf = shard.bufs.get();
+    let mut sent_continue = head.expect_continue && head.version == Version::Http11;
+    let resp: ResponseHead = loop {
+        match http1::parse_response(&ubuf, head.method, &limits) {
+            Ok(Some(r)) if r.interim => {
+                let client = client_slot.as_mut().expect("client connection present");
+                if r.status == 100 && sent_continue {
+                    sent_continue = false; // drop the duplicate 100
+                } else if head.version == Version::Http10 {
+                    // RFC 9110 15.2: no 1xx to an HTTP/1.0 client.
+                } else {
+                    let n = r.head_len;
+                    let copy = ubuf[..n].to_vec();
+                    let _ = n;
+                    if write_bounded(client, copy, t.idle).await.is_err() {
+                        shard.bufs.put(ubuf);
+                        return Err(gone(cbuf));
+                    }
+                }
+                consume(&mut ubuf, r.head_len);
+                continue;
+            }
+            Ok(Some(r)) if r.switching && !head.upgrade => {
+                // A 101 nobody asked for: the client would believe the
+                // protocol switched while the proxy keeps parsing HTTP.
+                shard.bufs.put(ubuf);
+                return Err(Failed {
+                    err: ProxyError::new(ErrorKind::BadResponse, "unsolicited 101"),
+                    replayable: false,
+                    response_started: false,
+                    request_intact: false,
+                    cbuf,
+                });
+            }
+            Ok(Some(r)) => break r,
+            Ok(None) => {}
+            Err(_) => {
+                shard.bufs.put(ubuf);
+                return Err(Failed {
+                    err: ProxyError::new(ErrorKind::BadResponse, "parsing response head"),
+                    replayable: false,
+                    response_started: false,
+                    request_intact: body_done,
+                    cbuf,
+                });
+            }
+        }
+        if ubuf.len() == ubuf.capacity() {
+            let mut big = Vec::with_capacity(limits.max_head_bytes.max(ubuf.len() + 1));
+            big.extend_from_slice(&ubuf);
+            shard.bufs.put(std::mem::replace(&mut ubuf, big));
+        }
+        let had = ubuf.len();
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (res, back) = match runtime::timeout(left, up.read(ubuf)).await {
+            Ok(x) => x,
+            Err(_) => {
+                return Err(Failed {
+                    err: ProxyError::new(
+                        ErrorKind::UpstreamTimeout,
+                        "waiting for the response head",
+                    ),
+                    replayable: false,
+                    response_started: false,
+                    request_intact: body_done,
+                    cbuf,
+                })
+            }
+        };
+        ubuf = back;
+        match res {
+            Ok(0) | Err(_) => {
+                shard.bufs.put(ubuf);
+                return Err(Failed {
+                    err: ProxyError::new(ErrorKind::UpstreamReset, "waiting for the response head"),
+                    replayable: had == 0 && head.method.is_idempotent() && body_done,
+                    response_started: false,
+                    request_intact: body_done,
+                    cbuf,
+                });
+            }
+            Ok(_) => {}
+        }
+    };
+    ex.status = resp.status;
+    if retry.is_some_and(|p| p.retries_status(resp.status)) {
+        // Another try answers instead; this response is dropped with its
+        // connection (its body is never read).
+        shard.bufs.put(ubuf);
+        return Err(Failed {
+            err: ProxyError::new(ErrorKind::RetryableStatus, "response status"),
+            replayable: false,
+            response_started: false,
+            request_intact: body_done,
+            cbuf,
+        });
+    }
+    consume(&mut cbuf, consumed);
+
+    // 101: both sides switch protocols; the connection becomes a tunnel.
+    if resp.switching && head.upgrade {
+        let mut client = client_slot.take().expect("client connection present");
+        resp.plan_forward(&ubuf, false, false, &mut scratch.plan);
+        let out = scratch.plan.to_vec(&ubuf);
+        let n = out.len();
+        ex.bytes_out += n as u64;
+        if write_bounded(&mut client, out, t.idle).await.is_err() {
+            shard.bufs.put(ubuf);
+            return Ok((Next::Close, cbuf));
+        }
+        consume(&mut ubuf, resp.head_len);
+        let (a, b) = tunnel(shard, cfg, client, up, cbuf, ubuf).await;
+        ex.bytes_in += a;
+        ex.bytes_out += b;
+        return Ok((Next::Close, Vec::new()));
+    }
+
+    // Final response: head (and the body bytes that came with it) in one write.
+    let client = client_slot.as_mut().expect("client connection present");
+    let mut rdec = ChunkedDecoder::new();
+    // An HTTP/1.0 client cannot parse chunked framing: it gets the data,
+    // delimited by closing the connection.
+    let dechunk = resp.framing == Framing::Chunked && head.version == Version::Http10;
+    let (first, resp_done) = match resp.framing {
+        Framing::UntilClose => (ubuf.len() - resp.head_len, false),
+        Framing::Chunked if dechunk => {
+            match dechunk_in_place(&mut rdec, &mut ubuf, resp.head_len) {
+                Ok((data, _used)) => (data, rdec.is_done()),
+                Err(_) => {
+                    shard.bufs.put(ubuf);
+                    return Err(Failed {
+                        err: ProxyError::new(ErrorKind::BadResponse, "parsing response body"),
+                        replayable: false,
+                        response_started: false,
+                        request_intact: body_done,
+                        cbuf,
+                    });
+                }
+            }
+        }
+        f => match body_prefix(f, &ubuf[resp.head_len..], &mut rdec) {
+            Ok(x) => x,
+            Err(_) => {
+                shard.bufs.put(ubuf);
+                return Err(Failed {
+                    err: ProxyError::new(ErrorKind::BadResponse, "parsing response body"),
+                    replayable: false,
+                    response_started: false,
+                    request_intact: body_done,
+                    cbuf,
+                });
+            }
+        },
+    };
+    let extra_bytes = !dechunk && ubuf.len() > resp.head_len + first;
+    let close =
+        !head.keep_alive || resp.framing == Framing::UntilClose || dechunk || shard.draining.get();
+    let keep_10 = head.version == Version::Http10 && !close;
+    if dechunk {
+        resp.plan_forward_unchunked(&ubuf, &mut scratch.plan);
+    } else {
+        resp.plan_forward(&ubuf, close, keep_10, &mut scratch.plan);
+    }
+    let own = std::mem::take(&mut scratch.plan.own);
+    let iov = std::mem::take(&mut scratch.iov);
+    let v = IoVecs::new(
+        ubuf,
+        &scratch.plan,
+        own,
+        resp.head_len..resp.head_len + first,
+        iov,
+    );
+    ex.bytes_out += v.remaining() as u64;
+    let (res, v) = match runtime::timeout(t.idle, client.write_vectored(v)).await {
+        Ok(x) => x,
+        Err(_) => return Err(started(ErrorKind::Idle, cbuf)),
+    };
+    let (ubuf, own, iov) = v.into_parts();
+    scratch.plan.own = own;
+    scratch.iov = iov;
+    if res.is_err() {
+        shard.bufs.put(ubuf);
+        return Err(started(ErrorKind::ClientGone, cbuf));
+    }
+    let mut reusable = resp.keep_alive && !extra_bytes;
+    if !resp_done {
+        match relay_response_body(
+            client,
+            &mut up,
+            resp.framing,
+            dechunk,
+            first,
+            rdec,
+            ubuf,
+            t.idle,
+        )
+        .await
+        {
+            Ok((b, moved, extra)) => {
+                ex.bytes_out += moved;
+                shard.bufs.put(b);
+                reusable &= !extra;
+            }
+            Err((kind, b)) => {
+                shard.bufs.put(b);
+                return Err(started(kind, cbuf));
+            }
+        }
+    } else {
+        shard.bufs.put(ubuf);
+    }
+    if reusable && cfg.upstream.max_idle_per_endpoint > 0 {
+        shard
+            .pool
+            .put(addr, up, Instant::now(), cfg.upstream.max_idle_per_endpoint);
+    }
+    Ok((if close { Next::Close } else { Next::KeepAlive }, cbuf))
+}
+
+pub(super) fn gone(cbuf: Buf) -> Failed {
+    Failed {
+        err: ProxyError::new(ErrorKind::ClientGone, "writing to the client"),
+        replayable: false,
+        response_started: true,
+        request_intact: false,
+        cbuf,
+    }
+}
+
+pub(super) fn started(kind: ErrorKind, cbuf: Buf) -> Failed {
+    Failed {
+        err: ProxyError::new(kind, "relaying the response"),
+        replayable: false,
+        response_started: true,
+        request_intact: false,
+        cbuf,
+    }
+}

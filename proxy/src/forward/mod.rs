@@ -1,0 +1,510 @@
+//! The HTTP/1.1 forwarding loop: one task per client connection.
+//!
+//! Phases of a request, in order: decode (read the head into a pooled buffer
+//! and parse it in place), route (authority → service, or the local app),
+//! balance (round-robin endpoint), forward (vectored head write with the first
+//! body bytes, then the body relayed from the buffer it was read into), relay
+//! the response the same way, record (stats and access log).
+//!
+//! Connection states:
+//!
+//! ```text
+//!  accepted ──readable──▶ reading head ──complete──▶ forwarding ──done──▶ lingering
+//!     ▲                        │ bad/limit → error response, close            │
+//!     │                        │ timeout → close                              │
+//!     └──── idle (no buffer) ◀──────────── nothing within the linger ─────────┘
+//!  forwarding ──101 / CONNECT──▶ tunnel ──EOF/idle──▶ closed
+//! ```
+//!
+//! An idle connection holds no buffer: after a response it keeps a read
+//! posted for a short linger (so a busy connection costs one ring operation
+//! per read), then returns the buffer and waits for readability.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::accesslog::AccessEntry;
+use crate::buf::BUF_SIZE;
+use crate::config::Config;
+use crate::error::{ErrorKind, ProxyError};
+use crate::http1::{
+    self, ChunkedDecoder, Framing, HeadPlan, Method, RequestHead, ResponseHead, Version,
+};
+use crate::route::{self, Target};
+use crate::routing::RoutingTable;
+use crate::runtime::{self, Buf, IoVecs, Linger, TcpStream};
+use crate::shard::Shard;
+use crate::stats::Direction;
+use coremesh_api::resource::RetryOn;
+
+mod exchange;
+mod relay;
+
+use exchange::{exchange, Endpoints, TryPolicy};
+use relay::connect_tunnel;
+
+/// How long a finished keep-alive connection keeps its read posted before it
+/// gives its buffer back (a busy client sends its next request well within).
+const LINGER: Duration = Duration::from_millis(100);
+
+/// Attempts per request when connecting fails (each on the next endpoint).
+const CONNECT_ATTEMPTS: usize = 3;
+
+/// Per-connection scratch space, reused across requests.
+#[derive(Default)]
+struct Scratch {
+    plan: HeadPlan,
+    iov: Vec<libc::iovec>,
+}
+
+/// What the connection does after a request.
+enum Next {
+    /// Keep the connection; the buffer holds the bytes of the next request
+    /// (possibly none).
+    KeepAlive,
+    /// Close it.
+    Close,
+}
+
+/// Outcome of reading a request head.
+enum HeadRead {
+    Head(RequestHead),
+    /// The client closed, went idle too long, or failed.
+    Closed,
+    /// Nothing arrived within the linger; the buffer went back to the pool.
+    Idle,
+    /// The head broke a rule: answer with this status and close.
+    Reject(http1::ParseError),
+    /// The head did not complete within `timeouts.head_read`.
+    TimedOut,
+}
+
+fn limits(cfg: &Config) -> http1::Limits {
+    http1::Limits {
+        max_head_bytes: cfg.limits.max_head_bytes,
+        max_request_line: cfg.limits.max_request_line,
+        max_headers: cfg.limits.max_headers,
+    }
+}
+
+/// Serves one client connection until it closes.
+pub async fn serve(shard: Rc<Shard>, client: TcpStream, dir: Direction) {
+    client.set_nodelay();
+    shard.conn_opened(dir);
+    let mut client = Some(client);
+    let mut buf: Option<Buf> = None;
+    let mut scratch = Scratch::default();
+    let mut idle_since = Instant::now();
+    while let Some(c) = client.as_mut() {
+        let cfg = shard.config();
+        if buf.is_none() {
+            // Idle, holding no buffer. This await is the only state an idle
+            // connection keeps, so it is kept small: no timer of its own (the
+            // shard's idle table enforces keepalive_idle, see idle.rs), and
+            // the head reading and the request are boxed futures that exist
+            // only while the connection is active.
+            if shard.draining.get() {
+                break;
+            }
+            scratch = Scratch::default();
+            c.release_idle_state();
+            let deadline = idle_since + cfg.timeouts.keepalive_idle;
+            let guard = shard.idle.enter(c.raw_fd(), deadline);
+            let woke = c.readable().await;
+            drop(guard);
+            if woke.is_err() {
+                break;
+            }
+            buf = Some(shard.bufs.get());
+        }
+        let head = match Box::pin(read_head(&shard, &cfg, c, &mut buf)).await {
+            HeadRead::Head(h) => h,
+            HeadRead::Closed => break,
+            HeadRead::Idle => continue,
+            HeadRead::TimedOut => {
+                let _ = Box::pin(write_error(
+                    c,
+                    408,
+                    "request head timeout",
+                    true,
+                    cfg.timeouts.idle,
+                ))
+                .await;
+                shard.record_local(dir, 408);
+                break;
+            }
+            HeadRead::Reject(e) => {
+                let _ = Box::pin(write_error(c, e.status, e.reason, true, cfg.timeouts.idle)).await;
+                shard.record_local(dir, e.status);
+                break;
+            }
+        };
+        let b = buf.take().unwrap_or_default();
+        shard.in_flight.set(shard.in_flight.get() + 1);
+        // Boxed: the request's state lives only while a request is in
+        // flight, so an idle connection's task stays small.
+        let (next, b) = Box::pin(handle(
+            &shard,
+            &cfg,
+            &mut client,
+            dir,
+            head,
+            b,
+            &mut scratch,
+        ))
+        .await;
+        shard.in_flight.set(shard.in_flight.get() - 1);
+        idle_since = Instant::now();
+        match next {
+            Next::KeepAlive if !shard.draining.get() || !b.is_empty() => buf = Some(b),
+            _ => {
+                shard.bufs.put(b);
+                break;
+            }
+        }
+    }
+    if let Some(b) = buf {
+        shard.bufs.put(b);
+    }
+    shard.conn_closed(dir);
+}
+
+/// Reads until `slot` holds a complete request head at its start.
+async fn read_head(
+    shard: &Shard,
+    cfg: &Config,
+    client: &mut TcpStream,
+    slot: &mut Option<Buf>,
+) -> HeadRead {
+    let limits = limits(cfg);
+    let t = &cfg.timeouts;
+    let mut head_deadline = None;
+    let Some(mut b) = slot.take() else {
+        return HeadRead::Idle;
+    };
+    loop {
+        if !b.is_empty() {
+            head_deadline.get_or_insert_with(|| Instant::now() + t.head_read);
+            match http1::parse_request(&b, &limits) {
+                Ok(Some(h)) => {
+                    *slot = Some(b);
+                    return HeadRead::Head(h);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    *slot = Some(b);
+                    return HeadRead::Reject(e);
+                }
+            }
+            if b.len() == b.capacity() {
+                // Heads larger than a pooled buffer get a one-off buffer of
+                // the configured maximum; the parser answers 431 beyond it.
+                let mut big = Vec::with_capacity(limits.max_head_bytes.max(b.len() + 1));
+                big.extend_from_slice(&b);
+                shard.bufs.put(std::mem::replace(&mut b, big));
+            }
+        }
+        let (res, back) = match head_deadline {
+            None => {
+                // Between requests: keep the read posted for the linger only.
+                match client.read_linger(b, LINGER).await {
+                    Linger::Read(res, back) => (res, back),
+                    Linger::Idle(back) => {
+                        // Nothing within the linger: give the buffer back
+                        // and wait (in `serve`) without one.
+                        shard.bufs.put(back);
+                        return HeadRead::Idle;
+                    }
+                }
+            }
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match runtime::timeout(left, client.read(b)).await {
+                    Ok(r) => r,
+                    Err(_) => return HeadRead::TimedOut,
+                }
+            }
+        };
+        b = back;
+        match res {
+            Ok(0) | Err(_) => {
+                shard.bufs.put(b);
+                return HeadRead::Closed;
+            }
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Writes a locally generated error response.
+async fn write_error(
+    client: &mut TcpStream,
+    status: u16,
+    error: &str,
+    close: bool,
+    limit: Duration,
+) -> std::io::Result<()> {
+    let mut out = Vec::with_capacity(256);
+    http1::write_error_response(status, error, close, &mut out);
+    write_bounded(client, out, limit).await
+}
+
+/// Writes all of `out` to the client, bounded by `limit` (`timeouts.idle`):
+/// a client that stops reading never holds a request in flight forever.
+async fn write_bounded(
+    client: &mut TcpStream,
+    out: Vec<u8>,
+    limit: Duration,
+) -> std::io::Result<()> {
+    let len = out.len();
+    match runtime::timeout(limit, client.write_all(out, 0..len)).await {
+        Ok((res, _)) => res,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// A request being served: everything `handle` needs to record it at the end.
+struct Exchange {
+    start: Instant,
+    /// `timeouts.idle`: the bound on every write to the client.
+    idle: Duration,
+    status: u16,
+    bytes_in: u64,
+    bytes_out: u64,
+    upstream: Option<SocketAddr>,
+}
+
+/// Serves one request whose head is at the start of `cbuf`.
+async fn handle(
+    shard: &Shard,
+    cfg: &Arc<Config>,
+    client_slot: &mut Option<TcpStream>,
+    dir: Direction,
+    head: RequestHead,
+    cbuf: Buf,
+    scratch: &mut Scratch,
+) -> (Next, Buf) {
+    let mut ex = Exchange {
+        start: Instant::now(),
+        idle: cfg.timeouts.idle,
+        status: 0,
+        bytes_in: head.head_len as u64,
+        bytes_out: 0,
+        upstream: None,
+    };
+    // The access log needs the request line's fields after the buffer has
+    // been reused for the body, so it gets a copy (only when it is enabled).
+    let logged = shard
+        .access_log
+        .borrow()
+        .is_some()
+        .then(|| LoggedRequest::new(&head, &cbuf));
+    let table = shard.routes();
+    let table_ref = table.as_ref().map(|t| &***t);
+    let (service, next, cbuf) = forward(
+        shard,
+        cfg,
+        table_ref,
+        client_slot,
+        dir,
+        &head,
+        cbuf,
+        scratch,
+        &mut ex,
+    )
+    .await;
+    shard.record(dir, service, logged.as_ref(), &ex);
+    (next, cbuf)
+}
+
+/// The request fields the access log shows.
+struct LoggedRequest {
+    method: Vec<u8>,
+    authority: Vec<u8>,
+    path: Vec<u8>,
+}
+
+impl LoggedRequest {
+    fn new(head: &RequestHead, buf: &[u8]) -> Self {
+        let field = |s: &std::ops::Range<usize>| buf.get(s.clone()).unwrap_or(&[]).to_vec();
+        // The method is what precedes the target, after any empty lines
+        // the parser skipped before the request line.
+        let line = buf[..head.target.start].trim_ascii();
+        LoggedRequest {
+            method: line.to_vec(),
+            authority: head.authority.as_ref().map(field).unwrap_or_default(),
+            path: field(&head.path),
+        }
+    }
+}
+
+/// Picks the destination and forwards; returns the service label.
+#[allow(clippy::too_many_arguments)] // one call site; the phases share these
+async fn forward<'c>(
+    shard: &Shard,
+    cfg: &'c Config,
+    table: Option<&'c RoutingTable>,
+    client_slot: &mut Option<TcpStream>,
+    dir: Direction,
+    head: &RequestHead,
+    cbuf: Buf,
+    scratch: &mut Scratch,
+    ex: &mut Exchange,
+) -> (&'c str, Next, Buf) {
+    let client = client_slot.as_mut().expect("client connection present");
+    // Route.
+    let mut policy = TryPolicy::single(cfg);
+    let (service, endpoints): (&'c str, Endpoints<'c>) = match dir {
+        Direction::Inbound => {
+            let app = cfg.inbound.as_ref().map(|i| i.app);
+            if head.method == Method::Connect || app.is_none() {
+                return local_error(
+                    client,
+                    head,
+                    cbuf,
+                    ErrorKind::ConnectNotAllowed,
+                    ex,
+                    &cfg.proxy.service,
+                )
+                .await;
+            }
+            (
+                &cfg.proxy.service,
+                Endpoints::One(app.unwrap_or_else(unreachable_addr)),
+            )
+        }
+        Direction::Outbound => match route::outbound(cfg, table, head, &cbuf) {
+            Ok(Target::Routed(sr)) => match &sr.rules {
+                None if sr.all.is_empty() => {
+                    return local_error(client, head, cbuf, ErrorKind::NoEndpoints, ex, &sr.name)
+                        .await
+                }
+                None => (&sr.name, Endpoints::Service(&sr.name, &sr.all)),
+                Some(rules) => match route::match_rule(rules, head, &cbuf) {
+                    None => {
+                        return local_error(client, head, cbuf, ErrorKind::NoRoute, ex, &sr.name)
+                            .await
+                    }
+                    Some(rule) => {
+                        if rule
+                            .backends
+                            .iter()
+                            .all(|b| b.weight == 0 || b.endpoints.is_empty())
+                        {
+                            let kind = ErrorKind::NoHealthyEndpoints;
+                            return local_error(client, head, cbuf, kind, ex, &sr.name).await;
+                        }
+                        policy = TryPolicy::for_rule(cfg, rule);
+                        (&sr.name, Endpoints::Rule(&sr.name, rule))
+                    }
+                },
+            },
+            Ok(Target::Service(svc)) => {
+                if svc.endpoints.is_empty() {
+                    return local_error(client, head, cbuf, ErrorKind::NoEndpoints, ex, &svc.name)
+                        .await;
+                }
+                (&svc.name, Endpoints::Service(&svc.name, &svc.endpoints))
+            }
+            Ok(Target::Passthrough { host, port }) => match shard.resolve(&host, port).await {
+                Ok(addr) if shard.is_own(addr) => {
+                    let kind = ErrorKind::LoopDetected;
+                    return local_error(client, head, cbuf, kind, ex, "passthrough").await;
+                }
+                Ok(addr) => ("passthrough", Endpoints::One(addr)),
+                Err(_) => {
+                    return local_error(
+                        client,
+                        head,
+                        cbuf,
+                        ErrorKind::ResolveFailed,
+                        ex,
+                        "passthrough",
+                    )
+                    .await
+                }
+            },
+            Err(kind) => return local_error(client, head, cbuf, kind, ex, "unknown").await,
+        },
+    };
+    if head.method == Method::Connect {
+        let (next, cbuf) = connect_tunnel(shard, cfg, client_slot, head, cbuf, endpoints, ex).await;
+        return (service, next, cbuf);
+    }
+    let (next, cbuf) = exchange(
+        shard,
+        cfg,
+        client_slot,
+        head,
+        cbuf,
+        endpoints,
+        &policy,
+        scratch,
+        ex,
+    )
+    .await;
+    (service, next, cbuf)
+}
+
+fn unreachable_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// Answers with a local error. The connection stays open only if the request
+/// had no body (otherwise its unread body would be taken for the next request).
+async fn local_error<'c>(
+    client: &mut TcpStream,
+    head: &RequestHead,
+    mut cbuf: Buf,
+    kind: ErrorKind,
+    ex: &mut Exchange,
+    service: &'c str,
+) -> (&'c str, Next, Buf) {
+    let close = !head.keep_alive || head.framing != Framing::None;
+    ex.status = kind.status();
+    let res = write_error(client, kind.status(), kind.text(), close, ex.idle).await;
+    let next = if close || res.is_err() {
+        Next::Close
+    } else {
+        consume(&mut cbuf, head.head_len);
+        Next::KeepAlive
+    };
+    (service, next, cbuf)
+}
+
+/// Drops the first `n` bytes of `b`, keeping what follows (pipelined bytes).
+fn consume(b: &mut Buf, n: usize) {
+    if n >= b.len() {
+        b.clear();
+    } else {
+        b.copy_within(n.., 0);
+        b.truncate(b.len() - n);
+    }
+}
+
+impl Shard {
+    /// Records a finished request in the stats and the access log.
+    fn record(&self, dir: Direction, service: &str, req: Option<&LoggedRequest>, ex: &Exchange) {
+        let latency = ex.start.elapsed();
+        self.stats
+            .borrow_mut()
+            .record(dir, service, ex.status, latency, ex.bytes_in, ex.bytes_out);
+        if let (Some(req), Some(log)) = (req, self.access_log.borrow_mut().as_mut()) {
+            log.log(&AccessEntry {
+                direction: dir,
+                service,
+                method: &req.method,
+                authority: &req.authority,
+                path: &req.path,
+                status: ex.status,
+                duration: latency,
+                bytes_in: ex.bytes_in,
+                bytes_out: ex.bytes_out,
+                upstream: ex.upstream,
+                core: self.index,
+            });
+        }
+    }
+}
