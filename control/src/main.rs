@@ -1,1 +1,151 @@
-fn main() {}
+//! `coremesh-control`: the control process. Opens (or creates) the data
+//! directory, the store and the CA, then serves proxies over QUIC and
+//! operators over HTTP. Prints `listening quic=ADDR api=ADDR` once both
+//! sockets are bound (port 0 picks free ports, and the line says which).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use coremesh_control::hub::{Hub, Options};
+use coremesh_control::store::{RedbStore, Store};
+use coremesh_control::{api, ca, datadir, quic, Error};
+
+fn duration(s: &str) -> Result<Duration, String> {
+    coremesh_api::resource::parse_duration(s)
+}
+
+/// The coremesh control plane.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Data directory: CA, operator credential, store. Created (0700) on first start.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// QUIC (UDP) address proxies connect to.
+    #[arg(long, default_value = "0.0.0.0:7443")]
+    listen: SocketAddr,
+    /// HTTP address of the operator API (meshctl).
+    #[arg(long, default_value = "127.0.0.1:7080")]
+    api: SocketAddr,
+    /// Trust domain of the SPIFFE IDs: spiffe://<trust-domain>/service/<name>.
+    #[arg(long, default_value = "coremesh.local")]
+    trust_domain: String,
+    /// After start, expire no endpoint for this long (proxies re-register).
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    grace: Duration,
+    /// An endpoint whose proxy sent no heartbeat for this long is removed.
+    #[arg(long, default_value = "15s", value_parser = duration)]
+    heartbeat_timeout: Duration,
+    /// Lifetime of the certificates issued to proxies.
+    #[arg(long, default_value = "24h", value_parser = duration)]
+    cert_lifetime: Duration,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,quinn=warn,rustls=warn".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("coremesh-control: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("coremesh-control: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), Error> {
+    let started = Instant::now();
+    let dir = datadir::open(&args.data_dir, &args.trust_domain)?;
+    for path in &dir.created {
+        println!("created {}", path.display());
+    }
+    println!(
+        "operator credential: {}",
+        dir.path.join(datadir::CREDENTIAL).display()
+    );
+    println!(
+        "CA certificate: {}",
+        dir.path.join(datadir::CA_CERT).display()
+    );
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.store_path())?);
+    // The store holds token hashes and the history: not for other users.
+    std::fs::set_permissions(
+        dir.store_path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .map_err(|e| Error::internal(format!("{}: chmod 0600: {e}", dir.store_path().display())))?;
+    let ca = ca::Ca::load(&dir.ca_cert_pem, &dir.ca_key_pem, &args.trust_domain)?;
+    let opts = Options {
+        heartbeat_timeout: args.heartbeat_timeout,
+        grace: args.grace,
+        cert_lifetime: args.cert_lifetime,
+        ..Options::default()
+    };
+    let hub = Hub::new(store, ca, opts, started)?;
+    let (version, _) = hub.config();
+    let endpoint = quic::bind(&hub, args.listen)?;
+    let quic_addr = endpoint
+        .local_addr()
+        .map_err(|e| Error::internal(format!("QUIC socket: {e}")))?;
+    let listener = tokio::net::TcpListener::bind(args.api)
+        .await
+        .map_err(|e| Error::internal(format!("cannot listen on {} (API): {e}", args.api)))?;
+    let api_addr = listener
+        .local_addr()
+        .map_err(|e| Error::internal(format!("API socket: {e}")))?;
+    tracing::info!(
+        config_version = version,
+        ca_fingerprint = hub.ca().fingerprint(),
+        trust_domain = %args.trust_domain,
+        grace = ?args.grace,
+        "control started"
+    );
+    println!("listening quic={quic_addr} api={api_addr}");
+    tokio::spawn(hub.clone().run());
+    tokio::spawn(quic::serve(endpoint.clone(), hub.clone()));
+    let app = api::router(hub.clone(), &dir.credential);
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown());
+    server
+        .await
+        .map_err(|e| Error::internal(format!("API server: {e}")))?;
+    tracing::info!("shutting down");
+    endpoint.close(0u32.into(), b"control shutting down");
+    Ok(())
+}
+
+async fn shutdown() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

@@ -1,1 +1,532 @@
-fn main() {}
+//! `meshctl`: the operator's command line for coremesh-control's HTTP API.
+//!
+//! Finds control through `--api` / `COREMESH_API` and the operator
+//! credential through `--credential FILE` / `COREMESH_CREDENTIAL` or
+//! `--data-dir DIR` (reads `DIR/operator.credential`).
+//!
+//! Exit codes: 0 success, 1 input rejected (the server's reason is
+//! printed), 2 control unreachable.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use coremesh_api::http::{
+    ApplyResult, EndpointStatus, ErrorBody, HistoryEntry, ProxyStatus, RollbackRequest,
+    TokenCreated, TokenInfo, TokenRequest,
+};
+use coremesh_api::resource::{self, Resource};
+use coremesh_control::client::{Client, ClientError};
+use serde::de::DeserializeOwned;
+
+/// Operate a coremesh control plane.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Control's HTTP API.
+    #[arg(
+        long,
+        env = "COREMESH_API",
+        default_value = "http://127.0.0.1:7080",
+        global = true
+    )]
+    api: String,
+    /// File holding the operator credential.
+    #[arg(long, env = "COREMESH_CREDENTIAL", global = true)]
+    credential: Option<String>,
+    /// Control's data directory; the credential is read from DIR/operator.credential.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Create or update resources from YAML (`-` reads stdin).
+    Apply {
+        #[arg(short = 'f', long = "filename")]
+        file: String,
+    },
+    /// List resources, proxies or endpoints.
+    Get {
+        what: What,
+        #[arg(short = 'o', long, default_value = "table")]
+        output: Output,
+    },
+    /// Delete a resource: `meshctl delete route api-canary`.
+    Delete { kind: String, name: String },
+    /// Every proxy: service, node, address, applied version, ACK/NACK, heartbeat, certificate.
+    Status,
+    /// Every config version.
+    History,
+    /// Restore the config of an earlier version, as a new version.
+    Rollback {
+        #[arg(long)]
+        to: u64,
+    },
+    /// Join tokens for new proxies.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCmd {
+    /// Create a token bound to a service; prints the token alone on stdout.
+    Create {
+        #[arg(long)]
+        service: String,
+        /// How long it can be used, e.g. 10m, 1h.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// How many proxies may join with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+    },
+    List,
+    Revoke {
+        id: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum What {
+    Services,
+    Routes,
+    Proxies,
+    Endpoints,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+/// How meshctl fails: the message and the exit code.
+struct Fail(u8, String);
+
+impl From<ClientError> for Fail {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Unreachable { .. } => Fail(
+                2,
+                format!("{e}\nIs coremesh-control running? Check --api / COREMESH_API, and that its log says `listening ... api=ADDR`."),
+            ),
+            ClientError::Protocol { .. } => Fail(2, format!("{e}\nIs --api pointing at coremesh-control's API port?")),
+            ClientError::BadUrl(m) => Fail(1, m),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fail(code, msg)) => {
+            eprintln!("meshctl: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn credential(cli: &Cli) -> Result<String, Fail> {
+    let read = |path: &PathBuf| {
+        std::fs::read_to_string(path)
+            .map(|s| s.trim().to_string())
+            .map_err(|e| {
+                Fail(
+                    1,
+                    format!("cannot read the credential {}: {e}", path.display()),
+                )
+            })
+    };
+    if let Some(c) = &cli.credential {
+        let path = PathBuf::from(c);
+        if path.exists() {
+            return read(&path);
+        }
+        // COREMESH_CREDENTIAL may also hold the credential itself.
+        if !c.is_empty() && c.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(c.clone());
+        }
+        return Err(Fail(1, format!("credential file {c} does not exist")));
+    }
+    if let Some(dir) = &cli.data_dir {
+        return read(&dir.join("operator.credential"));
+    }
+    Err(Fail(
+        1,
+        "no operator credential: pass --data-dir DIR (control's data directory) or --credential FILE (or set COREMESH_CREDENTIAL)".into(),
+    ))
+}
+
+struct Api {
+    client: Client,
+}
+
+impl Api {
+    fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, &[u8])>,
+    ) -> Result<T, Fail> {
+        let r = self.client.request(method, path, body)?;
+        if r.status == 401 {
+            return Err(Fail(
+                1,
+                "control refused the operator credential (401); check --credential / --data-dir"
+                    .into(),
+            ));
+        }
+        if !(200..300).contains(&r.status) {
+            let msg = serde_json::from_slice::<ErrorBody>(&r.body)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&r.body).into_owned());
+            return Err(Fail(1, msg));
+        }
+        serde_json::from_slice(&r.body)
+            .map_err(|e| Fail(2, format!("unexpected answer from control: {e}")))
+    }
+
+    fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Fail> {
+        self.call("GET", path, None)
+    }
+
+    fn post_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<T, Fail> {
+        let body = serde_json::to_vec(body).map_err(|e| Fail(1, e.to_string()))?;
+        self.call("POST", path, Some(("application/json", &body)))
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Fail> {
+    let cred = credential(&cli)?;
+    let api = Api {
+        client: Client::new(&cli.api, &cred)?,
+    };
+    match cli.cmd {
+        Cmd::Apply { file } => {
+            let text = if file == "-" {
+                let mut s = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut s)
+                    .map_err(|e| Fail(1, format!("reading stdin: {e}")))?;
+                s
+            } else {
+                std::fs::read_to_string(&file).map_err(|e| Fail(1, format!("{file}: {e}")))?
+            };
+            let r: ApplyResult = api
+                .call(
+                    "POST",
+                    "/v1/apply",
+                    Some(("application/yaml", text.as_bytes())),
+                )
+                .map_err(|Fail(c, m)| Fail(c, if c == 1 { format!("{file}: {m}") } else { m }))?;
+            print_change(&r);
+        }
+        Cmd::Get { what, output } => get(&api, what, output)?,
+        Cmd::Delete { kind, name } => {
+            let plural = match kind.to_ascii_lowercase().as_str() {
+                "service" | "services" | "svc" => "services",
+                "route" | "routes" => "routes",
+                other => {
+                    return Err(Fail(
+                        1,
+                        format!("unknown kind {other:?}: use service or route"),
+                    ))
+                }
+            };
+            let r: ApplyResult = api.call("DELETE", &format!("/v1/{plural}/{name}"), None)?;
+            print_change(&r);
+        }
+        Cmd::Status => {
+            let proxies: Vec<ProxyStatus> = api.get("/v1/proxies")?;
+            print_status(&proxies);
+        }
+        Cmd::History => {
+            let h: Vec<HistoryEntry> = api.get("/v1/history")?;
+            let mut rows = vec![vec![
+                "VERSION".into(),
+                "TIME (UTC)".into(),
+                "SUMMARY".into(),
+            ]];
+            for e in h {
+                rows.push(vec![e.version.to_string(), utc(e.at), e.summary]);
+            }
+            print_table(&rows);
+        }
+        Cmd::Rollback { to } => {
+            let r: ApplyResult = api.post_json("/v1/rollback", &RollbackRequest { to })?;
+            print_change(&r);
+        }
+        Cmd::Token { cmd } => token(&api, cmd)?,
+    }
+    Ok(())
+}
+
+fn print_change(r: &ApplyResult) {
+    if r.changed.is_empty() {
+        println!("unchanged (version {})", r.version);
+    } else {
+        println!("version {}: {}", r.version, r.changed.join(", "));
+    }
+}
+
+fn get(api: &Api, what: What, output: Output) -> Result<(), Fail> {
+    let path = match what {
+        What::Services => "/v1/services",
+        What::Routes => "/v1/routes",
+        What::Proxies => "/v1/proxies",
+        What::Endpoints => "/v1/endpoints",
+    };
+    let value: serde_json::Value = api.get(path)?;
+    match output {
+        Output::Json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&value).unwrap_or_default()
+            );
+            return Ok(());
+        }
+        Output::Yaml => {
+            let text = match what {
+                What::Services | What::Routes => {
+                    let rs: Vec<Resource> = serde_json::from_value(value)
+                        .map_err(|e| Fail(2, format!("unexpected answer: {e}")))?;
+                    resource::to_yaml(&rs)
+                }
+                _ => serde_norway::to_string(&value).unwrap_or_default(),
+            };
+            print!("{text}");
+            return Ok(());
+        }
+        Output::Table => {}
+    }
+    let bad = |e: serde_json::Error| Fail(2, format!("unexpected answer: {e}"));
+    match what {
+        What::Services | What::Routes => {
+            let rs: Vec<Resource> = serde_json::from_value(value).map_err(bad)?;
+            let mut rows = vec![vec!["KIND".into(), "NAME".into(), "DETAIL".into()]];
+            for r in rs {
+                let detail = match &r {
+                    Resource::Service(s) => format!("protocol {:?}", s.protocol).to_lowercase(),
+                    Resource::Route(rt) => {
+                        format!("service {}, {} rule(s)", rt.service, rt.rules.len())
+                    }
+                };
+                rows.push(vec![r.kind().into(), r.name().into(), detail]);
+            }
+            print_table(&rows);
+        }
+        What::Proxies => {
+            let ps: Vec<ProxyStatus> = serde_json::from_value(value).map_err(bad)?;
+            print_status(&ps);
+        }
+        What::Endpoints => {
+            let es: Vec<EndpointStatus> = serde_json::from_value(value).map_err(bad)?;
+            let mut rows = vec![vec![
+                "SERVICE".into(),
+                "ADDRESS".into(),
+                "NODE".into(),
+                "HEALTHY".into(),
+                "LABELS".into(),
+            ]];
+            for e in es {
+                let labels: Vec<String> =
+                    e.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                rows.push(vec![
+                    e.service,
+                    e.address.to_string(),
+                    e.node,
+                    e.healthy.to_string(),
+                    labels.join(","),
+                ]);
+            }
+            print_table(&rows);
+        }
+    }
+    Ok(())
+}
+
+fn token(api: &Api, cmd: TokenCmd) -> Result<(), Fail> {
+    match cmd {
+        TokenCmd::Create { service, ttl, uses } => {
+            let ttl = resource::parse_duration(&ttl).map_err(|e| Fail(1, format!("--ttl: {e}")))?;
+            let req = TokenRequest {
+                service: service.clone(),
+                ttl_secs: Some(ttl.as_secs()),
+                uses: Some(uses),
+            };
+            let t: TokenCreated = api.post_json("/v1/tokens", &req)?;
+            eprintln!(
+                "token {} for service {service}: {uses} use(s), expires {} UTC",
+                t.id,
+                utc(t.expires_at)
+            );
+            println!("{}", t.token);
+        }
+        TokenCmd::List => {
+            let ts: Vec<TokenInfo> = api.get("/v1/tokens")?;
+            let now = now_secs();
+            let mut rows = vec![vec![
+                "ID".into(),
+                "SERVICE".into(),
+                "EXPIRES (UTC)".into(),
+                "USES LEFT".into(),
+                "STATE".into(),
+            ]];
+            for t in ts {
+                let state = if t.revoked {
+                    "revoked"
+                } else if now >= t.expires_at {
+                    "expired"
+                } else if t.uses_left == 0 {
+                    "used up"
+                } else {
+                    "active"
+                };
+                rows.push(vec![
+                    t.id,
+                    t.service,
+                    utc(t.expires_at),
+                    t.uses_left.to_string(),
+                    state.into(),
+                ]);
+            }
+            print_table(&rows);
+        }
+        TokenCmd::Revoke { id } => {
+            let _: serde_json::Value = api.call("DELETE", &format!("/v1/tokens/{id}"), None)?;
+            println!("revoked token {id}");
+        }
+    }
+    Ok(())
+}
+
+fn print_status(ps: &[ProxyStatus]) {
+    let now = now_secs();
+    let mut rows = vec![vec![
+        "SERVICE".into(),
+        "NODE".into(),
+        "ADDRESS".into(),
+        "CONNECTED".into(),
+        "APPLIED".into(),
+        "STATE".into(),
+        "HEARTBEAT".into(),
+        "HEALTHY".into(),
+        "CERT EXPIRES".into(),
+    ]];
+    for p in ps {
+        let applied = match (p.applied_version, p.applied_config_version) {
+            (Some(v), Some(c)) => format!("{v} (config {c})"),
+            (Some(v), None) => v.to_string(),
+            _ => "-".into(),
+        };
+        let state = match (&p.nack, p.applied_version, p.sent_version) {
+            (Some(reason), _, _) => format!("NACK: {reason}"),
+            (None, Some(a), Some(s)) if a == s => "ACK".into(),
+            (None, Some(_), Some(_)) => "ACK (newer pending)".into(),
+            (None, None, Some(_)) => "pending".into(),
+            _ => "-".into(),
+        };
+        rows.push(vec![
+            p.service.clone(),
+            p.node.clone(),
+            p.address.map_or("-".into(), |a| a.to_string()),
+            if p.connected { "yes" } else { "no" }.into(),
+            applied,
+            state,
+            p.last_heartbeat.map_or("-".into(), |t| {
+                format!("{} ago", human(now.saturating_sub(t)))
+            }),
+            p.healthy.map_or("-".into(), |h| h.to_string()),
+            p.cert_expiry.map_or("-".into(), |t| {
+                if t > now {
+                    format!("in {}", human(t - now))
+                } else {
+                    format!("EXPIRED {} ago", human(now - t))
+                }
+            }),
+        ]);
+    }
+    print_table(&rows);
+}
+
+fn print_table(rows: &[Vec<String>]) {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("{s:<w$}", w = widths[i]))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
+
+fn now_secs() -> u64 {
+    coremesh_control::unix_secs(SystemTime::now())
+}
+
+/// `45s`, `3m`, `2h5m`, `3d4h`.
+fn human(secs: u64) -> String {
+    let d = Duration::from_secs(secs).as_secs();
+    match d {
+        0..=59 => format!("{d}s"),
+        60..=3599 => format!("{}m", d / 60),
+        3600..=86_399 => format!("{}h{}m", d / 3600, d % 3600 / 60),
+        _ => format!("{}d{}h", d / 86_400, d % 86_400 / 3600),
+    }
+}
+
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS` (UTC), without a date crate.
+fn utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(utc(1_700_000_000), "2023-11-14 22:13:20");
+    }
+}

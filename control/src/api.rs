@@ -1,0 +1,190 @@
+//! The HTTP API for meshctl and (later) the dashboard: exactly the table in
+//! [`coremesh_api::http`]. Every request needs `Authorization: Bearer
+//! <operator credential>`; errors are [`ErrorBody`] JSON with 400 (input
+//! rejected), 401, 404 or 500.
+//!
+//! Handlers that touch the store (which fsyncs) run on the blocking pool.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use coremesh_api::http::{ErrorBody, RollbackRequest, TokenRequest};
+use coremesh_api::resource::Resource;
+
+use crate::hub::Hub;
+use crate::{Error, ErrorKind};
+
+#[derive(Clone)]
+struct Ctx {
+    hub: Arc<Hub>,
+    credential: Arc<str>,
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = match self.kind {
+            ErrorKind::Rejected => StatusCode::BAD_REQUEST,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status.is_server_error() {
+            tracing::error!("API: {}", self.message);
+        }
+        (
+            status,
+            Json(ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+/// Runs a store-touching closure on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::internal(format!("task failed: {e}")))?
+}
+
+/// The router, with bearer authentication on every route.
+pub fn router(hub: Arc<Hub>, credential: &str) -> Router {
+    let ctx = Ctx {
+        hub,
+        credential: credential.into(),
+    };
+    Router::new()
+        .route("/v1/apply", post(apply))
+        .route("/v1/services", get(services))
+        .route("/v1/routes", get(routes))
+        .route("/v1/services/{name}", delete(delete_service))
+        .route("/v1/routes/{name}", delete(delete_route))
+        .route("/v1/proxies", get(proxies))
+        .route("/v1/endpoints", get(endpoints))
+        .route("/v1/history", get(history))
+        .route("/v1/rollback", post(rollback))
+        .route("/v1/tokens", post(create_token).get(list_tokens))
+        .route("/v1/tokens/{id}", delete(revoke_token))
+        .fallback(|| async { Error::not_found("no such API path; see `meshctl --help`") })
+        .layer(middleware::from_fn_with_state(ctx.clone(), auth))
+        .with_state(ctx)
+}
+
+async fn auth(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let ok = presented.is_some_and(|p| {
+        // Constant time, so the credential cannot be guessed byte by byte.
+        p.len() == ctx.credential.len()
+            && p.bytes()
+                .zip(ctx.credential.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    });
+    if !ok {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(ErrorBody {
+                error: "missing or wrong operator credential (Authorization: Bearer, see <data-dir>/operator.credential)".into(),
+            }),
+        )
+            .into_response();
+    }
+    next.run(req).await
+}
+
+async fn apply(State(ctx): State<Ctx>, body: Bytes) -> Result<Response, Error> {
+    let text = std::str::from_utf8(&body).map_err(|_| Error::rejected("the body is not UTF-8"))?;
+    let docs = coremesh_api::resource::parse_documents(text)
+        .map_err(|e| Error::rejected(e.to_string()))?;
+    if docs.is_empty() {
+        return Err(Error::rejected("no resources in the input"));
+    }
+    let hub = ctx.hub.clone();
+    let result = blocking(move || hub.apply_blocking(docs)).await?;
+    Ok(Json(result).into_response())
+}
+
+async fn services(State(ctx): State<Ctx>) -> Json<Vec<Resource>> {
+    let (_, config) = ctx.hub.config();
+    Json(
+        config
+            .services
+            .iter()
+            .cloned()
+            .map(Resource::Service)
+            .collect(),
+    )
+}
+
+async fn routes(State(ctx): State<Ctx>) -> Json<Vec<Resource>> {
+    let (_, config) = ctx.hub.config();
+    Json(config.routes.iter().cloned().map(Resource::Route).collect())
+}
+
+async fn delete_service(
+    State(ctx): State<Ctx>,
+    Path(name): Path<String>,
+) -> Result<Response, Error> {
+    let hub = ctx.hub.clone();
+    let r = blocking(move || hub.delete_blocking("service", &name)).await?;
+    Ok(Json(r).into_response())
+}
+
+async fn delete_route(State(ctx): State<Ctx>, Path(name): Path<String>) -> Result<Response, Error> {
+    let hub = ctx.hub.clone();
+    let r = blocking(move || hub.delete_blocking("route", &name)).await?;
+    Ok(Json(r).into_response())
+}
+
+async fn proxies(State(ctx): State<Ctx>) -> Response {
+    Json(ctx.hub.proxies()).into_response()
+}
+
+async fn endpoints(State(ctx): State<Ctx>) -> Response {
+    Json(ctx.hub.endpoints()).into_response()
+}
+
+async fn history(State(ctx): State<Ctx>) -> Result<Response, Error> {
+    let hub = ctx.hub.clone();
+    Ok(Json(blocking(move || hub.history_blocking()).await?).into_response())
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(body).map_err(|e| Error::rejected(format!("bad JSON body: {e}")))
+}
+
+async fn rollback(State(ctx): State<Ctx>, body: Bytes) -> Result<Response, Error> {
+    let req: RollbackRequest = json_body(&body)?;
+    let hub = ctx.hub.clone();
+    Ok(Json(blocking(move || hub.rollback_blocking(req.to)).await?).into_response())
+}
+
+async fn create_token(State(ctx): State<Ctx>, body: Bytes) -> Result<Response, Error> {
+    let req: TokenRequest = json_body(&body)?;
+    let hub = ctx.hub.clone();
+    Ok(Json(blocking(move || hub.create_token_blocking(&req)).await?).into_response())
+}
+
+async fn list_tokens(State(ctx): State<Ctx>) -> Result<Response, Error> {
+    let hub = ctx.hub.clone();
+    Ok(Json(blocking(move || hub.tokens_blocking()).await?).into_response())
+}
+
+async fn revoke_token(State(ctx): State<Ctx>, Path(id): Path<String>) -> Result<Response, Error> {
+    let hub = ctx.hub.clone();
+    blocking(move || hub.revoke_token_blocking(&id)).await?;
+    Ok(Json(serde_json::json!({})).into_response())
+}

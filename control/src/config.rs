@@ -1,0 +1,224 @@
+//! The desired state as one value ([`Config`]) and the pure functions that
+//! turn an operator's request into a new one: [`plan_apply`],
+//! [`plan_delete`], [`plan_rollback`]. They validate and diff, and touch no
+//! store: the hub commits what they return.
+
+use std::collections::BTreeMap;
+
+use coremesh_api::resource::{self, Resource, ResourceError, Route, Service};
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// Every service and route, each list sorted by name. This is what a store
+/// version holds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    pub services: Vec<Service>,
+    pub routes: Vec<Route>,
+}
+
+impl Config {
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// Every resource, services first, as `meshctl get` lists them.
+    pub fn resources(&self) -> Vec<Resource> {
+        self.services
+            .iter()
+            .cloned()
+            .map(Resource::Service)
+            .chain(self.routes.iter().cloned().map(Resource::Route))
+            .collect()
+    }
+
+    fn by_kind_name(&self) -> BTreeMap<String, Resource> {
+        self.resources()
+            .into_iter()
+            .map(|r| (r.kind_name(), r))
+            .collect()
+    }
+
+    fn from_resources(all: impl IntoIterator<Item = Resource>) -> Config {
+        let mut c = Config::default();
+        for r in all {
+            match r {
+                Resource::Service(s) => c.services.push(s),
+                Resource::Route(r) => c.routes.push(r),
+            }
+        }
+        c.services.sort_by(|a, b| a.name.cmp(&b.name));
+        c.routes.sort_by(|a, b| a.name.cmp(&b.name));
+        c
+    }
+}
+
+/// A change to commit: the new config, what changed (`kind/name`, sorted)
+/// and the history summary. `changed` empty means nothing to commit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub config: Config,
+    pub changed: Vec<String>,
+    pub summary: String,
+}
+
+/// `kind/name` of every resource that differs between `a` and `b`.
+pub fn diff(a: &Config, b: &Config) -> Vec<String> {
+    let (a, b) = (a.by_kind_name(), b.by_kind_name());
+    let mut changed: Vec<String> = a
+        .keys()
+        .chain(b.keys())
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect();
+    changed.sort();
+    changed.dedup();
+    changed
+}
+
+fn check_set(c: &Config) -> Result<(), Error> {
+    resource::validate_set(&c.services, &c.routes).map_err(|e| Error::rejected(e.to_string()))
+}
+
+/// Creates or replaces each of `docs` in `current`. Every document is
+/// validated on its own, then the merged config as a set; the first error
+/// names the document, the field and the reason.
+pub fn plan_apply(current: &Config, docs: Vec<Resource>) -> Result<Plan, Error> {
+    let mut merged = current.by_kind_name();
+    let mut seen = BTreeMap::new();
+    for (i, doc) in docs.into_iter().enumerate() {
+        let n = i + 1;
+        if let Err(mut e) = resource::validate(&doc) {
+            e.document.get_or_insert(n);
+            return Err(Error::rejected(e.to_string()));
+        }
+        let key = doc.kind_name();
+        if let Some(first) = seen.insert(key.clone(), n) {
+            let mut e = ResourceError::new(
+                key,
+                "name",
+                format!("defined twice in this apply (also document {first})"),
+            );
+            e.document = Some(n);
+            return Err(Error::rejected(e.to_string()));
+        }
+        merged.insert(key, doc);
+    }
+    let config = Config::from_resources(merged.into_values());
+    check_set(&config)?;
+    let changed = diff(current, &config);
+    let summary = format!("apply {}", changed.join(", "));
+    Ok(Plan {
+        config,
+        changed,
+        summary,
+    })
+}
+
+/// Removes `kind/name` (kind `service`/`services`/`route`/`routes`, any
+/// case). Refused when the rest would be inconsistent (a route left
+/// pointing at a deleted service).
+pub fn plan_delete(current: &Config, kind: &str, name: &str) -> Result<Plan, Error> {
+    let kind = match kind.to_ascii_lowercase().as_str() {
+        "service" | "services" | "svc" => "service",
+        "route" | "routes" => "route",
+        other => {
+            return Err(Error::rejected(format!(
+                "unknown kind {other:?}: use service or route"
+            )))
+        }
+    };
+    let key = format!("{kind}/{name}");
+    let mut all = current.by_kind_name();
+    if all.remove(&key).is_none() {
+        return Err(Error::not_found(format!("{key} does not exist")));
+    }
+    let config = Config::from_resources(all.into_values());
+    check_set(&config).map_err(|e| Error::rejected(format!("cannot delete {key}: {e}")))?;
+    Ok(Plan {
+        config,
+        changed: vec![key.clone()],
+        summary: format!("delete {key}"),
+    })
+}
+
+/// Restores `target` (the config of version `to`) as a new version.
+pub fn plan_rollback(current: &Config, target: Config, to: u64) -> Plan {
+    let changed = diff(current, &target);
+    Plan {
+        config: target,
+        changed,
+        summary: format!("rollback to {to}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = "
+kind: Service
+name: api
+protocol: http
+---
+kind: Route
+name: api-canary
+service: api
+rules:
+  - match: { headers: { x-canary: \"true\" } }
+    backends: [ { subset: { version: v2 } } ]
+  - match: { pathPrefix: / }
+    timeout: 2s
+    retries: { attempts: 2, perTryTimeout: 500ms, on: [connect-failure, reset, 5xx] }
+    backends:
+      - { subset: { version: v1 }, weight: 90 }
+      - { subset: { version: v2 }, weight: 10 }
+";
+
+    fn docs(text: &str) -> Vec<Resource> {
+        resource::parse_documents(text).expect("parses")
+    }
+
+    #[test]
+    fn apply_creates_then_is_idempotent() {
+        let plan = plan_apply(&Config::default(), docs(EXAMPLE)).unwrap();
+        assert_eq!(plan.changed, ["route/api-canary", "service/api"]);
+        assert_eq!(plan.summary, "apply route/api-canary, service/api");
+        let again = plan_apply(&plan.config, docs(EXAMPLE)).unwrap();
+        assert!(again.changed.is_empty());
+        assert_eq!(again.config, plan.config);
+    }
+
+    #[test]
+    fn route_without_service_is_rejected_with_its_name() {
+        let text = "kind: Route\nname: r\nservice: nope\nrules:\n  - backends: [ {} ]\n";
+        let err = plan_apply(&Config::default(), docs(text)).unwrap_err();
+        assert_eq!(err.kind, crate::ErrorKind::Rejected);
+        assert!(err.message.contains("route/r"), "{err}");
+        assert!(err.message.contains("service"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_in_one_apply_is_rejected() {
+        let text = "kind: Service\nname: a\n---\nkind: Service\nname: a\n";
+        let err = plan_apply(&Config::default(), docs(text)).unwrap_err();
+        assert!(err.message.contains("document 2"), "{err}");
+    }
+
+    #[test]
+    fn delete_refuses_to_orphan_a_route() {
+        let c = plan_apply(&Config::default(), docs(EXAMPLE))
+            .unwrap()
+            .config;
+        let err = plan_delete(&c, "service", "api").unwrap_err();
+        assert_eq!(err.kind, crate::ErrorKind::Rejected);
+        let p = plan_delete(&c, "route", "api-canary").unwrap();
+        assert_eq!(p.changed, ["route/api-canary"]);
+        assert!(p.config.routes.is_empty());
+        assert_eq!(
+            plan_delete(&c, "route", "zz").unwrap_err().kind,
+            crate::ErrorKind::NotFound
+        );
+    }
+}

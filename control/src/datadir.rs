@@ -1,0 +1,140 @@
+//! The data directory: created at first start (mode 0700) with the CA
+//! (`ca.pem`, `ca.key`), the operator credential (`operator.credential`)
+//! and the store (`store.redb`). Secret files are 0600 and written with
+//! fsync before they are used, so a crash during first start leaves either
+//! no file or a whole one (a partial one is refused on the next start).
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::Error;
+
+pub const CA_CERT: &str = "ca.pem";
+pub const CA_KEY: &str = "ca.key";
+pub const CREDENTIAL: &str = "operator.credential";
+pub const STORE: &str = "store.redb";
+
+/// The data directory's files, loaded.
+pub struct DataDir {
+    pub path: PathBuf,
+    pub ca_cert_pem: String,
+    pub ca_key_pem: String,
+    pub credential: String,
+    /// Paths of the files this start created (empty on later starts).
+    pub created: Vec<PathBuf>,
+}
+
+impl DataDir {
+    pub fn store_path(&self) -> PathBuf {
+        self.path.join(STORE)
+    }
+}
+
+fn io_err(path: &Path, what: &str, e: std::io::Error) -> Error {
+    Error::internal(format!("{}: {what}: {e}", path.display()))
+}
+
+/// Writes a new file with mode 0600 (refusing to overwrite), fsynced, via
+/// a temporary name so a crash never leaves a truncated file in place.
+fn write_secret(path: &Path, contents: &str) -> Result<(), Error> {
+    let tmp = path.with_extension("tmp");
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| io_err(&tmp, "create", e))?;
+    f.write_all(contents.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| io_err(&tmp, "write", e))?;
+    fs::rename(&tmp, path).map_err(|e| io_err(path, "rename", e))?;
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+fn read(path: &Path) -> Result<String, Error> {
+    fs::read_to_string(path).map_err(|e| io_err(path, "read", e))
+}
+
+/// Opens `path`, creating the directory, CA and credential on first start.
+pub fn open(path: &Path, trust_domain: &str) -> Result<DataDir, Error> {
+    let mut created = Vec::new();
+    if !path.exists() {
+        fs::create_dir_all(path).map_err(|e| io_err(path, "create directory", e))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+            .map_err(|e| io_err(path, "chmod 0700", e))?;
+        created.push(path.to_path_buf());
+    }
+    let cert_path = path.join(CA_CERT);
+    let key_path = path.join(CA_KEY);
+    match (cert_path.exists(), key_path.exists()) {
+        (true, true) => {}
+        (false, false) => {
+            let (cert, key) = crate::ca::create_ca(trust_domain, SystemTime::now())?;
+            // Key first: a cert without its key would be useless.
+            write_secret(&key_path, &key)?;
+            write_secret(&cert_path, &cert)?;
+            created.push(key_path.clone());
+            created.push(cert_path.clone());
+        }
+        _ => {
+            return Err(Error::internal(format!(
+                "{}: has only one of {CA_CERT} and {CA_KEY}; restore the other or remove both to create a new CA (every proxy must then join again)",
+                path.display()
+            )))
+        }
+    }
+    let cred_path = path.join(CREDENTIAL);
+    if !cred_path.exists() {
+        write_secret(&cred_path, &format!("{}\n", crate::tokens::random_hex(32)))?;
+        created.push(cred_path.clone());
+    }
+    let credential = read(&cred_path)?.trim().to_string();
+    if credential.is_empty() {
+        return Err(Error::internal(format!(
+            "{}: empty operator credential",
+            cred_path.display()
+        )));
+    }
+    Ok(DataDir {
+        path: path.to_path_buf(),
+        ca_cert_pem: read(&cert_path)?,
+        ca_key_pem: read(&key_path)?,
+        credential,
+        created,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_start_creates_private_files_and_second_reuses_them() {
+        let dir = std::env::temp_dir().join(format!(
+            "coremesh-datadir-{}-{}",
+            std::process::id(),
+            crate::unix_millis(SystemTime::now())
+        ));
+        let d = open(&dir, "coremesh.local").unwrap();
+        assert_eq!(d.created.len(), 4);
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        for f in [CA_KEY, CA_CERT, CREDENTIAL] {
+            assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+        }
+        let again = open(&dir, "coremesh.local").unwrap();
+        assert!(again.created.is_empty());
+        assert_eq!(again.credential, d.credential);
+        assert_eq!(again.ca_cert_pem, d.ca_cert_pem);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

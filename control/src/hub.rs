@@ -1,0 +1,496 @@
+//! The hub: control's shared state and the only place that changes it.
+//! The HTTP API and the QUIC sessions call in; the hub writes the store,
+//! updates the registry, and publishes snapshots.
+//!
+//! Publishing: a change marks the hub dirty and wakes [`Hub::run`], which
+//! waits out a short debounce (so a burst of registrations or an apply
+//! followed by a rollback costs one push), then computes every session's
+//! [`View`] (once per distinct `calls` list) and sends a snapshot to each
+//! session whose view differs from the last one it was sent. Sessions get
+//! snapshots through a `watch` channel, so a slow proxy only ever has the
+//! latest one waiting, never a queue.
+//!
+//! Snapshot versions are `max(previous + 1, unix millis)`: strictly
+//! increasing, and across restarts too, because pushes are debounced (at
+//! most one per debounce interval plus one per session start), so the
+//! counter never runs ahead of the clock by more than a few increments.
+//!
+//! After control starts, a proxy that says Hello with a version it already
+//! runs is not sent a snapshot until the grace period ends: the registry is
+//! empty after a restart, and an early snapshot would withdraw endpoints
+//! whose proxies have not re-registered yet. New proxies (no version) get
+//! theirs at once.
+
+// Control is not the data plane: these locks guard short, synchronous
+// sections (no await inside), taken a few times per operator request or
+// proxy message, never per data-plane request.
+#![allow(clippy::disallowed_types)]
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use coremesh_api::http::{ApplyResult, HistoryEntry, TokenCreated, TokenInfo, TokenRequest};
+use coremesh_api::resource::Resource;
+use coremesh_api::snapshot::Snapshot;
+use coremesh_api::token::{sha256_hex, JoinToken};
+use tokio::sync::{watch, Notify};
+
+use crate::ca::{Ca, Signed};
+use crate::config::{self, Config, Plan};
+use crate::registry::{ProxyId, Registry};
+use crate::store::{Consumed, Store};
+use crate::view::{self, View};
+use crate::{unix_millis, unix_secs, Error};
+
+/// Tunables, from the command line.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub heartbeat_timeout: Duration,
+    pub grace: Duration,
+    pub cert_lifetime: Duration,
+    pub debounce: Duration,
+    pub heartbeat_interval: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            heartbeat_timeout: Duration::from_secs(15),
+            grace: Duration::from_secs(30),
+            cert_lifetime: crate::ca::DEFAULT_CERT_LIFETIME,
+            debounce: Duration::from_millis(50),
+            heartbeat_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What a session receives snapshots through.
+pub type SnapshotRx = watch::Receiver<Option<Arc<Snapshot>>>;
+
+struct SessionSlot {
+    calls: Option<BTreeSet<String>>,
+    tx: watch::Sender<Option<Arc<Snapshot>>>,
+    last: Option<View>,
+    /// Reconnected during the grace period: no snapshot until it ends.
+    held: bool,
+}
+
+struct State {
+    config_version: u64,
+    config: Arc<Config>,
+    registry: Registry,
+    sessions: HashMap<ProxyId, SessionSlot>,
+    snapshot_version: u64,
+    dirty: bool,
+    grace_over: bool,
+}
+
+pub struct Hub {
+    store: Arc<dyn Store>,
+    ca: Ca,
+    opts: Options,
+    state: Mutex<State>,
+    /// Serializes config writers (read-plan-commit), so commits never race.
+    writer: Mutex<()>,
+    changed: Notify,
+}
+
+/// Why a join was refused, for the wire's Error message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JoinError {
+    Token(String),
+    BadRequest(String),
+    Internal(String),
+}
+
+/// A successful join.
+#[derive(Debug, Clone)]
+pub struct Joined {
+    pub service: String,
+    pub spiffe_id: String,
+    pub cert: Signed,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves state that is still
+    // consistent per field; keep serving rather than cascade the panic.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Hub {
+    /// Loads the current config from `store`. `started` is when control
+    /// started (the grace period counts from it).
+    pub fn new(
+        store: Arc<dyn Store>,
+        ca: Ca,
+        opts: Options,
+        started: Instant,
+    ) -> Result<Arc<Hub>, Error> {
+        let (config_version, config) = store.current()?;
+        let state = State {
+            config_version,
+            config: Arc::new(config),
+            registry: Registry::new(opts.heartbeat_timeout, started + opts.grace),
+            sessions: HashMap::new(),
+            snapshot_version: 0,
+            dirty: false,
+            grace_over: opts.grace.is_zero(),
+        };
+        Ok(Arc::new(Hub {
+            store,
+            ca,
+            opts,
+            state: Mutex::new(state),
+            writer: Mutex::new(()),
+            changed: Notify::new(),
+        }))
+    }
+
+    pub fn ca(&self) -> &Ca {
+        &self.ca
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+
+    /// The publisher: debounces changes, expires endpoints, ends the grace
+    /// period. Runs until the process exits.
+    pub async fn run(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.changed.notified() => tokio::time::sleep(self.opts.debounce).await,
+                _ = tick.tick() => {}
+            }
+            let now = Instant::now();
+            let mut st = lock(&self.state);
+            if st.registry.expire(now) {
+                st.dirty = true;
+            }
+            if !st.grace_over && !st.registry.in_grace(now) {
+                st.grace_over = true;
+                let mut released = 0;
+                for slot in st.sessions.values_mut() {
+                    released += usize::from(slot.held);
+                    slot.held = false;
+                }
+                tracing::info!(
+                    released,
+                    "grace period over: endpoints now expire, held sessions get snapshots"
+                );
+                st.dirty = true;
+            }
+            if st.dirty {
+                publish(&mut st);
+            }
+        }
+    }
+
+    fn mark_dirty(&self, st: &mut State) {
+        st.dirty = true;
+        self.changed.notify_one();
+    }
+
+    // ---- sessions (called by the QUIC server) ----
+
+    /// A session said Hello; returns its id and its snapshot channel (with
+    /// the first snapshot already in it, unless held for the grace period).
+    pub fn open_session(
+        &self,
+        service: &str,
+        node: &str,
+        calls: Option<Vec<String>>,
+        running: Option<u64>,
+        cert_expiry: u64,
+    ) -> (ProxyId, SnapshotRx) {
+        let mut st = lock(&self.state);
+        let id = st.registry.hello(service, node, cert_expiry);
+        if let Some(v) = running {
+            // Whatever it runs, what it gets next must be newer.
+            st.snapshot_version = st.snapshot_version.max(v);
+        }
+        let held = running.is_some() && !st.grace_over;
+        let (tx, rx) = watch::channel(None);
+        let slot = SessionSlot {
+            calls: calls.map(|c| c.into_iter().collect()),
+            tx,
+            last: None,
+            held,
+        };
+        if !held {
+            let view = view::compute(&st.config, &st.registry, slot.calls.as_ref());
+            let version = next_version(&mut st);
+            let config_version = st.config_version;
+            let _ = slot
+                .tx
+                .send(Some(Arc::new(view.snapshot(version, config_version))));
+            st.registry.sent(id, version, config_version);
+            let slot = SessionSlot {
+                last: Some(view),
+                ..slot
+            };
+            st.sessions.insert(id, slot);
+        } else {
+            tracing::info!(service, node, "session held until the grace period ends");
+            st.sessions.insert(id, slot);
+        }
+        (id, rx)
+    }
+
+    pub fn close_session(&self, id: ProxyId) {
+        let mut st = lock(&self.state);
+        st.sessions.remove(&id);
+        st.registry.disconnected(id);
+    }
+
+    pub fn ack(&self, id: ProxyId, version: u64) {
+        lock(&self.state).registry.ack(id, version);
+    }
+
+    pub fn nack(&self, id: ProxyId, version: u64, reason: &str) {
+        lock(&self.state).registry.nack(id, version, reason);
+    }
+
+    pub fn register(&self, id: ProxyId, address: SocketAddr, labels: BTreeMap<String, String>) {
+        let mut st = lock(&self.state);
+        if st
+            .registry
+            .register(id, address, labels, Instant::now(), SystemTime::now())
+        {
+            self.mark_dirty(&mut st);
+        }
+    }
+
+    pub fn health(&self, id: ProxyId, healthy: bool) {
+        let mut st = lock(&self.state);
+        if st
+            .registry
+            .health(id, healthy, Instant::now(), SystemTime::now())
+        {
+            self.mark_dirty(&mut st);
+        }
+    }
+
+    /// Withdraws the session's endpoint and, before returning, hands every
+    /// session whose view changed its new snapshot (no debounce: the proxy
+    /// waits for this before it stops accepting).
+    pub fn deregister(&self, id: ProxyId) {
+        let mut st = lock(&self.state);
+        if st.registry.deregister(id) {
+            publish(&mut st);
+        }
+    }
+
+    /// Signs a renewal CSR for the session's service.
+    pub fn renew(&self, id: ProxyId, service: &str, csr_pem: &str) -> Result<Signed, Error> {
+        let csr = Ca::parse_csr(csr_pem)?;
+        let signed = self
+            .ca
+            .sign(csr, service, self.opts.cert_lifetime, SystemTime::now())?;
+        lock(&self.state)
+            .registry
+            .set_cert_expiry(id, signed.not_after);
+        Ok(signed)
+    }
+
+    /// Checks and spends a join token, then signs the CSR for its service.
+    /// Blocking (the token's use is fsynced).
+    pub fn join_blocking(&self, token: &str, csr_pem: &str) -> Result<Joined, JoinError> {
+        let token: JoinToken = token
+            .parse()
+            .map_err(|e| JoinError::Token(format!("malformed join token: {e}")))?;
+        // Check the CSR before spending a use of the token on it.
+        let csr = Ca::parse_csr(csr_pem).map_err(|e| JoinError::BadRequest(e.message))?;
+        let now = SystemTime::now();
+        let record = match self
+            .store
+            .consume_token(
+                &token.id,
+                &sha256_hex(token.secret.as_bytes()),
+                unix_secs(now),
+            )
+            .map_err(|e| JoinError::Internal(e.to_string()))?
+        {
+            Consumed::Ok(record) => record,
+            Consumed::Refused(why) => return Err(JoinError::Token(why.to_string())),
+        };
+        let cert = self
+            .ca
+            .sign(csr, &record.service, self.opts.cert_lifetime, now)
+            .map_err(|e| JoinError::Internal(e.message))?;
+        Ok(Joined {
+            spiffe_id: self.ca.spiffe_id(&record.service),
+            service: record.service,
+            cert,
+        })
+    }
+
+    // ---- operator API (blocking: call from spawn_blocking) ----
+
+    pub fn config(&self) -> (u64, Arc<Config>) {
+        let st = lock(&self.state);
+        (st.config_version, st.config.clone())
+    }
+
+    fn commit(
+        &self,
+        plan_for: impl FnOnce(&Config) -> Result<Plan, Error>,
+    ) -> Result<ApplyResult, Error> {
+        let _writer = lock(&self.writer);
+        let (version, current) = self.config();
+        let plan = plan_for(&current)?;
+        if plan.changed.is_empty() {
+            return Ok(ApplyResult {
+                version,
+                changed: vec![],
+            });
+        }
+        let new_version = self.store.commit(
+            version,
+            &plan.config,
+            &plan.summary,
+            unix_secs(SystemTime::now()),
+        )?;
+        tracing::info!(version = new_version, summary = %plan.summary, "config committed");
+        let mut st = lock(&self.state);
+        st.config_version = new_version;
+        st.config = Arc::new(plan.config);
+        self.mark_dirty(&mut st);
+        Ok(ApplyResult {
+            version: new_version,
+            changed: plan.changed,
+        })
+    }
+
+    pub fn apply_blocking(&self, docs: Vec<Resource>) -> Result<ApplyResult, Error> {
+        self.commit(|c| config::plan_apply(c, docs))
+    }
+
+    pub fn delete_blocking(&self, kind: &str, name: &str) -> Result<ApplyResult, Error> {
+        self.commit(|c| config::plan_delete(c, kind, name))
+    }
+
+    pub fn rollback_blocking(&self, to: u64) -> Result<ApplyResult, Error> {
+        let target = self.store.config_at(to)?.ok_or_else(|| {
+            Error::not_found(format!(
+                "version {to} does not exist; see `meshctl history`"
+            ))
+        })?;
+        self.commit(|c| Ok(config::plan_rollback(c, target, to)))
+    }
+
+    pub fn history_blocking(&self) -> Result<Vec<HistoryEntry>, Error> {
+        Ok(self
+            .store
+            .history()?
+            .into_iter()
+            .map(|r| HistoryEntry {
+                version: r.version,
+                at: r.at,
+                summary: r.summary,
+            })
+            .collect())
+    }
+
+    pub fn create_token_blocking(&self, req: &TokenRequest) -> Result<TokenCreated, Error> {
+        if let Err(e) =
+            coremesh_api::resource::validate(&Resource::Service(coremesh_api::resource::Service {
+                name: req.service.clone(),
+                protocol: Default::default(),
+            }))
+        {
+            return Err(Error::rejected(format!("service: {}", e.reason)));
+        }
+        let uses = req.uses.unwrap_or(1);
+        if uses == 0 {
+            return Err(Error::rejected("uses: must be at least 1"));
+        }
+        let ttl = req.ttl_secs.unwrap_or(3600);
+        if ttl == 0 {
+            return Err(Error::rejected("ttl: must be at least 1s"));
+        }
+        let now = unix_secs(SystemTime::now());
+        let (record, token) =
+            crate::tokens::new_token(&req.service, ttl, uses, self.ca.fingerprint(), now);
+        self.store.put_token(&record)?;
+        tracing::info!(id = %record.id, service = %record.service, uses, ttl, "join token created");
+        Ok(TokenCreated {
+            id: record.id,
+            token,
+            expires_at: record.expires_at,
+        })
+    }
+
+    pub fn tokens_blocking(&self) -> Result<Vec<TokenInfo>, Error> {
+        Ok(self
+            .store
+            .tokens()?
+            .iter()
+            .map(crate::tokens::info)
+            .collect())
+    }
+
+    pub fn revoke_token_blocking(&self, id: &str) -> Result<(), Error> {
+        if self.store.revoke_token(id)? {
+            tracing::info!(%id, "join token revoked");
+            Ok(())
+        } else {
+            Err(Error::not_found(format!(
+                "no token with id {id:?}; see `meshctl token list`"
+            )))
+        }
+    }
+
+    pub fn proxies(&self) -> Vec<coremesh_api::http::ProxyStatus> {
+        lock(&self.state).registry.proxy_statuses()
+    }
+
+    pub fn endpoints(&self) -> Vec<coremesh_api::http::EndpointStatus> {
+        lock(&self.state).registry.endpoint_statuses()
+    }
+}
+
+fn next_version(st: &mut State) -> u64 {
+    st.snapshot_version = (st.snapshot_version + 1).max(unix_millis(SystemTime::now()));
+    st.snapshot_version
+}
+
+/// Sends a new snapshot to every session whose view changed.
+fn publish(st: &mut State) {
+    st.dirty = false;
+    let version = next_version(st);
+    let config_version = st.config_version;
+    let mut views: HashMap<Option<BTreeSet<String>>, View> = HashMap::new();
+    let mut sent = Vec::new();
+    for (id, slot) in st.sessions.iter_mut() {
+        if slot.held {
+            continue;
+        }
+        let view = views
+            .entry(slot.calls.clone())
+            .or_insert_with(|| view::compute(&st.config, &st.registry, slot.calls.as_ref()));
+        if slot.last.as_ref() == Some(view) {
+            continue;
+        }
+        let _ = slot
+            .tx
+            .send(Some(Arc::new(view.snapshot(version, config_version))));
+        slot.last = Some(view.clone());
+        sent.push(*id);
+    }
+    for id in &sent {
+        st.registry.sent(*id, version, config_version);
+    }
+    if !sent.is_empty() {
+        tracing::debug!(
+            version,
+            config_version,
+            sessions = sent.len(),
+            "snapshots published"
+        );
+    }
+}

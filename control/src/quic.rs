@@ -1,0 +1,435 @@
+//! The QUIC server proxies connect to (ALPN [`coremesh_api::wire::ALPN`]).
+//!
+//! TLS: control presents a certificate from its own CA. Client
+//! certificates are optional at the TLS layer (a joining proxy has none
+//! yet), but one that is presented must chain to the CA; the service a
+//! session may act for is read from its SPIFFE ID, never from what it says.
+//!
+//! Each connection carries one bidirectional stream, opened by the proxy,
+//! framed with [`coremesh_api::wire`] (length prefix, JSON, [`MAX_FRAME`]).
+//!
+//! Session lifecycle:
+//!
+//! ```text
+//!             accept, TLS ──▶ no client cert ──▶ JOINING
+//!                   │                              │ Join{token, csr}
+//!                   │                              ├─▶ Joined{cert, ca, spiffe_id} ─▶ finish, close
+//!                   │                              └─▶ Error{token_refused|bad_request} ─▶ close
+//!                   ▼
+//!             client cert ──▶ AWAIT_HELLO ──(10 s)──▶ close
+//!                                 │ Hello (service == cert's, protocol ok)
+//!                                 ▼
+//!                             Welcome, Snapshot ──▶ ACTIVE
+//!   ACTIVE, any order:  Ack/Nack ─▶ recorded;  Register ─▶ endpoint of the
+//!                       cert's service;  Health ─▶ heartbeat;  Renew ─▶ Renewed;
+//!                       Deregister ─▶ withdraw, push to all others, Deregistered;
+//!                       control ─▶ Snapshot whenever this session's view changes.
+//!   ACTIVE ──▶ CLOSED:  the proxy ends the stream or the connection drops (the
+//!                       endpoint stays until its heartbeat expires), or a
+//!                       malformed/out-of-order message (Error{bad_request}, then
+//!                       close). Nothing a proxy sends can panic control.
+//! ```
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use coremesh_api::wire::{
+    self, ControlMsg, ErrorCode, FrameDecoder, ProxyMsg, MAX_FRAME, PROTOCOL_VERSION,
+};
+use rustls::pki_types::CertificateDer;
+use rustls::server::WebPkiClientVerifier;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::ca::{peer_identity, PeerIdentity};
+use crate::hub::{Hub, JoinError};
+use crate::Error;
+
+/// How long a new connection may take to open its stream and say its first
+/// message.
+const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for the peer to read a last message before closing.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// The QUIC server configuration: control's certificate for `listen_ip`,
+/// optional client certificates verified against the CA, ALPN, TLS 1.3.
+pub fn server_config(hub: &Hub, listen_ip: IpAddr) -> Result<quinn::ServerConfig, Error> {
+    let tls_err = |e: &dyn std::fmt::Display| Error::internal(format!("TLS setup: {e}"));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(hub.ca().cert_der().clone())
+        .map_err(|e| tls_err(&e))?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| tls_err(&e))?;
+    let (cert, key) = hub.ca().server_cert(listen_ip, SystemTime::now())?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| tls_err(&e))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![cert], key)
+        .map_err(|e| tls_err(&e))?;
+    tls.alpn_protocols = vec![wire::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| tls_err(&e))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    // Proxies heartbeat every few seconds; a connection silent for three
+    // heartbeat timeouts is gone.
+    transport.max_idle_timeout(Some(
+        Duration::from_secs(45)
+            .try_into()
+            .map_err(|e| tls_err(&e))?,
+    ));
+    transport.max_concurrent_uni_streams(0u32.into());
+    transport.max_concurrent_bidi_streams(4u32.into());
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+/// Binds the QUIC endpoint.
+pub fn bind(hub: &Hub, addr: SocketAddr) -> Result<quinn::Endpoint, Error> {
+    let config = server_config(hub, addr.ip())?;
+    quinn::Endpoint::server(config, addr)
+        .map_err(|e| Error::internal(format!("cannot listen on {addr} (QUIC/UDP): {e}")))
+}
+
+/// Accepts connections until the endpoint is closed.
+pub async fn serve(endpoint: quinn::Endpoint, hub: Arc<Hub>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let hub = hub.clone();
+        let remote = incoming.remote_address();
+        let span = tracing::info_span!("conn", %remote);
+        tokio::spawn(
+            async move {
+                match incoming.await {
+                    Ok(conn) => connection(conn, hub).await,
+                    Err(e) => debug!("handshake failed: {e}"),
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// How a stream ended.
+enum End {
+    /// The peer went away (or closed its side): nothing to tell it.
+    Gone(String),
+    /// We refuse: tell the peer why, then close.
+    Refuse(ErrorCode, String),
+}
+
+fn bad_request(message: impl Into<String>) -> End {
+    End::Refuse(ErrorCode::BadRequest, message.into())
+}
+
+struct Reader {
+    recv: quinn::RecvStream,
+    dec: FrameDecoder,
+    buf: Vec<u8>,
+}
+
+impl Reader {
+    /// The next message; `Ok(None)` when the peer finished the stream.
+    /// Cancel-safe: bytes are only consumed after `read` resolves.
+    async fn next(&mut self) -> Result<Option<ProxyMsg>, End> {
+        loop {
+            match self.dec.next::<ProxyMsg>() {
+                Ok(Some(msg)) => return Ok(Some(msg)),
+                Ok(None) => {}
+                Err(e) => return Err(bad_request(e.to_string())),
+            }
+            match self.recv.read(&mut self.buf).await {
+                Ok(Some(n)) => self.dec.push(&self.buf[..n]),
+                Ok(None) if self.dec.buffered() > 0 => {
+                    return Err(bad_request("stream ended in the middle of a frame"))
+                }
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(End::Gone(e.to_string())),
+            }
+        }
+    }
+}
+
+struct Writer {
+    send: quinn::SendStream,
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    async fn send(&mut self, msg: &ControlMsg) -> Result<(), End> {
+        self.buf.clear();
+        wire::encode(msg, &mut self.buf)
+            .map_err(|e| End::Refuse(ErrorCode::Internal, format!("cannot encode reply: {e}")))?;
+        self.send
+            .write_all(&self.buf)
+            .await
+            .map_err(|e| End::Gone(e.to_string()))
+    }
+
+    /// Finishes the stream and gives the peer a moment to read it all.
+    async fn finish(mut self) {
+        if self.send.finish().is_ok() {
+            let _ = tokio::time::timeout(LINGER, self.send.stopped()).await;
+        }
+    }
+}
+
+async fn connection(conn: quinn::Connection, hub: Arc<Hub>) {
+    let peer_cert: Option<CertificateDer<'static>> = conn
+        .peer_identity()
+        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .and_then(|chain| chain.into_iter().next());
+    let (send, recv) = match tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, conn.accept_bi()).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            debug!("connection ended before a stream: {e}");
+            return;
+        }
+        Err(_) => {
+            warn!("no stream within {FIRST_MESSAGE_TIMEOUT:?}; closing");
+            conn.close(0u32.into(), b"timeout");
+            return;
+        }
+    };
+    let mut reader = Reader {
+        recv,
+        dec: FrameDecoder::new(MAX_FRAME),
+        buf: vec![0; 64 * 1024],
+    };
+    let mut writer = Writer {
+        send,
+        buf: Vec::new(),
+    };
+    let ended = match peer_cert {
+        None => join(&mut reader, &mut writer, &hub).await,
+        Some(cert) => match peer_identity(&cert, hub.ca().trust_domain()) {
+            Ok(id) => session(&mut reader, &mut writer, &hub, id).await,
+            Err(e) => Err(End::Refuse(ErrorCode::Forbidden, e)),
+        },
+    };
+    match ended {
+        Ok(()) => {}
+        Err(End::Gone(why)) => debug!("peer went away: {why}"),
+        Err(End::Refuse(code, message)) => {
+            warn!(?code, "closing stream: {message}");
+            let _ = writer.send(&ControlMsg::Error { code, message }).await;
+        }
+    }
+    writer.finish().await;
+    conn.close(0u32.into(), b"done");
+}
+
+async fn first_message(reader: &mut Reader) -> Result<ProxyMsg, End> {
+    match tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, reader.next()).await {
+        Ok(Ok(Some(msg))) => Ok(msg),
+        Ok(Ok(None)) => Err(End::Gone("stream finished before the first message".into())),
+        Ok(Err(end)) => Err(end),
+        Err(_) => Err(bad_request(format!(
+            "no first message within {FIRST_MESSAGE_TIMEOUT:?}"
+        ))),
+    }
+}
+
+fn check_protocol(protocol: u32) -> Result<(), End> {
+    if protocol == PROTOCOL_VERSION {
+        Ok(())
+    } else {
+        Err(bad_request(format!(
+            "protocol version {protocol} is not supported; control speaks {PROTOCOL_VERSION}"
+        )))
+    }
+}
+
+/// JOINING: one Join, one answer.
+async fn join(reader: &mut Reader, writer: &mut Writer, hub: &Arc<Hub>) -> Result<(), End> {
+    let (token, csr_pem, node) = match first_message(reader).await? {
+        ProxyMsg::Join {
+            protocol,
+            token,
+            csr_pem,
+            node,
+        } => {
+            check_protocol(protocol)?;
+            (token, csr_pem, node)
+        }
+        ProxyMsg::Hello { .. } => {
+            return Err(End::Refuse(
+                ErrorCode::Forbidden,
+                "a session needs a client certificate; join with a token first".into(),
+            ))
+        }
+        other => {
+            return Err(bad_request(format!(
+                "expected join (no client certificate), got {}",
+                msg_name(&other)
+            )))
+        }
+    };
+    let h = hub.clone();
+    let joined = tokio::task::spawn_blocking(move || h.join_blocking(&token, &csr_pem))
+        .await
+        .map_err(|e| End::Refuse(ErrorCode::Internal, format!("join task failed: {e}")))?;
+    match joined {
+        Ok(j) => {
+            info!(%node, service = %j.service, expires = j.cert.not_after, "proxy joined");
+            writer
+                .send(&ControlMsg::Joined {
+                    cert_pem: j.cert.cert_pem,
+                    ca_pem: hub.ca().cert_pem().to_string(),
+                    spiffe_id: j.spiffe_id,
+                })
+                .await
+        }
+        Err(JoinError::Token(m)) => Err(End::Refuse(ErrorCode::TokenRefused, m)),
+        Err(JoinError::BadRequest(m)) => Err(bad_request(m)),
+        Err(JoinError::Internal(m)) => Err(End::Refuse(ErrorCode::Internal, m)),
+    }
+}
+
+/// Removes the session from the hub however the session task ends.
+struct SessionGuard<'a> {
+    hub: &'a Hub,
+    id: crate::registry::ProxyId,
+}
+
+impl Drop for SessionGuard<'_> {
+    fn drop(&mut self) {
+        self.hub.close_session(self.id);
+    }
+}
+
+/// AWAIT_HELLO, then ACTIVE until the stream ends.
+async fn session(
+    reader: &mut Reader,
+    writer: &mut Writer,
+    hub: &Arc<Hub>,
+    peer: PeerIdentity,
+) -> Result<(), End> {
+    let (node, version, calls) = match first_message(reader).await? {
+        ProxyMsg::Hello {
+            protocol,
+            service,
+            node,
+            version,
+            calls,
+        } => {
+            check_protocol(protocol)?;
+            if service != peer.service {
+                return Err(End::Refuse(
+                    ErrorCode::Forbidden,
+                    format!(
+                        "this certificate is for service {:?} ({}); it cannot act as {service:?}",
+                        peer.service, peer.spiffe_id
+                    ),
+                ));
+            }
+            (node, version, calls)
+        }
+        other => {
+            return Err(bad_request(format!(
+                "expected hello first, got {}",
+                msg_name(&other)
+            )))
+        }
+    };
+    let service = peer.service;
+    let (id, mut snapshots) = hub.open_session(&service, &node, calls, version, peer.not_after);
+    let _guard = SessionGuard { hub, id };
+    info!(%service, %node, proxy = id, "session started");
+    writer
+        .send(&ControlMsg::Welcome {
+            protocol: PROTOCOL_VERSION,
+            heartbeat_interval_ms: hub.options().heartbeat_interval.as_millis() as u64,
+        })
+        .await?;
+    loop {
+        tokio::select! {
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    return Err(End::Gone("session replaced".into()));
+                }
+                let snapshot = snapshots.borrow_and_update().clone();
+                if let Some(s) = snapshot {
+                    writer.send(&ControlMsg::Snapshot((*s).clone())).await?;
+                }
+            }
+            msg = reader.next() => {
+                let Some(msg) = msg? else {
+                    info!(%service, %node, "session ended by the proxy");
+                    return Ok(());
+                };
+                handle(msg, hub, id, &service, writer).await?;
+            }
+        }
+    }
+}
+
+async fn handle(
+    msg: ProxyMsg,
+    hub: &Hub,
+    id: crate::registry::ProxyId,
+    service: &str,
+    writer: &mut Writer,
+) -> Result<(), End> {
+    match msg {
+        ProxyMsg::Ack { version } => hub.ack(id, version),
+        ProxyMsg::Nack { version, reason } => {
+            warn!(%service, version, %reason, "proxy refused a snapshot (NACK)");
+            hub.nack(id, version, &reason);
+        }
+        ProxyMsg::Register { address, labels } => {
+            if address.port() == 0 || address.ip().is_unspecified() {
+                return Err(bad_request(format!(
+                    "register: {address} is not an address other proxies can reach"
+                )));
+            }
+            info!(%service, %address, ?labels, "endpoint registered");
+            hub.register(id, address, labels);
+        }
+        ProxyMsg::Health { healthy, detail } => {
+            if !healthy {
+                debug!(%service, %detail, "app reported unhealthy");
+            }
+            hub.health(id, healthy);
+        }
+        ProxyMsg::Renew { csr_pem } => {
+            let signed = hub
+                .renew(id, service, &csr_pem)
+                .map_err(|e| bad_request(format!("renew: {}", e.message)))?;
+            info!(%service, expires = signed.not_after, "certificate renewed");
+            writer
+                .send(&ControlMsg::Renewed {
+                    cert_pem: signed.cert_pem,
+                })
+                .await?;
+        }
+        ProxyMsg::Deregister => {
+            info!(%service, "endpoint deregistered");
+            hub.deregister(id);
+            writer.send(&ControlMsg::Deregistered).await?;
+        }
+        other @ (ProxyMsg::Hello { .. } | ProxyMsg::Join { .. }) => {
+            return Err(bad_request(format!(
+                "{} is only valid as the first message",
+                msg_name(&other)
+            )))
+        }
+    }
+    Ok(())
+}
+
+fn msg_name(m: &ProxyMsg) -> &'static str {
+    match m {
+        ProxyMsg::Join { .. } => "join",
+        ProxyMsg::Hello { .. } => "hello",
+        ProxyMsg::Ack { .. } => "ack",
+        ProxyMsg::Nack { .. } => "nack",
+        ProxyMsg::Register { .. } => "register",
+        ProxyMsg::Health { .. } => "health",
+        ProxyMsg::Deregister => "deregister",
+        ProxyMsg::Renew { .. } => "renew",
+    }
+}

@@ -1,0 +1,399 @@
+//! The registry: soft, in-memory state about the fleet. Which proxy
+//! sessions exist (or existed since start), which endpoints are registered,
+//! their health and heartbeats, what each proxy ACKed or NACKed.
+//!
+//! Sans-I/O: every method takes `now` and returns whether the fleet's
+//! endpoint sets changed (so the hub knows to publish); nothing here touches
+//! a socket or a clock.
+//!
+//! Endpoints are keyed by (service, address): two instances of one service
+//! on one node are two endpoints. An endpoint outlives its connection: only
+//! a missed heartbeat ([`Registry::expire`]) or a Deregister removes it, and
+//! nobody expires during the grace period after control starts, so a control
+//! restart never withdraws the fleet.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime};
+
+use coremesh_api::http::{EndpointStatus, ProxyStatus};
+use coremesh_api::snapshot::Endpoint;
+
+/// A proxy session's id in the registry (stable across its reconnects).
+pub type ProxyId = u64;
+
+#[derive(Debug, Clone)]
+struct EndpointEntry {
+    node: String,
+    labels: BTreeMap<String, String>,
+    healthy: bool,
+    last_heartbeat: Instant,
+    owner: ProxyId,
+}
+
+#[derive(Debug, Clone)]
+struct ProxyEntry {
+    status: ProxyStatus,
+    /// (snapshot version, config version) sent and not yet answered.
+    in_flight: Vec<(u64, u64)>,
+    /// The labels of its last Register, to restore an expired endpoint.
+    labels: BTreeMap<String, String>,
+}
+
+pub struct Registry {
+    endpoints: BTreeMap<(String, SocketAddr), EndpointEntry>,
+    proxies: BTreeMap<ProxyId, ProxyEntry>,
+    next_id: ProxyId,
+    heartbeat_timeout: Duration,
+    /// No expiry before this instant.
+    grace_until: Instant,
+}
+
+impl Registry {
+    pub fn new(heartbeat_timeout: Duration, grace_until: Instant) -> Registry {
+        Registry {
+            endpoints: BTreeMap::new(),
+            proxies: BTreeMap::new(),
+            next_id: 1,
+            heartbeat_timeout,
+            grace_until,
+        }
+    }
+
+    /// A session said Hello. A proxy reconnecting (same service and node,
+    /// currently disconnected) gets its old entry back.
+    pub fn hello(&mut self, service: &str, node: &str, cert_expiry: u64) -> ProxyId {
+        let reuse = self
+            .proxies
+            .iter()
+            .find(|(_, p)| {
+                !p.status.connected && p.status.service == service && p.status.node == node
+            })
+            .map(|(id, _)| *id);
+        let id = reuse.unwrap_or_else(|| {
+            let id = self.next_id;
+            self.next_id += 1;
+            id
+        });
+        let entry = self.proxies.entry(id).or_insert_with(|| ProxyEntry {
+            status: ProxyStatus {
+                service: service.to_string(),
+                node: node.to_string(),
+                address: None,
+                connected: true,
+                sent_version: None,
+                applied_version: None,
+                applied_config_version: None,
+                nack: None,
+                last_heartbeat: None,
+                healthy: None,
+                cert_expiry: None,
+            },
+            in_flight: Vec::new(),
+            labels: BTreeMap::new(),
+        });
+        entry.status.connected = true;
+        entry.status.cert_expiry = Some(cert_expiry);
+        entry.in_flight.clear();
+        id
+    }
+
+    pub fn disconnected(&mut self, id: ProxyId) {
+        if let Some(p) = self.proxies.get_mut(&id) {
+            p.status.connected = false;
+        }
+    }
+
+    pub fn set_cert_expiry(&mut self, id: ProxyId, not_after: u64) {
+        if let Some(p) = self.proxies.get_mut(&id) {
+            p.status.cert_expiry = Some(not_after);
+        }
+    }
+
+    pub fn sent(&mut self, id: ProxyId, version: u64, config_version: u64) {
+        if let Some(p) = self.proxies.get_mut(&id) {
+            p.status.sent_version = Some(version);
+            p.in_flight.push((version, config_version));
+            // A proxy that never answers must not grow this without bound.
+            if p.in_flight.len() > 64 {
+                p.in_flight.remove(0);
+            }
+        }
+    }
+
+    fn answered(p: &mut ProxyEntry, version: u64) -> Option<u64> {
+        let config = p
+            .in_flight
+            .iter()
+            .find(|(v, _)| *v == version)
+            .map(|(_, c)| *c);
+        p.in_flight.retain(|(v, _)| *v > version);
+        config
+    }
+
+    pub fn ack(&mut self, id: ProxyId, version: u64) {
+        if let Some(p) = self.proxies.get_mut(&id) {
+            let config = Self::answered(p, version);
+            p.status.applied_version = Some(version);
+            if config.is_some() {
+                p.status.applied_config_version = config;
+            }
+            p.status.nack = None;
+        }
+    }
+
+    pub fn nack(&mut self, id: ProxyId, version: u64, reason: &str) {
+        if let Some(p) = self.proxies.get_mut(&id) {
+            Self::answered(p, version);
+            p.status.nack = Some(format!("version {version}: {reason}"));
+        }
+    }
+
+    /// Registers (or moves) the proxy's endpoint. Counts as a heartbeat.
+    pub fn register(
+        &mut self,
+        id: ProxyId,
+        address: SocketAddr,
+        labels: BTreeMap<String, String>,
+        now: Instant,
+        wall: SystemTime,
+    ) -> bool {
+        let Some(p) = self.proxies.get_mut(&id) else {
+            return false;
+        };
+        let service = p.status.service.clone();
+        let node = p.status.node.clone();
+        let mut changed = false;
+        if let Some(old) = p.status.address.replace(address) {
+            if old != address {
+                changed |= self.endpoints.remove(&(service.clone(), old)).is_some();
+            }
+        }
+        let healthy = p.status.healthy.unwrap_or(true);
+        p.labels = labels.clone();
+        p.status.last_heartbeat = Some(crate::unix_secs(wall));
+        // A registration whose owner is another session (an instance that
+        // restarted on the same address) is taken over.
+        let new = EndpointEntry {
+            node,
+            labels,
+            healthy,
+            last_heartbeat: now,
+            owner: id,
+        };
+        match self.endpoints.get_mut(&(service.clone(), address)) {
+            Some(e) => {
+                changed |= e.labels != new.labels || e.healthy != new.healthy || e.node != new.node;
+                *e = new;
+            }
+            None => {
+                self.endpoints.insert((service, address), new);
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// A heartbeat with the app's health. True if an endpoint's health
+    /// flipped (or it came back after expiring).
+    pub fn health(&mut self, id: ProxyId, healthy: bool, now: Instant, wall: SystemTime) -> bool {
+        let Some(p) = self.proxies.get_mut(&id) else {
+            return false;
+        };
+        p.status.healthy = Some(healthy);
+        p.status.last_heartbeat = Some(crate::unix_secs(wall));
+        let Some(address) = p.status.address else {
+            return false;
+        };
+        let key = (p.status.service.clone(), address);
+        match self.endpoints.get_mut(&key) {
+            Some(e) if e.owner == id => {
+                e.last_heartbeat = now;
+                let flipped = e.healthy != healthy;
+                e.healthy = healthy;
+                flipped
+            }
+            Some(_) => false,
+            None => {
+                // Expired while the proxy was cut off; its heartbeat brings
+                // it back.
+                let labels = p.labels.clone();
+                let node = p.status.node.clone();
+                self.endpoints.insert(
+                    key,
+                    EndpointEntry {
+                        node,
+                        labels,
+                        healthy,
+                        last_heartbeat: now,
+                        owner: id,
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    /// Withdraws the proxy's endpoint. True if there was one.
+    pub fn deregister(&mut self, id: ProxyId) -> bool {
+        let Some(p) = self.proxies.get_mut(&id) else {
+            return false;
+        };
+        let Some(address) = p.status.address.take() else {
+            return false;
+        };
+        let key = (p.status.service.clone(), address);
+        match self.endpoints.get(&key) {
+            Some(e) if e.owner == id => {
+                self.endpoints.remove(&key);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Removes endpoints whose heartbeat is older than the timeout, unless
+    /// still in the grace period. True if any was removed.
+    pub fn expire(&mut self, now: Instant) -> bool {
+        if now < self.grace_until {
+            return false;
+        }
+        let timeout = self.heartbeat_timeout;
+        let before = self.endpoints.len();
+        self.endpoints.retain(|(service, addr), e| {
+            let alive = now.saturating_duration_since(e.last_heartbeat) <= timeout;
+            if !alive {
+                tracing::info!(%service, address = %addr, node = %e.node, "endpoint expired: no heartbeat");
+            }
+            alive
+        });
+        self.endpoints.len() != before
+    }
+
+    pub fn in_grace(&self, now: Instant) -> bool {
+        now < self.grace_until
+    }
+
+    /// Services with at least one registered endpoint.
+    pub fn services(&self) -> impl Iterator<Item = &str> {
+        let mut last: Option<&str> = None;
+        self.endpoints.keys().filter_map(move |(s, _)| {
+            if last == Some(s.as_str()) {
+                None
+            } else {
+                last = Some(s.as_str());
+                Some(s.as_str())
+            }
+        })
+    }
+
+    /// The endpoints of `service` a caller should use: the healthy ones, or
+    /// all of them when none is healthy (fail open: a health checker that
+    /// is wrong everywhere must not make the service vanish).
+    pub fn endpoints_of(&self, service: &str) -> Vec<Endpoint> {
+        let all: Vec<(&SocketAddr, &EndpointEntry)> = self
+            .endpoints
+            .range((service.to_string(), SocketAddr::from(([0, 0, 0, 0], 0)))..)
+            .take_while(|((s, _), _)| s == service)
+            .map(|((_, a), e)| (a, e))
+            .collect();
+        let any_healthy = all.iter().any(|(_, e)| e.healthy);
+        all.into_iter()
+            .filter(|(_, e)| e.healthy || !any_healthy)
+            .map(|(a, e)| Endpoint {
+                address: *a,
+                labels: e.labels.clone(),
+                node: e.node.clone(),
+                healthy: e.healthy,
+            })
+            .collect()
+    }
+
+    pub fn proxy_statuses(&self) -> Vec<ProxyStatus> {
+        self.proxies.values().map(|p| p.status.clone()).collect()
+    }
+
+    pub fn endpoint_statuses(&self) -> Vec<EndpointStatus> {
+        self.endpoints
+            .iter()
+            .map(|((service, address), e)| EndpointStatus {
+                service: service.clone(),
+                address: *address,
+                node: e.node.clone(),
+                labels: e.labels.clone(),
+                healthy: e.healthy,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn fail_open_when_no_endpoint_is_healthy() {
+        let t0 = Instant::now();
+        let w = SystemTime::now();
+        let mut r = Registry::new(Duration::from_secs(15), t0);
+        let a = r.hello("api", "n1", 0);
+        let b = r.hello("api", "n2", 0);
+        assert!(r.register(a, addr(1), BTreeMap::new(), t0, w));
+        assert!(r.register(b, addr(2), BTreeMap::new(), t0, w));
+        assert_eq!(r.endpoints_of("api").len(), 2);
+        assert!(r.health(a, false, t0, w));
+        let eps = r.endpoints_of("api");
+        assert_eq!(eps.iter().map(|e| e.address).collect::<Vec<_>>(), [addr(2)]);
+        assert!(r.health(b, false, t0, w));
+        let eps = r.endpoints_of("api");
+        assert_eq!(eps.len(), 2, "fail open: all kept");
+        assert!(eps.iter().all(|e| !e.healthy));
+        assert!(!r.health(b, false, t0, w), "no flip, no change");
+        assert!(r.endpoints_of("db").is_empty());
+    }
+
+    #[test]
+    fn expiry_waits_for_grace_and_reconnect_reuses_entry() {
+        let t0 = Instant::now();
+        let w = SystemTime::now();
+        let mut r = Registry::new(Duration::from_secs(15), t0 + Duration::from_secs(30));
+        let a = r.hello("api", "n1", 0);
+        r.register(a, addr(1), BTreeMap::new(), t0, w);
+        r.disconnected(a);
+        // A closed connection does not withdraw the endpoint.
+        assert_eq!(r.endpoints_of("api").len(), 1);
+        assert!(!r.expire(t0 + Duration::from_secs(20)), "in grace");
+        assert_eq!(r.hello("api", "n1", 0), a, "reconnect gets its entry back");
+        assert!(r.expire(t0 + Duration::from_secs(31)));
+        assert!(r.endpoints_of("api").is_empty());
+        // Its next heartbeat brings it back.
+        assert!(r.health(a, true, t0 + Duration::from_secs(32), w));
+        assert_eq!(r.endpoints_of("api").len(), 1);
+        assert!(r.deregister(a));
+        assert!(r.endpoints_of("api").is_empty());
+        assert_eq!(r.proxy_statuses().len(), 1);
+    }
+
+    #[test]
+    fn ack_and_nack_are_recorded() {
+        let mut r = Registry::new(Duration::from_secs(15), Instant::now());
+        let a = r.hello("api", "n1", 0);
+        r.sent(a, 10, 3);
+        r.nack(a, 10, "bad route");
+        let s = &r.proxy_statuses()[0];
+        assert_eq!(s.nack.as_deref(), Some("version 10: bad route"));
+        assert_eq!(s.applied_version, None);
+        r.sent(a, 11, 4);
+        r.ack(a, 11);
+        let s = &r.proxy_statuses()[0];
+        assert_eq!(
+            (s.applied_version, s.applied_config_version),
+            (Some(11), Some(4))
+        );
+        assert_eq!(s.nack, None);
+    }
+}

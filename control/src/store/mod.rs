@@ -1,0 +1,135 @@
+//! The durable store: the current config as a versioned whole, its history,
+//! and join tokens. A trait, so a replicated backend (etcd) can come later;
+//! [`RedbStore`] is the embedded default.
+//!
+//! Contract for every implementation: a method that changes something
+//! returns only after the change is durable (fsynced), so what the API
+//! acknowledged survives a kill -9. Version 0 is the empty config and has no
+//! history entry; the first commit is version 1.
+
+mod redb;
+
+pub use self::redb::RedbStore;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+
+/// Why the store failed. Always control's fault, never the operator's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("store I/O: {0}")]
+    Io(String),
+    #[error("store data is corrupt: {0}")]
+    Corrupt(String),
+    /// A concurrent writer committed first (compare-and-swap failed).
+    #[error("store version moved: expected {expected}, found {found}")]
+    Conflict { expected: u64, found: u64 },
+}
+
+/// One committed version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionRecord {
+    pub version: u64,
+    /// Unix seconds.
+    pub at: u64,
+    pub summary: String,
+    pub config: Config,
+}
+
+/// A join token as stored: never the secret, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: String,
+    pub service: String,
+    /// SHA-256 of the secret, lowercase hex.
+    pub secret_sha256: String,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Unix seconds.
+    pub expires_at: u64,
+    pub uses_left: u32,
+    pub revoked: bool,
+}
+
+/// Why a join token was refused; the message goes back to the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenRefusal {
+    /// No such id, or the secret does not match (not told apart, so a guess
+    /// learns nothing).
+    #[error("unknown join token (no such token, or wrong secret)")]
+    Unknown,
+    #[error("join token is used up; create a new one with `meshctl token create`")]
+    UsedUp,
+    #[error("join token has expired; create a new one with `meshctl token create`")]
+    Expired,
+    #[error("join token was revoked")]
+    Revoked,
+}
+
+/// Outcome of [`Store::consume_token`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Consumed {
+    /// Valid; one use taken (durably). The record after the decrement.
+    Ok(TokenRecord),
+    Refused(TokenRefusal),
+}
+
+/// The durable store. Methods block (they fsync): call them off the async
+/// executor (`spawn_blocking`).
+pub trait Store: Send + Sync + 'static {
+    /// The current version and its config (0 and empty before the first
+    /// commit).
+    fn current(&self) -> Result<(u64, Config), StoreError>;
+
+    /// Writes `config` as version `expected + 1` if the current version is
+    /// still `expected`; returns the new version once durable.
+    fn commit(
+        &self,
+        expected: u64,
+        config: &Config,
+        summary: &str,
+        at: u64,
+    ) -> Result<u64, StoreError>;
+
+    /// Every committed version, oldest first.
+    fn history(&self) -> Result<Vec<VersionRecord>, StoreError>;
+
+    /// The config of `version`, if it was committed.
+    fn config_at(&self, version: u64) -> Result<Option<Config>, StoreError>;
+
+    /// Creates or replaces a token.
+    fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
+
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+
+    /// Checks a presented token and, if valid, takes one use, atomically
+    /// and durably. `now` in Unix seconds.
+    fn consume_token(
+        &self,
+        id: &str,
+        secret_sha256: &str,
+        now: u64,
+    ) -> Result<Consumed, StoreError>;
+
+    /// Marks a token revoked; false if there is no such token.
+    fn revoke_token(&self, id: &str) -> Result<bool, StoreError>;
+}
+
+/// The check [`Store::consume_token`] implementations share: what to refuse,
+/// in the order an operator would want to hear it.
+pub fn check_token(t: &TokenRecord, secret_sha256: &str, now: u64) -> Result<(), TokenRefusal> {
+    if t.secret_sha256 != secret_sha256 {
+        return Err(TokenRefusal::Unknown);
+    }
+    if t.revoked {
+        return Err(TokenRefusal::Revoked);
+    }
+    if now >= t.expires_at {
+        return Err(TokenRefusal::Expired);
+    }
+    if t.uses_left == 0 {
+        return Err(TokenRefusal::UsedUp);
+    }
+    Ok(())
+}

@@ -1,0 +1,324 @@
+//! [`RedbStore`]: the embedded store, one redb file in the data directory.
+//!
+//! redb commits with `Durability::Immediate` by default (fsync before
+//! `commit` returns) and is crash-safe by design (copy-on-write B-trees with
+//! a checksummed commit slot), so a kill -9 at any moment leaves either the
+//! old or the new version, never a torn one. Values are JSON, so the schema
+//! can grow additively like the wire messages.
+
+use std::path::Path;
+
+use redb::{Database, ReadableTable, TableDefinition};
+
+use super::{check_token, Consumed, Store, StoreError, TokenRecord, VersionRecord};
+use crate::config::Config;
+
+/// `"current"` -> the current version.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// version -> JSON [`VersionRecord`].
+const VERSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("versions");
+/// token id -> JSON [`TokenRecord`].
+const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+
+const CURRENT: &str = "current";
+
+pub struct RedbStore {
+    db: Database,
+}
+
+fn io<E: Into<redb::Error>>(e: E) -> StoreError {
+    StoreError::Io(e.into().to_string())
+}
+
+fn corrupt(what: &str, e: serde_json::Error) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(|e| StoreError::Io(format!("encoding: {e}")))
+}
+
+impl RedbStore {
+    /// Opens (or creates) the store file at `path`.
+    pub fn open(path: &Path) -> Result<RedbStore, StoreError> {
+        let db = Database::create(path).map_err(io)?;
+        // Create the tables up front so readers never see them missing.
+        let tx = db.begin_write().map_err(io)?;
+        {
+            tx.open_table(META).map_err(io)?;
+            tx.open_table(VERSIONS).map_err(io)?;
+            tx.open_table(TOKENS).map_err(io)?;
+        }
+        tx.commit().map_err(io)?;
+        Ok(RedbStore { db })
+    }
+
+    fn read_token(
+        table: &impl ReadableTable<&'static str, &'static [u8]>,
+        id: &str,
+    ) -> Result<Option<TokenRecord>, StoreError> {
+        match table.get(id).map_err(io)? {
+            Some(v) => serde_json::from_slice(v.value())
+                .map(Some)
+                .map_err(|e| corrupt("token", e)),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Store for RedbStore {
+    fn current(&self) -> Result<(u64, Config), StoreError> {
+        let tx = self.db.begin_read().map_err(io)?;
+        let meta = tx.open_table(META).map_err(io)?;
+        let Some(version) = meta.get(CURRENT).map_err(io)?.map(|v| v.value()) else {
+            return Ok((0, Config::default()));
+        };
+        let versions = tx.open_table(VERSIONS).map_err(io)?;
+        let rec = versions
+            .get(version)
+            .map_err(io)?
+            .ok_or_else(|| StoreError::Corrupt(format!("current version {version} is missing")))?;
+        let rec: VersionRecord =
+            serde_json::from_slice(rec.value()).map_err(|e| corrupt("version", e))?;
+        Ok((version, rec.config))
+    }
+
+    fn commit(
+        &self,
+        expected: u64,
+        config: &Config,
+        summary: &str,
+        at: u64,
+    ) -> Result<u64, StoreError> {
+        let tx = self.db.begin_write().map_err(io)?;
+        let version;
+        {
+            let mut meta = tx.open_table(META).map_err(io)?;
+            let found = meta.get(CURRENT).map_err(io)?.map_or(0, |v| v.value());
+            if found != expected {
+                return Err(StoreError::Conflict { expected, found });
+            }
+            version = found + 1;
+            let rec = VersionRecord {
+                version,
+                at,
+                summary: summary.to_string(),
+                config: config.clone(),
+            };
+            let mut versions = tx.open_table(VERSIONS).map_err(io)?;
+            versions
+                .insert(version, to_json(&rec)?.as_slice())
+                .map_err(io)?;
+            meta.insert(CURRENT, version).map_err(io)?;
+        }
+        tx.commit().map_err(io)?;
+        Ok(version)
+    }
+
+    fn history(&self) -> Result<Vec<VersionRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(io)?;
+        let versions = tx.open_table(VERSIONS).map_err(io)?;
+        let mut out = Vec::new();
+        for row in versions.iter().map_err(io)? {
+            let (_, v) = row.map_err(io)?;
+            out.push(serde_json::from_slice(v.value()).map_err(|e| corrupt("version", e))?);
+        }
+        Ok(out)
+    }
+
+    fn config_at(&self, version: u64) -> Result<Option<Config>, StoreError> {
+        if version == 0 {
+            return Ok(Some(Config::default()));
+        }
+        let tx = self.db.begin_read().map_err(io)?;
+        let versions = tx.open_table(VERSIONS).map_err(io)?;
+        let Some(v) = versions.get(version).map_err(io)? else {
+            return Ok(None);
+        };
+        let rec: VersionRecord =
+            serde_json::from_slice(v.value()).map_err(|e| corrupt("version", e))?;
+        Ok(Some(rec.config))
+    }
+
+    fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(io)?;
+        {
+            let mut tokens = tx.open_table(TOKENS).map_err(io)?;
+            tokens
+                .insert(token.id.as_str(), to_json(token)?.as_slice())
+                .map_err(io)?;
+        }
+        tx.commit().map_err(io)
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(io)?;
+        let tokens = tx.open_table(TOKENS).map_err(io)?;
+        let mut out = Vec::new();
+        for row in tokens.iter().map_err(io)? {
+            let (_, v) = row.map_err(io)?;
+            out.push(serde_json::from_slice(v.value()).map_err(|e| corrupt("token", e))?);
+        }
+        Ok(out)
+    }
+
+    fn consume_token(
+        &self,
+        id: &str,
+        secret_sha256: &str,
+        now: u64,
+    ) -> Result<Consumed, StoreError> {
+        let tx = self.db.begin_write().map_err(io)?;
+        let outcome;
+        {
+            let mut tokens = tx.open_table(TOKENS).map_err(io)?;
+            let Some(mut t) = Self::read_token(&tokens, id)? else {
+                return Ok(Consumed::Refused(super::TokenRefusal::Unknown));
+            };
+            if let Err(why) = check_token(&t, secret_sha256, now) {
+                return Ok(Consumed::Refused(why));
+            }
+            t.uses_left -= 1;
+            tokens.insert(id, to_json(&t)?.as_slice()).map_err(io)?;
+            outcome = Consumed::Ok(t);
+        }
+        tx.commit().map_err(io)?;
+        Ok(outcome)
+    }
+
+    fn revoke_token(&self, id: &str) -> Result<bool, StoreError> {
+        let tx = self.db.begin_write().map_err(io)?;
+        {
+            let mut tokens = tx.open_table(TOKENS).map_err(io)?;
+            let Some(mut t) = Self::read_token(&tokens, id)? else {
+                return Ok(false);
+            };
+            t.revoked = true;
+            tokens.insert(id, to_json(&t)?.as_slice()).map_err(io)?;
+        }
+        tx.commit().map_err(io)?;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::TokenRefusal;
+    use coremesh_api::resource::{Protocol, Service};
+
+    fn temp_path(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "coremesh-store-{name}-{}-{}",
+            std::process::id(),
+            crate::unix_millis(std::time::SystemTime::now())
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("store.redb")
+    }
+
+    fn config(names: &[&str]) -> Config {
+        Config {
+            services: names
+                .iter()
+                .map(|n| Service {
+                    name: n.to_string(),
+                    protocol: Protocol::Http,
+                })
+                .collect(),
+            routes: vec![],
+        }
+    }
+
+    #[test]
+    fn versions_history_and_durability_across_reopen() {
+        let path = temp_path("versions");
+        {
+            let s = RedbStore::open(&path).unwrap();
+            assert_eq!(s.current().unwrap(), (0, Config::default()));
+            assert_eq!(
+                s.commit(0, &config(&["a"]), "apply service/a", 10).unwrap(),
+                1
+            );
+            assert_eq!(
+                s.commit(1, &config(&["a", "b"]), "apply service/b", 11)
+                    .unwrap(),
+                2
+            );
+            // A stale writer loses.
+            assert_eq!(
+                s.commit(1, &config(&["c"]), "x", 12),
+                Err(StoreError::Conflict {
+                    expected: 1,
+                    found: 2
+                })
+            );
+            // Rollback = N's config written as a new version.
+            let one = s.config_at(1).unwrap().unwrap();
+            assert_eq!(s.commit(2, &one, "rollback to 1", 13).unwrap(), 3);
+        }
+        let s = RedbStore::open(&path).unwrap();
+        assert_eq!(s.current().unwrap(), (3, config(&["a"])));
+        let h = s.history().unwrap();
+        assert_eq!(h.iter().map(|r| r.version).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(h[2].summary, "rollback to 1");
+        assert_eq!(h[1].config, config(&["a", "b"]));
+        assert_eq!(s.config_at(9).unwrap(), None);
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn tokens_are_used_up_expire_and_revoke_durably() {
+        let path = temp_path("tokens");
+        let tok = |id: &str, uses| TokenRecord {
+            id: id.into(),
+            service: "api".into(),
+            secret_sha256: "h".into(),
+            created_at: 0,
+            expires_at: 100,
+            uses_left: uses,
+            revoked: false,
+        };
+        {
+            let s = RedbStore::open(&path).unwrap();
+            s.put_token(&tok("one", 1)).unwrap();
+            s.put_token(&tok("two", 2)).unwrap();
+            s.put_token(&tok("rev", 5)).unwrap();
+            assert!(
+                matches!(s.consume_token("one", "h", 50).unwrap(), Consumed::Ok(t) if t.uses_left == 0)
+            );
+            assert_eq!(
+                s.consume_token("one", "h", 50).unwrap(),
+                Consumed::Refused(TokenRefusal::UsedUp)
+            );
+            assert_eq!(
+                s.consume_token("two", "wrong", 50).unwrap(),
+                Consumed::Refused(TokenRefusal::Unknown)
+            );
+            assert_eq!(
+                s.consume_token("nope", "h", 50).unwrap(),
+                Consumed::Refused(TokenRefusal::Unknown)
+            );
+            assert_eq!(
+                s.consume_token("two", "h", 100).unwrap(),
+                Consumed::Refused(TokenRefusal::Expired)
+            );
+            assert!(s.revoke_token("rev").unwrap());
+            assert!(!s.revoke_token("nope").unwrap());
+        }
+        let s = RedbStore::open(&path).unwrap();
+        assert_eq!(
+            s.consume_token("one", "h", 50).unwrap(),
+            Consumed::Refused(TokenRefusal::UsedUp)
+        );
+        assert_eq!(
+            s.consume_token("rev", "h", 50).unwrap(),
+            Consumed::Refused(TokenRefusal::Revoked)
+        );
+        assert!(
+            matches!(s.consume_token("two", "h", 50).unwrap(), Consumed::Ok(t) if t.uses_left == 1)
+        );
+        assert_eq!(s.tokens().unwrap().len(), 3);
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+}

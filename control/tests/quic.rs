@@ -1,0 +1,451 @@
+//! A Rust QUIC client against the real coremesh-control: join with a
+//! token, then a mutual-TLS session (Hello, Welcome, Snapshot, Ack,
+//! Register, Health, Renew, Nack, Deregister), and the refusals: used,
+//! revoked and unknown tokens, a certificate for one service acting as
+//! another, malformed frames.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{temp_dir, Control, EXAMPLE};
+use coremesh_api::snapshot::Snapshot;
+use coremesh_api::wire::{self, ControlMsg, ErrorCode, FrameDecoder, ProxyMsg, PROTOCOL_VERSION};
+use rcgen::{CertificateParams, KeyPair};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+struct Conn {
+    _endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    dec: FrameDecoder,
+}
+
+/// A proxy identity: key and the certificate control signed for it.
+#[derive(Debug)]
+struct Identity {
+    key: KeyPair,
+    cert_pem: String,
+}
+
+impl Conn {
+    async fn open(control: &Control, identity: Option<&Identity>) -> Conn {
+        let ca_pem = std::fs::read(control.data_dir().join("ca.pem")).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(&ca_pem).unwrap())
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots);
+        let mut tls = match identity {
+            None => builder.with_no_client_auth(),
+            Some(id) => builder
+                .with_client_auth_cert(
+                    vec![CertificateDer::from_pem_slice(id.cert_pem.as_bytes()).unwrap()],
+                    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(id.key.serialize_der())),
+                )
+                .unwrap(),
+        };
+        tls.alpn_protocols = vec![wire::ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        let conn = endpoint
+            .connect(control.quic, "localhost")
+            .unwrap()
+            .await
+            .expect("QUIC handshake with control");
+        let (send, recv) = conn.open_bi().await.unwrap();
+        Conn {
+            _endpoint: endpoint,
+            conn,
+            send,
+            recv,
+            dec: FrameDecoder::new(wire::MAX_FRAME),
+        }
+    }
+
+    async fn send(&mut self, msg: &ProxyMsg) {
+        let mut buf = Vec::new();
+        wire::encode(msg, &mut buf).unwrap();
+        self.send.write_all(&buf).await.unwrap();
+    }
+
+    /// The next message, or None when the stream ended; panics after 5 s.
+    async fn recv(&mut self) -> Option<ControlMsg> {
+        let fut = async {
+            let mut buf = vec![0u8; 65536];
+            loop {
+                if let Some(m) = self.dec.next::<ControlMsg>().unwrap() {
+                    return Some(m);
+                }
+                match self.recv.read(&mut buf).await {
+                    Ok(Some(n)) => self.dec.push(&buf[..n]),
+                    Ok(None) | Err(_) => return None,
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), fut)
+            .await
+            .expect("control answered within 5 s")
+    }
+
+    /// The next message that is not a snapshot.
+    async fn recv_other(&mut self) -> Option<ControlMsg> {
+        loop {
+            match self.recv().await {
+                Some(ControlMsg::Snapshot(_)) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    async fn snapshot(&mut self) -> Snapshot {
+        match self.recv().await {
+            Some(ControlMsg::Snapshot(s)) => s,
+            other => panic!("expected a snapshot, got {other:?}"),
+        }
+    }
+}
+
+fn csr(key: &KeyPair) -> String {
+    CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .serialize_request(key)
+        .unwrap()
+        .pem()
+        .unwrap()
+}
+
+async fn join(control: &Control, token: &str) -> Result<(Identity, String), (ErrorCode, String)> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut c = Conn::open(control, None).await;
+    c.send(&ProxyMsg::Join {
+        protocol: PROTOCOL_VERSION,
+        token: token.to_string(),
+        csr_pem: csr(&key),
+        node: "test-node".into(),
+    })
+    .await;
+    match c.recv().await {
+        Some(ControlMsg::Joined {
+            cert_pem,
+            ca_pem,
+            spiffe_id,
+        }) => {
+            assert!(ca_pem.contains("BEGIN CERTIFICATE"));
+            Ok((Identity { key, cert_pem }, spiffe_id))
+        }
+        Some(ControlMsg::Error { code, message }) => Err((code, message)),
+        other => panic!("unexpected answer to join: {other:?}"),
+    }
+}
+
+fn token(control: &Control, service: &str) -> String {
+    control
+        .ok(&["token", "create", "--service", service])
+        .trim()
+        .to_string()
+}
+
+fn hello(service: &str, node: &str) -> ProxyMsg {
+    ProxyMsg::Hello {
+        protocol: PROTOCOL_VERSION,
+        service: service.into(),
+        node: node.into(),
+        version: None,
+        calls: None,
+    }
+}
+
+async fn session(control: &Control, id: &Identity, service: &str, node: &str) -> (Conn, Snapshot) {
+    let mut c = Conn::open(control, Some(id)).await;
+    c.send(&hello(service, node)).await;
+    match c.recv().await {
+        Some(ControlMsg::Welcome {
+            protocol,
+            heartbeat_interval_ms,
+        }) => {
+            assert_eq!(protocol, PROTOCOL_VERSION);
+            assert_eq!(heartbeat_interval_ms, 5000);
+        }
+        other => panic!("expected welcome, got {other:?}"),
+    }
+    let snap = c.snapshot().await;
+    (c, snap)
+}
+
+fn proxies(control: &Control) -> serde_json::Value {
+    serde_json::from_str(&control.ok(&["get", "proxies", "-o", "json"])).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_session_and_refusals() {
+    let dir = temp_dir("quic");
+    std::fs::create_dir_all(&dir).unwrap();
+    let control = Control::start(&dir, &["--grace", "0s"]);
+    let out = control.meshctl_stdin(&["apply", "-f", "-"], Some(EXAMPLE));
+    assert!(out.status.success());
+
+    // Join: the certificate carries the service's SPIFFE ID.
+    let api_token = token(&control, "api");
+    let (api, spiffe) = join(&control, &api_token).await.expect("join");
+    assert_eq!(spiffe, "spiffe://coremesh.local/service/api");
+    let der = CertificateDer::from_pem_slice(api.cert_pem.as_bytes()).unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let san = cert.subject_alternative_name().unwrap().unwrap();
+    assert!(
+        format!("{:?}", san.value.general_names).contains("spiffe://coremesh.local/service/api")
+    );
+
+    // A used, a revoked and an unknown token are refused, and say why.
+    let (code, msg) = join(&control, &api_token).await.unwrap_err();
+    assert_eq!(code, ErrorCode::TokenRefused);
+    assert!(msg.contains("used up"), "{msg}");
+    let revoked = token(&control, "api");
+    control.ok(&["token", "revoke", revoked.split('.').nth(1).unwrap()]);
+    let (code, msg) = join(&control, &revoked).await.unwrap_err();
+    assert_eq!(code, ErrorCode::TokenRefused);
+    assert!(msg.contains("revoked"), "{msg}");
+    let mut forged: Vec<&str> = api_token.split('.').collect();
+    forged[2] = "guessedsecret";
+    let (code, msg) = join(&control, &forged.join(".")).await.unwrap_err();
+    assert_eq!(
+        (code, msg.contains("unknown")),
+        (ErrorCode::TokenRefused, true),
+        "{msg}"
+    );
+
+    // A session: Welcome, then a snapshot of the applied config.
+    let (mut api_conn, snap) = session(&control, &api, "api", "node-a").await;
+    assert_eq!(snap.config_version, 1);
+    assert_eq!(snap.services.len(), 1);
+    assert_eq!(snap.services[0].name, "api");
+    assert_eq!(snap.routes.len(), 1);
+    api_conn
+        .send(&ProxyMsg::Ack {
+            version: snap.version,
+        })
+        .await;
+    api_conn
+        .send(&ProxyMsg::Register {
+            address: "127.0.0.1:9000".parse().unwrap(),
+            labels: [("version".to_string(), "v1".to_string())].into(),
+        })
+        .await;
+    api_conn
+        .send(&ProxyMsg::Health {
+            healthy: true,
+            detail: String::new(),
+        })
+        .await;
+    // Its own registration changes its view: a newer snapshot with the endpoint.
+    let snap2 = api_conn.snapshot().await;
+    assert!(snap2.version > snap.version);
+    assert_eq!(snap2.services[0].endpoints.len(), 1);
+    api_conn
+        .send(&ProxyMsg::Ack {
+            version: snap2.version,
+        })
+        .await;
+
+    // Renewal over the same session.
+    let key2 = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    api_conn
+        .send(&ProxyMsg::Renew {
+            csr_pem: csr(&key2),
+        })
+        .await;
+    match api_conn.recv().await {
+        Some(ControlMsg::Renewed { cert_pem }) => assert!(cert_pem.contains("BEGIN CERTIFICATE")),
+        other => panic!("expected renewed, got {other:?}"),
+    }
+
+    // A certificate for db cannot say Hello as api.
+    let (db, _) = join(&control, &token(&control, "db")).await.unwrap();
+    let mut bad = Conn::open(&control, Some(&db)).await;
+    bad.send(&hello("api", "node-b")).await;
+    match bad.recv().await {
+        Some(ControlMsg::Error { code, message }) => {
+            assert_eq!(code, ErrorCode::Forbidden, "{message}");
+        }
+        other => panic!("expected forbidden, got {other:?}"),
+    }
+
+    // db's session sees api's endpoint (db is not a configured Service,
+    // its proxy sees every service).
+    let (mut db_conn, db_snap) = session(&control, &db, "db", "node-b").await;
+    let api_eps = &db_snap
+        .services
+        .iter()
+        .find(|s| s.name == "api")
+        .unwrap()
+        .endpoints;
+    assert_eq!(api_eps.len(), 1);
+    assert_eq!(api_eps[0].labels["version"], "v1");
+    db_conn
+        .send(&ProxyMsg::Nack {
+            version: db_snap.version,
+            reason: "route api-canary: unsupported".into(),
+        })
+        .await;
+
+    // Deregister: api is told once the withdrawal is out, and db gets a
+    // snapshot without the endpoint.
+    api_conn.send(&ProxyMsg::Deregister).await;
+    loop {
+        match api_conn.recv().await {
+            Some(ControlMsg::Deregistered) => break,
+            Some(ControlMsg::Snapshot(_)) => continue,
+            other => panic!("expected deregistered, got {other:?}"),
+        }
+    }
+    let db_snap2 = db_conn.snapshot().await;
+    assert!(db_snap2.version > db_snap.version);
+    assert!(db_snap2
+        .services
+        .iter()
+        .find(|s| s.name == "api")
+        .unwrap()
+        .endpoints
+        .is_empty());
+
+    // Status: the ACKed version, the NACK reason, the certificate expiry.
+    let ps = proxies(&control);
+    let api_status = ps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["service"] == "api")
+        .unwrap();
+    assert_eq!(api_status["applied_version"], snap2.version);
+    assert_eq!(api_status["applied_config_version"], 1);
+    assert!(api_status["cert_expiry"].as_u64().unwrap() > 0);
+    let db_status = ps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["service"] == "db")
+        .unwrap();
+    assert!(
+        db_status["nack"].as_str().unwrap().contains("unsupported"),
+        "{db_status}"
+    );
+    let status = control.ok(&["status"]);
+    assert!(
+        status.contains("NACK") && status.contains("unsupported"),
+        "{status}"
+    );
+
+    // A malformed frame: BadRequest, and the stream is closed. Control lives.
+    db_conn
+        .send
+        .write_all(&[0, 0, 0, 3, b'{', b'x', b'}'])
+        .await
+        .unwrap();
+    match db_conn.recv().await {
+        Some(ControlMsg::Error { code, .. }) => assert_eq!(code, ErrorCode::BadRequest),
+        other => panic!("expected bad request, got {other:?}"),
+    }
+    assert_eq!(db_conn.recv().await, None);
+    // Out of order: a second Hello.
+    api_conn.send(&hello("api", "node-a")).await;
+    match api_conn.recv_other().await {
+        Some(ControlMsg::Error { code, .. }) => assert_eq!(code, ErrorCode::BadRequest),
+        other => panic!("expected bad request, got {other:?}"),
+    }
+    // A joining connection that sends Hello without a certificate.
+    let mut anon = Conn::open(&control, None).await;
+    anon.send(&hello("api", "x")).await;
+    assert!(matches!(
+        anon.recv().await,
+        Some(ControlMsg::Error {
+            code: ErrorCode::Forbidden,
+            ..
+        })
+    ));
+    // Still serving.
+    let (_again, snap3) = session(&control, &api, "api", "node-a").await;
+    assert!(snap3.version > db_snap2.version);
+    drop(api_conn.conn);
+    drop(control);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn endpoints(control: &Control) -> Vec<serde_json::Value> {
+    let v: serde_json::Value =
+        serde_json::from_str(&control.ok(&["get", "endpoints", "-o", "json"])).unwrap();
+    v.as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_connection_keeps_endpoint_until_heartbeat_expiry() {
+    let dir = temp_dir("expiry");
+    std::fs::create_dir_all(&dir).unwrap();
+    let control = Control::start(&dir, &["--grace", "1s", "--heartbeat-timeout", "1s"]);
+    let (api, _) = join(&control, &token(&control, "api")).await.unwrap();
+    let (mut c, _) = session(&control, &api, "api", "node-a").await;
+    c.send(&ProxyMsg::Register {
+        address: "127.0.0.1:9100".parse().unwrap(),
+        labels: Default::default(),
+    })
+    .await;
+    c.send(&ProxyMsg::Health {
+        healthy: true,
+        detail: String::new(),
+    })
+    .await;
+    let _ = c.snapshot().await;
+    c.conn.close(0u32.into(), b"bye");
+    drop(c);
+    // The connection is gone, the endpoint is not.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(endpoints(&control).len(), 1);
+    let ps = proxies(&control);
+    assert_eq!(ps[0]["connected"], false);
+    // Missed heartbeats remove it (timeout 1 s, checked every 0.5 s).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !endpoints(&control).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "endpoint never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(control);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnecting_proxy_is_held_during_grace() {
+    let dir = temp_dir("grace");
+    std::fs::create_dir_all(&dir).unwrap();
+    let control = Control::start(&dir, &["--grace", "2s"]);
+    let (api, _) = join(&control, &token(&control, "api")).await.unwrap();
+    let mut c = Conn::open(&control, Some(&api)).await;
+    // It runs a snapshot from before control restarted.
+    c.send(&ProxyMsg::Hello {
+        protocol: PROTOCOL_VERSION,
+        service: "api".into(),
+        node: "node-a".into(),
+        version: Some(7),
+        calls: None,
+    })
+    .await;
+    assert!(matches!(c.recv().await, Some(ControlMsg::Welcome { .. })));
+    let started = std::time::Instant::now();
+    let snap = c.snapshot().await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "no snapshot before the grace period ends"
+    );
+    assert!(snap.version > 7);
+    drop(control);
+    let _ = std::fs::remove_dir_all(&dir);
+}
