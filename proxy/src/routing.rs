@@ -95,19 +95,31 @@ impl RoutingTable {
     }
 }
 
-fn compile_route(r: &Route, snap: &Snapshot, services: &mut HashMap<String, ServiceRoutes>) -> Result<(), String> {
+fn compile_route(
+    r: &Route,
+    snap: &Snapshot,
+    services: &mut HashMap<String, ServiceRoutes>,
+) -> Result<(), String> {
     let key = r.service.to_ascii_lowercase();
     let svc = snap
         .services
         .iter()
         .find(|s| s.name.eq_ignore_ascii_case(&r.service))
-        .ok_or_else(|| format!("route {}: service {} is not in the snapshot", r.name, r.service))?;
+        .ok_or_else(|| {
+            format!(
+                "route {}: service {} is not in the snapshot",
+                r.name, r.service
+            )
+        })?;
     let mut rules = Vec::with_capacity(r.rules.len());
     for (i, rule) in r.rules.iter().enumerate() {
         let m = rule.matches.clone().unwrap_or_default();
         if let Some(p) = m.path.as_ref().or(m.path_prefix.as_ref()) {
             if !p.starts_with('/') {
-                return Err(format!("route {}: rules[{i}]: path {p:?} must start with /", r.name));
+                return Err(format!(
+                    "route {}: rules[{i}]: path {p:?} must start with /",
+                    r.name
+                ));
             }
         }
         let backends = rule

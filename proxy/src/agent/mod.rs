@@ -1,10 +1,32 @@
 //! The agent thread: everything that is not the request path.
 //!
-//! It runs a tokio current-thread runtime (the control-plane client will need
-//! a `Send` runtime that the shard executors are not) and owns: the admin
-//! endpoint, signal handling (SIGHUP reload, SIGTERM/SIGINT drain), the
-//! connection acceptor when there is more than one shard, and name resolution
-//! for passthrough hosts. It reaches shards only through their inboxes.
+//! It runs a tokio current-thread runtime (quinn needs a `Send` runtime,
+//! which the shard executors are not) and owns: the admin endpoint, signal
+//! handling (SIGHUP reload, SIGTERM/SIGINT drain), the connection acceptor
+//! when there is more than one shard, name resolution for passthrough hosts,
+//! and with `[control]` the control-plane client. It reaches shards only
+//! through their inboxes.
+//!
+//! | module | concern |
+//! | --- | --- |
+//! | [`control`] | the QUIC session with coremesh-control: join, subscribe, register, heartbeats, renewal |
+//! | [`tls`] | the control connection's TLS: CA-fingerprint verification for the join, mTLS after |
+//! | [`apply`] | a snapshot → routing table → prepare/commit on every shard → persisted, shown on `/config` |
+//! | [`health`] | checks of the local app |
+//! | [`state`] | `state_dir`: key, certificate, CA, last good snapshot |
+//!
+//! Start-up with `[control]`: the persisted snapshot is applied right after
+//! the shards start, before control is contacted, so a proxy restarted while
+//! control is down serves the last good routes. Shutdown (SIGTERM/SIGINT):
+//! deregister and wait for control's confirmation (at most
+//! [`DEREGISTER_TIMEOUT`], skipped without a session), stop accepting, drain,
+//! exit 0.
+
+pub mod apply;
+pub mod control;
+pub mod health;
+pub mod state;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,10 +36,15 @@ use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
 
+use self::apply::Applier;
+use self::control::{ControlLink, ControlSetup, Deregistration};
 use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::shard::{ShardHandle, ShardMsg};
 use crate::stats::Direction;
+
+/// How long SIGTERM waits for control to confirm the deregistration.
+pub const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Requests from shards to the agent.
 pub enum AgentRequest {
@@ -143,6 +170,17 @@ async fn agent(setup: AgentSetup) -> i32 {
         .collect();
     tokio::task::spawn_local(resolver(requests));
 
+    let control = match &config.control {
+        Some(_) => match start_control(&config, &shards, &state, &bound).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!("{e}");
+                return 1;
+            }
+        },
+        None => None,
+    };
+
     let mut line = String::from("bound");
     for (k, v) in [
         ("inbound", bound.inbound),
@@ -160,9 +198,29 @@ async fn agent(setup: AgentSetup) -> i32 {
         tokio::select! {
             _ = hup.recv() => {
                 current = reload(&config_path, current, &shards, &state, &bound, backend);
+                if let Some((applier, _)) = &control {
+                    applier.publish();
+                }
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
+        }
+    }
+
+    state.draining.set(true);
+    // Withdraw the endpoint first, so peers stop choosing this proxy before
+    // it stops accepting.
+    if let Some((_, link)) = &control {
+        match link.deregister(DEREGISTER_TIMEOUT).await {
+            Deregistration::Confirmed => {
+                tracing::info!("deregistered: control confirmed the endpoint is withdrawn")
+            }
+            Deregistration::NotConnected => {
+                tracing::info!("not connected to control; skipping deregistration")
+            }
+            Deregistration::Unconfirmed => tracing::warn!(
+                "control did not confirm the deregistration within {DEREGISTER_TIMEOUT:?}; draining anyway"
+            ),
         }
     }
 
@@ -171,7 +229,6 @@ async fn agent(setup: AgentSetup) -> i32 {
     tracing::info!(
         "draining: no new connections; waiting up to {deadline:?} for in-flight requests"
     );
-    state.draining.set(true);
     for a in acceptors {
         a.abort();
     }
@@ -192,6 +249,54 @@ async fn agent(setup: AgentSetup) -> i32 {
         Err(_) => tracing::warn!("drain deadline passed with requests still in flight; exiting"),
     }
     0
+}
+
+/// Opens `state_dir`, applies the persisted snapshot, starts the app's
+/// health checks and the control client.
+async fn start_control(
+    config: &Config,
+    shards: &[ShardHandle],
+    admin: &Rc<AdminState>,
+    bound: &Bound,
+) -> Result<(Rc<Applier>, Rc<ControlLink>), String> {
+    let Some(cc) = &config.control else {
+        return Err("no [control] section".into());
+    };
+    let state = state::StateDir::open(&cc.state_dir).map_err(|e| {
+        format!(
+            "{}: [control] state_dir: cannot create {}: {e}",
+            config.source.display(),
+            cc.state_dir.display()
+        )
+    })?;
+    let applier = Rc::new(Applier::new(
+        shards.to_vec(),
+        Some(state.clone()),
+        Some(admin.clone()),
+    ));
+    applier.publish();
+    control::restore(&state, &applier).await;
+    let health = config.inbound.as_ref().map(|i| {
+        let checker = health::Checker {
+            app: i.app,
+            config: cc.health.clone(),
+        };
+        let latest = health::LatestHealth::default();
+        tokio::task::spawn_local(checker.clone().run(latest.clone()));
+        (checker, latest)
+    });
+    let link = Rc::new(ControlLink::default());
+    tokio::task::spawn_local(control::run(ControlSetup {
+        config: cc.clone(),
+        service: config.proxy.service.clone(),
+        labels: config.proxy.labels.clone(),
+        inbound: bound.inbound,
+        state,
+        applier: applier.clone(),
+        health,
+        link: link.clone(),
+    }));
+    Ok((applier, link))
 }
 
 /// SIGHUP: re-read the file; apply it only if it is valid and changes no key

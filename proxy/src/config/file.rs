@@ -27,6 +27,9 @@ pub(crate) struct FileConfig {
     pub limits: Option<LimitsFile>,
     /// `[upstream]`.
     pub upstream: Option<UpstreamFile>,
+    /// `[control]`: the control plane connection. Without it, only the static
+    /// `[[services]]` apply.
+    pub control: Option<ControlFile>,
 }
 
 /// `[proxy]`.
@@ -116,4 +119,40 @@ pub(crate) struct UpstreamFile {
     pub pool_idle_timeout: Option<String>,
     /// Most idle pooled connections per endpoint, per shard.
     pub max_idle_per_endpoint: Option<i64>,
+}
+
+/// `[control]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ControlFile {
+    /// Control's QUIC address: a string, or a list of strings (the first
+    /// reachable one is used). Kept as a TOML value so that the error can say
+    /// which shapes are accepted. Required.
+    pub address: Option<toml::Value>,
+    /// The join token, read only while `state_dir` holds no certificate.
+    pub token_file: Option<String>,
+    /// Certificate, key, CA and the last good snapshot. Required.
+    pub state_dir: Option<String>,
+    /// Node name reported to control.
+    pub node: Option<String>,
+    /// The address registered as this proxy's endpoint.
+    pub advertise: Option<String>,
+    /// The services the local app calls.
+    pub calls: Option<Vec<String>>,
+    /// `[control.health]`.
+    pub health: Option<HealthFile>,
+}
+
+/// `[control.health]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HealthFile {
+    /// `"tcp"` or `"http"`.
+    pub kind: Option<String>,
+    /// Path of the HTTP check.
+    pub path: Option<String>,
+    /// Time between checks.
+    pub interval: Option<String>,
+    /// Time one check may take.
+    pub timeout: Option<String>,
 }

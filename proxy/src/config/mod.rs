@@ -21,6 +21,8 @@ mod reload;
 mod resolve;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_control;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -31,6 +33,11 @@ use serde_json::json;
 
 pub use error::{ConfigError, ConfigErrorKind};
 pub use reference::REFERENCE;
+
+/// Formats a duration as `proxy.toml` writes it (`"500ms"`, `"10s"`, `"2m"`).
+pub fn format_duration(d: Duration) -> String {
+    duration::format(d)
+}
 
 /// The validated configuration of one proxy process.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,6 +58,8 @@ pub struct Config {
     pub limits: Limits,
     /// `[upstream]`.
     pub upstream: UpstreamConfig,
+    /// `[control]`: the control plane. `None`: only the static `[[services]]`.
+    pub control: Option<ControlConfig>,
 }
 
 /// `[proxy]`.
@@ -169,6 +178,73 @@ impl Default for UpstreamConfig {
     }
 }
 
+/// `[control]`: where control is and what this proxy tells it. Every key needs
+/// a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlConfig {
+    /// Control's QUIC addresses, in order; the first reachable one is used.
+    /// Never empty.
+    pub addresses: Vec<SocketAddr>,
+    /// The join token, read (and trimmed) only while `state_dir` holds no
+    /// certificate.
+    pub token_file: Option<PathBuf>,
+    /// Certificate, key, CA and the last good snapshot (created mode 0700,
+    /// files 0600).
+    pub state_dir: PathBuf,
+    /// Node name reported to control; defaults to the host name.
+    pub node: String,
+    /// The address registered as this proxy's endpoint; `None`: the bound
+    /// `[inbound] listen` address (with a wildcard IP replaced by the local IP
+    /// of the connection to control).
+    pub advertise: Option<SocketAddr>,
+    /// The services the local app calls (control sends only their routes and
+    /// endpoints); `None`: all services.
+    pub calls: Option<Vec<String>>,
+    /// `[control.health]`: how the local app is checked.
+    pub health: HealthConfig,
+}
+
+/// `[control.health]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    pub kind: HealthKind,
+    /// Path of the HTTP check (starts with `/`).
+    pub path: String,
+    /// Time between two checks (> 0).
+    pub interval: Duration,
+    /// Time one check may take (> 0).
+    pub timeout: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            kind: HealthKind::Tcp,
+            path: "/healthz".to_owned(),
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// How the local app is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthKind {
+    /// A TCP connect to `[inbound] app` succeeds.
+    Tcp,
+    /// `GET <path>` to `[inbound] app` answers 2xx or 3xx.
+    Http,
+}
+
+impl HealthKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthKind::Tcp => "tcp",
+            HealthKind::Http => "http",
+        }
+    }
+}
+
 impl Config {
     /// Reads and parses `path`. A read failure names the file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -183,6 +259,15 @@ impl Config {
         Self::parse_with_cpus(path, text, affinity::allowed_cpus)
     }
 
+    /// The host name, the default `[control] node`.
+    fn hostname() -> String {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "unknown".to_owned())
+    }
+
     /// [`Config::parse`] with the allowed CPU set supplied (tests use a fixed one).
     fn parse_with_cpus(
         path: &Path,
@@ -191,7 +276,7 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let file: file::FileConfig =
             toml::from_str(text).map_err(|e| ConfigError::toml(path, text, &e))?;
-        resolve::resolve(path, file, allowed_cpus)
+        resolve::resolve(path, file, allowed_cpus, Self::hostname)
     }
 
     /// Checks that `new` only changes keys that can be applied without a
@@ -203,7 +288,8 @@ impl Config {
 
     /// The effective configuration (defaults filled in) as JSON for the admin
     /// `/config` endpoint; durations as strings like `"10s"`/`"500ms"`, absent
-    /// optional values and sections as `null`.
+    /// optional values and sections as `null`. The agent adds the applied
+    /// snapshot's `version` and `config_version` to the `control` object.
     pub fn to_json(&self) -> serde_json::Value {
         let d = |d: Duration| duration::format(d);
         let p = &self.proxy;
@@ -246,6 +332,20 @@ impl Config {
                 "pool_idle_timeout": d(self.upstream.pool_idle_timeout),
                 "max_idle_per_endpoint": self.upstream.max_idle_per_endpoint,
             },
+            "control": self.control.as_ref().map(|c| json!({
+                "address": c.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "token_file": c.token_file.as_ref().map(|p| p.display().to_string()),
+                "state_dir": c.state_dir.display().to_string(),
+                "node": c.node,
+                "advertise": c.advertise.map(|a| a.to_string()),
+                "calls": c.calls,
+                "health": {
+                    "kind": c.health.kind.as_str(),
+                    "path": c.health.path,
+                    "interval": d(c.health.interval),
+                    "timeout": d(c.health.timeout),
+                },
+            })),
         })
     }
 

@@ -83,4 +83,38 @@ wildcard IP), except port 0, which lets the OS pick a free port.
   max_idle_per_endpoint integer   64            Most idle pooled connections per
                                                 endpoint on each shard; 0 disables
                                                 pooling.
+
+[control]  (optional; every key needs a restart)
+  Without this section the proxy runs from [[services]] alone. With it, the
+  proxy joins control once with token_file, then connects with its own
+  certificate, subscribes to its routes and endpoints, registers [inbound],
+  reports its app's health, and keeps serving the last good snapshot (kept in
+  state_dir) while control is unreachable.
+  address        addr or [addr]   required      Control's QUIC address(es); the
+                                                first reachable one is used.
+  token_file     path             none          Join token file; read (and trimmed)
+                                                only while state_dir holds no
+                                                certificate.
+  state_dir      path             required      Certificate, key, control's CA and
+                                                the last good snapshot (directory
+                                                created 0700, files 0600).
+  node           string           host name     Node name reported to control.
+  advertise      addr             bound [inbound] listen  Address registered as this
+                                                proxy's endpoint (a wildcard listen
+                                                IP is replaced by the local IP of
+                                                the connection to control);
+                                                needs [inbound].
+  calls          [name]           all           Services the local app calls;
+                                                control sends only their routes
+                                                and endpoints.
+  health         table            tcp check     The app check: [control.health].
+
+[control.health]  (optional; needs [inbound]; restart)
+  kind           "tcp" | "http"   "tcp"         tcp: connect to [inbound] app;
+                                                http: GET path on it, 2xx or 3xx
+                                                is healthy.
+  path           string           "/healthz"    Path of the http check (kind =
+                                                "http" only).
+  interval       duration         5s            Time between checks (> 0).
+  timeout        duration         1s            Time one check may take (> 0).
 "#;

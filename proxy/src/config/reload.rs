@@ -2,8 +2,10 @@
 //! threads and their pinning, the admin endpoint, the identity and the access log
 //! file are set up once at start; everything that is read per request or per
 //! connection (services, endpoints, timeouts, limits, pooling, labels) may change.
+//! `[control]` is read once by the control client at start: every key in it
+//! needs a restart.
 
-use super::{Config, ConfigError};
+use super::{Config, ConfigError, ControlConfig};
 
 pub(crate) fn check(old: &Config, new: &Config) -> Result<(), ConfigError> {
     let changed = |place: &str, key: &str, from: String, to: String| {
@@ -76,10 +78,89 @@ pub(crate) fn check(old: &Config, new: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
+    control(new, &old.control, &new.control)
+}
+
+/// Any change to `[control]` or `[control.health]` needs a restart; the error
+/// names the first key that changed.
+fn control(
+    new: &Config,
+    old: &Option<ControlConfig>,
+    now: &Option<ControlConfig>,
+) -> Result<(), ConfigError> {
+    section(new, "[control]", old, now)?;
+    let (Some(a), Some(b)) = (old, now) else {
+        return Ok(());
+    };
+    let debug = |v: &dyn std::fmt::Debug| format!("{v:?}");
+    let dur = |d| quoted(super::duration::format(d));
+    let keys: [(&str, &str, String, String); 10] = [
+        (
+            "[control]",
+            "address",
+            debug(&a.addresses),
+            debug(&b.addresses),
+        ),
+        (
+            "[control]",
+            "token_file",
+            debug(&a.token_file),
+            debug(&b.token_file),
+        ),
+        (
+            "[control]",
+            "state_dir",
+            debug(&a.state_dir),
+            debug(&b.state_dir),
+        ),
+        ("[control]", "node", debug(&a.node), debug(&b.node)),
+        (
+            "[control]",
+            "advertise",
+            debug(&a.advertise),
+            debug(&b.advertise),
+        ),
+        ("[control]", "calls", debug(&a.calls), debug(&b.calls)),
+        (
+            "[control.health]",
+            "kind",
+            debug(&a.health.kind.as_str()),
+            debug(&b.health.kind.as_str()),
+        ),
+        (
+            "[control.health]",
+            "path",
+            debug(&a.health.path),
+            debug(&b.health.path),
+        ),
+        (
+            "[control.health]",
+            "interval",
+            dur(a.health.interval),
+            dur(b.health.interval),
+        ),
+        (
+            "[control.health]",
+            "timeout",
+            dur(a.health.timeout),
+            dur(b.health.timeout),
+        ),
+    ];
+    for (place, key, from, to) in keys {
+        if from != to {
+            return Err(ConfigError::needs_restart(
+                &new.source,
+                place,
+                key,
+                format!("changed from {from} to {to}; this key needs a restart"),
+            ));
+        }
+    }
     Ok(())
 }
 
-/// A listener section may not appear or disappear: its socket is bound at start.
+/// A listener (or the control) section may not appear or disappear: its
+/// socket is bound (its client started) at start.
 fn section<T>(
     new: &Config,
     place: &str,

@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use super::affinity::format_cpu_list;
 use super::file::{
-    FileConfig, InboundFile, LimitsFile, OutboundFile, ProxyFile, ServiceFile, TimeoutsFile,
-    UpstreamFile,
+    ControlFile, FileConfig, HealthFile, InboundFile, LimitsFile, OutboundFile, ProxyFile,
+    ServiceFile, TimeoutsFile, UpstreamFile,
 };
 use super::{
-    duration, Config, ConfigError, InboundConfig, Limits, OutboundConfig, ProxyConfig,
-    ServiceConfig, Timeouts, UpstreamConfig,
+    duration, Config, ConfigError, ControlConfig, HealthConfig, HealthKind, InboundConfig, Limits,
+    OutboundConfig, ProxyConfig, ServiceConfig, Timeouts, UpstreamConfig,
 };
 
 type Result<T> = std::result::Result<T, ConfigError>;
@@ -41,6 +41,7 @@ pub(crate) fn resolve(
     path: &Path,
     file: FileConfig,
     allowed_cpus: impl FnOnce() -> io::Result<Vec<usize>>,
+    hostname: impl FnOnce() -> String,
 ) -> Result<Config> {
     let proxy = file
         .proxy
@@ -70,6 +71,10 @@ pub(crate) fn resolve(
         At::new(path, "[upstream]"),
         file.upstream.unwrap_or_default(),
     )?;
+    let control = file
+        .control
+        .map(|f| resolve_control(path, f, inbound.as_ref(), hostname))
+        .transpose()?;
     Ok(Config {
         source: path.to_owned(),
         proxy,
@@ -79,6 +84,7 @@ pub(crate) fn resolve(
         timeouts,
         limits,
         upstream,
+        control,
     })
 }
 
@@ -328,6 +334,160 @@ fn resolve_upstream(at: At<'_>, f: UpstreamFile) -> Result<UpstreamConfig> {
             .map_or(Ok(d.max_idle_per_endpoint), |n| {
                 at.int_in("max_idle_per_endpoint", n, 0..=usize::MAX)
             })?,
+    })
+}
+
+fn resolve_control(
+    path: &Path,
+    f: ControlFile,
+    inbound: Option<&InboundConfig>,
+    hostname: impl FnOnce() -> String,
+) -> Result<ControlConfig> {
+    let at = At::new(path, "[control]");
+    let addresses = resolve_control_addresses(&at, at.required("address", f.address)?)?;
+    let token_file = match f.token_file {
+        Some(p) if p.is_empty() => return Err(at.err("token_file", "is empty")),
+        p => p.map(PathBuf::from),
+    };
+    let state_dir = match at.required("state_dir", f.state_dir)? {
+        p if p.is_empty() => return Err(at.err("state_dir", "is empty")),
+        p => PathBuf::from(p),
+    };
+    let node = match f.node {
+        Some(n) => {
+            if n.is_empty() || n.len() > 253 || n.chars().any(|c| c.is_control() || c == ' ') {
+                return Err(at.err(
+                    "node",
+                    format!(
+                        "\"{}\" is not a node name (1 to 253 characters, no spaces)",
+                        n.escape_debug()
+                    ),
+                ));
+            }
+            n
+        }
+        None => hostname(),
+    };
+    let advertise = match f.advertise {
+        Some(text) => {
+            if inbound.is_none() {
+                return Err(at.err(
+                    "advertise",
+                    "needs an [inbound] section: it is the address peers reach [inbound] listen at",
+                ));
+            }
+            let a = at.connect_addr("advertise", &text)?;
+            if a.ip().is_unspecified() {
+                return Err(at.err(
+                    "advertise",
+                    format!("\"{text}\" is a wildcard address, which peers cannot connect to"),
+                ));
+            }
+            Some(a)
+        }
+        None => None,
+    };
+    let calls = match f.calls {
+        Some(list) => {
+            let mut calls: Vec<String> = Vec::with_capacity(list.len());
+            for name in list {
+                let name = at.name("calls", name)?;
+                if calls.contains(&name) {
+                    return Err(at.err("calls", format!("\"{name}\" is listed twice")));
+                }
+                calls.push(name);
+            }
+            Some(calls)
+        }
+        None => None,
+    };
+    let health = match f.health {
+        Some(_) if inbound.is_none() => {
+            return Err(At::new(path, "[control.health]").err(
+                "",
+                "needs an [inbound] section: the check connects to [inbound] app",
+            ));
+        }
+        Some(h) => resolve_health(At::new(path, "[control.health]"), h)?,
+        None => HealthConfig::default(),
+    };
+    Ok(ControlConfig {
+        addresses,
+        token_file,
+        state_dir,
+        node,
+        advertise,
+        calls,
+        health,
+    })
+}
+
+/// `address = "IP:port"` or `address = ["IP:port", ...]`: non-empty, distinct.
+fn resolve_control_addresses(at: &At<'_>, value: toml::Value) -> Result<Vec<SocketAddr>> {
+    const SHAPE: &str = "must be an address string (\"127.0.0.1:7443\") or a list of them";
+    let texts = match value {
+        toml::Value::String(s) => vec![s],
+        toml::Value::Array(items) => items
+            .into_iter()
+            .map(|v| match v {
+                toml::Value::String(s) => Ok(s),
+                other => Err(at.err("address", format!("{other} {SHAPE}"))),
+            })
+            .collect::<Result<_>>()?,
+        other => return Err(at.err("address", format!("{other} {SHAPE}"))),
+    };
+    if texts.is_empty() {
+        return Err(at.err("address", "is an empty list; name at least one address"));
+    }
+    let mut addresses = Vec::with_capacity(texts.len());
+    for text in &texts {
+        let a = at.connect_addr("address", text)?;
+        if addresses.contains(&a) {
+            return Err(at.err("address", format!("\"{text}\" is listed twice")));
+        }
+        addresses.push(a);
+    }
+    Ok(addresses)
+}
+
+fn resolve_health(at: At<'_>, f: HealthFile) -> Result<HealthConfig> {
+    let d = HealthConfig::default();
+    let kind = match f.kind.as_deref() {
+        None | Some("tcp") => HealthKind::Tcp,
+        Some("http") => HealthKind::Http,
+        Some(other) => {
+            return Err(at.err(
+                "kind",
+                format!("\"{other}\" is not a check kind (\"tcp\" or \"http\")"),
+            ))
+        }
+    };
+    let path = match f.path {
+        // A path without kind = "http" is most likely a forgotten kind: the
+        // check would silently be a TCP connect.
+        Some(p) if kind == HealthKind::Tcp => {
+            return Err(at.err("path", format!("\"{p}\" is only used with kind = \"http\"")))
+        }
+        Some(p) => {
+            // The path goes into a request line as is: no spaces or controls.
+            if !p.starts_with('/') || p.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                return Err(at.err(
+                    "path",
+                    format!(
+                        "\"{}\" must start with '/' and contain no spaces or control characters",
+                        p.escape_debug()
+                    ),
+                ));
+            }
+            p
+        }
+        None => d.path,
+    };
+    Ok(HealthConfig {
+        kind,
+        path,
+        interval: at.duration("interval", f.interval.as_deref(), d.interval, true)?,
+        timeout: at.duration("timeout", f.timeout.as_deref(), d.timeout, true)?,
     })
 }
 

@@ -621,6 +621,8 @@ fn reference_documents_every_key() {
         ("timeouts", "[timeouts]\n"),
         ("limits", "[limits]\n"),
         ("upstream", "[upstream]\n"),
+        ("control", "[control]\n"),
+        ("control.health", "[control.health]\n"),
     ];
     for (section, header) in sections.into_iter().chain(more) {
         let e = error(&format!("{header}zzz_unknown = 1\n"));

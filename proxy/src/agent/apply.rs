@@ -1,0 +1,167 @@
+//! Applying a snapshot from control: compile it once, hand every shard the
+//! same immutable table (prepare on all, then commit on all, so every core
+//! switches together), persist it as the last good snapshot, and show its
+//! version on `/config`.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use coremesh_api::snapshot::Snapshot;
+
+use super::state::StateDir;
+use crate::admin::AdminState;
+use crate::routing::RoutingTable;
+use crate::shard::{ShardHandle, ShardMsg};
+
+/// How long every shard together may take to prepare a table. A shard that
+/// does not answer in time makes the apply fail (NACK) rather than leave
+/// cores on different tables.
+pub const PREPARE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What is applied, for `/config` and the control session's `Hello`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub version: u64,
+    pub config_version: u64,
+}
+
+/// Applies snapshots on the agent thread.
+pub struct Applier {
+    shards: Vec<ShardHandle>,
+    state: Option<StateDir>,
+    applied: Cell<Option<Applied>>,
+    connected: Cell<bool>,
+    last_nack: RefCell<Option<(u64, String)>>,
+    /// `/config` shows the control status; `None` in tests.
+    admin: Option<Rc<AdminState>>,
+}
+
+impl Applier {
+    pub fn new(
+        shards: Vec<ShardHandle>,
+        state: Option<StateDir>,
+        admin: Option<Rc<AdminState>>,
+    ) -> Applier {
+        Applier {
+            shards,
+            state,
+            applied: Cell::new(None),
+            connected: Cell::new(false),
+            last_nack: RefCell::new(None),
+            admin,
+        }
+    }
+
+    /// The snapshot in force, if any.
+    pub fn applied(&self) -> Option<Applied> {
+        self.applied.get()
+    }
+
+    /// Compiles and applies `snap` on every shard; with `persist`, also
+    /// stores it as the last good snapshot. The error is the NACK reason.
+    pub async fn apply(&self, snap: &Snapshot, persist: bool) -> Result<(), String> {
+        let table = match RoutingTable::compile(snap) {
+            Ok(t) => Arc::new(t),
+            Err(reason) => {
+                *self.last_nack.borrow_mut() = Some((snap.version, reason.clone()));
+                self.publish();
+                return Err(reason);
+            }
+        };
+        if let Err(reason) = self.prepare_commit(table, snap.version).await {
+            *self.last_nack.borrow_mut() = Some((snap.version, reason.clone()));
+            self.publish();
+            return Err(reason);
+        }
+        if persist {
+            if let Some(state) = &self.state {
+                // The routes are in force either way; only a restart while
+                // control is down would miss them.
+                if let Err(e) = state.save_snapshot(snap) {
+                    tracing::error!("cannot persist snapshot {}: {e}", snap.version);
+                }
+            }
+        }
+        self.applied.set(Some(Applied {
+            version: snap.version,
+            config_version: snap.config_version,
+        }));
+        *self.last_nack.borrow_mut() = None;
+        self.publish();
+        Ok(())
+    }
+
+    /// Phase one on every shard, bounded by [`PREPARE_TIMEOUT`]; phase two
+    /// only once all have answered.
+    async fn prepare_commit(&self, table: Arc<RoutingTable>, version: u64) -> Result<(), String> {
+        let mut replies = Vec::with_capacity(self.shards.len());
+        for h in &self.shards {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            h.tx.try_send(ShardMsg::Prepare(table.clone(), tx))
+                .map_err(|_| format!("shard {} is not running", h.index))?;
+            replies.push((h.index, rx));
+        }
+        let all = async {
+            for (index, rx) in replies {
+                rx.await
+                    .map_err(|_| format!("shard {index} stopped while preparing"))?;
+            }
+            Ok::<(), String>(())
+        };
+        match tokio::time::timeout(PREPARE_TIMEOUT, all).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(format!(
+                    "not every shard prepared version {version} within {PREPARE_TIMEOUT:?}"
+                ))
+            }
+        }
+        for h in &self.shards {
+            // A shard gone between prepare and commit is exiting anyway.
+            let _ = h.tx.try_send(ShardMsg::Commit(version));
+        }
+        Ok(())
+    }
+
+    pub fn set_connected(&self, connected: bool) {
+        if self.connected.replace(connected) != connected {
+            self.publish();
+        }
+    }
+
+    /// The control status object of `/config`.
+    pub fn status_json(&self) -> serde_json::Value {
+        let a = self.applied.get();
+        serde_json::json!({
+            "version": a.map(|a| a.version),
+            "config_version": a.map(|a| a.config_version),
+            "connected": self.connected.get(),
+            "last_nack": self.last_nack.borrow().as_ref().map(|(v, reason)| serde_json::json!({
+                "version": v,
+                "reason": reason,
+            })),
+        })
+    }
+
+    /// Writes the status into `/config` (`control` object).
+    pub fn publish(&self) {
+        if let Some(admin) = &self.admin {
+            merge_status(&mut admin.config_json.borrow_mut(), self.status_json());
+        }
+    }
+}
+
+/// Adds the status keys to the `control` object of a `/config` document
+/// (which holds the `[control]` settings).
+pub fn merge_status(config: &mut serde_json::Value, status: serde_json::Value) {
+    let (Some(control), serde_json::Value::Object(status)) = (
+        config.get_mut("control").and_then(|c| c.as_object_mut()),
+        status,
+    ) else {
+        return;
+    };
+    control.extend(status);
+}

@@ -1,0 +1,762 @@
+//! The control-plane client: one QUIC connection to coremesh-control, on the
+//! agent thread (quinn over the tokio current-thread runtime).
+//!
+//! Lifecycle (`run` loops through it forever; every failure goes back to
+//! `disconnected` after a backoff of 100 ms doubling to 10 s, with jitter):
+//!
+//! ```text
+//! disconnected ──no certificate in state_dir──▶ joining
+//!      │                                           │ token_file read, key + CSR made here,
+//!      │                                           │ server verified by the token's CA
+//!      │                                           │ fingerprint, Join ──▶ Joined
+//!      │◀──────────────── key, cert, CA saved ─────┘
+//!      │
+//!      └──certificate──▶ connecting (mTLS, server verified by the stored CA)
+//!                          │ Hello{service, node, version, calls} ──▶ Welcome
+//!                          ▼
+//!                        session: Register once (if [inbound]); Health every
+//!                        heartbeat; each Snapshot compiled, prepared and
+//!                        committed on every shard, persisted, then Ack (or
+//!                        Nack with the reason); Renew at ~2/3 of the
+//!                        certificate's life; Deregister on SIGTERM.
+//! ```
+//!
+//! A malformed or unexpected message ends the session (logged) and the client
+//! reconnects; nothing here panics on input from the network.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use coremesh_api::token::JoinToken;
+use coremesh_api::wire::{self, ControlMsg, ErrorCode, FrameDecoder, ProxyMsg};
+use tokio::sync::{mpsc, oneshot};
+
+use super::apply::Applier;
+use super::health::{Checker, HealthReport, LatestHealth};
+use super::state::{Identity, StateDir};
+use super::tls::{self, CertInfo, FingerprintVerifier, SERVER_NAME};
+use crate::config::ControlConfig;
+
+/// One connection attempt to one address.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// From Hello (or Join) to control's first answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A session that lasted this long resets the backoff: a failure right
+/// after Welcome keeps backing off instead of reconnecting in a tight loop.
+const STABLE_SESSION: Duration = Duration::from_secs(10);
+/// When a renewal gets no answer (or an error), try again after this long.
+const RENEW_RETRY: Duration = Duration::from_secs(60);
+/// Heartbeats are never sent more often than this, whatever control asks.
+const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
+
+/// Everything the client starts with.
+pub struct ControlSetup {
+    pub config: ControlConfig,
+    /// `[proxy] service`: who this proxy is.
+    pub service: String,
+    /// `[proxy] labels`, registered with the endpoint.
+    pub labels: BTreeMap<String, String>,
+    /// The bound `[inbound] listen` address; `None` without `[inbound]`
+    /// (then nothing is registered).
+    pub inbound: Option<SocketAddr>,
+    pub state: StateDir,
+    pub applier: Rc<Applier>,
+    /// The app's health checker and its latest result; `None` without
+    /// `[inbound]` (heartbeats then say healthy, "no inbound").
+    pub health: Option<(Checker, LatestHealth)>,
+    pub link: Rc<ControlLink>,
+}
+
+/// The agent's side of the session: deregistration on SIGTERM.
+#[derive(Default)]
+pub struct ControlLink {
+    session: RefCell<Option<mpsc::UnboundedSender<SessionCmd>>>,
+    leaving: Cell<bool>,
+}
+
+enum SessionCmd {
+    Deregister(oneshot::Sender<()>),
+}
+
+/// How a deregistration ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deregistration {
+    /// Control confirmed the endpoint is withdrawn everywhere.
+    Confirmed,
+    /// There was no session: nothing to withdraw from here.
+    NotConnected,
+    /// No confirmation in time (or the session ended meanwhile).
+    Unconfirmed,
+}
+
+impl ControlLink {
+    /// Withdraws this proxy's endpoint and waits (at most `timeout`) for
+    /// control's confirmation that every other proxy has been told. From now
+    /// on a reconnecting session does not register again.
+    pub async fn deregister(&self, timeout: Duration) -> Deregistration {
+        self.leaving.set(true);
+        let Some(tx) = self.session.borrow().clone() else {
+            return Deregistration::NotConnected;
+        };
+        let (reply, confirmed) = oneshot::channel();
+        if tx.send(SessionCmd::Deregister(reply)).is_err() {
+            return Deregistration::NotConnected;
+        }
+        match tokio::time::timeout(timeout, confirmed).await {
+            Ok(Ok(())) => Deregistration::Confirmed,
+            _ => Deregistration::Unconfirmed,
+        }
+    }
+
+    /// Whether a session is up (Welcome received, not ended since).
+    pub fn connected(&self) -> bool {
+        self.session.borrow().is_some()
+    }
+}
+
+/// Why an attempt failed. `Logged` failures have already said why, at the
+/// right level (a refused token, a CA mismatch).
+enum Failure {
+    Logged,
+    Other(String),
+}
+
+impl From<String> for Failure {
+    fn from(s: String) -> Self {
+        Failure::Other(s)
+    }
+}
+
+/// Applies the persisted snapshot (the last good routes) so a proxy
+/// restarted while control is down serves them. Returns its version.
+pub async fn restore(state: &StateDir, applier: &Applier) -> Option<u64> {
+    let snap = match state.load_snapshot() {
+        Ok(Some(s)) => s,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::error!("ignoring the persisted snapshot: {e}");
+            return None;
+        }
+    };
+    match applier.apply(&snap, false).await {
+        Ok(()) => {
+            tracing::info!(
+                "serving the last good snapshot (version {}, config version {}) from {} until control answers",
+                snap.version,
+                snap.config_version,
+                state.dir().display()
+            );
+            Some(snap.version)
+        }
+        Err(reason) => {
+            tracing::error!(
+                "the persisted snapshot version {} cannot be applied: {reason}",
+                snap.version
+            );
+            None
+        }
+    }
+}
+
+/// Runs the client forever (the agent drops the task at exit).
+pub async fn run(setup: ControlSetup) {
+    let client = Client {
+        setup,
+        identity: RefCell::new(None),
+    };
+    let mut backoff = Backoff::new();
+    loop {
+        let started = tokio::time::Instant::now();
+        let result = match client.identity() {
+            Ok(Some(id)) => client.session(&id).await,
+            Ok(None) => match client.join().await {
+                // Straight on to the session with the new certificate.
+                Ok(()) => continue,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(Failure::Other(e)),
+        };
+        client.setup.applier.set_connected(false);
+        if started.elapsed() >= STABLE_SESSION {
+            backoff.reset();
+        }
+        let wait = backoff.next(random_unit());
+        match result {
+            Ok(()) => tracing::info!("control session ended; reconnecting in {wait:?}"),
+            Err(Failure::Other(e)) => tracing::warn!("control: {e}; retrying in {wait:?}"),
+            Err(Failure::Logged) => tracing::info!("retrying control in {wait:?}"),
+        }
+        tokio::time::sleep(wait).await;
+    }
+}
+
+struct Client {
+    setup: ControlSetup,
+    /// The identity in use (loaded from state_dir, replaced on renewal).
+    identity: RefCell<Option<Identity>>,
+}
+
+impl Client {
+    fn cfg(&self) -> &ControlConfig {
+        &self.setup.config
+    }
+
+    /// The identity to connect with; `None`: join first. A certificate that
+    /// expired, or whose key does not match, is moved aside when a token
+    /// file exists to join again with.
+    fn identity(&self) -> Result<Option<Identity>, String> {
+        if let Some(id) = self.identity.borrow().clone() {
+            return Ok(Some(id));
+        }
+        let Some(id) = self.setup.state.load_identity()? else {
+            return Ok(None);
+        };
+        let cert = self.setup.state.path(super::state::CERT_FILE);
+        let info = CertInfo::parse(&id.cert_pem).map_err(|e| format!("{}: {e}", cert.display()))?;
+        let problem = if !info.matches_key(&id.key_pem) {
+            Some("does not match key.pem".to_string())
+        } else if info.not_after <= unix_now() {
+            Some(format!("expired {} s ago", unix_now() - info.not_after))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            let token = self.cfg().token_file.as_ref().filter(|p| p.exists());
+            let Some(token) = token else {
+                return Err(format!(
+                    "{} {problem}; put a new join token in token_file and remove it to join again",
+                    cert.display()
+                ));
+            };
+            tracing::warn!(
+                "{} {problem}; joining again with {}",
+                cert.display(),
+                token.display()
+            );
+            self.setup
+                .state
+                .discard_cert()
+                .map_err(|e| format!("{}: {e}", cert.display()))?;
+            return Ok(None);
+        }
+        *self.identity.borrow_mut() = Some(id.clone());
+        Ok(Some(id))
+    }
+
+    /// Tries each address in order; the first that completes a handshake wins.
+    async fn connect(
+        &self,
+        cfg: &quinn::ClientConfig,
+    ) -> Result<(quinn::Endpoint, quinn::Connection, SocketAddr), String> {
+        let mut errors = Vec::new();
+        for &addr in &self.cfg().addresses {
+            let bind: SocketAddr = if addr.is_ipv6() {
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            } else {
+                (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+            };
+            let endpoint = quinn::Endpoint::client(bind)
+                .map_err(|e| format!("cannot open a UDP socket: {e}"))?;
+            let connecting = match endpoint.connect_with(cfg.clone(), addr, SERVER_NAME) {
+                Ok(c) => c,
+                Err(e) => {
+                    errors.push(format!("{addr}: {e}"));
+                    continue;
+                }
+            };
+            match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+                Ok(Ok(conn)) => return Ok((endpoint, conn, addr)),
+                Ok(Err(e)) => errors.push(format!("{addr}: {e}")),
+                Err(_) => errors.push(format!("{addr}: no answer within {CONNECT_TIMEOUT:?}")),
+            }
+        }
+        Err(format!("cannot reach control: {}", errors.join("; ")))
+    }
+
+    /// Joins with the token: verifies the server by the token's CA
+    /// fingerprint before sending anything, sends a CSR for a key made here,
+    /// saves what comes back.
+    async fn join(&self) -> Result<(), Failure> {
+        let Some(token_file) = &self.cfg().token_file else {
+            return Err(format!(
+                "{} holds no certificate and [control] token_file is not set: \
+                 create a token with `meshctl token create --service {}` and set token_file",
+                self.setup.state.dir().display(),
+                self.setup.service
+            )
+            .into());
+        };
+        let text = std::fs::read_to_string(token_file)
+            .map_err(|e| format!("token_file {}: {e}", token_file.display()))?;
+        let token: JoinToken = text
+            .trim()
+            .parse()
+            .map_err(|e| format!("token_file {}: {e}", token_file.display()))?;
+        let verifier = Arc::new(FingerprintVerifier::new(&token.ca_fingerprint));
+        let mismatch = verifier.mismatch_flag();
+        let cfg = tls::join_config(verifier)?;
+        let (_endpoint, conn, addr) = match self.connect(&cfg).await {
+            Ok(c) => c,
+            Err(_) if mismatch.load(Ordering::Relaxed) => {
+                tracing::error!(
+                    token_file = %token_file.display(),
+                    "control's CA does not match the join token's fingerprint; refusing to join"
+                );
+                return Err(Failure::Logged);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let (key_pem, csr_pem) = tls::key_and_csr(&self.setup.service)?;
+        let (mut send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| format!("{addr}: cannot open a stream: {e}"))?;
+        let (tx, mut msgs) = mpsc::unbounded_channel();
+        let _reader = AbortOnDrop(tokio::task::spawn_local(read_frames(recv, tx)));
+        write(
+            &mut send,
+            &ProxyMsg::Join {
+                protocol: wire::PROTOCOL_VERSION,
+                token: token.to_string(),
+                csr_pem,
+                node: self.cfg().node.clone(),
+            },
+        )
+        .await?;
+        let (cert_pem, ca_pem, spiffe_id) = match next(&mut msgs, ANSWER_TIMEOUT).await? {
+            ControlMsg::Joined {
+                cert_pem,
+                ca_pem,
+                spiffe_id,
+            } => (cert_pem, ca_pem, spiffe_id),
+            ControlMsg::Error {
+                code: ErrorCode::TokenRefused,
+                message,
+            } => {
+                tracing::error!(
+                    token_file = %token_file.display(),
+                    "control refused the join token: {message}; create a new one with \
+                     `meshctl token create --service {}` and put it in the token file",
+                    self.setup.service
+                );
+                return Err(Failure::Logged);
+            }
+            ControlMsg::Error { code, message } => {
+                return Err(format!("control refused the join ({code:?}): {message}").into())
+            }
+            other => return Err(format!("expected Joined, got {}", msg_kind(&other)).into()),
+        };
+        conn.close(0u32.into(), b"joined");
+        let suffix = format!("/service/{}", self.setup.service);
+        if !spiffe_id.ends_with(&suffix) {
+            return Err(format!(
+                "control issued identity {spiffe_id}, not one for service {}",
+                self.setup.service
+            )
+            .into());
+        }
+        // The CA to trust from now on must be the one the token pinned.
+        let ca = CertInfo::parse(&ca_pem).map_err(|e| format!("the CA control sent: {e}"))?;
+        if coremesh_api::token::fingerprint_hex(&ca.der) != token.ca_fingerprint {
+            tracing::error!(
+                "control's CA does not match the join token's fingerprint; refusing to join"
+            );
+            return Err(Failure::Logged);
+        }
+        let cert =
+            CertInfo::parse(&cert_pem).map_err(|e| format!("the certificate control sent: {e}"))?;
+        if !cert.matches_key(&key_pem) {
+            return Err("the certificate control sent is not for the key in our CSR"
+                .to_string()
+                .into());
+        }
+        let id = Identity {
+            key_pem,
+            cert_pem,
+            ca_pem,
+        };
+        self.setup
+            .state
+            .save_identity(&id)
+            .map_err(|e| format!("cannot save the new certificate: {e}"))?;
+        tracing::info!(
+            "joined control at {addr} as {spiffe_id}; certificate saved in {}",
+            self.setup.state.dir().display()
+        );
+        *self.identity.borrow_mut() = Some(id);
+        Ok(())
+    }
+
+    /// One session over mutual TLS, until it fails.
+    async fn session(&self, id: &Identity) -> Result<(), Failure> {
+        let cfg = tls::session_config(&id.key_pem, &id.cert_pem, &id.ca_pem)?;
+        let (_endpoint, conn, addr) = self.connect(&cfg).await?;
+        let (mut send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| format!("{addr}: cannot open a stream: {e}"))?;
+        let (tx, mut msgs) = mpsc::unbounded_channel();
+        let _reader = AbortOnDrop(tokio::task::spawn_local(read_frames(recv, tx)));
+        let applied = self.setup.applier.applied();
+        write(
+            &mut send,
+            &ProxyMsg::Hello {
+                protocol: wire::PROTOCOL_VERSION,
+                service: self.setup.service.clone(),
+                node: self.cfg().node.clone(),
+                version: applied.map(|a| a.version),
+                calls: self.cfg().calls.clone(),
+            },
+        )
+        .await?;
+        let heartbeat = match next(&mut msgs, ANSWER_TIMEOUT).await? {
+            ControlMsg::Welcome {
+                heartbeat_interval_ms,
+                ..
+            } => Duration::from_millis(heartbeat_interval_ms).max(MIN_HEARTBEAT),
+            ControlMsg::Error { code, message } => {
+                return Err(format!("control refused the session ({code:?}): {message}").into())
+            }
+            other => return Err(format!("expected Welcome, got {}", msg_kind(&other)).into()),
+        };
+        tracing::info!(
+            "connected to control at {addr} (service {}, running version {})",
+            self.setup.service,
+            applied.map_or("none".to_string(), |a| a.version.to_string())
+        );
+        let (cmd_tx, mut cmds) = mpsc::unbounded_channel();
+        *self.setup.link.session.borrow_mut() = Some(cmd_tx);
+        let _up = SessionUp(self);
+        self.setup.applier.set_connected(true);
+
+        if !self.setup.link.leaving.get() {
+            if let Some(address) = self.register_address(&conn) {
+                write(
+                    &mut send,
+                    &ProxyMsg::Register {
+                        address,
+                        labels: self.setup.labels.clone(),
+                    },
+                )
+                .await?;
+                tracing::info!(
+                    "registered {address} as an endpoint of {}",
+                    self.setup.service
+                );
+            }
+        }
+
+        let mut tick = tokio::time::interval(heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut renew_at = self.renew_deadline(&id.cert_pem);
+        let mut pending_key: Option<String> = None;
+        let mut deregistering: Option<oneshot::Sender<()>> = None;
+        loop {
+            tokio::select! {
+                m = msgs.recv() => match m.unwrap_or_else(|| Err("the stream reader stopped".into()))? {
+                    ControlMsg::Snapshot(snap) => {
+                        let version = snap.version;
+                        let reply = match self.setup.applier.apply(&snap, true).await {
+                            Ok(()) => {
+                                tracing::info!(
+                                    "applied snapshot version {version} (config version {})",
+                                    snap.config_version
+                                );
+                                ProxyMsg::Ack { version }
+                            }
+                            Err(reason) => {
+                                tracing::warn!("refused snapshot version {version}: {reason}");
+                                ProxyMsg::Nack { version, reason }
+                            }
+                        };
+                        write(&mut send, &reply).await?;
+                    }
+                    ControlMsg::Renewed { cert_pem } => {
+                        let Some(key_pem) = pending_key.take() else {
+                            return Err("Renewed without a renewal request".to_string().into());
+                        };
+                        match self.renewed(key_pem, cert_pem) {
+                            Ok(cert_pem) => renew_at = self.renew_deadline(&cert_pem),
+                            Err(e) => {
+                                tracing::error!("certificate renewal failed: {e}; retrying in {RENEW_RETRY:?}");
+                                renew_at = tokio::time::Instant::now() + RENEW_RETRY;
+                            }
+                        }
+                    }
+                    ControlMsg::Deregistered => {
+                        if let Some(reply) = deregistering.take() {
+                            let _ = reply.send(());
+                        }
+                    }
+                    ControlMsg::Error { code, message } if pending_key.is_some() => {
+                        // The only request in flight that control answers
+                        // with an error mid-session is the renewal.
+                        pending_key = None;
+                        tracing::error!(
+                            "control refused the certificate renewal ({code:?}): {message}; retrying in {RENEW_RETRY:?}"
+                        );
+                        renew_at = tokio::time::Instant::now() + RENEW_RETRY;
+                    }
+                    ControlMsg::Error { code, message } => {
+                        return Err(format!("control ended the session ({code:?}): {message}").into());
+                    }
+                    other => {
+                        return Err(format!("unexpected {} in a session", msg_kind(&other)).into());
+                    }
+                },
+                _ = tick.tick() => {
+                    let report = self.health().await;
+                    write(&mut send, &ProxyMsg::Health {
+                        healthy: report.healthy,
+                        detail: report.detail,
+                    }).await?;
+                }
+                _ = tokio::time::sleep_until(renew_at) => {
+                    if pending_key.is_some() {
+                        tracing::warn!("no answer to the certificate renewal; asking again");
+                    }
+                    let (key_pem, csr_pem) = tls::key_and_csr(&self.setup.service)?;
+                    write(&mut send, &ProxyMsg::Renew { csr_pem }).await?;
+                    tracing::info!("renewing the certificate");
+                    pending_key = Some(key_pem);
+                    renew_at = tokio::time::Instant::now() + RENEW_RETRY;
+                }
+                Some(cmd) = cmds.recv() => match cmd {
+                    SessionCmd::Deregister(reply) => {
+                        write(&mut send, &ProxyMsg::Deregister).await?;
+                        tracing::info!("deregistering from control");
+                        deregistering = Some(reply);
+                    }
+                },
+            }
+        }
+    }
+
+    /// Checks and stores a renewed certificate; returns it.
+    fn renewed(&self, key_pem: String, cert_pem: String) -> Result<String, String> {
+        let info = CertInfo::parse(&cert_pem)?;
+        if !info.matches_key(&key_pem) {
+            return Err("the renewed certificate is not for the key in our CSR".into());
+        }
+        self.setup
+            .state
+            .save_renewed(&key_pem, &cert_pem)
+            .map_err(|e| format!("cannot save it: {e}"))?;
+        let mut id = self.identity.borrow_mut();
+        if let Some(id) = id.as_mut() {
+            id.key_pem = key_pem;
+            id.cert_pem = cert_pem.clone();
+        }
+        tracing::info!(
+            "certificate renewed; valid until {} (unix time), used from the next connection",
+            info.not_after
+        );
+        Ok(cert_pem)
+    }
+
+    /// When to renew `cert_pem` (now, if the point has passed or the
+    /// certificate cannot be read).
+    fn renew_deadline(&self, cert_pem: &str) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        let Ok(info) = CertInfo::parse(cert_pem) else {
+            return now;
+        };
+        let jitter = random_unit() * 2.0 - 1.0;
+        let wait = u64::try_from(info.renew_at(jitter) - unix_now()).unwrap_or(0);
+        now + Duration::from_secs(wait)
+    }
+
+    /// `advertise`, else the bound inbound address, its wildcard IP replaced
+    /// by the local IP of the connection to control (the one peers are most
+    /// likely to reach).
+    fn register_address(&self, conn: &quinn::Connection) -> Option<SocketAddr> {
+        if let Some(a) = self.cfg().advertise {
+            return Some(a);
+        }
+        let bound = self.setup.inbound?;
+        if !bound.ip().is_unspecified() {
+            return Some(bound);
+        }
+        match conn.local_ip() {
+            Some(ip) if !ip.is_unspecified() => Some(SocketAddr::new(ip, bound.port())),
+            _ => {
+                tracing::error!(
+                    "[inbound] listen is {bound} and the local IP towards control is unknown: \
+                     set [control] advertise; not registering"
+                );
+                None
+            }
+        }
+    }
+
+    /// The latest health check (a fresh one if none has finished yet).
+    async fn health(&self) -> HealthReport {
+        let Some((checker, latest)) = &self.setup.health else {
+            return HealthReport {
+                healthy: true,
+                detail: "no inbound".into(),
+            };
+        };
+        if let Some(r) = latest.borrow().clone() {
+            return r;
+        }
+        let r = checker.check().await;
+        *latest.borrow_mut() = Some(r.clone());
+        r
+    }
+}
+
+/// Marks the session up for the agent while it lives.
+struct SessionUp<'a>(&'a Client);
+
+impl Drop for SessionUp<'_> {
+    fn drop(&mut self) {
+        self.0.setup.link.session.borrow_mut().take();
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn write(send: &mut quinn::SendStream, msg: &ProxyMsg) -> Result<(), String> {
+    let mut buf = Vec::new();
+    wire::encode(msg, &mut buf).map_err(|e| format!("cannot encode a message: {e}"))?;
+    send.write_all(&buf)
+        .await
+        .map_err(|e| format!("cannot send to control: {e}"))
+}
+
+/// The next message, within `timeout`.
+async fn next(
+    msgs: &mut mpsc::UnboundedReceiver<Result<ControlMsg, String>>,
+    timeout: Duration,
+) -> Result<ControlMsg, String> {
+    match tokio::time::timeout(timeout, msgs.recv()).await {
+        Ok(Some(m)) => m,
+        Ok(None) => Err("the stream reader stopped".into()),
+        Err(_) => Err(format!("no answer from control within {timeout:?}")),
+    }
+}
+
+/// Decodes frames from control until the stream ends or a frame is bad; the
+/// last item is always an `Err` saying why it stopped.
+async fn read_frames(
+    mut recv: quinn::RecvStream,
+    tx: mpsc::UnboundedSender<Result<ControlMsg, String>>,
+) {
+    let mut decoder = FrameDecoder::new(wire::MAX_FRAME);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        loop {
+            match decoder.next::<ControlMsg>() {
+                Ok(Some(m)) => {
+                    if tx.send(Ok(m)).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = tx.send(Err(format!("bad frame from control: {e}")));
+                    return;
+                }
+            }
+        }
+        match recv.read(&mut buf).await {
+            Ok(Some(n)) => decoder.push(&buf[..n]),
+            Ok(None) => {
+                let cut = if decoder.buffered() > 0 {
+                    " in the middle of a frame"
+                } else {
+                    ""
+                };
+                let _ = tx.send(Err(format!("control closed the stream{cut}")));
+                return;
+            }
+            Err(e) => {
+                let _ = tx.send(Err(format!("connection to control lost: {e}")));
+                return;
+            }
+        }
+    }
+}
+
+fn msg_kind(m: &ControlMsg) -> &'static str {
+    match m {
+        ControlMsg::Joined { .. } => "Joined",
+        ControlMsg::Welcome { .. } => "Welcome",
+        ControlMsg::Snapshot(_) => "Snapshot",
+        ControlMsg::Renewed { .. } => "Renewed",
+        ControlMsg::Deregistered => "Deregistered",
+        ControlMsg::Error { .. } => "Error",
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// A number in [0, 1) for jitter. Not cryptographic: std's per-process
+/// random hash keys, mixed with the clock, are enough to spread proxies.
+pub fn random_unit() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Reconnection delays: 100 ms doubling up to 10 s, each drawn from the
+/// upper half of its step ("equal jitter"), so a fleet that lost control at
+/// the same moment does not come back at the same moment.
+#[derive(Debug)]
+pub struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    pub const MIN: Duration = Duration::from_millis(100);
+    pub const MAX: Duration = Duration::from_secs(10);
+
+    pub fn new() -> Backoff {
+        Backoff { attempt: 0 }
+    }
+
+    /// The next delay; `r` in [0, 1) picks where in the step.
+    pub fn next(&mut self, r: f64) -> Duration {
+        let step = Self::MIN
+            .saturating_mul(1u32 << self.attempt.min(16))
+            .min(Self::MAX);
+        self.attempt = self.attempt.saturating_add(1);
+        let half = step / 2;
+        (half + half.mul_f64(r.clamp(0.0, 1.0))).clamp(Self::MIN, Self::MAX)
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+#[path = "control_tests.rs"]
+mod tests;
