@@ -159,3 +159,23 @@ fn passthrough_to_the_proxy_itself_is_refused() {
     assert_eq!(r.status, 508, "{:?}", r.headers);
     assert!(r.header("coremesh-error").is_some());
 }
+
+#[test]
+fn the_total_timeout_bounds_a_whole_exchange() {
+    let api = Origin::start("api");
+    let proxy = ProxyBuilder::new("web")
+        .outbound()
+        .service("api", &[api.addr()])
+        .timeout("request", "30s")
+        .timeout("total", "1s")
+        .start();
+    let t = Instant::now();
+    let r = proxy.outbound_client().get("api", "/delay/5000");
+    let took = t.elapsed();
+    assert_eq!(r.status, 504, "{:?}", r.body_str());
+    assert_eq!(r.header("coremesh-error"), Some("request total timeout"));
+    assert!(
+        took < Duration::from_secs(4),
+        "timeouts.total = 1s, answered after {took:?}"
+    );
+}

@@ -97,6 +97,8 @@ pub(crate) struct TimeoutsFile {
     pub request: Option<String>,
     /// No byte moving either way during a body transfer or tunnel.
     pub idle: Option<String>,
+    /// A whole HTTP exchange: request head received until response complete.
+    pub total: Option<String>,
 }
 
 /// `[limits]`.

@@ -124,6 +124,10 @@ pub struct Timeouts {
     pub request: Duration,
     /// No byte moving in either direction during a body transfer or tunnel.
     pub idle: Duration,
+    /// A whole HTTP exchange, from the request head received until the
+    /// response is complete (tunnels after CONNECT or 101 are bounded by
+    /// `idle` instead).
+    pub total: Duration,
 }
 
 impl Default for Timeouts {
@@ -134,6 +138,7 @@ impl Default for Timeouts {
             keepalive_idle: Duration::from_secs(60),
             request: Duration::from_secs(15),
             idle: Duration::from_secs(60),
+            total: Duration::from_secs(300),
         }
     }
 }
@@ -322,6 +327,7 @@ impl Config {
                 "keepalive_idle": d(self.timeouts.keepalive_idle),
                 "request": d(self.timeouts.request),
                 "idle": d(self.timeouts.idle),
+                "total": d(self.timeouts.total),
             },
             "limits": {
                 "max_head_bytes": self.limits.max_head_bytes,

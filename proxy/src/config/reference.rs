@@ -68,6 +68,10 @@ wildcard IP), except port 0, which lets the OS pick a free port.
                                                 arrives.
   idle           duration         60s           No byte moving in either direction
                                                 during a body transfer or tunnel.
+  total          duration         300s          A whole HTTP exchange: request head
+                                                received until the response is
+                                                complete (504 if nothing was sent
+                                                yet, else the connection closes).
 
 [limits]  (optional; reload)
   max_head_bytes   integer        65536         Largest request or response head, in

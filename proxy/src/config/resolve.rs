@@ -288,6 +288,7 @@ fn resolve_timeouts(at: At<'_>, f: TimeoutsFile) -> Result<Timeouts> {
         )?,
         request: at.duration("request", f.request.as_deref(), d.request, true)?,
         idle: at.duration("idle", f.idle.as_deref(), d.idle, true)?,
+        total: at.duration("total", f.total.as_deref(), d.total, true)?,
     })
 }
 

@@ -38,6 +38,7 @@ head_read = "5s"
 keepalive_idle = "2m"
 request = "1h"
 idle = "90s"
+total = "2h"
 
 [limits]
 max_head_bytes = 16384
@@ -120,6 +121,7 @@ fn full_example_parses_with_its_values() {
             keepalive_idle: Duration::from_secs(120),
             request: Duration::from_secs(3600),
             idle: Duration::from_secs(90),
+            total: Duration::from_secs(7200),
         }
     );
     assert_eq!(
@@ -168,6 +170,7 @@ fn defaults_fill_every_optional_key() {
             keepalive_idle: Duration::from_secs(60),
             request: Duration::from_secs(15),
             idle: Duration::from_secs(60),
+            total: Duration::from_secs(300),
         }
     );
     assert_eq!(

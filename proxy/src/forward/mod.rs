@@ -303,7 +303,8 @@ async fn handle(
         .then(|| LoggedRequest::new(&head, &cbuf));
     let table = shard.routes();
     let table_ref = table.as_ref().map(|t| &***t);
-    let (service, next, cbuf) = forward(
+    let tunnel = head.upgrade || head.method == Method::Connect;
+    let exchange = forward(
         shard,
         cfg,
         table_ref,
@@ -313,8 +314,29 @@ async fn handle(
         cbuf,
         scratch,
         &mut ex,
-    )
-    .await;
+    );
+    let (service, next, cbuf) = if tunnel {
+        // Tunnels are bounded by `timeouts.idle`, not by a total.
+        exchange.await
+    } else {
+        match runtime::timeout(cfg.timeouts.total, exchange).await {
+            Ok(r) => r,
+            Err(_) => {
+                // The exchange (and the buffers it held) is dropped. If no
+                // response byte went out yet the client gets a 504; either
+                // way the connection closes.
+                if ex.bytes_out == 0 {
+                    if let Some(c) = client_slot.as_mut() {
+                        let _ = write_error(c, 504, "request total timeout", true, ex.idle).await;
+                    }
+                    ex.status = 504;
+                } else {
+                    ex.status = 0;
+                }
+                ("unknown", Next::Close, Vec::new())
+            }
+        }
+    };
     shard.record(dir, service, logged.as_ref(), &ex);
     (next, cbuf)
 }
