@@ -1,132 +1,233 @@
 #!/usr/bin/env bash
-# Builds coremesh-proxy, starts a demo app and two proxies on loopback, and
-# shows requests flowing through them:
+# Builds coremesh, starts the control plane and a small mesh on loopback, and
+# shows a canary route at work:
 #
-#   curl ──▶ web proxy [outbound] ──▶ api proxy [inbound] ──▶ demo app
+#   curl ─▶ web app ─▶ web sidecar ─┬─▶ api sidecar (v1) ─▶ api app v1 ─▶ api sidecar ─▶ db sidecar ─▶ db app
+#                      [outbound]   └─▶ api sidecar (v2) ─▶ api app v2 ─┘  [outbound]    [inbound]
+#                                        [inbound]
+#                ▲ every sidecar joins coremesh-control with a token and gets its routes over QUIC
 #
-# Every port comes from the OS (port 0); each proxy reports its bound
-# addresses in its log, which this script reads back. Everything it started
-# is stopped on exit.
+# The policy is scripts/demo/mesh.yaml (services web, api, db; requests with
+# `x-canary: true` go to api v2, the rest are split 90/10); the demo apps are
+# scripts/demo/app.py. Every port comes from the OS (port 0) and is read back
+# from the logs. Everything started here is stopped on exit.
+#
+#   scripts/quickstart.sh          run the demo, then stop
+#   scripts/quickstart.sh --keep   leave the mesh running until Ctrl-C
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
+KEEP=0
+case "${1:-}" in
+    --keep) KEEP=1 ;;
+    "") ;;
+    *) echo "usage: $0 [--keep]" >&2; exit 2 ;;
+esac
+
 bash "$ROOT/scripts/install-deps.sh" >/dev/null
 
-echo "==> building coremesh-proxy (release)"
-cargo build --release -p coremesh-proxy
+echo "==> building coremesh-proxy and coremesh-control (release)"
+cargo build --release -p coremesh-proxy -p coremesh-control
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
-BIN="$TARGET_DIR/release/coremesh-proxy"
+PROXY="$TARGET_DIR/release/coremesh-proxy"
+CONTROL="$TARGET_DIR/release/coremesh-control"
+MESHCTL_BIN="$TARGET_DIR/release/meshctl"
+APP="$ROOT/scripts/demo/app.py"
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/coremesh-quickstart.XXXXXX")"
-PIDS=()
+PROXY_PIDS=()
+OTHER_PIDS=()
+stop() { # pids...
+    for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "$@"; do wait "$pid" 2>/dev/null || true; done
+}
 cleanup() {
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
+    trap - EXIT INT TERM
+    # Sidecars first (each deregisters from control, then drains), then
+    # control and the apps.
+    stop "${PROXY_PIDS[@]}"
+    stop "${OTHER_PIDS[@]}"
     rm -rf "$WORK"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
-# The demo app: echoes what it received as text.
-cat > "$WORK/app.py" <<'PY'
-import http.server, sys
+# Waits for FILE to exist and be non-empty (up to 15 s).
+wait_file() {
+    for _ in $(seq 150); do [ -s "$1" ] && return 0; sleep 0.1; done
+    echo "timed out waiting for $1" >&2
+    return 1
+}
 
-class Echo(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        body = ("hello from the demo app\n%s %s\n%s" % (self.command, self.path, self.headers)).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-
-server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
-with open(sys.argv[1], "w") as f:
-    f.write(str(server.server_address[1]))
-server.serve_forever()
-PY
-
-python3 "$WORK/app.py" "$WORK/app.port" &
-PIDS+=($!)
-for _ in $(seq 100); do [ -s "$WORK/app.port" ] && break; sleep 0.1; done
-[ -s "$WORK/app.port" ] || { echo "demo app did not start" >&2; exit 1; }
-APP="127.0.0.1:$(cat "$WORK/app.port")"
-echo "==> demo app listening on $APP"
-
-# Waits for a proxy's `bound` log line and prints KEY's address from it.
-bound_addr() { # log key
+# Waits for a log line containing PATTERN and prints KEY's value from it.
+log_value() { # log pattern key
     local line=""
     for _ in $(seq 150); do
-        line="$(sed 's/\x1b\[[0-9;]*m//g' "$1" | grep -m1 ' bound ' || true)"
+        line="$(sed 's/\x1b\[[0-9;]*m//g' "$1" | grep -m1 -- "$2" || true)"
         [ -n "$line" ] && break
         sleep 0.1
     done
     if [ -z "$line" ]; then
-        echo "proxy did not report its bound addresses; its log:" >&2
+        echo "no \`$2\` line in $1; the log says:" >&2
         cat "$1" >&2
         exit 1
     fi
-    echo "$line" | tr ' ' '\n' | sed -n "s/^$2=\"\{0,1\}\([^\"]*\)\"\{0,1\}\$/\1/p" | head -n1
+    echo "$line" | tr ' ' '\n' | sed -n "s/^$3=\"\{0,1\}\([^\"]*\)\"\{0,1\}\$/\1/p" | head -n1
 }
 
-cat > "$WORK/api.toml" <<TOML
-[proxy]
-service = "api"
-admin = "127.0.0.1:0"
-
-[inbound]
-listen = "127.0.0.1:0"
-app = "$APP"
-TOML
-NO_COLOR=1 "$BIN" --config "$WORK/api.toml" 2> "$WORK/api.log" &
-PIDS+=($!)
-API_IN="$(bound_addr "$WORK/api.log" inbound)"
-API_ADMIN="$(bound_addr "$WORK/api.log" admin)"
-[ -n "$API_IN" ] && [ -n "$API_ADMIN" ] || { echo "could not read the api proxy addresses" >&2; exit 1; }
-echo "==> api proxy: inbound $API_IN -> app $APP, admin $API_ADMIN"
-
-cat > "$WORK/web.toml" <<TOML
-[proxy]
-service = "web"
-admin = "127.0.0.1:0"
-
-[outbound]
-listen = "127.0.0.1:0"
-
-[[services]]
-name = "api"
-endpoints = ["$API_IN"]
-TOML
-NO_COLOR=1 "$BIN" --config "$WORK/web.toml" 2> "$WORK/web.log" &
-PIDS+=($!)
-WEB_OUT="$(bound_addr "$WORK/web.log" outbound)"
-WEB_ADMIN="$(bound_addr "$WORK/web.log" admin)"
-[ -n "$WEB_OUT" ] && [ -n "$WEB_ADMIN" ] || { echo "could not read the web proxy addresses" >&2; exit 1; }
-echo "==> web proxy: outbound $WEB_OUT (knows service api at $API_IN), admin $WEB_ADMIN"
+# ---- control ----
+"$CONTROL" --data-dir "$WORK/control" --listen 127.0.0.1:0 --api 127.0.0.1:0 \
+    > "$WORK/control.log" 2>&1 &
+OTHER_PIDS+=($!)
+QUIC="$(log_value "$WORK/control.log" '^listening ' quic)"
+API="$(log_value "$WORK/control.log" '^listening ' api)"
+meshctl() { "$MESHCTL_BIN" --api "http://$API" --data-dir "$WORK/control" "$@"; }
+echo "==> coremesh-control: QUIC $QUIC for proxies, API http://$API for meshctl (data in $WORK/control)"
 
 echo
-echo "\$ curl -H 'Host: api' http://$WEB_OUT/hello"
-curl -sS --max-time 10 -H 'Host: api' "http://$WEB_OUT/hello"
-echo
-echo "\$ http_proxy=http://$WEB_OUT curl http://api/via-http-proxy"
-env -u no_proxy -u NO_PROXY http_proxy="http://$WEB_OUT" curl -sS --max-time 10 http://api/via-http-proxy
-echo
-echo "\$ curl -i -H 'Host: nosuch' http://$WEB_OUT/   # not a mesh service"
-curl -sS -i --max-time 10 -H 'Host: nosuch' "http://$WEB_OUT/" || true
-echo
+echo "\$ meshctl apply -f scripts/demo/mesh.yaml"
+meshctl apply -f "$ROOT/scripts/demo/mesh.yaml"
 
-echo "==> web proxy /metrics (excerpt)"
-curl -sS --max-time 10 "http://$WEB_ADMIN/metrics" | grep -E '^coremesh_(requests_total|connections_total)' | head -n 8 || true
-echo "==> api proxy /metrics (excerpt)"
-curl -sS --max-time 10 "http://$API_ADMIN/metrics" | grep -E '^coremesh_(requests_total|connections_total)' | head -n 8 || true
+# ---- apps and their sidecars ----
+# Starts a demo app and its sidecar. The sidecar joins control with a fresh
+# token; with CALLS it also gets an outbound listener, whose address the app
+# reads to call its upstream.
+start_service() { # name version calls(upstream service or "")
+    local name="$1" version="$2" calls="$3" id="$1-$2"
+    if [ -n "$calls" ]; then
+        python3 "$APP" "$name" "$version" "$WORK/$id.app" "$calls" "$WORK/$id.outbound" &
+    else
+        python3 "$APP" "$name" "$version" "$WORK/$id.app" &
+    fi
+    OTHER_PIDS+=($!)
+    wait_file "$WORK/$id.app"
+    local app="127.0.0.1:$(cat "$WORK/$id.app")"
+
+    meshctl token create --service "$name" > "$WORK/$id.token" 2>/dev/null
+    {
+        echo "[proxy]"
+        echo "service = \"$name\""
+        echo "admin = \"127.0.0.1:0\""
+        echo "labels = { version = \"$version\" }"
+        echo
+        echo "[inbound]"
+        echo "listen = \"127.0.0.1:0\""
+        echo "app = \"$app\""
+        if [ -n "$calls" ]; then
+            echo
+            echo "[outbound]"
+            echo "listen = \"127.0.0.1:0\""
+        fi
+        echo
+        echo "[control]"
+        echo "address = \"$QUIC\""
+        echo "token_file = \"$WORK/$id.token\""
+        echo "state_dir = \"$WORK/$id.state\""
+        echo "node = \"$id\""
+        [ -n "$calls" ] && echo "calls = [\"$calls\"]"
+        echo
+        echo "[control.health]"
+        echo "kind = \"http\""
+        echo "path = \"/healthz\""
+        echo "interval = \"1s\""
+    } > "$WORK/$id.toml"
+    NO_COLOR=1 "$PROXY" --config "$WORK/$id.toml" 2> "$WORK/$id.log" &
+    PROXY_PIDS+=($!)
+    local admin
+    admin="$(log_value "$WORK/$id.log" ' bound ' admin)"
+    if [ -n "$calls" ]; then
+        log_value "$WORK/$id.log" ' bound ' outbound > "$WORK/$id.outbound"
+    fi
+    printf '==> %-7s app %s, sidecar inbound %s%s, admin %s\n' "$id" "$app" \
+        "$(log_value "$WORK/$id.log" ' bound ' inbound)" \
+        "$([ -n "$calls" ] && echo ", outbound $(cat "$WORK/$id.outbound") (calls $calls)")" "$admin"
+    eval "ADMIN_${name}_${version}=$admin"
+    eval "APP_${name}_${version}=$app"
+}
+
 echo
-echo "==> stopping (SIGTERM drains in-flight requests, then each proxy exits 0)"
+start_service db v1 ""
+start_service api v1 db
+start_service api v2 db
+start_service web v1 api
+
+# Converged: four sidecars connected, each running (ACKed, no NACK) the last
+# snapshot control sent it, and four endpoints registered. Checked twice in a
+# row, since control batches changes for a moment before pushing them.
+converged() {
+    meshctl get proxies -o json > "$WORK/proxies.json" 2>/dev/null &&
+        meshctl get endpoints -o json > "$WORK/endpoints.json" 2>/dev/null &&
+        python3 - "$WORK/proxies.json" "$WORK/endpoints.json" <<'PY'
+import json, sys
+ps = [p for p in json.load(open(sys.argv[1])) if p["connected"]]
+es = json.load(open(sys.argv[2]))
+ok = len(ps) == 4 and len(es) == 4 and all(
+    p["nack"] is None and p["applied_version"] is not None
+    and p["applied_version"] == p["sent_version"] for p in ps)
+sys.exit(0 if ok else 1)
+PY
+}
+echo
+echo "==> waiting for the sidecars to join and apply the policy"
+stable=0
+for _ in $(seq 100); do
+    if converged; then stable=$((stable + 1)); else stable=0; fi
+    [ "$stable" -ge 2 ] && break
+    sleep 0.15
+done
+if [ "$stable" -lt 2 ]; then
+    echo "the mesh did not converge within 15 s:" >&2
+    meshctl status >&2 || true
+    exit 1
+fi
+
+# ---- traffic ----
+WEB_APP="$APP_web_v1"
+echo
+echo "\$ curl http://$WEB_APP/        # 20 times"
+for _ in $(seq 20); do
+    curl -sS --max-time 10 "http://$WEB_APP/"
+done | sort | uniq -c
+echo
+echo "\$ curl -H 'x-canary: true' http://$WEB_APP/        # 5 times"
+for _ in $(seq 5); do
+    curl -sS --max-time 10 -H 'x-canary: true' "http://$WEB_APP/"
+done | sort | uniq -c
+
+echo
+echo "\$ meshctl status"
+meshctl status
+echo
+echo "\$ meshctl get endpoints"
+meshctl get endpoints
+echo
+echo "\$ meshctl history"
+meshctl history
+
+cat <<EOF
+
+==> where to look next
+  meshctl:      $MESHCTL_BIN --api http://$API --data-dir $WORK/control --help
+                (get services|routes|proxies|endpoints, apply -f, rollback --to N, token list)
+  the policy:   scripts/demo/mesh.yaml; change the weights, apply it, curl again
+  web sidecar:  curl http://$ADMIN_web_v1/metrics   (and /config: the applied version)
+  logs:         $WORK/*.log
+EOF
+
+if [ "$KEEP" = 1 ]; then
+    echo
+    echo "==> the mesh keeps running; Ctrl-C stops it and removes $WORK"
+    # `wait` (unlike a foreground sleep) returns as soon as a signal arrives,
+    # so the trap runs at once.
+    while :; do
+        sleep 3600 &
+        OTHER_PIDS+=($!)
+        wait "$!" || true
+    done
+fi
+echo
+echo "==> stopping (each sidecar deregisters, drains and exits 0; then control and the apps)"

@@ -36,9 +36,11 @@ section "unit tests"
 cargo test --workspace --exclude coremesh-e2e
 cargo test -p coremesh-e2e --lib
 
-section "build coremesh-proxy (debug)"
-cargo build -p coremesh-proxy
+section "build coremesh-proxy and coremesh-control (debug)"
+cargo build -p coremesh-proxy -p coremesh-control
 export COREMESH_PROXY_BIN="$TARGET_DIR/debug/coremesh-proxy"
+export COREMESH_CONTROL_BIN="$TARGET_DIR/debug/coremesh-control"
+export COREMESH_MESHCTL_BIN="$TARGET_DIR/debug/meshctl"
 # Build the e2e test binaries once, outside the timed runs.
 cargo test -p coremesh-e2e --tests --no-run
 

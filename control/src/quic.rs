@@ -69,7 +69,7 @@ pub fn server_config(hub: &Hub, listen_ip: IpAddr) -> Result<quinn::ServerConfig
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| tls_err(&e))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![cert], key)
+        .with_single_cert(vec![cert, hub.ca().cert_der().clone()], key)
         .map_err(|e| tls_err(&e))?;
     tls.alpn_protocols = vec![wire::ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| tls_err(&e))?;

@@ -1,5 +1,6 @@
 //! coremesh-e2e: end-to-end tests that start the real `coremesh-proxy` binary
-//! on loopback and drive it the way users and attackers do.
+//! (and `coremesh-control` with `meshctl`) on loopback and drive them the way
+//! users and attackers do.
 //!
 //! How a test is put together:
 //!
@@ -18,6 +19,10 @@
 //! * [`client`]: a raw HTTP/1.1 client that owns its bytes, so tests can send
 //!   malformed or pipelined requests and read responses exactly as sent.
 //! * [`curl`]: the real client, for the forms where a real client matters.
+//! * [`control`]: the real `coremesh-control` ([`Control`]: kill -9, restart
+//!   on the same data dir), `meshctl` runs (exit code, stdout, stderr), and
+//!   the proxy side of joining ([`Member`]: state dir and token file;
+//!   [`MeshProxy`]: `[control]` and labels on a [`ProxyBuilder`]).
 //! * [`metrics`]: a small Prometheus text parser for `/metrics`.
 //! * [`util`]: temp dirs, the deterministic body pattern and its checksum.
 //!
@@ -30,6 +35,7 @@
 #![allow(clippy::disallowed_types)]
 
 pub mod client;
+pub mod control;
 pub mod curl;
 pub mod metrics;
 pub mod origin;
@@ -37,6 +43,7 @@ pub mod proxy;
 pub mod util;
 
 pub use client::{http_get, Client, Request, Response};
+pub use control::{Control, ControlBuilder, ControlSection, Member, MeshProxy, Meshctl};
 pub use curl::Curl;
 pub use metrics::Metrics;
 pub use origin::{Origin, Received};

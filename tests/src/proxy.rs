@@ -422,7 +422,7 @@ fn field(line: &str, key: &str) -> Option<String> {
             let at = from + i;
             from = at + pat.len();
             let before = line[..at].chars().next_back();
-            let whole_word = !quoted && before.map_or(true, |c| !(c.is_alphanumeric() || c == '_'));
+            let whole_word = !quoted && before.is_none_or(|c| !(c.is_alphanumeric() || c == '_'));
             if !(whole_word || quoted) {
                 continue;
             }

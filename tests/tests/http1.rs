@@ -240,7 +240,7 @@ fn hop_by_hop_headers_are_not_forwarded() {
     }
     assert!(
         got.header("te")
-            .map_or(true, |v| v.trim().eq_ignore_ascii_case("trailers")),
+            .is_none_or(|v| v.trim().eq_ignore_ascii_case("trailers")),
         // RFC 9110 7.6.1: a proxy may pass `TE: trailers` on when it relays trailers.
         "TE other than `trailers` must not be forwarded: {:?}",
         got.headers
