@@ -164,11 +164,12 @@ impl Registry {
         let service = p.status.service.clone();
         let node = p.status.node.clone();
         let mut changed = false;
-        if let Some(old) = p.status.address.replace(address) {
-            if old != address {
-                changed |= self.endpoints.remove(&(service.clone(), old)).is_some();
-            }
-        }
+        // A previous address of this entry is not withdrawn here: entries are
+        // matched to reconnecting sessions by (service, node), so two
+        // instances on one node may swap entries after a reconnect, and the
+        // "old" address can be the other instance's live endpoint. An
+        // address nobody heartbeats any more expires on its own.
+        let _ = p.status.address.replace(address);
         let healthy = p.status.healthy.unwrap_or(true);
         p.labels = labels.clone();
         p.status.last_heartbeat = Some(crate::unix_secs(wall));

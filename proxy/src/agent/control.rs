@@ -51,6 +51,8 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 const STABLE_SESSION: Duration = Duration::from_secs(10);
 /// When a renewal gets no answer (or an error), try again after this long.
 const RENEW_RETRY: Duration = Duration::from_secs(60);
+/// The shortest time between two successful renewals.
+const MIN_RENEW_GAP: Duration = Duration::from_secs(10);
 /// Heartbeats are never sent more often than this, whatever control asks.
 const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
 
@@ -481,7 +483,14 @@ impl Client {
                             return Err("Renewed without a renewal request".to_string().into());
                         };
                         match self.renewed(key_pem, cert_pem) {
-                            Ok(cert_pem) => renew_at = self.renew_deadline(&cert_pem),
+                            // At most one renewal per MIN_RENEW_GAP: a lifetime
+                            // shorter than control's notBefore backdating would
+                            // otherwise put the next renewal in the past at once.
+                            Ok(cert_pem) => {
+                                renew_at = self
+                                    .renew_deadline(&cert_pem)
+                                    .max(tokio::time::Instant::now() + MIN_RENEW_GAP)
+                            }
                             Err(e) => {
                                 tracing::error!("certificate renewal failed: {e}; retrying in {RENEW_RETRY:?}");
                                 renew_at = tokio::time::Instant::now() + RENEW_RETRY;
