@@ -1,1 +1,260 @@
-fn main() {}
+//! `coremesh-bench`: load generator, origin and proxy comparison. See the
+//! library's crate doc for how the parts fit together.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use coremesh_bench::compare::{self, Scenario};
+use coremesh_bench::{http, load, origin, parse_duration, sys};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "coremesh-bench",
+    version,
+    about = "Open-loop HTTP/1.1 load generator, fast origin, and side-by-side proxy comparison"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Send HTTP/1.1 requests at a constant rate (open loop) or as fast as
+    /// possible (--rate 0) and report latency from each request's intended
+    /// send time.
+    Load(LoadArgs),
+    /// Serve HTTP/1.1 keep-alive responses from pre-built bytes
+    /// (`GET /size/N` answers with N bytes).
+    Origin(OriginArgs),
+    /// Compare coremesh with other proxies installed here, side by side.
+    Compare(CompareArgs),
+}
+
+#[derive(Debug, Args)]
+struct LoadArgs {
+    /// Target URL (http only): http://HOST:PORT/PATH.
+    #[arg(long)]
+    url: String,
+    /// Extra request header, "Name: value"; repeatable. A Host header here
+    /// replaces the one from the URL.
+    #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
+    headers: Vec<String>,
+    /// Requests per second over all connections; 0 = closed loop (max throughput).
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// How long to measure (30s, 500ms, 2m).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Run this long first without recording latency.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Concurrent connections (keep-alive, one request in flight on each).
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Event-loop threads; connections and rate are split evenly.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Request body size in bytes (sent as POST with Content-Length when > 0).
+    #[arg(long, default_value_t = 0)]
+    body_size: usize,
+    /// Open a new connection for every request (and send Connection: close).
+    #[arg(long)]
+    new_conn: bool,
+    /// After the run, how long in-flight requests may take before they count as timeouts.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    drain: Duration,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct OriginArgs {
+    /// Address to listen on; port 0 picks a free port (printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    /// Response body size in bytes for paths other than /size/N.
+    #[arg(long, default_value_t = 128)]
+    body_size: usize,
+    /// Delay before each response (e.g. 10ms).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    delay: Duration,
+}
+
+#[derive(Debug, Args)]
+struct CompareArgs {
+    /// Proxies to compare, comma-separated: coremesh, nginx, haproxy, envoy,
+    /// caddy. Missing ones are skipped with a note.
+    #[arg(
+        long,
+        default_value = "coremesh,nginx,haproxy,envoy,caddy",
+        value_delimiter = ','
+    )]
+    proxies: Vec<String>,
+    /// Rounds; each round runs every scenario through every target in turn.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// CPUs for the proxies (taskset list: "1", "2,3"); default the last CPU.
+    /// The origin and load generator get the other CPUs.
+    #[arg(long, value_parser = sys::parse_cpu_list)]
+    proxy_cores: Option<Vec<usize>>,
+    /// Results JSON; generated configs, logs and pid files go next to it.
+    #[arg(long, default_value = "bench-results/results.json")]
+    out: PathBuf,
+    /// Write SVG charts (cpu.svg, throughput.svg, latency.svg) here.
+    #[arg(long)]
+    svg_dir: Option<PathBuf>,
+    /// The coremesh proxy binary.
+    #[arg(long, default_value = "target/release/coremesh-proxy")]
+    coremesh_bin: PathBuf,
+    /// coremesh built with --features runtime-glommio; compared when present.
+    #[arg(long, default_value = "target/glommio/release/coremesh-proxy")]
+    coremesh_glommio_bin: PathBuf,
+    /// Measured time per run.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Warm-up before each measured run.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Client connections in every load run.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Fixed rate of the latency scenario; default half the slowest proxy's
+    /// small-response saturation throughput in round 1.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Idle keep-alive connections opened to measure RSS per connection.
+    #[arg(long, default_value_t = 5000)]
+    idle_conns: usize,
+    /// Scenarios, comma-separated: small, rate, 16k, 1m, newconn, idle.
+    #[arg(
+        long,
+        default_value = "small,rate,16k,1m,newconn,idle",
+        value_delimiter = ','
+    )]
+    scenarios: Vec<String>,
+    /// Do not run coremesh a second time (the A/A noise pair).
+    #[arg(long)]
+    no_aa: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Load(a) => cmd_load(a),
+        Cmd::Origin(a) => cmd_origin(a),
+        Cmd::Compare(a) => cmd_compare(a),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("coremesh-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn cmd_load(a: LoadArgs) -> Result<(), String> {
+    let (host, addr, path) = load::parse_url(&a.url)?;
+    let headers = a
+        .headers
+        .iter()
+        .map(|h| {
+            h.split_once(':')
+                .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+                .filter(|(n, _)| !n.is_empty())
+                .ok_or_else(|| format!("--header {h:?}: expected \"Name: value\""))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if a.connections == 0 {
+        return Err("--connections must be at least 1".into());
+    }
+    sys::raise_nofile(a.connections as u64 + 1024);
+    let shown = match headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        Some((_, v)) => format!("{} (Host: {v})", a.url),
+        None => a.url.clone(),
+    };
+    let cfg = load::LoadConfig {
+        url: shown,
+        addr,
+        request: http::build_request(&path, &host, &headers, a.body_size, a.new_conn),
+        rate: a.rate,
+        duration: a.duration,
+        warmup: a.warmup,
+        connections: a.connections,
+        threads: a.threads,
+        new_conn: a.new_conn,
+        drain: a.drain,
+    };
+    let report = load::run(&cfg).map_err(|e| format!("load: {e}"))?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+        );
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(())
+}
+
+fn cmd_origin(a: OriginArgs) -> Result<(), String> {
+    sys::raise_nofile(1 << 20);
+    let listener = origin::bind(a.listen).map_err(|e| format!("--listen {}: {e}", a.listen))?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    println!("listening on {bound}");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let cfg = origin::OriginConfig {
+        body_size: a.body_size,
+        delay: a.delay,
+    };
+    origin::serve(listener, cfg, Arc::new(AtomicBool::new(false)))
+        .map_err(|e| format!("origin: {e}"))
+}
+
+fn cmd_compare(a: CompareArgs) -> Result<(), String> {
+    let scenarios = a
+        .scenarios
+        .iter()
+        .map(|s| {
+            Scenario::parse(s.trim()).ok_or_else(|| {
+                format!("--scenarios: unknown {s:?} (small, rate, 16k, 1m, newconn, idle)")
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if a.rounds == 0 {
+        return Err("--rounds must be at least 1".into());
+    }
+    let opts = compare::Options {
+        proxies: a
+            .proxies
+            .iter()
+            .map(|p| p.trim().to_string())
+            .filter(|p| !p.is_empty())
+            .collect(),
+        rounds: a.rounds,
+        proxy_cores: a.proxy_cores,
+        out: a.out,
+        svg_dir: a.svg_dir,
+        coremesh_bin: a.coremesh_bin,
+        coremesh_glommio_bin: a.coremesh_glommio_bin,
+        duration: a.duration,
+        warmup: a.warmup,
+        connections: a.connections,
+        rate: a.rate,
+        idle_conns: a.idle_conns,
+        scenarios,
+        aa: !a.no_aa,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let results = compare::run(&opts)?;
+    print!("{}", compare::report::markdown(&results));
+    eprintln!("[compare] results: {}", opts.out.display());
+    Ok(())
+}

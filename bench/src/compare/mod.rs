@@ -1,0 +1,811 @@
+//! `coremesh-bench compare`: coremesh side by side with other proxies, in one
+//! run, on one machine.
+//!
+//! Flow:
+//! 1. Raise RLIMIT_NOFILE (children inherit it), split the CPUs: the proxies
+//!    get `--proxy-cores` (default: the last CPU), the origin and the load
+//!    generator get the others.
+//! 2. Start the origin (`coremesh-bench origin`, pinned), then every proxy
+//!    that is installed, each with a generated configuration written to
+//!    `<out dir>/configs/` (see [`proxies`]). A proxy that is missing, fails
+//!    to start, or fails the check request is skipped with a note. coremesh
+//!    runs twice (`coremesh`, `coremesh#2`): the A/A pair shows the noise
+//!    band. A glommio build of coremesh joins when its binary exists.
+//! 3. Rounds: for each round, for each scenario, for each target (`direct`,
+//!    i.e. no proxy, then the proxies): run `coremesh-bench load --json` as a
+//!    pinned child and read the proxy's CPU time from /proc around it. Targets
+//!    alternate within every scenario (A B C A B C ...), so slow drift of the
+//!    machine spreads over all of them instead of biasing one.
+//! 4. Report medians with min-max spread and ratios against coremesh as
+//!    markdown (stdout), JSON (`--out`) and SVG (`--svg-dir`).
+//!
+//! The fixed rate of the latency scenario, unless `--rate` is given, is a
+//! quarter of the lowest small-response saturation throughput any proxy
+//! reached in round 1: below every proxy's saturation, and low enough that
+//! the load generator and origin, which share their CPUs and pay a sleep and
+//! a wake-up per request in open loop (~30 us each in a VM, measured here),
+//! are not the queue being measured.
+
+pub mod proxies;
+pub mod report;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::load::{Errors, LoadReport};
+use crate::schedule::LatencySummary;
+use crate::sys;
+use proxies::{Kind, Running};
+
+/// Command-line options of `compare`.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub proxies: Vec<String>,
+    pub rounds: usize,
+    pub proxy_cores: Option<Vec<usize>>,
+    pub out: PathBuf,
+    pub svg_dir: Option<PathBuf>,
+    pub coremesh_bin: PathBuf,
+    pub coremesh_glommio_bin: PathBuf,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub connections: usize,
+    pub rate: Option<f64>,
+    pub idle_conns: usize,
+    pub scenarios: Vec<Scenario>,
+    /// Run coremesh a second time as `coremesh#2`.
+    pub aa: bool,
+    /// The command line, recorded in the results.
+    pub command: String,
+}
+
+/// What one measurement does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// 128-byte responses over keep-alive, closed loop (saturation).
+    Small,
+    /// 128-byte responses over keep-alive at a fixed rate (latency).
+    Rate,
+    /// 16 KiB responses, saturation.
+    #[serde(rename = "16k")]
+    Body16k,
+    /// 1 MiB responses, saturation.
+    #[serde(rename = "1m")]
+    Body1m,
+    /// A new client connection per request, saturation.
+    Newconn,
+    /// RSS per idle keep-alive client connection.
+    Idle,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 6] = [
+        Scenario::Small,
+        Scenario::Rate,
+        Scenario::Body16k,
+        Scenario::Body1m,
+        Scenario::Newconn,
+        Scenario::Idle,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Small => "small",
+            Scenario::Rate => "rate",
+            Scenario::Body16k => "16k",
+            Scenario::Body1m => "1m",
+            Scenario::Newconn => "newconn",
+            Scenario::Idle => "idle",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Scenario> {
+        Scenario::ALL.into_iter().find(|x| x.name() == s)
+    }
+
+    /// Response body size.
+    fn body(self) -> usize {
+        match self {
+            Scenario::Body16k => 16 * 1024,
+            Scenario::Body1m => 1024 * 1024,
+            _ => SMALL,
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Scenario::Small => "128 B responses, keep-alive, max throughput",
+            Scenario::Rate => "128 B responses, keep-alive, fixed rate",
+            Scenario::Body16k => "16 KiB responses, keep-alive, max throughput",
+            Scenario::Body1m => "1 MiB responses, keep-alive, max throughput",
+            Scenario::Newconn => "128 B responses, new connection per request, max throughput",
+            Scenario::Idle => "idle keep-alive connections",
+        }
+    }
+}
+
+const SMALL: usize = 128;
+pub const DIRECT: &str = "direct";
+pub const COREMESH: &str = "coremesh";
+
+/// One load measurement.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sample {
+    pub round: usize,
+    pub scenario: Scenario,
+    pub target: String,
+    /// Requests per second asked for (0 = closed loop).
+    pub target_rate: f64,
+    pub achieved_rps: f64,
+    pub responses_total: u64,
+    pub unsent: u64,
+    pub latency_us: LatencySummary,
+    pub errors: Errors,
+    /// Proxy CPU (user + sys, all threads and children) per response.
+    pub proxy_cpu_us_per_req: Option<f64>,
+    /// Proxy CPU seconds per wall second during the run.
+    pub proxy_cores_used: Option<f64>,
+    pub generator_cores_used: f64,
+    pub generator_us_per_req: f64,
+    /// Origin CPU seconds per wall second (it shares CPUs with the generator).
+    pub origin_cores_used: f64,
+}
+
+/// One idle-connection memory measurement.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IdleSample {
+    pub round: usize,
+    pub target: String,
+    pub connections: usize,
+    pub rss_before: u64,
+    pub rss_after: u64,
+    pub bytes_per_conn: f64,
+}
+
+/// A proxy the run tried to use.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TargetInfo {
+    pub label: String,
+    pub kind: String,
+    pub binary: Option<String>,
+    pub version: String,
+    pub config: Option<String>,
+    pub log: Option<String>,
+    /// "ok" or "skipped".
+    pub status: String,
+    pub note: String,
+}
+
+/// Everything `--out` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Results {
+    pub command: String,
+    pub machine: String,
+    /// Seconds since the Unix epoch.
+    pub started_at: u64,
+    pub proxy_cores: String,
+    pub load_cores: String,
+    pub rounds: usize,
+    pub duration_s: f64,
+    pub warmup_s: f64,
+    pub connections: usize,
+    pub idle_connections: usize,
+    pub fixed_rate: f64,
+    pub targets: Vec<TargetInfo>,
+    pub notes: Vec<String>,
+    pub samples: Vec<Sample>,
+    pub idle: Vec<IdleSample>,
+    pub summary: Vec<report::Summary>,
+}
+
+struct Target {
+    label: String,
+    running: Option<Running>,
+    /// How to start another instance (for the idle scenario).
+    start: Option<(Kind, PathBuf)>,
+}
+
+impl Target {
+    fn addr(&self, origin: SocketAddr) -> SocketAddr {
+        self.running.as_ref().map_or(origin, |r| r.addr)
+    }
+    fn pid(&self) -> Option<u32> {
+        self.running.as_ref().map(Running::pid)
+    }
+}
+
+fn log(msg: &str) {
+    eprintln!("[compare] {msg}");
+}
+
+/// Runs the comparison; returns the results after printing the markdown.
+pub fn run(opts: &Options) -> Result<Results, String> {
+    let started = Instant::now();
+    let out_dir = opts.out.parent().map(Path::to_path_buf).unwrap_or_default();
+    let out_dir = if out_dir.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        out_dir
+    };
+    std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+    let mut notes = Vec::new();
+
+    let nofile = sys::raise_nofile(1 << 20);
+    if proxies::max_conns(nofile) < opts.idle_conns as u64 + 100 {
+        notes.push(format!(
+            "RLIMIT_NOFILE is only {nofile}: the idle scenario may open fewer connections"
+        ));
+    }
+
+    // CPUs.
+    let allowed = sys::allowed_cpus();
+    let proxy_cpus = match &opts.proxy_cores {
+        Some(c) => c.clone(),
+        None => vec![*allowed.last().unwrap_or(&0)],
+    };
+    let mut load_cpus: Vec<usize> = allowed
+        .iter()
+        .copied()
+        .filter(|c| !proxy_cpus.contains(c))
+        .collect();
+    if load_cpus.is_empty() {
+        notes.push(
+            "only one CPU: the proxy shares it with the origin and the load generator".into(),
+        );
+        load_cpus = allowed.clone();
+    }
+    let (pc, lc) = (sys::cpu_list(&proxy_cpus), sys::cpu_list(&load_cpus));
+    let taskset = proxies::find_on_path("taskset");
+    if taskset.is_none() {
+        notes.push("taskset not found (util-linux): nothing is pinned".into());
+    }
+    log(&format!(
+        "proxy CPUs {pc}; origin and load generator CPUs {lc}"
+    ));
+
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find own binary: {e}"))?;
+
+    // Origin.
+    let origin = start_origin(&exe, &lc, taskset.as_deref(), &out_dir)?;
+    let origin_addr = origin.addr;
+    log(&format!("origin on {origin_addr}"));
+
+    // Proxies.
+    let mut infos = Vec::new();
+    let mut targets = vec![Target {
+        label: DIRECT.into(),
+        running: None,
+        start: None,
+    }];
+    for (label, kind, bin) in resolve_proxies(opts, &mut infos) {
+        let version = proxies::version(&bin, kind);
+        let mut info = TargetInfo {
+            label: label.clone(),
+            kind: kind.name().into(),
+            binary: Some(bin.display().to_string()),
+            version,
+            config: None,
+            log: None,
+            status: "ok".into(),
+            note: String::new(),
+        };
+        log(&format!("starting {label} ({})", bin.display()));
+        match proxies::start(
+            nofile,
+            kind,
+            &label,
+            &bin,
+            origin_addr,
+            &out_dir,
+            &pc,
+            taskset.as_deref(),
+        ) {
+            Ok(r) => {
+                info.config = Some(r.config_path.display().to_string());
+                info.log = Some(r.log_path.display().to_string());
+                match proxies::probe(r.addr, &format!("/size/{SMALL}")) {
+                    Ok(200) => targets.push(Target {
+                        label: label.clone(),
+                        running: Some(r),
+                        start: Some((kind, bin.clone())),
+                    }),
+                    Ok(s) => skip(&mut info, format!("check request got status {s}, not 200")),
+                    Err(e) => skip(&mut info, format!("check request failed: {e}")),
+                }
+            }
+            Err(e) => skip(&mut info, format!("did not start: {e}")),
+        }
+        infos.push(info);
+    }
+    if proxies::probe(origin_addr, "/").is_err() {
+        return Err("the origin does not answer".into());
+    }
+
+    // Rounds.
+    let load_scenarios: Vec<Scenario> = opts
+        .scenarios
+        .iter()
+        .copied()
+        .filter(|s| *s != Scenario::Idle)
+        .collect();
+    let mut rate = opts.rate.unwrap_or(0.0);
+    let mut samples: Vec<Sample> = Vec::new();
+    let mut idle = Vec::new();
+    if opts.rate.is_none()
+        && opts.scenarios.contains(&Scenario::Rate)
+        && !opts.scenarios.contains(&Scenario::Small)
+    {
+        // The fixed rate comes from a saturation measurement; make a short one.
+        for t in &targets {
+            let s = measure(
+                &exe,
+                &lc,
+                taskset.as_deref(),
+                t,
+                (origin_addr, origin.pid()),
+                Scenario::Small,
+                0.0,
+                0,
+                opts,
+                true,
+            )?;
+            samples.push(s);
+        }
+        rate = pick_rate(&samples);
+        samples.clear();
+    }
+    for round in 1..=opts.rounds {
+        for &scenario in &load_scenarios {
+            if scenario == Scenario::Rate && rate <= 0.0 {
+                rate = pick_rate(&samples);
+                log(&format!("fixed rate for latency: {rate:.0} req/s"));
+            }
+            for t in &targets {
+                let r = if scenario == Scenario::Rate {
+                    rate
+                } else {
+                    0.0
+                };
+                let s = measure(
+                    &exe,
+                    &lc,
+                    taskset.as_deref(),
+                    t,
+                    (origin_addr, origin.pid()),
+                    scenario,
+                    r,
+                    round,
+                    opts,
+                    false,
+                )?;
+                log(&format!(
+                    "round {round} {:<8} {:<18} {:>9.0} req/s  p99 {:>9}  proxy {}  errors {}",
+                    scenario.name(),
+                    t.label,
+                    s.achieved_rps,
+                    crate::load::fmt_us(s.latency_us.p99),
+                    s.proxy_cpu_us_per_req
+                        .map_or("-".into(), |c| format!("{c:.2} us/req")),
+                    s.errors.describe()
+                ));
+                samples.push(s);
+            }
+        }
+        if opts.scenarios.contains(&Scenario::Idle) {
+            for t in &targets {
+                let Some((kind, bin)) = &t.start else {
+                    continue;
+                };
+                // A fresh instance: one that served the load runs has freed
+                // memory its allocator would reuse for the new connections,
+                // which hides their cost (measured here: round 1 ~1.6 KB per
+                // connection, later rounds near 0 on the same process).
+                let fresh = proxies::start(
+                    nofile,
+                    *kind,
+                    &format!("{}-idle", t.label),
+                    bin,
+                    origin_addr,
+                    &out_dir,
+                    &pc,
+                    taskset.as_deref(),
+                );
+                let measured = fresh.and_then(|mut r| {
+                    let s = idle_rss(&r, &t.label, opts.idle_conns, round);
+                    r.stop();
+                    s
+                });
+                match measured {
+                    Ok(s) => {
+                        log(&format!(
+                            "round {round} idle     {:<18} {} conns: {:.0} bytes/conn",
+                            t.label, s.connections, s.bytes_per_conn
+                        ));
+                        idle.push(s);
+                    }
+                    Err(e) => notes.push(format!("{} idle round {round}: {e}", t.label)),
+                }
+            }
+        }
+    }
+
+    for t in &mut targets {
+        if let Some(r) = t.running.as_mut() {
+            r.stop();
+        }
+    }
+    drop(origin);
+
+    let summary = report::summarize(&samples, &idle);
+    let results = Results {
+        command: opts.command.clone(),
+        machine: sys::machine_description(),
+        started_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+            .saturating_sub(started.elapsed().as_secs()),
+        proxy_cores: pc,
+        load_cores: lc,
+        rounds: opts.rounds,
+        duration_s: opts.duration.as_secs_f64(),
+        warmup_s: opts.warmup.as_secs_f64(),
+        connections: opts.connections,
+        idle_connections: opts.idle_conns,
+        fixed_rate: rate,
+        targets: infos,
+        notes,
+        samples,
+        idle,
+        summary,
+    };
+    let json = serde_json::to_string_pretty(&results).map_err(|e| e.to_string())?;
+    std::fs::write(&opts.out, json + "\n").map_err(|e| format!("{}: {e}", opts.out.display()))?;
+    if let Some(dir) = &opts.svg_dir {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        crate::chart::write_all(&results, dir)?;
+    }
+    Ok(results)
+}
+
+fn skip(info: &mut TargetInfo, note: String) {
+    log(&format!("skipping {}: {note}", info.label));
+    info.status = "skipped".into();
+    info.note = note;
+}
+
+/// The proxies asked for that are installed, with labels; notes the rest.
+fn resolve_proxies(opts: &Options, infos: &mut Vec<TargetInfo>) -> Vec<(String, Kind, PathBuf)> {
+    let mut out = Vec::new();
+    for name in &opts.proxies {
+        let missing = |infos: &mut Vec<TargetInfo>, label: &str, kind: &str, note: String| {
+            log(&format!("skipping {label}: {note}"));
+            infos.push(TargetInfo {
+                label: label.into(),
+                kind: kind.into(),
+                binary: None,
+                version: String::new(),
+                config: None,
+                log: None,
+                status: "skipped".into(),
+                note,
+            });
+        };
+        if name == "coremesh-glommio" {
+            continue; // added with coremesh below
+        }
+        let Some(kind) = Kind::parse(name) else {
+            missing(
+                infos,
+                name,
+                name,
+                "unknown proxy (known: coremesh, nginx, haproxy, envoy, caddy)".into(),
+            );
+            continue;
+        };
+        if kind == Kind::Coremesh {
+            if proxies::is_executable(&opts.coremesh_bin) {
+                out.push((COREMESH.to_string(), kind, opts.coremesh_bin.clone()));
+                if opts.aa {
+                    out.push((format!("{COREMESH}#2"), kind, opts.coremesh_bin.clone()));
+                }
+            } else {
+                missing(
+                    infos,
+                    COREMESH,
+                    "coremesh",
+                    format!(
+                        "{} not found; build it with `cargo build --release -p coremesh-proxy` or pass --coremesh-bin",
+                        opts.coremesh_bin.display()
+                    ),
+                );
+            }
+            if proxies::is_executable(&opts.coremesh_glommio_bin) {
+                out.push((
+                    "coremesh-glommio".into(),
+                    kind,
+                    opts.coremesh_glommio_bin.clone(),
+                ));
+            } else {
+                missing(
+                    infos,
+                    "coremesh-glommio",
+                    "coremesh",
+                    format!(
+                        "{} not found; build it with `cargo build --release -p coremesh-proxy --features runtime-glommio --target-dir target/glommio`",
+                        opts.coremesh_glommio_bin.display()
+                    ),
+                );
+            }
+            continue;
+        }
+        match proxies::find_on_path(kind.name()) {
+            Some(bin) => out.push((kind.name().to_string(), kind, bin)),
+            None => missing(
+                infos,
+                kind.name(),
+                kind.name(),
+                format!("`{}` is not installed (not on PATH)", kind.name()),
+            ),
+        }
+    }
+    out
+}
+
+fn start_origin(
+    exe: &Path,
+    cpus: &str,
+    taskset: Option<&Path>,
+    dir: &Path,
+) -> Result<Running, String> {
+    use std::io::BufRead;
+    let log_path = dir.join("run").join("origin.log");
+    std::fs::create_dir_all(dir.join("run")).map_err(|e| e.to_string())?;
+    let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
+    let mut child = proxies::pinned(exe, cpus, taskset)
+        .args([
+            "origin",
+            "--listen",
+            "127.0.0.1:0",
+            "--body-size",
+            &SMALL.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot start the origin: {e}"))?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    let addr = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| format!("origin printed {line:?}, not its address"))?;
+    Ok(Running {
+        child,
+        addr,
+        config_path: PathBuf::new(),
+        log_path,
+    })
+}
+
+/// A quarter of the lowest saturation throughput of any proxy (or of the
+/// direct path, if no proxy ran), rounded down to two significant digits.
+fn pick_rate(samples: &[Sample]) -> f64 {
+    let sat = |proxies_only: bool| {
+        samples
+            .iter()
+            .filter(|s| s.scenario == Scenario::Small && s.achieved_rps > 0.0)
+            .filter(|s| !proxies_only || s.target != DIRECT)
+            .map(|s| s.achieved_rps)
+            .fold(f64::INFINITY, f64::min)
+    };
+    let mut min = sat(true);
+    if !min.is_finite() {
+        min = sat(false);
+    }
+    if !min.is_finite() {
+        return 1000.0;
+    }
+    let quarter = min / 4.0;
+    let mag = 10f64.powf(quarter.log10().floor() - 1.0);
+    ((quarter / mag).floor() * mag).max(100.0)
+}
+
+/// Runs one load measurement through `target`.
+#[allow(clippy::too_many_arguments)] // one call site each; a struct would only rename them
+fn measure(
+    exe: &Path,
+    cpus: &str,
+    taskset: Option<&Path>,
+    target: &Target,
+    (origin, origin_pid): (SocketAddr, u32),
+    scenario: Scenario,
+    rate: f64,
+    round: usize,
+    opts: &Options,
+    calibrate: bool,
+) -> Result<Sample, String> {
+    let addr = target.addr(origin);
+    let (duration, warmup) = if calibrate {
+        (Duration::from_secs(2), Duration::from_millis(500))
+    } else {
+        (opts.duration, opts.warmup)
+    };
+    let mut cmd = proxies::pinned(exe, cpus, taskset);
+    cmd.args(["load", "--json", "--header", "Host: origin"])
+        .arg("--url")
+        .arg(format!("http://{addr}/size/{}", scenario.body()))
+        .arg("--rate")
+        .arg(format!("{rate}"))
+        .arg("--duration")
+        .arg(format!("{}ms", duration.as_millis()))
+        .arg("--warmup")
+        .arg(format!("{}ms", warmup.as_millis()))
+        .arg("--connections")
+        .arg(opts.connections.to_string());
+    if scenario == Scenario::Newconn {
+        cmd.arg("--new-conn");
+    }
+    let pid = target.pid();
+    let cpu0 = pid.map(sys::tree_cpu_seconds);
+    let origin0 = sys::tree_cpu_seconds(origin_pid);
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run load: {e}"))?;
+    let cpu1 = pid.map(sys::tree_cpu_seconds);
+    let origin_cpu = sys::tree_cpu_seconds(origin_pid) - origin0;
+    if !out.status.success() {
+        return Err(format!(
+            "load through {} failed: {}",
+            target.label, out.status
+        ));
+    }
+    let rep: LoadReport = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("load through {}: unreadable report: {e}", target.label))?;
+    // The load's own run time (connect, warm-up, measure, drain), not the
+    // child's lifetime, which adds process start-up.
+    let wall = rep.wall_s.max(1e-3);
+    let proxy_cpu = match (cpu0, cpu1) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    Ok(Sample {
+        round,
+        scenario,
+        target: target.label.clone(),
+        target_rate: rate,
+        achieved_rps: rep.achieved_rate,
+        responses_total: rep.responses_total,
+        unsent: rep.unsent,
+        latency_us: rep.latency_us,
+        errors: rep.errors,
+        proxy_cpu_us_per_req: proxy_cpu
+            .filter(|_| rep.responses_total > 0)
+            .map(|c| c * 1e6 / rep.responses_total as f64),
+        proxy_cores_used: proxy_cpu.map(|c| c / wall),
+        generator_cores_used: rep.generator.cores_used,
+        generator_us_per_req: rep.generator.us_per_request,
+        origin_cores_used: origin_cpu / wall,
+    })
+}
+
+/// Opens `n` keep-alive connections to a freshly started proxy, one request
+/// each, in sequence; waits 2 s; RSS delta of the proxy's process tree / n.
+/// A few requests first warm up what every proxy allocates once (the
+/// upstream connection, first buffers), so it is not charged to the idle
+/// connections.
+fn idle_rss(r: &Running, label: &str, n: usize, round: usize) -> Result<IdleSample, String> {
+    let pid = r.pid();
+    let path = format!("/size/{SMALL}");
+    for _ in 0..20 {
+        proxies::probe(r.addr, &path)?;
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let before = sys::tree_rss_bytes(pid);
+    let mut conns = Vec::with_capacity(n);
+    for i in 0..n {
+        let opened = std::net::TcpStream::connect_timeout(&r.addr, Duration::from_secs(2))
+            .and_then(|s| s.set_read_timeout(Some(Duration::from_secs(5))).map(|_| s))
+            .map_err(|e| e.to_string())
+            .and_then(|mut s| proxies::request_on(&mut s, &path).map(|st| (s, st)));
+        match opened {
+            Ok((s, 200)) => {
+                set_linger_zero(&s);
+                conns.push(s);
+            }
+            Ok((_, st)) => return Err(format!("connection {i}: status {st}")),
+            Err(e) => return Err(format!("connection {i}: {e}")),
+        }
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let after = sys::tree_rss_bytes(pid);
+    let count = conns.len();
+    drop(conns);
+    // Let the proxy notice the closes before the next measurement.
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(IdleSample {
+        round,
+        target: label.to_string(),
+        connections: count,
+        rss_before: before,
+        rss_after: after,
+        bytes_per_conn: (after as f64 - before as f64) / count.max(1) as f64,
+    })
+}
+
+/// Close with RST: thousands of sockets per round would otherwise sit in
+/// TIME_WAIT on the harness's side.
+fn set_linger_zero(s: &std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: valid socket fd and a correctly sized linger struct.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(target: &str, rps: f64) -> Sample {
+        Sample {
+            round: 1,
+            scenario: Scenario::Small,
+            target: target.into(),
+            target_rate: 0.0,
+            achieved_rps: rps,
+            responses_total: 1,
+            unsent: 0,
+            latency_us: Default::default(),
+            errors: Default::default(),
+            proxy_cpu_us_per_req: None,
+            proxy_cores_used: None,
+            generator_cores_used: 0.0,
+            generator_us_per_req: 0.0,
+            origin_cores_used: 0.0,
+        }
+    }
+
+    #[test]
+    fn fixed_rate_is_a_quarter_of_the_slowest_proxy() {
+        let s = vec![
+            sample(DIRECT, 90_000.0),
+            sample("nginx", 41_234.0),
+            sample("coremesh", 60_000.0),
+        ];
+        assert_eq!(pick_rate(&s), 10_000.0);
+        assert_eq!(pick_rate(&[sample(DIRECT, 9_876.0)]), 2_400.0);
+        assert_eq!(pick_rate(&[]), 1000.0);
+    }
+
+    #[test]
+    fn scenario_names_round_trip() {
+        for s in Scenario::ALL {
+            assert_eq!(Scenario::parse(s.name()), Some(s));
+            let json = serde_json::to_string(&s).unwrap();
+            assert_eq!(json, format!("\"{}\"", s.name()));
+        }
+    }
+}

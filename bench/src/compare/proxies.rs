@@ -1,0 +1,534 @@
+//! The proxies the harness knows: where to find them, the equivalent
+//! configuration each one gets, and how to start, check and stop them.
+//!
+//! "Equivalent" means, for every proxy: one worker process / thread / shard,
+//! keep-alive to the client and a keep-alive pool to the origin, no access
+//! log, and connection and file-descriptor limits far above what a scenario
+//! opens (Debian's nginx ships `worker_connections 768`, which the idle
+//! connection scenario would hit). Each proxy listens on 127.0.0.1 and
+//! forwards every request, whatever its path, to the one origin.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::http::{ResponseReader, Step};
+
+/// Which proxy a target runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Coremesh,
+    Nginx,
+    Haproxy,
+    Envoy,
+    Caddy,
+}
+
+impl Kind {
+    pub fn parse(name: &str) -> Option<Kind> {
+        Some(match name {
+            "coremesh" => Kind::Coremesh,
+            "nginx" => Kind::Nginx,
+            "haproxy" => Kind::Haproxy,
+            "envoy" => Kind::Envoy,
+            "caddy" => Kind::Caddy,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Coremesh => "coremesh",
+            Kind::Nginx => "nginx",
+            Kind::Haproxy => "haproxy",
+            Kind::Envoy => "envoy",
+            Kind::Caddy => "caddy",
+        }
+    }
+
+    fn config_ext(self) -> &'static str {
+        match self {
+            Kind::Coremesh => "toml",
+            Kind::Nginx => "conf",
+            Kind::Haproxy => "cfg",
+            Kind::Envoy => "yaml",
+            Kind::Caddy => "Caddyfile",
+        }
+    }
+}
+
+/// Finds an executable on PATH or in the sbin directories (nginx and
+/// haproxy live in /usr/sbin, which is not on every user's PATH).
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin", "/usr/local/bin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+}
+
+pub fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// First line of `bin ARGS` (stdout or stderr), for the report.
+pub fn version(bin: &Path, kind: Kind) -> String {
+    let args: &[&str] = match kind {
+        Kind::Coremesh => &["--version"],
+        Kind::Nginx => &["-v"],
+        Kind::Haproxy => &["-v"],
+        Kind::Envoy => &["--version"],
+        Kind::Caddy => &["version"],
+    };
+    Command::new(bin)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| {
+            let mut s = String::from_utf8_lossy(&o.stdout).to_string();
+            s.push_str(&String::from_utf8_lossy(&o.stderr));
+            s.lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .unwrap_or("")
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+/// A port the OS says is free now (bound and released: a small race,
+/// acceptable on a benchmark host).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Client connections every proxy is configured to accept: as many as the
+/// file-descriptor limit allows with one upstream connection each (HAProxy
+/// refuses to start when its maxconn needs more fds than it may open).
+pub fn max_conns(nofile: u64) -> u64 {
+    (nofile / 2).saturating_sub(100).clamp(1000, 100_000)
+}
+
+/// The configuration file text for `kind` listening on `port` (ignored by
+/// coremesh, which binds port 0 and reports the port) and forwarding to
+/// `origin`. `dir` holds the proxy's own files (pid, temp, logs); `nofile`
+/// is the file-descriptor limit the proxy inherits.
+pub fn config(kind: Kind, port: u16, origin: SocketAddr, dir: &Path, nofile: u64) -> String {
+    let d = dir.display();
+    let conns = max_conns(nofile);
+    let fds = conns * 2 + 100;
+    match kind {
+        Kind::Coremesh => format!(
+            "# coremesh-bench compare: one shard, outbound listener forwarding Host: origin\n\
+             # to the bench origin. Access log is off unless [proxy] access_log is set.\n\
+             [proxy]\n\
+             service = \"bench\"\n\
+             cores = 1\n\
+             admin = \"127.0.0.1:0\"\n\
+             \n\
+             [outbound]\n\
+             listen = \"127.0.0.1:0\"\n\
+             \n\
+             [[services]]\n\
+             name = \"origin\"\n\
+             endpoints = [\"{origin}\"]\n"
+        ),
+        Kind::Nginx => format!(
+            r#"# coremesh-bench compare: nginx as a reverse proxy, one worker.
+daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile {fds};
+pid {d}/nginx.pid;
+error_log {d}/nginx-error.log warn;
+
+events {{
+    # Debian's default is 768, which the idle-connection scenario exceeds.
+    worker_connections {fds};
+    multi_accept on;
+}}
+
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy_temp;
+    # Keep client connections open as long as the benchmark does.
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+
+    upstream origin {{
+        server {origin};
+        keepalive 256;
+        keepalive_requests 10000000;
+        keepalive_timeout 300s;
+    }}
+
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://origin;
+            # HTTP/1.1 and no "Connection: close" upstream: pooled keep-alive.
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            # Stream in memory; never spool large bodies to disk.
+            proxy_buffering on;
+            proxy_buffers 16 16k;
+            proxy_max_temp_file_size 0;
+        }}
+    }}
+}}
+"#
+        ),
+        Kind::Haproxy => format!(
+            r#"# coremesh-bench compare: HAProxy in HTTP mode, one thread.
+global
+    nbthread 1
+    maxconn {conns}
+    pidfile {d}/haproxy.pid
+
+defaults
+    mode http
+    # No "log" line: no access log.
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+    timeout http-keep-alive 300s
+    option http-keep-alive
+    maxconn {conns}
+
+frontend bench
+    bind 127.0.0.1:{port}
+    default_backend origin
+
+backend origin
+    # Reuse idle server connections across client connections (a pool).
+    http-reuse always
+    server origin {origin} maxconn {conns}
+"#
+        ),
+        Kind::Envoy => format!(
+            r#"# coremesh-bench compare: Envoy with --concurrency 1 (set on the command line).
+static_resources:
+  listeners:
+  - name: bench
+    address:
+      socket_address: {{ address: 127.0.0.1, port_value: {port} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          codec_type: HTTP1
+          # No access_log entry: no access log.
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: origin }}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: origin
+    type: STATIC
+    connect_timeout: 5s
+    circuit_breakers:
+      thresholds:
+      - max_connections: {conns}
+        max_pending_requests: {conns}
+        max_requests: {conns}
+    load_assignment:
+      cluster_name: origin
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{ address: {ip}, port_value: {oport} }}
+"#,
+            ip = origin.ip(),
+            oport = origin.port()
+        ),
+        Kind::Caddy => format!(
+            r#"# coremesh-bench compare: Caddy, GOMAXPROCS=1 (set in the environment).
+{{
+    admin off
+    auto_https off
+    persist_config off
+}}
+
+http://:{port} {{
+    bind 127.0.0.1
+    # Caddy writes no access log unless a "log" directive asks for one.
+    reverse_proxy {origin} {{
+        transport http {{
+            keepalive 300s
+            keepalive_idle_conns 256
+        }}
+    }}
+}}
+"#
+        ),
+    }
+}
+
+/// A proxy (or the origin) running as a child of the harness.
+pub struct Running {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+}
+
+impl Running {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then SIGKILL after 5 s.
+    pub fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `taskset -c CPUS` prefix, or nothing when taskset is missing.
+pub fn pinned(bin: &Path, cpus: &str, taskset: Option<&Path>) -> Command {
+    match taskset {
+        Some(t) => {
+            let mut c = Command::new(t);
+            c.arg("-c").arg(cpus).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    }
+}
+
+/// Writes the configuration, starts the proxy pinned to `cpus`, and waits
+/// until it accepts connections.
+#[allow(clippy::too_many_arguments)] // one call site; each is a distinct fact
+pub fn start(
+    nofile: u64,
+    kind: Kind,
+    label: &str,
+    bin: &Path,
+    origin: SocketAddr,
+    dir: &Path,
+    cpus: &str,
+    taskset: Option<&Path>,
+) -> Result<Running, String> {
+    let own = dir.join("run").join(file_label(label));
+    fs::create_dir_all(&own).map_err(|e| format!("{}: {e}", own.display()))?;
+    let configs = dir.join("configs");
+    fs::create_dir_all(&configs).map_err(|e| format!("{}: {e}", configs.display()))?;
+    let port = if kind == Kind::Coremesh {
+        0
+    } else {
+        free_port().map_err(|e| e.to_string())?
+    };
+    let config_path = configs.join(format!("{}.{}", file_label(label), kind.config_ext()));
+    fs::write(&config_path, config(kind, port, origin, &own, nofile))
+        .map_err(|e| format!("{}: {e}", config_path.display()))?;
+    let log_path = own.join("stderr.log");
+    let log = fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+
+    let mut cmd = pinned(bin, cpus, taskset);
+    match kind {
+        Kind::Coremesh => {
+            cmd.arg("--config").arg(&config_path);
+        }
+        Kind::Nginx => {
+            cmd.arg("-p")
+                .arg(&own)
+                .arg("-c")
+                .arg(&config_path)
+                .arg("-e")
+                .arg(own.join("nginx-error.log"));
+        }
+        Kind::Haproxy => {
+            cmd.arg("-f").arg(&config_path).arg("-db");
+        }
+        Kind::Envoy => {
+            cmd.arg("-c").arg(&config_path).args([
+                "--concurrency",
+                "1",
+                "--log-level",
+                "warn",
+                "--disable-hot-restart",
+            ]);
+        }
+        Kind::Caddy => {
+            cmd.args(["run", "--adapter", "caddyfile", "--config"])
+                .arg(&config_path)
+                .env("GOMAXPROCS", "1");
+        }
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?);
+    let addr;
+    let child;
+    if kind == Kind::Coremesh {
+        // The bound port comes back on stderr: "... bound outbound=ADDR admin=ADDR".
+        cmd.stderr(Stdio::piped());
+        let mut c = cmd.spawn().map_err(|e| format!("{}: {e}", bin.display()))?;
+        let stderr = c.stderr.take().expect("piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || copy_and_find_bound(stderr, log, tx));
+        addr = match rx.recv_timeout(Duration::from_secs(15)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = c.kill();
+                let _ = c.wait();
+                return Err(format!(
+                    "no \"bound outbound=\" line on stderr within 15 s; see {}",
+                    log_path.display()
+                ));
+            }
+        };
+        child = c;
+    } else {
+        cmd.stderr(log);
+        child = cmd.spawn().map_err(|e| format!("{}: {e}", bin.display()))?;
+        addr = SocketAddr::from(([127, 0, 0, 1], port));
+    }
+    let mut running = Running {
+        child,
+        addr,
+        config_path,
+        log_path,
+    };
+    let t = Instant::now();
+    loop {
+        if let Ok(Some(status)) = running.child.try_wait() {
+            return Err(format!(
+                "exited with {status} at start; see {}",
+                running.log_path.display()
+            ));
+        }
+        if TcpStream::connect_timeout(&running.addr, Duration::from_millis(200)).is_ok() {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(15) {
+            return Err(format!("not listening on {} after 15 s", running.addr));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(running)
+}
+
+fn copy_and_find_bound(stderr: impl Read, mut log: fs::File, tx: mpsc::Sender<SocketAddr>) {
+    let mut sent = false;
+    for line in BufReader::new(stderr).lines() {
+        let Ok(line) = line else { break };
+        let _ = writeln!(log, "{line}");
+        if !sent {
+            if let Some(a) = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("outbound="))
+                .and_then(|a| a.trim_matches('"').parse().ok())
+            {
+                sent = tx.send(a).is_ok();
+            }
+        }
+    }
+}
+
+/// "coremesh#2" -> "coremesh-2": labels as file names.
+pub fn file_label(label: &str) -> String {
+    label.replace(['#', '/', ' '], "-")
+}
+
+/// Sends one `GET path` with `Host: origin` and returns the status.
+pub fn probe(addr: SocketAddr, path: &str) -> Result<u16, String> {
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    request_on(&mut s, path)
+}
+
+/// One keep-alive request on an open connection; returns the status.
+pub fn request_on(s: &mut TcpStream, path: &str) -> Result<u16, String> {
+    let req = crate::http::build_request(path, "origin", &[], 0, false);
+    s.write_all(&req).map_err(|e| format!("write: {e}"))?;
+    let mut r = ResponseReader::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut filled = 0;
+    loop {
+        let n = s
+            .read(&mut buf[filled..])
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return r
+                .feed_eof()
+                .map(|resp| resp.status)
+                .map_err(|e| e.to_string());
+        }
+        filled += n;
+        let (used, step) = r.feed(&buf[..filled]).map_err(|e| e.to_string())?;
+        buf.copy_within(used..filled, 0);
+        filled -= used;
+        if let Step::Done(resp) = step {
+            return Ok(resp.status);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configs_name_the_origin_and_port() {
+        let origin: SocketAddr = "127.0.0.1:9999".parse().unwrap();
+        for kind in [
+            Kind::Coremesh,
+            Kind::Nginx,
+            Kind::Haproxy,
+            Kind::Envoy,
+            Kind::Caddy,
+        ] {
+            let c = config(kind, 1234, origin, Path::new("/tmp/x"), 20_000);
+            assert!(c.contains("9999"), "{kind:?}");
+            if kind != Kind::Coremesh {
+                assert!(c.contains("1234"), "{kind:?}");
+            }
+        }
+        assert!(config(Kind::Nginx, 1, origin, Path::new("/d"), 20_000).contains("access_log off"));
+        assert!(config(Kind::Haproxy, 1, origin, Path::new("/d"), 20_000).contains("maxconn 9900"));
+        assert_eq!(max_conns(1 << 20), 100_000);
+        assert!(config(Kind::Coremesh, 0, origin, Path::new("/d"), 20_000).contains("cores = 1"));
+    }
+
+    #[test]
+    fn labels_as_file_names() {
+        assert_eq!(file_label("coremesh#2"), "coremesh-2");
+    }
+}

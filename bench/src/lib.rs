@@ -1,0 +1,65 @@
+//! coremesh-bench: the measuring side of coremesh.
+//!
+//! - [`load`]: an open-loop HTTP/1.1 load generator. A [`schedule::Schedule`]
+//!   says when each request is intended to go out; per-thread mio event loops
+//!   send it on a free keep-alive connection, frame the response with
+//!   [`http`], and record the latency from the intended time into an
+//!   hdrhistogram ([`schedule::Latency`]), so stalls cannot hide behind
+//!   coordinated omission.
+//! - [`origin`]: a fast keep-alive origin server with pre-built responses.
+//! - [`compare`]: the side-by-side harness. It starts the origin, writes an
+//!   equivalent configuration for each proxy found (coremesh, nginx,
+//!   HAProxy, Envoy, Caddy), pins the proxies and the generator to separate
+//!   cores, runs `load` (as a child process) through each proxy in
+//!   alternating rounds, reads the proxies' CPU time and RSS from `/proc`
+//!   ([`sys`]), and reports medians, spread and ratios as markdown, JSON and
+//!   SVG charts ([`chart`]).
+//!
+//! Scheduling, latency accounting and HTTP framing are sans-I/O (time and
+//! bytes in, results out) and unit tested without sockets.
+
+pub mod chart;
+pub mod compare;
+pub mod http;
+pub mod load;
+pub mod origin;
+pub mod schedule;
+pub mod sys;
+
+use std::time::Duration;
+
+/// Parses "30s", "500ms", "2m", "1h" or a plain number of seconds ("1.5").
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (examples: 30s, 500ms, 2m)"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1e3,
+        "us" => n / 1e6,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("3 days").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+}

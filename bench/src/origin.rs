@@ -1,0 +1,398 @@
+//! `coremesh-bench origin`: a fast HTTP/1.1 keep-alive origin, so that the
+//! origin is never what a benchmark measures.
+//!
+//! One mio event loop on one thread. Every response is built once and then
+//! written from the same bytes: `GET /size/N` answers with an N-byte body,
+//! anything else with `--body-size` bytes. Requests on a connection are
+//! answered in order, one at a time; request bodies (Content-Length) are read
+//! and discarded. With `--delay`, each response leaves that long after its
+//! request head arrived (all delays are equal, so a FIFO queue is the timer
+//! wheel).
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mio::net::{TcpListener, TcpStream};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+
+use crate::http::{build_response, parse_request_head};
+use crate::sys;
+
+#[derive(Debug, Clone)]
+pub struct OriginConfig {
+    /// Body size of responses to paths other than `/size/N`.
+    pub body_size: usize,
+    /// Added before each response.
+    pub delay: Duration,
+}
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const TIMER: Token = Token(usize::MAX - 2);
+const READ_BUF: usize = 16 * 1024;
+/// `/size/N` larger than this gets this.
+const MAX_BODY: usize = 256 * 1024 * 1024;
+/// Distinct response sizes kept built.
+const MAX_CACHED: usize = 64;
+
+/// Binds the listening socket (port 0 picks a free port).
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    // mio's bind sets SO_REUSEADDR and a backlog of 1024, which the
+    // new-connection-per-request scenario needs.
+    TcpListener::bind(addr)
+}
+
+struct Conn {
+    stream: TcpStream,
+    buf: Box<[u8]>,
+    filled: usize,
+    /// Request body bytes still to discard.
+    skip: u64,
+    /// Response being written and how much of it went out.
+    out: Option<(Rc<[u8]>, usize)>,
+    /// A response is waiting in the delay queue.
+    delayed: bool,
+    close_after: bool,
+    /// Bumped when the slot is reused, so stale delay entries are ignored.
+    generation: u64,
+}
+
+struct Server {
+    poll: Poll,
+    conns: Vec<Option<Conn>>,
+    free_slots: Vec<usize>,
+    cfg: OriginConfig,
+    /// (body size, close) -> response bytes.
+    cache: Vec<(usize, bool, Rc<[u8]>)>,
+    /// (send at, slot, generation, response).
+    delayed: VecDeque<(u64, usize, u64, Rc<[u8]>)>,
+    generation: u64,
+}
+
+/// Serves until `stop` is set (checked at least every 100 ms).
+pub fn serve(
+    mut listener: TcpListener,
+    cfg: OriginConfig,
+    stop: Arc<AtomicBool>,
+) -> io::Result<()> {
+    sys::set_min_timer_slack();
+    let poll = Poll::new()?;
+    poll.registry()
+        .register(&mut listener, LISTENER, Interest::READABLE)?;
+    let mut timer = sys::Timer::new()?;
+    poll.registry()
+        .register(&mut SourceFd(&timer.raw_fd()), TIMER, Interest::READABLE)?;
+    let mut srv = Server {
+        poll,
+        conns: Vec::new(),
+        free_slots: Vec::new(),
+        cfg,
+        cache: Vec::new(),
+        delayed: VecDeque::new(),
+        generation: 0,
+    };
+    let mut events = Events::with_capacity(1024);
+    while !stop.load(Ordering::Relaxed) {
+        if let Some(&(at, ..)) = srv.delayed.front() {
+            timer.arm(at, 0)?;
+        }
+        match srv.poll.poll(&mut events, Some(Duration::from_millis(100))) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+        for ev in events.iter() {
+            match ev.token() {
+                LISTENER => srv.accept(&listener),
+                TIMER => timer.clear(),
+                Token(i) => {
+                    if ev.is_writable() || ev.is_error() {
+                        srv.write(i);
+                    }
+                    if ev.is_readable() || ev.is_read_closed() {
+                        srv.read(i);
+                    }
+                }
+            }
+        }
+        srv.release_delayed(sys::now_ns());
+    }
+    Ok(())
+}
+
+impl Server {
+    fn accept(&mut self, listener: &TcpListener) {
+        loop {
+            let (mut stream, _) = match listener.accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // EMFILE and friends: leave the rest in the backlog.
+                Err(_) => return,
+            };
+            let _ = stream.set_nodelay(true);
+            let slot = self.free_slots.pop().unwrap_or_else(|| {
+                self.conns.push(None);
+                self.conns.len() - 1
+            });
+            if self
+                .poll
+                .registry()
+                .register(
+                    &mut stream,
+                    Token(slot),
+                    Interest::READABLE | Interest::WRITABLE,
+                )
+                .is_err()
+            {
+                self.free_slots.push(slot);
+                continue;
+            }
+            self.generation += 1;
+            self.conns[slot] = Some(Conn {
+                stream,
+                buf: vec![0u8; READ_BUF].into_boxed_slice(),
+                filled: 0,
+                skip: 0,
+                out: None,
+                delayed: false,
+                close_after: false,
+                generation: self.generation,
+            });
+        }
+    }
+
+    fn response(&mut self, size: usize, close: bool) -> Rc<[u8]> {
+        let size = size.min(MAX_BODY);
+        if let Some((_, _, r)) = self
+            .cache
+            .iter()
+            .find(|(s, c, _)| *s == size && *c == close)
+        {
+            return r.clone();
+        }
+        let r: Rc<[u8]> = build_response(size, close).into();
+        if self.cache.len() < MAX_CACHED {
+            self.cache.push((size, close, r.clone()));
+        }
+        r
+    }
+
+    fn read(&mut self, i: usize) {
+        loop {
+            let Some(Some(c)) = self.conns.get_mut(i) else {
+                return;
+            };
+            if c.filled == c.buf.len() {
+                // A request head larger than the buffer: not a client we serve.
+                return self.close(i);
+            }
+            match c.stream.read(&mut c.buf[c.filled..]) {
+                Ok(0) => return self.close(i),
+                Ok(n) => c.filled += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.close(i),
+            }
+            self.process(i);
+        }
+    }
+
+    /// Answers the buffered requests of connection `i`, one at a time.
+    fn process(&mut self, i: usize) {
+        loop {
+            let Some(Some(c)) = self.conns.get_mut(i) else {
+                return;
+            };
+            if c.out.is_some() || c.delayed || c.close_after {
+                return;
+            }
+            if c.skip > 0 {
+                let take = c.skip.min(c.filled as u64) as usize;
+                c.buf.copy_within(take..c.filled, 0);
+                c.filled -= take;
+                c.skip -= take as u64;
+                if c.skip > 0 {
+                    return;
+                }
+            }
+            let head = match parse_request_head(&c.buf[..c.filled]) {
+                Ok(Some(h)) => h,
+                Ok(None) => return,
+                Err(_) => {
+                    let r = self.response_400();
+                    let c = self.conns[i].as_mut().expect("checked above");
+                    c.close_after = true;
+                    c.out = Some((r, 0));
+                    return self.write(i);
+                }
+            };
+            c.buf.copy_within(head.head_len..c.filled, 0);
+            c.filled -= head.head_len;
+            c.skip = head.body_len;
+            let close = !head.keep_alive;
+            c.close_after = close;
+            let gen = c.generation;
+            let size = head.size.unwrap_or(self.cfg.body_size);
+            let resp = self.response(size, close);
+            let c = self.conns[i].as_mut().expect("checked above");
+            if self.cfg.delay.is_zero() {
+                c.out = Some((resp, 0));
+                self.write(i);
+            } else {
+                c.delayed = true;
+                let at = sys::now_ns() + self.cfg.delay.as_nanos() as u64;
+                self.delayed.push_back((at, i, gen, resp));
+                return;
+            }
+        }
+    }
+
+    fn response_400(&mut self) -> Rc<[u8]> {
+        b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"[..].into()
+    }
+
+    fn release_delayed(&mut self, now: u64) {
+        while self.delayed.front().is_some_and(|&(at, ..)| at <= now) {
+            let Some((_, i, gen, resp)) = self.delayed.pop_front() else {
+                break;
+            };
+            if let Some(Some(c)) = self.conns.get_mut(i) {
+                if c.generation == gen {
+                    c.delayed = false;
+                    c.out = Some((resp, 0));
+                    self.write(i);
+                }
+            }
+        }
+    }
+
+    fn write(&mut self, i: usize) {
+        let Some(Some(c)) = self.conns.get_mut(i) else {
+            return;
+        };
+        let Some((resp, mut off)) = c.out.take() else {
+            return;
+        };
+        while off < resp.len() {
+            match c.stream.write(&resp[off..]) {
+                Ok(0) => return self.close(i),
+                Ok(n) => off += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    c.out = Some((resp, off));
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.close(i),
+            }
+        }
+        if c.close_after {
+            return self.close(i);
+        }
+        // Requests that arrived while this response was going out.
+        if c.filled > 0 {
+            self.process(i);
+        }
+    }
+
+    fn close(&mut self, i: usize) {
+        if let Some(Some(mut c)) = self.conns.get_mut(i).map(Option::take) {
+            let _ = self.poll.registry().deregister(&mut c.stream);
+            self.free_slots.push(i);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    fn start(cfg: OriginConfig) -> (SocketAddr, Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+        let l = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = l.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let h = std::thread::spawn(move || serve(l, cfg, s).unwrap());
+        (addr, stop, h)
+    }
+
+    /// A blocking client that keeps bytes past one response for the next
+    /// (pipelined responses can arrive in one read).
+    struct Client {
+        s: std::net::TcpStream,
+        buf: Vec<u8>,
+        filled: usize,
+    }
+
+    impl Client {
+        fn new(addr: SocketAddr) -> Client {
+            let s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            Client {
+                s,
+                buf: vec![0u8; 65536],
+                filled: 0,
+            }
+        }
+
+        fn response(&mut self) -> (u16, bool) {
+            let mut r = crate::http::ResponseReader::new();
+            loop {
+                let (used, step) = r.feed(&self.buf[..self.filled]).unwrap();
+                self.buf.copy_within(used..self.filled, 0);
+                self.filled -= used;
+                if let crate::http::Step::Done(resp) = step {
+                    return (resp.status, resp.keep_alive);
+                }
+                let n = self.s.read(&mut self.buf[self.filled..]).unwrap();
+                assert!(n > 0, "closed early");
+                self.filled += n;
+            }
+        }
+    }
+
+    #[test]
+    fn serves_sizes_keep_alive_pipelined_and_close() {
+        let (addr, stop, h) = start(OriginConfig {
+            body_size: 10,
+            delay: Duration::ZERO,
+        });
+        let mut c = Client::new(addr);
+        // Two pipelined requests, one with a body, then a close.
+        c.s.write_all(
+            b"POST /size/100000 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(c.response(), (200, true));
+        assert_eq!(c.response(), (200, true));
+        c.s.write_all(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        assert_eq!(c.response(), (200, false));
+        let mut rest = Vec::new();
+        c.s.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty() && c.filled == 0);
+        stop.store(true, Ordering::Relaxed);
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn delay_holds_the_response() {
+        let (addr, stop, h) = start(OriginConfig {
+            body_size: 1,
+            delay: Duration::from_millis(50),
+        });
+        let mut c = Client::new(addr);
+        let t = std::time::Instant::now();
+        c.s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(c.response().0, 200);
+        assert!(t.elapsed() >= Duration::from_millis(50));
+        stop.store(true, Ordering::Relaxed);
+        h.join().unwrap();
+    }
+}
