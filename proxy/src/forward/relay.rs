@@ -4,6 +4,7 @@
 
 use super::exchange::upstream_conn;
 use super::*;
+use crate::buf::BufPool;
 
 /// How many of `avail` bytes after the head belong to the request body, and
 /// whether the body is complete within them.
@@ -106,6 +107,7 @@ pub(super) async fn tunnel(
 /// bytes went out with the head. Returns the buffer (holding, from the
 /// returned offset on, bytes that belong to the next request), the body bytes
 /// moved here, and that offset.
+#[allow(clippy::too_many_arguments)] // one call site; the relay's whole state
 pub(super) async fn relay_request_body(
     client: &mut TcpStream,
     up: &mut TcpStream,
@@ -114,6 +116,7 @@ pub(super) async fn relay_request_body(
     mut dec: ChunkedDecoder,
     mut b: Buf,
     idle: Duration,
+    bufs: &BufPool,
 ) -> Result<(Buf, u64, usize), (ErrorKind, Buf)> {
     let mut remaining = match framing {
         Framing::Length(n) => n - sent as u64,
@@ -123,8 +126,10 @@ pub(super) async fn relay_request_body(
     if b.capacity() < BUF_SIZE {
         b.reserve(BUF_SIZE);
     }
+    let mut filled = 0;
     loop {
         b.clear();
+        bufs.grow_for_body(&mut b, filled);
         let (res, back) = match runtime::timeout(idle, client.read(b)).await {
             Ok(x) => x,
             Err(_) => return Err((ErrorKind::Idle, Vec::new())),
@@ -134,6 +139,7 @@ pub(super) async fn relay_request_body(
             Ok(0) | Err(_) => return Err((ErrorKind::ClientGone, b)),
             Ok(n) => n,
         };
+        filled = n;
         let (take, done) = match framing {
             Framing::Length(_) => {
                 let take = (n as u64).min(remaining) as usize;
@@ -174,14 +180,18 @@ pub(super) async fn relay_response_body(
     mut dec: ChunkedDecoder,
     mut b: Buf,
     idle: Duration,
+    bufs: &BufPool,
 ) -> Result<(Buf, u64, bool), (ErrorKind, Buf)> {
     let mut remaining = match framing {
         Framing::Length(n) => n - sent as u64,
         _ => u64::MAX,
     };
     let mut moved = 0u64;
+    // The read that brought the head may already have filled the buffer.
+    let mut filled = b.len();
     loop {
         b.clear();
+        bufs.grow_for_body(&mut b, filled);
         let (res, back) = match runtime::timeout(idle, up.read(b)).await {
             Ok(x) => x,
             Err(_) => return Err((ErrorKind::Idle, Vec::new())),
@@ -193,6 +203,7 @@ pub(super) async fn relay_response_body(
             Ok(0) | Err(_) => return Err((ErrorKind::UpstreamReset, b)),
             Ok(n) => n,
         };
+        filled = n;
         let (take, done) = match framing {
             Framing::Length(_) => {
                 let take = (n as u64).min(remaining) as usize;
