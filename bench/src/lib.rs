@@ -15,11 +15,16 @@
 //!   ([`sys`]), and reports medians, spread and ratios as markdown, JSON and
 //!   SVG charts ([`chart`]).
 //!
+//! - [`fleet`]: thousands of simulated proxy sessions (one QUIC connection
+//!   each) against coremesh-control, timing how long a route change takes
+//!   to reach them all, with control's RSS and CPU.
+//!
 //! Scheduling, latency accounting and HTTP framing are sans-I/O (time and
 //! bytes in, results out) and unit tested without sockets.
 
 pub mod chart;
 pub mod compare;
+pub mod fleet;
 pub mod http;
 pub mod load;
 pub mod origin;

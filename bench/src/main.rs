@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use coremesh_bench::compare::{self, Scenario};
-use coremesh_bench::{http, load, origin, parse_duration, sys};
+use coremesh_bench::{fleet, http, load, origin, parse_duration, sys};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,6 +33,59 @@ enum Cmd {
     Origin(OriginArgs),
     /// Compare coremesh with other proxies installed here, side by side.
     Compare(CompareArgs),
+    /// Simulate a fleet of proxy sessions against coremesh-control, apply a
+    /// route change and time its propagation to every affected session.
+    Fleet(FleetArgs),
+}
+
+#[derive(Debug, Args)]
+struct FleetArgs {
+    /// Proxy sessions (QUIC connections), each with a client certificate.
+    #[arg(long, default_value_t = 10_000)]
+    sessions: usize,
+    /// Control's QUIC address.
+    #[arg(long)]
+    control: std::net::SocketAddr,
+    /// Control's HTTP API address.
+    #[arg(long, default_value = "127.0.0.1:7080")]
+    api: std::net::SocketAddr,
+    /// Control's data directory (operator.credential, ca.pem).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Services (fleet-000, fleet-001, ...).
+    #[arg(long, default_value_t = 100)]
+    services: usize,
+    /// Registered endpoints per service (the first sessions of each service).
+    #[arg(long, default_value_t = 10)]
+    endpoints: usize,
+    /// Services each session calls.
+    #[arg(long, default_value_t = 5)]
+    calls: usize,
+    /// Services whose Route the measured apply changes; default all.
+    #[arg(long)]
+    changed: Option<usize>,
+    /// Control's pid for RSS/CPU; default: the coremesh-control started
+    /// with this --data-dir.
+    #[arg(long)]
+    control_pid: Option<u32>,
+    /// Client UDP sockets the sessions are spread over.
+    #[arg(long, default_value_t = 8)]
+    sockets: usize,
+    /// Handshakes in flight while connecting.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Before the apply, wait until no snapshot has arrived for this long.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    settle: Duration,
+    /// How long to wait for every affected session after the apply.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Runtime worker threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -149,6 +202,7 @@ fn main() -> ExitCode {
         Cmd::Load(a) => cmd_load(a),
         Cmd::Origin(a) => cmd_origin(a),
         Cmd::Compare(a) => cmd_compare(a),
+        Cmd::Fleet(a) => cmd_fleet(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -256,5 +310,34 @@ fn cmd_compare(a: CompareArgs) -> Result<(), String> {
     let results = compare::run(&opts)?;
     print!("{}", compare::report::markdown(&results));
     eprintln!("[compare] results: {}", opts.out.display());
+    Ok(())
+}
+
+fn cmd_fleet(a: FleetArgs) -> Result<(), String> {
+    let cfg = fleet::FleetConfig {
+        sessions: a.sessions,
+        control: a.control,
+        api: a.api,
+        data_dir: a.data_dir,
+        services: a.services,
+        endpoints: a.endpoints,
+        calls: a.calls,
+        changed: a.changed.unwrap_or(a.services),
+        control_pid: a.control_pid,
+        sockets: a.sockets,
+        concurrency: a.concurrency,
+        settle: a.settle,
+        timeout: a.timeout,
+        threads: a.threads,
+    };
+    let report = fleet::run(&cfg, std::env::args().collect::<Vec<_>>().join(" "))?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+        );
+    } else {
+        print!("{}", report.render());
+    }
     Ok(())
 }

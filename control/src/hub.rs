@@ -10,6 +10,12 @@
 //! snapshots through a `watch` channel, so a slow proxy only ever has the
 //! latest one waiting, never a queue.
 //!
+//! At fleet scale (thousands of sessions, a few hundred distinct views) a
+//! publish costs per distinct view, not per session: each view is computed,
+//! compared with what was sent before and encoded once ([`Published`]), and
+//! the sessions that share it share the view (`Arc`) and the encoded bytes.
+//! What a session holds is an `Arc` to the last view it was sent.
+//!
 //! Snapshot versions are `max(previous + 1, unix millis)`: strictly
 //! increasing, and across restarts too, because pushes are debounced (at
 //! most one per debounce interval plus one per session start), so the
@@ -35,6 +41,7 @@ use coremesh_api::http::{ApplyResult, HistoryEntry, TokenCreated, TokenInfo, Tok
 use coremesh_api::resource::Resource;
 use coremesh_api::snapshot::Snapshot;
 use coremesh_api::token::{sha256_hex, JoinToken};
+use coremesh_api::wire::{self, ControlMsg};
 use tokio::sync::{watch, Notify};
 
 use crate::ca::{Ca, Signed};
@@ -66,13 +73,40 @@ impl Default for Options {
     }
 }
 
-/// What a session receives snapshots through.
-pub type SnapshotRx = watch::Receiver<Option<Arc<Snapshot>>>;
+/// A snapshot and its frame ([`coremesh_api::wire::encode`] of
+/// `ControlMsg::Snapshot`), encoded once and shared by every session it is
+/// sent to.
+#[derive(Debug)]
+pub struct Published {
+    pub snapshot: Snapshot,
+    /// The frame, or why it could not be encoded.
+    pub frame: Result<Vec<u8>, String>,
+}
+
+impl Published {
+    pub fn new(snapshot: Snapshot) -> Published {
+        let msg = ControlMsg::Snapshot(snapshot);
+        let mut frame = Vec::new();
+        let frame = wire::encode(&msg, &mut frame)
+            .map(|()| frame)
+            .map_err(|e| e.to_string());
+        let ControlMsg::Snapshot(snapshot) = msg else {
+            unreachable!("constructed above")
+        };
+        Published { snapshot, frame }
+    }
+}
+
+/// What a session receives snapshots through (after the first, which
+/// [`Hub::open_session`] returns).
+pub type SnapshotRx = watch::Receiver<Option<Arc<Published>>>;
+
+type Calls = Option<BTreeSet<String>>;
 
 struct SessionSlot {
-    calls: Option<BTreeSet<String>>,
-    tx: watch::Sender<Option<Arc<Snapshot>>>,
-    last: Option<View>,
+    calls: Calls,
+    tx: watch::Sender<Option<Arc<Published>>>,
+    last: Option<Arc<View>>,
     /// Reconnected during the grace period: no snapshot until it ends.
     held: bool,
 }
@@ -82,6 +116,9 @@ struct State {
     config: Arc<Config>,
     registry: Registry,
     sessions: HashMap<ProxyId, SessionSlot>,
+    /// The latest view computed for each distinct `calls`, so that sessions
+    /// with equal views share one.
+    latest: HashMap<Calls, Arc<View>>,
     snapshot_version: u64,
     dirty: bool,
     grace_over: bool,
@@ -134,6 +171,7 @@ impl Hub {
             config: Arc::new(config),
             registry: Registry::new(opts.heartbeat_timeout, started + opts.grace),
             sessions: HashMap::new(),
+            latest: HashMap::new(),
             snapshot_version: 0,
             dirty: false,
             grace_over: opts.grace.is_zero(),
@@ -197,8 +235,8 @@ impl Hub {
 
     // ---- sessions (called by the QUIC server) ----
 
-    /// A session said Hello; returns its id and its snapshot channel (with
-    /// the first snapshot already in it, unless held for the grace period).
+    /// A session said Hello; returns its id, its first snapshot (unless
+    /// held for the grace period) and the channel of the ones after it.
     pub fn open_session(
         &self,
         service: &str,
@@ -206,7 +244,7 @@ impl Hub {
         calls: Option<Vec<String>>,
         running: Option<u64>,
         cert_expiry: u64,
-    ) -> (ProxyId, SnapshotRx) {
+    ) -> (ProxyId, Option<Arc<Published>>, SnapshotRx) {
         let mut st = lock(&self.state);
         let id = st.registry.hello(service, node, cert_expiry);
         if let Some(v) = running {
@@ -215,30 +253,35 @@ impl Hub {
         }
         let held = running.is_some() && !st.grace_over;
         let (tx, rx) = watch::channel(None);
-        let slot = SessionSlot {
+        let mut slot = SessionSlot {
             calls: calls.map(|c| c.into_iter().collect()),
             tx,
             last: None,
             held,
         };
+        let mut first = None;
         if !held {
             let view = view::compute(&st.config, &st.registry, slot.calls.as_ref());
+            let view = match st.latest.get(&slot.calls) {
+                Some(v) if **v == view => v.clone(),
+                _ => {
+                    let view = Arc::new(view);
+                    st.latest.insert(slot.calls.clone(), view.clone());
+                    view
+                }
+            };
             let version = next_version(&mut st);
             let config_version = st.config_version;
-            let _ = slot
-                .tx
-                .send(Some(Arc::new(view.snapshot(version, config_version))));
+            first = Some(Arc::new(Published::new(
+                view.snapshot(version, config_version),
+            )));
             st.registry.sent(id, version, config_version);
-            let slot = SessionSlot {
-                last: Some(view),
-                ..slot
-            };
-            st.sessions.insert(id, slot);
+            slot.last = Some(view);
         } else {
             tracing::info!(service, node, "session held until the grace period ends");
-            st.sessions.insert(id, slot);
         }
-        (id, rx)
+        st.sessions.insert(id, slot);
+        (id, first, rx)
     }
 
     pub fn close_session(&self, id: ProxyId) {
@@ -460,30 +503,74 @@ fn next_version(st: &mut State) -> u64 {
 }
 
 /// Sends a new snapshot to every session whose view changed.
+///
+/// Work per distinct `calls`, not per session: each view is computed and
+/// encoded once, and compared once with each distinct view sessions were
+/// last sent.
 fn publish(st: &mut State) {
     st.dirty = false;
     let version = next_version(st);
     let config_version = st.config_version;
-    let mut views: HashMap<Option<BTreeSet<String>>, View> = HashMap::new();
+    let State {
+        config,
+        registry,
+        sessions,
+        latest,
+        ..
+    } = st;
+    let mut views: HashMap<Calls, (Arc<View>, Option<Arc<Published>>)> = HashMap::new();
+    // Whether (last sent, new) are equal, by address. Both stay alive until
+    // the end (`retired` keeps replaced ones), so addresses are not reused.
+    let mut equal: HashMap<(*const View, *const View), bool> = HashMap::new();
+    let mut retired: Vec<Arc<View>> = Vec::new();
     let mut sent = Vec::new();
-    for (id, slot) in st.sessions.iter_mut() {
+    for (id, slot) in sessions.iter_mut() {
         if slot.held {
             continue;
         }
-        let view = views
-            .entry(slot.calls.clone())
-            .or_insert_with(|| view::compute(&st.config, &st.registry, slot.calls.as_ref()));
-        if slot.last.as_ref() == Some(view) {
-            continue;
+        if !views.contains_key(&slot.calls) {
+            let view = view::compute(config, registry, slot.calls.as_ref());
+            let view = match latest.get(&slot.calls) {
+                Some(v) if **v == view => v.clone(),
+                _ => Arc::new(view),
+            };
+            views.insert(slot.calls.clone(), (view, None));
         }
-        let _ = slot
-            .tx
-            .send(Some(Arc::new(view.snapshot(version, config_version))));
-        slot.last = Some(view.clone());
+        let Some((view, published)) = views.get_mut(&slot.calls) else {
+            continue;
+        };
+        if let Some(last) = &slot.last {
+            if Arc::ptr_eq(last, view) {
+                continue;
+            }
+            let same = *equal
+                .entry((Arc::as_ptr(last), Arc::as_ptr(view)))
+                .or_insert_with(|| **last == **view);
+            if same {
+                // Share the new one; nothing to send.
+                if let Some(old) = slot.last.replace(view.clone()) {
+                    retired.push(old);
+                }
+                continue;
+            }
+        }
+        let published = published.get_or_insert_with(|| {
+            Arc::new(Published::new(view.snapshot(version, config_version)))
+        });
+        let _ = slot.tx.send(Some(published.clone()));
+        if let Some(old) = slot.last.replace(view.clone()) {
+            retired.push(old);
+        }
         sent.push(*id);
     }
+    drop(retired);
+    // Only `calls` some session has: a departed session's view goes.
+    *latest = views
+        .into_iter()
+        .map(|(calls, (view, _))| (calls, view))
+        .collect();
     for id in &sent {
-        st.registry.sent(*id, version, config_version);
+        registry.sent(*id, version, config_version);
     }
     if !sent.is_empty() {
         tracing::debug!(

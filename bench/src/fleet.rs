@@ -1,0 +1,1088 @@
+//! `coremesh-bench fleet`: many simulated proxy sessions against one
+//! coremesh-control, and how long a route change takes to reach them all.
+//!
+//! Each session is its own QUIC connection with a client certificate, as a
+//! proxy's is; thousands share one tokio runtime and a few client
+//! endpoints (UDP sockets), since one quinn endpoint demultiplexes many
+//! connections.
+//!
+//! Certificates: one join (one single-use token, one key, one CSR) per
+//! service; every session of that service presents the same certificate and
+//! key. Control reads a session's service from its certificate and keys
+//! sessions by (service, node), so sessions with distinct node names are
+//! distinct proxies to it; the joins are not what is measured.
+//!
+//! Topology (defaults): 100 services `fleet-000`..`fleet-099`; session `i`
+//! belongs to service `i % services`; the first `endpoints` sessions of each
+//! service register an inbound address (127.0.0.1:port, never listened on)
+//! with a `version` label, so each service has `endpoints` endpoints; every
+//! session of a service calls the same `calls` other services (replicas share
+//! their configuration), so control sees `services` distinct views.
+//!
+//! Run:
+//! 1. apply `services` Services and a Route per service (weights v1 90 / v2 10);
+//! 2. join once per service; connect the registering sessions first, then
+//!    the others (`--concurrency` handshakes at a time); each says Hello,
+//!    gets Welcome and a Snapshot, ACKs it, registers, and heartbeats
+//!    (Health) every 5 s;
+//! 3. wait until no snapshot has arrived for `--settle`;
+//! 4. apply the changed Routes (v1 50 / v2 50) of the first `--changed`
+//!    services and time, for every session that calls one of them, from the
+//!    moment the apply's HTTP answer is read until the session has received
+//!    a snapshot with the new config version and written its ACK;
+//! 5. cross-check control's own record (`GET /v1/proxies`: the applied config
+//!    version of every session) and sample control's RSS and CPU from /proc
+//!    throughout.
+
+// The simulator, not the data plane: one lock for the first few error
+// messages, taken only when a session fails.
+#![allow(clippy::disallowed_types)]
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use coremesh_api::http::{ApplyResult, ProxyStatus, TokenCreated};
+use coremesh_api::wire::{self, ControlMsg, FrameDecoder, ProxyMsg, PROTOCOL_VERSION};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Serialize;
+
+/// The name control's QUIC certificate is issued for.
+const SERVER_NAME: &str = "coremesh-control";
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// First port of the fake endpoint addresses.
+const BASE_PORT: u16 = 20000;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    pub sessions: usize,
+    pub control: SocketAddr,
+    pub api: SocketAddr,
+    pub data_dir: PathBuf,
+    pub services: usize,
+    pub endpoints: usize,
+    pub calls: usize,
+    /// Services whose Route the measured apply changes.
+    pub changed: usize,
+    pub control_pid: Option<u32>,
+    /// Client UDP sockets the sessions are spread over.
+    pub sockets: usize,
+    /// Handshakes in flight during the ramp.
+    pub concurrency: usize,
+    /// Quiet time (no snapshot arriving) before the measured apply.
+    pub settle: Duration,
+    /// How long to wait for every affected session after the apply.
+    pub timeout: Duration,
+    pub threads: usize,
+}
+
+/// Propagation latency summary, in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Percentiles {
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// Control's resource use, from /proc/PID.
+#[derive(Debug, Clone, Serialize)]
+pub struct ControlUsage {
+    pub pid: u32,
+    /// RSS when the fleet was connected and settled, before the apply.
+    pub rss_settled_mib: f64,
+    /// Highest RSS sampled (every 100 ms) during the whole run.
+    pub rss_peak_sampled_mib: f64,
+    /// The kernel's high-water mark (VmHWM) at the end: the true peak.
+    pub rss_hwm_mib: f64,
+    /// CPU seconds (user + system) while sessions connected and settled.
+    pub cpu_ramp_s: f64,
+    /// CPU seconds from the apply request until the last affected session
+    /// had the new version.
+    pub cpu_propagation_s: f64,
+    /// Average CPU use over the idle (heartbeat-only) window after the
+    /// propagation, in percent of one core.
+    pub cpu_idle_pct: f64,
+}
+
+/// The result.
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetReport {
+    pub command: String,
+    pub sessions: usize,
+    pub services: usize,
+    pub endpoints_per_service: usize,
+    pub registered_endpoints: usize,
+    pub calls_per_session: usize,
+    pub distinct_views: usize,
+    pub certificates: String,
+    pub connected: usize,
+    pub failed: usize,
+    pub errors: Vec<String>,
+    pub ramp_s: f64,
+    pub settle_s: f64,
+    pub snapshots_during_ramp: u64,
+    pub changed_routes: usize,
+    pub config_version: u64,
+    /// Time the apply request took (HTTP round trip including the store's fsync).
+    pub apply_ms: f64,
+    pub affected: usize,
+    pub reached: usize,
+    /// Snapshots with the new version that arrived before the apply's
+    /// answer did (counted as 0 ms).
+    pub before_apply_returned: usize,
+    pub propagation: Option<Percentiles>,
+    /// The same, counted from when the apply request was sent.
+    pub propagation_from_request: Option<Percentiles>,
+    /// Sessions whose ACK of the new config version control has recorded
+    /// (`GET /v1/proxies`).
+    pub control_recorded_acks: Option<usize>,
+    pub control: Option<ControlUsage>,
+    /// This process's CPU seconds in the same window (the simulated proxies
+    /// share the machine's cores with control).
+    pub bench_cpu_propagation_s: f64,
+}
+
+impl FleetReport {
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "fleet: {}", self.command);
+        let _ = writeln!(
+            s,
+            "  sessions {} ({} connected, {} failed) | {} services x {} endpoints ({} registered) | {} calls each | {} distinct views",
+            self.sessions,
+            self.connected,
+            self.failed,
+            self.services,
+            self.endpoints_per_service,
+            self.registered_endpoints,
+            self.calls_per_session,
+            self.distinct_views
+        );
+        let _ = writeln!(s, "  certificates: {}", self.certificates);
+        let _ = writeln!(
+            s,
+            "  ramp {:.1} s, settle {:.1} s, {} snapshots during ramp",
+            self.ramp_s, self.settle_s, self.snapshots_during_ramp
+        );
+        let _ = writeln!(
+            s,
+            "  apply: {} routes changed -> config version {} in {:.1} ms",
+            self.changed_routes, self.config_version, self.apply_ms
+        );
+        let _ = writeln!(
+            s,
+            "  propagation to {}/{} affected sessions ({} before the apply returned):",
+            self.reached, self.affected, self.before_apply_returned
+        );
+        if let Some(p) = &self.propagation {
+            let _ = writeln!(
+                s,
+                "    from apply returned: p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+                p.p50_ms, p.p90_ms, p.p99_ms, p.max_ms
+            );
+        }
+        if let Some(p) = &self.propagation_from_request {
+            let _ = writeln!(
+                s,
+                "    from apply sent:     p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+                p.p50_ms, p.p90_ms, p.p99_ms, p.max_ms
+            );
+        }
+        if let Some(n) = self.control_recorded_acks {
+            let _ = writeln!(s, "  control recorded the ACK of {n} sessions");
+        }
+        if let Some(c) = &self.control {
+            let _ = writeln!(
+                s,
+                "  control pid {}: RSS settled {:.0} MiB, peak {:.0} MiB (sampled) / {:.0} MiB (VmHWM); CPU ramp {:.1} s, propagation {:.2} s, idle {:.1}%",
+                c.pid,
+                c.rss_settled_mib,
+                c.rss_peak_sampled_mib,
+                c.rss_hwm_mib,
+                c.cpu_ramp_s,
+                c.cpu_propagation_s,
+                c.cpu_idle_pct
+            );
+        }
+        let _ = writeln!(
+            s,
+            "  bench (simulated proxies) CPU during propagation: {:.2} s",
+            self.bench_cpu_propagation_s
+        );
+        for e in &self.errors {
+            let _ = writeln!(s, "  error: {e}");
+        }
+        s
+    }
+}
+
+pub fn service_name(i: usize) -> String {
+    format!("fleet-{i:03}")
+}
+
+/// The services service `s` calls: `calls` others, spread over the ring.
+pub fn calls_of(s: usize, services: usize, calls: usize) -> Vec<usize> {
+    let mut out = Vec::with_capacity(calls);
+    let mut k = 1;
+    while out.len() < calls.min(services.saturating_sub(1)) {
+        let c = (s + k * 7) % services;
+        if c != s && !out.contains(&c) {
+            out.push(c);
+        }
+        k += 1;
+    }
+    out
+}
+
+/// The YAML of every Service and Route; routes of services below `changed`
+/// get the `changed` weights.
+pub fn config_yaml(services: usize, changed: usize) -> String {
+    let mut y = String::new();
+    for i in 0..services {
+        let name = service_name(i);
+        let (w1, w2) = if i < changed { (50, 50) } else { (90, 10) };
+        let _ = write!(
+            y,
+            "kind: Service\nname: {name}\nprotocol: http\n---\n\
+             kind: Route\nname: {name}-route\nservice: {name}\nrules:\n  - backends:\n      \
+             - {{ subset: {{ version: v1 }}, weight: {w1} }}\n      \
+             - {{ subset: {{ version: v2 }}, weight: {w2} }}\n---\n"
+        );
+    }
+    y
+}
+
+/// Sorted-sample percentile (nearest rank).
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn percentiles(mut ms: Vec<f64>) -> Option<Percentiles> {
+    if ms.is_empty() {
+        return None;
+    }
+    ms.sort_by(|a, b| a.total_cmp(b));
+    Some(Percentiles {
+        p50_ms: percentile(&ms, 50.0),
+        p90_ms: percentile(&ms, 90.0),
+        p99_ms: percentile(&ms, 99.0),
+        max_ms: percentile(&ms, 100.0),
+    })
+}
+
+// ---- operator API (blocking HTTP/1.1, Connection: close) ----
+
+fn http(
+    api: SocketAddr,
+    credential: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<Vec<u8>, String> {
+    let mut s = TcpStream::connect(api).map_err(|e| format!("API {api}: {e}"))?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {api}\r\nAuthorization: Bearer {credential}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes())
+        .and_then(|()| s.write_all(body))
+        .map_err(|e| format!("API {method} {path}: {e}"))?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .map_err(|e| format!("API {method} {path}: {e}"))?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| format!("API {method} {path}: no HTTP header in the answer"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let mut body = raw[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body)?;
+    }
+    let status = head.split(' ').nth(1).unwrap_or("");
+    if !status.starts_with('2') {
+        return Err(format!(
+            "API {method} {path}: {status}: {}",
+            String::from_utf8_lossy(&body)
+        ));
+    }
+    Ok(body)
+}
+
+fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    loop {
+        let eol = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("bad chunked body")?;
+        let size_text = String::from_utf8_lossy(&rest[..eol]);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| "bad chunk size")?;
+        rest = &rest[eol + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(rest.get(..size).ok_or("short chunk")?);
+        rest = rest.get(size + 2..).ok_or("short chunk")?;
+    }
+}
+
+fn apply(api: SocketAddr, credential: &str, yaml: &str) -> Result<ApplyResult, String> {
+    let body = http(api, credential, "POST", "/v1/apply", yaml.as_bytes())?;
+    serde_json::from_slice(&body).map_err(|e| format!("apply answer: {e}"))
+}
+
+// ---- control's /proc ----
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/statm"))
+        .ok()
+        .and_then(|s| s.split(' ').nth(1).and_then(|r| r.parse::<u64>().ok()))
+        .map_or(0, |p| p * page_size())
+}
+
+fn hwm_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    crate::sys::tree_cpu_seconds(pid)
+}
+
+/// The coremesh-control process started with this data directory.
+fn find_control(data_dir: &Path) -> Option<u32> {
+    let want = std::fs::canonicalize(data_dir).unwrap_or(data_dir.to_path_buf());
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).to_string())
+            .collect();
+        if !args
+            .first()
+            .is_some_and(|a| a.ends_with("coremesh-control"))
+        {
+            continue;
+        }
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+        let dir = args
+            .iter()
+            .position(|a| a == "--data-dir")
+            .and_then(|i| args.get(i + 1).cloned())
+            .or_else(|| {
+                args.iter()
+                    .find_map(|a| a.strip_prefix("--data-dir=").map(str::to_string))
+            });
+        if let Some(d) = dir {
+            let p = cwd.join(d);
+            if std::fs::canonicalize(&p).unwrap_or(p) == want {
+                return Some(pid);
+            }
+        }
+    }
+    None
+}
+
+// ---- QUIC ----
+
+fn transport() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(Duration::from_secs(60)).expect("60 s fits"),
+    ));
+    t.keep_alive_interval(None);
+    t
+}
+
+fn tls_builder(
+    roots: &Arc<rustls::RootCertStore>,
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>, String> {
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .map_err(|e| format!("TLS: {e}"))?
+    .with_root_certificates(roots.clone()))
+}
+
+fn quic_config(tls: rustls::ClientConfig) -> Result<quinn::ClientConfig, String> {
+    let mut tls = tls;
+    tls.alpn_protocols = vec![wire::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| format!("QUIC TLS: {e}"))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    cfg.transport_config(Arc::new(transport()));
+    Ok(cfg)
+}
+
+fn client_endpoint() -> Result<quinn::Endpoint, String> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .map_err(|e| format!("UDP socket: {e}"))?;
+    // Bursts of thousands of snapshots: let the kernel queue them.
+    let _ = sock.set_recv_buffer_size(4 << 20);
+    let _ = sock.set_send_buffer_size(4 << 20);
+    sock.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .map_err(|e| format!("UDP bind: {e}"))?;
+    let runtime = quinn::default_runtime().ok_or("no async runtime")?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), None, sock.into(), runtime)
+        .map_err(|e| format!("QUIC endpoint: {e}"))
+}
+
+struct Frames {
+    recv: quinn::RecvStream,
+    dec: FrameDecoder,
+}
+
+/// What a session reads of a control message: its type and the snapshot
+/// versions; the rest (services, routes) is skipped, not built, so that
+/// thousands of simulated proxies cost the simulator as little as possible.
+#[derive(Debug, serde::Deserialize)]
+struct Brief {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    version: u64,
+    #[serde(default)]
+    config_version: u64,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+impl Frames {
+    /// Cancel-safe: a chunk is only taken once it is there.
+    async fn next<T: serde::de::DeserializeOwned>(&mut self) -> Result<Option<T>, String> {
+        loop {
+            if let Some(m) = self.dec.next::<T>().map_err(|e| e.to_string())? {
+                return Ok(Some(m));
+            }
+            match self.recv.read_chunk(usize::MAX, true).await {
+                Ok(Some(c)) => self.dec.push(&c.bytes),
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        }
+    }
+}
+
+async fn write(send: &mut quinn::SendStream, msg: &ProxyMsg) -> Result<(), String> {
+    let mut buf = Vec::new();
+    wire::encode(msg, &mut buf).map_err(|e| e.to_string())?;
+    send.write_all(&buf)
+        .await
+        .map_err(|e| format!("write: {e}"))
+}
+
+/// One join: a key and CSR made here, a token from the API; returns the
+/// session client config for the service.
+async fn join(
+    ep: &quinn::Endpoint,
+    control: SocketAddr,
+    token: String,
+    service: &str,
+    roots: &Arc<rustls::RootCertStore>,
+) -> Result<quinn::ClientConfig, String> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| format!("key: {e}"))?;
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, service);
+    let csr_pem = params
+        .serialize_request(&key)
+        .and_then(|c| c.pem())
+        .map_err(|e| format!("CSR: {e}"))?;
+    let cfg = quic_config(tls_builder(roots)?.with_no_client_auth())?;
+    let conn = ep
+        .connect_with(cfg, control, SERVER_NAME)
+        .map_err(|e| format!("join connect: {e}"))?
+        .await
+        .map_err(|e| format!("join handshake: {e}"))?;
+    let (mut send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| format!("join stream: {e}"))?;
+    write(
+        &mut send,
+        &ProxyMsg::Join {
+            protocol: PROTOCOL_VERSION,
+            token,
+            csr_pem,
+            node: "fleet-bench".into(),
+        },
+    )
+    .await?;
+    let mut frames = Frames {
+        recv,
+        dec: FrameDecoder::new(wire::MAX_FRAME),
+    };
+    let cert_pem = match frames.next::<ControlMsg>().await? {
+        Some(ControlMsg::Joined { cert_pem, .. }) => cert_pem,
+        other => return Err(format!("join of {service}: answered {other:?}")),
+    };
+    conn.close(0u32.into(), b"joined");
+    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("certificate: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes())
+        .map_err(|e| format!("key: {e}"))?;
+    quic_config(
+        tls_builder(roots)?
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| format!("client cert: {e}"))?,
+    )
+}
+
+/// Shared between the session tasks and the driver.
+struct Shared {
+    base: Instant,
+    ready: AtomicUsize,
+    failed: AtomicUsize,
+    errors: Mutex<Vec<String>>,
+    snapshots: AtomicU64,
+    /// Nanoseconds since `base` of the last snapshot received.
+    last_snapshot: AtomicU64,
+    /// The config version being waited for (0: none yet).
+    target: AtomicU64,
+    /// Per session: nanoseconds since `base` (+1) when it had ACKed a
+    /// snapshot with `target`; 0: not yet.
+    reached: Vec<AtomicU64>,
+    reached_count: AtomicUsize,
+    stop: AtomicBool,
+    stopped: tokio::sync::Notify,
+}
+
+impl Shared {
+    fn now(&self) -> u64 {
+        self.base.elapsed().as_nanos() as u64
+    }
+
+    fn fail(&self, e: String) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        if errors.len() < 10 {
+            errors.push(e);
+        }
+    }
+}
+
+struct SessionSpec {
+    idx: usize,
+    service: String,
+    node: String,
+    calls: Vec<String>,
+    register: Option<(SocketAddr, BTreeMap<String, String>)>,
+}
+
+async fn session(
+    spec: SessionSpec,
+    ep: quinn::Endpoint,
+    cfg: quinn::ClientConfig,
+    control: SocketAddr,
+    shared: Arc<Shared>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    if let Err(e) = session_inner(spec, ep, cfg, control, &shared, permit).await {
+        shared.fail(e);
+    }
+}
+
+async fn session_inner(
+    spec: SessionSpec,
+    ep: quinn::Endpoint,
+    cfg: quinn::ClientConfig,
+    control: SocketAddr,
+    shared: &Shared,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Result<(), String> {
+    let conn = ep
+        .connect_with(cfg, control, SERVER_NAME)
+        .map_err(|e| format!("connect: {e}"))?
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let (mut send, recv) = conn.open_bi().await.map_err(|e| format!("stream: {e}"))?;
+    let mut frames = Frames {
+        recv,
+        dec: FrameDecoder::new(wire::MAX_FRAME),
+    };
+    write(
+        &mut send,
+        &ProxyMsg::Hello {
+            protocol: PROTOCOL_VERSION,
+            service: spec.service.clone(),
+            node: spec.node.clone(),
+            version: None,
+            calls: Some(spec.calls.clone()),
+        },
+    )
+    .await?;
+    let mut permit = Some(permit);
+    let mut welcomed = false;
+    let mut heartbeat = tokio::time::interval_at(
+        tokio::time::Instant::now() + HEARTBEAT,
+        HEARTBEAT + Duration::from_millis((spec.idx % 1000) as u64),
+    );
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        tokio::select! {
+            msg = frames.next::<Brief>() => {
+                let s = msg?.ok_or("control ended the stream")?;
+                match s.kind.as_str() {
+                    "welcome" => welcomed = true,
+                    "snapshot" => {
+                        if !welcomed {
+                            return Err("snapshot before welcome".into());
+                        }
+                        write(&mut send, &ProxyMsg::Ack { version: s.version }).await?;
+                        let now = shared.now();
+                        shared.snapshots.fetch_add(1, Ordering::Relaxed);
+                        shared.last_snapshot.fetch_max(now, Ordering::Relaxed);
+                        let target = shared.target.load(Ordering::Acquire);
+                        if target != 0
+                            && s.config_version >= target
+                            && shared.reached[spec.idx].load(Ordering::Relaxed) == 0
+                        {
+                            shared.reached[spec.idx].store(now + 1, Ordering::Release);
+                            shared.reached_count.fetch_add(1, Ordering::AcqRel);
+                        }
+                        if permit.is_some() {
+                            if let Some((address, labels)) = &spec.register {
+                                write(&mut send, &ProxyMsg::Register {
+                                    address: *address,
+                                    labels: labels.clone(),
+                                })
+                                .await?;
+                            }
+                            permit = None;
+                            shared.ready.fetch_add(1, Ordering::AcqRel);
+                        }
+                    }
+                    "error" => {
+                        return Err(format!("control: {}", s.message.unwrap_or_default()))
+                    }
+                    other => return Err(format!("unexpected {other}")),
+                }
+            }
+            _ = heartbeat.tick() => {
+                write(&mut send, &ProxyMsg::Health { healthy: true, detail: String::new() }).await?;
+            }
+            _ = shared.stopped.notified() => {}
+        }
+    }
+    conn.close(0u32.into(), b"bench done");
+    Ok(())
+}
+
+/// Samples control's RSS until stopped; returns the peak.
+fn spawn_sampler(pid: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut peak = 0;
+        while !stop.load(Ordering::Relaxed) {
+            peak = peak.max(rss_bytes(pid));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        peak
+    })
+}
+
+pub fn run(cfg: &FleetConfig, command: String) -> Result<FleetReport, String> {
+    if cfg.services == 0 || cfg.sessions == 0 || cfg.sockets == 0 || cfg.concurrency == 0 {
+        return Err(
+            "--sessions, --services, --sockets and --concurrency must be at least 1".into(),
+        );
+    }
+    let credential = std::fs::read_to_string(cfg.data_dir.join("operator.credential"))
+        .map_err(|e| format!("{}/operator.credential: {e}", cfg.data_dir.display()))?
+        .trim()
+        .to_string();
+    let ca_pem = std::fs::read(cfg.data_dir.join("ca.pem"))
+        .map_err(|e| format!("{}/ca.pem: {e}", cfg.data_dir.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&ca_pem) {
+        roots
+            .add(c.map_err(|e| format!("ca.pem: {e}"))?)
+            .map_err(|e| format!("ca.pem: {e}"))?;
+    }
+    let roots = Arc::new(roots);
+    let pid = cfg.control_pid.or_else(|| find_control(&cfg.data_dir));
+    if pid.is_none() {
+        eprintln!("[fleet] control's pid not found (pass --control-pid): no RSS/CPU");
+    }
+    crate::sys::raise_nofile(65536);
+
+    // 1. The starting config.
+    let changed = cfg.changed.min(cfg.services);
+    let v0 = apply(cfg.api, &credential, &config_yaml(cfg.services, 0))?;
+    eprintln!("[fleet] config version {} (v1 90 / v2 10)", v0.version);
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.threads.max(1))
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    let shared = Arc::new(Shared {
+        base: Instant::now(),
+        ready: AtomicUsize::new(0),
+        failed: AtomicUsize::new(0),
+        errors: Mutex::new(Vec::new()),
+        snapshots: AtomicU64::new(0),
+        last_snapshot: AtomicU64::new(0),
+        target: AtomicU64::new(0),
+        reached: (0..cfg.sessions).map(|_| AtomicU64::new(0)).collect(),
+        reached_count: AtomicUsize::new(0),
+        stop: AtomicBool::new(false),
+        stopped: tokio::sync::Notify::new(),
+    });
+    let sampler_stop = Arc::new(AtomicBool::new(false));
+    let sampler = pid.map(|p| spawn_sampler(p, sampler_stop.clone()));
+    let cpu0 = pid.map_or(0.0, cpu_seconds);
+
+    let _guard = rt.enter();
+    let endpoints = (0..cfg.sockets)
+        .map(|_| client_endpoint())
+        .collect::<Result<Vec<_>, _>>()?;
+
+    // 2. Joins, one per service.
+    let t_join = Instant::now();
+    let mut configs = Vec::with_capacity(cfg.services);
+    rt.block_on(async {
+        let mut joins = Vec::new();
+        for s in 0..cfg.services {
+            let name = service_name(s);
+            let body = serde_json::json!({"service": name, "uses": 1, "ttl_secs": 600});
+            let created = http(
+                cfg.api,
+                &credential,
+                "POST",
+                "/v1/tokens",
+                body.to_string().as_bytes(),
+            )?;
+            let created: TokenCreated =
+                serde_json::from_slice(&created).map_err(|e| format!("token: {e}"))?;
+            let ep = endpoints[s % endpoints.len()].clone();
+            let control = cfg.control;
+            let roots = roots.clone();
+            joins.push(tokio::spawn(async move {
+                join(&ep, control, created.token, &name, &roots).await
+            }));
+        }
+        for j in joins {
+            configs.push(j.await.map_err(|e| format!("join task: {e}"))??);
+        }
+        Ok::<(), String>(())
+    })?;
+    eprintln!(
+        "[fleet] {} joins in {:.1} s",
+        cfg.services,
+        t_join.elapsed().as_secs_f64()
+    );
+
+    // Sessions: registering ones first.
+    let mut specs: Vec<SessionSpec> = (0..cfg.sessions)
+        .map(|i| {
+            let s = i % cfg.services;
+            let replica = i / cfg.services;
+            let register = (replica < cfg.endpoints).then(|| {
+                let port = BASE_PORT + (s * cfg.endpoints + replica) as u16;
+                let version = if replica < cfg.endpoints.div_ceil(2) {
+                    "v1"
+                } else {
+                    "v2"
+                };
+                (
+                    SocketAddr::from(([127, 0, 0, 1], port)),
+                    [("version".to_string(), version.to_string())].into(),
+                )
+            });
+            SessionSpec {
+                idx: i,
+                service: service_name(s),
+                node: format!("fleet-node-{i:05}"),
+                calls: calls_of(s, cfg.services, cfg.calls)
+                    .into_iter()
+                    .map(service_name)
+                    .collect(),
+                register,
+            }
+        })
+        .collect();
+    specs.sort_by_key(|s| (s.register.is_none(), s.idx));
+    let registered = specs.iter().filter(|s| s.register.is_some()).count();
+    let affected: Vec<bool> = (0..cfg.sessions)
+        .map(|i| {
+            calls_of(i % cfg.services, cfg.services, cfg.calls)
+                .iter()
+                .any(|c| *c < changed)
+        })
+        .collect();
+
+    // 3. Ramp.
+    let t_ramp = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(cfg.concurrency));
+    let mut tasks = Vec::with_capacity(cfg.sessions);
+    rt.block_on(async {
+        for (n, spec) in specs.into_iter().enumerate() {
+            let permit = sem.clone().acquire_owned().await.expect("semaphore open");
+            let svc = spec.idx % cfg.services;
+            tasks.push(tokio::spawn(session(
+                spec,
+                endpoints[n % endpoints.len()].clone(),
+                configs[svc].clone(),
+                cfg.control,
+                shared.clone(),
+                permit,
+            )));
+            if n % 1000 == 999 {
+                eprintln!(
+                    "[fleet] {} started, {} ready, {} failed, {:.1} s",
+                    n + 1,
+                    shared.ready.load(Ordering::Relaxed),
+                    shared.failed.load(Ordering::Relaxed),
+                    t_ramp.elapsed().as_secs_f64()
+                );
+            }
+        }
+        while shared.ready.load(Ordering::Acquire) + shared.failed.load(Ordering::Acquire)
+            < cfg.sessions
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let ramp_s = t_ramp.elapsed().as_secs_f64();
+    eprintln!(
+        "[fleet] {} ready, {} failed after {ramp_s:.1} s; settling",
+        shared.ready.load(Ordering::Relaxed),
+        shared.failed.load(Ordering::Relaxed)
+    );
+    let t_settle = Instant::now();
+    rt.block_on(async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let quiet = shared
+                .now()
+                .saturating_sub(shared.last_snapshot.load(Ordering::Acquire));
+            if quiet >= cfg.settle.as_nanos() as u64
+                || t_settle.elapsed() > Duration::from_secs(120)
+            {
+                break;
+            }
+        }
+    });
+    let settle_s = t_settle.elapsed().as_secs_f64();
+    let snapshots_during_ramp = shared.snapshots.load(Ordering::Relaxed);
+    let rss_settled = pid.map_or(0, rss_bytes);
+    let cpu1 = pid.map_or(0.0, cpu_seconds);
+
+    // 4. The measured apply.
+    let target = v0.version + 1;
+    shared.target.store(target, Ordering::Release);
+    let yaml = config_yaml(cfg.services, changed);
+    let api = cfg.api;
+    let bench_cpu1 = {
+        let (u, s) = crate::sys::self_cpu_seconds();
+        u + s
+    };
+    let sent_ns = shared.now();
+    let result = rt.block_on(async {
+        let cred = credential.clone();
+        tokio::task::spawn_blocking(move || apply(api, &cred, &yaml))
+            .await
+            .map_err(|e| format!("apply task: {e}"))?
+    })?;
+    let returned_ns = shared.now();
+    if result.version != target {
+        return Err(format!(
+            "the apply made config version {}, expected {target} (another writer?)",
+            result.version
+        ));
+    }
+    let want = affected.iter().filter(|a| **a).count();
+    let deadline = Instant::now() + cfg.timeout;
+    rt.block_on(async {
+        while shared.reached_count.load(Ordering::Acquire) < want && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let cpu2 = pid.map_or(0.0, cpu_seconds);
+    let bench_cpu2 = {
+        let (u, s) = crate::sys::self_cpu_seconds();
+        u + s
+    };
+    // Idle window: heartbeats only.
+    let idle = Duration::from_secs(5);
+    std::thread::sleep(idle);
+    let cpu3 = pid.map_or(0.0, cpu_seconds);
+
+    let mut from_returned = Vec::new();
+    let mut from_sent = Vec::new();
+    let mut early = 0;
+    for (i, r) in shared.reached.iter().enumerate() {
+        let r = r.load(Ordering::Acquire);
+        if r == 0 || !affected[i] {
+            continue;
+        }
+        let at = r - 1;
+        if at < returned_ns {
+            early += 1;
+        }
+        from_returned.push(at.saturating_sub(returned_ns) as f64 / 1e6);
+        from_sent.push(at.saturating_sub(sent_ns) as f64 / 1e6);
+    }
+    let reached = from_returned.len();
+
+    // 5. Control's own record.
+    let recorded = http(cfg.api, &credential, "GET", "/v1/proxies", b"")
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Vec<ProxyStatus>>(&b).ok())
+        .map(|ps| {
+            ps.iter()
+                .filter(|p| {
+                    p.connected
+                        && p.node.starts_with("fleet-node-")
+                        && p.applied_config_version == Some(target)
+                })
+                .count()
+        });
+
+    shared.stop.store(true, Ordering::Release);
+    shared.stopped.notify_waiters();
+    sampler_stop.store(true, Ordering::Relaxed);
+    let peak = sampler.and_then(|h| h.join().ok()).unwrap_or(0);
+    rt.block_on(async {
+        for ep in &endpoints {
+            ep.close(0u32.into(), b"bench done");
+        }
+        for t in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
+        }
+    });
+
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let control = pid.map(|pid| ControlUsage {
+        pid,
+        rss_settled_mib: mib(rss_settled),
+        rss_peak_sampled_mib: mib(peak),
+        rss_hwm_mib: mib(hwm_bytes(pid)),
+        cpu_ramp_s: cpu1 - cpu0,
+        cpu_propagation_s: cpu2 - cpu1,
+        cpu_idle_pct: (cpu3 - cpu2) / idle.as_secs_f64() * 100.0,
+    });
+    let errors = shared
+        .errors
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    Ok(FleetReport {
+        command,
+        sessions: cfg.sessions,
+        services: cfg.services,
+        endpoints_per_service: cfg.endpoints,
+        registered_endpoints: registered,
+        calls_per_session: cfg.calls,
+        distinct_views: cfg.services,
+        certificates: format!(
+            "one join per service ({} joins); each session of a service reuses its certificate and key",
+            cfg.services
+        ),
+        connected: shared.ready.load(Ordering::Relaxed),
+        failed: shared.failed.load(Ordering::Relaxed),
+        errors,
+        ramp_s,
+        settle_s,
+        snapshots_during_ramp,
+        changed_routes: changed,
+        config_version: result.version,
+        apply_ms: (returned_ns - sent_ns) as f64 / 1e6,
+        affected: want,
+        reached,
+        before_apply_returned: early,
+        propagation: percentiles(from_returned),
+        propagation_from_request: percentiles(from_sent),
+        control_recorded_acks: recorded,
+        control,
+        bench_cpu_propagation_s: bench_cpu2 - bench_cpu1,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_are_distinct_and_not_self() {
+        for s in 0..100 {
+            let c = calls_of(s, 100, 5);
+            assert_eq!(c.len(), 5);
+            assert!(!c.contains(&s));
+            let mut d = c.clone();
+            d.sort();
+            d.dedup();
+            assert_eq!(d.len(), 5);
+        }
+        assert_eq!(calls_of(0, 3, 5).len(), 2);
+    }
+
+    #[test]
+    fn yaml_parses_and_changes_only_the_first_routes() {
+        let docs = coremesh_api::resource::parse_documents(&config_yaml(4, 2)).unwrap();
+        assert_eq!(docs.len(), 8);
+        let y = config_yaml(4, 2);
+        assert_eq!(y.matches("weight: 50").count(), 4);
+        assert_eq!(y.matches("weight: 90").count(), 2);
+    }
+
+    #[test]
+    fn percentiles_nearest_rank() {
+        let p = percentiles((1..=100).map(f64::from).collect()).unwrap();
+        assert_eq!((p.p50_ms, p.p99_ms, p.max_ms), (50.0, 99.0, 100.0));
+        assert!(percentiles(vec![]).is_none());
+    }
+
+    #[test]
+    fn chunked_bodies() {
+        assert_eq!(
+            dechunk(b"3\r\nabc\r\n1\r\nd\r\n0\r\n\r\n").unwrap(),
+            b"abcd"
+        );
+    }
+}
