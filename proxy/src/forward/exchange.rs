@@ -341,15 +341,7 @@ pub(super) async fn over_connection(
 
     // Forward the head and the body bytes that came with it, in one write.
     head.plan_forward(&cbuf, b"", &mut scratch.plan);
-    let own = std::mem::take(&mut scratch.plan.own);
-    let iov = std::mem::take(&mut scratch.iov);
-    let v = IoVecs::new(
-        cbuf,
-        &scratch.plan,
-        own,
-        head.head_len..head.head_len + first_body,
-        iov,
-    );
+    let v = scratch.vectored(cbuf, head.head_len..head.head_len + first_body);
     let (res, v) = match runtime::timeout(t.idle, up.write_vectored(v)).await {
         Ok(x) => x,
         Err(_) => {
@@ -363,9 +355,7 @@ pub(super) async fn over_connection(
             });
         }
     };
-    let (mut cbuf, own, iov) = v.into_parts();
-    scratch.plan.own = own;
-    scratch.iov = iov;
+    let mut cbuf = scratch.give_back(v);
     if let Err(e) = res {
         return Err(Failed {
             err: ProxyError::io(ErrorKind::UpstreamReset, "writing request head", e),
@@ -583,23 +573,13 @@ pub(super) async fn over_connection(
     } else {
         resp.plan_forward(&ubuf, close, keep_10, &mut scratch.plan);
     }
-    let own = std::mem::take(&mut scratch.plan.own);
-    let iov = std::mem::take(&mut scratch.iov);
-    let v = IoVecs::new(
-        ubuf,
-        &scratch.plan,
-        own,
-        resp.head_len..resp.head_len + first,
-        iov,
-    );
+    let v = scratch.vectored(ubuf, resp.head_len..resp.head_len + first);
     ex.bytes_out += v.remaining() as u64;
     let (res, v) = match runtime::timeout(t.idle, client.write_vectored(v)).await {
         Ok(x) => x,
         Err(_) => return Err(started(ErrorKind::Idle, cbuf)),
     };
-    let (ubuf, own, iov) = v.into_parts();
-    scratch.plan.own = own;
-    scratch.iov = iov;
+    let ubuf = scratch.give_back(v);
     if res.is_err() {
         shard.bufs.put(ubuf);
         return Err(started(ErrorKind::ClientGone, cbuf));

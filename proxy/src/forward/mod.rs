@@ -59,6 +59,24 @@ struct Scratch {
     iov: Vec<libc::iovec>,
 }
 
+impl Scratch {
+    /// The vectored write of the planned head followed by `src[body]`; the
+    /// plan's own bytes and the iovec array are lent to it.
+    fn vectored(&mut self, src: Buf, body: std::ops::Range<usize>) -> IoVecs {
+        let own = std::mem::take(&mut self.plan.own);
+        let iov = std::mem::take(&mut self.iov);
+        IoVecs::new(src, &self.plan, own, body, iov)
+    }
+
+    /// Takes back what [`Scratch::vectored`] lent; returns the source buffer.
+    fn give_back(&mut self, v: IoVecs) -> Buf {
+        let (src, own, iov) = v.into_parts();
+        self.plan.own = own;
+        self.iov = iov;
+        src
+    }
+}
+
 /// What the connection does after a request.
 enum Next {
     /// Keep the connection; the buffer holds the bytes of the next request
