@@ -51,6 +51,8 @@ pub struct AdminState {
     pub config_json: RefCell<serde_json::Value>,
     /// Set by the agent when it starts draining; `/ready` then answers 503.
     pub draining: Cell<bool>,
+    /// The certificate in use: its SPIFFE ID and notAfter (Unix seconds).
+    pub certificate: RefCell<Option<(String, i64)>>,
 }
 
 impl AdminState {
@@ -156,6 +158,9 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byt
             let snaps = collect_snapshots(state).await;
             let mut out = String::with_capacity(16 * 1024);
             stats::render_prometheus(&snaps, &mut out);
+            if let Some((id, not_after)) = state.certificate.borrow().as_ref() {
+                stats::render_certificate(id, *not_after, &mut out);
+            }
             body(StatusCode::OK, METRICS_CONTENT_TYPE, out.into())
         }
         "/stats/cores" => {
@@ -277,6 +282,7 @@ mod tests {
             shards: vec![shard.clone(), dead],
             config_json: RefCell::new(serde_json::json!({"cores": 1, "service": "web"})),
             draining: Cell::new(false),
+            certificate: RefCell::new(None),
         });
 
         local.block_on(&rt, async {
@@ -367,6 +373,7 @@ mod tests {
             shards: vec![mute, shard],
             config_json: RefCell::new(serde_json::Value::Null),
             draining: Cell::new(false),
+            certificate: RefCell::new(None),
         };
         let started = std::time::Instant::now();
         let snaps = rt.block_on(collect_snapshots(&state));

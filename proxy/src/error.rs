@@ -41,6 +41,9 @@ pub enum ErrorKind {
     ConnectFailed,
     /// Connecting took longer than `timeouts.connect`.
     ConnectTimeout,
+    /// The peer proxy's certificate names another service than the one
+    /// called (an address answering for a service that is not its own).
+    PeerIdentityMismatch,
     /// The upstream closed or reset the connection before a full response.
     UpstreamReset,
     /// No response head within `timeouts.request`.
@@ -65,7 +68,10 @@ impl ErrorKind {
             ErrorKind::ConnectNotAllowed => 405,
             ErrorKind::ResolveFailed => 502,
             ErrorKind::LoopDetected => 508,
-            ErrorKind::ConnectFailed | ErrorKind::UpstreamReset | ErrorKind::BadResponse => 502,
+            ErrorKind::ConnectFailed
+            | ErrorKind::UpstreamReset
+            | ErrorKind::BadResponse
+            | ErrorKind::PeerIdentityMismatch => 502,
             ErrorKind::ConnectTimeout | ErrorKind::UpstreamTimeout | ErrorKind::Idle => 504,
             ErrorKind::ClientGone => 400,
         }
@@ -87,6 +93,7 @@ impl ErrorKind {
             ErrorKind::LoopDetected => "passthrough target is this proxy",
             ErrorKind::ConnectFailed => "upstream connection refused",
             ErrorKind::ConnectTimeout => "upstream connect timeout",
+            ErrorKind::PeerIdentityMismatch => "peer identity mismatch",
             ErrorKind::UpstreamReset => "upstream connection reset",
             ErrorKind::UpstreamTimeout => "upstream timeout",
             ErrorKind::BadResponse => "invalid upstream response",
@@ -110,7 +117,12 @@ impl ErrorKind {
 
     /// Whether trying another endpoint (or a fresh connection) may help.
     pub fn retryable(self) -> bool {
-        matches!(self, ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout)
+        // Another endpoint may be the genuine one, so a mismatch moves on
+        // like a refused connection (and is counted and logged).
+        matches!(
+            self,
+            ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout | ErrorKind::PeerIdentityMismatch
+        )
     }
 }
 

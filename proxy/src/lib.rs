@@ -22,6 +22,7 @@ pub mod admin;
 pub mod agent;
 pub mod buf;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod forward;
 pub mod http1;
@@ -33,6 +34,7 @@ pub mod routing;
 pub mod runtime;
 pub mod shard;
 pub mod stats;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize};

@@ -12,10 +12,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::runtime::TcpStream;
+use crate::conn::Conn;
 
 struct Idle {
-    stream: TcpStream,
+    stream: Conn,
     since: Instant,
 }
 
@@ -37,7 +37,7 @@ impl UpstreamPool {
         addr: SocketAddr,
         now: Instant,
         max_idle: Duration,
-    ) -> Option<(TcpStream, Duration)> {
+    ) -> Option<(Conn, Duration)> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&addr)?;
         while let Some(c) = list.pop() {
@@ -50,7 +50,7 @@ impl UpstreamPool {
     }
 
     /// Keeps `stream` for reuse unless `addr` already has `cap` idle connections.
-    pub fn put(&self, addr: SocketAddr, stream: TcpStream, now: Instant, cap: usize) {
+    pub fn put(&self, addr: SocketAddr, stream: Conn, now: Instant, cap: usize) {
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(addr).or_default();
         if list.len() < cap {

@@ -26,6 +26,7 @@ use crate::idle::IdleConns;
 use crate::pool::UpstreamPool;
 use crate::routing::RoutingTable;
 use crate::runtime::{self, Stop, TcpListener, TcpStream};
+use crate::tls::{Identity, ShardTls};
 use crate::stats::{Direction, ShardSnapshot, ShardStats};
 
 /// Messages from the agent thread to one shard. They cross cores a few times a
@@ -45,6 +46,10 @@ pub enum ShardMsg {
     /// Phase two: switch to the prepared table with this version (sent once
     /// every shard has prepared, so all cores switch together).
     Commit(u64),
+    /// This proxy's certificate and trust anchors (joined, renewed, a new
+    /// trust bundle, or `[tls]` files reloaded): new handshakes use them,
+    /// open connections keep theirs.
+    Identity(Arc<Identity>),
     /// Reply with a snapshot of this shard's stats.
     Snapshot(tokio::sync::oneshot::Sender<ShardSnapshot>),
     /// Stop accepting; reply once no request is in flight on this shard.
@@ -105,6 +110,8 @@ pub struct Shard {
     #[allow(clippy::redundant_allocation)] // Rc clone per request, not the shared Arc
     routes: RefCell<Option<Rc<Arc<RoutingTable>>>>,
     prepared: RefCell<Option<Arc<RoutingTable>>>,
+    /// This shard's TLS configurations and session caches (see tls/identity.rs).
+    tls: RefCell<Option<Rc<ShardTls>>>,
 }
 
 impl Shard {
@@ -120,6 +127,11 @@ impl Shard {
     pub fn conn_closed(&self, dir: Direction) {
         self.stats.borrow_mut().conn_closed(dir);
         self.open_conns.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The shard's TLS configurations, once the proxy has an identity.
+    pub fn tls(&self) -> Option<Rc<ShardTls>> {
+        self.tls.borrow().clone()
     }
 
     /// The routing table from control, if one is in force.
@@ -256,6 +268,7 @@ pub async fn run(setup: ShardSetup, driver: String) {
         own_addrs,
         routes: RefCell::new(None),
         prepared: RefCell::new(None),
+        tls: RefCell::new(None),
     });
 
     let stop = Stop::new();
@@ -296,6 +309,12 @@ pub async fn run(setup: ShardSetup, driver: String) {
                     *shard.routes.borrow_mut() = Some(Rc::new(t));
                 }
             }
+            ShardMsg::Identity(id) => match ShardTls::new(&id) {
+                Ok(t) => *shard.tls.borrow_mut() = Some(Rc::new(t)),
+                // Checked on the agent thread before it is sent; keep the
+                // previous configuration if this shard still disagrees.
+                Err(e) => tracing::error!(shard = index, "cannot use the new certificate: {e}"),
+            },
             ShardMsg::Snapshot(reply) => {
                 let _ = reply.send(shard.stats.borrow().snapshot());
             }

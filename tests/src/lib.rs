@@ -24,6 +24,8 @@
 //!   the proxy side of joining ([`Member`]: state dir and token file;
 //!   [`MeshProxy`]: `[control]` and labels on a [`ProxyBuilder`]).
 //! * [`metrics`]: a small Prometheus text parser for `/metrics`.
+//! * [`pki`]: CAs and SPIFFE certificates for static-mode mutual TLS and for
+//!   peers that should be refused (foreign CA, expired, wrong service).
 //! * [`util`]: temp dirs, the deterministic body pattern and its checksum.
 //!
 //! Every address is loopback and every port is picked by the OS, so all tests
@@ -38,6 +40,7 @@ pub mod client;
 pub mod control;
 pub mod curl;
 pub mod metrics;
+pub mod pki;
 pub mod origin;
 pub mod proxy;
 pub mod util;

@@ -36,6 +36,10 @@ pub struct Applier {
     last_nack: RefCell<Option<(u64, String)>>,
     /// `/config` shows the control status; `None` in tests.
     admin: Option<Rc<AdminState>>,
+    /// The certificate and key from control, and the CA from the join.
+    identity: RefCell<Option<super::state::Identity>>,
+    /// Roots from the latest snapshot's trust bundle (empty: the join's CA).
+    bundle: RefCell<Vec<String>>,
 }
 
 impl Applier {
@@ -51,6 +55,33 @@ impl Applier {
             connected: Cell::new(false),
             last_nack: RefCell::new(None),
             admin,
+            identity: RefCell::new(None),
+            bundle: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// A certificate from control (loaded at start, joined, or renewed):
+    /// every shard uses it for new handshakes from now on.
+    pub fn set_identity(&self, id: &super::state::Identity) {
+        *self.identity.borrow_mut() = Some(id.clone());
+        self.push_identity();
+    }
+
+    /// Checks the identity with the trusted roots in force and sends it to
+    /// the shards; a bad combination is logged and the previous one stays.
+    fn push_identity(&self) {
+        let Some(id) = self.identity.borrow().clone() else {
+            return;
+        };
+        let bundle = self.bundle.borrow();
+        let roots: Vec<&str> = if bundle.is_empty() {
+            vec![id.ca_pem.as_str()]
+        } else {
+            bundle.iter().map(String::as_str).collect()
+        };
+        match crate::tls::Identity::from_pem(&id.cert_pem, &id.key_pem, &roots, "control certificate") {
+            Ok(t) => super::identity::broadcast(&self.shards, self.admin.as_ref(), t),
+            Err(e) => tracing::error!("cannot use the certificate from control: {e}"),
         }
     }
 

@@ -247,6 +247,7 @@ impl Client {
             return Ok(None);
         }
         *self.identity.borrow_mut() = Some(id.clone());
+        self.setup.applier.set_identity(&id);
         Ok(Some(id))
     }
 
@@ -390,6 +391,7 @@ impl Client {
             "joined control at {addr} as {spiffe_id}; certificate saved in {}",
             self.setup.state.dir().display()
         );
+        self.setup.applier.set_identity(&id);
         *self.identity.borrow_mut() = Some(id);
         Ok(())
     }
@@ -560,6 +562,7 @@ impl Client {
         if let Some(id) = id.as_mut() {
             id.key_pem = key_pem;
             id.cert_pem = cert_pem.clone();
+            self.setup.applier.set_identity(id);
         }
         tracing::info!(
             "certificate renewed; valid until {} (unix time), used from the next connection",

@@ -25,6 +25,7 @@
 pub mod apply;
 pub mod control;
 pub mod health;
+pub mod identity;
 pub mod state;
 pub mod tls;
 
@@ -155,6 +156,7 @@ async fn agent(setup: AgentSetup) -> i32 {
         shards: shards.clone(),
         config_json: std::cell::RefCell::new(config_json(&config, &bound, backend)),
         draining: std::cell::Cell::new(false),
+        certificate: std::cell::RefCell::new(None),
     });
     let admin = match tokio::net::TcpListener::from_std(admin) {
         Ok(l) => l,
@@ -163,6 +165,15 @@ async fn agent(setup: AgentSetup) -> i32 {
             return 1;
         }
     };
+    if let Some(id) = identity::load_static(&config) {
+        match id {
+            Ok(id) => identity::broadcast(&shards, Some(&state), id),
+            Err(e) => {
+                tracing::error!("{e}");
+                return 1;
+            }
+        }
+    }
     tokio::task::spawn_local(admin::serve(admin, state.clone()));
     let acceptors: Vec<_> = accept
         .into_iter()
@@ -318,8 +329,21 @@ fn reload(
             return current;
         }
     };
+    // `[tls]` files are re-read on every reload (a renewed certificate is
+    // picked up without a restart); unreadable ones reject the reload.
+    let id = match identity::load_static(&new) {
+        Some(Err(e)) => {
+            tracing::error!("configuration reload rejected, keeping the running configuration: {e}");
+            return current;
+        }
+        Some(Ok(id)) => Some(id),
+        None => None,
+    };
     for h in shards {
         let _ = h.tx.try_send(ShardMsg::Config(new.clone()));
+    }
+    if let Some(id) = id {
+        identity::broadcast(shards, None, id);
     }
     *state.config_json.borrow_mut() = config_json(&new, bound, backend);
     tracing::info!("configuration reloaded from {}", path.display());

@@ -60,6 +60,15 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     /// `[control]`: the control plane. `None`: only the static `[[services]]`.
     pub control: Option<ControlConfig>,
+    pub tls: Option<TlsConfig>,
+}
+
+/// TEMP
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
 }
 
 /// `[proxy]`.

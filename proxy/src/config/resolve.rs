@@ -85,6 +85,7 @@ pub(crate) fn resolve(
         limits,
         upstream,
         control,
+        tls: None,
     })
 }
 

@@ -14,8 +14,9 @@ use crate::routing::CompiledRule;
 /// The endpoints a request may go to.
 pub(super) enum Endpoints<'c> {
     One(SocketAddr),
-    /// A mesh service's endpoints, balanced round-robin per shard.
-    Service(&'c str, &'c [SocketAddr]),
+    /// A service's endpoints, balanced round-robin per shard; `true`: they
+    /// are peer proxies, reached over mutual TLS.
+    Service(&'c str, &'c [SocketAddr], bool),
     /// A Route rule's weighted backends (at least one has an endpoint).
     Rule(&'c str, &'c CompiledRule),
 }
@@ -24,7 +25,7 @@ impl Endpoints<'_> {
     fn pick(&self, shard: &Shard, attempt: usize) -> SocketAddr {
         match self {
             Endpoints::One(a) => *a,
-            Endpoints::Service(name, eps) => {
+            Endpoints::Service(name, eps, _) => {
                 let base = if attempt == 0 {
                     shard.next_rr(name)
                 } else {
@@ -64,10 +65,19 @@ impl Endpoints<'_> {
         }
     }
 
+    /// The service whose peer proxies are called over mutual TLS (and whose
+    /// SPIFFE ID they must present); `None`: plaintext.
+    fn mtls(&self) -> Option<&str> {
+        match self {
+            Endpoints::One(_) | Endpoints::Service(_, _, false) => None,
+            Endpoints::Service(name, _, true) | Endpoints::Rule(name, _) => Some(name),
+        }
+    }
+
     fn count(&self) -> usize {
         match self {
             Endpoints::One(_) => 1,
-            Endpoints::Service(_, eps) => eps.len(),
+            Endpoints::Service(_, eps, _) => eps.len(),
             Endpoints::Rule(_, rule) => rule.backends.iter().map(|b| b.endpoints.len()).sum(),
         }
     }
@@ -82,12 +92,13 @@ pub(super) async fn upstream_conn(
     fresh_only: bool,
     non_idempotent: bool,
     try_no: usize,
-) -> Result<(TcpStream, SocketAddr, bool), ProxyError> {
+) -> Result<(Conn, SocketAddr, bool), ProxyError> {
     let attempts = endpoints.count().min(CONNECT_ATTEMPTS);
     let mut last = ProxyError::new(ErrorKind::ConnectFailed, "no attempt");
     for attempt in 0..attempts {
         // Later tries of a request start at another endpoint.
         let addr = endpoints.pick(shard, attempt + try_no * attempts);
+        let mtls = endpoints.mtls();
         if !fresh_only {
             if let Some((c, idle_for)) =
                 shard
@@ -98,13 +109,19 @@ pub(super) async fn upstream_conn(
                 // upstream has not closed the connection while it sat idle
                 // (one peek; idempotent requests are retried instead).
                 let _ = idle_for;
-                if !(non_idempotent && runtime::stale(c.raw_fd())) {
+                if !(non_idempotent && runtime::stale(c.raw_fd())) && verified_as(shard, &c, mtls) {
                     return Ok((c, addr, true));
                 }
             }
         }
         match TcpStream::connect(addr, cfg.timeouts.connect).await {
-            Ok(c) => return Ok((c, addr, false)),
+            Ok(c) => match mtls {
+                None => return Ok((Conn::Plain(c), addr, false)),
+                Some(service) => match connect_tls(shard, cfg, c, service, addr).await {
+                    Ok(c) => return Ok((c, addr, false)),
+                    Err(e) => last = e,
+                },
+            },
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                 last = ProxyError::io(ErrorKind::ConnectTimeout, "connect", e)
             }
@@ -113,6 +130,71 @@ pub(super) async fn upstream_conn(
         tracing::debug!(%addr, "upstream connect failed: {last}");
     }
     Err(last)
+}
+
+/// Whether a pooled connection suits a request: plaintext for plaintext,
+/// and for mutual TLS, verified as the service the request is for (an
+/// address serving one service must not carry another's requests).
+fn verified_as(shard: &Shard, c: &Conn, mtls: Option<&str>) -> bool {
+    match (mtls, c.peer_id()) {
+        (None, _) => !c.is_tls(),
+        (Some(service), Some(id)) => shard.tls().is_some_and(|t| {
+            crate::tls::identity::service_of(id, &t.identity.trust_domain) == Some(service)
+        }),
+        (Some(_), None) => false,
+    }
+}
+
+/// The client side of mutual TLS to a peer proxy of `service` at `addr`:
+/// the handshake is bounded by `timeouts.connect`, and the peer must present
+/// `service`'s SPIFFE ID.
+async fn connect_tls(
+    shard: &Shard,
+    cfg: &Config,
+    tcp: TcpStream,
+    service: &str,
+    addr: SocketAddr,
+) -> Result<Conn, ProxyError> {
+    let Some(tls) = shard.tls() else {
+        return Err(ProxyError::new(
+            ErrorKind::ConnectFailed,
+            "mutual TLS: this proxy has no certificate yet",
+        ));
+    };
+    let Some(name) = crate::tls::identity::server_name(service, addr) else {
+        return Err(ProxyError::new(
+            ErrorKind::ConnectFailed,
+            "mutual TLS: the service name is not usable as a TLS name",
+        ));
+    };
+    let session = crate::tls::Session::client_with_alpn(
+        tls.client.clone(),
+        name,
+        crate::tls::identity::ALPN_HTTP1,
+    )
+    .map_err(|e| ProxyError::io(ErrorKind::ConnectFailed, "mutual TLS", e.into()))?;
+    match crate::tls::TlsStream::handshake(tcp, session, cfg.timeouts.connect).await {
+        Ok(t) => {
+            shard.stats.borrow_mut().mesh.handshake(Direction::Outbound, t.resumed());
+            Ok(Conn::Tls(t))
+        }
+        Err(e) => {
+            let mismatch = e
+                .get_ref()
+                .and_then(|x| x.downcast_ref::<crate::tls::TlsError>())
+                .is_some_and(|t| t.identity_mismatch);
+            shard.stats.borrow_mut().mesh.failure(Direction::Outbound, mismatch);
+            let kind = if mismatch {
+                ErrorKind::PeerIdentityMismatch
+            } else if e.kind() == std::io::ErrorKind::TimedOut {
+                ErrorKind::ConnectTimeout
+            } else {
+                ErrorKind::ConnectFailed
+            };
+            tracing::warn!(%addr, %service, "mutual TLS with the peer failed: {e}");
+            Err(ProxyError::io(kind, "mutual TLS", e))
+        }
+    }
 }
 
 /// Why an exchange with one upstream connection failed.
@@ -185,7 +267,9 @@ impl TryPolicy {
     /// Whether a failed try is retried (when tries remain).
     fn retries_error(&self, kind: ErrorKind) -> bool {
         match kind {
-            ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout => self.on_connect,
+            ErrorKind::ConnectFailed
+            | ErrorKind::ConnectTimeout
+            | ErrorKind::PeerIdentityMismatch => self.on_connect,
             ErrorKind::UpstreamReset => self.on_reset,
             // A per-try timeout counts as a gateway error (as in Envoy).
             ErrorKind::UpstreamTimeout => self.on_5xx || self.on_gateway,
@@ -202,7 +286,7 @@ impl TryPolicy {
 pub(super) async fn exchange(
     shard: &Shard,
     cfg: &Config,
-    client_slot: &mut Option<TcpStream>,
+    client_slot: &mut Option<Conn>,
     head: &RequestHead,
     mut cbuf: Buf,
     endpoints: Endpoints<'_>,
@@ -313,10 +397,10 @@ pub(super) async fn exchange(
 pub(super) async fn over_connection(
     shard: &Shard,
     cfg: &Config,
-    client_slot: &mut Option<TcpStream>,
+    client_slot: &mut Option<Conn>,
     head: &RequestHead,
     cbuf: Buf,
-    mut up: TcpStream,
+    mut up: Conn,
     addr: SocketAddr,
     scratch: &mut Scratch,
     ex: &mut Exchange,

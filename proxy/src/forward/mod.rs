@@ -34,12 +34,14 @@ use crate::http1::{
 };
 use crate::route::{self, Target};
 use crate::routing::RoutingTable;
+use crate::conn::Conn;
 use crate::runtime::{self, Buf, IoVecs, Linger, TcpStream};
 use crate::shard::Shard;
 use crate::stats::Direction;
 use coremesh_api::resource::RetryOn;
 
 mod exchange;
+pub mod tcp_service;
 mod relay;
 
 use exchange::{exchange, Endpoints, TryPolicy};
@@ -107,10 +109,80 @@ fn limits(cfg: &Config) -> http1::Limits {
     }
 }
 
-/// Serves one client connection until it closes.
-pub async fn serve(shard: Rc<Shard>, client: TcpStream, dir: Direction) {
-    client.set_nodelay();
+/// Whether the inbound listener speaks mutual TLS: always once the proxy
+/// has an identity source (control, or `[tls]` files). Without one (a
+/// static proxy with no `[tls]`), it stays plaintext.
+pub fn inbound_mtls(cfg: &Config) -> bool {
+    cfg.control.is_some() || static_mtls(cfg)
+}
+
+/// Whether static `[[services]]` are peer proxies reached over mutual TLS.
+pub fn static_mtls(cfg: &Config) -> bool {
+    cfg.tls.is_some()
+}
+
+/// The server side of mutual TLS on the inbound port. `None`: refused
+/// (no identity yet, plaintext, an untrusted or expired certificate, a
+/// foreign trust domain, or a timeout), counted and logged.
+async fn accept_mtls(shard: &Shard, cfg: &Config, tcp: TcpStream) -> Option<crate::tls::TlsStream> {
+    let Some(tls) = shard.tls() else {
+        tracing::warn!("refused an inbound connection: this proxy has no certificate yet");
+        shard.stats.borrow_mut().mesh.failure(Direction::Inbound, false);
+        return None;
+    };
+    let peer = tcp.peer_addr().ok();
+    let session = match crate::tls::Session::server(tls.server.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot start a TLS session: {e}");
+            return None;
+        }
+    };
+    match crate::tls::TlsStream::handshake(tcp, session, cfg.timeouts.head_read).await {
+        Ok(t) => {
+            shard.stats.borrow_mut().mesh.handshake(Direction::Inbound, t.resumed());
+            Some(t)
+        }
+        Err(e) => {
+            shard.stats.borrow_mut().mesh.failure(Direction::Inbound, false);
+            tracing::info!(?peer, "refused an inbound connection: {e}");
+            None
+        }
+    }
+}
+
+/// The AccessPolicy decision for a TCP stream from `caller` (identity only).
+/// `Some(policy)`: denied by it.
+fn authz_tcp(_shard: &Shard, _caller: Option<&str>) -> Option<String> {
+    None
+}
+
+/// Serves one accepted connection until it closes.
+pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, dir: Direction) {
+    tcp.set_nodelay();
     shard.conn_opened(dir);
+    let client = if dir == Direction::Inbound && inbound_mtls(&shard.config()) {
+        let cfg = shard.config();
+        match accept_mtls(&shard, &cfg, tcp).await {
+            Some(t) if t.alpn_is(crate::tls::identity::ALPN_TCP) => {
+                tcp_service::inbound(&shard, &cfg, t).await;
+                shard.conn_closed(dir);
+                return;
+            }
+            Some(t) => Conn::Tls(t),
+            None => {
+                shard.conn_closed(dir);
+                return;
+            }
+        }
+    } else {
+        Conn::Plain(tcp)
+    };
+    serve_http(shard, client, dir).await
+}
+
+/// Serves HTTP/1.1 on a client connection until it closes.
+async fn serve_http(shard: Rc<Shard>, client: Conn, dir: Direction) {
     let mut client = Some(client);
     let mut buf: Option<Buf> = None;
     let mut scratch = Scratch::default();
@@ -203,7 +275,7 @@ pub async fn serve(shard: Rc<Shard>, client: TcpStream, dir: Direction) {
 async fn read_head(
     shard: &Shard,
     cfg: &Config,
-    client: &mut TcpStream,
+    client: &mut Conn,
     slot: &mut Option<Buf>,
 ) -> HeadRead {
     let limits = limits(cfg);
@@ -268,7 +340,7 @@ async fn read_head(
 
 /// Writes a locally generated error response.
 async fn write_error(
-    client: &mut TcpStream,
+    client: &mut Conn,
     status: u16,
     error: &str,
     close: bool,
@@ -282,7 +354,7 @@ async fn write_error(
 /// Writes all of `out` to the client, bounded by `limit` (`timeouts.idle`):
 /// a client that stops reading never holds a request in flight forever.
 async fn write_bounded(
-    client: &mut TcpStream,
+    client: &mut Conn,
     out: Vec<u8>,
     limit: Duration,
 ) -> std::io::Result<()> {
@@ -308,7 +380,7 @@ struct Exchange {
 async fn handle(
     shard: &Shard,
     cfg: &Arc<Config>,
-    client_slot: &mut Option<TcpStream>,
+    client_slot: &mut Option<Conn>,
     dir: Direction,
     head: RequestHead,
     cbuf: Buf,
@@ -396,7 +468,7 @@ async fn forward<'c>(
     shard: &Shard,
     cfg: &'c Config,
     table: Option<&'c RoutingTable>,
-    client_slot: &mut Option<TcpStream>,
+    client_slot: &mut Option<Conn>,
     dir: Direction,
     head: &RequestHead,
     cbuf: Buf,
@@ -431,7 +503,7 @@ async fn forward<'c>(
                     return local_error(client, head, cbuf, ErrorKind::NoEndpoints, ex, &sr.name)
                         .await
                 }
-                None => (&sr.name, Endpoints::Service(&sr.name, &sr.all)),
+                None => (&sr.name, Endpoints::Service(&sr.name, &sr.all, true)),
                 Some(rules) => match route::match_rule(rules, head, &cbuf) {
                     None => {
                         return local_error(client, head, cbuf, ErrorKind::NoRoute, ex, &sr.name)
@@ -456,7 +528,10 @@ async fn forward<'c>(
                     return local_error(client, head, cbuf, ErrorKind::NoEndpoints, ex, &svc.name)
                         .await;
                 }
-                (&svc.name, Endpoints::Service(&svc.name, &svc.endpoints))
+                (
+                    &svc.name,
+                    Endpoints::Service(&svc.name, &svc.endpoints, static_mtls(cfg)),
+                )
             }
             Ok(Target::Passthrough { host, port }) => match shard.resolve(&host, port).await {
                 Ok(addr) if shard.is_own(addr) => {
@@ -505,7 +580,7 @@ fn unreachable_addr() -> SocketAddr {
 /// Answers with a local error. The connection stays open only if the request
 /// had no body (otherwise its unread body would be taken for the next request).
 async fn local_error<'c>(
-    client: &mut TcpStream,
+    client: &mut Conn,
     head: &RequestHead,
     mut cbuf: Buf,
     kind: ErrorKind,

@@ -30,7 +30,7 @@ pub(super) fn body_prefix(
 pub(super) async fn connect_tunnel(
     shard: &Shard,
     cfg: &Config,
-    client_slot: &mut Option<TcpStream>,
+    client_slot: &mut Option<Conn>,
     head: &RequestHead,
     mut cbuf: Buf,
     endpoints: Endpoints<'_>,
@@ -67,8 +67,8 @@ pub(super) async fn connect_tunnel(
 pub(super) async fn tunnel(
     shard: &Shard,
     cfg: &Config,
-    mut client: TcpStream,
-    mut up: TcpStream,
+    mut client: Conn,
+    mut up: Conn,
     cpending: Buf,
     upending: Buf,
 ) -> (u64, u64) {
@@ -93,7 +93,7 @@ pub(super) async fn tunnel(
         }
         sent.1 += n as u64;
     }
-    let (a, b) = TcpStream::tunnel(
+    let (a, b) = Conn::tunnel(
         client,
         up,
         (shard.bufs.get(), shard.bufs.get()),
@@ -109,8 +109,8 @@ pub(super) async fn tunnel(
 /// moved here, and that offset.
 #[allow(clippy::too_many_arguments)] // one call site; the relay's whole state
 pub(super) async fn relay_request_body(
-    client: &mut TcpStream,
-    up: &mut TcpStream,
+    client: &mut Conn,
+    up: &mut Conn,
     framing: Framing,
     sent: usize,
     mut dec: ChunkedDecoder,
@@ -172,8 +172,8 @@ pub(super) async fn relay_request_body(
 /// buffer, the bytes moved, and whether the upstream sent bytes past the end
 /// of the response (then its connection is not reused).
 pub(super) async fn relay_response_body(
-    client: &mut TcpStream,
-    up: &mut TcpStream,
+    client: &mut Conn,
+    up: &mut Conn,
     framing: Framing,
     dechunk: bool,
     sent: usize,

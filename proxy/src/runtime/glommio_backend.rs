@@ -131,6 +131,16 @@ pub fn spawn_local<F: Future<Output = ()> + 'static>(f: F) {
 }
 
 /// Sleeps on the shard's timer.
+/// Runs three futures on the current task until all have finished.
+pub async fn join3<A: Future, B: Future, C: Future>(
+    a: A,
+    b: B,
+    c: C,
+) -> (A::Output, B::Output, C::Output) {
+    let ((x, y), z) = futures_lite::future::zip(futures_lite::future::zip(a, b), c).await;
+    (x, y, z)
+}
+
 pub async fn sleep(d: Duration) {
     glommio::timer::sleep(d).await
 }
@@ -295,6 +305,12 @@ impl TcpStream {
         self.inner.as_raw_fd()
     }
 
+    /// Half-close: the peer reads EOF; reading goes on.
+    pub fn shutdown_write(&self) {
+        // SAFETY: shutdown(2) on a descriptor `self` owns; it does not close it.
+        unsafe { libc::shutdown(self.fd(), libc::SHUT_WR) };
+    }
+
     /// Reads into the spare capacity of `buf` (appending after its length).
     pub async fn read(&mut self, mut buf: Buf) -> (io::Result<usize>, Buf) {
         let res = self.read_into(&mut buf).await;
@@ -430,7 +446,9 @@ impl TcpStream {
     /// A second handle on the same socket (`dup(2)`), so one direction of a
     /// tunnel can read while the other writes: glommio streams cannot be
     /// split, and its writes need `&mut`.
-    fn try_clone(&self) -> io::Result<TcpStream> {
+    /// A second handle on the same socket (a duplicated descriptor), for the
+    /// other direction of a relay.
+    pub fn try_clone(&self) -> io::Result<TcpStream> {
         // SAFETY: the fd belongs to `self.inner`, which outlives this borrow.
         let fd = unsafe { BorrowedFd::borrow_raw(self.fd()) };
         TcpStream::from_std(std::net::TcpStream::from(fd.try_clone_to_owned()?))

@@ -123,6 +123,15 @@ pub fn spawn_local<F: Future<Output = ()> + 'static>(f: F) {
 }
 
 /// Sleeps on the shard's timer.
+/// Runs three futures on the current task until all have finished.
+pub async fn join3<A: Future, B: Future, C: Future>(
+    a: A,
+    b: B,
+    c: C,
+) -> (A::Output, B::Output, C::Output) {
+    monoio::join!(a, b, c)
+}
+
 pub async fn sleep(d: Duration) {
     monoio::time::sleep(d).await
 }
@@ -230,6 +239,20 @@ impl TcpStream {
 
     pub fn set_nodelay(&self) {
         let _ = self.inner.set_nodelay(true);
+    }
+
+    /// Half-close: the peer reads EOF; reading goes on.
+    pub fn shutdown_write(&self) {
+        // SAFETY: shutdown(2) on a descriptor `self` owns; it does not close it.
+        unsafe { libc::shutdown(self.raw_fd(), libc::SHUT_WR) };
+    }
+
+    /// A second handle on the same socket (a duplicated descriptor), for the
+    /// other direction of a relay.
+    pub fn try_clone(&self) -> io::Result<TcpStream> {
+        // SAFETY: the fd belongs to `self.inner`, which outlives this borrow.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.raw_fd()) };
+        TcpStream::from_std(std::net::TcpStream::from(fd.try_clone_to_owned()?))
     }
 
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {

@@ -22,6 +22,9 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+mod mesh;
+pub use mesh::MeshStats;
+
 /// Which listener a request or connection came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Direction {
@@ -123,6 +126,8 @@ pub struct ShardStats {
     /// Per direction: service name -> index into `services`. `Arc<str>`
     /// borrows as `str`, so lookups by `&str` do not allocate.
     index: [HashMap<Arc<str>, usize>; 2],
+    /// TLS, authorization and TCP counters.
+    pub mesh: MeshStats,
 }
 
 impl ShardStats {
@@ -134,6 +139,7 @@ impl ShardStats {
             conns_total: [0; 2],
             services: Vec::new(),
             index: [HashMap::new(), HashMap::new()],
+            mesh: MeshStats::default(),
         }
     }
 
@@ -217,6 +223,7 @@ impl ShardStats {
             conns_open: self.conns_open,
             conns_total: self.conns_total,
             services,
+            mesh: self.mesh.clone(),
         }
     }
 }
@@ -231,6 +238,7 @@ pub struct ShardSnapshot {
     conns_total: [u64; 2],
     /// Sorted by (direction, service).
     services: Vec<ServiceSnapshot>,
+    mesh: MeshStats,
 }
 
 #[derive(Debug, Clone)]
@@ -441,6 +449,25 @@ pub fn render_prometheus(snaps: &[ShardSnapshot], out: &mut String) {
     for snap in &snaps {
         let _ = writeln!(out, "{name}{{core=\"{}\"}} {}", snap.core, snap.requests);
     }
+
+    let mesh: Vec<&MeshStats> = snaps.iter().map(|s| &s.mesh).collect();
+    mesh::render(&mesh, out);
+}
+
+/// The proxy's certificate expiry, so an alert can fire well before a
+/// proxy cut off from control stops being able to talk to its peers.
+pub fn render_certificate(spiffe_id: &str, not_after: i64, out: &mut String) {
+    let name = "coremesh_certificate_expiry_timestamp_seconds";
+    push_header(
+        out,
+        name,
+        "gauge",
+        "notAfter of the certificate this proxy presents to its peers (Unix seconds).",
+    );
+    out.push_str(name);
+    out.push_str("{spiffe_id=\"");
+    push_label_value(out, spiffe_id);
+    let _ = writeln!(out, "\"}} {not_after}");
 }
 
 fn render_histogram(

@@ -1,0 +1,163 @@
+//! A connection as the forwarding loop sees it: plaintext TCP (the local
+//! app, a non-mesh upstream) or mutual TLS (another proxy). An enum, not a
+//! trait object: one branch per call on the hot path and no boxed futures
+//! (STYLE.md, concrete types).
+
+use std::cell::Cell;
+use std::io;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::runtime::{self, Buf, IoVecs, Linger, TcpStream};
+use crate::tls::TlsStream;
+
+pub enum Conn {
+    Plain(TcpStream),
+    Tls(TlsStream),
+}
+
+impl Conn {
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        match self {
+            Conn::Plain(c) => c.raw_fd(),
+            Conn::Tls(c) => c.raw_fd(),
+        }
+    }
+
+    pub fn set_nodelay(&self) {
+        match self {
+            Conn::Plain(c) => c.set_nodelay(),
+            Conn::Tls(c) => c.set_nodelay(),
+        }
+    }
+
+    pub fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
+        match self {
+            Conn::Plain(c) => c.peer_addr(),
+            Conn::Tls(c) => c.peer_addr(),
+        }
+    }
+
+    /// The peer's SPIFFE ID (mutual TLS only).
+    pub fn peer_id(&self) -> Option<&Rc<str>> {
+        match self {
+            Conn::Plain(_) => None,
+            Conn::Tls(c) => c.peer_id(),
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Conn::Tls(_))
+    }
+
+    pub fn release_idle_state(&mut self) {
+        match self {
+            Conn::Plain(c) => c.release_idle_state(),
+            Conn::Tls(c) => c.release_idle_state(),
+        }
+    }
+
+    pub async fn read(&mut self, buf: Buf) -> (io::Result<usize>, Buf) {
+        match self {
+            Conn::Plain(c) => c.read(buf).await,
+            Conn::Tls(c) => c.read(buf).await,
+        }
+    }
+
+    pub async fn read_linger(&mut self, buf: Buf, linger: Duration) -> Linger {
+        match self {
+            Conn::Plain(c) => c.read_linger(buf, linger).await,
+            Conn::Tls(c) => c.read_linger(buf, linger).await,
+        }
+    }
+
+    pub async fn readable(&mut self) -> io::Result<()> {
+        match self {
+            Conn::Plain(c) => c.readable().await,
+            Conn::Tls(c) => c.readable().await,
+        }
+    }
+
+    pub async fn write_all(&mut self, buf: Buf, range: std::ops::Range<usize>) -> (io::Result<()>, Buf) {
+        match self {
+            Conn::Plain(c) => c.write_all(buf, range).await,
+            Conn::Tls(c) => c.write_all(buf, range).await,
+        }
+    }
+
+    pub async fn write_vectored(&mut self, v: IoVecs) -> (io::Result<()>, IoVecs) {
+        match self {
+            Conn::Plain(c) => c.write_vectored(v).await,
+            Conn::Tls(c) => c.write_vectored(v).await,
+        }
+    }
+
+    /// Half-close (TLS: close_notify first).
+    pub async fn shutdown_write(&mut self) {
+        match self {
+            Conn::Plain(c) => c.shutdown_write(),
+            Conn::Tls(c) => c.shutdown_write().await,
+        }
+    }
+
+    fn try_clone(&self) -> io::Result<Conn> {
+        Ok(match self {
+            Conn::Plain(c) => Conn::Plain(c.try_clone()?),
+            Conn::Tls(c) => Conn::Tls(c.try_clone()?),
+        })
+    }
+
+    /// Relays bytes both ways until both directions finish (EOF, passed on
+    /// as a half-close), either side fails, or nothing moves for `idle`.
+    /// Returns the bytes copied (a → b, b → a). Two plaintext sockets use the
+    /// runtime's tunnel; with TLS on either side, each direction is a task
+    /// of its own over a second handle on the socket.
+    pub async fn tunnel(a: Conn, b: Conn, bufs: (Buf, Buf), idle: Duration) -> (u64, u64) {
+        let (a, b) = match (a, b) {
+            (Conn::Plain(a), Conn::Plain(b)) => return TcpStream::tunnel(a, b, bufs, idle).await,
+            pair => pair,
+        };
+        let (a2, b2) = match (a.try_clone(), b.try_clone()) {
+            (Ok(a2), Ok(b2)) => (a2, b2),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!("cannot set up a relay: {e}");
+                return (0, 0);
+            }
+        };
+        let fds = [a.raw_fd(), b.raw_fd()];
+        let last = Rc::new(Cell::new(Instant::now()));
+        let done = Rc::new(Cell::new(0u8));
+        let ab = pipe(a, b2, bufs.0, last.clone(), done.clone());
+        let ba = pipe(b, a2, bufs.1, last.clone(), done.clone());
+        let dog = runtime::tunnel_watchdog(fds, idle, last, done, runtime::sleep);
+        let (x, y, ()) = runtime::join3(ab, ba, dog).await;
+        (x, y)
+    }
+}
+
+/// One direction of a relay. No timers on the reads and writes (a dropped
+/// read could lose bytes); the watchdog ends an idle relay.
+async fn pipe(mut r: Conn, mut w: Conn, mut buf: Buf, last: Rc<Cell<Instant>>, done: Rc<Cell<u8>>) -> u64 {
+    let mut total = 0u64;
+    loop {
+        buf.clear();
+        let (res, b) = r.read(buf).await;
+        buf = b;
+        match res {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                last.set(Instant::now());
+                let (res, b) = w.write_all(buf, 0..n).await;
+                buf = b;
+                if res.is_err() {
+                    break;
+                }
+                last.set(Instant::now());
+                total += n as u64;
+            }
+        }
+    }
+    w.shutdown_write().await;
+    done.set(done.get() + 1);
+    total
+}

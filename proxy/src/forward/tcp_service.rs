@@ -1,0 +1,134 @@
+//! TCP services (`protocol: tcp`): opaque byte streams between an app and a
+//! database or cache, carried over mutual TLS between the proxies.
+//!
+//! ```text
+//!  app ──TCP──▶ [[outbound.tcp]] listener ══mTLS (ALPN coremesh-tcp)══▶ peer inbound ──TCP──▶ its app
+//! ```
+//!
+//! The outbound side picks an endpoint of the service like an HTTP request
+//! would (round-robin over the service's endpoints), and the peer must
+//! present that service's identity. The inbound side checks the caller
+//! against the service's AccessPolicy by identity alone (there is no method
+//! or path). Both relay both ways with half-close, bounded by
+//! `timeouts.idle`, and count connections and bytes.
+
+use std::net::SocketAddr;
+
+use super::*;
+use crate::tls::identity::{server_name, ALPN_TCP};
+use crate::tls::{Session, TlsStream};
+
+/// A caller's TCP stream arrived on the inbound port: authorize it, then
+/// relay it to the local app.
+pub async fn inbound(shard: &Shard, cfg: &Config, t: TlsStream) {
+    let service = cfg.proxy.service.as_str();
+    let caller = t.peer_id().cloned();
+    if let Some(deny) = super::authz_tcp(shard, caller.as_deref()) {
+        tracing::info!(caller = ?caller, policy = %deny, "TCP connection denied");
+        let mut t = t;
+        t.shutdown_write().await;
+        return;
+    }
+    let Some(app) = cfg.inbound.as_ref().map(|i| i.app) else {
+        return;
+    };
+    let up = match TcpStream::connect(app, cfg.timeouts.connect).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(%app, "TCP service: cannot reach the local app: {e}");
+            return;
+        }
+    };
+    let bufs = (shard.bufs.get(), shard.bufs.get());
+    let (to_app, from_app) = Conn::tunnel(Conn::Tls(t), Conn::Plain(up), bufs, cfg.timeouts.idle).await;
+    shard
+        .stats
+        .borrow_mut()
+        .mesh
+        .tcp(Direction::Inbound, service, to_app, from_app);
+}
+
+/// The local app connected to the listener of TCP service `service`: open
+/// mutual TLS to one of its endpoints and relay.
+pub async fn outbound(shard: Rc<Shard>, tcp: TcpStream, service: Rc<str>) {
+    let cfg = shard.config();
+    tcp.set_nodelay();
+    let Some(up) = connect(&shard, &cfg, &service).await else {
+        return;
+    };
+    let bufs = (shard.bufs.get(), shard.bufs.get());
+    let (sent, received) = Conn::tunnel(Conn::Plain(tcp), up, bufs, cfg.timeouts.idle).await;
+    shard
+        .stats
+        .borrow_mut()
+        .mesh
+        .tcp(Direction::Outbound, &service, sent, received);
+}
+
+/// Tries the service's endpoints in round-robin order until one completes
+/// the handshake as `service`.
+async fn connect(shard: &Shard, cfg: &Config, service: &str) -> Option<Conn> {
+    let endpoints: Vec<SocketAddr> = match shard.routes() {
+        Some(t) => t.service(service.as_bytes()).map(|s| s.all.clone()),
+        None => None,
+    }
+    .or_else(|| {
+        cfg.services
+            .iter()
+            .find(|s| s.name.eq_ignore_ascii_case(service))
+            .map(|s| s.endpoints.clone())
+    })
+    .unwrap_or_default();
+    if endpoints.is_empty() {
+        tracing::warn!(%service, "TCP service has no endpoints; closing the connection");
+        return None;
+    }
+    let Some(tls) = shard.tls() else {
+        tracing::warn!(%service, "TCP service: this proxy has no certificate yet");
+        return None;
+    };
+    let start = shard.next_rr(service);
+    for i in 0..endpoints.len().min(3) {
+        let addr = endpoints[(start + i) % endpoints.len()];
+        let tcp = match TcpStream::connect(addr, cfg.timeouts.connect).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(%addr, %service, "TCP service connect failed: {e}");
+                continue;
+            }
+        };
+        let Some(name) = server_name(service, addr) else {
+            return None;
+        };
+        let session = match Session::client_with_alpn(tls.client.clone(), name, ALPN_TCP) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("cannot start a TLS session: {e}");
+                return None;
+            }
+        };
+        match TlsStream::handshake(tcp, session, cfg.timeouts.connect).await {
+            Ok(t) => {
+                shard
+                    .stats
+                    .borrow_mut()
+                    .mesh
+                    .handshake(Direction::Outbound, t.resumed());
+                return Some(Conn::Tls(t));
+            }
+            Err(e) => {
+                let mismatch = e
+                    .get_ref()
+                    .and_then(|x| x.downcast_ref::<crate::tls::TlsError>())
+                    .is_some_and(|t| t.identity_mismatch);
+                shard
+                    .stats
+                    .borrow_mut()
+                    .mesh
+                    .failure(Direction::Outbound, mismatch);
+                tracing::warn!(%addr, %service, "TCP service: mutual TLS with the peer failed: {e}");
+            }
+        }
+    }
+    None
+}

@@ -1,0 +1,361 @@
+//! Who this proxy is and whom it trusts, and the rustls configurations built
+//! from that, one set per shard.
+//!
+//! * [`Identity`]: the proxy's certificate chain and key and the trusted
+//!   roots, from control (joined, renewed, trust bundle in the snapshots) or
+//!   from files (`[tls]`, static mode). The agent builds it and sends it to
+//!   every shard.
+//! * [`ShardTls`]: the server and client configs a shard builds from it, with
+//!   their own session caches, so no lock is shared across cores. A renewed
+//!   identity replaces them; connections already open keep their keys.
+//! * Peer verification: the chain must lead to a trusted root (TLS 1.3 only),
+//!   and the leaf's SPIFFE ID (`spiffe://<trust-domain>/service/<name>`) must
+//!   be in our trust domain. A client additionally checks that the server is
+//!   the service it meant to call: the expected service travels in the server
+//!   name the client connects with ([`server_name`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+
+/// ALPN of HTTP/1.1 between proxies.
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+/// ALPN of a TCP service's byte stream between proxies.
+pub const ALPN_TCP: &[u8] = b"coremesh-tcp";
+
+/// The proxy's credentials and trust anchors.
+pub struct Identity {
+    /// Leaf first, then any intermediates.
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    pub roots: Vec<CertificateDer<'static>>,
+    /// `spiffe://<trust_domain>/service/<service>` of the leaf.
+    pub spiffe_id: String,
+    pub trust_domain: String,
+    /// The leaf's notAfter, Unix seconds.
+    pub not_after: i64,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("spiffe_id", &self.spiffe_id)
+            .field("not_after", &self.not_after)
+            .field("roots", &self.roots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// Reads a certificate chain, its key and the trusted roots, all PEM.
+    /// `what` names where they came from, for errors.
+    pub fn from_pem(
+        chain_pem: &str,
+        key_pem: &str,
+        roots_pem: &[&str],
+        what: &str,
+    ) -> Result<Identity, String> {
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("{what}: certificate: not PEM: {e}"))?;
+        let Some(leaf) = chain.first() else {
+            return Err(format!("{what}: certificate: no certificate in the file"));
+        };
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|e| format!("{what}: key: not a PEM private key: {e}"))?;
+        let mut roots = Vec::new();
+        for pem in roots_pem {
+            for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                roots.push(c.map_err(|e| format!("{what}: CA: not PEM: {e}"))?);
+            }
+        }
+        if roots.is_empty() {
+            return Err(format!("{what}: CA: no certificate to trust"));
+        }
+        let (spiffe_id, not_after) = leaf_identity(leaf)
+            .map_err(|e| format!("{what}: certificate: {e}"))?;
+        let trust_domain = trust_domain_of(&spiffe_id)
+            .ok_or_else(|| format!("{what}: certificate: {spiffe_id:?} is not a SPIFFE ID"))?
+            .to_string();
+        let id = Identity {
+            chain,
+            key,
+            roots,
+            spiffe_id,
+            trust_domain,
+            not_after,
+        };
+        // Fail here, with the file named, rather than at the first handshake.
+        ShardTls::new(&Arc::new(id.clone_identity())).map_err(|e| format!("{what}: {e}"))?;
+        Ok(id)
+    }
+
+    fn clone_identity(&self) -> Identity {
+        Identity {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+            roots: self.roots.clone(),
+            spiffe_id: self.spiffe_id.clone(),
+            trust_domain: self.trust_domain.clone(),
+            not_after: self.not_after,
+        }
+    }
+}
+
+/// The SPIFFE ID (URI SAN starting `spiffe://`) and notAfter of a certificate.
+pub fn leaf_identity(der: &[u8]) -> Result<(String, i64), String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    let not_after = cert.validity().not_after.timestamp();
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| format!("bad subjectAltName: {e}"))?
+        .ok_or("no subjectAltName (a SPIFFE ID is required)")?;
+    for name in &san.value.general_names {
+        if let x509_parser::extensions::GeneralName::URI(uri) = name {
+            if uri.starts_with("spiffe://") {
+                return Ok((uri.to_string(), not_after));
+            }
+        }
+    }
+    Err("no spiffe:// URI in subjectAltName".into())
+}
+
+/// `td` of `spiffe://td/...`.
+pub fn trust_domain_of(id: &str) -> Option<&str> {
+    let rest = id.strip_prefix("spiffe://")?;
+    let td = rest.split('/').next()?;
+    (!td.is_empty()).then_some(td)
+}
+
+/// The service of `spiffe://<td>/service/<name>` when `td` is ours.
+pub fn service_of<'a>(id: &'a str, trust_domain: &str) -> Option<&'a str> {
+    let rest = id.strip_prefix("spiffe://")?.strip_prefix(trust_domain)?;
+    let name = rest.strip_prefix("/service/")?;
+    (!name.is_empty() && !name.contains('/')).then_some(name)
+}
+
+/// The server name a client connects to `addr` of `service` with. The
+/// service is the first label (the verifier reads it back); the address
+/// makes resumed sessions per endpoint, as rustls caches them by name and a
+/// ticket from one endpoint means nothing to another.
+pub fn server_name(service: &str, addr: SocketAddr) -> Option<ServerName<'static>> {
+    let mut tag = String::with_capacity(48);
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) => ip.octets().iter().for_each(|b| push_hex(&mut tag, *b)),
+        std::net::IpAddr::V6(ip) => ip.octets().iter().for_each(|b| push_hex(&mut tag, *b)),
+    }
+    tag.push('-');
+    tag.push_str(&addr.port().to_string());
+    ServerName::try_from(format!("{}.e{tag}.coremesh", service.to_ascii_lowercase())).ok()
+}
+
+fn push_hex(s: &mut String, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    s.push(HEX[(b >> 4) as usize] as char);
+    s.push(HEX[(b & 15) as usize] as char);
+}
+
+/// A shard's TLS configurations.
+pub struct ShardTls {
+    pub identity: Arc<Identity>,
+    pub server: Arc<rustls::ServerConfig>,
+    pub client: Arc<rustls::ClientConfig>,
+}
+
+impl ShardTls {
+    pub fn new(identity: &Arc<Identity>) -> Result<ShardTls, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = RootCertStore::empty();
+        for r in &identity.roots {
+            roots
+                .add(r.clone())
+                .map_err(|e| format!("CA: not a usable trust anchor: {e}"))?;
+        }
+        let roots = Arc::new(roots);
+
+        let inner = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .build()
+            .map_err(|e| format!("CA: {e}"))?;
+        let client_verifier = Arc::new(PeerVerifier {
+            inner,
+            trust_domain: identity.trust_domain.clone(),
+        });
+        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| e.to_string())?
+            .with_client_cert_verifier(client_verifier)
+            .with_single_cert(identity.chain.clone(), identity.key.clone_key())
+            .map_err(|e| format!("certificate and key: {e}"))?;
+        server.alpn_protocols = vec![ALPN_HTTP1.to_vec(), ALPN_TCP.to_vec()];
+        server.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
+
+        let server_verifier = Arc::new(ServiceVerifier {
+            roots,
+            provider: provider.clone(),
+            trust_domain: identity.trust_domain.clone(),
+        });
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(server_verifier)
+            .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
+            .map_err(|e| format!("certificate and key: {e}"))?;
+        client.resumption = rustls::client::Resumption::in_memory_sessions(4096);
+        Ok(ShardTls {
+            identity: identity.clone(),
+            server: Arc::new(server),
+            client: Arc::new(client),
+        })
+    }
+}
+
+/// The inbound side's check of a caller: webpki chain verification to our
+/// roots (validity, client-auth usage), then a SPIFFE ID in our trust domain.
+#[derive(Debug)]
+struct PeerVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    trust_domain: String,
+}
+
+impl ClientCertVerifier for PeerVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let (id, _) = leaf_identity(end_entity)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        if trust_domain_of(&id) != Some(self.trust_domain.as_str()) {
+            tracing::warn!(peer = %id, "refused a caller from another trust domain");
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                rustls::OtherError(Arc::new(UnknownTrustDomain(id))),
+            )));
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+#[derive(Debug)]
+struct UnknownTrustDomain(String);
+
+impl std::fmt::Display for UnknownTrustDomain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} is not in this mesh's trust domain", self.0)
+    }
+}
+
+impl std::error::Error for UnknownTrustDomain {}
+
+/// The outbound side's check of the peer it called: chain to our roots, and
+/// the SPIFFE ID is exactly the service named in the server name (the first
+/// label of [`server_name`]). Anything else is an impersonation attempt
+/// (`ApplicationVerificationFailure`, reported as "peer identity mismatch").
+#[derive(Debug)]
+struct ServiceVerifier {
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+    trust_domain: String,
+}
+
+impl ServerCertVerifier for ServiceVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        let ServerName::DnsName(name) = server_name else {
+            return Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName));
+        };
+        let service = name.as_ref().split('.').next().unwrap_or_default();
+        let (id, _) = leaf_identity(end_entity)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        if service_of(&id, &self.trust_domain) != Some(service) {
+            tracing::warn!(expected = %service, presented = %id, "peer identity mismatch");
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // TLS 1.3 only (the config offers no other version).
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
