@@ -78,7 +78,11 @@ impl Conn {
         }
     }
 
-    pub async fn write_all(&mut self, buf: Buf, range: std::ops::Range<usize>) -> (io::Result<()>, Buf) {
+    pub async fn write_all(
+        &mut self,
+        buf: Buf,
+        range: std::ops::Range<usize>,
+    ) -> (io::Result<()>, Buf) {
         match self {
             Conn::Plain(c) => c.write_all(buf, range).await,
             Conn::Tls(c) => c.write_all(buf, range).await,
@@ -137,7 +141,13 @@ impl Conn {
 
 /// One direction of a relay. No timers on the reads and writes (a dropped
 /// read could lose bytes); the watchdog ends an idle relay.
-async fn pipe(mut r: Conn, mut w: Conn, mut buf: Buf, last: Rc<Cell<Instant>>, done: Rc<Cell<u8>>) -> u64 {
+async fn pipe(
+    mut r: Conn,
+    mut w: Conn,
+    mut buf: Buf,
+    last: Rc<Cell<Instant>>,
+    done: Rc<Cell<u8>>,
+) -> u64 {
     let mut total = 0u64;
     loop {
         buf.clear();

@@ -26,8 +26,8 @@ use crate::idle::IdleConns;
 use crate::pool::UpstreamPool;
 use crate::routing::RoutingTable;
 use crate::runtime::{self, Stop, TcpListener, TcpStream};
-use crate::tls::{Identity, ShardTls};
 use crate::stats::{Direction, ShardSnapshot, ShardStats};
+use crate::tls::{Identity, ShardTls};
 
 /// Messages from the agent thread to one shard. They cross cores a few times a
 /// second or once per connection, never per request.

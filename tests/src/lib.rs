@@ -40,8 +40,8 @@ pub mod client;
 pub mod control;
 pub mod curl;
 pub mod metrics;
-pub mod pki;
 pub mod origin;
+pub mod pki;
 pub mod proxy;
 pub mod util;
 

@@ -79,7 +79,12 @@ impl Applier {
         } else {
             bundle.iter().map(String::as_str).collect()
         };
-        match crate::tls::Identity::from_pem(&id.cert_pem, &id.key_pem, &roots, "control certificate") {
+        match crate::tls::Identity::from_pem(
+            &id.cert_pem,
+            &id.key_pem,
+            &roots,
+            "control certificate",
+        ) {
             Ok(t) => super::identity::broadcast(&self.shards, self.admin.as_ref(), t),
             Err(e) => tracing::error!("cannot use the certificate from control: {e}"),
         }

@@ -52,7 +52,7 @@ const STABLE_SESSION: Duration = Duration::from_secs(10);
 /// When a renewal gets no answer (or an error), try again after this long.
 const RENEW_RETRY: Duration = Duration::from_secs(60);
 /// The shortest time between two successful renewals.
-const MIN_RENEW_GAP: Duration = Duration::from_secs(10);
+const MIN_RENEW_GAP: Duration = Duration::from_secs(1);
 /// Heartbeats are never sent more often than this, whatever control asks.
 const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
 
@@ -457,7 +457,7 @@ impl Client {
 
         let mut tick = tokio::time::interval(heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut renew_at = self.renew_deadline(&id.cert_pem);
+        let mut renew_at = self.renew_deadline(&id.cert_pem, false);
         let mut pending_key: Option<String> = None;
         let mut deregistering: Option<oneshot::Sender<()>> = None;
         loop {
@@ -485,12 +485,11 @@ impl Client {
                             return Err("Renewed without a renewal request".to_string().into());
                         };
                         match self.renewed(key_pem, cert_pem) {
-                            // At most one renewal per MIN_RENEW_GAP: a lifetime
-                            // shorter than control's notBefore backdating would
-                            // otherwise put the next renewal in the past at once.
+                            // At most one renewal per MIN_RENEW_GAP, whatever
+                            // the clocks say.
                             Ok(cert_pem) => {
                                 renew_at = self
-                                    .renew_deadline(&cert_pem)
+                                    .renew_deadline(&cert_pem, true)
                                     .max(tokio::time::Instant::now() + MIN_RENEW_GAP)
                             }
                             Err(e) => {
@@ -572,12 +571,18 @@ impl Client {
     }
 
     /// When to renew `cert_pem` (now, if the point has passed or the
-    /// certificate cannot be read).
-    fn renew_deadline(&self, cert_pem: &str) -> tokio::time::Instant {
+    /// certificate cannot be read). A `fresh` certificate (just received)
+    /// counts its life from now rather than from its notBefore, which control
+    /// backdates by minutes for clock skew: with a short lifetime (minutes,
+    /// seconds in tests) two thirds from notBefore would already be past.
+    fn renew_deadline(&self, cert_pem: &str, fresh: bool) -> tokio::time::Instant {
         let now = tokio::time::Instant::now();
-        let Ok(info) = CertInfo::parse(cert_pem) else {
+        let Ok(mut info) = CertInfo::parse(cert_pem) else {
             return now;
         };
+        if fresh {
+            info.not_before = info.not_before.max(unix_now());
+        }
         let jitter = random_unit() * 2.0 - 1.0;
         let wait = u64::try_from(info.renew_at(jitter) - unix_now()).unwrap_or(0);
         now + Duration::from_secs(wait)

@@ -333,7 +333,9 @@ fn reload(
     // picked up without a restart); unreadable ones reject the reload.
     let id = match identity::load_static(&new) {
         Some(Err(e)) => {
-            tracing::error!("configuration reload rejected, keeping the running configuration: {e}");
+            tracing::error!(
+                "configuration reload rejected, keeping the running configuration: {e}"
+            );
             return current;
         }
         Some(Ok(id)) => Some(id),

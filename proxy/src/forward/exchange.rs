@@ -175,7 +175,11 @@ async fn connect_tls(
     .map_err(|e| ProxyError::io(ErrorKind::ConnectFailed, "mutual TLS", e.into()))?;
     match crate::tls::TlsStream::handshake(tcp, session, cfg.timeouts.connect).await {
         Ok(t) => {
-            shard.stats.borrow_mut().mesh.handshake(Direction::Outbound, t.resumed());
+            shard
+                .stats
+                .borrow_mut()
+                .mesh
+                .handshake(Direction::Outbound, t.resumed());
             Ok(Conn::Tls(t))
         }
         Err(e) => {
@@ -183,7 +187,11 @@ async fn connect_tls(
                 .get_ref()
                 .and_then(|x| x.downcast_ref::<crate::tls::TlsError>())
                 .is_some_and(|t| t.identity_mismatch);
-            shard.stats.borrow_mut().mesh.failure(Direction::Outbound, mismatch);
+            shard
+                .stats
+                .borrow_mut()
+                .mesh
+                .failure(Direction::Outbound, mismatch);
             let kind = if mismatch {
                 ErrorKind::PeerIdentityMismatch
             } else if e.kind() == std::io::ErrorKind::TimedOut {

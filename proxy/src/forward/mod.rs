@@ -28,21 +28,21 @@ use std::time::{Duration, Instant};
 use crate::accesslog::AccessEntry;
 use crate::buf::BUF_SIZE;
 use crate::config::Config;
+use crate::conn::Conn;
 use crate::error::{ErrorKind, ProxyError};
 use crate::http1::{
     self, ChunkedDecoder, Framing, HeadPlan, Method, RequestHead, ResponseHead, Version,
 };
 use crate::route::{self, Target};
 use crate::routing::RoutingTable;
-use crate::conn::Conn;
 use crate::runtime::{self, Buf, IoVecs, Linger, TcpStream};
 use crate::shard::Shard;
 use crate::stats::Direction;
 use coremesh_api::resource::RetryOn;
 
 mod exchange;
-pub mod tcp_service;
 mod relay;
+pub mod tcp_service;
 
 use exchange::{exchange, Endpoints, TryPolicy};
 use relay::connect_tunnel;
@@ -127,7 +127,11 @@ pub fn static_mtls(cfg: &Config) -> bool {
 async fn accept_mtls(shard: &Shard, cfg: &Config, tcp: TcpStream) -> Option<crate::tls::TlsStream> {
     let Some(tls) = shard.tls() else {
         tracing::warn!("refused an inbound connection: this proxy has no certificate yet");
-        shard.stats.borrow_mut().mesh.failure(Direction::Inbound, false);
+        shard
+            .stats
+            .borrow_mut()
+            .mesh
+            .failure(Direction::Inbound, false);
         return None;
     };
     let peer = tcp.peer_addr().ok();
@@ -140,11 +144,19 @@ async fn accept_mtls(shard: &Shard, cfg: &Config, tcp: TcpStream) -> Option<crat
     };
     match crate::tls::TlsStream::handshake(tcp, session, cfg.timeouts.head_read).await {
         Ok(t) => {
-            shard.stats.borrow_mut().mesh.handshake(Direction::Inbound, t.resumed());
+            shard
+                .stats
+                .borrow_mut()
+                .mesh
+                .handshake(Direction::Inbound, t.resumed());
             Some(t)
         }
         Err(e) => {
-            shard.stats.borrow_mut().mesh.failure(Direction::Inbound, false);
+            shard
+                .stats
+                .borrow_mut()
+                .mesh
+                .failure(Direction::Inbound, false);
             tracing::info!(?peer, "refused an inbound connection: {e}");
             None
         }
@@ -353,11 +365,7 @@ async fn write_error(
 
 /// Writes all of `out` to the client, bounded by `limit` (`timeouts.idle`):
 /// a client that stops reading never holds a request in flight forever.
-async fn write_bounded(
-    client: &mut Conn,
-    out: Vec<u8>,
-    limit: Duration,
-) -> std::io::Result<()> {
+async fn write_bounded(client: &mut Conn, out: Vec<u8>, limit: Duration) -> std::io::Result<()> {
     let len = out.len();
     match runtime::timeout(limit, client.write_all(out, 0..len)).await {
         Ok((res, _)) => res,

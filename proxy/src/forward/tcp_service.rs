@@ -40,7 +40,8 @@ pub async fn inbound(shard: &Shard, cfg: &Config, t: TlsStream) {
         }
     };
     let bufs = (shard.bufs.get(), shard.bufs.get());
-    let (to_app, from_app) = Conn::tunnel(Conn::Tls(t), Conn::Plain(up), bufs, cfg.timeouts.idle).await;
+    let (to_app, from_app) =
+        Conn::tunnel(Conn::Tls(t), Conn::Plain(up), bufs, cfg.timeouts.idle).await;
     shard
         .stats
         .borrow_mut()

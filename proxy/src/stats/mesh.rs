@@ -95,11 +95,23 @@ pub fn render(shards: &[&MeshStats], out: &mut String) {
         m.merge(s);
     }
     let name = "coremesh_tls_handshakes_total";
-    push_header(out, name, "counter", "Completed mutual TLS handshakes between proxies.");
+    push_header(
+        out,
+        name,
+        "counter",
+        "Completed mutual TLS handshakes between proxies.",
+    );
     for dir in Direction::ALL {
         let i = dir.idx();
-        for (resumed, n) in [("false", m.handshakes[i] - m.resumed[i]), ("true", m.resumed[i])] {
-            let _ = writeln!(out, "{name}{{direction=\"{}\",resumed=\"{resumed}\"}} {n}", dir.as_str());
+        for (resumed, n) in [
+            ("false", m.handshakes[i] - m.resumed[i]),
+            ("true", m.resumed[i]),
+        ] {
+            let _ = writeln!(
+                out,
+                "{name}{{direction=\"{}\",resumed=\"{resumed}\"}} {n}",
+                dir.as_str()
+            );
         }
     }
     let name = "coremesh_tls_handshake_failures_total";
@@ -110,7 +122,12 @@ pub fn render(shards: &[&MeshStats], out: &mut String) {
         "Failed mutual TLS handshakes (plaintext, untrusted or expired certificate, foreign trust domain, wrong peer identity, timeout).",
     );
     for dir in Direction::ALL {
-        let _ = writeln!(out, "{name}{{direction=\"{}\"}} {}", dir.as_str(), m.failures[dir.idx()]);
+        let _ = writeln!(
+            out,
+            "{name}{{direction=\"{}\"}} {}",
+            dir.as_str(),
+            m.failures[dir.idx()]
+        );
     }
     let name = "coremesh_tls_peer_identity_mismatch_total";
     push_header(
@@ -122,7 +139,12 @@ pub fn render(shards: &[&MeshStats], out: &mut String) {
     let _ = writeln!(out, "{name} {}", m.identity_mismatch);
 
     let name = "coremesh_authz_denied_total";
-    push_header(out, name, "counter", "Requests and TCP connections denied, by policy and caller.");
+    push_header(
+        out,
+        name,
+        "counter",
+        "Requests and TCP connections denied, by policy and caller.",
+    );
     for ((policy, caller), n) in &m.denied {
         out.push_str(name);
         out.push_str("{policy=\"");
@@ -133,9 +155,21 @@ pub fn render(shards: &[&MeshStats], out: &mut String) {
     }
 
     for (idx, name, help) in [
-        (0, "coremesh_tcp_connections_total", "TCP service connections relayed."),
-        (1, "coremesh_tcp_sent_bytes_total", "TCP service bytes relayed towards the service."),
-        (2, "coremesh_tcp_received_bytes_total", "TCP service bytes relayed back from the service."),
+        (
+            0,
+            "coremesh_tcp_connections_total",
+            "TCP service connections relayed.",
+        ),
+        (
+            1,
+            "coremesh_tcp_sent_bytes_total",
+            "TCP service bytes relayed towards the service.",
+        ),
+        (
+            2,
+            "coremesh_tcp_received_bytes_total",
+            "TCP service bytes relayed back from the service.",
+        ),
     ] {
         push_header(out, name, "counter", help);
         for ((dir, service), v) in &m.tcp {

@@ -23,7 +23,9 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
+};
 
 /// ALPN of HTTP/1.1 between proxies.
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
@@ -62,9 +64,10 @@ impl Identity {
         roots_pem: &[&str],
         what: &str,
     ) -> Result<Identity, String> {
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("{what}: certificate: not PEM: {e}"))?;
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("{what}: certificate: not PEM: {e}"))?;
         let Some(leaf) = chain.first() else {
             return Err(format!("{what}: certificate: no certificate in the file"));
         };
@@ -79,8 +82,8 @@ impl Identity {
         if roots.is_empty() {
             return Err(format!("{what}: CA: no certificate to trust"));
         }
-        let (spiffe_id, not_after) = leaf_identity(leaf)
-            .map_err(|e| format!("{what}: certificate: {e}"))?;
+        let (spiffe_id, not_after) =
+            leaf_identity(leaf).map_err(|e| format!("{what}: certificate: {e}"))?;
         let trust_domain = trust_domain_of(&spiffe_id)
             .ok_or_else(|| format!("{what}: certificate: {spiffe_id:?} is not a SPIFFE ID"))?
             .to_string();
@@ -313,7 +316,9 @@ impl ServerCertVerifier for ServiceVerifier {
             self.provider.signature_verification_algorithms.all,
         )?;
         let ServerName::DnsName(name) = server_name else {
-            return Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName));
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName,
+            ));
         };
         let service = name.as_ref().split('.').next().unwrap_or_default();
         let (id, _) = leaf_identity(end_entity)

@@ -277,7 +277,9 @@ impl Session {
         match self.run(None, None)? {
             Stop::Traffic => Ok(true),
             Stop::Input => Ok(false),
-            Stop::Closed => Err(TlsError::new("peer closed the connection during the handshake")),
+            Stop::Closed => Err(TlsError::new(
+                "peer closed the connection during the handshake",
+            )),
         }
     }
 
@@ -338,7 +340,11 @@ impl Session {
 
     /// The processing loop: handles states until one needs the caller.
     /// `data: Some(&[])` queues close_notify instead of encrypting.
-    fn run(&mut self, mut out: Option<&mut Vec<u8>>, data: Option<&[u8]>) -> Result<Stop, TlsError> {
+    fn run(
+        &mut self,
+        mut out: Option<&mut Vec<u8>>,
+        data: Option<&[u8]>,
+    ) -> Result<Stop, TlsError> {
         loop {
             let rx = &mut self.rx[self.rx_start..];
             let mut sink = Sink {
@@ -431,7 +437,9 @@ fn step<Data>(
                     Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
                         need = required_size;
                     }
-                    Err(e) => return Err(TlsError::new(format!("encoding a handshake record: {e}"))),
+                    Err(e) => {
+                        return Err(TlsError::new(format!("encoding a handshake record: {e}")))
+                    }
                 }
             }
         }
@@ -458,7 +466,9 @@ fn step<Data>(
                         tx.len += n;
                         return Ok(Step::Traffic);
                     }
-                    Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
+                    Err(EncryptError::InsufficientSize(InsufficientSizeError {
+                        required_size,
+                    })) => {
                         need = required_size;
                     }
                     Err(e) => return Err(TlsError::new(format!("encrypting: {e}"))),

@@ -38,13 +38,12 @@ impl TlsStream {
         };
         match runtime::timeout(limit, t.drive_handshake()).await {
             Ok(Ok(())) => {
-                t.peer = t
-                    .s
-                    .borrow()
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .and_then(|leaf| super::identity::leaf_identity(leaf).ok())
-                    .map(|(id, _)| Rc::from(id));
+                t.peer =
+                    t.s.borrow()
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|leaf| super::identity::leaf_identity(leaf).ok())
+                        .map(|(id, _)| Rc::from(id));
                 Ok(t)
             }
             Ok(Err(e)) => Err(e),
@@ -197,7 +196,11 @@ impl TlsStream {
     }
 
     /// Encrypts and sends `buf[range]`.
-    pub async fn write_all(&mut self, buf: Buf, range: std::ops::Range<usize>) -> (io::Result<()>, Buf) {
+    pub async fn write_all(
+        &mut self,
+        buf: Buf,
+        range: std::ops::Range<usize>,
+    ) -> (io::Result<()>, Buf) {
         let res = self.s.borrow_mut().encrypt(&buf[range]);
         if let Err(e) = res {
             return (Err(e.into()), buf);

@@ -17,7 +17,10 @@ impl Pki {
         ca.distinguished_name
             .push(rcgen::DnType::CommonName, format!("{name} CA"));
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let cert = ca.self_signed(&key).unwrap();
         Pki {
             ca_pem: cert.pem(),

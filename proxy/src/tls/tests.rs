@@ -148,7 +148,11 @@ fn the_inbound_side_refuses_a_foreign_ca_an_expired_certificate_and_another_trus
     id.trust_domain = "mesh.test".into();
     let stranger = shard(id);
 
-    for (what, client) in [("foreign CA", foreign), ("expired", expired), ("trust domain", stranger)] {
+    for (what, client) in [
+        ("foreign CA", foreign),
+        ("expired", expired),
+        ("trust domain", stranger),
+    ] {
         let (mut c, mut s) = pair(&client, &api, "api");
         // TLS 1.3: the client finishes first; the server's verdict on the
         // client certificate comes as an alert.

@@ -1,0 +1,287 @@
+//! Zero-trust data plane (issue 5): mutual TLS between proxies.
+//!
+//! ```text
+//!  Client ──▶ web proxy [outbound] ══mTLS══▶ api proxy [inbound] ──▶ origin api
+//!                          ╚═══mTLS══▶ db proxy (answers with db's certificate)
+//!  curl / raw TCP ──▶ api proxy [inbound]   (plaintext, foreign CA, expired: refused)
+//! ```
+//!
+//! Static mode (`[tls]` files, no control) here; control-issued certificates
+//! and rotation under load are in the last test.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use coremesh_e2e::pki::Pki;
+use coremesh_e2e::util::{wait_for, TempDir};
+use coremesh_e2e::{Client, ControlBuilder, Curl, MeshProxy, Origin, Proxy, ProxyBuilder, Request};
+
+/// A static-mode proxy fronting `app` as `service`, with `[tls]` from `pki`.
+fn inbound_proxy(pki: &Pki, dir: &TempDir, service: &str, app: &Origin) -> Proxy {
+    let files = pki.files(dir.path(), service, service);
+    ProxyBuilder::new(service)
+        .inbound(app.addr())
+        .extra(&files.toml())
+        .start()
+}
+
+/// A static-mode web proxy whose service `api` is at `endpoints`.
+fn web_proxy(pki: &Pki, dir: &TempDir, endpoints: &[SocketAddr]) -> Proxy {
+    let files = pki.files(dir.path(), "web", "web");
+    ProxyBuilder::new("web")
+        .outbound()
+        .service("api", endpoints)
+        .extra(&files.toml())
+        .start()
+}
+
+fn inbound_handshakes(p: &Proxy) -> f64 {
+    p.metrics()
+        .sum("coremesh_tls_handshakes_total", &[("direction", "inbound")])
+}
+
+fn inbound_failures(p: &Proxy) -> f64 {
+    p.metrics().sum(
+        "coremesh_tls_handshake_failures_total",
+        &[("direction", "inbound")],
+    )
+}
+
+#[test]
+fn static_mode_carries_requests_over_mutual_tls_and_resumes_sessions() {
+    let dir = TempDir::new("mtls-static");
+    let pki = Pki::new("mesh");
+    let app = Origin::start("api");
+    let api = inbound_proxy(&pki, &dir, "api", &app);
+    let web = web_proxy(&pki, &dir, &[api.inbound()]);
+
+    for i in 0..3 {
+        // A new client connection each time, and `connection: close` so the
+        // upstream connection is not pooled: three handshakes.
+        let mut c = web.outbound_client();
+        let r = c.request(
+            &Request::get(&format!("/hello/{i}"))
+                .host("api")
+                .header("connection", "close"),
+        );
+        assert_eq!(
+            r.status,
+            200,
+            "{:?} {:?}",
+            r.header("coremesh-error"),
+            r.body_str()
+        );
+        assert_eq!(r.header("x-origin"), Some("api"));
+    }
+    assert_eq!(app.requests(), 3);
+    let m = api.metrics();
+    let full = m.sum(
+        "coremesh_tls_handshakes_total",
+        &[("direction", "inbound"), ("resumed", "false")],
+    );
+    let resumed = m.sum(
+        "coremesh_tls_handshakes_total",
+        &[("direction", "inbound"), ("resumed", "true")],
+    );
+    assert!(
+        full >= 1.0 && full + resumed >= 3.0,
+        "full {full}, resumed {resumed}"
+    );
+    assert!(resumed >= 1.0, "no session was resumed (full {full})");
+    assert!(m.has("coremesh_certificate_expiry_timestamp_seconds"));
+}
+
+#[test]
+fn the_inbound_port_refuses_plaintext_a_foreign_ca_and_an_expired_certificate() {
+    let dir = TempDir::new("mtls-refuse");
+    let pki = Pki::new("mesh");
+    let app = Origin::start("api");
+    let api = inbound_proxy(&pki, &dir, "api", &app);
+    let url = format!("https://{}/", api.inbound());
+
+    // Plaintext HTTP: no HTTP answer, the connection is closed.
+    let mut c = Client::connect(api.inbound());
+    c.send(&Request::get("/").host("api").to_bytes());
+    let got = c
+        .read_until_close(Duration::from_secs(5))
+        .unwrap_or_default();
+    assert!(!got.starts_with(b"HTTP/"), "plaintext got an HTTP answer");
+
+    let curl = |files: &coremesh_e2e::pki::TlsFiles| {
+        Curl::new(&url)
+            .args(&["-k", "--tlsv1.3"])
+            .arg("--cert")
+            .arg(&files.cert.display().to_string())
+            .arg("--key")
+            .arg(&files.key.display().to_string())
+            .run()
+    };
+
+    // A valid mesh certificate gets through (so the refusals below are
+    // about the certificate, not about curl).
+    let good = pki.files(dir.path(), "good", "web");
+    let out = curl(&good);
+    assert_eq!(out.exit_code, 0, "{}", out.stderr);
+    assert_eq!(out.response.status, 200);
+    assert_eq!(app.requests(), 1);
+
+    let foreign = Pki::new("elsewhere").files(dir.path(), "foreign", "web");
+    let out = curl(&foreign);
+    assert_ne!(
+        out.exit_code, 0,
+        "a certificate from another CA was accepted"
+    );
+
+    let expired = pki.files_for(
+        dir.path(),
+        "expired",
+        "spiffe://mesh.test/service/web",
+        -7200,
+        -3600,
+        &pki.ca_pem,
+    );
+    let out = curl(&expired);
+    assert_ne!(out.exit_code, 0, "an expired certificate was accepted");
+
+    let stranger = pki.files_for(
+        dir.path(),
+        "stranger",
+        "spiffe://other.test/service/web",
+        -60,
+        3600,
+        &pki.ca_pem,
+    );
+    let out = curl(&stranger);
+    assert_ne!(out.exit_code, 0, "another trust domain was accepted");
+
+    // No certificate at all.
+    let out = Curl::new(&url).args(&["-k", "--tlsv1.3"]).run();
+    assert_ne!(
+        out.exit_code, 0,
+        "a client without a certificate was accepted"
+    );
+
+    assert_eq!(app.requests(), 1, "a refused connection reached the app");
+    assert!(inbound_failures(&api) >= 5.0, "failures not counted");
+    assert!(inbound_handshakes(&api) >= 1.0);
+}
+
+#[test]
+fn a_peer_answering_with_another_services_certificate_gets_no_requests() {
+    let dir = TempDir::new("mtls-impersonation");
+    let pki = Pki::new("mesh");
+    let db_app = Origin::start("db");
+    // The db proxy is a genuine mesh member, but web was told (wrongly, or
+    // by an attacker who registered the address) that api lives there.
+    let db = inbound_proxy(&pki, &dir, "db", &db_app);
+    let web = web_proxy(&pki, &dir, &[db.inbound()]);
+
+    let mut c = web.outbound_client();
+    let r = c.request(&Request::get("/secret").host("api"));
+    assert_eq!(r.status, 502);
+    assert_eq!(r.header("coremesh-error"), Some("peer identity mismatch"));
+    assert_eq!(
+        db_app.requests(),
+        0,
+        "the impersonator received the request"
+    );
+    let m = web.metrics();
+    assert!(m.sum("coremesh_tls_peer_identity_mismatch_total", &[]) >= 1.0);
+
+    // With the genuine api next to it, every request reaches api, never db.
+    let api_app = Origin::start("api");
+    let api = inbound_proxy(&pki, &dir, "api", &api_app);
+    let web = web_proxy(&pki, &dir, &[db.inbound(), api.inbound()]);
+    let mut c = web.outbound_client();
+    for i in 0..6 {
+        let r = c.request(&Request::get(&format!("/{i}")).host("api"));
+        assert_eq!(r.status, 200, "{:?}", r.header("coremesh-error"));
+        assert_eq!(r.header("x-origin"), Some("api"));
+    }
+    assert_eq!(db_app.requests(), 0);
+}
+
+#[test]
+fn certificates_from_control_rotate_under_load_without_a_failed_request() {
+    // Certificates live 8 s, so each proxy renews about every 5 s: the run
+    // below spans several rotations on both sides of every connection.
+    let control = ControlBuilder::new().arg("--cert-lifetime", "8s").start();
+    let app = Origin::start("api");
+    let api_member = control.member("api", "api-1");
+    let web_member = control.member("web", "web-1");
+    let api = ProxyBuilder::new("api")
+        .inbound(app.addr())
+        .control(&control.section(&api_member))
+        .start();
+    let web = ProxyBuilder::new("web")
+        .outbound()
+        .control(&control.section(&web_member).calls(&["api"]))
+        .start();
+    control.apply("kind: Service\nname: api\n");
+    let ready = wait_for(Duration::from_secs(20), || {
+        let mut c = Client::try_connect(web.outbound()).ok()?;
+        c.set_read_timeout(Duration::from_secs(5));
+        c.try_send(&Request::get("/").host("api").to_bytes()).ok()?;
+        (c.try_read_response().ok()?.status == 200).then_some(())
+    });
+    assert!(ready.is_some(), "web never reached api");
+    let expiry = |p: &Proxy| {
+        p.metrics()
+            .sum("coremesh_certificate_expiry_timestamp_seconds", &[])
+    };
+    let first = (expiry(&api), expiry(&web));
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (mut sent, mut failures) = (0, Vec::new());
+    let mut conn: Option<Client> = None;
+    let mut n = 0;
+    while std::time::Instant::now() < deadline {
+        n += 1;
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => conn.insert(Client::connect(web.outbound())),
+        };
+        c.set_read_timeout(Duration::from_secs(10));
+        // Every fifth request closes, so new upstream connections (new
+        // handshakes with the newest certificates) keep happening.
+        let mut req = Request::get(&format!("/r/{n}")).host("api");
+        if n % 5 == 0 {
+            req = req.header("connection", "close");
+        }
+        sent += 1;
+        match c
+            .try_send(&req.to_bytes())
+            .and_then(|()| c.try_read_response())
+        {
+            Ok(r) if r.status == 200 => {
+                if r.header_has_token("connection", "close") {
+                    conn = None;
+                }
+            }
+            Ok(r) => {
+                failures.push(format!(
+                    "{n}: {} {:?}",
+                    r.status,
+                    r.header("coremesh-error")
+                ));
+                conn = None;
+            }
+            Err(e) => {
+                failures.push(format!("{n}: {e}"));
+                conn = None;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} failed: {failures:?}",
+        failures.len()
+    );
+    let last = (expiry(&api), expiry(&web));
+    assert!(
+        last.0 >= first.0 + 8.0 && last.1 >= first.1 + 8.0,
+        "certificates did not rotate: {first:?} -> {last:?}"
+    );
+    assert!(sent > 500, "only {sent} requests");
+}
