@@ -30,6 +30,30 @@ pub(crate) struct FileConfig {
     /// `[control]`: the control plane connection. Without it, only the static
     /// `[[services]]` apply.
     pub control: Option<ControlFile>,
+    /// `[tls]`: static-mode mutual TLS from files.
+    pub tls: Option<TlsFile>,
+}
+
+/// `[tls]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TlsFile {
+    /// PEM certificate chain (leaf first). Required.
+    pub cert: Option<String>,
+    /// PEM private key. Required.
+    pub key: Option<String>,
+    /// PEM trusted roots. Required.
+    pub ca: Option<String>,
+}
+
+/// One `[[outbound.tcp]]` entry.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TcpFile {
+    /// The TCP service. Required.
+    pub service: Option<String>,
+    /// Local address the app connects to. Required.
+    pub listen: Option<String>,
 }
 
 /// `[proxy]`.
@@ -60,6 +84,8 @@ pub(crate) struct InboundFile {
     pub listen: Option<String>,
     /// Address of the local app. Required.
     pub app: Option<String>,
+    /// Header carrying the caller's SPIFFE ID to the app.
+    pub identity_header: Option<String>,
 }
 
 /// `[outbound]`.
@@ -70,6 +96,9 @@ pub(crate) struct OutboundFile {
     pub listen: Option<String>,
     /// Forward requests for unknown services to the address they name.
     pub passthrough: Option<bool>,
+    /// `[[outbound.tcp]]`: a local listener per TCP service.
+    #[serde(default)]
+    pub tcp: Vec<TcpFile>,
 }
 
 /// One `[[services]]` entry.

@@ -60,15 +60,30 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     /// `[control]`: the control plane. `None`: only the static `[[services]]`.
     pub control: Option<ControlConfig>,
+    /// `[tls]`: mutual TLS from files (static mode, without `[control]`).
     pub tls: Option<TlsConfig>,
 }
 
-/// TEMP
+/// `[tls]`: this proxy's certificate, key and trusted roots, re-read on every
+/// reload. With it, the inbound listener requires mutual TLS and the static
+/// `[[services]]` are called over mutual TLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsConfig {
+    /// PEM chain, leaf first; the leaf names `spiffe://<trust-domain>/service/<name>`.
     pub cert: PathBuf,
+    /// PEM private key of the leaf.
     pub key: PathBuf,
+    /// PEM roots that peer certificates must chain to.
     pub ca: PathBuf,
+}
+
+/// One `[[outbound.tcp]]` entry: a TCP service reached through a local listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpUpstreamConfig {
+    /// The service (`protocol: tcp`) whose endpoints the bytes go to.
+    pub service: String,
+    /// Local address the app connects to instead of the service.
+    pub listen: SocketAddr,
 }
 
 /// `[proxy]`.
@@ -99,6 +114,9 @@ pub struct InboundConfig {
     pub listen: SocketAddr,
     /// Address of the local app that inbound requests are forwarded to.
     pub app: SocketAddr,
+    /// Lowercase name of the header in which the app receives the caller's
+    /// SPIFFE ID (mutual TLS only); the proxy removes it from requests first.
+    pub identity_header: Option<String>,
 }
 
 /// `[outbound]`.
@@ -109,6 +127,8 @@ pub struct OutboundConfig {
     /// Forward requests whose authority names no known service straight to the
     /// address it names, instead of answering 503.
     pub passthrough: bool,
+    /// `[[outbound.tcp]]`: local listeners of TCP services.
+    pub tcp: Vec<TcpUpstreamConfig>,
 }
 
 /// One `[[services]]` entry: a service the local app may call.
@@ -321,10 +341,20 @@ impl Config {
             "inbound": self.inbound.as_ref().map(|i| json!({
                 "listen": i.listen.to_string(),
                 "app": i.app.to_string(),
+                "identity_header": i.identity_header,
             })),
             "outbound": self.outbound.as_ref().map(|o| json!({
                 "listen": o.listen.to_string(),
                 "passthrough": o.passthrough,
+                "tcp": o.tcp.iter().map(|t| json!({
+                    "service": t.service,
+                    "listen": t.listen.to_string(),
+                })).collect::<Vec<_>>(),
+            })),
+            "tls": self.tls.as_ref().map(|t| json!({
+                "cert": t.cert.display().to_string(),
+                "key": t.key.display().to_string(),
+                "ca": t.ca.display().to_string(),
             })),
             "services": self.services.iter().map(|s| json!({
                 "name": s.name,

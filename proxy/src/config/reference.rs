@@ -37,6 +37,10 @@ letter or digit, at most 63 characters. Unknown keys are errors.
                                                 changing listen: restart
   app            addr             required      The local app that inbound requests
                                                 are forwarded to.  reload
+  identity_header  name           none          Header in which the app receives the
+                                                caller's SPIFFE ID (mutual TLS); the
+                                                proxy removes it from incoming
+                                                requests first.  reload
 
 [outbound]  (optional; at least one of [inbound] and [outbound])
   listen         addr             127.0.0.1:4140  Where the local app sends its
@@ -47,6 +51,15 @@ letter or digit, at most 63 characters. Unknown keys are errors.
                                                 host they name (and tunnel
                                                 CONNECT), instead of answering
                                                 404 "unknown service".  reload
+  tcp            table list       none          TCP services' local listeners:
+                                                [[outbound.tcp]].
+
+[[outbound.tcp]]  (zero or more; restart)
+  service        name             required      A TCP service (protocol: tcp); unique.
+  listen         addr             required      Local address the app connects to;
+                                                each connection is carried over
+                                                mutual TLS to one of the service's
+                                                endpoints.
 
 The listen addresses and admin must not collide (same port on the same or a
 wildcard IP), except port 0, which lets the OS pick a free port.
@@ -87,6 +100,16 @@ wildcard IP), except port 0, which lets the OS pick a free port.
   max_idle_per_endpoint integer   64            Most idle pooled connections per
                                                 endpoint on each shard; 0 disables
                                                 pooling.
+
+[tls]  (optional; not with [control]; files re-read on every reload)
+  cert           path             required      PEM chain, leaf first; the leaf's
+                                                URI SAN is spiffe://<trust-domain>/
+                                                service/<[proxy] service>.
+  key            path             required      PEM private key of the leaf.
+  ca             path             required      PEM roots peers must chain to.
+  With [tls], the inbound listener accepts mutual TLS 1.3 only, and the
+  [[services]] are called over mutual TLS (their peer must present the
+  service's SPIFFE ID). Adding or removing the section: restart.
 
 [control]  (optional; every key needs a restart)
   Without this section the proxy runs from [[services]] alone. With it, the

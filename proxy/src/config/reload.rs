@@ -77,7 +77,20 @@ pub(crate) fn check(old: &Config, new: &Config) -> Result<(), ConfigError> {
                 quoted(b.listen),
             ));
         }
+        if a.tcp != b.tcp {
+            let show = |t: &[super::TcpUpstreamConfig]| {
+                let v: Vec<String> = t
+                    .iter()
+                    .map(|t| format!("{}@{}", t.service, t.listen))
+                    .collect();
+                format!("[{}]", v.join(", "))
+            };
+            return Err(changed("[[outbound.tcp]]", "", show(&a.tcp), show(&b.tcp)));
+        }
     }
+    // Switching between plaintext and mutual TLS changes what the inbound
+    // port accepts; the files themselves are re-read on every reload.
+    section(new, "[tls]", &old.tls, &new.tls)?;
     control(new, &old.control, &new.control)
 }
 

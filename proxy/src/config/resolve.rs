@@ -11,11 +11,12 @@ use std::time::Duration;
 use super::affinity::format_cpu_list;
 use super::file::{
     ControlFile, FileConfig, HealthFile, InboundFile, LimitsFile, OutboundFile, ProxyFile,
-    ServiceFile, TimeoutsFile, UpstreamFile,
+    ServiceFile, TimeoutsFile, TlsFile, UpstreamFile,
 };
 use super::{
     duration, Config, ConfigError, ControlConfig, HealthConfig, HealthKind, InboundConfig, Limits,
-    OutboundConfig, ProxyConfig, ServiceConfig, Timeouts, UpstreamConfig,
+    OutboundConfig, ProxyConfig, ServiceConfig, TcpUpstreamConfig, Timeouts, TlsConfig,
+    UpstreamConfig,
 };
 
 type Result<T> = std::result::Result<T, ConfigError>;
@@ -75,6 +76,16 @@ pub(crate) fn resolve(
         .control
         .map(|f| resolve_control(path, f, inbound.as_ref(), hostname))
         .transpose()?;
+    let tls = file
+        .tls
+        .map(|f| resolve_tls(At::new(path, "[tls]"), f))
+        .transpose()?;
+    if tls.is_some() && control.is_some() {
+        return Err(At::new(path, "[tls]").err(
+            "",
+            "not used with [control]: control issues this proxy's certificate; remove one of them",
+        ));
+    }
     Ok(Config {
         source: path.to_owned(),
         proxy,
@@ -85,7 +96,7 @@ pub(crate) fn resolve(
         limits,
         upstream,
         control,
-        tls: None,
+        tls,
     })
 }
 
@@ -210,7 +221,61 @@ fn resolve_inbound(at: At<'_>, f: InboundFile) -> Result<InboundConfig> {
             format!("\"{app}\" is the inbound listen address itself"),
         ));
     }
-    Ok(InboundConfig { listen, app })
+    let identity_header = f
+        .identity_header
+        .map(|h| resolve_identity_header(&at, h))
+        .transpose()?;
+    Ok(InboundConfig {
+        listen,
+        app,
+        identity_header,
+    })
+}
+
+/// A header name the proxy sets itself: a token (RFC 9110 5.1), and not one
+/// that frames or routes the request.
+fn resolve_identity_header(at: &At<'_>, h: String) -> Result<String> {
+    const RESERVED: [&str; 10] = [
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-connection",
+        "coremesh-error",
+    ];
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if h.is_empty() || !h.bytes().all(tchar) {
+        return Err(at.err(
+            "identity_header",
+            format!("\"{}\" is not a header name", h.escape_debug()),
+        ));
+    }
+    let h = h.to_ascii_lowercase();
+    if RESERVED.contains(&h.as_str()) {
+        return Err(at.err(
+            "identity_header",
+            format!("\"{h}\" is a header the proxy must not replace"),
+        ));
+    }
+    Ok(h)
+}
+
+fn resolve_tls(at: At<'_>, f: TlsFile) -> Result<TlsConfig> {
+    let path = |key: &str, v: Option<String>| -> Result<std::path::PathBuf> {
+        match at.required(key, v)? {
+            p if p.is_empty() => Err(at.err(key, "is empty")),
+            p => Ok(std::path::PathBuf::from(p)),
+        }
+    };
+    Ok(TlsConfig {
+        cert: path("cert", f.cert)?,
+        key: path("key", f.key)?,
+        ca: path("ca", f.ca)?,
+    })
 }
 
 fn resolve_outbound(at: At<'_>, f: OutboundFile) -> Result<OutboundConfig> {
@@ -218,9 +283,23 @@ fn resolve_outbound(at: At<'_>, f: OutboundFile) -> Result<OutboundConfig> {
         "listen",
         f.listen.as_deref().unwrap_or(DEFAULT_OUTBOUND_LISTEN),
     )?;
+    let mut tcp: Vec<TcpUpstreamConfig> = Vec::with_capacity(f.tcp.len());
+    for (i, t) in f.tcp.into_iter().enumerate() {
+        let at = At::new(at.path, &format!("[[outbound.tcp]] #{}", i + 1));
+        let service = at.name("service", at.required("service", t.service)?)?;
+        let addr = at.socket_addr("listen", &at.required("listen", t.listen)?)?;
+        if tcp.iter().any(|x| x.service == service) {
+            return Err(at.err("service", format!("\"{service}\" is listed twice")));
+        }
+        tcp.push(TcpUpstreamConfig {
+            service,
+            listen: addr,
+        });
+    }
     Ok(OutboundConfig {
         listen,
         passthrough: f.passthrough.unwrap_or(false),
+        tcp,
     })
 }
 
@@ -240,6 +319,11 @@ fn check_listeners_distinct(
     ]
     .into_iter()
     .flatten()
+    .chain(
+        outbound
+            .iter()
+            .flat_map(|o| o.tcp.iter().map(|t| ("[[outbound.tcp]] listen", t.listen))),
+    )
     .collect();
     for (i, &(first, a)) in listeners.iter().enumerate() {
         for &(second, b) in &listeners[i + 1..] {

@@ -90,14 +90,16 @@ fn full_example_parses_with_its_values() {
         c.inbound,
         Some(InboundConfig {
             listen: addr("0.0.0.0:4143"),
-            app: addr("127.0.0.1:8080")
+            app: addr("127.0.0.1:8080"),
+            identity_header: None,
         })
     );
     assert_eq!(
         c.outbound,
         Some(OutboundConfig {
             listen: addr("[::1]:4140"),
-            passthrough: true
+            passthrough: true,
+            tcp: Vec::new(),
         })
     );
     assert_eq!(
@@ -158,7 +160,8 @@ fn defaults_fill_every_optional_key() {
         c.outbound,
         Some(OutboundConfig {
             listen: addr("127.0.0.1:4140"),
-            passthrough: false
+            passthrough: false,
+            tcp: Vec::new(),
         })
     );
     assert!(c.services.is_empty());
@@ -221,7 +224,7 @@ fn unknown_key_names_line_and_column() {
     let text = "[proxy]\nservice = \"web\"\n\n[inbound]\napp = \"127.0.0.1:8080\"\n  lissten = \"127.0.0.1:1\"\n";
     assert_eq!(
         error(text),
-        "proxy.toml:6:3: [inbound] lissten: unknown field `lissten`, expected `listen` or `app`"
+        "proxy.toml:6:3: [inbound] lissten: unknown field `lissten`, expected one of `listen`, `app`, `identity_header`"
     );
     let e = parse("[proxy]\nservice = \"web\"\n[outbund]\n").unwrap_err();
     assert_eq!(e.kind(), ConfigErrorKind::Syntax);
@@ -626,6 +629,8 @@ fn reference_documents_every_key() {
         ("upstream", "[upstream]\n"),
         ("control", "[control]\n"),
         ("control.health", "[control.health]\n"),
+        ("tls", "[tls]\n"),
+        ("outbound.tcp", "[[outbound.tcp]]\n"),
     ];
     for (section, header) in sections.into_iter().chain(more) {
         let e = error(&format!("{header}zzz_unknown = 1\n"));
@@ -643,5 +648,77 @@ fn reference_documents_every_key() {
             };
             assert!(documented, "{section}.{key} is missing from REFERENCE");
         }
+    }
+}
+
+#[test]
+fn tls_section_and_identity_header_and_tcp_listeners() {
+    let c = parse(
+        r#"
+[proxy]
+service = "web"
+[inbound]
+app = "127.0.0.1:8080"
+identity_header = "X-Coremesh-Caller"
+[outbound]
+listen = "127.0.0.1:4140"
+[[outbound.tcp]]
+service = "db"
+listen = "127.0.0.1:5432"
+[[outbound.tcp]]
+service = "cache"
+listen = "127.0.0.1:0"
+[tls]
+cert = "/etc/coremesh/proxy.crt"
+key = "/etc/coremesh/proxy.key"
+ca = "/etc/coremesh/ca.crt"
+"#,
+    )
+    .unwrap();
+    let i = c.inbound.as_ref().unwrap();
+    assert_eq!(i.identity_header.as_deref(), Some("x-coremesh-caller"));
+    let o = c.outbound.as_ref().unwrap();
+    assert_eq!(o.tcp.len(), 2);
+    assert_eq!(o.tcp[0].service, "db");
+    assert_eq!(o.tcp[0].listen, addr("127.0.0.1:5432"));
+    let t = c.tls.as_ref().unwrap();
+    assert_eq!(t.ca, std::path::PathBuf::from("/etc/coremesh/ca.crt"));
+    let json = c.to_json();
+    assert_eq!(json["tls"]["key"], "/etc/coremesh/proxy.key");
+    assert_eq!(json["outbound"]["tcp"][1]["service"], "cache");
+}
+
+#[test]
+fn tls_tcp_and_identity_header_errors_name_the_key() {
+    let base = "[proxy]\nservice = \"web\"\n[inbound]\napp = \"127.0.0.1:8080\"\n";
+    let cases = [
+        ("[tls]\ncert = \"a\"\nkey = \"b\"\n", "[tls] ca"),
+        ("[tls]\ncert = \"\"\nkey = \"b\"\nca = \"c\"\n", "[tls] cert"),
+        ("[tls]\ncert = \"a\"\nkey = \"b\"\nca = \"c\"\nciphers = 1\n", "ciphers"),
+        (
+            "[tls]\ncert = \"a\"\nkey = \"b\"\nca = \"c\"\n[control]\naddress = \"127.0.0.1:7443\"\nstate_dir = \"/tmp/s\"\n",
+            "[tls]",
+        ),
+        ("[outbound]\n[[outbound.tcp]]\nlisten = \"127.0.0.1:5432\"\n", "[[outbound.tcp]] #1 service"),
+        ("[outbound]\n[[outbound.tcp]]\nservice = \"db\"\nlisten = \"nope\"\n", "[[outbound.tcp]] #1 listen"),
+        (
+            "[outbound]\n[[outbound.tcp]]\nservice = \"db\"\nlisten = \"127.0.0.1:5432\"\n[[outbound.tcp]]\nservice = \"db\"\nlisten = \"127.0.0.1:5433\"\n",
+            "listed twice",
+        ),
+        (
+            "[outbound]\nlisten = \"127.0.0.1:4140\"\n[[outbound.tcp]]\nservice = \"db\"\nlisten = \"127.0.0.1:4140\"\n",
+            "collides",
+        ),
+    ];
+    for (extra, want) in cases {
+        let e = parse(&format!("{base}{extra}")).unwrap_err().to_string();
+        assert!(e.contains(want), "{extra:?}: {e}");
+    }
+    for bad in ["x y", "host", "Content-Length", ""] {
+        let text = format!(
+            "[proxy]\nservice = \"web\"\n[inbound]\napp = \"127.0.0.1:8080\"\nidentity_header = {bad:?}\n"
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("identity_header"), "{bad:?}: {e}");
     }
 }
