@@ -224,6 +224,14 @@ impl CompiledRule {
     }
 }
 
+/// The trust domain of a SPIFFE ID (`spiffe://<td>/...`), e.g. of this
+/// proxy's own identity, for [`Authz::compile`].
+pub fn trust_domain_of(spiffe_id: &str) -> Option<&str> {
+    let rest = spiffe_id.strip_prefix("spiffe://")?;
+    let td = rest.split('/').next()?;
+    resource::check_trust_domain(td).ok().map(|()| td)
+}
+
 /// The path without `?query` or `#fragment`.
 fn without_query(path: &[u8]) -> &[u8] {
     match path.iter().position(|&c| c == b'?' || c == b'#') {
@@ -466,6 +474,15 @@ rules:
                 policy: MESH_DEFAULT
             }
         );
+    }
+
+    #[test]
+    fn trust_domains() {
+        assert_eq!(trust_domain_of(WEB), Some(TD));
+        assert_eq!(trust_domain_of("spiffe://td"), Some("td"));
+        assert_eq!(trust_domain_of("spiffe://TD/service/a"), None);
+        assert_eq!(trust_domain_of("https://td/service/a"), None);
+        assert_eq!(trust_domain_of("spiffe:///service/a"), None);
     }
 
     #[test]
