@@ -183,7 +183,9 @@ impl Authz {
     /// Decides one request. `caller` is the full SPIFFE ID from the peer's
     /// verified certificate (empty when there is none: then only the
     /// default can allow); `method` as received (case-sensitive, RFC 9110
-    /// 9.1); `path` the request target, query included or not.
+    /// 9.1); `path` the request target, query included or not. For a TCP
+    /// connection pass empty `method` and `path`: only rules with neither
+    /// condition can allow it.
     pub fn check(&self, caller: &str, method: &[u8], path: &[u8]) -> Decision<'_> {
         // Rules only allow, so under an allow default they cannot change
         // the answer.
@@ -474,6 +476,18 @@ rules:
                 policy: MESH_DEFAULT
             }
         );
+    }
+
+    #[test]
+    fn tcp_connections_match_by_caller_only() {
+        // A TCP connection has no method or path: only rules without
+        // either can allow it.
+        let p = policy("rules: [{from: [web], methods: [GET]}, {from: [web], pathPrefix: /}, {from: [batch]}]\n");
+        let a = Authz::compile(Some(&p), Access::Allow, TD).unwrap();
+        assert!(!a.check(WEB, b"", b"").is_allow());
+        assert!(a
+            .check("spiffe://coremesh.local/service/batch", b"", b"")
+            .is_allow());
     }
 
     #[test]
