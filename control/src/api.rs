@@ -65,8 +65,12 @@ pub fn router(hub: Arc<Hub>, credential: &str) -> Router {
         .route("/v1/apply", post(apply))
         .route("/v1/services", get(services))
         .route("/v1/routes", get(routes))
+        .route("/v1/accesspolicies", get(access_policies))
+        .route("/v1/meshconfig", get(mesh_config))
         .route("/v1/services/{name}", delete(delete_service))
         .route("/v1/routes/{name}", delete(delete_route))
+        .route("/v1/accesspolicies/{name}", delete(delete_access_policy))
+        .route("/v1/meshconfig/{name}", delete(delete_mesh_config))
         .route("/v1/proxies", get(proxies))
         .route("/v1/endpoints", get(endpoints))
         .route("/v1/history", get(history))
@@ -134,19 +138,60 @@ async fn routes(State(ctx): State<Ctx>) -> Json<Vec<Resource>> {
     Json(config.routes.iter().cloned().map(Resource::Route).collect())
 }
 
+async fn access_policies(State(ctx): State<Ctx>) -> Json<Vec<Resource>> {
+    let (_, config) = ctx.hub.config();
+    Json(
+        config
+            .access_policies
+            .iter()
+            .cloned()
+            .map(Resource::AccessPolicy)
+            .collect(),
+    )
+}
+
+/// A list like the others: empty, or the one MeshConfig.
+async fn mesh_config(State(ctx): State<Ctx>) -> Json<Vec<Resource>> {
+    let (_, config) = ctx.hub.config();
+    Json(
+        config
+            .mesh
+            .iter()
+            .cloned()
+            .map(Resource::MeshConfig)
+            .collect(),
+    )
+}
+
+async fn delete_kind(ctx: Ctx, kind: &'static str, name: String) -> Result<Response, Error> {
+    let hub = ctx.hub.clone();
+    let r = blocking(move || hub.delete_blocking(kind, &name)).await?;
+    Ok(Json(r).into_response())
+}
+
 async fn delete_service(
     State(ctx): State<Ctx>,
     Path(name): Path<String>,
 ) -> Result<Response, Error> {
-    let hub = ctx.hub.clone();
-    let r = blocking(move || hub.delete_blocking("service", &name)).await?;
-    Ok(Json(r).into_response())
+    delete_kind(ctx, "service", name).await
 }
 
 async fn delete_route(State(ctx): State<Ctx>, Path(name): Path<String>) -> Result<Response, Error> {
-    let hub = ctx.hub.clone();
-    let r = blocking(move || hub.delete_blocking("route", &name)).await?;
-    Ok(Json(r).into_response())
+    delete_kind(ctx, "route", name).await
+}
+
+async fn delete_access_policy(
+    State(ctx): State<Ctx>,
+    Path(name): Path<String>,
+) -> Result<Response, Error> {
+    delete_kind(ctx, "accesspolicy", name).await
+}
+
+async fn delete_mesh_config(
+    State(ctx): State<Ctx>,
+    Path(name): Path<String>,
+) -> Result<Response, Error> {
+    delete_kind(ctx, "meshconfig", name).await
 }
 
 async fn proxies(State(ctx): State<Ctx>) -> Response {

@@ -1,10 +1,26 @@
 //! Control's certificate authority: created at first start (ECDSA P-256),
-//! it signs the proxies' CSRs with their SPIFFE ID
-//! (`spiffe://<trust-domain>/service/<name>`) as the only URI SAN, and
-//! control's own QUIC server certificate. Proxies generate their keys; only
-//! CSRs reach control.
+//! or supplied by the operator (`--ca-cert`, `--ca-key`: a root, or an
+//! intermediate with its issuers). It signs the proxies' CSRs with their
+//! SPIFFE ID (`spiffe://<trust-domain>/service/<name>`) as the only URI SAN,
+//! and control's own QUIC server certificate. Proxies generate their keys;
+//! only CSRs reach control.
+//!
+//! Chains: the CA file lists the issuing CA first, then its issuers; the
+//! last certificate is the **trust anchor** (normally a self-signed root)
+//! that proxies trust, and the ones before it are **intermediates**.
+//! Every certificate control issues is sent as leaf + intermediates, so a
+//! peer that trusts only the anchor can verify it. Control's QUIC server
+//! chain is leaf + intermediates + anchor: a joining proxy finds the anchor
+//! in it by the join token's fingerprint (see the proxy's
+//! `FingerprintVerifier`).
+//!
+//! The **trust bundle** is the anchor, then any extra roots
+//! (`--extra-roots`) trusted during a root rotation (README, "Certificates").
+//! Proxies receive it in every snapshot; control's QUIC server accepts client
+//! certificates that chain to any of it.
 
 use std::net::IpAddr;
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
@@ -13,7 +29,9 @@ use rcgen::{
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
+use x509_parser::time::ASN1Time;
 
 use crate::Error;
 
@@ -56,39 +74,211 @@ pub struct Signed {
     pub not_after: u64,
 }
 
+/// One certificate of a CA file: DER and its PEM.
+#[derive(Debug, Clone)]
+struct CaCert {
+    der: CertificateDer<'static>,
+    pem: String,
+}
+
+impl CaCert {
+    fn new(der: CertificateDer<'static>) -> CaCert {
+        let pem = pem_of(&der);
+        CaCert { der, pem }
+    }
+}
+
+fn pem_of(der: &[u8]) -> String {
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = String::with_capacity(der.len() * 4 / 3 + 4);
+    for chunk in der.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                b64.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                b64.push('=');
+            }
+        }
+    }
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        // Base64 is ASCII.
+        pem.push_str(std::str::from_utf8(line).unwrap_or_default());
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    pem
+}
+
 /// The loaded CA.
 pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
-    cert_pem: String,
-    cert_der: CertificateDer<'static>,
+    /// Between a leaf and the anchor: the issuing CA (unless it is the
+    /// anchor) and its issuers below the anchor, in order.
+    intermediates: Vec<CaCert>,
+    /// The certificate proxies trust for this CA.
+    anchor: CaCert,
+    /// SHA-256 of the anchor, as join tokens carry it.
     fingerprint: String,
+    /// Also trusted, during a root rotation.
+    extra_roots: Vec<CaCert>,
     trust_domain: String,
+    /// Unix seconds when the first certificate of the issuing chain
+    /// expires: no certificate control issues outlives it.
+    not_after: u64,
 }
 
 impl Ca {
+    /// Loads a CA from PEM text with the current time; see [`Ca::from_pem`].
     pub fn load(cert_pem: &str, key_pem: &str, trust_domain: &str) -> Result<Ca, Error> {
-        let key = KeyPair::from_pem(key_pem).map_err(ca_err)?;
-        let issuer = Issuer::from_ca_cert_pem(cert_pem, key).map_err(ca_err)?;
-        let cert_der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
-            .map_err(|e| Error::internal(format!("CA certificate: {e}")))?;
+        Ca::from_pem(
+            "CA certificate",
+            cert_pem,
+            "CA key",
+            key_pem,
+            trust_domain,
+            SystemTime::now(),
+        )
+    }
+
+    /// Loads an operator's CA: `cert` is a PEM file with the issuing CA
+    /// first, then its issuers (the last one is what proxies trust); `key`
+    /// is the issuing CA's private key (PKCS#8 PEM).
+    pub fn load_files(cert: &Path, key: &Path, trust_domain: &str) -> Result<Ca, Error> {
+        let cert_pem = read_file(cert)?;
+        let key_pem = read_file(key)?;
+        Ca::from_pem(
+            &cert.display().to_string(),
+            &cert_pem,
+            &key.display().to_string(),
+            &key_pem,
+            trust_domain,
+            SystemTime::now(),
+        )
+    }
+
+    /// Loads and checks a CA; errors name `cert_src` or `key_src` and say
+    /// what is wrong: no certificate, not a CA, not yet valid or expired,
+    /// the chain out of order, a key that is not the CA's.
+    pub fn from_pem(
+        cert_src: &str,
+        cert_pem: &str,
+        key_src: &str,
+        key_pem: &str,
+        trust_domain: &str,
+        now: SystemTime,
+    ) -> Result<Ca, Error> {
+        let mut chain = ca_chain(cert_src, cert_pem, now)?;
+        let first = chain[0].der.clone();
+        let (_, cert) = x509_parser::parse_x509_certificate(&first)
+            .map_err(|e| Error::rejected(format!("{cert_src}: {e}")))?;
+        let key = load_key(key_src, key_pem)?;
+        if key.public_key_raw() != cert.public_key().subject_public_key.data.as_ref() {
+            return Err(Error::rejected(format!(
+                "{key_src}: this key does not match the CA certificate in {cert_src} ({}); \
+                 give the private key of the first certificate in the file",
+                cert.subject()
+            )));
+        }
+        let not_after = chain
+            .iter()
+            .filter_map(|c| x509_parser::parse_x509_certificate(&c.der).ok())
+            .map(|(_, c)| c.validity().not_after.timestamp().max(0) as u64)
+            .min()
+            .unwrap_or(0);
+        let issuer = Issuer::from_ca_cert_der(&first, key)
+            .map_err(|e| Error::rejected(format!("{cert_src}: cannot issue from it: {e}")))?;
+        // The last is the anchor; with one certificate, the CA is its own
+        // anchor and there are no intermediates.
+        let anchor = chain
+            .pop()
+            .ok_or_else(|| Error::rejected(format!("{cert_src}: holds no certificate")))?;
         Ok(Ca {
             issuer,
-            cert_pem: cert_pem.to_string(),
-            fingerprint: coremesh_api::token::fingerprint_hex(&cert_der),
-            cert_der,
+            fingerprint: coremesh_api::token::fingerprint_hex(&anchor.der),
+            intermediates: chain,
+            anchor,
+            extra_roots: Vec::new(),
             trust_domain: trust_domain.to_string(),
+            not_after,
         })
     }
 
+    /// Adds the roots of a PEM file (one or more CA certificates) to the
+    /// trust bundle; returns how many were new.
+    pub fn add_extra_roots_file(&mut self, path: &Path, now: SystemTime) -> Result<usize, Error> {
+        let pem = read_file(path)?;
+        self.add_extra_roots(&path.display().to_string(), &pem, now)
+    }
+
+    /// Adds the CA certificates of `pem` (from `src`) to the trust bundle;
+    /// each must be a CA and currently valid. Returns how many were new.
+    pub fn add_extra_roots(
+        &mut self,
+        src: &str,
+        pem: &str,
+        now: SystemTime,
+    ) -> Result<usize, Error> {
+        let certs = ca_certs(src, pem, now)?;
+        let mut added = 0;
+        for c in certs {
+            if c.der != self.anchor.der && !self.extra_roots.iter().any(|r| r.der == c.der) {
+                self.extra_roots.push(c);
+                added += 1;
+            }
+        }
+        Ok(added)
+    }
+
+    /// The trust bundle: the anchor, then the extra roots; one PEM
+    /// certificate each.
+    pub fn trust_bundle(&self) -> Vec<String> {
+        std::iter::once(&self.anchor)
+            .chain(&self.extra_roots)
+            .map(|c| c.pem.clone())
+            .collect()
+    }
+
+    /// The trust bundle as one PEM document, anchor first (what a joining
+    /// proxy receives and stores as its CA).
+    pub fn trust_bundle_pem(&self) -> String {
+        self.trust_bundle().concat()
+    }
+
+    /// The trust bundle, DER.
+    pub fn roots(&self) -> Vec<CertificateDer<'static>> {
+        std::iter::once(&self.anchor)
+            .chain(&self.extra_roots)
+            .map(|c| c.der.clone())
+            .collect()
+    }
+
+    /// The anchor's PEM.
     pub fn cert_pem(&self) -> &str {
-        &self.cert_pem
+        &self.anchor.pem
     }
 
+    /// The anchor's DER.
     pub fn cert_der(&self) -> &CertificateDer<'static> {
-        &self.cert_der
+        &self.anchor.der
     }
 
-    /// SHA-256 of the CA certificate, as join tokens carry it.
+    /// The intermediates sent after every leaf (empty when control issues
+    /// straight from the anchor).
+    pub fn intermediates(&self) -> Vec<CertificateDer<'static>> {
+        self.intermediates.iter().map(|c| c.der.clone()).collect()
+    }
+
+    /// Unix seconds when the issuing chain expires.
+    pub fn not_after(&self) -> u64 {
+        self.not_after
+    }
+
+    /// SHA-256 of the anchor certificate, as join tokens carry it.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
     }
@@ -109,7 +299,9 @@ impl Ca {
 
     /// Signs `csr` for `service`, whatever names the CSR asked for: the
     /// only SAN is the SPIFFE ID, valid for client and server auth (proxies
-    /// are both), from `now - BACKDATE` to `now + lifetime`.
+    /// are both), from `now - BACKDATE` to `now + lifetime` (or the CA's
+    /// own expiry, if sooner). The PEM is the leaf followed by the
+    /// intermediates.
     pub fn sign(
         &self,
         mut csr: CertificateSigningRequestParams,
@@ -134,22 +326,29 @@ impl Ca {
         p.serial_number = Some(serial());
         p.use_authority_key_identifier_extension = true;
         p.not_before = (now - BACKDATE).into();
-        let not_after = now + lifetime;
+        let ca_end = SystemTime::UNIX_EPOCH + Duration::from_secs(self.not_after);
+        let not_after = (now + lifetime).min(ca_end);
         p.not_after = not_after.into();
         let cert = csr.signed_by(&self.issuer).map_err(ca_err)?;
+        let mut cert_pem = cert.pem();
+        for c in &self.intermediates {
+            cert_pem.push_str(&c.pem);
+        }
         Ok(Signed {
-            cert_pem: cert.pem(),
+            cert_pem,
             not_after: crate::unix_secs(not_after),
         })
     }
 
-    /// Control's own QUIC server certificate and key, issued at each start:
-    /// SANs `localhost`, `coremesh-control` and `ip` (unless unspecified).
+    /// Control's own QUIC server chain (leaf, intermediates, anchor) and
+    /// key, issued at each start: SANs `localhost`, `coremesh-control` and
+    /// `ip` (unless unspecified). The anchor is in the chain for joining
+    /// proxies, which find it by the token's fingerprint.
     pub fn server_cert(
         &self,
         ip: IpAddr,
         now: SystemTime,
-    ) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), Error> {
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), Error> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(ca_err)?;
         let mut names = vec!["localhost".to_string(), "coremesh-control".to_string()];
         if !ip.is_unspecified() {
@@ -165,11 +364,142 @@ impl Ca {
         params.serial_number = Some(serial());
         params.use_authority_key_identifier_extension = true;
         params.not_before = (now - BACKDATE).into();
-        params.not_after = (now + CA_LIFETIME / 10).into();
+        let ca_end = SystemTime::UNIX_EPOCH + Duration::from_secs(self.not_after);
+        params.not_after = (now + CA_LIFETIME / 10).min(ca_end).into();
         let cert = params.signed_by(&key, &self.issuer).map_err(ca_err)?;
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        Ok((cert.der().clone(), key))
+        let chain = std::iter::once(cert.der().clone())
+            .chain(self.intermediates())
+            .chain(std::iter::once(self.anchor.der.clone()))
+            .collect();
+        Ok((chain, key))
     }
+}
+
+fn read_file(path: &Path) -> Result<String, Error> {
+    std::fs::read_to_string(path)
+        .map_err(|e| Error::rejected(format!("{}: cannot read: {e}", path.display())))
+}
+
+/// The issuing CA's key. With ring, rcgen reads PKCS#8 only.
+fn load_key(src: &str, pem: &str) -> Result<KeyPair, Error> {
+    let der = PrivateKeyDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| Error::rejected(format!("{src}: no PEM private key: {e}")))?;
+    if !matches!(der, PrivateKeyDer::Pkcs8(_)) {
+        return Err(Error::rejected(format!(
+            "{src}: the key is not PKCS#8 (\"BEGIN PRIVATE KEY\"); convert it with \
+             `openssl pkcs8 -topk8 -nocrypt -in {src} -out ca.key`"
+        )));
+    }
+    KeyPair::try_from(&der).map_err(|e| {
+        Error::rejected(format!(
+            "{src}: not a key control can sign with (ECDSA P-256 or P-384, Ed25519, RSA): {e}"
+        ))
+    })
+}
+
+/// `2030-01-31 12:00:00 UTC`
+fn utc(t: &ASN1Time) -> String {
+    let d = t.to_datetime();
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+        d.year(),
+        u8::from(d.month()),
+        d.day(),
+        d.hour(),
+        d.minute(),
+        d.second()
+    )
+}
+
+/// The certificates of a PEM file, each checked to be a CA valid at `now`.
+fn ca_certs(src: &str, pem: &str, now: SystemTime) -> Result<Vec<CaCert>, Error> {
+    let ders = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::rejected(format!("{src}: not PEM: {e}")))?;
+    if ders.is_empty() {
+        return Err(Error::rejected(format!(
+            "{src}: holds no certificate (expected PEM \"BEGIN CERTIFICATE\")"
+        )));
+    }
+    let total = ders.len();
+    let now = crate::unix_secs(now) as i64;
+    for (i, der) in ders.iter().enumerate() {
+        let which = |cert: Option<&X509Certificate>| {
+            let n = if total == 1 {
+                "the certificate".to_string()
+            } else {
+                format!("certificate {} of {total}", i + 1)
+            };
+            match cert {
+                Some(c) => format!("{src}: {n} ({})", c.subject()),
+                None => format!("{src}: {n}"),
+            }
+        };
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| Error::rejected(format!("{} is not X.509: {e}", which(None))))?;
+        let is_ca = matches!(cert.basic_constraints(), Ok(Some(bc)) if bc.value.ca);
+        if !is_ca {
+            return Err(Error::rejected(format!(
+                "{} is not a CA certificate (no basicConstraints CA:TRUE)",
+                which(Some(&cert))
+            )));
+        }
+        if let Ok(Some(ku)) = cert.key_usage() {
+            if !ku.value.key_cert_sign() {
+                return Err(Error::rejected(format!(
+                    "{} may not sign certificates (its keyUsage lacks keyCertSign)",
+                    which(Some(&cert))
+                )));
+            }
+        }
+        let validity = cert.validity();
+        if now < validity.not_before.timestamp() {
+            return Err(Error::rejected(format!(
+                "{} is not valid before {}",
+                which(Some(&cert)),
+                utc(&validity.not_before)
+            )));
+        }
+        if now > validity.not_after.timestamp() {
+            return Err(Error::rejected(format!(
+                "{} expired on {}",
+                which(Some(&cert)),
+                utc(&validity.not_after)
+            )));
+        }
+    }
+    Ok(ders
+        .into_iter()
+        .map(|d| CaCert::new(d.into_owned()))
+        .collect())
+}
+
+/// [`ca_certs`], and each certificate issued by the next one.
+fn ca_chain(src: &str, pem: &str, now: SystemTime) -> Result<Vec<CaCert>, Error> {
+    let certs = ca_certs(src, pem, now)?;
+    for (i, pair) in certs.windows(2).enumerate() {
+        // Both parsed in ca_certs.
+        let (Ok((_, child)), Ok((_, parent))) = (
+            x509_parser::parse_x509_certificate(&pair[0].der),
+            x509_parser::parse_x509_certificate(&pair[1].der),
+        ) else {
+            continue;
+        };
+        if child.issuer() != parent.subject()
+            || child.verify_signature(Some(parent.public_key())).is_err()
+        {
+            return Err(Error::rejected(format!(
+                "{src}: certificate {} ({}) was not issued by certificate {} ({}); \
+                 list the issuing CA first, then each issuer up to the root",
+                i + 1,
+                child.subject(),
+                i + 2,
+                parent.subject()
+            )));
+        }
+    }
+    Ok(certs)
 }
 
 fn serial() -> SerialNumber {
@@ -218,6 +548,9 @@ pub fn peer_identity(der: &[u8], trust_domain: &str) -> Result<PeerIdentity, Str
     }
     Err(format!("certificate has no SPIFFE ID under {prefix}"))
 }
+
+#[cfg(test)]
+mod chain_tests;
 
 #[cfg(test)]
 mod tests {

@@ -5,22 +5,42 @@
 
 use std::collections::BTreeMap;
 
-use coremesh_api::resource::{self, Resource, ResourceError, Route, Service};
+use coremesh_api::resource::{
+    self, Access, AccessPolicy, MeshConfig, Resource, ResourceError, Route, Service,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
 
-/// Every service and route, each list sorted by name. This is what a store
-/// version holds.
+/// Every resource, each list sorted by name. This is what a store version
+/// holds; versions written before a kind existed read with it empty.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Config {
     pub services: Vec<Service>,
     pub routes: Vec<Route>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_policies: Vec<AccessPolicy>,
+    /// The one MeshConfig, if applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<MeshConfig>,
 }
 
 impl Config {
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.name == name)
+    }
+
+    /// The AccessPolicy of `service`, if it has one.
+    pub fn access_policy(&self, service: &str) -> Option<&AccessPolicy> {
+        self.access_policies.iter().find(|p| p.service == service)
+    }
+
+    /// The MeshConfig's `defaultAccess`, or its default (allow).
+    pub fn default_access(&self) -> Access {
+        self.mesh
+            .as_ref()
+            .map(|m| m.default_access)
+            .unwrap_or_default()
     }
 
     /// Every resource, services first, as `meshctl get` lists them.
@@ -30,6 +50,13 @@ impl Config {
             .cloned()
             .map(Resource::Service)
             .chain(self.routes.iter().cloned().map(Resource::Route))
+            .chain(
+                self.access_policies
+                    .iter()
+                    .cloned()
+                    .map(Resource::AccessPolicy),
+            )
+            .chain(self.mesh.iter().cloned().map(Resource::MeshConfig))
             .collect()
     }
 
@@ -46,10 +73,14 @@ impl Config {
             match r {
                 Resource::Service(s) => c.services.push(s),
                 Resource::Route(r) => c.routes.push(r),
+                Resource::AccessPolicy(p) => c.access_policies.push(p),
+                // Validation admits one name only, so there is one.
+                Resource::MeshConfig(m) => c.mesh = Some(m),
             }
         }
         c.services.sort_by(|a, b| a.name.cmp(&b.name));
         c.routes.sort_by(|a, b| a.name.cmp(&b.name));
+        c.access_policies.sort_by(|a, b| a.name.cmp(&b.name));
         c
     }
 }
@@ -78,7 +109,8 @@ pub fn diff(a: &Config, b: &Config) -> Vec<String> {
 }
 
 fn check_set(c: &Config) -> Result<(), Error> {
-    resource::validate_set(&c.services, &c.routes).map_err(|e| Error::rejected(e.to_string()))
+    resource::validate_set(&c.services, &c.routes, &c.access_policies)
+        .map_err(|e| Error::rejected(e.to_string()))
 }
 
 /// Creates or replaces each of `docs` in `current`. Every document is
@@ -116,18 +148,31 @@ pub fn plan_apply(current: &Config, docs: Vec<Resource>) -> Result<Plan, Error> 
     })
 }
 
-/// Removes `kind/name` (kind `service`/`services`/`route`/`routes`, any
-/// case). Refused when the rest would be inconsistent (a route left
-/// pointing at a deleted service).
-pub fn plan_delete(current: &Config, kind: &str, name: &str) -> Result<Plan, Error> {
-    let kind = match kind.to_ascii_lowercase().as_str() {
+/// The kinds `meshctl delete` takes.
+pub const DELETE_KINDS: &str = "service, route, accesspolicy or meshconfig";
+
+/// The singular lowercase kind of a name `meshctl` or the API accepts:
+/// `service`/`services`/`svc`, `route`/`routes`,
+/// `accesspolicy`/`accesspolicies`, `meshconfig`/`meshconfigs`, any case.
+pub fn kind_of(name: &str) -> Option<&'static str> {
+    Some(match name.to_ascii_lowercase().as_str() {
         "service" | "services" | "svc" => "service",
         "route" | "routes" => "route",
-        other => {
-            return Err(Error::rejected(format!(
-                "unknown kind {other:?}: use service or route"
-            )))
-        }
+        "accesspolicy" | "accesspolicies" => "accesspolicy",
+        "meshconfig" | "meshconfigs" => "meshconfig",
+        _ => return None,
+    })
+}
+
+/// Removes `kind/name` (see [`kind_of`]). Refused when the rest would be
+/// inconsistent (a route or access policy left pointing at a deleted
+/// service).
+pub fn plan_delete(current: &Config, kind: &str, name: &str) -> Result<Plan, Error> {
+    let Some(kind) = kind_of(kind) else {
+        return Err(Error::rejected(format!(
+            "unknown kind {:?}: use {DELETE_KINDS}",
+            kind.to_ascii_lowercase()
+        )));
     };
     let key = format!("{kind}/{name}");
     let mut all = current.by_kind_name();
@@ -220,5 +265,93 @@ rules:
             plan_delete(&c, "route", "zz").unwrap_err().kind,
             crate::ErrorKind::NotFound
         );
+        assert_eq!(
+            plan_delete(&c, "gateway", "g").unwrap_err().message,
+            "unknown kind \"gateway\": use service, route, accesspolicy or meshconfig"
+        );
+    }
+
+    const ACCESS: &str = "
+kind: AccessPolicy
+name: api-access
+service: api
+default: deny
+rules:
+  - from: [web]
+    methods: [GET, POST]
+    pathPrefix: /v1/
+---
+kind: MeshConfig
+name: mesh
+defaultAccess: deny
+";
+
+    #[test]
+    fn access_policies_and_mesh_config_apply_diff_and_delete() {
+        let base = plan_apply(&Config::default(), docs(EXAMPLE))
+            .unwrap()
+            .config;
+        assert_eq!(base.default_access(), Access::Allow);
+        let plan = plan_apply(&base, docs(ACCESS)).unwrap();
+        assert_eq!(plan.changed, ["accesspolicy/api-access", "meshconfig/mesh"]);
+        let c = plan.config;
+        assert_eq!(c.access_policy("api").unwrap().name, "api-access");
+        assert!(c.access_policy("web").is_none());
+        assert_eq!(c.default_access(), Access::Deny);
+        assert_eq!(
+            c.resources()
+                .iter()
+                .map(Resource::kind_name)
+                .collect::<Vec<_>>(),
+            [
+                "service/api",
+                "route/api-canary",
+                "accesspolicy/api-access",
+                "meshconfig/mesh"
+            ]
+        );
+        // Idempotent, then a change is one changed resource.
+        assert!(plan_apply(&c, docs(ACCESS)).unwrap().changed.is_empty());
+        let looser = ACCESS.replace("default: deny", "default: allow");
+        let p = plan_apply(&c, docs(&looser)).unwrap();
+        assert_eq!(p.changed, ["accesspolicy/api-access"]);
+
+        // The policy's service cannot go while the policy stays.
+        let e = plan_delete(&c, "route", "api-canary")
+            .and_then(|p| plan_delete(&p.config, "service", "api"))
+            .unwrap_err();
+        assert_eq!(e.kind, crate::ErrorKind::Rejected);
+        assert!(e.message.contains("accesspolicy/api-access"), "{e}");
+        let p = plan_delete(&c, "AccessPolicies", "api-access").unwrap();
+        assert_eq!(p.changed, ["accesspolicy/api-access"]);
+        assert!(p.config.access_policies.is_empty());
+        let p = plan_delete(&p.config, "meshconfig", "mesh").unwrap();
+        assert_eq!(p.config.default_access(), Access::Allow);
+        assert_eq!(p.config.mesh, None);
+
+        // Rolling back to the version before restores nothing else.
+        let back = plan_rollback(&c, base.clone(), 1);
+        assert_eq!(back.changed, ["accesspolicy/api-access", "meshconfig/mesh"]);
+        assert_eq!(back.config, base);
+    }
+
+    #[test]
+    fn access_policy_without_service_is_rejected() {
+        let text = "kind: AccessPolicy\nname: p\nservice: nope\n";
+        let err = plan_apply(&Config::default(), docs(text)).unwrap_err();
+        assert_eq!(err.kind, crate::ErrorKind::Rejected);
+        assert_eq!(
+            err.message,
+            "accesspolicy/p: service: service \"nope\" does not exist; apply a `kind: Service` named nope first"
+        );
+    }
+
+    #[test]
+    fn configs_stored_before_access_policies_still_read() {
+        let old = r#"{"services":[{"name":"api","protocol":"http"}],"routes":[]}"#;
+        let c: Config = serde_json::from_str(old).unwrap();
+        assert!(c.access_policies.is_empty() && c.mesh.is_none());
+        // And a config without them is stored as before.
+        assert_eq!(serde_json::to_string(&c).unwrap(), old);
     }
 }

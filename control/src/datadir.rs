@@ -1,6 +1,6 @@
 //! The data directory: created at first start (mode 0700) with the CA
-//! (`ca.pem`, `ca.key`), the operator credential (`operator.credential`)
-//! and the store (`store.redb`). Secret files are 0600 and written with
+//! (`ca.pem`, `ca.key`; not when the operator supplies one), the operator
+//! credential (`operator.credential`) and the store (`store.redb`). Secret files are 0600 and written with
 //! fsync before they are used, so a crash during first start leaves either
 //! no file or a whole one (a partial one is refused on the next start).
 
@@ -20,8 +20,9 @@ pub const STORE: &str = "store.redb";
 /// The data directory's files, loaded.
 pub struct DataDir {
     pub path: PathBuf,
-    pub ca_cert_pem: String,
-    pub ca_key_pem: String,
+    /// The data directory's own CA (certificate PEM, key PEM); `None` when
+    /// opened for an operator-supplied CA.
+    pub ca: Option<(String, String)>,
     pub credential: String,
     /// Paths of the files this start created (empty on later starts).
     pub created: Vec<PathBuf>,
@@ -64,8 +65,11 @@ fn read(path: &Path) -> Result<String, Error> {
     fs::read_to_string(path).map_err(|e| io_err(path, "read", e))
 }
 
-/// Opens `path`, creating the directory, CA and credential on first start.
-pub fn open(path: &Path, trust_domain: &str) -> Result<DataDir, Error> {
+/// Opens `path`, creating the directory, credential and (with `own_ca`)
+/// the CA on first start. Without `own_ca` the CA files are neither made
+/// nor read: an existing one stays, for a later switch back or as the old
+/// root of a rotation.
+pub fn open(path: &Path, trust_domain: &str, own_ca: bool) -> Result<DataDir, Error> {
     let mut created = Vec::new();
     if !path.exists() {
         fs::create_dir_all(path).map_err(|e| io_err(path, "create directory", e))?;
@@ -76,6 +80,7 @@ pub fn open(path: &Path, trust_domain: &str) -> Result<DataDir, Error> {
     let cert_path = path.join(CA_CERT);
     let key_path = path.join(CA_KEY);
     match (cert_path.exists(), key_path.exists()) {
+        _ if !own_ca => {}
         (true, true) => {}
         (false, false) => {
             let (cert, key) = crate::ca::create_ca(trust_domain, SystemTime::now())?;
@@ -104,10 +109,14 @@ pub fn open(path: &Path, trust_domain: &str) -> Result<DataDir, Error> {
             cred_path.display()
         )));
     }
+    let ca = if own_ca {
+        Some((read(&cert_path)?, read(&key_path)?))
+    } else {
+        None
+    };
     Ok(DataDir {
         path: path.to_path_buf(),
-        ca_cert_pem: read(&cert_path)?,
-        ca_key_pem: read(&key_path)?,
+        ca,
         credential,
         created,
     })
@@ -124,17 +133,35 @@ mod tests {
             std::process::id(),
             crate::unix_millis(SystemTime::now())
         ));
-        let d = open(&dir, "coremesh.local").unwrap();
+        let d = open(&dir, "coremesh.local", true).unwrap();
         assert_eq!(d.created.len(), 4);
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&dir), 0o700);
         for f in [CA_KEY, CA_CERT, CREDENTIAL] {
             assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
         }
-        let again = open(&dir, "coremesh.local").unwrap();
+        let again = open(&dir, "coremesh.local", true).unwrap();
         assert!(again.created.is_empty());
         assert_eq!(again.credential, d.credential);
-        assert_eq!(again.ca_cert_pem, d.ca_cert_pem);
+        assert_eq!(again.ca, d.ca);
+        // With an operator's CA, the directory's own is left alone.
+        let operator = open(&dir, "coremesh.local", false).unwrap();
+        assert!(operator.ca.is_none());
+        assert!(dir.join(CA_CERT).exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_operator_ca_means_no_ca_in_the_directory() {
+        let dir = std::env::temp_dir().join(format!(
+            "coremesh-datadir-op-{}-{}",
+            std::process::id(),
+            crate::unix_millis(SystemTime::now())
+        ));
+        let d = open(&dir, "coremesh.local", false).unwrap();
+        assert!(d.ca.is_none());
+        assert!(!dir.join(CA_CERT).exists() && !dir.join(CA_KEY).exists());
+        assert_eq!(d.created.len(), 2, "{:?}", d.created);
         fs::remove_dir_all(&dir).unwrap();
     }
 }

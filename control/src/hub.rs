@@ -5,7 +5,8 @@
 //! Publishing: a change marks the hub dirty and wakes [`Hub::run`], which
 //! waits out a short debounce (so a burst of registrations or an apply
 //! followed by a rollback costs one push), then computes every session's
-//! [`View`] (once per distinct `calls` list) and sends a snapshot to each
+//! [`View`] (once per distinct [`ViewKey`]: the `calls` list and the
+//! AccessPolicy of the proxy's own service) and sends a snapshot to each
 //! session whose view differs from the last one it was sent. Sessions get
 //! snapshots through a `watch` channel, so a slow proxy only ever has the
 //! latest one waiting, never a queue.
@@ -103,7 +104,16 @@ pub type SnapshotRx = watch::Receiver<Option<Arc<Published>>>;
 
 type Calls = Option<BTreeSet<String>>;
 
+/// What a view depends on besides the config and the registry: the name of
+/// the AccessPolicy of the proxy's own service (none for most services, so
+/// they keep sharing views), and its `calls`. Sessions with equal keys get
+/// the same view.
+type ViewKey = (Option<String>, Calls);
+
 struct SessionSlot {
+    /// The session's service (from its certificate): whose AccessPolicy
+    /// it gets.
+    service: String,
     calls: Calls,
     tx: watch::Sender<Option<Arc<Published>>>,
     last: Option<Arc<View>>,
@@ -116,9 +126,9 @@ struct State {
     config: Arc<Config>,
     registry: Registry,
     sessions: HashMap<ProxyId, SessionSlot>,
-    /// The latest view computed for each distinct `calls`, so that sessions
+    /// The latest view computed for each distinct key, so that sessions
     /// with equal views share one.
-    latest: HashMap<Calls, Arc<View>>,
+    latest: HashMap<ViewKey, Arc<View>>,
     snapshot_version: u64,
     dirty: bool,
     grace_over: bool,
@@ -127,6 +137,8 @@ struct State {
 pub struct Hub {
     store: Arc<dyn Store>,
     ca: Ca,
+    /// The CA's trust bundle, in every view.
+    trust_bundle: Arc<Vec<String>>,
     opts: Options,
     state: Mutex<State>,
     /// Serializes config writers (read-plan-commit), so commits never race.
@@ -178,6 +190,7 @@ impl Hub {
         };
         Ok(Arc::new(Hub {
             store,
+            trust_bundle: Arc::new(ca.trust_bundle()),
             ca,
             opts,
             state: Mutex::new(state),
@@ -223,7 +236,7 @@ impl Hub {
                 st.dirty = true;
             }
             if st.dirty {
-                publish(&mut st);
+                publish(&mut st, &self.trust_bundle);
             }
         }
     }
@@ -254,6 +267,7 @@ impl Hub {
         let held = running.is_some() && !st.grace_over;
         let (tx, rx) = watch::channel(None);
         let mut slot = SessionSlot {
+            service: service.to_string(),
             calls: calls.map(|c| c.into_iter().collect()),
             tx,
             last: None,
@@ -261,12 +275,22 @@ impl Hub {
         };
         let mut first = None;
         if !held {
-            let view = view::compute(&st.config, &st.registry, slot.calls.as_ref());
-            let view = match st.latest.get(&slot.calls) {
+            let view = view::compute(
+                &st.config,
+                &st.registry,
+                slot.calls.as_ref(),
+                service,
+                &self.trust_bundle,
+            );
+            let key: ViewKey = (
+                st.config.access_policy(service).map(|p| p.name.clone()),
+                slot.calls.clone(),
+            );
+            let view = match st.latest.get(&key) {
                 Some(v) if **v == view => v.clone(),
                 _ => {
                     let view = Arc::new(view);
-                    st.latest.insert(slot.calls.clone(), view.clone());
+                    st.latest.insert(key, view.clone());
                     view
                 }
             };
@@ -324,7 +348,7 @@ impl Hub {
     pub fn deregister(&self, id: ProxyId) {
         let mut st = lock(&self.state);
         if st.registry.deregister(id) {
-            publish(&mut st);
+            publish(&mut st, &self.trust_bundle);
         }
     }
 
@@ -504,10 +528,10 @@ fn next_version(st: &mut State) -> u64 {
 
 /// Sends a new snapshot to every session whose view changed.
 ///
-/// Work per distinct `calls`, not per session: each view is computed and
-/// encoded once, and compared once with each distinct view sessions were
-/// last sent.
-fn publish(st: &mut State) {
+/// Work per distinct [`ViewKey`], not per session: each view is computed
+/// and encoded once, and compared once with each distinct view sessions
+/// were last sent.
+fn publish(st: &mut State, trust_bundle: &Arc<Vec<String>>) {
     st.dirty = false;
     let version = next_version(st);
     let config_version = st.config_version;
@@ -518,37 +542,54 @@ fn publish(st: &mut State) {
         latest,
         ..
     } = st;
-    let mut views: HashMap<Calls, (Arc<View>, Option<Arc<Published>>)> = HashMap::new();
+    let config: &Config = config;
+    // The part of a session's view key that depends on its service.
+    let policy_of: HashMap<&str, &str> = config
+        .access_policies
+        .iter()
+        .map(|p| (p.service.as_str(), p.name.as_str()))
+        .collect();
+    // Keyed like `latest`, but borrowed, so a lookup per session clones
+    // nothing.
+    type Key<'a> = (Option<&'a str>, &'a Calls);
+    let mut views: HashMap<Key, (Arc<View>, Option<Arc<Published>>)> = HashMap::new();
     // Whether (last sent, new) are equal, by address. Both stay alive until
     // the end (`retired` keeps replaced ones), so addresses are not reused.
     let mut equal: HashMap<(*const View, *const View), bool> = HashMap::new();
     let mut retired: Vec<Arc<View>> = Vec::new();
     let mut sent = Vec::new();
     for (id, slot) in sessions.iter_mut() {
-        if slot.held {
+        let SessionSlot {
+            service,
+            calls,
+            tx,
+            last,
+            held,
+        } = slot;
+        if *held {
             continue;
         }
-        if !views.contains_key(&slot.calls) {
-            let view = view::compute(config, registry, slot.calls.as_ref());
-            let view = match latest.get(&slot.calls) {
+        let calls: &Calls = calls;
+        let key = (policy_of.get(service.as_str()).copied(), calls);
+        let (view, published) = views.entry(key).or_insert_with(|| {
+            let view = view::compute(config, registry, calls.as_ref(), service, trust_bundle);
+            let owned: ViewKey = (key.0.map(str::to_string), calls.clone());
+            let view = match latest.get(&owned) {
                 Some(v) if **v == view => v.clone(),
                 _ => Arc::new(view),
             };
-            views.insert(slot.calls.clone(), (view, None));
-        }
-        let Some((view, published)) = views.get_mut(&slot.calls) else {
-            continue;
-        };
-        if let Some(last) = &slot.last {
-            if Arc::ptr_eq(last, view) {
+            (view, None)
+        });
+        if let Some(prev) = &*last {
+            if Arc::ptr_eq(prev, view) {
                 continue;
             }
             let same = *equal
-                .entry((Arc::as_ptr(last), Arc::as_ptr(view)))
-                .or_insert_with(|| **last == **view);
+                .entry((Arc::as_ptr(prev), Arc::as_ptr(view)))
+                .or_insert_with(|| **prev == **view);
             if same {
                 // Share the new one; nothing to send.
-                if let Some(old) = slot.last.replace(view.clone()) {
+                if let Some(old) = last.replace(view.clone()) {
                     retired.push(old);
                 }
                 continue;
@@ -557,17 +598,17 @@ fn publish(st: &mut State) {
         let published = published.get_or_insert_with(|| {
             Arc::new(Published::new(view.snapshot(version, config_version)))
         });
-        let _ = slot.tx.send(Some(published.clone()));
-        if let Some(old) = slot.last.replace(view.clone()) {
+        let _ = tx.send(Some(published.clone()));
+        if let Some(old) = last.replace(view.clone()) {
             retired.push(old);
         }
         sent.push(*id);
     }
     drop(retired);
-    // Only `calls` some session has: a departed session's view goes.
+    // Only keys some session has: a departed session's view goes.
     *latest = views
         .into_iter()
-        .map(|(calls, (view, _))| (calls, view))
+        .map(|((policy, calls), (view, _))| ((policy.map(str::to_string), calls.clone()), view))
         .collect();
     for id in &sent {
         registry.sent(*id, version, config_version);

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use clap::Parser;
 use coremesh_control::hub::{Hub, Options};
@@ -43,6 +43,50 @@ struct Args {
     /// Lifetime of the certificates issued to proxies.
     #[arg(long, default_value = "24h", value_parser = duration)]
     cert_lifetime: Duration,
+    /// Issue from this CA instead of the data directory's: a PEM file with
+    /// the CA (root or intermediate) first, then its issuers up to the root.
+    /// The last certificate is what proxies trust. Needs --ca-key.
+    #[arg(long, value_name = "FILE", requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+    /// The private key (PKCS#8 PEM) of the first certificate of --ca-cert.
+    #[arg(long, value_name = "FILE", requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
+    /// More root certificates (PEM, one or more per file) for proxies and
+    /// control to trust, during a root rotation; repeatable.
+    #[arg(long, value_name = "FILE")]
+    extra_roots: Vec<PathBuf>,
+}
+
+/// The CA: the operator's (--ca-cert/--ca-key) or the data directory's,
+/// plus --extra-roots.
+fn load_ca(args: &Args, dir: &datadir::DataDir) -> Result<ca::Ca, Error> {
+    let now = SystemTime::now();
+    let mut ca = match (&args.ca_cert, &args.ca_key, &dir.ca) {
+        (Some(cert), Some(key), _) => ca::Ca::load_files(cert, key, &args.trust_domain)?,
+        (_, _, Some((cert_pem, key_pem))) => ca::Ca::from_pem(
+            &dir.path.join(datadir::CA_CERT).display().to_string(),
+            cert_pem,
+            &dir.path.join(datadir::CA_KEY).display().to_string(),
+            key_pem,
+            &args.trust_domain,
+            now,
+        )?,
+        _ => return Err(Error::internal("no CA: pass --ca-cert and --ca-key")),
+    };
+    for path in &args.extra_roots {
+        let added = ca.add_extra_roots_file(path, now)?;
+        tracing::info!(file = %path.display(), added, "extra roots in the trust bundle");
+    }
+    let left = ca
+        .not_after()
+        .saturating_sub(coremesh_control::unix_secs(now));
+    if left < 30 * 24 * 3600 {
+        tracing::warn!(
+            days_left = left / 86_400,
+            "the CA expires soon; certificates issued now end with it"
+        );
+    }
+    Ok(ca)
 }
 
 fn main() -> ExitCode {
@@ -77,7 +121,7 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<(), Error> {
     let started = Instant::now();
-    let dir = datadir::open(&args.data_dir, &args.trust_domain)?;
+    let dir = datadir::open(&args.data_dir, &args.trust_domain, args.ca_cert.is_none())?;
     for path in &dir.created {
         println!("created {}", path.display());
     }
@@ -85,9 +129,13 @@ async fn run(args: Args) -> Result<(), Error> {
         "operator credential: {}",
         dir.path.join(datadir::CREDENTIAL).display()
     );
+    let ca = load_ca(&args, &dir)?;
     println!(
         "CA certificate: {}",
-        dir.path.join(datadir::CA_CERT).display()
+        args.ca_cert
+            .clone()
+            .unwrap_or_else(|| dir.path.join(datadir::CA_CERT))
+            .display()
     );
     let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.store_path())?);
     // The store holds token hashes and the history: not for other users.
@@ -96,7 +144,6 @@ async fn run(args: Args) -> Result<(), Error> {
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
     )
     .map_err(|e| Error::internal(format!("{}: chmod 0600: {e}", dir.store_path().display())))?;
-    let ca = ca::Ca::load(&dir.ca_cert_pem, &dir.ca_key_pem, &args.trust_domain)?;
     let opts = Options {
         heartbeat_timeout: args.heartbeat_timeout,
         grace: args.grace,
@@ -118,6 +165,7 @@ async fn run(args: Args) -> Result<(), Error> {
     tracing::info!(
         config_version = version,
         ca_fingerprint = hub.ca().fingerprint(),
+        trust_bundle = hub.ca().roots().len(),
         trust_domain = %args.trust_domain,
         grace = ?args.grace,
         "control started"

@@ -1,9 +1,11 @@
 //! The QUIC server proxies connect to (ALPN [`coremesh_api::wire::ALPN`]).
 //!
-//! TLS: control presents a certificate from its own CA. Client
-//! certificates are optional at the TLS layer (a joining proxy has none
-//! yet), but one that is presented must chain to the CA; the service a
-//! session may act for is read from its SPIFFE ID, never from what it says.
+//! TLS: control presents a certificate from its CA (leaf, intermediates,
+//! anchor). Client certificates are optional at the TLS layer (a joining
+//! proxy has none yet), but one that is presented must chain to the trust
+//! bundle (the CA's anchor, or an extra root during a rotation); the service
+//! a session may act for is read from its SPIFFE ID, never from what it
+//! says.
 //!
 //! Each connection carries one bidirectional stream, opened by the proxy,
 //! framed with [`coremesh_api::wire`] (length prefix, JSON, [`MAX_FRAME`]).
@@ -41,7 +43,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::server::WebPkiClientVerifier;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::ca::{peer_identity, PeerIdentity};
+use crate::ca::{peer_identity, Ca, PeerIdentity};
 use crate::hub::{Hub, JoinError, Published};
 use crate::Error;
 
@@ -51,27 +53,37 @@ const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait for the peer to read a last message before closing.
 const LINGER: Duration = Duration::from_secs(2);
 
-/// The QUIC server configuration: control's certificate for `listen_ip`,
-/// optional client certificates verified against the CA, ALPN, TLS 1.3.
-pub fn server_config(hub: &Hub, listen_ip: IpAddr) -> Result<quinn::ServerConfig, Error> {
-    let tls_err = |e: &dyn std::fmt::Display| Error::internal(format!("TLS setup: {e}"));
+fn tls_err(e: &dyn std::fmt::Display) -> Error {
+    Error::internal(format!("TLS setup: {e}"))
+}
+
+/// Control's TLS server configuration: its certificate chain for
+/// `listen_ip`, optional client certificates verified against the trust
+/// bundle, ALPN, TLS 1.3.
+pub fn tls_config(ca: &Ca, listen_ip: IpAddr) -> Result<rustls::ServerConfig, Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(hub.ca().cert_der().clone())
-        .map_err(|e| tls_err(&e))?;
+    for root in ca.roots() {
+        roots.add(root).map_err(|e| tls_err(&e))?;
+    }
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .allow_unauthenticated()
         .build()
         .map_err(|e| tls_err(&e))?;
-    let (cert, key) = hub.ca().server_cert(listen_ip, SystemTime::now())?;
+    let (chain, key) = ca.server_cert(listen_ip, SystemTime::now())?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| tls_err(&e))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![cert, hub.ca().cert_der().clone()], key)
+        .with_single_cert(chain, key)
         .map_err(|e| tls_err(&e))?;
     tls.alpn_protocols = vec![wire::ALPN.to_vec()];
+    Ok(tls)
+}
+
+/// The QUIC server configuration: [`tls_config`] and the transport.
+pub fn server_config(hub: &Hub, listen_ip: IpAddr) -> Result<quinn::ServerConfig, Error> {
+    let tls = tls_config(hub.ca(), listen_ip)?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| tls_err(&e))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
@@ -329,7 +341,9 @@ async fn join(reader: &mut Reader, writer: &mut Writer, hub: &Arc<Hub>) -> Resul
             writer
                 .send(&ControlMsg::Joined {
                     cert_pem: j.cert.cert_pem,
-                    ca_pem: hub.ca().cert_pem().to_string(),
+                    // Anchor first: the proxy checks it against the
+                    // token's fingerprint.
+                    ca_pem: hub.ca().trust_bundle_pem(),
                     spiffe_id: j.spiffe_id,
                 })
                 .await

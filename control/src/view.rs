@@ -1,11 +1,14 @@
 //! What one proxy sees: the services it may call with their endpoints, and
-//! their routes. A pure function of the config, the registry and the
-//! proxy's `calls`; the hub turns a view into a versioned
-//! [`Snapshot`] and sends it only when it differs from the last one sent.
+//! their routes; the AccessPolicy of its own service and the mesh's default
+//! access; the trust bundle. A pure function of the config, the registry,
+//! the proxy's `calls` and its service; the hub turns a view into a
+//! versioned [`Snapshot`] and sends it only when it differs from the last
+//! one sent.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
-use coremesh_api::resource::{Protocol, Route};
+use coremesh_api::resource::{Access, AccessPolicy, Protocol, Route};
 use coremesh_api::snapshot::{ServiceEndpoints, Snapshot};
 
 use crate::config::Config;
@@ -16,6 +19,12 @@ use crate::registry::Registry;
 pub struct View {
     pub services: Vec<ServiceEndpoints>,
     pub routes: Vec<Route>,
+    /// The proxy's own service's policy: two proxies share a view only if
+    /// they share this (see the hub's view key).
+    pub access_policy: Option<AccessPolicy>,
+    pub default_access: Access,
+    /// The same for every proxy (control's CA and extra roots), shared.
+    pub trust_bundle: Arc<Vec<String>>,
 }
 
 impl View {
@@ -25,15 +34,25 @@ impl View {
             config_version,
             services: self.services.clone(),
             routes: self.routes.clone(),
+            access_policy: self.access_policy.clone(),
+            default_access: self.default_access,
+            trust_bundle: self.trust_bundle.to_vec(),
         }
     }
 }
 
 /// Every service of the config plus every service with registered
 /// endpoints, restricted to `calls` when given; each with its endpoints
-/// (healthy ones, or all when none is: see [`Registry::endpoints_of`]); and
-/// the routes of those services.
-pub fn compute(config: &Config, registry: &Registry, calls: Option<&BTreeSet<String>>) -> View {
+/// (healthy ones, or all when none is: see [`Registry::endpoints_of`]); the
+/// routes of those services; the AccessPolicy of `service` (the proxy's
+/// own) and no other; the mesh's default access; and `trust_bundle`.
+pub fn compute(
+    config: &Config,
+    registry: &Registry,
+    calls: Option<&BTreeSet<String>>,
+    service: &str,
+    trust_bundle: &Arc<Vec<String>>,
+) -> View {
     let mut names: BTreeMap<&str, Protocol> = BTreeMap::new();
     for s in &config.services {
         names.insert(&s.name, s.protocol);
@@ -60,7 +79,13 @@ pub fn compute(config: &Config, registry: &Registry, calls: Option<&BTreeSet<Str
         .filter(|r| services.iter().any(|s| s.name == r.service))
         .cloned()
         .collect();
-    View { services, routes }
+    View {
+        services,
+        routes,
+        access_policy: config.access_policy(service).cloned(),
+        default_access: config.default_access(),
+        trust_bundle: trust_bundle.clone(),
+    }
 }
 
 #[cfg(test)]
@@ -90,7 +115,12 @@ mod tests {
                     }],
                 }],
             }],
+            ..Config::default()
         }
+    }
+
+    fn bundle() -> Arc<Vec<String>> {
+        Arc::new(vec!["ROOT".to_string()])
     }
 
     #[test]
@@ -114,7 +144,7 @@ mod tests {
         );
         reg.health(p1, false, now, wall);
 
-        let v = compute(&config(), &reg, None);
+        let v = compute(&config(), &reg, None, "web", &bundle());
         let names: Vec<&str> = v.services.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["api", "cache", "db"]);
         let api = &v.services[0];
@@ -125,13 +155,49 @@ mod tests {
         assert_eq!(v.routes.len(), 1);
 
         reg.health(p2, false, now, wall);
-        let v = compute(&config(), &reg, None);
+        let v = compute(&config(), &reg, None, "web", &bundle());
         assert_eq!(v.services[0].endpoints.len(), 2, "fail open");
 
         let calls: BTreeSet<String> = ["db".to_string()].into();
-        let v = compute(&config(), &reg, Some(&calls));
+        let v = compute(&config(), &reg, Some(&calls), "web", &bundle());
         assert_eq!(v.services.len(), 1);
         assert_eq!(v.services[0].name, "db");
         assert!(v.routes.is_empty(), "api's route is not db's business");
+    }
+
+    #[test]
+    fn a_proxy_sees_only_its_own_access_policy() {
+        use coremesh_api::resource::{AccessRule, MeshConfig};
+        let reg = Registry::new(Duration::from_secs(15), Instant::now());
+        let mut c = config();
+        c.access_policies = vec![AccessPolicy {
+            name: "api-access".into(),
+            service: "api".into(),
+            default: Access::Deny,
+            rules: vec![AccessRule {
+                from: vec!["web".into()],
+                methods: vec![],
+                path: None,
+                path_prefix: None,
+            }],
+        }];
+        let api = compute(&c, &reg, None, "api", &bundle());
+        assert_eq!(api.access_policy.as_ref().unwrap().name, "api-access");
+        assert_eq!(api.default_access, Access::Allow);
+        let web = compute(&c, &reg, None, "web", &bundle());
+        assert_eq!(web.access_policy, None, "web must not learn api's policy");
+        assert_ne!(api, web);
+
+        c.mesh = Some(MeshConfig {
+            name: "mesh".into(),
+            default_access: Access::Deny,
+        });
+        let web = compute(&c, &reg, None, "web", &bundle());
+        assert_eq!(web.default_access, Access::Deny);
+        let s = web.snapshot(7, 3);
+        assert_eq!((s.version, s.config_version), (7, 3));
+        assert_eq!(s.default_access, Access::Deny);
+        assert_eq!(s.trust_bundle, ["ROOT"]);
+        assert_eq!(s.access_policy, None);
     }
 }

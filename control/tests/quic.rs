@@ -2,7 +2,10 @@
 //! token, then a mutual-TLS session (Hello, Welcome, Snapshot, Ack,
 //! Register, Health, Renew, Nack, Deregister), and the refusals: used,
 //! revoked and unknown tokens, a certificate for one service acting as
-//! another, malformed frames.
+//! another, malformed frames. Also what a session learns about access
+//! control (its own service's AccessPolicy only, the mesh default, the trust
+//! bundle), and control running on an operator's intermediate CA with an
+//! extra root.
 
 mod common;
 
@@ -31,13 +34,26 @@ struct Identity {
     cert_pem: String,
 }
 
+/// The data directory's CA, which a test proxy trusts by default.
+fn ca_pem(control: &Control) -> String {
+    std::fs::read_to_string(control.data_dir().join("ca.pem")).unwrap()
+}
+
 impl Conn {
     async fn open(control: &Control, identity: Option<&Identity>) -> Conn {
-        let ca_pem = std::fs::read(control.data_dir().join("ca.pem")).unwrap();
+        Conn::open_trusting(control, identity, &ca_pem(control)).await
+    }
+
+    /// Verifies control against `roots_pem`; presents the whole chain.
+    async fn open_trusting(
+        control: &Control,
+        identity: Option<&Identity>,
+        roots_pem: &str,
+    ) -> Conn {
         let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_slice(&ca_pem).unwrap())
-            .unwrap();
+        for root in CertificateDer::pem_slice_iter(roots_pem.as_bytes()) {
+            roots.add(root.unwrap()).unwrap();
+        }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -47,7 +63,9 @@ impl Conn {
             None => builder.with_no_client_auth(),
             Some(id) => builder
                 .with_client_auth_cert(
-                    vec![CertificateDer::from_pem_slice(id.cert_pem.as_bytes()).unwrap()],
+                    CertificateDer::pem_slice_iter(id.cert_pem.as_bytes())
+                        .collect::<Result<Vec<_>, _>>()
+                        .unwrap(),
                     PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(id.key.serialize_der())),
                 )
                 .unwrap(),
@@ -124,8 +142,20 @@ fn csr(key: &KeyPair) -> String {
 }
 
 async fn join(control: &Control, token: &str) -> Result<(Identity, String), (ErrorCode, String)> {
+    join_trusting(control, token, &ca_pem(control))
+        .await
+        .map(|(id, spiffe, _)| (id, spiffe))
+}
+
+/// A join verifying control against `roots_pem`; also the CA PEM control
+/// sent.
+async fn join_trusting(
+    control: &Control,
+    token: &str,
+    roots_pem: &str,
+) -> Result<(Identity, String, String), (ErrorCode, String)> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut c = Conn::open(control, None).await;
+    let mut c = Conn::open_trusting(control, None, roots_pem).await;
     c.send(&ProxyMsg::Join {
         protocol: PROTOCOL_VERSION,
         token: token.to_string(),
@@ -140,7 +170,7 @@ async fn join(control: &Control, token: &str) -> Result<(Identity, String), (Err
             spiffe_id,
         }) => {
             assert!(ca_pem.contains("BEGIN CERTIFICATE"));
-            Ok((Identity { key, cert_pem }, spiffe_id))
+            Ok((Identity { key, cert_pem }, spiffe_id, ca_pem))
         }
         Some(ControlMsg::Error { code, message }) => Err((code, message)),
         other => panic!("unexpected answer to join: {other:?}"),
@@ -165,7 +195,17 @@ fn hello(service: &str, node: &str) -> ProxyMsg {
 }
 
 async fn session(control: &Control, id: &Identity, service: &str, node: &str) -> (Conn, Snapshot) {
-    let mut c = Conn::open(control, Some(id)).await;
+    session_trusting(control, id, service, node, &ca_pem(control)).await
+}
+
+async fn session_trusting(
+    control: &Control,
+    id: &Identity,
+    service: &str,
+    node: &str,
+    roots_pem: &str,
+) -> (Conn, Snapshot) {
+    let mut c = Conn::open_trusting(control, Some(id), roots_pem).await;
     c.send(&hello(service, node)).await;
     match c.recv().await {
         Some(ControlMsg::Welcome {
@@ -446,6 +486,242 @@ async fn reconnecting_proxy_is_held_during_grace() {
         "no snapshot before the grace period ends"
     );
     assert!(snap.version > 7);
+    drop(control);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+const ACCESS: &str = r#"
+kind: Service
+name: api
+---
+kind: Service
+name: web
+---
+kind: AccessPolicy
+name: api-access
+service: api
+default: deny
+rules:
+  - from: [web]
+    methods: [GET, POST]
+    pathPrefix: /v1/
+---
+kind: MeshConfig
+name: mesh
+defaultAccess: deny
+"#;
+
+/// Whether a snapshot arrives within `wait`.
+async fn snapshot_within(c: &mut Conn, wait: Duration) -> Option<Snapshot> {
+    let fut = async {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            if let Some(m) = c.dec.next::<ControlMsg>().unwrap() {
+                match m {
+                    ControlMsg::Snapshot(s) => return s,
+                    other => panic!("expected a snapshot, got {other:?}"),
+                }
+            }
+            match c.recv.read(&mut buf).await {
+                Ok(Some(n)) => c.dec.push(&buf[..n]),
+                Ok(None) | Err(_) => panic!("stream ended"),
+            }
+        }
+    };
+    tokio::time::timeout(wait, fut).await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_proxy_gets_only_its_own_access_policy() {
+    let dir = temp_dir("access");
+    std::fs::create_dir_all(&dir).unwrap();
+    let control = Control::start(&dir, &["--grace", "0s"]);
+    let out = control.meshctl_stdin(&["apply", "-f", "-"], Some(ACCESS));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ca = ca_pem(&control);
+
+    let (api, _) = join(&control, &token(&control, "api")).await.unwrap();
+    let (web, _) = join(&control, &token(&control, "web")).await.unwrap();
+    let (mut api_conn, api_snap) = session(&control, &api, "api", "node-a").await;
+    let (mut web_conn, web_snap) = session(&control, &web, "web", "node-b").await;
+    let policy = api_snap.access_policy.as_ref().expect("api's own policy");
+    assert_eq!(policy.name, "api-access");
+    assert_eq!(policy.rules[0].from, ["web"]);
+    assert_eq!(
+        web_snap.access_policy, None,
+        "web must not see api's policy"
+    );
+    for s in [&api_snap, &web_snap] {
+        assert_eq!(s.default_access, coremesh_api::resource::Access::Deny);
+        assert_eq!(s.trust_bundle.len(), 1);
+        assert_eq!(
+            CertificateDer::from_pem_slice(s.trust_bundle[0].as_bytes()).unwrap(),
+            CertificateDer::from_pem_slice(ca.as_bytes()).unwrap()
+        );
+    }
+
+    // A change to api's policy reaches api; web's view did not change, so
+    // web is sent nothing.
+    let looser = ACCESS.replace("default: deny", "default: allow");
+    assert!(control
+        .meshctl_stdin(&["apply", "-f", "-"], Some(&looser))
+        .status
+        .success());
+    let s = snapshot_within(&mut api_conn, Duration::from_secs(5))
+        .await
+        .expect("api gets its new policy");
+    assert_eq!(
+        s.access_policy.unwrap().default,
+        coremesh_api::resource::Access::Allow
+    );
+    assert!(snapshot_within(&mut web_conn, Duration::from_millis(700))
+        .await
+        .is_none());
+
+    // The mesh default reaches everyone.
+    assert!(control
+        .ok(&["delete", "meshconfig", "mesh"])
+        .contains("meshconfig/mesh"));
+    for c in [&mut api_conn, &mut web_conn] {
+        let s = snapshot_within(c, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(s.default_access, coremesh_api::resource::Access::Allow);
+    }
+
+    // meshctl lists and deletes them.
+    let table = control.ok(&["get", "accesspolicies"]);
+    assert!(
+        table.contains("AccessPolicy") && table.contains("service api, 1 rule(s), default allow"),
+        "{table}"
+    );
+    assert!(control
+        .ok(&["get", "meshconfig"])
+        .contains("no MeshConfig applied"));
+    let yaml = control.ok(&["get", "accesspolicy", "-o", "yaml"]);
+    assert!(
+        yaml.contains("kind: AccessPolicy") && yaml.contains("pathPrefix: /v1/"),
+        "{yaml}"
+    );
+    let out = control.meshctl(&["delete", "service", "api"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("accesspolicy/api-access"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    control.ok(&["delete", "accesspolicy", "api-access"]);
+    let s = snapshot_within(&mut api_conn, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(s.access_policy, None);
+    let history = control.ok(&["history"]);
+    assert!(
+        history.contains("delete accesspolicy/api-access"),
+        "{history}"
+    );
+    drop(control);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A root and an intermediate it issued: (root PEM, intermediate PEM,
+/// intermediate key PEM).
+fn operator_pki(name: &str) -> (String, String, String) {
+    use rcgen::{BasicConstraints, DnType, IsCa, Issuer, KeyUsagePurpose};
+    let ca = |cn: &str, path_len: u8| {
+        let mut p = CertificateParams::default();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        p
+    };
+    let root_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let root_params = ca(&format!("{name} root"), 1);
+    let root = root_params.self_signed(&root_key).unwrap();
+    let issuer = Issuer::new(root_params, root_key);
+    let int_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let int = ca(&format!("{name} intermediate"), 0)
+        .signed_by(&int_key, &issuer)
+        .unwrap();
+    (root.pem(), int.pem(), int_key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_intermediate_ca_with_an_extra_root() {
+    let dir = temp_dir("operator-ca");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (root, int, int_key) = operator_pki("operator");
+    let (other_root, _, _) = operator_pki("next");
+    let file = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let ca_cert = file("ca.pem", &format!("{int}{root}"));
+    let ca_key = file("ca.key", &int_key);
+    let extra = file("next-root.pem", &other_root);
+
+    // A file that is not a CA is refused at start, naming it.
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_coremesh-control"))
+        .arg("--data-dir")
+        .arg(dir.join("bad-data"))
+        .args(["--ca-cert", &ca_key, "--ca-key", &ca_key])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains(&format!("{ca_key}: holds no certificate")),
+        "{stderr}"
+    );
+
+    let control = Control::start(
+        &dir,
+        &[
+            "--grace",
+            "0s",
+            "--ca-cert",
+            &ca_cert,
+            "--ca-key",
+            &ca_key,
+            "--extra-roots",
+            &extra,
+        ],
+    );
+    assert!(!control.data_dir().join("ca.pem").exists());
+    assert!(control
+        .meshctl_stdin(&["apply", "-f", "-"], Some(ACCESS))
+        .status
+        .success());
+    // The token pins the root; a proxy trusting only the root joins.
+    let token = token(&control, "api");
+    let root_der = CertificateDer::from_pem_slice(root.as_bytes()).unwrap();
+    assert!(token.ends_with(&coremesh_api::token::fingerprint_hex(&root_der)));
+    let (api, _, ca_sent) = join_trusting(&control, &token, &root).await.unwrap();
+    let sent: Vec<_> = CertificateDer::pem_slice_iter(ca_sent.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let other_der = CertificateDer::from_pem_slice(other_root.as_bytes()).unwrap();
+    assert_eq!(sent, [root_der.clone(), other_der.clone()], "anchor first");
+    // Its certificate comes with the intermediate, and a session presenting
+    // that chain is accepted.
+    let chain: Vec<_> = CertificateDer::pem_slice_iter(api.cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(chain.len(), 2);
+    assert_eq!(
+        chain[1],
+        CertificateDer::from_pem_slice(int.as_bytes()).unwrap()
+    );
+    let (_conn, snap) = session_trusting(&control, &api, "api", "node-a", &root).await;
+    let bundle: Vec<_> = snap
+        .trust_bundle
+        .iter()
+        .map(|p| CertificateDer::from_pem_slice(p.as_bytes()).unwrap())
+        .collect();
+    assert_eq!(bundle, [root_der, other_der]);
     drop(control);
     let _ = std::fs::remove_dir_all(&dir);
 }

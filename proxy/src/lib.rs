@@ -20,6 +20,7 @@
 pub mod accesslog;
 pub mod admin;
 pub mod agent;
+pub mod authz;
 pub mod buf;
 pub mod config;
 pub mod conn;

@@ -16,6 +16,8 @@ pub const API_VERSION: &str = "coremesh/v1";
 pub enum Resource {
     Service(Service),
     Route(Route),
+    AccessPolicy(AccessPolicy),
+    MeshConfig(MeshConfig),
 }
 
 /// `kind: Service`.
@@ -130,6 +132,87 @@ fn default_weight() -> u32 {
     1
 }
 
+/// `kind: AccessPolicy`: who may call `service`. The inbound proxy of
+/// `service` checks every request against it: the first rule whose `from`,
+/// `methods` and path all match allows the request; when none matches,
+/// `default` decides. At most one AccessPolicy per service; a service
+/// without one follows the [`MeshConfig`]'s `defaultAccess`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessPolicy {
+    pub name: String,
+    /// The service whose inbound requests this policy governs.
+    pub service: String,
+    /// What happens to a request no rule allows; absent: `deny` (a policy
+    /// lists who may call).
+    #[serde(default = "Access::deny")]
+    pub default: Access,
+    /// Tried in order; the first that matches allows the request.
+    #[serde(default)]
+    pub rules: Vec<AccessRule>,
+}
+
+/// One allow rule of an [`AccessPolicy`]; all present conditions must hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessRule {
+    /// Callers: service names (`web`, meaning
+    /// `spiffe://<trust domain>/service/web` in the mesh's trust domain),
+    /// full SPIFFE IDs (`spiffe://td/service/web`), or `*` for any
+    /// authenticated caller. At least one.
+    pub from: Vec<String>,
+    /// Methods (uppercase, compared exactly); absent or empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Exact path (without the query); absent: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Path prefix, segment-agnostic (`/v1` matches `/v1/x` and `/v1x`);
+    /// absent: any. At most one of `path` and `pathPrefix`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+}
+
+/// Allow or deny: an [`AccessPolicy`]'s `default` and the mesh's
+/// `defaultAccess`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    #[default]
+    Allow,
+    Deny,
+}
+
+impl Access {
+    /// The default of [`AccessPolicy::default`].
+    pub fn deny() -> Access {
+        Access::Deny
+    }
+
+    /// `allow` or `deny`, as written in YAML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Allow => "allow",
+            Access::Deny => "deny",
+        }
+    }
+}
+
+/// The name of the one [`MeshConfig`] (as Consul's `kind: mesh` entry).
+pub const MESH_CONFIG_NAME: &str = "mesh";
+
+/// `kind: MeshConfig`: settings for the whole mesh. There is one, named
+/// [`MESH_CONFIG_NAME`]; without it every field has its default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshConfig {
+    pub name: String,
+    /// What a service without an AccessPolicy does with a request from an
+    /// authenticated mesh identity; default `allow`.
+    #[serde(default)]
+    pub default_access: Access,
+}
+
 /// Durations as strings: `500ms`, `2s`, `1m`, `1h`.
 pub mod opt_duration {
     use super::*;
@@ -202,18 +285,47 @@ rules:                    # first match wins
       - { subset: { version: v2 }, weight: 10 }
 "#;
 
+/// The AccessPolicy example of issue 5, verbatim, its service, and a
+/// MeshConfig.
+#[cfg(test)]
+pub(crate) const ACCESS_EXAMPLE: &str = r#"kind: Service
+name: api
+---
+kind: AccessPolicy
+name: api-access
+service: api
+default: deny              # allow | deny
+rules:
+  - from: [web]            # caller services, or full SPIFFE IDs
+    methods: [GET, POST]
+    pathPrefix: /v1/
+---
+kind: MeshConfig
+name: mesh
+defaultAccess: deny
+"#;
+
 mod parse;
 mod validation;
 
 pub use parse::{parse_documents, to_yaml};
-pub use validation::{validate, validate_set, MAX_NAME_LEN, MAX_RETRY_ATTEMPTS, MAX_WEIGHT};
+pub use validation::{
+    check_spiffe_id, check_trust_domain, validate, validate_set, MAX_NAME_LEN, MAX_RETRY_ATTEMPTS,
+    MAX_WEIGHT,
+};
+
+/// Every kind, as written in YAML.
+pub const KINDS: [&str; 4] = ["Service", "Route", "AccessPolicy", "MeshConfig"];
 
 impl Resource {
-    /// The kind as written in YAML: `Service`, `Route`.
+    /// The kind as written in YAML: `Service`, `Route`, `AccessPolicy`,
+    /// `MeshConfig`.
     pub fn kind(&self) -> &'static str {
         match self {
             Resource::Service(_) => "Service",
             Resource::Route(_) => "Route",
+            Resource::AccessPolicy(_) => "AccessPolicy",
+            Resource::MeshConfig(_) => "MeshConfig",
         }
     }
 
@@ -221,10 +333,13 @@ impl Resource {
         match self {
             Resource::Service(s) => &s.name,
             Resource::Route(r) => &r.name,
+            Resource::AccessPolicy(p) => &p.name,
+            Resource::MeshConfig(m) => &m.name,
         }
     }
 
-    /// `service/api`, `route/api-canary`: how meshctl and the history name it.
+    /// `service/api`, `route/api-canary`, `accesspolicy/api-access`,
+    /// `meshconfig/mesh`: how meshctl and the history name it.
     pub fn kind_name(&self) -> String {
         format!("{}/{}", self.kind().to_ascii_lowercase(), self.name())
     }

@@ -5,11 +5,15 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::resource::{Protocol, Route};
+use crate::resource::{Access, AccessPolicy, Protocol, Route};
 
 /// A full snapshot for one proxy. Snapshots are never deltas: a proxy that
 /// applies one has everything it needs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Fields added after the first release have `#[serde(default)]`, so a
+/// snapshot from an older control still reads (and an older proxy ignores
+/// what it does not know).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
     /// Increases with every change control makes (config or endpoints),
     /// also across control restarts. Proxies ACK or NACK it.
@@ -21,6 +25,20 @@ pub struct Snapshot {
     /// The Routes of those services.
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// The AccessPolicy of this proxy's own service, if it has one. Only
+    /// its own: a proxy never learns another service's policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_policy: Option<AccessPolicy>,
+    /// What the inbound side does without an AccessPolicy: the
+    /// MeshConfig's `defaultAccess` (allow when there is none).
+    #[serde(default)]
+    pub default_access: Access,
+    /// The CA certificates (PEM, one certificate each) whose peer
+    /// certificates this proxy trusts, on the data plane and for control:
+    /// control's CA first, then extra roots during a rotation. Empty from an
+    /// older control: keep the CA from the join.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trust_bundle: Vec<String>,
 }
 
 /// A service and its current endpoints. Unhealthy endpoints are left out,

@@ -281,9 +281,16 @@ mod tests {
             .into_iter()
             .filter_map(|r| match r {
                 Resource::Route(r) => Some(r),
-                Resource::Service(_) => None,
+                _ => None,
             })
             .collect();
+        let access_policy = parse_documents(crate::resource::ACCESS_EXAMPLE)
+            .unwrap()
+            .into_iter()
+            .find_map(|r| match r {
+                Resource::AccessPolicy(p) => Some(p),
+                _ => None,
+            });
         vec![
             ControlMsg::Joined {
                 cert_pem: "cert".into(),
@@ -308,6 +315,9 @@ mod tests {
                     }],
                 }],
                 routes,
+                access_policy,
+                default_access: crate::resource::Access::Deny,
+                trust_bundle: vec!["root 1".into(), "root 2".into()],
             }),
             ControlMsg::Renewed {
                 cert_pem: "cert2".into(),
@@ -435,5 +445,20 @@ mod tests {
             panic!("not a hello")
         };
         assert_eq!((version, calls), (None, None));
+
+        // An older control's snapshot, without policy or trust bundle.
+        let mut bytes = Vec::new();
+        encode(
+            &serde_json::json!({"type": "snapshot", "version": 2, "config_version": 1, "services": []}),
+            &mut bytes,
+        )
+        .unwrap();
+        dec.push(&bytes);
+        let Some(ControlMsg::Snapshot(s)) = dec.next().unwrap() else {
+            panic!("not a snapshot")
+        };
+        assert_eq!(s.access_policy, None);
+        assert_eq!(s.default_access, crate::resource::Access::Allow);
+        assert!(s.trust_bundle.is_empty() && s.routes.is_empty());
     }
 }

@@ -56,7 +56,8 @@ enum Cmd {
         #[arg(short = 'o', long, default_value = "table")]
         output: Output,
     },
-    /// Delete a resource: `meshctl delete route api-canary`.
+    /// Delete a resource: `meshctl delete route api-canary`; kinds: service,
+    /// route, accesspolicy, meshconfig.
     Delete { kind: String, name: String },
     /// Every proxy: service, node, address, applied version, ACK/NACK, heartbeat, certificate.
     Status,
@@ -97,6 +98,10 @@ enum TokenCmd {
 enum What {
     Services,
     Routes,
+    #[value(name = "accesspolicies", alias = "accesspolicy")]
+    AccessPolicies,
+    #[value(name = "meshconfig")]
+    MeshConfig,
     Proxies,
     Endpoints,
 }
@@ -242,13 +247,19 @@ fn run(cli: Cli) -> Result<(), Fail> {
         }
         Cmd::Get { what, output } => get(&api, what, output)?,
         Cmd::Delete { kind, name } => {
-            let plural = match kind.to_ascii_lowercase().as_str() {
-                "service" | "services" | "svc" => "services",
-                "route" | "routes" => "routes",
-                other => {
+            let plural = match coremesh_control::config::kind_of(&kind) {
+                Some("service") => "services",
+                Some("route") => "routes",
+                Some("accesspolicy") => "accesspolicies",
+                Some(_) => "meshconfig",
+                None => {
                     return Err(Fail(
                         1,
-                        format!("unknown kind {other:?}: use service or route"),
+                        format!(
+                            "unknown kind {:?}: use {}",
+                            kind.to_ascii_lowercase(),
+                            coremesh_control::config::DELETE_KINDS
+                        ),
                     ))
                 }
             };
@@ -292,6 +303,8 @@ fn get(api: &Api, what: What, output: Output) -> Result<(), Fail> {
     let path = match what {
         What::Services => "/v1/services",
         What::Routes => "/v1/routes",
+        What::AccessPolicies => "/v1/accesspolicies",
+        What::MeshConfig => "/v1/meshconfig",
         What::Proxies => "/v1/proxies",
         What::Endpoints => "/v1/endpoints",
     };
@@ -306,7 +319,7 @@ fn get(api: &Api, what: What, output: Output) -> Result<(), Fail> {
         }
         Output::Yaml => {
             let text = match what {
-                What::Services | What::Routes => {
+                What::Services | What::Routes | What::AccessPolicies | What::MeshConfig => {
                     let rs: Vec<Resource> = serde_json::from_value(value)
                         .map_err(|e| Fail(2, format!("unexpected answer: {e}")))?;
                     resource::to_yaml(&rs)
@@ -320,14 +333,27 @@ fn get(api: &Api, what: What, output: Output) -> Result<(), Fail> {
     }
     let bad = |e: serde_json::Error| Fail(2, format!("unexpected answer: {e}"));
     match what {
-        What::Services | What::Routes => {
+        What::Services | What::Routes | What::AccessPolicies | What::MeshConfig => {
             let rs: Vec<Resource> = serde_json::from_value(value).map_err(bad)?;
+            if rs.is_empty() && matches!(what, What::MeshConfig) {
+                println!("no MeshConfig applied: defaultAccess allow");
+                return Ok(());
+            }
             let mut rows = vec![vec!["KIND".into(), "NAME".into(), "DETAIL".into()]];
             for r in rs {
                 let detail = match &r {
                     Resource::Service(s) => format!("protocol {:?}", s.protocol).to_lowercase(),
                     Resource::Route(rt) => {
                         format!("service {}, {} rule(s)", rt.service, rt.rules.len())
+                    }
+                    Resource::AccessPolicy(p) => format!(
+                        "service {}, {} rule(s), default {}",
+                        p.service,
+                        p.rules.len(),
+                        p.default.as_str()
+                    ),
+                    Resource::MeshConfig(m) => {
+                        format!("defaultAccess {}", m.default_access.as_str())
                     }
                 };
                 rows.push(vec![r.kind().into(), r.name().into(), detail]);

@@ -227,6 +227,7 @@ mod tests {
                 })
                 .collect(),
             routes: vec![],
+            ..Config::default()
         }
     }
 

@@ -214,6 +214,7 @@ pub(crate) mod tests {
                 }],
             }],
             routes: vec![],
+            ..Snapshot::default()
         }
     }
 

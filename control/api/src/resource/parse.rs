@@ -11,7 +11,12 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, IntoDeserializer, MapAccess, 
 use serde::{Deserialize, Serialize};
 use serde_norway::Value;
 
-use super::{validate, Resource, ResourceError, Route, Service, API_VERSION};
+use super::{
+    validate, AccessPolicy, MeshConfig, Resource, ResourceError, Route, Service, API_VERSION,
+};
+
+/// The kinds, for error messages.
+const EXPECTED: &str = "Service, Route, AccessPolicy or MeshConfig";
 
 /// Keys of a document that belong to the envelope, not to the resource.
 const ENVELOPE_KEYS: [&str; 2] = ["apiVersion", "kind"];
@@ -44,7 +49,7 @@ pub fn parse_documents(text: &str) -> Result<Vec<Resource>, ResourceError> {
                 return Err(err(
                     "",
                     format!(
-                        "expected a mapping with `kind: Service` or `kind: Route`, found {}",
+                        "expected a mapping with `kind:` {EXPECTED}, found {}",
                         describe(&other)
                     ),
                 ))
@@ -68,10 +73,10 @@ pub fn parse_documents(text: &str) -> Result<Vec<Resource>, ResourceError> {
             Some(other) => {
                 return Err(err(
                     "kind",
-                    format!("{} is not a kind; expected Service or Route", show(other)),
+                    format!("{} is not a kind; expected {EXPECTED}", show(other)),
                 ))
             }
-            None => return Err(err("kind", "missing; expected Service or Route".into())),
+            None => return Err(err("kind", format!("missing; expected {EXPECTED}"))),
         };
         let kind_name = map
             .get("name")
@@ -80,10 +85,14 @@ pub fn parse_documents(text: &str) -> Result<Vec<Resource>, ResourceError> {
         let parsed = match kind {
             "Service" => Service::deserialize(SkipTopKeys(typed)).map(Resource::Service),
             "Route" => Route::deserialize(SkipTopKeys(typed)).map(Resource::Route),
+            "AccessPolicy" => {
+                AccessPolicy::deserialize(SkipTopKeys(typed)).map(Resource::AccessPolicy)
+            }
+            "MeshConfig" => MeshConfig::deserialize(SkipTopKeys(typed)).map(Resource::MeshConfig),
             other => {
                 return Err(err(
                     "kind",
-                    format!("unknown kind {other:?}; expected Service or Route"),
+                    format!("unknown kind {other:?}; expected {EXPECTED}"),
                 ))
             }
         };
@@ -242,7 +251,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::resource::{Protocol, RetryOn, EXAMPLE};
+    use crate::resource::{Access, AccessRule, Protocol, RetryOn, ACCESS_EXAMPLE, EXAMPLE};
 
     fn err(text: &str) -> String {
         parse_documents(text).unwrap_err().to_string()
@@ -323,15 +332,15 @@ mod tests {
     fn kind_is_required_and_known() {
         assert_eq!(
             err("name: api\n"),
-            "document 1: kind: missing; expected Service or Route"
+            "document 1: kind: missing; expected Service, Route, AccessPolicy or MeshConfig"
         );
         assert_eq!(
             err("kind: Service\nname: a\n---\nkind: Gateway\nname: g\n"),
-            "document 2: kind: unknown kind \"Gateway\"; expected Service or Route"
+            "document 2: kind: unknown kind \"Gateway\"; expected Service, Route, AccessPolicy or MeshConfig"
         );
         assert_eq!(
             err("- kind: Service\n"),
-            "document 1: expected a mapping with `kind: Service` or `kind: Route`, found a sequence"
+            "document 1: expected a mapping with `kind:` Service, Route, AccessPolicy or MeshConfig, found a sequence"
         );
     }
 
@@ -370,6 +379,55 @@ mod tests {
         );
         // Custom errors are placed at the enclosing mapping.
         assert!(s.contains("rules[0]: \"2 s\": unknown unit"), "{s}");
+    }
+
+    #[test]
+    fn parses_the_access_policy_example() {
+        let rs = parse_documents(ACCESS_EXAMPLE).unwrap();
+        assert_eq!(rs.len(), 3);
+        let Resource::AccessPolicy(p) = &rs[1] else {
+            panic!("{rs:?}")
+        };
+        assert_eq!(rs[1].kind_name(), "accesspolicy/api-access");
+        assert_eq!(p.service, "api");
+        assert_eq!(p.default, Access::Deny);
+        assert_eq!(
+            p.rules,
+            [AccessRule {
+                from: vec!["web".into()],
+                methods: vec!["GET".into(), "POST".into()],
+                path: None,
+                path_prefix: Some("/v1/".into()),
+            }]
+        );
+        let Resource::MeshConfig(m) = &rs[2] else {
+            panic!("{rs:?}")
+        };
+        assert_eq!(rs[2].kind_name(), "meshconfig/mesh");
+        assert_eq!(m.default_access, Access::Deny);
+
+        // Defaults: a policy denies what no rule allows; the mesh allows.
+        let rs = parse_documents(
+            "kind: AccessPolicy\nname: p\nservice: api\n---\nkind: MeshConfig\nname: mesh\n",
+        )
+        .unwrap();
+        let Resource::AccessPolicy(p) = &rs[0] else {
+            panic!("{rs:?}")
+        };
+        assert_eq!((p.default, p.rules.len()), (Access::Deny, 0));
+        let Resource::MeshConfig(m) = &rs[1] else {
+            panic!("{rs:?}")
+        };
+        assert_eq!(m.default_access, Access::Allow);
+
+        let yaml = to_yaml(&parse_documents(ACCESS_EXAMPLE).unwrap());
+        assert!(yaml.contains("kind: AccessPolicy\n"), "{yaml}");
+        assert!(yaml.contains("pathPrefix: /v1/\n"), "{yaml}");
+        assert!(yaml.contains("defaultAccess: deny\n"), "{yaml}");
+        assert_eq!(
+            parse_documents(&yaml).unwrap(),
+            parse_documents(ACCESS_EXAMPLE).unwrap()
+        );
     }
 
     #[test]

@@ -5,7 +5,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use super::{Match, Resource, ResourceError, Retries, Route, Rule, Service};
+use super::{
+    AccessPolicy, AccessRule, Match, MeshConfig, Resource, ResourceError, Retries, Route, Rule,
+    Service, MESH_CONFIG_NAME,
+};
 
 /// Largest backend weight.
 pub const MAX_WEIGHT: u32 = 100_000;
@@ -13,25 +16,36 @@ pub const MAX_WEIGHT: u32 = 100_000;
 pub const MAX_RETRY_ATTEMPTS: u32 = 10;
 /// Longest resource name (a DNS label).
 pub const MAX_NAME_LEN: usize = 63;
+/// Longest SPIFFE ID (SPIFFE ID specification, section 2.3).
+const MAX_SPIFFE_ID_LEN: usize = 2048;
+/// Longest trust domain (SPIFFE ID specification, section 2.1).
+const MAX_TRUST_DOMAIN_LEN: usize = 255;
 
 /// (field path, reason)
 type Invalid = (String, String);
 
 /// Checks one resource on its own: names, rules, matches, weights, retries,
-/// timeouts. Control calls it on everything it accepts, whether from YAML
-/// or JSON.
+/// timeouts, callers. Control calls it on everything it accepts, whether
+/// from YAML or JSON; a proxy calls it on the AccessPolicy it receives.
 pub fn validate(r: &Resource) -> Result<(), ResourceError> {
     let checked = match r {
         Resource::Service(s) => check_name(&s.name).map_err(|reason| ("name".to_string(), reason)),
         Resource::Route(route) => check_route(route),
+        Resource::AccessPolicy(p) => check_access_policy(p),
+        Resource::MeshConfig(m) => check_mesh_config(m),
     };
     checked.map_err(|(field, reason)| ResourceError::new(r.kind_name(), field, reason))
 }
 
 /// Checks rules that span resources, on the whole desired state (the store
 /// merged with what is being applied): names are unique per kind, every
-/// Route's service exists as a Service, and a service has at most one Route.
-pub fn validate_set(services: &[Service], routes: &[Route]) -> Result<(), ResourceError> {
+/// Route's and AccessPolicy's service exists as a Service, and a service
+/// has at most one Route and at most one AccessPolicy.
+pub fn validate_set(
+    services: &[Service],
+    routes: &[Route],
+    policies: &[AccessPolicy],
+) -> Result<(), ResourceError> {
     let mut known: BTreeSet<&str> = BTreeSet::new();
     for s in services {
         if !known.insert(&s.name) {
@@ -70,6 +84,162 @@ pub fn validate_set(services: &[Service], routes: &[Route]) -> Result<(), Resour
                 ),
             ));
         }
+    }
+    let mut policy_names: BTreeSet<&str> = BTreeSet::new();
+    let mut governed: BTreeMap<&str, &str> = BTreeMap::new();
+    for p in policies {
+        let id = format!("accesspolicy/{}", p.name);
+        if !policy_names.insert(&p.name) {
+            return Err(ResourceError::new(id, "name", "defined twice"));
+        }
+        // As for a Route: a policy for a service that does not exist is
+        // refused, so a typo cannot leave the intended service unprotected.
+        if !known.contains(p.service.as_str()) {
+            return Err(ResourceError::new(
+                id,
+                "service",
+                format!(
+                    "service {:?} does not exist; apply a `kind: Service` named {} first",
+                    p.service, p.service
+                ),
+            ));
+        }
+        if let Some(other) = governed.insert(&p.service, &p.name) {
+            return Err(ResourceError::new(
+                id,
+                "service",
+                format!(
+                    "service {} already has accesspolicy/{other}; at most one AccessPolicy per service (merge the rules into one)",
+                    p.service
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A SPIFFE trust domain (SPIFFE ID specification, section 2.1): lowercase
+/// letters, digits, `.`, `-` and `_`, at most 255 characters.
+pub fn check_trust_domain(td: &str) -> Result<(), String> {
+    if td.is_empty() {
+        return Err("empty trust domain".into());
+    }
+    if td.len() > MAX_TRUST_DOMAIN_LEN {
+        return Err(format!(
+            "trust domain of {} characters; at most {MAX_TRUST_DOMAIN_LEN}",
+            td.len()
+        ));
+    }
+    if !td
+        .bytes()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'-' | b'_'))
+    {
+        return Err(format!(
+            "{td:?} is not a trust domain: lowercase letters, digits, '.', '-' and '_'"
+        ));
+    }
+    Ok(())
+}
+
+/// A SPIFFE ID with a path (SPIFFE ID specification, section 2):
+/// `spiffe://<trust domain>/<segment>[/<segment>...]`, segments of letters,
+/// digits, `.`, `-` and `_`, none empty, `.` or `..`; no query, fragment,
+/// port or user.
+pub fn check_spiffe_id(id: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("{id:?} is not a SPIFFE ID: {why}"));
+    if id.len() > MAX_SPIFFE_ID_LEN {
+        return bad(&format!("longer than {MAX_SPIFFE_ID_LEN} characters"));
+    }
+    let Some(rest) = id.strip_prefix("spiffe://") else {
+        return bad("it must start with spiffe://");
+    };
+    let Some((td, path)) = rest.split_once('/') else {
+        return bad("it has no path (spiffe://<trust domain>/service/<name>)");
+    };
+    if let Err(why) = check_trust_domain(td) {
+        return bad(&why);
+    }
+    for segment in path.split('/') {
+        if segment.is_empty() || segment == "." || segment == ".." {
+            return bad("empty, '.' or '..' path segment");
+        }
+        if !segment
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_'))
+        {
+            return bad(
+                "a path segment has a character other than letters, digits, '.', '-' and '_'",
+            );
+        }
+    }
+    Ok(())
+}
+
+fn check_access_policy(p: &AccessPolicy) -> Result<(), Invalid> {
+    check_name(&p.name).map_err(|r| ("name".to_string(), r))?;
+    check_name(&p.service).map_err(|r| ("service".to_string(), r))?;
+    for (i, rule) in p.rules.iter().enumerate() {
+        check_access_rule(rule)
+            .map_err(|(field, reason)| (format!("rules[{i}].{field}"), reason))?;
+    }
+    Ok(())
+}
+
+fn check_access_rule(rule: &AccessRule) -> Result<(), Invalid> {
+    if rule.from.is_empty() {
+        return Err((
+            "from".into(),
+            "empty; list the callers (service names, SPIFFE IDs, or \"*\" for any mesh identity)"
+                .into(),
+        ));
+    }
+    for (j, caller) in rule.from.iter().enumerate() {
+        let checked = if caller == "*" {
+            Ok(())
+        } else if caller.starts_with("spiffe://") {
+            check_spiffe_id(caller)
+        } else {
+            check_name(caller).map_err(|r| {
+                format!("{r}; a caller is a service name, a SPIFFE ID (spiffe://...) or \"*\"")
+            })
+        };
+        checked.map_err(|r| (format!("from[{j}]"), r))?;
+    }
+    check_methods(&rule.methods)?;
+    if rule.path.is_some() && rule.path_prefix.is_some() {
+        return Err((
+            "pathPrefix".into(),
+            "set together with path; give one of path (exact) and pathPrefix".into(),
+        ));
+    }
+    check_paths(&rule.path, &rule.path_prefix)?;
+    for (field, path) in [("path", &rule.path), ("pathPrefix", &rule.path_prefix)] {
+        let Some(p) = path else { continue };
+        // The proxy matches the path without its query, and never lets a
+        // path with dot segments match a path rule (see proxy authz), so
+        // such a rule could never allow anything.
+        if p.contains(['?', '#']) {
+            return Err((
+                field.into(),
+                format!("{p:?} contains '?' or '#'; paths are matched without the query"),
+            ));
+        }
+        if p.split('/').any(|s| s == "." || s == "..") {
+            return Err((field.into(), format!("{p:?} has a '.' or '..' segment")));
+        }
+    }
+    Ok(())
+}
+
+fn check_mesh_config(m: &MeshConfig) -> Result<(), Invalid> {
+    if m.name != MESH_CONFIG_NAME {
+        return Err((
+            "name".into(),
+            format!(
+                "{:?}: the mesh has one MeshConfig and it is named {MESH_CONFIG_NAME}",
+                m.name
+            ),
+        ));
     }
     Ok(())
 }
@@ -147,19 +317,7 @@ fn check_rule(rule: &Rule) -> Result<(), Invalid> {
 }
 
 fn check_match(m: &Match) -> Result<(), Invalid> {
-    for (field, path) in [("path", &m.path), ("pathPrefix", &m.path_prefix)] {
-        if let Some(p) = path {
-            if !p.starts_with('/') {
-                return Err((field.into(), format!("{p:?} must start with '/'")));
-            }
-            if p.bytes().any(|c| c.is_ascii_control() || c == b' ') {
-                return Err((
-                    field.into(),
-                    format!("{p:?} contains a space or control character"),
-                ));
-            }
-        }
-    }
+    check_paths(&m.path, &m.path_prefix)?;
     for (name, value) in &m.headers {
         if !is_token(name) {
             return Err((
@@ -176,7 +334,28 @@ fn check_match(m: &Match) -> Result<(), Invalid> {
             ));
         }
     }
-    for (j, method) in m.methods.iter().enumerate() {
+    check_methods(&m.methods)
+}
+
+fn check_paths(path: &Option<String>, path_prefix: &Option<String>) -> Result<(), Invalid> {
+    for (field, path) in [("path", path), ("pathPrefix", path_prefix)] {
+        if let Some(p) = path {
+            if !p.starts_with('/') {
+                return Err((field.into(), format!("{p:?} must start with '/'")));
+            }
+            if p.bytes().any(|c| c.is_ascii_control() || c == b' ') {
+                return Err((
+                    field.into(),
+                    format!("{p:?} contains a space or control character"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_methods(methods: &[String]) -> Result<(), Invalid> {
+    for (j, method) in methods.iter().enumerate() {
         if !is_token(method) || method.bytes().any(|c| c.is_ascii_lowercase()) {
             return Err((
                 format!("methods[{j}]"),
@@ -393,40 +572,185 @@ mod tests {
         assert!(e.to_string().starts_with("service/Bad: name: "), "{e}");
     }
 
-    fn set(text: &str) -> (Vec<Service>, Vec<Route>) {
+    type Set = (Vec<Service>, Vec<Route>, Vec<AccessPolicy>);
+
+    fn set(text: &str) -> Set {
         let mut services = Vec::new();
         let mut routes = Vec::new();
+        let mut policies = Vec::new();
         for r in parse_documents(text).unwrap() {
             match r {
                 Resource::Service(s) => services.push(s),
                 Resource::Route(r) => routes.push(r),
+                Resource::AccessPolicy(p) => policies.push(p),
+                Resource::MeshConfig(_) => {}
             }
         }
-        (services, routes)
+        (services, routes, policies)
+    }
+
+    fn set_err(text: &str) -> String {
+        let (s, r, p) = set(text);
+        validate_set(&s, &r, &p).unwrap_err().to_string()
     }
 
     #[test]
     fn set_rules() {
-        let (s, r) = set(crate::resource::EXAMPLE);
-        validate_set(&s, &r).unwrap();
+        let (s, r, p) = set(crate::resource::EXAMPLE);
+        validate_set(&s, &r, &p).unwrap();
 
-        let (s, r) = set("kind: Route\nname: r\nservice: web\nrules: [{backends: [{}]}]\n");
         assert_eq!(
-            validate_set(&s, &r).unwrap_err().to_string(),
+            set_err("kind: Route\nname: r\nservice: web\nrules: [{backends: [{}]}]\n"),
             "route/r: service: service \"web\" does not exist; apply a `kind: Service` named web first"
         );
 
         let text = "kind: Service\nname: api\n---\nkind: Route\nname: a\nservice: api\nrules: [{backends: [{}]}]\n---\nkind: Route\nname: b\nservice: api\nrules: [{backends: [{}]}]\n";
-        let (s, r) = set(text);
         assert_eq!(
-            validate_set(&s, &r).unwrap_err().to_string(),
+            set_err(text),
             "route/b: service: service api already has route/a; at most one Route per service (merge the rules into one)"
         );
 
-        let (s, r) = set("kind: Service\nname: api\n---\nkind: Service\nname: api\n");
         assert_eq!(
-            validate_set(&s, &r).unwrap_err().to_string(),
+            set_err("kind: Service\nname: api\n---\nkind: Service\nname: api\n"),
             "service/api: name: defined twice"
         );
+    }
+
+    #[test]
+    fn access_policy_set_rules() {
+        let (s, r, p) = set(crate::resource::ACCESS_EXAMPLE);
+        validate_set(&s, &r, &p).unwrap();
+
+        // Like a Route: the service must exist.
+        assert_eq!(
+            set_err("kind: AccessPolicy\nname: p\nservice: web\n"),
+            "accesspolicy/p: service: service \"web\" does not exist; apply a `kind: Service` named web first"
+        );
+        let two = "kind: Service\nname: api\n---\nkind: AccessPolicy\nname: a\nservice: api\n---\nkind: AccessPolicy\nname: b\nservice: api\n";
+        assert_eq!(
+            set_err(two),
+            "accesspolicy/b: service: service api already has accesspolicy/a; at most one AccessPolicy per service (merge the rules into one)"
+        );
+        // A Route and an AccessPolicy for the same service do not collide.
+        let both = "kind: Service\nname: api\n---\nkind: Route\nname: api\nservice: api\nrules: [{backends: [{}]}]\n---\nkind: AccessPolicy\nname: api\nservice: api\n";
+        let (s, r, p) = set(both);
+        validate_set(&s, &r, &p).unwrap();
+    }
+
+    /// An AccessPolicy for `api` whose only rule is `rule`, parsed; the
+    /// error text.
+    fn policy_err(rule: &str) -> String {
+        let text = format!(
+            "kind: AccessPolicy\nname: api-access\nservice: api\nrules:\n  - from: [web]\n{rule}"
+        );
+        parse_documents(&text).unwrap_err().to_string()
+    }
+
+    fn policy_prefix(field: &str) -> String {
+        format!("document 1 (accesspolicy/api-access): {field}: ")
+    }
+
+    #[test]
+    fn access_rule_callers() {
+        assert_eq!(
+            policy_err("  - from: []\n"),
+            format!(
+                "{}empty; list the callers (service names, SPIFFE IDs, or \"*\" for any mesh identity)",
+                policy_prefix("rules[1].from")
+            )
+        );
+        let e = policy_err("  - methods: [GET]\n");
+        assert!(e.contains("rules[1]: missing field `from`"), "{e}");
+        let e = policy_err("  - from: [web, Web]\n");
+        assert!(e.starts_with(&policy_prefix("rules[1].from[1]")), "{e}");
+        assert!(
+            e.ends_with("a caller is a service name, a SPIFFE ID (spiffe://...) or \"*\""),
+            "{e}"
+        );
+        for bad in [
+            "spiffe://",
+            "spiffe://td",
+            "spiffe://td/",
+            "spiffe://TD/service/web",
+            "spiffe://td/service//web",
+            "spiffe://td/service/../web",
+            "spiffe://td/service/web?x=1",
+            "spiffe://td:8080/service/web",
+            "spiffe://user@td/service/web",
+        ] {
+            let e = policy_err(&format!("  - from: [\"{bad}\"]\n"));
+            assert!(
+                e.starts_with(&policy_prefix("rules[1].from[0]")),
+                "{bad}: {e}"
+            );
+            assert!(e.contains("is not a SPIFFE ID"), "{bad}: {e}");
+        }
+        let ok = "kind: AccessPolicy\nname: p\nservice: api\nrules:\n  - from: [web, \"*\", spiffe://other.td/service/web, spiffe://td/ns/a_b/sa/x.y-z]\n";
+        parse_documents(ok).unwrap();
+    }
+
+    #[test]
+    fn access_rule_methods_and_paths() {
+        let e = policy_err("  - from: [web]\n    methods: [get]\n");
+        assert_eq!(
+            e,
+            format!(
+                "{}\"get\" is not an uppercase method such as GET or POST",
+                policy_prefix("rules[1].methods[0]")
+            )
+        );
+        let e = policy_err("  - from: [web]\n    path: v1\n");
+        assert_eq!(
+            e,
+            format!(
+                "{}\"v1\" must start with '/'",
+                policy_prefix("rules[1].path")
+            )
+        );
+        let e = policy_err("  - from: [web]\n    path: /v1\n    pathPrefix: /v1/\n");
+        assert_eq!(
+            e,
+            format!(
+                "{}set together with path; give one of path (exact) and pathPrefix",
+                policy_prefix("rules[1].pathPrefix")
+            )
+        );
+        let e = policy_err("  - from: [web]\n    pathPrefix: /v1?x\n");
+        assert!(e.starts_with(&policy_prefix("rules[1].pathPrefix")), "{e}");
+        assert!(e.ends_with("paths are matched without the query"), "{e}");
+        let e = policy_err("  - from: [web]\n    path: /v1/../admin\n");
+        assert!(e.ends_with("has a '.' or '..' segment"), "{e}");
+        let e = policy_err("  - from: [web]\n    host: api\n");
+        assert!(e.contains("rules[1]: unknown field `host`"), "{e}");
+    }
+
+    #[test]
+    fn access_policy_fields() {
+        let e = parse_documents("kind: AccessPolicy\nname: p\nservice: api\ndefault: maybe\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("document 1 (accesspolicy/p)"), "{e}");
+        assert!(e.contains("unknown variant `maybe`"), "{e}");
+        let e = parse_documents("kind: AccessPolicy\nname: p\nservice: Api\n").unwrap_err();
+        assert_eq!(e.field, "service");
+        let e = parse_documents("kind: AccessPolicy\nname: p\n").unwrap_err();
+        assert!(e.to_string().contains("missing field `service`"), "{e}");
+        let e =
+            parse_documents("kind: AccessPolicy\nname: p\nservice: api\nport: 1\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field `port`"), "{e}");
+    }
+
+    #[test]
+    fn mesh_config_is_named_mesh() {
+        assert_eq!(
+            parse_documents("kind: MeshConfig\nname: global\n")
+                .unwrap_err()
+                .to_string(),
+            "document 1 (meshconfig/global): name: \"global\": the mesh has one MeshConfig and it is named mesh"
+        );
+        let e = parse_documents("kind: MeshConfig\nname: mesh\ndefaultAccess: nope\n").unwrap_err();
+        assert!(e.to_string().contains("unknown variant `nope`"), "{e}");
+        let e = parse_documents("kind: MeshConfig\nname: mesh\ndefault: deny\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field `default`"), "{e}");
     }
 }
