@@ -55,12 +55,22 @@ pub fn start(config_path: PathBuf, cfg: Config) -> Result<i32, String> {
     if let Some(i) = &cfg.inbound {
         let l = listener::bind(i.listen, "[inbound] listen")?;
         bound.inbound = l.local_addr().ok();
-        listeners.push((l, Direction::Inbound));
+        listeners.push((l, listener::Role::Http(Direction::Inbound)));
     }
     if let Some(o) = &cfg.outbound {
         let l = listener::bind(o.listen, "[outbound] listen")?;
         bound.outbound = l.local_addr().ok();
-        listeners.push((l, Direction::Outbound));
+        listeners.push((l, listener::Role::Http(Direction::Outbound)));
+        for t in &o.tcp {
+            let l = listener::bind(t.listen, &format!("[[outbound.tcp]] {} listen", t.service))?;
+            if let Ok(a) = l.local_addr() {
+                bound.tcp.push((t.service.clone(), a));
+            }
+            listeners.push((
+                l,
+                listener::Role::Tcp(std::sync::Arc::from(t.service.as_str())),
+            ));
+        }
     }
     let admin = listener::bind(cfg.proxy.admin, "[proxy] admin")?;
     bound.admin = admin.local_addr().ok();

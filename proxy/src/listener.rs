@@ -43,11 +43,28 @@ pub fn bind(addr: SocketAddr, what: &str) -> Result<std::net::TcpListener, Strin
 
 /// Accepts on the agent thread and hands connections to the least loaded
 /// shard (one message per connection, never per request).
-pub async fn acceptor(l: std::net::TcpListener, dir: Direction, shards: Vec<ShardHandle>) {
+/// What a listener's connections are: HTTP in one direction, or the byte
+/// stream of one TCP service (`[[outbound.tcp]]`).
+#[derive(Debug, Clone)]
+pub enum Role {
+    Http(Direction),
+    Tcp(std::sync::Arc<str>),
+}
+
+impl Role {
+    pub fn describe(&self) -> String {
+        match self {
+            Role::Http(d) => d.as_str().to_string(),
+            Role::Tcp(s) => format!("TCP service {s}"),
+        }
+    }
+}
+
+pub async fn acceptor(l: std::net::TcpListener, role: Role, shards: Vec<ShardHandle>) {
     let l = match tokio::net::TcpListener::from_std(l) {
         Ok(l) => l,
         Err(e) => {
-            tracing::error!("cannot accept on the {} listener: {e}", dir.as_str());
+            tracing::error!("cannot accept on the {} listener: {e}", role.describe());
             return;
         }
     };
@@ -81,7 +98,7 @@ pub async fn acceptor(l: std::net::TcpListener, dir: Direction, shards: Vec<Shar
             .tx
             .try_send(ShardMsg::Accept {
                 stream,
-                direction: dir,
+                role: role.clone(),
             })
             .is_err()
         {

@@ -21,6 +21,10 @@ pub struct RoutingTable {
     pub version: u64,
     pub config_version: u64,
     services: HashMap<String, ServiceRoutes>,
+    /// Who may call this proxy's service (its AccessPolicy and the mesh
+    /// default), enforced on the inbound side; set by the agent, which knows
+    /// the trust domain (see agent/apply.rs).
+    pub authz: crate::authz::Authz,
 }
 
 /// How requests to one service are routed.
@@ -81,6 +85,7 @@ impl RoutingTable {
             version: snap.version,
             config_version: snap.config_version,
             services,
+            authz: crate::authz::Authz::default(),
         })
     }
 

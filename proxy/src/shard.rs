@@ -23,6 +23,7 @@ use crate::agent::{AgentLink, AgentRequest};
 use crate::buf::BufPool;
 use crate::config::Config;
 use crate::idle::IdleConns;
+use crate::listener::Role;
 use crate::pool::UpstreamPool;
 use crate::routing::RoutingTable;
 use crate::runtime::{self, Stop, TcpListener, TcpStream};
@@ -36,7 +37,7 @@ pub enum ShardMsg {
     /// shard with the fewest open connections.
     Accept {
         stream: std::net::TcpStream,
-        direction: Direction,
+        role: Role,
     },
     /// A new configuration (SIGHUP reload) to use for new requests.
     Config(Arc<Config>),
@@ -75,7 +76,7 @@ pub struct ShardSetup {
     pub config: Arc<Config>,
     /// Listening sockets this shard accepts on itself (with one shard there is
     /// no hand-off; with more, the agent accepts and hands connections over).
-    pub listeners: Vec<(std::net::TcpListener, Direction)>,
+    pub listeners: Vec<(std::net::TcpListener, Role)>,
     pub rx: async_channel::Receiver<ShardMsg>,
     pub open_conns: Arc<AtomicUsize>,
     pub ready: Arc<AtomicBool>,
@@ -272,9 +273,9 @@ pub async fn run(setup: ShardSetup, driver: String) {
     });
 
     let stop = Stop::new();
-    for (l, dir) in listeners {
+    for (l, role) in listeners {
         match TcpListener::from_std(l) {
-            Ok(l) => runtime::spawn_local(accept_loop(shard.clone(), l, dir, stop.handle())),
+            Ok(l) => runtime::spawn_local(accept_loop(shard.clone(), l, role, stop.handle())),
             Err(e) => {
                 tracing::error!(shard = index, "cannot adopt listener: {e}");
                 std::process::exit(1);
@@ -288,8 +289,8 @@ pub async fn run(setup: ShardSetup, driver: String) {
 
     while let Ok(msg) = rx.recv().await {
         match msg {
-            ShardMsg::Accept { stream, direction } => match TcpStream::from_std(stream) {
-                Ok(s) => runtime::spawn_local(crate::forward::serve(shard.clone(), s, direction)),
+            ShardMsg::Accept { stream, role } => match TcpStream::from_std(stream) {
+                Ok(s) => spawn_conn(&shard, s, role),
                 Err(e) => {
                     shard.open_conns.fetch_sub(1, Ordering::Relaxed);
                     tracing::warn!(shard = index, "cannot adopt connection: {e}");
@@ -340,13 +341,25 @@ pub async fn run(setup: ShardSetup, driver: String) {
     }
 }
 
+/// Serves an accepted connection by what its listener is for.
+fn spawn_conn(shard: &Rc<Shard>, s: TcpStream, role: Role) {
+    match role {
+        Role::Http(dir) => runtime::spawn_local(crate::forward::serve(shard.clone(), s, dir)),
+        Role::Tcp(service) => runtime::spawn_local(crate::forward::tcp_service::outbound(
+            shard.clone(),
+            s,
+            service,
+        )),
+    }
+}
+
 /// Accepts connections on a listener this shard owns.
-async fn accept_loop(shard: Rc<Shard>, l: TcpListener, dir: Direction, stop: runtime::StopHandle) {
+async fn accept_loop(shard: Rc<Shard>, l: TcpListener, role: Role, stop: runtime::StopHandle) {
     loop {
         match l.accept(&stop).await {
             Ok((s, _peer)) => {
                 shard.open_conns.fetch_add(1, Ordering::Relaxed);
-                runtime::spawn_local(crate::forward::serve(shard.clone(), s, dir));
+                spawn_conn(&shard, s, role.clone());
             }
             Err(_) if shard.draining.get() => return,
             Err(e) => {

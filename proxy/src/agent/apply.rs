@@ -8,6 +8,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject;
+
 use coremesh_api::snapshot::Snapshot;
 
 use super::state::StateDir;
@@ -60,6 +62,51 @@ impl Applier {
         }
     }
 
+    /// The routing table and the access policy of `snap`. The policy's
+    /// bare service names mean our own trust domain, which the certificate
+    /// names (the snapshot does not).
+    fn compile(&self, snap: &Snapshot) -> Result<RoutingTable, String> {
+        let mut table = RoutingTable::compile(snap)?;
+        let td = self
+            .identity
+            .borrow()
+            .as_ref()
+            .and_then(|id| {
+                let der = rustls::pki_types::CertificateDer::pem_slice_iter(id.cert_pem.as_bytes())
+                    .next()?
+                    .ok()?;
+                crate::tls::identity::leaf_identity(&der).ok()
+            })
+            .and_then(|(spiffe, _)| {
+                crate::tls::identity::trust_domain_of(&spiffe).map(str::to_string)
+            });
+        match td {
+            Some(td) => table.authz = crate::authz::Authz::from_snapshot(snap, &td)?,
+            // No certificate yet: no mutual TLS either, so no caller can
+            // reach the inbound side; deny by policy until one arrives.
+            None if snap.access_policy.is_some() => {
+                return Err("no certificate yet to learn the trust domain from".into())
+            }
+            None => {}
+        }
+        // A new trust bundle: peers are verified against it from now on, and
+        // the control session verifies control with it after a restart.
+        if !snap.trust_bundle.is_empty() && *self.bundle.borrow() != snap.trust_bundle {
+            *self.bundle.borrow_mut() = snap.trust_bundle.clone();
+            if let (Some(state), Some(id)) = (&self.state, self.identity.borrow_mut().as_mut()) {
+                id.ca_pem = snap.trust_bundle.concat();
+                if let Err(e) = super::state::write_atomic(
+                    &state.path(super::state::CA_FILE),
+                    id.ca_pem.as_bytes(),
+                ) {
+                    tracing::error!("cannot persist the trust bundle: {e}");
+                }
+            }
+            self.push_identity();
+        }
+        Ok(table)
+    }
+
     /// A certificate from control (loaded at start, joined, or renewed):
     /// every shard uses it for new handshakes from now on.
     pub fn set_identity(&self, id: &super::state::Identity) {
@@ -98,7 +145,7 @@ impl Applier {
     /// Compiles and applies `snap` on every shard; with `persist`, also
     /// stores it as the last good snapshot. The error is the NACK reason.
     pub async fn apply(&self, snap: &Snapshot, persist: bool) -> Result<(), String> {
-        let table = match RoutingTable::compile(snap) {
+        let table = match self.compile(snap) {
             Ok(t) => Arc::new(t),
             Err(reason) => {
                 *self.last_nack.borrow_mut() = Some((snap.version, reason.clone()));

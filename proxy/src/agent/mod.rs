@@ -42,7 +42,6 @@ use self::control::{ControlLink, ControlSetup, Deregistration};
 use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::shard::{ShardHandle, ShardMsg};
-use crate::stats::Direction;
 
 /// How long SIGTERM waits for control to confirm the deregistration.
 pub const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -73,6 +72,8 @@ pub struct Bound {
     pub inbound: Option<SocketAddr>,
     pub outbound: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
+    /// `[[outbound.tcp]]` listeners: (service, bound address).
+    pub tcp: Vec<(String, SocketAddr)>,
 }
 
 impl Bound {
@@ -87,6 +88,14 @@ impl Bound {
                 m.insert(k.into(), a.to_string().into());
             }
         }
+        if !self.tcp.is_empty() {
+            let tcp: serde_json::Map<String, serde_json::Value> = self
+                .tcp
+                .iter()
+                .map(|(s, a)| (s.clone(), a.to_string().into()))
+                .collect();
+            m.insert("tcp".into(), tcp.into());
+        }
         m.into()
     }
 }
@@ -98,7 +107,7 @@ pub struct AgentSetup {
     pub shards: Vec<ShardHandle>,
     pub admin: std::net::TcpListener,
     /// Listeners the agent accepts on (only when there is more than one shard).
-    pub accept: Vec<(std::net::TcpListener, Direction)>,
+    pub accept: Vec<(std::net::TcpListener, crate::listener::Role)>,
     pub requests: async_channel::Receiver<AgentRequest>,
     pub bound: Bound,
     /// The executor the shards run ("monoio"/"glommio"), for `/config`.
@@ -202,6 +211,9 @@ async fn agent(setup: AgentSetup) -> i32 {
             line.push_str(&format!(" {k}={a}"));
         }
     }
+    for (service, a) in &bound.tcp {
+        line.push_str(&format!(" tcp:{service}={a}"));
+    }
     tracing::info!("{line}");
 
     let mut current = config;
@@ -286,6 +298,11 @@ async fn start_control(
         Some(admin.clone()),
     ));
     applier.publish();
+    // The stored certificate first: the persisted snapshot's access policy
+    // needs the trust domain it names, and the shards need it to serve.
+    if let Ok(Some(id)) = state.load_identity() {
+        applier.set_identity(&id);
+    }
     control::restore(&state, &applier).await;
     let health = config.inbound.as_ref().map(|i| {
         let checker = health::Checker {

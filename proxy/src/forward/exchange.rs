@@ -432,7 +432,7 @@ pub(super) async fn over_connection(
     ex.bytes_in = (head.head_len + first_body) as u64;
 
     // Forward the head and the body bytes that came with it, in one write.
-    head.plan_forward(&cbuf, b"", &mut scratch.plan);
+    head.plan_forward(&cbuf, &scratch.extra, &mut scratch.plan);
     let v = scratch.vectored(cbuf, head.head_len..head.head_len + first_body);
     let (res, v) = match runtime::timeout(t.idle, up.write_vectored(v)).await {
         Ok(x) => x,

@@ -59,6 +59,9 @@ const CONNECT_ATTEMPTS: usize = 3;
 struct Scratch {
     plan: HeadPlan,
     iov: Vec<libc::iovec>,
+    /// Field lines the proxy adds to a forwarded request (the caller's
+    /// identity on the inbound side), each ending in CRLF.
+    extra: Vec<u8>,
 }
 
 impl Scratch {
@@ -164,9 +167,44 @@ async fn accept_mtls(shard: &Shard, cfg: &Config, tcp: TcpStream) -> Option<crat
 }
 
 /// The AccessPolicy decision for a TCP stream from `caller` (identity only).
-/// `Some(policy)`: denied by it.
-fn authz_tcp(_shard: &Shard, _caller: Option<&str>) -> Option<String> {
-    None
+/// `Some(policy)`: denied by it (and counted).
+fn authz_tcp(shard: &Shard, caller: Option<&str>) -> Option<String> {
+    let table = shard.routes()?;
+    let caller = caller.unwrap_or("");
+    match table.authz.check(caller, b"", b"") {
+        crate::authz::Decision::Allow => None,
+        crate::authz::Decision::Deny { policy } => {
+            shard.stats.borrow_mut().mesh.denied(policy, caller);
+            Some(policy.to_string())
+        }
+    }
+}
+
+/// The inbound side's authorization of one request: the caller's SPIFFE ID
+/// (from its certificate), method and path against the service's
+/// AccessPolicy. `Some(policy)`: denied by it (and counted by policy and
+/// caller). A plaintext inbound port (a static proxy without `[tls]`) has
+/// no identities to check.
+fn authorize<'t>(
+    shard: &Shard,
+    table: Option<&'t RoutingTable>,
+    client: &Conn,
+    head: &RequestHead,
+    buf: &[u8],
+) -> Option<&'t str> {
+    let table = table?;
+    if table.authz.allows_all() || !client.is_tls() {
+        return None;
+    }
+    let caller = client.peer_id().map(|c| &**c).unwrap_or("");
+    let method = buf[head.start..head.target.start].trim_ascii();
+    match table.authz.check(caller, method, &buf[head.path.clone()]) {
+        crate::authz::Decision::Allow => None,
+        crate::authz::Decision::Deny { policy } => {
+            shard.stats.borrow_mut().mesh.denied(policy, caller);
+            Some(policy)
+        }
+    }
 }
 
 /// Serves one accepted connection until it closes.
@@ -390,10 +428,28 @@ async fn handle(
     cfg: &Arc<Config>,
     client_slot: &mut Option<Conn>,
     dir: Direction,
-    head: RequestHead,
+    mut head: RequestHead,
     cbuf: Buf,
     scratch: &mut Scratch,
 ) -> (Next, Buf) {
+    scratch.extra.clear();
+    if dir == Direction::Inbound {
+        // The caller's identity for the app, in the header the operator
+        // named; a client's own copy of that header never gets through.
+        if let Some(name) = cfg
+            .inbound
+            .as_ref()
+            .and_then(|i| i.identity_header.as_deref())
+        {
+            head.drop_header(&cbuf, name);
+            if let Some(id) = client_slot.as_ref().and_then(|c| c.peer_id()) {
+                scratch.extra.extend_from_slice(name.as_bytes());
+                scratch.extra.extend_from_slice(b": ");
+                scratch.extra.extend_from_slice(id.as_bytes());
+                scratch.extra.extend_from_slice(b"\r\n");
+            }
+        }
+    }
     let mut ex = Exchange {
         start: Instant::now(),
         idle: cfg.timeouts.idle,
@@ -499,6 +555,20 @@ async fn forward<'c>(
                     &cfg.proxy.service,
                 )
                 .await;
+            }
+            if let Some(policy) = authorize(shard, table, client, head, &cbuf) {
+                let reason = format!("forbidden by policy {policy}");
+                let close = !head.keep_alive || head.framing != Framing::None;
+                ex.status = 403;
+                let res = write_error(client, 403, &reason, close, ex.idle).await;
+                let mut cbuf = cbuf;
+                let next = if close || res.is_err() {
+                    Next::Close
+                } else {
+                    consume(&mut cbuf, head.head_len);
+                    Next::KeepAlive
+                };
+                return (&cfg.proxy.service, next, cbuf);
             }
             (
                 &cfg.proxy.service,

@@ -51,10 +51,12 @@ pub async fn inbound(shard: &Shard, cfg: &Config, t: TlsStream) {
 
 /// The local app connected to the listener of TCP service `service`: open
 /// mutual TLS to one of its endpoints and relay.
-pub async fn outbound(shard: Rc<Shard>, tcp: TcpStream, service: Rc<str>) {
+pub async fn outbound(shard: Rc<Shard>, tcp: TcpStream, service: std::sync::Arc<str>) {
     let cfg = shard.config();
     tcp.set_nodelay();
+    shard.conn_opened(Direction::Outbound);
     let Some(up) = connect(&shard, &cfg, &service).await else {
+        shard.conn_closed(Direction::Outbound);
         return;
     };
     let bufs = (shard.bufs.get(), shard.bufs.get());
@@ -64,6 +66,7 @@ pub async fn outbound(shard: Rc<Shard>, tcp: TcpStream, service: Rc<str>) {
         .borrow_mut()
         .mesh
         .tcp(Direction::Outbound, &service, sent, received);
+    shard.conn_closed(Direction::Outbound);
 }
 
 /// Tries the service's endpoints in round-robin order until one completes
@@ -98,9 +101,7 @@ async fn connect(shard: &Shard, cfg: &Config, service: &str) -> Option<Conn> {
                 continue;
             }
         };
-        let Some(name) = server_name(service, addr) else {
-            return None;
-        };
+        let name = server_name(service, addr)?;
         let session = match Session::client_with_alpn(tls.client.clone(), name, ALPN_TCP) {
             Ok(s) => s,
             Err(e) => {

@@ -123,7 +123,8 @@ pub fn leaf_identity(der: &[u8]) -> Result<(String, i64), String> {
         .ok_or("no subjectAltName (a SPIFFE ID is required)")?;
     for name in &san.value.general_names {
         if let x509_parser::extensions::GeneralName::URI(uri) = name {
-            if uri.starts_with("spiffe://") {
+            // Visible ASCII only: the ID may travel in a header to the app.
+            if uri.starts_with("spiffe://") && uri.bytes().all(|b| b.is_ascii_graphic()) {
                 return Ok((uri.to_string(), not_after));
             }
         }
