@@ -60,6 +60,14 @@ impl Curl {
         self
     }
 
+    /// Runs curl where failure is the expected outcome: its exit code and
+    /// stderr, nothing parsed.
+    pub fn run_status(mut self) -> (i32, String) {
+        let out = self.cmd.output().expect("run curl");
+        let code = out.status.code().unwrap_or(-1);
+        (code, String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
     /// Runs curl and parses its `-i` output; panics if curl failed.
     pub fn run(mut self) -> CurlOutput {
         let out = self.cmd.output().expect("run curl");

@@ -55,15 +55,21 @@ fn static_mode_carries_requests_over_mutual_tls_and_resumes_sessions() {
     let api = inbound_proxy(&pki, &dir, "api", &app);
     let web = web_proxy(&pki, &dir, &[api.inbound()]);
 
-    for i in 0..3 {
-        // A new client connection each time, and `connection: close` so the
-        // upstream connection is not pooled: three handshakes.
+    let mut c = web.outbound_client();
+    let r = c.request(&Request::get("/hello").host("api"));
+    assert_eq!(
+        r.status,
+        200,
+        "{:?} {:?}",
+        r.header("coremesh-error"),
+        r.body_str()
+    );
+    assert_eq!(r.header("x-origin"), Some("api"));
+    for _ in 0..3 {
+        // A close-delimited body ends the proxy-to-proxy connection too, so
+        // each of these needs a new handshake (resumed after the first).
         let mut c = web.outbound_client();
-        let r = c.request(
-            &Request::get(&format!("/hello/{i}"))
-                .host("api")
-                .header("connection", "close"),
-        );
+        let r = c.request(&Request::get("/close").host("api"));
         assert_eq!(
             r.status,
             200,
@@ -71,9 +77,11 @@ fn static_mode_carries_requests_over_mutual_tls_and_resumes_sessions() {
             r.header("coremesh-error"),
             r.body_str()
         );
-        assert_eq!(r.header("x-origin"), Some("api"));
+        assert!(r
+            .body_str()
+            .contains("this body ends when the connection closes"));
     }
-    assert_eq!(app.requests(), 3);
+    assert_eq!(app.requests(), 4);
     let m = api.metrics();
     let full = m.sum(
         "coremesh_tls_handshakes_total",
@@ -114,24 +122,18 @@ fn the_inbound_port_refuses_plaintext_a_foreign_ca_and_an_expired_certificate() 
             .arg(&files.cert.display().to_string())
             .arg("--key")
             .arg(&files.key.display().to_string())
-            .run()
     };
 
     // A valid mesh certificate gets through (so the refusals below are
     // about the certificate, not about curl).
     let good = pki.files(dir.path(), "good", "web");
-    let out = curl(&good);
-    assert_eq!(out.exit_code, 0, "{}", out.stderr);
-    assert_eq!(out.response.status, 200);
+    assert_eq!(curl(&good).run().response.status, 200);
     assert_eq!(app.requests(), 1);
 
+    // TLS 1.3: the client finishes its side before the server has judged
+    // its certificate, so curl sees the refusal as an alert or a closed
+    // connection instead of a response; either way, a non-zero exit.
     let foreign = Pki::new("elsewhere").files(dir.path(), "foreign", "web");
-    let out = curl(&foreign);
-    assert_ne!(
-        out.exit_code, 0,
-        "a certificate from another CA was accepted"
-    );
-
     let expired = pki.files_for(
         dir.path(),
         "expired",
@@ -140,9 +142,6 @@ fn the_inbound_port_refuses_plaintext_a_foreign_ca_and_an_expired_certificate() 
         -3600,
         &pki.ca_pem,
     );
-    let out = curl(&expired);
-    assert_ne!(out.exit_code, 0, "an expired certificate was accepted");
-
     let stranger = pki.files_for(
         dir.path(),
         "stranger",
@@ -151,14 +150,18 @@ fn the_inbound_port_refuses_plaintext_a_foreign_ca_and_an_expired_certificate() 
         3600,
         &pki.ca_pem,
     );
-    let out = curl(&stranger);
-    assert_ne!(out.exit_code, 0, "another trust domain was accepted");
-
-    // No certificate at all.
-    let out = Curl::new(&url).args(&["-k", "--tlsv1.3"]).run();
+    for (what, files) in [
+        ("a certificate from another CA", &foreign),
+        ("an expired certificate", &expired),
+        ("another trust domain", &stranger),
+    ] {
+        let (code, err) = curl(files).run_status();
+        assert_ne!(code, 0, "{what} was accepted: {err}");
+    }
+    let (code, err) = Curl::new(&url).args(&["-k", "--tlsv1.3"]).run_status();
     assert_ne!(
-        out.exit_code, 0,
-        "a client without a certificate was accepted"
+        code, 0,
+        "a client without a certificate was accepted: {err}"
     );
 
     assert_eq!(app.requests(), 1, "a refused connection reached the app");
