@@ -61,6 +61,7 @@ pub struct ProxyBuilder {
     admin: String,
     proxy_extra: Vec<(String, String)>,
     inbound: Option<(String, String)>,
+    inbound_extra: Vec<(String, String)>,
     outbound: Option<String>,
     passthrough: Option<bool>,
     services: Vec<(String, Vec<String>)>,
@@ -81,6 +82,7 @@ impl ProxyBuilder {
             admin: "127.0.0.1:0".to_string(),
             proxy_extra: Vec::new(),
             inbound: None,
+            inbound_extra: Vec::new(),
             outbound: None,
             passthrough: None,
             services: Vec::new(),
@@ -112,6 +114,12 @@ impl ProxyBuilder {
         self
     }
     /// `[outbound]` on `127.0.0.1:0`.
+    /// One more `[inbound]` key, as raw TOML (`inbound_key("identity_header", "\"x-caller\"")`).
+    pub fn inbound_key(mut self, key: &str, toml_value: &str) -> Self {
+        self.inbound_extra.push((key.to_string(), toml_value.to_string()));
+        self
+    }
+
     pub fn outbound(self) -> Self {
         self.outbound_at("127.0.0.1:0")
     }
@@ -179,6 +187,9 @@ impl ProxyBuilder {
         }
         if let Some((listen, app)) = &self.inbound {
             t += &format!("\n[inbound]\nlisten = {}\napp = {}\n", q(listen), q(app));
+            for (k, v) in &self.inbound_extra {
+                t += &format!("{k} = {v}\n");
+            }
         }
         if let Some(listen) = &self.outbound {
             t += &format!("\n[outbound]\nlisten = {}\n", q(listen));
