@@ -34,15 +34,15 @@ pub(crate) struct FileConfig {
     pub tls: Option<TlsFile>,
 }
 
-/// `[tls]`.
+/// `[tls]`. Paths are relative to the directory of `proxy.toml`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TlsFile {
-    /// PEM certificate chain (leaf first). Required.
+    /// PEM certificate chain (leaf first, then intermediates). Required.
     pub cert: Option<String>,
-    /// PEM private key. Required.
+    /// PEM private key of the leaf. Required.
     pub key: Option<String>,
-    /// PEM trusted roots. Required.
+    /// PEM trusted roots, one or more. Required.
     pub ca: Option<String>,
 }
 
@@ -96,7 +96,9 @@ pub(crate) struct OutboundFile {
     pub listen: Option<String>,
     /// Forward requests for unknown services to the address they name.
     pub passthrough: Option<bool>,
-    /// `[[outbound.tcp]]`: a local listener per TCP service.
+    /// `[[outbound.tcp]]`: a local listener per TCP service. In TOML an
+    /// `[[outbound.tcp]]` entry creates `[outbound]` too, so `listen` keeps
+    /// its default when the file has no `[outbound]` header.
     #[serde(default)]
     pub tcp: Vec<TcpFile>,
 }

@@ -23,6 +23,8 @@ mod resolve;
 mod tests;
 #[cfg(test)]
 mod tests_control;
+#[cfg(test)]
+mod tests_mtls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -66,7 +68,9 @@ pub struct Config {
 
 /// `[tls]`: this proxy's certificate, key and trusted roots, re-read on every
 /// reload. With it, the inbound listener requires mutual TLS and the static
-/// `[[services]]` are called over mutual TLS.
+/// `[[services]]` are called over mutual TLS. A relative path in the file is
+/// joined to the directory of [`Config::source`]; the files are not read
+/// while parsing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsConfig {
     /// PEM chain, leaf first; the leaf names `spiffe://<trust-domain>/service/<name>`.
@@ -122,7 +126,9 @@ pub struct InboundConfig {
 /// `[outbound]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboundConfig {
-    /// Address the local app sends its outgoing requests to.
+    /// Address the local app sends its outgoing HTTP requests to; bound
+    /// (default `127.0.0.1:4140`) even when the file gives only
+    /// `[[outbound.tcp]]` entries.
     pub listen: SocketAddr,
     /// Forward requests whose authority names no known service straight to the
     /// address it names, instead of answering 503.

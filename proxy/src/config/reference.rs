@@ -37,24 +37,31 @@ letter or digit, at most 63 characters. Unknown keys are errors.
                                                 changing listen: restart
   app            addr             required      The local app that inbound requests
                                                 are forwarded to.  reload
-  identity_header  name           none          Header in which the app receives the
+  identity_header  string         none          Header in which the app receives the
                                                 caller's SPIFFE ID (mutual TLS); the
                                                 proxy removes it from incoming
-                                                requests first.  reload
+                                                requests first. A header name
+                                                (RFC 9110 token), case-insensitive;
+                                                not host, content-length,
+                                                transfer-encoding, expect or a
+                                                hop-by-hop header.  reload
 
 [outbound]  (optional; at least one of [inbound] and [outbound])
   listen         addr             127.0.0.1:4140  Where the local app sends its
-                                                requests. Adding or removing the
-                                                section, or changing listen: restart
+                                                HTTP requests (bound even when the
+                                                file has only [[outbound.tcp]]).
+                                                Adding or removing the section, or
+                                                changing listen: restart
   passthrough    bool             false         Forward requests for hosts not
                                                 listed in [[services]] to the
                                                 host they name (and tunnel
                                                 CONNECT), instead of answering
                                                 404 "unknown service".  reload
   tcp            table list       none          TCP services' local listeners:
-                                                [[outbound.tcp]].
+                                                [[outbound.tcp]].  restart
 
-[[outbound.tcp]]  (zero or more; restart)
+[[outbound.tcp]]  (zero or more; adding, removing or changing one: restart)
+  An entry creates [outbound] if the file has no [outbound] header.
   service        name             required      A TCP service (protocol: tcp); unique.
   listen         addr             required      Local address the app connects to;
                                                 each connection is carried over
@@ -101,12 +108,17 @@ wildcard IP), except port 0, which lets the OS pick a free port.
                                                 endpoint on each shard; 0 disables
                                                 pooling.
 
-[tls]  (optional; not with [control]; files re-read on every reload)
-  cert           path             required      PEM chain, leaf first; the leaf's
-                                                URI SAN is spiffe://<trust-domain>/
-                                                service/<[proxy] service>.
-  key            path             required      PEM private key of the leaf.
-  ca             path             required      PEM roots peers must chain to.
+[tls]  (optional; not with [control], which issues the certificate)
+  Paths are relative to the directory of proxy.toml. The files are read and
+  checked at start and again on every reload (a bad file is logged and the
+  previous certificate stays in force).
+  cert           path             required      PEM chain, leaf first, then
+                                                intermediates; the leaf's URI SAN
+                                                is spiffe://<trust-domain>/service/
+                                                <[proxy] service>.  reload
+  key            path             required      PEM private key of the leaf.  reload
+  ca             path             required      PEM roots peers must chain to, one
+                                                or more.  reload
   With [tls], the inbound listener accepts mutual TLS 1.3 only, and the
   [[services]] are called over mutual TLS (their peer must present the
   service's SPIFFE ID). Adding or removing the section: restart.

@@ -3,9 +3,11 @@
 //! file are set up once at start; everything that is read per request or per
 //! connection (services, endpoints, timeouts, limits, pooling, labels) may change.
 //! `[control]` is read once by the control client at start: every key in it
-//! needs a restart.
+//! needs a restart. `[tls]` may point at other files (they are re-read on
+//! every reload anyway) but may not appear or disappear: it decides whether
+//! the inbound port speaks plaintext or mutual TLS.
 
-use super::{Config, ConfigError, ControlConfig};
+use super::{Config, ConfigError, ControlConfig, TcpUpstreamConfig};
 
 pub(crate) fn check(old: &Config, new: &Config) -> Result<(), ConfigError> {
     let changed = |place: &str, key: &str, from: String, to: String| {
@@ -77,21 +79,53 @@ pub(crate) fn check(old: &Config, new: &Config) -> Result<(), ConfigError> {
                 quoted(b.listen),
             ));
         }
-        if a.tcp != b.tcp {
-            let show = |t: &[super::TcpUpstreamConfig]| {
-                let v: Vec<String> = t
-                    .iter()
-                    .map(|t| format!("{}@{}", t.service, t.listen))
-                    .collect();
-                format!("[{}]", v.join(", "))
-            };
-            return Err(changed("[[outbound.tcp]]", "", show(&a.tcp), show(&b.tcp)));
-        }
+        tcp(new, &a.tcp, &b.tcp)?;
     }
     // Switching between plaintext and mutual TLS changes what the inbound
     // port accepts; the files themselves are re-read on every reload.
     section(new, "[tls]", &old.tls, &new.tls)?;
     control(new, &old.control, &new.control)
+}
+
+/// `[[outbound.tcp]]` listeners are bound at start: any change to the list
+/// needs a restart. The error names the first entry that differs.
+fn tcp(
+    new: &Config,
+    old: &[TcpUpstreamConfig],
+    now: &[TcpUpstreamConfig],
+) -> Result<(), ConfigError> {
+    let restart = |place: &str, key: &str, from: String, to: String| {
+        Err(ConfigError::needs_restart(
+            &new.source,
+            place,
+            key,
+            format!("changed from {from} to {to}; this key needs a restart"),
+        ))
+    };
+    for (i, (a, b)) in old.iter().zip(now).enumerate() {
+        let place = format!("[[outbound.tcp]] #{}", i + 1);
+        if a.service != b.service {
+            return restart(&place, "service", quoted(&a.service), quoted(&b.service));
+        }
+        if a.listen != b.listen {
+            return restart(&place, "listen", quoted(a.listen), quoted(b.listen));
+        }
+    }
+    if old.len() != now.len() {
+        let what = if now.len() > old.len() {
+            "added"
+        } else {
+            "removed"
+        };
+        let n = old.len().min(now.len()) + 1;
+        return Err(ConfigError::needs_restart(
+            &new.source,
+            &format!("[[outbound.tcp]] #{n}"),
+            "",
+            format!("entry was {what}; this needs a restart"),
+        ));
+    }
+    Ok(())
 }
 
 /// Any change to `[control]` or `[control.health]` needs a restart; the error
@@ -172,8 +206,9 @@ fn control(
     Ok(())
 }
 
-/// A listener (or the control) section may not appear or disappear: its
-/// socket is bound (its client started) at start.
+/// A listener, `[tls]` or `[control]` section may not appear or disappear:
+/// its socket is bound (the inbound protocol chosen, the client started) at
+/// start.
 fn section<T>(
     new: &Config,
     place: &str,

@@ -76,14 +76,11 @@ pub(crate) fn resolve(
         .control
         .map(|f| resolve_control(path, f, inbound.as_ref(), hostname))
         .transpose()?;
-    let tls = file
-        .tls
-        .map(|f| resolve_tls(At::new(path, "[tls]"), f))
-        .transpose()?;
+    let tls = file.tls.map(|f| resolve_tls(path, f)).transpose()?;
     if tls.is_some() && control.is_some() {
         return Err(At::new(path, "[tls]").err(
             "",
-            "not used with [control]: control issues this proxy's certificate; remove one of them",
+            "not used with [control]: control issues this proxy's certificate; remove one",
         ));
     }
     Ok(Config {
@@ -232,50 +229,72 @@ fn resolve_inbound(at: At<'_>, f: InboundFile) -> Result<InboundConfig> {
     })
 }
 
-/// A header name the proxy sets itself: a token (RFC 9110 5.1), and not one
-/// that frames or routes the request.
+/// A header name the proxy sets itself: a token (RFC 9110 5.6.2), stored
+/// lowercase, and not one whose removal from incoming requests would change
+/// how they are framed, routed or carried hop to hop.
 fn resolve_identity_header(at: &At<'_>, h: String) -> Result<String> {
-    const RESERVED: [&str; 10] = [
+    // The fields the HTTP/1 codec interprets (http1/fields.rs `classify`),
+    // the hop-by-hop fields of RFC 9110 7.6.1 and RFC 2616 13.5.1, and the
+    // proxy's own error header.
+    const RESERVED: [&str; 13] = [
         "host",
         "content-length",
         "transfer-encoding",
+        "expect",
         "connection",
         "keep-alive",
+        "proxy-connection",
         "te",
         "trailer",
         "upgrade",
-        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
         "coremesh-error",
     ];
     let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
     if h.is_empty() || !h.bytes().all(tchar) {
         return Err(at.err(
             "identity_header",
-            format!("\"{}\" is not a header name", h.escape_debug()),
+            format!(
+                "\"{}\" is not a header name (letters, digits and !#$%&'*+-.^_`|~)",
+                h.escape_debug()
+            ),
         ));
     }
     let h = h.to_ascii_lowercase();
     if RESERVED.contains(&h.as_str()) {
         return Err(at.err(
             "identity_header",
-            format!("\"{h}\" is a header the proxy must not replace"),
+            format!("\"{h}\" is a framing or hop-by-hop header, which the proxy must not replace"),
         ));
     }
     Ok(h)
 }
 
-fn resolve_tls(at: At<'_>, f: TlsFile) -> Result<TlsConfig> {
-    let path = |key: &str, v: Option<String>| -> Result<std::path::PathBuf> {
+/// The three files are read (and their certificates checked) at start and on
+/// every reload, not here: a reload with a bad file keeps the previous
+/// identity. Relative paths are taken from the directory of `path`, where
+/// the certificate usually sits next to `proxy.toml`.
+fn resolve_tls(path: &Path, f: TlsFile) -> Result<TlsConfig> {
+    let at = At::new(path, "[tls]");
+    let file = |key: &str, v: Option<String>| -> Result<PathBuf> {
         match at.required(key, v)? {
             p if p.is_empty() => Err(at.err(key, "is empty")),
-            p => Ok(std::path::PathBuf::from(p)),
+            p => Ok(beside(path, &p)),
         }
     };
     Ok(TlsConfig {
-        cert: path("cert", f.cert)?,
-        key: path("key", f.key)?,
-        ca: path("ca", f.ca)?,
+        cert: file("cert", f.cert)?,
+        key: file("key", f.key)?,
+        ca: file("ca", f.ca)?,
     })
+}
+
+/// `p` as is when absolute, else joined to the directory of the config file
+/// `config` (as given: a relative `config` gives a path relative to the
+/// working directory, which the proxy never changes).
+fn beside(config: &Path, p: &str) -> PathBuf {
+    config.parent().unwrap_or(Path::new("")).join(p)
 }
 
 fn resolve_outbound(at: At<'_>, f: OutboundFile) -> Result<OutboundConfig> {
@@ -312,27 +331,27 @@ fn check_listeners_distinct(
     inbound: Option<&InboundConfig>,
     outbound: Option<&OutboundConfig>,
 ) -> Result<()> {
-    let listeners: Vec<(&str, SocketAddr)> = [
-        Some(("[proxy] admin", proxy.admin)),
-        inbound.map(|i| ("[inbound] listen", i.listen)),
-        outbound.map(|o| ("[outbound] listen", o.listen)),
-    ]
-    .into_iter()
-    .flatten()
-    .chain(
-        outbound
-            .iter()
-            .flat_map(|o| o.tcp.iter().map(|t| ("[[outbound.tcp]] listen", t.listen))),
-    )
-    .collect();
-    for (i, &(first, a)) in listeners.iter().enumerate() {
-        for &(second, b) in &listeners[i + 1..] {
+    // (place, key, address): the place names the [[outbound.tcp]] entry.
+    let mut listeners: Vec<(String, &str, SocketAddr)> =
+        vec![("[proxy]".to_owned(), "admin", proxy.admin)];
+    if let Some(i) = inbound {
+        listeners.push(("[inbound]".to_owned(), "listen", i.listen));
+    }
+    if let Some(o) = outbound {
+        listeners.push(("[outbound]".to_owned(), "listen", o.listen));
+        for (n, t) in o.tcp.iter().enumerate() {
+            let place = format!("[[outbound.tcp]] #{}", n + 1);
+            listeners.push((place, "listen", t.listen));
+        }
+    }
+    for (i, (first, first_key, a)) in listeners.iter().enumerate() {
+        for (second, second_key, b) in &listeners[i + 1..] {
             let overlap = a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified();
             if a.port() != 0 && a.port() == b.port() && overlap {
-                let (place, key) = second.split_once(' ').unwrap_or((second, ""));
-                return Err(
-                    At::new(path, place).err(key, format!("\"{b}\" collides with {first} \"{a}\""))
-                );
+                return Err(At::new(path, second).err(
+                    second_key,
+                    format!("\"{b}\" collides with {first} {first_key} \"{a}\""),
+                ));
             }
         }
     }
