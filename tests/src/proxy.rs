@@ -116,7 +116,8 @@ impl ProxyBuilder {
     /// `[outbound]` on `127.0.0.1:0`.
     /// One more `[inbound]` key, as raw TOML (`inbound_key("identity_header", "\"x-caller\"")`).
     pub fn inbound_key(mut self, key: &str, toml_value: &str) -> Self {
-        self.inbound_extra.push((key.to_string(), toml_value.to_string()));
+        self.inbound_extra
+            .push((key.to_string(), toml_value.to_string()));
         self
     }
 

@@ -11,11 +11,14 @@
 use std::time::Duration;
 
 use coremesh_e2e::util::wait_for;
-use coremesh_e2e::{Client, Control, ControlBuilder, Member, MeshProxy, Origin, Proxy, ProxyBuilder, Request};
+use coremesh_e2e::{
+    Client, Control, ControlBuilder, Member, MeshProxy, Origin, Proxy, ProxyBuilder, Request,
+};
 
 const TD: &str = "spiffe://coremesh.local/service";
 
-const SERVICES: &str = "kind: Service\nname: api\n---\nkind: Service\nname: web\n---\nkind: Service\nname: batch\n";
+const SERVICES: &str =
+    "kind: Service\nname: api\n---\nkind: Service\nname: web\n---\nkind: Service\nname: batch\n";
 
 const POLICY: &str = r#"
 kind: AccessPolicy
@@ -85,7 +88,10 @@ fn expect(from: &Proxy, method: &str, path: &str, status: u16) -> Option<String>
         last = send(from, method, path);
         (last.0 == status).then_some(())
     });
-    assert!(ok.is_some(), "{method} {path}: wanted {status}, got {last:?}");
+    assert!(
+        ok.is_some(),
+        "{method} {path}: wanted {status}, got {last:?}"
+    );
     last.1
 }
 
@@ -115,25 +121,39 @@ fn access_policy_allows_and_denies_by_caller_method_and_path_and_the_defaults_ap
     let before = m.app.requests();
     for (from, method, path, want) in matrix {
         let (status, err) = send(from, method, path);
-        assert_eq!(status, want, "{method} {path} from {}", from.builder().render());
+        assert_eq!(
+            status,
+            want,
+            "{method} {path} from {}",
+            from.builder().render()
+        );
         if want == 403 {
             assert_eq!(err, forbidden, "{method} {path}");
         }
     }
-    assert_eq!(m.app.requests() - before, 3, "a denied request reached the app");
+    assert_eq!(
+        m.app.requests() - before,
+        3,
+        "a denied request reached the app"
+    );
 
     let metrics = m.api.metrics();
     let denied = |caller: &str| {
         metrics.sum(
             "coremesh_authz_denied_total",
-            &[("policy", "api-access"), ("caller", &format!("{TD}/{caller}"))],
+            &[
+                ("policy", "api-access"),
+                ("caller", &format!("{TD}/{caller}")),
+            ],
         )
     };
     assert!(denied("web") >= 3.0, "web denials: {}", denied("web"));
     assert!(denied("batch") >= 3.0, "batch denials: {}", denied("batch"));
 
     // Mesh-wide deny without a policy for the service...
-    m.control.meshctl(&["delete", "accesspolicy", "api-access"]).ok();
+    m.control
+        .meshctl(&["delete", "accesspolicy", "api-access"])
+        .ok();
     expect(&m.web, "DELETE", "/v1/users", 200);
     m.control
         .apply("kind: MeshConfig\nname: mesh\ndefaultAccess: deny\n");

@@ -49,7 +49,12 @@ pub(crate) async fn tunnel_watchdog<S, F>(
     S: Fn(std::time::Duration) -> F,
     F: std::future::Future<Output = ()>,
 {
-    let tick = (idle / 4).max(std::time::Duration::from_millis(10));
+    // At most a second: the tunnel's task (and what it accounts, such as
+    // byte counters) ends within that of both directions finishing.
+    let tick = (idle / 4).clamp(
+        std::time::Duration::from_millis(10),
+        std::time::Duration::from_secs(1),
+    );
     let mut shut = false;
     while done.get() < 2 {
         sleep(tick).await;
