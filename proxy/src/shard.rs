@@ -51,6 +51,9 @@ pub enum ShardMsg {
     /// trust bundle, or `[tls]` files reloaded): new handshakes use them,
     /// open connections keep theirs.
     Identity(Arc<Identity>),
+    /// The local app's latest health check result (`[control.health]`),
+    /// for probes answered by this proxy.
+    AppHealth(bool),
     /// Reply with a snapshot of this shard's stats.
     Snapshot(tokio::sync::oneshot::Sender<ShardSnapshot>),
     /// Stop accepting; reply once no request is in flight on this shard.
@@ -113,6 +116,9 @@ pub struct Shard {
     prepared: RefCell<Option<Arc<RoutingTable>>>,
     /// This shard's TLS configurations and session caches (see tls/identity.rs).
     tls: RefCell<Option<Rc<ShardTls>>>,
+    /// The local app's health as the agent last checked it; `None`: not
+    /// checked (no `[control]`, or no result yet).
+    pub app_healthy: Cell<Option<bool>>,
 }
 
 impl Shard {
@@ -270,6 +276,7 @@ pub async fn run(setup: ShardSetup, driver: String) {
         routes: RefCell::new(None),
         prepared: RefCell::new(None),
         tls: RefCell::new(None),
+        app_healthy: Cell::new(None),
     });
 
     let stop = Stop::new();
@@ -316,6 +323,7 @@ pub async fn run(setup: ShardSetup, driver: String) {
                 // previous configuration if this shard still disagrees.
                 Err(e) => tracing::error!(shard = index, "cannot use the new certificate: {e}"),
             },
+            ShardMsg::AppHealth(h) => shard.app_healthy.set(Some(h)),
             ShardMsg::Snapshot(reply) => {
                 let _ = reply.send(shard.stats.borrow().snapshot());
             }

@@ -163,6 +163,16 @@ fn access_policy_allows_and_denies_by_caller_method_and_path_and_the_defaults_ap
     m.control.apply(POLICY);
     expect(&m.web, "GET", "/v1/users", 200);
     assert_eq!(send(&m.batch, "GET", "/v1/users").0, 403);
+
+    // Probes of the api proxy are answered by the proxy itself, from its
+    // own check of its app: no AccessPolicy applies and the app never sees
+    // them.
+    let before = m.app.requests();
+    let mut c = Client::connect(m.batch.outbound());
+    let r = c.request(&Request::get("/.well-known/coremesh/health").host("api"));
+    assert_eq!(r.status, 200, "{:?}", r.header("coremesh-error"));
+    assert_eq!(r.body_str(), "{\"app\":\"healthy\"}\n");
+    assert_eq!(m.app.requests(), before);
 }
 
 #[test]

@@ -54,8 +54,9 @@ impl Checker {
         }
     }
 
-    /// Checks every interval forever, keeping `latest` current.
-    pub async fn run(self, latest: LatestHealth) {
+    /// Checks every interval forever, keeping `latest` current and telling
+    /// the shards (which answer probes from peers with it) of every change.
+    pub async fn run(self, latest: LatestHealth, shards: Vec<crate::shard::ShardHandle>) {
         let mut tick = tokio::time::interval(self.config.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -73,6 +74,12 @@ impl Checker {
                     self.config.kind.as_str(),
                     report.detail
                 ),
+            }
+            if before.as_ref().map(|b| b.healthy) != Some(report.healthy) {
+                for h in &shards {
+                    let _ =
+                        h.tx.try_send(crate::shard::ShardMsg::AppHealth(report.healthy));
+                }
             }
             *latest.borrow_mut() = Some(report);
         }

@@ -310,7 +310,7 @@ async fn start_control(
             config: cc.health.clone(),
         };
         let latest = health::LatestHealth::default();
-        tokio::task::spawn_local(checker.clone().run(latest.clone()));
+        tokio::task::spawn_local(checker.clone().run(latest.clone(), shards.to_vec()));
         (checker, latest)
     });
     let link = Rc::new(ControlLink::default());

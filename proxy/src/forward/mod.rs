@@ -51,6 +51,12 @@ use relay::connect_tunnel;
 /// gives its buffer back (a busy client sends its next request well within).
 const LINGER: Duration = Duration::from_millis(100);
 
+/// Path on the inbound listener that the proxy answers itself, for probes
+/// from peer proxies and from the operator: 200 while the local app is
+/// healthy (or unchecked), 503 while it is not. It never reaches the app and
+/// no AccessPolicy applies to it (any caller that passed mutual TLS).
+pub const PROBE_PATH: &[u8] = b"/.well-known/coremesh/health";
+
 /// Attempts per request when connecting fails (each on the next endpoint).
 const CONNECT_ATTEMPTS: usize = 3;
 
@@ -555,6 +561,25 @@ async fn forward<'c>(
                     &cfg.proxy.service,
                 )
                 .await;
+            }
+            if head.method == Method::Get && cbuf[head.path.clone()] == *PROBE_PATH {
+                let close = !head.keep_alive || head.framing != Framing::None;
+                let mut out = Vec::with_capacity(160);
+                http1::write_probe_response(shard.app_healthy.get(), close, &mut out);
+                ex.status = if shard.app_healthy.get() == Some(false) {
+                    503
+                } else {
+                    200
+                };
+                let res = write_bounded(client, out, ex.idle).await;
+                let mut cbuf = cbuf;
+                let next = if close || res.is_err() {
+                    Next::Close
+                } else {
+                    consume(&mut cbuf, head.head_len);
+                    Next::KeepAlive
+                };
+                return ("probe", next, cbuf);
             }
             if let Some(policy) = authorize(shard, table, client, head, &cbuf) {
                 let reason = format!("forbidden by policy {policy}");

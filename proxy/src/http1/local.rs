@@ -31,6 +31,28 @@ pub fn write_error_response(status: u16, error: &str, close: bool, out: &mut Vec
     out.push(b'\n');
 }
 
+/// Appends the answer to a probe of this proxy (see `forward::PROBE_PATH`):
+/// 200 while its app is healthy or unchecked, 503 while it is not, with a
+/// one-line JSON body saying which.
+pub fn write_probe_response(app_healthy: Option<bool>, close: bool, out: &mut Vec<u8>) {
+    let (status, body) = match app_healthy {
+        Some(true) => (200, "{\"app\":\"healthy\"}\n"),
+        Some(false) => (503, "{\"app\":\"unhealthy\"}\n"),
+        None => (200, "{\"app\":\"unchecked\"}\n"),
+    };
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+        reason_phrase(status),
+        body.len()
+    );
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body.as_bytes());
+}
+
 fn push_sanitized(out: &mut Vec<u8>, s: &str) {
     out.extend(
         s.bytes()

@@ -55,7 +55,7 @@ mod tests;
 
 pub use authority::split_authority;
 pub use chunked::ChunkedDecoder;
-pub use local::{reason_phrase, write_error_response};
+pub use local::{reason_phrase, write_error_response, write_probe_response};
 pub use plan::{HeadPlan, Seg};
 pub use request::{parse_request, RequestHead};
 pub use response::{parse_response, ResponseHead};
