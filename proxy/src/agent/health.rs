@@ -259,8 +259,9 @@ mod tests {
 
                 let (ok, _) = app("HTTP/1.1 200 OK\r\n\r\n").await;
                 let latest = LatestHealth::default();
-                let task =
-                    tokio::task::spawn_local(checker(ok, HealthKind::Http).run(latest.clone()));
+                let task = tokio::task::spawn_local(
+                    checker(ok, HealthKind::Http).run(latest.clone(), Vec::new()),
+                );
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
                 while latest.borrow().is_none() {
                     assert!(tokio::time::Instant::now() < deadline);
