@@ -22,7 +22,7 @@ fn duration(s: &str) -> Result<Duration, String> {
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// Data directory: CA, operator credential, store. Created (0700) on first start.
+    /// Data directory: CA, operator credential, QUIC endpoint secret, store. Created (0700) on first start.
     #[arg(long)]
     data_dir: PathBuf,
     /// QUIC (UDP) address proxies connect to.
@@ -105,7 +105,7 @@ async fn run(args: Args) -> Result<(), Error> {
     };
     let hub = Hub::new(store, ca, opts, started)?;
     let (version, _) = hub.config();
-    let endpoint = quic::bind(&hub, args.listen)?;
+    let endpoint = quic::bind(&hub, args.listen, &dir.quic_reset_key)?;
     let quic_addr = endpoint
         .local_addr()
         .map_err(|e| Error::internal(format!("QUIC socket: {e}")))?;

@@ -692,7 +692,13 @@ async fn read_frames(
                 return;
             }
             Err(e) => {
-                let _ = tx.send(Err(format!("connection to control lost: {e}")));
+                // Say how: "reset by peer" is a restarted control (its
+                // stateless reset), "timed out" one that stopped answering.
+                let why = match e {
+                    quinn::ReadError::ConnectionLost(c) => c.to_string(),
+                    other => other.to_string(),
+                };
+                let _ = tx.send(Err(format!("connection to control lost: {why}")));
                 return;
             }
         }
