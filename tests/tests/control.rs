@@ -13,12 +13,15 @@
 //! Each origin names itself in `x-origin`, so a response says which version
 //! of api served it.
 //!
-//! Not covered here: a snapshot the proxy NACKs. Control validates every
-//! resource with the same rules the proxy's `RoutingTable::compile` enforces
-//! (paths start with `/`; a route's service is always in the snapshot, as
-//! control only sends the routes of the services it sends), so no applied
-//! resource reaches a proxy that cannot compile it. The NACK path is covered
-//! by the proxy's unit tests against an in-process control.
+//! NACKs: control validates every resource with the same rules the proxy's
+//! `RoutingTable::compile` enforces (paths start with `/`; a route's service
+//! is always in the snapshot, as control only sends the routes of the
+//! services it sends), so what a proxy refuses is a conflict with its own
+//! configuration: a service its proxy.toml defines statically in
+//! `[[services]]` that control defines too. That is the NACK tested here
+//! end to end; the other NACK reasons (a snapshot that does not compile, a
+//! shard that does not prepare in time) are covered by the proxy's unit
+//! tests against an in-process control.
 
 // The load thread shares its tally with the test through a Mutex: test code,
 // off the data plane, where the shared-nothing rule (clippy.toml) does not apply.
@@ -741,6 +744,123 @@ fn rollback_restores_the_earlier_routes_everywhere() {
     assert!(
         count(&t, "api-v1") > 0 && count(&t, "api-v2") > 0,
         "without a Route both versions serve: {t:?}"
+    );
+}
+
+/// Waits until `meshctl get proxies` shows `node` with `pred` true of its
+/// status object; panics with the last status seen.
+fn wait_proxy(
+    control: &Control,
+    node: &str,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    wait_for(SOON, || {
+        last = control
+            .proxies()
+            .into_iter()
+            .find(|p| p["node"] == node)
+            .unwrap_or_default();
+        pred(&last).then(|| last.clone())
+    })
+    .unwrap_or_else(|| panic!("{node} did not get to {what}; last status: {last}"))
+}
+
+#[test]
+fn a_snapshot_the_proxy_cannot_apply_is_nacked_with_the_reason_and_the_last_good_policy_stays() {
+    // A web sidecar that calls api (from control) and db, which its own
+    // proxy.toml defines statically.
+    let mut mesh = Mesh::start(Control::start(), 0);
+    let db = Origin::start("db-static");
+    let member = mesh.control.member("web", "web-db");
+    let web = ProxyBuilder::new("web")
+        .outbound()
+        .service("db", &[db.addr()])
+        .control(&mesh.control.section(&member).calls(&["api", "db"]))
+        .start();
+    mesh.web_members.push(member);
+    mesh.webs.push(web);
+    let good = mesh.control.apply(EXAMPLE);
+    mesh.converge(good);
+    let get_db = |web: &Proxy| {
+        let r = web.outbound_client().get("db", "/db");
+        assert_eq!(r.status, 200, "db through the web proxy: {r:?}");
+        r.header("x-origin").unwrap_or_default().to_string()
+    };
+    assert_eq!(get_db(mesh.web()), "db-static");
+
+    // Control now defines db too, and sends everything for api to v2.
+    let conflict = "kind: Service\nname: db\n---\nkind: Route\nname: api-canary\nservice: api\nrules:\n  - backends: [ { subset: { version: v2 } } ]\n";
+    let bad = mesh.control.apply(conflict);
+    assert!(bad > good);
+    let status = wait_proxy(&mesh.control, "web-db", "a NACK", |p| !p["nack"].is_null());
+    let reason = status["nack"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("service \"db\" is defined both in")
+            && reason.contains("proxy.toml [[services]] and by control; remove one of them"),
+        "the NACK says what conflicts and what to do: {reason}"
+    );
+    assert_eq!(
+        status["applied_config_version"], good,
+        "the web proxy still runs the last good config: {status}"
+    );
+    // meshctl status shows the NACK and its reason on the web proxy's row.
+    let table = mesh.control.meshctl(&["status"]).ok().stdout;
+    let line = row(&table, "web-db").unwrap_or_else(|| panic!("no web-db row:\n{table}"));
+    assert!(
+        line.contains("NACK: version ") && line.contains("is defined both in"),
+        "{table}"
+    );
+    // The api proxies could apply it.
+    for m in &mesh.api_members {
+        wait_proxy(&mesh.control, &m.node, "an ACK of the new config", |p| {
+            p["applied_config_version"] == bad && p["nack"].is_null()
+        });
+    }
+    // Traffic goes on under the previous policy: the 90/10 split (the new
+    // route would send nothing to v1), and db from proxy.toml.
+    let t = tally(mesh.web(), 20, "/still", &[]);
+    assert!(
+        count(&t, "api-v1") > 0,
+        "the NACKed route must not be in force: {t:?}"
+    );
+    assert_eq!(get_db(mesh.web()), "db-static");
+    let config = mesh.web().admin_get("/config").json();
+    assert!(
+        config["control"]["last_nack"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("defined both")),
+        "/config shows the last NACK: {}",
+        config["control"]
+    );
+
+    // Without the conflict, the next snapshot is ACKed and in force.
+    let out = mesh.control.meshctl(&["delete", "service", "db"]).ok();
+    let fixed = coremesh_e2e::control::version_in(&out.stdout).expect("a version");
+    mesh.converge(fixed);
+    let t = tally(mesh.web(), 10, "/fixed", &[]);
+    assert_eq!(count(&t, "api-v2"), 10, "the new route is in force: {t:?}");
+    assert_eq!(get_db(mesh.web()), "db-static");
+
+    // The other way round: a reload of proxy.toml that defines a service
+    // control defines is refused, and the running configuration stays.
+    let web = mesh.web();
+    let skip = web.log_lines().len();
+    let api = mesh.apis[0].inbound();
+    web.write_config(&web.builder().clone().service("api", &[api]).render());
+    web.signal(libc::SIGHUP);
+    let line = web.wait_for_log(skip, SOON, |l| l.contains("reload rejected"));
+    let line = line.unwrap_or_else(|| panic!("no rejected reload:\n{}", web.log_tail(20)));
+    assert!(
+        line.contains("[[services]] \"api\": control defines this service too"),
+        "{line}"
+    );
+    let t = tally(mesh.web(), 10, "/after-reload", &[]);
+    assert_eq!(
+        count(&t, "api-v2"),
+        10,
+        "control's route still applies: {t:?}"
     );
 }
 
