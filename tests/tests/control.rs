@@ -684,6 +684,52 @@ fn a_stopped_proxy_is_withdrawn_and_a_rolling_restart_fails_no_request() {
 }
 
 #[test]
+fn a_disconnected_proxy_is_listed_with_when_it_left_then_forgotten() {
+    let control = ControlBuilder::new().arg("--forget-after", "4s").start();
+    let mut mesh = Mesh::start(control, 0);
+    let version = mesh.control.apply("kind: Service\nname: api\n");
+    mesh.converge(version);
+
+    let mut stopped = mesh.apis.pop().expect("v2 proxy");
+    stopped.signal(libc::SIGTERM);
+    stopped
+        .wait_exit(SOON)
+        .expect("the proxy exits after SIGTERM");
+    let row_of = |control: &Control| {
+        control
+            .proxies()
+            .into_iter()
+            .find(|p| p["node"] == "api-v2-a")
+    };
+    let left = wait_for(SOON, || {
+        row_of(&mesh.control).filter(|p| p["connected"] == false)
+    })
+    .expect("the stopped proxy is listed as disconnected");
+    assert!(
+        left["last_seen"].as_u64().is_some(),
+        "a disconnected row says when the proxy was last seen: {left}"
+    );
+    let table = mesh.control.meshctl(&["status"]).ok().stdout;
+    let line = row(&table, "api-v2-a").unwrap_or_else(|| panic!("no api-v2-a row:\n{table}"));
+    assert!(line.contains(" no (left "), "{table}");
+
+    // After --forget-after, the row goes; the connected proxy stays.
+    let gone = wait_for(SOON, || row_of(&mesh.control).is_none().then_some(()));
+    assert!(
+        gone.is_some(),
+        "control should forget a proxy disconnected for 4 s: {:?}",
+        row_of(&mesh.control)
+    );
+    let nodes: Vec<serde_json::Value> = mesh
+        .control
+        .proxies()
+        .iter()
+        .map(|p| p["node"].clone())
+        .collect();
+    assert_eq!(nodes, ["api-v1-a"]);
+}
+
+#[test]
 fn rollback_restores_the_earlier_routes_everywhere() {
     let mesh = Mesh::start(Control::start(), 2);
     let good = mesh.control.apply(EXAMPLE);

@@ -20,7 +20,7 @@
 //! control is down serves the last good routes. Shutdown (SIGTERM/SIGINT):
 //! deregister and wait for control's confirmation (at most
 //! [`DEREGISTER_TIMEOUT`], skipped without a session), stop accepting, drain,
-//! exit 0.
+//! close the control session, exit 0.
 
 pub mod apply;
 pub mod control;
@@ -249,6 +249,9 @@ async fn agent(setup: AgentSetup) -> i32 {
     match tokio::time::timeout(deadline, all).await {
         Ok(()) => tracing::info!("drained; exiting"),
         Err(_) => tracing::warn!("drain deadline passed with requests still in flight; exiting"),
+    }
+    if let Some((_, link)) = &control {
+        link.close(Duration::from_millis(500)).await;
     }
     0
 }
