@@ -1,6 +1,7 @@
 //! The data directory: created at first start (mode 0700) with the CA
 //! (`ca.pem`, `ca.key`; not when the operator supplies one), the operator
-//! credential (`operator.credential`) and the store (`store.redb`). Secret files are 0600 and written with
+//! credential (`operator.credential`), the QUIC endpoint secret
+//! (`quic-reset.key`) and the store (`store.redb`). Secret files are 0600 and written with
 //! fsync before they are used, so a crash during first start leaves either
 //! no file or a whole one (a partial one is refused on the next start).
 
@@ -16,6 +17,16 @@ pub const CA_CERT: &str = "ca.pem";
 pub const CA_KEY: &str = "ca.key";
 pub const CREDENTIAL: &str = "operator.credential";
 pub const STORE: &str = "store.redb";
+/// The QUIC endpoint secret: stateless resets and connection IDs are
+/// derived from it, so a restarted control recognizes the connection IDs
+/// it issued before and resets those connections at once (see
+/// [`crate::quic::endpoint_config`]).
+pub const QUIC_RESET_KEY: &str = "quic-reset.key";
+/// Bytes of a new QUIC endpoint secret (HMAC-SHA256 keys longer than its
+/// 64-byte block are hashed first, so more would add nothing).
+const QUIC_RESET_KEY_LEN: usize = 64;
+/// The shortest secret accepted from the file: 256 bits.
+const QUIC_RESET_KEY_MIN: usize = 32;
 
 /// The data directory's files, loaded.
 pub struct DataDir {
@@ -24,6 +35,8 @@ pub struct DataDir {
     /// opened for an operator-supplied CA.
     pub ca: Option<(String, String)>,
     pub credential: String,
+    /// The QUIC endpoint secret, at least 32 bytes.
+    pub quic_reset_key: Vec<u8>,
     /// Paths of the files this start created (empty on later starts).
     pub created: Vec<PathBuf>,
 }
@@ -114,12 +127,46 @@ pub fn open(path: &Path, trust_domain: &str, own_ca: bool) -> Result<DataDir, Er
     } else {
         None
     };
+    let reset_path = path.join(QUIC_RESET_KEY);
+    if !reset_path.exists() {
+        write_secret(
+            &reset_path,
+            &format!("{}\n", crate::tokens::random_hex(QUIC_RESET_KEY_LEN)),
+        )?;
+        created.push(reset_path.clone());
+    }
+    let quic_reset_key = parse_reset_key(&read(&reset_path)?).map_err(|why| {
+        Error::internal(format!(
+            "{}: {why}; remove it to create a new one (proxies connected before then reconnect by idle timeout)",
+            reset_path.display()
+        ))
+    })?;
     Ok(DataDir {
         path: path.to_path_buf(),
         ca,
         credential,
+        quic_reset_key,
         created,
     })
+}
+
+/// The secret in `quic-reset.key`: hex, at least [`QUIC_RESET_KEY_MIN`] bytes.
+fn parse_reset_key(text: &str) -> Result<Vec<u8>, String> {
+    let hex = text.trim();
+    if hex.len() % 2 != 0 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("not a hex string".into());
+    }
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap_or_default())
+        .collect();
+    if bytes.len() < QUIC_RESET_KEY_MIN {
+        return Err(format!(
+            "{} bytes; at least {QUIC_RESET_KEY_MIN} are needed",
+            bytes.len()
+        ));
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -134,16 +181,18 @@ mod tests {
             crate::unix_millis(SystemTime::now())
         ));
         let d = open(&dir, "coremesh.local", true).unwrap();
-        assert_eq!(d.created.len(), 4);
+        assert_eq!(d.created.len(), 5);
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&dir), 0o700);
-        for f in [CA_KEY, CA_CERT, CREDENTIAL] {
+        for f in [CA_KEY, CA_CERT, CREDENTIAL, QUIC_RESET_KEY] {
             assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
         }
         let again = open(&dir, "coremesh.local", true).unwrap();
         assert!(again.created.is_empty());
         assert_eq!(again.credential, d.credential);
         assert_eq!(again.ca, d.ca);
+        assert_eq!(d.quic_reset_key.len(), QUIC_RESET_KEY_LEN);
+        assert_eq!(again.quic_reset_key, d.quic_reset_key);
         // With an operator's CA, the directory's own is left alone.
         let operator = open(&dir, "coremesh.local", false).unwrap();
         assert!(operator.ca.is_none());
@@ -161,7 +210,20 @@ mod tests {
         let d = open(&dir, "coremesh.local", false).unwrap();
         assert!(d.ca.is_none());
         assert!(!dir.join(CA_CERT).exists() && !dir.join(CA_KEY).exists());
-        assert_eq!(d.created.len(), 2, "{:?}", d.created);
+        assert_eq!(d.created.len(), 3, "{:?}", d.created);
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn reset_key_must_be_long_enough_hex() {
+        assert_eq!(
+            parse_reset_key(&format!("{}\n", "ab".repeat(32))).unwrap(),
+            [0xab; 32]
+        );
+        assert!(parse_reset_key(&"ab".repeat(31))
+            .unwrap_err()
+            .contains("31 bytes"));
+        assert!(parse_reset_key("xyz").is_err());
+        assert!(parse_reset_key("abc").is_err());
     }
 }

@@ -60,6 +60,8 @@ pub struct Options {
     pub cert_lifetime: Duration,
     pub debounce: Duration,
     pub heartbeat_interval: Duration,
+    /// How long a disconnected proxy stays in `meshctl status`.
+    pub forget_after: Duration,
 }
 
 impl Default for Options {
@@ -70,6 +72,7 @@ impl Default for Options {
             cert_lifetime: crate::ca::DEFAULT_CERT_LIFETIME,
             debounce: Duration::from_millis(50),
             heartbeat_interval: Duration::from_secs(5),
+            forget_after: Duration::from_secs(600),
         }
     }
 }
@@ -181,7 +184,11 @@ impl Hub {
         let state = State {
             config_version,
             config: Arc::new(config),
-            registry: Registry::new(opts.heartbeat_timeout, started + opts.grace),
+            registry: Registry::new(
+                opts.heartbeat_timeout,
+                started + opts.grace,
+                opts.forget_after,
+            ),
             sessions: HashMap::new(),
             latest: HashMap::new(),
             snapshot_version: 0,
@@ -207,8 +214,9 @@ impl Hub {
         &self.opts
     }
 
-    /// The publisher: debounces changes, expires endpoints, ends the grace
-    /// period. Runs until the process exits.
+    /// The publisher: debounces changes, expires endpoints, forgets long
+    /// disconnected proxies, ends the grace period. Runs until the process
+    /// exits.
     pub async fn run(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -222,6 +230,8 @@ impl Hub {
             if st.registry.expire(now) {
                 st.dirty = true;
             }
+            // Status rows only: no view depends on them.
+            st.registry.forget(now);
             if !st.grace_over && !st.registry.in_grace(now) {
                 st.grace_over = true;
                 let mut released = 0;
@@ -311,7 +321,8 @@ impl Hub {
     pub fn close_session(&self, id: ProxyId) {
         let mut st = lock(&self.state);
         st.sessions.remove(&id);
-        st.registry.disconnected(id);
+        st.registry
+            .disconnected(id, Instant::now(), SystemTime::now());
     }
 
     pub fn ack(&self, id: ProxyId, version: u64) {

@@ -22,7 +22,7 @@ fn duration(s: &str) -> Result<Duration, String> {
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// Data directory: CA, operator credential, store. Created (0700) on first start.
+    /// Data directory: CA, operator credential, QUIC endpoint secret, store. Created (0700) on first start.
     #[arg(long)]
     data_dir: PathBuf,
     /// QUIC (UDP) address proxies connect to.
@@ -40,6 +40,10 @@ struct Args {
     /// An endpoint whose proxy sent no heartbeat for this long is removed.
     #[arg(long, default_value = "15s", value_parser = duration)]
     heartbeat_timeout: Duration,
+    /// How long a disconnected proxy stays listed (as disconnected, with
+    /// when it was last seen) in `meshctl status` before control forgets it.
+    #[arg(long, default_value = "10m", value_parser = duration)]
+    forget_after: Duration,
     /// Lifetime of the certificates issued to proxies.
     #[arg(long, default_value = "24h", value_parser = duration)]
     cert_lifetime: Duration,
@@ -148,11 +152,12 @@ async fn run(args: Args) -> Result<(), Error> {
         heartbeat_timeout: args.heartbeat_timeout,
         grace: args.grace,
         cert_lifetime: args.cert_lifetime,
+        forget_after: args.forget_after,
         ..Options::default()
     };
     let hub = Hub::new(store, ca, opts, started)?;
     let (version, _) = hub.config();
-    let endpoint = quic::bind(&hub, args.listen)?;
+    let endpoint = quic::bind(&hub, args.listen, &dir.quic_reset_key)?;
     let quic_addr = endpoint
         .local_addr()
         .map_err(|e| Error::internal(format!("QUIC socket: {e}")))?;

@@ -11,8 +11,15 @@
 //! a missed heartbeat ([`Registry::expire`]) or a Deregister removes it, and
 //! nobody expires during the grace period after control starts, so a control
 //! restart never withdraws the fleet.
+//!
+//! A proxy's row outlives its connection too: a disconnected proxy is shown
+//! as such, with when it was last seen, for `forget_after` (then
+//! [`Registry::forget`] drops it), so `meshctl status` shows who went away
+//! without listing every proxy that ever connected. A reconnecting proxy
+//! finds its row by (service, node) through an index, not a scan: at fleet
+//! scale every Hello would otherwise walk every row.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -38,38 +45,63 @@ struct ProxyEntry {
     in_flight: Vec<(u64, u64)>,
     /// The labels of its last Register, to restore an expired endpoint.
     labels: BTreeMap<String, String>,
+    /// When the session ended; `None` while connected.
+    disconnected_at: Option<Instant>,
 }
 
 pub struct Registry {
     endpoints: BTreeMap<(String, SocketAddr), EndpointEntry>,
     proxies: BTreeMap<ProxyId, ProxyEntry>,
+    /// The disconnected proxies by (service, node), lowest id first: where
+    /// a reconnecting proxy finds its row.
+    idle: HashMap<(String, String), BTreeSet<ProxyId>>,
+    /// The disconnected proxies in the order they left, to forget them.
+    idle_since: BTreeSet<(Instant, ProxyId)>,
     next_id: ProxyId,
     heartbeat_timeout: Duration,
+    /// How long a disconnected proxy's row is kept.
+    forget_after: Duration,
     /// No expiry before this instant.
     grace_until: Instant,
 }
 
 impl Registry {
-    pub fn new(heartbeat_timeout: Duration, grace_until: Instant) -> Registry {
+    pub fn new(
+        heartbeat_timeout: Duration,
+        grace_until: Instant,
+        forget_after: Duration,
+    ) -> Registry {
         Registry {
             endpoints: BTreeMap::new(),
             proxies: BTreeMap::new(),
+            idle: HashMap::new(),
+            idle_since: BTreeSet::new(),
             next_id: 1,
             heartbeat_timeout,
+            forget_after,
             grace_until,
         }
     }
 
     /// A session said Hello. A proxy reconnecting (same service and node,
-    /// currently disconnected) gets its old entry back.
+    /// currently disconnected) gets its old entry back: the lowest such id.
     pub fn hello(&mut self, service: &str, node: &str, cert_expiry: u64) -> ProxyId {
-        let reuse = self
-            .proxies
-            .iter()
-            .find(|(_, p)| {
-                !p.status.connected && p.status.service == service && p.status.node == node
-            })
-            .map(|(id, _)| *id);
+        let key = (service.to_string(), node.to_string());
+        let reuse = match self.idle.get_mut(&key) {
+            Some(ids) => {
+                let id = ids.pop_first();
+                if ids.is_empty() {
+                    self.idle.remove(&key);
+                }
+                id
+            }
+            None => None,
+        };
+        if let Some(id) = reuse {
+            if let Some(since) = self.proxies.get(&id).and_then(|p| p.disconnected_at) {
+                self.idle_since.remove(&(since, id));
+            }
+        }
         let id = reuse.unwrap_or_else(|| {
             let id = self.next_id;
             self.next_id += 1;
@@ -88,20 +120,63 @@ impl Registry {
                 last_heartbeat: None,
                 healthy: None,
                 cert_expiry: None,
+                last_seen: None,
             },
             in_flight: Vec::new(),
             labels: BTreeMap::new(),
+            disconnected_at: None,
         });
         entry.status.connected = true;
+        entry.status.last_seen = None;
+        entry.disconnected_at = None;
         entry.status.cert_expiry = Some(cert_expiry);
         entry.in_flight.clear();
         id
     }
 
-    pub fn disconnected(&mut self, id: ProxyId) {
-        if let Some(p) = self.proxies.get_mut(&id) {
-            p.status.connected = false;
+    /// The session ended at `now` (`wall`): the row stays, shown as
+    /// disconnected, for `forget_after`.
+    pub fn disconnected(&mut self, id: ProxyId, now: Instant, wall: SystemTime) {
+        let Some(p) = self.proxies.get_mut(&id) else {
+            return;
+        };
+        if !p.status.connected {
+            return;
         }
+        p.status.connected = false;
+        p.status.last_seen = Some(crate::unix_secs(wall));
+        p.disconnected_at = Some(now);
+        self.idle
+            .entry((p.status.service.clone(), p.status.node.clone()))
+            .or_default()
+            .insert(id);
+        self.idle_since.insert((now, id));
+    }
+
+    /// Drops the rows of proxies disconnected for `forget_after` or longer.
+    /// Their endpoints are not touched (heartbeats expire those). Returns
+    /// how many were dropped.
+    pub fn forget(&mut self, now: Instant) -> usize {
+        let mut forgotten = 0;
+        while let Some(&(since, id)) = self.idle_since.first() {
+            if now.saturating_duration_since(since) < self.forget_after {
+                break;
+            }
+            self.idle_since.pop_first();
+            let Some(p) = self.proxies.remove(&id) else {
+                continue;
+            };
+            let key = (p.status.service, p.status.node);
+            if let Some(ids) = self.idle.get_mut(&key) {
+                ids.remove(&id);
+                if ids.is_empty() {
+                    self.idle.remove(&key);
+                }
+            }
+            tracing::info!(service = %key.0, node = %key.1, proxy = id, "forgot a disconnected proxy");
+            forgotten += 1;
+        }
+        forgotten
     }
 
     pub fn set_cert_expiry(&mut self, id: ProxyId, not_after: u64) {
@@ -332,15 +407,86 @@ impl Registry {
 mod tests {
     use super::*;
 
+    const FORGET: Duration = Duration::from_secs(600);
+
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn a_disconnected_proxy_is_shown_with_when_it_left_then_forgotten() {
+        let t0 = Instant::now();
+        let w = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut r = Registry::new(Duration::from_secs(15), t0, FORGET);
+        let a = r.hello("api", "n1", 0);
+        let b = r.hello("api", "n2", 0);
+        r.disconnected(a, t0 + Duration::from_secs(10), w);
+        // Disconnecting twice does not restart the clock.
+        r.disconnected(a, t0 + Duration::from_secs(20), w + Duration::from_secs(10));
+        let s = r.proxy_statuses();
+        assert_eq!((s[0].connected, s[0].last_seen), (false, Some(1_000_000)));
+        assert_eq!((s[1].connected, s[1].last_seen), (true, None));
+
+        assert_eq!(
+            r.forget(t0 + Duration::from_secs(609)),
+            0,
+            "kept for 10 minutes"
+        );
+        assert_eq!(r.proxy_statuses().len(), 2);
+        assert_eq!(r.forget(t0 + Duration::from_secs(610)), 1);
+        let s = r.proxy_statuses();
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].node, "n2");
+        // Coming back after being forgotten is a new row.
+        let again = r.hello("api", "n1", 0);
+        assert!(again != a && again != b);
+        assert_eq!(r.proxy_statuses().len(), 2);
+    }
+
+    #[test]
+    fn a_proxy_that_reconnects_in_time_keeps_its_row_and_is_not_forgotten() {
+        let t0 = Instant::now();
+        let w = SystemTime::now();
+        let mut r = Registry::new(Duration::from_secs(15), t0, FORGET);
+        let a = r.hello("api", "n1", 0);
+        r.disconnected(a, t0, w);
+        assert_eq!(r.hello("api", "n1", 0), a);
+        let s = &r.proxy_statuses()[0];
+        assert_eq!((s.connected, s.last_seen), (true, None));
+        assert_eq!(r.forget(t0 + FORGET * 2), 0, "connected rows stay");
+        // Its next disconnection starts a new clock.
+        r.disconnected(a, t0 + FORGET * 2, w);
+        assert_eq!(r.forget(t0 + FORGET * 2 + Duration::from_secs(1)), 0);
+        assert_eq!(r.forget(t0 + FORGET * 3), 1);
+        assert!(r.proxy_statuses().is_empty());
+    }
+
+    #[test]
+    fn reconnects_find_rows_by_service_and_node_lowest_id_first() {
+        let t0 = Instant::now();
+        let w = SystemTime::now();
+        let mut r = Registry::new(Duration::from_secs(15), t0, FORGET);
+        // Two instances of api on n1, one of web on n1.
+        let a1 = r.hello("api", "n1", 0);
+        let a2 = r.hello("api", "n1", 0);
+        let web = r.hello("web", "n1", 0);
+        assert_ne!(a1, a2);
+        r.disconnected(a2, t0, w);
+        r.disconnected(a1, t0, w);
+        r.disconnected(web, t0, w);
+        assert_eq!(r.hello("api", "n1", 0), a1);
+        assert_eq!(r.hello("api", "n1", 0), a2);
+        let fresh = r.hello("api", "n1", 0);
+        assert!(fresh > web, "no disconnected row left: a new one");
+        assert_eq!(r.hello("web", "n1", 0), web);
+        assert_eq!(r.hello("web", "n2", 0), fresh + 1);
     }
 
     #[test]
     fn fail_open_when_no_endpoint_is_healthy() {
         let t0 = Instant::now();
         let w = SystemTime::now();
-        let mut r = Registry::new(Duration::from_secs(15), t0);
+        let mut r = Registry::new(Duration::from_secs(15), t0, FORGET);
         let a = r.hello("api", "n1", 0);
         let b = r.hello("api", "n2", 0);
         assert!(r.register(a, addr(1), BTreeMap::new(), t0, w));
@@ -361,10 +507,14 @@ mod tests {
     fn expiry_waits_for_grace_and_reconnect_reuses_entry() {
         let t0 = Instant::now();
         let w = SystemTime::now();
-        let mut r = Registry::new(Duration::from_secs(15), t0 + Duration::from_secs(30));
+        let mut r = Registry::new(
+            Duration::from_secs(15),
+            t0 + Duration::from_secs(30),
+            FORGET,
+        );
         let a = r.hello("api", "n1", 0);
         r.register(a, addr(1), BTreeMap::new(), t0, w);
-        r.disconnected(a);
+        r.disconnected(a, t0, w);
         // A closed connection does not withdraw the endpoint.
         assert_eq!(r.endpoints_of("api").len(), 1);
         assert!(!r.expire(t0 + Duration::from_secs(20)), "in grace");
@@ -381,7 +531,7 @@ mod tests {
 
     #[test]
     fn ack_and_nack_are_recorded() {
-        let mut r = Registry::new(Duration::from_secs(15), Instant::now());
+        let mut r = Registry::new(Duration::from_secs(15), Instant::now(), FORGET);
         let a = r.hello("api", "n1", 0);
         r.sent(a, 10, 3);
         r.nack(a, 10, "bad route");

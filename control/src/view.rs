@@ -127,7 +127,7 @@ mod tests {
     fn view_has_config_and_registered_services_with_fail_open() {
         let now = Instant::now();
         let wall = SystemTime::now();
-        let mut reg = Registry::new(Duration::from_secs(15), now);
+        let mut reg = Registry::new(Duration::from_secs(15), now, Duration::from_secs(600));
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
         let p1 = reg.hello("api", "n1", 0);
@@ -168,7 +168,11 @@ mod tests {
     #[test]
     fn a_proxy_sees_only_its_own_access_policy() {
         use coremesh_api::resource::{AccessRule, MeshConfig};
-        let reg = Registry::new(Duration::from_secs(15), Instant::now());
+        let reg = Registry::new(
+            Duration::from_secs(15),
+            Instant::now(),
+            Duration::from_secs(600),
+        );
         let mut c = config();
         c.access_policies = vec![AccessPolicy {
             name: "api-access".into(),

@@ -7,13 +7,21 @@
 //! table as an immutable `Arc` (prepare on every shard, then commit, so all
 //! cores switch together) and look services up in it per request.
 //! Without a table (no `[control]`), the static `[[services]]` apply.
+//!
+//! A service is defined either statically or by control, never by both:
+//! control's table is looked up first, so a static definition of the same
+//! name would be silently shadowed. [`StaticServices`] refuses a snapshot
+//! that defines a static service (the proxy NACKs it and keeps its last good
+//! table) and a reload that adds a service the table in force defines.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use coremesh_api::resource::{RetryOn, Route};
 use coremesh_api::snapshot::Snapshot;
+
+use crate::config::Config;
 
 /// A compiled snapshot.
 #[derive(Debug)]
@@ -89,6 +97,11 @@ impl RoutingTable {
         })
     }
 
+    /// Names of the services in the table, lowercase.
+    pub fn service_names(&self) -> impl Iterator<Item = &str> {
+        self.services.keys().map(String::as_str)
+    }
+
     /// The routes of a service (name compared case-insensitively).
     pub fn service(&self, name: &[u8]) -> Option<&ServiceRoutes> {
         let name = std::str::from_utf8(name).ok()?;
@@ -162,4 +175,136 @@ fn compile_route(
         s.rules = Some(rules);
     }
     Ok(())
+}
+
+/// The names of a configuration's static `[[services]]` and the file they
+/// come from: the services control may not define too.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StaticServices {
+    source: String,
+    /// Lowercase, as lookups compare names case-insensitively.
+    names: BTreeSet<String>,
+}
+
+impl StaticServices {
+    pub fn of(config: &Config) -> StaticServices {
+        StaticServices {
+            source: config.source.display().to_string(),
+            names: config
+                .services
+                .iter()
+                .map(|s| s.name.to_ascii_lowercase())
+                .collect(),
+        }
+    }
+
+    /// Refuses a snapshot that defines one of these services; the error is
+    /// the NACK reason.
+    pub fn check_snapshot(&self, snap: &Snapshot) -> Result<(), String> {
+        let both: BTreeSet<String> = snap
+            .services
+            .iter()
+            .map(|s| s.name.to_ascii_lowercase())
+            .filter(|n| self.names.contains(n))
+            .collect();
+        if both.is_empty() {
+            return Ok(());
+        }
+        let (what, are) = if both.len() == 1 {
+            ("service", "is")
+        } else {
+            ("services", "are")
+        };
+        let list: Vec<String> = both.iter().map(|n| format!("{n:?}")).collect();
+        Err(format!(
+            "{what} {} {are} defined both in {} [[services]] and by control; remove one of them",
+            list.join(", "),
+            self.source
+        ))
+    }
+
+    /// Refuses a configuration (a reload) that defines statically a service
+    /// of the table in force.
+    pub fn check_table(&self, table: &RoutingTable) -> Result<(), String> {
+        let mut both: Vec<&str> = table
+            .service_names()
+            .filter(|n| self.names.contains(*n))
+            .collect();
+        both.sort_unstable();
+        match both.first() {
+            None => Ok(()),
+            Some(first) => Err(format!(
+                "{}: [[services]] {first:?}: control defines this service too (snapshot version {}); remove one of them",
+                self.source, table.version
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coremesh_api::resource::Protocol;
+    use coremesh_api::snapshot::ServiceEndpoints;
+
+    fn snapshot(names: &[&str]) -> Snapshot {
+        Snapshot {
+            version: 7,
+            config_version: 3,
+            services: names
+                .iter()
+                .map(|n| ServiceEndpoints {
+                    name: n.to_string(),
+                    protocol: Protocol::Http,
+                    endpoints: vec![],
+                })
+                .collect(),
+            routes: vec![],
+            ..Snapshot::default()
+        }
+    }
+
+    fn statics(names: &[&str]) -> StaticServices {
+        StaticServices {
+            source: "/etc/coremesh/proxy.toml".into(),
+            names: names.iter().map(|n| n.to_ascii_lowercase()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_service_defined_statically_and_by_control_is_refused() {
+        let s = statics(&["db", "cache"]);
+        assert_eq!(s.check_snapshot(&snapshot(&["api"])), Ok(()));
+        assert_eq!(
+            StaticServices::default().check_snapshot(&snapshot(&["db"])),
+            Ok(())
+        );
+        assert_eq!(
+            s.check_snapshot(&snapshot(&["api", "DB"])),
+            Err(
+                "service \"db\" is defined both in /etc/coremesh/proxy.toml [[services]] \
+                 and by control; remove one of them"
+                    .into()
+            )
+        );
+        let err = s.check_snapshot(&snapshot(&["db", "cache"])).unwrap_err();
+        assert!(
+            err.starts_with("services \"cache\", \"db\" are defined both"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_reload_may_not_define_a_service_of_the_table_in_force() {
+        let table = RoutingTable::compile(&snapshot(&["api", "db"])).unwrap();
+        assert_eq!(statics(&["cache"]).check_table(&table), Ok(()));
+        assert_eq!(
+            statics(&["Db"]).check_table(&table),
+            Err(
+                "/etc/coremesh/proxy.toml: [[services]] \"db\": control defines this \
+                 service too (snapshot version 7); remove one of them"
+                    .into()
+            )
+        );
+    }
 }

@@ -66,6 +66,9 @@ pub struct ProxyStatus {
     pub healthy: Option<bool>,
     /// Unix seconds when its certificate expires.
     pub cert_expiry: Option<u64>,
+    /// Unix seconds when its session ended; set while it is disconnected
+    /// (control forgets a proxy disconnected for `--forget-after`).
+    pub last_seen: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -475,7 +475,11 @@ fn print_status(ps: &[ProxyStatus]) {
             p.service.clone(),
             p.node.clone(),
             p.address.map_or("-".into(), |a| a.to_string()),
-            if p.connected { "yes" } else { "no" }.into(),
+            match (p.connected, p.last_seen) {
+                (true, _) => "yes".into(),
+                (false, Some(t)) => format!("no (left {} ago)", human(now.saturating_sub(t))),
+                (false, None) => "no".into(),
+            },
             applied,
             state,
             p.last_heartbeat.map_or("-".into(), |t| {

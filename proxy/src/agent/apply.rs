@@ -2,6 +2,11 @@
 //! same immutable table (prepare on all, then commit on all, so every core
 //! switches together), persist it as the last good snapshot, and show its
 //! version on `/config`.
+//!
+//! A snapshot is refused (NACK, the last good table stays in force) when it
+//! does not compile, when not every shard prepares it in time, or when it
+//! defines a service that proxy.toml defines statically
+//! ([`StaticServices`]).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -14,7 +19,7 @@ use coremesh_api::snapshot::Snapshot;
 
 use super::state::StateDir;
 use crate::admin::AdminState;
-use crate::routing::RoutingTable;
+use crate::routing::{RoutingTable, StaticServices};
 use crate::shard::{ShardHandle, ShardMsg};
 
 /// How long every shard together may take to prepare a table. A shard that
@@ -36,6 +41,10 @@ pub struct Applier {
     applied: Cell<Option<Applied>>,
     connected: Cell<bool>,
     last_nack: RefCell<Option<(u64, String)>>,
+    /// proxy.toml's `[[services]]`: a snapshot may not define them too.
+    statics: RefCell<StaticServices>,
+    /// The table in force, to check reloads against.
+    table: RefCell<Option<Arc<RoutingTable>>>,
     /// `/config` shows the control status; `None` in tests.
     admin: Option<Rc<AdminState>>,
     /// The certificate and key from control, and the CA from the join.
@@ -56,6 +65,8 @@ impl Applier {
             applied: Cell::new(None),
             connected: Cell::new(false),
             last_nack: RefCell::new(None),
+            statics: RefCell::new(StaticServices::default()),
+            table: RefCell::new(None),
             admin,
             identity: RefCell::new(None),
             bundle: RefCell::new(Vec::new()),
@@ -137,6 +148,21 @@ impl Applier {
         }
     }
 
+    /// The static `[[services]]` of the configuration in force (at start
+    /// and after each accepted reload).
+    pub fn set_static_services(&self, statics: StaticServices) {
+        *self.statics.borrow_mut() = statics;
+    }
+
+    /// Refuses a reload whose `[[services]]` define a service of the table
+    /// in force.
+    pub fn check_reload(&self, statics: &StaticServices) -> Result<(), String> {
+        match self.table.borrow().as_ref() {
+            Some(table) => statics.check_table(table),
+            None => Ok(()),
+        }
+    }
+
     /// The snapshot in force, if any.
     pub fn applied(&self) -> Option<Applied> {
         self.applied.get()
@@ -145,7 +171,12 @@ impl Applier {
     /// Compiles and applies `snap` on every shard; with `persist`, also
     /// stores it as the last good snapshot. The error is the NACK reason.
     pub async fn apply(&self, snap: &Snapshot, persist: bool) -> Result<(), String> {
-        let table = match self.compile(snap) {
+        let compiled = self
+            .statics
+            .borrow()
+            .check_snapshot(snap)
+            .and_then(|()| self.compile(snap));
+        let table = match compiled {
             Ok(t) => Arc::new(t),
             Err(reason) => {
                 *self.last_nack.borrow_mut() = Some((snap.version, reason.clone()));
@@ -153,7 +184,7 @@ impl Applier {
                 return Err(reason);
             }
         };
-        if let Err(reason) = self.prepare_commit(table, snap.version).await {
+        if let Err(reason) = self.prepare_commit(table.clone(), snap.version).await {
             *self.last_nack.borrow_mut() = Some((snap.version, reason.clone()));
             self.publish();
             return Err(reason);
@@ -171,6 +202,7 @@ impl Applier {
             version: snap.version,
             config_version: snap.config_version,
         }));
+        *self.table.borrow_mut() = Some(table);
         *self.last_nack.borrow_mut() = None;
         self.publish();
         Ok(())

@@ -19,6 +19,9 @@
 //!                        committed on every shard, persisted, then Ack (or
 //!                        Nack with the reason); Renew at ~2/3 of the
 //!                        certificate's life; Deregister on SIGTERM.
+//!                          │ at exit (after the drain): close the connection,
+//!                          ▼ so control shows the proxy as gone at once
+//!                        closed (run returns)
 //! ```
 //!
 //! A malformed or unexpected message ends the session (logged) and the client
@@ -53,6 +56,8 @@ const STABLE_SESSION: Duration = Duration::from_secs(10);
 const RENEW_RETRY: Duration = Duration::from_secs(60);
 /// The shortest time between two successful renewals.
 const MIN_RENEW_GAP: Duration = Duration::from_secs(1);
+/// At exit, how long the closed connection may take to say so to control.
+const CLOSE_LINGER: Duration = Duration::from_millis(200);
 /// Heartbeats are never sent more often than this, whatever control asks.
 const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
 
@@ -79,10 +84,13 @@ pub struct ControlSetup {
 pub struct ControlLink {
     session: RefCell<Option<mpsc::UnboundedSender<SessionCmd>>>,
     leaving: Cell<bool>,
+    /// Set at exit: no session is started any more.
+    closed: Cell<bool>,
 }
 
 enum SessionCmd {
     Deregister(oneshot::Sender<()>),
+    Close(oneshot::Sender<()>),
 }
 
 /// How a deregistration ended.
@@ -112,6 +120,21 @@ impl ControlLink {
         match tokio::time::timeout(timeout, confirmed).await {
             Ok(Ok(())) => Deregistration::Confirmed,
             _ => Deregistration::Unconfirmed,
+        }
+    }
+
+    /// Closes the session for good (at exit, after the drain), waiting at
+    /// most `timeout` for the close to go out: control then lists this proxy
+    /// as disconnected at once, instead of after the connection's idle
+    /// timeout.
+    pub async fn close(&self, timeout: Duration) {
+        self.closed.set(true);
+        let Some(tx) = self.session.borrow().clone() else {
+            return;
+        };
+        let (reply, done) = oneshot::channel();
+        if tx.send(SessionCmd::Close(reply)).is_ok() {
+            let _ = tokio::time::timeout(timeout, done).await;
         }
     }
 
@@ -173,6 +196,9 @@ pub async fn run(setup: ControlSetup) {
     };
     let mut backoff = Backoff::new();
     loop {
+        if client.setup.link.closed.get() {
+            return;
+        }
         let started = tokio::time::Instant::now();
         let result = match client.identity() {
             Ok(Some(id)) => client.session(&id).await,
@@ -399,7 +425,7 @@ impl Client {
     /// One session over mutual TLS, until it fails.
     async fn session(&self, id: &Identity) -> Result<(), Failure> {
         let cfg = tls::session_config(&id.key_pem, &id.cert_pem, &id.ca_pem)?;
-        let (_endpoint, conn, addr) = self.connect(&cfg).await?;
+        let (endpoint, conn, addr) = self.connect(&cfg).await?;
         let (mut send, recv) = conn
             .open_bi()
             .await
@@ -541,6 +567,15 @@ impl Client {
                         write(&mut send, &ProxyMsg::Deregister).await?;
                         tracing::info!("deregistering from control");
                         deregistering = Some(reply);
+                    }
+                    SessionCmd::Close(reply) => {
+                        conn.close(0u32.into(), b"proxy exiting");
+                        // The close is sent by the endpoint's driver; give
+                        // it a moment before the process exits.
+                        let _ = tokio::time::timeout(CLOSE_LINGER, endpoint.wait_idle()).await;
+                        tracing::info!("closed the control session");
+                        let _ = reply.send(());
+                        return Ok(());
                     }
                 },
             }
@@ -700,7 +735,13 @@ async fn read_frames(
                 return;
             }
             Err(e) => {
-                let _ = tx.send(Err(format!("connection to control lost: {e}")));
+                // Say how: "reset by peer" is a restarted control (its
+                // stateless reset), "timed out" one that stopped answering.
+                let why = match e {
+                    quinn::ReadError::ConnectionLost(c) => c.to_string(),
+                    other => other.to_string(),
+                };
+                let _ = tx.send(Err(format!("connection to control lost: {why}")));
                 return;
             }
         }

@@ -20,7 +20,7 @@
 //! control is down serves the last good routes. Shutdown (SIGTERM/SIGINT):
 //! deregister and wait for control's confirmation (at most
 //! [`DEREGISTER_TIMEOUT`], skipped without a session), stop accepting, drain,
-//! exit 0.
+//! close the control session, exit 0.
 
 pub mod apply;
 pub mod control;
@@ -41,6 +41,7 @@ use self::apply::Applier;
 use self::control::{ControlLink, ControlSetup, Deregistration};
 use crate::admin::{self, AdminState};
 use crate::config::Config;
+use crate::routing::StaticServices;
 use crate::shard::{ShardHandle, ShardMsg};
 
 /// How long SIGTERM waits for control to confirm the deregistration.
@@ -220,8 +221,9 @@ async fn agent(setup: AgentSetup) -> i32 {
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                current = reload(&config_path, current, &shards, &state, &bound, backend);
-                if let Some((applier, _)) = &control {
+                let applier = control.as_ref().map(|(a, _)| &**a);
+                current = reload(&config_path, current, &shards, &state, &bound, backend, applier);
+                if let Some(applier) = applier {
                     applier.publish();
                 }
             }
@@ -271,6 +273,9 @@ async fn agent(setup: AgentSetup) -> i32 {
         Ok(()) => tracing::info!("drained; exiting"),
         Err(_) => tracing::warn!("drain deadline passed with requests still in flight; exiting"),
     }
+    if let Some((_, link)) = &control {
+        link.close(Duration::from_millis(500)).await;
+    }
     0
 }
 
@@ -297,6 +302,7 @@ async fn start_control(
         Some(state.clone()),
         Some(admin.clone()),
     ));
+    applier.set_static_services(StaticServices::of(config));
     applier.publish();
     // The stored certificate first: the persisted snapshot's access policy
     // needs the trust domain it names, and the shards need it to serve.
@@ -327,8 +333,9 @@ async fn start_control(
     Ok((applier, link))
 }
 
-/// SIGHUP: re-read the file; apply it only if it is valid and changes no key
-/// that needs a restart. Returns the configuration now in force.
+/// SIGHUP: re-read the file; apply it only if it is valid, changes no key
+/// that needs a restart, and defines no `[[services]]` that control's table
+/// in force defines. Returns the configuration now in force.
 fn reload(
     path: &std::path::Path,
     current: Arc<Config>,
@@ -336,9 +343,29 @@ fn reload(
     state: &AdminState,
     bound: &Bound,
     backend: &str,
+    applier: Option<&Applier>,
 ) -> Arc<Config> {
-    let new = match Config::load(path).and_then(|new| current.check_reload(&new).map(|()| new)) {
-        Ok(c) => Arc::new(c),
+    let checked = Config::load(path)
+        .map_err(|e| e.to_string())
+        .and_then(|new| {
+            current
+                .check_reload(&new)
+                .map_err(|e| e.to_string())
+                .map(|()| new)
+        })
+        .and_then(|new| {
+            let statics = StaticServices::of(&new);
+            applier
+                .map_or(Ok(()), |a| a.check_reload(&statics))
+                .map(|()| (new, statics))
+        });
+    let new = match checked {
+        Ok((c, statics)) => {
+            if let Some(a) = applier {
+                a.set_static_services(statics);
+            }
+            Arc::new(c)
+        }
         Err(e) => {
             tracing::error!(
                 "configuration reload rejected, keeping the running configuration: {e}"
