@@ -231,7 +231,15 @@ pub(super) struct TryPolicy {
     on_reset: bool,
     on_5xx: bool,
     on_gateway: bool,
+    /// Retry requests whose method is not idempotent too.
+    pub(super) non_idempotent: bool,
+    /// A request body up to this size is read completely before the first
+    /// try, so that a retry can send it again; a larger one is not retried.
+    pub(super) max_body: u64,
 }
+
+/// Default of [`TryPolicy::max_body`].
+pub(super) const RETRY_BODY_LIMIT: u64 = 64 * 1024;
 
 impl TryPolicy {
     pub(super) fn single(cfg: &Config) -> Self {
@@ -243,6 +251,8 @@ impl TryPolicy {
             on_reset: false,
             on_5xx: false,
             on_gateway: false,
+            non_idempotent: false,
+            max_body: RETRY_BODY_LIMIT,
         }
     }
 
@@ -304,7 +314,13 @@ pub(super) async fn exchange(
 ) -> (Next, Buf) {
     let mut fresh_only = false;
     let deadline = Instant::now() + policy.total;
-    let idempotent = head.method.is_idempotent();
+    let idempotent = head.method.is_idempotent() || policy.non_idempotent;
+    if policy.retries > 0 && idempotent {
+        cbuf = match buffer_body(shard, cfg, client_slot, head, cbuf, policy.max_body).await {
+            Ok(b) => b,
+            Err(b) => return (Next::Close, b),
+        };
+    }
     let mut tries = 0u32;
     loop {
         let can_retry = tries < policy.retries && idempotent && Instant::now() < deadline;
@@ -398,6 +414,51 @@ pub(super) async fn exchange(
             }
         }
     }
+}
+
+/// Reads the rest of a request body of at most `limit` bytes into `cbuf`
+/// (a retry sends the buffer again; see `Failed::request_intact`). Larger
+/// or chunked bodies are left to stream: such a request is tried once.
+/// `Err`: the client went away or stalled past `timeouts.idle`.
+async fn buffer_body(
+    shard: &Shard,
+    cfg: &Config,
+    client_slot: &mut Option<Conn>,
+    head: &RequestHead,
+    mut cbuf: Buf,
+    limit: u64,
+) -> Result<Buf, Buf> {
+    let Framing::Length(n) = head.framing else {
+        return Ok(cbuf);
+    };
+    let want = head.head_len + n as usize;
+    if n > limit || cbuf.len() >= want {
+        return Ok(cbuf);
+    }
+    if cbuf.capacity() < want {
+        let mut big = if want <= crate::buf::LARGE_BUF_SIZE {
+            shard.bufs.get_large()
+        } else {
+            Vec::with_capacity(want)
+        };
+        big.extend_from_slice(&cbuf);
+        shard.bufs.put(std::mem::replace(&mut cbuf, big));
+    }
+    let Some(client) = client_slot.as_mut() else {
+        return Err(cbuf);
+    };
+    while cbuf.len() < want {
+        let (res, back) = match runtime::timeout(cfg.timeouts.idle, client.read(cbuf)).await {
+            Ok(r) => r,
+            Err(_) => return Err(Vec::new()),
+        };
+        cbuf = back;
+        match res {
+            Ok(0) | Err(_) => return Err(cbuf),
+            Ok(_) => {}
+        }
+    }
+    Ok(cbuf)
 }
 
 /// One attempt of a request over `up`.
