@@ -29,6 +29,7 @@ pub mod forward;
 pub mod http1;
 pub mod idle;
 pub mod listener;
+pub mod outcomes;
 pub mod pool;
 pub mod route;
 pub mod routing;

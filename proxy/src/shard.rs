@@ -51,6 +51,9 @@ pub enum ShardMsg {
     /// trust bundle, or `[tls]` files reloaded): new handshakes use them,
     /// open connections keep theirs.
     Identity(Arc<Identity>),
+    /// Endpoints to avoid, decided once per proxy on the agent thread:
+    /// ejected by outlier detection or failing active health checks.
+    Excluded(Arc<std::collections::HashSet<SocketAddr>>),
     /// The local app's latest health check result (`[control.health]`),
     /// for probes answered by this proxy.
     AppHealth(bool),
@@ -119,6 +122,10 @@ pub struct Shard {
     /// The local app's health as the agent last checked it; `None`: not
     /// checked (no `[control]`, or no result yet).
     pub app_healthy: Cell<Option<bool>>,
+    /// Per-endpoint outcomes for the agent's outlier detection.
+    pub outcomes: crate::outcomes::Outcomes,
+    /// Endpoints the agent ejected or found unhealthy (see `ShardMsg::Excluded`).
+    excluded: RefCell<Arc<std::collections::HashSet<SocketAddr>>>,
 }
 
 impl Shard {
@@ -134,6 +141,12 @@ impl Shard {
     pub fn conn_closed(&self, dir: Direction) {
         self.stats.borrow_mut().conn_closed(dir);
         self.open_conns.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Whether `addr` is ejected or unhealthy right now.
+    pub fn is_excluded(&self, addr: SocketAddr) -> bool {
+        let set = self.excluded.borrow();
+        !set.is_empty() && set.contains(&addr)
     }
 
     /// The shard's TLS configurations, once the proxy has an identity.
@@ -277,6 +290,8 @@ pub async fn run(setup: ShardSetup, driver: String) {
         prepared: RefCell::new(None),
         tls: RefCell::new(None),
         app_healthy: Cell::new(None),
+        outcomes: Default::default(),
+        excluded: RefCell::new(Arc::default()),
     });
 
     let stop = Stop::new();
@@ -292,6 +307,7 @@ pub async fn run(setup: ShardSetup, driver: String) {
     let mut stop = Some(stop);
     runtime::spawn_local(housekeeping(shard.clone()));
     runtime::spawn_local(idle_sweeper(shard.clone()));
+    runtime::spawn_local(report_outcomes(shard.clone()));
     ready.store(true, Ordering::Release);
 
     while let Ok(msg) = rx.recv().await {
@@ -324,6 +340,7 @@ pub async fn run(setup: ShardSetup, driver: String) {
                 Err(e) => tracing::error!(shard = index, "cannot use the new certificate: {e}"),
             },
             ShardMsg::AppHealth(h) => shard.app_healthy.set(Some(h)),
+            ShardMsg::Excluded(set) => *shard.excluded.borrow_mut() = set,
             ShardMsg::Snapshot(reply) => {
                 let _ = reply.send(shard.stats.borrow().snapshot());
             }
@@ -375,6 +392,20 @@ async fn accept_loop(shard: Rc<Shard>, l: TcpListener, role: Role, stop: runtime
                 tracing::warn!(shard = shard.index, "accept failed: {e}");
                 runtime::sleep(Duration::from_millis(50)).await;
             }
+        }
+    }
+}
+
+/// Sends the agent what this shard saw of each endpoint (see outcomes.rs).
+async fn report_outcomes(shard: Rc<Shard>) {
+    loop {
+        runtime::sleep(crate::outcomes::REPORT_EVERY).await;
+        let counts = shard.outcomes.take();
+        if !counts.is_empty() {
+            let _ = shard.agent.send(crate::agent::AgentRequest::Outcomes {
+                shard: shard.index,
+                counts,
+            });
         }
     }
 }

@@ -55,6 +55,11 @@ pub enum AgentRequest {
         port: u16,
         reply: tokio::sync::oneshot::Sender<std::io::Result<SocketAddr>>,
     },
+    /// A shard's outcomes per upstream endpoint for the last period.
+    Outcomes {
+        shard: usize,
+        counts: Vec<(SocketAddr, crate::outcomes::Counts)>,
+    },
 }
 
 /// A shard's way to the agent.
@@ -400,6 +405,8 @@ fn reload(
 async fn resolver(requests: async_channel::Receiver<AgentRequest>) {
     while let Ok(r) = requests.recv().await {
         match r {
+            // Wired to outlier detection with the traffic-management change.
+            AgentRequest::Outcomes { .. } => {}
             AgentRequest::Resolve { host, port, reply } => {
                 tokio::task::spawn_local(async move {
                     let res = match tokio::time::timeout(

@@ -74,6 +74,12 @@ impl Endpoints<'_> {
         }
     }
 
+    /// Whether outcomes are tracked for outlier detection (a service's
+    /// endpoints, not the local app or a passthrough host).
+    fn tracked(&self) -> bool {
+        !matches!(self, Endpoints::One(_))
+    }
+
     fn count(&self) -> usize {
         match self {
             Endpoints::One(_) => 1,
@@ -114,12 +120,19 @@ pub(super) async fn upstream_conn(
                 }
             }
         }
-        match TcpStream::connect(addr, cfg.timeouts.connect).await {
+        let conn = TcpStream::connect(addr, cfg.timeouts.connect).await;
+        if conn.is_err() && endpoints.tracked() {
+            shard.outcomes.record(addr, false);
+        }
+        match conn {
             Ok(c) => match mtls {
                 None => return Ok((Conn::Plain(c), addr, false)),
                 Some(service) => match connect_tls(shard, cfg, c, service, addr).await {
                     Ok(c) => return Ok((c, addr, false)),
-                    Err(e) => last = e,
+                    Err(e) => {
+                        shard.outcomes.record(addr, false);
+                        last = e
+                    }
                 },
             },
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
@@ -372,6 +385,13 @@ pub(super) async fn exchange(
             retry_status,
         )
         .await;
+        if endpoints.tracked() {
+            let ok = match &res {
+                Ok(_) => ex.status < 500,
+                Err(f) => f.err.kind.blame() != crate::error::Blame::Upstream,
+            };
+            shard.outcomes.record(addr, ok);
+        }
         match res {
             Ok((next, b)) => return (next, b),
             Err(f) => {

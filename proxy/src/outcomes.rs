@@ -1,0 +1,126 @@
+//! What each shard saw of each upstream endpoint, for the decisions made
+//! once per proxy on the agent thread (outlier ejection; DESIGN.md: endpoint
+//! state is decided on the agent and broadcast to every shard).
+//!
+//! A shard counts per endpoint, per period: successes, failures (connect
+//! failure, reset, timeout, 5xx) and the failures in a row at the end of the
+//! period. Every [`REPORT_EVERY`] the counts go to the agent in one message
+//! and start again; a period with no traffic sends nothing.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// How often a shard reports (and how stale an ejection decision can be).
+pub const REPORT_EVERY: Duration = Duration::from_millis(200);
+
+/// One endpoint's outcomes on one shard during one period.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub ok: u32,
+    pub failed: u32,
+    /// Failures since the last success (carried across periods).
+    pub in_a_row: u32,
+}
+
+/// A shard's counters.
+#[derive(Default)]
+pub struct Outcomes {
+    by_endpoint: RefCell<HashMap<SocketAddr, Counts>>,
+}
+
+impl Outcomes {
+    /// One try's outcome: `ok` is a response below 500.
+    pub fn record(&self, addr: SocketAddr, ok: bool) {
+        let mut m = self.by_endpoint.borrow_mut();
+        let c = m.entry(addr).or_default();
+        if ok {
+            c.ok += 1;
+            c.in_a_row = 0;
+        } else {
+            c.failed += 1;
+            c.in_a_row += 1;
+        }
+    }
+
+    /// The period's counts (endpoints with traffic), clearing them; the
+    /// failures in a row stay for the next period.
+    pub fn take(&self) -> Vec<(SocketAddr, Counts)> {
+        let mut m = self.by_endpoint.borrow_mut();
+        let out: Vec<_> = m
+            .iter()
+            .filter(|(_, c)| c.ok + c.failed > 0)
+            .map(|(a, c)| (*a, *c))
+            .collect();
+        m.retain(|_, c| c.in_a_row > 0);
+        for c in m.values_mut() {
+            c.ok = 0;
+            c.failed = 0;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_reset_per_period_but_failures_in_a_row_carry_over() {
+        let o = Outcomes::default();
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        o.record(a, false);
+        o.record(a, false);
+        o.record(b, true);
+        let mut t = o.take();
+        t.sort_by_key(|(a, _)| *a);
+        assert_eq!(
+            t,
+            vec![
+                (
+                    a,
+                    Counts {
+                        ok: 0,
+                        failed: 2,
+                        in_a_row: 2
+                    }
+                ),
+                (
+                    b,
+                    Counts {
+                        ok: 1,
+                        failed: 0,
+                        in_a_row: 0
+                    }
+                ),
+            ]
+        );
+        assert!(o.take().is_empty());
+        o.record(a, false);
+        assert_eq!(
+            o.take(),
+            vec![(
+                a,
+                Counts {
+                    ok: 0,
+                    failed: 1,
+                    in_a_row: 3
+                }
+            )]
+        );
+        o.record(a, true);
+        assert_eq!(
+            o.take(),
+            vec![(
+                a,
+                Counts {
+                    ok: 1,
+                    failed: 0,
+                    in_a_row: 0
+                }
+            )]
+        );
+    }
+}
