@@ -31,6 +31,7 @@ pub mod idle;
 pub mod listener;
 pub mod outcomes;
 pub mod pool;
+pub mod probe;
 pub mod route;
 pub mod routing;
 pub mod runtime;

@@ -51,6 +51,8 @@ pub enum ShardMsg {
     /// trust bundle, or `[tls]` files reloaded): new handshakes use them,
     /// open connections keep theirs.
     Identity(Arc<Identity>),
+    /// Active health checks to run on this shard (see probe.rs).
+    Probes(Arc<Vec<crate::probe::ProbeTarget>>),
     /// Endpoints to avoid, decided once per proxy on the agent thread:
     /// ejected by outlier detection or failing active health checks.
     Excluded(Arc<std::collections::HashSet<SocketAddr>>),
@@ -124,6 +126,8 @@ pub struct Shard {
     pub app_healthy: Cell<Option<bool>>,
     /// Per-endpoint outcomes for the agent's outlier detection.
     pub outcomes: crate::outcomes::Outcomes,
+    /// Bumped by every new probe plan; older probe tasks stop.
+    pub probe_generation: Cell<u64>,
     /// Endpoints the agent ejected or found unhealthy (see `ShardMsg::Excluded`).
     excluded: RefCell<Arc<std::collections::HashSet<SocketAddr>>>,
 }
@@ -141,6 +145,11 @@ impl Shard {
     pub fn conn_closed(&self, dir: Direction) {
         self.stats.borrow_mut().conn_closed(dir);
         self.open_conns.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The channel to the agent thread.
+    pub fn agent_link(&self) -> &AgentLink {
+        &self.agent
     }
 
     /// Whether `addr` is ejected or unhealthy right now.
@@ -291,6 +300,7 @@ pub async fn run(setup: ShardSetup, driver: String) {
         tls: RefCell::new(None),
         app_healthy: Cell::new(None),
         outcomes: Default::default(),
+        probe_generation: Cell::new(0),
         excluded: RefCell::new(Arc::default()),
     });
 
@@ -341,6 +351,7 @@ pub async fn run(setup: ShardSetup, driver: String) {
             },
             ShardMsg::AppHealth(h) => shard.app_healthy.set(Some(h)),
             ShardMsg::Excluded(set) => *shard.excluded.borrow_mut() = set,
+            ShardMsg::Probes(plan) => crate::probe::run_plan(&shard, plan),
             ShardMsg::Snapshot(reply) => {
                 let _ = reply.send(shard.stats.borrow().snapshot());
             }

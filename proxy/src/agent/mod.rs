@@ -55,6 +55,12 @@ pub enum AgentRequest {
         port: u16,
         reply: tokio::sync::oneshot::Sender<std::io::Result<SocketAddr>>,
     },
+    /// One active health check result (see probe.rs).
+    Probe {
+        service: String,
+        addr: SocketAddr,
+        ok: bool,
+    },
     /// A shard's outcomes per upstream endpoint for the last period.
     Outcomes {
         shard: usize,
@@ -406,7 +412,7 @@ async fn resolver(requests: async_channel::Receiver<AgentRequest>) {
     while let Ok(r) = requests.recv().await {
         match r {
             // Wired to outlier detection with the traffic-management change.
-            AgentRequest::Outcomes { .. } => {}
+            AgentRequest::Outcomes { .. } | AgentRequest::Probe { .. } => {}
             AgentRequest::Resolve { host, port, reply } => {
                 tokio::task::spawn_local(async move {
                     let res = match tokio::time::timeout(
