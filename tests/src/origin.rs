@@ -19,6 +19,11 @@
 //!
 //! A request with `Expect: 100-continue` gets `100 Continue` before its body is
 //! read.
+//!
+//! Knobs for resilience tests, applied to every request before the path
+//! decides: [`Origin::fail_every`] (every Nth request gets 503),
+//! [`Origin::set_failing`] (every request gets 503) and [`Origin::set_delay`]
+//! (an added latency).
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -78,6 +83,10 @@ struct State {
     requests: AtomicUsize,
     bytes: AtomicU64,
     log: Mutex<Vec<Received>>,
+    /// 0: off; N: requests number N, 2N, ... (1-based) get 503.
+    fail_every: AtomicU64,
+    failing: AtomicBool,
+    delay_ms: AtomicU64,
 }
 
 /// A running origin; its threads stop when it is dropped.
@@ -144,6 +153,19 @@ impl Origin {
     /// Every complete request received, in order.
     pub fn received(&self) -> Vec<Received> {
         self.state.log.lock().expect("origin log").clone()
+    }
+    /// From now on, every `n`th request (counting all requests) gets 503;
+    /// 0 turns it off.
+    pub fn fail_every(&self, n: u64) {
+        self.state.fail_every.store(n, Ordering::SeqCst);
+    }
+    /// Every request gets 503 while `on`.
+    pub fn set_failing(&self, on: bool) {
+        self.state.failing.store(on, Ordering::SeqCst);
+    }
+    /// Every answer waits this long first.
+    pub fn set_delay(&self, d: Duration) {
+        self.state.delay_ms.store(d.as_millis() as u64, Ordering::SeqCst);
     }
     /// The last complete request; panics if there is none.
     pub fn last(&self) -> Received {
@@ -310,8 +332,22 @@ fn serve(stream: TcpStream, id: usize, state: &State, name: &str) -> io::Result<
         }
         req.body_sum = sum.value();
 
-        state.requests.fetch_add(1, Ordering::SeqCst);
+        let number = state.requests.fetch_add(1, Ordering::SeqCst) as u64 + 1;
         state.log.lock().expect("origin log").push(req.clone());
+        let delay = state.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            std::thread::sleep(Duration::from_millis(delay));
+        }
+        let every = state.fail_every.load(Ordering::SeqCst);
+        if state.failing.load(Ordering::SeqCst) || (every > 0 && number % every == 0) {
+            let body = "injected failure\n";
+            let resp = format!(
+                "HTTP/1.1 503 Service Unavailable\r\nx-origin: {name}\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            w.write_all(resp.as_bytes())?;
+            continue;
+        }
 
         let close_after = req
             .header("connection")
