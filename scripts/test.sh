@@ -53,7 +53,8 @@ MONOIO_FORCE_LEGACY_DRIVER=1 cargo test --no-fail-fast -p coremesh-e2e --tests
 section "build coremesh-proxy with runtime-glommio"
 CARGO_TARGET_DIR="$TARGET_DIR/glommio" cargo build -p coremesh-proxy --features runtime-glommio
 
-section "e2e smoke subset: glommio"
-COREMESH_PROXY_BIN="$TARGET_DIR/glommio/debug/coremesh-proxy" cargo test -p coremesh-e2e --test smoke
+section "e2e subset on glommio: smoke, mutual TLS, TCP services, authorization"
+COREMESH_PROXY_BIN="$TARGET_DIR/glommio/debug/coremesh-proxy" cargo test -p coremesh-e2e \
+    --test smoke --test mtls --test tcp --test authz
 
 section "all checks passed"
