@@ -165,7 +165,9 @@ impl Origin {
     }
     /// Every answer waits this long first.
     pub fn set_delay(&self, d: Duration) {
-        self.state.delay_ms.store(d.as_millis() as u64, Ordering::SeqCst);
+        self.state
+            .delay_ms
+            .store(d.as_millis() as u64, Ordering::SeqCst);
     }
     /// The last complete request; panics if there is none.
     pub fn last(&self) -> Received {
