@@ -66,10 +66,12 @@ pub fn router(hub: Arc<Hub>, credential: &str) -> Router {
         .route("/v1/services", get(services))
         .route("/v1/routes", get(routes))
         .route("/v1/accesspolicies", get(access_policies))
+        .route("/v1/resiliences", get(resiliences))
         .route("/v1/meshconfig", get(mesh_config))
         .route("/v1/services/{name}", delete(delete_service))
         .route("/v1/routes/{name}", delete(delete_route))
         .route("/v1/accesspolicies/{name}", delete(delete_access_policy))
+        .route("/v1/resiliences/{name}", delete(delete_resilience))
         .route("/v1/meshconfig/{name}", delete(delete_mesh_config))
         .route("/v1/proxies", get(proxies))
         .route("/v1/endpoints", get(endpoints))
@@ -150,6 +152,18 @@ async fn access_policies(State(ctx): State<Ctx>) -> Json<Vec<Resource>> {
     )
 }
 
+async fn resiliences(State(ctx): State<Ctx>) -> Json<Vec<Resource>> {
+    let (_, config) = ctx.hub.config();
+    Json(
+        config
+            .resiliences
+            .iter()
+            .cloned()
+            .map(Resource::Resilience)
+            .collect(),
+    )
+}
+
 /// A list like the others: empty, or the one MeshConfig.
 async fn mesh_config(State(ctx): State<Ctx>) -> Json<Vec<Resource>> {
     let (_, config) = ctx.hub.config();
@@ -185,6 +199,13 @@ async fn delete_access_policy(
     Path(name): Path<String>,
 ) -> Result<Response, Error> {
     delete_kind(ctx, "accesspolicy", name).await
+}
+
+async fn delete_resilience(
+    State(ctx): State<Ctx>,
+    Path(name): Path<String>,
+) -> Result<Response, Error> {
+    delete_kind(ctx, "resilience", name).await
 }
 
 async fn delete_mesh_config(

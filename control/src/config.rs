@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use coremesh_api::resource::{
-    self, Access, AccessPolicy, MeshConfig, Resource, ResourceError, Route, Service,
+    self, Access, AccessPolicy, MeshConfig, Resilience, Resource, ResourceError, Route, Service,
 };
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +20,9 @@ pub struct Config {
     pub routes: Vec<Route>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub access_policies: Vec<AccessPolicy>,
+    /// Sorted by [`Resilience::name`] (the service's, unless named).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resiliences: Vec<Resilience>,
     /// The one MeshConfig, if applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mesh: Option<MeshConfig>,
@@ -33,6 +36,11 @@ impl Config {
     /// The AccessPolicy of `service`, if it has one.
     pub fn access_policy(&self, service: &str) -> Option<&AccessPolicy> {
         self.access_policies.iter().find(|p| p.service == service)
+    }
+
+    /// The Resilience of `service`, if it has one.
+    pub fn resilience(&self, service: &str) -> Option<&Resilience> {
+        self.resiliences.iter().find(|r| r.service == service)
     }
 
     /// The MeshConfig's `defaultAccess`, or its default (allow).
@@ -56,6 +64,7 @@ impl Config {
                     .cloned()
                     .map(Resource::AccessPolicy),
             )
+            .chain(self.resiliences.iter().cloned().map(Resource::Resilience))
             .chain(self.mesh.iter().cloned().map(Resource::MeshConfig))
             .collect()
     }
@@ -74,6 +83,7 @@ impl Config {
                 Resource::Service(s) => c.services.push(s),
                 Resource::Route(r) => c.routes.push(r),
                 Resource::AccessPolicy(p) => c.access_policies.push(p),
+                Resource::Resilience(r) => c.resiliences.push(r),
                 // Validation admits one name only, so there is one.
                 Resource::MeshConfig(m) => c.mesh = Some(m),
             }
@@ -81,6 +91,7 @@ impl Config {
         c.services.sort_by(|a, b| a.name.cmp(&b.name));
         c.routes.sort_by(|a, b| a.name.cmp(&b.name));
         c.access_policies.sort_by(|a, b| a.name.cmp(&b.name));
+        c.resiliences.sort_by(|a, b| a.name().cmp(b.name()));
         c
     }
 }
@@ -109,7 +120,7 @@ pub fn diff(a: &Config, b: &Config) -> Vec<String> {
 }
 
 fn check_set(c: &Config) -> Result<(), Error> {
-    resource::validate_set(&c.services, &c.routes, &c.access_policies)
+    resource::validate_set(&c.services, &c.routes, &c.access_policies, &c.resiliences)
         .map_err(|e| Error::rejected(e.to_string()))
 }
 
@@ -149,24 +160,26 @@ pub fn plan_apply(current: &Config, docs: Vec<Resource>) -> Result<Plan, Error> 
 }
 
 /// The kinds `meshctl delete` takes.
-pub const DELETE_KINDS: &str = "service, route, accesspolicy or meshconfig";
+pub const DELETE_KINDS: &str = "service, route, accesspolicy, resilience or meshconfig";
 
 /// The singular lowercase kind of a name `meshctl` or the API accepts:
 /// `service`/`services`/`svc`, `route`/`routes`,
-/// `accesspolicy`/`accesspolicies`, `meshconfig`/`meshconfigs`, any case.
+/// `accesspolicy`/`accesspolicies`, `resilience`/`resiliences`,
+/// `meshconfig`/`meshconfigs`, any case.
 pub fn kind_of(name: &str) -> Option<&'static str> {
     Some(match name.to_ascii_lowercase().as_str() {
         "service" | "services" | "svc" => "service",
         "route" | "routes" => "route",
         "accesspolicy" | "accesspolicies" => "accesspolicy",
+        "resilience" | "resiliences" => "resilience",
         "meshconfig" | "meshconfigs" => "meshconfig",
         _ => return None,
     })
 }
 
 /// Removes `kind/name` (see [`kind_of`]). Refused when the rest would be
-/// inconsistent (a route or access policy left pointing at a deleted
-/// service).
+/// inconsistent (a route, access policy or resilience left pointing at a
+/// deleted service, or a resilience mirroring to it).
 pub fn plan_delete(current: &Config, kind: &str, name: &str) -> Result<Plan, Error> {
     let Some(kind) = kind_of(kind) else {
         return Err(Error::rejected(format!(
@@ -267,7 +280,7 @@ rules:
         );
         assert_eq!(
             plan_delete(&c, "gateway", "g").unwrap_err().message,
-            "unknown kind \"gateway\": use service, route, accesspolicy or meshconfig"
+            "unknown kind \"gateway\": use service, route, accesspolicy, resilience or meshconfig"
         );
     }
 
@@ -346,11 +359,133 @@ defaultAccess: deny
         );
     }
 
+    const RESILIENCE: &str = "
+kind: Service
+name: api-shadow
+---
+kind: Resilience
+service: api
+loadBalancer: least-request
+circuitBreaker: { maxConnections: 100 }
+mirror: { service: api-shadow, percent: 10 }
+";
+
+    #[test]
+    fn resiliences_apply_diff_delete_and_roll_back() {
+        let base = plan_apply(&Config::default(), docs(EXAMPLE))
+            .unwrap()
+            .config;
+        let plan = plan_apply(&base, docs(RESILIENCE)).unwrap();
+        // Named after its service.
+        assert_eq!(plan.changed, ["resilience/api", "service/api-shadow"]);
+        assert_eq!(plan.summary, "apply resilience/api, service/api-shadow");
+        let c = plan.config;
+        assert_eq!(c.resilience("api").unwrap().name(), "api");
+        assert!(c.resilience("api-shadow").is_none());
+        assert_eq!(
+            c.resources()
+                .iter()
+                .map(Resource::kind_name)
+                .collect::<Vec<_>>(),
+            [
+                "service/api",
+                "service/api-shadow",
+                "route/api-canary",
+                "resilience/api"
+            ]
+        );
+        assert!(plan_apply(&c, docs(RESILIENCE)).unwrap().changed.is_empty());
+        let changed = RESILIENCE.replace("percent: 10", "percent: 20");
+        let p = plan_apply(&c, docs(&changed)).unwrap();
+        assert_eq!(p.changed, ["resilience/api"]);
+
+        // Neither its service nor its mirror can go while it stays.
+        for service in ["api", "api-shadow"] {
+            let c = plan_delete(&c, "route", "api-canary").unwrap().config;
+            let e = plan_delete(&c, "service", service).unwrap_err();
+            assert_eq!(e.kind, crate::ErrorKind::Rejected);
+            assert!(
+                e.message.starts_with(&format!(
+                    "cannot delete service/{service}: resilience/api: "
+                )),
+                "{e}"
+            );
+        }
+        assert_eq!(
+            plan_delete(&c, "service", "api-shadow").unwrap_err().message,
+            "cannot delete service/api-shadow: resilience/api: mirror.service: service \"api-shadow\" does not exist; apply a `kind: Service` named api-shadow first"
+        );
+        let p = plan_delete(&c, "Resiliences", "api").unwrap();
+        assert_eq!(p.changed, ["resilience/api"]);
+        assert!(p.config.resiliences.is_empty());
+        plan_delete(&p.config, "service", "api-shadow").unwrap();
+        assert_eq!(
+            plan_delete(&c, "resilience", "api-shadow")
+                .unwrap_err()
+                .kind,
+            crate::ErrorKind::NotFound
+        );
+
+        let back = plan_rollback(&c, base.clone(), 1);
+        assert_eq!(back.changed, ["resilience/api", "service/api-shadow"]);
+        assert_eq!(back.config, base);
+    }
+
+    #[test]
+    fn a_named_resilience_is_keyed_by_its_name() {
+        let base = plan_apply(&Config::default(), docs(EXAMPLE))
+            .unwrap()
+            .config;
+        let named = "kind: Resilience\nname: api-tuning\nservice: api\n";
+        let c = plan_apply(&base, docs(named)).unwrap().config;
+        assert_eq!(c.resilience("api").unwrap().name(), "api-tuning");
+        assert!(plan_delete(&c, "resilience", "api").is_err());
+        plan_delete(&c, "resilience", "api-tuning").unwrap();
+        // A second one for the same service, under another name: refused.
+        let e = plan_apply(&c, docs("kind: Resilience\nservice: api\n")).unwrap_err();
+        assert_eq!(
+            e.message,
+            "resilience/api-tuning: service: service api already has resilience/api; at most one Resilience per service (merge the blocks into one)"
+        );
+    }
+
+    #[test]
+    fn resilience_without_service_is_rejected() {
+        let err = plan_apply(
+            &Config::default(),
+            docs("kind: Resilience\nservice: nope\n"),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind, crate::ErrorKind::Rejected);
+        assert_eq!(
+            err.message,
+            "resilience/nope: service: service \"nope\" does not exist; apply a `kind: Service` named nope first"
+        );
+        // What did not come from YAML (the HTTP API also takes JSON) is
+        // checked all the same.
+        let mut bad = resource::Resilience::new("api");
+        bad.faults = Some(resource::Faults {
+            abort: Some(resource::Abort {
+                percent: 101.0,
+                status: 503,
+            }),
+            delay: None,
+        });
+        let mut all = docs("kind: Service\nname: api\n");
+        all.push(Resource::Resilience(bad));
+        let err = plan_apply(&Config::default(), all).unwrap_err();
+        assert_eq!(
+            err.message,
+            "document 2 (resilience/api): faults.abort.percent: 101 is not a percentage (0..=100)"
+        );
+    }
+
     #[test]
     fn configs_stored_before_access_policies_still_read() {
         let old = r#"{"services":[{"name":"api","protocol":"http"}],"routes":[]}"#;
         let c: Config = serde_json::from_str(old).unwrap();
         assert!(c.access_policies.is_empty() && c.mesh.is_none());
+        assert!(c.resiliences.is_empty());
         // And a config without them is stored as before.
         assert_eq!(serde_json::to_string(&c).unwrap(), old);
     }

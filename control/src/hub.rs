@@ -5,8 +5,9 @@
 //! Publishing: a change marks the hub dirty and wakes [`Hub::run`], which
 //! waits out a short debounce (so a burst of registrations or an apply
 //! followed by a rollback costs one push), then computes every session's
-//! [`View`] (once per distinct [`ViewKey`]: the `calls` list and the
-//! AccessPolicy of the proxy's own service) and sends a snapshot to each
+//! [`View`] (once per distinct [`ViewKey`]: the `calls` list, and the
+//! proxy's own service when it has an AccessPolicy or a Resilience) and
+//! sends a snapshot to each
 //! session whose view differs from the last one it was sent. Sessions get
 //! snapshots through a `watch` channel, so a slow proxy only ever has the
 //! latest one waiting, never a queue.
@@ -33,7 +34,7 @@
 // proxy message, never per data-plane request.
 #![allow(clippy::disallowed_types)]
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -107,15 +108,22 @@ pub type SnapshotRx = watch::Receiver<Option<Arc<Published>>>;
 
 type Calls = Option<BTreeSet<String>>;
 
-/// What a view depends on besides the config and the registry: the name of
-/// the AccessPolicy of the proxy's own service (none for most services, so
-/// they keep sharing views), and its `calls`. Sessions with equal keys get
-/// the same view.
+/// What a view depends on besides the config and the registry: the proxy's
+/// own service when that service has an AccessPolicy or a Resilience (both
+/// are in its view and nobody else's; none for most services, so they keep
+/// sharing views), and its `calls`. Sessions with equal keys get the same
+/// view.
 type ViewKey = (Option<String>, Calls);
+
+/// The own-service part of a [`ViewKey`].
+fn own_key(config: &Config, service: &str) -> Option<String> {
+    (config.access_policy(service).is_some() || config.resilience(service).is_some())
+        .then(|| service.to_string())
+}
 
 struct SessionSlot {
     /// The session's service (from its certificate): whose AccessPolicy
-    /// it gets.
+    /// and Resilience it gets.
     service: String,
     calls: Calls,
     tx: watch::Sender<Option<Arc<Published>>>,
@@ -292,10 +300,7 @@ impl Hub {
                 service,
                 &self.trust_bundle,
             );
-            let key: ViewKey = (
-                st.config.access_policy(service).map(|p| p.name.clone()),
-                slot.calls.clone(),
-            );
+            let key: ViewKey = (own_key(&st.config, service), slot.calls.clone());
             let view = match st.latest.get(&key) {
                 Some(v) if **v == view => v.clone(),
                 _ => {
@@ -554,11 +559,12 @@ fn publish(st: &mut State, trust_bundle: &Arc<Vec<String>>) {
         ..
     } = st;
     let config: &Config = config;
-    // The part of a session's view key that depends on its service.
-    let policy_of: HashMap<&str, &str> = config
+    // The services whose sessions' view keys include them (see `own_key`).
+    let own: HashSet<&str> = config
         .access_policies
         .iter()
-        .map(|p| (p.service.as_str(), p.name.as_str()))
+        .map(|p| p.service.as_str())
+        .chain(config.resiliences.iter().map(|r| r.service.as_str()))
         .collect();
     // Keyed like `latest`, but borrowed, so a lookup per session clones
     // nothing.
@@ -581,7 +587,7 @@ fn publish(st: &mut State, trust_bundle: &Arc<Vec<String>>) {
             continue;
         }
         let calls: &Calls = calls;
-        let key = (policy_of.get(service.as_str()).copied(), calls);
+        let key = (own.get(service.as_str()).copied(), calls);
         let (view, published) = views.entry(key).or_insert_with(|| {
             let view = view::compute(config, registry, calls.as_ref(), service, trust_bundle);
             let owned: ViewKey = (key.0.map(str::to_string), calls.clone());
@@ -619,7 +625,7 @@ fn publish(st: &mut State, trust_bundle: &Arc<Vec<String>>) {
     // Only keys some session has: a departed session's view goes.
     *latest = views
         .into_iter()
-        .map(|((policy, calls), (view, _))| ((policy.map(str::to_string), calls.clone()), view))
+        .map(|((own, calls), (view, _))| ((own.map(str::to_string), calls.clone()), view))
         .collect();
     for id in &sent {
         registry.sent(*id, version, config_version);
@@ -633,3 +639,6 @@ fn publish(st: &mut State, trust_bundle: &Arc<Vec<String>>) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,7 +1,7 @@
 //! coremesh-control: the control plane of coremesh.
 //!
 //! One process keeps the desired state (services, routes, access policies,
-//! the mesh config) in a durable [`store`], issues certificates from its
+//! resiliences, the mesh config) in a durable [`store`], issues certificates from its
 //! [`ca`] (its own or the operator's), tracks which proxies are
 //! alive in an in-memory [`registry`], and pushes each proxy a full,
 //! versioned [`view`] of what it needs over QUIC ([`quic`]). Operators talk

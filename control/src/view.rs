@@ -1,14 +1,15 @@
-//! What one proxy sees: the services it may call with their endpoints, and
-//! their routes; the AccessPolicy of its own service and the mesh's default
-//! access; the trust bundle. A pure function of the config, the registry,
-//! the proxy's `calls` and its service; the hub turns a view into a
-//! versioned [`Snapshot`] and sends it only when it differs from the last
+//! What one proxy sees: the services it may call with their endpoints,
+//! their routes and their Resiliences (plus the services those mirror to);
+//! the AccessPolicy and Resilience of its own service and the mesh's
+//! default access; the trust bundle. A pure function of the config, the
+//! registry, the proxy's `calls` and its service; the hub turns a view into
+//! a versioned [`Snapshot`] and sends it only when it differs from the last
 //! one sent.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use coremesh_api::resource::{Access, AccessPolicy, Protocol, Route};
+use coremesh_api::resource::{Access, AccessPolicy, Protocol, Resilience, Route};
 use coremesh_api::snapshot::{ServiceEndpoints, Snapshot};
 
 use crate::config::Config;
@@ -19,6 +20,9 @@ use crate::registry::Registry;
 pub struct View {
     pub services: Vec<ServiceEndpoints>,
     pub routes: Vec<Route>,
+    /// Of the services above and of the proxy's own service: the hub's view
+    /// key includes the own service when it has one.
+    pub resilience: Vec<Resilience>,
     /// The proxy's own service's policy: two proxies share a view only if
     /// they share this (see the hub's view key).
     pub access_policy: Option<AccessPolicy>,
@@ -34,6 +38,7 @@ impl View {
             config_version,
             services: self.services.clone(),
             routes: self.routes.clone(),
+            resilience: self.resilience.clone(),
             access_policy: self.access_policy.clone(),
             default_access: self.default_access,
             trust_bundle: self.trust_bundle.to_vec(),
@@ -42,10 +47,13 @@ impl View {
 }
 
 /// Every service of the config plus every service with registered
-/// endpoints, restricted to `calls` when given; each with its endpoints
-/// (healthy ones, or all when none is: see [`Registry::endpoints_of`]); the
-/// routes of those services; the AccessPolicy of `service` (the proxy's
-/// own) and no other; the mesh's default access; and `trust_bundle`.
+/// endpoints, restricted to `calls` when given, and the mirror services of
+/// those services' Resiliences (a proxy sends them copies even when its
+/// app never calls them); each with its endpoints (healthy ones, or all
+/// when none is: see [`Registry::endpoints_of`]); the routes and
+/// Resiliences of those services; the Resilience of `service` (the proxy's
+/// own: its inbound side enforces the rate limit) and its AccessPolicy and
+/// no other; the mesh's default access; and `trust_bundle`.
 pub fn compute(
     config: &Config,
     registry: &Registry,
@@ -60,13 +68,21 @@ pub fn compute(
     for s in registry.services() {
         names.entry(s).or_default();
     }
-    let wanted = |name: &str| match calls {
+    let called = |name: &str| match calls {
         Some(c) => c.contains(name),
         None => true,
     };
+    // Mirrors of called services are wanted, but not their own mirrors:
+    // a copy is never mirrored again.
+    let mirrors: BTreeSet<&str> = config
+        .resiliences
+        .iter()
+        .filter(|r| called(&r.service))
+        .filter_map(|r| r.mirror.as_ref().map(|m| m.service.as_str()))
+        .collect();
     let services: Vec<ServiceEndpoints> = names
         .into_iter()
-        .filter(|(name, _)| wanted(name))
+        .filter(|(name, _)| called(name) || mirrors.contains(name))
         .map(|(name, protocol)| ServiceEndpoints {
             name: name.to_string(),
             protocol,
@@ -79,9 +95,19 @@ pub fn compute(
         .filter(|r| services.iter().any(|s| s.name == r.service))
         .cloned()
         .collect();
+    let mut resilience: Vec<Resilience> = config
+        .resiliences
+        .iter()
+        .filter(|r| r.service == service || services.iter().any(|s| s.name == r.service))
+        .cloned()
+        .collect();
+    // The config sorts by name, which a named Resilience may not share
+    // with its service.
+    resilience.sort_by(|a, b| a.service.cmp(&b.service));
     View {
         services,
         routes,
+        resilience,
         access_policy: config.access_policy(service).cloned(),
         default_access: config.default_access(),
         trust_bundle: trust_bundle.clone(),
@@ -203,5 +229,123 @@ mod tests {
         assert_eq!(s.default_access, Access::Deny);
         assert_eq!(s.trust_bundle, ["ROOT"]);
         assert_eq!(s.access_policy, None);
+    }
+
+    /// api (mirrors to api-shadow, with a Resilience), db (with a
+    /// Resilience), api-shadow and web (none); each with one endpoint.
+    fn mirrored() -> (Config, Registry) {
+        use coremesh_api::resource::{CircuitBreaker, Mirror, RateLimit};
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let mut reg = Registry::new(Duration::from_secs(15), now, Duration::from_secs(600));
+        let mut c = config();
+        for (i, name) in ["api", "api-shadow", "db", "web"].into_iter().enumerate() {
+            if c.service(name).is_none() {
+                c.services.push(Service {
+                    name: name.into(),
+                    protocol: Protocol::Http,
+                });
+            }
+            let p = reg.hello(name, "n", 0);
+            let addr: SocketAddr = format!("127.0.0.1:{}", i + 1).parse().unwrap();
+            reg.register(p, addr, BTreeMap::new(), now, wall);
+        }
+        c.services.sort_by(|a, b| a.name.cmp(&b.name));
+        c.resiliences = vec![
+            Resilience {
+                mirror: Some(Mirror {
+                    service: "api-shadow".into(),
+                    percent: 10.0,
+                }),
+                circuit_breaker: Some(CircuitBreaker {
+                    max_requests: Some(10),
+                    ..CircuitBreaker::default()
+                }),
+                ..Resilience::new("api")
+            },
+            Resilience {
+                // Named: sorted first in the config, by service in a view.
+                name: Some("a-db".into()),
+                rate_limit: Some(RateLimit {
+                    requests_per_second: 100,
+                    burst: None,
+                    per: Default::default(),
+                }),
+                ..Resilience::new("db")
+            },
+        ];
+        c.resiliences.sort_by(|a, b| a.name().cmp(b.name()));
+        (c, reg)
+    }
+
+    fn services_of(v: &View) -> Vec<&str> {
+        v.services.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    fn resilience_of(v: &View) -> Vec<&str> {
+        v.resilience.iter().map(|r| r.service.as_str()).collect()
+    }
+
+    #[test]
+    fn a_proxy_gets_the_resilience_of_what_it_calls_and_its_own() {
+        let (c, reg) = mirrored();
+        let calls =
+            |names: &[&str]| -> BTreeSet<String> { names.iter().map(|s| s.to_string()).collect() };
+
+        // web calls api: api's Resilience, and api's mirror's endpoints
+        // (web never calls api-shadow itself).
+        let v = compute(&c, &reg, Some(&calls(&["api"])), "web", &bundle());
+        assert_eq!(services_of(&v), ["api", "api-shadow"]);
+        assert_eq!(v.services[1].endpoints.len(), 1, "mirror endpoints");
+        assert_eq!(resilience_of(&v), ["api"]);
+        assert_eq!(v.routes.len(), 1);
+
+        // db's own proxies get db's Resilience (its rate limit) though
+        // they call only web; nobody else's.
+        let v = compute(&c, &reg, Some(&calls(&["web"])), "db", &bundle());
+        assert_eq!(services_of(&v), ["web"]);
+        assert_eq!(resilience_of(&v), ["db"]);
+        assert_eq!(v.resilience[0].name(), "a-db");
+
+        // web calling db and api: both, sorted by service.
+        let v = compute(&c, &reg, Some(&calls(&["db", "api"])), "web", &bundle());
+        assert_eq!(services_of(&v), ["api", "api-shadow", "db"]);
+        assert_eq!(resilience_of(&v), ["api", "db"]);
+        let s = v.snapshot(1, 1);
+        assert_eq!(s.resilience, v.resilience);
+
+        // api calling itself and db: its own once.
+        let v = compute(&c, &reg, Some(&calls(&["api", "db"])), "api", &bundle());
+        assert_eq!(resilience_of(&v), ["api", "db"]);
+
+        // Without `calls`: everything.
+        let v = compute(&c, &reg, None, "web", &bundle());
+        assert_eq!(services_of(&v), ["api", "api-shadow", "db", "web"]);
+        assert_eq!(resilience_of(&v), ["api", "db"]);
+
+        // Nothing that concerns it: no Resilience, no mirror.
+        let v = compute(&c, &reg, Some(&calls(&["web"])), "api-shadow", &bundle());
+        assert_eq!(services_of(&v), ["web"]);
+        assert!(v.resilience.is_empty());
+    }
+
+    #[test]
+    fn a_mirror_target_is_not_mirrored_again() {
+        use coremesh_api::resource::Mirror;
+        let (mut c, reg) = mirrored();
+        // api-shadow mirrors to web: a proxy calling api sends copies to
+        // api-shadow only.
+        c.resiliences.push(Resilience {
+            mirror: Some(Mirror {
+                service: "web".into(),
+                percent: 100.0,
+            }),
+            ..Resilience::new("api-shadow")
+        });
+        c.resiliences.sort_by(|a, b| a.name().cmp(b.name()));
+        let calls: BTreeSet<String> = ["api".to_string()].into();
+        let v = compute(&c, &reg, Some(&calls), "db", &bundle());
+        assert_eq!(services_of(&v), ["api", "api-shadow"]);
+        assert_eq!(resilience_of(&v), ["api", "api-shadow", "db"]);
     }
 }

@@ -4,8 +4,8 @@
 //! | method | path | body | answer |
 //! | --- | --- | --- | --- |
 //! | POST | /v1/apply | YAML documents | [`ApplyResult`] |
-//! | GET | /v1/services, /v1/routes, /v1/accesspolicies, /v1/meshconfig | - | `[Resource]` |
-//! | DELETE | /v1/{services,routes,accesspolicies,meshconfig}/NAME | - | [`ApplyResult`] |
+//! | GET | /v1/services, /v1/routes, /v1/accesspolicies, /v1/resiliences, /v1/meshconfig | - | `[Resource]` |
+//! | DELETE | /v1/{services,routes,accesspolicies,resiliences,meshconfig}/NAME | - | [`ApplyResult`] |
 //! | GET | /v1/proxies | - | `[ProxyStatus]` |
 //! | GET | /v1/endpoints | - | `[EndpointStatus]` |
 //! | GET | /v1/history | - | `[HistoryEntry]` |

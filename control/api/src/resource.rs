@@ -17,6 +17,7 @@ pub enum Resource {
     Service(Service),
     Route(Route),
     AccessPolicy(AccessPolicy),
+    Resilience(Resilience),
     MeshConfig(MeshConfig),
 }
 
@@ -75,14 +76,36 @@ pub struct Match {
     /// Path prefix, segment-agnostic (`/api` matches `/api/x` and `/apix`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_prefix: Option<String>,
-    /// Header name (case-insensitive) -> exact value.
+    /// Regular expression the whole path (without the query) must match:
+    /// the syntax of the `regex` crate, anchored at both ends and compiled
+    /// by [`compile_regex`] (`/v[0-9]+/users/[^/]+` matches `/v2/users/7`,
+    /// not `/v2/users/7/x`). At most one of `path`, `pathPrefix` and
+    /// `pathRegex`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_regex: Option<String>,
+    /// Header name (case-insensitive) -> condition: an exact value
+    /// (`x-canary: "true"`), `{ regex: "..." }` or `{ present: true }` /
+    /// `{ present: false }` (see [`ValueMatch`]). A header sent on several
+    /// lines is judged by its first line.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, ValueMatch>,
+    /// Query parameter name -> condition, as for `headers`. Names and
+    /// values are compared as sent, without percent-decoding (`a%20b`
+    /// stays `a%20b`, `+` stays `+`); names are case-sensitive; a
+    /// parameter given several times is judged by its first occurrence;
+    /// `?debug` (no `=`) is present with the empty value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub query: BTreeMap<String, ValueMatch>,
     /// Methods (uppercase); empty means any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub methods: Vec<String>,
 }
 
+/// Retries of a rule.
+///
+/// The fields added after the first release are left out when they hold
+/// their default, so a Route that does not use them reads the same to a
+/// proxy built before them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Retries {
@@ -97,6 +120,94 @@ pub struct Retries {
     /// When to retry; default `[connect-failure, reset]`.
     #[serde(default = "RetryOn::defaults")]
     pub on: Vec<RetryOn>,
+    /// The wait before each retry; absent: [`Backoff::default`] (base
+    /// 25ms, max 250ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<Backoff>,
+    /// Retry only requests whose method is idempotent (RFC 9110 section
+    /// 9.2.2: GET, HEAD, OPTIONS, TRACE, PUT, DELETE); default `true`.
+    /// `false` also retries POST, PATCH and the rest: only for upstreams
+    /// that tolerate a request arriving twice.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub idempotent_only: bool,
+    /// The request body is kept for a retry up to this many bytes; a
+    /// request whose body is longer is not retried (it streams through
+    /// once). Default [`DEFAULT_RETRY_BODY_BYTES`] (64 KiB), at most
+    /// [`MAX_RETRY_BODY_BYTES`]; 0 retries only requests without a body.
+    #[serde(
+        default = "default_retry_body_bytes",
+        skip_serializing_if = "is_default_retry_body_bytes"
+    )]
+    pub max_body_bytes: u64,
+}
+
+/// The default of [`Retries::max_body_bytes`]: 64 KiB.
+pub const DEFAULT_RETRY_BODY_BYTES: u64 = 64 * 1024;
+
+fn default_retry_body_bytes() -> u64 {
+    DEFAULT_RETRY_BODY_BYTES
+}
+
+fn is_default_retry_body_bytes(n: &u64) -> bool {
+    *n == DEFAULT_RETRY_BODY_BYTES
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+impl Retries {
+    /// [`Retries::backoff`], or its default.
+    pub fn backoff_or_default(&self) -> Backoff {
+        self.backoff.clone().unwrap_or_default()
+    }
+}
+
+/// Exponential backoff with full jitter between tries: before retry `n`
+/// (1, 2, ...) the proxy waits a uniformly random time in
+/// `[0, min(max, base * 2^(n-1))]`. The rule's `timeout` still bounds the
+/// whole exchange, waits included.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Backoff {
+    /// Greater than 0; default 25ms.
+    #[serde(default = "Backoff::default_base", with = "duration")]
+    pub base: Duration,
+    /// At least `base`; default 10 times `base` (250ms for the default
+    /// base). See [`Backoff::max_or_default`].
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_duration"
+    )]
+    pub max: Option<Duration>,
+}
+
+impl Backoff {
+    /// The default base: 25ms (as Envoy's retry policy).
+    pub const DEFAULT_BASE: Duration = Duration::from_millis(25);
+
+    fn default_base() -> Duration {
+        Self::DEFAULT_BASE
+    }
+
+    /// `max`, or 10 times `base`.
+    pub fn max_or_default(&self) -> Duration {
+        self.max.unwrap_or(self.base.saturating_mul(10))
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            base: Self::DEFAULT_BASE,
+            max: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -232,6 +343,21 @@ pub mod opt_duration {
     }
 }
 
+/// Required durations as strings, like [`opt_duration`].
+pub mod duration {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Parses `250ms`, `2s`, `1m`, `1h`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -242,13 +368,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let n: u64 = n
         .parse()
         .map_err(|_| format!("{s:?} is not a duration like 500ms or 2s"))?;
-    Ok(match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
+    let secs_per_unit = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
         _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
-    })
+    };
+    n.checked_mul(secs_per_unit)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// The shortest exact form: `250ms`, `2s`, `1m`.
@@ -305,41 +434,83 @@ name: mesh
 defaultAccess: deny
 "#;
 
+/// The Resilience example of issue 6, verbatim, with its service and its
+/// mirror.
+#[cfg(test)]
+pub(crate) const RESILIENCE_EXAMPLE: &str = r#"kind: Service
+name: api
+---
+kind: Service
+name: api-shadow
+---
+kind: Resilience
+service: api
+loadBalancer: p2c-ewma       # round-robin | least-request | ring-hash (key: header or cookie)
+circuitBreaker: { maxConnections: 1000, maxPending: 100, maxRequests: 1000 }
+outlierDetection: { consecutiveFailures: 5, baseEjection: 30s, maxEjectedPercent: 50 }
+healthCheck: { interval: 5s, timeout: 1s, unhealthyThreshold: 3, healthyThreshold: 2 }
+retryBudget: { ratio: 0.2, minPerSecond: 10 }
+rateLimit: { requestsPerSecond: 100, burst: 20, per: service }   # or per caller identity
+faults: { abort: { percent: 5, status: 503 }, delay: { percent: 10, duration: 100ms } }
+mirror: { service: api-shadow, percent: 10 }
+"#;
+
+mod matching;
 mod parse;
+mod resilience;
 mod validation;
 
+pub use matching::{
+    compile_regex, ValueMatch, MAX_REGEX_LEN, REGEX_DFA_SIZE_LIMIT, REGEX_SIZE_LIMIT,
+};
 pub use parse::{parse_documents, to_yaml};
+pub use resilience::{
+    validate_resilience, Abort, CircuitBreaker, Delay, Faults, HashKey, HealthCheck, LoadBalancer,
+    Mirror, OutlierDetection, RateLimit, RateLimitKey, Resilience, RetryBudget, MAX_EJECTION,
+    MAX_RETRY_RATIO, RETRY_BUDGET_WINDOW,
+};
 pub use validation::{
     check_spiffe_id, check_trust_domain, validate, validate_set, MAX_NAME_LEN, MAX_RETRY_ATTEMPTS,
-    MAX_WEIGHT,
+    MAX_RETRY_BODY_BYTES, MAX_WEIGHT,
 };
 
 /// Every kind, as written in YAML.
-pub const KINDS: [&str; 4] = ["Service", "Route", "AccessPolicy", "MeshConfig"];
+pub const KINDS: [&str; 5] = [
+    "Service",
+    "Route",
+    "AccessPolicy",
+    "Resilience",
+    "MeshConfig",
+];
 
 impl Resource {
     /// The kind as written in YAML: `Service`, `Route`, `AccessPolicy`,
-    /// `MeshConfig`.
+    /// `Resilience`, `MeshConfig`.
     pub fn kind(&self) -> &'static str {
         match self {
             Resource::Service(_) => "Service",
             Resource::Route(_) => "Route",
             Resource::AccessPolicy(_) => "AccessPolicy",
+            Resource::Resilience(_) => "Resilience",
             Resource::MeshConfig(_) => "MeshConfig",
         }
     }
 
+    /// The name the resource is applied, deleted and listed by; for a
+    /// Resilience, its `name` or else its service ([`Resilience::name`]).
     pub fn name(&self) -> &str {
         match self {
             Resource::Service(s) => &s.name,
             Resource::Route(r) => &r.name,
             Resource::AccessPolicy(p) => &p.name,
+            Resource::Resilience(r) => r.name(),
             Resource::MeshConfig(m) => &m.name,
         }
     }
 
     /// `service/api`, `route/api-canary`, `accesspolicy/api-access`,
-    /// `meshconfig/mesh`: how meshctl and the history name it.
+    /// `resilience/api`, `meshconfig/mesh`: how meshctl and the history
+    /// name it.
     pub fn kind_name(&self) -> String {
         format!("{}/{}", self.kind().to_ascii_lowercase(), self.name())
     }

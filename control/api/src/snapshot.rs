@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::resource::{Access, AccessPolicy, Protocol, Route};
+use crate::resource::{Access, AccessPolicy, Protocol, Resilience, Route};
 
 /// A full snapshot for one proxy. Snapshots are never deltas: a proxy that
 /// applies one has everything it needs.
@@ -20,11 +20,23 @@ pub struct Snapshot {
     pub version: u64,
     /// The store version (`meshctl history`) this snapshot reflects.
     pub config_version: u64,
-    /// The services this proxy may call, with their endpoints.
+    /// The services this proxy may call, with their endpoints; also the
+    /// mirror services of their Resiliences ([`Resilience::mirror`]),
+    /// which receive copies of requests even when the proxy's `calls`
+    /// does not list them. Mirrors are not followed further: a mirror
+    /// service's own mirror is here only if the proxy calls it too (copies
+    /// are never mirrored again).
     pub services: Vec<ServiceEndpoints>,
     /// The Routes of those services.
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// The Resilience of each of those services that has one, and of this
+    /// proxy's own service (whose `rateLimit` its inbound side enforces),
+    /// at most one per service, sorted by service. A service without one
+    /// gets the defaults (p2c-ewma, the default retry budget, nothing
+    /// else).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resilience: Vec<Resilience>,
     /// The AccessPolicy of this proxy's own service, if it has one. Only
     /// its own: a proxy never learns another service's policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]

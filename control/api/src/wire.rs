@@ -291,6 +291,20 @@ mod tests {
                 Resource::AccessPolicy(p) => Some(p),
                 _ => None,
             });
+        let resilience = parse_documents(crate::resource::RESILIENCE_EXAMPLE)
+            .unwrap()
+            .into_iter()
+            .filter_map(|r| match r {
+                Resource::Resilience(r) => Some(r),
+                _ => None,
+            })
+            .chain([crate::resource::Resilience {
+                load_balancer: crate::resource::LoadBalancer::RingHash(
+                    crate::resource::HashKey::Cookie("session".into()),
+                ),
+                ..crate::resource::Resilience::new("db")
+            }])
+            .collect();
         vec![
             ControlMsg::Joined {
                 cert_pem: "cert".into(),
@@ -318,6 +332,7 @@ mod tests {
                 access_policy,
                 default_access: crate::resource::Access::Deny,
                 trust_bundle: vec!["root 1".into(), "root 2".into()],
+                resilience,
             }),
             ControlMsg::Renewed {
                 cert_pem: "cert2".into(),
@@ -460,5 +475,29 @@ mod tests {
         assert_eq!(s.access_policy, None);
         assert_eq!(s.default_access, crate::resource::Access::Allow);
         assert!(s.trust_bundle.is_empty() && s.routes.is_empty());
+        assert!(s.resilience.is_empty());
+    }
+
+    /// A proxy built before the traffic-management fields refuses unknown
+    /// fields in a Route; a Route that does not use them must serialize
+    /// exactly as before, so that such a proxy still applies it.
+    #[test]
+    fn routes_without_new_features_serialize_as_before() {
+        let route = parse_documents(crate::resource::EXAMPLE)
+            .unwrap()
+            .into_iter()
+            .find_map(|r| match r {
+                Resource::Route(r) => Some(r),
+                _ => None,
+            })
+            .unwrap();
+        let json = serde_json::to_string(&route).unwrap();
+        assert_eq!(
+            json,
+            r#"{"name":"api-canary","service":"api","rules":[{"match":{"headers":{"x-canary":"true"}},"backends":[{"subset":{"version":"v2"},"weight":1}]},{"match":{"pathPrefix":"/"},"timeout":"2s","retries":{"attempts":2,"perTryTimeout":"500ms","on":["connect-failure","reset","5xx"]},"backends":[{"subset":{"version":"v1"},"weight":90},{"subset":{"version":"v2"},"weight":10}]}]}"#
+        );
+        // And the snapshot of a proxy no Resilience concerns has no new key.
+        let snap = serde_json::to_value(Snapshot::default()).unwrap();
+        assert!(snap.get("resilience").is_none(), "{snap}");
     }
 }

@@ -57,7 +57,7 @@ enum Cmd {
         output: Output,
     },
     /// Delete a resource: `meshctl delete route api-canary`; kinds: service,
-    /// route, accesspolicy, meshconfig.
+    /// route, accesspolicy, resilience, meshconfig.
     Delete { kind: String, name: String },
     /// Every proxy: service, node, address, applied version, ACK/NACK, heartbeat, certificate.
     Status,
@@ -100,6 +100,8 @@ enum What {
     Routes,
     #[value(name = "accesspolicies", alias = "accesspolicy")]
     AccessPolicies,
+    #[value(name = "resiliences", alias = "resilience")]
+    Resiliences,
     #[value(name = "meshconfig")]
     MeshConfig,
     Proxies,
@@ -251,6 +253,7 @@ fn run(cli: Cli) -> Result<(), Fail> {
                 Some("service") => "services",
                 Some("route") => "routes",
                 Some("accesspolicy") => "accesspolicies",
+                Some("resilience") => "resiliences",
                 Some(_) => "meshconfig",
                 None => {
                     return Err(Fail(
@@ -291,6 +294,41 @@ fn run(cli: Cli) -> Result<(), Fail> {
     Ok(())
 }
 
+/// `service api, p2c-ewma, circuitBreaker, rateLimit 100/s per service,
+/// mirror api-shadow 10%`: the service, the balancer and the blocks set.
+fn resilience_detail(r: &resource::Resilience) -> String {
+    let mut parts = vec![format!("service {}", r.service), r.load_balancer.describe()];
+    if r.circuit_breaker.is_some() {
+        parts.push("circuitBreaker".into());
+    }
+    if r.outlier_detection.is_some() {
+        parts.push("outlierDetection".into());
+    }
+    if r.health_check.is_some() {
+        parts.push("healthCheck".into());
+    }
+    if r.retry_budget != resource::RetryBudget::default() {
+        parts.push(format!(
+            "retryBudget {} + {}/s",
+            r.retry_budget.ratio, r.retry_budget.min_per_second
+        ));
+    }
+    if let Some(rl) = &r.rate_limit {
+        let per = match rl.per {
+            resource::RateLimitKey::Service => "service",
+            resource::RateLimitKey::Caller => "caller",
+        };
+        parts.push(format!("rateLimit {}/s per {per}", rl.requests_per_second));
+    }
+    if r.faults.is_some() {
+        parts.push("faults".into());
+    }
+    if let Some(m) = &r.mirror {
+        parts.push(format!("mirror {} {}%", m.service, m.percent));
+    }
+    parts.join(", ")
+}
+
 fn print_change(r: &ApplyResult) {
     if r.changed.is_empty() {
         println!("unchanged (version {})", r.version);
@@ -304,6 +342,7 @@ fn get(api: &Api, what: What, output: Output) -> Result<(), Fail> {
         What::Services => "/v1/services",
         What::Routes => "/v1/routes",
         What::AccessPolicies => "/v1/accesspolicies",
+        What::Resiliences => "/v1/resiliences",
         What::MeshConfig => "/v1/meshconfig",
         What::Proxies => "/v1/proxies",
         What::Endpoints => "/v1/endpoints",
@@ -319,7 +358,11 @@ fn get(api: &Api, what: What, output: Output) -> Result<(), Fail> {
         }
         Output::Yaml => {
             let text = match what {
-                What::Services | What::Routes | What::AccessPolicies | What::MeshConfig => {
+                What::Services
+                | What::Routes
+                | What::AccessPolicies
+                | What::Resiliences
+                | What::MeshConfig => {
                     let rs: Vec<Resource> = serde_json::from_value(value)
                         .map_err(|e| Fail(2, format!("unexpected answer: {e}")))?;
                     resource::to_yaml(&rs)
@@ -333,7 +376,11 @@ fn get(api: &Api, what: What, output: Output) -> Result<(), Fail> {
     }
     let bad = |e: serde_json::Error| Fail(2, format!("unexpected answer: {e}"));
     match what {
-        What::Services | What::Routes | What::AccessPolicies | What::MeshConfig => {
+        What::Services
+        | What::Routes
+        | What::AccessPolicies
+        | What::Resiliences
+        | What::MeshConfig => {
             let rs: Vec<Resource> = serde_json::from_value(value).map_err(bad)?;
             if rs.is_empty() && matches!(what, What::MeshConfig) {
                 println!("no MeshConfig applied: defaultAccess allow");
@@ -352,6 +399,7 @@ fn get(api: &Api, what: What, output: Output) -> Result<(), Fail> {
                         p.rules.len(),
                         p.default.as_str()
                     ),
+                    Resource::Resilience(res) => resilience_detail(res),
                     Resource::MeshConfig(m) => {
                         format!("defaultAccess {}", m.default_access.as_str())
                     }

@@ -12,11 +12,12 @@ use serde::{Deserialize, Serialize};
 use serde_norway::Value;
 
 use super::{
-    validate, AccessPolicy, MeshConfig, Resource, ResourceError, Route, Service, API_VERSION,
+    validate, AccessPolicy, MeshConfig, Resilience, Resource, ResourceError, Route, Service,
+    API_VERSION,
 };
 
 /// The kinds, for error messages.
-const EXPECTED: &str = "Service, Route, AccessPolicy or MeshConfig";
+const EXPECTED: &str = "Service, Route, AccessPolicy, Resilience or MeshConfig";
 
 /// Keys of a document that belong to the envelope, not to the resource.
 const ENVELOPE_KEYS: [&str; 2] = ["apiVersion", "kind"];
@@ -78,8 +79,12 @@ pub fn parse_documents(text: &str) -> Result<Vec<Resource>, ResourceError> {
             }
             None => return Err(err("kind", format!("missing; expected {EXPECTED}"))),
         };
-        let kind_name = map
-            .get("name")
+        // A Resilience without a name is named after its service.
+        let name = match (map.get("name"), kind) {
+            (None, "Resilience") => map.get("service"),
+            (name, _) => name,
+        };
+        let kind_name = name
             .and_then(Value::as_str)
             .map(|name| format!("{}/{name}", kind.to_ascii_lowercase()));
         let parsed = match kind {
@@ -88,6 +93,7 @@ pub fn parse_documents(text: &str) -> Result<Vec<Resource>, ResourceError> {
             "AccessPolicy" => {
                 AccessPolicy::deserialize(SkipTopKeys(typed)).map(Resource::AccessPolicy)
             }
+            "Resilience" => Resilience::deserialize(SkipTopKeys(typed)).map(Resource::Resilience),
             "MeshConfig" => MeshConfig::deserialize(SkipTopKeys(typed)).map(Resource::MeshConfig),
             other => {
                 return Err(err(
@@ -125,7 +131,8 @@ pub fn to_yaml(resources: &[Resource]) -> String {
             api_version: API_VERSION,
             resource,
         };
-        // Strings, integers and string-keyed maps only: this cannot fail.
+        // Strings, numbers, booleans and string-keyed maps only: this
+        // cannot fail.
         let yaml = serde_norway::to_string(&doc).expect("resources serialize to YAML");
         out.push_str(&yaml);
     }
@@ -251,7 +258,9 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::resource::{Access, AccessRule, Protocol, RetryOn, ACCESS_EXAMPLE, EXAMPLE};
+    use crate::resource::{
+        Access, AccessRule, Protocol, RetryOn, ValueMatch, ACCESS_EXAMPLE, EXAMPLE,
+    };
 
     fn err(text: &str) -> String {
         parse_documents(text).unwrap_err().to_string()
@@ -276,7 +285,7 @@ mod tests {
         assert_eq!(r.rules.len(), 2);
         let canary = &r.rules[0];
         let m = canary.matches.as_ref().unwrap();
-        assert_eq!(m.headers["x-canary"], "true");
+        assert_eq!(m.headers["x-canary"], ValueMatch::Exact("true".into()));
         assert_eq!(canary.backends.len(), 1);
         assert_eq!(canary.backends[0].subset["version"], "v2");
         assert_eq!(canary.backends[0].weight, 1);
@@ -332,15 +341,15 @@ mod tests {
     fn kind_is_required_and_known() {
         assert_eq!(
             err("name: api\n"),
-            "document 1: kind: missing; expected Service, Route, AccessPolicy or MeshConfig"
+            "document 1: kind: missing; expected Service, Route, AccessPolicy, Resilience or MeshConfig"
         );
         assert_eq!(
             err("kind: Service\nname: a\n---\nkind: Gateway\nname: g\n"),
-            "document 2: kind: unknown kind \"Gateway\"; expected Service, Route, AccessPolicy or MeshConfig"
+            "document 2: kind: unknown kind \"Gateway\"; expected Service, Route, AccessPolicy, Resilience or MeshConfig"
         );
         assert_eq!(
             err("- kind: Service\n"),
-            "document 1: expected a mapping with `kind:` Service, Route, AccessPolicy or MeshConfig, found a sequence"
+            "document 1: expected a mapping with `kind:` Service, Route, AccessPolicy, Resilience or MeshConfig, found a sequence"
         );
     }
 
