@@ -84,25 +84,37 @@ pub fn match_rule<'a>(
     head: &RequestHead,
     buf: &[u8],
 ) -> Option<&'a CompiledRule> {
-    let path = &buf[head.path.clone()];
+    let target = &buf[head.path.clone()];
     // The query is not part of the path matched (an absolute-form target's
     // empty path is "/").
-    let path = match path.iter().position(|&b| b == b'?') {
-        Some(q) => &path[..q],
-        None => path,
+    let (path, query) = match target.iter().position(|&b| b == b'?') {
+        Some(q) => (&target[..q], &target[q + 1..]),
+        None => (target, &b""[..]),
     };
     let path: &[u8] = if path.is_empty() { b"/" } else { path };
     let method = method_name(head, buf);
     rules.iter().find(|r| {
-        r.path.as_ref().is_none_or(|p| p.as_bytes() == path)
-            && r.path_prefix
-                .as_ref()
-                .is_none_or(|p| path.starts_with(p.as_bytes()))
+        r.path.as_ref().is_none_or(|p| p.matches(path))
             && (r.methods.is_empty() || r.methods.iter().any(|m| m.as_bytes() == method))
             && r.headers
                 .iter()
-                .all(|(k, v)| head.header(buf, k) == Some(v.as_bytes()))
+                .all(|(k, v)| v.matches(head.header(buf, k)))
+            && r.query
+                .iter()
+                .all(|(k, v)| v.matches(query_param(query, k.as_bytes())))
     })
+}
+
+/// The first value of query parameter `name` (as sent, not decoded); a
+/// parameter without `=` has the empty value.
+fn query_param<'a>(query: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    query
+        .split(|&b| b == b'&')
+        .find_map(|pair| match pair.iter().position(|&b| b == b'=') {
+            Some(eq) if &pair[..eq] == name => Some(&pair[eq + 1..]),
+            None if pair == name => Some(&pair[pair.len()..]),
+            _ => None,
+        })
 }
 
 fn method_name<'a>(head: &RequestHead, buf: &'a [u8]) -> &'a [u8] {
@@ -117,15 +129,16 @@ mod tests {
     use super::*;
 
     use crate::http1::{parse_request, Limits};
+    use crate::routing::{PathMatch, ValueMatcher};
 
     fn rule(path_prefix: Option<&str>, headers: &[(&str, &str)], methods: &[&str]) -> CompiledRule {
         CompiledRule {
-            path: None,
-            path_prefix: path_prefix.map(str::to_string),
+            path: path_prefix.map(|p| PathMatch::Prefix(p.to_string())),
             headers: headers
                 .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .map(|(k, v)| (k.to_string(), ValueMatcher::Exact(v.to_string())))
                 .collect(),
+            query: Vec::new(),
             methods: methods.iter().map(|m| m.to_string()).collect(),
             timeout: None,
             retries: None,
@@ -163,6 +176,51 @@ mod tests {
         let raw = b"GET /v2 HTTP/1.1\r\nHost: api\r\n\r\n";
         let h = parse_request(raw, &lim).unwrap().unwrap();
         assert!(match_rule(&only_v1, &h, raw).is_none());
+    }
+
+    #[test]
+    fn regex_paths_header_conditions_and_query_parameters() {
+        let re = |p: &str| coremesh_api::resource::compile_regex(p).unwrap();
+        let mut r = rule(None, &[], &[]);
+        r.path = Some(PathMatch::Regex(re("/v[0-9]+/users/[^/]+")));
+        r.headers = vec![
+            ("x-user".into(), ValueMatcher::Regex(re("u-[0-9]+"))),
+            ("x-debug".into(), ValueMatcher::Present(false)),
+        ];
+        r.query = vec![
+            ("env".into(), ValueMatcher::Exact("prod".into())),
+            ("trace".into(), ValueMatcher::Present(true)),
+        ];
+        let rules = vec![r];
+        let lim = Limits::default();
+        let hit = |raw: &[u8]| {
+            let h = parse_request(raw, &lim).unwrap().unwrap();
+            match_rule(&rules, &h, raw).is_some()
+        };
+        assert!(hit(
+            b"GET /v2/users/7?env=prod&trace HTTP/1.1\r\nHost: a\r\nX-User: u-12\r\n\r\n"
+        ));
+        assert!(hit(
+            b"GET /v2/users/7?trace=1&env=prod&env=dev HTTP/1.1\r\nHost: a\r\nX-User: u-1\r\n\r\n"
+        ));
+        // The regex is anchored: no extra segment, no partial header value.
+        assert!(!hit(
+            b"GET /v2/users/7/x?env=prod&trace HTTP/1.1\r\nHost: a\r\nX-User: u-12\r\n\r\n"
+        ));
+        assert!(!hit(
+            b"GET /v2/users/7?env=prod&trace HTTP/1.1\r\nHost: a\r\nX-User: xu-12\r\n\r\n"
+        ));
+        // An absent header required absent, a missing or different parameter.
+        assert!(!hit(b"GET /v2/users/7?env=prod&trace HTTP/1.1\r\nHost: a\r\nX-User: u-1\r\nX-Debug: 1\r\n\r\n"));
+        assert!(!hit(
+            b"GET /v2/users/7?env=prod HTTP/1.1\r\nHost: a\r\nX-User: u-1\r\n\r\n"
+        ));
+        assert!(!hit(
+            b"GET /v2/users/7?env=dev&env=prod&trace HTTP/1.1\r\nHost: a\r\nX-User: u-1\r\n\r\n"
+        ));
+        assert_eq!(query_param(b"a=1&b&c=", b"b"), Some(&b""[..]));
+        assert_eq!(query_param(b"a=1&b&c=", b"c"), Some(&b""[..]));
+        assert_eq!(query_param(b"a=1&b&c=", b"d"), None);
     }
 
     #[test]

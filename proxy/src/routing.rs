@@ -18,13 +18,13 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use coremesh_api::resource::{RetryOn, Route};
+use coremesh_api::resource::{compile_regex, RetryOn, Route, ValueMatch};
 use coremesh_api::snapshot::Snapshot;
 
 use crate::config::Config;
 
 /// A compiled snapshot.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RoutingTable {
     pub version: u64,
     pub config_version: u64,
@@ -36,7 +36,7 @@ pub struct RoutingTable {
 }
 
 /// How requests to one service are routed.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ServiceRoutes {
     pub name: String,
     /// Every endpoint of the service (the default when it has no Route).
@@ -45,13 +45,16 @@ pub struct ServiceRoutes {
     pub rules: Option<Vec<CompiledRule>>,
 }
 
-/// One rule of a Route.
-#[derive(Debug)]
+/// One rule of a Route. Regular expressions are compiled here, once per
+/// snapshot; every shard gets its own copy of the table (see
+/// `ShardMsg::Prepare`), so their match caches are never shared by cores.
+#[derive(Debug, Clone)]
 pub struct CompiledRule {
-    pub path: Option<String>,
-    pub path_prefix: Option<String>,
-    /// Lowercase header name and the exact value.
-    pub headers: Vec<(String, String)>,
+    pub path: Option<PathMatch>,
+    /// Lowercase header name and its condition.
+    pub headers: Vec<(String, ValueMatcher)>,
+    /// Query parameter name (as sent) and its condition.
+    pub query: Vec<(String, ValueMatcher)>,
     pub methods: Vec<String>,
     pub timeout: Option<Duration>,
     pub retries: Option<RetryPolicy>,
@@ -59,14 +62,71 @@ pub struct CompiledRule {
     pub backends: Vec<WeightedBackend>,
 }
 
+/// How a rule matches the path (without the query).
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    Exact(String),
+    Prefix(String),
+    /// Anchored at both ends.
+    Regex(regex::bytes::Regex),
+}
+
+impl PathMatch {
+    pub fn matches(&self, path: &[u8]) -> bool {
+        match self {
+            PathMatch::Exact(p) => p.as_bytes() == path,
+            PathMatch::Prefix(p) => path.starts_with(p.as_bytes()),
+            PathMatch::Regex(r) => r.is_match(path),
+        }
+    }
+}
+
+/// A condition on a header or query parameter value.
+#[derive(Debug, Clone)]
+pub enum ValueMatcher {
+    Exact(String),
+    /// Anchored at both ends.
+    Regex(regex::bytes::Regex),
+    /// `true`: present (any value); `false`: absent.
+    Present(bool),
+}
+
+impl ValueMatcher {
+    /// Whether the first value found (`None`: absent) satisfies it.
+    pub fn matches(&self, value: Option<&[u8]>) -> bool {
+        match (self, value) {
+            (ValueMatcher::Present(want), v) => v.is_some() == *want,
+            (ValueMatcher::Exact(e), Some(v)) => e.as_bytes() == v,
+            (ValueMatcher::Regex(r), Some(v)) => r.is_match(v),
+            (_, None) => false,
+        }
+    }
+
+    fn compile(v: &ValueMatch, what: &str) -> Result<ValueMatcher, String> {
+        Ok(match v {
+            ValueMatch::Exact(s) => ValueMatcher::Exact(s.clone()),
+            ValueMatch::Regex(r) => {
+                ValueMatcher::Regex(compile_regex(r).map_err(|e| format!("{what}: {e}"))?)
+            }
+            ValueMatch::Present(p) => ValueMatcher::Present(*p),
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
     pub attempts: u32,
     pub per_try_timeout: Option<Duration>,
     pub on: Vec<RetryOn>,
+    /// Exponential backoff with full jitter: the n-th retry waits a random
+    /// time up to `min(backoff_max, backoff_base × 2^(n-1))`.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub idempotent_only: bool,
+    pub max_body: u64,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct WeightedBackend {
     pub weight: u32,
     pub endpoints: Vec<SocketAddr>,
@@ -140,6 +200,30 @@ fn compile_route(
                 ));
             }
         }
+        let at = |what: &str| format!("route {}: rules[{i}]: {what}", r.name);
+        let path = match (&m.path, &m.path_prefix, &m.path_regex) {
+            (Some(p), None, None) => Some(PathMatch::Exact(p.clone())),
+            (None, Some(p), None) => Some(PathMatch::Prefix(p.clone())),
+            (None, None, Some(re)) => Some(PathMatch::Regex(
+                compile_regex(re).map_err(|e| format!("{}: {e}", at("pathRegex")))?,
+            )),
+            (None, None, None) => None,
+            _ => return Err(at("at most one of path, pathPrefix and pathRegex")),
+        };
+        let mut headers = Vec::with_capacity(m.headers.len());
+        for (k, v) in &m.headers {
+            headers.push((
+                k.to_ascii_lowercase(),
+                ValueMatcher::compile(v, &at(&format!("headers.{k}")))?,
+            ));
+        }
+        let mut query = Vec::with_capacity(m.query.len());
+        for (k, v) in &m.query {
+            query.push((
+                k.clone(),
+                ValueMatcher::compile(v, &at(&format!("query.{k}")))?,
+            ));
+        }
         let backends = rule
             .backends
             .iter()
@@ -154,19 +238,22 @@ fn compile_route(
             })
             .collect();
         rules.push(CompiledRule {
-            path: m.path,
-            path_prefix: m.path_prefix,
-            headers: m
-                .headers
-                .into_iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v))
-                .collect(),
+            path,
+            headers,
+            query,
             methods: m.methods,
             timeout: rule.timeout,
-            retries: rule.retries.as_ref().map(|r| RetryPolicy {
-                attempts: r.attempts,
-                per_try_timeout: r.per_try_timeout,
-                on: r.on.clone(),
+            retries: rule.retries.as_ref().map(|r| {
+                let backoff = r.backoff_or_default();
+                RetryPolicy {
+                    attempts: r.attempts,
+                    per_try_timeout: r.per_try_timeout,
+                    on: r.on.clone(),
+                    backoff_base: backoff.base,
+                    backoff_max: backoff.max_or_default(),
+                    idempotent_only: r.idempotent_only,
+                    max_body: r.max_body_bytes,
+                }
             }),
             backends,
         });

@@ -333,7 +333,9 @@ pub async fn run(setup: ShardSetup, driver: String) {
                 *shard.config.borrow_mut() = Rc::new(c);
             }
             ShardMsg::Prepare(table, reply) => {
-                *shard.prepared.borrow_mut() = Some(table);
+                // A copy of its own: the regular expressions' match caches
+                // are then this core's alone.
+                *shard.prepared.borrow_mut() = Some(Arc::new((*table).clone()));
                 let _ = reply.send(());
             }
             ShardMsg::Commit(version) => {

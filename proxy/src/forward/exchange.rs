@@ -244,6 +244,10 @@ pub(super) struct TryPolicy {
     on_reset: bool,
     on_5xx: bool,
     on_gateway: bool,
+    /// Backoff before retry n: uniformly random up to
+    /// `min(backoff_max, backoff_base × 2^(n-1))` (full jitter).
+    backoff_base: Duration,
+    backoff_max: Duration,
     /// Retry requests whose method is not idempotent too.
     pub(super) non_idempotent: bool,
     /// A request body up to this size is read completely before the first
@@ -264,6 +268,8 @@ impl TryPolicy {
             on_reset: false,
             on_5xx: false,
             on_gateway: false,
+            backoff_base: Duration::ZERO,
+            backoff_max: Duration::ZERO,
             non_idempotent: false,
             max_body: RETRY_BODY_LIMIT,
         }
@@ -277,6 +283,10 @@ impl TryPolicy {
         if let Some(r) = &rule.retries {
             p.retries = r.attempts;
             p.per_try = r.per_try_timeout;
+            p.backoff_base = r.backoff_base;
+            p.backoff_max = r.backoff_max;
+            p.non_idempotent = !r.idempotent_only;
+            p.max_body = r.max_body;
             for on in &r.on {
                 match on {
                     RetryOn::ConnectFailure => p.on_connect = true,
@@ -287,6 +297,19 @@ impl TryPolicy {
             }
         }
         p
+    }
+
+    /// The wait before retry `n` (1-based), full jitter.
+    fn backoff(&self, n: u32, draw: u64) -> Duration {
+        let cap = self
+            .backoff_base
+            .saturating_mul(1u32 << (n - 1).min(16))
+            .min(self.backoff_max);
+        let nanos = cap.as_nanos() as u64;
+        if nanos == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_nanos(draw % (nanos + 1))
     }
 
     /// Whether a final response with `status` is retried (when tries remain).
@@ -350,6 +373,7 @@ pub(super) async fn exchange(
             Ok(x) => x,
             Err(e) if can_retry && policy.retries_error(e.kind) => {
                 tries += 1;
+                backoff(shard, policy, tries, deadline).await;
                 continue;
             }
             Err(e) => {
@@ -410,6 +434,7 @@ pub(super) async fn exchange(
                 {
                     tracing::debug!(%addr, try = tries + 1, "retrying: {}", f.err);
                     tries += 1;
+                    backoff(shard, policy, tries, deadline).await;
                     continue;
                 }
                 tracing::debug!(%addr, "{}", f.err);
@@ -433,6 +458,16 @@ pub(super) async fn exchange(
                 return (Next::Close, cbuf);
             }
         }
+    }
+}
+
+/// Waits before retry `n`, never past the request's deadline.
+async fn backoff(shard: &Shard, policy: &TryPolicy, n: u32, deadline: Instant) {
+    let wait = policy
+        .backoff(n, shard.random())
+        .min(deadline.saturating_duration_since(Instant::now()));
+    if !wait.is_zero() {
+        runtime::sleep(wait).await;
     }
 }
 
