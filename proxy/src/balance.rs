@@ -221,10 +221,15 @@ impl Balancer {
 ///
 /// Parameters (Linkerd's values, `linkerd2-proxy` `EWMA_DEFAULT_RTT` and
 /// `EWMA_DECAY`): τ = 10 s, which remembers a latency peak for tens of
-/// seconds, long enough not to flap between endpoints on every GC pause; a new
-/// endpoint starts at 30 ms, a guess that neither floods it (an estimate of 0
-/// would win every comparison) nor hides it: its first response replaces the
-/// guess, and the guess decays like any estimate until then.
+/// seconds, long enough not to flap between endpoints on every GC pause.
+///
+/// A new endpoint starts with a guess that neither floods it (an estimate of
+/// 0 would win every comparison) nor hides it: the mean estimate of the
+/// endpoints already measured, so an endpoint added to a running service gets
+/// its fair share at once (Linkerd's fixed 30 ms would keep it idle beside
+/// 1 ms endpoints until the guess decays below theirs, about 34 s); when
+/// nothing has been measured yet, 30 ms (Linkerd's `EWMA_DEFAULT_RTT`). Its
+/// first response replaces the guess.
 #[derive(Debug)]
 pub struct P2cEwma {
     members: Members<Ewma>,
@@ -259,7 +264,23 @@ impl P2cEwma {
     }
 
     fn update(&mut self, endpoints: &[SocketAddr], now: Instant) {
-        let fresh = Ewma::new(self.default_rtt_ns, now);
+        if self.members.addrs == endpoints {
+            return;
+        }
+        let (sum, n) = self
+            .members
+            .state
+            .iter()
+            .filter(|s| s.measured)
+            .fold((0.0, 0u32), |(sum, n), s| {
+                (sum + s.value(now, self.decay_ns), n + 1)
+            });
+        let guess = if n > 0 {
+            sum / f64::from(n)
+        } else {
+            self.default_rtt_ns
+        };
+        let fresh = Ewma::new(guess, now);
         self.members.sync(endpoints, || fresh);
     }
 
@@ -271,8 +292,9 @@ impl P2cEwma {
         rng: &mut impl FnMut() -> u64,
     ) -> Option<SocketAddr> {
         let (a, b) = two_choices(endpoints, &eligible, rng);
-        let fresh = Ewma::new(self.default_rtt_ns, now);
-        self.members.align(endpoints, a, b, || fresh);
+        if !self.members.aligned(endpoints, a, b) {
+            self.update(endpoints, now);
+        }
         let Some(b) = b else {
             return Some(endpoints[a]);
         };
@@ -374,7 +396,9 @@ impl LeastRequest {
         rng: &mut impl FnMut() -> u64,
     ) -> Option<SocketAddr> {
         let (a, b) = two_choices(endpoints, &eligible, rng);
-        self.members.align(endpoints, a, b, || 0);
+        if !self.members.aligned(endpoints, a, b) {
+            self.members.sync(endpoints, || 0);
+        }
         let Some(b) = b else {
             return Some(endpoints[a]);
         };
@@ -614,20 +638,13 @@ impl<S: Copy> Members<S> {
         true
     }
 
-    /// Makes sure the state at positions `a` and `b` belongs to
-    /// `endpoints[a]` and `endpoints[b]`: O(1) when `update` was called, a
-    /// `sync` when the set changed behind our back.
-    fn align(
-        &mut self,
-        endpoints: &[SocketAddr],
-        a: usize,
-        b: Option<usize>,
-        fresh: impl FnMut() -> S,
-    ) {
-        let stale = |i: usize| self.addrs.get(i) != Some(&endpoints[i]);
-        if self.addrs.len() != endpoints.len() || stale(a) || b.is_some_and(stale) {
-            self.sync(endpoints, fresh);
-        }
+    /// Whether the state at positions `a` and `b` belongs to `endpoints[a]`
+    /// and `endpoints[b]`: O(1), and true unless the set changed without an
+    /// `update` (then the caller syncs). Whatever else changed, an endpoint
+    /// returned by `pick` is always one of `endpoints`.
+    fn aligned(&self, endpoints: &[SocketAddr], a: usize, b: Option<usize>) -> bool {
+        let ok = |i: usize| self.addrs.get(i) == Some(&endpoints[i]);
+        self.addrs.len() == endpoints.len() && ok(a) && b.is_none_or(ok)
     }
 
     fn get(&self, addr: SocketAddr) -> Option<&S> {
@@ -665,7 +682,19 @@ mod tests {
         clients: usize,
         requests: usize,
     ) -> Vec<usize> {
-        let t0 = Instant::now();
+        simulate_with(b, eps, |i, _| latency[i], clients, requests, Instant::now())
+    }
+
+    /// As `simulate`, with endpoint i's latency `latency(i, elapsed)`, from
+    /// `t0`.
+    fn simulate_with(
+        b: &mut Balancer,
+        eps: &[SocketAddr],
+        latency: impl Fn(usize, Duration) -> Duration,
+        clients: usize,
+        requests: usize,
+        t0: Instant,
+    ) -> Vec<usize> {
         let mut rng = test_rng(7);
         b.update(eps, t0);
         // (Reverse(finish time), endpoint index, sent at)
@@ -676,7 +705,7 @@ mod tests {
             let i = eps.iter().position(|e| *e == a).unwrap();
             b.start(a);
             counts[i] += 1;
-            heap.push((std::cmp::Reverse(now + latency[i]), i, now));
+            heap.push((std::cmp::Reverse(now + latency(i, now - t0)), i, now));
         };
         for _ in 0..clients {
             send(b, &mut heap, t0);
@@ -685,6 +714,10 @@ mod tests {
             let (std::cmp::Reverse(done), i, sent) = heap.pop().unwrap();
             b.end(eps[i], done - sent, true, done);
             send(b, &mut heap, done);
+        }
+        // Let the last requests finish.
+        while let Some((std::cmp::Reverse(done), i, sent)) = heap.pop() {
+            b.end(eps[i], done - sent, true, done);
         }
         counts
     }
@@ -698,7 +731,11 @@ mod tests {
             let counts = simulate(&mut b, &eps, &latency, clients, 20_000);
             let slow = counts[0] as f64 / 20_000.0;
             assert!(slow < 0.10, "{clients} clients: slow share {slow}");
-            assert_eq!(b.in_flight(eps[0]) + b.in_flight(eps[1]), clients as u32);
+            assert_eq!(
+                b.in_flight(eps[0]) + b.in_flight(eps[1]),
+                0,
+                "every start ended"
+            );
         }
     }
 
@@ -711,6 +748,42 @@ mod tests {
         for c in counts {
             assert!((7_000..13_000).contains(&c), "{c}");
         }
+    }
+
+    /// An endpoint avoided while it was slow gets traffic again after it
+    /// recovers, once its estimate has decayed (τ = 10 s: 50 ms falls below
+    /// 1 ms × in-flight in about 30-40 s).
+    #[test]
+    fn p2c_ewma_comes_back_to_a_recovered_endpoint() {
+        let eps = addrs(2);
+        let mut b = Balancer::new(Algorithm::P2cEwma);
+        // Endpoint 0: 50 ms for the first 5 s, then 1 ms like endpoint 1.
+        let latency = |i: usize, t: Duration| {
+            if i == 0 && t < Duration::from_secs(5) {
+                Duration::from_millis(50)
+            } else {
+                Duration::from_millis(1)
+            }
+        };
+        // 4 clients at ~1 ms: ~4000 requests/s; 120 s of them.
+        let t0 = Instant::now();
+        let counts = simulate_with(&mut b, &eps, latency, 4, 480_000, t0);
+        let share = counts[0] as f64 / 480_000.0;
+        assert!(share > 0.25, "recovered endpoint's share {share}");
+    }
+
+    /// An endpoint added to a running service gets its share at once: it
+    /// starts at the mean estimate of the others, not at 30 ms.
+    #[test]
+    fn p2c_ewma_new_endpoint_gets_traffic() {
+        let eps = addrs(3);
+        let t0 = Instant::now();
+        let mut b = Balancer::new(Algorithm::P2cEwma);
+        let latency = [Duration::from_millis(1); 3];
+        simulate_with(&mut b, &eps[..2], |i, _| latency[i], 4, 10_000, t0);
+        let t1 = t0 + Duration::from_secs(3);
+        let counts = simulate_with(&mut b, &eps, |i, _| latency[i], 4, 30_000, t1);
+        assert!(counts[2] > 30_000 / 5, "{counts:?}");
     }
 
     #[test]

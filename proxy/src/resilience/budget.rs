@@ -22,31 +22,50 @@
 //!
 //! Per shard: each shard has its own budget per service, with the whole
 //! `ratio` (a ratio needs no split: each shard deposits for its own requests)
-//! and a share of `minPerSecond` from [`super::shares::RateSplit`], so the
-//! reserves of all shards add up to the configured one.
+//! and a share of the reserve (`minPerSecond × 10 s`, [`reserve_total`]). The
+//! agent splits the reserve with a [`super::shares::ConcurrencySplit`], not a
+//! rate split: reserve a shard has spent stays spent until its retries leave
+//! the window, so, like requests in flight, it may only be handed to another
+//! shard once it is free. [`RetryBudget::report`] says how much is spent. So
+//! the shards' reserves never add up to more than the configured one, and the
+//! bound above holds for the proxy, not just per shard.
 
 use std::time::{Duration, Instant};
+
+use super::shares::ConcurrencyReport;
 
 /// Slot length of the sliding window.
 const SLOT: Duration = Duration::from_millis(100);
 /// Slots in the window: 100 × 100 ms = 10 s.
 const SLOTS: usize = 100;
+/// The window in seconds.
+pub const WINDOW_SECS: u64 = 10;
 /// Token amounts are kept in thousandths, so that `ratio` (three decimals)
 /// is exact in integers.
 const MILLI: i64 = 1000;
 
+/// The proxy's whole reserve for `minPerSecond`, in thousandths of a retry:
+/// `minPerSecond × 10 s × 1000`. What the agent splits over the shards
+/// (`ConcurrencySplit::new(reserve_total(min_per_second), shards)`).
+pub fn reserve_total(min_per_second: f64) -> u64 {
+    (min_per_second.max(0.0) * WINDOW_SECS as f64 * MILLI as f64).round() as u64
+}
+
 /// One service's retry budget on one shard.
 ///
-/// Created by the shard with the service's policy and its share of
-/// `minPerSecond` (kept across snapshots; update it with [`Self::set`]). Per
-/// request: [`Self::deposit`] once when the request is first sent, then
-/// [`Self::try_withdraw`] before each retry. No allocation after `new`.
+/// Created by the shard with the service's ratio and its reserve share; kept
+/// across snapshots. Per request: [`Self::deposit`] once when the request is
+/// first sent, then [`Self::try_withdraw`] before each retry. Once per period:
+/// [`Self::report`] to the agent, [`Self::set_reserve`] when a new share
+/// arrives. No allocation after `new`.
 #[derive(Debug, Clone)]
 pub struct RetryBudget {
     /// Deposit per request, in milli-tokens (`ratio × 1000`).
     deposit: i64,
-    /// The reserve, in milli-tokens: this shard's `minPerSecond` share × 10 s.
+    /// This shard's reserve, in milli-tokens.
     reserve: i64,
+    /// The sequence number of the reserve share, echoed in reports.
+    seq: u64,
     /// Per slot: (deposits, withdrawals).
     slots: Vec<(u32, u32)>,
     deposits: i64,
@@ -54,19 +73,20 @@ pub struct RetryBudget {
     origin: Instant,
     /// Absolute number of the current slot since `origin`.
     current: u64,
-    /// Requests and retry attempts since the last `take_demand`.
+    /// Requests and retry attempts since the last report.
     demand: u64,
 }
 
 impl RetryBudget {
-    /// A budget with `ratio` (e.g. 0.2: retries may add 20% to the requests)
-    /// and this shard's share of `minPerSecond`, in thousandths of a retry per
-    /// second (`10 retries/s` split over 2 shards: 5000 each). Shard, when the
-    /// service's policy first has a retry budget.
-    pub fn new(ratio: f64, min_per_second_milli: u64, now: Instant) -> Self {
+    /// A budget with `ratio` (0.2: retries may add 20% to the requests) and
+    /// this shard's share of the reserve in thousandths of a retry (from the
+    /// agent's split of [`reserve_total`], sequence 0; `minPerSecond` 10 on
+    /// 2 shards: 50 000 each). Shard, when a service first has a budget.
+    pub fn new(ratio: f64, reserve_milli: u64, now: Instant) -> Self {
         let mut b = RetryBudget {
             deposit: 0,
             reserve: 0,
+            seq: 0,
             slots: vec![(0, 0); SLOTS],
             deposits: 0,
             withdrawals: 0,
@@ -74,16 +94,23 @@ impl RetryBudget {
             current: 0,
             demand: 0,
         };
-        b.set(ratio, min_per_second_milli);
+        b.set_ratio(ratio);
+        b.set_reserve(reserve_milli, 0);
         b
     }
 
-    /// New parameters: a new policy, or a new `minPerSecond` share from the
-    /// agent's rebalance. Shard, when it applies either. Keeps the window.
-    pub fn set(&mut self, ratio: f64, min_per_second_milli: u64) {
+    /// A new ratio (policy change). Shard. Keeps the window.
+    pub fn set_ratio(&mut self, ratio: f64) {
         self.deposit = (ratio.max(0.0) * MILLI as f64).round() as i64;
-        let window_secs = (SLOTS as u64 * SLOT.as_millis() as u64 / 1000) as i64;
-        self.reserve = (min_per_second_milli as i64).saturating_mul(window_secs);
+    }
+
+    /// A new reserve share with its sequence number (the agent's rebalance,
+    /// or a policy change). Shard, when it arrives. Keeps the window: a cut
+    /// below what this shard has spent just stops its retries until the
+    /// spent reserve leaves the window.
+    pub fn set_reserve(&mut self, reserve_milli: u64, seq: u64) {
+        self.reserve = reserve_milli.min(i64::MAX as u64) as i64;
+        self.seq = seq;
     }
 
     /// A request was sent (its first attempt, not a retry). Shard, once per
@@ -117,11 +144,17 @@ impl RetryBudget {
         (self.balance().max(0) / MILLI) as u64
     }
 
-    /// Requests and retry attempts (allowed or not) since the last call: this
-    /// shard's demand for the `minPerSecond` split. Shard, once per period,
-    /// into its report to the agent.
-    pub fn take_demand(&mut self) -> u64 {
-        std::mem::take(&mut self.demand)
+    /// The shard's report for the agent's reserve split: the share sequence
+    /// applied, the reserve spent now (retries in the window beyond what the
+    /// ratio paid for, in thousandths), and the requests and retry attempts
+    /// since the last report (which this resets). Shard, once per period.
+    pub fn report(&mut self, now: Instant) -> ConcurrencyReport {
+        self.advance(now);
+        ConcurrencyReport {
+            seq: self.seq,
+            in_use: (MILLI * self.withdrawals - self.deposit * self.deposits).max(0) as u64,
+            demand: std::mem::take(&mut self.demand),
+        }
     }
 
     fn balance(&self) -> i64 {
@@ -148,18 +181,22 @@ impl RetryBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resilience::shares::ConcurrencySplit;
 
     #[test]
     fn reserve_allows_min_per_second_times_window() {
         let t0 = Instant::now();
         // 10/s over a 10 s window: 100 retries with no requests at all.
-        let mut b = RetryBudget::new(0.2, 10_000, t0);
+        assert_eq!(reserve_total(10.0), 100_000);
+        let mut b = RetryBudget::new(0.2, reserve_total(10.0), t0);
         assert_eq!(b.available(t0), 100);
         let allowed = (0..150).filter(|_| b.try_withdraw(t0)).count();
         assert_eq!(allowed, 100);
+        assert_eq!(b.report(t0).in_use, 100_000, "the whole reserve is spent");
         // They come back when their slot leaves the window, not before.
         assert!(!b.try_withdraw(t0 + Duration::from_millis(9_999)));
         assert_eq!(b.available(t0 + Duration::from_secs(10)), 100);
+        assert_eq!(b.report(t0 + Duration::from_secs(10)).in_use, 0);
     }
 
     #[test]
@@ -171,46 +208,85 @@ mod tests {
         }
         assert_eq!(b.available(t0), 10);
         assert_eq!((0..20).filter(|_| b.try_withdraw(t0)).count(), 10);
-        assert_eq!(b.take_demand(), 70);
-        assert_eq!(b.take_demand(), 0);
+        let r = b.report(t0);
+        assert_eq!((r.demand, r.in_use), (70, 0), "the ratio paid for all");
+        assert_eq!(b.report(t0).demand, 0);
+    }
+
+    #[test]
+    fn reserve_cut_stops_retries_until_spent_reserve_leaves() {
+        let t0 = Instant::now();
+        let mut b = RetryBudget::new(0.0, 50_000, t0);
+        assert_eq!((0..60).filter(|_| b.try_withdraw(t0)).count(), 50);
+        b.set_reserve(10_000, 3);
+        let r = b.report(t0);
+        assert_eq!((r.seq, r.in_use), (3, 50_000));
+        assert!(!b.try_withdraw(t0 + Duration::from_secs(5)));
+        assert_eq!(b.available(t0 + Duration::from_secs(10)), 10);
     }
 
     /// The bound: against an upstream that always fails, with ratio
-    /// 0.2 and minPerSecond 10, over 10 s of requests, upstream attempts ≤
-    /// (1 + ratio) × requests + minPerSecond × seconds × 1.1. Split over two
-    /// shards with uneven traffic, and with routes allowing many attempts.
+    /// 0.2 and minPerSecond 10, upstream attempts ≤ (1 + ratio) × requests +
+    /// minPerSecond × seconds × 1.1. Routes allow 5 attempts; the reserve is
+    /// split over the shards and rebalanced every second while the traffic
+    /// swings between them.
     #[test]
     fn always_failing_upstream_stays_within_the_bound() {
-        for (rate, shards) in [(50u64, 1usize), (200, 1), (200, 2), (1000, 2)] {
+        for (rate, shards, seconds) in [
+            (50u64, 1usize, 10u64),
+            (200, 1, 10),
+            (5, 2, 10),
+            (200, 2, 10),
+            (1000, 2, 10),
+            (30, 2, 60),
+            (300, 4, 30),
+        ] {
             let t0 = Instant::now();
-            // minPerSecond 10 split 5 + 5 (or 10 on one shard).
-            let share = 10_000 / shards as u64;
-            let mut budgets: Vec<_> = (0..shards)
-                .map(|_| RetryBudget::new(0.2, share, t0))
+            let mut split = ConcurrencySplit::new(reserve_total(10.0), shards);
+            let mut budgets: Vec<_> = split
+                .shares()
+                .iter()
+                .map(|&s| RetryBudget::new(0.2, s, t0))
                 .collect();
             let (mut requests, mut attempts) = (0u64, 0u64);
-            for i in 0..rate * 10 {
-                let now = t0 + Duration::from_nanos(i * 1_000_000_000 / rate);
-                // Three of four requests land on shard 0.
-                let b = &mut budgets[if i % 4 == 3 { shards - 1 } else { 0 }];
-                b.deposit(now);
-                requests += 1;
-                attempts += 1;
-                // attempts: 5 per request, every one fails.
-                for _ in 1..5 {
-                    if !b.try_withdraw(now) {
-                        break;
-                    }
+            for sec in 0..seconds {
+                // Three of four requests land on the hot shard, which changes
+                // every 2 s.
+                let hot = (sec / 2) as usize % shards;
+                for k in 0..rate {
+                    let now = t0
+                        + Duration::from_secs(sec)
+                        + Duration::from_nanos(k * 1_000_000_000 / rate);
+                    let i = if k % 4 == 3 { (hot + 1) % shards } else { hot };
+                    let b = &mut budgets[i];
+                    b.deposit(now);
+                    requests += 1;
                     attempts += 1;
+                    for _ in 1..5 {
+                        if !b.try_withdraw(now) {
+                            break;
+                        }
+                        attempts += 1;
+                    }
+                }
+                let now = t0 + Duration::from_secs(sec + 1);
+                let reports: Vec<_> = budgets.iter_mut().map(|b| b.report(now)).collect();
+                if split.update(&reports) {
+                    for (b, &s) in budgets.iter_mut().zip(split.shares()) {
+                        b.set_reserve(s, split.seq());
+                    }
                 }
             }
-            let bound = 1.2 * requests as f64 + 10.0 * 10.0 * 1.1;
+            let bound = 1.2 * requests as f64 + 10.0 * seconds as f64 * 1.1;
+            let case = format!("{rate} rps, {shards} shards, {seconds} s: {requests} requests, {attempts} attempts");
+            assert!(attempts as f64 <= bound, "{case} > {bound}");
+            // The budget is used, not refusing everything: at least the
+            // ratio, and most of the reserve.
+            let floor = 1.2 * requests as f64 + 10.0 * seconds as f64 * 0.5;
             assert!(
-                attempts as f64 <= bound,
-                "{rate} rps, {shards} shards: {attempts} > {bound}"
+                attempts as f64 >= floor.min(5.0 * requests as f64),
+                "{case}"
             );
-            // And the budget is actually used (not refusing everything).
-            assert!(attempts as f64 >= 1.2 * requests as f64, "{attempts}");
         }
     }
 

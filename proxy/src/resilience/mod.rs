@@ -33,7 +33,7 @@
 //!  ─────────────────────                            ────────────────────────
 //!  limiter.try_take(now)      ─ demand ───────────▶ RateSplit::update
 //!  breaker.permit(Requests)   ─ demand, in use ───▶ ConcurrencySplit::update
-//!  budget.deposit / try_withdraw ─ demand ────────▶ RateSplit::update (minPerSecond)
+//!  budget.deposit / try_withdraw ─ demand, spent ─▶ ConcurrencySplit::update (reserve)
 //!        ◀──────────────────────────── new shares (only when they change) ─┘
 //!  outcomes.record(ok)        ─ Outcomes ─────────▶ OutlierDetector::record
 //!                                                   HealthTracker::record (probes)

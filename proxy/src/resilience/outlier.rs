@@ -264,7 +264,7 @@ impl OutlierDetector {
         let Some(s) = self.services.get_mut(service) else {
             return;
         };
-        let threshold = u64::from(s.config.consecutive_failures);
+        let threshold = u64::from(s.config.consecutive_failures.max(1));
         let Some(e) = s.endpoints.get_mut(&addr) else {
             return;
         };
@@ -294,7 +294,7 @@ impl OutlierDetector {
                     any = true;
                 }
             }
-            let threshold = u64::from(s.config.consecutive_failures);
+            let threshold = u64::from(s.config.consecutive_failures.max(1));
             let mut waiting: Vec<(u64, SocketAddr)> = s
                 .endpoints
                 .iter()

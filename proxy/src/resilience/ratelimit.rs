@@ -37,7 +37,7 @@ impl Level {
         }
     }
 
-    fn try_take(&mut self, rate_milli: u64, capacity: u128, now: Instant) -> bool {
+    fn refill(&mut self, rate_milli: u64, capacity: u128, now: Instant) {
         if now > self.stamp {
             let ns = now.duration_since(self.stamp).as_nanos();
             self.tokens = self
@@ -46,6 +46,10 @@ impl Level {
                 .min(capacity);
             self.stamp = now;
         }
+    }
+
+    fn try_take(&mut self, rate_milli: u64, capacity: u128, now: Instant) -> bool {
+        self.refill(rate_milli, capacity, now);
         if self.tokens >= TOKEN {
             self.tokens -= TOKEN;
             true
@@ -85,7 +89,7 @@ impl TokenBucket {
     /// applies either. Tokens already earned are kept, up to the new burst.
     pub fn set(&mut self, rate_milli: u64, burst: u64, now: Instant) {
         // Credit the time so far at the old rate before switching.
-        let _ = self.level.try_take(self.rate_milli, self.capacity, now);
+        self.level.refill(self.rate_milli, self.capacity, now);
         self.rate_milli = rate_milli;
         self.capacity = u128::from(burst.max(1)) * TOKEN;
         self.level.tokens = self.level.tokens.min(self.capacity);
@@ -363,9 +367,15 @@ mod tests {
         let t0 = Instant::now();
         let mut b = TokenBucket::new(1_000, 10, t0);
         assert_eq!((0..10).filter(|_| b.try_take(t0)).count(), 10);
+        // 4 s at 1 rps earned 4 tokens; the new burst of 2 keeps 2 of them.
         let t1 = t0 + Duration::from_secs(4);
         b.set(100_000, 2, t1);
         assert_eq!((0..10).filter(|_| b.try_take(t1)).count(), 2);
+        // 3 s at 1 rps earned 3; a larger burst keeps all 3.
+        let t2 = t1 + Duration::from_secs(3);
+        b.set(1_000, 10, t2 - Duration::from_secs(3));
+        b.set(100_000, 10, t2);
+        assert_eq!((0..10).filter(|_| b.try_take(t2)).count(), 3);
     }
 
     /// A simulated 2-shard proxy with 100 rps configured: shares rebalanced
@@ -463,6 +473,7 @@ mod tests {
         let cap = 64;
         let mut k = KeyedTokenBuckets::new(1_000, 2, cap);
         let index_len = k.index.len();
+        let entries_capacity = k.entries.capacity();
         let mut rng = test_rng(77);
         // "hot" is used between every other key and drained: it must never be
         // evicted (it would come back full).
@@ -474,7 +485,7 @@ mod tests {
             assert!(k.len() <= cap);
         }
         assert_eq!(k.len(), cap);
-        assert_eq!(k.entries.capacity(), cap);
+        assert_eq!(k.entries.capacity(), entries_capacity, "no reallocation");
         assert_eq!(k.index.len(), index_len);
         // The index and the LRU list agree with the entries.
         let indexed = k.index.iter().filter(|&&s| s != NIL).count();

@@ -21,7 +21,8 @@
 //!
 //! # How close to the configured totals the proxy stays
 //!
-//! (N = number of shards; the README quotes this.)
+//! (N = number of shards, period = how often the agent rebalances, 1 s
+//! recommended; the README quotes this.)
 //!
 //! * **Concurrency** (`circuitBreaker` maxConnections, maxPending,
 //!   maxRequests): the shares add up to max(limit, N), and
@@ -29,22 +30,36 @@
 //!   other shards have been seen to release (a shard whose share was cut may
 //!   still hold more until its requests finish). So at every instant, across
 //!   all shards, at most max(limit, N) ≤ limit + N connections / pending
-//!   requests / requests in flight exist, whatever the traffic does. It can
-//!   refuse below the limit: a shard refuses once its own share is in use,
-//!   even if another shard's share is idle; when traffic moves between
-//!   shards, that lasts a period or two.
-//! * **Rates** (`rateLimit` requestsPerSecond, `retryBudget` minPerSecond):
-//!   the shares add up exactly to the configured rate (in thousandths of a
-//!   request per second) and the bursts to at most burst + N, so over any
-//!   interval of T seconds the proxy admits at most rate × T + burst + N.
-//!   When the split of traffic between shards is steady (for 2-3 periods), it
-//!   admits at least min(offered, rate × (1 − (N−1)/(10 N)) − 1% of rate):
-//!   the floors of shards that are idle go unused, and the dead band costs up
-//!   to 0.5% per shard. For 2 shards that is at least 94% of the rate, and all
-//!   of it when traffic is even (which the acceptor aims for). When traffic
+//!   requests / requests in flight exist, whatever the traffic does. The
+//!   price is on the other side: a shard refuses once its own share is in
+//!   use, even while another shard's share is idle, so the proxy can refuse
+//!   before the proxy-wide count reaches the limit: the floors of shards
+//!   that do not use them (≤ (N−1)/(10 N) of the limit, 5% for 2 shards)
+//!   are unavailable to the others, one shard's momentary peaks are not
+//!   absorbed by the others' headroom, and after traffic moves between
+//!   shards the shard that gained it has its old share for a period or two.
+//!   A circuit breaker is an overload guard: configure it with headroom.
+//! * **Retry budget** (`retryBudget` minPerSecond): the reserve
+//!   (minPerSecond × 10 s) is split the same safe way (reserve a shard has
+//!   spent counts as in use until its retries leave the 10 s window), so
+//!   retries ≤ ratio × requests + minPerSecond × 10 s in any 10 s window,
+//!   proxy-wide, exactly as for a single budget; over a run of T s, retries ≤
+//!   ratio × requests + minPerSecond × 10 s × ⌈T / 10 s⌉.
+//! * **Rates** (`rateLimit` requestsPerSecond and burst): the rate shares add
+//!   up exactly to the configured rate (in thousandths of a request per
+//!   second) and the bursts to at most burst + N ([`burst_share`]), so over
+//!   any interval of T seconds the proxy admits at most rate × T + burst + N
+//!   (plus, while a new split is in flight to the shards, the change times
+//!   the message delay: microseconds). When the split of traffic between
+//!   shards is steady, it admits at least
+//!   min(offered, rate × (1 − (N−1)/(10 N)) − N × 0.5% of rate): a shard that
+//!   gets less than its share leaves at most its floor unused, at most N−1
+//!   shards can, and the dead band costs up to 0.5% per shard. For 2 shards:
+//!   at least 94% of the rate (measured in the tests: 95-100%), and all of it
+//!   when the traffic is even, which the acceptor aims for. When traffic
 //!   moves between shards, the shard that gained it admits only its old share
-//!   for a period or two. For the retry budget this means retries ≤ ratio ×
-//!   requests + minPerSecond × T (+ 10 s of reserve for a partial window).
+//!   for the rest of that period, then catches up (EWMA α = ½): about two
+//!   periods' worth of the shortfall is lost in all.
 //!
 //! All of this runs on the agent thread (allocation is fine there); the shards
 //! only apply the shares they are sent.
