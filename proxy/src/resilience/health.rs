@@ -17,7 +17,7 @@
 //! An endpoint that fails its checks stops receiving traffic after
 //! `unhealthyThreshold × interval` (+ `timeout`, + one broadcast).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -98,7 +98,8 @@ impl HealthTracker {
                 changed: false,
             });
         s.config = config;
-        s.endpoints.retain(|a, _| endpoints.contains(a));
+        let keep: HashSet<SocketAddr> = endpoints.iter().copied().collect();
+        s.endpoints.retain(|a, _| keep.contains(a));
         for a in endpoints {
             s.endpoints.entry(*a).or_default();
         }

@@ -54,12 +54,12 @@ use std::sync::Arc;
 
 pub use backoff::Backoff;
 pub use breaker::{CircuitBreaker, Limit, Limits, Permit};
-pub use budget::RetryBudget;
+pub use budget::{reserve_total, RetryBudget};
 pub use fault::{FaultAction, Faults};
 pub use health::{HealthConfig, HealthTracker};
 pub use outlier::{OutcomeCounts, Outcomes, OutlierConfig, OutlierDetector};
 pub use ratelimit::{KeyedTokenBuckets, TokenBucket};
-pub use shares::{rebalance, ConcurrencyReport, ConcurrencySplit, RateSplit};
+pub use shares::{burst_share, rebalance, ConcurrencyReport, ConcurrencySplit, RateSplit};
 
 /// An immutable, sorted set of endpoint addresses: what the agent broadcasts
 /// to the shards (the ejected or the unhealthy endpoints of a service).

@@ -38,7 +38,7 @@
 //! * An ejected endpoint comes back when its time is up (`tick`), with its
 //!   streak cleared.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -243,7 +243,8 @@ impl OutlierDetector {
                 changed: false,
             });
         s.config = config;
-        s.endpoints.retain(|a, _| endpoints.contains(a));
+        let keep: HashSet<SocketAddr> = endpoints.iter().copied().collect();
+        s.endpoints.retain(|a, _| keep.contains(a));
         for a in endpoints {
             s.endpoints.entry(*a).or_default();
         }
