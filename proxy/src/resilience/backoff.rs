@@ -1,0 +1,97 @@
+//! Retry backoff: exponential with full jitter.
+//!
+//! The wait before retry number `attempt` (0 for the first retry) is drawn
+//! uniformly from `[0, min(max, base × 2^attempt)]`: "full jitter" in AWS's
+//! comparison ("Exponential Backoff and Jitter", 2015), which spreads the
+//! retries of many clients that failed together the most and finishes the
+//! work with the fewest calls. Stateless; nothing allocates.
+
+use std::time::Duration;
+
+/// A route's backoff parameters. The defaults are Envoy's: 25 ms base,
+/// 10 × base maximum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            base: Duration::from_millis(25),
+            max: Duration::from_millis(250),
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait before retry number `attempt` (0-based). Shard, before each
+    /// retry, with its random numbers.
+    pub fn delay(&self, attempt: u32, rng: &mut impl FnMut() -> u64) -> Duration {
+        delay(attempt, self.base, self.max, rng)
+    }
+}
+
+/// The wait before retry number `attempt` (0 for the first retry): uniform in
+/// `[0, min(max, base × 2^attempt)]`, from one draw of `rng`. Saturates
+/// instead of overflowing for any `attempt`.
+pub fn delay(
+    attempt: u32,
+    base: Duration,
+    max: Duration,
+    rng: &mut impl FnMut() -> u64,
+) -> Duration {
+    let base_ns = base.as_nanos().min(u128::from(u64::MAX)) as u64;
+    let max_ns = max.as_nanos().min(u128::from(u64::MAX)) as u64;
+    let ceiling = match 1u64.checked_shl(attempt) {
+        Some(factor) => base_ns.saturating_mul(factor),
+        None => u64::MAX,
+    }
+    .min(max_ns);
+    // (draw × (ceiling + 1)) >> 64: uniform in 0..=ceiling without division.
+    let ns = (u128::from(rng()) * (u128::from(ceiling) + 1)) >> 64;
+    Duration::from_nanos(ns as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resilience::test_rng;
+
+    #[test]
+    fn grows_exponentially_up_to_the_max_with_full_jitter() {
+        let mut rng = test_rng(11);
+        let b = Backoff::default();
+        for attempt in 0..6u32 {
+            let ceiling = (b.base * 2u32.pow(attempt)).min(b.max);
+            let draws: Vec<Duration> = (0..4000).map(|_| b.delay(attempt, &mut rng)).collect();
+            assert!(draws.iter().all(|d| *d <= ceiling));
+            let mean = draws.iter().sum::<Duration>() / draws.len() as u32;
+            // Uniform on [0, ceiling]: mean ceiling / 2, within 5%.
+            let half = ceiling / 2;
+            assert!(
+                mean > half * 95 / 100 && mean < half * 105 / 100,
+                "{attempt}: {mean:?}"
+            );
+            assert!(
+                draws.iter().any(|d| *d < ceiling / 10),
+                "full jitter reaches near 0"
+            );
+        }
+    }
+
+    #[test]
+    fn extremes() {
+        let base = Duration::from_millis(25);
+        let max = Duration::from_secs(1);
+        assert_eq!(delay(500, base, max, &mut || u64::MAX), max);
+        assert_eq!(delay(0, base, max, &mut || 0), Duration::ZERO);
+        assert_eq!(
+            delay(3, Duration::ZERO, max, &mut || u64::MAX),
+            Duration::ZERO
+        );
+        let big = delay(63, Duration::MAX, Duration::MAX, &mut || u64::MAX);
+        assert!(big > Duration::from_secs(1 << 33));
+    }
+}

@@ -1,0 +1,546 @@
+//! Outlier detection (`outlierDetection: { consecutiveFailures, baseEjection,
+//! maxEjectedPercent }`): endpoints that keep failing are taken out of
+//! balancing for a while, longer each time.
+//!
+//! Decided once per proxy, on the agent thread, and broadcast to every shard
+//! (DESIGN.md: "Decisions that must be global to the proxy ... are made once
+//! ... and broadcast"):
+//!
+//! ```text
+//! shard: OutcomeCounts::record(ok) per response ──(each period, or at once
+//!        when the trailing failures reach consecutiveFailures)──▶ agent
+//! agent: OutlierDetector::record(service, addr, outcomes, now)
+//!        OutlierDetector::tick(now)    (each period, and at next_deadline)
+//!        take_changes() ──▶ (service, EndpointSet of ejected) to every shard
+//! ```
+//!
+//! * **Consecutive failures across shards.** Each shard reports, per
+//!   endpoint, its successes, failures, and the failures since its last
+//!   success ("trailing"). The detector keeps one streak per endpoint: a
+//!   report with any success sets it to that report's trailing failures, a
+//!   report of failures only adds them. Reports are processed in arrival
+//!   order, so interleavings finer than a report are approximated; a shard
+//!   that sends its report as soon as its own trailing count reaches the
+//!   threshold makes ejection as quick as the message.
+//! * **Ejection time** is `baseEjection × n`, n the number of times the
+//!   endpoint was ejected (Envoy's rule), capped at `max_ejection` (300 s by
+//!   default, Envoy's `max_ejection_time`). n drops by one for every
+//!   `baseEjection` the endpoint then spends in service without being
+//!   ejected, so an endpoint that recovered for good starts over at the base.
+//! * **maxEjectedPercent.** At most ⌊endpoints × maxEjectedPercent / 100⌋ of
+//!   a service's endpoints are ejected at once, and never all of them: with
+//!   maxEjectedPercent below 100 / endpoints nothing is ejected (use 50 for
+//!   services of two or three endpoints). An endpoint over the threshold
+//!   while the quota is full waits, and is ejected at the first `tick` that
+//!   has room, if it has not succeeded since. When the endpoint set shrinks
+//!   below what the ejected count allows, the ejections closest to their end
+//!   are lifted early, so the bound holds at every instant.
+//! * An ejected endpoint comes back when its time is up (`tick`), with its
+//!   streak cleared.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::EndpointSet;
+
+/// The longest ejection by default (Envoy's `max_ejection_time`).
+pub const DEFAULT_MAX_EJECTION: Duration = Duration::from_secs(300);
+
+/// A service's outlier-detection policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutlierConfig {
+    /// Failures in a row (5xx, gateway errors, connect failures) that eject.
+    pub consecutive_failures: u32,
+    /// The first ejection's length; the n-th lasts n times as long.
+    pub base_ejection: Duration,
+    /// The most of a service's endpoints ejected at once, in percent.
+    pub max_ejected_percent: u8,
+    /// The longest ejection.
+    pub max_ejection: Duration,
+}
+
+impl OutlierConfig {
+    /// A policy with the default cap of [`DEFAULT_MAX_EJECTION`] (or
+    /// `base_ejection`, if longer).
+    pub fn new(
+        consecutive_failures: u32,
+        base_ejection: Duration,
+        max_ejected_percent: u8,
+    ) -> Self {
+        OutlierConfig {
+            consecutive_failures: consecutive_failures.max(1),
+            base_ejection,
+            max_ejected_percent: max_ejected_percent.min(100),
+            max_ejection: DEFAULT_MAX_EJECTION.max(base_ejection),
+        }
+    }
+
+    /// How many of `n` endpoints may be ejected at once.
+    fn quota(&self, n: usize) -> usize {
+        (n * usize::from(self.max_ejected_percent) / 100).min(n.saturating_sub(1))
+    }
+}
+
+/// One endpoint's outcomes on one shard since its last report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Outcomes {
+    pub successes: u64,
+    pub failures: u64,
+    /// Failures after the last success in this report (all of them if there
+    /// was no success).
+    pub trailing_failures: u64,
+}
+
+/// The shard's counter behind [`Outcomes`]: one per endpoint of a service
+/// with outlier detection, in the shard's state (allocated when the snapshot
+/// is applied).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OutcomeCounts(Outcomes);
+
+impl OutcomeCounts {
+    /// Counts one finished attempt. Shard, per attempt, with the same `ok` as
+    /// `Balancer::end`. Returns the trailing failures: when they reach
+    /// `consecutiveFailures`, send a report now rather than at the period's
+    /// end.
+    pub fn record(&mut self, ok: bool) -> u64 {
+        let o = &mut self.0;
+        if ok {
+            o.successes += 1;
+            o.trailing_failures = 0;
+        } else {
+            o.failures += 1;
+            o.trailing_failures += 1;
+        }
+        o.trailing_failures
+    }
+
+    /// The counts since the last call, and a reset; `None` if nothing
+    /// happened (nothing to send). Shard, when it reports.
+    pub fn take(&mut self) -> Option<Outcomes> {
+        let o = std::mem::take(&mut self.0);
+        (o.successes + o.failures > 0).then_some(o)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Endpoint {
+    streak: u64,
+    ejected_until: Option<Instant>,
+    times: u32,
+    back_since: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Service {
+    config: OutlierConfig,
+    endpoints: HashMap<SocketAddr, Endpoint>,
+    ejected: EndpointSet,
+    changed: bool,
+}
+
+impl Service {
+    fn ejected_count(&self) -> usize {
+        self.endpoints
+            .values()
+            .filter(|e| e.ejected_until.is_some())
+            .count()
+    }
+
+    fn try_eject(&mut self, addr: SocketAddr, now: Instant) -> bool {
+        let quota = self.config.quota(self.endpoints.len());
+        if self.ejected_count() >= quota {
+            return false;
+        }
+        let c = self.config;
+        let Some(e) = self.endpoints.get_mut(&addr) else {
+            return false;
+        };
+        if let Some(back) = e.back_since {
+            let base = c.base_ejection.as_nanos().max(1);
+            let served = now.saturating_duration_since(back).as_nanos() / base;
+            e.times = e
+                .times
+                .saturating_sub(served.min(u128::from(u32::MAX)) as u32);
+        }
+        e.times = e.times.saturating_add(1);
+        let length = c.base_ejection.saturating_mul(e.times).min(c.max_ejection);
+        e.ejected_until = Some(now + length);
+        self.changed = true;
+        true
+    }
+
+    fn return_endpoint(e: &mut Endpoint, now: Instant) {
+        e.ejected_until = None;
+        e.streak = 0;
+        e.back_since = Some(now);
+    }
+
+    /// Lifts ejections closest to their end until within the quota.
+    fn enforce_quota(&mut self, now: Instant) {
+        let quota = self.config.quota(self.endpoints.len());
+        while self.ejected_count() > quota {
+            let Some(e) = self
+                .endpoints
+                .values_mut()
+                .filter(|e| e.ejected_until.is_some())
+                .min_by_key(|e| e.ejected_until)
+            else {
+                break;
+            };
+            Self::return_endpoint(e, now);
+            self.changed = true;
+        }
+    }
+
+    fn refresh_set(&mut self) {
+        let set = EndpointSet::new(
+            self.endpoints
+                .iter()
+                .filter(|(_, e)| e.ejected_until.is_some())
+                .map(|(a, _)| *a)
+                .collect(),
+        );
+        if set != self.ejected {
+            self.ejected = set;
+            self.changed = true;
+        }
+    }
+}
+
+/// The proxy's outlier detector: per service, per endpoint failure streaks
+/// and ejections. Agent thread, one per proxy.
+#[derive(Debug, Default)]
+pub struct OutlierDetector {
+    services: HashMap<Arc<str>, Service>,
+}
+
+impl OutlierDetector {
+    /// An empty detector. Agent, at start.
+    pub fn new() -> Self {
+        OutlierDetector::default()
+    }
+
+    /// Sets a service's policy and endpoints. Agent, for each service with
+    /// `outlierDetection` in every snapshot it applies. Endpoints that stay
+    /// keep their streak and ejection; removed ones are forgotten; new ones
+    /// start in service.
+    pub fn configure(
+        &mut self,
+        service: &str,
+        config: OutlierConfig,
+        endpoints: &[SocketAddr],
+        now: Instant,
+    ) {
+        let s = self
+            .services
+            .entry(Arc::from(service))
+            .or_insert_with(|| Service {
+                config,
+                endpoints: HashMap::new(),
+                ejected: EndpointSet::default(),
+                changed: false,
+            });
+        s.config = config;
+        let keep: HashSet<SocketAddr> = endpoints.iter().copied().collect();
+        s.endpoints.retain(|a, _| keep.contains(a));
+        for a in endpoints {
+            s.endpoints.entry(*a).or_default();
+        }
+        s.enforce_quota(now);
+        s.refresh_set();
+    }
+
+    /// Forgets the services `keep` rejects (no longer in the snapshot, or no
+    /// longer with outlier detection). Agent, after applying a snapshot.
+    pub fn retain_services(&mut self, keep: impl Fn(&str) -> bool) {
+        self.services.retain(|name, _| keep(name));
+    }
+
+    /// One shard's outcomes for one endpoint. Agent, per report received;
+    /// reports about unknown services or endpoints are ignored. May eject the
+    /// endpoint (see [`Self::take_changes`]).
+    pub fn record(&mut self, service: &str, addr: SocketAddr, outcomes: Outcomes, now: Instant) {
+        let Some(s) = self.services.get_mut(service) else {
+            return;
+        };
+        let threshold = u64::from(s.config.consecutive_failures.max(1));
+        let Some(e) = s.endpoints.get_mut(&addr) else {
+            return;
+        };
+        if e.ejected_until.is_some() {
+            // Late answers from before the ejection; the streak restarts on return.
+            return;
+        }
+        if outcomes.successes > 0 {
+            e.streak = outcomes.trailing_failures;
+        } else {
+            e.streak = e.streak.saturating_add(outcomes.failures);
+        }
+        if e.streak >= threshold && s.try_eject(addr, now) {
+            s.refresh_set();
+        }
+    }
+
+    /// Returns endpoints whose ejection is over, and ejects waiting ones if
+    /// the quota now has room. Agent, once per period and at
+    /// [`Self::next_deadline`].
+    pub fn tick(&mut self, now: Instant) {
+        for s in self.services.values_mut() {
+            let mut any = false;
+            for e in s.endpoints.values_mut() {
+                if e.ejected_until.is_some_and(|t| t <= now) {
+                    Service::return_endpoint(e, now);
+                    any = true;
+                }
+            }
+            let threshold = u64::from(s.config.consecutive_failures.max(1));
+            let mut waiting: Vec<(u64, SocketAddr)> = s
+                .endpoints
+                .iter()
+                .filter(|(_, e)| e.ejected_until.is_none() && e.streak >= threshold)
+                .map(|(a, e)| (e.streak, *a))
+                .collect();
+            waiting.sort_unstable_by(|x, y| y.cmp(x));
+            for (_, a) in waiting {
+                any |= s.try_eject(a, now);
+            }
+            if any {
+                s.refresh_set();
+            }
+        }
+    }
+
+    /// When the next ejection ends (the agent's next timer), if any.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.services
+            .values()
+            .flat_map(|s| s.endpoints.values().filter_map(|e| e.ejected_until))
+            .min()
+    }
+
+    /// A service's ejected endpoints now.
+    pub fn ejected(&self, service: &str) -> Option<&EndpointSet> {
+        self.services.get(service).map(|s| &s.ejected)
+    }
+
+    /// How many times `addr` has been ejected, as the backoff counts it (after
+    /// the reduction for time in service, as of its last ejection).
+    pub fn times_ejected(&self, service: &str, addr: SocketAddr) -> u32 {
+        self.services
+            .get(service)
+            .and_then(|s| s.endpoints.get(&addr))
+            .map_or(0, |e| e.times)
+    }
+
+    /// The services whose ejected set changed since the last call, with the
+    /// new set. Agent, after `record`s and `tick`s: broadcast these, and only
+    /// these, to every shard.
+    pub fn take_changes(&mut self) -> Vec<(Arc<str>, EndpointSet)> {
+        let mut out: Vec<(Arc<str>, EndpointSet)> = self
+            .services
+            .iter_mut()
+            .filter_map(|(n, s)| {
+                std::mem::take(&mut s.changed).then(|| (n.clone(), s.ejected.clone()))
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eps(n: u16) -> Vec<SocketAddr> {
+        (0..n)
+            .map(|i| SocketAddr::from(([10, 1, 0, i as u8], 80)))
+            .collect()
+    }
+
+    fn fail(n: u64) -> Outcomes {
+        Outcomes {
+            successes: 0,
+            failures: n,
+            trailing_failures: n,
+        }
+    }
+
+    const OK: Outcomes = Outcomes {
+        successes: 1,
+        failures: 0,
+        trailing_failures: 0,
+    };
+
+    #[test]
+    fn outcome_counts() {
+        let mut c = OutcomeCounts::default();
+        assert_eq!(c.take(), None);
+        c.record(false);
+        c.record(true);
+        c.record(false);
+        assert_eq!(c.record(false), 2);
+        assert_eq!(
+            c.take(),
+            Some(Outcomes {
+                successes: 1,
+                failures: 3,
+                trailing_failures: 2
+            })
+        );
+        assert_eq!(c.take(), None);
+    }
+
+    #[test]
+    fn consecutive_failures_across_shards_eject() {
+        let t = Instant::now();
+        let e = eps(4);
+        let mut d = OutlierDetector::new();
+        d.configure(
+            "api",
+            OutlierConfig::new(5, Duration::from_secs(30), 50),
+            &e,
+            t,
+        );
+        assert!(d.take_changes().is_empty());
+        // Shard 0: 3 failures, shard 1: a success then 2 failures → streak 2.
+        d.record("api", e[0], fail(3), t);
+        d.record(
+            "api",
+            e[0],
+            Outcomes {
+                successes: 1,
+                failures: 2,
+                trailing_failures: 2,
+            },
+            t,
+        );
+        assert!(d.ejected("api").unwrap().is_empty());
+        d.record("api", e[0], fail(2), t);
+        assert!(d.ejected("api").unwrap().is_empty());
+        d.record("api", e[0], fail(1), t);
+        assert_eq!(d.ejected("api").unwrap().as_slice(), &[e[0]]);
+        let changes = d.take_changes();
+        assert_eq!(changes.len(), 1);
+        assert_eq!(&*changes[0].0, "api");
+        assert!(changes[0].1.contains(e[0]));
+        assert!(d.take_changes().is_empty(), "only changes are broadcast");
+        // Unknown services and endpoints are ignored.
+        d.record("nope", e[0], fail(9), t);
+        d.record("api", SocketAddr::from(([1, 1, 1, 1], 1)), fail(9), t);
+        assert!(d.take_changes().is_empty());
+    }
+
+    #[test]
+    fn ejection_backs_off_and_returns() {
+        let t0 = Instant::now();
+        let base = Duration::from_secs(30);
+        let e = eps(2);
+        let mut d = OutlierDetector::new();
+        d.configure("api", OutlierConfig::new(5, base, 50), &e, t0);
+        let mut now = t0;
+        for n in 1..=12u32 {
+            d.record("api", e[1], fail(5), now);
+            assert!(d.ejected("api").unwrap().contains(e[1]), "ejection {n}");
+            let length = (base * n).min(DEFAULT_MAX_EJECTION);
+            assert_eq!(d.next_deadline(), Some(now + length));
+            d.tick(now + length - Duration::from_millis(1));
+            assert!(d.ejected("api").unwrap().contains(e[1]));
+            now += length;
+            d.tick(now);
+            assert!(
+                d.ejected("api").unwrap().is_empty(),
+                "back after {length:?}"
+            );
+        }
+        assert_eq!(d.times_ejected("api", e[1]), 12);
+        // In service for 5 × base: the multiplier drops by 5.
+        now += base * 5;
+        d.record("api", e[1], fail(5), now);
+        assert_eq!(d.times_ejected("api", e[1]), 8);
+        // A success resets the streak.
+        now += DEFAULT_MAX_EJECTION;
+        d.tick(now);
+        d.record("api", e[1], fail(4), now);
+        d.record("api", e[1], OK, now);
+        d.record("api", e[1], fail(4), now);
+        assert!(d.ejected("api").unwrap().is_empty());
+    }
+
+    #[test]
+    fn max_ejected_percent_bounds_ejections() {
+        let t = Instant::now();
+        let e = eps(10);
+        let mut d = OutlierDetector::new();
+        d.configure(
+            "api",
+            OutlierConfig::new(1, Duration::from_secs(10), 30),
+            &e,
+            t,
+        );
+        for a in &e {
+            d.record("api", *a, fail(1), t);
+        }
+        assert_eq!(d.ejected("api").unwrap().len(), 3);
+        // The quota frees up when the first ones return; the waiting ones
+        // (still failing) are ejected at that tick.
+        d.tick(t + Duration::from_secs(10));
+        let now_ejected = d.ejected("api").unwrap().clone();
+        assert_eq!(now_ejected.len(), 3);
+        assert!(!now_ejected.contains(e[0]));
+        // 100% never ejects the last endpoint; 1 endpoint is never ejected.
+        let mut d = OutlierDetector::new();
+        d.configure(
+            "two",
+            OutlierConfig::new(1, Duration::from_secs(10), 100),
+            &e[..2],
+            t,
+        );
+        d.configure(
+            "one",
+            OutlierConfig::new(1, Duration::from_secs(10), 100),
+            &e[..1],
+            t,
+        );
+        d.record("two", e[0], fail(1), t);
+        d.record("two", e[1], fail(1), t);
+        d.record("one", e[0], fail(1), t);
+        assert_eq!(d.ejected("two").unwrap().len(), 1);
+        assert!(d.ejected("one").unwrap().is_empty());
+        // Below 100 / n percent nothing is ejected.
+        let mut d = OutlierDetector::new();
+        d.configure(
+            "api",
+            OutlierConfig::new(1, Duration::from_secs(10), 10),
+            &e[..5],
+            t,
+        );
+        d.record("api", e[0], fail(9), t);
+        assert!(d.ejected("api").unwrap().is_empty());
+    }
+
+    #[test]
+    fn shrinking_endpoint_set_keeps_the_bound() {
+        let t = Instant::now();
+        let e = eps(10);
+        let mut d = OutlierDetector::new();
+        let c = OutlierConfig::new(1, Duration::from_secs(10), 50);
+        d.configure("api", c, &e, t);
+        for (k, a) in e.iter().enumerate().take(5) {
+            d.record("api", *a, fail(1), t + Duration::from_secs(k as u64));
+        }
+        assert_eq!(d.ejected("api").unwrap().len(), 5);
+        d.take_changes();
+        // Four endpoints left, two of them ejected (e[3], e[4]) → quota 2 holds.
+        d.configure("api", c, &e[3..7], t + Duration::from_secs(5));
+        assert_eq!(d.ejected("api").unwrap().as_slice(), &[e[3], e[4]]);
+        assert_eq!(d.take_changes().len(), 1);
+        // Two endpoints, both ejected → quota 1: the one ending first returns.
+        d.configure("api", c, &e[3..5], t + Duration::from_secs(5));
+        assert_eq!(d.ejected("api").unwrap().as_slice(), &[e[4]]);
+        d.retain_services(|_| false);
+        assert!(d.ejected("api").is_none());
+    }
+}
