@@ -54,6 +54,10 @@ pub enum ErrorKind {
     Idle,
     /// The client went away or broke framing mid-body.
     ClientGone,
+    /// The service's circuit breaker is full (`circuitBreaker`).
+    Overloaded,
+    /// The service's rate limit refused the request (`rateLimit`).
+    RateLimited,
 }
 
 impl ErrorKind {
@@ -74,6 +78,8 @@ impl ErrorKind {
             | ErrorKind::PeerIdentityMismatch => 502,
             ErrorKind::ConnectTimeout | ErrorKind::UpstreamTimeout | ErrorKind::Idle => 504,
             ErrorKind::ClientGone => 400,
+            ErrorKind::Overloaded => 503,
+            ErrorKind::RateLimited => 429,
         }
     }
 
@@ -99,6 +105,8 @@ impl ErrorKind {
             ErrorKind::BadResponse => "invalid upstream response",
             ErrorKind::Idle => "idle timeout",
             ErrorKind::ClientGone => "client closed the connection",
+            ErrorKind::Overloaded => "overloaded",
+            ErrorKind::RateLimited => "rate limited",
         }
     }
 
@@ -108,9 +116,11 @@ impl ErrorKind {
             | ErrorKind::NoAuthority
             | ErrorKind::ConnectNotAllowed
             | ErrorKind::ClientGone => Blame::Downstream,
-            ErrorKind::NoEndpoints | ErrorKind::NoHealthyEndpoints | ErrorKind::NoRoute => {
-                Blame::Internal
-            }
+            ErrorKind::NoEndpoints
+            | ErrorKind::NoHealthyEndpoints
+            | ErrorKind::NoRoute
+            | ErrorKind::Overloaded
+            | ErrorKind::RateLimited => Blame::Internal,
             _ => Blame::Upstream,
         }
     }

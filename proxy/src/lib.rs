@@ -40,6 +40,7 @@ pub mod runtime;
 pub mod shard;
 pub mod stats;
 pub mod tls;
+pub mod traffic;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize};

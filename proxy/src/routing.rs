@@ -33,6 +33,9 @@ pub struct RoutingTable {
     /// default), enforced on the inbound side; set by the agent, which knows
     /// the trust domain (see agent/apply.rs).
     pub authz: crate::authz::Authz,
+    /// Resilience blocks, compiled, by lowercase service name (the services
+    /// called, and this proxy's own for its inbound rate limit).
+    pub policies: HashMap<String, std::sync::Arc<crate::traffic::ServicePolicy>>,
 }
 
 /// How requests to one service are routed.
@@ -154,6 +157,16 @@ impl RoutingTable {
             config_version: snap.config_version,
             services,
             authz: crate::authz::Authz::default(),
+            policies: snap
+                .resilience
+                .iter()
+                .map(|r| {
+                    (
+                        r.service.to_ascii_lowercase(),
+                        std::sync::Arc::new(crate::traffic::ServicePolicy::compile(r)),
+                    )
+                })
+                .collect(),
         })
     }
 

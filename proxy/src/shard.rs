@@ -51,6 +51,8 @@ pub enum ShardMsg {
     /// trust bundle, or `[tls]` files reloaded): new handshakes use them,
     /// open connections keep theirs.
     Identity(Arc<Identity>),
+    /// A new split of one service limit (see agent/traffic.rs).
+    Share(Arc<crate::traffic::ShareUpdate>),
     /// Active health checks to run on this shard (see probe.rs).
     Probes(Arc<Vec<crate::probe::ProbeTarget>>),
     /// Endpoints to avoid, decided once per proxy on the agent thread:
@@ -126,6 +128,10 @@ pub struct Shard {
     pub app_healthy: Cell<Option<bool>>,
     /// Per-endpoint outcomes for the agent's outlier detection.
     pub outcomes: crate::outcomes::Outcomes,
+    /// This shard itself, for tasks that outlive the request that starts them.
+    me: std::rc::Weak<Shard>,
+    /// Balancers, breakers, budgets and rate limiters per service.
+    pub traffic: crate::traffic::ShardTraffic,
     /// Bumped by every new probe plan; older probe tasks stop.
     pub probe_generation: Cell<u64>,
     /// Endpoints the agent ejected or found unhealthy (see `ShardMsg::Excluded`).
@@ -145,6 +151,11 @@ impl Shard {
     pub fn conn_closed(&self, dir: Direction) {
         self.stats.borrow_mut().conn_closed(dir);
         self.open_conns.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// An owning handle on this shard (for detached tasks).
+    pub fn self_rc(&self) -> Rc<Shard> {
+        self.me.upgrade().expect("a shard outlives its tasks")
     }
 
     /// The channel to the agent thread.
@@ -280,7 +291,9 @@ pub async fn run(setup: ShardSetup, driver: String) {
         },
         None => None,
     };
-    let shard = Rc::new(Shard {
+    let cores = config.proxy.cores;
+    let shard = Rc::new_cyclic(|me| Shard {
+        me: me.clone(),
         index,
         config: RefCell::new(Rc::new(config)),
         stats: RefCell::new(ShardStats::new(index)),
@@ -301,9 +314,11 @@ pub async fn run(setup: ShardSetup, driver: String) {
         app_healthy: Cell::new(None),
         outcomes: Default::default(),
         probe_generation: Cell::new(0),
+        traffic: crate::traffic::ShardTraffic::new(index, cores),
         excluded: RefCell::new(Arc::default()),
     });
 
+    sync_traffic(&shard);
     let stop = Stop::new();
     for (l, role) in listeners {
         match TcpListener::from_std(l) {
@@ -331,6 +346,7 @@ pub async fn run(setup: ShardSetup, driver: String) {
             },
             ShardMsg::Config(c) => {
                 *shard.config.borrow_mut() = Rc::new(c);
+                sync_traffic(&shard);
             }
             ShardMsg::Prepare(table, reply) => {
                 // A copy of its own: the regular expressions' match caches
@@ -343,6 +359,8 @@ pub async fn run(setup: ShardSetup, driver: String) {
                 if prepared.as_ref().is_some_and(|t| t.version == version) {
                     let t = prepared.take().expect("checked above");
                     *shard.routes.borrow_mut() = Some(Rc::new(t));
+                    drop(prepared);
+                    sync_traffic(&shard);
                 }
             }
             ShardMsg::Identity(id) => match ShardTls::new(&id) {
@@ -354,6 +372,7 @@ pub async fn run(setup: ShardSetup, driver: String) {
             ShardMsg::AppHealth(h) => shard.app_healthy.set(Some(h)),
             ShardMsg::Excluded(set) => *shard.excluded.borrow_mut() = set,
             ShardMsg::Probes(plan) => crate::probe::run_plan(&shard, plan),
+            ShardMsg::Share(u) => shard.traffic.apply_share(&u, Instant::now()),
             ShardMsg::Snapshot(reply) => {
                 let _ = reply.send(shard.stats.borrow().snapshot());
             }
@@ -377,6 +396,14 @@ pub async fn run(setup: ShardSetup, driver: String) {
             }
         }
     }
+}
+
+/// Brings the per-service traffic state in line with the table and the
+/// static services (see traffic.rs).
+fn sync_traffic(shard: &Shard) {
+    let list =
+        crate::traffic::service_list(&shard.config(), shard.routes().as_deref().map(|t| &**t));
+    shard.traffic.sync(&list, Instant::now());
 }
 
 /// Serves an accepted connection by what its listener is for.
@@ -436,6 +463,13 @@ async fn idle_sweeper(shard: Rc<Shard>) {
 async fn housekeeping(shard: Rc<Shard>) {
     loop {
         runtime::sleep(Duration::from_secs(1)).await;
+        let demand = shard.traffic.demand(Instant::now());
+        if !demand.is_empty() {
+            let _ = shard.agent.send(crate::agent::AgentRequest::Demand {
+                shard: shard.index,
+                services: demand,
+            });
+        }
         if let Some(l) = shard.access_log.borrow_mut().as_mut() {
             l.flush();
         }

@@ -63,6 +63,10 @@ rules:                    # first match wins
       - { subset: { version: v2 }, weight: 10 }
 "#;
 
+/// Service api balanced round-robin (tests that need every endpoint used).
+const ROUND_ROBIN_API: &str =
+    "kind: Service\nname: api\n---\nkind: Resilience\nservice: api\nloadBalancer: round-robin\n";
+
 // ---- building the mesh ----
 
 /// An api sidecar in front of `app`, labelled `version`.
@@ -631,8 +635,10 @@ fn a_proxy_restarted_while_control_is_down_serves_its_persisted_snapshot() {
 #[test]
 fn a_stopped_proxy_is_withdrawn_and_a_rolling_restart_fails_no_request() {
     let mut mesh = Mesh::start(Control::start(), 1);
-    // No Route: the service balances across all its endpoints.
-    let version = mesh.control.apply("kind: Service\nname: api\n");
+    // No Route: the service balances across all its endpoints (round-robin,
+    // so that 20 requests are sure to reach both; the default P2C-EWMA
+    // favours whichever answered faster).
+    let version = mesh.control.apply(ROUND_ROBIN_API);
     mesh.converge(version);
     let t = tally(mesh.web(), 20, "/both", &[]);
     assert!(count(&t, "api-v1") > 0 && count(&t, "api-v2") > 0, "{t:?}");
@@ -1150,7 +1156,7 @@ fn a_proxy_that_dies_without_a_word_is_removed_after_missed_heartbeats() {
         .grace("3s")
         .start();
     let mut mesh = Mesh::start(control, 1);
-    let version = mesh.control.apply("kind: Service\nname: api\n");
+    let version = mesh.control.apply(ROUND_ROBIN_API);
     mesh.converge(version);
     let t = tally(mesh.web(), 20, "/both", &[]);
     assert!(count(&t, "api-v1") > 0 && count(&t, "api-v2") > 0, "{t:?}");

@@ -51,6 +51,9 @@ pub struct Applier {
     identity: RefCell<Option<super::state::Identity>>,
     /// Roots from the latest snapshot's trust bundle (empty: the join's CA).
     bundle: RefCell<Vec<String>>,
+    /// Endpoint state and limit splits (agent/traffic.rs), with the
+    /// configuration in force; told of every table applied.
+    traffic: RefCell<Option<(Rc<super::traffic::Traffic>, Arc<crate::config::Config>)>>,
 }
 
 impl Applier {
@@ -70,6 +73,32 @@ impl Applier {
             admin,
             identity: RefCell::new(None),
             bundle: RefCell::new(Vec::new()),
+            traffic: RefCell::new(None),
+        }
+    }
+
+    /// Hands the applier the proxy's traffic state and configuration.
+    pub fn set_traffic(
+        &self,
+        traffic: Rc<super::traffic::Traffic>,
+        cfg: Arc<crate::config::Config>,
+    ) {
+        *self.traffic.borrow_mut() = Some((traffic, cfg));
+        self.reconfigure_traffic();
+    }
+
+    /// A reloaded configuration (its static services and own service).
+    pub fn set_config(&self, cfg: Arc<crate::config::Config>) {
+        if let Some((_, c)) = self.traffic.borrow_mut().as_mut() {
+            *c = cfg;
+        }
+        self.reconfigure_traffic();
+    }
+
+    fn reconfigure_traffic(&self) {
+        if let Some((t, cfg)) = self.traffic.borrow().as_ref() {
+            let table = self.table.borrow();
+            t.configure(&crate::traffic::service_list(cfg, table.as_deref()));
         }
     }
 
@@ -203,6 +232,7 @@ impl Applier {
             config_version: snap.config_version,
         }));
         *self.table.borrow_mut() = Some(table);
+        self.reconfigure_traffic();
         *self.last_nack.borrow_mut() = None;
         self.publish();
         Ok(())

@@ -28,6 +28,7 @@ pub mod health;
 pub mod identity;
 pub mod state;
 pub mod tls;
+pub mod traffic;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -60,6 +61,11 @@ pub enum AgentRequest {
         service: String,
         addr: SocketAddr,
         ok: bool,
+    },
+    /// A shard's demand on each service's limits for the last second.
+    Demand {
+        shard: usize,
+        services: Vec<crate::traffic::ServiceDemand>,
     },
     /// A shard's outcomes per upstream endpoint for the last period.
     Outcomes {
@@ -200,8 +206,8 @@ async fn agent(setup: AgentSetup) -> i32 {
         .into_iter()
         .map(|(l, dir)| tokio::task::spawn_local(crate::listener::acceptor(l, dir, shards.clone())))
         .collect();
-    tokio::task::spawn_local(resolver(requests));
 
+    let traffic = Rc::new(traffic::Traffic::new(shards.clone()));
     let control = match &config.control {
         Some(_) => match start_control(&config, &shards, &state, &bound).await {
             Ok(c) => Some(c),
@@ -212,6 +218,26 @@ async fn agent(setup: AgentSetup) -> i32 {
         },
         None => None,
     };
+    match &control {
+        Some((applier, _)) => applier.set_traffic(traffic.clone(), config.clone()),
+        None => traffic.configure(&crate::traffic::service_list(&config, None)),
+    }
+    tokio::task::spawn_local(resolver(requests, traffic.clone()));
+    tokio::task::spawn_local({
+        let traffic = traffic.clone();
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            let mut n = 0u32;
+            loop {
+                tick.tick().await;
+                traffic.tick();
+                n += 1;
+                if n % 5 == 0 {
+                    traffic.resplit();
+                }
+            }
+        }
+    });
 
     let mut line = String::from("bound");
     for (k, v) in [
@@ -234,8 +260,12 @@ async fn agent(setup: AgentSetup) -> i32 {
             _ = hup.recv() => {
                 let applier = control.as_ref().map(|(a, _)| &**a);
                 current = reload(&config_path, current, &shards, &state, &bound, backend, applier);
-                if let Some(applier) = applier {
-                    applier.publish();
+                match applier {
+                    Some(applier) => {
+                        applier.set_config(current.clone());
+                        applier.publish();
+                    }
+                    None => traffic.configure(&crate::traffic::service_list(&current, None)),
                 }
             }
             _ = term.recv() => break,
@@ -408,11 +438,12 @@ fn reload(
 }
 
 /// Resolves passthrough host names for the shards.
-async fn resolver(requests: async_channel::Receiver<AgentRequest>) {
+async fn resolver(requests: async_channel::Receiver<AgentRequest>, traffic: Rc<traffic::Traffic>) {
     while let Ok(r) = requests.recv().await {
         match r {
-            // Wired to outlier detection with the traffic-management change.
-            AgentRequest::Outcomes { .. } | AgentRequest::Probe { .. } => {}
+            AgentRequest::Outcomes { counts, .. } => traffic.outcomes(counts),
+            AgentRequest::Probe { service, addr, ok } => traffic.probe(&service, addr, ok),
+            AgentRequest::Demand { shard, services } => traffic.demand(shard, services),
             AgentRequest::Resolve { host, port, reply } => {
                 tokio::task::spawn_local(async move {
                     let res = match tokio::time::timeout(

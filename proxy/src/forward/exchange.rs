@@ -14,29 +14,48 @@ use crate::routing::CompiledRule;
 /// The endpoints a request may go to.
 pub(super) enum Endpoints<'c> {
     One(SocketAddr),
-    /// A service's endpoints, balanced round-robin per shard; `true`: they
-    /// are peer proxies, reached over mutual TLS.
+    /// A service's endpoints, balanced per shard by the service's
+    /// `loadBalancer`; `true`: they are peer proxies, reached over mutual
+    /// TLS.
     Service(&'c str, &'c [SocketAddr], bool),
-    /// A Route rule's weighted backends (at least one has an endpoint).
-    Rule(&'c str, &'c CompiledRule),
+    /// A Route rule's weighted backends (at least one has an endpoint), and
+    /// all the service's endpoints (what its balancer knows).
+    Rule(&'c str, &'c CompiledRule, &'c [SocketAddr]),
+}
+
+/// The endpoints a request already tried (a retry prefers another).
+#[derive(Default)]
+pub(super) struct Tried {
+    addrs: [Option<SocketAddr>; 4],
+    n: usize,
+}
+
+impl Tried {
+    fn contains(&self, a: SocketAddr) -> bool {
+        self.addrs.iter().flatten().any(|&x| x == a)
+    }
+
+    fn add(&mut self, a: SocketAddr) {
+        if !self.contains(a) {
+            self.addrs[self.n % self.addrs.len()] = Some(a);
+            self.n += 1;
+        }
+    }
 }
 
 impl Endpoints<'_> {
-    fn pick(&self, shard: &Shard, attempt: usize) -> SocketAddr {
-        match self {
-            Endpoints::One(a) => *a,
-            Endpoints::Service(name, eps, _) => {
-                let base = if attempt == 0 {
-                    shard.next_rr(name)
-                } else {
-                    shard.peek_rr(name) + attempt
-                };
-                eps[base % eps.len()]
-            }
-            Endpoints::Rule(name, rule) => {
+    /// The endpoint for the next attempt: the service's balancer over the
+    /// endpoints that are not ejected, not unhealthy and not tried yet (for
+    /// a Route rule, within a backend drawn by weight). With none left, any
+    /// endpoint of the backend: failing open beats refusing.
+    fn pick(&self, shard: &Shard, tried: &Tried, key: Option<u64>) -> SocketAddr {
+        let (name, all, subset) = match self {
+            Endpoints::One(a) => return *a,
+            Endpoints::Service(name, eps, _) => (*name, *eps, None),
+            Endpoints::Rule(name, rule, all) => {
                 // A backend is drawn by weight among those with endpoints, so
                 // the share of one without endpoints goes to the others in
-                // proportion; then round-robin within it.
+                // proportion.
                 let total: u64 = rule
                     .backends
                     .iter()
@@ -55,13 +74,43 @@ impl Endpoints<'_> {
                 let b = chosen
                     .or_else(|| rule.backends.iter().find(|b| !b.endpoints.is_empty()))
                     .expect("a backend with endpoints (checked when routing)");
-                let base = if attempt == 0 {
-                    shard.next_rr(name)
-                } else {
-                    shard.peek_rr(name) + attempt
-                };
-                b.endpoints[base % b.endpoints.len()]
+                (*name, *all, Some(&b.endpoints[..]))
             }
+        };
+        let pool = subset.unwrap_or(all);
+        let in_pool = |a: SocketAddr| subset.is_none_or(|s| s.contains(&a));
+        let key_bytes = key.map(u64::to_le_bytes);
+        let picked = shard
+            .traffic
+            .with(name, |s| {
+                let eligible =
+                    |a: SocketAddr| in_pool(a) && !tried.contains(a) && !shard.is_excluded(a);
+                s.balancer.pick(
+                    all,
+                    eligible,
+                    key_bytes.as_ref().map(|k| &k[..]),
+                    Instant::now(),
+                    &mut || shard.random(),
+                )
+            })
+            .flatten()
+            .filter(|&a| in_pool(a) && !tried.contains(a));
+        picked.unwrap_or_else(|| {
+            // Everything eligible was tried (or the balancer does not know
+            // the service): round-robin over the untried, else over all.
+            let base = shard.next_rr(name);
+            (0..pool.len())
+                .map(|i| pool[(base + i) % pool.len()])
+                .find(|&a| !tried.contains(a))
+                .unwrap_or(pool[base % pool.len()])
+        })
+    }
+
+    /// The service whose balancer and counters this request uses.
+    fn service(&self) -> Option<&str> {
+        match self {
+            Endpoints::One(_) => None,
+            Endpoints::Service(name, _, _) | Endpoints::Rule(name, _, _) => Some(name),
         }
     }
 
@@ -70,7 +119,7 @@ impl Endpoints<'_> {
     fn mtls(&self) -> Option<&str> {
         match self {
             Endpoints::One(_) | Endpoints::Service(_, _, false) => None,
-            Endpoints::Service(name, _, true) | Endpoints::Rule(name, _) => Some(name),
+            Endpoints::Service(name, _, true) | Endpoints::Rule(name, _, _) => Some(name),
         }
     }
 
@@ -84,7 +133,7 @@ impl Endpoints<'_> {
         match self {
             Endpoints::One(_) => 1,
             Endpoints::Service(_, eps, _) => eps.len(),
-            Endpoints::Rule(_, rule) => rule.backends.iter().map(|b| b.endpoints.len()).sum(),
+            Endpoints::Rule(_, rule, _) => rule.backends.iter().map(|b| b.endpoints.len()).sum(),
         }
     }
 }
@@ -97,13 +146,22 @@ pub(super) async fn upstream_conn(
     endpoints: &Endpoints<'_>,
     fresh_only: bool,
     non_idempotent: bool,
-    try_no: usize,
+    tried: &mut Tried,
+    key: Option<u64>,
 ) -> Result<(Conn, SocketAddr, bool), ProxyError> {
     let attempts = endpoints.count().min(CONNECT_ATTEMPTS);
     let mut last = ProxyError::new(ErrorKind::ConnectFailed, "no attempt");
-    for attempt in 0..attempts {
-        // Later tries of a request start at another endpoint.
-        let addr = endpoints.pick(shard, attempt + try_no * attempts);
+    for _ in 0..attempts {
+        // A retry (or the next connect attempt) prefers another endpoint;
+        // a fresh connection after a stale pooled one keeps the endpoint.
+        let addr = if fresh_only {
+            tried.addrs[(tried.n + tried.addrs.len() - 1) % tried.addrs.len()]
+                .unwrap_or_else(|| endpoints.pick(shard, tried, key))
+        } else {
+            endpoints.pick(shard, tried, key)
+        };
+        tried.add(addr);
+        let connect_start = Instant::now();
         let mtls = endpoints.mtls();
         if !fresh_only {
             if let Some((c, idle_for)) =
@@ -123,6 +181,7 @@ pub(super) async fn upstream_conn(
         let conn = TcpStream::connect(addr, cfg.timeouts.connect).await;
         if conn.is_err() && endpoints.tracked() {
             shard.outcomes.record(addr, false);
+            balancer_end(shard, endpoints, addr, connect_start, false);
         }
         match conn {
             Ok(c) => match mtls {
@@ -131,6 +190,7 @@ pub(super) async fn upstream_conn(
                     Ok(c) => return Ok((c, addr, false)),
                     Err(e) => {
                         shard.outcomes.record(addr, false);
+                        balancer_end(shard, endpoints, addr, connect_start, false);
                         last = e
                     }
                 },
@@ -143,6 +203,70 @@ pub(super) async fn upstream_conn(
         tracing::debug!(%addr, "upstream connect failed: {last}");
     }
     Err(last)
+}
+
+/// Tells the service's balancer how an attempt ended (latency, success).
+fn balancer_end(
+    shard: &Shard,
+    endpoints: &Endpoints<'_>,
+    addr: SocketAddr,
+    since: Instant,
+    ok: bool,
+) {
+    if let Some(name) = endpoints.service() {
+        shard.traffic.with(name, |s| {
+            s.balancer.start(addr);
+            s.balancer.end(addr, since.elapsed(), ok, Instant::now())
+        });
+    }
+}
+
+/// An attempt in flight for the balancer (least-request and P2C count
+/// them); ends as a failure if the attempt is dropped unfinished.
+struct InFlight<'a> {
+    shard: &'a Shard,
+    service: Option<&'a str>,
+    addr: SocketAddr,
+    since: Instant,
+    done: bool,
+}
+
+impl<'a> InFlight<'a> {
+    fn start(shard: &'a Shard, service: Option<&'a str>, addr: SocketAddr) -> Self {
+        if let Some(name) = service {
+            shard.traffic.with(name, |s| s.balancer.start(addr));
+        }
+        InFlight {
+            shard,
+            service,
+            addr,
+            since: Instant::now(),
+            done: false,
+        }
+    }
+
+    fn end(mut self, ok: bool) {
+        self.finish(ok);
+    }
+
+    fn finish(&mut self, ok: bool) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        if let Some(name) = self.service {
+            let (addr, latency) = (self.addr, self.since.elapsed());
+            self.shard
+                .traffic
+                .with(name, |s| s.balancer.end(addr, latency, ok, Instant::now()));
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.finish(false);
+    }
 }
 
 /// Whether a pooled connection suits a request: plaintext for plaintext,
@@ -161,7 +285,7 @@ fn verified_as(shard: &Shard, c: &Conn, mtls: Option<&str>) -> bool {
 /// The client side of mutual TLS to a peer proxy of `service` at `addr`:
 /// the handshake is bounded by `timeouts.connect`, and the peer must present
 /// `service`'s SPIFFE ID.
-async fn connect_tls(
+pub(super) async fn connect_tls(
     shard: &Shard,
     cfg: &Config,
     tcp: TcpStream,
@@ -345,12 +469,52 @@ pub(super) async fn exchange(
     mut cbuf: Buf,
     endpoints: Endpoints<'_>,
     policy: &TryPolicy,
+    key: Option<u64>,
     scratch: &mut Scratch,
     ex: &mut Exchange,
 ) -> (Next, Buf) {
     let mut fresh_only = false;
     let deadline = Instant::now() + policy.total;
     let idempotent = head.method.is_idempotent() || policy.non_idempotent;
+    let service = endpoints.service();
+    // maxRequests: this request holds a slot until it is done.
+    let _permit = match service {
+        Some(name) => match shard.traffic.with(name, |s| {
+            s.breaker.permit(crate::resilience::Limit::Requests)
+        }) {
+            Some(None) => {
+                let kind = ErrorKind::Overloaded;
+                ex.status = kind.status();
+                let client = client_slot.as_mut().expect("client connection present");
+                let close = !head.keep_alive || head.framing != Framing::None;
+                let res = write_error(client, kind.status(), kind.text(), close, ex.idle).await;
+                if close || res.is_err() {
+                    return (Next::Close, cbuf);
+                }
+                consume(&mut cbuf, head.head_len);
+                return (Next::KeepAlive, cbuf);
+            }
+            Some(permit) => permit,
+            None => None,
+        },
+        None => None,
+    };
+    if let Some(name) = service {
+        shard
+            .traffic
+            .with(name, |s| s.budget.deposit(Instant::now()));
+    }
+    // A retry spends the service's retry budget; an exhausted budget ends
+    // the tries (an outage is not amplified).
+    let budget_allows = || {
+        service.is_none_or(|name| {
+            shard
+                .traffic
+                .with(name, |s| s.budget.try_withdraw(Instant::now()))
+                .unwrap_or(true)
+        })
+    };
+    let mut tried = Tried::default();
     if policy.retries > 0 && idempotent {
         cbuf = match buffer_body(shard, cfg, client_slot, head, cbuf, policy.max_body).await {
             Ok(b) => b,
@@ -366,12 +530,13 @@ pub(super) async fn exchange(
             &endpoints,
             fresh_only,
             !idempotent,
-            tries as usize,
+            &mut tried,
+            key,
         )
         .await;
         let (up, addr, reused) = match conn {
             Ok(x) => x,
-            Err(e) if can_retry && policy.retries_error(e.kind) => {
+            Err(e) if can_retry && policy.retries_error(e.kind) && budget_allows() => {
                 tries += 1;
                 backoff(shard, policy, tries, deadline).await;
                 continue;
@@ -395,6 +560,7 @@ pub(super) async fn exchange(
             None => deadline,
         };
         let retry_status = (can_retry && (policy.on_5xx || policy.on_gateway)).then_some(policy);
+        let flight = InFlight::start(shard, service, addr);
         let res = over_connection(
             shard,
             cfg,
@@ -409,11 +575,12 @@ pub(super) async fn exchange(
             retry_status,
         )
         .await;
+        let ok = match &res {
+            Ok(_) => ex.status < 500,
+            Err(f) => f.err.kind.blame() != crate::error::Blame::Upstream,
+        };
+        flight.end(ok);
         if endpoints.tracked() {
-            let ok = match &res {
-                Ok(_) => ex.status < 500,
-                Err(f) => f.err.kind.blame() != crate::error::Blame::Upstream,
-            };
             shard.outcomes.record(addr, ok);
         }
         match res {
@@ -431,6 +598,7 @@ pub(super) async fn exchange(
                     && f.request_intact
                     && !f.response_started
                     && policy.retries_error(f.err.kind)
+                    && budget_allows()
                 {
                     tracing::debug!(%addr, try = tries + 1, "retrying: {}", f.err);
                     tries += 1;

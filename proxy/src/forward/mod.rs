@@ -41,6 +41,7 @@ use crate::stats::Direction;
 use coremesh_api::resource::RetryOn;
 
 mod exchange;
+mod mirror;
 mod relay;
 pub mod tcp_service;
 
@@ -170,6 +171,23 @@ async fn accept_mtls(shard: &Shard, cfg: &Config, tcp: TcpStream) -> Option<crat
             None
         }
     }
+}
+
+/// The proxy's own service's `rateLimit` (per service, or per caller
+/// identity): whether this request may go to the app.
+fn rate_admits(shard: &Shard, own: &str, client: &Conn) -> bool {
+    let now = Instant::now();
+    shard
+        .traffic
+        .with(own, |s| match &mut s.limiter {
+            None => true,
+            Some(crate::traffic::Limiter::Service(t)) => t.try_take(now),
+            Some(crate::traffic::Limiter::Caller(k)) => {
+                let caller = client.peer_id().map(|c| c.as_bytes()).unwrap_or(b"");
+                k.try_take(caller, now)
+            }
+        })
+        .unwrap_or(true)
 }
 
 /// The AccessPolicy decision for a TCP stream from `caller` (identity only).
@@ -595,6 +613,17 @@ async fn forward<'c>(
                 };
                 return (&cfg.proxy.service, next, cbuf);
             }
+            if !rate_admits(shard, &cfg.proxy.service, client) {
+                return local_error(
+                    client,
+                    head,
+                    cbuf,
+                    ErrorKind::RateLimited,
+                    ex,
+                    &cfg.proxy.service,
+                )
+                .await;
+            }
             (
                 &cfg.proxy.service,
                 Endpoints::One(app.unwrap_or_else(unreachable_addr)),
@@ -622,7 +651,7 @@ async fn forward<'c>(
                             return local_error(client, head, cbuf, kind, ex, &sr.name).await;
                         }
                         policy = TryPolicy::for_rule(cfg, rule);
-                        (&sr.name, Endpoints::Rule(&sr.name, rule))
+                        (&sr.name, Endpoints::Rule(&sr.name, rule, &sr.all))
                     }
                 },
             },
@@ -661,6 +690,39 @@ async fn forward<'c>(
         let (next, cbuf) = connect_tunnel(shard, cfg, client_slot, head, cbuf, endpoints, ex).await;
         return (service, next, cbuf);
     }
+    let mut key = None;
+    if dir == Direction::Outbound && !matches!(endpoints, Endpoints::One(_)) {
+        if let Some(p) = shard.traffic.policy(service) {
+            // Fault injection (testing resilience): a delay, then perhaps
+            // an abort, before anything goes upstream.
+            if !p.faults.is_empty() {
+                let action = p.faults.decide(&mut || shard.random());
+                if let Some(d) = action.delay {
+                    runtime::sleep(d).await;
+                }
+                if let Some(status) = action.abort {
+                    let client = client_slot.as_mut().expect("client connection present");
+                    let close = !head.keep_alive || head.framing != Framing::None;
+                    ex.status = status;
+                    let res = write_error(client, status, "fault injected", close, ex.idle).await;
+                    let mut cbuf = cbuf;
+                    let next = if close || res.is_err() {
+                        Next::Close
+                    } else {
+                        consume(&mut cbuf, head.head_len);
+                        Next::KeepAlive
+                    };
+                    return (service, next, cbuf);
+                }
+            }
+            if let Some((target, bp)) = &p.mirror {
+                if shard.random() % 10_000 < u64::from(*bp) {
+                    mirror::send(shard, table, target, head, &cbuf);
+                }
+            }
+            key = p.hash_key.as_ref().and_then(|k| hash_key(k, head, &cbuf));
+        }
+    }
     let (next, cbuf) = exchange(
         shard,
         cfg,
@@ -669,11 +731,31 @@ async fn forward<'c>(
         cbuf,
         endpoints,
         &policy,
+        key,
         scratch,
         ex,
     )
     .await;
     (service, next, cbuf)
+}
+
+/// The ring-hash key of a request (a header's value, or a cookie's),
+/// hashed; `None` when the request has none (any endpoint then).
+fn hash_key(k: &coremesh_api::resource::HashKey, head: &RequestHead, buf: &[u8]) -> Option<u64> {
+    use coremesh_api::resource::HashKey;
+    let value = match k {
+        HashKey::Header(name) => head.header(buf, name)?,
+        HashKey::Cookie(name) => {
+            head.header(buf, "cookie")?
+                .split(|&b| b == b';')
+                .find_map(|kv| {
+                    let kv = kv.trim_ascii();
+                    let eq = kv.iter().position(|&b| b == b'=')?;
+                    (&kv[..eq] == name.as_bytes()).then(|| &kv[eq + 1..])
+                })?
+        }
+    };
+    Some(crate::balance::stable_hash(value))
 }
 
 fn unreachable_addr() -> SocketAddr {

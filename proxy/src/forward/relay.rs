@@ -37,7 +37,8 @@ pub(super) async fn connect_tunnel(
     ex: &mut Exchange,
 ) -> (Next, Buf) {
     let client = client_slot.as_mut().expect("client connection present");
-    let up = match upstream_conn(shard, cfg, &endpoints, true, true, 0).await {
+    let mut tried = super::exchange::Tried::default();
+    let up = match upstream_conn(shard, cfg, &endpoints, true, true, &mut tried, None).await {
         Ok((c, addr, _)) => {
             ex.upstream = Some(addr);
             c
