@@ -369,6 +369,12 @@ pub fn service_list(
     let policy = |name: &str| {
         table
             .and_then(|t| t.policies.get(&name.to_ascii_lowercase()).cloned())
+            .or_else(|| {
+                cfg.resilience
+                    .iter()
+                    .find(|r| r.service.eq_ignore_ascii_case(name))
+                    .map(|r| Arc::new(ServicePolicy::compile(r)))
+            })
             .unwrap_or_else(|| Arc::new(ServicePolicy::default_for(name)))
     };
     let mut list: Vec<(String, Vec<SocketAddr>, Arc<ServicePolicy>)> = Vec::new();

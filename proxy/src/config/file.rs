@@ -32,6 +32,10 @@ pub(crate) struct FileConfig {
     pub control: Option<ControlFile>,
     /// `[tls]`: static-mode mutual TLS from files.
     pub tls: Option<TlsFile>,
+    /// `[[resilience]]`: Resilience blocks for static use, exactly as the
+    /// control plane's `kind: Resilience` (same camelCase keys).
+    #[serde(default)]
+    pub resilience: Vec<coremesh_api::resource::Resilience>,
 }
 
 /// `[tls]`. Paths are relative to the directory of `proxy.toml`.

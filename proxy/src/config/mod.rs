@@ -64,6 +64,10 @@ pub struct Config {
     pub control: Option<ControlConfig>,
     /// `[tls]`: mutual TLS from files (static mode, without `[control]`).
     pub tls: Option<TlsConfig>,
+    /// `[[resilience]]`: per-service Resilience blocks for the static
+    /// `[[services]]` and this proxy's own service (control's, when there is
+    /// a control plane, take precedence for the services it defines).
+    pub resilience: Vec<coremesh_api::resource::Resilience>,
 }
 
 /// `[tls]`: this proxy's certificate, key and trusted roots, re-read on every
@@ -357,6 +361,7 @@ impl Config {
                     "listen": t.listen.to_string(),
                 })).collect::<Vec<_>>(),
             })),
+            "resilience": serde_json::to_value(&self.resilience).unwrap_or_default(),
             "tls": self.tls.as_ref().map(|t| json!({
                 "cert": t.cert.display().to_string(),
                 "key": t.key.display().to_string(),

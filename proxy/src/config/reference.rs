@@ -123,6 +123,18 @@ wildcard IP), except port 0, which lets the OS pick a free port.
   [[services]] are called over mutual TLS (their peer must present the
   service's SPIFFE ID). Adding or removing the section: restart.
 
+[[resilience]]  (zero or more; reload)
+  The control plane's Resilience block, for static use: the same keys
+  (service, loadBalancer, circuitBreaker, outlierDetection, healthCheck,
+  retryBudget, rateLimit, faults, mirror), written in TOML, e.g.
+  [[resilience]]
+  service = "api"
+  loadBalancer = "round-robin"
+  circuitBreaker = { maxRequests = 100 }
+  rateLimit = { requestsPerSecond = 100, burst = 20 }
+  service is [proxy] service (its inbound rateLimit) or one of the
+  [[services]]; mirror.service is one of the [[services]].
+
 [control]  (optional; every key needs a restart)
   Without this section the proxy runs from [[services]] alone. With it, the
   proxy joins control once with token_file, then connects with its own

@@ -77,6 +77,49 @@ pub(crate) fn resolve(
         .map(|f| resolve_control(path, f, inbound.as_ref(), hostname))
         .transpose()?;
     let tls = file.tls.map(|f| resolve_tls(path, f)).transpose()?;
+    let mut resilience = Vec::with_capacity(file.resilience.len());
+    for (i, r) in file.resilience.into_iter().enumerate() {
+        coremesh_api::resource::validate_resilience(&r, "").map_err(|e| {
+            ConfigError::invalid(path, &format!("[[resilience]] #{}", i + 1), "", e)
+        })?;
+        let known = |name: &str| {
+            name.eq_ignore_ascii_case(&proxy.service)
+                || services.iter().any(|s| s.name.eq_ignore_ascii_case(name))
+        };
+        let here = At::new(path, &format!("[[resilience]] #{}", i + 1));
+        if !known(&r.service) {
+            return Err(here.err(
+                "service",
+                format!(
+                    "\"{}\" is neither [proxy] service nor one of the [[services]]",
+                    r.service
+                ),
+            ));
+        }
+        if let Some(m) = &r.mirror {
+            if !services
+                .iter()
+                .any(|s| s.name.eq_ignore_ascii_case(&m.service))
+            {
+                return Err(here.err(
+                    "mirror.service",
+                    format!("\"{}\" is not one of the [[services]]", m.service),
+                ));
+            }
+        }
+        if resilience
+            .iter()
+            .any(|x: &coremesh_api::resource::Resilience| {
+                x.service.eq_ignore_ascii_case(&r.service)
+            })
+        {
+            return Err(here.err(
+                "service",
+                format!("\"{}\" has two [[resilience]] blocks", r.service),
+            ));
+        }
+        resilience.push(r);
+    }
     if tls.is_some() && control.is_some() {
         return Err(At::new(path, "[tls]").err(
             "",
@@ -94,6 +137,7 @@ pub(crate) fn resolve(
         upstream,
         control,
         tls,
+        resilience,
     })
 }
 

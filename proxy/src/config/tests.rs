@@ -650,3 +650,31 @@ fn reference_documents_every_key() {
         }
     }
 }
+
+#[test]
+fn static_resilience_blocks_parse_and_are_checked() {
+    let base = "[proxy]\nservice = \"web\"\n[outbound]\n[[services]]\nname = \"api\"\nendpoints = [\"127.0.0.1:9000\"]\n[[services]]\nname = \"shadow\"\n";
+    let c = parse(&format!(
+        "{base}[[resilience]]\nservice = \"api\"\nloadBalancer = \"round-robin\"\ncircuitBreaker = {{ maxRequests = 10 }}\nmirror = {{ service = \"shadow\", percent = 5 }}\nfaults = {{ abort = {{ percent = 1.5, status = 503 }} }}\n[[resilience]]\nservice = \"web\"\nrateLimit = {{ requestsPerSecond = 100, burst = 20 }}\n"
+    ))
+    .unwrap();
+    assert_eq!(c.resilience.len(), 2);
+    assert_eq!(
+        c.resilience[0]
+            .circuit_breaker
+            .as_ref()
+            .unwrap()
+            .max_requests,
+        Some(10)
+    );
+    for (extra, want) in [
+        ("[[resilience]]\nservice = \"nope\"\n", "[[resilience]] #1 service"),
+        ("[[resilience]]\nservice = \"api\"\nmirror = { service = \"gone\" }\n", "mirror.service"),
+        ("[[resilience]]\nservice = \"api\"\nfaults = { abort = { percent = 150, status = 503 } }\n", "percent"),
+        ("[[resilience]]\nservice = \"api\"\nloadBalancer = \"fastest\"\n", "loadBalancer"),
+        ("[[resilience]]\nservice = \"api\"\n[[resilience]]\nservice = \"api\"\n", "two [[resilience]] blocks"),
+    ] {
+        let e = parse(&format!("{base}{extra}")).unwrap_err().to_string();
+        assert!(e.contains(want), "{extra:?}: {e}");
+    }
+}

@@ -28,9 +28,16 @@ pub(super) fn send(
     if end > buf.len() || end > MAX_MIRRORED || head.upgrade || head.method == Method::Connect {
         return;
     }
+    let cfg = shard.config();
     let Some(eps) = table
         .and_then(|t| t.service(target.as_bytes()))
         .map(|s| s.all.clone())
+        .or_else(|| {
+            cfg.services
+                .iter()
+                .find(|s| s.name.eq_ignore_ascii_case(target))
+                .map(|s| s.endpoints.clone())
+        })
         .filter(|e| !e.is_empty())
     else {
         return;
@@ -40,7 +47,7 @@ pub(super) fn send(
     head.plan_forward(buf, b"", &mut plan);
     let mut copy = plan.to_vec(buf);
     copy.extend_from_slice(&buf[head.head_len..end]);
-    let (cfg, target) = (shard.config(), target.to_string());
+    let target = target.to_string();
     let method = head.method;
     let shard = shard.self_rc();
     runtime::spawn_local(async move {
