@@ -17,7 +17,13 @@ use crate::conn::Conn;
 struct Idle {
     stream: Conn,
     since: Instant,
+    /// The connection's slot under its service's `maxConnections`, held
+    /// while it is pooled too (released when it is closed).
+    permit: Option<Permit>,
 }
+
+/// A circuit-breaker slot that goes with a connection.
+pub type Permit = crate::resilience::Permit;
 
 /// One shard's idle upstream connections.
 #[derive(Default)]
@@ -37,24 +43,36 @@ impl UpstreamPool {
         addr: SocketAddr,
         now: Instant,
         max_idle: Duration,
-    ) -> Option<(Conn, Duration)> {
+    ) -> Option<(Conn, Duration, Option<Permit>)> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&addr)?;
         while let Some(c) = list.pop() {
             let age = now.saturating_duration_since(c.since);
             if age < max_idle {
-                return Some((c.stream, age));
+                return Some((c.stream, age, c.permit));
             }
         }
         None
     }
 
-    /// Keeps `stream` for reuse unless `addr` already has `cap` idle connections.
-    pub fn put(&self, addr: SocketAddr, stream: Conn, now: Instant, cap: usize) {
+    /// Keeps `stream` (and its breaker slot) for reuse unless `addr` already
+    /// has `cap` idle connections.
+    pub fn put(
+        &self,
+        addr: SocketAddr,
+        stream: Conn,
+        permit: Option<Permit>,
+        now: Instant,
+        cap: usize,
+    ) {
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(addr).or_default();
         if list.len() < cap {
-            list.push(Idle { stream, since: now });
+            list.push(Idle {
+                stream,
+                since: now,
+                permit,
+            });
         }
     }
 

@@ -792,6 +792,12 @@ fn rollback_restores_the_earlier_routes_everywhere() {
     let deleted = coremesh_e2e::control::version_in(&out.stdout).expect("a version");
     mesh.converge(deleted);
     assert_eq!(mesh.control.get_json("routes"), serde_json::json!([]));
+    // Round-robin, so 20 requests surely reach both (P2C-EWMA, the
+    // default, favours whichever answered faster).
+    let rr = mesh
+        .control
+        .apply("kind: Resilience\nservice: api\nloadBalancer: round-robin\n");
+    mesh.converge(rr);
     let t = tally(mesh.web(), 20, "/c", &[("x-canary", "true")]);
     assert!(
         count(&t, "api-v1") > 0 && count(&t, "api-v2") > 0,

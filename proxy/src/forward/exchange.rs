@@ -148,7 +148,7 @@ pub(super) async fn upstream_conn(
     non_idempotent: bool,
     tried: &mut Tried,
     key: Option<u64>,
-) -> Result<(Conn, SocketAddr, bool), ProxyError> {
+) -> Result<(Conn, SocketAddr, bool, Option<Permit>), ProxyError> {
     let attempts = endpoints.count().min(CONNECT_ATTEMPTS);
     let mut last = ProxyError::new(ErrorKind::ConnectFailed, "no attempt");
     for _ in 0..attempts {
@@ -164,7 +164,7 @@ pub(super) async fn upstream_conn(
         let connect_start = Instant::now();
         let mtls = endpoints.mtls();
         if !fresh_only {
-            if let Some((c, idle_for)) =
+            if let Some((c, idle_for, permit)) =
                 shard
                     .pool
                     .take(addr, Instant::now(), cfg.upstream.pool_idle_timeout)
@@ -174,10 +174,23 @@ pub(super) async fn upstream_conn(
                 // (one peek; idempotent requests are retried instead).
                 let _ = idle_for;
                 if !(non_idempotent && runtime::stale(c.raw_fd())) && verified_as(shard, &c, mtls) {
-                    return Ok((c, addr, true));
+                    return Ok((c, addr, true, permit));
                 }
             }
         }
+        // A new connection needs a slot under maxConnections; without one
+        // the request waits (as one of maxPending) for a pooled connection
+        // or a slot, at most the connect timeout.
+        let permit = match endpoints.service() {
+            Some(name) => match connection_slot(shard, cfg, name, addr).await {
+                Slot::New(p) => p,
+                Slot::Pooled(c, p) => return Ok((c, addr, true, p)),
+                Slot::Overloaded => {
+                    return Err(ProxyError::new(ErrorKind::Overloaded, "maxConnections"))
+                }
+            },
+            None => None,
+        };
         let conn = TcpStream::connect(addr, cfg.timeouts.connect).await;
         if conn.is_err() && endpoints.tracked() {
             shard.outcomes.record(addr, false);
@@ -185,9 +198,9 @@ pub(super) async fn upstream_conn(
         }
         match conn {
             Ok(c) => match mtls {
-                None => return Ok((Conn::Plain(c), addr, false)),
+                None => return Ok((Conn::Plain(c), addr, false, permit)),
                 Some(service) => match connect_tls(shard, cfg, c, service, addr).await {
-                    Ok(c) => return Ok((c, addr, false)),
+                    Ok(c) => return Ok((c, addr, false, permit)),
                     Err(e) => {
                         shard.outcomes.record(addr, false);
                         balancer_end(shard, endpoints, addr, connect_start, false);
@@ -203,6 +216,47 @@ pub(super) async fn upstream_conn(
         tracing::debug!(%addr, "upstream connect failed: {last}");
     }
     Err(last)
+}
+
+use crate::pool::Permit;
+use crate::resilience::Limit;
+
+/// How a request gets a connection under its service's `maxConnections`.
+enum Slot {
+    /// Open a new one, holding this slot.
+    New(Option<Permit>),
+    /// A connection to the endpoint came back to the pool while waiting.
+    Pooled(Conn, Option<Permit>),
+    /// No slot, and `maxPending` requests are waiting already (or the wait
+    /// outlasted the connect timeout).
+    Overloaded,
+}
+
+async fn connection_slot(shard: &Shard, cfg: &Config, service: &str, addr: SocketAddr) -> Slot {
+    let take = |which| shard.traffic.with(service, |s| s.breaker.permit(which));
+    match take(Limit::Connections) {
+        None => return Slot::New(None),
+        Some(Some(p)) => return Slot::New(Some(p)),
+        Some(None) => {}
+    }
+    let Some(Some(_pending)) = take(Limit::Pending) else {
+        return Slot::Overloaded;
+    };
+    let until = Instant::now() + cfg.timeouts.connect;
+    while Instant::now() < until {
+        runtime::sleep(Duration::from_millis(1)).await;
+        if let Some((c, _, p)) =
+            shard
+                .pool
+                .take(addr, Instant::now(), cfg.upstream.pool_idle_timeout)
+        {
+            return Slot::Pooled(c, p);
+        }
+        if let Some(Some(p)) = take(Limit::Connections) {
+            return Slot::New(Some(p));
+        }
+    }
+    Slot::Overloaded
 }
 
 /// Tells the service's balancer how an attempt ended (latency, success).
@@ -534,7 +588,7 @@ pub(super) async fn exchange(
             key,
         )
         .await;
-        let (up, addr, reused) = match conn {
+        let (up, addr, reused, conn_permit) = match conn {
             Ok(x) => x,
             Err(e) if can_retry && policy.retries_error(e.kind) && budget_allows() => {
                 tries += 1;
@@ -568,6 +622,7 @@ pub(super) async fn exchange(
             head,
             cbuf,
             up,
+            conn_permit,
             addr,
             scratch,
             ex,
@@ -693,6 +748,7 @@ pub(super) async fn over_connection(
     head: &RequestHead,
     cbuf: Buf,
     mut up: Conn,
+    conn_permit: Option<Permit>,
     addr: SocketAddr,
     scratch: &mut Scratch,
     ex: &mut Exchange,
@@ -989,9 +1045,13 @@ pub(super) async fn over_connection(
         shard.bufs.put(ubuf);
     }
     if reusable && cfg.upstream.max_idle_per_endpoint > 0 {
-        shard
-            .pool
-            .put(addr, up, Instant::now(), cfg.upstream.max_idle_per_endpoint);
+        shard.pool.put(
+            addr,
+            up,
+            conn_permit,
+            Instant::now(),
+            cfg.upstream.max_idle_per_endpoint,
+        );
     }
     Ok((if close { Next::Close } else { Next::KeepAlive }, cbuf))
 }

@@ -38,8 +38,9 @@ pub(super) async fn connect_tunnel(
 ) -> (Next, Buf) {
     let client = client_slot.as_mut().expect("client connection present");
     let mut tried = super::exchange::Tried::default();
+    // CONNECT goes to a passthrough host: no service, no breaker slot.
     let up = match upstream_conn(shard, cfg, &endpoints, true, true, &mut tried, None).await {
-        Ok((c, addr, _)) => {
+        Ok((c, addr, _, _)) => {
             ex.upstream = Some(addr);
             c
         }
