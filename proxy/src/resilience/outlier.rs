@@ -78,8 +78,13 @@ impl OutlierConfig {
     }
 
     /// How many of `n` endpoints may be ejected at once.
+    /// Rounded down, but one at least while the percent is above zero (as
+    /// Envoy does, so that a small service can eject its one bad endpoint),
+    /// and never the last endpoint.
     fn quota(&self, n: usize) -> usize {
-        (n * usize::from(self.max_ejected_percent) / 100).min(n.saturating_sub(1))
+        let q = n * usize::from(self.max_ejected_percent) / 100;
+        let q = if self.max_ejected_percent > 0 { q.max(1) } else { q };
+        q.min(n.saturating_sub(1))
     }
 }
 
@@ -509,11 +514,22 @@ mod tests {
         d.record("one", e[0], fail(1), t);
         assert_eq!(d.ejected("two").unwrap().len(), 1);
         assert!(d.ejected("one").unwrap().is_empty());
-        // Below 100 / n percent nothing is ejected.
+        // Below 100 / n percent one endpoint may still go (as in Envoy),
+        // but not two; 0% ejects nothing.
         let mut d = OutlierDetector::new();
         d.configure(
             "api",
             OutlierConfig::new(1, Duration::from_secs(10), 10),
+            &e[..5],
+            t,
+        );
+        d.record("api", e[0], fail(9), t);
+        d.record("api", e[1], fail(9), t);
+        assert_eq!(d.ejected("api").unwrap().len(), 1);
+        let mut d = OutlierDetector::new();
+        d.configure(
+            "api",
+            OutlierConfig::new(1, Duration::from_secs(10), 0),
             &e[..5],
             t,
         );
