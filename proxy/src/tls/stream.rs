@@ -132,6 +132,10 @@ impl TlsStream {
     /// Reads plaintext into the spare capacity of `buf`. `Ok(0)`: the peer
     /// closed (close_notify or TCP EOF).
     pub async fn read(&mut self, mut buf: Buf) -> (io::Result<usize>, Buf) {
+        if buf.len() == buf.capacity() {
+            // No room: as a plain socket read of zero bytes would.
+            return (Ok(0), buf);
+        }
         loop {
             let d = self.s.borrow_mut().decrypt(&mut buf);
             match d {
