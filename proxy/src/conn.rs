@@ -64,10 +64,13 @@ impl Conn {
         }
     }
 
-    pub async fn read_linger(&mut self, buf: Buf, linger: Duration) -> Linger {
+    /// A read posted for at most `linger`; with TLS, a record that started
+    /// arriving must complete within `rest` (a peer cannot park a partial
+    /// record on the connection).
+    pub async fn read_linger(&mut self, buf: Buf, linger: Duration, rest: Duration) -> Linger {
         match self {
             Conn::Plain(c) => c.read_linger(buf, linger).await,
-            Conn::Tls(c) => c.read_linger(buf, linger).await,
+            Conn::Tls(c) => c.read_linger(buf, linger, rest).await,
         }
     }
 

@@ -76,6 +76,31 @@ impl UpstreamPool {
         }
     }
 
+    /// Closes the oldest idle connection whose breaker slot `is_mine`
+    /// (freeing the slot); whether there was one.
+    pub fn evict_one(&self, is_mine: impl Fn(&Permit) -> bool) -> bool {
+        let mut idle = self.idle.borrow_mut();
+        let mut oldest: Option<(SocketAddr, usize, Instant)> = None;
+        for (addr, list) in idle.iter() {
+            for (i, c) in list.iter().enumerate() {
+                if c.permit.as_ref().is_some_and(&is_mine)
+                    && oldest.is_none_or(|(_, _, t)| c.since < t)
+                {
+                    oldest = Some((*addr, i, c.since));
+                }
+            }
+        }
+        match oldest {
+            Some((addr, i, _)) => {
+                if let Some(list) = idle.get_mut(&addr) {
+                    list.remove(i);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Closes connections idle for `max_idle` or longer.
     pub fn sweep(&self, now: Instant, max_idle: Duration) {
         let mut idle = self.idle.borrow_mut();

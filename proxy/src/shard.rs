@@ -128,6 +128,8 @@ pub struct Shard {
     pub app_healthy: Cell<Option<bool>>,
     /// Per-endpoint outcomes for the agent's outlier detection.
     pub outcomes: crate::outcomes::Outcomes,
+    /// Mirrored copies in flight (forward/mirror.rs).
+    pub mirrors_in_flight: Cell<usize>,
     /// This shard itself, for tasks that outlive the request that starts them.
     me: std::rc::Weak<Shard>,
     /// Balancers, breakers, budgets and rate limiters per service.
@@ -294,6 +296,7 @@ pub async fn run(setup: ShardSetup, driver: String) {
     let cores = config.proxy.cores;
     let shard = Rc::new_cyclic(|me| Shard {
         me: me.clone(),
+        mirrors_in_flight: Cell::new(0),
         index,
         config: RefCell::new(Rc::new(config)),
         stats: RefCell::new(ShardStats::new(index)),

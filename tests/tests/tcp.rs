@@ -85,6 +85,7 @@ fn a_tcp_service_carries_a_stream_with_half_close_and_policy_by_identity() {
     ];
     let db = ProxyBuilder::new("db")
         .inbound(echo)
+        .inbound_key("protocol", "\"tcp\"")
         .control(&control.section(&members[0]))
         .start();
     let caller = |name: &str, m| {

@@ -129,22 +129,39 @@ impl Applier {
             }
             None => {}
         }
-        // A new trust bundle: peers are verified against it from now on, and
-        // the control session verifies control with it after a restart.
-        if !snap.trust_bundle.is_empty() && *self.bundle.borrow() != snap.trust_bundle {
-            *self.bundle.borrow_mut() = snap.trust_bundle.clone();
-            if let (Some(state), Some(id)) = (&self.state, self.identity.borrow_mut().as_mut()) {
-                id.ca_pem = snap.trust_bundle.concat();
-                if let Err(e) = super::state::write_atomic(
-                    &state.path(super::state::CA_FILE),
-                    id.ca_pem.as_bytes(),
-                ) {
-                    tracing::error!("cannot persist the trust bundle: {e}");
-                }
-            }
-            self.push_identity();
-        }
         Ok(table)
+    }
+
+    /// A snapshot's trust bundle, once the snapshot is in force: peers are
+    /// verified against it from now on, and the control session verifies
+    /// control with it after a restart. A bundle that does not make a usable
+    /// configuration with our certificate is refused (logged) and nothing
+    /// changes.
+    fn apply_bundle(&self, bundle: &[String]) {
+        if bundle.is_empty() || *self.bundle.borrow() == bundle {
+            return;
+        }
+        let Some(id) = self.identity.borrow().clone() else {
+            *self.bundle.borrow_mut() = bundle.to_vec();
+            return;
+        };
+        let roots: Vec<&str> = bundle.iter().map(String::as_str).collect();
+        if let Err(e) =
+            crate::tls::Identity::from_pem(&id.cert_pem, &id.key_pem, &roots, "trust bundle")
+        {
+            tracing::error!("refusing the trust bundle from control: {e}");
+            return;
+        }
+        *self.bundle.borrow_mut() = bundle.to_vec();
+        if let (Some(state), Some(id)) = (&self.state, self.identity.borrow_mut().as_mut()) {
+            id.ca_pem = bundle.concat();
+            if let Err(e) =
+                super::state::write_atomic(&state.path(super::state::CA_FILE), id.ca_pem.as_bytes())
+            {
+                tracing::error!("cannot persist the trust bundle: {e}");
+            }
+        }
+        self.push_identity();
     }
 
     /// A certificate from control (loaded at start, joined, or renewed):
@@ -232,6 +249,7 @@ impl Applier {
             config_version: snap.config_version,
         }));
         *self.table.borrow_mut() = Some(table);
+        self.apply_bundle(&snap.trust_bundle);
         self.reconfigure_traffic();
         *self.last_nack.borrow_mut() = None;
         self.publish();

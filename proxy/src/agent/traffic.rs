@@ -116,6 +116,7 @@ impl Traffic {
         }
         // Splits: keep the learnt ones, follow limit changes.
         let mut splits = self.splits.borrow_mut();
+        let mut sends = Vec::new();
         splits.retain(|name, _| services.iter().any(|(n, _, _)| n == name));
         for (name, _, policy) in services {
             let sp = splits.entry(name.clone()).or_insert_with(|| Splits {
@@ -135,19 +136,39 @@ impl Traffic {
                     policy.max_pending,
                     policy.max_requests,
                 ];
-                for (slot, limit) in sp.breaker.iter_mut().zip(limits) {
+                // A changed limit's new split goes out at once (the shards
+                // themselves only reset to an even split).
+                for (i, (slot, limit)) in sp.breaker.iter_mut().zip(limits).enumerate() {
                     match (slot.as_mut(), limit) {
                         (Some(s), Some(l)) => {
-                            s.set_limit(l);
+                            if s.set_limit(l) {
+                                sends.push((
+                                    name.clone(),
+                                    ShareOf::Breaker(Limit::ALL[i]),
+                                    s.shares().to_vec(),
+                                    s.seq(),
+                                ));
+                            }
                         }
                         (_, l) => *slot = l.map(|l| ConcurrencySplit::new(l, n)),
                     }
                 }
-                sp.budget
-                    .set_limit(reserve_total(policy.budget_min_per_second));
+                if sp
+                    .budget
+                    .set_limit(reserve_total(policy.budget_min_per_second))
+                {
+                    sends.push((
+                        name.clone(),
+                        ShareOf::BudgetReserve,
+                        sp.budget.shares().to_vec(),
+                        sp.budget.seq(),
+                    ));
+                }
                 match (sp.rate.as_mut(), policy.rate) {
                     (Some(s), Some((r, _, _))) => {
-                        s.set_total(r);
+                        if s.set_total(r) {
+                            sends.push((name.clone(), ShareOf::Rate, s.shares().to_vec(), 0));
+                        }
                     }
                     (_, r) => sp.rate = r.map(|(r, _, _)| RateSplit::new(r, n)),
                 }
@@ -155,6 +176,9 @@ impl Traffic {
             }
         }
         drop(splits);
+        for (name, what, shares, seq) in sends {
+            self.send(&name, what, &shares, seq);
+        }
         self.publish_exclusions(true);
     }
 

@@ -90,6 +90,8 @@ pub(crate) struct InboundFile {
     pub app: Option<String>,
     /// Header carrying the caller's SPIFFE ID to the app.
     pub identity_header: Option<String>,
+    /// `"http"` (default) or `"tcp"`.
+    pub protocol: Option<String>,
 }
 
 /// `[outbound]`.

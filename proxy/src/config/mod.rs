@@ -125,6 +125,11 @@ pub struct InboundConfig {
     /// Lowercase name of the header in which the app receives the caller's
     /// SPIFFE ID (mutual TLS only); the proxy removes it from requests first.
     pub identity_header: Option<String>,
+    /// What peers may send: HTTP requests (`"http"`, the default), or the
+    /// byte stream of a TCP service (`"tcp"`: ALPN `coremesh-tcp`, relayed
+    /// to `app` as is). A connection of the other kind is refused, so no
+    /// caller can open a raw stream into an HTTP app.
+    pub tcp: bool,
 }
 
 /// `[outbound]`.

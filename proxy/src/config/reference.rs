@@ -37,6 +37,10 @@ letter or digit, at most 63 characters. Unknown keys are errors.
                                                 changing listen: restart
   app            addr             required      The local app that inbound requests
                                                 are forwarded to.  reload
+  protocol       "http" | "tcp"   "http"        What peers send: HTTP requests, or the
+                                                byte stream of a TCP service (ALPN
+                                                coremesh-tcp), relayed to app as is;
+                                                the other kind is refused.  restart
   identity_header  string         none          Header in which the app receives the
                                                 caller's SPIFFE ID (mutual TLS); the
                                                 proxy removes it from incoming

@@ -68,6 +68,10 @@ pub(crate) fn check(old: &Config, new: &Config) -> Result<(), ConfigError> {
                 quoted(b.listen),
             ));
         }
+        if a.tcp != b.tcp {
+            let p = |tcp: bool| quoted(if tcp { "tcp" } else { "http" });
+            return Err(changed("[inbound]", "protocol", p(a.tcp), p(b.tcp)));
+        }
     }
     section(new, "[outbound]", &old.outbound, &new.outbound)?;
     if let (Some(a), Some(b)) = (&old.outbound, &new.outbound) {

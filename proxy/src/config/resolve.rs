@@ -266,7 +266,24 @@ fn resolve_inbound(at: At<'_>, f: InboundFile) -> Result<InboundConfig> {
         .identity_header
         .map(|h| resolve_identity_header(&at, h))
         .transpose()?;
+    let tcp = match f.protocol.as_deref() {
+        None | Some("http") => false,
+        Some("tcp") => true,
+        Some(other) => {
+            return Err(at.err(
+                "protocol",
+                format!("\"{}\" is not \"http\" or \"tcp\"", other.escape_debug()),
+            ))
+        }
+    };
+    if tcp && identity_header.is_some() {
+        return Err(at.err(
+            "identity_header",
+            "a TCP service's stream has no headers (protocol = \"tcp\")",
+        ));
+    }
     Ok(InboundConfig {
+        tcp,
         listen,
         app,
         identity_header,

@@ -92,6 +92,7 @@ fn full_example_parses_with_its_values() {
             listen: addr("0.0.0.0:4143"),
             app: addr("127.0.0.1:8080"),
             identity_header: None,
+            tcp: false,
         })
     );
     assert_eq!(

@@ -182,13 +182,15 @@ pub(super) async fn upstream_conn(
         // the request waits (as one of maxPending) for a pooled connection
         // or a slot, at most the connect timeout.
         let permit = match endpoints.service() {
-            Some(name) => match connection_slot(shard, cfg, name, addr).await {
-                Slot::New(p) => p,
-                Slot::Pooled(c, p) => return Ok((c, addr, true, p)),
-                Slot::Overloaded => {
-                    return Err(ProxyError::new(ErrorKind::Overloaded, "maxConnections"))
+            Some(name) => {
+                match connection_slot(shard, cfg, endpoints, name, addr, non_idempotent).await {
+                    Slot::New(p) => p,
+                    Slot::Pooled(c, p) => return Ok((c, addr, true, p)),
+                    Slot::Overloaded => {
+                        return Err(ProxyError::new(ErrorKind::Overloaded, "maxConnections"))
+                    }
                 }
-            },
+            }
             None => None,
         };
         let conn = TcpStream::connect(addr, cfg.timeouts.connect).await;
@@ -232,12 +234,29 @@ enum Slot {
     Overloaded,
 }
 
-async fn connection_slot(shard: &Shard, cfg: &Config, service: &str, addr: SocketAddr) -> Slot {
+async fn connection_slot(
+    shard: &Shard,
+    cfg: &Config,
+    endpoints: &Endpoints<'_>,
+    service: &str,
+    addr: SocketAddr,
+    non_idempotent: bool,
+) -> Slot {
     let take = |which| shard.traffic.with(service, |s| s.breaker.permit(which));
     match take(Limit::Connections) {
         None => return Slot::New(None),
         Some(Some(p)) => return Slot::New(Some(p)),
         Some(None) => {}
+    }
+    // Every slot is held: an idle pooled connection of this service to
+    // another endpoint gives its slot up first (as Envoy does), so idle
+    // connections never starve an endpoint.
+    if let Some(breaker) = shard.traffic.with(service, |s| s.breaker.clone()) {
+        if shard.pool.evict_one(|p| p.is_of(&breaker)) {
+            if let Some(Some(p)) = take(Limit::Connections) {
+                return Slot::New(Some(p));
+            }
+        }
     }
     let Some(Some(_pending)) = take(Limit::Pending) else {
         return Slot::Overloaded;
@@ -250,7 +269,13 @@ async fn connection_slot(shard: &Shard, cfg: &Config, service: &str, addr: Socke
                 .pool
                 .take(addr, Instant::now(), cfg.upstream.pool_idle_timeout)
         {
-            return Slot::Pooled(c, p);
+            // The same checks as any pooled connection (dropping one that
+            // fails them frees its slot for the next turn).
+            if !(non_idempotent && runtime::stale(c.raw_fd()))
+                && verified_as(shard, &c, endpoints.mtls())
+            {
+                return Slot::Pooled(c, p);
+            }
         }
         if let Some(Some(p)) = take(Limit::Connections) {
             return Slot::New(Some(p));
@@ -568,6 +593,14 @@ pub(super) async fn exchange(
                 .unwrap_or(true)
         })
     };
+    let budget_has_room = || {
+        service.is_none_or(|name| {
+            shard
+                .traffic
+                .with(name, |s| s.budget.available(Instant::now()) > 0)
+                .unwrap_or(true)
+        })
+    };
     let mut tried = Tried::default();
     if policy.retries > 0 && idempotent {
         cbuf = match buffer_body(shard, cfg, client_slot, head, cbuf, policy.max_body).await {
@@ -613,7 +646,14 @@ pub(super) async fn exchange(
             Some(p) => deadline.min(Instant::now() + p),
             None => deadline,
         };
-        let retry_status = (can_retry && (policy.on_5xx || policy.on_gateway)).then_some(policy);
+        // A 5xx is held back for a retry only if one can really follow (the
+        // whole request is in `cbuf`, the budget has room); otherwise the
+        // upstream's own answer is relayed.
+        let retry_status = (can_retry
+            && (policy.on_5xx || policy.on_gateway)
+            && request_complete(head, &cbuf)
+            && budget_has_room())
+        .then_some(policy);
         let flight = InFlight::start(shard, service, addr);
         let res = over_connection(
             shard,
@@ -684,6 +724,16 @@ pub(super) async fn exchange(
     }
 }
 
+/// Whether the whole request (head and body) is in `buf`, so it can be
+/// sent again.
+fn request_complete(head: &RequestHead, buf: &[u8]) -> bool {
+    match head.framing {
+        Framing::None => true,
+        Framing::Length(n) => buf.len() >= head.head_len + n as usize,
+        _ => false,
+    }
+}
+
 /// Waits before retry `n`, never past the request's deadline.
 async fn backoff(shard: &Shard, policy: &TryPolicy, n: u32, deadline: Instant) {
     let wait = policy
@@ -725,6 +775,17 @@ async fn buffer_body(
     let Some(client) = client_slot.as_mut() else {
         return Err(cbuf);
     };
+    if head.expect_continue && head.version == Version::Http11 {
+        // The client holds its body back until told to send it; the
+        // upstream's own 100 is dropped later as a duplicate.
+        let cont = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
+        if write_bounded(client, cont, cfg.timeouts.idle)
+            .await
+            .is_err()
+        {
+            return Err(cbuf);
+        }
+    }
     while cbuf.len() < want {
         let (res, back) = match runtime::timeout(cfg.timeouts.idle, client.read(cbuf)).await {
             Ok(r) => r,
@@ -1045,6 +1106,8 @@ pub(super) async fn over_connection(
         shard.bufs.put(ubuf);
     }
     if reusable && cfg.upstream.max_idle_per_endpoint > 0 {
+        // Idle, a TLS connection holds no buffers (see tls/session.rs).
+        up.release_idle_state();
         shard.pool.put(
             addr,
             up,

@@ -11,6 +11,10 @@ use crate::http1::HeadPlan;
 /// The largest request (head and body) that is mirrored.
 const MAX_MIRRORED: usize = 64 * 1024;
 
+/// Copies in flight per shard; beyond it copies are dropped, so a hung
+/// shadow cannot use up the proxy's descriptors.
+const MAX_IN_FLIGHT: usize = 64;
+
 /// Starts mirroring the request in `buf` to `target`, if it can be copied.
 pub(super) fn send(
     shard: &Shard,
@@ -28,7 +32,16 @@ pub(super) fn send(
     if end > buf.len() || end > MAX_MIRRORED || head.upgrade || head.method == Method::Connect {
         return;
     }
+    if shard.mirrors_in_flight.get() >= MAX_IN_FLIGHT {
+        return;
+    }
     let cfg = shard.config();
+    // A mesh service's peers speak mutual TLS; a static one does when
+    // `[tls]` is set (as for forwarding).
+    let mtls = match table.and_then(|t| t.service(target.as_bytes())) {
+        Some(_) => true,
+        None => static_mtls(&cfg),
+    };
     let Some(eps) = table
         .and_then(|t| t.service(target.as_bytes()))
         .map(|s| s.all.clone())
@@ -50,9 +63,19 @@ pub(super) fn send(
     let target = target.to_string();
     let method = head.method;
     let shard = shard.self_rc();
+    shard
+        .mirrors_in_flight
+        .set(shard.mirrors_in_flight.get() + 1);
     runtime::spawn_local(async move {
         let limit = cfg.timeouts.request;
-        let res = runtime::timeout(limit, deliver(&shard, &cfg, &target, addr, copy, method)).await;
+        let res = runtime::timeout(
+            limit,
+            deliver(&shard, &cfg, &target, addr, copy, method, mtls),
+        )
+        .await;
+        shard
+            .mirrors_in_flight
+            .set(shard.mirrors_in_flight.get() - 1);
         if !matches!(res, Ok(Ok(()))) {
             tracing::debug!(%addr, %target, "mirrored request failed or timed out");
         }
@@ -66,11 +89,12 @@ async fn deliver(
     addr: SocketAddr,
     copy: Vec<u8>,
     method: Method,
+    mtls: bool,
 ) -> Result<(), ProxyError> {
     let tcp = TcpStream::connect(addr, cfg.timeouts.connect)
         .await
         .map_err(|e| ProxyError::io(ErrorKind::ConnectFailed, "mirror connect", e))?;
-    let mut up = if shard.tls().is_some() {
+    let mut up = if mtls {
         exchange::connect_tls(shard, cfg, tcp, target, addr).await?
     } else {
         Conn::Plain(tcp)

@@ -237,8 +237,20 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, dir: Direction) {
     shard.conn_opened(dir);
     let client = if dir == Direction::Inbound && inbound_mtls(&shard.config()) {
         let cfg = shard.config();
+        let tcp_service = cfg.inbound.as_ref().is_some_and(|i| i.tcp);
         match accept_mtls(&shard, &cfg, tcp).await {
-            Some(t) if t.alpn_is(crate::tls::identity::ALPN_TCP) => {
+            Some(t) if t.alpn_is(crate::tls::identity::ALPN_TCP) != tcp_service => {
+                // A raw stream into an HTTP app (no parsing, no header
+                // stripping), or HTTP to a TCP service: refused.
+                tracing::info!(
+                    caller = ?t.peer_id(),
+                    "refused a connection of the wrong kind ([inbound] protocol = {})",
+                    if tcp_service { "tcp" } else { "http" }
+                );
+                shard.conn_closed(dir);
+                return;
+            }
+            Some(t) if tcp_service => {
                 tcp_service::inbound(&shard, &cfg, t).await;
                 shard.conn_closed(dir);
                 return;
@@ -383,7 +395,7 @@ async fn read_head(
         let (res, back) = match head_deadline {
             None => {
                 // Between requests: keep the read posted for the linger only.
-                match client.read_linger(b, LINGER).await {
+                match client.read_linger(b, LINGER, t.head_read).await {
                     Linger::Read(res, back) => (res, back),
                     Linger::Idle(back) => {
                         // Nothing within the linger: give the buffer back

@@ -168,6 +168,11 @@ impl Permit {
     pub fn limit(&self) -> Limit {
         self.which
     }
+
+    /// Whether this permit is one of `breaker`'s.
+    pub fn is_of(&self, breaker: &Rc<CircuitBreaker>) -> bool {
+        Rc::ptr_eq(&self.breaker, breaker)
+    }
 }
 
 impl Drop for Permit {

@@ -321,7 +321,9 @@ impl ServerCertVerifier for ServiceVerifier {
                 CertificateError::NotValidForName,
             ));
         };
-        let service = name.as_ref().split('.').next().unwrap_or_default();
+        // "<service>.e<tag>.coremesh": the service is everything before the
+        // last two labels (a service name may itself contain dots).
+        let service = name.as_ref().rsplitn(3, '.').nth(2).unwrap_or_default();
         let (id, _) = leaf_identity(end_entity)
             .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
         if service_of(&id, &self.trust_domain) != Some(service) {

@@ -38,12 +38,24 @@ impl TlsStream {
         };
         match runtime::timeout(limit, t.drive_handshake()).await {
             Ok(Ok(())) => {
-                t.peer =
+                let leaf =
                     t.s.borrow()
                         .peer_certificates()
                         .and_then(|c| c.first())
-                        .and_then(|leaf| super::identity::leaf_identity(leaf).ok())
-                        .map(|(id, _)| Rc::from(id));
+                        .and_then(|leaf| super::identity::leaf_identity(leaf).ok());
+                // A resumed session is not verified again by rustls: its
+                // certificate must still be valid (expiry is how the mesh
+                // revokes), whoever issued the ticket.
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                if t.resumed() && leaf.as_ref().is_none_or(|(_, not_after)| *not_after <= now) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        "resumed TLS session with an expired peer certificate",
+                    ));
+                }
+                t.peer = leaf.map(|(id, _)| Rc::from(id));
                 Ok(t)
             }
             Ok(Err(e)) => Err(e),
@@ -163,7 +175,7 @@ impl TlsStream {
     /// As [`TcpStream::read_linger`]: the socket read stays posted for at
     /// most `linger`; nothing is lost when it is cancelled, as the session
     /// keeps whatever ciphertext arrived.
-    pub async fn read_linger(&mut self, buf: Buf, linger: Duration) -> Linger {
+    pub async fn read_linger(&mut self, buf: Buf, linger: Duration, rest: Duration) -> Linger {
         if self.s.borrow().has_buffered() {
             let (res, buf) = self.read(buf).await;
             return Linger::Read(res, buf);
@@ -181,10 +193,18 @@ impl TlsStream {
                 self.s.borrow_mut().put_rx(rx);
                 match res {
                     Ok(0) => Linger::Read(Ok(0), buf),
-                    Ok(_) => {
-                        let (res, buf) = self.read(buf).await;
-                        Linger::Read(res, buf)
-                    }
+                    // The rest of the record, bounded: a timeout drops the
+                    // read (and the connection, which the caller closes).
+                    Ok(_) => match runtime::timeout(rest, self.read(buf)).await {
+                        Ok((res, buf)) => Linger::Read(res, buf),
+                        Err(_) => Linger::Read(
+                            Err(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                "TLS record incomplete past the head-read timeout",
+                            )),
+                            Vec::new(),
+                        ),
+                    },
                     Err(e) => Linger::Read(Err(e), buf),
                 }
             }

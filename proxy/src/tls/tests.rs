@@ -193,3 +193,15 @@ fn a_second_connection_resumes() {
     handshake(&mut c, &mut s).unwrap();
     assert!(c.resumed() && s.resumed());
 }
+
+#[test]
+fn a_dotted_service_name_is_compared_whole() {
+    let pki = Pki::new("mesh");
+    let web = shard(pki.identity(&format!("{TD}web")));
+    let api = shard(pki.identity(&format!("{TD}api")));
+    let dotted = shard(pki.identity(&format!("{TD}api.internal")));
+    let (mut c, mut s) = pair(&web, &api, "api.internal");
+    assert!(handshake(&mut c, &mut s).unwrap_err().identity_mismatch);
+    let (mut c, mut s) = pair(&web, &dotted, "api.internal");
+    handshake(&mut c, &mut s).unwrap();
+}
