@@ -613,7 +613,11 @@ pub(super) async fn exchange(
             Some(p) => deadline.min(Instant::now() + p),
             None => deadline,
         };
-        let retry_status = (can_retry && (policy.on_5xx || policy.on_gateway)).then_some(policy);
+        let retry_status =
+            (can_retry && (policy.on_5xx || policy.on_gateway)).then_some(RetryStatus {
+                policy,
+                budget: &budget_allows,
+            });
         let flight = InFlight::start(shard, service, addr);
         let res = over_connection(
             shard,
@@ -649,11 +653,13 @@ pub(super) async fn exchange(
                     continue;
                 }
                 fresh_only = false;
+                // A retryable status was only dropped once its retry had
+                // been granted by the budget (see `RetryStatus`).
                 if can_retry
                     && f.request_intact
                     && !f.response_started
                     && policy.retries_error(f.err.kind)
-                    && budget_allows()
+                    && (f.err.kind == ErrorKind::RetryableStatus || budget_allows())
                 {
                     tracing::debug!(%addr, try = tries + 1, "retrying: {}", f.err);
                     tries += 1;
@@ -682,6 +688,18 @@ pub(super) async fn exchange(
             }
         }
     }
+}
+
+/// What lets a try drop a response whose status the retry policy retries
+/// (`on: [5xx]`, `[gateway-error]`): the drop happens only once the retry is
+/// certain, that is the whole request is still at hand to send again and
+/// the retry budget has granted (and counted) the retry. Otherwise the
+/// response is relayed: the last answer stands, rather than a 502 of the
+/// proxy's own in place of the app's answer.
+pub(super) struct RetryStatus<'a> {
+    policy: &'a TryPolicy,
+    /// Withdraws a retry from the service's budget; `false`: over budget.
+    budget: &'a dyn Fn() -> bool,
 }
 
 /// Waits before retry `n`, never past the request's deadline.
@@ -753,7 +771,7 @@ pub(super) async fn over_connection(
     scratch: &mut Scratch,
     ex: &mut Exchange,
     deadline: Instant,
-    retry: Option<&TryPolicy>,
+    retry: Option<RetryStatus<'_>>,
 ) -> Result<(Next, Buf), Failed> {
     let t = &cfg.timeouts;
     let limits = limits(cfg);
@@ -927,7 +945,7 @@ pub(super) async fn over_connection(
         }
     };
     ex.status = resp.status;
-    if retry.is_some_and(|p| p.retries_status(resp.status)) {
+    if body_done && retry.is_some_and(|r| r.policy.retries_status(resp.status) && (r.budget)()) {
         // Another try answers instead; this response is dropped with its
         // connection (its body is never read).
         shard.bufs.put(ubuf);
