@@ -83,7 +83,11 @@ impl OutlierConfig {
     /// and never the last endpoint.
     fn quota(&self, n: usize) -> usize {
         let q = n * usize::from(self.max_ejected_percent) / 100;
-        let q = if self.max_ejected_percent > 0 { q.max(1) } else { q };
+        let q = if self.max_ejected_percent > 0 {
+            q.max(1)
+        } else {
+            q
+        };
         q.min(n.saturating_sub(1))
     }
 }
