@@ -28,8 +28,9 @@ pub enum ErrorKind {
     NoRoute,
     /// No backend of the matched rule has an endpoint.
     NoHealthyEndpoints,
-    /// The upstream answered with a status the retry policy retries, and no
-    /// try was left (internal: the response itself is relayed).
+    /// The upstream answered with a status the retry policy retries, and
+    /// the retry was granted (internal: that response is dropped and the
+    /// next try answers; without a retry the response itself is relayed).
     RetryableStatus,
     /// `CONNECT` without `[outbound] passthrough`, or on the inbound side.
     ConnectNotAllowed,

@@ -23,7 +23,9 @@
 //! Knobs for resilience tests, applied to every request before the path
 //! decides: [`Origin::fail_every`] (every Nth request gets 503),
 //! [`Origin::set_failing`] (every request gets 503) and [`Origin::set_delay`]
-//! (an added latency).
+//! (an added latency). [`Origin::in_flight`] and [`Origin::peak_in_flight`]
+//! say how many requests it was answering at once, to check a limit on
+//! concurrency from the upstream's side.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -87,6 +89,28 @@ struct State {
     fail_every: AtomicU64,
     failing: AtomicBool,
     delay_ms: AtomicU64,
+    /// Requests received whole and not yet answered.
+    in_flight: AtomicUsize,
+    /// The most `in_flight` has been since the start or the last reset.
+    peak: AtomicUsize,
+}
+
+/// Counts a request in flight from when it was received whole until its
+/// answer is written (or its connection fails).
+struct Flight<'a>(&'a State);
+
+impl<'a> Flight<'a> {
+    fn start(state: &'a State) -> Flight<'a> {
+        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.peak.fetch_max(now, Ordering::SeqCst);
+        Flight(state)
+    }
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A running origin; its threads stop when it is dropped.
@@ -168,6 +192,19 @@ impl Origin {
         self.state
             .delay_ms
             .store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+    /// Requests received whole and not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.state.in_flight.load(Ordering::SeqCst)
+    }
+    /// The most requests in flight at once since the start or the last
+    /// [`Origin::reset_peak_in_flight`].
+    pub fn peak_in_flight(&self) -> usize {
+        self.state.peak.load(Ordering::SeqCst)
+    }
+    /// Starts the peak over from the requests in flight now.
+    pub fn reset_peak_in_flight(&self) {
+        self.state.peak.store(self.in_flight(), Ordering::SeqCst);
     }
     /// The last complete request; panics if there is none.
     pub fn last(&self) -> Received {
@@ -335,6 +372,8 @@ fn serve(stream: TcpStream, id: usize, state: &State, name: &str) -> io::Result<
         req.body_sum = sum.value();
 
         let number = state.requests.fetch_add(1, Ordering::SeqCst) as u64 + 1;
+        // Until the end of this iteration: the answer is written by then.
+        let _flight = Flight::start(state);
         state.log.lock().expect("origin log").push(req.clone());
         let delay = state.delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
@@ -519,5 +558,34 @@ mod tests {
         assert_eq!(r.status, 204);
         let r = c.get("x", "/close");
         assert!(r.close_delimited);
+    }
+
+    #[test]
+    fn in_flight_counts_requests_until_answered() {
+        let o = Origin::start("t");
+        assert_eq!((o.in_flight(), o.peak_in_flight()), (0, 0));
+        let slow: Vec<_> = (0..3)
+            .map(|_| {
+                let addr = o.addr();
+                std::thread::spawn(move || Client::connect(addr).get("x", "/delay/300").status)
+            })
+            .collect();
+        let all_in = crate::util::wait_for(Duration::from_secs(5), || {
+            (o.in_flight() == 3).then_some(())
+        });
+        assert!(all_in.is_some(), "in flight: {}", o.in_flight());
+        for t in slow {
+            assert_eq!(t.join().expect("client thread"), 200);
+        }
+        // The count drops just after the answer is written.
+        let drained = crate::util::wait_for(Duration::from_secs(5), || {
+            (o.in_flight() == 0).then_some(())
+        });
+        assert!(drained.is_some(), "in flight: {}", o.in_flight());
+        assert_eq!(o.peak_in_flight(), 3);
+        o.reset_peak_in_flight();
+        assert_eq!(o.peak_in_flight(), 0);
+        assert_eq!(Client::connect(o.addr()).get("x", "/").status, 200);
+        assert_eq!(o.peak_in_flight(), 1);
     }
 }

@@ -593,14 +593,6 @@ pub(super) async fn exchange(
                 .unwrap_or(true)
         })
     };
-    let budget_has_room = || {
-        service.is_none_or(|name| {
-            shard
-                .traffic
-                .with(name, |s| s.budget.available(Instant::now()) > 0)
-                .unwrap_or(true)
-        })
-    };
     let mut tried = Tried::default();
     if policy.retries > 0 && idempotent {
         cbuf = match buffer_body(shard, cfg, client_slot, head, cbuf, policy.max_body).await {
@@ -646,14 +638,11 @@ pub(super) async fn exchange(
             Some(p) => deadline.min(Instant::now() + p),
             None => deadline,
         };
-        // A 5xx is held back for a retry only if one can really follow (the
-        // whole request is in `cbuf`, the budget has room); otherwise the
-        // upstream's own answer is relayed.
-        let retry_status = (can_retry
-            && (policy.on_5xx || policy.on_gateway)
-            && request_complete(head, &cbuf)
-            && budget_has_room())
-        .then_some(policy);
+        let retry_status =
+            (can_retry && (policy.on_5xx || policy.on_gateway)).then_some(RetryStatus {
+                policy,
+                budget: &budget_allows,
+            });
         let flight = InFlight::start(shard, service, addr);
         let res = over_connection(
             shard,
@@ -689,11 +678,13 @@ pub(super) async fn exchange(
                     continue;
                 }
                 fresh_only = false;
+                // A retryable status was only dropped once its retry had
+                // been granted by the budget (see `RetryStatus`).
                 if can_retry
                     && f.request_intact
                     && !f.response_started
                     && policy.retries_error(f.err.kind)
-                    && budget_allows()
+                    && (f.err.kind == ErrorKind::RetryableStatus || budget_allows())
                 {
                     tracing::debug!(%addr, try = tries + 1, "retrying: {}", f.err);
                     tries += 1;
@@ -724,14 +715,16 @@ pub(super) async fn exchange(
     }
 }
 
-/// Whether the whole request (head and body) is in `buf`, so it can be
-/// sent again.
-fn request_complete(head: &RequestHead, buf: &[u8]) -> bool {
-    match head.framing {
-        Framing::None => true,
-        Framing::Length(n) => buf.len() >= head.head_len + n as usize,
-        _ => false,
-    }
+/// What lets a try drop a response whose status the retry policy retries
+/// (`on: [5xx]`, `[gateway-error]`): the drop happens only once the retry is
+/// certain, that is the whole request is still at hand to send again and
+/// the retry budget has granted (and counted) the retry. Otherwise the
+/// response is relayed: the last answer stands, rather than a 502 of the
+/// proxy's own in place of the app's answer.
+pub(super) struct RetryStatus<'a> {
+    policy: &'a TryPolicy,
+    /// Withdraws a retry from the service's budget; `false`: over budget.
+    budget: &'a dyn Fn() -> bool,
 }
 
 /// Waits before retry `n`, never past the request's deadline.
@@ -814,7 +807,7 @@ pub(super) async fn over_connection(
     scratch: &mut Scratch,
     ex: &mut Exchange,
     deadline: Instant,
-    retry: Option<&TryPolicy>,
+    retry: Option<RetryStatus<'_>>,
 ) -> Result<(Next, Buf), Failed> {
     let t = &cfg.timeouts;
     let limits = limits(cfg);
@@ -988,7 +981,7 @@ pub(super) async fn over_connection(
         }
     };
     ex.status = resp.status;
-    if retry.is_some_and(|p| p.retries_status(resp.status)) {
+    if body_done && retry.is_some_and(|r| r.policy.retries_status(resp.status) && (r.budget)()) {
         // Another try answers instead; this response is dropped with its
         // connection (its body is never read).
         shard.bufs.put(ubuf);

@@ -15,10 +15,14 @@
 //! upstream that fails everything, retries cannot amplify the load by more
 //! than `1 + ratio` plus the reserve, however many attempts a route allows.
 //!
-//! The window is 100 slots of 100 ms; a slot leaves the window whole, so the
-//! window is between 9.9 s and 10 s long. Over a run of T seconds, retries ≤
-//! ratio × requests + minPerSecond × 10 s × ⌈T / 10 s⌉ (exactly
-//! `minPerSecond × T` for whole windows).
+//! The window is made of 100 ms slots; a slot leaves the window whole, once
+//! all of it is 10 s old, so the window is between 10 s and 10.1 s long and
+//! every 10 s interval lies within the window at its end: the bound holds
+//! for any 10 s, not only for 10 s aligned on slots. (With slots leaving
+//! after 9.9 s, a run of 10 s starting at the end of a slot saw its first
+//! retries forgotten, and the reserve paid twice, before it ended.) Over a
+//! run of T seconds, retries ≤ ratio × requests + minPerSecond × 10 s ×
+//! ⌈T / 10 s⌉ (exactly `minPerSecond × T` for whole windows).
 //!
 //! Per shard: each shard has its own budget per service, with the whole
 //! `ratio` (a ratio needs no split: each shard deposits for its own requests)
@@ -36,8 +40,9 @@ use super::shares::ConcurrencyReport;
 
 /// Slot length of the sliding window.
 const SLOT: Duration = Duration::from_millis(100);
-/// Slots in the window: 100 × 100 ms = 10 s.
-const SLOTS: usize = 100;
+/// Slots in the window: the current one and the 100 before it (10 s), so
+/// that a slot leaves only when its end is 10 s old.
+const SLOTS: usize = 101;
 /// The window in seconds.
 pub const WINDOW_SECS: u64 = 10;
 /// Token amounts are kept in thousandths, so that `ratio` (three decimals)
@@ -195,8 +200,28 @@ mod tests {
         assert_eq!(b.report(t0).in_use, 100_000, "the whole reserve is spent");
         // They come back when their slot leaves the window, not before.
         assert!(!b.try_withdraw(t0 + Duration::from_millis(9_999)));
-        assert_eq!(b.available(t0 + Duration::from_secs(10)), 100);
-        assert_eq!(b.report(t0 + Duration::from_secs(10)).in_use, 0);
+        assert_eq!(b.available(t0 + Duration::from_millis(10_099)), 0);
+        assert_eq!(b.available(t0 + Duration::from_millis(10_100)), 100);
+        assert_eq!(b.report(t0 + Duration::from_millis(10_100)).in_use, 0);
+    }
+
+    /// Any 10 s counts the retries made in it, wherever it starts within a
+    /// slot: retries made at the end of a slot still count 10 s later.
+    #[test]
+    fn a_retry_counts_for_at_least_the_window() {
+        let t0 = Instant::now();
+        let mut b = RetryBudget::new(0.0, reserve_total(1.0), t0);
+        let late_in_slot = t0 + Duration::from_millis(99);
+        assert_eq!((0..20).filter(|_| b.try_withdraw(late_in_slot)).count(), 10);
+        for after in [9_901, 9_950, 9_999] {
+            let now = late_in_slot + Duration::from_millis(after);
+            assert_eq!(b.available(now), 0, "{after} ms after the retries");
+        }
+        // Its slot leaves once its end (t0 + 100 ms) is 10 s old.
+        assert_eq!(
+            b.available(late_in_slot + Duration::from_millis(10_001)),
+            10
+        );
     }
 
     #[test]
@@ -222,7 +247,7 @@ mod tests {
         let r = b.report(t0);
         assert_eq!((r.seq, r.in_use), (3, 50_000));
         assert!(!b.try_withdraw(t0 + Duration::from_secs(5)));
-        assert_eq!(b.available(t0 + Duration::from_secs(10)), 10);
+        assert_eq!(b.available(t0 + Duration::from_millis(10_100)), 10);
     }
 
     /// The bound: against an upstream that always fails, with ratio
