@@ -127,9 +127,12 @@ fn service_without_endpoints_is_503() {
 fn endpoints_are_used_round_robin() {
     let a = Origin::start("a");
     let b = Origin::start("b");
+    // Round-robin as a static [[resilience]] block (the default balancer is
+    // P2C-EWMA, which favours the faster endpoint).
     let proxy = ProxyBuilder::new("web")
         .outbound()
         .service("api", &[a.addr(), b.addr()])
+        .extra("[[resilience]]\nservice = \"api\"\nloadBalancer = \"round-robin\"\n")
         .start();
     let mut c = proxy.outbound_client();
     for _ in 0..10 {
