@@ -40,18 +40,19 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use coremesh_api::http::{ApplyResult, ProxyStatus, TokenCreated};
+use coremesh_api::http::{ProxyStatus, TokenCreated};
 use coremesh_api::wire::{self, ControlMsg, FrameDecoder, ProxyMsg, PROTOCOL_VERSION};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Serialize;
+
+use crate::operator::{apply, http};
 
 /// The name control's QUIC certificate is issued for.
 const SERVER_NAME: &str = "coremesh-control";
@@ -280,73 +281,6 @@ fn percentiles(mut ms: Vec<f64>) -> Option<Percentiles> {
         p99_ms: percentile(&ms, 99.0),
         max_ms: percentile(&ms, 100.0),
     })
-}
-
-// ---- operator API (blocking HTTP/1.1, Connection: close) ----
-
-fn http(
-    api: SocketAddr,
-    credential: &str,
-    method: &str,
-    path: &str,
-    body: &[u8],
-) -> Result<Vec<u8>, String> {
-    let mut s = TcpStream::connect(api).map_err(|e| format!("API {api}: {e}"))?;
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {api}\r\nAuthorization: Bearer {credential}\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes())
-        .and_then(|()| s.write_all(body))
-        .map_err(|e| format!("API {method} {path}: {e}"))?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
-        .map_err(|e| format!("API {method} {path}: {e}"))?;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| format!("API {method} {path}: no HTTP header in the answer"))?;
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let mut body = raw[split + 4..].to_vec();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        body = dechunk(&body)?;
-    }
-    let status = head.split(' ').nth(1).unwrap_or("");
-    if !status.starts_with('2') {
-        return Err(format!(
-            "API {method} {path}: {status}: {}",
-            String::from_utf8_lossy(&body)
-        ));
-    }
-    Ok(body)
-}
-
-fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    loop {
-        let eol = rest
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("bad chunked body")?;
-        let size_text = String::from_utf8_lossy(&rest[..eol]);
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|_| "bad chunk size")?;
-        rest = &rest[eol + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        out.extend_from_slice(rest.get(..size).ok_or("short chunk")?);
-        rest = rest.get(size + 2..).ok_or("short chunk")?;
-    }
-}
-
-fn apply(api: SocketAddr, credential: &str, yaml: &str) -> Result<ApplyResult, String> {
-    let body = http(api, credential, "POST", "/v1/apply", yaml.as_bytes())?;
-    serde_json::from_slice(&body).map_err(|e| format!("apply answer: {e}"))
 }
 
 // ---- control's /proc ----
@@ -1076,13 +1010,5 @@ mod tests {
         let p = percentiles((1..=100).map(f64::from).collect()).unwrap();
         assert_eq!((p.p50_ms, p.p99_ms, p.max_ms), (50.0, 99.0, 100.0));
         assert!(percentiles(vec![]).is_none());
-    }
-
-    #[test]
-    fn chunked_bodies() {
-        assert_eq!(
-            dechunk(b"3\r\nabc\r\n1\r\nd\r\n0\r\n\r\n").unwrap(),
-            b"abcd"
-        );
     }
 }

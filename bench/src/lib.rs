@@ -15,9 +15,14 @@
 //!   ([`sys`]), and reports medians, spread and ratios as markdown, JSON and
 //!   SVG charts ([`chart`]).
 //!
+//!   Its policy scenarios ([`compare::policy`]) run coremesh as a mesh:
+//!   coremesh-control, a calling and a called proxy per target, mutual TLS
+//!   between them, with and without 100 Routes and a Resilience block.
 //! - [`fleet`]: thousands of simulated proxy sessions (one QUIC connection
 //!   each) against coremesh-control, timing how long a route change takes
 //!   to reach them all, with control's RSS and CPU.
+//! - [`operator`]: the operator HTTP API client both of those apply
+//!   resources and read proxy status with.
 //!
 //! Scheduling, latency accounting and HTTP framing are sans-I/O (time and
 //! bytes in, results out) and unit tested without sockets.
@@ -27,6 +32,7 @@ pub mod compare;
 pub mod fleet;
 pub mod http;
 pub mod load;
+pub mod operator;
 pub mod origin;
 pub mod schedule;
 pub mod sys;

@@ -168,6 +168,9 @@ struct CompareArgs {
     /// coremesh built with --features runtime-glommio; compared when present.
     #[arg(long, default_value = "target/glommio/release/coremesh-proxy")]
     coremesh_glommio_bin: PathBuf,
+    /// The coremesh-control binary, for the policy scenarios.
+    #[arg(long, default_value = "target/release/coremesh-control")]
+    control_bin: PathBuf,
     /// Measured time per run.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     duration: Duration,
@@ -184,7 +187,10 @@ struct CompareArgs {
     /// Idle keep-alive connections opened to measure RSS per connection.
     #[arg(long, default_value_t = 5000)]
     idle_conns: usize,
-    /// Scenarios, comma-separated: small, rate, 16k, 1m, newconn, idle.
+    /// Scenarios, comma-separated: small, rate, 16k, 1m, newconn, idle,
+    /// policy-plain, policy-full (`policy` = both: load -> web proxy ->
+    /// mutual TLS -> api proxy -> origin under coremesh-control, without
+    /// and with 100 Routes and a Resilience block; CPU of both proxies).
     #[arg(
         long,
         default_value = "small,rate,16k,1m,newconn,idle",
@@ -273,15 +279,22 @@ fn cmd_origin(a: OriginArgs) -> Result<(), String> {
 }
 
 fn cmd_compare(a: CompareArgs) -> Result<(), String> {
-    let scenarios = a
-        .scenarios
-        .iter()
-        .map(|s| {
-            Scenario::parse(s.trim()).ok_or_else(|| {
-                format!("--scenarios: unknown {s:?} (small, rate, 16k, 1m, newconn, idle)")
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut scenarios: Vec<Scenario> = Vec::new();
+    for s in &a.scenarios {
+        let named = match s.trim() {
+            "policy" => vec![Scenario::PolicyPlain, Scenario::PolicyFull],
+            name => vec![Scenario::parse(name).ok_or_else(|| {
+                format!(
+                    "--scenarios: unknown {s:?} (small, rate, 16k, 1m, newconn, idle, policy-plain, policy-full, policy)"
+                )
+            })?],
+        };
+        for sc in named {
+            if !scenarios.contains(&sc) {
+                scenarios.push(sc);
+            }
+        }
+    }
     if a.rounds == 0 {
         return Err("--rounds must be at least 1".into());
     }
@@ -298,6 +311,7 @@ fn cmd_compare(a: CompareArgs) -> Result<(), String> {
         svg_dir: a.svg_dir,
         coremesh_bin: a.coremesh_bin,
         coremesh_glommio_bin: a.coremesh_glommio_bin,
+        control_bin: a.control_bin,
         duration: a.duration,
         warmup: a.warmup,
         connections: a.connections,

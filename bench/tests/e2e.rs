@@ -337,3 +337,133 @@ fn short_compare_of_coremesh_and_nginx() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A workspace binary: `$ENV_VAR`, else the release build, else the debug
+/// build, in `$CARGO_TARGET_DIR` or `<workspace>/target`.
+fn workspace_bin(env_var: &str, name: &str) -> Option<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    [
+        std::env::var_os(env_var).map(PathBuf::from),
+        Some(target.join("release").join(name)),
+        Some(target.join("debug").join(name)),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|p| p.is_file())
+}
+
+/// The policy scenarios, briefly: coremesh-control, four web/api pairs
+/// (plain and full policy, each with its A/A twin), every pair answered
+/// with no errors, the full pairs held 100 Routes and a Resilience, and
+/// the report has the policy-cost table and issue 6's verdict. Needs the
+/// release proxy and coremesh-control (`cargo build --release -p
+/// coremesh-proxy -p coremesh-control`, or COREMESH_BIN and
+/// COREMESH_CONTROL_BIN); says so and passes without them.
+#[test]
+fn short_compare_of_the_policy_scenarios() {
+    let Some(coremesh) = coremesh_bin() else {
+        eprintln!("SKIPPED: no coremesh-proxy release binary (set COREMESH_BIN or build it)");
+        return;
+    };
+    let Some(control) = workspace_bin("COREMESH_CONTROL_BIN", "coremesh-control") else {
+        eprintln!("SKIPPED: no coremesh-control binary (set COREMESH_CONTROL_BIN or build it)");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("coremesh-bench-policy-{}", std::process::id()));
+    let out = dir.join("results.json");
+    let run = Command::new(BIN)
+        .args(["compare", "--proxies", "coremesh", "--scenarios", "policy"])
+        .args(["--rounds", "1", "--duration", "1s", "--warmup", "200ms"])
+        .args(["--connections", "8"])
+        .arg("--coremesh-bin")
+        .arg(&coremesh)
+        .arg("--control-bin")
+        .arg(&control)
+        .arg("--coremesh-glommio-bin")
+        .arg(dir.join("absent"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "compare failed: {stderr}");
+    assert!(stdout.contains("### Policy cost"), "{stdout}");
+    assert!(stdout.contains("Target (issue 6"), "{stdout}");
+    let r: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+
+    let pairs: Vec<(&str, &str)> = r["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["status"] == "ok")
+        .map(|t| {
+            (
+                t["topology"].as_str().unwrap(),
+                t["label"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            ("policy-plain", "coremesh"),
+            ("policy-plain", "coremesh#2"),
+            ("policy-full", "coremesh"),
+            ("policy-full", "coremesh#2"),
+        ],
+        "{}\n{stderr}",
+        r["targets"]
+    );
+    for t in r["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["status"] == "ok")
+    {
+        for key in ["config", "inbound_config"] {
+            let path = t[key].as_str().unwrap();
+            assert!(std::path::Path::new(path).is_file(), "{key} written: {t}");
+        }
+    }
+    assert!(dir.join("configs/policy.yaml").is_file());
+    let notes: Vec<&str> = r["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    for label in ["coremesh", "coremesh#2"] {
+        let full = format!("policy-full {label}: web proxy holds 100 Routes and 1 Resilience");
+        assert!(notes.iter().any(|n| n.starts_with(&full)), "{notes:?}");
+        let plain = format!("policy-plain {label}: web proxy holds 0 Routes and 0 Resilience");
+        assert!(notes.iter().any(|n| n.starts_with(&plain)), "{notes:?}");
+    }
+
+    let samples = r["samples"].as_array().unwrap();
+    for scenario in ["policy-plain", "policy-full"] {
+        for target in ["coremesh", "coremesh#2"] {
+            let s = samples
+                .iter()
+                .find(|s| s["scenario"] == scenario && s["target"] == target)
+                .unwrap_or_else(|| panic!("no sample for {scenario} {target}"));
+            assert!(s["responses_total"].as_u64().unwrap() > 0, "{s}");
+            let errors: u64 = s["errors"]
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|v| v.as_u64().unwrap())
+                .sum();
+            assert_eq!(errors, 0, "{scenario} {target}: {s}");
+            assert!(s["proxy_cpu_us_per_req"].as_f64().unwrap() > 0.0, "{s}");
+        }
+    }
+    assert!(
+        !samples.iter().any(|s| s["target"] == "direct"),
+        "the policy scenarios run through mesh pairs only"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

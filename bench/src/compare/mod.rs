@@ -11,11 +11,18 @@
 //!    to start, or fails the check request is skipped with a note. coremesh
 //!    runs twice (`coremesh`, `coremesh#2`): the A/A pair shows the noise
 //!    band. A glommio build of coremesh joins when its binary exists.
+//!    The policy scenarios (`policy-plain`, `policy-full`) run through a
+//!    mesh instead: coremesh-control and, per coremesh run and scenario, a
+//!    calling and a called proxy with mutual TLS between them, with and
+//!    without 100 Routes and a Resilience block (see [`policy`]).
 //! 3. Rounds: for each round, for each scenario, for each target (`direct`,
 //!    i.e. no proxy, then the proxies): run `coremesh-bench load --json` as a
 //!    pinned child and read the proxy's CPU time from /proc around it. Targets
 //!    alternate within every scenario (A B C A B C ...), so slow drift of the
 //!    machine spreads over all of them instead of biasing one.
+//!    The two policy scenarios swap places every other round (plain, full;
+//!    full, plain; ...), so drift cannot favour the one that always runs
+//!    first.
 //! 4. Report medians with min-max spread and ratios against coremesh as
 //!    markdown (stdout), JSON (`--out`) and SVG (`--svg-dir`).
 //!
@@ -26,6 +33,7 @@
 //! a wake-up per request in open loop (~30 us each in a VM, measured here),
 //! are not the queue being measured.
 
+pub mod policy;
 pub mod proxies;
 pub mod report;
 
@@ -51,6 +59,8 @@ pub struct Options {
     pub svg_dir: Option<PathBuf>,
     pub coremesh_bin: PathBuf,
     pub coremesh_glommio_bin: PathBuf,
+    /// coremesh-control, for the policy scenarios.
+    pub control_bin: PathBuf,
     pub duration: Duration,
     pub warmup: Duration,
     pub connections: usize,
@@ -81,16 +91,26 @@ pub enum Scenario {
     Newconn,
     /// RSS per idle keep-alive client connection.
     Idle,
+    /// 128-byte responses through a mesh pair (web proxy -> mutual TLS ->
+    /// api proxy) whose api service has no Route and no Resilience,
+    /// saturation.
+    #[serde(rename = "policy-plain")]
+    PolicyPlain,
+    /// The same with 100 Routes and a Resilience block (see [`policy`]).
+    #[serde(rename = "policy-full")]
+    PolicyFull,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::Small,
         Scenario::Rate,
         Scenario::Body16k,
         Scenario::Body1m,
         Scenario::Newconn,
         Scenario::Idle,
+        Scenario::PolicyPlain,
+        Scenario::PolicyFull,
     ];
 
     pub fn name(self) -> &'static str {
@@ -101,11 +121,18 @@ impl Scenario {
             Scenario::Body1m => "1m",
             Scenario::Newconn => "newconn",
             Scenario::Idle => "idle",
+            Scenario::PolicyPlain => "policy-plain",
+            Scenario::PolicyFull => "policy-full",
         }
     }
 
     pub fn parse(s: &str) -> Option<Scenario> {
         Scenario::ALL.into_iter().find(|x| x.name() == s)
+    }
+
+    /// Through the mesh pairs of [`policy`] rather than one-hop proxies.
+    pub fn is_policy(self) -> bool {
+        matches!(self, Scenario::PolicyPlain | Scenario::PolicyFull)
     }
 
     /// Response body size.
@@ -125,6 +152,12 @@ impl Scenario {
             Scenario::Body1m => "1 MiB responses, keep-alive, max throughput",
             Scenario::Newconn => "128 B responses, new connection per request, max throughput",
             Scenario::Idle => "idle keep-alive connections",
+            Scenario::PolicyPlain => {
+                "128 B responses, web proxy -> mutual TLS -> api proxy, no Route or Resilience, max throughput"
+            }
+            Scenario::PolicyFull => {
+                "128 B responses, web proxy -> mutual TLS -> api proxy, 100 Routes and a Resilience, max throughput"
+            }
         }
     }
 }
@@ -176,6 +209,14 @@ pub struct TargetInfo {
     pub version: String,
     pub config: Option<String>,
     pub log: Option<String>,
+    /// "proxy" (one hop), or the policy scenario of a mesh pair (`config`
+    /// and `log` are the web proxy's, `inbound_*` the api proxy's).
+    #[serde(default)]
+    pub topology: String,
+    #[serde(default)]
+    pub inbound_config: Option<String>,
+    #[serde(default)]
+    pub inbound_log: Option<String>,
     /// "ok" or "skipped".
     pub status: String,
     pub note: String,
@@ -205,18 +246,52 @@ pub struct Results {
 
 struct Target {
     label: String,
-    running: Option<Running>,
+    /// The proxy processes of this target, the one the load connects to
+    /// first; empty for `direct`. Their CPU is counted together.
+    running: Vec<Running>,
     /// How to start another instance (for the idle scenario).
     start: Option<(Kind, PathBuf)>,
+    /// The `Host` the load sends (the service a mesh pair routes by).
+    host: String,
 }
 
 impl Target {
+    fn direct() -> Target {
+        Target {
+            label: DIRECT.into(),
+            running: Vec::new(),
+            start: None,
+            host: ORIGIN_HOST.into(),
+        }
+    }
     fn addr(&self, origin: SocketAddr) -> SocketAddr {
-        self.running.as_ref().map_or(origin, |r| r.addr)
+        self.running.first().map_or(origin, |r| r.addr)
     }
-    fn pid(&self) -> Option<u32> {
-        self.running.as_ref().map(Running::pid)
+    fn pids(&self) -> Vec<u32> {
+        self.running.iter().map(Running::pid).collect()
     }
+}
+
+/// The `Host` of the one-hop scenarios.
+const ORIGIN_HOST: &str = "origin";
+
+/// User + system CPU seconds of every process tree in `pids`.
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    pids.iter().map(|p| sys::tree_cpu_seconds(*p)).sum()
+}
+
+/// The order of `scenarios` in `round`: the policy pair swaps places on
+/// even rounds (ABBA...), the rest keep theirs.
+fn round_order(scenarios: &[Scenario], round: usize) -> Vec<Scenario> {
+    let mut v = scenarios.to_vec();
+    if round % 2 == 0 {
+        let plain = v.iter().position(|s| *s == Scenario::PolicyPlain);
+        let full = v.iter().position(|s| *s == Scenario::PolicyFull);
+        if let (Some(a), Some(b)) = (plain, full) {
+            v.swap(a, b);
+        }
+    }
+    v
 }
 
 fn log(msg: &str) {
@@ -275,14 +350,13 @@ pub fn run(opts: &Options) -> Result<Results, String> {
     let origin_addr = origin.addr;
     log(&format!("origin on {origin_addr}"));
 
-    // Proxies.
+    // Proxies: one-hop targets for the plain scenarios, mesh pairs for the
+    // policy ones.
     let mut infos = Vec::new();
-    let mut targets = vec![Target {
-        label: DIRECT.into(),
-        running: None,
-        start: None,
-    }];
-    for (label, kind, bin) in resolve_proxies(opts, &mut infos) {
+    let resolved = resolve_proxies(opts, &mut infos);
+    let one_hop_wanted = opts.scenarios.iter().any(|s| !s.is_policy());
+    let mut targets = vec![Target::direct()];
+    for (label, kind, bin) in resolved.iter().filter(|_| one_hop_wanted).cloned() {
         let version = proxies::version(&bin, kind);
         let mut info = TargetInfo {
             label: label.clone(),
@@ -291,6 +365,9 @@ pub fn run(opts: &Options) -> Result<Results, String> {
             version,
             config: None,
             log: None,
+            topology: "proxy".into(),
+            inbound_config: None,
+            inbound_log: None,
             status: "ok".into(),
             note: String::new(),
         };
@@ -311,8 +388,9 @@ pub fn run(opts: &Options) -> Result<Results, String> {
                 match proxies::probe(r.addr, &format!("/size/{SMALL}")) {
                     Ok(200) => targets.push(Target {
                         label: label.clone(),
-                        running: Some(r),
+                        running: vec![r],
                         start: Some((kind, bin.clone())),
+                        host: ORIGIN_HOST.into(),
                     }),
                     Ok(s) => skip(&mut info, format!("check request got status {s}, not 200")),
                     Err(e) => skip(&mut info, format!("check request failed: {e}")),
@@ -322,6 +400,62 @@ pub fn run(opts: &Options) -> Result<Results, String> {
         }
         infos.push(info);
     }
+    let policy_scenarios: Vec<Scenario> = [Scenario::PolicyPlain, Scenario::PolicyFull]
+        .into_iter()
+        .filter(|s| opts.scenarios.contains(s))
+        .collect();
+    let mut mesh = None;
+    if !policy_scenarios.is_empty() {
+        // The coremesh runs of the default build (coremesh, coremesh#2).
+        let labels: Vec<String> = resolved
+            .iter()
+            .filter(|(_, kind, bin)| *kind == Kind::Coremesh && *bin == opts.coremesh_bin)
+            .map(|(label, _, _)| label.clone())
+            .collect();
+        if labels.is_empty() {
+            notes.push("policy scenarios: no coremesh binary, nothing to run".into());
+        } else if !proxies::is_executable(&opts.control_bin) {
+            notes.push(format!(
+                "policy scenarios: {} not found; build it with `cargo build --release -p coremesh-control` or pass --control-bin",
+                opts.control_bin.display()
+            ));
+        } else {
+            log("starting the policy mesh (coremesh-control, a web and an api proxy per target)");
+            match policy::start(
+                &policy_scenarios,
+                &labels,
+                &opts.coremesh_bin,
+                &opts.control_bin,
+                origin_addr,
+                &out_dir,
+                (&pc, &lc),
+                taskset.as_deref(),
+            ) {
+                Ok(m) => {
+                    infos.extend(m.infos.iter().cloned());
+                    notes.extend(m.notes.iter().cloned());
+                    mesh = Some(m);
+                }
+                Err(e) => notes.push(format!("policy scenarios: not run: {e}")),
+            }
+        }
+    }
+    let policy_targets = |s: Scenario| -> Vec<&Target> {
+        mesh.as_ref().map_or(Vec::new(), |m| {
+            m.targets
+                .iter()
+                .filter(|(sc, _)| *sc == s)
+                .map(|(_, t)| t)
+                .collect()
+        })
+    };
+    let targets_for = |s: Scenario| -> Vec<&Target> {
+        if s.is_policy() {
+            policy_targets(s)
+        } else {
+            targets.iter().collect()
+        }
+    };
     if proxies::probe(origin_addr, "/").is_err() {
         return Err("the origin does not answer".into());
     }
@@ -341,7 +475,7 @@ pub fn run(opts: &Options) -> Result<Results, String> {
         && !opts.scenarios.contains(&Scenario::Small)
     {
         // The fixed rate comes from a saturation measurement; make a short one.
-        for t in &targets {
+        for t in targets_for(Scenario::Small) {
             let s = measure(
                 &exe,
                 &lc,
@@ -360,12 +494,12 @@ pub fn run(opts: &Options) -> Result<Results, String> {
         samples.clear();
     }
     for round in 1..=opts.rounds {
-        for &scenario in &load_scenarios {
+        for scenario in round_order(&load_scenarios, round) {
             if scenario == Scenario::Rate && rate <= 0.0 {
                 rate = pick_rate(&samples);
                 log(&format!("fixed rate for latency: {rate:.0} req/s"));
             }
-            for t in &targets {
+            for t in targets_for(scenario) {
                 let r = if scenario == Scenario::Rate {
                     rate
                 } else {
@@ -384,7 +518,7 @@ pub fn run(opts: &Options) -> Result<Results, String> {
                     false,
                 )?;
                 log(&format!(
-                    "round {round} {:<8} {:<18} {:>9.0} req/s  p99 {:>9}  proxy {}  errors {}",
+                    "round {round} {:<12} {:<18} {:>9.0} req/s  p99 {:>9}  proxy {}  errors {}",
                     scenario.name(),
                     t.label,
                     s.achieved_rps,
@@ -435,9 +569,12 @@ pub fn run(opts: &Options) -> Result<Results, String> {
     }
 
     for t in &mut targets {
-        if let Some(r) = t.running.as_mut() {
+        for r in &mut t.running {
             r.stop();
         }
+    }
+    if let Some(m) = mesh.as_mut() {
+        m.stop();
     }
     drop(origin);
 
@@ -492,6 +629,9 @@ fn resolve_proxies(opts: &Options, infos: &mut Vec<TargetInfo>) -> Vec<(String, 
                 version: String::new(),
                 config: None,
                 log: None,
+                topology: String::new(),
+                inbound_config: None,
+                inbound_log: None,
                 status: "skipped".into(),
                 note,
             });
@@ -643,7 +783,8 @@ fn measure(
         (opts.duration, opts.warmup)
     };
     let mut cmd = proxies::pinned(exe, cpus, taskset);
-    cmd.args(["load", "--json", "--header", "Host: origin"])
+    cmd.args(["load", "--json", "--header"])
+        .arg(format!("Host: {}", target.host))
         .arg("--url")
         .arg(format!("http://{addr}/size/{}", scenario.body()))
         .arg("--rate")
@@ -657,14 +798,14 @@ fn measure(
     if scenario == Scenario::Newconn {
         cmd.arg("--new-conn");
     }
-    let pid = target.pid();
-    let cpu0 = pid.map(sys::tree_cpu_seconds);
+    let pids = target.pids();
+    let cpu0 = cpu_seconds(&pids);
     let origin0 = sys::tree_cpu_seconds(origin_pid);
     let out = cmd
         .stderr(Stdio::inherit())
         .output()
         .map_err(|e| format!("cannot run load: {e}"))?;
-    let cpu1 = pid.map(sys::tree_cpu_seconds);
+    let cpu1 = cpu_seconds(&pids);
     let origin_cpu = sys::tree_cpu_seconds(origin_pid) - origin0;
     if !out.status.success() {
         return Err(format!(
@@ -677,10 +818,8 @@ fn measure(
     // The load's own run time (connect, warm-up, measure, drain), not the
     // child's lifetime, which adds process start-up.
     let wall = rep.wall_s.max(1e-3);
-    let proxy_cpu = match (cpu0, cpu1) {
-        (Some(a), Some(b)) => Some(b - a),
-        _ => None,
-    };
+    // All of the target's proxies together (both of a mesh pair).
+    let proxy_cpu = (!pids.is_empty()).then_some(cpu1 - cpu0);
     Ok(Sample {
         round,
         scenario,
@@ -798,6 +937,16 @@ mod tests {
         assert_eq!(pick_rate(&s), 10_000.0);
         assert_eq!(pick_rate(&[sample(DIRECT, 9_876.0)]), 2_400.0);
         assert_eq!(pick_rate(&[]), 1000.0);
+    }
+
+    #[test]
+    fn the_policy_pair_swaps_places_every_other_round() {
+        use Scenario::*;
+        let s = [Small, PolicyPlain, PolicyFull];
+        assert_eq!(round_order(&s, 1), [Small, PolicyPlain, PolicyFull]);
+        assert_eq!(round_order(&s, 2), [Small, PolicyFull, PolicyPlain]);
+        assert_eq!(round_order(&s, 3), s);
+        assert_eq!(round_order(&[Small, PolicyFull], 2), [Small, PolicyFull]);
     }
 
     #[test]

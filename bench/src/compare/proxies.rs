@@ -357,12 +357,10 @@ pub fn start(
     fs::write(&config_path, config(kind, port, origin, &own, nofile))
         .map_err(|e| format!("{}: {e}", config_path.display()))?;
     let log_path = own.join("stderr.log");
-    let log = fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
-
     let mut cmd = pinned(bin, cpus, taskset);
     match kind {
         Kind::Coremesh => {
-            cmd.arg("--config").arg(&config_path);
+            return start_coremesh(bin, config_path, log_path, "outbound", cpus, taskset);
         }
         Kind::Nginx => {
             cmd.arg("-p")
@@ -390,60 +388,95 @@ pub fn start(
                 .env("GOMAXPROCS", "1");
         }
     }
+    let log = fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
     cmd.stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(|e| e.to_string())?);
-    let addr;
-    let child;
-    if kind == Kind::Coremesh {
-        // The bound port comes back on stderr: "... bound outbound=ADDR admin=ADDR".
-        cmd.stderr(Stdio::piped());
-        let mut c = cmd.spawn().map_err(|e| format!("{}: {e}", bin.display()))?;
-        let stderr = c.stderr.take().expect("piped");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || copy_and_find_bound(stderr, log, tx));
-        addr = match rx.recv_timeout(Duration::from_secs(15)) {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = c.kill();
-                let _ = c.wait();
-                return Err(format!(
-                    "no \"bound outbound=\" line on stderr within 15 s; see {}",
-                    log_path.display()
-                ));
-            }
-        };
-        child = c;
-    } else {
-        cmd.stderr(log);
-        child = cmd.spawn().map_err(|e| format!("{}: {e}", bin.display()))?;
-        addr = SocketAddr::from(([127, 0, 0, 1], port));
-    }
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log);
+    let child = cmd.spawn().map_err(|e| format!("{}: {e}", bin.display()))?;
+    let mut running = Running {
+        child,
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        config_path,
+        log_path,
+    };
+    wait_listening(&mut running)?;
+    Ok(running)
+}
+
+/// Starts coremesh with the configuration at `config_path`, pinned to
+/// `cpus`, its output in `log_path`. coremesh binds port 0 and says which
+/// port it got on stderr (`... bound inbound=ADDR outbound=ADDR
+/// admin=ADDR`); the address named `listener` (`inbound` or `outbound`) is
+/// the one returned in [`Running::addr`], once it accepts connections.
+pub fn start_coremesh(
+    bin: &Path,
+    config_path: PathBuf,
+    log_path: PathBuf,
+    listener: &str,
+    cpus: &str,
+    taskset: Option<&Path>,
+) -> Result<Running, String> {
+    let log = fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let mut cmd = pinned(bin, cpus, taskset);
+    cmd.arg("--config")
+        .arg(&config_path)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("{}: {e}", bin.display()))?;
+    let stderr = child.stderr.take().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    let key = format!("{listener}=");
+    std::thread::spawn(move || copy_and_find_bound(stderr, log, &key, tx));
+    let addr = match rx.recv_timeout(Duration::from_secs(15)) {
+        Ok(a) => a,
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "no \"bound {listener}=\" line on stderr within 15 s; see {}",
+                log_path.display()
+            ));
+        }
+    };
     let mut running = Running {
         child,
         addr,
         config_path,
         log_path,
     };
-    let t = Instant::now();
-    loop {
-        if let Ok(Some(status)) = running.child.try_wait() {
-            return Err(format!(
-                "exited with {status} at start; see {}",
-                running.log_path.display()
-            ));
-        }
-        if TcpStream::connect_timeout(&running.addr, Duration::from_millis(200)).is_ok() {
-            break;
-        }
-        if t.elapsed() > Duration::from_secs(15) {
-            return Err(format!("not listening on {} after 15 s", running.addr));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_listening(&mut running)?;
     Ok(running)
 }
 
-fn copy_and_find_bound(stderr: impl Read, mut log: fs::File, tx: mpsc::Sender<SocketAddr>) {
+/// Waits until `r` accepts a TCP connection (15 s at most), or has exited.
+fn wait_listening(r: &mut Running) -> Result<(), String> {
+    let t = Instant::now();
+    loop {
+        if let Ok(Some(status)) = r.child.try_wait() {
+            return Err(format!(
+                "exited with {status} at start; see {}",
+                r.log_path.display()
+            ));
+        }
+        if TcpStream::connect_timeout(&r.addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if t.elapsed() > Duration::from_secs(15) {
+            return Err(format!("not listening on {} after 15 s", r.addr));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Copies coremesh's stderr to its log; sends the address after `key`
+/// (`outbound=`) on its `bound` line.
+fn copy_and_find_bound(
+    stderr: impl Read,
+    mut log: fs::File,
+    key: &str,
+    tx: mpsc::Sender<SocketAddr>,
+) {
     let mut sent = false;
     for line in BufReader::new(stderr).lines() {
         let Ok(line) = line else { break };
@@ -451,7 +484,7 @@ fn copy_and_find_bound(stderr: impl Read, mut log: fs::File, tx: mpsc::Sender<So
         if !sent {
             if let Some(a) = line
                 .split_whitespace()
-                .find_map(|w| w.strip_prefix("outbound="))
+                .find_map(|w| w.strip_prefix(key))
                 .and_then(|a| a.trim_matches('"').parse().ok())
             {
                 sent = tx.send(a).is_ok();
@@ -467,16 +500,26 @@ pub fn file_label(label: &str) -> String {
 
 /// Sends one `GET path` with `Host: origin` and returns the status.
 pub fn probe(addr: SocketAddr, path: &str) -> Result<u16, String> {
+    probe_host(addr, path, "origin")
+}
+
+/// Sends one `GET path` with `Host: host` and returns the status.
+pub fn probe_host(addr: SocketAddr, path: &str, host: &str) -> Result<u16, String> {
     let mut s =
         TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(|e| e.to_string())?;
-    request_on(&mut s, path)
+    request_host(&mut s, path, host)
 }
 
-/// One keep-alive request on an open connection; returns the status.
+/// One keep-alive request with `Host: origin` on an open connection;
+/// returns the status.
 pub fn request_on(s: &mut TcpStream, path: &str) -> Result<u16, String> {
-    let req = crate::http::build_request(path, "origin", &[], 0, false);
+    request_host(s, path, "origin")
+}
+
+fn request_host(s: &mut TcpStream, path: &str, host: &str) -> Result<u16, String> {
+    let req = crate::http::build_request(path, host, &[], 0, false);
     s.write_all(&req).map_err(|e| format!("write: {e}"))?;
     let mut r = ResponseReader::new();
     let mut buf = vec![0u8; 64 * 1024];

@@ -301,6 +301,8 @@ pub fn markdown(r: &Results) -> String {
         md += "\n";
     }
 
+    md += &policy_md(r);
+
     if !r.idle.is_empty() {
         md += &format!(
             "### RSS per idle keep-alive client connection (bytes, {} connections each after one request; lower is better)\n\n",
@@ -349,7 +351,10 @@ pub fn markdown(r: &Results) -> String {
         .targets
         .iter()
         .filter(|t| t.status != "ok")
-        .map(|t| format!("- {}: {}", t.label, t.note))
+        .map(|t| match t.topology.as_str() {
+            "" | "proxy" => format!("- {}: {}", t.label, t.note),
+            topology => format!("- {} ({topology}): {}", t.label, t.note),
+        })
         .collect();
     if !skipped.is_empty() || !r.notes.is_empty() {
         md += "Not measured / notes:\n";
@@ -361,6 +366,133 @@ pub fn markdown(r: &Results) -> String {
         }
         md += "\n";
     }
+    md
+}
+
+/// Issue 6's allowance for the policy: 5% over plain forwarding, plus the
+/// A/A band.
+pub const POLICY_ALLOWANCE: f64 = 0.05;
+
+/// Policy cost against plain forwarding, from the medians of CPU per
+/// request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyCost {
+    /// coremesh policy-full / coremesh policy-plain.
+    pub ratio: f64,
+    /// The same for the A/A twin (coremesh#2), when it ran.
+    pub ratio_aa: Option<f64>,
+    /// The largest distance from 1 of coremesh#2 / coremesh in either
+    /// scenario: what two identical pairs differ by (0 without the twin).
+    pub band: f64,
+    /// 1 + [`POLICY_ALLOWANCE`] + band.
+    pub limit: f64,
+    pub met: bool,
+}
+
+/// `plain` and `full`: (coremesh, coremesh#2) medians of CPU per request.
+pub fn policy_cost(plain: (f64, Option<f64>), full: (f64, Option<f64>)) -> PolicyCost {
+    let ratio = full.0 / plain.0;
+    let ratio_aa = match (plain.1, full.1) {
+        (Some(p), Some(f)) => Some(f / p),
+        _ => None,
+    };
+    let band = [plain.1.map(|p| p / plain.0), full.1.map(|f| f / full.0)]
+        .into_iter()
+        .flatten()
+        .map(|aa| (aa - 1.0).abs())
+        .fold(0.0, f64::max);
+    let limit = 1.0 + POLICY_ALLOWANCE + band;
+    PolicyCost {
+        ratio,
+        ratio_aa,
+        band,
+        limit,
+        met: ratio <= limit,
+    }
+}
+
+/// The policy-cost table: both proxies' CPU per request with and without
+/// the policy, the A/A band, and issue 6's target.
+fn policy_md(r: &Results) -> String {
+    let (plain, full) = (Scenario::PolicyPlain, Scenario::PolicyFull);
+    let ran = |t: &str, sc: Scenario| r.samples.iter().any(|s| s.target == t && s.scenario == sc);
+    let targets: Vec<String> = target_order(r)
+        .into_iter()
+        .filter(|t| ran(t, plain) || ran(t, full))
+        .collect();
+    if targets.is_empty() {
+        return String::new();
+    }
+    let cpu = "proxy_cpu_us_per_req";
+    let mut md = String::from(
+        "### Policy cost: 100 Routes and a Resilience block against plain forwarding
+
+",
+    );
+    md += "load generator -> web proxy -> mutual TLS -> api proxy -> origin, policy from coremesh-control. CPU per request is both proxies together (user+sys of both process trees); lower is better. `policy-plain`: the api service has no Route and no Resilience; `policy-full`: the web proxy holds 100 Routes (the api's has 5 rules, a 90/10 subset split, retries) and the api's Resilience (p2c-ewma, circuit breaker, outlier detection, retry budget, 1,000,000 req/s rate limit).
+
+";
+    md += &header(
+        "target",
+        [
+            "policy-plain CPU us/req",
+            "policy-full CPU us/req",
+            "full / plain",
+            "policy-plain req/s",
+            "policy-full req/s",
+            "proxy cores (plain, full)",
+        ]
+        .into_iter(),
+    );
+    let median = |sc: Scenario, t: &str, m: &str| find(r, sc, t, m).map(|s| s.median);
+    for t in &targets {
+        let ratio = match (median(full, t, cpu), median(plain, t, cpu)) {
+            (Some(f), Some(p)) if p > 0.0 => format!("**{:.3}x**", f / p),
+            _ => "-".into(),
+        };
+        let cores =
+            |sc| median(sc, t, "proxy_cores_used").map_or("-".into(), |c| format!("{c:.2}"));
+        md += &row_md(&[
+            t.to_string(),
+            cell(find(r, plain, t, cpu), f2),
+            cell(find(r, full, t, cpu), f2),
+            ratio,
+            cell(find(r, plain, t, "rps"), f0),
+            cell(find(r, full, t, "rps"), f0),
+            format!("{}, {}", cores(plain), cores(full)),
+        ]);
+    }
+    md += "
+";
+    let aa = format!("{COREMESH}#2");
+    let (Some(p), Some(f)) = (median(plain, COREMESH, cpu), median(full, COREMESH, cpu)) else {
+        return md;
+    };
+    let c = policy_cost((p, median(plain, &aa, cpu)), (f, median(full, &aa, cpu)));
+    if c.band > 0.0 {
+        md += &format!(
+            "Noise band (A/A, coremesh#2 vs coremesh, the larger of the two scenarios): {:.1}%.",
+            c.band * 100.0
+        );
+        if let Some(x) = c.ratio_aa {
+            md += &format!(" The twin pair measures full / plain = {x:.3}x.");
+        }
+        md += "
+
+";
+    } else {
+        md += "No A/A pair ran (--no-aa): the noise band is unknown and counted as 0.
+
+";
+    }
+    md += &format!(
+        "Target (issue 6: the full policy costs at most plain + 5% + the A/A band = {:.3}x): coremesh full / plain = **{:.3}x**: {}.
+
+",
+        c.limit,
+        c.ratio,
+        if c.met { "met" } else { "missed" }
+    );
     md
 }
 
@@ -397,6 +529,23 @@ mod tests {
             generator_us_per_req: 1.0,
             origin_cores_used: 0.5,
         }
+    }
+
+    #[test]
+    fn policy_cost_against_plain_plus_five_percent_and_the_band() {
+        // Twin 2% off in plain, 1% in full: band 2%, limit 1.07.
+        let c = policy_cost((10.0, Some(10.2)), (10.6, Some(10.5)));
+        assert!((c.band - 0.02).abs() < 1e-9, "{c:?}");
+        assert!((c.limit - 1.07).abs() < 1e-9, "{c:?}");
+        assert!((c.ratio - 1.06).abs() < 1e-9 && c.met, "{c:?}");
+        assert!((c.ratio_aa.unwrap() - 10.5 / 10.2).abs() < 1e-9);
+        let c = policy_cost((10.0, Some(10.0)), (10.8, Some(10.8)));
+        assert!(!c.met && c.band == 0.0, "{c:?}");
+        // Without the twin the band is 0.
+        let c = policy_cost((10.0, None), (10.4, None));
+        assert!(c.met && c.ratio_aa.is_none() && c.band == 0.0);
+        // Cheaper than plain is met.
+        assert!(policy_cost((10.0, Some(9.9)), (9.0, Some(9.1))).met);
     }
 
     #[test]

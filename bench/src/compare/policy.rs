@@ -1,0 +1,835 @@
+//! The policy-cost scenarios of `compare` (issue 6, item 4): what coremesh
+//! pays per request for carrying 100 Routes and a Resilience block, against
+//! forwarding without them.
+//!
+//! Hypothesis: route matching (compiled once per snapshot, allocation-free
+//! per request), weighted subset picks, P2C-EWMA balancing, the retry
+//! budget, the circuit breaker, outlier detection and a rate limit that
+//! never triggers cost no more CPU per request than plain forwarding,
+//! beyond 5% plus the A/A noise band.
+//!
+//! The proxies run as a mesh, because Routes come only from
+//! coremesh-control (`proxy.toml` takes `[[resilience]]` for static use,
+//! but no routes), and a mesh hop is mutual TLS:
+//!
+//! ```text
+//! load ─▶ web proxy [outbound] ─▶ mutual TLS ─▶ api proxy [inbound] ─▶ origin
+//!              ▲                                     ▲
+//!              └──── QUIC: join, snapshots ──────────┴──── coremesh-control
+//! ```
+//!
+//! One control for the run (pinned with the origin and the load generator;
+//! its CPU is not counted). Each target is its own pair of proxies, both
+//! pinned to the proxy CPUs, and its CPU per request is both proxies
+//! together. Targets per scenario: `coremesh` and `coremesh#2`, the A/A pair.
+//!
+//! - `policy-plain`: the api service (`api-plain`, `api-plain-2`) is a
+//!   Service and nothing else: no Route, no Resilience. Its web proxy calls
+//!   only it.
+//! - `policy-full`: the api service (`api-full`, `api-full-2`) has a Route
+//!   of five rules (exact path and method, path regex with a header, path
+//!   prefix with a query parameter, a header, then the prefix the load's
+//!   `/size/128` matches, with a timeout, retries and a 90/10 split over two
+//!   label subsets that both select the one api proxy) and a Resilience
+//!   (p2c-ewma, circuit breaker, outlier detection, retry budget, and a
+//!   1,000,000 req/s rate limit on the api proxy's inbound side; no faults,
+//!   no mirror, no active health checks). Its web proxy also calls 99 decoy
+//!   services with a Route each, so it holds 100 Routes.
+//!
+//! Steps: start control on a fresh data directory, apply the resources
+//! (written to `<out dir>/configs/policy.yaml`) through the operator API,
+//! create a join token per proxy, start the api proxies then the web
+//! proxies, wait until control reports every proxy connected with its last
+//! snapshot ACKed and every api endpoint registered, then check each pair:
+//! a request answers 200, the web proxy's applied snapshot holds the
+//! expected Routes and Resilience, and (policy-full) a path no rule matches
+//! answers 404, so the Route is in force.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use coremesh_api::http::{EndpointStatus, ProxyStatus, TokenCreated};
+use coremesh_api::snapshot::Snapshot;
+
+use super::proxies::{self, file_label, Running};
+use super::{log, Scenario, Target, TargetInfo, SMALL};
+use crate::operator;
+
+/// Decoy services the policy-full web proxies also call, a Route each.
+pub const DECOYS: usize = 99;
+/// Routes a policy-full web proxy holds: the decoys' and its api's.
+pub const ROUTES: usize = DECOYS + 1;
+/// The rate limit of the api services in policy-full: far above what one
+/// CPU can forward, so it never refuses a request.
+pub const RATE_LIMIT: u32 = 1_000_000;
+/// The path the load requests (the response is [`SMALL`] bytes).
+fn load_path() -> String {
+    format!("/size/{SMALL}")
+}
+/// A path no rule of the policy-full Route matches.
+const UNROUTED: &str = "/unrouted";
+/// How long the mesh may take to converge after the last proxy started.
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `coremesh` -> "", `coremesh#2` -> "-2": service names per target.
+fn suffix(label: &str) -> String {
+    match label.split_once('#') {
+        Some((_, n)) => format!("-{n}"),
+        None => String::new(),
+    }
+}
+
+fn short(scenario: Scenario) -> &'static str {
+    if scenario == Scenario::PolicyFull {
+        "full"
+    } else {
+        "plain"
+    }
+}
+
+/// The api service of `label` in `scenario`: `api-full`, `api-plain-2`.
+pub fn api_service(scenario: Scenario, label: &str) -> String {
+    format!("api-{}{}", short(scenario), suffix(label))
+}
+
+fn decoy(i: usize) -> String {
+    format!("decoy-{i:02}")
+}
+
+/// What the web proxy of `label` in `scenario` calls.
+fn calls(scenario: Scenario, label: &str) -> Vec<String> {
+    let mut c = vec![api_service(scenario, label)];
+    if scenario == Scenario::PolicyFull {
+        c.extend((1..=DECOYS).map(decoy));
+    }
+    c
+}
+
+/// The Route of a policy-full api service: the load's `GET /size/128`
+/// passes four rules that do not match (an exact path, a regex, a prefix,
+/// a header) before the fifth.
+fn api_route(service: &str) -> String {
+    format!(
+        r#"kind: Route
+name: {service}
+service: {service}
+rules:
+  - match: {{ path: /admin/reset, methods: [POST] }}
+    backends: [ {{ subset: {{ version: v1 }} }} ]
+  - match: {{ pathRegex: "/v[0-9]+/users/[^/]+", headers: {{ x-user: {{ present: true }} }} }}
+    backends: [ {{ subset: {{ version: v1 }} }} ]
+  - match: {{ pathPrefix: /internal/, query: {{ debug: "1" }} }}
+    backends: [ {{ subset: {{ zone: a }} }} ]
+  - match: {{ headers: {{ x-canary: "true" }} }}
+    backends: [ {{ subset: {{ zone: a }} }} ]
+  - match: {{ pathPrefix: /size/ }}
+    timeout: 5s
+    retries: {{ attempts: 2, perTryTimeout: 2s, on: [connect-failure, reset, gateway-error] }}
+    backends:
+      - {{ subset: {{ version: v1 }}, weight: 90 }}
+      - {{ subset: {{ zone: a }}, weight: 10 }}
+"#
+    )
+}
+
+/// The Resilience of a policy-full api service: every block the issue's
+/// benchmark names, with limits the load never reaches.
+fn api_resilience(service: &str) -> String {
+    format!(
+        r#"kind: Resilience
+service: {service}
+loadBalancer: p2c-ewma
+circuitBreaker: {{ maxConnections: 100000, maxPending: 100000, maxRequests: 100000 }}
+outlierDetection: {{ consecutiveFailures: 5, baseEjection: 30s, maxEjectedPercent: 50 }}
+retryBudget: {{ ratio: 0.25, minPerSecond: 20 }}
+rateLimit: {{ requestsPerSecond: {RATE_LIMIT}, burst: 100000, per: service }}
+"#
+    )
+}
+
+/// A decoy's Service and Route (it has no endpoints; nothing calls it).
+fn decoy_docs(name: &str) -> String {
+    format!(
+        r#"kind: Service
+name: {name}
+---
+kind: Route
+name: {name}
+service: {name}
+rules:
+  - match: {{ headers: {{ x-canary: "true" }} }}
+    backends: [ {{ subset: {{ version: v2 }} }} ]
+  - match: {{ pathPrefix: /v1/ }}
+    retries: {{ attempts: 1 }}
+    backends:
+      - {{ subset: {{ version: v1 }}, weight: 90 }}
+      - {{ subset: {{ version: v2 }}, weight: 10 }}
+"#
+    )
+}
+
+/// Every resource of the run, for the targets `labels` of `scenarios`.
+pub fn resources_yaml(scenarios: &[Scenario], labels: &[String]) -> String {
+    let mut docs = Vec::new();
+    for &sc in scenarios {
+        for label in labels {
+            let api = api_service(sc, label);
+            docs.push(format!("kind: Service\nname: {api}\n"));
+            if sc == Scenario::PolicyFull {
+                docs.push(api_route(&api));
+                docs.push(api_resilience(&api));
+            }
+        }
+    }
+    if scenarios.contains(&Scenario::PolicyFull) {
+        docs.extend((1..=DECOYS).map(|i| decoy_docs(&decoy(i))));
+    }
+    docs.join("---\n")
+}
+
+fn q(s: &str) -> String {
+    format!("{s:?}")
+}
+
+fn qp(p: &Path) -> String {
+    q(&p.display().to_string())
+}
+
+/// The `[control]` table of one proxy.
+fn control_table(control: SocketAddr, m: &Member, calls: Option<&[String]>) -> String {
+    let mut t = format!(
+        "[control]\naddress = {}\ntoken_file = {}\nstate_dir = {}\nnode = {}\n",
+        q(&control.to_string()),
+        qp(&m.token_file()),
+        qp(&m.state_dir()),
+        q(&m.node)
+    );
+    if let Some(c) = calls {
+        let c: Vec<String> = c.iter().map(|s| q(s)).collect();
+        t += &format!("calls = [{}]\n", c.join(", "));
+    }
+    t
+}
+
+/// The web (calling) proxy: one shard, an outbound listener, its policy
+/// from control.
+fn web_toml(scenario: Scenario, label: &str, control: SocketAddr, m: &Member) -> String {
+    format!(
+        "# coremesh-bench compare {}: the calling proxy of target {label}.\n\
+         # One shard, outbound listener; services, routes and resilience from control.\n\
+         [proxy]\n\
+         service = \"web\"\n\
+         cores = 1\n\
+         admin = \"127.0.0.1:0\"\n\
+         \n\
+         [outbound]\n\
+         listen = \"127.0.0.1:0\"\n\
+         \n\
+         {}",
+        scenario.name(),
+        control_table(control, m, Some(&calls(scenario, label)))
+    )
+}
+
+/// The api (called) proxy: one shard, a mutual-TLS inbound listener in
+/// front of the origin, labelled for both subsets of the Route.
+fn api_toml(
+    scenario: Scenario,
+    label: &str,
+    control: SocketAddr,
+    m: &Member,
+    origin: SocketAddr,
+) -> String {
+    format!(
+        "# coremesh-bench compare {}: the called proxy of target {label}, in front of the origin.\n\
+         # One shard, inbound listener (mutual TLS from control's CA); policy from control.\n\
+         [proxy]\n\
+         service = {}\n\
+         cores = 1\n\
+         admin = \"127.0.0.1:0\"\n\
+         labels = {{ version = \"v1\", zone = \"a\" }}\n\
+         \n\
+         [inbound]\n\
+         listen = \"127.0.0.1:0\"\n\
+         app = {}\n\
+         \n\
+         {}",
+        scenario.name(),
+        q(&m.service),
+        q(&origin.to_string()),
+        control_table(control, m, None)
+    )
+}
+
+/// What one proxy of the mesh keeps: its token file and state directory.
+struct Member {
+    service: String,
+    node: String,
+    dir: PathBuf,
+}
+
+impl Member {
+    fn token_file(&self) -> PathBuf {
+        self.dir.join("join.token")
+    }
+    fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+    fn snapshot(&self) -> Result<Snapshot, String> {
+        let path = self.state_dir().join("snapshot.json");
+        let text = fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+/// coremesh-control, running.
+pub(super) struct Control {
+    pub running: Running,
+    pub quic: SocketAddr,
+    pub api: SocketAddr,
+    credential: String,
+}
+
+impl Control {
+    fn http(&self, method: &str, path: &str, body: &[u8]) -> Result<Vec<u8>, String> {
+        operator::http(self.api, &self.credential, method, path, body)
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, String> {
+        let body = self.http("GET", path, b"")?;
+        serde_json::from_slice(&body).map_err(|e| format!("GET {path}: {e}"))
+    }
+
+    /// A one-use join token for `service`, written to `m`'s token file.
+    fn token(&self, m: &Member) -> Result<(), String> {
+        let body = serde_json::json!({"service": m.service, "uses": 1, "ttl_secs": 3600});
+        let created = self.http("POST", "/v1/tokens", body.to_string().as_bytes())?;
+        let created: TokenCreated =
+            serde_json::from_slice(&created).map_err(|e| format!("token: {e}"))?;
+        fs::write(m.token_file(), format!("{}\n", created.token))
+            .map_err(|e| format!("{}: {e}", m.token_file().display()))
+    }
+}
+
+/// `listening quic=ADDR api=ADDR` -> (quic, api).
+fn parse_listening(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    let rest = &line[line.find("listening ")?..];
+    let get = |key: &str| -> Option<SocketAddr> {
+        rest.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|v| v.trim_matches('"').parse().ok())
+    };
+    Some((get("quic=")?, get("api=")?))
+}
+
+/// Starts coremesh-control on a fresh `data_dir`, pinned to `cpus`; waits
+/// for its `listening` line.
+fn start_control(
+    bin: &Path,
+    data_dir: &Path,
+    run_dir: &Path,
+    cpus: &str,
+    taskset: Option<&Path>,
+) -> Result<Control, String> {
+    // A fresh mesh: a data directory left by an earlier run holds its
+    // config, and its proxies' state directories certificates of that CA.
+    if data_dir.exists() {
+        fs::remove_dir_all(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
+    }
+    fs::create_dir_all(run_dir).map_err(|e| format!("{}: {e}", run_dir.display()))?;
+    let log_path = run_dir.join("control.log");
+    let mut log =
+        fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let mut cmd = proxies::pinned(bin, cpus, taskset);
+    cmd.arg("--data-dir")
+        .arg(data_dir)
+        .args(["--listen", "127.0.0.1:0", "--api", "127.0.0.1:0"])
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log.try_clone().map_err(|e| e.to_string())?);
+    let mut child = cmd.spawn().map_err(|e| format!("{}: {e}", bin.display()))?;
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = writeln!(log, "{line}");
+            if let Some(a) = parse_listening(&line) {
+                let _ = tx.send(a);
+            }
+        }
+    });
+    let mut running = Running {
+        child,
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        config_path: PathBuf::new(),
+        log_path: log_path.clone(),
+    };
+    let (quic, api) = rx.recv_timeout(Duration::from_secs(15)).map_err(|_| {
+        running.stop();
+        format!(
+            "no `listening quic=ADDR api=ADDR` line within 15 s; see {}",
+            log_path.display()
+        )
+    })?;
+    running.addr = api;
+    let cred_path = data_dir.join("operator.credential");
+    let credential = fs::read_to_string(&cred_path)
+        .map_err(|e| format!("{}: {e}", cred_path.display()))?
+        .trim()
+        .to_string();
+    Ok(Control {
+        running,
+        quic,
+        api,
+        credential,
+    })
+}
+
+/// The mesh of the policy scenarios, started and checked.
+pub(super) struct Mesh {
+    /// Stopped after the proxies (see [`Mesh::stop`]).
+    pub control: Control,
+    pub targets: Vec<(Scenario, Target)>,
+    pub infos: Vec<TargetInfo>,
+    pub notes: Vec<String>,
+}
+
+impl Mesh {
+    /// Stops the proxies, then control (a proxy that loses control only
+    /// logs it, but in that order nothing is logged at all).
+    pub fn stop(&mut self) {
+        for (_, t) in &mut self.targets {
+            for r in &mut t.running {
+                r.stop();
+            }
+        }
+        self.control.running.stop();
+    }
+}
+
+/// One target while it starts.
+struct Pair {
+    scenario: Scenario,
+    label: String,
+    web: Member,
+    api: Member,
+    web_run: Option<Running>,
+    api_run: Option<Running>,
+    info: TargetInfo,
+}
+
+/// Starts control and a web/api pair per target `label` (the coremesh
+/// runs: `coremesh`, `coremesh#2`) and scenario; returns the pairs that
+/// answered their checks. A pair that fails is skipped with a note; an
+/// error means no pair can run (control did not start, the mesh did not
+/// converge).
+#[allow(clippy::too_many_arguments)] // one call site; each is a distinct fact
+pub(super) fn start(
+    scenarios: &[Scenario],
+    labels: &[String],
+    proxy_bin: &Path,
+    control_bin: &Path,
+    origin: SocketAddr,
+    out_dir: &Path,
+    (proxy_cpus, load_cpus): (&str, &str),
+    taskset: Option<&Path>,
+) -> Result<Mesh, String> {
+    let run_dir = out_dir.join("run");
+    let configs = out_dir.join("configs");
+    fs::create_dir_all(&configs).map_err(|e| format!("{}: {e}", configs.display()))?;
+    let control = start_control(
+        control_bin,
+        &run_dir.join("control-data"),
+        &run_dir,
+        load_cpus,
+        taskset,
+    )?;
+    log(&format!(
+        "coremesh-control on quic={} api={}",
+        control.quic, control.api
+    ));
+    let mut mesh = Mesh {
+        control,
+        targets: Vec::new(),
+        infos: Vec::new(),
+        notes: Vec::new(),
+    };
+    let yaml = resources_yaml(scenarios, labels);
+    let yaml_path = configs.join("policy.yaml");
+    fs::write(&yaml_path, &yaml).map_err(|e| format!("{}: {e}", yaml_path.display()))?;
+    let applied = operator::apply(mesh.control.api, &mesh.control.credential, &yaml)?;
+    log(&format!(
+        "applied {} ({} resources): config version {}",
+        yaml_path.display(),
+        applied.changed.len(),
+        applied.version
+    ));
+    mesh.notes.push(format!(
+        "policy scenarios: resources applied to coremesh-control from {}",
+        yaml_path.display()
+    ));
+
+    let mut pairs = Vec::new();
+    for &scenario in scenarios {
+        for label in labels {
+            let name = format!("policy-{}-{}", short(scenario), file_label(label));
+            let member = |side: &str, service: String| -> Result<Member, String> {
+                let dir = run_dir.join(format!("{name}-{side}"));
+                // State from an earlier run holds a certificate of another CA.
+                if dir.exists() {
+                    fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                }
+                fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                Ok(Member {
+                    service,
+                    node: format!("{name}-{side}"),
+                    dir,
+                })
+            };
+            let web = member("web", "web".into())?;
+            let api = member("api", api_service(scenario, label))?;
+            mesh.control.token(&web)?;
+            mesh.control.token(&api)?;
+            pairs.push(Pair {
+                scenario,
+                label: label.clone(),
+                info: TargetInfo {
+                    label: label.clone(),
+                    kind: "coremesh".into(),
+                    binary: Some(proxy_bin.display().to_string()),
+                    version: proxies::version(proxy_bin, proxies::Kind::Coremesh),
+                    config: None,
+                    log: None,
+                    topology: scenario.name().into(),
+                    inbound_config: None,
+                    inbound_log: None,
+                    status: "ok".into(),
+                    note: String::new(),
+                },
+                web,
+                api,
+                web_run: None,
+                api_run: None,
+            });
+        }
+    }
+
+    // The api proxies first: their endpoints are registered by the time
+    // the web proxies join.
+    for p in &mut pairs {
+        let cfg = configs.join(format!("{}.toml", p.api.node));
+        let text = api_toml(p.scenario, &p.label, mesh.control.quic, &p.api, origin);
+        p.info.inbound_config = Some(cfg.display().to_string());
+        p.info.inbound_log = Some(p.api.dir.join("stderr.log").display().to_string());
+        match write_and_start(
+            proxy_bin, &cfg, &text, &p.api.dir, "inbound", proxy_cpus, taskset,
+        ) {
+            Ok(r) => p.api_run = Some(r),
+            Err(e) => skip(&mut p.info, format!("api proxy did not start: {e}")),
+        }
+    }
+    for p in pairs.iter_mut().filter(|p| p.api_run.is_some()) {
+        let cfg = configs.join(format!("{}.toml", p.web.node));
+        let text = web_toml(p.scenario, &p.label, mesh.control.quic, &p.web);
+        p.info.config = Some(cfg.display().to_string());
+        p.info.log = Some(p.web.dir.join("stderr.log").display().to_string());
+        match write_and_start(
+            proxy_bin, &cfg, &text, &p.web.dir, "outbound", proxy_cpus, taskset,
+        ) {
+            Ok(r) => p.web_run = Some(r),
+            Err(e) => skip(&mut p.info, format!("web proxy did not start: {e}")),
+        }
+    }
+    let up: Vec<&Pair> = pairs.iter().filter(|p| p.web_run.is_some()).collect();
+    converge(&mesh.control, &up, applied.version)?;
+
+    for mut p in pairs {
+        let (Some(web), Some(api)) = (p.web_run.take(), p.api_run.take()) else {
+            mesh.infos.push(p.info);
+            continue;
+        };
+        let host = api_service(p.scenario, &p.label);
+        match check(&p, web.addr, &host) {
+            Ok(note) => {
+                log(&format!("{} {}: {note}", p.scenario.name(), p.label));
+                mesh.notes
+                    .push(format!("{} {}: {note}", p.scenario.name(), p.label));
+                mesh.targets.push((
+                    p.scenario,
+                    Target {
+                        label: p.label.clone(),
+                        running: vec![web, api],
+                        start: None,
+                        host,
+                    },
+                ));
+            }
+            Err(e) => skip(&mut p.info, e),
+        }
+        mesh.infos.push(p.info);
+    }
+    Ok(mesh)
+}
+
+fn skip(info: &mut TargetInfo, note: String) {
+    log(&format!(
+        "skipping {} ({}): {note}",
+        info.label, info.topology
+    ));
+    info.status = "skipped".into();
+    info.note = note;
+}
+
+fn write_and_start(
+    bin: &Path,
+    config: &Path,
+    text: &str,
+    dir: &Path,
+    listener: &str,
+    cpus: &str,
+    taskset: Option<&Path>,
+) -> Result<Running, String> {
+    fs::write(config, text).map_err(|e| format!("{}: {e}", config.display()))?;
+    proxies::start_coremesh(
+        bin,
+        config.to_path_buf(),
+        dir.join("stderr.log"),
+        listener,
+        cpus,
+        taskset,
+    )
+}
+
+/// Waits until control lists every proxy of `pairs` as connected with its
+/// last snapshot ACKed (no NACK) at config version `version` or later, and
+/// every api proxy as an endpoint, on two polls in a row (control debounces
+/// changes, so a registration may not have been pushed yet on the first).
+fn converge(control: &Control, pairs: &[&Pair], version: u64) -> Result<(), String> {
+    let nodes: BTreeSet<&str> = pairs
+        .iter()
+        .flat_map(|p| [p.web.node.as_str(), p.api.node.as_str()])
+        .collect();
+    let apis: BTreeSet<&str> = pairs.iter().map(|p| p.api.node.as_str()).collect();
+    let t = Instant::now();
+    let mut stable = 0;
+    let mut last = String::new();
+    while t.elapsed() < CONVERGE_TIMEOUT {
+        let proxies: Vec<ProxyStatus> = control.get("/v1/proxies")?;
+        let endpoints: Vec<EndpointStatus> = control.get("/v1/endpoints")?;
+        let ready: BTreeSet<&str> = proxies
+            .iter()
+            .filter(|p| {
+                p.connected
+                    && p.nack.is_none()
+                    && p.applied_version.is_some()
+                    && p.applied_version == p.sent_version
+                    && p.applied_config_version >= Some(version)
+            })
+            .map(|p| p.node.as_str())
+            .collect();
+        let registered: BTreeSet<&str> = endpoints.iter().map(|e| e.node.as_str()).collect();
+        let ok =
+            nodes.iter().all(|n| ready.contains(n)) && apis.iter().all(|n| registered.contains(n));
+        stable = if ok { stable + 1 } else { 0 };
+        if stable >= 2 {
+            log(&format!(
+                "mesh converged in {:.1} s: {} proxies, {} api endpoints",
+                t.elapsed().as_secs_f64(),
+                nodes.len(),
+                apis.len()
+            ));
+            return Ok(());
+        }
+        last = format!(
+            "ready {:?} of {:?}; endpoints {:?}; NACKs {:?}",
+            ready,
+            nodes,
+            registered,
+            proxies
+                .iter()
+                .filter_map(|p| p.nack.as_ref().map(|n| (&p.node, n)))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(format!(
+        "the mesh did not converge within {CONVERGE_TIMEOUT:?}: {last}"
+    ))
+}
+
+/// The checks of one pair; the note says what its proxies hold.
+fn check(p: &Pair, web: SocketAddr, host: &str) -> Result<String, String> {
+    let path = load_path();
+    match proxies::probe_host(web, &path, host) {
+        Ok(200) => {}
+        Ok(s) => return Err(format!("GET {path} (Host: {host}) answered {s}, not 200")),
+        Err(e) => return Err(format!("GET {path} (Host: {host}) failed: {e}")),
+    }
+    let snap = p.web.snapshot()?;
+    let endpoints = snap
+        .services
+        .iter()
+        .find(|s| s.name == host)
+        .map_or(0, |s| s.endpoints.len());
+    if endpoints != 1 {
+        return Err(format!(
+            "the web proxy's snapshot lists {endpoints} endpoints of {host}, not 1"
+        ));
+    }
+    let (routes, resilience) = (snap.routes.len(), snap.resilience.len());
+    let api_snap = p.api.snapshot()?;
+    let own_limit = api_snap
+        .resilience
+        .iter()
+        .find(|r| r.service == host)
+        .and_then(|r| r.rate_limit.as_ref())
+        .map(|l| l.requests_per_second);
+    if p.scenario == Scenario::PolicyFull {
+        let has_own = snap.resilience.iter().any(|r| r.service == host);
+        if routes != ROUTES || !has_own || own_limit != Some(RATE_LIMIT) {
+            return Err(format!(
+                "the policy did not arrive: the web proxy holds {routes} Routes (want {ROUTES}) and {resilience} Resilience ({host}'s: {has_own}); the api proxy's rate limit is {own_limit:?} (want {RATE_LIMIT})"
+            ));
+        }
+        match proxies::probe_host(web, UNROUTED, host) {
+            Ok(404) => {}
+            Ok(s) => {
+                return Err(format!(
+                    "GET {UNROUTED} answered {s}: the Route is not in force (no rule matches it: want 404)"
+                ))
+            }
+            Err(e) => return Err(format!("GET {UNROUTED}: {e}")),
+        }
+    } else if routes != 0 || resilience != 0 || own_limit.is_some() {
+        return Err(format!(
+            "plain forwarding should carry no policy, but the web proxy holds {routes} Routes and {resilience} Resilience"
+        ));
+    }
+    Ok(format!(
+        "web proxy holds {routes} Routes and {resilience} Resilience (snapshot {}, config version {}); api proxy's rate limit: {}",
+        snap.version,
+        snap.config_version,
+        own_limit.map_or("none".into(), |l| format!("{l} req/s"))
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coremesh_api::resource::{parse_documents, validate, validate_set, Resource};
+
+    fn labels() -> Vec<String> {
+        vec!["coremesh".into(), "coremesh#2".into()]
+    }
+
+    #[test]
+    fn names_per_target() {
+        assert_eq!(api_service(Scenario::PolicyFull, "coremesh"), "api-full");
+        assert_eq!(
+            api_service(Scenario::PolicyPlain, "coremesh#2"),
+            "api-plain-2"
+        );
+        let c = calls(Scenario::PolicyFull, "coremesh#2");
+        assert_eq!(c.len(), ROUTES);
+        assert_eq!((c[0].as_str(), c[99].as_str()), ("api-full-2", "decoy-99"));
+        assert_eq!(calls(Scenario::PolicyPlain, "coremesh"), ["api-plain"]);
+    }
+
+    /// The resources are what control accepts, and each policy-full web
+    /// proxy calls exactly 100 services with a Route.
+    #[test]
+    fn resources_are_valid_and_give_100_routes() {
+        let both = [Scenario::PolicyPlain, Scenario::PolicyFull];
+        let docs = parse_documents(&resources_yaml(&both, &labels())).unwrap();
+        let (mut services, mut routes, mut resiliences) = (Vec::new(), Vec::new(), Vec::new());
+        for d in &docs {
+            validate(d).unwrap();
+            match d {
+                Resource::Service(s) => services.push(s.clone()),
+                Resource::Route(r) => routes.push(r.clone()),
+                Resource::Resilience(r) => resiliences.push(r.clone()),
+                other => panic!("unexpected {}", other.kind_name()),
+            }
+        }
+        validate_set(&services, &routes, &[], &resiliences).unwrap();
+        assert_eq!(routes.len(), 2 + DECOYS);
+        let routed: BTreeSet<String> = docs
+            .iter()
+            .filter_map(|r| match r {
+                Resource::Route(r) => Some(r.service.clone()),
+                _ => None,
+            })
+            .collect();
+        for label in labels() {
+            let c = calls(Scenario::PolicyFull, &label);
+            assert_eq!(c.iter().filter(|s| routed.contains(*s)).count(), ROUTES);
+            let plain = api_service(Scenario::PolicyPlain, &label);
+            assert!(!routed.contains(&plain));
+        }
+        let res: Vec<_> = docs
+            .iter()
+            .filter_map(|r| match r {
+                Resource::Resilience(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(res.len(), 2);
+        for r in res {
+            assert!(r.service.starts_with("api-full"));
+            assert!(r.faults.is_none() && r.mirror.is_none() && r.health_check.is_none());
+            assert_eq!(
+                r.rate_limit.as_ref().unwrap().requests_per_second,
+                RATE_LIMIT
+            );
+            assert!(r.circuit_breaker.is_some() && r.outlier_detection.is_some());
+        }
+        // Only plain: no Route, no Resilience at all.
+        let plain = resources_yaml(&[Scenario::PolicyPlain], &labels());
+        assert!(!plain.contains("kind: Route") && !plain.contains("kind: Resilience"));
+    }
+
+    #[test]
+    fn proxy_configs() {
+        let m = Member {
+            service: "api-full".into(),
+            node: "policy-full-coremesh-api".into(),
+            dir: PathBuf::from("/tmp/x"),
+        };
+        let control: SocketAddr = "127.0.0.1:7443".parse().unwrap();
+        let origin: SocketAddr = "127.0.0.1:9999".parse().unwrap();
+        let api = api_toml(Scenario::PolicyFull, "coremesh", control, &m, origin);
+        assert!(api.contains("service = \"api-full\""), "{api}");
+        assert!(api.contains("app = \"127.0.0.1:9999\""), "{api}");
+        assert!(
+            api.contains("labels = { version = \"v1\", zone = \"a\" }"),
+            "{api}"
+        );
+        assert!(!api.contains("calls"), "{api}");
+        let web = web_toml(Scenario::PolicyFull, "coremesh", control, &m);
+        assert!(
+            web.contains("[outbound]\nlisten = \"127.0.0.1:0\""),
+            "{web}"
+        );
+        assert!(web.contains("calls = [\"api-full\", \"decoy-01\""), "{web}");
+        assert!(web.contains("token_file = \"/tmp/x/join.token\""), "{web}");
+        for t in [&api, &web] {
+            assert!(t.contains("cores = 1\n"));
+            assert!(t.parse::<toml::Table>().is_ok(), "{t}");
+        }
+    }
+
+    #[test]
+    fn parses_the_listening_line() {
+        let (q, a) = parse_listening("listening quic=127.0.0.1:40123 api=127.0.0.1:40124").unwrap();
+        assert_eq!((q.port(), a.port()), (40123, 40124));
+        assert!(parse_listening("operator credential: /x").is_none());
+    }
+}
