@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building and testing coremesh needs, only where it is missing:
-# curl, promtool (Debian package `prometheus`), python3, a C compiler, and the
-# rustfmt/clippy components. Idempotent; safe to run on every CI run.
+# curl, promtool (Debian package `prometheus`), python3, a C compiler,
+# redis-server and redis-cli (a real TCP client and server for the TCP
+# service test), testssl.sh (the TLS audit test), and the rustfmt/clippy
+# components. Idempotent; safe to run on every CI run.
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
@@ -19,6 +21,9 @@ command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
 command -v make >/dev/null 2>&1 || need_apt+=(make)
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
+command -v testssl >/dev/null 2>&1 || need_apt+=(testssl.sh)
 
 if [ "${#need_apt[@]}" -gt 0 ]; then
     echo "install-deps: installing Debian packages: ${need_apt[*]}"
@@ -36,6 +41,10 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
     if [[ " ${need_apt[*]} " == *" prometheus "* ]]; then
         $SUDO service prometheus stop >/dev/null 2>&1 || true
     fi
+    # Likewise redis-server's own instance on :6379: the tests start theirs.
+    if [[ " ${need_apt[*]} " == *" redis-server "* ]]; then
+        $SUDO service redis-server stop >/dev/null 2>&1 || true
+    fi
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
@@ -51,4 +60,4 @@ if [ "${#need_rust[@]}" -gt 0 ]; then
     rustup component add "${need_rust[@]}" </dev/null
 fi
 
-echo "install-deps: ok (curl, promtool, python3, cc, rustfmt, clippy present)"
+echo "install-deps: ok (curl, promtool, python3, cc, redis, testssl, rustfmt, clippy present)"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every check CI runs: fmt, clippy (monoio and glommio), unit tests, the
-# end-to-end suite on monoio/io_uring and again on monoio's epoll driver, and
-# the smoke subset against the glommio backend. Installs what it needs first.
+# end-to-end suite on monoio/io_uring and again on monoio's epoll driver, the
+# smoke subset against the glommio backend, and coremesh-bench's end-to-end
+# tests (a short compare against nginx) on a release build. Installs what it
+# needs first.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,7 +35,9 @@ section "clippy (runtime-glommio)"
 cargo clippy -p coremesh-proxy --features runtime-glommio --all-targets -- -D warnings
 
 section "unit tests"
-cargo test --workspace --exclude coremesh-e2e
+# coremesh-bench's e2e tests need release binaries and nginx: last section.
+cargo test --workspace --exclude coremesh-e2e --exclude coremesh-bench
+cargo test -p coremesh-bench --lib --bins
 cargo test -p coremesh-e2e --lib
 
 section "build coremesh-proxy and coremesh-control (debug)"
@@ -56,5 +60,20 @@ CARGO_TARGET_DIR="$TARGET_DIR/glommio" cargo build -p coremesh-proxy --features 
 section "e2e subset on glommio: smoke, mutual TLS, TCP services, authorization"
 COREMESH_PROXY_BIN="$TARGET_DIR/glommio/debug/coremesh-proxy" cargo test -p coremesh-e2e \
     --test smoke --test mtls --test tcp --test authz
+
+section "coremesh-bench e2e: nginx and haproxy, release build, short compares"
+bash "$ROOT/scripts/install-bench-deps.sh"
+cargo build --release -p coremesh-proxy -p coremesh-control
+BENCH_LOG="$TARGET_DIR/bench-e2e.log"
+COREMESH_BIN="$TARGET_DIR/release/coremesh-proxy" \
+COREMESH_CONTROL_BIN="$TARGET_DIR/release/coremesh-control" \
+    cargo test -p coremesh-bench --test e2e -- --nocapture 2>&1 | tee "$BENCH_LOG"
+# The tests skip (and pass) when a binary or nginx is missing; here both were
+# just installed, so a skip means the check did not run.
+if grep -q '^SKIPPED' "$BENCH_LOG"; then
+    echo "coremesh-bench e2e: a test was skipped here, where it must run:" >&2
+    grep '^SKIPPED' "$BENCH_LOG" >&2
+    exit 1
+fi
 
 section "all checks passed"
