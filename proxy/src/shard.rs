@@ -412,7 +412,7 @@ fn sync_traffic(shard: &Shard) {
 /// Serves an accepted connection by what its listener is for.
 fn spawn_conn(shard: &Rc<Shard>, s: TcpStream, role: Role) {
     match role {
-        Role::Http(dir) => runtime::spawn_local(crate::forward::serve(shard.clone(), s, dir)),
+        Role::Http(dir) => crate::forward::serve(shard.clone(), s, dir),
         Role::Tcp(service) => runtime::spawn_local(crate::forward::tcp_service::outbound(
             shard.clone(),
             s,
