@@ -446,13 +446,10 @@ fn side(out_dir: &Path, label: &str, kind: Kind, which: &str) -> Result<Side, St
     let name = format!("mtls-{}-{which}", file_label(label));
     let own = out_dir.join("run").join(&name);
     fs::create_dir_all(&own).map_err(|e| format!("{}: {e}", own.display()))?;
-    let ext = match kind {
-        Kind::Coremesh => "toml",
-        Kind::Nginx => "conf",
-        _ => "cfg",
-    };
     Ok(Side {
-        config: out_dir.join("configs").join(format!("{name}.{ext}")),
+        config: out_dir
+            .join("configs")
+            .join(format!("{name}.{}", kind.config_ext())),
         log: own.join("stderr.log"),
         own,
     })

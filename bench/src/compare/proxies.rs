@@ -50,7 +50,7 @@ impl Kind {
         }
     }
 
-    fn config_ext(self) -> &'static str {
+    pub fn config_ext(self) -> &'static str {
         match self {
             Kind::Coremesh => "toml",
             Kind::Nginx => "conf",
