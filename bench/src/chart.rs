@@ -6,7 +6,8 @@
 //!   min-max whiskers over the rounds;
 //! - `throughput.svg`: requests per second at saturation, same layout;
 //! - `latency.svg`: p50/p90/p99/p99.9 at the fixed rate, one line per target
-//!   (direct included), log scale.
+//!   (direct included), log scale; `latency-mtls.svg` the same for the
+//!   mesh-hop pairs (`mtls-rate`).
 
 use std::path::Path;
 
@@ -33,6 +34,8 @@ pub fn write_all(r: &Results, dir: &Path) -> Result<(), String> {
         Scenario::Body1m,
         Scenario::Newconn,
         Scenario::Rate,
+        Scenario::Mtls,
+        Scenario::MtlsRate,
     ]
     .into_iter()
     .filter(|sc| r.samples.iter().any(|s| s.scenario == *sc))
@@ -51,7 +54,7 @@ pub fn write_all(r: &Results, dir: &Path) -> Result<(), String> {
     let sat_only: Vec<Scenario> = sat
         .iter()
         .copied()
-        .filter(|s| *s != Scenario::Rate)
+        .filter(|s| s.saturation().is_none())
         .collect();
     if !sat_only.is_empty() {
         grouped_bars(
@@ -64,8 +67,22 @@ pub fn write_all(r: &Results, dir: &Path) -> Result<(), String> {
             "rps",
         )?;
     }
-    if r.samples.iter().any(|s| s.scenario == Scenario::Rate) {
-        latency_lines(r, &dir.join("latency.svg"), &order)?;
+    for (sc, file, rate) in [
+        (Scenario::Rate, "latency.svg", r.fixed_rate),
+        (Scenario::MtlsRate, "latency-mtls.svg", r.mtls_fixed_rate),
+    ] {
+        let ran: Vec<String> = order
+            .iter()
+            .filter(|t| {
+                r.samples
+                    .iter()
+                    .any(|s| s.scenario == sc && s.target == **t)
+            })
+            .cloned()
+            .collect();
+        if !ran.is_empty() {
+            latency_lines(r, &dir.join(file), &ran, sc, rate)?;
+        }
     }
     Ok(())
 }
@@ -152,7 +169,13 @@ fn grouped_bars(
     root.present().map_err(err)
 }
 
-fn latency_lines(r: &Results, path: &Path, targets: &[String]) -> Result<(), String> {
+fn latency_lines(
+    r: &Results,
+    path: &Path,
+    targets: &[String],
+    scenario: Scenario,
+    rate: f64,
+) -> Result<(), String> {
     const PCTS: [(&str, &str); 4] = [
         ("p50", "p50_us"),
         ("p90", "p90_us"),
@@ -161,7 +184,7 @@ fn latency_lines(r: &Results, path: &Path, targets: &[String]) -> Result<(), Str
     ];
     let values = |t: &str| -> Vec<Option<f64>> {
         PCTS.iter()
-            .map(|(_, m)| find(r, Scenario::Rate, t, m).map(|s| s.median.max(1.0)))
+            .map(|(_, m)| find(r, scenario, t, m).map(|s| s.median.max(1.0)))
             .collect()
     };
     let all: Vec<f64> = targets.iter().flat_map(|t| values(t)).flatten().collect();
@@ -176,8 +199,12 @@ fn latency_lines(r: &Results, path: &Path, targets: &[String]) -> Result<(), Str
     let mut chart = ChartBuilder::on(&plot)
         .caption(
             format!(
-                "Latency at {:.0} req/s (us, log scale, lower is better)",
-                r.fixed_rate
+                "{} at {rate:.0} req/s (us, log scale, lower is better)",
+                if scenario == Scenario::MtlsRate {
+                    "Mesh-hop (mTLS) latency"
+                } else {
+                    "Latency"
+                }
             ),
             ("sans-serif", 20),
         )

@@ -18,6 +18,10 @@
 //!   Its policy scenarios ([`compare::policy`]) run coremesh as a mesh:
 //!   coremesh-control, a calling and a called proxy per target, mutual TLS
 //!   between them, with and without 100 Routes and a Resilience block.
+//!   Its mtls scenarios ([`compare::mtls`]) run the whole mesh hop for
+//!   coremesh, nginx and HAProxy alike: a pair of processes per target, an
+//!   outbound proxy, mutual TLS 1.3 with harness-made SPIFFE certificates,
+//!   an inbound proxy in front of the origin.
 //! - [`fleet`]: thousands of simulated proxy sessions (one QUIC connection
 //!   each) against coremesh-control, timing how long a route change takes
 //!   to reach them all, with control's RSS and CPU.

@@ -190,7 +190,10 @@ struct CompareArgs {
     /// Scenarios, comma-separated: small, rate, 16k, 1m, newconn, idle,
     /// policy-plain, policy-full (`policy` = both: load -> web proxy ->
     /// mutual TLS -> api proxy -> origin under coremesh-control, without
-    /// and with 100 Routes and a Resilience block; CPU of both proxies).
+    /// and with 100 Routes and a Resilience block; CPU of both proxies),
+    /// mtls, mtls-rate (load -> outbound proxy -> mutual TLS 1.3 -> inbound
+    /// proxy -> origin, a pair of each proxy kind, harness-made
+    /// certificates; saturation and fixed rate; CPU of both proxies).
     #[arg(
         long,
         default_value = "small,rate,16k,1m,newconn,idle",
@@ -285,7 +288,7 @@ fn cmd_compare(a: CompareArgs) -> Result<(), String> {
             "policy" => vec![Scenario::PolicyPlain, Scenario::PolicyFull],
             name => vec![Scenario::parse(name).ok_or_else(|| {
                 format!(
-                    "--scenarios: unknown {s:?} (small, rate, 16k, 1m, newconn, idle, policy-plain, policy-full, policy)"
+                    "--scenarios: unknown {s:?} (small, rate, 16k, 1m, newconn, idle, policy-plain, policy-full, policy, mtls, mtls-rate)"
                 )
             })?],
         };

@@ -467,3 +467,156 @@ fn short_compare_of_the_policy_scenarios() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The mesh-hop scenarios, briefly: a coremesh pair (and its A/A twin), an
+/// nginx pair and, when installed, an HAProxy pair, each outbound proxy ->
+/// mutual TLS 1.3 -> inbound proxy -> origin; every pair passed its checks
+/// (200 through it, plaintext and certificate-less TLS refused by its
+/// inbound side), every field of the JSON is there, every rate is above
+/// zero and there are no errors. Needs the release proxy binary (or
+/// COREMESH_BIN) and nginx; says so and passes without them.
+#[test]
+fn short_compare_of_the_mtls_scenarios() {
+    let Some(coremesh) = coremesh_bin() else {
+        eprintln!("SKIPPED: no coremesh-proxy release binary (set COREMESH_BIN or build it)");
+        return;
+    };
+    if !on_path("nginx") {
+        eprintln!("SKIPPED: nginx is not installed (scripts/install-bench-deps.sh)");
+        return;
+    }
+    let haproxy = on_path("haproxy");
+    if !haproxy {
+        eprintln!("haproxy is not installed: comparing coremesh with nginx only");
+    }
+    let dir = std::env::temp_dir().join(format!("coremesh-bench-mtls-{}", std::process::id()));
+    let out = dir.join("results.json");
+    let svg = dir.join("svg");
+    let run = Command::new(BIN)
+        .args(["compare", "--proxies"])
+        .arg(if haproxy {
+            "coremesh,nginx,haproxy"
+        } else {
+            "coremesh,nginx"
+        })
+        .args(["--scenarios", "mtls,mtls-rate"])
+        .args(["--rounds", "1", "--duration", "1s", "--warmup", "200ms"])
+        .args(["--connections", "8"])
+        .arg("--coremesh-bin")
+        .arg(&coremesh)
+        .arg("--coremesh-glommio-bin")
+        .arg(dir.join("absent"))
+        .arg("--out")
+        .arg(&out)
+        .arg("--svg-dir")
+        .arg(&svg)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "compare failed: {stderr}");
+    assert!(stdout.contains("### Mesh hop"), "{stdout}");
+    assert!(stdout.contains("Target (issue 5"), "{stdout}");
+    let r: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+
+    for key in [
+        "command",
+        "machine",
+        "started_at",
+        "proxy_cores",
+        "load_cores",
+        "rounds",
+        "duration_s",
+        "warmup_s",
+        "connections",
+        "idle_connections",
+        "fixed_rate",
+        "mtls_fixed_rate",
+        "targets",
+        "notes",
+        "samples",
+        "idle",
+        "summary",
+    ] {
+        assert!(r.get(key).is_some(), "missing {key}");
+    }
+    assert!(r["mtls_fixed_rate"].as_f64().unwrap() > 0.0, "{r}");
+    let mut want = vec!["coremesh", "coremesh#2", "nginx"];
+    if haproxy {
+        want.push("haproxy");
+    }
+    let ok: Vec<&str> = r["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["status"] == "ok")
+        .map(|t| t["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(ok, want, "{}\n{stderr}", r["targets"]);
+    for t in r["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["status"] == "ok")
+    {
+        assert_eq!(t["topology"], "mtls", "{t}");
+        for key in ["config", "inbound_config"] {
+            let path = t[key].as_str().unwrap();
+            assert!(std::path::Path::new(path).is_file(), "{key} written: {t}");
+        }
+    }
+    for f in ["ca.pem", "web.crt", "web.key", "api.crt", "api.key"] {
+        assert!(dir.join("configs/mtls").join(f).is_file(), "{f}");
+    }
+    let notes: Vec<&str> = r["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    for label in &want {
+        let checked = format!("mtls {label}: 200 through the pair; the inbound proxy refuses");
+        assert!(notes.iter().any(|n| n.starts_with(&checked)), "{notes:?}");
+    }
+
+    let samples = r["samples"].as_array().unwrap();
+    for scenario in ["mtls", "mtls-rate"] {
+        for target in std::iter::once(&"direct").chain(&want) {
+            let s = samples
+                .iter()
+                .find(|s| s["scenario"] == scenario && s["target"] == *target)
+                .unwrap_or_else(|| panic!("no sample for {scenario} {target}"));
+            assert!(s["achieved_rps"].as_f64().unwrap() > 0.0, "{s}");
+            assert!(s["responses_total"].as_u64().unwrap() > 0, "{s}");
+            let errors: u64 = s["errors"]
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|v| v.as_u64().unwrap())
+                .sum();
+            assert_eq!(errors, 0, "{scenario} {target}: {s}");
+            for p in ["p50", "p90", "p99", "p999", "max", "mean"] {
+                assert!(s["latency_us"][p].as_f64().is_some(), "{s}");
+            }
+            if *target == "direct" {
+                assert!(s["proxy_cpu_us_per_req"].is_null(), "{s}");
+            } else {
+                assert!(s["proxy_cpu_us_per_req"].as_f64().unwrap() > 0.0, "{s}");
+                assert!(s["proxy_cores_used"].as_f64().unwrap() > 0.0, "{s}");
+            }
+        }
+    }
+    let summary = r["summary"].as_array().unwrap();
+    assert!(summary.iter().any(|s| s["scenario"] == "mtls"
+        && s["target"] == "nginx"
+        && s["metric"] == "proxy_cpu_us_per_req"
+        && s["ratio_vs_coremesh"].as_f64().is_some()));
+    for chart in ["cpu.svg", "throughput.svg", "latency-mtls.svg"] {
+        let text = std::fs::read_to_string(svg.join(chart)).unwrap();
+        assert!(
+            text.starts_with("<svg") && text.contains("coremesh"),
+            "{chart}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -15,6 +15,10 @@
 //!    mesh instead: coremesh-control and, per coremesh run and scenario, a
 //!    calling and a called proxy with mutual TLS between them, with and
 //!    without 100 Routes and a Resilience block (see [`policy`]).
+//!    The mtls scenarios (`mtls`, `mtls-rate`) run through pairs of
+//!    processes of each kind: an outbound proxy, mutual TLS 1.3, an inbound
+//!    proxy in front of the origin, with harness-made certificates (see
+//!    [`mtls`]).
 //! 3. Rounds: for each round, for each scenario, for each target (`direct`,
 //!    i.e. no proxy, then the proxies): run `coremesh-bench load --json` as a
 //!    pinned child and read the proxy's CPU time from /proc around it. Targets
@@ -28,11 +32,12 @@
 //!
 //! The fixed rate of the latency scenario, unless `--rate` is given, is a
 //! quarter of the lowest small-response saturation throughput any proxy
-//! reached in round 1: below every proxy's saturation, and low enough that
+//! reached in round 1 (for `mtls-rate`: of any pair's `mtls` throughput): below every proxy's saturation, and low enough that
 //! the load generator and origin, which share their CPUs and pay a sleep and
 //! a wake-up per request in open loop (~30 us each in a VM, measured here),
 //! are not the queue being measured.
 
+pub mod mtls;
 pub mod policy;
 pub mod proxies;
 pub mod report;
@@ -99,10 +104,16 @@ pub enum Scenario {
     /// The same with 100 Routes and a Resilience block (see [`policy`]).
     #[serde(rename = "policy-full")]
     PolicyFull,
+    /// 128-byte responses through a two-hop pair of each proxy kind
+    /// (outbound proxy -> mutual TLS 1.3 -> inbound proxy), saturation.
+    Mtls,
+    /// The same at a fixed rate (latency).
+    #[serde(rename = "mtls-rate")]
+    MtlsRate,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 10] = [
         Scenario::Small,
         Scenario::Rate,
         Scenario::Body16k,
@@ -111,6 +122,8 @@ impl Scenario {
         Scenario::Idle,
         Scenario::PolicyPlain,
         Scenario::PolicyFull,
+        Scenario::Mtls,
+        Scenario::MtlsRate,
     ];
 
     pub fn name(self) -> &'static str {
@@ -123,6 +136,8 @@ impl Scenario {
             Scenario::Idle => "idle",
             Scenario::PolicyPlain => "policy-plain",
             Scenario::PolicyFull => "policy-full",
+            Scenario::Mtls => "mtls",
+            Scenario::MtlsRate => "mtls-rate",
         }
     }
 
@@ -133,6 +148,26 @@ impl Scenario {
     /// Through the mesh pairs of [`policy`] rather than one-hop proxies.
     pub fn is_policy(self) -> bool {
         matches!(self, Scenario::PolicyPlain | Scenario::PolicyFull)
+    }
+
+    /// Through the two-hop mutual TLS pairs of [`mtls`].
+    pub fn is_mtls(self) -> bool {
+        matches!(self, Scenario::Mtls | Scenario::MtlsRate)
+    }
+
+    /// Through the one-hop proxies.
+    pub fn is_one_hop(self) -> bool {
+        !self.is_policy() && !self.is_mtls()
+    }
+
+    /// The fixed-rate scenario's saturation twin, whose round-1 throughput
+    /// sets its rate.
+    pub fn saturation(self) -> Option<Scenario> {
+        match self {
+            Scenario::Rate => Some(Scenario::Small),
+            Scenario::MtlsRate => Some(Scenario::Mtls),
+            _ => None,
+        }
     }
 
     /// Response body size.
@@ -157,6 +192,12 @@ impl Scenario {
             }
             Scenario::PolicyFull => {
                 "128 B responses, web proxy -> mutual TLS -> api proxy, 100 Routes and a Resilience, max throughput"
+            }
+            Scenario::Mtls => {
+                "128 B responses, outbound proxy -> mutual TLS 1.3 -> inbound proxy, max throughput"
+            }
+            Scenario::MtlsRate => {
+                "128 B responses, outbound proxy -> mutual TLS 1.3 -> inbound proxy, fixed rate"
             }
         }
     }
@@ -209,8 +250,9 @@ pub struct TargetInfo {
     pub version: String,
     pub config: Option<String>,
     pub log: Option<String>,
-    /// "proxy" (one hop), or the policy scenario of a mesh pair (`config`
-    /// and `log` are the web proxy's, `inbound_*` the api proxy's).
+    /// "proxy" (one hop), the policy scenario of a mesh pair, or "mtls"
+    /// (a two-hop pair; `config` and `log` are the outbound (web) proxy's,
+    /// `inbound_*` the inbound (api) proxy's).
     #[serde(default)]
     pub topology: String,
     #[serde(default)]
@@ -237,6 +279,9 @@ pub struct Results {
     pub connections: usize,
     pub idle_connections: usize,
     pub fixed_rate: f64,
+    /// The fixed rate of `mtls-rate` (0 when it did not run).
+    #[serde(default)]
+    pub mtls_fixed_rate: f64,
     pub targets: Vec<TargetInfo>,
     pub notes: Vec<String>,
     pub samples: Vec<Sample>,
@@ -354,7 +399,7 @@ pub fn run(opts: &Options) -> Result<Results, String> {
     // policy ones.
     let mut infos = Vec::new();
     let resolved = resolve_proxies(opts, &mut infos);
-    let one_hop_wanted = opts.scenarios.iter().any(|s| !s.is_policy());
+    let one_hop_wanted = opts.scenarios.iter().any(|s| s.is_one_hop());
     let mut targets = vec![Target::direct()];
     for (label, kind, bin) in resolved.iter().filter(|_| one_hop_wanted).cloned() {
         let version = proxies::version(&bin, kind);
@@ -440,6 +485,26 @@ pub fn run(opts: &Options) -> Result<Results, String> {
             }
         }
     }
+    let mut pairs = None;
+    if opts.scenarios.iter().any(|s| s.is_mtls()) {
+        log("starting the mtls pairs (outbound proxy -> mutual TLS 1.3 -> inbound proxy)");
+        match mtls::start(
+            &resolved,
+            origin_addr,
+            &out_dir,
+            nofile,
+            &pc,
+            taskset.as_deref(),
+        ) {
+            Ok(p) => {
+                infos.extend(p.infos.iter().cloned());
+                notes.extend(p.notes.iter().cloned());
+                pairs = Some(p);
+            }
+            Err(e) => notes.push(format!("mtls scenarios: not run: {e}")),
+        }
+    }
+    let direct = Target::direct();
     let policy_targets = |s: Scenario| -> Vec<&Target> {
         mesh.as_ref().map_or(Vec::new(), |m| {
             m.targets
@@ -452,6 +517,10 @@ pub fn run(opts: &Options) -> Result<Results, String> {
     let targets_for = |s: Scenario| -> Vec<&Target> {
         if s.is_policy() {
             policy_targets(s)
+        } else if s.is_mtls() {
+            std::iter::once(&direct)
+                .chain(pairs.as_ref().map_or(&[][..], |p| &p.targets[..]))
+                .collect()
         } else {
             targets.iter().collect()
         }
@@ -467,44 +536,74 @@ pub fn run(opts: &Options) -> Result<Results, String> {
         .copied()
         .filter(|s| *s != Scenario::Idle)
         .collect();
+    // Fixed rates: `rate` (one hop) and `mtls-rate` (the pairs).
     let mut rate = opts.rate.unwrap_or(0.0);
+    let mut mtls_rate = opts.rate.unwrap_or(0.0);
     let mut samples: Vec<Sample> = Vec::new();
     let mut idle = Vec::new();
-    if opts.rate.is_none()
-        && opts.scenarios.contains(&Scenario::Rate)
-        && !opts.scenarios.contains(&Scenario::Small)
-    {
-        // The fixed rate comes from a saturation measurement; make a short one.
-        for t in targets_for(Scenario::Small) {
-            let s = measure(
+    for (fixed, slot) in [
+        (Scenario::Rate, &mut rate),
+        (Scenario::MtlsRate, &mut mtls_rate),
+    ] {
+        let Some(sat) = fixed.saturation() else {
+            continue;
+        };
+        let pos = |s: Scenario| load_scenarios.iter().position(|x| *x == s);
+        // Unless the saturation twin runs first in round 1, the fixed rate
+        // comes from a short saturation measurement made here.
+        let calibrate = match (pos(fixed), pos(sat)) {
+            (Some(f), Some(s)) => s > f,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        if opts.rate.is_some() || !calibrate {
+            continue;
+        }
+        let mut cal = Vec::new();
+        for t in targets_for(sat) {
+            cal.push(measure(
                 &exe,
                 &lc,
                 taskset.as_deref(),
                 t,
                 (origin_addr, origin.pid()),
-                Scenario::Small,
+                sat,
                 0.0,
                 0,
                 opts,
                 true,
-            )?;
-            samples.push(s);
+            )?);
         }
-        rate = pick_rate(&samples);
-        samples.clear();
+        *slot = pick_rate(&cal, sat);
+        log(&format!(
+            "fixed rate for {}: {:.0} req/s",
+            fixed.name(),
+            *slot
+        ));
     }
     for round in 1..=opts.rounds {
         for scenario in round_order(&load_scenarios, round) {
-            if scenario == Scenario::Rate && rate <= 0.0 {
-                rate = pick_rate(&samples);
-                log(&format!("fixed rate for latency: {rate:.0} req/s"));
-            }
+            let r = match scenario {
+                Scenario::Rate | Scenario::MtlsRate => {
+                    let slot = if scenario == Scenario::Rate {
+                        &mut rate
+                    } else {
+                        &mut mtls_rate
+                    };
+                    if *slot <= 0.0 {
+                        *slot =
+                            pick_rate(&samples, scenario.saturation().unwrap_or(Scenario::Small));
+                        log(&format!(
+                            "fixed rate for {}: {:.0} req/s",
+                            scenario.name(),
+                            *slot
+                        ));
+                    }
+                    *slot
+                }
+                _ => 0.0,
+            };
             for t in targets_for(scenario) {
-                let r = if scenario == Scenario::Rate {
-                    rate
-                } else {
-                    0.0
-                };
                 let s = measure(
                     &exe,
                     &lc,
@@ -576,6 +675,31 @@ pub fn run(opts: &Options) -> Result<Results, String> {
     if let Some(m) = mesh.as_mut() {
         m.stop();
     }
+    if let Some(p) = pairs.as_mut() {
+        // What coremesh's inbound proxies saw: whether pooling and
+        // session resumption held (a handshake per request would show).
+        for t in p.targets.iter().filter(|t| t.label.starts_with(COREMESH)) {
+            if let Some(inbound) = t.running.get(1) {
+                let requests: u64 = samples
+                    .iter()
+                    .filter(|s| s.scenario.is_mtls() && s.target == t.label)
+                    .map(|s| s.responses_total)
+                    .sum();
+                match mtls::coremesh_handshakes(&inbound.log_path) {
+                    Ok((full, resumed)) => notes.push(format!(
+                        "mtls {}: the inbound proxy made {full} full and {resumed} resumed TLS handshakes for {requests} measured requests (plus warm-ups and checks)",
+                        t.label
+                    )),
+                    Err(e) => notes.push(format!("mtls {}: handshake counters: {e}", t.label)),
+                }
+            }
+        }
+        for t in &mut p.targets {
+            for r in &mut t.running {
+                r.stop();
+            }
+        }
+    }
     drop(origin);
 
     let summary = report::summarize(&samples, &idle);
@@ -595,6 +719,7 @@ pub fn run(opts: &Options) -> Result<Results, String> {
         connections: opts.connections,
         idle_connections: opts.idle_conns,
         fixed_rate: rate,
+        mtls_fixed_rate: mtls_rate,
         targets: infos,
         notes,
         samples,
@@ -739,13 +864,14 @@ fn start_origin(
     })
 }
 
-/// A quarter of the lowest saturation throughput of any proxy (or of the
-/// direct path, if no proxy ran), rounded down to two significant digits.
-fn pick_rate(samples: &[Sample]) -> f64 {
+/// A quarter of the lowest throughput in `scenario` (a saturation one) of
+/// any proxy (or of the direct path, if no proxy ran), rounded down to two
+/// significant digits.
+fn pick_rate(samples: &[Sample], scenario: Scenario) -> f64 {
     let sat = |proxies_only: bool| {
         samples
             .iter()
-            .filter(|s| s.scenario == Scenario::Small && s.achieved_rps > 0.0)
+            .filter(|s| s.scenario == scenario && s.achieved_rps > 0.0)
             .filter(|s| !proxies_only || s.target != DIRECT)
             .map(|s| s.achieved_rps)
             .fold(f64::INFINITY, f64::min)
@@ -934,9 +1060,19 @@ mod tests {
             sample("nginx", 41_234.0),
             sample("coremesh", 60_000.0),
         ];
-        assert_eq!(pick_rate(&s), 10_000.0);
-        assert_eq!(pick_rate(&[sample(DIRECT, 9_876.0)]), 2_400.0);
-        assert_eq!(pick_rate(&[]), 1000.0);
+        assert_eq!(pick_rate(&s, Scenario::Small), 10_000.0);
+        assert_eq!(
+            pick_rate(&[sample(DIRECT, 9_876.0)], Scenario::Small),
+            2_400.0
+        );
+        assert_eq!(pick_rate(&[], Scenario::Small), 1000.0);
+        // mtls-rate's comes from the pairs' mtls throughput only.
+        let mut m = sample("nginx", 20_000.0);
+        m.scenario = Scenario::Mtls;
+        let mut all = s.clone();
+        all.push(m);
+        assert_eq!(pick_rate(&all, Scenario::Mtls), 5_000.0);
+        assert_eq!(pick_rate(&all, Scenario::Small), 10_000.0);
     }
 
     #[test]

@@ -50,7 +50,7 @@ impl Kind {
         }
     }
 
-    fn config_ext(self) -> &'static str {
+    pub fn config_ext(self) -> &'static str {
         match self {
             Kind::Coremesh => "toml",
             Kind::Nginx => "conf",
@@ -357,6 +357,26 @@ pub fn start(
     fs::write(&config_path, config(kind, port, origin, &own, nofile))
         .map_err(|e| format!("{}: {e}", config_path.display()))?;
     let log_path = own.join("stderr.log");
+    if kind == Kind::Coremesh {
+        return start_coremesh(bin, config_path, log_path, "outbound", cpus, taskset);
+    }
+    spawn(kind, bin, &own, config_path, port, log_path, cpus, taskset)
+}
+
+/// Starts a proxy other than coremesh with the configuration already
+/// written at `config_path` (its own files in `own`), pinned to `cpus`,
+/// and waits until it accepts connections on `port`.
+#[allow(clippy::too_many_arguments)] // two call sites; each is a distinct fact
+pub fn spawn(
+    kind: Kind,
+    bin: &Path,
+    own: &Path,
+    config_path: PathBuf,
+    port: u16,
+    log_path: PathBuf,
+    cpus: &str,
+    taskset: Option<&Path>,
+) -> Result<Running, String> {
     let mut cmd = pinned(bin, cpus, taskset);
     match kind {
         Kind::Coremesh => {
@@ -364,7 +384,7 @@ pub fn start(
         }
         Kind::Nginx => {
             cmd.arg("-p")
-                .arg(&own)
+                .arg(own)
                 .arg("-c")
                 .arg(&config_path)
                 .arg("-e")
@@ -518,7 +538,9 @@ pub fn request_on(s: &mut TcpStream, path: &str) -> Result<u16, String> {
     request_host(s, path, "origin")
 }
 
-fn request_host(s: &mut TcpStream, path: &str, host: &str) -> Result<u16, String> {
+/// One keep-alive request with `Host: host` on any open byte stream (a
+/// TCP connection, a TLS session over one); returns the status.
+pub fn request_host<S: Read + Write>(s: &mut S, path: &str, host: &str) -> Result<u16, String> {
     let req = crate::http::build_request(path, host, &[], 0, false);
     s.write_all(&req).map_err(|e| format!("write: {e}"))?;
     let mut r = ResponseReader::new();

@@ -302,6 +302,7 @@ pub fn markdown(r: &Results) -> String {
     }
 
     md += &policy_md(r);
+    md += &mtls_md(r);
 
     if !r.idle.is_empty() {
         md += &format!(
@@ -496,6 +497,197 @@ fn policy_md(r: &Results) -> String {
     md
 }
 
+/// Issue 5's target for the mesh hop: coremesh's pair at most this times
+/// the best peer pair's CPU per request.
+pub const MTLS_TARGET: f64 = 0.9;
+/// What issue 5 aims for.
+pub const MTLS_AIM: f64 = 0.75;
+
+/// coremesh's pair against the best peer pair, from the medians of CPU
+/// per request in one mtls scenario.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeshVerdict {
+    /// The peer (not coremesh) with the lowest median.
+    pub best_peer: String,
+    pub peer_cpu: f64,
+    pub coremesh_cpu: f64,
+    /// coremesh / best peer.
+    pub ratio: f64,
+    /// |coremesh#2 / coremesh - 1|, when the twin ran.
+    pub band: Option<f64>,
+    /// ratio <= [`MTLS_TARGET`].
+    pub met: bool,
+    /// ratio <= [`MTLS_AIM`].
+    pub aim_met: bool,
+}
+
+/// `peers`: (label, median) of every pair that is not coremesh.
+pub fn mesh_verdict(
+    coremesh: f64,
+    twin: Option<f64>,
+    peers: &[(String, f64)],
+) -> Option<MeshVerdict> {
+    let (best_peer, peer_cpu) = peers
+        .iter()
+        .filter(|(_, v)| v.is_finite() && *v > 0.0)
+        .min_by(|a, b| a.1.total_cmp(&b.1))?
+        .clone();
+    let ratio = coremesh / peer_cpu;
+    Some(MeshVerdict {
+        best_peer,
+        peer_cpu,
+        coremesh_cpu: coremesh,
+        ratio,
+        band: twin.map(|t| (t / coremesh - 1.0).abs()),
+        met: ratio <= MTLS_TARGET,
+        aim_met: ratio <= MTLS_AIM,
+    })
+}
+
+/// The mesh-hop tables: both proxies' CPU per request and throughput at
+/// saturation, latency at the fixed rate, and issue 5's verdict.
+fn mtls_md(r: &Results) -> String {
+    let (sat, fixed) = (Scenario::Mtls, Scenario::MtlsRate);
+    let ran = |t: &str, sc: Scenario| r.samples.iter().any(|s| s.target == t && s.scenario == sc);
+    let order: Vec<String> = target_order(r)
+        .into_iter()
+        .filter(|t| ran(t, sat) || ran(t, fixed))
+        .collect();
+    if order.is_empty() {
+        return String::new();
+    }
+    let cpu = "proxy_cpu_us_per_req";
+    let median = |sc: Scenario, t: &str, m: &str| find(r, sc, t, m).map(|s| s.median);
+    let mut md = String::from(
+        "### Mesh hop: outbound proxy -> mutual TLS 1.3 -> inbound proxy
+
+",
+    );
+    md += "load generator -> outbound proxy (plain HTTP, `Host: api`) -> mutual TLS 1.3 (client certificate, server verified, keep-alive pool, session reuse) -> inbound proxy -> origin; every target but `direct` is a pair of processes of one kind, one worker / thread / shard each, both on the proxy CPUs. CPU per request is both processes together (user+sys of both process trees); lower is better. 128 B responses.
+
+";
+    if order.iter().any(|t| ran(t, sat)) {
+        md += &header(
+            "target",
+            [
+                "CPU us/req (both proxies)",
+                "vs best peer",
+                "req/s at saturation",
+                "proxy cores",
+            ]
+            .into_iter(),
+        );
+        let best = best_peer(r, sat);
+        for t in order.iter().filter(|t| ran(t, sat)) {
+            let vs = match (median(sat, t, cpu), &best) {
+                (Some(c), Some((_, b))) => format!("{:.2}x", c / b),
+                _ => "-".into(),
+            };
+            md += &row_md(&[
+                t.to_string(),
+                cell(find(r, sat, t, cpu), f2),
+                vs,
+                cell(find(r, sat, t, "rps"), f0),
+                median(sat, t, "proxy_cores_used").map_or("-".into(), |c| format!("{c:.2}")),
+            ]);
+        }
+        md += "
+";
+    }
+    if order.iter().any(|t| ran(t, fixed)) {
+        md += &format!(
+            "At a fixed {:.0} req/s (open loop, latency from each request's intended send time):
+
+",
+            r.mtls_fixed_rate
+        );
+        md += &header(
+            "target",
+            [
+                "CPU us/req (both proxies)",
+                "p50",
+                "p99",
+                "p99.9",
+                "added p50 vs direct",
+                "added p99 vs direct",
+                "errors",
+            ]
+            .into_iter(),
+        );
+        let direct = |m: &str| median(fixed, DIRECT, m);
+        for t in order.iter().filter(|t| ran(t, fixed)) {
+            let added = |m: &str| match (median(fixed, t, m), direct(m)) {
+                (Some(p), Some(d)) if t != DIRECT => fmt_us(p - d),
+                _ => "-".into(),
+            };
+            md += &row_md(&[
+                t.to_string(),
+                cell(find(r, fixed, t, cpu), f2),
+                cell(find(r, fixed, t, "p50_us"), f1),
+                cell(find(r, fixed, t, "p99_us"), f1),
+                cell(find(r, fixed, t, "p999_us"), f1),
+                added("p50_us"),
+                added("p99_us"),
+                find(r, fixed, t, "errors").map_or("-".into(), |s| f0(s.max)),
+            ]);
+        }
+        md += "
+";
+    }
+    let aa = format!("{COREMESH}#2");
+    for sc in [sat, fixed] {
+        let Some(c) = median(sc, COREMESH, cpu) else {
+            continue;
+        };
+        let peers: Vec<(String, f64)> = order
+            .iter()
+            .filter(|t| *t != DIRECT && !t.starts_with(COREMESH))
+            .filter_map(|t| median(sc, t, cpu).map(|v| (t.clone(), v)))
+            .collect();
+        let Some(v) = mesh_verdict(c, median(sc, &aa, cpu), &peers) else {
+            md += &format!(
+                "Target (issue 5), {}: no peer pair ran.
+
+",
+                sc.name()
+            );
+            continue;
+        };
+        let band = v.band.map_or("no A/A pair ran".into(), |b| {
+            format!("A/A band (coremesh#2 vs coremesh): {:.1}%", b * 100.0)
+        });
+        let close = v
+            .band
+            .filter(|b| (v.ratio - MTLS_TARGET).abs() <= *b)
+            .map_or("", |_| ", within the A/A band of the limit");
+        md += &format!(
+            "Target (issue 5: coremesh at most {MTLS_TARGET}x the best peer's CPU per request, aiming for {MTLS_AIM}x), {}: coremesh {:.2} us / {} {:.2} us = **{:.2}x**: {}{close} (aim {MTLS_AIM}x: {}). {band}.
+
+",
+            sc.name(),
+            v.coremesh_cpu,
+            v.best_peer,
+            v.peer_cpu,
+            v.ratio,
+            if v.met { "met" } else { "missed" },
+            if v.aim_met { "reached" } else { "not reached" },
+        );
+    }
+    md
+}
+
+/// The peer pair (not direct, not coremesh) with the lowest median CPU per
+/// request in `sc`.
+fn best_peer(r: &Results, sc: Scenario) -> Option<(String, f64)> {
+    r.summary
+        .iter()
+        .filter(|s| s.scenario == sc && s.metric == "proxy_cpu_us_per_req")
+        .filter(|s| s.target != DIRECT && !s.target.starts_with(COREMESH))
+        .filter(|s| s.median.is_finite() && s.median > 0.0)
+        .min_by(|a, b| a.median.total_cmp(&b.median))
+        .map(|s| (s.target.clone(), s.median))
+}
+
 fn header<'a>(first: &'a str, cols: impl Iterator<Item = &'a str>) -> String {
     let cols: Vec<&str> = std::iter::once(first).chain(cols).collect();
     let mut s = format!("| {} |\n", cols.join(" | "));
@@ -546,6 +738,19 @@ mod tests {
         assert!(c.met && c.ratio_aa.is_none() && c.band == 0.0);
         // Cheaper than plain is met.
         assert!(policy_cost((10.0, Some(9.9)), (9.0, Some(9.1))).met);
+    }
+
+    #[test]
+    fn mesh_verdict_against_the_best_peer() {
+        let peers = vec![("nginx".to_string(), 40.0), ("haproxy".to_string(), 30.0)];
+        let v = mesh_verdict(24.0, Some(24.6), &peers).unwrap();
+        assert_eq!(v.best_peer, "haproxy");
+        assert!((v.ratio - 0.8).abs() < 1e-9 && v.met && !v.aim_met, "{v:?}");
+        assert!((v.band.unwrap() - 0.025).abs() < 1e-9);
+        let v = mesh_verdict(28.0, None, &peers).unwrap();
+        assert!(!v.met && v.band.is_none(), "{v:?}");
+        assert!(mesh_verdict(20.0, None, &peers).unwrap().aim_met);
+        assert!(mesh_verdict(20.0, None, &[]).is_none());
     }
 
     #[test]

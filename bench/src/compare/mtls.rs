@@ -1,0 +1,937 @@
+//! The mesh-hop scenarios of `compare` (issue 5, item 8): the whole hop a
+//! request takes between two services, for coremesh and for nginx and
+//! HAProxy set up in the same topology.
+//!
+//! ```text
+//! load ─▶ outbound proxy ─▶ mutual TLS 1.3 ─▶ inbound proxy ─▶ origin
+//!  (plain HTTP, Host: api)   (keep-alive pool,     (keep-alive pool
+//!                             client certificate)   to the origin)
+//! ```
+//!
+//! Hypothesis: a coremesh pair (rustls's unbuffered API over the shard's
+//! own buffers, pooled proxy-to-proxy connections, resumed sessions) costs
+//! at most 0.9x the CPU per request of the best peer pair, aiming for
+//! 0.75x, and adds no more latency at a fixed rate.
+//!
+//! Each target is a pair of processes of one kind, both pinned to the
+//! proxy CPUs; its CPU per request is both together. The harness makes one
+//! CA and two leaves (ECDSA P-256), written to `<out dir>/configs/mtls/`:
+//!
+//! - `web`: the outbound proxy's client certificate,
+//!   `spiffe://bench.coremesh/service/web`;
+//! - `api`: the inbound proxy's server certificate,
+//!   `spiffe://bench.coremesh/service/api`, plus the DNS name `api`, which
+//!   is what nginx (`proxy_ssl_name`) and HAProxy (`verifyhost`) check:
+//!   neither matches URI names. coremesh checks the SPIFFE ID.
+//!
+//! Every pair uses the same files and the same rules: TLS 1.3 only, the
+//! server's chain and name verified by the outbound side, a client
+//! certificate required and verified by the inbound side, session reuse
+//! on, a keep-alive pool on both hops, one worker / thread / shard per
+//! process, no access log.
+//!
+//! Before measuring, each pair must answer 200 through the hop, and its
+//! inbound proxy must refuse plaintext and a TLS client without a
+//! certificate, and answer 200 to one with the `web` certificate: so the
+//! hop is mutual TLS, not plain HTTP that happens to work.
+//!
+//! Scenarios: `mtls` (closed loop, saturation) and `mtls-rate` (open loop
+//! at a fixed rate, a quarter of the slowest pair's `mtls` throughput in
+//! round 1), both with 128 B responses; `direct` (load -> origin) runs in
+//! both for the added-latency view.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+use super::proxies::{self, file_label, Kind, Running};
+use super::{log, Target, TargetInfo, SMALL};
+
+/// The trust domain of the run's certificates.
+pub const TRUST_DOMAIN: &str = "bench.coremesh";
+/// The calling service (the outbound proxy's identity).
+pub const CALLER: &str = "web";
+/// The called service: the load's `Host`, the inbound proxy's identity.
+pub const SERVICE: &str = "api";
+
+/// `spiffe://bench.coremesh/service/<name>`.
+pub fn spiffe_id(service: &str) -> String {
+    format!("spiffe://{TRUST_DOMAIN}/service/{service}")
+}
+
+/// The PEM files of the run's PKI.
+#[derive(Debug, Clone)]
+pub struct PkiFiles {
+    pub ca: PathBuf,
+    /// The outbound side's client certificate and key; `web_pem` is both
+    /// in one file (HAProxy's `crt`).
+    pub web_cert: PathBuf,
+    pub web_key: PathBuf,
+    pub web_pem: PathBuf,
+    /// The inbound side's server certificate and key; `api_pem` both.
+    pub api_cert: PathBuf,
+    pub api_key: PathBuf,
+    pub api_pem: PathBuf,
+}
+
+impl PkiFiles {
+    fn in_dir(dir: &Path) -> PkiFiles {
+        PkiFiles {
+            ca: dir.join("ca.pem"),
+            web_cert: dir.join("web.crt"),
+            web_key: dir.join("web.key"),
+            web_pem: dir.join("web.pem"),
+            api_cert: dir.join("api.crt"),
+            api_key: dir.join("api.key"),
+            api_pem: dir.join("api.pem"),
+        }
+    }
+}
+
+fn rc<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> String {
+    move |e| format!("{what}: {e}")
+}
+
+/// A leaf for `service` signed by `issuer`: the SPIFFE ID as a URI name and
+/// the service as a DNS name, for client and server use.
+fn leaf(issuer: &Issuer<'_, KeyPair>, service: &str) -> Result<(String, String), String> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(rc("leaf key"))?;
+    let mut p = CertificateParams::new(vec![service.to_string()]).map_err(rc("leaf"))?;
+    p.subject_alt_names.push(SanType::URI(
+        spiffe_id(service)
+            .try_into()
+            .map_err(rc("SPIFFE ID as a URI"))?,
+    ));
+    p.distinguished_name.push(DnType::CommonName, service);
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let cert = p.signed_by(&key, issuer).map_err(rc("leaf signature"))?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// Makes the CA and both leaves and writes them to `dir`.
+pub fn write_pki(dir: &Path) -> Result<PkiFiles, String> {
+    fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(rc("CA key"))?;
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(rc("CA"))?;
+    ca.distinguished_name
+        .push(DnType::CommonName, "coremesh-bench mtls CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca.self_signed(&ca_key).map_err(rc("CA signature"))?;
+    let f = PkiFiles::in_dir(dir);
+    let issuer = Issuer::new(ca, ca_key);
+    let (web_cert, web_key) = leaf(&issuer, CALLER)?;
+    let (api_cert, api_key) = leaf(&issuer, SERVICE)?;
+    let files: [(&Path, String); 7] = [
+        (&f.ca, ca_cert.pem()),
+        (&f.web_cert, web_cert.clone()),
+        (&f.web_key, web_key.clone()),
+        (&f.web_pem, format!("{web_cert}{web_key}")),
+        (&f.api_cert, api_cert.clone()),
+        (&f.api_key, api_key.clone()),
+        (&f.api_pem, format!("{api_cert}{api_key}")),
+    ];
+    for (path, text) in files {
+        fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(f)
+}
+
+fn q(p: &Path) -> String {
+    format!("{:?}", p.display().to_string())
+}
+
+fn tls_table(cert: &Path, key: &Path, ca: &Path) -> String {
+    format!(
+        "[tls]\ncert = {}\nkey = {}\nca = {}\n",
+        q(cert),
+        q(key),
+        q(ca)
+    )
+}
+
+/// The coremesh outbound proxy (identity `web`): Host `api` goes to the
+/// inbound proxy at `inbound` over mutual TLS.
+pub fn coremesh_outbound(pki: &PkiFiles, inbound: SocketAddr) -> String {
+    format!(
+        "# coremesh-bench compare mtls: the outbound (calling) proxy, static mode.\n\
+         # One shard; Host: {SERVICE} goes over mutual TLS 1.3 (pooled, sessions resumed)\n\
+         # to the inbound proxy, whose certificate must name {sid}.\n\
+         [proxy]\n\
+         service = \"{CALLER}\"\n\
+         cores = 1\n\
+         admin = \"127.0.0.1:0\"\n\
+         \n\
+         [outbound]\n\
+         listen = \"127.0.0.1:0\"\n\
+         \n\
+         {tls}\n\
+         [[services]]\n\
+         name = \"{SERVICE}\"\n\
+         endpoints = [\"{inbound}\"]\n",
+        sid = spiffe_id(SERVICE),
+        tls = tls_table(&pki.web_cert, &pki.web_key, &pki.ca),
+    )
+}
+
+/// The coremesh inbound proxy (identity `api`) in front of `origin`.
+pub fn coremesh_inbound(pki: &PkiFiles, origin: SocketAddr) -> String {
+    format!(
+        "# coremesh-bench compare mtls: the inbound (called) proxy, static mode.\n\
+         # One shard; the inbound listener accepts mutual TLS 1.3 only (a client\n\
+         # certificate of the CA, trust domain {TRUST_DOMAIN}); keep-alive pool to the origin.\n\
+         [proxy]\n\
+         service = \"{SERVICE}\"\n\
+         cores = 1\n\
+         admin = \"127.0.0.1:0\"\n\
+         \n\
+         [inbound]\n\
+         listen = \"127.0.0.1:0\"\n\
+         app = \"{origin}\"\n\
+         \n\
+         {}",
+        tls_table(&pki.api_cert, &pki.api_key, &pki.ca),
+    )
+}
+
+/// The parts every nginx of the run shares: one worker, limits raised, no
+/// access log, client keep-alive as long as the benchmark.
+fn nginx_head(what: &str, dir: &Path, nofile: u64) -> String {
+    let d = dir.display();
+    let fds = proxies::max_conns(nofile) * 2 + 100;
+    format!(
+        r#"# coremesh-bench compare mtls: nginx, {what}, one worker.
+daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile {fds};
+pid {d}/nginx.pid;
+error_log {d}/nginx-error.log warn;
+
+events {{
+    worker_connections {fds};
+    multi_accept on;
+}}
+"#
+    )
+}
+
+fn nginx_http_head(dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        r#"    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy_temp;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+"#
+    )
+}
+
+/// nginx as the outbound proxy: plain HTTP in, `proxy_pass https://` to a
+/// keep-alive upstream, client certificate, server verified as `api`.
+pub fn nginx_outbound(
+    pki: &PkiFiles,
+    port: u16,
+    inbound: SocketAddr,
+    dir: &Path,
+    nofile: u64,
+) -> String {
+    format!(
+        r#"{head}
+http {{
+{http}
+    upstream {SERVICE}_mesh {{
+        server {inbound};
+        keepalive 256;
+        keepalive_requests 10000000;
+        keepalive_timeout 300s;
+    }}
+
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass https://{SERVICE}_mesh;
+            # HTTP/1.1 and no "Connection: close" upstream: pooled keep-alive.
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            # Mutual TLS 1.3: our client certificate, the server's chain and
+            # name ({SERVICE}, its DNS SAN) verified, sessions reused.
+            proxy_ssl_protocols TLSv1.3;
+            proxy_ssl_certificate {web_cert};
+            proxy_ssl_certificate_key {web_key};
+            proxy_ssl_trusted_certificate {ca};
+            proxy_ssl_verify on;
+            proxy_ssl_verify_depth 2;
+            proxy_ssl_name {SERVICE};
+            proxy_ssl_server_name on;
+            proxy_ssl_session_reuse on;
+            proxy_buffering on;
+            proxy_buffers 16 16k;
+            proxy_max_temp_file_size 0;
+        }}
+    }}
+}}
+"#,
+        head = nginx_head("outbound (calling) proxy", dir, nofile),
+        http = nginx_http_head(dir),
+        web_cert = pki.web_cert.display(),
+        web_key = pki.web_key.display(),
+        ca = pki.ca.display(),
+    )
+}
+
+/// nginx as the inbound proxy: mutual TLS 1.3 in (client certificate
+/// required and verified), a keep-alive upstream to the origin.
+pub fn nginx_inbound(
+    pki: &PkiFiles,
+    port: u16,
+    origin: SocketAddr,
+    dir: &Path,
+    nofile: u64,
+) -> String {
+    format!(
+        r#"{head}
+http {{
+{http}
+    upstream origin {{
+        server {origin};
+        keepalive 256;
+        keepalive_requests 10000000;
+        keepalive_timeout 300s;
+    }}
+
+    server {{
+        listen 127.0.0.1:{port} ssl backlog=4096;
+        ssl_protocols TLSv1.3;
+        ssl_certificate {api_cert};
+        ssl_certificate_key {api_key};
+        # A client certificate of the CA is required.
+        ssl_verify_client on;
+        ssl_client_certificate {ca};
+        ssl_verify_depth 2;
+        ssl_session_tickets on;
+        ssl_session_cache shared:mesh:10m;
+        location / {{
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_buffering on;
+            proxy_buffers 16 16k;
+            proxy_max_temp_file_size 0;
+        }}
+    }}
+}}
+"#,
+        head = nginx_head("inbound (called) proxy", dir, nofile),
+        http = nginx_http_head(dir),
+        api_cert = pki.api_cert.display(),
+        api_key = pki.api_key.display(),
+        ca = pki.ca.display(),
+    )
+}
+
+fn haproxy_head(what: &str, dir: &Path, nofile: u64) -> String {
+    let conns = proxies::max_conns(nofile);
+    format!(
+        r#"# coremesh-bench compare mtls: HAProxy, {what}, one thread.
+global
+    nbthread 1
+    maxconn {conns}
+    pidfile {d}/haproxy.pid
+    ssl-server-verify required
+
+defaults
+    mode http
+    # No "log" line: no access log.
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+    timeout http-keep-alive 300s
+    option http-keep-alive
+    maxconn {conns}
+"#,
+        d = dir.display()
+    )
+}
+
+/// HAProxy as the outbound proxy: plain HTTP in, a TLS 1.3 server with our
+/// client certificate, the server's chain and name verified, idle server
+/// connections reused across clients.
+pub fn haproxy_outbound(
+    pki: &PkiFiles,
+    port: u16,
+    inbound: SocketAddr,
+    dir: &Path,
+    nofile: u64,
+) -> String {
+    let conns = proxies::max_conns(nofile);
+    format!(
+        r#"{head}
+frontend {CALLER}
+    bind 127.0.0.1:{port}
+    default_backend {SERVICE}_mesh
+
+backend {SERVICE}_mesh
+    http-reuse always
+    server {SERVICE} {inbound} ssl crt {web_pem} ca-file {ca} verify required verifyhost {SERVICE} sni str({SERVICE}) ssl-min-ver TLSv1.3 maxconn {conns}
+"#,
+        head = haproxy_head("outbound (calling) proxy", dir, nofile),
+        web_pem = pki.web_pem.display(),
+        ca = pki.ca.display(),
+    )
+}
+
+/// HAProxy as the inbound proxy: mutual TLS 1.3 in (client certificate
+/// required and verified), a reused connection pool to the origin.
+pub fn haproxy_inbound(
+    pki: &PkiFiles,
+    port: u16,
+    origin: SocketAddr,
+    dir: &Path,
+    nofile: u64,
+) -> String {
+    let conns = proxies::max_conns(nofile);
+    format!(
+        r#"{head}
+frontend {SERVICE}
+    bind 127.0.0.1:{port} ssl crt {api_pem} ca-file {ca} verify required ssl-min-ver TLSv1.3
+    default_backend origin
+
+backend origin
+    http-reuse always
+    server origin {origin} maxconn {conns}
+"#,
+        head = haproxy_head("inbound (called) proxy", dir, nofile),
+        api_pem = pki.api_pem.display(),
+        ca = pki.ca.display(),
+    )
+}
+
+/// The pairs of the mtls scenarios that passed their checks.
+pub(super) struct Pairs {
+    pub targets: Vec<Target>,
+    pub infos: Vec<TargetInfo>,
+    pub notes: Vec<String>,
+}
+
+/// Where one process of a pair keeps its files.
+struct Side {
+    own: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+fn side(out_dir: &Path, label: &str, kind: Kind, which: &str) -> Result<Side, String> {
+    let name = format!("mtls-{}-{which}", file_label(label));
+    let own = out_dir.join("run").join(&name);
+    fs::create_dir_all(&own).map_err(|e| format!("{}: {e}", own.display()))?;
+    Ok(Side {
+        config: out_dir
+            .join("configs")
+            .join(format!("{name}.{}", kind.config_ext())),
+        log: own.join("stderr.log"),
+        own,
+    })
+}
+
+/// Writes `text` to the side's config and starts it: coremesh binds port 0
+/// and reports `listener`'s address; the others listen on `port`.
+#[allow(clippy::too_many_arguments)] // two call sites; each is a distinct fact
+fn launch(
+    kind: Kind,
+    bin: &Path,
+    s: &Side,
+    text: &str,
+    port: u16,
+    listener: &str,
+    cpus: &str,
+    taskset: Option<&Path>,
+) -> Result<Running, String> {
+    fs::write(&s.config, text).map_err(|e| format!("{}: {e}", s.config.display()))?;
+    if kind == Kind::Coremesh {
+        proxies::start_coremesh(
+            bin,
+            s.config.clone(),
+            s.log.clone(),
+            listener,
+            cpus,
+            taskset,
+        )
+    } else {
+        proxies::spawn(
+            kind,
+            bin,
+            &s.own,
+            s.config.clone(),
+            port,
+            s.log.clone(),
+            cpus,
+            taskset,
+        )
+    }
+}
+
+/// Starts an inbound then an outbound proxy for every target in `resolved`
+/// whose kind has a two-hop TLS configuration here (coremesh, nginx,
+/// HAProxy), all pinned to `cpus`, and checks each pair. A pair that fails
+/// to start or fails a check is skipped with a note.
+pub(super) fn start(
+    resolved: &[(String, Kind, PathBuf)],
+    origin: SocketAddr,
+    out_dir: &Path,
+    nofile: u64,
+    cpus: &str,
+    taskset: Option<&Path>,
+) -> Result<Pairs, String> {
+    let configs = out_dir.join("configs");
+    let pki = write_pki(&configs.join("mtls"))?;
+    let mut pairs = Pairs {
+        targets: Vec::new(),
+        infos: Vec::new(),
+        notes: vec![format!(
+            "mtls scenarios: CA and certificates (ECDSA P-256, {} and {}) in {}",
+            spiffe_id(CALLER),
+            spiffe_id(SERVICE),
+            configs.join("mtls").display()
+        )],
+    };
+    for (label, kind, bin) in resolved {
+        let mut info = TargetInfo {
+            label: label.clone(),
+            kind: kind.name().into(),
+            binary: Some(bin.display().to_string()),
+            version: proxies::version(bin, *kind),
+            config: None,
+            log: None,
+            topology: "mtls".into(),
+            inbound_config: None,
+            inbound_log: None,
+            status: "ok".into(),
+            note: String::new(),
+        };
+        if !matches!(kind, Kind::Coremesh | Kind::Nginx | Kind::Haproxy) {
+            skip(
+                &mut info,
+                format!(
+                    "no two-hop mutual TLS configuration for {} yet",
+                    kind.name()
+                ),
+            );
+            pairs.infos.push(info);
+            continue;
+        }
+        log(&format!(
+            "starting the mtls pair {label} ({})",
+            bin.display()
+        ));
+        match start_pair(
+            &pki, label, *kind, bin, origin, out_dir, nofile, cpus, taskset, &mut info,
+        ) {
+            Ok((outbound, inbound)) => match check(&pki, outbound.addr, inbound.addr) {
+                Ok(note) => {
+                    log(&format!("mtls {label}: {note}"));
+                    pairs.notes.push(format!("mtls {label}: {note}"));
+                    pairs.targets.push(Target {
+                        label: label.clone(),
+                        running: vec![outbound, inbound],
+                        start: None,
+                        host: SERVICE.into(),
+                    });
+                }
+                Err(e) => skip(&mut info, e),
+            },
+            Err(e) => skip(&mut info, e),
+        }
+        pairs.infos.push(info);
+    }
+    Ok(pairs)
+}
+
+/// The inbound proxy first (the outbound one needs its address), then the
+/// outbound one.
+#[allow(clippy::too_many_arguments)] // one call site; each is a distinct fact
+fn start_pair(
+    pki: &PkiFiles,
+    label: &str,
+    kind: Kind,
+    bin: &Path,
+    origin: SocketAddr,
+    out_dir: &Path,
+    nofile: u64,
+    cpus: &str,
+    taskset: Option<&Path>,
+    info: &mut TargetInfo,
+) -> Result<(Running, Running), String> {
+    let port = |k: Kind| -> Result<u16, String> {
+        if k == Kind::Coremesh {
+            Ok(0)
+        } else {
+            proxies::free_port().map_err(|e| e.to_string())
+        }
+    };
+    let ins = side(out_dir, label, kind, "inbound")?;
+    let in_port = port(kind)?;
+    let text = match kind {
+        Kind::Coremesh => coremesh_inbound(pki, origin),
+        Kind::Nginx => nginx_inbound(pki, in_port, origin, &ins.own, nofile),
+        _ => haproxy_inbound(pki, in_port, origin, &ins.own, nofile),
+    };
+    info.inbound_config = Some(ins.config.display().to_string());
+    info.inbound_log = Some(ins.log.display().to_string());
+    let inbound = launch(kind, bin, &ins, &text, in_port, "inbound", cpus, taskset)
+        .map_err(|e| format!("inbound proxy did not start: {e}"))?;
+
+    let outs = side(out_dir, label, kind, "outbound")?;
+    let out_port = port(kind)?;
+    let text = match kind {
+        Kind::Coremesh => coremesh_outbound(pki, inbound.addr),
+        Kind::Nginx => nginx_outbound(pki, out_port, inbound.addr, &outs.own, nofile),
+        _ => haproxy_outbound(pki, out_port, inbound.addr, &outs.own, nofile),
+    };
+    info.config = Some(outs.config.display().to_string());
+    info.log = Some(outs.log.display().to_string());
+    let outbound = launch(kind, bin, &outs, &text, out_port, "outbound", cpus, taskset)
+        .map_err(|e| format!("outbound proxy did not start: {e}"))?;
+    Ok((outbound, inbound))
+}
+
+fn skip(info: &mut TargetInfo, note: String) {
+    log(&format!("skipping {} (mtls): {note}", info.label));
+    info.status = "skipped".into();
+    info.note = note;
+}
+
+/// The checks of one pair; the note says what they saw.
+fn check(pki: &PkiFiles, outbound: SocketAddr, inbound: SocketAddr) -> Result<String, String> {
+    let path = format!("/size/{SMALL}");
+    match proxies::probe_host(outbound, &path, SERVICE) {
+        Ok(200) => {}
+        Ok(s) => {
+            return Err(format!(
+                "GET {path} (Host: {SERVICE}) answered {s}, not 200"
+            ))
+        }
+        Err(e) => return Err(format!("GET {path} (Host: {SERVICE}) failed: {e}")),
+    }
+    let refused = |what: &str, r: Result<u16, String>| -> Result<String, String> {
+        match r {
+            Ok(200) => Err(format!(
+                "the inbound proxy answered 200 to {what}: the hop is not mutual TLS"
+            )),
+            Ok(s) => Ok(format!("status {s}")),
+            Err(e) => Ok(e),
+        }
+    };
+    let plain = refused(
+        "plaintext HTTP",
+        proxies::probe_host(inbound, &path, SERVICE),
+    )?;
+    let anon = refused(
+        "a TLS client without a certificate",
+        tls_request(pki, inbound, &path, false),
+    )?;
+    match tls_request(pki, inbound, &path, true) {
+        Ok(200) => {}
+        Ok(s) => {
+            return Err(format!(
+                "TLS 1.3 with the {CALLER} certificate answered {s}"
+            ))
+        }
+        Err(e) => return Err(format!("TLS 1.3 with the {CALLER} certificate failed: {e}")),
+    }
+    Ok(format!(
+        "200 through the pair; the inbound proxy refuses plaintext ({}) and TLS without a client certificate ({}), and answers 200 to TLS 1.3 with the {CALLER} certificate",
+        short(&plain),
+        short(&anon)
+    ))
+}
+
+fn short(s: &str) -> String {
+    let s = s.trim();
+    match s.char_indices().nth(80) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// One request to the inbound proxy over TLS 1.3, verifying its
+/// certificate as `api`, with the `web` client certificate or none.
+fn tls_request(
+    pki: &PkiFiles,
+    addr: SocketAddr,
+    path: &str,
+    with_cert: bool,
+) -> Result<u16, String> {
+    let read = |p: &Path| fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&read(&pki.ca)?) {
+        roots
+            .add(c.map_err(|e| format!("CA: {e}"))?)
+            .map_err(|e| format!("CA: {e}"))?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots);
+    let mut cfg = if with_cert {
+        let chain = CertificateDer::pem_slice_iter(&read(&pki.web_cert)?)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("web cert: {e}"))?;
+        let key = PrivateKeyDer::from_pem_slice(&read(&pki.web_key)?)
+            .map_err(|e| format!("web key: {e}"))?;
+        builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| e.to_string())?
+    } else {
+        builder.with_no_client_auth()
+    };
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = ServerName::try_from(SERVICE).map_err(|e| e.to_string())?;
+    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).map_err(|e| e.to_string())?;
+    let tcp =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    proxies::request_host(&mut tls, path, SERVICE)
+}
+
+/// coremesh's TLS handshake counters (`coremesh_tls_handshakes_total`,
+/// summed by `resumed`) of the process whose log is `log`, from its admin
+/// endpoint: (full, resumed). Shows whether pooling and resumption held
+/// during the run.
+pub(super) fn coremesh_handshakes(log: &Path) -> Result<(f64, f64), String> {
+    let text = fs::read_to_string(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let admin: SocketAddr = text
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("admin="))
+        .and_then(|a| a.trim_matches('"').parse().ok())
+        .ok_or_else(|| format!("no admin= address in {}", log.display()))?;
+    let mut s =
+        TcpStream::connect_timeout(&admin, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).map_err(|e| e.to_string())?;
+    Ok(handshake_counts(&body))
+}
+
+/// (full, resumed) handshakes from Prometheus text.
+fn handshake_counts(metrics: &str) -> (f64, f64) {
+    let (mut full, mut resumed) = (0.0, 0.0);
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix("coremesh_tls_handshakes_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once('}') else {
+            continue;
+        };
+        let v: f64 = value.trim().parse().unwrap_or(0.0);
+        if labels.contains("resumed=\"true\"") {
+            resumed += v;
+        } else {
+            full += v;
+        }
+    }
+    (full, resumed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pki() -> PkiFiles {
+        PkiFiles::in_dir(Path::new("/b/configs/mtls"))
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn coremesh_pair_is_static_mutual_tls() {
+        let out = coremesh_outbound(&pki(), addr("127.0.0.1:4143"));
+        let inb = coremesh_inbound(&pki(), addr("127.0.0.1:9999"));
+        for t in [&out, &inb] {
+            let table: toml::Table = t.parse().unwrap_or_else(|e| panic!("{e}\n{t}"));
+            assert_eq!(table["proxy"]["cores"].as_integer(), Some(1));
+            assert_eq!(
+                table["tls"]["ca"].as_str(),
+                Some("/b/configs/mtls/ca.pem"),
+                "{t}"
+            );
+        }
+        assert!(out.contains("cert = \"/b/configs/mtls/web.crt\""), "{out}");
+        assert!(
+            out.contains("name = \"api\"\nendpoints = [\"127.0.0.1:4143\"]"),
+            "{out}"
+        );
+        assert!(inb.contains("cert = \"/b/configs/mtls/api.crt\""), "{inb}");
+        assert!(inb.contains("app = \"127.0.0.1:9999\""), "{inb}");
+    }
+
+    #[test]
+    fn nginx_pair_verifies_both_ways_over_tls13_with_pools() {
+        let out = nginx_outbound(
+            &pki(),
+            8000,
+            addr("127.0.0.1:8001"),
+            Path::new("/d"),
+            20_000,
+        );
+        for want in [
+            "proxy_pass https://api_mesh;",
+            "server 127.0.0.1:8001;",
+            "keepalive 256;",
+            "proxy_http_version 1.1;",
+            "proxy_set_header Connection \"\";",
+            "proxy_ssl_protocols TLSv1.3;",
+            "proxy_ssl_certificate /b/configs/mtls/web.crt;",
+            "proxy_ssl_certificate_key /b/configs/mtls/web.key;",
+            "proxy_ssl_trusted_certificate /b/configs/mtls/ca.pem;",
+            "proxy_ssl_verify on;",
+            "proxy_ssl_name api;",
+            "proxy_ssl_session_reuse on;",
+            "listen 127.0.0.1:8000 ",
+            "worker_processes 1;",
+            "access_log off;",
+        ] {
+            assert!(out.contains(want), "{want}: {out}");
+        }
+        let inb = nginx_inbound(
+            &pki(),
+            8001,
+            addr("127.0.0.1:9999"),
+            Path::new("/d"),
+            20_000,
+        );
+        for want in [
+            "listen 127.0.0.1:8001 ssl",
+            "ssl_protocols TLSv1.3;",
+            "ssl_certificate /b/configs/mtls/api.crt;",
+            "ssl_verify_client on;",
+            "ssl_client_certificate /b/configs/mtls/ca.pem;",
+            "server 127.0.0.1:9999;",
+            "keepalive 256;",
+            "worker_processes 1;",
+            "access_log off;",
+        ] {
+            assert!(inb.contains(want), "{want}: {inb}");
+        }
+        assert!(!inb.contains("proxy_pass https"));
+    }
+
+    #[test]
+    fn haproxy_pair_verifies_both_ways_over_tls13_with_reuse() {
+        let out = haproxy_outbound(
+            &pki(),
+            8000,
+            addr("127.0.0.1:8001"),
+            Path::new("/d"),
+            20_000,
+        );
+        for want in [
+            "nbthread 1",
+            "bind 127.0.0.1:8000\n",
+            "http-reuse always",
+            "server api 127.0.0.1:8001 ssl crt /b/configs/mtls/web.pem ca-file /b/configs/mtls/ca.pem verify required verifyhost api sni str(api) ssl-min-ver TLSv1.3",
+        ] {
+            assert!(out.contains(want), "{want}: {out}");
+        }
+        let inb = haproxy_inbound(
+            &pki(),
+            8001,
+            addr("127.0.0.1:9999"),
+            Path::new("/d"),
+            20_000,
+        );
+        for want in [
+            "nbthread 1",
+            "bind 127.0.0.1:8001 ssl crt /b/configs/mtls/api.pem ca-file /b/configs/mtls/ca.pem verify required ssl-min-ver TLSv1.3",
+            "http-reuse always",
+            "server origin 127.0.0.1:9999",
+        ] {
+            assert!(inb.contains(want), "{want}: {inb}");
+        }
+        assert!(!out.contains("\n    log ") && !inb.contains("\n    log "));
+    }
+
+    /// The generated leaves carry the SPIFFE ID (coremesh's check) and the
+    /// DNS name (nginx's and HAProxy's), chain to the CA, and the combined
+    /// PEM holds certificate and key.
+    #[test]
+    fn pki_leaves_name_the_service_both_ways() {
+        let dir = std::env::temp_dir().join(format!("coremesh-bench-pki-{}", std::process::id()));
+        let f = write_pki(&dir).unwrap();
+        let api = fs::read(&f.api_cert).unwrap();
+        let der = CertificateDer::pem_slice_iter(&api)
+            .next()
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8_lossy(der.as_ref()).to_string();
+        assert!(text.contains("spiffe://bench.coremesh/service/api"));
+        let ca = fs::read(&f.ca).unwrap();
+        let ca_der = CertificateDer::pem_slice_iter(&ca).next().unwrap().unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca_der).unwrap();
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .unwrap();
+        use rustls::client::danger::ServerCertVerifier;
+        verifier
+            .verify_server_cert(
+                &der,
+                &[],
+                &ServerName::try_from("api").unwrap(),
+                &[],
+                rustls::pki_types::UnixTime::now(),
+            )
+            .expect("api's leaf verifies as `api` against the CA");
+        let web = fs::read(&f.web_cert).unwrap();
+        let web_der = CertificateDer::pem_slice_iter(&web)
+            .next()
+            .unwrap()
+            .unwrap();
+        assert!(String::from_utf8_lossy(web_der.as_ref()).contains("/service/web"));
+        let pem = fs::read_to_string(&f.web_pem).unwrap();
+        assert!(pem.contains("BEGIN CERTIFICATE") && pem.contains("PRIVATE KEY"));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn handshake_counters() {
+        let m = "# TYPE coremesh_tls_handshakes_total counter\n\
+                 coremesh_tls_handshakes_total{direction=\"inbound\",resumed=\"false\"} 2\n\
+                 coremesh_tls_handshakes_total{direction=\"inbound\",resumed=\"true\"} 30\n\
+                 coremesh_tls_handshake_failures_total{direction=\"inbound\"} 1\n";
+        assert_eq!(handshake_counts(m), (2.0, 30.0));
+    }
+}
