@@ -132,13 +132,36 @@ pub async fn join3<A: Future, B: Future, C: Future>(
     monoio::join!(a, b, c)
 }
 
-pub async fn sleep(d: Duration) {
-    monoio::time::sleep(d).await
+pub fn sleep(d: Duration) -> monoio::time::Sleep {
+    monoio::time::sleep(d)
 }
 
 /// Runs `f` with a deadline.
-pub async fn timeout<F: Future>(d: Duration, f: F) -> Result<F::Output, Elapsed> {
-    monoio::time::timeout(d, f).await.map_err(|_| Elapsed)
+///
+/// A plain function returning a named future, not an `async fn`: an async
+/// wrapper keeps `f` as its argument and again inside monoio's `Timeout`
+/// (two slots of the size of `f`), and moves it from one to the other when
+/// first polled. Around a whole request exchange that was a 5 KiB copy per
+/// request (memmove: 5% of the proxy's CPU in the profile).
+pub fn timeout<F: Future>(d: Duration, f: F) -> Timeout<F> {
+    Timeout(monoio::time::timeout(d, f))
+}
+
+/// The future of [`timeout`].
+pub struct Timeout<F>(monoio::time::Timeout<F>);
+
+impl<F: Future> Future for Timeout<F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        // SAFETY: structural pinning of the only field: it is never moved
+        // out of `self` nor handed out unpinned.
+        let inner = unsafe { self.map_unchecked_mut(|t| &mut t.0) };
+        inner.poll(cx).map(|r| r.map_err(|_| Elapsed))
+    }
 }
 
 /// A listening socket on the current shard.
