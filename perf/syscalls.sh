@@ -7,7 +7,7 @@
 # --window seconds, and divides by the requests answered in that window
 # (read from the proxy-independent load report: req/s x window).
 #
-# Usage: perf/syscalls.sh coremesh|haproxy|nginx [--proxy-bin PATH]
+# Usage: perf/syscalls.sh coremesh|haproxy [--proxy-bin PATH]
 #                         [--window SECS] [--connections N] [--out DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
