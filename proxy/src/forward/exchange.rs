@@ -183,7 +183,16 @@ pub(super) async fn upstream_conn(
         // or a slot, at most the connect timeout.
         let permit = match endpoints.service() {
             Some(name) => {
-                match connection_slot(shard, cfg, endpoints, name, addr, non_idempotent).await {
+                match Box::pin(connection_slot(
+                    shard,
+                    cfg,
+                    endpoints,
+                    name,
+                    addr,
+                    non_idempotent,
+                ))
+                .await
+                {
                     Slot::New(p) => p,
                     Slot::Pooled(c, p) => return Ok((c, addr, true, p)),
                     Slot::Overloaded => {
@@ -201,7 +210,7 @@ pub(super) async fn upstream_conn(
         match conn {
             Ok(c) => match mtls {
                 None => return Ok((Conn::Plain(c), addr, false, permit)),
-                Some(service) => match connect_tls(shard, cfg, c, service, addr).await {
+                Some(service) => match Box::pin(connect_tls(shard, cfg, c, service, addr)).await {
                     Ok(c) => return Ok((c, addr, false, permit)),
                     Err(e) => {
                         shard.outcomes.record(addr, false);
@@ -595,7 +604,16 @@ pub(super) async fn exchange(
     };
     let mut tried = Tried::default();
     if policy.retries > 0 && idempotent {
-        cbuf = match buffer_body(shard, cfg, client_slot, head, cbuf, policy.max_body).await {
+        cbuf = match Box::pin(buffer_body(
+            shard,
+            cfg,
+            client_slot,
+            head,
+            cbuf,
+            policy.max_body,
+        ))
+        .await
+        {
             Ok(b) => b,
             Err(b) => return (Next::Close, b),
         };
@@ -864,7 +882,7 @@ pub(super) async fn over_connection(
                 return Err(gone(cbuf));
             }
         }
-        match relay_request_body(
+        match Box::pin(relay_request_body(
             client,
             &mut up,
             head.framing,
@@ -873,7 +891,7 @@ pub(super) async fn over_connection(
             cbuf,
             t.idle,
             &shard.bufs,
-        )
+        ))
         .await
         {
             Ok((b, moved, leftover_from)) => {
@@ -1007,7 +1025,7 @@ pub(super) async fn over_connection(
             return Ok((Next::Close, cbuf));
         }
         consume(&mut ubuf, resp.head_len);
-        let (a, b) = tunnel(shard, cfg, client, up, cbuf, ubuf).await;
+        let (a, b) = Box::pin(tunnel(shard, cfg, client, up, cbuf, ubuf)).await;
         ex.bytes_in += a;
         ex.bytes_out += b;
         return Ok((Next::Close, Vec::new()));
@@ -1072,7 +1090,7 @@ pub(super) async fn over_connection(
     }
     let mut reusable = resp.keep_alive && !extra_bytes;
     if !resp_done {
-        match relay_response_body(
+        match Box::pin(relay_response_body(
             client,
             &mut up,
             resp.framing,
@@ -1082,7 +1100,7 @@ pub(super) async fn over_connection(
             ubuf,
             t.idle,
             &shard.bufs,
-        )
+        ))
         .await
         {
             Ok((b, moved, extra)) => {
