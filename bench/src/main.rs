@@ -180,8 +180,9 @@ struct CompareArgs {
     /// Client connections in every load run.
     #[arg(long, default_value_t = 32)]
     connections: usize,
-    /// Fixed rate of the latency scenario; default half the slowest proxy's
-    /// small-response saturation throughput in round 1.
+    /// Fixed rate of the latency scenarios; default a quarter of the slowest
+    /// target's saturation throughput in round 1 (`small` for `rate`,
+    /// `mtls` for `mtls-rate`).
     #[arg(long)]
     rate: Option<f64>,
     /// Idle keep-alive connections opened to measure RSS per connection.
