@@ -352,26 +352,11 @@ http {{
 }
 
 fn haproxy_head(what: &str, dir: &Path, nofile: u64) -> String {
-    let conns = proxies::max_conns(nofile);
-    format!(
-        r#"# coremesh-bench compare mtls: HAProxy, {what}, one thread.
-global
-    nbthread 1
-    maxconn {conns}
-    pidfile {d}/haproxy.pid
-    ssl-server-verify required
-
-defaults
-    mode http
-    # No "log" line: no access log.
-    timeout connect 5s
-    timeout client 300s
-    timeout server 300s
-    timeout http-keep-alive 300s
-    option http-keep-alive
-    maxconn {conns}
-"#,
-        d = dir.display()
+    proxies::haproxy_head(
+        &format!("mtls: HAProxy, {what}, one thread"),
+        "    ssl-server-verify required\n",
+        dir,
+        nofile,
     )
 }
 

@@ -114,6 +114,33 @@ pub fn max_conns(nofile: u64) -> u64 {
     (nofile / 2).saturating_sub(100).clamp(1000, 100_000)
 }
 
+/// HAProxy's `global` and `defaults` sections, shared by every generated
+/// HAProxy config: one thread, connection limits from RLIMIT_NOFILE, no
+/// access log, long keep-alive. `extra_global` lines (indented, each ending
+/// in a newline) go at the end of `global`.
+pub fn haproxy_head(what: &str, extra_global: &str, dir: &Path, nofile: u64) -> String {
+    let conns = max_conns(nofile);
+    format!(
+        r#"# coremesh-bench compare: {what}.
+global
+    nbthread 1
+    maxconn {conns}
+    pidfile {d}/haproxy.pid
+{extra_global}
+defaults
+    mode http
+    # No "log" line: no access log.
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+    timeout http-keep-alive 300s
+    option http-keep-alive
+    maxconn {conns}
+"#,
+        d = dir.display()
+    )
+}
+
 /// The configuration file text for `kind` listening on `port` (ignored by
 /// coremesh, which binds port 0 and reports the port) and forwarding to
 /// `origin`. `dir` holds the proxy's own files (pid, temp, logs); `nofile`
@@ -186,22 +213,7 @@ http {{
 "#
         ),
         Kind::Haproxy => format!(
-            r#"# coremesh-bench compare: HAProxy in HTTP mode, one thread.
-global
-    nbthread 1
-    maxconn {conns}
-    pidfile {d}/haproxy.pid
-
-defaults
-    mode http
-    # No "log" line: no access log.
-    timeout connect 5s
-    timeout client 300s
-    timeout server 300s
-    timeout http-keep-alive 300s
-    option http-keep-alive
-    maxconn {conns}
-
+            r#"{head}
 frontend bench
     bind 127.0.0.1:{port}
     default_backend origin
@@ -210,7 +222,8 @@ backend origin
     # Reuse idle server connections across client connections (a pool).
     http-reuse always
     server origin {origin} maxconn {conns}
-"#
+"#,
+            head = haproxy_head("HAProxy in HTTP mode, one thread", "", dir, nofile)
         ),
         Kind::Envoy => format!(
             r#"# coremesh-bench compare: Envoy with --concurrency 1 (set on the command line).
