@@ -82,11 +82,15 @@ pub struct FleetConfig {
     /// How long to wait for every affected session after the apply.
     pub timeout: Duration,
     pub threads: usize,
+    /// Ask control for compressed snapshots, as the proxy does.
+    pub compression: bool,
 }
 
 /// Propagation latency summary, in milliseconds.
 #[derive(Debug, Clone, Serialize)]
 pub struct Percentiles {
+    /// The first session to have it.
+    pub min_ms: f64,
     pub p50_ms: f64,
     pub p90_ms: f64,
     pub p99_ms: f64,
@@ -130,6 +134,11 @@ pub struct FleetReport {
     pub ramp_s: f64,
     pub settle_s: f64,
     pub snapshots_during_ramp: u64,
+    /// What the sessions asked for in their Hello: "zstd" or "none".
+    pub compression: String,
+    /// Snapshots received in all, and how many of them came compressed.
+    pub snapshots: u64,
+    pub compressed_snapshots: u64,
     pub changed_routes: usize,
     pub config_version: u64,
     /// Time the apply request took (HTTP round trip including the store's fsync).
@@ -175,6 +184,11 @@ impl FleetReport {
         );
         let _ = writeln!(
             s,
+            "  snapshot compression asked: {}; {} of {} snapshots arrived compressed",
+            self.compression, self.compressed_snapshots, self.snapshots
+        );
+        let _ = writeln!(
+            s,
             "  apply: {} routes changed -> config version {} in {:.1} ms",
             self.changed_routes, self.config_version, self.apply_ms
         );
@@ -186,15 +200,15 @@ impl FleetReport {
         if let Some(p) = &self.propagation {
             let _ = writeln!(
                 s,
-                "    from apply returned: p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
-                p.p50_ms, p.p90_ms, p.p99_ms, p.max_ms
+                "    from apply returned: min {:.1} ms  p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+                p.min_ms, p.p50_ms, p.p90_ms, p.p99_ms, p.max_ms
             );
         }
         if let Some(p) = &self.propagation_from_request {
             let _ = writeln!(
                 s,
-                "    from apply sent:     p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
-                p.p50_ms, p.p90_ms, p.p99_ms, p.max_ms
+                "    from apply sent:     min {:.1} ms  p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+                p.min_ms, p.p50_ms, p.p90_ms, p.p99_ms, p.max_ms
             );
         }
         if let Some(n) = self.control_recorded_acks {
@@ -276,6 +290,7 @@ fn percentiles(mut ms: Vec<f64>) -> Option<Percentiles> {
     }
     ms.sort_by(|a, b| a.total_cmp(b));
     Some(Percentiles {
+        min_ms: ms[0],
         p50_ms: percentile(&ms, 50.0),
         p90_ms: percentile(&ms, 90.0),
         p99_ms: percentile(&ms, 99.0),
@@ -511,6 +526,9 @@ struct Shared {
     failed: AtomicUsize,
     errors: Mutex<Vec<String>>,
     snapshots: AtomicU64,
+    compressed_snapshots: AtomicU64,
+    /// What each Hello lists in `compression`.
+    compression: Vec<String>,
     /// Nanoseconds since `base` of the last snapshot received.
     last_snapshot: AtomicU64,
     /// The config version being waited for (0: none yet).
@@ -584,11 +602,13 @@ async fn session_inner(
             node: spec.node.clone(),
             version: None,
             calls: Some(spec.calls.clone()),
+            compression: shared.compression.clone(),
         },
     )
     .await?;
     let mut permit = Some(permit);
     let mut welcomed = false;
+    let mut compressed = 0;
     let mut heartbeat = tokio::time::interval_at(
         tokio::time::Instant::now() + HEARTBEAT,
         HEARTBEAT + Duration::from_millis((spec.idx % 1000) as u64),
@@ -610,6 +630,10 @@ async fn session_inner(
                         write(&mut send, &ProxyMsg::Ack { version: s.version }).await?;
                         let now = shared.now();
                         shared.snapshots.fetch_add(1, Ordering::Relaxed);
+                        if frames.dec.compressed_frames() > compressed {
+                            compressed = frames.dec.compressed_frames();
+                            shared.compressed_snapshots.fetch_add(1, Ordering::Relaxed);
+                        }
                         shared.last_snapshot.fetch_max(now, Ordering::Relaxed);
                         let target = shared.target.load(Ordering::Acquire);
                         if target != 0
@@ -700,6 +724,12 @@ pub fn run(cfg: &FleetConfig, command: String) -> Result<FleetReport, String> {
         failed: AtomicUsize::new(0),
         errors: Mutex::new(Vec::new()),
         snapshots: AtomicU64::new(0),
+        compressed_snapshots: AtomicU64::new(0),
+        compression: if cfg.compression {
+            vec![wire::ZSTD.to_string()]
+        } else {
+            Vec::new()
+        },
         last_snapshot: AtomicU64::new(0),
         target: AtomicU64::new(0),
         reached: (0..cfg.sessions).map(|_| AtomicU64::new(0)).collect(),
@@ -964,6 +994,9 @@ pub fn run(cfg: &FleetConfig, command: String) -> Result<FleetReport, String> {
         ramp_s,
         settle_s,
         snapshots_during_ramp,
+        compression: if cfg.compression { wire::ZSTD } else { "none" }.to_string(),
+        snapshots: shared.snapshots.load(Ordering::Relaxed),
+        compressed_snapshots: shared.compressed_snapshots.load(Ordering::Relaxed),
         changed_routes: changed,
         config_version: result.version,
         apply_ms: (returned_ns - sent_ns) as f64 / 1e6,
@@ -1009,6 +1042,7 @@ mod tests {
     fn percentiles_nearest_rank() {
         let p = percentiles((1..=100).map(f64::from).collect()).unwrap();
         assert_eq!((p.p50_ms, p.p99_ms, p.max_ms), (50.0, 99.0, 100.0));
+        assert_eq!(p.min_ms, 1.0);
         assert!(percentiles(vec![]).is_none());
     }
 }

@@ -83,6 +83,10 @@ struct FleetArgs {
     /// Runtime worker threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Do not ask control for compressed snapshots (the proxy does ask;
+    /// this shows what compression buys).
+    #[arg(long)]
+    no_compression: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -347,6 +351,7 @@ fn cmd_fleet(a: FleetArgs) -> Result<(), String> {
         settle: a.settle,
         timeout: a.timeout,
         threads: a.threads,
+        compression: !a.no_compression,
     };
     let report = fleet::run(&cfg, std::env::args().collect::<Vec<_>>().join(" "))?;
     if a.json {

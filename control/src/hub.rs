@@ -86,6 +86,9 @@ pub struct Published {
     pub snapshot: Snapshot,
     /// The frame, or why it could not be encoded.
     pub frame: Result<Vec<u8>, String>,
+    /// The same frame compressed ([`wire::compress`]), for sessions that
+    /// asked for it; `None` when it would not be shorter.
+    pub compressed: Option<Vec<u8>>,
 }
 
 impl Published {
@@ -95,10 +98,33 @@ impl Published {
         let frame = wire::encode(&msg, &mut frame)
             .map(|()| frame)
             .map_err(|e| e.to_string());
+        let compressed = match frame.as_deref().map(wire::compress) {
+            Ok(Ok(packed)) => packed,
+            Ok(Err(e)) => {
+                // Sessions get the plain frame instead.
+                tracing::warn!("snapshot not compressed: {e}");
+                None
+            }
+            Err(_) => None,
+        };
         let ControlMsg::Snapshot(snapshot) = msg else {
             unreachable!("constructed above")
         };
-        Published { snapshot, frame }
+        Published {
+            snapshot,
+            frame,
+            compressed,
+        }
+    }
+
+    /// The bytes to send: the compressed frame when the session decodes it
+    /// and there is one.
+    pub fn frame_for(&self, compressed: bool) -> Result<&[u8], &str> {
+        match (&self.compressed, &self.frame) {
+            (Some(packed), Ok(_)) if compressed => Ok(packed),
+            (_, Ok(frame)) => Ok(frame),
+            (_, Err(e)) => Err(e),
+        }
     }
 }
 
@@ -254,7 +280,9 @@ impl Hub {
                 st.dirty = true;
             }
             if st.dirty {
-                publish(&mut st, &self.trust_bundle);
+                let out = publish(&mut st, &self.trust_bundle);
+                drop(st);
+                deliver(out);
             }
         }
     }
@@ -364,7 +392,9 @@ impl Hub {
     pub fn deregister(&self, id: ProxyId) {
         let mut st = lock(&self.state);
         if st.registry.deregister(id) {
-            publish(&mut st, &self.trust_bundle);
+            let out = publish(&mut st, &self.trust_bundle);
+            drop(st);
+            deliver(out);
         }
     }
 
@@ -542,12 +572,35 @@ fn next_version(st: &mut State) -> u64 {
     st.snapshot_version
 }
 
-/// Sends a new snapshot to every session whose view changed.
+/// What [`publish`] decided to send, for [`deliver`] to hand over once the
+/// hub's lock is released: waking 10,000 session tasks under the lock kept
+/// the sessions that were answering (ACKs, heartbeats) waiting on it.
+type Deliveries = Vec<(watch::Sender<Option<Arc<Published>>>, Arc<Published>)>;
+
+/// Hands each session its new snapshot, unless it already holds a newer
+/// one (two publishes may deliver in either order).
+fn deliver(out: Deliveries) {
+    for (tx, published) in out {
+        tx.send_if_modified(|current| {
+            let newer = current
+                .as_ref()
+                .is_some_and(|c| c.snapshot.version >= published.snapshot.version);
+            if !newer {
+                *current = Some(published);
+            }
+            !newer
+        });
+    }
+}
+
+/// Picks a new snapshot for every session whose view changed; the caller
+/// [`deliver`]s them after it releases the lock.
 ///
 /// Work per distinct [`ViewKey`], not per session: each view is computed
 /// and encoded once, and compared once with each distinct view sessions
 /// were last sent.
-fn publish(st: &mut State, trust_bundle: &Arc<Vec<String>>) {
+fn publish(st: &mut State, trust_bundle: &Arc<Vec<String>>) -> Deliveries {
+    let started = Instant::now();
     st.dirty = false;
     let version = next_version(st);
     let config_version = st.config_version;
@@ -575,6 +628,7 @@ fn publish(st: &mut State, trust_bundle: &Arc<Vec<String>>) {
     let mut equal: HashMap<(*const View, *const View), bool> = HashMap::new();
     let mut retired: Vec<Arc<View>> = Vec::new();
     let mut sent = Vec::new();
+    let mut out = Deliveries::new();
     for (id, slot) in sessions.iter_mut() {
         let SessionSlot {
             service,
@@ -615,7 +669,7 @@ fn publish(st: &mut State, trust_bundle: &Arc<Vec<String>>) {
         let published = published.get_or_insert_with(|| {
             Arc::new(Published::new(view.snapshot(version, config_version)))
         });
-        let _ = tx.send(Some(published.clone()));
+        out.push((tx.clone(), published.clone()));
         if let Some(old) = last.replace(view.clone()) {
             retired.push(old);
         }
@@ -635,9 +689,11 @@ fn publish(st: &mut State, trust_bundle: &Arc<Vec<String>>) {
             version,
             config_version,
             sessions = sent.len(),
+            took_us = started.elapsed().as_micros() as u64,
             "snapshots published"
         );
     }
+    out
 }
 
 #[cfg(test)]

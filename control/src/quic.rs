@@ -246,6 +246,8 @@ impl Reader {
 struct Writer {
     send: quinn::SendStream,
     buf: Vec<u8>,
+    /// The proxy decodes compressed frames (it said so in its Hello).
+    compressed: bool,
 }
 
 impl Writer {
@@ -262,8 +264,7 @@ impl Writer {
     /// Sends a snapshot encoded once by the hub for every session it goes to.
     async fn send_published(&mut self, published: &Published) -> Result<(), End> {
         let frame = published
-            .frame
-            .as_ref()
+            .frame_for(self.compressed)
             .map_err(|e| End::Refuse(ErrorCode::Internal, format!("cannot encode reply: {e}")))?;
         self.send
             .write_all(frame)
@@ -303,6 +304,7 @@ async fn connection(conn: quinn::Connection, hub: Arc<Hub>) {
     let mut writer = Writer {
         send,
         buf: Vec::new(),
+        compressed: false,
     };
     let ended = match peer_cert {
         None => join(&mut reader, &mut writer, &hub).await,
@@ -411,13 +413,14 @@ async fn session(
     hub: &Arc<Hub>,
     peer: PeerIdentity,
 ) -> Result<(), End> {
-    let (node, version, calls) = match first_message(reader).await? {
+    let (node, version, calls, compression) = match first_message(reader).await? {
         ProxyMsg::Hello {
             protocol,
             service,
             node,
             version,
             calls,
+            compression,
         } => {
             check_protocol(protocol)?;
             if service != peer.service {
@@ -429,7 +432,7 @@ async fn session(
                     ),
                 ));
             }
-            (node, version, calls)
+            (node, version, calls, compression)
         }
         other => {
             return Err(bad_request(format!(
@@ -443,10 +446,12 @@ async fn session(
         hub.open_session(&service, &node, calls, version, peer.not_after);
     let _guard = SessionGuard { hub, id };
     info!(%service, %node, proxy = id, "session started");
+    writer.compressed = compression.iter().any(|c| c == wire::ZSTD);
     writer
         .send(&ControlMsg::Welcome {
             protocol: PROTOCOL_VERSION,
             heartbeat_interval_ms: hub.options().heartbeat_interval.as_millis() as u64,
+            compression: writer.compressed.then(|| wire::ZSTD.to_string()),
         })
         .await?;
     if let Some(first) = first {

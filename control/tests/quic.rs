@@ -191,6 +191,7 @@ fn hello(service: &str, node: &str) -> ProxyMsg {
         node: node.into(),
         version: None,
         calls: None,
+        compression: Vec::new(),
     }
 }
 
@@ -211,9 +212,11 @@ async fn session_trusting(
         Some(ControlMsg::Welcome {
             protocol,
             heartbeat_interval_ms,
+            compression,
         }) => {
             assert_eq!(protocol, PROTOCOL_VERSION);
             assert_eq!(heartbeat_interval_ms, 5000);
+            assert_eq!(compression, None, "the Hello asked for none");
         }
         other => panic!("expected welcome, got {other:?}"),
     }
@@ -476,6 +479,7 @@ async fn reconnecting_proxy_is_held_during_grace() {
         node: "node-a".into(),
         version: Some(7),
         calls: None,
+        compression: Vec::new(),
     })
     .await;
     assert!(matches!(c.recv().await, Some(ControlMsg::Welcome { .. })));
@@ -486,6 +490,80 @@ async fn reconnecting_proxy_is_held_during_grace() {
         "no snapshot before the grace period ends"
     );
     assert!(snap.version > 7);
+    drop(control);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A proxy that lists zstd in its Hello gets its snapshots compressed (and
+/// told so in the Welcome); one that does not, as an older proxy would,
+/// gets the same snapshots plain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_are_compressed_only_for_proxies_that_ask() {
+    let dir = temp_dir("zstd");
+    std::fs::create_dir_all(&dir).unwrap();
+    let control = Control::start(&dir, &["--grace", "0s"]);
+    // 30 services with routes: a snapshot of several KiB.
+    let mut yaml = String::new();
+    for i in 0..30 {
+        yaml.push_str(&format!(
+            "kind: Service\nname: svc-{i:02}\n---\nkind: Route\nname: svc-{i:02}-route\n\
+             service: svc-{i:02}\nrules:\n  - match: {{ pathPrefix: /v{i} }}\n    \
+             backends: [ {{ subset: {{ version: v1 }} }} ]\n---\n"
+        ));
+    }
+    let out = control.meshctl_stdin(&["apply", "-f", "-"], Some(&yaml));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (id, _) = join(&control, &token(&control, "svc-00")).await.unwrap();
+
+    let (mut plain, plain_snap) = session(&control, &id, "svc-00", "node-plain").await;
+    assert_eq!(plain.dec.compressed_frames(), 0);
+    assert_eq!(plain_snap.routes.len(), 30);
+
+    let mut packed = Conn::open(&control, Some(&id)).await;
+    packed
+        .send(&ProxyMsg::Hello {
+            protocol: PROTOCOL_VERSION,
+            service: "svc-00".into(),
+            node: "node-packed".into(),
+            version: None,
+            calls: None,
+            compression: vec!["brotli".into(), wire::ZSTD.into()],
+        })
+        .await;
+    match packed.recv().await {
+        Some(ControlMsg::Welcome { compression, .. }) => {
+            assert_eq!(compression.as_deref(), Some(wire::ZSTD))
+        }
+        other => panic!("expected welcome, got {other:?}"),
+    }
+    let packed_snap = packed.snapshot().await;
+    assert_eq!(packed.dec.compressed_frames(), 1);
+    assert_eq!(packed_snap.routes, plain_snap.routes);
+    assert_eq!(packed_snap.services, plain_snap.services);
+    assert_eq!(packed_snap.trust_bundle, plain_snap.trust_bundle);
+
+    // A change reaches both, each in its own form.
+    let changed = yaml.replace("pathPrefix: /v0 ", "pathPrefix: /zero ");
+    let out = control.meshctl_stdin(&["apply", "-f", "-"], Some(&changed));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (a, b) = (plain.snapshot().await, packed.snapshot().await);
+    assert_eq!(a.config_version, b.config_version);
+    assert_eq!(a.routes, b.routes);
+    assert_eq!(
+        (
+            plain.dec.compressed_frames(),
+            packed.dec.compressed_frames()
+        ),
+        (0, 2)
+    );
     drop(control);
     let _ = std::fs::remove_dir_all(&dir);
 }

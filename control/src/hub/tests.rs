@@ -83,7 +83,8 @@ fn last_view(hub: &Hub, s: &Session) -> Arc<View> {
 }
 
 fn publish_now(hub: &Hub) {
-    publish(&mut lock(&hub.state), &hub.trust_bundle);
+    let out = publish(&mut lock(&hub.state), &hub.trust_bundle);
+    deliver(out);
 }
 
 /// The snapshot the session was sent since it last looked, if any.
@@ -193,4 +194,30 @@ fn mirror_endpoints_follow_the_registry() {
     publish_now(&hub);
     let s = sent(&mut web).unwrap();
     assert_eq!(services(&s), ["api"]);
+}
+
+/// Two publishes may deliver in either order once the lock is released:
+/// the older snapshot must not replace the newer one.
+#[test]
+fn a_late_delivery_never_replaces_a_newer_snapshot() {
+    let published = |version| {
+        Arc::new(Published::new(Snapshot {
+            version,
+            ..Snapshot::default()
+        }))
+    };
+    let (tx, mut rx) = watch::channel(None);
+    deliver(vec![(tx.clone(), published(7))]);
+    deliver(vec![(tx.clone(), published(5))]);
+    assert!(rx.has_changed().unwrap());
+    let got = rx.borrow_and_update().as_ref().map(|p| p.snapshot.version);
+    assert_eq!(got, Some(7));
+    deliver(vec![(tx.clone(), published(7))]);
+    assert!(
+        !rx.has_changed().unwrap(),
+        "the same version is not sent twice"
+    );
+    deliver(vec![(tx, published(8))]);
+    let got = rx.borrow_and_update().as_ref().map(|p| p.snapshot.version);
+    assert_eq!(got, Some(8));
 }

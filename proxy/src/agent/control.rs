@@ -441,6 +441,7 @@ impl Client {
                 node: self.cfg().node.clone(),
                 version: applied.map(|a| a.version),
                 calls: self.cfg().calls.clone(),
+                compression: vec![wire::ZSTD.to_string()],
             },
         )
         .await?;

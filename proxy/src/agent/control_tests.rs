@@ -208,6 +208,7 @@ async fn serve(
                     Some(ControlMsg::Welcome {
                         protocol: wire::PROTOCOL_VERSION,
                         heartbeat_interval_ms: 100,
+                        compression: None,
                     })
                 }
                 ProxyMsg::Renew { csr_pem } => Some(ControlMsg::Renewed {
@@ -408,6 +409,7 @@ async fn session_scenario() {
             node: "n1".into(),
             version: None,
             calls: Some(vec!["api".into()]),
+            compression: vec![wire::ZSTD.into()],
         }
     );
     assert_eq!(mode(&state_dir), 0o700);
