@@ -64,13 +64,13 @@ impl Conn {
         }
     }
 
-    /// A read posted for at most `linger`; with TLS, a record that started
-    /// arriving must complete within `rest` (a peer cannot park a partial
-    /// record on the connection).
-    pub async fn read_linger(&mut self, buf: Buf, linger: Duration, rest: Duration) -> Linger {
+    /// A read posted until `until` at the latest; with TLS, a record that
+    /// started arriving must complete within `rest` (a peer cannot park a
+    /// partial record on the connection).
+    pub async fn read_linger(&mut self, buf: Buf, until: Instant, rest: Duration) -> Linger {
         match self {
-            Conn::Plain(c) => c.read_linger(buf, linger).await,
-            Conn::Tls(c) => c.read_linger(buf, linger, rest).await,
+            Conn::Plain(c) => c.read_linger(buf, until).await,
+            Conn::Tls(c) => c.read_linger(buf, until, rest).await,
         }
     }
 

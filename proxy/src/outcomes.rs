@@ -8,9 +8,10 @@
 //! and start again; a period with no traffic sends nothing.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
+
+use rustc_hash::FxHashMap;
 
 /// How often a shard reports (and how stale an ejection decision can be).
 pub const REPORT_EVERY: Duration = Duration::from_millis(200);
@@ -27,7 +28,8 @@ pub struct Counts {
 /// A shard's counters.
 #[derive(Default)]
 pub struct Outcomes {
-    by_endpoint: RefCell<HashMap<SocketAddr, Counts>>,
+    /// FxHash: one update per try, keyed by our own endpoints.
+    by_endpoint: RefCell<FxHashMap<SocketAddr, Counts>>,
 }
 
 impl Outcomes {

@@ -8,9 +8,10 @@
 //! skipped by [`UpstreamPool::take`].
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
 
 use crate::conn::Conn;
 
@@ -28,7 +29,8 @@ pub type Permit = crate::resilience::Permit;
 /// One shard's idle upstream connections.
 #[derive(Default)]
 pub struct UpstreamPool {
-    idle: RefCell<HashMap<SocketAddr, Vec<Idle>>>,
+    /// FxHash: a take and a put per request, keyed by our own endpoints.
+    idle: RefCell<FxHashMap<SocketAddr, Vec<Idle>>>,
 }
 
 impl UpstreamPool {

@@ -18,6 +18,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use rustc_hash::FxHashMap;
+
 use coremesh_api::resource::{compile_regex, RetryOn, Route, ValueMatch};
 use coremesh_api::snapshot::Snapshot;
 
@@ -28,7 +30,9 @@ use crate::config::Config;
 pub struct RoutingTable {
     pub version: u64,
     pub config_version: u64,
-    services: HashMap<String, ServiceRoutes>,
+    /// FxHash: looked up by the request's authority on every outbound
+    /// request (lookups only; the keys come from control's snapshot).
+    services: FxHashMap<String, ServiceRoutes>,
     /// Who may call this proxy's service (its AccessPolicy and the mesh
     /// default), enforced on the inbound side; set by the agent, which knows
     /// the trust domain (see agent/apply.rs).
@@ -138,7 +142,7 @@ pub struct WeightedBackend {
 impl RoutingTable {
     /// Compiles a snapshot; the error is the NACK reason.
     pub fn compile(snap: &Snapshot) -> Result<RoutingTable, String> {
-        let mut services = HashMap::new();
+        let mut services = FxHashMap::default();
         for s in &snap.services {
             services.insert(
                 s.name.to_ascii_lowercase(),
@@ -189,7 +193,7 @@ impl RoutingTable {
 fn compile_route(
     r: &Route,
     snap: &Snapshot,
-    services: &mut HashMap<String, ServiceRoutes>,
+    services: &mut FxHashMap<String, ServiceRoutes>,
 ) -> Result<(), String> {
     let key = r.service.to_ascii_lowercase();
     let svc = snap

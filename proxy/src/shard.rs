@@ -11,12 +11,13 @@
 //! `Connection: close`; replies to the agent once no request is in flight).
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
 
 use crate::accesslog::AccessLog;
 use crate::agent::{AgentLink, AgentRequest};
@@ -108,7 +109,7 @@ pub struct Shard {
     pub pool: UpstreamPool,
     /// Idle keep-alive client connections and their deadlines.
     pub idle: IdleConns,
-    rr: RefCell<HashMap<String, usize>>,
+    rr: RefCell<FxHashMap<String, usize>>,
     pub in_flight: Cell<usize>,
     pub draining: Cell<bool>,
     /// xorshift state for weighted backend draws (per shard, no sharing).
@@ -303,7 +304,7 @@ pub async fn run(setup: ShardSetup, driver: String) {
         bufs: BufPool::new(),
         pool: UpstreamPool::new(),
         idle: IdleConns::new(),
-        rr: RefCell::new(HashMap::new()),
+        rr: RefCell::new(FxHashMap::default()),
         in_flight: Cell::new(0),
         draining: Cell::new(false),
         rng: Cell::new(seed(index)),

@@ -18,13 +18,13 @@
 //! them from the demand the shards report (resilience/shares.rs).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coremesh_api::resource::{HashKey, LoadBalancer, RateLimitKey, Resilience};
+use rustc_hash::FxHashMap;
 
 use crate::balance::{Algorithm, Balancer};
 use crate::resilience::{
@@ -209,7 +209,9 @@ pub enum ShareOf {
 pub struct ShardTraffic {
     index: usize,
     shards: usize,
-    services: RefCell<HashMap<String, ServiceState>>,
+    /// FxHash: looked up by name several times per request (breaker,
+    /// budget, balancer pick and end); the names are the operator's.
+    services: RefCell<FxHashMap<String, ServiceState>>,
 }
 
 impl ShardTraffic {
@@ -217,7 +219,7 @@ impl ShardTraffic {
         ShardTraffic {
             index,
             shards: shards.max(1),
-            services: RefCell::new(HashMap::new()),
+            services: RefCell::new(FxHashMap::default()),
         }
     }
 

@@ -48,7 +48,7 @@ impl Endpoints<'_> {
     /// endpoints that are not ejected, not unhealthy and not tried yet (for
     /// a Route rule, within a backend drawn by weight). With none left, any
     /// endpoint of the backend: failing open beats refusing.
-    fn pick(&self, shard: &Shard, tried: &Tried, key: Option<u64>) -> SocketAddr {
+    fn pick(&self, shard: &Shard, tried: &Tried, key: Option<u64>, now: Instant) -> SocketAddr {
         let (name, all, subset) = match self {
             Endpoints::One(a) => return *a,
             Endpoints::Service(name, eps, _) => (*name, *eps, None),
@@ -89,7 +89,7 @@ impl Endpoints<'_> {
                     all,
                     eligible,
                     key_bytes.as_ref().map(|k| &k[..]),
-                    Instant::now(),
+                    now,
                     &mut || shard.random(),
                 )
             })
@@ -140,6 +140,9 @@ impl Endpoints<'_> {
 
 /// Opens a connection to the request's upstream: a pooled one if there is
 /// one, else a new one (trying the next endpoint when connecting fails).
+/// `now`: the caller's clock reading, used by the first attempt (a later
+/// one, after a failed connect, reads the clock again).
+#[allow(clippy::too_many_arguments)] // two call sites; the phases share these
 pub(super) async fn upstream_conn(
     shard: &Shard,
     cfg: &Config,
@@ -148,26 +151,27 @@ pub(super) async fn upstream_conn(
     non_idempotent: bool,
     tried: &mut Tried,
     key: Option<u64>,
+    now: Instant,
 ) -> Result<(Conn, SocketAddr, bool, Option<Permit>), ProxyError> {
     let attempts = endpoints.count().min(CONNECT_ATTEMPTS);
     let mut last = ProxyError::new(ErrorKind::ConnectFailed, "no attempt");
+    let mut first = Some(now);
     for _ in 0..attempts {
+        let now = first.take().unwrap_or_else(Instant::now);
         // A retry (or the next connect attempt) prefers another endpoint;
         // a fresh connection after a stale pooled one keeps the endpoint.
         let addr = if fresh_only {
             tried.addrs[(tried.n + tried.addrs.len() - 1) % tried.addrs.len()]
-                .unwrap_or_else(|| endpoints.pick(shard, tried, key))
+                .unwrap_or_else(|| endpoints.pick(shard, tried, key, now))
         } else {
-            endpoints.pick(shard, tried, key)
+            endpoints.pick(shard, tried, key, now)
         };
         tried.add(addr);
-        let connect_start = Instant::now();
+        let connect_start = now;
         let mtls = endpoints.mtls();
         if !fresh_only {
             if let Some((c, idle_for, permit)) =
-                shard
-                    .pool
-                    .take(addr, Instant::now(), cfg.upstream.pool_idle_timeout)
+                shard.pool.take(addr, now, cfg.upstream.pool_idle_timeout)
             {
                 // A request that must not be replayed checks first that the
                 // upstream has not closed the connection while it sat idle
@@ -320,7 +324,7 @@ struct InFlight<'a> {
 }
 
 impl<'a> InFlight<'a> {
-    fn start(shard: &'a Shard, service: Option<&'a str>, addr: SocketAddr) -> Self {
+    fn start(shard: &'a Shard, service: Option<&'a str>, addr: SocketAddr, now: Instant) -> Self {
         if let Some(name) = service {
             shard.traffic.with(name, |s| s.balancer.start(addr));
         }
@@ -328,32 +332,34 @@ impl<'a> InFlight<'a> {
             shard,
             service,
             addr,
-            since: Instant::now(),
+            since: now,
             done: false,
         }
     }
 
-    fn end(mut self, ok: bool) {
-        self.finish(ok);
+    /// Ends the attempt at `at` (`None`: now).
+    fn end(mut self, ok: bool, at: Option<Instant>) {
+        self.finish(ok, at);
     }
 
-    fn finish(&mut self, ok: bool) {
+    fn finish(&mut self, ok: bool, at: Option<Instant>) {
         if self.done {
             return;
         }
         self.done = true;
         if let Some(name) = self.service {
-            let (addr, latency) = (self.addr, self.since.elapsed());
+            let at = at.unwrap_or_else(Instant::now);
+            let (addr, latency) = (self.addr, at.saturating_duration_since(self.since));
             self.shard
                 .traffic
-                .with(name, |s| s.balancer.end(addr, latency, ok, Instant::now()));
+                .with(name, |s| s.balancer.end(addr, latency, ok, at));
         }
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.finish(false);
+        self.finish(false, None);
     }
 }
 
@@ -562,7 +568,7 @@ pub(super) async fn exchange(
     ex: &mut Exchange,
 ) -> (Next, Buf) {
     let mut fresh_only = false;
-    let deadline = Instant::now() + policy.total;
+    let deadline = super::after(ex.start, policy.total);
     let idempotent = head.method.is_idempotent() || policy.non_idempotent;
     let service = endpoints.service();
     // maxRequests: this request holds a slot until it is done.
@@ -588,9 +594,7 @@ pub(super) async fn exchange(
         None => None,
     };
     if let Some(name) = service {
-        shard
-            .traffic
-            .with(name, |s| s.budget.deposit(Instant::now()));
+        shard.traffic.with(name, |s| s.budget.deposit(ex.start));
     }
     // A retry spends the service's retry budget; an exhausted budget ends
     // the tries (an outage is not amplified).
@@ -619,8 +623,12 @@ pub(super) async fn exchange(
         };
     }
     let mut tries = 0u32;
+    // The first try uses the request's clock reading; each later one (after
+    // a failure, a backoff) reads the clock again.
+    let mut first = Some(ex.start);
     loop {
-        let can_retry = tries < policy.retries && idempotent && Instant::now() < deadline;
+        let now = first.take().unwrap_or_else(Instant::now);
+        let can_retry = tries < policy.retries && idempotent && now < deadline;
         let conn = upstream_conn(
             shard,
             cfg,
@@ -629,6 +637,7 @@ pub(super) async fn exchange(
             !idempotent,
             &mut tried,
             key,
+            now,
         )
         .await;
         let (up, addr, reused, conn_permit) = match conn {
@@ -653,7 +662,7 @@ pub(super) async fn exchange(
         };
         ex.upstream = Some(addr);
         let try_deadline = match policy.per_try {
-            Some(p) => deadline.min(Instant::now() + p),
+            Some(p) => deadline.min(super::after(now, p)),
             None => deadline,
         };
         let retry_status =
@@ -661,7 +670,7 @@ pub(super) async fn exchange(
                 policy,
                 budget: &budget_allows,
             });
-        let flight = InFlight::start(shard, service, addr);
+        let flight = InFlight::start(shard, service, addr, now);
         let res = over_connection(
             shard,
             cfg,
@@ -681,7 +690,7 @@ pub(super) async fn exchange(
             Ok(_) => ex.status < 500,
             Err(f) => f.err.kind.blame() != crate::error::Blame::Upstream,
         };
-        flight.end(ok);
+        flight.end(ok, ex.end);
         if endpoints.tracked() {
             shard.outcomes.record(addr, ok);
         }
@@ -967,8 +976,7 @@ pub(super) async fn over_connection(
             shard.bufs.put(std::mem::replace(&mut ubuf, big));
         }
         let had = ubuf.len();
-        let left = deadline.saturating_duration_since(Instant::now());
-        let (res, back) = match runtime::timeout(left, up.read(ubuf)).await {
+        let (res, back) = match runtime::timeout_at(deadline, up.read(ubuf)).await {
             Ok(x) => x,
             Err(_) => {
                 return Err(Failed {
@@ -1116,6 +1124,8 @@ pub(super) async fn over_connection(
     } else {
         shard.bufs.put(ubuf);
     }
+    // The request's second clock reading (see `Exchange`).
+    let end = *ex.end.insert(Instant::now());
     if reusable && cfg.upstream.max_idle_per_endpoint > 0 {
         // Idle, a TLS connection holds no buffers (see tls/session.rs).
         up.release_idle_state();
@@ -1123,7 +1133,7 @@ pub(super) async fn over_connection(
             addr,
             up,
             conn_permit,
-            Instant::now(),
+            end,
             cfg.upstream.max_idle_per_endpoint,
         );
     }

@@ -39,7 +39,8 @@ pub(super) async fn connect_tunnel(
     let client = client_slot.as_mut().expect("client connection present");
     let mut tried = super::exchange::Tried::default();
     // CONNECT goes to a passthrough host: no service, no breaker slot.
-    let up = match upstream_conn(shard, cfg, &endpoints, true, true, &mut tried, None).await {
+    let now = Instant::now();
+    let up = match upstream_conn(shard, cfg, &endpoints, true, true, &mut tried, None, now).await {
         Ok((c, addr, _, _)) => {
             ex.upstream = Some(addr);
             c

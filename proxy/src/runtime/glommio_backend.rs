@@ -155,6 +155,11 @@ pub async fn timeout<F: Future>(d: Duration, f: F) -> Result<F::Output, Elapsed>
     .await
 }
 
+/// Runs `f` until `deadline` (as [`timeout`]).
+pub async fn timeout_at<F: Future>(deadline: Instant, f: F) -> Result<F::Output, Elapsed> {
+    timeout(deadline.saturating_duration_since(Instant::now()), f).await
+}
+
 /// A listening socket on the current shard.
 pub struct TcpListener {
     inner: glommio::net::TcpListener,
@@ -353,9 +358,10 @@ impl TcpStream {
         Ok(())
     }
 
-    /// Keeps a read posted for at most `linger`; if nothing arrives, gives the
-    /// buffer back, so the connection can wait without holding one.
-    pub async fn read_linger(&mut self, mut buf: Buf, linger: Duration) -> Linger {
+    /// Keeps a read posted until `until` at the latest; if nothing arrives,
+    /// gives the buffer back, so the connection can wait without holding one.
+    pub async fn read_linger(&mut self, mut buf: Buf, until: Instant) -> Linger {
+        let linger = until.saturating_duration_since(Instant::now());
         let res = future::or(async { Some(self.read_into(&mut buf).await) }, async {
             glommio::timer::sleep(linger).await;
             None
@@ -745,7 +751,10 @@ mod tests {
             let (mut s, _) = l.accept(&stop.handle()).await.unwrap();
             // Nothing sent yet: the linger gives the buffer back untouched.
             let buf = Vec::with_capacity(32);
-            let buf = match s.read_linger(buf, Duration::from_millis(30)).await {
+            let buf = match s
+                .read_linger(buf, Instant::now() + Duration::from_millis(30))
+                .await
+            {
                 Linger::Idle(b) => b,
                 Linger::Read(res, _) => panic!("unexpected read: {res:?}"),
             };
@@ -758,7 +767,10 @@ mod tests {
                 .await
                 .unwrap()
                 .unwrap();
-            match s.read_linger(buf, Duration::from_secs(5)).await {
+            match s
+                .read_linger(buf, Instant::now() + Duration::from_secs(5))
+                .await
+            {
                 Linger::Read(Ok(4), b) => assert_eq!(b, b"late"),
                 Linger::Read(res, _) => panic!("unexpected read: {res:?}"),
                 Linger::Idle(_) => panic!("data did not arrive"),

@@ -136,19 +136,50 @@ pub fn sleep(d: Duration) -> monoio::time::Sleep {
     monoio::time::sleep(d)
 }
 
-/// Runs `f` with a deadline.
+/// Runs `f` with a limit of `d`, counted from the first time `f` has to
+/// wait (see [`Timeout`]).
 ///
 /// A plain function returning a named future, not an `async fn`: an async
-/// wrapper keeps `f` as its argument and again inside monoio's `Timeout`
-/// (two slots of the size of `f`), and moves it from one to the other when
+/// wrapper keeps `f` as its argument and again inside the timeout (two
+/// slots of the size of `f`), and moves it from one to the other when
 /// first polled. Around a whole request exchange that was a 5 KiB copy per
 /// request (memmove: 5% of the proxy's CPU in the profile).
 pub fn timeout<F: Future>(d: Duration, f: F) -> Timeout<F> {
-    Timeout(monoio::time::timeout(d, f))
+    Timeout {
+        value: f,
+        limit: Limit::After(d),
+        sleep: None,
+    }
 }
 
-/// The future of [`timeout`].
-pub struct Timeout<F>(monoio::time::Timeout<F>);
+/// Runs `f` with a deadline: for callers that already hold the time a
+/// deadline counts from (one clock read per request, not one per timer).
+pub fn timeout_at<F: Future>(deadline: Instant, f: F) -> Timeout<F> {
+    Timeout {
+        value: f,
+        limit: Limit::At(deadline),
+        sleep: None,
+    }
+}
+
+enum Limit {
+    After(Duration),
+    At(Instant),
+}
+
+/// The future of [`timeout`] and [`timeout_at`].
+///
+/// The timer is made only when `f` first returns `Pending`: most timed
+/// operations on the request path finish on their first poll (a write the
+/// socket takes at once, a read of bytes already decrypted), and then cost
+/// neither a clock read nor a timer. A relative limit counts from that
+/// first wait, microseconds after the call.
+pub struct Timeout<F> {
+    value: F,
+    limit: Limit,
+    /// Set once, on the first `Pending`, and never moved out (pinned).
+    sleep: Option<monoio::time::Sleep>,
+}
 
 impl<F: Future> Future for Timeout<F> {
     type Output = Result<F::Output, Elapsed>;
@@ -157,10 +188,23 @@ impl<F: Future> Future for Timeout<F> {
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
-        // SAFETY: structural pinning of the only field: it is never moved
-        // out of `self` nor handed out unpinned.
-        let inner = unsafe { self.map_unchecked_mut(|t| &mut t.0) };
-        inner.poll(cx).map(|r| r.map_err(|_| Elapsed))
+        // SAFETY: structural pinning: `value` and the `Sleep` inside `sleep`
+        // are never moved out of `self` nor handed out unpinned; `sleep` goes
+        // from `None` to `Some` once and is dropped in place with `self`.
+        let this = unsafe { self.get_unchecked_mut() };
+        // SAFETY: see above (`value` stays where it is).
+        let value = unsafe { std::pin::Pin::new_unchecked(&mut this.value) };
+        if let std::task::Poll::Ready(v) = value.poll(cx) {
+            return std::task::Poll::Ready(Ok(v));
+        }
+        let limit = &this.limit;
+        let sleep = this.sleep.get_or_insert_with(|| match *limit {
+            Limit::After(d) => monoio::time::sleep(d),
+            Limit::At(t) => monoio::time::sleep_until(t.into()),
+        });
+        // SAFETY: see above (the `Sleep` is never moved once created).
+        let sleep = unsafe { std::pin::Pin::new_unchecked(sleep) };
+        sleep.poll(cx).map(|()| Err(Elapsed))
     }
 }
 
@@ -292,9 +336,11 @@ impl TcpStream {
         (res, slice.into_inner())
     }
 
-    /// Keeps a read posted for at most `linger`; if nothing arrives, cancels it
-    /// and gives the buffer back, so the connection can wait without holding one.
-    pub async fn read_linger(&mut self, buf: Buf, linger: Duration) -> Linger {
+    /// Keeps a read posted until `until` at the latest; if nothing arrives,
+    /// cancels it and gives the buffer back, so the connection can wait
+    /// without holding one. A deadline rather than a duration: the caller
+    /// has just read the clock (the end of the previous response).
+    pub async fn read_linger(&mut self, buf: Buf, until: Instant) -> Linger {
         use monoio::buf::IoBufMut;
         let canceller = self.canceller.get_or_insert_with(Canceller::new);
         let handle = canceller.handle();
@@ -303,7 +349,7 @@ impl TcpStream {
         let mut read = std::pin::pin!(read);
         monoio::select! {
             (res, buf) = &mut read => Linger::Read(res, buf.into_inner()),
-            _ = monoio::time::sleep(linger) => {
+            _ = monoio::time::sleep_until(until.into()) => {
                 let fresh = self.canceller.take().map(Canceller::cancel);
                 let (res, buf) = read.await;
                 self.canceller = fresh;

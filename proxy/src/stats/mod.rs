@@ -15,12 +15,12 @@
 //! (direction, service) pairs; requests for further services are counted under
 //! the service name [`OTHER_SERVICE`].
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+use rustc_hash::FxHashMap;
 
 mod mesh;
 pub use mesh::MeshStats;
@@ -125,7 +125,9 @@ pub struct ShardStats {
     services: Vec<ServiceStats>,
     /// Per direction: service name -> index into `services`. `Arc<str>`
     /// borrows as `str`, so lookups by `&str` do not allocate.
-    index: [HashMap<Arc<str>, usize>; 2],
+    /// FxHash: one lookup per request, keyed by service names the proxy
+    /// resolved itself (bounded by MAX_SERVICES).
+    index: [FxHashMap<Arc<str>, usize>; 2],
     /// TLS, authorization and TCP counters.
     pub mesh: MeshStats,
 }
@@ -138,7 +140,7 @@ impl ShardStats {
             conns_open: [0; 2],
             conns_total: [0; 2],
             services: Vec::new(),
-            index: [HashMap::new(), HashMap::new()],
+            index: [FxHashMap::default(), FxHashMap::default()],
             mesh: MeshStats::default(),
         }
     }

@@ -12,7 +12,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::session::Session;
 use crate::runtime::{self, Buf, IoVecs, Linger, TcpStream};
@@ -172,10 +172,10 @@ impl TlsStream {
         }
     }
 
-    /// As [`TcpStream::read_linger`]: the socket read stays posted for at
-    /// most `linger`; nothing is lost when it is cancelled, as the session
-    /// keeps whatever ciphertext arrived.
-    pub async fn read_linger(&mut self, buf: Buf, linger: Duration, rest: Duration) -> Linger {
+    /// As [`TcpStream::read_linger`]: the socket read stays posted until
+    /// `until` at the latest; nothing is lost when it is cancelled, as the
+    /// session keeps whatever ciphertext arrived.
+    pub async fn read_linger(&mut self, buf: Buf, until: Instant, rest: Duration) -> Linger {
         if self.s.borrow().has_buffered() {
             let (res, buf) = self.read(buf).await;
             return Linger::Read(res, buf);
@@ -184,7 +184,7 @@ impl TlsStream {
             return Linger::Read(Err(e), buf);
         }
         let rx = self.s.borrow_mut().take_rx();
-        match self.tcp.read_linger(rx, linger).await {
+        match self.tcp.read_linger(rx, until).await {
             Linger::Idle(rx) => {
                 self.s.borrow_mut().put_rx(rx);
                 Linger::Idle(buf)
