@@ -353,6 +353,12 @@ pub fn run(opts: &Options) -> Result<Results, String> {
         out_dir
     };
     std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+    // Absolute: generated configs name their certificates and state
+    // directories by this path, and proxies resolve relative paths against
+    // their config's directory, not ours.
+    let out_dir = out_dir
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", out_dir.display()))?;
     let mut notes = Vec::new();
 
     let nofile = sys::raise_nofile(1 << 20);
