@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use coremesh_e2e::util::wait_for;
 use coremesh_e2e::{unused_port, Origin, ProxyBuilder};
 
 #[test]
@@ -177,5 +178,28 @@ fn the_total_timeout_bounds_a_whole_exchange() {
     assert!(
         took < Duration::from_secs(4),
         "timeouts.total = 1s, answered after {took:?}"
+    );
+    // Counted under the service it was routed to, not as "unknown".
+    let api_5xx = [
+        ("direction", "outbound"),
+        ("service", "api"),
+        ("class", "5xx"),
+    ];
+    let m = wait_for(Duration::from_secs(5), || {
+        let m = proxy.metrics();
+        (m.sum("coremesh_requests_total", &api_5xx) >= 1.0).then_some(m)
+    })
+    .unwrap_or_else(|| proxy.metrics());
+    assert_eq!(
+        m.sum("coremesh_requests_total", &api_5xx),
+        1.0,
+        "{}",
+        m.text
+    );
+    assert_eq!(
+        m.sum("coremesh_requests_total", &[("service", "unknown")]),
+        0.0,
+        "{}",
+        m.text
     );
 }

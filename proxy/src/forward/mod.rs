@@ -565,6 +565,9 @@ async fn handle(
     let table = shard.routes();
     let table_ref = table.as_ref().map(|t| &***t);
     let tunnel = head.upgrade || head.method == Method::Connect;
+    // The service the request was routed to, for the stats of an exchange
+    // the total timeout cut short.
+    let mut routed: Option<&str> = None;
     // The exchange future is built where it is awaited (twice, not once into
     // a local moved later): a local that is moved into the timeout keeps a
     // slot of its own in this future (rust-lang/rust#62958), measured at
@@ -581,6 +584,7 @@ async fn handle(
             cbuf,
             scratch,
             &mut ex,
+            &mut routed,
         )
         .await
     } else {
@@ -594,6 +598,7 @@ async fn handle(
             cbuf,
             scratch,
             &mut ex,
+            &mut routed,
         );
         match runtime::timeout_at(after(start, cfg.timeouts.total), exchange).await {
             Ok(r) => r,
@@ -609,7 +614,7 @@ async fn handle(
                 } else {
                     ex.status = 0;
                 }
-                ("unknown", Next::Close, Vec::new())
+                (routed.unwrap_or("unknown"), Next::Close, Vec::new())
             }
         }
     };
@@ -651,6 +656,7 @@ async fn forward<'c>(
     cbuf: Buf,
     scratch: &mut Scratch,
     ex: &mut Exchange,
+    routed: &mut Option<&'c str>,
 ) -> (&'c str, Next, Buf) {
     let client = client_slot.as_mut().expect("client connection present");
     // Route.
@@ -775,6 +781,8 @@ async fn forward<'c>(
             Err(kind) => return local_error(client, head, cbuf, kind, ex, "unknown").await,
         },
     };
+    // Kept by the caller: a total timeout drops this future, not the name.
+    *routed = Some(service);
     if head.method == Method::Connect {
         let (next, cbuf) = Box::pin(connect_tunnel(
             shard,
