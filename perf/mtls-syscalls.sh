@@ -25,18 +25,8 @@ while [ $# -gt 0 ]; do
 done
 mkdir -p "$out"
 bench=$target/release/coremesh-bench
-last=$(( $(nproc) - 1 ))
-if [ "$last" -gt 0 ]; then others="0-$(( last - 1 ))"; else others=0; fi
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-wait_for() { for _ in $(seq 100); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
-    echo "mtls-syscalls.sh: no \"$2\" in $1" >&2; exit 1; }
-
-taskset -c "$others" "$bench" origin --listen 127.0.0.1:0 >"$out/origin.out" 2>&1 &
-pids+=($!)
-wait_for "$out/origin.out" "listening on"
-origin=$(awk '/listening on/ {print $3}' "$out/origin.out")
+. perf/lib.sh
+start_origin
 
 case "$kind" in
 coremesh)
@@ -79,7 +69,6 @@ addr=$(grep -o 'outbound=[0-9.:]*' "$out/outbound.log" | head -1 | cut -d= -f2)
 
     ;;
 haproxy)
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 in_port=$(free_port) out_port=$(free_port)
 cat "$certs/api.crt" "$certs/api.key" >"$out/api.pem"
 cat "$certs/web.crt" "$certs/web.key" >"$out/web.pem"

@@ -42,23 +42,8 @@ fi
 cargo build --release -q -p coremesh-bench
 bench=$target/release/coremesh-bench
 
-# Proxy on the last CPU, origin and load on the others (all CPUs if only one).
-last=$(( $(nproc) - 1 ))
-if [ "$last" -gt 0 ]; then others="0-$(( last - 1 ))"; else others=0; fi
-
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-
-wait_for() { # file pattern
-    for _ in $(seq 100); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
-    echo "profile.sh: no \"$2\" in $1" >&2; exit 1
-}
-
-taskset -c "$others" "$bench" origin --listen 127.0.0.1:0 >"$out/origin.out" 2>&1 &
-pids+=($!)
-wait_for "$out/origin.out" "listening on"
-origin=$(awk '/listening on/ {print $3}' "$out/origin.out")
+. perf/lib.sh
+start_origin
 
 cat >"$out/profile-proxy.toml" <<TOML
 [proxy]
