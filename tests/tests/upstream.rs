@@ -1,6 +1,8 @@
 //! Upstream failures become clear local responses, quickly and with a bound:
-//! refused (502), reset (502), too slow (504).
+//! refused (502), reset (502), too slow (504), unanswered connect (504).
 
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use coremesh_e2e::util::wait_for;
@@ -23,6 +25,67 @@ fn down_upstream_is_502_well_within_the_connect_timeout() {
         took < Duration::from_millis(2500),
         "a refused connect should fail fast, not wait for the 5 s connect timeout; took {took:?}"
     );
+}
+
+/// A listener whose accept queue is full and never drained: the kernel
+/// drops further SYNs, so a connect to it neither succeeds nor fails until
+/// the connector gives up. Keep the value alive for as long as that is needed.
+struct Unanswered {
+    listener: TcpListener,
+    _queued: Vec<TcpStream>,
+}
+
+impl Unanswered {
+    fn start() -> Unanswered {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        // Backlog 0: Linux then queues one connection (backlog + 1).
+        // SAFETY: listen(2) on a socket this function owns.
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+        let addr = listener.local_addr().unwrap();
+        let mut queued = Vec::new();
+        // Fill the queue; once it is full, connects stop completing.
+        while queued.len() < 8 {
+            match TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+                Ok(s) => queued.push(s),
+                Err(_) => break,
+            }
+        }
+        assert!(
+            TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_err(),
+            "the full accept queue still answers connects"
+        );
+        Unanswered {
+            listener,
+            _queued: queued,
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap()
+    }
+}
+
+#[test]
+fn an_unanswered_connect_is_504_at_the_connect_timeout() {
+    let blackhole = Unanswered::start();
+    let proxy = ProxyBuilder::new("web")
+        .outbound()
+        .service("api", &[blackhole.addr()])
+        .timeout("connect", "500ms")
+        .timeout("request", "30s")
+        .start();
+    let t = Instant::now();
+    let r = proxy.outbound_client().get("api", "/");
+    let took = t.elapsed();
+    assert_eq!(r.status, 504, "{:?}", r.body_str());
+    assert_eq!(r.header("coremesh-error"), Some("upstream connect timeout"));
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(5),
+        "timeouts.connect = 500ms, answered after {took:?}"
+    );
+    // The proxy keeps serving: the next request gets the same answer.
+    let r = proxy.outbound_client().get("api", "/again");
+    assert_eq!(r.status, 504, "{:?}", r.body_str());
 }
 
 #[test]
