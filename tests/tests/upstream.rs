@@ -1,6 +1,7 @@
 //! Upstream failures become clear local responses, quickly and with a bound:
 //! refused (502), reset (502), too slow (504), unanswered connect (504).
 
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -86,6 +87,74 @@ fn an_unanswered_connect_is_504_at_the_connect_timeout() {
     // The proxy keeps serving: the next request gets the same answer.
     let r = proxy.outbound_client().get("api", "/again");
     assert_eq!(r.status, 504, "{:?}", r.body_str());
+}
+
+/// An upstream that answers 413 as soon as it has the request head, then
+/// closes without reading the body (so its kernel resets the connection).
+fn early_413_upstream() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { return };
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match c.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = c.write_all(
+                b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 9\r\nconnection: close\r\n\r\ntoo large",
+            );
+            // Dropped with the body unread: the peer gets a reset.
+        }
+    });
+    addr
+}
+
+#[test]
+fn an_early_response_to_an_upload_reaches_the_client() {
+    let upstream = early_413_upstream();
+    let proxy = ProxyBuilder::new("web")
+        .outbound()
+        .service("api", &[upstream])
+        .start();
+    const BODY: usize = 64 << 20;
+    let mut c = TcpStream::connect(proxy.outbound()).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(
+        format!("POST /upload HTTP/1.1\r\nhost: api\r\ncontent-length: {BODY}\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    // The upload goes on in the background until the proxy stops taking it.
+    let mut w = c.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let chunk = vec![b'x'; 64 << 10];
+        let mut sent = 0;
+        while sent < BODY && w.write_all(&chunk).is_ok() {
+            sent += chunk.len();
+        }
+        sent
+    });
+    let mut resp = Vec::new();
+    let _ = c.read_to_end(&mut resp);
+    let resp = String::from_utf8_lossy(&resp);
+    assert!(
+        resp.starts_with("HTTP/1.1 413"),
+        "the client gets the upstream's answer, not a 502: {resp:?}"
+    );
+    assert!(resp.ends_with("too large"), "{resp:?}");
+    assert!(
+        resp.to_ascii_lowercase().contains("connection: close"),
+        "{resp:?}"
+    );
+    let sent = writer.join().unwrap();
+    assert!(sent < BODY, "the proxy stopped reading the upload");
+    // The proxy keeps serving (this upstream answers everything so).
+    let r = proxy.outbound_client().get("api", "/again");
+    assert_eq!(r.status, 413, "{:?}", r.body_str());
 }
 
 #[test]

@@ -881,6 +881,11 @@ pub(super) async fn over_connection(
 
     // The rest of the body, streamed with one buffer in flight.
     let mut consumed = head.head_len + first_body;
+    // The upstream reset the connection while the body was streaming: it
+    // may have answered early (a 413 or 401 before the whole upload) and
+    // closed. That answer, when it is there, goes to the client (and both
+    // connections close after it); without one, it is a 502 as before.
+    let mut body_cut = false;
     if !body_done {
         let client = client_slot.as_mut().expect("client connection present");
         if head.expect_continue && head.version == Version::Http11 {
@@ -908,6 +913,10 @@ pub(super) async fn over_connection(
                 ex.bytes_in += moved;
                 consumed = leftover_from;
             }
+            Err((ErrorKind::UpstreamReset, b)) => {
+                body_cut = true;
+                cbuf = b;
+            }
             Err((kind, b)) => {
                 return Err(Failed {
                     err: ProxyError::new(kind, "relaying request body"),
@@ -919,6 +928,13 @@ pub(super) async fn over_connection(
             }
         }
     }
+    let cut = |cbuf: Buf| Failed {
+        err: ProxyError::new(ErrorKind::UpstreamReset, "relaying request body"),
+        replayable: false,
+        response_started: false,
+        request_intact: false,
+        cbuf,
+    };
     // `cbuf` keeps the request until the exchange succeeds (a retry sends it
     // again); `consumed` is where the next pipelined request starts.
 
@@ -993,6 +1009,10 @@ pub(super) async fn over_connection(
         };
         ubuf = back;
         match res {
+            Ok(0) | Err(_) if body_cut => {
+                shard.bufs.put(ubuf);
+                return Err(cut(cbuf));
+            }
             Ok(0) | Err(_) => {
                 shard.bufs.put(ubuf);
                 return Err(Failed {
@@ -1019,7 +1039,16 @@ pub(super) async fn over_connection(
             cbuf,
         });
     }
-    consume(&mut cbuf, consumed);
+    if body_cut {
+        // Where the rest of the body (and any next request) starts is lost.
+        cbuf.clear();
+        if resp.switching {
+            shard.bufs.put(ubuf);
+            return Err(cut(cbuf));
+        }
+    } else {
+        consume(&mut cbuf, consumed);
+    }
 
     // 101: both sides switch protocols; the connection becomes a tunnel.
     if resp.switching && head.upgrade {
@@ -1077,8 +1106,11 @@ pub(super) async fn over_connection(
         },
     };
     let extra_bytes = !dechunk && ubuf.len() > resp.head_len + first;
-    let close =
-        !head.keep_alive || resp.framing == Framing::UntilClose || dechunk || shard.draining.get();
+    let close = body_cut
+        || !head.keep_alive
+        || resp.framing == Framing::UntilClose
+        || dechunk
+        || shard.draining.get();
     let keep_10 = head.version == Version::Http10 && !close;
     if dechunk {
         resp.plan_forward_unchunked(&ubuf, &mut scratch.plan);
@@ -1096,7 +1128,7 @@ pub(super) async fn over_connection(
         shard.bufs.put(ubuf);
         return Err(started(ErrorKind::ClientGone, cbuf));
     }
-    let mut reusable = resp.keep_alive && !extra_bytes;
+    let mut reusable = resp.keep_alive && !extra_bytes && !body_cut;
     if !resp_done {
         match Box::pin(relay_response_body(
             client,
