@@ -1,7 +1,7 @@
 # Shared by the perf/ scripts (sourced, not run): CPU placement, child
 # cleanup, waiting for a log line, free ports, the bench origin.
 # Needs $bench (the coremesh-bench binary) and $out (the scratch directory)
-# before start_origin.
+# before start_origin, and $proxy_bin before start_coremesh.
 
 # The proxy on the last CPU, origin and load on the others (all CPUs if
 # there is only one).
@@ -27,4 +27,27 @@ start_origin() {
     pids+=($!)
     wait_for "$out/origin.out" "listening on"
     origin=$(awk '/listening on/ {print $3}' "$out/origin.out")
+}
+
+# start_coremesh CONFIG_NAME: a one-shard coremesh proxy on the last CPU
+# forwarding service "origin" to $origin, its config written to
+# $out/CONFIG_NAME; sets $proxy_pid and $addr (its outbound listener).
+start_coremesh() {
+    cat >"$out/$1" <<TOML
+[proxy]
+service = "bench"
+cores = 1
+admin = "127.0.0.1:0"
+
+[outbound]
+listen = "127.0.0.1:0"
+
+[[services]]
+name = "origin"
+endpoints = ["$origin"]
+TOML
+    taskset -c "$last" "$proxy_bin" --config "$out/$1" 2>"$out/proxy.log" &
+    proxy_pid=$!; pids+=("$proxy_pid")
+    wait_for "$out/proxy.log" "outbound="
+    addr=$(grep -o 'outbound=[0-9.:]*' "$out/proxy.log" | head -1 | cut -d= -f2)
 }

@@ -45,24 +45,7 @@ bench=$target/release/coremesh-bench
 . perf/lib.sh
 start_origin
 
-cat >"$out/profile-proxy.toml" <<TOML
-[proxy]
-service = "bench"
-cores = 1
-admin = "127.0.0.1:0"
-
-[outbound]
-listen = "127.0.0.1:0"
-
-[[services]]
-name = "origin"
-endpoints = ["$origin"]
-TOML
-taskset -c "$last" "$proxy_bin" --config "$out/profile-proxy.toml" 2>"$out/proxy.log" &
-proxy_pid=$!
-pids+=("$proxy_pid")
-wait_for "$out/proxy.log" "outbound="
-addr=$(grep -o 'outbound=[0-9.:]*' "$out/proxy.log" | head -1 | cut -d= -f2)
+start_coremesh profile-proxy.toml
 
 echo "profile.sh: origin $origin, proxy $addr (pid $proxy_pid, CPU $last), load on CPU $others"
 taskset -c "$others" "$bench" load --url "http://$addr/size/$body" --header 'Host: origin' \

@@ -34,23 +34,7 @@ start_origin
 
 case "$kind" in
 coremesh)
-    cat >"$out/proxy.toml" <<TOML
-[proxy]
-service = "bench"
-cores = 1
-admin = "127.0.0.1:0"
-
-[outbound]
-listen = "127.0.0.1:0"
-
-[[services]]
-name = "origin"
-endpoints = ["$origin"]
-TOML
-    taskset -c "$last" "$proxy_bin" --config "$out/proxy.toml" 2>"$out/proxy.log" &
-    proxy_pid=$!; pids+=("$proxy_pid")
-    wait_for "$out/proxy.log" "outbound="
-    addr=$(grep -o 'outbound=[0-9.:]*' "$out/proxy.log" | head -1 | cut -d= -f2)
+    start_coremesh proxy.toml
     ;;
 haproxy)
     port=$(free_port)
