@@ -123,17 +123,30 @@ fn clock_ticks() -> f64 {
     }
 }
 
-/// Fields of /proc/PID/stat after the command name (which may hold spaces
-/// and parentheses, so split after the last ')'). Index 0 is field 3 (state).
-fn stat_fields(pid: u32) -> Option<Vec<u64>> {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &s[s.rfind(')')? + 2..];
-    Some(
-        rest.split(' ')
-            .skip(1)
-            .map(|f| f.trim().parse::<i64>().unwrap_or(0) as u64)
-            .collect(),
-    )
+/// The fields of a /proc/PID/stat line this crate reads (proc(5)).
+#[derive(Debug, PartialEq)]
+struct ProcStat {
+    ppid: u32,
+    /// utime + stime + cutime + cstime (fields 14-17), in clock ticks:
+    /// this process's threads, live and dead, and the children it reaped.
+    cpu_ticks: u64,
+}
+
+/// Parses one /proc/PID/stat line. The command name (field 2) may hold
+/// spaces and parentheses, so the numbered fields start after the last ')'.
+fn parse_stat(line: &str) -> Option<ProcStat> {
+    let rest = line.get(line.rfind(')')? + 2..)?;
+    // fields[0] is field 3 (state), so field N is fields[N - 3].
+    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
+    let num = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+    Some(ProcStat {
+        ppid: num(4)? as u32,
+        cpu_ticks: num(14)? + num(15)? + num(16)? + num(17)?,
+    })
+}
+
+fn stat_of(pid: u32) -> Option<ProcStat> {
+    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
 /// `pid` and every live descendant of it.
@@ -144,9 +157,8 @@ pub fn process_tree(pid: u32) -> Vec<u32> {
             let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
                 continue;
             };
-            // Field 4 (ppid) is index 0 after skipping the state.
-            if let Some(f) = stat_fields(p) {
-                children.entry(f[0] as u32).or_default().push(p);
+            if let Some(st) = stat_of(p) {
+                children.entry(st.ppid).or_default().push(p);
             }
         }
     }
@@ -170,9 +182,8 @@ pub fn process_tree(pid: u32) -> Vec<u32> {
 pub fn tree_cpu_seconds(pid: u32) -> f64 {
     let ticks: u64 = process_tree(pid)
         .into_iter()
-        .filter_map(stat_fields)
-        // utime, stime, cutime, cstime are fields 14-17: indices 11-14 here.
-        .map(|f| f[11] + f[12] + f[13] + f[14])
+        .filter_map(stat_of)
+        .map(|st| st.cpu_ticks)
         .sum();
     ticks as f64 / clock_ticks()
 }
@@ -314,20 +325,53 @@ mod tests {
     }
 
     #[test]
-    fn own_process_is_measurable() {
+    fn stat_lines_parse_by_field_number() {
+        // Fields 1-17 numbered by value where they matter: ppid 4, utime 14,
+        // stime 15, cutime 16, cstime 17; then priority 20 and the rest.
+        let line = "4242 (a) (b c) S 7 5 6 0 -1 4194560 10 11 12 13 \
+                    1400 1500 1600 1700 20 0 3 0 99 1000 200\n";
+        assert_eq!(
+            parse_stat(line),
+            Some(ProcStat {
+                ppid: 7,
+                cpu_ticks: 1400 + 1500 + 1600 + 1700,
+            })
+        );
+        assert_eq!(parse_stat("4242 (x) S 7 5"), None);
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    /// Time this thread has run, from the kernel's per-thread CPU clock.
+    fn thread_cpu_seconds() -> f64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid pointer to a writable timespec.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+    }
+
+    #[test]
+    fn user_cpu_counts_in_the_process_tree() {
         let me = std::process::id();
         assert!(process_tree(me).contains(&me));
         assert!(tree_rss_bytes(me) > 0);
-        // Burn a little CPU so the tick counter moves.
-        let t = std::time::Instant::now();
+        // A loop with no system calls but the vDSO clock: user time only,
+        // which an earlier parser (off by one field) left out.
+        let before = tree_cpu_seconds(me);
+        let start = thread_cpu_seconds();
         let mut x = 0u64;
-        while t.elapsed().as_millis() < 30 {
-            x = x.wrapping_mul(31).wrapping_add(7);
+        while thread_cpu_seconds() - start < 0.2 {
+            for _ in 0..10_000 {
+                x = x.wrapping_mul(31).wrapping_add(7);
+            }
         }
         std::hint::black_box(x);
-        assert!(tree_cpu_seconds(me) > 0.0);
+        let burnt = tree_cpu_seconds(me) - before;
+        assert!(burnt >= 0.15, "200 ms of user CPU measured as {burnt:.3} s");
         let (u, s) = self_cpu_seconds();
-        assert!(u + s > 0.0);
+        assert!(u >= 0.15 && u + s > 0.0);
     }
 
     #[test]
