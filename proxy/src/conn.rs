@@ -107,6 +107,35 @@ impl Conn {
         }
     }
 
+    /// Closes a connection the proxy is done with without losing the
+    /// answer it just wrote, as nginx's `lingering_close` does. When the
+    /// client is still sending bytes the proxy will not read (the rest of
+    /// an upload after a 404, 403 or an upstream's early 413), a plain close
+    /// makes the kernel answer them with a reset, and a client still
+    /// writing its body sees "connection reset" instead of the response.
+    /// So unless the client has already closed its side: half-close (the
+    /// client reads the response, then EOF), read and discard until the
+    /// client closes, nothing arrives for `quiet`, or `limit` has passed;
+    /// then close.
+    pub async fn close_lingering(mut self, quiet: Duration, limit: Duration) {
+        let fd = self.raw_fd();
+        if !discard_queued(fd) {
+            return;
+        }
+        self.shutdown_write().await;
+        let until = Instant::now() + limit;
+        loop {
+            let wait = until.min(Instant::now() + quiet);
+            let readable = match &mut self {
+                Conn::Plain(c) => runtime::timeout_at(wait, c.readable()).await,
+                Conn::Tls(c) => runtime::timeout_at(wait, c.socket_readable()).await,
+            };
+            if !matches!(readable, Ok(Ok(()))) || !discard_queued(fd) {
+                return;
+            }
+        }
+    }
+
     fn try_clone(&self) -> io::Result<Conn> {
         Ok(match self {
             Conn::Plain(c) => Conn::Plain(c.try_clone()?),
@@ -173,4 +202,26 @@ async fn pipe(
     w.shutdown_write().await;
     done.set(done.get() + 1);
     total
+}
+
+/// Reads and drops what the socket has queued, without waiting. `true`:
+/// the peer may send more (the queue is empty for now); `false`: it closed
+/// or the socket failed.
+fn discard_queued(fd: std::os::fd::RawFd) -> bool {
+    let mut sink = [0u8; 16 * 1024];
+    loop {
+        // SAFETY: reads into a local buffer of the given length.
+        let n = unsafe { libc::recv(fd, sink.as_mut_ptr().cast(), sink.len(), libc::MSG_DONTWAIT) };
+        if n > 0 {
+            continue;
+        }
+        if n == 0 {
+            return false;
+        }
+        match io::Error::last_os_error().kind() {
+            io::ErrorKind::WouldBlock => return true,
+            io::ErrorKind::Interrupted => {}
+            _ => return false,
+        }
+    }
 }

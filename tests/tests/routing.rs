@@ -229,3 +229,36 @@ fn each_connection_is_independent() {
     assert_eq!(bad.get("nope", "/").status, 404);
     assert_eq!(good.get("api", "/2").status, 200);
 }
+
+/// The proxy answers 404 after the head and will not read the 8 MiB body.
+/// Closing at once would reset the connection under the client's write,
+/// and the client would see "connection reset" instead of the answer; the
+/// proxy half-closes and drains instead (lingering close), so the whole
+/// upload goes out, the 404 is read, then EOF.
+#[test]
+fn an_upload_refused_after_its_head_gets_its_answer_not_a_reset() {
+    use std::io::Read;
+    let api = Origin::start("api");
+    let proxy = proxy_for(&api);
+    let mut s = std::net::TcpStream::connect(proxy.outbound()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = vec![b'x'; 8 << 20];
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: billing\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&body)
+        .expect("the whole upload is accepted (drained), not reset");
+    let mut got = Vec::new();
+    s.read_to_end(&mut got)
+        .expect("the answer and then EOF, no reset");
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 404"),
+        "the client reads the 404: {:?}",
+        &text[..text.len().min(120)]
+    );
+    assert_eq!(api.requests(), 0);
+}

@@ -52,6 +52,13 @@ use relay::connect_tunnel;
 /// gives its buffer back (a busy client sends its next request well within).
 const LINGER: Duration = Duration::from_millis(100);
 
+/// A connection the proxy closes while the client is still sending (see
+/// `Conn::close_lingering`) is drained until nothing arrives for
+/// LINGERING_QUIET, for LINGERING_LIMIT at most (nginx: lingering_timeout
+/// 5 s, lingering_time 30 s).
+const LINGERING_QUIET: Duration = Duration::from_secs(2);
+const LINGERING_LIMIT: Duration = Duration::from_secs(10);
+
 /// Path on the inbound listener that the proxy answers itself, for probes
 /// from peer proxies and from the operator: 200 while the local app is
 /// healthy (or unchecked), 503 while it is not. It never reaches the app and
@@ -326,6 +333,9 @@ async fn serve_http(shard: Rc<Shard>, client: Conn, dir: Direction) {
         if !busy.await {
             break;
         }
+    }
+    if let Some(c) = client.take() {
+        c.close_lingering(LINGERING_QUIET, LINGERING_LIMIT).await;
     }
     shard.conn_closed(dir);
 }

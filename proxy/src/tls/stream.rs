@@ -219,6 +219,12 @@ impl TlsStream {
         self.tcp.readable().await
     }
 
+    /// Waits until the socket itself has bytes (or is closed), whatever the
+    /// session has buffered: for discarding what a peer still sends.
+    pub async fn socket_readable(&mut self) -> io::Result<()> {
+        self.tcp.readable().await
+    }
+
     /// Encrypts and sends `buf[range]`.
     pub async fn write_all(
         &mut self,
