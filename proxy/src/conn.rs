@@ -113,12 +113,18 @@ impl Conn {
     /// an upload after a 404, 403 or an upstream's early 413), a plain close
     /// makes the kernel answer them with a reset, and a client still
     /// writing its body sees "connection reset" instead of the response.
-    /// So unless the client has already closed its side: half-close (the
+    /// So when the client may still be sending (`may_send`: its last
+    /// request had a body, or the proxy refused its head) or has sent bytes
+    /// that are still unread, and has not closed its side: half-close (the
     /// client reads the response, then EOF), read and discard until the
     /// client closes, nothing arrives for `quiet`, or `limit` has passed;
-    /// then close.
-    pub async fn close_lingering(mut self, quiet: Duration, limit: Duration) {
+    /// then close. Otherwise (the usual end of a connection) it closes at
+    /// once.
+    pub async fn close_lingering(mut self, may_send: bool, quiet: Duration, limit: Duration) {
         let fd = self.raw_fd();
+        if !may_send && unread_bytes(fd) == 0 {
+            return;
+        }
         if !discard_queued(fd) {
             return;
         }
@@ -202,6 +208,18 @@ async fn pipe(
     w.shutdown_write().await;
     done.set(done.get() + 1);
     total
+}
+
+/// Bytes queued in the socket's receive buffer (FIONREAD); 0 on error.
+fn unread_bytes(fd: std::os::fd::RawFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer.
+    let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+    if r == 0 && n > 0 {
+        n as usize
+    } else {
+        0
+    }
 }
 
 /// Reads and drops what the socket has queued, without waiting. `true`:

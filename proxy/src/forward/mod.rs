@@ -311,6 +311,9 @@ async fn serve_http(shard: Rc<Shard>, client: Conn, dir: Direction) {
     let mut client = Some(client);
     let mut idle_since = Instant::now();
     let mut served = 0u64;
+    // Whether the client may still be sending when the proxy closes (see
+    // `Conn::close_lingering`).
+    let mut may_send = false;
     while let Some(c) = client.as_mut() {
         if shard.draining.get() {
             break;
@@ -329,26 +332,30 @@ async fn serve_http(shard: Rc<Shard>, client: Conn, dir: Direction) {
             dir,
             &mut idle_since,
             &mut served,
+            &mut may_send,
         ));
         if !busy.await {
             break;
         }
     }
     if let Some(c) = client.take() {
-        c.close_lingering(LINGERING_QUIET, LINGERING_LIMIT).await;
+        c.close_lingering(may_send, LINGERING_QUIET, LINGERING_LIMIT)
+            .await;
     }
     shard.conn_closed(dir);
 }
 
 /// Serves requests on a connection that has bytes to read, until nothing
 /// arrives within the linger (`true`: it went idle, holding no buffer) or
-/// the connection must close (`false`).
+/// the connection must close (`false`; `may_send`: the client may still be
+/// sending, a request body or a head the proxy refused).
 async fn serve_busy(
     shard: &Rc<Shard>,
     client: &mut Option<Conn>,
     dir: Direction,
     idle_since: &mut Instant,
     served: &mut u64,
+    may_send: &mut bool,
 ) -> bool {
     let mut buf = Some(shard.bufs.get());
     let mut scratch = Scratch::default();
@@ -367,14 +374,17 @@ async fn serve_busy(
             HeadRead::TimedOut => {
                 let _ = write_error(c, 408, "request head timeout", true, cfg.timeouts.idle).await;
                 shard.record_local(dir, 408);
+                *may_send = true;
                 break false;
             }
             HeadRead::Reject(e) => {
                 let _ = write_error(c, e.status, e.reason, true, cfg.timeouts.idle).await;
                 shard.record_local(dir, e.status);
+                *may_send = true;
                 break false;
             }
         };
+        *may_send = !matches!(head.framing, Framing::None | Framing::Length(0));
         let b = buf.take().unwrap_or_default();
         shard.in_flight.set(shard.in_flight.get() + 1);
         let (next, b, end) = handle(shard, &cfg, client, dir, head, start, b, &mut scratch).await;
