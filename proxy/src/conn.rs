@@ -120,14 +120,10 @@ impl Conn {
     /// client closes, nothing arrives for `quiet`, or `limit` has passed;
     /// then close. Otherwise (the usual end of a connection) it closes at
     /// once.
-    pub async fn close_lingering(mut self, may_send: bool, quiet: Duration, limit: Duration) {
+    ///
+    /// [`Conn::may_be_sending`] decides, without waiting, whether to linger.
+    pub async fn close_lingering(mut self, quiet: Duration, limit: Duration) {
         let fd = self.raw_fd();
-        if !may_send && unread_bytes(fd) == 0 {
-            return;
-        }
-        if !discard_queued(fd) {
-            return;
-        }
         self.shutdown_write().await;
         let until = Instant::now() + limit;
         loop {
@@ -140,6 +136,14 @@ impl Conn {
                 return;
             }
         }
+    }
+
+    /// Whether the client may still send bytes the proxy will not read
+    /// (see [`Conn::close_lingering`]): it may (`may_send`) or has bytes
+    /// unread, and has not closed its side. Discards what is queued.
+    pub fn may_be_sending(&self, may_send: bool) -> bool {
+        let fd = self.raw_fd();
+        (may_send || unread_bytes(fd) > 0) && discard_queued(fd)
     }
 
     fn try_clone(&self) -> io::Result<Conn> {

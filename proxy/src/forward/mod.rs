@@ -339,8 +339,10 @@ async fn serve_http(shard: Rc<Shard>, client: Conn, dir: Direction) {
         }
     }
     if let Some(c) = client.take() {
-        c.close_lingering(may_send, LINGERING_QUIET, LINGERING_LIMIT)
-            .await;
+        // Boxed: rare, and inline it would grow every idle connection's task.
+        if c.may_be_sending(may_send) {
+            Box::pin(c.close_lingering(LINGERING_QUIET, LINGERING_LIMIT)).await;
+        }
     }
     shard.conn_closed(dir);
 }
