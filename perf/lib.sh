@@ -46,8 +46,16 @@ listen = "127.0.0.1:0"
 name = "origin"
 endpoints = ["$origin"]
 TOML
-    taskset -c "$last" "$proxy_bin" --config "$out/$1" 2>"$out/proxy.log" &
-    proxy_pid=$!; pids+=("$proxy_pid")
-    wait_for "$out/proxy.log" "outbound="
-    addr=$(grep -o 'outbound=[0-9.:]*' "$out/proxy.log" | head -1 | cut -d= -f2)
+    run_coremesh "$out/$1" "$out/proxy.log" outbound
+    proxy_pid=$run_pid addr=$run_addr
+}
+
+# run_coremesh CONFIG LOG LISTENER: coremesh-proxy with CONFIG on the last
+# CPU, stderr in LOG, until it reports LISTENER's bound address (`inbound`
+# or `outbound`); sets $run_pid and $run_addr.
+run_coremesh() {
+    taskset -c "$last" "$proxy_bin" --config "$1" 2>"$2" &
+    run_pid=$!; pids+=("$run_pid")
+    wait_for "$2" "$3="
+    run_addr=$(grep -o "$3=[0-9.:]*" "$2" | head -1 | cut -d= -f2)
 }

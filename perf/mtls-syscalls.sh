@@ -43,10 +43,8 @@ cert = "$certs/api.crt"
 key = "$certs/api.key"
 ca = "$certs/ca.pem"
 TOML
-taskset -c "$last" "$proxy_bin" --config "$out/inbound.toml" 2>"$out/inbound.log" &
-in_pid=$!; pids+=("$in_pid")
-wait_for "$out/inbound.log" "inbound="
-in_addr=$(grep -o 'inbound=[0-9.:]*' "$out/inbound.log" | head -1 | cut -d= -f2)
+run_coremesh "$out/inbound.toml" "$out/inbound.log" inbound
+in_pid=$run_pid in_addr=$run_addr
 cat >"$out/outbound.toml" <<TOML
 [proxy]
 service = "web"
@@ -62,10 +60,8 @@ ca = "$certs/ca.pem"
 name = "api"
 endpoints = ["$in_addr"]
 TOML
-taskset -c "$last" "$proxy_bin" --config "$out/outbound.toml" 2>"$out/outbound.log" &
-out_pid=$!; pids+=("$out_pid")
-wait_for "$out/outbound.log" "outbound="
-addr=$(grep -o 'outbound=[0-9.:]*' "$out/outbound.log" | head -1 | cut -d= -f2)
+run_coremesh "$out/outbound.toml" "$out/outbound.log" outbound
+out_pid=$run_pid addr=$run_addr
 
     ;;
 haproxy)
