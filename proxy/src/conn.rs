@@ -113,15 +113,11 @@ impl Conn {
     /// an upload after a 404, 403 or an upstream's early 413), a plain close
     /// makes the kernel answer them with a reset, and a client still
     /// writing its body sees "connection reset" instead of the response.
-    /// So when the client may still be sending (`may_send`: its last
-    /// request had a body, or the proxy refused its head) or has sent bytes
-    /// that are still unread, and has not closed its side: half-close (the
-    /// client reads the response, then EOF), read and discard until the
-    /// client closes, nothing arrives for `quiet`, or `limit` has passed;
-    /// then close. Otherwise (the usual end of a connection) it closes at
-    /// once.
-    ///
-    /// [`Conn::may_be_sending`] decides, without waiting, whether to linger.
+    /// So, for a connection [`Conn::may_be_sending`] says may still carry
+    /// such bytes: half-close (the client reads the response, then EOF),
+    /// read and discard until the client closes, nothing arrives for
+    /// `quiet`, or `limit` has passed; then close. Any other connection is
+    /// simply dropped (the usual end of a connection).
     pub async fn close_lingering(mut self, quiet: Duration, limit: Duration) {
         let fd = self.raw_fd();
         self.shutdown_write().await;
