@@ -54,6 +54,9 @@ pub enum ShardMsg {
     Identity(Arc<Identity>),
     /// A new split of one service limit (see agent/traffic.rs).
     Share(Arc<crate::traffic::ShareUpdate>),
+    /// Rate-limit tokens from the service's pool, for a shard that refused
+    /// (see resilience/ratelimit.rs).
+    Grant { service: String, tokens: u64 },
     /// Active health checks to run on this shard (see probe.rs).
     Probes(Arc<Vec<crate::probe::ProbeTarget>>),
     /// Endpoints to avoid, decided once per proxy on the agent thread:
@@ -377,6 +380,7 @@ pub async fn run(setup: ShardSetup, driver: String) {
             ShardMsg::Excluded(set) => *shard.excluded.borrow_mut() = set,
             ShardMsg::Probes(plan) => crate::probe::run_plan(&shard, plan),
             ShardMsg::Share(u) => shard.traffic.apply_share(&u, Instant::now()),
+            ShardMsg::Grant { service, tokens } => shard.traffic.grant(&service, tokens),
             ShardMsg::Snapshot(reply) => {
                 let _ = reply.send(shard.stats.borrow().snapshot());
             }
@@ -454,12 +458,22 @@ async fn report_outcomes(shard: Rc<Shard>) {
     }
 }
 
-/// Closes idle keep-alive connections past `timeouts.keepalive_idle`
-/// (checked four times a second, so the timeout holds within 250 ms).
+/// Four times a second: closes idle keep-alive connections past
+/// `timeouts.keepalive_idle` (so the timeout holds within 250 ms), and
+/// reports what the rate-limit buckets threw away, refused and spent to the
+/// agent's token pools.
 async fn idle_sweeper(shard: Rc<Shard>) {
     loop {
         runtime::sleep(Duration::from_millis(250)).await;
-        shard.idle.expire(Instant::now());
+        let now = Instant::now();
+        shard.idle.expire(now);
+        let reports = shard.traffic.pool_reports(now);
+        if !reports.is_empty() {
+            let _ = shard.agent.send(crate::agent::AgentRequest::Pool {
+                shard: shard.index,
+                reports,
+            });
+        }
     }
 }
 

@@ -29,7 +29,8 @@ use rustc_hash::FxHashMap;
 use crate::balance::{Algorithm, Balancer};
 use crate::resilience::{
     reserve_total, CircuitBreaker, ConcurrencyReport, ConcurrencySplit, Faults, HealthConfig,
-    KeyedTokenBuckets, Limit, Limits, OutlierConfig, RateSplit, RetryBudget, TokenBucket,
+    KeyedTokenBuckets, Limit, Limits, OutlierConfig, PoolReport, RateSplit, RetryBudget,
+    TokenBucket,
 };
 
 /// Callers tracked per service for per-caller rate limits (the oldest is
@@ -285,7 +286,13 @@ impl ShardTraffic {
                             k.set(share, b);
                             Some(Limiter::Caller(k))
                         }
-                        (false, _) => Some(Limiter::Service(TokenBucket::new(share, b, now))),
+                        (false, _) => {
+                            let mut t = TokenBucket::new(share, b, now);
+                            if self.shards > 1 {
+                                t.pool();
+                            }
+                            Some(Limiter::Service(t))
+                        }
                         (true, _) => Some(Limiter::Caller(KeyedTokenBuckets::new(
                             share,
                             b,
@@ -295,6 +302,29 @@ impl ShardTraffic {
                 }
             };
             st.policy = policy.clone();
+        }
+    }
+
+    /// What each pooled service bucket has to tell the agent's pool
+    /// (resilience/ratelimit.rs). Shard, every 250 ms.
+    pub fn pool_reports(&self, now: Instant) -> Vec<(String, PoolReport)> {
+        let mut map = self.services.borrow_mut();
+        map.iter_mut()
+            .filter_map(|(name, s)| match &mut s.limiter {
+                Some(Limiter::Service(t)) => t.report(now).map(|r| (name.clone(), r)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Tokens the agent's pool granted to `service`'s bucket here.
+    pub fn grant(&self, service: &str, tokens: u64) {
+        if let Some(ServiceState {
+            limiter: Some(Limiter::Service(t)),
+            ..
+        }) = self.services.borrow_mut().get_mut(service)
+        {
+            t.grant(tokens);
         }
     }
 

@@ -67,6 +67,11 @@ pub enum AgentRequest {
         shard: usize,
         services: Vec<crate::traffic::ServiceDemand>,
     },
+    /// A shard's rate-limit token counts for the last 250 ms, per service.
+    Pool {
+        shard: usize,
+        reports: Vec<(String, crate::resilience::PoolReport)>,
+    },
     /// A shard's outcomes per upstream endpoint for the last period.
     Outcomes {
         shard: usize,
@@ -444,6 +449,7 @@ async fn resolver(requests: async_channel::Receiver<AgentRequest>, traffic: Rc<t
             AgentRequest::Outcomes { counts, .. } => traffic.outcomes(counts),
             AgentRequest::Probe { service, addr, ok } => traffic.probe(&service, addr, ok),
             AgentRequest::Demand { shard, services } => traffic.demand(shard, services),
+            AgentRequest::Pool { shard, reports } => traffic.pool(shard, reports),
             AgentRequest::Resolve { host, port, reply } => {
                 tokio::task::spawn_local(async move {
                     let res = match tokio::time::timeout(

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use crate::outcomes::Counts;
 use crate::probe::ProbeTarget;
 use crate::resilience::{
-    reserve_total, ConcurrencyReport, ConcurrencySplit, HealthTracker, Limit, Outcomes,
-    OutlierDetector, RateSplit,
+    pool_cap, reserve_total, ConcurrencyReport, ConcurrencySplit, HealthTracker, Limit, Outcomes,
+    OutlierDetector, PoolReport, RateSplit, TokenPool,
 };
 use crate::shard::{ShardHandle, ShardMsg};
 use crate::traffic::{ServiceDemand, ServicePolicy, ShareOf, ShareUpdate};
@@ -37,6 +37,9 @@ struct Splits {
     breaker: [Option<ConcurrencySplit>; 3],
     budget: ConcurrencySplit,
     rate: Option<RateSplit>,
+    /// Tokens the shards could not use (per-service rate limits, more than
+    /// one shard; resilience/ratelimit.rs).
+    pool: Option<TokenPool>,
     /// The latest report of each shard.
     reports: Vec<Option<ServiceDemand>>,
     policy: Arc<ServicePolicy>,
@@ -127,6 +130,7 @@ impl Traffic {
                 ],
                 budget: ConcurrencySplit::new(reserve_total(policy.budget_min_per_second), n),
                 rate: policy.rate.map(|(r, _, _)| RateSplit::new(r, n)),
+                pool: new_pool(policy, n),
                 reports: vec![None; n],
                 policy: policy.clone(),
             });
@@ -171,6 +175,14 @@ impl Traffic {
                         }
                     }
                     (_, r) => sp.rate = r.map(|(r, _, _)| RateSplit::new(r, n)),
+                }
+                match (sp.pool.as_mut(), new_pool(policy, n)) {
+                    (Some(p), Some(_)) => {
+                        if let Some((r, b, _)) = policy.rate {
+                            p.set_cap(pool_cap(r, b));
+                        }
+                    }
+                    (_, fresh) => sp.pool = fresh,
                 }
                 sp.policy = policy.clone();
             }
@@ -270,6 +282,23 @@ impl Traffic {
         }
     }
 
+    /// A shard's rate-limit token report: the pool takes what it threw away
+    /// and grants it what it lacked.
+    pub fn pool(&self, shard: usize, reports: Vec<(String, PoolReport)>) {
+        let mut splits = self.splits.borrow_mut();
+        for (service, r) in reports {
+            let Some(pool) = splits.get_mut(&service).and_then(|sp| sp.pool.as_mut()) else {
+                continue;
+            };
+            let tokens = pool.report(shard, r);
+            if tokens > 0 {
+                if let Some(h) = self.shards.get(shard) {
+                    let _ = h.tx.try_send(ShardMsg::Grant { service, tokens });
+                }
+            }
+        }
+    }
+
     /// Re-splits every limit from the latest reports; sends what changed.
     pub fn resplit(&self) {
         let mut splits = self.splits.borrow_mut();
@@ -320,5 +349,15 @@ impl Traffic {
         for h in &self.shards {
             let _ = h.tx.try_send(ShardMsg::Share(u.clone()));
         }
+    }
+}
+
+/// A token pool for a per-service rate limit on more than one shard.
+fn new_pool(policy: &ServicePolicy, shards: usize) -> Option<TokenPool> {
+    match policy.rate {
+        Some((rate, burst, false)) if shards > 1 => {
+            Some(TokenPool::new(pool_cap(rate, burst), shards))
+        }
+        _ => None,
     }
 }

@@ -58,7 +58,7 @@ pub use budget::{reserve_total, RetryBudget};
 pub use fault::{FaultAction, Faults};
 pub use health::{HealthConfig, HealthTracker};
 pub use outlier::{OutcomeCounts, Outcomes, OutlierConfig, OutlierDetector};
-pub use ratelimit::{KeyedTokenBuckets, TokenBucket};
+pub use ratelimit::{pool_cap, KeyedTokenBuckets, PoolReport, TokenBucket, TokenPool};
 pub use shares::{burst_share, rebalance, ConcurrencyReport, ConcurrencySplit, RateSplit};
 
 /// An immutable, sorted set of endpoint addresses: what the agent broadcasts

@@ -12,6 +12,28 @@
 //! per second so that small shares stay exact. Token amounts are kept in
 //! 10⁻¹² tokens: `nanoseconds × milli-requests per second` is exactly that
 //! unit, so refilling is one multiplication with no rounding.
+//!
+//! # Pooling: tokens a shard cannot use go to a shard that needs them
+//!
+//! Shares follow demand only once a period (resilience/shares.rs), so when
+//! traffic moves between shards, or one shard's traffic comes in bunches, one
+//! bucket sits full (its refill is wasted) while another refuses. With more
+//! than one shard, a per-service [`TokenBucket`] therefore keeps count of
+//! the tokens it had to throw away and of the requests it refused, and
+//! reports both to the agent every 250 ms ([`TokenBucket::report`], a
+//! message, as DESIGN.md wants for anything that crosses cores). The agent
+//! keeps the thrown-away tokens in the service's [`TokenPool`], up to
+//! [`pool_cap`], and grants a shard that refused up to as many tokens as it
+//! refused; the shard spends them once its own bucket is empty and hands back
+//! what it did not use at its next report. Tokens are still made only by the
+//! shards' refills, at rates that add up to the configured rate, and the pool
+//! with every grant still out holds at most [`pool_cap`]: over any T seconds
+//! the proxy admits at most rate × T + burst + N + [`pool_cap`], and while the
+//! offered load is above the rate it admits the rate, however that load is
+//! spread over the shards (a moved load's tokens follow it within a report or
+//! two). Nothing of this is on a request's path beyond two counters in the
+//! shard's own bucket. Per-caller buckets ([`KeyedTokenBuckets`]) keep their
+//! shard shares only.
 
 use std::time::Instant;
 
@@ -19,6 +41,84 @@ use crate::balance::stable_hash;
 
 /// One token in the bucket's unit (10⁻¹² token).
 const TOKEN: u128 = 1_000_000_000_000;
+
+/// How many tokens a service's [`TokenPool`] (with its grants still out)
+/// holds at most: the configured burst, or a quarter second of the rate
+/// (what an idle shard throws away between two reports) if that is more.
+/// `rate_milli` is the proxy's rate in thousandths of a request per second.
+pub fn pool_cap(rate_milli: u64, burst: u64) -> u64 {
+    burst.max(rate_milli.div_ceil(4_000)).max(1)
+}
+
+/// What a pooling [`TokenBucket`] tells the agent each report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolReport {
+    /// Whole tokens the bucket could not hold since the last report.
+    pub wasted: u64,
+    /// Requests refused since the last report.
+    pub refused: u64,
+    /// Granted tokens spent since the last report.
+    pub spent: u64,
+    /// Granted tokens not spent, handed back with this report.
+    pub returned: u64,
+}
+
+/// One service's pooled tokens, on the agent thread: what the shards could
+/// not use, for the shards that refused (see the module documentation).
+#[derive(Clone, Debug)]
+pub struct TokenPool {
+    cap: u64,
+    held: u64,
+    /// Per shard: granted and not yet reported spent or returned.
+    out: Vec<u64>,
+}
+
+impl TokenPool {
+    /// An empty pool of at most `cap` tokens (with its grants) for `shards`.
+    pub fn new(cap: u64, shards: usize) -> Self {
+        TokenPool {
+            cap,
+            held: 0,
+            out: vec![0; shards],
+        }
+    }
+
+    /// A new cap (policy change); tokens held above it go.
+    pub fn set_cap(&mut self, cap: u64) {
+        self.cap = cap;
+        self.held = self.held.min(self.room());
+    }
+
+    /// Tokens held now (not counting grants out).
+    pub fn held(&self) -> u64 {
+        self.held
+    }
+
+    fn room(&self) -> u64 {
+        self.cap.saturating_sub(self.out.iter().sum())
+    }
+
+    /// Folds in `shard`'s report; returns how many tokens to grant it (as
+    /// many as its own bucket could not cover since its last report, as far
+    /// as the pool has them).
+    pub fn report(&mut self, shard: usize, r: PoolReport) -> u64 {
+        let Some(out) = self.out.get_mut(shard) else {
+            return 0;
+        };
+        *out = out.saturating_sub(r.spent.saturating_add(r.returned));
+        self.held = self
+            .held
+            .saturating_add(r.wasted)
+            .saturating_add(r.returned)
+            .min(self.room());
+        // What its own bucket could not cover last time, refused or paid
+        // from a grant, is what it will likely need again.
+        let grant = self.held.min(r.refused.saturating_add(r.spent));
+        self.held -= grant;
+        self.out[shard] += grant;
+        grant
+    }
+}
 
 /// The refill arithmetic shared by both kinds of bucket.
 #[derive(Clone, Copy, Debug)]
@@ -37,19 +137,27 @@ impl Level {
         }
     }
 
-    fn refill(&mut self, rate_milli: u64, capacity: u128, now: Instant) {
-        if now > self.stamp {
-            let ns = now.duration_since(self.stamp).as_nanos();
-            self.tokens = self
-                .tokens
-                .saturating_add(ns.saturating_mul(u128::from(rate_milli)))
-                .min(capacity);
-            self.stamp = now;
+    /// Credits the time since the last refill; returns what did not fit
+    /// under `capacity`.
+    fn refill(&mut self, rate_milli: u64, capacity: u128, now: Instant) -> u128 {
+        if now <= self.stamp {
+            return 0;
         }
+        let ns = now.duration_since(self.stamp).as_nanos();
+        let full = self
+            .tokens
+            .saturating_add(ns.saturating_mul(u128::from(rate_milli)));
+        self.stamp = now;
+        self.tokens = full.min(capacity);
+        full - self.tokens
     }
 
     fn try_take(&mut self, rate_milli: u64, capacity: u128, now: Instant) -> bool {
         self.refill(rate_milli, capacity, now);
+        self.take()
+    }
+
+    fn take(&mut self) -> bool {
         if self.tokens >= TOKEN {
             self.tokens -= TOKEN;
             true
@@ -69,6 +177,15 @@ pub struct TokenBucket {
     capacity: u128,
     level: Level,
     demand: u64,
+    /// Whether this bucket reports to the service's [`TokenPool`] (more
+    /// than one shard).
+    pooled: bool,
+    /// Refill thrown away since the last report, in the bucket's unit.
+    wasted: u128,
+    refused: u64,
+    /// Tokens granted from the pool, spent once the bucket is empty.
+    credit: u64,
+    spent: u64,
 }
 
 impl TokenBucket {
@@ -82,24 +199,81 @@ impl TokenBucket {
             capacity,
             level: Level::full(capacity, now),
             demand: 0,
+            pooled: false,
+            wasted: 0,
+            refused: 0,
+            credit: 0,
+            spent: 0,
         }
+    }
+
+    /// Reports to the service's [`TokenPool`] from now on. Shard, with more
+    /// than one shard, when it builds the bucket.
+    pub fn pool(&mut self) {
+        self.pooled = true;
+    }
+
+    /// Refills to `now`, counting what does not fit.
+    fn refill(&mut self, now: Instant) {
+        let over = self.level.refill(self.rate_milli, self.capacity, now);
+        if self.pooled {
+            self.wasted = self.wasted.saturating_add(over);
+        }
+    }
+
+    /// What to report to the pool (refilling to `now` first), and resets
+    /// the counts; unspent grants go back with it. `None`: nothing to
+    /// report. Shard, every 250 ms, for a pooled bucket.
+    pub fn report(&mut self, now: Instant) -> Option<PoolReport> {
+        self.refill(now);
+        let wasted = (self.wasted / TOKEN) as u64;
+        self.wasted %= TOKEN;
+        let r = PoolReport {
+            wasted,
+            refused: std::mem::take(&mut self.refused),
+            spent: std::mem::take(&mut self.spent),
+            returned: std::mem::take(&mut self.credit),
+        };
+        (r != PoolReport::default()).then_some(r)
+    }
+
+    /// Tokens granted by the pool. Shard, when the agent's grant arrives.
+    pub fn grant(&mut self, tokens: u64) {
+        self.credit = self.credit.saturating_add(tokens);
     }
 
     /// New shares (from the agent's rebalance) or a new policy. Shard, when it
     /// applies either. Tokens already earned are kept, up to the new burst.
     pub fn set(&mut self, rate_milli: u64, burst: u64, now: Instant) {
         // Credit the time so far at the old rate before switching.
-        self.level.refill(self.rate_milli, self.capacity, now);
+        self.refill(now);
         self.rate_milli = rate_milli;
         self.capacity = u128::from(burst.max(1)) * TOKEN;
-        self.level.tokens = self.level.tokens.min(self.capacity);
+        let kept = self.level.tokens.min(self.capacity);
+        if self.pooled {
+            // What a smaller burst cannot keep goes to the other shards.
+            self.wasted = self.wasted.saturating_add(self.level.tokens - kept);
+        }
+        self.level.tokens = kept;
     }
 
     /// Takes a token if there is one. Shard, per request, before routing to
     /// the upstream; `false`: answer 429.
     pub fn try_take(&mut self, now: Instant) -> bool {
         self.demand += 1;
-        self.level.try_take(self.rate_milli, self.capacity, now)
+        self.refill(now);
+        if self.level.take() {
+            return true;
+        }
+        if self.credit > 0 {
+            self.credit -= 1;
+            self.spent += 1;
+            return true;
+        }
+        if self.pooled {
+            self.refused += 1;
+        }
+        false
     }
 
     /// Attempts (admitted or not) since the last call: this shard's demand
@@ -378,32 +552,53 @@ mod tests {
         assert_eq!((0..10).filter(|_| b.try_take(t2)).count(), 3);
     }
 
-    /// A simulated 2-shard proxy with 100 rps configured: shares rebalanced
-    /// every second from each shard's demand; `offered` rps, `skew`% of it on
-    /// shard `busy(second)`. Returns the rps admitted per second.
-    fn two_shards(offered: u64, skew: u64, busy: impl Fn(u64) -> usize) -> Vec<u64> {
+    /// A simulated 2-shard proxy with 100 rps and a burst of 20 configured:
+    /// shares rebalanced every second from each shard's demand and, when
+    /// `pooled`, buckets reporting to a [`TokenPool`] every 250 ms (grants
+    /// arrive at once); `offered` rps, `skew`% of it on shard
+    /// `busy(second, request)`. Returns the rps admitted per second.
+    fn two_shards(
+        offered: u64,
+        skew: u64,
+        pooled: bool,
+        busy: impl Fn(u64, u64) -> usize,
+    ) -> Vec<u64> {
         let t0 = Instant::now();
         let total = 100_000;
         let burst = 20;
         let mut split = RateSplit::new(total, 2);
+        let mut pool = TokenPool::new(pool_cap(total, burst), 2);
         let mut buckets: Vec<TokenBucket> = split
             .shares()
             .iter()
-            .map(|&s| TokenBucket::new(s, burst_share(burst, s, total), t0))
+            .map(|&s| {
+                let mut b = TokenBucket::new(s, burst_share(burst, s, total), t0);
+                if pooled {
+                    b.pool();
+                }
+                b
+            })
             .collect();
         let mut rng = test_rng(offered + skew);
         let mut per_second = Vec::new();
+        let tick = Duration::from_millis(250);
+        let mut next_tick = t0 + tick;
         for sec in 0..15 {
             let mut admitted = 0;
             for k in 0..offered {
                 let now = t0
                     + Duration::from_secs(sec)
                     + Duration::from_nanos(k * 1_000_000_000 / offered);
-                let i = if rng() % 100 < skew {
-                    busy(sec)
-                } else {
-                    1 - busy(sec)
-                };
+                while pooled && next_tick <= now {
+                    for (i, b) in buckets.iter_mut().enumerate() {
+                        if let Some(r) = b.report(next_tick) {
+                            b.grant(pool.report(i, r));
+                        }
+                    }
+                    next_tick += tick;
+                }
+                let busy = busy(sec, k);
+                let i = if rng() % 100 < skew { busy } else { 1 - busy };
                 admitted += u64::from(buckets[i].try_take(now));
             }
             per_second.push(admitted);
@@ -418,9 +613,14 @@ mod tests {
         per_second
     }
 
+    /// The rps admitted over seconds 5..15.
+    fn settled(per_second: &[u64]) -> f64 {
+        per_second[5..].iter().sum::<u64>() as f64 / 10.0
+    }
+
     /// The rate-limit test: 100 rps on a 2-shard proxy admits
     /// 100 ± 10 rps averaged over 10 s after a warm-up, however unevenly the
-    /// traffic is split between the shards.
+    /// traffic is split between the shards; pooled, all of it.
     #[test]
     fn two_shards_admit_the_configured_rate() {
         for (offered, skew) in [
@@ -430,30 +630,171 @@ mod tests {
             (120, 97),
             (101, 100),
         ] {
-            let per_second = two_shards(offered, skew, |_| 0);
-            let rps = per_second[5..].iter().sum::<u64>() as f64 / 10.0;
+            let alone = settled(&two_shards(offered, skew, false, |_, _| 0));
             assert!(
-                (90.0..=110.0).contains(&rps),
-                "offered {offered}, skew {skew}%: {rps} rps {per_second:?}"
+                (90.0..=110.0).contains(&alone),
+                "offered {offered}, skew {skew}%, not pooled: {alone} rps"
+            );
+            let pooled = settled(&two_shards(offered, skew, true, |_, _| 0));
+            assert!(
+                (99.0..=101.0).contains(&pooled),
+                "offered {offered}, skew {skew}%, pooled: {pooled} rps"
             );
         }
     }
 
-    /// When the busy shard changes, the one that gained the traffic admits its
-    /// old share for a period, then catches up over about two more (the
-    /// documented transient); then the proxy is back to 100 ± 10.
+    /// When the busy shard changes, the one that gained the traffic admits
+    /// its old share for a period, then catches up over about two more (the
+    /// documented transient); pooled, it gets what the other shard no longer
+    /// uses.
     #[test]
     fn traffic_moving_between_shards_costs_about_two_periods() {
-        let per_second = two_shards(300, 95, |sec| usize::from(sec >= 7));
-        let lost: u64 = per_second[7..11]
-            .iter()
-            .map(|&a| 100u64.saturating_sub(a))
-            .sum();
+        let alone = two_shards(300, 95, false, |sec, _| usize::from(sec >= 7));
+        let lost: u64 = alone[7..11].iter().map(|&a| 100u64.saturating_sub(a)).sum();
         // The shortfall is ~85 rps in the first period; α = ½ halves it each
         // period after: about 2 × 85 in all.
-        assert!(lost <= 200, "lost {lost}: {per_second:?}");
-        let after = per_second[11..].iter().sum::<u64>() as f64 / 4.0;
-        assert!((90.0..=110.0).contains(&after), "{per_second:?}");
+        assert!(lost <= 200, "lost {lost}: {alone:?}");
+        let after = alone[11..].iter().sum::<u64>() as f64 / 4.0;
+        assert!((90.0..=110.0).contains(&after), "{alone:?}");
+        // Pooled, the move costs what refills the bucket that lost its
+        // traffic (its burst share, 18) and one report's delay (a quarter
+        // second of its share, 22) instead.
+        let pooled = two_shards(300, 95, true, |sec, _| usize::from(sec >= 7));
+        let moved: u64 = pooled[7..11].iter().sum();
+        assert!((360..=410).contains(&moved), "{moved} in 4 s: {pooled:?}");
+        let after = pooled[11..].iter().sum::<u64>() as f64 / 4.0;
+        assert!((98.0..=102.0).contains(&after), "{pooled:?}");
+    }
+
+    /// Traffic that hops between the shards several times a second (one
+    /// pooled upstream connection, then the other): per-shard shares cannot
+    /// follow it, and alone the shards admit well under the rate; pooled, they
+    /// admit the rate.
+    #[test]
+    fn traffic_hopping_between_shards_still_gets_the_rate() {
+        // The busy shard changes every 300 ms (90 requests at 300 rps).
+        let hop = |_: u64, k: u64| usize::from((k / 90) % 2 == 1);
+        let alone = settled(&two_shards(300, 100, false, hop));
+        let pooled = settled(&two_shards(300, 100, true, hop));
+        assert!(alone < 95.0, "not pooled: {alone} rps");
+        assert!((98.0..=101.0).contains(&pooled), "pooled: {pooled} rps");
+    }
+
+    /// The pool only moves tokens: after a long quiet spell (both buckets
+    /// and the pool full), a burst and the next second admit at most
+    /// burst + N + pool cap + the rate.
+    #[test]
+    fn the_pool_never_makes_tokens() {
+        let t0 = Instant::now();
+        let (total, burst) = (100_000, 20);
+        let cap = pool_cap(total, burst);
+        assert_eq!(cap, 25, "a quarter second of 100 rps");
+        let mut pool = TokenPool::new(cap, 2);
+        let mut buckets: Vec<TokenBucket> = [50_000, 50_000]
+            .iter()
+            .map(|&s| {
+                let mut b = TokenBucket::new(s, burst_share(burst, s, total), t0);
+                b.pool();
+                b
+            })
+            .collect();
+        let mut report = |buckets: &mut Vec<TokenBucket>, at: Instant| {
+            for (i, b) in buckets.iter_mut().enumerate() {
+                if let Some(r) = b.report(at) {
+                    b.grant(pool.report(i, r));
+                }
+            }
+        };
+        let quiet = t0 + Duration::from_secs(60);
+        report(&mut buckets, quiet);
+        // 400 rps for 1 s, reports every 250 ms.
+        let mut admitted = 0;
+        for i in 0..400u64 {
+            let now = quiet + Duration::from_micros(i * 2500);
+            if i % 100 == 99 {
+                report(&mut buckets, now);
+            }
+            admitted += u64::from(buckets[(i % 2) as usize].try_take(now));
+        }
+        assert!(
+            admitted <= burst + 2 + cap + 100,
+            "{admitted} admitted in a second after a quiet spell"
+        );
+        assert!(admitted >= burst + cap + 95, "{admitted}: the pool is used");
+    }
+
+    /// Grants are accounted until spent or returned, so a report that
+    /// crosses a grant in flight cannot make room for more than the cap.
+    #[test]
+    fn pool_grants_stay_within_the_cap() {
+        let mut pool = TokenPool::new(10, 2);
+        let wasted = |n| PoolReport {
+            wasted: n,
+            ..PoolReport::default()
+        };
+        assert_eq!(pool.report(0, wasted(100)), 0);
+        assert_eq!(pool.held(), 10, "capped");
+        let refused = PoolReport {
+            refused: 4,
+            ..PoolReport::default()
+        };
+        assert_eq!(pool.report(1, refused), 4);
+        assert_eq!(pool.held(), 6);
+        // Shard 1 reports again before the grant arrived: the 4 are still out.
+        assert_eq!(pool.report(1, wasted(100)), 0);
+        assert_eq!(pool.held(), 6, "room for 6: 4 are out");
+        // It spent 1 and returns 3.
+        let back = PoolReport {
+            spent: 1,
+            returned: 3,
+            ..PoolReport::default()
+        };
+        assert_eq!(pool.report(1, back), 1, "it needed 1 more than its own");
+        assert_eq!(pool.held(), 8, "6 + 3 returned - 1 granted");
+        pool.report(0, wasted(100));
+        assert_eq!(pool.held(), 9, "1 is out");
+        pool.set_cap(2);
+        assert_eq!(pool.held(), 1, "2 less the 1 still out");
+        assert_eq!(pool.report(7, wasted(1)), 0, "no such shard");
+    }
+
+    /// A bucket spends its grant only when empty, counts what it refuses and
+    /// throws away, and hands unspent grants back.
+    #[test]
+    fn a_pooled_bucket_reports_what_it_wasted_spent_and_refused() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10_000, 2, t0);
+        b.pool();
+        assert_eq!(b.report(t0), None, "nothing yet");
+        // 1 s at 10 rps into a full bucket of 2: 10 thrown away.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(
+            b.report(t1),
+            Some(PoolReport {
+                wasted: 10,
+                ..PoolReport::default()
+            })
+        );
+        b.grant(3);
+        let taken = (0..6).filter(|_| b.try_take(t1)).count();
+        assert_eq!(taken, 5, "2 of its own, then 3 granted");
+        assert_eq!(
+            b.report(t1),
+            Some(PoolReport {
+                wasted: 0,
+                refused: 1,
+                spent: 3,
+                returned: 0
+            })
+        );
+        b.grant(4);
+        assert!(b.try_take(t1 + Duration::from_millis(100)), "its own token");
+        let r = b.report(t1 + Duration::from_millis(100)).unwrap();
+        assert_eq!((r.spent, r.returned), (0, 4));
+        // Not pooled: nothing is counted.
+        let mut alone = TokenBucket::new(10_000, 2, t0);
+        assert!(alone.try_take(t1) && alone.try_take(t1) && !alone.try_take(t1));
+        assert_eq!(alone.report(t1), None);
     }
 
     #[test]

@@ -60,6 +60,10 @@
 //!   moves between shards, the shard that gained it admits only its old share
 //!   for the rest of that period, then catches up (EWMA α = ½): about two
 //!   periods' worth of the shortfall is lost in all.
+//!   Per-service rate limits recover most of those losses through their
+//!   token pool (ratelimit.rs: what a full bucket throws away is granted, by
+//!   message every 250 ms, to a shard that refuses), which adds at most
+//!   `pool_cap` to the upper bound; per-caller limits have the bounds above.
 //!
 //! All of this runs on the agent thread (allocation is fine there); the shards
 //! only apply the shares they are sent.
