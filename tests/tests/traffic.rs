@@ -41,6 +41,8 @@ const CONVERGE: Duration = Duration::from_secs(30);
 /// What a scenario's mesh has besides control and the web proxy.
 struct MeshSpec {
     cores: usize,
+    /// The web proxy's cores (default: `cores`).
+    web_cores: Option<usize>,
     /// One api endpoint per version label.
     versions: &'static [&'static str],
     /// `[control.health]` of the api proxies: HTTP `GET /healthz` to their
@@ -54,6 +56,7 @@ impl MeshSpec {
     fn new(cores: usize, versions: &'static [&'static str]) -> MeshSpec {
         MeshSpec {
             cores,
+            web_cores: None,
             versions,
             app_check: None,
             shadow: false,
@@ -115,7 +118,7 @@ impl Mesh {
         });
         let wm = control.member("web", "web-1");
         let web = ProxyBuilder::new("web")
-            .cores(spec.cores)
+            .cores(spec.web_cores.unwrap_or(spec.cores))
             .outbound()
             .control(&control.section(&wm).calls(&["api"]))
             .start();
@@ -411,6 +414,50 @@ with_1_and_2_cores!(
     mirrored_requests_arrive_at_the_shadow_and_never_slow_the_primary,
     fault_percentages_hold_over_2000_requests,
 );
+
+/// All of a 2-core api proxy's traffic reaches one of its shards (one caller
+/// thread through a 1-core web proxy: one pooled connection). The other
+/// shard's share of the limit (at least its floor, 5 of the 100 rps) would
+/// go unused; the shards' token pool hands it to the busy shard, so the
+/// limit still admits its rate.
+#[test]
+fn a_rate_limit_gets_its_rate_when_one_shard_has_all_the_traffic() {
+    let mut spec = MeshSpec::new(2, &["v1"]);
+    spec.web_cores = Some(1);
+    let mesh = Mesh::start(spec);
+    mesh.apply(
+        "kind: Resilience\nservice: api\nrateLimit: { requestsPerSecond: 100, burst: 20 }\n",
+    );
+    let (warm_up, window) = (Duration::from_secs(3), Duration::from_secs(10));
+    let out = open_loop(&mesh.web, 1, 200.0, warm_up + window, |i| {
+        get(&format!("/one-shard/{i}"))
+    });
+    let t = summary(&out);
+    let measured: Vec<&Outcome> = out.iter().filter(|o| o.at >= warm_up).collect();
+    let offered = measured.len() as f64 / window.as_secs_f64();
+    assert!(
+        offered >= 150.0,
+        "the load offered only {offered:.0} rps: {t:?}"
+    );
+    let admitted =
+        measured.iter().filter(|o| o.status == 200).count() as f64 / window.as_secs_f64();
+    let metrics = mesh.apis[0].metrics();
+    let per_shard: Vec<f64> = (0..2)
+        .map(|c| metrics.sum("coremesh_shard_requests_total", &[("core", &c.to_string())]))
+        .collect();
+    eprintln!(
+        "offered {offered:.0} rps, admitted {admitted:.1} rps, api shards saw {per_shard:?}: {t:?}"
+    );
+    assert!(
+        (97.0..=103.0).contains(&admitted),
+        "a 100 rps limit admitted {admitted:.1} rps (offered {offered:.0} rps, api shards saw \
+         {per_shard:?}); 100 ± 3 expected: {t:?}"
+    );
+    assert!(
+        measured.iter().all(|o| o.status == 200 || o.status == 429),
+        "every request is admitted or limited: {t:?}"
+    );
+}
 
 // ---- routing ----
 
