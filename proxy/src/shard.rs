@@ -380,7 +380,18 @@ pub async fn run(setup: ShardSetup, driver: String) {
             ShardMsg::Excluded(set) => *shard.excluded.borrow_mut() = set,
             ShardMsg::Probes(plan) => crate::probe::run_plan(&shard, plan),
             ShardMsg::Share(u) => shard.traffic.apply_share(&u, Instant::now()),
-            ShardMsg::Grant { service, tokens } => shard.traffic.grant(&service, tokens),
+            ShardMsg::Grant { service, tokens } => {
+                if !shard.traffic.grant(&service, tokens) {
+                    let back = crate::resilience::PoolReport {
+                        returned: tokens,
+                        ..Default::default()
+                    };
+                    let _ = shard.agent.send(crate::agent::AgentRequest::Pool {
+                        shard: shard.index,
+                        reports: vec![(service, back)],
+                    });
+                }
+            }
             ShardMsg::Snapshot(reply) => {
                 let _ = reply.send(shard.stats.borrow().snapshot());
             }
@@ -409,9 +420,11 @@ pub async fn run(setup: ShardSetup, driver: String) {
 /// Brings the per-service traffic state in line with the table and the
 /// static services (see traffic.rs).
 fn sync_traffic(shard: &Shard) {
-    let list =
-        crate::traffic::service_list(&shard.config(), shard.routes().as_deref().map(|t| &**t));
-    shard.traffic.sync(&list, Instant::now());
+    let cfg = shard.config();
+    let list = crate::traffic::service_list(&cfg, shard.routes().as_deref().map(|t| &**t));
+    shard
+        .traffic
+        .sync(&list, &cfg.proxy.service, Instant::now());
 }
 
 /// Serves an accepted connection by what its listener is for.

@@ -225,9 +225,15 @@ impl ShardTraffic {
     }
 
     /// Brings the states in line with a new table: `services` are
-    /// (name, endpoints, policy). States of services that went away are
-    /// dropped; the rest keep what they learned.
-    pub fn sync(&self, services: &[(String, Vec<SocketAddr>, Arc<ServicePolicy>)], now: Instant) {
+    /// (name, endpoints, policy), `own` the proxy's own service (whose rate
+    /// limit pools its shards' tokens). States of services that went away
+    /// are dropped; the rest keep what they learned.
+    pub fn sync(
+        &self,
+        services: &[(String, Vec<SocketAddr>, Arc<ServicePolicy>)],
+        own: &str,
+        now: Instant,
+    ) {
         let mut map = self.services.borrow_mut();
         map.retain(|name, _| services.iter().any(|(n, _, _)| n == name));
         for (name, endpoints, policy) in services {
@@ -272,35 +278,41 @@ impl ShardTraffic {
                     0,
                 );
             }
-            st.limiter = match (policy.rate, st.limiter.take()) {
-                (None, _) => None,
-                (Some((rate, burst, per_caller)), old) => {
-                    let share = RateSplit::new(rate, self.shards).shares()[self.index];
-                    let b = crate::resilience::burst_share(burst, share, rate);
-                    match (per_caller, old) {
-                        (false, Some(Limiter::Service(mut t))) => {
-                            t.set(share, b, now);
-                            Some(Limiter::Service(t))
-                        }
-                        (true, Some(Limiter::Caller(mut k))) => {
-                            k.set(share, b);
-                            Some(Limiter::Caller(k))
-                        }
-                        (false, _) => {
-                            let mut t = TokenBucket::new(share, b, now);
-                            if self.shards > 1 {
-                                t.pool();
+            // The limiter keeps its learned share unless the limit itself
+            // changed (a new table or a reload alone does not reset it: the
+            // agent would not resend a split that did not move).
+            if st.limiter.is_none() || st.policy.rate != policy.rate {
+                st.limiter = match (policy.rate, st.limiter.take()) {
+                    (None, _) => None,
+                    (Some((rate, burst, per_caller)), old) => {
+                        let share = RateSplit::new(rate, self.shards).shares()[self.index];
+                        let b = crate::resilience::burst_share(burst, share, rate);
+                        match (per_caller, old) {
+                            (false, Some(Limiter::Service(mut t))) => {
+                                t.set(share, b, now);
+                                Some(Limiter::Service(t))
                             }
-                            Some(Limiter::Service(t))
+                            (true, Some(Limiter::Caller(mut k))) => {
+                                k.set(share, b);
+                                Some(Limiter::Caller(k))
+                            }
+                            (false, _) => Some(Limiter::Service(TokenBucket::new(share, b, now))),
+                            (true, _) => Some(Limiter::Caller(KeyedTokenBuckets::new(
+                                share,
+                                b,
+                                MAX_CALLERS,
+                            ))),
                         }
-                        (true, _) => Some(Limiter::Caller(KeyedTokenBuckets::new(
-                            share,
-                            b,
-                            MAX_CALLERS,
-                        ))),
                     }
+                };
+            }
+            // Only the proxy's own service's limit is charged (on its inbound
+            // side), so only that one pools its shards' tokens.
+            if let Some(Limiter::Service(t)) = &mut st.limiter {
+                if self.shards > 1 && name.eq_ignore_ascii_case(own) {
+                    t.pool();
                 }
-            };
+            }
             st.policy = policy.clone();
         }
     }
@@ -317,14 +329,19 @@ impl ShardTraffic {
             .collect()
     }
 
-    /// Tokens the agent's pool granted to `service`'s bucket here.
-    pub fn grant(&self, service: &str, tokens: u64) {
-        if let Some(ServiceState {
-            limiter: Some(Limiter::Service(t)),
-            ..
-        }) = self.services.borrow_mut().get_mut(service)
-        {
-            t.grant(tokens);
+    /// Tokens the agent's pool granted to `service`'s bucket here; `false`
+    /// when there is no such bucket any more (a new policy came first): hand
+    /// them back so the pool does not count them out for ever.
+    pub fn grant(&self, service: &str, tokens: u64) -> bool {
+        match self.services.borrow_mut().get_mut(service) {
+            Some(ServiceState {
+                limiter: Some(Limiter::Service(t)),
+                ..
+            }) => {
+                t.grant(tokens);
+                true
+            }
+            _ => false,
         }
     }
 

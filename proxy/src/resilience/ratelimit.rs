@@ -23,15 +23,18 @@
 //! reports both to the agent every 250 ms ([`TokenBucket::report`], a
 //! message, as DESIGN.md wants for anything that crosses cores). The agent
 //! keeps the thrown-away tokens in the service's [`TokenPool`], up to
-//! [`pool_cap`], and grants a shard that refused up to as many tokens as it
-//! refused; the shard spends them once its own bucket is empty and hands back
-//! what it did not use at its next report. Tokens are still made only by the
-//! shards' refills, at rates that add up to the configured rate, and the pool
-//! with every grant still out holds at most [`pool_cap`]: over any T seconds
-//! the proxy admits at most rate × T + burst + N + [`pool_cap`], and while the
+//! [`pool_cap`], and grants the reporting shard what its own bucket could not
+//! cover since its last report (refused, or paid from an earlier grant), as
+//! far as the pool has it; the shard spends grants once its own bucket is
+//! empty and hands back what it did not use at its next report. Tokens are
+//! still made only by the shards' refills, at rates that add up to the
+//! configured rate; the pool holds at most [`pool_cap`] and the grants out at
+//! once add up to at most [`pool_cap`] more. So over any T seconds the proxy
+//! admits at most rate × T + burst + N + 2 × [`pool_cap`], and while the
 //! offered load is above the rate it admits the rate, however that load is
-//! spread over the shards (a moved load's tokens follow it within a report or
-//! two). Nothing of this is on a request's path beyond two counters in the
+//! spread over the shards: the pool can pass on [`pool_cap`] per 250 ms, at
+//! least the rate. When the load moves to another shard, its tokens follow
+//! within a report or two. On a request's path this is a few counters in the
 //! shard's own bucket. Per-caller buckets ([`KeyedTokenBuckets`]) keep their
 //! shard shares only.
 
@@ -42,9 +45,10 @@ use crate::balance::stable_hash;
 /// One token in the bucket's unit (10⁻¹² token).
 const TOKEN: u128 = 1_000_000_000_000;
 
-/// How many tokens a service's [`TokenPool`] (with its grants still out)
-/// holds at most: the configured burst, or a quarter second of the rate
-/// (what an idle shard throws away between two reports) if that is more.
+/// How many tokens a service's [`TokenPool`] holds at most, and how many
+/// its grants out at once add up to at most: the configured burst, or a
+/// quarter second of the rate (what the idle shards together throw away
+/// between two reports) if that is more.
 /// `rate_milli` is the proxy's rate in thousandths of a request per second.
 pub fn pool_cap(rate_milli: u64, burst: u64) -> u64 {
     burst.max(rate_milli.div_ceil(4_000)).max(1)
@@ -83,10 +87,11 @@ impl TokenPool {
         }
     }
 
-    /// A new cap (policy change); tokens held above it go.
+    /// A new cap (policy change); tokens held above it go (grants already
+    /// out are spent or handed back at their shards' next reports).
     pub fn set_cap(&mut self, cap: u64) {
         self.cap = cap;
-        self.held = self.held.min(self.room());
+        self.held = self.held.min(cap);
     }
 
     /// Tokens held now (not counting grants out).
@@ -94,13 +99,10 @@ impl TokenPool {
         self.held
     }
 
-    fn room(&self) -> u64 {
-        self.cap.saturating_sub(self.out.iter().sum())
-    }
-
-    /// Folds in `shard`'s report; returns how many tokens to grant it (as
-    /// many as its own bucket could not cover since its last report, as far
-    /// as the pool has them).
+    /// Folds in `shard`'s report; returns how many tokens to grant it: what
+    /// its own bucket could not cover since its last report (refused, or paid
+    /// from a grant: what it will likely need again), as far as the pool has
+    /// it and the grants out stay within the cap.
     pub fn report(&mut self, shard: usize, r: PoolReport) -> u64 {
         let Some(out) = self.out.get_mut(shard) else {
             return 0;
@@ -110,10 +112,9 @@ impl TokenPool {
             .held
             .saturating_add(r.wasted)
             .saturating_add(r.returned)
-            .min(self.room());
-        // What its own bucket could not cover last time, refused or paid
-        // from a grant, is what it will likely need again.
-        let grant = self.held.min(r.refused.saturating_add(r.spent));
+            .min(self.cap);
+        let room = self.cap.saturating_sub(self.out.iter().sum());
+        let grant = self.held.min(room).min(r.refused.saturating_add(r.spent));
         self.held -= grant;
         self.out[shard] += grant;
         grant
@@ -680,9 +681,74 @@ mod tests {
         assert!((98.0..=101.0).contains(&pooled), "pooled: {pooled} rps");
     }
 
+    /// Four shards, all traffic on one, reports at staggered times (as each
+    /// shard's own timer runs): the pool passes on what the three idle shards
+    /// throw away, so the proxy admits its rate; when the busy shard changes
+    /// every 2 s, each move costs a few tokens pooled, and most of the rate
+    /// alone (shares move by half the gap per second).
+    #[test]
+    fn four_shards_with_one_busy_get_the_rate() {
+        let run = |pooled: bool, hop: u64| -> f64 {
+            let t0 = Instant::now();
+            let (n, total, burst, offered) = (4usize, 100_000u64, 20u64, 300u64);
+            let mut split = RateSplit::new(total, n);
+            let mut pool = TokenPool::new(pool_cap(total, burst), n);
+            let mut buckets: Vec<TokenBucket> = split
+                .shares()
+                .iter()
+                .map(|&s| {
+                    let mut b = TokenBucket::new(s, burst_share(burst, s, total), t0);
+                    if pooled {
+                        b.pool();
+                    }
+                    b
+                })
+                .collect();
+            // Shard i reports at i × 62.5 ms past each quarter second.
+            let mut next: Vec<Instant> = (0..n)
+                .map(|i| t0 + Duration::from_micros(250_000 + 62_500 * i as u64))
+                .collect();
+            let mut admitted = 0;
+            for sec in 0..15u64 {
+                for k in 0..offered {
+                    let now = t0
+                        + Duration::from_secs(sec)
+                        + Duration::from_nanos(k * 1_000_000_000 / offered);
+                    for (i, b) in buckets.iter_mut().enumerate() {
+                        while pooled && next[i] <= now {
+                            if let Some(r) = b.report(next[i]) {
+                                b.grant(pool.report(i, r));
+                            }
+                            next[i] += Duration::from_millis(250);
+                        }
+                    }
+                    let busy = (sec / hop) as usize % n;
+                    let ok = buckets[busy].try_take(now);
+                    if sec >= 5 {
+                        admitted += u64::from(ok);
+                    }
+                }
+                let now = t0 + Duration::from_secs(sec + 1);
+                let demand: Vec<u64> = buckets.iter_mut().map(|b| b.take_demand()).collect();
+                if split.update(&demand) {
+                    for (b, &s) in buckets.iter_mut().zip(split.shares()) {
+                        b.set(s, burst_share(burst, s, total), now);
+                    }
+                }
+            }
+            admitted as f64 / 10.0
+        };
+        let (alone, pooled) = (run(false, 100), run(true, 100));
+        assert!(alone < 93.0, "one busy shard, not pooled: {alone} rps");
+        assert!((99.0..=101.0).contains(&pooled), "one busy shard: {pooled} rps");
+        let (alone, pooled) = (run(false, 2), run(true, 2));
+        assert!(alone < 50.0, "moving every 2 s, not pooled: {alone} rps");
+        assert!((90.0..=101.0).contains(&pooled), "moving every 2 s: {pooled} rps");
+    }
+
     /// The pool only moves tokens: after a long quiet spell (both buckets
     /// and the pool full), a burst and the next second admit at most
-    /// burst + N + pool cap + the rate.
+    /// burst + N + 2 × pool cap + the rate.
     #[test]
     fn the_pool_never_makes_tokens() {
         let t0 = Instant::now();
@@ -717,7 +783,7 @@ mod tests {
             admitted += u64::from(buckets[(i % 2) as usize].try_take(now));
         }
         assert!(
-            admitted <= burst + 2 + cap + 100,
+            admitted <= burst + 2 + 2 * cap + 100,
             "{admitted} admitted in a second after a quiet spell"
         );
         assert!(admitted >= burst + cap + 95, "{admitted}: the pool is used");
@@ -740,9 +806,25 @@ mod tests {
         };
         assert_eq!(pool.report(1, refused), 4);
         assert_eq!(pool.held(), 6);
-        // Shard 1 reports again before the grant arrived: the 4 are still out.
+        // Shard 1 reports again before the grant arrived: the 4 are still
+        // out, and the pool refills to its cap.
         assert_eq!(pool.report(1, wasted(100)), 0);
-        assert_eq!(pool.held(), 6, "room for 6: 4 are out");
+        assert_eq!(pool.held(), 10);
+        // Grants out stay within the cap: room for 6 more.
+        let many = PoolReport {
+            refused: 100,
+            ..PoolReport::default()
+        };
+        assert_eq!(pool.report(0, many), 6);
+        assert_eq!(pool.held(), 4);
+        // Shard 0 spent its 6; it gets 4 (what the pool has) of the 6 it
+        // needed.
+        let spent6 = PoolReport {
+            spent: 6,
+            ..PoolReport::default()
+        };
+        assert_eq!(pool.report(0, spent6), 4);
+        assert_eq!(pool.held(), 0);
         // It spent 1 and returns 3.
         let back = PoolReport {
             spent: 1,
@@ -750,11 +832,14 @@ mod tests {
             ..PoolReport::default()
         };
         assert_eq!(pool.report(1, back), 1, "it needed 1 more than its own");
-        assert_eq!(pool.held(), 8, "6 + 3 returned - 1 granted");
+        assert_eq!(pool.held(), 2, "3 returned - 1 granted");
         pool.report(0, wasted(100));
-        assert_eq!(pool.held(), 9, "1 is out");
+        assert_eq!(pool.held(), 10);
         pool.set_cap(2);
-        assert_eq!(pool.held(), 1, "2 less the 1 still out");
+        assert_eq!(pool.held(), 2);
+        // 4 (shard 0) and 1 (shard 1) are out, over the new cap: no grant
+        // until they come back.
+        assert_eq!(pool.report(0, many), 0);
         assert_eq!(pool.report(7, wasted(1)), 0, "no such shard");
     }
 
