@@ -740,10 +740,16 @@ mod tests {
         };
         let (alone, pooled) = (run(false, 100), run(true, 100));
         assert!(alone < 93.0, "one busy shard, not pooled: {alone} rps");
-        assert!((99.0..=101.0).contains(&pooled), "one busy shard: {pooled} rps");
+        assert!(
+            (99.0..=101.0).contains(&pooled),
+            "one busy shard: {pooled} rps"
+        );
         let (alone, pooled) = (run(false, 2), run(true, 2));
         assert!(alone < 50.0, "moving every 2 s, not pooled: {alone} rps");
-        assert!((90.0..=101.0).contains(&pooled), "moving every 2 s: {pooled} rps");
+        assert!(
+            (90.0..=101.0).contains(&pooled),
+            "moving every 2 s: {pooled} rps"
+        );
     }
 
     /// The pool only moves tokens: after a long quiet spell (both buckets
