@@ -532,11 +532,20 @@ async fn session_scenario() {
     };
     assert_eq!(version, Some(5));
 
-    // SIGTERM: Deregister, confirmed. (A heartbeat says the session is up.)
+    // SIGTERM: Deregister, confirmed, once the new session is up (its
+    // Welcome read). A Health alone does not say so: one the old session
+    // sent may still sit in the backlog.
     control
         .expect("a Health", |s| matches!(s.msg, ProxyMsg::Health { .. }))
         .await;
-    assert!(proxy.link.connected());
+    let up_by = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !proxy.link.connected() {
+        assert!(
+            tokio::time::Instant::now() < up_by,
+            "the session after the malformed frame never came up"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(
         proxy.link.deregister(Duration::from_secs(5)).await,
         Deregistration::Confirmed
