@@ -425,36 +425,22 @@ fn a_rate_limit_gets_its_rate_when_one_shard_has_all_the_traffic() {
     let mut spec = MeshSpec::new(2, &["v1"]);
     spec.web_cores = Some(1);
     let mesh = Mesh::start(spec);
-    mesh.apply(
-        "kind: Resilience\nservice: api\nrateLimit: { requestsPerSecond: 100, burst: 20 }\n",
-    );
-    let (warm_up, window) = (Duration::from_secs(3), Duration::from_secs(10));
-    let out = open_loop(&mesh.web, 1, 200.0, warm_up + window, |i| {
-        get(&format!("/one-shard/{i}"))
-    });
-    let t = summary(&out);
-    let measured: Vec<&Outcome> = out.iter().filter(|o| o.at >= warm_up).collect();
-    let offered = measured.len() as f64 / window.as_secs_f64();
+    let run = limited_run(&mesh, 2, 1, 200.0, Duration::from_secs(3), "one-shard");
+    let (offered, admitted, t) = (run.offered, run.admitted, &run.summary);
     assert!(
         offered >= 150.0,
         "the load offered only {offered:.0} rps: {t:?}"
     );
-    let admitted =
-        measured.iter().filter(|o| o.status == 200).count() as f64 / window.as_secs_f64();
-    let metrics = mesh.apis[0].metrics();
-    let per_shard: Vec<f64> = (0..2)
-        .map(|c| metrics.sum("coremesh_shard_requests_total", &[("core", &c.to_string())]))
-        .collect();
-    eprintln!(
-        "offered {offered:.0} rps, admitted {admitted:.1} rps, api shards saw {per_shard:?}: {t:?}"
-    );
     assert!(
         (97.0..=103.0).contains(&admitted),
         "a 100 rps limit admitted {admitted:.1} rps (offered {offered:.0} rps, api shards saw \
-         {per_shard:?}); 100 ± 3 expected: {t:?}"
+         {:?}); 100 ± 3 expected: {t:?}",
+        run.per_shard
     );
     assert!(
-        measured.iter().all(|o| o.status == 200 || o.status == 429),
+        run.measured
+            .iter()
+            .all(|o| o.status == 200 || o.status == 429),
         "every request is admitted or limited: {t:?}"
     );
 }
@@ -874,30 +860,14 @@ fn p2c_ewma_sends_the_slow_endpoint_under_10_percent(cores: usize) {
 
 fn the_rate_limit_admits_100_rps(cores: usize) {
     let mesh = Mesh::start(MeshSpec::new(cores, &["v1"]));
-    mesh.apply(
-        "kind: Resilience\nservice: api\nrateLimit: { requestsPerSecond: 100, burst: 20 }\n",
-    );
-    let (warm_up, window) = (Duration::from_secs(2), Duration::from_secs(10));
-    let out = open_loop(&mesh.web, 6, 250.0, warm_up + window, |i| {
-        get(&format!("/limited/{i}"))
-    });
-    let t = summary(&out);
-    let measured: Vec<&Outcome> = out.iter().filter(|o| o.at >= warm_up).collect();
-    let offered = measured.len() as f64 / window.as_secs_f64();
+    let run = limited_run(&mesh, cores, 6, 250.0, Duration::from_secs(2), "limited");
+    let (offered, admitted, t) = (run.offered, run.admitted, &run.summary);
+    let measured = &run.measured;
     assert!(
         offered >= 200.0,
         "the load offered only {offered:.0} rps: {t:?}"
     );
-    let admitted =
-        measured.iter().filter(|o| o.status == 200).count() as f64 / window.as_secs_f64();
     let limited: Vec<_> = measured.iter().filter(|o| o.status == 429).collect();
-    let metrics = mesh.apis[0].metrics();
-    let per_shard: Vec<f64> = (0..cores)
-        .map(|c| metrics.sum("coremesh_shard_requests_total", &[("core", &c.to_string())]))
-        .collect();
-    eprintln!(
-        "offered {offered:.0} rps, admitted {admitted:.1} rps, api shards saw {per_shard:?}: {t:?}"
-    );
     assert!(
         (90.0..=110.0).contains(&admitted),
         "a 100 rps limit admitted {admitted:.1} rps (offered {offered:.0} rps); 100 ± 10 expected: {t:?}"
@@ -913,6 +883,58 @@ fn the_rate_limit_admits_100_rps(cores: usize) {
         measured.iter().filter(|o| o.status == 200).count() + limited.len(),
         "every request is admitted or limited: {t:?}"
     );
+}
+
+/// What a load against api's 100 rps limit (burst 20) saw over 10 s after
+/// its warm-up.
+struct LimitedRun {
+    /// The outcomes after the warm-up.
+    measured: Vec<Outcome>,
+    summary: BTreeMap<String, usize>,
+    /// Requests per second offered and admitted (200) after the warm-up.
+    offered: f64,
+    admitted: f64,
+    /// Requests each of the api proxy's shards saw, warm-up included.
+    per_shard: Vec<f64>,
+}
+
+/// Applies api's 100 rps limit, then offers `rate` rps from `threads` open
+/// loop callers (paths `/{path}/N`) for `warm_up` and 10 s more, and counts.
+fn limited_run(
+    mesh: &Mesh,
+    api_cores: usize,
+    threads: usize,
+    rate: f64,
+    warm_up: Duration,
+    path: &str,
+) -> LimitedRun {
+    mesh.apply(
+        "kind: Resilience\nservice: api\nrateLimit: { requestsPerSecond: 100, burst: 20 }\n",
+    );
+    let window = Duration::from_secs(10);
+    let out = open_loop(&mesh.web, threads, rate, warm_up + window, |i| {
+        get(&format!("/{path}/{i}"))
+    });
+    let summary = summary(&out);
+    let measured: Vec<Outcome> = out.into_iter().filter(|o| o.at >= warm_up).collect();
+    let offered = measured.len() as f64 / window.as_secs_f64();
+    let admitted =
+        measured.iter().filter(|o| o.status == 200).count() as f64 / window.as_secs_f64();
+    let metrics = mesh.apis[0].metrics();
+    let per_shard: Vec<f64> = (0..api_cores)
+        .map(|c| metrics.sum("coremesh_shard_requests_total", &[("core", &c.to_string())]))
+        .collect();
+    eprintln!(
+        "offered {offered:.0} rps, admitted {admitted:.1} rps, api shards saw {per_shard:?}: \
+         {summary:?}"
+    );
+    LimitedRun {
+        measured,
+        summary,
+        offered,
+        admitted,
+        per_shard,
+    }
 }
 
 // ---- mirroring and faults ----

@@ -553,6 +553,44 @@ mod tests {
         assert_eq!((0..10).filter(|_| b.try_take(t2)).count(), 3);
     }
 
+    /// One bucket per share of `total` (thousandths of a request per
+    /// second) with its part of `burst`, reporting to a pool when `pooled`.
+    fn shard_buckets(
+        shares: &[u64],
+        total: u64,
+        burst: u64,
+        pooled: bool,
+        t0: Instant,
+    ) -> Vec<TokenBucket> {
+        shares
+            .iter()
+            .map(|&s| {
+                let mut b = TokenBucket::new(s, burst_share(burst, s, total), t0);
+                if pooled {
+                    b.pool();
+                }
+                b
+            })
+            .collect()
+    }
+
+    /// The agent's once-a-period re-split from the buckets' demand, applied
+    /// to them at `now`.
+    fn resplit(
+        split: &mut RateSplit,
+        buckets: &mut [TokenBucket],
+        total: u64,
+        burst: u64,
+        now: Instant,
+    ) {
+        let demand: Vec<u64> = buckets.iter_mut().map(|b| b.take_demand()).collect();
+        if split.update(&demand) {
+            for (b, &s) in buckets.iter_mut().zip(split.shares()) {
+                b.set(s, burst_share(burst, s, total), now);
+            }
+        }
+    }
+
     /// A simulated 2-shard proxy with 100 rps and a burst of 20 configured:
     /// shares rebalanced every second from each shard's demand and, when
     /// `pooled`, buckets reporting to a [`TokenPool`] every 250 ms (grants
@@ -569,17 +607,7 @@ mod tests {
         let burst = 20;
         let mut split = RateSplit::new(total, 2);
         let mut pool = TokenPool::new(pool_cap(total, burst), 2);
-        let mut buckets: Vec<TokenBucket> = split
-            .shares()
-            .iter()
-            .map(|&s| {
-                let mut b = TokenBucket::new(s, burst_share(burst, s, total), t0);
-                if pooled {
-                    b.pool();
-                }
-                b
-            })
-            .collect();
+        let mut buckets = shard_buckets(split.shares(), total, burst, pooled, t0);
         let mut rng = test_rng(offered + skew);
         let mut per_second = Vec::new();
         let tick = Duration::from_millis(250);
@@ -604,12 +632,7 @@ mod tests {
             }
             per_second.push(admitted);
             let now = t0 + Duration::from_secs(sec + 1);
-            let demand: Vec<u64> = buckets.iter_mut().map(|b| b.take_demand()).collect();
-            if split.update(&demand) {
-                for (b, &s) in buckets.iter_mut().zip(split.shares()) {
-                    b.set(s, burst_share(burst, s, total), now);
-                }
-            }
+            resplit(&mut split, &mut buckets, total, burst, now);
         }
         per_second
     }
@@ -693,17 +716,7 @@ mod tests {
             let (n, total, burst, offered) = (4usize, 100_000u64, 20u64, 300u64);
             let mut split = RateSplit::new(total, n);
             let mut pool = TokenPool::new(pool_cap(total, burst), n);
-            let mut buckets: Vec<TokenBucket> = split
-                .shares()
-                .iter()
-                .map(|&s| {
-                    let mut b = TokenBucket::new(s, burst_share(burst, s, total), t0);
-                    if pooled {
-                        b.pool();
-                    }
-                    b
-                })
-                .collect();
+            let mut buckets = shard_buckets(split.shares(), total, burst, pooled, t0);
             // Shard i reports at i × 62.5 ms past each quarter second.
             let mut next: Vec<Instant> = (0..n)
                 .map(|i| t0 + Duration::from_micros(250_000 + 62_500 * i as u64))
@@ -729,12 +742,7 @@ mod tests {
                     }
                 }
                 let now = t0 + Duration::from_secs(sec + 1);
-                let demand: Vec<u64> = buckets.iter_mut().map(|b| b.take_demand()).collect();
-                if split.update(&demand) {
-                    for (b, &s) in buckets.iter_mut().zip(split.shares()) {
-                        b.set(s, burst_share(burst, s, total), now);
-                    }
-                }
+                resplit(&mut split, &mut buckets, total, burst, now);
             }
             admitted as f64 / 10.0
         };
@@ -762,14 +770,7 @@ mod tests {
         let cap = pool_cap(total, burst);
         assert_eq!(cap, 25, "a quarter second of 100 rps");
         let mut pool = TokenPool::new(cap, 2);
-        let mut buckets: Vec<TokenBucket> = [50_000, 50_000]
-            .iter()
-            .map(|&s| {
-                let mut b = TokenBucket::new(s, burst_share(burst, s, total), t0);
-                b.pool();
-                b
-            })
-            .collect();
+        let mut buckets = shard_buckets(&[50_000, 50_000], total, burst, true, t0);
         let mut report = |buckets: &mut Vec<TokenBucket>, at: Instant| {
             for (i, b) in buckets.iter_mut().enumerate() {
                 if let Some(r) = b.report(at) {
