@@ -127,9 +127,11 @@ fn clock_ticks() -> f64 {
 #[derive(Debug, PartialEq)]
 struct ProcStat {
     ppid: u32,
-    /// utime + stime + cutime + cstime (fields 14-17), in clock ticks:
-    /// this process's threads, live and dead, and the children it reaped.
-    cpu_ticks: u64,
+    /// utime + cutime (fields 14, 16), in clock ticks: user time of this
+    /// process's threads, live and dead, and of the children it reaped.
+    user_ticks: u64,
+    /// stime + cstime (fields 15, 17): the same in the kernel.
+    sys_ticks: u64,
 }
 
 /// Parses one /proc/PID/stat line. The command name (field 2) may hold
@@ -141,7 +143,8 @@ fn parse_stat(line: &str) -> Option<ProcStat> {
     let num = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
     Some(ProcStat {
         ppid: num(4)? as u32,
-        cpu_ticks: num(14)? + num(15)? + num(16)? + num(17)?,
+        user_ticks: num(14)? + num(16)?,
+        sys_ticks: num(15)? + num(17)?,
     })
 }
 
@@ -173,19 +176,64 @@ pub fn process_tree(pid: u32) -> Vec<u32> {
     out
 }
 
-/// CPU seconds (user + system) used by `pid`, all its threads, its live
+/// CPU seconds used by a process tree, split by where they were spent.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CpuTimes {
+    pub user: f64,
+    pub sys: f64,
+}
+
+impl CpuTimes {
+    pub fn total(self) -> f64 {
+        self.user + self.sys
+    }
+}
+
+impl std::ops::Sub for CpuTimes {
+    type Output = CpuTimes;
+    fn sub(self, o: CpuTimes) -> CpuTimes {
+        CpuTimes {
+            user: self.user - o.user,
+            sys: self.sys - o.sys,
+        }
+    }
+}
+
+impl std::ops::Add for CpuTimes {
+    type Output = CpuTimes;
+    fn add(self, o: CpuTimes) -> CpuTimes {
+        CpuTimes {
+            user: self.user + o.user,
+            sys: self.sys + o.sys,
+        }
+    }
+}
+
+/// User and system CPU seconds used by `pid`, all its threads, its live
 /// descendants and their threads, and the children they have reaped.
 ///
 /// /proc/PID/stat's utime and stime already sum every thread of the process
 /// (dead ones included); cutime and cstime add reaped children. Summing over
 /// the live tree catches workers that are still running (nginx's worker).
-pub fn tree_cpu_seconds(pid: u32) -> f64 {
-    let ticks: u64 = process_tree(pid)
+/// The kernel keeps the sum exact (the scheduler's run time) and splits it
+/// between user and system by tick samples, so the split is the less
+/// precise part.
+pub fn tree_cpu_times(pid: u32) -> CpuTimes {
+    let (u, s) = process_tree(pid)
         .into_iter()
         .filter_map(stat_of)
-        .map(|st| st.cpu_ticks)
-        .sum();
-    ticks as f64 / clock_ticks()
+        .fold((0u64, 0u64), |(u, s), st| {
+            (u + st.user_ticks, s + st.sys_ticks)
+        });
+    CpuTimes {
+        user: u as f64 / clock_ticks(),
+        sys: s as f64 / clock_ticks(),
+    }
+}
+
+/// User + system CPU seconds of `pid`'s tree (see [`tree_cpu_times`]).
+pub fn tree_cpu_seconds(pid: u32) -> f64 {
+    tree_cpu_times(pid).total()
 }
 
 /// Resident set size in bytes of `pid` and its live descendants.
@@ -334,7 +382,8 @@ mod tests {
             parse_stat(line),
             Some(ProcStat {
                 ppid: 7,
-                cpu_ticks: 1400 + 1500 + 1600 + 1700,
+                user_ticks: 1400 + 1600,
+                sys_ticks: 1500 + 1700,
             })
         );
         assert_eq!(parse_stat("4242 (x) S 7 5"), None);
@@ -370,6 +419,8 @@ mod tests {
         std::hint::black_box(x);
         let burnt = tree_cpu_seconds(me) - before;
         assert!(burnt >= 0.15, "200 ms of user CPU measured as {burnt:.3} s");
+        let split = tree_cpu_times(me);
+        assert!(split.user >= 0.15, "user time {:.3} s", split.user);
         let (u, s) = self_cpu_seconds();
         assert!(u >= 0.15 && u + s > 0.0);
     }

@@ -254,6 +254,8 @@ fn short_compare_of_coremesh_and_nginx() {
         String::from_utf8_lossy(&status.stderr)
     );
     assert!(stdout.contains("| coremesh |"), "{stdout}");
+    assert!(stdout.contains("split: user / kernel"), "{stdout}");
+    assert!(stdout.contains("% kernel) |"), "{stdout}");
     let r: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
 
     for key in [
@@ -314,9 +316,16 @@ fn short_compare_of_coremesh_and_nginx() {
                 assert!(s["latency_us"][p].as_f64().is_some(), "{s}");
             }
             if target != "direct" {
-                assert!(s["proxy_cpu_us_per_req"].as_f64().unwrap() > 0.0, "{s}");
+                let cpu = s["proxy_cpu_us_per_req"].as_f64().unwrap();
+                assert!(cpu > 0.0, "{s}");
+                // The split adds up to the total.
+                let user = s["proxy_user_us_per_req"].as_f64().unwrap();
+                let sys = s["proxy_sys_us_per_req"].as_f64().unwrap();
+                assert!(user >= 0.0 && sys >= 0.0, "{s}");
+                assert!((user + sys - cpu).abs() < 1e-6 * cpu.max(1.0), "{s}");
             } else {
                 assert!(s["proxy_cpu_us_per_req"].is_null(), "{s}");
+                assert!(s["proxy_user_us_per_req"].is_null(), "{s}");
             }
         }
     }

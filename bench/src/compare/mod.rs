@@ -222,6 +222,14 @@ pub struct Sample {
     pub errors: Errors,
     /// Proxy CPU (user + sys, all threads and children) per response.
     pub proxy_cpu_us_per_req: Option<f64>,
+    /// The user-space part of `proxy_cpu_us_per_req` (the kernel's tick
+    /// sampled split; absent in results written before it was recorded).
+    #[serde(default)]
+    pub proxy_user_us_per_req: Option<f64>,
+    /// The kernel part of `proxy_cpu_us_per_req` (system calls, the TCP
+    /// stack, softirqs run on the proxy's behalf).
+    #[serde(default)]
+    pub proxy_sys_us_per_req: Option<f64>,
     /// Proxy CPU seconds per wall second during the run.
     pub proxy_cores_used: Option<f64>,
     pub generator_cores_used: f64,
@@ -320,9 +328,11 @@ impl Target {
 /// The `Host` of the one-hop scenarios.
 const ORIGIN_HOST: &str = "origin";
 
-/// User + system CPU seconds of every process tree in `pids`.
-fn cpu_seconds(pids: &[u32]) -> f64 {
-    pids.iter().map(|p| sys::tree_cpu_seconds(*p)).sum()
+/// User and system CPU seconds of every process tree in `pids`, together.
+fn cpu_times(pids: &[u32]) -> sys::CpuTimes {
+    pids.iter()
+        .map(|p| sys::tree_cpu_times(*p))
+        .fold(sys::CpuTimes::default(), |a, b| a + b)
 }
 
 /// The order of `scenarios` in `round`: the policy pair swaps places on
@@ -931,13 +941,13 @@ fn measure(
         cmd.arg("--new-conn");
     }
     let pids = target.pids();
-    let cpu0 = cpu_seconds(&pids);
+    let cpu0 = cpu_times(&pids);
     let origin0 = sys::tree_cpu_seconds(origin_pid);
     let out = cmd
         .stderr(Stdio::inherit())
         .output()
         .map_err(|e| format!("cannot run load: {e}"))?;
-    let cpu1 = cpu_seconds(&pids);
+    let cpu1 = cpu_times(&pids);
     let origin_cpu = sys::tree_cpu_seconds(origin_pid) - origin0;
     if !out.status.success() {
         return Err(format!(
@@ -952,6 +962,7 @@ fn measure(
     let wall = rep.wall_s.max(1e-3);
     // All of the target's proxies together (both of a mesh pair).
     let proxy_cpu = (!pids.is_empty()).then_some(cpu1 - cpu0);
+    let per_req = |c: f64| (rep.responses_total > 0).then(|| c * 1e6 / rep.responses_total as f64);
     Ok(Sample {
         round,
         scenario,
@@ -962,10 +973,10 @@ fn measure(
         unsent: rep.unsent,
         latency_us: rep.latency_us,
         errors: rep.errors,
-        proxy_cpu_us_per_req: proxy_cpu
-            .filter(|_| rep.responses_total > 0)
-            .map(|c| c * 1e6 / rep.responses_total as f64),
-        proxy_cores_used: proxy_cpu.map(|c| c / wall),
+        proxy_cpu_us_per_req: proxy_cpu.and_then(|c| per_req(c.total())),
+        proxy_user_us_per_req: proxy_cpu.and_then(|c| per_req(c.user)),
+        proxy_sys_us_per_req: proxy_cpu.and_then(|c| per_req(c.sys)),
+        proxy_cores_used: proxy_cpu.map(|c| c.total() / wall),
         generator_cores_used: rep.generator.cores_used,
         generator_us_per_req: rep.generator.us_per_request,
         origin_cores_used: origin_cpu / wall,
@@ -1052,6 +1063,8 @@ mod tests {
             latency_us: Default::default(),
             errors: Default::default(),
             proxy_cpu_us_per_req: None,
+            proxy_user_us_per_req: None,
+            proxy_sys_us_per_req: None,
             proxy_cores_used: None,
             generator_cores_used: 0.0,
             generator_us_per_req: 0.0,

@@ -10,7 +10,8 @@ use crate::load::fmt_us;
 pub struct Summary {
     pub scenario: Scenario,
     pub target: String,
-    /// rps, proxy_cpu_us_per_req, proxy_cores_used, p50_us, p90_us, p99_us, p999_us,
+    /// rps, proxy_cpu_us_per_req (and its parts proxy_user_us_per_req,
+    /// proxy_sys_us_per_req), proxy_cores_used, p50_us, p90_us, p99_us, p999_us,
     /// errors, generator_cores_used, bytes_per_conn.
     pub metric: String,
     pub n: usize,
@@ -36,9 +37,11 @@ pub fn median(v: &mut [f64]) -> f64 {
 
 type Metric = (&'static str, fn(&Sample) -> Option<f64>);
 
-const METRICS: [Metric; 10] = [
+const METRICS: [Metric; 12] = [
     ("rps", |s| Some(s.achieved_rps)),
     ("proxy_cpu_us_per_req", |s| s.proxy_cpu_us_per_req),
+    ("proxy_user_us_per_req", |s| s.proxy_user_us_per_req),
+    ("proxy_sys_us_per_req", |s| s.proxy_sys_us_per_req),
     ("proxy_cores_used", |s| s.proxy_cores_used),
     ("p50_us", |s| Some(s.latency_us.p50)),
     ("p90_us", |s| Some(s.latency_us.p90)),
@@ -219,6 +222,8 @@ pub fn markdown(r: &Results) -> String {
         }
         md += "\n";
     }
+
+    md += &cpu_split(r, &proxies);
 
     if !sat.is_empty() {
         md += "### Throughput at saturation (req/s; higher is better)\n\n";
@@ -688,6 +693,40 @@ fn best_peer(r: &Results, sc: Scenario) -> Option<(String, f64)> {
         .map(|s| (s.target.clone(), s.median))
 }
 
+/// The user / kernel split of every scenario's proxy CPU per request
+/// (medians), so a reader sees which part a proxy could still save: the
+/// kernel part is the TCP stack and system calls every proxy pays.
+fn cpu_split(r: &Results, proxies: &[&String]) -> String {
+    let mut scenarios: Vec<Scenario> = Vec::new();
+    for s in &r.samples {
+        if s.proxy_user_us_per_req.is_some() && !scenarios.contains(&s.scenario) {
+            scenarios.push(s.scenario);
+        }
+    }
+    if scenarios.is_empty() || proxies.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from(
+        "### Proxy CPU per request split: user / kernel (us, medians; the kernel part is system calls, the TCP stack and softirqs on the proxy's CPU)\n\n",
+    );
+    md += &header("proxy", scenarios.iter().map(|s| s.name()));
+    for t in proxies {
+        let mut row = vec![t.to_string()];
+        for sc in &scenarios {
+            let user = find(r, *sc, t, "proxy_user_us_per_req").map(|s| s.median);
+            let sys = find(r, *sc, t, "proxy_sys_us_per_req").map(|s| s.median);
+            row.push(match (user, sys) {
+                (Some(u), Some(k)) if u + k > 0.0 => {
+                    format!("{u:.2} / {k:.2} ({:.0}% kernel)", 100.0 * k / (u + k))
+                }
+                _ => "-".into(),
+            });
+        }
+        md += &row_md(&row);
+    }
+    md + "\n"
+}
+
 fn header<'a>(first: &'a str, cols: impl Iterator<Item = &'a str>) -> String {
     let cols: Vec<&str> = std::iter::once(first).chain(cols).collect();
     let mut s = format!("| {} |\n", cols.join(" | "));
@@ -716,6 +755,8 @@ mod tests {
             latency_us: Default::default(),
             errors: Errors::default(),
             proxy_cpu_us_per_req: Some(cpu),
+            proxy_user_us_per_req: None,
+            proxy_sys_us_per_req: None,
             proxy_cores_used: Some(1.0),
             generator_cores_used: 0.5,
             generator_us_per_req: 1.0,
@@ -782,5 +823,50 @@ mod tests {
             .find(|x| x.target == COREMESH && x.metric == "rps")
             .unwrap();
         assert_eq!(c.ratio_vs_coremesh, Some(1.0));
+    }
+
+    #[test]
+    fn the_cpu_split_shows_user_and_kernel_medians() {
+        let mut samples = Vec::new();
+        for (round, (u, k)) in [(3.0, 12.0), (4.0, 16.0), (5.0, 20.0)]
+            .into_iter()
+            .enumerate()
+        {
+            let mut x = s(round + 1, COREMESH, u + k);
+            x.proxy_user_us_per_req = Some(u);
+            x.proxy_sys_us_per_req = Some(k);
+            samples.push(x);
+        }
+        // A target from results written before the split has no cell.
+        samples.push(s(1, "nginx", 20.0));
+        let summary = summarize(&samples, &[]);
+        let r = Results {
+            command: String::new(),
+            machine: String::new(),
+            started_at: 0,
+            proxy_cores: "1".into(),
+            load_cores: "0".into(),
+            rounds: 3,
+            duration_s: 1.0,
+            warmup_s: 0.0,
+            connections: 1,
+            idle_connections: 0,
+            fixed_rate: 0.0,
+            mtls_fixed_rate: 0.0,
+            targets: Vec::new(),
+            notes: Vec::new(),
+            samples,
+            idle: Vec::new(),
+            summary,
+        };
+        let (cm, ng) = (COREMESH.to_string(), "nginx".to_string());
+        let md = cpu_split(&r, &[&cm, &ng]);
+        assert!(md.contains("| proxy | small |"), "{md}");
+        assert!(
+            md.contains("| coremesh | 4.00 / 16.00 (80% kernel) |"),
+            "{md}"
+        );
+        assert!(md.contains("| nginx | - |"), "{md}");
+        assert_eq!(cpu_split(&r, &[]), "");
     }
 }
