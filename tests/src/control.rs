@@ -557,10 +557,13 @@ fn read_lines(
         for line in BufReader::new(src).lines() {
             let Ok(line) = line else { break };
             let line = strip_ansi(&line);
-            if let (Some(tx), Some(addrs)) = (&listening, parse_listening(&line)) {
+            // Into the log first: once the caller has the addresses, the
+            // line that carried them is in `log_lines`.
+            let addrs = listening.as_ref().and_then(|_| parse_listening(&line));
+            log.lock().expect("log lock").push(line);
+            if let (Some(tx), Some(addrs)) = (&listening, addrs) {
                 let _ = tx.send(addrs);
             }
-            log.lock().expect("log lock").push(line);
         }
     });
 }

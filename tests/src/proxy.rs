@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::client::{Client, Request, Response};
@@ -264,8 +265,10 @@ impl ProxyBuilder {
         let (tx, rx) = mpsc::channel();
         let stderr = child.stderr.take().expect("piped stderr");
         let stdout = child.stdout.take().expect("piped stdout");
-        spawn_log_reader(stderr, log.clone(), Some(tx));
-        spawn_log_reader(stdout, log.clone(), None);
+        let readers = vec![
+            spawn_log_reader(stderr, log.clone(), Some(tx)),
+            spawn_log_reader(stdout, log.clone(), None),
+        ];
 
         let mut proxy = Proxy {
             child,
@@ -278,6 +281,7 @@ impl ProxyBuilder {
             admin: None,
             builder: self.clone(),
             exited: None,
+            readers,
         };
         proxy.pid = proxy.child.id();
         let want_in = self.inbound.is_some();
@@ -301,8 +305,7 @@ impl ProxyBuilder {
                 Err(mpsc::RecvTimeoutError::Disconnected) => {}
             }
             if let Ok(Some(status)) = proxy.child.try_wait() {
-                // Let the readers drain what is left.
-                std::thread::sleep(Duration::from_millis(100));
+                proxy.join_readers();
                 panic!(
                     "proxy exited with {status} before reporting its bound addresses\nconfig:\n{}\noutput:\n{}",
                     self.render(),
@@ -400,7 +403,7 @@ fn spawn_log_reader(
     pipe: impl Read + Send + 'static,
     log: Arc<Mutex<Vec<String>>>,
     bound_tx: Option<mpsc::Sender<Bound>>,
-) {
+) -> JoinHandle<()> {
     let verbose = std::env::var_os("COREMESH_E2E_VERBOSE").is_some();
     std::thread::spawn(move || {
         let mut reader = BufReader::new(pipe);
@@ -415,14 +418,15 @@ fn spawn_log_reader(
             if verbose {
                 eprintln!("[proxy] {line}");
             }
-            if let Some(tx) = &bound_tx {
-                if let Some(b) = parse_bound_line(&line) {
-                    let _ = tx.send(b);
-                }
-            }
+            // Into the log first: once `start` has the addresses, the line
+            // that carried them is in `log_lines`.
+            let bound = bound_tx.as_ref().and_then(|_| parse_bound_line(&line));
             log.lock().expect("log lock").push(line);
+            if let (Some(tx), Some(b)) = (&bound_tx, bound) {
+                let _ = tx.send(b);
+            }
         }
-    });
+    })
 }
 
 /// Finds `key=VALUE` (text logs) or `"key":"VALUE"` (JSON logs) where `key`
@@ -481,6 +485,8 @@ pub struct Proxy {
     admin: Option<SocketAddr>,
     builder: ProxyBuilder,
     exited: Option<ExitStatus>,
+    /// The output readers; they end at EOF, once the process has exited.
+    readers: Vec<JoinHandle<()>>,
 }
 
 impl Proxy {
@@ -546,6 +552,14 @@ impl Proxy {
     }
 
     /// Waits for the process to exit; None if it still runs after `timeout`.
+    /// Waits for the output readers to reach EOF, so that `log_lines` holds
+    /// everything the exited process wrote.
+    fn join_readers(&mut self) {
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+    }
+
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         if let Some(s) = self.exited {
             return Some(s);
@@ -554,6 +568,7 @@ impl Proxy {
         loop {
             if let Ok(Some(s)) = self.child.try_wait() {
                 self.exited = Some(s);
+                self.join_readers();
                 return Some(s);
             }
             if Instant::now() >= deadline {
