@@ -236,6 +236,50 @@ pub fn tree_cpu_seconds(pid: u32) -> f64 {
     tree_cpu_times(pid).total()
 }
 
+/// Context switches (voluntary and involuntary) of every live thread of
+/// `pid`'s tree: how often the proxy went to sleep waiting for work, or was
+/// preempted. Per request, it shows how many wake-ups a request cost.
+pub fn tree_context_switches(pid: u32) -> u64 {
+    process_tree(pid)
+        .into_iter()
+        .filter_map(|p| fs::read_dir(format!("/proc/{p}/task")).ok())
+        .flat_map(|dir| dir.flatten())
+        .filter_map(|t| fs::read_to_string(t.path().join("status")).ok())
+        .map(|status| parse_context_switches(&status))
+        .sum()
+}
+
+/// `voluntary_ctxt_switches` + `nonvoluntary_ctxt_switches` of one
+/// /proc/PID/task/TID/status text.
+fn parse_context_switches(status: &str) -> u64 {
+    status
+        .lines()
+        .filter_map(|l| {
+            let v = l
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))?;
+            v.trim().parse::<u64>().ok()
+        })
+        .sum()
+}
+
+/// TCP segments this machine has sent since boot (`Tcp: OutSegs` of
+/// /proc/net/snmp, every socket of the network namespace). A delta over a
+/// run on loopback counts both directions of every hop: the generator's,
+/// the proxy's and the origin's.
+pub fn tcp_out_segments() -> Option<u64> {
+    parse_snmp_tcp(&fs::read_to_string("/proc/net/snmp").ok()?, "OutSegs")
+}
+
+/// The `field` column of the two `Tcp:` lines (names, then values).
+fn parse_snmp_tcp(snmp: &str, field: &str) -> Option<u64> {
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let names = tcp.next()?;
+    let values = tcp.next()?;
+    let at = names.split_ascii_whitespace().position(|n| n == field)?;
+    values.split_ascii_whitespace().nth(at)?.parse().ok()
+}
+
 /// Resident set size in bytes of `pid` and its live descendants.
 pub fn tree_rss_bytes(pid: u32) -> u64 {
     // SAFETY: sysconf has no preconditions.
@@ -388,6 +432,37 @@ mod tests {
         );
         assert_eq!(parse_stat("4242 (x) S 7 5"), None);
         assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn snmp_and_status_counters_parse() {
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+                    Tcp: RtoAlgorithm RtoMin InSegs OutSegs RetransSegs\n\
+                    Tcp: 1 200 7000 6543 0\n\
+                    Udp: InDatagrams\nUdp: 5\n";
+        assert_eq!(parse_snmp_tcp(snmp, "OutSegs"), Some(6543));
+        assert_eq!(parse_snmp_tcp(snmp, "InSegs"), Some(7000));
+        assert_eq!(parse_snmp_tcp(snmp, "NoSuchField"), None);
+        assert_eq!(parse_snmp_tcp("Ip: 1\n", "OutSegs"), None);
+        // The live file has the counter, and it only grows.
+        let a = tcp_out_segments().expect("Tcp OutSegs in /proc/net/snmp");
+        assert!(tcp_out_segments().unwrap() >= a);
+
+        let status = "Name:\tx\nvoluntary_ctxt_switches:\t40\n\
+                      nonvoluntary_ctxt_switches:\t2\n";
+        assert_eq!(parse_context_switches(status), 42);
+        assert_eq!(parse_context_switches("Name:\tx\n"), 0);
+    }
+
+    #[test]
+    fn sleeping_counts_as_context_switches() {
+        let me = std::process::id();
+        let before = tree_context_switches(me);
+        for _ in 0..20 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let after = tree_context_switches(me);
+        assert!(after >= before + 20, "{before} -> {after} after 20 sleeps");
     }
 
     /// Time this thread has run, from the kernel's per-thread CPU clock.

@@ -255,6 +255,10 @@ fn short_compare_of_coremesh_and_nginx() {
     );
     assert!(stdout.contains("| coremesh |"), "{stdout}");
     assert!(stdout.contains("split: user / kernel"), "{stdout}");
+    assert!(
+        stdout.contains("Kernel work per request: TCP segments"),
+        "{stdout}"
+    );
     assert!(stdout.contains("% kernel) |"), "{stdout}");
     let r: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
 
@@ -315,7 +319,16 @@ fn short_compare_of_coremesh_and_nginx() {
             for p in ["p50", "p90", "p99", "p999", "max", "mean"] {
                 assert!(s["latency_us"][p].as_f64().is_some(), "{s}");
             }
+            // Every hop carries a request and its response: at least two
+            // segments each (more on this busy machine, never fewer).
+            let hops = if target == "direct" { 1.0 } else { 2.0 };
+            let segments = s["tcp_segments_per_req"].as_f64().unwrap();
+            assert!(segments >= 2.0 * hops, "{s}");
             if target != "direct" {
+                assert!(
+                    s["proxy_context_switches_per_req"].as_f64().unwrap() >= 0.0,
+                    "{s}"
+                );
                 let cpu = s["proxy_cpu_us_per_req"].as_f64().unwrap();
                 assert!(cpu > 0.0, "{s}");
                 // The split adds up to the total.
@@ -326,6 +339,7 @@ fn short_compare_of_coremesh_and_nginx() {
             } else {
                 assert!(s["proxy_cpu_us_per_req"].is_null(), "{s}");
                 assert!(s["proxy_user_us_per_req"].is_null(), "{s}");
+                assert!(s["proxy_context_switches_per_req"].is_null(), "{s}");
             }
         }
     }

@@ -230,6 +230,15 @@ pub struct Sample {
     /// stack, softirqs run on the proxy's behalf).
     #[serde(default)]
     pub proxy_sys_us_per_req: Option<f64>,
+    /// Context switches of the proxy's threads per response: its wake-ups
+    /// (below 1 when a wake-up serves several requests at saturation).
+    #[serde(default)]
+    pub proxy_context_switches_per_req: Option<f64>,
+    /// TCP segments the machine sent per response, every hop of the run
+    /// together (generator, proxies, origin); the same for every proxy
+    /// unless one splits writes or sends extra acknowledgements.
+    #[serde(default)]
+    pub tcp_segments_per_req: Option<f64>,
     /// Proxy CPU seconds per wall second during the run.
     pub proxy_cores_used: Option<f64>,
     pub generator_cores_used: f64,
@@ -333,6 +342,11 @@ fn cpu_times(pids: &[u32]) -> sys::CpuTimes {
     pids.iter()
         .map(|p| sys::tree_cpu_times(*p))
         .fold(sys::CpuTimes::default(), |a, b| a + b)
+}
+
+/// Context switches of every process tree in `pids`, together.
+fn context_switches(pids: &[u32]) -> u64 {
+    pids.iter().map(|p| sys::tree_context_switches(*p)).sum()
 }
 
 /// The order of `scenarios` in `round`: the policy pair swaps places on
@@ -942,12 +956,16 @@ fn measure(
     }
     let pids = target.pids();
     let cpu0 = cpu_times(&pids);
+    let switches0 = context_switches(&pids);
+    let segments0 = sys::tcp_out_segments();
     let origin0 = sys::tree_cpu_seconds(origin_pid);
     let out = cmd
         .stderr(Stdio::inherit())
         .output()
         .map_err(|e| format!("cannot run load: {e}"))?;
     let cpu1 = cpu_times(&pids);
+    let switches1 = context_switches(&pids);
+    let segments1 = sys::tcp_out_segments();
     let origin_cpu = sys::tree_cpu_seconds(origin_pid) - origin0;
     if !out.status.success() {
         return Err(format!(
@@ -962,7 +980,8 @@ fn measure(
     let wall = rep.wall_s.max(1e-3);
     // All of the target's proxies together (both of a mesh pair).
     let proxy_cpu = (!pids.is_empty()).then_some(cpu1 - cpu0);
-    let per_req = |c: f64| (rep.responses_total > 0).then(|| c * 1e6 / rep.responses_total as f64);
+    let per_response = |n: f64| (rep.responses_total > 0).then(|| n / rep.responses_total as f64);
+    let per_req = |seconds: f64| per_response(seconds * 1e6);
     Ok(Sample {
         round,
         scenario,
@@ -976,6 +995,12 @@ fn measure(
         proxy_cpu_us_per_req: proxy_cpu.and_then(|c| per_req(c.total())),
         proxy_user_us_per_req: proxy_cpu.and_then(|c| per_req(c.user)),
         proxy_sys_us_per_req: proxy_cpu.and_then(|c| per_req(c.sys)),
+        proxy_context_switches_per_req: (!pids.is_empty())
+            .then(|| per_response(switches1.saturating_sub(switches0) as f64))
+            .flatten(),
+        tcp_segments_per_req: segments0
+            .zip(segments1)
+            .and_then(|(a, b)| per_response(b.saturating_sub(a) as f64)),
         proxy_cores_used: proxy_cpu.map(|c| c.total() / wall),
         generator_cores_used: rep.generator.cores_used,
         generator_us_per_req: rep.generator.us_per_request,
@@ -1065,6 +1090,8 @@ mod tests {
             proxy_cpu_us_per_req: None,
             proxy_user_us_per_req: None,
             proxy_sys_us_per_req: None,
+            proxy_context_switches_per_req: None,
+            tcp_segments_per_req: None,
             proxy_cores_used: None,
             generator_cores_used: 0.0,
             generator_us_per_req: 0.0,

@@ -11,7 +11,8 @@ pub struct Summary {
     pub scenario: Scenario,
     pub target: String,
     /// rps, proxy_cpu_us_per_req (and its parts proxy_user_us_per_req,
-    /// proxy_sys_us_per_req), proxy_cores_used, p50_us, p90_us, p99_us, p999_us,
+    /// proxy_sys_us_per_req), proxy_context_switches_per_req,
+    /// tcp_segments_per_req, proxy_cores_used, p50_us, p90_us, p99_us, p999_us,
     /// errors, generator_cores_used, bytes_per_conn.
     pub metric: String,
     pub n: usize,
@@ -37,11 +38,15 @@ pub fn median(v: &mut [f64]) -> f64 {
 
 type Metric = (&'static str, fn(&Sample) -> Option<f64>);
 
-const METRICS: [Metric; 12] = [
+const METRICS: [Metric; 14] = [
     ("rps", |s| Some(s.achieved_rps)),
     ("proxy_cpu_us_per_req", |s| s.proxy_cpu_us_per_req),
     ("proxy_user_us_per_req", |s| s.proxy_user_us_per_req),
     ("proxy_sys_us_per_req", |s| s.proxy_sys_us_per_req),
+    ("proxy_context_switches_per_req", |s| {
+        s.proxy_context_switches_per_req
+    }),
+    ("tcp_segments_per_req", |s| s.tcp_segments_per_req),
     ("proxy_cores_used", |s| s.proxy_cores_used),
     ("p50_us", |s| Some(s.latency_us.p50)),
     ("p90_us", |s| Some(s.latency_us.p90)),
@@ -224,6 +229,7 @@ pub fn markdown(r: &Results) -> String {
     }
 
     md += &cpu_split(r, &proxies);
+    md += &kernel_work(r, &order);
 
     if !sat.is_empty() {
         md += "### Throughput at saturation (req/s; higher is better)\n\n";
@@ -727,6 +733,46 @@ fn cpu_split(r: &Results, proxies: &[&String]) -> String {
     md + "\n"
 }
 
+/// What the kernel part is made of, per request (medians): the TCP segments
+/// the machine sent for it (all hops, so the same for every proxy that
+/// neither splits a write nor sends an extra acknowledgement) and the
+/// proxy's context switches (its wake-ups, shared by the requests a
+/// wake-up serves).
+fn kernel_work(r: &Results, targets: &[String]) -> String {
+    let mut scenarios: Vec<Scenario> = Vec::new();
+    for s in &r.samples {
+        if s.tcp_segments_per_req.is_some() && !scenarios.contains(&s.scenario) {
+            scenarios.push(s.scenario);
+        }
+    }
+    if scenarios.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from(
+        "### Kernel work per request: TCP segments sent (whole machine, every hop) / proxy context switches (medians)
+
+",
+    );
+    md += &header("target", scenarios.iter().map(|s| s.name()));
+    for t in targets {
+        if !r.samples.iter().any(|s| s.target == *t) {
+            continue;
+        }
+        let mut row = vec![t.to_string()];
+        for sc in &scenarios {
+            let segs = find(r, *sc, t, "tcp_segments_per_req").map(|s| s.median);
+            let switches = find(r, *sc, t, "proxy_context_switches_per_req").map(|s| s.median);
+            row.push(match (segs, switches) {
+                (Some(g), Some(c)) => format!("{g:.2} / {c:.2}"),
+                (Some(g), None) => format!("{g:.2} / -"),
+                _ => "-".into(),
+            });
+        }
+        md += &row_md(&row);
+    }
+    md + "\n"
+}
+
 fn header<'a>(first: &'a str, cols: impl Iterator<Item = &'a str>) -> String {
     let cols: Vec<&str> = std::iter::once(first).chain(cols).collect();
     let mut s = format!("| {} |\n", cols.join(" | "));
@@ -757,6 +803,8 @@ mod tests {
             proxy_cpu_us_per_req: Some(cpu),
             proxy_user_us_per_req: None,
             proxy_sys_us_per_req: None,
+            proxy_context_switches_per_req: None,
+            tcp_segments_per_req: None,
             proxy_cores_used: Some(1.0),
             generator_cores_used: 0.5,
             generator_us_per_req: 1.0,
@@ -839,8 +887,22 @@ mod tests {
         }
         // A target from results written before the split has no cell.
         samples.push(s(1, "nginx", 20.0));
+        let r = results(samples);
+        let (cm, ng) = (COREMESH.to_string(), "nginx".to_string());
+        let md = cpu_split(&r, &[&cm, &ng]);
+        assert!(md.contains("| proxy | small |"), "{md}");
+        assert!(
+            md.contains("| coremesh | 4.00 / 16.00 (80% kernel) |"),
+            "{md}"
+        );
+        assert!(md.contains("| nginx | - |"), "{md}");
+        assert_eq!(cpu_split(&r, &[]), "");
+    }
+
+    /// Results of `samples` with their summary, for the report's tables.
+    fn results(samples: Vec<Sample>) -> Results {
         let summary = summarize(&samples, &[]);
-        let r = Results {
+        Results {
             command: String::new(),
             machine: String::new(),
             started_at: 0,
@@ -858,15 +920,37 @@ mod tests {
             samples,
             idle: Vec::new(),
             summary,
-        };
-        let (cm, ng) = (COREMESH.to_string(), "nginx".to_string());
-        let md = cpu_split(&r, &[&cm, &ng]);
-        assert!(md.contains("| proxy | small |"), "{md}");
-        assert!(
-            md.contains("| coremesh | 4.00 / 16.00 (80% kernel) |"),
-            "{md}"
-        );
+        }
+    }
+
+    #[test]
+    fn kernel_work_shows_segments_and_wake_ups() {
+        let mut samples = Vec::new();
+        for round in 1..=3 {
+            let mut d = s(round, DIRECT, 0.0);
+            d.proxy_cpu_us_per_req = None;
+            d.tcp_segments_per_req = Some(2.0);
+            samples.push(d);
+            let mut c = s(round, COREMESH, 10.0);
+            c.tcp_segments_per_req = Some(4.0 + round as f64 / 100.0);
+            c.proxy_context_switches_per_req = Some(0.1 * round as f64);
+            samples.push(c);
+        }
+        // Results written before these counters have no cell.
+        samples.push(s(1, "nginx", 20.0));
+        let r = results(samples);
+        let order = [
+            DIRECT.to_string(),
+            COREMESH.to_string(),
+            "nginx".to_string(),
+        ];
+        let md = kernel_work(&r, &order);
+        assert!(md.contains("| target | small |"), "{md}");
+        assert!(md.contains("| direct | 2.00 / - |"), "{md}");
+        assert!(md.contains("| coremesh | 4.02 / 0.20 |"), "{md}");
         assert!(md.contains("| nginx | - |"), "{md}");
-        assert_eq!(cpu_split(&r, &[]), "");
+
+        let old = results(vec![s(1, "nginx", 20.0)]);
+        assert_eq!(kernel_work(&old, &order), "");
     }
 }
