@@ -153,7 +153,9 @@ struct CompareArgs {
         value_delimiter = ','
     )]
     proxies: Vec<String>,
-    /// Rounds; each round runs every scenario through every target in turn.
+    /// Rounds; each round runs every scenario through every target in turn
+    /// (the direct baseline first, the proxies starting one place later
+    /// every round).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// CPUs for the proxies (taskset list: "1", "2,3"); default the last CPU.

@@ -349,6 +349,20 @@ fn context_switches(pids: &[u32]) -> u64 {
     pids.iter().map(|p| sys::tree_context_switches(*p)).sum()
 }
 
+/// The targets of one scenario in `round`'s order: a baseline (`is_base`)
+/// stays first, the proxies after it start one place later every round
+/// (A B C, B C A, C A B, ...), so none always runs in the slot right after
+/// the baseline, and whatever that slot costs is spread over all of them.
+fn rotate_for_round<T>(mut v: Vec<T>, round: usize, is_base: impl Fn(&T) -> bool) -> Vec<T> {
+    let base = v.iter().take_while(|t| is_base(t)).count();
+    let proxies = &mut v[base..];
+    if !proxies.is_empty() {
+        let by = round.saturating_sub(1) % proxies.len();
+        proxies.rotate_left(by);
+    }
+    v
+}
+
 /// The order of `scenarios` in `round`: the policy pair swaps places on
 /// even rounds (ABBA...), the rest keep theirs.
 fn round_order(scenarios: &[Scenario], round: usize) -> Vec<Scenario> {
@@ -633,7 +647,7 @@ pub fn run(opts: &Options) -> Result<Results, String> {
                 }
                 _ => 0.0,
             };
-            for t in targets_for(scenario) {
+            for t in rotate_for_round(targets_for(scenario), round, |t| t.label == DIRECT) {
                 let s = measure(
                     &exe,
                     &lc,
@@ -1129,6 +1143,20 @@ mod tests {
         assert_eq!(round_order(&s, 2), [Small, PolicyFull, PolicyPlain]);
         assert_eq!(round_order(&s, 3), s);
         assert_eq!(round_order(&[Small, PolicyFull], 2), [Small, PolicyFull]);
+    }
+
+    #[test]
+    fn the_proxies_take_turns_after_the_baseline() {
+        let v = || vec!["direct", "a", "b", "c"];
+        let base = |t: &&str| *t == "direct";
+        assert_eq!(rotate_for_round(v(), 1, base), ["direct", "a", "b", "c"]);
+        assert_eq!(rotate_for_round(v(), 2, base), ["direct", "b", "c", "a"]);
+        assert_eq!(rotate_for_round(v(), 3, base), ["direct", "c", "a", "b"]);
+        assert_eq!(rotate_for_round(v(), 4, base), ["direct", "a", "b", "c"]);
+        // Without a baseline every target takes turns; one or none is kept.
+        assert_eq!(rotate_for_round(vec!["a", "b"], 2, base), ["b", "a"]);
+        assert_eq!(rotate_for_round(vec!["direct"], 2, base), ["direct"]);
+        assert!(rotate_for_round(Vec::<&str>::new(), 2, base).is_empty());
     }
 
     #[test]
