@@ -1010,8 +1010,8 @@ fn measure(
         proxy_user_us_per_req: proxy_cpu.and_then(|c| per_req(c.user)),
         proxy_sys_us_per_req: proxy_cpu.and_then(|c| per_req(c.sys)),
         proxy_context_switches_per_req: (!pids.is_empty())
-            .then(|| per_response(switches1.saturating_sub(switches0) as f64))
-            .flatten(),
+            .then_some(switches1.saturating_sub(switches0))
+            .and_then(|n| per_response(n as f64)),
         tcp_segments_per_req: segments0
             .zip(segments1)
             .and_then(|(a, b)| per_response(b.saturating_sub(a) as f64)),

@@ -699,16 +699,22 @@ fn best_peer(r: &Results, sc: Scenario) -> Option<(String, f64)> {
         .map(|s| (s.target.clone(), s.median))
 }
 
+/// The scenarios, in run order, that have a sample with `has`.
+fn scenarios_with(r: &Results, has: impl Fn(&Sample) -> bool) -> Vec<Scenario> {
+    let mut out: Vec<Scenario> = Vec::new();
+    for s in r.samples.iter().filter(|s| has(s)) {
+        if !out.contains(&s.scenario) {
+            out.push(s.scenario);
+        }
+    }
+    out
+}
+
 /// The user / kernel split of every scenario's proxy CPU per request
 /// (medians), so a reader sees which part a proxy could still save: the
 /// kernel part is the TCP stack and system calls every proxy pays.
 fn cpu_split(r: &Results, proxies: &[&String]) -> String {
-    let mut scenarios: Vec<Scenario> = Vec::new();
-    for s in &r.samples {
-        if s.proxy_user_us_per_req.is_some() && !scenarios.contains(&s.scenario) {
-            scenarios.push(s.scenario);
-        }
-    }
+    let scenarios = scenarios_with(r, |s| s.proxy_user_us_per_req.is_some());
     if scenarios.is_empty() || proxies.is_empty() {
         return String::new();
     }
@@ -739,12 +745,7 @@ fn cpu_split(r: &Results, proxies: &[&String]) -> String {
 /// proxy's context switches (its wake-ups, shared by the requests a
 /// wake-up serves).
 fn kernel_work(r: &Results, targets: &[String]) -> String {
-    let mut scenarios: Vec<Scenario> = Vec::new();
-    for s in &r.samples {
-        if s.tcp_segments_per_req.is_some() && !scenarios.contains(&s.scenario) {
-            scenarios.push(s.scenario);
-        }
-    }
+    let scenarios = scenarios_with(r, |s| s.tcp_segments_per_req.is_some());
     if scenarios.is_empty() {
         return String::new();
     }
