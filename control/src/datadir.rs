@@ -1,7 +1,9 @@
 //! The data directory: created at first start (mode 0700) with the CA
 //! (`ca.pem`, `ca.key`; not when the operator supplies one), the operator
 //! credential (`operator.credential`), the QUIC endpoint secret
-//! (`quic-reset.key`) and the store (`store.redb`). Secret files are 0600 and written with
+//! (`quic-reset.key`), the store (`store.redb`) and the store's identity
+//! (`store.id`, written when the store is created: see
+//! [`crate::store::startup`]). Secret files are 0600 and written with
 //! fsync before they are used, so a crash during first start leaves either
 //! no file or a whole one (a partial one is refused on the next start).
 
@@ -17,6 +19,8 @@ pub const CA_CERT: &str = "ca.pem";
 pub const CA_KEY: &str = "ca.key";
 pub const CREDENTIAL: &str = "operator.credential";
 pub const STORE: &str = "store.redb";
+/// The identity of the store this directory was initialized with.
+pub const STORE_ID: &str = "store.id";
 /// The QUIC endpoint secret: stateless resets and connection IDs are
 /// derived from it, so a restarted control recognizes the connection IDs
 /// it issued before and resets those connections at once (see
@@ -39,11 +43,44 @@ pub struct DataDir {
     pub quic_reset_key: Vec<u8>,
     /// Paths of the files this start created (empty on later starts).
     pub created: Vec<PathBuf>,
+    /// The directory was set up by an earlier start (its operator
+    /// credential existed before this one): a missing store then means a
+    /// lost store, not a first start.
+    pub initialized: bool,
+    /// The store identity recorded in `store.id`, if the file exists.
+    pub store_id: Option<String>,
 }
 
 impl DataDir {
     pub fn store_path(&self) -> PathBuf {
         self.path.join(STORE)
+    }
+
+    /// Records `id` as this directory's store identity (`store.id`).
+    pub fn record_store_id(&mut self, id: &str) -> Result<(), Error> {
+        write_secret(&self.path.join(STORE_ID), &format!("{id}\n"))?;
+        self.store_id = Some(id.to_string());
+        Ok(())
+    }
+}
+
+/// Reads `store.id` in `dir`: `None` when there is no such file.
+pub fn read_store_id(dir: &Path) -> Result<Option<String>, Error> {
+    let path = dir.join(STORE_ID);
+    match fs::read_to_string(&path) {
+        Ok(text) => {
+            let id = text.trim();
+            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(Error::internal(format!(
+                    "{}: not a store id (expected hex digits, found {:?})",
+                    path.display(),
+                    text.trim()
+                )));
+            }
+            Ok(Some(id.to_string()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(&path, "read", e)),
     }
 }
 
@@ -53,7 +90,7 @@ fn io_err(path: &Path, what: &str, e: std::io::Error) -> Error {
 
 /// Writes a new file with mode 0600 (refusing to overwrite), fsynced, via
 /// a temporary name so a crash never leaves a truncated file in place.
-fn write_secret(path: &Path, contents: &str) -> Result<(), Error> {
+pub fn write_secret(path: &Path, contents: &str) -> Result<(), Error> {
     let tmp = path.with_extension("tmp");
     let mut f = OpenOptions::new()
         .write(true)
@@ -111,7 +148,8 @@ pub fn open(path: &Path, trust_domain: &str, own_ca: bool) -> Result<DataDir, Er
         }
     }
     let cred_path = path.join(CREDENTIAL);
-    if !cred_path.exists() {
+    let initialized = cred_path.exists();
+    if !initialized {
         write_secret(&cred_path, &format!("{}\n", crate::tokens::random_hex(32)))?;
         created.push(cred_path.clone());
     }
@@ -147,6 +185,8 @@ pub fn open(path: &Path, trust_domain: &str, own_ca: bool) -> Result<DataDir, Er
         credential,
         quic_reset_key,
         created,
+        initialized,
+        store_id: read_store_id(path)?,
     })
 }
 

@@ -173,6 +173,9 @@ struct State {
 
 pub struct Hub {
     store: Arc<dyn Store>,
+    /// The store's identity, in every snapshot (proxies refuse a lower
+    /// config version from the same store, and another store's snapshots).
+    store_id: String,
     ca: Ca,
     /// The CA's trust bundle, in every view.
     trust_bundle: Arc<Vec<String>>,
@@ -230,6 +233,7 @@ impl Hub {
             grace_over: opts.grace.is_zero(),
         };
         Ok(Arc::new(Hub {
+            store_id: store.id().to_string(),
             store,
             trust_bundle: Arc::new(ca.trust_bundle()),
             ca,
@@ -280,7 +284,7 @@ impl Hub {
                 st.dirty = true;
             }
             if st.dirty {
-                let out = publish(&mut st, &self.trust_bundle);
+                let out = publish(&mut st, &self.trust_bundle, &self.store_id);
                 drop(st);
                 deliver(out);
             }
@@ -340,7 +344,7 @@ impl Hub {
             let version = next_version(&mut st);
             let config_version = st.config_version;
             first = Some(Arc::new(Published::new(
-                view.snapshot(version, config_version),
+                view.snapshot(version, config_version, &self.store_id),
             )));
             st.registry.sent(id, version, config_version);
             slot.last = Some(view);
@@ -392,7 +396,7 @@ impl Hub {
     pub fn deregister(&self, id: ProxyId) {
         let mut st = lock(&self.state);
         if st.registry.deregister(id) {
-            let out = publish(&mut st, &self.trust_bundle);
+            let out = publish(&mut st, &self.trust_bundle, &self.store_id);
             drop(st);
             deliver(out);
         }
@@ -599,7 +603,7 @@ fn deliver(out: Deliveries) {
 /// Work per distinct [`ViewKey`], not per session: each view is computed
 /// and encoded once, and compared once with each distinct view sessions
 /// were last sent.
-fn publish(st: &mut State, trust_bundle: &Arc<Vec<String>>) -> Deliveries {
+fn publish(st: &mut State, trust_bundle: &Arc<Vec<String>>, store_id: &str) -> Deliveries {
     let started = Instant::now();
     st.dirty = false;
     let version = next_version(st);
@@ -667,7 +671,7 @@ fn publish(st: &mut State, trust_bundle: &Arc<Vec<String>>) -> Deliveries {
             }
         }
         let published = published.get_or_insert_with(|| {
-            Arc::new(Published::new(view.snapshot(version, config_version)))
+            Arc::new(Published::new(view.snapshot(version, config_version, store_id)))
         });
         out.push((tx.clone(), published.clone()));
         if let Some(old) = last.replace(view.clone()) {

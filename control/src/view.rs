@@ -32,10 +32,11 @@ pub struct View {
 }
 
 impl View {
-    pub fn snapshot(&self, version: u64, config_version: u64) -> Snapshot {
+    pub fn snapshot(&self, version: u64, config_version: u64, store_id: &str) -> Snapshot {
         Snapshot {
             version,
             config_version,
+            store_id: store_id.to_string(),
             services: self.services.clone(),
             routes: self.routes.clone(),
             resilience: self.resilience.clone(),
@@ -224,7 +225,7 @@ mod tests {
         });
         let web = compute(&c, &reg, None, "web", &bundle());
         assert_eq!(web.default_access, Access::Deny);
-        let s = web.snapshot(7, 3);
+        let s = web.snapshot(7, 3, "s1");
         assert_eq!((s.version, s.config_version), (7, 3));
         assert_eq!(s.default_access, Access::Deny);
         assert_eq!(s.trust_bundle, ["ROOT"]);
@@ -311,7 +312,7 @@ mod tests {
         let v = compute(&c, &reg, Some(&calls(&["db", "api"])), "web", &bundle());
         assert_eq!(services_of(&v), ["api", "api-shadow", "db"]);
         assert_eq!(resilience_of(&v), ["api", "db"]);
-        let s = v.snapshot(1, 1);
+        let s = v.snapshot(1, 1, "s1");
         assert_eq!(s.resilience, v.resilience);
 
         // api calling itself and db: its own once.

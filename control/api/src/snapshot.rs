@@ -19,7 +19,19 @@ pub struct Snapshot {
     /// also across control restarts. Proxies ACK or NACK it.
     pub version: u64,
     /// The store version (`meshctl history`) this snapshot reflects.
+    /// Within one store (same [`Snapshot::store_id`]) it never goes down:
+    /// a rollback is a new, higher version. A proxy refuses (NACKs) a
+    /// snapshot whose config version is lower than the one it runs from
+    /// the same store, so a control that lost its store cannot hand out an
+    /// older (or empty) policy as if it were new.
     pub config_version: u64,
+    /// The identity of the store `config_version` counts in: a random id
+    /// created with the store and recorded in control's data directory.
+    /// Empty from a control older than store identities. A proxy refuses a
+    /// snapshot from a store other than the one it runs, unless its
+    /// operator allows the change (`[control] allow_store_change`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub store_id: String,
     /// The services this proxy may call, with their endpoints; also the
     /// mirror services of their Resiliences ([`Resilience::mirror`]),
     /// which receive copies of requests even when the proxy's `calls`

@@ -434,6 +434,7 @@ mod tests {
             ControlMsg::Snapshot(Snapshot {
                 version: 12,
                 config_version: 3,
+                store_id: "5f0c2a9e1d7b4c38a6e2f1d0b9c8a7e6".into(),
                 services: vec![ServiceEndpoints {
                     name: "api".into(),
                     protocol: Protocol::Http,

@@ -25,7 +25,7 @@ fn hub(name: &str) -> (Arc<Hub>, TempDir) {
     std::fs::create_dir_all(&dir).unwrap();
     let (cert, key) = crate::ca::create_ca("coremesh.local", SystemTime::now()).unwrap();
     let ca = Ca::load(&cert, &key, "coremesh.local").unwrap();
-    let store = Arc::new(RedbStore::open(&dir.join("store.redb")).unwrap());
+    let store = Arc::new(RedbStore::create(&dir.join("store.redb"), "0123456789abcdef").unwrap());
     let opts = Options {
         grace: Duration::ZERO,
         ..Options::default()
@@ -83,7 +83,7 @@ fn last_view(hub: &Hub, s: &Session) -> Arc<View> {
 }
 
 fn publish_now(hub: &Hub) {
-    let out = publish(&mut lock(&hub.state), &hub.trust_bundle);
+    let out = publish(&mut lock(&hub.state), &hub.trust_bundle, &hub.store_id);
     deliver(out);
 }
 

@@ -6,8 +6,16 @@
 //! returns only after the change is durable (fsynced), so what the API
 //! acknowledged survives a kill -9. Version 0 is the empty config and has no
 //! history entry; the first commit is version 1.
+//!
+//! Every store has an identity ([`Store::id`]): a random id made when the
+//! store is created and recorded in the data directory (`store.id`).
+//! Snapshots carry it with the config version, so a proxy can tell "an
+//! older version of the same store" (refused) from "a newer one" and from
+//! "another store" (refused unless allowed). How control opens the store,
+//! and refuses to start on a missing or damaged one, is in [`startup`].
 
 mod redb;
+pub mod startup;
 
 pub use self::redb::RedbStore;
 
@@ -25,6 +33,51 @@ pub enum StoreError {
     /// A concurrent writer committed first (compare-and-swap failed).
     #[error("store version moved: expected {expected}, found {found}")]
     Conflict { expected: u64, found: u64 },
+    /// The store file cannot be opened or read as a store: truncated,
+    /// overwritten, not a store at all. The detail is redb's error (or
+    /// assertion) message.
+    #[error("store file is damaged: {0}")]
+    Damaged(String),
+    /// Another process (a running control) holds the store open.
+    #[error("store file is in use by another process (is coremesh-control running?)")]
+    InUse,
+}
+
+/// Everything a store holds, read in one consistent transaction: what a
+/// backup carries (with the data directory's identity files) and what a
+/// restore writes back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoreDump {
+    pub store_id: String,
+    /// The current version (0: nothing committed).
+    pub current: u64,
+    /// Every committed version, oldest first.
+    pub versions: Vec<VersionRecord>,
+    pub tokens: Vec<TokenRecord>,
+}
+
+impl StoreDump {
+    /// Checks the dump is whole: versions 1..=current, each once and in
+    /// order. The error says what is wrong.
+    pub fn check(&self) -> Result<(), String> {
+        for (i, rec) in self.versions.iter().enumerate() {
+            let want = i as u64 + 1;
+            if rec.version != want {
+                return Err(format!(
+                    "version {} is where version {want} should be (versions must run 1, 2, ... without gaps)",
+                    rec.version
+                ));
+            }
+        }
+        if self.versions.len() as u64 != self.current {
+            return Err(format!(
+                "its current version is {} but it holds {} versions",
+                self.current,
+                self.versions.len()
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// One committed version.
@@ -78,6 +131,12 @@ pub enum Consumed {
 /// The durable store. Methods block (they fsync): call them off the async
 /// executor (`spawn_blocking`).
 pub trait Store: Send + Sync + 'static {
+    /// The store's identity (see the module docs).
+    fn id(&self) -> &str;
+
+    /// Everything in the store, in one read transaction.
+    fn dump(&self) -> Result<StoreDump, StoreError>;
+
     /// The current version and its config (0 and empty before the first
     /// commit).
     fn current(&self) -> Result<(u64, Config), StoreError>;

@@ -6,11 +6,14 @@
 //! old or the new version, never a torn one. Values are JSON, so the schema
 //! can grow additively like the wire messages.
 
+use std::cell::RefCell;
+use std::panic::{self, AssertUnwindSafe};
 use std::path::Path;
+use std::sync::Once;
 
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, DatabaseError, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::{check_token, Consumed, Store, StoreError, TokenRecord, VersionRecord};
+use super::{check_token, Consumed, Store, StoreDump, StoreError, TokenRecord, VersionRecord};
 use crate::config::Config;
 
 /// `"current"` -> the current version.
@@ -19,11 +22,17 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const VERSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("versions");
 /// token id -> JSON [`TokenRecord`].
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+/// `"store_id"` -> the store's identity. Stores made before identities
+/// existed lack it until control adopts them (`startup`).
+const IDENTITY: TableDefinition<&str, &str> = TableDefinition::new("identity");
 
 const CURRENT: &str = "current";
+const STORE_ID: &str = "store_id";
 
 pub struct RedbStore {
     db: Database,
+    /// Empty until [`RedbStore::set_id`] for a store without one.
+    id: String,
 }
 
 fn io<E: Into<redb::Error>>(e: E) -> StoreError {
@@ -38,19 +47,207 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(v).map_err(|e| StoreError::Io(format!("encoding: {e}")))
 }
 
+/// An error opening a file that exists: in use, or not a readable store.
+fn open_error(e: DatabaseError) -> StoreError {
+    match e {
+        DatabaseError::DatabaseAlreadyOpen => StoreError::InUse,
+        e => StoreError::Damaged(e.to_string()),
+    }
+}
+
+thread_local! {
+    /// Set while this thread runs [`guarded`]: the panic message lands here
+    /// instead of on stderr.
+    static GUARD: RefCell<Option<Option<String>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` (which opens or reads a store file) turning a panic inside
+/// redb into [`StoreError::Damaged`]: redb asserts on some damaged files
+/// (a truncated one fails `assertion failed: ...` in its page allocator)
+/// instead of returning an error, and an operator must get a message that
+/// names the file, not a backtrace.
+///
+/// With `panic = "abort"` (the release profile) nothing can be unwound:
+/// there the hook itself prints `what` and the message, and exits 1.
+fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            let caught = GUARD.with(|g| {
+                let mut g = g.borrow_mut();
+                match g.as_mut() {
+                    Some(slot) => {
+                        *slot = Some(panic_text(info));
+                        true
+                    }
+                    None => false,
+                }
+            });
+            if !caught {
+                previous(info);
+            } else if cfg!(panic = "abort") {
+                let what = GUARD_WHAT.with(|w| w.borrow().clone());
+                let msg = GUARD.with(|g| g.borrow().clone().flatten()).unwrap_or_default();
+                eprintln!("coremesh-control: {what}: store file is damaged: {msg}");
+                std::process::exit(1);
+            }
+        }));
+    });
+    GUARD.with(|g| *g.borrow_mut() = Some(None));
+    GUARD_WHAT.with(|w| *w.borrow_mut() = what.to_string());
+    let result = panic::catch_unwind(AssertUnwindSafe(f));
+    let message = GUARD.with(|g| g.borrow_mut().take().flatten());
+    match result {
+        Ok(r) => r,
+        Err(_) => Err(StoreError::Damaged(
+            message.unwrap_or_else(|| "the store library failed an internal check".into()),
+        )),
+    }
+}
+
+thread_local! {
+    /// What [`guarded`] is opening, for the abort-mode message.
+    static GUARD_WHAT: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+fn panic_text(info: &panic::PanicHookInfo<'_>) -> String {
+    let payload = info.payload();
+    let msg = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into());
+    match info.location() {
+        Some(l) => format!("{msg} (redb check at {}:{})", l.file(), l.line()),
+        None => msg,
+    }
+}
+
 impl RedbStore {
-    /// Opens (or creates) the store file at `path`.
+    /// Opens the existing store file at `path` and reads all of it once, so
+    /// damage shows now and not on the first operator request. Refuses a
+    /// file that is missing, not a coremesh store, damaged or held open by
+    /// another process.
     pub fn open(path: &Path) -> Result<RedbStore, StoreError> {
-        let db = Database::create(path).map_err(io)?;
-        // Create the tables up front so readers never see them missing.
+        guarded(&path.display().to_string(), || {
+            let db = Database::open(path).map_err(open_error)?;
+            let tx = db.begin_read().map_err(io)?;
+            let missing = |e: redb::TableError| match e {
+                redb::TableError::TableDoesNotExist(name) => StoreError::Damaged(format!(
+                    "it is a redb file but not a coremesh store (no {name:?} table)"
+                )),
+                e => io(e),
+            };
+            tx.open_table(META).map_err(missing)?;
+            tx.open_table(VERSIONS).map_err(missing)?;
+            tx.open_table(TOKENS).map_err(missing)?;
+            let id = match tx.open_table(IDENTITY) {
+                Ok(t) => t.get(STORE_ID).map_err(io)?.map(|v| v.value().to_string()),
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(io(e)),
+            };
+            drop(tx);
+            let store = RedbStore {
+                db,
+                id: id.unwrap_or_default(),
+            };
+            // Every record once: a damaged page or record fails here.
+            store.read_all()?.check().map_err(StoreError::Corrupt)?;
+            Ok(store)
+        })
+    }
+
+    /// Creates a new, empty store with identity `id` at `path`, which must
+    /// not exist or be empty.
+    pub fn create(path: &Path, id: &str) -> Result<RedbStore, StoreError> {
+        Self::create_from(
+            path,
+            &StoreDump {
+                store_id: id.to_string(),
+                current: 0,
+                versions: vec![],
+                tokens: vec![],
+            },
+        )
+    }
+
+    /// Creates a store at `path` (which must not exist or be empty) holding
+    /// exactly `dump`, in one transaction.
+    pub fn create_from(path: &Path, dump: &StoreDump) -> Result<RedbStore, StoreError> {
+        if std::fs::metadata(path).is_ok_and(|m| m.len() > 0) {
+            return Err(StoreError::Io(format!(
+                "{} already exists; refusing to overwrite it",
+                path.display()
+            )));
+        }
+        let db = guarded(&path.display().to_string(), || {
+            Database::create(path).map_err(open_error)
+        })?;
         let tx = db.begin_write().map_err(io)?;
         {
-            tx.open_table(META).map_err(io)?;
-            tx.open_table(VERSIONS).map_err(io)?;
-            tx.open_table(TOKENS).map_err(io)?;
+            let mut meta = tx.open_table(META).map_err(io)?;
+            let mut versions = tx.open_table(VERSIONS).map_err(io)?;
+            let mut tokens = tx.open_table(TOKENS).map_err(io)?;
+            let mut identity = tx.open_table(IDENTITY).map_err(io)?;
+            identity
+                .insert(STORE_ID, dump.store_id.as_str())
+                .map_err(io)?;
+            for rec in &dump.versions {
+                versions
+                    .insert(rec.version, to_json(rec)?.as_slice())
+                    .map_err(io)?;
+            }
+            if dump.current > 0 {
+                meta.insert(CURRENT, dump.current).map_err(io)?;
+            }
+            for t in &dump.tokens {
+                tokens
+                    .insert(t.id.as_str(), to_json(t)?.as_slice())
+                    .map_err(io)?;
+            }
         }
         tx.commit().map_err(io)?;
-        Ok(RedbStore { db })
+        Ok(RedbStore {
+            db,
+            id: dump.store_id.clone(),
+        })
+    }
+
+    /// Gives a store made before identities its identity (durably).
+    pub fn set_id(&mut self, id: &str) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(io)?;
+        {
+            let mut identity = tx.open_table(IDENTITY).map_err(io)?;
+            identity.insert(STORE_ID, id).map_err(io)?;
+        }
+        tx.commit().map_err(io)?;
+        self.id = id.to_string();
+        Ok(())
+    }
+
+    fn read_all(&self) -> Result<StoreDump, StoreError> {
+        let tx = self.db.begin_read().map_err(io)?;
+        let meta = tx.open_table(META).map_err(io)?;
+        let current = meta.get(CURRENT).map_err(io)?.map_or(0, |v| v.value());
+        let table = tx.open_table(VERSIONS).map_err(io)?;
+        let mut versions = Vec::with_capacity(table.len().map_err(io)? as usize);
+        for row in table.iter().map_err(io)? {
+            let (_, v) = row.map_err(io)?;
+            versions.push(serde_json::from_slice(v.value()).map_err(|e| corrupt("version", e))?);
+        }
+        let table = tx.open_table(TOKENS).map_err(io)?;
+        let mut tokens = Vec::new();
+        for row in table.iter().map_err(io)? {
+            let (_, v) = row.map_err(io)?;
+            tokens.push(serde_json::from_slice(v.value()).map_err(|e| corrupt("token", e))?);
+        }
+        Ok(StoreDump {
+            store_id: self.id.clone(),
+            current,
+            versions,
+            tokens,
+        })
     }
 
     fn read_token(
@@ -67,6 +264,14 @@ impl RedbStore {
 }
 
 impl Store for RedbStore {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn dump(&self) -> Result<StoreDump, StoreError> {
+        self.read_all()
+    }
+
     fn current(&self) -> Result<(u64, Config), StoreError> {
         let tx = self.db.begin_read().map_err(io)?;
         let meta = tx.open_table(META).map_err(io)?;
@@ -235,7 +440,7 @@ mod tests {
     fn versions_history_and_durability_across_reopen() {
         let path = temp_path("versions");
         {
-            let s = RedbStore::open(&path).unwrap();
+            let s = RedbStore::create(&path, "s1").unwrap();
             assert_eq!(s.current().unwrap(), (0, Config::default()));
             assert_eq!(
                 s.commit(0, &config(&["a"]), "apply service/a", 10).unwrap(),
@@ -281,7 +486,7 @@ mod tests {
             revoked: false,
         };
         {
-            let s = RedbStore::open(&path).unwrap();
+            let s = RedbStore::create(&path, "s1").unwrap();
             s.put_token(&tok("one", 1)).unwrap();
             s.put_token(&tok("two", 2)).unwrap();
             s.put_token(&tok("rev", 5)).unwrap();

@@ -1,0 +1,193 @@
+//! Opening the store at start, and refusing to come up empty over state
+//! that existed.
+//!
+//! A control that silently started with an empty store would hand every
+//! proxy an empty policy (no AccessPolicy, `defaultAccess: allow`) as if it
+//! were new. So, once a data directory is initialized (its operator
+//! credential exists), control starts only on the store it was initialized
+//! with:
+//!
+//! | store file | identity | what happens |
+//! | --- | --- | --- |
+//! | missing, data directory new | - | first start: a new store, a new identity in `store.id` |
+//! | missing or empty, directory initialized | - | refused (exit 1) |
+//! | damaged (redb error or assertion, bad record, gap in the history) | - | refused (exit 1) |
+//! | readable | equals `store.id` | opened |
+//! | readable | differs from `store.id`, or none while `store.id` exists | refused (exit 1): another directory's store |
+//! | readable, made before identities | no `store.id` either | adopted: a new identity in both |
+//! | readable | `store.id` lost | opened, `store.id` written again from the store |
+//!
+//! `--reinitialize-store` turns every refusal above into a new, empty
+//! store that keeps the directory's identity (so proxies compare versions
+//! and refuse the lower ones), moves the old file aside, and records the
+//! reinitialization as version 1 of the new history.
+
+use std::path::Path;
+
+use super::{RedbStore, Store, StoreError};
+use crate::config::Config;
+use crate::datadir::{DataDir, STORE_ID};
+use crate::Error;
+
+/// Why the store cannot be used as it is.
+fn describe(e: &StoreError) -> String {
+    match e {
+        StoreError::Damaged(why) => format!("is damaged ({why})"),
+        StoreError::Corrupt(why) => format!("holds corrupt data ({why})"),
+        StoreError::Io(why) => format!("cannot be read ({why})"),
+        other => other.to_string(),
+    }
+}
+
+/// Opens the data directory's store following the table above. `now` is
+/// Unix seconds (for the history entry of a reinitialization and the name
+/// the old file is moved to).
+pub fn open_store(dir: &mut DataDir, reinitialize: bool, now: u64) -> Result<RedbStore, Error> {
+    let path = dir.store_path();
+    let problem = match std::fs::metadata(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if !dir.initialized {
+                return first_store(dir, &path);
+            }
+            "is missing".to_string()
+        }
+        Err(e) => {
+            return Err(Error::internal(format!(
+                "{}: cannot read it: {e}",
+                path.display()
+            )))
+        }
+        Ok(m) if m.len() == 0 => "is empty (0 bytes)".to_string(),
+        Ok(_) => match RedbStore::open(&path) {
+            Ok(store) => match check_identity(dir, store, reinitialize)? {
+                Ok(store) => return Ok(store),
+                Err(problem) => problem,
+            },
+            Err(StoreError::InUse) => {
+                return Err(Error::internal(format!(
+                    "{}: in use by another process: is another coremesh-control running with --data-dir {}?",
+                    path.display(),
+                    dir.path.display()
+                )))
+            }
+            Err(e) => describe(&e),
+        },
+    };
+    if !reinitialize {
+        let identity = match &dir.store_id {
+            Some(id) => format!(" with store {id} ({STORE_ID})"),
+            None => String::new(),
+        };
+        return Err(Error::internal(format!(
+            "{}: the store {problem}. The data directory {} was initialized{identity} (its CA and operator credential exist), so control will not start with an empty or partial store: that would hand every proxy an empty policy. Restore the store from a backup (stop control, then `coremesh-control restore --from BACKUP --data-dir {} --force`). To start empty anyway, start once with --reinitialize-store: proxies keep their policy and refuse the new store's versions until they pass the ones they run.",
+            path.display(),
+            dir.path.display(),
+            dir.path.display(),
+        )));
+    }
+    reinitialized(dir, &path, &problem, now)
+}
+
+/// The first start of a new data directory: a new store, a new identity.
+fn first_store(dir: &mut DataDir, path: &Path) -> Result<RedbStore, Error> {
+    let id = match &dir.store_id {
+        Some(id) => id.clone(),
+        None => crate::tokens::random_hex(16),
+    };
+    let store = RedbStore::create(path, &id).map_err(|e| store_error(path, &e))?;
+    if dir.store_id.is_none() {
+        dir.record_store_id(&id)?;
+    }
+    tracing::info!(store_id = %id, path = %path.display(), "created the store");
+    Ok(store)
+}
+
+/// Compares the opened store's identity with `store.id`: `Ok(Ok(store))`
+/// to use it, `Ok(Err(problem))` when it is not this directory's store.
+fn check_identity(
+    dir: &mut DataDir,
+    mut store: RedbStore,
+    reinitialize: bool,
+) -> Result<Result<RedbStore, String>, Error> {
+    let path = dir.store_path();
+    let found = store.id().to_string();
+    match (found.as_str(), dir.store_id.clone()) {
+        ("", None) => {
+            let id = crate::tokens::random_hex(16);
+            store.set_id(&id).map_err(|e| store_error(&path, &e))?;
+            dir.record_store_id(&id)?;
+            tracing::info!(store_id = %id, "the store had no identity (made by an older control): it has one now, recorded in {STORE_ID}");
+        }
+        ("", Some(recorded)) => {
+            return Ok(Err(format!(
+                "has no store identity, but this data directory was initialized with store {recorded} ({STORE_ID}): it is not the store this directory had"
+            )))
+        }
+        (id, None) => {
+            dir.record_store_id(id)?;
+            tracing::warn!(store_id = %id, "{STORE_ID} was missing: written again from the store");
+        }
+        (id, Some(recorded)) if id == recorded => {}
+        (id, Some(recorded)) => {
+            return Ok(Err(format!(
+                "is store {id}, but this data directory was initialized with store {recorded} ({STORE_ID}): it is another directory's store"
+            )))
+        }
+    }
+    if reinitialize {
+        tracing::warn!(
+            "--reinitialize-store ignored: {} is intact and is this directory's store",
+            path.display()
+        );
+    }
+    Ok(Ok(store))
+}
+
+/// `--reinitialize-store`: the old file (if any) moved aside, a new empty
+/// store with the directory's identity, and version 1 saying why.
+fn reinitialized(
+    dir: &mut DataDir,
+    path: &Path,
+    problem: &str,
+    now: u64,
+) -> Result<RedbStore, Error> {
+    if path.exists() {
+        let aside = path.with_extension(format!("redb.replaced-{now}"));
+        std::fs::rename(path, &aside).map_err(|e| {
+            Error::internal(format!(
+                "{}: cannot move it aside to {}: {e}",
+                path.display(),
+                aside.display()
+            ))
+        })?;
+        tracing::warn!(
+            "moved the old store to {} (kept for inspection)",
+            aside.display()
+        );
+    }
+    let id = match &dir.store_id {
+        Some(id) => id.clone(),
+        None => crate::tokens::random_hex(16),
+    };
+    let store = RedbStore::create(path, &id).map_err(|e| store_error(path, &e))?;
+    if dir.store_id.is_none() {
+        dir.record_store_id(&id)?;
+    }
+    let summary = format!("store reinitialized with --reinitialize-store: the previous store {problem}");
+    store
+        .commit(0, &Config::default(), &summary, now)
+        .map_err(|e| store_error(path, &e))?;
+    tracing::warn!(
+        store_id = %id,
+        "{}: {summary}; proxies keep their policy and refuse this store's versions until they pass the ones they run",
+        path.display()
+    );
+    Ok(store)
+}
+
+fn store_error(path: &Path, e: &StoreError) -> Error {
+    Error::internal(format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests;
