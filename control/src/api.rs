@@ -79,6 +79,7 @@ pub fn router(hub: Arc<Hub>, credential: &str) -> Router {
         .route("/v1/rollback", post(rollback))
         .route("/v1/tokens", post(create_token).get(list_tokens))
         .route("/v1/tokens/{id}", delete(revoke_token))
+        .route("/v1/store/dump", get(store_dump))
         .fallback(|| async { Error::not_found("no such API path; see `meshctl --help`") })
         .layer(middleware::from_fn_with_state(ctx.clone(), auth))
         .with_state(ctx)
@@ -253,4 +254,13 @@ async fn revoke_token(State(ctx): State<Ctx>, Path(id): Path<String>) -> Result<
     let hub = ctx.hub.clone();
     blocking(move || hub.revoke_token_blocking(&id)).await?;
     Ok(Json(serde_json::json!({})).into_response())
+}
+
+/// Everything in the store, read in one transaction: what
+/// `coremesh-control backup` takes from a running control (whose store
+/// file it cannot open itself).
+async fn store_dump(State(ctx): State<Ctx>) -> Result<Response, Error> {
+    let hub = ctx.hub.clone();
+    let dump = blocking(move || hub.dump_blocking()).await?;
+    Ok(Json(dump).into_response())
 }

@@ -244,6 +244,11 @@ impl Hub {
         }))
     }
 
+    /// The store's identity, as snapshots carry it.
+    pub fn store_id(&self) -> &str {
+        &self.store_id
+    }
+
     pub fn ca(&self) -> &Ca {
         &self.ca
     }
@@ -343,9 +348,11 @@ impl Hub {
             };
             let version = next_version(&mut st);
             let config_version = st.config_version;
-            first = Some(Arc::new(Published::new(
-                view.snapshot(version, config_version, &self.store_id),
-            )));
+            first = Some(Arc::new(Published::new(view.snapshot(
+                version,
+                config_version,
+                &self.store_id,
+            ))));
             st.registry.sent(id, version, config_version);
             slot.last = Some(view);
         } else {
@@ -542,6 +549,11 @@ impl Hub {
         })
     }
 
+    /// The whole store in one read transaction (for backups).
+    pub fn dump_blocking(&self) -> Result<crate::store::StoreDump, Error> {
+        Ok(self.store.dump()?)
+    }
+
     pub fn tokens_blocking(&self) -> Result<Vec<TokenInfo>, Error> {
         Ok(self
             .store
@@ -671,7 +683,11 @@ fn publish(st: &mut State, trust_bundle: &Arc<Vec<String>>, store_id: &str) -> D
             }
         }
         let published = published.get_or_insert_with(|| {
-            Arc::new(Published::new(view.snapshot(version, config_version, store_id)))
+            Arc::new(Published::new(view.snapshot(
+                version,
+                config_version,
+                store_id,
+            )))
         });
         out.push((tx.clone(), published.clone()));
         if let Some(old) = last.replace(view.clone()) {

@@ -2,6 +2,9 @@
 //! directory, the store and the CA, then serves proxies over QUIC and
 //! operators over HTTP. Prints `listening quic=ADDR api=ADDR` once both
 //! sockets are bound (port 0 picks free ports, and the line says which).
+//!
+//! `coremesh-control backup` and `coremesh-control restore` take and
+//! restore backups of a data directory (see `coremesh_control::backup`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,8 +14,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use clap::Parser;
 use coremesh_control::hub::{Hub, Options};
-use coremesh_control::store::{RedbStore, Store};
-use coremesh_control::{api, ca, datadir, quic, Error};
+use coremesh_control::store::startup::open_store;
+use coremesh_control::store::{Store, StoreDump};
+use coremesh_control::{api, backup, ca, datadir, quic, Error};
 
 fn duration(s: &str) -> Result<Duration, String> {
     coremesh_api::resource::parse_duration(s)
@@ -20,11 +24,20 @@ fn duration(s: &str) -> Result<Duration, String> {
 
 /// The coremesh control plane.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, subcommand_negates_reqs = true)]
 struct Args {
-    /// Data directory: CA, operator credential, QUIC endpoint secret, store. Created (0700) on first start.
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    /// Data directory: CA, operator credential, QUIC endpoint secret, store and its identity. Created (0700) on first start.
+    #[arg(long, required = true)]
+    data_dir: Option<PathBuf>,
+    /// Start with a new, empty store although the data directory was
+    /// initialized and its store is missing, empty, damaged or another
+    /// directory's. The old file is moved aside and the reinitialization is
+    /// recorded in the history. The new store keeps the directory's
+    /// identity, so proxies refuse its versions below the ones they run.
     #[arg(long)]
-    data_dir: PathBuf,
+    reinitialize_store: bool,
     /// QUIC (UDP) address proxies connect to.
     #[arg(long, default_value = "0.0.0.0:7443")]
     listen: SocketAddr,
@@ -59,6 +72,42 @@ struct Args {
     /// control to trust, during a root rotation; repeatable.
     #[arg(long, value_name = "FILE")]
     extra_roots: Vec<PathBuf>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Cmd {
+    /// Writes a consistent backup of a data directory (its store, store
+    /// identity, CA certificate, operator credential and QUIC endpoint
+    /// secret) to a new file with mode 0600. Works while control runs: the
+    /// store is then read through its API.
+    Backup {
+        /// The data directory to back up.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The backup file to create (never overwritten).
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
+        /// Also include the CA's private key (`ca.key`). Keep such a file
+        /// as safe as the key itself.
+        #[arg(long)]
+        include_ca_key: bool,
+        /// The API of the control running on the data directory, if one is.
+        #[arg(long, default_value = "http://127.0.0.1:7080", env = "COREMESH_API")]
+        api: String,
+    },
+    /// Restores a backup into a data directory. Refuses a non-empty
+    /// directory without --force, and one whose control is running.
+    Restore {
+        /// The backup file (from `coremesh-control backup`).
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+        /// The data directory to restore into (created if missing).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Replace the state of a non-empty data directory.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// The CA: the operator's (--ca-cert/--ca-key) or the data directory's,
@@ -102,7 +151,16 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info,quinn=warn,rustls=warn".into()),
         )
         .init();
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(cmd) = args.cmd.take() {
+        return match offline(cmd) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("coremesh-control: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -123,9 +181,91 @@ fn main() -> ExitCode {
     }
 }
 
+/// `backup` and `restore`: no runtime, no sockets but the API call of an
+/// online backup.
+fn offline(cmd: Cmd) -> Result<(), Error> {
+    let now = coremesh_control::unix_secs(SystemTime::now());
+    match cmd {
+        Cmd::Backup {
+            data_dir,
+            to,
+            include_ca_key,
+            api,
+        } => {
+            let taken = backup::take(&data_dir, include_ca_key, now, |credential| {
+                online_dump(&api, credential)
+            })?;
+            backup::write(&taken, &to)?;
+            println!(
+                "backed up store {} (version {}, {} versions, {} join tokens){} to {}",
+                taken.store.store_id,
+                taken.store.current,
+                taken.store.versions.len(),
+                taken.store.tokens.len(),
+                if include_ca_key {
+                    " with the CA key"
+                } else {
+                    ""
+                },
+                to.display()
+            );
+            Ok(())
+        }
+        Cmd::Restore {
+            from,
+            data_dir,
+            force,
+        } => {
+            let read = backup::read(&from)?;
+            let done = backup::restore(&read, &data_dir, force)?;
+            for f in &done.files {
+                println!("restored {}", f.display());
+            }
+            println!(
+                "restored store {} at version {} with {} join tokens into {}",
+                done.store_id,
+                done.version,
+                done.tokens,
+                data_dir.display()
+            );
+            if done.needs_ca_key {
+                println!(
+                    "the backup holds no CA key: put the CA's key back as {} before starting control, or start it with --ca-cert and --ca-key",
+                    data_dir.join(datadir::CA_KEY).display()
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The store of a running control, through its API.
+fn online_dump(api: &str, credential: &str) -> Result<StoreDump, Error> {
+    let client = coremesh_control::client::Client::new(api, credential)
+        .map_err(|e| Error::rejected(e.to_string()))?;
+    let r = client.get("/v1/store/dump").map_err(|e| {
+        Error::internal(format!(
+            "the store is locked by a running control, and asking it failed: {e} (pass its --api)"
+        ))
+    })?;
+    if r.status != 200 {
+        return Err(Error::internal(format!(
+            "control at {api} answered {} to the store dump: {}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        )));
+    }
+    serde_json::from_slice(&r.body)
+        .map_err(|e| Error::internal(format!("control at {api} sent a bad store dump: {e}")))
+}
+
 async fn run(args: Args) -> Result<(), Error> {
     let started = Instant::now();
-    let dir = datadir::open(&args.data_dir, &args.trust_domain, args.ca_cert.is_none())?;
+    let data_dir = args
+        .data_dir
+        .clone()
+        .ok_or_else(|| Error::rejected("--data-dir is required"))?;
+    let mut dir = datadir::open(&data_dir, &args.trust_domain, args.ca_cert.is_none())?;
     for path in &dir.created {
         println!("created {}", path.display());
     }
@@ -141,7 +281,12 @@ async fn run(args: Args) -> Result<(), Error> {
             .unwrap_or_else(|| dir.path.join(datadir::CA_CERT))
             .display()
     );
-    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.store_path())?);
+    let store = open_store(
+        &mut dir,
+        args.reinitialize_store,
+        coremesh_control::unix_secs(SystemTime::now()),
+    )?;
+    let store: Arc<dyn Store> = Arc::new(store);
     // The store holds token hashes and the history: not for other users.
     std::fs::set_permissions(
         dir.store_path(),
@@ -169,6 +314,7 @@ async fn run(args: Args) -> Result<(), Error> {
         .map_err(|e| Error::internal(format!("API socket: {e}")))?;
     tracing::info!(
         config_version = version,
+        store_id = hub.store_id(),
         ca_fingerprint = hub.ca().fingerprint(),
         trust_bundle = hub.ca().roots().len(),
         trust_domain = %args.trust_domain,

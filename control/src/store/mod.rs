@@ -17,7 +17,7 @@
 mod redb;
 pub mod startup;
 
-pub use self::redb::RedbStore;
+pub use self::redb::{in_use, RedbStore};
 
 use serde::{Deserialize, Serialize};
 

@@ -89,7 +89,12 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T
             } else if cfg!(panic = "abort") {
                 let what = GUARD_WHAT.with(|w| w.borrow().clone());
                 let msg = GUARD.with(|g| g.borrow().clone().flatten()).unwrap_or_default();
-                eprintln!("coremesh-control: {what}: store file is damaged: {msg}");
+                let dir = Path::new(&what)
+                    .parent()
+                    .map_or_else(|| ".".into(), |d| d.display().to_string());
+                eprintln!(
+                    "coremesh-control: {what}: the store is damaged ({msg}). Restore it from a backup (stop control, then `coremesh-control restore --from BACKUP --data-dir {dir} --force`), or start once with --reinitialize-store to begin with an empty store."
+                );
                 std::process::exit(1);
             }
         }));
@@ -100,9 +105,9 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T
     let message = GUARD.with(|g| g.borrow_mut().take().flatten());
     match result {
         Ok(r) => r,
-        Err(_) => Err(StoreError::Damaged(
-            message.unwrap_or_else(|| "the store library failed an internal check".into()),
-        )),
+        Err(_) => Err(StoreError::Damaged(message.unwrap_or_else(|| {
+            "the store library failed an internal check".into()
+        }))),
     }
 }
 
@@ -122,6 +127,20 @@ fn panic_text(info: &panic::PanicHookInfo<'_>) -> String {
         Some(l) => format!("{msg} (redb check at {}:{})", l.file(), l.line()),
         None => msg,
     }
+}
+
+/// Whether another open of the store file (a running control) holds
+/// redb's lock on it. Asks the kernel without reading the file, so a
+/// damaged store can be replaced by a restore.
+pub fn in_use(path: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    // SAFETY: flock on a descriptor this function owns for its whole life;
+    // the lock (if taken) goes with the descriptor when `file` drops.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+    rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
 }
 
 impl RedbStore {

@@ -75,11 +75,11 @@ pub fn open_store(dir: &mut DataDir, reinitialize: bool, now: u64) -> Result<Red
     };
     if !reinitialize {
         let identity = match &dir.store_id {
-            Some(id) => format!(" with store {id} ({STORE_ID})"),
+            Some(id) => format!(" with store {id} (recorded in {STORE_ID})"),
             None => String::new(),
         };
         return Err(Error::internal(format!(
-            "{}: the store {problem}. The data directory {} was initialized{identity} (its CA and operator credential exist), so control will not start with an empty or partial store: that would hand every proxy an empty policy. Restore the store from a backup (stop control, then `coremesh-control restore --from BACKUP --data-dir {} --force`). To start empty anyway, start once with --reinitialize-store: proxies keep their policy and refuse the new store's versions until they pass the ones they run.",
+            "{}: the store {problem}. The data directory {} was initialized{identity}: its CA and operator credential exist, so control will not start with an empty or partial store: that would hand every proxy an empty policy. Restore the store from a backup (stop control, then `coremesh-control restore --from BACKUP --data-dir {} --force`). To start empty anyway, start once with --reinitialize-store: proxies keep their policy and refuse the new store's versions until they pass the ones they run.",
             path.display(),
             dir.path.display(),
             dir.path.display(),
@@ -173,7 +173,8 @@ fn reinitialized(
     if dir.store_id.is_none() {
         dir.record_store_id(&id)?;
     }
-    let summary = format!("store reinitialized with --reinitialize-store: the previous store {problem}");
+    let summary =
+        format!("store reinitialized with --reinitialize-store: the previous store {problem}");
     store
         .commit(0, &Config::default(), &summary, now)
         .map_err(|e| store_error(path, &e))?;

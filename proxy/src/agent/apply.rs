@@ -4,9 +4,13 @@
 //! version on `/config`.
 //!
 //! A snapshot is refused (NACK, the last good table stays in force) when it
-//! does not compile, when not every shard prepares it in time, or when it
+//! does not compile, when not every shard prepares it in time, when it
 //! defines a service that proxy.toml defines statically
-//! ([`StaticServices`]).
+//! ([`StaticServices`]), or when it is not newer than what runs
+//! ([`check_lineage`]): a lower config version of the same control store,
+//! or any version of another store (unless `[control] allow_store_change`).
+//! The last check is what keeps a control that lost its store from handing
+//! out an empty policy as new.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -28,17 +32,76 @@ use crate::shard::{ShardHandle, ShardMsg};
 pub const PREPARE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What is applied, for `/config` and the control session's `Hello`.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Applied {
     pub version: u64,
     pub config_version: u64,
+    /// The control store the config version counts in (empty from a
+    /// control older than store identities).
+    pub store_id: String,
+}
+
+/// Whether `snap` may replace what runs: the NACK reason if not.
+///
+/// - Same store: its config version may not go down (a rollback is a new,
+///   higher version; equal is a change of endpoints only).
+/// - Another store: refused unless `allow_store_change`.
+/// - A snapshot from a store that has an identity, while what runs came from
+///   a control without identities (empty id): the same store, which got its
+///   identity on upgrade; versions are compared.
+pub fn check_lineage(
+    running: Option<&Applied>,
+    snap: &Snapshot,
+    allow_store_change: bool,
+) -> Result<(), String> {
+    let Some(running) = running else {
+        return Ok(());
+    };
+    let same_store = running.store_id == snap.store_id || running.store_id.is_empty();
+    if !same_store {
+        if allow_store_change {
+            tracing::warn!(
+                "accepting config version {} of control store {} in place of version {} of store {} ([control] allow_store_change)",
+                snap.config_version,
+                shown(&snap.store_id),
+                running.config_version,
+                shown(&running.store_id)
+            );
+            return Ok(());
+        }
+        return Err(format!(
+            "snapshot from control store {}, but this proxy runs config version {} of store {}: refusing another store's policy (control's store was replaced or restored from elsewhere; set [control] allow_store_change = true on this proxy to accept it)",
+            shown(&snap.store_id),
+            running.config_version,
+            shown(&running.store_id)
+        ));
+    }
+    if snap.config_version < running.config_version {
+        return Err(format!(
+            "config version {} is older than the running config version {} of store {}: refusing to go back (control's store may have been lost or reinitialized; a rollback is a new, higher version: meshctl rollback)",
+            snap.config_version,
+            running.config_version,
+            shown(&running.store_id)
+        ));
+    }
+    Ok(())
+}
+
+fn shown(id: &str) -> &str {
+    if id.is_empty() {
+        "(none)"
+    } else {
+        id
+    }
 }
 
 /// Applies snapshots on the agent thread.
 pub struct Applier {
     shards: Vec<ShardHandle>,
     state: Option<StateDir>,
-    applied: Cell<Option<Applied>>,
+    applied: RefCell<Option<Applied>>,
+    /// `[control] allow_store_change`.
+    allow_store_change: Cell<bool>,
     connected: Cell<bool>,
     last_nack: RefCell<Option<(u64, String)>>,
     /// proxy.toml's `[[services]]`: a snapshot may not define them too.
@@ -65,7 +128,8 @@ impl Applier {
         Applier {
             shards,
             state,
-            applied: Cell::new(None),
+            applied: RefCell::new(None),
+            allow_store_change: Cell::new(false),
             connected: Cell::new(false),
             last_nack: RefCell::new(None),
             statics: RefCell::new(StaticServices::default()),
@@ -211,17 +275,24 @@ impl Applier {
 
     /// The snapshot in force, if any.
     pub fn applied(&self) -> Option<Applied> {
-        self.applied.get()
+        self.applied.borrow().clone()
+    }
+
+    /// `[control] allow_store_change`.
+    pub fn set_allow_store_change(&self, allow: bool) {
+        self.allow_store_change.set(allow);
     }
 
     /// Compiles and applies `snap` on every shard; with `persist`, also
     /// stores it as the last good snapshot. The error is the NACK reason.
     pub async fn apply(&self, snap: &Snapshot, persist: bool) -> Result<(), String> {
-        let compiled = self
-            .statics
-            .borrow()
-            .check_snapshot(snap)
-            .and_then(|()| self.compile(snap));
+        let compiled = check_lineage(
+            self.applied.borrow().as_ref(),
+            snap,
+            self.allow_store_change.get(),
+        )
+        .and_then(|()| self.statics.borrow().check_snapshot(snap))
+        .and_then(|()| self.compile(snap));
         let table = match compiled {
             Ok(t) => Arc::new(t),
             Err(reason) => {
@@ -244,10 +315,11 @@ impl Applier {
                 }
             }
         }
-        self.applied.set(Some(Applied {
+        *self.applied.borrow_mut() = Some(Applied {
             version: snap.version,
             config_version: snap.config_version,
-        }));
+            store_id: snap.store_id.clone(),
+        });
         *self.table.borrow_mut() = Some(table);
         self.apply_bundle(&snap.trust_bundle);
         self.reconfigure_traffic();
@@ -297,10 +369,12 @@ impl Applier {
 
     /// The control status object of `/config`.
     pub fn status_json(&self) -> serde_json::Value {
-        let a = self.applied.get();
+        let a = self.applied.borrow();
+        let a = a.as_ref();
         serde_json::json!({
             "version": a.map(|a| a.version),
             "config_version": a.map(|a| a.config_version),
+            "store_id": a.map(|a| a.store_id.as_str()),
             "connected": self.connected.get(),
             "last_nack": self.last_nack.borrow().as_ref().map(|(v, reason)| serde_json::json!({
                 "version": v,
@@ -328,3 +402,6 @@ pub fn merge_status(config: &mut serde_json::Value, status: serde_json::Value) {
     };
     control.extend(status);
 }
+
+#[cfg(test)]
+mod tests;

@@ -439,7 +439,7 @@ impl Client {
                 protocol: wire::PROTOCOL_VERSION,
                 service: self.setup.service.clone(),
                 node: self.cfg().node.clone(),
-                version: applied.map(|a| a.version),
+                version: applied.as_ref().map(|a| a.version),
                 calls: self.cfg().calls.clone(),
                 compression: vec![wire::ZSTD.to_string()],
             },

@@ -304,6 +304,7 @@ fn config(
         node: "n1".into(),
         advertise: None,
         calls: Some(vec!["api".into()]),
+        allow_store_change: false,
         health: HealthConfig::default(),
     }
 }

@@ -349,6 +349,7 @@ async fn start_control(
         Some(admin.clone()),
     ));
     applier.set_static_services(StaticServices::of(config));
+    applier.set_allow_store_change(cc.allow_store_change);
     applier.publish();
     // The stored certificate first: the persisted snapshot's access policy
     // needs the trust domain it names, and the shards need it to serve.

@@ -178,6 +178,9 @@ pub(crate) struct ControlFile {
     pub advertise: Option<String>,
     /// The services the local app calls.
     pub calls: Option<Vec<String>>,
+    /// Accept a snapshot from a control store other than the one whose
+    /// policy this proxy runs.
+    pub allow_store_change: Option<bool>,
     /// `[control.health]`.
     pub health: Option<HealthFile>,
 }

@@ -249,6 +249,10 @@ pub struct ControlConfig {
     /// The services the local app calls (control sends only their routes and
     /// endpoints); `None`: all services.
     pub calls: Option<Vec<String>>,
+    /// Accept snapshots from a control store other than the one whose
+    /// policy the proxy runs (a store migration). Off: such snapshots are
+    /// refused (NACK) and the running policy stays.
+    pub allow_store_change: bool,
     /// `[control.health]`: how the local app is checked.
     pub health: HealthConfig,
 }

@@ -162,6 +162,11 @@ wildcard IP), except port 0, which lets the OS pick a free port.
   calls          [name]           all           Services the local app calls;
                                                 control sends only their routes
                                                 and endpoints.
+  allow_store_change bool         false         Accept snapshots from a control
+                                                store other than the one whose
+                                                policy runs (a store migration);
+                                                otherwise they are refused
+                                                (NACK).
   health         table            tcp check     The app check: [control.health].
 
 [control.health]  (optional; needs [inbound]; restart)

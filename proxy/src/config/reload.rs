@@ -145,7 +145,7 @@ fn control(
     };
     let debug = |v: &dyn std::fmt::Debug| format!("{v:?}");
     let dur = |d| quoted(super::duration::format(d));
-    let keys: [(&str, &str, String, String); 10] = [
+    let keys: [(&str, &str, String, String); 11] = [
         (
             "[control]",
             "address",
@@ -172,6 +172,12 @@ fn control(
             debug(&b.advertise),
         ),
         ("[control]", "calls", debug(&a.calls), debug(&b.calls)),
+        (
+            "[control]",
+            "allow_store_change",
+            debug(&a.allow_store_change),
+            debug(&b.allow_store_change),
+        ),
         (
             "[control.health]",
             "kind",

@@ -584,6 +584,7 @@ fn resolve_control(
         node,
         advertise,
         calls,
+        allow_store_change: f.allow_store_change.unwrap_or(false),
         health,
     })
 }

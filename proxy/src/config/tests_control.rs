@@ -36,6 +36,7 @@ state_dir = "/var/lib/coremesh-proxy"
 node = "vm-7"
 advertise = "10.0.0.7:4143"
 calls = ["api", "db"]
+allow_store_change = true
 
 [control.health]
 kind = "http"
@@ -57,6 +58,7 @@ timeout = "500ms"
             node: "vm-7".into(),
             advertise: Some("10.0.0.7:4143".parse().unwrap()),
             calls: Some(vec!["api".into(), "db".into()]),
+            allow_store_change: true,
             health: HealthConfig {
                 kind: HealthKind::Http,
                 path: "/healthz?deep=1".into(),

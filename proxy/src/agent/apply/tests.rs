@@ -1,0 +1,65 @@
+use super::*;
+
+fn running(store_id: &str, config_version: u64) -> Applied {
+    Applied {
+        version: 1_700_000_000_000,
+        config_version,
+        store_id: store_id.into(),
+    }
+}
+
+fn snap(store_id: &str, config_version: u64) -> Snapshot {
+    Snapshot {
+        version: 1_700_000_000_500,
+        config_version,
+        store_id: store_id.into(),
+        ..Snapshot::default()
+    }
+}
+
+#[test]
+fn a_first_snapshot_is_taken_whatever_it_says() {
+    assert_eq!(check_lineage(None, &snap("a1", 0), false), Ok(()));
+    assert_eq!(check_lineage(None, &snap("", 3), false), Ok(()));
+}
+
+#[test]
+fn the_same_store_may_only_move_forward_or_stay() {
+    let r = running("a1", 4);
+    assert_eq!(check_lineage(Some(&r), &snap("a1", 4), false), Ok(()));
+    assert_eq!(check_lineage(Some(&r), &snap("a1", 5), false), Ok(()));
+    for older in [0, 1, 3] {
+        let why = check_lineage(Some(&r), &snap("a1", older), false).unwrap_err();
+        assert!(
+            why.contains(&format!(
+                "config version {older} is older than the running config version 4 of store a1"
+            )),
+            "{why}"
+        );
+    }
+    // allow_store_change is about other stores, never about going back.
+    assert!(check_lineage(Some(&r), &snap("a1", 1), true).is_err());
+}
+
+#[test]
+fn another_store_is_refused_unless_allowed() {
+    let r = running("a1", 4);
+    let why = check_lineage(Some(&r), &snap("b2", 9), false).unwrap_err();
+    assert!(
+        why.contains("snapshot from control store b2")
+            && why.contains("config version 4 of store a1")
+            && why.contains("allow_store_change"),
+        "{why}"
+    );
+    // A control that lost its identity (or an older one) is another store.
+    assert!(check_lineage(Some(&r), &snap("", 9), false).is_err());
+    assert_eq!(check_lineage(Some(&r), &snap("b2", 1), true), Ok(()));
+}
+
+#[test]
+fn a_policy_from_before_store_identities_continues_in_the_store_that_got_one() {
+    let r = running("", 4);
+    assert_eq!(check_lineage(Some(&r), &snap("a1", 4), false), Ok(()));
+    assert!(check_lineage(Some(&r), &snap("a1", 2), false).is_err());
+    assert!(check_lineage(Some(&r), &snap("", 2), false).is_err());
+}
