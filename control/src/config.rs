@@ -106,6 +106,21 @@ pub struct Plan {
 }
 
 /// `kind/name` of every resource that differs between `a` and `b`.
+/// SHA-256 (hex) of a config's JSON: recorded with each committed version
+/// and carried in snapshots, so a proxy can tell two different configs that
+/// claim the same version number (a reinitialized store counts from 1
+/// again) apart. The JSON has one form per value (structs and BTreeMaps
+/// only), and the digest is stored at commit, so a later control with more
+/// fields keeps the recorded one.
+pub fn digest(config: &Config) -> String {
+    use sha2::{Digest, Sha256};
+    let json = serde_json::to_vec(config).unwrap_or_default();
+    Sha256::digest(&json)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 pub fn diff(a: &Config, b: &Config) -> Vec<String> {
     let (a, b) = (a.by_kind_name(), b.by_kind_name());
     let mut changed: Vec<String> = a

@@ -160,6 +160,8 @@ struct SessionSlot {
 
 struct State {
     config_version: u64,
+    /// [`config::digest`] of `config`, as recorded in the store.
+    config_digest: String,
     config: Arc<Config>,
     registry: Registry,
     sessions: HashMap<ProxyId, SessionSlot>,
@@ -220,6 +222,7 @@ impl Hub {
         let (config_version, config) = store.current()?;
         let state = State {
             config_version,
+            config_digest: store.current_digest()?,
             config: Arc::new(config),
             registry: Registry::new(
                 opts.heartbeat_timeout,
@@ -350,8 +353,11 @@ impl Hub {
             let config_version = st.config_version;
             first = Some(Arc::new(Published::new(view.snapshot(
                 version,
-                config_version,
-                &self.store_id,
+                &view::ConfigRef {
+                    version: config_version,
+                    store_id: &self.store_id,
+                    digest: &st.config_digest,
+                },
             ))));
             st.registry.sent(id, version, config_version);
             slot.last = Some(view);
@@ -482,6 +488,7 @@ impl Hub {
         tracing::info!(version = new_version, summary = %plan.summary, "config committed");
         let mut st = lock(&self.state);
         st.config_version = new_version;
+        st.config_digest = config::digest(&plan.config);
         st.config = Arc::new(plan.config);
         self.mark_dirty(&mut st);
         Ok(ApplyResult {
@@ -528,6 +535,19 @@ impl Hub {
             }))
         {
             return Err(Error::rejected(format!("service: {}", e.reason)));
+        }
+        if !req.allow_undefined
+            && !self
+                .config()
+                .1
+                .services
+                .iter()
+                .any(|s| s.name == req.service)
+        {
+            return Err(Error::rejected(format!(
+                "service: no Service resource defines {:?} (see `meshctl get services`); apply its Service first, or pass --allow-undefined to create a token for a service defined later",
+                req.service
+            )));
         }
         let uses = req.uses.unwrap_or(1);
         if uses == 0 {
@@ -625,8 +645,14 @@ fn publish(st: &mut State, trust_bundle: &Arc<Vec<String>>, store_id: &str) -> D
         registry,
         sessions,
         latest,
+        config_digest,
         ..
     } = st;
+    let config_ref = view::ConfigRef {
+        version: config_version,
+        store_id,
+        digest: config_digest,
+    };
     let config: &Config = config;
     // The services whose sessions' view keys include them (see `own_key`).
     let own: HashSet<&str> = config
@@ -682,13 +708,8 @@ fn publish(st: &mut State, trust_bundle: &Arc<Vec<String>>, store_id: &str) -> D
                 continue;
             }
         }
-        let published = published.get_or_insert_with(|| {
-            Arc::new(Published::new(view.snapshot(
-                version,
-                config_version,
-                store_id,
-            )))
-        });
+        let published = published
+            .get_or_insert_with(|| Arc::new(Published::new(view.snapshot(version, &config_ref))));
         out.push((tx.clone(), published.clone()));
         if let Some(old) = last.replace(view.clone()) {
             retired.push(old);

@@ -15,6 +15,15 @@ use coremesh_api::snapshot::{ServiceEndpoints, Snapshot};
 use crate::config::Config;
 use crate::registry::Registry;
 
+/// Which config a snapshot reflects: its version, the store that numbers
+/// it, and its digest.
+#[derive(Debug, Clone, Copy)]
+pub struct ConfigRef<'a> {
+    pub version: u64,
+    pub store_id: &'a str,
+    pub digest: &'a str,
+}
+
 /// A snapshot without its versions.
 #[derive(Debug, Clone, PartialEq)]
 pub struct View {
@@ -32,11 +41,12 @@ pub struct View {
 }
 
 impl View {
-    pub fn snapshot(&self, version: u64, config_version: u64, store_id: &str) -> Snapshot {
+    pub fn snapshot(&self, version: u64, config: &ConfigRef<'_>) -> Snapshot {
         Snapshot {
             version,
-            config_version,
-            store_id: store_id.to_string(),
+            config_version: config.version,
+            store_id: config.store_id.to_string(),
+            config_digest: config.digest.to_string(),
             services: self.services.clone(),
             routes: self.routes.clone(),
             resilience: self.resilience.clone(),
@@ -225,7 +235,14 @@ mod tests {
         });
         let web = compute(&c, &reg, None, "web", &bundle());
         assert_eq!(web.default_access, Access::Deny);
-        let s = web.snapshot(7, 3, "s1");
+        let s = web.snapshot(
+            7,
+            &ConfigRef {
+                version: 3,
+                store_id: "s1",
+                digest: "d",
+            },
+        );
         assert_eq!((s.version, s.config_version), (7, 3));
         assert_eq!(s.default_access, Access::Deny);
         assert_eq!(s.trust_bundle, ["ROOT"]);
@@ -312,7 +329,14 @@ mod tests {
         let v = compute(&c, &reg, Some(&calls(&["db", "api"])), "web", &bundle());
         assert_eq!(services_of(&v), ["api", "api-shadow", "db"]);
         assert_eq!(resilience_of(&v), ["api", "db"]);
-        let s = v.snapshot(1, 1, "s1");
+        let s = v.snapshot(
+            1,
+            &ConfigRef {
+                version: 1,
+                store_id: "s1",
+                digest: "d",
+            },
+        );
         assert_eq!(s.resilience, v.resilience);
 
         // api calling itself and db: its own once.

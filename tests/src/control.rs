@@ -383,10 +383,13 @@ impl Control {
             .unwrap_or(0)
     }
 
-    /// `meshctl token create --service SERVICE EXTRA...`; returns the token
-    /// (meshctl prints it alone on stdout).
+    /// `meshctl token create --service SERVICE --allow-undefined EXTRA...`;
+    /// returns the token (meshctl prints it alone on stdout). Tests start
+    /// their proxies before or without applying a Service for them, so the
+    /// token is made with `--allow-undefined` (the refusal without it has
+    /// its own test).
     pub fn token(&self, service: &str, extra: &[&str]) -> String {
-        let mut args = vec!["token", "create", "--service", service];
+        let mut args = vec!["token", "create", "--service", service, "--allow-undefined"];
         args.extend_from_slice(extra);
         let out = self.meshctl(&args).ok();
         let token = out.stdout.trim().to_string();

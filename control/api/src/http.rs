@@ -89,6 +89,11 @@ pub struct TokenRequest {
     /// Default 1.
     #[serde(default)]
     pub uses: Option<u32>,
+    /// Create it although no Service resource defines `service` (yet).
+    /// Without it, such a request is refused: a token for a service nobody
+    /// defined is usually a typo, or an identity no policy mentions.
+    #[serde(default)]
+    pub allow_undefined: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -32,6 +32,13 @@ pub struct Snapshot {
     /// operator allows the change (`[control] allow_store_change`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub store_id: String,
+    /// SHA-256 of the whole config at `config_version`, recorded when it was
+    /// committed. Two snapshots of the same store and config version with
+    /// different digests are different configs (a reinitialized store
+    /// numbers its versions from 1 again): a proxy refuses the one it does
+    /// not run. Empty from an older control: not compared.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub config_digest: String,
     /// The services this proxy may call, with their endpoints; also the
     /// mirror services of their Resiliences ([`Resilience::mirror`]),
     /// which receive copies of requests even when the proxy's `calls`

@@ -87,6 +87,10 @@ enum TokenCmd {
         /// How many proxies may join with it.
         #[arg(long, default_value_t = 1)]
         uses: u32,
+        /// Create the token although no Service resource defines the
+        /// service yet (it is refused otherwise).
+        #[arg(long)]
+        allow_undefined: bool,
     },
     List,
     Revoke {
@@ -440,12 +444,18 @@ fn get(api: &Api, what: What, output: Output) -> Result<(), Fail> {
 
 fn token(api: &Api, cmd: TokenCmd) -> Result<(), Fail> {
     match cmd {
-        TokenCmd::Create { service, ttl, uses } => {
+        TokenCmd::Create {
+            service,
+            ttl,
+            uses,
+            allow_undefined,
+        } => {
             let ttl = resource::parse_duration(&ttl).map_err(|e| Fail(1, format!("--ttl: {e}")))?;
             let req = TokenRequest {
                 service: service.clone(),
                 ttl_secs: Some(ttl.as_secs()),
                 uses: Some(uses),
+                allow_undefined,
             };
             let t: TokenCreated = api.post_json("/v1/tokens", &req)?;
             eprintln!(

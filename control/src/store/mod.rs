@@ -88,6 +88,10 @@ pub struct VersionRecord {
     pub at: u64,
     pub summary: String,
     pub config: Config,
+    /// [`crate::config::digest`] of `config`, computed at commit. Empty in
+    /// records from before digests: computed when read.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub digest: String,
 }
 
 /// A join token as stored: never the secret, only its SHA-256.
@@ -112,9 +116,10 @@ pub enum TokenRefusal {
     /// learns nothing).
     #[error("unknown join token (no such token, or wrong secret)")]
     Unknown,
-    #[error("join token is used up; create a new one with `meshctl token create`")]
+    // The proxy's log adds how to get a new token: not repeated here.
+    #[error("join token is used up")]
     UsedUp,
-    #[error("join token has expired; create a new one with `meshctl token create`")]
+    #[error("join token has expired")]
     Expired,
     #[error("join token was revoked")]
     Revoked,
@@ -140,6 +145,10 @@ pub trait Store: Send + Sync + 'static {
     /// The current version and its config (0 and empty before the first
     /// commit).
     fn current(&self) -> Result<(u64, Config), StoreError>;
+
+    /// The digest recorded with the current version (of the empty config
+    /// before the first commit).
+    fn current_digest(&self) -> Result<String, StoreError>;
 
     /// Writes `config` as version `expected + 1` if the current version is
     /// still `expected`; returns the new version once durable.

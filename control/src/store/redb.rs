@@ -307,6 +307,26 @@ impl Store for RedbStore {
         Ok((version, rec.config))
     }
 
+    fn current_digest(&self) -> Result<String, StoreError> {
+        let tx = self.db.begin_read().map_err(io)?;
+        let meta = tx.open_table(META).map_err(io)?;
+        let Some(version) = meta.get(CURRENT).map_err(io)?.map(|v| v.value()) else {
+            return Ok(crate::config::digest(&Config::default()));
+        };
+        let versions = tx.open_table(VERSIONS).map_err(io)?;
+        let rec = versions
+            .get(version)
+            .map_err(io)?
+            .ok_or_else(|| StoreError::Corrupt(format!("current version {version} is missing")))?;
+        let rec: VersionRecord =
+            serde_json::from_slice(rec.value()).map_err(|e| corrupt("version", e))?;
+        Ok(if rec.digest.is_empty() {
+            crate::config::digest(&rec.config)
+        } else {
+            rec.digest
+        })
+    }
+
     fn commit(
         &self,
         expected: u64,
@@ -328,6 +348,7 @@ impl Store for RedbStore {
                 at,
                 summary: summary.to_string(),
                 config: config.clone(),
+                digest: crate::config::digest(config),
             };
             let mut versions = tx.open_table(VERSIONS).map_err(io)?;
             versions

@@ -39,12 +39,17 @@ pub struct Applied {
     /// The control store the config version counts in (empty from a
     /// control older than store identities).
     pub store_id: String,
+    /// The digest of that config version (empty from an older control).
+    pub config_digest: String,
 }
 
 /// Whether `snap` may replace what runs: the NACK reason if not.
 ///
 /// - Same store: its config version may not go down (a rollback is a new,
-///   higher version; equal is a change of endpoints only).
+///   higher version), and an equal version must be the same config (equal
+///   digests, where both have one): only endpoints changed. A store
+///   reinitialized with `--reinitialize-store` numbers from 1 again, so its
+///   version N may be another config than the N that runs.
 /// - Another store: refused unless `allow_store_change`.
 /// - A snapshot from a store that has an identity, while what runs came from
 ///   a control without identities (empty id): the same store, which got its
@@ -84,7 +89,25 @@ pub fn check_lineage(
             shown(&running.store_id)
         ));
     }
+    if snap.config_version == running.config_version
+        && !snap.config_digest.is_empty()
+        && !running.config_digest.is_empty()
+        && snap.config_digest != running.config_digest
+    {
+        return Err(format!(
+            "config version {} of store {} is not the config version {} this proxy runs (digest {} against {}): control's store was reinitialized or replaced; refusing it until a higher version",
+            snap.config_version,
+            shown(&running.store_id),
+            running.config_version,
+            short(&snap.config_digest),
+            short(&running.config_digest)
+        ));
+    }
     Ok(())
+}
+
+fn short(digest: &str) -> &str {
+    digest.get(..12).unwrap_or(digest)
 }
 
 fn shown(id: &str) -> &str {
@@ -319,6 +342,7 @@ impl Applier {
             version: snap.version,
             config_version: snap.config_version,
             store_id: snap.store_id.clone(),
+            config_digest: snap.config_digest.clone(),
         });
         *self.table.borrow_mut() = Some(table);
         self.apply_bundle(&snap.trust_bundle);

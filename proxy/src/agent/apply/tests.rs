@@ -5,6 +5,7 @@ fn running(store_id: &str, config_version: u64) -> Applied {
         version: 1_700_000_000_000,
         config_version,
         store_id: store_id.into(),
+        config_digest: "d4".into(),
     }
 }
 
@@ -13,6 +14,7 @@ fn snap(store_id: &str, config_version: u64) -> Snapshot {
         version: 1_700_000_000_500,
         config_version,
         store_id: store_id.into(),
+        config_digest: format!("d{config_version}"),
         ..Snapshot::default()
     }
 }
@@ -62,4 +64,20 @@ fn a_policy_from_before_store_identities_continues_in_the_store_that_got_one() {
     assert_eq!(check_lineage(Some(&r), &snap("a1", 4), false), Ok(()));
     assert!(check_lineage(Some(&r), &snap("a1", 2), false).is_err());
     assert!(check_lineage(Some(&r), &snap("", 2), false).is_err());
+}
+
+#[test]
+fn an_equal_version_with_another_digest_is_another_config() {
+    let r = running("a1", 4);
+    let mut s = snap("a1", 4);
+    assert_eq!(check_lineage(Some(&r), &s, false), Ok(()));
+    s.config_digest = "other".into();
+    let why = check_lineage(Some(&r), &s, false).unwrap_err();
+    assert!(
+        why.contains("is not the config version 4 this proxy runs"),
+        "{why}"
+    );
+    // From a control without digests: not compared.
+    s.config_digest.clear();
+    assert_eq!(check_lineage(Some(&r), &s, false), Ok(()));
 }
