@@ -76,7 +76,16 @@ fn apply_get_reject_rollback_tokens_and_survive_kill_9() {
         "{token}"
     );
     let id = token.split('.').nth(1).unwrap().to_string();
-    let second = control.ok(&["token", "create", "--service", "db"]);
+    // No Service defines db: refused, unless asked for explicitly.
+    let out = control.meshctl(&["token", "create", "--service", "db"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no Service resource defines \"db\"") && err.contains("--allow-undefined"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty(), "no token may be printed");
+    let second = control.ok(&["token", "create", "--service", "db", "--allow-undefined"]);
     let second_id = second.trim().split('.').nth(1).unwrap().to_string();
     let list = control.ok(&["token", "list"]);
     assert!(list.contains(&id) && list.contains(&second_id), "{list}");

@@ -435,6 +435,7 @@ mod tests {
                 version: 12,
                 config_version: 3,
                 store_id: "5f0c2a9e1d7b4c38a6e2f1d0b9c8a7e6".into(),
+                config_digest: "9a1f".into(),
                 services: vec![ServiceEndpoints {
                     name: "api".into(),
                     protocol: Protocol::Http,
