@@ -180,11 +180,26 @@ impl Control {
     }
 
     fn spawn(&mut self, listen: &str, api: &str) {
+        if let Err((status, output)) = self.try_spawn(listen, api, &[]) {
+            panic!("coremesh-control exited with {status} before its `listening` line\noutput:\n{output}");
+        }
+    }
+
+    /// Starts the process with `extra` flags after the builder's; waits for
+    /// its `listening` line. `Err((exit status, what this run printed))`
+    /// when it exits first.
+    fn try_spawn(
+        &mut self,
+        listen: &str,
+        api: &str,
+        extra: &[&str],
+    ) -> Result<(), (ExitStatus, String)> {
         let mut cmd = Command::new(control_bin());
         cmd.arg("--data-dir")
             .arg(&self.data_dir)
             .args(["--listen", listen, "--api", api])
-            .args(&self.args);
+            .args(&self.args)
+            .args(extra);
         cmd.env_remove("RUST_LOG");
         if let Ok(filter) = std::env::var("COREMESH_E2E_RUST_LOG") {
             cmd.env("RUST_LOG", filter);
@@ -193,6 +208,7 @@ impl Control {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        let first_line = self.log_lines().len();
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", control_bin().display()));
@@ -200,22 +216,26 @@ impl Control {
         let (tx, rx) = mpsc::channel();
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
-        read_lines(stdout, self.log.clone(), Some(tx));
-        read_lines(stderr, self.log.clone(), None);
+        let readers = [
+            read_lines(stdout, self.log.clone(), Some(tx)),
+            read_lines(stderr, self.log.clone(), None),
+        ];
         self.child = Some(child);
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Ok((quic, api)) = rx.recv_timeout(Duration::from_millis(50)) {
                 self.quic = quic;
                 self.api = api;
-                return;
+                return Ok(());
             }
             if let Some(status) = self.try_exit() {
-                std::thread::sleep(Duration::from_millis(100));
-                panic!(
-                    "coremesh-control exited with {status} before its `listening` line\noutput:\n{}",
-                    self.log_text()
-                );
+                // Everything it wrote is in the log once the readers end.
+                for r in readers {
+                    let _ = r.join();
+                }
+                self.child = None;
+                let output = self.log_lines()[first_line..].join("\n");
+                return Err((status, output));
             }
             if Instant::now() >= deadline {
                 panic!(
@@ -302,6 +322,32 @@ impl Control {
         // the API listener sets SO_REUSEADDR, so the same addresses bind.
         let (quic, api) = (self.quic.to_string(), self.api.to_string());
         self.spawn(&quic, &api);
+    }
+
+    /// Starts control again on the same data directory and addresses with
+    /// `extra` flags, like [`Control::restart`], but returns the exit status
+    /// and output of a start that fails instead of panicking. Kills the
+    /// running process first, if any.
+    pub fn try_restart(&mut self, extra: &[&str]) -> Result<(), (ExitStatus, String)> {
+        self.kill9();
+        let (quic, api) = (self.quic.to_string(), self.api.to_string());
+        self.try_spawn(&quic, &api, extra)
+    }
+
+    /// Runs `coremesh-control ARGS...` (a subcommand such as `backup`)
+    /// to completion: (exit code, stdout, stderr).
+    pub fn command(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(control_bin())
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", control_bin().display()));
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// Runs `meshctl --api URL --data-dir DIR ARGS...`.
@@ -555,7 +601,7 @@ fn read_lines(
     src: impl Read + Send + 'static,
     log: Arc<Mutex<Vec<String>>>,
     listening: Option<mpsc::Sender<(SocketAddr, SocketAddr)>>,
-) {
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(src).lines() {
             let Ok(line) = line else { break };
@@ -568,7 +614,7 @@ fn read_lines(
                 let _ = tx.send(addrs);
             }
         }
-    });
+    })
 }
 
 /// `listening quic=ADDR api=ADDR` -> (quic, api).

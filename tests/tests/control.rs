@@ -939,6 +939,12 @@ fn refused(control: &Control, member: &Member, app: &Origin, why: &str) -> Proxy
         "the proxy's log should say {why:?}:\n{}",
         p.log_tail(20)
     );
+    let line = line.unwrap_or_default();
+    assert_eq!(
+        line.matches("meshctl token create").count(),
+        1,
+        "how to get a new token is said once: {line}"
+    );
     assert!(
         !member.cert_path().exists(),
         "no certificate without a join"
