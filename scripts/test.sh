@@ -63,6 +63,9 @@ e2e
 section "e2e: monoio on epoll (MONOIO_FORCE_LEGACY_DRIVER=1)"
 MONOIO_FORCE_LEGACY_DRIVER=1 e2e
 
+section "fuzz: every cargo-fuzz target, 15 s each (scripts/fuzz.sh SECONDS for longer runs)"
+bash "$ROOT/scripts/fuzz.sh" "${COREMESH_FUZZ_SECONDS:-15}"
+
 section "build coremesh-proxy with runtime-glommio"
 CARGO_TARGET_DIR="$TARGET_DIR/glommio" cargo build -p coremesh-proxy --features runtime-glommio
 
