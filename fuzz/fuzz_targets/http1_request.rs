@@ -36,7 +36,9 @@ fn model(fields: &[(String, String)], version: Version) -> Option<Framing> {
             .map(str::trim)
             .filter(|c| !c.is_empty())
             .last()?;
-        return last.eq_ignore_ascii_case("chunked").then_some(Framing::Chunked);
+        return last
+            .eq_ignore_ascii_case("chunked")
+            .then_some(Framing::Chunked);
     }
     if cl.is_empty() {
         return Some(Framing::None);
@@ -95,7 +97,10 @@ fuzz_target!(|data: &[u8]| {
         .into_iter()
         .chain(head.authority.as_ref())
     {
-        assert!(span.start <= span.end && span.end <= head.head_len, "{span:?}");
+        assert!(
+            span.start <= span.end && span.end <= head.head_len,
+            "{span:?}"
+        );
     }
     let f = fields(&data[..head.head_len]);
     match model(&f, head.version) {
