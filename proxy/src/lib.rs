@@ -30,6 +30,7 @@ pub mod forward;
 pub mod http1;
 pub mod idle;
 pub mod listener;
+pub mod lograte;
 pub mod outcomes;
 pub mod pool;
 pub mod probe;

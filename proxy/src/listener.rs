@@ -73,8 +73,19 @@ pub async fn acceptor(l: std::net::TcpListener, role: Role, shards: Vec<ShardHan
         let stream = match l.accept().await {
             Ok((s, _)) => s,
             Err(e) => {
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                crate::log_limited!(
+                    tracing::Level::WARN,
+                    "accept failed on the {} listener: {e}",
+                    role.describe()
+                );
+                // Out of descriptors (EMFILE, ENFILE) or memory: the
+                // pending connection stays queued; wait for some to close
+                // instead of spinning on the same error.
+                let pause = match e.raw_os_error() {
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => 100,
+                    _ => 10,
+                };
+                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
                 continue;
             }
         };

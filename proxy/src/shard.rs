@@ -449,9 +449,19 @@ async fn accept_loop(shard: Rc<Shard>, l: TcpListener, role: Role, stop: runtime
             }
             Err(_) if shard.draining.get() => return,
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(shard = shard.index, "accept failed: {e}");
-                runtime::sleep(Duration::from_millis(50)).await;
+                crate::log_limited!(
+                    tracing::Level::WARN,
+                    shard = shard.index,
+                    "accept failed on the {} listener: {e}",
+                    role.describe()
+                );
+                // EMFILE and friends: the connection stays queued; wait for
+                // descriptors to come back instead of spinning on the error.
+                let pause = match e.raw_os_error() {
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => 100,
+                    _ => 10,
+                };
+                runtime::sleep(Duration::from_millis(pause)).await;
             }
         }
     }

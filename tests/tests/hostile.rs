@@ -372,3 +372,101 @@ fn garbage_flood_does_not_take_the_shard_down() {
     let r = proxy.outbound_client().get("api", "/survived");
     assert_eq!(r.status, 200);
 }
+
+/// Sets the running process's soft RLIMIT_NOFILE to `n` (the hard limit
+/// stays, so it can be raised again).
+fn set_nofile(pid: u32, n: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit(2) on a child this test spawned, reading its limit
+    // into a valid struct.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            std::ptr::null(),
+            &mut lim,
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    lim.rlim_cur = n.min(lim.rlim_max);
+    // SAFETY: as above, setting it from a valid struct.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &lim,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn at_the_descriptor_limit_accept_failures_are_logged_once_per_interval_and_the_proxy_recovers() {
+    let api = Origin::start("api");
+    let proxy = proxy_for(&api);
+    let get = || {
+        let mut c = proxy.outbound_client();
+        c.set_read_timeout(Duration::from_secs(5));
+        c.try_send(b"GET /x HTTP/1.1\r\nhost: api\r\n\r\n")
+            .and_then(|_| c.try_read_response())
+            .map(|r| r.status)
+    };
+    assert_eq!(get().ok(), Some(200));
+    let open = std::fs::read_dir(format!("/proc/{}/fd", proxy.pid()))
+        .unwrap()
+        .count() as u64;
+    // Room for a couple of connections, then every accept fails.
+    set_nofile(proxy.pid(), open + 2);
+    let held: Vec<std::net::TcpStream> = (0..30)
+        .filter_map(|_| std::net::TcpStream::connect(proxy.outbound()).ok())
+        .collect();
+    assert!(
+        held.len() > 5,
+        "the kernel queues connections past the limit"
+    );
+    // Longer than one interval (5 s): a second line, with the count of the
+    // failures left out.
+    let second = proxy.wait_for_log(0, Duration::from_secs(15), |l| {
+        l.contains("accept failed") && l.contains("suppressed=") && !l.contains("suppressed=0")
+    });
+    let lines: Vec<String> = proxy
+        .log_lines()
+        .into_iter()
+        .filter(|l| l.contains("accept failed"))
+        .collect();
+    assert!(
+        second.is_some(),
+        "a later line should count the failures left out:\n{}",
+        lines.join("\n")
+    );
+    let left_out: u64 = second
+        .as_deref()
+        .and_then(|l| l.split("suppressed=").nth(1))
+        .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        lines.len() <= 3 && left_out >= 10,
+        "at most a line per 5 s, each counting the rest ({left_out} left out):\n{}",
+        lines.join("\n")
+    );
+    assert!(
+        lines.iter().all(|l| l.contains("Too many open files")),
+        "the reason is in the line:\n{}",
+        lines.join("\n")
+    );
+
+    // Descriptors come back: the proxy serves again, without a restart.
+    drop(held);
+    set_nofile(proxy.pid(), 1024);
+    let mut status = None;
+    let ok = coremesh_e2e::util::wait_for(Duration::from_secs(10), || {
+        status = get().ok();
+        (status == Some(200)).then_some(())
+    });
+    assert!(ok.is_some(), "the proxy should serve again, got {status:?}");
+}

@@ -30,7 +30,7 @@ use crate::shard::{ShardHandle, ShardMsg};
 /// What the server sends a session: a message, or raw bytes (to test
 /// malformed frames).
 enum Out {
-    Msg(ControlMsg),
+    Msg(Box<ControlMsg>),
     Raw(Vec<u8>),
 }
 
@@ -175,7 +175,7 @@ async fn serve(
             let bytes = match o {
                 Out::Msg(m) => {
                     let mut b = Vec::new();
-                    wire::encode(&m, &mut b).unwrap();
+                    wire::encode(&*m, &mut b).unwrap();
                     b
                 }
                 Out::Raw(b) => b,
@@ -226,7 +226,7 @@ async fn serve(
             };
             let _ = seen.send(Seen { mtls, msg });
             if let Some(r) = reply {
-                let _ = out.send(Out::Msg(r));
+                let _ = out.send(Out::Msg(Box::new(r)));
             }
         }
     }
@@ -458,7 +458,7 @@ async fn session_scenario() {
     assert!(renewed.matches_key(&std::fs::read_to_string(state_dir.join(KEY_FILE)).unwrap()));
 
     // A valid snapshot: prepared on every shard, then committed, persisted, ACKed.
-    control.push(Out::Msg(ControlMsg::Snapshot(snapshot(5, "api"))));
+    control.push(Out::Msg(Box::new(ControlMsg::Snapshot(snapshot(5, "api")))));
     control
         .expect("Ack 5", |s| s.msg == ProxyMsg::Ack { version: 5 })
         .await;
@@ -498,7 +498,9 @@ async fn session_scenario() {
 
     // An invalid snapshot (a route for a service it does not list): NACK
     // with the reason; no shard sees it; the persisted one stays.
-    control.push(Out::Msg(ControlMsg::Snapshot(snapshot(6, "missing"))));
+    control.push(Out::Msg(Box::new(ControlMsg::Snapshot(snapshot(
+        6, "missing",
+    )))));
     let s = control
         .expect("Nack 6", |s| {
             matches!(s.msg, ProxyMsg::Nack { version: 6, .. })

@@ -430,7 +430,7 @@ pub(super) async fn connect_tls(
             } else {
                 ErrorKind::ConnectFailed
             };
-            tracing::warn!(%addr, %service, "mutual TLS with the peer failed: {e}");
+            crate::log_limited!(tracing::Level::WARN, %addr, %service, "mutual TLS with the peer failed: {e}");
             Err(ProxyError::io(kind, "mutual TLS", e))
         }
     }
@@ -649,7 +649,11 @@ pub(super) async fn exchange(
             }
             Err(e) => {
                 ex.status = e.kind.status();
-                tracing::debug!("{e}");
+                tracing::debug!(
+                    service = service.unwrap_or("-"),
+                    status = ex.status,
+                    "upstream fault answered locally: {e}"
+                );
                 let client = client_slot.as_mut().expect("client connection present");
                 let close = !head.keep_alive || head.framing != Framing::None;
                 let _ = write_error(client, e.kind.status(), e.kind.text(), close, ex.idle).await;
@@ -718,8 +722,15 @@ pub(super) async fn exchange(
                     backoff(shard, policy, tries, deadline).await;
                     continue;
                 }
-                tracing::debug!(%addr, "{}", f.err);
                 ex.status = f.err.kind.status();
+                tracing::debug!(
+                    %addr,
+                    service = service.unwrap_or("-"),
+                    status = ex.status,
+                    response_started = f.response_started,
+                    "upstream fault answered locally: {}",
+                    f.err
+                );
                 if f.response_started {
                     ex.status = 0;
                     return (Next::Close, cbuf);

@@ -152,7 +152,10 @@ pub fn static_mtls(cfg: &Config) -> bool {
 /// foreign trust domain, or a timeout), counted and logged.
 async fn accept_mtls(shard: &Shard, cfg: &Config, tcp: TcpStream) -> Option<crate::tls::TlsStream> {
     let Some(tls) = shard.tls() else {
-        tracing::warn!("refused an inbound connection: this proxy has no certificate yet");
+        crate::log_limited!(
+            tracing::Level::WARN,
+            "refused an inbound connection: this proxy has no certificate yet"
+        );
         shard
             .stats
             .borrow_mut()
@@ -183,7 +186,11 @@ async fn accept_mtls(shard: &Shard, cfg: &Config, tcp: TcpStream) -> Option<crat
                 .borrow_mut()
                 .mesh
                 .failure(Direction::Inbound, false);
-            tracing::info!(?peer, "refused an inbound connection: {e}");
+            crate::log_limited!(
+                tracing::Level::INFO,
+                ?peer,
+                "refused an inbound connection: {e}"
+            );
             None
         }
     }
