@@ -21,7 +21,7 @@ mkdir -p "$out"
 
 command -v valgrind >/dev/null || { echo "callgrind.sh: valgrind missing; run scripts/install-bench-deps.sh" >&2; exit 1; }
 
-cargo build --release -q -p coremesh-bench --features codec-count --bin http1-parse-count
+cargo build --release -q -p coremesh-bench --bin http1-parse-count
 bin="$target/release/http1-parse-count"
 
 total_ir() {

@@ -4,7 +4,7 @@
 //! back to itself.
 #![no_main]
 
-use coremesh_proxy::http1::ChunkedDecoder;
+use coremesh_http1::ChunkedDecoder;
 use libfuzzer_sys::fuzz_target;
 
 /// Feeds `data` in pieces of the given sizes: (consumed, data, done, error).

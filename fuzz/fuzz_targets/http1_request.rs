@@ -7,7 +7,7 @@
 //!   method, path, authority and framing.
 #![no_main]
 
-use coremesh_proxy::http1::{self, Framing, HeadPlan, Limits, Version};
+use coremesh_http1::{self as http1, Framing, HeadPlan, Limits, Version};
 use libfuzzer_sys::fuzz_target;
 
 /// What RFC 9112 says the framing of a request with these fields is, or

@@ -3,7 +3,7 @@
 //! again to the same status and framing.
 #![no_main]
 
-use coremesh_proxy::http1::{self, HeadPlan, Limits, Method};
+use coremesh_http1::{self as http1, HeadPlan, Limits, Method};
 use libfuzzer_sys::fuzz_target;
 
 const METHODS: [Method; 4] = [Method::Get, Method::Head, Method::Connect, Method::Post];

@@ -27,7 +27,8 @@ pub mod config;
 pub mod conn;
 pub mod error;
 pub mod forward;
-pub mod http1;
+/// The HTTP/1.1 codec, its own crate (sans-I/O, no runtime).
+pub use coremesh_http1 as http1;
 pub mod idle;
 pub mod listener;
 pub mod lograte;

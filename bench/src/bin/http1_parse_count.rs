@@ -10,7 +10,7 @@
 
 use std::hint::black_box;
 
-use coremesh_proxy::http1::{parse_request, Limits};
+use coremesh_http1::{parse_request, Limits};
 
 /// What an app typically sends through its sidecar: origin-form target with
 /// a query, a handful of common headers (~230 bytes).

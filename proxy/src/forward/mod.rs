@@ -243,7 +243,7 @@ fn authorize<'t>(
         return None;
     }
     let caller = client.peer_id().map(|c| &**c).unwrap_or("");
-    let method = buf[head.start..head.target.start].trim_ascii();
+    let method = head.method_bytes(buf);
     match table.authz.check(caller, method, &buf[head.path.clone()]) {
         crate::authz::Decision::Allow => None,
         crate::authz::Decision::Deny { policy } => {

@@ -49,6 +49,12 @@ pub struct RequestHead {
 }
 
 impl RequestHead {
+    /// The method token as received (for a method [`Method::Other`] does
+    /// not name); `src` is the buffer given to [`parse_request`].
+    pub fn method_bytes<'a>(&self, src: &'a [u8]) -> &'a [u8] {
+        src[self.start..self.target.start].trim_ascii()
+    }
+
     /// The value of the first field named `name` (ASCII case-insensitive),
     /// trimmed; `src` is the buffer given to [`parse_request`]. A linear scan
     /// of the head: only routes that match on headers call it.

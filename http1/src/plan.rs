@@ -241,12 +241,12 @@ mod tests {
     #[test]
     fn a_dropped_header_is_left_out_and_the_proxys_own_is_added() {
         let src = b"GET /x HTTP/1.1\r\nHost: api\r\nX-Caller: forged\r\naccept: */*\r\nx-caller: again\r\n\r\n";
-        let limits = crate::http1::Limits {
+        let limits = crate::Limits {
             max_head_bytes: 8192,
             max_request_line: 8192,
             max_headers: 100,
         };
-        let mut head = crate::http1::parse_request(src, &limits).unwrap().unwrap();
+        let mut head = crate::parse_request(src, &limits).unwrap().unwrap();
         assert_eq!(head.drop_header(src, "x-caller"), 2);
         let mut plan = HeadPlan::default();
         head.plan_forward(src, b"x-caller: spiffe://td/service/web\r\n", &mut plan);

@@ -1,6 +1,9 @@
-//! Sans-I/O HTTP/1.1 codec: bytes in, parsed heads and forwarding plans out.
+//! coremesh-http1: the sans-I/O HTTP/1.1 codec of coremesh's proxy. Bytes
+//! in, parsed heads and forwarding plans out.
 //!
-//! Nothing here touches a socket or a clock. The data flow for one exchange:
+//! Nothing here touches a socket, a clock or a runtime, so the codec is
+//! unit-tested with in-memory buffers and fuzzed (`fuzz/`) on its own. The
+//! data flow for one exchange:
 //!
 //! ```text
 //! client bytes ──▶ parse_request (in place: spans into the pooled buffer)
@@ -40,6 +43,8 @@
 //! Every request the codec rejects must not reach the upstream; the caller
 //! answers it with [`ParseError::status`] (400, 414, 431 or 505) using
 //! [`write_error_response`]. Response errors carry status 502.
+
+#![forbid(unsafe_code)]
 
 mod authority;
 mod chunked;
