@@ -13,7 +13,7 @@
 //!   cores, runs `load` (as a child process) through each proxy in
 //!   alternating rounds, reads the proxies' CPU time and RSS from `/proc`
 //!   ([`sys`]), and reports medians, spread and ratios as markdown, JSON and
-//!   SVG charts ([`chart`]).
+//!   SVG charts ([`compare::chart`]).
 //!
 //!   Its policy scenarios ([`compare::policy`]) run coremesh as a mesh:
 //!   coremesh-control, a calling and a called proxy per target, mutual TLS
@@ -31,7 +31,6 @@
 //! Scheduling, latency accounting and HTTP framing are sans-I/O (time and
 //! bytes in, results out) and unit tested without sockets.
 
-pub mod chart;
 pub mod compare;
 pub mod fleet;
 pub mod http;

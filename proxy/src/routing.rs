@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rustc_hash::FxHashMap;
@@ -24,6 +25,7 @@ use coremesh_api::resource::{compile_regex, RetryOn, Route, ValueMatch};
 use coremesh_api::snapshot::Snapshot;
 
 use crate::config::Config;
+use crate::traffic::ServicePolicy;
 
 /// A compiled snapshot.
 #[derive(Debug, Clone)]
@@ -39,7 +41,7 @@ pub struct RoutingTable {
     pub authz: crate::authz::Authz,
     /// Resilience blocks, compiled, by lowercase service name (the services
     /// called, and this proxy's own for its inbound rate limit).
-    pub policies: HashMap<String, std::sync::Arc<crate::traffic::ServicePolicy>>,
+    pub policies: HashMap<String, Arc<ServicePolicy>>,
 }
 
 /// How requests to one service are routed.
@@ -167,7 +169,7 @@ impl RoutingTable {
                 .map(|r| {
                     (
                         r.service.to_ascii_lowercase(),
-                        std::sync::Arc::new(crate::traffic::ServicePolicy::compile(r)),
+                        Arc::new(ServicePolicy::compile(r)),
                     )
                 })
                 .collect(),
@@ -343,6 +345,45 @@ impl StaticServices {
             )),
         }
     }
+}
+
+/// The services a proxy balances and limits: those of the table, the
+/// static `[[services]]`, and its own (for its inbound rate limit), each
+/// with its Resilience policy or the default.
+pub fn service_list(
+    cfg: &crate::config::Config,
+    table: Option<&RoutingTable>,
+) -> Vec<(String, Vec<SocketAddr>, Arc<ServicePolicy>)> {
+    let policy = |name: &str| {
+        table
+            .and_then(|t| t.policies.get(&name.to_ascii_lowercase()).cloned())
+            .or_else(|| {
+                cfg.resilience
+                    .iter()
+                    .find(|r| r.service.eq_ignore_ascii_case(name))
+                    .map(|r| Arc::new(ServicePolicy::compile(r)))
+            })
+            .unwrap_or_else(|| Arc::new(ServicePolicy::default_for(name)))
+    };
+    let mut list: Vec<(String, Vec<SocketAddr>, Arc<ServicePolicy>)> = Vec::new();
+    if let Some(t) = table {
+        for name in t.service_names() {
+            if let Some(s) = t.service(name.as_bytes()) {
+                list.push((s.name.clone(), s.all.clone(), policy(&s.name)));
+            }
+        }
+    }
+    for s in &cfg.services {
+        if !list.iter().any(|(n, _, _)| n.eq_ignore_ascii_case(&s.name)) {
+            list.push((s.name.clone(), s.endpoints.clone(), policy(&s.name)));
+        }
+    }
+    let own = &cfg.proxy.service;
+    if !list.iter().any(|(n, _, _)| n.eq_ignore_ascii_case(own)) {
+        list.push((own.clone(), Vec::new(), policy(own)));
+    }
+    list.sort_by(|a, b| a.0.cmp(&b.0));
+    list
 }
 
 #[cfg(test)]

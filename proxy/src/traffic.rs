@@ -408,45 +408,6 @@ impl ShardTraffic {
     }
 }
 
-/// The services a proxy balances and limits: those of the table, the
-/// static `[[services]]`, and its own (for its inbound rate limit), each
-/// with its Resilience policy or the default.
-pub fn service_list(
-    cfg: &crate::config::Config,
-    table: Option<&crate::routing::RoutingTable>,
-) -> Vec<(String, Vec<SocketAddr>, Arc<ServicePolicy>)> {
-    let policy = |name: &str| {
-        table
-            .and_then(|t| t.policies.get(&name.to_ascii_lowercase()).cloned())
-            .or_else(|| {
-                cfg.resilience
-                    .iter()
-                    .find(|r| r.service.eq_ignore_ascii_case(name))
-                    .map(|r| Arc::new(ServicePolicy::compile(r)))
-            })
-            .unwrap_or_else(|| Arc::new(ServicePolicy::default_for(name)))
-    };
-    let mut list: Vec<(String, Vec<SocketAddr>, Arc<ServicePolicy>)> = Vec::new();
-    if let Some(t) = table {
-        for name in t.service_names() {
-            if let Some(s) = t.service(name.as_bytes()) {
-                list.push((s.name.clone(), s.all.clone(), policy(&s.name)));
-            }
-        }
-    }
-    for s in &cfg.services {
-        if !list.iter().any(|(n, _, _)| n.eq_ignore_ascii_case(&s.name)) {
-            list.push((s.name.clone(), s.endpoints.clone(), policy(&s.name)));
-        }
-    }
-    let own = &cfg.proxy.service;
-    if !list.iter().any(|(n, _, _)| n.eq_ignore_ascii_case(own)) {
-        list.push((own.clone(), Vec::new(), policy(own)));
-    }
-    list.sort_by(|a, b| a.0.cmp(&b.0));
-    list
-}
-
 fn reserve_share(min_per_second: f64, shards: usize, index: usize) -> u64 {
     ConcurrencySplit::new(reserve_total(min_per_second), shards).shares()[index]
 }

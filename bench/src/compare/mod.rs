@@ -37,6 +37,7 @@
 //! a wake-up per request in open loop (~30 us each in a VM, measured here),
 //! are not the queue being measured.
 
+pub mod chart;
 pub mod mtls;
 pub mod policy;
 pub mod proxies;
@@ -774,7 +775,7 @@ pub fn run(opts: &Options) -> Result<Results, String> {
     std::fs::write(&opts.out, json + "\n").map_err(|e| format!("{}: {e}", opts.out.display()))?;
     if let Some(dir) = &opts.svg_dir {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        crate::chart::write_all(&results, dir)?;
+        chart::write_all(&results, dir)?;
     }
     Ok(results)
 }

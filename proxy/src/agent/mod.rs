@@ -225,7 +225,7 @@ async fn agent(setup: AgentSetup) -> i32 {
     };
     match &control {
         Some((applier, _)) => applier.set_traffic(traffic.clone(), config.clone()),
-        None => traffic.configure(&crate::traffic::service_list(&config, None)),
+        None => traffic.configure(&crate::routing::service_list(&config, None)),
     }
     tokio::task::spawn_local(resolver(requests, traffic.clone()));
     tokio::task::spawn_local({
@@ -270,7 +270,7 @@ async fn agent(setup: AgentSetup) -> i32 {
                         applier.set_config(current.clone());
                         applier.publish();
                     }
-                    None => traffic.configure(&crate::traffic::service_list(&current, None)),
+                    None => traffic.configure(&crate::routing::service_list(&current, None)),
                 }
             }
             _ = term.recv() => break,

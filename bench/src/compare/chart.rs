@@ -15,8 +15,8 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use crate::compare::report::{find, target_order};
-use crate::compare::{Results, Scenario, DIRECT};
+use super::report::{find, target_order};
+use super::{Results, Scenario, DIRECT};
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
 
