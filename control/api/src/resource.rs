@@ -458,6 +458,7 @@ mirror: { service: api-shadow, percent: 10 }
 mod matching;
 mod parse;
 mod resilience;
+mod syntax;
 mod validation;
 
 pub use matching::{

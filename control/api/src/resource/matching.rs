@@ -168,7 +168,7 @@ impl<'de> Deserialize<'de> for ValueMatch {
     }
 }
 
-/// (field path, reason), as in validation.rs.
+/// (field path, reason), as in syntax.rs.
 type Invalid = (String, String);
 
 /// Checks a rule's `match` (field paths relative to it): at most one of
@@ -189,13 +189,13 @@ pub(super) fn check_match(m: &Match) -> Result<(), Invalid> {
             "set together with another path condition; give one of path (exact), pathPrefix and pathRegex".into(),
         ));
     }
-    super::validation::check_paths(&m.path, &m.path_prefix)?;
+    super::syntax::check_paths(&m.path, &m.path_prefix)?;
     if let Some(re) = &m.path_regex {
         compile_regex(re).map_err(|r| ("pathRegex".to_string(), r))?;
     }
     for (name, value) in &m.headers {
         let field = format!("headers.{name}");
-        if !super::validation::is_token(name) {
+        if !super::syntax::is_token(name) {
             return Err((
                 field,
                 format!(
@@ -216,7 +216,7 @@ pub(super) fn check_match(m: &Match) -> Result<(), Invalid> {
         query_text(name).map_err(|r| (field.clone(), r))?;
         check_value(value, query_text).map_err(|r| (field, r))?;
     }
-    super::validation::check_methods(&m.methods)
+    super::syntax::check_methods(&m.methods)
 }
 
 /// Checks one condition; `exact` checks an exact value.

@@ -20,7 +20,7 @@ use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::validation::{check_name, is_token};
+use super::syntax::{check_name, is_token};
 use super::{duration, format_duration};
 
 /// `kind: Resilience`. At most one per service; every block is optional.
@@ -556,7 +556,7 @@ impl Mirror {
     }
 }
 
-/// (field path, reason), as in validation.rs.
+/// (field path, reason), as in syntax.rs.
 type Invalid = (String, String);
 
 /// Checks a Resilience on its own (ranges, names, the mirror not being the

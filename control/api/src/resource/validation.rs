@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use super::matching::check_match;
 use super::resilience::check_resilience;
+pub use super::syntax::MAX_NAME_LEN;
+use super::syntax::{check_methods, check_name, check_paths, Invalid};
 use super::{
     format_duration, AccessPolicy, AccessRule, MeshConfig, Protocol, Resilience, Resource,
     ResourceError, Retries, Route, Rule, Service, MESH_CONFIG_NAME,
@@ -19,15 +21,10 @@ pub const MAX_RETRY_ATTEMPTS: u32 = 10;
 /// Largest [`Retries::max_body_bytes`]: 16 MiB. The body is held in
 /// memory until the exchange ends, per request.
 pub const MAX_RETRY_BODY_BYTES: u64 = 16 << 20;
-/// Longest resource name (a DNS label).
-pub const MAX_NAME_LEN: usize = 63;
 /// Longest SPIFFE ID (SPIFFE ID specification, section 2.3).
 const MAX_SPIFFE_ID_LEN: usize = 2048;
 /// Longest trust domain (SPIFFE ID specification, section 2.1).
 const MAX_TRUST_DOMAIN_LEN: usize = 255;
-
-/// (field path, reason)
-type Invalid = (String, String);
 
 /// Checks one resource on its own: names, rules, matches (regexes
 /// compiled), weights, retries, timeouts, callers, resilience ranges.
@@ -318,24 +315,6 @@ fn check_mesh_config(m: &MeshConfig) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// A DNS label: `[a-z0-9]([a-z0-9-]*[a-z0-9])?`, at most 63 characters.
-pub(super) fn check_name(name: &str) -> Result<(), String> {
-    let b = name.as_bytes();
-    let ok_char = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-';
-    if b.is_empty() {
-        return Err("empty; a name is a DNS label such as `api` or `api-v2`".into());
-    }
-    if b.len() > MAX_NAME_LEN {
-        return Err(format!("{} characters; at most {MAX_NAME_LEN}", b.len()));
-    }
-    if !b.iter().all(ok_char) || b[0] == b'-' || b[b.len() - 1] == b'-' {
-        return Err(format!(
-            "{name:?} is not a DNS label: lowercase letters, digits and '-', starting and ending with a letter or digit"
-        ));
-    }
-    Ok(())
-}
-
 fn check_route(route: &Route) -> Result<(), Invalid> {
     check_name(&route.name).map_err(|r| ("name".to_string(), r))?;
     check_name(&route.service).map_err(|r| ("service".to_string(), r))?;
@@ -390,38 +369,6 @@ fn check_rule(rule: &Rule) -> Result<(), Invalid> {
     Ok(())
 }
 
-pub(super) fn check_paths(
-    path: &Option<String>,
-    path_prefix: &Option<String>,
-) -> Result<(), Invalid> {
-    for (field, path) in [("path", path), ("pathPrefix", path_prefix)] {
-        if let Some(p) = path {
-            if !p.starts_with('/') {
-                return Err((field.into(), format!("{p:?} must start with '/'")));
-            }
-            if p.bytes().any(|c| c.is_ascii_control() || c == b' ') {
-                return Err((
-                    field.into(),
-                    format!("{p:?} contains a space or control character"),
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-pub(super) fn check_methods(methods: &[String]) -> Result<(), Invalid> {
-    for (j, method) in methods.iter().enumerate() {
-        if !is_token(method) || method.bytes().any(|c| c.is_ascii_lowercase()) {
-            return Err((
-                format!("methods[{j}]"),
-                format!("{method:?} is not an uppercase method such as GET or POST"),
-            ));
-        }
-    }
-    Ok(())
-}
-
 fn check_retries(r: &Retries) -> Result<(), Invalid> {
     if r.attempts > MAX_RETRY_ATTEMPTS {
         return Err((
@@ -464,31 +411,6 @@ fn check_timeout(t: Duration) -> Result<(), String> {
         return Err("must be greater than 0".into());
     }
     Ok(())
-}
-
-/// An HTTP token (RFC 9110 section 5.6.2): one or more `tchar`.
-pub(super) fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes().all(|c| {
-            c.is_ascii_alphanumeric()
-                || matches!(
-                    c,
-                    b'!' | b'#'
-                        | b'$'
-                        | b'%'
-                        | b'&'
-                        | b'\''
-                        | b'*'
-                        | b'+'
-                        | b'-'
-                        | b'.'
-                        | b'^'
-                        | b'_'
-                        | b'`'
-                        | b'|'
-                        | b'~'
-                )
-        })
 }
 
 #[cfg(test)]
