@@ -95,7 +95,7 @@ async fn deliver(
         .await
         .map_err(|e| ProxyError::io(ErrorKind::ConnectFailed, "mirror connect", e))?;
     let mut up = if mtls {
-        exchange::connect_tls(shard, cfg, tcp, target, addr).await?
+        upstream::connect_tls(shard, cfg, tcp, target, addr).await?
     } else {
         Conn::Plain(tcp)
     };

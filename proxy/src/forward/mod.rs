@@ -44,9 +44,11 @@ mod exchange;
 mod mirror;
 mod relay;
 pub mod tcp_service;
+mod upstream;
 
-use exchange::{exchange, Endpoints, TryPolicy};
+use exchange::{exchange, TryPolicy};
 use relay::connect_tunnel;
+use upstream::Endpoints;
 
 /// How long a finished keep-alive connection keeps its read posted before it
 /// gives its buffer back (a busy client sends its next request well within).

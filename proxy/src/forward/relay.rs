@@ -2,7 +2,7 @@
 //! framing with one buffer in flight (backpressure), de-chunking for
 //! HTTP/1.0 clients, and the two-way tunnel after `CONNECT` or a 101.
 
-use super::exchange::upstream_conn;
+use super::upstream::{upstream_conn, Tried};
 use super::*;
 use crate::buf::BufPool;
 
@@ -37,7 +37,7 @@ pub(super) async fn connect_tunnel(
     ex: &mut Exchange,
 ) -> (Next, Buf) {
     let client = client_slot.as_mut().expect("client connection present");
-    let mut tried = super::exchange::Tried::default();
+    let mut tried = Tried::default();
     // CONNECT goes to a passthrough host: no service, no breaker slot.
     let now = Instant::now();
     let up = match upstream_conn(shard, cfg, &endpoints, true, true, &mut tried, None, now).await {

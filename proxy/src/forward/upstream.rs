@@ -1,0 +1,438 @@
+//! The upstream side of a try: which endpoint ([`Endpoints`], skipping the
+//! ones this request already [`Tried`]), and a connection to it
+//! ([`upstream_conn`]): pooled, or new within the circuit breaker's and the
+//! pool's limits, with mutual TLS to a peer proxy ([`connect_tls`]). Used
+//! by the exchange, the tunnel and the mirror; it uses none of them.
+
+use super::*;
+use crate::routing::CompiledRule;
+
+/// The endpoints a request may go to.
+pub(super) enum Endpoints<'c> {
+    One(SocketAddr),
+    /// A service's endpoints, balanced per shard by the service's
+    /// `loadBalancer`; `true`: they are peer proxies, reached over mutual
+    /// TLS.
+    Service(&'c str, &'c [SocketAddr], bool),
+    /// A Route rule's weighted backends (at least one has an endpoint), and
+    /// all the service's endpoints (what its balancer knows).
+    Rule(&'c str, &'c CompiledRule, &'c [SocketAddr]),
+}
+
+/// The endpoints a request already tried (a retry prefers another).
+#[derive(Default)]
+pub(super) struct Tried {
+    addrs: [Option<SocketAddr>; 4],
+    n: usize,
+}
+
+impl Tried {
+    fn contains(&self, a: SocketAddr) -> bool {
+        self.addrs.iter().flatten().any(|&x| x == a)
+    }
+
+    fn add(&mut self, a: SocketAddr) {
+        if !self.contains(a) {
+            self.addrs[self.n % self.addrs.len()] = Some(a);
+            self.n += 1;
+        }
+    }
+}
+
+impl Endpoints<'_> {
+    /// The endpoint for the next attempt: the service's balancer over the
+    /// endpoints that are not ejected, not unhealthy and not tried yet (for
+    /// a Route rule, within a backend drawn by weight). With none left, any
+    /// endpoint of the backend: failing open beats refusing.
+    fn pick(&self, shard: &Shard, tried: &Tried, key: Option<u64>, now: Instant) -> SocketAddr {
+        let (name, all, subset) = match self {
+            Endpoints::One(a) => return *a,
+            Endpoints::Service(name, eps, _) => (*name, *eps, None),
+            Endpoints::Rule(name, rule, all) => {
+                // A backend is drawn by weight among those with endpoints, so
+                // the share of one without endpoints goes to the others in
+                // proportion.
+                let total: u64 = rule
+                    .backends
+                    .iter()
+                    .filter(|b| !b.endpoints.is_empty())
+                    .map(|b| u64::from(b.weight))
+                    .sum();
+                let mut draw = shard.random() % total.max(1);
+                let mut chosen = None;
+                for b in rule.backends.iter().filter(|b| !b.endpoints.is_empty()) {
+                    if draw < u64::from(b.weight) {
+                        chosen = Some(b);
+                        break;
+                    }
+                    draw -= u64::from(b.weight);
+                }
+                let b = chosen
+                    .or_else(|| rule.backends.iter().find(|b| !b.endpoints.is_empty()))
+                    .expect("a backend with endpoints (checked when routing)");
+                (*name, *all, Some(&b.endpoints[..]))
+            }
+        };
+        let pool = subset.unwrap_or(all);
+        let in_pool = |a: SocketAddr| subset.is_none_or(|s| s.contains(&a));
+        let key_bytes = key.map(u64::to_le_bytes);
+        let picked = shard
+            .traffic
+            .with(name, |s| {
+                let eligible =
+                    |a: SocketAddr| in_pool(a) && !tried.contains(a) && !shard.is_excluded(a);
+                s.balancer.pick(
+                    all,
+                    eligible,
+                    key_bytes.as_ref().map(|k| &k[..]),
+                    now,
+                    &mut || shard.random(),
+                )
+            })
+            .flatten()
+            .filter(|&a| in_pool(a) && !tried.contains(a));
+        picked.unwrap_or_else(|| {
+            // Everything eligible was tried (or the balancer does not know
+            // the service): round-robin over the untried, else over all.
+            let base = shard.next_rr(name);
+            (0..pool.len())
+                .map(|i| pool[(base + i) % pool.len()])
+                .find(|&a| !tried.contains(a))
+                .unwrap_or(pool[base % pool.len()])
+        })
+    }
+
+    /// The service whose balancer and counters this request uses.
+    pub(super) fn service(&self) -> Option<&str> {
+        match self {
+            Endpoints::One(_) => None,
+            Endpoints::Service(name, _, _) | Endpoints::Rule(name, _, _) => Some(name),
+        }
+    }
+
+    /// The service whose peer proxies are called over mutual TLS (and whose
+    /// SPIFFE ID they must present); `None`: plaintext.
+    fn mtls(&self) -> Option<&str> {
+        match self {
+            Endpoints::One(_) | Endpoints::Service(_, _, false) => None,
+            Endpoints::Service(name, _, true) | Endpoints::Rule(name, _, _) => Some(name),
+        }
+    }
+
+    /// Whether outcomes are tracked for outlier detection (a service's
+    /// endpoints, not the local app or a passthrough host).
+    pub(super) fn tracked(&self) -> bool {
+        !matches!(self, Endpoints::One(_))
+    }
+
+    fn count(&self) -> usize {
+        match self {
+            Endpoints::One(_) => 1,
+            Endpoints::Service(_, eps, _) => eps.len(),
+            Endpoints::Rule(_, rule, _) => rule.backends.iter().map(|b| b.endpoints.len()).sum(),
+        }
+    }
+}
+
+/// Opens a connection to the request's upstream: a pooled one if there is
+/// one, else a new one (trying the next endpoint when connecting fails).
+/// `now`: the caller's clock reading, used by the first attempt (a later
+/// one, after a failed connect, reads the clock again).
+#[allow(clippy::too_many_arguments)] // two call sites; the phases share these
+pub(super) async fn upstream_conn(
+    shard: &Shard,
+    cfg: &Config,
+    endpoints: &Endpoints<'_>,
+    fresh_only: bool,
+    non_idempotent: bool,
+    tried: &mut Tried,
+    key: Option<u64>,
+    now: Instant,
+) -> Result<(Conn, SocketAddr, bool, Option<Permit>), ProxyError> {
+    let attempts = endpoints.count().min(CONNECT_ATTEMPTS);
+    let mut last = ProxyError::new(ErrorKind::ConnectFailed, "no attempt");
+    let mut first = Some(now);
+    for _ in 0..attempts {
+        let now = first.take().unwrap_or_else(Instant::now);
+        // A retry (or the next connect attempt) prefers another endpoint;
+        // a fresh connection after a stale pooled one keeps the endpoint.
+        let addr = if fresh_only {
+            tried.addrs[(tried.n + tried.addrs.len() - 1) % tried.addrs.len()]
+                .unwrap_or_else(|| endpoints.pick(shard, tried, key, now))
+        } else {
+            endpoints.pick(shard, tried, key, now)
+        };
+        tried.add(addr);
+        let connect_start = now;
+        let mtls = endpoints.mtls();
+        if !fresh_only {
+            if let Some((c, idle_for, permit)) =
+                shard.pool.take(addr, now, cfg.upstream.pool_idle_timeout)
+            {
+                // A request that must not be replayed checks first that the
+                // upstream has not closed the connection while it sat idle
+                // (one peek; idempotent requests are retried instead).
+                let _ = idle_for;
+                if !(non_idempotent && runtime::stale(c.raw_fd())) && verified_as(shard, &c, mtls) {
+                    return Ok((c, addr, true, permit));
+                }
+            }
+        }
+        // A new connection needs a slot under maxConnections; without one
+        // the request waits (as one of maxPending) for a pooled connection
+        // or a slot, at most the connect timeout.
+        let permit = match endpoints.service() {
+            Some(name) => {
+                match Box::pin(connection_slot(
+                    shard,
+                    cfg,
+                    endpoints,
+                    name,
+                    addr,
+                    non_idempotent,
+                ))
+                .await
+                {
+                    Slot::New(p) => p,
+                    Slot::Pooled(c, p) => return Ok((c, addr, true, p)),
+                    Slot::Overloaded => {
+                        return Err(ProxyError::new(ErrorKind::Overloaded, "maxConnections"))
+                    }
+                }
+            }
+            None => None,
+        };
+        let conn = TcpStream::connect(addr, cfg.timeouts.connect).await;
+        if conn.is_err() && endpoints.tracked() {
+            shard.outcomes.record(addr, false);
+            balancer_end(shard, endpoints, addr, connect_start, false);
+        }
+        match conn {
+            Ok(c) => match mtls {
+                None => return Ok((Conn::Plain(c), addr, false, permit)),
+                Some(service) => match Box::pin(connect_tls(shard, cfg, c, service, addr)).await {
+                    Ok(c) => return Ok((c, addr, false, permit)),
+                    Err(e) => {
+                        shard.outcomes.record(addr, false);
+                        balancer_end(shard, endpoints, addr, connect_start, false);
+                        last = e
+                    }
+                },
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                last = ProxyError::io(ErrorKind::ConnectTimeout, "connect", e)
+            }
+            Err(e) => last = ProxyError::io(ErrorKind::ConnectFailed, "connect", e),
+        }
+        tracing::debug!(%addr, "upstream connect failed: {last}");
+    }
+    Err(last)
+}
+
+use crate::pool::Permit;
+use crate::resilience::Limit;
+
+/// How a request gets a connection under its service's `maxConnections`.
+enum Slot {
+    /// Open a new one, holding this slot.
+    New(Option<Permit>),
+    /// A connection to the endpoint came back to the pool while waiting.
+    Pooled(Conn, Option<Permit>),
+    /// No slot, and `maxPending` requests are waiting already (or the wait
+    /// outlasted the connect timeout).
+    Overloaded,
+}
+
+async fn connection_slot(
+    shard: &Shard,
+    cfg: &Config,
+    endpoints: &Endpoints<'_>,
+    service: &str,
+    addr: SocketAddr,
+    non_idempotent: bool,
+) -> Slot {
+    let take = |which| shard.traffic.with(service, |s| s.breaker.permit(which));
+    match take(Limit::Connections) {
+        None => return Slot::New(None),
+        Some(Some(p)) => return Slot::New(Some(p)),
+        Some(None) => {}
+    }
+    // Every slot is held: an idle pooled connection of this service to
+    // another endpoint gives its slot up first (as Envoy does), so idle
+    // connections never starve an endpoint.
+    if let Some(breaker) = shard.traffic.with(service, |s| s.breaker.clone()) {
+        if shard.pool.evict_one(|p| p.is_of(&breaker)) {
+            if let Some(Some(p)) = take(Limit::Connections) {
+                return Slot::New(Some(p));
+            }
+        }
+    }
+    let Some(Some(_pending)) = take(Limit::Pending) else {
+        return Slot::Overloaded;
+    };
+    let until = Instant::now() + cfg.timeouts.connect;
+    while Instant::now() < until {
+        runtime::sleep(Duration::from_millis(1)).await;
+        if let Some((c, _, p)) =
+            shard
+                .pool
+                .take(addr, Instant::now(), cfg.upstream.pool_idle_timeout)
+        {
+            // The same checks as any pooled connection (dropping one that
+            // fails them frees its slot for the next turn).
+            if !(non_idempotent && runtime::stale(c.raw_fd()))
+                && verified_as(shard, &c, endpoints.mtls())
+            {
+                return Slot::Pooled(c, p);
+            }
+        }
+        if let Some(Some(p)) = take(Limit::Connections) {
+            return Slot::New(Some(p));
+        }
+    }
+    Slot::Overloaded
+}
+
+/// Tells the service's balancer how an attempt ended (latency, success).
+fn balancer_end(
+    shard: &Shard,
+    endpoints: &Endpoints<'_>,
+    addr: SocketAddr,
+    since: Instant,
+    ok: bool,
+) {
+    if let Some(name) = endpoints.service() {
+        shard.traffic.with(name, |s| {
+            s.balancer.start(addr);
+            s.balancer.end(addr, since.elapsed(), ok, Instant::now())
+        });
+    }
+}
+
+/// An attempt in flight for the balancer (least-request and P2C count
+/// them); ends as a failure if the attempt is dropped unfinished.
+pub(super) struct InFlight<'a> {
+    shard: &'a Shard,
+    service: Option<&'a str>,
+    addr: SocketAddr,
+    since: Instant,
+    done: bool,
+}
+
+impl<'a> InFlight<'a> {
+    pub(super) fn start(
+        shard: &'a Shard,
+        service: Option<&'a str>,
+        addr: SocketAddr,
+        now: Instant,
+    ) -> Self {
+        if let Some(name) = service {
+            shard.traffic.with(name, |s| s.balancer.start(addr));
+        }
+        InFlight {
+            shard,
+            service,
+            addr,
+            since: now,
+            done: false,
+        }
+    }
+
+    /// Ends the attempt at `at` (`None`: now).
+    pub(super) fn end(mut self, ok: bool, at: Option<Instant>) {
+        self.finish(ok, at);
+    }
+
+    fn finish(&mut self, ok: bool, at: Option<Instant>) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        if let Some(name) = self.service {
+            let at = at.unwrap_or_else(Instant::now);
+            let (addr, latency) = (self.addr, at.saturating_duration_since(self.since));
+            self.shard
+                .traffic
+                .with(name, |s| s.balancer.end(addr, latency, ok, at));
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.finish(false, None);
+    }
+}
+
+/// Whether a pooled connection suits a request: plaintext for plaintext,
+/// and for mutual TLS, verified as the service the request is for (an
+/// address serving one service must not carry another's requests).
+fn verified_as(shard: &Shard, c: &Conn, mtls: Option<&str>) -> bool {
+    match (mtls, c.peer_id()) {
+        (None, _) => !c.is_tls(),
+        (Some(service), Some(id)) => shard.tls().is_some_and(|t| {
+            crate::tls::identity::service_of(id, &t.identity.trust_domain) == Some(service)
+        }),
+        (Some(_), None) => false,
+    }
+}
+
+/// The client side of mutual TLS to a peer proxy of `service` at `addr`:
+/// the handshake is bounded by `timeouts.connect`, and the peer must present
+/// `service`'s SPIFFE ID.
+pub(super) async fn connect_tls(
+    shard: &Shard,
+    cfg: &Config,
+    tcp: TcpStream,
+    service: &str,
+    addr: SocketAddr,
+) -> Result<Conn, ProxyError> {
+    let Some(tls) = shard.tls() else {
+        return Err(ProxyError::new(
+            ErrorKind::ConnectFailed,
+            "mutual TLS: this proxy has no certificate yet",
+        ));
+    };
+    let Some(name) = crate::tls::identity::server_name(service, addr) else {
+        return Err(ProxyError::new(
+            ErrorKind::ConnectFailed,
+            "mutual TLS: the service name is not usable as a TLS name",
+        ));
+    };
+    let session = crate::tls::Session::client_with_alpn(
+        tls.client.clone(),
+        name,
+        crate::tls::identity::ALPN_HTTP1,
+    )
+    .map_err(|e| ProxyError::io(ErrorKind::ConnectFailed, "mutual TLS", e.into()))?;
+    match crate::tls::TlsStream::handshake(tcp, session, cfg.timeouts.connect).await {
+        Ok(t) => {
+            shard
+                .stats
+                .borrow_mut()
+                .mesh
+                .handshake(Direction::Outbound, t.resumed());
+            Ok(Conn::Tls(t))
+        }
+        Err(e) => {
+            let mismatch = e
+                .get_ref()
+                .and_then(|x| x.downcast_ref::<crate::tls::TlsError>())
+                .is_some_and(|t| t.identity_mismatch);
+            shard
+                .stats
+                .borrow_mut()
+                .mesh
+                .failure(Direction::Outbound, mismatch);
+            let kind = if mismatch {
+                ErrorKind::PeerIdentityMismatch
+            } else if e.kind() == std::io::ErrorKind::TimedOut {
+                ErrorKind::ConnectTimeout
+            } else {
+                ErrorKind::ConnectFailed
+            };
+            crate::log_limited!(tracing::Level::WARN, %addr, %service, "mutual TLS with the peer failed: {e}");
+            Err(ProxyError::io(kind, "mutual TLS", e))
+        }
+    }
+}
