@@ -28,6 +28,9 @@ rustc --version
 section "cargo fmt --check"
 cargo fmt --all -- --check
 
+section "import cycles (scripts/check-cycles.py)"
+python3 "$ROOT/scripts/check-cycles.py"
+
 section "clippy (default backend: monoio)"
 cargo clippy --all-targets -- -D warnings
 

@@ -30,7 +30,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
-use crate::shard::{ShardHandle, ShardMsg};
+use crate::msg::{ShardHandle, ShardMsg};
 use crate::stats::{self, ShardSnapshot};
 
 /// How long a scrape waits for the shards' snapshots.

@@ -32,6 +32,7 @@ pub use coremesh_http1 as http1;
 pub mod idle;
 pub mod listener;
 pub mod lograte;
+pub mod msg;
 pub mod outcomes;
 pub mod pool;
 pub mod probe;
@@ -48,9 +49,11 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 
-use agent::{AgentLink, AgentSetup, Bound};
+use agent::{AgentSetup, Bound};
 use config::Config;
-use shard::{ShardHandle, ShardSetup};
+use msg::AgentLink;
+use msg::ShardHandle;
+use shard::thread::ShardSetup;
 use stats::Direction;
 
 /// Binds the listeners, starts the shards, and runs the agent on the calling
@@ -62,21 +65,18 @@ pub fn start(config_path: PathBuf, cfg: Config) -> Result<i32, String> {
     if let Some(i) = &cfg.inbound {
         let l = listener::bind(i.listen, "[inbound] listen")?;
         bound.inbound = l.local_addr().ok();
-        listeners.push((l, listener::Role::Http(Direction::Inbound)));
+        listeners.push((l, msg::Role::Http(Direction::Inbound)));
     }
     if let Some(o) = &cfg.outbound {
         let l = listener::bind(o.listen, "[outbound] listen")?;
         bound.outbound = l.local_addr().ok();
-        listeners.push((l, listener::Role::Http(Direction::Outbound)));
+        listeners.push((l, msg::Role::Http(Direction::Outbound)));
         for t in &o.tcp {
             let l = listener::bind(t.listen, &format!("[[outbound.tcp]] {} listen", t.service))?;
             if let Ok(a) = l.local_addr() {
                 bound.tcp.push((t.service.clone(), a));
             }
-            listeners.push((
-                l,
-                listener::Role::Tcp(std::sync::Arc::from(t.service.as_str())),
-            ));
+            listeners.push((l, msg::Role::Tcp(std::sync::Arc::from(t.service.as_str()))));
         }
     }
     let admin = listener::bind(cfg.proxy.admin, "[proxy] admin")?;
@@ -115,7 +115,7 @@ pub fn start(config_path: PathBuf, cfg: Config) -> Result<i32, String> {
         };
         let cpu = cfg.proxy.cpus.as_ref().map(|c| c[index]);
         runtime::start_shard(format!("shard-{index}"), cpu, move |driver| {
-            shard::run(setup, driver)
+            shard::thread::run(setup, driver)
         })
         .map_err(|e| format!("cannot start shard {index}: {e}"))?;
         handles.push(handle);

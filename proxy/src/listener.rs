@@ -13,8 +13,7 @@ use std::sync::atomic::Ordering;
 
 use socket2::{Domain, Socket, Type};
 
-use crate::shard::{ShardHandle, ShardMsg};
-use crate::stats::Direction;
+use crate::msg::{Role, ShardHandle, ShardMsg};
 
 /// Pending connections the kernel queues per listener.
 const BACKLOG: i32 = 4096;
@@ -43,23 +42,6 @@ pub fn bind(addr: SocketAddr, what: &str) -> Result<std::net::TcpListener, Strin
 
 /// Accepts on the agent thread and hands connections to the least loaded
 /// shard (one message per connection, never per request).
-/// What a listener's connections are: HTTP in one direction, or the byte
-/// stream of one TCP service (`[[outbound.tcp]]`).
-#[derive(Debug, Clone)]
-pub enum Role {
-    Http(Direction),
-    Tcp(std::sync::Arc<str>),
-}
-
-impl Role {
-    pub fn describe(&self) -> String {
-        match self {
-            Role::Http(d) => d.as_str().to_string(),
-            Role::Tcp(s) => format!("TCP service {s}"),
-        }
-    }
-}
-
 pub async fn acceptor(l: std::net::TcpListener, role: Role, shards: Vec<ShardHandle>) {
     let l = match tokio::net::TcpListener::from_std(l) {
         Ok(l) => l,

@@ -12,27 +12,22 @@
 //! The agent sends the whole plan ([`ProbeTarget`]s) whenever it changes;
 //! probes of the previous plan stop at their next turn.
 
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::conn::Conn;
-use crate::forward::PROBE_PATH;
 use crate::http1::{parse_response, Limits, Method};
+use crate::msg::ProbeTarget;
 use crate::runtime::{self, TcpStream};
 use crate::shard::Shard;
 use crate::tls::identity::{server_name, ALPN_HTTP1};
 use crate::tls::{Session, TlsStream};
 
-/// One endpoint to probe.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProbeTarget {
-    pub service: String,
-    pub addr: SocketAddr,
-    pub interval: Duration,
-    pub timeout: Duration,
-}
+/// Path on the inbound listener that the proxy answers itself, for probes
+/// from peer proxies and from the operator: 200 while the local app is
+/// healthy (or unchecked), 503 while it is not. It never reaches the app and
+/// no AccessPolicy applies to it (any caller that passed mutual TLS).
+pub const PROBE_PATH: &[u8] = b"/.well-known/coremesh/health";
 
 /// Starts probing `plan` on this shard (replacing any previous plan).
 pub fn run_plan(shard: &Rc<Shard>, plan: Arc<Vec<ProbeTarget>>) {
@@ -54,7 +49,7 @@ pub fn run_plan(shard: &Rc<Shard>, plan: Arc<Vec<ProbeTarget>>) {
                 if shard.probe_generation.get() != generation {
                     return;
                 }
-                let _ = shard.agent_link().send(crate::agent::AgentRequest::Probe {
+                let _ = shard.agent_link().send(crate::msg::AgentRequest::Probe {
                     service: t.service.clone(),
                     addr: t.addr,
                     ok,

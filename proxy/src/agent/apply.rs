@@ -23,8 +23,8 @@ use coremesh_api::snapshot::Snapshot;
 
 use super::state::StateDir;
 use crate::admin::AdminState;
+use crate::msg::{ShardHandle, ShardMsg};
 use crate::routing::{RoutingTable, StaticServices};
-use crate::shard::{ShardHandle, ShardMsg};
 
 /// How long every shard together may take to prepare a table. A shard that
 /// does not answer in time makes the apply fail (NACK) rather than leave

@@ -25,7 +25,7 @@ use crate::agent::state::tests::TempDir;
 use crate::agent::state::{StateDir, CERT_FILE, KEY_FILE, SNAPSHOT_FILE};
 use crate::agent::tls::tests::TestPki;
 use crate::config::HealthConfig;
-use crate::shard::{ShardHandle, ShardMsg};
+use crate::msg::{ShardHandle, ShardMsg};
 
 /// What the server sends a session: a message, or raw bytes (to test
 /// malformed frames).

@@ -56,7 +56,7 @@ impl Checker {
 
     /// Checks every interval forever, keeping `latest` current and telling
     /// the shards (which answer probes from peers with it) of every change.
-    pub async fn run(self, latest: LatestHealth, shards: Vec<crate::shard::ShardHandle>) {
+    pub async fn run(self, latest: LatestHealth, shards: Vec<crate::msg::ShardHandle>) {
         let mut tick = tokio::time::interval(self.config.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -78,7 +78,7 @@ impl Checker {
             if before.as_ref().map(|b| b.healthy) != Some(report.healthy) {
                 for h in &shards {
                     let _ =
-                        h.tx.try_send(crate::shard::ShardMsg::AppHealth(report.healthy));
+                        h.tx.try_send(crate::msg::ShardMsg::AppHealth(report.healthy));
                 }
             }
             *latest.borrow_mut() = Some(report);

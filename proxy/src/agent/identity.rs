@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::admin::AdminState;
 use crate::config::Config;
-use crate::shard::{ShardHandle, ShardMsg};
+use crate::msg::{ShardHandle, ShardMsg};
 use crate::tls::Identity;
 
 /// Sends `id` to every shard and shows its expiry on `/metrics`.

@@ -42,52 +42,11 @@ use self::apply::Applier;
 use self::control::{ControlLink, ControlSetup, Deregistration};
 use crate::admin::{self, AdminState};
 use crate::config::Config;
+use crate::msg::{AgentRequest, ShardHandle, ShardMsg};
 use crate::routing::StaticServices;
-use crate::shard::{ShardHandle, ShardMsg};
 
 /// How long SIGTERM waits for control to confirm the deregistration.
 pub const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Requests from shards to the agent.
-pub enum AgentRequest {
-    /// Resolve a passthrough host name.
-    Resolve {
-        host: String,
-        port: u16,
-        reply: tokio::sync::oneshot::Sender<std::io::Result<SocketAddr>>,
-    },
-    /// One active health check result (see probe.rs).
-    Probe {
-        service: String,
-        addr: SocketAddr,
-        ok: bool,
-    },
-    /// A shard's demand on each service's limits for the last second.
-    Demand {
-        shard: usize,
-        services: Vec<crate::traffic::ServiceDemand>,
-    },
-    /// A shard's rate-limit token counts for the last 250 ms, per service.
-    Pool {
-        shard: usize,
-        reports: Vec<(String, crate::resilience::PoolReport)>,
-    },
-    /// A shard's outcomes per upstream endpoint for the last period.
-    Outcomes {
-        shard: usize,
-        counts: Vec<(SocketAddr, crate::outcomes::Counts)>,
-    },
-}
-
-/// A shard's way to the agent.
-#[derive(Clone)]
-pub struct AgentLink(pub async_channel::Sender<AgentRequest>);
-
-impl AgentLink {
-    pub fn send(&self, r: AgentRequest) -> Result<(), AgentRequest> {
-        self.0.try_send(r).map_err(|e| e.into_inner())
-    }
-}
 
 /// The addresses actually bound (port 0 resolved).
 #[derive(Debug, Clone, Default)]
@@ -130,7 +89,7 @@ pub struct AgentSetup {
     pub shards: Vec<ShardHandle>,
     pub admin: std::net::TcpListener,
     /// Listeners the agent accepts on (only when there is more than one shard).
-    pub accept: Vec<(std::net::TcpListener, crate::listener::Role)>,
+    pub accept: Vec<(std::net::TcpListener, crate::msg::Role)>,
     pub requests: async_channel::Receiver<AgentRequest>,
     pub bound: Bound,
     /// The executor the shards run ("monoio"/"glommio"), for `/config`.

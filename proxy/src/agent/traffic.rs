@@ -20,13 +20,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::msg::ProbeTarget;
+use crate::msg::{ShardHandle, ShardMsg};
 use crate::outcomes::Counts;
-use crate::probe::ProbeTarget;
 use crate::resilience::{
     pool_cap, reserve_total, ConcurrencyReport, ConcurrencySplit, HealthTracker, Limit, Outcomes,
     OutlierDetector, PoolReport, RateSplit, TokenPool,
 };
-use crate::shard::{ShardHandle, ShardMsg};
 use crate::traffic::{ServiceDemand, ServicePolicy, ShareOf, ShareUpdate};
 
 /// How often the shards report demand and the splits are recomputed.

@@ -46,6 +46,8 @@ mod relay;
 pub mod tcp_service;
 mod upstream;
 
+pub use crate::probe::PROBE_PATH;
+
 use exchange::{exchange, TryPolicy};
 use relay::connect_tunnel;
 use upstream::Endpoints;
@@ -60,12 +62,6 @@ const LINGER: Duration = Duration::from_millis(100);
 /// 5 s, lingering_time 30 s).
 const LINGERING_QUIET: Duration = Duration::from_secs(2);
 const LINGERING_LIMIT: Duration = Duration::from_secs(10);
-
-/// Path on the inbound listener that the proxy answers itself, for probes
-/// from peer proxies and from the operator: 200 while the local app is
-/// healthy (or unchecked), 503 while it is not. It never reaches the app and
-/// no AccessPolicy applies to it (any caller that passed mutual TLS).
-pub const PROBE_PATH: &[u8] = b"/.well-known/coremesh/health";
 
 /// Attempts per request when connecting fails (each on the next endpoint).
 const CONNECT_ATTEMPTS: usize = 3;

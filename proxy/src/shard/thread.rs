@@ -1,0 +1,272 @@
+//! The shard thread: its start-up, its inbox, the accept loops, and the
+//! periodic tasks (outcome reports, idle sweeps, housekeeping). It starts
+//! the request path ([`crate::forward`]) and the probes on the [`Shard`]
+//! state, which sits below them.
+
+use super::*;
+use crate::msg::{Role, ShardMsg};
+
+/// Everything a shard thread starts with.
+pub struct ShardSetup {
+    pub index: usize,
+    pub config: Arc<Config>,
+    /// Listening sockets this shard accepts on itself (with one shard there is
+    /// no hand-off; with more, the agent accepts and hands connections over).
+    pub listeners: Vec<(std::net::TcpListener, Role)>,
+    pub rx: async_channel::Receiver<ShardMsg>,
+    pub open_conns: Arc<AtomicUsize>,
+    pub ready: Arc<AtomicBool>,
+    pub agent: AgentLink,
+    /// This proxy's own bound addresses (listeners and admin): passthrough
+    /// never forwards to them, which would loop until descriptors run out.
+    pub own_addrs: Vec<SocketAddr>,
+}
+
+/// Runs a shard until its inbox closes. `driver` describes the executor.
+pub async fn run(setup: ShardSetup, driver: String) {
+    let ShardSetup {
+        index,
+        config,
+        listeners,
+        rx,
+        open_conns,
+        ready,
+        agent,
+        own_addrs,
+    } = setup;
+    tracing::info!(
+        shard = index,
+        "shard running on {} {driver}",
+        runtime::backend_name()
+    );
+    let access_log = match &config.proxy.access_log {
+        Some(p) => match AccessLog::open(p) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::error!("access log {}: {e}; access logging is off", p.display());
+                None
+            }
+        },
+        None => None,
+    };
+    let cores = config.proxy.cores;
+    let shard = Rc::new_cyclic(|me| Shard {
+        me: me.clone(),
+        mirrors_in_flight: Cell::new(0),
+        index,
+        config: RefCell::new(Rc::new(config)),
+        stats: RefCell::new(ShardStats::new(index)),
+        bufs: BufPool::new(),
+        pool: UpstreamPool::new(),
+        idle: IdleConns::new(),
+        rr: RefCell::new(FxHashMap::default()),
+        in_flight: Cell::new(0),
+        draining: Cell::new(false),
+        rng: Cell::new(seed(index)),
+        open_conns,
+        access_log: RefCell::new(access_log),
+        agent,
+        own_addrs,
+        routes: RefCell::new(None),
+        prepared: RefCell::new(None),
+        tls: RefCell::new(None),
+        app_healthy: Cell::new(None),
+        outcomes: Default::default(),
+        probe_generation: Cell::new(0),
+        traffic: crate::traffic::ShardTraffic::new(index, cores),
+        excluded: RefCell::new(Arc::default()),
+    });
+
+    sync_traffic(&shard);
+    let stop = Stop::new();
+    for (l, role) in listeners {
+        match TcpListener::from_std(l) {
+            Ok(l) => runtime::spawn_local(accept_loop(shard.clone(), l, role, stop.handle())),
+            Err(e) => {
+                tracing::error!(shard = index, "cannot adopt listener: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+    let mut stop = Some(stop);
+    runtime::spawn_local(housekeeping(shard.clone()));
+    runtime::spawn_local(idle_sweeper(shard.clone()));
+    runtime::spawn_local(report_outcomes(shard.clone()));
+    ready.store(true, Ordering::Release);
+
+    while let Ok(msg) = rx.recv().await {
+        match msg {
+            ShardMsg::Accept { stream, role } => match TcpStream::from_std(stream) {
+                Ok(s) => spawn_conn(&shard, s, role),
+                Err(e) => {
+                    shard.open_conns.fetch_sub(1, Ordering::Relaxed);
+                    tracing::warn!(shard = index, "cannot adopt connection: {e}");
+                }
+            },
+            ShardMsg::Config(c) => {
+                *shard.config.borrow_mut() = Rc::new(c);
+                sync_traffic(&shard);
+            }
+            ShardMsg::Prepare(table, reply) => {
+                // A copy of its own: the regular expressions' match caches
+                // are then this core's alone.
+                *shard.prepared.borrow_mut() = Some(Arc::new((*table).clone()));
+                let _ = reply.send(());
+            }
+            ShardMsg::Commit(version) => {
+                let mut prepared = shard.prepared.borrow_mut();
+                if prepared.as_ref().is_some_and(|t| t.version == version) {
+                    let t = prepared.take().expect("checked above");
+                    *shard.routes.borrow_mut() = Some(Rc::new(t));
+                    drop(prepared);
+                    sync_traffic(&shard);
+                }
+            }
+            ShardMsg::Identity(id) => match ShardTls::new(&id) {
+                Ok(t) => *shard.tls.borrow_mut() = Some(Rc::new(t)),
+                // Checked on the agent thread before it is sent; keep the
+                // previous configuration if this shard still disagrees.
+                Err(e) => tracing::error!(shard = index, "cannot use the new certificate: {e}"),
+            },
+            ShardMsg::AppHealth(h) => shard.app_healthy.set(Some(h)),
+            ShardMsg::Excluded(set) => *shard.excluded.borrow_mut() = set,
+            ShardMsg::Probes(plan) => crate::probe::run_plan(&shard, plan),
+            ShardMsg::Share(u) => shard.traffic.apply_share(&u, Instant::now()),
+            ShardMsg::Grant { service, tokens } => {
+                if !shard.traffic.grant(&service, tokens) {
+                    let back = crate::resilience::PoolReport {
+                        returned: tokens,
+                        ..Default::default()
+                    };
+                    let _ = shard.agent.send(crate::msg::AgentRequest::Pool {
+                        shard: shard.index,
+                        reports: vec![(service, back)],
+                    });
+                }
+            }
+            ShardMsg::Snapshot(reply) => {
+                let _ = reply.send(shard.stats.borrow().snapshot());
+            }
+            ShardMsg::Drain(reply) => {
+                shard.draining.set(true);
+                if let Some(s) = stop.take() {
+                    s.stop();
+                }
+                // Idle keep-alive connections have nothing in flight: close them now.
+                shard.idle.close_all();
+                let shard = shard.clone();
+                runtime::spawn_local(async move {
+                    while shard.in_flight.get() > 0 {
+                        runtime::sleep(Duration::from_millis(10)).await;
+                    }
+                    if let Some(l) = shard.access_log.borrow_mut().as_mut() {
+                        l.flush();
+                    }
+                    let _ = reply.send(());
+                });
+            }
+        }
+    }
+}
+
+/// Brings the per-service traffic state in line with the table and the
+/// static services (see traffic.rs).
+fn sync_traffic(shard: &Shard) {
+    let cfg = shard.config();
+    let list = crate::routing::service_list(&cfg, shard.routes().as_deref().map(|t| &**t));
+    shard
+        .traffic
+        .sync(&list, &cfg.proxy.service, Instant::now());
+}
+
+/// Serves an accepted connection by what its listener is for.
+fn spawn_conn(shard: &Rc<Shard>, s: TcpStream, role: Role) {
+    match role {
+        Role::Http(dir) => crate::forward::serve(shard.clone(), s, dir),
+        Role::Tcp(service) => runtime::spawn_local(crate::forward::tcp_service::outbound(
+            shard.clone(),
+            s,
+            service,
+        )),
+    }
+}
+
+/// Accepts connections on a listener this shard owns.
+async fn accept_loop(shard: Rc<Shard>, l: TcpListener, role: Role, stop: runtime::StopHandle) {
+    loop {
+        match l.accept(&stop).await {
+            Ok((s, _peer)) => {
+                shard.open_conns.fetch_add(1, Ordering::Relaxed);
+                spawn_conn(&shard, s, role.clone());
+            }
+            Err(_) if shard.draining.get() => return,
+            Err(e) => {
+                crate::log_limited!(
+                    tracing::Level::WARN,
+                    shard = shard.index,
+                    "accept failed on the {} listener: {e}",
+                    role.describe()
+                );
+                // EMFILE and friends: the connection stays queued; wait for
+                // descriptors to come back instead of spinning on the error.
+                let pause = match e.raw_os_error() {
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => 100,
+                    _ => 10,
+                };
+                runtime::sleep(Duration::from_millis(pause)).await;
+            }
+        }
+    }
+}
+
+/// Sends the agent what this shard saw of each endpoint (see outcomes.rs).
+async fn report_outcomes(shard: Rc<Shard>) {
+    loop {
+        runtime::sleep(crate::outcomes::REPORT_EVERY).await;
+        let counts = shard.outcomes.take();
+        if !counts.is_empty() {
+            let _ = shard.agent.send(crate::msg::AgentRequest::Outcomes {
+                shard: shard.index,
+                counts,
+            });
+        }
+    }
+}
+
+/// Four times a second: closes idle keep-alive connections past
+/// `timeouts.keepalive_idle` (so the timeout holds within 250 ms), and
+/// reports what the rate-limit buckets threw away, refused and spent to the
+/// agent's token pools.
+async fn idle_sweeper(shard: Rc<Shard>) {
+    loop {
+        runtime::sleep(Duration::from_millis(250)).await;
+        let now = Instant::now();
+        shard.idle.expire(now);
+        let reports = shard.traffic.pool_reports(now);
+        if !reports.is_empty() {
+            let _ = shard.agent.send(crate::msg::AgentRequest::Pool {
+                shard: shard.index,
+                reports,
+            });
+        }
+    }
+}
+
+/// Once a second: flush the access log, close expired pooled connections.
+async fn housekeeping(shard: Rc<Shard>) {
+    loop {
+        runtime::sleep(Duration::from_secs(1)).await;
+        let demand = shard.traffic.demand(Instant::now());
+        if !demand.is_empty() {
+            let _ = shard.agent.send(crate::msg::AgentRequest::Demand {
+                shard: shard.index,
+                services: demand,
+            });
+        }
+        if let Some(l) = shard.access_log.borrow_mut().as_mut() {
+            l.flush();
+        }
+        let idle = shard.config.borrow().upstream.pool_idle_timeout;
+        shard.pool.sweep(Instant::now(), idle);
+    }
+}
