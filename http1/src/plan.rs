@@ -1,5 +1,5 @@
 //! Forwarding plans: the head to send as spans of the received buffer plus the
-//! few bytes the proxy adds, for one vectored write (DESIGN.md, Buffers). The
+//! few bytes the proxy adds, for one vectored write (docs/design.md, Buffers). The
 //! head is never re-serialized; an unchanged head is one segment.
 //!
 //! Hop-by-hop fields (RFC 9110 7.6.1) are left out: Connection, every field

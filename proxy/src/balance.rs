@@ -1,7 +1,7 @@
 //! Load balancing: which endpoint of a service gets the next request.
 //!
 //! Per shard, per service: each shard keeps one [`Balancer`] per upstream
-//! service in its own state (no sharing, no atomics; DESIGN.md "One shard per
+//! service in its own state (no sharing, no atomics; docs/design.md "One shard per
 //! core"). Everything here is sans-I/O: the caller passes `now` and a random
 //! number source, so tests drive it deterministically.
 //!

@@ -4,7 +4,7 @@
 //! `SO_REUSEPORT`, so a second process on the same address fails with
 //! "address in use" instead of silently sharing the port. With one shard the
 //! shard accepts on it directly; with more, the agent accepts and hands each
-//! connection to the shard with the fewest open connections (DESIGN.md: a
+//! connection to the shard with the fewest open connections (docs/design.md: a
 //! shared socket with an accept per shard spread 5 connections 5/0).
 
 use std::io;

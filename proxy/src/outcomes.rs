@@ -1,5 +1,5 @@
 //! What each shard saw of each upstream endpoint, for the decisions made
-//! once per proxy on the agent thread (outlier ejection; DESIGN.md: endpoint
+//! once per proxy on the agent thread (outlier ejection; docs/design.md: endpoint
 //! state is decided on the agent and broadcast to every shard).
 //!
 //! A shard counts per endpoint, per period: successes, failures (connect

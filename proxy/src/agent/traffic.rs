@@ -1,5 +1,5 @@
 //! Endpoint state and limit splits, decided once per proxy on the agent
-//! thread (DESIGN.md) and broadcast to every shard:
+//! thread (docs/design.md) and broadcast to every shard:
 //!
 //! * **Outlier ejection**: the shards' per-endpoint outcome reports (every
 //!   200 ms, outcomes.rs) feed the [`OutlierDetector`] of each service with

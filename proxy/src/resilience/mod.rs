@@ -2,7 +2,7 @@
 //!
 //! Every type here takes `now` and random numbers from its caller and never
 //! touches a socket or a clock, so tests drive it deterministically. Two kinds
-//! of state, on two kinds of thread (DESIGN.md "One shard per core"):
+//! of state, on two kinds of thread (docs/design.md "One shard per core"):
 //!
 //! **Counted and limited state, per shard** (plain fields or `Cell`s, no
 //! atomics; on the request path, no allocation):

@@ -3,8 +3,8 @@
 //! balancing for a while, longer each time.
 //!
 //! Decided once per proxy, on the agent thread, and broadcast to every shard
-//! (DESIGN.md: "Decisions that must be global to the proxy ... are made once
-//! ... and broadcast"):
+//! (docs/design.md, "One shard per core": decisions global to the proxy are
+//! made once, on the agent thread, and broadcast):
 //!
 //! ```text
 //! shard: OutcomeCounts::record(ok) per response ──(each period, or at once

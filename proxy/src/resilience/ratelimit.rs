@@ -21,7 +21,7 @@
 //! than one shard, a per-service [`TokenBucket`] therefore keeps count of
 //! the tokens it had to throw away and of the requests it refused, and
 //! reports both to the agent every 250 ms ([`TokenBucket::report`], a
-//! message, as DESIGN.md wants for anything that crosses cores). The agent
+//! message, as docs/design.md wants for anything that crosses cores). The agent
 //! keeps the thrown-away tokens in the service's [`TokenPool`], up to
 //! [`pool_cap`], and grants the reporting shard what its own bucket could not
 //! cover since its last report (refused, or paid from an earlier grant), as

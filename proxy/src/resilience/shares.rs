@@ -1,7 +1,7 @@
 //! Splitting per-proxy limits across shards.
 //!
 //! The numbers in a Resilience block are per proxy, but each shard enforces
-//! its limits alone, with no shared counter (DESIGN.md "One shard per core").
+//! its limits alone, with no shared counter (docs/design.md "One shard per core").
 //! So each limit is split into per-shard shares, and the agent re-splits it
 //! once per period (about a second) in proportion to the demand each shard
 //! reported for the last period:

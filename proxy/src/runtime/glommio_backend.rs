@@ -1,8 +1,8 @@
 //! glommio backend (feature `runtime-glommio`): glommio 0.9 `LocalExecutor`s,
-//! kept so the executor choice stays measurable (DESIGN.md, "The executor").
+//! kept so the executor choice stays measurable (docs/design.md, "The executor").
 //!
 //! glommio creates its rings itself, with no `COOP_TASKRUN`/`SINGLE_ISSUER`
-//! flags and no way to ask for them; that is the cost DESIGN.md measures.
+//! flags and no way to ask for them; that is the cost docs/design.md measures.
 //!
 //! How the seam maps onto glommio:
 //!

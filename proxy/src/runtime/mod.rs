@@ -12,7 +12,7 @@
 //!   tunnel for `CONNECT` and `Upgrade`.
 //!
 //! monoio is the default backend: io_uring rings created with
-//! `COOP_TASKRUN | SINGLE_ISSUER | DEFER_TASKRUN` (DESIGN.md measures why),
+//! `COOP_TASKRUN | SINGLE_ISSUER | DEFER_TASKRUN` (docs/design.md, "The executor", measures why),
 //! falling back to fewer flags and then to monoio's epoll driver.
 //! glommio is the second backend, behind the `runtime-glommio` feature.
 

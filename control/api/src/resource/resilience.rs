@@ -12,7 +12,7 @@
 //!
 //! Every number is per proxy: a proxy with several shards splits limits,
 //! budgets and rates across them so that together they behave as one proxy,
-//! and decides ejections and health once for all shards (DESIGN.md).
+//! and decides ejections and health once for all shards (docs/design.md).
 
 use std::time::Duration;
 
