@@ -99,7 +99,15 @@ impl AccessLog {
             return;
         }
         match self.file.write_all(&self.buf) {
-            Ok(()) => self.failing = false,
+            Ok(()) => {
+                if self.failing {
+                    tracing::warn!(
+                        dropped = self.dropped_lines,
+                        "access log writes work again; lines dropped while failing (since the log was opened)"
+                    );
+                }
+                self.failing = false;
+            }
             Err(err) => {
                 let lines = self.buf.iter().filter(|&&b| b == b'\n').count() as u64;
                 self.dropped_lines += lines;
@@ -110,11 +118,6 @@ impl AccessLog {
             }
         }
         self.buf.clear();
-    }
-
-    /// Lines lost to write errors since the log was opened.
-    pub fn dropped_lines(&self) -> u64 {
-        self.dropped_lines
     }
 }
 

@@ -72,7 +72,7 @@ pub async fn serve(listener: TcpListener, state: Rc<AdminState>) {
             Err(err) => {
                 // EMFILE and friends: back off instead of spinning, then keep
                 // serving.
-                crate::log_limited!(tracing::Level::WARN, %err, "admin: accept failed");
+                crate::lograte::log_limited!(tracing::Level::WARN, %err, "admin: accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }

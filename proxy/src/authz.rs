@@ -228,6 +228,7 @@ impl CompiledRule {
 
 /// The trust domain of a SPIFFE ID (`spiffe://<td>/...`), e.g. of this
 /// proxy's own identity, for [`Authz::compile`].
+#[cfg(test)]
 pub fn trust_domain_of(spiffe_id: &str) -> Option<&str> {
     let rest = spiffe_id.strip_prefix("spiffe://")?;
     let td = rest.split('/').next()?;

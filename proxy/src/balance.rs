@@ -188,6 +188,7 @@ impl Balancer {
 
     /// Requests in flight to `addr` as this balancer counts them (P2C-EWMA and
     /// least-request; 0 for the others). For stats and tests.
+    #[cfg(test)]
     pub fn in_flight(&self, addr: SocketAddr) -> u32 {
         match self {
             Balancer::P2cEwma(b) => b.members.get(addr).map_or(0, |s| s.in_flight),
@@ -257,6 +258,7 @@ impl P2cEwma {
 
     /// The latency estimate of `addr` as `pick` would read it at `now`
     /// (decayed). For the admin endpoint and tests.
+    #[cfg(test)]
     pub fn estimate(&self, addr: SocketAddr, now: Instant) -> Option<Duration> {
         self.members
             .get(addr)
@@ -647,6 +649,7 @@ impl<S: Copy> Members<S> {
         self.addrs.len() == endpoints.len() && ok(a) && b.is_none_or(ok)
     }
 
+    #[cfg(test)]
     fn get(&self, addr: SocketAddr) -> Option<&S> {
         self.index.get(&addr).map(|&i| &self.state[i as usize])
     }

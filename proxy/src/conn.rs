@@ -24,20 +24,6 @@ impl Conn {
         }
     }
 
-    pub fn set_nodelay(&self) {
-        match self {
-            Conn::Plain(c) => c.set_nodelay(),
-            Conn::Tls(c) => c.set_nodelay(),
-        }
-    }
-
-    pub fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
-        match self {
-            Conn::Plain(c) => c.peer_addr(),
-            Conn::Tls(c) => c.peer_addr(),
-        }
-    }
-
     /// The peer's SPIFFE ID (mutual TLS only).
     pub fn peer_id(&self) -> Option<&Rc<str>> {
         match self {

@@ -64,12 +64,9 @@ impl IdleConns {
     }
 
     /// Idle connections registered now.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.slots.borrow().iter().filter(|e| e.is_some()).count()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn shut(&self, due: impl Fn(&Entry) -> bool) -> usize {

@@ -17,33 +17,33 @@
 //!   signals, configuration reloads, the connection acceptor for `cores > 1`,
 //!   name resolution for passthrough.
 
-pub mod accesslog;
-pub mod admin;
-pub mod agent;
-pub mod authz;
-pub mod balance;
-pub mod buf;
+pub(crate) mod accesslog;
+pub(crate) mod admin;
+pub(crate) mod agent;
+pub(crate) mod authz;
+pub(crate) mod balance;
+pub(crate) mod buf;
 pub mod config;
-pub mod conn;
-pub mod error;
-pub mod forward;
+pub(crate) mod conn;
+pub(crate) mod error;
+pub(crate) mod forward;
 /// The HTTP/1.1 codec, its own crate (sans-I/O, no runtime).
-pub use coremesh_http1 as http1;
-pub mod idle;
-pub mod listener;
-pub mod lograte;
-pub mod msg;
-pub mod outcomes;
-pub mod pool;
-pub mod probe;
-pub mod resilience;
-pub mod route;
+pub(crate) use coremesh_http1 as http1;
+pub(crate) mod idle;
+pub(crate) mod listener;
+pub(crate) mod lograte;
+pub(crate) mod msg;
+pub(crate) mod outcomes;
+pub(crate) mod pool;
+pub(crate) mod probe;
+pub(crate) mod resilience;
+pub(crate) mod route;
 pub mod routing;
-pub mod runtime;
-pub mod shard;
-pub mod stats;
-pub mod tls;
-pub mod traffic;
+pub(crate) mod runtime;
+pub(crate) mod shard;
+pub(crate) mod stats;
+pub(crate) mod tls;
+pub(crate) mod traffic;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize};

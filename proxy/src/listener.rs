@@ -55,7 +55,7 @@ pub async fn acceptor(l: std::net::TcpListener, role: Role, shards: Vec<ShardHan
         let stream = match l.accept().await {
             Ok((s, _)) => s,
             Err(e) => {
-                crate::log_limited!(
+                crate::lograte::log_limited!(
                     tracing::Level::WARN,
                     "accept failed on the {} listener: {e}",
                     role.describe()

@@ -50,7 +50,6 @@ impl LogRate {
 /// `tracing::event!` at `$level`, at most once per [`INTERVAL`] per call
 /// site and thread; the line carries `suppressed = N`, the occurrences left
 /// out since the previous one.
-#[macro_export]
 macro_rules! log_limited {
     ($level:expr, $($arg:tt)+) => {{
         ::std::thread_local! {
@@ -62,6 +61,7 @@ macro_rules! log_limited {
         }
     }};
 }
+pub(crate) use log_limited;
 
 #[cfg(test)]
 mod tests;

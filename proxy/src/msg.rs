@@ -112,7 +112,6 @@ pub enum AgentRequest {
     },
     /// A shard's outcomes per upstream endpoint for the last period.
     Outcomes {
-        shard: usize,
         counts: Vec<(SocketAddr, crate::outcomes::Counts)>,
     },
 }

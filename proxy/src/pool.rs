@@ -111,13 +111,4 @@ impl UpstreamPool {
             !list.is_empty()
         });
     }
-
-    /// Idle connections currently held.
-    pub fn len(&self) -> usize {
-        self.idle.borrow().values().map(Vec::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

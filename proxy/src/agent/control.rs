@@ -139,6 +139,7 @@ impl ControlLink {
     }
 
     /// Whether a session is up (Welcome received, not ended since).
+    #[cfg(test)]
     pub fn connected(&self) -> bool {
         self.session.borrow().is_some()
     }

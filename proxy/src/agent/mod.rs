@@ -406,7 +406,7 @@ fn reload(
 async fn resolver(requests: async_channel::Receiver<AgentRequest>, traffic: Rc<traffic::Traffic>) {
     while let Ok(r) = requests.recv().await {
         match r {
-            AgentRequest::Outcomes { counts, .. } => traffic.outcomes(counts),
+            AgentRequest::Outcomes { counts } => traffic.outcomes(counts),
             AgentRequest::Probe { service, addr, ok } => traffic.probe(&service, addr, ok),
             AgentRequest::Demand { shard, services } => traffic.demand(shard, services),
             AgentRequest::Pool { shard, reports } => traffic.pool(shard, reports),

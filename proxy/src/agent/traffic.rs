@@ -18,7 +18,7 @@ use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::msg::ProbeTarget;
 use crate::msg::{ShardHandle, ShardMsg};
@@ -28,9 +28,6 @@ use crate::resilience::{
     OutlierDetector, PoolReport, RateSplit, TokenPool,
 };
 use crate::traffic::{ServiceDemand, ServicePolicy, ShareOf, ShareUpdate};
-
-/// How often the shards report demand and the splits are recomputed.
-pub const SPLIT_EVERY: Duration = Duration::from_secs(1);
 
 /// One service's splits.
 struct Splits {

@@ -95,15 +95,12 @@ impl TryPolicy {
 
     /// The wait before retry `n` (1-based), full jitter.
     fn backoff(&self, n: u32, draw: u64) -> Duration {
-        let cap = self
-            .backoff_base
-            .saturating_mul(1u32 << (n - 1).min(16))
-            .min(self.backoff_max);
-        let nanos = cap.as_nanos() as u64;
-        if nanos == 0 {
-            return Duration::ZERO;
-        }
-        Duration::from_nanos(draw % (nanos + 1))
+        crate::resilience::backoff::delay(
+            n.saturating_sub(1),
+            self.backoff_base,
+            self.backoff_max,
+            &mut || draw,
+        )
     }
 
     /// Whether a final response with `status` is retried (when tries remain).
@@ -115,9 +112,9 @@ impl TryPolicy {
     /// Whether a failed try is retried (when tries remain).
     fn retries_error(&self, kind: ErrorKind) -> bool {
         match kind {
-            ErrorKind::ConnectFailed
-            | ErrorKind::ConnectTimeout
-            | ErrorKind::PeerIdentityMismatch => self.on_connect,
+            // The error says whether another endpoint may help; the rule
+            // says whether to try one.
+            k if k.retryable() => self.on_connect,
             ErrorKind::UpstreamReset => self.on_reset,
             // A per-try timeout counts as a gateway error (as in Envoy).
             ErrorKind::UpstreamTimeout => self.on_5xx || self.on_gateway,

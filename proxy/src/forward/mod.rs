@@ -150,7 +150,7 @@ pub fn static_mtls(cfg: &Config) -> bool {
 /// foreign trust domain, or a timeout), counted and logged.
 async fn accept_mtls(shard: &Shard, cfg: &Config, tcp: TcpStream) -> Option<crate::tls::TlsStream> {
     let Some(tls) = shard.tls() else {
-        crate::log_limited!(
+        crate::lograte::log_limited!(
             tracing::Level::WARN,
             "refused an inbound connection: this proxy has no certificate yet"
         );
@@ -184,7 +184,7 @@ async fn accept_mtls(shard: &Shard, cfg: &Config, tcp: TcpStream) -> Option<crat
                 .borrow_mut()
                 .mesh
                 .failure(Direction::Inbound, false);
-            crate::log_limited!(
+            crate::lograte::log_limited!(
                 tracing::Level::INFO,
                 ?peer,
                 "refused an inbound connection: {e}"

@@ -35,7 +35,7 @@ pub async fn inbound(shard: &Shard, cfg: &Config, t: TlsStream) {
     let up = match TcpStream::connect(app, cfg.timeouts.connect).await {
         Ok(c) => c,
         Err(e) => {
-            crate::log_limited!(tracing::Level::WARN, %app, "TCP service: cannot reach the local app: {e}");
+            crate::lograte::log_limited!(tracing::Level::WARN, %app, "TCP service: cannot reach the local app: {e}");
             return;
         }
     };
@@ -84,11 +84,11 @@ async fn connect(shard: &Shard, cfg: &Config, service: &str) -> Option<Conn> {
     })
     .unwrap_or_default();
     if endpoints.is_empty() {
-        crate::log_limited!(tracing::Level::WARN, %service, "TCP service has no endpoints; closing the connection");
+        crate::lograte::log_limited!(tracing::Level::WARN, %service, "TCP service has no endpoints; closing the connection");
         return None;
     }
     let Some(tls) = shard.tls() else {
-        crate::log_limited!(tracing::Level::WARN, %service, "TCP service: this proxy has no certificate yet");
+        crate::lograte::log_limited!(tracing::Level::WARN, %service, "TCP service: this proxy has no certificate yet");
         return None;
     };
     let start = shard.next_rr(service);
@@ -128,7 +128,7 @@ async fn connect(shard: &Shard, cfg: &Config, service: &str) -> Option<Conn> {
                     .borrow_mut()
                     .mesh
                     .failure(Direction::Outbound, mismatch);
-                crate::log_limited!(tracing::Level::WARN, %addr, %service, "TCP service: mutual TLS with the peer failed: {e}");
+                crate::lograte::log_limited!(tracing::Level::WARN, %addr, %service, "TCP service: mutual TLS with the peer failed: {e}");
             }
         }
     }

@@ -431,7 +431,7 @@ pub(super) async fn connect_tls(
             } else {
                 ErrorKind::ConnectFailed
             };
-            crate::log_limited!(tracing::Level::WARN, %addr, %service, "mutual TLS with the peer failed: {e}");
+            crate::lograte::log_limited!(tracing::Level::WARN, %addr, %service, "mutual TLS with the peer failed: {e}");
             Err(ProxyError::io(kind, "mutual TLS", e))
         }
     }

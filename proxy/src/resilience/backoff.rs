@@ -8,31 +8,6 @@
 
 use std::time::Duration;
 
-/// A route's backoff parameters. The defaults are Envoy's: 25 ms base,
-/// 10 × base maximum.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Backoff {
-    pub base: Duration,
-    pub max: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff {
-            base: Duration::from_millis(25),
-            max: Duration::from_millis(250),
-        }
-    }
-}
-
-impl Backoff {
-    /// The wait before retry number `attempt` (0-based). Shard, before each
-    /// retry, with its random numbers.
-    pub fn delay(&self, attempt: u32, rng: &mut impl FnMut() -> u64) -> Duration {
-        delay(attempt, self.base, self.max, rng)
-    }
-}
-
 /// The wait before retry number `attempt` (0 for the first retry): uniform in
 /// `[0, min(max, base × 2^attempt)]`, from one draw of `rng`. Saturates
 /// instead of overflowing for any `attempt`.
@@ -62,10 +37,13 @@ mod tests {
     #[test]
     fn grows_exponentially_up_to_the_max_with_full_jitter() {
         let mut rng = test_rng(11);
-        let b = Backoff::default();
+        // Envoy's defaults: 25 ms base, 10 x base maximum.
+        let (base, max) = (Duration::from_millis(25), Duration::from_millis(250));
         for attempt in 0..6u32 {
-            let ceiling = (b.base * 2u32.pow(attempt)).min(b.max);
-            let draws: Vec<Duration> = (0..4000).map(|_| b.delay(attempt, &mut rng)).collect();
+            let ceiling = (base * 2u32.pow(attempt)).min(max);
+            let draws: Vec<Duration> = (0..4000)
+                .map(|_| delay(attempt, base, max, &mut rng))
+                .collect();
             assert!(draws.iter().all(|d| *d <= ceiling));
             let mean = draws.iter().sum::<Duration>() / draws.len() as u32;
             // Uniform on [0, ceiling]: mean ceiling / 2, within 5%.

@@ -129,16 +129,19 @@ impl CircuitBreaker {
     }
 
     /// Units of `which` in use on this shard.
+    #[cfg(test)]
     pub fn in_use(&self, which: Limit) -> u64 {
         self.counters[which as usize].in_use.get()
     }
 
     /// This shard's share of `which`.
+    #[cfg(test)]
     pub fn share(&self, which: Limit) -> u64 {
         self.counters[which as usize].share.get()
     }
 
     /// Refusals of `which` since the breaker was created (for `/metrics`).
+    #[cfg(test)]
     pub fn refused(&self, which: Limit) -> u64 {
         self.counters[which as usize].refused.get()
     }
@@ -164,11 +167,6 @@ pub struct Permit {
 }
 
 impl Permit {
-    /// Which limit this permit holds.
-    pub fn limit(&self) -> Limit {
-        self.which
-    }
-
     /// Whether this permit is one of `breaker`'s.
     pub fn is_of(&self, breaker: &Rc<CircuitBreaker>) -> bool {
         Rc::ptr_eq(&self.breaker, breaker)

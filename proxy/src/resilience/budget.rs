@@ -144,6 +144,7 @@ impl RetryBudget {
     }
 
     /// Whole retries the budget would allow now. For stats and tests.
+    #[cfg(test)]
     pub fn available(&mut self, now: Instant) -> u64 {
         self.advance(now);
         (self.balance().max(0) / MILLI) as u64

@@ -59,18 +59,6 @@ impl Faults {
     }
 }
 
-/// [`Faults::new`] and [`Faults::decide`] in one call (for callers that do
-/// not keep the compiled form).
-pub fn decide(
-    abort_percent: f64,
-    abort_status: u16,
-    delay_percent: f64,
-    delay: Duration,
-    rng: &mut impl FnMut() -> u64,
-) -> FaultAction {
-    Faults::new(abort_percent, abort_status, delay_percent, delay).decide(rng)
-}
-
 /// A percentage as basis points, clamped to 0..=10000 (NaN: 0).
 pub fn basis_points(percent: f64) -> u16 {
     if percent.is_nan() {
@@ -118,7 +106,7 @@ mod tests {
         assert_eq!(basis_points(-1.0), 0);
         assert_eq!(basis_points(f64::NAN), 0);
         // 100% always fires, whatever the draw; 0.01% fires only on the lowest.
-        let all = decide(100.0, 500, 0.0, Duration::ZERO, &mut || u64::MAX);
+        let all = Faults::new(100.0, 500, 0.0, Duration::ZERO).decide(&mut || u64::MAX);
         assert_eq!(all.abort, Some(500));
         let rare = Faults::new(0.01, 500, 0.0, Duration::ZERO);
         assert_eq!(

@@ -142,6 +142,7 @@ impl HealthTracker {
     }
 
     /// Whether `addr` of `service` is healthy (unknown ones are).
+    #[cfg(test)]
     pub fn is_healthy(&self, service: &str, addr: SocketAddr) -> bool {
         self.services
             .get(service)

@@ -7,7 +7,7 @@
 //! made once, on the agent thread, and broadcast):
 //!
 //! ```text
-//! shard: OutcomeCounts::record(ok) per response ──(each period, or at once
+//! shard: crate::outcomes (per endpoint, per response) ──(each period, or at once
 //!        when the trailing failures reach consecutiveFailures)──▶ agent
 //! agent: OutlierDetector::record(service, addr, outcomes, now)
 //!        OutlierDetector::tick(now)    (each period, and at next_deadline)
@@ -100,37 +100,6 @@ pub struct Outcomes {
     /// Failures after the last success in this report (all of them if there
     /// was no success).
     pub trailing_failures: u64,
-}
-
-/// The shard's counter behind [`Outcomes`]: one per endpoint of a service
-/// with outlier detection, in the shard's state (allocated when the snapshot
-/// is applied).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct OutcomeCounts(Outcomes);
-
-impl OutcomeCounts {
-    /// Counts one finished attempt. Shard, per attempt, with the same `ok` as
-    /// `Balancer::end`. Returns the trailing failures: when they reach
-    /// `consecutiveFailures`, send a report now rather than at the period's
-    /// end.
-    pub fn record(&mut self, ok: bool) -> u64 {
-        let o = &mut self.0;
-        if ok {
-            o.successes += 1;
-            o.trailing_failures = 0;
-        } else {
-            o.failures += 1;
-            o.trailing_failures += 1;
-        }
-        o.trailing_failures
-    }
-
-    /// The counts since the last call, and a reset; `None` if nothing
-    /// happened (nothing to send). Shard, when it reports.
-    pub fn take(&mut self) -> Option<Outcomes> {
-        let o = std::mem::take(&mut self.0);
-        (o.successes + o.failures > 0).then_some(o)
-    }
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -322,6 +291,7 @@ impl OutlierDetector {
     }
 
     /// When the next ejection ends (the agent's next timer), if any.
+    #[cfg(test)]
     pub fn next_deadline(&self) -> Option<Instant> {
         self.services
             .values()
@@ -336,6 +306,7 @@ impl OutlierDetector {
 
     /// How many times `addr` has been ejected, as the backoff counts it (after
     /// the reduction for time in service, as of its last ejection).
+    #[cfg(test)]
     pub fn times_ejected(&self, service: &str, addr: SocketAddr) -> u32 {
         self.services
             .get(service)
@@ -382,25 +353,6 @@ mod tests {
         failures: 0,
         trailing_failures: 0,
     };
-
-    #[test]
-    fn outcome_counts() {
-        let mut c = OutcomeCounts::default();
-        assert_eq!(c.take(), None);
-        c.record(false);
-        c.record(true);
-        c.record(false);
-        assert_eq!(c.record(false), 2);
-        assert_eq!(
-            c.take(),
-            Some(Outcomes {
-                successes: 1,
-                failures: 3,
-                trailing_failures: 2
-            })
-        );
-        assert_eq!(c.take(), None);
-    }
 
     #[test]
     fn consecutive_failures_across_shards_eject() {

@@ -95,6 +95,7 @@ impl TokenPool {
     }
 
     /// Tokens held now (not counting grants out).
+    #[cfg(test)]
     pub fn held(&self) -> u64 {
         self.held
     }
@@ -377,13 +378,9 @@ impl KeyedTokenBuckets {
     }
 
     /// Callers currently tracked.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len()
-    }
-
-    /// Whether no caller is tracked yet.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 
     /// Attempts since the last call (the shard's demand for the split).

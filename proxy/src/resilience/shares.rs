@@ -199,11 +199,6 @@ impl RateSplit {
         &self.s.target
     }
 
-    /// The configured total.
-    pub fn total(&self) -> u64 {
-        self.s.total
-    }
-
     /// One period's demand per shard (index = shard). Returns whether the
     /// shares changed (then broadcast them).
     pub fn update(&mut self, demand: &[u64]) -> bool {
@@ -293,6 +288,7 @@ impl ConcurrencySplit {
     }
 
     /// The most the proxy can have in use: max(limit, N).
+    #[cfg(test)]
     pub fn cap(&self) -> u64 {
         self.cap
     }

@@ -76,6 +76,7 @@ pub struct Shard {
 
 impl Shard {
     /// The configuration for a new request.
+    #[allow(clippy::redundant_allocation)] // an Rc clone per request, never the cross-core Arc: see the field
     pub fn config(&self) -> Rc<Arc<Config>> {
         self.config.borrow().clone()
     }
@@ -164,11 +165,6 @@ impl Shard {
         x ^= x >> 27;
         self.rng.set(x);
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// The current round-robin position of `service`.
-    pub fn peek_rr(&self, service: &str) -> usize {
-        self.rr.borrow().get(service).copied().unwrap_or(0)
     }
 
     /// Resolves a passthrough host (IP literals directly, names on the agent

@@ -201,7 +201,7 @@ async fn accept_loop(shard: Rc<Shard>, l: TcpListener, role: Role, stop: runtime
             }
             Err(_) if shard.draining.get() => return,
             Err(e) => {
-                crate::log_limited!(
+                crate::lograte::log_limited!(
                     tracing::Level::WARN,
                     shard = shard.index,
                     "accept failed on the {} listener: {e}",
@@ -225,10 +225,9 @@ async fn report_outcomes(shard: Rc<Shard>) {
         runtime::sleep(crate::outcomes::REPORT_EVERY).await;
         let counts = shard.outcomes.take();
         if !counts.is_empty() {
-            let _ = shard.agent.send(crate::msg::AgentRequest::Outcomes {
-                shard: shard.index,
-                counts,
-            });
+            let _ = shard
+                .agent
+                .send(crate::msg::AgentRequest::Outcomes { counts });
         }
     }
 }

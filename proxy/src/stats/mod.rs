@@ -256,6 +256,7 @@ struct ServiceSnapshot {
 
 impl ShardSnapshot {
     /// All requests recorded on this shard.
+    #[cfg(test)]
     pub fn requests(&self) -> u64 {
         self.requests
     }

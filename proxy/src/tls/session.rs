@@ -136,14 +136,6 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn client(
-        config: std::sync::Arc<rustls::ClientConfig>,
-        name: rustls::pki_types::ServerName<'static>,
-    ) -> Result<Session, TlsError> {
-        let c = rustls::client::UnbufferedClientConnection::new(config, name)?;
-        Ok(Session::new(Side::Client(c)))
-    }
-
     /// A client offering one ALPN protocol (what the connection carries).
     pub fn client_with_alpn(
         config: std::sync::Arc<rustls::ClientConfig>,
@@ -194,6 +186,7 @@ impl Session {
         self.common().alpn_protocol()
     }
 
+    #[cfg(test)]
     pub fn is_handshaking(&self) -> bool {
         self.common().is_handshaking()
     }

@@ -101,14 +101,6 @@ impl TlsStream {
         self.tcp.raw_fd()
     }
 
-    pub fn set_nodelay(&self) {
-        self.tcp.set_nodelay();
-    }
-
-    pub fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
-        self.tcp.peer_addr()
-    }
-
     pub fn release_idle_state(&mut self) {
         self.tcp.release_idle_state();
         self.s.borrow_mut().release_idle();
