@@ -18,24 +18,18 @@
 //!   name resolution for passthrough.
 
 pub(crate) mod accesslog;
-pub(crate) mod admin;
 pub(crate) mod agent;
 pub(crate) mod authz;
 pub(crate) mod balance;
-pub(crate) mod buf;
 pub mod config;
 pub(crate) mod conn;
 pub(crate) mod error;
 pub(crate) mod forward;
 /// The HTTP/1.1 codec, its own crate (sans-I/O, no runtime).
 pub(crate) use coremesh_http1 as http1;
-pub(crate) mod idle;
 pub(crate) mod listener;
 pub(crate) mod lograte;
 pub(crate) mod msg;
-pub(crate) mod outcomes;
-pub(crate) mod pool;
-pub(crate) mod probe;
 pub(crate) mod resilience;
 pub(crate) mod route;
 pub mod routing;

@@ -112,7 +112,7 @@ pub enum AgentRequest {
     },
     /// A shard's outcomes per upstream endpoint for the last period.
     Outcomes {
-        counts: Vec<(SocketAddr, crate::outcomes::Counts)>,
+        counts: Vec<(SocketAddr, crate::shard::outcomes::Counts)>,
     },
 }
 

@@ -22,7 +22,7 @@ use rustls::pki_types::pem::PemObject;
 use coremesh_api::snapshot::Snapshot;
 
 use super::state::StateDir;
-use crate::admin::AdminState;
+use crate::agent::admin::AdminState;
 use crate::msg::{ShardHandle, ShardMsg};
 use crate::routing::{RoutingTable, StaticServices};
 

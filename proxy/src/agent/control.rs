@@ -39,8 +39,8 @@ use coremesh_api::token::JoinToken;
 use coremesh_api::wire::{self, ControlMsg, ErrorCode, FrameDecoder, ProxyMsg};
 use tokio::sync::{mpsc, oneshot};
 
+use super::app_health::{Checker, HealthReport, LatestHealth};
 use super::apply::Applier;
-use super::health::{Checker, HealthReport, LatestHealth};
 use super::state::{Identity, StateDir};
 use super::tls::{self, CertInfo, FingerprintVerifier, SERVER_NAME};
 use crate::config::ControlConfig;
@@ -818,5 +818,4 @@ impl Default for Backoff {
 }
 
 #[cfg(test)]
-#[path = "control_tests.rs"]
 mod tests;

@@ -7,7 +7,7 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
-use crate::admin::AdminState;
+use crate::agent::admin::AdminState;
 use crate::config::Config;
 use crate::msg::{ShardHandle, ShardMsg};
 use crate::tls::Identity;

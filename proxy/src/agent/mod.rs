@@ -22,9 +22,10 @@
 //! [`DEREGISTER_TIMEOUT`], skipped without a session), stop accepting, drain,
 //! close the control session, exit 0.
 
+pub mod admin;
+pub mod app_health;
 pub mod apply;
 pub mod control;
-pub mod health;
 pub mod identity;
 pub mod state;
 pub mod tls;
@@ -38,9 +39,9 @@ use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
 
+use self::admin::AdminState;
 use self::apply::Applier;
 use self::control::{ControlLink, ControlSetup, Deregistration};
-use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::msg::{AgentRequest, ShardHandle, ShardMsg};
 use crate::routing::StaticServices;
@@ -317,11 +318,11 @@ async fn start_control(
     }
     control::restore(&state, &applier).await;
     let health = config.inbound.as_ref().map(|i| {
-        let checker = health::Checker {
+        let checker = app_health::Checker {
             app: i.app,
             config: cc.health.clone(),
         };
-        let latest = health::LatestHealth::default();
+        let latest = app_health::LatestHealth::default();
         tokio::task::spawn_local(checker.clone().run(latest.clone(), shards.to_vec()));
         (checker, latest)
     });

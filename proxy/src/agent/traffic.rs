@@ -22,11 +22,11 @@ use std::time::Instant;
 
 use crate::msg::ProbeTarget;
 use crate::msg::{ShardHandle, ShardMsg};
-use crate::outcomes::Counts;
 use crate::resilience::{
     pool_cap, reserve_total, ConcurrencyReport, ConcurrencySplit, HealthTracker, Limit, Outcomes,
     OutlierDetector, PoolReport, RateSplit, TokenPool,
 };
+use crate::shard::outcomes::Counts;
 use crate::traffic::{ServiceDemand, ServicePolicy, ShareOf, ShareUpdate};
 
 /// One service's splits.

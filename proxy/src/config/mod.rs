@@ -21,10 +21,6 @@ mod reload;
 mod resolve;
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod tests_control;
-#[cfg(test)]
-mod tests_mtls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

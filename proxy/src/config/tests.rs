@@ -1,6 +1,9 @@
 //! What an operator sees: values parsed from whole files, and the exact one-line
 //! message for each class of mistake.
 
+mod control;
+mod mtls;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;

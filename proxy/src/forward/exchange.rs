@@ -10,8 +10,8 @@ use super::relay::{
 };
 use super::upstream::{upstream_conn, Endpoints, InFlight, Tried};
 use super::*;
-use crate::pool::Permit;
 use crate::routing::CompiledRule;
+use crate::shard::pool::Permit;
 /// Why an exchange with one upstream connection failed.
 pub(super) struct Failed {
     err: ProxyError,
@@ -368,7 +368,7 @@ async fn buffer_body(
         return Ok(cbuf);
     }
     if cbuf.capacity() < want {
-        let mut big = if want <= crate::buf::LARGE_BUF_SIZE {
+        let mut big = if want <= crate::shard::buf::LARGE_BUF_SIZE {
             shard.bufs.get_large()
         } else {
             Vec::with_capacity(want)

@@ -26,7 +26,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::accesslog::AccessEntry;
-use crate::buf::BUF_SIZE;
 use crate::config::Config;
 use crate::conn::Conn;
 use crate::error::{ErrorKind, ProxyError};
@@ -36,6 +35,7 @@ use crate::http1::{
 use crate::route::{self, Target};
 use crate::routing::RoutingTable;
 use crate::runtime::{self, Buf, IoVecs, Linger, TcpStream};
+use crate::shard::buf::BUF_SIZE;
 use crate::shard::Shard;
 use crate::stats::Direction;
 use coremesh_api::resource::RetryOn;
@@ -46,7 +46,7 @@ mod relay;
 pub mod tcp_service;
 mod upstream;
 
-pub use crate::probe::PROBE_PATH;
+pub use crate::shard::probe::PROBE_PATH;
 
 use exchange::{exchange, TryPolicy};
 use relay::connect_tunnel;

@@ -4,7 +4,7 @@
 
 use super::upstream::{upstream_conn, Tried};
 use super::*;
-use crate::buf::BufPool;
+use crate::shard::buf::BufPool;
 
 /// How many of `avail` bytes after the head belong to the request body, and
 /// whether the body is complete within them.

@@ -229,8 +229,8 @@ pub(super) async fn upstream_conn(
     Err(last)
 }
 
-use crate::pool::Permit;
 use crate::resilience::Limit;
+use crate::shard::pool::Permit;
 
 /// How a request gets a connection under its service's `maxConnections`.
 enum Slot {

@@ -22,7 +22,7 @@
 //! **Endpoint state, once per proxy, on the agent thread**, broadcast to the
 //! shards as [`EndpointSet`]s when it changes:
 //! * [`OutlierDetector`] (`outlierDetection`): fed per-endpoint outcome counts
-//!   that shards report (`crate::outcomes`).
+//!   that shards report (`crate::shard::outcomes`).
 //! * [`HealthTracker`] (`healthCheck`): fed the agent's own probe results.
 //!
 //! A shard combines them in the balancer's `eligible` filter:
@@ -43,8 +43,8 @@
 pub mod backoff;
 pub mod breaker;
 pub mod budget;
+pub mod endpoint_health;
 pub mod fault;
-pub mod health;
 pub mod outlier;
 pub mod ratelimit;
 pub mod shares;
@@ -54,8 +54,8 @@ use std::sync::Arc;
 
 pub use breaker::{CircuitBreaker, Limit, Limits, Permit};
 pub use budget::{reserve_total, RetryBudget};
+pub use endpoint_health::{HealthConfig, HealthTracker};
 pub use fault::Faults;
-pub use health::{HealthConfig, HealthTracker};
 pub use outlier::{Outcomes, OutlierConfig, OutlierDetector};
 pub use ratelimit::{pool_cap, KeyedTokenBuckets, PoolReport, TokenBucket, TokenPool};
 pub use shares::{burst_share, ConcurrencyReport, ConcurrencySplit, RateSplit};

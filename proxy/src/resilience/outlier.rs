@@ -7,7 +7,7 @@
 //! made once, on the agent thread, and broadcast):
 //!
 //! ```text
-//! shard: crate::outcomes (per endpoint, per response) ──(each period, or at once
+//! shard: crate::shard::outcomes (per endpoint, per response) ──(each period, or at once
 //!        when the trailing failures reach consecutiveFailures)──▶ agent
 //! agent: OutlierDetector::record(service, addr, outcomes, now)
 //!        OutlierDetector::tick(now)    (each period, and at next_deadline)

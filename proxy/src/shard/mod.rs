@@ -20,13 +20,13 @@ use std::time::{Duration, Instant};
 use rustc_hash::FxHashMap;
 
 use crate::accesslog::AccessLog;
-use crate::buf::BufPool;
 use crate::config::Config;
-use crate::idle::IdleConns;
 use crate::msg::{AgentLink, AgentRequest};
-use crate::pool::UpstreamPool;
 use crate::routing::RoutingTable;
 use crate::runtime::{self, Stop, TcpListener, TcpStream};
+use crate::shard::buf::BufPool;
+use crate::shard::idle::IdleConns;
+use crate::shard::pool::UpstreamPool;
 use crate::stats::{Direction, ShardStats};
 use crate::tls::ShardTls;
 
@@ -61,7 +61,7 @@ pub struct Shard {
     /// checked (no `[control]`, or no result yet).
     pub app_healthy: Cell<Option<bool>>,
     /// Per-endpoint outcomes for the agent's outlier detection.
-    pub outcomes: crate::outcomes::Outcomes,
+    pub outcomes: crate::shard::outcomes::Outcomes,
     /// Mirrored copies in flight (forward/mirror.rs).
     pub mirrors_in_flight: Cell<usize>,
     /// This shard itself, for tasks that outlive the request that starts them.
@@ -196,4 +196,9 @@ fn seed(index: usize) -> u64 {
     (t ^ ((index as u64 + 1) << 32) ^ u64::from(std::process::id())) | 1
 }
 
+pub mod buf;
+pub mod idle;
+pub mod outcomes;
+pub mod pool;
+pub mod probe;
 pub mod thread;

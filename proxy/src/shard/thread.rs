@@ -130,7 +130,7 @@ pub async fn run(setup: ShardSetup, driver: String) {
             },
             ShardMsg::AppHealth(h) => shard.app_healthy.set(Some(h)),
             ShardMsg::Excluded(set) => *shard.excluded.borrow_mut() = set,
-            ShardMsg::Probes(plan) => crate::probe::run_plan(&shard, plan),
+            ShardMsg::Probes(plan) => crate::shard::probe::run_plan(&shard, plan),
             ShardMsg::Share(u) => shard.traffic.apply_share(&u, Instant::now()),
             ShardMsg::Grant { service, tokens } => {
                 if !shard.traffic.grant(&service, tokens) {
@@ -222,7 +222,7 @@ async fn accept_loop(shard: Rc<Shard>, l: TcpListener, role: Role, stop: runtime
 /// Sends the agent what this shard saw of each endpoint (see outcomes.rs).
 async fn report_outcomes(shard: Rc<Shard>) {
     loop {
-        runtime::sleep(crate::outcomes::REPORT_EVERY).await;
+        runtime::sleep(crate::shard::outcomes::REPORT_EVERY).await;
         let counts = shard.outcomes.take();
         if !counts.is_empty() {
             let _ = shard

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use super::*;
+use super::super::*;
 
 const PROXY: &str = "[proxy]\nservice = \"web\"\n";
 const INBOUND: &str = "[proxy]\nservice = \"web\"\n[inbound]\napp = \"127.0.0.1:8080\"\n";

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::*;
+use super::super::*;
 
 const BASE: &str = "[proxy]\nservice = \"web\"\n[inbound]\napp = \"127.0.0.1:8080\"\n";
 

@@ -19,8 +19,8 @@ use rustls::RootCertStore;
 use tokio::sync::mpsc;
 
 use super::*;
+use crate::agent::app_health::HealthReport;
 use crate::agent::apply::Applier;
-use crate::agent::health::HealthReport;
 use crate::agent::state::tests::TempDir;
 use crate::agent::state::{StateDir, CERT_FILE, KEY_FILE, SNAPSHOT_FILE};
 use crate::agent::tls::tests::TestPki;
