@@ -338,3 +338,51 @@ fn the_total_timeout_bounds_a_whole_exchange() {
         m.text
     );
 }
+
+#[test]
+fn a_refused_endpoint_warns_once_per_interval_and_every_502_is_explained_at_debug() {
+    let down = unused_port();
+    let proxy = ProxyBuilder::new("web")
+        .outbound()
+        .service("api", &[down])
+        .env("RUST_LOG", "info,coremesh_proxy=debug")
+        .start();
+    for _ in 0..20 {
+        let r = proxy.outbound_client().get("api", "/");
+        assert_eq!(r.status, 502, "{:?}", r.body_str());
+    }
+    let explained = wait_for(Duration::from_secs(5), || {
+        let n = proxy
+            .log_lines()
+            .iter()
+            .filter(|l| {
+                l.contains("DEBUG")
+                    && l.contains("upstream fault answered locally")
+                    && l.contains("service=api")
+                    && l.contains("status=502")
+            })
+            .count();
+        (n >= 20).then_some(n)
+    });
+    assert!(
+        explained.is_some(),
+        "every 502 gets a debug line with the service and the reason:\n{}",
+        proxy.log_tail(30)
+    );
+    let warnings: Vec<String> = proxy
+        .log_lines()
+        .into_iter()
+        .filter(|l| l.contains("WARN") && l.contains("upstream connect failed"))
+        .collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one warning per 5 s for 20 refused connects:\n{}",
+        warnings.join("\n")
+    );
+    assert!(
+        warnings[0].contains("service=api") && warnings[0].contains(&down.to_string()),
+        "{}",
+        warnings[0]
+    );
+}

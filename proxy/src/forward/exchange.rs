@@ -223,7 +223,7 @@ pub(super) async fn exchange(
             Err(e) => {
                 ex.status = e.kind.status();
                 tracing::debug!(
-                    service = service.unwrap_or("-"),
+                    service = %service.unwrap_or("-"),
                     status = ex.status,
                     "upstream fault answered locally: {e}"
                 );
@@ -298,7 +298,7 @@ pub(super) async fn exchange(
                 ex.status = f.err.kind.status();
                 tracing::debug!(
                     %addr,
-                    service = service.unwrap_or("-"),
+                    service = %service.unwrap_or("-"),
                     status = ex.status,
                     response_started = f.response_started,
                     "upstream fault answered locally: {}",

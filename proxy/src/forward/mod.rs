@@ -633,6 +633,12 @@ async fn handle(
                 // The exchange (and the buffers it held) is dropped. If no
                 // response byte went out yet the client gets a 504; either
                 // way the connection closes.
+                tracing::debug!(
+                    service = %routed.unwrap_or("unknown"),
+                    response_started = ex.bytes_out > 0,
+                    "upstream fault answered locally: request total timeout ({:?})",
+                    cfg.timeouts.total
+                );
                 if ex.bytes_out == 0 {
                     if let Some(c) = client_slot.as_mut() {
                         let _ = write_error(c, 504, "request total timeout", true, ex.idle).await;

@@ -224,7 +224,15 @@ pub(super) async fn upstream_conn(
             }
             Err(e) => last = ProxyError::io(ErrorKind::ConnectFailed, "connect", e),
         }
+        // Every failure at debug level; an operator sees a warning at most
+        // once per interval per shard, with the count of the others.
         tracing::debug!(%addr, "upstream connect failed: {last}");
+        crate::lograte::log_limited!(
+            tracing::Level::WARN,
+            %addr,
+            service = %endpoints.service().unwrap_or("-"),
+            "upstream connect failed: {last}"
+        );
     }
     Err(last)
 }
