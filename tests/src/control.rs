@@ -678,6 +678,7 @@ impl Member {
             node: Some(self.node.clone()),
             calls: None,
             health: Vec::new(),
+            keys: Vec::new(),
         }
     }
 }
@@ -692,6 +693,8 @@ pub struct ControlSection {
     pub calls: Option<Vec<String>>,
     /// `[control.health]` keys, values as TOML.
     pub health: Vec<(String, String)>,
+    /// Other `[control]` keys, values as TOML.
+    pub keys: Vec<(String, String)>,
 }
 
 impl ControlSection {
@@ -703,6 +706,12 @@ impl ControlSection {
     /// A `[control.health]` key, value as TOML (`("interval", "\"1s\"")`).
     pub fn health(mut self, key: &str, toml_value: &str) -> Self {
         self.health.push((key.to_string(), toml_value.to_string()));
+        self
+    }
+
+    /// Another `[control]` key, value as TOML (`("allow_store_change", "true")`).
+    pub fn key(mut self, key: &str, toml_value: &str) -> Self {
+        self.keys.push((key.to_string(), toml_value.to_string()));
         self
     }
 
@@ -721,6 +730,9 @@ impl ControlSection {
         if let Some(calls) = &self.calls {
             let c: Vec<String> = calls.iter().map(|s| q(s)).collect();
             t += &format!("calls = [{}]\n", c.join(", "));
+        }
+        for (k, v) in &self.keys {
+            t += &format!("{k} = {v}\n");
         }
         if !self.health.is_empty() {
             t += "\n[control.health]\n";

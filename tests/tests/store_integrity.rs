@@ -378,3 +378,63 @@ fn mode(p: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
 }
+
+#[test]
+fn another_stores_snapshots_are_refused_unless_the_proxy_allows_the_change() {
+    let mut m = mesh();
+    // A proxy whose operator allows a store change.
+    let open_m = m.control.member("web", "web-open");
+    let open = ProxyBuilder::new("web")
+        .outbound()
+        .control(
+            &m.control
+                .section(&open_m)
+                .calls(&["api"])
+                .key("allow_store_change", "true"),
+        )
+        .start();
+    m.control.wait_converged(4, 1, 2, SOON);
+    eventually(&open, 200);
+    let (_, old_id) = running(&m.api);
+
+    // The store and its identity are both gone: a new store, a new id.
+    m.control.kill9();
+    std::fs::remove_file(store_path(&m.control)).unwrap();
+    std::fs::remove_file(m.control.data_dir().join("store.id")).unwrap();
+    m.control
+        .try_restart(&["--reinitialize-store"])
+        .unwrap_or_else(|(s, out)| panic!("--reinitialize-store: {s}: {out}"));
+    let refused = wait_for(SOON, || {
+        let ps = m.control.proxies();
+        let nacked: Vec<String> = ps
+            .iter()
+            .filter(|p| {
+                p["nack"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("refusing another store's policy"))
+            })
+            .map(|p| p["node"].as_str().unwrap_or("").to_string())
+            .collect();
+        (nacked.len() == 3).then_some(nacked)
+    });
+    assert!(
+        refused
+            .as_ref()
+            .is_some_and(|n| !n.contains(&"web-open".to_string())),
+        "api, web and rogue refuse the other store; web-open takes it:\n{}",
+        m.control.meshctl(&["status"]).stdout
+    );
+    // The three keep version 2 of the old store: rogue is still refused.
+    policy_holds(&m);
+    assert_eq!(running(&m.api).1, old_id);
+    // The one that allowed it runs the new store's version 1.
+    let took = wait_for(SOON, || {
+        let c: serde_json::Value = serde_json::from_slice(&open.admin_get("/config").body).ok()?;
+        let id = c["control"]["store_id"].as_str()?.to_string();
+        (id != old_id && c["control"]["config_version"] == 1).then_some(())
+    });
+    assert!(
+        took.is_some(),
+        "web-open should run the new store's version 1"
+    );
+}
