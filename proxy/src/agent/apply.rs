@@ -43,6 +43,17 @@ pub struct Applied {
     pub config_digest: String,
 }
 
+impl Applied {
+    fn of(snap: &Snapshot) -> Applied {
+        Applied {
+            version: snap.version,
+            config_version: snap.config_version,
+            store_id: snap.store_id.clone(),
+            config_digest: snap.config_digest.clone(),
+        }
+    }
+}
+
 /// Whether `snap` may replace what runs: the NACK reason if not.
 ///
 /// - Same store: its config version may not go down (a rollback is a new,
@@ -123,6 +134,11 @@ pub struct Applier {
     shards: Vec<ShardHandle>,
     state: Option<StateDir>,
     applied: RefCell<Option<Applied>>,
+    /// The lineage a new snapshot is checked against ([`check_lineage`]):
+    /// the snapshot in force, or, after a restart whose persisted snapshot
+    /// could not be applied, that snapshot's lineage all the same (it was
+    /// accepted once, so a lower version must still be refused).
+    floor: RefCell<Option<Applied>>,
     /// `[control] allow_store_change`.
     allow_store_change: Cell<bool>,
     connected: Cell<bool>,
@@ -152,6 +168,7 @@ impl Applier {
             shards,
             state,
             applied: RefCell::new(None),
+            floor: RefCell::new(None),
             allow_store_change: Cell::new(false),
             connected: Cell::new(false),
             last_nack: RefCell::new(None),
@@ -301,6 +318,17 @@ impl Applier {
         self.applied.borrow().clone()
     }
 
+    /// Holds `snap`'s lineage as the floor for the next snapshot without
+    /// applying it: the persisted snapshot that could not be applied after a
+    /// restart (a changed proxy.toml, say) was still accepted before, and
+    /// an older or another store's policy must not slip in behind it.
+    pub fn hold_lineage(&self, snap: &Snapshot) {
+        let mut floor = self.floor.borrow_mut();
+        if floor.is_none() {
+            *floor = Some(Applied::of(snap));
+        }
+    }
+
     /// `[control] allow_store_change`.
     pub fn set_allow_store_change(&self, allow: bool) {
         self.allow_store_change.set(allow);
@@ -310,7 +338,7 @@ impl Applier {
     /// stores it as the last good snapshot. The error is the NACK reason.
     pub async fn apply(&self, snap: &Snapshot, persist: bool) -> Result<(), String> {
         let compiled = check_lineage(
-            self.applied.borrow().as_ref(),
+            self.floor.borrow().as_ref(),
             snap,
             self.allow_store_change.get(),
         )
@@ -338,12 +366,9 @@ impl Applier {
                 }
             }
         }
-        *self.applied.borrow_mut() = Some(Applied {
-            version: snap.version,
-            config_version: snap.config_version,
-            store_id: snap.store_id.clone(),
-            config_digest: snap.config_digest.clone(),
-        });
+        let applied = Applied::of(snap);
+        *self.floor.borrow_mut() = Some(applied.clone());
+        *self.applied.borrow_mut() = Some(applied);
         *self.table.borrow_mut() = Some(table);
         self.apply_bundle(&snap.trust_bundle);
         self.reconfigure_traffic();

@@ -181,9 +181,11 @@ pub async fn restore(state: &StateDir, applier: &Applier) -> Option<u64> {
         }
         Err(reason) => {
             tracing::error!(
-                "the persisted snapshot version {} cannot be applied: {reason}",
-                snap.version
+                "the persisted snapshot version {} cannot be applied: {reason}; config versions below {} of its store are still refused",
+                snap.version,
+                snap.config_version
             );
+            applier.hold_lineage(&snap);
             None
         }
     }

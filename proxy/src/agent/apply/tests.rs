@@ -81,3 +81,31 @@ fn an_equal_version_with_another_digest_is_another_config() {
     s.config_digest.clear();
     assert_eq!(check_lineage(Some(&r), &s, false), Ok(()));
 }
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+#[test]
+fn a_held_lineage_refuses_what_the_unapplied_snapshot_would_have() {
+    // A restart whose persisted snapshot (config version 4 of a1) could not
+    // be applied: nothing runs, yet an older version of a1 stays refused.
+    let applier = Applier::new(Vec::new(), None, None);
+    applier.hold_lineage(&snap("a1", 4));
+    assert!(applier.applied().is_none());
+    let why = block_on(applier.apply(&snap("a1", 1), false)).unwrap_err();
+    assert!(
+        why.contains("config version 1 is older than the running config version 4"),
+        "{why}"
+    );
+    assert!(block_on(applier.apply(&snap("b2", 9), false)).is_err());
+    // The next version is taken, and becomes the floor.
+    assert_eq!(block_on(applier.apply(&snap("a1", 5), false)), Ok(()));
+    assert_eq!(applier.applied().map(|a| a.config_version), Some(5));
+    applier.hold_lineage(&snap("a1", 2));
+    assert!(block_on(applier.apply(&snap("a1", 4), false)).is_err());
+}
