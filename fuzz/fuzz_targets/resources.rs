@@ -51,7 +51,7 @@ fuzz_target!(|data: &[u8]| {
         resilience: resiliences,
         ..Snapshot::default()
     };
-    if let Err(e) = coremesh_proxy::routing::RoutingTable::compile(&snap) {
+    if let Err(e) = coremesh_policy::routing::RoutingTable::compile(&snap) {
         panic!("validated resources the proxy refuses: {e}\n{yaml}");
     }
 });

@@ -19,8 +19,6 @@
 
 pub(crate) mod accesslog;
 pub(crate) mod agent;
-pub(crate) mod authz;
-pub(crate) mod balance;
 pub mod config;
 pub(crate) mod conn;
 pub(crate) mod error;
@@ -30,14 +28,13 @@ pub(crate) use coremesh_http1 as http1;
 pub(crate) mod listener;
 pub(crate) mod lograte;
 pub(crate) mod msg;
-pub(crate) mod resilience;
-pub(crate) mod route;
-pub mod routing;
 pub(crate) mod runtime;
 pub(crate) mod shard;
 pub(crate) mod stats;
 pub(crate) mod tls;
-pub(crate) mod traffic;
+/// The request policy, its own crate (sans-I/O: routing, authorization,
+/// balancing, resilience, the attempt decision).
+pub(crate) use coremesh_policy::{attempt, authz, balance, resilience, route, routing, traffic};
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize};

@@ -202,7 +202,7 @@ impl Applier {
     fn reconfigure_traffic(&self) {
         if let Some((t, cfg)) = self.traffic.borrow().as_ref() {
             let table = self.table.borrow();
-            t.configure(&crate::routing::service_list(cfg, table.as_deref()));
+            t.configure(&cfg.service_list(table.as_deref()));
         }
     }
 

@@ -44,7 +44,6 @@ use self::apply::Applier;
 use self::control::{ControlLink, ControlSetup, Deregistration};
 use crate::config::Config;
 use crate::msg::{AgentRequest, ShardHandle, ShardMsg};
-use crate::routing::StaticServices;
 
 /// How long SIGTERM waits for control to confirm the deregistration.
 pub const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -185,7 +184,7 @@ async fn agent(setup: AgentSetup) -> i32 {
     };
     match &control {
         Some((applier, _)) => applier.set_traffic(traffic.clone(), config.clone()),
-        None => traffic.configure(&crate::routing::service_list(&config, None)),
+        None => traffic.configure(&config.service_list(None)),
     }
     tokio::task::spawn_local(resolver(requests, traffic.clone()));
     tokio::task::spawn_local({
@@ -230,7 +229,7 @@ async fn agent(setup: AgentSetup) -> i32 {
                         applier.set_config(current.clone());
                         applier.publish();
                     }
-                    None => traffic.configure(&crate::routing::service_list(&current, None)),
+                    None => traffic.configure(&current.service_list(None)),
                 }
             }
             _ = term.recv() => break,
@@ -308,7 +307,7 @@ async fn start_control(
         Some(state.clone()),
         Some(admin.clone()),
     ));
-    applier.set_static_services(StaticServices::of(config));
+    applier.set_static_services(config.static_services());
     applier.set_allow_store_change(cc.allow_store_change);
     applier.publish();
     // The stored certificate first: the persisted snapshot's access policy
@@ -361,7 +360,7 @@ fn reload(
                 .map(|()| new)
         })
         .and_then(|new| {
-            let statics = StaticServices::of(&new);
+            let statics = new.static_services();
             applier
                 .map_or(Ok(()), |a| a.check_reload(&statics))
                 .map(|()| (new, statics))

@@ -415,3 +415,33 @@ impl Config {
         self.services.iter().find(|s| s.name == name)
     }
 }
+
+impl Config {
+    /// The static `[[services]]` a snapshot may not define too.
+    pub(crate) fn static_services(&self) -> coremesh_policy::routing::StaticServices {
+        coremesh_policy::routing::StaticServices::new(
+            self.source.display().to_string(),
+            self.services.iter().map(|s| s.name.as_str()),
+        )
+    }
+
+    /// The services this proxy balances and limits, with `table` in force
+    /// ([`coremesh_policy::routing::service_list`]).
+    pub(crate) fn service_list(
+        &self,
+        table: Option<&coremesh_policy::routing::RoutingTable>,
+    ) -> Vec<(
+        String,
+        Vec<std::net::SocketAddr>,
+        std::sync::Arc<coremesh_policy::traffic::ServicePolicy>,
+    )> {
+        coremesh_policy::routing::service_list(
+            table,
+            self.services
+                .iter()
+                .map(|s| (s.name.as_str(), s.endpoints.as_slice())),
+            &self.resilience,
+            &self.proxy.service,
+        )
+    }
+}

@@ -1,17 +1,16 @@
-//! Exchanging one request with an upstream: the tries a Route rule's retry
-//! policy allows ([`TryPolicy`]), each on a connection from
-//! [`super::upstream`], and one try over one connection
+//! The attempt and relay phases: the tries a request gets ([`Attempts`],
+//! from the policy crate, decides after each failure), each on a connection
+//! from [`super::upstream`], and one try over one connection
 //! ([`over_connection`]): head and first body bytes in one vectored write,
 //! the rest of the body streamed, interim responses relayed, the final
 //! response relayed from the buffer it was read into.
 
-use super::relay::{
-    body_prefix, dechunk_in_place, relay_request_body, relay_response_body, tunnel,
-};
+use super::relay::{body_prefix, dechunk_in_place, relay_request_body, relay_response_body};
 use super::upstream::{upstream_conn, Endpoints, InFlight, Tried};
 use super::*;
-use crate::routing::CompiledRule;
+use crate::attempt::{Attempts, TryFailure, Verdict};
 use crate::shard::pool::Permit;
+
 /// Why an exchange with one upstream connection failed.
 pub(super) struct Failed {
     err: ProxyError,
@@ -26,148 +25,74 @@ pub(super) struct Failed {
     cbuf: Buf,
 }
 
-/// How many tries a request gets and when (a Route rule's `timeout` and
-/// `retries`; without one, a single try bounded by `timeouts.request`).
-pub(super) struct TryPolicy {
-    /// From the request head sent until a response head, all tries together.
-    total: Duration,
-    per_try: Option<Duration>,
-    /// Tries after the first.
-    retries: u32,
-    on_connect: bool,
-    on_reset: bool,
-    on_5xx: bool,
-    on_gateway: bool,
-    /// Backoff before retry n: uniformly random up to
-    /// `min(backoff_max, backoff_base × 2^(n-1))` (full jitter).
-    backoff_base: Duration,
-    backoff_max: Duration,
-    /// Retry requests whose method is not idempotent too.
-    pub(super) non_idempotent: bool,
-    /// A request body up to this size is read completely before the first
-    /// try, so that a retry can send it again; a larger one is not retried.
-    pub(super) max_body: u64,
-}
-
-/// Default of [`TryPolicy::max_body`].
-pub(super) const RETRY_BODY_LIMIT: u64 = 64 * 1024;
-
-impl TryPolicy {
-    pub(super) fn single(cfg: &Config) -> Self {
-        TryPolicy {
-            total: cfg.timeouts.request,
-            per_try: None,
-            retries: 0,
-            on_connect: false,
-            on_reset: false,
-            on_5xx: false,
-            on_gateway: false,
-            backoff_base: Duration::ZERO,
-            backoff_max: Duration::ZERO,
-            non_idempotent: false,
-            max_body: RETRY_BODY_LIMIT,
+impl Failed {
+    /// The upstream failed before any of its response reached the client.
+    fn upstream(err: ProxyError, request_intact: bool, cbuf: Buf) -> Failed {
+        Failed {
+            err,
+            replayable: false,
+            response_started: false,
+            request_intact,
+            cbuf,
         }
     }
 
-    pub(super) fn for_rule(cfg: &Config, rule: &CompiledRule) -> Self {
-        let mut p = TryPolicy::single(cfg);
-        if let Some(t) = rule.timeout {
-            p.total = t;
+    /// Relaying the response failed after it started (`kind`: whose fault).
+    fn started(kind: ErrorKind, cbuf: Buf) -> Failed {
+        Failed {
+            err: ProxyError::new(kind, "relaying the response"),
+            replayable: false,
+            response_started: true,
+            request_intact: false,
+            cbuf,
         }
-        if let Some(r) = &rule.retries {
-            p.retries = r.attempts;
-            p.per_try = r.per_try_timeout;
-            p.backoff_base = r.backoff_base;
-            p.backoff_max = r.backoff_max;
-            p.non_idempotent = !r.idempotent_only;
-            p.max_body = r.max_body;
-            for on in &r.on {
-                match on {
-                    RetryOn::ConnectFailure => p.on_connect = true,
-                    RetryOn::Reset => p.on_reset = true,
-                    RetryOn::Status5xx => p.on_5xx = true,
-                    RetryOn::GatewayError => p.on_gateway = true,
-                }
-            }
+    }
+
+    /// The client went away while the proxy wrote to it.
+    fn gone(cbuf: Buf) -> Failed {
+        Failed {
+            err: ProxyError::new(ErrorKind::ClientGone, "writing to the client"),
+            ..Failed::started(ErrorKind::ClientGone, cbuf)
         }
-        p
     }
 
-    /// The wait before retry `n` (1-based), full jitter.
-    fn backoff(&self, n: u32, draw: u64) -> Duration {
-        crate::resilience::backoff::delay(
-            n.saturating_sub(1),
-            self.backoff_base,
-            self.backoff_max,
-            &mut || draw,
-        )
-    }
-
-    /// Whether a final response with `status` is retried (when tries remain).
-    fn retries_status(&self, status: u16) -> bool {
-        (self.on_5xx && (500..600).contains(&status))
-            || (self.on_gateway && matches!(status, 502..=504))
-    }
-
-    /// Whether a failed try is retried (when tries remain).
-    fn retries_error(&self, kind: ErrorKind) -> bool {
-        match kind {
-            // The error says whether another endpoint may help; the rule
-            // says whether to try one.
-            k if k.retryable() => self.on_connect,
-            ErrorKind::UpstreamReset => self.on_reset,
-            // A per-try timeout counts as a gateway error (as in Envoy).
-            ErrorKind::UpstreamTimeout => self.on_5xx || self.on_gateway,
-            ErrorKind::RetryableStatus => true,
-            _ => false,
+    /// What the attempt decision needs to know.
+    fn as_try(&self) -> TryFailure {
+        TryFailure {
+            kind: self.err.kind,
+            sent: true,
+            replayable: self.replayable,
+            request_intact: self.request_intact,
+            response_started: self.response_started,
         }
     }
 }
 
 /// Forwards a request and its response over a pooled or new upstream
-/// connection, trying again as `policy` allows. Only idempotent requests
+/// connection, trying again as `attempts` decides. Only idempotent requests
 /// whose whole body went out in the first write are ever sent twice.
-#[allow(clippy::too_many_arguments)] // one call site; the phases share these
 pub(super) async fn exchange(
-    shard: &Shard,
-    cfg: &Config,
-    client_slot: &mut Option<Conn>,
-    head: &RequestHead,
+    ctx: &mut RequestCtx<'_, '_>,
     mut cbuf: Buf,
     endpoints: Endpoints<'_>,
-    policy: &TryPolicy,
+    mut attempts: Attempts,
     key: Option<u64>,
-    scratch: &mut Scratch,
-    ex: &mut Exchange,
 ) -> (Next, Buf) {
-    let mut fresh_only = false;
-    let deadline = super::after(ex.start, policy.total);
-    let idempotent = head.method.is_idempotent() || policy.non_idempotent;
+    let shard = ctx.shard;
     let service = endpoints.service();
     // maxRequests: this request holds a slot until it is done.
     let _permit = match service {
         Some(name) => match shard.traffic.with(name, |s| {
             s.breaker.permit(crate::resilience::Limit::Requests)
         }) {
-            Some(None) => {
-                let kind = ErrorKind::Overloaded;
-                ex.status = kind.status();
-                let client = client_slot.as_mut().expect("client connection present");
-                let close = !head.keep_alive || head.framing != Framing::None;
-                let res = write_error(client, kind.status(), kind.text(), close, ex.idle).await;
-                if close || res.is_err() {
-                    return (Next::Close, cbuf);
-                }
-                consume(&mut cbuf, head.head_len);
-                return (Next::KeepAlive, cbuf);
-            }
+            Some(None) => return ctx.answer(Answer::Error(ErrorKind::Overloaded), cbuf).await,
             Some(permit) => permit,
             None => None,
         },
         None => None,
     };
     if let Some(name) = service {
-        shard.traffic.with(name, |s| s.budget.deposit(ex.start));
+        shard.traffic.with(name, |s| s.budget.deposit(ctx.ex.start));
     }
     // A retry spends the service's retry budget; an exhausted budget ends
     // the tries (an outage is not amplified).
@@ -180,150 +105,112 @@ pub(super) async fn exchange(
         })
     };
     let mut tried = Tried::default();
-    if policy.retries > 0 && idempotent {
-        cbuf = match Box::pin(buffer_body(
-            shard,
-            cfg,
-            client_slot,
-            head,
-            cbuf,
-            policy.max_body,
-        ))
-        .await
-        {
+    if attempts.may_retry_at_all() {
+        let limit = attempts.policy().max_body;
+        cbuf = match Box::pin(buffer_body(ctx, cbuf, limit)).await {
             Ok(b) => b,
             Err(b) => return (Next::Close, b),
         };
     }
-    let mut tries = 0u32;
     // The first try uses the request's clock reading; each later one (after
     // a failure, a backoff) reads the clock again.
-    let mut first = Some(ex.start);
+    let mut first = Some(ctx.ex.start);
     loop {
         let now = first.take().unwrap_or_else(Instant::now);
-        let can_retry = tries < policy.retries && idempotent && now < deadline;
+        let (fresh_only, try_deadline) = attempts.begin(now);
+        let non_idempotent = !attempts.idempotent();
         let conn = upstream_conn(
             shard,
-            cfg,
+            ctx.cfg,
             &endpoints,
             fresh_only,
-            !idempotent,
+            non_idempotent,
             &mut tried,
             key,
             now,
         )
         .await;
-        let (up, addr, reused, conn_permit) = match conn {
-            Ok(x) => x,
-            Err(e) if can_retry && policy.retries_error(e.kind) && budget_allows() => {
-                tries += 1;
-                backoff(shard, policy, tries, deadline).await;
-                continue;
-            }
-            Err(e) => {
-                ex.status = e.kind.status();
-                tracing::debug!(
-                    service = %service.unwrap_or("-"),
-                    status = ex.status,
-                    "upstream fault answered locally: {e}"
-                );
-                let client = client_slot.as_mut().expect("client connection present");
-                let close = !head.keep_alive || head.framing != Framing::None;
-                let _ = write_error(client, e.kind.status(), e.kind.text(), close, ex.idle).await;
-                if close {
-                    return (Next::Close, cbuf);
-                }
-                consume(&mut cbuf, head.head_len);
-                return (Next::KeepAlive, cbuf);
-            }
-        };
-        ex.upstream = Some(addr);
-        let try_deadline = match policy.per_try {
-            Some(p) => deadline.min(super::after(now, p)),
-            None => deadline,
-        };
-        let retry_status =
-            (can_retry && (policy.on_5xx || policy.on_gateway)).then_some(RetryStatus {
-                policy,
-                budget: &budget_allows,
-            });
-        let flight = InFlight::start(shard, service, addr, now);
-        let res = over_connection(
-            shard,
-            cfg,
-            client_slot,
-            head,
-            cbuf,
-            up,
-            conn_permit,
-            addr,
-            scratch,
-            ex,
-            try_deadline,
-            retry_status,
-        )
-        .await;
-        let ok = match &res {
-            Ok(_) => ex.status < 500,
-            Err(f) => f.err.kind.blame() != crate::error::Blame::Upstream,
-        };
-        flight.end(ok, ex.end);
-        if endpoints.tracked() {
-            shard.outcomes.record(addr, ok);
-        }
-        match res {
-            Ok((next, b)) => return (next, b),
-            Err(f) => {
-                cbuf = f.cbuf;
-                if reused && f.replayable && !fresh_only {
-                    // RFC 9112 9.3.1: a request on a connection the server
-                    // closed while idle may be retried on a new one.
-                    fresh_only = true;
-                    continue;
-                }
-                fresh_only = false;
-                // A retryable status was only dropped once its retry had
-                // been granted by the budget (see `RetryStatus`).
-                if can_retry
-                    && f.request_intact
-                    && !f.response_started
-                    && policy.retries_error(f.err.kind)
-                    && (f.err.kind == ErrorKind::RetryableStatus || budget_allows())
-                {
-                    tracing::debug!(%addr, try = tries + 1, "retrying: {}", f.err);
-                    tries += 1;
-                    backoff(shard, policy, tries, deadline).await;
-                    continue;
-                }
-                ex.status = f.err.kind.status();
-                tracing::debug!(
-                    %addr,
-                    service = %service.unwrap_or("-"),
-                    status = ex.status,
-                    response_started = f.response_started,
-                    "upstream fault answered locally: {}",
-                    f.err
-                );
-                if f.response_started {
-                    ex.status = 0;
-                    return (Next::Close, cbuf);
-                }
-                let client = match client_slot.as_mut() {
-                    Some(c) => c,
-                    None => return (Next::Close, cbuf),
+        let (failure, reused) = match conn {
+            Ok((up, addr, reused, conn_permit)) => {
+                ctx.ex.upstream = Some(addr);
+                let retry_status = attempts.retries_some_status().then_some(RetryStatus {
+                    attempts: &attempts,
+                    budget: &budget_allows,
+                });
+                let flight = InFlight::start(shard, service, addr, now);
+                let res =
+                    over_connection(ctx, cbuf, up, conn_permit, addr, try_deadline, retry_status)
+                        .await;
+                let ok = match &res {
+                    Ok(_) => ctx.ex.status < 500,
+                    Err(f) => f.err.kind.blame() != crate::error::Blame::Upstream,
                 };
-                let _ = write_error(
-                    client,
-                    f.err.kind.status(),
-                    f.err.kind.text(),
-                    true,
-                    ex.idle,
-                )
-                .await;
+                flight.end(ok, ctx.ex.end);
+                if endpoints.tracked() {
+                    shard.outcomes.record(addr, ok);
+                }
+                match res {
+                    Ok(done) => return done,
+                    Err(mut f) => {
+                        cbuf = std::mem::take(&mut f.cbuf);
+                        ((f.as_try(), f.err, Some(addr)), reused)
+                    }
+                }
+            }
+            Err(e) => ((TryFailure::connect(e.kind), e, None), false),
+        };
+        let (failure, err, addr) = failure;
+        let verdict = attempts.after_failure(
+            &failure,
+            reused,
+            Instant::now(),
+            budget_allows,
+            shard.random(),
+        );
+        match verdict {
+            Verdict::Replay => continue,
+            Verdict::Retry {
+                try_number,
+                backoff,
+            } => {
+                tracing::debug!(?addr, try = try_number, "retrying: {err}");
+                if !backoff.is_zero() {
+                    runtime::sleep(backoff).await;
+                }
+            }
+            Verdict::Close => {
+                debug_fault(ctx, addr, &err, true);
+                ctx.ex.status = 0;
                 return (Next::Close, cbuf);
+            }
+            Verdict::Answer { kind, close } => {
+                ctx.ex.status = kind.status();
+                debug_fault(ctx, addr, &err, false);
+                return if close {
+                    ctx.answer_and_close(Answer::Error(kind), cbuf).await
+                } else {
+                    ctx.answer(Answer::Error(kind), cbuf).await
+                };
             }
         }
     }
+}
+
+/// Every upstream fault the proxy answers itself, at debug level (warnings
+/// about connect failures are rate-limited in `upstream`).
+fn debug_fault(
+    ctx: &RequestCtx<'_, '_>,
+    addr: Option<SocketAddr>,
+    err: &ProxyError,
+    started: bool,
+) {
+    tracing::debug!(
+        ?addr,
+        service = %ctx.service,
+        status = err.kind.status(),
+        response_started = started,
+        "upstream fault answered locally: {err}"
+    );
 }
 
 /// What lets a try drop a response whose status the retry policy retries
@@ -333,33 +220,17 @@ pub(super) async fn exchange(
 /// response is relayed: the last answer stands, rather than a 502 of the
 /// proxy's own in place of the app's answer.
 pub(super) struct RetryStatus<'a> {
-    policy: &'a TryPolicy,
+    attempts: &'a Attempts,
     /// Withdraws a retry from the service's budget; `false`: over budget.
     budget: &'a dyn Fn() -> bool,
-}
-
-/// Waits before retry `n`, never past the request's deadline.
-async fn backoff(shard: &Shard, policy: &TryPolicy, n: u32, deadline: Instant) {
-    let wait = policy
-        .backoff(n, shard.random())
-        .min(deadline.saturating_duration_since(Instant::now()));
-    if !wait.is_zero() {
-        runtime::sleep(wait).await;
-    }
 }
 
 /// Reads the rest of a request body of at most `limit` bytes into `cbuf`
 /// (a retry sends the buffer again; see `Failed::request_intact`). Larger
 /// or chunked bodies are left to stream: such a request is tried once.
 /// `Err`: the client went away or stalled past `timeouts.idle`.
-async fn buffer_body(
-    shard: &Shard,
-    cfg: &Config,
-    client_slot: &mut Option<Conn>,
-    head: &RequestHead,
-    mut cbuf: Buf,
-    limit: u64,
-) -> Result<Buf, Buf> {
+async fn buffer_body(ctx: &mut RequestCtx<'_, '_>, mut cbuf: Buf, limit: u64) -> Result<Buf, Buf> {
+    let (shard, cfg, head) = (ctx.shard, ctx.cfg, &ctx.head);
     let Framing::Length(n) = head.framing else {
         return Ok(cbuf);
     };
@@ -376,9 +247,7 @@ async fn buffer_body(
         big.extend_from_slice(&cbuf);
         shard.bufs.put(std::mem::replace(&mut cbuf, big));
     }
-    let Some(client) = client_slot.as_mut() else {
-        return Err(cbuf);
-    };
+    let client = &mut *ctx.client;
     if head.expect_continue && head.version == Version::Http11 {
         // The client holds its body back until told to send it; the
         // upstream's own 100 is dropped later as a duplicate.
@@ -404,33 +273,41 @@ async fn buffer_body(
     Ok(cbuf)
 }
 
-/// One attempt of a request over `up`.
-#[allow(clippy::too_many_arguments)] // one call site; the phases share these
+/// One attempt of a request over `up`, until `deadline` for the response
+/// head.
 pub(super) async fn over_connection(
-    shard: &Shard,
-    cfg: &Config,
-    client_slot: &mut Option<Conn>,
-    head: &RequestHead,
+    ctx: &mut RequestCtx<'_, '_>,
     cbuf: Buf,
     mut up: Conn,
     conn_permit: Option<Permit>,
     addr: SocketAddr,
-    scratch: &mut Scratch,
-    ex: &mut Exchange,
     deadline: Instant,
     retry: Option<RetryStatus<'_>>,
 ) -> Result<(Next, Buf), Failed> {
+    let (shard, cfg) = (ctx.shard, ctx.cfg);
+    let RequestCtx {
+        head,
+        client,
+        scratch,
+        ex,
+        ..
+    } = ctx;
+    let head = &*head;
     let t = &cfg.timeouts;
     let limits = limits(cfg);
     let mut dec = ChunkedDecoder::new();
     let (first_body, body_done) = match body_prefix(head.framing, &cbuf[head.head_len..], &mut dec)
     {
         Ok(x) => x,
-        Err(_) => {
+        Err(e) => {
             // The chunked body's first bytes are malformed: nothing was sent.
-            let client = client_slot.as_mut().expect("client connection present");
-            let _ = write_error(client, 400, "invalid chunked body", true, ex.idle).await;
-            ex.status = 400;
+            let answer = Answer::Refused {
+                status: 400,
+                reason: "invalid chunked body",
+            };
+            let _ = e;
+            ex.status = answer.status();
+            let _ = write_answer(client, &answer, true, ex.idle).await;
             return Ok((Next::Close, cbuf));
         }
     };
@@ -443,23 +320,16 @@ pub(super) async fn over_connection(
         Ok(x) => x,
         Err(_) => {
             // The write future was dropped with the buffers; start over.
-            return Err(Failed {
-                err: ProxyError::new(ErrorKind::Idle, "writing request head"),
-                replayable: false,
-                response_started: false,
-                request_intact: false,
-                cbuf: Vec::new(),
-            });
+            let err = ProxyError::new(ErrorKind::Idle, "writing request head");
+            return Err(Failed::upstream(err, false, Vec::new()));
         }
     };
     let mut cbuf = scratch.give_back(v);
     if let Err(e) = res {
+        let err = ProxyError::io(ErrorKind::UpstreamReset, "writing request head", e);
         return Err(Failed {
-            err: ProxyError::io(ErrorKind::UpstreamReset, "writing request head", e),
             replayable: body_done,
-            response_started: false,
-            request_intact: body_done,
-            cbuf,
+            ..Failed::upstream(err, body_done, cbuf)
         });
     }
 
@@ -471,13 +341,12 @@ pub(super) async fn over_connection(
     // connections close after it); without one, it is a 502 as before.
     let mut body_cut = false;
     if !body_done {
-        let client = client_slot.as_mut().expect("client connection present");
         if head.expect_continue && head.version == Version::Http11 {
             // The proxy answers 100 itself once the upstream is connected, so
             // the client never waits on an upstream that ignores Expect.
             let cont = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
             if write_bounded(client, cont, t.idle).await.is_err() {
-                return Err(gone(cbuf));
+                return Err(Failed::gone(cbuf));
             }
         }
         match Box::pin(relay_request_body(
@@ -502,22 +371,14 @@ pub(super) async fn over_connection(
                 cbuf = b;
             }
             Err((kind, b)) => {
-                return Err(Failed {
-                    err: ProxyError::new(kind, "relaying request body"),
-                    replayable: false,
-                    response_started: false,
-                    request_intact: false,
-                    cbuf: b,
-                })
+                let err = ProxyError::new(kind, "relaying request body");
+                return Err(Failed::upstream(err, false, b));
             }
         }
     }
-    let cut = |cbuf: Buf| Failed {
-        err: ProxyError::new(ErrorKind::UpstreamReset, "relaying request body"),
-        replayable: false,
-        response_started: false,
-        request_intact: false,
-        cbuf,
+    let cut = |cbuf: Buf| {
+        let err = ProxyError::new(ErrorKind::UpstreamReset, "relaying request body");
+        Failed::upstream(err, false, cbuf)
     };
     // `cbuf` keeps the request until the exchange succeeds (a retry sends it
     // again); `consumed` is where the next pipelined request starts.
@@ -528,7 +389,6 @@ pub(super) async fn over_connection(
     let resp: ResponseHead = loop {
         match http1::parse_response(&ubuf, head.method, &limits) {
             Ok(Some(r)) if r.interim => {
-                let client = client_slot.as_mut().expect("client connection present");
                 if r.status == 100 && sent_continue {
                     sent_continue = false; // drop the duplicate 100
                 } else if head.version == Version::Http10 {
@@ -539,7 +399,7 @@ pub(super) async fn over_connection(
                     let _ = n;
                     if write_bounded(client, copy, t.idle).await.is_err() {
                         shard.bufs.put(ubuf);
-                        return Err(gone(cbuf));
+                        return Err(Failed::gone(cbuf));
                     }
                 }
                 consume(&mut ubuf, r.head_len);
@@ -549,25 +409,15 @@ pub(super) async fn over_connection(
                 // A 101 nobody asked for: the client would believe the
                 // protocol switched while the proxy keeps parsing HTTP.
                 shard.bufs.put(ubuf);
-                return Err(Failed {
-                    err: ProxyError::new(ErrorKind::BadResponse, "unsolicited 101"),
-                    replayable: false,
-                    response_started: false,
-                    request_intact: false,
-                    cbuf,
-                });
+                let err = ProxyError::new(ErrorKind::BadResponse, "unsolicited 101");
+                return Err(Failed::upstream(err, false, cbuf));
             }
             Ok(Some(r)) => break r,
             Ok(None) => {}
             Err(_) => {
                 shard.bufs.put(ubuf);
-                return Err(Failed {
-                    err: ProxyError::new(ErrorKind::BadResponse, "parsing response head"),
-                    replayable: false,
-                    response_started: false,
-                    request_intact: body_done,
-                    cbuf,
-                });
+                let err = ProxyError::new(ErrorKind::BadResponse, "parsing response head");
+                return Err(Failed::upstream(err, body_done, cbuf));
             }
         }
         if ubuf.len() == ubuf.capacity() {
@@ -579,16 +429,9 @@ pub(super) async fn over_connection(
         let (res, back) = match runtime::timeout_at(deadline, up.read(ubuf)).await {
             Ok(x) => x,
             Err(_) => {
-                return Err(Failed {
-                    err: ProxyError::new(
-                        ErrorKind::UpstreamTimeout,
-                        "waiting for the response head",
-                    ),
-                    replayable: false,
-                    response_started: false,
-                    request_intact: body_done,
-                    cbuf,
-                })
+                let err =
+                    ProxyError::new(ErrorKind::UpstreamTimeout, "waiting for the response head");
+                return Err(Failed::upstream(err, body_done, cbuf));
             }
         };
         ubuf = back;
@@ -599,29 +442,23 @@ pub(super) async fn over_connection(
             }
             Ok(0) | Err(_) => {
                 shard.bufs.put(ubuf);
+                let err =
+                    ProxyError::new(ErrorKind::UpstreamReset, "waiting for the response head");
                 return Err(Failed {
-                    err: ProxyError::new(ErrorKind::UpstreamReset, "waiting for the response head"),
                     replayable: had == 0 && head.method.is_idempotent() && body_done,
-                    response_started: false,
-                    request_intact: body_done,
-                    cbuf,
+                    ..Failed::upstream(err, body_done, cbuf)
                 });
             }
             Ok(_) => {}
         }
     };
     ex.status = resp.status;
-    if body_done && retry.is_some_and(|r| r.policy.retries_status(resp.status) && (r.budget)()) {
+    if body_done && retry.is_some_and(|r| r.attempts.retries_status(resp.status) && (r.budget)()) {
         // Another try answers instead; this response is dropped with its
         // connection (its body is never read).
         shard.bufs.put(ubuf);
-        return Err(Failed {
-            err: ProxyError::new(ErrorKind::RetryableStatus, "response status"),
-            replayable: false,
-            response_started: false,
-            request_intact: body_done,
-            cbuf,
-        });
+        let err = ProxyError::new(ErrorKind::RetryableStatus, "response status");
+        return Err(Failed::upstream(err, body_done, cbuf));
     }
     if body_cut {
         // Where the rest of the body (and any next request) starts is lost.
@@ -636,24 +473,24 @@ pub(super) async fn over_connection(
 
     // 101: both sides switch protocols; the connection becomes a tunnel.
     if resp.switching && head.upgrade {
-        let mut client = client_slot.take().expect("client connection present");
         resp.plan_forward(&ubuf, false, false, &mut scratch.plan);
         let out = scratch.plan.to_vec(&ubuf);
         let n = out.len();
         ex.bytes_out += n as u64;
-        if write_bounded(&mut client, out, t.idle).await.is_err() {
+        if write_bounded(client, out, t.idle).await.is_err() {
             shard.bufs.put(ubuf);
             return Ok((Next::Close, cbuf));
         }
         consume(&mut ubuf, resp.head_len);
-        let (a, b) = Box::pin(tunnel(shard, cfg, client, up, cbuf, ubuf)).await;
-        ex.bytes_in += a;
-        ex.bytes_out += b;
-        return Ok((Next::Close, Vec::new()));
+        let tunnel = super::request::Tunnel {
+            up,
+            client_pending: cbuf,
+            up_pending: ubuf,
+        };
+        return Ok((Next::Tunnel(Box::new(tunnel)), Vec::new()));
     }
 
     // Final response: head (and the body bytes that came with it) in one write.
-    let client = client_slot.as_mut().expect("client connection present");
     let mut rdec = ChunkedDecoder::new();
     // An HTTP/1.0 client cannot parse chunked framing: it gets the data,
     // delimited by closing the connection.
@@ -665,13 +502,8 @@ pub(super) async fn over_connection(
                 Ok((data, _used)) => (data, rdec.is_done()),
                 Err(_) => {
                     shard.bufs.put(ubuf);
-                    return Err(Failed {
-                        err: ProxyError::new(ErrorKind::BadResponse, "parsing response body"),
-                        replayable: false,
-                        response_started: false,
-                        request_intact: body_done,
-                        cbuf,
-                    });
+                    let err = ProxyError::new(ErrorKind::BadResponse, "parsing response body");
+                    return Err(Failed::upstream(err, body_done, cbuf));
                 }
             }
         }
@@ -679,13 +511,8 @@ pub(super) async fn over_connection(
             Ok(x) => x,
             Err(_) => {
                 shard.bufs.put(ubuf);
-                return Err(Failed {
-                    err: ProxyError::new(ErrorKind::BadResponse, "parsing response body"),
-                    replayable: false,
-                    response_started: false,
-                    request_intact: body_done,
-                    cbuf,
-                });
+                let err = ProxyError::new(ErrorKind::BadResponse, "parsing response body");
+                return Err(Failed::upstream(err, body_done, cbuf));
             }
         },
     };
@@ -705,12 +532,12 @@ pub(super) async fn over_connection(
     ex.bytes_out += v.remaining() as u64;
     let (res, v) = match runtime::timeout(t.idle, client.write_vectored(v)).await {
         Ok(x) => x,
-        Err(_) => return Err(started(ErrorKind::Idle, cbuf)),
+        Err(_) => return Err(Failed::started(ErrorKind::Idle, cbuf)),
     };
     let ubuf = scratch.give_back(v);
     if res.is_err() {
         shard.bufs.put(ubuf);
-        return Err(started(ErrorKind::ClientGone, cbuf));
+        return Err(Failed::started(ErrorKind::ClientGone, cbuf));
     }
     let mut reusable = resp.keep_alive && !extra_bytes && !body_cut;
     if !resp_done {
@@ -734,7 +561,7 @@ pub(super) async fn over_connection(
             }
             Err((kind, b)) => {
                 shard.bufs.put(b);
-                return Err(started(kind, cbuf));
+                return Err(Failed::started(kind, cbuf));
             }
         }
     } else {
@@ -754,24 +581,4 @@ pub(super) async fn over_connection(
         );
     }
     Ok((if close { Next::Close } else { Next::KeepAlive }, cbuf))
-}
-
-pub(super) fn gone(cbuf: Buf) -> Failed {
-    Failed {
-        err: ProxyError::new(ErrorKind::ClientGone, "writing to the client"),
-        replayable: false,
-        response_started: true,
-        request_intact: false,
-        cbuf,
-    }
-}
-
-pub(super) fn started(kind: ErrorKind, cbuf: Buf) -> Failed {
-    Failed {
-        err: ProxyError::new(kind, "relaying the response"),
-        replayable: false,
-        response_started: true,
-        request_intact: false,
-        cbuf,
-    }
 }

@@ -25,31 +25,31 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::accesslog::AccessEntry;
 use crate::config::Config;
 use crate::conn::Conn;
-use crate::error::{ErrorKind, ProxyError};
+use crate::error::{Answer, ErrorKind, ProxyError};
 use crate::http1::{
     self, ChunkedDecoder, Framing, HeadPlan, Method, RequestHead, ResponseHead, Version,
 };
-use crate::route::{self, Target};
+use crate::route::Target;
 use crate::routing::RoutingTable;
 use crate::runtime::{self, Buf, IoVecs, Linger, TcpStream};
 use crate::shard::buf::BUF_SIZE;
 use crate::shard::Shard;
 use crate::stats::Direction;
-use coremesh_api::resource::RetryOn;
 
+mod answer;
 mod exchange;
 mod mirror;
 mod relay;
+mod request;
 pub mod tcp_service;
 mod upstream;
 
 pub use crate::shard::probe::PROBE_PATH;
 
-use exchange::{exchange, TryPolicy};
-use relay::connect_tunnel;
+use answer::{write_answer, write_bounded};
+use request::{handle, RequestCtx};
 use upstream::Endpoints;
 
 /// How long a finished keep-alive connection keeps its read posted before it
@@ -101,6 +101,9 @@ enum Next {
     KeepAlive,
     /// Close it.
     Close,
+    /// Relay both ways until either side closes (after `CONNECT` or a 101),
+    /// then close.
+    Tunnel(Box<request::Tunnel>),
 }
 
 /// Outcome of reading a request head.
@@ -118,12 +121,7 @@ enum HeadRead {
     TimedOut,
 }
 
-/// `t + d`, or a time that never comes when a configured duration is too
-/// large to add (no panic on a huge timeout).
-fn after(t: Instant, d: Duration) -> Instant {
-    t.checked_add(d)
-        .unwrap_or_else(|| t + Duration::from_secs(100 * 365 * 24 * 3600))
-}
+use crate::attempt::after;
 
 fn limits(cfg: &Config) -> http1::Limits {
     http1::Limits {
@@ -194,22 +192,6 @@ async fn accept_mtls(shard: &Shard, cfg: &Config, tcp: TcpStream) -> Option<crat
     }
 }
 
-/// The proxy's own service's `rateLimit` (per service, or per caller
-/// identity): whether this request may go to the app.
-fn rate_admits(shard: &Shard, own: &str, client: &Conn, now: Instant) -> bool {
-    shard
-        .traffic
-        .with(own, |s| match &mut s.limiter {
-            None => true,
-            Some(crate::traffic::Limiter::Service(t)) => t.try_take(now),
-            Some(crate::traffic::Limiter::Caller(k)) => {
-                let caller = client.peer_id().map(|c| c.as_bytes()).unwrap_or(b"");
-                k.try_take(caller, now)
-            }
-        })
-        .unwrap_or(true)
-}
-
 /// The AccessPolicy decision for a TCP stream from `caller` (identity only).
 /// `Some(policy)`: denied by it (and counted).
 fn authz_tcp(shard: &Shard, caller: Option<&str>) -> Option<String> {
@@ -220,33 +202,6 @@ fn authz_tcp(shard: &Shard, caller: Option<&str>) -> Option<String> {
         crate::authz::Decision::Deny { policy } => {
             shard.stats.borrow_mut().mesh.denied(policy, caller);
             Some(policy.to_string())
-        }
-    }
-}
-
-/// The inbound side's authorization of one request: the caller's SPIFFE ID
-/// (from its certificate), method and path against the service's
-/// AccessPolicy. `Some(policy)`: denied by it (and counted by policy and
-/// caller). A plaintext inbound port (a static proxy without `[tls]`) has
-/// no identities to check.
-fn authorize<'t>(
-    shard: &Shard,
-    table: Option<&'t RoutingTable>,
-    client: &Conn,
-    head: &RequestHead,
-    buf: &[u8],
-) -> Option<&'t str> {
-    let table = table?;
-    if table.authz.allows_all() || !client.is_tls() {
-        return None;
-    }
-    let caller = client.peer_id().map(|c| &**c).unwrap_or("");
-    let method = head.method_bytes(buf);
-    match table.authz.check(caller, method, &buf[head.path.clone()]) {
-        crate::authz::Decision::Allow => None,
-        crate::authz::Decision::Deny { policy } => {
-            shard.stats.borrow_mut().mesh.denied(policy, caller);
-            Some(policy)
         }
     }
 }
@@ -379,13 +334,21 @@ async fn serve_busy(
             HeadRead::Closed => break false,
             HeadRead::Idle => break true,
             HeadRead::TimedOut => {
-                let _ = write_error(c, 408, "request head timeout", true, cfg.timeouts.idle).await;
+                let answer = Answer::Refused {
+                    status: 408,
+                    reason: "request head timeout",
+                };
+                let _ = write_answer(c, &answer, true, cfg.timeouts.idle).await;
                 shard.record_local(dir, 408);
                 *may_send = true;
                 break false;
             }
             HeadRead::Reject(e) => {
-                let _ = write_error(c, e.status, e.reason, true, cfg.timeouts.idle).await;
+                let answer = Answer::Refused {
+                    status: e.status,
+                    reason: e.reason,
+                };
+                let _ = write_answer(c, &answer, true, cfg.timeouts.idle).await;
                 shard.record_local(dir, e.status);
                 *may_send = true;
                 break false;
@@ -394,7 +357,7 @@ async fn serve_busy(
         *may_send = !matches!(head.framing, Framing::None | Framing::Length(0));
         let b = buf.take().unwrap_or_default();
         shard.in_flight.set(shard.in_flight.get() + 1);
-        let (next, b, end) = handle(shard, &cfg, client, dir, head, start, b, &mut scratch).await;
+        let (next, b, end) = handle(shard, &cfg, client, dir, (head, start), b, &mut scratch).await;
         shard.in_flight.set(shard.in_flight.get() - 1);
         *idle_since = end;
         ended = Some(end);
@@ -495,434 +458,6 @@ async fn read_head(
     }
 }
 
-/// Writes a locally generated error response.
-async fn write_error(
-    client: &mut Conn,
-    status: u16,
-    error: &str,
-    close: bool,
-    limit: Duration,
-) -> std::io::Result<()> {
-    let mut out = Vec::with_capacity(256);
-    http1::write_error_response(status, error, close, &mut out);
-    write_bounded(client, out, limit).await
-}
-
-/// Writes all of `out` to the client, bounded by `limit` (`timeouts.idle`):
-/// a client that stops reading never holds a request in flight forever.
-///
-/// Boxed inside: error answers and interim responses are rare, and their
-/// timed write (~2 KiB of future) would otherwise sit in the state of every
-/// request that might send one.
-async fn write_bounded(client: &mut Conn, out: Vec<u8>, limit: Duration) -> std::io::Result<()> {
-    let len = out.len();
-    match Box::pin(runtime::timeout(limit, client.write_all(out, 0..len))).await {
-        Ok((res, _)) => res,
-        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
-    }
-}
-
-/// A request being served: everything `handle` needs to record it at the end.
-///
-/// `start` and `end` are the request's two clock readings: the deadlines,
-/// the balancer's and the pool's timestamps, the latency and the keep-alive
-/// linger all derive from them (about 15 `Instant::now()` calls per request
-/// before, 1.8% of the proxy's CPU in the profile).
-struct Exchange {
-    /// When the request head's first bytes arrived.
-    start: Instant,
-    /// When the response was complete (set on success by the try that
-    /// answered; otherwise read when the request is recorded).
-    end: Option<Instant>,
-    /// `timeouts.idle`: the bound on every write to the client.
-    idle: Duration,
-    status: u16,
-    bytes_in: u64,
-    bytes_out: u64,
-    upstream: Option<SocketAddr>,
-}
-
-/// Serves one request whose head is at the start of `cbuf` and began to
-/// arrive at `start`. Returns, besides what comes next, when it ended.
-#[allow(clippy::too_many_arguments)] // one call site; the phases share these
-async fn handle(
-    shard: &Shard,
-    cfg: &Arc<Config>,
-    client_slot: &mut Option<Conn>,
-    dir: Direction,
-    mut head: RequestHead,
-    start: Instant,
-    cbuf: Buf,
-    scratch: &mut Scratch,
-) -> (Next, Buf, Instant) {
-    scratch.extra.clear();
-    if dir == Direction::Inbound {
-        // The caller's identity for the app, in the header the operator
-        // named; a client's own copy of that header never gets through.
-        if let Some(name) = cfg
-            .inbound
-            .as_ref()
-            .and_then(|i| i.identity_header.as_deref())
-        {
-            head.drop_header(&cbuf, name);
-            if let Some(id) = client_slot.as_ref().and_then(|c| c.peer_id()) {
-                scratch.extra.extend_from_slice(name.as_bytes());
-                scratch.extra.extend_from_slice(b": ");
-                scratch.extra.extend_from_slice(id.as_bytes());
-                scratch.extra.extend_from_slice(b"\r\n");
-            }
-        }
-    }
-    let mut ex = Exchange {
-        start,
-        end: None,
-        idle: cfg.timeouts.idle,
-        status: 0,
-        bytes_in: head.head_len as u64,
-        bytes_out: 0,
-        upstream: None,
-    };
-    // The access log needs the request line's fields after the buffer has
-    // been reused for the body, so it gets a copy (only when it is enabled).
-    let logged = shard
-        .access_log
-        .borrow()
-        .is_some()
-        .then(|| LoggedRequest::new(&head, &cbuf));
-    let table = shard.routes();
-    let table_ref = table.as_ref().map(|t| &***t);
-    let tunnel = head.upgrade || head.method == Method::Connect;
-    // The service the request was routed to, for the stats of an exchange
-    // the total timeout cut short.
-    let mut routed: Option<&str> = None;
-    // The exchange future is built where it is awaited (twice, not once into
-    // a local moved later): a local that is moved into the timeout keeps a
-    // slot of its own in this future (rust-lang/rust#62958), measured at
-    // 11.5 KiB against 6 KiB, all of it copied on every request.
-    let (service, next, cbuf) = if tunnel {
-        // Tunnels are bounded by `timeouts.idle`, not by a total.
-        forward(
-            shard,
-            cfg,
-            table_ref,
-            client_slot,
-            dir,
-            &head,
-            cbuf,
-            scratch,
-            &mut ex,
-            &mut routed,
-        )
-        .await
-    } else {
-        let exchange = forward(
-            shard,
-            cfg,
-            table_ref,
-            client_slot,
-            dir,
-            &head,
-            cbuf,
-            scratch,
-            &mut ex,
-            &mut routed,
-        );
-        match runtime::timeout_at(after(start, cfg.timeouts.total), exchange).await {
-            Ok(r) => r,
-            Err(_) => {
-                // The exchange (and the buffers it held) is dropped. If no
-                // response byte went out yet the client gets a 504; either
-                // way the connection closes.
-                tracing::debug!(
-                    service = %routed.unwrap_or("unknown"),
-                    response_started = ex.bytes_out > 0,
-                    "upstream fault answered locally: request total timeout ({:?})",
-                    cfg.timeouts.total
-                );
-                if ex.bytes_out == 0 {
-                    if let Some(c) = client_slot.as_mut() {
-                        let _ = write_error(c, 504, "request total timeout", true, ex.idle).await;
-                    }
-                    ex.status = 504;
-                } else {
-                    ex.status = 0;
-                }
-                (routed.unwrap_or("unknown"), Next::Close, Vec::new())
-            }
-        }
-    };
-    let end = *ex.end.get_or_insert_with(Instant::now);
-    shard.record(dir, service, logged.as_ref(), &ex);
-    (next, cbuf, end)
-}
-
-/// The request fields the access log shows.
-struct LoggedRequest {
-    method: Vec<u8>,
-    authority: Vec<u8>,
-    path: Vec<u8>,
-}
-
-impl LoggedRequest {
-    fn new(head: &RequestHead, buf: &[u8]) -> Self {
-        let field = |s: &std::ops::Range<usize>| buf.get(s.clone()).unwrap_or(&[]).to_vec();
-        // The method is what precedes the target, after any empty lines
-        // the parser skipped before the request line.
-        let line = buf[..head.target.start].trim_ascii();
-        LoggedRequest {
-            method: line.to_vec(),
-            authority: head.authority.as_ref().map(field).unwrap_or_default(),
-            path: field(&head.path),
-        }
-    }
-}
-
-/// Picks the destination and forwards; returns the service label.
-#[allow(clippy::too_many_arguments)] // one call site; the phases share these
-async fn forward<'c>(
-    shard: &Shard,
-    cfg: &'c Config,
-    table: Option<&'c RoutingTable>,
-    client_slot: &mut Option<Conn>,
-    dir: Direction,
-    head: &RequestHead,
-    cbuf: Buf,
-    scratch: &mut Scratch,
-    ex: &mut Exchange,
-    routed: &mut Option<&'c str>,
-) -> (&'c str, Next, Buf) {
-    let client = client_slot.as_mut().expect("client connection present");
-    // Route.
-    let mut policy = TryPolicy::single(cfg);
-    let (service, endpoints): (&'c str, Endpoints<'c>) = match dir {
-        Direction::Inbound => {
-            let app = cfg.inbound.as_ref().map(|i| i.app);
-            if head.method == Method::Connect || app.is_none() {
-                return local_error(
-                    client,
-                    head,
-                    cbuf,
-                    ErrorKind::ConnectNotAllowed,
-                    ex,
-                    &cfg.proxy.service,
-                )
-                .await;
-            }
-            if head.method == Method::Get && cbuf[head.path.clone()] == *PROBE_PATH {
-                let close = !head.keep_alive || head.framing != Framing::None;
-                let mut out = Vec::with_capacity(160);
-                http1::write_probe_response(shard.app_healthy.get(), close, &mut out);
-                ex.status = if shard.app_healthy.get() == Some(false) {
-                    503
-                } else {
-                    200
-                };
-                let res = write_bounded(client, out, ex.idle).await;
-                let mut cbuf = cbuf;
-                let next = if close || res.is_err() {
-                    Next::Close
-                } else {
-                    consume(&mut cbuf, head.head_len);
-                    Next::KeepAlive
-                };
-                return ("probe", next, cbuf);
-            }
-            if let Some(policy) = authorize(shard, table, client, head, &cbuf) {
-                let reason = format!("forbidden by policy {policy}");
-                let close = !head.keep_alive || head.framing != Framing::None;
-                ex.status = 403;
-                let res = write_error(client, 403, &reason, close, ex.idle).await;
-                let mut cbuf = cbuf;
-                let next = if close || res.is_err() {
-                    Next::Close
-                } else {
-                    consume(&mut cbuf, head.head_len);
-                    Next::KeepAlive
-                };
-                return (&cfg.proxy.service, next, cbuf);
-            }
-            if !rate_admits(shard, &cfg.proxy.service, client, ex.start) {
-                return local_error(
-                    client,
-                    head,
-                    cbuf,
-                    ErrorKind::RateLimited,
-                    ex,
-                    &cfg.proxy.service,
-                )
-                .await;
-            }
-            (
-                &cfg.proxy.service,
-                Endpoints::One(app.unwrap_or_else(unreachable_addr)),
-            )
-        }
-        Direction::Outbound => match route::outbound(cfg, table, head, &cbuf) {
-            Ok(Target::Routed(sr)) => match &sr.rules {
-                None if sr.all.is_empty() => {
-                    return local_error(client, head, cbuf, ErrorKind::NoEndpoints, ex, &sr.name)
-                        .await
-                }
-                None => (&sr.name, Endpoints::Service(&sr.name, &sr.all, true)),
-                Some(rules) => match route::match_rule(rules, head, &cbuf) {
-                    None => {
-                        return local_error(client, head, cbuf, ErrorKind::NoRoute, ex, &sr.name)
-                            .await
-                    }
-                    Some(rule) => {
-                        if rule
-                            .backends
-                            .iter()
-                            .all(|b| b.weight == 0 || b.endpoints.is_empty())
-                        {
-                            let kind = ErrorKind::NoHealthyEndpoints;
-                            return local_error(client, head, cbuf, kind, ex, &sr.name).await;
-                        }
-                        policy = TryPolicy::for_rule(cfg, rule);
-                        (&sr.name, Endpoints::Rule(&sr.name, rule, &sr.all))
-                    }
-                },
-            },
-            Ok(Target::Service(svc)) => {
-                if svc.endpoints.is_empty() {
-                    return local_error(client, head, cbuf, ErrorKind::NoEndpoints, ex, &svc.name)
-                        .await;
-                }
-                (
-                    &svc.name,
-                    Endpoints::Service(&svc.name, &svc.endpoints, static_mtls(cfg)),
-                )
-            }
-            Ok(Target::Passthrough { host, port }) => match shard.resolve(&host, port).await {
-                Ok(addr) if shard.is_own(addr) => {
-                    let kind = ErrorKind::LoopDetected;
-                    return local_error(client, head, cbuf, kind, ex, "passthrough").await;
-                }
-                Ok(addr) => ("passthrough", Endpoints::One(addr)),
-                Err(_) => {
-                    return local_error(
-                        client,
-                        head,
-                        cbuf,
-                        ErrorKind::ResolveFailed,
-                        ex,
-                        "passthrough",
-                    )
-                    .await
-                }
-            },
-            Err(kind) => return local_error(client, head, cbuf, kind, ex, "unknown").await,
-        },
-    };
-    // Kept by the caller: a total timeout drops this future, not the name.
-    *routed = Some(service);
-    if head.method == Method::Connect {
-        let (next, cbuf) = Box::pin(connect_tunnel(
-            shard,
-            cfg,
-            client_slot,
-            head,
-            cbuf,
-            endpoints,
-            ex,
-        ))
-        .await;
-        return (service, next, cbuf);
-    }
-    let mut key = None;
-    if dir == Direction::Outbound && !matches!(endpoints, Endpoints::One(_)) {
-        if let Some(p) = shard.traffic.policy(service) {
-            // Fault injection (testing resilience): a delay, then perhaps
-            // an abort, before anything goes upstream.
-            if !p.faults.is_empty() {
-                let action = p.faults.decide(&mut || shard.random());
-                if let Some(d) = action.delay {
-                    runtime::sleep(d).await;
-                }
-                if let Some(status) = action.abort {
-                    let client = client_slot.as_mut().expect("client connection present");
-                    let close = !head.keep_alive || head.framing != Framing::None;
-                    ex.status = status;
-                    let res = write_error(client, status, "fault injected", close, ex.idle).await;
-                    let mut cbuf = cbuf;
-                    let next = if close || res.is_err() {
-                        Next::Close
-                    } else {
-                        consume(&mut cbuf, head.head_len);
-                        Next::KeepAlive
-                    };
-                    return (service, next, cbuf);
-                }
-            }
-            if let Some((target, bp)) = &p.mirror {
-                if shard.random() % 10_000 < u64::from(*bp) {
-                    mirror::send(shard, table, target, head, &cbuf);
-                }
-            }
-            key = p.hash_key.as_ref().and_then(|k| hash_key(k, head, &cbuf));
-        }
-    }
-    let (next, cbuf) = exchange(
-        shard,
-        cfg,
-        client_slot,
-        head,
-        cbuf,
-        endpoints,
-        &policy,
-        key,
-        scratch,
-        ex,
-    )
-    .await;
-    (service, next, cbuf)
-}
-
-/// The ring-hash key of a request (a header's value, or a cookie's),
-/// hashed; `None` when the request has none (any endpoint then).
-fn hash_key(k: &coremesh_api::resource::HashKey, head: &RequestHead, buf: &[u8]) -> Option<u64> {
-    use coremesh_api::resource::HashKey;
-    let value = match k {
-        HashKey::Header(name) => head.header(buf, name)?,
-        HashKey::Cookie(name) => {
-            head.header(buf, "cookie")?
-                .split(|&b| b == b';')
-                .find_map(|kv| {
-                    let kv = kv.trim_ascii();
-                    let eq = kv.iter().position(|&b| b == b'=')?;
-                    (&kv[..eq] == name.as_bytes()).then(|| &kv[eq + 1..])
-                })?
-        }
-    };
-    Some(crate::balance::stable_hash(value))
-}
-
-fn unreachable_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
-
-/// Answers with a local error. The connection stays open only if the request
-/// had no body (otherwise its unread body would be taken for the next request).
-async fn local_error<'c>(
-    client: &mut Conn,
-    head: &RequestHead,
-    mut cbuf: Buf,
-    kind: ErrorKind,
-    ex: &mut Exchange,
-    service: &'c str,
-) -> (&'c str, Next, Buf) {
-    let close = !head.keep_alive || head.framing != Framing::None;
-    ex.status = kind.status();
-    let res = write_error(client, kind.status(), kind.text(), close, ex.idle).await;
-    let next = if close || res.is_err() {
-        Next::Close
-    } else {
-        consume(&mut cbuf, head.head_len);
-        Next::KeepAlive
-    };
-    (service, next, cbuf)
-}
-
 /// Drops the first `n` bytes of `b`, keeping what follows (pipelined bytes).
 fn consume(b: &mut Buf, n: usize) {
     if n >= b.len() {
@@ -930,34 +465,6 @@ fn consume(b: &mut Buf, n: usize) {
     } else {
         b.copy_within(n.., 0);
         b.truncate(b.len() - n);
-    }
-}
-
-impl Shard {
-    /// Records a finished request in the stats and the access log.
-    fn record(&self, dir: Direction, service: &str, req: Option<&LoggedRequest>, ex: &Exchange) {
-        let latency = ex
-            .end
-            .unwrap_or_else(Instant::now)
-            .saturating_duration_since(ex.start);
-        self.stats
-            .borrow_mut()
-            .record(dir, service, ex.status, latency, ex.bytes_in, ex.bytes_out);
-        if let (Some(req), Some(log)) = (req, self.access_log.borrow_mut().as_mut()) {
-            log.log(&AccessEntry {
-                direction: dir,
-                service,
-                method: &req.method,
-                authority: &req.authority,
-                path: &req.path,
-                status: ex.status,
-                duration: latency,
-                bytes_in: ex.bytes_in,
-                bytes_out: ex.bytes_out,
-                upstream: ex.upstream,
-                core: self.index,
-            });
-        }
     }
 }
 

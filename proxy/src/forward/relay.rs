@@ -26,44 +26,39 @@ pub(super) fn body_prefix(
     })
 }
 
-/// `CONNECT host:port` with passthrough: 200, then a raw tunnel.
+/// `CONNECT host:port` with passthrough: 200, then a raw tunnel (run by
+/// the connection loop, which owns the client connection).
 pub(super) async fn connect_tunnel(
-    shard: &Shard,
-    cfg: &Config,
-    client_slot: &mut Option<Conn>,
-    head: &RequestHead,
+    ctx: &mut RequestCtx<'_, '_>,
     mut cbuf: Buf,
     endpoints: Endpoints<'_>,
-    ex: &mut Exchange,
 ) -> (Next, Buf) {
-    let client = client_slot.as_mut().expect("client connection present");
     let mut tried = Tried::default();
     // CONNECT goes to a passthrough host: no service, no breaker slot.
     let now = Instant::now();
-    let up = match upstream_conn(shard, cfg, &endpoints, true, true, &mut tried, None, now).await {
+    let got = upstream_conn(
+        ctx.shard, ctx.cfg, &endpoints, true, true, &mut tried, None, now,
+    )
+    .await;
+    let up = match got {
         Ok((c, addr, _, _)) => {
-            ex.upstream = Some(addr);
+            ctx.ex.upstream = Some(addr);
             c
         }
-        Err(e) => {
-            ex.status = e.kind.status();
-            let _ = write_error(client, e.kind.status(), e.kind.text(), true, ex.idle).await;
-            return (Next::Close, cbuf);
-        }
+        Err(e) => return ctx.answer_and_close(Answer::Error(e.kind), cbuf).await,
     };
     let ok = b"HTTP/1.1 200 Connection Established\r\n\r\n".to_vec();
-    let len = ok.len();
-    let _ = len;
-    if write_bounded(client, ok, ex.idle).await.is_err() {
+    if write_bounded(ctx.client, ok, ctx.ex.idle).await.is_err() {
         return (Next::Close, cbuf);
     }
-    ex.status = 200;
-    consume(&mut cbuf, head.head_len);
-    let client = client_slot.take().expect("client connection present");
-    let (a, b) = tunnel(shard, cfg, client, up, cbuf, Vec::new()).await;
-    ex.bytes_in += a;
-    ex.bytes_out += b;
-    (Next::Close, Vec::new())
+    ctx.ex.status = 200;
+    consume(&mut cbuf, ctx.head.head_len);
+    let tunnel = request::Tunnel {
+        up,
+        client_pending: cbuf,
+        up_pending: Vec::new(),
+    };
+    (Next::Tunnel(Box::new(tunnel)), Vec::new())
 }
 
 /// Relays both ways, first flushing bytes that arrived with the heads.

@@ -173,7 +173,7 @@ pub async fn run(setup: ShardSetup, driver: String) {
 /// static services (see traffic.rs).
 fn sync_traffic(shard: &Shard) {
     let cfg = shard.config();
-    let list = crate::routing::service_list(&cfg, shard.routes().as_deref().map(|t| &**t));
+    let list = cfg.service_list(shard.routes().as_deref().map(|t| &**t));
     shard
         .traffic
         .sync(&list, &cfg.proxy.service, Instant::now());

@@ -21,10 +21,9 @@ use std::time::Duration;
 
 use rustc_hash::FxHashMap;
 
-use coremesh_api::resource::{compile_regex, RetryOn, Route, ValueMatch};
+use coremesh_api::resource::{compile_regex, Resilience, RetryOn, Route, ValueMatch};
 use coremesh_api::snapshot::Snapshot;
 
-use crate::config::Config;
 use crate::traffic::ServicePolicy;
 
 /// A compiled snapshot.
@@ -293,14 +292,11 @@ pub struct StaticServices {
 }
 
 impl StaticServices {
-    pub fn of(config: &Config) -> StaticServices {
+    /// The services named in `source` (proxy.toml).
+    pub fn new<'n>(source: String, names: impl IntoIterator<Item = &'n str>) -> StaticServices {
         StaticServices {
-            source: config.source.display().to_string(),
-            names: config
-                .services
-                .iter()
-                .map(|s| s.name.to_ascii_lowercase())
-                .collect(),
+            source,
+            names: names.into_iter().map(|n| n.to_ascii_lowercase()).collect(),
         }
     }
 
@@ -348,17 +344,20 @@ impl StaticServices {
 }
 
 /// The services a proxy balances and limits: those of the table, the
-/// static `[[services]]`, and its own (for its inbound rate limit), each
-/// with its Resilience policy or the default.
-pub fn service_list(
-    cfg: &crate::config::Config,
+/// static `[[services]]` (`statics`, with their endpoints), and its own
+/// (`own`, for its inbound rate limit), each with its Resilience policy (the
+/// table's, else the static `resilience`) or the default.
+pub fn service_list<'s>(
     table: Option<&RoutingTable>,
+    statics: impl IntoIterator<Item = (&'s str, &'s [SocketAddr])>,
+    resilience: &[Resilience],
+    own: &str,
 ) -> Vec<(String, Vec<SocketAddr>, Arc<ServicePolicy>)> {
     let policy = |name: &str| {
         table
             .and_then(|t| t.policies.get(&name.to_ascii_lowercase()).cloned())
             .or_else(|| {
-                cfg.resilience
+                resilience
                     .iter()
                     .find(|r| r.service.eq_ignore_ascii_case(name))
                     .map(|r| Arc::new(ServicePolicy::compile(r)))
@@ -373,14 +372,13 @@ pub fn service_list(
             }
         }
     }
-    for s in &cfg.services {
-        if !list.iter().any(|(n, _, _)| n.eq_ignore_ascii_case(&s.name)) {
-            list.push((s.name.clone(), s.endpoints.clone(), policy(&s.name)));
+    for (name, endpoints) in statics {
+        if !list.iter().any(|(n, _, _)| n.eq_ignore_ascii_case(name)) {
+            list.push((name.to_string(), endpoints.to_vec(), policy(name)));
         }
     }
-    let own = &cfg.proxy.service;
     if !list.iter().any(|(n, _, _)| n.eq_ignore_ascii_case(own)) {
-        list.push((own.clone(), Vec::new(), policy(own)));
+        list.push((own.to_string(), Vec::new(), policy(own)));
     }
     list.sort_by(|a, b| a.0.cmp(&b.0));
     list
