@@ -1,0 +1,220 @@
+use super::*;
+
+use crate::routing::{PathMatch, ValueMatcher};
+
+/// A request written as HTTP/1.1 text (the tests read best that way),
+/// split the simple way: enough for well-formed heads.
+struct Text(&'static [u8]);
+
+impl Text {
+    fn lines(&self) -> impl Iterator<Item = &[u8]> {
+        self.0
+            .split(|&b| b == b'\n')
+            .map(|l| l.trim_ascii())
+            .skip_while(|l| l.is_empty())
+    }
+    fn target(&self) -> &[u8] {
+        let line = self.lines().next().unwrap();
+        line.split(|&b| b == b' ').nth(1).unwrap()
+    }
+}
+
+impl RequestView for Text {
+    fn method(&self) -> &[u8] {
+        self.lines()
+            .next()
+            .unwrap()
+            .split(|&b| b == b' ')
+            .next()
+            .unwrap()
+    }
+    fn authority(&self) -> Option<&[u8]> {
+        self.header("host")
+    }
+    fn path_and_query(&self) -> &[u8] {
+        let t = self.target();
+        match t.strip_prefix(b"http://") {
+            Some(rest) => {
+                &rest[rest
+                    .iter()
+                    .position(|&b| b == b'/' || b == b'?')
+                    .unwrap_or(rest.len())..]
+            }
+            None => t,
+        }
+    }
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.lines()
+            .skip(1)
+            .take_while(|l| !l.is_empty())
+            .find_map(|l| {
+                let colon = l.iter().position(|&b| b == b':')?;
+                l[..colon]
+                    .eq_ignore_ascii_case(name.as_bytes())
+                    .then(|| l[colon + 1..].trim_ascii())
+            })
+    }
+}
+
+fn rule(path_prefix: Option<&str>, headers: &[(&str, &str)], methods: &[&str]) -> CompiledRule {
+    CompiledRule {
+        path: path_prefix.map(|p| PathMatch::Prefix(p.to_string())),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), ValueMatcher::Exact(v.to_string())))
+            .collect(),
+        query: Vec::new(),
+        methods: methods.iter().map(|m| m.to_string()).collect(),
+        timeout: None,
+        retries: None,
+        backends: Vec::new(),
+    }
+}
+
+#[test]
+fn first_matching_rule_wins() {
+    let rules = vec![
+        rule(None, &[("x-canary", "true")], &[]),
+        rule(Some("/v1/"), &[], &["GET"]),
+        rule(Some("/"), &[], &[]),
+    ];
+    let at = |raw: &'static [u8]| {
+        match_rule(&rules, &Text(raw))
+            .map(|r| rules.iter().position(|x| std::ptr::eq(x, r)).unwrap())
+    };
+    assert_eq!(
+        at(b"GET /v1/x HTTP/1.1\r\nHost: api\r\nX-Canary: true\r\n\r\n"),
+        Some(0)
+    );
+    assert_eq!(at(b"GET /v1/x?q=1 HTTP/1.1\r\nHost: api\r\n\r\n"), Some(1));
+    assert_eq!(
+        at(b"POST /v1/x HTTP/1.1\r\nHost: api\r\nContent-Length: 0\r\n\r\n"),
+        Some(2)
+    );
+    assert_eq!(
+        at(b"\r\nGET http://api HTTP/1.1\r\nHost: api\r\n\r\n"),
+        Some(2)
+    );
+    let only_v1 = vec![rule(Some("/v1/"), &[], &[])];
+    assert!(match_rule(&only_v1, &Text(b"GET /v2 HTTP/1.1\r\nHost: api\r\n\r\n")).is_none());
+}
+
+#[test]
+fn regex_paths_header_conditions_and_query_parameters() {
+    let re = |p: &str| coremesh_api::resource::compile_regex(p).unwrap();
+    let mut r = rule(None, &[], &[]);
+    r.path = Some(PathMatch::Regex(re("/v[0-9]+/users/[^/]+")));
+    r.headers = vec![
+        ("x-user".into(), ValueMatcher::Regex(re("u-[0-9]+"))),
+        ("x-debug".into(), ValueMatcher::Present(false)),
+    ];
+    r.query = vec![
+        ("env".into(), ValueMatcher::Exact("prod".into())),
+        ("trace".into(), ValueMatcher::Present(true)),
+    ];
+    let rules = vec![r];
+    let hit = |raw: &'static [u8]| match_rule(&rules, &Text(raw)).is_some();
+    assert!(hit(
+        b"GET /v2/users/7?env=prod&trace HTTP/1.1\r\nHost: a\r\nX-User: u-12\r\n\r\n"
+    ));
+    assert!(hit(
+        b"GET /v2/users/7?trace=1&env=prod&env=dev HTTP/1.1\r\nHost: a\r\nX-User: u-1\r\n\r\n"
+    ));
+    // The regex is anchored: no extra segment, no partial header value.
+    assert!(!hit(
+        b"GET /v2/users/7/x?env=prod&trace HTTP/1.1\r\nHost: a\r\nX-User: u-12\r\n\r\n"
+    ));
+    assert!(!hit(
+        b"GET /v2/users/7?env=prod&trace HTTP/1.1\r\nHost: a\r\nX-User: xu-12\r\n\r\n"
+    ));
+    // An absent header required absent, a missing or different parameter.
+    assert!(!hit(
+        b"GET /v2/users/7?env=prod&trace HTTP/1.1\r\nHost: a\r\nX-User: u-1\r\nX-Debug: 1\r\n\r\n"
+    ));
+    assert!(!hit(
+        b"GET /v2/users/7?env=prod HTTP/1.1\r\nHost: a\r\nX-User: u-1\r\n\r\n"
+    ));
+    assert!(!hit(
+        b"GET /v2/users/7?env=dev&env=prod&trace HTTP/1.1\r\nHost: a\r\nX-User: u-1\r\n\r\n"
+    ));
+    assert_eq!(query_param(b"a=1&b&c=", b"b"), Some(&b""[..]));
+    assert_eq!(query_param(b"a=1&b&c=", b"c"), Some(&b""[..]));
+    assert_eq!(query_param(b"a=1&b&c=", b"d"), None);
+}
+
+#[test]
+fn mesh_suffix_is_optional() {
+    assert_eq!(mesh_name(b"api"), b"api");
+    assert_eq!(mesh_name(b"api.mesh"), b"api");
+    assert_eq!(mesh_name(b"api.MESH."), b"api");
+    assert_eq!(mesh_name(b".mesh"), b".mesh");
+    assert_eq!(mesh_name(b"example.com"), b"example.com");
+}
+
+#[test]
+fn authorities_split_into_host_and_port() {
+    assert_eq!(split_authority(b"api"), Some((&b"api"[..], None)));
+    assert_eq!(
+        split_authority(b"api:8080"),
+        Some((&b"api"[..], Some(8080)))
+    );
+    assert_eq!(
+        split_authority(b"[::1]:443"),
+        Some((&b"::1"[..], Some(443)))
+    );
+    assert_eq!(split_authority(b"[::1]"), Some((&b"::1"[..], None)));
+    assert_eq!(split_authority(b"api:"), Some((&b"api"[..], None)));
+    assert_eq!(split_authority(b"api:99999"), None);
+    assert_eq!(split_authority(b"[::1"), None);
+}
+
+struct Static(&'static str);
+
+#[test]
+fn the_table_then_static_services_then_passthrough() {
+    let table = RoutingTable::compile(&coremesh_api::snapshot::Snapshot::default()).unwrap();
+    let services = [Static("db")];
+    let mut statics = Statics {
+        services: &services,
+        name: |s: &Static| s.0,
+        passthrough: false,
+    };
+    let go = |statics: &Statics<'_, Static>, raw: &'static [u8]| match outbound(
+        statics,
+        Some(&table),
+        &Text(raw),
+    ) {
+        Ok(Target::Service(s)) => Ok(s.0.to_string()),
+        Ok(Target::Passthrough { host, port }) => Ok(format!("{host}:{port}")),
+        Ok(Target::Routed(r)) => Ok(format!("routed {}", r.name)),
+        Err(e) => Err(e),
+    };
+    assert_eq!(
+        go(&statics, b"GET / HTTP/1.1\r\nHost: DB.mesh.:81\r\n\r\n"),
+        Ok("db".into())
+    );
+    assert_eq!(
+        go(&statics, b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n"),
+        Err(ErrorKind::UnknownService)
+    );
+    assert_eq!(
+        go(&statics, b"CONNECT db:443 HTTP/1.1\r\nHost: db:443\r\n\r\n"),
+        Err(ErrorKind::ConnectNotAllowed)
+    );
+    assert_eq!(
+        go(&statics, b"GET / HTTP/1.0\r\n\r\n"),
+        Err(ErrorKind::NoAuthority)
+    );
+    statics.passthrough = true;
+    assert_eq!(
+        go(&statics, b"GET / HTTP/1.1\r\nHost: Example.com\r\n\r\n"),
+        Ok("example.com:80".into())
+    );
+    assert_eq!(
+        go(
+            &statics,
+            b"CONNECT db:8443 HTTP/1.1\r\nHost: db:8443\r\n\r\n"
+        ),
+        Ok("db:8443".into())
+    );
+}

@@ -1,0 +1,64 @@
+use super::*;
+use coremesh_api::resource::Protocol;
+use coremesh_api::snapshot::ServiceEndpoints;
+
+fn snapshot(names: &[&str]) -> Snapshot {
+    Snapshot {
+        version: 7,
+        config_version: 3,
+        services: names
+            .iter()
+            .map(|n| ServiceEndpoints {
+                name: n.to_string(),
+                protocol: Protocol::Http,
+                endpoints: vec![],
+            })
+            .collect(),
+        routes: vec![],
+        ..Snapshot::default()
+    }
+}
+
+fn statics(names: &[&str]) -> StaticServices {
+    StaticServices {
+        source: "/etc/coremesh/proxy.toml".into(),
+        names: names.iter().map(|n| n.to_ascii_lowercase()).collect(),
+    }
+}
+
+#[test]
+fn a_service_defined_statically_and_by_control_is_refused() {
+    let s = statics(&["db", "cache"]);
+    assert_eq!(s.check_snapshot(&snapshot(&["api"])), Ok(()));
+    assert_eq!(
+        StaticServices::default().check_snapshot(&snapshot(&["db"])),
+        Ok(())
+    );
+    assert_eq!(
+        s.check_snapshot(&snapshot(&["api", "DB"])),
+        Err(
+            "service \"db\" is defined both in /etc/coremesh/proxy.toml [[services]] \
+             and by control; remove one of them"
+                .into()
+        )
+    );
+    let err = s.check_snapshot(&snapshot(&["db", "cache"])).unwrap_err();
+    assert!(
+        err.starts_with("services \"cache\", \"db\" are defined both"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_reload_may_not_define_a_service_of_the_table_in_force() {
+    let table = RoutingTable::compile(&snapshot(&["api", "db"])).unwrap();
+    assert_eq!(statics(&["cache"]).check_table(&table), Ok(()));
+    assert_eq!(
+        statics(&["Db"]).check_table(&table),
+        Err(
+            "/etc/coremesh/proxy.toml: [[services]] \"db\": control defines this \
+             service too (snapshot version 7); remove one of them"
+                .into()
+        )
+    );
+}

@@ -1,0 +1,114 @@
+use super::*;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+fn checker(app: SocketAddr, kind: HealthKind) -> Checker {
+    Checker {
+        app,
+        config: HealthConfig {
+            kind,
+            path: "/healthz".into(),
+            interval: Duration::from_millis(50),
+            timeout: Duration::from_millis(500),
+        },
+    }
+}
+
+/// An app that answers every connection with `response` once it has the
+/// request head, and records the heads.
+async fn app(response: &'static str) -> (SocketAddr, Rc<RefCell<Vec<String>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let s2 = seen.clone();
+    tokio::task::spawn_local(async move {
+        loop {
+            let (mut c, _) = l.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 512];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match c.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            s2.borrow_mut()
+                .push(String::from_utf8_lossy(&head).into_owned());
+            let _ = c.write_all(response.as_bytes()).await;
+        }
+    });
+    (addr, seen)
+}
+
+fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+#[test]
+fn status_lines() {
+    assert_eq!(status_code(b"HTTP/1.1 200 OK"), Some(200));
+    assert_eq!(status_code(b"HTTP/1.0 302 Found"), Some(302));
+    assert_eq!(status_code(b"HTTP/1.1 503"), Some(503));
+    assert_eq!(status_code(b"HTTP/1.1 20"), None);
+    assert_eq!(status_code(b"HTTP/1.1 2000 x"), None);
+    assert_eq!(status_code(b"SSH-2.0"), None);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn tcp_and_http_checks() {
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async {
+            let (ok, seen) = app("HTTP/1.1 204 No Content\r\n\r\n").await;
+            let (bad, _) = app("HTTP/1.1 503 Service Unavailable\r\n\r\n").await;
+            let (junk, _) = app("hello\r\n").await;
+
+            let r = checker(ok, HealthKind::Tcp).check().await;
+            assert_eq!((r.healthy, r.detail.as_str()), (true, "connected"));
+            let r = checker(closed_port(), HealthKind::Tcp).check().await;
+            assert!(!r.healthy && r.detail.starts_with("connect: "), "{r:?}");
+
+            let r = checker(ok, HealthKind::Http).check().await;
+            assert_eq!((r.healthy, r.detail.as_str()), (true, "HTTP 204"));
+            let head = seen.borrow().last().cloned().unwrap();
+            assert!(head.starts_with("GET /healthz HTTP/1.1\r\n"), "{head}");
+            assert!(head.contains(&format!("Host: {ok}\r\n")), "{head}");
+            let r = checker(bad, HealthKind::Http).check().await;
+            assert_eq!((r.healthy, r.detail.as_str()), (false, "HTTP 503"));
+            let r = checker(junk, HealthKind::Http).check().await;
+            assert!(!r.healthy && r.detail.starts_with("not an HTTP status line"));
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_silent_app_times_out_and_run_keeps_the_latest() {
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async {
+            // Accepts (the kernel does) but never answers.
+            let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let mut c = checker(silent.local_addr().unwrap(), HealthKind::Http);
+            c.config.timeout = Duration::from_millis(100);
+            let r = c.check().await;
+            assert_eq!(
+                (r.healthy, r.detail.as_str()),
+                (false, "no answer within 100ms")
+            );
+
+            let (ok, _) = app("HTTP/1.1 200 OK\r\n\r\n").await;
+            let latest = LatestHealth::default();
+            let task = tokio::task::spawn_local(
+                checker(ok, HealthKind::Http).run(latest.clone(), Vec::new()),
+            );
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while latest.borrow().is_none() {
+                assert!(tokio::time::Instant::now() < deadline);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(latest.borrow().as_ref().unwrap().healthy);
+            task.abort();
+        })
+        .await;
+}

@@ -1,0 +1,24 @@
+use super::*;
+
+/// The size of the future an `async fn` of three arguments returns,
+/// without calling it.
+fn future_size<A, B, C, F>(_: fn(A, B, C) -> F) -> usize {
+    std::mem::size_of::<F>()
+}
+
+/// An idle keep-alive connection's task is the `serve_http` future (which
+/// `serve` spawns), allocated whole for the connection's life: whatever
+/// a rare phase (a TLS handshake, a TCP relay, a request) keeps inline is
+/// paid by every idle connection. The budget is 1 KiB of RSS per idle
+/// connection (issue 3).
+#[test]
+fn an_idle_connection_task_stays_small() {
+    let serve_size = future_size(serve_http);
+    let tcp_size = future_size(tcp_service::outbound);
+    eprintln!("serve_http future: {serve_size} B, tcp_service::outbound: {tcp_size} B");
+    // 8192 B in a debug build with the TLS handshake inline.
+    assert!(
+        serve_size <= 1024,
+        "serve_http future is {serve_size} bytes"
+    );
+}
