@@ -29,6 +29,8 @@
 use coremesh_api::resource::{self, Access, AccessPolicy, Resource};
 use coremesh_api::snapshot::Snapshot;
 
+use crate::error::CompileError;
+
 /// What a denial names when no AccessPolicy applies.
 pub const MESH_DEFAULT: &str = "mesh default";
 
@@ -107,9 +109,9 @@ impl Authz {
         policy: Option<&AccessPolicy>,
         mesh_default: Access,
         trust_domain: &str,
-    ) -> Result<Authz, String> {
+    ) -> Result<Authz, CompileError> {
         resource::check_trust_domain(trust_domain)
-            .map_err(|e| format!("authorization: trust domain: {e}"))?;
+            .map_err(|e| CompileError::TrustDomain(e.into()))?;
         let Some(policy) = policy else {
             return Ok(Authz {
                 default: mesh_default,
@@ -117,7 +119,7 @@ impl Authz {
             });
         };
         resource::validate(&Resource::AccessPolicy(policy.clone()))
-            .map_err(|e| format!("authorization: {e}"))?;
+            .map_err(|e| CompileError::AccessPolicy(e.into()))?;
         let rules: Box<[CompiledRule]> = policy
             .rules
             .iter()
@@ -160,7 +162,7 @@ impl Authz {
 
     /// [`Authz::compile`] of a snapshot's `access_policy` and
     /// `default_access`.
-    pub fn from_snapshot(snap: &Snapshot, trust_domain: &str) -> Result<Authz, String> {
+    pub fn from_snapshot(snap: &Snapshot, trust_domain: &str) -> Result<Authz, CompileError> {
         Authz::compile(
             snap.access_policy.as_ref(),
             snap.default_access,

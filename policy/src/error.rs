@@ -215,5 +215,59 @@ impl Answer<'_> {
     }
 }
 
+/// A cause from another crate's validation (a regex, a resource check),
+/// kept as the source.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a snapshot cannot become a routing table: the NACK reason a proxy
+/// sends back to control, naming the resource and the field.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error("route {route}: service {service} is not in the snapshot")]
+    UnknownService { route: String, service: String },
+    #[error("route {route}: rules[{rule}]: path {path:?} must start with /")]
+    RelativePath {
+        route: String,
+        rule: usize,
+        path: String,
+    },
+    #[error("route {route}: rules[{rule}]: at most one of path, pathPrefix and pathRegex")]
+    PathConflict { route: String, rule: usize },
+    #[error("route {route}: rules[{rule}]: {field}: {cause}")]
+    BadRegex {
+        route: String,
+        rule: usize,
+        field: String,
+        #[source]
+        cause: Cause,
+    },
+    #[error("authorization: trust domain: {0}")]
+    TrustDomain(#[source] Cause),
+    #[error("authorization: {0}")]
+    AccessPolicy(#[source] Cause),
+}
+
+/// A service defined both statically (proxy.toml's `[[services]]`) and by
+/// control: refused, whichever came second.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StaticConflict {
+    /// A snapshot defines services of the static configuration (NACKed).
+    #[error("{} {} {} defined both in {file} [[services]] and by control; remove one of them", if names.len() == 1 { "service" } else { "services" }, quoted(names), if names.len() == 1 { "is" } else { "are" })]
+    InSnapshot { names: Vec<String>, file: String },
+    /// A reload defines statically a service of the table in force (the
+    /// reload is refused).
+    #[error("{file}: [[services]] {name:?}: control defines this service too (snapshot version {version}); remove one of them")]
+    InReload {
+        name: String,
+        file: String,
+        version: u64,
+    },
+}
+
+fn quoted(names: &[String]) -> String {
+    let list: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
+    list.join(", ")
+}
+
 #[cfg(test)]
 mod tests;

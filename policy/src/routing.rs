@@ -24,6 +24,7 @@ use rustc_hash::FxHashMap;
 use coremesh_api::resource::{compile_regex, Resilience, RetryOn, Route, ValueMatch};
 use coremesh_api::snapshot::Snapshot;
 
+use crate::error::{Cause, CompileError, StaticConflict};
 use crate::traffic::ServicePolicy;
 
 /// A compiled snapshot.
@@ -110,11 +111,14 @@ impl ValueMatcher {
         }
     }
 
-    fn compile(v: &ValueMatch, what: &str) -> Result<ValueMatcher, String> {
+    fn compile(
+        v: &ValueMatch,
+        at: impl FnOnce(Cause) -> CompileError,
+    ) -> Result<ValueMatcher, CompileError> {
         Ok(match v {
             ValueMatch::Exact(s) => ValueMatcher::Exact(s.clone()),
             ValueMatch::Regex(r) => {
-                ValueMatcher::Regex(compile_regex(r).map_err(|e| format!("{what}: {e}"))?)
+                ValueMatcher::Regex(compile_regex(r).map_err(|e| at(e.into()))?)
             }
             ValueMatch::Present(p) => ValueMatcher::Present(*p),
         })
@@ -142,7 +146,7 @@ pub struct WeightedBackend {
 
 impl RoutingTable {
     /// Compiles a snapshot; the error is the NACK reason.
-    pub fn compile(snap: &Snapshot) -> Result<RoutingTable, String> {
+    pub fn compile(snap: &Snapshot) -> Result<RoutingTable, CompileError> {
         let mut services = FxHashMap::default();
         for s in &snap.services {
             services.insert(
@@ -195,51 +199,62 @@ fn compile_route(
     r: &Route,
     snap: &Snapshot,
     services: &mut FxHashMap<String, ServiceRoutes>,
-) -> Result<(), String> {
+) -> Result<(), CompileError> {
     let key = r.service.to_ascii_lowercase();
     let svc = snap
         .services
         .iter()
         .find(|s| s.name.eq_ignore_ascii_case(&r.service))
-        .ok_or_else(|| {
-            format!(
-                "route {}: service {} is not in the snapshot",
-                r.name, r.service
-            )
+        .ok_or_else(|| CompileError::UnknownService {
+            route: r.name.clone(),
+            service: r.service.clone(),
         })?;
     let mut rules = Vec::with_capacity(r.rules.len());
     for (i, rule) in r.rules.iter().enumerate() {
         let m = rule.matches.clone().unwrap_or_default();
         if let Some(p) = m.path.as_ref().or(m.path_prefix.as_ref()) {
             if !p.starts_with('/') {
-                return Err(format!(
-                    "route {}: rules[{i}]: path {p:?} must start with /",
-                    r.name
-                ));
+                return Err(CompileError::RelativePath {
+                    route: r.name.clone(),
+                    rule: i,
+                    path: p.clone(),
+                });
             }
         }
-        let at = |what: &str| format!("route {}: rules[{i}]: {what}", r.name);
+        let bad_regex = |field: String| {
+            move |cause: Cause| CompileError::BadRegex {
+                route: r.name.clone(),
+                rule: i,
+                field,
+                cause,
+            }
+        };
         let path = match (&m.path, &m.path_prefix, &m.path_regex) {
             (Some(p), None, None) => Some(PathMatch::Exact(p.clone())),
             (None, Some(p), None) => Some(PathMatch::Prefix(p.clone())),
             (None, None, Some(re)) => Some(PathMatch::Regex(
-                compile_regex(re).map_err(|e| format!("{}: {e}", at("pathRegex")))?,
+                compile_regex(re).map_err(|e| bad_regex("pathRegex".into())(e.into()))?,
             )),
             (None, None, None) => None,
-            _ => return Err(at("at most one of path, pathPrefix and pathRegex")),
+            _ => {
+                return Err(CompileError::PathConflict {
+                    route: r.name.clone(),
+                    rule: i,
+                })
+            }
         };
         let mut headers = Vec::with_capacity(m.headers.len());
         for (k, v) in &m.headers {
             headers.push((
                 k.to_ascii_lowercase(),
-                ValueMatcher::compile(v, &at(&format!("headers.{k}")))?,
+                ValueMatcher::compile(v, bad_regex(format!("headers.{k}")))?,
             ));
         }
         let mut query = Vec::with_capacity(m.query.len());
         for (k, v) in &m.query {
             query.push((
                 k.clone(),
-                ValueMatcher::compile(v, &at(&format!("query.{k}")))?,
+                ValueMatcher::compile(v, bad_regex(format!("query.{k}")))?,
             ));
         }
         let backends = rule
@@ -302,7 +317,7 @@ impl StaticServices {
 
     /// Refuses a snapshot that defines one of these services; the error is
     /// the NACK reason.
-    pub fn check_snapshot(&self, snap: &Snapshot) -> Result<(), String> {
+    pub fn check_snapshot(&self, snap: &Snapshot) -> Result<(), StaticConflict> {
         let both: BTreeSet<String> = snap
             .services
             .iter()
@@ -312,22 +327,15 @@ impl StaticServices {
         if both.is_empty() {
             return Ok(());
         }
-        let (what, are) = if both.len() == 1 {
-            ("service", "is")
-        } else {
-            ("services", "are")
-        };
-        let list: Vec<String> = both.iter().map(|n| format!("{n:?}")).collect();
-        Err(format!(
-            "{what} {} {are} defined both in {} [[services]] and by control; remove one of them",
-            list.join(", "),
-            self.source
-        ))
+        Err(StaticConflict::InSnapshot {
+            names: both.into_iter().collect(),
+            file: self.source.clone(),
+        })
     }
 
     /// Refuses a configuration (a reload) that defines statically a service
     /// of the table in force.
-    pub fn check_table(&self, table: &RoutingTable) -> Result<(), String> {
+    pub fn check_table(&self, table: &RoutingTable) -> Result<(), StaticConflict> {
         let mut both: Vec<&str> = table
             .service_names()
             .filter(|n| self.names.contains(*n))
@@ -335,10 +343,11 @@ impl StaticServices {
         both.sort_unstable();
         match both.first() {
             None => Ok(()),
-            Some(first) => Err(format!(
-                "{}: [[services]] {first:?}: control defines this service too (snapshot version {}); remove one of them",
-                self.source, table.version
-            )),
+            Some(first) => Err(StaticConflict::InReload {
+                name: first.to_string(),
+                file: self.source.clone(),
+                version: table.version,
+            }),
         }
     }
 }

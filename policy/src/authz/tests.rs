@@ -1,4 +1,3 @@
-
 use super::*;
 use coremesh_api::resource::{parse_documents, AccessRule};
 
@@ -161,12 +160,16 @@ fn compile_refuses_what_control_should_not_send() {
         }],
         ..policy("")
     };
-    let e = Authz::compile(Some(&bad), Access::Allow, TD).unwrap_err();
+    let e = Authz::compile(Some(&bad), Access::Allow, TD)
+        .unwrap_err()
+        .to_string();
     assert!(
         e.starts_with("authorization: accesspolicy/api-access: rules[0].from: empty"),
         "{e}"
     );
-    let e = Authz::compile(None, Access::Allow, "Bad Domain").unwrap_err();
+    let e = Authz::compile(None, Access::Allow, "Bad Domain")
+        .unwrap_err()
+        .to_string();
     assert!(e.starts_with("authorization: trust domain: "), "{e}");
 }
 

@@ -35,14 +35,18 @@ fn a_service_defined_statically_and_by_control_is_refused() {
         Ok(())
     );
     assert_eq!(
-        s.check_snapshot(&snapshot(&["api", "DB"])),
+        s.check_snapshot(&snapshot(&["api", "DB"]))
+            .map_err(|e| e.to_string()),
         Err(
             "service \"db\" is defined both in /etc/coremesh/proxy.toml [[services]] \
              and by control; remove one of them"
                 .into()
         )
     );
-    let err = s.check_snapshot(&snapshot(&["db", "cache"])).unwrap_err();
+    let err = s
+        .check_snapshot(&snapshot(&["db", "cache"]))
+        .unwrap_err()
+        .to_string();
     assert!(
         err.starts_with("services \"cache\", \"db\" are defined both"),
         "{err}"
@@ -54,7 +58,9 @@ fn a_reload_may_not_define_a_service_of_the_table_in_force() {
     let table = RoutingTable::compile(&snapshot(&["api", "db"])).unwrap();
     assert_eq!(statics(&["cache"]).check_table(&table), Ok(()));
     assert_eq!(
-        statics(&["Db"]).check_table(&table),
+        statics(&["Db"])
+            .check_table(&table)
+            .map_err(|e| e.to_string()),
         Err(
             "/etc/coremesh/proxy.toml: [[services]] \"db\": control defines this \
              service too (snapshot version 7); remove one of them"

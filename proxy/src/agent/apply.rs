@@ -25,6 +25,7 @@ use super::state::StateDir;
 use crate::agent::admin::AdminState;
 use crate::msg::{ShardHandle, ShardMsg};
 use crate::routing::{RoutingTable, StaticServices};
+use coremesh_policy::error::{CompileError, StaticConflict};
 
 /// How long every shard together may take to prepare a table. A shard that
 /// does not answer in time makes the apply fail (NACK) rather than leave
@@ -69,7 +70,7 @@ pub fn check_lineage(
     running: Option<&Applied>,
     snap: &Snapshot,
     allow_store_change: bool,
-) -> Result<(), String> {
+) -> Result<(), Lineage> {
     let Some(running) = running else {
         return Ok(());
     };
@@ -85,36 +86,79 @@ pub fn check_lineage(
             );
             return Ok(());
         }
-        return Err(format!(
-            "snapshot from control store {}, but this proxy runs config version {} of store {}: refusing another store's policy (control's store was replaced or restored from elsewhere; set [control] allow_store_change = true on this proxy to accept it)",
-            shown(&snap.store_id),
-            running.config_version,
-            shown(&running.store_id)
-        ));
+        return Err(Lineage::OtherStore {
+            store: snap.store_id.clone(),
+            running_version: running.config_version,
+            running_store: running.store_id.clone(),
+        });
     }
     if snap.config_version < running.config_version {
-        return Err(format!(
-            "config version {} is older than the running config version {} of store {}: refusing to go back (control's store may have been lost or reinitialized; a rollback is a new, higher version: meshctl rollback)",
-            snap.config_version,
-            running.config_version,
-            shown(&running.store_id)
-        ));
+        return Err(Lineage::Older {
+            version: snap.config_version,
+            running_version: running.config_version,
+            store: running.store_id.clone(),
+        });
     }
     if snap.config_version == running.config_version
         && !snap.config_digest.is_empty()
         && !running.config_digest.is_empty()
         && snap.config_digest != running.config_digest
     {
-        return Err(format!(
-            "config version {} of store {} is not the config version {} this proxy runs (digest {} against {}): control's store was reinitialized or replaced; refusing it until a higher version",
-            snap.config_version,
-            shown(&running.store_id),
-            running.config_version,
-            short(&snap.config_digest),
-            short(&running.config_digest)
-        ));
+        return Err(Lineage::OtherConfig {
+            version: snap.config_version,
+            store: running.store_id.clone(),
+            digest: snap.config_digest.clone(),
+            running_digest: running.config_digest.clone(),
+        });
     }
     Ok(())
+}
+
+/// A snapshot that would take the proxy back, or to another store's policy
+/// ([`check_lineage`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Lineage {
+    #[error("snapshot from control store {}, but this proxy runs config version {running_version} of store {}: refusing another store's policy (control's store was replaced or restored from elsewhere; set [control] allow_store_change = true on this proxy to accept it)", shown(store), shown(running_store))]
+    OtherStore {
+        store: String,
+        running_version: u64,
+        running_store: String,
+    },
+    #[error("config version {version} is older than the running config version {running_version} of store {}: refusing to go back (control's store may have been lost or reinitialized; a rollback is a new, higher version: meshctl rollback)", shown(store))]
+    Older {
+        version: u64,
+        running_version: u64,
+        store: String,
+    },
+    #[error("config version {version} of store {} is not the config version {version} this proxy runs (digest {} against {}): control's store was reinitialized or replaced; refusing it until a higher version", shown(store), short(digest), short(running_digest))]
+    OtherConfig {
+        version: u64,
+        store: String,
+        digest: String,
+        running_digest: String,
+    },
+}
+
+/// Why a snapshot is refused: the NACK reason control shows in `meshctl
+/// status`, and `/config` shows.
+#[derive(Debug, thiserror::Error)]
+pub enum Nack {
+    #[error(transparent)]
+    Lineage(#[from] Lineage),
+    #[error(transparent)]
+    Static(#[from] StaticConflict),
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    /// An AccessPolicy names callers by service, in the trust domain of
+    /// this proxy's certificate, which it does not have yet.
+    #[error("no certificate yet to learn the trust domain from")]
+    NoTrustDomain,
+    #[error("shard {0} is not running")]
+    ShardDown(usize),
+    #[error("shard {0} stopped while preparing")]
+    ShardStopped(usize),
+    #[error("not every shard prepared version {version} within {limit:?}")]
+    PrepareTimeout { version: u64, limit: Duration },
 }
 
 fn short(digest: &str) -> &str {
@@ -209,7 +253,7 @@ impl Applier {
     /// The routing table and the access policy of `snap`. The policy's
     /// bare service names mean our own trust domain, which the certificate
     /// names (the snapshot does not).
-    fn compile(&self, snap: &Snapshot) -> Result<RoutingTable, String> {
+    fn compile(&self, snap: &Snapshot) -> Result<RoutingTable, Nack> {
         let mut table = RoutingTable::compile(snap)?;
         let td = self
             .identity
@@ -228,9 +272,7 @@ impl Applier {
             Some(td) => table.authz = crate::authz::Authz::from_snapshot(snap, &td)?,
             // No certificate yet: no mutual TLS either, so no caller can
             // reach the inbound side; deny by policy until one arrives.
-            None if snap.access_policy.is_some() => {
-                return Err("no certificate yet to learn the trust domain from".into())
-            }
+            None if snap.access_policy.is_some() => return Err(Nack::NoTrustDomain),
             None => {}
         }
         Ok(table)
@@ -306,7 +348,7 @@ impl Applier {
 
     /// Refuses a reload whose `[[services]]` define a service of the table
     /// in force.
-    pub fn check_reload(&self, statics: &StaticServices) -> Result<(), String> {
+    pub fn check_reload(&self, statics: &StaticServices) -> Result<(), StaticConflict> {
         match self.table.borrow().as_ref() {
             Some(table) => statics.check_table(table),
             None => Ok(()),
@@ -336,27 +378,25 @@ impl Applier {
 
     /// Compiles and applies `snap` on every shard; with `persist`, also
     /// stores it as the last good snapshot. The error is the NACK reason.
-    pub async fn apply(&self, snap: &Snapshot, persist: bool) -> Result<(), String> {
-        let compiled = check_lineage(
-            self.floor.borrow().as_ref(),
-            snap,
-            self.allow_store_change.get(),
-        )
-        .and_then(|()| self.statics.borrow().check_snapshot(snap))
-        .and_then(|()| self.compile(snap));
-        let table = match compiled {
-            Ok(t) => Arc::new(t),
-            Err(reason) => {
-                *self.last_nack.borrow_mut() = Some((snap.version, reason.clone()));
+    pub async fn apply(&self, snap: &Snapshot, persist: bool) -> Result<(), Nack> {
+        let compiled = self.admit(snap);
+        let prepared = match compiled {
+            Ok(t) => {
+                let table = Arc::new(t);
+                self.prepare_commit(table.clone(), snap.version)
+                    .await
+                    .map(|()| table)
+            }
+            Err(nack) => Err(nack),
+        };
+        let table = match prepared {
+            Ok(table) => table,
+            Err(nack) => {
+                *self.last_nack.borrow_mut() = Some((snap.version, nack.to_string()));
                 self.publish();
-                return Err(reason);
+                return Err(nack);
             }
         };
-        if let Err(reason) = self.prepare_commit(table.clone(), snap.version).await {
-            *self.last_nack.borrow_mut() = Some((snap.version, reason.clone()));
-            self.publish();
-            return Err(reason);
-        }
         if persist {
             if let Some(state) = &self.state {
                 // The routes are in force either way; only a restart while
@@ -377,30 +417,39 @@ impl Applier {
         Ok(())
     }
 
+    /// Whether `snap` may replace what runs, compiled: its lineage, no
+    /// clash with the static services, a routing table and access policy.
+    fn admit(&self, snap: &Snapshot) -> Result<RoutingTable, Nack> {
+        let floor = self.floor.borrow();
+        check_lineage(floor.as_ref(), snap, self.allow_store_change.get())?;
+        self.statics.borrow().check_snapshot(snap)?;
+        self.compile(snap)
+    }
+
     /// Phase one on every shard, bounded by [`PREPARE_TIMEOUT`]; phase two
     /// only once all have answered.
-    async fn prepare_commit(&self, table: Arc<RoutingTable>, version: u64) -> Result<(), String> {
+    async fn prepare_commit(&self, table: Arc<RoutingTable>, version: u64) -> Result<(), Nack> {
         let mut replies = Vec::with_capacity(self.shards.len());
         for h in &self.shards {
             let (tx, rx) = tokio::sync::oneshot::channel();
             h.tx.try_send(ShardMsg::Prepare(table.clone(), tx))
-                .map_err(|_| format!("shard {} is not running", h.index))?;
+                .map_err(|_| Nack::ShardDown(h.index))?;
             replies.push((h.index, rx));
         }
         let all = async {
             for (index, rx) in replies {
-                rx.await
-                    .map_err(|_| format!("shard {index} stopped while preparing"))?;
+                rx.await.map_err(|_| Nack::ShardStopped(index))?;
             }
-            Ok::<(), String>(())
+            Ok::<(), Nack>(())
         };
         match tokio::time::timeout(PREPARE_TIMEOUT, all).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(e),
             Err(_) => {
-                return Err(format!(
-                    "not every shard prepared version {version} within {PREPARE_TIMEOUT:?}"
-                ))
+                return Err(Nack::PrepareTimeout {
+                    version,
+                    limit: PREPARE_TIMEOUT,
+                })
             }
         }
         for h in &self.shards {

@@ -503,9 +503,12 @@ impl Client {
                                 );
                                 ProxyMsg::Ack { version }
                             }
-                            Err(reason) => {
-                                tracing::warn!("refused snapshot version {version}: {reason}");
-                                ProxyMsg::Nack { version, reason }
+                            Err(nack) => {
+                                tracing::warn!("refused snapshot version {version}: {nack}");
+                                ProxyMsg::Nack {
+                                    version,
+                                    reason: nack.to_string(),
+                                }
                             }
                         };
                         write(&mut send, &reply).await?;

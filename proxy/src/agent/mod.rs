@@ -363,6 +363,7 @@ fn reload(
             let statics = new.static_services();
             applier
                 .map_or(Ok(()), |a| a.check_reload(&statics))
+                .map_err(|e| e.to_string())
                 .map(|()| (new, statics))
         });
     let new = match checked {
