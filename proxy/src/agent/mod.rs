@@ -59,6 +59,25 @@ pub struct Bound {
 }
 
 impl Bound {
+    /// `bound inbound=... outbound=... admin=... tcp:db=...`, logged once
+    /// at start (tests and scripts read the ports from it).
+    fn describe(&self) -> String {
+        let mut line = String::from("bound");
+        for (k, v) in [
+            ("inbound", self.inbound),
+            ("outbound", self.outbound),
+            ("admin", self.admin),
+        ] {
+            if let Some(a) = v {
+                line.push_str(&format!(" {k}={a}"));
+            }
+        }
+        for (service, a) in &self.tcp {
+            line.push_str(&format!(" tcp:{service}={a}"));
+        }
+        line
+    }
+
     fn to_json(&self) -> serde_json::Value {
         let mut m = serde_json::Map::new();
         for (k, v) in [
@@ -187,36 +206,8 @@ async fn agent(setup: AgentSetup) -> i32 {
         None => traffic.configure(&config.service_list(None)),
     }
     tokio::task::spawn_local(resolver(requests, traffic.clone()));
-    tokio::task::spawn_local({
-        let traffic = traffic.clone();
-        async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(200));
-            let mut n = 0u32;
-            loop {
-                tick.tick().await;
-                traffic.tick();
-                n += 1;
-                if n % 5 == 0 {
-                    traffic.resplit();
-                }
-            }
-        }
-    });
-
-    let mut line = String::from("bound");
-    for (k, v) in [
-        ("inbound", bound.inbound),
-        ("outbound", bound.outbound),
-        ("admin", bound.admin),
-    ] {
-        if let Some(a) = v {
-            line.push_str(&format!(" {k}={a}"));
-        }
-    }
-    for (service, a) in &bound.tcp {
-        line.push_str(&format!(" tcp:{service}={a}"));
-    }
-    tracing::info!("{line}");
+    tokio::task::spawn_local(traffic_ticks(traffic.clone()));
+    tracing::info!("{}", bound.describe());
 
     let mut current = config;
     loop {
@@ -238,9 +229,38 @@ async fn agent(setup: AgentSetup) -> i32 {
     }
 
     state.draining.set(true);
+    let link = control.as_ref().map(|(_, link)| &**link);
+    drain(link, acceptors, &shards, current.proxy.drain_timeout).await;
+    0
+}
+
+/// The agent's traffic timers: endpoint state every 200 ms, the limit
+/// splits between shards every second.
+async fn traffic_ticks(traffic: Rc<traffic::Traffic>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut n = 0u32;
+    loop {
+        tick.tick().await;
+        traffic.tick();
+        n += 1;
+        if n % 5 == 0 {
+            traffic.resplit();
+        }
+    }
+}
+
+/// Leaves the mesh and drains: deregisters (so peers stop choosing this
+/// proxy before it stops accepting), stops accepting, lets in-flight
+/// requests finish within `deadline`, closes the control session.
+async fn drain(
+    link: Option<&ControlLink>,
+    acceptors: Vec<tokio::task::JoinHandle<()>>,
+    shards: &[ShardHandle],
+    deadline: Duration,
+) {
     // Withdraw the endpoint first, so peers stop choosing this proxy before
     // it stops accepting.
-    if let Some((_, link)) = &control {
+    if let Some(link) = link {
         match link.deregister(DEREGISTER_TIMEOUT).await {
             Deregistration::Confirmed => {
                 tracing::info!("deregistered: control confirmed the endpoint is withdrawn")
@@ -255,7 +275,6 @@ async fn agent(setup: AgentSetup) -> i32 {
     }
 
     // Drain: stop accepting, let in-flight requests finish, then exit.
-    let deadline = current.proxy.drain_timeout;
     tracing::info!(
         "draining: no new connections; waiting up to {deadline:?} for in-flight requests"
     );
@@ -263,7 +282,7 @@ async fn agent(setup: AgentSetup) -> i32 {
         a.abort();
     }
     let mut waits = Vec::new();
-    for h in &shards {
+    for h in shards {
         let (tx, rx) = tokio::sync::oneshot::channel();
         if h.tx.try_send(ShardMsg::Drain(tx)).is_ok() {
             waits.push(rx);
@@ -278,10 +297,9 @@ async fn agent(setup: AgentSetup) -> i32 {
         Ok(()) => tracing::info!("drained; exiting"),
         Err(_) => tracing::warn!("drain deadline passed with requests still in flight; exiting"),
     }
-    if let Some((_, link)) = &control {
+    if let Some(link) = link {
         link.close(Duration::from_millis(500)).await;
     }
-    0
 }
 
 /// Opens `state_dir`, applies the persisted snapshot, starts the app's

@@ -112,6 +112,16 @@ pub(super) async fn exchange(
             Err(b) => return (Next::Close, b),
         };
     }
+    // A chunked body whose first bytes are malformed is refused before any
+    // upstream is involved.
+    let prefix = &cbuf[ctx.head.head_len..];
+    if body_prefix(ctx.head.framing, prefix, &mut ChunkedDecoder::new()).is_err() {
+        let answer = Answer::Refused {
+            status: 400,
+            reason: "invalid chunked body",
+        };
+        return ctx.answer_and_close(answer, cbuf).await;
+    }
     // The first try uses the request's clock reading; each later one (after
     // a failure, a backoff) reads the clock again.
     let mut first = Some(ctx.ex.start);
@@ -274,7 +284,7 @@ async fn buffer_body(ctx: &mut RequestCtx<'_, '_>, mut cbuf: Buf, limit: u64) ->
 }
 
 /// One attempt of a request over `up`, until `deadline` for the response
-/// head.
+/// head: send the request, read the response head, relay the response.
 pub(super) async fn over_connection(
     ctx: &mut RequestCtx<'_, '_>,
     cbuf: Buf,
@@ -284,39 +294,116 @@ pub(super) async fn over_connection(
     deadline: Instant,
     retry: Option<RetryStatus<'_>>,
 ) -> Result<(Next, Buf), Failed> {
-    let (shard, cfg) = (ctx.shard, ctx.cfg);
+    let shard = ctx.shard;
+    let mut sent = send_request(ctx, cbuf, &mut up).await?;
+    let (resp, mut ubuf) = response_head(ctx, &mut up, &mut sent, deadline).await?;
+    ctx.ex.status = resp.status;
+    if sent.body_done
+        && retry.is_some_and(|r| r.attempts.retries_status(resp.status) && (r.budget)())
+    {
+        // Another try answers instead; this response is dropped with its
+        // connection (its body is never read).
+        shard.bufs.put(ubuf);
+        return Err(sent.fail(ErrorKind::RetryableStatus, "response status", true));
+    }
+    if sent.body_cut {
+        // Where the rest of the body (and any next request) starts is lost.
+        sent.cbuf.clear();
+        if resp.switching {
+            shard.bufs.put(ubuf);
+            return Err(sent.fail(ErrorKind::UpstreamReset, "relaying request body", false));
+        }
+    } else {
+        consume(&mut sent.cbuf, sent.consumed);
+    }
+
+    // 101: both sides switch protocols; the connection becomes a tunnel.
+    if resp.switching && ctx.head.upgrade {
+        resp.plan_forward(&ubuf, false, false, &mut ctx.scratch.plan);
+        let out = ctx.scratch.plan.to_vec(&ubuf);
+        ctx.ex.bytes_out += out.len() as u64;
+        if write_bounded(ctx.client, out, ctx.ex.idle).await.is_err() {
+            shard.bufs.put(ubuf);
+            return Ok((Next::Close, sent.cbuf));
+        }
+        consume(&mut ubuf, resp.head_len);
+        let tunnel = super::request::Tunnel {
+            up,
+            client_pending: sent.cbuf,
+            up_pending: ubuf,
+        };
+        return Ok((Next::Tunnel(Box::new(tunnel)), Vec::new()));
+    }
+
+    let (close, reusable) = relay_response(ctx, &mut up, &resp, ubuf, &mut sent).await?;
+    // The request's second clock reading (see `Exchange`).
+    let end = *ctx.ex.end.insert(Instant::now());
+    let max_idle = ctx.cfg.upstream.max_idle_per_endpoint;
+    if reusable && max_idle > 0 {
+        // Idle, a TLS connection holds no buffers (see tls/session.rs).
+        up.release_idle_state();
+        shard.pool.put(addr, up, conn_permit, end, max_idle);
+    }
+    Ok((if close { Next::Close } else { Next::KeepAlive }, sent.cbuf))
+}
+
+/// What a try has sent of the request.
+struct Sent {
+    /// The request, kept until the try succeeds (a retry sends it again).
+    cbuf: Buf,
+    /// Where the next pipelined request starts in `cbuf`.
+    consumed: usize,
+    /// The whole body went out with the head (the request is intact in
+    /// `cbuf`).
+    body_done: bool,
+    /// The upstream reset the connection while the body was streaming: it
+    /// may have answered early (a 413 or 401 before the whole upload) and
+    /// closed. That answer, when it is there, goes to the client (and both
+    /// connections close after it); without one, it is a 502.
+    body_cut: bool,
+}
+
+impl Sent {
+    /// The try failed before any of the response reached the client.
+    fn fail(&mut self, kind: ErrorKind, context: &'static str, intact: bool) -> Failed {
+        let err = ProxyError::new(kind, context);
+        Failed::upstream(
+            err,
+            intact && self.body_done,
+            std::mem::take(&mut self.cbuf),
+        )
+    }
+}
+
+/// The send phase: the head and the body bytes that came with it in one
+/// vectored write, then the rest of the body streamed with one buffer in
+/// flight.
+async fn send_request(
+    ctx: &mut RequestCtx<'_, '_>,
+    cbuf: Buf,
+    up: &mut Conn,
+) -> Result<Sent, Failed> {
     let RequestCtx {
+        shard,
+        cfg,
         head,
         client,
         scratch,
         ex,
         ..
     } = ctx;
-    let head = &*head;
-    let t = &cfg.timeouts;
-    let limits = limits(cfg);
+    let idle = cfg.timeouts.idle;
     let mut dec = ChunkedDecoder::new();
-    let (first_body, body_done) = match body_prefix(head.framing, &cbuf[head.head_len..], &mut dec)
-    {
-        Ok(x) => x,
-        Err(e) => {
-            // The chunked body's first bytes are malformed: nothing was sent.
-            let answer = Answer::Refused {
-                status: 400,
-                reason: "invalid chunked body",
-            };
-            let _ = e;
-            ex.status = answer.status();
-            let _ = write_answer(client, &answer, true, ex.idle).await;
-            return Ok((Next::Close, cbuf));
-        }
+    // The exchange checked the chunked body's first bytes before any try.
+    let Ok((first_body, body_done)) = body_prefix(head.framing, &cbuf[head.head_len..], &mut dec)
+    else {
+        let err = ProxyError::new(ErrorKind::ClientGone, "invalid chunked body");
+        return Err(Failed::upstream(err, false, cbuf));
     };
     ex.bytes_in = (head.head_len + first_body) as u64;
-
-    // Forward the head and the body bytes that came with it, in one write.
     head.plan_forward(&cbuf, &scratch.extra, &mut scratch.plan);
     let v = scratch.vectored(cbuf, head.head_len..head.head_len + first_body);
-    let (res, v) = match runtime::timeout(t.idle, up.write_vectored(v)).await {
+    let (res, v) = match runtime::timeout(idle, up.write_vectored(v)).await {
         Ok(x) => x,
         Err(_) => {
             // The write future was dropped with the buffers; start over.
@@ -324,69 +411,72 @@ pub(super) async fn over_connection(
             return Err(Failed::upstream(err, false, Vec::new()));
         }
     };
-    let mut cbuf = scratch.give_back(v);
+    let mut sent = Sent {
+        cbuf: scratch.give_back(v),
+        consumed: head.head_len + first_body,
+        body_done,
+        body_cut: false,
+    };
     if let Err(e) = res {
         let err = ProxyError::io(ErrorKind::UpstreamReset, "writing request head", e);
         return Err(Failed {
             replayable: body_done,
-            ..Failed::upstream(err, body_done, cbuf)
+            ..Failed::upstream(err, body_done, sent.cbuf)
         });
     }
-
-    // The rest of the body, streamed with one buffer in flight.
-    let mut consumed = head.head_len + first_body;
-    // The upstream reset the connection while the body was streaming: it
-    // may have answered early (a 413 or 401 before the whole upload) and
-    // closed. That answer, when it is there, goes to the client (and both
-    // connections close after it); without one, it is a 502 as before.
-    let mut body_cut = false;
-    if !body_done {
-        if head.expect_continue && head.version == Version::Http11 {
-            // The proxy answers 100 itself once the upstream is connected, so
-            // the client never waits on an upstream that ignores Expect.
-            let cont = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
-            if write_bounded(client, cont, t.idle).await.is_err() {
-                return Err(Failed::gone(cbuf));
-            }
-        }
-        match Box::pin(relay_request_body(
-            client,
-            &mut up,
-            head.framing,
-            first_body,
-            dec,
-            cbuf,
-            t.idle,
-            &shard.bufs,
-        ))
-        .await
-        {
-            Ok((b, moved, leftover_from)) => {
-                cbuf = b;
-                ex.bytes_in += moved;
-                consumed = leftover_from;
-            }
-            Err((ErrorKind::UpstreamReset, b)) => {
-                body_cut = true;
-                cbuf = b;
-            }
-            Err((kind, b)) => {
-                let err = ProxyError::new(kind, "relaying request body");
-                return Err(Failed::upstream(err, false, b));
-            }
+    if body_done {
+        return Ok(sent);
+    }
+    if head.expect_continue && head.version == Version::Http11 {
+        // The proxy answers 100 itself once the upstream is connected, so
+        // the client never waits on an upstream that ignores Expect.
+        let cont = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
+        if write_bounded(client, cont, idle).await.is_err() {
+            return Err(Failed::gone(sent.cbuf));
         }
     }
-    let cut = |cbuf: Buf| {
-        let err = ProxyError::new(ErrorKind::UpstreamReset, "relaying request body");
-        Failed::upstream(err, false, cbuf)
-    };
-    // `cbuf` keeps the request until the exchange succeeds (a retry sends it
-    // again); `consumed` is where the next pipelined request starts.
+    let relayed = Box::pin(relay_request_body(
+        client,
+        up,
+        head.framing,
+        first_body,
+        dec,
+        sent.cbuf,
+        idle,
+        &shard.bufs,
+    ))
+    .await;
+    match relayed {
+        Ok((b, moved, leftover_from)) => {
+            sent.cbuf = b;
+            ex.bytes_in += moved;
+            sent.consumed = leftover_from;
+        }
+        Err((ErrorKind::UpstreamReset, b)) => {
+            sent.body_cut = true;
+            sent.cbuf = b;
+        }
+        Err((kind, b)) => {
+            let err = ProxyError::new(kind, "relaying request body");
+            return Err(Failed::upstream(err, false, b));
+        }
+    }
+    Ok(sent)
+}
 
-    // Response head (interim responses are relayed as they come).
+/// The response head phase: reads until a final response head, relaying
+/// interim responses (a duplicate 100 dropped, none to an HTTP/1.0 client).
+async fn response_head(
+    ctx: &mut RequestCtx<'_, '_>,
+    up: &mut Conn,
+    sent: &mut Sent,
+    deadline: Instant,
+) -> Result<(ResponseHead, Buf), Failed> {
+    let (shard, head) = (ctx.shard, &ctx.head);
+    let limits = limits(ctx.cfg);
     let mut ubuf = shard.bufs.get();
     let mut sent_continue = head.expect_continue && head.version == Version::Http11;
-    let resp: ResponseHead = loop {
+    loop {
         match http1::parse_response(&ubuf, head.method, &limits) {
             Ok(Some(r)) if r.interim => {
                 if r.status == 100 && sent_continue {
@@ -394,12 +484,10 @@ pub(super) async fn over_connection(
                 } else if head.version == Version::Http10 {
                     // RFC 9110 15.2: no 1xx to an HTTP/1.0 client.
                 } else {
-                    let n = r.head_len;
-                    let copy = ubuf[..n].to_vec();
-                    let _ = n;
-                    if write_bounded(client, copy, t.idle).await.is_err() {
+                    let copy = ubuf[..r.head_len].to_vec();
+                    if write_bounded(ctx.client, copy, ctx.ex.idle).await.is_err() {
                         shard.bufs.put(ubuf);
-                        return Err(Failed::gone(cbuf));
+                        return Err(Failed::gone(std::mem::take(&mut sent.cbuf)));
                     }
                 }
                 consume(&mut ubuf, r.head_len);
@@ -409,15 +497,13 @@ pub(super) async fn over_connection(
                 // A 101 nobody asked for: the client would believe the
                 // protocol switched while the proxy keeps parsing HTTP.
                 shard.bufs.put(ubuf);
-                let err = ProxyError::new(ErrorKind::BadResponse, "unsolicited 101");
-                return Err(Failed::upstream(err, false, cbuf));
+                return Err(sent.fail(ErrorKind::BadResponse, "unsolicited 101", false));
             }
-            Ok(Some(r)) => break r,
+            Ok(Some(r)) => return Ok((r, ubuf)),
             Ok(None) => {}
             Err(_) => {
                 shard.bufs.put(ubuf);
-                let err = ProxyError::new(ErrorKind::BadResponse, "parsing response head");
-                return Err(Failed::upstream(err, body_done, cbuf));
+                return Err(sent.fail(ErrorKind::BadResponse, "parsing response head", true));
             }
         }
         if ubuf.len() == ubuf.capacity() {
@@ -429,95 +515,67 @@ pub(super) async fn over_connection(
         let (res, back) = match runtime::timeout_at(deadline, up.read(ubuf)).await {
             Ok(x) => x,
             Err(_) => {
-                let err =
-                    ProxyError::new(ErrorKind::UpstreamTimeout, "waiting for the response head");
-                return Err(Failed::upstream(err, body_done, cbuf));
+                let waiting = "waiting for the response head";
+                return Err(sent.fail(ErrorKind::UpstreamTimeout, waiting, true));
             }
         };
         ubuf = back;
         match res {
-            Ok(0) | Err(_) if body_cut => {
+            Ok(0) | Err(_) if sent.body_cut => {
                 shard.bufs.put(ubuf);
-                return Err(cut(cbuf));
+                let relaying = "relaying request body";
+                return Err(sent.fail(ErrorKind::UpstreamReset, relaying, false));
             }
             Ok(0) | Err(_) => {
                 shard.bufs.put(ubuf);
-                let err =
-                    ProxyError::new(ErrorKind::UpstreamReset, "waiting for the response head");
+                let replayable = had == 0 && head.method.is_idempotent() && sent.body_done;
+                let waiting = "waiting for the response head";
                 return Err(Failed {
-                    replayable: had == 0 && head.method.is_idempotent() && body_done,
-                    ..Failed::upstream(err, body_done, cbuf)
+                    replayable,
+                    ..sent.fail(ErrorKind::UpstreamReset, waiting, true)
                 });
             }
             Ok(_) => {}
         }
-    };
-    ex.status = resp.status;
-    if body_done && retry.is_some_and(|r| r.attempts.retries_status(resp.status) && (r.budget)()) {
-        // Another try answers instead; this response is dropped with its
-        // connection (its body is never read).
-        shard.bufs.put(ubuf);
-        let err = ProxyError::new(ErrorKind::RetryableStatus, "response status");
-        return Err(Failed::upstream(err, body_done, cbuf));
     }
-    if body_cut {
-        // Where the rest of the body (and any next request) starts is lost.
-        cbuf.clear();
-        if resp.switching {
-            shard.bufs.put(ubuf);
-            return Err(cut(cbuf));
-        }
-    } else {
-        consume(&mut cbuf, consumed);
-    }
+}
 
-    // 101: both sides switch protocols; the connection becomes a tunnel.
-    if resp.switching && head.upgrade {
-        resp.plan_forward(&ubuf, false, false, &mut scratch.plan);
-        let out = scratch.plan.to_vec(&ubuf);
-        let n = out.len();
-        ex.bytes_out += n as u64;
-        if write_bounded(client, out, t.idle).await.is_err() {
-            shard.bufs.put(ubuf);
-            return Ok((Next::Close, cbuf));
-        }
-        consume(&mut ubuf, resp.head_len);
-        let tunnel = super::request::Tunnel {
-            up,
-            client_pending: cbuf,
-            up_pending: ubuf,
-        };
-        return Ok((Next::Tunnel(Box::new(tunnel)), Vec::new()));
-    }
-
-    // Final response: head (and the body bytes that came with it) in one write.
+/// The relay phase: the final response's head (and the body bytes that
+/// came with it) in one write, then its body by its framing. Returns
+/// whether the client connection closes after it, and whether the
+/// upstream connection can go back to the pool.
+async fn relay_response(
+    ctx: &mut RequestCtx<'_, '_>,
+    up: &mut Conn,
+    resp: &ResponseHead,
+    mut ubuf: Buf,
+    sent: &mut Sent,
+) -> Result<(bool, bool), Failed> {
+    let RequestCtx {
+        shard,
+        cfg,
+        head,
+        client,
+        scratch,
+        ex,
+        ..
+    } = ctx;
     let mut rdec = ChunkedDecoder::new();
     // An HTTP/1.0 client cannot parse chunked framing: it gets the data,
     // delimited by closing the connection.
     let dechunk = resp.framing == Framing::Chunked && head.version == Version::Http10;
-    let (first, resp_done) = match resp.framing {
-        Framing::UntilClose => (ubuf.len() - resp.head_len, false),
-        Framing::Chunked if dechunk => {
-            match dechunk_in_place(&mut rdec, &mut ubuf, resp.head_len) {
-                Ok((data, _used)) => (data, rdec.is_done()),
-                Err(_) => {
-                    shard.bufs.put(ubuf);
-                    let err = ProxyError::new(ErrorKind::BadResponse, "parsing response body");
-                    return Err(Failed::upstream(err, body_done, cbuf));
-                }
-            }
-        }
-        f => match body_prefix(f, &ubuf[resp.head_len..], &mut rdec) {
-            Ok(x) => x,
-            Err(_) => {
-                shard.bufs.put(ubuf);
-                let err = ProxyError::new(ErrorKind::BadResponse, "parsing response body");
-                return Err(Failed::upstream(err, body_done, cbuf));
-            }
-        },
+    let prefix = match resp.framing {
+        Framing::UntilClose => Ok((ubuf.len() - resp.head_len, false)),
+        Framing::Chunked if dechunk => dechunk_in_place(&mut rdec, &mut ubuf, resp.head_len)
+            .map(|(data, _used)| (data, rdec.is_done())),
+        f => body_prefix(f, &ubuf[resp.head_len..], &mut rdec),
+    };
+    let Ok((first, resp_done)) = prefix else {
+        shard.bufs.put(ubuf);
+        return Err(sent.fail(ErrorKind::BadResponse, "parsing response body", true));
     };
     let extra_bytes = !dechunk && ubuf.len() > resp.head_len + first;
-    let close = body_cut
+    let close = sent.body_cut
         || !head.keep_alive
         || resp.framing == Framing::UntilClose
         || dechunk
@@ -530,55 +588,44 @@ pub(super) async fn over_connection(
     }
     let v = scratch.vectored(ubuf, resp.head_len..resp.head_len + first);
     ex.bytes_out += v.remaining() as u64;
-    let (res, v) = match runtime::timeout(t.idle, client.write_vectored(v)).await {
+    let idle = cfg.timeouts.idle;
+    let started = |kind, sent: &mut Sent| Failed::started(kind, std::mem::take(&mut sent.cbuf));
+    let (res, v) = match runtime::timeout(idle, client.write_vectored(v)).await {
         Ok(x) => x,
-        Err(_) => return Err(Failed::started(ErrorKind::Idle, cbuf)),
+        Err(_) => return Err(started(ErrorKind::Idle, sent)),
     };
     let ubuf = scratch.give_back(v);
     if res.is_err() {
         shard.bufs.put(ubuf);
-        return Err(Failed::started(ErrorKind::ClientGone, cbuf));
+        return Err(started(ErrorKind::ClientGone, sent));
     }
-    let mut reusable = resp.keep_alive && !extra_bytes && !body_cut;
-    if !resp_done {
-        match Box::pin(relay_response_body(
-            client,
-            &mut up,
-            resp.framing,
-            dechunk,
-            first,
-            rdec,
-            ubuf,
-            t.idle,
-            &shard.bufs,
-        ))
-        .await
-        {
-            Ok((b, moved, extra)) => {
-                ex.bytes_out += moved;
-                shard.bufs.put(b);
-                reusable &= !extra;
-            }
-            Err((kind, b)) => {
-                shard.bufs.put(b);
-                return Err(Failed::started(kind, cbuf));
-            }
-        }
-    } else {
+    let mut reusable = resp.keep_alive && !extra_bytes && !sent.body_cut;
+    if resp_done {
         shard.bufs.put(ubuf);
+        return Ok((close, reusable));
     }
-    // The request's second clock reading (see `Exchange`).
-    let end = *ex.end.insert(Instant::now());
-    if reusable && cfg.upstream.max_idle_per_endpoint > 0 {
-        // Idle, a TLS connection holds no buffers (see tls/session.rs).
-        up.release_idle_state();
-        shard.pool.put(
-            addr,
-            up,
-            conn_permit,
-            end,
-            cfg.upstream.max_idle_per_endpoint,
-        );
+    let relayed = Box::pin(relay_response_body(
+        client,
+        up,
+        resp.framing,
+        dechunk,
+        first,
+        rdec,
+        ubuf,
+        idle,
+        &shard.bufs,
+    ))
+    .await;
+    match relayed {
+        Ok((b, moved, extra)) => {
+            ex.bytes_out += moved;
+            shard.bufs.put(b);
+            reusable &= !extra;
+            Ok((close, reusable))
+        }
+        Err((kind, b)) => {
+            shard.bufs.put(b);
+            Err(started(kind, sent))
+        }
     }
-    Ok((if close { Next::Close } else { Next::KeepAlive }, cbuf))
 }
