@@ -31,6 +31,9 @@ cargo fmt --all -- --check
 section "import cycles (scripts/check-cycles.py)"
 python3 "$ROOT/scripts/check-cycles.py"
 
+section "docs anchors (scripts/check-anchors.py)"
+python3 "$ROOT/scripts/check-anchors.py"
+
 section "clippy (default backend: monoio)"
 cargo clippy --all-targets -- -D warnings
 

@@ -327,7 +327,7 @@ pub(super) async fn over_connection(
             return Ok((Next::Close, sent.cbuf));
         }
         consume(&mut ubuf, resp.head_len);
-        let tunnel = super::request::Tunnel {
+        let tunnel = super::ctx::Tunnel {
             up,
             client_pending: sent.cbuf,
             up_pending: ubuf,

@@ -39,6 +39,7 @@ use crate::shard::Shard;
 use crate::stats::Direction;
 
 mod answer;
+mod ctx;
 mod exchange;
 mod mirror;
 mod relay;
@@ -49,7 +50,8 @@ mod upstream;
 pub use crate::shard::probe::PROBE_PATH;
 
 use answer::{write_answer, write_bounded};
-use request::{handle, RequestCtx};
+use ctx::RequestCtx;
+use request::handle;
 use upstream::Endpoints;
 
 /// How long a finished keep-alive connection keeps its read posted before it
@@ -103,7 +105,7 @@ enum Next {
     Close,
     /// Relay both ways until either side closes (after `CONNECT` or a 101),
     /// then close.
-    Tunnel(Box<request::Tunnel>),
+    Tunnel(Box<ctx::Tunnel>),
 }
 
 /// Outcome of reading a request head.

@@ -53,7 +53,7 @@ pub(super) async fn connect_tunnel(
     }
     ctx.ex.status = 200;
     consume(&mut cbuf, ctx.head.head_len);
-    let tunnel = request::Tunnel {
+    let tunnel = super::ctx::Tunnel {
         up,
         client_pending: cbuf,
         up_pending: Vec::new(),
