@@ -11,6 +11,8 @@
 //! every protocol.
 
 use crate::error::ErrorKind;
+use std::net::SocketAddr;
+
 use crate::routing::{CompiledRule, RoutingTable, ServiceRoutes};
 
 /// What routing and authorization read of a request, whatever its protocol.
@@ -145,6 +147,59 @@ pub fn match_rule<'a>(
                 .iter()
                 .all(|(k, v)| v.matches(query_param(query, k.as_bytes())))
     })
+}
+
+/// The backend of `rule` a try goes to, by index: drawn by weight (`draw`,
+/// uniform) among the backends that have an endpoint `usable` for this try
+/// (not ejected, unhealthy, down or already tried by this request), so the
+/// share of a backend with none goes to the others in proportion
+/// (spill-over). `prefer`, the backend of the request's previous try, is
+/// kept while it has a usable endpoint: a retry stays in its subset first.
+///
+/// `None`: no backend has a usable endpoint; see [`fail_open_backend`].
+pub fn pick_backend(
+    rule: &CompiledRule,
+    prefer: Option<usize>,
+    draw: u64,
+    usable: impl Fn(SocketAddr) -> bool,
+) -> Option<usize> {
+    let has_usable = |i: usize| {
+        let b = &rule.backends[i];
+        b.weight > 0 && b.endpoints.iter().any(|&a| usable(a))
+    };
+    if let Some(p) = prefer.filter(|&p| p < rule.backends.len() && has_usable(p)) {
+        return Some(p);
+    }
+    weighted(rule, draw, has_usable)
+}
+
+/// The backend when none has a usable endpoint: drawn by weight among those
+/// with endpoints at all. Failing open beats refusing: an ejection or a
+/// backoff may be wrong, and the request is tried anyway.
+pub fn fail_open_backend(rule: &CompiledRule, draw: u64) -> Option<usize> {
+    weighted(rule, draw, |i| {
+        let b = &rule.backends[i];
+        b.weight > 0 && !b.endpoints.is_empty()
+    })
+}
+
+fn weighted(rule: &CompiledRule, draw: u64, take: impl Fn(usize) -> bool) -> Option<usize> {
+    let total: u64 = (0..rule.backends.len())
+        .filter(|&i| take(i))
+        .map(|i| u64::from(rule.backends[i].weight))
+        .sum();
+    if total == 0 {
+        return None;
+    }
+    let mut draw = draw % total;
+    for i in (0..rule.backends.len()).filter(|&i| take(i)) {
+        let w = u64::from(rule.backends[i].weight);
+        if draw < w {
+            return Some(i);
+        }
+        draw -= w;
+    }
+    None
 }
 
 /// The first value of query parameter `name` (as sent, not decoded); a

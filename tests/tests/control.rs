@@ -1256,3 +1256,32 @@ fn meshctl_exit_codes_tell_rejected_input_from_an_unreachable_control() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A 90/10 split without retries: only failover within the try itself.
+const SPLIT_NO_RETRIES: &str = r#"kind: Service
+name: api
+---
+kind: Route
+name: api-split
+service: api
+rules:
+  - backends:
+      - { subset: { version: v1 }, weight: 90 }
+      - { subset: { version: v2 }, weight: 10 }
+"#;
+
+#[test]
+fn a_subset_whose_only_endpoint_died_gives_its_share_to_the_other_at_once() {
+    let mut mesh = Mesh::start(Control::start(), 1);
+    let version = mesh.control.apply(SPLIT_NO_RETRIES);
+    mesh.converge(version);
+    let t = tally(mesh.web(), 50, "/", &[]);
+    assert!(count(&t, "api-v1") > 0, "{t:?}");
+    // kill -9 of api v1's sidecar, the only endpoint of subset v1. Control
+    // still lists it (it withdraws an endpoint after missed heartbeats), so
+    // the web proxy finds out by itself: the refused connection moves that
+    // try to v2, and v1 is left out of the next picks.
+    drop(mesh.apis.remove(0));
+    let t = tally(mesh.web(), 100, "/", &[]);
+    assert_eq!(count(&t, "api-v2"), 100, "{t:?}");
+}

@@ -386,3 +386,53 @@ fn a_refused_endpoint_warns_once_per_interval_and_every_502_is_explained_at_debu
         warnings[0]
     );
 }
+
+#[test]
+fn a_refused_endpoint_is_left_out_at_once_by_the_shard_that_saw_it() {
+    let api = Origin::start("api");
+    let down = unused_port();
+    let proxy = ProxyBuilder::new("web")
+        .outbound()
+        .service("api", &[down, api.addr()])
+        // Round-robin would send every other request to the refusing one.
+        .extra("[[resilience]]\nservice = \"api\"\nloadBalancer = \"round-robin\"\n")
+        .env("RUST_LOG", "info,coremesh_proxy=debug")
+        .start();
+    let started = Instant::now();
+    let mut client = proxy.outbound_client();
+    for i in 0..50 {
+        let r = client.get("api", "/");
+        assert_eq!(r.status, 200, "request {i}: {:?}", r.body_str());
+    }
+    let took = started.elapsed();
+    let refused_lines = || -> Vec<String> {
+        proxy
+            .log_lines()
+            .into_iter()
+            .filter(|l| l.contains("DEBUG") && l.contains("upstream connect failed"))
+            .filter(|l| l.contains(&down.to_string()))
+            .collect()
+    };
+    // The log is read by a thread: wait for the first line to arrive.
+    wait_for(Duration::from_secs(5), || {
+        (!refused_lines().is_empty()).then_some(())
+    });
+    let refused = refused_lines();
+    // The first refusal keeps the endpoint out for 1 s, then 2 s, 4 s: one
+    // refused connect per backoff, not one per request.
+    let most = if took < Duration::from_secs(1) { 1 } else { 3 };
+    assert!(
+        (1..=most).contains(&refused.len()),
+        "50 requests in {took:?} tried the refusing endpoint {} times:\n{}",
+        refused.len(),
+        refused.join("\n")
+    );
+    assert!(
+        proxy
+            .log_lines()
+            .iter()
+            .any(|l| l.contains("endpoint down on this shard") && l.contains(&down.to_string())),
+        "{}",
+        proxy.log_tail(20)
+    );
+}

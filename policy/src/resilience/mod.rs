@@ -25,8 +25,12 @@
 //!   that shards report (`crate::shard::outcomes`).
 //! * [`HealthTracker`] (`healthCheck`): fed the agent's own probe results.
 //!
+//! **Endpoint state of one shard**, with no period and no control:
+//! * [`LocalDown`]: an endpoint whose connection was refused, reset or
+//!   timed out is kept out of this shard's picks at once, for a backoff.
+//!
 //! A shard combines them in the balancer's `eligible` filter:
-//! `|a| !ejected.contains(a) && !unhealthy.contains(a) && !tried(a)`.
+//! `|a| !ejected.contains(a) && !unhealthy.contains(a) && !down(a) && !tried(a)`.
 //!
 //! ```text
 //!  shard (per request)                              agent (per period, ~1 s)
@@ -45,6 +49,7 @@ pub mod breaker;
 pub mod budget;
 pub mod endpoint_health;
 pub mod fault;
+pub mod local_down;
 pub mod outlier;
 pub mod ratelimit;
 pub mod shares;
@@ -56,6 +61,7 @@ pub use breaker::{CircuitBreaker, Limit, Limits, Permit};
 pub use budget::{reserve_total, RetryBudget};
 pub use endpoint_health::{HealthConfig, HealthTracker};
 pub use fault::Faults;
+pub use local_down::LocalDown;
 pub use outlier::{Outcomes, OutlierConfig, OutlierDetector};
 pub use ratelimit::{pool_cap, KeyedTokenBuckets, PoolReport, TokenBucket, TokenPool};
 pub use shares::{burst_share, ConcurrencyReport, ConcurrencySplit, RateSplit};

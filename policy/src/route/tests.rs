@@ -218,3 +218,61 @@ fn the_table_then_static_services_then_passthrough() {
         Ok("db:8443".into())
     );
 }
+
+fn backends(sets: &[(u32, &[u8])]) -> CompiledRule {
+    let mut r = rule(None, &[], &[]);
+    r.backends = sets
+        .iter()
+        .map(|(weight, last)| crate::routing::WeightedBackend {
+            weight: *weight,
+            endpoints: last
+                .iter()
+                .map(|&n| SocketAddr::from(([10, 0, 0, n], 80)))
+                .collect(),
+        })
+        .collect();
+    r
+}
+
+fn a(n: u8) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, n], 80))
+}
+
+#[test]
+fn a_backend_with_nothing_usable_gives_its_share_to_the_others() {
+    // v1 (90%) has one endpoint, v2 (10%) two.
+    let r = backends(&[(90, &[1]), (10, &[2, 3])]);
+    let all_up = |_: SocketAddr| true;
+    let shares = |usable: &dyn Fn(SocketAddr) -> bool| {
+        let mut n = [0u32; 2];
+        for draw in 0..100 {
+            n[pick_backend(&r, None, draw, usable).unwrap()] += 1;
+        }
+        n
+    };
+    assert_eq!(shares(&all_up), [90, 10]);
+    // v1's only endpoint is down: all of it goes to v2.
+    assert_eq!(shares(&|x| x != a(1)), [0, 100]);
+    // Everything down: nothing usable; failing open keeps the weights.
+    assert_eq!(pick_backend(&r, None, 5, |_| false), None);
+    assert_eq!(fail_open_backend(&r, 5), Some(0));
+    assert_eq!(fail_open_backend(&r, 95), Some(1));
+}
+
+#[test]
+fn a_retry_stays_in_its_subset_while_it_has_an_untried_endpoint() {
+    let r = backends(&[(50, &[1]), (50, &[2, 3])]);
+    // The first try went to v2's 10.0.0.2: the retry prefers v2's other one.
+    let untried = |x: SocketAddr| x != a(2);
+    for draw in 0..100 {
+        assert_eq!(pick_backend(&r, Some(1), draw, untried), Some(1));
+    }
+    // The first try went to v1's only endpoint: the retry moves to v2.
+    let untried = |x: SocketAddr| x != a(1);
+    for draw in 0..100 {
+        assert_eq!(pick_backend(&r, Some(0), draw, untried), Some(1));
+    }
+    // A zero weight is never chosen, even when preferred.
+    let r = backends(&[(0, &[1]), (10, &[2])]);
+    assert_eq!(pick_backend(&r, Some(0), 0, |_| true), Some(1));
+}

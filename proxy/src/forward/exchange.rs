@@ -6,7 +6,7 @@
 //! response relayed from the buffer it was read into.
 
 use super::relay::{body_prefix, dechunk_in_place, relay_request_body, relay_response_body};
-use super::upstream::{upstream_conn, Endpoints, InFlight, Tried};
+use super::upstream::{upstream_conn, ConnectPlan, Endpoints, InFlight, Tried};
 use super::*;
 use crate::attempt::{Attempts, TryFailure, Verdict};
 use crate::shard::pool::Permit;
@@ -128,18 +128,14 @@ pub(super) async fn exchange(
     loop {
         let now = first.take().unwrap_or_else(Instant::now);
         let (fresh_only, try_deadline) = attempts.begin(now);
-        let non_idempotent = !attempts.idempotent();
-        let conn = upstream_conn(
-            shard,
-            ctx.cfg,
-            &endpoints,
+        let plan = ConnectPlan {
             fresh_only,
-            non_idempotent,
-            &mut tried,
+            non_idempotent: !attempts.idempotent(),
             key,
             now,
-        )
-        .await;
+            deadline: try_deadline,
+        };
+        let conn = upstream_conn(shard, ctx.cfg, &endpoints, &mut tried, plan).await;
         let (failure, reused) = match conn {
             Ok((up, addr, reused, conn_permit)) => {
                 ctx.ex.upstream = Some(addr);
@@ -158,6 +154,14 @@ pub(super) async fn exchange(
                 flight.end(ok, ctx.ex.end);
                 if endpoints.tracked() {
                     shard.outcomes.record(addr, ok);
+                    // A pooled connection the upstream had closed says
+                    // nothing about the endpoint: it is replayed.
+                    let failure = match &res {
+                        Ok(_) => None,
+                        Err(f) if reused && f.replayable => Some(ErrorKind::RetryableStatus),
+                        Err(f) => Some(f.err.kind),
+                    };
+                    shard.endpoint_outcome(addr, failure, ctx.ex.end.unwrap_or_else(Instant::now));
                 }
                 match res {
                     Ok(done) => return done,

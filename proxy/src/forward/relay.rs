@@ -2,7 +2,7 @@
 //! framing with one buffer in flight (backpressure), de-chunking for
 //! HTTP/1.0 clients, and the two-way tunnel after `CONNECT` or a 101.
 
-use super::upstream::{upstream_conn, Tried};
+use super::upstream::{upstream_conn, ConnectPlan, Tried};
 use super::*;
 use crate::shard::buf::BufPool;
 
@@ -36,10 +36,14 @@ pub(super) async fn connect_tunnel(
     let mut tried = Tried::default();
     // CONNECT goes to a passthrough host: no service, no breaker slot.
     let now = Instant::now();
-    let got = upstream_conn(
-        ctx.shard, ctx.cfg, &endpoints, true, true, &mut tried, None, now,
-    )
-    .await;
+    let plan = ConnectPlan {
+        fresh_only: true,
+        non_idempotent: true,
+        key: None,
+        now,
+        deadline: after(now, ctx.cfg.timeouts.connect),
+    };
+    let got = upstream_conn(ctx.shard, ctx.cfg, &endpoints, &mut tried, plan).await;
     let up = match got {
         Ok((c, addr, _, _)) => {
             ctx.ex.upstream = Some(addr);

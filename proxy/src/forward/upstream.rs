@@ -19,11 +19,13 @@ pub(super) enum Endpoints<'c> {
     Rule(&'c str, &'c CompiledRule, &'c [SocketAddr]),
 }
 
-/// The endpoints a request already tried (a retry prefers another).
+/// The endpoints a request already tried (a retry prefers another), and
+/// the Route backend of the last try (a retry stays in it while it can).
 #[derive(Default)]
 pub(super) struct Tried {
     addrs: [Option<SocketAddr>; 4],
     n: usize,
+    backend: Option<usize>,
 }
 
 impl Tried {
@@ -40,37 +42,31 @@ impl Tried {
 }
 
 impl Endpoints<'_> {
-    /// The endpoint for the next attempt: the service's balancer over the
-    /// endpoints that are not ejected, not unhealthy and not tried yet (for
-    /// a Route rule, within a backend drawn by weight). With none left, any
-    /// endpoint of the backend: failing open beats refusing.
-    fn pick(&self, shard: &Shard, tried: &Tried, key: Option<u64>, now: Instant) -> SocketAddr {
-        let (name, all, subset) = match self {
-            Endpoints::One(a) => return *a,
-            Endpoints::Service(name, eps, _) => (*name, *eps, None),
+    /// The endpoint for the next attempt, and the Route backend it is in:
+    /// the service's balancer over the endpoints that are not ejected, not
+    /// unhealthy, not down on this shard and not tried yet. For a Route
+    /// rule, within a backend the policy draws by weight among those with
+    /// such an endpoint (a backend with none gives its share to the others;
+    /// a retry stays in its backend while it has one). With none left
+    /// anywhere, any endpoint of a backend drawn by weight: failing open
+    /// beats refusing.
+    fn pick(
+        &self,
+        shard: &Shard,
+        tried: &Tried,
+        key: Option<u64>,
+        now: Instant,
+    ) -> (SocketAddr, Option<usize>) {
+        let usable = |a: SocketAddr| !tried.contains(a) && !shard.is_excluded(a, now);
+        let (name, all, subset, backend) = match self {
+            Endpoints::One(a) => return (*a, None),
+            Endpoints::Service(name, eps, _) => (*name, *eps, None, None),
             Endpoints::Rule(name, rule, all) => {
-                // A backend is drawn by weight among those with endpoints, so
-                // the share of one without endpoints goes to the others in
-                // proportion.
-                let total: u64 = rule
-                    .backends
-                    .iter()
-                    .filter(|b| !b.endpoints.is_empty())
-                    .map(|b| u64::from(b.weight))
-                    .sum();
-                let mut draw = shard.random() % total.max(1);
-                let mut chosen = None;
-                for b in rule.backends.iter().filter(|b| !b.endpoints.is_empty()) {
-                    if draw < u64::from(b.weight) {
-                        chosen = Some(b);
-                        break;
-                    }
-                    draw -= u64::from(b.weight);
-                }
-                let b = chosen
-                    .or_else(|| rule.backends.iter().find(|b| !b.endpoints.is_empty()))
+                let draw = shard.random();
+                let b = crate::route::pick_backend(rule, tried.backend, draw, usable)
+                    .or_else(|| crate::route::fail_open_backend(rule, draw))
                     .expect("a backend with endpoints (checked when routing)");
-                (*name, *all, Some(&b.endpoints[..]))
+                (*name, *all, Some(&rule.backends[b].endpoints[..]), Some(b))
             }
         };
         let pool = subset.unwrap_or(all);
@@ -79,11 +75,9 @@ impl Endpoints<'_> {
         let picked = shard
             .traffic
             .with(name, |s| {
-                let eligible =
-                    |a: SocketAddr| in_pool(a) && !tried.contains(a) && !shard.is_excluded(a);
                 s.balancer.pick(
                     all,
-                    eligible,
+                    |a| in_pool(a) && usable(a),
                     key_bytes.as_ref().map(|k| &k[..]),
                     now,
                     &mut || shard.random(),
@@ -91,7 +85,7 @@ impl Endpoints<'_> {
             })
             .flatten()
             .filter(|&a| in_pool(a) && !tried.contains(a));
-        picked.unwrap_or_else(|| {
+        let addr = picked.unwrap_or_else(|| {
             // Everything eligible was tried (or the balancer does not know
             // the service): round-robin over the untried, else over all.
             let base = shard.next_rr(name);
@@ -99,7 +93,8 @@ impl Endpoints<'_> {
                 .map(|i| pool[(base + i) % pool.len()])
                 .find(|&a| !tried.contains(a))
                 .unwrap_or(pool[base % pool.len()])
-        })
+        });
+        (addr, backend)
     }
 
     /// The service whose balancer and counters this request uses.
@@ -134,35 +129,58 @@ impl Endpoints<'_> {
     }
 }
 
+/// How a try wants its upstream connection.
+pub(super) struct ConnectPlan {
+    /// Only a new connection (after a pooled one the upstream had closed).
+    pub(super) fresh_only: bool,
+    /// The request must not be sent twice: a pooled connection is checked
+    /// for staleness first.
+    pub(super) non_idempotent: bool,
+    /// The ring-hash key.
+    pub(super) key: Option<u64>,
+    /// The caller's clock reading, used by the first connect attempt (a
+    /// later one, after a failed connect, reads the clock again).
+    pub(super) now: Instant,
+    /// The try's deadline (a route's `perTryTimeout`): connecting is bounded
+    /// by it as well as by `timeouts.connect`.
+    pub(super) deadline: Instant,
+}
+
 /// Opens a connection to the request's upstream: a pooled one if there is
-/// one, else a new one (trying the next endpoint when connecting fails).
-/// `now`: the caller's clock reading, used by the first attempt (a later
-/// one, after a failed connect, reads the clock again).
-#[allow(clippy::too_many_arguments)] // two call sites; the phases share these
+/// one, else a new one (trying the next endpoint when connecting fails, and
+/// keeping a failed endpoint out of this shard's picks for a backoff).
 pub(super) async fn upstream_conn(
     shard: &Shard,
     cfg: &Config,
     endpoints: &Endpoints<'_>,
-    fresh_only: bool,
-    non_idempotent: bool,
     tried: &mut Tried,
-    key: Option<u64>,
-    now: Instant,
+    plan: ConnectPlan,
 ) -> Result<(Conn, SocketAddr, bool, Option<Permit>), ProxyError> {
+    let ConnectPlan {
+        fresh_only,
+        non_idempotent,
+        key,
+        now,
+        deadline,
+    } = plan;
     let attempts = endpoints.count().min(CONNECT_ATTEMPTS);
     let mut last = ProxyError::new(ErrorKind::ConnectFailed, "no attempt");
     let mut first = Some(now);
+    let mut pinned = fresh_only;
     for _ in 0..attempts {
         let now = first.take().unwrap_or_else(Instant::now);
-        // A retry (or the next connect attempt) prefers another endpoint;
-        // a fresh connection after a stale pooled one keeps the endpoint.
-        let addr = if fresh_only {
-            tried.addrs[(tried.n + tried.addrs.len() - 1) % tried.addrs.len()]
-                .unwrap_or_else(|| endpoints.pick(shard, tried, key, now))
-        } else {
-            endpoints.pick(shard, tried, key, now)
+        // A retry (or the next connect attempt) prefers another endpoint.
+        // A fresh connection after a stale pooled one keeps the endpoint
+        // for its first attempt; if that endpoint refuses too, the next
+        // attempt picks another.
+        let last_tried = tried.addrs[(tried.n + tried.addrs.len() - 1) % tried.addrs.len()];
+        let (addr, backend) = match last_tried {
+            Some(a) if pinned => (a, tried.backend),
+            _ => endpoints.pick(shard, tried, key, now),
         };
+        pinned = false;
         tried.add(addr);
+        tried.backend = backend;
         let connect_start = now;
         let mtls = endpoints.mtls();
         if !fresh_only {
@@ -202,10 +220,18 @@ pub(super) async fn upstream_conn(
             }
             None => None,
         };
-        let conn = TcpStream::connect(addr, cfg.timeouts.connect).await;
+        let limit = cfg
+            .timeouts
+            .connect
+            .min(deadline.saturating_duration_since(Instant::now()));
+        let conn = TcpStream::connect(addr, limit).await;
         if conn.is_err() && endpoints.tracked() {
             shard.outcomes.record(addr, false);
             balancer_end(shard, endpoints, addr, connect_start, false);
+        }
+        if let (Ok(c), Some(_)) = (&conn, mtls) {
+            // Peer proxies run on other hosts: notice a dead one.
+            runtime::watch_peer(c.raw_fd());
         }
         match conn {
             Ok(c) => match mtls {
@@ -223,6 +249,9 @@ pub(super) async fn upstream_conn(
                 last = ProxyError::io(ErrorKind::ConnectTimeout, "connect", e)
             }
             Err(e) => last = ProxyError::io(ErrorKind::ConnectFailed, "connect", e),
+        }
+        if endpoints.tracked() {
+            shard.endpoint_outcome(addr, Some(last.kind), Instant::now());
         }
         // Every failure at debug level; an operator sees a warning at most
         // once per interval per shard, with the count of the others.

@@ -21,6 +21,7 @@ use rustc_hash::FxHashMap;
 
 use crate::accesslog::AccessLog;
 use crate::config::Config;
+use crate::error::ErrorKind;
 use crate::msg::{AgentLink, AgentRequest};
 use crate::routing::RoutingTable;
 use crate::runtime::{self, Stop, TcpListener, TcpStream};
@@ -72,6 +73,9 @@ pub struct Shard {
     pub probe_generation: Cell<u64>,
     /// Endpoints the agent ejected or found unhealthy (see `ShardMsg::Excluded`).
     excluded: RefCell<Arc<std::collections::HashSet<SocketAddr>>>,
+    /// Endpoints this shard saw fail itself, out of its picks for a backoff
+    /// (policy's `LocalDown`): no agent period, no control needed.
+    pub down: RefCell<crate::resilience::LocalDown>,
 }
 
 impl Shard {
@@ -100,10 +104,24 @@ impl Shard {
         &self.agent
     }
 
-    /// Whether `addr` is ejected or unhealthy right now.
-    pub fn is_excluded(&self, addr: SocketAddr) -> bool {
+    /// Whether `addr` is ejected, unhealthy or down at `now`.
+    pub fn is_excluded(&self, addr: SocketAddr, now: Instant) -> bool {
         let set = self.excluded.borrow();
-        !set.is_empty() && set.contains(&addr)
+        (!set.is_empty() && set.contains(&addr)) || self.down.borrow().is_down(addr, now)
+    }
+
+    /// Tells the shard's down list how a try to `addr` ended: a failure of
+    /// the endpoint itself (`kind`) keeps it out of picks for a backoff;
+    /// an answer clears it.
+    pub fn endpoint_outcome(&self, addr: SocketAddr, failure: Option<ErrorKind>, now: Instant) {
+        match failure {
+            None => self.down.borrow_mut().succeed(addr),
+            Some(kind) if crate::resilience::LocalDown::marks(kind) => {
+                let until = self.down.borrow_mut().fail(addr, now);
+                tracing::debug!(%addr, "endpoint down on this shard for {:?}: {}", until - now, kind.text());
+            }
+            Some(_) => {}
+        }
     }
 
     /// The shard's TLS configurations, once the proxy has an identity.

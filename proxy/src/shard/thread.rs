@@ -75,6 +75,7 @@ pub async fn run(setup: ShardSetup, driver: String) {
         probe_generation: Cell::new(0),
         traffic: crate::traffic::ShardTraffic::new(index, cores),
         excluded: RefCell::new(Arc::default()),
+        down: RefCell::default(),
     });
 
     sync_traffic(&shard);
