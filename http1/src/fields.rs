@@ -71,6 +71,34 @@ pub(crate) struct Fields {
 }
 
 /// Offset of `part` inside `buf` (both from the same parse).
+/// The value of the first field named `name` (ASCII case-insensitive),
+/// trimmed, in a head of `head_len` bytes whose start line ends at
+/// `line_end` (its CR). A linear scan: for the few lookups made off the hot
+/// path (route matches on headers, a peer proxy's error answers).
+pub(crate) fn find<'a>(
+    src: &'a [u8],
+    line_end: usize,
+    head_len: usize,
+    name: &str,
+) -> Option<&'a [u8]> {
+    let mut pos = line_end + 2;
+    let end = head_len.saturating_sub(2);
+    while pos < end {
+        let next = src[pos..end]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(end, |k| pos + k + 1);
+        let line = &src[pos..next];
+        if let Some(colon) = line.iter().position(|&b| b == b':') {
+            if line[..colon].eq_ignore_ascii_case(name.as_bytes()) {
+                return Some(line[colon + 1..].trim_ascii());
+            }
+        }
+        pos = next;
+    }
+    None
+}
+
 pub(crate) fn offset(buf: &[u8], part: &[u8]) -> usize {
     part.as_ptr() as usize - buf.as_ptr() as usize
 }

@@ -59,22 +59,7 @@ impl RequestHead {
     /// trimmed; `src` is the buffer given to [`parse_request`]. A linear scan
     /// of the head: only routes that match on headers call it.
     pub fn header<'a>(&self, src: &'a [u8], name: &str) -> Option<&'a [u8]> {
-        let mut pos = self.line_end + 2;
-        let end = self.head_len.saturating_sub(2);
-        while pos < end {
-            let line_end = src[pos..end]
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(end, |k| pos + k + 1);
-            let line = &src[pos..line_end];
-            if let Some(colon) = line.iter().position(|&b| b == b':') {
-                if line[..colon].eq_ignore_ascii_case(name.as_bytes()) {
-                    return Some(line[colon + 1..].trim_ascii());
-                }
-            }
-            pos = line_end;
-        }
-        None
+        crate::fields::find(src, self.line_end, self.head_len, name)
     }
 
     /// Leaves every field named `name` out of the forwarded head (a header

@@ -33,6 +33,14 @@ pub struct ResponseHead {
     pub(crate) drop: LineMask,
 }
 
+impl ResponseHead {
+    /// The value of the first field named `name` (ASCII case-insensitive),
+    /// trimmed; `src` is the buffer given to [`parse_response`].
+    pub fn header<'a>(&self, src: &'a [u8], name: &str) -> Option<&'a [u8]> {
+        crate::fields::find(src, self.line_end, self.head_len, name)
+    }
+}
+
 const MALFORMED: ParseError = ParseError {
     status: 502,
     reason: "malformed response head",

@@ -18,6 +18,11 @@ use coremesh_api::resource::RetryOn;
 use crate::error::{ErrorKind, RetryClass};
 use crate::routing::CompiledRule;
 
+/// How many times a request the upstream app never saw is moved to another
+/// endpoint, with or without a retry policy (as a refused connection moves
+/// to the next endpoint).
+pub const MAX_MOVES: u32 = 2;
+
 /// Default of [`TryPolicy::max_body`].
 pub const RETRY_BODY_LIMIT: u64 = 64 * 1024;
 
@@ -98,6 +103,8 @@ impl TryPolicy {
             RetryClass::Timeout => self.on_5xx || self.on_gateway,
             // Only ever raised once the retry was granted.
             RetryClass::Status => true,
+            // Moved without a retry (see `Attempts::after_failure`).
+            RetryClass::Unseen => false,
             RetryClass::Never => false,
         }
     }
@@ -163,6 +170,9 @@ pub enum Verdict {
     /// set, at once: the upstream cannot have acted on it. Not a retry (no
     /// budget, no backoff).
     Replay,
+    /// Send the request to another endpoint at once: its app never saw it
+    /// (its proxy could not reach it). Not a retry either.
+    Move,
     /// Retry after `backoff`, on another endpoint where there is one.
     Retry { try_number: u32, backoff: Duration },
     /// Answer the client with this error; `close`: the connection cannot
@@ -183,6 +193,8 @@ pub struct Attempts {
     idempotent: bool,
     /// Retries taken so far.
     retries: u32,
+    /// Moves taken so far ([`Verdict::Move`]).
+    moves: u32,
     /// The next try must use a fresh connection (after a replay).
     fresh_only: bool,
     /// Whether the try under way may still be retried.
@@ -198,6 +210,7 @@ impl Attempts {
             policy,
             deadline,
             retries: 0,
+            moves: 0,
             fresh_only: false,
             can_retry: false,
         }
@@ -237,6 +250,12 @@ impl Attempts {
         (self.fresh_only, try_deadline)
     }
 
+    /// Whether a request its upstream app never saw could still move to
+    /// another endpoint at `now` ([`Verdict::Move`]), its body permitting.
+    pub fn may_move(&self, now: Instant) -> bool {
+        self.moves < MAX_MOVES && self.idempotent && now < self.deadline
+    }
+
     /// Whether the try under way may drop a response with `status` to
     /// retry (the budget must still grant it).
     pub fn retries_status(&self, status: u16) -> bool {
@@ -268,6 +287,14 @@ impl Attempts {
             self.fresh_only = false;
         }
         let class = f.kind.retry_class();
+        if class == RetryClass::Unseen
+            && self.may_move(now)
+            && f.request_intact
+            && !f.response_started
+        {
+            self.moves += 1;
+            return Verdict::Move;
+        }
         let retry = self.can_retry
             && f.request_intact
             && !f.response_started

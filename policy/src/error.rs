@@ -58,6 +58,10 @@ pub enum ErrorKind {
     Overloaded,
     /// The service's rate limit refused the request (`rateLimit`).
     RateLimited,
+    /// The peer proxy answered that it could not reach its app (its own
+    /// `upstream connection refused` or `upstream connect timeout`): the
+    /// app never saw the request.
+    PeerAppUnreachable,
 }
 
 impl ErrorKind {
@@ -75,7 +79,8 @@ impl ErrorKind {
             ErrorKind::ConnectFailed
             | ErrorKind::UpstreamReset
             | ErrorKind::BadResponse
-            | ErrorKind::PeerIdentityMismatch => 502,
+            | ErrorKind::PeerIdentityMismatch
+            | ErrorKind::PeerAppUnreachable => 502,
             ErrorKind::ConnectTimeout | ErrorKind::UpstreamTimeout | ErrorKind::Idle => 504,
             ErrorKind::ClientGone => 400,
             ErrorKind::Overloaded => 503,
@@ -107,6 +112,7 @@ impl ErrorKind {
             ErrorKind::ClientGone => "client closed the connection",
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::RateLimited => "rate limited",
+            ErrorKind::PeerAppUnreachable => "upstream app unreachable",
         }
     }
 
@@ -139,6 +145,7 @@ impl ErrorKind {
             ErrorKind::UpstreamReset => RetryClass::Reset,
             ErrorKind::UpstreamTimeout => RetryClass::Timeout,
             ErrorKind::RetryableStatus => RetryClass::Status,
+            ErrorKind::PeerAppUnreachable => RetryClass::Unseen,
             _ => RetryClass::Never,
         }
     }
@@ -157,6 +164,10 @@ pub enum RetryClass {
     Timeout,
     /// A response status the rule retries, already granted a retry.
     Status,
+    /// The upstream app never saw the request (its proxy could not reach
+    /// it): moved to another endpoint like a refused connection, whatever
+    /// the rule's retries ([`crate::attempt::Attempts::after_failure`]).
+    Unseen,
     /// Not retried: the request itself, the client, or local policy.
     Never,
 }

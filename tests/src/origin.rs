@@ -113,12 +113,16 @@ impl Drop for Flight<'_> {
     }
 }
 
-/// A running origin; its threads stop when it is dropped.
+/// A running origin; when it is dropped it stops as a killed process
+/// would: new connections are refused, open ones close without answering
+/// the next request.
 pub struct Origin {
     addr: SocketAddr,
     name: String,
     state: Arc<State>,
     stop: Arc<AtomicBool>,
+    /// The accept loop; joined on drop, so the port refuses from then on.
+    acceptor: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Origin {
@@ -130,7 +134,7 @@ impl Origin {
         let state = Arc::new(State::default());
         let stop = Arc::new(AtomicBool::new(false));
         let (st, sp, nm) = (state.clone(), stop.clone(), name.to_string());
-        std::thread::Builder::new()
+        let acceptor = std::thread::Builder::new()
             .name(format!("origin-{name}"))
             .spawn(move || {
                 for conn in listener.incoming() {
@@ -139,11 +143,11 @@ impl Origin {
                     }
                     let Ok(stream) = conn else { continue };
                     let id = st.connections.fetch_add(1, Ordering::SeqCst);
-                    let (st, nm) = (st.clone(), nm.clone());
+                    let (st, nm, sp) = (st.clone(), nm.clone(), sp.clone());
                     let _ = std::thread::Builder::new()
                         .name(format!("origin-{nm}-{id}"))
                         .spawn(move || {
-                            let _ = serve(stream, id, &st, &nm);
+                            let _ = serve(stream, id, &st, &nm, &sp);
                         });
                 }
             })
@@ -153,6 +157,7 @@ impl Origin {
             name: name.to_string(),
             state,
             stop,
+            acceptor: Some(acceptor),
         }
     }
 
@@ -217,8 +222,19 @@ impl Origin {
 impl Drop for Origin {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so it sees the flag.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+        // Wake the accept loop so it sees the flag, and wait (2 s at most)
+        // until it has closed the listener: from then on the port refuses.
+        let until = std::time::Instant::now() + Duration::from_secs(2);
+        while TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok()
+            && std::time::Instant::now() < until
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if let Some(t) = self.acceptor.take() {
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
     }
 }
 
@@ -292,7 +308,13 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-fn serve(stream: TcpStream, id: usize, state: &State, name: &str) -> io::Result<()> {
+fn serve(
+    stream: TcpStream,
+    id: usize,
+    state: &State,
+    name: &str,
+    stop: &AtomicBool,
+) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let mut w = stream.try_clone()?;
     let mut c = Conn {
@@ -304,6 +326,11 @@ fn serve(stream: TcpStream, id: usize, state: &State, name: &str) -> io::Result<
         let Some(head) = c.read_head()? else {
             return Ok(());
         };
+        if stop.load(Ordering::SeqCst) {
+            // Stopped: like a killed process, open connections close
+            // without an answer.
+            return Ok(());
+        }
         let text = String::from_utf8_lossy(&head).into_owned();
         let mut lines = text.split('\n').map(|l| l.trim_end_matches('\r'));
         let request_line = lines.next().unwrap_or("");

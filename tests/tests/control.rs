@@ -1285,3 +1285,19 @@ fn a_subset_whose_only_endpoint_died_gives_its_share_to_the_other_at_once() {
     let t = tally(mesh.web(), 100, "/", &[]);
     assert_eq!(count(&t, "api-v2"), 100, "{t:?}");
 }
+
+#[test]
+fn a_dead_app_behind_a_live_sidecar_costs_no_idempotent_request() {
+    let mut mesh = Mesh::start(Control::start(), 1);
+    let version = mesh.control.apply(SPLIT_NO_RETRIES);
+    mesh.converge(version);
+    let t = tally(mesh.web(), 50, "/", &[]);
+    assert!(count(&t, "api-v1") > 0, "{t:?}");
+    // The v1 app dies; its sidecar lives on and answers 502 `upstream
+    // connection refused`. The app never saw those requests: the web proxy
+    // moves each to v2, and leaves v1 out of its next picks.
+    let v1 = std::mem::replace(&mut mesh.v1, Origin::start("unused"));
+    drop(v1);
+    let t = tally(mesh.web(), 100, "/", &[]);
+    assert_eq!(count(&t, "api-v2"), 100, "{t:?}");
+}

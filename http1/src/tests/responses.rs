@@ -244,3 +244,17 @@ fn unchunked_plan_drops_transfer_encoding_and_closes() {
         b"HTTP/1.1 200 OK\r\nx-a: 1\r\nconnection: close\r\n\r\n".to_vec()
     );
 }
+
+#[test]
+fn a_response_field_is_found_by_name_case_insensitively() {
+    let raw = b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nCoremesh-Error:  upstream connection refused \r\ncontent-length: 0\r\n\r\n";
+    let r = parse_response(raw, Method::Get, &Limits::default())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        r.header(raw, "coremesh-error"),
+        Some(&b"upstream connection refused"[..])
+    );
+    assert_eq!(r.header(raw, "content-length"), Some(&b"0"[..]));
+    assert_eq!(r.header(raw, "x-missing"), None);
+}

@@ -275,3 +275,43 @@ fn a_granted_status_retry_does_not_charge_the_budget_twice() {
     // A per-try timeout is a gateway error.
     assert!(a.policy().retries(ErrorKind::UpstreamTimeout.retry_class()));
 }
+
+#[test]
+fn a_request_the_app_never_saw_moves_to_another_endpoint_without_a_retry_policy() {
+    let t0 = Instant::now();
+    let unseen = failure(ErrorKind::PeerAppUnreachable);
+    let mut a = Attempts::new(TryPolicy::single(Duration::from_secs(5)), t0, true);
+    for _ in 0..MAX_MOVES {
+        a.begin(t0);
+        assert_eq!(
+            a.after_failure(&unseen, false, t0, || panic!("no budget"), 0),
+            Verdict::Move
+        );
+    }
+    a.begin(t0);
+    assert_eq!(
+        a.after_failure(&unseen, false, t0, || true, 0),
+        Verdict::Answer {
+            kind: ErrorKind::PeerAppUnreachable,
+            close: true
+        }
+    );
+    // Not a POST (the header could come from the app itself), and not a
+    // request whose body streamed.
+    let mut post = Attempts::new(TryPolicy::single(Duration::from_secs(5)), t0, false);
+    post.begin(t0);
+    assert!(matches!(
+        post.after_failure(&unseen, false, t0, || true, 0),
+        Verdict::Answer { .. }
+    ));
+    let mut get = Attempts::new(TryPolicy::single(Duration::from_secs(5)), t0, true);
+    get.begin(t0);
+    let streamed = TryFailure {
+        request_intact: false,
+        ..unseen
+    };
+    assert!(matches!(
+        get.after_failure(&streamed, false, t0, || true, 0),
+        Verdict::Answer { .. }
+    ));
+}

@@ -52,6 +52,7 @@ impl LocalDown {
                 | ErrorKind::PeerIdentityMismatch
                 | ErrorKind::UpstreamReset
                 | ErrorKind::UpstreamTimeout
+                | ErrorKind::PeerAppUnreachable
         )
     }
 

@@ -144,9 +144,19 @@ pub(super) async fn exchange(
                     budget: &budget_allows,
                 });
                 let flight = InFlight::start(shard, service, addr, now);
-                let res =
-                    over_connection(ctx, cbuf, up, conn_permit, addr, try_deadline, retry_status)
-                        .await;
+                let res = over_connection(
+                    ctx,
+                    cbuf,
+                    TryConn {
+                        up,
+                        permit: conn_permit,
+                        addr,
+                        peer: endpoints.mtls().is_some() && attempts.may_move(now),
+                    },
+                    try_deadline,
+                    retry_status,
+                )
+                .await;
                 let ok = match &res {
                     Ok(_) => ctx.ex.status < 500,
                     Err(f) => f.err.kind.blame() != crate::error::Blame::Upstream,
@@ -183,6 +193,10 @@ pub(super) async fn exchange(
         );
         match verdict {
             Verdict::Replay => continue,
+            Verdict::Move => {
+                tracing::debug!(?addr, "moving to another endpoint: {err}");
+                continue;
+            }
             Verdict::Retry {
                 try_number,
                 backoff,
@@ -287,20 +301,43 @@ async fn buffer_body(ctx: &mut RequestCtx<'_, '_>, mut cbuf: Buf, limit: u64) ->
     Ok(cbuf)
 }
 
-/// One attempt of a request over `up`, until `deadline` for the response
+/// The connection one try runs on.
+pub(super) struct TryConn {
+    pub(super) up: Conn,
+    /// Its slot under the service's `maxConnections`.
+    pub(super) permit: Option<Permit>,
+    pub(super) addr: SocketAddr,
+    /// The upstream is a peer proxy (mutual TLS), whose own error answers
+    /// say whether its app saw the request, and the request could move to
+    /// another endpoint if it did not. Otherwise such an answer is relayed.
+    pub(super) peer: bool,
+}
+
+/// One attempt of a request over `conn`, until `deadline` for the response
 /// head: send the request, read the response head, relay the response.
 pub(super) async fn over_connection(
     ctx: &mut RequestCtx<'_, '_>,
     cbuf: Buf,
-    mut up: Conn,
-    conn_permit: Option<Permit>,
-    addr: SocketAddr,
+    conn: TryConn,
     deadline: Instant,
     retry: Option<RetryStatus<'_>>,
 ) -> Result<(Next, Buf), Failed> {
     let shard = ctx.shard;
+    let TryConn {
+        mut up,
+        permit: conn_permit,
+        addr,
+        peer,
+    } = conn;
     let mut sent = send_request(ctx, cbuf, &mut up).await?;
     let (resp, mut ubuf) = response_head(ctx, &mut up, &mut sent, deadline).await?;
+    if peer && sent.body_done && app_unreachable(&resp, &ubuf) {
+        // The peer proxy could not connect to its app: the app never saw
+        // the request, which can go to another endpoint.
+        shard.bufs.put(ubuf);
+        let context = "the peer proxy could not reach its app";
+        return Err(sent.fail(ErrorKind::PeerAppUnreachable, context, true));
+    }
     ctx.ex.status = resp.status;
     if sent.body_done
         && retry.is_some_and(|r| r.attempts.retries_status(resp.status) && (r.budget)())
@@ -349,6 +386,18 @@ pub(super) async fn over_connection(
         shard.pool.put(addr, up, conn_permit, end, max_idle);
     }
     Ok((if close { Next::Close } else { Next::KeepAlive }, sent.cbuf))
+}
+
+/// Whether a peer proxy's response is its own answer that it could not
+/// connect to its app (`502 upstream connection refused`, `504 upstream
+/// connect timeout`). An app could send the same header itself, so what
+/// this allows is limited to what a retry of an idempotent request allows.
+fn app_unreachable(resp: &ResponseHead, ubuf: &[u8]) -> bool {
+    matches!(resp.status, 502 | 504)
+        && resp.header(ubuf, "coremesh-error").is_some_and(|e| {
+            e == ErrorKind::ConnectFailed.text().as_bytes()
+                || e == ErrorKind::ConnectTimeout.text().as_bytes()
+        })
 }
 
 /// What a try has sent of the request.

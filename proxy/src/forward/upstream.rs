@@ -107,7 +107,7 @@ impl Endpoints<'_> {
 
     /// The service whose peer proxies are called over mutual TLS (and whose
     /// SPIFFE ID they must present); `None`: plaintext.
-    fn mtls(&self) -> Option<&str> {
+    pub(super) fn mtls(&self) -> Option<&str> {
         match self {
             Endpoints::One(_) | Endpoints::Service(_, _, false) => None,
             Endpoints::Service(name, _, true) | Endpoints::Rule(name, _, _) => Some(name),
