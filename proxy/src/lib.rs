@@ -47,9 +47,24 @@ use msg::ShardHandle;
 use shard::thread::ShardSetup;
 use stats::Direction;
 
+pub use listener::BindError;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("cannot start shard {index}: {source}")]
+    Shard {
+        index: usize,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Binds the listeners, starts the shards, and runs the agent on the calling
 /// thread until the proxy has drained. Returns the exit code.
-pub fn start(config_path: PathBuf, cfg: Config) -> Result<i32, String> {
+pub fn start(config_path: PathBuf, cfg: Config) -> Result<i32, StartError> {
     let cfg = Arc::new(cfg);
     let mut listeners = Vec::new();
     let mut bound = Bound::default();
@@ -108,7 +123,7 @@ pub fn start(config_path: PathBuf, cfg: Config) -> Result<i32, String> {
         runtime::start_shard(format!("shard-{index}"), cpu, move |driver| {
             shard::thread::run(setup, driver)
         })
-        .map_err(|e| format!("cannot start shard {index}: {e}"))?;
+        .map_err(|source| StartError::Shard { index, source })?;
         handles.push(handle);
     }
     Ok(agent::run(AgentSetup {

@@ -18,15 +18,41 @@ use crate::msg::{Role, ShardHandle, ShardMsg};
 /// Pending connections the kernel queues per listener.
 const BACKLOG: i32 = 4096;
 
-/// Binds a listening socket; `what` names the config key for the error.
-pub fn bind(addr: SocketAddr, what: &str) -> Result<std::net::TcpListener, String> {
-    let explain = |e: io::Error| {
-        if e.kind() == io::ErrorKind::AddrInUse {
-            format!("cannot listen on {addr} ({what}): address in use, another process is bound to it ({e})")
+/// A listener that could not be set up: the address, the config key that
+/// names it, and the socket error.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// Another process holds the address (`EADDRINUSE`).
+    #[error("cannot listen on {addr} ({what}): address in use, another process is bound to it ({source})")]
+    InUse {
+        addr: SocketAddr,
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Socket {
+        addr: SocketAddr,
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl BindError {
+    fn new(addr: SocketAddr, what: &str, source: io::Error) -> BindError {
+        let what = what.to_string();
+        if source.kind() == io::ErrorKind::AddrInUse {
+            BindError::InUse { addr, what, source }
         } else {
-            format!("cannot listen on {addr} ({what}): {e}")
+            BindError::Socket { addr, what, source }
         }
-    };
+    }
+}
+
+/// Binds a listening socket; `what` names the config key for the error.
+pub fn bind(addr: SocketAddr, what: &str) -> Result<std::net::TcpListener, BindError> {
+    let explain = |e: io::Error| BindError::new(addr, what, e);
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(explain)?;
     // SO_REUSEADDR only lets a restarted proxy bind while old connections sit
     // in TIME_WAIT; it never lets two live listeners share the port.

@@ -30,19 +30,22 @@
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use coremesh_api::token::JoinToken;
-use coremesh_api::wire::{self, ControlMsg, ErrorCode, FrameDecoder, ProxyMsg};
+use coremesh_api::token::{JoinToken, TokenParseError};
+use coremesh_api::wire::{self, ControlMsg, ErrorCode, FrameDecoder, FrameError, ProxyMsg};
 use tokio::sync::{mpsc, oneshot};
 
 use super::app_health::{Checker, HealthReport, LatestHealth};
 use super::apply::Applier;
 use super::state::{Identity, StateDir};
-use super::tls::{self, CertInfo, FingerprintVerifier, SERVER_NAME};
+use super::tls::{
+    self, CertInfo, CertParseError, CsrError, FingerprintVerifier, TlsSetupError, SERVER_NAME,
+};
 use crate::config::ControlConfig;
 
 /// One connection attempt to one address.
@@ -149,13 +152,197 @@ impl ControlLink {
 /// right level (a refused token, a CA mismatch).
 enum Failure {
     Logged,
-    Other(String),
+    Error(SessionError),
 }
 
-impl From<String> for Failure {
-    fn from(s: String) -> Self {
-        Failure::Other(s)
+impl From<SessionError> for Failure {
+    fn from(e: SessionError) -> Self {
+        Failure::Error(e)
     }
+}
+
+impl From<TlsSetupError> for Failure {
+    fn from(e: TlsSetupError) -> Self {
+        Failure::Error(e.into())
+    }
+}
+
+impl From<CsrError> for Failure {
+    fn from(e: CsrError) -> Self {
+        Failure::Error(e.into())
+    }
+}
+
+impl From<StreamError> for Failure {
+    fn from(e: StreamError) -> Self {
+        Failure::Error(e.into())
+    }
+}
+
+/// Why a join or a session with control failed (logged, then the client
+/// reconnects after a backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The state_dir loader reports a String (agent/state.rs, outside this
+    /// change); its text already names the file.
+    #[error("{0}")]
+    State(String),
+    #[error("{}: {source}", path.display())]
+    StoredCert {
+        path: PathBuf,
+        #[source]
+        source: CertParseError,
+    },
+    #[error(
+        "{} {problem}; put a new join token in token_file and remove it to join again",
+        path.display()
+    )]
+    StaleCert { path: PathBuf, problem: CertProblem },
+    #[error("{}: {source}", path.display())]
+    DiscardCert {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{} holds no certificate and [control] token_file is not set: \
+         create a token with `meshctl token create --service {service}` and set token_file",
+        dir.display()
+    )]
+    NoToken { dir: PathBuf, service: String },
+    #[error("token_file {}: {source}", path.display())]
+    TokenRead {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("token_file {}: {source}", path.display())]
+    TokenParse {
+        path: PathBuf,
+        #[source]
+        source: TokenParseError,
+    },
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+    #[error(transparent)]
+    Csr(#[from] CsrError),
+    #[error("cannot open a UDP socket: {0}")]
+    UdpSocket(#[source] std::io::Error),
+    /// Every address failed; each failure is kept, in the order tried.
+    #[error("cannot reach control: {}", join_attempts(.0))]
+    Unreachable(Vec<AttemptError>),
+    #[error("{addr}: cannot open a stream: {source}")]
+    OpenStream {
+        addr: SocketAddr,
+        #[source]
+        source: quinn::ConnectionError,
+    },
+    #[error("cannot encode a message: {0}")]
+    Encode(#[source] FrameError),
+    #[error("cannot send to control: {0}")]
+    Send(#[source] quinn::WriteError),
+    #[error("the stream reader stopped")]
+    ReaderStopped,
+    #[error("no answer from control within {0:?}")]
+    NoAnswer(Duration),
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    #[error("control refused the join ({code:?}): {message}")]
+    JoinRefused { code: ErrorCode, message: String },
+    #[error("control refused the session ({code:?}): {message}")]
+    SessionRefused { code: ErrorCode, message: String },
+    #[error("expected {expected}, got {got}")]
+    Unexpected {
+        expected: &'static str,
+        got: &'static str,
+    },
+    #[error("control issued identity {spiffe_id}, not one for service {service}")]
+    WrongIdentity { spiffe_id: String, service: String },
+    #[error("the CA control sent: {0}")]
+    BadCa(#[source] CertParseError),
+    #[error("the certificate control sent: {0}")]
+    BadCert(#[source] CertParseError),
+    #[error("the certificate control sent is not for the key in our CSR")]
+    CertKeyMismatch,
+    #[error("cannot save the new certificate: {0}")]
+    SaveIdentity(#[source] std::io::Error),
+    #[error("Renewed without a renewal request")]
+    UnrequestedRenewal,
+    #[error("control ended the session ({code:?}): {message}")]
+    Ended { code: ErrorCode, message: String },
+    #[error("unexpected {0} in a session")]
+    UnexpectedInSession(&'static str),
+}
+
+/// What is wrong with the certificate in state_dir.
+#[derive(Debug, thiserror::Error)]
+pub enum CertProblem {
+    #[error("does not match key.pem")]
+    KeyMismatch,
+    #[error("expired {0} s ago")]
+    Expired(i64),
+}
+
+/// One address of control that could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum AttemptError {
+    #[error("{addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: quinn::ConnectError,
+    },
+    #[error("{addr}: {source}")]
+    Handshake {
+        addr: SocketAddr,
+        #[source]
+        source: quinn::ConnectionError,
+    },
+    #[error("{addr}: no answer within {limit:?}")]
+    Timeout { addr: SocketAddr, limit: Duration },
+}
+
+fn join_attempts(attempts: &[AttemptError]) -> String {
+    attempts
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Why the stream reader stopped: the last item it sends.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("bad frame from control: {0}")]
+    BadFrame(#[source] FrameError),
+    #[error(
+        "control closed the stream{}",
+        if *mid_frame { " in the middle of a frame" } else { "" }
+    )]
+    Closed { mid_frame: bool },
+    /// Says how: "reset by peer" is a restarted control (its stateless
+    /// reset), "timed out" one that stopped answering.
+    #[error("connection to control lost: {}", lost_reason(.0))]
+    Lost(#[source] quinn::ReadError),
+}
+
+/// A lost connection's own reason rather than quinn's "connection lost".
+fn lost_reason(e: &quinn::ReadError) -> String {
+    match e {
+        quinn::ReadError::ConnectionLost(c) => c.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Why a renewed certificate was not taken (logged; the renewal is retried).
+#[derive(Debug, thiserror::Error)]
+pub enum RenewError {
+    #[error(transparent)]
+    Cert(#[from] CertParseError),
+    #[error("the renewed certificate is not for the key in our CSR")]
+    KeyMismatch,
+    #[error("cannot save it: {0}")]
+    Save(#[source] std::io::Error),
 }
 
 /// Applies the persisted snapshot (the last good routes) so a proxy
@@ -210,7 +397,7 @@ pub async fn run(setup: ControlSetup) {
                 Ok(()) => continue,
                 Err(e) => Err(e),
             },
-            Err(e) => Err(Failure::Other(e)),
+            Err(e) => Err(Failure::Error(e)),
         };
         client.setup.applier.set_connected(false);
         if started.elapsed() >= STABLE_SESSION {
@@ -219,7 +406,7 @@ pub async fn run(setup: ControlSetup) {
         let wait = backoff.next(random_unit());
         match result {
             Ok(()) => tracing::info!("control session ended; reconnecting in {wait:?}"),
-            Err(Failure::Other(e)) => tracing::warn!("control: {e}; retrying in {wait:?}"),
+            Err(Failure::Error(e)) => tracing::warn!("control: {e}; retrying in {wait:?}"),
             Err(Failure::Logged) => tracing::info!("retrying control in {wait:?}"),
         }
         tokio::time::sleep(wait).await;
@@ -240,39 +427,46 @@ impl Client {
     /// The identity to connect with; `None`: join first. A certificate that
     /// expired, or whose key does not match, is moved aside when a token
     /// file exists to join again with.
-    fn identity(&self) -> Result<Option<Identity>, String> {
+    fn identity(&self) -> Result<Option<Identity>, SessionError> {
         if let Some(id) = self.identity.borrow().clone() {
             return Ok(Some(id));
         }
-        let Some(id) = self.setup.state.load_identity()? else {
+        let Some(id) = self
+            .setup
+            .state
+            .load_identity()
+            .map_err(SessionError::State)?
+        else {
             return Ok(None);
         };
         let cert = self.setup.state.path(super::state::CERT_FILE);
-        let info = CertInfo::parse(&id.cert_pem).map_err(|e| format!("{}: {e}", cert.display()))?;
+        let info = match CertInfo::parse(&id.cert_pem) {
+            Ok(info) => info,
+            Err(source) => return Err(SessionError::StoredCert { path: cert, source }),
+        };
         let problem = if !info.matches_key(&id.key_pem) {
-            Some("does not match key.pem".to_string())
+            Some(CertProblem::KeyMismatch)
         } else if info.not_after <= unix_now() {
-            Some(format!("expired {} s ago", unix_now() - info.not_after))
+            Some(CertProblem::Expired(unix_now() - info.not_after))
         } else {
             None
         };
         if let Some(problem) = problem {
             let token = self.cfg().token_file.as_ref().filter(|p| p.exists());
             let Some(token) = token else {
-                return Err(format!(
-                    "{} {problem}; put a new join token in token_file and remove it to join again",
-                    cert.display()
-                ));
+                return Err(SessionError::StaleCert {
+                    path: cert,
+                    problem,
+                });
             };
             tracing::warn!(
                 "{} {problem}; joining again with {}",
                 cert.display(),
                 token.display()
             );
-            self.setup
-                .state
-                .discard_cert()
-                .map_err(|e| format!("{}: {e}", cert.display()))?;
+            if let Err(source) = self.setup.state.discard_cert() {
+                return Err(SessionError::DiscardCert { path: cert, source });
+            }
             return Ok(None);
         }
         *self.identity.borrow_mut() = Some(id.clone());
@@ -284,7 +478,7 @@ impl Client {
     async fn connect(
         &self,
         cfg: &quinn::ClientConfig,
-    ) -> Result<(quinn::Endpoint, quinn::Connection, SocketAddr), String> {
+    ) -> Result<(quinn::Endpoint, quinn::Connection, SocketAddr), SessionError> {
         let mut errors = Vec::new();
         for &addr in &self.cfg().addresses {
             let bind: SocketAddr = if addr.is_ipv6() {
@@ -292,22 +486,24 @@ impl Client {
             } else {
                 (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
             };
-            let endpoint = quinn::Endpoint::client(bind)
-                .map_err(|e| format!("cannot open a UDP socket: {e}"))?;
+            let endpoint = quinn::Endpoint::client(bind).map_err(SessionError::UdpSocket)?;
             let connecting = match endpoint.connect_with(cfg.clone(), addr, SERVER_NAME) {
                 Ok(c) => c,
-                Err(e) => {
-                    errors.push(format!("{addr}: {e}"));
+                Err(source) => {
+                    errors.push(AttemptError::Connect { addr, source });
                     continue;
                 }
             };
             match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
                 Ok(Ok(conn)) => return Ok((endpoint, conn, addr)),
-                Ok(Err(e)) => errors.push(format!("{addr}: {e}")),
-                Err(_) => errors.push(format!("{addr}: no answer within {CONNECT_TIMEOUT:?}")),
+                Ok(Err(source)) => errors.push(AttemptError::Handshake { addr, source }),
+                Err(_) => errors.push(AttemptError::Timeout {
+                    addr,
+                    limit: CONNECT_TIMEOUT,
+                }),
             }
         }
-        Err(format!("cannot reach control: {}", errors.join("; ")))
+        Err(SessionError::Unreachable(errors))
     }
 
     /// Joins with the token: verifies the server by the token's CA
@@ -315,20 +511,24 @@ impl Client {
     /// saves what comes back.
     async fn join(&self) -> Result<(), Failure> {
         let Some(token_file) = &self.cfg().token_file else {
-            return Err(format!(
-                "{} holds no certificate and [control] token_file is not set: \
-                 create a token with `meshctl token create --service {}` and set token_file",
-                self.setup.state.dir().display(),
-                self.setup.service
-            )
+            return Err(SessionError::NoToken {
+                dir: self.setup.state.dir().to_path_buf(),
+                service: self.setup.service.clone(),
+            }
             .into());
         };
-        let text = std::fs::read_to_string(token_file)
-            .map_err(|e| format!("token_file {}: {e}", token_file.display()))?;
+        let text =
+            std::fs::read_to_string(token_file).map_err(|source| SessionError::TokenRead {
+                path: token_file.clone(),
+                source,
+            })?;
         let token: JoinToken = text
             .trim()
             .parse()
-            .map_err(|e| format!("token_file {}: {e}", token_file.display()))?;
+            .map_err(|source| SessionError::TokenParse {
+                path: token_file.clone(),
+                source,
+            })?;
         let verifier = Arc::new(FingerprintVerifier::new(&token.ca_fingerprint));
         let mismatch = verifier.mismatch_flag();
         let cfg = tls::join_config(verifier)?;
@@ -347,7 +547,7 @@ impl Client {
         let (mut send, recv) = conn
             .open_bi()
             .await
-            .map_err(|e| format!("{addr}: cannot open a stream: {e}"))?;
+            .map_err(|source| SessionError::OpenStream { addr, source })?;
         let (tx, mut msgs) = mpsc::unbounded_channel();
         let _reader = AbortOnDrop(tokio::task::spawn_local(read_frames(recv, tx)));
         write(
@@ -379,33 +579,36 @@ impl Client {
                 return Err(Failure::Logged);
             }
             ControlMsg::Error { code, message } => {
-                return Err(format!("control refused the join ({code:?}): {message}").into())
+                return Err(SessionError::JoinRefused { code, message }.into())
             }
-            other => return Err(format!("expected Joined, got {}", msg_kind(&other)).into()),
+            other => {
+                return Err(SessionError::Unexpected {
+                    expected: "Joined",
+                    got: msg_kind(&other),
+                }
+                .into())
+            }
         };
         conn.close(0u32.into(), b"joined");
         let suffix = format!("/service/{}", self.setup.service);
         if !spiffe_id.ends_with(&suffix) {
-            return Err(format!(
-                "control issued identity {spiffe_id}, not one for service {}",
-                self.setup.service
-            )
+            return Err(SessionError::WrongIdentity {
+                spiffe_id,
+                service: self.setup.service.clone(),
+            }
             .into());
         }
         // The CA to trust from now on must be the one the token pinned.
-        let ca = CertInfo::parse(&ca_pem).map_err(|e| format!("the CA control sent: {e}"))?;
+        let ca = CertInfo::parse(&ca_pem).map_err(SessionError::BadCa)?;
         if coremesh_api::token::fingerprint_hex(&ca.der) != token.ca_fingerprint {
             tracing::error!(
                 "control's CA does not match the join token's fingerprint; refusing to join"
             );
             return Err(Failure::Logged);
         }
-        let cert =
-            CertInfo::parse(&cert_pem).map_err(|e| format!("the certificate control sent: {e}"))?;
+        let cert = CertInfo::parse(&cert_pem).map_err(SessionError::BadCert)?;
         if !cert.matches_key(&key_pem) {
-            return Err("the certificate control sent is not for the key in our CSR"
-                .to_string()
-                .into());
+            return Err(SessionError::CertKeyMismatch.into());
         }
         let id = Identity {
             key_pem,
@@ -415,7 +618,7 @@ impl Client {
         self.setup
             .state
             .save_identity(&id)
-            .map_err(|e| format!("cannot save the new certificate: {e}"))?;
+            .map_err(SessionError::SaveIdentity)?;
         tracing::info!(
             "joined control at {addr} as {spiffe_id}; certificate saved in {}",
             self.setup.state.dir().display()
@@ -432,7 +635,7 @@ impl Client {
         let (mut send, recv) = conn
             .open_bi()
             .await
-            .map_err(|e| format!("{addr}: cannot open a stream: {e}"))?;
+            .map_err(|source| SessionError::OpenStream { addr, source })?;
         let (tx, mut msgs) = mpsc::unbounded_channel();
         let _reader = AbortOnDrop(tokio::task::spawn_local(read_frames(recv, tx)));
         let applied = self.setup.applier.applied();
@@ -454,9 +657,15 @@ impl Client {
                 ..
             } => Duration::from_millis(heartbeat_interval_ms).max(MIN_HEARTBEAT),
             ControlMsg::Error { code, message } => {
-                return Err(format!("control refused the session ({code:?}): {message}").into())
+                return Err(SessionError::SessionRefused { code, message }.into())
             }
-            other => return Err(format!("expected Welcome, got {}", msg_kind(&other)).into()),
+            other => {
+                return Err(SessionError::Unexpected {
+                    expected: "Welcome",
+                    got: msg_kind(&other),
+                }
+                .into())
+            }
         };
         tracing::info!(
             "connected to control at {addr} (service {}, running version {})",
@@ -492,7 +701,7 @@ impl Client {
         let mut deregistering: Option<oneshot::Sender<()>> = None;
         loop {
             tokio::select! {
-                m = msgs.recv() => match m.unwrap_or_else(|| Err("the stream reader stopped".into()))? {
+                m = msgs.recv() => match m.ok_or(SessionError::ReaderStopped)?? {
                     ControlMsg::Snapshot(snap) => {
                         let version = snap.version;
                         let reply = match self.setup.applier.apply(&snap, true).await {
@@ -515,7 +724,7 @@ impl Client {
                     }
                     ControlMsg::Renewed { cert_pem } => {
                         let Some(key_pem) = pending_key.take() else {
-                            return Err("Renewed without a renewal request".to_string().into());
+                            return Err(SessionError::UnrequestedRenewal.into());
                         };
                         match self.renewed(key_pem, cert_pem) {
                             // At most one renewal per MIN_RENEW_GAP, whatever
@@ -546,10 +755,10 @@ impl Client {
                         renew_at = tokio::time::Instant::now() + RENEW_RETRY;
                     }
                     ControlMsg::Error { code, message } => {
-                        return Err(format!("control ended the session ({code:?}): {message}").into());
+                        return Err(SessionError::Ended { code, message }.into());
                     }
                     other => {
-                        return Err(format!("unexpected {} in a session", msg_kind(&other)).into());
+                        return Err(SessionError::UnexpectedInSession(msg_kind(&other)).into());
                     }
                 },
                 _ = tick.tick() => {
@@ -590,15 +799,15 @@ impl Client {
     }
 
     /// Checks and stores a renewed certificate; returns it.
-    fn renewed(&self, key_pem: String, cert_pem: String) -> Result<String, String> {
+    fn renewed(&self, key_pem: String, cert_pem: String) -> Result<String, RenewError> {
         let info = CertInfo::parse(&cert_pem)?;
         if !info.matches_key(&key_pem) {
-            return Err("the renewed certificate is not for the key in our CSR".into());
+            return Err(RenewError::KeyMismatch);
         }
         self.setup
             .state
             .save_renewed(&key_pem, &cert_pem)
-            .map_err(|e| format!("cannot save it: {e}"))?;
+            .map_err(RenewError::Save)?;
         let mut id = self.identity.borrow_mut();
         if let Some(id) = id.as_mut() {
             id.key_pem = key_pem;
@@ -687,23 +896,21 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn write(send: &mut quinn::SendStream, msg: &ProxyMsg) -> Result<(), String> {
+async fn write(send: &mut quinn::SendStream, msg: &ProxyMsg) -> Result<(), SessionError> {
     let mut buf = Vec::new();
-    wire::encode(msg, &mut buf).map_err(|e| format!("cannot encode a message: {e}"))?;
-    send.write_all(&buf)
-        .await
-        .map_err(|e| format!("cannot send to control: {e}"))
+    wire::encode(msg, &mut buf).map_err(SessionError::Encode)?;
+    send.write_all(&buf).await.map_err(SessionError::Send)
 }
 
 /// The next message, within `timeout`.
 async fn next(
-    msgs: &mut mpsc::UnboundedReceiver<Result<ControlMsg, String>>,
+    msgs: &mut mpsc::UnboundedReceiver<Result<ControlMsg, StreamError>>,
     timeout: Duration,
-) -> Result<ControlMsg, String> {
+) -> Result<ControlMsg, SessionError> {
     match tokio::time::timeout(timeout, msgs.recv()).await {
-        Ok(Some(m)) => m,
-        Ok(None) => Err("the stream reader stopped".into()),
-        Err(_) => Err(format!("no answer from control within {timeout:?}")),
+        Ok(Some(m)) => Ok(m?),
+        Ok(None) => Err(SessionError::ReaderStopped),
+        Err(_) => Err(SessionError::NoAnswer(timeout)),
     }
 }
 
@@ -711,7 +918,7 @@ async fn next(
 /// last item is always an `Err` saying why it stopped.
 async fn read_frames(
     mut recv: quinn::RecvStream,
-    tx: mpsc::UnboundedSender<Result<ControlMsg, String>>,
+    tx: mpsc::UnboundedSender<Result<ControlMsg, StreamError>>,
 ) {
     let mut decoder = FrameDecoder::new(wire::MAX_FRAME);
     let mut buf = vec![0u8; 64 * 1024];
@@ -725,7 +932,7 @@ async fn read_frames(
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    let _ = tx.send(Err(format!("bad frame from control: {e}")));
+                    let _ = tx.send(Err(StreamError::BadFrame(e)));
                     return;
                 }
             }
@@ -733,22 +940,13 @@ async fn read_frames(
         match recv.read(&mut buf).await {
             Ok(Some(n)) => decoder.push(&buf[..n]),
             Ok(None) => {
-                let cut = if decoder.buffered() > 0 {
-                    " in the middle of a frame"
-                } else {
-                    ""
-                };
-                let _ = tx.send(Err(format!("control closed the stream{cut}")));
+                let _ = tx.send(Err(StreamError::Closed {
+                    mid_frame: decoder.buffered() > 0,
+                }));
                 return;
             }
             Err(e) => {
-                // Say how: "reset by peer" is a restarted control (its
-                // stateless reset), "timed out" one that stopped answering.
-                let why = match e {
-                    quinn::ReadError::ConnectionLost(c) => c.to_string(),
-                    other => other.to_string(),
-                };
-                let _ = tx.send(Err(format!("connection to control lost: {why}")));
+                let _ = tx.send(Err(StreamError::Lost(e)));
                 return;
             }
         }

@@ -4,12 +4,14 @@
 //! every SIGHUP). Each is checked here, on the agent thread, before any
 //! shard sees it; a bad one is logged and the previous one stays in force.
 
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::agent::admin::AdminState;
 use crate::config::Config;
 use crate::msg::{ShardHandle, ShardMsg};
+use crate::tls::identity::IdentityError;
 use crate::tls::Identity;
 
 /// Sends `id` to every shard and shows its expiry on `/metrics`.
@@ -29,16 +31,40 @@ pub fn broadcast(shards: &[ShardHandle], admin: Option<&Rc<AdminState>>, id: Ide
     }
 }
 
+/// Why the `[tls]` files do not give an identity to use. `config` is the
+/// configuration file whose `[tls]` section names them.
+#[derive(Debug, thiserror::Error)]
+pub enum StaticIdentityError {
+    #[error("{}: [tls]: cannot read {}: {source}", config.display(), file.display())]
+    Read {
+        config: PathBuf,
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(
+        "{}: [tls]: {}: the certificate expired {ago} s ago",
+        config.display(),
+        cert.display()
+    )]
+    Expired {
+        config: PathBuf,
+        cert: PathBuf,
+        /// Seconds since its notAfter.
+        ago: i64,
+    },
+}
+
 /// Reads the `[tls]` files of `cfg`, if it has that section.
-pub fn load_static(cfg: &Config) -> Option<Result<Identity, String>> {
+pub fn load_static(cfg: &Config) -> Option<Result<Identity, StaticIdentityError>> {
     let t = cfg.tls.as_ref()?;
-    let read = |p: &std::path::Path| {
-        std::fs::read_to_string(p).map_err(|e| {
-            format!(
-                "{}: [tls]: cannot read {}: {e}",
-                cfg.source.display(),
-                p.display()
-            )
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_err(|source| StaticIdentityError::Read {
+            config: cfg.source.clone(),
+            file: p.to_path_buf(),
+            source,
         })
     };
     Some((|| {
@@ -52,11 +78,11 @@ pub fn load_static(cfg: &Config) -> Option<Result<Identity, String>> {
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
         if id.not_after <= now {
-            return Err(format!(
-                "{what}: {}: the certificate expired {} s ago",
-                t.cert.display(),
-                now - id.not_after
-            ));
+            return Err(StaticIdentityError::Expired {
+                config: cfg.source.clone(),
+                cert: t.cert.clone(),
+                ago: now - id.not_after,
+            });
         }
         Ok(id)
     })())

@@ -22,7 +22,7 @@ use quinn::crypto::rustls::QuicClientConfig;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
@@ -34,6 +34,51 @@ const KEEP_ALIVE: Duration = Duration::from_secs(3);
 /// A control that stopped answering (kill -9, network cut) is noticed after
 /// this long and the client reconnects.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a QUIC client configuration for control could not be made. The
+/// state_dir files are named as the messages have always named them.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    /// TLS 1.3 is not available from the crypto provider.
+    #[error("TLS setup: {0}")]
+    ProtocolVersion(#[source] rustls::Error),
+    #[error("QUIC TLS setup: {0}")]
+    Quic(#[source] quinn::crypto::rustls::NoInitialCipherSuite),
+    #[error("idle timeout: {0}")]
+    IdleTimeout(#[source] quinn::VarIntBoundsExceeded),
+    #[error("ca.pem: {0}")]
+    CaPem(#[source] pem::Error),
+    #[error("ca.pem: {0}")]
+    CaAnchor(#[source] rustls::Error),
+    #[error("ca.pem holds no certificate")]
+    NoCa,
+    #[error("cert.pem: {0}")]
+    CertPem(#[source] pem::Error),
+    #[error("cert.pem holds no certificate")]
+    NoCert,
+    #[error("key.pem: {0}")]
+    KeyPem(#[source] pem::Error),
+    #[error("cert.pem/key.pem: {0}")]
+    CertAndKey(#[source] rustls::Error),
+}
+
+/// Why a key or its CSR could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum CsrError {
+    #[error("key generation: {0}")]
+    Key(#[source] rcgen::Error),
+    #[error("CSR: {0}")]
+    Csr(#[source] rcgen::Error),
+}
+
+/// Why a PEM document does not hold a readable certificate.
+#[derive(Debug, thiserror::Error)]
+pub enum CertParseError {
+    #[error("not a PEM certificate: {0}")]
+    Pem(#[source] pem::Error),
+    #[error("not an X.509 certificate: {0}")]
+    X509(#[source] x509_parser::nom::Err<x509_parser::error::X509Error>),
+}
 
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -132,22 +177,23 @@ impl ServerCertVerifier for FingerprintVerifier {
     }
 }
 
-fn builder() -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier>, String> {
+fn builder(
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier>, TlsSetupError> {
     rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| format!("TLS setup: {e}"))
+        .map_err(TlsSetupError::ProtocolVersion)
 }
 
-fn quic(mut tls: rustls::ClientConfig) -> Result<quinn::ClientConfig, String> {
+fn quic(mut tls: rustls::ClientConfig) -> Result<quinn::ClientConfig, TlsSetupError> {
     tls.alpn_protocols = vec![coremesh_api::wire::ALPN.to_vec()];
-    let crypto = QuicClientConfig::try_from(tls).map_err(|e| format!("QUIC TLS setup: {e}"))?;
+    let crypto = QuicClientConfig::try_from(tls).map_err(TlsSetupError::Quic)?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(KEEP_ALIVE));
     transport.max_idle_timeout(Some(
         IDLE_TIMEOUT
             .try_into()
-            .map_err(|e| format!("idle timeout: {e}"))?,
+            .map_err(TlsSetupError::IdleTimeout)?,
     ));
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
@@ -155,7 +201,9 @@ fn quic(mut tls: rustls::ClientConfig) -> Result<quinn::ClientConfig, String> {
 
 /// The client configuration of a join: no client certificate, the server
 /// verified by the token's CA fingerprint.
-pub fn join_config(verifier: Arc<FingerprintVerifier>) -> Result<quinn::ClientConfig, String> {
+pub fn join_config(
+    verifier: Arc<FingerprintVerifier>,
+) -> Result<quinn::ClientConfig, TlsSetupError> {
     quic(
         builder()?
             .dangerous()
@@ -170,37 +218,36 @@ pub fn session_config(
     key_pem: &str,
     cert_pem: &str,
     ca_pem: &str,
-) -> Result<quinn::ClientConfig, String> {
+) -> Result<quinn::ClientConfig, TlsSetupError> {
     let mut roots = RootCertStore::empty();
     for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        let ca = ca.map_err(|e| format!("ca.pem: {e}"))?;
-        roots.add(ca).map_err(|e| format!("ca.pem: {e}"))?;
+        let ca = ca.map_err(TlsSetupError::CaPem)?;
+        roots.add(ca).map_err(TlsSetupError::CaAnchor)?;
     }
     if roots.is_empty() {
-        return Err("ca.pem holds no certificate".into());
+        return Err(TlsSetupError::NoCa);
     }
     let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("cert.pem: {e}"))?;
+        .map_err(TlsSetupError::CertPem)?;
     if chain.is_empty() {
-        return Err("cert.pem holds no certificate".into());
+        return Err(TlsSetupError::NoCert);
     }
-    let key =
-        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| format!("key.pem: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(TlsSetupError::KeyPem)?;
     quic(
         builder()?
             .with_root_certificates(roots)
             .with_client_auth_cert(chain, key)
-            .map_err(|e| format!("cert.pem/key.pem: {e}"))?,
+            .map_err(TlsSetupError::CertAndKey)?,
     )
 }
 
 /// A fresh ECDSA P-256 key (PKCS#8 PEM) and a CSR for it (PEM). Control
 /// decides the certificate's names; the CSR's common name is the service,
 /// for people reading it.
-pub fn key_and_csr(service: &str) -> Result<(String, String), String> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| format!("key generation: {e}"))?;
+pub fn key_and_csr(service: &str) -> Result<(String, String), CsrError> {
+    let key =
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(CsrError::Key)?;
     let mut params = rcgen::CertificateParams::default();
     params
         .distinguished_name
@@ -208,7 +255,7 @@ pub fn key_and_csr(service: &str) -> Result<(String, String), String> {
     let csr = params
         .serialize_request(&key)
         .and_then(|c| c.pem())
-        .map_err(|e| format!("CSR: {e}"))?;
+        .map_err(CsrError::Csr)?;
     Ok((key.serialize_pem(), csr))
 }
 
@@ -226,11 +273,9 @@ pub struct CertInfo {
 
 impl CertInfo {
     /// Reads the first certificate of a PEM document.
-    pub fn parse(pem: &str) -> Result<CertInfo, String> {
-        let der = CertificateDer::from_pem_slice(pem.as_bytes())
-            .map_err(|e| format!("not a PEM certificate: {e}"))?;
-        let (_, cert) = x509_parser::parse_x509_certificate(&der)
-            .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    pub fn parse(pem: &str) -> Result<CertInfo, CertParseError> {
+        let der = CertificateDer::from_pem_slice(pem.as_bytes()).map_err(CertParseError::Pem)?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(CertParseError::X509)?;
         Ok(CertInfo {
             not_before: cert.validity().not_before.timestamp(),
             not_after: cert.validity().not_after.timestamp(),
@@ -369,8 +414,13 @@ pub(crate) mod tests {
         assert!(!info.matches_key(&key_and_csr("web").unwrap().0));
         assert!(info.not_after > info.not_before);
         session_config(&key_pem, &cert.pem(), &pki.ca_pem).unwrap();
-        assert!(session_config(&key_pem, &cert.pem(), "").is_err());
-        assert!(CertInfo::parse("junk").is_err());
+        assert!(matches!(
+            session_config(&key_pem, &cert.pem(), ""),
+            Err(TlsSetupError::NoCa)
+        ));
+        let e = CertInfo::parse("junk").unwrap_err();
+        assert!(matches!(e, CertParseError::Pem(_)), "{e:?}");
+        assert!(e.to_string().starts_with("not a PEM certificate: "), "{e}");
     }
 
     #[test]

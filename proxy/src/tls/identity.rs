@@ -19,13 +19,84 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls13_signature, CryptoProvider};
-use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
 use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
 };
+
+/// Why PEM files do not make an [`Identity`]. `what` says where they came
+/// from (the `[tls]` section of a file, "control certificate", "trust
+/// bundle").
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("{what}: certificate: not PEM: {source}")]
+    CertPem {
+        what: String,
+        #[source]
+        source: pem::Error,
+    },
+    #[error("{what}: certificate: no certificate in the file")]
+    NoCert { what: String },
+    #[error("{what}: key: not a PEM private key: {source}")]
+    KeyPem {
+        what: String,
+        #[source]
+        source: pem::Error,
+    },
+    #[error("{what}: CA: not PEM: {source}")]
+    CaPem {
+        what: String,
+        #[source]
+        source: pem::Error,
+    },
+    #[error("{what}: CA: no certificate to trust")]
+    NoRoots { what: String },
+    #[error("{what}: certificate: {source}")]
+    Leaf {
+        what: String,
+        #[source]
+        source: LeafError,
+    },
+    #[error("{what}: certificate: {spiffe_id:?} is not a SPIFFE ID")]
+    NotSpiffe { what: String, spiffe_id: String },
+    /// The files parse but rustls refuses the configuration built from them.
+    #[error("{what}: {source}")]
+    Config {
+        what: String,
+        #[source]
+        source: ShardTlsError,
+    },
+}
+
+/// Why a certificate has no SPIFFE identity to read.
+#[derive(Debug, thiserror::Error)]
+pub enum LeafError {
+    #[error("not an X.509 certificate: {0}")]
+    NotX509(#[source] x509_parser::nom::Err<x509_parser::error::X509Error>),
+    #[error("bad subjectAltName: {0}")]
+    BadSan(#[source] x509_parser::error::X509Error),
+    #[error("no subjectAltName (a SPIFFE ID is required)")]
+    NoSan,
+    #[error("no spiffe:// URI in subjectAltName")]
+    NoSpiffeUri,
+}
+
+/// Why rustls refused to build a shard's configurations from an identity.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardTlsError {
+    #[error("CA: not a usable trust anchor: {0}")]
+    TrustAnchor(#[source] rustls::Error),
+    #[error("CA: {0}")]
+    ClientVerifier(#[source] rustls::server::VerifierBuilderError),
+    /// TLS 1.3 is not available from the crypto provider.
+    #[error("{0}")]
+    ProtocolVersion(#[source] rustls::Error),
+    #[error("certificate and key: {0}")]
+    CertAndKey(#[source] rustls::Error),
+}
 
 /// ALPN of HTTP/1.1 between proxies.
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
@@ -63,30 +134,46 @@ impl Identity {
         key_pem: &str,
         roots_pem: &[&str],
         what: &str,
-    ) -> Result<Identity, String> {
+    ) -> Result<Identity, IdentityError> {
+        let what = || what.to_string();
         let chain: Vec<CertificateDer<'static>> =
             CertificateDer::pem_slice_iter(chain_pem.as_bytes())
                 .collect::<Result<_, _>>()
-                .map_err(|e| format!("{what}: certificate: not PEM: {e}"))?;
+                .map_err(|source| IdentityError::CertPem {
+                    what: what(),
+                    source,
+                })?;
         let Some(leaf) = chain.first() else {
-            return Err(format!("{what}: certificate: no certificate in the file"));
+            return Err(IdentityError::NoCert { what: what() });
         };
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-            .map_err(|e| format!("{what}: key: not a PEM private key: {e}"))?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|source| {
+            IdentityError::KeyPem {
+                what: what(),
+                source,
+            }
+        })?;
         let mut roots = Vec::new();
         for pem in roots_pem {
             for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-                roots.push(c.map_err(|e| format!("{what}: CA: not PEM: {e}"))?);
+                roots.push(c.map_err(|source| IdentityError::CaPem {
+                    what: what(),
+                    source,
+                })?);
             }
         }
         if roots.is_empty() {
-            return Err(format!("{what}: CA: no certificate to trust"));
+            return Err(IdentityError::NoRoots { what: what() });
         }
-        let (spiffe_id, not_after) =
-            leaf_identity(leaf).map_err(|e| format!("{what}: certificate: {e}"))?;
-        let trust_domain = trust_domain_of(&spiffe_id)
-            .ok_or_else(|| format!("{what}: certificate: {spiffe_id:?} is not a SPIFFE ID"))?
-            .to_string();
+        let (spiffe_id, not_after) = leaf_identity(leaf).map_err(|source| IdentityError::Leaf {
+            what: what(),
+            source,
+        })?;
+        let Some(trust_domain) = trust_domain_of(&spiffe_id).map(str::to_string) else {
+            return Err(IdentityError::NotSpiffe {
+                what: what(),
+                spiffe_id,
+            });
+        };
         let id = Identity {
             chain,
             key,
@@ -96,7 +183,10 @@ impl Identity {
             not_after,
         };
         // Fail here, with the file named, rather than at the first handshake.
-        ShardTls::new(&Arc::new(id.clone_identity())).map_err(|e| format!("{what}: {e}"))?;
+        ShardTls::new(&Arc::new(id.clone_identity())).map_err(|source| IdentityError::Config {
+            what: what(),
+            source,
+        })?;
         Ok(id)
     }
 
@@ -113,14 +203,13 @@ impl Identity {
 }
 
 /// The SPIFFE ID (URI SAN starting `spiffe://`) and notAfter of a certificate.
-pub fn leaf_identity(der: &[u8]) -> Result<(String, i64), String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+pub fn leaf_identity(der: &[u8]) -> Result<(String, i64), LeafError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(LeafError::NotX509)?;
     let not_after = cert.validity().not_after.timestamp();
     let san = cert
         .subject_alternative_name()
-        .map_err(|e| format!("bad subjectAltName: {e}"))?
-        .ok_or("no subjectAltName (a SPIFFE ID is required)")?;
+        .map_err(LeafError::BadSan)?
+        .ok_or(LeafError::NoSan)?;
     for name in &san.value.general_names {
         if let x509_parser::extensions::GeneralName::URI(uri) = name {
             // Visible ASCII only: the ID may travel in a header to the app.
@@ -129,7 +218,7 @@ pub fn leaf_identity(der: &[u8]) -> Result<(String, i64), String> {
             }
         }
     }
-    Err("no spiffe:// URI in subjectAltName".into())
+    Err(LeafError::NoSpiffeUri)
 }
 
 /// `td` of `spiffe://td/...`.
@@ -175,29 +264,27 @@ pub struct ShardTls {
 }
 
 impl ShardTls {
-    pub fn new(identity: &Arc<Identity>) -> Result<ShardTls, String> {
+    pub fn new(identity: &Arc<Identity>) -> Result<ShardTls, ShardTlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = RootCertStore::empty();
         for r in &identity.roots {
-            roots
-                .add(r.clone())
-                .map_err(|e| format!("CA: not a usable trust anchor: {e}"))?;
+            roots.add(r.clone()).map_err(ShardTlsError::TrustAnchor)?;
         }
         let roots = Arc::new(roots);
 
         let inner = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
             .build()
-            .map_err(|e| format!("CA: {e}"))?;
+            .map_err(ShardTlsError::ClientVerifier)?;
         let client_verifier = Arc::new(PeerVerifier {
             inner,
             trust_domain: identity.trust_domain.clone(),
         });
         let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| e.to_string())?
+            .map_err(ShardTlsError::ProtocolVersion)?
             .with_client_cert_verifier(client_verifier)
             .with_single_cert(identity.chain.clone(), identity.key.clone_key())
-            .map_err(|e| format!("certificate and key: {e}"))?;
+            .map_err(ShardTlsError::CertAndKey)?;
         server.alpn_protocols = vec![ALPN_HTTP1.to_vec(), ALPN_TCP.to_vec()];
         server.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
 
@@ -208,11 +295,11 @@ impl ShardTls {
         });
         let mut client = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| e.to_string())?
+            .map_err(ShardTlsError::ProtocolVersion)?
             .dangerous()
             .with_custom_certificate_verifier(server_verifier)
             .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
-            .map_err(|e| format!("certificate and key: {e}"))?;
+            .map_err(ShardTlsError::CertAndKey)?;
         client.resumption = rustls::client::Resumption::in_memory_sessions(4096);
         Ok(ShardTls {
             identity: identity.clone(),

@@ -205,3 +205,45 @@ fn a_dotted_service_name_is_compared_whole() {
     let (mut c, mut s) = pair(&web, &dotted, "api.internal");
     handshake(&mut c, &mut s).unwrap();
 }
+
+#[test]
+fn identity_errors_say_where_and_keep_the_cause() {
+    use super::identity::{IdentityError, LeafError};
+    use std::error::Error as _;
+
+    let pki = Pki::new("mesh");
+    let ca = pki.ca_pem.as_str();
+    let (cert, key) = pki.leaf(&format!("{TD}web"));
+
+    let e = Identity::from_pem(&cert, &key, &[""], "proxy.toml: [tls]").unwrap_err();
+    assert!(matches!(e, IdentityError::NoRoots { .. }), "{e:?}");
+    assert_eq!(
+        e.to_string(),
+        "proxy.toml: [tls]: CA: no certificate to trust"
+    );
+
+    let e = Identity::from_pem(&cert, "junk", &[ca], "t").unwrap_err();
+    assert!(matches!(e, IdentityError::KeyPem { .. }), "{e:?}");
+    assert!(
+        e.to_string().starts_with("t: key: not a PEM private key: "),
+        "{e}"
+    );
+    assert!(e.source().is_some(), "the PEM error is kept");
+
+    let (other, other_key) = pki.leaf("https://web.mesh.test/");
+    let e = Identity::from_pem(&other, &other_key, &[ca], "t").unwrap_err();
+    assert!(
+        matches!(
+            e,
+            IdentityError::Leaf {
+                source: LeafError::NoSpiffeUri,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(
+        e.to_string(),
+        "t: certificate: no spiffe:// URI in subjectAltName"
+    );
+}
