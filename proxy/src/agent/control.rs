@@ -183,10 +183,9 @@ impl From<StreamError> for Failure {
 /// reconnects after a backoff).
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
-    /// The state_dir loader reports a String (agent/state.rs, outside this
-    /// change); its text already names the file.
-    #[error("{0}")]
-    State(String),
+    /// A file of the state directory (its error names the file).
+    #[error(transparent)]
+    State(#[from] super::state::StateError),
     #[error("{}: {source}", path.display())]
     StoredCert {
         path: PathBuf,

@@ -67,18 +67,14 @@ impl StateDir {
     /// The stored identity; `None` when the proxy has not joined yet (no
     /// certificate). A certificate without its key or CA is an error that
     /// names the missing file.
-    pub fn load_identity(&self) -> Result<Option<Identity>, String> {
+    pub fn load_identity(&self) -> Result<Option<Identity>, StateError> {
         let Some(cert_pem) = self.read(CERT_FILE)? else {
             return Ok(None);
         };
         let need = |file: &str| {
-            self.read(file)?.ok_or_else(|| {
-                format!(
-                    "{} exists but {} is missing; remove {} to join again with a token",
-                    self.path(CERT_FILE).display(),
-                    self.path(file).display(),
-                    self.path(CERT_FILE).display()
-                )
+            self.read(file)?.ok_or_else(|| StateError::Incomplete {
+                cert: self.path(CERT_FILE),
+                missing: self.path(file),
             })
         };
         Ok(Some(Identity {
@@ -111,13 +107,16 @@ impl StateDir {
 
     /// The last snapshot applied, if any. A file that is not a snapshot is
     /// an error (the caller logs it and starts without).
-    pub fn load_snapshot(&self) -> Result<Option<Snapshot>, String> {
+    pub fn load_snapshot(&self) -> Result<Option<Snapshot>, StateError> {
         let Some(text) = self.read(SNAPSHOT_FILE)? else {
             return Ok(None);
         };
         serde_json::from_str(&text)
             .map(Some)
-            .map_err(|e| format!("{}: {e}", self.path(SNAPSHOT_FILE).display()))
+            .map_err(|source| StateError::Snapshot {
+                path: self.path(SNAPSHOT_FILE),
+                source,
+            })
     }
 
     pub fn save_snapshot(&self, snap: &Snapshot) -> io::Result<()> {
@@ -125,14 +124,33 @@ impl StateDir {
         write_atomic(&self.path(SNAPSHOT_FILE), &json)
     }
 
-    fn read(&self, file: &str) -> Result<Option<String>, String> {
+    fn read(&self, file: &str) -> Result<Option<String>, StateError> {
         let path = self.path(file);
         match fs::read_to_string(&path) {
             Ok(s) => Ok(Some(s)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("{}: {e}", path.display())),
+            Err(source) => Err(StateError::Read { path, source }),
         }
     }
+}
+
+/// A file of the state directory that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} exists but {} is missing; remove {} to join again with a token", cert.display(), missing.display(), cert.display())]
+    Incomplete { cert: PathBuf, missing: PathBuf },
+    #[error("{}: {source}", path.display())]
+    Snapshot {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 /// Replaces `path` with `bytes`: a temporary file beside it (mode 0600),
@@ -224,8 +242,8 @@ pub(crate) mod tests {
         let dir = t.0.join("nested/state");
         let s = StateDir::open(&dir).unwrap();
         assert_eq!(mode(&dir), 0o700);
-        assert_eq!(s.load_identity(), Ok(None));
-        assert_eq!(s.load_snapshot(), Ok(None));
+        assert!(matches!(s.load_identity(), Ok(None)));
+        assert!(matches!(s.load_snapshot(), Ok(None)));
         // Opening again is fine.
         StateDir::open(&dir).unwrap();
     }
@@ -240,7 +258,7 @@ pub(crate) mod tests {
             ca_pem: "CA".into(),
         };
         s.save_identity(&id).unwrap();
-        assert_eq!(s.load_identity(), Ok(Some(id)));
+        assert_eq!(s.load_identity().unwrap(), Some(id));
         for f in [KEY_FILE, CERT_FILE, CA_FILE] {
             assert_eq!(mode(&s.path(f)), 0o600, "{f}");
         }
@@ -251,10 +269,10 @@ pub(crate) mod tests {
             ("KEY2", "CERT2")
         );
         fs::remove_file(s.path(KEY_FILE)).unwrap();
-        let e = s.load_identity().unwrap_err();
+        let e = s.load_identity().unwrap_err().to_string();
         assert!(e.contains("key.pem is missing"), "{e}");
         s.discard_cert().unwrap();
-        assert_eq!(s.load_identity(), Ok(None));
+        assert!(matches!(s.load_identity(), Ok(None)));
     }
 
     #[test]
@@ -262,12 +280,16 @@ pub(crate) mod tests {
         let t = TempDir::new("state");
         let s = StateDir::open(&t.0).unwrap();
         s.save_snapshot(&snapshot(7)).unwrap();
-        assert_eq!(s.load_snapshot(), Ok(Some(snapshot(7))));
+        assert_eq!(s.load_snapshot().unwrap(), Some(snapshot(7)));
         assert_eq!(mode(&s.path(SNAPSHOT_FILE)), 0o600);
         s.save_snapshot(&snapshot(8)).unwrap();
         assert_eq!(s.load_snapshot().unwrap().unwrap().version, 8);
         fs::write(s.path(SNAPSHOT_FILE), "{not json").unwrap();
-        assert!(s.load_snapshot().unwrap_err().contains("snapshot.json"));
+        assert!(s
+            .load_snapshot()
+            .unwrap_err()
+            .to_string()
+            .contains("snapshot.json"));
     }
 
     #[test]
