@@ -30,6 +30,9 @@ pub enum StoreError {
     Io(String),
     #[error("store data is corrupt: {0}")]
     Corrupt(String),
+    /// The versions read back are not whole ([`StoreDump::check`]).
+    #[error("store data is corrupt: {0}")]
+    Incomplete(#[source] DumpError),
     /// A concurrent writer committed first (compare-and-swap failed).
     #[error("store version moved: expected {expected}, found {found}")]
     Conflict { expected: u64, found: u64 },
@@ -59,25 +62,34 @@ pub struct StoreDump {
 impl StoreDump {
     /// Checks the dump is whole: versions 1..=current, each once and in
     /// order. The error says what is wrong.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), DumpError> {
         for (i, rec) in self.versions.iter().enumerate() {
             let want = i as u64 + 1;
             if rec.version != want {
-                return Err(format!(
-                    "version {} is where version {want} should be (versions must run 1, 2, ... without gaps)",
-                    rec.version
-                ));
+                return Err(DumpError::OutOfPlace {
+                    found: rec.version,
+                    want,
+                });
             }
         }
         if self.versions.len() as u64 != self.current {
-            return Err(format!(
-                "its current version is {} but it holds {} versions",
-                self.current,
-                self.versions.len()
-            ));
+            return Err(DumpError::CountMismatch {
+                current: self.current,
+                held: self.versions.len(),
+            });
         }
         Ok(())
     }
+}
+
+/// Why a [`StoreDump`] is not whole ([`StoreDump::check`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DumpError {
+    /// The versions do not run 1, 2, ...: `found` sits where `want` should.
+    #[error("version {found} is where version {want} should be (versions must run 1, 2, ... without gaps)")]
+    OutOfPlace { found: u64, want: u64 },
+    #[error("its current version is {current} but it holds {held} versions")]
+    CountMismatch { current: u64, held: usize },
 }
 
 /// One committed version.

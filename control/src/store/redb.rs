@@ -172,7 +172,7 @@ impl RedbStore {
                 id: id.unwrap_or_default(),
             };
             // Every record once: a damaged page or record fails here.
-            store.read_all()?.check().map_err(StoreError::Corrupt)?;
+            store.read_all()?.check().map_err(StoreError::Incomplete)?;
             Ok(store)
         })
     }

@@ -173,3 +173,55 @@ fn a_lost_store_id_file_is_written_again_from_the_store() {
         id
     );
 }
+
+#[test]
+fn a_refusal_keeps_its_cause() {
+    use std::error::Error as _;
+
+    let (a, _) = initialized("cause-mine");
+    let (b, other) = initialized("cause-theirs");
+    std::fs::copy(b.0.join(datadir::STORE), a.0.join(datadir::STORE)).unwrap();
+    let mut dir = open_dir(&a.0);
+    let e = open_store(&mut dir, false, 3).err().expect("refused");
+    let problem = e.source().expect("the problem");
+    match problem.downcast_ref::<StoreProblem>() {
+        Some(StoreProblem::NotOurs(IdentityMismatch::Another { found, .. })) => {
+            assert_eq!(found, &other)
+        }
+        p => panic!("{p:?}"),
+    }
+    assert!(e.message.contains(&problem.to_string()), "{e}");
+
+    let store = a.0.join(datadir::STORE);
+    std::fs::write(&store, b"not a database at all, just some text\n").unwrap();
+    let mut dir = open_dir(&a.0);
+    let e = open_store(&mut dir, false, 3).err().expect("refused");
+    let problem = e.source().expect("the problem");
+    assert!(
+        matches!(
+            problem.downcast_ref::<StoreProblem>(),
+            Some(StoreProblem::Unusable(StoreError::Damaged(_)))
+        ),
+        "{problem:?}"
+    );
+    // Below the problem, the store's own error.
+    assert!(problem.source().is_some_and(|s| s.is::<StoreError>()));
+}
+
+#[test]
+fn a_store_error_turned_into_an_error_keeps_it() {
+    use std::error::Error as _;
+
+    let e = crate::Error::from(StoreError::Conflict {
+        expected: 1,
+        found: 2,
+    });
+    assert_eq!(e.message, "store version moved: expected 1, found 2");
+    assert_eq!(
+        e.source().and_then(|s| s.downcast_ref::<StoreError>()),
+        Some(&StoreError::Conflict {
+            expected: 1,
+            found: 2
+        })
+    );
+}
