@@ -31,7 +31,7 @@ use crate::Error;
 
 /// Why the store file cannot be used as this directory's store; displays
 /// as what follows "the store" (`is missing`, `is damaged (...)`).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum StoreProblem {
     #[error("is missing")]
     Missing,
@@ -60,7 +60,6 @@ fn describe(e: &StoreError) -> String {
     match e {
         StoreError::Damaged(why) => format!("is damaged ({why})"),
         StoreError::Corrupt(why) => format!("holds corrupt data ({why})"),
-        StoreError::Incomplete(why) => format!("holds corrupt data ({why})"),
         StoreError::Io(why) => format!("cannot be read ({why})"),
         other => other.to_string(),
     }

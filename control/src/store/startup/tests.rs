@@ -2,7 +2,7 @@ use std::path::{Path, PathBuf};
 
 use super::*;
 use crate::datadir;
-use crate::store::Store;
+use crate::store::{Damage, Store};
 
 struct TempDir(PathBuf);
 
@@ -204,8 +204,16 @@ fn a_refusal_keeps_its_cause() {
         ),
         "{problem:?}"
     );
-    // Below the problem, the store's own error.
-    assert!(problem.source().is_some_and(|s| s.is::<StoreError>()));
+    // Below the problem, the store's own error, and below that redb's.
+    let store_error = problem.source().expect("the store error");
+    assert!(store_error.is::<StoreError>(), "{store_error:?}");
+    let damage = store_error.source().expect("the damage");
+    assert!(
+        matches!(damage.downcast_ref::<Damage>(), Some(Damage::Open(_))),
+        "{damage:?}"
+    );
+    let redb = damage.source().expect("redb's error");
+    assert!(redb.is::<::redb::DatabaseError>(), "{redb:?}");
 }
 
 #[test]
@@ -217,11 +225,11 @@ fn a_store_error_turned_into_an_error_keeps_it() {
         found: 2,
     });
     assert_eq!(e.message, "store version moved: expected 1, found 2");
-    assert_eq!(
+    assert!(matches!(
         e.source().and_then(|s| s.downcast_ref::<StoreError>()),
-        Some(&StoreError::Conflict {
+        Some(StoreError::Conflict {
             expected: 1,
             found: 2
         })
-    );
+    ));
 }
