@@ -167,6 +167,7 @@ pub fn read(from: &Path) -> Result<Backup, Error> {
             "{}: the store in it is not whole: {why}",
             from.display()
         ))
+        .caused_by(why)
     })?;
     Ok(backup)
 }

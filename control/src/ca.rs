@@ -522,17 +522,33 @@ pub struct PeerIdentity {
     pub not_after: u64,
 }
 
+/// Why a client certificate names no service ([`peer_identity`]); the
+/// message goes back to the proxy.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PeerIdentityError {
+    #[error("unreadable certificate: {0}")]
+    Unreadable(#[source] x509_parser::nom::Err<x509_parser::error::X509Error>),
+    #[error("bad subjectAltName: {0}")]
+    BadSubjectAltName(#[source] x509_parser::error::X509Error),
+    #[error("certificate has no subjectAltName")]
+    NoSubjectAltName,
+    /// No URI SAN `<prefix><name>` (`prefix` is
+    /// `spiffe://<trust domain>/service/`).
+    #[error("certificate has no SPIFFE ID under {prefix}")]
+    NoSpiffeId { prefix: String },
+}
+
 /// Reads the service out of a (chain-verified) certificate's SPIFFE URI SAN
 /// `spiffe://<trust_domain>/service/<name>`.
-pub fn peer_identity(der: &[u8], trust_domain: &str) -> Result<PeerIdentity, String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| format!("unreadable certificate: {e}"))?;
+pub fn peer_identity(der: &[u8], trust_domain: &str) -> Result<PeerIdentity, PeerIdentityError> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(PeerIdentityError::Unreadable)?;
     let not_after = cert.validity().not_after.timestamp().max(0) as u64;
     let prefix = format!("spiffe://{trust_domain}/service/");
     let san = cert
         .subject_alternative_name()
-        .map_err(|e| format!("bad subjectAltName: {e}"))?
-        .ok_or("certificate has no subjectAltName")?;
+        .map_err(PeerIdentityError::BadSubjectAltName)?
+        .ok_or(PeerIdentityError::NoSubjectAltName)?;
     for name in &san.value.general_names {
         if let GeneralName::URI(uri) = name {
             if let Some(service) = uri.strip_prefix(&prefix) {
@@ -546,7 +562,7 @@ pub fn peer_identity(der: &[u8], trust_domain: &str) -> Result<PeerIdentity, Str
             }
         }
     }
-    Err(format!("certificate has no SPIFFE ID under {prefix}"))
+    Err(PeerIdentityError::NoSpiffeId { prefix })
 }
 
 #[cfg(test)]
@@ -587,7 +603,16 @@ mod tests {
         assert_eq!(id.not_after, na);
         let sans = cert.subject_alternative_name().unwrap().unwrap();
         assert_eq!(sans.value.general_names.len(), 1);
-        assert!(peer_identity(&der, "other.domain").is_err());
+        assert_eq!(
+            peer_identity(&der, "other.domain").unwrap_err(),
+            PeerIdentityError::NoSpiffeId {
+                prefix: "spiffe://other.domain/service/".into()
+            }
+        );
+        let e = peer_identity(b"not a certificate", "coremesh.local").unwrap_err();
+        assert!(matches!(e, PeerIdentityError::Unreadable(_)), "{e:?}");
+        assert!(e.to_string().starts_with("unreadable certificate: "), "{e}");
+        assert!(std::error::Error::source(&e).is_some());
         // It chains to the CA: the issuer is the CA's subject.
         let (_, ca_cert) = x509_parser::parse_x509_certificate(ca.cert_der()).unwrap();
         assert_eq!(cert.issuer(), ca_cert.subject());

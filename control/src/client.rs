@@ -2,23 +2,54 @@
 //! connection (`Connection: close`), no TLS (the API listens on loopback or
 //! a private interface), std only, so meshctl stays lean.
 
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// Nothing answered at the address (meshctl exit 2).
-    #[error("cannot reach control at {addr}: {reason}")]
-    Unreachable { addr: String, reason: String },
+    /// Nothing answered at the address, or the exchange broke off (meshctl
+    /// exit 2). `step` is empty or says which step failed
+    /// (`reading the answer: `).
+    #[error("cannot reach control at {addr}: {step}{source}")]
+    Unreachable {
+        addr: String,
+        step: &'static str,
+        #[source]
+        source: io::Error,
+    },
     /// Something answered, but not with HTTP we understand.
     #[error("bad answer from control at {addr}: {reason}")]
-    Protocol { addr: String, reason: String },
+    Protocol {
+        addr: String,
+        #[source]
+        reason: ResponseError,
+    },
     #[error("{0}")]
     BadUrl(String),
+}
+
+/// Why an answer is not an HTTP/1.1 response [`parse_response`] understands.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResponseError {
+    #[error("no complete HTTP head")]
+    NoHead,
+    #[error("HTTP head is not UTF-8")]
+    HeadNotUtf8(#[source] std::str::Utf8Error),
+    #[error("bad status line {0:?}")]
+    BadStatusLine(String),
+    #[error("body shorter than Content-Length")]
+    ShortBody,
+    #[error("bad chunk header")]
+    BadChunkHeader,
+    /// A chunk size that is not hex digits (`text`, as far as it is UTF-8).
+    #[error("bad chunk size")]
+    BadChunkSize { text: String },
+    #[error("truncated chunk")]
+    TruncatedChunk,
 }
 
 #[derive(Debug, Clone)]
@@ -71,16 +102,19 @@ impl Client {
         path: &str,
         body: Option<(&str, &[u8])>,
     ) -> Result<Response, ClientError> {
-        let unreachable = |reason: String| ClientError::Unreachable {
-            addr: self.authority.clone(),
-            reason,
+        let unreachable = |step: &'static str| {
+            move |source: io::Error| ClientError::Unreachable {
+                addr: self.authority.clone(),
+                step,
+                source,
+            }
         };
         let addrs: Vec<_> = self
             .authority
             .to_socket_addrs()
-            .map_err(|e| unreachable(e.to_string()))?
+            .map_err(unreachable(""))?
             .collect();
-        let mut last = String::from("no address");
+        let mut last = io::Error::new(io::ErrorKind::AddrNotAvailable, "no address");
         let mut stream = None;
         for a in addrs {
             match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
@@ -88,10 +122,10 @@ impl Client {
                     stream = Some(s);
                     break;
                 }
-                Err(e) => last = e.to_string(),
+                Err(e) => last = e,
             }
         }
-        let mut stream = stream.ok_or_else(|| unreachable(last))?;
+        let mut stream = stream.ok_or_else(|| unreachable("")(last))?;
         let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
         let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
         let mut req = format!(
@@ -115,11 +149,11 @@ impl Client {
         stream
             .write_all(req.as_bytes())
             .and_then(|_| stream.write_all(body_bytes))
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(unreachable(""))?;
         let mut raw = Vec::new();
         stream
             .read_to_end(&mut raw)
-            .map_err(|e| unreachable(format!("reading the answer: {e}")))?;
+            .map_err(unreachable("reading the answer: "))?;
         parse_response(&raw).map_err(|reason| ClientError::Protocol {
             addr: self.authority.clone(),
             reason,
@@ -128,19 +162,19 @@ impl Client {
 }
 
 /// Parses a whole HTTP/1.1 response (read until the server closed).
-pub fn parse_response(raw: &[u8]) -> Result<Response, String> {
+pub fn parse_response(raw: &[u8]) -> Result<Response, ResponseError> {
     let head_end = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .ok_or("no complete HTTP head")?;
-    let head = std::str::from_utf8(&raw[..head_end]).map_err(|_| "HTTP head is not UTF-8")?;
+        .ok_or(ResponseError::NoHead)?;
+    let head = std::str::from_utf8(&raw[..head_end]).map_err(ResponseError::HeadNotUtf8)?;
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
     let status: u16 = status_line
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+        .ok_or_else(|| ResponseError::BadStatusLine(status_line.to_string()))?;
     let mut chunked = false;
     let mut length = None;
     for line in lines {
@@ -158,31 +192,32 @@ pub fn parse_response(raw: &[u8]) -> Result<Response, String> {
     let body = if chunked {
         dechunk(rest)?
     } else if let Some(n) = length {
-        rest.get(..n)
-            .ok_or("body shorter than Content-Length")?
-            .to_vec()
+        rest.get(..n).ok_or(ResponseError::ShortBody)?.to_vec()
     } else {
         rest.to_vec()
     };
     Ok(Response { status, body })
 }
 
-fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
+fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, ResponseError> {
     let mut body = Vec::new();
     loop {
         let line_end = rest
             .windows(2)
             .position(|w| w == b"\r\n")
-            .ok_or("bad chunk header")?;
-        let size_str = std::str::from_utf8(&rest[..line_end]).map_err(|_| "bad chunk size")?;
-        let size_str = size_str.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_str, 16).map_err(|_| "bad chunk size")?;
+            .ok_or(ResponseError::BadChunkHeader)?;
+        let line = String::from_utf8_lossy(&rest[..line_end]);
+        let size_str = line.split(';').next().unwrap_or_default().trim();
+        let size =
+            usize::from_str_radix(size_str, 16).map_err(|_| ResponseError::BadChunkSize {
+                text: size_str.to_string(),
+            })?;
         rest = &rest[line_end + 2..];
         if size == 0 {
             return Ok(body);
         }
-        body.extend_from_slice(rest.get(..size).ok_or("truncated chunk")?);
-        rest = rest.get(size + 2..).ok_or("truncated chunk")?;
+        body.extend_from_slice(rest.get(..size).ok_or(ResponseError::TruncatedChunk)?);
+        rest = rest.get(size + 2..).ok_or(ResponseError::TruncatedChunk)?;
     }
 }
 
@@ -199,7 +234,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!((r.status, r.body.as_slice()), (400, &b"abcde"[..]));
-        assert!(parse_response(b"garbage").is_err());
+        assert_eq!(
+            parse_response(b"garbage").unwrap_err(),
+            ResponseError::NoHead
+        );
+        assert_eq!(
+            parse_response(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n")
+                .unwrap_err(),
+            ResponseError::BadChunkSize { text: "zz".into() }
+        );
+        assert!(matches!(
+            parse_response(b"HTTP/1.1 200 \xff\r\n\r\n").unwrap_err(),
+            ResponseError::HeadNotUtf8(_)
+        ));
     }
 
     #[test]

@@ -35,6 +35,7 @@ pub mod store;
 pub mod tokens;
 pub mod view;
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// What went wrong, and so who is to blame: the HTTP status and meshctl's
@@ -50,38 +51,70 @@ pub enum ErrorKind {
     Internal,
 }
 
-/// The crate's error: a kind and a message that says what and where.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
+/// The crate's error: a kind and a message that says what and where, and
+/// the error it came from, when there is one ([`std::error::Error::source`]).
+///
+/// Errors compare by kind and message only (the cause is not
+/// comparable); the message already says what the cause said.
+#[derive(Debug, Clone)]
 pub struct Error {
     pub kind: ErrorKind,
     pub message: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
 }
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {
+    // The cause itself, not the Arc around it, so that it downcasts.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        let source: &(dyn std::error::Error + Send + Sync + 'static) = self.source.as_deref()?;
+        Some(source)
+    }
+}
+
+impl PartialEq for Error {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.message == other.message
+    }
+}
+
+impl Eq for Error {}
 
 impl Error {
     pub fn rejected(message: impl Into<String>) -> Self {
-        Error {
-            kind: ErrorKind::Rejected,
-            message: message.into(),
-        }
+        Error::new(ErrorKind::Rejected, message)
     }
     pub fn not_found(message: impl Into<String>) -> Self {
-        Error {
-            kind: ErrorKind::NotFound,
-            message: message.into(),
-        }
+        Error::new(ErrorKind::NotFound, message)
     }
     pub fn internal(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Internal, message)
+    }
+
+    fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Error {
-            kind: ErrorKind::Internal,
+            kind,
             message: message.into(),
+            source: None,
         }
+    }
+
+    /// The same error, caused by `source` (kept for
+    /// [`std::error::Error::source`]; the message is not changed).
+    pub fn caused_by(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(source));
+        self
     }
 }
 
 impl From<store::StoreError> for Error {
     fn from(e: store::StoreError) -> Self {
-        Error::internal(e.to_string())
+        Error::internal(e.to_string()).caused_by(e)
     }
 }
 

@@ -18,7 +18,7 @@ use coremesh_control::store::startup::open_store;
 use coremesh_control::store::{Store, StoreDump};
 use coremesh_control::{api, backup, ca, datadir, quic, Error};
 
-fn duration(s: &str) -> Result<Duration, String> {
+fn duration(s: &str) -> Result<Duration, coremesh_api::resource::DurationError> {
     coremesh_api::resource::parse_duration(s)
 }
 

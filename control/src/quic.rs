@@ -310,7 +310,7 @@ async fn connection(conn: quinn::Connection, hub: Arc<Hub>) {
         None => join(&mut reader, &mut writer, &hub).await,
         Some(cert) => match peer_identity(&cert, hub.ca().trust_domain()) {
             Ok(id) => session(&mut reader, &mut writer, &hub, id).await,
-            Err(e) => Err(End::Refuse(ErrorCode::Forbidden, e)),
+            Err(e) => Err(End::Refuse(ErrorCode::Forbidden, e.to_string())),
         },
     };
     match ended {

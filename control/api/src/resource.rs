@@ -358,26 +358,51 @@ pub mod duration {
     }
 }
 
+/// Why a duration (`250ms`, `2s`, `1m`, `1h`) did not parse; each variant
+/// holds the text as given (trimmed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("{input:?} has no unit (ms, s, m, h)")]
+    NoUnit { input: String },
+    #[error("{input:?} is not a duration like 500ms or 2s")]
+    NotANumber {
+        input: String,
+        #[source]
+        source: std::num::ParseIntError,
+    },
+    #[error("{input:?}: unknown unit {unit:?} (ms, s, m, h)")]
+    UnknownUnit { input: String, unit: String },
+    #[error("{input:?} is too large")]
+    TooLarge { input: String },
+}
+
 /// Parses `250ms`, `2s`, `1m`, `1h`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     let s = s.trim();
+    let input = || s.to_string();
     let split = s
         .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{s:?} has no unit (ms, s, m, h)"))?;
+        .ok_or_else(|| DurationError::NoUnit { input: input() })?;
     let (n, unit) = s.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 500ms or 2s"))?;
+    let n: u64 = n.parse().map_err(|source| DurationError::NotANumber {
+        input: input(),
+        source,
+    })?;
     let secs_per_unit = match unit {
         "ms" => return Ok(Duration::from_millis(n)),
         "s" => 1,
         "m" => 60,
         "h" => 3600,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
+        _ => {
+            return Err(DurationError::UnknownUnit {
+                input: input(),
+                unit: unit.to_string(),
+            })
+        }
     };
     n.checked_mul(secs_per_unit)
         .map(Duration::from_secs)
-        .ok_or_else(|| format!("{s:?} is too large"))
+        .ok_or_else(|| DurationError::TooLarge { input: input() })
 }
 
 /// The shortest exact form: `250ms`, `2s`, `1m`.
@@ -462,17 +487,19 @@ mod syntax;
 mod validation;
 
 pub use matching::{
-    compile_regex, ValueMatch, MAX_REGEX_LEN, REGEX_DFA_SIZE_LIMIT, REGEX_SIZE_LIMIT,
+    compile_regex, RegexError, ValueError, ValueMatch, MAX_REGEX_LEN, REGEX_DFA_SIZE_LIMIT,
+    REGEX_SIZE_LIMIT,
 };
 pub use parse::{parse_documents, to_yaml};
 pub use resilience::{
     validate_resilience, Abort, CircuitBreaker, Delay, Faults, HashKey, HealthCheck, LoadBalancer,
-    Mirror, OutlierDetection, RateLimit, RateLimitKey, Resilience, RetryBudget, MAX_EJECTION,
-    MAX_RETRY_RATIO, RETRY_BUDGET_WINDOW,
+    Mirror, OutlierDetection, RateLimit, RateLimitKey, Resilience, ResilienceError, RetryBudget,
+    MAX_EJECTION, MAX_RETRY_RATIO, RETRY_BUDGET_WINDOW,
 };
+pub use syntax::{NameError, RangeError};
 pub use validation::{
-    check_spiffe_id, check_trust_domain, validate, validate_set, MAX_NAME_LEN, MAX_RETRY_ATTEMPTS,
-    MAX_RETRY_BODY_BYTES, MAX_WEIGHT,
+    check_spiffe_id, check_trust_domain, validate, validate_set, SpiffeIdError, SpiffeIdProblem,
+    TrustDomainError, MAX_NAME_LEN, MAX_RETRY_ATTEMPTS, MAX_RETRY_BODY_BYTES, MAX_WEIGHT,
 };
 
 /// Every kind, as written in YAML.
@@ -520,8 +547,12 @@ impl Resource {
 /// Why a resource file, a resource or a set of resources was refused.
 ///
 /// Displays as `document 2 (route/api-canary): rules[1].backends[0].weight:
-/// <reason>`; each part is left out when unknown.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// <reason>`; each part is left out when unknown. Its [`source`] is the
+/// typed [`Reason`] (and through it, e.g., the `regex` crate's error), when
+/// the reason is more than a sentence.
+///
+/// [`source`]: std::error::Error::source
+#[derive(Debug, Clone, PartialEq)]
 pub struct ResourceError {
     /// 1-based index of the YAML document, when parsing a file.
     pub document: Option<usize>,
@@ -532,7 +563,66 @@ pub struct ResourceError {
     /// Path of the offending field, e.g. `rules[1].backends[0].weight`;
     /// empty when the error is about the whole resource.
     pub field: String,
-    pub reason: String,
+    pub reason: Reason,
+}
+
+/// What is wrong with a field, without saying which field.
+///
+/// The typed variants are the shared checks (names, regular expressions,
+/// SPIFFE IDs, ranges, values); they display as their inner error and are
+/// the [`std::error::Error::source`] of the [`ResourceError`] that holds
+/// them. [`Reason::Message`] is a rule's own sentence (`defined twice`,
+/// `empty; a Route needs at least one rule`), with nothing underneath.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Reason {
+    /// A resource name or a service it refers to.
+    #[error(transparent)]
+    Name(#[from] NameError),
+    /// An AccessPolicy caller that is neither `*`, a SPIFFE ID nor a
+    /// service name.
+    #[error("{0}; a caller is a service name, a SPIFFE ID (spiffe://...) or \"*\"")]
+    Caller(#[source] NameError),
+    // Boxed, the two big ones: a ResourceError stays small enough to
+    // return by value.
+    #[error(transparent)]
+    Regex(Box<RegexError>),
+    #[error(transparent)]
+    SpiffeId(Box<SpiffeIdError>),
+    /// A count, duration or percentage out of its range.
+    #[error(transparent)]
+    Range(#[from] RangeError),
+    /// A header or query value that can never match as sent.
+    #[error(transparent)]
+    Value(#[from] ValueError),
+    /// The reason in words, with no error underneath: a rule about this
+    /// field or about the set, or the YAML parser's message.
+    #[error("{0}")]
+    Message(String),
+}
+
+impl From<RegexError> for Reason {
+    fn from(e: RegexError) -> Self {
+        Reason::Regex(Box::new(e))
+    }
+}
+
+impl From<SpiffeIdError> for Reason {
+    fn from(e: SpiffeIdError) -> Self {
+        Reason::SpiffeId(Box::new(e))
+    }
+}
+
+impl From<String> for Reason {
+    fn from(s: String) -> Self {
+        Reason::Message(s)
+    }
+}
+
+impl From<&str> for Reason {
+    fn from(s: &str) -> Self {
+        Reason::Message(s.to_string())
+    }
 }
 
 impl ResourceError {
@@ -540,7 +630,7 @@ impl ResourceError {
     pub fn new(
         resource: impl Into<String>,
         field: impl Into<String>,
-        reason: impl Into<String>,
+        reason: impl Into<Reason>,
     ) -> Self {
         ResourceError {
             document: None,
@@ -577,8 +667,15 @@ impl std::fmt::Display for ResourceError {
         if !self.field.is_empty() {
             write!(f, "{}: ", self.field)?;
         }
-        f.write_str(&self.reason)
+        write!(f, "{}", self.reason)
     }
 }
 
-impl std::error::Error for ResourceError {}
+impl std::error::Error for ResourceError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.reason {
+            Reason::Message(_) => None,
+            typed => Some(typed),
+        }
+    }
+}

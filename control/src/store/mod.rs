@@ -24,23 +24,113 @@ use serde::{Deserialize, Serialize};
 use crate::config::Config;
 
 /// Why the store failed. Always control's fault, never the operator's.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Each variant keeps what it came from (redb's error, serde_json's) as its
+/// [`std::error::Error::source`].
+#[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store I/O: {0}")]
-    Io(String),
+    Io(#[source] StoreIo),
     #[error("store data is corrupt: {0}")]
-    Corrupt(String),
+    Corrupt(#[source] Corruption),
     /// A concurrent writer committed first (compare-and-swap failed).
     #[error("store version moved: expected {expected}, found {found}")]
     Conflict { expected: u64, found: u64 },
     /// The store file cannot be opened or read as a store: truncated,
-    /// overwritten, not a store at all. The detail is redb's error (or
-    /// assertion) message.
+    /// overwritten, not a store at all.
     #[error("store file is damaged: {0}")]
-    Damaged(String),
+    Damaged(#[source] Damage),
     /// Another process (a running control) holds the store open.
     #[error("store file is in use by another process (is coremesh-control running?)")]
     InUse,
+}
+
+/// What failed in a [`StoreError::Io`]. (redb's errors are boxed: they
+/// are large, and a `StoreError` is returned by value everywhere.)
+#[derive(Debug)]
+pub enum StoreIo {
+    /// redb failed to read or write.
+    Redb(Box<::redb::Error>),
+    /// A record did not encode.
+    Encode(serde_json::Error),
+    /// A store was to be created over a file that holds data.
+    Exists(std::path::PathBuf),
+}
+
+impl std::fmt::Display for StoreIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreIo::Redb(e) => write!(f, "{e}"),
+            StoreIo::Encode(e) => write!(f, "encoding: {e}"),
+            StoreIo::Exists(path) => write!(
+                f,
+                "{} already exists; refusing to overwrite it",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for StoreIo {
+    // The errors themselves, not their boxes, so that they downcast.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StoreIo::Redb(e) => Some(&**e),
+            StoreIo::Encode(e) => Some(e),
+            StoreIo::Exists(_) => None,
+        }
+    }
+}
+
+/// What is wrong with the data in a [`StoreError::Corrupt`].
+#[derive(Debug, thiserror::Error)]
+pub enum Corruption {
+    /// A record did not decode; `what` is `version` or `token`.
+    #[error("{what}: {source}")]
+    Undecodable {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The current version has no record.
+    #[error("current version {0} is missing")]
+    MissingVersion(u64),
+    /// The versions read back are not whole ([`StoreDump::check`]).
+    #[error(transparent)]
+    Incomplete(#[from] DumpError),
+}
+
+/// Why a file is not a usable store, in a [`StoreError::Damaged`].
+#[derive(Debug)]
+pub enum Damage {
+    /// redb refused to open it.
+    Open(Box<::redb::DatabaseError>),
+    /// A redb file without coremesh's tables.
+    NotAStore(String),
+    /// redb failed an internal check (it panics on some damaged files):
+    /// its message and where.
+    FailedCheck(String),
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Damage::Open(e) => write!(f, "{e}"),
+            Damage::NotAStore(table) => write!(
+                f,
+                "it is a redb file but not a coremesh store (no {table:?} table)"
+            ),
+            Damage::FailedCheck(message) => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for Damage {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Damage::Open(e) => Some(&**e),
+            Damage::NotAStore(_) | Damage::FailedCheck(_) => None,
+        }
+    }
 }
 
 /// Everything a store holds, read in one consistent transaction: what a
@@ -59,25 +149,34 @@ pub struct StoreDump {
 impl StoreDump {
     /// Checks the dump is whole: versions 1..=current, each once and in
     /// order. The error says what is wrong.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), DumpError> {
         for (i, rec) in self.versions.iter().enumerate() {
             let want = i as u64 + 1;
             if rec.version != want {
-                return Err(format!(
-                    "version {} is where version {want} should be (versions must run 1, 2, ... without gaps)",
-                    rec.version
-                ));
+                return Err(DumpError::OutOfPlace {
+                    found: rec.version,
+                    want,
+                });
             }
         }
         if self.versions.len() as u64 != self.current {
-            return Err(format!(
-                "its current version is {} but it holds {} versions",
-                self.current,
-                self.versions.len()
-            ));
+            return Err(DumpError::CountMismatch {
+                current: self.current,
+                held: self.versions.len(),
+            });
         }
         Ok(())
     }
+}
+
+/// Why a [`StoreDump`] is not whole ([`StoreDump::check`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DumpError {
+    /// The versions do not run 1, 2, ...: `found` sits where `want` should.
+    #[error("version {found} is where version {want} should be (versions must run 1, 2, ... without gaps)")]
+    OutOfPlace { found: u64, want: u64 },
+    #[error("its current version is {current} but it holds {held} versions")]
+    CountMismatch { current: u64, held: usize },
 }
 
 /// One committed version.

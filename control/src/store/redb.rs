@@ -13,7 +13,10 @@ use std::sync::Once;
 
 use redb::{Database, DatabaseError, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::{check_token, Consumed, Store, StoreDump, StoreError, TokenRecord, VersionRecord};
+use super::{
+    check_token, Consumed, Corruption, Damage, Store, StoreDump, StoreError, StoreIo, TokenRecord,
+    VersionRecord,
+};
 use crate::config::Config;
 
 /// `"current"` -> the current version.
@@ -36,22 +39,22 @@ pub struct RedbStore {
 }
 
 fn io<E: Into<redb::Error>>(e: E) -> StoreError {
-    StoreError::Io(e.into().to_string())
+    StoreError::Io(StoreIo::Redb(Box::new(e.into())))
 }
 
-fn corrupt(what: &str, e: serde_json::Error) -> StoreError {
-    StoreError::Corrupt(format!("{what}: {e}"))
+fn corrupt(what: &'static str, source: serde_json::Error) -> StoreError {
+    StoreError::Corrupt(Corruption::Undecodable { what, source })
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(v).map_err(|e| StoreError::Io(format!("encoding: {e}")))
+    serde_json::to_vec(v).map_err(|e| StoreError::Io(StoreIo::Encode(e)))
 }
 
 /// An error opening a file that exists: in use, or not a readable store.
 fn open_error(e: DatabaseError) -> StoreError {
     match e {
         DatabaseError::DatabaseAlreadyOpen => StoreError::InUse,
-        e => StoreError::Damaged(e.to_string()),
+        e => StoreError::Damaged(Damage::Open(Box::new(e))),
     }
 }
 
@@ -105,9 +108,9 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T
     let message = GUARD.with(|g| g.borrow_mut().take().flatten());
     match result {
         Ok(r) => r,
-        Err(_) => Err(StoreError::Damaged(message.unwrap_or_else(|| {
-            "the store library failed an internal check".into()
-        }))),
+        Err(_) => Err(StoreError::Damaged(Damage::FailedCheck(
+            message.unwrap_or_else(|| "the store library failed an internal check".into()),
+        ))),
     }
 }
 
@@ -153,9 +156,9 @@ impl RedbStore {
             let db = Database::open(path).map_err(open_error)?;
             let tx = db.begin_read().map_err(io)?;
             let missing = |e: redb::TableError| match e {
-                redb::TableError::TableDoesNotExist(name) => StoreError::Damaged(format!(
-                    "it is a redb file but not a coremesh store (no {name:?} table)"
-                )),
+                redb::TableError::TableDoesNotExist(name) => {
+                    StoreError::Damaged(Damage::NotAStore(name))
+                }
                 e => io(e),
             };
             tx.open_table(META).map_err(missing)?;
@@ -172,7 +175,10 @@ impl RedbStore {
                 id: id.unwrap_or_default(),
             };
             // Every record once: a damaged page or record fails here.
-            store.read_all()?.check().map_err(StoreError::Corrupt)?;
+            store
+                .read_all()?
+                .check()
+                .map_err(|e| StoreError::Corrupt(e.into()))?;
             Ok(store)
         })
     }
@@ -195,10 +201,7 @@ impl RedbStore {
     /// exactly `dump`, in one transaction.
     pub fn create_from(path: &Path, dump: &StoreDump) -> Result<RedbStore, StoreError> {
         if std::fs::metadata(path).is_ok_and(|m| m.len() > 0) {
-            return Err(StoreError::Io(format!(
-                "{} already exists; refusing to overwrite it",
-                path.display()
-            )));
+            return Err(StoreError::Io(StoreIo::Exists(path.to_path_buf())));
         }
         let db = guarded(&path.display().to_string(), || {
             Database::create(path).map_err(open_error)
@@ -301,7 +304,7 @@ impl Store for RedbStore {
         let rec = versions
             .get(version)
             .map_err(io)?
-            .ok_or_else(|| StoreError::Corrupt(format!("current version {version} is missing")))?;
+            .ok_or(StoreError::Corrupt(Corruption::MissingVersion(version)))?;
         let rec: VersionRecord =
             serde_json::from_slice(rec.value()).map_err(|e| corrupt("version", e))?;
         Ok((version, rec.config))
@@ -317,7 +320,7 @@ impl Store for RedbStore {
         let rec = versions
             .get(version)
             .map_err(io)?
-            .ok_or_else(|| StoreError::Corrupt(format!("current version {version} is missing")))?;
+            .ok_or(StoreError::Corrupt(Corruption::MissingVersion(version)))?;
         let rec: VersionRecord =
             serde_json::from_slice(rec.value()).map_err(|e| corrupt("version", e))?;
         Ok(if rec.digest.is_empty() {
@@ -492,12 +495,16 @@ mod tests {
                 2
             );
             // A stale writer loses.
-            assert_eq!(
-                s.commit(1, &config(&["c"]), "x", 12),
-                Err(StoreError::Conflict {
-                    expected: 1,
-                    found: 2
-                })
+            let stale = s.commit(1, &config(&["c"]), "x", 12);
+            assert!(
+                matches!(
+                    stale,
+                    Err(StoreError::Conflict {
+                        expected: 1,
+                        found: 2
+                    })
+                ),
+                "{stale:?}"
             );
             // Rollback = N's config written as a new version.
             let one = s.config_at(1).unwrap().unwrap();

@@ -29,6 +29,32 @@ use crate::config::Config;
 use crate::datadir::{DataDir, STORE_ID};
 use crate::Error;
 
+/// Why the store file cannot be used as this directory's store; displays
+/// as what follows "the store" (`is missing`, `is damaged (...)`).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreProblem {
+    #[error("is missing")]
+    Missing,
+    #[error("is empty (0 bytes)")]
+    Empty,
+    /// It does not open or read as a store.
+    #[error("{}", describe(.0))]
+    Unusable(#[source] StoreError),
+    /// It opens, but it is not the store this directory was initialized
+    /// with.
+    #[error(transparent)]
+    NotOurs(#[from] IdentityMismatch),
+}
+
+/// How an opened store's identity differs from the directory's `store.id`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityMismatch {
+    #[error("has no store identity, but this data directory was initialized with store {recorded} ({}): it is not the store this directory had", STORE_ID)]
+    NoIdentity { recorded: String },
+    #[error("is store {found}, but this data directory was initialized with store {recorded} ({}): it is another directory's store", STORE_ID)]
+    Another { found: String, recorded: String },
+}
+
 /// Why the store cannot be used as it is.
 fn describe(e: &StoreError) -> String {
     match e {
@@ -49,28 +75,28 @@ pub fn open_store(dir: &mut DataDir, reinitialize: bool, now: u64) -> Result<Red
             if !dir.initialized {
                 return first_store(dir, &path);
             }
-            "is missing".to_string()
+            StoreProblem::Missing
         }
         Err(e) => {
-            return Err(Error::internal(format!(
-                "{}: cannot read it: {e}",
-                path.display()
-            )))
+            return Err(
+                Error::internal(format!("{}: cannot read it: {e}", path.display())).caused_by(e),
+            )
         }
-        Ok(m) if m.len() == 0 => "is empty (0 bytes)".to_string(),
+        Ok(m) if m.len() == 0 => StoreProblem::Empty,
         Ok(_) => match RedbStore::open(&path) {
             Ok(store) => match check_identity(dir, store, reinitialize)? {
                 Ok(store) => return Ok(store),
-                Err(problem) => problem,
+                Err(mismatch) => mismatch.into(),
             },
             Err(StoreError::InUse) => {
                 return Err(Error::internal(format!(
                     "{}: in use by another process: is another coremesh-control running with --data-dir {}?",
                     path.display(),
                     dir.path.display()
-                )))
+                ))
+                .caused_by(StoreError::InUse))
             }
-            Err(e) => describe(&e),
+            Err(e) => StoreProblem::Unusable(e),
         },
     };
     if !reinitialize {
@@ -83,7 +109,8 @@ pub fn open_store(dir: &mut DataDir, reinitialize: bool, now: u64) -> Result<Red
             path.display(),
             dir.path.display(),
             dir.path.display(),
-        )));
+        ))
+        .caused_by(problem));
     }
     reinitialized(dir, &path, &problem, now)
 }
@@ -94,7 +121,7 @@ fn first_store(dir: &mut DataDir, path: &Path) -> Result<RedbStore, Error> {
         Some(id) => id.clone(),
         None => crate::tokens::random_hex(16),
     };
-    let store = RedbStore::create(path, &id).map_err(|e| store_error(path, &e))?;
+    let store = RedbStore::create(path, &id).map_err(|e| store_error(path, e))?;
     if dir.store_id.is_none() {
         dir.record_store_id(&id)?;
     }
@@ -103,35 +130,32 @@ fn first_store(dir: &mut DataDir, path: &Path) -> Result<RedbStore, Error> {
 }
 
 /// Compares the opened store's identity with `store.id`: `Ok(Ok(store))`
-/// to use it, `Ok(Err(problem))` when it is not this directory's store.
+/// to use it, `Ok(Err(mismatch))` when it is not this directory's store.
 fn check_identity(
     dir: &mut DataDir,
     mut store: RedbStore,
     reinitialize: bool,
-) -> Result<Result<RedbStore, String>, Error> {
+) -> Result<Result<RedbStore, IdentityMismatch>, Error> {
     let path = dir.store_path();
     let found = store.id().to_string();
     match (found.as_str(), dir.store_id.clone()) {
         ("", None) => {
             let id = crate::tokens::random_hex(16);
-            store.set_id(&id).map_err(|e| store_error(&path, &e))?;
+            store.set_id(&id).map_err(|e| store_error(&path, e))?;
             dir.record_store_id(&id)?;
             tracing::info!(store_id = %id, "the store had no identity (made by an older control): it has one now, recorded in {STORE_ID}");
         }
-        ("", Some(recorded)) => {
-            return Ok(Err(format!(
-                "has no store identity, but this data directory was initialized with store {recorded} ({STORE_ID}): it is not the store this directory had"
-            )))
-        }
+        ("", Some(recorded)) => return Ok(Err(IdentityMismatch::NoIdentity { recorded })),
         (id, None) => {
             dir.record_store_id(id)?;
             tracing::warn!(store_id = %id, "{STORE_ID} was missing: written again from the store");
         }
         (id, Some(recorded)) if id == recorded => {}
         (id, Some(recorded)) => {
-            return Ok(Err(format!(
-                "is store {id}, but this data directory was initialized with store {recorded} ({STORE_ID}): it is another directory's store"
-            )))
+            return Ok(Err(IdentityMismatch::Another {
+                found: id.to_string(),
+                recorded,
+            }))
         }
     }
     if reinitialize {
@@ -148,7 +172,7 @@ fn check_identity(
 fn reinitialized(
     dir: &mut DataDir,
     path: &Path,
-    problem: &str,
+    problem: &StoreProblem,
     now: u64,
 ) -> Result<RedbStore, Error> {
     if path.exists() {
@@ -159,6 +183,7 @@ fn reinitialized(
                 path.display(),
                 aside.display()
             ))
+            .caused_by(e)
         })?;
         tracing::warn!(
             "moved the old store to {} (kept for inspection)",
@@ -169,7 +194,7 @@ fn reinitialized(
         Some(id) => id.clone(),
         None => crate::tokens::random_hex(16),
     };
-    let store = RedbStore::create(path, &id).map_err(|e| store_error(path, &e))?;
+    let store = RedbStore::create(path, &id).map_err(|e| store_error(path, e))?;
     if dir.store_id.is_none() {
         dir.record_store_id(&id)?;
     }
@@ -177,7 +202,7 @@ fn reinitialized(
         format!("store reinitialized with --reinitialize-store: the previous store {problem}");
     store
         .commit(0, &Config::default(), &summary, now)
-        .map_err(|e| store_error(path, &e))?;
+        .map_err(|e| store_error(path, e))?;
     tracing::warn!(
         store_id = %id,
         "{}: {summary}; proxies keep their policy and refuse this store's versions until they pass the ones they run",
@@ -186,8 +211,8 @@ fn reinitialized(
     Ok(store)
 }
 
-fn store_error(path: &Path, e: &StoreError) -> Error {
-    Error::internal(format!("{}: {e}", path.display()))
+fn store_error(path: &Path, e: StoreError) -> Error {
+    Error::internal(format!("{}: {e}", path.display())).caused_by(e)
 }
 
 #[cfg(test)]

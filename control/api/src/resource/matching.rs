@@ -13,7 +13,7 @@ use serde::de::{self, MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::Match;
+use super::{Match, Reason};
 
 /// Largest compiled program of one regular expression, in bytes
 /// ([`regex::bytes::RegexBuilder::size_limit`]). The `regex` crate's default
@@ -31,6 +31,34 @@ pub const REGEX_DFA_SIZE_LIMIT: usize = 1 << 20;
 /// Longest regular expression, in bytes, as written.
 pub const MAX_REGEX_LEN: usize = 1024;
 
+/// Why a `pathRegex` or `{ regex: ... }` was refused by [`compile_regex`].
+/// The message is the reason, without the field.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RegexError {
+    #[error("empty regular expression")]
+    Empty,
+    #[error("regular expression of {len} bytes; at most {MAX_REGEX_LEN}")]
+    TooLong { len: usize },
+    /// Over [`REGEX_SIZE_LIMIT`] once compiled.
+    #[error("{pattern:?} compiles to more than {limit} bytes; simplify it (ASCII classes such as [a-z0-9] instead of \\w are much smaller)")]
+    TooBig {
+        pattern: String,
+        limit: usize,
+        #[source]
+        source: regex::Error,
+    },
+    /// Not valid syntax; `detail` is the gist of the `regex` crate's
+    /// message (its last line; the whole message, which spans lines with a
+    /// caret under the error, is the source's).
+    #[error("{pattern:?} is not a valid regular expression: {detail}")]
+    Invalid {
+        pattern: String,
+        detail: String,
+        #[source]
+        source: regex::Error,
+    },
+}
+
 /// Compiles a `pathRegex` or `{ regex: ... }` the way every coremesh
 /// component must: the `regex` crate's syntax, over bytes (what the proxy
 /// holds), anchored at both ends (`\A(?:...)\z`: the whole path or value
@@ -40,15 +68,12 @@ pub const MAX_REGEX_LEN: usize = 1024;
 /// A compiled `Regex` keeps a pool of search caches; a proxy should give
 /// each shard its own clone (a clone starts its own pool), so that shards
 /// never contend for one.
-pub fn compile_regex(pattern: &str) -> Result<regex::bytes::Regex, String> {
+pub fn compile_regex(pattern: &str) -> Result<regex::bytes::Regex, RegexError> {
     if pattern.is_empty() {
-        return Err("empty regular expression".into());
+        return Err(RegexError::Empty);
     }
     if pattern.len() > MAX_REGEX_LEN {
-        return Err(format!(
-            "regular expression of {} bytes; at most {MAX_REGEX_LEN}",
-            pattern.len()
-        ));
+        return Err(RegexError::TooLong { len: pattern.len() });
     }
     let build = |p: &str| {
         regex::bytes::RegexBuilder::new(p)
@@ -56,18 +81,31 @@ pub fn compile_regex(pattern: &str) -> Result<regex::bytes::Regex, String> {
             .dfa_size_limit(REGEX_DFA_SIZE_LIMIT)
             .build()
     };
-    let why = |e: regex::Error| {
-        match e {
-        regex::Error::CompiledTooBig(limit) => format!(
-            "{pattern:?} compiles to more than {limit} bytes; simplify it (ASCII classes such as [a-z0-9] instead of \\w are much smaller)"
-        ),
-        // The parser's message spans lines, with a caret under the error.
-        regex::Error::Syntax(msg) => format!(
-            "{pattern:?} is not a valid regular expression: {}",
-            msg.lines().last().unwrap_or("syntax error").trim()
-        ),
-        other => format!("{pattern:?} is not a valid regular expression: {other}"),
-    }
+    let why = |source: regex::Error| {
+        let pattern = pattern.to_string();
+        match &source {
+            regex::Error::CompiledTooBig(limit) => RegexError::TooBig {
+                pattern,
+                limit: *limit,
+                source,
+            },
+            // The parser's message spans lines, with a caret under the error.
+            regex::Error::Syntax(msg) => RegexError::Invalid {
+                pattern,
+                detail: msg
+                    .lines()
+                    .last()
+                    .unwrap_or("syntax error")
+                    .trim()
+                    .to_string(),
+                source,
+            },
+            other => RegexError::Invalid {
+                pattern,
+                detail: other.to_string(),
+                source,
+            },
+        }
     };
     // On its own first: `a)|(b` is invalid, but `\A(?:a)|(b)\z` would
     // compile and match something else.
@@ -168,8 +206,17 @@ impl<'de> Deserialize<'de> for ValueMatch {
     }
 }
 
-/// (field path, reason), as in syntax.rs.
-type Invalid = (String, String);
+use super::syntax::Invalid;
+
+/// Why an exact header or query value (or a query parameter name) can
+/// never match what a client sends.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error("the value contains a control character")]
+    ControlCharacter,
+    #[error("{0:?} cannot appear in a query as sent: no spaces, control characters, '&' or '#' (write them percent-encoded, as clients send them)")]
+    NotInQuery(String),
+}
 
 /// Checks a rule's `match` (field paths relative to it): at most one of
 /// the path conditions, paths starting with `/`, `pathRegex` and every
@@ -191,7 +238,7 @@ pub(super) fn check_match(m: &Match) -> Result<(), Invalid> {
     }
     super::syntax::check_paths(&m.path, &m.path_prefix)?;
     if let Some(re) = &m.path_regex {
-        compile_regex(re).map_err(|r| ("pathRegex".to_string(), r))?;
+        compile_regex(re).map_err(|r| ("pathRegex".to_string(), r.into()))?;
     }
     for (name, value) in &m.headers {
         let field = format!("headers.{name}");
@@ -200,7 +247,8 @@ pub(super) fn check_match(m: &Match) -> Result<(), Invalid> {
                 field,
                 format!(
                     "{name:?} is not a valid header name (letters, digits and !#$%&'*+-.^_`|~)"
-                ),
+                )
+                .into(),
             ));
         }
         check_value(value, header_value).map_err(|r| (field, r))?;
@@ -211,9 +259,9 @@ pub(super) fn check_match(m: &Match) -> Result<(), Invalid> {
             return Err((field, "empty parameter name".into()));
         }
         if name.contains('=') {
-            return Err((field, format!("{name:?} contains '='")));
+            return Err((field, format!("{name:?} contains '='").into()));
         }
-        query_text(name).map_err(|r| (field.clone(), r))?;
+        query_text(name).map_err(|r| (field.clone(), r.into()))?;
         check_value(value, query_text).map_err(|r| (field, r))?;
     }
     super::syntax::check_methods(&m.methods)
@@ -222,29 +270,29 @@ pub(super) fn check_match(m: &Match) -> Result<(), Invalid> {
 /// Checks one condition; `exact` checks an exact value.
 fn check_value(
     value: &ValueMatch,
-    exact: impl Fn(&str) -> Result<(), String>,
-) -> Result<(), String> {
+    exact: impl Fn(&str) -> Result<(), ValueError>,
+) -> Result<(), Reason> {
     match value {
-        ValueMatch::Exact(v) => exact(v),
-        ValueMatch::Regex(re) => compile_regex(re).map(drop),
+        ValueMatch::Exact(v) => exact(v).map_err(Reason::from),
+        ValueMatch::Regex(re) => compile_regex(re).map(drop).map_err(Reason::from),
         ValueMatch::Present(_) => Ok(()),
     }
 }
 
-fn header_value(v: &str) -> Result<(), String> {
+fn header_value(v: &str) -> Result<(), ValueError> {
     if v.bytes().any(|c| c.is_ascii_control() && c != b'\t') {
-        return Err("the value contains a control character".into());
+        return Err(ValueError::ControlCharacter);
     }
     Ok(())
 }
 
 /// Names and values are compared as sent, without percent-decoding, so
 /// what a client must encode can never match.
-fn query_text(v: &str) -> Result<(), String> {
+fn query_text(v: &str) -> Result<(), ValueError> {
     if v.bytes()
         .any(|c| c.is_ascii_control() || matches!(c, b' ' | b'&' | b'#'))
     {
-        return Err(format!("{v:?} cannot appear in a query as sent: no spaces, control characters, '&' or '#' (write them percent-encoded, as clients send them)"));
+        return Err(ValueError::NotInQuery(v.to_string()));
     }
     Ok(())
 }

@@ -40,7 +40,7 @@ pub fn parse_documents(text: &str) -> Result<Vec<Resource>, ResourceError> {
             resource: None,
             location: None,
             field: field.to_string(),
-            reason,
+            reason: reason.into(),
         };
         let value = Value::deserialize(untyped).map_err(|e| yaml_error(document, None, &e))?;
         let map = match value {
@@ -155,7 +155,7 @@ fn yaml_error(document: usize, resource: Option<String>, e: &serde_norway::Error
         resource,
         location,
         field: String::new(),
-        reason,
+        reason: reason.into(),
     }
 }
 

@@ -20,8 +20,8 @@ use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::syntax::{check_name, is_token};
-use super::{duration, format_duration};
+use super::syntax::{check_name, check_positive, is_token, Invalid, RangeError};
+use super::{duration, format_duration, Reason};
 
 /// `kind: Resilience`. At most one per service; every block is optional.
 ///
@@ -556,8 +556,38 @@ impl Mirror {
     }
 }
 
-/// (field path, reason), as in syntax.rs.
-type Invalid = (String, String);
+/// Why [`validate_resilience`] refused a Resilience: where (`at`, as the
+/// caller gave it, and the field) and why. Displays as `<at>: <field>:
+/// <reason>`, leaving out what is empty.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResilienceError {
+    /// The caller's location, e.g. `proxy.toml: [[resilience]] 2`; may be
+    /// empty.
+    pub at: String,
+    /// Path of the offending field, e.g. `faults.abort.percent`.
+    pub field: String,
+    pub reason: Reason,
+}
+
+impl std::fmt::Display for ResilienceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for part in [&self.at, &self.field] {
+            if !part.is_empty() {
+                write!(f, "{part}: ")?;
+            }
+        }
+        write!(f, "{}", self.reason)
+    }
+}
+
+impl std::error::Error for ResilienceError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.reason {
+            Reason::Message(_) => None,
+            typed => Some(typed),
+        }
+    }
+}
 
 /// Checks a Resilience on its own (ranges, names, the mirror not being the
 /// service itself); `at` prefixes the error, e.g. `proxy.toml:
@@ -566,23 +596,17 @@ type Invalid = (String, String);
 /// service and the mirror exist, and speak HTTP) is
 /// [`super::validate_set`]'s job in control; a proxy with static config
 /// checks those against its own `[[services]]`.
-pub fn validate_resilience(r: &Resilience, at: &str) -> Result<(), String> {
-    check_resilience(r).map_err(|(field, reason)| {
-        let mut msg = String::new();
-        for part in [at, &field] {
-            if !part.is_empty() {
-                msg.push_str(part);
-                msg.push_str(": ");
-            }
-        }
-        msg.push_str(&reason);
-        msg
+pub fn validate_resilience(r: &Resilience, at: &str) -> Result<(), ResilienceError> {
+    check_resilience(r).map_err(|(field, reason)| ResilienceError {
+        at: at.to_string(),
+        field,
+        reason,
     })
 }
 
 pub(super) fn check_resilience(r: &Resilience) -> Result<(), Invalid> {
-    fn at(field: &'static str) -> impl Fn(String) -> Invalid {
-        move |reason| (field.to_string(), reason)
+    fn at<R: Into<Reason>>(field: &'static str) -> impl Fn(R) -> Invalid {
+        move |reason| (field.to_string(), reason.into())
     }
     if let Some(name) = &r.name {
         check_name(name).map_err(at("name"))?;
@@ -606,14 +630,14 @@ pub(super) fn check_resilience(r: &Resilience) -> Result<(), Invalid> {
         ] {
             if limit == Some(0) {
                 return Err(at(field)(
-                    "0 would refuse every request; at least 1 (leave it out for no limit)".into(),
+                    "0 would refuse every request; at least 1 (leave it out for no limit)",
                 ));
             }
         }
     }
     if let Some(o) = &r.outlier_detection {
         at_least_one(o.consecutive_failures).map_err(at("outlierDetection.consecutiveFailures"))?;
-        positive(o.base_ejection).map_err(at("outlierDetection.baseEjection"))?;
+        check_positive(o.base_ejection).map_err(at("outlierDetection.baseEjection"))?;
         if o.max_ejected_percent > 100 {
             return Err(at("outlierDetection.maxEjectedPercent")(format!(
                 "{} is not a percentage (0..=100)",
@@ -622,8 +646,8 @@ pub(super) fn check_resilience(r: &Resilience) -> Result<(), Invalid> {
         }
     }
     if let Some(h) = &r.health_check {
-        positive(h.interval).map_err(at("healthCheck.interval"))?;
-        positive(h.timeout).map_err(at("healthCheck.timeout"))?;
+        check_positive(h.interval).map_err(at("healthCheck.interval"))?;
+        check_positive(h.timeout).map_err(at("healthCheck.timeout"))?;
         if h.timeout > h.interval {
             return Err(at("healthCheck.timeout")(format!(
                 "{} is longer than the interval ({}); a probe must end before the next starts",
@@ -658,7 +682,7 @@ pub(super) fn check_resilience(r: &Resilience) -> Result<(), Invalid> {
         }
         if let Some(d) = &f.delay {
             percent(d.percent).map_err(at("faults.delay.percent"))?;
-            positive(d.duration).map_err(at("faults.delay.duration"))?;
+            check_positive(d.duration).map_err(at("faults.delay.duration"))?;
         }
     }
     if let Some(m) = &r.mirror {
@@ -674,23 +698,16 @@ pub(super) fn check_resilience(r: &Resilience) -> Result<(), Invalid> {
     Ok(())
 }
 
-fn at_least_one(n: u32) -> Result<(), String> {
+fn at_least_one(n: u32) -> Result<(), RangeError> {
     if n == 0 {
-        return Err("must be at least 1".into());
+        return Err(RangeError::Zero);
     }
     Ok(())
 }
 
-fn positive(d: Duration) -> Result<(), String> {
-    if d.is_zero() {
-        return Err("must be greater than 0".into());
-    }
-    Ok(())
-}
-
-fn percent(p: f64) -> Result<(), String> {
+fn percent(p: f64) -> Result<(), RangeError> {
     if !(0.0..=100.0).contains(&p) {
-        return Err(format!("{p} is not a percentage (0..=100)"));
+        return Err(RangeError::NotPercent(p));
     }
     Ok(())
 }

@@ -3,14 +3,13 @@
 //! reason; [`super::parse_documents`] adds the document.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 use super::matching::check_match;
 use super::resilience::check_resilience;
 pub use super::syntax::MAX_NAME_LEN;
-use super::syntax::{check_methods, check_name, check_paths, Invalid};
+use super::syntax::{check_methods, check_name, check_paths, check_positive, Invalid};
 use super::{
-    format_duration, AccessPolicy, AccessRule, MeshConfig, Protocol, Resilience, Resource,
+    format_duration, AccessPolicy, AccessRule, MeshConfig, Protocol, Reason, Resilience, Resource,
     ResourceError, Retries, Route, Rule, Service, MESH_CONFIG_NAME,
 };
 
@@ -32,7 +31,9 @@ const MAX_TRUST_DOMAIN_LEN: usize = 255;
 /// proxy calls it on the AccessPolicy it receives.
 pub fn validate(r: &Resource) -> Result<(), ResourceError> {
     let checked = match r {
-        Resource::Service(s) => check_name(&s.name).map_err(|reason| ("name".to_string(), reason)),
+        Resource::Service(s) => {
+            check_name(&s.name).map_err(|reason| ("name".to_string(), reason.into()))
+        }
         Resource::Route(route) => check_route(route),
         Resource::AccessPolicy(p) => check_access_policy(p),
         Resource::Resilience(res) => check_resilience(res),
@@ -189,25 +190,58 @@ pub fn validate_set(
     Ok(())
 }
 
+/// Why a text is not a SPIFFE trust domain ([`check_trust_domain`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TrustDomainError {
+    #[error("empty trust domain")]
+    Empty,
+    #[error("trust domain of {len} characters; at most {MAX_TRUST_DOMAIN_LEN}")]
+    TooLong { len: usize },
+    #[error("{0:?} is not a trust domain: lowercase letters, digits, '.', '-' and '_'")]
+    BadCharacter(String),
+}
+
+/// Why a text is not a SPIFFE ID ([`check_spiffe_id`]): displays as
+/// `"<id>" is not a SPIFFE ID: <problem>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{id:?} is not a SPIFFE ID: {problem}")]
+pub struct SpiffeIdError {
+    pub id: String,
+    #[source]
+    pub problem: SpiffeIdProblem,
+}
+
+/// What is wrong with a [`SpiffeIdError`]'s ID.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpiffeIdProblem {
+    #[error("longer than {MAX_SPIFFE_ID_LEN} characters")]
+    TooLong,
+    #[error("it must start with spiffe://")]
+    NoScheme,
+    #[error("it has no path (spiffe://<trust domain>/service/<name>)")]
+    NoPath,
+    #[error(transparent)]
+    TrustDomain(#[from] TrustDomainError),
+    #[error("empty, '.' or '..' path segment")]
+    BadSegment,
+    #[error("a path segment has a character other than letters, digits, '.', '-' and '_'")]
+    BadSegmentCharacter,
+}
+
 /// A SPIFFE trust domain (SPIFFE ID specification, section 2.1): lowercase
 /// letters, digits, `.`, `-` and `_`, at most 255 characters.
-pub fn check_trust_domain(td: &str) -> Result<(), String> {
+pub fn check_trust_domain(td: &str) -> Result<(), TrustDomainError> {
     if td.is_empty() {
-        return Err("empty trust domain".into());
+        return Err(TrustDomainError::Empty);
     }
     if td.len() > MAX_TRUST_DOMAIN_LEN {
-        return Err(format!(
-            "trust domain of {} characters; at most {MAX_TRUST_DOMAIN_LEN}",
-            td.len()
-        ));
+        return Err(TrustDomainError::TooLong { len: td.len() });
     }
     if !td
         .bytes()
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'-' | b'_'))
     {
-        return Err(format!(
-            "{td:?} is not a trust domain: lowercase letters, digits, '.', '-' and '_'"
-        ));
+        return Err(TrustDomainError::BadCharacter(td.to_string()));
     }
     Ok(())
 }
@@ -216,39 +250,42 @@ pub fn check_trust_domain(td: &str) -> Result<(), String> {
 /// `spiffe://<trust domain>/<segment>[/<segment>...]`, segments of letters,
 /// digits, `.`, `-` and `_`, none empty, `.` or `..`; no query, fragment,
 /// port or user.
-pub fn check_spiffe_id(id: &str) -> Result<(), String> {
-    let bad = |why: &str| Err(format!("{id:?} is not a SPIFFE ID: {why}"));
+pub fn check_spiffe_id(id: &str) -> Result<(), SpiffeIdError> {
+    let bad = |problem: SpiffeIdProblem| {
+        Err(SpiffeIdError {
+            id: id.to_string(),
+            problem,
+        })
+    };
     if id.len() > MAX_SPIFFE_ID_LEN {
-        return bad(&format!("longer than {MAX_SPIFFE_ID_LEN} characters"));
+        return bad(SpiffeIdProblem::TooLong);
     }
     let Some(rest) = id.strip_prefix("spiffe://") else {
-        return bad("it must start with spiffe://");
+        return bad(SpiffeIdProblem::NoScheme);
     };
     let Some((td, path)) = rest.split_once('/') else {
-        return bad("it has no path (spiffe://<trust domain>/service/<name>)");
+        return bad(SpiffeIdProblem::NoPath);
     };
-    if let Err(why) = check_trust_domain(td) {
-        return bad(&why);
+    if let Err(e) = check_trust_domain(td) {
+        return bad(e.into());
     }
     for segment in path.split('/') {
         if segment.is_empty() || segment == "." || segment == ".." {
-            return bad("empty, '.' or '..' path segment");
+            return bad(SpiffeIdProblem::BadSegment);
         }
         if !segment
             .bytes()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_'))
         {
-            return bad(
-                "a path segment has a character other than letters, digits, '.', '-' and '_'",
-            );
+            return bad(SpiffeIdProblem::BadSegmentCharacter);
         }
     }
     Ok(())
 }
 
 fn check_access_policy(p: &AccessPolicy) -> Result<(), Invalid> {
-    check_name(&p.name).map_err(|r| ("name".to_string(), r))?;
-    check_name(&p.service).map_err(|r| ("service".to_string(), r))?;
+    check_name(&p.name).map_err(|r| ("name".to_string(), r.into()))?;
+    check_name(&p.service).map_err(|r| ("service".to_string(), r.into()))?;
     for (i, rule) in p.rules.iter().enumerate() {
         check_access_rule(rule)
             .map_err(|(field, reason)| (format!("rules[{i}].{field}"), reason))?;
@@ -268,11 +305,9 @@ fn check_access_rule(rule: &AccessRule) -> Result<(), Invalid> {
         let checked = if caller == "*" {
             Ok(())
         } else if caller.starts_with("spiffe://") {
-            check_spiffe_id(caller)
+            check_spiffe_id(caller).map_err(Reason::from)
         } else {
-            check_name(caller).map_err(|r| {
-                format!("{r}; a caller is a service name, a SPIFFE ID (spiffe://...) or \"*\"")
-            })
+            check_name(caller).map_err(Reason::Caller)
         };
         checked.map_err(|r| (format!("from[{j}]"), r))?;
     }
@@ -292,11 +327,14 @@ fn check_access_rule(rule: &AccessRule) -> Result<(), Invalid> {
         if p.contains(['?', '#']) {
             return Err((
                 field.into(),
-                format!("{p:?} contains '?' or '#'; paths are matched without the query"),
+                format!("{p:?} contains '?' or '#'; paths are matched without the query").into(),
             ));
         }
         if p.split('/').any(|s| s == "." || s == "..") {
-            return Err((field.into(), format!("{p:?} has a '.' or '..' segment")));
+            return Err((
+                field.into(),
+                format!("{p:?} has a '.' or '..' segment").into(),
+            ));
         }
     }
     Ok(())
@@ -309,15 +347,16 @@ fn check_mesh_config(m: &MeshConfig) -> Result<(), Invalid> {
             format!(
                 "{:?}: the mesh has one MeshConfig and it is named {MESH_CONFIG_NAME}",
                 m.name
-            ),
+            )
+            .into(),
         ));
     }
     Ok(())
 }
 
 fn check_route(route: &Route) -> Result<(), Invalid> {
-    check_name(&route.name).map_err(|r| ("name".to_string(), r))?;
-    check_name(&route.service).map_err(|r| ("service".to_string(), r))?;
+    check_name(&route.name).map_err(|r| ("name".to_string(), r.into()))?;
+    check_name(&route.service).map_err(|r| ("service".to_string(), r.into()))?;
     if route.rules.is_empty() {
         return Err((
             "rules".into(),
@@ -335,7 +374,7 @@ fn check_rule(rule: &Rule) -> Result<(), Invalid> {
         check_match(m).map_err(|(field, reason)| (format!("match.{field}"), reason))?;
     }
     if let Some(t) = rule.timeout {
-        check_timeout(t).map_err(|r| ("timeout".to_string(), r))?;
+        check_positive(t).map_err(|r| ("timeout".to_string(), r.into()))?;
     }
     if let Some(retries) = &rule.retries {
         check_retries(retries).map_err(|(field, reason)| (format!("retries.{field}"), reason))?;
@@ -350,13 +389,13 @@ fn check_rule(rule: &Rule) -> Result<(), Invalid> {
         if b.weight > MAX_WEIGHT {
             return Err((
                 format!("backends[{j}].weight"),
-                format!("{} is over the maximum of {MAX_WEIGHT}", b.weight),
+                format!("{} is over the maximum of {MAX_WEIGHT}", b.weight).into(),
             ));
         }
         if let Some(key) = b.subset.keys().find(|k| k.is_empty()) {
             return Err((
                 format!("backends[{j}].subset"),
-                format!("empty label name (value {:?})", b.subset[key]),
+                format!("empty label name (value {:?})", b.subset[key]).into(),
             ));
         }
     }
@@ -373,14 +412,14 @@ fn check_retries(r: &Retries) -> Result<(), Invalid> {
     if r.attempts > MAX_RETRY_ATTEMPTS {
         return Err((
             "attempts".into(),
-            format!("{} is over the maximum of {MAX_RETRY_ATTEMPTS}", r.attempts),
+            format!("{} is over the maximum of {MAX_RETRY_ATTEMPTS}", r.attempts).into(),
         ));
     }
     if let Some(t) = r.per_try_timeout {
-        check_timeout(t).map_err(|reason| ("perTryTimeout".to_string(), reason))?;
+        check_positive(t).map_err(|reason| ("perTryTimeout".to_string(), reason.into()))?;
     }
     if let Some(b) = &r.backoff {
-        check_timeout(b.base).map_err(|reason| ("backoff.base".to_string(), reason))?;
+        check_positive(b.base).map_err(|reason| ("backoff.base".to_string(), reason.into()))?;
         if let Some(max) = b.max {
             if max < b.base {
                 return Err((
@@ -389,7 +428,8 @@ fn check_retries(r: &Retries) -> Result<(), Invalid> {
                         "{} is shorter than base ({})",
                         format_duration(max),
                         format_duration(b.base)
-                    ),
+                    )
+                    .into(),
                 ));
             }
         }
@@ -400,15 +440,9 @@ fn check_retries(r: &Retries) -> Result<(), Invalid> {
             format!(
                 "{} is over the maximum of {MAX_RETRY_BODY_BYTES} (16 MiB)",
                 r.max_body_bytes
-            ),
+            )
+            .into(),
         ));
-    }
-    Ok(())
-}
-
-fn check_timeout(t: Duration) -> Result<(), String> {
-    if t.is_zero() {
-        return Err("must be greater than 0".into());
     }
     Ok(())
 }

@@ -2,7 +2,7 @@ use std::path::{Path, PathBuf};
 
 use super::*;
 use crate::datadir;
-use crate::store::Store;
+use crate::store::{Damage, Store};
 
 struct TempDir(PathBuf);
 
@@ -172,4 +172,64 @@ fn a_lost_store_id_file_is_written_again_from_the_store() {
         std::fs::read_to_string(t.0.join(STORE_ID)).unwrap().trim(),
         id
     );
+}
+
+#[test]
+fn a_refusal_keeps_its_cause() {
+    use std::error::Error as _;
+
+    let (a, _) = initialized("cause-mine");
+    let (b, other) = initialized("cause-theirs");
+    std::fs::copy(b.0.join(datadir::STORE), a.0.join(datadir::STORE)).unwrap();
+    let mut dir = open_dir(&a.0);
+    let e = open_store(&mut dir, false, 3).err().expect("refused");
+    let problem = e.source().expect("the problem");
+    match problem.downcast_ref::<StoreProblem>() {
+        Some(StoreProblem::NotOurs(IdentityMismatch::Another { found, .. })) => {
+            assert_eq!(found, &other)
+        }
+        p => panic!("{p:?}"),
+    }
+    assert!(e.message.contains(&problem.to_string()), "{e}");
+
+    let store = a.0.join(datadir::STORE);
+    std::fs::write(&store, b"not a database at all, just some text\n").unwrap();
+    let mut dir = open_dir(&a.0);
+    let e = open_store(&mut dir, false, 3).err().expect("refused");
+    let problem = e.source().expect("the problem");
+    assert!(
+        matches!(
+            problem.downcast_ref::<StoreProblem>(),
+            Some(StoreProblem::Unusable(StoreError::Damaged(_)))
+        ),
+        "{problem:?}"
+    );
+    // Below the problem, the store's own error, and below that redb's.
+    let store_error = problem.source().expect("the store error");
+    assert!(store_error.is::<StoreError>(), "{store_error:?}");
+    let damage = store_error.source().expect("the damage");
+    assert!(
+        matches!(damage.downcast_ref::<Damage>(), Some(Damage::Open(_))),
+        "{damage:?}"
+    );
+    let redb = damage.source().expect("redb's error");
+    assert!(redb.is::<::redb::DatabaseError>(), "{redb:?}");
+}
+
+#[test]
+fn a_store_error_turned_into_an_error_keeps_it() {
+    use std::error::Error as _;
+
+    let e = crate::Error::from(StoreError::Conflict {
+        expected: 1,
+        found: 2,
+    });
+    assert_eq!(e.message, "store version moved: expected 1, found 2");
+    assert!(matches!(
+        e.source().and_then(|s| s.downcast_ref::<StoreError>()),
+        Some(StoreError::Conflict {
+            expected: 1,
+            found: 2
+        })
+    ));
 }

@@ -2,14 +2,14 @@ use std::time::Duration;
 
 use super::*;
 use crate::resource::{
-    parse_documents, to_yaml, Backoff, Resource, Route, DEFAULT_RETRY_BODY_BYTES,
+    parse_documents, to_yaml, Backoff, Resource, ResourceError, Route, DEFAULT_RETRY_BODY_BYTES,
 };
 
 /// A Route for `api` whose only rule is `rule` (YAML lines indented by
 /// 4), parsed.
-fn route(rule: &str) -> Result<Route, String> {
+fn route(rule: &str) -> Result<Route, ResourceError> {
     let text = format!("kind: Route\nname: r\nservice: api\nrules:\n  - backends: [{{}}]\n{rule}");
-    match parse_documents(&text).map_err(|e| e.to_string())?.pop() {
+    match parse_documents(&text)?.pop() {
         Some(Resource::Route(r)) => Ok(r),
         other => panic!("{other:?}"),
     }
@@ -20,7 +20,7 @@ fn matches(rule: &str) -> Match {
 }
 
 fn err(rule: &str) -> String {
-    route(rule).unwrap_err()
+    route(rule).unwrap_err().to_string()
 }
 
 fn prefix(field: &str) -> String {

@@ -2,19 +2,21 @@ use std::time::Duration;
 
 use super::*;
 use crate::resource::validation::tests::{set, set_err};
-use crate::resource::{parse_documents, to_yaml, validate, Resource, RESILIENCE_EXAMPLE};
+use crate::resource::{
+    parse_documents, to_yaml, validate, Resource, ResourceError, RESILIENCE_EXAMPLE,
+};
 
 /// `kind: Resilience` for `api` with `body` (YAML lines), parsed.
-fn parse(body: &str) -> Result<Resilience, String> {
+fn parse(body: &str) -> Result<Resilience, ResourceError> {
     let text = format!("kind: Resilience\nservice: api\n{body}");
-    match parse_documents(&text).map_err(|e| e.to_string())?.pop() {
+    match parse_documents(&text)?.pop() {
         Some(Resource::Resilience(r)) => Ok(r),
         other => panic!("{other:?}"),
     }
 }
 
 fn err(body: &str) -> String {
-    parse(body).unwrap_err()
+    parse(body).unwrap_err().to_string()
 }
 
 /// What an error about `field` starts with.
@@ -352,11 +354,13 @@ fn validate_resilience_prefixes_the_location() {
         percent: 10.0,
     });
     assert_eq!(
-        validate_resilience(&r, "proxy.toml: [[resilience]] 1").unwrap_err(),
+        validate_resilience(&r, "proxy.toml: [[resilience]] 1")
+            .unwrap_err()
+            .to_string(),
         "proxy.toml: [[resilience]] 1: mirror.service: \"api\" is the service itself; mirror to another service (e.g. api-shadow)"
     );
     assert_eq!(
-        validate_resilience(&r, "").unwrap_err(),
+        validate_resilience(&r, "").unwrap_err().to_string(),
         "mirror.service: \"api\" is the service itself; mirror to another service (e.g. api-shadow)"
     );
     // validate() says the same about the resource.

@@ -348,3 +348,84 @@ fn mesh_config_is_named_mesh() {
     let e = parse_documents("kind: MeshConfig\nname: mesh\ndefault: deny\n").unwrap_err();
     assert!(e.to_string().contains("unknown field `default`"), "{e}");
 }
+
+#[test]
+fn errors_keep_their_cause() {
+    use std::error::Error as _;
+
+    use crate::resource::{
+        parse_duration, DurationError, NameError, Reason, RegexError, SpiffeIdProblem,
+        TrustDomainError,
+    };
+
+    // A regular expression that does not compile: the ResourceError's
+    // source is the typed reason, and below it the regex crate's error.
+    let text = "kind: Service\nname: api\n---\nkind: Route\nname: r\nservice: api\nrules:\n  - match: { pathRegex: \"/v(\" }\n    backends: [{}]\n";
+    let e = parse_documents(text).unwrap_err();
+    assert_eq!(e.field, "rules[0].match.pathRegex");
+    assert!(
+        matches!(&e.reason, Reason::Regex(r) if matches!(**r, RegexError::Invalid { .. })),
+        "{e:?}"
+    );
+    let reason = e.source().expect("the reason");
+    assert_eq!(reason.to_string(), e.reason.to_string());
+    let regex = reason.source().expect("the regex crate's error");
+    assert!(regex.downcast_ref::<regex::Error>().is_some(), "{regex:?}");
+    assert!(e.to_string().ends_with(&reason.to_string()), "{e}");
+
+    // A reason in words has nothing underneath.
+    let e = parse_documents("kind: Service\nname: api\n---\nkind: Service\nname: api\n")
+        .and_then(|rs| {
+            let services: Vec<_> = rs
+                .into_iter()
+                .filter_map(|r| match r {
+                    Resource::Service(s) => Some(s),
+                    _ => None,
+                })
+                .collect();
+            validate_set(&services, &[], &[], &[])
+        })
+        .unwrap_err();
+    assert_eq!(e.to_string(), "service/api: name: defined twice");
+    assert!(e.source().is_none());
+
+    // A caller that is not a name keeps the name's error.
+    let e = policy_err("  - from: [Web]\n");
+    assert!(e.contains("\"Web\" is not a DNS label"), "{e}");
+    let r = Resource::AccessPolicy(AccessPolicy {
+        name: "p".into(),
+        service: "api".into(),
+        default: crate::resource::Access::Deny,
+        rules: vec![AccessRule {
+            from: vec!["Web".into()],
+            methods: vec![],
+            path: None,
+            path_prefix: None,
+        }],
+    });
+    let e = validate(&r).unwrap_err();
+    assert!(
+        matches!(&e.reason, Reason::Caller(NameError::NotDnsLabel { name }) if name == "Web"),
+        "{e:?}"
+    );
+
+    // A SPIFFE ID whose trust domain is wrong says so, and keeps why.
+    let e = check_spiffe_id("spiffe://TD/service/web").unwrap_err();
+    assert_eq!(
+        e.problem,
+        SpiffeIdProblem::TrustDomain(TrustDomainError::BadCharacter("TD".into()))
+    );
+    assert_eq!(
+        e.to_string(),
+        "\"spiffe://TD/service/web\" is not a SPIFFE ID: \"TD\" is not a trust domain: lowercase letters, digits, '.', '-' and '_'"
+    );
+
+    // A duration that is not a number keeps the integer parser's error.
+    let e = parse_duration("99999999999999999999s").unwrap_err();
+    assert!(matches!(e, DurationError::NotANumber { .. }), "{e:?}");
+    assert!(e.source().is_some());
+    assert_eq!(
+        e.to_string(),
+        "\"99999999999999999999s\" is not a duration like 500ms or 2s"
+    );
+}
