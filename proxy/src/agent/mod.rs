@@ -192,7 +192,7 @@ async fn agent(setup: AgentSetup) -> i32 {
 
     let traffic = Rc::new(traffic::Traffic::new(shards.clone()));
     let control = match &config.control {
-        Some(_) => match start_control(&config, &shards, &state, &bound).await {
+        Some(cc) => match start_control(&config, cc, &shards, &state, &bound).await {
             Ok(c) => Some(c),
             Err(e) => {
                 tracing::error!("{e}");
@@ -302,23 +302,29 @@ async fn drain(
     }
 }
 
+/// `[control] state_dir` cannot be created or opened.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: [control] state_dir: cannot create {}: {source}", config.display(), dir.display())]
+pub struct StateDirError {
+    config: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    #[source]
+    source: std::io::Error,
+}
+
 /// Opens `state_dir`, applies the persisted snapshot, starts the app's
 /// health checks and the control client.
 async fn start_control(
     config: &Config,
+    cc: &crate::config::ControlConfig,
     shards: &[ShardHandle],
     admin: &Rc<AdminState>,
     bound: &Bound,
-) -> Result<(Rc<Applier>, Rc<ControlLink>), String> {
-    let Some(cc) = &config.control else {
-        return Err("no [control] section".into());
-    };
-    let state = state::StateDir::open(&cc.state_dir).map_err(|e| {
-        format!(
-            "{}: [control] state_dir: cannot create {}: {e}",
-            config.source.display(),
-            cc.state_dir.display()
-        )
+) -> Result<(Rc<Applier>, Rc<ControlLink>), StateDirError> {
+    let state = state::StateDir::open(&cc.state_dir).map_err(|source| StateDirError {
+        config: config.source.clone(),
+        dir: cc.state_dir.clone(),
+        source,
     })?;
     let applier = Rc::new(Applier::new(
         shards.to_vec(),
