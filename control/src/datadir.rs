@@ -190,21 +190,27 @@ pub fn open(path: &Path, trust_domain: &str, own_ca: bool) -> Result<DataDir, Er
     })
 }
 
+/// Why `quic-reset.key` cannot be used.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum ResetKeyError {
+    #[error("not a hex string")]
+    NotHex,
+    #[error("{0} bytes; at least {QUIC_RESET_KEY_MIN} are needed")]
+    TooShort(usize),
+}
+
 /// The secret in `quic-reset.key`: hex, at least [`QUIC_RESET_KEY_MIN`] bytes.
-fn parse_reset_key(text: &str) -> Result<Vec<u8>, String> {
+fn parse_reset_key(text: &str) -> Result<Vec<u8>, ResetKeyError> {
     let hex = text.trim();
     if hex.len() % 2 != 0 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err("not a hex string".into());
+        return Err(ResetKeyError::NotHex);
     }
     let bytes: Vec<u8> = (0..hex.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap_or_default())
         .collect();
     if bytes.len() < QUIC_RESET_KEY_MIN {
-        return Err(format!(
-            "{} bytes; at least {QUIC_RESET_KEY_MIN} are needed",
-            bytes.len()
-        ));
+        return Err(ResetKeyError::TooShort(bytes.len()));
     }
     Ok(bytes)
 }
@@ -262,6 +268,7 @@ mod tests {
         );
         assert!(parse_reset_key(&"ab".repeat(31))
             .unwrap_err()
+            .to_string()
             .contains("31 bytes"));
         assert!(parse_reset_key("xyz").is_err());
         assert!(parse_reset_key("abc").is_err());

@@ -85,7 +85,7 @@ impl Default for Options {
 pub struct Published {
     pub snapshot: Snapshot,
     /// The frame, or why it could not be encoded.
-    pub frame: Result<Vec<u8>, String>,
+    pub frame: Result<Vec<u8>, wire::FrameError>,
     /// The same frame compressed ([`wire::compress`]), for sessions that
     /// asked for it; `None` when it would not be shorter.
     pub compressed: Option<Vec<u8>>,
@@ -95,9 +95,7 @@ impl Published {
     pub fn new(snapshot: Snapshot) -> Published {
         let msg = ControlMsg::Snapshot(snapshot);
         let mut frame = Vec::new();
-        let frame = wire::encode(&msg, &mut frame)
-            .map(|()| frame)
-            .map_err(|e| e.to_string());
+        let frame = wire::encode(&msg, &mut frame).map(|()| frame);
         let compressed = match frame.as_deref().map(wire::compress) {
             Ok(Ok(packed)) => packed,
             Ok(Err(e)) => {
@@ -119,7 +117,7 @@ impl Published {
 
     /// The bytes to send: the compressed frame when the session decodes it
     /// and there is one.
-    pub fn frame_for(&self, compressed: bool) -> Result<&[u8], &str> {
+    pub fn frame_for(&self, compressed: bool) -> Result<&[u8], &wire::FrameError> {
         match (&self.compressed, &self.frame) {
             (Some(packed), Ok(_)) if compressed => Ok(packed),
             (_, Ok(frame)) => Ok(frame),
