@@ -52,7 +52,143 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Serialize;
 
-use crate::operator::{apply, http};
+use crate::error_chain;
+use crate::operator::{apply, http, json, OperatorError};
+
+/// Why a fleet run stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("--sessions, --services, --sockets and --concurrency must be at least 1")]
+    Zero,
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: not a PEM certificate", path.display())]
+    CaPem {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{}: not a usable CA certificate", path.display())]
+    CaCert {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    /// An apply of the starting or of the measured configuration.
+    #[error("applying the {what} configuration")]
+    Apply {
+        what: &'static str,
+        #[source]
+        source: OperatorError,
+    },
+    #[error("the apply task")]
+    ApplyTask(#[source] tokio::task::JoinError),
+    #[error("the apply made config version {got}, expected {want} (another writer?)")]
+    Version { got: u64, want: u64 },
+    #[error("cannot start the tokio runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("client endpoint {index}")]
+    Endpoint {
+        index: usize,
+        #[source]
+        source: EndpointError,
+    },
+    #[error("join token for {service}")]
+    Token {
+        service: String,
+        #[source]
+        source: OperatorError,
+    },
+    #[error("join of {service}")]
+    Join {
+        service: String,
+        #[source]
+        source: JoinError,
+    },
+    #[error("join task")]
+    JoinTask(#[source] tokio::task::JoinError),
+}
+
+/// Why a client UDP socket and QUIC endpoint could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error("UDP socket")]
+    Socket(#[source] std::io::Error),
+    #[error("UDP bind")]
+    Bind(#[source] std::io::Error),
+    #[error("no async runtime")]
+    NoRuntime,
+    #[error("QUIC endpoint")]
+    Quic(#[source] std::io::Error),
+}
+
+/// Why the one join of a service failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error("key")]
+    Key(#[source] rcgen::Error),
+    #[error("CSR")]
+    Csr(#[source] rcgen::Error),
+    #[error("TLS")]
+    Tls(#[source] rustls::Error),
+    #[error("QUIC TLS")]
+    QuicTls(#[source] quinn::crypto::rustls::NoInitialCipherSuite),
+    #[error("join connect")]
+    Connect(#[source] quinn::ConnectError),
+    #[error("join handshake")]
+    Handshake(#[source] quinn::ConnectionError),
+    #[error("join stream")]
+    Stream(#[source] quinn::ConnectionError),
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("answered {answer}")]
+    Answer { answer: String },
+    #[error("certificate")]
+    Certificate(#[source] rustls::pki_types::pem::Error),
+    #[error("key")]
+    KeyPem(#[source] rustls::pki_types::pem::Error),
+    #[error("client cert")]
+    ClientCert(#[source] rustls::Error),
+}
+
+/// Reading or writing control protocol frames on a stream.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("read")]
+    Read(#[source] quinn::ReadError),
+    #[error("write")]
+    Write(#[source] quinn::WriteError),
+    #[error("decoding a frame")]
+    Decode(#[source] wire::FrameError),
+    #[error("encoding a frame")]
+    Encode(#[source] wire::FrameError),
+}
+
+/// Why one simulated session ended early (counted and, for the first few,
+/// kept in the report).
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("connect")]
+    Connect(#[source] quinn::ConnectError),
+    #[error("handshake")]
+    Handshake(#[source] quinn::ConnectionError),
+    #[error("stream")]
+    Stream(#[source] quinn::ConnectionError),
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("control ended the stream")]
+    Ended,
+    #[error("snapshot before welcome")]
+    SnapshotBeforeWelcome,
+    #[error("control: {message}")]
+    Control { message: String },
+    #[error("unexpected {kind}")]
+    Unexpected { kind: String },
+}
 
 /// The name control's QUIC certificate is issued for.
 const SERVER_NAME: &str = "coremesh-control";
@@ -379,40 +515,41 @@ fn transport() -> quinn::TransportConfig {
 
 fn tls_builder(
     roots: &Arc<rustls::RootCertStore>,
-) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>, String> {
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>, JoinError>
+{
     Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_protocol_versions(&[&rustls::version::TLS13])
-    .map_err(|e| format!("TLS: {e}"))?
+    .map_err(JoinError::Tls)?
     .with_root_certificates(roots.clone()))
 }
 
-fn quic_config(tls: rustls::ClientConfig) -> Result<quinn::ClientConfig, String> {
+fn quic_config(tls: rustls::ClientConfig) -> Result<quinn::ClientConfig, JoinError> {
     let mut tls = tls;
     tls.alpn_protocols = vec![wire::ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-        .map_err(|e| format!("QUIC TLS: {e}"))?;
+    let crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(JoinError::QuicTls)?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
     cfg.transport_config(Arc::new(transport()));
     Ok(cfg)
 }
 
-fn client_endpoint() -> Result<quinn::Endpoint, String> {
+fn client_endpoint() -> Result<quinn::Endpoint, EndpointError> {
     let sock = socket2::Socket::new(
         socket2::Domain::IPV4,
         socket2::Type::DGRAM,
         Some(socket2::Protocol::UDP),
     )
-    .map_err(|e| format!("UDP socket: {e}"))?;
+    .map_err(EndpointError::Socket)?;
     // Bursts of thousands of snapshots: let the kernel queue them.
     let _ = sock.set_recv_buffer_size(4 << 20);
     let _ = sock.set_send_buffer_size(4 << 20);
     sock.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
-        .map_err(|e| format!("UDP bind: {e}"))?;
-    let runtime = quinn::default_runtime().ok_or("no async runtime")?;
+        .map_err(EndpointError::Bind)?;
+    let runtime = quinn::default_runtime().ok_or(EndpointError::NoRuntime)?;
     quinn::Endpoint::new(quinn::EndpointConfig::default(), None, sock.into(), runtime)
-        .map_err(|e| format!("QUIC endpoint: {e}"))
+        .map_err(EndpointError::Quic)
 }
 
 struct Frames {
@@ -437,26 +574,24 @@ struct Brief {
 
 impl Frames {
     /// Cancel-safe: a chunk is only taken once it is there.
-    async fn next<T: serde::de::DeserializeOwned>(&mut self) -> Result<Option<T>, String> {
+    async fn next<T: serde::de::DeserializeOwned>(&mut self) -> Result<Option<T>, WireError> {
         loop {
-            if let Some(m) = self.dec.next::<T>().map_err(|e| e.to_string())? {
+            if let Some(m) = self.dec.next::<T>().map_err(WireError::Decode)? {
                 return Ok(Some(m));
             }
             match self.recv.read_chunk(usize::MAX, true).await {
                 Ok(Some(c)) => self.dec.push(&c.bytes),
                 Ok(None) => return Ok(None),
-                Err(e) => return Err(format!("read: {e}")),
+                Err(e) => return Err(WireError::Read(e)),
             }
         }
     }
 }
 
-async fn write(send: &mut quinn::SendStream, msg: &ProxyMsg) -> Result<(), String> {
+async fn write(send: &mut quinn::SendStream, msg: &ProxyMsg) -> Result<(), WireError> {
     let mut buf = Vec::new();
-    wire::encode(msg, &mut buf).map_err(|e| e.to_string())?;
-    send.write_all(&buf)
-        .await
-        .map_err(|e| format!("write: {e}"))
+    wire::encode(msg, &mut buf).map_err(WireError::Encode)?;
+    send.write_all(&buf).await.map_err(WireError::Write)
 }
 
 /// One join: a key and CSR made here, a token from the API; returns the
@@ -467,9 +602,9 @@ async fn join(
     token: String,
     service: &str,
     roots: &Arc<rustls::RootCertStore>,
-) -> Result<quinn::ClientConfig, String> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| format!("key: {e}"))?;
+) -> Result<quinn::ClientConfig, JoinError> {
+    let key =
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(JoinError::Key)?;
     let mut params = rcgen::CertificateParams::default();
     params
         .distinguished_name
@@ -477,17 +612,14 @@ async fn join(
     let csr_pem = params
         .serialize_request(&key)
         .and_then(|c| c.pem())
-        .map_err(|e| format!("CSR: {e}"))?;
+        .map_err(JoinError::Csr)?;
     let cfg = quic_config(tls_builder(roots)?.with_no_client_auth())?;
     let conn = ep
         .connect_with(cfg, control, SERVER_NAME)
-        .map_err(|e| format!("join connect: {e}"))?
+        .map_err(JoinError::Connect)?
         .await
-        .map_err(|e| format!("join handshake: {e}"))?;
-    let (mut send, recv) = conn
-        .open_bi()
-        .await
-        .map_err(|e| format!("join stream: {e}"))?;
+        .map_err(JoinError::Handshake)?;
+    let (mut send, recv) = conn.open_bi().await.map_err(JoinError::Stream)?;
     write(
         &mut send,
         &ProxyMsg::Join {
@@ -504,18 +636,22 @@ async fn join(
     };
     let cert_pem = match frames.next::<ControlMsg>().await? {
         Some(ControlMsg::Joined { cert_pem, .. }) => cert_pem,
-        other => return Err(format!("join of {service}: answered {other:?}")),
+        other => {
+            return Err(JoinError::Answer {
+                answer: format!("{other:?}"),
+            })
+        }
     };
     conn.close(0u32.into(), b"joined");
     let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("certificate: {e}"))?;
-    let key = PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes())
-        .map_err(|e| format!("key: {e}"))?;
+        .map_err(JoinError::Certificate)?;
+    let key =
+        PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).map_err(JoinError::KeyPem)?;
     quic_config(
         tls_builder(roots)?
             .with_client_auth_cert(chain, key)
-            .map_err(|e| format!("client cert: {e}"))?,
+            .map_err(JoinError::ClientCert)?,
     )
 }
 
@@ -546,11 +682,11 @@ impl Shared {
         self.base.elapsed().as_nanos() as u64
     }
 
-    fn fail(&self, e: String) {
+    fn fail(&self, e: &SessionError) {
         self.failed.fetch_add(1, Ordering::Relaxed);
         let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
         if errors.len() < 10 {
-            errors.push(e);
+            errors.push(error_chain(e));
         }
     }
 }
@@ -572,7 +708,7 @@ async fn session(
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     if let Err(e) = session_inner(spec, ep, cfg, control, &shared, permit).await {
-        shared.fail(e);
+        shared.fail(&e);
     }
 }
 
@@ -583,13 +719,13 @@ async fn session_inner(
     control: SocketAddr,
     shared: &Shared,
     permit: tokio::sync::OwnedSemaphorePermit,
-) -> Result<(), String> {
+) -> Result<(), SessionError> {
     let conn = ep
         .connect_with(cfg, control, SERVER_NAME)
-        .map_err(|e| format!("connect: {e}"))?
+        .map_err(SessionError::Connect)?
         .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    let (mut send, recv) = conn.open_bi().await.map_err(|e| format!("stream: {e}"))?;
+        .map_err(SessionError::Handshake)?;
+    let (mut send, recv) = conn.open_bi().await.map_err(SessionError::Stream)?;
     let mut frames = Frames {
         recv,
         dec: FrameDecoder::new(wire::MAX_FRAME),
@@ -620,12 +756,12 @@ async fn session_inner(
         }
         tokio::select! {
             msg = frames.next::<Brief>() => {
-                let s = msg?.ok_or("control ended the stream")?;
+                let s = msg?.ok_or(SessionError::Ended)?;
                 match s.kind.as_str() {
                     "welcome" => welcomed = true,
                     "snapshot" => {
                         if !welcomed {
-                            return Err("snapshot before welcome".into());
+                            return Err(SessionError::SnapshotBeforeWelcome);
                         }
                         write(&mut send, &ProxyMsg::Ack { version: s.version }).await?;
                         let now = shared.now();
@@ -656,9 +792,9 @@ async fn session_inner(
                         }
                     }
                     "error" => {
-                        return Err(format!("control: {}", s.message.unwrap_or_default()))
+                        return Err(SessionError::Control { message: s.message.unwrap_or_default() })
                     }
-                    other => return Err(format!("unexpected {other}")),
+                    other => return Err(SessionError::Unexpected { kind: other.to_string() }),
                 }
             }
             _ = heartbeat.tick() => {
@@ -683,23 +819,33 @@ fn spawn_sampler(pid: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64
     })
 }
 
-pub fn run(cfg: &FleetConfig, command: String) -> Result<FleetReport, String> {
+pub fn run(cfg: &FleetConfig, command: String) -> Result<FleetReport, FleetError> {
     if cfg.services == 0 || cfg.sessions == 0 || cfg.sockets == 0 || cfg.concurrency == 0 {
-        return Err(
-            "--sessions, --services, --sockets and --concurrency must be at least 1".into(),
-        );
+        return Err(FleetError::Zero);
     }
-    let credential = std::fs::read_to_string(cfg.data_dir.join("operator.credential"))
-        .map_err(|e| format!("{}/operator.credential: {e}", cfg.data_dir.display()))?
+    let cred_path = cfg.data_dir.join("operator.credential");
+    let credential = std::fs::read_to_string(&cred_path)
+        .map_err(|source| FleetError::Read {
+            path: cred_path,
+            source,
+        })?
         .trim()
         .to_string();
-    let ca_pem = std::fs::read(cfg.data_dir.join("ca.pem"))
-        .map_err(|e| format!("{}/ca.pem: {e}", cfg.data_dir.display()))?;
+    let ca_path = cfg.data_dir.join("ca.pem");
+    let ca_pem = std::fs::read(&ca_path).map_err(|source| FleetError::Read {
+        path: ca_path.clone(),
+        source,
+    })?;
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(&ca_pem) {
-        roots
-            .add(c.map_err(|e| format!("ca.pem: {e}"))?)
-            .map_err(|e| format!("ca.pem: {e}"))?;
+        let c = c.map_err(|source| FleetError::CaPem {
+            path: ca_path.clone(),
+            source,
+        })?;
+        roots.add(c).map_err(|source| FleetError::CaCert {
+            path: ca_path.clone(),
+            source,
+        })?;
     }
     let roots = Arc::new(roots);
     let pid = cfg.control_pid.or_else(|| find_control(&cfg.data_dir));
@@ -710,14 +856,19 @@ pub fn run(cfg: &FleetConfig, command: String) -> Result<FleetReport, String> {
 
     // 1. The starting config.
     let changed = cfg.changed.min(cfg.services);
-    let v0 = apply(cfg.api, &credential, &config_yaml(cfg.services, 0))?;
+    let v0 = apply(cfg.api, &credential, &config_yaml(cfg.services, 0)).map_err(|source| {
+        FleetError::Apply {
+            what: "starting",
+            source,
+        }
+    })?;
     eprintln!("[fleet] config version {} (v1 90 / v2 10)", v0.version);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.threads.max(1))
         .enable_all()
         .build()
-        .map_err(|e| format!("runtime: {e}"))?;
+        .map_err(FleetError::Runtime)?;
     let shared = Arc::new(Shared {
         base: Instant::now(),
         ready: AtomicUsize::new(0),
@@ -743,7 +894,7 @@ pub fn run(cfg: &FleetConfig, command: String) -> Result<FleetReport, String> {
 
     let _guard = rt.enter();
     let endpoints = (0..cfg.sockets)
-        .map(|_| client_endpoint())
+        .map(|index| client_endpoint().map_err(|source| FleetError::Endpoint { index, source }))
         .collect::<Result<Vec<_>, _>>()?;
 
     // 2. Joins, one per service.
@@ -754,26 +905,33 @@ pub fn run(cfg: &FleetConfig, command: String) -> Result<FleetReport, String> {
         for s in 0..cfg.services {
             let name = service_name(s);
             let body = serde_json::json!({"service": name, "uses": 1, "ttl_secs": 600});
-            let created = http(
+            let created: TokenCreated = json(
                 cfg.api,
                 &credential,
                 "POST",
                 "/v1/tokens",
                 body.to_string().as_bytes(),
-            )?;
-            let created: TokenCreated =
-                serde_json::from_slice(&created).map_err(|e| format!("token: {e}"))?;
+            )
+            .map_err(|source| FleetError::Token {
+                service: name.clone(),
+                source,
+            })?;
             let ep = endpoints[s % endpoints.len()].clone();
             let control = cfg.control;
             let roots = roots.clone();
             joins.push(tokio::spawn(async move {
-                join(&ep, control, created.token, &name, &roots).await
+                join(&ep, control, created.token, &name, &roots)
+                    .await
+                    .map_err(|source| FleetError::Join {
+                        service: name,
+                        source,
+                    })
             }));
         }
         for j in joins {
-            configs.push(j.await.map_err(|e| format!("join task: {e}"))??);
+            configs.push(j.await.map_err(FleetError::JoinTask)??);
         }
-        Ok::<(), String>(())
+        Ok::<(), FleetError>(())
     })?;
     eprintln!(
         "[fleet] {} joins in {:.1} s",
@@ -891,14 +1049,18 @@ pub fn run(cfg: &FleetConfig, command: String) -> Result<FleetReport, String> {
         let cred = credential.clone();
         tokio::task::spawn_blocking(move || apply(api, &cred, &yaml))
             .await
-            .map_err(|e| format!("apply task: {e}"))?
+            .map_err(FleetError::ApplyTask)?
+            .map_err(|source| FleetError::Apply {
+                what: "measured",
+                source,
+            })
     })?;
     let returned_ns = shared.now();
     if result.version != target {
-        return Err(format!(
-            "the apply made config version {}, expected {target} (another writer?)",
-            result.version
-        ));
+        return Err(FleetError::Version {
+            got: result.version,
+            want: target,
+        });
     }
     let want = affected.iter().filter(|a| **a).count();
     let deadline = Instant::now() + cfg.timeout;

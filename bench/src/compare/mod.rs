@@ -50,10 +50,90 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::error_chain;
 use crate::load::{Errors, LoadReport};
 use crate::schedule::LatencySummary;
 use crate::sys;
-use proxies::{Kind, Running};
+use proxies::{Kind, ProbeError, Running, StartError};
+
+/// Why a comparison stopped. (A proxy that fails to start or to answer
+/// is not one: it is skipped with a note.)
+#[derive(Debug, thiserror::Error)]
+pub enum CompareError {
+    #[error("cannot create {}", path.display())]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot resolve {}", path.display())]
+    Canonicalize {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot find own binary")]
+    OwnBinary(#[source] std::io::Error),
+    #[error("the origin did not start")]
+    OriginStart(#[source] StartError),
+    #[error("cannot read the origin's address from its stdout")]
+    OriginStdout(#[source] std::io::Error),
+    #[error("origin printed {line:?}, not its address")]
+    OriginAddress { line: String },
+    #[error("the origin does not answer")]
+    OriginSilent(#[source] ProbeError),
+    #[error("cannot run load through {target}")]
+    LoadSpawn {
+        target: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("load through {target} failed: {status}")]
+    LoadFailed {
+        target: String,
+        status: std::process::ExitStatus,
+    },
+    #[error("load through {target}: unreadable report")]
+    LoadReport {
+        target: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("encoding the results")]
+    Encode(#[source] serde_json::Error),
+    #[error("cannot write {}", path.display())]
+    WriteResults {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Chart(#[from] chart::ChartError),
+}
+
+/// Why one idle-connection measurement did not happen (noted, not fatal).
+#[derive(Debug, thiserror::Error)]
+pub enum IdleError {
+    #[error("the fresh instance did not start")]
+    Start(#[source] StartError),
+    #[error("warm-up request")]
+    Warmup(#[source] ProbeError),
+    #[error("connection {index}")]
+    Connection {
+        index: usize,
+        #[source]
+        source: ProbeError,
+    },
+    #[error("connection {index}: status {status}")]
+    Status { index: usize, status: u16 },
+}
+
+fn create_dir(path: &Path) -> Result<(), CompareError> {
+    std::fs::create_dir_all(path).map_err(|source| CompareError::CreateDir {
+        path: path.to_path_buf(),
+        source,
+    })
+}
 
 /// Command-line options of `compare`.
 #[derive(Debug, Clone)]
@@ -383,7 +463,7 @@ fn log(msg: &str) {
 }
 
 /// Runs the comparison; returns the results after printing the markdown.
-pub fn run(opts: &Options) -> Result<Results, String> {
+pub fn run(opts: &Options) -> Result<Results, CompareError> {
     let started = Instant::now();
     let out_dir = opts.out.parent().map(Path::to_path_buf).unwrap_or_default();
     let out_dir = if out_dir.as_os_str().is_empty() {
@@ -391,13 +471,16 @@ pub fn run(opts: &Options) -> Result<Results, String> {
     } else {
         out_dir
     };
-    std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+    create_dir(&out_dir)?;
     // Absolute: generated configs name their certificates and state
     // directories by this path, and proxies resolve relative paths against
     // their config's directory, not ours.
     let out_dir = out_dir
         .canonicalize()
-        .map_err(|e| format!("{}: {e}", out_dir.display()))?;
+        .map_err(|source| CompareError::Canonicalize {
+            path: out_dir.clone(),
+            source,
+        })?;
     let mut notes = Vec::new();
 
     let nofile = sys::raise_nofile(1 << 20);
@@ -433,7 +516,7 @@ pub fn run(opts: &Options) -> Result<Results, String> {
         "proxy CPUs {pc}; origin and load generator CPUs {lc}"
     ));
 
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find own binary: {e}"))?;
+    let exe = std::env::current_exe().map_err(CompareError::OwnBinary)?;
 
     // Origin.
     let origin = start_origin(&exe, &lc, taskset.as_deref(), &out_dir)?;
@@ -483,10 +566,13 @@ pub fn run(opts: &Options) -> Result<Results, String> {
                         host: ORIGIN_HOST.into(),
                     }),
                     Ok(s) => skip(&mut info, format!("check request got status {s}, not 200")),
-                    Err(e) => skip(&mut info, format!("check request failed: {e}")),
+                    Err(e) => skip(
+                        &mut info,
+                        format!("check request failed: {}", error_chain(&e)),
+                    ),
                 }
             }
-            Err(e) => skip(&mut info, format!("did not start: {e}")),
+            Err(e) => skip(&mut info, format!("did not start: {}", error_chain(&e))),
         }
         infos.push(info);
     }
@@ -526,7 +612,7 @@ pub fn run(opts: &Options) -> Result<Results, String> {
                     notes.extend(m.notes.iter().cloned());
                     mesh = Some(m);
                 }
-                Err(e) => notes.push(format!("policy scenarios: not run: {e}")),
+                Err(e) => notes.push(format!("policy scenarios: not run: {}", error_chain(&e))),
             }
         }
     }
@@ -546,7 +632,7 @@ pub fn run(opts: &Options) -> Result<Results, String> {
                 notes.extend(p.notes.iter().cloned());
                 pairs = Some(p);
             }
-            Err(e) => notes.push(format!("mtls scenarios: not run: {e}")),
+            Err(e) => notes.push(format!("mtls scenarios: not run: {}", error_chain(&e))),
         }
     }
     let direct = Target::direct();
@@ -570,8 +656,8 @@ pub fn run(opts: &Options) -> Result<Results, String> {
             targets.iter().collect()
         }
     };
-    if proxies::probe(origin_addr, "/").is_err() {
-        return Err("the origin does not answer".into());
+    if let Err(e) = proxies::probe(origin_addr, "/") {
+        return Err(CompareError::OriginSilent(e));
     }
 
     // Rounds.
@@ -693,7 +779,7 @@ pub fn run(opts: &Options) -> Result<Results, String> {
                     &pc,
                     taskset.as_deref(),
                 );
-                let measured = fresh.and_then(|mut r| {
+                let measured = fresh.map_err(IdleError::Start).and_then(|mut r| {
                     let s = idle_rss(&r, &t.label, opts.idle_conns, round);
                     r.stop();
                     s
@@ -706,7 +792,11 @@ pub fn run(opts: &Options) -> Result<Results, String> {
                         ));
                         idle.push(s);
                     }
-                    Err(e) => notes.push(format!("{} idle round {round}: {e}", t.label)),
+                    Err(e) => notes.push(format!(
+                        "{} idle round {round}: {}",
+                        t.label,
+                        error_chain(&e)
+                    )),
                 }
             }
         }
@@ -735,7 +825,11 @@ pub fn run(opts: &Options) -> Result<Results, String> {
                         "mtls {}: the inbound proxy made {full} full and {resumed} resumed TLS handshakes for {requests} measured requests (plus warm-ups and checks)",
                         t.label
                     )),
-                    Err(e) => notes.push(format!("mtls {}: handshake counters: {e}", t.label)),
+                    Err(e) => notes.push(format!(
+                        "mtls {}: handshake counters: {}",
+                        t.label,
+                        error_chain(&e)
+                    )),
                 }
             }
         }
@@ -771,10 +865,13 @@ pub fn run(opts: &Options) -> Result<Results, String> {
         idle,
         summary,
     };
-    let json = serde_json::to_string_pretty(&results).map_err(|e| e.to_string())?;
-    std::fs::write(&opts.out, json + "\n").map_err(|e| format!("{}: {e}", opts.out.display()))?;
+    let json = serde_json::to_string_pretty(&results).map_err(CompareError::Encode)?;
+    std::fs::write(&opts.out, json + "\n").map_err(|source| CompareError::WriteResults {
+        path: opts.out.clone(),
+        source,
+    })?;
     if let Some(dir) = &opts.svg_dir {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        create_dir(dir)?;
         chart::write_all(&results, dir)?;
     }
     Ok(results)
@@ -872,11 +969,16 @@ fn start_origin(
     cpus: &str,
     taskset: Option<&Path>,
     dir: &Path,
-) -> Result<Running, String> {
+) -> Result<Running, CompareError> {
     use std::io::BufRead;
     let log_path = dir.join("run").join("origin.log");
-    std::fs::create_dir_all(dir.join("run")).map_err(|e| e.to_string())?;
-    let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
+    proxies::create_dir(&dir.join("run")).map_err(CompareError::OriginStart)?;
+    let log = std::fs::File::create(&log_path).map_err(|source| {
+        CompareError::OriginStart(StartError::Log {
+            path: log_path.clone(),
+            source,
+        })
+    })?;
     let mut child = proxies::pinned(exe, cpus, taskset)
         .args([
             "origin",
@@ -889,18 +991,23 @@ fn start_origin(
         .stdout(Stdio::piped())
         .stderr(log)
         .spawn()
-        .map_err(|e| format!("cannot start the origin: {e}"))?;
+        .map_err(|source| {
+            CompareError::OriginStart(StartError::Spawn {
+                bin: exe.to_path_buf(),
+                source,
+            })
+        })?;
     let stdout = child.stdout.take().expect("piped");
     let mut line = String::new();
     std::io::BufReader::new(stdout)
         .read_line(&mut line)
-        .map_err(|e| e.to_string())?;
+        .map_err(CompareError::OriginStdout)?;
     let addr = line
         .trim()
         .rsplit(' ')
         .next()
         .and_then(|a| a.parse().ok())
-        .ok_or_else(|| format!("origin printed {line:?}, not its address"))?;
+        .ok_or_else(|| CompareError::OriginAddress { line: line.clone() })?;
     Ok(Running {
         child,
         addr,
@@ -946,7 +1053,7 @@ fn measure(
     round: usize,
     opts: &Options,
     calibrate: bool,
-) -> Result<Sample, String> {
+) -> Result<Sample, CompareError> {
     let addr = target.addr(origin);
     let (duration, warmup) = if calibrate {
         (Duration::from_secs(2), Duration::from_millis(500))
@@ -977,19 +1084,25 @@ fn measure(
     let out = cmd
         .stderr(Stdio::inherit())
         .output()
-        .map_err(|e| format!("cannot run load: {e}"))?;
+        .map_err(|source| CompareError::LoadSpawn {
+            target: target.label.clone(),
+            source,
+        })?;
     let cpu1 = cpu_times(&pids);
     let switches1 = context_switches(&pids);
     let segments1 = sys::tcp_out_segments();
     let origin_cpu = sys::tree_cpu_seconds(origin_pid) - origin0;
     if !out.status.success() {
-        return Err(format!(
-            "load through {} failed: {}",
-            target.label, out.status
-        ));
+        return Err(CompareError::LoadFailed {
+            target: target.label.clone(),
+            status: out.status,
+        });
     }
-    let rep: LoadReport = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("load through {}: unreadable report: {e}", target.label))?;
+    let rep: LoadReport =
+        serde_json::from_slice(&out.stdout).map_err(|source| CompareError::LoadReport {
+            target: target.label.clone(),
+            source,
+        })?;
     // The load's own run time (connect, warm-up, measure, drain), not the
     // child's lifetime, which adds process start-up.
     let wall = rep.wall_s.max(1e-3);
@@ -1028,27 +1141,25 @@ fn measure(
 /// A few requests first warm up what every proxy allocates once (the
 /// upstream connection, first buffers), so it is not charged to the idle
 /// connections.
-fn idle_rss(r: &Running, label: &str, n: usize, round: usize) -> Result<IdleSample, String> {
+fn idle_rss(r: &Running, label: &str, n: usize, round: usize) -> Result<IdleSample, IdleError> {
     let pid = r.pid();
     let path = format!("/size/{SMALL}");
     for _ in 0..20 {
-        proxies::probe(r.addr, &path)?;
+        proxies::probe(r.addr, &path).map_err(IdleError::Warmup)?;
     }
     std::thread::sleep(Duration::from_millis(500));
     let before = sys::tree_rss_bytes(pid);
     let mut conns = Vec::with_capacity(n);
     for i in 0..n {
-        let opened = std::net::TcpStream::connect_timeout(&r.addr, Duration::from_secs(2))
-            .and_then(|s| s.set_read_timeout(Some(Duration::from_secs(5))).map(|_| s))
-            .map_err(|e| e.to_string())
+        let opened = proxies::connect(r.addr)
             .and_then(|mut s| proxies::request_on(&mut s, &path).map(|st| (s, st)));
         match opened {
             Ok((s, 200)) => {
                 set_linger_zero(&s);
                 conns.push(s);
             }
-            Ok((_, st)) => return Err(format!("connection {i}: status {st}")),
-            Err(e) => return Err(format!("connection {i}: {e}")),
+            Ok((_, status)) => return Err(IdleError::Status { index: i, status }),
+            Err(source) => return Err(IdleError::Connection { index: i, source }),
         }
     }
     std::thread::sleep(Duration::from_secs(2));
