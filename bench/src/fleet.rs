@@ -678,6 +678,28 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(cfg: &FleetConfig) -> Shared {
+        Shared {
+            base: Instant::now(),
+            ready: AtomicUsize::new(0),
+            failed: AtomicUsize::new(0),
+            errors: Mutex::new(Vec::new()),
+            snapshots: AtomicU64::new(0),
+            compressed_snapshots: AtomicU64::new(0),
+            compression: if cfg.compression {
+                vec![wire::ZSTD.to_string()]
+            } else {
+                Vec::new()
+            },
+            last_snapshot: AtomicU64::new(0),
+            target: AtomicU64::new(0),
+            reached: (0..cfg.sessions).map(|_| AtomicU64::new(0)).collect(),
+            reached_count: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            stopped: tokio::sync::Notify::new(),
+        }
+    }
+
     fn now(&self) -> u64 {
         self.base.elapsed().as_nanos() as u64
     }
@@ -819,7 +841,220 @@ fn spawn_sampler(pid: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64
     })
 }
 
+/// What the run needs from control's data directory, and control's pid.
+struct Access {
+    credential: String,
+    roots: Arc<rustls::RootCertStore>,
+    /// None: control's RSS and CPU are not reported.
+    pid: Option<u32>,
+}
+
+/// Control's resource use, watched from the start of the sessions: its
+/// RSS sampled in the background, its CPU read at each phase boundary.
+struct ControlWatch {
+    pid: Option<u32>,
+    stop: Arc<AtomicBool>,
+    sampler: Option<std::thread::JoinHandle<u64>>,
+    /// CPU seconds when the watch started.
+    cpu0: f64,
+}
+
+impl ControlWatch {
+    fn start(pid: Option<u32>) -> ControlWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampler = pid.map(|p| spawn_sampler(p, stop.clone()));
+        ControlWatch {
+            pid,
+            stop,
+            sampler,
+            cpu0: pid.map_or(0.0, cpu_seconds),
+        }
+    }
+
+    /// Control's CPU seconds now (0 without a pid).
+    fn cpu(&self) -> f64 {
+        self.pid.map_or(0.0, cpu_seconds)
+    }
+
+    /// Control's RSS now (0 without a pid).
+    fn rss(&self) -> u64 {
+        self.pid.map_or(0, rss_bytes)
+    }
+
+    /// Stops the sampler; the peak RSS it saw.
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.sampler.and_then(|h| h.join().ok()).unwrap_or(0)
+    }
+}
+
+/// The sessions of the run, in the order they connect.
+struct Plan {
+    /// Registering sessions first.
+    specs: Vec<SessionSpec>,
+    /// Sessions that register an endpoint.
+    registered: usize,
+    /// Per session index: whether it calls a service the measured apply
+    /// changes.
+    affected: Vec<bool>,
+}
+
+/// The session tasks, started and ready (or failed).
+struct Ramped {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    ramp_s: f64,
+}
+
+/// The quiet time after the ramp.
+struct Settled {
+    settle_s: f64,
+    snapshots_during_ramp: u64,
+    /// Control's RSS and CPU seconds once settled.
+    rss: u64,
+    cpu: f64,
+}
+
+/// What the measured apply changes and who must see it.
+struct Change {
+    /// The first `services` services get the changed Route weights.
+    services: usize,
+    /// The config version the apply must make.
+    version: u64,
+    /// Sessions that call one of those services.
+    affected: usize,
+}
+
+/// The measured apply and the window of its propagation.
+struct Applied {
+    /// The config version the apply made.
+    version: u64,
+    /// Nanoseconds since `Shared::base` when the apply was sent and when
+    /// its answer was read.
+    sent_ns: u64,
+    returned_ns: u64,
+    /// Sessions that call a changed service.
+    affected: usize,
+    /// Control's CPU seconds when the last affected session had the new
+    /// version (or the timeout passed), and after the idle window.
+    cpu_propagated: f64,
+    cpu_idle_end: f64,
+    idle: Duration,
+    /// This process's CPU seconds over the propagation.
+    bench_cpu_s: f64,
+}
+
+/// When the affected sessions had the new version.
+struct Propagation {
+    /// Milliseconds from the apply's answer (0 if before it).
+    from_returned: Vec<f64>,
+    /// Milliseconds from the apply request.
+    from_sent: Vec<f64>,
+    /// How many had it before the apply's answer was read.
+    early: usize,
+}
+
 pub fn run(cfg: &FleetConfig, command: String) -> Result<FleetReport, FleetError> {
+    let access = prepare(cfg)?;
+
+    // 1. The starting config.
+    let changed = cfg.changed.min(cfg.services);
+    let v0 =
+        apply(cfg.api, &access.credential, &config_yaml(cfg.services, 0)).map_err(|source| {
+            FleetError::Apply {
+                what: "starting",
+                source,
+            }
+        })?;
+    eprintln!("[fleet] config version {} (v1 90 / v2 10)", v0.version);
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.threads.max(1))
+        .enable_all()
+        .build()
+        .map_err(FleetError::Runtime)?;
+    let shared = Arc::new(Shared::new(cfg));
+    let watch = ControlWatch::start(access.pid);
+    let _guard = rt.enter();
+    let endpoints = (0..cfg.sockets)
+        .map(|index| client_endpoint().map_err(|source| FleetError::Endpoint { index, source }))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    // 2. Joins, one per service.
+    let configs = join_services(&rt, cfg, &access, &endpoints)?;
+    let plan = Plan::new(cfg, changed);
+
+    // 3. Ramp and settle.
+    let ramped = ramp(&rt, cfg, plan.specs, &endpoints, &configs, &shared);
+    let settled = settle(&rt, cfg, &shared, &watch);
+
+    // 4. The measured apply.
+    let change = Change {
+        services: changed,
+        version: v0.version + 1,
+        affected: plan.affected.iter().filter(|a| **a).count(),
+    };
+    let applied = measured_apply(&rt, cfg, &access, &shared, &watch, &change)?;
+    let propagation = propagation(&shared, &plan.affected, &applied);
+
+    // 5. Control's own record.
+    let recorded = recorded_acks(cfg, &access.credential, change.version);
+
+    let cpu0 = watch.cpu0;
+    let peak = shut_down(&rt, &shared, watch, &endpoints, ramped.tasks);
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let control = access.pid.map(|pid| ControlUsage {
+        pid,
+        rss_settled_mib: mib(settled.rss),
+        rss_peak_sampled_mib: mib(peak),
+        rss_hwm_mib: mib(hwm_bytes(pid)),
+        cpu_ramp_s: settled.cpu - cpu0,
+        cpu_propagation_s: applied.cpu_propagated - settled.cpu,
+        cpu_idle_pct: (applied.cpu_idle_end - applied.cpu_propagated) / applied.idle.as_secs_f64()
+            * 100.0,
+    });
+    let errors = shared
+        .errors
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    Ok(FleetReport {
+        command,
+        sessions: cfg.sessions,
+        services: cfg.services,
+        endpoints_per_service: cfg.endpoints,
+        registered_endpoints: plan.registered,
+        calls_per_session: cfg.calls,
+        distinct_views: cfg.services,
+        certificates: format!(
+            "one join per service ({} joins); each session of a service reuses its certificate and key",
+            cfg.services
+        ),
+        connected: shared.ready.load(Ordering::Relaxed),
+        failed: shared.failed.load(Ordering::Relaxed),
+        errors,
+        ramp_s: ramped.ramp_s,
+        settle_s: settled.settle_s,
+        snapshots_during_ramp: settled.snapshots_during_ramp,
+        compression: if cfg.compression { wire::ZSTD } else { "none" }.to_string(),
+        snapshots: shared.snapshots.load(Ordering::Relaxed),
+        compressed_snapshots: shared.compressed_snapshots.load(Ordering::Relaxed),
+        changed_routes: changed,
+        config_version: applied.version,
+        apply_ms: (applied.returned_ns - applied.sent_ns) as f64 / 1e6,
+        affected: applied.affected,
+        reached: propagation.from_returned.len(),
+        before_apply_returned: propagation.early,
+        propagation: percentiles(propagation.from_returned),
+        propagation_from_request: percentiles(propagation.from_sent),
+        control_recorded_acks: recorded,
+        control,
+        bench_cpu_propagation_s: applied.bench_cpu_s,
+    })
+}
+
+/// Checks the counts; reads the operator credential and control's CA;
+/// finds control's pid; raises RLIMIT_NOFILE.
+fn prepare(cfg: &FleetConfig) -> Result<Access, FleetError> {
     if cfg.services == 0 || cfg.sessions == 0 || cfg.sockets == 0 || cfg.concurrency == 0 {
         return Err(FleetError::Zero);
     }
@@ -847,57 +1082,26 @@ pub fn run(cfg: &FleetConfig, command: String) -> Result<FleetReport, FleetError
             source,
         })?;
     }
-    let roots = Arc::new(roots);
     let pid = cfg.control_pid.or_else(|| find_control(&cfg.data_dir));
     if pid.is_none() {
         eprintln!("[fleet] control's pid not found (pass --control-pid): no RSS/CPU");
     }
     crate::sys::raise_nofile(65536);
+    Ok(Access {
+        credential,
+        roots: Arc::new(roots),
+        pid,
+    })
+}
 
-    // 1. The starting config.
-    let changed = cfg.changed.min(cfg.services);
-    let v0 = apply(cfg.api, &credential, &config_yaml(cfg.services, 0)).map_err(|source| {
-        FleetError::Apply {
-            what: "starting",
-            source,
-        }
-    })?;
-    eprintln!("[fleet] config version {} (v1 90 / v2 10)", v0.version);
-
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cfg.threads.max(1))
-        .enable_all()
-        .build()
-        .map_err(FleetError::Runtime)?;
-    let shared = Arc::new(Shared {
-        base: Instant::now(),
-        ready: AtomicUsize::new(0),
-        failed: AtomicUsize::new(0),
-        errors: Mutex::new(Vec::new()),
-        snapshots: AtomicU64::new(0),
-        compressed_snapshots: AtomicU64::new(0),
-        compression: if cfg.compression {
-            vec![wire::ZSTD.to_string()]
-        } else {
-            Vec::new()
-        },
-        last_snapshot: AtomicU64::new(0),
-        target: AtomicU64::new(0),
-        reached: (0..cfg.sessions).map(|_| AtomicU64::new(0)).collect(),
-        reached_count: AtomicUsize::new(0),
-        stop: AtomicBool::new(false),
-        stopped: tokio::sync::Notify::new(),
-    });
-    let sampler_stop = Arc::new(AtomicBool::new(false));
-    let sampler = pid.map(|p| spawn_sampler(p, sampler_stop.clone()));
-    let cpu0 = pid.map_or(0.0, cpu_seconds);
-
-    let _guard = rt.enter();
-    let endpoints = (0..cfg.sockets)
-        .map(|index| client_endpoint().map_err(|source| FleetError::Endpoint { index, source }))
-        .collect::<Result<Vec<_>, _>>()?;
-
-    // 2. Joins, one per service.
+/// One join per service (a token from the API, then a join over QUIC, all
+/// services at once); the client config of each service's sessions.
+fn join_services(
+    rt: &tokio::runtime::Runtime,
+    cfg: &FleetConfig,
+    access: &Access,
+    endpoints: &[quinn::Endpoint],
+) -> Result<Vec<quinn::ClientConfig>, FleetError> {
     let t_join = Instant::now();
     let mut configs = Vec::with_capacity(cfg.services);
     rt.block_on(async {
@@ -907,7 +1111,7 @@ pub fn run(cfg: &FleetConfig, command: String) -> Result<FleetReport, FleetError
             let body = serde_json::json!({"service": name, "uses": 1, "ttl_secs": 600});
             let created: TokenCreated = json(
                 cfg.api,
-                &credential,
+                &access.credential,
                 "POST",
                 "/v1/tokens",
                 body.to_string().as_bytes(),
@@ -918,7 +1122,7 @@ pub fn run(cfg: &FleetConfig, command: String) -> Result<FleetReport, FleetError
             })?;
             let ep = endpoints[s % endpoints.len()].clone();
             let control = cfg.control;
-            let roots = roots.clone();
+            let roots = access.roots.clone();
             joins.push(tokio::spawn(async move {
                 join(&ep, control, created.token, &name, &roots)
                     .await
@@ -938,47 +1142,69 @@ pub fn run(cfg: &FleetConfig, command: String) -> Result<FleetReport, FleetError
         cfg.services,
         t_join.elapsed().as_secs_f64()
     );
+    Ok(configs)
+}
 
-    // Sessions: registering ones first.
-    let mut specs: Vec<SessionSpec> = (0..cfg.sessions)
-        .map(|i| {
-            let s = i % cfg.services;
-            let replica = i / cfg.services;
-            let register = (replica < cfg.endpoints).then(|| {
-                let port = BASE_PORT + (s * cfg.endpoints + replica) as u16;
-                let version = if replica < cfg.endpoints.div_ceil(2) {
-                    "v1"
-                } else {
-                    "v2"
-                };
-                (
-                    SocketAddr::from(([127, 0, 0, 1], port)),
-                    [("version".to_string(), version.to_string())].into(),
-                )
-            });
-            SessionSpec {
-                idx: i,
-                service: service_name(s),
-                node: format!("fleet-node-{i:05}"),
-                calls: calls_of(s, cfg.services, cfg.calls)
-                    .into_iter()
-                    .map(service_name)
-                    .collect(),
-                register,
-            }
-        })
-        .collect();
-    specs.sort_by_key(|s| (s.register.is_none(), s.idx));
-    let registered = specs.iter().filter(|s| s.register.is_some()).count();
-    let affected: Vec<bool> = (0..cfg.sessions)
-        .map(|i| {
-            calls_of(i % cfg.services, cfg.services, cfg.calls)
-                .iter()
-                .any(|c| *c < changed)
-        })
-        .collect();
+impl Plan {
+    /// Session `i` belongs to service `i % services`; its replica number
+    /// `i / services` below `endpoints` registers an endpoint (the first
+    /// half `v1`, the rest `v2`).
+    fn new(cfg: &FleetConfig, changed: usize) -> Plan {
+        let mut specs: Vec<SessionSpec> = (0..cfg.sessions)
+            .map(|i| {
+                let s = i % cfg.services;
+                let replica = i / cfg.services;
+                let register = (replica < cfg.endpoints).then(|| {
+                    let port = BASE_PORT + (s * cfg.endpoints + replica) as u16;
+                    let version = if replica < cfg.endpoints.div_ceil(2) {
+                        "v1"
+                    } else {
+                        "v2"
+                    };
+                    (
+                        SocketAddr::from(([127, 0, 0, 1], port)),
+                        [("version".to_string(), version.to_string())].into(),
+                    )
+                });
+                SessionSpec {
+                    idx: i,
+                    service: service_name(s),
+                    node: format!("fleet-node-{i:05}"),
+                    calls: calls_of(s, cfg.services, cfg.calls)
+                        .into_iter()
+                        .map(service_name)
+                        .collect(),
+                    register,
+                }
+            })
+            .collect();
+        specs.sort_by_key(|s| (s.register.is_none(), s.idx));
+        let registered = specs.iter().filter(|s| s.register.is_some()).count();
+        let affected: Vec<bool> = (0..cfg.sessions)
+            .map(|i| {
+                calls_of(i % cfg.services, cfg.services, cfg.calls)
+                    .iter()
+                    .any(|c| *c < changed)
+            })
+            .collect();
+        Plan {
+            specs,
+            registered,
+            affected,
+        }
+    }
+}
 
-    // 3. Ramp.
+/// Starts every session (`--concurrency` handshakes at a time) and waits
+/// until each is ready or has failed.
+fn ramp(
+    rt: &tokio::runtime::Runtime,
+    cfg: &FleetConfig,
+    specs: Vec<SessionSpec>,
+    endpoints: &[quinn::Endpoint],
+    configs: &[quinn::ClientConfig],
+    shared: &Arc<Shared>,
+) -> Ramped {
     let t_ramp = Instant::now();
     let sem = Arc::new(tokio::sync::Semaphore::new(cfg.concurrency));
     let mut tasks = Vec::with_capacity(cfg.sessions);
@@ -1016,6 +1242,16 @@ pub fn run(cfg: &FleetConfig, command: String) -> Result<FleetReport, FleetError
         shared.ready.load(Ordering::Relaxed),
         shared.failed.load(Ordering::Relaxed)
     );
+    Ramped { tasks, ramp_s }
+}
+
+/// Waits until no snapshot has arrived for `--settle` (120 s at most).
+fn settle(
+    rt: &tokio::runtime::Runtime,
+    cfg: &FleetConfig,
+    shared: &Shared,
+    watch: &ControlWatch,
+) -> Settled {
     let t_settle = Instant::now();
     rt.block_on(async {
         loop {
@@ -1030,15 +1266,28 @@ pub fn run(cfg: &FleetConfig, command: String) -> Result<FleetReport, FleetError
             }
         }
     });
-    let settle_s = t_settle.elapsed().as_secs_f64();
-    let snapshots_during_ramp = shared.snapshots.load(Ordering::Relaxed);
-    let rss_settled = pid.map_or(0, rss_bytes);
-    let cpu1 = pid.map_or(0.0, cpu_seconds);
+    Settled {
+        settle_s: t_settle.elapsed().as_secs_f64(),
+        snapshots_during_ramp: shared.snapshots.load(Ordering::Relaxed),
+        rss: watch.rss(),
+        cpu: watch.cpu(),
+    }
+}
 
-    // 4. The measured apply.
-    let target = v0.version + 1;
+/// Applies `change` (which must make its config version), waits until
+/// its affected sessions have it or `--timeout` passes, then an idle
+/// window of heartbeats.
+fn measured_apply(
+    rt: &tokio::runtime::Runtime,
+    cfg: &FleetConfig,
+    access: &Access,
+    shared: &Shared,
+    watch: &ControlWatch,
+    change: &Change,
+) -> Result<Applied, FleetError> {
+    let target = change.version;
     shared.target.store(target, Ordering::Release);
-    let yaml = config_yaml(cfg.services, changed);
+    let yaml = config_yaml(cfg.services, change.services);
     let api = cfg.api;
     let bench_cpu1 = {
         let (u, s) = crate::sys::self_cpu_seconds();
@@ -1046,7 +1295,7 @@ pub fn run(cfg: &FleetConfig, command: String) -> Result<FleetReport, FleetError
     };
     let sent_ns = shared.now();
     let result = rt.block_on(async {
-        let cred = credential.clone();
+        let cred = access.credential.clone();
         tokio::task::spawn_blocking(move || apply(api, &cred, &yaml))
             .await
             .map_err(FleetError::ApplyTask)?
@@ -1062,14 +1311,15 @@ pub fn run(cfg: &FleetConfig, command: String) -> Result<FleetReport, FleetError
             want: target,
         });
     }
-    let want = affected.iter().filter(|a| **a).count();
     let deadline = Instant::now() + cfg.timeout;
     rt.block_on(async {
-        while shared.reached_count.load(Ordering::Acquire) < want && Instant::now() < deadline {
+        while shared.reached_count.load(Ordering::Acquire) < change.affected
+            && Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     });
-    let cpu2 = pid.map_or(0.0, cpu_seconds);
+    let cpu_propagated = watch.cpu();
     let bench_cpu2 = {
         let (u, s) = crate::sys::self_cpu_seconds();
         u + s
@@ -1077,27 +1327,47 @@ pub fn run(cfg: &FleetConfig, command: String) -> Result<FleetReport, FleetError
     // Idle window: heartbeats only.
     let idle = Duration::from_secs(5);
     std::thread::sleep(idle);
-    let cpu3 = pid.map_or(0.0, cpu_seconds);
+    Ok(Applied {
+        version: result.version,
+        sent_ns,
+        returned_ns,
+        affected: change.affected,
+        cpu_propagated,
+        cpu_idle_end: watch.cpu(),
+        idle,
+        bench_cpu_s: bench_cpu2 - bench_cpu1,
+    })
+}
 
-    let mut from_returned = Vec::new();
-    let mut from_sent = Vec::new();
-    let mut early = 0;
+/// When each affected session had the new version, from the apply's
+/// answer and from its request.
+fn propagation(shared: &Shared, affected: &[bool], applied: &Applied) -> Propagation {
+    let mut p = Propagation {
+        from_returned: Vec::new(),
+        from_sent: Vec::new(),
+        early: 0,
+    };
     for (i, r) in shared.reached.iter().enumerate() {
         let r = r.load(Ordering::Acquire);
         if r == 0 || !affected[i] {
             continue;
         }
         let at = r - 1;
-        if at < returned_ns {
-            early += 1;
+        if at < applied.returned_ns {
+            p.early += 1;
         }
-        from_returned.push(at.saturating_sub(returned_ns) as f64 / 1e6);
-        from_sent.push(at.saturating_sub(sent_ns) as f64 / 1e6);
+        p.from_returned
+            .push(at.saturating_sub(applied.returned_ns) as f64 / 1e6);
+        p.from_sent
+            .push(at.saturating_sub(applied.sent_ns) as f64 / 1e6);
     }
-    let reached = from_returned.len();
+    p
+}
 
-    // 5. Control's own record.
-    let recorded = http(cfg.api, &credential, "GET", "/v1/proxies", b"")
+/// Sessions whose ACK of config version `target` control has recorded
+/// (`GET /v1/proxies`); None if control could not say.
+fn recorded_acks(cfg: &FleetConfig, credential: &str, target: u64) -> Option<usize> {
+    http(cfg.api, credential, "GET", "/v1/proxies", b"")
         .ok()
         .and_then(|b| serde_json::from_slice::<Vec<ProxyStatus>>(&b).ok())
         .map(|ps| {
@@ -1108,69 +1378,30 @@ pub fn run(cfg: &FleetConfig, command: String) -> Result<FleetReport, FleetError
                         && p.applied_config_version == Some(target)
                 })
                 .count()
-        });
+        })
+}
 
+/// Stops the sessions and the RSS sampler, closes the endpoints, and gives
+/// each session task a second to finish; the peak RSS sampled.
+fn shut_down(
+    rt: &tokio::runtime::Runtime,
+    shared: &Shared,
+    watch: ControlWatch,
+    endpoints: &[quinn::Endpoint],
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+) -> u64 {
     shared.stop.store(true, Ordering::Release);
     shared.stopped.notify_waiters();
-    sampler_stop.store(true, Ordering::Relaxed);
-    let peak = sampler.and_then(|h| h.join().ok()).unwrap_or(0);
+    let peak = watch.stop();
     rt.block_on(async {
-        for ep in &endpoints {
+        for ep in endpoints {
             ep.close(0u32.into(), b"bench done");
         }
         for t in tasks {
             let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
         }
     });
-
-    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-    let control = pid.map(|pid| ControlUsage {
-        pid,
-        rss_settled_mib: mib(rss_settled),
-        rss_peak_sampled_mib: mib(peak),
-        rss_hwm_mib: mib(hwm_bytes(pid)),
-        cpu_ramp_s: cpu1 - cpu0,
-        cpu_propagation_s: cpu2 - cpu1,
-        cpu_idle_pct: (cpu3 - cpu2) / idle.as_secs_f64() * 100.0,
-    });
-    let errors = shared
-        .errors
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    Ok(FleetReport {
-        command,
-        sessions: cfg.sessions,
-        services: cfg.services,
-        endpoints_per_service: cfg.endpoints,
-        registered_endpoints: registered,
-        calls_per_session: cfg.calls,
-        distinct_views: cfg.services,
-        certificates: format!(
-            "one join per service ({} joins); each session of a service reuses its certificate and key",
-            cfg.services
-        ),
-        connected: shared.ready.load(Ordering::Relaxed),
-        failed: shared.failed.load(Ordering::Relaxed),
-        errors,
-        ramp_s,
-        settle_s,
-        snapshots_during_ramp,
-        compression: if cfg.compression { wire::ZSTD } else { "none" }.to_string(),
-        snapshots: shared.snapshots.load(Ordering::Relaxed),
-        compressed_snapshots: shared.compressed_snapshots.load(Ordering::Relaxed),
-        changed_routes: changed,
-        config_version: result.version,
-        apply_ms: (returned_ns - sent_ns) as f64 / 1e6,
-        affected: want,
-        reached,
-        before_apply_returned: early,
-        propagation: percentiles(from_returned),
-        propagation_from_request: percentiles(from_sent),
-        control_recorded_acks: recorded,
-        control,
-        bench_cpu_propagation_s: bench_cpu2 - bench_cpu1,
-    })
+    peak
 }
 
 #[cfg(test)]
