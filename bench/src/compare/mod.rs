@@ -54,7 +54,7 @@ use crate::error_chain;
 use crate::load::{Errors, LoadReport};
 use crate::schedule::LatencySummary;
 use crate::sys;
-use proxies::{Kind, ProbeError, Running, StartError};
+use proxies::{Kind, Pin, ProbeError, Running, StartError};
 
 /// Why a comparison stopped. (A proxy that fails to start or to answer
 /// is not one: it is skipped with a note.)
@@ -478,6 +478,24 @@ struct Setup {
     exe: PathBuf,
 }
 
+impl Setup {
+    /// Where the proxies run.
+    fn proxy_pin(&self) -> Pin<'_> {
+        Pin {
+            cpus: &self.proxy_cpus,
+            taskset: self.taskset.as_deref(),
+        }
+    }
+
+    /// Where the origin, the load generator (and coremesh-control) run.
+    fn load_pin(&self) -> Pin<'_> {
+        Pin {
+            cpus: &self.load_cpus,
+            taskset: self.taskset.as_deref(),
+        }
+    }
+}
+
 /// Every target of the run, started and checked. The fields drop (and
 /// stop their processes) in this order if the run ends early.
 struct Started {
@@ -744,8 +762,7 @@ fn start_one_hop(
             &bin,
             origin,
             &setup.out_dir,
-            &setup.proxy_cpus,
-            setup.taskset.as_deref(),
+            setup.proxy_pin(),
         ) {
             Ok(r) => {
                 info.config = Some(r.config_path.display().to_string());
@@ -806,16 +823,16 @@ fn start_mesh(
         return None;
     }
     log("starting the policy mesh (coremesh-control, a web and an api proxy per target)");
-    match policy::start(
-        &policy_scenarios,
-        &labels,
-        &opts.coremesh_bin,
-        &opts.control_bin,
+    match policy::start(&policy::MeshSpec {
+        scenarios: &policy_scenarios,
+        labels: &labels,
+        proxy_bin: &opts.coremesh_bin,
+        control_bin: &opts.control_bin,
         origin,
-        &setup.out_dir,
-        (&setup.proxy_cpus, &setup.load_cpus),
-        setup.taskset.as_deref(),
-    ) {
+        out_dir: &setup.out_dir,
+        proxies: setup.proxy_pin(),
+        control: setup.load_pin(),
+    }) {
         Ok(m) => {
             infos.extend(m.infos.iter().cloned());
             notes.extend(m.notes.iter().cloned());
@@ -846,8 +863,7 @@ fn start_pairs(
         origin,
         &setup.out_dir,
         setup.nofile,
-        &setup.proxy_cpus,
-        setup.taskset.as_deref(),
+        setup.proxy_pin(),
     ) {
         Ok(p) => {
             infos.extend(p.infos.iter().cloned());
@@ -972,8 +988,7 @@ fn measure_idle(
             bin,
             r.origin,
             &setup.out_dir,
-            &setup.proxy_cpus,
-            setup.taskset.as_deref(),
+            setup.proxy_pin(),
         );
         let measured = fresh.map_err(IdleError::Start).and_then(|mut p| {
             let s = idle_rss(&p, &t.label, r.opts.idle_conns, round);
@@ -1146,7 +1161,9 @@ fn start_origin(setup: &Setup) -> Result<Running, CompareError> {
             source,
         })
     })?;
-    let mut child = proxies::pinned(exe, &setup.load_cpus, setup.taskset.as_deref())
+    let mut child = setup
+        .load_pin()
+        .command(exe)
         .args([
             "origin",
             "--listen",
@@ -1228,7 +1245,7 @@ impl Runner<'_> {
         } else {
             (opts.duration, opts.warmup)
         };
-        let mut cmd = proxies::pinned(&setup.exe, &setup.load_cpus, setup.taskset.as_deref());
+        let mut cmd = setup.load_pin().command(&setup.exe);
         cmd.args(["load", "--json", "--header"])
             .arg(format!("Host: {}", target.host))
             .arg("--url")

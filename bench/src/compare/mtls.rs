@@ -54,7 +54,7 @@ use rcgen::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-use super::proxies::{self, file_label, Kind, ProbeError, Running, StartError};
+use super::proxies::{self, file_label, Kind, Pin, ProbeError, Running, StartError};
 use super::{log, Target, TargetInfo, SMALL};
 use crate::error_chain;
 
@@ -550,7 +550,6 @@ fn side(out_dir: &Path, label: &str, kind: Kind, which: &str) -> Result<Side, Mt
 
 /// Writes `text` to the side's config and starts it: coremesh binds port 0
 /// and reports `listener`'s address; the others listen on `port`.
-#[allow(clippy::too_many_arguments)] // two call sites; each is a distinct fact
 fn launch(
     kind: Kind,
     bin: &Path,
@@ -558,19 +557,11 @@ fn launch(
     text: &str,
     port: u16,
     listener: &str,
-    cpus: &str,
-    taskset: Option<&Path>,
+    pin: Pin<'_>,
 ) -> Result<Running, StartError> {
     proxies::write_config(&s.config, text)?;
     if kind == Kind::Coremesh {
-        proxies::start_coremesh(
-            bin,
-            s.config.clone(),
-            s.log.clone(),
-            listener,
-            cpus,
-            taskset,
-        )
+        proxies::start_coremesh(bin, s.config.clone(), s.log.clone(), listener, pin)
     } else {
         proxies::spawn(
             kind,
@@ -579,23 +570,31 @@ fn launch(
             s.config.clone(),
             port,
             s.log.clone(),
-            cpus,
-            taskset,
+            pin,
         )
     }
 }
 
+/// What every pair of the run shares.
+#[derive(Clone, Copy)]
+struct PairEnv<'a> {
+    pki: &'a PkiFiles,
+    origin: SocketAddr,
+    out_dir: &'a Path,
+    nofile: u64,
+    pin: Pin<'a>,
+}
+
 /// Starts an inbound then an outbound proxy for every target in `resolved`
 /// whose kind has a two-hop TLS configuration here (coremesh, nginx,
-/// HAProxy), all pinned to `cpus`, and checks each pair. A pair that fails
+/// HAProxy), all pinned by `pin`, and checks each pair. A pair that fails
 /// to start or fails a check is skipped with a note.
 pub(super) fn start(
     resolved: &[(String, Kind, PathBuf)],
     origin: SocketAddr,
     out_dir: &Path,
     nofile: u64,
-    cpus: &str,
-    taskset: Option<&Path>,
+    pin: Pin<'_>,
 ) -> Result<Pairs, MtlsError> {
     let configs = out_dir.join("configs");
     let pki = write_pki(&configs.join("mtls"))?;
@@ -639,7 +638,17 @@ pub(super) fn start(
             bin.display()
         ));
         match start_pair(
-            &pki, label, *kind, bin, origin, out_dir, nofile, cpus, taskset, &mut info,
+            &PairEnv {
+                pki: &pki,
+                origin,
+                out_dir,
+                nofile,
+                pin,
+            },
+            label,
+            *kind,
+            bin,
+            &mut info,
         ) {
             Ok((outbound, inbound)) => match check(&pki, outbound.addr, inbound.addr) {
                 Ok(note) => {
@@ -663,19 +672,20 @@ pub(super) fn start(
 
 /// The inbound proxy first (the outbound one needs its address), then the
 /// outbound one.
-#[allow(clippy::too_many_arguments)] // one call site; each is a distinct fact
 fn start_pair(
-    pki: &PkiFiles,
+    env: &PairEnv<'_>,
     label: &str,
     kind: Kind,
     bin: &Path,
-    origin: SocketAddr,
-    out_dir: &Path,
-    nofile: u64,
-    cpus: &str,
-    taskset: Option<&Path>,
     info: &mut TargetInfo,
 ) -> Result<(Running, Running), MtlsError> {
+    let PairEnv {
+        pki,
+        origin,
+        out_dir,
+        nofile,
+        pin,
+    } = *env;
     let port = |k: Kind, side: &'static str| -> Result<u16, MtlsError> {
         if k == Kind::Coremesh {
             Ok(0)
@@ -692,13 +702,12 @@ fn start_pair(
     };
     info.inbound_config = Some(ins.config.display().to_string());
     info.inbound_log = Some(ins.log.display().to_string());
-    let inbound =
-        launch(kind, bin, &ins, &text, in_port, "inbound", cpus, taskset).map_err(|source| {
-            MtlsError::Start {
-                side: "inbound",
-                source,
-            }
-        })?;
+    let inbound = launch(kind, bin, &ins, &text, in_port, "inbound", pin).map_err(|source| {
+        MtlsError::Start {
+            side: "inbound",
+            source,
+        }
+    })?;
 
     let outs = side(out_dir, label, kind, "outbound")?;
     let out_port = port(kind, "outbound")?;
@@ -710,7 +719,7 @@ fn start_pair(
     info.config = Some(outs.config.display().to_string());
     info.log = Some(outs.log.display().to_string());
     let outbound =
-        launch(kind, bin, &outs, &text, out_port, "outbound", cpus, taskset).map_err(|source| {
+        launch(kind, bin, &outs, &text, out_port, "outbound", pin).map_err(|source| {
             MtlsError::Start {
                 side: "outbound",
                 source,

@@ -57,7 +57,7 @@ use std::time::{Duration, Instant};
 use coremesh_api::http::{EndpointStatus, ProxyStatus, TokenCreated};
 use coremesh_api::snapshot::Snapshot;
 
-use super::proxies::{self, file_label, ProbeError, Running, StartError};
+use super::proxies::{self, file_label, Pin, ProbeError, Running, StartError};
 use super::{log, Scenario, Target, TargetInfo, SMALL};
 use crate::error_chain;
 use crate::operator;
@@ -437,14 +437,13 @@ fn parse_listening(line: &str) -> Option<(SocketAddr, SocketAddr)> {
     Some((get("quic=")?, get("api=")?))
 }
 
-/// Starts coremesh-control on a fresh `data_dir`, pinned to `cpus`; waits
+/// Starts coremesh-control on a fresh `data_dir`, pinned by `pin`; waits
 /// for its `listening` line.
 fn start_control(
     bin: &Path,
     data_dir: &Path,
     run_dir: &Path,
-    cpus: &str,
-    taskset: Option<&Path>,
+    pin: Pin<'_>,
 ) -> Result<Control, PolicyError> {
     // A fresh mesh: a data directory left by an earlier run holds its
     // config, and its proxies' state directories certificates of that CA.
@@ -458,7 +457,7 @@ fn start_control(
         })
     };
     let mut log = fs::File::create(&log_path).map_err(log_err)?;
-    let mut cmd = proxies::pinned(bin, cpus, taskset);
+    let mut cmd = pin.command(bin);
     cmd.arg("--data-dir")
         .arg(data_dir)
         .args(["--listen", "127.0.0.1:0", "--api", "127.0.0.1:0"])
@@ -545,31 +544,34 @@ struct Pair {
     info: TargetInfo,
 }
 
-/// Starts control and a web/api pair per target `label` (the coremesh
-/// runs: `coremesh`, `coremesh#2`) and scenario; returns the pairs that
-/// answered their checks. A pair that fails is skipped with a note; an
-/// error means no pair can run (control did not start, the mesh did not
-/// converge).
-#[allow(clippy::too_many_arguments)] // one call site; each is a distinct fact
-pub(super) fn start(
-    scenarios: &[Scenario],
-    labels: &[String],
-    proxy_bin: &Path,
-    control_bin: &Path,
-    origin: SocketAddr,
-    out_dir: &Path,
-    (proxy_cpus, load_cpus): (&str, &str),
-    taskset: Option<&Path>,
-) -> Result<Mesh, PolicyError> {
-    let run_dir = out_dir.join("run");
-    let configs = out_dir.join("configs");
+/// What the mesh of the policy scenarios runs and where.
+pub(super) struct MeshSpec<'a> {
+    pub scenarios: &'a [Scenario],
+    /// The targets: the coremesh runs (`coremesh`, `coremesh#2`).
+    pub labels: &'a [String],
+    pub proxy_bin: &'a Path,
+    pub control_bin: &'a Path,
+    pub origin: SocketAddr,
+    pub out_dir: &'a Path,
+    /// Where the proxies run.
+    pub proxies: Pin<'a>,
+    /// Where coremesh-control runs (with the origin and the load).
+    pub control: Pin<'a>,
+}
+
+/// Starts control and a web/api pair per target label and scenario;
+/// returns the pairs that answered their checks. A pair that fails is
+/// skipped with a note; an error means no pair can run (control did not
+/// start, the mesh did not converge).
+pub(super) fn start(spec: &MeshSpec<'_>) -> Result<Mesh, PolicyError> {
+    let run_dir = spec.out_dir.join("run");
+    let configs = spec.out_dir.join("configs");
     create_dir(&configs)?;
     let control = start_control(
-        control_bin,
+        spec.control_bin,
         &run_dir.join("control-data"),
         &run_dir,
-        load_cpus,
-        taskset,
+        spec.control,
     )?;
     log(&format!(
         "coremesh-control on quic={} api={}",
@@ -581,7 +583,23 @@ pub(super) fn start(
         infos: Vec::new(),
         notes: Vec::new(),
     };
-    let yaml = resources_yaml(scenarios, labels);
+    let version = apply_resources(&mut mesh, spec, &configs)?;
+    let mut pairs = prepare_pairs(&mesh.control, spec, &run_dir)?;
+    start_proxies(&mut pairs, &mesh.control, spec, &configs);
+    let up: Vec<&Pair> = pairs.iter().filter(|p| p.web_run.is_some()).collect();
+    converge(&mesh.control, &up, version)?;
+    check_pairs(&mut mesh, pairs);
+    Ok(mesh)
+}
+
+/// Writes the resources to `<configs>/policy.yaml` and applies them
+/// through the operator API; the config version they made.
+fn apply_resources(
+    mesh: &mut Mesh,
+    spec: &MeshSpec<'_>,
+    configs: &Path,
+) -> Result<u64, PolicyError> {
+    let yaml = resources_yaml(spec.scenarios, spec.labels);
     let yaml_path = configs.join("policy.yaml");
     fs::write(&yaml_path, &yaml).map_err(|source| PolicyError::WriteFile {
         path: yaml_path.clone(),
@@ -604,10 +622,20 @@ pub(super) fn start(
         "policy scenarios: resources applied to coremesh-control from {}",
         yaml_path.display()
     ));
+    Ok(applied.version)
+}
 
+/// A fresh state directory and a join token for both proxies of every
+/// pair, scenario by scenario.
+fn prepare_pairs(
+    control: &Control,
+    spec: &MeshSpec<'_>,
+    run_dir: &Path,
+) -> Result<Vec<Pair>, PolicyError> {
+    let proxy_bin = spec.proxy_bin;
     let mut pairs = Vec::new();
-    for &scenario in scenarios {
-        for label in labels {
+    for &scenario in spec.scenarios {
+        for label in spec.labels {
             let name = format!("policy-{}-{}", short(scenario), file_label(label));
             let member = |side: &str, service: String| -> Result<Member, PolicyError> {
                 let dir = run_dir.join(format!("{name}-{side}"));
@@ -621,8 +649,8 @@ pub(super) fn start(
             };
             let web = member("web", "web".into())?;
             let api = member("api", api_service(scenario, label))?;
-            mesh.control.token(&web)?;
-            mesh.control.token(&api)?;
+            control.token(&web)?;
+            control.token(&api)?;
             pairs.push(Pair {
                 scenario,
                 label: label.clone(),
@@ -646,17 +674,20 @@ pub(super) fn start(
             });
         }
     }
+    Ok(pairs)
+}
 
-    // The api proxies first: their endpoints are registered by the time
-    // the web proxies join.
-    for p in &mut pairs {
+/// The api proxies first (their endpoints are registered by the time the
+/// web proxies join), then the web proxy of every pair whose api proxy
+/// started. One that does not start skips its pair.
+fn start_proxies(pairs: &mut [Pair], control: &Control, spec: &MeshSpec<'_>, configs: &Path) {
+    let (proxy_bin, pin) = (spec.proxy_bin, spec.proxies);
+    for p in pairs.iter_mut() {
         let cfg = configs.join(format!("{}.toml", p.api.node));
-        let text = api_toml(p.scenario, &p.label, mesh.control.quic, &p.api, origin);
+        let text = api_toml(p.scenario, &p.label, control.quic, &p.api, spec.origin);
         p.info.inbound_config = Some(cfg.display().to_string());
         p.info.inbound_log = Some(p.api.dir.join("stderr.log").display().to_string());
-        match write_and_start(
-            proxy_bin, &cfg, &text, &p.api.dir, "inbound", proxy_cpus, taskset,
-        ) {
+        match write_and_start(proxy_bin, &cfg, &text, &p.api.dir, "inbound", pin) {
             Ok(r) => p.api_run = Some(r),
             Err(e) => skip(
                 &mut p.info,
@@ -666,12 +697,10 @@ pub(super) fn start(
     }
     for p in pairs.iter_mut().filter(|p| p.api_run.is_some()) {
         let cfg = configs.join(format!("{}.toml", p.web.node));
-        let text = web_toml(p.scenario, &p.label, mesh.control.quic, &p.web);
+        let text = web_toml(p.scenario, &p.label, control.quic, &p.web);
         p.info.config = Some(cfg.display().to_string());
         p.info.log = Some(p.web.dir.join("stderr.log").display().to_string());
-        match write_and_start(
-            proxy_bin, &cfg, &text, &p.web.dir, "outbound", proxy_cpus, taskset,
-        ) {
+        match write_and_start(proxy_bin, &cfg, &text, &p.web.dir, "outbound", pin) {
             Ok(r) => p.web_run = Some(r),
             Err(e) => skip(
                 &mut p.info,
@@ -679,9 +708,11 @@ pub(super) fn start(
             ),
         }
     }
-    let up: Vec<&Pair> = pairs.iter().filter(|p| p.web_run.is_some()).collect();
-    converge(&mesh.control, &up, applied.version)?;
+}
 
+/// Checks every started pair: the ones that pass become the mesh's
+/// targets, the others are skipped with the reason.
+fn check_pairs(mesh: &mut Mesh, pairs: Vec<Pair>) {
     for mut p in pairs {
         let (Some(web), Some(api)) = (p.web_run.take(), p.api_run.take()) else {
             mesh.infos.push(p.info);
@@ -707,7 +738,6 @@ pub(super) fn start(
         }
         mesh.infos.push(p.info);
     }
-    Ok(mesh)
 }
 
 /// `fs::create_dir_all`, naming the directory on failure.
@@ -751,8 +781,7 @@ fn write_and_start(
     text: &str,
     dir: &Path,
     listener: &str,
-    cpus: &str,
-    taskset: Option<&Path>,
+    pin: Pin<'_>,
 ) -> Result<Running, StartError> {
     proxies::write_config(config, text)?;
     proxies::start_coremesh(
@@ -760,8 +789,7 @@ fn write_and_start(
         config.to_path_buf(),
         dir.join("stderr.log"),
         listener,
-        cpus,
-        taskset,
+        pin,
     )
 }
 

@@ -393,21 +393,31 @@ impl Drop for Running {
     }
 }
 
-/// `taskset -c CPUS` prefix, or nothing when taskset is missing.
-pub fn pinned(bin: &Path, cpus: &str, taskset: Option<&Path>) -> Command {
-    match taskset {
-        Some(t) => {
-            let mut c = Command::new(t);
-            c.arg("-c").arg(cpus).arg(bin);
-            c
+/// Where a process runs: the CPUs (a taskset list) and the taskset that
+/// pins it to them (None: taskset is missing and nothing is pinned).
+#[derive(Debug, Clone, Copy)]
+pub struct Pin<'a> {
+    pub cpus: &'a str,
+    pub taskset: Option<&'a Path>,
+}
+
+impl Pin<'_> {
+    /// `bin` under a `taskset -c CPUS` prefix, or alone when taskset is
+    /// missing.
+    pub fn command(self, bin: &Path) -> Command {
+        match self.taskset {
+            Some(t) => {
+                let mut c = Command::new(t);
+                c.arg("-c").arg(self.cpus).arg(bin);
+                c
+            }
+            None => Command::new(bin),
         }
-        None => Command::new(bin),
     }
 }
 
-/// Writes the configuration, starts the proxy pinned to `cpus`, and waits
+/// Writes the configuration, starts the proxy pinned by `pin`, and waits
 /// until it accepts connections.
-#[allow(clippy::too_many_arguments)] // one call site; each is a distinct fact
 pub fn start(
     nofile: u64,
     kind: Kind,
@@ -415,8 +425,7 @@ pub fn start(
     bin: &Path,
     origin: SocketAddr,
     dir: &Path,
-    cpus: &str,
-    taskset: Option<&Path>,
+    pin: Pin<'_>,
 ) -> Result<Running, StartError> {
     let own = dir.join("run").join(file_label(label));
     create_dir(&own)?;
@@ -431,15 +440,14 @@ pub fn start(
     write_config(&config_path, &config(kind, port, origin, &own, nofile))?;
     let log_path = own.join("stderr.log");
     if kind == Kind::Coremesh {
-        return start_coremesh(bin, config_path, log_path, "outbound", cpus, taskset);
+        return start_coremesh(bin, config_path, log_path, "outbound", pin);
     }
-    spawn(kind, bin, &own, config_path, port, log_path, cpus, taskset)
+    spawn(kind, bin, &own, config_path, port, log_path, pin)
 }
 
 /// Starts a proxy other than coremesh with the configuration already
-/// written at `config_path` (its own files in `own`), pinned to `cpus`,
+/// written at `config_path` (its own files in `own`), pinned by `pin`,
 /// and waits until it accepts connections on `port`.
-#[allow(clippy::too_many_arguments)] // two call sites; each is a distinct fact
 pub fn spawn(
     kind: Kind,
     bin: &Path,
@@ -447,13 +455,12 @@ pub fn spawn(
     config_path: PathBuf,
     port: u16,
     log_path: PathBuf,
-    cpus: &str,
-    taskset: Option<&Path>,
+    pin: Pin<'_>,
 ) -> Result<Running, StartError> {
-    let mut cmd = pinned(bin, cpus, taskset);
+    let mut cmd = pin.command(bin);
     match kind {
         Kind::Coremesh => {
-            return start_coremesh(bin, config_path, log_path, "outbound", cpus, taskset);
+            return start_coremesh(bin, config_path, log_path, "outbound", pin);
         }
         Kind::Nginx => {
             cmd.arg("-p")
@@ -497,8 +504,8 @@ pub fn spawn(
     Ok(running)
 }
 
-/// Starts coremesh with the configuration at `config_path`, pinned to
-/// `cpus`, its output in `log_path`. coremesh binds port 0 and says which
+/// Starts coremesh with the configuration at `config_path`, pinned by
+/// `pin`, its output in `log_path`. coremesh binds port 0 and says which
 /// port it got on stderr (`... bound inbound=ADDR outbound=ADDR
 /// admin=ADDR`); the address named `listener` (`inbound` or `outbound`) is
 /// the one returned in [`Running::addr`], once it accepts connections.
@@ -507,11 +514,10 @@ pub fn start_coremesh(
     config_path: PathBuf,
     log_path: PathBuf,
     listener: &str,
-    cpus: &str,
-    taskset: Option<&Path>,
+    pin: Pin<'_>,
 ) -> Result<Running, StartError> {
     let (log, stdout_log) = open_log(&log_path)?;
-    let mut cmd = pinned(bin, cpus, taskset);
+    let mut cmd = pin.command(bin);
     cmd.arg("--config")
         .arg(&config_path)
         .stdin(Stdio::null())
