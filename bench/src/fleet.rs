@@ -52,7 +52,143 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Serialize;
 
-use crate::operator::{apply, http};
+use crate::error_chain;
+use crate::operator::{apply, http, json, OperatorError};
+
+/// Why a fleet run stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("--sessions, --services, --sockets and --concurrency must be at least 1")]
+    Zero,
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: not a PEM certificate", path.display())]
+    CaPem {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{}: not a usable CA certificate", path.display())]
+    CaCert {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    /// An apply of the starting or of the measured configuration.
+    #[error("applying the {what} configuration")]
+    Apply {
+        what: &'static str,
+        #[source]
+        source: OperatorError,
+    },
+    #[error("the apply task")]
+    ApplyTask(#[source] tokio::task::JoinError),
+    #[error("the apply made config version {got}, expected {want} (another writer?)")]
+    Version { got: u64, want: u64 },
+    #[error("cannot start the tokio runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("client endpoint {index}")]
+    Endpoint {
+        index: usize,
+        #[source]
+        source: EndpointError,
+    },
+    #[error("join token for {service}")]
+    Token {
+        service: String,
+        #[source]
+        source: OperatorError,
+    },
+    #[error("join of {service}")]
+    Join {
+        service: String,
+        #[source]
+        source: JoinError,
+    },
+    #[error("join task")]
+    JoinTask(#[source] tokio::task::JoinError),
+}
+
+/// Why a client UDP socket and QUIC endpoint could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error("UDP socket")]
+    Socket(#[source] std::io::Error),
+    #[error("UDP bind")]
+    Bind(#[source] std::io::Error),
+    #[error("no async runtime")]
+    NoRuntime,
+    #[error("QUIC endpoint")]
+    Quic(#[source] std::io::Error),
+}
+
+/// Why the one join of a service failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error("key")]
+    Key(#[source] rcgen::Error),
+    #[error("CSR")]
+    Csr(#[source] rcgen::Error),
+    #[error("TLS")]
+    Tls(#[source] rustls::Error),
+    #[error("QUIC TLS")]
+    QuicTls(#[source] quinn::crypto::rustls::NoInitialCipherSuite),
+    #[error("join connect")]
+    Connect(#[source] quinn::ConnectError),
+    #[error("join handshake")]
+    Handshake(#[source] quinn::ConnectionError),
+    #[error("join stream")]
+    Stream(#[source] quinn::ConnectionError),
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("answered {answer}")]
+    Answer { answer: String },
+    #[error("certificate")]
+    Certificate(#[source] rustls::pki_types::pem::Error),
+    #[error("key")]
+    KeyPem(#[source] rustls::pki_types::pem::Error),
+    #[error("client cert")]
+    ClientCert(#[source] rustls::Error),
+}
+
+/// Reading or writing control protocol frames on a stream.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("read")]
+    Read(#[source] quinn::ReadError),
+    #[error("write")]
+    Write(#[source] quinn::WriteError),
+    #[error("decoding a frame")]
+    Decode(#[source] wire::FrameError),
+    #[error("encoding a frame")]
+    Encode(#[source] wire::FrameError),
+}
+
+/// Why one simulated session ended early (counted and, for the first few,
+/// kept in the report).
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("connect")]
+    Connect(#[source] quinn::ConnectError),
+    #[error("handshake")]
+    Handshake(#[source] quinn::ConnectionError),
+    #[error("stream")]
+    Stream(#[source] quinn::ConnectionError),
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("control ended the stream")]
+    Ended,
+    #[error("snapshot before welcome")]
+    SnapshotBeforeWelcome,
+    #[error("control: {message}")]
+    Control { message: String },
+    #[error("unexpected {kind}")]
+    Unexpected { kind: String },
+}
 
 /// The name control's QUIC certificate is issued for.
 const SERVER_NAME: &str = "coremesh-control";
@@ -379,40 +515,41 @@ fn transport() -> quinn::TransportConfig {
 
 fn tls_builder(
     roots: &Arc<rustls::RootCertStore>,
-) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>, String> {
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>, JoinError>
+{
     Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_protocol_versions(&[&rustls::version::TLS13])
-    .map_err(|e| format!("TLS: {e}"))?
+    .map_err(JoinError::Tls)?
     .with_root_certificates(roots.clone()))
 }
 
-fn quic_config(tls: rustls::ClientConfig) -> Result<quinn::ClientConfig, String> {
+fn quic_config(tls: rustls::ClientConfig) -> Result<quinn::ClientConfig, JoinError> {
     let mut tls = tls;
     tls.alpn_protocols = vec![wire::ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-        .map_err(|e| format!("QUIC TLS: {e}"))?;
+    let crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(JoinError::QuicTls)?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
     cfg.transport_config(Arc::new(transport()));
     Ok(cfg)
 }
 
-fn client_endpoint() -> Result<quinn::Endpoint, String> {
+fn client_endpoint() -> Result<quinn::Endpoint, EndpointError> {
     let sock = socket2::Socket::new(
         socket2::Domain::IPV4,
         socket2::Type::DGRAM,
         Some(socket2::Protocol::UDP),
     )
-    .map_err(|e| format!("UDP socket: {e}"))?;
+    .map_err(EndpointError::Socket)?;
     // Bursts of thousands of snapshots: let the kernel queue them.
     let _ = sock.set_recv_buffer_size(4 << 20);
     let _ = sock.set_send_buffer_size(4 << 20);
     sock.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
-        .map_err(|e| format!("UDP bind: {e}"))?;
-    let runtime = quinn::default_runtime().ok_or("no async runtime")?;
+        .map_err(EndpointError::Bind)?;
+    let runtime = quinn::default_runtime().ok_or(EndpointError::NoRuntime)?;
     quinn::Endpoint::new(quinn::EndpointConfig::default(), None, sock.into(), runtime)
-        .map_err(|e| format!("QUIC endpoint: {e}"))
+        .map_err(EndpointError::Quic)
 }
 
 struct Frames {
@@ -437,26 +574,24 @@ struct Brief {
 
 impl Frames {
     /// Cancel-safe: a chunk is only taken once it is there.
-    async fn next<T: serde::de::DeserializeOwned>(&mut self) -> Result<Option<T>, String> {
+    async fn next<T: serde::de::DeserializeOwned>(&mut self) -> Result<Option<T>, WireError> {
         loop {
-            if let Some(m) = self.dec.next::<T>().map_err(|e| e.to_string())? {
+            if let Some(m) = self.dec.next::<T>().map_err(WireError::Decode)? {
                 return Ok(Some(m));
             }
             match self.recv.read_chunk(usize::MAX, true).await {
                 Ok(Some(c)) => self.dec.push(&c.bytes),
                 Ok(None) => return Ok(None),
-                Err(e) => return Err(format!("read: {e}")),
+                Err(e) => return Err(WireError::Read(e)),
             }
         }
     }
 }
 
-async fn write(send: &mut quinn::SendStream, msg: &ProxyMsg) -> Result<(), String> {
+async fn write(send: &mut quinn::SendStream, msg: &ProxyMsg) -> Result<(), WireError> {
     let mut buf = Vec::new();
-    wire::encode(msg, &mut buf).map_err(|e| e.to_string())?;
-    send.write_all(&buf)
-        .await
-        .map_err(|e| format!("write: {e}"))
+    wire::encode(msg, &mut buf).map_err(WireError::Encode)?;
+    send.write_all(&buf).await.map_err(WireError::Write)
 }
 
 /// One join: a key and CSR made here, a token from the API; returns the
@@ -467,9 +602,9 @@ async fn join(
     token: String,
     service: &str,
     roots: &Arc<rustls::RootCertStore>,
-) -> Result<quinn::ClientConfig, String> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| format!("key: {e}"))?;
+) -> Result<quinn::ClientConfig, JoinError> {
+    let key =
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(JoinError::Key)?;
     let mut params = rcgen::CertificateParams::default();
     params
         .distinguished_name
@@ -477,17 +612,14 @@ async fn join(
     let csr_pem = params
         .serialize_request(&key)
         .and_then(|c| c.pem())
-        .map_err(|e| format!("CSR: {e}"))?;
+        .map_err(JoinError::Csr)?;
     let cfg = quic_config(tls_builder(roots)?.with_no_client_auth())?;
     let conn = ep
         .connect_with(cfg, control, SERVER_NAME)
-        .map_err(|e| format!("join connect: {e}"))?
+        .map_err(JoinError::Connect)?
         .await
-        .map_err(|e| format!("join handshake: {e}"))?;
-    let (mut send, recv) = conn
-        .open_bi()
-        .await
-        .map_err(|e| format!("join stream: {e}"))?;
+        .map_err(JoinError::Handshake)?;
+    let (mut send, recv) = conn.open_bi().await.map_err(JoinError::Stream)?;
     write(
         &mut send,
         &ProxyMsg::Join {
@@ -504,18 +636,22 @@ async fn join(
     };
     let cert_pem = match frames.next::<ControlMsg>().await? {
         Some(ControlMsg::Joined { cert_pem, .. }) => cert_pem,
-        other => return Err(format!("join of {service}: answered {other:?}")),
+        other => {
+            return Err(JoinError::Answer {
+                answer: format!("{other:?}"),
+            })
+        }
     };
     conn.close(0u32.into(), b"joined");
     let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("certificate: {e}"))?;
-    let key = PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes())
-        .map_err(|e| format!("key: {e}"))?;
+        .map_err(JoinError::Certificate)?;
+    let key =
+        PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).map_err(JoinError::KeyPem)?;
     quic_config(
         tls_builder(roots)?
             .with_client_auth_cert(chain, key)
-            .map_err(|e| format!("client cert: {e}"))?,
+            .map_err(JoinError::ClientCert)?,
     )
 }
 
@@ -542,15 +678,37 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(cfg: &FleetConfig) -> Shared {
+        Shared {
+            base: Instant::now(),
+            ready: AtomicUsize::new(0),
+            failed: AtomicUsize::new(0),
+            errors: Mutex::new(Vec::new()),
+            snapshots: AtomicU64::new(0),
+            compressed_snapshots: AtomicU64::new(0),
+            compression: if cfg.compression {
+                vec![wire::ZSTD.to_string()]
+            } else {
+                Vec::new()
+            },
+            last_snapshot: AtomicU64::new(0),
+            target: AtomicU64::new(0),
+            reached: (0..cfg.sessions).map(|_| AtomicU64::new(0)).collect(),
+            reached_count: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            stopped: tokio::sync::Notify::new(),
+        }
+    }
+
     fn now(&self) -> u64 {
         self.base.elapsed().as_nanos() as u64
     }
 
-    fn fail(&self, e: String) {
+    fn fail(&self, e: &SessionError) {
         self.failed.fetch_add(1, Ordering::Relaxed);
         let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
         if errors.len() < 10 {
-            errors.push(e);
+            errors.push(error_chain(e));
         }
     }
 }
@@ -572,7 +730,7 @@ async fn session(
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     if let Err(e) = session_inner(spec, ep, cfg, control, &shared, permit).await {
-        shared.fail(e);
+        shared.fail(&e);
     }
 }
 
@@ -583,13 +741,13 @@ async fn session_inner(
     control: SocketAddr,
     shared: &Shared,
     permit: tokio::sync::OwnedSemaphorePermit,
-) -> Result<(), String> {
+) -> Result<(), SessionError> {
     let conn = ep
         .connect_with(cfg, control, SERVER_NAME)
-        .map_err(|e| format!("connect: {e}"))?
+        .map_err(SessionError::Connect)?
         .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    let (mut send, recv) = conn.open_bi().await.map_err(|e| format!("stream: {e}"))?;
+        .map_err(SessionError::Handshake)?;
+    let (mut send, recv) = conn.open_bi().await.map_err(SessionError::Stream)?;
     let mut frames = Frames {
         recv,
         dec: FrameDecoder::new(wire::MAX_FRAME),
@@ -620,12 +778,12 @@ async fn session_inner(
         }
         tokio::select! {
             msg = frames.next::<Brief>() => {
-                let s = msg?.ok_or("control ended the stream")?;
+                let s = msg?.ok_or(SessionError::Ended)?;
                 match s.kind.as_str() {
                     "welcome" => welcomed = true,
                     "snapshot" => {
                         if !welcomed {
-                            return Err("snapshot before welcome".into());
+                            return Err(SessionError::SnapshotBeforeWelcome);
                         }
                         write(&mut send, &ProxyMsg::Ack { version: s.version }).await?;
                         let now = shared.now();
@@ -656,9 +814,9 @@ async fn session_inner(
                         }
                     }
                     "error" => {
-                        return Err(format!("control: {}", s.message.unwrap_or_default()))
+                        return Err(SessionError::Control { message: s.message.unwrap_or_default() })
                     }
-                    other => return Err(format!("unexpected {other}")),
+                    other => return Err(SessionError::Unexpected { kind: other.to_string() }),
                 }
             }
             _ = heartbeat.tick() => {
@@ -683,70 +841,267 @@ fn spawn_sampler(pid: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64
     })
 }
 
-pub fn run(cfg: &FleetConfig, command: String) -> Result<FleetReport, String> {
-    if cfg.services == 0 || cfg.sessions == 0 || cfg.sockets == 0 || cfg.concurrency == 0 {
-        return Err(
-            "--sessions, --services, --sockets and --concurrency must be at least 1".into(),
-        );
+/// What the run needs from control's data directory, and control's pid.
+struct Access {
+    credential: String,
+    roots: Arc<rustls::RootCertStore>,
+    /// None: control's RSS and CPU are not reported.
+    pid: Option<u32>,
+}
+
+/// Control's resource use, watched from the start of the sessions: its
+/// RSS sampled in the background, its CPU read at each phase boundary.
+struct ControlWatch {
+    pid: Option<u32>,
+    stop: Arc<AtomicBool>,
+    sampler: Option<std::thread::JoinHandle<u64>>,
+    /// CPU seconds when the watch started.
+    cpu0: f64,
+}
+
+impl ControlWatch {
+    fn start(pid: Option<u32>) -> ControlWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampler = pid.map(|p| spawn_sampler(p, stop.clone()));
+        ControlWatch {
+            pid,
+            stop,
+            sampler,
+            cpu0: pid.map_or(0.0, cpu_seconds),
+        }
     }
-    let credential = std::fs::read_to_string(cfg.data_dir.join("operator.credential"))
-        .map_err(|e| format!("{}/operator.credential: {e}", cfg.data_dir.display()))?
-        .trim()
-        .to_string();
-    let ca_pem = std::fs::read(cfg.data_dir.join("ca.pem"))
-        .map_err(|e| format!("{}/ca.pem: {e}", cfg.data_dir.display()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(&ca_pem) {
-        roots
-            .add(c.map_err(|e| format!("ca.pem: {e}"))?)
-            .map_err(|e| format!("ca.pem: {e}"))?;
+
+    /// Control's CPU seconds now (0 without a pid).
+    fn cpu(&self) -> f64 {
+        self.pid.map_or(0.0, cpu_seconds)
     }
-    let roots = Arc::new(roots);
-    let pid = cfg.control_pid.or_else(|| find_control(&cfg.data_dir));
-    if pid.is_none() {
-        eprintln!("[fleet] control's pid not found (pass --control-pid): no RSS/CPU");
+
+    /// Control's RSS now (0 without a pid).
+    fn rss(&self) -> u64 {
+        self.pid.map_or(0, rss_bytes)
     }
-    crate::sys::raise_nofile(65536);
+
+    /// Stops the sampler; the peak RSS it saw.
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.sampler.and_then(|h| h.join().ok()).unwrap_or(0)
+    }
+}
+
+/// The sessions of the run, in the order they connect.
+struct Plan {
+    /// Registering sessions first.
+    specs: Vec<SessionSpec>,
+    /// Sessions that register an endpoint.
+    registered: usize,
+    /// Per session index: whether it calls a service the measured apply
+    /// changes.
+    affected: Vec<bool>,
+}
+
+/// The session tasks, started and ready (or failed).
+struct Ramped {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    ramp_s: f64,
+}
+
+/// The quiet time after the ramp.
+struct Settled {
+    settle_s: f64,
+    snapshots_during_ramp: u64,
+    /// Control's RSS and CPU seconds once settled.
+    rss: u64,
+    cpu: f64,
+}
+
+/// What the measured apply changes and who must see it.
+struct Change {
+    /// The first `services` services get the changed Route weights.
+    services: usize,
+    /// The config version the apply must make.
+    version: u64,
+    /// Sessions that call one of those services.
+    affected: usize,
+}
+
+/// The measured apply and the window of its propagation.
+struct Applied {
+    /// The config version the apply made.
+    version: u64,
+    /// Nanoseconds since `Shared::base` when the apply was sent and when
+    /// its answer was read.
+    sent_ns: u64,
+    returned_ns: u64,
+    /// Sessions that call a changed service.
+    affected: usize,
+    /// Control's CPU seconds when the last affected session had the new
+    /// version (or the timeout passed), and after the idle window.
+    cpu_propagated: f64,
+    cpu_idle_end: f64,
+    idle: Duration,
+    /// This process's CPU seconds over the propagation.
+    bench_cpu_s: f64,
+}
+
+/// When the affected sessions had the new version.
+struct Propagation {
+    /// Milliseconds from the apply's answer (0 if before it).
+    from_returned: Vec<f64>,
+    /// Milliseconds from the apply request.
+    from_sent: Vec<f64>,
+    /// How many had it before the apply's answer was read.
+    early: usize,
+}
+
+pub fn run(cfg: &FleetConfig, command: String) -> Result<FleetReport, FleetError> {
+    let access = prepare(cfg)?;
 
     // 1. The starting config.
     let changed = cfg.changed.min(cfg.services);
-    let v0 = apply(cfg.api, &credential, &config_yaml(cfg.services, 0))?;
+    let v0 =
+        apply(cfg.api, &access.credential, &config_yaml(cfg.services, 0)).map_err(|source| {
+            FleetError::Apply {
+                what: "starting",
+                source,
+            }
+        })?;
     eprintln!("[fleet] config version {} (v1 90 / v2 10)", v0.version);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.threads.max(1))
         .enable_all()
         .build()
-        .map_err(|e| format!("runtime: {e}"))?;
-    let shared = Arc::new(Shared {
-        base: Instant::now(),
-        ready: AtomicUsize::new(0),
-        failed: AtomicUsize::new(0),
-        errors: Mutex::new(Vec::new()),
-        snapshots: AtomicU64::new(0),
-        compressed_snapshots: AtomicU64::new(0),
-        compression: if cfg.compression {
-            vec![wire::ZSTD.to_string()]
-        } else {
-            Vec::new()
-        },
-        last_snapshot: AtomicU64::new(0),
-        target: AtomicU64::new(0),
-        reached: (0..cfg.sessions).map(|_| AtomicU64::new(0)).collect(),
-        reached_count: AtomicUsize::new(0),
-        stop: AtomicBool::new(false),
-        stopped: tokio::sync::Notify::new(),
-    });
-    let sampler_stop = Arc::new(AtomicBool::new(false));
-    let sampler = pid.map(|p| spawn_sampler(p, sampler_stop.clone()));
-    let cpu0 = pid.map_or(0.0, cpu_seconds);
-
+        .map_err(FleetError::Runtime)?;
+    let shared = Arc::new(Shared::new(cfg));
+    let watch = ControlWatch::start(access.pid);
     let _guard = rt.enter();
     let endpoints = (0..cfg.sockets)
-        .map(|_| client_endpoint())
+        .map(|index| client_endpoint().map_err(|source| FleetError::Endpoint { index, source }))
         .collect::<Result<Vec<_>, _>>()?;
 
     // 2. Joins, one per service.
+    let configs = join_services(&rt, cfg, &access, &endpoints)?;
+    let plan = Plan::new(cfg, changed);
+
+    // 3. Ramp and settle.
+    let ramped = ramp(&rt, cfg, plan.specs, &endpoints, &configs, &shared);
+    let settled = settle(&rt, cfg, &shared, &watch);
+
+    // 4. The measured apply.
+    let change = Change {
+        services: changed,
+        version: v0.version + 1,
+        affected: plan.affected.iter().filter(|a| **a).count(),
+    };
+    let applied = measured_apply(&rt, cfg, &access, &shared, &watch, &change)?;
+    let propagation = propagation(&shared, &plan.affected, &applied);
+
+    // 5. Control's own record.
+    let recorded = recorded_acks(cfg, &access.credential, change.version);
+
+    let cpu0 = watch.cpu0;
+    let peak = shut_down(&rt, &shared, watch, &endpoints, ramped.tasks);
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let control = access.pid.map(|pid| ControlUsage {
+        pid,
+        rss_settled_mib: mib(settled.rss),
+        rss_peak_sampled_mib: mib(peak),
+        rss_hwm_mib: mib(hwm_bytes(pid)),
+        cpu_ramp_s: settled.cpu - cpu0,
+        cpu_propagation_s: applied.cpu_propagated - settled.cpu,
+        cpu_idle_pct: (applied.cpu_idle_end - applied.cpu_propagated) / applied.idle.as_secs_f64()
+            * 100.0,
+    });
+    let errors = shared
+        .errors
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    Ok(FleetReport {
+        command,
+        sessions: cfg.sessions,
+        services: cfg.services,
+        endpoints_per_service: cfg.endpoints,
+        registered_endpoints: plan.registered,
+        calls_per_session: cfg.calls,
+        distinct_views: cfg.services,
+        certificates: format!(
+            "one join per service ({} joins); each session of a service reuses its certificate and key",
+            cfg.services
+        ),
+        connected: shared.ready.load(Ordering::Relaxed),
+        failed: shared.failed.load(Ordering::Relaxed),
+        errors,
+        ramp_s: ramped.ramp_s,
+        settle_s: settled.settle_s,
+        snapshots_during_ramp: settled.snapshots_during_ramp,
+        compression: if cfg.compression { wire::ZSTD } else { "none" }.to_string(),
+        snapshots: shared.snapshots.load(Ordering::Relaxed),
+        compressed_snapshots: shared.compressed_snapshots.load(Ordering::Relaxed),
+        changed_routes: changed,
+        config_version: applied.version,
+        apply_ms: (applied.returned_ns - applied.sent_ns) as f64 / 1e6,
+        affected: applied.affected,
+        reached: propagation.from_returned.len(),
+        before_apply_returned: propagation.early,
+        propagation: percentiles(propagation.from_returned),
+        propagation_from_request: percentiles(propagation.from_sent),
+        control_recorded_acks: recorded,
+        control,
+        bench_cpu_propagation_s: applied.bench_cpu_s,
+    })
+}
+
+/// Checks the counts; reads the operator credential and control's CA;
+/// finds control's pid; raises RLIMIT_NOFILE.
+fn prepare(cfg: &FleetConfig) -> Result<Access, FleetError> {
+    if cfg.services == 0 || cfg.sessions == 0 || cfg.sockets == 0 || cfg.concurrency == 0 {
+        return Err(FleetError::Zero);
+    }
+    let cred_path = cfg.data_dir.join("operator.credential");
+    let credential = std::fs::read_to_string(&cred_path)
+        .map_err(|source| FleetError::Read {
+            path: cred_path,
+            source,
+        })?
+        .trim()
+        .to_string();
+    let ca_path = cfg.data_dir.join("ca.pem");
+    let ca_pem = std::fs::read(&ca_path).map_err(|source| FleetError::Read {
+        path: ca_path.clone(),
+        source,
+    })?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&ca_pem) {
+        let c = c.map_err(|source| FleetError::CaPem {
+            path: ca_path.clone(),
+            source,
+        })?;
+        roots.add(c).map_err(|source| FleetError::CaCert {
+            path: ca_path.clone(),
+            source,
+        })?;
+    }
+    let pid = cfg.control_pid.or_else(|| find_control(&cfg.data_dir));
+    if pid.is_none() {
+        eprintln!("[fleet] control's pid not found (pass --control-pid): no RSS/CPU");
+    }
+    crate::sys::raise_nofile(65536);
+    Ok(Access {
+        credential,
+        roots: Arc::new(roots),
+        pid,
+    })
+}
+
+/// One join per service (a token from the API, then a join over QUIC, all
+/// services at once); the client config of each service's sessions.
+fn join_services(
+    rt: &tokio::runtime::Runtime,
+    cfg: &FleetConfig,
+    access: &Access,
+    endpoints: &[quinn::Endpoint],
+) -> Result<Vec<quinn::ClientConfig>, FleetError> {
     let t_join = Instant::now();
     let mut configs = Vec::with_capacity(cfg.services);
     rt.block_on(async {
@@ -754,73 +1109,102 @@ pub fn run(cfg: &FleetConfig, command: String) -> Result<FleetReport, String> {
         for s in 0..cfg.services {
             let name = service_name(s);
             let body = serde_json::json!({"service": name, "uses": 1, "ttl_secs": 600});
-            let created = http(
+            let created: TokenCreated = json(
                 cfg.api,
-                &credential,
+                &access.credential,
                 "POST",
                 "/v1/tokens",
                 body.to_string().as_bytes(),
-            )?;
-            let created: TokenCreated =
-                serde_json::from_slice(&created).map_err(|e| format!("token: {e}"))?;
+            )
+            .map_err(|source| FleetError::Token {
+                service: name.clone(),
+                source,
+            })?;
             let ep = endpoints[s % endpoints.len()].clone();
             let control = cfg.control;
-            let roots = roots.clone();
+            let roots = access.roots.clone();
             joins.push(tokio::spawn(async move {
-                join(&ep, control, created.token, &name, &roots).await
+                join(&ep, control, created.token, &name, &roots)
+                    .await
+                    .map_err(|source| FleetError::Join {
+                        service: name,
+                        source,
+                    })
             }));
         }
         for j in joins {
-            configs.push(j.await.map_err(|e| format!("join task: {e}"))??);
+            configs.push(j.await.map_err(FleetError::JoinTask)??);
         }
-        Ok::<(), String>(())
+        Ok::<(), FleetError>(())
     })?;
     eprintln!(
         "[fleet] {} joins in {:.1} s",
         cfg.services,
         t_join.elapsed().as_secs_f64()
     );
+    Ok(configs)
+}
 
-    // Sessions: registering ones first.
-    let mut specs: Vec<SessionSpec> = (0..cfg.sessions)
-        .map(|i| {
-            let s = i % cfg.services;
-            let replica = i / cfg.services;
-            let register = (replica < cfg.endpoints).then(|| {
-                let port = BASE_PORT + (s * cfg.endpoints + replica) as u16;
-                let version = if replica < cfg.endpoints.div_ceil(2) {
-                    "v1"
-                } else {
-                    "v2"
-                };
-                (
-                    SocketAddr::from(([127, 0, 0, 1], port)),
-                    [("version".to_string(), version.to_string())].into(),
-                )
-            });
-            SessionSpec {
-                idx: i,
-                service: service_name(s),
-                node: format!("fleet-node-{i:05}"),
-                calls: calls_of(s, cfg.services, cfg.calls)
-                    .into_iter()
-                    .map(service_name)
-                    .collect(),
-                register,
-            }
-        })
-        .collect();
-    specs.sort_by_key(|s| (s.register.is_none(), s.idx));
-    let registered = specs.iter().filter(|s| s.register.is_some()).count();
-    let affected: Vec<bool> = (0..cfg.sessions)
-        .map(|i| {
-            calls_of(i % cfg.services, cfg.services, cfg.calls)
-                .iter()
-                .any(|c| *c < changed)
-        })
-        .collect();
+impl Plan {
+    /// Session `i` belongs to service `i % services`; its replica number
+    /// `i / services` below `endpoints` registers an endpoint (the first
+    /// half `v1`, the rest `v2`).
+    fn new(cfg: &FleetConfig, changed: usize) -> Plan {
+        let mut specs: Vec<SessionSpec> = (0..cfg.sessions)
+            .map(|i| {
+                let s = i % cfg.services;
+                let replica = i / cfg.services;
+                let register = (replica < cfg.endpoints).then(|| {
+                    let port = BASE_PORT + (s * cfg.endpoints + replica) as u16;
+                    let version = if replica < cfg.endpoints.div_ceil(2) {
+                        "v1"
+                    } else {
+                        "v2"
+                    };
+                    (
+                        SocketAddr::from(([127, 0, 0, 1], port)),
+                        [("version".to_string(), version.to_string())].into(),
+                    )
+                });
+                SessionSpec {
+                    idx: i,
+                    service: service_name(s),
+                    node: format!("fleet-node-{i:05}"),
+                    calls: calls_of(s, cfg.services, cfg.calls)
+                        .into_iter()
+                        .map(service_name)
+                        .collect(),
+                    register,
+                }
+            })
+            .collect();
+        specs.sort_by_key(|s| (s.register.is_none(), s.idx));
+        let registered = specs.iter().filter(|s| s.register.is_some()).count();
+        let affected: Vec<bool> = (0..cfg.sessions)
+            .map(|i| {
+                calls_of(i % cfg.services, cfg.services, cfg.calls)
+                    .iter()
+                    .any(|c| *c < changed)
+            })
+            .collect();
+        Plan {
+            specs,
+            registered,
+            affected,
+        }
+    }
+}
 
-    // 3. Ramp.
+/// Starts every session (`--concurrency` handshakes at a time) and waits
+/// until each is ready or has failed.
+fn ramp(
+    rt: &tokio::runtime::Runtime,
+    cfg: &FleetConfig,
+    specs: Vec<SessionSpec>,
+    endpoints: &[quinn::Endpoint],
+    configs: &[quinn::ClientConfig],
+    shared: &Arc<Shared>,
+) -> Ramped {
     let t_ramp = Instant::now();
     let sem = Arc::new(tokio::sync::Semaphore::new(cfg.concurrency));
     let mut tasks = Vec::with_capacity(cfg.sessions);
@@ -858,6 +1242,16 @@ pub fn run(cfg: &FleetConfig, command: String) -> Result<FleetReport, String> {
         shared.ready.load(Ordering::Relaxed),
         shared.failed.load(Ordering::Relaxed)
     );
+    Ramped { tasks, ramp_s }
+}
+
+/// Waits until no snapshot has arrived for `--settle` (120 s at most).
+fn settle(
+    rt: &tokio::runtime::Runtime,
+    cfg: &FleetConfig,
+    shared: &Shared,
+    watch: &ControlWatch,
+) -> Settled {
     let t_settle = Instant::now();
     rt.block_on(async {
         loop {
@@ -872,15 +1266,28 @@ pub fn run(cfg: &FleetConfig, command: String) -> Result<FleetReport, String> {
             }
         }
     });
-    let settle_s = t_settle.elapsed().as_secs_f64();
-    let snapshots_during_ramp = shared.snapshots.load(Ordering::Relaxed);
-    let rss_settled = pid.map_or(0, rss_bytes);
-    let cpu1 = pid.map_or(0.0, cpu_seconds);
+    Settled {
+        settle_s: t_settle.elapsed().as_secs_f64(),
+        snapshots_during_ramp: shared.snapshots.load(Ordering::Relaxed),
+        rss: watch.rss(),
+        cpu: watch.cpu(),
+    }
+}
 
-    // 4. The measured apply.
-    let target = v0.version + 1;
+/// Applies `change` (which must make its config version), waits until
+/// its affected sessions have it or `--timeout` passes, then an idle
+/// window of heartbeats.
+fn measured_apply(
+    rt: &tokio::runtime::Runtime,
+    cfg: &FleetConfig,
+    access: &Access,
+    shared: &Shared,
+    watch: &ControlWatch,
+    change: &Change,
+) -> Result<Applied, FleetError> {
+    let target = change.version;
     shared.target.store(target, Ordering::Release);
-    let yaml = config_yaml(cfg.services, changed);
+    let yaml = config_yaml(cfg.services, change.services);
     let api = cfg.api;
     let bench_cpu1 = {
         let (u, s) = crate::sys::self_cpu_seconds();
@@ -888,26 +1295,31 @@ pub fn run(cfg: &FleetConfig, command: String) -> Result<FleetReport, String> {
     };
     let sent_ns = shared.now();
     let result = rt.block_on(async {
-        let cred = credential.clone();
+        let cred = access.credential.clone();
         tokio::task::spawn_blocking(move || apply(api, &cred, &yaml))
             .await
-            .map_err(|e| format!("apply task: {e}"))?
+            .map_err(FleetError::ApplyTask)?
+            .map_err(|source| FleetError::Apply {
+                what: "measured",
+                source,
+            })
     })?;
     let returned_ns = shared.now();
     if result.version != target {
-        return Err(format!(
-            "the apply made config version {}, expected {target} (another writer?)",
-            result.version
-        ));
+        return Err(FleetError::Version {
+            got: result.version,
+            want: target,
+        });
     }
-    let want = affected.iter().filter(|a| **a).count();
     let deadline = Instant::now() + cfg.timeout;
     rt.block_on(async {
-        while shared.reached_count.load(Ordering::Acquire) < want && Instant::now() < deadline {
+        while shared.reached_count.load(Ordering::Acquire) < change.affected
+            && Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     });
-    let cpu2 = pid.map_or(0.0, cpu_seconds);
+    let cpu_propagated = watch.cpu();
     let bench_cpu2 = {
         let (u, s) = crate::sys::self_cpu_seconds();
         u + s
@@ -915,27 +1327,47 @@ pub fn run(cfg: &FleetConfig, command: String) -> Result<FleetReport, String> {
     // Idle window: heartbeats only.
     let idle = Duration::from_secs(5);
     std::thread::sleep(idle);
-    let cpu3 = pid.map_or(0.0, cpu_seconds);
+    Ok(Applied {
+        version: result.version,
+        sent_ns,
+        returned_ns,
+        affected: change.affected,
+        cpu_propagated,
+        cpu_idle_end: watch.cpu(),
+        idle,
+        bench_cpu_s: bench_cpu2 - bench_cpu1,
+    })
+}
 
-    let mut from_returned = Vec::new();
-    let mut from_sent = Vec::new();
-    let mut early = 0;
+/// When each affected session had the new version, from the apply's
+/// answer and from its request.
+fn propagation(shared: &Shared, affected: &[bool], applied: &Applied) -> Propagation {
+    let mut p = Propagation {
+        from_returned: Vec::new(),
+        from_sent: Vec::new(),
+        early: 0,
+    };
     for (i, r) in shared.reached.iter().enumerate() {
         let r = r.load(Ordering::Acquire);
         if r == 0 || !affected[i] {
             continue;
         }
         let at = r - 1;
-        if at < returned_ns {
-            early += 1;
+        if at < applied.returned_ns {
+            p.early += 1;
         }
-        from_returned.push(at.saturating_sub(returned_ns) as f64 / 1e6);
-        from_sent.push(at.saturating_sub(sent_ns) as f64 / 1e6);
+        p.from_returned
+            .push(at.saturating_sub(applied.returned_ns) as f64 / 1e6);
+        p.from_sent
+            .push(at.saturating_sub(applied.sent_ns) as f64 / 1e6);
     }
-    let reached = from_returned.len();
+    p
+}
 
-    // 5. Control's own record.
-    let recorded = http(cfg.api, &credential, "GET", "/v1/proxies", b"")
+/// Sessions whose ACK of config version `target` control has recorded
+/// (`GET /v1/proxies`); None if control could not say.
+fn recorded_acks(cfg: &FleetConfig, credential: &str, target: u64) -> Option<usize> {
+    http(cfg.api, credential, "GET", "/v1/proxies", b"")
         .ok()
         .and_then(|b| serde_json::from_slice::<Vec<ProxyStatus>>(&b).ok())
         .map(|ps| {
@@ -946,69 +1378,30 @@ pub fn run(cfg: &FleetConfig, command: String) -> Result<FleetReport, String> {
                         && p.applied_config_version == Some(target)
                 })
                 .count()
-        });
+        })
+}
 
+/// Stops the sessions and the RSS sampler, closes the endpoints, and gives
+/// each session task a second to finish; the peak RSS sampled.
+fn shut_down(
+    rt: &tokio::runtime::Runtime,
+    shared: &Shared,
+    watch: ControlWatch,
+    endpoints: &[quinn::Endpoint],
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+) -> u64 {
     shared.stop.store(true, Ordering::Release);
     shared.stopped.notify_waiters();
-    sampler_stop.store(true, Ordering::Relaxed);
-    let peak = sampler.and_then(|h| h.join().ok()).unwrap_or(0);
+    let peak = watch.stop();
     rt.block_on(async {
-        for ep in &endpoints {
+        for ep in endpoints {
             ep.close(0u32.into(), b"bench done");
         }
         for t in tasks {
             let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
         }
     });
-
-    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-    let control = pid.map(|pid| ControlUsage {
-        pid,
-        rss_settled_mib: mib(rss_settled),
-        rss_peak_sampled_mib: mib(peak),
-        rss_hwm_mib: mib(hwm_bytes(pid)),
-        cpu_ramp_s: cpu1 - cpu0,
-        cpu_propagation_s: cpu2 - cpu1,
-        cpu_idle_pct: (cpu3 - cpu2) / idle.as_secs_f64() * 100.0,
-    });
-    let errors = shared
-        .errors
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    Ok(FleetReport {
-        command,
-        sessions: cfg.sessions,
-        services: cfg.services,
-        endpoints_per_service: cfg.endpoints,
-        registered_endpoints: registered,
-        calls_per_session: cfg.calls,
-        distinct_views: cfg.services,
-        certificates: format!(
-            "one join per service ({} joins); each session of a service reuses its certificate and key",
-            cfg.services
-        ),
-        connected: shared.ready.load(Ordering::Relaxed),
-        failed: shared.failed.load(Ordering::Relaxed),
-        errors,
-        ramp_s,
-        settle_s,
-        snapshots_during_ramp,
-        compression: if cfg.compression { wire::ZSTD } else { "none" }.to_string(),
-        snapshots: shared.snapshots.load(Ordering::Relaxed),
-        compressed_snapshots: shared.compressed_snapshots.load(Ordering::Relaxed),
-        changed_routes: changed,
-        config_version: result.version,
-        apply_ms: (returned_ns - sent_ns) as f64 / 1e6,
-        affected: want,
-        reached,
-        before_apply_returned: early,
-        propagation: percentiles(from_returned),
-        propagation_from_request: percentiles(from_sent),
-        control_recorded_acks: recorded,
-        control,
-        bench_cpu_propagation_s: bench_cpu2 - bench_cpu1,
-    })
+    peak
 }
 
 #[cfg(test)]

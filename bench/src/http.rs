@@ -32,6 +32,8 @@ impl fmt::Display for FrameError {
     }
 }
 
+impl std::error::Error for FrameError {}
+
 /// Byte offset just past the blank line ending a head, if `buf` holds one.
 pub fn head_end(buf: &[u8]) -> Option<usize> {
     // Heads here are ~100 bytes; a scan for LF and a look around it is as

@@ -42,25 +42,61 @@ pub mod sys;
 
 use std::time::Duration;
 
+/// Why [`parse_duration`] refused its input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    /// The leading number is missing or malformed.
+    #[error("{input:?} is not a duration (examples: 30s, 500ms, 2m)")]
+    NotANumber {
+        input: String,
+        #[source]
+        source: std::num::ParseFloatError,
+    },
+    /// The number is followed by something other than a known unit.
+    #[error("{input:?}: unknown unit {unit:?} (use ms, s, m or h)")]
+    UnknownUnit { input: String, unit: String },
+}
+
 /// Parses "30s", "500ms", "2m", "1h" or a plain number of seconds ("1.5").
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     let s = s.trim();
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (examples: 30s, 500ms, 2m)"))?;
+    let n: f64 = num.parse().map_err(|source| DurationError::NotANumber {
+        input: s.to_string(),
+        source,
+    })?;
     let secs = match unit {
         "" | "s" => n,
         "ms" => n / 1e3,
         "us" => n / 1e6,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+        _ => {
+            return Err(DurationError::UnknownUnit {
+                input: s.to_string(),
+                unit: unit.to_string(),
+            })
+        }
     };
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// `e` and its causes, outermost first, joined by ": " ("cannot write
+/// x.json: Permission denied (os error 13)"). The error types here leave
+/// their cause out of their own message and return it as
+/// [`std::error::Error::source`]; this is how they are shown to a person.
+pub fn error_chain(e: &(dyn std::error::Error + '_)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 #[cfg(test)]
@@ -75,5 +111,19 @@ mod tests {
         assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
         assert!(parse_duration("3 days").is_err());
         assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn error_chains_name_every_cause() {
+        let e = parse_duration("1.2.3s").unwrap_err();
+        assert_eq!(
+            error_chain(&e),
+            "\"1.2.3s\" is not a duration (examples: 30s, 500ms, 2m): invalid float literal"
+        );
+        let e = parse_duration("3 days").unwrap_err();
+        assert_eq!(
+            error_chain(&e),
+            "\"3 days\": unknown unit \" days\" (use ms, s, m or h)"
+        );
     }
 }

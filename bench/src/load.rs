@@ -231,17 +231,39 @@ pub fn fmt_us(us: f64) -> String {
     }
 }
 
+/// Why [`parse_url`] refused a `--url`.
+#[derive(Debug, thiserror::Error)]
+pub enum UrlError {
+    #[error("--url {url:?}: only http:// URLs are supported")]
+    NotHttp { url: String },
+    #[error("--url {url:?}: no host")]
+    NoHost { url: String },
+    #[error("--url {url:?}: cannot resolve {authority}")]
+    Resolve {
+        url: String,
+        authority: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("--url {url:?}: {authority} resolves to no address")]
+    NoAddress { url: String, authority: String },
+}
+
 /// Splits an `http://host[:port][/path]` URL into (host header, address, path).
-pub fn parse_url(url: &str) -> Result<(String, SocketAddr, String), String> {
+pub fn parse_url(url: &str) -> Result<(String, SocketAddr, String), UrlError> {
     let rest = url
         .strip_prefix("http://")
-        .ok_or_else(|| format!("--url {url:?}: only http:// URLs are supported"))?;
+        .ok_or_else(|| UrlError::NotHttp {
+            url: url.to_string(),
+        })?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
     if authority.is_empty() {
-        return Err(format!("--url {url:?}: no host"));
+        return Err(UrlError::NoHost {
+            url: url.to_string(),
+        });
     }
     let with_port = if authority
         .rsplit_once(':')
@@ -254,9 +276,16 @@ pub fn parse_url(url: &str) -> Result<(String, SocketAddr, String), String> {
     };
     let addr = with_port
         .to_socket_addrs()
-        .map_err(|e| format!("--url {url:?}: cannot resolve {with_port}: {e}"))?
+        .map_err(|source| UrlError::Resolve {
+            url: url.to_string(),
+            authority: with_port.clone(),
+            source,
+        })?
         .next()
-        .ok_or_else(|| format!("--url {url:?}: {with_port} resolves to no address"))?;
+        .ok_or_else(|| UrlError::NoAddress {
+            url: url.to_string(),
+            authority: with_port.clone(),
+        })?;
     Ok((authority.to_string(), addr, path.to_string()))
 }
 

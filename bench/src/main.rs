@@ -9,7 +9,11 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use coremesh_bench::compare::{self, Scenario};
-use coremesh_bench::{fleet, http, load, origin, parse_duration, sys};
+use coremesh_bench::{error_chain, fleet, http, load, origin, parse_duration, sys};
+
+/// What a subcommand fails with: a library error (shown with its causes)
+/// or a message made here.
+type CmdResult = Result<(), Box<dyn std::error::Error>>;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -223,13 +227,13 @@ fn main() -> ExitCode {
     match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("coremesh-bench: {e}");
+            eprintln!("coremesh-bench: {}", error_chain(&*e));
             ExitCode::FAILURE
         }
     }
 }
 
-fn cmd_load(a: LoadArgs) -> Result<(), String> {
+fn cmd_load(a: LoadArgs) -> CmdResult {
     let (host, addr, path) = load::parse_url(&a.url)?;
     let headers = a
         .headers
@@ -273,7 +277,7 @@ fn cmd_load(a: LoadArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn cmd_origin(a: OriginArgs) -> Result<(), String> {
+fn cmd_origin(a: OriginArgs) -> CmdResult {
     sys::raise_nofile(1 << 20);
     let listener = origin::bind(a.listen).map_err(|e| format!("--listen {}: {e}", a.listen))?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
@@ -285,10 +289,11 @@ fn cmd_origin(a: OriginArgs) -> Result<(), String> {
         delay: a.delay,
     };
     origin::serve(listener, cfg, Arc::new(AtomicBool::new(false)))
-        .map_err(|e| format!("origin: {e}"))
+        .map_err(|e| format!("origin: {e}"))?;
+    Ok(())
 }
 
-fn cmd_compare(a: CompareArgs) -> Result<(), String> {
+fn cmd_compare(a: CompareArgs) -> CmdResult {
     let mut scenarios: Vec<Scenario> = Vec::new();
     for s in &a.scenarios {
         let named = match s.trim() {
@@ -337,7 +342,7 @@ fn cmd_compare(a: CompareArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn cmd_fleet(a: FleetArgs) -> Result<(), String> {
+fn cmd_fleet(a: FleetArgs) -> CmdResult {
     let cfg = fleet::FleetConfig {
         sessions: a.sessions,
         control: a.control,

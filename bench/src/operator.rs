@@ -9,6 +9,72 @@ use std::net::{SocketAddr, TcpStream};
 
 use coremesh_api::http::ApplyResult;
 
+/// What went wrong with one operator API request; every variant names the
+/// request (or, before it could be sent, the API address).
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    #[error("API {api}: cannot connect")]
+    Connect {
+        api: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("API {method} {path}: sending the request")]
+    Send {
+        method: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("API {method} {path}: reading the answer")]
+    Receive {
+        method: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("API {method} {path}: no HTTP header in the answer")]
+    NoHeader { method: String, path: String },
+    #[error("API {method} {path}: bad chunked body")]
+    Chunked {
+        method: String,
+        path: String,
+        #[source]
+        source: ChunkError,
+    },
+    /// A non-2xx answer, with what control said.
+    #[error("API {method} {path}: {status}: {body}")]
+    Status {
+        method: String,
+        path: String,
+        status: String,
+        body: String,
+    },
+    /// A 2xx answer whose JSON body is not what was expected.
+    #[error("API {method} {path}: unreadable answer")]
+    Answer {
+        method: String,
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Why a chunked body could not be de-chunked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChunkError {
+    #[error("no line end where a chunk size should be")]
+    NoLineEnd,
+    #[error("bad chunk size {text:?}")]
+    BadSize {
+        text: String,
+        #[source]
+        source: std::num::ParseIntError,
+    },
+    #[error("short chunk")]
+    Short,
+}
+
 /// `METHOD path` with `body`; the body of a 2xx answer (de-chunked), else
 /// an error with the status and what control said.
 pub fn http(
@@ -17,8 +83,10 @@ pub fn http(
     method: &str,
     path: &str,
     body: &[u8],
-) -> Result<Vec<u8>, String> {
-    let mut s = TcpStream::connect(api).map_err(|e| format!("API {api}: {e}"))?;
+) -> Result<Vec<u8>, OperatorError> {
+    let m = || method.to_string();
+    let p = || path.to_string();
+    let mut s = TcpStream::connect(api).map_err(|source| OperatorError::Connect { api, source })?;
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {api}\r\nAuthorization: Bearer {credential}\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n",
@@ -26,55 +94,90 @@ pub fn http(
     );
     s.write_all(head.as_bytes())
         .and_then(|()| s.write_all(body))
-        .map_err(|e| format!("API {method} {path}: {e}"))?;
+        .map_err(|source| OperatorError::Send {
+            method: m(),
+            path: p(),
+            source,
+        })?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)
-        .map_err(|e| format!("API {method} {path}: {e}"))?;
+        .map_err(|source| OperatorError::Receive {
+            method: m(),
+            path: p(),
+            source,
+        })?;
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| format!("API {method} {path}: no HTTP header in the answer"))?;
+        .ok_or_else(|| OperatorError::NoHeader {
+            method: m(),
+            path: p(),
+        })?;
     let head = String::from_utf8_lossy(&raw[..split]).to_string();
     let mut body = raw[split + 4..].to_vec();
     if head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
     {
-        body = dechunk(&body)?;
+        body = dechunk(&body).map_err(|source| OperatorError::Chunked {
+            method: m(),
+            path: p(),
+            source,
+        })?;
     }
     let status = head.split(' ').nth(1).unwrap_or("");
     if !status.starts_with('2') {
-        return Err(format!(
-            "API {method} {path}: {status}: {}",
-            String::from_utf8_lossy(&body)
-        ));
+        return Err(OperatorError::Status {
+            method: m(),
+            path: p(),
+            status: status.to_string(),
+            body: String::from_utf8_lossy(&body).to_string(),
+        });
     }
     Ok(body)
 }
 
-fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
+/// [`http`], its answer read as JSON.
+pub fn json<T: serde::de::DeserializeOwned>(
+    api: SocketAddr,
+    credential: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<T, OperatorError> {
+    let answer = http(api, credential, method, path, body)?;
+    serde_json::from_slice(&answer).map_err(|source| OperatorError::Answer {
+        method: method.to_string(),
+        path: path.to_string(),
+        source,
+    })
+}
+
+fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, ChunkError> {
     let mut out = Vec::new();
     loop {
         let eol = rest
             .windows(2)
             .position(|w| w == b"\r\n")
-            .ok_or("bad chunked body")?;
+            .ok_or(ChunkError::NoLineEnd)?;
         let size_text = String::from_utf8_lossy(&rest[..eol]);
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|_| "bad chunk size")?;
+        let size_text = size_text.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_text, 16).map_err(|source| ChunkError::BadSize {
+            text: size_text.to_string(),
+            source,
+        })?;
         rest = &rest[eol + 2..];
         if size == 0 {
             return Ok(out);
         }
-        out.extend_from_slice(rest.get(..size).ok_or("short chunk")?);
-        rest = rest.get(size + 2..).ok_or("short chunk")?;
+        out.extend_from_slice(rest.get(..size).ok_or(ChunkError::Short)?);
+        rest = rest.get(size + 2..).ok_or(ChunkError::Short)?;
     }
 }
 
 /// `POST /v1/apply` of YAML documents: the new config version.
-pub fn apply(api: SocketAddr, credential: &str, yaml: &str) -> Result<ApplyResult, String> {
-    let body = http(api, credential, "POST", "/v1/apply", yaml.as_bytes())?;
-    serde_json::from_slice(&body).map_err(|e| format!("apply answer: {e}"))
+pub fn apply(api: SocketAddr, credential: &str, yaml: &str) -> Result<ApplyResult, OperatorError> {
+    json(api, credential, "POST", "/v1/apply", yaml.as_bytes())
 }
 
 #[cfg(test)]
@@ -87,5 +190,11 @@ mod tests {
             dechunk(b"3\r\nabc\r\n1\r\nd\r\n0\r\n\r\n").unwrap(),
             b"abcd"
         );
+        assert_eq!(dechunk(b"3\r\nab"), Err(ChunkError::Short));
+        assert_eq!(dechunk(b"3"), Err(ChunkError::NoLineEnd));
+        assert!(matches!(
+            dechunk(b"zz\r\n"),
+            Err(ChunkError::BadSize { text, .. }) if text == "zz"
+        ));
     }
 }

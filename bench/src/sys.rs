@@ -336,31 +336,51 @@ pub fn allowed_cpus() -> Vec<usize> {
         .collect()
 }
 
+/// Why [`parse_cpu_list`] refused its input (`--proxy-cores`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CpuListError {
+    /// A CPU or a range end is not a number.
+    #[error("--proxy-cores: {part:?} is not a CPU number or range (\"3\", \"0,2\", \"1-3\")")]
+    NotANumber {
+        part: String,
+        #[source]
+        source: std::num::ParseIntError,
+    },
+    /// A range whose first CPU is above its last.
+    #[error("--proxy-cores: {part:?} is not a CPU number or range (\"3\", \"0,2\", \"1-3\"): it runs backwards")]
+    Backwards { part: String },
+    /// No CPU at all.
+    #[error("--proxy-cores: empty CPU list")]
+    Empty,
+}
+
 /// Parses a CPU list as taskset takes it: "3", "0,2", "1-3".
-pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
+pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, CpuListError> {
     let mut out = BTreeSet::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let bad = || {
-            format!(
-                "--proxy-cores: {part:?} is not a CPU number or range (\"3\", \"0,2\", \"1-3\")"
-            )
+        let num = |n: &str| -> Result<usize, CpuListError> {
+            n.parse().map_err(|source| CpuListError::NotANumber {
+                part: part.to_string(),
+                source,
+            })
         };
         match part.split_once('-') {
             Some((a, b)) => {
-                let (a, b): (usize, usize) =
-                    (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                let (a, b) = (num(a)?, num(b)?);
                 if a > b {
-                    return Err(bad());
+                    return Err(CpuListError::Backwards {
+                        part: part.to_string(),
+                    });
                 }
                 out.extend(a..=b);
             }
             None => {
-                out.insert(part.parse().map_err(|_| bad())?);
+                out.insert(num(part)?);
             }
         }
     }
     if out.is_empty() {
-        return Err("--proxy-cores: empty CPU list".into());
+        return Err(CpuListError::Empty);
     }
     Ok(out.into_iter().collect())
 }

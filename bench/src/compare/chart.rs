@@ -9,7 +9,7 @@
 //!   (direct included), log scale; `latency-mtls.svg` the same for the
 //!   mesh-hop pairs (`mtls-rate`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -20,12 +20,27 @@ use super::{Results, Scenario, DIRECT};
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
 
-fn err<E: std::fmt::Debug>(e: E) -> String {
-    format!("drawing chart: {e:?}")
+/// Why a chart could not be drawn or written.
+#[derive(Debug, thiserror::Error)]
+pub enum ChartError {
+    #[error("drawing chart {}", path.display())]
+    Draw {
+        path: PathBuf,
+        #[source]
+        source: DrawingAreaErrorKind<std::io::Error>,
+    },
+}
+
+/// Wraps a plotters error of the chart at `path`.
+fn err(path: &Path) -> impl Fn(DrawingAreaErrorKind<std::io::Error>) -> ChartError + Copy + '_ {
+    move |source| ChartError::Draw {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Writes every chart that has data into `dir`.
-pub fn write_all(r: &Results, dir: &Path) -> Result<(), String> {
+pub fn write_all(r: &Results, dir: &Path) -> Result<(), ChartError> {
     let order = target_order(r);
     let proxies: Vec<String> = order.iter().filter(|t| *t != DIRECT).cloned().collect();
     let sat: Vec<Scenario> = [
@@ -96,7 +111,8 @@ fn grouped_bars(
     scenarios: &[Scenario],
     targets: &[String],
     metric: &str,
-) -> Result<(), String> {
+) -> Result<(), ChartError> {
+    let err = err(path);
     let ymax = r
         .summary
         .iter()
@@ -165,7 +181,7 @@ fn grouped_bars(
         ))
         .map_err(err)?;
     }
-    draw_legend(&legend, targets)?;
+    draw_legend(&legend, targets, path)?;
     root.present().map_err(err)
 }
 
@@ -175,7 +191,8 @@ fn latency_lines(
     targets: &[String],
     scenario: Scenario,
     rate: f64,
-) -> Result<(), String> {
+) -> Result<(), ChartError> {
+    let err = err(path);
     const PCTS: [(&str, &str); 4] = [
         ("p50", "p50_us"),
         ("p90", "p90_us"),
@@ -246,11 +263,12 @@ fn latency_lines(
         ))
         .map_err(err)?;
     }
-    draw_legend(&legend, targets)?;
+    draw_legend(&legend, targets, path)?;
     root.present().map_err(err)
 }
 
-fn draw_legend(area: &Area, targets: &[String]) -> Result<(), String> {
+fn draw_legend(area: &Area, targets: &[String], path: &Path) -> Result<(), ChartError> {
+    let err = err(path);
     let style =
         TextStyle::from(("sans-serif", 14).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
     for (i, t) in targets.iter().enumerate() {

@@ -50,10 +50,90 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::error_chain;
 use crate::load::{Errors, LoadReport};
 use crate::schedule::LatencySummary;
 use crate::sys;
-use proxies::{Kind, Running};
+use proxies::{Kind, Pin, ProbeError, Running, StartError};
+
+/// Why a comparison stopped. (A proxy that fails to start or to answer
+/// is not one: it is skipped with a note.)
+#[derive(Debug, thiserror::Error)]
+pub enum CompareError {
+    #[error("cannot create {}", path.display())]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot resolve {}", path.display())]
+    Canonicalize {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot find own binary")]
+    OwnBinary(#[source] std::io::Error),
+    #[error("the origin did not start")]
+    OriginStart(#[source] StartError),
+    #[error("cannot read the origin's address from its stdout")]
+    OriginStdout(#[source] std::io::Error),
+    #[error("origin printed {line:?}, not its address")]
+    OriginAddress { line: String },
+    #[error("the origin does not answer")]
+    OriginSilent(#[source] ProbeError),
+    #[error("cannot run load through {target}")]
+    LoadSpawn {
+        target: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("load through {target} failed: {status}")]
+    LoadFailed {
+        target: String,
+        status: std::process::ExitStatus,
+    },
+    #[error("load through {target}: unreadable report")]
+    LoadReport {
+        target: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("encoding the results")]
+    Encode(#[source] serde_json::Error),
+    #[error("cannot write {}", path.display())]
+    WriteResults {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Chart(#[from] chart::ChartError),
+}
+
+/// Why one idle-connection measurement did not happen (noted, not fatal).
+#[derive(Debug, thiserror::Error)]
+pub enum IdleError {
+    #[error("the fresh instance did not start")]
+    Start(#[source] StartError),
+    #[error("warm-up request")]
+    Warmup(#[source] ProbeError),
+    #[error("connection {index}")]
+    Connection {
+        index: usize,
+        #[source]
+        source: ProbeError,
+    },
+    #[error("connection {index}: status {status}")]
+    Status { index: usize, status: u16 },
+}
+
+fn create_dir(path: &Path) -> Result<(), CompareError> {
+    std::fs::create_dir_all(path).map_err(|source| CompareError::CreateDir {
+        path: path.to_path_buf(),
+        source,
+    })
+}
 
 /// Command-line options of `compare`.
 #[derive(Debug, Clone)]
@@ -382,23 +462,204 @@ fn log(msg: &str) {
     eprintln!("[compare] {msg}");
 }
 
+/// Where the run keeps its files and how it pins its processes: from the
+/// options and the machine, before anything starts.
+struct Setup {
+    /// `--out`'s directory, absolute.
+    out_dir: PathBuf,
+    /// RLIMIT_NOFILE after raising it (the proxies' limits follow it).
+    nofile: u64,
+    /// The proxies' CPUs, as a taskset list.
+    proxy_cpus: String,
+    /// The origin's and the load generator's CPUs, as a taskset list.
+    load_cpus: String,
+    taskset: Option<PathBuf>,
+    /// This binary: the origin and the load generator are its subcommands.
+    exe: PathBuf,
+}
+
+impl Setup {
+    /// Where the proxies run.
+    fn proxy_pin(&self) -> Pin<'_> {
+        Pin {
+            cpus: &self.proxy_cpus,
+            taskset: self.taskset.as_deref(),
+        }
+    }
+
+    /// Where the origin, the load generator (and coremesh-control) run.
+    fn load_pin(&self) -> Pin<'_> {
+        Pin {
+            cpus: &self.load_cpus,
+            taskset: self.taskset.as_deref(),
+        }
+    }
+}
+
+/// Every target of the run, started and checked. The fields drop (and
+/// stop their processes) in this order if the run ends early.
+struct Started {
+    /// The pairs of the mtls scenarios.
+    pairs: Option<mtls::Pairs>,
+    /// The mesh of the policy scenarios.
+    mesh: Option<policy::Mesh>,
+    /// `direct`, then the one-hop proxies.
+    one_hop: Vec<Target>,
+    /// The baseline of the mtls scenarios.
+    direct: Target,
+    /// Every proxy the run tried, skipped ones with the reason.
+    infos: Vec<TargetInfo>,
+}
+
+impl Started {
+    /// The targets `s` runs through.
+    fn targets_for(&self, s: Scenario) -> Vec<&Target> {
+        if s.is_policy() {
+            self.mesh.as_ref().map_or(Vec::new(), |m| {
+                m.targets
+                    .iter()
+                    .filter(|(sc, _)| *sc == s)
+                    .map(|(_, t)| t)
+                    .collect()
+            })
+        } else if s.is_mtls() {
+            std::iter::once(&self.direct)
+                .chain(self.pairs.as_ref().map_or(&[][..], |p| &p.targets[..]))
+                .collect()
+        } else {
+            self.one_hop.iter().collect()
+        }
+    }
+
+    /// Stops every proxy: the one-hop ones, the mesh, then the pairs,
+    /// after noting what coremesh's inbound proxies saw of `samples`.
+    fn stop(&mut self, samples: &[Sample], notes: &mut Vec<String>) {
+        for t in &mut self.one_hop {
+            for r in &mut t.running {
+                r.stop();
+            }
+        }
+        if let Some(m) = self.mesh.as_mut() {
+            m.stop();
+        }
+        if let Some(p) = self.pairs.as_mut() {
+            // What coremesh's inbound proxies saw: whether pooling and
+            // session resumption held (a handshake per request would show).
+            for t in p.targets.iter().filter(|t| t.label.starts_with(COREMESH)) {
+                if let Some(inbound) = t.running.get(1) {
+                    let requests: u64 = samples
+                        .iter()
+                        .filter(|s| s.scenario.is_mtls() && s.target == t.label)
+                        .map(|s| s.responses_total)
+                        .sum();
+                    match mtls::coremesh_handshakes(&inbound.log_path) {
+                        Ok((full, resumed)) => notes.push(format!(
+                            "mtls {}: the inbound proxy made {full} full and {resumed} resumed TLS handshakes for {requests} measured requests (plus warm-ups and checks)",
+                            t.label
+                        )),
+                        Err(e) => notes.push(format!(
+                            "mtls {}: handshake counters: {}",
+                            t.label,
+                            error_chain(&e)
+                        )),
+                    }
+                }
+            }
+            for t in &mut p.targets {
+                for r in &mut t.running {
+                    r.stop();
+                }
+            }
+        }
+    }
+}
+
+/// What the rounds measured, and the fixed rates they ran at.
+struct Measured {
+    samples: Vec<Sample>,
+    idle: Vec<IdleSample>,
+    /// The fixed rate of `rate` (one hop); 0 until known.
+    rate: f64,
+    /// The fixed rate of `mtls-rate` (the pairs); 0 until known.
+    mtls_rate: f64,
+}
+
+impl Measured {
+    /// The rate `scenario` runs at: its fixed rate, picked from this run's
+    /// saturation samples the first time it is needed, or 0 (closed loop).
+    fn rate_for(&mut self, scenario: Scenario) -> f64 {
+        let slot = match scenario {
+            Scenario::Rate => &mut self.rate,
+            Scenario::MtlsRate => &mut self.mtls_rate,
+            _ => return 0.0,
+        };
+        if *slot <= 0.0 {
+            *slot = pick_rate(
+                &self.samples,
+                scenario.saturation().unwrap_or(Scenario::Small),
+            );
+            log(&format!(
+                "fixed rate for {}: {:.0} req/s",
+                scenario.name(),
+                *slot
+            ));
+        }
+        *slot
+    }
+}
+
+/// What every load run shares: the setup, the options, the origin.
+struct Runner<'a> {
+    setup: &'a Setup,
+    opts: &'a Options,
+    origin: SocketAddr,
+    origin_pid: u32,
+}
+
 /// Runs the comparison; returns the results after printing the markdown.
-pub fn run(opts: &Options) -> Result<Results, String> {
-    let started = Instant::now();
+pub fn run(opts: &Options) -> Result<Results, CompareError> {
+    let started_at = Instant::now();
+    let mut notes = Vec::new();
+    let setup = prepare(opts, &mut notes)?;
+    let origin = start_origin(&setup)?;
+    log(&format!("origin on {}", origin.addr));
+    let mut started = start_targets(opts, &setup, origin.addr, &mut notes);
+    if let Err(e) = proxies::probe(origin.addr, "/") {
+        return Err(CompareError::OriginSilent(e));
+    }
+    let runner = Runner {
+        setup: &setup,
+        opts,
+        origin: origin.addr,
+        origin_pid: origin.pid(),
+    };
+    let measured = measure_rounds(&runner, &started, &mut notes)?;
+    started.stop(&measured.samples, &mut notes);
+    drop(origin);
+    let results = summarise(opts, setup, started_at, started.infos, notes, measured);
+    write_results(opts, &results)?;
+    Ok(results)
+}
+
+/// The output directory, the file-descriptor limit, the CPU split, taskset
+/// and this binary; notes what falls short.
+fn prepare(opts: &Options, notes: &mut Vec<String>) -> Result<Setup, CompareError> {
     let out_dir = opts.out.parent().map(Path::to_path_buf).unwrap_or_default();
     let out_dir = if out_dir.as_os_str().is_empty() {
         PathBuf::from(".")
     } else {
         out_dir
     };
-    std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+    create_dir(&out_dir)?;
     // Absolute: generated configs name their certificates and state
     // directories by this path, and proxies resolve relative paths against
     // their config's directory, not ours.
     let out_dir = out_dir
         .canonicalize()
-        .map_err(|e| format!("{}: {e}", out_dir.display()))?;
-    let mut notes = Vec::new();
+        .map_err(|source| CompareError::Canonicalize {
+            path: out_dir.clone(),
+            source,
+        })?;
 
     let nofile = sys::raise_nofile(1 << 20);
     if proxies::max_conns(nofile) < opts.idle_conns as u64 + 100 {
@@ -433,17 +694,49 @@ pub fn run(opts: &Options) -> Result<Results, String> {
         "proxy CPUs {pc}; origin and load generator CPUs {lc}"
     ));
 
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find own binary: {e}"))?;
+    let exe = std::env::current_exe().map_err(CompareError::OwnBinary)?;
+    Ok(Setup {
+        out_dir,
+        nofile,
+        proxy_cpus: pc,
+        load_cpus: lc,
+        taskset,
+        exe,
+    })
+}
 
-    // Origin.
-    let origin = start_origin(&exe, &lc, taskset.as_deref(), &out_dir)?;
-    let origin_addr = origin.addr;
-    log(&format!("origin on {origin_addr}"));
-
-    // Proxies: one-hop targets for the plain scenarios, mesh pairs for the
-    // policy ones.
+/// Proxies: one-hop targets for the plain scenarios, mesh pairs for the
+/// policy ones, two-hop pairs for the mtls ones. What does not start or
+/// answer is skipped with a note.
+fn start_targets(
+    opts: &Options,
+    setup: &Setup,
+    origin: SocketAddr,
+    notes: &mut Vec<String>,
+) -> Started {
     let mut infos = Vec::new();
     let resolved = resolve_proxies(opts, &mut infos);
+    let one_hop = start_one_hop(opts, setup, origin, &resolved, &mut infos);
+    let mesh = start_mesh(opts, setup, origin, &resolved, &mut infos, notes);
+    let pairs = start_pairs(opts, setup, origin, &resolved, &mut infos, notes);
+    Started {
+        pairs,
+        mesh,
+        one_hop,
+        direct: Target::direct(),
+        infos,
+    }
+}
+
+/// `direct`, then every resolved proxy that starts and answers the check
+/// request (none unless a one-hop scenario runs).
+fn start_one_hop(
+    opts: &Options,
+    setup: &Setup,
+    origin: SocketAddr,
+    resolved: &[(String, Kind, PathBuf)],
+    infos: &mut Vec<TargetInfo>,
+) -> Vec<Target> {
     let one_hop_wanted = opts.scenarios.iter().any(|s| s.is_one_hop());
     let mut targets = vec![Target::direct()];
     for (label, kind, bin) in resolved.iter().filter(|_| one_hop_wanted).cloned() {
@@ -463,14 +756,13 @@ pub fn run(opts: &Options) -> Result<Results, String> {
         };
         log(&format!("starting {label} ({})", bin.display()));
         match proxies::start(
-            nofile,
+            setup.nofile,
             kind,
             &label,
             &bin,
-            origin_addr,
-            &out_dir,
-            &pc,
-            taskset.as_deref(),
+            origin,
+            &setup.out_dir,
+            setup.proxy_pin(),
         ) {
             Ok(r) => {
                 info.config = Some(r.config_path.display().to_string());
@@ -483,184 +775,135 @@ pub fn run(opts: &Options) -> Result<Results, String> {
                         host: ORIGIN_HOST.into(),
                     }),
                     Ok(s) => skip(&mut info, format!("check request got status {s}, not 200")),
-                    Err(e) => skip(&mut info, format!("check request failed: {e}")),
+                    Err(e) => skip(
+                        &mut info,
+                        format!("check request failed: {}", error_chain(&e)),
+                    ),
                 }
             }
-            Err(e) => skip(&mut info, format!("did not start: {e}")),
+            Err(e) => skip(&mut info, format!("did not start: {}", error_chain(&e))),
         }
         infos.push(info);
     }
+    targets
+}
+
+/// The mesh of the policy scenarios, if any runs and it can: the coremesh
+/// runs of the default build and coremesh-control are needed.
+fn start_mesh(
+    opts: &Options,
+    setup: &Setup,
+    origin: SocketAddr,
+    resolved: &[(String, Kind, PathBuf)],
+    infos: &mut Vec<TargetInfo>,
+    notes: &mut Vec<String>,
+) -> Option<policy::Mesh> {
     let policy_scenarios: Vec<Scenario> = [Scenario::PolicyPlain, Scenario::PolicyFull]
         .into_iter()
         .filter(|s| opts.scenarios.contains(s))
         .collect();
-    let mut mesh = None;
-    if !policy_scenarios.is_empty() {
-        // The coremesh runs of the default build (coremesh, coremesh#2).
-        let labels: Vec<String> = resolved
-            .iter()
-            .filter(|(_, kind, bin)| *kind == Kind::Coremesh && *bin == opts.coremesh_bin)
-            .map(|(label, _, _)| label.clone())
-            .collect();
-        if labels.is_empty() {
-            notes.push("policy scenarios: no coremesh binary, nothing to run".into());
-        } else if !proxies::is_executable(&opts.control_bin) {
-            notes.push(format!(
-                "policy scenarios: {} not found; build it with `cargo build --release -p coremesh-control` or pass --control-bin",
-                opts.control_bin.display()
-            ));
-        } else {
-            log("starting the policy mesh (coremesh-control, a web and an api proxy per target)");
-            match policy::start(
-                &policy_scenarios,
-                &labels,
-                &opts.coremesh_bin,
-                &opts.control_bin,
-                origin_addr,
-                &out_dir,
-                (&pc, &lc),
-                taskset.as_deref(),
-            ) {
-                Ok(m) => {
-                    infos.extend(m.infos.iter().cloned());
-                    notes.extend(m.notes.iter().cloned());
-                    mesh = Some(m);
-                }
-                Err(e) => notes.push(format!("policy scenarios: not run: {e}")),
-            }
+    if policy_scenarios.is_empty() {
+        return None;
+    }
+    // The coremesh runs of the default build (coremesh, coremesh#2).
+    let labels: Vec<String> = resolved
+        .iter()
+        .filter(|(_, kind, bin)| *kind == Kind::Coremesh && *bin == opts.coremesh_bin)
+        .map(|(label, _, _)| label.clone())
+        .collect();
+    if labels.is_empty() {
+        notes.push("policy scenarios: no coremesh binary, nothing to run".into());
+        return None;
+    }
+    if !proxies::is_executable(&opts.control_bin) {
+        notes.push(format!(
+            "policy scenarios: {} not found; build it with `cargo build --release -p coremesh-control` or pass --control-bin",
+            opts.control_bin.display()
+        ));
+        return None;
+    }
+    log("starting the policy mesh (coremesh-control, a web and an api proxy per target)");
+    match policy::start(&policy::MeshSpec {
+        scenarios: &policy_scenarios,
+        labels: &labels,
+        proxy_bin: &opts.coremesh_bin,
+        control_bin: &opts.control_bin,
+        origin,
+        out_dir: &setup.out_dir,
+        proxies: setup.proxy_pin(),
+        control: setup.load_pin(),
+    }) {
+        Ok(m) => {
+            infos.extend(m.infos.iter().cloned());
+            notes.extend(m.notes.iter().cloned());
+            Some(m)
+        }
+        Err(e) => {
+            notes.push(format!("policy scenarios: not run: {}", error_chain(&e)));
+            None
         }
     }
-    let mut pairs = None;
-    if opts.scenarios.iter().any(|s| s.is_mtls()) {
-        log("starting the mtls pairs (outbound proxy -> mutual TLS 1.3 -> inbound proxy)");
-        match mtls::start(
-            &resolved,
-            origin_addr,
-            &out_dir,
-            nofile,
-            &pc,
-            taskset.as_deref(),
-        ) {
-            Ok(p) => {
-                infos.extend(p.infos.iter().cloned());
-                notes.extend(p.notes.iter().cloned());
-                pairs = Some(p);
-            }
-            Err(e) => notes.push(format!("mtls scenarios: not run: {e}")),
-        }
-    }
-    let direct = Target::direct();
-    let policy_targets = |s: Scenario| -> Vec<&Target> {
-        mesh.as_ref().map_or(Vec::new(), |m| {
-            m.targets
-                .iter()
-                .filter(|(sc, _)| *sc == s)
-                .map(|(_, t)| t)
-                .collect()
-        })
-    };
-    let targets_for = |s: Scenario| -> Vec<&Target> {
-        if s.is_policy() {
-            policy_targets(s)
-        } else if s.is_mtls() {
-            std::iter::once(&direct)
-                .chain(pairs.as_ref().map_or(&[][..], |p| &p.targets[..]))
-                .collect()
-        } else {
-            targets.iter().collect()
-        }
-    };
-    if proxies::probe(origin_addr, "/").is_err() {
-        return Err("the origin does not answer".into());
-    }
+}
 
-    // Rounds.
+/// The pairs of the mtls scenarios, if any runs.
+fn start_pairs(
+    opts: &Options,
+    setup: &Setup,
+    origin: SocketAddr,
+    resolved: &[(String, Kind, PathBuf)],
+    infos: &mut Vec<TargetInfo>,
+    notes: &mut Vec<String>,
+) -> Option<mtls::Pairs> {
+    if !opts.scenarios.iter().any(|s| s.is_mtls()) {
+        return None;
+    }
+    log("starting the mtls pairs (outbound proxy -> mutual TLS 1.3 -> inbound proxy)");
+    match mtls::start(
+        resolved,
+        origin,
+        &setup.out_dir,
+        setup.nofile,
+        setup.proxy_pin(),
+    ) {
+        Ok(p) => {
+            infos.extend(p.infos.iter().cloned());
+            notes.extend(p.notes.iter().cloned());
+            Some(p)
+        }
+        Err(e) => {
+            notes.push(format!("mtls scenarios: not run: {}", error_chain(&e)));
+            None
+        }
+    }
+}
+
+/// The fixed rates, then every round: each load scenario through each of
+/// its targets, then (if asked) the idle connections.
+fn measure_rounds(
+    r: &Runner<'_>,
+    started: &Started,
+    notes: &mut Vec<String>,
+) -> Result<Measured, CompareError> {
+    let opts = r.opts;
     let load_scenarios: Vec<Scenario> = opts
         .scenarios
         .iter()
         .copied()
         .filter(|s| *s != Scenario::Idle)
         .collect();
-    // Fixed rates: `rate` (one hop) and `mtls-rate` (the pairs).
-    let mut rate = opts.rate.unwrap_or(0.0);
-    let mut mtls_rate = opts.rate.unwrap_or(0.0);
-    let mut samples: Vec<Sample> = Vec::new();
-    let mut idle = Vec::new();
-    for (fixed, slot) in [
-        (Scenario::Rate, &mut rate),
-        (Scenario::MtlsRate, &mut mtls_rate),
-    ] {
-        let Some(sat) = fixed.saturation() else {
-            continue;
-        };
-        let pos = |s: Scenario| load_scenarios.iter().position(|x| *x == s);
-        // Unless the saturation twin runs first in round 1, the fixed rate
-        // comes from a short saturation measurement made here.
-        let calibrate = match (pos(fixed), pos(sat)) {
-            (Some(f), Some(s)) => s > f,
-            (Some(_), None) => true,
-            _ => false,
-        };
-        if opts.rate.is_some() || !calibrate {
-            continue;
-        }
-        let mut cal = Vec::new();
-        for t in targets_for(sat) {
-            cal.push(measure(
-                &exe,
-                &lc,
-                taskset.as_deref(),
-                t,
-                (origin_addr, origin.pid()),
-                sat,
-                0.0,
-                0,
-                opts,
-                true,
-            )?);
-        }
-        *slot = pick_rate(&cal, sat);
-        log(&format!(
-            "fixed rate for {}: {:.0} req/s",
-            fixed.name(),
-            *slot
-        ));
-    }
+    let mut m = Measured {
+        samples: Vec::new(),
+        idle: Vec::new(),
+        rate: opts.rate.unwrap_or(0.0),
+        mtls_rate: opts.rate.unwrap_or(0.0),
+    };
+    calibrate(r, started, &load_scenarios, &mut m)?;
     for round in 1..=opts.rounds {
         for scenario in round_order(&load_scenarios, round) {
-            let r = match scenario {
-                Scenario::Rate | Scenario::MtlsRate => {
-                    let slot = if scenario == Scenario::Rate {
-                        &mut rate
-                    } else {
-                        &mut mtls_rate
-                    };
-                    if *slot <= 0.0 {
-                        *slot =
-                            pick_rate(&samples, scenario.saturation().unwrap_or(Scenario::Small));
-                        log(&format!(
-                            "fixed rate for {}: {:.0} req/s",
-                            scenario.name(),
-                            *slot
-                        ));
-                    }
-                    *slot
-                }
-                _ => 0.0,
-            };
-            for t in rotate_for_round(targets_for(scenario), round, |t| t.label == DIRECT) {
-                let s = measure(
-                    &exe,
-                    &lc,
-                    taskset.as_deref(),
-                    t,
-                    (origin_addr, origin.pid()),
-                    scenario,
-                    r,
-                    round,
-                    opts,
-                    false,
-                )?;
+            let rate = m.rate_for(scenario);
+            let targets = started.targets_for(scenario);
+            for t in rotate_for_round(targets, round, |t| t.label == DIRECT) {
+                let s = r.measure(t, scenario, rate, round, false)?;
                 log(&format!(
                     "round {round} {:<12} {:<18} {:>9.0} req/s  p99 {:>9}  proxy {}  errors {}",
                     scenario.name(),
@@ -671,113 +914,151 @@ pub fn run(opts: &Options) -> Result<Results, String> {
                         .map_or("-".into(), |c| format!("{c:.2} us/req")),
                     s.errors.describe()
                 ));
-                samples.push(s);
+                m.samples.push(s);
             }
         }
         if opts.scenarios.contains(&Scenario::Idle) {
-            for t in &targets {
-                let Some((kind, bin)) = &t.start else {
-                    continue;
-                };
-                // A fresh instance: one that served the load runs has freed
-                // memory its allocator would reuse for the new connections,
-                // which hides their cost (measured here: round 1 ~1.6 KB per
-                // connection, later rounds near 0 on the same process).
-                let fresh = proxies::start(
-                    nofile,
-                    *kind,
-                    &format!("{}-idle", t.label),
-                    bin,
-                    origin_addr,
-                    &out_dir,
-                    &pc,
-                    taskset.as_deref(),
-                );
-                let measured = fresh.and_then(|mut r| {
-                    let s = idle_rss(&r, &t.label, opts.idle_conns, round);
-                    r.stop();
-                    s
-                });
-                match measured {
-                    Ok(s) => {
-                        log(&format!(
-                            "round {round} idle     {:<18} {} conns: {:.0} bytes/conn",
-                            t.label, s.connections, s.bytes_per_conn
-                        ));
-                        idle.push(s);
-                    }
-                    Err(e) => notes.push(format!("{} idle round {round}: {e}", t.label)),
-                }
-            }
+            measure_idle(r, &started.one_hop, round, &mut m.idle, notes);
         }
     }
+    Ok(m)
+}
 
-    for t in &mut targets {
-        for r in &mut t.running {
-            r.stop();
+/// Fixed rates (`rate` for one hop, `mtls-rate` for the pairs) that cannot
+/// wait for round 1's saturation twin: unless the twin runs first in round
+/// 1, a short saturation measurement made here sets the rate.
+fn calibrate(
+    r: &Runner<'_>,
+    started: &Started,
+    load_scenarios: &[Scenario],
+    m: &mut Measured,
+) -> Result<(), CompareError> {
+    for (fixed, slot) in [
+        (Scenario::Rate, &mut m.rate),
+        (Scenario::MtlsRate, &mut m.mtls_rate),
+    ] {
+        let Some(sat) = fixed.saturation() else {
+            continue;
+        };
+        let pos = |s: Scenario| load_scenarios.iter().position(|x| *x == s);
+        let calibrate = match (pos(fixed), pos(sat)) {
+            (Some(f), Some(s)) => s > f,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        if r.opts.rate.is_some() || !calibrate {
+            continue;
         }
-    }
-    if let Some(m) = mesh.as_mut() {
-        m.stop();
-    }
-    if let Some(p) = pairs.as_mut() {
-        // What coremesh's inbound proxies saw: whether pooling and
-        // session resumption held (a handshake per request would show).
-        for t in p.targets.iter().filter(|t| t.label.starts_with(COREMESH)) {
-            if let Some(inbound) = t.running.get(1) {
-                let requests: u64 = samples
-                    .iter()
-                    .filter(|s| s.scenario.is_mtls() && s.target == t.label)
-                    .map(|s| s.responses_total)
-                    .sum();
-                match mtls::coremesh_handshakes(&inbound.log_path) {
-                    Ok((full, resumed)) => notes.push(format!(
-                        "mtls {}: the inbound proxy made {full} full and {resumed} resumed TLS handshakes for {requests} measured requests (plus warm-ups and checks)",
-                        t.label
-                    )),
-                    Err(e) => notes.push(format!("mtls {}: handshake counters: {e}", t.label)),
-                }
-            }
+        let mut cal = Vec::new();
+        for t in started.targets_for(sat) {
+            cal.push(r.measure(t, sat, 0.0, 0, true)?);
         }
-        for t in &mut p.targets {
-            for r in &mut t.running {
-                r.stop();
-            }
-        }
+        *slot = pick_rate(&cal, sat);
+        log(&format!(
+            "fixed rate for {}: {:.0} req/s",
+            fixed.name(),
+            *slot
+        ));
     }
-    drop(origin);
+    Ok(())
+}
 
-    let summary = report::summarize(&samples, &idle);
-    let results = Results {
+/// The idle scenario of one round: RSS per idle connection of a fresh
+/// instance of every one-hop proxy. A failure is a note.
+fn measure_idle(
+    r: &Runner<'_>,
+    targets: &[Target],
+    round: usize,
+    idle: &mut Vec<IdleSample>,
+    notes: &mut Vec<String>,
+) {
+    let setup = r.setup;
+    for t in targets {
+        let Some((kind, bin)) = &t.start else {
+            continue;
+        };
+        // A fresh instance: one that served the load runs has freed
+        // memory its allocator would reuse for the new connections,
+        // which hides their cost (measured here: round 1 ~1.6 KB per
+        // connection, later rounds near 0 on the same process).
+        let fresh = proxies::start(
+            setup.nofile,
+            *kind,
+            &format!("{}-idle", t.label),
+            bin,
+            r.origin,
+            &setup.out_dir,
+            setup.proxy_pin(),
+        );
+        let measured = fresh.map_err(IdleError::Start).and_then(|mut p| {
+            let s = idle_rss(&p, &t.label, r.opts.idle_conns, round);
+            p.stop();
+            s
+        });
+        match measured {
+            Ok(s) => {
+                log(&format!(
+                    "round {round} idle     {:<18} {} conns: {:.0} bytes/conn",
+                    t.label, s.connections, s.bytes_per_conn
+                ));
+                idle.push(s);
+            }
+            Err(e) => notes.push(format!(
+                "{} idle round {round}: {}",
+                t.label,
+                error_chain(&e)
+            )),
+        }
+    }
+}
+
+/// The results: the samples, their summary and how they were made.
+fn summarise(
+    opts: &Options,
+    setup: Setup,
+    started_at: Instant,
+    targets: Vec<TargetInfo>,
+    notes: Vec<String>,
+    m: Measured,
+) -> Results {
+    let summary = report::summarize(&m.samples, &m.idle);
+    Results {
         command: opts.command.clone(),
         machine: sys::machine_description(),
         started_at: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0)
-            .saturating_sub(started.elapsed().as_secs()),
-        proxy_cores: pc,
-        load_cores: lc,
+            .saturating_sub(started_at.elapsed().as_secs()),
+        proxy_cores: setup.proxy_cpus,
+        load_cores: setup.load_cpus,
         rounds: opts.rounds,
         duration_s: opts.duration.as_secs_f64(),
         warmup_s: opts.warmup.as_secs_f64(),
         connections: opts.connections,
         idle_connections: opts.idle_conns,
-        fixed_rate: rate,
-        mtls_fixed_rate: mtls_rate,
-        targets: infos,
+        fixed_rate: m.rate,
+        mtls_fixed_rate: m.mtls_rate,
+        targets,
         notes,
-        samples,
-        idle,
+        samples: m.samples,
+        idle: m.idle,
         summary,
-    };
-    let json = serde_json::to_string_pretty(&results).map_err(|e| e.to_string())?;
-    std::fs::write(&opts.out, json + "\n").map_err(|e| format!("{}: {e}", opts.out.display()))?;
-    if let Some(dir) = &opts.svg_dir {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        chart::write_all(&results, dir)?;
     }
-    Ok(results)
+}
+
+/// `--out` (JSON) and, if asked, the charts in `--svg-dir`.
+fn write_results(opts: &Options, results: &Results) -> Result<(), CompareError> {
+    let json = serde_json::to_string_pretty(results).map_err(CompareError::Encode)?;
+    std::fs::write(&opts.out, json + "\n").map_err(|source| CompareError::WriteResults {
+        path: opts.out.clone(),
+        source,
+    })?;
+    if let Some(dir) = &opts.svg_dir {
+        create_dir(dir)?;
+        chart::write_all(results, dir)?;
+    }
+    Ok(())
 }
 
 fn skip(info: &mut TargetInfo, note: String) {
@@ -867,17 +1148,22 @@ fn resolve_proxies(opts: &Options, infos: &mut Vec<TargetInfo>) -> Vec<(String, 
     out
 }
 
-fn start_origin(
-    exe: &Path,
-    cpus: &str,
-    taskset: Option<&Path>,
-    dir: &Path,
-) -> Result<Running, String> {
+/// Starts `coremesh-bench origin` on the load CPUs; its address is the
+/// first line it prints.
+fn start_origin(setup: &Setup) -> Result<Running, CompareError> {
     use std::io::BufRead;
+    let (exe, dir) = (&setup.exe, &setup.out_dir);
     let log_path = dir.join("run").join("origin.log");
-    std::fs::create_dir_all(dir.join("run")).map_err(|e| e.to_string())?;
-    let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
-    let mut child = proxies::pinned(exe, cpus, taskset)
+    proxies::create_dir(&dir.join("run")).map_err(CompareError::OriginStart)?;
+    let log = std::fs::File::create(&log_path).map_err(|source| {
+        CompareError::OriginStart(StartError::Log {
+            path: log_path.clone(),
+            source,
+        })
+    })?;
+    let mut child = setup
+        .load_pin()
+        .command(exe)
         .args([
             "origin",
             "--listen",
@@ -889,18 +1175,23 @@ fn start_origin(
         .stdout(Stdio::piped())
         .stderr(log)
         .spawn()
-        .map_err(|e| format!("cannot start the origin: {e}"))?;
+        .map_err(|source| {
+            CompareError::OriginStart(StartError::Spawn {
+                bin: exe.to_path_buf(),
+                source,
+            })
+        })?;
     let stdout = child.stdout.take().expect("piped");
     let mut line = String::new();
     std::io::BufReader::new(stdout)
         .read_line(&mut line)
-        .map_err(|e| e.to_string())?;
+        .map_err(CompareError::OriginStdout)?;
     let addr = line
         .trim()
         .rsplit(' ')
         .next()
         .and_then(|a| a.parse().ok())
-        .ok_or_else(|| format!("origin printed {line:?}, not its address"))?;
+        .ok_or_else(|| CompareError::OriginAddress { line: line.clone() })?;
     Ok(Running {
         child,
         addr,
@@ -933,94 +1224,103 @@ fn pick_rate(samples: &[Sample], scenario: Scenario) -> f64 {
     ((quarter / mag).floor() * mag).max(100.0)
 }
 
-/// Runs one load measurement through `target`.
-#[allow(clippy::too_many_arguments)] // one call site each; a struct would only rename them
-fn measure(
-    exe: &Path,
-    cpus: &str,
-    taskset: Option<&Path>,
-    target: &Target,
-    (origin, origin_pid): (SocketAddr, u32),
-    scenario: Scenario,
-    rate: f64,
-    round: usize,
-    opts: &Options,
-    calibrate: bool,
-) -> Result<Sample, String> {
-    let addr = target.addr(origin);
-    let (duration, warmup) = if calibrate {
-        (Duration::from_secs(2), Duration::from_millis(500))
-    } else {
-        (opts.duration, opts.warmup)
-    };
-    let mut cmd = proxies::pinned(exe, cpus, taskset);
-    cmd.args(["load", "--json", "--header"])
-        .arg(format!("Host: {}", target.host))
-        .arg("--url")
-        .arg(format!("http://{addr}/size/{}", scenario.body()))
-        .arg("--rate")
-        .arg(format!("{rate}"))
-        .arg("--duration")
-        .arg(format!("{}ms", duration.as_millis()))
-        .arg("--warmup")
-        .arg(format!("{}ms", warmup.as_millis()))
-        .arg("--connections")
-        .arg(opts.connections.to_string());
-    if scenario == Scenario::Newconn {
-        cmd.arg("--new-conn");
+impl Runner<'_> {
+    /// Runs one load measurement through `target`: `coremesh-bench load` as
+    /// a pinned child, the proxies' CPU time, context switches and the
+    /// machine's TCP segments read around it. `calibrate`: a short run
+    /// (2 s, 0.5 s warm-up) to pick a fixed rate.
+    fn measure(
+        &self,
+        target: &Target,
+        scenario: Scenario,
+        rate: f64,
+        round: usize,
+        calibrate: bool,
+    ) -> Result<Sample, CompareError> {
+        let (opts, setup) = (self.opts, self.setup);
+        let (origin, origin_pid) = (self.origin, self.origin_pid);
+        let addr = target.addr(origin);
+        let (duration, warmup) = if calibrate {
+            (Duration::from_secs(2), Duration::from_millis(500))
+        } else {
+            (opts.duration, opts.warmup)
+        };
+        let mut cmd = setup.load_pin().command(&setup.exe);
+        cmd.args(["load", "--json", "--header"])
+            .arg(format!("Host: {}", target.host))
+            .arg("--url")
+            .arg(format!("http://{addr}/size/{}", scenario.body()))
+            .arg("--rate")
+            .arg(format!("{rate}"))
+            .arg("--duration")
+            .arg(format!("{}ms", duration.as_millis()))
+            .arg("--warmup")
+            .arg(format!("{}ms", warmup.as_millis()))
+            .arg("--connections")
+            .arg(opts.connections.to_string());
+        if scenario == Scenario::Newconn {
+            cmd.arg("--new-conn");
+        }
+        let pids = target.pids();
+        let cpu0 = cpu_times(&pids);
+        let switches0 = context_switches(&pids);
+        let segments0 = sys::tcp_out_segments();
+        let origin0 = sys::tree_cpu_seconds(origin_pid);
+        let out =
+            cmd.stderr(Stdio::inherit())
+                .output()
+                .map_err(|source| CompareError::LoadSpawn {
+                    target: target.label.clone(),
+                    source,
+                })?;
+        let cpu1 = cpu_times(&pids);
+        let switches1 = context_switches(&pids);
+        let segments1 = sys::tcp_out_segments();
+        let origin_cpu = sys::tree_cpu_seconds(origin_pid) - origin0;
+        if !out.status.success() {
+            return Err(CompareError::LoadFailed {
+                target: target.label.clone(),
+                status: out.status,
+            });
+        }
+        let rep: LoadReport =
+            serde_json::from_slice(&out.stdout).map_err(|source| CompareError::LoadReport {
+                target: target.label.clone(),
+                source,
+            })?;
+        // The load's own run time (connect, warm-up, measure, drain), not the
+        // child's lifetime, which adds process start-up.
+        let wall = rep.wall_s.max(1e-3);
+        // All of the target's proxies together (both of a mesh pair).
+        let proxy_cpu = (!pids.is_empty()).then_some(cpu1 - cpu0);
+        let per_response =
+            |n: f64| (rep.responses_total > 0).then(|| n / rep.responses_total as f64);
+        let per_req = |seconds: f64| per_response(seconds * 1e6);
+        Ok(Sample {
+            round,
+            scenario,
+            target: target.label.clone(),
+            target_rate: rate,
+            achieved_rps: rep.achieved_rate,
+            responses_total: rep.responses_total,
+            unsent: rep.unsent,
+            latency_us: rep.latency_us,
+            errors: rep.errors,
+            proxy_cpu_us_per_req: proxy_cpu.and_then(|c| per_req(c.total())),
+            proxy_user_us_per_req: proxy_cpu.and_then(|c| per_req(c.user)),
+            proxy_sys_us_per_req: proxy_cpu.and_then(|c| per_req(c.sys)),
+            proxy_context_switches_per_req: (!pids.is_empty())
+                .then_some(switches1.saturating_sub(switches0))
+                .and_then(|n| per_response(n as f64)),
+            tcp_segments_per_req: segments0
+                .zip(segments1)
+                .and_then(|(a, b)| per_response(b.saturating_sub(a) as f64)),
+            proxy_cores_used: proxy_cpu.map(|c| c.total() / wall),
+            generator_cores_used: rep.generator.cores_used,
+            generator_us_per_req: rep.generator.us_per_request,
+            origin_cores_used: origin_cpu / wall,
+        })
     }
-    let pids = target.pids();
-    let cpu0 = cpu_times(&pids);
-    let switches0 = context_switches(&pids);
-    let segments0 = sys::tcp_out_segments();
-    let origin0 = sys::tree_cpu_seconds(origin_pid);
-    let out = cmd
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| format!("cannot run load: {e}"))?;
-    let cpu1 = cpu_times(&pids);
-    let switches1 = context_switches(&pids);
-    let segments1 = sys::tcp_out_segments();
-    let origin_cpu = sys::tree_cpu_seconds(origin_pid) - origin0;
-    if !out.status.success() {
-        return Err(format!(
-            "load through {} failed: {}",
-            target.label, out.status
-        ));
-    }
-    let rep: LoadReport = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("load through {}: unreadable report: {e}", target.label))?;
-    // The load's own run time (connect, warm-up, measure, drain), not the
-    // child's lifetime, which adds process start-up.
-    let wall = rep.wall_s.max(1e-3);
-    // All of the target's proxies together (both of a mesh pair).
-    let proxy_cpu = (!pids.is_empty()).then_some(cpu1 - cpu0);
-    let per_response = |n: f64| (rep.responses_total > 0).then(|| n / rep.responses_total as f64);
-    let per_req = |seconds: f64| per_response(seconds * 1e6);
-    Ok(Sample {
-        round,
-        scenario,
-        target: target.label.clone(),
-        target_rate: rate,
-        achieved_rps: rep.achieved_rate,
-        responses_total: rep.responses_total,
-        unsent: rep.unsent,
-        latency_us: rep.latency_us,
-        errors: rep.errors,
-        proxy_cpu_us_per_req: proxy_cpu.and_then(|c| per_req(c.total())),
-        proxy_user_us_per_req: proxy_cpu.and_then(|c| per_req(c.user)),
-        proxy_sys_us_per_req: proxy_cpu.and_then(|c| per_req(c.sys)),
-        proxy_context_switches_per_req: (!pids.is_empty())
-            .then_some(switches1.saturating_sub(switches0))
-            .and_then(|n| per_response(n as f64)),
-        tcp_segments_per_req: segments0
-            .zip(segments1)
-            .and_then(|(a, b)| per_response(b.saturating_sub(a) as f64)),
-        proxy_cores_used: proxy_cpu.map(|c| c.total() / wall),
-        generator_cores_used: rep.generator.cores_used,
-        generator_us_per_req: rep.generator.us_per_request,
-        origin_cores_used: origin_cpu / wall,
-    })
 }
 
 /// Opens `n` keep-alive connections to a freshly started proxy, one request
@@ -1028,27 +1328,25 @@ fn measure(
 /// A few requests first warm up what every proxy allocates once (the
 /// upstream connection, first buffers), so it is not charged to the idle
 /// connections.
-fn idle_rss(r: &Running, label: &str, n: usize, round: usize) -> Result<IdleSample, String> {
+fn idle_rss(r: &Running, label: &str, n: usize, round: usize) -> Result<IdleSample, IdleError> {
     let pid = r.pid();
     let path = format!("/size/{SMALL}");
     for _ in 0..20 {
-        proxies::probe(r.addr, &path)?;
+        proxies::probe(r.addr, &path).map_err(IdleError::Warmup)?;
     }
     std::thread::sleep(Duration::from_millis(500));
     let before = sys::tree_rss_bytes(pid);
     let mut conns = Vec::with_capacity(n);
     for i in 0..n {
-        let opened = std::net::TcpStream::connect_timeout(&r.addr, Duration::from_secs(2))
-            .and_then(|s| s.set_read_timeout(Some(Duration::from_secs(5))).map(|_| s))
-            .map_err(|e| e.to_string())
+        let opened = proxies::connect(r.addr)
             .and_then(|mut s| proxies::request_on(&mut s, &path).map(|st| (s, st)));
         match opened {
             Ok((s, 200)) => {
                 set_linger_zero(&s);
                 conns.push(s);
             }
-            Ok((_, st)) => return Err(format!("connection {i}: status {st}")),
-            Err(e) => return Err(format!("connection {i}: {e}")),
+            Ok((_, status)) => return Err(IdleError::Status { index: i, status }),
+            Err(source) => return Err(IdleError::Connection { index: i, source }),
         }
     }
     std::thread::sleep(Duration::from_secs(2));

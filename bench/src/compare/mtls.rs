@@ -54,8 +54,107 @@ use rcgen::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-use super::proxies::{self, file_label, Kind, Running};
+use super::proxies::{self, file_label, Kind, Pin, ProbeError, Running, StartError};
 use super::{log, Target, TargetInfo, SMALL};
+use crate::error_chain;
+
+/// Why the mtls pairs, or one of them, could not be set up, or what the
+/// run could not learn from one afterwards.
+#[derive(Debug, thiserror::Error)]
+pub enum MtlsError {
+    /// rcgen refused a step of making the CA or a leaf.
+    #[error("making the mtls PKI: {what}")]
+    Pki {
+        what: &'static str,
+        #[source]
+        source: rcgen::Error,
+    },
+    #[error("cannot create {}", path.display())]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {}", path.display())]
+    WriteFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no free port for the {side} proxy")]
+    FreePort {
+        side: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The inbound or outbound proxy of a pair.
+    #[error("{side} proxy did not start")]
+    Start {
+        side: &'static str,
+        #[source]
+        source: StartError,
+    },
+    #[error("cannot read {}", path.display())]
+    ReadLog {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no admin= address in {}", log.display())]
+    NoAdmin { log: PathBuf },
+    #[error("GET /metrics from the admin endpoint {admin}")]
+    Metrics {
+        admin: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A check of a started pair that failed: the pair is skipped.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("GET {path} (Host: {SERVICE}) answered {status}, not 200")]
+    ThroughStatus { path: String, status: u16 },
+    #[error("GET {path} (Host: {SERVICE}) failed")]
+    Through {
+        path: String,
+        #[source]
+        source: ProbeError,
+    },
+    #[error("the inbound proxy answered 200 to {what}: the hop is not mutual TLS")]
+    NotMutual { what: &'static str },
+    #[error("TLS 1.3 with the {CALLER} certificate answered {status}")]
+    WithCertStatus { status: u16 },
+    #[error("TLS 1.3 with the {CALLER} certificate failed")]
+    WithCert(#[source] TlsClientError),
+}
+
+/// Why the harness's own TLS client got no status from an inbound proxy.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsClientError {
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not PEM", path.display())]
+    Pem {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("TLS client configuration: {what}")]
+    Config {
+        what: &'static str,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("{SERVICE:?} as a TLS server name")]
+    ServerName(#[source] rustls::pki_types::InvalidDnsNameError),
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+}
 
 /// The trust domain of the run's certificates.
 pub const TRUST_DOMAIN: &str = "bench.coremesh";
@@ -98,13 +197,13 @@ impl PkiFiles {
     }
 }
 
-fn rc<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> String {
-    move |e| format!("{what}: {e}")
+fn rc(what: &'static str) -> impl Fn(rcgen::Error) -> MtlsError {
+    move |source| MtlsError::Pki { what, source }
 }
 
 /// A leaf for `service` signed by `issuer`: the SPIFFE ID as a URI name and
 /// the service as a DNS name, for client and server use.
-fn leaf(issuer: &Issuer<'_, KeyPair>, service: &str) -> Result<(String, String), String> {
+fn leaf(issuer: &Issuer<'_, KeyPair>, service: &str) -> Result<(String, String), MtlsError> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(rc("leaf key"))?;
     let mut p = CertificateParams::new(vec![service.to_string()]).map_err(rc("leaf"))?;
     p.subject_alt_names.push(SanType::URI(
@@ -123,8 +222,11 @@ fn leaf(issuer: &Issuer<'_, KeyPair>, service: &str) -> Result<(String, String),
 }
 
 /// Makes the CA and both leaves and writes them to `dir`.
-pub fn write_pki(dir: &Path) -> Result<PkiFiles, String> {
-    fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+pub fn write_pki(dir: &Path) -> Result<PkiFiles, MtlsError> {
+    fs::create_dir_all(dir).map_err(|source| MtlsError::CreateDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(rc("CA key"))?;
     let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(rc("CA"))?;
     ca.distinguished_name
@@ -150,7 +252,10 @@ pub fn write_pki(dir: &Path) -> Result<PkiFiles, String> {
         (&f.api_pem, format!("{api_cert}{api_key}")),
     ];
     for (path, text) in files {
-        fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        fs::write(path, text).map_err(|source| MtlsError::WriteFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
     }
     Ok(f)
 }
@@ -427,10 +532,13 @@ struct Side {
     log: PathBuf,
 }
 
-fn side(out_dir: &Path, label: &str, kind: Kind, which: &str) -> Result<Side, String> {
+fn side(out_dir: &Path, label: &str, kind: Kind, which: &str) -> Result<Side, MtlsError> {
     let name = format!("mtls-{}-{which}", file_label(label));
     let own = out_dir.join("run").join(&name);
-    fs::create_dir_all(&own).map_err(|e| format!("{}: {e}", own.display()))?;
+    fs::create_dir_all(&own).map_err(|source| MtlsError::CreateDir {
+        path: own.clone(),
+        source,
+    })?;
     Ok(Side {
         config: out_dir
             .join("configs")
@@ -442,7 +550,6 @@ fn side(out_dir: &Path, label: &str, kind: Kind, which: &str) -> Result<Side, St
 
 /// Writes `text` to the side's config and starts it: coremesh binds port 0
 /// and reports `listener`'s address; the others listen on `port`.
-#[allow(clippy::too_many_arguments)] // two call sites; each is a distinct fact
 fn launch(
     kind: Kind,
     bin: &Path,
@@ -450,19 +557,11 @@ fn launch(
     text: &str,
     port: u16,
     listener: &str,
-    cpus: &str,
-    taskset: Option<&Path>,
-) -> Result<Running, String> {
-    fs::write(&s.config, text).map_err(|e| format!("{}: {e}", s.config.display()))?;
+    pin: Pin<'_>,
+) -> Result<Running, StartError> {
+    proxies::write_config(&s.config, text)?;
     if kind == Kind::Coremesh {
-        proxies::start_coremesh(
-            bin,
-            s.config.clone(),
-            s.log.clone(),
-            listener,
-            cpus,
-            taskset,
-        )
+        proxies::start_coremesh(bin, s.config.clone(), s.log.clone(), listener, pin)
     } else {
         proxies::spawn(
             kind,
@@ -471,24 +570,32 @@ fn launch(
             s.config.clone(),
             port,
             s.log.clone(),
-            cpus,
-            taskset,
+            pin,
         )
     }
 }
 
+/// What every pair of the run shares.
+#[derive(Clone, Copy)]
+struct PairEnv<'a> {
+    pki: &'a PkiFiles,
+    origin: SocketAddr,
+    out_dir: &'a Path,
+    nofile: u64,
+    pin: Pin<'a>,
+}
+
 /// Starts an inbound then an outbound proxy for every target in `resolved`
 /// whose kind has a two-hop TLS configuration here (coremesh, nginx,
-/// HAProxy), all pinned to `cpus`, and checks each pair. A pair that fails
+/// HAProxy), all pinned by `pin`, and checks each pair. A pair that fails
 /// to start or fails a check is skipped with a note.
 pub(super) fn start(
     resolved: &[(String, Kind, PathBuf)],
     origin: SocketAddr,
     out_dir: &Path,
     nofile: u64,
-    cpus: &str,
-    taskset: Option<&Path>,
-) -> Result<Pairs, String> {
+    pin: Pin<'_>,
+) -> Result<Pairs, MtlsError> {
     let configs = out_dir.join("configs");
     let pki = write_pki(&configs.join("mtls"))?;
     let mut pairs = Pairs {
@@ -531,7 +638,17 @@ pub(super) fn start(
             bin.display()
         ));
         match start_pair(
-            &pki, label, *kind, bin, origin, out_dir, nofile, cpus, taskset, &mut info,
+            &PairEnv {
+                pki: &pki,
+                origin,
+                out_dir,
+                nofile,
+                pin,
+            },
+            label,
+            *kind,
+            bin,
+            &mut info,
         ) {
             Ok((outbound, inbound)) => match check(&pki, outbound.addr, inbound.addr) {
                 Ok(note) => {
@@ -544,9 +661,9 @@ pub(super) fn start(
                         host: SERVICE.into(),
                     });
                 }
-                Err(e) => skip(&mut info, e),
+                Err(e) => skip(&mut info, error_chain(&e)),
             },
-            Err(e) => skip(&mut info, e),
+            Err(e) => skip(&mut info, error_chain(&e)),
         }
         pairs.infos.push(info);
     }
@@ -555,28 +672,29 @@ pub(super) fn start(
 
 /// The inbound proxy first (the outbound one needs its address), then the
 /// outbound one.
-#[allow(clippy::too_many_arguments)] // one call site; each is a distinct fact
 fn start_pair(
-    pki: &PkiFiles,
+    env: &PairEnv<'_>,
     label: &str,
     kind: Kind,
     bin: &Path,
-    origin: SocketAddr,
-    out_dir: &Path,
-    nofile: u64,
-    cpus: &str,
-    taskset: Option<&Path>,
     info: &mut TargetInfo,
-) -> Result<(Running, Running), String> {
-    let port = |k: Kind| -> Result<u16, String> {
+) -> Result<(Running, Running), MtlsError> {
+    let PairEnv {
+        pki,
+        origin,
+        out_dir,
+        nofile,
+        pin,
+    } = *env;
+    let port = |k: Kind, side: &'static str| -> Result<u16, MtlsError> {
         if k == Kind::Coremesh {
             Ok(0)
         } else {
-            proxies::free_port().map_err(|e| e.to_string())
+            proxies::free_port().map_err(|source| MtlsError::FreePort { side, source })
         }
     };
     let ins = side(out_dir, label, kind, "inbound")?;
-    let in_port = port(kind)?;
+    let in_port = port(kind, "inbound")?;
     let text = match kind {
         Kind::Coremesh => coremesh_inbound(pki, origin),
         Kind::Nginx => nginx_inbound(pki, in_port, origin, &ins.own, nofile),
@@ -584,11 +702,15 @@ fn start_pair(
     };
     info.inbound_config = Some(ins.config.display().to_string());
     info.inbound_log = Some(ins.log.display().to_string());
-    let inbound = launch(kind, bin, &ins, &text, in_port, "inbound", cpus, taskset)
-        .map_err(|e| format!("inbound proxy did not start: {e}"))?;
+    let inbound = launch(kind, bin, &ins, &text, in_port, "inbound", pin).map_err(|source| {
+        MtlsError::Start {
+            side: "inbound",
+            source,
+        }
+    })?;
 
     let outs = side(out_dir, label, kind, "outbound")?;
-    let out_port = port(kind)?;
+    let out_port = port(kind, "outbound")?;
     let text = match kind {
         Kind::Coremesh => coremesh_outbound(pki, inbound.addr),
         Kind::Nginx => nginx_outbound(pki, out_port, inbound.addr, &outs.own, nofile),
@@ -596,8 +718,13 @@ fn start_pair(
     };
     info.config = Some(outs.config.display().to_string());
     info.log = Some(outs.log.display().to_string());
-    let outbound = launch(kind, bin, &outs, &text, out_port, "outbound", cpus, taskset)
-        .map_err(|e| format!("outbound proxy did not start: {e}"))?;
+    let outbound =
+        launch(kind, bin, &outs, &text, out_port, "outbound", pin).map_err(|source| {
+            MtlsError::Start {
+                side: "outbound",
+                source,
+            }
+        })?;
     Ok((outbound, inbound))
 }
 
@@ -608,26 +735,23 @@ fn skip(info: &mut TargetInfo, note: String) {
 }
 
 /// The checks of one pair; the note says what they saw.
-fn check(pki: &PkiFiles, outbound: SocketAddr, inbound: SocketAddr) -> Result<String, String> {
+fn check(pki: &PkiFiles, outbound: SocketAddr, inbound: SocketAddr) -> Result<String, CheckError> {
     let path = format!("/size/{SMALL}");
     match proxies::probe_host(outbound, &path, SERVICE) {
         Ok(200) => {}
-        Ok(s) => {
-            return Err(format!(
-                "GET {path} (Host: {SERVICE}) answered {s}, not 200"
-            ))
-        }
-        Err(e) => return Err(format!("GET {path} (Host: {SERVICE}) failed: {e}")),
+        Ok(status) => return Err(CheckError::ThroughStatus { path, status }),
+        Err(source) => return Err(CheckError::Through { path, source }),
     }
-    let refused = |what: &str, r: Result<u16, String>| -> Result<String, String> {
+    fn refused<E: std::error::Error>(
+        what: &'static str,
+        r: Result<u16, E>,
+    ) -> Result<String, CheckError> {
         match r {
-            Ok(200) => Err(format!(
-                "the inbound proxy answered 200 to {what}: the hop is not mutual TLS"
-            )),
+            Ok(200) => Err(CheckError::NotMutual { what }),
             Ok(s) => Ok(format!("status {s}")),
-            Err(e) => Ok(e),
+            Err(e) => Ok(error_chain(&e)),
         }
-    };
+    }
     let plain = refused(
         "plaintext HTTP",
         proxies::probe_host(inbound, &path, SERVICE),
@@ -638,12 +762,8 @@ fn check(pki: &PkiFiles, outbound: SocketAddr, inbound: SocketAddr) -> Result<St
     )?;
     match tls_request(pki, inbound, &path, true) {
         Ok(200) => {}
-        Ok(s) => {
-            return Err(format!(
-                "TLS 1.3 with the {CALLER} certificate answered {s}"
-            ))
-        }
-        Err(e) => return Err(format!("TLS 1.3 with the {CALLER} certificate failed: {e}")),
+        Ok(status) => return Err(CheckError::WithCertStatus { status }),
+        Err(e) => return Err(CheckError::WithCert(e)),
     }
     Ok(format!(
         "200 through the pair; the inbound proxy refuses plaintext ({}) and TLS without a client certificate ({}), and answers 200 to TLS 1.3 with the {CALLER} certificate",
@@ -667,62 +787,74 @@ fn tls_request(
     addr: SocketAddr,
     path: &str,
     with_cert: bool,
-) -> Result<u16, String> {
-    let read = |p: &Path| fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+) -> Result<u16, TlsClientError> {
+    let read = |p: &Path| {
+        fs::read(p).map_err(|source| TlsClientError::Read {
+            path: p.to_path_buf(),
+            source,
+        })
+    };
+    let pem = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| TlsClientError::Pem { path: p, source }
+    };
+    let config = |what| move |source| TlsClientError::Config { what, source };
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(&read(&pki.ca)?) {
         roots
-            .add(c.map_err(|e| format!("CA: {e}"))?)
-            .map_err(|e| format!("CA: {e}"))?;
+            .add(c.map_err(pem(&pki.ca))?)
+            .map_err(config("the CA certificate"))?;
     }
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_protocol_versions(&[&rustls::version::TLS13])
-    .map_err(|e| e.to_string())?
+    .map_err(config("TLS 1.3"))?
     .with_root_certificates(roots);
     let mut cfg = if with_cert {
         let chain = CertificateDer::pem_slice_iter(&read(&pki.web_cert)?)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("web cert: {e}"))?;
-        let key = PrivateKeyDer::from_pem_slice(&read(&pki.web_key)?)
-            .map_err(|e| format!("web key: {e}"))?;
+            .map_err(pem(&pki.web_cert))?;
+        let key = PrivateKeyDer::from_pem_slice(&read(&pki.web_key)?).map_err(pem(&pki.web_key))?;
         builder
             .with_client_auth_cert(chain, key)
-            .map_err(|e| e.to_string())?
+            .map_err(config("the client certificate"))?
     } else {
         builder.with_no_client_auth()
     };
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let name = ServerName::try_from(SERVICE).map_err(|e| e.to_string())?;
-    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).map_err(|e| e.to_string())?;
-    let tcp =
-        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
-    tcp.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(SERVICE).map_err(TlsClientError::ServerName)?;
+    let conn = rustls::ClientConnection::new(Arc::new(cfg), name)
+        .map_err(config("the client connection"))?;
+    let tcp = proxies::connect(addr)?;
     let mut tls = rustls::StreamOwned::new(conn, tcp);
-    proxies::request_host(&mut tls, path, SERVICE)
+    Ok(proxies::request_host(&mut tls, path, SERVICE)?)
 }
 
 /// coremesh's TLS handshake counters (`coremesh_tls_handshakes_total`,
 /// summed by `resumed`) of the process whose log is `log`, from its admin
 /// endpoint: (full, resumed). Shows whether pooling and resumption held
 /// during the run.
-pub(super) fn coremesh_handshakes(log: &Path) -> Result<(f64, f64), String> {
-    let text = fs::read_to_string(log).map_err(|e| format!("{}: {e}", log.display()))?;
+pub(super) fn coremesh_handshakes(log: &Path) -> Result<(f64, f64), MtlsError> {
+    let text = fs::read_to_string(log).map_err(|source| MtlsError::ReadLog {
+        path: log.to_path_buf(),
+        source,
+    })?;
     let admin: SocketAddr = text
         .split_whitespace()
         .find_map(|w| w.strip_prefix("admin="))
         .and_then(|a| a.trim_matches('"').parse().ok())
-        .ok_or_else(|| format!("no admin= address in {}", log.display()))?;
-    let mut s =
-        TcpStream::connect_timeout(&admin, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+        .ok_or_else(|| MtlsError::NoAdmin {
+            log: log.to_path_buf(),
+        })?;
+    let metrics = |source| MtlsError::Metrics { admin, source };
+    let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(2)).map_err(metrics)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
+        .map_err(metrics)?;
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
-        .map_err(|e| e.to_string())?;
+        .map_err(metrics)?;
     let mut body = String::new();
-    s.read_to_string(&mut body).map_err(|e| e.to_string())?;
+    s.read_to_string(&mut body).map_err(metrics)?;
     Ok(handshake_counts(&body))
 }
 

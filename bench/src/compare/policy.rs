@@ -57,9 +57,109 @@ use std::time::{Duration, Instant};
 use coremesh_api::http::{EndpointStatus, ProxyStatus, TokenCreated};
 use coremesh_api::snapshot::Snapshot;
 
-use super::proxies::{self, file_label, Running};
+use super::proxies::{self, file_label, Pin, ProbeError, Running, StartError};
 use super::{log, Scenario, Target, TargetInfo, SMALL};
+use crate::error_chain;
 use crate::operator;
+use crate::operator::OperatorError;
+
+/// Why the policy mesh could not run at all (control did not start, the
+/// resources were refused, the mesh did not converge), or a step of
+/// preparing one of its proxies failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot create {}", path.display())]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot remove the old {}", path.display())]
+    RemoveDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {}", path.display())]
+    WriteFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read {}", path.display())]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: not a snapshot", path.display())]
+    Snapshot {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("coremesh-control did not start")]
+    Control(#[source] StartError),
+    #[error("coremesh-control printed no `listening quic=ADDR api=ADDR` line within 15 s; see {}", log.display())]
+    NoListeningLine { log: PathBuf },
+    #[error("applying {}", path.display())]
+    Apply {
+        path: PathBuf,
+        #[source]
+        source: Box<OperatorError>,
+    },
+    #[error("join token for {node} (service {service})")]
+    Token {
+        node: String,
+        service: String,
+        #[source]
+        source: Box<OperatorError>,
+    },
+    #[error("reading the mesh's state from coremesh-control")]
+    Status(#[source] Box<OperatorError>),
+    #[error("the mesh did not converge within {timeout:?}: {last}")]
+    NotConverged { timeout: Duration, last: String },
+}
+
+/// A check of a started pair that failed: the pair is skipped.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("GET {path} (Host: {host}) answered {status}, not 200")]
+    Status {
+        path: String,
+        host: String,
+        status: u16,
+    },
+    #[error("GET {path} (Host: {host}) failed")]
+    Request {
+        path: String,
+        host: String,
+        #[source]
+        source: ProbeError,
+    },
+    #[error("the {side} proxy's applied snapshot")]
+    Snapshot {
+        side: &'static str,
+        #[source]
+        source: PolicyError,
+    },
+    #[error("the web proxy's snapshot lists {endpoints} endpoints of {host}, not 1")]
+    Endpoints { endpoints: usize, host: String },
+    #[error("the policy did not arrive: the web proxy holds {routes} Routes (want {ROUTES}) and {resilience} Resilience ({host}'s: {has_own}); the api proxy's rate limit is {own_limit:?} (want {RATE_LIMIT})")]
+    NotArrived {
+        routes: usize,
+        resilience: usize,
+        host: String,
+        has_own: bool,
+        own_limit: Option<u32>,
+    },
+    #[error("GET {UNROUTED} answered {status}: the Route is not in force (no rule matches it: want 404)")]
+    Unrouted { status: u16 },
+    #[error("GET {UNROUTED}")]
+    UnroutedRequest(#[source] ProbeError),
+    #[error("plain forwarding should carry no policy, but the web proxy holds {routes} Routes and {resilience} Resilience")]
+    NotPlain { routes: usize, resilience: usize },
+}
 
 /// Decoy services the policy-full web proxies also call, a Route each.
 pub const DECOYS: usize = 99;
@@ -281,10 +381,13 @@ impl Member {
     fn state_dir(&self) -> PathBuf {
         self.dir.join("state")
     }
-    fn snapshot(&self) -> Result<Snapshot, String> {
+    fn snapshot(&self) -> Result<Snapshot, PolicyError> {
         let path = self.state_dir().join("snapshot.json");
-        let text = fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))
+        let text = fs::read(&path).map_err(|source| PolicyError::ReadFile {
+            path: path.clone(),
+            source,
+        })?;
+        serde_json::from_slice(&text).map_err(|source| PolicyError::Snapshot { path, source })
     }
 }
 
@@ -297,24 +400,29 @@ pub(super) struct Control {
 }
 
 impl Control {
-    fn http(&self, method: &str, path: &str, body: &[u8]) -> Result<Vec<u8>, String> {
-        operator::http(self.api, &self.credential, method, path, body)
-    }
-
-    fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, String> {
-        let body = self.http("GET", path, b"")?;
-        serde_json::from_slice(&body).map_err(|e| format!("GET {path}: {e}"))
+    fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, OperatorError> {
+        operator::json(self.api, &self.credential, "GET", path, b"")
     }
 
     /// A one-use join token for `service`, written to `m`'s token file.
-    fn token(&self, m: &Member) -> Result<(), String> {
+    fn token(&self, m: &Member) -> Result<(), PolicyError> {
         // `web` has no Service resource here (nothing calls it).
         let body = serde_json::json!({"service": m.service, "uses": 1, "ttl_secs": 3600, "allow_undefined": true});
-        let created = self.http("POST", "/v1/tokens", body.to_string().as_bytes())?;
-        let created: TokenCreated =
-            serde_json::from_slice(&created).map_err(|e| format!("token: {e}"))?;
-        fs::write(m.token_file(), format!("{}\n", created.token))
-            .map_err(|e| format!("{}: {e}", m.token_file().display()))
+        let created: TokenCreated = operator::json(
+            self.api,
+            &self.credential,
+            "POST",
+            "/v1/tokens",
+            body.to_string().as_bytes(),
+        )
+        .map_err(|source| PolicyError::Token {
+            node: m.node.clone(),
+            service: m.service.clone(),
+            source: Box::new(source),
+        })?;
+        let path = m.token_file();
+        fs::write(&path, format!("{}\n", created.token))
+            .map_err(|source| PolicyError::WriteFile { path, source })
     }
 }
 
@@ -329,33 +437,40 @@ fn parse_listening(line: &str) -> Option<(SocketAddr, SocketAddr)> {
     Some((get("quic=")?, get("api=")?))
 }
 
-/// Starts coremesh-control on a fresh `data_dir`, pinned to `cpus`; waits
+/// Starts coremesh-control on a fresh `data_dir`, pinned by `pin`; waits
 /// for its `listening` line.
 fn start_control(
     bin: &Path,
     data_dir: &Path,
     run_dir: &Path,
-    cpus: &str,
-    taskset: Option<&Path>,
-) -> Result<Control, String> {
+    pin: Pin<'_>,
+) -> Result<Control, PolicyError> {
     // A fresh mesh: a data directory left by an earlier run holds its
     // config, and its proxies' state directories certificates of that CA.
-    if data_dir.exists() {
-        fs::remove_dir_all(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
-    }
-    fs::create_dir_all(run_dir).map_err(|e| format!("{}: {e}", run_dir.display()))?;
+    remove_dir(data_dir)?;
+    create_dir(run_dir)?;
     let log_path = run_dir.join("control.log");
-    let mut log =
-        fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
-    let mut cmd = proxies::pinned(bin, cpus, taskset);
+    let log_err = |source| {
+        PolicyError::Control(StartError::Log {
+            path: log_path.clone(),
+            source,
+        })
+    };
+    let mut log = fs::File::create(&log_path).map_err(log_err)?;
+    let mut cmd = pin.command(bin);
     cmd.arg("--data-dir")
         .arg(data_dir)
         .args(["--listen", "127.0.0.1:0", "--api", "127.0.0.1:0"])
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(log.try_clone().map_err(|e| e.to_string())?);
-    let mut child = cmd.spawn().map_err(|e| format!("{}: {e}", bin.display()))?;
+        .stderr(log.try_clone().map_err(log_err)?);
+    let mut child = cmd.spawn().map_err(|source| {
+        PolicyError::Control(StartError::Spawn {
+            bin: bin.to_path_buf(),
+            source,
+        })
+    })?;
     let stdout = child.stdout.take().expect("piped");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -375,15 +490,17 @@ fn start_control(
     };
     let (quic, api) = rx.recv_timeout(Duration::from_secs(15)).map_err(|_| {
         running.stop();
-        format!(
-            "no `listening quic=ADDR api=ADDR` line within 15 s; see {}",
-            log_path.display()
-        )
+        PolicyError::NoListeningLine {
+            log: log_path.clone(),
+        }
     })?;
     running.addr = api;
     let cred_path = data_dir.join("operator.credential");
     let credential = fs::read_to_string(&cred_path)
-        .map_err(|e| format!("{}: {e}", cred_path.display()))?
+        .map_err(|source| PolicyError::ReadFile {
+            path: cred_path,
+            source,
+        })?
         .trim()
         .to_string();
     Ok(Control {
@@ -427,31 +544,34 @@ struct Pair {
     info: TargetInfo,
 }
 
-/// Starts control and a web/api pair per target `label` (the coremesh
-/// runs: `coremesh`, `coremesh#2`) and scenario; returns the pairs that
-/// answered their checks. A pair that fails is skipped with a note; an
-/// error means no pair can run (control did not start, the mesh did not
-/// converge).
-#[allow(clippy::too_many_arguments)] // one call site; each is a distinct fact
-pub(super) fn start(
-    scenarios: &[Scenario],
-    labels: &[String],
-    proxy_bin: &Path,
-    control_bin: &Path,
-    origin: SocketAddr,
-    out_dir: &Path,
-    (proxy_cpus, load_cpus): (&str, &str),
-    taskset: Option<&Path>,
-) -> Result<Mesh, String> {
-    let run_dir = out_dir.join("run");
-    let configs = out_dir.join("configs");
-    fs::create_dir_all(&configs).map_err(|e| format!("{}: {e}", configs.display()))?;
+/// What the mesh of the policy scenarios runs and where.
+pub(super) struct MeshSpec<'a> {
+    pub scenarios: &'a [Scenario],
+    /// The targets: the coremesh runs (`coremesh`, `coremesh#2`).
+    pub labels: &'a [String],
+    pub proxy_bin: &'a Path,
+    pub control_bin: &'a Path,
+    pub origin: SocketAddr,
+    pub out_dir: &'a Path,
+    /// Where the proxies run.
+    pub proxies: Pin<'a>,
+    /// Where coremesh-control runs (with the origin and the load).
+    pub control: Pin<'a>,
+}
+
+/// Starts control and a web/api pair per target label and scenario;
+/// returns the pairs that answered their checks. A pair that fails is
+/// skipped with a note; an error means no pair can run (control did not
+/// start, the mesh did not converge).
+pub(super) fn start(spec: &MeshSpec<'_>) -> Result<Mesh, PolicyError> {
+    let run_dir = spec.out_dir.join("run");
+    let configs = spec.out_dir.join("configs");
+    create_dir(&configs)?;
     let control = start_control(
-        control_bin,
+        spec.control_bin,
         &run_dir.join("control-data"),
         &run_dir,
-        load_cpus,
-        taskset,
+        spec.control,
     )?;
     log(&format!(
         "coremesh-control on quic={} api={}",
@@ -463,10 +583,35 @@ pub(super) fn start(
         infos: Vec::new(),
         notes: Vec::new(),
     };
-    let yaml = resources_yaml(scenarios, labels);
+    let version = apply_resources(&mut mesh, spec, &configs)?;
+    let mut pairs = prepare_pairs(&mesh.control, spec, &run_dir)?;
+    start_proxies(&mut pairs, &mesh.control, spec, &configs);
+    let up: Vec<&Pair> = pairs.iter().filter(|p| p.web_run.is_some()).collect();
+    converge(&mesh.control, &up, version)?;
+    check_pairs(&mut mesh, pairs);
+    Ok(mesh)
+}
+
+/// Writes the resources to `<configs>/policy.yaml` and applies them
+/// through the operator API; the config version they made.
+fn apply_resources(
+    mesh: &mut Mesh,
+    spec: &MeshSpec<'_>,
+    configs: &Path,
+) -> Result<u64, PolicyError> {
+    let yaml = resources_yaml(spec.scenarios, spec.labels);
     let yaml_path = configs.join("policy.yaml");
-    fs::write(&yaml_path, &yaml).map_err(|e| format!("{}: {e}", yaml_path.display()))?;
-    let applied = operator::apply(mesh.control.api, &mesh.control.credential, &yaml)?;
+    fs::write(&yaml_path, &yaml).map_err(|source| PolicyError::WriteFile {
+        path: yaml_path.clone(),
+        source,
+    })?;
+    let applied =
+        operator::apply(mesh.control.api, &mesh.control.credential, &yaml).map_err(|source| {
+            PolicyError::Apply {
+                path: yaml_path.clone(),
+                source: Box::new(source),
+            }
+        })?;
     log(&format!(
         "applied {} ({} resources): config version {}",
         yaml_path.display(),
@@ -477,18 +622,25 @@ pub(super) fn start(
         "policy scenarios: resources applied to coremesh-control from {}",
         yaml_path.display()
     ));
+    Ok(applied.version)
+}
 
+/// A fresh state directory and a join token for both proxies of every
+/// pair, scenario by scenario.
+fn prepare_pairs(
+    control: &Control,
+    spec: &MeshSpec<'_>,
+    run_dir: &Path,
+) -> Result<Vec<Pair>, PolicyError> {
+    let proxy_bin = spec.proxy_bin;
     let mut pairs = Vec::new();
-    for &scenario in scenarios {
-        for label in labels {
+    for &scenario in spec.scenarios {
+        for label in spec.labels {
             let name = format!("policy-{}-{}", short(scenario), file_label(label));
-            let member = |side: &str, service: String| -> Result<Member, String> {
+            let member = |side: &str, service: String| -> Result<Member, PolicyError> {
                 let dir = run_dir.join(format!("{name}-{side}"));
                 // State from an earlier run holds a certificate of another CA.
-                if dir.exists() {
-                    fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-                }
-                fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                fresh_dir(&dir)?;
                 Ok(Member {
                     service,
                     node: format!("{name}-{side}"),
@@ -497,8 +649,8 @@ pub(super) fn start(
             };
             let web = member("web", "web".into())?;
             let api = member("api", api_service(scenario, label))?;
-            mesh.control.token(&web)?;
-            mesh.control.token(&api)?;
+            control.token(&web)?;
+            control.token(&api)?;
             pairs.push(Pair {
                 scenario,
                 label: label.clone(),
@@ -522,36 +674,45 @@ pub(super) fn start(
             });
         }
     }
+    Ok(pairs)
+}
 
-    // The api proxies first: their endpoints are registered by the time
-    // the web proxies join.
-    for p in &mut pairs {
+/// The api proxies first (their endpoints are registered by the time the
+/// web proxies join), then the web proxy of every pair whose api proxy
+/// started. One that does not start skips its pair.
+fn start_proxies(pairs: &mut [Pair], control: &Control, spec: &MeshSpec<'_>, configs: &Path) {
+    let (proxy_bin, pin) = (spec.proxy_bin, spec.proxies);
+    for p in pairs.iter_mut() {
         let cfg = configs.join(format!("{}.toml", p.api.node));
-        let text = api_toml(p.scenario, &p.label, mesh.control.quic, &p.api, origin);
+        let text = api_toml(p.scenario, &p.label, control.quic, &p.api, spec.origin);
         p.info.inbound_config = Some(cfg.display().to_string());
         p.info.inbound_log = Some(p.api.dir.join("stderr.log").display().to_string());
-        match write_and_start(
-            proxy_bin, &cfg, &text, &p.api.dir, "inbound", proxy_cpus, taskset,
-        ) {
+        match write_and_start(proxy_bin, &cfg, &text, &p.api.dir, "inbound", pin) {
             Ok(r) => p.api_run = Some(r),
-            Err(e) => skip(&mut p.info, format!("api proxy did not start: {e}")),
+            Err(e) => skip(
+                &mut p.info,
+                format!("api proxy did not start: {}", error_chain(&e)),
+            ),
         }
     }
     for p in pairs.iter_mut().filter(|p| p.api_run.is_some()) {
         let cfg = configs.join(format!("{}.toml", p.web.node));
-        let text = web_toml(p.scenario, &p.label, mesh.control.quic, &p.web);
+        let text = web_toml(p.scenario, &p.label, control.quic, &p.web);
         p.info.config = Some(cfg.display().to_string());
         p.info.log = Some(p.web.dir.join("stderr.log").display().to_string());
-        match write_and_start(
-            proxy_bin, &cfg, &text, &p.web.dir, "outbound", proxy_cpus, taskset,
-        ) {
+        match write_and_start(proxy_bin, &cfg, &text, &p.web.dir, "outbound", pin) {
             Ok(r) => p.web_run = Some(r),
-            Err(e) => skip(&mut p.info, format!("web proxy did not start: {e}")),
+            Err(e) => skip(
+                &mut p.info,
+                format!("web proxy did not start: {}", error_chain(&e)),
+            ),
         }
     }
-    let up: Vec<&Pair> = pairs.iter().filter(|p| p.web_run.is_some()).collect();
-    converge(&mesh.control, &up, applied.version)?;
+}
 
+/// Checks every started pair: the ones that pass become the mesh's
+/// targets, the others are skipped with the reason.
+fn check_pairs(mesh: &mut Mesh, pairs: Vec<Pair>) {
     for mut p in pairs {
         let (Some(web), Some(api)) = (p.web_run.take(), p.api_run.take()) else {
             mesh.infos.push(p.info);
@@ -573,11 +734,36 @@ pub(super) fn start(
                     },
                 ));
             }
-            Err(e) => skip(&mut p.info, e),
+            Err(e) => skip(&mut p.info, error_chain(&e)),
         }
         mesh.infos.push(p.info);
     }
-    Ok(mesh)
+}
+
+/// `fs::create_dir_all`, naming the directory on failure.
+fn create_dir(path: &Path) -> Result<(), PolicyError> {
+    fs::create_dir_all(path).map_err(|source| PolicyError::CreateDir {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Removes what an earlier run left at `path`, if anything.
+fn remove_dir(path: &Path) -> Result<(), PolicyError> {
+    if path.exists() {
+        fs::remove_dir_all(path).map_err(|source| PolicyError::RemoveDir {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// An empty directory at `path`: whatever an earlier run left there is
+/// removed first.
+fn fresh_dir(path: &Path) -> Result<(), PolicyError> {
+    remove_dir(path)?;
+    create_dir(path)
 }
 
 fn skip(info: &mut TargetInfo, note: String) {
@@ -595,17 +781,15 @@ fn write_and_start(
     text: &str,
     dir: &Path,
     listener: &str,
-    cpus: &str,
-    taskset: Option<&Path>,
-) -> Result<Running, String> {
-    fs::write(config, text).map_err(|e| format!("{}: {e}", config.display()))?;
+    pin: Pin<'_>,
+) -> Result<Running, StartError> {
+    proxies::write_config(config, text)?;
     proxies::start_coremesh(
         bin,
         config.to_path_buf(),
         dir.join("stderr.log"),
         listener,
-        cpus,
-        taskset,
+        pin,
     )
 }
 
@@ -613,7 +797,7 @@ fn write_and_start(
 /// last snapshot ACKed (no NACK) at config version `version` or later, and
 /// every api proxy as an endpoint, on two polls in a row (control debounces
 /// changes, so a registration may not have been pushed yet on the first).
-fn converge(control: &Control, pairs: &[&Pair], version: u64) -> Result<(), String> {
+fn converge(control: &Control, pairs: &[&Pair], version: u64) -> Result<(), PolicyError> {
     let nodes: BTreeSet<&str> = pairs
         .iter()
         .flat_map(|p| [p.web.node.as_str(), p.api.node.as_str()])
@@ -623,8 +807,12 @@ fn converge(control: &Control, pairs: &[&Pair], version: u64) -> Result<(), Stri
     let mut stable = 0;
     let mut last = String::new();
     while t.elapsed() < CONVERGE_TIMEOUT {
-        let proxies: Vec<ProxyStatus> = control.get("/v1/proxies")?;
-        let endpoints: Vec<EndpointStatus> = control.get("/v1/endpoints")?;
+        let proxies: Vec<ProxyStatus> = control
+            .get("/v1/proxies")
+            .map_err(|e| PolicyError::Status(Box::new(e)))?;
+        let endpoints: Vec<EndpointStatus> = control
+            .get("/v1/endpoints")
+            .map_err(|e| PolicyError::Status(Box::new(e)))?;
         let ready: BTreeSet<&str> = proxies
             .iter()
             .filter(|p| {
@@ -661,32 +849,52 @@ fn converge(control: &Control, pairs: &[&Pair], version: u64) -> Result<(), Stri
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    Err(format!(
-        "the mesh did not converge within {CONVERGE_TIMEOUT:?}: {last}"
-    ))
+    Err(PolicyError::NotConverged {
+        timeout: CONVERGE_TIMEOUT,
+        last,
+    })
 }
 
 /// The checks of one pair; the note says what its proxies hold.
-fn check(p: &Pair, web: SocketAddr, host: &str) -> Result<String, String> {
+fn check(p: &Pair, web: SocketAddr, host: &str) -> Result<String, CheckError> {
     let path = load_path();
     match proxies::probe_host(web, &path, host) {
         Ok(200) => {}
-        Ok(s) => return Err(format!("GET {path} (Host: {host}) answered {s}, not 200")),
-        Err(e) => return Err(format!("GET {path} (Host: {host}) failed: {e}")),
+        Ok(status) => {
+            return Err(CheckError::Status {
+                path,
+                host: host.into(),
+                status,
+            })
+        }
+        Err(source) => {
+            return Err(CheckError::Request {
+                path,
+                host: host.into(),
+                source,
+            })
+        }
     }
-    let snap = p.web.snapshot()?;
+    let snap = p.web.snapshot().map_err(|source| CheckError::Snapshot {
+        side: "web",
+        source,
+    })?;
     let endpoints = snap
         .services
         .iter()
         .find(|s| s.name == host)
         .map_or(0, |s| s.endpoints.len());
     if endpoints != 1 {
-        return Err(format!(
-            "the web proxy's snapshot lists {endpoints} endpoints of {host}, not 1"
-        ));
+        return Err(CheckError::Endpoints {
+            endpoints,
+            host: host.into(),
+        });
     }
     let (routes, resilience) = (snap.routes.len(), snap.resilience.len());
-    let api_snap = p.api.snapshot()?;
+    let api_snap = p.api.snapshot().map_err(|source| CheckError::Snapshot {
+        side: "api",
+        source,
+    })?;
     let own_limit = api_snap
         .resilience
         .iter()
@@ -696,23 +904,21 @@ fn check(p: &Pair, web: SocketAddr, host: &str) -> Result<String, String> {
     if p.scenario == Scenario::PolicyFull {
         let has_own = snap.resilience.iter().any(|r| r.service == host);
         if routes != ROUTES || !has_own || own_limit != Some(RATE_LIMIT) {
-            return Err(format!(
-                "the policy did not arrive: the web proxy holds {routes} Routes (want {ROUTES}) and {resilience} Resilience ({host}'s: {has_own}); the api proxy's rate limit is {own_limit:?} (want {RATE_LIMIT})"
-            ));
+            return Err(CheckError::NotArrived {
+                routes,
+                resilience,
+                host: host.into(),
+                has_own,
+                own_limit,
+            });
         }
         match proxies::probe_host(web, UNROUTED, host) {
             Ok(404) => {}
-            Ok(s) => {
-                return Err(format!(
-                    "GET {UNROUTED} answered {s}: the Route is not in force (no rule matches it: want 404)"
-                ))
-            }
-            Err(e) => return Err(format!("GET {UNROUTED}: {e}")),
+            Ok(status) => return Err(CheckError::Unrouted { status }),
+            Err(e) => return Err(CheckError::UnroutedRequest(e)),
         }
     } else if routes != 0 || resilience != 0 || own_limit.is_some() {
-        return Err(format!(
-            "plain forwarding should carry no policy, but the web proxy holds {routes} Routes and {resilience} Resilience"
-        ));
+        return Err(CheckError::NotPlain { routes, resilience });
     }
     Ok(format!(
         "web proxy holds {routes} Routes and {resilience} Resilience (snapshot {}, config version {}); api proxy's rate limit: {}",

@@ -12,11 +12,72 @@ use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::http::{ResponseReader, Step};
+use crate::http::{FrameError, ResponseReader, Step};
+
+/// Why a proxy (or another process of the run) did not start. The caller
+/// says which proxy; the variant says which step and which file.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create {}", path.display())]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no free port to listen on")]
+    FreePort(#[source] std::io::Error),
+    #[error("cannot write the configuration {}", path.display())]
+    WriteConfig {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the log {}", path.display())]
+    Log {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot run {}", bin.display())]
+    Spawn {
+        bin: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no \"bound {listener}=\" line on stderr within 15 s; see {}", log.display())]
+    NoBoundLine { listener: String, log: PathBuf },
+    #[error("exited with {status} at start; see {}", log.display())]
+    Exited { status: ExitStatus, log: PathBuf },
+    #[error("not listening on {addr} after 15 s")]
+    NotListening { addr: SocketAddr },
+}
+
+/// Why a check request got no status.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("cannot connect to {addr}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot set a read timeout on the connection to {addr}")]
+    ReadTimeout {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("write")]
+    Write(#[source] std::io::Error),
+    #[error("read")]
+    Read(#[source] std::io::Error),
+    #[error("bad response")]
+    Response(#[source] FrameError),
+}
 
 /// Which proxy a target runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -332,21 +393,31 @@ impl Drop for Running {
     }
 }
 
-/// `taskset -c CPUS` prefix, or nothing when taskset is missing.
-pub fn pinned(bin: &Path, cpus: &str, taskset: Option<&Path>) -> Command {
-    match taskset {
-        Some(t) => {
-            let mut c = Command::new(t);
-            c.arg("-c").arg(cpus).arg(bin);
-            c
+/// Where a process runs: the CPUs (a taskset list) and the taskset that
+/// pins it to them (None: taskset is missing and nothing is pinned).
+#[derive(Debug, Clone, Copy)]
+pub struct Pin<'a> {
+    pub cpus: &'a str,
+    pub taskset: Option<&'a Path>,
+}
+
+impl Pin<'_> {
+    /// `bin` under a `taskset -c CPUS` prefix, or alone when taskset is
+    /// missing.
+    pub fn command(self, bin: &Path) -> Command {
+        match self.taskset {
+            Some(t) => {
+                let mut c = Command::new(t);
+                c.arg("-c").arg(self.cpus).arg(bin);
+                c
+            }
+            None => Command::new(bin),
         }
-        None => Command::new(bin),
     }
 }
 
-/// Writes the configuration, starts the proxy pinned to `cpus`, and waits
+/// Writes the configuration, starts the proxy pinned by `pin`, and waits
 /// until it accepts connections.
-#[allow(clippy::too_many_arguments)] // one call site; each is a distinct fact
 pub fn start(
     nofile: u64,
     kind: Kind,
@@ -354,32 +425,29 @@ pub fn start(
     bin: &Path,
     origin: SocketAddr,
     dir: &Path,
-    cpus: &str,
-    taskset: Option<&Path>,
-) -> Result<Running, String> {
+    pin: Pin<'_>,
+) -> Result<Running, StartError> {
     let own = dir.join("run").join(file_label(label));
-    fs::create_dir_all(&own).map_err(|e| format!("{}: {e}", own.display()))?;
+    create_dir(&own)?;
     let configs = dir.join("configs");
-    fs::create_dir_all(&configs).map_err(|e| format!("{}: {e}", configs.display()))?;
+    create_dir(&configs)?;
     let port = if kind == Kind::Coremesh {
         0
     } else {
-        free_port().map_err(|e| e.to_string())?
+        free_port().map_err(StartError::FreePort)?
     };
     let config_path = configs.join(format!("{}.{}", file_label(label), kind.config_ext()));
-    fs::write(&config_path, config(kind, port, origin, &own, nofile))
-        .map_err(|e| format!("{}: {e}", config_path.display()))?;
+    write_config(&config_path, &config(kind, port, origin, &own, nofile))?;
     let log_path = own.join("stderr.log");
     if kind == Kind::Coremesh {
-        return start_coremesh(bin, config_path, log_path, "outbound", cpus, taskset);
+        return start_coremesh(bin, config_path, log_path, "outbound", pin);
     }
-    spawn(kind, bin, &own, config_path, port, log_path, cpus, taskset)
+    spawn(kind, bin, &own, config_path, port, log_path, pin)
 }
 
 /// Starts a proxy other than coremesh with the configuration already
-/// written at `config_path` (its own files in `own`), pinned to `cpus`,
+/// written at `config_path` (its own files in `own`), pinned by `pin`,
 /// and waits until it accepts connections on `port`.
-#[allow(clippy::too_many_arguments)] // two call sites; each is a distinct fact
 pub fn spawn(
     kind: Kind,
     bin: &Path,
@@ -387,13 +455,12 @@ pub fn spawn(
     config_path: PathBuf,
     port: u16,
     log_path: PathBuf,
-    cpus: &str,
-    taskset: Option<&Path>,
-) -> Result<Running, String> {
-    let mut cmd = pinned(bin, cpus, taskset);
+    pin: Pin<'_>,
+) -> Result<Running, StartError> {
+    let mut cmd = pin.command(bin);
     match kind {
         Kind::Coremesh => {
-            return start_coremesh(bin, config_path, log_path, "outbound", cpus, taskset);
+            return start_coremesh(bin, config_path, log_path, "outbound", pin);
         }
         Kind::Nginx => {
             cmd.arg("-p")
@@ -421,11 +488,12 @@ pub fn spawn(
                 .env("GOMAXPROCS", "1");
         }
     }
-    let log = fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
-    cmd.stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(|e| e.to_string())?)
-        .stderr(log);
-    let child = cmd.spawn().map_err(|e| format!("{}: {e}", bin.display()))?;
+    let (log, log2) = open_log(&log_path)?;
+    cmd.stdin(Stdio::null()).stdout(log2).stderr(log);
+    let child = cmd.spawn().map_err(|source| StartError::Spawn {
+        bin: bin.to_path_buf(),
+        source,
+    })?;
     let mut running = Running {
         child,
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -436,8 +504,8 @@ pub fn spawn(
     Ok(running)
 }
 
-/// Starts coremesh with the configuration at `config_path`, pinned to
-/// `cpus`, its output in `log_path`. coremesh binds port 0 and says which
+/// Starts coremesh with the configuration at `config_path`, pinned by
+/// `pin`, its output in `log_path`. coremesh binds port 0 and says which
 /// port it got on stderr (`... bound inbound=ADDR outbound=ADDR
 /// admin=ADDR`); the address named `listener` (`inbound` or `outbound`) is
 /// the one returned in [`Running::addr`], once it accepts connections.
@@ -446,17 +514,19 @@ pub fn start_coremesh(
     config_path: PathBuf,
     log_path: PathBuf,
     listener: &str,
-    cpus: &str,
-    taskset: Option<&Path>,
-) -> Result<Running, String> {
-    let log = fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
-    let mut cmd = pinned(bin, cpus, taskset);
+    pin: Pin<'_>,
+) -> Result<Running, StartError> {
+    let (log, stdout_log) = open_log(&log_path)?;
+    let mut cmd = pin.command(bin);
     cmd.arg("--config")
         .arg(&config_path)
         .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stdout(stdout_log)
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| format!("{}: {e}", bin.display()))?;
+    let mut child = cmd.spawn().map_err(|source| StartError::Spawn {
+        bin: bin.to_path_buf(),
+        source,
+    })?;
     let stderr = child.stderr.take().expect("piped");
     let (tx, rx) = mpsc::channel();
     let key = format!("{listener}=");
@@ -466,10 +536,10 @@ pub fn start_coremesh(
         Err(_) => {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(format!(
-                "no \"bound {listener}=\" line on stderr within 15 s; see {}",
-                log_path.display()
-            ));
+            return Err(StartError::NoBoundLine {
+                listener: listener.to_string(),
+                log: log_path,
+            });
         }
     };
     let mut running = Running {
@@ -483,23 +553,50 @@ pub fn start_coremesh(
 }
 
 /// Waits until `r` accepts a TCP connection (15 s at most), or has exited.
-fn wait_listening(r: &mut Running) -> Result<(), String> {
+fn wait_listening(r: &mut Running) -> Result<(), StartError> {
     let t = Instant::now();
     loop {
         if let Ok(Some(status)) = r.child.try_wait() {
-            return Err(format!(
-                "exited with {status} at start; see {}",
-                r.log_path.display()
-            ));
+            return Err(StartError::Exited {
+                status,
+                log: r.log_path.clone(),
+            });
         }
         if TcpStream::connect_timeout(&r.addr, Duration::from_millis(200)).is_ok() {
             return Ok(());
         }
         if t.elapsed() > Duration::from_secs(15) {
-            return Err(format!("not listening on {} after 15 s", r.addr));
+            return Err(StartError::NotListening { addr: r.addr });
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// `fs::create_dir_all`, naming the directory on failure.
+pub fn create_dir(path: &Path) -> Result<(), StartError> {
+    fs::create_dir_all(path).map_err(|source| StartError::CreateDir {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes a generated configuration, naming it on failure.
+pub fn write_config(path: &Path, text: &str) -> Result<(), StartError> {
+    fs::write(path, text).map_err(|source| StartError::WriteConfig {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Creates a process's log file: two handles, for stderr and stdout.
+fn open_log(path: &Path) -> Result<(fs::File, fs::File), StartError> {
+    let log_err = |source| StartError::Log {
+        path: path.to_path_buf(),
+        source,
+    };
+    let log = fs::File::create(path).map_err(log_err)?;
+    let other = log.try_clone().map_err(log_err)?;
+    Ok((log, other))
 }
 
 /// Copies coremesh's stderr to its log; sends the address after `key`
@@ -532,45 +629,50 @@ pub fn file_label(label: &str) -> String {
 }
 
 /// Sends one `GET path` with `Host: origin` and returns the status.
-pub fn probe(addr: SocketAddr, path: &str) -> Result<u16, String> {
+pub fn probe(addr: SocketAddr, path: &str) -> Result<u16, ProbeError> {
     probe_host(addr, path, "origin")
 }
 
 /// Sends one `GET path` with `Host: host` and returns the status.
-pub fn probe_host(addr: SocketAddr, path: &str, host: &str) -> Result<u16, String> {
-    let mut s =
-        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
+pub fn probe_host(addr: SocketAddr, path: &str, host: &str) -> Result<u16, ProbeError> {
+    let mut s = connect(addr)?;
     request_host(&mut s, path, host)
+}
+
+/// A TCP connection to `addr` (2 s to connect) whose reads time out
+/// after 5 s.
+pub fn connect(addr: SocketAddr) -> Result<TcpStream, ProbeError> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|source| ProbeError::Connect { addr, source })?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|source| ProbeError::ReadTimeout { addr, source })?;
+    Ok(s)
 }
 
 /// One keep-alive request with `Host: origin` on an open connection;
 /// returns the status.
-pub fn request_on(s: &mut TcpStream, path: &str) -> Result<u16, String> {
+pub fn request_on(s: &mut TcpStream, path: &str) -> Result<u16, ProbeError> {
     request_host(s, path, "origin")
 }
 
 /// One keep-alive request with `Host: host` on any open byte stream (a
 /// TCP connection, a TLS session over one); returns the status.
-pub fn request_host<S: Read + Write>(s: &mut S, path: &str, host: &str) -> Result<u16, String> {
+pub fn request_host<S: Read + Write>(s: &mut S, path: &str, host: &str) -> Result<u16, ProbeError> {
     let req = crate::http::build_request(path, host, &[], 0, false);
-    s.write_all(&req).map_err(|e| format!("write: {e}"))?;
+    s.write_all(&req).map_err(ProbeError::Write)?;
     let mut r = ResponseReader::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut filled = 0;
     loop {
-        let n = s
-            .read(&mut buf[filled..])
-            .map_err(|e| format!("read: {e}"))?;
+        let n = s.read(&mut buf[filled..]).map_err(ProbeError::Read)?;
         if n == 0 {
             return r
                 .feed_eof()
                 .map(|resp| resp.status)
-                .map_err(|e| e.to_string());
+                .map_err(ProbeError::Response);
         }
         filled += n;
-        let (used, step) = r.feed(&buf[..filled]).map_err(|e| e.to_string())?;
+        let (used, step) = r.feed(&buf[..filled]).map_err(ProbeError::Response)?;
         buf.copy_within(used..filled, 0);
         filled -= used;
         if let Step::Done(resp) = step {

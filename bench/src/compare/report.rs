@@ -201,7 +201,21 @@ pub fn markdown(r: &Results) -> String {
         "Machine: {}. Proxy on CPU {}, origin and load generator on CPU {}. {} round(s) of {:.1} s (+{:.1} s warm-up) per measurement, {} connections. Cells: median (min–max over rounds) **ratio vs coremesh**.\n\n",
         r.machine, r.proxy_cores, r.load_cores, r.rounds, r.duration_s, r.warmup_s, r.connections
     );
+    md += &cpu_md(r, &sat, &proxies);
+    md += &cpu_split(r, &proxies);
+    md += &kernel_work(r, &order);
+    md += &throughput_md(r, &sat, &order, &proxies);
+    md += &latency_md(r, &order);
+    md += &policy_md(r);
+    md += &mtls_md(r);
+    md += &idle_md(r, &proxies);
+    md += &trailer_md(r);
+    md
+}
 
+/// Proxy CPU per request at saturation (and at the fixed rate).
+fn cpu_md(r: &Results, sat: &[Scenario], proxies: &[&String]) -> String {
+    let mut md = String::new();
     if !sat.is_empty() && !proxies.is_empty() {
         md += "### Proxy CPU per request (us, user+sys of all proxy threads and processes; lower is better)\n\n";
         md += &header(
@@ -213,7 +227,7 @@ pub fn markdown(r: &Results) -> String {
                     .then_some("rate"),
             ),
         );
-        for t in &proxies {
+        for t in proxies {
             let mut row = vec![t.to_string()];
             for sc in sat.iter().chain(
                 r.samples
@@ -227,31 +241,33 @@ pub fn markdown(r: &Results) -> String {
         }
         md += "\n";
     }
+    md
+}
 
-    md += &cpu_split(r, &proxies);
-    md += &kernel_work(r, &order);
-
+/// Throughput at saturation, and how busy the proxy and the load side were.
+fn throughput_md(r: &Results, sat: &[Scenario], order: &[String], proxies: &[&String]) -> String {
+    let mut md = String::new();
     if !sat.is_empty() {
         md += "### Throughput at saturation (req/s; higher is better)\n\n";
         md += &header("target", sat.iter().map(|s| s.name()));
-        for t in &order {
+        for t in order {
             if !r.samples.iter().any(|s| s.target == *t) {
                 continue;
             }
             let mut row = vec![t.to_string()];
-            for sc in &sat {
+            for sc in sat {
                 row.push(cell(find(r, *sc, t, "rps"), f0));
             }
             md += &row_md(&row);
         }
         md += "\nProxy CPU use at saturation (cores; near 1.0 means the proxy was the bottleneck, below it the generator or origin was):";
-        for t in &proxies {
+        for t in proxies {
             if let Some(s) = find(r, Scenario::Small, t, "proxy_cores_used") {
                 md += &format!(" {t} {:.2};", s.median);
             }
         }
         md += " load generator + origin:";
-        for t in &order {
+        for t in order {
             if let (Some(g), Some(o)) = (
                 find(r, Scenario::Small, t, "generator_cores_used"),
                 find(r, Scenario::Small, t, "origin_cores_used"),
@@ -261,7 +277,12 @@ pub fn markdown(r: &Results) -> String {
         }
         md += "\n\n";
     }
+    md
+}
 
+/// Latency at the fixed rate, and what each proxy adds to the direct p99.
+fn latency_md(r: &Results, order: &[String]) -> String {
+    let mut md = String::new();
     if r.samples.iter().any(|s| s.scenario == Scenario::Rate) {
         md += &format!(
             "### Latency at a fixed {:.0} req/s (open loop, from intended send time; lower is better)\n\n",
@@ -280,7 +301,7 @@ pub fn markdown(r: &Results) -> String {
             .into_iter(),
         );
         let direct_p99 = find(r, Scenario::Rate, DIRECT, "p99_us").map(|s| s.median);
-        for t in &order {
+        for t in order {
             if !r
                 .samples
                 .iter()
@@ -311,24 +332,31 @@ pub fn markdown(r: &Results) -> String {
         }
         md += "\n";
     }
+    md
+}
 
-    md += &policy_md(r);
-    md += &mtls_md(r);
-
+/// RSS per idle connection.
+fn idle_md(r: &Results, proxies: &[&String]) -> String {
+    let mut md = String::new();
     if !r.idle.is_empty() {
         md += &format!(
             "### RSS per idle keep-alive client connection (bytes, {} connections each after one request; lower is better)\n\n",
             r.idle_connections
         );
         md += &header("proxy", ["bytes/conn"].into_iter());
-        for t in &proxies {
+        for t in proxies {
             if let Some(s) = find(r, Scenario::Idle, t, "bytes_per_conn") {
                 md += &row_md(&[t.to_string(), cell(Some(s), f0)]);
             }
         }
         md += "\n";
     }
+    md
+}
 
+/// Errors, the A/A noise band, skipped targets and the run's notes.
+fn trailer_md(r: &Results) -> String {
+    let mut md = String::new();
     // Errors anywhere deserve a line.
     let errs: Vec<String> = r
         .samples
