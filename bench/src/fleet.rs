@@ -1405,37 +1405,4 @@ fn shut_down(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn calls_are_distinct_and_not_self() {
-        for s in 0..100 {
-            let c = calls_of(s, 100, 5);
-            assert_eq!(c.len(), 5);
-            assert!(!c.contains(&s));
-            let mut d = c.clone();
-            d.sort();
-            d.dedup();
-            assert_eq!(d.len(), 5);
-        }
-        assert_eq!(calls_of(0, 3, 5).len(), 2);
-    }
-
-    #[test]
-    fn yaml_parses_and_changes_only_the_first_routes() {
-        let docs = coremesh_api::resource::parse_documents(&config_yaml(4, 2)).unwrap();
-        assert_eq!(docs.len(), 8);
-        let y = config_yaml(4, 2);
-        assert_eq!(y.matches("weight: 50").count(), 4);
-        assert_eq!(y.matches("weight: 90").count(), 2);
-    }
-
-    #[test]
-    fn percentiles_nearest_rank() {
-        let p = percentiles((1..=100).map(f64::from).collect()).unwrap();
-        assert_eq!((p.p50_ms, p.p99_ms, p.max_ms), (50.0, 99.0, 100.0));
-        assert_eq!(p.min_ms, 1.0);
-        assert!(percentiles(vec![]).is_none());
-    }
-}
+mod tests;

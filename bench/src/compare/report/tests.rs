@@ -1,0 +1,167 @@
+use super::*;
+use crate::load::Errors;
+
+fn s(round: usize, target: &str, cpu: f64) -> Sample {
+    Sample {
+        round,
+        scenario: Scenario::Small,
+        target: target.into(),
+        target_rate: 0.0,
+        achieved_rps: 1000.0 * round as f64,
+        responses_total: 10,
+        unsent: 0,
+        latency_us: Default::default(),
+        errors: Errors::default(),
+        proxy_cpu_us_per_req: Some(cpu),
+        proxy_user_us_per_req: None,
+        proxy_sys_us_per_req: None,
+        proxy_context_switches_per_req: None,
+        tcp_segments_per_req: None,
+        proxy_cores_used: Some(1.0),
+        generator_cores_used: 0.5,
+        generator_us_per_req: 1.0,
+        origin_cores_used: 0.5,
+    }
+}
+
+#[test]
+fn policy_cost_against_plain_plus_five_percent_and_the_band() {
+    // Twin 2% off in plain, 1% in full: band 2%, limit 1.07.
+    let c = policy_cost((10.0, Some(10.2)), (10.6, Some(10.5)));
+    assert!((c.band - 0.02).abs() < 1e-9, "{c:?}");
+    assert!((c.limit - 1.07).abs() < 1e-9, "{c:?}");
+    assert!((c.ratio - 1.06).abs() < 1e-9 && c.met, "{c:?}");
+    assert!((c.ratio_aa.unwrap() - 10.5 / 10.2).abs() < 1e-9);
+    let c = policy_cost((10.0, Some(10.0)), (10.8, Some(10.8)));
+    assert!(!c.met && c.band == 0.0, "{c:?}");
+    // Without the twin the band is 0.
+    let c = policy_cost((10.0, None), (10.4, None));
+    assert!(c.met && c.ratio_aa.is_none() && c.band == 0.0);
+    // Cheaper than plain is met.
+    assert!(policy_cost((10.0, Some(9.9)), (9.0, Some(9.1))).met);
+}
+
+#[test]
+fn mesh_verdict_against_the_best_peer() {
+    let peers = vec![("nginx".to_string(), 40.0), ("haproxy".to_string(), 30.0)];
+    let v = mesh_verdict(24.0, Some(24.6), &peers).unwrap();
+    assert_eq!(v.best_peer, "haproxy");
+    assert!((v.ratio - 0.8).abs() < 1e-9 && v.met && !v.aim_met, "{v:?}");
+    assert!((v.band.unwrap() - 0.025).abs() < 1e-9);
+    let v = mesh_verdict(28.0, None, &peers).unwrap();
+    assert!(!v.met && v.band.is_none(), "{v:?}");
+    assert!(mesh_verdict(20.0, None, &peers).unwrap().aim_met);
+    assert!(mesh_verdict(20.0, None, &[]).is_none());
+}
+
+#[test]
+fn medians() {
+    assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+    assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
+    assert!(median(&mut []).is_nan());
+}
+
+#[test]
+fn ratios_against_coremesh() {
+    let samples = vec![
+        s(1, COREMESH, 10.0),
+        s(2, COREMESH, 12.0),
+        s(3, COREMESH, 11.0),
+        s(1, "nginx", 15.0),
+        s(2, "nginx", 17.0),
+        s(3, "nginx", 16.5),
+    ];
+    let sum = summarize(&samples, &[]);
+    let n = sum
+        .iter()
+        .find(|x| x.target == "nginx" && x.metric == "proxy_cpu_us_per_req")
+        .unwrap();
+    assert_eq!((n.median, n.min, n.max, n.n), (16.5, 15.0, 17.0, 3));
+    assert!((n.ratio_vs_coremesh.unwrap() - 1.5).abs() < 1e-9);
+    let c = sum
+        .iter()
+        .find(|x| x.target == COREMESH && x.metric == "rps")
+        .unwrap();
+    assert_eq!(c.ratio_vs_coremesh, Some(1.0));
+}
+
+#[test]
+fn the_cpu_split_shows_user_and_kernel_medians() {
+    let mut samples = Vec::new();
+    for (round, (u, k)) in [(3.0, 12.0), (4.0, 16.0), (5.0, 20.0)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut x = s(round + 1, COREMESH, u + k);
+        x.proxy_user_us_per_req = Some(u);
+        x.proxy_sys_us_per_req = Some(k);
+        samples.push(x);
+    }
+    // A target from results written before the split has no cell.
+    samples.push(s(1, "nginx", 20.0));
+    let r = results(samples);
+    let (cm, ng) = (COREMESH.to_string(), "nginx".to_string());
+    let md = cpu_split(&r, &[&cm, &ng]);
+    assert!(md.contains("| proxy | small |"), "{md}");
+    assert!(
+        md.contains("| coremesh | 4.00 / 16.00 (80% kernel) |"),
+        "{md}"
+    );
+    assert!(md.contains("| nginx | - |"), "{md}");
+    assert_eq!(cpu_split(&r, &[]), "");
+}
+
+/// Results of `samples` with their summary, for the report's tables.
+fn results(samples: Vec<Sample>) -> Results {
+    let summary = summarize(&samples, &[]);
+    Results {
+        command: String::new(),
+        machine: String::new(),
+        started_at: 0,
+        proxy_cores: "1".into(),
+        load_cores: "0".into(),
+        rounds: 3,
+        duration_s: 1.0,
+        warmup_s: 0.0,
+        connections: 1,
+        idle_connections: 0,
+        fixed_rate: 0.0,
+        mtls_fixed_rate: 0.0,
+        targets: Vec::new(),
+        notes: Vec::new(),
+        samples,
+        idle: Vec::new(),
+        summary,
+    }
+}
+
+#[test]
+fn kernel_work_shows_segments_and_wake_ups() {
+    let mut samples = Vec::new();
+    for round in 1..=3 {
+        let mut d = s(round, DIRECT, 0.0);
+        d.proxy_cpu_us_per_req = None;
+        d.tcp_segments_per_req = Some(2.0);
+        samples.push(d);
+        let mut c = s(round, COREMESH, 10.0);
+        c.tcp_segments_per_req = Some(4.0 + round as f64 / 100.0);
+        c.proxy_context_switches_per_req = Some(0.1 * round as f64);
+        samples.push(c);
+    }
+    // Results written before these counters have no cell.
+    samples.push(s(1, "nginx", 20.0));
+    let r = results(samples);
+    let order = [
+        DIRECT.to_string(),
+        COREMESH.to_string(),
+        "nginx".to_string(),
+    ];
+    let md = kernel_work(&r, &order);
+    assert!(md.contains("| target | small |"), "{md}");
+    assert!(md.contains("| direct | 2.00 / - |"), "{md}");
+    assert!(md.contains("| coremesh | 4.02 / 0.20 |"), "{md}");
+    assert!(md.contains("| nginx | - |"), "{md}");
+
+    let old = results(vec![s(1, "nginx", 20.0)]);
+    assert_eq!(kernel_work(&old, &order), "");
+}

@@ -1,0 +1,85 @@
+use super::*;
+use std::io::{Read, Write};
+
+fn start(cfg: OriginConfig) -> (SocketAddr, Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+    let l = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = l.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let h = std::thread::spawn(move || serve(l, cfg, s).unwrap());
+    (addr, stop, h)
+}
+
+/// A blocking client that keeps bytes past one response for the next
+/// (pipelined responses can arrive in one read).
+struct Client {
+    s: std::net::TcpStream,
+    buf: Vec<u8>,
+    filled: usize,
+}
+
+impl Client {
+    fn new(addr: SocketAddr) -> Client {
+        let s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Client {
+            s,
+            buf: vec![0u8; 65536],
+            filled: 0,
+        }
+    }
+
+    fn response(&mut self) -> (u16, bool) {
+        let mut r = crate::http::ResponseReader::new();
+        loop {
+            let (used, step) = r.feed(&self.buf[..self.filled]).unwrap();
+            self.buf.copy_within(used..self.filled, 0);
+            self.filled -= used;
+            if let crate::http::Step::Done(resp) = step {
+                return (resp.status, resp.keep_alive);
+            }
+            let n = self.s.read(&mut self.buf[self.filled..]).unwrap();
+            assert!(n > 0, "closed early");
+            self.filled += n;
+        }
+    }
+}
+
+#[test]
+fn serves_sizes_keep_alive_pipelined_and_close() {
+    let (addr, stop, h) = start(OriginConfig {
+        body_size: 10,
+        delay: Duration::ZERO,
+    });
+    let mut c = Client::new(addr);
+    // Two pipelined requests, one with a body, then a close.
+    c.s.write_all(
+        b"POST /size/100000 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(c.response(), (200, true));
+    assert_eq!(c.response(), (200, true));
+    c.s.write_all(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    assert_eq!(c.response(), (200, false));
+    let mut rest = Vec::new();
+    c.s.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty() && c.filled == 0);
+    stop.store(true, Ordering::Relaxed);
+    h.join().unwrap();
+}
+
+#[test]
+fn delay_holds_the_response() {
+    let (addr, stop, h) = start(OriginConfig {
+        body_size: 1,
+        delay: Duration::from_millis(50),
+    });
+    let mut c = Client::new(addr);
+    let t = std::time::Instant::now();
+    c.s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(c.response().0, 200);
+    assert!(t.elapsed() >= Duration::from_millis(50));
+    stop.store(true, Ordering::Relaxed);
+    h.join().unwrap();
+}
