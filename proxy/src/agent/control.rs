@@ -638,34 +638,9 @@ impl Client {
         let (tx, mut msgs) = mpsc::unbounded_channel();
         let _reader = AbortOnDrop(tokio::task::spawn_local(read_frames(recv, tx)));
         let applied = self.setup.applier.applied();
-        write(
-            &mut send,
-            &ProxyMsg::Hello {
-                protocol: wire::PROTOCOL_VERSION,
-                service: self.setup.service.clone(),
-                node: self.cfg().node.clone(),
-                version: applied.as_ref().map(|a| a.version),
-                calls: self.cfg().calls.clone(),
-                compression: vec![wire::ZSTD.to_string()],
-            },
-        )
-        .await?;
-        let heartbeat = match next(&mut msgs, ANSWER_TIMEOUT).await? {
-            ControlMsg::Welcome {
-                heartbeat_interval_ms,
-                ..
-            } => Duration::from_millis(heartbeat_interval_ms).max(MIN_HEARTBEAT),
-            ControlMsg::Error { code, message } => {
-                return Err(SessionError::SessionRefused { code, message }.into())
-            }
-            other => {
-                return Err(SessionError::Unexpected {
-                    expected: "Welcome",
-                    got: msg_kind(&other),
-                }
-                .into())
-            }
-        };
+        let heartbeat = self
+            .hello(&mut send, &mut msgs, applied.as_ref().map(|a| a.version))
+            .await?;
         tracing::info!(
             "connected to control at {addr} (service {}, running version {})",
             self.setup.service,
@@ -702,23 +677,7 @@ impl Client {
             tokio::select! {
                 m = msgs.recv() => match m.ok_or(SessionError::ReaderStopped)?? {
                     ControlMsg::Snapshot(snap) => {
-                        let version = snap.version;
-                        let reply = match self.setup.applier.apply(&snap, true).await {
-                            Ok(()) => {
-                                tracing::info!(
-                                    "applied snapshot version {version} (config version {})",
-                                    snap.config_version
-                                );
-                                ProxyMsg::Ack { version }
-                            }
-                            Err(nack) => {
-                                tracing::warn!("refused snapshot version {version}: {nack}");
-                                ProxyMsg::Nack {
-                                    version,
-                                    reason: nack.to_string(),
-                                }
-                            }
-                        };
+                        let reply = self.apply(&snap).await;
                         write(&mut send, &reply).await?;
                     }
                     ControlMsg::Renewed { cert_pem } => {
@@ -793,6 +752,60 @@ impl Client {
                         return Ok(());
                     }
                 },
+            }
+        }
+    }
+
+    /// Says hello (service, node, the version running, the services called)
+    /// and waits for the welcome; returns the heartbeat interval.
+    async fn hello(
+        &self,
+        send: &mut quinn::SendStream,
+        msgs: &mut mpsc::UnboundedReceiver<Result<ControlMsg, StreamError>>,
+        running: Option<u64>,
+    ) -> Result<Duration, Failure> {
+        let hello = ProxyMsg::Hello {
+            protocol: wire::PROTOCOL_VERSION,
+            service: self.setup.service.clone(),
+            node: self.cfg().node.clone(),
+            version: running,
+            calls: self.cfg().calls.clone(),
+            compression: vec![wire::ZSTD.to_string()],
+        };
+        write(send, &hello).await?;
+        match next(msgs, ANSWER_TIMEOUT).await? {
+            ControlMsg::Welcome {
+                heartbeat_interval_ms,
+                ..
+            } => Ok(Duration::from_millis(heartbeat_interval_ms).max(MIN_HEARTBEAT)),
+            ControlMsg::Error { code, message } => {
+                Err(SessionError::SessionRefused { code, message }.into())
+            }
+            other => Err(SessionError::Unexpected {
+                expected: "Welcome",
+                got: msg_kind(&other),
+            }
+            .into()),
+        }
+    }
+
+    /// Applies a snapshot from control; the answer to send back.
+    async fn apply(&self, snap: &coremesh_api::snapshot::Snapshot) -> ProxyMsg {
+        let version = snap.version;
+        match self.setup.applier.apply(snap, true).await {
+            Ok(()) => {
+                tracing::info!(
+                    "applied snapshot version {version} (config version {})",
+                    snap.config_version
+                );
+                ProxyMsg::Ack { version }
+            }
+            Err(nack) => {
+                tracing::warn!("refused snapshot version {version}: {nack}");
+                ProxyMsg::Nack {
+                    version,
+                    reason: nack.to_string(),
+                }
             }
         }
     }

@@ -75,7 +75,7 @@ pub(super) async fn exchange(
     ctx: &mut RequestCtx<'_, '_>,
     mut cbuf: Buf,
     endpoints: Endpoints<'_>,
-    mut attempts: Attempts,
+    attempts: Attempts,
     key: Option<u64>,
 ) -> (Next, Buf) {
     let shard = ctx.shard;
@@ -94,17 +94,6 @@ pub(super) async fn exchange(
     if let Some(name) = service {
         shard.traffic.with(name, |s| s.budget.deposit(ctx.ex.start));
     }
-    // A retry spends the service's retry budget; an exhausted budget ends
-    // the tries (an outage is not amplified).
-    let budget_allows = || {
-        service.is_none_or(|name| {
-            shard
-                .traffic
-                .with(name, |s| s.budget.try_withdraw(Instant::now()))
-                .unwrap_or(true)
-        })
-    };
-    let mut tried = Tried::default();
     if attempts.may_retry_at_all() {
         let limit = attempts.policy().max_body;
         cbuf = match Box::pin(buffer_body(ctx, cbuf, limit)).await {
@@ -122,6 +111,30 @@ pub(super) async fn exchange(
         };
         return ctx.answer_and_close(answer, cbuf).await;
     }
+    tries(ctx, cbuf, endpoints, attempts, key).await
+}
+
+/// The tries of a request, as `attempts` decides after each failure.
+async fn tries(
+    ctx: &mut RequestCtx<'_, '_>,
+    mut cbuf: Buf,
+    endpoints: Endpoints<'_>,
+    mut attempts: Attempts,
+    key: Option<u64>,
+) -> (Next, Buf) {
+    let shard = ctx.shard;
+    let service = endpoints.service();
+    // A retry spends the service's retry budget; an exhausted budget ends
+    // the tries (an outage is not amplified).
+    let budget_allows = || {
+        service.is_none_or(|name| {
+            shard
+                .traffic
+                .with(name, |s| s.budget.try_withdraw(Instant::now()))
+                .unwrap_or(true)
+        })
+    };
+    let mut tried = Tried::default();
     // The first try uses the request's clock reading; each later one (after
     // a failure, a backoff) reads the clock again.
     let mut first = Some(ctx.ex.start);
