@@ -1,9 +1,17 @@
 //! The answer phase: every response the proxy makes itself (a local error,
 //! a denial, an injected fault, a probe answer, a refused head) is an
-//! [`Answer`] written here, in HTTP/1.1, and nowhere else.
+//! [`Answer`] written here, in HTTP/1.1, and nowhere else; so are its two
+//! fixed answers, [`CONTINUE`] and [`CONNECTED`].
 
 use super::*;
 use crate::error::Answer;
+
+/// The interim answer the proxy sends itself to `Expect: 100-continue`
+/// (once the upstream is connected, or before buffering a body for retries).
+pub(super) const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// The answer to a `CONNECT` whose tunnel is open.
+pub(super) const CONNECTED: &[u8] = b"HTTP/1.1 200 Connection Established\r\n\r\n";
 
 /// Whether the connection can carry another request after answering this
 /// one locally: only if the request had no body (its unread body would be

@@ -292,7 +292,7 @@ async fn buffer_body(ctx: &mut RequestCtx<'_, '_>, mut cbuf: Buf, limit: u64) ->
     if head.expect_continue && head.version == Version::Http11 {
         // The client holds its body back until told to send it; the
         // upstream's own 100 is dropped later as a duplicate.
-        let cont = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
+        let cont = super::answer::CONTINUE.to_vec();
         if write_bounded(client, cont, cfg.timeouts.idle)
             .await
             .is_err()
@@ -496,7 +496,7 @@ async fn send_request(
     if head.expect_continue && head.version == Version::Http11 {
         // The proxy answers 100 itself once the upstream is connected, so
         // the client never waits on an upstream that ignores Expect.
-        let cont = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
+        let cont = super::answer::CONTINUE.to_vec();
         if write_bounded(client, cont, idle).await.is_err() {
             return Err(Failed::gone(sent.cbuf));
         }

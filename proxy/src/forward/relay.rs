@@ -51,7 +51,7 @@ pub(super) async fn connect_tunnel(
         }
         Err(e) => return ctx.answer_and_close(Answer::Error(e.kind), cbuf).await,
     };
-    let ok = b"HTTP/1.1 200 Connection Established\r\n\r\n".to_vec();
+    let ok = super::answer::CONNECTED.to_vec();
     if write_bounded(ctx.client, ok, ctx.ex.idle).await.is_err() {
         return (Next::Close, cbuf);
     }
