@@ -67,6 +67,9 @@ pub struct CompiledRule {
     pub methods: Vec<String>,
     pub timeout: Option<Duration>,
     pub retries: Option<RetryPolicy>,
+    /// `failover: strict`: a request stays in the backend drawn for it, even
+    /// when none of its endpoints is usable (no spill-over).
+    pub strict: bool,
     /// Backends with their weights and endpoints.
     pub backends: Vec<WeightedBackend>,
 }
@@ -288,6 +291,7 @@ fn compile_route(
                     max_body: r.max_body_bytes,
                 }
             }),
+            strict: rule.failover == coremesh_api::resource::Failover::Strict,
             backends,
         });
     }

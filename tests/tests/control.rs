@@ -1301,3 +1301,34 @@ fn a_dead_app_behind_a_live_sidecar_costs_no_idempotent_request() {
     let t = tally(mesh.web(), 100, "/", &[]);
     assert_eq!(count(&t, "api-v2"), 100, "{t:?}");
 }
+
+#[test]
+fn a_strict_split_never_moves_a_request_to_the_other_subset() {
+    let mut mesh = Mesh::start(Control::start(), 1);
+    let strict = SPLIT_NO_RETRIES.replace("  - backends:", "  - failover: strict\n    backends:");
+    let version = mesh.control.apply(&strict);
+    mesh.converge(version);
+    drop(mesh.apis.remove(0));
+    // Requests drawn for v1 (90%) fail: they may not cross to v2.
+    let mut c = mesh.web().outbound_client();
+    let (mut v2, mut failed) = (0, 0);
+    for _ in 0..100 {
+        let r = c.get("api", "/");
+        match r.status {
+            200 => {
+                assert_eq!(r.header("x-origin"), Some("api-v2"));
+                v2 += 1;
+            }
+            502 | 504 => failed += 1,
+            s => panic!("answered {s}: {:?}", r.body_str()),
+        }
+    }
+    assert!(failed > 50 && v2 > 0, "v2 {v2}, failed {failed}");
+    // What meshctl shows is what was applied.
+    let routes = mesh
+        .control
+        .meshctl(&["get", "routes", "-o", "yaml"])
+        .ok()
+        .stdout;
+    assert!(routes.contains("failover: strict"), "{routes}");
+}

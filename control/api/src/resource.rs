@@ -63,7 +63,28 @@ pub struct Rule {
     pub timeout: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<Retries>,
+    /// What happens when every endpoint of a backend is ejected, unhealthy
+    /// or down: its share goes to the rule's other backends
+    /// (`spill-over`, the default), or requests drawn for it still go to
+    /// it (`strict`: a request never crosses subsets, also not on retry).
+    #[serde(default, skip_serializing_if = "Failover::is_default")]
+    pub failover: Failover,
     pub backends: Vec<Backend>,
+}
+
+/// [`Rule::failover`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Failover {
+    #[default]
+    SpillOver,
+    Strict,
+}
+
+impl Failover {
+    fn is_default(&self) -> bool {
+        *self == Failover::SpillOver
+    }
 }
 
 /// All present conditions must hold.

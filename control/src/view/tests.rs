@@ -17,6 +17,7 @@ fn config() -> Config {
                 matches: None,
                 timeout: None,
                 retries: None,
+                failover: Default::default(),
                 backends: vec![Backend {
                     subset: BTreeMap::new(),
                     weight: 1,

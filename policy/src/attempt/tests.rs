@@ -17,6 +17,7 @@ fn rule(on: &[RetryOn], attempts: u32) -> CompiledRule {
             idempotent_only: true,
             max_body: 1024,
         }),
+        strict: false,
         backends: Vec::new(),
     }
 }

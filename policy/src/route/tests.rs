@@ -67,6 +67,7 @@ fn rule(path_prefix: Option<&str>, headers: &[(&str, &str)], methods: &[&str]) -
         methods: methods.iter().map(|m| m.to_string()).collect(),
         timeout: None,
         retries: None,
+        strict: false,
         backends: Vec::new(),
     }
 }
@@ -275,4 +276,20 @@ fn a_retry_stays_in_its_subset_while_it_has_an_untried_endpoint() {
     // A zero weight is never chosen, even when preferred.
     let r = backends(&[(0, &[1]), (10, &[2])]);
     assert_eq!(pick_backend(&r, Some(0), 0, |_| true), Some(1));
+}
+
+#[test]
+fn failover_strict_compiles_from_the_route() {
+    let snap: coremesh_api::snapshot::Snapshot = serde_json::from_value(serde_json::json!({
+        "version": 1, "config_version": 1,
+        "services": [{"name": "api", "endpoints": []}],
+        "routes": [{"name": "api", "service": "api", "rules": [
+            {"failover": "strict", "backends": [{"weight": 1}]},
+            {"backends": [{"weight": 1}]},
+        ]}],
+    }))
+    .unwrap();
+    let t = RoutingTable::compile(&snap).unwrap();
+    let rules = t.service(b"api").unwrap().rules.as_ref().unwrap();
+    assert!(rules[0].strict && !rules[1].strict);
 }

@@ -63,9 +63,14 @@ impl Endpoints<'_> {
             Endpoints::Service(name, eps, _) => (*name, *eps, None, None),
             Endpoints::Rule(name, rule, all) => {
                 let draw = shard.random();
-                let b = crate::route::pick_backend(rule, tried.backend, draw, usable)
-                    .or_else(|| crate::route::fail_open_backend(rule, draw))
-                    .expect("a backend with endpoints (checked when routing)");
+                let b = match tried.backend {
+                    // `failover: strict`: a request never crosses backends.
+                    Some(b) if rule.strict => Some(b),
+                    _ if rule.strict => crate::route::fail_open_backend(rule, draw),
+                    prefer => crate::route::pick_backend(rule, prefer, draw, usable)
+                        .or_else(|| crate::route::fail_open_backend(rule, draw)),
+                }
+                .expect("a backend with endpoints (checked when routing)");
                 (*name, *all, Some(&rule.backends[b].endpoints[..]), Some(b))
             }
         };
