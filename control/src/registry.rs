@@ -287,6 +287,14 @@ impl Registry {
                 e.last_heartbeat = now;
                 let flipped = e.healthy != healthy;
                 e.healthy = healthy;
+                if flipped {
+                    let (service, address) = &key;
+                    if healthy {
+                        tracing::info!(%service, %address, node = %e.node, "endpoint readmitted: its app passes its health check again");
+                    } else {
+                        tracing::warn!(%service, %address, node = %e.node, "endpoint withdrawn: its app fails its health check");
+                    }
+                }
                 flipped
             }
             Some(_) => false,

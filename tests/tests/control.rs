@@ -659,6 +659,11 @@ fn a_stopped_proxy_is_withdrawn_and_a_rolling_restart_fails_no_request() {
         "it deregistered before exiting:\n{}",
         stopped.log_tail(20)
     );
+    assert!(
+        !stopped.log_text().contains("reconnecting"),
+        "a stopping proxy does not talk of reconnecting:\n{}",
+        stopped.log_tail(20)
+    );
     let left = wait_for(SOON, || {
         let eps = mesh.control.endpoint_addrs("api");
         (!eps.contains(&gone)).then_some(eps)
@@ -1140,6 +1145,18 @@ fn unhealthy_endpoints_are_withdrawn_but_a_service_never_loses_all_of_them() {
     let table = control.meshctl(&["get", "endpoints"]).ok().stdout;
     let r = row(&table, &p2.inbound().to_string()).expect("listed");
     assert!(r.contains("false"), "{table}");
+    // Control says why, once per flip, naming the endpoint.
+    let withdrawn = |address: SocketAddr| {
+        control.log_lines().into_iter().any(|l| {
+            l.contains("endpoint withdrawn: its app fails its health check")
+                && l.contains(&address.to_string())
+        })
+    };
+    assert!(
+        withdrawn(p2.inbound()) && withdrawn(_pc.inbound()),
+        "{}",
+        control.log_lines().join("\n")
+    );
 
     // api: only the healthy v1 is used.
     let t = tally(&web, 20, "/healthy-only", &[]);

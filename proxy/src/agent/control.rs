@@ -399,6 +399,11 @@ pub async fn run(setup: ControlSetup) {
             Err(e) => Err(Failure::Error(e)),
         };
         client.setup.applier.set_connected(false);
+        if client.setup.link.closed.get() || client.setup.link.leaving.get() {
+            // Stopping: the session ended because this proxy is leaving.
+            tracing::info!("control session closed; the proxy is stopping");
+            return;
+        }
         if started.elapsed() >= STABLE_SESSION {
             backoff.reset();
         }
