@@ -723,6 +723,10 @@ fn a_disconnected_proxy_is_listed_with_when_it_left_then_forgotten() {
     let table = mesh.control.meshctl(&["status"]).ok().stdout;
     let line = row(&table, "api-v2-a").unwrap_or_else(|| panic!("no api-v2-a row:\n{table}"));
     assert!(line.contains(" no (left "), "{table}");
+    assert!(
+        !line.contains(" true ") && (line.contains("- (was true)") || line.contains(" - ")),
+        "a proxy that left is not shown healthy: {table}"
+    );
 
     // After --forget-after, the row goes; the connected proxy stays.
     let gone = wait_for(SOON, || row_of(&mesh.control).is_none().then_some(()));

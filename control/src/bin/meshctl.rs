@@ -543,7 +543,13 @@ fn print_status(ps: &[ProxyStatus]) {
             p.last_heartbeat.map_or("-".into(), |t| {
                 format!("{} ago", human(now.saturating_sub(t)))
             }),
-            p.healthy.map_or("-".into(), |h| h.to_string()),
+            // A proxy that left reports nothing: its last health is not
+            // its app's state now.
+            match (p.connected, p.healthy) {
+                (true, Some(h)) => h.to_string(),
+                (false, Some(h)) => format!("- (was {h})"),
+                (_, None) => "-".into(),
+            },
             p.cert_expiry.map_or("-".into(), |t| {
                 if t > now {
                     format!("in {}", human(t - now))
