@@ -377,6 +377,11 @@ impl Hub {
         lock(&self.state).registry.ack(id, version);
     }
 
+    /// See [`crate::registry::Registry::problem`].
+    pub fn problem(&self, id: ProxyId, problem: String) {
+        lock(&self.state).registry.problem(id, problem);
+    }
+
     pub fn nack(&self, id: ProxyId, version: u64, reason: &str) {
         lock(&self.state).registry.nack(id, version, reason);
     }

@@ -309,7 +309,10 @@ async fn connection(conn: quinn::Connection, hub: Arc<Hub>) {
     let ended = match peer_cert {
         None => join(&mut reader, &mut writer, &hub).await,
         Some(cert) => match peer_identity(&cert, hub.ca().trust_domain()) {
-            Ok(id) => session(&mut reader, &mut writer, &hub, id).await,
+            Ok(id) => {
+                let remote = conn.remote_address();
+                session(&mut reader, &mut writer, &hub, id, remote).await
+            }
             Err(e) => Err(End::Refuse(ErrorCode::Forbidden, e.to_string())),
         },
     };
@@ -412,6 +415,7 @@ async fn session(
     writer: &mut Writer,
     hub: &Arc<Hub>,
     peer: PeerIdentity,
+    remote: SocketAddr,
 ) -> Result<(), End> {
     let (node, version, calls, compression) = match first_message(reader).await? {
         ProxyMsg::Hello {
@@ -473,7 +477,7 @@ async fn session(
                     info!(%service, %node, "session ended by the proxy");
                     return Ok(());
                 };
-                handle(msg, hub, id, &service, writer).await?;
+                handle(msg, hub, id, &service, remote, writer).await?;
             }
         }
     }
@@ -484,6 +488,7 @@ async fn handle(
     hub: &Hub,
     id: crate::registry::ProxyId,
     service: &str,
+    remote: SocketAddr,
     writer: &mut Writer,
 ) -> Result<(), End> {
     match msg {
@@ -497,6 +502,13 @@ async fn handle(
                 return Err(bad_request(format!(
                     "register: {address} is not an address other proxies can reach"
                 )));
+            }
+            if let Some(problem) = crate::registry::registration_problem(address, remote) {
+                // Not registered; the session goes on (the proxy still gets
+                // its policy and can call others).
+                warn!(%service, %address, %remote, "{problem}");
+                hub.problem(id, problem);
+                return Ok(());
             }
             info!(%service, %address, ?labels, "endpoint registered");
             hub.register(id, address, labels);

@@ -121,6 +121,7 @@ impl Registry {
                 healthy: None,
                 cert_expiry: None,
                 last_seen: None,
+                problem: None,
             },
             in_flight: Vec::new(),
             labels: BTreeMap::new(),
@@ -128,6 +129,7 @@ impl Registry {
         });
         entry.status.connected = true;
         entry.status.last_seen = None;
+        entry.status.problem = None;
         entry.disconnected_at = None;
         entry.status.cert_expiry = Some(cert_expiry);
         entry.in_flight.clear();
@@ -214,6 +216,14 @@ impl Registry {
                 p.status.applied_config_version = config;
             }
             p.status.nack = None;
+        }
+    }
+
+    /// Records what is wrong with the proxy's setup (shown by `meshctl
+    /// status` until its next session).
+    pub fn problem(&mut self, id: ProxyId, problem: String) {
+        if let Some(p) = self.proxies.get_mut(&id) {
+            p.status.problem = Some(problem);
         }
     }
 
@@ -409,6 +419,18 @@ impl Registry {
             })
             .collect()
     }
+}
+
+/// Why control refuses to register `address` for a proxy whose session
+/// comes from `remote`: a loopback address from a proxy on another host
+/// (callers elsewhere would connect to their own loopback).
+pub fn registration_problem(address: SocketAddr, remote: SocketAddr) -> Option<String> {
+    (address.ip().is_loopback() && !remote.ip().is_loopback()).then(|| {
+        format!(
+            "registration of {address} refused: a loopback address, from a proxy that reaches control from {}; set [control] advertise (or an [inbound] listen address other hosts reach)",
+            remote.ip()
+        )
+    })
 }
 
 #[cfg(test)]

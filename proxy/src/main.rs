@@ -71,7 +71,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.check {
         return match Config::load(&cli.config) {
-            Ok(_) => {
+            Ok(cfg) => {
+                for w in cfg.warnings() {
+                    eprintln!("warning: {w}");
+                }
                 println!("{}: ok", cli.config.display());
                 ExitCode::SUCCESS
             }
@@ -89,6 +92,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    for w in cfg.warnings() {
+        tracing::warn!("{w}");
+    }
     match coremesh_proxy::start(cli.config, cfg) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {

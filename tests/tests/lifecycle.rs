@@ -316,3 +316,28 @@ fn starts_quickly() {
         t.elapsed()
     );
 }
+
+#[test]
+fn check_warns_of_a_loopback_registration_with_a_control_on_another_host() {
+    let dir = std::env::temp_dir().join(format!("coremesh-check-{}", std::process::id()));
+    let state = dir.join("state");
+    let config = |advertise: &str| {
+        format!(
+            "[proxy]\nservice = \"api\"\nadmin = \"127.0.0.1:0\"\n\n[inbound]\nlisten = \"127.0.0.1:0\"\napp = \"127.0.0.1:9000\"\n\n[control]\naddress = \"10.20.30.40:4443\"\nstate_dir = {state:?}\nnode = \"n1\"\n{advertise}"
+        )
+    };
+    // Valid, so --check passes, but it says what will go wrong.
+    let (status, output) = check_config_text(&config(""));
+    assert_eq!(status.code(), Some(0), "{output}");
+    assert!(
+        output.contains("warning:")
+            && output.contains("a loopback address")
+            && output.contains("10.20.30.40:4443")
+            && output.contains("[control] advertise"),
+        "{output}"
+    );
+    // With an address other hosts reach, nothing to say.
+    let (status, output) = check_config_text(&config("advertise = \"10.20.30.41:4143\"\n"));
+    assert_eq!(status.code(), Some(0), "{output}");
+    assert!(!output.contains("warning:"), "{output}");
+}

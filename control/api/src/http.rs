@@ -69,6 +69,10 @@ pub struct ProxyStatus {
     /// Unix seconds when its session ended; set while it is disconnected
     /// (control forgets a proxy disconnected for `--forget-after`).
     pub last_seen: Option<u64>,
+    /// What is wrong with how the proxy is set up, as control sees it (a
+    /// registration refused, say); absent when nothing is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -140,3 +140,23 @@ fn ack_and_nack_are_recorded() {
     );
     assert_eq!(s.nack, None);
 }
+
+#[test]
+fn a_loopback_registration_from_another_host_is_refused() {
+    let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+    let why = registration_problem(a("127.0.0.1:4143"), a("10.0.0.7:50000")).unwrap();
+    assert!(
+        why.contains("127.0.0.1:4143") && why.contains("10.0.0.7") && why.contains("advertise"),
+        "{why}"
+    );
+    assert!(registration_problem(a("[::1]:4143"), a("[fd00::7]:50000")).is_some());
+    // Same host, or a routable address: fine.
+    assert_eq!(
+        registration_problem(a("127.0.0.1:4143"), a("127.0.0.1:50000")),
+        None
+    );
+    assert_eq!(
+        registration_problem(a("10.0.0.7:4143"), a("10.0.0.7:50000")),
+        None
+    );
+}

@@ -417,6 +417,23 @@ impl Config {
 }
 
 impl Config {
+    /// What is valid but almost certainly wrong: `--check` prints these
+    /// and the proxy logs them at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let (Some(c), Some(i)) = (&self.control, &self.inbound) {
+            let registers = c.advertise.unwrap_or(i.listen);
+            let remote = c.addresses.iter().find(|a| !a.ip().is_loopback());
+            if let (true, Some(remote)) = (registers.ip().is_loopback(), remote) {
+                warnings.push(format!(
+                    "{}: [control] advertise: this proxy would register {registers}, a loopback address, with control at {remote} on another host; proxies on other hosts cannot reach it there (control refuses it): set [control] advertise to an address they reach",
+                    self.source.display()
+                ));
+            }
+        }
+        warnings
+    }
+
     /// The static `[[services]]` a snapshot may not define too.
     pub(crate) fn static_services(&self) -> coremesh_policy::routing::StaticServices {
         coremesh_policy::routing::StaticServices::new(
