@@ -70,7 +70,37 @@ pub(crate) struct Fields {
     pub drop: LineMask,
 }
 
-/// Offset of `part` inside `buf` (both from the same parse).
+/// Marks every field line named `name` (ASCII case-insensitive) in `drop`,
+/// so the forwarded head leaves it out; returns how many. The head is
+/// `head_len` bytes and its start line ends at `line_end` (its CR).
+pub(crate) fn mark(
+    src: &[u8],
+    line_end: usize,
+    head_len: usize,
+    name: &str,
+    drop: &mut LineMask,
+) -> usize {
+    let mut pos = line_end + 2;
+    let end = head_len.saturating_sub(2);
+    let (mut i, mut dropped) = (0, 0);
+    while pos < end {
+        let next = src[pos..end]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(end, |k| pos + k + 1);
+        let line = &src[pos..next];
+        if let Some(colon) = line.iter().position(|&b| b == b':') {
+            if line[..colon].eq_ignore_ascii_case(name.as_bytes()) {
+                drop.set(i);
+                dropped += 1;
+            }
+        }
+        pos = next;
+        i += 1;
+    }
+    dropped
+}
+
 /// The value of the first field named `name` (ASCII case-insensitive),
 /// trimmed, in a head of `head_len` bytes whose start line ends at
 /// `line_end` (its CR). A linear scan: for the few lookups made off the hot
@@ -99,6 +129,7 @@ pub(crate) fn find<'a>(
     None
 }
 
+/// Offset of `part` inside `buf` (both from the same parse).
 pub(crate) fn offset(buf: &[u8], part: &[u8]) -> usize {
     part.as_ptr() as usize - buf.as_ptr() as usize
 }

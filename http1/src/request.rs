@@ -66,25 +66,7 @@ impl RequestHead {
     /// the proxy sets itself, such as the caller identity, must not be
     /// forged by the client). Returns how many lines were dropped.
     pub fn drop_header(&mut self, src: &[u8], name: &str) -> usize {
-        let mut pos = self.line_end + 2;
-        let end = self.head_len.saturating_sub(2);
-        let (mut i, mut dropped) = (0, 0);
-        while pos < end {
-            let line_end = src[pos..end]
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(end, |k| pos + k + 1);
-            let line = &src[pos..line_end];
-            if let Some(colon) = line.iter().position(|&b| b == b':') {
-                if line[..colon].eq_ignore_ascii_case(name.as_bytes()) {
-                    self.drop.set(i);
-                    dropped += 1;
-                }
-            }
-            pos = line_end;
-            i += 1;
-        }
-        dropped
+        crate::fields::mark(src, self.line_end, self.head_len, name, &mut self.drop)
     }
 }
 

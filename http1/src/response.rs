@@ -39,6 +39,13 @@ impl ResponseHead {
     pub fn header<'a>(&self, src: &'a [u8], name: &str) -> Option<&'a [u8]> {
         crate::fields::find(src, self.line_end, self.head_len, name)
     }
+
+    /// Leaves every field named `name` out of the forwarded head (a header
+    /// only the proxy may set, such as `coremesh-error`, must not come from
+    /// the app). Returns how many lines were dropped.
+    pub fn drop_header(&mut self, src: &[u8], name: &str) -> usize {
+        crate::fields::mark(src, self.line_end, self.head_len, name, &mut self.drop)
+    }
 }
 
 const MALFORMED: ParseError = ParseError {

@@ -283,9 +283,9 @@ impl Attempts {
             self.fresh_only = true;
             return Verdict::Replay;
         }
-        if f.sent {
-            self.fresh_only = false;
-        }
+        // A replay gets one fresh connection; whatever happens to it, the
+        // next try picks its endpoint (and connection) anew.
+        self.fresh_only = false;
         let class = f.kind.retry_class();
         if class == RetryClass::Unseen
             && self.may_move(now)

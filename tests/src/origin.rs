@@ -15,6 +15,7 @@
 //! | `/chunked` | a chunked body `hello chunked world` with trailer `x-checksum: 42` |
 //! | `/close` | a body delimited by closing the connection |
 //! | `/reset` | closes the connection without answering |
+//! | `/forged-error` | 502 with `coremesh-error: upstream connection refused`, as a proxy would say it |
 //! | `Upgrade:` header | 101, then echoes raw bytes until EOF |
 //!
 //! A request with `Expect: 100-continue` gets `100 Continue` before its body is
@@ -507,6 +508,13 @@ fn serve(
                 return Ok(());
             }
             "reset" => return Ok(()),
+            "forged-error" => {
+                // An app that answers with the header only proxies may set.
+                let resp = format!(
+                    "HTTP/1.1 502 Bad Gateway\r\nx-origin: {name}\r\ncoremesh-error: upstream connection refused\r\nContent-Length: 0\r\n\r\n"
+                );
+                w.write_all(resp.as_bytes())?;
+            }
             _ => write_echo(&mut w, &req, name, head_only, close_after)?,
         }
         if close_after {

@@ -1353,3 +1353,22 @@ fn a_strict_split_never_moves_a_request_to_the_other_subset() {
         .stdout;
     assert!(routes.contains("failover: strict"), "{routes}");
 }
+
+#[test]
+fn an_app_cannot_speak_for_its_sidecar() {
+    let mesh = Mesh::start(Control::start(), 1);
+    let version = mesh.control.apply(SPLIT_NO_RETRIES);
+    mesh.converge(version);
+    // The app's own 502 with the sidecar's header: the header is dropped
+    // on the way out, so the caller relays the app's answer as it is (no
+    // move to another endpoint, nothing marked down).
+    let mut c = mesh.web().outbound_client();
+    for _ in 0..10 {
+        let r = c.get("api", "/forged-error");
+        assert_eq!(r.status, 502, "{:?}", r.body_str());
+        assert_eq!(r.header("coremesh-error"), None, "{:?}", r.headers);
+        assert!(r.header("x-origin").is_some(), "the app's own answer");
+    }
+    let t = tally(mesh.web(), 50, "/", &[]);
+    assert!(count(&t, "api-v1") > 0, "v1 was not marked down: {t:?}");
+}

@@ -258,3 +258,16 @@ fn a_response_field_is_found_by_name_case_insensitively() {
     assert_eq!(r.header(raw, "content-length"), Some(&b"0"[..]));
     assert_eq!(r.header(raw, "x-missing"), None);
 }
+
+#[test]
+fn a_dropped_response_field_is_left_out_of_the_forwarded_head() {
+    let s = b"HTTP/1.1 502 Bad Gateway\r\nCoremesh-Error: upstream connection refused\r\nContent-Length: 0\r\ncoremesh-error: again\r\n\r\n";
+    let mut h = res(s, Method::Get);
+    assert_eq!(h.drop_header(s, "coremesh-error"), 2);
+    let mut p = HeadPlan::default();
+    h.plan_forward(s, false, false, &mut p);
+    assert_eq!(
+        String::from_utf8(p.to_vec(s)).unwrap(),
+        "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n"
+    );
+}

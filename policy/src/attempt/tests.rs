@@ -316,3 +316,30 @@ fn a_request_the_app_never_saw_moves_to_another_endpoint_without_a_retry_policy(
         Verdict::Answer { .. }
     ));
 }
+
+#[test]
+fn after_a_replay_that_cannot_connect_the_next_try_picks_anew() {
+    let t0 = Instant::now();
+    let policy = TryPolicy::for_rule(
+        Duration::from_secs(5),
+        &rule(&[RetryOn::ConnectFailure, RetryOn::Reset], 2),
+    );
+    let mut a = Attempts::new(policy, t0, true);
+    a.begin(t0);
+    let closed = TryFailure {
+        replayable: true,
+        ..failure(ErrorKind::UpstreamReset)
+    };
+    assert_eq!(
+        a.after_failure(&closed, true, t0, || true, 0),
+        Verdict::Replay
+    );
+    assert!(a.begin(t0).0, "the replay uses a fresh connection");
+    // The endpoint refuses the fresh connection: the retry is not pinned.
+    let refused = TryFailure::connect(ErrorKind::ConnectFailed);
+    assert!(matches!(
+        a.after_failure(&refused, false, t0, || true, 0),
+        Verdict::Retry { .. }
+    ));
+    assert!(!a.begin(t0).0);
+}

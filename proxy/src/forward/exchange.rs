@@ -56,6 +56,18 @@ impl Failed {
         }
     }
 
+    /// Whether this failure tells about the endpoint. A pooled connection
+    /// reset or closed under the request says nothing (the upstream closes
+    /// idle connections when it likes), and a timeout after an upload that
+    /// did not go out whole measured the client as much as the endpoint.
+    fn says_endpoint_down(&self, reused: bool) -> bool {
+        match self.err.kind {
+            ErrorKind::UpstreamReset => !reused,
+            ErrorKind::UpstreamTimeout => self.request_intact,
+            _ => true,
+        }
+    }
+
     /// What the attempt decision needs to know.
     fn as_try(&self) -> TryFailure {
         TryFailure {
@@ -177,14 +189,13 @@ async fn tries(
                 flight.end(ok, ctx.ex.end);
                 if endpoints.tracked() {
                     shard.outcomes.record(addr, ok);
-                    // A pooled connection the upstream had closed says
-                    // nothing about the endpoint: it is replayed.
-                    let failure = match &res {
-                        Ok(_) => None,
-                        Err(f) if reused && f.replayable => Some(ErrorKind::RetryableStatus),
-                        Err(f) => Some(f.err.kind),
-                    };
-                    shard.endpoint_outcome(addr, failure, ctx.ex.end.unwrap_or_else(Instant::now));
+                    match &res {
+                        Ok(_) => shard.endpoint_outcome(addr, None, now),
+                        Err(f) if f.says_endpoint_down(reused) => {
+                            shard.endpoint_outcome(addr, Some(f.err.kind), Instant::now())
+                        }
+                        Err(_) => {}
+                    }
                 }
                 match res {
                     Ok(done) => return done,
@@ -343,7 +354,12 @@ pub(super) async fn over_connection(
         peer,
     } = conn;
     let mut sent = send_request(ctx, cbuf, &mut up).await?;
-    let (resp, mut ubuf) = response_head(ctx, &mut up, &mut sent, deadline).await?;
+    let (mut resp, mut ubuf) = response_head(ctx, &mut up, &mut sent, deadline).await?;
+    if ctx.dir == Direction::Inbound {
+        // `coremesh-error` is this proxy's own word to its callers (they
+        // act on it: see `app_unreachable`); the app cannot speak it.
+        resp.drop_header(&ubuf, "coremesh-error");
+    }
     if peer && sent.body_done && app_unreachable(&resp, &ubuf) {
         // The peer proxy could not connect to its app: the app never saw
         // the request, which can go to another endpoint.
@@ -403,8 +419,9 @@ pub(super) async fn over_connection(
 
 /// Whether a peer proxy's response is its own answer that it could not
 /// connect to its app (`502 upstream connection refused`, `504 upstream
-/// connect timeout`). An app could send the same header itself, so what
-/// this allows is limited to what a retry of an idempotent request allows.
+/// connect timeout`). The peer drops the header from its app's responses,
+/// so it is the peer's own; still, what this allows is limited to what a
+/// retry of an idempotent request allows.
 fn app_unreachable(resp: &ResponseHead, ubuf: &[u8]) -> bool {
     matches!(resp.status, 502 | 504)
         && resp.header(ubuf, "coremesh-error").is_some_and(|e| {

@@ -25,6 +25,8 @@ pub(super) enum Endpoints<'c> {
 pub(super) struct Tried {
     addrs: [Option<SocketAddr>; 4],
     n: usize,
+    /// The endpoint of the last try (a replay goes back to it).
+    last: Option<SocketAddr>,
     backend: Option<usize>,
 }
 
@@ -34,6 +36,7 @@ impl Tried {
     }
 
     fn add(&mut self, a: SocketAddr) {
+        self.last = Some(a);
         if !self.contains(a) {
             self.addrs[self.n % self.addrs.len()] = Some(a);
             self.n += 1;
@@ -178,8 +181,7 @@ pub(super) async fn upstream_conn(
         // A fresh connection after a stale pooled one keeps the endpoint
         // for its first attempt; if that endpoint refuses too, the next
         // attempt picks another.
-        let last_tried = tried.addrs[(tried.n + tried.addrs.len() - 1) % tried.addrs.len()];
-        let (addr, backend) = match last_tried {
+        let (addr, backend) = match tried.last {
             Some(a) if pinned => (a, tried.backend),
             _ => endpoints.pick(shard, tried, key, now),
         };
@@ -225,10 +227,16 @@ pub(super) async fn upstream_conn(
             }
             None => None,
         };
-        let limit = cfg
-            .timeouts
-            .connect
-            .min(deadline.saturating_duration_since(Instant::now()));
+        // The try's deadline bounds connecting too; once it has passed there
+        // is nothing to try, and nothing learnt about the endpoint.
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ProxyError::new(
+                ErrorKind::UpstreamTimeout,
+                "the try's deadline passed before connecting",
+            ));
+        }
+        let limit = cfg.timeouts.connect.min(left);
         let conn = TcpStream::connect(addr, limit).await;
         if conn.is_err() && endpoints.tracked() {
             shard.outcomes.record(addr, false);
@@ -250,12 +258,21 @@ pub(super) async fn upstream_conn(
                     }
                 },
             },
+            // Cut short by the try's deadline: the endpoint had less than
+            // `timeouts.connect`, so this says nothing about it.
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut && limit < cfg.timeouts.connect => {
+                last = ProxyError::io(
+                    ErrorKind::UpstreamTimeout,
+                    "connect, at the try's deadline",
+                    e,
+                )
+            }
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                 last = ProxyError::io(ErrorKind::ConnectTimeout, "connect", e)
             }
             Err(e) => last = ProxyError::io(ErrorKind::ConnectFailed, "connect", e),
         }
-        if endpoints.tracked() {
+        if endpoints.tracked() && says_endpoint_down(&last) {
             shard.endpoint_outcome(addr, Some(last.kind), Instant::now());
         }
         // Every failure at debug level; an operator sees a warning at most
@@ -269,6 +286,29 @@ pub(super) async fn upstream_conn(
         );
     }
     Err(last)
+}
+
+/// Whether a failed connect tells about the endpoint (refused, reset,
+/// unreachable, a full connect timeout, a failed handshake with it) rather
+/// than about this proxy (no certificate yet, out of descriptors, no local
+/// port): only the former keeps it out of the shard's picks.
+fn says_endpoint_down(e: &ProxyError) -> bool {
+    match e.kind {
+        ErrorKind::PeerIdentityMismatch | ErrorKind::ConnectTimeout => true,
+        ErrorKind::ConnectFailed => e.cause.as_ref().is_some_and(|io| {
+            !matches!(
+                io.raw_os_error(),
+                Some(
+                    libc::EMFILE
+                        | libc::ENFILE
+                        | libc::EADDRNOTAVAIL
+                        | libc::ENOBUFS
+                        | libc::ENOMEM
+                )
+            )
+        }),
+        _ => false,
+    }
 }
 
 use crate::resilience::Limit;

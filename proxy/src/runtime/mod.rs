@@ -110,17 +110,18 @@ pub fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
     Ok(())
 }
 
-/// How quickly a dead peer is noticed on an upstream connection to another
-/// host's proxy: TCP keepalive probes after 1 s of silence, 1 s apart, two
-/// unanswered probes end it; and data unacknowledged for 2 s ends it
-/// (`TCP_USER_TIMEOUT`). A blackholed peer's pooled connections are gone
-/// within about 2-3 s instead of at the request timeout. A slow answer is
-/// not mistaken for a dead peer: its kernel acknowledges both the request
-/// and the probes.
+/// How quickly a dead peer is noticed on an idle upstream connection to
+/// another host's proxy: TCP keepalive probes after 1 s of silence, 1 s
+/// apart, two unanswered probes end it. A blackholed peer's pooled
+/// connections are gone within about 3 s instead of failing the next
+/// request that takes one. A slow answer is not mistaken for a dead peer (its
+/// kernel acknowledges the probes), nor is a slow upload: there is no
+/// `TCP_USER_TIMEOUT`, which would also end a connection whose peer keeps
+/// its receive window closed for longer; a request in flight is bounded by
+/// its own timeouts.
 pub const PEER_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(1);
-pub const PEER_USER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Sets the liveness options above on the socket `fd`.
+/// Sets the keepalive above on the socket `fd`.
 pub fn watch_peer(fd: std::os::fd::RawFd) {
     // SAFETY: `fd` is an open socket owned by a connection the caller holds
     // for the duration of this call; the borrow does not outlive it and
@@ -131,10 +132,7 @@ pub fn watch_peer(fd: std::os::fd::RawFd) {
         .with_time(PEER_KEEPALIVE)
         .with_interval(PEER_KEEPALIVE)
         .with_retries(2);
-    if let Err(e) = s
-        .set_tcp_keepalive(&keepalive)
-        .and_then(|()| s.set_tcp_user_timeout(Some(PEER_USER_TIMEOUT)))
-    {
+    if let Err(e) = s.set_tcp_keepalive(&keepalive) {
         tracing::debug!("cannot set keepalive on an upstream connection: {e}");
     }
 }
