@@ -47,6 +47,7 @@ use msg::ShardHandle;
 use shard::thread::ShardSetup;
 use stats::Direction;
 
+pub use agent::{check_files, FileError};
 pub use listener::BindError;
 
 /// Why the proxy could not start.

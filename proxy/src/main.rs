@@ -72,6 +72,10 @@ fn main() -> ExitCode {
     if cli.check {
         return match Config::load(&cli.config) {
             Ok(cfg) => {
+                if let Err(e) = coremesh_proxy::check_files(&cfg) {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
                 for w in cfg.warnings() {
                     eprintln!("warning: {w}");
                 }

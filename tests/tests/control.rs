@@ -1372,3 +1372,19 @@ fn an_app_cannot_speak_for_its_sidecar() {
     let t = tally(mesh.web(), 50, "/", &[]);
     assert!(count(&t, "api-v1") > 0, "v1 was not marked down: {t:?}");
 }
+
+#[test]
+fn a_route_timeout_answers_504_while_the_app_is_still_busy() {
+    let mesh = Mesh::start(Control::start(), 1);
+    let route = "kind: Service\nname: api\n---\nkind: Route\nname: api-slow\nservice: api\nrules:\n  - match: { pathPrefix: /delay/ }\n    timeout: 300ms\n    backends: [ {} ]\n  - backends: [ {} ]\n";
+    let version = mesh.control.apply(route);
+    mesh.converge(version);
+    let mut c = mesh.web().outbound_client();
+    let r = c.get("api", "/delay/3000");
+    assert_eq!(r.status, 504, "{:?}", r.body_str());
+    assert_eq!(r.header("coremesh-error"), Some("upstream timeout"));
+    // The other rule has no timeout of its own: the same delay is answered.
+    let mut c = mesh.web().outbound_client();
+    let r = c.get("api", "/other");
+    assert_eq!(r.status, 200, "{:?}", r.body_str());
+}

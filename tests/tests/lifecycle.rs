@@ -341,3 +341,28 @@ fn check_warns_of_a_loopback_registration_with_a_control_on_another_host() {
     assert_eq!(status.code(), Some(0), "{output}");
     assert!(!output.contains("warning:"), "{output}");
 }
+
+#[test]
+fn check_names_a_missing_tls_file_and_a_missing_token_file() {
+    let missing = std::env::temp_dir().join(format!("coremesh-none-{}", std::process::id()));
+    let tls = format!(
+        "[proxy]\nservice = \"api\"\nadmin = \"127.0.0.1:0\"\n\n[inbound]\nlisten = \"127.0.0.1:0\"\napp = \"127.0.0.1:9000\"\n\n[tls]\ncert = \"{0}/cert.pem\"\nkey = \"{0}/key.pem\"\nca = \"{0}/ca.pem\"\n",
+        missing.display()
+    );
+    let (status, output) = check_config_text(&tls);
+    assert_eq!(status.code(), Some(1), "{output}");
+    assert!(
+        output.contains("[tls]") && output.contains(&format!("{}/cert.pem", missing.display())),
+        "{output}"
+    );
+    let token = format!(
+        "[proxy]\nservice = \"api\"\nadmin = \"127.0.0.1:0\"\n\n[inbound]\nlisten = \"127.0.0.1:0\"\napp = \"127.0.0.1:9000\"\n\n[control]\naddress = \"127.0.0.1:4443\"\nstate_dir = \"{0}/state\"\ntoken_file = \"{0}/token\"\nnode = \"n1\"\n",
+        missing.display()
+    );
+    let (status, output) = check_config_text(&token);
+    assert_eq!(status.code(), Some(1), "{output}");
+    assert!(
+        output.contains("token_file") && output.contains(&format!("{}/token", missing.display())),
+        "{output}"
+    );
+}

@@ -262,3 +262,66 @@ fn an_upload_refused_after_its_head_gets_its_answer_not_a_reset() {
     );
     assert_eq!(api.requests(), 0);
 }
+
+#[test]
+fn ring_hash_keeps_each_key_on_one_endpoint_and_spreads_the_keys() {
+    let origins = [Origin::start("a"), Origin::start("b"), Origin::start("c")];
+    let addrs: Vec<_> = origins.iter().map(|o| o.addr()).collect();
+    let proxy = ProxyBuilder::new("web")
+        .outbound()
+        .service("api", &addrs)
+        .extra("[[resilience]]\nservice = \"api\"\nloadBalancer = { ring-hash = { header = \"x-user\" } }\n")
+        .start();
+    let mut c = proxy.outbound_client();
+    let mut used = std::collections::BTreeSet::new();
+    for user in 0..30 {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..4 {
+            let r = c.request(
+                &Request::get("/hash")
+                    .host("api")
+                    .header("x-user", &format!("user-{user}")),
+            );
+            assert_eq!(r.status, 200, "{:?}", r.body_str());
+            seen.insert(r.header("x-origin").unwrap_or("?").to_string());
+        }
+        assert_eq!(seen.len(), 1, "user-{user} went to {seen:?}");
+        used.extend(seen);
+    }
+    assert!(used.len() >= 2, "30 keys all on {used:?}");
+}
+
+#[test]
+fn least_request_sends_less_to_the_endpoint_with_requests_piling_up() {
+    let slow = Origin::start("slow");
+    slow.set_delay(Duration::from_millis(200));
+    let fast = Origin::start("fast");
+    let proxy = ProxyBuilder::new("web")
+        .outbound()
+        .service("api", &[slow.addr(), fast.addr()])
+        .extra("[[resilience]]\nservice = \"api\"\nloadBalancer = \"least-request\"\n")
+        .start();
+    // Six clients at once: requests pile up on the slow endpoint, and the
+    // balancer (two choices, fewer in flight) sends the rest to the other.
+    let outbound = proxy.outbound();
+    let clients: Vec<_> = (0..6)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(outbound);
+                for _ in 0..10 {
+                    assert_eq!(c.get("api", "/lr").status, 200);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("client thread");
+    }
+    assert_eq!(slow.requests() + fast.requests(), 60);
+    assert!(
+        slow.requests() * 3 < fast.requests(),
+        "least-request: slow {}, fast {}",
+        slow.requests(),
+        fast.requests()
+    );
+}

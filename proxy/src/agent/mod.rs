@@ -302,6 +302,43 @@ async fn drain(
     }
 }
 
+/// A file the configuration names that the proxy could not use at start.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error(transparent)]
+    Identity(#[from] identity::StaticIdentityError),
+    #[error("{}: [control] token_file: cannot read {}: {source} (needed to join: {} holds no certificate yet)", config.display(), path.display(), state_dir.display())]
+    TokenFile {
+        config: std::path::PathBuf,
+        path: std::path::PathBuf,
+        state_dir: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What `--check` verifies beyond the file itself: the `[tls]` files load
+/// (readable, PEM, a usable identity, not expired), and the token file is
+/// readable when the proxy has not joined yet (no certificate in
+/// `state_dir`).
+pub fn check_files(cfg: &Config) -> Result<(), FileError> {
+    if let Some(id) = identity::load_static(cfg) {
+        id?;
+    }
+    if let Some(c) = &cfg.control {
+        let joined = c.state_dir.join(state::CERT_FILE).exists();
+        if let (Some(path), false) = (&c.token_file, joined) {
+            std::fs::read_to_string(path).map_err(|source| FileError::TokenFile {
+                config: cfg.source.clone(),
+                path: path.clone(),
+                state_dir: c.state_dir.clone(),
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// `[control] state_dir` cannot be created or opened.
 #[derive(Debug, thiserror::Error)]
 #[error("{}: [control] state_dir: cannot create {}: {source}", config.display(), dir.display())]
