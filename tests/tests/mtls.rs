@@ -288,3 +288,43 @@ fn certificates_from_control_rotate_under_load_without_a_failed_request() {
     );
     assert!(sent > 500, "only {sent} requests");
 }
+
+#[test]
+fn a_per_caller_rate_limit_gives_each_caller_identity_its_own_bucket() {
+    let dir = TempDir::new("mtls-per-caller");
+    let pki = Pki::new("mesh");
+    let app = Origin::start("api");
+    let files = pki.files(dir.path(), "api", "api");
+    let api = ProxyBuilder::new("api")
+        .inbound(app.addr())
+        .extra(&files.toml())
+        .extra("[[resilience]]\nservice = \"api\"\nrateLimit = { requestsPerSecond = 1, burst = 5, per = \"caller\" }\n")
+        .start();
+    let caller = |name: &str| {
+        let files = pki.files(dir.path(), name, name);
+        ProxyBuilder::new(name)
+            .outbound()
+            .service("api", &[api.inbound()])
+            .extra(&files.toml())
+            .start()
+    };
+    let (web, batch) = (caller("web"), caller("batch"));
+    // web spends its burst, then is limited...
+    // (1 request per second refills: a slow machine may see one or two more.)
+    let mut c = web.outbound_client();
+    let answers: Vec<_> = (0..12).map(|_| c.get("api", "/pc")).collect();
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+    let ok = statuses.iter().filter(|&&s| s == 200).count();
+    assert!((5..=8).contains(&ok), "web: {statuses:?}");
+    let limited: Vec<_> = answers.iter().filter(|r| r.status == 429).collect();
+    assert_eq!(limited.len(), 12 - ok, "web: {statuses:?}");
+    assert!(limited
+        .iter()
+        .all(|r| r.header("coremesh-error") == Some("rate limited")));
+    // ...while batch, another identity, has a bucket of its own.
+    let mut c = batch.outbound_client();
+    for i in 0..5 {
+        let r = c.get("api", "/pc");
+        assert_eq!(r.status, 200, "batch request {i}: {:?}", r.body_str());
+    }
+}
