@@ -86,14 +86,8 @@ pub async fn acceptor(l: std::net::TcpListener, role: Role, shards: Vec<ShardHan
                     "accept failed on the {} listener: {e}",
                     role.describe()
                 );
-                // Out of descriptors (EMFILE, ENFILE) or memory: the
-                // pending connection stays queued; wait for some to close
-                // instead of spinning on the same error.
-                let pause = match e.raw_os_error() {
-                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => 100,
-                    _ => 10,
-                };
-                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                let pause = crate::stats::accept::ACCEPT_FAILURES.count(&e);
+                tokio::time::sleep(pause).await;
                 continue;
             }
         };

@@ -469,4 +469,13 @@ fn at_the_descriptor_limit_accept_failures_are_logged_once_per_interval_and_the_
         (status == Some(200)).then_some(())
     });
     assert!(ok.is_some(), "the proxy should serve again, got {status:?}");
+    // Every failure is counted, by reason.
+    let failures = proxy.metrics().sum(
+        "coremesh_accept_failures_total",
+        &[("reason", "descriptors")],
+    );
+    assert!(
+        failures >= 10.0,
+        "coremesh_accept_failures_total: {failures}"
+    );
 }

@@ -73,6 +73,7 @@ pub async fn serve(listener: TcpListener, state: Rc<AdminState>) {
                 // EMFILE and friends: back off instead of spinning, then keep
                 // serving.
                 crate::lograte::log_limited!(tracing::Level::WARN, %err, "admin: accept failed");
+                crate::stats::accept::ACCEPT_FAILURES.count(&err);
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -158,6 +159,7 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byt
             let snaps = collect_snapshots(state).await;
             let mut out = String::with_capacity(16 * 1024);
             stats::render_prometheus(&snaps, &mut out);
+            stats::accept::ACCEPT_FAILURES.render(&mut out);
             if let Some((id, not_after)) = state.certificate.borrow().as_ref() {
                 stats::render_certificate(id, *not_after, &mut out);
             }

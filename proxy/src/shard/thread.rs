@@ -208,13 +208,8 @@ async fn accept_loop(shard: Rc<Shard>, l: TcpListener, role: Role, stop: runtime
                     "accept failed on the {} listener: {e}",
                     role.describe()
                 );
-                // EMFILE and friends: the connection stays queued; wait for
-                // descriptors to come back instead of spinning on the error.
-                let pause = match e.raw_os_error() {
-                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => 100,
-                    _ => 10,
-                };
-                runtime::sleep(Duration::from_millis(pause)).await;
+                let pause = crate::stats::accept::ACCEPT_FAILURES.count(&e);
+                runtime::sleep(pause).await;
             }
         }
     }

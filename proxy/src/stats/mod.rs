@@ -22,6 +22,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use rustc_hash::FxHashMap;
 
+pub mod accept;
 mod mesh;
 pub use mesh::MeshStats;
 
