@@ -298,12 +298,7 @@ impl Registry {
                 let flipped = e.healthy != healthy;
                 e.healthy = healthy;
                 if flipped {
-                    let (service, address) = &key;
-                    if healthy {
-                        tracing::info!(%service, %address, node = %e.node, "endpoint readmitted: its app passes its health check again");
-                    } else {
-                        tracing::warn!(%service, %address, node = %e.node, "endpoint withdrawn: its app fails its health check");
-                    }
+                    self.log_flip(&key, healthy);
                 }
                 flipped
             }
@@ -325,6 +320,27 @@ impl Registry {
                 );
                 true
             }
+        }
+    }
+
+    /// Says what a health flip of endpoint `key` does to the service's
+    /// callers: an unhealthy endpoint is withdrawn, unless none of the
+    /// service's endpoints is healthy (then all stay: fail open).
+    fn log_flip(&self, key: &(String, SocketAddr), healthy: bool) {
+        let (service, address) = key;
+        let node = self.endpoints.get(key).map_or("", |e| e.node.as_str());
+        if healthy {
+            tracing::info!(%service, %address, %node, "endpoint readmitted: its app passes its health check again");
+            return;
+        }
+        let any_healthy = self
+            .endpoints
+            .iter()
+            .any(|((s, _), e)| s == service && e.healthy);
+        if any_healthy {
+            tracing::warn!(%service, %address, %node, "endpoint withdrawn: its app fails its health check");
+        } else {
+            tracing::warn!(%service, %address, %node, "endpoint unhealthy but kept: no endpoint of the service is healthy (fail open)");
         }
     }
 
@@ -425,10 +441,11 @@ impl Registry {
 /// comes from `remote`: a loopback address from a proxy on another host
 /// (callers elsewhere would connect to their own loopback).
 pub fn registration_problem(address: SocketAddr, remote: SocketAddr) -> Option<String> {
-    (address.ip().is_loopback() && !remote.ip().is_loopback()).then(|| {
+    // A dual-stack socket reports an IPv4 peer as ::ffff:a.b.c.d.
+    let from = remote.ip().to_canonical();
+    (address.ip().to_canonical().is_loopback() && !from.is_loopback()).then(|| {
         format!(
-            "registration of {address} refused: a loopback address, from a proxy that reaches control from {}; set [control] advertise (or an [inbound] listen address other hosts reach)",
-            remote.ip()
+            "registration of {address} refused: a loopback address, from a proxy that reaches control from {from}; set [control] advertise (or an [inbound] listen address other hosts reach)"
         )
     })
 }

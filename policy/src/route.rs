@@ -183,6 +183,14 @@ pub fn fail_open_backend(rule: &CompiledRule, draw: u64) -> Option<usize> {
     })
 }
 
+/// The backend of a `failover: strict` rule for a request: drawn by weight
+/// among every backend with a weight, whether it has endpoints or not (a
+/// subset with none is that request's answer, 503 `no healthy endpoints`,
+/// never another subset).
+pub fn strict_backend(rule: &CompiledRule, draw: u64) -> Option<usize> {
+    weighted(rule, draw, |i| rule.backends[i].weight > 0)
+}
+
 fn weighted(rule: &CompiledRule, draw: u64, take: impl Fn(usize) -> bool) -> Option<usize> {
     let total: u64 = (0..rule.backends.len())
         .filter(|&i| take(i))

@@ -72,11 +72,14 @@ fn main() -> ExitCode {
     if cli.check {
         return match Config::load(&cli.config) {
             Ok(cfg) => {
-                if let Err(e) = coremesh_proxy::check_files(&cfg) {
-                    eprintln!("{e}");
-                    return ExitCode::FAILURE;
-                }
-                for w in cfg.warnings() {
+                let file_warnings = match coremesh_proxy::check_files(&cfg) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                for w in cfg.warnings().into_iter().chain(file_warnings) {
                     eprintln!("warning: {w}");
                 }
                 println!("{}: ok", cli.config.display());

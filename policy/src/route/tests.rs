@@ -293,3 +293,13 @@ fn failover_strict_compiles_from_the_route() {
     let rules = t.service(b"api").unwrap().rules.as_ref().unwrap();
     assert!(rules[0].strict && !rules[1].strict);
 }
+
+#[test]
+fn a_strict_draw_may_land_on_a_backend_without_endpoints() {
+    let r = backends(&[(50, &[]), (50, &[2]), (0, &[3])]);
+    let mut n = [0u32; 3];
+    for draw in 0..100 {
+        n[strict_backend(&r, draw).unwrap()] += 1;
+    }
+    assert_eq!(n, [50, 50, 0]);
+}

@@ -377,7 +377,8 @@ pub async fn restore(state: &StateDir, applier: &Applier) -> Option<u64> {
     }
 }
 
-/// Runs the client forever (the agent drops the task at exit).
+/// Runs the client until the proxy leaves (SIGTERM) or closes; the agent
+/// drops the task at exit.
 pub async fn run(setup: ControlSetup) {
     let client = Client {
         setup,
@@ -385,7 +386,9 @@ pub async fn run(setup: ControlSetup) {
     };
     let mut backoff = Backoff::new();
     loop {
-        if client.setup.link.closed.get() {
+        // Leaving (SIGTERM) while disconnected: no new session, whose
+        // heartbeats would keep the endpoint alive at control.
+        if client.setup.link.closed.get() || client.setup.link.leaving.get() {
             return;
         }
         let started = tokio::time::Instant::now();

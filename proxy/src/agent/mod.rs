@@ -302,41 +302,40 @@ async fn drain(
     }
 }
 
-/// A file the configuration names that the proxy could not use at start.
+/// A `[tls]` file the proxy could not use at start.
 #[derive(Debug, thiserror::Error)]
-pub enum FileError {
-    #[error(transparent)]
-    Identity(#[from] identity::StaticIdentityError),
-    #[error("{}: [control] token_file: cannot read {}: {source} (needed to join: {} holds no certificate yet)", config.display(), path.display(), state_dir.display())]
-    TokenFile {
-        config: std::path::PathBuf,
-        path: std::path::PathBuf,
-        state_dir: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
+#[error(transparent)]
+pub struct FileError(#[from] identity::StaticIdentityError);
 
 /// What `--check` verifies beyond the file itself: the `[tls]` files load
-/// (readable, PEM, a usable identity, not expired), and the token file is
-/// readable when the proxy has not joined yet (no certificate in
-/// `state_dir`).
-pub fn check_files(cfg: &Config) -> Result<(), FileError> {
+/// (readable, PEM, a usable identity, not expired); an error is what would
+/// stop the proxy at start. The warnings are what would not stop it but
+/// keep it from working: a token file that cannot be read while the proxy
+/// has not joined yet (it would retry the join until one can).
+pub fn check_files(cfg: &Config) -> Result<Vec<String>, FileError> {
     if let Some(id) = identity::load_static(cfg) {
         id?;
     }
+    let mut warnings = Vec::new();
     if let Some(c) = &cfg.control {
-        let joined = c.state_dir.join(state::CERT_FILE).exists();
+        // Unknown (an unreadable state_dir): say nothing.
+        let joined = c
+            .state_dir
+            .join(state::CERT_FILE)
+            .try_exists()
+            .unwrap_or(true);
         if let (Some(path), false) = (&c.token_file, joined) {
-            std::fs::read_to_string(path).map_err(|source| FileError::TokenFile {
-                config: cfg.source.clone(),
-                path: path.clone(),
-                state_dir: c.state_dir.clone(),
-                source,
-            })?;
+            if let Err(e) = std::fs::read_to_string(path) {
+                warnings.push(format!(
+                    "{}: [control] token_file: cannot read {}: {e}; this proxy has not joined ({} holds no certificate) and will retry until it can",
+                    cfg.source.display(),
+                    path.display(),
+                    c.state_dir.display()
+                ));
+            }
         }
     }
-    Ok(())
+    Ok(warnings)
 }
 
 /// `[control] state_dir` cannot be created or opened.

@@ -423,7 +423,10 @@ impl Config {
         let mut warnings = Vec::new();
         if let (Some(c), Some(i)) = (&self.control, &self.inbound) {
             let registers = c.advertise.unwrap_or(i.listen);
-            let remote = c.addresses.iter().find(|a| !a.ip().is_loopback());
+            // Only when every control address is on another host: with a
+            // loopback one among them, control may well be local.
+            let all_remote = c.addresses.iter().all(|a| !a.ip().is_loopback());
+            let remote = c.addresses.first().filter(|_| all_remote);
             if let (true, Some(remote)) = (registers.ip().is_loopback(), remote) {
                 warnings.push(format!(
                     "{}: [control] advertise: this proxy would register {registers}, a loopback address, with control at {remote} on another host; proxies on other hosts cannot reach it there (control refuses it): set [control] advertise to an address they reach",

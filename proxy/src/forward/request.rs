@@ -279,10 +279,23 @@ impl<'p> RequestCtx<'p, '_> {
                         {
                             Err(Answer::Error(ErrorKind::NoHealthyEndpoints))
                         }
-                        Some(rule) => Ok(Routed {
-                            endpoints: Endpoints::Rule(&sr.name, rule, &sr.all),
-                            policy: TryPolicy::for_rule(cfg.timeouts.request, rule),
-                        }),
+                        Some(rule) => {
+                            // A strict rule's backend is drawn here, once:
+                            // one without endpoints is this request's 503.
+                            let strict = rule
+                                .strict
+                                .then(|| crate::route::strict_backend(rule, self.shard.random()))
+                                .flatten();
+                            match strict {
+                                Some(b) if rule.backends[b].endpoints.is_empty() => {
+                                    Err(Answer::Error(ErrorKind::NoHealthyEndpoints))
+                                }
+                                _ => Ok(Routed {
+                                    endpoints: Endpoints::Rule(&sr.name, rule, &sr.all, strict),
+                                    policy: TryPolicy::for_rule(cfg.timeouts.request, rule),
+                                }),
+                            }
+                        }
                     },
                 },
             ),

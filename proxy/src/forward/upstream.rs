@@ -15,8 +15,10 @@ pub(super) enum Endpoints<'c> {
     /// TLS.
     Service(&'c str, &'c [SocketAddr], bool),
     /// A Route rule's weighted backends (at least one has an endpoint), and
-    /// all the service's endpoints (what its balancer knows).
-    Rule(&'c str, &'c CompiledRule, &'c [SocketAddr]),
+    /// all the service's endpoints (what its balancer knows); for a
+    /// `failover: strict` rule, the backend drawn for the request (it has
+    /// endpoints).
+    Rule(&'c str, &'c CompiledRule, &'c [SocketAddr], Option<usize>),
 }
 
 /// The endpoints a request already tried (a retry prefers another), and
@@ -64,16 +66,13 @@ impl Endpoints<'_> {
         let (name, all, subset, backend) = match self {
             Endpoints::One(a) => return (*a, None),
             Endpoints::Service(name, eps, _) => (*name, *eps, None, None),
-            Endpoints::Rule(name, rule, all) => {
+            Endpoints::Rule(name, rule, all, strict) => {
                 let draw = shard.random();
-                let b = match tried.backend {
-                    // `failover: strict`: a request never crosses backends.
-                    Some(b) if rule.strict => Some(b),
-                    _ if rule.strict => crate::route::fail_open_backend(rule, draw),
-                    prefer => crate::route::pick_backend(rule, prefer, draw, usable)
-                        .or_else(|| crate::route::fail_open_backend(rule, draw)),
-                }
-                .expect("a backend with endpoints (checked when routing)");
+                // `failover: strict`: a request never leaves its backend.
+                let b = strict
+                    .or_else(|| crate::route::pick_backend(rule, tried.backend, draw, usable))
+                    .or_else(|| crate::route::fail_open_backend(rule, draw))
+                    .expect("a backend with endpoints (checked when routing)");
                 (*name, *all, Some(&rule.backends[b].endpoints[..]), Some(b))
             }
         };
@@ -109,7 +108,7 @@ impl Endpoints<'_> {
     pub(super) fn service(&self) -> Option<&str> {
         match self {
             Endpoints::One(_) => None,
-            Endpoints::Service(name, _, _) | Endpoints::Rule(name, _, _) => Some(name),
+            Endpoints::Service(name, _, _) | Endpoints::Rule(name, _, _, _) => Some(name),
         }
     }
 
@@ -118,7 +117,7 @@ impl Endpoints<'_> {
     pub(super) fn mtls(&self) -> Option<&str> {
         match self {
             Endpoints::One(_) | Endpoints::Service(_, _, false) => None,
-            Endpoints::Service(name, _, true) | Endpoints::Rule(name, _, _) => Some(name),
+            Endpoints::Service(name, _, true) | Endpoints::Rule(name, _, _, _) => Some(name),
         }
     }
 
@@ -132,7 +131,10 @@ impl Endpoints<'_> {
         match self {
             Endpoints::One(_) => 1,
             Endpoints::Service(_, eps, _) => eps.len(),
-            Endpoints::Rule(_, rule, _) => rule.backends.iter().map(|b| b.endpoints.len()).sum(),
+            Endpoints::Rule(_, rule, _, Some(b)) => rule.backends[*b].endpoints.len(),
+            Endpoints::Rule(_, rule, _, None) => {
+                rule.backends.iter().map(|b| b.endpoints.len()).sum()
+            }
         }
     }
 }
