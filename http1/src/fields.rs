@@ -29,6 +29,8 @@ pub(crate) enum Kind {
     Upgrade,
     ProxyConnection,
     Expect,
+    /// `coremesh-error`: a proxy's word on its own answers.
+    ProxyError,
     Other,
 }
 
@@ -42,6 +44,7 @@ pub(crate) fn classify(n: &[u8]) -> Kind {
         10 if is(b"connection") => Kind::Connection,
         10 if is(b"keep-alive") => Kind::KeepAlive,
         14 if is(b"content-length") => Kind::ContentLength,
+        14 if is(b"coremesh-error") => Kind::ProxyError,
         16 if is(b"proxy-connection") => Kind::ProxyConnection,
         17 if is(b"transfer-encoding") => Kind::TransferEncoding,
         _ => Kind::Other,
@@ -66,13 +69,44 @@ pub(crate) struct Fields {
     /// Index and trimmed value of the Host field (requests only).
     pub host: Option<(usize, Span)>,
     pub expect_continue: bool,
+    /// The trimmed value of the first `coremesh-error` field, if any.
+    pub proxy_error: Option<Span>,
     /// Lines to leave out when forwarding.
     pub drop: LineMask,
 }
 
+/// The field lines of a head of `head_len` bytes whose start line ends at
+/// `line_end` (its CR): (line index, name, trimmed value). A linear scan, for
+/// the few lookups made off the hot path (route matches on headers, a
+/// configured header dropped).
+fn field_lines(
+    src: &[u8],
+    line_end: usize,
+    head_len: usize,
+) -> impl Iterator<Item = (usize, &[u8], &[u8])> {
+    let end = head_len.saturating_sub(2);
+    let mut pos = line_end + 2;
+    std::iter::from_fn(move || {
+        if pos >= end {
+            return None;
+        }
+        let next = src[pos..end]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(end, |k| pos + k + 1);
+        let line = &src[pos..next];
+        pos = next;
+        Some(line)
+    })
+    .enumerate()
+    .filter_map(|(i, line)| {
+        let colon = line.iter().position(|&b| b == b':')?;
+        Some((i, &line[..colon], line[colon + 1..].trim_ascii()))
+    })
+}
+
 /// Marks every field line named `name` (ASCII case-insensitive) in `drop`,
-/// so the forwarded head leaves it out; returns how many. The head is
-/// `head_len` bytes and its start line ends at `line_end` (its CR).
+/// so the forwarded head leaves it out; returns how many.
 pub(crate) fn mark(
     src: &[u8],
     line_end: usize,
@@ -80,53 +114,27 @@ pub(crate) fn mark(
     name: &str,
     drop: &mut LineMask,
 ) -> usize {
-    let mut pos = line_end + 2;
-    let end = head_len.saturating_sub(2);
-    let (mut i, mut dropped) = (0, 0);
-    while pos < end {
-        let next = src[pos..end]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(end, |k| pos + k + 1);
-        let line = &src[pos..next];
-        if let Some(colon) = line.iter().position(|&b| b == b':') {
-            if line[..colon].eq_ignore_ascii_case(name.as_bytes()) {
-                drop.set(i);
-                dropped += 1;
-            }
+    let mut dropped = 0;
+    for (i, n, _) in field_lines(src, line_end, head_len) {
+        if n.eq_ignore_ascii_case(name.as_bytes()) {
+            drop.set(i);
+            dropped += 1;
         }
-        pos = next;
-        i += 1;
     }
     dropped
 }
 
 /// The value of the first field named `name` (ASCII case-insensitive),
-/// trimmed, in a head of `head_len` bytes whose start line ends at
-/// `line_end` (its CR). A linear scan: for the few lookups made off the hot
-/// path (route matches on headers, a peer proxy's error answers).
+/// trimmed.
 pub(crate) fn find<'a>(
     src: &'a [u8],
     line_end: usize,
     head_len: usize,
     name: &str,
 ) -> Option<&'a [u8]> {
-    let mut pos = line_end + 2;
-    let end = head_len.saturating_sub(2);
-    while pos < end {
-        let next = src[pos..end]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(end, |k| pos + k + 1);
-        let line = &src[pos..next];
-        if let Some(colon) = line.iter().position(|&b| b == b':') {
-            if line[..colon].eq_ignore_ascii_case(name.as_bytes()) {
-                return Some(line[colon + 1..].trim_ascii());
-            }
-        }
-        pos = next;
-    }
-    None
+    field_lines(src, line_end, head_len)
+        .find(|(_, n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+        .map(|(_, _, v)| v)
 }
 
 /// Offset of `part` inside `buf` (both from the same parse).
@@ -206,6 +214,11 @@ impl Fields {
                     }
                     let start = offset(buf, h.value);
                     f.host = Some((i, start..start + h.value.len()));
+                }
+                Kind::ProxyError if f.proxy_error.is_none() => {
+                    let v = trim_ows(h.value);
+                    let start = offset(buf, v);
+                    f.proxy_error = Some(start..start + v.len());
                 }
                 Kind::Expect
                     if request && trim_ows(h.value).eq_ignore_ascii_case(b"100-continue") =>

@@ -4,7 +4,7 @@ use std::mem::MaybeUninit;
 
 use super::fields::{Fields, Kind};
 use super::scan::{scan_head, LineMask};
-use super::{Framing, Limits, Method, ParseError, Version, MAX_HEADERS_CAP};
+use super::{Framing, Limits, Method, ParseError, Span, Version, MAX_HEADERS_CAP};
 
 /// A parsed response head; the head occupies `buf[..head_len]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,22 +29,32 @@ pub struct ResponseHead {
     /// 101 Switching Protocols: after the head both sides speak the new
     /// protocol; relay bytes both ways.
     pub switching: bool,
+    /// The first `coremesh-error` value ([`ResponseHead::proxy_error`]).
+    pub(crate) proxy_error: Option<Span>,
     pub(crate) line_end: usize,
     pub(crate) drop: LineMask,
 }
 
 impl ResponseHead {
-    /// The value of the first field named `name` (ASCII case-insensitive),
-    /// trimmed; `src` is the buffer given to [`parse_response`].
-    pub fn header<'a>(&self, src: &'a [u8], name: &str) -> Option<&'a [u8]> {
-        crate::fields::find(src, self.line_end, self.head_len, name)
+    /// The value of its first `coremesh-error` field (found while parsing);
+    /// `src` is the buffer given to [`parse_response`].
+    pub fn proxy_error<'a>(&self, src: &'a [u8]) -> Option<&'a [u8]> {
+        self.proxy_error.clone().map(|s| &src[s])
     }
 
-    /// Leaves every field named `name` out of the forwarded head (a header
-    /// only the proxy may set, such as `coremesh-error`, must not come from
-    /// the app). Returns how many lines were dropped.
-    pub fn drop_header(&mut self, src: &[u8], name: &str) -> usize {
-        crate::fields::mark(src, self.line_end, self.head_len, name, &mut self.drop)
+    /// Leaves every `coremesh-error` field out of the forwarded head (only
+    /// proxies may say it, not the app behind one). Nothing to do, and no
+    /// scan, when the response has none.
+    pub fn drop_proxy_error(&mut self, src: &[u8]) {
+        if self.proxy_error.is_some() {
+            crate::fields::mark(
+                src,
+                self.line_end,
+                self.head_len,
+                "coremesh-error",
+                &mut self.drop,
+            );
+        }
     }
 }
 
@@ -176,6 +186,7 @@ fn parse(
         keep_alive,
         interim,
         switching,
+        proxy_error: f.proxy_error,
         line_end: b.line_end,
         drop: f.drop,
     }))

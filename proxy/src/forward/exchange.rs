@@ -358,7 +358,7 @@ pub(super) async fn over_connection(
     if ctx.dir == Direction::Inbound {
         // `coremesh-error` is this proxy's own word to its callers (they
         // act on it: see `app_unreachable`); the app cannot speak it.
-        resp.drop_header(&ubuf, "coremesh-error");
+        resp.drop_proxy_error(&ubuf);
     }
     if peer && sent.body_done && app_unreachable(&resp, &ubuf) {
         // The peer proxy could not connect to its app: the app never saw
@@ -424,7 +424,7 @@ pub(super) async fn over_connection(
 /// retry of an idempotent request allows.
 fn app_unreachable(resp: &ResponseHead, ubuf: &[u8]) -> bool {
     matches!(resp.status, 502 | 504)
-        && resp.header(ubuf, "coremesh-error").is_some_and(|e| {
+        && resp.proxy_error(ubuf).is_some_and(|e| {
             e == ErrorKind::ConnectFailed.text().as_bytes()
                 || e == ErrorKind::ConnectTimeout.text().as_bytes()
         })
