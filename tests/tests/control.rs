@@ -1157,11 +1157,14 @@ fn unhealthy_endpoints_are_withdrawn_but_a_service_never_loses_all_of_them() {
             .into_iter()
             .any(|l| l.contains(what) && l.contains(&address.to_string()))
     };
+    // (v2 may flip before v1 has registered, when it is still the only
+    // endpoint of api: then it is kept at that moment.)
     assert!(
-        logged(
+        (logged(
             "endpoint withdrawn: its app fails its health check",
             p2.inbound()
-        ) && logged("endpoint unhealthy but kept", _pc.inbound()),
+        ) || logged("endpoint unhealthy but kept", p2.inbound()))
+            && logged("endpoint unhealthy but kept", _pc.inbound()),
         "{}",
         control.log_lines().join("\n")
     );
