@@ -441,9 +441,8 @@ impl Registry {
 /// comes from `remote`: a loopback address from a proxy on another host
 /// (callers elsewhere would connect to their own loopback).
 pub fn registration_problem(address: SocketAddr, remote: SocketAddr) -> Option<String> {
-    // A dual-stack socket reports an IPv4 peer as ::ffff:a.b.c.d.
     let from = remote.ip().to_canonical();
-    (address.ip().to_canonical().is_loopback() && !from.is_loopback()).then(|| {
+    coremesh_api::wire::loopback_from_afar(address, remote).then(|| {
         format!(
             "registration of {address} refused: a loopback address, from a proxy that reaches control from {from}; set [control] advertise (or an [inbound] listen address other hosts reach)"
         )

@@ -243,16 +243,7 @@ impl Host {
     /// When the namespace cannot be entered (the net was dropped), or when
     /// `f` panics.
     pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                if let Err(e) = setns(&self.netns) {
-                    panic!("{e}");
-                }
-                f()
-            })
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p))
-        })
+        enter_netns(&self.netns, f)
     }
 
     /// Takes the host's link down: packets to and from it are dropped
@@ -265,6 +256,23 @@ impl Host {
     pub fn link_up(&self) -> Result<(), NetError> {
         ip(&["-n", &self.hub, "link", "set", &self.hub_link, "up"])
     }
+}
+
+/// [`Host::enter`] by namespace name, for code that keeps only the name.
+///
+/// # Panics
+/// When the namespace cannot be entered, or when `f` panics.
+pub fn enter_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            if let Err(e) = setns(netns) {
+                panic!("{e}");
+            }
+            f()
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
 }
 
 fn setns(netns: &str) -> Result<(), NetError> {

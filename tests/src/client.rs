@@ -155,7 +155,17 @@ impl Client {
     }
 
     pub fn try_connect(addr: SocketAddr) -> io::Result<Client> {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+        Client::try_connect_in(None, addr)
+    }
+
+    /// Connects from inside the network namespace `netns` (a test host),
+    /// or from the test's own namespace when `None`.
+    pub fn try_connect_in(netns: Option<&str>, addr: SocketAddr) -> io::Result<Client> {
+        let connect = || TcpStream::connect_timeout(&addr, Duration::from_secs(10));
+        let stream = match netns {
+            Some(ns) => coremesh_testnet::enter_netns(ns, connect)?,
+            None => connect()?,
+        };
         stream.set_read_timeout(Some(READ_TIMEOUT))?;
         stream.set_write_timeout(Some(READ_TIMEOUT))?;
         stream.set_nodelay(true)?;

@@ -118,6 +118,8 @@ impl Meshctl {
 #[derive(Clone, Debug, Default)]
 pub struct ControlBuilder {
     args: Vec<String>,
+    /// The test host's namespace and the address QUIC listens on there.
+    host: Option<(String, std::net::IpAddr)>,
 }
 
 impl ControlBuilder {
@@ -132,6 +134,12 @@ impl ControlBuilder {
     /// `--heartbeat-timeout`.
     pub fn heartbeat_timeout(self, d: &str) -> Self {
         self.arg("--heartbeat-timeout", d)
+    }
+    /// Runs control (and every meshctl and subcommand run) inside a test
+    /// host: QUIC on the host's address, the API on the host's loopback.
+    pub fn on_host(mut self, host: &coremesh_testnet::Host) -> Self {
+        self.host = Some((host.netns().to_string(), host.addr()));
+        self
     }
     /// Any other flag and its value.
     pub fn arg(mut self, flag: &str, value: &str) -> Self {
@@ -152,8 +160,13 @@ impl ControlBuilder {
             api: "0.0.0.0:0".parse().expect("addr"),
             log: Arc::new(Mutex::new(Vec::new())),
             args: self.args,
+            netns: self.host.as_ref().map(|(ns, _)| ns.clone()),
         };
-        control.spawn("127.0.0.1:0", "127.0.0.1:0");
+        let listen = match self.host {
+            Some((_, ip)) => SocketAddr::new(ip, 0).to_string(),
+            None => "127.0.0.1:0".to_string(),
+        };
+        control.spawn(&listen, "127.0.0.1:0");
         control
     }
 }
@@ -171,9 +184,23 @@ pub struct Control {
     /// Output of every run, stdout and stderr interleaved.
     log: Arc<Mutex<Vec<String>>>,
     args: Vec<String>,
+    /// The test host control runs on, if any.
+    netns: Option<String>,
 }
 
 impl Control {
+    /// A command for `program`, inside control's test host if it has one.
+    fn host_command(&self, program: PathBuf) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(program);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+
     /// Control with default options.
     pub fn start() -> Control {
         ControlBuilder::new().start()
@@ -194,7 +221,7 @@ impl Control {
         api: &str,
         extra: &[&str],
     ) -> Result<(), (ExitStatus, String)> {
-        let mut cmd = Command::new(control_bin());
+        let mut cmd = self.host_command(control_bin());
         cmd.arg("--data-dir")
             .arg(&self.data_dir)
             .args(["--listen", listen, "--api", api])
@@ -337,7 +364,8 @@ impl Control {
     /// Runs `coremesh-control ARGS...` (a subcommand such as `backup`)
     /// to completion: (exit code, stdout, stderr).
     pub fn command(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(control_bin())
+        let out = self
+            .host_command(control_bin())
             .args(args)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -361,7 +389,7 @@ impl Control {
     }
 
     fn meshctl_with_input(&self, args: &[&str], input: Option<&str>) -> Meshctl {
-        let mut cmd = Command::new(meshctl_bin());
+        let mut cmd = self.host_command(meshctl_bin());
         cmd.arg("--api")
             .arg(self.api_url())
             .arg("--data-dir")

@@ -40,6 +40,7 @@ pub mod client;
 pub mod control;
 pub mod curl;
 pub mod metrics;
+pub mod openload;
 pub mod origin;
 pub mod pki;
 pub mod proxy;

@@ -130,7 +130,23 @@ impl Origin {
     /// Starts an origin named `name` (the name is in every echo, to tell
     /// endpoints apart).
     pub fn start(name: &str) -> Origin {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("origin bind 127.0.0.1:0");
+        Origin::serve_on(
+            TcpListener::bind("127.0.0.1:0").expect("origin bind 127.0.0.1:0"),
+            name,
+        )
+    }
+
+    /// Starts an origin on a test host's loopback (an app next to a proxy
+    /// on that host).
+    pub fn start_on(host: &coremesh_testnet::Host, name: &str) -> Origin {
+        let listener = host.enter(|| TcpListener::bind("127.0.0.1:0"));
+        Origin::serve_on(
+            listener.expect("origin bind 127.0.0.1:0 on a test host"),
+            name,
+        )
+    }
+
+    fn serve_on(listener: TcpListener, name: &str) -> Origin {
         let addr = listener.local_addr().expect("origin local_addr");
         let state = Arc::new(State::default());
         let stop = Arc::new(AtomicBool::new(false));

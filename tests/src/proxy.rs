@@ -72,6 +72,7 @@ pub struct ProxyBuilder {
     extra: String,
     log_json: bool,
     env: Vec<(String, String)>,
+    netns: Option<String>,
 }
 
 impl ProxyBuilder {
@@ -93,7 +94,15 @@ impl ProxyBuilder {
             extra: String::new(),
             log_json: false,
             env: Vec::new(),
+            netns: None,
         }
+    }
+    /// Runs the proxy inside a test host (a network namespace of
+    /// `coremesh_testnet`); its admin endpoint and listeners are reached
+    /// from inside that host.
+    pub fn on_host(mut self, host: &coremesh_testnet::Host) -> Self {
+        self.netns = Some(host.netns().to_string());
+        self
     }
     pub fn cores(mut self, n: usize) -> Self {
         self.cores = Some(n);
@@ -114,7 +123,12 @@ impl ProxyBuilder {
         self.inbound = Some(("127.0.0.1:0".to_string(), app.to_string()));
         self
     }
-    /// `[outbound]` on `127.0.0.1:0`.
+    /// `[inbound]` on `listen` (an address and port, such as a test host's
+    /// `10.77.0.3:0`) forwarding to `app`.
+    pub fn inbound_on(mut self, listen: SocketAddr, app: SocketAddr) -> Self {
+        self.inbound = Some((listen.to_string(), app.to_string()));
+        self
+    }
     /// One more `[inbound]` key, as raw TOML (`inbound_key("identity_header", "\"x-caller\"")`).
     pub fn inbound_key(mut self, key: &str, toml_value: &str) -> Self {
         self.inbound_extra
@@ -122,6 +136,7 @@ impl ProxyBuilder {
         self
     }
 
+    /// `[outbound]` on `127.0.0.1:0`.
     pub fn outbound(self) -> Self {
         self.outbound_at("127.0.0.1:0")
     }
@@ -233,7 +248,14 @@ impl ProxyBuilder {
     }
 
     fn command(&self, config: &Path) -> Command {
-        let mut cmd = Command::new(proxy_bin());
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(proxy_bin());
+                c
+            }
+            None => Command::new(proxy_bin()),
+        };
         cmd.arg("--config").arg(config);
         if self.log_json {
             cmd.args(["--log-format", "json"]);
@@ -592,7 +614,7 @@ impl Proxy {
 
     /// `GET path` on the admin endpoint.
     pub fn admin_get(&self, path: &str) -> Response {
-        let mut c = Client::connect(self.admin());
+        let mut c = self.client_to(self.admin());
         c.request(
             &Request::get(path)
                 .host("localhost")
@@ -615,11 +637,21 @@ impl Proxy {
 
     /// A new client connection to the outbound listener.
     pub fn outbound_client(&self) -> Client {
-        Client::connect(self.outbound())
+        self.client_to(self.outbound())
     }
     /// A new client connection to the inbound listener.
     pub fn inbound_client(&self) -> Client {
-        Client::connect(self.inbound())
+        self.client_to(self.inbound())
+    }
+    /// A connection to `addr` from the proxy's host (its network namespace
+    /// when it runs on a test host).
+    pub fn client_to(&self, addr: SocketAddr) -> Client {
+        Client::try_connect_in(self.builder.netns.as_deref(), addr)
+            .unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
+    }
+    /// The test host's namespace the proxy runs in, if any.
+    pub fn netns(&self) -> Option<&str> {
+        self.builder.netns.as_deref()
     }
 }
 

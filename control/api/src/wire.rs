@@ -31,6 +31,16 @@ use crate::snapshot::Snapshot;
 
 /// Bumped on incompatible changes; additive changes keep it.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Whether `address`, registered by a proxy whose session runs between
+/// itself and `peer` (control's address as the proxy sees it, or the
+/// proxy's as control sees it), is a loopback address while the session is
+/// not: callers on other hosts would connect to their own loopback.
+/// Control refuses such a registration; the proxy knows beforehand.
+pub fn loopback_from_afar(address: SocketAddr, peer: SocketAddr) -> bool {
+    // A dual-stack socket reports an IPv4 peer as ::ffff:a.b.c.d.
+    address.ip().to_canonical().is_loopback() && !peer.ip().to_canonical().is_loopback()
+}
 /// QUIC ALPN of the control protocol.
 pub const ALPN: &[u8] = b"coremesh-control/1";
 /// Largest frame either side accepts, and the largest a compressed frame

@@ -669,10 +669,19 @@ impl Client {
                     },
                 )
                 .await?;
-                tracing::info!(
-                    "registered {address} as an endpoint of {}",
-                    self.setup.service
-                );
+                if wire::loopback_from_afar(address, conn.remote_address()) {
+                    // Sent all the same, so `meshctl status` shows why.
+                    tracing::warn!(
+                        "not registered: control at {} refuses {address}, a loopback address \
+                         that proxies on other hosts cannot reach; set [control] advertise",
+                        conn.remote_address()
+                    );
+                } else {
+                    tracing::info!(
+                        "registered {address} as an endpoint of {}",
+                        self.setup.service
+                    );
+                }
             }
         }
 

@@ -261,11 +261,25 @@ pub(super) async fn upstream_conn(
                 },
             },
             // Cut short by the try's deadline: the endpoint had less than
-            // `timeouts.connect`, so this says nothing about it.
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut && limit < cfg.timeouts.connect => {
+            // `timeouts.connect`. Long enough for a handshake many times
+            // over (a peer on another host answers a SYN within
+            // milliseconds), it is the endpoint's connect timeout; a sliver
+            // of a try says nothing about it.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::TimedOut
+                    && limit < cfg.timeouts.connect
+                    && limit < CONNECT_EVIDENCE =>
+            {
                 last = ProxyError::io(
                     ErrorKind::UpstreamTimeout,
                     "connect, at the try's deadline",
+                    e,
+                )
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut && limit < cfg.timeouts.connect => {
+                last = ProxyError::io(
+                    ErrorKind::ConnectTimeout,
+                    "connect, cut short by the try's deadline",
                     e,
                 )
             }
@@ -286,9 +300,20 @@ pub(super) async fn upstream_conn(
             service = %endpoints.service().unwrap_or("-"),
             "upstream connect failed: {last}"
         );
+        // The try has no time left for another endpoint: its caller
+        // decides (move on with a fresh try, retry or answer).
+        if Instant::now() >= deadline {
+            break;
+        }
     }
     Err(last)
 }
+
+/// How long a connect must have had before its timeout counts against the
+/// endpoint when a try's deadline (`perTryTimeout`) cut it short of
+/// `timeouts.connect`: a quarter of a second is hundreds of round trips on
+/// a LAN and more than a first SYN's loss-free answer anywhere near.
+const CONNECT_EVIDENCE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Whether a failed connect tells about the endpoint (refused, reset,
 /// unreachable, a full connect timeout, a failed handshake with it) rather
