@@ -503,3 +503,33 @@ fn a_loopback_registration_from_another_host_is_refused_and_shown() {
     mesh.apps.insert("api-v1-c", app);
     mesh.apis.insert("api-v1-c", proxy);
 }
+
+/// The mesh without the route's timeout and retries: only the proxy's
+/// defaults decide how long a request waits for a partitioned host.
+fn mesh_without_route_limits() -> String {
+    MESH.replace("    timeout: 2s\n", "").replace(
+        "    retries: { attempts: 2, perTryTimeout: 500ms, on: [connect-failure, reset, 5xx] }\n",
+        "",
+    )
+}
+
+#[test]
+fn without_route_timeouts_a_host_cut_off_fails_in_seconds_not_at_the_request_timeout() {
+    let Some(net) = net() else { return };
+    let mut mesh = HostMesh::start(net, &mesh_without_route_limits());
+    let report = under_load(&mut mesh, Duration::from_secs(6), |m| {
+        m.host("api-v1-a").link_down().expect("link down");
+    });
+    report.print("link down, no route timeout");
+    // Requests on connections to the dead host end once the kernel gives up
+    // on them (keepalive, TCP_USER_TIMEOUT: 2 s), with no retry to hide
+    // them; later ones go elsewhere.
+    let (fault, limit) = (report.fault_at, Duration::from_secs(3));
+    for o in report.failed() {
+        let ended = o.intended + o.latency;
+        assert!(ended < fault + limit + Duration::from_millis(500), "{o:?}");
+        assert!(o.intended < fault + limit, "{o:?}");
+    }
+    let slow = report.last_slow(Duration::from_millis(300));
+    assert!(slow < limit, "slow requests until {slow:?} after");
+}

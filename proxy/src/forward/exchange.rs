@@ -355,6 +355,12 @@ pub(super) async fn over_connection(
     } = conn;
     let mut sent = send_request(ctx, cbuf, &mut up).await?;
     let (mut resp, mut ubuf) = response_head(ctx, &mut up, &mut sent, deadline).await?;
+    let tunnel = resp.switching && ctx.head.upgrade;
+    if up.is_tls() && sent.patient != tunnel {
+        // Answered: the upload is over (or a tunnel starts, where either
+        // side may stop reading for as long as it likes).
+        runtime::peer_patience(up.raw_fd(), tunnel);
+    }
     if ctx.dir == Direction::Inbound {
         // `coremesh-error` is this proxy's own word to its callers (they
         // act on it: see `app_unreachable`); the app cannot speak it.
@@ -388,7 +394,7 @@ pub(super) async fn over_connection(
     }
 
     // 101: both sides switch protocols; the connection becomes a tunnel.
-    if resp.switching && ctx.head.upgrade {
+    if tunnel {
         resp.plan_forward(&ubuf, false, false, &mut ctx.scratch.plan);
         let out = ctx.scratch.plan.to_vec(&ubuf);
         ctx.ex.bytes_out += out.len() as u64;
@@ -444,6 +450,10 @@ struct Sent {
     /// closed. That answer, when it is there, goes to the client (and both
     /// connections close after it); without one, it is a 502.
     body_cut: bool,
+    /// The upstream is a peer proxy whose dead-peer user timeout was lifted
+    /// while the body streams (see `runtime::peer_patience`); restored
+    /// once its answer starts.
+    patient: bool,
 }
 
 impl Sent {
@@ -499,6 +509,7 @@ async fn send_request(
         consumed: head.head_len + first_body,
         body_done,
         body_cut: false,
+        patient: false,
     };
     if let Err(e) = res {
         let err = ProxyError::io(ErrorKind::UpstreamReset, "writing request head", e);
@@ -509,6 +520,12 @@ async fn send_request(
     }
     if body_done {
         return Ok(sent);
+    }
+    if up.is_tls() {
+        // A peer proxy may keep its window closed while its app reads the
+        // upload slowly; that is no dead peer.
+        runtime::peer_patience(up.raw_fd(), true);
+        sent.patient = true;
     }
     if head.expect_continue && head.version == Version::Http11 {
         // The proxy answers 100 itself once the upstream is connected, so

@@ -110,18 +110,24 @@ pub fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
     Ok(())
 }
 
-/// How quickly a dead peer is noticed on an idle upstream connection to
-/// another host's proxy: TCP keepalive probes after 1 s of silence, 1 s
-/// apart, two unanswered probes end it. A blackholed peer's pooled
-/// connections are gone within about 3 s instead of failing the next
-/// request that takes one. A slow answer is not mistaken for a dead peer (its
-/// kernel acknowledges the probes), nor is a slow upload: there is no
-/// `TCP_USER_TIMEOUT`, which would also end a connection whose peer keeps
-/// its receive window closed for longer; a request in flight is bounded by
-/// its own timeouts.
+/// How quickly a dead peer is noticed on an upstream connection to another
+/// host's proxy. Idle: TCP keepalive probes after 1 s of silence, 1 s
+/// apart. With data unacknowledged (a request sent into a partition):
+/// `TCP_USER_TIMEOUT` of [`PEER_DEAD_AFTER`]. Either way a blackholed peer's
+/// connections end within about 2 s, failing (or moving) the request on
+/// them instead of leaving it to wait out its timeout. A slow answer is not
+/// mistaken for a dead peer: its kernel acknowledges the request and the
+/// probes.
 pub const PEER_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Sets the keepalive above on the socket `fd`.
+/// See [`PEER_KEEPALIVE`]. The user timeout also ends a connection whose
+/// peer keeps its receive window closed that long while it still answers
+/// (RFC 1122 would wait forever); so it is lifted while a request body
+/// streams (an app may read an upload slowly) and on tunnels, see
+/// [`peer_patience`].
+pub const PEER_DEAD_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Sets the keepalive and user timeout above on the socket `fd`.
 pub fn watch_peer(fd: std::os::fd::RawFd) {
     // SAFETY: `fd` is an open socket owned by a connection the caller holds
     // for the duration of this call; the borrow does not outlive it and
@@ -134,5 +140,22 @@ pub fn watch_peer(fd: std::os::fd::RawFd) {
         .with_retries(2);
     if let Err(e) = s.set_tcp_keepalive(&keepalive) {
         tracing::debug!("cannot set keepalive on an upstream connection: {e}");
+    }
+    if let Err(e) = s.set_tcp_user_timeout(Some(PEER_DEAD_AFTER)) {
+        tracing::debug!("cannot set TCP_USER_TIMEOUT on an upstream connection: {e}");
+    }
+}
+
+/// Lifts (`patient`) or restores the user timeout of [`watch_peer`] on a
+/// connection to a peer proxy: lifted while the peer may legitimately keep
+/// its window closed (a streaming upload to a slow app, a tunnel); the
+/// keepalive stays.
+pub fn peer_patience(fd: std::os::fd::RawFd, patient: bool) {
+    // SAFETY: as in `watch_peer`.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let s = socket2::SockRef::from(&fd);
+    let timeout = (!patient).then_some(PEER_DEAD_AFTER);
+    if let Err(e) = s.set_tcp_user_timeout(timeout) {
+        tracing::debug!("cannot change TCP_USER_TIMEOUT on an upstream connection: {e}");
     }
 }
