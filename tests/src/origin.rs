@@ -10,6 +10,7 @@
 //! | --- | --- |
 //! | any path | 200, JSON echo of the request (`method`, `target`, `headers`, `body_len`, `body_sum`, `body` if small, `trailers`, `origin`, `conn`) |
 //! | `/delay/MS...` | the echo, after sleeping MS milliseconds |
+//! | `/slow-read/MS...` | the echo, after sleeping MS milliseconds before reading the body (a slow app: the upload backs up) |
 //! | `/status/N` | status N (no body for 204/304) |
 //! | `/bytes/N` | N bytes of [`Pattern`], Content-Length framed, streamed |
 //! | `/chunked` | a chunked body `hello chunked world` with trailer `x-checksum: 42` |
@@ -380,6 +381,14 @@ fn serve(
         }
 
         // Body.
+        if let Some(ms) = req.target.strip_prefix("/slow-read/") {
+            let ms: u64 = ms
+                .split('/')
+                .next()
+                .and_then(|m| m.parse().ok())
+                .unwrap_or(0);
+            std::thread::sleep(Duration::from_millis(ms));
+        }
         let mut sum = Fnv64::new();
         let chunked = req
             .header("transfer-encoding")

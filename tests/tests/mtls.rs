@@ -100,6 +100,34 @@ fn static_mode_carries_requests_over_mutual_tls_and_resumes_sessions() {
 }
 
 #[test]
+fn an_upload_to_an_app_that_stops_reading_for_seconds_is_not_taken_for_a_dead_peer() {
+    // The mesh connection's dead-peer timeout (2 s of unacknowledged data)
+    // would end it while the peer's window stays closed; it is lifted while
+    // a body streams.
+    let dir = TempDir::new("mtls-slow-read");
+    let pki = Pki::new("mesh");
+    let app = Origin::start("api");
+    let api = inbound_proxy(&pki, &dir, "api", &app);
+    let web = web_proxy(&pki, &dir, &[api.inbound()]);
+    let len: usize = 48 << 20;
+    let body = vec![b'x'; len];
+    let mut c = web.outbound_client();
+    c.set_read_timeout(std::time::Duration::from_secs(30));
+    let r = c.request(&Request::post("/slow-read/3500").host("api").body(body));
+    assert_eq!(
+        r.status,
+        200,
+        "{:?} {:?}",
+        r.header("coremesh-error"),
+        r.body_str()
+    );
+    assert_eq!(r.json()["body_len"], len as u64);
+    // The connection is still good for the next request.
+    let r = c.request(&Request::get("/after").host("api"));
+    assert_eq!(r.status, 200);
+}
+
+#[test]
 fn the_inbound_port_refuses_plaintext_a_foreign_ca_and_an_expired_certificate() {
     let dir = TempDir::new("mtls-refuse");
     let pki = Pki::new("mesh");
