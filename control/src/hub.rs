@@ -360,6 +360,9 @@ impl Hub {
             st.registry.sent(id, version, config_version);
             slot.last = Some(view);
         } else {
+            if let Some(v) = running {
+                st.registry.held(id, v);
+            }
             tracing::info!(service, node, "session held until the grace period ends");
         }
         st.sessions.insert(id, slot);

@@ -122,6 +122,7 @@ impl Registry {
                 cert_expiry: None,
                 last_seen: None,
                 problem: None,
+                held_running: None,
             },
             in_flight: Vec::new(),
             labels: BTreeMap::new(),
@@ -187,8 +188,17 @@ impl Registry {
         }
     }
 
+    /// The session is held for the grace period; the proxy runs
+    /// `running` (its persisted snapshot), as far as it said.
+    pub fn held(&mut self, id: ProxyId, running: u64) {
+        if let Some(p) = self.proxies.get_mut(&id) {
+            p.status.held_running = Some(running);
+        }
+    }
+
     pub fn sent(&mut self, id: ProxyId, version: u64, config_version: u64) {
         if let Some(p) = self.proxies.get_mut(&id) {
+            p.status.held_running = None;
             p.status.sent_version = Some(version);
             p.in_flight.push((version, config_version));
             // A proxy that never answers must not grow this without bound.

@@ -567,6 +567,14 @@ fn kill_9_of_control_keeps_traffic_flowing_and_a_restart_reconverges_without_tok
     // For the record (measured: ~1.8 s with the stateless reset, ~11.8 s
     // by idle timeout before control kept its key).
     eprintln!("reconnected {:?} after the restart", restarted.elapsed());
+    // Still in the grace period: status shows what each proxy said it runs.
+    if restarted.elapsed() < Duration::from_secs(8) {
+        let status = mesh.control.meshctl(&["status"]).ok().stdout;
+        assert!(
+            status.contains("held: control's grace period") && status.contains("(as it said)"),
+            "{status}"
+        );
+    }
     mesh.control
         .wait_converged(mesh.proxies(), 2, version, Duration::from_secs(45));
     eprintln!("reconverged {:?} after the restart", restarted.elapsed());

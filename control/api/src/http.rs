@@ -73,6 +73,11 @@ pub struct ProxyStatus {
     /// registration refused, say); absent when nothing is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+    /// The snapshot version the proxy said it runs when it connected while
+    /// control held its session (the grace period after control started):
+    /// its last known state, until control sends it a snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_running: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -517,12 +517,16 @@ fn print_status(ps: &[ProxyStatus]) {
         "CERT EXPIRES".into(),
     ]];
     for p in ps {
-        let applied = match (p.applied_version, p.applied_config_version) {
-            (Some(v), Some(c)) => format!("{v} (config {c})"),
-            (Some(v), None) => v.to_string(),
+        let applied = match (p.applied_version, p.applied_config_version, p.held_running) {
+            (Some(v), Some(c), _) => format!("{v} (config {c})"),
+            (Some(v), None, _) => v.to_string(),
+            (None, _, Some(v)) => format!("{v} (as it said)"),
             _ => "-".into(),
         };
         let state = match (&p.nack, p.applied_version, p.sent_version) {
+            (None, None, None) if p.held_running.is_some() => {
+                "held: control's grace period; runs its last snapshot".into()
+            }
             (Some(reason), _, _) => format!("NACK: {reason}"),
             (None, Some(a), Some(s)) if a == s => "ACK".into(),
             (None, Some(_), Some(_)) => "ACK (newer pending)".into(),

@@ -165,3 +165,15 @@ fn a_loopback_registration_from_another_host_is_refused() {
         None
     );
 }
+
+#[test]
+fn a_held_session_shows_what_the_proxy_said_it_runs_until_control_sends_one() {
+    let t0 = Instant::now();
+    let mut r = Registry::new(Duration::from_secs(15), t0, FORGET);
+    let a = r.hello("api", "n1", 0);
+    r.held(a, 41);
+    let s = r.proxy_statuses();
+    assert_eq!((s[0].held_running, s[0].applied_version), (Some(41), None));
+    r.sent(a, 42, 7);
+    assert_eq!(r.proxy_statuses()[0].held_running, None);
+}

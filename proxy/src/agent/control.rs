@@ -659,7 +659,14 @@ impl Client {
         let _up = SessionUp(self);
         self.setup.applier.set_connected(true);
 
-        if !self.setup.link.leaving.get() {
+        if self.setup.link.leaving.get() {
+            // SIGTERM came while this session was being set up (so
+            // `deregister` found none): the endpoint an earlier session
+            // registered is still listed at control; withdraw it here.
+            if self.setup.inbound.is_some() {
+                write(&mut send, &ProxyMsg::Deregister).await?;
+            }
+        } else {
             if let Some(address) = self.register_address(&conn) {
                 write(
                     &mut send,
