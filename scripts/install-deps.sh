@@ -2,7 +2,8 @@
 # Installs what building and testing coremesh needs, only where it is missing:
 # curl, promtool (Debian package `prometheus`), python3, a C compiler,
 # redis-server and redis-cli (a real TCP client and server for the TCP
-# service test), testssl.sh (the TLS audit test), and the rustfmt/clippy
+# service test), testssl.sh (the TLS audit test), iproute2 (network
+# namespaces as test hosts), and the rustfmt/clippy
 # components. Idempotent; safe to run on every CI run.
 set -euo pipefail
 
@@ -24,6 +25,8 @@ command -v make >/dev/null 2>&1 || need_apt+=(make)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
 command -v testssl >/dev/null 2>&1 || need_apt+=(testssl.sh)
+# `ip netns` builds the multi-host test network (tests/tests/hosts.rs).
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 
 if [ "${#need_apt[@]}" -gt 0 ]; then
     echo "install-deps: installing Debian packages: ${need_apt[*]}"
