@@ -365,7 +365,7 @@ fn app_kill(node: &'static str, control_stopped: bool, strict: bool) -> Report {
         return Report::empty();
     };
     let yaml = if strict {
-        MESH.replace("    backends:", "    failover: strict\n    backends:")
+        strict_mesh()
     } else {
         MESH.to_string()
     };
@@ -422,21 +422,27 @@ fn with_control_stopped_a_subsets_only_endpoint_still_spills_over() {
     app_kill("api-v2", true, false);
 }
 
-fn link_down(control_stopped: bool) {
+/// `MESH` with the route's `failover: strict`.
+fn strict_mesh() -> String {
+    MESH.replace("    backends:", "    failover: strict\n    backends:")
+}
+
+fn link_down(control_stopped: bool, strict: bool) {
     let Some(net) = net() else { return };
-    let mut mesh = HostMesh::start(net, MESH);
+    let yaml = if strict {
+        strict_mesh()
+    } else {
+        MESH.to_string()
+    };
+    let mut mesh = HostMesh::start(net, &yaml);
     if control_stopped {
         mesh.control.kill9();
     }
     let report = under_load(&mut mesh, Duration::from_secs(6), |m| {
         m.host("api-v1-a").link_down().expect("link down");
     });
-    let what = if control_stopped {
-        "link down, control stopped"
-    } else {
-        "link down"
-    };
-    report.print(what);
+    let what = format!("link down (control stopped: {control_stopped}, strict: {strict})");
+    report.print(&what);
     // Only requests in flight when the link went down may fail.
     for o in report.failed() {
         assert!(o.intended < report.fault_at, "{what}: {o:?}");
@@ -452,12 +458,17 @@ fn link_down(control_stopped: bool) {
 
 #[test]
 fn a_host_cut_off_costs_only_requests_in_flight_and_is_left_within_two_seconds() {
-    link_down(false);
+    link_down(false, false);
+}
+
+#[test]
+fn a_strict_route_leaves_a_host_cut_off_within_its_subset() {
+    link_down(false, true);
 }
 
 #[test]
 fn with_control_stopped_a_host_cut_off_is_still_left() {
-    link_down(true);
+    link_down(true, false);
 }
 
 #[test]
