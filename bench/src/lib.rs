@@ -35,6 +35,7 @@ pub mod compare;
 pub mod fleet;
 pub mod http;
 pub mod load;
+pub mod mesh;
 pub mod operator;
 pub mod origin;
 pub mod schedule;
