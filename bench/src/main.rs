@@ -145,6 +145,10 @@ struct OriginArgs {
     /// Delay before each response (e.g. 10ms).
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     delay: Duration,
+    /// Name this origin in an `x-instance` header of every response (at
+    /// most 31 bytes), so a client can tell which instance answered.
+    #[arg(long)]
+    instance: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -264,6 +268,7 @@ fn cmd_load(a: LoadArgs) -> CmdResult {
         threads: a.threads,
         new_conn: a.new_conn,
         drain: a.drain,
+        timeline: false,
     };
     let report = load::run(&cfg).map_err(|e| format!("load: {e}"))?;
     if a.json {
@@ -284,9 +289,15 @@ fn cmd_origin(a: OriginArgs) -> CmdResult {
     println!("listening on {bound}");
     use std::io::Write;
     let _ = std::io::stdout().flush();
+    if let Some(i) = &a.instance {
+        if http::Tag::new(i.as_bytes()).is_none() || i.contains(['\r', '\n']) {
+            return Err(format!("--instance {i:?}: at most 31 bytes, one line").into());
+        }
+    }
     let cfg = origin::OriginConfig {
         body_size: a.body_size,
         delay: a.delay,
+        instance: a.instance,
     };
     origin::serve(listener, cfg, Arc::new(AtomicBool::new(false)))
         .map_err(|e| format!("origin: {e}"))?;
