@@ -456,7 +456,6 @@ struct Conn {
     buf: Box<[u8]>,
 }
 
-
 /// One thread's event loop and its state.
 struct Worker {
     poll: Poll,
