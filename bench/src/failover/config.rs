@@ -64,12 +64,14 @@ default: deny
 rules:
   - from: [web]
 ---
-# How web's proxy treats its calls to api: ejection after 5 failures in a
-# row, and a probe of every endpoint's proxy each second (2 failed probes:
-# out; 2 good ones: back).
+# How web's proxy treats its calls to api: round-robin (every endpoint
+# carries its share when the fault comes; p2c-ewma, with two endpoints in
+# v1, sends nearly all of v1's share to the faster one), ejection after 5
+# failures in a row, and a probe of every endpoint's proxy each second (2
+# failed probes: out; 2 good ones: back).
 kind: Resilience
 service: api
-loadBalancer: p2c-ewma
+loadBalancer: round-robin
 outlierDetection: {{ consecutiveFailures: 5, baseEjection: 30s, maxEjectedPercent: 50 }}
 healthCheck: {{ interval: 1s, timeout: 500ms, unhealthyThreshold: 2, healthyThreshold: 2 }}
 retryBudget: {{ ratio: 0.2, minPerSecond: 10 }}

@@ -4,9 +4,9 @@ use super::*;
 use crate::http::Tag;
 use crate::load::Failure;
 use crate::mesh::Member;
+use coremesh_api::resource::{self as res, parse_documents, validate, validate_set, Resource};
 use std::net::SocketAddr;
 use std::path::Path;
-use coremesh_api::resource::{self as res, parse_documents, validate, validate_set, Resource};
 
 const MS: u64 = 1_000_000;
 
@@ -171,7 +171,12 @@ fn utc_times_parse() {
         parse_utc("2000-03-01T00:00:01.5Z"),
         Some(951_868_801_500_000_000)
     );
-    for bad in ["2026-12-05T10:11:12", "2026-13-05T10:11:12Z", "x", "2026-12-05T10:11:12.1a2Z"] {
+    for bad in [
+        "2026-12-05T10:11:12",
+        "2026-13-05T10:11:12Z",
+        "x",
+        "2026-12-05T10:11:12.1a2Z",
+    ] {
         assert_eq!(parse_utc(bad), None, "{bad}");
     }
 }
