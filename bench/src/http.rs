@@ -111,6 +111,48 @@ pub struct ResponseHead {
     pub head_len: usize,
     pub framing: Framing,
     pub keep_alive: bool,
+    /// The [`INSTANCE_HEADER`] value: which origin instance answered.
+    pub instance: Option<Tag>,
+}
+
+/// The response header in which the bench origin names its instance
+/// (`coremesh-bench origin --instance NAME`), so a load run can tell which
+/// endpoint answered each request.
+pub const INSTANCE_HEADER: &str = "x-instance";
+
+/// A short header value kept inline (no allocation per response): at most
+/// [`Tag::MAX`] bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Tag {
+    len: u8,
+    bytes: [u8; Tag::MAX],
+}
+
+impl Tag {
+    pub const MAX: usize = 31;
+
+    /// `None` when `value` is longer than [`Tag::MAX`].
+    pub fn new(value: &[u8]) -> Option<Tag> {
+        if value.len() > Tag::MAX {
+            return None;
+        }
+        let mut bytes = [0u8; Tag::MAX];
+        bytes[..value.len()].copy_from_slice(value);
+        Some(Tag {
+            len: value.len() as u8,
+            bytes,
+        })
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+impl fmt::Debug for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self.as_bytes()))
+    }
 }
 
 /// Parses a response head from the start of `buf`; `Ok(None)` if incomplete.
@@ -128,9 +170,12 @@ pub fn parse_response_head(buf: &[u8]) -> Result<Option<ResponseHead>, FrameErro
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut keep_alive = http11;
+    let mut instance = None;
     for h in header_lines(head) {
         let (name, value) = h?;
-        if name.eq_ignore_ascii_case(b"content-length") {
+        if name.eq_ignore_ascii_case(INSTANCE_HEADER.as_bytes()) {
+            instance = Tag::new(value);
+        } else if name.eq_ignore_ascii_case(b"content-length") {
             let n = parse_u64(value).ok_or(FrameError::BadLength)?;
             if length.is_some_and(|l| l != n) {
                 return Err(FrameError::BadLength);
@@ -165,6 +210,7 @@ pub fn parse_response_head(buf: &[u8]) -> Result<Option<ResponseHead>, FrameErro
         head_len,
         framing,
         keep_alive,
+        instance,
     }))
 }
 
@@ -225,6 +271,8 @@ pub struct Response {
 #[derive(Debug, Default, Clone)]
 pub struct ResponseReader {
     head: Option<(ResponseHead, Body)>,
+    /// The instance named by the last response head read.
+    instance: Option<Tag>,
 }
 
 impl ResponseReader {
@@ -235,6 +283,13 @@ impl ResponseReader {
     /// Forget any partial response (after a connection error).
     pub fn reset(&mut self) {
         self.head = None;
+        self.instance = None;
+    }
+
+    /// The [`INSTANCE_HEADER`] of the last response head read (the
+    /// response just completed, once [`Step::Done`] came).
+    pub fn instance(&self) -> Option<Tag> {
+        self.instance
     }
 
     /// Feed the unconsumed bytes; returns how many were consumed and whether a
@@ -249,6 +304,7 @@ impl ResponseReader {
                         return Ok((used, Step::More));
                     };
                     used += head.head_len;
+                    self.instance = head.instance;
                     let body = match head.framing {
                         Framing::Length(n) => Body::Length(n),
                         Framing::Chunked => Body::Chunked(Chunk::Size {
@@ -493,9 +549,16 @@ pub fn parse_request_head(buf: &[u8]) -> Result<Option<RequestHead>, FrameError>
 
 /// A full response with a `len`-byte body, ready to write as is.
 pub fn build_response(len: usize, close: bool) -> Vec<u8> {
+    build_response_from(len, close, None)
+}
+
+/// [`build_response`], naming the origin `instance` in an
+/// [`INSTANCE_HEADER`] when given.
+pub fn build_response_from(len: usize, close: bool, instance: Option<&str>) -> Vec<u8> {
     let conn = if close { "Connection: close\r\n" } else { "" };
+    let inst = instance.map_or(String::new(), |i| format!("{INSTANCE_HEADER}: {i}\r\n"));
     let head = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\n{conn}\r\n"
+        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\n{inst}{conn}\r\n"
     );
     let mut v = head.into_bytes();
     v.resize(v.len() + len, b'x');

@@ -25,6 +25,12 @@
 //! - [`fleet`]: thousands of simulated proxy sessions (one QUIC connection
 //!   each) against coremesh-control, timing how long a route change takes
 //!   to reach them all, with control's RSS and CPU.
+//! - [`failover`]: the quickstart's mesh, each process in its own network
+//!   namespace host, under faults (an app, a subset, a proxy killed, a link
+//!   down, with control up or down): failed requests, how long requests
+//!   still went to the faulty endpoint, and the p99 the fault added.
+//! - [`mesh`]: starting coremesh-control and joining proxies to it, for
+//!   the policy scenarios and `failover`.
 //! - [`operator`]: the operator HTTP API client both of those apply
 //!   resources and read proxy status with.
 //!
@@ -32,9 +38,11 @@
 //! bytes in, results out) and unit tested without sockets.
 
 pub mod compare;
+pub mod failover;
 pub mod fleet;
 pub mod http;
 pub mod load;
+pub mod mesh;
 pub mod operator;
 pub mod origin;
 pub mod schedule;

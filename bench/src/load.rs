@@ -36,7 +36,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use serde::{Deserialize, Serialize};
 
-use crate::http::{ResponseReader, Step};
+use crate::http::{ResponseReader, Step, Tag};
 use crate::schedule::{Latency, LatencySummary, Schedule};
 use crate::sys;
 
@@ -60,6 +60,32 @@ pub struct LoadConfig {
     /// After the run, how long in-flight requests may take before they are
     /// counted as timeouts.
     pub drain: Duration,
+    /// Keep an [`Outcome`] per request ([`run_with_timeline`]).
+    pub timeline: bool,
+}
+
+/// How a request without a response failed (see [`Errors`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Failure {
+    Connect,
+    Write,
+    Read,
+    Parse,
+    Closed,
+    Timeout,
+}
+
+/// One request of a run with a timeline: when it was intended to go out
+/// and when it ended (CLOCK_MONOTONIC nanoseconds, [`sys::now_ns`]), its
+/// status or failure, and the origin instance that answered, if one did
+/// ([`crate::http::INSTANCE_HEADER`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub intended: u64,
+    pub done: u64,
+    pub result: Result<u16, Failure>,
+    pub instance: Option<Tag>,
 }
 
 /// Errors by kind. A failed request is counted once, under its first error.
@@ -291,6 +317,12 @@ pub fn parse_url(url: &str) -> Result<(String, SocketAddr, String), UrlError> {
 
 /// Runs the load and reports. Blocks for about warm-up + duration.
 pub fn run(cfg: &LoadConfig) -> io::Result<LoadReport> {
+    run_with_timeline(cfg).map(|(report, _)| report)
+}
+
+/// [`run`], with every request's [`Outcome`] (warm-up included), ordered
+/// by intended time, when `cfg.timeline` is set (else none).
+pub fn run_with_timeline(cfg: &LoadConfig) -> io::Result<(LoadReport, Vec<Outcome>)> {
     let threads = cfg.threads.max(1);
     let conns = cfg.connections.max(threads);
     let (cpu_u0, cpu_s0) = sys::self_cpu_seconds();
@@ -312,6 +344,7 @@ pub fn run(cfg: &LoadConfig) -> io::Result<LoadReport> {
                 duration: cfg.duration.as_nanos() as u64,
                 drain: cfg.drain.as_nanos() as u64,
                 barrier: barrier.clone(),
+                timeline: cfg.timeline,
             };
             std::thread::Builder::new()
                 .name(format!("load-{t}"))
@@ -322,10 +355,12 @@ pub fn run(cfg: &LoadConfig) -> io::Result<LoadReport> {
     let mut errors = Errors::default();
     let mut total = 0;
     let mut unsent = 0;
+    let mut timeline = Vec::new();
     for h in handles {
         let out = h
             .join()
             .map_err(|_| io::Error::other("load thread panicked"))??;
+        timeline.extend(out.timeline);
         latency.merge(&out.latency);
         errors.add(&out.errors);
         total += out.responses_total;
@@ -336,7 +371,8 @@ pub fn run(cfg: &LoadConfig) -> io::Result<LoadReport> {
     let (user_s, sys_s) = (cpu_u1 - cpu_u0, cpu_s1 - cpu_s0);
     let duration_s = cfg.duration.as_secs_f64();
     let responses = latency.count();
-    Ok(LoadReport {
+    timeline.sort_by_key(|o| o.intended);
+    let report = LoadReport {
         url: cfg.url.clone(),
         target_rate: cfg.rate.max(0.0),
         threads,
@@ -364,7 +400,8 @@ pub fn run(cfg: &LoadConfig) -> io::Result<LoadReport> {
                 0.0
             },
         },
-    })
+    };
+    Ok((report, timeline))
 }
 
 struct ThreadSpec {
@@ -379,6 +416,7 @@ struct ThreadSpec {
     duration: u64,
     drain: u64,
     barrier: Arc<Barrier>,
+    timeline: bool,
 }
 
 struct ThreadOutcome {
@@ -386,6 +424,7 @@ struct ThreadOutcome {
     errors: Errors,
     responses_total: u64,
     unsent: u64,
+    timeline: Vec<Outcome>,
 }
 
 const TIMER: Token = Token(usize::MAX - 1);
@@ -417,14 +456,6 @@ struct Conn {
     buf: Box<[u8]>,
 }
 
-enum Kind {
-    Connect,
-    Write,
-    Read,
-    Parse,
-    Closed,
-}
-
 /// One thread's event loop and its state.
 struct Worker {
     poll: Poll,
@@ -440,6 +471,8 @@ struct Worker {
     errors: Errors,
     responses_total: u64,
     busy: usize,
+    /// `Some` when the run keeps a timeline.
+    timeline: Option<Vec<Outcome>>,
 }
 
 fn run_thread(spec: ThreadSpec) -> io::Result<ThreadOutcome> {
@@ -472,6 +505,7 @@ fn run_thread(spec: ThreadSpec) -> io::Result<ThreadOutcome> {
         errors: Errors::default(),
         responses_total: 0,
         busy: 0,
+        timeline: spec.timeline.then(Vec::new),
     };
     let mut events = Events::with_capacity(1024);
 
@@ -563,11 +597,21 @@ fn run_thread(spec: ThreadSpec) -> io::Result<ThreadOutcome> {
         }
     }
     w.errors.timeout += w.busy as u64;
+    if let Some(t) = w.timeline.as_mut() {
+        let now = sys::now_ns();
+        t.extend(w.conns.iter().filter(|c| c.busy).map(|c| Outcome {
+            intended: c.intended,
+            done: now,
+            result: Err(Failure::Timeout),
+            instance: None,
+        }));
+    }
     Ok(ThreadOutcome {
         latency: w.latency,
         errors: w.errors,
         responses_total: w.responses_total,
         unsent: sched.unsent(),
+        timeline: w.timeline.unwrap_or_default(),
     })
 }
 
@@ -606,7 +650,7 @@ impl Worker {
         self.busy += 1;
         if c.phase == Phase::Down {
             if !self.connect(i) {
-                self.fail(i, Kind::Connect);
+                self.fail(i, Failure::Connect);
             }
             // The write happens when the connect completes.
             return;
@@ -622,13 +666,13 @@ impl Worker {
             let Some(s) = c.stream.as_ref() else { return };
             match s.take_error() {
                 Ok(None) => {}
-                _ => return self.fail(i, Kind::Connect),
+                _ => return self.fail(i, Failure::Connect),
             }
             match s.peer_addr() {
                 Ok(_) => c.phase = Phase::Open,
                 // Spurious wake-up; the connect is still in progress.
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
-                Err(_) => return self.fail(i, Kind::Connect),
+                Err(_) => return self.fail(i, Failure::Connect),
             }
             if !c.busy {
                 // Opened before the run: nothing to send yet.
@@ -651,11 +695,11 @@ impl Worker {
         let Some(s) = c.stream.as_mut() else { return };
         while c.written < self.request.len() {
             match s.write(&self.request[c.written..]) {
-                Ok(0) => return self.fail(i, Kind::Write),
+                Ok(0) => return self.fail(i, Failure::Write),
                 Ok(n) => c.written += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return self.fail(i, Kind::Write),
+                Err(_) => return self.fail(i, Failure::Write),
             }
         }
     }
@@ -666,23 +710,23 @@ impl Worker {
             let Some(s) = c.stream.as_mut() else { return };
             if c.filled == c.buf.len() {
                 // A head larger than the buffer.
-                return self.fail(i, Kind::Parse);
+                return self.fail(i, Failure::Parse);
             }
             let n = match s.read(&mut c.buf[c.filled..]) {
                 Ok(0) => return self.on_eof(i),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return self.fail(i, Kind::Read),
+                Err(_) => return self.fail(i, Failure::Read),
             };
             c.filled += n;
             if !c.busy {
                 // Bytes nobody asked for.
-                return self.fail(i, Kind::Parse);
+                return self.fail(i, Failure::Parse);
             }
             let (used, step) = match c.reader.feed(&c.buf[..c.filled]) {
                 Ok(r) => r,
-                Err(_) => return self.fail(i, Kind::Parse),
+                Err(_) => return self.fail(i, Failure::Parse),
             };
             if used > 0 {
                 c.buf.copy_within(used..c.filled, 0);
@@ -692,7 +736,7 @@ impl Worker {
                 let leftover = c.filled > 0;
                 self.complete(i, resp.status);
                 if leftover {
-                    return self.fail(i, Kind::Parse);
+                    return self.fail(i, Failure::Parse);
                 }
                 if !resp.keep_alive || self.new_conn {
                     self.close(i);
@@ -721,7 +765,7 @@ impl Worker {
                 self.close(i);
                 self.free.push(i);
             }
-            Err(_) => self.fail(i, Kind::Closed),
+            Err(_) => self.fail(i, Failure::Closed),
         }
     }
 
@@ -731,6 +775,14 @@ impl Worker {
         c.busy = false;
         self.busy -= 1;
         self.responses_total += 1;
+        if let Some(t) = self.timeline.as_mut() {
+            t.push(Outcome {
+                intended: c.intended,
+                done: now,
+                result: Ok(status),
+                instance: c.reader.instance(),
+            });
+        }
         if self.latency.record(c.intended, now) {
             match status {
                 400..=499 => self.errors.status_4xx += 1,
@@ -742,28 +794,37 @@ impl Worker {
 
     /// Counts the failure of connection `i`'s request (if any), drops the
     /// socket and makes the connection available again.
-    fn fail(&mut self, i: usize, kind: Kind) {
+    fn fail(&mut self, i: usize, kind: Failure) {
         let was_busy = self.conns[i].busy;
         let was_free = !was_busy && self.free.contains(&i);
         if was_busy {
             let e = &mut self.errors;
             match kind {
-                Kind::Connect => e.connect += 1,
-                Kind::Write => e.write += 1,
-                Kind::Read => e.read += 1,
-                Kind::Parse => e.parse += 1,
-                Kind::Closed => e.closed += 1,
+                Failure::Connect => e.connect += 1,
+                Failure::Write => e.write += 1,
+                Failure::Read => e.read += 1,
+                Failure::Parse => e.parse += 1,
+                Failure::Closed => e.closed += 1,
+                Failure::Timeout => e.timeout += 1,
+            }
+            if let Some(t) = self.timeline.as_mut() {
+                t.push(Outcome {
+                    intended: self.conns[i].intended,
+                    done: sys::now_ns(),
+                    result: Err(kind),
+                    instance: None,
+                });
             }
             self.conns[i].busy = false;
             self.busy -= 1;
-        } else if matches!(kind, Kind::Parse) {
+        } else if matches!(kind, Failure::Parse) {
             self.errors.parse += 1;
         }
         self.close(i);
         if was_free {
             return;
         }
-        if matches!(kind, Kind::Connect) {
+        if matches!(kind, Failure::Connect) {
             self.cooling.push_back((sys::now_ns() + RETRY_NS, i));
         } else {
             self.free.push(i);

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use coremesh_bench::compare::{self, Scenario};
+use coremesh_bench::failover::{self, Case};
 use coremesh_bench::{error_chain, fleet, http, load, origin, parse_duration, sys};
 
 /// What a subcommand fails with: a library error (shown with its causes)
@@ -40,6 +41,41 @@ enum Cmd {
     /// Simulate a fleet of proxy sessions against coremesh-control, apply a
     /// route change and time its propagation to every affected session.
     Fleet(FleetArgs),
+    /// Run the quickstart's mesh in network namespaces and fail parts of
+    /// it (an app, a subset, a proxy, a host's link; with control up and
+    /// down): failed requests, time until no request goes to the faulty
+    /// endpoint, added p99.
+    Failover(FailoverArgs),
+}
+
+#[derive(Debug, Args)]
+struct FailoverArgs {
+    /// GET requests per second, open loop, into web's outbound listener.
+    #[arg(long, default_value_t = 200.0)]
+    rate: f64,
+    /// The fault window of each phase: load after the fault.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Load before the fault in each phase.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    baseline: Duration,
+    /// Phases, comma-separated (default all): app-kill, subset-kill,
+    /// proxy-kill, link-down, control-down+app-kill,
+    /// control-down+link-down, strict+app-kill, strict+subset-kill.
+    #[arg(long, value_delimiter = ',')]
+    faults: Vec<String>,
+    /// The coremesh proxy binary; default coremesh-proxy next to this one.
+    #[arg(long)]
+    proxy_bin: Option<PathBuf>,
+    /// The coremesh-control binary; default coremesh-control next to this one.
+    #[arg(long)]
+    control_bin: Option<PathBuf>,
+    /// Generated configs, each process's logs, report.json and report.md.
+    #[arg(long, default_value = "bench-results/failover")]
+    out: PathBuf,
+    /// Print the report as JSON (else markdown).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -145,6 +181,10 @@ struct OriginArgs {
     /// Delay before each response (e.g. 10ms).
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     delay: Duration,
+    /// Name this origin in an `x-instance` header of every response (at
+    /// most 31 bytes), so a client can tell which instance answered.
+    #[arg(long)]
+    instance: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -223,6 +263,7 @@ fn main() -> ExitCode {
         Cmd::Origin(a) => cmd_origin(a),
         Cmd::Compare(a) => cmd_compare(a),
         Cmd::Fleet(a) => cmd_fleet(a),
+        Cmd::Failover(a) => cmd_failover(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -264,6 +305,7 @@ fn cmd_load(a: LoadArgs) -> CmdResult {
         threads: a.threads,
         new_conn: a.new_conn,
         drain: a.drain,
+        timeline: false,
     };
     let report = load::run(&cfg).map_err(|e| format!("load: {e}"))?;
     if a.json {
@@ -284,9 +326,15 @@ fn cmd_origin(a: OriginArgs) -> CmdResult {
     println!("listening on {bound}");
     use std::io::Write;
     let _ = std::io::stdout().flush();
+    if let Some(i) = &a.instance {
+        if http::Tag::new(i.as_bytes()).is_none() || i.contains(['\r', '\n']) {
+            return Err(format!("--instance {i:?}: at most 31 bytes, one line").into());
+        }
+    }
     let cfg = origin::OriginConfig {
         body_size: a.body_size,
         delay: a.delay,
+        instance: a.instance,
     };
     origin::serve(listener, cfg, Arc::new(AtomicBool::new(false)))
         .map_err(|e| format!("origin: {e}"))?;
@@ -368,6 +416,54 @@ fn cmd_fleet(a: FleetArgs) -> CmdResult {
         );
     } else {
         print!("{}", report.render());
+    }
+    Ok(())
+}
+
+fn cmd_failover(a: FailoverArgs) -> CmdResult {
+    let cases = if a.faults.is_empty() {
+        Case::ALL.to_vec()
+    } else {
+        a.faults
+            .iter()
+            .map(|f| {
+                Case::parse(f.trim()).ok_or_else(|| {
+                    let all: Vec<String> = Case::ALL.iter().map(|c| c.name()).collect();
+                    format!("--faults: unknown {f:?} ({})", all.join(", "))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    if a.rate <= 0.0 {
+        return Err("--rate must be above 0 (the load is open loop)".into());
+    }
+    let bench = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    let beside = |name: &str| bench.parent().map_or(PathBuf::from(name), |d| d.join(name));
+    let out = std::path::absolute(&a.out).map_err(|e| format!("--out {}: {e}", a.out.display()))?;
+    let opts = failover::Options {
+        cases,
+        rate: a.rate,
+        baseline: a.baseline,
+        duration: a.duration,
+        bins: failover::topology::Bins {
+            proxy: a.proxy_bin.unwrap_or_else(|| beside("coremesh-proxy")),
+            control: a.control_bin.unwrap_or_else(|| beside("coremesh-control")),
+            bench: bench.clone(),
+        },
+        out_dir: out.clone(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let report = failover::run(&opts)?;
+    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    let md = failover::report::markdown(&report);
+    for (name, text) in [("report.json", &json), ("report.md", &md)] {
+        let path = out.join(name);
+        std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    if a.json {
+        println!("{json}");
+    } else {
+        print!("{md}");
     }
     Ok(())
 }

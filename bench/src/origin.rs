@@ -21,7 +21,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
-use crate::http::{build_response, parse_request_head};
+use crate::http::{build_response_from, parse_request_head};
 use crate::sys;
 
 #[derive(Debug, Clone)]
@@ -30,6 +30,10 @@ pub struct OriginConfig {
     pub body_size: usize,
     /// Added before each response.
     pub delay: Duration,
+    /// Named in an `x-instance` header of every 200 response
+    /// ([`crate::http::INSTANCE_HEADER`]), so a client can tell which
+    /// origin answered.
+    pub instance: Option<String>,
 }
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -176,7 +180,7 @@ impl Server {
         {
             return r.clone();
         }
-        let r: Rc<[u8]> = build_response(size, close).into();
+        let r: Rc<[u8]> = build_response_from(size, close, self.cfg.instance.as_deref()).into();
         if self.cache.len() < MAX_CACHED {
             self.cache.push((size, close, r.clone()));
         }

@@ -47,20 +47,14 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
-
-use coremesh_api::http::{EndpointStatus, ProxyStatus, TokenCreated};
-use coremesh_api::snapshot::Snapshot;
+use std::time::Duration;
 
 use super::proxies::{self, file_label, Pin, ProbeError, Running, StartError};
 use super::{log, Scenario, Target, TargetInfo, SMALL};
 use crate::error_chain;
-use crate::operator;
+use crate::mesh::{self, create_dir, q, Control, ControlSpec, Member, MeshError};
 use crate::operator::OperatorError;
 
 /// Why the policy mesh could not run at all (control did not start, the
@@ -68,57 +62,20 @@ use crate::operator::OperatorError;
 /// preparing one of its proxies failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("cannot create {}", path.display())]
-    CreateDir {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot remove the old {}", path.display())]
-    RemoveDir {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Mesh(#[from] MeshError),
     #[error("cannot write {}", path.display())]
     WriteFile {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot read {}", path.display())]
-    ReadFile {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{}: not a snapshot", path.display())]
-    Snapshot {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
-    #[error("coremesh-control did not start")]
-    Control(#[source] StartError),
-    #[error("coremesh-control printed no `listening quic=ADDR api=ADDR` line within 15 s; see {}", log.display())]
-    NoListeningLine { log: PathBuf },
     #[error("applying {}", path.display())]
     Apply {
         path: PathBuf,
         #[source]
         source: Box<OperatorError>,
     },
-    #[error("join token for {node} (service {service})")]
-    Token {
-        node: String,
-        service: String,
-        #[source]
-        source: Box<OperatorError>,
-    },
-    #[error("reading the mesh's state from coremesh-control")]
-    Status(#[source] Box<OperatorError>),
-    #[error("the mesh did not converge within {timeout:?}: {last}")]
-    NotConverged { timeout: Duration, last: String },
 }
 
 /// A check of a started pair that failed: the pair is skipped.
@@ -141,7 +98,7 @@ pub enum CheckError {
     Snapshot {
         side: &'static str,
         #[source]
-        source: PolicyError,
+        source: MeshError,
     },
     #[error("the web proxy's snapshot lists {endpoints} endpoints of {host}, not 1")]
     Endpoints { endpoints: usize, host: String },
@@ -293,30 +250,6 @@ pub fn resources_yaml(scenarios: &[Scenario], labels: &[String]) -> String {
     docs.join("---\n")
 }
 
-fn q(s: &str) -> String {
-    format!("{s:?}")
-}
-
-fn qp(p: &Path) -> String {
-    q(&p.display().to_string())
-}
-
-/// The `[control]` table of one proxy.
-fn control_table(control: SocketAddr, m: &Member, calls: Option<&[String]>) -> String {
-    let mut t = format!(
-        "[control]\naddress = {}\ntoken_file = {}\nstate_dir = {}\nnode = {}\n",
-        q(&control.to_string()),
-        qp(&m.token_file()),
-        qp(&m.state_dir()),
-        q(&m.node)
-    );
-    if let Some(c) = calls {
-        let c: Vec<String> = c.iter().map(|s| q(s)).collect();
-        t += &format!("calls = [{}]\n", c.join(", "));
-    }
-    t
-}
-
 /// The web (calling) proxy: one shard, an outbound listener, its policy
 /// from control.
 fn web_toml(scenario: Scenario, label: &str, control: SocketAddr, m: &Member) -> String {
@@ -333,7 +266,7 @@ fn web_toml(scenario: Scenario, label: &str, control: SocketAddr, m: &Member) ->
          \n\
          {}",
         scenario.name(),
-        control_table(control, m, Some(&calls(scenario, label)))
+        m.control_table(control, Some(&calls(scenario, label)))
     )
 }
 
@@ -363,152 +296,8 @@ fn api_toml(
         scenario.name(),
         q(&m.service),
         q(&origin.to_string()),
-        control_table(control, m, None)
+        m.control_table(control, None)
     )
-}
-
-/// What one proxy of the mesh keeps: its token file and state directory.
-struct Member {
-    service: String,
-    node: String,
-    dir: PathBuf,
-}
-
-impl Member {
-    fn token_file(&self) -> PathBuf {
-        self.dir.join("join.token")
-    }
-    fn state_dir(&self) -> PathBuf {
-        self.dir.join("state")
-    }
-    fn snapshot(&self) -> Result<Snapshot, PolicyError> {
-        let path = self.state_dir().join("snapshot.json");
-        let text = fs::read(&path).map_err(|source| PolicyError::ReadFile {
-            path: path.clone(),
-            source,
-        })?;
-        serde_json::from_slice(&text).map_err(|source| PolicyError::Snapshot { path, source })
-    }
-}
-
-/// coremesh-control, running.
-pub(super) struct Control {
-    pub running: Running,
-    pub quic: SocketAddr,
-    pub api: SocketAddr,
-    credential: String,
-}
-
-impl Control {
-    fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, OperatorError> {
-        operator::json(self.api, &self.credential, "GET", path, b"")
-    }
-
-    /// A one-use join token for `service`, written to `m`'s token file.
-    fn token(&self, m: &Member) -> Result<(), PolicyError> {
-        // `web` has no Service resource here (nothing calls it).
-        let body = serde_json::json!({"service": m.service, "uses": 1, "ttl_secs": 3600, "allow_undefined": true});
-        let created: TokenCreated = operator::json(
-            self.api,
-            &self.credential,
-            "POST",
-            "/v1/tokens",
-            body.to_string().as_bytes(),
-        )
-        .map_err(|source| PolicyError::Token {
-            node: m.node.clone(),
-            service: m.service.clone(),
-            source: Box::new(source),
-        })?;
-        let path = m.token_file();
-        fs::write(&path, format!("{}\n", created.token))
-            .map_err(|source| PolicyError::WriteFile { path, source })
-    }
-}
-
-/// `listening quic=ADDR api=ADDR` -> (quic, api).
-fn parse_listening(line: &str) -> Option<(SocketAddr, SocketAddr)> {
-    let rest = &line[line.find("listening ")?..];
-    let get = |key: &str| -> Option<SocketAddr> {
-        rest.split_whitespace()
-            .find_map(|w| w.strip_prefix(key))
-            .and_then(|v| v.trim_matches('"').parse().ok())
-    };
-    Some((get("quic=")?, get("api=")?))
-}
-
-/// Starts coremesh-control on a fresh `data_dir`, pinned by `pin`; waits
-/// for its `listening` line.
-fn start_control(
-    bin: &Path,
-    data_dir: &Path,
-    run_dir: &Path,
-    pin: Pin<'_>,
-) -> Result<Control, PolicyError> {
-    // A fresh mesh: a data directory left by an earlier run holds its
-    // config, and its proxies' state directories certificates of that CA.
-    remove_dir(data_dir)?;
-    create_dir(run_dir)?;
-    let log_path = run_dir.join("control.log");
-    let log_err = |source| {
-        PolicyError::Control(StartError::Log {
-            path: log_path.clone(),
-            source,
-        })
-    };
-    let mut log = fs::File::create(&log_path).map_err(log_err)?;
-    let mut cmd = pin.command(bin);
-    cmd.arg("--data-dir")
-        .arg(data_dir)
-        .args(["--listen", "127.0.0.1:0", "--api", "127.0.0.1:0"])
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log.try_clone().map_err(log_err)?);
-    let mut child = cmd.spawn().map_err(|source| {
-        PolicyError::Control(StartError::Spawn {
-            bin: bin.to_path_buf(),
-            source,
-        })
-    })?;
-    let stdout = child.stdout.take().expect("piped");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let _ = writeln!(log, "{line}");
-            if let Some(a) = parse_listening(&line) {
-                let _ = tx.send(a);
-            }
-        }
-    });
-    let mut running = Running {
-        child,
-        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        config_path: PathBuf::new(),
-        log_path: log_path.clone(),
-    };
-    let (quic, api) = rx.recv_timeout(Duration::from_secs(15)).map_err(|_| {
-        running.stop();
-        PolicyError::NoListeningLine {
-            log: log_path.clone(),
-        }
-    })?;
-    running.addr = api;
-    let cred_path = data_dir.join("operator.credential");
-    let credential = fs::read_to_string(&cred_path)
-        .map_err(|source| PolicyError::ReadFile {
-            path: cred_path,
-            source,
-        })?
-        .trim()
-        .to_string();
-    Ok(Control {
-        running,
-        quic,
-        api,
-        credential,
-    })
 }
 
 /// The mesh of the policy scenarios, started and checked.
@@ -567,12 +356,14 @@ pub(super) fn start(spec: &MeshSpec<'_>) -> Result<Mesh, PolicyError> {
     let run_dir = spec.out_dir.join("run");
     let configs = spec.out_dir.join("configs");
     create_dir(&configs)?;
-    let control = start_control(
-        spec.control_bin,
-        &run_dir.join("control-data"),
-        &run_dir,
-        spec.control,
-    )?;
+    let control = mesh::start_control(ControlSpec {
+        cmd: spec.control.command(spec.control_bin),
+        bin: spec.control_bin,
+        data_dir: &run_dir.join("control-data"),
+        run_dir: &run_dir,
+        listen: "127.0.0.1:0",
+        api: "127.0.0.1:0",
+    })?;
     log(&format!(
         "coremesh-control on quic={} api={}",
         control.quic, control.api
@@ -605,12 +396,12 @@ fn apply_resources(
         path: yaml_path.clone(),
         source,
     })?;
-    let applied =
-        operator::apply(mesh.control.api, &mesh.control.credential, &yaml).map_err(|source| {
-            PolicyError::Apply {
-                path: yaml_path.clone(),
-                source: Box::new(source),
-            }
+    let applied = mesh
+        .control
+        .apply(&yaml)
+        .map_err(|source| PolicyError::Apply {
+            path: yaml_path.clone(),
+            source: Box::new(source),
         })?;
     log(&format!(
         "applied {} ({} resources): config version {}",
@@ -637,18 +428,12 @@ fn prepare_pairs(
     for &scenario in spec.scenarios {
         for label in spec.labels {
             let name = format!("policy-{}-{}", short(scenario), file_label(label));
-            let member = |side: &str, service: String| -> Result<Member, PolicyError> {
-                let dir = run_dir.join(format!("{name}-{side}"));
-                // State from an earlier run holds a certificate of another CA.
-                fresh_dir(&dir)?;
-                Ok(Member {
-                    service,
-                    node: format!("{name}-{side}"),
-                    dir,
-                })
+            let member = |side: &str, service: &str| -> Result<Member, MeshError> {
+                let node = format!("{name}-{side}");
+                Member::fresh(service, &node, run_dir.join(&node))
             };
-            let web = member("web", "web".into())?;
-            let api = member("api", api_service(scenario, label))?;
+            let web = member("web", "web")?;
+            let api = member("api", &api_service(scenario, label))?;
             control.token(&web)?;
             control.token(&api)?;
             pairs.push(Pair {
@@ -740,32 +525,6 @@ fn check_pairs(mesh: &mut Mesh, pairs: Vec<Pair>) {
     }
 }
 
-/// `fs::create_dir_all`, naming the directory on failure.
-fn create_dir(path: &Path) -> Result<(), PolicyError> {
-    fs::create_dir_all(path).map_err(|source| PolicyError::CreateDir {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-/// Removes what an earlier run left at `path`, if anything.
-fn remove_dir(path: &Path) -> Result<(), PolicyError> {
-    if path.exists() {
-        fs::remove_dir_all(path).map_err(|source| PolicyError::RemoveDir {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    }
-    Ok(())
-}
-
-/// An empty directory at `path`: whatever an earlier run left there is
-/// removed first.
-fn fresh_dir(path: &Path) -> Result<(), PolicyError> {
-    remove_dir(path)?;
-    create_dir(path)
-}
-
 fn skip(info: &mut TargetInfo, note: String) {
     log(&format!(
         "skipping {} ({}): {note}",
@@ -793,66 +552,23 @@ fn write_and_start(
     )
 }
 
-/// Waits until control lists every proxy of `pairs` as connected with its
-/// last snapshot ACKed (no NACK) at config version `version` or later, and
-/// every api proxy as an endpoint, on two polls in a row (control debounces
-/// changes, so a registration may not have been pushed yet on the first).
+/// Waits until control lists every proxy of `pairs` as connected and
+/// current at config version `version`, and every api proxy as an
+/// endpoint ([`mesh::converge`]).
 fn converge(control: &Control, pairs: &[&Pair], version: u64) -> Result<(), PolicyError> {
     let nodes: BTreeSet<&str> = pairs
         .iter()
         .flat_map(|p| [p.web.node.as_str(), p.api.node.as_str()])
         .collect();
     let apis: BTreeSet<&str> = pairs.iter().map(|p| p.api.node.as_str()).collect();
-    let t = Instant::now();
-    let mut stable = 0;
-    let mut last = String::new();
-    while t.elapsed() < CONVERGE_TIMEOUT {
-        let proxies: Vec<ProxyStatus> = control
-            .get("/v1/proxies")
-            .map_err(|e| PolicyError::Status(Box::new(e)))?;
-        let endpoints: Vec<EndpointStatus> = control
-            .get("/v1/endpoints")
-            .map_err(|e| PolicyError::Status(Box::new(e)))?;
-        let ready: BTreeSet<&str> = proxies
-            .iter()
-            .filter(|p| {
-                p.connected
-                    && p.nack.is_none()
-                    && p.applied_version.is_some()
-                    && p.applied_version == p.sent_version
-                    && p.applied_config_version >= Some(version)
-            })
-            .map(|p| p.node.as_str())
-            .collect();
-        let registered: BTreeSet<&str> = endpoints.iter().map(|e| e.node.as_str()).collect();
-        let ok =
-            nodes.iter().all(|n| ready.contains(n)) && apis.iter().all(|n| registered.contains(n));
-        stable = if ok { stable + 1 } else { 0 };
-        if stable >= 2 {
-            log(&format!(
-                "mesh converged in {:.1} s: {} proxies, {} api endpoints",
-                t.elapsed().as_secs_f64(),
-                nodes.len(),
-                apis.len()
-            ));
-            return Ok(());
-        }
-        last = format!(
-            "ready {:?} of {:?}; endpoints {:?}; NACKs {:?}",
-            ready,
-            nodes,
-            registered,
-            proxies
-                .iter()
-                .filter_map(|p| p.nack.as_ref().map(|n| (&p.node, n)))
-                .collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    Err(PolicyError::NotConverged {
-        timeout: CONVERGE_TIMEOUT,
-        last,
-    })
+    let took = mesh::converge(control, &nodes, &apis, version, CONVERGE_TIMEOUT)?;
+    log(&format!(
+        "mesh converged in {:.1} s: {} proxies, {} api endpoints",
+        took.as_secs_f64(),
+        nodes.len(),
+        apis.len()
+    ));
+    Ok(())
 }
 
 /// The checks of one pair; the note says what its proxies hold.

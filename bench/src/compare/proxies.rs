@@ -516,8 +516,20 @@ pub fn start_coremesh(
     listener: &str,
     pin: Pin<'_>,
 ) -> Result<Running, StartError> {
+    start_coremesh_with(pin.command(bin), bin, config_path, log_path, listener)
+}
+
+/// [`start_coremesh`] by `cmd`, which runs `bin` (in a network namespace,
+/// with environment variables, ...); the listening check connects from
+/// the calling thread.
+pub fn start_coremesh_with(
+    mut cmd: Command,
+    bin: &Path,
+    config_path: PathBuf,
+    log_path: PathBuf,
+    listener: &str,
+) -> Result<Running, StartError> {
     let (log, stdout_log) = open_log(&log_path)?;
-    let mut cmd = pin.command(bin);
     cmd.arg("--config")
         .arg(&config_path)
         .stdin(Stdio::null())

@@ -161,3 +161,19 @@ fn response_builder_round_trips() {
         })
     );
 }
+
+#[test]
+fn the_instance_header_is_kept_by_the_reader() {
+    let resp = build_response_from(5, false, Some("api-v1-a"));
+    assert!(String::from_utf8_lossy(&resp).contains("\r\nx-instance: api-v1-a\r\n"));
+    let mut r = ResponseReader::new();
+    let (used, step) = r.feed(&resp).unwrap();
+    assert_eq!(used, resp.len());
+    assert!(matches!(step, Step::Done(_)));
+    assert_eq!(r.instance().unwrap().as_bytes(), b"api-v1-a");
+    // A response without one (a proxy's own answer) names none.
+    let (_, step) = r.feed(&build_response(0, false)).unwrap();
+    assert!(matches!(step, Step::Done(_)));
+    assert_eq!(r.instance(), None);
+    assert!(Tag::new(&[b'x'; Tag::MAX + 1]).is_none());
+}

@@ -50,6 +50,7 @@ fn serves_sizes_keep_alive_pipelined_and_close() {
     let (addr, stop, h) = start(OriginConfig {
         body_size: 10,
         delay: Duration::ZERO,
+        instance: None,
     });
     let mut c = Client::new(addr);
     // Two pipelined requests, one with a body, then a close.
@@ -74,6 +75,7 @@ fn delay_holds_the_response() {
     let (addr, stop, h) = start(OriginConfig {
         body_size: 1,
         delay: Duration::from_millis(50),
+        instance: Some("api-v1-a".into()),
     });
     let mut c = Client::new(addr);
     let t = std::time::Instant::now();
