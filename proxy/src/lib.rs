@@ -32,6 +32,7 @@ pub(crate) mod runtime;
 pub(crate) mod shard;
 pub(crate) mod stats;
 pub(crate) mod tls;
+pub(crate) mod upgrade;
 /// The request policy, its own crate (sans-I/O: routing, authorization,
 /// balancing, resilience, the attempt decision).
 pub(crate) use coremesh_policy::{attempt, authz, balance, resilience, route, routing, traffic};
@@ -55,6 +56,14 @@ pub use listener::BindError;
 pub enum StartError {
     #[error(transparent)]
     Bind(#[from] BindError),
+    #[error(transparent)]
+    Upgrade(#[from] upgrade::UpgradeError),
+    #[error("cannot keep a copy of the {name} listener for upgrades: {source}")]
+    Dup {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot start shard {index}: {source}")]
     Shard {
         index: usize,
@@ -65,29 +74,46 @@ pub enum StartError {
 
 /// Binds the listeners, starts the shards, and runs the agent on the calling
 /// thread until the proxy has drained. Returns the exit code.
-pub fn start(config_path: PathBuf, cfg: Config) -> Result<i32, StartError> {
+///
+/// With `upgrade_from`, the listening sockets of the proxy running there are
+/// taken over instead of bound (see [`upgrade`]).
+pub fn start(
+    config_path: PathBuf,
+    cfg: Config,
+    upgrade_from: Option<PathBuf>,
+) -> Result<i32, StartError> {
     let cfg = Arc::new(cfg);
+    let mut sockets = Sockets {
+        inherited: upgrade_from
+            .as_deref()
+            .map(upgrade::Inherited::take_over)
+            .transpose()?,
+        handover: Vec::new(),
+        keep: cfg.proxy.upgrade_socket.is_some(),
+    };
     let mut listeners = Vec::new();
     let mut bound = Bound::default();
     if let Some(i) = &cfg.inbound {
-        let l = listener::bind(i.listen, "[inbound] listen")?;
+        let l = sockets.listener("inbound", i.listen, "[inbound] listen")?;
         bound.inbound = l.local_addr().ok();
         listeners.push((l, msg::Role::Http(Direction::Inbound)));
     }
     if let Some(o) = &cfg.outbound {
-        let l = listener::bind(o.listen, "[outbound] listen")?;
+        let l = sockets.listener("outbound", o.listen, "[outbound] listen")?;
         bound.outbound = l.local_addr().ok();
         listeners.push((l, msg::Role::Http(Direction::Outbound)));
         for t in &o.tcp {
-            let l = listener::bind(t.listen, &format!("[[outbound.tcp]] {} listen", t.service))?;
+            let what = format!("[[outbound.tcp]] {} listen", t.service);
+            let l = sockets.listener(&format!("tcp:{}", t.service), t.listen, &what)?;
             if let Ok(a) = l.local_addr() {
                 bound.tcp.push((t.service.clone(), a));
             }
             listeners.push((l, msg::Role::Tcp(std::sync::Arc::from(t.service.as_str()))));
         }
     }
-    let admin = listener::bind(cfg.proxy.admin, "[proxy] admin")?;
+    let admin = sockets.listener("admin", cfg.proxy.admin, "[proxy] admin")?;
     bound.admin = admin.local_addr().ok();
+    let upgrade = sockets.upgrade_setup(cfg.proxy.upgrade_socket.as_deref())?;
 
     let (agent_tx, agent_rx) = async_channel::unbounded();
     let cores = cfg.proxy.cores;
@@ -136,5 +162,70 @@ pub fn start(config_path: PathBuf, cfg: Config) -> Result<i32, StartError> {
         requests: agent_rx,
         bound,
         backend: runtime::backend_name(),
+        upgrade,
     }))
+}
+
+/// The listening sockets of a start: taken over from a predecessor or
+/// bound, and (with `upgrade_socket`) a copy of each kept for a successor.
+struct Sockets {
+    inherited: Option<upgrade::Inherited>,
+    handover: Vec<(String, std::os::fd::OwnedFd)>,
+    keep: bool,
+}
+
+impl Sockets {
+    fn listener(
+        &mut self,
+        name: &str,
+        addr: std::net::SocketAddr,
+        what: &str,
+    ) -> Result<std::net::TcpListener, StartError> {
+        let taken = self.inherited.as_mut().and_then(|h| h.tcp(name, addr));
+        let l = match taken {
+            Some(l) => l,
+            None => listener::bind(addr, what)?,
+        };
+        if self.keep {
+            let copy = l.try_clone().map_err(|source| StartError::Dup {
+                name: name.to_string(),
+                source,
+            })?;
+            self.handover.push((name.to_string(), copy.into()));
+        }
+        Ok(l)
+    }
+
+    /// The upgrade socket at `path` (taken over, or bound) with the copies
+    /// it hands over, and the predecessor to tell when this process serves.
+    fn upgrade_setup(
+        mut self,
+        path: Option<&std::path::Path>,
+    ) -> Result<agent::UpgradeSetup, StartError> {
+        let listener = match path {
+            None => None,
+            Some(path) => {
+                let taken = self
+                    .inherited
+                    .as_mut()
+                    .and_then(|h| h.upgrade_listener(path));
+                let l = match taken {
+                    Some(l) => l,
+                    None => upgrade::listen(path)?,
+                };
+                let copy = l.try_clone().map_err(|source| StartError::Dup {
+                    name: upgrade::UPGRADE.to_string(),
+                    source,
+                })?;
+                self.handover
+                    .push((upgrade::UPGRADE.to_string(), copy.into()));
+                Some((l, path.to_path_buf()))
+            }
+        };
+        Ok(agent::UpgradeSetup {
+            listener,
+            sockets: self.handover,
+            predecessor: self.inherited,
+        })
+    }
 }

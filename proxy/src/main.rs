@@ -27,6 +27,11 @@ struct Cli {
     /// Validate the configuration and exit: 0 if it is valid, 1 with the error if not.
     #[arg(long)]
     check: bool,
+    /// Take the listening sockets over from the proxy running with this
+    /// `upgrade_socket`, then tell it to drain and exit (an upgrade that
+    /// drops no connection).
+    #[arg(long, value_name = "PATH")]
+    upgrade_from: Option<PathBuf>,
     /// Log format on stderr. The level comes from RUST_LOG (default "info").
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -102,7 +107,7 @@ fn main() -> ExitCode {
     for w in cfg.warnings() {
         tracing::warn!("{w}");
     }
-    match coremesh_proxy::start(cli.config, cfg) {
+    match coremesh_proxy::start(cli.config, cfg, cli.upgrade_from) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
             tracing::error!("{e}");

@@ -69,6 +69,11 @@ pub enum ShardMsg {
     AppHealth(bool),
     /// Reply with a snapshot of this shard's stats.
     Snapshot(tokio::sync::oneshot::Sender<ShardSnapshot>),
+    /// Start accepting on the listeners this shard owns: the agent sends it
+    /// once the proxy can serve (its identity and last good snapshot
+    /// loaded), so a connection queued on an inherited listener (an upgrade)
+    /// is never met by a shard without a certificate.
+    Listen,
     /// Stop accepting; reply once no request is in flight on this shard.
     Drain(tokio::sync::oneshot::Sender<()>),
 }

@@ -24,6 +24,9 @@ pub struct Outcome {
     /// `Ok((status, x-origin))`, or what went wrong (status, coremesh-error,
     /// body; or the transport error).
     pub result: Result<(u16, String), String>,
+    /// Sent again on a new connection because the keep-alive connection it
+    /// was sent on had been closed by the server (see [`LoadSpec::retry_stale`]).
+    pub stale_retry: bool,
 }
 
 impl Outcome {
@@ -59,6 +62,11 @@ pub struct LoadSpec {
     pub per_second: f64,
     /// Requests in flight at most (one worker, one connection each).
     pub workers: usize,
+    /// Do what HTTP client libraries do (RFC 9112 section 9.3.1): a GET
+    /// whose reused keep-alive connection fails before any answer is sent
+    /// once more on a new connection. A server may close an idle connection
+    /// at any moment, and a request can cross that close on the wire.
+    pub retry_stale: bool,
 }
 
 type Jobs = Arc<Mutex<Receiver<(usize, Instant)>>>;
@@ -123,12 +131,19 @@ fn work(spec: &LoadSpec, jobs: &Jobs) -> Vec<Outcome> {
         let Ok((seq, intended)) = job else {
             return done;
         };
-        let result = one(spec, &mut conn);
+        let reused = conn.is_some();
+        let mut result = one(spec, &mut conn);
+        let stale_retry =
+            spec.retry_stale && reused && result.as_ref().is_err_and(|e| e.starts_with("io:"));
+        if stale_retry {
+            result = one(spec, &mut conn);
+        }
         done.push(Outcome {
             seq,
             intended,
             latency: intended.elapsed(),
             result,
+            stale_retry,
         });
     }
 }
@@ -165,7 +180,7 @@ fn one(spec: &LoadSpec, conn: &mut Option<Client>) -> Result<(u16, String), Stri
         }
         Err(e) => {
             *conn = None;
-            Err(e.to_string())
+            Err(format!("io: {e}"))
         }
     }
 }

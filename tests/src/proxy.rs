@@ -278,7 +278,14 @@ impl ProxyBuilder {
     pub fn start(self) -> Proxy {
         let dir = TempDir::new(&format!("proxy-{}", self.service));
         let config = dir.write("proxy.toml", self.render());
+        self.launch(Arc::new(dir), config, &[])
+    }
+
+    /// Runs the proxy with `config` (in `dir`) and `extra` arguments; waits
+    /// for its `bound` line.
+    fn launch(self, dir: Arc<TempDir>, config: PathBuf, extra: &[&std::ffi::OsStr]) -> Proxy {
         let mut cmd = self.command(&config);
+        cmd.args(extra);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd
             .spawn()
@@ -499,7 +506,8 @@ fn parse_bound_line(line: &str) -> Option<Bound> {
 pub struct Proxy {
     child: Child,
     pid: u32,
-    dir: TempDir,
+    /// Shared with the process that takes over from this one.
+    dir: Arc<TempDir>,
     config: PathBuf,
     log: Arc<Mutex<Vec<String>>>,
     inbound: Option<SocketAddr>,
@@ -610,6 +618,19 @@ impl Proxy {
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no VmRSS in /proc/{}/status", self.pid))
+    }
+
+    /// Starts the same binary on the same config with `--upgrade-from
+    /// socket` (the config's `[proxy] upgrade_socket`): it takes this
+    /// proxy's listeners over, and this one drains and exits. Returns the
+    /// new proxy once it logged its bound addresses.
+    pub fn upgrade(&self, socket: &Path) -> Proxy {
+        let arg = std::ffi::OsString::from("--upgrade-from");
+        self.builder.clone().launch(
+            self.dir.clone(),
+            self.config.clone(),
+            &[&arg, socket.as_os_str()],
+        )
     }
 
     /// `GET path` on the admin endpoint.

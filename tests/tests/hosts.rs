@@ -144,6 +144,7 @@ impl HostMesh {
             path: "/".into(),
             per_second,
             workers: 32,
+            retry_stale: false,
         })
     }
 }

@@ -113,6 +113,40 @@ pub struct AgentSetup {
     pub bound: Bound,
     /// The executor the shards run ("monoio"/"glommio"), for `/config`.
     pub backend: &'static str,
+    pub upgrade: UpgradeSetup,
+}
+
+/// Upgrades in place (see [`crate::upgrade`]).
+pub struct UpgradeSetup {
+    /// The upgrade socket and its path, with `[proxy] upgrade_socket`.
+    pub listener: Option<(std::os::unix::net::UnixListener, PathBuf)>,
+    /// What a successor gets: a copy of every listening socket, by name.
+    pub sockets: Vec<(String, std::os::fd::OwnedFd)>,
+    /// The process this one took over from; told once this one serves.
+    pub predecessor: Option<crate::upgrade::Inherited>,
+}
+
+/// Waits on the upgrade socket (if any) for a successor; the receiver gets
+/// its pid once it serves.
+fn await_successor(setup: UpgradeSetup) -> tokio::sync::oneshot::Receiver<u32> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let Some((listener, path)) = setup.listener else {
+        return rx;
+    };
+    let listener = listener
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::UnixListener::from_std(listener));
+    match listener {
+        Ok(l) => {
+            tokio::task::spawn_local(async move {
+                if let Some(pid) = crate::upgrade::serve(l, path, setup.sockets).await {
+                    let _ = tx.send(pid);
+                }
+            });
+        }
+        Err(e) => tracing::error!("cannot wait for upgrades on {}: {e}", path.display()),
+    }
+    rx
 }
 
 fn config_json(cfg: &Config, bound: &Bound, backend: &str) -> serde_json::Value {
@@ -150,6 +184,7 @@ async fn agent(setup: AgentSetup) -> i32 {
         requests,
         bound,
         backend,
+        mut upgrade,
     } = setup;
     let (mut hup, mut term, mut int) = match (
         signal(SignalKind::hangup()),
@@ -184,12 +219,7 @@ async fn agent(setup: AgentSetup) -> i32 {
             }
         }
     }
-    tokio::task::spawn_local(admin::serve(admin, state.clone()));
-    let acceptors: Vec<_> = accept
-        .into_iter()
-        .map(|(l, dir)| tokio::task::spawn_local(crate::listener::acceptor(l, dir, shards.clone())))
-        .collect();
-
+    let admin_task = tokio::task::spawn_local(admin::serve(admin, state.clone()));
     let traffic = Rc::new(traffic::Traffic::new(shards.clone()));
     let control = match &config.control {
         Some(cc) => match start_control(&config, cc, &shards, &state, &bound).await {
@@ -207,11 +237,44 @@ async fn agent(setup: AgentSetup) -> i32 {
     }
     tokio::task::spawn_local(resolver(requests, traffic.clone()));
     tokio::task::spawn_local(traffic_ticks(traffic.clone()));
+    // Accept only now, with the identity and the last good snapshot in
+    // place: connections already queued (an upgrade's inherited listeners)
+    // must find a proxy that can serve them.
+    let acceptors: Vec<_> = accept
+        .into_iter()
+        .map(|(l, dir)| tokio::task::spawn_local(crate::listener::acceptor(l, dir, shards.clone())))
+        .collect();
+    for h in &shards {
+        if h.tx.try_send(ShardMsg::Listen).is_err() {
+            tracing::error!("shard {} is gone; it cannot accept", h.index);
+        }
+    }
     tracing::info!("{}", bound.describe());
+    if let Some(p) = upgrade.predecessor.take() {
+        match p.ready() {
+            Ok(()) => tracing::info!("serving; the previous process drains and exits"),
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
+    // Resolves only when a successor serves (never without an upgrade
+    // socket), so the loop can poll it every turn.
+    let successor = await_successor(upgrade);
+    let successor = async move {
+        match successor.await {
+            Ok(pid) => pid,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::pin!(successor);
 
     let mut current = config;
+    let mut handed_to = None;
     loop {
         tokio::select! {
+            pid = &mut successor => {
+                handed_to = Some(pid);
+                break;
+            }
             _ = hup.recv() => {
                 let applier = control.as_ref().map(|(a, _)| &**a);
                 current = reload(&config_path, current, &shards, &state, &bound, backend, applier);
@@ -230,7 +293,17 @@ async fn agent(setup: AgentSetup) -> i32 {
 
     state.draining.set(true);
     let link = control.as_ref().map(|(_, link)| &**link);
-    drain(link, acceptors, &shards, current.proxy.drain_timeout).await;
+    let leave = match handed_to {
+        Some(pid) => {
+            // The successor serves the same sockets and address: no
+            // deregistration, and its admin endpoint answers from now on.
+            tracing::info!("pid {pid} took over the listeners; draining");
+            admin_task.abort();
+            false
+        }
+        None => true,
+    };
+    drain(link, acceptors, &shards, current.proxy.drain_timeout, leave).await;
     0
 }
 
@@ -250,17 +323,19 @@ async fn traffic_ticks(traffic: Rc<traffic::Traffic>) {
 }
 
 /// Leaves the mesh and drains: deregisters (so peers stop choosing this
-/// proxy before it stops accepting), stops accepting, lets in-flight
-/// requests finish within `deadline`, closes the control session.
+/// proxy before it stops accepting; not when a successor took over, `leave`
+/// false), stops accepting, lets in-flight requests finish within
+/// `deadline`, closes the control session.
 async fn drain(
     link: Option<&ControlLink>,
     acceptors: Vec<tokio::task::JoinHandle<()>>,
     shards: &[ShardHandle],
     deadline: Duration,
+    leave: bool,
 ) {
     // Withdraw the endpoint first, so peers stop choosing this proxy before
     // it stops accepting.
-    if let Some(link) = link {
+    if let Some(link) = link.filter(|_| leave) {
         match link.deregister(DEREGISTER_TIMEOUT).await {
             Deregistration::Confirmed => {
                 tracing::info!("deregistered: control confirmed the endpoint is withdrawn")

@@ -78,6 +78,8 @@ pub(crate) struct ProxyFile {
     pub drain_timeout: Option<String>,
     /// File to append access log lines to.
     pub access_log: Option<String>,
+    /// Unix socket where a successor process takes over the listeners.
+    pub upgrade_socket: Option<String>,
 }
 
 /// `[inbound]`.

@@ -109,6 +109,10 @@ pub struct ProxyConfig {
     pub drain_timeout: Duration,
     /// Where to append access log lines; `None`: no access log.
     pub access_log: Option<PathBuf>,
+    /// The Unix socket on which this proxy hands its listening sockets to a
+    /// successor (`coremesh-proxy --upgrade-from PATH`); `None`: no
+    /// upgrades in place.
+    pub upgrade_socket: Option<PathBuf>,
 }
 
 /// `[inbound]`.
@@ -352,6 +356,7 @@ impl Config {
                 "labels": p.labels,
                 "drain_timeout": d(p.drain_timeout),
                 "access_log": p.access_log.as_ref().map(|p| p.display().to_string()),
+                "upgrade_socket": p.upgrade_socket.as_ref().map(|p| p.display().to_string()),
             },
             "inbound": self.inbound.as_ref().map(|i| json!({
                 "listen": i.listen.to_string(),

@@ -30,6 +30,11 @@ letter or digit, at most 63 characters. Unknown keys are errors.
   access_log     path             none          File to append access log lines to,
                                                 relative to the working directory.
                                                 restart
+  upgrade_socket path             none          Unix socket on which the running
+                                                proxy hands its listening sockets to
+                                                a new binary started with
+                                                --upgrade-from PATH (upgrades that
+                                                drop no connection).  restart
 
 [inbound]  (optional; at least one of [inbound] and [outbound])
   listen         addr             127.0.0.1:4143  Where peer proxies connect.

@@ -58,6 +58,18 @@ pub(crate) fn check(old: &Config, new: &Config) -> Result<(), ConfigError> {
             show(&b.access_log),
         ));
     }
+    if a.upgrade_socket != b.upgrade_socket {
+        let show = |p: &Option<std::path::PathBuf>| {
+            p.as_ref()
+                .map_or("none".to_owned(), |p| quoted(p.display()))
+        };
+        return Err(changed(
+            "[proxy]",
+            "upgrade_socket",
+            show(&a.upgrade_socket),
+            show(&b.upgrade_socket),
+        ));
+    }
     section(new, "[inbound]", &old.inbound, &new.inbound)?;
     if let (Some(a), Some(b)) = (&old.inbound, &new.inbound) {
         if a.listen != b.listen {

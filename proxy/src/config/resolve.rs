@@ -191,6 +191,15 @@ fn resolve_proxy(
         }
         p => p.map(PathBuf::from),
     };
+    let upgrade_socket = match f.upgrade_socket {
+        Some(p) if p.is_empty() => {
+            return Err(at.err(
+                "upgrade_socket",
+                "is empty; remove the key to disable upgrades in place",
+            ))
+        }
+        p => p.map(PathBuf::from),
+    };
     Ok(ProxyConfig {
         service,
         cores,
@@ -199,6 +208,7 @@ fn resolve_proxy(
         labels,
         drain_timeout,
         access_log,
+        upgrade_socket,
     })
 }
 

@@ -87,6 +87,7 @@ fn full_example_parses_with_its_values() {
                 .into(),
             drain_timeout: Duration::from_secs(30),
             access_log: Some("/var/log/coremesh/access.log".into()),
+            upgrade_socket: None,
         }
     );
     assert_eq!(

@@ -216,7 +216,10 @@ async fn tries(
             shard.random(),
         );
         match verdict {
-            Verdict::Replay => continue,
+            Verdict::Replay => {
+                tracing::debug!(?addr, "replaying on a new connection: {err}");
+                continue;
+            }
             Verdict::Move => {
                 tracing::debug!(?addr, "moving to another endpoint: {err}");
                 continue;

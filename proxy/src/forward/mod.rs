@@ -277,9 +277,10 @@ async fn serve_http(shard: Rc<Shard>, client: Conn, dir: Direction) {
     // `Conn::close_lingering`).
     let mut may_send = false;
     while let Some(c) = client.as_mut() {
-        if shard.draining.get() {
-            break;
-        }
+        // Draining, the connection still waits for one more request (the
+        // drain shuts idle connections after a grace, see shard/thread.rs):
+        // its last response went out before the drain began, without
+        // `Connection: close`, so its client may be sending already.
         c.release_idle_state();
         let deadline = idle_since + shard.config().timeouts.keepalive_idle;
         let guard = shard.idle.enter(c.raw_fd(), deadline);

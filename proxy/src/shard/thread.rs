@@ -79,17 +79,8 @@ pub async fn run(setup: ShardSetup, driver: String) {
     });
 
     sync_traffic(&shard);
-    let stop = Stop::new();
-    for (l, role) in listeners {
-        match TcpListener::from_std(l) {
-            Ok(l) => runtime::spawn_local(accept_loop(shard.clone(), l, role, stop.handle())),
-            Err(e) => {
-                tracing::error!(shard = index, "cannot adopt listener: {e}");
-                std::process::exit(1);
-            }
-        }
-    }
-    let mut stop = Some(stop);
+    let mut stop = Some(Stop::new());
+    let mut listeners = Some(listeners);
     runtime::spawn_local(housekeeping(shard.clone()));
     runtime::spawn_local(idle_sweeper(shard.clone()));
     runtime::spawn_local(report_outcomes(shard.clone()));
@@ -148,16 +139,43 @@ pub async fn run(setup: ShardSetup, driver: String) {
             ShardMsg::Snapshot(reply) => {
                 let _ = reply.send(shard.stats.borrow().snapshot());
             }
+            ShardMsg::Listen => {
+                // Draining already: nothing to accept for.
+                let Some(stop) = &stop else { continue };
+                for (l, role) in listeners.take().unwrap_or_default() {
+                    match TcpListener::from_std(l) {
+                        Ok(l) => {
+                            runtime::spawn_local(accept_loop(shard.clone(), l, role, stop.handle()))
+                        }
+                        Err(e) => {
+                            tracing::error!(shard = index, "cannot adopt listener: {e}");
+                            std::process::exit(1);
+                        }
+                    }
+                }
+            }
             ShardMsg::Drain(reply) => {
                 shard.draining.set(true);
                 if let Some(s) = stop.take() {
                     s.stop();
                 }
-                // Idle keep-alive connections have nothing in flight: close them now.
-                shard.idle.close_all();
                 let shard = shard.clone();
                 runtime::spawn_local(async move {
-                    while shard.in_flight.get() > 0 {
+                    // Every connection ends on its own: a request in flight
+                    // finishes (its response says `Connection: close`), a
+                    // connection accepted just before the drain gets its
+                    // first request served, a tunnel or TCP stream runs to
+                    // its end (the agent's drain deadline bounds all this).
+                    // Idle keep-alive connections stay open a moment too: a
+                    // request that comes on one is answered with
+                    // `Connection: close`, where closing it at once could
+                    // cross that request on the wire (the client would see
+                    // a reset). Those still idle are shut after the grace.
+                    let grace = Instant::now() + IDLE_GRACE;
+                    while shard.open_conns.load(Ordering::Relaxed) > 0 {
+                        if Instant::now() >= grace {
+                            shard.idle.close_all();
+                        }
                         runtime::sleep(Duration::from_millis(10)).await;
                     }
                     if let Some(l) = shard.access_log.borrow_mut().as_mut() {
@@ -169,6 +187,10 @@ pub async fn run(setup: ShardSetup, driver: String) {
         }
     }
 }
+
+/// How long a draining shard keeps idle keep-alive connections open for a
+/// last request (answered with `Connection: close`) before shutting them.
+const IDLE_GRACE: Duration = Duration::from_secs(1);
 
 /// Brings the per-service traffic state in line with the table and the
 /// static services (see traffic.rs).

@@ -1,0 +1,326 @@
+//! Upgrades that drop nothing: a new `coremesh-proxy` binary takes the
+//! listening sockets over from the running one, which then drains and exits.
+//!
+//! ```text
+//!  running proxy ([proxy] upgrade_socket = PATH)     new binary (--upgrade-from PATH)
+//!                                      <── connect; "coremesh-upgrade 1\n"
+//!  every listening socket (SCM_RIGHTS) ──▶
+//!  with their names: inbound, outbound,           uses them instead of binding;
+//!  tcp:SERVICE, admin, upgrade                    starts its shards, applies the
+//!                                                 last good snapshot, serves
+//!                                      <── "ready\n"
+//!  stops accepting, drains within drain_timeout,
+//!  closes its control session without deregistering, exits 0
+//! ```
+//!
+//! The sockets are the same kernel objects in both processes, so the kernel
+//! keeps queueing new connections through the whole switch: none is refused,
+//! and each is accepted by exactly one process. The old process only stops
+//! accepting once the new one says it serves; if the new one fails first
+//! (a bad config, a crash), the old one never stops and serves on. The
+//! endpoint is not deregistered: the new process serves the same address
+//! and registers it from its own control session.
+//!
+//! The Unix socket is handed over too, so the new process accepts the next
+//! upgrade on the same path.
+
+use std::collections::HashMap;
+use std::io::{self, BufRead, BufReader, IoSlice, IoSliceMut, Write};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+
+/// What a successor says first.
+const HELLO: &str = "coremesh-upgrade 1";
+/// What it says once it serves.
+const READY: &str = "ready";
+/// How long a successor may take from connecting to serving.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// The most sockets one handover carries (SCM_RIGHTS takes up to 253).
+const MAX_SOCKETS: usize = 200;
+
+/// The name under which the upgrade socket itself is handed over.
+pub const UPGRADE: &str = "upgrade";
+
+/// Why an upgrade could not start (new process) or a handover failed (old
+/// process, which then serves on).
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    #[error("cannot connect to the running proxy at {}", path.display())]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("upgrade socket {}: {what}", path.display())]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("upgrade socket {}: the other side said {said:?}, not {expected:?}", path.display())]
+    Protocol {
+        path: PathBuf,
+        said: String,
+        expected: &'static str,
+    },
+    #[error("upgrade socket {}: {count} sockets to hand over, at most {MAX_SOCKETS}", path.display())]
+    TooMany { path: PathBuf, count: usize },
+    #[error("cannot listen for upgrades on {}: another process is listening there", path.display())]
+    InUse { path: PathBuf },
+}
+
+/// The listening sockets a new process took over, by name.
+#[derive(Debug)]
+pub struct Inherited {
+    sockets: HashMap<String, OwnedFd>,
+    /// To say `ready` on.
+    conn: UnixStream,
+    path: PathBuf,
+}
+
+impl Inherited {
+    /// Connects to the running proxy at `path` and takes its sockets.
+    pub fn take_over(path: &Path) -> Result<Inherited, UpgradeError> {
+        let io_err = |what| {
+            let path = path.to_path_buf();
+            move |source| UpgradeError::Io { path, what, source }
+        };
+        let mut conn = UnixStream::connect(path).map_err(|source| UpgradeError::Connect {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(io_err("setting a read timeout"))?;
+        conn.write_all(format!("{HELLO}\n").as_bytes())
+            .map_err(io_err("saying hello"))?;
+        let (names, fds) = receive(&conn).map_err(io_err("receiving the sockets"))?;
+        if names.len() != fds.len() {
+            return Err(UpgradeError::Protocol {
+                path: path.to_path_buf(),
+                said: format!("{} names for {} sockets", names.len(), fds.len()),
+                expected: "one name per socket",
+            });
+        }
+        Ok(Inherited {
+            sockets: names.into_iter().zip(fds).collect(),
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The TCP listener handed over as `name`, if it listens where the
+    /// config wants it: `want` itself, or any port of its IP when the config
+    /// says port 0 (the port the old process was given). `None`: bind anew.
+    pub fn tcp(&mut self, name: &str, want: SocketAddr) -> Option<std::net::TcpListener> {
+        let fd = self.sockets.remove(name)?;
+        let l = std::net::TcpListener::from(fd);
+        let at = l.local_addr().ok()?;
+        let same = at == want || (want.port() == 0 && at.ip() == want.ip());
+        if same {
+            tracing::info!("took over the {name} listener on {at}");
+            Some(l)
+        } else {
+            tracing::info!("the {name} listener moved from {at} to {want}: binding anew");
+            None
+        }
+    }
+
+    /// The upgrade socket, for the next upgrade, if it is at `path`.
+    pub fn upgrade_listener(&mut self, path: &Path) -> Option<UnixListener> {
+        let l = UnixListener::from(self.sockets.remove(UPGRADE)?);
+        let here = l.local_addr().ok()?.as_pathname().map(Path::to_path_buf);
+        (here.as_deref() == Some(path)).then_some(l)
+    }
+
+    /// Tells the old process this one serves: it stops accepting and
+    /// drains. Sockets nobody took are closed here.
+    pub fn ready(mut self) -> Result<(), UpgradeError> {
+        for name in self.sockets.keys() {
+            tracing::info!("the {name} listener is not in this configuration: closing it");
+        }
+        self.sockets.clear();
+        self.conn
+            .write_all(format!("{READY}\n").as_bytes())
+            .map_err(|source| UpgradeError::Io {
+                path: self.path.clone(),
+                what: "saying ready",
+                source,
+            })
+    }
+}
+
+/// Binds the upgrade socket at `path`, replacing a stale socket file that
+/// nobody listens on (left by a killed process).
+pub fn listen(path: &Path) -> Result<UnixListener, UpgradeError> {
+    match UnixListener::bind(path) {
+        Ok(l) => Ok(l),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            if UnixStream::connect(path).is_ok() {
+                return Err(UpgradeError::InUse {
+                    path: path.to_path_buf(),
+                });
+            }
+            let _ = std::fs::remove_file(path);
+            UnixListener::bind(path).map_err(|source| UpgradeError::Io {
+                path: path.to_path_buf(),
+                what: "binding",
+                source,
+            })
+        }
+        Err(source) => Err(UpgradeError::Io {
+            path: path.to_path_buf(),
+            what: "binding",
+            source,
+        }),
+    }
+}
+
+/// The old process's side, run on the agent thread: waits for successors on
+/// `listener`; hands `sockets` to the first one that connects and returns
+/// once it says it serves (its pid). A successor that fails before that is
+/// logged, and the next one is waited for.
+pub async fn serve(
+    listener: tokio::net::UnixListener,
+    path: PathBuf,
+    sockets: Vec<(String, OwnedFd)>,
+) -> Option<u32> {
+    loop {
+        let (conn, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("upgrade socket {}: accept failed: {e}", path.display());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let pid = conn.peer_cred().ok().and_then(|c| c.pid()).unwrap_or(0) as u32;
+        match tokio::time::timeout(READY_TIMEOUT, hand_over(conn, &path, &sockets)).await {
+            Ok(Ok(())) => return Some(pid),
+            Ok(Err(e)) => tracing::warn!("upgrade by pid {pid} failed, serving on: {e}"),
+            Err(_) => tracing::warn!(
+                "upgrade by pid {pid}: not ready within {READY_TIMEOUT:?}, serving on"
+            ),
+        }
+    }
+}
+
+async fn hand_over(
+    conn: tokio::net::UnixStream,
+    path: &Path,
+    sockets: &[(String, OwnedFd)],
+) -> Result<(), UpgradeError> {
+    let io_err = |what| {
+        let path = path.to_path_buf();
+        move |source| UpgradeError::Io { path, what, source }
+    };
+    if sockets.len() > MAX_SOCKETS {
+        return Err(UpgradeError::TooMany {
+            path: path.to_path_buf(),
+            count: sockets.len(),
+        });
+    }
+    let mut lines = tokio::io::BufReader::new(conn);
+    expect_line(&mut lines, path, HELLO).await?;
+    tracing::info!("a new binary is taking over the listeners");
+    let conn = lines.get_ref();
+    let names: Vec<&str> = sockets.iter().map(|(n, _)| n.as_str()).collect();
+    let payload = format!("{}\n", names.join(" "));
+    let fds: Vec<RawFd> = sockets.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
+    loop {
+        conn.writable().await.map_err(io_err("waiting to send"))?;
+        match conn.try_io(tokio::io::Interest::WRITABLE, || {
+            send(conn.as_raw_fd(), &payload, &fds)
+        }) {
+            Ok(()) => break,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(io_err("sending the sockets")(e)),
+        }
+    }
+    expect_line(&mut lines, path, READY).await
+}
+
+async fn expect_line(
+    lines: &mut tokio::io::BufReader<tokio::net::UnixStream>,
+    path: &Path,
+    expected: &'static str,
+) -> Result<(), UpgradeError> {
+    use tokio::io::AsyncBufReadExt;
+    let mut line = String::new();
+    lines
+        .read_line(&mut line)
+        .await
+        .map_err(|source| UpgradeError::Io {
+            path: path.to_path_buf(),
+            what: "reading",
+            source,
+        })?;
+    if line.trim_end() == expected {
+        return Ok(());
+    }
+    Err(UpgradeError::Protocol {
+        path: path.to_path_buf(),
+        said: line.trim_end().chars().take(80).collect(),
+        expected,
+    })
+}
+
+/// One message: the names (space-separated, newline-terminated) with the
+/// descriptors attached.
+fn send(fd: RawFd, payload: &str, fds: &[RawFd]) -> io::Result<()> {
+    let iov = [IoSlice::new(payload.as_bytes())];
+    let cmsg = [ControlMessage::ScmRights(fds)];
+    let n =
+        sendmsg::<()>(fd, &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None).map_err(io::Error::from)?;
+    if n != payload.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "the names did not fit one message",
+        ));
+    }
+    Ok(())
+}
+
+/// Receives the names and descriptors [`send`] sent.
+fn receive(conn: &UnixStream) -> io::Result<(Vec<String>, Vec<OwnedFd>)> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut space = nix::cmsg_space!([RawFd; MAX_SOCKETS]);
+    let (n, fds) = {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<()>(
+            conn.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(io::Error::from)?;
+        let mut fds = Vec::new();
+        for c in msg.cmsgs() {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                for fd in raw {
+                    // SAFETY: the kernel installed `fd` in this process for
+                    // this message; nothing else owns or closes it.
+                    fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                }
+            }
+        }
+        (msg.bytes, fds)
+    };
+    let mut text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    if !text.ends_with('\n') {
+        // The rest of the line, if the message was split.
+        let mut rest = String::new();
+        BufReader::new(conn).read_line(&mut rest)?;
+        text.push_str(&rest);
+    }
+    let names = text.split_whitespace().map(str::to_string).collect();
+    Ok((names, fds))
+}
+
+#[cfg(test)]
+mod tests;
