@@ -146,3 +146,59 @@ fn ten_upgrades_under_load_fail_no_request_and_refuse_no_connection() {
         );
     }
 }
+
+#[test]
+fn an_upgraded_sidecar_keeps_its_endpoint_and_identity_from_control() {
+    use coremesh_e2e::{ControlBuilder, MeshProxy};
+    let dir = TempDir::new("upgrade-mesh");
+    let socket = dir.path().join("api.sock");
+    // A short start-up grace: a session that says it runs a snapshot is held
+    // (no new snapshot) until control's grace period ends.
+    let control = ControlBuilder::new().grace("1s").start();
+    let version = control.apply("kind: Service\nname: api\n---\nkind: Service\nname: web\n");
+    let app = Origin::start("api");
+    let api_member = control.member("api", "api-1");
+    let mut api = upgradable(ProxyBuilder::new("api").inbound(app.addr()), &socket)
+        .control(&control.section(&api_member))
+        .start();
+    let web_member = control.member("web", "web-1");
+    let web = ProxyBuilder::new("web")
+        .outbound()
+        .control(&control.section(&web_member).calls(&["api"]))
+        .start();
+    control.wait_converged(2, 1, version, Duration::from_secs(20));
+    let endpoints = control.endpoint_addrs("api");
+
+    let load = OpenLoad::start(LoadSpec {
+        netns: None,
+        target: web.outbound(),
+        authority: "api".into(),
+        path: "/".into(),
+        per_second: 200.0,
+        workers: 16,
+        retry_stale: true,
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let new = upgrade(&mut api, &socket);
+    let old = std::mem::replace(&mut api, new);
+    // The old session closed without deregistering; the new one registered
+    // the same address: control never lost the endpoint.
+    assert!(
+        !old.log_text().contains("deregistered"),
+        "{}",
+        old.log_tail(20)
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(control.endpoint_addrs("api"), endpoints);
+    let outcomes = load.stop();
+    let failed: Vec<_> = outcomes.iter().filter(|o| !o.ok()).collect();
+    assert!(failed.is_empty(), "{failed:?}\n{}", api.log_tail(20));
+    // The new process serves with the certificate it found in state_dir
+    // (no second join) and has its own session.
+    assert!(
+        !api.log_text().contains("joined control"),
+        "{}",
+        api.log_tail(20)
+    );
+    control.wait_converged(2, 1, version, Duration::from_secs(20));
+}
