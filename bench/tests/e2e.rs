@@ -643,3 +643,50 @@ fn short_compare_of_the_mtls_scenarios() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The failover scenario, briefly: two faults (an app killed, a host's
+/// link down) on a fresh namespace mesh each, with the JSON report's
+/// fields and no failed GET. Needs root (network namespaces) and the
+/// release binaries; says SKIPPED without them (which fails scripts/test.sh).
+#[test]
+fn short_failover_run() {
+    let Some(proxy) = coremesh_bin() else {
+        eprintln!("SKIPPED: no coremesh-proxy release binary (set COREMESH_BIN or build it)");
+        return;
+    };
+    let Some(control) = workspace_bin("COREMESH_CONTROL_BIN", "coremesh-control") else {
+        eprintln!("SKIPPED: no coremesh-control binary (set COREMESH_CONTROL_BIN or build it)");
+        return;
+    };
+    if let Err(e) = coremesh_testnet::available() {
+        eprintln!("SKIPPED: {e}");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("coremesh-bench-failover-{}", std::process::id()));
+    let run = Command::new(BIN)
+        .args(["failover", "--faults", "app-kill,link-down", "--json"])
+        .args(["--rate", "100", "--baseline", "2s", "--duration", "4s"])
+        .arg("--proxy-bin")
+        .arg(&proxy)
+        .arg("--control-bin")
+        .arg(&control)
+        .arg("--out")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "failover failed: {stderr}");
+    let r: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let results = r["results"].as_array().expect("results");
+    assert_eq!(results.len(), 2, "{r}");
+    for f in results {
+        assert!(f["during"]["requests"].as_u64().unwrap() > 100, "{f}");
+        // One endpoint of three fails: no GET may fail.
+        assert_eq!(f["during"]["failed"], 0, "{f}");
+        assert!(f["before"]["p99_ms"].as_f64().unwrap() > 0.0, "{f}");
+        assert!(f["last_to_faulty_ms"].is_number(), "{f}");
+    }
+    assert!(dir.join("report.md").is_file() && dir.join("report.json").is_file());
+    let _ = std::fs::remove_dir_all(&dir);
+}
