@@ -131,6 +131,7 @@ impl Registry {
         entry.status.connected = true;
         entry.status.last_seen = None;
         entry.status.problem = None;
+        entry.status.held_running = None;
         entry.disconnected_at = None;
         entry.status.cert_expiry = Some(cert_expiry);
         entry.in_flight.clear();

@@ -74,8 +74,13 @@ pub enum ShardMsg {
     /// loaded), so a connection queued on an inherited listener (an upgrade)
     /// is never met by a shard without a certificate.
     Listen,
-    /// Stop accepting; reply once no request is in flight on this shard.
-    Drain(tokio::sync::oneshot::Sender<()>),
+    /// Stop accepting; reply once every connection of this shard has
+    /// ended. Idle keep-alive connections are kept `idle_grace` for a last
+    /// request (answered with `Connection: close`), then shut.
+    Drain {
+        reply: tokio::sync::oneshot::Sender<()>,
+        idle_grace: std::time::Duration,
+    },
 }
 
 /// The agent's handle on one shard.

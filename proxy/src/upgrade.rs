@@ -38,6 +38,12 @@ use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, Ms
 const HELLO: &str = "coremesh-upgrade 1";
 /// What it says once it serves.
 const READY: &str = "ready";
+/// The old process's answer to `ready`: it stops accepting now. Without it
+/// (the old process gave up waiting), the new one must not serve on beside
+/// it.
+const OK: &str = "ok";
+/// How long a connection to the upgrade socket may take to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a successor may take from connecting to serving.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// The most sockets one handover carries (SCM_RIGHTS takes up to 253).
@@ -73,6 +79,13 @@ pub enum UpgradeError {
     TooMany { path: PathBuf, count: usize },
     #[error("cannot listen for upgrades on {}: another process is listening there", path.display())]
     InUse { path: PathBuf },
+    #[error("upgrade socket {}: pid {pid} runs as uid {uid}, not as this proxy's uid {own}", path.display())]
+    Stranger {
+        path: PathBuf,
+        pid: u32,
+        uid: u32,
+        own: u32,
+    },
 }
 
 /// The listening sockets a new process took over, by name.
@@ -138,26 +151,55 @@ impl Inherited {
         (here.as_deref() == Some(path)).then_some(l)
     }
 
-    /// Tells the old process this one serves: it stops accepting and
-    /// drains. Sockets nobody took are closed here.
+    /// Tells the old process this one serves, and waits for its `ok`: it
+    /// stops accepting and drains. An error means the old process gave up
+    /// on this upgrade (it serves on): this process must not serve beside
+    /// it. Sockets nobody took are closed here.
     pub fn ready(mut self) -> Result<(), UpgradeError> {
         for name in self.sockets.keys() {
             tracing::info!("the {name} listener is not in this configuration: closing it");
         }
         self.sockets.clear();
+        let io_err = |what| {
+            let path = self.path.clone();
+            move |source| UpgradeError::Io { path, what, source }
+        };
         self.conn
             .write_all(format!("{READY}\n").as_bytes())
-            .map_err(|source| UpgradeError::Io {
-                path: self.path.clone(),
-                what: "saying ready",
-                source,
-            })
+            .map_err(io_err("saying ready"))?;
+        let mut line = String::new();
+        BufReader::new(&self.conn)
+            .read_line(&mut line)
+            .map_err(io_err("waiting for the running proxy to stop"))?;
+        if line.trim_end() == OK {
+            return Ok(());
+        }
+        Err(UpgradeError::Protocol {
+            path: self.path,
+            said: line.trim_end().chars().take(80).collect(),
+            expected: OK,
+        })
     }
 }
 
 /// Binds the upgrade socket at `path`, replacing a stale socket file that
 /// nobody listens on (left by a killed process).
 pub fn listen(path: &Path) -> Result<UnixListener, UpgradeError> {
+    let l = bind(path)?;
+    // Only this proxy's own user may take its sockets (checked again per
+    // connection); the mode keeps others from even connecting.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+        UpgradeError::Io {
+            path: path.to_path_buf(),
+            what: "setting mode 0600",
+            source,
+        }
+    })?;
+    Ok(l)
+}
+
+fn bind(path: &Path) -> Result<UnixListener, UpgradeError> {
     match UnixListener::bind(path) {
         Ok(l) => Ok(l),
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
@@ -199,7 +241,20 @@ pub async fn serve(
                 continue;
             }
         };
-        let pid = conn.peer_cred().ok().and_then(|c| c.pid()).unwrap_or(0) as u32;
+        let cred = conn.peer_cred().ok();
+        let pid = cred.and_then(|c| c.pid()).unwrap_or(0) as u32;
+        // SAFETY: geteuid(2) has no preconditions and cannot fail.
+        let own = unsafe { libc::geteuid() };
+        if let Some(uid) = cred.map(|c| c.uid()).filter(|&uid| uid != own && uid != 0) {
+            let e = UpgradeError::Stranger {
+                path: path.clone(),
+                pid,
+                uid,
+                own,
+            };
+            tracing::warn!("{e}");
+            continue;
+        }
         match tokio::time::timeout(READY_TIMEOUT, hand_over(conn, &path, &sockets)).await {
             Ok(Ok(())) => return Some(pid),
             Ok(Err(e)) => tracing::warn!("upgrade by pid {pid} failed, serving on: {e}"),
@@ -226,7 +281,16 @@ async fn hand_over(
         });
     }
     let mut lines = tokio::io::BufReader::new(conn);
-    expect_line(&mut lines, path, HELLO).await?;
+    match tokio::time::timeout(HELLO_TIMEOUT, expect_line(&mut lines, path, HELLO)).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(UpgradeError::Protocol {
+                path: path.to_path_buf(),
+                said: format!("nothing within {HELLO_TIMEOUT:?}"),
+                expected: HELLO,
+            })
+        }
+    }
     tracing::info!("a new binary is taking over the listeners");
     let conn = lines.get_ref();
     let names: Vec<&str> = sockets.iter().map(|(n, _)| n.as_str()).collect();
@@ -242,7 +306,14 @@ async fn hand_over(
             Err(e) => return Err(io_err("sending the sockets")(e)),
         }
     }
-    expect_line(&mut lines, path, READY).await
+    expect_line(&mut lines, path, READY).await?;
+    // From here on this process stops accepting; the successor serves on.
+    use tokio::io::AsyncWriteExt;
+    let _ = lines
+        .get_mut()
+        .write_all(format!("{OK}\n").as_bytes())
+        .await;
+    Ok(())
 }
 
 async fn expect_line(

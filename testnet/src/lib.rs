@@ -80,8 +80,14 @@ pub enum NetError {
 }
 
 /// Whether this process can build test hosts: root, the `ip` tool, and a
-/// namespace that can really be created.
+/// namespace that can really be created. Probed once per process (tests
+/// ask from parallel threads).
 pub fn available() -> Result<(), Unavailable> {
+    static PROBED: std::sync::OnceLock<Result<(), Unavailable>> = std::sync::OnceLock::new();
+    PROBED.get_or_init(probe).clone()
+}
+
+fn probe() -> Result<(), Unavailable> {
     // SAFETY: geteuid(2) has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         return Err(Unavailable("not running as root".into()));

@@ -43,11 +43,18 @@ impl Outcome {
     }
 }
 
-/// A running load; [`OpenLoad::stop`] returns every outcome.
+/// A running load; [`OpenLoad::stop`] returns every outcome. Dropped
+/// without `stop` (a test that panicked), it stops sending.
 pub struct OpenLoad {
     stop: Arc<AtomicBool>,
-    scheduler: JoinHandle<()>,
+    scheduler: Option<JoinHandle<()>>,
     workers: Vec<JoinHandle<Vec<Outcome>>>,
+}
+
+impl Drop for OpenLoad {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
 }
 
 /// Where and how fast.
@@ -103,18 +110,19 @@ impl OpenLoad {
         });
         OpenLoad {
             stop,
-            scheduler,
+            scheduler: Some(scheduler),
             workers,
         }
     }
 
     /// Stops sending, waits for the requests in flight, and returns every
     /// outcome in send order.
-    pub fn stop(self) -> Vec<Outcome> {
+    pub fn stop(mut self) -> Vec<Outcome> {
         self.stop.store(true, Ordering::SeqCst);
-        self.scheduler.join().expect("load scheduler");
-        let mut all: Vec<Outcome> = self
-            .workers
+        if let Some(s) = self.scheduler.take() {
+            s.join().expect("load scheduler");
+        }
+        let mut all: Vec<Outcome> = std::mem::take(&mut self.workers)
             .into_iter()
             .flat_map(|w| w.join().expect("load worker"))
             .collect();

@@ -127,26 +127,34 @@ pub struct UpgradeSetup {
 }
 
 /// Waits on the upgrade socket (if any) for a successor; the receiver gets
-/// its pid once it serves.
-fn await_successor(setup: UpgradeSetup) -> tokio::sync::oneshot::Receiver<u32> {
+/// its pid once it serves. The task, to stop waiting when the proxy stops.
+fn await_successor(
+    setup: UpgradeSetup,
+) -> (
+    tokio::sync::oneshot::Receiver<u32>,
+    Option<tokio::task::JoinHandle<()>>,
+) {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let Some((listener, path)) = setup.listener else {
-        return rx;
+        return (rx, None);
     };
     let listener = listener
         .set_nonblocking(true)
         .and_then(|()| tokio::net::UnixListener::from_std(listener));
     match listener {
         Ok(l) => {
-            tokio::task::spawn_local(async move {
+            let task = tokio::task::spawn_local(async move {
                 if let Some(pid) = crate::upgrade::serve(l, path, setup.sockets).await {
                     let _ = tx.send(pid);
                 }
             });
+            (rx, Some(task))
         }
-        Err(e) => tracing::error!("cannot wait for upgrades on {}: {e}", path.display()),
+        Err(e) => {
+            tracing::error!("cannot wait for upgrades on {}: {e}", path.display());
+            (rx, None)
+        }
     }
-    rx
 }
 
 fn config_json(cfg: &Config, bound: &Bound, backend: &str) -> serde_json::Value {
@@ -251,14 +259,16 @@ async fn agent(setup: AgentSetup) -> i32 {
     }
     tracing::info!("{}", bound.describe());
     if let Some(p) = upgrade.predecessor.take() {
-        match p.ready() {
-            Ok(()) => tracing::info!("serving; the previous process drains and exits"),
-            Err(e) => tracing::warn!("{e}"),
+        if let Err(e) = p.ready() {
+            // It gave up waiting and serves on: two proxies must not.
+            tracing::error!("{e}; the running proxy serves on, so this one exits");
+            return 1;
         }
+        tracing::info!("serving; the previous process drains and exits");
     }
     // Resolves only when a successor serves (never without an upgrade
     // socket), so the loop can poll it every turn.
-    let successor = await_successor(upgrade);
+    let (successor, upgrades) = await_successor(upgrade);
     let successor = async move {
         match successor.await {
             Ok(pid) => pid,
@@ -295,13 +305,25 @@ async fn agent(setup: AgentSetup) -> i32 {
     let link = control.as_ref().map(|(_, link)| &**link);
     let leave = match handed_to {
         Some(pid) => {
-            // The successor serves the same sockets and address: no
-            // deregistration, and its admin endpoint answers from now on.
+            // The successor serves the same sockets and address, and is the
+            // mesh member now: no deregistration, no control session (it
+            // would register, renew and persist beside the successor's), and
+            // its admin endpoint answers from now on.
             tracing::info!("pid {pid} took over the listeners; draining");
             admin_task.abort();
+            if let Some(link) = link {
+                link.close(Duration::from_millis(500)).await;
+            }
             false
         }
-        None => true,
+        None => {
+            // Stopping: no successor may take the sockets of a proxy that
+            // has left the mesh.
+            if let Some(task) = upgrades {
+                task.abort();
+            }
+            true
+        }
     };
     drain(link, acceptors, &shards, current.proxy.drain_timeout, leave).await;
     0
@@ -349,6 +371,15 @@ async fn drain(
         }
     }
 
+    // Idle keep-alive connections wait for one last request: 1 s when the
+    // proxy stops (peers already stopped choosing it), nearly the whole
+    // drain when a successor took over (clients keep using their
+    // connections to this process until they get `Connection: close`).
+    let idle_grace = if leave {
+        Duration::from_secs(1)
+    } else {
+        deadline.saturating_sub(Duration::from_secs(1))
+    };
     // Drain: stop accepting, let in-flight requests finish, then exit.
     tracing::info!(
         "draining: no new connections; waiting up to {deadline:?} for in-flight requests"
@@ -359,7 +390,11 @@ async fn drain(
     let mut waits = Vec::new();
     for h in shards {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if h.tx.try_send(ShardMsg::Drain(tx)).is_ok() {
+        let msg = ShardMsg::Drain {
+            reply: tx,
+            idle_grace,
+        };
+        if h.tx.try_send(msg).is_ok() {
             waits.push(rx);
         }
     }

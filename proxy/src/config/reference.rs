@@ -25,8 +25,11 @@ letter or digit, at most 63 characters. Unknown keys are errors.
   labels         {string=string}  {}            Labels attached to this proxy's
                                                 stats; keys and values non-empty.
                                                 reload
-  drain_timeout  duration         10s           On shutdown, how long in-flight
-                                                requests may take (0s..=24h).  reload
+  drain_timeout  duration         10s           On shutdown or a handover to a
+                                                new binary, how long the proxy waits
+                                                for its connections to end: requests
+                                                in flight, tunnels, TCP-service
+                                                streams (0s..=24h).  reload
   access_log     path             none          File to append access log lines to,
                                                 relative to the working directory.
                                                 restart

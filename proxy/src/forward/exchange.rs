@@ -268,6 +268,11 @@ fn debug_fault(
     );
 }
 
+/// A request body this large, even when it goes out whole with the head,
+/// may not fit the peer's receive buffer: the dead-peer timeout is lifted
+/// for it as for a streaming one.
+const PATIENT_ABOVE: usize = 64 * 1024;
+
 /// What lets a try drop a response whose status the retry policy retries
 /// (`on: [5xx]`, `[gateway-error]`): the drop happens only once the retry is
 /// certain, that is the whole request is still at hand to send again and
@@ -498,6 +503,12 @@ async fn send_request(
     };
     ex.bytes_in = (head.head_len + first_body) as u64;
     head.plan_forward(&cbuf, &scratch.extra, &mut scratch.plan);
+    // A peer proxy may keep its window closed while its app reads a large
+    // upload slowly; that is no dead peer (see `runtime::peer_patience`).
+    let patient = up.is_tls() && (!body_done || first_body > PATIENT_ABOVE);
+    if patient {
+        runtime::peer_patience(up.raw_fd(), true);
+    }
     let v = scratch.vectored(cbuf, head.head_len..head.head_len + first_body);
     let (res, v) = match runtime::timeout(idle, up.write_vectored(v)).await {
         Ok(x) => x,
@@ -512,7 +523,7 @@ async fn send_request(
         consumed: head.head_len + first_body,
         body_done,
         body_cut: false,
-        patient: false,
+        patient,
     };
     if let Err(e) = res {
         let err = ProxyError::io(ErrorKind::UpstreamReset, "writing request head", e);
@@ -523,12 +534,6 @@ async fn send_request(
     }
     if body_done {
         return Ok(sent);
-    }
-    if up.is_tls() {
-        // A peer proxy may keep its window closed while its app reads the
-        // upload slowly; that is no dead peer.
-        runtime::peer_patience(up.raw_fd(), true);
-        sent.patient = true;
     }
     if head.expect_continue && head.version == Version::Http11 {
         // The proxy answers 100 itself once the upstream is connected, so

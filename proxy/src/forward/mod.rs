@@ -374,6 +374,14 @@ async fn serve_busy(
                 shard.bufs.put(b);
                 break true;
             }
+            // The response promised keep-alive before the drain began: the
+            // client may reuse the connection at once, so it waits for that
+            // request (the drain shuts it after its idle grace) instead of
+            // closing under it.
+            Next::KeepAlive if b.is_empty() && shard.draining.get() => {
+                shard.bufs.put(b);
+                break true;
+            }
             Next::KeepAlive if !shard.draining.get() || !b.is_empty() => buf = Some(b),
             _ => {
                 shard.bufs.put(b);

@@ -81,6 +81,9 @@ pub async fn run(setup: ShardSetup, driver: String) {
     sync_traffic(&shard);
     let mut stop = Some(Stop::new());
     let mut listeners = Some(listeners);
+    // Accept loops still running: a drain waits for them to return, so an
+    // accept that completed while it was being cancelled is counted.
+    let accepting = Rc::new(Cell::new(0usize));
     runtime::spawn_local(housekeeping(shard.clone()));
     runtime::spawn_local(idle_sweeper(shard.clone()));
     runtime::spawn_local(report_outcomes(shard.clone()));
@@ -145,7 +148,13 @@ pub async fn run(setup: ShardSetup, driver: String) {
                 for (l, role) in listeners.take().unwrap_or_default() {
                     match TcpListener::from_std(l) {
                         Ok(l) => {
-                            runtime::spawn_local(accept_loop(shard.clone(), l, role, stop.handle()))
+                            accepting.set(accepting.get() + 1);
+                            let (shard, accepting) = (shard.clone(), accepting.clone());
+                            let stop = stop.handle();
+                            runtime::spawn_local(async move {
+                                accept_loop(shard, l, role, stop).await;
+                                accepting.set(accepting.get() - 1);
+                            })
                         }
                         Err(e) => {
                             tracing::error!(shard = index, "cannot adopt listener: {e}");
@@ -154,12 +163,12 @@ pub async fn run(setup: ShardSetup, driver: String) {
                     }
                 }
             }
-            ShardMsg::Drain(reply) => {
+            ShardMsg::Drain { reply, idle_grace } => {
                 shard.draining.set(true);
                 if let Some(s) = stop.take() {
                     s.stop();
                 }
-                let shard = shard.clone();
+                let (shard, accepting) = (shard.clone(), accepting.clone());
                 runtime::spawn_local(async move {
                     // Every connection ends on its own: a request in flight
                     // finishes (its response says `Connection: close`), a
@@ -171,8 +180,8 @@ pub async fn run(setup: ShardSetup, driver: String) {
                     // `Connection: close`, where closing it at once could
                     // cross that request on the wire (the client would see
                     // a reset). Those still idle are shut after the grace.
-                    let grace = Instant::now() + IDLE_GRACE;
-                    while shard.open_conns.load(Ordering::Relaxed) > 0 {
+                    let grace = Instant::now() + idle_grace;
+                    while accepting.get() > 0 || shard.open_conns.load(Ordering::Relaxed) > 0 {
                         if Instant::now() >= grace {
                             shard.idle.close_all();
                         }
@@ -187,10 +196,6 @@ pub async fn run(setup: ShardSetup, driver: String) {
         }
     }
 }
-
-/// How long a draining shard keeps idle keep-alive connections open for a
-/// last request (answered with `Connection: close`) before shutting them.
-const IDLE_GRACE: Duration = Duration::from_secs(1);
 
 /// Brings the per-service traffic state in line with the table and the
 /// static services (see traffic.rs).
