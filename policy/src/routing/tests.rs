@@ -10,6 +10,8 @@ fn snapshot(names: &[&str]) -> Snapshot {
             .iter()
             .map(|n| ServiceEndpoints {
                 name: n.to_string(),
+                port: None,
+                addresses: Vec::new(),
                 protocol: Protocol::Http,
                 endpoints: vec![],
             })
