@@ -120,6 +120,12 @@ pub(crate) fn resolve(
         }
         resilience.push(r);
     }
+    let intercept = file
+        .intercept
+        .map(|f| {
+            super::intercept::resolve(At::new(path, "[intercept]"), f, &inbound, &outbound)
+        })
+        .transpose()?;
     if tls.is_some() && control.is_some() {
         return Err(At::new(path, "[tls]").err(
             "",
@@ -138,6 +144,7 @@ pub(crate) fn resolve(
         control,
         tls,
         resilience,
+        intercept,
     })
 }
 
@@ -670,20 +677,20 @@ fn resolve_health(at: At<'_>, f: HealthFile) -> Result<HealthConfig> {
 
 /// Where a value sits in the file: `[proxy]`, `[[services]] #2`. Its methods
 /// check one value and, on failure, name this place, the key and the value.
-struct At<'a> {
+pub(super) struct At<'a> {
     path: &'a Path,
     place: String,
 }
 
 impl<'a> At<'a> {
-    fn new(path: &'a Path, place: &str) -> Self {
+    pub(super) fn new(path: &'a Path, place: &str) -> Self {
         Self {
             path,
             place: place.to_owned(),
         }
     }
 
-    fn err(&self, key: &str, reason: impl std::fmt::Display) -> ConfigError {
+    pub(super) fn err(&self, key: &str, reason: impl std::fmt::Display) -> ConfigError {
         ConfigError::invalid(self.path, &self.place, key, reason)
     }
 
