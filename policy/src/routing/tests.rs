@@ -87,7 +87,10 @@ fn original_destinations_map_to_services() {
     }))
     .unwrap();
     let t = RoutingTable::compile(&snap).unwrap();
-    let at = |a: &str| t.service_at(a.parse().unwrap()).map(|s| (s.name.as_str(), s.tcp));
+    let at = |a: &str| {
+        t.service_at(a.parse().unwrap())
+            .map(|s| (s.name.as_str(), s.tcp))
+    };
     assert_eq!(at("10.0.0.5:8080"), Some(("API", false)));
     assert_eq!(at("10.96.0.10:8080"), Some(("API", false)));
     assert_eq!(at("[fd00::5]:8080"), Some(("API", false)));
@@ -97,5 +100,9 @@ fn original_destinations_map_to_services() {
     assert_eq!(at("10.0.0.6:8080"), None);
     assert_eq!(at("10.0.0.7:80"), None);
     assert!(t.outbound_deny);
-    assert!(!RoutingTable::compile(&snapshot(&["api"])).unwrap().outbound_deny);
+    assert!(
+        !RoutingTable::compile(&snapshot(&["api"]))
+            .unwrap()
+            .outbound_deny
+    );
 }

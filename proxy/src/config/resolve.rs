@@ -122,9 +122,7 @@ pub(crate) fn resolve(
     }
     let intercept = file
         .intercept
-        .map(|f| {
-            super::intercept::resolve(At::new(path, "[intercept]"), f, &inbound, &outbound)
-        })
+        .map(|f| super::intercept::resolve(path, f, &inbound, &outbound))
         .transpose()?;
     if tls.is_some() && control.is_some() {
         return Err(At::new(path, "[tls]").err(
@@ -677,20 +675,20 @@ fn resolve_health(at: At<'_>, f: HealthFile) -> Result<HealthConfig> {
 
 /// Where a value sits in the file: `[proxy]`, `[[services]] #2`. Its methods
 /// check one value and, on failure, name this place, the key and the value.
-pub(super) struct At<'a> {
+struct At<'a> {
     path: &'a Path,
     place: String,
 }
 
 impl<'a> At<'a> {
-    pub(super) fn new(path: &'a Path, place: &str) -> Self {
+    fn new(path: &'a Path, place: &str) -> Self {
         Self {
             path,
             place: place.to_owned(),
         }
     }
 
-    pub(super) fn err(&self, key: &str, reason: impl std::fmt::Display) -> ConfigError {
+    fn err(&self, key: &str, reason: impl std::fmt::Display) -> ConfigError {
         ConfigError::invalid(self.path, &self.place, key, reason)
     }
 

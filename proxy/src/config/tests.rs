@@ -704,18 +704,45 @@ fn intercept_section() {
     let i = c.intercept.unwrap();
     assert_eq!((i.mark, i.outbound), (7, false));
     assert_eq!(i.inbound_ports, vec![80, 443]);
-    assert_eq!((i.exclude_outbound_ports, i.exclude_uids), (vec![22], vec![0]));
+    assert_eq!(
+        (i.exclude_outbound_ports, i.exclude_uids),
+        (vec![22], vec![0])
+    );
 
     let e = error(&format!("{base}[intercept]\nmark = 0\n"));
     assert!(e.contains("[intercept] mark: 0 is not a mark"), "{e}");
     let e = error(&format!("{base}[intercept]\ninbound_ports = [70000]\n"));
-    assert!(e.contains("[intercept] inbound_ports: 70000 is not a port"), "{e}");
+    assert!(
+        e.contains("[intercept] inbound_ports: 70000 is not a port"),
+        "{e}"
+    );
     let e = error(&format!("{base}[intercept]\ninbound_ports = [15006]\n"));
     assert!(e.contains("15006 is [inbound] listen's own port"), "{e}");
-    let e = error("[proxy]\nservice = \"web\"\n[outbound]\nlisten = \"127.0.0.1:0\"\n[intercept]\n");
-    assert!(e.contains("[intercept] outbound: [outbound] listen \"127.0.0.1:0\" has port 0"), "{e}");
+    let e =
+        error("[proxy]\nservice = \"web\"\n[outbound]\nlisten = \"127.0.0.1:0\"\n[intercept]\n");
+    assert!(
+        e.contains("[intercept] outbound: [outbound] listen \"127.0.0.1:0\" has port 0"),
+        "{e}"
+    );
     let e = error("[proxy]\nservice = \"web\"\n[outbound]\n[intercept]\ninbound_ports = [80]\n");
-    assert!(e.contains("[intercept] inbound_ports: needs an [inbound] section"), "{e}");
+    assert!(
+        e.contains("[intercept] inbound_ports: needs an [inbound] section"),
+        "{e}"
+    );
     let e = error("[proxy]\nservice = \"api\"\n[inbound]\napp = \"127.0.0.1:80\"\n[intercept]\noutbound = true\n");
-    assert!(e.contains("[intercept] outbound: true needs an [outbound] section"), "{e}");
+    assert!(
+        e.contains("[intercept] outbound: true needs an [outbound] section"),
+        "{e}"
+    );
+    let e = error("[proxy]\nservice = \"api\"\n[inbound]\nlisten = \"127.0.0.1:15006\"\napp = \"127.0.0.1:80\"\n[intercept]\n");
+    assert!(
+        e.contains("[inbound] listen \"127.0.0.1:15006\" is on loopback"),
+        "{e}"
+    );
+    let e =
+        error("[proxy]\nservice = \"web\"\n[outbound]\nlisten = \"10.0.0.2:15001\"\n[intercept]\n");
+    assert!(
+        e.contains("[outbound] listen \"10.0.0.2:15001\" is not on loopback"),
+        "{e}"
+    );
 }

@@ -347,7 +347,8 @@ fn check_service(s: &Service) -> Result<(), Invalid> {
     if s.port.is_none() && !s.addresses.is_empty() {
         return Err((
             "addresses".into(),
-            "virtual IPs need `port`: an intercepted connection is matched by address and port".into(),
+            "virtual IPs need `port`: an intercepted connection is matched by address and port"
+                .into(),
         ));
     }
     for (i, a) in s.addresses.iter().enumerate() {
