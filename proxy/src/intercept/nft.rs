@@ -67,7 +67,7 @@ pub fn ruleset(cfg: &Config) -> Result<String, InterceptError> {
     if let (true, Some(o)) = (i.outbound, &cfg.outbound) {
         let _ = writeln!(
             r,
-            "\tchain output {{\n\t\ttype nat hook output priority dstnat; policy accept;"
+            "\tchain output {{\n\t\ttype nat hook output priority -100; policy accept;"
         );
         // The proxy's own connections (to peers, to passed-through
         // destinations, to its app) carry the mark.
@@ -90,7 +90,7 @@ pub fn ruleset(cfg: &Config) -> Result<String, InterceptError> {
     if let (false, Some(inb)) = (i.inbound_ports.is_empty(), &cfg.inbound) {
         let _ = writeln!(
             r,
-            "\tchain prerouting {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;"
+            "\tchain prerouting {{\n\t\ttype nat hook prerouting priority -100; policy accept;"
         );
         let _ = writeln!(
             r,

@@ -19,7 +19,7 @@ table inet coremesh
 delete table inet coremesh
 table inet coremesh {
 \tchain output {
-\t\ttype nat hook output priority dstnat; policy accept;
+\t\ttype nat hook output priority -100; policy accept;
 \t\tmeta mark 0x0000434d return
 \t\tmeta skuid { 0 } return
 \t\toifname \"lo\" return
@@ -27,7 +27,7 @@ table inet coremesh {
 \t\tmeta nfproto ipv4 meta l4proto tcp redirect to :15001
 \t}
 \tchain prerouting {
-\t\ttype nat hook prerouting priority dstnat; policy accept;
+\t\ttype nat hook prerouting priority -100; policy accept;
 \t\tmeta nfproto ipv4 tcp dport { 8080 } redirect to :15006
 \t}
 }
