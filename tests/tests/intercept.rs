@@ -163,12 +163,23 @@ fn start_proxy(control: &Control, host: &Host, service: &str, b: ProxyBuilder) -
 
 /// A caller's proxy: `[outbound]` on a fixed loopback port, nothing inbound.
 fn caller(control: &Control, host: &Host, service: &str, calls: &[&str]) -> (Proxy, Member) {
+    caller_with(control, host, service, calls, "[intercept]\n")
+}
+
+/// [`caller`] with this `[intercept]` section.
+fn caller_with(
+    control: &Control,
+    host: &Host,
+    service: &str,
+    calls: &[&str],
+    intercept: &str,
+) -> (Proxy, Member) {
     let member = control.member(service, host.name());
     let proxy = ProxyBuilder::new(service)
         .on_host(host)
         .outbound_at(OUTBOUND)
         .control(&control.section(&member).calls(calls))
-        .extra("[intercept]\n")
+        .extra(intercept)
         .start();
     (proxy, member)
 }
@@ -263,6 +274,18 @@ fn curl_to_an_address_goes_through_both_sidecars() {
     assert_eq!(r.echo()["origin"], "site");
     assert_eq!(r.app_saw_header(IDENTITY_HEADER), None);
     assert_eq!(site.requests(), 1);
+    // ... through web's proxy, which counts it when the relay ends.
+    let passed = wait_for(Duration::from_secs(5), || {
+        let n = web.metrics().sum(
+            "coremesh_tcp_connections_total",
+            &[("direction", "outbound"), ("service", "passthrough")],
+        );
+        (n >= 1.0).then_some(n)
+    });
+    assert!(
+        passed.is_some(),
+        "web's proxy did not relay the pass-through"
+    );
 
     // Removing the rules restores direct traffic, around the sidecars.
     for (host, proxy) in [(web_host, &web), (batch_host, &batch), (api_host, &api)] {
@@ -351,6 +374,8 @@ fn redis_cli_reaches_a_tcp_service_and_outbound_policy_deny_refuses_the_rest() {
             .expect("start redis-server"),
     );
     let site = Origin::start_at(outside, SocketAddr::new(outside.addr(), APP_PORT), "site");
+    // On a port web's [intercept] excludes: reached directly, policy or not.
+    let excluded = Origin::start_at(outside, SocketAddr::new(outside.addr(), 9090), "excluded");
     let (db, _m1) = start_proxy(
         &control,
         db_host,
@@ -362,7 +387,13 @@ fn redis_cli_reaches_a_tcp_service_and_outbound_policy_deny_refuses_the_rest() {
             )
             .inbound_key("protocol", "\"tcp\""),
     );
-    let (web, _m2) = caller(&control, web_host, "web", &["db"]);
+    let (web, _m2) = caller_with(
+        &control,
+        web_host,
+        "web",
+        &["db"],
+        "[intercept]\nexclude_outbound_ports = [9090]\n",
+    );
     control.wait_converged(2, 1, version, Duration::from_secs(30));
     intercept(web_host, web.config_path(), "apply");
     intercept(db_host, db.config_path(), "apply");
@@ -398,6 +429,14 @@ fn redis_cli_reaches_a_tcp_service_and_outbound_policy_deny_refuses_the_rest() {
     let r = curl(web_host, &format!("http://{}:{APP_PORT}/", outside.addr()));
     assert_eq!(r.status, 0, "{}", r.body);
     assert_eq!(site.requests(), 0);
+    let r = curl(web_host, &format!("http://{}:9090/", outside.addr()));
+    assert_eq!(r.status, 200, "an excluded port: {} {}", r.body, r.stderr);
+    assert_eq!(excluded.requests(), 1);
+    let passed = web.metrics().sum(
+        "coremesh_tcp_connections_total",
+        &[("direction", "outbound"), ("service", "passthrough")],
+    );
+    assert_eq!(passed, 0.0, "the excluded port went through the proxy");
 
     // Without the rules, web reaches both directly.
     intercept(web_host, web.config_path(), "remove");
