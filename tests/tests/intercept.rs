@@ -451,3 +451,45 @@ fn redis_cli_reaches_a_tcp_service_and_outbound_policy_deny_refuses_the_rest() {
         "a direct call went through db's sidecar"
     );
 }
+
+/// A proxy that could not mark its own connections would have them
+/// redirected back to itself: without CAP_NET_ADMIN it refuses to start,
+/// saying why. (As root, the test drops to user nobody with setpriv.)
+#[test]
+fn without_cap_net_admin_a_proxy_with_intercept_refuses_to_start() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root && !have_program("setpriv") {
+        eprintln!("SKIPPED: setpriv is not installed (Debian package util-linux)");
+        return;
+    }
+    let dir = coremesh_e2e::util::TempDir::new("intercept-nocap");
+    let config = dir.write(
+        "proxy.toml",
+        "[proxy]\nservice = \"web\"\nadmin = \"127.0.0.1:0\"\n[outbound]\nlisten = \"127.0.0.1:0\"\n[intercept]\noutbound = false\n",
+    );
+    for p in [dir.path(), config.as_path()] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mut cmd = if root {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(proxy_bin());
+        c
+    } else {
+        std::process::Command::new(proxy_bin())
+    };
+    let out = cmd
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run coremesh-proxy");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot set SO_MARK") && stderr.contains("CAP_NET_ADMIN"),
+        "{stderr}"
+    );
+}
