@@ -27,6 +27,8 @@ command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
 command -v testssl >/dev/null 2>&1 || need_apt+=(testssl.sh)
 # `ip netns` builds the multi-host test network (tests/tests/hosts.rs).
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+# `nft` installs the interception rules inside the test hosts only.
+command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 
 if [ "${#need_apt[@]}" -gt 0 ]; then
     echo "install-deps: installing Debian packages: ${need_apt[*]}"

@@ -43,6 +43,15 @@ impl Config {
         self.resiliences.iter().find(|r| r.service == service)
     }
 
+    /// The MeshConfig's `outboundPolicy`, or its default (allow: pass
+    /// through).
+    pub fn outbound_policy(&self) -> Access {
+        self.mesh
+            .as_ref()
+            .map(|m| m.outbound_policy)
+            .unwrap_or_default()
+    }
+
     /// The MeshConfig's `defaultAccess`, or its default (allow).
     pub fn default_access(&self) -> Access {
         self.mesh

@@ -538,6 +538,8 @@ impl Hub {
             coremesh_api::resource::validate(&Resource::Service(coremesh_api::resource::Service {
                 name: req.service.clone(),
                 protocol: Default::default(),
+                port: None,
+                addresses: Vec::new(),
             }))
         {
             return Err(Error::rejected(format!("service: {}", e.reason)));

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use coremesh_api::resource::{Access, AccessPolicy, Protocol, Resilience, Route};
+use coremesh_api::resource::{Access, AccessPolicy, Resilience, Route, Service};
 use coremesh_api::snapshot::{ServiceEndpoints, Snapshot};
 
 use crate::config::Config;
@@ -36,6 +36,8 @@ pub struct View {
     /// they share this (see the hub's view key).
     pub access_policy: Option<AccessPolicy>,
     pub default_access: Access,
+    /// The MeshConfig's `outboundPolicy`.
+    pub outbound_policy: Access,
     /// The same for every proxy (control's CA and extra roots), shared.
     pub trust_bundle: Arc<Vec<String>>,
 }
@@ -52,6 +54,7 @@ impl View {
             resilience: self.resilience.clone(),
             access_policy: self.access_policy.clone(),
             default_access: self.default_access,
+            outbound_policy: self.outbound_policy,
             trust_bundle: self.trust_bundle.to_vec(),
         }
     }
@@ -72,9 +75,11 @@ pub fn compute(
     service: &str,
     trust_bundle: &Arc<Vec<String>>,
 ) -> View {
-    let mut names: BTreeMap<&str, Protocol> = BTreeMap::new();
+    // A service with endpoints but no Service resource is HTTP and has no
+    // port for interception.
+    let mut names: BTreeMap<&str, Option<&Service>> = BTreeMap::new();
     for s in &config.services {
-        names.insert(&s.name, s.protocol);
+        names.insert(&s.name, Some(s));
     }
     for s in registry.services() {
         names.entry(s).or_default();
@@ -94,9 +99,11 @@ pub fn compute(
     let services: Vec<ServiceEndpoints> = names
         .into_iter()
         .filter(|(name, _)| called(name) || mirrors.contains(name))
-        .map(|(name, protocol)| ServiceEndpoints {
+        .map(|(name, svc)| ServiceEndpoints {
             name: name.to_string(),
-            protocol,
+            port: svc.and_then(|s| s.port),
+            addresses: svc.map(|s| s.addresses.clone()).unwrap_or_default(),
+            protocol: svc.map(|s| s.protocol).unwrap_or_default(),
             endpoints: registry.endpoints_of(name),
         })
         .collect();
@@ -121,6 +128,7 @@ pub fn compute(
         resilience,
         access_policy: config.access_policy(service).cloned(),
         default_access: config.default_access(),
+        outbound_policy: config.outbound_policy(),
         trust_bundle: trust_bundle.clone(),
     }
 }

@@ -43,6 +43,8 @@ fuzz_target!(|data: &[u8]| {
             .iter()
             .map(|s| ServiceEndpoints {
                 name: s.name.clone(),
+                port: s.port,
+                addresses: s.addresses.clone(),
                 protocol: s.protocol,
                 endpoints: vec![],
             })

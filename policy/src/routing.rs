@@ -42,6 +42,16 @@ pub struct RoutingTable {
     /// Resilience blocks, compiled, by lowercase service name (the services
     /// called, and this proxy's own for its inbound rate limit).
     pub policies: HashMap<String, Arc<ServicePolicy>>,
+    /// Intercepted connections (nftables redirect): an original
+    /// destination and the lowercase name of the service it belongs to.
+    /// Built from the services' `port`: every endpoint's host address and
+    /// every virtual IP, at that port. Looked up once per intercepted
+    /// connection, never per request.
+    destinations: FxHashMap<SocketAddr, String>,
+    /// The MeshConfig's `outboundPolicy: deny`: an intercepted connection
+    /// to a destination that is no mesh service is refused, not passed
+    /// through.
+    pub outbound_deny: bool,
 }
 
 /// How requests to one service are routed.
@@ -52,6 +62,8 @@ pub struct ServiceRoutes {
     pub all: Vec<SocketAddr>,
     /// The service's Route, compiled; `None`: balance across `all`.
     pub rules: Option<Vec<CompiledRule>>,
+    /// `protocol: tcp`: a byte stream, not HTTP requests.
+    pub tcp: bool,
 }
 
 /// One rule of a Route. Regular expressions are compiled here, once per
@@ -158,6 +170,7 @@ impl RoutingTable {
                     name: s.name.clone(),
                     all: s.endpoints.iter().map(|e| e.address).collect(),
                     rules: None,
+                    tcp: s.protocol == coremesh_api::resource::Protocol::Tcp,
                 },
             );
         }
@@ -179,7 +192,16 @@ impl RoutingTable {
                     )
                 })
                 .collect(),
+            destinations: destinations(snap),
+            outbound_deny: snap.outbound_policy == coremesh_api::resource::Access::Deny,
         })
+    }
+
+    /// The service an intercepted connection's original destination
+    /// belongs to (see [`RoutingTable::destinations`]).
+    pub fn service_at(&self, dst: SocketAddr) -> Option<&ServiceRoutes> {
+        let dst = SocketAddr::new(dst.ip().to_canonical(), dst.port());
+        self.services.get(self.destinations.get(&dst)?)
     }
 
     /// Names of the services in the table, lowercase.
@@ -196,6 +218,23 @@ impl RoutingTable {
             self.services.get(name)
         }
     }
+}
+
+/// Original destination -> service, for interception. Services are taken
+/// in snapshot order (sorted by name); when two claim the same address and
+/// port (two services on one host with the same `port`, a misconfiguration
+/// control cannot see, as endpoints come and go), the first keeps it.
+fn destinations(snap: &Snapshot) -> FxHashMap<SocketAddr, String> {
+    let mut map = FxHashMap::default();
+    for s in &snap.services {
+        let Some(port) = s.port else { continue };
+        let hosts = s.endpoints.iter().map(|e| e.address.ip());
+        for ip in s.addresses.iter().copied().chain(hosts) {
+            map.entry(SocketAddr::new(ip.to_canonical(), port))
+                .or_insert_with(|| s.name.to_ascii_lowercase());
+        }
+    }
+    map
 }
 
 fn compile_route(

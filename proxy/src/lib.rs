@@ -23,6 +23,7 @@ pub mod config;
 pub(crate) mod conn;
 pub(crate) mod error;
 pub(crate) mod forward;
+pub mod intercept;
 /// The HTTP/1.1 codec, its own crate (sans-I/O, no runtime).
 pub(crate) use coremesh_http1 as http1;
 pub(crate) mod listener;
@@ -64,6 +65,15 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{file}: [intercept] needs the default runtime (monoio): the {backend} backend cannot mark upstream sockets, so the proxy's own connections would be redirected back to it")]
+    InterceptUnsupported { file: String, backend: &'static str },
+    #[error("{file}: [intercept] mark {mark:#x}: cannot set SO_MARK on a socket ({source}); the proxy needs CAP_NET_ADMIN to mark its own connections, or the ruleset would send them back to it")]
+    Mark {
+        file: String,
+        mark: u32,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot start shard {index}: {source}")]
     Shard {
         index: usize,
@@ -82,6 +92,23 @@ pub fn start(
     cfg: Config,
     upgrade_from: Option<PathBuf>,
 ) -> Result<i32, StartError> {
+    if let Some(i) = &cfg.intercept {
+        if !runtime::MARKS_SOCKETS {
+            return Err(StartError::InterceptUnsupported {
+                file: cfg.source.display().to_string(),
+                backend: runtime::backend_name(),
+            });
+        }
+        // Fail at start, not on every upstream connect.
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .and_then(|s| s.set_mark(i.mark))
+            .map_err(|source| StartError::Mark {
+                file: cfg.source.display().to_string(),
+                mark: i.mark,
+                source,
+            })?;
+        runtime::set_upstream_mark(i.mark);
+    }
     let cfg = Arc::new(cfg);
     let mut sockets = Sockets {
         inherited: upgrade_from

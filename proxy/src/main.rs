@@ -8,6 +8,17 @@ use std::process::ExitCode;
 use clap::{Parser, ValueEnum};
 use coremesh_proxy::config::{Config, REFERENCE};
 
+/// `--intercept`: what to do with this proxy's nftables ruleset.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Intercept {
+    /// Print the ruleset rendered from the config's [intercept] section.
+    Print,
+    /// Install it (`nft -f -`, table inet coremesh), replacing an earlier one.
+    Apply,
+    /// Delete table inet coremesh: traffic goes direct again.
+    Remove,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
     /// Human-readable lines.
@@ -32,6 +43,12 @@ struct Cli {
     /// drops no connection).
     #[arg(long, value_name = "PATH")]
     upgrade_from: Option<PathBuf>,
+    /// Transparent interception: print, apply or remove the nftables
+    /// ruleset for this config's [intercept] section, then exit (needs
+    /// CAP_NET_ADMIN to apply or remove; runs in the caller's network
+    /// namespace).
+    #[arg(long, value_enum, value_name = "ACTION", conflicts_with = "check")]
+    intercept: Option<Intercept>,
     /// Log format on stderr. The level comes from RUST_LOG (default "info").
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -71,6 +88,40 @@ fn tune_allocator() {
     }
 }
 
+/// `--intercept ACTION`: 0 when done, 1 with the error on stderr.
+fn intercept(config: &std::path::Path, action: Intercept) -> ExitCode {
+    use coremesh_proxy::intercept::{run, Action};
+    let action = match action {
+        Intercept::Print => Action::Print,
+        Intercept::Apply => Action::Apply,
+        Intercept::Remove => Action::Remove,
+    };
+    // Removing needs no valid config: a broken file must not keep the
+    // redirects in place.
+    let cfg = match (Config::load(config), action) {
+        (Ok(cfg), _) => Some(cfg),
+        (Err(_), Action::Remove) => None,
+        (Err(e), _) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match &cfg {
+        Some(cfg) => run(cfg, action),
+        None => coremesh_proxy::intercept::remove().map(|()| String::new()),
+    };
+    match result {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("coremesh-proxy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
@@ -95,6 +146,9 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         };
+    }
+    if let Some(action) = cli.intercept {
+        return intercept(&cli.config, action);
     }
     init_logging(cli.log_format);
     let cfg = match Config::load(&cli.config) {

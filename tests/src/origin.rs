@@ -147,6 +147,17 @@ impl Origin {
         )
     }
 
+    /// Starts an origin on test host `host`, listening on `addr` (an
+    /// address of the host, or 0.0.0.0, and a port): an app other hosts
+    /// can call directly, as one whose traffic is intercepted is.
+    pub fn start_at(host: &coremesh_testnet::Host, addr: SocketAddr, name: &str) -> Origin {
+        let listener = host.enter(|| TcpListener::bind(addr));
+        Origin::serve_on(
+            listener.unwrap_or_else(|e| panic!("origin bind {addr} on a test host: {e}")),
+            name,
+        )
+    }
+
     fn serve_on(listener: TcpListener, name: &str) -> Origin {
         let addr = listener.local_addr().expect("origin local_addr");
         let state = Arc::new(State::default());

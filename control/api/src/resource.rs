@@ -28,6 +28,20 @@ pub struct Service {
     pub name: String,
     #[serde(default)]
     pub protocol: Protocol,
+    /// The port the service's app listens on, on every host it runs on.
+    /// With it, a connection that a proxy intercepts (nftables redirect)
+    /// belongs to this service when its original destination is this port
+    /// at the host address of one of the service's endpoints, or at one of
+    /// [`Service::addresses`]. Absent: the service is reached by name only.
+    /// Skipped when absent, so resources and snapshots without it read and
+    /// serialize as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Virtual IPs of the service (addresses no host has, e.g. the one its
+    /// DNS name resolves to): an intercepted connection to one of them at
+    /// [`Service::port`] belongs to this service too. Needs `port`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -321,6 +335,12 @@ impl Access {
         Access::Deny
     }
 
+    /// Whether this is `allow` (the default, skipped when serializing
+    /// fields added later).
+    pub fn is_allow(&self) -> bool {
+        *self == Access::Allow
+    }
+
     /// `allow` or `deny`, as written in YAML.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -343,6 +363,12 @@ pub struct MeshConfig {
     /// authenticated mesh identity; default `allow`.
     #[serde(default)]
     pub default_access: Access,
+    /// What a proxy that intercepts its app's connections (nftables) does
+    /// with one whose destination is no mesh service: `allow` (the default)
+    /// passes it through untouched, `deny` refuses it. Skipped when
+    /// `allow`, so a MeshConfig without it serializes as before.
+    #[serde(default, skip_serializing_if = "Access::is_allow")]
+    pub outbound_policy: Access,
 }
 
 /// Durations as strings: `500ms`, `2s`, `1m`, `1h`.

@@ -64,6 +64,11 @@ pub struct Snapshot {
     /// MeshConfig's `defaultAccess` (allow when there is none).
     #[serde(default)]
     pub default_access: Access,
+    /// The MeshConfig's `outboundPolicy`: what an intercepting proxy does
+    /// with a connection to a destination that is no mesh service. Absent
+    /// (an older control, or `allow`): passed through.
+    #[serde(default, skip_serializing_if = "Access::is_allow")]
+    pub outbound_policy: Access,
     /// The CA certificates (PEM, one certificate each) whose peer
     /// certificates this proxy trusts, on the data plane and for control:
     /// control's CA first, then extra roots during a rotation. Empty from an
@@ -80,6 +85,15 @@ pub struct ServiceEndpoints {
     #[serde(default)]
     pub protocol: Protocol,
     pub endpoints: Vec<Endpoint>,
+    /// The Service's `port` ([`crate::resource::Service::port`]): an
+    /// intercepted connection to an endpoint's host at this port, or to one
+    /// of `addresses` at it, is a call to this service. Skipped when absent,
+    /// and an older proxy ignores it (this struct accepts unknown fields).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// The Service's virtual IPs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

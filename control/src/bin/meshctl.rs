@@ -405,7 +405,11 @@ fn get(api: &Api, what: What, output: Output) -> Result<(), Fail> {
                     ),
                     Resource::Resilience(res) => resilience_detail(res),
                     Resource::MeshConfig(m) => {
-                        format!("defaultAccess {}", m.default_access.as_str())
+                        format!(
+                            "defaultAccess {}, outboundPolicy {}",
+                            m.default_access.as_str(),
+                            m.outbound_policy.as_str()
+                        )
                     }
                 };
                 rows.push(vec![r.kind().into(), r.name().into(), detail]);

@@ -1,5 +1,5 @@
 use super::*;
-use coremesh_api::resource::{Backend, Rule, Service};
+use coremesh_api::resource::{Backend, Protocol, Rule, Service};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -7,6 +7,8 @@ fn config() -> Config {
     let svc = |n: &str| Service {
         name: n.into(),
         protocol: Protocol::Http,
+        port: None,
+        addresses: Vec::new(),
     };
     Config {
         services: vec![svc("api"), svc("db")],
@@ -104,9 +106,11 @@ fn a_proxy_sees_only_its_own_access_policy() {
     c.mesh = Some(MeshConfig {
         name: "mesh".into(),
         default_access: Access::Deny,
+        outbound_policy: Access::Deny,
     });
     let web = compute(&c, &reg, None, "web", &bundle());
     assert_eq!(web.default_access, Access::Deny);
+    assert_eq!(web.outbound_policy, Access::Deny);
     let s = web.snapshot(
         7,
         &ConfigRef {
@@ -134,6 +138,8 @@ fn mirrored() -> (Config, Registry) {
             c.services.push(Service {
                 name: name.into(),
                 protocol: Protocol::Http,
+                port: None,
+                addresses: Vec::new(),
             });
         }
         let p = reg.hello(name, "n", 0);
@@ -244,4 +250,24 @@ fn a_mirror_target_is_not_mirrored_again() {
     let v = compute(&c, &reg, Some(&calls), "db", &bundle());
     assert_eq!(services_of(&v), ["api", "api-shadow"]);
     assert_eq!(resilience_of(&v), ["api", "api-shadow", "db"]);
+}
+
+/// A Service's port and virtual IPs reach the proxies that call it, for
+/// interception; a service without a Service resource has neither.
+#[test]
+fn service_port_and_addresses_reach_the_view() {
+    let mut c = config();
+    c.services[0].port = Some(8080);
+    c.services[0].addresses = vec!["10.96.0.10".parse().unwrap()];
+    let reg = Registry::new(
+        Duration::from_secs(15),
+        Instant::now(),
+        Duration::from_secs(600),
+    );
+    let v = compute(&c, &reg, None, "web", &bundle());
+    let first = &v.services[0];
+    assert_eq!(first.name, c.services[0].name);
+    assert_eq!(first.port, Some(8080));
+    assert_eq!(first.addresses, c.services[0].addresses);
+    assert!(v.services[1..].iter().all(|s| s.port.is_none()));
 }

@@ -10,6 +10,8 @@ fn snapshot(names: &[&str]) -> Snapshot {
             .iter()
             .map(|n| ServiceEndpoints {
                 name: n.to_string(),
+                port: None,
+                addresses: Vec::new(),
                 protocol: Protocol::Http,
                 endpoints: vec![],
             })
@@ -66,5 +68,41 @@ fn a_reload_may_not_define_a_service_of_the_table_in_force() {
              service too (snapshot version 7); remove one of them"
                 .into()
         )
+    );
+}
+
+/// An intercepted connection's original destination names the service
+/// whose `port` it is at an endpoint's host or a virtual IP; nothing else
+/// does (another port, a service without `port`, an unknown address).
+#[test]
+fn original_destinations_map_to_services() {
+    let snap: Snapshot = serde_json::from_value(serde_json::json!({
+        "version": 1, "config_version": 1, "outbound_policy": "deny",
+        "services": [
+            {"name": "API", "port": 8080, "addresses": ["10.96.0.10"], "endpoints": [
+                {"address": "10.0.0.5:4143"}, {"address": "[fd00::5]:4143"}]},
+            {"name": "db", "protocol": "tcp", "port": 5432, "endpoints": [{"address": "10.0.0.6:4143"}]},
+            {"name": "cache", "endpoints": [{"address": "10.0.0.7:4143"}]},
+        ],
+    }))
+    .unwrap();
+    let t = RoutingTable::compile(&snap).unwrap();
+    let at = |a: &str| {
+        t.service_at(a.parse().unwrap())
+            .map(|s| (s.name.as_str(), s.tcp))
+    };
+    assert_eq!(at("10.0.0.5:8080"), Some(("API", false)));
+    assert_eq!(at("10.96.0.10:8080"), Some(("API", false)));
+    assert_eq!(at("[fd00::5]:8080"), Some(("API", false)));
+    assert_eq!(at("[::ffff:10.0.0.5]:8080"), Some(("API", false)));
+    assert_eq!(at("10.0.0.6:5432"), Some(("db", true)));
+    assert_eq!(at("10.0.0.5:4143"), None);
+    assert_eq!(at("10.0.0.6:8080"), None);
+    assert_eq!(at("10.0.0.7:80"), None);
+    assert!(t.outbound_deny);
+    assert!(
+        !RoutingTable::compile(&snapshot(&["api"]))
+            .unwrap()
+            .outbound_deny
     );
 }

@@ -223,6 +223,8 @@ pub(crate) mod tests {
             config_version: 3,
             services: vec![ServiceEndpoints {
                 name: "api".into(),
+                port: None,
+                addresses: Vec::new(),
                 protocol: Default::default(),
                 endpoints: vec![Endpoint {
                     address: "10.0.0.1:4143".parse().unwrap(),

@@ -36,6 +36,24 @@ pub(crate) struct FileConfig {
     /// control plane's `kind: Resilience` (same camelCase keys).
     #[serde(default)]
     pub resilience: Vec<coremesh_api::resource::Resilience>,
+    /// `[intercept]`: transparent interception with nftables.
+    pub intercept: Option<InterceptFile>,
+}
+
+/// `[intercept]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct InterceptFile {
+    /// SO_MARK on the proxy's own upstream sockets.
+    pub mark: Option<i64>,
+    /// Redirect the app's outgoing TCP to `[outbound] listen`.
+    pub outbound: Option<bool>,
+    /// Ports whose incoming connections go to `[inbound] listen`.
+    pub inbound_ports: Option<Vec<i64>>,
+    /// Destination ports never redirected on the way out.
+    pub exclude_outbound_ports: Option<Vec<i64>>,
+    /// Users whose connections are never redirected on the way out.
+    pub exclude_uids: Option<Vec<i64>>,
 }
 
 /// `[tls]`. Paths are relative to the directory of `proxy.toml`.

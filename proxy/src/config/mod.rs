@@ -16,6 +16,7 @@ mod affinity;
 mod duration;
 mod error;
 mod file;
+mod intercept;
 mod reference;
 mod reload;
 mod resolve;
@@ -64,6 +65,32 @@ pub struct Config {
     /// `[[services]]` and this proxy's own service (control's, when there is
     /// a control plane, take precedence for the services it defines).
     pub resilience: Vec<coremesh_api::resource::Resilience>,
+    /// `[intercept]`: the app's connections are redirected to this proxy by
+    /// nftables (`coremesh-proxy --intercept apply`). `None`: no
+    /// interception; the proxy reads no original destinations and marks no
+    /// sockets.
+    pub intercept: Option<InterceptConfig>,
+}
+
+/// `[intercept]`: what the nftables ruleset of this proxy redirects, and
+/// how the proxy's own connections are told apart. Needs a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterceptConfig {
+    /// SO_MARK set on every upstream socket the proxy opens, and the mark
+    /// the ruleset lets through unredirected (otherwise the proxy's own
+    /// connections would come back to it). Not 0.
+    pub mark: u32,
+    /// Whether the app's outgoing TCP connections are redirected to
+    /// `[outbound] listen` (default: when `[outbound]` is present).
+    pub outbound: bool,
+    /// Ports whose incoming connections (from other hosts) are redirected
+    /// to `[inbound] listen`; default: the port of `[inbound] app`.
+    pub inbound_ports: Vec<u16>,
+    /// Destination ports the app reaches directly, never redirected.
+    pub exclude_outbound_ports: Vec<u16>,
+    /// Users whose outgoing connections are never redirected (an option
+    /// besides the mark, e.g. for an agent running beside the proxy).
+    pub exclude_uids: Vec<u32>,
 }
 
 /// `[tls]`: this proxy's certificate, key and trusted roots, re-read on every
@@ -376,6 +403,13 @@ impl Config {
                 "cert": t.cert.display().to_string(),
                 "key": t.key.display().to_string(),
                 "ca": t.ca.display().to_string(),
+            })),
+            "intercept": self.intercept.as_ref().map(|i| json!({
+                "mark": i.mark,
+                "outbound": i.outbound,
+                "inbound_ports": i.inbound_ports,
+                "exclude_outbound_ports": i.exclude_outbound_ports,
+                "exclude_uids": i.exclude_uids,
             })),
             "services": self.services.iter().map(|s| json!({
                 "name": s.name,

@@ -147,6 +147,33 @@ wildcard IP), except port 0, which lets the OS pick a free port.
   service is [proxy] service (its inbound rateLimit) or one of the
   [[services]]; mirror.service is one of the [[services]].
 
+[intercept]  (optional; every key needs a restart)
+  Transparent interception: `coremesh-proxy --config FILE --intercept apply`
+  installs an nftables table (inet coremesh) that sends the app's outgoing
+  TCP connections to [outbound] listen and other hosts' connections to the
+  inbound_ports to [inbound] listen; `--intercept remove` deletes it,
+  `--intercept print` shows it. Redirect targets need fixed ports. An
+  original destination belongs to a service from control whose `port` it
+  is, at one of its endpoints' host addresses or virtual IPs (static
+  [[services]] are not matched); others pass through (MeshConfig
+  outboundPolicy: deny refuses them).
+  mark           integer          17229 (0x434d)  SO_MARK on every upstream
+                                                socket the proxy opens; marked
+                                                traffic is never redirected.
+                                                1..=4294967295.
+  outbound       bool             [outbound] present  Redirect the app's
+                                                outgoing TCP (IPv4 when [outbound]
+                                                listen is IPv4, else IPv6; not to
+                                                local addresses).
+  inbound_ports  [integer]        [inbound] app's port  Ports whose connections
+                                                from other hosts are redirected to
+                                                [inbound] listen (which must
+                                                accept on the host's address).
+  exclude_outbound_ports [integer] []           Destination ports the app
+                                                reaches directly.
+  exclude_uids   [integer]        []            Users whose outgoing connections
+                                                are never redirected.
+
 [control]  (optional; every key needs a restart)
   Without this section the proxy runs from [[services]] alone. With it, the
   proxy joins control once with token_file, then connects with its own

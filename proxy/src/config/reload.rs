@@ -100,6 +100,17 @@ pub(crate) fn check(old: &Config, new: &Config) -> Result<(), ConfigError> {
     // Switching between plaintext and mutual TLS changes what the inbound
     // port accepts; the files themselves are re-read on every reload.
     section(new, "[tls]", &old.tls, &new.tls)?;
+    // The mark is set on sockets as they are opened, and the ruleset in
+    // the kernel was rendered from the file the proxy started with.
+    section(new, "[intercept]", &old.intercept, &new.intercept)?;
+    if old.intercept != new.intercept {
+        return Err(ConfigError::needs_restart(
+            &new.source,
+            "[intercept]",
+            "",
+            "changed; this section needs a restart (and the ruleset re-applied)",
+        ));
+    }
     control(new, &old.control, &new.control)
 }
 

@@ -120,6 +120,10 @@ pub(crate) fn resolve(
         }
         resilience.push(r);
     }
+    let intercept = file
+        .intercept
+        .map(|f| super::intercept::resolve(path, f, &inbound, &outbound))
+        .transpose()?;
     if tls.is_some() && control.is_some() {
         return Err(At::new(path, "[tls]").err(
             "",
@@ -138,6 +142,7 @@ pub(crate) fn resolve(
         control,
         tls,
         resilience,
+        intercept,
     })
 }
 

@@ -636,6 +636,7 @@ fn reference_documents_every_key() {
         ("control.health", "[control.health]\n"),
         ("tls", "[tls]\n"),
         ("outbound.tcp", "[[outbound.tcp]]\n"),
+        ("intercept", "[intercept]\n"),
     ];
     for (section, header) in sections.into_iter().chain(more) {
         let e = error(&format!("{header}zzz_unknown = 1\n"));
@@ -682,4 +683,66 @@ fn static_resilience_blocks_parse_and_are_checked() {
         let e = parse(&format!("{base}{extra}")).unwrap_err().to_string();
         assert!(e.contains(want), "{extra:?}: {e}");
     }
+}
+
+/// `[intercept]`: defaults follow the listeners; redirect targets need a
+/// fixed port and a section; values out of range are named.
+#[test]
+fn intercept_section() {
+    let base = "[proxy]\nservice = \"web\"\n[inbound]\nlisten = \"0.0.0.0:15006\"\napp = \"127.0.0.1:8080\"\n[outbound]\nlisten = \"127.0.0.1:15001\"\n";
+    assert_eq!(parse(base).unwrap().intercept, None);
+    let c = parse(&format!("{base}[intercept]\n")).unwrap();
+    let i = c.intercept.expect("[intercept]");
+    assert_eq!(i.mark, 0x434d);
+    assert!(i.outbound);
+    assert_eq!(i.inbound_ports, vec![8080]);
+    assert!(i.exclude_outbound_ports.is_empty() && i.exclude_uids.is_empty());
+    let c = parse(&format!(
+        "{base}[intercept]\nmark = 7\noutbound = false\ninbound_ports = [80, 443]\nexclude_outbound_ports = [22]\nexclude_uids = [0]\n"
+    ))
+    .unwrap();
+    let i = c.intercept.unwrap();
+    assert_eq!((i.mark, i.outbound), (7, false));
+    assert_eq!(i.inbound_ports, vec![80, 443]);
+    assert_eq!(
+        (i.exclude_outbound_ports, i.exclude_uids),
+        (vec![22], vec![0])
+    );
+
+    let e = error(&format!("{base}[intercept]\nmark = 0\n"));
+    assert!(e.contains("[intercept] mark: 0 is not a mark"), "{e}");
+    let e = error(&format!("{base}[intercept]\ninbound_ports = [70000]\n"));
+    assert!(
+        e.contains("[intercept] inbound_ports: 70000 is not a port"),
+        "{e}"
+    );
+    let e = error(&format!("{base}[intercept]\ninbound_ports = [15006]\n"));
+    assert!(e.contains("15006 is [inbound] listen's own port"), "{e}");
+    let e =
+        error("[proxy]\nservice = \"web\"\n[outbound]\nlisten = \"127.0.0.1:0\"\n[intercept]\n");
+    assert!(
+        e.contains("[intercept] outbound: [outbound] listen \"127.0.0.1:0\" has port 0"),
+        "{e}"
+    );
+    let e = error("[proxy]\nservice = \"web\"\n[outbound]\n[intercept]\ninbound_ports = [80]\n");
+    assert!(
+        e.contains("[intercept] inbound_ports: needs an [inbound] section"),
+        "{e}"
+    );
+    let e = error("[proxy]\nservice = \"api\"\n[inbound]\napp = \"127.0.0.1:80\"\n[intercept]\noutbound = true\n");
+    assert!(
+        e.contains("[intercept] outbound: true needs an [outbound] section"),
+        "{e}"
+    );
+    let e = error("[proxy]\nservice = \"api\"\n[inbound]\nlisten = \"127.0.0.1:15006\"\napp = \"127.0.0.1:80\"\n[intercept]\n");
+    assert!(
+        e.contains("[inbound] listen \"127.0.0.1:15006\" is on loopback"),
+        "{e}"
+    );
+    let e =
+        error("[proxy]\nservice = \"web\"\n[outbound]\nlisten = \"10.0.0.2:15001\"\n[intercept]\n");
+    assert!(
+        e.contains("[outbound] listen \"10.0.0.2:15001\" is not on loopback"),
+        "{e}"
+    );
 }

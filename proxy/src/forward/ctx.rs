@@ -42,6 +42,10 @@ pub(super) struct RequestCtx<'p, 'c> {
     /// The service the request was routed to (its stats label), known once
     /// routed: a total timeout drops the phases' future, not this.
     pub(super) service: &'p str,
+    /// The service an intercepted connection was addressed to: it routes
+    /// every request on the connection, not the authority (which names
+    /// the address the app called).
+    pub(super) dest: Option<&'c str>,
 }
 
 /// A tunnel to run once the request's phases are over: after `CONNECT`, or
@@ -59,6 +63,9 @@ pub(super) struct Tunnel {
 pub(super) struct H1<'a> {
     pub(super) head: &'a RequestHead,
     pub(super) buf: &'a [u8],
+    /// Routing's authority when set: the service of an intercepted
+    /// connection ([`RequestCtx::dest`]).
+    pub(super) service: Option<&'a [u8]>,
 }
 
 impl RequestView for H1<'_> {
@@ -67,6 +74,9 @@ impl RequestView for H1<'_> {
     }
 
     fn authority(&self) -> Option<&[u8]> {
+        if self.service.is_some() {
+            return self.service;
+        }
         self.head.authority.clone().map(|s| &self.buf[s])
     }
 

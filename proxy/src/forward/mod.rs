@@ -41,6 +41,7 @@ use crate::stats::Direction;
 mod answer;
 mod ctx;
 mod exchange;
+pub mod intercepted;
 mod mirror;
 mod relay;
 mod request;
@@ -223,13 +224,28 @@ pub fn serve(shard: Rc<Shard>, tcp: TcpStream, dir: Direction) {
     if dir == Direction::Inbound && inbound_mtls(&shard.config()) {
         crate::runtime::spawn_local(async move {
             match Box::pin(accept_inbound(&shard, tcp)).await {
-                Some(client) => Box::pin(serve_http(shard, client, dir)).await,
+                Some(client) => Box::pin(serve_http(shard, client, dir, None)).await,
                 None => shard.conn_closed(dir),
             }
         });
     } else {
-        crate::runtime::spawn_local(serve_http(shard, Conn::Plain(tcp), dir));
+        crate::runtime::spawn_local(serve_http(shard, Conn::Plain(tcp), dir, None));
     }
+}
+
+/// Serves an outbound HTTP connection whose every request goes to
+/// `service` whatever its authority: the app called one of the service's
+/// addresses, and nftables redirected the connection here (see
+/// intercepted.rs).
+pub fn serve_as(shard: Rc<Shard>, tcp: TcpStream, service: Arc<str>) {
+    tcp.set_nodelay();
+    shard.conn_opened(Direction::Outbound);
+    crate::runtime::spawn_local(serve_http(
+        shard,
+        Conn::Plain(tcp),
+        Direction::Outbound,
+        Some(service),
+    ));
 }
 
 /// The mutual TLS handshake of an inbound connection. `Some`: an HTTP
@@ -269,7 +285,10 @@ async fn accept_inbound(shard: &Rc<Shard>, tcp: TcpStream) -> Option<Conn> {
 /// keepalive_idle, see idle.rs), and the busy phase's state, ~10 KiB with a
 /// request in flight, is allocated once per busy period rather than once per
 /// request.
-async fn serve_http(shard: Rc<Shard>, client: Conn, dir: Direction) {
+///
+/// `dest`: the service every request goes to (an intercepted connection);
+/// `None`: each request's authority names it.
+async fn serve_http(shard: Rc<Shard>, client: Conn, dir: Direction, dest: Option<Arc<str>>) {
     let mut client = Some(client);
     let mut idle_since = Instant::now();
     let mut served = 0u64;
@@ -292,7 +311,7 @@ async fn serve_http(shard: Rc<Shard>, client: Conn, dir: Direction) {
         let busy = Box::pin(serve_busy(
             &shard,
             &mut client,
-            dir,
+            (dir, dest.as_deref()),
             &mut idle_since,
             &mut served,
             &mut may_send,
@@ -317,7 +336,7 @@ async fn serve_http(shard: Rc<Shard>, client: Conn, dir: Direction) {
 async fn serve_busy(
     shard: &Rc<Shard>,
     client: &mut Option<Conn>,
-    dir: Direction,
+    (dir, dest): (Direction, Option<&str>),
     idle_since: &mut Instant,
     served: &mut u64,
     may_send: &mut bool,
@@ -360,7 +379,16 @@ async fn serve_busy(
         *may_send = !matches!(head.framing, Framing::None | Framing::Length(0));
         let b = buf.take().unwrap_or_default();
         shard.in_flight.set(shard.in_flight.get() + 1);
-        let (next, b, end) = handle(shard, &cfg, client, dir, (head, start), b, &mut scratch).await;
+        let (next, b, end) = handle(
+            shard,
+            &cfg,
+            client,
+            (dir, dest),
+            (head, start),
+            b,
+            &mut scratch,
+        )
+        .await;
         shard.in_flight.set(shard.in_flight.get() - 1);
         *idle_since = end;
         ended = Some(end);

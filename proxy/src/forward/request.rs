@@ -33,7 +33,7 @@ pub(super) async fn handle(
     shard: &Shard,
     cfg: &Arc<Config>,
     client_slot: &mut Option<Conn>,
-    dir: Direction,
+    (dir, dest): (Direction, Option<&str>),
     (head, start): (RequestHead, Instant),
     cbuf: Buf,
     scratch: &mut Scratch,
@@ -60,6 +60,7 @@ pub(super) async fn handle(
         client,
         scratch,
         service: "unknown",
+        dest,
     };
     ctx.identity_header(&cbuf);
     // The access log needs the request line's fields after the buffer has
@@ -257,6 +258,7 @@ impl<'p> RequestCtx<'p, '_> {
         let req = H1 {
             head: &self.head,
             buf: cbuf,
+            service: self.dest.map(str::as_bytes),
         };
         let single = TryPolicy::single(cfg.timeouts.request);
         let target = crate::route::outbound(&statics, self.table, &req);

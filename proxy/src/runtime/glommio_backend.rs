@@ -60,6 +60,10 @@ const WANT_MEMLOCK: u64 = 4 << 20;
 const IOV_MAX: usize = 1024;
 
 /// Which executor this build runs, for the log and `/config`.
+/// Whether [`TcpStream::connect`] can mark its sockets (`[intercept]`):
+/// glommio connects only sockets it opens itself.
+pub const MARKS_SOCKETS: bool = false;
+
 pub fn backend_name() -> &'static str {
     "glommio"
 }
@@ -273,7 +277,10 @@ impl TcpStream {
         Ok(TcpStream::adopt(inner))
     }
 
-    /// Connects, bounded by `limit`.
+    /// Connects, bounded by `limit`. glommio has no way to connect a socket
+    /// it did not open, so the upstream mark of `[intercept]` is not
+    /// supported here (the proxy refuses to start with it, see
+    /// [`super::MARKS_SOCKETS`]).
     pub async fn connect(addr: SocketAddr, limit: Duration) -> io::Result<Self> {
         match timeout(limit, glommio::net::TcpStream::connect(addr)).await {
             Ok(Ok(s)) => {

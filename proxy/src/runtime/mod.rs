@@ -29,6 +29,45 @@ mod glommio_backend;
 #[cfg(feature = "runtime-glommio")]
 pub use glommio_backend::*;
 
+/// SO_MARK for every upstream socket [`TcpStream::connect`] opens; 0: none.
+/// Set once at start from `[intercept] mark` (the nftables ruleset lets
+/// marked connections through, so the proxy's own never come back to it).
+/// Read once per new upstream connection, never per request.
+static UPSTREAM_MARK: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Marks every upstream socket opened from now on with `mark` (0: none).
+pub fn set_upstream_mark(mark: u32) {
+    UPSTREAM_MARK.store(mark, std::sync::atomic::Ordering::Relaxed);
+}
+
+#[cfg(not(feature = "runtime-glommio"))]
+fn upstream_mark() -> u32 {
+    UPSTREAM_MARK.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A socket for a marked connect: non-blocking, close-on-exec, with
+/// SO_MARK set before the SYN leaves (the mark is what the ruleset
+/// matches), and the connect started. `Ok`: connected or in progress.
+#[cfg(not(feature = "runtime-glommio"))]
+fn marked_socket(addr: SocketAddr, mark: u32) -> std::io::Result<std::net::TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        None,
+    )?;
+    s.set_mark(mark)?;
+    match s.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(s.into())
+}
+
+#[cfg(not(feature = "runtime-glommio"))]
+use std::net::SocketAddr;
+
 /// An owned I/O buffer: reads append into its spare capacity.
 pub type Buf = Vec<u8>;
 

@@ -20,6 +20,10 @@ use super::{Buf, Elapsed, IoVecs};
 const RING_ENTRIES: u32 = 4096;
 
 /// Which driver a shard ended up with, for the log and `/config`.
+/// Whether [`TcpStream::connect`] can mark its sockets (`[intercept]`):
+/// upstream sockets are opened with the mark.
+pub const MARKS_SOCKETS: bool = true;
+
 pub fn backend_name() -> &'static str {
     "monoio"
 }
@@ -281,15 +285,39 @@ impl TcpStream {
         Ok(TcpStream::wrap(monoio::net::TcpStream::from_std(s)?))
     }
 
-    /// Connects, bounded by `limit`.
+    /// Connects, bounded by `limit`; the socket carries the upstream mark
+    /// when one is set (`[intercept]`).
     pub async fn connect(addr: SocketAddr, limit: Duration) -> io::Result<Self> {
-        match monoio::time::timeout(limit, monoio::net::TcpStream::connect_addr(addr)).await {
+        let mark = super::upstream_mark();
+        let connecting = async {
+            if mark == 0 {
+                monoio::net::TcpStream::connect_addr(addr).await
+            } else {
+                Self::connect_marked(addr, mark).await
+            }
+        };
+        match monoio::time::timeout(limit, connecting).await {
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
                 Ok(TcpStream::wrap(s))
             }
             Ok(Err(e)) => Err(e),
             Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+        }
+    }
+
+    /// monoio opens its own socket for a connect, with no way to set an
+    /// option first: this one is opened with the mark, adopted, and waited
+    /// on until it is writable (connected or failed).
+    async fn connect_marked(addr: SocketAddr, mark: u32) -> io::Result<monoio::net::TcpStream> {
+        let s = monoio::net::TcpStream::from_std(super::marked_socket(addr, mark)?)?;
+        s.writable(false).await?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
+        // SAFETY: `fd` belongs to `s`, which outlives this borrow.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        match socket2::SockRef::from(&borrowed).take_error()? {
+            Some(e) => Err(e),
+            None => Ok(s),
         }
     }
 

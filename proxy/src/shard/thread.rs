@@ -210,6 +210,11 @@ fn sync_traffic(shard: &Shard) {
 /// Serves an accepted connection by what its listener is for.
 fn spawn_conn(shard: &Rc<Shard>, s: TcpStream, role: Role) {
     match role {
+        // Only a proxy with [intercept] looks for an original destination
+        // (two syscalls per accepted connection, none per request).
+        Role::Http(Direction::Outbound) if shard.config().intercept.is_some() => {
+            crate::forward::intercepted::serve(shard.clone(), s)
+        }
         Role::Http(dir) => crate::forward::serve(shard.clone(), s, dir),
         Role::Tcp(service) => runtime::spawn_local(crate::forward::tcp_service::outbound(
             shard.clone(),

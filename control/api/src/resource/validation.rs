@@ -31,9 +31,7 @@ const MAX_TRUST_DOMAIN_LEN: usize = 255;
 /// proxy calls it on the AccessPolicy it receives.
 pub fn validate(r: &Resource) -> Result<(), ResourceError> {
     let checked = match r {
-        Resource::Service(s) => {
-            check_name(&s.name).map_err(|reason| ("name".to_string(), reason.into()))
-        }
+        Resource::Service(s) => check_service(s),
         Resource::Route(route) => check_route(route),
         Resource::AccessPolicy(p) => check_access_policy(p),
         Resource::Resilience(res) => check_resilience(res),
@@ -63,6 +61,7 @@ pub fn validate_set(
             ));
         }
     }
+    check_virtual_ips(services)?;
     let mut route_names: BTreeSet<&str> = BTreeSet::new();
     // service -> the route that claims it
     let mut claimed: BTreeMap<&str, &str> = BTreeMap::new();
@@ -335,6 +334,48 @@ fn check_access_rule(rule: &AccessRule) -> Result<(), Invalid> {
                 field.into(),
                 format!("{p:?} has a '.' or '..' segment").into(),
             ));
+        }
+    }
+    Ok(())
+}
+
+fn check_service(s: &Service) -> Result<(), Invalid> {
+    check_name(&s.name).map_err(|reason| ("name".to_string(), reason.into()))?;
+    if s.port == Some(0) {
+        return Err(("port".into(), "0 is not a port (1..=65535)".into()));
+    }
+    if s.port.is_none() && !s.addresses.is_empty() {
+        return Err((
+            "addresses".into(),
+            "virtual IPs need `port`: an intercepted connection is matched by address and port"
+                .into(),
+        ));
+    }
+    for (i, a) in s.addresses.iter().enumerate() {
+        if a.is_unspecified() || a.is_loopback() || a.is_multicast() {
+            return Err((
+                format!("addresses[{i}]"),
+                format!("{a} cannot be a virtual IP (unspecified, loopback or multicast)").into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// No two services claim the same virtual IP and port: an intercepted
+/// connection to it must belong to one service.
+fn check_virtual_ips(services: &[Service]) -> Result<(), ResourceError> {
+    let mut claimed: BTreeMap<(std::net::IpAddr, u16), &str> = BTreeMap::new();
+    for s in services {
+        let Some(port) = s.port else { continue };
+        for a in &s.addresses {
+            if let Some(other) = claimed.insert((*a, port), &s.name) {
+                return Err(ResourceError::new(
+                    format!("service/{}", s.name),
+                    "addresses",
+                    format!("{a} port {port} is already service {other}'s virtual IP"),
+                ));
+            }
         }
     }
     Ok(())

@@ -102,6 +102,8 @@ fn control_msgs() -> Vec<ControlMsg> {
             config_digest: "9a1f".into(),
             services: vec![ServiceEndpoints {
                 name: "api".into(),
+                port: Some(8080),
+                addresses: vec!["10.96.0.10".parse().unwrap()],
                 protocol: Protocol::Http,
                 endpoints: vec![Endpoint {
                     address: "10.0.0.8:4143".parse().unwrap(),
@@ -113,6 +115,7 @@ fn control_msgs() -> Vec<ControlMsg> {
             routes,
             access_policy,
             default_access: crate::resource::Access::Deny,
+            outbound_policy: crate::resource::Access::Deny,
             trust_bundle: vec!["root 1".into(), "root 2".into()],
             resilience,
         }),
@@ -160,6 +163,8 @@ fn snapshot_frame(n: usize) -> Vec<u8> {
         config_version: 3,
         services: vec![ServiceEndpoints {
             name: "api".into(),
+            port: None,
+            addresses: Vec::new(),
             protocol: Protocol::Http,
             endpoints,
         }],
@@ -429,4 +434,29 @@ fn routes_without_new_features_serialize_as_before() {
     // And the snapshot of a proxy no Resilience concerns has no new key.
     let snap = serde_json::to_value(Snapshot::default()).unwrap();
     assert!(snap.get("resilience").is_none(), "{snap}");
+}
+
+/// A snapshot that uses no interception field serializes without them, so
+/// a proxy older than them reads exactly what it read before; and what an
+/// older control sent reads with their defaults.
+#[test]
+fn interception_fields_are_absent_unless_used() {
+    let snap = Snapshot {
+        services: vec![ServiceEndpoints {
+            name: "api".into(),
+            port: None,
+            addresses: Vec::new(),
+            protocol: Protocol::Http,
+            endpoints: vec![],
+        }],
+        ..Snapshot::default()
+    };
+    let json = serde_json::to_string(&snap).unwrap();
+    for field in ["port", "addresses", "outbound_policy"] {
+        assert!(!json.contains(field), "{field} in {json}");
+    }
+    let old = r#"{"version":1,"config_version":1,"services":[{"name":"api","endpoints":[]}]}"#;
+    let read: Snapshot = serde_json::from_str(old).unwrap();
+    assert_eq!(read.services[0].port, None);
+    assert_eq!(read.outbound_policy, crate::resource::Access::Allow);
 }

@@ -19,6 +19,8 @@ fn config(names: &[&str]) -> Config {
             .map(|n| Service {
                 name: n.to_string(),
                 protocol: Protocol::Http,
+                port: None,
+                addresses: Vec::new(),
             })
             .collect(),
         routes: vec![],

@@ -115,9 +115,9 @@ fn type_errors_give_field_path_and_position() {
         "{s}"
     );
 
-    let s = err("kind: Service\nname: api\nport: 80\n");
+    let s = err("kind: Service\nname: api\nprot: 80\n");
     assert!(s.starts_with("document 1 (service/api)"), "{s}");
-    assert!(s.contains("unknown field `port`"), "{s}");
+    assert!(s.contains("unknown field `prot`"), "{s}");
 
     let s = err("kind: Route\nname: r\nservice: api\n");
     assert!(s.contains("missing field `rules`"), "{s}");

@@ -149,6 +149,8 @@ fn validate_works_without_a_document() {
     let r = Resource::Service(Service {
         name: "Bad".into(),
         protocol: Default::default(),
+        port: None,
+        addresses: Vec::new(),
     });
     let e = validate(&r).unwrap_err();
     assert_eq!(e.document, None);
@@ -428,4 +430,59 @@ fn errors_keep_their_cause() {
         e.to_string(),
         "\"99999999999999999999s\" is not a duration like 500ms or 2s"
     );
+}
+
+/// `port` and `addresses` (interception) are optional; a Service without
+/// them reads as before, and bad values are refused with the field named.
+#[test]
+fn service_port_and_virtual_ips() {
+    let ok =
+        parse_documents("kind: Service\nname: api\nport: 8080\naddresses: [10.96.0.10]\n").unwrap();
+    let Resource::Service(s) = &ok[0] else {
+        panic!("{ok:?}")
+    };
+    assert_eq!(s.port, Some(8080));
+    assert_eq!(
+        s.addresses,
+        vec!["10.96.0.10".parse::<std::net::IpAddr>().unwrap()]
+    );
+    let plain = parse_documents("kind: Service\nname: api\n").unwrap();
+    assert!(
+        matches!(&plain[0], Resource::Service(s) if s.port.is_none() && s.addresses.is_empty())
+    );
+    let yaml = serde_json::to_string(&plain[0]).unwrap();
+    assert!(
+        !yaml.contains("port") && !yaml.contains("addresses"),
+        "{yaml}"
+    );
+
+    let err = |t: &str| parse_documents(t).unwrap_err().to_string();
+    assert_eq!(
+        err("kind: Service\nname: api\nport: 0\n"),
+        "document 1 (service/api): port: 0 is not a port (1..=65535)"
+    );
+    assert!(err("kind: Service\nname: api\naddresses: [10.96.0.10]\n")
+        .starts_with("document 1 (service/api): addresses: virtual IPs need `port`"));
+    assert!(
+        err("kind: Service\nname: api\nport: 80\naddresses: [127.0.0.1]\n").starts_with(
+            "document 1 (service/api): addresses[0]: 127.0.0.1 cannot be a virtual IP"
+        )
+    );
+    assert_eq!(
+        set_err("kind: Service\nname: a\nport: 80\naddresses: [10.96.0.10]\n---\nkind: Service\nname: b\nport: 80\naddresses: [10.96.0.10]\n"),
+        "service/b: addresses: 10.96.0.10 port 80 is already service a's virtual IP"
+    );
+}
+
+#[test]
+fn mesh_config_outbound_policy() {
+    let r = parse_documents("kind: MeshConfig\nname: mesh\noutboundPolicy: deny\n").unwrap();
+    assert!(
+        matches!(&r[0], Resource::MeshConfig(m) if m.outbound_policy == crate::resource::Access::Deny)
+    );
+    let r = parse_documents("kind: MeshConfig\nname: mesh\n").unwrap();
+    assert!(
+        matches!(&r[0], Resource::MeshConfig(m) if m.outbound_policy == crate::resource::Access::Allow)
+    );
+    assert!(!serde_json::to_string(&r[0]).unwrap().contains("outbound"));
 }
