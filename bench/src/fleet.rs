@@ -53,7 +53,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Serialize;
 
 use crate::error_chain;
-use crate::operator::{apply, http, json, OperatorError};
+use crate::operator::{apply, http, json, Api, OperatorError};
 
 /// Why a fleet run stopped.
 #[derive(Debug, thiserror::Error)]
@@ -843,6 +843,8 @@ fn spawn_sampler(pid: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64
 
 /// What the run needs from control's data directory, and control's pid.
 struct Access {
+    /// Control's API, verified with the data directory's `api-ca.pem`.
+    api: Api,
     credential: String,
     roots: Arc<rustls::RootCertStore>,
     /// None: control's RSS and CPU are not reported.
@@ -959,7 +961,7 @@ pub fn run(cfg: &FleetConfig, command: String) -> Result<FleetReport, FleetError
     // 1. The starting config.
     let changed = cfg.changed.min(cfg.services);
     let v0 =
-        apply(cfg.api, &access.credential, &config_yaml(cfg.services, 0)).map_err(|source| {
+        apply(&access.api, &access.credential, &config_yaml(cfg.services, 0)).map_err(|source| {
             FleetError::Apply {
                 what: "starting",
                 source,
@@ -997,7 +999,7 @@ pub fn run(cfg: &FleetConfig, command: String) -> Result<FleetReport, FleetError
     let propagation = propagation(&shared, &plan.affected, &applied);
 
     // 5. Control's own record.
-    let recorded = recorded_acks(cfg, &access.credential, change.version);
+    let recorded = recorded_acks(&access.api, &access.credential, change.version);
 
     let cpu0 = watch.cpu0;
     let peak = shut_down(&rt, &shared, watch, &endpoints, ramped.tasks);
@@ -1087,7 +1089,12 @@ fn prepare(cfg: &FleetConfig) -> Result<Access, FleetError> {
         eprintln!("[fleet] control's pid not found (pass --control-pid): no RSS/CPU");
     }
     crate::sys::raise_nofile(65536);
+    let api = Api::new(cfg.api, &cfg.data_dir).map_err(|source| FleetError::Apply {
+        what: "starting",
+        source,
+    })?;
     Ok(Access {
+        api,
         credential,
         roots: Arc::new(roots),
         pid,
@@ -1110,7 +1117,7 @@ fn join_services(
             let name = service_name(s);
             let body = serde_json::json!({"service": name, "uses": 1, "ttl_secs": 600});
             let created: TokenCreated = json(
-                cfg.api,
+                &access.api,
                 &access.credential,
                 "POST",
                 "/v1/tokens",
@@ -1288,7 +1295,7 @@ fn measured_apply(
     let target = change.version;
     shared.target.store(target, Ordering::Release);
     let yaml = config_yaml(cfg.services, change.services);
-    let api = cfg.api;
+    let api = access.api.clone();
     let bench_cpu1 = {
         let (u, s) = crate::sys::self_cpu_seconds();
         u + s
@@ -1296,7 +1303,7 @@ fn measured_apply(
     let sent_ns = shared.now();
     let result = rt.block_on(async {
         let cred = access.credential.clone();
-        tokio::task::spawn_blocking(move || apply(api, &cred, &yaml))
+        tokio::task::spawn_blocking(move || apply(&api, &cred, &yaml))
             .await
             .map_err(FleetError::ApplyTask)?
             .map_err(|source| FleetError::Apply {
@@ -1366,8 +1373,8 @@ fn propagation(shared: &Shared, affected: &[bool], applied: &Applied) -> Propaga
 
 /// Sessions whose ACK of config version `target` control has recorded
 /// (`GET /v1/proxies`); None if control could not say.
-fn recorded_acks(cfg: &FleetConfig, credential: &str, target: u64) -> Option<usize> {
-    http(cfg.api, credential, "GET", "/v1/proxies", b"")
+fn recorded_acks(api: &Api, credential: &str, target: u64) -> Option<usize> {
+    http(api, credential, "GET", "/v1/proxies", b"")
         .ok()
         .and_then(|b| serde_json::from_slice::<Vec<ProxyStatus>>(&b).ok())
         .map(|ps| {

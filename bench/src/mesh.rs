@@ -136,18 +136,20 @@ pub struct Control {
     pub running: Running,
     pub quic: SocketAddr,
     pub api: SocketAddr,
+    /// The API's TLS client (verifies control with its `api-ca.pem`).
+    operator: operator::Api,
     credential: String,
 }
 
 impl Control {
     /// `GET path` on the operator API, read as JSON.
     pub fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, OperatorError> {
-        operator::json(self.api, &self.credential, "GET", path, b"")
+        operator::json(&self.operator, &self.credential, "GET", path, b"")
     }
 
     /// Applies YAML resources through the operator API.
     pub fn apply(&self, yaml: &str) -> Result<ApplyResult, OperatorError> {
-        operator::apply(self.api, &self.credential, yaml)
+        operator::apply(&self.operator, &self.credential, yaml)
     }
 
     /// A one-use join token for `m`'s service, written to `m`'s token file.
@@ -155,7 +157,7 @@ impl Control {
         // A calling service may have no Service resource (nothing calls it).
         let body = serde_json::json!({"service": m.service, "uses": 1, "ttl_secs": 3600, "allow_undefined": true});
         let created: TokenCreated = operator::json(
-            self.api,
+            &self.operator,
             &self.credential,
             "POST",
             "/v1/tokens",
@@ -263,10 +265,12 @@ pub fn start_control(spec: ControlSpec<'_>) -> Result<Control, MeshError> {
         })?
         .trim()
         .to_string();
+    let operator = operator::Api::new(api, data_dir).map_err(|e| MeshError::Status(Box::new(e)))?;
     Ok(Control {
         running,
         quic,
         api,
+        operator,
         credential,
     })
 }

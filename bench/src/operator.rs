@@ -1,13 +1,56 @@
 //! A blocking client for coremesh-control's operator HTTP API (what meshctl
 //! speaks; see `coremesh_api::http` for the paths and bodies): one
-//! HTTP/1.1 request per connection (`Connection: close`), authorized with
-//! the operator credential from control's data directory. For the harness
-//! (`fleet`, the policy scenarios of `compare`), not for the data plane.
+//! HTTP/1.1 request per connection (`Connection: close`) over TLS 1.3,
+//! verified against the data directory's `api-ca.pem` (which control
+//! writes at start) and authorized with the operator credential. For the
+//! harness (`fleet`, the policy scenarios of `compare`), not for the data
+//! plane.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use coremesh_api::http::ApplyResult;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+
+/// Control's API: its address and the TLS client that verifies it.
+#[derive(Clone)]
+pub struct Api {
+    pub addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl Api {
+    /// The API at `addr` of the control whose data directory is
+    /// `data_dir` (its `api-ca.pem` is the CA to verify it with).
+    pub fn new(addr: SocketAddr, data_dir: &Path) -> Result<Api, OperatorError> {
+        let path = data_dir.join("api-ca.pem");
+        let bad = |reason: String| OperatorError::Ca {
+            path: path.clone(),
+            reason,
+        };
+        let pem = std::fs::read(&path).map_err(|e| bad(e.to_string()))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(&pem) {
+            roots
+                .add(c.map_err(|e| bad(e.to_string()))?)
+                .map_err(|e| bad(e.to_string()))?;
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(Api {
+            addr,
+            tls: Arc::new(tls),
+        })
+    }
+}
 
 /// What went wrong with one operator API request; every variant names the
 /// request (or, before it could be sent, the API address).
@@ -19,6 +62,8 @@ pub enum OperatorError {
         #[source]
         source: std::io::Error,
     },
+    #[error("API CA {path}: {reason} (control writes it at start)")]
+    Ca { path: PathBuf, reason: String },
     #[error("API {method} {path}: sending the request")]
     Send {
         method: String,
@@ -78,7 +123,7 @@ pub enum ChunkError {
 /// `METHOD path` with `body`; the body of a 2xx answer (de-chunked), else
 /// an error with the status and what control said.
 pub fn http(
-    api: SocketAddr,
+    api: &Api,
     credential: &str,
     method: &str,
     path: &str,
@@ -86,7 +131,19 @@ pub fn http(
 ) -> Result<Vec<u8>, OperatorError> {
     let m = || method.to_string();
     let p = || path.to_string();
-    let mut s = TcpStream::connect(api).map_err(|source| OperatorError::Connect { api, source })?;
+    let addr = api.addr;
+    let tcp = TcpStream::connect(addr).map_err(|source| OperatorError::Connect {
+        api: addr,
+        source,
+    })?;
+    let tls = rustls::ClientConnection::new(api.tls.clone(), ServerName::IpAddress(addr.ip().into()))
+        .map_err(|e| OperatorError::Send {
+            method: m(),
+            path: p(),
+            source: std::io::Error::other(e),
+        })?;
+    let mut s = rustls::StreamOwned::new(tls, tcp);
+    let api = addr;
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {api}\r\nAuthorization: Bearer {credential}\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n",
@@ -139,7 +196,7 @@ pub fn http(
 
 /// [`http`], its answer read as JSON.
 pub fn json<T: serde::de::DeserializeOwned>(
-    api: SocketAddr,
+    api: &Api,
     credential: &str,
     method: &str,
     path: &str,
@@ -176,7 +233,7 @@ fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, ChunkError> {
 }
 
 /// `POST /v1/apply` of YAML documents: the new config version.
-pub fn apply(api: SocketAddr, credential: &str, yaml: &str) -> Result<ApplyResult, OperatorError> {
+pub fn apply(api: &Api, credential: &str, yaml: &str) -> Result<ApplyResult, OperatorError> {
     json(api, credential, "POST", "/v1/apply", yaml.as_bytes())
 }
 

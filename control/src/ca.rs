@@ -349,11 +349,23 @@ impl Ca {
         ip: IpAddr,
         now: SystemTime,
     ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), Error> {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(ca_err)?;
         let mut names = vec!["localhost".to_string(), "coremesh-control".to_string()];
         if !ip.is_unspecified() {
             names.push(ip.to_string());
         }
+        self.server_cert_for(names, now)
+    }
+
+    /// A server chain (leaf, intermediates, anchor) and key for `names`
+    /// (DNS names or IP literals, which become IP SANs), valid a tenth of
+    /// the CA lifetime and never past the CA: control's QUIC certificate
+    /// and the operator API's ([`crate::api_tls`]).
+    pub fn server_cert_for(
+        &self,
+        names: Vec<String>,
+        now: SystemTime,
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), Error> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(ca_err)?;
         // CertificateParams::new turns IP literals into IP SANs.
         let mut params = CertificateParams::new(names).map_err(ca_err)?;
         params

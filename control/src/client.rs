@@ -1,10 +1,19 @@
 //! A small blocking HTTP/1.1 client for meshctl: one request per
-//! connection (`Connection: close`), no TLS (the API listens on loopback or
-//! a private interface), std only, so meshctl stays lean.
+//! connection (`Connection: close`), over TLS 1.3 (`https://`, rustls,
+//! verifying control's certificate against a pinned CA file and the URL's
+//! host name) or plain HTTP (`http://`, for a control started with
+//! `--api-plaintext` on loopback). Blocking std sockets, so meshctl needs
+//! no runtime.
 
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{CertificateError, ClientConfig, ClientConnection, StreamOwned};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
@@ -30,6 +39,30 @@ pub enum ClientError {
     },
     #[error("{0}")]
     BadUrl(String),
+    /// `https://` without a CA to verify control with.
+    #[error("--api {url}: https:// needs the CA that issued control's API certificate, and none was given")]
+    NoCa { url: String },
+    /// The CA file cannot be used.
+    #[error("CA file {path}: {reason}")]
+    BadCa { path: PathBuf, reason: String },
+    /// Control's certificate does not chain to the pinned CA (or is
+    /// expired, or not for a server).
+    #[error("untrusted certificate: control at {addr} presented a certificate that the CA in {ca} does not vouch for ({detail})")]
+    Untrusted {
+        addr: String,
+        ca: PathBuf,
+        detail: String,
+    },
+    /// Control's certificate is not for the host name in the URL.
+    #[error("wrong name: control at {addr} presented a certificate for {presented}, not for {name:?}; use one of those names in --api, or start control with --api-san {name}")]
+    WrongName {
+        addr: String,
+        name: String,
+        presented: String,
+    },
+    /// Another TLS failure (e.g. control speaks plain HTTP).
+    #[error("TLS with control at {addr} failed: {detail}")]
+    Tls { addr: String, detail: String },
 }
 
 /// Why an answer is not an HTTP/1.1 response [`parse_response`] understands.
@@ -58,42 +91,121 @@ pub struct Response {
     pub body: Vec<u8>,
 }
 
+/// What `https://` verifies control with.
+struct Tls {
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+    ca: PathBuf,
+}
+
 pub struct Client {
     /// `host:port`
     authority: String,
     credential: String,
+    tls: Option<Tls>,
+}
+
+/// The certificates of a PEM file, as roots for a TLS 1.3 client.
+pub fn tls_config(ca: &Path) -> Result<Arc<ClientConfig>, ClientError> {
+    let bad = |reason: String| ClientError::BadCa {
+        path: ca.to_path_buf(),
+        reason,
+    };
+    let pem = std::fs::read(ca).map_err(|e| bad(format!("cannot read: {e}")))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| bad(format!("not PEM: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| bad(format!("not a usable CA certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("no certificate in it".into()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 impl Client {
-    /// `url` is `http://host:port` (a trailing `/` is fine).
-    pub fn new(url: &str, credential: &str) -> Result<Client, ClientError> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            ClientError::BadUrl(format!(
-                "--api {url:?}: must start with http:// (e.g. http://127.0.0.1:7080)"
-            ))
-        })?;
+    /// `url` is `https://host:port` (verified with the CA in `ca`) or
+    /// `http://host:port` (plain; `ca` unused); a trailing `/` is fine.
+    pub fn new(url: &str, credential: &str, ca: Option<&Path>) -> Result<Client, ClientError> {
+        let (rest, tls, default_port) = if let Some(rest) = url.strip_prefix("https://") {
+            (rest, true, 443)
+        } else if let Some(rest) = url.strip_prefix("http://") {
+            (rest, false, 80)
+        } else {
+            return Err(ClientError::BadUrl(format!(
+                "--api {url:?}: must start with https:// (or http:// for a control with --api-plaintext), e.g. https://127.0.0.1:7080"
+            )));
+        };
         let authority = rest.trim_end_matches('/');
         if authority.is_empty() || authority.contains('/') {
             return Err(ClientError::BadUrl(format!(
-                "--api {url:?}: expected http://host:port"
+                "--api {url:?}: expected https://host:port"
             )));
         }
-        let authority = if authority
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        {
-            authority.to_string()
+        let (host, authority) = match authority.rsplit_once(':') {
+            Some((h, p)) if p.parse::<u16>().is_ok() && !h.ends_with(':') => {
+                (h.to_string(), authority.to_string())
+            }
+            _ => (authority.to_string(), format!("{authority}:{default_port}")),
+        };
+        let tls = if tls {
+            let ca = ca.ok_or_else(|| ClientError::NoCa { url: url.into() })?;
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            let name = ServerName::try_from(bare.to_string()).map_err(|_| {
+                ClientError::BadUrl(format!(
+                    "--api {url:?}: {host:?} is not a host name or IP address"
+                ))
+            })?;
+            Some(Tls {
+                config: tls_config(ca)?,
+                name,
+                ca: ca.to_path_buf(),
+            })
         } else {
-            format!("{authority}:80")
+            None
         };
         Ok(Client {
             authority,
             credential: credential.trim().to_string(),
+            tls,
         })
     }
 
     pub fn get(&self, path: &str) -> Result<Response, ClientError> {
         self.request("GET", path, None)
+    }
+
+    fn connect(&self) -> Result<TcpStream, ClientError> {
+        let unreachable = |source| ClientError::Unreachable {
+            addr: self.authority.clone(),
+            step: "",
+            source,
+        };
+        let addrs: Vec<_> = self
+            .authority
+            .to_socket_addrs()
+            .map_err(unreachable)?
+            .collect();
+        let mut last = io::Error::new(io::ErrorKind::AddrNotAvailable, "no address");
+        for a in addrs {
+            match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
+                Ok(s) => {
+                    let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+                    let _ = s.set_write_timeout(Some(IO_TIMEOUT));
+                    return Ok(s);
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(unreachable(last))
     }
 
     pub fn request(
@@ -102,32 +214,7 @@ impl Client {
         path: &str,
         body: Option<(&str, &[u8])>,
     ) -> Result<Response, ClientError> {
-        let unreachable = |step: &'static str| {
-            move |source: io::Error| ClientError::Unreachable {
-                addr: self.authority.clone(),
-                step,
-                source,
-            }
-        };
-        let addrs: Vec<_> = self
-            .authority
-            .to_socket_addrs()
-            .map_err(unreachable(""))?
-            .collect();
-        let mut last = io::Error::new(io::ErrorKind::AddrNotAvailable, "no address");
-        let mut stream = None;
-        for a in addrs {
-            match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
-                Ok(s) => {
-                    stream = Some(s);
-                    break;
-                }
-                Err(e) => last = e,
-            }
-        }
-        let mut stream = stream.ok_or_else(|| unreachable("")(last))?;
-        let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
-        let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+        let tcp = self.connect()?;
         let mut req = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nConnection: close\r\nAccept: application/json\r\n",
             self.authority, self.credential
@@ -146,19 +233,103 @@ impl Client {
             }
         };
         req.push_str("\r\n");
-        stream
-            .write_all(req.as_bytes())
-            .and_then(|_| stream.write_all(body_bytes))
-            .map_err(unreachable(""))?;
         let mut raw = Vec::new();
-        stream
-            .read_to_end(&mut raw)
-            .map_err(unreachable("reading the answer: "))?;
+        let done = match &self.tls {
+            None => exchange(tcp, &req, body_bytes, &mut raw),
+            Some(tls) => {
+                let conn = ClientConnection::new(tls.config.clone(), tls.name.clone())
+                    .map_err(|e| self.tls_error(tls, e))?;
+                exchange(StreamOwned::new(conn, tcp), &req, body_bytes, &mut raw)
+            }
+        };
+        if let Err((step, e)) = done {
+            let tls_cause = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .cloned();
+            match (&self.tls, tls_cause) {
+                (Some(tls), Some(cause)) => return Err(self.tls_error(tls, cause)),
+                // A peer that closed without close_notify after a whole
+                // answer: the answer is good.
+                _ if e.kind() == io::ErrorKind::UnexpectedEof && parse_response(&raw).is_ok() => {}
+                _ => {
+                    return Err(ClientError::Unreachable {
+                        addr: self.authority.clone(),
+                        step,
+                        source: e,
+                    })
+                }
+            }
+        }
         parse_response(&raw).map_err(|reason| ClientError::Protocol {
             addr: self.authority.clone(),
             reason,
         })
     }
+
+    /// A rustls error, told as what the operator should check.
+    fn tls_error(&self, tls: &Tls, e: rustls::Error) -> ClientError {
+        let addr = self.authority.clone();
+        match e {
+            rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext {
+                expected,
+                presented,
+            }) => ClientError::WrongName {
+                addr,
+                name: expected.to_str().into_owned(),
+                presented: presented
+                    .iter()
+                    .map(|p| bare_name(p))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            },
+            rustls::Error::InvalidCertificate(CertificateError::NotValidForName) => {
+                ClientError::WrongName {
+                    addr,
+                    name: tls.name.to_str().into_owned(),
+                    presented: "other names".into(),
+                }
+            }
+            rustls::Error::InvalidCertificate(c) => ClientError::Untrusted {
+                addr,
+                ca: tls.ca.clone(),
+                detail: rustls::Error::InvalidCertificate(c).to_string(),
+            },
+            other => ClientError::Tls {
+                addr,
+                detail: other.to_string(),
+            },
+        }
+    }
+}
+
+/// `localhost` for rustls' `DnsName("localhost")`, `10.0.0.5` for
+/// `IpAddress(10.0.0.5)`: the names as the operator would type them.
+fn bare_name(presented: &str) -> &str {
+    let inner = presented
+        .split_once('(')
+        .and_then(|(_, rest)| rest.strip_suffix(')'))
+        .unwrap_or(presented);
+    inner.trim_matches('"')
+}
+
+/// Writes the request, reads the answer into `raw` until the peer closes.
+/// On error, which step failed.
+fn exchange(
+    mut stream: impl Read + Write,
+    head: &str,
+    body: &[u8],
+    raw: &mut Vec<u8>,
+) -> Result<(), (&'static str, io::Error)> {
+    stream
+        .write_all(head.as_bytes())
+        .and_then(|()| stream.write_all(body))
+        .and_then(|()| stream.flush())
+        .map_err(|e| ("", e))?;
+    stream
+        .read_to_end(raw)
+        .map_err(|e| ("reading the answer: ", e))?;
+    Ok(())
 }
 
 /// Parses a whole HTTP/1.1 response (read until the server closed).

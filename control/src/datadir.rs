@@ -19,6 +19,11 @@ pub const CA_CERT: &str = "ca.pem";
 pub const CA_KEY: &str = "ca.key";
 pub const CREDENTIAL: &str = "operator.credential";
 pub const STORE: &str = "store.redb";
+/// The CA certificate the operator API's certificate chains to, written at
+/// every start when control issues that certificate itself: what meshctl
+/// pins (a remote operator copies it with the credential). Not written,
+/// and removed, with an operator-supplied `--api-cert`.
+pub const API_CA: &str = "api-ca.pem";
 /// The identity of the store this directory was initialized with.
 pub const STORE_ID: &str = "store.id";
 /// The QUIC endpoint secret: stateless resets and connection IDs are

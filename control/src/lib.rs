@@ -23,6 +23,7 @@
 //! proxies re-register within the grace period.
 
 pub mod api;
+pub mod api_tls;
 pub mod backup;
 pub mod ca;
 pub mod client;

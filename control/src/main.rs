@@ -2,6 +2,8 @@
 //! directory, the store and the CA, then serves proxies over QUIC and
 //! operators over HTTP. Prints `listening quic=ADDR api=ADDR` once both
 //! sockets are bound (port 0 picks free ports, and the line says which).
+//! The API is served over TLS unless `--api-plaintext` (see
+//! `coremesh_control::api_tls`).
 //!
 //! `coremesh-control backup` and `coremesh-control restore` take and
 //! restore backups of a data directory (see `coremesh_control::backup`).
@@ -16,7 +18,7 @@ use clap::Parser;
 use coremesh_control::hub::{Hub, Options};
 use coremesh_control::store::startup::open_store;
 use coremesh_control::store::{Store, StoreDump};
-use coremesh_control::{api, backup, ca, datadir, quic, Error};
+use coremesh_control::{api, api_tls, backup, ca, datadir, quic, Error};
 
 fn duration(s: &str) -> Result<Duration, coremesh_api::resource::DurationError> {
     coremesh_api::resource::parse_duration(s)
@@ -41,9 +43,11 @@ struct Args {
     /// QUIC (UDP) address proxies connect to.
     #[arg(long, default_value = "0.0.0.0:7443")]
     listen: SocketAddr,
-    /// HTTP address of the operator API (meshctl).
+    /// Address of the operator API (meshctl), served over TLS.
     #[arg(long, default_value = "127.0.0.1:7080")]
     api: SocketAddr,
+    #[command(flatten)]
+    api_tls: api_tls::ApiTlsArgs,
     /// Trust domain of the SPIFFE IDs: spiffe://<trust-domain>/service/<name>.
     #[arg(long, default_value = "coremesh.local")]
     trust_domain: String,
@@ -91,8 +95,9 @@ enum Cmd {
         /// as safe as the key itself.
         #[arg(long)]
         include_ca_key: bool,
-        /// The API of the control running on the data directory, if one is.
-        #[arg(long, default_value = "http://127.0.0.1:7080", env = "COREMESH_API")]
+        /// The API of the control running on the data directory, if one
+        /// is (verified with the data directory's api-ca.pem).
+        #[arg(long, default_value = "https://127.0.0.1:7080", env = "COREMESH_API")]
         api: String,
     },
     /// Restores a backup into a data directory. Refuses a non-empty
@@ -192,8 +197,9 @@ fn offline(cmd: Cmd) -> Result<(), Error> {
             include_ca_key,
             api,
         } => {
+            let api_ca = data_dir.join(datadir::API_CA);
             let taken = backup::take(&data_dir, include_ca_key, now, |credential| {
-                online_dump(&api, credential)
+                online_dump(&api, credential, &api_ca)
             })?;
             backup::write(&taken, &to)?;
             println!(
@@ -240,8 +246,8 @@ fn offline(cmd: Cmd) -> Result<(), Error> {
 }
 
 /// The store of a running control, through its API.
-fn online_dump(api: &str, credential: &str) -> Result<StoreDump, Error> {
-    let client = coremesh_control::client::Client::new(api, credential)
+fn online_dump(api: &str, credential: &str, api_ca: &std::path::Path) -> Result<StoreDump, Error> {
+    let client = coremesh_control::client::Client::new(api, credential, Some(api_ca))
         .map_err(|e| Error::rejected(e.to_string()))?;
     let r = client.get("/v1/store/dump").map_err(|e| {
         Error::internal(format!(
@@ -306,6 +312,7 @@ async fn run(args: Args) -> Result<(), Error> {
     let quic_addr = endpoint
         .local_addr()
         .map_err(|e| Error::internal(format!("QUIC socket: {e}")))?;
+    let api_tls = api_tls::acceptor(&args.api_tls, hub.ca(), args.api, &dir.path, SystemTime::now())?;
     let listener = tokio::net::TcpListener::bind(args.api)
         .await
         .map_err(|e| Error::internal(format!("cannot listen on {} (API): {e}", args.api)))?;
@@ -325,10 +332,7 @@ async fn run(args: Args) -> Result<(), Error> {
     tokio::spawn(hub.clone().run());
     tokio::spawn(quic::serve(endpoint.clone(), hub.clone()));
     let app = api::router(hub.clone(), &dir.credential);
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown());
-    server
-        .await
-        .map_err(|e| Error::internal(format!("API server: {e}")))?;
+    api_tls::serve(listener, app, api_tls, shutdown()).await;
     tracing::info!("shutting down");
     endpoint.close(0u32.into(), b"control shutting down");
     Ok(())

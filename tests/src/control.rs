@@ -9,7 +9,8 @@
 //! listening quic=127.0.0.1:40123 api=127.0.0.1:40124
 //! ```
 //!
-//! The running [`Control`] runs `meshctl --api http://ADDR --data-dir TMP ...`
+//! The running [`Control`] runs `meshctl --api https://ADDR --data-dir TMP ...`
+//! (meshctl pins the data directory's `api-ca.pem`)
 //! ([`Control::meshctl`], giving exit code, stdout and stderr), and can be
 //! killed with SIGKILL and restarted on the same data directory and the same
 //! addresses, so proxies and meshctl find it again ([`Control::kill9`],
@@ -283,13 +284,13 @@ impl Control {
     pub fn quic(&self) -> SocketAddr {
         self.quic
     }
-    /// The HTTP API address.
+    /// The API address (HTTPS).
     pub fn api(&self) -> SocketAddr {
         self.api
     }
-    /// `http://ADDR`, as meshctl's `--api` takes it.
+    /// `https://ADDR`, as meshctl's `--api` takes it.
     pub fn api_url(&self) -> String {
-        format!("http://{}", self.api)
+        format!("https://{}", self.api)
     }
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
@@ -395,7 +396,7 @@ impl Control {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(args);
-        for var in ["COREMESH_API", "COREMESH_CREDENTIAL"] {
+        for var in ["COREMESH_API", "COREMESH_CREDENTIAL", "COREMESH_CA"] {
             cmd.env_remove(var);
         }
         cmd.env("NO_COLOR", "1");

@@ -4,6 +4,12 @@
 //! credential through `--credential FILE` / `COREMESH_CREDENTIAL` or
 //! `--data-dir DIR` (reads `DIR/operator.credential`).
 //!
+//! The API is HTTPS; meshctl pins the CA that issued control's API
+//! certificate: `--ca FILE` / `COREMESH_CA`, else `api-ca.pem` in
+//! `--data-dir`, else `api-ca.pem` beside the `--credential` file (so a
+//! remote operator copies the two files together and pins control
+//! without a flag). `http://` is for a control with `--api-plaintext`.
+//!
 //! Exit codes: 0 success, 1 input rejected (the server's reason is
 //! printed), 2 control unreachable.
 
@@ -25,14 +31,19 @@ use serde::de::DeserializeOwned;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Control's HTTP API.
+    /// Control's API: https://HOST:PORT (http:// only for a control with
+    /// --api-plaintext).
     #[arg(
         long,
         env = "COREMESH_API",
-        default_value = "http://127.0.0.1:7080",
+        default_value = "https://127.0.0.1:7080",
         global = true
     )]
     api: String,
+    /// The CA certificate (PEM) that issued control's API certificate.
+    /// Default: api-ca.pem in --data-dir, else beside the --credential file.
+    #[arg(long, env = "COREMESH_CA", value_name = "FILE", global = true)]
+    ca: Option<PathBuf>,
     /// File holding the operator credential.
     #[arg(long, env = "COREMESH_CREDENTIAL", global = true)]
     credential: Option<String>,
@@ -129,8 +140,13 @@ impl From<ClientError> for Fail {
                 2,
                 format!("{e}\nIs coremesh-control running? Check --api / COREMESH_API, and that its log says `listening ... api=ADDR`."),
             ),
-            ClientError::Protocol { .. } => Fail(2, format!("{e}\nIs --api pointing at coremesh-control's API port?")),
+            ClientError::Protocol { .. } => Fail(2, format!("{e}\nIs --api pointing at coremesh-control's API port? Control serves https:// unless started with --api-plaintext.")),
             ClientError::BadUrl(m) => Fail(1, m),
+            ClientError::NoCa { .. } => Fail(1, format!("{e}: pass --ca FILE (control's <data-dir>/api-ca.pem), or --data-dir DIR, or keep api-ca.pem beside the --credential file")),
+            ClientError::BadCa { .. } => Fail(1, e.to_string()),
+            ClientError::Untrusted { .. } => Fail(2, format!("{e}\nPin the CA of this control: its <data-dir>/api-ca.pem, or the CA of its --api-cert (--ca FILE).")),
+            ClientError::WrongName { .. } => Fail(2, e.to_string()),
+            ClientError::Tls { .. } => Fail(2, format!("{e}\nIf control runs with --api-plaintext, use http://.")),
         }
     }
 }
@@ -226,10 +242,33 @@ impl Api {
     }
 }
 
+/// The CA file to pin: `--ca`, else `api-ca.pem` in `--data-dir`, else
+/// beside the `--credential` file; `None` when none of them exists (fine
+/// for `http://`; [`Client::new`] says what is missing for `https://`).
+fn ca_file(cli: &Cli) -> Option<PathBuf> {
+    if let Some(ca) = &cli.ca {
+        return Some(ca.clone());
+    }
+    let beside_credential = cli
+        .credential
+        .as_ref()
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+        .and_then(|p| p.parent().map(|d| d.join(API_CA)));
+    cli.data_dir
+        .as_ref()
+        .map(|d| d.join(API_CA))
+        .into_iter()
+        .chain(beside_credential)
+        .find(|p| p.is_file())
+}
+
+const API_CA: &str = coremesh_control::datadir::API_CA;
+
 fn run(cli: Cli) -> Result<(), Fail> {
     let cred = credential(&cli)?;
     let api = Api {
-        client: Client::new(&cli.api, &cred)?,
+        client: Client::new(&cli.api, &cred, ca_file(&cli).as_deref())?,
     };
     match cli.cmd {
         Cmd::Apply { file } => {

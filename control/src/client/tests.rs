@@ -25,16 +25,26 @@ fn parses_plain_and_chunked() {
 
 #[test]
 fn urls() {
-    assert_eq!(
-        Client::new("http://127.0.0.1:7080/", "x")
-            .unwrap()
-            .authority,
-        "127.0.0.1:7080"
-    );
-    assert_eq!(
-        Client::new("http://localhost", "x").unwrap().authority,
-        "localhost:80"
-    );
-    assert!(Client::new("https://x:1", "x").is_err());
-    assert!(Client::new("http://x:1/v1", "x").is_err());
+    let authority = |url: &str| Client::new(url, "x", None).map(|c| c.authority);
+    assert_eq!(authority("http://127.0.0.1:7080/").unwrap(), "127.0.0.1:7080");
+    assert_eq!(authority("http://localhost").unwrap(), "localhost:80");
+    assert_eq!(authority("http://[::1]:7080").unwrap(), "[::1]:7080");
+    assert_eq!(authority("http://[::1]").unwrap(), "[::1]:80");
+    assert!(authority("ftp://x:1").is_err());
+    assert!(authority("http://x:1/v1").is_err());
+    assert!(matches!(
+        Client::new("https://x:1", "x", None),
+        Err(ClientError::NoCa { .. })
+    ));
+    assert!(matches!(
+        Client::new("https://x:1", "x", Some(Path::new("/nonexistent/ca.pem"))),
+        Err(ClientError::BadCa { .. })
+    ));
+}
+
+#[test]
+fn presented_names_read_as_typed() {
+    assert_eq!(bare_name("DnsName(\"localhost\")"), "localhost");
+    assert_eq!(bare_name("IpAddress(10.0.0.5)"), "10.0.0.5");
+    assert_eq!(bare_name("control.example"), "control.example");
 }
