@@ -85,8 +85,8 @@ log_value() { # log pattern key
 OTHER_PIDS+=($!)
 QUIC="$(log_value "$WORK/control.log" '^listening ' quic)"
 API="$(log_value "$WORK/control.log" '^listening ' api)"
-meshctl() { "$MESHCTL_BIN" --api "http://$API" --data-dir "$WORK/control" "$@"; }
-echo "==> coremesh-control: QUIC $QUIC for proxies, API http://$API for meshctl (data in $WORK/control)"
+meshctl() { "$MESHCTL_BIN" --api "https://$API" --data-dir "$WORK/control" "$@"; }
+echo "==> coremesh-control: QUIC $QUIC for proxies, API https://$API for meshctl, TLS pinned with $WORK/control/api-ca.pem (data in $WORK/control)"
 
 echo
 echo "\$ meshctl apply -f scripts/demo/mesh.yaml"
@@ -211,7 +211,7 @@ meshctl history
 cat <<EOF
 
 ==> where to look next
-  meshctl:      $MESHCTL_BIN --api http://$API --data-dir $WORK/control --help
+  meshctl:      $MESHCTL_BIN --api https://$API --data-dir $WORK/control --help
                 (get services|routes|proxies|endpoints, apply -f, rollback --to N, token list)
   the policy:   scripts/demo/mesh.yaml; change the weights, apply it, curl again
   web sidecar:  curl http://$ADMIN_web_v1/metrics   (and /config: the applied version)

@@ -47,19 +47,19 @@ pub struct ApiTlsArgs {
     /// https://NAME:PORT`); repeatable. `localhost` and the listen IP are
     /// always in it.
     #[arg(long = "api-san", value_name = "NAME")]
-    pub sans: Vec<String>,
+    pub api_san: Vec<String>,
     /// Serve the API with this certificate (PEM: the leaf, then its
     /// intermediates) instead of one issued by the mesh CA. meshctl then
     /// needs `--ca` with the CA that issued it. Needs --api-key.
     #[arg(long = "api-cert", value_name = "FILE", requires = "api_key")]
-    pub cert: Option<PathBuf>,
+    pub api_cert: Option<PathBuf>,
     /// The private key (PEM) of --api-cert.
     #[arg(long = "api-key", value_name = "FILE", requires = "api_cert")]
-    pub key: Option<PathBuf>,
+    pub api_key: Option<PathBuf>,
     /// Serve plain HTTP instead of TLS (meshctl `--api http://...`), for
     /// old scripts. Refused unless --api is a loopback address.
-    #[arg(long = "api-plaintext", conflicts_with_all = ["api_cert", "sans"])]
-    pub plaintext: bool,
+    #[arg(long = "api-plaintext", conflicts_with_all = ["api_cert", "api_san"])]
+    pub api_plaintext: bool,
 }
 
 /// Why the API's TLS could not be set up; each names the flag or file.
@@ -129,8 +129,8 @@ pub fn api_names(listen: SocketAddr, extra: &[String]) -> Result<Vec<String>, Ap
 
 /// The acceptor for the API, or `None` for `--api-plaintext`. With the
 /// mesh CA's certificate it writes `<data-dir>/api-ca.pem` (the CA meshctl
-/// pins); with the operator's it removes a stale one, so meshctl never pins
-/// a CA that no longer issues the API's certificate.
+/// pins); otherwise it removes a stale one, so meshctl never pins a CA
+/// that no longer issues the API's certificate.
 pub fn acceptor(
     args: &ApiTlsArgs,
     ca: &Ca,
@@ -139,20 +139,21 @@ pub fn acceptor(
     now: SystemTime,
 ) -> Result<Option<TlsAcceptor>, ApiTlsError> {
     let ca_file = data_dir.join(datadir::API_CA);
-    if args.plaintext {
+    if args.api_plaintext {
         if !listen.ip().is_loopback() {
             return Err(ApiTlsError::PlaintextNotLoopback(listen));
         }
+        let _ = std::fs::remove_file(&ca_file);
         return Ok(None);
     }
-    let (chain, key) = match (&args.cert, &args.key) {
+    let (chain, key) = match (&args.api_cert, &args.api_key) {
         (Some(cert), Some(key)) => {
             let loaded = load_operator_cert(cert, key)?;
             let _ = std::fs::remove_file(&ca_file);
             loaded
         }
         _ => {
-            let names = api_names(listen, &args.sans)?;
+            let names = api_names(listen, &args.api_san)?;
             let issued = ca.server_cert_for(names, now).map_err(ApiTlsError::Issue)?;
             datadir::write_secret(&ca_file, ca.cert_pem()).map_err(|source| {
                 ApiTlsError::WriteCa {
@@ -164,8 +165,8 @@ pub fn acceptor(
         }
     };
     let unusable = |reason: String| ApiTlsError::Unusable {
-        cert: args.cert.clone().unwrap_or_default(),
-        key: args.key.clone().unwrap_or_default(),
+        cert: args.api_cert.clone().unwrap_or_default(),
+        key: args.api_key.clone().unwrap_or_default(),
         reason,
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());

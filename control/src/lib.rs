@@ -25,6 +25,7 @@
 pub mod api;
 pub mod api_tls;
 pub mod backup;
+pub mod bootstrap;
 pub mod ca;
 pub mod client;
 pub mod config;

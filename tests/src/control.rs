@@ -149,6 +149,12 @@ impl ControlBuilder {
         self
     }
 
+    /// A flag without a value (`--api-plaintext`).
+    pub fn flag(mut self, flag: &str) -> Self {
+        self.args.push(flag.to_string());
+        self
+    }
+
     /// Starts control on a new data directory; waits for its `listening` line.
     pub fn start(self) -> Control {
         let data = TempDir::new("control");

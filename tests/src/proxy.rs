@@ -281,6 +281,13 @@ impl ProxyBuilder {
         self.launch(Arc::new(dir), config, &[])
     }
 
+    /// Runs the proxy on a config file written elsewhere (e.g. by `meshctl
+    /// bootstrap`), kept in `dir`. The builder is not rendered: its inbound
+    /// and outbound settings only say which bound addresses to wait for.
+    pub fn start_file(self, dir: TempDir, config: PathBuf) -> Proxy {
+        self.launch(Arc::new(dir), config, &[])
+    }
+
     /// Runs the proxy with `config` (in `dir`) and `extra` arguments; waits
     /// for its `bound` line.
     fn launch(self, dir: Arc<TempDir>, config: PathBuf, extra: &[&std::ffi::OsStr]) -> Proxy {

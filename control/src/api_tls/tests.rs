@@ -79,7 +79,7 @@ fn names_in_the_certificate() {
 fn plaintext_only_on_loopback() {
     let dir = temp_dir("plain");
     let args = ApiTlsArgs {
-        plaintext: true,
+        api_plaintext: true,
         ..ApiTlsArgs::default()
     };
     let ca = new_ca();
@@ -101,7 +101,7 @@ fn meshctl_client_pins_the_api_ca_and_checks_the_name() {
     let dir = temp_dir("pin");
     let ca = new_ca();
     let args = ApiTlsArgs {
-        sans: vec!["control.example".into()],
+        api_san: vec!["control.example".into()],
         ..ApiTlsArgs::default()
     };
     let (addr, _rt) = start(&args, &ca, &dir.0).unwrap();
@@ -143,7 +143,7 @@ fn plaintext_api_and_tls_client() {
     let dir = temp_dir("plain-serve");
     let ca = new_ca();
     let args = ApiTlsArgs {
-        plaintext: true,
+        api_plaintext: true,
         ..ApiTlsArgs::default()
     };
     let (addr, _rt) = start(&args, &ca, &dir.0).unwrap();
@@ -170,8 +170,8 @@ fn operator_certificate_files_are_checked() {
     // A stale api-ca.pem goes: meshctl must not pin it.
     std::fs::write(dir.0.join(datadir::API_CA), "stale").unwrap();
     let args = ApiTlsArgs {
-        cert: Some(cert_file.clone()),
-        key: Some(key_file.clone()),
+        api_cert: Some(cert_file.clone()),
+        api_key: Some(key_file.clone()),
         ..ApiTlsArgs::default()
     };
     let (addr, _rt) = start(&args, &ca, &dir.0).unwrap();
@@ -228,4 +228,10 @@ fn pem(label: &str, der: &[u8]) -> String {
         .map(|c| std::str::from_utf8(c).unwrap())
         .collect();
     format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", body.join("\n"))
+}
+
+#[test]
+fn flags_are_consistent() {
+    use clap::Args;
+    ApiTlsArgs::augment_args(clap::Command::new("coremesh-control")).debug_assert();
 }

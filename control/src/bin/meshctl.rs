@@ -24,6 +24,7 @@ use coremesh_api::http::{
     TokenCreated, TokenInfo, TokenRequest,
 };
 use coremesh_api::resource::{self, Resource};
+use coremesh_control::bootstrap;
 use coremesh_control::client::{Client, ClientError};
 use serde::de::DeserializeOwned;
 
@@ -84,6 +85,51 @@ enum Cmd {
         #[command(subcommand)]
         cmd: TokenCmd,
     },
+    /// Set up a new host: writes OUT/proxy.toml (control address, node,
+    /// token file, state dir, listeners) and OUT/join.token (a one-time
+    /// token for SERVICE), both mode 0600 and never overwritten; then run
+    /// `coremesh-proxy --config OUT/proxy.toml` there.
+    Bootstrap(BootstrapArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct BootstrapArgs {
+    /// The service the proxy fronts.
+    service: String,
+    /// The host's name, as `meshctl status` lists it.
+    #[arg(long)]
+    node: String,
+    /// Directory to write proxy.toml and join.token into (created 0700).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// The local app's address: adds an [inbound] section.
+    #[arg(long, value_name = "HOST:PORT")]
+    inbound_app: Option<String>,
+    /// The inbound listener (with --inbound-app).
+    #[arg(long, value_name = "HOST:PORT", default_value = "0.0.0.0:4143")]
+    inbound_listen: String,
+    /// The outbound listener the app calls other services through.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:4140")]
+    outbound_listen: String,
+    /// Leave out the [outbound] section.
+    #[arg(long)]
+    no_outbound: bool,
+    /// Control's QUIC address as the proxy reaches it (a host name is
+    /// fine). Default: --api's host, port 7443.
+    #[arg(long, value_name = "HOST:PORT")]
+    control_address: Option<String>,
+    /// The proxy's state directory (certificate, key, last snapshot).
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/coremesh-proxy")]
+    state_dir: PathBuf,
+    /// The proxy's admin endpoint.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:9901")]
+    admin: String,
+    /// How long the token can be used, e.g. 10m, 1h.
+    #[arg(long, default_value = "1h")]
+    ttl: String,
+    /// Create the token although no Service resource defines the service.
+    #[arg(long)]
+    allow_undefined: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -266,6 +312,10 @@ fn ca_file(cli: &Cli) -> Option<PathBuf> {
 const API_CA: &str = coremesh_control::datadir::API_CA;
 
 fn run(cli: Cli) -> Result<(), Fail> {
+    if let Cmd::Bootstrap(args) = &cli.cmd {
+        // Check everything before a token is spent on it.
+        bootstrap_plan(&cli.api, args)?;
+    }
     let cred = credential(&cli)?;
     let api = Api {
         client: Client::new(&cli.api, &cred, ca_file(&cli).as_deref())?,
@@ -333,7 +383,80 @@ fn run(cli: Cli) -> Result<(), Fail> {
             print_change(&r);
         }
         Cmd::Token { cmd } => token(&api, cmd)?,
+        Cmd::Bootstrap(args) => bootstrap(&api, &cli.api, &args)?,
     }
+    Ok(())
+}
+
+/// The proxy.toml's contents and the two files to write, every input
+/// checked; creates the output directory.
+fn bootstrap_plan(
+    api_url: &str,
+    a: &BootstrapArgs,
+) -> Result<(bootstrap::Plan, PathBuf, PathBuf), Fail> {
+    let bad = |e: bootstrap::BootstrapError| Fail(1, e.to_string());
+    let control_address = match &a.control_address {
+        Some(c) => c.clone(),
+        None => bootstrap::default_control_address(api_url).ok_or_else(|| {
+            Fail(1, format!("cannot tell control's address from --api {api_url:?}: pass --control-address HOST:PORT"))
+        })?,
+    };
+    bootstrap::check_address("--control-address", &control_address).map_err(bad)?;
+    bootstrap::check_address("--admin", &a.admin).map_err(bad)?;
+    if let Some(app) = &a.inbound_app {
+        bootstrap::check_address("--inbound-app", app).map_err(bad)?;
+        bootstrap::check_address("--inbound-listen", &a.inbound_listen).map_err(bad)?;
+    }
+    if !a.no_outbound {
+        bootstrap::check_address("--outbound-listen", &a.outbound_listen).map_err(bad)?;
+    }
+    let out = bootstrap::prepare_dir(&a.out).map_err(bad)?;
+    let (config, token) = bootstrap::targets(&out).map_err(bad)?;
+    let plan = bootstrap::Plan {
+        service: a.service.clone(),
+        node: a.node.clone(),
+        control_address,
+        token_file: token.clone(),
+        state_dir: a.state_dir.clone(),
+        admin: a.admin.clone(),
+        inbound: a
+            .inbound_app
+            .clone()
+            .map(|app| (a.inbound_listen.clone(), app)),
+        outbound: (!a.no_outbound).then(|| a.outbound_listen.clone()),
+    };
+    Ok((plan, config, token))
+}
+
+fn bootstrap(api: &Api, api_url: &str, a: &BootstrapArgs) -> Result<(), Fail> {
+    let (plan, config, token_path) = bootstrap_plan(api_url, a)?;
+    let ttl = resource::parse_duration(&a.ttl).map_err(|e| Fail(1, format!("--ttl: {e}")))?;
+    let req = TokenRequest {
+        service: a.service.clone(),
+        ttl_secs: Some(ttl.as_secs()),
+        uses: Some(1),
+        allow_undefined: a.allow_undefined,
+    };
+    let t: TokenCreated = api.post_json("/v1/tokens", &req)?;
+    let written = bootstrap::write_new(&token_path, &format!("{}\n", t.token))
+        .and_then(|()| bootstrap::write_new(&config, &bootstrap::render(&plan)));
+    if let Err(e) = written {
+        // The token is useless without its files: revoke it.
+        let _: Result<serde_json::Value, _> = api.call("DELETE", &format!("/v1/tokens/{}", t.id), None);
+        return Err(Fail(1, format!("{e} (token {} revoked)", t.id)));
+    }
+    println!("wrote {}", config.display());
+    println!(
+        "wrote {} (token {}, one use, expires {} UTC)",
+        token_path.display(),
+        t.id,
+        utc(t.expires_at)
+    );
+    println!(
+        "on node {}: coremesh-proxy --config {}",
+        plan.node,
+        config.display()
+    );
     Ok(())
 }
 
@@ -673,6 +796,12 @@ fn utc(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flags_are_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 
     #[test]
     fn utc_dates() {
