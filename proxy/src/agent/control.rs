@@ -46,7 +46,7 @@ use super::state::{Identity, StateDir};
 use super::tls::{
     self, CertInfo, CertParseError, CsrError, FingerprintVerifier, TlsSetupError, SERVER_NAME,
 };
-use crate::config::ControlConfig;
+use crate::config::{ControlConfig, Target};
 
 /// One connection attempt to one address.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -299,6 +299,10 @@ pub enum AttemptError {
     },
     #[error("{addr}: no answer within {limit:?}")]
     Timeout { addr: SocketAddr, limit: Duration },
+    /// A host name that does not resolve and never did (a name that did
+    /// keeps its last good addresses).
+    #[error("{name}: the name does not resolve")]
+    Unresolved { name: crate::config::HostPort },
 }
 
 fn join_attempts(attempts: &[AttemptError]) -> String {
@@ -382,6 +386,7 @@ pub async fn restore(state: &StateDir, applier: &Applier) -> Option<u64> {
 pub async fn run(setup: ControlSetup) {
     let client = Client {
         setup,
+        names: super::names::Names::default(),
         identity: RefCell::new(None),
     };
     let mut backoff = Backoff::new();
@@ -422,6 +427,8 @@ pub async fn run(setup: ControlSetup) {
 
 struct Client {
     setup: ControlSetup,
+    /// Control's host names, resolved at each connect.
+    names: super::names::Names,
     /// The identity in use (loaded from state_dir, replaced on renewal).
     identity: RefCell<Option<Identity>>,
 }
@@ -487,7 +494,20 @@ impl Client {
         cfg: &quinn::ClientConfig,
     ) -> Result<(quinn::Endpoint, quinn::Connection, SocketAddr), SessionError> {
         let mut errors = Vec::new();
-        for &addr in &self.cfg().addresses {
+        let mut addrs = Vec::new();
+        for target in &self.cfg().addresses {
+            match target {
+                Target::Addr(a) => addrs.push(*a),
+                Target::Name(n) => {
+                    let found = self.names.resolve("[control] address", n).await;
+                    if found.is_empty() {
+                        errors.push(AttemptError::Unresolved { name: n.clone() });
+                    }
+                    addrs.extend(found);
+                }
+            }
+        }
+        for addr in addrs {
             let bind: SocketAddr = if addr.is_ipv6() {
                 (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
             } else {

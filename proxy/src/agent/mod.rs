@@ -27,6 +27,7 @@ pub mod app_health;
 pub mod apply;
 pub mod control;
 pub mod identity;
+pub mod names;
 pub mod state;
 pub mod tls;
 pub mod traffic;
@@ -194,6 +195,10 @@ async fn agent(setup: AgentSetup) -> i32 {
         backend,
         mut upgrade,
     } = setup;
+    // Host names in [[services]] resolve before anything serves.
+    let names = names::Names::default();
+    let loaded = config;
+    let config = resolve_names(&names, &loaded, &shards).await;
     let (mut hup, mut term, mut int) = match (
         signal(SignalKind::hangup()),
         signal(SignalKind::terminate()),
@@ -278,6 +283,9 @@ async fn agent(setup: AgentSetup) -> i32 {
     tokio::pin!(successor);
 
     let mut current = config;
+    let mut loaded = loaded;
+    let mut refresh =
+        tokio::time::interval_at(tokio::time::Instant::now() + names::REFRESH, names::REFRESH);
     let mut handed_to = None;
     loop {
         tokio::select! {
@@ -287,13 +295,20 @@ async fn agent(setup: AgentSetup) -> i32 {
             }
             _ = hup.recv() => {
                 let applier = control.as_ref().map(|(a, _)| &**a);
-                current = reload(&config_path, current, &shards, &state, &bound, backend, applier);
-                match applier {
-                    Some(applier) => {
-                        applier.set_config(current.clone());
-                        applier.publish();
-                    }
-                    None => traffic.configure(&current.service_list(None)),
+                let at = Installed { shards: &shards, state: &state, bound: &bound, backend };
+                (loaded, current) = reload(&config_path, (loaded, current), &at, applier, &names);
+                use_config(applier, &traffic, &current);
+                // New names resolve now, not at the next tick.
+                refresh.reset_immediately();
+            }
+            _ = refresh.tick(), if names::has_names(&loaded) => {
+                let fresh = Arc::new(names.resolved(&loaded).await);
+                if fresh.services != current.services {
+                    let at = Installed { shards: &shards, state: &state, bound: &bound, backend };
+                    at.install(&fresh);
+                    use_config(control.as_ref().map(|(a, _)| &**a), &traffic, &fresh);
+                    tracing::info!("[[services]] endpoints changed with their names' addresses");
+                    current = fresh;
                 }
             }
             _ = term.recv() => break,
@@ -509,18 +524,63 @@ async fn start_control(
     Ok((applier, link))
 }
 
+/// `loaded` with its `[[services]]` names resolved, sent to the shards
+/// (before they accept) when it has any.
+async fn resolve_names(
+    names: &names::Names,
+    loaded: &Arc<Config>,
+    shards: &[ShardHandle],
+) -> Arc<Config> {
+    if !names::has_names(loaded) {
+        return loaded.clone();
+    }
+    let resolved = Arc::new(names.resolved(loaded).await);
+    for h in shards {
+        let _ = h.tx.try_send(ShardMsg::Config(resolved.clone()));
+    }
+    resolved
+}
+
+/// The balancer and limits (or the applier, with control) learn `cfg`.
+fn use_config(applier: Option<&Applier>, traffic: &traffic::Traffic, cfg: &Arc<Config>) {
+    match applier {
+        Some(applier) => {
+            applier.set_config(cfg.clone());
+            applier.publish();
+        }
+        None => traffic.configure(&cfg.service_list(None)),
+    }
+}
+
+/// Where a new configuration goes: the shards and `/config`.
+struct Installed<'a> {
+    shards: &'a [ShardHandle],
+    state: &'a AdminState,
+    bound: &'a Bound,
+    backend: &'a str,
+}
+
+impl Installed<'_> {
+    fn install(&self, new: &Arc<Config>) {
+        for h in self.shards {
+            let _ = h.tx.try_send(ShardMsg::Config(new.clone()));
+        }
+        *self.state.config_json.borrow_mut() = config_json(new, self.bound, self.backend);
+    }
+}
+
 /// SIGHUP: re-read the file; apply it only if it is valid, changes no key
 /// that needs a restart, and defines no `[[services]]` that control's table
-/// in force defines. Returns the configuration now in force.
+/// in force defines. Takes and returns (as loaded, in force): in force is
+/// the loaded one with its names' last good addresses (they are resolved
+/// again right after).
 fn reload(
     path: &std::path::Path,
-    current: Arc<Config>,
-    shards: &[ShardHandle],
-    state: &AdminState,
-    bound: &Bound,
-    backend: &str,
+    (loaded, current): (Arc<Config>, Arc<Config>),
+    at: &Installed<'_>,
     applier: Option<&Applier>,
-) -> Arc<Config> {
+    names: &names::Names,
+) -> (Arc<Config>, Arc<Config>) {
     let checked = Config::load(path)
         .map_err(|e| e.to_string())
         .and_then(|new| {
@@ -547,7 +607,7 @@ fn reload(
             tracing::error!(
                 "configuration reload rejected, keeping the running configuration: {e}"
             );
-            return current;
+            return (loaded, current);
         }
     };
     // `[tls]` files are re-read on every reload (a renewed certificate is
@@ -557,20 +617,18 @@ fn reload(
             tracing::error!(
                 "configuration reload rejected, keeping the running configuration: {e}"
             );
-            return current;
+            return (loaded, current);
         }
         Some(Ok(id)) => Some(id),
         None => None,
     };
-    for h in shards {
-        let _ = h.tx.try_send(ShardMsg::Config(new.clone()));
-    }
+    let in_force = Arc::new(names.with_cached(&new));
+    at.install(&in_force);
     if let Some(id) = id {
-        identity::broadcast(shards, None, id);
+        identity::broadcast(at.shards, None, id);
     }
-    *state.config_json.borrow_mut() = config_json(&new, bound, backend);
     tracing::info!("configuration reloaded from {}", path.display());
-    new
+    (new, in_force)
 }
 
 /// Resolves passthrough host names for the shards.

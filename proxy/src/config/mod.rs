@@ -20,6 +20,7 @@ mod intercept;
 mod reference;
 mod reload;
 mod resolve;
+mod target;
 #[cfg(test)]
 mod tests;
 
@@ -32,6 +33,7 @@ use serde_json::json;
 
 pub use error::{ConfigError, ConfigErrorKind};
 pub use reference::REFERENCE;
+pub use target::{parse_target, HostPort, Target, TargetError};
 
 /// Formats a duration as `proxy.toml` writes it (`"500ms"`, `"10s"`, `"2m"`).
 pub fn format_duration(d: Duration) -> String {
@@ -179,7 +181,13 @@ pub struct ServiceConfig {
     /// Service name, matched against the request's authority (without port).
     pub name: String,
     /// Addresses of the service's instances; may be empty (requests get 503).
+    /// As loaded: the IP literals of `endpoints` only; the agent adds the
+    /// addresses of [`ServiceConfig::names`] once resolved, and the shards
+    /// only ever see this list.
     pub endpoints: Vec<SocketAddr>,
+    /// Entries given as `host:port`, resolved by the agent (at start and
+    /// every 30 s).
+    pub names: Vec<HostPort>,
 }
 
 /// `[timeouts]`. Every value is > 0 and ≤ 24h.
@@ -259,8 +267,8 @@ impl Default for UpstreamConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ControlConfig {
     /// Control's QUIC addresses, in order; the first reachable one is used.
-    /// Never empty.
-    pub addresses: Vec<SocketAddr>,
+    /// Host names are resolved each time the proxy connects. Never empty.
+    pub addresses: Vec<Target>,
     /// The join token, read (and trimmed) only while `state_dir` holds no
     /// certificate.
     pub token_file: Option<PathBuf>,
@@ -414,6 +422,7 @@ impl Config {
             "services": self.services.iter().map(|s| json!({
                 "name": s.name,
                 "endpoints": s.endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "names": s.names.iter().map(ToString::to_string).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
             "timeouts": {
                 "connect": d(self.timeouts.connect),
@@ -464,7 +473,7 @@ impl Config {
             let registers = c.advertise.unwrap_or(i.listen);
             // Only when every control address is on another host: with a
             // loopback one among them, control may well be local.
-            let all_remote = c.addresses.iter().all(|a| !a.ip().is_loopback());
+            let all_remote = c.addresses.iter().all(|a| !a.is_loopback());
             let remote = c.addresses.first().filter(|_| all_remote);
             if let (true, Some(remote)) = (registers.ip().is_loopback(), remote) {
                 warnings.push(format!(

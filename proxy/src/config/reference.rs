@@ -5,8 +5,10 @@
 /// every key the parser accepts appears here.
 pub const REFERENCE: &str = r#"proxy.toml reference
 
-Types: addr = "IP:port" ("127.0.0.1:9000", "[::1]:9000"; host names are not
-resolved). duration = a whole number and a unit: ms, s, m or h ("250ms", "10s",
+Types: addr = "IP:port" ("127.0.0.1:9000", "[::1]:9000"). target = an addr or
+"host:port" ("db.internal:5432"): the agent thread resolves host names (at
+start and every 30 s for [[services]], at each connect for [control]; a failed
+lookup keeps the last good addresses and logs a warning). duration = a whole number and a unit: ms, s, m or h ("250ms", "10s",
 "2m"). name = lowercase letters, digits, '-' and '.', starting and ending with a
 letter or digit, at most 63 characters. Unknown keys are errors.
 "reload" says whether a change is applied on SIGHUP or needs a restart.
@@ -86,8 +88,10 @@ wildcard IP), except port 0, which lets the OS pick a free port.
 [[services]]  (zero or more, in order; reload)
   name           name             required      Service name, matched against the
                                                 request's authority; unique.
-  endpoints      [addr]           []            Instances of the service, distinct;
-                                                with none, requests get 503.
+  endpoints      [target]         []            Instances of the service, distinct;
+                                                with none, requests get 503. A
+                                                name adds every address it
+                                                resolves to.
 
 [timeouts]  (optional; each > 0 and <= 24h; reload)
   connect        duration         1s            Upstream TCP connect.
@@ -180,8 +184,8 @@ wildcard IP), except port 0, which lets the OS pick a free port.
   certificate, subscribes to its routes and endpoints, registers [inbound],
   reports its app's health, and keeps serving the last good snapshot (kept in
   state_dir) while control is unreachable.
-  address        addr or [addr]   required      Control's QUIC address(es); the
-                                                first reachable one is used.
+  address        target or        required      Control's QUIC address(es); the
+                 [target]                       first reachable one is used.
   token_file     path             none          Join token file; read (and trimmed)
                                                 only while state_dir holds no
                                                 certificate.

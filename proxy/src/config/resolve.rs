@@ -18,6 +18,8 @@ use super::{
     OutboundConfig, ProxyConfig, ServiceConfig, TcpUpstreamConfig, Timeouts, TlsConfig,
     UpstreamConfig,
 };
+use super::target::{parse_target, Target
+};
 
 type Result<T> = std::result::Result<T, ConfigError>;
 
@@ -443,14 +445,21 @@ fn resolve_services(path: &Path, files: Vec<ServiceFile>) -> Result<Vec<ServiceC
             return Err(at.err("name", format!("\"{name}\" is defined twice")));
         }
         let mut endpoints = Vec::with_capacity(f.endpoints.len());
+        let mut names = Vec::new();
         for text in &f.endpoints {
-            let addr = at.connect_addr("endpoints", text)?;
-            if endpoints.contains(&addr) {
-                return Err(at.err("endpoints", format!("\"{text}\" is listed twice")));
+            let twice = || at.err("endpoints", format!("\"{text}\" is listed twice"));
+            match at.target("endpoints", text)? {
+                Target::Addr(a) if endpoints.contains(&a) => return Err(twice()),
+                Target::Addr(a) => endpoints.push(a),
+                Target::Name(n) if names.contains(&n) => return Err(twice()),
+                Target::Name(n) => names.push(n),
             }
-            endpoints.push(addr);
         }
-        services.push(ServiceConfig { name, endpoints });
+        services.push(ServiceConfig {
+            name,
+            endpoints,
+            names,
+        });
     }
     Ok(services)
 }
@@ -604,8 +613,9 @@ fn resolve_control(
     })
 }
 
-/// `address = "IP:port"` or `address = ["IP:port", ...]`: non-empty, distinct.
-fn resolve_control_addresses(at: &At<'_>, value: toml::Value) -> Result<Vec<SocketAddr>> {
+/// `address = "HOST:port"` or `address = ["HOST:port", ...]` (HOST: an IP
+/// or a name): non-empty, distinct.
+fn resolve_control_addresses(at: &At<'_>, value: toml::Value) -> Result<Vec<Target>> {
     const SHAPE: &str = "must be an address string (\"127.0.0.1:7443\") or a list of them";
     let texts = match value {
         toml::Value::String(s) => vec![s],
@@ -623,7 +633,7 @@ fn resolve_control_addresses(at: &At<'_>, value: toml::Value) -> Result<Vec<Sock
     }
     let mut addresses = Vec::with_capacity(texts.len());
     for text in &texts {
-        let a = at.connect_addr("address", text)?;
+        let a = at.target("address", text)?;
         if addresses.contains(&a) {
             return Err(at.err("address", format!("\"{text}\" is listed twice")));
         }
@@ -699,6 +709,11 @@ impl<'a> At<'a> {
     fn socket_addr(&self, key: &str, text: &str) -> Result<SocketAddr> {
         text.parse()
             .map_err(|_| self.err(key, format!("\"{text}\" is not a socket address")))
+    }
+
+    /// An address or `host:port` to connect to (see [`parse_target`]).
+    fn target(&self, key: &str, text: &str) -> Result<Target> {
+        parse_target(text).map_err(|e| self.err(key, format!("\"{text}\" {e}")))
     }
 
     /// An address to connect to: port 0 names no listener.

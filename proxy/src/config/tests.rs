@@ -3,6 +3,7 @@
 
 mod control;
 mod mtls;
+mod names;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -112,11 +113,13 @@ fn full_example_parses_with_its_values() {
         [
             ServiceConfig {
                 name: "api".into(),
-                endpoints: vec![addr("10.0.0.1:9000"), addr("[fd00::2]:9000")]
+                endpoints: vec![addr("10.0.0.1:9000"), addr("[fd00::2]:9000")],
+                names: vec![],
             },
             ServiceConfig {
                 name: "billing.internal".into(),
-                endpoints: vec![]
+                endpoints: vec![],
+                names: vec![],
             },
         ]
     );
@@ -266,7 +269,7 @@ fn bad_socket_address_names_key_and_value() {
         error(&format!(
             "{MINIMAL}[[services]]\nname = \"api\"\nendpoints = [\"10.0.0.1\"]\n"
         )),
-        r#"proxy.toml: [[services]] #1 endpoints: "10.0.0.1" is not a socket address"#
+        r#"proxy.toml: [[services]] #1 endpoints: "10.0.0.1" is not an address (IP:port, [IPv6]:port or host:port)"#
     );
     assert_eq!(
         error("[proxy]\nservice = \"web\"\n[inbound]\napp = \"127.0.0.1:0\"\n"),

@@ -298,7 +298,7 @@ fn config(
     token_file: Option<std::path::PathBuf>,
 ) -> ControlConfig {
     ControlConfig {
-        addresses: vec![control.addr],
+        addresses: vec![crate::config::Target::Addr(control.addr)],
         token_file,
         state_dir: dir.0.join("state"),
         node: "n1".into(),

@@ -50,8 +50,8 @@ timeout = "500ms"
         c,
         ControlConfig {
             addresses: vec![
-                "127.0.0.1:7443".parse().unwrap(),
-                "[::1]:7443".parse().unwrap()
+                Target::Addr("127.0.0.1:7443".parse().unwrap()),
+                Target::Addr("[::1]:7443".parse().unwrap())
             ],
             token_file: Some("/etc/coremesh/web.token".into()),
             state_dir: "/var/lib/coremesh-proxy".into(),
@@ -72,7 +72,10 @@ timeout = "500ms"
 #[test]
 fn control_defaults() {
     let c = control("[control]\naddress = \"127.0.0.1:7443\"\nstate_dir = \"st\"\n").unwrap();
-    assert_eq!(c.addresses, vec!["127.0.0.1:7443".parse().unwrap()]);
+    assert_eq!(
+        c.addresses,
+        vec![Target::Addr("127.0.0.1:7443".parse().unwrap())]
+    );
     assert_eq!(c.token_file, None);
     assert_eq!(c.state_dir, Path::new("st"));
     assert!(!c.node.is_empty(), "node defaults to the host name");
@@ -103,8 +106,8 @@ fn control_errors_name_key_and_value() {
         "proxy.toml: [control] state_dir: is required"
     );
     assert_eq!(
-        error(&format!("[control]\naddress = \"control:7443\"\n{OK}")),
-        r#"proxy.toml: [control] address: "control:7443" is not a socket address"#
+        error(&format!("[control]\naddress = \"control\"\n{OK}")),
+        r#"proxy.toml: [control] address: "control" is not an address (IP:port, [IPv6]:port or host:port)"#
     );
     assert_eq!(
         error(&format!("[control]\naddress = 7443\n{OK}")),
