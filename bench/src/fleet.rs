@@ -960,13 +960,15 @@ pub fn run(cfg: &FleetConfig, command: String) -> Result<FleetReport, FleetError
 
     // 1. The starting config.
     let changed = cfg.changed.min(cfg.services);
-    let v0 =
-        apply(&access.api, &access.credential, &config_yaml(cfg.services, 0)).map_err(|source| {
-            FleetError::Apply {
-                what: "starting",
-                source,
-            }
-        })?;
+    let v0 = apply(
+        &access.api,
+        &access.credential,
+        &config_yaml(cfg.services, 0),
+    )
+    .map_err(|source| FleetError::Apply {
+        what: "starting",
+        source,
+    })?;
     eprintln!("[fleet] config version {} (v1 90 / v2 10)", v0.version);
 
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -132,16 +132,15 @@ pub fn http(
     let m = || method.to_string();
     let p = || path.to_string();
     let addr = api.addr;
-    let tcp = TcpStream::connect(addr).map_err(|source| OperatorError::Connect {
-        api: addr,
-        source,
-    })?;
-    let tls = rustls::ClientConnection::new(api.tls.clone(), ServerName::IpAddress(addr.ip().into()))
-        .map_err(|e| OperatorError::Send {
-            method: m(),
-            path: p(),
-            source: std::io::Error::other(e),
-        })?;
+    let tcp =
+        TcpStream::connect(addr).map_err(|source| OperatorError::Connect { api: addr, source })?;
+    let tls =
+        rustls::ClientConnection::new(api.tls.clone(), ServerName::IpAddress(addr.ip().into()))
+            .map_err(|e| OperatorError::Send {
+                method: m(),
+                path: p(),
+                source: std::io::Error::other(e),
+            })?;
     let mut s = rustls::StreamOwned::new(tls, tcp);
     let api = addr;
     let head = format!(

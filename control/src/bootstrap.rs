@@ -37,7 +37,9 @@ pub struct Plan {
 /// Why bootstrap refused; each says which flag or file.
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
-    #[error("{flag} {value:?}: expected HOST:PORT (a host name, an IPv4 address or [IPv6], and a port)")]
+    #[error(
+        "{flag} {value:?}: expected HOST:PORT (a host name, an IPv4 address or [IPv6], and a port)"
+    )]
     BadAddress { flag: &'static str, value: String },
     #[error("{0} already exists; remove it or choose another --out (bootstrap never overwrites)")]
     Exists(PathBuf),

@@ -312,7 +312,13 @@ async fn run(args: Args) -> Result<(), Error> {
     let quic_addr = endpoint
         .local_addr()
         .map_err(|e| Error::internal(format!("QUIC socket: {e}")))?;
-    let api_tls = api_tls::acceptor(&args.api_tls, hub.ca(), args.api, &dir.path, SystemTime::now())?;
+    let api_tls = api_tls::acceptor(
+        &args.api_tls,
+        hub.ca(),
+        args.api,
+        &dir.path,
+        SystemTime::now(),
+    )?;
     let listener = tokio::net::TcpListener::bind(args.api)
         .await
         .map_err(|e| Error::internal(format!("cannot listen on {} (API): {e}", args.api)))?;

@@ -1279,7 +1279,8 @@ fn meshctl_exit_codes_tell_rejected_input_from_an_unreachable_control() {
     // A wrong credential is refused (1), and says what to check.
     let other = coremesh_e2e::TempDir::new("cred");
     other.write("operator.credential", "00ff");
-    let api_ca = std::fs::read_to_string(control.data_dir().join("api-ca.pem")).expect("api-ca.pem");
+    let api_ca =
+        std::fs::read_to_string(control.data_dir().join("api-ca.pem")).expect("api-ca.pem");
     other.write("api-ca.pem", &api_ca);
     let out = Command::new(coremesh_e2e::control::meshctl_bin())
         .args(["--api", &control.api_url(), "--data-dir"])

@@ -65,7 +65,13 @@ fn a_remote_operator_pins_control_with_the_credential_and_api_ca_copied_together
     let other_ca = other.data_dir().join("api-ca.pem");
     let other_ca = other_ca.to_str().expect("UTF-8");
     let (code, _, err) = meshctl(&[
-        "--api", &url, "--credential", cred, "--ca", other_ca, "status",
+        "--api",
+        &url,
+        "--credential",
+        cred,
+        "--ca",
+        other_ca,
+        "status",
     ]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("untrusted certificate"), "{err}");
@@ -111,7 +117,13 @@ fn plaintext_api_is_for_loopback_only() {
     let out = Command::new(coremesh_e2e::control::control_bin())
         .arg("--data-dir")
         .arg(data.path().join("data"))
-        .args(["--listen", "127.0.0.1:0", "--api", "0.0.0.0:0", "--api-plaintext"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--api",
+            "0.0.0.0:0",
+            "--api-plaintext",
+        ])
         .output()
         .expect("run coremesh-control");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -130,7 +142,8 @@ fn a_bootstrapped_host_joins_and_registers() {
     let host = TempDir::new("bootstrap-host");
     let out_dir = host.path().join("etc");
     let state = host.path().join("state");
-    let quic = format!("127.0.0.1:{}", control.quic().port());
+    // Control by name: the proxy resolves it when it connects.
+    let quic = format!("localhost:{}", control.quic().port());
     let run = control
         .meshctl(&[
             "bootstrap",
@@ -198,4 +211,33 @@ fn a_bootstrapped_host_joins_and_registers() {
             .is_some(),
         "the proxy joined with the bootstrap token"
     );
+}
+
+#[test]
+fn a_static_endpoint_given_by_host_name_is_resolved_and_served() {
+    let app = Origin::start("api-by-name");
+    let by_name = format!("localhost:{}", app.addr().port());
+    let proxy = ProxyBuilder::new("web")
+        .outbound()
+        .service_raw("api", std::slice::from_ref(&by_name))
+        .start();
+    // /config shows the name and the addresses it resolved to (before the
+    // proxy accepted: they are there at once).
+    let config = proxy.admin_get("/config");
+    let j: serde_json::Value = serde_json::from_str(&config.body_str()).expect("/config JSON");
+    let api = &j["services"][0];
+    assert_eq!(api["names"][0], by_name.as_str(), "{j}");
+    let eps: Vec<&str> = api["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .filter_map(|e| e.as_str())
+        .collect();
+    assert!(
+        eps.contains(&app.addr().to_string().as_str()),
+        "localhost resolved to {eps:?}"
+    );
+    let r = proxy.outbound_client().get("api", "/by-name");
+    assert_eq!(r.status, 200, "{:?}", r.body_str());
+    assert_eq!(r.header("x-origin"), Some("api-by-name"));
 }

@@ -43,9 +43,7 @@ fn start(
         .enable_all()
         .build()
         .unwrap();
-    let listener = rt
-        .block_on(TcpListener::bind("127.0.0.1:0"))
-        .expect("bind");
+    let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).expect("bind");
     let addr = listener.local_addr().unwrap();
     let tls = acceptor(args, ca, addr, dir, SystemTime::now())?;
     let app = axum::Router::new().route("/v1/ping", get(|| async { "{\"ok\":true}" }));
@@ -88,12 +86,16 @@ fn plaintext_only_on_loopback() {
         panic!("plain HTTP on 10.0.0.5 was accepted");
     };
     assert!(err.to_string().contains("loopback"), "{err}");
-    assert!(acceptor(&args, &ca, "127.0.0.1:7080".parse().unwrap(), &dir.0, now)
-        .unwrap()
-        .is_none());
-    assert!(acceptor(&args, &ca, "[::1]:7080".parse().unwrap(), &dir.0, now)
-        .unwrap()
-        .is_none());
+    assert!(
+        acceptor(&args, &ca, "127.0.0.1:7080".parse().unwrap(), &dir.0, now)
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        acceptor(&args, &ca, "[::1]:7080".parse().unwrap(), &dir.0, now)
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[test]
@@ -187,13 +189,21 @@ fn operator_certificate_files_are_checked() {
     // The certificate names localhost only: 127.0.0.1 is the wrong name.
     let by_ip = Client::new(&format!("https://{addr}"), "x", Some(&dir.0.join("ca.pem"))).unwrap();
     let err = by_ip.get("/v1/ping").unwrap_err();
-    let ClientError::WrongName { ref name, ref presented, .. } = err else {
+    let ClientError::WrongName {
+        ref name,
+        ref presented,
+        ..
+    } = err
+    else {
         panic!("expected a wrong-name error, got {err}");
     };
     assert_eq!(name, "127.0.0.1");
     assert_eq!(presented, "localhost");
     let text = err.to_string();
-    assert!(text.contains("wrong name") && text.contains("--api-san 127.0.0.1"), "{text}");
+    assert!(
+        text.contains("wrong name") && text.contains("--api-san 127.0.0.1"),
+        "{text}"
+    );
 
     // A key that is not the certificate's.
     let (_, other_key) = ca
@@ -212,7 +222,11 @@ fn pem(label: &str, der: &[u8]) -> String {
     const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut text = String::new();
     for chunk in der.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -227,7 +241,10 @@ fn pem(label: &str, der: &[u8]) -> String {
         .chunks(64)
         .map(|c| std::str::from_utf8(c).unwrap())
         .collect();
-    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", body.join("\n"))
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        body.join("\n")
+    )
 }
 
 #[test]

@@ -442,7 +442,8 @@ fn bootstrap(api: &Api, api_url: &str, a: &BootstrapArgs) -> Result<(), Fail> {
         .and_then(|()| bootstrap::write_new(&config, &bootstrap::render(&plan)));
     if let Err(e) = written {
         // The token is useless without its files: revoke it.
-        let _: Result<serde_json::Value, _> = api.call("DELETE", &format!("/v1/tokens/{}", t.id), None);
+        let _: Result<serde_json::Value, _> =
+            api.call("DELETE", &format!("/v1/tokens/{}", t.id), None);
         return Err(Fail(1, format!("{e} (token {} revoked)", t.id)));
     }
     println!("wrote {}", config.display());

@@ -29,7 +29,10 @@ fn renders_every_section_asked_for() {
         outbound: None,
         ..plan()
     });
-    assert!(!bare.contains("[inbound]") && !bare.contains("[outbound]"), "{bare}");
+    assert!(
+        !bare.contains("[inbound]") && !bare.contains("[outbound]"),
+        "{bare}"
+    );
 }
 
 #[test]
@@ -40,10 +43,22 @@ fn strings_are_quoted_for_toml() {
 
 #[test]
 fn addresses() {
-    for ok in ["control.example:7443", "10.0.0.5:7443", "[fd00::1]:7443", "localhost:1"] {
+    for ok in [
+        "control.example:7443",
+        "10.0.0.5:7443",
+        "[fd00::1]:7443",
+        "localhost:1",
+    ] {
         check_address("--control-address", ok).unwrap();
     }
-    for bad in ["control.example", ":7443", "host:99999", "fd00::1:7443x", "a b:1", "[zz]:1"] {
+    for bad in [
+        "control.example",
+        ":7443",
+        "host:99999",
+        "fd00::1:7443x",
+        "a b:1",
+        "[zz]:1",
+    ] {
         let err = check_address("--control-address", bad).unwrap_err();
         assert!(err.to_string().starts_with("--control-address"), "{err}");
     }
@@ -73,7 +88,10 @@ fn files_are_new_and_private() {
     let mode = std::fs::metadata(&token).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     assert!(matches!(targets(&out), Err(BootstrapError::Exists(p)) if p == token));
-    assert!(matches!(write_new(&token, "x"), Err(BootstrapError::Exists(_))));
+    assert!(matches!(
+        write_new(&token, "x"),
+        Err(BootstrapError::Exists(_))
+    ));
     write_new(&config, "x").unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }

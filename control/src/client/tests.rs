@@ -26,7 +26,10 @@ fn parses_plain_and_chunked() {
 #[test]
 fn urls() {
     let authority = |url: &str| Client::new(url, "x", None).map(|c| c.authority);
-    assert_eq!(authority("http://127.0.0.1:7080/").unwrap(), "127.0.0.1:7080");
+    assert_eq!(
+        authority("http://127.0.0.1:7080/").unwrap(),
+        "127.0.0.1:7080"
+    );
     assert_eq!(authority("http://localhost").unwrap(), "localhost:80");
     assert_eq!(authority("http://[::1]:7080").unwrap(), "[::1]:7080");
     assert_eq!(authority("http://[::1]").unwrap(), "[::1]:80");

@@ -13,12 +13,11 @@ use super::file::{
     ControlFile, FileConfig, HealthFile, InboundFile, LimitsFile, OutboundFile, ProxyFile,
     ServiceFile, TimeoutsFile, TlsFile, UpstreamFile,
 };
+use super::target::{parse_target, Target};
 use super::{
     duration, Config, ConfigError, ControlConfig, HealthConfig, HealthKind, InboundConfig, Limits,
     OutboundConfig, ProxyConfig, ServiceConfig, TcpUpstreamConfig, Timeouts, TlsConfig,
     UpstreamConfig,
-};
-use super::target::{parse_target, Target
 };
 
 type Result<T> = std::result::Result<T, ConfigError>;

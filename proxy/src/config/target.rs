@@ -90,15 +90,15 @@ pub fn parse_target(text: &str) -> Result<Target, TargetError> {
             && l.len() <= 63
             && !l.starts_with('-')
             && !l.ends_with('-')
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     };
     // A numeric last label is a mistyped IP address, never a real name.
     let numeric_tld = host
         .rsplit('.')
         .next()
         .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
-    if host.is_empty() || host.len() > 253 || numeric_tld || !host.split('.').all(valid_label)
-    {
+    if host.is_empty() || host.len() > 253 || numeric_tld || !host.split('.').all(valid_label) {
         return Err(TargetError::BadHost);
     }
     Ok(Target::Name(HostPort {

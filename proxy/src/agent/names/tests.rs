@@ -19,7 +19,9 @@ fn localhost_resolves_to_loopback() {
     let addrs = rt().block_on(lookup(&localhost(9000))).unwrap();
     assert!(!addrs.is_empty());
     assert!(
-        addrs.iter().all(|a| a.ip().is_loopback() && a.port() == 9000),
+        addrs
+            .iter()
+            .all(|a| a.ip().is_loopback() && a.port() == 9000),
         "{addrs:?}"
     );
 }
@@ -69,7 +71,10 @@ endpoints = ["10.0.0.5:80", "localhost:9000"]
     let resolved = rt().block_on(names.resolved(&cfg));
     let eps = &resolved.services[0].endpoints;
     assert_eq!(eps[0], "10.0.0.5:80".parse().unwrap());
-    assert!(eps.len() >= 2 && eps[1..].iter().all(|a| a.ip().is_loopback()), "{eps:?}");
+    assert!(
+        eps.len() >= 2 && eps[1..].iter().all(|a| a.ip().is_loopback()),
+        "{eps:?}"
+    );
     // A reload installs the cached addresses at once.
     assert_eq!(names.with_cached(&cfg).services[0].endpoints, *eps);
 }
