@@ -117,22 +117,26 @@ fn apply_get_reject_rollback_tokens_and_survive_kill_9() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshctl"))
         .args([
             "--api",
-            &format!("http://{}", control.api),
+            &format!("https://{}", control.api),
             "--credential",
             "00ff",
-            "history",
+            "--ca",
         ])
+        .arg(control.data_dir().join("api-ca.pem"))
+        .arg("history")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshctl"))
         .args([
             "--api",
-            "http://127.0.0.1:1",
+            "https://127.0.0.1:1",
             "--credential",
             "00ff",
-            "history",
+            "--ca",
         ])
+        .arg(control.data_dir().join("api-ca.pem"))
+        .arg("history")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));

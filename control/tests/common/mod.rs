@@ -94,7 +94,7 @@ impl Control {
         use std::io::Write;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshctl"));
         cmd.arg("--api")
-            .arg(format!("http://{}", self.api))
+            .arg(format!("https://{}", self.api))
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(args)
