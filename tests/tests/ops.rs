@@ -241,3 +241,34 @@ fn a_static_endpoint_given_by_host_name_is_resolved_and_served() {
     assert_eq!(r.status, 200, "{:?}", r.body_str());
     assert_eq!(r.header("x-origin"), Some("api-by-name"));
 }
+
+#[test]
+fn a_reload_adds_a_host_name_endpoint_that_resolves_at_once() {
+    let app = Origin::start("api-reload");
+    let proxy = ProxyBuilder::new("web")
+        .outbound()
+        .service_raw("api", &[])
+        .start();
+    assert_eq!(proxy.outbound_client().get("api", "/").status, 503);
+    let by_name = format!("localhost:{}", app.addr().port());
+    let next = ProxyBuilder::new("web")
+        .outbound()
+        .service_raw("api", std::slice::from_ref(&by_name));
+    proxy.write_config(&next.render());
+    proxy.signal(libc::SIGHUP);
+    // The reload installs the name without addresses (never resolved
+    // yet); the resolution right after it adds them.
+    let served = coremesh_e2e::util::wait_for(SOON, || {
+        let r = proxy.outbound_client().get("api", "/after-reload");
+        (r.status == 200).then_some(r)
+    })
+    .unwrap_or_else(|| panic!("api by name never served:\n{}", proxy.log_text()));
+    assert_eq!(served.header("x-origin"), Some("api-reload"));
+    assert!(
+        proxy
+            .wait_for_log(0, SOON, |l| l.contains("[[services]] endpoints changed"))
+            .is_some(),
+        "{}",
+        proxy.log_text()
+    );
+}
