@@ -86,7 +86,7 @@ struct FleetArgs {
     /// Control's QUIC address.
     #[arg(long)]
     control: std::net::SocketAddr,
-    /// Control's HTTP API address.
+    /// Control's API address (HTTPS, verified with DATA_DIR/api-ca.pem).
     #[arg(long, default_value = "127.0.0.1:7080")]
     api: std::net::SocketAddr,
     /// Control's data directory (operator.credential, ca.pem).
