@@ -3,7 +3,8 @@
 //! It runs a tokio current-thread runtime (quinn needs a `Send` runtime,
 //! which the shard executors are not) and owns: the admin endpoint, signal
 //! handling (SIGHUP reload, SIGTERM/SIGINT drain), the connection acceptor
-//! when there is more than one shard, name resolution for passthrough hosts,
+//! when there is more than one shard, name resolution for passthrough hosts
+//! and for the host names of the config ([`names`]),
 //! and with `[control]` the control-plane client. It reaches shards only
 //! through their inboxes.
 //!
@@ -38,7 +39,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use self::admin::AdminState;
 use self::apply::Applier;
@@ -199,16 +200,8 @@ async fn agent(setup: AgentSetup) -> i32 {
     let names = names::Names::default();
     let loaded = config;
     let config = resolve_names(&names, &loaded, &shards).await;
-    let (mut hup, mut term, mut int) = match (
-        signal(SignalKind::hangup()),
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(h), Ok(t), Ok(i)) => (h, t, i),
-        _ => {
-            tracing::error!("cannot install signal handlers");
-            return 1;
-        }
+    let Some((mut hup, mut term, mut int)) = signals() else {
+        return 1;
     };
     let state = Rc::new(AdminState {
         shards: shards.clone(),
@@ -284,8 +277,15 @@ async fn agent(setup: AgentSetup) -> i32 {
 
     let mut current = config;
     let mut loaded = loaded;
-    let mut refresh =
-        tokio::time::interval_at(tokio::time::Instant::now() + names::REFRESH, names::REFRESH);
+    let mut refresh = names::refresh_timer();
+    let at = Installed {
+        shards: &shards,
+        state: &state,
+        bound: &bound,
+        backend,
+        applier: control.as_ref().map(|(a, _)| &**a),
+        traffic: &traffic,
+    };
     let mut handed_to = None;
     loop {
         tokio::select! {
@@ -294,22 +294,13 @@ async fn agent(setup: AgentSetup) -> i32 {
                 break;
             }
             _ = hup.recv() => {
-                let applier = control.as_ref().map(|(a, _)| &**a);
-                let at = Installed { shards: &shards, state: &state, bound: &bound, backend };
-                (loaded, current) = reload(&config_path, (loaded, current), &at, applier, &names);
-                use_config(applier, &traffic, &current);
+                (loaded, current) = reload(&config_path, (loaded, current), &at, &names);
+                at.use_config(&current);
                 // New names resolve now, not at the next tick.
                 refresh.reset_immediately();
             }
             _ = refresh.tick(), if names::has_names(&loaded) => {
-                let fresh = Arc::new(names.resolved(&loaded).await);
-                if fresh.services != current.services {
-                    let at = Installed { shards: &shards, state: &state, bound: &bound, backend };
-                    at.install(&fresh);
-                    use_config(control.as_ref().map(|(a, _)| &**a), &traffic, &fresh);
-                    tracing::info!("[[services]] endpoints changed with their names' addresses");
-                    current = fresh;
-                }
+                current = at.refresh(&names, &loaded, current).await;
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -541,31 +532,68 @@ async fn resolve_names(
     resolved
 }
 
-/// The balancer and limits (or the applier, with control) learn `cfg`.
-fn use_config(applier: Option<&Applier>, traffic: &traffic::Traffic, cfg: &Arc<Config>) {
-    match applier {
-        Some(applier) => {
-            applier.set_config(cfg.clone());
-            applier.publish();
+/// SIGHUP, SIGTERM and SIGINT; `None` (logged) if they cannot be had.
+fn signals() -> Option<(Signal, Signal, Signal)> {
+    match (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(h), Ok(t), Ok(i)) => Some((h, t, i)),
+        _ => {
+            tracing::error!("cannot install signal handlers");
+            None
         }
-        None => traffic.configure(&cfg.service_list(None)),
     }
 }
 
-/// Where a new configuration goes: the shards and `/config`.
+/// Where a new configuration goes: the shards and `/config`, and the
+/// balancer and limits (or the applier, with control).
 struct Installed<'a> {
     shards: &'a [ShardHandle],
     state: &'a AdminState,
     bound: &'a Bound,
     backend: &'a str,
+    applier: Option<&'a Applier>,
+    traffic: &'a traffic::Traffic,
 }
 
 impl Installed<'_> {
+    /// The shards and `/config` get `new`.
     fn install(&self, new: &Arc<Config>) {
         for h in self.shards {
             let _ = h.tx.try_send(ShardMsg::Config(new.clone()));
         }
         *self.state.config_json.borrow_mut() = config_json(new, self.bound, self.backend);
+    }
+
+    /// The balancer and limits (or the applier, with control) learn `cfg`.
+    fn use_config(&self, cfg: &Arc<Config>) {
+        match self.applier {
+            Some(applier) => {
+                applier.set_config(cfg.clone());
+                applier.publish();
+            }
+            None => self.traffic.configure(&cfg.service_list(None)),
+        }
+    }
+
+    /// Resolves `loaded`'s `[[services]]` names again; installs and
+    /// returns the result if the endpoints changed, else `current`.
+    async fn refresh(
+        &self,
+        names: &names::Names,
+        loaded: &Config,
+        current: Arc<Config>,
+    ) -> Arc<Config> {
+        let fresh = Arc::new(names.resolved(loaded).await);
+        if fresh.services == current.services {
+            return current;
+        }
+        self.install(&fresh);
+        self.use_config(&fresh);
+        tracing::info!("[[services]] endpoints changed with their names' addresses");
+        fresh
     }
 }
 
@@ -578,7 +606,6 @@ fn reload(
     path: &std::path::Path,
     (loaded, current): (Arc<Config>, Arc<Config>),
     at: &Installed<'_>,
-    applier: Option<&Applier>,
     names: &names::Names,
 ) -> (Arc<Config>, Arc<Config>) {
     let checked = Config::load(path)
@@ -591,14 +618,14 @@ fn reload(
         })
         .and_then(|new| {
             let statics = new.static_services();
-            applier
+            at.applier
                 .map_or(Ok(()), |a| a.check_reload(&statics))
                 .map_err(|e| e.to_string())
                 .map(|()| (new, statics))
         });
     let new = match checked {
         Ok((c, statics)) => {
-            if let Some(a) = applier {
+            if let Some(a) = at.applier {
                 a.set_static_services(statics);
             }
             Arc::new(c)

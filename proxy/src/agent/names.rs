@@ -112,6 +112,12 @@ impl Names {
     }
 }
 
+/// Ticks every [`REFRESH`], the first one a period from now (the names
+/// were just resolved at start).
+pub fn refresh_timer() -> tokio::time::Interval {
+    tokio::time::interval_at(tokio::time::Instant::now() + REFRESH, REFRESH)
+}
+
 /// Whether `cfg` has any `[[services]]` names to resolve.
 pub fn has_names(cfg: &Config) -> bool {
     cfg.services.iter().any(|s| !s.names.is_empty())
