@@ -34,6 +34,7 @@ pub mod hub;
 pub mod quic;
 pub mod registry;
 pub mod store;
+pub mod systemd;
 pub mod tokens;
 pub mod view;
 

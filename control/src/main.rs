@@ -7,6 +7,9 @@
 //!
 //! `coremesh-control backup` and `coremesh-control restore` take and
 //! restore backups of a data directory (see `coremesh_control::backup`).
+//!
+//! Under systemd it sends `READY=1` after that line, `STOPPING=1` on
+//! SIGTERM/SIGINT and watchdog pings (`coremesh_control::systemd`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,7 +21,7 @@ use clap::Parser;
 use coremesh_control::hub::{Hub, Options};
 use coremesh_control::store::startup::open_store;
 use coremesh_control::store::{Store, StoreDump};
-use coremesh_control::{api, api_tls, backup, ca, datadir, quic, Error};
+use coremesh_control::{api, api_tls, backup, ca, datadir, quic, systemd, Error};
 
 fn duration(s: &str) -> Result<Duration, coremesh_api::resource::DurationError> {
     coremesh_api::resource::parse_duration(s)
@@ -335,6 +338,10 @@ async fn run(args: Args) -> Result<(), Error> {
         "control started"
     );
     println!("listening quic={quic_addr} api={api_addr}");
+    systemd::ready();
+    if let Some(every) = systemd::watchdog_interval() {
+        tokio::spawn(systemd::watchdog(every));
+    }
     tokio::spawn(hub.clone().run());
     tokio::spawn(quic::serve(endpoint.clone(), hub.clone()));
     let app = api::router(hub.clone(), &dir.credential);
@@ -357,4 +364,5 @@ async fn shutdown() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
     }
+    systemd::stopping();
 }

@@ -15,6 +15,7 @@
 //! | [`apply`] | a snapshot → routing table → prepare/commit on every shard → persisted, shown on `/config` |
 //! | [`health`] | checks of the local app |
 //! | [`state`] | `state_dir`: key, certificate, CA, last good snapshot |
+//! | [`systemd`] | sd_notify: READY/RELOADING/STOPPING, the watchdog (asks every shard) |
 //!
 //! Start-up with `[control]`: the persisted snapshot is applied right after
 //! the shards start, before control is contacted, so a proxy restarted while
@@ -22,6 +23,9 @@
 //! deregister and wait for control's confirmation (at most
 //! [`DEREGISTER_TIMEOUT`], skipped without a session), stop accepting, drain,
 //! close the control session, exit 0.
+//!
+//! Under systemd (`NOTIFY_SOCKET`), `READY=1` goes out once every shard
+//! answers after the persisted snapshot was applied; see [`systemd`].
 
 pub mod admin;
 pub mod app_health;
@@ -30,6 +34,7 @@ pub mod control;
 pub mod identity;
 pub mod names;
 pub mod state;
+pub mod systemd;
 pub mod tls;
 pub mod traffic;
 
@@ -287,35 +292,54 @@ async fn agent(setup: AgentSetup) -> i32 {
         traffic: &traffic,
     };
     let mut handed_to = None;
-    loop {
+    // A stop asked for while the shards are still starting skips the loop.
+    let mut stop = systemd::enabled() && systemd::start(&shards, &mut term, &mut int).await;
+    while !stop {
         tokio::select! {
             pid = &mut successor => {
                 handed_to = Some(pid);
                 break;
             }
             _ = hup.recv() => {
+                systemd::reloading();
                 (loaded, current) = reload(&config_path, (loaded, current), &at, &names);
                 at.use_config(&current);
                 // New names resolve now, not at the next tick.
                 refresh.reset_immediately();
+                systemd::reloaded(&shards).await;
             }
             _ = refresh.tick(), if names::has_names(&loaded) => {
                 current = at.refresh(&names, &loaded, current).await;
             }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = term.recv() => stop = true,
+            _ = int.recv() => stop = true,
         }
     }
 
     state.draining.set(true);
     let link = control.as_ref().map(|(_, link)| &**link);
-    let leave = match handed_to {
+    let leave = hand_over_or_stop(handed_to, link, &admin_task, upgrades).await;
+    drain(link, acceptors, &shards, current.proxy.drain_timeout, leave).await;
+    0
+}
+
+/// After the agent's loop, before the drain: returns whether to leave the
+/// mesh (deregister), which a proxy that handed its listeners to a
+/// successor (`handed_to`) must not do.
+async fn hand_over_or_stop(
+    handed_to: Option<u32>,
+    link: Option<&ControlLink>,
+    admin_task: &tokio::task::JoinHandle<()>,
+    upgrades: Option<tokio::task::JoinHandle<()>>,
+) -> bool {
+    match handed_to {
         Some(pid) => {
             // The successor serves the same sockets and address, and is the
             // mesh member now: no deregistration, no control session (it
             // would register, renew and persist beside the successor's), and
             // its admin endpoint answers from now on.
             tracing::info!("pid {pid} took over the listeners; draining");
+            systemd::handed_over(pid);
             admin_task.abort();
             if let Some(link) = link {
                 link.close(Duration::from_millis(500)).await;
@@ -328,11 +352,10 @@ async fn agent(setup: AgentSetup) -> i32 {
             if let Some(task) = upgrades {
                 task.abort();
             }
+            systemd::stopping();
             true
         }
-    };
-    drain(link, acceptors, &shards, current.proxy.drain_timeout, leave).await;
-    0
+    }
 }
 
 /// The agent's traffic timers: endpoint state every 200 ms, the limit
