@@ -3,8 +3,10 @@
 # curl, promtool (Debian package `prometheus`), python3, a C compiler,
 # redis-server and redis-cli (a real TCP client and server for the TCP
 # service test), testssl.sh (the TLS audit test), iproute2 (network
-# namespaces as test hosts), and the rustfmt/clippy
-# components. Idempotent; safe to run on every CI run.
+# namespaces as test hosts), nftables (interception in the test hosts),
+# systemd-analyze (unit checks), dpkg-dev
+# (cargo-deb's Depends line), and the rustfmt/clippy components.
+# Idempotent; safe to run on every CI run.
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
@@ -29,6 +31,10 @@ command -v testssl >/dev/null 2>&1 || need_apt+=(testssl.sh)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 # `nft` installs the interception rules inside the test hosts only.
 command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
+# `systemd-analyze verify` on the shipped units (tests/tests/systemd.rs,
+# scripts/test-package.sh); dpkg-shlibdeps for cargo-deb (scripts/package.sh).
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+command -v dpkg-shlibdeps >/dev/null 2>&1 || need_apt+=(dpkg-dev)
 
 if [ "${#need_apt[@]}" -gt 0 ]; then
     echo "install-deps: installing Debian packages: ${need_apt[*]}"
@@ -65,4 +71,4 @@ if [ "${#need_rust[@]}" -gt 0 ]; then
     rustup component add "${need_rust[@]}" </dev/null
 fi
 
-echo "install-deps: ok (curl, promtool, python3, cc, redis, testssl, rustfmt, clippy present)"
+echo "install-deps: ok (curl, promtool, python3, cc, redis, testssl, ip, nft, systemd-analyze, dpkg-dev, rustfmt, clippy present)"

@@ -2,8 +2,9 @@
 # Runs every check CI runs: fmt, clippy (monoio and glommio), unit tests, the
 # end-to-end suite on monoio/io_uring and again on monoio's epoll driver, the
 # smoke subset against the glommio backend, and coremesh-bench's end-to-end
-# tests (a short compare against nginx) on a release build. Installs what it
-# needs first.
+# tests (a short compare against nginx) on a release build, and the Debian
+# packages built and installed into a scratch root. Installs what it needs
+# first.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -97,5 +98,8 @@ if grep -q '^SKIPPED' "$BENCH_LOG"; then
     grep '^SKIPPED' "$BENCH_LOG" >&2
     exit 1
 fi
+
+section "Debian packages: cargo-deb, installed into a scratch root (scripts/test-package.sh)"
+bash "$ROOT/scripts/test-package.sh"
 
 section "all checks passed"

@@ -121,6 +121,8 @@ pub struct ControlBuilder {
     args: Vec<String>,
     /// The test host's namespace and the address QUIC listens on there.
     host: Option<(String, std::net::IpAddr)>,
+    /// Environment variables for the control process (every start).
+    env: Vec<(String, String)>,
 }
 
 impl ControlBuilder {
@@ -148,6 +150,11 @@ impl ControlBuilder {
         self.args.push(value.to_string());
         self
     }
+    /// An environment variable for the control process.
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.to_string(), v.to_string()));
+        self
+    }
 
     /// A flag without a value (`--api-plaintext`).
     pub fn flag(mut self, flag: &str) -> Self {
@@ -167,6 +174,7 @@ impl ControlBuilder {
             api: "0.0.0.0:0".parse().expect("addr"),
             log: Arc::new(Mutex::new(Vec::new())),
             args: self.args,
+            env: self.env,
             netns: self.host.as_ref().map(|(ns, _)| ns.clone()),
         };
         let listen = match self.host {
@@ -191,6 +199,8 @@ pub struct Control {
     /// Output of every run, stdout and stderr interleaved.
     log: Arc<Mutex<Vec<String>>>,
     args: Vec<String>,
+    /// Environment variables for every run of the control process.
+    env: Vec<(String, String)>,
     /// The test host control runs on, if any.
     netns: Option<String>,
 }
@@ -238,6 +248,7 @@ impl Control {
         if let Ok(filter) = std::env::var("COREMESH_E2E_RUST_LOG") {
             cmd.env("RUST_LOG", filter);
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
