@@ -23,8 +23,8 @@ impl NotifySocket {
     fn bind() -> NotifySocket {
         let dir = TempDir::new("notify");
         let path = dir.path().join("notify.sock");
-        let sock = UnixDatagram::bind(&path)
-            .unwrap_or_else(|e| panic!("bind {}: {e}", path.display()));
+        let sock =
+            UnixDatagram::bind(&path).unwrap_or_else(|e| panic!("bind {}: {e}", path.display()));
         sock.set_read_timeout(Some(Duration::from_millis(100)))
             .expect("read timeout");
         NotifySocket {
@@ -76,10 +76,7 @@ impl NotifySocket {
             .unwrap_or_else(|| panic!("no message {want:?} ({what}) within 10 s"));
         let lines: Vec<&str> = m.lines().collect();
         for w in want {
-            assert!(
-                lines.contains(w),
-                "{what}: expected {want:?}, got {m:?}"
-            );
+            assert!(lines.contains(w), "{what}: expected {want:?}, got {m:?}");
         }
         m
     }
@@ -139,7 +136,11 @@ fn proxy_tells_systemd_ready_reloading_ready_stopping() {
         .wait_exit(Duration::from_secs(10))
         .expect("the proxy exits after draining");
     assert_eq!(status.code(), Some(0));
-    assert_eq!(notify.next(Duration::from_millis(200)), None, "nothing after STOPPING=1");
+    assert_eq!(
+        notify.next(Duration::from_millis(200)),
+        None,
+        "nothing after STOPPING=1"
+    );
 }
 
 #[test]
@@ -163,7 +164,9 @@ fn proxy_pings_the_watchdog_while_its_shards_answer() {
     proxy.signal(libc::SIGTERM);
     notify.expect(&["STOPPING=1"], "on SIGTERM");
     assert_eq!(
-        proxy.wait_exit(Duration::from_secs(10)).and_then(|s| s.code()),
+        proxy
+            .wait_exit(Duration::from_secs(10))
+            .and_then(|s| s.code()),
         Some(0)
     );
 }
@@ -239,7 +242,11 @@ fn unit_files_pass_systemd_analyze_verify() {
     let mut units = Vec::new();
     for entry in std::fs::read_dir(units_dir()).expect("read packaging/systemd") {
         let path = entry.expect("dir entry").path();
-        let name = path.file_name().expect("name").to_string_lossy().into_owned();
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
         if !name.ends_with(".service") {
             continue;
         }
@@ -260,10 +267,7 @@ fn unit_files_pass_systemd_analyze_verify() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     // Lines about other units on this machine (its own /etc and /lib
     // units, read along with ours) are not ours to judge.
-    let ours: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.contains("coremesh"))
-        .collect();
+    let ours: Vec<&str> = stderr.lines().filter(|l| l.contains("coremesh")).collect();
     assert!(
         out.status.success() && ours.is_empty(),
         "systemd-analyze verify: {}\n{stderr}",
