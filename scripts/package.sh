@@ -32,7 +32,8 @@ fi
 # One release build for both packages (the workspace's release profile).
 cargo build --release -p coremesh-proxy -p coremesh-control --bins
 mkdir -p "$OUT"
+# --strip: the release profile keeps line tables for profiling (debug = 1),
+# which would make the installed binaries several times larger.
 for pkg in coremesh-proxy coremesh-control; do
-    cargo deb --no-build -p "$pkg" --output "$OUT/" </dev/null
+    cargo deb --no-build --strip -p "$pkg" --output "$OUT/" </dev/null
 done
-ls -1 "$OUT"/*.deb
