@@ -144,6 +144,64 @@ fn proxy_tells_systemd_ready_reloading_ready_stopping() {
 }
 
 #[test]
+fn an_upgrade_hands_the_main_pid_to_the_successor_instead_of_stopping() {
+    let api = Origin::start("api");
+    let notify = NotifySocket::bind();
+    let dir = TempDir::new("upgrade-notify");
+    let socket = dir.path().join("web.sock");
+    let mut old = ProxyBuilder::new("web")
+        .outbound()
+        .service("api", &[api.addr()])
+        .proxy_key(
+            "upgrade_socket",
+            &format!("{:?}", socket.display().to_string()),
+        )
+        .proxy_key("drain_timeout", "\"2s\"")
+        .env("NOTIFY_SOCKET", notify.path())
+        .start();
+    notify.expect(&["READY=1"], "after start");
+
+    // The successor inherits NOTIFY_SOCKET, as a process started in the
+    // unit would; its own READY=1 and the old one's MAINPID= may come in
+    // either order.
+    let mut new = old.upgrade(&socket);
+    let want_pid = format!("MAINPID={}", new.pid());
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let m = notify
+            .next_state(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("after the upgrade, only {got:?} within 10 s"));
+        got.push(m);
+    }
+    assert!(
+        got.iter().any(|m| m.lines().any(|l| l == want_pid)),
+        "the old proxy names its successor ({want_pid}): {got:?}"
+    );
+    assert!(
+        got.iter().any(|m| m.lines().any(|l| l == "READY=1")),
+        "the successor is ready: {got:?}"
+    );
+    let status = old
+        .wait_exit(Duration::from_secs(15))
+        .expect("the old proxy exits after its drain");
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        notify.next_state(Duration::from_millis(300)),
+        None,
+        "no STOPPING=1 from a proxy that handed over"
+    );
+    assert_eq!(new.outbound_client().get("api", "/x").status, 200);
+
+    new.signal(libc::SIGTERM);
+    notify.expect(&["STOPPING=1"], "the successor on SIGTERM");
+    assert_eq!(
+        new.wait_exit(Duration::from_secs(10))
+            .and_then(|s| s.code()),
+        Some(0)
+    );
+}
+
+#[test]
 fn proxy_pings_the_watchdog_while_its_shards_answer() {
     let api = Origin::start("api");
     let notify = NotifySocket::bind();
