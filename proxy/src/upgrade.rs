@@ -23,6 +23,14 @@
 //!
 //! The Unix socket is handed over too, so the new process accepts the next
 //! upgrade on the same path.
+//!
+//! The successor is either started by hand (`coremesh-proxy --config FILE
+//! --upgrade-from PATH`), or by the running proxy itself on `SIGUSR2`: it
+//! starts the binary it was started from, as that path is on disk now (a
+//! package upgrade replaced it), with its own arguments plus
+//! `--upgrade-from`. Started that way the successor is the old process's
+//! child, in its systemd unit's cgroup, so systemd can adopt it as the new
+//! main process (`MAINPID=`).
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, IoSlice, IoSliceMut, Write};
@@ -263,6 +271,79 @@ pub async fn serve(
             ),
         }
     }
+}
+
+/// Waits for `SIGUSR2` and starts a successor each time (see the module
+/// doc). Never returns; without the signal handler it logs and waits
+/// forever.
+pub async fn successors_on_usr2(path: PathBuf) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut usr2 = match signal(SignalKind::user_defined2()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("no SIGUSR2 upgrades: {e}");
+            return std::future::pending().await;
+        }
+    };
+    while usr2.recv().await.is_some() {
+        match spawn_successor(&path) {
+            Ok(pid) => tracing::info!("SIGUSR2: started pid {pid} to take over the listeners"),
+            Err(e) => tracing::error!("SIGUSR2: cannot start a successor: {e}"),
+        }
+    }
+}
+
+/// Starts this binary (the path it was started from) with this process's
+/// arguments and `--upgrade-from path`; a thread reaps it if it exits while
+/// this process still runs.
+fn spawn_successor(path: &Path) -> io::Result<u32> {
+    let exe = std::env::current_exe()?;
+    // A replaced binary's /proc/self/exe reads "PATH (deleted)"; the new
+    // one is at PATH.
+    let exe = match exe.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
+        Some(s) => PathBuf::from(s),
+        None => exe,
+    };
+    let args = successor_args(std::env::args_os().skip(1), path);
+    let mut child = std::process::Command::new(&exe)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .spawn()?;
+    let pid = child.id();
+    std::thread::Builder::new()
+        .name("successor".into())
+        .spawn(move || match child.wait() {
+            Ok(s) => tracing::info!("successor pid {pid} exited ({s})"),
+            Err(e) => tracing::warn!("successor pid {pid}: {e}"),
+        })?;
+    Ok(pid)
+}
+
+/// This process's arguments without any `--upgrade-from` of its own, plus
+/// `--upgrade-from path`.
+fn successor_args(
+    args: impl Iterator<Item = std::ffi::OsString>,
+    path: &Path,
+) -> Vec<std::ffi::OsString> {
+    let mut out = Vec::new();
+    let mut skip_value = false;
+    for a in args {
+        if skip_value {
+            skip_value = false;
+            continue;
+        }
+        if a == "--upgrade-from" {
+            skip_value = true;
+            continue;
+        }
+        if a.to_str().is_some_and(|s| s.starts_with("--upgrade-from=")) {
+            continue;
+        }
+        out.push(a);
+    }
+    out.push("--upgrade-from".into());
+    out.push(path.as_os_str().to_os_string());
+    out
 }
 
 async fn hand_over(

@@ -597,6 +597,17 @@ impl Proxy {
         }
     }
 
+    /// The exit status if the process has exited, without waiting for its
+    /// output to end (a successor it started holds the same pipes).
+    pub fn try_exit_status(&mut self) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                self.exited = Some(s);
+            }
+        }
+        self.exited
+    }
+
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         if let Some(s) = self.exited {
             return Some(s);

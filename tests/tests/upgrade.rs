@@ -216,3 +216,68 @@ fn an_upgraded_sidecar_keeps_its_endpoint_and_identity_from_control() {
     );
     control.wait_converged(2, 1, version, Duration::from_secs(20));
 }
+
+/// Kills a process the harness does not own (a successor a proxy started).
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) with a pid this test read from the proxy's log.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
+}
+
+#[test]
+fn sigusr2_makes_the_proxy_start_its_own_successor() {
+    let dir = TempDir::new("upgrade-usr2");
+    let socket = dir.path().join("api.sock");
+    let app = Origin::start("api");
+    let mut api = upgradable(ProxyBuilder::new("api").inbound(app.addr()), &socket).start();
+    let addr = api.inbound();
+    let load = OpenLoad::start(LoadSpec {
+        netns: None,
+        target: addr,
+        authority: "api".into(),
+        path: "/".into(),
+        per_second: 500.0,
+        workers: 8,
+        retry_stale: true,
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    api.signal(libc::SIGUSR2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = api.try_exit_status() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", api.log_tail(20));
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    // The successor logs into the same stderr it inherited.
+    let log = api.log_text();
+    let pid: i32 = log
+        .lines()
+        .find_map(|l| {
+            l.split("pid ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+                .filter(|_| l.contains("took over the listeners"))
+        })
+        .unwrap_or_else(|| panic!("no hand-over line:\n{log}"));
+    let _successor = KillOnDrop(pid);
+    assert!(log.contains("SIGUSR2: started pid"), "{log}");
+    std::thread::sleep(Duration::from_millis(300));
+    let outcomes = load.stop();
+    let failed: Vec<_> = outcomes.iter().filter(|o| !o.ok()).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    // The successor serves on the same port.
+    let r = coremesh_e2e::Client::connect(addr).get("api", "/after");
+    assert_eq!(r.status, 200);
+    assert!(api
+        .log_text()
+        .contains("serving; the previous process drains and exits"));
+}

@@ -143,7 +143,9 @@ fn await_successor(
 ) {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let Some((listener, path)) = setup.listener else {
-        return (rx, None);
+        // SIGUSR2 asks for an upgrade in place; without an upgrade socket it
+        // is refused here rather than ending the process (its default).
+        return (rx, Some(tokio::task::spawn_local(refuse_usr2())));
     };
     let listener = listener
         .set_nonblocking(true)
@@ -151,7 +153,13 @@ fn await_successor(
     match listener {
         Ok(l) => {
             let task = tokio::task::spawn_local(async move {
-                if let Some(pid) = crate::upgrade::serve(l, path, setup.sockets).await {
+                let usr2 = crate::upgrade::successors_on_usr2(path.clone());
+                let serve = crate::upgrade::serve(l, path, setup.sockets);
+                let pid = tokio::select! {
+                    pid = serve => pid,
+                    () = usr2 => None,
+                };
+                if let Some(pid) = pid {
                     let _ = tx.send(pid);
                 }
             });
@@ -161,6 +169,16 @@ fn await_successor(
             tracing::error!("cannot wait for upgrades on {}: {e}", path.display());
             (rx, None)
         }
+    }
+}
+
+/// Logs each SIGUSR2 of a proxy that has no `[proxy] upgrade_socket`.
+async fn refuse_usr2() {
+    let Ok(mut usr2) = signal(SignalKind::user_defined2()) else {
+        return;
+    };
+    while usr2.recv().await.is_some() {
+        tracing::warn!("SIGUSR2: no upgrade in place without [proxy] upgrade_socket; ignored");
     }
 }
 

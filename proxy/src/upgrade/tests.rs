@@ -98,3 +98,30 @@ fn a_stale_socket_file_is_replaced_but_a_live_one_is_not() {
     assert!(matches!(listen(&path), Err(UpgradeError::InUse { .. })));
     drop(live);
 }
+
+#[test]
+fn a_successor_gets_the_same_arguments_and_one_upgrade_from() {
+    let args = [
+        "--config",
+        "/etc/coremesh/api.toml",
+        "--upgrade-from",
+        "/old.sock",
+        "--log-format=json",
+    ]
+    .map(std::ffi::OsString::from);
+    let got = successor_args(args.into_iter(), Path::new("/run/api.sock"));
+    let want = [
+        "--config",
+        "/etc/coremesh/api.toml",
+        "--log-format=json",
+        "--upgrade-from",
+        "/run/api.sock",
+    ]
+    .map(std::ffi::OsString::from);
+    assert_eq!(got, want);
+    let args = ["--upgrade-from=/x", "--config", "c"].map(std::ffi::OsString::from);
+    assert_eq!(
+        successor_args(args.into_iter(), Path::new("/s")),
+        ["--config", "c", "--upgrade-from", "/s"].map(std::ffi::OsString::from)
+    );
+}
