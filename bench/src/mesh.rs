@@ -219,7 +219,7 @@ pub fn start_control(spec: ControlSpec<'_>) -> Result<Control, MeshError> {
             source,
         })
     };
-    let mut log = fs::File::create(&log_path).map_err(log_err)?;
+    let log = fs::File::create(&log_path).map_err(log_err)?;
     cmd.arg("--data-dir")
         .arg(data_dir)
         .args(["--listen", listen, "--api", api])
@@ -233,17 +233,7 @@ pub fn start_control(spec: ControlSpec<'_>) -> Result<Control, MeshError> {
             source,
         })
     })?;
-    let stdout = child.stdout.take().expect("piped");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let _ = writeln!(log, "{line}");
-            if let Some(a) = parse_listening(&line) {
-                let _ = tx.send(a);
-            }
-        }
-    });
+    let rx = tee_stdout(child.stdout.take().expect("piped"), log, parse_listening);
     let mut running = Running {
         child,
         addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -354,6 +344,27 @@ pub fn remove_dir(path: &Path) -> Result<(), MeshError> {
 pub fn fresh_dir(path: &Path) -> Result<(), MeshError> {
     remove_dir(path)?;
     create_dir(path)
+}
+
+/// Copies a child's stdout into `log` line by line, on a thread of its
+/// own, and sends what `parse` finds in a line (the address a process says
+/// it listens on) to the returned receiver.
+pub(crate) fn tee_stdout<T: Send + 'static>(
+    stdout: std::process::ChildStdout,
+    mut log: fs::File,
+    parse: impl Fn(&str) -> Option<T> + Send + 'static,
+) -> mpsc::Receiver<T> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = writeln!(log, "{line}");
+            if let Some(found) = parse(&line) {
+                let _ = tx.send(found);
+            }
+        }
+    });
+    rx
 }
 
 #[cfg(test)]

@@ -4,11 +4,9 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use coremesh_testnet::{Host, Net};
@@ -264,7 +262,7 @@ fn start_origin(
             source,
         })
     };
-    let mut log_file = fs::File::create(log_path).map_err(log_err)?;
+    let log_file = fs::File::create(log_path).map_err(log_err)?;
     let mut cmd = host.command(bench);
     cmd.args(["origin", "--listen", "127.0.0.1:0", "--instance", name])
         .stdin(Stdio::null())
@@ -276,19 +274,9 @@ fn start_origin(
             source,
         })
     })?;
-    let stdout = child.stdout.take().expect("piped");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let _ = writeln!(log_file, "{line}");
-            if let Some(a) = line
-                .strip_prefix("listening on ")
-                .and_then(|a| a.trim().parse::<SocketAddr>().ok())
-            {
-                let _ = tx.send(a);
-            }
-        }
+    let rx = mesh::tee_stdout(child.stdout.take().expect("piped"), log_file, |line| {
+        line.strip_prefix("listening on ")
+            .and_then(|a| a.trim().parse::<SocketAddr>().ok())
     });
     let mut running = Running {
         child,
