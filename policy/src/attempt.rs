@@ -39,6 +39,8 @@ pub struct TryPolicy {
     on_reset: bool,
     on_5xx: bool,
     on_gateway: bool,
+    /// gRPC statuses retried (bit n: `grpc-status` n).
+    on_grpc: u32,
     /// Backoff before retry n: uniformly random up to
     /// `min(backoff_max, backoff_base × 2^(n-1))` (full jitter).
     backoff_base: Duration,
@@ -61,6 +63,7 @@ impl TryPolicy {
             on_reset: false,
             on_5xx: false,
             on_gateway: false,
+            on_grpc: 0,
             backoff_base: Duration::ZERO,
             backoff_max: Duration::ZERO,
             non_idempotent: false,
@@ -88,6 +91,11 @@ impl TryPolicy {
                     RetryOn::Reset => p.on_reset = true,
                     RetryOn::Status5xx => p.on_5xx = true,
                     RetryOn::GatewayError => p.on_gateway = true,
+                    RetryOn::Unavailable => p.on_grpc |= 1 << 14,
+                    RetryOn::Cancelled => p.on_grpc |= 1 << 1,
+                    RetryOn::DeadlineExceeded => p.on_grpc |= 1 << 4,
+                    RetryOn::ResourceExhausted => p.on_grpc |= 1 << 8,
+                    RetryOn::Internal => p.on_grpc |= 1 << 13,
                 }
             }
         }
@@ -117,7 +125,20 @@ impl TryPolicy {
 
     /// Whether any response status is retried at all.
     pub fn retries_some_status(&self) -> bool {
-        self.on_5xx || self.on_gateway
+        self.on_5xx || self.on_gateway || self.on_grpc != 0
+    }
+
+    /// Whether a gRPC call that ended with `grpc_status` (its decimal
+    /// value) is retried (when tries remain).
+    pub fn retries_grpc(&self, grpc_status: &[u8]) -> bool {
+        let code = match grpc_status {
+            [d] if d.is_ascii_digit() => u32::from(d - b'0'),
+            [a, b] if a.is_ascii_digit() && b.is_ascii_digit() => {
+                u32::from(a - b'0') * 10 + u32::from(b - b'0')
+            }
+            _ => return false,
+        };
+        code < 32 && self.on_grpc & (1 << code) != 0
     }
 
     /// The wait before retry `n` (1-based), full jitter from `draw`.
@@ -260,6 +281,12 @@ impl Attempts {
     /// retry (the budget must still grant it).
     pub fn retries_status(&self, status: u16) -> bool {
         self.can_retry && self.policy.retries_status(status)
+    }
+
+    /// Whether the try under way may drop a gRPC call ending with
+    /// `grpc_status` (the retry still needs its budget).
+    pub fn retries_grpc(&self, grpc_status: &[u8]) -> bool {
+        self.can_retry && self.policy.retries_grpc(grpc_status)
     }
 
     /// Whether the try under way may drop any response status at all.

@@ -15,6 +15,7 @@
 //! | [`traffic`] | a service's compiled Resilience policy and the shard's per-service state |
 //! | [`attempt`] | after a failed try: retry or not, where, and whether the body can be replayed |
 //! | [`error`] | what went wrong, who is to blame, and the answer a client gets |
+//! | [`grpc`] | gRPC calls: `grpc-timeout`, the gRPC status of a local answer |
 
 #![forbid(unsafe_code)]
 
@@ -22,6 +23,7 @@ pub mod attempt;
 pub mod authz;
 pub mod balance;
 pub mod error;
+pub mod grpc;
 pub mod resilience;
 pub mod route;
 pub mod routing;

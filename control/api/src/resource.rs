@@ -254,6 +254,18 @@ pub enum RetryOn {
     Status5xx,
     /// 502, 503, 504.
     GatewayError,
+    /// gRPC: a call that ended with this `grpc-status` (read from the
+    /// response headers, or trailers of a response with no message) is
+    /// retried: UNAVAILABLE (14).
+    Unavailable,
+    /// gRPC CANCELLED (1).
+    Cancelled,
+    /// gRPC DEADLINE_EXCEEDED (4).
+    DeadlineExceeded,
+    /// gRPC RESOURCE_EXHAUSTED (8).
+    ResourceExhausted,
+    /// gRPC INTERNAL (13).
+    Internal,
 }
 
 impl RetryOn {

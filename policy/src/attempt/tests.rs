@@ -343,3 +343,20 @@ fn after_a_replay_that_cannot_connect_the_next_try_picks_anew() {
     ));
     assert!(!a.begin(t0).0);
 }
+
+#[test]
+fn grpc_conditions_retry_their_statuses_only() {
+    let policy = TryPolicy::for_rule(
+        Duration::from_secs(5),
+        &rule(&[RetryOn::Unavailable, RetryOn::DeadlineExceeded], 2),
+    );
+    assert!(policy.retries_grpc(b"14"));
+    assert!(policy.retries_grpc(b"4"));
+    assert!(!policy.retries_grpc(b"13"));
+    assert!(!policy.retries_grpc(b"0"));
+    assert!(!policy.retries_grpc(b"x"));
+    assert!(!policy.retries_grpc(b"140"));
+    assert!(policy.retries_some_status());
+    // gRPC conditions do not retry HTTP statuses.
+    assert!(!policy.retries_status(503));
+}
