@@ -114,9 +114,7 @@ pub fn error_code(kind: ErrorKind) -> Code {
         ErrorKind::RateLimited => Code::ResourceExhausted,
         ErrorKind::ClientGone => Code::Cancelled,
         ErrorKind::ConnectNotAllowed => Code::Unimplemented,
-        ErrorKind::NoAuthority | ErrorKind::LoopDetected | ErrorKind::BadResponse => {
-            Code::Internal
-        }
+        ErrorKind::NoAuthority | ErrorKind::LoopDetected | ErrorKind::BadResponse => Code::Internal,
         ErrorKind::UnknownService
         | ErrorKind::NoEndpoints
         | ErrorKind::NoRoute

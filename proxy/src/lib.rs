@@ -36,7 +36,9 @@ pub(crate) mod tls;
 pub(crate) mod upgrade;
 /// The request policy, its own crate (sans-I/O: routing, authorization,
 /// balancing, resilience, the attempt decision).
-pub(crate) use coremesh_policy::{attempt, authz, balance, resilience, route, routing, traffic};
+pub(crate) use coremesh_policy::{
+    attempt, authz, balance, grpc, resilience, route, routing, traffic,
+};
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize};

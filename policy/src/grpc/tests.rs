@@ -18,13 +18,30 @@ fn timeouts_parse_every_unit() {
     assert_eq!(parse_timeout(b"3S"), Some(Duration::from_secs(3)));
     assert_eq!(parse_timeout(b"250m"), Some(Duration::from_millis(250)));
     assert_eq!(parse_timeout(b"7u"), Some(Duration::from_micros(7)));
-    assert_eq!(parse_timeout(b"99999999n"), Some(Duration::from_nanos(99_999_999)));
+    assert_eq!(
+        parse_timeout(b"99999999n"),
+        Some(Duration::from_nanos(99_999_999))
+    );
 }
 
 #[test]
 fn malformed_timeouts_are_none() {
-    for bad in [&b""[..], b"S", b"10", b"10s", b"123456789m", b"-1S", b"1.5S", b" 1S"] {
-        assert_eq!(parse_timeout(bad), None, "{:?}", String::from_utf8_lossy(bad));
+    for bad in [
+        &b""[..],
+        b"S",
+        b"10",
+        b"10s",
+        b"123456789m",
+        b"-1S",
+        b"1.5S",
+        b" 1S",
+    ] {
+        assert_eq!(
+            parse_timeout(bad),
+            None,
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
     }
 }
 
@@ -53,13 +70,22 @@ fn local_answers_map_to_grpc_statuses() {
     use crate::error::{Answer, ErrorKind};
     let cases = [
         (Answer::Error(ErrorKind::NoRoute), Code::Unavailable),
-        (Answer::Error(ErrorKind::NoHealthyEndpoints), Code::Unavailable),
+        (
+            Answer::Error(ErrorKind::NoHealthyEndpoints),
+            Code::Unavailable,
+        ),
         (Answer::Error(ErrorKind::ConnectFailed), Code::Unavailable),
         (Answer::Error(ErrorKind::ConnectTimeout), Code::Unavailable),
-        (Answer::Error(ErrorKind::UpstreamTimeout), Code::DeadlineExceeded),
+        (
+            Answer::Error(ErrorKind::UpstreamTimeout),
+            Code::DeadlineExceeded,
+        ),
         (Answer::TotalTimeout, Code::DeadlineExceeded),
         (Answer::Denied { policy: "p" }, Code::PermissionDenied),
-        (Answer::Error(ErrorKind::RateLimited), Code::ResourceExhausted),
+        (
+            Answer::Error(ErrorKind::RateLimited),
+            Code::ResourceExhausted,
+        ),
         (Answer::Fault { status: 503 }, Code::Unavailable),
         (Answer::Fault { status: 401 }, Code::Unauthenticated),
         (Answer::Fault { status: 418 }, Code::Unknown),

@@ -95,7 +95,15 @@ async fn deliver(
         .await
         .map_err(|e| ProxyError::io(ErrorKind::ConnectFailed, "mirror connect", e))?;
     let mut up = if mtls {
-        upstream::connect_tls(shard, cfg, tcp, target, addr).await?
+        upstream::connect_tls(
+            shard,
+            cfg,
+            tcp,
+            target,
+            addr,
+            crate::tls::identity::ALPN_HTTP1,
+        )
+        .await?
     } else {
         Conn::Plain(tcp)
     };

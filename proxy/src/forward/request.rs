@@ -22,9 +22,9 @@ use crate::attempt::{Attempts, TryPolicy};
 use crate::error::Answer;
 
 /// Where the route phase sends a request.
-struct Routed<'p> {
-    endpoints: Endpoints<'p>,
-    policy: TryPolicy,
+pub(super) struct Routed<'p> {
+    pub(super) endpoints: Endpoints<'p>,
+    pub(super) policy: TryPolicy,
 }
 
 /// Serves one request whose head is at the start of `cbuf` and began to
@@ -210,121 +210,31 @@ impl<'p> RequestCtx<'p, '_> {
     /// (and counted by policy and caller). A plaintext inbound port (a
     /// static proxy without `[tls]`) has no identities to check.
     fn denied_by(&self, cbuf: &Buf) -> Option<&'p str> {
-        let table = self.table?;
-        if table.authz.allows_all() || !self.client.is_tls() {
-            return None;
-        }
-        let caller = self.client.peer_id().map(|c| &**c).unwrap_or("");
-        let method = self.head.method_bytes(cbuf);
-        match table
-            .authz
-            .check(caller, method, &cbuf[self.head.path.clone()])
-        {
-            crate::authz::Decision::Allow => None,
-            crate::authz::Decision::Deny { policy } => {
-                self.shard.stats.borrow_mut().mesh.denied(policy, caller);
-                Some(policy)
-            }
-        }
+        denied(
+            self.shard,
+            self.table,
+            self.client.is_tls(),
+            self.client.peer_id().map(|c| &**c),
+            self.head.method_bytes(cbuf),
+            &cbuf[self.head.path.clone()],
+        )
     }
 
     /// The proxy's own service's `rateLimit` (per service, or per caller
     /// identity): whether this request may go to the app.
     fn rate_admits(&self) -> bool {
-        let client = &*self.client;
-        let now = self.ex.start;
-        self.shard
-            .traffic
-            .with(self.service, |s| match &mut s.limiter {
-                None => true,
-                Some(crate::traffic::Limiter::Service(t)) => t.try_take(now),
-                Some(crate::traffic::Limiter::Caller(k)) => {
-                    let caller = client.peer_id().map(|c| c.as_bytes()).unwrap_or(b"");
-                    k.try_take(caller, now)
-                }
-            })
-            .unwrap_or(true)
+        let caller = self.client.peer_id().map(|c| &**c);
+        rate_admits(self.shard, self.service, caller, self.ex.start)
     }
 
-    /// The outbound route: control's table, the static services, or
-    /// passthrough; then the service's Route rule and its backends.
+    /// The outbound route (see [`route_request`]).
     async fn route(&mut self, cbuf: &Buf) -> Result<Routed<'p>, Answer<'p>> {
-        let cfg = self.cfg;
-        let statics = crate::route::Statics {
-            services: &cfg.services,
-            name: |s: &crate::config::ServiceConfig| s.name.as_str(),
-            passthrough: cfg.outbound.as_ref().is_some_and(|o| o.passthrough),
-        };
         let req = H1 {
             head: &self.head,
             buf: cbuf,
             service: self.dest.map(str::as_bytes),
         };
-        let single = TryPolicy::single(cfg.timeouts.request);
-        let target = crate::route::outbound(&statics, self.table, &req);
-        let (service, routed) = match target {
-            Ok(Target::Routed(sr)) => (
-                &*sr.name,
-                match &sr.rules {
-                    None if sr.all.is_empty() => Err(Answer::Error(ErrorKind::NoEndpoints)),
-                    None => Ok(Routed {
-                        endpoints: Endpoints::Service(&sr.name, &sr.all, true),
-                        policy: single,
-                    }),
-                    Some(rules) => match crate::route::match_rule(rules, &req) {
-                        None => Err(Answer::Error(ErrorKind::NoRoute)),
-                        Some(rule)
-                            if rule
-                                .backends
-                                .iter()
-                                .all(|b| b.weight == 0 || b.endpoints.is_empty()) =>
-                        {
-                            Err(Answer::Error(ErrorKind::NoHealthyEndpoints))
-                        }
-                        Some(rule) => {
-                            // A strict rule's backend is drawn here, once:
-                            // one without endpoints is this request's 503.
-                            let strict = rule
-                                .strict
-                                .then(|| crate::route::strict_backend(rule, self.shard.random()))
-                                .flatten();
-                            match strict {
-                                Some(b) if rule.backends[b].endpoints.is_empty() => {
-                                    Err(Answer::Error(ErrorKind::NoHealthyEndpoints))
-                                }
-                                _ => Ok(Routed {
-                                    endpoints: Endpoints::Rule(&sr.name, rule, &sr.all, strict),
-                                    policy: TryPolicy::for_rule(cfg.timeouts.request, rule),
-                                }),
-                            }
-                        }
-                    },
-                },
-            ),
-            Ok(Target::Service(svc)) if svc.endpoints.is_empty() => {
-                (&*svc.name, Err(Answer::Error(ErrorKind::NoEndpoints)))
-            }
-            Ok(Target::Service(svc)) => (
-                &*svc.name,
-                Ok(Routed {
-                    endpoints: Endpoints::Service(&svc.name, &svc.endpoints, static_mtls(cfg)),
-                    policy: single,
-                }),
-            ),
-            Ok(Target::Passthrough { host, port }) => ("passthrough", {
-                match self.shard.resolve(&host, port).await {
-                    Ok(addr) if self.shard.is_own(addr) => {
-                        Err(Answer::Error(ErrorKind::LoopDetected))
-                    }
-                    Ok(addr) => Ok(Routed {
-                        endpoints: Endpoints::One(addr),
-                        policy: single,
-                    }),
-                    Err(_) => Err(Answer::Error(ErrorKind::ResolveFailed)),
-                }
-            }),
-            Err(kind) => ("unknown", Err(Answer::Error(kind))),
-        };
+        let (service, routed) = route_request(self.shard, self.cfg, self.table, &req).await;
         self.service = service;
         routed
     }
@@ -385,9 +295,9 @@ fn hash_key(k: &coremesh_api::resource::HashKey, head: &RequestHead, buf: &[u8])
 
 /// The request fields the access log shows.
 pub(super) struct LoggedRequest {
-    method: Vec<u8>,
-    authority: Vec<u8>,
-    path: Vec<u8>,
+    pub(super) method: Vec<u8>,
+    pub(super) authority: Vec<u8>,
+    pub(super) path: Vec<u8>,
 }
 
 impl LoggedRequest {
@@ -404,7 +314,13 @@ impl LoggedRequest {
 impl Shard {
     /// The log phase: records a finished request in the stats and the
     /// access log.
-    fn record(&self, dir: Direction, service: &str, req: Option<&LoggedRequest>, ex: &Exchange) {
+    pub(super) fn record(
+        &self,
+        dir: Direction,
+        service: &str,
+        req: Option<&LoggedRequest>,
+        ex: &Exchange,
+    ) {
         let latency = ex
             .end
             .unwrap_or_else(Instant::now)
@@ -428,4 +344,129 @@ impl Shard {
             });
         }
     }
+}
+
+/// The outbound route of any protocol's request: control's table, the static services, or
+/// passthrough; then the service's Route rule and its backends.
+pub(super) async fn route_request<'p, R: crate::route::RequestView>(
+    shard: &'p Shard,
+    cfg: &'p Config,
+    table: Option<&'p RoutingTable>,
+    req: &R,
+) -> (&'p str, Result<Routed<'p>, Answer<'p>>) {
+    let statics = crate::route::Statics {
+        services: &cfg.services,
+        name: |s: &crate::config::ServiceConfig| s.name.as_str(),
+        passthrough: cfg.outbound.as_ref().is_some_and(|o| o.passthrough),
+    };
+    let single = TryPolicy::single(cfg.timeouts.request);
+    let target = crate::route::outbound(&statics, table, req);
+    let (service, routed) = match target {
+        Ok(Target::Routed(sr)) => (
+            &*sr.name,
+            match &sr.rules {
+                None if sr.all.is_empty() => Err(Answer::Error(ErrorKind::NoEndpoints)),
+                None => Ok(Routed {
+                    endpoints: Endpoints::Service(&sr.name, &sr.all, true),
+                    policy: single,
+                }),
+                Some(rules) => match crate::route::match_rule(rules, req) {
+                    None => Err(Answer::Error(ErrorKind::NoRoute)),
+                    Some(rule)
+                        if rule
+                            .backends
+                            .iter()
+                            .all(|b| b.weight == 0 || b.endpoints.is_empty()) =>
+                    {
+                        Err(Answer::Error(ErrorKind::NoHealthyEndpoints))
+                    }
+                    Some(rule) => {
+                        // A strict rule's backend is drawn here, once:
+                        // one without endpoints is this request's 503.
+                        let strict = rule
+                            .strict
+                            .then(|| crate::route::strict_backend(rule, shard.random()))
+                            .flatten();
+                        match strict {
+                            Some(b) if rule.backends[b].endpoints.is_empty() => {
+                                Err(Answer::Error(ErrorKind::NoHealthyEndpoints))
+                            }
+                            _ => Ok(Routed {
+                                endpoints: Endpoints::Rule(&sr.name, rule, &sr.all, strict),
+                                policy: TryPolicy::for_rule(cfg.timeouts.request, rule),
+                            }),
+                        }
+                    }
+                },
+            },
+        ),
+        Ok(Target::Service(svc)) if svc.endpoints.is_empty() => {
+            (&*svc.name, Err(Answer::Error(ErrorKind::NoEndpoints)))
+        }
+        Ok(Target::Service(svc)) => (
+            &*svc.name,
+            Ok(Routed {
+                endpoints: Endpoints::Service(&svc.name, &svc.endpoints, static_mtls(cfg)),
+                policy: single,
+            }),
+        ),
+        Ok(Target::Passthrough { host, port }) => ("passthrough", {
+            match shard.resolve(&host, port).await {
+                Ok(addr) if shard.is_own(addr) => Err(Answer::Error(ErrorKind::LoopDetected)),
+                Ok(addr) => Ok(Routed {
+                    endpoints: Endpoints::One(addr),
+                    policy: single,
+                }),
+                Err(_) => Err(Answer::Error(ErrorKind::ResolveFailed)),
+            }
+        }),
+        Err(kind) => ("unknown", Err(Answer::Error(kind))),
+    };
+    (service, routed)
+}
+
+/// The AccessPolicy decision for a request of any protocol: the caller's
+/// SPIFFE ID (from its certificate), method and path. `Some(policy)`:
+/// denied by it (and counted by policy and caller). A plaintext inbound
+/// port (a static proxy without `[tls]`) has no identities to check.
+pub(super) fn denied<'p>(
+    shard: &Shard,
+    table: Option<&'p RoutingTable>,
+    tls: bool,
+    caller: Option<&str>,
+    method: &[u8],
+    path: &[u8],
+) -> Option<&'p str> {
+    let table = table?;
+    if table.authz.allows_all() || !tls {
+        return None;
+    }
+    let caller = caller.unwrap_or("");
+    match table.authz.check(caller, method, path) {
+        crate::authz::Decision::Allow => None,
+        crate::authz::Decision::Deny { policy } => {
+            shard.stats.borrow_mut().mesh.denied(policy, caller);
+            Some(policy)
+        }
+    }
+}
+
+/// `service`'s `rateLimit` (per service, or per caller identity): whether
+/// a request at `now` may go on.
+pub(super) fn rate_admits(
+    shard: &Shard,
+    service: &str,
+    caller: Option<&str>,
+    now: Instant,
+) -> bool {
+    shard
+        .traffic
+        .with(service, |s| match &mut s.limiter {
+            None => true,
+            Some(crate::traffic::Limiter::Service(t)) => t.try_take(now),
+            Some(crate::traffic::Limiter::Caller(k)) => {
+                k.try_take(caller.map(str::as_bytes).unwrap_or(b""), now)
+            }
+        })
+        .unwrap_or(true)
 }

@@ -37,6 +37,12 @@ impl Tried {
         self.addrs.iter().flatten().any(|&x| x == a)
     }
 
+    /// Notes the endpoint (and Route backend) a try goes to.
+    pub(super) fn note(&mut self, a: SocketAddr, backend: Option<usize>) {
+        self.add(a);
+        self.backend = backend;
+    }
+
     fn add(&mut self, a: SocketAddr) {
         self.last = Some(a);
         if !self.contains(a) {
@@ -55,7 +61,7 @@ impl Endpoints<'_> {
     /// a retry stays in its backend while it has one). With none left
     /// anywhere, any endpoint of a backend drawn by weight: failing open
     /// beats refusing.
-    fn pick(
+    pub(super) fn pick(
         &self,
         shard: &Shard,
         tried: &Tried,
@@ -251,7 +257,16 @@ pub(super) async fn upstream_conn(
         match conn {
             Ok(c) => match mtls {
                 None => return Ok((Conn::Plain(c), addr, false, permit)),
-                Some(service) => match Box::pin(connect_tls(shard, cfg, c, service, addr)).await {
+                Some(service) => match Box::pin(connect_tls(
+                    shard,
+                    cfg,
+                    c,
+                    service,
+                    addr,
+                    crate::tls::identity::ALPN_HTTP1,
+                ))
+                .await
+                {
                     Ok(c) => return Ok((c, addr, false, permit)),
                     Err(e) => {
                         shard.outcomes.record(addr, false);
@@ -486,15 +501,17 @@ fn verified_as(shard: &Shard, c: &Conn, mtls: Option<&str>) -> bool {
     }
 }
 
-/// The client side of mutual TLS to a peer proxy of `service` at `addr`:
-/// the handshake is bounded by `timeouts.connect`, and the peer must present
-/// `service`'s SPIFFE ID.
+/// The client side of mutual TLS to a peer proxy of `service` at `addr`,
+/// offering `alpn` (what the connection will carry): the handshake is
+/// bounded by `timeouts.connect`, and the peer must present `service`'s
+/// SPIFFE ID.
 pub(super) async fn connect_tls(
     shard: &Shard,
     cfg: &Config,
     tcp: TcpStream,
     service: &str,
     addr: SocketAddr,
+    alpn: &[u8],
 ) -> Result<Conn, ProxyError> {
     let Some(tls) = shard.tls() else {
         return Err(ProxyError::new(
@@ -508,12 +525,8 @@ pub(super) async fn connect_tls(
             "mutual TLS: the service name is not usable as a TLS name",
         ));
     };
-    let session = crate::tls::Session::client_with_alpn(
-        tls.client.clone(),
-        name,
-        crate::tls::identity::ALPN_HTTP1,
-    )
-    .map_err(|e| ProxyError::io(ErrorKind::ConnectFailed, "mutual TLS", e.into()))?;
+    let session = crate::tls::Session::client_with_alpn(tls.client.clone(), name, alpn)
+        .map_err(|e| ProxyError::io(ErrorKind::ConnectFailed, "mutual TLS", e.into()))?;
     match crate::tls::TlsStream::handshake(tcp, session, cfg.timeouts.connect).await {
         Ok(t) => {
             shard

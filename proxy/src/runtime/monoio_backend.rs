@@ -256,6 +256,9 @@ impl Default for Stop {
     }
 }
 
+/// A TCP connection in readiness mode (tokio's `AsyncRead`/`AsyncWrite`).
+pub type PollTcp = monoio::net::tcp::stream_poll::TcpStreamPoll;
+
 /// A TCP connection on the current shard.
 pub struct TcpStream {
     inner: monoio::net::TcpStream,
@@ -352,6 +355,13 @@ impl TcpStream {
 
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         self.inner.peer_addr()
+    }
+
+    /// The same socket with a readiness-based (`poll_read`/`poll_write`)
+    /// surface, for protocol stacks written against tokio's I/O traits
+    /// (HTTP/2: the `h2` crate). One-way: the connection stays poll-based.
+    pub fn into_poll(self) -> io::Result<PollTcp> {
+        self.inner.try_into_poll_io().map_err(|(e, _)| e)
     }
 
     /// Reads into the spare capacity of `buf` (appending after its length).

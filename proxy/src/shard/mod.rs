@@ -41,11 +41,17 @@ pub struct Shard {
     pub stats: RefCell<ShardStats>,
     pub bufs: BufPool,
     pub pool: UpstreamPool,
+    /// HTTP/2 upstream connections (forward/h2).
+    #[cfg(not(feature = "runtime-glommio"))]
+    pub h2: crate::shard::h2pool::H2Pool,
     /// Idle keep-alive client connections and their deadlines.
     pub idle: IdleConns,
     rr: RefCell<FxHashMap<String, usize>>,
     pub in_flight: Cell<usize>,
     pub draining: Cell<bool>,
+    /// Tasks to wake when the drain begins (HTTP/2 connections, which
+    /// answer it with GOAWAY rather than waiting in the idle table).
+    pub drain_watchers: DrainWatchers,
     /// xorshift state for weighted backend draws (per shard, no sharing).
     rng: Cell<u64>,
     open_conns: Arc<AtomicUsize>,
@@ -215,8 +221,69 @@ fn seed(index: usize) -> u64 {
 }
 
 pub mod buf;
+#[cfg(not(feature = "runtime-glommio"))]
+pub mod h2pool;
 pub mod idle;
 pub mod outcomes;
 pub mod pool;
 pub mod probe;
 pub mod thread;
+
+/// Wakers of the tasks that wait for the drain ([`Shard::drain_watch`]).
+#[derive(Default)]
+pub struct DrainWatchers {
+    next: Cell<u64>,
+    wakers: RefCell<FxHashMap<u64, std::task::Waker>>,
+}
+
+impl DrainWatchers {
+    /// Wakes every watcher (the drain began).
+    pub fn wake_all(&self) {
+        let wakers: Vec<_> = self.wakers.borrow_mut().drain().map(|(_, w)| w).collect();
+        for w in wakers {
+            w.wake();
+        }
+    }
+}
+
+/// Completes once the shard drains. Holds one waker slot while pending.
+pub struct DrainWatch<'a> {
+    shard: &'a Shard,
+    id: u64,
+}
+
+impl std::future::Future for DrainWatch<'_> {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.shard.draining.get() {
+            return std::task::Poll::Ready(());
+        }
+        let w = &self.shard.drain_watchers;
+        w.wakers.borrow_mut().insert(self.id, cx.waker().clone());
+        std::task::Poll::Pending
+    }
+}
+
+impl Drop for DrainWatch<'_> {
+    fn drop(&mut self) {
+        self.shard
+            .drain_watchers
+            .wakers
+            .borrow_mut()
+            .remove(&self.id);
+    }
+}
+
+impl Shard {
+    /// A future that completes when this shard begins to drain.
+    pub fn drain_watch(&self) -> DrainWatch<'_> {
+        let w = &self.drain_watchers;
+        let id = w.next.get();
+        w.next.set(id + 1);
+        DrainWatch { shard: self, id }
+    }
+}

@@ -58,10 +58,13 @@ pub async fn run(setup: ShardSetup, driver: String) {
         stats: RefCell::new(ShardStats::new(index)),
         bufs: BufPool::new(),
         pool: UpstreamPool::new(),
+        #[cfg(not(feature = "runtime-glommio"))]
+        h2: Default::default(),
         idle: IdleConns::new(),
         rr: RefCell::new(FxHashMap::default()),
         in_flight: Cell::new(0),
         draining: Cell::new(false),
+        drain_watchers: Default::default(),
         rng: Cell::new(seed(index)),
         open_conns,
         access_log: RefCell::new(access_log),
@@ -165,6 +168,7 @@ pub async fn run(setup: ShardSetup, driver: String) {
             }
             ShardMsg::Drain { reply, idle_grace } => {
                 shard.draining.set(true);
+                shard.drain_watchers.wake_all();
                 if let Some(s) = stop.take() {
                     s.stop();
                 }

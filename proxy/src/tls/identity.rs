@@ -100,6 +100,8 @@ pub enum ShardTlsError {
 
 /// ALPN of HTTP/1.1 between proxies.
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+/// ALPN of HTTP/2 between proxies (h2 requests keep their protocol).
+pub const ALPN_H2: &[u8] = b"h2";
 /// ALPN of a TCP service's byte stream between proxies.
 pub const ALPN_TCP: &[u8] = b"coremesh-tcp";
 
@@ -285,7 +287,7 @@ impl ShardTls {
             .with_client_cert_verifier(client_verifier)
             .with_single_cert(identity.chain.clone(), identity.key.clone_key())
             .map_err(ShardTlsError::CertAndKey)?;
-        server.alpn_protocols = vec![ALPN_HTTP1.to_vec(), ALPN_TCP.to_vec()];
+        server.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec(), ALPN_TCP.to_vec()];
         server.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
 
         let server_verifier = Arc::new(ServiceVerifier {

@@ -27,6 +27,9 @@ pub use identity::{Identity, ShardTls};
 pub use session::{Session, TlsError};
 pub use stream::TlsStream;
 
+#[cfg(not(feature = "runtime-glommio"))]
+pub mod poll;
+
 #[cfg(test)]
 pub(crate) mod testpki;
 #[cfg(test)]

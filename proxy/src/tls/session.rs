@@ -264,6 +264,19 @@ impl Session {
         }
     }
 
+    /// The ciphertext waiting to be sent, for a readiness-based writer
+    /// (see tls/poll.rs), which then says how much went out.
+    pub fn tx_bytes(&self) -> &[u8] {
+        &self.tx.buf[..self.tx.len]
+    }
+
+    /// Drops the first `n` bytes of the ciphertext waiting (they were sent).
+    pub fn consume_tx(&mut self, n: usize) {
+        let n = n.min(self.tx.len);
+        self.tx.buf.copy_within(n..self.tx.len, 0);
+        self.tx.len -= n;
+    }
+
     /// Advances the handshake with what `rx` holds. `Ok(true)`: complete.
     /// `Ok(false)`: send `tx`, then read more.
     pub fn handshake(&mut self) -> Result<bool, TlsError> {

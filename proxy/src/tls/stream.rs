@@ -84,6 +84,15 @@ impl TlsStream {
         }
     }
 
+    /// The socket, the session and the peer's SPIFFE ID, for a connection
+    /// that goes on in readiness mode (HTTP/2, see tls/poll.rs). `None`:
+    /// the session is shared (a tunnel half still holds it).
+    pub fn into_parts(self) -> Option<(TcpStream, Session, Option<Rc<str>>)> {
+        let TlsStream { tcp, s, peer } = self;
+        let s = Rc::try_unwrap(s).ok()?.into_inner();
+        Some((tcp, s, peer))
+    }
+
     /// The peer's SPIFFE ID.
     pub fn peer_id(&self) -> Option<&Rc<str>> {
         self.peer.as_ref()

@@ -1,0 +1,284 @@
+//! HTTP/2 (and gRPC over it) on the proxy's listeners, beside HTTP/1.1.
+//!
+//! * Detection: a plaintext connection whose first bytes are the HTTP/2
+//!   connection preface is h2 with prior knowledge ([`detect`]); over mutual
+//!   TLS, ALPN `h2` says so.
+//! * A client connection ([`serve_h2`]) is one task driving the `h2`
+//!   crate's server connection; each stream is a task of its own
+//!   ([`stream::serve_stream`]) that goes through the same phases as an
+//!   HTTP/1.1 request (authorize or route, the tries, relay, record), with
+//!   the policy crate deciding.
+//! * Upstream ([`upstream`]), requests ride pooled h2 connections per shard
+//!   (h2c to the local app, h2 over mutual TLS to peer proxies), each
+//!   request balanced on its own: the streams of one client connection
+//!   spread over the endpoints by the route's weights.
+//!
+//! Everything runs on the shard that accepted the connection; the `h2`
+//! crate reaches the socket through the runtime's readiness adapters
+//! ([`crate::tls::poll::PollConn`]).
+
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::conn::Conn;
+use crate::runtime;
+use crate::shard::Shard;
+use crate::stats::Direction;
+use crate::tls::poll::PollConn;
+
+mod answer;
+mod body;
+mod stream;
+pub(super) mod upstream;
+
+/// The client connection preface (RFC 9113, section 3.4).
+pub(super) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Streams a client may have open at once on one connection.
+pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Flow-control window per stream: what a peer may send before the proxy
+/// has passed it on (end-to-end backpressure: a slow reader on one side
+/// holds at most this much per stream in the proxy).
+pub const STREAM_WINDOW: u32 = 256 * 1024;
+/// Flow-control window per connection.
+pub const CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// Streams a client may reset before the proxy accepted them, at once
+/// (rapid reset, CVE-2023-44487): beyond it the connection gets GOAWAY
+/// ENHANCE_YOUR_CALM.
+pub const MAX_PENDING_RESETS: usize = 32;
+/// Streams the proxy may reset for a client's protocol errors before it
+/// closes the connection with ENHANCE_YOUR_CALM.
+pub const MAX_LOCAL_RESETS: usize = 256;
+
+/// What the first bytes of a plaintext connection say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Detect {
+    Http2,
+    Http1,
+    /// A prefix of the preface so far: wait for more.
+    NeedMore,
+}
+
+/// Classifies the bytes at the start of a connection.
+pub(super) fn classify(first: &[u8]) -> Detect {
+    let n = first.len().min(PREFACE.len());
+    if first[..n] != PREFACE[..n] {
+        Detect::Http1
+    } else if n == PREFACE.len() {
+        Detect::Http2
+    } else {
+        Detect::NeedMore
+    }
+}
+
+/// Peeks at the first bytes of a plaintext connection (nothing is
+/// consumed). Called once per connection, when it is first readable.
+pub(super) fn peek_detect(fd: std::os::fd::RawFd) -> Detect {
+    let mut b = [0u8; 24];
+    // SAFETY: `b` is a valid buffer of its length for the call; MSG_PEEK
+    // consumes nothing and the descriptor is owned by the caller's stream.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            b.as_mut_ptr().cast(),
+            b.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n <= 0 {
+        // EOF or an error: the HTTP/1.1 loop reads it and closes.
+        return Detect::Http1;
+    }
+    classify(&b[..n as usize])
+}
+
+/// The connection a stream came on, as its phases need it.
+pub(super) struct ConnInfo {
+    pub(super) dir: Direction,
+    pub(super) tls: bool,
+    /// The caller's SPIFFE ID (mutual TLS).
+    pub(super) peer: Option<Rc<str>>,
+    /// The service every request goes to (an intercepted connection).
+    pub(super) dest: Option<Arc<str>>,
+}
+
+fn server_builder(cfg: &crate::config::Config) -> h2::server::Builder {
+    let mut b = h2::server::Builder::new();
+    b.max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_header_list_size(cfg.limits.max_head_bytes as u32)
+        .max_send_buffer_size(STREAM_WINDOW as usize)
+        .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(Some(MAX_LOCAL_RESETS));
+    b
+}
+
+/// Whether a plaintext client connection, readable now, speaks HTTP/2 with
+/// prior knowledge. A preface that arrives in pieces is waited for, within
+/// `limit` (`timeouts.head_read`); anything else is HTTP/1.1's to read.
+pub(super) async fn detect(c: &Conn, limit: Duration) -> bool {
+    let until = Instant::now() + limit;
+    loop {
+        match peek_detect(c.raw_fd()) {
+            Detect::Http2 => return true,
+            Detect::Http1 => return false,
+            Detect::NeedMore if Instant::now() >= until => return false,
+            Detect::NeedMore => runtime::sleep(Duration::from_millis(5)).await,
+        }
+    }
+}
+
+/// Serves HTTP/2 on a client connection until it closes: the preface and
+/// SETTINGS within `timeouts.head_read`, then streams until the client
+/// goes away, the connection idles `timeouts.keepalive_idle` with no
+/// stream open, or the shard drains (GOAWAY, then the open streams finish).
+/// The caller counts the connection closed.
+pub(super) async fn serve_h2(shard: Rc<Shard>, conn: Conn, dir: Direction, dest: Option<Arc<str>>) {
+    let info = Rc::new(ConnInfo {
+        dir,
+        tls: conn.is_tls(),
+        peer: conn.peer_id().cloned(),
+        dest,
+    });
+    match PollConn::from_conn(conn) {
+        Ok(io) => drive_server(&shard, io, info).await,
+        Err(e) => tracing::warn!("cannot serve HTTP/2 on a connection: {e}"),
+    }
+}
+
+async fn drive_server(shard: &Rc<Shard>, io: PollConn, info: Rc<ConnInfo>) {
+    let cfg = shard.config();
+    let handshake = server_builder(&cfg).handshake::<_, Bytes>(io);
+    let mut conn = match runtime::timeout(cfg.timeouts.head_read, handshake).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            tracing::debug!("HTTP/2 handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("HTTP/2 preface did not arrive in time");
+            return;
+        }
+    };
+    let active = Rc::new(StreamCount::default());
+    let mut drain = std::pin::pin!(shard.drain_watch());
+    let mut going_away = false;
+    loop {
+        let event = {
+            let accept = std::pin::pin!(conn.accept());
+            if going_away {
+                Either::Left(accept.await)
+            } else {
+                let idle_at = active.idle_since.get() + cfg.timeouts.keepalive_idle;
+                let timer = std::pin::pin!(runtime::sleep(left(idle_at)));
+                let other = std::pin::pin!(race(drain.as_mut(), timer));
+                race(accept, other).await
+            }
+        };
+        match event {
+            Either::Left(Some(Ok((req, respond)))) => {
+                let slot = StreamGuard::new(active.clone());
+                runtime::spawn_local(stream::serve_stream(
+                    shard.clone(),
+                    info.clone(),
+                    req,
+                    respond,
+                    slot,
+                ));
+            }
+            Either::Left(Some(Err(e))) => {
+                tracing::debug!("HTTP/2 connection ended: {e}");
+                break;
+            }
+            Either::Left(None) => break,
+            Either::Right(Either::Left(())) => {
+                // The drain: no new streams; the open ones finish.
+                conn.graceful_shutdown();
+                going_away = true;
+            }
+            Either::Right(Either::Right(())) => {
+                if active.open.get() == 0
+                    && active.idle_since.get() + cfg.timeouts.keepalive_idle <= Instant::now()
+                {
+                    conn.graceful_shutdown();
+                    going_away = true;
+                }
+            }
+        }
+    }
+}
+
+/// The streams open on a client connection, and since when none is.
+struct StreamCount {
+    open: Cell<usize>,
+    idle_since: Cell<Instant>,
+}
+
+impl Default for StreamCount {
+    fn default() -> Self {
+        StreamCount {
+            open: Cell::new(0),
+            idle_since: Cell::new(Instant::now()),
+        }
+    }
+}
+
+/// A stream's place in its connection's [`StreamCount`].
+pub(super) struct StreamGuard(Rc<StreamCount>);
+
+impl StreamGuard {
+    fn new(c: Rc<StreamCount>) -> StreamGuard {
+        c.open.set(c.open.get() + 1);
+        StreamGuard(c)
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let n = self.0.open.get() - 1;
+        self.0.open.set(n);
+        if n == 0 {
+            self.0.idle_since.set(Instant::now());
+        }
+    }
+}
+
+/// Which of two futures finished first.
+pub(super) enum Either<A, B> {
+    Left(A),
+    Right(B),
+}
+
+/// Polls both futures (the first one first) until one completes; the
+/// other stays pinned where its caller keeps it, to be polled again.
+pub(super) async fn race<A: Future, B: Future>(
+    mut a: Pin<&mut A>,
+    mut b: Pin<&mut B>,
+) -> Either<A::Output, B::Output> {
+    std::future::poll_fn(|cx: &mut Context<'_>| {
+        if let Poll::Ready(v) = a.as_mut().poll(cx) {
+            return Poll::Ready(Either::Left(v));
+        }
+        if let Poll::Ready(v) = b.as_mut().poll(cx) {
+            return Poll::Ready(Either::Right(v));
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// A deadline as a duration from now (zero once passed).
+pub(super) fn left(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
+#[cfg(test)]
+mod tests;

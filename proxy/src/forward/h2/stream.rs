@@ -1,0 +1,782 @@
+//! One HTTP/2 stream through the request phases, as an HTTP/1.1 request
+//! goes through them (forward/request.rs, exchange.rs), with the same
+//! policy decisions:
+//!
+//! ```text
+//! headers ──▶ authorize (inbound: probe, AccessPolicy, rate limit)
+//!         ──▶ route (outbound: :authority → service → rule → backends)
+//!         ──▶ tries: each picks an endpoint (per stream, by the rule's
+//!             weights), takes a pooled h2 connection with room or opens
+//!             one, sends the head, pumps the body, waits for the answer
+//!         ──▶ relay (response DATA and trailers, while the request body
+//!             may still stream: bidirectional calls) or answer locally
+//!         ──▶ record (stats and access log)
+//! ```
+//!
+//! Deadlines: the route's `timeout` and `perTryTimeout` bound the wait for
+//! the response head; a streaming response is then bounded by
+//! `timeouts.idle` of silence both ways, never cut while data moves. A gRPC
+//! call's `grpc-timeout` bounds the whole call (the smaller of it and the
+//! route's timeout bounds the head), and goes upstream reduced by the time
+//! spent.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::Instant;
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::{Reason, RecvStream};
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+
+use super::answer::{send_local, COREMESH_ERROR, GRPC_MESSAGE, GRPC_STATUS};
+use super::body::{relay, ReqBody, Stop};
+use super::upstream::connection;
+use super::{left, ConnInfo, StreamGuard};
+use crate::attempt::{after, Attempts, TryFailure, TryPolicy, Verdict};
+use crate::config::Config;
+use crate::error::{Answer, Blame, ErrorKind, ProxyError};
+use crate::forward::ctx::Exchange;
+use crate::forward::request::{denied, rate_admits, route_request, LoggedRequest, Routed};
+use crate::forward::upstream::{Endpoints, InFlight, Tried};
+use crate::forward::PROBE_PATH;
+use crate::grpc;
+use crate::route::RequestView;
+use crate::routing::RoutingTable;
+use crate::runtime;
+use crate::shard::h2pool::StreamSlot;
+use crate::shard::Shard;
+use crate::stats::Direction;
+
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
+/// Serves one stream to its end and records it.
+pub(super) async fn serve_stream(
+    shard: Rc<Shard>,
+    info: Rc<ConnInfo>,
+    req: http::Request<RecvStream>,
+    respond: SendResponse<Bytes>,
+    _slot: StreamGuard,
+) {
+    let start = Instant::now();
+    let cfg = shard.config();
+    let table = shard.routes();
+    let (parts, recv) = req.into_parts();
+    let is_grpc = grpc::is_grpc(parts.headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes));
+    let view = H2View {
+        parts: &parts,
+        dest: info.dest.as_deref().map(str::as_bytes),
+    };
+    let logged = shard.access_log.borrow().is_some().then(|| LoggedRequest {
+        method: view.method().to_vec(),
+        authority: view.authority().unwrap_or_default().to_vec(),
+        path: view.path_and_query().to_vec(),
+    });
+    let mut call = Call {
+        shard: &shard,
+        cfg: &cfg,
+        table: table.as_ref().map(|t| &***t),
+        info: &info,
+        view,
+        is_grpc,
+        respond,
+        ex: Exchange {
+            start,
+            end: None,
+            idle: cfg.timeouts.idle,
+            status: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            upstream: None,
+        },
+        service: "unknown",
+    };
+    call.run(recv).await;
+    let Call { ex, service, .. } = call;
+    shard.record(info.dir, service, logged.as_ref(), &ex);
+}
+
+/// An HTTP/2 request as the policy reads it.
+struct H2View<'a> {
+    parts: &'a http::request::Parts,
+    /// The service of an intercepted connection (routes every request).
+    dest: Option<&'a [u8]>,
+}
+
+impl RequestView for H2View<'_> {
+    fn method(&self) -> &[u8] {
+        self.parts.method.as_str().as_bytes()
+    }
+
+    fn authority(&self) -> Option<&[u8]> {
+        if self.dest.is_some() {
+            return self.dest;
+        }
+        match self.parts.uri.authority() {
+            Some(a) => Some(a.as_str().as_bytes()),
+            None => self.header("host"),
+        }
+    }
+
+    fn path_and_query(&self) -> &[u8] {
+        self.parts
+            .uri
+            .path_and_query()
+            .map_or(&b"/"[..], |p| p.as_str().as_bytes())
+    }
+
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.parts
+            .headers
+            .get(name)
+            .map(|v| v.as_bytes().trim_ascii())
+    }
+}
+
+/// One stream and what serving it needs.
+struct Call<'p> {
+    shard: &'p Shard,
+    cfg: &'p Config,
+    table: Option<&'p RoutingTable>,
+    info: &'p ConnInfo,
+    view: H2View<'p>,
+    is_grpc: bool,
+    respond: SendResponse<Bytes>,
+    ex: Exchange,
+    service: &'p str,
+}
+
+/// How one try failed (see forward/exchange.rs `Failed`).
+struct TryFail {
+    err: ProxyError,
+    /// Nothing reached the upstream app (a refused stream, a connection
+    /// that went away before taking it): the try can be sent again.
+    replayable: bool,
+    /// The whole request is at hand to send again.
+    request_intact: bool,
+    /// The client already has the answer (a response started, or a reset
+    /// was passed on): nothing more is sent to it.
+    response_started: bool,
+    /// Connecting failed: nothing was sent.
+    connect: bool,
+}
+
+impl TryFail {
+    fn new(kind: ErrorKind, context: &'static str, request_intact: bool) -> TryFail {
+        TryFail {
+            err: ProxyError::new(kind, context),
+            replayable: false,
+            request_intact,
+            response_started: false,
+            connect: false,
+        }
+    }
+
+    fn started(kind: ErrorKind, context: &'static str) -> TryFail {
+        TryFail {
+            response_started: true,
+            ..TryFail::new(kind, context, false)
+        }
+    }
+
+    fn as_try(&self) -> TryFailure {
+        if self.connect {
+            return TryFailure::connect(self.err.kind);
+        }
+        TryFailure {
+            kind: self.err.kind,
+            sent: true,
+            replayable: self.replayable,
+            request_intact: self.request_intact,
+            response_started: self.response_started,
+        }
+    }
+
+    fn says_endpoint_down(&self) -> bool {
+        match self.err.kind {
+            ErrorKind::UpstreamTimeout => self.request_intact,
+            ErrorKind::ClientGone | ErrorKind::RetryableStatus => false,
+            _ => !self.replayable,
+        }
+    }
+}
+
+impl<'p> Call<'p> {
+    async fn run(&mut self, recv: RecvStream) {
+        let routed = match self.info.dir {
+            Direction::Inbound => self.authorize(),
+            Direction::Outbound => {
+                let (service, routed) =
+                    route_request(self.shard, self.cfg, self.table, &self.view).await;
+                self.service = service;
+                routed
+            }
+        };
+        let Routed { endpoints, policy } = match routed {
+            Ok(r) => r,
+            Err(answer) => return self.answer(&answer),
+        };
+        if self.view.parts.method == http::Method::CONNECT {
+            // Extended CONNECT is not offered in SETTINGS, so only a plain
+            // CONNECT can get here: tunnels over h2 are not carried.
+            return self.answer(&Answer::Error(ErrorKind::ConnectNotAllowed));
+        }
+        let service = endpoints.service();
+        let _permit = match service {
+            Some(name) => match self.shard.traffic.with(name, |s| {
+                s.breaker.permit(crate::resilience::Limit::Requests)
+            }) {
+                Some(None) => return self.answer(&Answer::Error(ErrorKind::Overloaded)),
+                Some(permit) => permit,
+                None => None,
+            },
+            None => None,
+        };
+        if let Some(name) = service {
+            self.shard
+                .traffic
+                .with(name, |s| s.budget.deposit(self.ex.start));
+        }
+        let m = &self.view.parts.method;
+        let idempotent = self.is_grpc
+            || matches!(
+                *m,
+                http::Method::GET
+                    | http::Method::HEAD
+                    | http::Method::PUT
+                    | http::Method::DELETE
+                    | http::Method::OPTIONS
+                    | http::Method::TRACE
+            );
+        let attempts = Attempts::new(policy, self.ex.start, idempotent);
+        let limit = if attempts.may_retry_at_all() {
+            attempts.policy().max_body
+        } else {
+            0
+        };
+        let body = ReqBody::new(recv, limit);
+        self.tries(&endpoints, attempts, body).await;
+    }
+
+    /// The inbound phases before the app: the proxy's own probe, the
+    /// caller's authorization and the service's rate limit.
+    fn authorize(&mut self) -> Result<Routed<'p>, Answer<'p>> {
+        let cfg = self.cfg;
+        self.service = &cfg.proxy.service;
+        let Some(app) = cfg.inbound.as_ref().map(|i| i.app) else {
+            return Err(Answer::Error(ErrorKind::ConnectNotAllowed));
+        };
+        let path = self.view.path_and_query();
+        if self.view.parts.method == http::Method::GET && path == PROBE_PATH {
+            self.service = "probe";
+            return Err(Answer::Probe {
+                healthy: self.shard.app_healthy.get(),
+            });
+        }
+        let caller = self.info.peer.as_deref();
+        let method = self.view.method();
+        if let Some(policy) = denied(self.shard, self.table, self.info.tls, caller, method, path) {
+            return Err(Answer::Denied { policy });
+        }
+        if !rate_admits(self.shard, self.service, caller, self.ex.start) {
+            return Err(Answer::Error(ErrorKind::RateLimited));
+        }
+        Ok(Routed {
+            endpoints: Endpoints::One(app),
+            policy: TryPolicy::single(cfg.timeouts.request),
+        })
+    }
+
+    fn answer(&mut self, answer: &Answer<'_>) {
+        self.ex.status = answer.status();
+        self.ex.bytes_out += send_local(&mut self.respond, answer, self.is_grpc);
+        self.ex.end = Some(Instant::now());
+    }
+
+    /// The call's own deadline (`grpc-timeout`), if it has one.
+    fn call_deadline(&self) -> Option<Instant> {
+        if !self.is_grpc {
+            return None;
+        }
+        let t = self.view.parts.headers.get(GRPC_TIMEOUT)?;
+        grpc::parse_timeout(t.as_bytes()).map(|d| after(self.ex.start, d))
+    }
+
+    /// The tries of the stream, as `attempts` decides after each failure.
+    async fn tries(
+        &mut self,
+        endpoints: &Endpoints<'_>,
+        mut attempts: Attempts,
+        mut body: ReqBody,
+    ) {
+        let shard = self.shard;
+        let service = endpoints.service();
+        let budget_allows = || {
+            service.is_none_or(|name| {
+                shard
+                    .traffic
+                    .with(name, |s| s.budget.try_withdraw(Instant::now()))
+                    .unwrap_or(true)
+            })
+        };
+        let call_deadline = self.call_deadline();
+        let mut tried = Tried::default();
+        let mut first = Some(self.ex.start);
+        loop {
+            let now = first.take().unwrap_or_else(Instant::now);
+            let (_, try_deadline) = attempts.begin(now);
+            let try_deadline = call_deadline.map_or(try_deadline, |d| d.min(try_deadline));
+            let (addr, backend) = endpoints.pick(shard, &tried, None, now);
+            tried.note(addr, backend);
+            self.ex.upstream = Some(addr);
+            let up = connection(shard, self.cfg, addr, endpoints.mtls(), try_deadline).await;
+            let fail = match up {
+                Err(e) => {
+                    if endpoints.tracked() {
+                        shard.outcomes.record(addr, false);
+                        shard.endpoint_outcome(addr, Some(e.kind), Instant::now());
+                    }
+                    TryFail {
+                        err: e,
+                        connect: true,
+                        ..TryFail::new(ErrorKind::ConnectFailed, "", body.replayable())
+                    }
+                }
+                Ok(up) => {
+                    let slot = StreamSlot::new(up);
+                    let flight = InFlight::start(shard, service, addr, now);
+                    let plan = TryPlan {
+                        attempts: &attempts,
+                        budget: &budget_allows,
+                        deadline: try_deadline,
+                        call_deadline,
+                        peer_hop: endpoints.mtls().is_some(),
+                    };
+                    let res = self.one_try(&slot, &mut body, plan).await;
+                    let ok = match &res {
+                        Ok(()) => self.ex.status < 500,
+                        Err(f) => f.err.kind.blame() != Blame::Upstream,
+                    };
+                    flight.end(ok, self.ex.end);
+                    if endpoints.tracked() {
+                        shard.outcomes.record(addr, ok);
+                        match &res {
+                            Ok(()) => shard.endpoint_outcome(addr, None, now),
+                            Err(f) if f.says_endpoint_down() => {
+                                shard.endpoint_outcome(addr, Some(f.err.kind), Instant::now())
+                            }
+                            Err(_) => {}
+                        }
+                    }
+                    match res {
+                        Ok(()) => return,
+                        Err(f) => f,
+                    }
+                }
+            };
+            if fail.response_started {
+                self.ex.status = if self.ex.status == 0 {
+                    fail.err.kind.status()
+                } else {
+                    self.ex.status
+                };
+                tracing::debug!(%addr, "HTTP/2 stream ended early: {}", fail.err);
+                return;
+            }
+            let verdict = attempts.after_failure(
+                &fail.as_try(),
+                false,
+                Instant::now(),
+                budget_allows,
+                shard.random(),
+            );
+            match verdict {
+                Verdict::Replay | Verdict::Move => {
+                    tracing::debug!(%addr, "HTTP/2 stream moves on: {}", fail.err);
+                }
+                Verdict::Retry { backoff, .. } => {
+                    tracing::debug!(%addr, "retrying an HTTP/2 stream: {}", fail.err);
+                    if !backoff.is_zero() {
+                        runtime::sleep(backoff).await;
+                    }
+                }
+                Verdict::Close => {
+                    self.ex.status = fail.err.kind.status();
+                    self.respond.send_reset(Reason::INTERNAL_ERROR);
+                    return;
+                }
+                Verdict::Answer { kind, .. } => {
+                    tracing::debug!(%addr, service = %self.service, "upstream fault answered locally: {}", fail.err);
+                    return self.answer(&Answer::Error(kind));
+                }
+            }
+        }
+    }
+
+    /// The request head for the upstream: the client's, less hop-by-hop
+    /// fields; inbound, with the caller's identity in the operator's
+    /// header; with what is left of a gRPC call's deadline.
+    fn upstream_request(&self, call_deadline: Option<Instant>) -> http::Request<()> {
+        let parts = self.view.parts;
+        let mut uri = parts.uri.clone();
+        if uri.scheme().is_none() || uri.authority().is_none() {
+            let mut p = uri.into_parts();
+            p.scheme.get_or_insert(http::uri::Scheme::HTTP);
+            if p.authority.is_none() {
+                let host = self.view.authority().unwrap_or(b"localhost");
+                p.authority = http::uri::Authority::try_from(host).ok();
+            }
+            if p.path_and_query.is_none() {
+                p.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+            }
+            uri = http::Uri::from_parts(p).unwrap_or_default();
+        }
+        let mut req = http::Request::new(());
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = uri;
+        let h = req.headers_mut();
+        for (name, value) in &parts.headers {
+            if !hop_by_hop(name, value) {
+                h.append(name, value.clone());
+            }
+        }
+        h.remove(http::header::HOST);
+        if self.info.dir == Direction::Inbound {
+            if let Some(name) = self
+                .cfg
+                .inbound
+                .as_ref()
+                .and_then(|i| i.identity_header.as_deref())
+                .and_then(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+            {
+                h.remove(&name);
+                if let Some(v) = self
+                    .info
+                    .peer
+                    .as_deref()
+                    .and_then(|id| HeaderValue::from_str(id).ok())
+                {
+                    h.insert(name, v);
+                }
+            }
+        }
+        if let Some(d) = call_deadline {
+            if let Ok(v) = HeaderValue::from_str(&grpc::format_timeout(left(d))) {
+                h.insert(GRPC_TIMEOUT, v);
+            }
+        }
+        req
+    }
+}
+
+/// Fields that belong to one connection (RFC 9113, section 8.2.2), which
+/// HTTP/2 forbids; `te` passes only as `trailers`.
+fn hop_by_hop(name: &HeaderName, value: &HeaderValue) -> bool {
+    match name.as_str() {
+        "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "upgrade" => true,
+        "te" => value.as_bytes() != b"trailers",
+        _ => false,
+    }
+}
+
+/// What one try is allowed.
+struct TryPlan<'a> {
+    attempts: &'a Attempts,
+    /// Withdraws a retry from the service's budget; `false`: over budget.
+    budget: &'a dyn Fn() -> bool,
+    /// The response head must arrive by then.
+    deadline: Instant,
+    /// The whole call must end by then (gRPC).
+    call_deadline: Option<Instant>,
+    /// The upstream is a peer proxy (mutual TLS).
+    peer_hop: bool,
+}
+
+/// What stopped the wait for the response head.
+enum Waited {
+    Head(Result<http::Response<RecvStream>, h2::Error>),
+    Pumped(Result<(), Stop>),
+    ClientReset,
+    Timeout,
+}
+
+/// What stopped the relay of the response.
+enum Relayed {
+    Done(Result<Option<http::HeaderMap>, Stop>),
+    Pumped(Result<(), Stop>),
+    Deadline,
+    Idle,
+}
+
+impl Call<'_> {
+    /// One try on one upstream connection.
+    async fn one_try(
+        &mut self,
+        slot: &StreamSlot,
+        body: &mut ReqBody,
+        plan: TryPlan<'_>,
+    ) -> Result<(), TryFail> {
+        let req = self.upstream_request(plan.call_deadline);
+        let ready = runtime::timeout_at(plan.deadline, slot.conn().send.clone().ready()).await;
+        let mut send = match ready {
+            Ok(Ok(s)) => s,
+            Ok(Err(_)) => {
+                return Err(TryFail {
+                    replayable: true,
+                    ..TryFail::new(
+                        ErrorKind::UpstreamReset,
+                        "HTTP/2 connection closed",
+                        body.replayable(),
+                    )
+                })
+            }
+            Err(_) => {
+                return Err(TryFail::new(
+                    ErrorKind::UpstreamTimeout,
+                    "no stream free on the upstream connection",
+                    body.replayable(),
+                ))
+            }
+        };
+        let eos = body.is_empty();
+        let (resp_fut, mut up_send) = match send.send_request(req, eos) {
+            Ok(pair) => pair,
+            Err(_) => {
+                return Err(TryFail {
+                    replayable: true,
+                    ..TryFail::new(
+                        ErrorKind::UpstreamReset,
+                        "HTTP/2 connection closed",
+                        body.replayable(),
+                    )
+                })
+            }
+        };
+        let stat = body.stat();
+        let last = Cell::new(Instant::now());
+        let mut pump = std::pin::pin!(async {
+            if eos {
+                Ok(())
+            } else {
+                body.pump(&mut up_send, &last).await
+            }
+        });
+        let mut pump_done = false;
+        let mut resp_fut = std::pin::pin!(resp_fut);
+        let mut timer = std::pin::pin!(runtime::sleep(left(plan.deadline)));
+        let head = loop {
+            let respond = &mut self.respond;
+            let event = std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = resp_fut.as_mut().poll(cx) {
+                    return Poll::Ready(Waited::Head(r));
+                }
+                if !pump_done {
+                    if let Poll::Ready(r) = pump.as_mut().poll(cx) {
+                        return Poll::Ready(Waited::Pumped(r));
+                    }
+                }
+                if respond.poll_reset(cx).is_ready() {
+                    return Poll::Ready(Waited::ClientReset);
+                }
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Waited::Timeout);
+                }
+                Poll::Pending
+            })
+            .await;
+            match event {
+                Waited::Head(r) => break r,
+                Waited::Pumped(Ok(())) | Waited::Pumped(Err(Stop::To)) => pump_done = true,
+                Waited::Pumped(Err(Stop::From(_))) | Waited::ClientReset => {
+                    // The client cancelled: dropping the upstream stream's
+                    // handles resets it (CANCEL).
+                    return Err(TryFail::started(
+                        ErrorKind::ClientGone,
+                        "the client reset the stream",
+                    ));
+                }
+                Waited::Timeout => {
+                    return Err(TryFail::new(
+                        ErrorKind::UpstreamTimeout,
+                        "no HTTP/2 response head in time",
+                        stat.replayable(),
+                    ))
+                }
+            }
+        };
+        let resp = match head {
+            Ok(r) => r,
+            Err(e) => return Err(self.head_failed(&e, stat.replayable())),
+        };
+        let (mut rparts, mut up_recv) = resp.into_parts();
+        if self.info.dir == Direction::Inbound {
+            // `coremesh-error` is this proxy's word to its callers; the
+            // app cannot speak it.
+            rparts.headers.remove(COREMESH_ERROR);
+        }
+        let end = up_recv.is_end_stream();
+        if plan.peer_hop && app_unreachable(&rparts.headers) && stat.replayable() {
+            return Err(TryFail {
+                replayable: false,
+                ..TryFail::new(
+                    ErrorKind::PeerAppUnreachable,
+                    "the peer proxy could not reach its app",
+                    true,
+                )
+            });
+        }
+        let status = rparts.status.as_u16();
+        let grpc_retry = self.is_grpc
+            && end
+            && rparts
+                .headers
+                .get(GRPC_STATUS)
+                .is_some_and(|g| plan.attempts.retries_grpc(g.as_bytes()));
+        if stat.replayable()
+            && (grpc_retry || plan.attempts.retries_status(status))
+            && (plan.budget)()
+        {
+            return Err(TryFail::new(
+                ErrorKind::RetryableStatus,
+                "retried status",
+                true,
+            ));
+        }
+        self.ex.status = status;
+        for name in ["connection", "keep-alive", "transfer-encoding", "upgrade"] {
+            rparts.headers.remove(name);
+        }
+        let head = http::Response::from_parts(rparts, ());
+        let mut client_send = match self.respond.send_response(head, end) {
+            Ok(s) => s,
+            Err(_) => {
+                return Err(TryFail::started(
+                    ErrorKind::ClientGone,
+                    "the client reset the stream",
+                ))
+            }
+        };
+        self.ex.bytes_in = stat.received();
+        if end {
+            self.ex.end = Some(Instant::now());
+            return Ok(());
+        }
+        let moved = Cell::new(0u64);
+        let idle = self.cfg.timeouts.idle;
+        let outcome = {
+            let mut relay = std::pin::pin!(relay(&mut up_recv, &mut client_send, &last, &moved));
+            let mut deadline = std::pin::pin!(runtime::sleep(
+                plan.call_deadline
+                    .map_or(std::time::Duration::MAX / 4, left)
+            ));
+            let tick = (idle / 4).clamp(
+                std::time::Duration::from_millis(10),
+                std::time::Duration::from_secs(1),
+            );
+            let mut idle_timer = std::pin::pin!(runtime::sleep(tick));
+            loop {
+                let event = std::future::poll_fn(|cx| {
+                    if let Poll::Ready(r) = relay.as_mut().poll(cx) {
+                        return Poll::Ready(Relayed::Done(r));
+                    }
+                    if !pump_done {
+                        if let Poll::Ready(r) = pump.as_mut().poll(cx) {
+                            return Poll::Ready(Relayed::Pumped(r));
+                        }
+                    }
+                    if deadline.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Relayed::Deadline);
+                    }
+                    if idle_timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Relayed::Idle);
+                    }
+                    Poll::Pending
+                })
+                .await;
+                match event {
+                    Relayed::Pumped(Ok(())) | Relayed::Pumped(Err(Stop::To)) => pump_done = true,
+                    Relayed::Pumped(Err(Stop::From(_))) => break Relayed::Pumped(Err(Stop::To)),
+                    Relayed::Idle if last.get().elapsed() < idle => {
+                        idle_timer.set(runtime::sleep(tick));
+                    }
+                    other => break other,
+                }
+            }
+        };
+        self.ex.bytes_in = stat.received();
+        self.ex.bytes_out = moved.get();
+        match outcome {
+            Relayed::Done(Ok(_trailers)) => {
+                self.ex.end = Some(Instant::now());
+                Ok(())
+            }
+            Relayed::Done(Err(Stop::From(e))) => {
+                client_send.send_reset(e.reason().unwrap_or(Reason::INTERNAL_ERROR));
+                Err(TryFail::started(
+                    ErrorKind::UpstreamReset,
+                    "the upstream reset the stream",
+                ))
+            }
+            Relayed::Done(Err(Stop::To)) | Relayed::Pumped(_) => {
+                client_send.send_reset(Reason::CANCEL);
+                Err(TryFail::started(
+                    ErrorKind::ClientGone,
+                    "the client reset the stream",
+                ))
+            }
+            Relayed::Deadline => {
+                let mut t = http::HeaderMap::new();
+                t.insert(
+                    GRPC_STATUS,
+                    HeaderValue::from(u16::from(grpc::Code::DeadlineExceeded.as_u8())),
+                );
+                t.insert(GRPC_MESSAGE, HeaderValue::from_static("deadline exceeded"));
+                t.insert(COREMESH_ERROR, HeaderValue::from_static("upstream timeout"));
+                if client_send.send_trailers(t).is_err() {
+                    client_send.send_reset(Reason::CANCEL);
+                }
+                Err(TryFail::started(
+                    ErrorKind::UpstreamTimeout,
+                    "the call's deadline passed",
+                ))
+            }
+            Relayed::Idle => {
+                client_send.send_reset(Reason::CANCEL);
+                Err(TryFail::started(
+                    ErrorKind::Idle,
+                    "nothing moved on the stream",
+                ))
+            }
+        }
+    }
+
+    /// The upstream failed the stream before its response head. A reset
+    /// the upstream chose (other than REFUSED_STREAM, which says the
+    /// request was not processed) is passed on to the client as it is.
+    fn head_failed(&mut self, e: &h2::Error, intact: bool) -> TryFail {
+        let refused = e.reason() == Some(Reason::REFUSED_STREAM);
+        if e.is_reset() && e.is_remote() && !refused {
+            let reason = e.reason().unwrap_or(Reason::INTERNAL_ERROR);
+            self.respond.send_reset(reason);
+            return TryFail::started(ErrorKind::UpstreamReset, "the upstream reset the stream");
+        }
+        TryFail {
+            replayable: refused || e.is_go_away(),
+            ..TryFail::new(
+                ErrorKind::UpstreamReset,
+                "the HTTP/2 upstream failed",
+                intact,
+            )
+        }
+    }
+}
+
+/// A peer proxy's own answer that it could not connect to its app.
+fn app_unreachable(h: &http::HeaderMap) -> bool {
+    h.get(COREMESH_ERROR).is_some_and(|e| {
+        e.as_bytes() == ErrorKind::ConnectFailed.text().as_bytes()
+            || e.as_bytes() == ErrorKind::ConnectTimeout.text().as_bytes()
+    })
+}

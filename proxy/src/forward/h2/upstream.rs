@@ -1,0 +1,142 @@
+//! HTTP/2 connections to endpoints: a pooled one with room for another
+//! stream ([`crate::shard::h2pool`]), else a new one (h2c to the local app
+//! and to plaintext endpoints; h2 over mutual TLS, ALPN `h2`, to a peer
+//! proxy, which must present the called service's identity).
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::{left, race, Either, CONNECTION_WINDOW, STREAM_WINDOW};
+use crate::config::Config;
+use crate::error::{ErrorKind, ProxyError};
+use crate::runtime::{self, TcpStream};
+use crate::shard::h2pool::H2Up;
+use crate::shard::Shard;
+use crate::tls::poll::PollConn;
+
+/// A connection to `addr` with room for one more stream, opened within
+/// `deadline` (and `timeouts.connect`) when none is pooled. `mtls`: the
+/// service whose peer proxies are called over mutual TLS.
+pub(in crate::forward) async fn connection(
+    shard: &Shard,
+    cfg: &Config,
+    addr: SocketAddr,
+    mtls: Option<&str>,
+    deadline: Instant,
+) -> Result<Rc<H2Up>, ProxyError> {
+    if let Some(up) = shard.h2.get(addr) {
+        if serves(shard, &up, mtls) {
+            return Ok(up);
+        }
+    }
+    let left = left(deadline);
+    if left.is_zero() {
+        return Err(ProxyError::new(
+            ErrorKind::UpstreamTimeout,
+            "the try's deadline passed before connecting",
+        ));
+    }
+    let limit = cfg.timeouts.connect.min(left);
+    let tcp = TcpStream::connect(addr, limit).await.map_err(|e| {
+        let kind = if e.kind() == std::io::ErrorKind::TimedOut {
+            ErrorKind::ConnectTimeout
+        } else {
+            ErrorKind::ConnectFailed
+        };
+        ProxyError::io(kind, "connecting (HTTP/2)", e)
+    })?;
+    let conn = match mtls {
+        None => crate::conn::Conn::Plain(tcp),
+        Some(service) => {
+            runtime::watch_peer(tcp.raw_fd());
+            let alpn = crate::tls::identity::ALPN_H2;
+            Box::pin(super::super::upstream::connect_tls(
+                shard, cfg, tcp, service, addr, alpn,
+            ))
+            .await?
+        }
+    };
+    let peer = conn.peer_id().cloned();
+    let io = PollConn::from_conn(conn)
+        .map_err(|e| ProxyError::io(ErrorKind::ConnectFailed, "HTTP/2 upstream", e))?;
+    let handshake = client_builder().handshake::<_, Bytes>(io);
+    let (send, connection) = match runtime::timeout(limit, handshake).await {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(e)) => {
+            return Err(ProxyError::io(
+                ErrorKind::ConnectFailed,
+                "HTTP/2 handshake with the upstream",
+                std::io::Error::other(e),
+            ))
+        }
+        Err(_) => {
+            return Err(ProxyError::new(
+                ErrorKind::ConnectTimeout,
+                "HTTP/2 handshake with the upstream",
+            ))
+        }
+    };
+    let up = Rc::new(H2Up {
+        send,
+        alive: Cell::new(true),
+        streams: Cell::new(0),
+        idle_since: Cell::new(Instant::now()),
+        peer,
+    });
+    shard.h2.add(addr, up.clone());
+    runtime::spawn_local(drive(
+        connection,
+        up.clone(),
+        cfg.upstream.pool_idle_timeout,
+    ));
+    Ok(up)
+}
+
+fn client_builder() -> h2::client::Builder {
+    let mut b = h2::client::Builder::new();
+    b.initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_send_buffer_size(STREAM_WINDOW as usize)
+        .enable_push(false);
+    b
+}
+
+/// Whether a pooled connection suits a request: plaintext for plaintext;
+/// for mutual TLS, verified as the service the request is for.
+fn serves(shard: &Shard, up: &H2Up, mtls: Option<&str>) -> bool {
+    match (mtls, up.peer.as_deref()) {
+        (None, peer) => peer.is_none(),
+        (Some(service), Some(id)) => shard.tls().is_some_and(|t| {
+            crate::tls::identity::service_of(id, &t.identity.trust_domain) == Some(service)
+        }),
+        (Some(_), None) => false,
+    }
+}
+
+/// Drives one upstream connection until it ends, or until it has carried
+/// no stream for `idle` (`[upstream] pool_idle_timeout`).
+async fn drive(connection: h2::client::Connection<PollConn, Bytes>, up: Rc<H2Up>, idle: Duration) {
+    let mut connection = std::pin::pin!(connection);
+    let tick = (idle / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        let timer = std::pin::pin!(runtime::sleep(tick));
+        match race(connection.as_mut(), timer).await {
+            Either::Left(res) => {
+                if let Err(e) = res {
+                    tracing::debug!("HTTP/2 upstream connection ended: {e}");
+                }
+                break;
+            }
+            Either::Right(()) => {
+                if up.streams.get() == 0 && up.idle_since.get().elapsed() >= idle {
+                    break;
+                }
+            }
+        }
+    }
+    up.alive.set(false);
+}
