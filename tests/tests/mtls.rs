@@ -145,7 +145,9 @@ fn the_inbound_port_refuses_plaintext_a_foreign_ca_and_an_expired_certificate() 
 
     let curl = |files: &coremesh_e2e::pki::TlsFiles| {
         Curl::new(&url)
-            .args(&["-k", "--tlsv1.3"])
+            // HTTP/1.1: the app here is an HTTP/1.1 origin, and an h2 client keeps
+            // its protocol to the app (README, "HTTP/2 and gRPC").
+            .args(&["-k", "--tlsv1.3", "--http1.1"])
             .arg("--cert")
             .arg(&files.cert.display().to_string())
             .arg("--key")

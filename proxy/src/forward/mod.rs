@@ -41,7 +41,6 @@ use crate::stats::Direction;
 mod answer;
 mod ctx;
 mod exchange;
-#[cfg(not(feature = "runtime-glommio"))]
 mod h2;
 pub mod intercepted;
 mod mirror;
@@ -271,7 +270,6 @@ async fn accept_inbound(shard: &Rc<Shard>, tcp: TcpStream) -> Option<Conn> {
             tcp_service::inbound(shard, &cfg, t).await;
             None
         }
-        #[cfg(not(feature = "runtime-glommio"))]
         Some(t) if t.alpn_is(crate::tls::identity::ALPN_H2) => {
             Box::pin(h2::serve_h2(
                 shard.clone(),
@@ -321,11 +319,10 @@ async fn serve_http(shard: Rc<Shard>, client: Conn, dir: Direction, dest: Option
         if woke.is_err() {
             break;
         }
-        #[cfg(not(feature = "runtime-glommio"))]
-        if served == 0 && !c.is_tls() {
+        if let (0, Conn::Plain(tcp)) = (served, &*c) {
             // Boxed: once per connection, and only h2 connections keep it.
             let head_read = shard.config().timeouts.head_read;
-            if Box::pin(h2::detect(c, head_read)).await {
+            if Box::pin(h2::detect(tcp, head_read)).await {
                 if let Some(c) = client.take() {
                     Box::pin(h2::serve_h2(shard.clone(), c, dir, dest.clone())).await;
                 }

@@ -259,6 +259,59 @@ pub struct TcpStream {
     stash: Option<u8>,
 }
 
+/// A TCP connection in readiness mode (tokio's `AsyncRead`/`AsyncWrite`
+/// over glommio's futures-io ones).
+pub struct PollTcp {
+    inner: glommio::net::TcpStream,
+    stash: Option<u8>,
+}
+
+impl tokio::io::AsyncRead for PollTcp {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        if let Some(b) = self.stash.take() {
+            buf.put_slice(&[b]);
+            return std::task::Poll::Ready(Ok(()));
+        }
+        let dst = buf.initialize_unfilled();
+        match futures_lite::AsyncRead::poll_read(std::pin::Pin::new(&mut self.inner), cx, dst) {
+            std::task::Poll::Ready(Ok(n)) => {
+                buf.advance(n);
+                std::task::Poll::Ready(Ok(()))
+            }
+            std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for PollTcp {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        futures_lite::AsyncWrite::poll_write(std::pin::Pin::new(&mut self.inner), cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        futures_lite::AsyncWrite::poll_flush(std::pin::Pin::new(&mut self.inner), cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        futures_lite::AsyncWrite::poll_close(std::pin::Pin::new(&mut self.inner), cx)
+    }
+}
+
 /// The outcome of [`TcpStream::read_linger`].
 pub enum Linger {
     /// The read completed (bytes, 0 for EOF, or an error) with the buffer.
@@ -321,6 +374,26 @@ impl TcpStream {
     pub fn shutdown_write(&self) {
         // SAFETY: shutdown(2) on a descriptor `self` owns; it does not close it.
         unsafe { libc::shutdown(self.fd(), libc::SHUT_WR) };
+    }
+
+    /// The same socket with tokio's `AsyncRead`/`AsyncWrite` surface, for
+    /// protocol stacks written against it (HTTP/2: the `h2` crate).
+    pub fn into_poll(self) -> io::Result<PollTcp> {
+        Ok(PollTcp {
+            inner: self.inner,
+            stash: self.stash,
+        })
+    }
+
+    /// Copies the first bytes waiting on the socket into `buf` without
+    /// consuming them (with the byte a readiness wait took, if any).
+    pub fn peek(&self, buf: &mut [u8]) -> usize {
+        let mut n = 0;
+        if let (Some(b), Some(first)) = (self.stash, buf.first_mut()) {
+            *first = b;
+            n = 1;
+        }
+        n + super::peek_fd(self.fd(), &mut buf[n..])
     }
 
     /// Reads into the spare capacity of `buf` (appending after its length).

@@ -134,6 +134,25 @@ pub fn stale(fd: std::os::fd::RawFd) -> bool {
     }
 }
 
+/// `recv(MSG_PEEK | MSG_DONTWAIT)`: the bytes waiting on a socket, left
+/// there. 0 when none are (or at EOF, or on an error).
+fn peek_fd(fd: std::os::fd::RawFd, buf: &mut [u8]) -> usize {
+    if buf.is_empty() {
+        return 0;
+    }
+    // SAFETY: `buf` is valid for writes of its length for the call; with
+    // MSG_PEEK the kernel consumes nothing from the socket.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    usize::try_from(n).unwrap_or(0)
+}
+
 /// Pins the calling thread to `cpu`.
 pub fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
     // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET only write inside it,

@@ -364,6 +364,12 @@ impl TcpStream {
         self.inner.try_into_poll_io().map_err(|(e, _)| e)
     }
 
+    /// Copies the first bytes waiting on the socket into `buf` without
+    /// consuming them.
+    pub fn peek(&self, buf: &mut [u8]) -> usize {
+        super::peek_fd(self.raw_fd(), buf)
+    }
+
     /// Reads into the spare capacity of `buf` (appending after its length).
     pub async fn read(&mut self, buf: Buf) -> (io::Result<usize>, Buf) {
         use monoio::buf::IoBufMut;

@@ -42,7 +42,6 @@ pub struct Shard {
     pub bufs: BufPool,
     pub pool: UpstreamPool,
     /// HTTP/2 upstream connections (forward/h2).
-    #[cfg(not(feature = "runtime-glommio"))]
     pub h2: crate::shard::h2pool::H2Pool,
     /// Idle keep-alive client connections and their deadlines.
     pub idle: IdleConns,
@@ -221,7 +220,6 @@ fn seed(index: usize) -> u64 {
 }
 
 pub mod buf;
-#[cfg(not(feature = "runtime-glommio"))]
 pub mod h2pool;
 pub mod idle;
 pub mod outcomes;

@@ -58,7 +58,6 @@ pub async fn run(setup: ShardSetup, driver: String) {
         stats: RefCell::new(ShardStats::new(index)),
         bufs: BufPool::new(),
         pool: UpstreamPool::new(),
-        #[cfg(not(feature = "runtime-glommio"))]
         h2: Default::default(),
         idle: IdleConns::new(),
         rr: RefCell::new(FxHashMap::default()),

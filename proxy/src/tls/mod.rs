@@ -27,7 +27,6 @@ pub use identity::{Identity, ShardTls};
 pub use session::{Session, TlsError};
 pub use stream::TlsStream;
 
-#[cfg(not(feature = "runtime-glommio"))]
 pub mod poll;
 
 #[cfg(test)]

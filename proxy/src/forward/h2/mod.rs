@@ -78,27 +78,6 @@ pub(super) fn classify(first: &[u8]) -> Detect {
     }
 }
 
-/// Peeks at the first bytes of a plaintext connection (nothing is
-/// consumed). Called once per connection, when it is first readable.
-pub(super) fn peek_detect(fd: std::os::fd::RawFd) -> Detect {
-    let mut b = [0u8; 24];
-    // SAFETY: `b` is a valid buffer of its length for the call; MSG_PEEK
-    // consumes nothing and the descriptor is owned by the caller's stream.
-    let n = unsafe {
-        libc::recv(
-            fd,
-            b.as_mut_ptr().cast(),
-            b.len(),
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    if n <= 0 {
-        // EOF or an error: the HTTP/1.1 loop reads it and closes.
-        return Detect::Http1;
-    }
-    classify(&b[..n as usize])
-}
-
 /// The connection a stream came on, as its phases need it.
 pub(super) struct ConnInfo {
     pub(super) dir: Direction,
@@ -124,10 +103,16 @@ fn server_builder(cfg: &crate::config::Config) -> h2::server::Builder {
 /// Whether a plaintext client connection, readable now, speaks HTTP/2 with
 /// prior knowledge. A preface that arrives in pieces is waited for, within
 /// `limit` (`timeouts.head_read`); anything else is HTTP/1.1's to read.
-pub(super) async fn detect(c: &Conn, limit: Duration) -> bool {
+pub(super) async fn detect(c: &crate::runtime::TcpStream, limit: Duration) -> bool {
     let until = Instant::now() + limit;
+    let mut first = [0u8; 24];
     loop {
-        match peek_detect(c.raw_fd()) {
+        let n = c.peek(&mut first);
+        if n == 0 {
+            // EOF or an error: the HTTP/1.1 loop reads it and closes.
+            return false;
+        }
+        match classify(&first[..n]) {
             Detect::Http2 => return true,
             Detect::Http1 => return false,
             Detect::NeedMore if Instant::now() >= until => return false,
