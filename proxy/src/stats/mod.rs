@@ -23,7 +23,9 @@ use hdrhistogram::Histogram;
 use rustc_hash::FxHashMap;
 
 pub mod accept;
+mod h2;
 mod mesh;
+pub use h2::{H2Stats, ResetBy};
 pub use mesh::MeshStats;
 
 /// Which listener a request or connection came through.
@@ -131,6 +133,8 @@ pub struct ShardStats {
     index: [FxHashMap<Arc<str>, usize>; 2],
     /// TLS, authorization and TCP counters.
     pub mesh: MeshStats,
+    /// HTTP/2 and gRPC counters.
+    pub h2: H2Stats,
 }
 
 impl ShardStats {
@@ -143,6 +147,7 @@ impl ShardStats {
             services: Vec::new(),
             index: [FxHashMap::default(), FxHashMap::default()],
             mesh: MeshStats::default(),
+            h2: H2Stats::default(),
         }
     }
 
@@ -227,6 +232,7 @@ impl ShardStats {
             conns_total: self.conns_total,
             services,
             mesh: self.mesh.clone(),
+            h2: self.h2.clone(),
         }
     }
 }
@@ -242,6 +248,7 @@ pub struct ShardSnapshot {
     /// Sorted by (direction, service).
     services: Vec<ServiceSnapshot>,
     mesh: MeshStats,
+    h2: H2Stats,
 }
 
 #[derive(Debug, Clone)]
@@ -456,6 +463,8 @@ pub fn render_prometheus(snaps: &[ShardSnapshot], out: &mut String) {
 
     let mesh: Vec<&MeshStats> = snaps.iter().map(|s| &s.mesh).collect();
     mesh::render(&mesh, out);
+    let h2: Vec<&H2Stats> = snaps.iter().map(|s| &s.h2).collect();
+    h2::render(&h2, out);
 }
 
 /// The proxy's certificate expiry, so an alert can fire well before a

@@ -146,13 +146,16 @@ async fn drive_server(shard: &Rc<Shard>, io: PollConn, info: Rc<ConnInfo>) {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             tracing::debug!("HTTP/2 handshake failed: {e}");
+            connection_ended(shard, &e);
             return;
         }
         Err(_) => {
             tracing::debug!("HTTP/2 preface did not arrive in time");
+            shard.stats.borrow_mut().h2.connection_error("timeout");
             return;
         }
     };
+    shard.stats.borrow_mut().h2.connection(info.dir);
     let active = Rc::new(StreamCount::default());
     let mut drain = std::pin::pin!(shard.drain_watch());
     let mut going_away = false;
@@ -181,6 +184,7 @@ async fn drive_server(shard: &Rc<Shard>, io: PollConn, info: Rc<ConnInfo>) {
             }
             Either::Left(Some(Err(e))) => {
                 tracing::debug!("HTTP/2 connection ended: {e}");
+                connection_ended(shard, &e);
                 break;
             }
             Either::Left(None) => break,
@@ -198,6 +202,39 @@ async fn drive_server(shard: &Rc<Shard>, io: PollConn, info: Rc<ConnInfo>) {
                 }
             }
         }
+    }
+}
+
+/// Counts a client connection the proxy ended for an error of the
+/// client's (a GOAWAY it sent: rapid reset, floods, malformed frames).
+fn connection_ended(shard: &Shard, e: &h2::Error) {
+    if e.is_remote() || e.is_io() {
+        return;
+    }
+    if let Some(r) = e.reason() {
+        shard.stats.borrow_mut().h2.connection_error(reason_name(r));
+    }
+}
+
+/// An HTTP/2 error code's name (RFC 9113, section 7).
+pub(super) fn reason_name(r: h2::Reason) -> &'static str {
+    use h2::Reason as R;
+    match r {
+        R::NO_ERROR => "NO_ERROR",
+        R::PROTOCOL_ERROR => "PROTOCOL_ERROR",
+        R::INTERNAL_ERROR => "INTERNAL_ERROR",
+        R::FLOW_CONTROL_ERROR => "FLOW_CONTROL_ERROR",
+        R::SETTINGS_TIMEOUT => "SETTINGS_TIMEOUT",
+        R::STREAM_CLOSED => "STREAM_CLOSED",
+        R::FRAME_SIZE_ERROR => "FRAME_SIZE_ERROR",
+        R::REFUSED_STREAM => "REFUSED_STREAM",
+        R::CANCEL => "CANCEL",
+        R::COMPRESSION_ERROR => "COMPRESSION_ERROR",
+        R::CONNECT_ERROR => "CONNECT_ERROR",
+        R::ENHANCE_YOUR_CALM => "ENHANCE_YOUR_CALM",
+        R::INADEQUATE_SECURITY => "INADEQUATE_SECURITY",
+        R::HTTP_1_1_REQUIRED => "HTTP_1_1_REQUIRED",
+        _ => "OTHER",
     }
 }
 

@@ -48,7 +48,7 @@ use crate::routing::RoutingTable;
 use crate::runtime;
 use crate::shard::h2pool::StreamSlot;
 use crate::shard::Shard;
-use crate::stats::Direction;
+use crate::stats::{Direction, ResetBy};
 
 const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
@@ -92,9 +92,23 @@ pub(super) async fn serve_stream(
             upstream: None,
         },
         service: "unknown",
+        grpc_status: None,
     };
+    shard.stats.borrow_mut().h2.stream(info.dir);
     call.run(recv).await;
-    let Call { ex, service, .. } = call;
+    let Call {
+        ex,
+        service,
+        grpc_status,
+        ..
+    } = call;
+    if is_grpc {
+        shard
+            .stats
+            .borrow_mut()
+            .h2
+            .grpc(info.dir, service, grpc_status);
+    }
     shard.record(info.dir, service, logged.as_ref(), &ex);
 }
 
@@ -146,6 +160,8 @@ struct Call<'p> {
     respond: SendResponse<Bytes>,
     ex: Exchange,
     service: &'p str,
+    /// The call's final `grpc-status`, once known (gRPC calls).
+    grpc_status: Option<u8>,
 }
 
 /// How one try failed (see forward/exchange.rs `Failed`).
@@ -291,8 +307,15 @@ impl<'p> Call<'p> {
 
     fn answer(&mut self, answer: &Answer<'_>) {
         self.ex.status = answer.status();
+        if self.is_grpc {
+            self.grpc_status = Some(grpc::answer_code(answer).as_u8());
+        }
         self.ex.bytes_out += send_local(&mut self.respond, answer, self.is_grpc);
         self.ex.end = Some(Instant::now());
+    }
+
+    fn count_reset(&self, by: ResetBy) {
+        self.shard.stats.borrow_mut().h2.reset(self.info.dir, by);
     }
 
     /// The call's own deadline (`grpc-timeout`), if it has one.
@@ -405,6 +428,7 @@ impl<'p> Call<'p> {
                 Verdict::Close => {
                     self.ex.status = fail.err.kind.status();
                     self.respond.send_reset(Reason::INTERNAL_ERROR);
+                    self.count_reset(ResetBy::Proxy);
                     return;
                 }
                 Verdict::Answer { kind, .. } => {
@@ -592,6 +616,7 @@ impl Call<'_> {
                 Waited::Pumped(Err(Stop::From(_))) | Waited::ClientReset => {
                     // The client cancelled: dropping the upstream stream's
                     // handles resets it (CANCEL).
+                    self.count_reset(ResetBy::Client);
                     return Err(TryFail::started(
                         ErrorKind::ClientGone,
                         "the client reset the stream",
@@ -645,6 +670,9 @@ impl Call<'_> {
             ));
         }
         self.ex.status = status;
+        if self.is_grpc {
+            self.grpc_status = grpc_code(rparts.headers.get(GRPC_STATUS));
+        }
         for name in ["connection", "keep-alive", "transfer-encoding", "upgrade"] {
             rparts.headers.remove(name);
         }
@@ -708,12 +736,19 @@ impl Call<'_> {
         self.ex.bytes_in = stat.received();
         self.ex.bytes_out = moved.get();
         match outcome {
-            Relayed::Done(Ok(_trailers)) => {
+            Relayed::Done(Ok(trailers)) => {
+                if self.is_grpc {
+                    self.grpc_status = trailers
+                        .as_ref()
+                        .and_then(|t| grpc_code(t.get(GRPC_STATUS)))
+                        .or(self.grpc_status);
+                }
                 self.ex.end = Some(Instant::now());
                 Ok(())
             }
             Relayed::Done(Err(Stop::From(e))) => {
                 client_send.send_reset(e.reason().unwrap_or(Reason::INTERNAL_ERROR));
+                self.count_reset(ResetBy::Upstream);
                 Err(TryFail::started(
                     ErrorKind::UpstreamReset,
                     "the upstream reset the stream",
@@ -721,6 +756,7 @@ impl Call<'_> {
             }
             Relayed::Done(Err(Stop::To)) | Relayed::Pumped(_) => {
                 client_send.send_reset(Reason::CANCEL);
+                self.count_reset(ResetBy::Client);
                 Err(TryFail::started(
                     ErrorKind::ClientGone,
                     "the client reset the stream",
@@ -737,6 +773,8 @@ impl Call<'_> {
                 if client_send.send_trailers(t).is_err() {
                     client_send.send_reset(Reason::CANCEL);
                 }
+                self.grpc_status = Some(grpc::Code::DeadlineExceeded.as_u8());
+                self.count_reset(ResetBy::Proxy);
                 Err(TryFail::started(
                     ErrorKind::UpstreamTimeout,
                     "the call's deadline passed",
@@ -744,6 +782,7 @@ impl Call<'_> {
             }
             Relayed::Idle => {
                 client_send.send_reset(Reason::CANCEL);
+                self.count_reset(ResetBy::Proxy);
                 Err(TryFail::started(
                     ErrorKind::Idle,
                     "nothing moved on the stream",
@@ -760,6 +799,7 @@ impl Call<'_> {
         if e.is_reset() && e.is_remote() && !refused {
             let reason = e.reason().unwrap_or(Reason::INTERNAL_ERROR);
             self.respond.send_reset(reason);
+            self.count_reset(ResetBy::Upstream);
             return TryFail::started(ErrorKind::UpstreamReset, "the upstream reset the stream");
         }
         TryFail {
@@ -771,6 +811,11 @@ impl Call<'_> {
             )
         }
     }
+}
+
+/// A `grpc-status` value as a code.
+fn grpc_code(v: Option<&HeaderValue>) -> Option<u8> {
+    std::str::from_utf8(v?.as_bytes()).ok()?.trim().parse().ok()
 }
 
 /// A peer proxy's own answer that it could not connect to its app.
