@@ -271,13 +271,17 @@ fn compile_route(
                 cause,
             }
         };
-        let path = match (&m.path, &m.path_prefix, &m.path_regex) {
-            (Some(p), None, None) => Some(PathMatch::Exact(p.clone())),
-            (None, Some(p), None) => Some(PathMatch::Prefix(p.clone())),
-            (None, None, Some(re)) => Some(PathMatch::Regex(
+        let path = match (&m.path, &m.path_prefix, &m.path_regex, &m.grpc) {
+            (Some(p), None, None, None) => Some(PathMatch::Exact(p.clone())),
+            (None, Some(p), None, None) => Some(PathMatch::Prefix(p.clone())),
+            (None, None, Some(re), None) => Some(PathMatch::Regex(
                 compile_regex(re).map_err(|e| bad_regex("pathRegex".into())(e.into()))?,
             )),
-            (None, None, None) => None,
+            (None, None, None, Some(g)) => Some(match g.path() {
+                (p, true) => PathMatch::Exact(p),
+                (p, false) => PathMatch::Prefix(p),
+            }),
+            (None, None, None, None) => None,
             _ => {
                 return Err(CompileError::PathConflict {
                     route: r.name.clone(),

@@ -118,6 +118,12 @@ pub struct Match {
     /// `pathRegex`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_regex: Option<String>,
+    /// A gRPC service and, optionally, one of its methods: sugar for the
+    /// path (`{service: pkg.Greeter, method: SayHello}` is the exact path
+    /// `/pkg.Greeter/SayHello`; without `method`, the prefix
+    /// `/pkg.Greeter/`). Not with another path condition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcMatch>,
     /// Header name (case-insensitive) -> condition: an exact value
     /// (`x-canary: "true"`), `{ regex: "..." }` or `{ present: true }` /
     /// `{ present: false }` (see [`ValueMatch`]). A header sent on several
@@ -134,6 +140,27 @@ pub struct Match {
     /// Methods (uppercase); empty means any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub methods: Vec<String>,
+}
+
+/// A rule's gRPC condition (see [`Match::grpc`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcMatch {
+    /// The fully qualified service name (`package.Service`).
+    pub service: String,
+    /// The method name; absent: every method of the service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+}
+
+impl GrpcMatch {
+    /// The path condition it stands for: `(path, exact)`.
+    pub fn path(&self) -> (String, bool) {
+        match &self.method {
+            Some(m) => (format!("/{}/{m}", self.service), true),
+            None => (format!("/{}/", self.service), false),
+        }
+    }
 }
 
 /// Retries of a rule.

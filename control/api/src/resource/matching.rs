@@ -228,13 +228,38 @@ pub(super) fn check_match(m: &Match) -> Result<(), Invalid> {
         ("path", m.path.is_some()),
         ("pathPrefix", m.path_prefix.is_some()),
         ("pathRegex", m.path_regex.is_some()),
+        ("grpc", m.grpc.is_some()),
     ];
     if paths.iter().filter(|(_, set)| *set).count() > 1 {
         let (last, _) = paths.iter().rev().find(|(_, set)| *set).expect("two set");
         return Err((
             last.to_string(),
-            "set together with another path condition; give one of path (exact), pathPrefix and pathRegex".into(),
+            "set together with another path condition; give one of path (exact), pathPrefix, pathRegex and grpc".into(),
         ));
+    }
+    if let Some(g) = &m.grpc {
+        let ident = |s: &str| {
+            s.split('.').all(|part| {
+                part.chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            })
+        };
+        if !ident(&g.service) {
+            return Err((
+                "grpc.service".to_string(),
+                format!("{:?} is not a gRPC service name (package.Service: letters, digits and _, dot-separated)", g.service).into(),
+            ));
+        }
+        if let Some(method) = &g.method {
+            if method.contains('.') || !ident(method) {
+                return Err((
+                    "grpc.method".to_string(),
+                    format!("{method:?} is not a gRPC method name (letters, digits and _)").into(),
+                ));
+            }
+        }
     }
     super::syntax::check_paths(&m.path, &m.path_prefix)?;
     if let Some(re) = &m.path_regex {

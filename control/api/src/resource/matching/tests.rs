@@ -113,7 +113,7 @@ fn one_path_condition_at_most() {
         assert_eq!(
             err(&format!("    match: {rule}\n")),
             format!(
-                "{}set together with another path condition; give one of path (exact), pathPrefix and pathRegex",
+                "{}set together with another path condition; give one of path (exact), pathPrefix, pathRegex and grpc",
                 prefix(last)
             )
         );
@@ -271,4 +271,29 @@ fn retries_errors() {
     assert!(e.contains("invalid type"), "{e}");
     let e = err("    retries: { attempts: 1, backoff: { base: 1y } }\n");
     assert!(e.contains("unknown unit"), "{e}");
+}
+
+#[test]
+fn grpc_service_and_method_are_sugar_for_the_path() {
+    let m = matches("    match:\n      grpc: {service: pkg.v1.Greeter, method: SayHello}\n");
+    let g = m.grpc.expect("grpc condition");
+    assert_eq!(g.path(), ("/pkg.v1.Greeter/SayHello".to_string(), true));
+    let m = matches("    match:\n      grpc: {service: pkg.Greeter}\n");
+    assert_eq!(m.grpc.unwrap().path(), ("/pkg.Greeter/".to_string(), false));
+}
+
+#[test]
+fn grpc_conditions_are_checked() {
+    let e = err("    match:\n      path: /x\n      grpc: {service: pkg.Greeter}\n");
+    assert!(e.starts_with(&prefix("grpc")), "{e}");
+    assert!(
+        e.contains("one of path (exact), pathPrefix, pathRegex and grpc"),
+        "{e}"
+    );
+    let e = err("    match:\n      grpc: {service: \"pkg/Greeter\"}\n");
+    assert!(e.starts_with(&prefix("grpc.service")), "{e}");
+    let e = err("    match:\n      grpc: {service: pkg.Greeter, method: \"Say.Hello\"}\n");
+    assert!(e.starts_with(&prefix("grpc.method")), "{e}");
+    let e = err("    match:\n      grpc: {method: SayHello}\n");
+    assert!(e.contains("service"), "{e}");
 }
