@@ -1,6 +1,7 @@
 //! Health checks of the local app (`[control.health]`), run on the agent
-//! thread every `interval`: a TCP connect to `[inbound] app`, or an HTTP/1.1
-//! `GET <path>` whose status is 2xx or 3xx. Each check is bounded by
+//! thread every `interval`: a TCP connect to `[inbound] app`, an HTTP/1.1
+//! `GET <path>` whose status is 2xx or 3xx, or a gRPC health check
+//! (grpc.health.v1 `Check` over h2c) that answers SERVING. Each check is bounded by
 //! `timeout`. The latest result is what the control session reports with
 //! every heartbeat; changes are logged once, not every interval.
 
@@ -40,6 +41,7 @@ impl Checker {
             match self.config.kind {
                 HealthKind::Tcp => tcp(self.app).await,
                 HealthKind::Http => http(self.app, &self.config.path).await,
+                HealthKind::Grpc => grpc(self.app, &self.config.grpc_service).await,
             }
         };
         match tokio::time::timeout(timeout, run).await {
@@ -97,6 +99,155 @@ async fn tcp(app: SocketAddr) -> HealthReport {
             detail: format!("connect: {e}"),
         },
     }
+}
+
+/// Longest gRPC health answer read.
+const MAX_GRPC_ANSWER: usize = 1024;
+
+/// `grpc.health.v1.Health/Check` for `service` over h2c.
+async fn grpc(app: SocketAddr, service: &str) -> HealthReport {
+    let unhealthy = |detail: String| HealthReport {
+        healthy: false,
+        detail,
+    };
+    let tcp = match TcpStream::connect(app).await {
+        Ok(s) => s,
+        Err(e) => return unhealthy(format!("connect: {e}")),
+    };
+    let (client, connection) = match h2::client::handshake(tcp).await {
+        Ok(pair) => pair,
+        Err(e) => return unhealthy(format!("HTTP/2: {e}")),
+    };
+    tokio::select! {
+        r = grpc_check(client, app, service) => r.unwrap_or_else(unhealthy),
+        r = connection => unhealthy(match r {
+            Ok(()) => "the app closed the connection".into(),
+            Err(e) => format!("HTTP/2: {e}"),
+        }),
+    }
+}
+
+async fn grpc_check(
+    client: h2::client::SendRequest<bytes::Bytes>,
+    app: SocketAddr,
+    service: &str,
+) -> Result<HealthReport, String> {
+    let mut client = client.ready().await.map_err(|e| format!("HTTP/2: {e}"))?;
+    let req = http::Request::post(format!("http://{app}/grpc.health.v1.Health/Check"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("user-agent", "coremesh-health")
+        .body(())
+        .map_err(|e| e.to_string())?;
+    let (resp, mut send) = client
+        .send_request(req, false)
+        .map_err(|e| format!("HTTP/2: {e}"))?;
+    send.send_data(health_request(service).into(), true)
+        .map_err(|e| format!("HTTP/2: {e}"))?;
+    let resp = resp.await.map_err(|e| format!("HTTP/2: {e}"))?;
+    if resp.status() != http::StatusCode::OK {
+        return Err(format!("HTTP {}", resp.status().as_u16()));
+    }
+    let trailers_only = resp.headers().get("grpc-status").cloned();
+    let mut body = resp.into_body();
+    let mut msg = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(|e| format!("HTTP/2: {e}"))?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        msg.extend_from_slice(&chunk);
+        if msg.len() > MAX_GRPC_ANSWER {
+            return Err("answer too large".into());
+        }
+    }
+    let trailers = body.trailers().await.map_err(|e| format!("HTTP/2: {e}"))?;
+    let status = trailers_only.or_else(|| {
+        trailers
+            .as_ref()
+            .and_then(|t| t.get("grpc-status").cloned())
+    });
+    match status.as_ref().map(|s| s.as_bytes()) {
+        Some(b"0") => {}
+        Some(code) => {
+            let message = trailers
+                .as_ref()
+                .and_then(|t| t.get("grpc-message"))
+                .map(|m| String::from_utf8_lossy(m.as_bytes()).into_owned())
+                .unwrap_or_default();
+            return Err(format!(
+                "grpc-status {} {message}",
+                String::from_utf8_lossy(code)
+            ));
+        }
+        None => return Err("no grpc-status".into()),
+    }
+    let serving = health_status(&msg).ok_or("malformed HealthCheckResponse")?;
+    Ok(HealthReport {
+        healthy: serving == 1,
+        detail: match serving {
+            1 => "SERVING".into(),
+            2 => "NOT_SERVING".into(),
+            3 => "SERVICE_UNKNOWN".into(),
+            _ => "UNKNOWN".into(),
+        },
+    })
+}
+
+/// A length-prefixed `HealthCheckRequest { service }` (grpc.health.v1;
+/// field 1, a string). One field: written here rather than pulling a
+/// protobuf code generator into the proxy for it.
+fn health_request(service: &str) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(service.len() + 3);
+    if !service.is_empty() {
+        msg.push(0x0a);
+        let mut n = service.len();
+        while n >= 0x80 {
+            msg.push((n as u8 & 0x7f) | 0x80);
+            n >>= 7;
+        }
+        msg.push(n as u8);
+        msg.extend_from_slice(service.as_bytes());
+    }
+    let mut framed = Vec::with_capacity(msg.len() + 5);
+    framed.push(0);
+    framed.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&msg);
+    framed
+}
+
+/// The `status` (field 1, an enum) of a length-prefixed
+/// `HealthCheckResponse`; 0 (UNKNOWN) when the field is absent.
+fn health_status(framed: &[u8]) -> Option<u64> {
+    let (&flag, rest) = framed.split_first()?;
+    if flag != 0 || rest.len() < 4 {
+        return None;
+    }
+    let len = u32::from_be_bytes(rest[..4].try_into().ok()?) as usize;
+    let mut msg = rest.get(4..4 + len)?;
+    let mut status = 0;
+    while let Some((&tag, tail)) = msg.split_first() {
+        let (value, used) = varint(tail)?;
+        match tag {
+            0x08 => {
+                status = value;
+                msg = &tail[used..];
+            }
+            // Other varint fields (none in v1), skipped.
+            t if t & 7 == 0 => msg = &tail[used..],
+            _ => return None,
+        }
+    }
+    Some(status)
+}
+
+fn varint(b: &[u8]) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for (i, &byte) in b.iter().enumerate().take(10) {
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
 }
 
 /// Longest response head read before giving up on finding the status line.

@@ -209,10 +209,12 @@ pub(crate) struct ControlFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct HealthFile {
-    /// `"tcp"` or `"http"`.
+    /// `"tcp"`, `"http"` or `"grpc"`.
     pub kind: Option<String>,
     /// Path of the HTTP check.
     pub path: Option<String>,
+    /// The service a gRPC check asks about (grpc.health.v1).
+    pub service: Option<String>,
     /// Time between checks.
     pub interval: Option<String>,
     /// Time one check may take.

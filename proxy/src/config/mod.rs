@@ -298,6 +298,8 @@ pub struct HealthConfig {
     pub kind: HealthKind,
     /// Path of the HTTP check (starts with `/`).
     pub path: String,
+    /// The service a gRPC check asks about; empty: the server as a whole.
+    pub grpc_service: String,
     /// Time between two checks (> 0).
     pub interval: Duration,
     /// Time one check may take (> 0).
@@ -309,6 +311,7 @@ impl Default for HealthConfig {
         Self {
             kind: HealthKind::Tcp,
             path: "/healthz".to_owned(),
+            grpc_service: String::new(),
             interval: Duration::from_secs(5),
             timeout: Duration::from_secs(1),
         }
@@ -322,6 +325,8 @@ pub enum HealthKind {
     Tcp,
     /// `GET <path>` to `[inbound] app` answers 2xx or 3xx.
     Http,
+    /// grpc.health.v1 `Check` over h2c answers SERVING.
+    Grpc,
 }
 
 impl HealthKind {
@@ -329,6 +334,7 @@ impl HealthKind {
         match self {
             HealthKind::Tcp => "tcp",
             HealthKind::Http => "http",
+            HealthKind::Grpc => "grpc",
         }
     }
 }
@@ -451,6 +457,7 @@ impl Config {
                 "health": {
                     "kind": c.health.kind.as_str(),
                     "path": c.health.path,
+                    "service": c.health.grpc_service,
                     "interval": d(c.health.interval),
                     "timeout": d(c.health.timeout),
                 },

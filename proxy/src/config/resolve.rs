@@ -646,17 +646,41 @@ fn resolve_health(at: At<'_>, f: HealthFile) -> Result<HealthConfig> {
     let kind = match f.kind.as_deref() {
         None | Some("tcp") => HealthKind::Tcp,
         Some("http") => HealthKind::Http,
+        Some("grpc") => HealthKind::Grpc,
         Some(other) => {
             return Err(at.err(
                 "kind",
-                format!("\"{other}\" is not a check kind (\"tcp\" or \"http\")"),
+                format!("\"{other}\" is not a check kind (\"tcp\", \"http\" or \"grpc\")"),
             ))
         }
+    };
+    let grpc_service = match f.service {
+        Some(s) if kind != HealthKind::Grpc => {
+            return Err(at.err(
+                "service",
+                format!("\"{s}\" is only used with kind = \"grpc\""),
+            ))
+        }
+        Some(s)
+            if !s
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_') =>
+        {
+            return Err(at.err(
+                "service",
+                format!(
+                    "\"{}\" is not a gRPC service name (package.Service)",
+                    s.escape_debug()
+                ),
+            ))
+        }
+        Some(s) => s,
+        None => String::new(),
     };
     let path = match f.path {
         // A path without kind = "http" is most likely a forgotten kind: the
         // check would silently be a TCP connect.
-        Some(p) if kind == HealthKind::Tcp => {
+        Some(p) if kind != HealthKind::Http => {
             return Err(at.err("path", format!("\"{p}\" is only used with kind = \"http\"")))
         }
         Some(p) => {
@@ -677,6 +701,7 @@ fn resolve_health(at: At<'_>, f: HealthFile) -> Result<HealthConfig> {
     Ok(HealthConfig {
         kind,
         path,
+        grpc_service,
         interval: at.duration("interval", f.interval.as_deref(), d.interval, true)?,
         timeout: at.duration("timeout", f.timeout.as_deref(), d.timeout, true)?,
     })

@@ -8,6 +8,7 @@ fn checker(app: SocketAddr, kind: HealthKind) -> Checker {
         config: HealthConfig {
             kind,
             path: "/healthz".into(),
+            grpc_service: String::new(),
             interval: Duration::from_millis(50),
             timeout: Duration::from_millis(500),
         },
@@ -109,6 +110,85 @@ async fn a_silent_app_times_out_and_run_keeps_the_latest() {
             }
             assert!(latest.borrow().as_ref().unwrap().healthy);
             task.abort();
+        })
+        .await;
+}
+
+#[test]
+fn health_messages_round_trip() {
+    assert_eq!(health_request(""), vec![0, 0, 0, 0, 0]);
+    assert_eq!(
+        health_request("pkg.Svc"),
+        [&[0u8, 0, 0, 0, 9, 0x0a, 7][..], b"pkg.Svc"].concat()
+    );
+    assert_eq!(health_status(&[0, 0, 0, 0, 2, 0x08, 1]), Some(1));
+    assert_eq!(health_status(&[0, 0, 0, 0, 2, 0x08, 2]), Some(2));
+    // No field: UNKNOWN.
+    assert_eq!(health_status(&[0, 0, 0, 0, 0]), Some(0));
+    // Compressed, truncated, or a field of another wire type: refused.
+    assert_eq!(health_status(&[1, 0, 0, 0, 2, 0x08, 1]), None);
+    assert_eq!(health_status(&[0, 0, 0, 0, 3, 0x08, 1]), None);
+    assert_eq!(health_status(&[0, 0, 0, 0, 2, 0x0a, 0]), None);
+}
+
+/// A gRPC app answering every health check with `status` (and the
+/// service it was asked about in the log).
+async fn grpc_app(status: u8) -> (SocketAddr, Rc<RefCell<Vec<Vec<u8>>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let s2 = seen.clone();
+    tokio::task::spawn_local(async move {
+        loop {
+            let (c, _) = l.accept().await.unwrap();
+            let seen = s2.clone();
+            tokio::task::spawn_local(async move {
+                let mut conn = h2::server::handshake(c).await.unwrap();
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    assert_eq!(req.uri().path(), "/grpc.health.v1.Health/Check");
+                    let mut body = req.into_body();
+                    let mut got = Vec::new();
+                    while let Some(Ok(b)) = body.data().await {
+                        got.extend_from_slice(&b);
+                    }
+                    seen.borrow_mut().push(got);
+                    let resp = http::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .body(())
+                        .unwrap();
+                    let mut send = respond.send_response(resp, false).unwrap();
+                    send.send_data(vec![0, 0, 0, 0, 2, 0x08, status].into(), false)
+                        .unwrap();
+                    let mut t = http::HeaderMap::new();
+                    t.insert("grpc-status", "0".parse().unwrap());
+                    send.send_trailers(t).unwrap();
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn grpc_checks_want_serving() {
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async {
+            let (serving, seen) = grpc_app(1).await;
+            let (not_serving, _) = grpc_app(2).await;
+            let mut c = checker(serving, HealthKind::Grpc);
+            c.config.grpc_service = "pkg.Svc".into();
+            let r = c.check().await;
+            assert_eq!((r.healthy, r.detail.as_str()), (true, "SERVING"));
+            assert_eq!(seen.borrow()[0], health_request("pkg.Svc"));
+            let r = checker(not_serving, HealthKind::Grpc).check().await;
+            assert_eq!((r.healthy, r.detail.as_str()), (false, "NOT_SERVING"));
+            let r = checker(closed_port(), HealthKind::Grpc).check().await;
+            assert!(!r.healthy && r.detail.starts_with("connect: "), "{r:?}");
+            // An HTTP/1.1 app does not speak gRPC.
+            let (h1, _) = app("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
+            let r = checker(h1, HealthKind::Grpc).check().await;
+            assert!(!r.healthy, "{r:?}");
         })
         .await;
 }

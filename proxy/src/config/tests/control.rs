@@ -62,6 +62,7 @@ timeout = "500ms"
             health: HealthConfig {
                 kind: HealthKind::Http,
                 path: "/healthz?deep=1".into(),
+                grpc_service: String::new(),
                 interval: Duration::from_secs(2),
                 timeout: Duration::from_millis(500),
             },
@@ -183,8 +184,8 @@ fn control_errors_name_key_and_value() {
 fn health_errors_name_key_and_value() {
     let a = "[control]\naddress = \"127.0.0.1:7443\"\nstate_dir = \"st\"\n[control.health]\n";
     assert_eq!(
-        error(&format!("{a}kind = \"grpc\"\n")),
-        r#"proxy.toml: [control.health] kind: "grpc" is not a check kind ("tcp" or "http")"#
+        error(&format!("{a}kind = \"udp\"\n")),
+        r#"proxy.toml: [control.health] kind: "udp" is not a check kind ("tcp", "http" or "grpc")"#
     );
     assert_eq!(
         error(&format!("{a}path = \"/x\"\n")),
@@ -277,5 +278,24 @@ fn control_json_lists_the_effective_values() {
     assert_eq!(
         parse(BASE).unwrap().to_json()["control"],
         serde_json::Value::Null
+    );
+}
+
+#[test]
+fn grpc_health_checks_name_their_service() {
+    let a = "[control]\naddress = \"127.0.0.1:7443\"\nstate_dir = \"st\"\n[control.health]\n";
+    let c = control(&format!("{a}kind = \"grpc\"\nservice = \"pkg.v1.Echo\"\n")).unwrap();
+    let h = &c.health;
+    assert_eq!(
+        (h.kind, h.grpc_service.as_str()),
+        (HealthKind::Grpc, "pkg.v1.Echo")
+    );
+    assert_eq!(
+        error(&format!("{a}kind = \"http\"\nservice = \"pkg.Echo\"\n")),
+        r#"proxy.toml: [control.health] service: "pkg.Echo" is only used with kind = "grpc""#
+    );
+    assert_eq!(
+        error(&format!("{a}kind = \"grpc\"\nservice = \"pkg/Echo\"\n")),
+        r#"proxy.toml: [control.health] service: "pkg/Echo" is not a gRPC service name (package.Service)"#
     );
 }
