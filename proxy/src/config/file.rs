@@ -112,6 +112,8 @@ pub(crate) struct InboundFile {
     pub identity_header: Option<String>,
     /// `"http"` (default) or `"tcp"`.
     pub protocol: Option<String>,
+    /// `"auto"` (default) or `"http1"`.
+    pub app_protocol: Option<String>,
 }
 
 /// `[outbound]`.

@@ -159,6 +159,19 @@ pub struct InboundConfig {
     /// to `app` as is). A connection of the other kind is refused, so no
     /// caller can open a raw stream into an HTTP app.
     pub tcp: bool,
+    /// What the app speaks (`app_protocol`).
+    pub app_protocol: AppProtocol,
+}
+
+/// `[inbound] app_protocol`: the protocol requests reach the app in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AppProtocol {
+    /// The client's own (`"auto"`, the default): HTTP/1.1 as HTTP/1.1, h2
+    /// (and gRPC) as h2c with prior knowledge.
+    #[default]
+    Auto,
+    /// HTTP/1.1 only (`"http1"`): h2 requests are translated.
+    Http1,
 }
 
 /// `[outbound]`.
@@ -403,6 +416,10 @@ impl Config {
                 "listen": i.listen.to_string(),
                 "app": i.app.to_string(),
                 "identity_header": i.identity_header,
+                "app_protocol": match i.app_protocol {
+                    AppProtocol::Auto => "auto",
+                    AppProtocol::Http1 => "http1",
+                },
             })),
             "outbound": self.outbound.as_ref().map(|o| json!({
                 "listen": o.listen.to_string(),

@@ -15,9 +15,9 @@ use super::file::{
 };
 use super::target::{parse_target, Target};
 use super::{
-    duration, Config, ConfigError, ControlConfig, HealthConfig, HealthKind, InboundConfig, Limits,
-    OutboundConfig, ProxyConfig, ServiceConfig, TcpUpstreamConfig, Timeouts, TlsConfig,
-    UpstreamConfig,
+    duration, AppProtocol, Config, ConfigError, ControlConfig, HealthConfig, HealthKind,
+    InboundConfig, Limits, OutboundConfig, ProxyConfig, ServiceConfig, TcpUpstreamConfig, Timeouts,
+    TlsConfig, UpstreamConfig,
 };
 
 type Result<T> = std::result::Result<T, ConfigError>;
@@ -298,8 +298,28 @@ fn resolve_inbound(at: At<'_>, f: InboundFile) -> Result<InboundConfig> {
             "a TCP service's stream has no headers (protocol = \"tcp\")",
         ));
     }
+    let app_protocol = match f.app_protocol.as_deref() {
+        None | Some("auto") => AppProtocol::Auto,
+        Some("http1") => AppProtocol::Http1,
+        Some(other) => {
+            return Err(at.err(
+                "app_protocol",
+                format!(
+                    "\"{}\" is not \"auto\" (the client's protocol) or \"http1\"",
+                    other.escape_debug()
+                ),
+            ))
+        }
+    };
+    if tcp && app_protocol != AppProtocol::Auto {
+        return Err(at.err(
+            "app_protocol",
+            "a TCP service's stream is relayed as is (protocol = \"tcp\")",
+        ));
+    }
     Ok(InboundConfig {
         tcp,
+        app_protocol,
         listen,
         app,
         identity_header,

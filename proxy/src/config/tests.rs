@@ -98,6 +98,7 @@ fn full_example_parses_with_its_values() {
             app: addr("127.0.0.1:8080"),
             identity_header: None,
             tcp: false,
+            app_protocol: AppProtocol::Auto,
         })
     );
     assert_eq!(
@@ -747,5 +748,16 @@ fn intercept_section() {
     assert!(
         e.contains("[outbound] listen \"10.0.0.2:15001\" is not on loopback"),
         "{e}"
+    );
+}
+
+#[test]
+fn app_protocol_is_auto_or_http1() {
+    let base = "[proxy]\nservice = \"web\"\n[inbound]\napp = \"127.0.0.1:8080\"\n";
+    let c = parse(&format!("{base}app_protocol = \"http1\"\n")).unwrap();
+    assert_eq!(c.inbound.unwrap().app_protocol, AppProtocol::Http1);
+    assert_eq!(
+        error(&format!("{base}app_protocol = \"spdy\"\n")),
+        r#"proxy.toml: [inbound] app_protocol: "spdy" is not "auto" (the client's protocol) or "http1""#
     );
 }

@@ -28,7 +28,7 @@ pub(super) enum Stop {
 
 /// Sends all of `chunk`, as the receiver's window allows. `Err`: the
 /// receiving stream is gone.
-async fn send_all(
+pub(super) async fn send_all(
     to: &mut SendStream<Bytes>,
     mut chunk: Bytes,
     last: &Cell<Instant>,

@@ -234,6 +234,17 @@ impl<'p> Call<'p> {
             Ok(r) => r,
             Err(answer) => return self.answer(&answer),
         };
+        if let (Endpoints::One(app), Direction::Inbound) = (&endpoints, self.info.dir) {
+            let http1_app = self
+                .cfg
+                .inbound
+                .as_ref()
+                .is_some_and(|i| i.app_protocol == crate::config::AppProtocol::Http1);
+            if http1_app {
+                let deadline = after(self.ex.start, policy.total);
+                return Box::pin(self.to_http1(*app, recv, deadline)).await;
+            }
+        }
         if self.view.parts.method == http::Method::CONNECT {
             // Extended CONNECT is not offered in SETTINGS, so only a plain
             // CONNECT can get here: tunnels over h2 are not carried.
@@ -825,3 +836,5 @@ fn app_unreachable(h: &http::HeaderMap) -> bool {
             || e.as_bytes() == ErrorKind::ConnectTimeout.text().as_bytes()
     })
 }
+
+mod to_http1;
