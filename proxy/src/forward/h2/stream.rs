@@ -242,7 +242,7 @@ impl<'p> Call<'p> {
                 .is_some_and(|i| i.app_protocol == crate::config::AppProtocol::Http1);
             if http1_app {
                 let deadline = after(self.ex.start, policy.total);
-                return Box::pin(self.to_http1(*app, recv, deadline)).await;
+                return Box::pin(self.via_http1(*app, recv, deadline)).await;
             }
         }
         if self.view.parts.method == http::Method::CONNECT {

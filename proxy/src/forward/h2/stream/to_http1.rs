@@ -120,9 +120,11 @@ async fn connect(
 /// What stopped the wait for the app's answer.
 enum Waited {
     Answer(
-        Result<
-            http::Response<hyper::body::Incoming>,
-            hyper::client::conn::TrySendError<http::Request<ClientBody>>,
+        Box<
+            Result<
+                http::Response<hyper::body::Incoming>,
+                hyper::client::conn::TrySendError<http::Request<ClientBody>>,
+            >,
         >,
     ),
     ClientReset,
@@ -132,7 +134,7 @@ enum Waited {
 impl Call<'_> {
     /// Serves the stream through the app's HTTP/1.1 (one try: requests to
     /// the local app are never retried).
-    pub(super) async fn to_http1(&mut self, app: SocketAddr, recv: RecvStream, deadline: Instant) {
+    pub(super) async fn via_http1(&mut self, app: SocketAddr, recv: RecvStream, deadline: Instant) {
         self.ex.upstream = Some(app);
         let mut req = self.upstream_request(None);
         let authority = req.uri().authority().map(|a| a.as_str().to_owned());
@@ -169,20 +171,27 @@ impl Call<'_> {
             };
             let answer = self.wait_http1(send.try_send_request(req), deadline).await;
             match answer {
-                Waited::Answer(Err(mut e)) if !fresh => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => break (send, Waited::Answer(Err(e))),
-                },
+                Waited::Answer(r) if r.is_err() && !fresh => {
+                    let Err(mut e) = *r else {
+                        unreachable!("checked")
+                    };
+                    match e.take_message() {
+                        Some(unsent) => req = unsent,
+                        None => break (send, Waited::Answer(Box::new(Err(e)))),
+                    }
+                }
                 other => break (send, other),
             }
         };
         self.ex.bytes_in = received.get();
         let resp = match answer {
-            Waited::Answer(Ok(r)) => r,
-            Waited::Answer(Err(e)) => {
-                tracing::debug!(%app, "HTTP/1.1 app failed the request: {}", e.error());
-                return self.answer(&Answer::Error(ErrorKind::UpstreamReset));
-            }
+            Waited::Answer(r) => match *r {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(%app, "HTTP/1.1 app failed the request: {}", e.error());
+                    return self.answer(&Answer::Error(ErrorKind::UpstreamReset));
+                }
+            },
             Waited::ClientReset => return self.count_reset(ResetBy::Client),
             Waited::Timeout => return self.answer(&Answer::Error(ErrorKind::UpstreamTimeout)),
         };
@@ -256,7 +265,7 @@ impl Call<'_> {
         let respond = &mut self.respond;
         std::future::poll_fn(|cx| {
             if let Poll::Ready(r) = fut.as_mut().poll(cx) {
-                return Poll::Ready(Waited::Answer(r));
+                return Poll::Ready(Waited::Answer(Box::new(r)));
             }
             if respond.poll_reset(cx).is_ready() {
                 return Poll::Ready(Waited::ClientReset);
