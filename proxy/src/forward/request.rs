@@ -268,27 +268,29 @@ impl<'p> RequestCtx<'p, '_> {
                 mirror::send(shard, self.table, target, &self.head, cbuf);
             }
         }
-        Ok(p.hash_key
-            .as_ref()
-            .and_then(|k| hash_key(k, &self.head, cbuf)))
+        let req = H1 {
+            head: &self.head,
+            buf: cbuf,
+            service: None,
+        };
+        Ok(p.hash_key.as_ref().and_then(|k| hash_key(k, &req)))
     }
 }
 
-/// The ring-hash key of a request (a header's value, or a cookie's),
-/// hashed; `None` when the request has none (any endpoint then).
-fn hash_key(k: &coremesh_api::resource::HashKey, head: &RequestHead, buf: &[u8]) -> Option<u64> {
+/// The ring-hash key of a request of any protocol (a header's value, or a
+/// cookie's), hashed; `None` when the request has none (any endpoint then).
+pub(super) fn hash_key<R: crate::route::RequestView>(
+    k: &coremesh_api::resource::HashKey,
+    req: &R,
+) -> Option<u64> {
     use coremesh_api::resource::HashKey;
     let value = match k {
-        HashKey::Header(name) => head.header(buf, name)?,
-        HashKey::Cookie(name) => {
-            head.header(buf, "cookie")?
-                .split(|&b| b == b';')
-                .find_map(|kv| {
-                    let kv = kv.trim_ascii();
-                    let eq = kv.iter().position(|&b| b == b'=')?;
-                    (&kv[..eq] == name.as_bytes()).then(|| &kv[eq + 1..])
-                })?
-        }
+        HashKey::Header(name) => req.header(name)?,
+        HashKey::Cookie(name) => req.header("cookie")?.split(|&b| b == b';').find_map(|kv| {
+            let kv = kv.trim_ascii();
+            let eq = kv.iter().position(|&b| b == b'=')?;
+            (&kv[..eq] == name.as_bytes()).then(|| &kv[eq + 1..])
+        })?,
     };
     Some(crate::balance::stable_hash(value))
 }

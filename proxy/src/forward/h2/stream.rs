@@ -32,14 +32,16 @@ use h2::{Reason, RecvStream};
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 
 use super::answer::{send_local, COREMESH_ERROR, GRPC_MESSAGE, GRPC_STATUS};
-use super::body::{relay, ReqBody, Stop};
+use super::body::{relay, BodyStat, ReqBody, Stop};
 use super::upstream::connection;
 use super::{left, ConnInfo, StreamGuard};
 use crate::attempt::{after, Attempts, TryFailure, TryPolicy, Verdict};
 use crate::config::Config;
 use crate::error::{Answer, Blame, ErrorKind, ProxyError};
 use crate::forward::ctx::Exchange;
-use crate::forward::request::{denied, rate_admits, route_request, LoggedRequest, Routed};
+use crate::forward::request::{
+    denied, hash_key, rate_admits, route_request, LoggedRequest, Routed,
+};
 use crate::forward::upstream::{Endpoints, InFlight, Tried};
 use crate::forward::PROBE_PATH;
 use crate::grpc;
@@ -277,6 +279,10 @@ impl<'p> Call<'p> {
                     | http::Method::OPTIONS
                     | http::Method::TRACE
             );
+        let key = match self.before_upstream(&endpoints).await {
+            Ok(key) => key,
+            Err(answer) => return self.answer(&answer),
+        };
         let attempts = Attempts::new(policy, self.ex.start, idempotent);
         let limit = if attempts.may_retry_at_all() {
             attempts.policy().max_body
@@ -284,7 +290,30 @@ impl<'p> Call<'p> {
             0
         };
         let body = ReqBody::new(recv, limit);
-        self.tries(&endpoints, attempts, body).await;
+        self.tries(&endpoints, attempts, body, key).await;
+    }
+
+    /// The service's Resilience before any upstream (outbound): an
+    /// injected fault, and the ring-hash key. (Mirroring copies HTTP/1.1
+    /// requests only.)
+    async fn before_upstream(&self, endpoints: &Endpoints<'_>) -> Result<Option<u64>, Answer<'p>> {
+        if self.info.dir != Direction::Outbound || matches!(endpoints, Endpoints::One(_)) {
+            return Ok(None);
+        }
+        let shard = self.shard;
+        let Some(p) = shard.traffic.policy(self.service) else {
+            return Ok(None);
+        };
+        if !p.faults.is_empty() {
+            let action = p.faults.decide(&mut || shard.random());
+            if let Some(d) = action.delay {
+                runtime::sleep(d).await;
+            }
+            if let Some(status) = action.abort {
+                return Err(Answer::Fault { status });
+            }
+        }
+        Ok(p.hash_key.as_ref().and_then(|k| hash_key(k, &self.view)))
     }
 
     /// The inbound phases before the app: the proxy's own probe, the
@@ -344,6 +373,7 @@ impl<'p> Call<'p> {
         endpoints: &Endpoints<'_>,
         mut attempts: Attempts,
         mut body: ReqBody,
+        key: Option<u64>,
     ) {
         let shard = self.shard;
         let service = endpoints.service();
@@ -362,7 +392,7 @@ impl<'p> Call<'p> {
             let now = first.take().unwrap_or_else(Instant::now);
             let (_, try_deadline) = attempts.begin(now);
             let try_deadline = call_deadline.map_or(try_deadline, |d| d.min(try_deadline));
-            let (addr, backend) = endpoints.pick(shard, &tried, None, now);
+            let (addr, backend) = endpoints.pick(shard, &tried, key, now);
             tried.note(addr, backend);
             self.ex.upstream = Some(addr);
             let up = connection(shard, self.cfg, addr, endpoints.mtls(), try_deadline).await;
@@ -537,6 +567,15 @@ enum Waited {
     Timeout,
 }
 
+/// The two flows of a try once the answer's head is relayed: the answer
+/// to the client, and what is left of the request body to the upstream.
+struct Flows<'r, 'p, R, P> {
+    relay: std::pin::Pin<&'r mut R>,
+    pump: std::pin::Pin<&'p mut P>,
+    pump_done: bool,
+    last: &'r Cell<Instant>,
+}
+
 /// What stopped the relay of the response.
 enum Relayed {
     Done(Result<Option<http::HeaderMap>, Stop>),
@@ -546,49 +585,16 @@ enum Relayed {
 }
 
 impl Call<'_> {
-    /// One try on one upstream connection.
+    /// One try on one upstream connection: open a stream, send the body
+    /// while waiting for the answer's head, judge it (retry or relay), then
+    /// relay the answer while the body may still stream.
     async fn one_try(
         &mut self,
         slot: &StreamSlot,
         body: &mut ReqBody,
         plan: TryPlan<'_>,
     ) -> Result<(), TryFail> {
-        let req = self.upstream_request(plan.call_deadline);
-        let ready = runtime::timeout_at(plan.deadline, slot.conn().send.clone().ready()).await;
-        let mut send = match ready {
-            Ok(Ok(s)) => s,
-            Ok(Err(_)) => {
-                return Err(TryFail {
-                    replayable: true,
-                    ..TryFail::new(
-                        ErrorKind::UpstreamReset,
-                        "HTTP/2 connection closed",
-                        body.replayable(),
-                    )
-                })
-            }
-            Err(_) => {
-                return Err(TryFail::new(
-                    ErrorKind::UpstreamTimeout,
-                    "no stream free on the upstream connection",
-                    body.replayable(),
-                ))
-            }
-        };
-        let eos = body.is_empty();
-        let (resp_fut, mut up_send) = match send.send_request(req, eos) {
-            Ok(pair) => pair,
-            Err(_) => {
-                return Err(TryFail {
-                    replayable: true,
-                    ..TryFail::new(
-                        ErrorKind::UpstreamReset,
-                        "HTTP/2 connection closed",
-                        body.replayable(),
-                    )
-                })
-            }
-        };
+        let (resp_fut, mut up_send, eos) = self.open_stream(slot, body, &plan).await?;
         let stat = body.stat();
         let last = Cell::new(Instant::now());
         let mut pump = std::pin::pin!(async {
@@ -599,15 +605,107 @@ impl Call<'_> {
             }
         });
         let mut pump_done = false;
+        let head = self
+            .wait_head(
+                resp_fut,
+                pump.as_mut(),
+                &mut pump_done,
+                &stat,
+                plan.deadline,
+            )
+            .await?;
+        let (rparts, mut up_recv) = self.judge_head(head, &stat, &plan)?;
+        let end = up_recv.is_end_stream();
+        let head = http::Response::from_parts(rparts, ());
+        let mut client_send = match self.respond.send_response(head, end) {
+            Ok(s) => s,
+            Err(_) => {
+                return Err(TryFail::started(
+                    ErrorKind::ClientGone,
+                    "the client reset the stream",
+                ))
+            }
+        };
+        self.ex.bytes_in = stat.received();
+        if end {
+            self.ex.end = Some(Instant::now());
+            return Ok(());
+        }
+        let moved = Cell::new(0u64);
+        let outcome = {
+            let relay = std::pin::pin!(relay(&mut up_recv, &mut client_send, &last, &moved));
+            let flows = Flows {
+                relay,
+                pump: pump.as_mut(),
+                pump_done,
+                last: &last,
+            };
+            self.relay_phase(flows, plan.call_deadline).await
+        };
+        self.ex.bytes_in = stat.received();
+        self.ex.bytes_out = moved.get();
+        self.finish(outcome, &mut client_send)
+    }
+
+    /// A stream on the connection, with the request head sent; and whether
+    /// the head ended the request (no body).
+    async fn open_stream(
+        &self,
+        slot: &StreamSlot,
+        body: &ReqBody,
+        plan: &TryPlan<'_>,
+    ) -> Result<(h2::client::ResponseFuture, h2::SendStream<Bytes>, bool), TryFail> {
+        let closed = || TryFail {
+            replayable: true,
+            ..TryFail::new(
+                ErrorKind::UpstreamReset,
+                "HTTP/2 connection closed",
+                body.replayable(),
+            )
+        };
+        let req = self.upstream_request(plan.call_deadline);
+        let ready = runtime::timeout_at(plan.deadline, slot.conn().send.clone().ready()).await;
+        let mut send = match ready {
+            Ok(Ok(s)) => s,
+            Ok(Err(_)) => return Err(closed()),
+            Err(_) => {
+                return Err(TryFail::new(
+                    ErrorKind::UpstreamTimeout,
+                    "no stream free on the upstream connection",
+                    body.replayable(),
+                ))
+            }
+        };
+        let eos = body.is_empty();
+        match send.send_request(req, eos) {
+            Ok((resp, up_send)) => Ok((resp, up_send, eos)),
+            Err(_) => Err(closed()),
+        }
+    }
+
+    /// Waits for the response head while the body pump runs, watching the
+    /// client for a reset and the try's deadline.
+    async fn wait_head<P>(
+        &mut self,
+        resp_fut: h2::client::ResponseFuture,
+        mut pump: std::pin::Pin<&mut P>,
+        pump_done: &mut bool,
+        stat: &BodyStat,
+        deadline: Instant,
+    ) -> Result<http::Response<RecvStream>, TryFail>
+    where
+        P: Future<Output = Result<(), Stop>>,
+    {
         let mut resp_fut = std::pin::pin!(resp_fut);
-        let mut timer = std::pin::pin!(runtime::sleep(left(plan.deadline)));
+        let mut timer = std::pin::pin!(runtime::sleep(left(deadline)));
         let head = loop {
             let respond = &mut self.respond;
+            let done = *pump_done;
             let event = std::future::poll_fn(|cx| {
                 if let Poll::Ready(r) = resp_fut.as_mut().poll(cx) {
                     return Poll::Ready(Waited::Head(r));
                 }
-                if !pump_done {
+                if !done {
                     if let Poll::Ready(r) = pump.as_mut().poll(cx) {
                         return Poll::Ready(Waited::Pumped(r));
                     }
@@ -623,7 +721,7 @@ impl Call<'_> {
             .await;
             match event {
                 Waited::Head(r) => break r,
-                Waited::Pumped(Ok(())) | Waited::Pumped(Err(Stop::To)) => pump_done = true,
+                Waited::Pumped(Ok(())) | Waited::Pumped(Err(Stop::To)) => *pump_done = true,
                 Waited::Pumped(Err(Stop::From(_))) | Waited::ClientReset => {
                     // The client cancelled: dropping the upstream stream's
                     // handles resets it (CANCEL).
@@ -642,11 +740,19 @@ impl Call<'_> {
                 }
             }
         };
-        let resp = match head {
-            Ok(r) => r,
-            Err(e) => return Err(self.head_failed(&e, stat.replayable())),
-        };
-        let (mut rparts, mut up_recv) = resp.into_parts();
+        head.map_err(|e| self.head_failed(&e, stat.replayable()))
+    }
+
+    /// What the answer's head says: the peer proxy could not reach its
+    /// app, or a status the rule retries (the try fails, for the next one),
+    /// or an answer to relay (its head, cleaned).
+    fn judge_head(
+        &mut self,
+        resp: http::Response<RecvStream>,
+        stat: &BodyStat,
+        plan: &TryPlan<'_>,
+    ) -> Result<(http::response::Parts, RecvStream), TryFail> {
+        let (mut rparts, up_recv) = resp.into_parts();
         if self.info.dir == Direction::Inbound {
             // `coremesh-error` is this proxy's word to its callers; the
             // app cannot speak it.
@@ -654,14 +760,11 @@ impl Call<'_> {
         }
         let end = up_recv.is_end_stream();
         if plan.peer_hop && app_unreachable(&rparts.headers) && stat.replayable() {
-            return Err(TryFail {
-                replayable: false,
-                ..TryFail::new(
-                    ErrorKind::PeerAppUnreachable,
-                    "the peer proxy could not reach its app",
-                    true,
-                )
-            });
+            return Err(TryFail::new(
+                ErrorKind::PeerAppUnreachable,
+                "the peer proxy could not reach its app",
+                true,
+            ));
         }
         let status = rparts.status.as_u16();
         let grpc_retry = self.is_grpc
@@ -687,65 +790,68 @@ impl Call<'_> {
         for name in ["connection", "keep-alive", "transfer-encoding", "upgrade"] {
             rparts.headers.remove(name);
         }
-        let head = http::Response::from_parts(rparts, ());
-        let mut client_send = match self.respond.send_response(head, end) {
-            Ok(s) => s,
-            Err(_) => {
-                return Err(TryFail::started(
-                    ErrorKind::ClientGone,
-                    "the client reset the stream",
-                ))
-            }
-        };
-        self.ex.bytes_in = stat.received();
-        if end {
-            self.ex.end = Some(Instant::now());
-            return Ok(());
-        }
-        let moved = Cell::new(0u64);
+        Ok((rparts, up_recv))
+    }
+
+    /// Runs the response relay and what is left of the body pump until the
+    /// response ends, the call's deadline passes, or nothing moves either
+    /// way for `timeouts.idle`.
+    async fn relay_phase<R, P>(
+        &self,
+        mut f: Flows<'_, '_, R, P>,
+        call_deadline: Option<Instant>,
+    ) -> Relayed
+    where
+        R: Future<Output = Result<Option<http::HeaderMap>, Stop>>,
+        P: Future<Output = Result<(), Stop>>,
+    {
         let idle = self.cfg.timeouts.idle;
-        let outcome = {
-            let mut relay = std::pin::pin!(relay(&mut up_recv, &mut client_send, &last, &moved));
-            let mut deadline = std::pin::pin!(runtime::sleep(
-                plan.call_deadline
-                    .map_or(std::time::Duration::MAX / 4, left)
-            ));
-            let tick = (idle / 4).clamp(
-                std::time::Duration::from_millis(10),
-                std::time::Duration::from_secs(1),
-            );
-            let mut idle_timer = std::pin::pin!(runtime::sleep(tick));
-            loop {
-                let event = std::future::poll_fn(|cx| {
-                    if let Poll::Ready(r) = relay.as_mut().poll(cx) {
-                        return Poll::Ready(Relayed::Done(r));
-                    }
-                    if !pump_done {
-                        if let Poll::Ready(r) = pump.as_mut().poll(cx) {
-                            return Poll::Ready(Relayed::Pumped(r));
-                        }
-                    }
-                    if deadline.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Relayed::Deadline);
-                    }
-                    if idle_timer.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Relayed::Idle);
-                    }
-                    Poll::Pending
-                })
-                .await;
-                match event {
-                    Relayed::Pumped(Ok(())) | Relayed::Pumped(Err(Stop::To)) => pump_done = true,
-                    Relayed::Pumped(Err(Stop::From(_))) => break Relayed::Pumped(Err(Stop::To)),
-                    Relayed::Idle if last.get().elapsed() < idle => {
-                        idle_timer.set(runtime::sleep(tick));
-                    }
-                    other => break other,
+        let mut deadline = std::pin::pin!(runtime::sleep(
+            call_deadline.map_or(std::time::Duration::MAX / 4, left)
+        ));
+        let tick = (idle / 4).clamp(
+            std::time::Duration::from_millis(10),
+            std::time::Duration::from_secs(1),
+        );
+        let mut idle_timer = std::pin::pin!(runtime::sleep(tick));
+        loop {
+            let done = f.pump_done;
+            let (relay, pump) = (&mut f.relay, &mut f.pump);
+            let event = std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = relay.as_mut().poll(cx) {
+                    return Poll::Ready(Relayed::Done(r));
                 }
+                if !done {
+                    if let Poll::Ready(r) = pump.as_mut().poll(cx) {
+                        return Poll::Ready(Relayed::Pumped(r));
+                    }
+                }
+                if deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Relayed::Deadline);
+                }
+                if idle_timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Relayed::Idle);
+                }
+                Poll::Pending
+            })
+            .await;
+            match event {
+                Relayed::Pumped(Ok(())) | Relayed::Pumped(Err(Stop::To)) => f.pump_done = true,
+                Relayed::Pumped(Err(Stop::From(_))) => return Relayed::Pumped(Err(Stop::To)),
+                Relayed::Idle if f.last.get().elapsed() < idle => {
+                    idle_timer.set(runtime::sleep(tick));
+                }
+                other => return other,
             }
-        };
-        self.ex.bytes_in = stat.received();
-        self.ex.bytes_out = moved.get();
+        }
+    }
+
+    /// Ends the client's stream as the relay ended.
+    fn finish(
+        &mut self,
+        outcome: Relayed,
+        client_send: &mut h2::SendStream<Bytes>,
+    ) -> Result<(), TryFail> {
         match outcome {
             Relayed::Done(Ok(trailers)) => {
                 if self.is_grpc {
