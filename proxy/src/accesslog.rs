@@ -52,6 +52,11 @@ pub struct AccessEntry<'a> {
     pub bytes_out: u64,
     pub upstream: Option<SocketAddr>,
     pub core: usize,
+    /// `HTTP/1.1`, `HTTP/1.0` or `HTTP/2`.
+    pub protocol: &'a str,
+    /// A gRPC call's final `grpc-status` (absent for other requests, or a
+    /// call that ended without one).
+    pub grpc_status: Option<u8>,
 }
 
 /// One shard's access log.
@@ -158,6 +163,11 @@ fn format_line(out: &mut Vec<u8>, e: &AccessEntry<'_>, now: SystemTime) {
             let _ = write!(out, "\"{addr}\"");
         }
         None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"protocol\":");
+    push_json_str(out, e.protocol.as_bytes());
+    if let Some(g) = e.grpc_status {
+        let _ = write!(out, ",\"grpc_status\":{g}");
     }
     out.extend_from_slice(b"}\n");
 }

@@ -13,6 +13,8 @@ fn entry<'a>(path: &'a [u8], status: u16) -> AccessEntry<'a> {
         bytes_out: 345,
         upstream: Some("10.0.0.7:8080".parse().unwrap()),
         core: 1,
+        protocol: "HTTP/1.1",
+        grpc_status: None,
     }
 }
 
@@ -67,6 +69,8 @@ fn lines_are_json_and_escaped() {
     assert_eq!(lines[0]["upstream"], "10.0.0.7:8080");
     assert_eq!(lines[0]["core"], 1);
     assert_eq!(lines[0]["direction"], "outbound");
+    assert_eq!(lines[0]["protocol"], "HTTP/1.1");
+    assert_eq!(lines[0].get("grpc_status"), None);
     assert!(lines[0]["ts"].as_str().unwrap().ends_with('Z'));
     assert_eq!(
         lines[1]["path"],
@@ -101,4 +105,18 @@ fn flushes_whole_lines_past_64k_and_on_drop() {
         serde_json::from_str::<serde_json::Value>(l).unwrap();
     }
     let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn grpc_calls_carry_their_status() {
+    let mut out = Vec::new();
+    let e = AccessEntry {
+        protocol: "HTTP/2",
+        grpc_status: Some(14),
+        ..entry(b"/pkg.Echo/Unary", 200)
+    };
+    format_line(&mut out, &e, UNIX_EPOCH);
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["protocol"], "HTTP/2");
+    assert_eq!(v["grpc_status"], 14);
 }

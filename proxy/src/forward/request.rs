@@ -300,6 +300,9 @@ pub(super) struct LoggedRequest {
     pub(super) method: Vec<u8>,
     pub(super) authority: Vec<u8>,
     pub(super) path: Vec<u8>,
+    pub(super) protocol: &'static str,
+    /// Set once a gRPC call's status is known.
+    pub(super) grpc_status: Option<u8>,
 }
 
 impl LoggedRequest {
@@ -309,6 +312,11 @@ impl LoggedRequest {
             method: head.method_bytes(buf).to_vec(),
             authority: head.authority.as_ref().map(field).unwrap_or_default(),
             path: field(&head.path),
+            protocol: match head.version {
+                Version::Http10 => "HTTP/1.0",
+                Version::Http11 => "HTTP/1.1",
+            },
+            grpc_status: None,
         }
     }
 }
@@ -343,6 +351,8 @@ impl Shard {
                 bytes_out: ex.bytes_out,
                 upstream: ex.upstream,
                 core: self.index,
+                protocol: req.protocol,
+                grpc_status: req.grpc_status,
             });
         }
     }

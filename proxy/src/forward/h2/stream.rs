@@ -71,10 +71,12 @@ pub(super) async fn serve_stream(
         parts: &parts,
         dest: info.dest.as_deref().map(str::as_bytes),
     };
-    let logged = shard.access_log.borrow().is_some().then(|| LoggedRequest {
+    let mut logged = shard.access_log.borrow().is_some().then(|| LoggedRequest {
         method: view.method().to_vec(),
         authority: view.authority().unwrap_or_default().to_vec(),
         path: view.path_and_query().to_vec(),
+        protocol: "HTTP/2",
+        grpc_status: None,
     });
     let mut call = Call {
         shard: &shard,
@@ -104,6 +106,9 @@ pub(super) async fn serve_stream(
         grpc_status,
         ..
     } = call;
+    if let Some(l) = logged.as_mut() {
+        l.grpc_status = grpc_status;
+    }
     if is_grpc {
         shard
             .stats
