@@ -59,6 +59,10 @@ letter or digit, at most 63 characters. Unknown keys are errors.
                                                 not host, content-length,
                                                 transfer-encoding, expect or a
                                                 hop-by-hop header.  reload
+  app_protocol   "auto" | "http1" "auto"        What the app speaks: auto keeps the
+                                                client's protocol (h2 as h2c with
+                                                prior knowledge); http1 translates
+                                                h2 requests to HTTP/1.1.  reload
 
 [outbound]  (optional; at least one of [inbound] and [outbound])
   listen         addr             127.0.0.1:4140  Where the local app sends its
@@ -209,11 +213,16 @@ wildcard IP), except port 0, which lets the OS pick a free port.
   health         table            tcp check     The app check: [control.health].
 
 [control.health]  (optional; needs [inbound]; restart)
-  kind           "tcp" | "http"   "tcp"         tcp: connect to [inbound] app;
+  kind           "tcp" | "http" | "grpc"
+                                 "tcp"         tcp: connect to [inbound] app;
                                                 http: GET path on it, 2xx or 3xx
-                                                is healthy.
+                                                is healthy; grpc: grpc.health.v1
+                                                Check over h2c answers SERVING.
   path           string           "/healthz"    Path of the http check (kind =
                                                 "http" only).
+  service        string           ""            The gRPC service the grpc check
+                                                asks about (kind = "grpc" only);
+                                                empty: the server as a whole.
   interval       duration         5s            Time between checks (> 0).
   timeout        duration         1s            Time one check may take (> 0).
 "#;

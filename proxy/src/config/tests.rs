@@ -233,7 +233,7 @@ fn unknown_key_names_line_and_column() {
     let text = "[proxy]\nservice = \"web\"\n\n[inbound]\napp = \"127.0.0.1:8080\"\n  lissten = \"127.0.0.1:1\"\n";
     assert_eq!(
         error(text),
-        "proxy.toml:6:3: [inbound] lissten: unknown field `lissten`, expected one of `listen`, `app`, `identity_header`, `protocol`"
+        "proxy.toml:6:3: [inbound] lissten: unknown field `lissten`, expected one of `listen`, `app`, `identity_header`, `protocol`, `app_protocol`"
     );
     let e = parse("[proxy]\nservice = \"web\"\n[outbund]\n").unwrap_err();
     assert_eq!(e.kind(), ConfigErrorKind::Syntax);
