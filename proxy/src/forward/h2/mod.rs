@@ -165,8 +165,14 @@ async fn drive_server(shard: &Rc<Shard>, io: PollConn, info: Rc<ConnInfo>) {
             if going_away {
                 Either::Left(accept.await)
             } else {
-                let idle_at = active.idle_since.get() + cfg.timeouts.keepalive_idle;
-                let timer = std::pin::pin!(runtime::sleep(left(idle_at)));
+                // With streams open, the idle clock has not started: look
+                // again after a whole keepalive_idle.
+                let wait = if active.open.get() > 0 {
+                    cfg.timeouts.keepalive_idle
+                } else {
+                    left(active.idle_since.get() + cfg.timeouts.keepalive_idle)
+                };
+                let timer = std::pin::pin!(runtime::sleep(wait));
                 let other = std::pin::pin!(race(drain.as_mut(), timer));
                 race(accept, other).await
             }
