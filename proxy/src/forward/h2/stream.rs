@@ -54,6 +54,10 @@ use crate::stats::{Direction, ResetBy};
 
 const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
+/// The timer of a call without a deadline (a year: timers take an instant
+/// computed from now, which must not overflow).
+const NO_DEADLINE: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+
 /// Serves one stream to its end and records it.
 pub(super) async fn serve_stream(
     shard: Rc<Shard>,
@@ -812,7 +816,7 @@ impl Call<'_> {
     {
         let idle = self.cfg.timeouts.idle;
         let mut deadline = std::pin::pin!(runtime::sleep(
-            call_deadline.map_or(std::time::Duration::MAX / 4, left)
+            call_deadline.map_or(NO_DEADLINE, left)
         ));
         let tick = (idle / 4).clamp(
             std::time::Duration::from_millis(10),
