@@ -112,7 +112,7 @@ pub(crate) struct InboundFile {
     pub identity_header: Option<String>,
     /// `"http"` (default) or `"tcp"`.
     pub protocol: Option<String>,
-    /// `"auto"` (default) or `"http1"`.
+    /// `"auto"` (default), `"http1"` or `"h2c"`.
     pub app_protocol: Option<String>,
 }
 
@@ -140,6 +140,8 @@ pub(crate) struct ServiceFile {
     /// Addresses of the service's instances.
     #[serde(default)]
     pub endpoints: Vec<String>,
+    /// `"auto"` (default), `"http1"` or `"h2c"`.
+    pub protocol: Option<String>,
 }
 
 /// `[timeouts]`.

@@ -172,6 +172,19 @@ pub enum AppProtocol {
     Auto,
     /// HTTP/1.1 only (`"http1"`): h2 requests are translated.
     Http1,
+    /// h2c with prior knowledge only (`"h2c"`): HTTP/1.1 requests are
+    /// translated (upgrades excepted).
+    H2c,
+}
+
+impl AppProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppProtocol::Auto => "auto",
+            AppProtocol::Http1 => "http1",
+            AppProtocol::H2c => "h2c",
+        }
+    }
 }
 
 /// `[outbound]`.
@@ -201,6 +214,8 @@ pub struct ServiceConfig {
     /// Entries given as `host:port`, resolved by the agent (at start and
     /// every 30 s).
     pub names: Vec<HostPort>,
+    /// What the endpoints speak (`protocol`), as `[inbound] app_protocol`.
+    pub protocol: AppProtocol,
 }
 
 /// `[timeouts]`. Every value is > 0 and ≤ 24h.
@@ -416,10 +431,7 @@ impl Config {
                 "listen": i.listen.to_string(),
                 "app": i.app.to_string(),
                 "identity_header": i.identity_header,
-                "app_protocol": match i.app_protocol {
-                    AppProtocol::Auto => "auto",
-                    AppProtocol::Http1 => "http1",
-                },
+                "app_protocol": i.app_protocol.as_str(),
             })),
             "outbound": self.outbound.as_ref().map(|o| json!({
                 "listen": o.listen.to_string(),

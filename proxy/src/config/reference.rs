@@ -59,10 +59,13 @@ letter or digit, at most 63 characters. Unknown keys are errors.
                                                 not host, content-length,
                                                 transfer-encoding, expect or a
                                                 hop-by-hop header.  reload
-  app_protocol   "auto" | "http1" "auto"        What the app speaks: auto keeps the
+  app_protocol   "auto" | "http1" | "h2c"
+                                 "auto"        What the app speaks: auto keeps the
                                                 client's protocol (h2 as h2c with
                                                 prior knowledge); http1 translates
-                                                h2 requests to HTTP/1.1.  reload
+                                                h2 requests to HTTP/1.1; h2c
+                                                translates HTTP/1.1 requests to
+                                                h2c (not upgrades).  reload
 
 [outbound]  (optional; at least one of [inbound] and [outbound])
   listen         addr             127.0.0.1:4140  Where the local app sends its
@@ -96,6 +99,10 @@ wildcard IP), except port 0, which lets the OS pick a free port.
                                                 with none, requests get 503. A
                                                 name adds every address it
                                                 resolves to.
+  protocol       "auto" | "http1" | "h2c"
+                                 "auto"        What the endpoints speak, as
+                                                [inbound] app_protocol (endpoints
+                                                outside the mesh; plaintext).
 
 [timeouts]  (optional; each > 0 and <= 24h; reload)
   connect        duration         1s            Upstream TCP connect.

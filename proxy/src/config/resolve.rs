@@ -298,19 +298,7 @@ fn resolve_inbound(at: At<'_>, f: InboundFile) -> Result<InboundConfig> {
             "a TCP service's stream has no headers (protocol = \"tcp\")",
         ));
     }
-    let app_protocol = match f.app_protocol.as_deref() {
-        None | Some("auto") => AppProtocol::Auto,
-        Some("http1") => AppProtocol::Http1,
-        Some(other) => {
-            return Err(at.err(
-                "app_protocol",
-                format!(
-                    "\"{}\" is not \"auto\" (the client's protocol) or \"http1\"",
-                    other.escape_debug()
-                ),
-            ))
-        }
-    };
+    let app_protocol = app_protocol(&at, "app_protocol", f.app_protocol.as_deref())?;
     if tcp && app_protocol != AppProtocol::Auto {
         return Err(at.err(
             "app_protocol",
@@ -474,13 +462,32 @@ fn resolve_services(path: &Path, files: Vec<ServiceFile>) -> Result<Vec<ServiceC
                 Target::Name(n) => names.push(n),
             }
         }
+        let protocol = app_protocol(&at, "protocol", f.protocol.as_deref())?;
         services.push(ServiceConfig {
             name,
             endpoints,
             names,
+            protocol,
         });
     }
     Ok(services)
+}
+
+/// What an app or an endpoint speaks: `"auto"` (the client's protocol),
+/// `"http1"` or `"h2c"`.
+fn app_protocol(at: &At<'_>, key: &str, v: Option<&str>) -> Result<AppProtocol> {
+    match v {
+        None | Some("auto") => Ok(AppProtocol::Auto),
+        Some("http1") => Ok(AppProtocol::Http1),
+        Some("h2c") => Ok(AppProtocol::H2c),
+        Some(other) => Err(at.err(
+            key,
+            format!(
+                "\"{}\" is not \"auto\" (the client's protocol), \"http1\" or \"h2c\"",
+                other.escape_debug()
+            ),
+        )),
+    }
 }
 
 fn resolve_timeouts(at: At<'_>, f: TimeoutsFile) -> Result<Timeouts> {

@@ -116,11 +116,13 @@ fn full_example_parses_with_its_values() {
                 name: "api".into(),
                 endpoints: vec![addr("10.0.0.1:9000"), addr("[fd00::2]:9000")],
                 names: vec![],
+                protocol: AppProtocol::Auto,
             },
             ServiceConfig {
                 name: "billing.internal".into(),
                 endpoints: vec![],
                 names: vec![],
+                protocol: AppProtocol::Auto,
             },
         ]
     );
@@ -752,12 +754,21 @@ fn intercept_section() {
 }
 
 #[test]
-fn app_protocol_is_auto_or_http1() {
+fn app_protocol_is_auto_http1_or_h2c() {
     let base = "[proxy]\nservice = \"web\"\n[inbound]\napp = \"127.0.0.1:8080\"\n";
     let c = parse(&format!("{base}app_protocol = \"http1\"\n")).unwrap();
     assert_eq!(c.inbound.unwrap().app_protocol, AppProtocol::Http1);
+    let c = parse(&format!("{base}app_protocol = \"h2c\"\n")).unwrap();
+    assert_eq!(c.inbound.unwrap().app_protocol, AppProtocol::H2c);
+    let svc = "[outbound]\n[[services]]\nname = \"grpc\"\nendpoints = [\"127.0.0.1:9000\"]\n";
+    let c = parse(&format!("{base}{svc}protocol = \"h2c\"\n")).unwrap();
+    assert_eq!(c.services[0].protocol, AppProtocol::H2c);
+    assert_eq!(
+        error(&format!("{base}{svc}protocol = \"h3\"\n")),
+        r#"proxy.toml: [[services]] #1 protocol: "h3" is not "auto" (the client's protocol), "http1" or "h2c""#
+    );
     assert_eq!(
         error(&format!("{base}app_protocol = \"spdy\"\n")),
-        r#"proxy.toml: [inbound] app_protocol: "spdy" is not "auto" (the client's protocol) or "http1""#
+        r#"proxy.toml: [inbound] app_protocol: "spdy" is not "auto" (the client's protocol), "http1" or "h2c""#
     );
 }

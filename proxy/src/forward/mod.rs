@@ -47,6 +47,7 @@ mod mirror;
 mod relay;
 mod request;
 pub mod tcp_service;
+mod to_h2;
 mod upstream;
 
 pub use crate::shard::probe::PROBE_PATH;
@@ -132,6 +133,29 @@ fn limits(cfg: &Config) -> http1::Limits {
         max_head_bytes: cfg.limits.max_head_bytes,
         max_request_line: cfg.limits.max_request_line,
         max_headers: cfg.limits.max_headers,
+    }
+}
+
+/// What the upstream of a request speaks, when the configuration says
+/// (`[inbound] app_protocol` for the local app, a static service's
+/// `protocol` for its endpoints); `Auto`: the client's protocol.
+fn upstream_protocol(
+    cfg: &Config,
+    dir: Direction,
+    endpoints: &Endpoints<'_>,
+) -> crate::config::AppProtocol {
+    use crate::config::AppProtocol;
+    match (dir, endpoints) {
+        (Direction::Inbound, Endpoints::One(_)) => cfg
+            .inbound
+            .as_ref()
+            .map_or(AppProtocol::Auto, |i| i.app_protocol),
+        (Direction::Outbound, Endpoints::Service(name, _, false)) => cfg
+            .services
+            .iter()
+            .find(|s| s.name == *name)
+            .map_or(AppProtocol::Auto, |s| s.protocol),
+        _ => AppProtocol::Auto,
     }
 }
 

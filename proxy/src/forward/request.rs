@@ -173,6 +173,11 @@ impl<'p> RequestCtx<'p, '_> {
             Ok(key) => key,
             Err(answer) => return self.answer(answer, cbuf).await,
         };
+        let to_h2 = !self.head.upgrade
+            && upstream_protocol(self.cfg, self.dir, &endpoints) == crate::config::AppProtocol::H2c;
+        if to_h2 {
+            return Box::pin(self.via_h2(cbuf, endpoints, policy, key)).await;
+        }
         let attempts = Attempts::new(policy, self.ex.start, self.head.method.is_idempotent());
         exchange(self, cbuf, endpoints, attempts, key).await
     }

@@ -133,7 +133,7 @@ impl Endpoints<'_> {
         !matches!(self, Endpoints::One(_))
     }
 
-    fn count(&self) -> usize {
+    pub(super) fn count(&self) -> usize {
         match self {
             Endpoints::One(_) => 1,
             Endpoints::Service(_, eps, _) => eps.len(),

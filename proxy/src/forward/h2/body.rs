@@ -19,7 +19,7 @@ use super::{race, Either};
 
 /// Why moving a body stopped.
 #[derive(Debug)]
-pub(super) enum Stop {
+pub(in crate::forward) enum Stop {
     /// The sending side reset its stream (or its connection failed).
     From(h2::Error),
     /// The receiving side reset its stream (or its connection failed).
@@ -28,7 +28,7 @@ pub(super) enum Stop {
 
 /// Sends all of `chunk`, as the receiver's window allows. `Err`: the
 /// receiving stream is gone.
-pub(super) async fn send_all(
+pub(in crate::forward) async fn send_all(
     to: &mut SendStream<Bytes>,
     mut chunk: Bytes,
     last: &Cell<Instant>,

@@ -35,6 +35,7 @@ use crate::tls::poll::PollConn;
 
 mod answer;
 mod body;
+pub(super) use body::send_all;
 mod stream;
 pub(super) mod upstream;
 

@@ -245,16 +245,10 @@ impl<'p> Call<'p> {
             Ok(r) => r,
             Err(answer) => return self.answer(&answer),
         };
-        if let (Endpoints::One(app), Direction::Inbound) = (&endpoints, self.info.dir) {
-            let http1_app = self
-                .cfg
-                .inbound
-                .as_ref()
-                .is_some_and(|i| i.app_protocol == crate::config::AppProtocol::Http1);
-            if http1_app {
-                let deadline = after(self.ex.start, policy.total);
-                return Box::pin(self.via_http1(*app, recv, deadline)).await;
-            }
+        let proto = crate::forward::upstream_protocol(self.cfg, self.info.dir, &endpoints);
+        if proto == crate::config::AppProtocol::Http1 {
+            let deadline = after(self.ex.start, policy.total);
+            return Box::pin(self.via_http1(&endpoints, recv, deadline)).await;
         }
         if self.view.parts.method == http::Method::CONNECT {
             // Extended CONNECT is not offered in SETTINGS, so only a plain
@@ -815,9 +809,7 @@ impl Call<'_> {
         P: Future<Output = Result<(), Stop>>,
     {
         let idle = self.cfg.timeouts.idle;
-        let mut deadline = std::pin::pin!(runtime::sleep(
-            call_deadline.map_or(NO_DEADLINE, left)
-        ));
+        let mut deadline = std::pin::pin!(runtime::sleep(call_deadline.map_or(NO_DEADLINE, left)));
         let tick = (idle / 4).clamp(
             std::time::Duration::from_millis(10),
             std::time::Duration::from_secs(1),

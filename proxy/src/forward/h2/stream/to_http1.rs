@@ -132,9 +132,15 @@ enum Waited {
 }
 
 impl Call<'_> {
-    /// Serves the stream through the app's HTTP/1.1 (one try: requests to
-    /// the local app are never retried).
-    pub(super) async fn via_http1(&mut self, app: SocketAddr, recv: RecvStream, deadline: Instant) {
+    /// Serves the stream through HTTP/1.1 to the app, or to an endpoint of
+    /// a static service that speaks only HTTP/1.1 (one try).
+    pub(super) async fn via_http1(
+        &mut self,
+        endpoints: &Endpoints<'_>,
+        recv: RecvStream,
+        deadline: Instant,
+    ) {
+        let (app, _) = endpoints.pick(self.shard, &Tried::default(), None, Instant::now());
         self.ex.upstream = Some(app);
         let mut req = self.upstream_request(None);
         let authority = req.uri().authority().map(|a| a.as_str().to_owned());
