@@ -227,11 +227,13 @@ impl RequestCtx<'_, '_> {
             consume(&mut cbuf, used);
             self.ex.bytes_in += used as u64;
             let done = if chunked { dec.is_done() } else { left == 0 };
-            if !data.is_empty() && send_all(to, Bytes::from(data), &last).await.is_err() {
+            if (done || !data.is_empty())
+                && send_all(to, Bytes::from(data), &last, done).await.is_err()
+            {
                 return (cbuf, false);
             }
             if done {
-                return (cbuf, to.send_data(Bytes::new(), true).is_ok());
+                return (cbuf, true);
             }
             if cbuf.capacity() - cbuf.len() < 4096 {
                 cbuf.reserve(16 * 1024);

@@ -61,6 +61,48 @@ impl Drop for StreamSlot {
 #[derive(Default)]
 pub struct H2Pool {
     conns: RefCell<FxHashMap<SocketAddr, Vec<Rc<H2Up>>>>,
+    /// Connects under way, per endpoint: a burst of streams to an endpoint
+    /// with no connection waits for one connect instead of each opening
+    /// its own.
+    connecting: RefCell<FxHashMap<SocketAddr, Rc<Connecting>>>,
+}
+
+/// A connect under way; its waiters are woken when it ends either way.
+#[derive(Default)]
+pub struct Connecting {
+    done: Cell<bool>,
+    wakers: RefCell<Vec<std::task::Waker>>,
+}
+
+impl Connecting {
+    /// Completes when the connect ended (then look in the pool again).
+    pub fn wait(self: Rc<Self>) -> impl std::future::Future<Output = ()> {
+        std::future::poll_fn(move |cx| {
+            if self.done.get() {
+                return std::task::Poll::Ready(());
+            }
+            self.wakers.borrow_mut().push(cx.waker().clone());
+            std::task::Poll::Pending
+        })
+    }
+}
+
+/// The right to connect to an endpoint; ends the connect for the waiters
+/// when dropped (connected, failed or cancelled).
+pub struct ConnectTurn<'a> {
+    pool: &'a H2Pool,
+    addr: SocketAddr,
+    c: Rc<Connecting>,
+}
+
+impl Drop for ConnectTurn<'_> {
+    fn drop(&mut self) {
+        self.pool.connecting.borrow_mut().remove(&self.addr);
+        self.c.done.set(true);
+        for w in self.c.wakers.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
 }
 
 impl H2Pool {
@@ -75,6 +117,22 @@ impl H2Pool {
             conns.remove(&addr);
         }
         found
+    }
+
+    /// Either the turn to connect to `addr`, or the connect under way to
+    /// wait for.
+    pub fn connect_turn(&self, addr: SocketAddr) -> Result<ConnectTurn<'_>, Rc<Connecting>> {
+        let mut pending = self.connecting.borrow_mut();
+        if let Some(c) = pending.get(&addr) {
+            return Err(c.clone());
+        }
+        let c = Rc::new(Connecting::default());
+        pending.insert(addr, c.clone());
+        Ok(ConnectTurn {
+            pool: self,
+            addr,
+            c,
+        })
     }
 
     pub fn add(&self, addr: SocketAddr, up: Rc<H2Up>) {

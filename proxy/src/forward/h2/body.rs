@@ -26,13 +26,21 @@ pub(in crate::forward) enum Stop {
     To,
 }
 
-/// Sends all of `chunk`, as the receiver's window allows. `Err`: the
-/// receiving stream is gone.
+/// Sends all of `chunk`, as the receiver's window allows; with `end`, its
+/// last frame ends the stream (an empty `chunk` then sends an empty final
+/// frame). `Err`: the receiving stream is gone.
 pub(in crate::forward) async fn send_all(
     to: &mut SendStream<Bytes>,
     mut chunk: Bytes,
     last: &Cell<Instant>,
+    end: bool,
 ) -> Result<(), Stop> {
+    if chunk.is_empty() {
+        if end {
+            to.send_data(chunk, true).map_err(|_| Stop::To)?;
+        }
+        return Ok(());
+    }
     while !chunk.is_empty() {
         to.reserve_capacity(chunk.len());
         let cap = match std::future::poll_fn(|cx| to.poll_capacity(cx)).await {
@@ -44,7 +52,8 @@ pub(in crate::forward) async fn send_all(
             continue;
         }
         let part = chunk.split_to(cap.min(chunk.len()));
-        to.send_data(part, false).map_err(|_| Stop::To)?;
+        to.send_data(part, end && chunk.is_empty())
+            .map_err(|_| Stop::To)?;
         last.set(Instant::now());
     }
     Ok(())
@@ -85,9 +94,16 @@ pub(super) async fn relay(
 ) -> Result<Option<HeaderMap>, Stop> {
     while let Some(chunk) = next_chunk(from, to).await? {
         let n = chunk.len();
-        send_all(to, chunk, last).await?;
+        // The sender's END_STREAM came with this chunk (no trailers
+        // follow): the last frame ends the client's stream too, rather
+        // than an empty frame after it.
+        let end = from.is_end_stream();
+        send_all(to, chunk, last, end).await?;
         moved.set(moved.get() + n as u64);
         let _ = from.flow_control().release_capacity(n);
+        if end {
+            return Ok(None);
+        }
     }
     let trailers = std::future::poll_fn(|cx| from.poll_trailers(cx))
         .await
@@ -166,8 +182,15 @@ impl ReqBody {
         to: &mut SendStream<Bytes>,
         last: &Cell<Instant>,
     ) -> Result<(), Stop> {
-        for chunk in self.kept.clone() {
-            send_all(to, chunk, last).await?;
+        let kept = self.kept.clone();
+        let n = kept.len();
+        for (i, chunk) in kept.into_iter().enumerate() {
+            // The whole body is kept: its last chunk ends the stream.
+            let end = self.done && self.trailers.is_none() && i + 1 == n;
+            send_all(to, chunk, last, end).await?;
+            if end {
+                return Ok(());
+            }
         }
         while !self.done {
             match next_chunk(&mut self.recv, to).await? {
@@ -182,8 +205,13 @@ impl ReqBody {
                         stat.overflow.set(true);
                         self.kept = Vec::new();
                     }
-                    send_all(to, chunk, last).await?;
+                    let end = self.recv.is_end_stream();
+                    send_all(to, chunk, last, end).await?;
                     let _ = self.recv.flow_control().release_capacity(n);
+                    if end {
+                        self.done = true;
+                        return Ok(());
+                    }
                 }
                 None => {
                     self.trailers = std::future::poll_fn(|cx| self.recv.poll_trailers(cx))

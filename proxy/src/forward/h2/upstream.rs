@@ -28,11 +28,27 @@ pub(in crate::forward) async fn connection(
     mtls: Option<&str>,
     deadline: Instant,
 ) -> Result<Rc<H2Up>, ProxyError> {
-    if let Some(up) = shard.h2.get(addr) {
-        if serves(shard, &up, mtls) {
-            return Ok(up);
+    // One connect per endpoint at a time: a burst of streams finding no
+    // connection waits for the first connect (and takes the connection it
+    // made while it has room) instead of each opening one.
+    let _turn = loop {
+        if let Some(up) = shard.h2.get(addr) {
+            if serves(shard, &up, mtls) {
+                return Ok(up);
+            }
         }
-    }
+        match shard.h2.connect_turn(addr) {
+            Ok(turn) => break turn,
+            Err(pending) => {
+                if runtime::timeout_at(deadline, pending.wait()).await.is_err() {
+                    return Err(ProxyError::new(
+                        ErrorKind::UpstreamTimeout,
+                        "the try's deadline passed while connecting",
+                    ));
+                }
+            }
+        }
+    };
     let left = left(deadline);
     if left.is_zero() {
         return Err(ProxyError::new(

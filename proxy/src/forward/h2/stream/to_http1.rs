@@ -315,7 +315,7 @@ impl Call<'_> {
                 Some(Ok(f)) => match f.into_data() {
                     Ok(data) => {
                         let n = data.len() as u64;
-                        send_all(to, data, &last)
+                        send_all(to, data, &last, false)
                             .await
                             .map_err(|_| ResetBy::Client)?;
                         self.ex.bytes_out += n;
