@@ -421,7 +421,10 @@ impl<'p> Call<'p> {
                         call_deadline,
                         peer_hop: endpoints.mtls().is_some(),
                     };
-                    let res = self.one_try(&slot, &mut body, plan).await;
+                    // Boxed: the try's futures (the body pump, the relay,
+                    // their timers) would otherwise be part of every
+                    // stream's task, copied whole when it is spawned.
+                    let res = Box::pin(self.one_try(&slot, &mut body, plan)).await;
                     let ok = match &res {
                         Ok(()) => self.ex.status < 500,
                         Err(f) => f.err.kind.blame() != Blame::Upstream,
@@ -863,6 +866,34 @@ impl Call<'_> {
                 }
                 self.ex.end = Some(Instant::now());
                 Ok(())
+            }
+            Relayed::Done(Err(Stop::From(e)))
+                if self.is_grpc && !(e.is_reset() && e.is_remote()) =>
+            {
+                // The upstream's connection died mid-call (its process
+                // went away): a gRPC client gets UNAVAILABLE, as it would
+                // from the dead server's own socket, not a reset.
+                let mut t = http::HeaderMap::new();
+                t.insert(
+                    GRPC_STATUS,
+                    HeaderValue::from(u16::from(grpc::Code::Unavailable.as_u8())),
+                );
+                t.insert(
+                    GRPC_MESSAGE,
+                    HeaderValue::from_static("upstream connection reset"),
+                );
+                t.insert(
+                    COREMESH_ERROR,
+                    HeaderValue::from_static("upstream connection reset"),
+                );
+                if client_send.send_trailers(t).is_err() {
+                    client_send.send_reset(Reason::CANCEL);
+                }
+                self.grpc_status = Some(grpc::Code::Unavailable.as_u8());
+                Err(TryFail::started(
+                    ErrorKind::UpstreamReset,
+                    "the upstream connection failed mid-stream",
+                ))
             }
             Relayed::Done(Err(Stop::From(e))) => {
                 client_send.send_reset(e.reason().unwrap_or(Reason::INTERNAL_ERROR));

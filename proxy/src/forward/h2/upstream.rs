@@ -28,6 +28,24 @@ pub(in crate::forward) async fn connection(
     mtls: Option<&str>,
     deadline: Instant,
 ) -> Result<Rc<H2Up>, ProxyError> {
+    if let Some(up) = shard.h2.get(addr) {
+        if serves(shard, &up, mtls) {
+            return Ok(up);
+        }
+    }
+    // Boxed: rare (a new connection), and inline its futures (connect,
+    // TLS, the h2 handshake) would grow every stream's task.
+    Box::pin(open(shard, cfg, addr, mtls, deadline)).await
+}
+
+/// A pooled connection that a connect under way made, or a new one.
+async fn open(
+    shard: &Shard,
+    cfg: &Config,
+    addr: SocketAddr,
+    mtls: Option<&str>,
+    deadline: Instant,
+) -> Result<Rc<H2Up>, ProxyError> {
     // One connect per endpoint at a time: a burst of streams finding no
     // connection waits for the first connect (and takes the connection it
     // made while it has room) instead of each opening one.
