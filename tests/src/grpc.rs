@@ -30,7 +30,9 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// `tests/py/NAME`.
 pub fn py_script(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("py")
+        .join(name)
 }
 
 /// The interpreter: `$COREMESH_E2E_PYTHON`, else `python3`.
@@ -345,7 +347,10 @@ pub struct GrpcRun {
 
 impl GrpcRun {
     pub fn calls(&self) -> &[serde_json::Value] {
-        self.json["calls"].as_array().map(Vec::as_slice).unwrap_or(&[])
+        self.json["calls"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
     /// The only call of the run; panics if there are several.
     pub fn call(&self) -> &serde_json::Value {
@@ -373,7 +378,9 @@ impl GrpcRun {
             "codes {:?}, instances {:?}, first failure: {}",
             self.codes(),
             self.instances(),
-            failed.map(|c| c.to_string()).unwrap_or_else(|| "none".into())
+            failed
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "none".into())
         )
     }
 }
@@ -403,7 +410,9 @@ pub fn ws_client(connect: SocketAddr, url: &str, extra: &[&str]) -> serde_json::
         .rev()
         .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .unwrap_or_else(|| {
-            panic!("ws_client.py exited {code} without its JSON\nstdout: {stdout}\nstderr: {stderr}")
+            panic!(
+                "ws_client.py exited {code} without its JSON\nstdout: {stdout}\nstderr: {stderr}"
+            )
         })
 }
 

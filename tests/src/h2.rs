@@ -665,7 +665,10 @@ mod tests {
         assert_eq!(o.connections(), 1);
         assert_eq!(o.requests(), 53);
         let r = c
-            .request(H2Request::get("api", "/status/418"), Duration::from_secs(10))
+            .request(
+                H2Request::get("api", "/status/418"),
+                Duration::from_secs(10),
+            )
             .unwrap();
         assert_eq!(r.status, 418);
 

@@ -1,0 +1,997 @@
+//! HTTP/2, gRPC and WebSocket through the mesh (issue 14), with real
+//! clients: curl `--http2-prior-knowledge`, h2load (Debian
+//! `nghttp2-client`), Python grpcio and websockets (PyPI), and the raw h2
+//! client of the harness where a test needs headers no real client lets it
+//! set (`grpc-timeout` without a client-side deadline).
+//!
+//! ```text
+//!  curl / h2load / H2Client ──▶ web proxy [outbound] ─────────────────────────────▶ H2Origin (h2c)
+//!                                    ╚═══ mTLS (h2) ══▶ api proxy [inbound] ──h2c──▶ H2Origin
+//!  grpc_client.py ──▶ web proxy [outbound] ══ mTLS ══▶ api proxy (version=v1) ──▶ grpc_app.py api-v1
+//!   (one channel)      Route, AccessPolicy    ╚══════▶ api proxy (version=v2) ──▶ grpc_app.py api-v2
+//!                          ▲                                 ▲
+//!                          └── QUIC ── coremesh-control ─────┘ ◀── meshctl apply
+//!  ws_client.py ──▶ web proxy [outbound] ══ mTLS ══▶ api proxy [inbound] ──▶ ws_echo.py
+//! ```
+//!
+//! The gRPC app names itself in every reply (`api-v1`, `api-v2`), so a run
+//! of calls on one channel (one HTTP/2 connection) says which endpoint
+//! served each stream. Tests that need grpcio, websockets or h2load fail
+//! with what to install under CI (`CI=true`) and are skipped elsewhere.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use coremesh_e2e::grpc::{require_program, require_python, ws_client};
+use coremesh_e2e::pki::Pki;
+use coremesh_e2e::util::{unused_port, wait_for, TempDir};
+use coremesh_e2e::{
+    Client, Control, ControlBuilder, GrpcClient, GrpcRun, H2Client, H2Origin, H2Request, Member,
+    MeshProxy, Origin, Proxy, ProxyBuilder, PyApp, Request,
+};
+
+/// Bound on the mesh converging after a start or an apply.
+const CONVERGE: Duration = Duration::from_secs(30);
+/// Bound on one raw h2 exchange.
+const H2_TIMEOUT: Duration = Duration::from_secs(30);
+const TD: &str = "spiffe://coremesh.local/service";
+
+fn have_grpcio() -> bool {
+    require_python(&[("grpc", "grpcio")])
+}
+
+// ---- curl and h2load ----
+
+/// What `curl --http2-prior-knowledge` printed: status, the HTTP version it
+/// used (`%{http_version}`) and the body.
+#[derive(Debug)]
+struct CurlH2 {
+    code: i32,
+    status: u16,
+    version: String,
+    body: String,
+    stderr: String,
+}
+
+impl CurlH2 {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "curl got no JSON ({e}): {self:?}; curl said {}",
+                self.stderr
+            )
+        })
+    }
+}
+
+/// `curl --http2-prior-knowledge http://AUTHORITY/PATH`, connected to
+/// `addr` (`--connect-to`), so `:authority` is `authority` as a client
+/// calling the service by name would send it.
+fn curl_h2(addr: SocketAddr, authority: &str, path: &str, extra: &[&str]) -> CurlH2 {
+    let mut cmd = Command::new("curl");
+    for var in ["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"] {
+        cmd.env_remove(var);
+    }
+    cmd.args(["-sS", "--max-time", "30", "--http2-prior-knowledge"])
+        .arg("--connect-to")
+        .arg(format!("{authority}:80:{}:{}", addr.ip(), addr.port()))
+        .args(["-w", "\n%{http_version} %{response_code}"])
+        .args(extra)
+        .arg(format!("http://{authority}{path}"));
+    let out = cmd.output().expect("run curl");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, last) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+    let mut w = last.split_whitespace();
+    CurlH2 {
+        code: out.status.code().unwrap_or(-1),
+        version: w.next().unwrap_or("").to_string(),
+        status: w.next().and_then(|s| s.parse().ok()).unwrap_or(0),
+        body: body.to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs h2load; returns (exit code, its whole output).
+fn h2load(url: &str, args: &[&str]) -> (i32, String) {
+    let out = Command::new("h2load")
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("run h2load");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// h2load's `requests:` and `status codes:` lines as numbers:
+/// (total, succeeded, failed, errored, 2xx, 3xx, 4xx, 5xx).
+fn h2load_counts(text: &str) -> Option<[u64; 8]> {
+    let nums = |line: &str, keys: &[&str]| -> Option<Vec<u64>> {
+        keys.iter()
+            .map(|k| {
+                let words: Vec<&str> = line.split([',', ' ']).filter(|w| !w.is_empty()).collect();
+                let i = words.iter().position(|w| w == k)?;
+                words.get(i.checked_sub(1)?)?.parse().ok()
+            })
+            .collect()
+    };
+    let req = text.lines().find(|l| l.starts_with("requests:"))?;
+    let st = text.lines().find(|l| l.starts_with("status codes:"))?;
+    let r = nums(req, &["total", "succeeded", "failed", "errored"])?;
+    let s = nums(st, &["2xx", "3xx", "4xx", "5xx"])?;
+    Some([r[0], r[1], r[2], r[3], s[0], s[1], s[2], s[3]])
+}
+
+#[test]
+fn fixtures_curl_and_h2load_reach_the_h2c_origin_directly() {
+    // The baseline for the tests below: the clients and the origin agree
+    // without a proxy.
+    let origin = H2Origin::start("h2o");
+    let r = curl_h2(origin.addr(), "api", "/direct?x=1", &[]);
+    assert_eq!(
+        (r.code, r.status, r.version.as_str()),
+        (0, 200, "2"),
+        "{r:?}"
+    );
+    assert_eq!(r.json()["path"], "/direct?x=1");
+    assert_eq!(r.json()["authority"], "api");
+    if !require_program("h2load", "nghttp2-client") {
+        return;
+    }
+    let url = format!("http://{}/load", origin.addr());
+    let (code, text) = h2load(&url, &["-n", "200", "-c", "2", "-m", "10"]);
+    let counts = h2load_counts(&text).unwrap_or_else(|| panic!("h2load said:\n{text}"));
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(counts, [200, 200, 0, 0, 200, 0, 0, 0], "{text}");
+}
+
+// ---- h2 through one outbound proxy (endpoints outside the mesh) ----
+
+#[test]
+fn curl_http2_prior_knowledge_through_the_outbound_proxy_reaches_the_h2c_origin_as_h2() {
+    let origin = H2Origin::start("h2api");
+    let web = ProxyBuilder::new("web")
+        .outbound()
+        .service("h2api", &[origin.addr()])
+        .start();
+    let r = curl_h2(
+        web.outbound(),
+        "h2api",
+        "/hello/h2?q=1",
+        &["-H", "x-test: yes"],
+    );
+    assert_eq!(r.code, 0, "curl failed: {r:?}");
+    assert_eq!(
+        (r.status, r.version.as_str()),
+        (200, "2"),
+        "curl speaks h2 to the proxy and gets 200 over h2: {r:?}; origin saw non-h2 \
+         connections: {:?}",
+        origin.not_h2()
+    );
+    let echo = r.json();
+    assert_eq!(echo["origin"], "h2api");
+    assert_eq!(echo["version"], "HTTP/2.0");
+    assert_eq!(echo["path"], "/hello/h2?q=1");
+    let got = origin.last();
+    assert_eq!(got.method, "GET");
+    assert_eq!(got.path, "/hello/h2?q=1");
+    assert_eq!(got.header("x-test"), Some("yes"));
+    assert!(
+        got.authority
+            .as_deref()
+            .is_some_and(|a| a.starts_with("h2api")),
+        "the origin sees the service as :authority, as an HTTP/1.1 app sees Host: {got:?}"
+    );
+    assert!(
+        origin.not_h2().is_empty(),
+        "the proxy spoke something else than h2 to the origin: {:?}",
+        origin.not_h2()
+    );
+    // Unknown authority: the proxy's own 404, over h2.
+    let r = curl_h2(web.outbound(), "billing", "/", &["-i"]);
+    assert_eq!((r.status, r.version.as_str()), (404, "2"), "{r:?}");
+    assert!(
+        r.body.to_ascii_lowercase().contains("coremesh-error:"),
+        "a local error carries coremesh-error: {r:?}"
+    );
+}
+
+#[test]
+fn http1_and_h2_clients_share_the_outbound_port_at_once() {
+    let h1 = Origin::start("api");
+    let h2o = H2Origin::start("h2api");
+    let web = ProxyBuilder::new("web")
+        .outbound()
+        .service("api", &[h1.addr()])
+        .service("h2api", &[h2o.addr()])
+        .start();
+    let out = web.outbound();
+    let rounds = 50;
+    std::thread::scope(|s| {
+        let h1_threads: Vec<_> = (0..3)
+            .map(|t| {
+                s.spawn(move || {
+                    let mut c = Client::connect(out);
+                    c.set_read_timeout(Duration::from_secs(30));
+                    (0..rounds)
+                        .map(|i| {
+                            let r = c.request(&Request::get(&format!("/h1/{t}/{i}")).host("api"));
+                            (r.status, r.header("x-origin").map(str::to_string))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let h2_threads: Vec<_> = (0..3)
+            .map(|t| {
+                s.spawn(move || {
+                    let c = H2Client::connect(out).unwrap_or_else(|e| panic!("{e}"));
+                    let mut got = Vec::new();
+                    for i in 0..(rounds / 10) {
+                        let batch = (0..10)
+                            .map(|k| H2Request::get("h2api", &format!("/h2/{t}/{i}/{k}")))
+                            .collect();
+                        for r in c.concurrent(batch, H2_TIMEOUT) {
+                            got.push(
+                                r.map(|r| (r.status, r.header("x-origin").map(str::to_string))),
+                            );
+                        }
+                    }
+                    got
+                })
+            })
+            .collect();
+        let curl = s.spawn(move || {
+            (0..10)
+                .map(|i| curl_h2(out, "h2api", &format!("/curl/{i}"), &[]))
+                .collect::<Vec<_>>()
+        });
+        for t in h1_threads {
+            let got = t.join().expect("h1 thread");
+            assert!(
+                got.iter()
+                    .all(|(st, o)| *st == 200 && o.as_deref() == Some("api")),
+                "every HTTP/1.1 request is answered by the HTTP/1.1 app: {got:?}"
+            );
+        }
+        for t in h2_threads {
+            let got = t.join().expect("h2 thread");
+            assert_eq!(got.len(), rounds);
+            assert!(
+                got.iter()
+                    .all(|r| matches!(r, Ok((200, Some(o))) if o == "h2api")),
+                "every h2 stream is answered by the h2c app: {got:?}; origin saw non-h2: {:?}",
+                h2o.not_h2()
+            );
+        }
+        for r in curl.join().expect("curl thread") {
+            assert_eq!((r.status, r.version.as_str()), (200, "2"), "{r:?}");
+        }
+    });
+    assert_eq!(h1.requests(), 3 * rounds);
+    assert_eq!(h2o.requests(), 3 * rounds + 10);
+    assert!(h2o.not_h2().is_empty(), "{:?}", h2o.not_h2());
+}
+
+#[test]
+fn h2load_through_the_outbound_proxy_gets_all_2xx() {
+    if !require_program("h2load", "nghttp2-client") {
+        return;
+    }
+    let origin = H2Origin::start("h2api");
+    let web = ProxyBuilder::new("web")
+        .outbound()
+        .service("h2api", &[origin.addr()])
+        .start();
+    let url = format!("http://{}/load", web.outbound());
+    let (code, text) = h2load(
+        &url,
+        &[
+            "-n",
+            "2000",
+            "-c",
+            "4",
+            "-m",
+            "10",
+            "-H",
+            ":authority: h2api",
+        ],
+    );
+    let counts = h2load_counts(&text).unwrap_or_else(|| panic!("h2load said:\n{text}"));
+    assert_eq!(
+        counts,
+        [2000, 2000, 0, 0, 2000, 0, 0, 0],
+        "(total, succeeded, failed, errored, 2xx, 3xx, 4xx, 5xx); h2load said:\n{text}\n\
+         origin saw non-h2: {:?}",
+        origin.not_h2()
+    );
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(origin.requests(), 2000);
+    assert!(origin.connections() >= 1);
+}
+
+// ---- h2 over the mutual-TLS mesh hop (static mode) ----
+
+/// web [outbound] ══mTLS══▶ api [inbound] ──▶ `app`, certificates from `pki`.
+fn static_pair(pki: &Pki, dir: &TempDir, app: SocketAddr) -> (Proxy, Proxy) {
+    let files = pki.files(dir.path(), "api", "api");
+    let api = ProxyBuilder::new("api")
+        .inbound(app)
+        .extra(&files.toml())
+        .start();
+    let files = pki.files(dir.path(), "web", "web");
+    let web = ProxyBuilder::new("web")
+        .outbound()
+        .service("api", &[api.inbound()])
+        .extra(&files.toml())
+        .start();
+    (api, web)
+}
+
+#[test]
+fn h2_crosses_the_mtls_hop_and_reaches_the_h2c_app_with_bodies_and_trailers() {
+    let dir = TempDir::new("h2-mtls");
+    let pki = Pki::new("mesh");
+    let app = H2Origin::start("api");
+    let (_api, web) = static_pair(&pki, &dir, app.addr());
+
+    let r = curl_h2(web.outbound(), "api", "/over/mtls", &[]);
+    assert_eq!(
+        (r.code, r.status, r.version.as_str()),
+        (0, 200, "2"),
+        "{r:?}; app saw non-h2 connections: {:?}",
+        app.not_h2()
+    );
+    assert_eq!(
+        r.json()["version"],
+        "HTTP/2.0",
+        "the inbound proxy speaks h2c to the app"
+    );
+    assert_eq!(r.json()["path"], "/over/mtls");
+
+    let c = H2Client::connect(web.outbound()).unwrap_or_else(|e| panic!("{e}"));
+    // A request body with trailers, in both directions.
+    let len = 3 << 20;
+    let r = c
+        .request(
+            H2Request::new("POST", "api", "/upload")
+                .header("content-type", "application/octet-stream")
+                .body(vec![0x5a; len])
+                .trailer("x-request-checksum", "7"),
+            H2_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        r.status,
+        200,
+        "{:?} {}",
+        r.header("coremesh-error"),
+        r.body_str()
+    );
+    let echo = r.json();
+    assert_eq!(echo["body_len"], len as u64);
+    assert_eq!(
+        echo["trailers"],
+        serde_json::json!([["x-request-checksum", "7"]]),
+        "request trailers reach the app"
+    );
+    let r = c
+        .request(H2Request::get("api", "/trailers"), H2_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.body_str(), "hello trailers");
+    assert_eq!(
+        r.trailer("x-checksum"),
+        Some("42"),
+        "response trailers reach the client: {r:?}"
+    );
+    let r = c
+        .request(H2Request::get("api", "/bytes/5000000"), H2_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.body.len(), 5_000_000);
+    let mut h = coremesh_e2e::Fnv64::new();
+    h.update(&r.body);
+    assert_eq!(h.value(), coremesh_e2e::pattern_checksum(5_000_000));
+
+    // Many streams of one client connection at once.
+    let reqs = (0..100)
+        .map(|i| H2Request::get("api", &format!("/delay/20/{i}")))
+        .collect();
+    let rs = c.concurrent(reqs, H2_TIMEOUT);
+    let bad: Vec<_> = rs
+        .iter()
+        .filter(|r| !r.as_ref().is_ok_and(|r| r.status == 200))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{} of 100 streams failed: {:?}",
+        bad.len(),
+        bad.first()
+    );
+    assert!(app.not_h2().is_empty(), "{:?}", app.not_h2());
+}
+
+#[test]
+fn websocket_echo_through_the_mtls_mesh() {
+    if !require_python(&[("websockets", "websockets")]) {
+        return;
+    }
+    let dir = TempDir::new("ws-mtls");
+    let pki = Pki::new("mesh");
+    let app = PyApp::websocket("ws-api");
+    let (api, web) = static_pair(&pki, &dir, app.addr());
+    let r = ws_client(web.outbound(), "ws://api/chat?room=1", &["--count", "100"]);
+    assert!(
+        r["error"].is_null(),
+        "websocket through the mesh failed: {r}"
+    );
+    assert_eq!(r["greeting"]["instance"], "ws-api", "{r}");
+    assert_eq!(r["greeting"]["path"], "/chat?room=1", "{r}");
+    assert_eq!(r["sent"], 103, "{r}");
+    assert_eq!(r["echoed"], 103, "every message comes back unchanged: {r}");
+    assert_eq!(r["pong"], true, "{r}");
+    assert_eq!(r["close_code"], 1000, "a clean close handshake: {r}");
+    // The api proxy carried it (over mutual TLS: its only listener).
+    let m = api.metrics();
+    assert!(
+        m.sum("coremesh_requests_total", &[("direction", "inbound")]) >= 1.0
+            || m.sum("coremesh_connections_total", &[("direction", "inbound")]) >= 1.0,
+        "{}",
+        m.text
+    );
+}
+
+// ---- gRPC errors made by the proxy ----
+
+/// The gRPC view of a proxy's own answer: HTTP 200, `grpc-status`,
+/// `grpc-message`, `coremesh-error`.
+fn assert_grpc_error(r: &coremesh_e2e::H2Response, code: u32, what: &str) {
+    assert_eq!(
+        r.status, 200,
+        "{what}: a gRPC error is HTTP 200 with grpc-status, got {r:?}"
+    );
+    assert_eq!(r.grpc_status(), Some(code), "{what}: {r:?}");
+    assert!(
+        r.header_or_trailer("grpc-message").is_some(),
+        "{what}: grpc-message says why: {r:?}"
+    );
+    assert!(
+        r.header_or_trailer("coremesh-error").is_some(),
+        "{what}: coremesh-error names the proxy's reason: {r:?}"
+    );
+}
+
+#[test]
+fn errors_the_proxy_makes_for_grpc_calls_are_grpc_errors() {
+    let h2o = H2Origin::start("h2api");
+    let web = ProxyBuilder::new("web")
+        .outbound()
+        .service_raw("empty", &[])
+        .service("dead", &[unused_port()])
+        .service("h2api", &[h2o.addr()])
+        .start();
+    let c = H2Client::connect(web.outbound()).unwrap_or_else(|e| panic!("{e}"));
+    let call = |authority: &str| {
+        c.request(
+            H2Request::grpc(authority, "/test.Echo/Unary", b"{}"),
+            H2_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("{authority}: {e}"))
+    };
+    assert_grpc_error(&call("nosuchservice"), 14, "no route");
+    assert_grpc_error(&call("empty"), 14, "no healthy endpoint");
+    assert_grpc_error(&call("dead"), 14, "connect failure");
+    // The same failures for a plain h2 request stay HTTP errors.
+    let r = c
+        .request(H2Request::get("nosuchservice", "/"), H2_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 404, "{r:?}");
+    assert!(r.header("coremesh-error").is_some(), "{r:?}");
+    assert_eq!(r.grpc_status(), None, "{r:?}");
+    // A gRPC call that works still reaches the app.
+    let r = call("h2api");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("x-origin"), Some("h2api"));
+    assert_eq!(h2o.last().header("content-type"), Some("application/grpc"));
+
+    // What grpcio makes of it: UNAVAILABLE with the proxy's reason, not an
+    // HTTP status mapped by the client library.
+    if have_grpcio() {
+        let r = GrpcClient::new(web.outbound())
+            .authority("dead")
+            .run(&["unary"]);
+        let call = r.call();
+        assert_eq!(call["code"], "UNAVAILABLE", "{}", r.json);
+        assert!(
+            call["trailing"]["coremesh-error"].is_string()
+                || call["initial"]["coremesh-error"].is_string(),
+            "the client sees coremesh-error in the metadata: {}",
+            r.json
+        );
+        assert!(
+            !call["details"]
+                .as_str()
+                .unwrap_or("")
+                .contains("Received http2 header with status"),
+            "grpcio mapped an HTTP status, the proxy sent no grpc-status: {}",
+            r.json
+        );
+    }
+}
+
+// ---- gRPC through the mesh (control) ----
+
+/// Control, one api proxy (label `version`) in front of a Python app per
+/// version, and a web proxy that calls api.
+struct Mesh {
+    control: Control,
+    apps: Vec<PyApp>,
+    apis: Vec<Proxy>,
+    web: Proxy,
+    _members: Vec<Member>,
+}
+
+impl Mesh {
+    /// gRPC apps named `api-VERSION`. The api proxies check their app over
+    /// TCP only once a minute, so control does not withdraw an endpoint
+    /// whose app a test kills (retries are what the test is about).
+    fn grpc(versions: &[&str]) -> Mesh {
+        let control = ControlBuilder::new().start();
+        let mut members = Vec::new();
+        let mut apps = Vec::new();
+        let mut apis = Vec::new();
+        for v in versions {
+            let app = PyApp::grpc(&format!("api-{v}"));
+            let m = control.member("api", &format!("api-{v}"));
+            let section = control
+                .section(&m)
+                .health("interval", "\"60s\"")
+                .health("timeout", "\"1s\"");
+            apis.push(
+                ProxyBuilder::new("api")
+                    .inbound(app.addr())
+                    .inbound_key("identity_header", "\"x-coremesh-caller\"")
+                    .labels(&[("version", v)])
+                    .control(&section)
+                    .start(),
+            );
+            apps.push(app);
+            members.push(m);
+        }
+        let wm = control.member("web", "web-1");
+        let web = ProxyBuilder::new("web")
+            .outbound()
+            .control(&control.section(&wm).calls(&["api"]))
+            .start();
+        members.push(wm);
+        Mesh {
+            control,
+            apps,
+            apis,
+            web,
+            _members: members,
+        }
+    }
+
+    /// Services api and web and `policy`; waits until every proxy runs it.
+    fn apply(&self, policy: &str) {
+        let mut yaml = String::from("kind: Service\nname: api\n---\nkind: Service\nname: web\n");
+        if !policy.trim().is_empty() {
+            yaml += "---\n";
+            yaml += policy;
+        }
+        let version = self.control.apply(&yaml);
+        self.control
+            .wait_converged(self.apis.len() + 1, self.apis.len(), version, CONVERGE);
+    }
+
+    /// A gRPC client calling api through the web proxy.
+    fn client(&self) -> GrpcClient {
+        GrpcClient::new(self.web.outbound()).authority("api")
+    }
+
+    fn app(&mut self, name: &str) -> &mut PyApp {
+        self.apps
+            .iter_mut()
+            .find(|a| a.name() == name)
+            .unwrap_or_else(|| panic!("no app {name}"))
+    }
+}
+
+fn assert_all_ok(r: &GrpcRun, n: usize, what: &str) {
+    assert_eq!(r.count("OK"), n, "{what}: {}", r.summary());
+}
+
+#[test]
+fn grpc_all_four_call_shapes_through_the_mtls_mesh() {
+    if !have_grpcio() {
+        return;
+    }
+    let m = Mesh::grpc(&["v1"]);
+    m.apply("");
+    let c = m.client();
+
+    let r = c.run(&[
+        "unary",
+        "--count",
+        "5",
+        "--size",
+        "1000",
+        "--reply-size",
+        "2000",
+    ]);
+    assert_all_ok(&r, 5, "unary");
+    for call in r.calls() {
+        assert_eq!(call["instance"], "api-v1");
+        assert_eq!(call["reply"]["got_size"], 1000);
+        assert_eq!(call["reply_size"], 2000);
+        assert_eq!(
+            call["reply"]["metadata"]["x-coremesh-caller"],
+            format!("{TD}/web"),
+            "the call crossed the mesh as web (mutual TLS): {call}"
+        );
+    }
+
+    let r = c.run(&["server-stream", "--count", "20", "--reply-size", "1000"]);
+    let call = r.call();
+    assert_eq!(call["code"], "OK", "server stream: {}", r.json);
+    let replies = call["replies"].as_array().expect("replies");
+    assert_eq!(replies.len(), 20, "{}", r.json);
+    assert!(replies
+        .iter()
+        .enumerate()
+        .all(|(i, rep)| rep["index"] == i && rep["size"] == 1000));
+
+    let r = c.run(&["client-stream", "--count", "20", "--size", "1000"]);
+    let call = r.call();
+    assert_eq!(call["code"], "OK", "client stream: {}", r.json);
+    assert_eq!(call["reply"]["count"], 20);
+    assert_eq!(call["reply"]["got_size"], 20_000);
+
+    let r = c.run(&[
+        "bidi",
+        "--count",
+        "20",
+        "--size",
+        "500",
+        "--reply-size",
+        "300",
+    ]);
+    let call = r.call();
+    assert_eq!(call["code"], "OK", "bidi: {}", r.json);
+    let replies = call["replies"].as_array().expect("replies");
+    assert_eq!(
+        replies.len(),
+        20,
+        "ping-pong: every message answered in turn: {}",
+        r.json
+    );
+    assert!(replies
+        .iter()
+        .all(|rep| rep["got_size"] == 500 && rep["size"] == 300));
+
+    let r = c.run(&["health"]);
+    assert_eq!(r.call()["code"], "OK", "{}", r.json);
+    assert_eq!(r.call()["serving"], true);
+}
+
+#[test]
+fn grpc_large_messages_cross_the_mesh_whole() {
+    if !have_grpcio() {
+        return;
+    }
+    let m = Mesh::grpc(&["v1"]);
+    m.apply("");
+    let c = m.client();
+    let mib8 = (8 << 20).to_string();
+    let mib4 = (4 << 20).to_string();
+
+    let r = c.run(&[
+        "unary",
+        "--count",
+        "2",
+        "--size",
+        &mib8,
+        "--reply-size",
+        &mib8,
+    ]);
+    assert_all_ok(&r, 2, "8 MiB unary");
+    let sha = r.calls()[0]["reply"]["got_sha256"].clone();
+    for call in r.calls() {
+        assert_eq!(call["reply"]["got_size"], 8 << 20, "{call}");
+        assert_eq!(call["reply_size"], 8 << 20, "{call}");
+        assert_eq!(call["reply"]["got_sha256"], sha, "same bytes both times");
+    }
+    // The app received exactly what a direct call delivers.
+    let direct = GrpcClient::new(m.apps[0].addr()).run(&["unary", "--size", &mib8]);
+    assert_eq!(direct.call()["reply"]["got_sha256"], sha);
+
+    let r = c.run(&["server-stream", "--count", "3", "--reply-size", &mib4]);
+    assert_eq!(r.call()["code"], "OK", "{}", r.summary());
+    assert_eq!(r.call()["reply_size"], 3 * (4 << 20));
+    let r = c.run(&["client-stream", "--count", "3", "--size", &mib4]);
+    assert_eq!(r.call()["code"], "OK", "{}", r.summary());
+    assert_eq!(r.call()["reply"]["got_size"], 3 * (4 << 20));
+    let r = c.run(&[
+        "bidi",
+        "--count",
+        "2",
+        "--size",
+        &mib8,
+        "--reply-size",
+        &mib8,
+    ]);
+    assert_eq!(r.call()["code"], "OK", "{}", r.summary());
+    assert_eq!(r.call()["reply_size"], 2 * (8 << 20));
+}
+
+#[test]
+fn grpc_a_dead_server_is_unavailable() {
+    if !have_grpcio() {
+        return;
+    }
+    let mut m = Mesh::grpc(&["v1"]);
+    m.apply("");
+    let c = m.client();
+    assert_all_ok(&c.run(&["unary"]), 1, "before the server dies");
+    m.app("api-v1").kill();
+    let r = c.run(&["unary", "--count", "3"]);
+    assert_eq!(r.count("UNAVAILABLE"), 3, "{}", r.json);
+    let call = &r.calls()[0];
+    assert!(
+        call["trailing"]["coremesh-error"].is_string()
+            || call["initial"]["coremesh-error"].is_string(),
+        "the proxy says why (coremesh-error): {call}"
+    );
+    assert!(
+        !call["details"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Received http2 header with status"),
+        "a gRPC status, not an HTTP status the client mapped: {call}"
+    );
+    // Streams too.
+    let r = c.run(&["server-stream", "--count", "3"]);
+    assert_eq!(r.call()["code"], "UNAVAILABLE", "{}", r.json);
+}
+
+#[test]
+fn grpc_an_access_policy_denial_is_permission_denied() {
+    if !have_grpcio() {
+        return;
+    }
+    let m = Mesh::grpc(&["v1"]);
+    m.apply(
+        r#"kind: AccessPolicy
+name: api-grpc
+service: api
+default: deny
+rules:
+  - from: [web]
+    methods: [POST]
+    path: /test.Echo/Unary
+"#,
+    );
+    let c = m.client();
+    // The policy reaches the api proxy a moment after convergence.
+    let mut last = None;
+    let denied = wait_for(Duration::from_secs(15), || {
+        let r = c.run(&["server-stream", "--count", "1"]);
+        let done = r.call()["code"] == "PERMISSION_DENIED";
+        last = Some(r);
+        done.then_some(())
+    });
+    let r = last.expect("ran");
+    assert!(
+        denied.is_some(),
+        "a method the policy does not allow: PERMISSION_DENIED, got {}",
+        r.json
+    );
+    let call = r.call();
+    let why = call["trailing"]["coremesh-error"]
+        .as_str()
+        .or(call["initial"]["coremesh-error"].as_str())
+        .unwrap_or_default();
+    assert!(
+        why.contains("forbidden by policy api-grpc"),
+        "coremesh-error names the policy: {call}"
+    );
+    assert_all_ok(&c.run(&["unary", "--count", "3"]), 3, "the allowed method");
+    let stats = GrpcClient::new(m.apps[0].addr()).run(&["stats"]);
+    assert_eq!(
+        stats.call()["reply"]["calls"].get("ServerStream"),
+        None,
+        "a denied call never reaches the app: {}",
+        stats.json
+    );
+}
+
+#[test]
+fn grpc_deadlines_end_calls_with_deadline_exceeded() {
+    if !have_grpcio() {
+        return;
+    }
+    let m = Mesh::grpc(&["v1"]);
+    m.apply("");
+    let app = m.apps[0].addr();
+
+    // The client's own deadline, shorter than the method: DEADLINE_EXCEEDED,
+    // and the cancellation reaches the app, which stops working on it.
+    let r = m
+        .client()
+        .timeout(Duration::from_millis(800))
+        .run(&["sleep", "--ms", "10000"]);
+    assert_eq!(r.call()["code"], "DEADLINE_EXCEEDED", "{}", r.json);
+    let cancelled = wait_for(Duration::from_secs(8), || {
+        let s = GrpcClient::new(app).run(&["stats"]);
+        (s.call()["reply"]["cancelled"].as_u64() >= Some(1)).then_some(())
+    });
+    assert!(
+        cancelled.is_some(),
+        "the app never saw the expired call cancelled (the reset did not cross the mesh)"
+    );
+
+    // The deadline is forwarded: the app sees at most what the client gave.
+    let r = m.client().timeout(Duration::from_secs(20)).run(&["unary"]);
+    assert_all_ok(&r, 1, "unary with a 20 s deadline");
+    let left = r.call()["reply"]["deadline_s"].as_f64();
+    assert!(
+        left.is_some_and(|s| s > 0.0 && s <= 20.0),
+        "the app sees the call's deadline (grpc-timeout forwarded): {}",
+        r.call()
+    );
+
+    // grpc-timeout alone (a client that does not enforce its own deadline):
+    // the proxy ends the call with DEADLINE_EXCEEDED long before the
+    // method's 5 s.
+    let c = H2Client::connect(m.web.outbound()).unwrap_or_else(|e| panic!("{e}"));
+    let r = c
+        .request(
+            H2Request::grpc("api", "/test.Echo/Sleep", br#"{"ms":5000}"#)
+                .header("grpc-timeout", "500m"),
+            H2_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_grpc_error(&r, 4, "grpc-timeout 500m on a 5 s method");
+    assert!(
+        r.took < Duration::from_millis(4000),
+        "the proxy's deadline answered, not the end of the method: {r:?}"
+    );
+
+    // The route's timeout, with no deadline from the client.
+    m.apply(
+        r#"kind: Route
+name: api-timeout
+service: api
+rules:
+  - timeout: 700ms
+    backends: [ {} ]
+"#,
+    );
+    let r = m.client().run(&["sleep", "--ms", "5000"]);
+    let call = r.call();
+    assert_eq!(call["code"], "DEADLINE_EXCEEDED", "{}", r.json);
+    assert!(
+        call["trailing"]["coremesh-error"].is_string()
+            || call["initial"]["coremesh-error"].is_string(),
+        "the proxy ended it (coremesh-error): {call}"
+    );
+}
+
+#[test]
+fn grpc_retries_on_unavailable_reach_the_healthy_endpoint() {
+    if !have_grpcio() {
+        return;
+    }
+    let mut m = Mesh::grpc(&["v1", "v2"]);
+    m.apply(
+        r#"kind: Route
+name: api-retries
+service: api
+rules:
+  - retries: { attempts: 2, on: [unavailable, connect-failure, gateway-error], backoff: { base: 1ms, max: 5ms } }
+    backends: [ {} ]
+---
+kind: Resilience
+service: api
+loadBalancer: round-robin
+retryBudget: { ratio: 1.0, minPerSecond: 100 }
+"#,
+    );
+    let c = m.client();
+    let r = c.run(&["unary", "--count", "20"]);
+    assert_all_ok(&r, 20, "both endpoints up");
+    assert!(
+        r.instances().len() == 2,
+        "round-robin uses both endpoints: {}",
+        r.summary()
+    );
+    let before = m.apis[0]
+        .metrics()
+        .sum("coremesh_requests_total", &[("direction", "inbound")]);
+    m.app("api-v1").kill();
+    let n = 40;
+    let r = c.run(&["unary", "--count", &n.to_string()]);
+    assert_all_ok(&r, n, "one endpoint's server is dead; retries hide it");
+    assert_eq!(
+        r.instances().get("api-v2"),
+        Some(&n),
+        "every call ends on the healthy endpoint: {}",
+        r.summary()
+    );
+    let tried = wait_for(Duration::from_secs(5), || {
+        let after = m.apis[0]
+            .metrics()
+            .sum("coremesh_requests_total", &[("direction", "inbound")]);
+        (after > before).then_some(after - before)
+    });
+    assert!(
+        tried.is_some(),
+        "no call was tried on the dead endpoint: round-robin should send first tries there, \
+         so the retries were not exercised"
+    );
+}
+
+#[test]
+fn grpc_streams_of_one_connection_are_balanced_by_weight() {
+    if !have_grpcio() {
+        return;
+    }
+    let m = Mesh::grpc(&["v1", "v2"]);
+    m.apply(
+        r#"kind: Route
+name: api-split
+service: api
+rules:
+  - backends:
+      - { subset: { version: v1 }, weight: 90 }
+      - { subset: { version: v2 }, weight: 10 }
+"#,
+    );
+    let n = 400;
+    // One channel: one HTTP/2 connection from the client to the proxy.
+    let r = m
+        .client()
+        .run(&["unary", "--count", &n.to_string(), "--concurrency", "4"]);
+    assert_all_ok(&r, n, "split");
+    let v1 = r.instances().get("api-v1").copied().unwrap_or(0);
+    let v2 = r.instances().get("api-v2").copied().unwrap_or(0);
+    assert_eq!(v1 + v2, n, "{}", r.summary());
+    let share = v2 as f64 * 100.0 / n as f64;
+    // Binomial(400, 0.1): sd 1.5 points; 5 points is over 3 sd.
+    assert!(
+        (5.0..=15.0).contains(&share),
+        "v2 served {v2} of {n} streams of one connection ({share:.1}%), 10% +- 5 expected; \
+         all on one endpoint means balancing per connection: {}",
+        r.summary()
+    );
+}
+
+#[test]
+fn grpc_a_rate_limited_call_is_resource_exhausted() {
+    if !have_grpcio() {
+        return;
+    }
+    let m = Mesh::grpc(&["v1"]);
+    m.apply("kind: Resilience\nservice: api\nrateLimit: { requestsPerSecond: 2, burst: 2 }\n");
+    let r = m.client().run(&["unary", "--count", "30"]);
+    let limited = r.count("RESOURCE_EXHAUSTED");
+    assert!(
+        limited >= 1 && r.count("OK") >= 1 && limited + r.count("OK") == 30,
+        "30 calls at once against 2/s: some pass, the rest RESOURCE_EXHAUSTED, nothing else: {}",
+        r.summary()
+    );
+    let call = r
+        .calls()
+        .iter()
+        .find(|c| c["code"] == "RESOURCE_EXHAUSTED")
+        .expect("a limited call");
+    assert!(
+        call["trailing"]["coremesh-error"].is_string()
+            || call["initial"]["coremesh-error"].is_string(),
+        "{call}"
+    );
+}
