@@ -15,7 +15,8 @@ endpoint served a call):
   Sleep         {"ms": MS} -> sleeps MS ms (stops early when the call is
                 cancelled or its deadline passes), then replies as Unary
   Status        {"code": C, "details": D} -> ends the call with status C
-  ServerStream  {"count": K, "reply_size": M} -> K replies {"index": i, ...}
+  ServerStream  {"count": K, "reply_size": M, "interval_ms": T} -> K replies
+                {"index": i, ...}, T ms apart
   ClientStream  K requests -> one reply {"count": K, "got_size": total, ...}
   Bidi          each request -> one reply {"index": i, "got_size", ...}
   Stats         {} -> {"instance", "calls": {method: n}, "cancelled": n}
@@ -127,7 +128,10 @@ class Echo:
         self.count("ServerStream")
         req, _ = request
         size = int(req.get("reply_size", 0))
+        interval = int(req.get("interval_ms", 0)) / 1000.0
         for i in range(int(req.get("count", 1))):
+            if i and interval:
+                time.sleep(interval)
             reply = {"instance": self.name, "method": "ServerStream", "index": i}
             yield reply, pattern(size)
 

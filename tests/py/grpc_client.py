@@ -133,7 +133,8 @@ def run_server_stream(channel, args):
     )
     result = {"method": "ServerStream"}
     started = time.monotonic()
-    call = fn(({"count": args.count, "reply_size": args.reply_size}, b""), timeout=args.timeout, metadata=args.md)
+    req = {"count": args.count, "reply_size": args.reply_size, "interval_ms": args.interval_ms}
+    call = fn((req, b""), timeout=args.timeout, metadata=args.md)
     replies = collect(call, result)
     return finish_stream(result, call, replies, started)
 
@@ -174,9 +175,11 @@ def run_bidi(channel, args):
     turn = threading.Semaphore(1)
 
     def paced():
-        for item in requests(args):
+        for i, item in enumerate(requests(args)):
             if not turn.acquire(timeout=30):
                 return
+            if i and args.interval_ms:
+                time.sleep(args.interval_ms / 1000.0)
             yield item
 
     call = fn(paced(), timeout=args.timeout, metadata=args.md)
@@ -227,6 +230,7 @@ def main():
     ss = sub.add_parser("server-stream")
     ss.add_argument("--count", type=int, default=3)
     ss.add_argument("--reply-size", type=int, default=0)
+    ss.add_argument("--interval-ms", type=int, default=0, help="between replies")
     cs = sub.add_parser("client-stream")
     cs.add_argument("--count", type=int, default=3)
     cs.add_argument("--size", type=int, default=0)
@@ -235,6 +239,7 @@ def main():
     bd.add_argument("--count", type=int, default=3)
     bd.add_argument("--size", type=int, default=0)
     bd.add_argument("--reply-size", type=int, default=0)
+    bd.add_argument("--interval-ms", type=int, default=0, help="before each request after the first")
     sub.add_parser("health")
     sub.add_parser("stats")
     args = ap.parse_args()

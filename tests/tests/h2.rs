@@ -734,9 +734,27 @@ fn grpc_a_dead_server_is_unavailable() {
         return;
     }
     let mut m = Mesh::grpc(&["v1"]);
-    m.apply("");
+    // Routes match gRPC services by path; a call no rule matches (the
+    // health service here) has no route: UNAVAILABLE too.
+    m.apply(
+        r#"kind: Route
+name: api-echo-only
+service: api
+rules:
+  - match: { pathPrefix: /test.Echo/ }
+    backends: [ {} ]
+"#,
+    );
     let c = m.client();
     assert_all_ok(&c.run(&["unary"]), 1, "before the server dies");
+    let r = c.run(&["health"]);
+    assert_eq!(r.call()["code"], "UNAVAILABLE", "no route: {}", r.json);
+    assert!(
+        r.call()["trailing"]["coremesh-error"].is_string()
+            || r.call()["initial"]["coremesh-error"].is_string(),
+        "no route: {}",
+        r.json
+    );
     m.app("api-v1").kill();
     let r = c.run(&["unary", "--count", "3"]);
     assert_eq!(r.count("UNAVAILABLE"), 3, "{}", r.json);
@@ -993,5 +1011,103 @@ fn grpc_a_rate_limited_call_is_resource_exhausted() {
         call["trailing"]["coremesh-error"].is_string()
             || call["initial"]["coremesh-error"].is_string(),
         "{call}"
+    );
+}
+
+#[test]
+fn grpc_a_server_that_dies_mid_stream_is_unavailable() {
+    if !have_grpcio() {
+        return;
+    }
+    // Without a mesh, grpcio reports a server that dies during a stream
+    // as UNAVAILABLE; through the mesh the client sees the same.
+    let mut m = Mesh::grpc(&["v1"]);
+    m.apply("");
+    let c = m.client();
+    assert_all_ok(&c.run(&["unary"]), 1, "before the server dies");
+    let run = std::thread::scope(|s| {
+        let t = s.spawn(|| c.run(&["server-stream", "--count", "100", "--interval-ms", "100"]));
+        std::thread::sleep(Duration::from_millis(1500));
+        m.app("api-v1").kill();
+        t.join().expect("client thread")
+    });
+    let call = run.call();
+    let got = call["replies"].as_array().map_or(0, Vec::len);
+    assert!(
+        got > 0 && got < 100,
+        "replies came until the server died: {got}; {}",
+        run.json
+    );
+    assert_eq!(
+        call["code"], "UNAVAILABLE",
+        "a server dying mid-stream: {}",
+        run.json
+    );
+}
+
+#[test]
+fn grpc_streams_moving_data_outlive_the_idle_timeout() {
+    if !have_grpcio() {
+        return;
+    }
+    // idle = 1s on both proxies; streams whose messages are 300 ms apart
+    // run for about 4 s and are never cut.
+    let dir = TempDir::new("grpc-idle");
+    let pki = Pki::new("mesh");
+    let app = PyApp::grpc("api-1");
+    let files = pki.files(dir.path(), "api", "api");
+    let api = ProxyBuilder::new("api")
+        .inbound(app.addr())
+        .timeout("idle", "1s")
+        .extra(&files.toml())
+        .start();
+    let files = pki.files(dir.path(), "web", "web");
+    let web = ProxyBuilder::new("web")
+        .outbound()
+        .service("api", &[api.inbound()])
+        .timeout("idle", "1s")
+        .extra(&files.toml())
+        .start();
+    let c = GrpcClient::new(web.outbound()).authority("api");
+    let r = c.run(&["server-stream", "--count", "14", "--interval-ms", "300"]);
+    assert_eq!(r.call()["code"], "OK", "server stream: {}", r.json);
+    assert_eq!(r.call()["replies"].as_array().map(Vec::len), Some(14));
+    let r = c.run(&["bidi", "--count", "14", "--interval-ms", "300"]);
+    assert_eq!(r.call()["code"], "OK", "bidi: {}", r.json);
+    assert_eq!(r.call()["replies"].as_array().map(Vec::len), Some(14));
+}
+
+#[test]
+fn sigterm_lets_open_grpc_calls_finish() {
+    if !have_grpcio() {
+        return;
+    }
+    let dir = TempDir::new("grpc-drain");
+    let pki = Pki::new("mesh");
+    let app = PyApp::grpc("api-1");
+    let (_api, mut web) = static_pair(&pki, &dir, app.addr());
+    let c = GrpcClient::new(web.outbound()).authority("api");
+    assert_all_ok(&c.run(&["unary"]), 1, "before the drain");
+    let run = std::thread::scope(|s| {
+        let t = s.spawn(|| c.run(&["sleep", "--ms", "2500"]));
+        // The call is in flight at the app.
+        let started = wait_for(Duration::from_secs(10), || {
+            let st = GrpcClient::new(app.addr()).run(&["stats"]);
+            st.call()["reply"]["calls"]["Sleep"].as_u64().map(|_| ())
+        });
+        assert!(started.is_some(), "the call never reached the app");
+        web.signal(libc::SIGTERM);
+        t.join().expect("client thread")
+    });
+    assert_eq!(
+        run.call()["code"],
+        "OK",
+        "a call open when the proxy got SIGTERM finishes: {}",
+        run.json
+    );
+    let exited = web.wait_exit(Duration::from_secs(15));
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "the proxy exits 0 once its streams are done: {exited:?}"
     );
 }
