@@ -1111,3 +1111,39 @@ fn sigterm_lets_open_grpc_calls_finish() {
         "the proxy exits 0 once its streams are done: {exited:?}"
     );
 }
+
+#[test]
+fn curl_http2_over_tls_to_the_inbound_listener_negotiates_h2_by_alpn() {
+    // A mesh peer's view of the inbound port: mutual TLS, ALPN h2.
+    let dir = TempDir::new("h2-alpn");
+    let pki = Pki::new("mesh");
+    let app = H2Origin::start("api");
+    let (api, _web) = static_pair(&pki, &dir, app.addr());
+    let peer = pki.files(dir.path(), "peer", "web");
+    let inbound = api.inbound();
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "30", "-k", "--tlsv1.3", "--http2"])
+        .arg("--cert")
+        .arg(&peer.cert)
+        .arg("--key")
+        .arg(&peer.key)
+        .arg("--connect-to")
+        .arg(format!("api:443:{}:{}", inbound.ip(), inbound.port()))
+        .args(["-w", "\n%{http_version} %{response_code}"])
+        .arg("https://api/over/tls")
+        .output()
+        .expect("run curl");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (body, last) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+    assert_eq!(
+        last,
+        "2 200",
+        "curl --http2 over TLS: ALPN h2 and 200; curl said {stderr}; body {body:?}; app saw \
+         non-h2: {:?}",
+        app.not_h2()
+    );
+    let echo: serde_json::Value = serde_json::from_str(body).expect("echo JSON");
+    assert_eq!(echo["version"], "HTTP/2.0");
+    assert_eq!(echo["path"], "/over/tls");
+}
