@@ -201,12 +201,16 @@ def run_health(channel, args):
     fn = channel.unary_unary("/grpc.health.v1.Health/Check")
     result = {"method": "Health/Check"}
     try:
-        reply = fn(b"", timeout=args.timeout, metadata=args.md)
-        result["code"], result["code_num"] = "OK", 0
+        reply, call = fn.with_call(b"", timeout=args.timeout, metadata=args.md)
+        result["code"], result["code_num"] = code_of(call.code())
         result["serving"] = reply == b"\x08\x01"
+        result["initial"] = md_dict(call.initial_metadata())
+        result["trailing"] = md_dict(call.trailing_metadata())
     except grpc.RpcError as e:
         result["code"], result["code_num"] = code_of(e.code())
         result["details"] = e.details() or ""
+        result["initial"] = md_dict(e.initial_metadata())
+        result["trailing"] = md_dict(e.trailing_metadata())
     return result
 
 

@@ -26,7 +26,7 @@ use crate::util::{have_program, under_ci};
 /// How long a Python app may take to print `READY`.
 pub const APP_START: Duration = Duration::from_secs(30);
 /// Bound on one client run.
-pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(180);
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// `tests/py/NAME`.
 pub fn py_script(name: &str) -> PathBuf {

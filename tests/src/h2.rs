@@ -90,6 +90,8 @@ struct State {
     requests: AtomicUsize,
     log: Mutex<Vec<H2Received>>,
     not_h2: Mutex<Vec<String>>,
+    /// Responses written whole (the last DATA or trailers handed to h2).
+    answered: AtomicUsize,
 }
 
 /// A running h2c origin on `127.0.0.1:0`; dropping it stops its runtime,
@@ -158,6 +160,12 @@ impl H2Origin {
     /// Complete requests received so far.
     pub fn requests(&self) -> usize {
         self.state.requests.load(Ordering::SeqCst)
+    }
+    /// Responses the origin finished writing: with [`H2Origin::requests`],
+    /// tells a response the origin never sent from one a proxy did not
+    /// relay.
+    pub fn answered(&self) -> usize {
+        self.state.answered.load(Ordering::SeqCst)
     }
     /// Every complete request, in the order they ended.
     pub fn received(&self) -> Vec<H2Received> {
@@ -288,13 +296,15 @@ async fn handle(
             .expect("response head")
     };
     let echo = || Bytes::from(serde_json::to_vec(&rec.to_json(&name)).expect("echo json"));
-    match first {
+    let done = match first {
         "status" => {
             let code: u16 = arg.parse().unwrap_or(200);
             let Ok(mut s) = respond.send_response(head(code, "text/plain"), false) else {
                 return;
             };
-            let _ = send_all(&mut s, Bytes::from(format!("status {code}\n")), true).await;
+            send_all(&mut s, Bytes::from(format!("status {code}\n")), true)
+                .await
+                .is_ok()
         }
         "bytes" => {
             let n: u64 = arg.parse().unwrap_or(0);
@@ -309,7 +319,7 @@ async fn handle(
             loop {
                 let k = p.fill(&mut buf);
                 if k == 0 {
-                    break;
+                    break true;
                 }
                 let last = p.remaining() == 0;
                 if send_all(&mut s, Bytes::copy_from_slice(&buf[..k]), last)
@@ -332,7 +342,7 @@ async fn handle(
             }
             let mut t = http::HeaderMap::new();
             t.insert("x-checksum", http::HeaderValue::from_static("42"));
-            let _ = s.send_trailers(t);
+            s.send_trailers(t).is_ok()
         }
         _ => {
             if first == "delay" {
@@ -342,8 +352,11 @@ async fn handle(
             let Ok(mut s) = respond.send_response(head(200, "application/json"), false) else {
                 return;
             };
-            let _ = send_all(&mut s, echo(), true).await;
+            send_all(&mut s, echo(), true).await.is_ok()
         }
+    };
+    if done {
+        state.answered.fetch_add(1, Ordering::SeqCst);
     }
 }
 

@@ -391,7 +391,13 @@ fn h2_crosses_the_mtls_hop_and_reaches_the_h2c_app_with_bodies_and_trailers() {
     let r = c
         .request(H2Request::get("api", "/bytes/5000000"), H2_TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(r.body.len(), 5_000_000);
+    assert_eq!(
+        (r.status, r.body.len()),
+        (200, 5_000_000),
+        "a 5 MB response: {:?} {:?}",
+        r.headers,
+        String::from_utf8_lossy(&r.body[..r.body.len().min(300)])
+    );
     let mut h = coremesh_e2e::Fnv64::new();
     h.update(&r.body);
     assert_eq!(h.value(), coremesh_e2e::pattern_checksum(5_000_000));
@@ -588,8 +594,16 @@ impl Mesh {
             .wait_converged(self.apis.len() + 1, self.apis.len(), version, CONVERGE);
     }
 
-    /// A gRPC client calling api through the web proxy.
+    /// A gRPC client calling api through the web proxy, with a 30 s
+    /// deadline on every call (so a stuck call fails the test in bounded
+    /// time).
     fn client(&self) -> GrpcClient {
+        self.client_without_deadline()
+            .timeout(Duration::from_secs(30))
+    }
+
+    /// The same without a client deadline (no `grpc-timeout`).
+    fn client_without_deadline(&self) -> GrpcClient {
         GrpcClient::new(self.web.outbound()).authority("api")
     }
 
@@ -889,7 +903,7 @@ rules:
     backends: [ {} ]
 "#,
     );
-    let r = m.client().run(&["sleep", "--ms", "5000"]);
+    let r = m.client_without_deadline().run(&["sleep", "--ms", "5000"]);
     let call = r.call();
     assert_eq!(call["code"], "DEADLINE_EXCEEDED", "{}", r.json);
     assert!(
@@ -1068,7 +1082,9 @@ fn grpc_streams_moving_data_outlive_the_idle_timeout() {
         .timeout("idle", "1s")
         .extra(&files.toml())
         .start();
-    let c = GrpcClient::new(web.outbound()).authority("api");
+    let c = GrpcClient::new(web.outbound())
+        .authority("api")
+        .timeout(Duration::from_secs(30));
     let r = c.run(&["server-stream", "--count", "14", "--interval-ms", "300"]);
     assert_eq!(r.call()["code"], "OK", "server stream: {}", r.json);
     assert_eq!(r.call()["replies"].as_array().map(Vec::len), Some(14));
@@ -1086,7 +1102,9 @@ fn sigterm_lets_open_grpc_calls_finish() {
     let pki = Pki::new("mesh");
     let app = PyApp::grpc("api-1");
     let (_api, mut web) = static_pair(&pki, &dir, app.addr());
-    let c = GrpcClient::new(web.outbound()).authority("api");
+    let c = GrpcClient::new(web.outbound())
+        .authority("api")
+        .timeout(Duration::from_secs(30));
     assert_all_ok(&c.run(&["unary"]), 1, "before the drain");
     let run = std::thread::scope(|s| {
         let t = s.spawn(|| c.run(&["sleep", "--ms", "2500"]));
