@@ -20,9 +20,10 @@ endpoint served a call):
   ClientStream  K requests -> one reply {"count": K, "got_size": total, ...}
   Bidi          each request -> one reply {"index": i, "got_size", ...}
   Stats         {} -> {"instance", "calls": {method: n}, "cancelled": n}
+  SetHealth     {"serving": bool} -> what grpc.health.v1 Check answers from now
 
 Also grpc.health.v1.Health/Check, by hand (the two protobuf messages are a
-few bytes): always SERVING.
+few bytes): SERVING, or NOT_SERVING after SetHealth {"serving": false}.
 
 Usage: grpc_app.py --name NAME [--listen 127.0.0.1:0]
 Prints one line `READY 127.0.0.1:PORT` on stdout once it serves.
@@ -73,6 +74,8 @@ class Echo:
         self.lock = threading.Lock()
         self.calls = {}
         self.cancelled = 0
+        self.serving = True
+        self.health_checks = 0
 
     def count(self, method):
         with self.lock:
@@ -171,7 +174,22 @@ class Echo:
                 "instance": self.name,
                 "calls": dict(self.calls),
                 "cancelled": self.cancelled,
+                "serving": self.serving,
+                "health_checks": self.health_checks,
             }, b""
+
+    def set_health(self, request, context):
+        req, _ = request
+        with self.lock:
+            self.serving = bool(req.get("serving", True))
+            return {"instance": self.name, "serving": self.serving}, b""
+
+    def health_check(self, request, context):
+        # HealthCheckResponse{status}: field 1, varint; SERVING = 1,
+        # NOT_SERVING = 2.
+        with self.lock:
+            self.health_checks += 1
+            return b"\x08\x01" if self.serving else b"\x08\x02"
 
 
 def req_de(data):
@@ -181,11 +199,6 @@ def req_de(data):
 def resp_ser(pair):
     obj, payload = pair
     return encode(obj, payload)
-
-
-def health_check(request, context):
-    # HealthCheckResponse{status: SERVING}: field 1, varint 1.
-    return b"\x08\x01"
 
 
 def main():
@@ -207,6 +220,7 @@ def main():
         "Sleep": unary(echo.sleep),
         "Status": unary(echo.status),
         "Stats": unary(echo.stats),
+        "SetHealth": unary(echo.set_health),
         "ServerStream": grpc.unary_stream_rpc_method_handler(
             echo.server_stream, request_deserializer=req_de, response_serializer=resp_ser
         ),
@@ -219,7 +233,7 @@ def main():
     }
     health = {
         "Check": grpc.unary_unary_rpc_method_handler(
-            health_check, request_deserializer=None, response_serializer=None
+            echo.health_check, request_deserializer=None, response_serializer=None
         ),
     }
     server = grpc.server(

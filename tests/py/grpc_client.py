@@ -9,7 +9,7 @@ Usage: grpc_client.py --target HOST:PORT [--authority NAME] [--timeout S]
                       [--metadata K=V ...] COMMAND [options]
 
 Commands: unary, sleep, status, server-stream, client-stream, bidi, health,
-stats (see --help of each). Prints one JSON object on stdout:
+stats, set-health (see --help of each). Prints one JSON object on stdout:
 
   {"calls": [{"code": "OK", "code_num": 0, "details": "...",
               "instance": "...", "reply": {...}, "reply_size": N,
@@ -246,6 +246,8 @@ def main():
     bd.add_argument("--interval-ms", type=int, default=0, help="before each request after the first")
     sub.add_parser("health")
     sub.add_parser("stats")
+    sh = sub.add_parser("set-health")
+    sh.add_argument("--serving", choices=["true", "false"], required=True)
     args = ap.parse_args()
     args.md = []
     for kv in args.metadata:
@@ -296,6 +298,8 @@ def main():
         calls.append(run_health(channel, args))
     elif args.cmd == "stats":
         calls.append(run_unary(channel, "Stats", {}, b"", args))
+    elif args.cmd == "set-health":
+        calls.append(run_unary(channel, "SetHealth", {"serving": args.serving == "true"}, b"", args))
     channel.close()
 
     codes = {}

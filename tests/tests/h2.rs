@@ -545,6 +545,12 @@ impl Mesh {
     /// TCP only once a minute, so control does not withdraw an endpoint
     /// whose app a test kills (retries are what the test is about).
     fn grpc(versions: &[&str]) -> Mesh {
+        Mesh::grpc_checked(versions, &[("interval", "\"60s\""), ("timeout", "\"1s\"")])
+    }
+
+    /// gRPC apps whose proxies check them with `health` (`[control.health]`
+    /// keys, values as TOML).
+    fn grpc_checked(versions: &[&str], health: &[(&str, &str)]) -> Mesh {
         let control = ControlBuilder::new().start();
         let mut members = Vec::new();
         let mut apps = Vec::new();
@@ -552,10 +558,9 @@ impl Mesh {
         for v in versions {
             let app = PyApp::grpc(&format!("api-{v}"));
             let m = control.member("api", &format!("api-{v}"));
-            let section = control
-                .section(&m)
-                .health("interval", "\"60s\"")
-                .health("timeout", "\"1s\"");
+            let section = health
+                .iter()
+                .fold(control.section(&m), |sec, (k, v)| sec.health(k, v));
             apis.push(
                 ProxyBuilder::new("api")
                     .inbound(app.addr())
@@ -690,6 +695,31 @@ fn grpc_all_four_call_shapes_through_the_mtls_mesh() {
     let r = c.run(&["health"]);
     assert_eq!(r.call()["code"], "OK", "{}", r.json);
     assert_eq!(r.call()["serving"], true);
+
+    // /metrics counts them as h2 streams and gRPC calls with their status.
+    let ok_calls = 9.0;
+    let counted = wait_for(Duration::from_secs(5), || {
+        let mt = m.web.metrics();
+        let ok = mt.sum(
+            "coremesh_grpc_calls_total",
+            &[("direction", "outbound"), ("grpc_status", "0")],
+        );
+        (ok >= ok_calls).then_some(mt)
+    });
+    let mt = counted.unwrap_or_else(|| m.web.metrics());
+    assert!(
+        mt.sum(
+            "coremesh_grpc_calls_total",
+            &[("direction", "outbound"), ("grpc_status", "0")]
+        ) >= ok_calls,
+        "{ok_calls} OK calls in coremesh_grpc_calls_total:\n{}",
+        mt.text
+    );
+    assert!(
+        mt.sum("coremesh_h2_streams_total", &[("direction", "outbound")]) >= ok_calls,
+        "{}",
+        mt.text
+    );
 }
 
 #[test]
@@ -748,14 +778,14 @@ fn grpc_a_dead_server_is_unavailable() {
         return;
     }
     let mut m = Mesh::grpc(&["v1"]);
-    // Routes match gRPC services by path; a call no rule matches (the
-    // health service here) has no route: UNAVAILABLE too.
+    // Routes match gRPC services (`match.grpc`); a call no rule matches
+    // (the health service here) has no route: UNAVAILABLE too.
     m.apply(
         r#"kind: Route
 name: api-echo-only
 service: api
 rules:
-  - match: { pathPrefix: /test.Echo/ }
+  - match: { grpc: { service: test.Echo } }
     backends: [ {} ]
 "#,
     );
@@ -1164,4 +1194,61 @@ fn curl_http2_over_tls_to_the_inbound_listener_negotiates_h2_by_alpn() {
     let echo: serde_json::Value = serde_json::from_str(body).expect("echo JSON");
     assert_eq!(echo["version"], "HTTP/2.0");
     assert_eq!(echo["path"], "/over/tls");
+}
+
+#[test]
+fn grpc_an_endpoint_whose_grpc_health_check_fails_stops_receiving_calls() {
+    if !have_grpcio() {
+        return;
+    }
+    // The api proxies ask their app grpc.health.v1 Check every 200 ms.
+    let m = Mesh::grpc_checked(
+        &["v1", "v2"],
+        &[
+            ("kind", "\"grpc\""),
+            ("interval", "\"200ms\""),
+            ("timeout", "\"1s\""),
+        ],
+    );
+    m.apply(
+        r#"kind: Resilience
+service: api
+loadBalancer: round-robin
+healthCheck: { interval: 500ms, timeout: 250ms, unhealthyThreshold: 2, healthyThreshold: 2 }
+"#,
+    );
+    let c = m.client();
+    let r = c.run(&["unary", "--count", "10"]);
+    assert_all_ok(&r, 10, "both serving");
+    assert_eq!(r.instances().len(), 2, "{}", r.summary());
+    let v2 = GrpcClient::new(m.apps[1].addr());
+    let checks = v2.run(&["stats"]).call()["reply"]["health_checks"].clone();
+    assert!(
+        checks.as_u64() >= Some(1),
+        "the api proxy checks its app with grpc.health.v1: {checks}"
+    );
+
+    // v2's app still answers calls but reports NOT_SERVING: it leaves the
+    // rotation (a TCP check would keep it).
+    v2.run(&["set-health", "--serving", "false"]);
+    let mut last = None;
+    let out = wait_for(Duration::from_secs(20), || {
+        let r = c.run(&["unary", "--count", "10"]);
+        let gone = r.count("OK") == 10 && r.instances().get("api-v1") == Some(&10);
+        last = Some(r);
+        gone.then_some(())
+    });
+    assert!(
+        out.is_some(),
+        "v2 reports NOT_SERVING and still gets calls: {}",
+        last.map(|r| r.summary()).unwrap_or_default()
+    );
+
+    // SERVING again: it comes back.
+    v2.run(&["set-health", "--serving", "true"]);
+    let back = wait_for(Duration::from_secs(30), || {
+        let r = c.run(&["unary", "--count", "10"]);
+        r.instances().contains_key("api-v2").then_some(())
+    });
+    assert!(back.is_some(), "v2 never came back after SERVING again");
 }
