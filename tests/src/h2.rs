@@ -9,7 +9,7 @@
 //! | any path | 200, JSON echo (`origin`, `method`, `path`, `authority`, `scheme`, `version`, `headers`, `body_len`, `body_sum`, `trailers`, `conn`) |
 //! | `/delay/MS...` | the echo, after MS milliseconds |
 //! | `/status/N` | status N, a short text body |
-//! | `/bytes/N` | N bytes of [`Pattern`] |
+//! | `/bytes/N` | N bytes of [`Pattern`], with `content-length` (none with `?no-length`) |
 //! | `/trailers` | body `hello trailers`, then trailer `x-checksum: 42` |
 //!
 //! Every answer carries `x-origin: NAME`. It speaks h2 only: a connection
@@ -309,8 +309,10 @@ async fn handle(
         "bytes" => {
             let n: u64 = arg.parse().unwrap_or(0);
             let mut h = head(200, "application/octet-stream");
-            h.headers_mut()
-                .insert("content-length", n.to_string().parse().expect("length"));
+            if !rec.path.contains("no-length") {
+                h.headers_mut()
+                    .insert("content-length", n.to_string().parse().expect("length"));
+            }
             let Ok(mut s) = respond.send_response(h, n == 0) else {
                 return;
             };
@@ -503,8 +505,19 @@ pub struct H2Client {
 }
 
 impl H2Client {
-    /// Connects and completes the HTTP/2 handshake (preface and SETTINGS).
+    /// Connects and completes the HTTP/2 handshake (preface and SETTINGS),
+    /// with a 1 MiB stream window and an 8 MiB connection window.
     pub fn connect(addr: SocketAddr) -> Result<H2Client, String> {
+        H2Client::connect_with_windows(addr, 1 << 20, 8 << 20)
+    }
+
+    /// Connects with the given flow-control windows (what this client lets
+    /// the peer send before it reads).
+    pub fn connect_with_windows(
+        addr: SocketAddr,
+        stream_window: u32,
+        connection_window: u32,
+    ) -> Result<H2Client, String> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -519,8 +532,8 @@ impl H2Client {
             .map_err(|e| format!("connect to {addr}: {e}"))?;
             let _ = tcp.set_nodelay(true);
             let (send, conn) = h2::client::Builder::new()
-                .initial_window_size(1 << 20)
-                .initial_connection_window_size(8 << 20)
+                .initial_window_size(stream_window)
+                .initial_connection_window_size(connection_window)
                 .handshake::<_, Bytes>(tcp)
                 .await
                 .map_err(|e| format!("h2 handshake with {addr}: {e}"))?;

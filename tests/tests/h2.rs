@@ -50,6 +50,8 @@ struct CurlH2 {
     code: i32,
     status: u16,
     version: String,
+    /// Body bytes curl received (`%{size_download}`).
+    size: u64,
     body: String,
     stderr: String,
 }
@@ -76,7 +78,7 @@ fn curl_h2(addr: SocketAddr, authority: &str, path: &str, extra: &[&str]) -> Cur
     cmd.args(["-sS", "--max-time", "30", "--http2-prior-knowledge"])
         .arg("--connect-to")
         .arg(format!("{authority}:80:{}:{}", addr.ip(), addr.port()))
-        .args(["-w", "\n%{http_version} %{response_code}"])
+        .args(["-w", "\n%{http_version} %{response_code} %{size_download}"])
         .args(extra)
         .arg(format!("http://{authority}{path}"));
     let out = cmd.output().expect("run curl");
@@ -87,6 +89,7 @@ fn curl_h2(addr: SocketAddr, authority: &str, path: &str, extra: &[&str]) -> Cur
         code: out.status.code().unwrap_or(-1),
         version: w.next().unwrap_or("").to_string(),
         status: w.next().and_then(|s| s.parse().ok()).unwrap_or(0),
+        size: w.next().and_then(|s| s.parse().ok()).unwrap_or(0),
         body: body.to_string(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
@@ -139,6 +142,8 @@ fn fixtures_curl_and_h2load_reach_the_h2c_origin_directly() {
     );
     assert_eq!(r.json()["path"], "/direct?x=1");
     assert_eq!(r.json()["authority"], "api");
+    let r = curl_h2(origin.addr(), "api", "/bytes/5000000", &["-o", "/dev/null"]);
+    assert_eq!((r.code, r.status, r.size), (0, 200, 5_000_000), "{r:?}");
     if !require_program("h2load", "nghttp2-client") {
         return;
     }
@@ -197,6 +202,65 @@ fn curl_http2_prior_knowledge_through_the_outbound_proxy_reaches_the_h2c_origin_
     assert!(
         r.body.to_ascii_lowercase().contains("coremesh-error:"),
         "a local error carries coremesh-error: {r:?}"
+    );
+}
+
+#[test]
+fn h2_bodies_larger_than_a_flow_control_window_stream_through_one_proxy() {
+    let origin = H2Origin::start("h2api");
+    let web = ProxyBuilder::new("web")
+        .outbound()
+        .service("h2api", &[origin.addr()])
+        .start();
+    // curl: one 5 MB download.
+    let r = curl_h2(
+        web.outbound(),
+        "h2api",
+        "/bytes/5000000",
+        &["-o", "/dev/null"],
+    );
+    assert_eq!(
+        (r.code, r.status, r.size),
+        (0, 200, 5_000_000),
+        "a 5 MB h2 response through the proxy: {r:?}; origin got {} requests, wrote {} \
+         responses whole",
+        origin.requests(),
+        origin.answered()
+    );
+    // One connection, many streams in turn, each with a body of several
+    // DATA frames, both ways.
+    let c = H2Client::connect(web.outbound()).unwrap_or_else(|e| panic!("{e}"));
+    let mut failed = Vec::new();
+    for i in 0..30 {
+        let down = c.request(
+            H2Request::get("h2api", &format!("/bytes/{}", 60_000 + i)),
+            H2_TIMEOUT,
+        );
+        if !down
+            .as_ref()
+            .is_ok_and(|r| r.status == 200 && r.body.len() == 60_000 + i)
+        {
+            failed.push(format!(
+                "GET #{i}: {:?}",
+                down.map(|r| (r.status, r.body.len()))
+            ));
+            break;
+        }
+        let up = c.request(
+            H2Request::new("POST", "h2api", &format!("/up/{i}")).body(vec![b'u'; 60_000]),
+            H2_TIMEOUT,
+        );
+        if !up.as_ref().is_ok_and(|r| r.status == 200) {
+            failed.push(format!("POST #{i}: {:?}", up.map(|r| r.status)));
+            break;
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "streams in turn on one connection: {failed:?}; origin got {} requests, wrote {} \
+         responses whole",
+        origin.requests(),
+        origin.answered()
     );
 }
 
