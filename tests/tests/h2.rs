@@ -36,6 +36,7 @@ const CONVERGE: Duration = Duration::from_secs(30);
 /// Bound on one raw h2 exchange.
 const H2_TIMEOUT: Duration = Duration::from_secs(30);
 const TD: &str = "spiffe://coremesh.local/service";
+const SERVICES: &str = "kind: Service\nname: api\n---\nkind: Service\nname: web\n";
 
 fn have_grpcio() -> bool {
     require_python(&[("grpc", "grpcio")])
@@ -616,6 +617,8 @@ impl Mesh {
     /// keys, values as TOML).
     fn grpc_checked(versions: &[&str], health: &[(&str, &str)]) -> Mesh {
         let control = ControlBuilder::new().start();
+        // The services first, so every proxy's first snapshot carries them.
+        control.apply(SERVICES);
         let mut members = Vec::new();
         let mut apps = Vec::new();
         let mut apis = Vec::new();
@@ -651,16 +654,23 @@ impl Mesh {
         }
     }
 
-    /// Services api and web and `policy`; waits until every proxy runs it.
-    fn apply(&self, policy: &str) {
-        let mut yaml = String::from("kind: Service\nname: api\n---\nkind: Service\nname: web\n");
+    /// Services api and web and `policy`; waits until the proxies of the
+    /// services in `must` run it (the others' views may not change: see
+    /// [`Control::wait_applied`]) and every endpoint is registered.
+    fn apply(&self, policy: &str, must: &[&str]) {
+        let mut yaml = String::from(SERVICES);
         if !policy.trim().is_empty() {
             yaml += "---\n";
             yaml += policy;
         }
         let version = self.control.apply(&yaml);
-        self.control
-            .wait_converged(self.apis.len() + 1, self.apis.len(), version, CONVERGE);
+        self.control.wait_applied(
+            self.apis.len() + 1,
+            self.apis.len(),
+            version,
+            must,
+            CONVERGE,
+        );
     }
 
     /// A gRPC client calling api through the web proxy, with a 30 s
@@ -694,7 +704,7 @@ fn grpc_all_four_call_shapes_through_the_mtls_mesh() {
         return;
     }
     let m = Mesh::grpc(&["v1"]);
-    m.apply("");
+    m.apply("", &[]);
     let c = m.client();
 
     let r = c.run(&[
@@ -792,7 +802,7 @@ fn grpc_large_messages_cross_the_mesh_whole() {
         return;
     }
     let m = Mesh::grpc(&["v1"]);
-    m.apply("");
+    m.apply("", &[]);
     let c = m.client();
     let mib8 = (8 << 20).to_string();
     let mib4 = (4 << 20).to_string();
@@ -852,6 +862,7 @@ rules:
   - match: { grpc: { service: test.Echo } }
     backends: [ {} ]
 "#,
+        &["web"],
     );
     let c = m.client();
     assert_all_ok(&c.run(&["unary"]), 1, "before the server dies");
@@ -900,6 +911,7 @@ rules:
     methods: [POST]
     path: /test.Echo/Unary
 "#,
+        &["api"],
     );
     let c = m.client();
     // The policy reaches the api proxy a moment after convergence.
@@ -941,7 +953,7 @@ fn grpc_deadlines_end_calls_with_deadline_exceeded() {
         return;
     }
     let m = Mesh::grpc(&["v1"]);
-    m.apply("");
+    m.apply("", &[]);
     let app = m.apps[0].addr();
 
     // The client's own deadline, shorter than the method: DEADLINE_EXCEEDED,
@@ -996,6 +1008,7 @@ rules:
   - timeout: 700ms
     backends: [ {} ]
 "#,
+        &["web"],
     );
     let r = m.client_without_deadline().run(&["sleep", "--ms", "5000"]);
     let call = r.call();
@@ -1026,6 +1039,7 @@ service: api
 loadBalancer: round-robin
 retryBudget: { ratio: 1.0, minPerSecond: 100 }
 "#,
+        &["web"],
     );
     let c = m.client();
     let r = c.run(&["unary", "--count", "20"]);
@@ -1076,6 +1090,7 @@ rules:
       - { subset: { version: v1 }, weight: 90 }
       - { subset: { version: v2 }, weight: 10 }
 "#,
+        &["web"],
     );
     let n = 400;
     // One channel: one HTTP/2 connection from the client to the proxy.
@@ -1102,7 +1117,10 @@ fn grpc_a_rate_limited_call_is_resource_exhausted() {
         return;
     }
     let m = Mesh::grpc(&["v1"]);
-    m.apply("kind: Resilience\nservice: api\nrateLimit: { requestsPerSecond: 2, burst: 2 }\n");
+    m.apply(
+        "kind: Resilience\nservice: api\nrateLimit: { requestsPerSecond: 2, burst: 2 }\n",
+        &["api"],
+    );
     let r = m.client().run(&["unary", "--count", "30"]);
     let limited = r.count("RESOURCE_EXHAUSTED");
     assert!(
@@ -1130,7 +1148,7 @@ fn grpc_a_server_that_dies_mid_stream_is_unavailable() {
     // Without a mesh, grpcio reports a server that dies during a stream
     // as UNAVAILABLE; through the mesh the client sees the same.
     let mut m = Mesh::grpc(&["v1"]);
-    m.apply("");
+    m.apply("", &[]);
     let c = m.client();
     assert_all_ok(&c.run(&["unary"]), 1, "before the server dies");
     let run = std::thread::scope(|s| {
@@ -1280,6 +1298,7 @@ service: api
 loadBalancer: round-robin
 healthCheck: { interval: 500ms, timeout: 250ms, unhealthyThreshold: 2, healthyThreshold: 2 }
 "#,
+        &["web"],
     );
     let c = m.client();
     let r = c.run(&["unary", "--count", "10"]);
