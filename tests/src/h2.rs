@@ -545,6 +545,13 @@ impl H2Client {
         Ok(H2Client { rt, send })
     }
 
+    /// Whether the server's SETTINGS enable extended CONNECT (RFC 8441,
+    /// WebSocket over h2); known once its SETTINGS arrived (after a
+    /// response).
+    pub fn extended_connect_enabled(&self) -> bool {
+        self.send.is_extended_connect_protocol_enabled()
+    }
+
     /// Sends one request and reads the whole response, within `timeout`.
     pub fn request(&self, req: H2Request, timeout: Duration) -> Result<H2Response, String> {
         let send = self.send.clone();
@@ -590,9 +597,15 @@ async fn exchange(
 ) -> Result<H2Response, String> {
     let started = Instant::now();
     let mut send = send.ready().await.map_err(|e| format!("ready: {e}"))?;
+    // CONNECT has only :authority (RFC 9113 8.5).
+    let uri = if req.method.eq_ignore_ascii_case("CONNECT") {
+        req.authority.clone()
+    } else {
+        format!("http://{}{}", req.authority, req.path)
+    };
     let mut b = http::Request::builder()
         .method(req.method.as_str())
-        .uri(format!("http://{}{}", req.authority, req.path));
+        .uri(uri);
     for (n, v) in &req.headers {
         b = b.header(n.as_str(), v.as_str());
     }

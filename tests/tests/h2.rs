@@ -538,11 +538,14 @@ fn assert_grpc_error(r: &coremesh_e2e::H2Response, code: u32, what: &str) {
 #[test]
 fn errors_the_proxy_makes_for_grpc_calls_are_grpc_errors() {
     let h2o = H2Origin::start("h2api");
+    let dir = TempDir::new("grpc-errors");
+    let log = dir.path().join("access.log");
     let web = ProxyBuilder::new("web")
         .outbound()
         .service_raw("empty", &[])
         .service("dead", &[unused_port()])
         .service("h2api", &[h2o.addr()])
+        .proxy_key("access_log", &format!("{:?}", log.display().to_string()))
         .start();
     let c = H2Client::connect(web.outbound()).unwrap_or_else(|e| panic!("{e}"));
     let call = |authority: &str| {
@@ -567,6 +570,34 @@ fn errors_the_proxy_makes_for_grpc_calls_are_grpc_errors() {
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.header("x-origin"), Some("h2api"));
     assert_eq!(h2o.last().header("content-type"), Some("application/grpc"));
+
+    // The access log says HTTP/2, and the gRPC status of the calls.
+    let lines = wait_for(Duration::from_secs(5), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        (lines.len() >= 5).then_some(lines)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "5 access log lines: {:?}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+    assert!(
+        lines.iter().all(|l| l["protocol"] == "HTTP/2"),
+        "every line says HTTP/2: {lines:?}"
+    );
+    let unavailable = lines
+        .iter()
+        .filter(|l| l["path"] == "/test.Echo/Unary" && l["grpc_status"] == 14)
+        .count();
+    assert_eq!(
+        unavailable, 3,
+        "the three failed calls, grpc_status 14: {lines:?}"
+    );
 
     // What grpcio makes of it: UNAVAILABLE with the proxy's reason, not an
     // HTTP status mapped by the client library.
@@ -1334,4 +1365,111 @@ healthCheck: { interval: 500ms, timeout: 250ms, unhealthyThreshold: 2, healthyTh
         r.instances().contains_key("api-v2").then_some(())
     });
     assert!(back.is_some(), "v2 never came back after SERVING again");
+}
+
+#[test]
+fn an_http1_only_app_gets_h2_requests_translated() {
+    // [inbound] app_protocol = "http1": h2 from the mesh, HTTP/1.1 to the app.
+    let dir = TempDir::new("h2-to-h1");
+    let pki = Pki::new("mesh");
+    let app = Origin::start("api");
+    let files = pki.files(dir.path(), "api", "api");
+    let api = ProxyBuilder::new("api")
+        .inbound(app.addr())
+        .inbound_key("app_protocol", "\"http1\"")
+        .extra(&files.toml())
+        .start();
+    let files = pki.files(dir.path(), "web", "web");
+    let web = ProxyBuilder::new("web")
+        .outbound()
+        .service("api", &[api.inbound()])
+        .extra(&files.toml())
+        .start();
+
+    let r = curl_h2(
+        web.outbound(),
+        "api",
+        "/h2/to/h1?q=1",
+        &["-H", "x-test: yes"],
+    );
+    assert_eq!(
+        (r.code, r.status, r.version.as_str()),
+        (0, 200, "2"),
+        "{r:?}"
+    );
+    let echo = r.json();
+    assert_eq!(echo["version"], "HTTP/1.1", "{echo}");
+    assert_eq!(
+        echo["target"], "/h2/to/h1?q=1",
+        "origin-form target: {echo}"
+    );
+    let got = app.last();
+    assert!(
+        got.header("host").is_some_and(|h| h.starts_with("api")),
+        ":authority becomes Host: {got:?}"
+    );
+    assert_eq!(got.header("x-test"), Some("yes"));
+
+    let c = H2Client::connect(web.outbound()).unwrap_or_else(|e| panic!("{e}"));
+    let r = c
+        .request(H2Request::get("api", "/chunked"), H2_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.body_str(), "hello chunked world");
+    assert_eq!(
+        r.trailer("x-checksum"),
+        Some("42"),
+        "the app's chunked trailers reach the h2 client: {r:?}"
+    );
+    assert!(
+        r.header("transfer-encoding").is_none() && r.header("connection").is_none(),
+        "no connection-specific fields over h2: {r:?}"
+    );
+    // HTTP/1.1 clients on the same port are unaffected.
+    let mut h1 = web.outbound_client();
+    assert_eq!(h1.get("api", "/h1").status, 200);
+    let r = c
+        .request(
+            H2Request::new("POST", "api", "/upload")
+                .body(vec![b'b'; 100_000])
+                .trailer("x-request-checksum", "7"),
+            H2_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 200, "{r:?}");
+    let got = app.last();
+    assert_eq!(got.body_len, 100_000, "{:?}", got.headers);
+    assert_eq!(
+        got.trailers,
+        vec![("x-request-checksum".to_string(), "7".to_string())],
+        "request trailers reach the HTTP/1.1 app (chunked); it got headers {:?}",
+        got.headers
+    );
+}
+
+#[test]
+fn extended_connect_is_not_offered_and_connect_over_h2_is_405() {
+    let origin = H2Origin::start("h2api");
+    let web = ProxyBuilder::new("web")
+        .outbound()
+        .service("h2api", &[origin.addr()])
+        .start();
+    let c = H2Client::connect(web.outbound()).unwrap_or_else(|e| panic!("{e}"));
+    let r = c
+        .request(H2Request::get("h2api", "/first"), H2_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 200);
+    assert!(
+        !c.extended_connect_enabled(),
+        "SETTINGS_ENABLE_CONNECT_PROTOCOL is not offered (RFC 8441 unsupported)"
+    );
+    let r = c
+        .request(H2Request::new("CONNECT", "h2api:443", ""), H2_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 405, "{r:?}");
+    // The connection is still good.
+    let r = c
+        .request(H2Request::get("h2api", "/after"), H2_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 200);
+    assert_eq!(origin.requests(), 2, "the CONNECT never reached the origin");
 }
