@@ -87,6 +87,10 @@ section "e2e subset on glommio: smoke, mutual TLS, TCP services, authorization"
 COREMESH_PROXY_BIN="$TARGET_DIR/glommio/debug/coremesh-proxy" cargo test -p coremesh-e2e \
     --test smoke --test mtls --test tcp --test authz
 
+section "e2e h2 smoke subset on glommio: h2c and ALPN h2 with curl, gRPC call shapes, WebSocket"
+COREMESH_PROXY_BIN="$TARGET_DIR/glommio/debug/coremesh-proxy" cargo test -p coremesh-e2e \
+    --test h2 -- curl_http2 grpc_all_four_call_shapes websocket_echo
+
 section "coremesh-bench e2e: nginx and haproxy, release build, short compares"
 bash "$ROOT/scripts/install-bench-deps.sh"
 cargo build --release -p coremesh-proxy -p coremesh-control
