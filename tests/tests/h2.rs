@@ -1473,3 +1473,127 @@ fn extended_connect_is_not_offered_and_connect_over_h2_is_405() {
     assert_eq!(r.status, 200);
     assert_eq!(origin.requests(), 2, "the CONNECT never reached the origin");
 }
+
+#[test]
+fn an_h2c_only_app_gets_http1_requests_translated() {
+    // [inbound] app_protocol = "h2c": HTTP/1.1 from the mesh, h2c to the app.
+    let dir = TempDir::new("h1-to-h2");
+    let pki = Pki::new("mesh");
+    let app = H2Origin::start("api");
+    let files = pki.files(dir.path(), "api", "api");
+    let api = ProxyBuilder::new("api")
+        .inbound(app.addr())
+        .inbound_key("app_protocol", "\"h2c\"")
+        .extra(&files.toml())
+        .start();
+    let files = pki.files(dir.path(), "web", "web");
+    let web = ProxyBuilder::new("web")
+        .outbound()
+        .service("api", &[api.inbound()])
+        .extra(&files.toml())
+        .start();
+    let mut c = web.outbound_client();
+    c.set_read_timeout(Duration::from_secs(30));
+    let r = c.request(
+        &Request::get("/h1/to/h2?q=1")
+            .host("api")
+            .header("x-test", "yes"),
+    );
+    assert_eq!(
+        r.status,
+        200,
+        "{:?} {:?}; app saw non-h2: {:?}",
+        r.header("coremesh-error"),
+        r.body_str(),
+        app.not_h2()
+    );
+    let echo = r.json();
+    assert_eq!(echo["version"], "HTTP/2.0", "{echo}");
+    assert_eq!(echo["path"], "/h1/to/h2?q=1");
+    assert!(
+        echo["authority"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("api")),
+        "Host becomes :authority: {echo}"
+    );
+    let got = app.last();
+    assert_eq!(got.header("x-test"), Some("yes"));
+    assert!(
+        got.header("host").is_none() && got.header("connection").is_none(),
+        "no Host or connection-specific fields over h2: {:?}",
+        got.headers
+    );
+
+    // Bodies both ways, Content-Length and chunked.
+    let r = c.request(
+        &Request::post("/upload")
+            .host("api")
+            .body(vec![b'c'; 100_000]),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(app.last().body_len, 100_000);
+    let r = c.request(
+        &Request::post("/upload-chunked")
+            .host("api")
+            .header("Transfer-Encoding", "chunked")
+            .body("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(app.last().body_len, 11);
+    let r = c.request(&Request::get("/bytes/300000").host("api"));
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-length"),
+        Some("300000"),
+        "{:?}",
+        r.headers
+    );
+    assert_eq!(r.body.len(), 300_000);
+    let r = c.request(
+        &Request::get("/trailers")
+            .host("api")
+            .header("TE", "trailers"),
+    );
+    assert_eq!(r.body_str(), "hello trailers");
+    assert_eq!(
+        r.trailer("x-checksum"),
+        Some("42"),
+        "the app's trailers reach the HTTP/1.1 client in a chunked body: {r:?}"
+    );
+    assert!(app.not_h2().is_empty(), "{:?}", app.not_h2());
+}
+
+#[test]
+fn static_services_say_what_their_endpoints_speak() {
+    // [[services]] protocol = "h2c" / "http1": the proxy translates.
+    let h2o = H2Origin::start("h2only");
+    let h1o = Origin::start("h1only");
+    let web = ProxyBuilder::new("web")
+        .outbound()
+        .extra(&format!(
+            "[[services]]\nname = \"h2only\"\nendpoints = [\"{}\"]\nprotocol = \"h2c\"\n\n\
+             [[services]]\nname = \"h1only\"\nendpoints = [\"{}\"]\nprotocol = \"http1\"\n",
+            h2o.addr(),
+            h1o.addr()
+        ))
+        .start();
+    let mut c = web.outbound_client();
+    c.set_read_timeout(Duration::from_secs(30));
+    let r = c.get("h2only", "/from/h1");
+    assert_eq!(
+        r.status,
+        200,
+        "{:?} {:?}; origin saw non-h2: {:?}",
+        r.header("coremesh-error"),
+        r.body_str(),
+        h2o.not_h2()
+    );
+    assert_eq!(r.json()["version"], "HTTP/2.0");
+    let h2 = H2Client::connect(web.outbound()).unwrap_or_else(|e| panic!("{e}"));
+    let r = h2
+        .request(H2Request::get("h1only", "/from/h2"), H2_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["version"], "HTTP/1.1");
+    assert_eq!(h1o.last().target, "/from/h2");
+}
