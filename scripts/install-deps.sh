@@ -5,7 +5,10 @@
 # service test), testssl.sh (the TLS audit test), iproute2 (network
 # namespaces as test hosts), nftables (interception in the test hosts),
 # systemd-analyze (unit checks), dpkg-dev
-# (cargo-deb's Depends line), and the rustfmt/clippy components.
+# (cargo-deb's Depends line), h2load (Debian package `nghttp2-client`: HTTP/2
+# load through the proxy), the PyPI packages grpcio, h2 and websockets for
+# python3 (the gRPC, raw HTTP/2 and WebSocket apps and clients of
+# tests/py/), and the rustfmt/clippy components.
 # Idempotent; safe to run on every CI run.
 set -euo pipefail
 
@@ -35,6 +38,25 @@ command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 # scripts/test-package.sh); dpkg-shlibdeps for cargo-deb (scripts/package.sh).
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 command -v dpkg-shlibdeps >/dev/null 2>&1 || need_apt+=(dpkg-dev)
+# h2load: HTTP/2 load through the outbound proxy (tests/tests/h2.rs).
+command -v h2load >/dev/null 2>&1 || need_apt+=(nghttp2-client)
+
+# PyPI packages for the Python test apps and clients (tests/py/), by import
+# name -> package name; pip comes from Debian when python3 lacks it.
+declare -A py_packages=([grpc]=grpcio [h2]=h2 [websockets]=websockets)
+need_pip=()
+for module in grpc h2 websockets; do
+    if ! command -v python3 >/dev/null 2>&1 \
+        || ! python3 -c "import $module" >/dev/null 2>&1 </dev/null; then
+        need_pip+=("${py_packages[$module]}")
+    fi
+done
+if [ "${#need_pip[@]}" -gt 0 ]; then
+    if ! command -v python3 >/dev/null 2>&1 \
+        || ! python3 -m pip --version >/dev/null 2>&1 </dev/null; then
+        need_apt+=(python3-pip)
+    fi
+fi
 
 if [ "${#need_apt[@]}" -gt 0 ]; then
     echo "install-deps: installing Debian packages: ${need_apt[*]}"
@@ -58,6 +80,22 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
     fi
 fi
 
+if [ "${#need_pip[@]}" -gt 0 ]; then
+    echo "install-deps: installing PyPI packages for python3: ${need_pip[*]}"
+    pip_install=(python3 -m pip install --no-input --disable-pip-version-check --root-user-action=ignore -q)
+    # A Debian python3 refuses pip installs outside a venv (PEP 668); these
+    # are test-only packages, installed for the interpreter the tests run.
+    if ! "${pip_install[@]}" "${need_pip[@]}" </dev/null; then
+        "${pip_install[@]}" --break-system-packages "${need_pip[@]}" </dev/null
+    fi
+    for module in grpc h2 websockets; do
+        python3 -c "import $module" </dev/null || {
+            echo "install-deps: python3 still cannot import $module" >&2
+            exit 1
+        }
+    done
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
     echo "install-deps: cargo not found: install a stable Rust toolchain (rustup) first" >&2
     exit 1
@@ -71,4 +109,4 @@ if [ "${#need_rust[@]}" -gt 0 ]; then
     rustup component add "${need_rust[@]}" </dev/null
 fi
 
-echo "install-deps: ok (curl, promtool, python3, cc, redis, testssl, ip, nft, systemd-analyze, dpkg-dev, rustfmt, clippy present)"
+echo "install-deps: ok (curl, promtool, python3 with grpcio/h2/websockets, cc, redis, testssl, ip, nft, systemd-analyze, dpkg-dev, h2load, rustfmt, clippy present)"

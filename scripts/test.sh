@@ -62,6 +62,8 @@ cargo test -p coremesh-e2e --tests --no-run
 # tests/upgrade.rs runs 2,000 req/s through debug builds while whole fleets
 # of TLS handshakes move to a new process, and tests/hosts.rs times failover
 # to the second on a mesh of six processes: alone too.
+# tests/h2.rs (HTTP/2, gRPC and WebSocket with curl, h2load, grpcio and
+# websockets, installed by install-deps.sh) runs with the rest.
 e2e() {
     cargo test --no-fail-fast -p coremesh-e2e --tests -- --skip on_1_core:: --skip on_2_cores:: \
         --skip ten_upgrades_under_load --skip an_upgraded_sidecar --skip sigusr2_makes_the_proxy \
@@ -84,6 +86,10 @@ CARGO_TARGET_DIR="$TARGET_DIR/glommio" cargo build -p coremesh-proxy --features 
 section "e2e subset on glommio: smoke, mutual TLS, TCP services, authorization"
 COREMESH_PROXY_BIN="$TARGET_DIR/glommio/debug/coremesh-proxy" cargo test -p coremesh-e2e \
     --test smoke --test mtls --test tcp --test authz
+
+section "e2e h2 smoke subset on glommio: h2c and ALPN h2 with curl, gRPC call shapes, WebSocket"
+COREMESH_PROXY_BIN="$TARGET_DIR/glommio/debug/coremesh-proxy" cargo test -p coremesh-e2e \
+    --test h2 -- curl_http2 grpc_all_four_call_shapes websocket_echo
 
 section "coremesh-bench e2e: nginx and haproxy, release build, short compares"
 bash "$ROOT/scripts/install-bench-deps.sh"

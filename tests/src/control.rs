@@ -561,6 +561,67 @@ impl Control {
             )
         })
     }
+
+    /// Like [`Control::wait_converged`], for an apply that changes only
+    /// some proxies' views: control sends a snapshot only to sessions whose
+    /// view changed (an AccessPolicy of api changes api's proxies, a Route
+    /// of api its callers'), so the others keep the config version of
+    /// their last snapshot. Waits until every connected proxy has ACKed
+    /// its last snapshot with no NACK, `endpoints` endpoints are listed,
+    /// and the proxies of each service in `must` run config version
+    /// `config_version`; stable over two polls.
+    pub fn wait_applied(
+        &self,
+        proxies: usize,
+        endpoints: usize,
+        config_version: u64,
+        must: &[&str],
+        timeout: Duration,
+    ) -> Vec<serde_json::Value> {
+        let mut last = String::new();
+        let mut stable = 0;
+        let found = wait_for(timeout, || {
+            let ps: Vec<serde_json::Value> = self
+                .proxies()
+                .into_iter()
+                .filter(|p| p["connected"] == true)
+                .collect();
+            let es = self.endpoints();
+            let ok = ps.len() == proxies
+                && es.len() == endpoints
+                && ps.iter().all(|p| {
+                    p["nack"].is_null()
+                        && !p["applied_version"].is_null()
+                        && p["applied_version"] == p["sent_version"]
+                        && (!must.iter().any(|m| p["service"] == *m)
+                            || p["applied_config_version"] == config_version)
+                });
+            last = format!(
+                "proxies: {}\nendpoints: {}",
+                serde_json::to_string_pretty(&ps).unwrap_or_default(),
+                serde_json::to_string_pretty(&es).unwrap_or_default()
+            );
+            if ok {
+                stable += 1;
+            } else {
+                stable = 0;
+            }
+            if stable >= 2 {
+                Some(ps)
+            } else {
+                std::thread::sleep(Duration::from_millis(150));
+                None
+            }
+        });
+        found.unwrap_or_else(|| {
+            panic!(
+                "control did not converge within {timeout:?} on {proxies} connected proxies \
+                 with ACKed snapshots ({must:?} at config version {config_version}) and \
+                 {endpoints} endpoints; last seen:\n{last}\nmeshctl status:\n{}",
+                self.meshctl(&["status"]).stdout
+            )
+        })
+    }
 }
 
 impl Drop for Control {

@@ -27,6 +27,11 @@
 //! * [`pki`]: CAs and SPIFFE certificates for static-mode mutual TLS and for
 //!   peers that should be refused (foreign CA, expired, wrong service).
 //! * [`util`]: temp dirs, the deterministic body pattern and its checksum.
+//! * [`h2`]: an h2c origin ([`H2Origin`], the JSON echo over HTTP/2 with
+//!   prior knowledge) and a raw h2 client ([`H2Client`], concurrent
+//!   streams, trailers, gRPC frames).
+//! * [`grpc`]: the Python apps and clients of `tests/py/` (grpcio,
+//!   websockets) as processes ([`PyApp`], [`GrpcClient`]).
 //!
 //! Every address is loopback and every port is picked by the OS, so all tests
 //! run in parallel.
@@ -39,6 +44,8 @@
 pub mod client;
 pub mod control;
 pub mod curl;
+pub mod grpc;
+pub mod h2;
 pub mod metrics;
 pub mod openload;
 pub mod origin;
@@ -49,6 +56,8 @@ pub mod util;
 pub use client::{http_get, Client, Request, Response};
 pub use control::{Control, ControlBuilder, ControlSection, Member, MeshProxy, Meshctl};
 pub use curl::Curl;
+pub use grpc::{GrpcClient, GrpcRun, PyApp};
+pub use h2::{H2Client, H2Origin, H2Request, H2Response};
 pub use metrics::Metrics;
 pub use origin::{Origin, Received};
 pub use proxy::{Proxy, ProxyBuilder};
