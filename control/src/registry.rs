@@ -123,6 +123,7 @@ impl Registry {
                 last_seen: None,
                 problem: None,
                 held_running: None,
+                applied_at: None,
             },
             in_flight: Vec::new(),
             labels: BTreeMap::new(),
@@ -223,6 +224,7 @@ impl Registry {
         if let Some(p) = self.proxies.get_mut(&id) {
             let config = Self::answered(p, version);
             p.status.applied_version = Some(version);
+            p.status.applied_at = Some(crate::unix_secs(SystemTime::now()));
             if config.is_some() {
                 p.status.applied_config_version = config;
             }

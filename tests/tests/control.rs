@@ -315,10 +315,21 @@ fn a_proxy_joins_with_a_token_and_meshctl_status_shows_it() {
         "status shows the ACK:\n{}",
         status.stdout
     );
+    // APPLIED: the config version `meshctl history` lists, and how long
+    // ago the proxy applied it (not the raw snapshot timestamp).
+    assert_eq!(
+        (
+            cols[4],
+            cols[5].trim_end_matches(',').parse::<u64>().is_ok()
+        ),
+        ("config", true),
+        "status shows the applied config version, got {:?}:\n{}",
+        &cols[4..7],
+        status.stdout
+    );
     assert!(
-        cols[4].parse::<u64>().is_ok(),
-        "status shows an applied version, got {:?}:\n{}",
-        cols[4],
+        line.contains(" ago"),
+        "status says how long ago it was applied:\n{}",
         status.stdout
     );
     assert!(

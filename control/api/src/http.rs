@@ -78,6 +78,9 @@ pub struct ProxyStatus {
     /// its last known state, until control sends it a snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held_running: Option<u64>,
+    /// Unix seconds when the proxy ACKed its last applied snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_at: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -684,10 +684,16 @@ fn print_status(ps: &[ProxyStatus]) {
         "CERT EXPIRES".into(),
     ]];
     for p in ps {
+        // The config version is what `meshctl history` lists; the
+        // snapshot version (a timestamp) is in `-o json`.
+        let ago = p
+            .applied_at
+            .map(|t| format!(", {} ago", human(now.saturating_sub(t))))
+            .unwrap_or_default();
         let applied = match (p.applied_version, p.applied_config_version, p.held_running) {
-            (Some(v), Some(c), _) => format!("{v} (config {c})"),
-            (Some(v), None, _) => v.to_string(),
-            (None, _, Some(v)) => format!("{v} (as it said)"),
+            (Some(_), Some(c), _) => format!("config {c}{ago}"),
+            (Some(v), None, _) => format!("snapshot {v}{ago}"),
+            (None, _, Some(v)) => format!("snapshot {v} (as it said)"),
             _ => "-".into(),
         };
         let state = match (&p.nack, p.applied_version, p.sent_version) {
