@@ -418,6 +418,46 @@ rules:
 }
 
 #[test]
+fn a_route_timeout_answers_504_when_the_app_is_slower() {
+    let mesh = Mesh::start(Control::start(), 1);
+    let route = r#"kind: Service
+name: api
+---
+kind: Route
+name: api-slow
+service: api
+rules:
+  - match: { pathPrefix: /delay/ }
+    timeout: 300ms
+    backends: [ { subset: { version: v1 } } ]
+  - backends: [ { subset: { version: v1 } } ]
+"#;
+    let version = mesh.control.apply(route);
+    mesh.converge(version);
+    let web = &mesh.webs[0];
+    let mut c = web.outbound_client();
+    let start = std::time::Instant::now();
+    let r = c.get("api", "/delay/2000");
+    let took = start.elapsed();
+    assert_eq!(r.status, 504, "{:?}", r.body_str());
+    assert_eq!(
+        r.header("coremesh-error"),
+        Some("upstream timeout"),
+        "{:?}",
+        r.headers
+    );
+    // The rule's 300 ms answered, not the app's 2 s (nor timeouts.request).
+    assert!(
+        took < Duration::from_millis(1500),
+        "answered after {took:?}"
+    );
+    // A path the timeout does not cover waits for the app.
+    let mut c = web.outbound_client();
+    let r = c.get("api", "/slow-but-fine");
+    assert_eq!(r.status, 200, "{:?}", r.body_str());
+}
+
+#[test]
 fn an_invalid_resource_is_rejected_with_where_and_why_and_nothing_changes() {
     let control = Control::start();
     let version = control.apply(EXAMPLE);

@@ -97,6 +97,39 @@ fn admin_port_in_use_is_a_start_error_too() {
 }
 
 #[test]
+fn check_catches_missing_tls_files_and_warns_of_a_missing_token() {
+    let dir = std::env::temp_dir().join(format!("coremesh-check-{}", std::process::id()));
+    let missing = dir.join("missing");
+    let base = ProxyBuilder::new("web")
+        .outbound()
+        .service_raw("api", &["127.0.0.1:9000".into()])
+        .render();
+    // [tls] files that are not there: an error naming the file, exit 1.
+    let tls = format!(
+        "{base}\n[tls]\ncert = \"{m}/proxy.crt\"\nkey = \"{m}/proxy.key\"\nca = \"{m}/ca.crt\"\n",
+        m = missing.display()
+    );
+    let (status, output) = check_config_text(&tls);
+    assert_eq!(status.code(), Some(1), "{output}");
+    assert!(
+        output.contains("[tls]") && output.contains("proxy.crt"),
+        "names the section and the file:\n{output}"
+    );
+    // A token file that is not there: the proxy would start and retry, so
+    // --check passes, with a warning that says what and where.
+    let token = base.replacen("[outbound]", &format!(
+        "[control]\naddress = \"127.0.0.1:7443\"\ntoken_file = \"{m}/web.token\"\nstate_dir = \"{m}/state\"\n\n[outbound]",
+        m = missing.display()
+    ), 1);
+    let (status, output) = check_config_text(&token);
+    assert_eq!(status.code(), Some(0), "{output}");
+    assert!(
+        output.contains("warning") && output.contains("token_file") && output.contains("web.token"),
+        "warns about the token file:\n{output}"
+    );
+}
+
+#[test]
 fn check_accepts_a_good_file_and_names_the_key_in_a_bad_one() {
     let good = ProxyBuilder::new("web")
         .outbound()
