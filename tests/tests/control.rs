@@ -458,6 +458,50 @@ rules:
 }
 
 #[test]
+fn a_per_caller_rate_limit_gives_each_caller_its_own_bucket() {
+    let mesh = Mesh::start(Control::start(), 1);
+    let ops_member = mesh.control.member("ops", "ops-1");
+    let ops = ProxyBuilder::new("ops")
+        .outbound()
+        .control(&mesh.control.section(&ops_member).calls(&["api"]))
+        .start();
+    let version = mesh.control.apply(
+        r#"kind: Service
+name: api
+---
+kind: Resilience
+service: api
+rateLimit: { requestsPerSecond: 1, burst: 5, per: caller }
+"#,
+    );
+    mesh.control.wait_applied(
+        mesh.proxies() + 1,
+        2,
+        version,
+        &["api"],
+        Duration::from_secs(20),
+    );
+    // Each api proxy keeps a bucket per caller identity: web spends its
+    // burst on both endpoints, and is then refused; ops still gets through.
+    let statuses = |p: &Proxy, n: usize| -> Vec<u16> {
+        let mut c = p.outbound_client();
+        (0..n).map(|_| c.get("api", "/limited").status).collect()
+    };
+    let web = statuses(mesh.web(), 30);
+    let refused = web.iter().filter(|&&s| s == 429).count();
+    assert!(
+        refused >= 15 && web.iter().all(|&s| s == 200 || s == 429),
+        "web over its buckets (2 endpoints x burst 5) is refused: {web:?}"
+    );
+    let ops = statuses(&ops, 4);
+    assert_eq!(ops, vec![200; 4], "ops has buckets of its own");
+    let mut c = mesh.web().outbound_client();
+    let r = c.get("api", "/limited");
+    assert_eq!(r.status, 429, "web is still over its rate");
+    assert_eq!(r.header("coremesh-error"), Some("rate limited"));
+}
+
+#[test]
 fn an_invalid_resource_is_rejected_with_where_and_why_and_nothing_changes() {
     let control = Control::start();
     let version = control.apply(EXAMPLE);
