@@ -40,6 +40,7 @@
 pub mod compare;
 pub mod failover;
 pub mod fleet;
+pub mod grpc;
 pub mod http;
 pub mod load;
 pub mod mesh;

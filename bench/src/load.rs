@@ -40,6 +40,8 @@ use crate::http::{ResponseReader, Step, Tag};
 use crate::schedule::{Latency, LatencySummary, Schedule};
 use crate::sys;
 
+pub mod http2;
+
 /// What a load run does.
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
@@ -107,6 +109,9 @@ pub struct Errors {
     pub status_4xx: u64,
     /// Complete responses with a 5xx status.
     pub status_5xx: u64,
+    /// gRPC calls answered with a grpc-status other than 0 (HTTP 200).
+    #[serde(default)]
+    pub grpc: u64,
 }
 
 impl Errors {
@@ -119,6 +124,7 @@ impl Errors {
             + self.timeout
             + self.status_4xx
             + self.status_5xx
+            + self.grpc
     }
 
     fn add(&mut self, o: &Errors) {
@@ -130,6 +136,7 @@ impl Errors {
         self.timeout += o.timeout;
         self.status_4xx += o.status_4xx;
         self.status_5xx += o.status_5xx;
+        self.grpc += o.grpc;
     }
 
     /// "connect 3, read 1" or "none".
@@ -143,6 +150,7 @@ impl Errors {
             ("timeout", self.timeout),
             ("4xx", self.status_4xx),
             ("5xx", self.status_5xx),
+            ("grpc-status", self.grpc),
         ]
         .iter()
         .filter(|(_, n)| *n > 0)
@@ -170,10 +178,17 @@ pub struct GeneratorCpu {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LoadReport {
     pub url: String,
+    /// "http/1.1" (or empty, in reports written before HTTP/2), "h2c" or
+    /// "grpc" ([`http2`]).
+    #[serde(default)]
+    pub protocol: String,
     /// Requests per second asked for; 0 = closed loop.
     pub target_rate: f64,
     pub threads: usize,
     pub connections: usize,
+    /// HTTP/2: concurrent streams per connection (at most); 0 for HTTP/1.1.
+    #[serde(default)]
+    pub streams: usize,
     pub new_conn: bool,
     /// Measured period (excluding warm-up), seconds.
     pub duration_s: f64,
@@ -205,16 +220,17 @@ impl LoadReport {
         let l = &self.latency_us;
         let mut s = String::new();
         s += &format!("target     {}\n", self.url);
-        s += &format!(
-            "mode       {mode}, {} connections{}, {} thread(s)\n",
-            self.connections,
-            if self.new_conn {
-                " (new per request)"
-            } else {
-                " (keep-alive)"
-            },
-            self.threads
-        );
+        let conns = if self.streams > 0 {
+            format!(
+                "{} {} connections x {} streams",
+                self.connections, self.protocol, self.streams
+            )
+        } else if self.new_conn {
+            format!("{} connections (new per request)", self.connections)
+        } else {
+            format!("{} connections (keep-alive)", self.connections)
+        };
+        s += &format!("mode       {mode}, {conns}, {} thread(s)\n", self.threads);
         s += &format!(
             "achieved   {:.1} req/s over {:.2} s ({} responses{})\n",
             self.achieved_rate,
@@ -374,6 +390,8 @@ pub fn run_with_timeline(cfg: &LoadConfig) -> io::Result<(LoadReport, Vec<Outcom
     timeline.sort_by_key(|o| o.intended);
     let report = LoadReport {
         url: cfg.url.clone(),
+        protocol: "http/1.1".into(),
+        streams: 0,
         target_rate: cfg.rate.max(0.0),
         threads,
         connections: conns,

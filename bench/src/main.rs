@@ -29,12 +29,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Send HTTP/1.1 requests at a constant rate (open loop) or as fast as
-    /// possible (--rate 0) and report latency from each request's intended
-    /// send time.
+    /// Send HTTP/1.1 requests (or h2c with --h2, gRPC with --grpc) at a
+    /// constant rate (open loop) or as fast as possible (--rate 0) and
+    /// report latency from each request's intended send time.
     Load(LoadArgs),
     /// Serve HTTP/1.1 keep-alive responses from pre-built bytes
-    /// (`GET /size/N` answers with N bytes).
+    /// (`GET /size/N` answers with N bytes); h2c with prior knowledge and
+    /// a unary gRPC method on the same port.
     Origin(OriginArgs),
     /// Compare coremesh with other proxies installed here, side by side.
     Compare(CompareArgs),
@@ -168,6 +169,21 @@ struct LoadArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// HTTP/2 over cleartext (h2c, prior knowledge) instead of HTTP/1.1:
+    /// GET requests, up to --streams concurrent streams per connection.
+    #[arg(long)]
+    h2: bool,
+    /// Unary gRPC calls over h2c (implies --h2): POST
+    /// /coremesh.bench.Bench/Unary, one length-prefixed message, each call
+    /// checked for grpc-status 0 in the trailers.
+    #[arg(long)]
+    grpc: bool,
+    /// HTTP/2: concurrent streams per connection.
+    #[arg(long, default_value_t = 1)]
+    streams: usize,
+    /// gRPC: the reply payload size each call asks for.
+    #[arg(long, default_value_t = 128)]
+    grpc_size: u32,
 }
 
 #[derive(Debug, Args)]
@@ -294,6 +310,53 @@ fn cmd_load(a: LoadArgs) -> CmdResult {
         Some((_, v)) => format!("{} (Host: {v})", a.url),
         None => a.url.clone(),
     };
+    if a.h2 || a.grpc {
+        if a.new_conn || a.body_size > 0 {
+            return Err("--new-conn and --body-size are HTTP/1.1 only".into());
+        }
+        if a.streams == 0 {
+            return Err("--streams must be at least 1".into());
+        }
+        let authority = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("host"))
+            .map_or(host.clone(), |(_, v)| v.clone());
+        let cfg = load::http2::H2Config {
+            url: shown,
+            addr,
+            authority,
+            path,
+            headers: headers
+                .into_iter()
+                .filter(|(n, _)| !n.eq_ignore_ascii_case("host"))
+                .map(|(n, v)| (n.to_ascii_lowercase(), v))
+                .collect(),
+            mode: if a.grpc {
+                load::http2::Mode::Grpc {
+                    reply_size: a.grpc_size,
+                }
+            } else {
+                load::http2::Mode::Get
+            },
+            rate: a.rate,
+            duration: a.duration,
+            warmup: a.warmup,
+            connections: a.connections,
+            streams: a.streams,
+            threads: a.threads,
+            drain: a.drain,
+        };
+        let report = load::http2::run(&cfg).map_err(|e| format!("load: {e}"))?;
+        if a.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+            );
+        } else {
+            print!("{}", report.render());
+        }
+        return Ok(());
+    }
     let cfg = load::LoadConfig {
         url: shown,
         addr,

@@ -8,6 +8,10 @@
 //! and discarded. With `--delay`, each response leaves that long after its
 //! request head arrived (all delays are equal, so a FIFO queue is the timer
 //! wheel).
+//!
+//! The same port serves h2c with prior knowledge (and unary gRPC): a
+//! connection whose first bytes are the HTTP/2 preface is handed to
+//! [`http2`]'s thread.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -23,6 +27,8 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::http::{build_response_from, parse_request_head};
 use crate::sys;
+
+pub mod http2;
 
 #[derive(Debug, Clone)]
 pub struct OriginConfig {
@@ -40,7 +46,7 @@ const LISTENER: Token = Token(usize::MAX - 1);
 const TIMER: Token = Token(usize::MAX - 2);
 const READ_BUF: usize = 16 * 1024;
 /// `/size/N` larger than this gets this.
-const MAX_BODY: usize = 256 * 1024 * 1024;
+pub(crate) const MAX_BODY: usize = 256 * 1024 * 1024;
 /// Distinct response sizes kept built.
 const MAX_CACHED: usize = 64;
 
@@ -64,6 +70,8 @@ struct Conn {
     close_after: bool,
     /// Bumped when the slot is reused, so stale delay entries are ignored.
     generation: u64,
+    /// No request read yet: the first bytes may be an HTTP/2 preface.
+    fresh: bool,
 }
 
 struct Server {
@@ -76,6 +84,8 @@ struct Server {
     /// (send at, slot, generation, response).
     delayed: VecDeque<(u64, usize, u64, Rc<[u8]>)>,
     generation: u64,
+    /// Where HTTP/2 connections go.
+    h2: http2::Handoff,
 }
 
 /// Serves until `stop` is set (checked at least every 100 ms).
@@ -91,10 +101,12 @@ pub fn serve(
     let mut timer = sys::Timer::new()?;
     poll.registry()
         .register(&mut SourceFd(&timer.raw_fd()), TIMER, Interest::READABLE)?;
+    let h2 = http2::Handoff::start(cfg.clone())?;
     let mut srv = Server {
         poll,
         conns: Vec::new(),
         free_slots: Vec::new(),
+        h2,
         cfg,
         cache: Vec::new(),
         delayed: VecDeque::new(),
@@ -167,6 +179,7 @@ impl Server {
                 delayed: false,
                 close_after: false,
                 generation: self.generation,
+                fresh: true,
             });
         }
     }
@@ -215,6 +228,13 @@ impl Server {
             };
             if c.out.is_some() || c.delayed || c.close_after {
                 return;
+            }
+            if c.fresh {
+                match http2::sniff(&c.buf[..c.filled]) {
+                    http2::Sniff::Undecided => return,
+                    http2::Sniff::Http2 => return self.hand_off(i),
+                    http2::Sniff::Http1 => c.fresh = false,
+                }
             }
             if c.skip > 0 {
                 let take = c.skip.min(c.filled as u64) as usize;
@@ -301,6 +321,19 @@ impl Server {
         // Requests that arrived while this response was going out.
         if c.filled > 0 {
             self.process(i);
+        }
+    }
+
+    /// Gives connection `i`, with what was read from it, to the HTTP/2
+    /// thread.
+    fn hand_off(&mut self, i: usize) {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        if let Some(Some(mut c)) = self.conns.get_mut(i).map(Option::take) {
+            let _ = self.poll.registry().deregister(&mut c.stream);
+            self.free_slots.push(i);
+            // SAFETY: the fd comes from a socket we own and give up here.
+            let std = unsafe { std::net::TcpStream::from_raw_fd(c.stream.into_raw_fd()) };
+            self.h2.hand(std, c.buf[..c.filled].to_vec());
         }
     }
 

@@ -83,6 +83,22 @@ impl Schedule {
         Some(t)
     }
 
+    /// How many requests are due at `now` and not yet handed out (the
+    /// backlog, plus the one just due): what an event loop with that many
+    /// idle senders can start at once. Closed loop: 1 until the end (always
+    /// one more is due).
+    pub fn due(&self, now: u64) -> u64 {
+        let Some(i) = self.interval else {
+            return u64::from(now < self.end);
+        };
+        if now < self.phase || self.end <= self.phase {
+            return 0;
+        }
+        let total = (self.end - self.phase).div_ceil(i);
+        let by_now = ((now - self.phase) / i + 1).min(total);
+        by_now.saturating_sub(self.next)
+    }
+
     /// Requests intended before the end that were never handed out (the
     /// backlog left when the run stopped). Always 0 in closed loop.
     pub fn unsent(&self) -> u64 {

@@ -128,3 +128,17 @@ fn merging_threads_adds_counts() {
     assert_eq!(a.count(), 2);
     assert!((a.summary().max - 3000.0).abs() < 5.0);
 }
+
+#[test]
+fn due_counts_the_backlog() {
+    let mut s = Schedule::new(1000.0, 0, 5 * MS);
+    assert_eq!(s.due(0), 1);
+    assert_eq!(s.due(MS - 1), 1);
+    assert_eq!(s.due(3 * MS), 4);
+    s.take_due(3 * MS);
+    assert_eq!(s.due(3 * MS), 3);
+    // Nothing at or after the end.
+    assert_eq!(s.due(100 * MS), 4);
+    let closed = Schedule::new(0.0, 0, 5 * MS);
+    assert_eq!((closed.due(1), closed.due(5 * MS)), (1, 0));
+}
