@@ -260,7 +260,12 @@ struct CompareArgs {
     /// and with 100 Routes and a Resilience block; CPU of both proxies),
     /// mtls, mtls-rate (load -> outbound proxy -> mutual TLS 1.3 -> inbound
     /// proxy -> origin, a pair of each proxy kind, harness-made
-    /// certificates; saturation and fixed rate; CPU of both proxies).
+    /// certificates; saturation and fixed rate; CPU of both proxies),
+    /// h2, h2-rate (h2c through one proxy, --h2-connections x
+    /// --h2-streams, 128 B responses), h2-idle (RSS per idle h2c client
+    /// connection), grpc, grpc-rate (unary gRPC: load -> outbound proxy ->
+    /// h2 over mutual TLS 1.3 -> inbound proxy -> origin; CPU of both
+    /// proxies); `http2` = all five.
     #[arg(
         long,
         default_value = "small,rate,16k,1m,newconn,idle",
@@ -270,6 +275,13 @@ struct CompareArgs {
     /// Do not run coremesh a second time (the A/A noise pair).
     #[arg(long)]
     no_aa: bool,
+    /// HTTP/2 scenarios: client connections.
+    #[arg(long, default_value_t = 8)]
+    h2_connections: usize,
+    /// HTTP/2 scenarios: concurrent streams on each client connection (all
+    /// busy at saturation; at most this many at the fixed rate).
+    #[arg(long, default_value_t = 16)]
+    h2_streams: usize,
 }
 
 fn main() -> ExitCode {
@@ -409,9 +421,16 @@ fn cmd_compare(a: CompareArgs) -> CmdResult {
     for s in &a.scenarios {
         let named = match s.trim() {
             "policy" => vec![Scenario::PolicyPlain, Scenario::PolicyFull],
+            "http2" => vec![
+                Scenario::H2,
+                Scenario::H2Rate,
+                Scenario::H2Idle,
+                Scenario::Grpc,
+                Scenario::GrpcRate,
+            ],
             name => vec![Scenario::parse(name).ok_or_else(|| {
                 format!(
-                    "--scenarios: unknown {s:?} (small, rate, 16k, 1m, newconn, idle, policy-plain, policy-full, policy, mtls, mtls-rate)"
+                    "--scenarios: unknown {s:?} (small, rate, 16k, 1m, newconn, idle, policy-plain, policy-full, policy, mtls, mtls-rate, h2, h2-rate, h2-idle, grpc, grpc-rate, http2)"
                 )
             })?],
         };
@@ -423,6 +442,9 @@ fn cmd_compare(a: CompareArgs) -> CmdResult {
     }
     if a.rounds == 0 {
         return Err("--rounds must be at least 1".into());
+    }
+    if a.h2_connections == 0 || a.h2_streams == 0 {
+        return Err("--h2-connections and --h2-streams must be at least 1".into());
     }
     let opts = compare::Options {
         proxies: a
@@ -445,6 +467,8 @@ fn cmd_compare(a: CompareArgs) -> CmdResult {
         idle_conns: a.idle_conns,
         scenarios,
         aa: !a.no_aa,
+        h2_connections: a.h2_connections,
+        h2_streams: a.h2_streams,
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
     let results = compare::run(&opts)?;

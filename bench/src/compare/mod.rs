@@ -27,6 +27,9 @@
 //!    The two policy scenarios swap places every other round (plain, full;
 //!    full, plain; ...), so drift cannot favour the one that always runs
 //!    first.
+//!    The HTTP/2 scenarios (`h2`, `h2-rate`, `h2-idle`; `grpc`,
+//!    `grpc-rate`) run through h2c one-hop proxies and gRPC mesh pairs of
+//!    their own, driven by the HTTP/2 load generator (see [`http2`]).
 //! 4. Report medians with min-max spread and ratios against coremesh as
 //!    markdown (stdout), JSON (`--out`) and SVG (`--svg-dir`).
 //!
@@ -38,6 +41,7 @@
 //! are not the queue being measured.
 
 pub mod chart;
+pub mod http2;
 pub mod mtls;
 pub mod policy;
 pub mod proxies;
@@ -155,6 +159,9 @@ pub struct Options {
     pub scenarios: Vec<Scenario>,
     /// Run coremesh a second time as `coremesh#2`.
     pub aa: bool,
+    /// HTTP/2 scenarios: client connections, and concurrent streams on each.
+    pub h2_connections: usize,
+    pub h2_streams: usize,
     /// The command line, recorded in the results.
     pub command: String,
 }
@@ -191,10 +198,25 @@ pub enum Scenario {
     /// The same at a fixed rate (latency).
     #[serde(rename = "mtls-rate")]
     MtlsRate,
+    /// h2c through one proxy (h2c to the origin), N connections x M
+    /// streams, 128 B responses, saturation.
+    H2,
+    /// The same at a fixed rate (latency).
+    #[serde(rename = "h2-rate")]
+    H2Rate,
+    /// RSS per idle h2c client connection of a one-hop proxy.
+    #[serde(rename = "h2-idle")]
+    H2Idle,
+    /// Unary gRPC through the mutual-TLS mesh pair (h2 on every hop),
+    /// saturation.
+    Grpc,
+    /// The same at a fixed rate (latency).
+    #[serde(rename = "grpc-rate")]
+    GrpcRate,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 10] = [
+    pub const ALL: [Scenario; 15] = [
         Scenario::Small,
         Scenario::Rate,
         Scenario::Body16k,
@@ -205,6 +227,11 @@ impl Scenario {
         Scenario::PolicyFull,
         Scenario::Mtls,
         Scenario::MtlsRate,
+        Scenario::H2,
+        Scenario::H2Rate,
+        Scenario::H2Idle,
+        Scenario::Grpc,
+        Scenario::GrpcRate,
     ];
 
     pub fn name(self) -> &'static str {
@@ -219,6 +246,11 @@ impl Scenario {
             Scenario::PolicyFull => "policy-full",
             Scenario::Mtls => "mtls",
             Scenario::MtlsRate => "mtls-rate",
+            Scenario::H2 => "h2",
+            Scenario::H2Rate => "h2-rate",
+            Scenario::H2Idle => "h2-idle",
+            Scenario::Grpc => "grpc",
+            Scenario::GrpcRate => "grpc-rate",
         }
     }
 
@@ -236,9 +268,24 @@ impl Scenario {
         matches!(self, Scenario::Mtls | Scenario::MtlsRate)
     }
 
-    /// Through the one-hop proxies.
+    /// h2c load through the one-hop HTTP/2 proxies of [`http2`].
+    pub fn is_h2(self) -> bool {
+        matches!(self, Scenario::H2 | Scenario::H2Rate)
+    }
+
+    /// gRPC load through the pairs of [`http2`].
+    pub fn is_grpc(self) -> bool {
+        matches!(self, Scenario::Grpc | Scenario::GrpcRate)
+    }
+
+    /// Any of the HTTP/2 scenarios.
+    pub fn is_http2(self) -> bool {
+        self.is_h2() || self.is_grpc() || self == Scenario::H2Idle
+    }
+
+    /// Through the one-hop (HTTP/1.1) proxies.
     pub fn is_one_hop(self) -> bool {
-        !self.is_policy() && !self.is_mtls()
+        !self.is_policy() && !self.is_mtls() && !self.is_http2()
     }
 
     /// The fixed-rate scenario's saturation twin, whose round-1 throughput
@@ -247,6 +294,8 @@ impl Scenario {
         match self {
             Scenario::Rate => Some(Scenario::Small),
             Scenario::MtlsRate => Some(Scenario::Mtls),
+            Scenario::H2Rate => Some(Scenario::H2),
+            Scenario::GrpcRate => Some(Scenario::Grpc),
             _ => None,
         }
     }
@@ -279,6 +328,15 @@ impl Scenario {
             }
             Scenario::MtlsRate => {
                 "128 B responses, outbound proxy -> mutual TLS 1.3 -> inbound proxy, fixed rate"
+            }
+            Scenario::H2 => "h2c through one proxy, N connections x M streams, 128 B responses, max throughput",
+            Scenario::H2Rate => "h2c through one proxy, N connections x M streams, 128 B responses, fixed rate",
+            Scenario::H2Idle => "idle h2c client connections",
+            Scenario::Grpc => {
+                "unary gRPC, outbound proxy -> h2 over mutual TLS 1.3 -> inbound proxy, max throughput"
+            }
+            Scenario::GrpcRate => {
+                "unary gRPC, outbound proxy -> h2 over mutual TLS 1.3 -> inbound proxy, fixed rate"
             }
         }
     }
@@ -332,11 +390,18 @@ pub struct Sample {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IdleSample {
     pub round: usize,
+    /// `idle` (HTTP/1.1 keep-alive) or `h2-idle` (h2c).
+    #[serde(default = "idle_scenario")]
+    pub scenario: Scenario,
     pub target: String,
     pub connections: usize,
     pub rss_before: u64,
     pub rss_after: u64,
     pub bytes_per_conn: f64,
+}
+
+fn idle_scenario() -> Scenario {
+    Scenario::Idle
 }
 
 /// A proxy the run tried to use.
@@ -380,6 +445,16 @@ pub struct Results {
     /// The fixed rate of `mtls-rate` (0 when it did not run).
     #[serde(default)]
     pub mtls_fixed_rate: f64,
+    /// The fixed rates of `h2-rate` and `grpc-rate` (0 when not run).
+    #[serde(default)]
+    pub h2_fixed_rate: f64,
+    #[serde(default)]
+    pub grpc_fixed_rate: f64,
+    /// The HTTP/2 scenarios' load: connections x streams per connection.
+    #[serde(default)]
+    pub h2_connections: usize,
+    #[serde(default)]
+    pub h2_streams: usize,
     pub targets: Vec<TargetInfo>,
     pub notes: Vec<String>,
     pub samples: Vec<Sample>,
@@ -416,7 +491,7 @@ impl Target {
 }
 
 /// The `Host` of the one-hop scenarios.
-const ORIGIN_HOST: &str = "origin";
+pub(crate) const ORIGIN_HOST: &str = "origin";
 
 /// User and system CPU seconds of every process tree in `pids`, together.
 fn cpu_times(pids: &[u32]) -> sys::CpuTimes {
@@ -499,6 +574,8 @@ impl Setup {
 /// Every target of the run, started and checked. The fields drop (and
 /// stop their processes) in this order if the run ends early.
 struct Started {
+    /// The targets of the HTTP/2 scenarios.
+    h2: Option<http2::Set>,
     /// The pairs of the mtls scenarios.
     pairs: Option<mtls::Pairs>,
     /// The mesh of the policy scenarios.
@@ -526,6 +603,16 @@ impl Started {
             std::iter::once(&self.direct)
                 .chain(self.pairs.as_ref().map_or(&[][..], |p| &p.targets[..]))
                 .collect()
+        } else if s.is_h2() {
+            std::iter::once(&self.direct)
+                .chain(self.h2.as_ref().map_or(&[][..], |p| &p.one_hop[..]))
+                .collect()
+        } else if s.is_grpc() {
+            std::iter::once(&self.direct)
+                .chain(self.h2.as_ref().map_or(&[][..], |p| &p.pairs[..]))
+                .collect()
+        } else if s == Scenario::H2Idle {
+            Vec::new()
         } else {
             self.one_hop.iter().collect()
         }
@@ -541,6 +628,31 @@ impl Started {
         }
         if let Some(m) = self.mesh.as_mut() {
             m.stop();
+        }
+        if let Some(h) = self.h2.as_mut() {
+            // Whether the coremesh gRPC pairs pooled their mesh connections
+            // and resumed sessions, as for the mtls pairs.
+            for t in h.pairs.iter().filter(|t| t.label.starts_with(COREMESH)) {
+                if let Some(inbound) = t.running.get(1) {
+                    let requests: u64 = samples
+                        .iter()
+                        .filter(|s| s.scenario.is_grpc() && s.target == t.label)
+                        .map(|s| s.responses_total)
+                        .sum();
+                    match mtls::coremesh_handshakes(&inbound.log_path) {
+                        Ok((full, resumed)) => notes.push(format!(
+                            "grpc {}: the inbound proxy made {full} full and {resumed} resumed TLS handshakes for {requests} measured calls (plus warm-ups and checks)",
+                            t.label
+                        )),
+                        Err(e) => notes.push(format!(
+                            "grpc {}: handshake counters: {}",
+                            t.label,
+                            error_chain(&e)
+                        )),
+                    }
+                }
+            }
+            h.stop();
         }
         if let Some(p) = self.pairs.as_mut() {
             // What coremesh's inbound proxies saw: whether pooling and
@@ -582,6 +694,9 @@ struct Measured {
     rate: f64,
     /// The fixed rate of `mtls-rate` (the pairs); 0 until known.
     mtls_rate: f64,
+    /// The fixed rates of `h2-rate` and `grpc-rate`; 0 until known.
+    h2_rate: f64,
+    grpc_rate: f64,
 }
 
 impl Measured {
@@ -591,6 +706,8 @@ impl Measured {
         let slot = match scenario {
             Scenario::Rate => &mut self.rate,
             Scenario::MtlsRate => &mut self.mtls_rate,
+            Scenario::H2Rate => &mut self.h2_rate,
+            Scenario::GrpcRate => &mut self.grpc_rate,
             _ => return 0.0,
         };
         if *slot <= 0.0 {
@@ -719,7 +836,9 @@ fn start_targets(
     let one_hop = start_one_hop(opts, setup, origin, &resolved, &mut infos);
     let mesh = start_mesh(opts, setup, origin, &resolved, &mut infos, notes);
     let pairs = start_pairs(opts, setup, origin, &resolved, &mut infos, notes);
+    let h2 = start_http2(opts, setup, origin, &resolved, &mut infos, notes);
     Started {
+        h2,
         pairs,
         mesh,
         one_hop,
@@ -877,6 +996,44 @@ fn start_pairs(
     }
 }
 
+/// The targets of the HTTP/2 scenarios, if any runs.
+fn start_http2(
+    opts: &Options,
+    setup: &Setup,
+    origin: SocketAddr,
+    resolved: &[(String, Kind, PathBuf)],
+    infos: &mut Vec<TargetInfo>,
+    notes: &mut Vec<String>,
+) -> Option<http2::Set> {
+    let one_hop = opts
+        .scenarios
+        .iter()
+        .any(|s| s.is_h2() || *s == Scenario::H2Idle);
+    let pairs = opts.scenarios.iter().any(|s| s.is_grpc());
+    if !one_hop && !pairs {
+        return None;
+    }
+    log("starting the HTTP/2 targets (h2c one hop; gRPC outbound -> h2 over mutual TLS 1.3 -> inbound)");
+    match http2::start(
+        resolved,
+        origin,
+        &setup.out_dir,
+        setup.nofile,
+        setup.proxy_pin(),
+        (one_hop, pairs),
+    ) {
+        Ok(h) => {
+            infos.extend(h.infos.iter().cloned());
+            notes.extend(h.notes.iter().cloned());
+            Some(h)
+        }
+        Err(e) => {
+            notes.push(format!("HTTP/2 scenarios: not run: {}", error_chain(&e)));
+            None
+        }
+    }
+}
+
 /// The fixed rates, then every round: each load scenario through each of
 /// its targets, then (if asked) the idle connections.
 fn measure_rounds(
@@ -889,13 +1046,15 @@ fn measure_rounds(
         .scenarios
         .iter()
         .copied()
-        .filter(|s| *s != Scenario::Idle)
+        .filter(|s| !matches!(s, Scenario::Idle | Scenario::H2Idle))
         .collect();
     let mut m = Measured {
         samples: Vec::new(),
         idle: Vec::new(),
         rate: opts.rate.unwrap_or(0.0),
         mtls_rate: opts.rate.unwrap_or(0.0),
+        h2_rate: opts.rate.unwrap_or(0.0),
+        grpc_rate: opts.rate.unwrap_or(0.0),
     };
     calibrate(r, started, &load_scenarios, &mut m)?;
     for round in 1..=opts.rounds {
@@ -920,6 +1079,16 @@ fn measure_rounds(
         if opts.scenarios.contains(&Scenario::Idle) {
             measure_idle(r, &started.one_hop, round, &mut m.idle, notes);
         }
+        if let (true, Some(h)) = (opts.scenarios.contains(&Scenario::H2Idle), &started.h2) {
+            http2::measure_idle(
+                h,
+                opts.idle_conns,
+                round,
+                r.setup.proxy_pin(),
+                &mut m.idle,
+                notes,
+            );
+        }
     }
     Ok(m)
 }
@@ -936,6 +1105,8 @@ fn calibrate(
     for (fixed, slot) in [
         (Scenario::Rate, &mut m.rate),
         (Scenario::MtlsRate, &mut m.mtls_rate),
+        (Scenario::H2Rate, &mut m.h2_rate),
+        (Scenario::GrpcRate, &mut m.grpc_rate),
     ] {
         let Some(sat) = fixed.saturation() else {
             continue;
@@ -1039,6 +1210,10 @@ fn summarise(
         idle_connections: opts.idle_conns,
         fixed_rate: m.rate,
         mtls_fixed_rate: m.mtls_rate,
+        h2_fixed_rate: m.h2_rate,
+        grpc_fixed_rate: m.grpc_rate,
+        h2_connections: opts.h2_connections,
+        h2_streams: opts.h2_streams,
         targets,
         notes,
         samples: m.samples,
@@ -1255,9 +1430,18 @@ impl Runner<'_> {
             .arg("--duration")
             .arg(format!("{}ms", duration.as_millis()))
             .arg("--warmup")
-            .arg(format!("{}ms", warmup.as_millis()))
-            .arg("--connections")
-            .arg(opts.connections.to_string());
+            .arg(format!("{}ms", warmup.as_millis()));
+        if scenario.is_h2() || scenario.is_grpc() {
+            cmd.arg(if scenario.is_grpc() { "--grpc" } else { "--h2" })
+                .arg("--connections")
+                .arg(opts.h2_connections.to_string())
+                .arg("--streams")
+                .arg(opts.h2_streams.to_string())
+                .arg("--grpc-size")
+                .arg(http2::GRPC_REPLY.to_string());
+        } else {
+            cmd.arg("--connections").arg(opts.connections.to_string());
+        }
         if scenario == Scenario::Newconn {
             cmd.arg("--new-conn");
         }
@@ -1357,6 +1541,7 @@ fn idle_rss(r: &Running, label: &str, n: usize, round: usize) -> Result<IdleSamp
     std::thread::sleep(Duration::from_millis(500));
     Ok(IdleSample {
         round,
+        scenario: Scenario::Idle,
         target: label.to_string(),
         connections: count,
         rss_before: before,

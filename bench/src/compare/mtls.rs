@@ -319,7 +319,7 @@ pub fn coremesh_inbound(pki: &PkiFiles, origin: SocketAddr) -> String {
 
 /// The parts every nginx of the run shares: one worker, limits raised, no
 /// access log, client keep-alive as long as the benchmark.
-fn nginx_head(what: &str, dir: &Path, nofile: u64) -> String {
+pub(super) fn nginx_head(what: &str, dir: &Path, nofile: u64) -> String {
     let d = dir.display();
     let fds = proxies::max_conns(nofile) * 2 + 100;
     format!(
@@ -339,7 +339,7 @@ events {{
     )
 }
 
-fn nginx_http_head(dir: &Path) -> String {
+pub(super) fn nginx_http_head(dir: &Path) -> String {
     let d = dir.display();
     format!(
         r#"    access_log off;
@@ -456,7 +456,7 @@ http {{
     )
 }
 
-fn haproxy_head(what: &str, dir: &Path, nofile: u64) -> String {
+pub(super) fn haproxy_head(what: &str, dir: &Path, nofile: u64) -> String {
     proxies::haproxy_head(
         &format!("mtls: HAProxy, {what}, one thread"),
         "    ssl-server-verify required\n",
@@ -526,15 +526,19 @@ pub(super) struct Pairs {
 }
 
 /// Where one process of a pair keeps its files.
-struct Side {
-    own: PathBuf,
-    config: PathBuf,
-    log: PathBuf,
+pub(super) struct Side {
+    pub own: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
 }
 
-fn side(out_dir: &Path, label: &str, kind: Kind, which: &str) -> Result<Side, MtlsError> {
-    let name = format!("mtls-{}-{which}", file_label(label));
-    let own = out_dir.join("run").join(&name);
+pub(super) fn side(out_dir: &Path, label: &str, kind: Kind, which: &str) -> Result<Side, MtlsError> {
+    side_named(out_dir, &format!("mtls-{}-{which}", file_label(label)), kind)
+}
+
+/// [`side`] with the file name chosen by the caller (`h2-nginx`, ...).
+pub(super) fn side_named(out_dir: &Path, name: &str, kind: Kind) -> Result<Side, MtlsError> {
+    let own = out_dir.join("run").join(name);
     fs::create_dir_all(&own).map_err(|source| MtlsError::CreateDir {
         path: own.clone(),
         source,
@@ -550,7 +554,7 @@ fn side(out_dir: &Path, label: &str, kind: Kind, which: &str) -> Result<Side, Mt
 
 /// Writes `text` to the side's config and starts it: coremesh binds port 0
 /// and reports `listener`'s address; the others listen on `port`.
-fn launch(
+pub(super) fn launch(
     kind: Kind,
     bin: &Path,
     s: &Side,
@@ -728,8 +732,8 @@ fn start_pair(
     Ok((outbound, inbound))
 }
 
-fn skip(info: &mut TargetInfo, note: String) {
-    log(&format!("skipping {} (mtls): {note}", info.label));
+pub(super) fn skip(info: &mut TargetInfo, note: String) {
+    log(&format!("skipping {} ({}): {note}", info.label, info.topology));
     info.status = "skipped".into();
     info.note = note;
 }
@@ -742,6 +746,15 @@ fn check(pki: &PkiFiles, outbound: SocketAddr, inbound: SocketAddr) -> Result<St
         Ok(status) => return Err(CheckError::ThroughStatus { path, status }),
         Err(source) => return Err(CheckError::Through { path, source }),
     }
+    Ok(format!("200 through the pair; {}", check_inbound(pki, inbound)?))
+}
+
+/// The inbound proxy at `inbound` refuses plaintext HTTP/1.1 and a TLS
+/// client without a certificate, and answers 200 to TLS 1.3 with the `web`
+/// certificate (HTTP/1.1 over the TLS session); the note says what each
+/// refusal looked like.
+pub(super) fn check_inbound(pki: &PkiFiles, inbound: SocketAddr) -> Result<String, CheckError> {
+    let path = format!("/size/{SMALL}");
     fn refused<E: std::error::Error>(
         what: &'static str,
         r: Result<u16, E>,
@@ -766,13 +779,13 @@ fn check(pki: &PkiFiles, outbound: SocketAddr, inbound: SocketAddr) -> Result<St
         Err(e) => return Err(CheckError::WithCert(e)),
     }
     Ok(format!(
-        "200 through the pair; the inbound proxy refuses plaintext ({}) and TLS without a client certificate ({}), and answers 200 to TLS 1.3 with the {CALLER} certificate",
+        "the inbound proxy refuses plaintext ({}) and TLS without a client certificate ({}), and answers 200 to TLS 1.3 with the {CALLER} certificate",
         short(&plain),
         short(&anon)
     ))
 }
 
-fn short(s: &str) -> String {
+pub(super) fn short(s: &str) -> String {
     let s = s.trim();
     match s.char_indices().nth(80) {
         Some((i, _)) => format!("{}...", &s[..i]),

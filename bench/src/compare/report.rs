@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 use super::{IdleSample, Results, Sample, Scenario, COREMESH, DIRECT};
 use crate::load::fmt_us;
 
+pub mod http2;
+
 /// One metric of one target in one scenario, over the rounds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
@@ -82,19 +84,19 @@ pub fn summarize(samples: &[Sample], idle: &[IdleSample]) -> Vec<Summary> {
             out.push(summary(*scenario, target, metric, &mut v));
         }
     }
-    let mut idle_targets: Vec<&str> = Vec::new();
+    let mut idle_keys: Vec<(Scenario, &str)> = Vec::new();
     for s in idle {
-        if !idle_targets.contains(&s.target.as_str()) {
-            idle_targets.push(&s.target);
+        if !idle_keys.contains(&(s.scenario, s.target.as_str())) {
+            idle_keys.push((s.scenario, &s.target));
         }
     }
-    for t in idle_targets {
+    for (sc, t) in idle_keys {
         let mut v: Vec<f64> = idle
             .iter()
-            .filter(|s| s.target == t)
+            .filter(|s| s.scenario == sc && s.target == t)
             .map(|s| s.bytes_per_conn)
             .collect();
-        out.push(summary(Scenario::Idle, t, "bytes_per_conn", &mut v));
+        out.push(summary(sc, t, "bytes_per_conn", &mut v));
     }
     // Ratios against coremesh's median.
     let base: Vec<(Scenario, String, f64)> = out
@@ -155,7 +157,7 @@ pub fn target_order(r: &Results) -> Vec<String> {
     v
 }
 
-fn cell(s: Option<&Summary>, fmt: fn(f64) -> String) -> String {
+pub(super) fn cell(s: Option<&Summary>, fmt: fn(f64) -> String) -> String {
     match s {
         None => "-".into(),
         Some(s) => {
@@ -173,13 +175,13 @@ fn cell(s: Option<&Summary>, fmt: fn(f64) -> String) -> String {
     }
 }
 
-fn f1(v: f64) -> String {
+pub(super) fn f1(v: f64) -> String {
     format!("{v:.1}")
 }
-fn f2(v: f64) -> String {
+pub(super) fn f2(v: f64) -> String {
     format!("{v:.2}")
 }
-fn f0(v: f64) -> String {
+pub(super) fn f0(v: f64) -> String {
     format!("{v:.0}")
 }
 
@@ -208,6 +210,7 @@ pub fn markdown(r: &Results) -> String {
     md += &latency_md(r, &order);
     md += &policy_md(r);
     md += &mtls_md(r);
+    md += &http2::h2_md(r);
     md += &idle_md(r, &proxies);
     md += &trailer_md(r);
     md
@@ -338,7 +341,7 @@ fn latency_md(r: &Results, order: &[String]) -> String {
 /// RSS per idle connection.
 fn idle_md(r: &Results, proxies: &[&String]) -> String {
     let mut md = String::new();
-    if !r.idle.is_empty() {
+    if r.idle.iter().any(|s| s.scenario == Scenario::Idle) {
         md += &format!(
             "### RSS per idle keep-alive client connection (bytes, {} connections each after one request; lower is better)\n\n",
             r.idle_connections
@@ -566,6 +569,18 @@ pub fn mesh_verdict(
     twin: Option<f64>,
     peers: &[(String, f64)],
 ) -> Option<MeshVerdict> {
+    verdict(coremesh, twin, peers, MTLS_TARGET, MTLS_AIM)
+}
+
+/// coremesh against the best of `peers` ((label, median) of every target
+/// that is not coremesh) with a `target` ratio and an `aim`.
+pub fn verdict(
+    coremesh: f64,
+    twin: Option<f64>,
+    peers: &[(String, f64)],
+    target: f64,
+    aim: f64,
+) -> Option<MeshVerdict> {
     let (best_peer, peer_cpu) = peers
         .iter()
         .filter(|(_, v)| v.is_finite() && *v > 0.0)
@@ -578,8 +593,8 @@ pub fn mesh_verdict(
         coremesh_cpu: coremesh,
         ratio,
         band: twin.map(|t| (t / coremesh - 1.0).abs()),
-        met: ratio <= MTLS_TARGET,
-        aim_met: ratio <= MTLS_AIM,
+        met: ratio <= target,
+        aim_met: ratio <= aim,
     })
 }
 
@@ -717,7 +732,7 @@ fn mtls_md(r: &Results) -> String {
 
 /// The peer pair (not direct, not coremesh) with the lowest median CPU per
 /// request in `sc`.
-fn best_peer(r: &Results, sc: Scenario) -> Option<(String, f64)> {
+pub(super) fn best_peer(r: &Results, sc: Scenario) -> Option<(String, f64)> {
     r.summary
         .iter()
         .filter(|s| s.scenario == sc && s.metric == "proxy_cpu_us_per_req")
@@ -802,14 +817,14 @@ fn kernel_work(r: &Results, targets: &[String]) -> String {
     md + "\n"
 }
 
-fn header<'a>(first: &'a str, cols: impl Iterator<Item = &'a str>) -> String {
+pub(super) fn header<'a>(first: &'a str, cols: impl Iterator<Item = &'a str>) -> String {
     let cols: Vec<&str> = std::iter::once(first).chain(cols).collect();
     let mut s = format!("| {} |\n", cols.join(" | "));
     s += &format!("|{}\n", " --- |".repeat(cols.len()));
     s
 }
 
-fn row_md(cells: &[String]) -> String {
+pub(super) fn row_md(cells: &[String]) -> String {
     format!("| {} |\n", cells.join(" | "))
 }
 
