@@ -183,6 +183,12 @@ pub struct PkiFiles {
     pub api_pem: PathBuf,
 }
 
+/// The paths [`write_pki`] writes in `dir`, without writing them (tests).
+#[cfg(test)]
+pub(super) fn write_pki_paths(dir: &Path) -> PkiFiles {
+    PkiFiles::in_dir(dir)
+}
+
 impl PkiFiles {
     fn in_dir(dir: &Path) -> PkiFiles {
         PkiFiles {

@@ -85,3 +85,32 @@ fn delay_holds_the_response() {
     stop.store(true, Ordering::Relaxed);
     h.join().unwrap();
 }
+
+#[test]
+fn h2c_and_grpc_on_the_same_port() {
+    use crate::load::http2::{probe, Mode};
+    let (addr, stop, h) = start(OriginConfig {
+        body_size: 10,
+        delay: Duration::ZERO,
+        instance: Some("api-v1-a".into()),
+    });
+    assert_eq!(probe(addr, "origin", "/size/300", Mode::Get).unwrap(), (200, None));
+    let call = Mode::Grpc { reply_size: 1000 };
+    assert_eq!(probe(addr, "api", "/", call).unwrap(), (200, Some(0)));
+    // HTTP/1.1 still works beside it.
+    let mut c = Client::new(addr);
+    c.s.write_all(b"POST /size/5 HTTP/1.1\r\nContent-Length: 2\r\n\r\nab")
+        .unwrap();
+    assert_eq!(c.response(), (200, true));
+    stop.store(true, Ordering::Relaxed);
+    h.join().unwrap();
+}
+
+#[test]
+fn preface_sniffing() {
+    use http2::{sniff, Sniff, PREFACE};
+    assert_eq!(sniff(b"PRI * HTTP/2"), Sniff::Undecided);
+    assert_eq!(sniff(PREFACE), Sniff::Http2);
+    assert_eq!(sniff(b"POST / HTTP/1.1\r\n"), Sniff::Http1);
+    assert_eq!(sniff(b"G"), Sniff::Http1);
+}

@@ -127,6 +127,10 @@ fn results(samples: Vec<Sample>) -> Results {
         idle_connections: 0,
         fixed_rate: 0.0,
         mtls_fixed_rate: 0.0,
+        h2_fixed_rate: 0.0,
+        grpc_fixed_rate: 0.0,
+        h2_connections: 8,
+        h2_streams: 16,
         targets: Vec::new(),
         notes: Vec::new(),
         samples,
@@ -164,4 +168,70 @@ fn kernel_work_shows_segments_and_wake_ups() {
 
     let old = results(vec![s(1, "nginx", 20.0)]);
     assert_eq!(kernel_work(&old, &order), "");
+}
+
+#[test]
+fn http2_tables_and_issue_14_targets() {
+    let mut samples = Vec::new();
+    for round in 1..=3 {
+        for (t, cpu, p99) in [
+            (DIRECT, None, 100.0),
+            (COREMESH, Some(10.0), 300.0),
+            ("coremesh#2", Some(10.5), 310.0),
+            ("nginx", Some(20.0), 250.0),
+            ("haproxy", Some(15.0), 400.0),
+        ] {
+            for sc in [Scenario::H2, Scenario::H2Rate] {
+                let mut x = s(round, t, 0.0);
+                x.scenario = sc;
+                x.proxy_cpu_us_per_req = cpu;
+                x.latency_us.p99 = p99;
+                samples.push(x);
+            }
+        }
+    }
+    let idle: Vec<IdleSample> = [(COREMESH, 3000.0), ("nginx", 2000.0)]
+        .into_iter()
+        .map(|(t, b)| IdleSample {
+            round: 1,
+            scenario: Scenario::H2Idle,
+            target: t.into(),
+            connections: 100,
+            rss_before: 0,
+            rss_after: 0,
+            bytes_per_conn: b,
+        })
+        .collect();
+    let mut r = results(samples);
+    r.summary = summarize(&r.samples, &idle);
+    r.idle = idle;
+    r.h2_fixed_rate = 2000.0;
+    let md = http2::h2_md(&r);
+    assert!(md.contains("### HTTP/2: h2c through one proxy"), "{md}");
+    assert!(md.contains("8 connections x 16 concurrent streams"), "{md}");
+    assert!(md.contains("| haproxy | 15.00 (15.00–15.00) **1.50x** | 1.00x |"), "{md}");
+    // 10 / 15 = 0.67x: under 0.8x, not the 0.6x aim.
+    assert!(
+        md.contains("coremesh 10.00 us / haproxy 15.00 us = **0.67x**: met (aim 0.6x: not reached). A/A band (coremesh#2 vs coremesh): 5.0%."),
+        "{md}"
+    );
+    assert!(md.contains("At a fixed 2000 req/s"), "{md}");
+    // Added p99: coremesh 200 us against nginx's 150 us.
+    assert!(
+        md.contains("h2-rate: coremesh 200 us (coremesh#2: 210 us) vs nginx 150 us: missed."),
+        "{md}"
+    );
+    assert!(md.contains("| coremesh | 3000 | 1.50x |"), "{md}");
+    assert!(md.contains("= **1.50x**: met."), "{md}");
+    // Nothing of gRPC ran: no gRPC section.
+    assert!(!md.contains("gRPC mesh hop"), "{md}");
+    // The HTTP/1.1 idle table is not the h2c one.
+    assert_eq!(idle_md(&r, &[]), "");
+}
+
+#[test]
+fn idle_samples_written_before_http2_are_http1() {
+    let old = r#"{"round":1,"target":"nginx","connections":5000,"rss_before":1,"rss_after":2,"bytes_per_conn":1.5}"#;
+    let s: IdleSample = serde_json::from_str(old).unwrap();
+    assert_eq!(s.scenario, Scenario::Idle);
 }
