@@ -375,7 +375,10 @@ pub(super) fn start(
                 set.infos.push(info);
                 continue;
             }
-            log(&format!("starting the {topology} target {label} ({})", bin.display()));
+            log(&format!(
+                "starting the {topology} target {label} ({})",
+                bin.display()
+            ));
             if topology == "h2" {
                 let started = start_one_hop(&set.env, label, *kind, bin, pin, &mut info);
                 match started.map_err(|e| error_chain(&e)).and_then(|r| {
@@ -393,19 +396,21 @@ pub(super) fn start(
                 }
             } else {
                 match start_pair(&set.env, label, *kind, bin, pin, &mut info) {
-                    Ok((outbound, inbound)) => match check_pair(&set.env.pki, &outbound, &inbound) {
-                        Ok(note) => {
-                            log(&format!("grpc {label}: {note}"));
-                            set.notes.push(format!("grpc {label}: {note}"));
-                            set.pairs.push(Target {
-                                label: label.clone(),
-                                running: vec![outbound, inbound],
-                                start: None,
-                                host: SERVICE.into(),
-                            });
+                    Ok((outbound, inbound)) => {
+                        match check_pair(&set.env.pki, &outbound, &inbound) {
+                            Ok(note) => {
+                                log(&format!("grpc {label}: {note}"));
+                                set.notes.push(format!("grpc {label}: {note}"));
+                                set.pairs.push(Target {
+                                    label: label.clone(),
+                                    running: vec![outbound, inbound],
+                                    start: None,
+                                    host: SERVICE.into(),
+                                });
+                            }
+                            Err(e) => mtls::skip(&mut info, error_chain(&e)),
                         }
-                        Err(e) => mtls::skip(&mut info, error_chain(&e)),
-                    },
+                    }
                     Err(e) => mtls::skip(&mut info, error_chain(&e)),
                 }
             }
@@ -433,12 +438,8 @@ fn launch_one_hop(
         Kind::Nginx => nginx_h2(p, env.origin, &s.own, env.nofile),
         _ => haproxy_h2(p, env.origin, &s.own, env.nofile),
     };
-    let r = mtls::launch(kind, bin, &s, &text, p, "outbound", pin).map_err(|source| {
-        MtlsError::Start {
-            side: "h2",
-            source,
-        }
-    })?;
+    let r = mtls::launch(kind, bin, &s, &text, p, "outbound", pin)
+        .map_err(|source| MtlsError::Start { side: "h2", source })?;
     Ok((r, s))
 }
 
@@ -480,12 +481,13 @@ fn start_pair(
     };
     info.inbound_config = Some(ins.config.display().to_string());
     info.inbound_log = Some(ins.log.display().to_string());
-    let inbound = mtls::launch(kind, bin, &ins, &text, in_port, "inbound", pin).map_err(
-        |source| MtlsError::Start {
-            side: "inbound",
-            source,
-        },
-    )?;
+    let inbound =
+        mtls::launch(kind, bin, &ins, &text, in_port, "inbound", pin).map_err(|source| {
+            MtlsError::Start {
+                side: "inbound",
+                source,
+            }
+        })?;
     let outs = mtls::side_named(
         &env.out_dir,
         &format!("grpc-{}-outbound", file_label(label)),
@@ -499,12 +501,13 @@ fn start_pair(
     };
     info.config = Some(outs.config.display().to_string());
     info.log = Some(outs.log.display().to_string());
-    let outbound = mtls::launch(kind, bin, &outs, &text, out_port, "outbound", pin).map_err(
-        |source| MtlsError::Start {
-            side: "outbound",
-            source,
-        },
-    )?;
+    let outbound =
+        mtls::launch(kind, bin, &outs, &text, out_port, "outbound", pin).map_err(|source| {
+            MtlsError::Start {
+                side: "outbound",
+                source,
+            }
+        })?;
     Ok((outbound, inbound))
 }
 

@@ -538,8 +538,17 @@ pub(super) struct Side {
     pub log: PathBuf,
 }
 
-pub(super) fn side(out_dir: &Path, label: &str, kind: Kind, which: &str) -> Result<Side, MtlsError> {
-    side_named(out_dir, &format!("mtls-{}-{which}", file_label(label)), kind)
+pub(super) fn side(
+    out_dir: &Path,
+    label: &str,
+    kind: Kind,
+    which: &str,
+) -> Result<Side, MtlsError> {
+    side_named(
+        out_dir,
+        &format!("mtls-{}-{which}", file_label(label)),
+        kind,
+    )
 }
 
 /// [`side`] with the file name chosen by the caller (`h2-nginx`, ...).
@@ -739,7 +748,10 @@ fn start_pair(
 }
 
 pub(super) fn skip(info: &mut TargetInfo, note: String) {
-    log(&format!("skipping {} ({}): {note}", info.label, info.topology));
+    log(&format!(
+        "skipping {} ({}): {note}",
+        info.label, info.topology
+    ));
     info.status = "skipped".into();
     info.note = note;
 }
@@ -752,7 +764,10 @@ fn check(pki: &PkiFiles, outbound: SocketAddr, inbound: SocketAddr) -> Result<St
         Ok(status) => return Err(CheckError::ThroughStatus { path, status }),
         Err(source) => return Err(CheckError::Through { path, source }),
     }
-    Ok(format!("200 through the pair; {}", check_inbound(pki, inbound)?))
+    Ok(format!(
+        "200 through the pair; {}",
+        check_inbound(pki, inbound)?
+    ))
 }
 
 /// The inbound proxy at `inbound` refuses plaintext HTTP/1.1 and a TLS

@@ -632,9 +632,12 @@ pub fn probe(
                 .send_data(b, true)
                 .map_err(|_| ProbeError::Stream(Failure::Write))?;
         }
-        let r = tokio::time::timeout(Duration::from_secs(5), read_response(resp, mode != Mode::Get))
-            .await
-            .map_err(|_| ProbeError::Stream(Failure::Timeout))?;
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            read_response(resp, mode != Mode::Get),
+        )
+        .await
+        .map_err(|_| ProbeError::Stream(Failure::Timeout))?;
         r.map_err(ProbeError::Stream)
     })
 }
@@ -731,10 +734,14 @@ pub fn open_idle(
                     index,
                     source: ProbeError::Connect { addr, source },
                 })?;
-            let mut ready = send.clone().ready().await.map_err(|_| IdleError::Connection {
-                index,
-                source: ProbeError::Stream(Failure::Closed),
-            })?;
+            let mut ready = send
+                .clone()
+                .ready()
+                .await
+                .map_err(|_| IdleError::Connection {
+                    index,
+                    source: ProbeError::Stream(Failure::Closed),
+                })?;
             let (resp, _) =
                 ready
                     .send_request(req.clone(), true)
@@ -742,14 +749,15 @@ pub fn open_idle(
                         index,
                         source: ProbeError::Stream(Failure::Write),
                     })?;
-            let (status, _) = tokio::time::timeout(Duration::from_secs(5), read_response(resp, false))
-                .await
-                .map_err(|_| Failure::Timeout)
-                .and_then(|r| r)
-                .map_err(|f| IdleError::Connection {
-                    index,
-                    source: ProbeError::Stream(f),
-                })?;
+            let (status, _) =
+                tokio::time::timeout(Duration::from_secs(5), read_response(resp, false))
+                    .await
+                    .map_err(|_| Failure::Timeout)
+                    .and_then(|r| r)
+                    .map_err(|f| IdleError::Connection {
+                        index,
+                        source: ProbeError::Stream(f),
+                    })?;
             if status != 200 {
                 return Err(IdleError::Status { index, status });
             }

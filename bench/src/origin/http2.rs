@@ -116,7 +116,11 @@ struct Shared {
 const MAX_CACHED: usize = 64;
 
 impl Shared {
-    fn cached(cache: &RefCell<Vec<(usize, Bytes)>>, size: usize, make: fn(usize) -> Vec<u8>) -> Bytes {
+    fn cached(
+        cache: &RefCell<Vec<(usize, Bytes)>>,
+        size: usize,
+        make: fn(usize) -> Vec<u8>,
+    ) -> Bytes {
         if let Some((_, b)) = cache.borrow().iter().find(|(s, _)| *s == size) {
             return b.clone();
         }

@@ -94,7 +94,10 @@ fn h2c_and_grpc_on_the_same_port() {
         delay: Duration::ZERO,
         instance: Some("api-v1-a".into()),
     });
-    assert_eq!(probe(addr, "origin", "/size/300", Mode::Get).unwrap(), (200, None));
+    assert_eq!(
+        probe(addr, "origin", "/size/300", Mode::Get).unwrap(),
+        (200, None)
+    );
     let call = Mode::Grpc { reply_size: 1000 };
     assert_eq!(probe(addr, "api", "/", call).unwrap(), (200, Some(0)));
     // HTTP/1.1 still works beside it.

@@ -48,7 +48,13 @@ fn haproxy_h2_speaks_h2_on_both_sides() {
 
 #[test]
 fn nginx_grpc_pair_is_mutual_tls_13_with_h2() {
-    let out = nginx_grpc_outbound(&pki(), 8000, addr("127.0.0.1:8001"), Path::new("/d"), 20_000);
+    let out = nginx_grpc_outbound(
+        &pki(),
+        8000,
+        addr("127.0.0.1:8001"),
+        Path::new("/d"),
+        20_000,
+    );
     has_all(
         &out,
         &[
@@ -64,7 +70,13 @@ fn nginx_grpc_pair_is_mutual_tls_13_with_h2() {
             "grpc_ssl_session_reuse on;",
         ],
     );
-    let inb = nginx_grpc_inbound(&pki(), 8001, addr("127.0.0.1:9000"), Path::new("/d"), 20_000);
+    let inb = nginx_grpc_inbound(
+        &pki(),
+        8001,
+        addr("127.0.0.1:9000"),
+        Path::new("/d"),
+        20_000,
+    );
     has_all(
         &inb,
         &[
@@ -80,7 +92,13 @@ fn nginx_grpc_pair_is_mutual_tls_13_with_h2() {
 
 #[test]
 fn haproxy_grpc_pair_is_mutual_tls_13_with_h2() {
-    let out = haproxy_grpc_outbound(&pki(), 8000, addr("127.0.0.1:8001"), Path::new("/d"), 20_000);
+    let out = haproxy_grpc_outbound(
+        &pki(),
+        8000,
+        addr("127.0.0.1:8001"),
+        Path::new("/d"),
+        20_000,
+    );
     has_all(
         &out,
         &[
@@ -89,7 +107,13 @@ fn haproxy_grpc_pair_is_mutual_tls_13_with_h2() {
             "ssl-server-verify required",
         ],
     );
-    let inb = haproxy_grpc_inbound(&pki(), 8001, addr("127.0.0.1:9000"), Path::new("/d"), 20_000);
+    let inb = haproxy_grpc_inbound(
+        &pki(),
+        8001,
+        addr("127.0.0.1:9000"),
+        Path::new("/d"),
+        20_000,
+    );
     has_all(
         &inb,
         &[

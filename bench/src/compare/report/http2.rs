@@ -213,9 +213,8 @@ fn verdicts(r: &Results, s: &Section<'_>, order: &[String]) -> String {
             .min_by(|a, b| a.1.total_cmp(&b.1));
         match best {
             Some((peer, p)) => {
-                let twin = added(&aa).map_or(String::new(), |t| {
-                    format!(" (coremesh#2: {})", fmt_us(t))
-                });
+                let twin =
+                    added(&aa).map_or(String::new(), |t| format!(" (coremesh#2: {})", fmt_us(t)));
                 md += &format!(
                     "Target (issue 14: added p99 at a fixed rate no worse than the best peer's), {}: coremesh {}{twin} vs {peer} {}: {}.\n\n",
                     s.fixed.name(),
@@ -224,12 +223,7 @@ fn verdicts(r: &Results, s: &Section<'_>, order: &[String]) -> String {
                     if c <= p { "met" } else { "missed" }
                 );
             }
-            None => {
-                md += &format!(
-                    "Target (issue 14), {}: no peer ran.\n\n",
-                    s.fixed.name()
-                )
-            }
+            None => md += &format!("Target (issue 14), {}: no peer ran.\n\n", s.fixed.name()),
         }
     }
     md

@@ -209,7 +209,10 @@ fn http2_tables_and_issue_14_targets() {
     let md = http2::h2_md(&r);
     assert!(md.contains("### HTTP/2: h2c through one proxy"), "{md}");
     assert!(md.contains("8 connections x 16 concurrent streams"), "{md}");
-    assert!(md.contains("| haproxy | 15.00 (15.00–15.00) **1.50x** | 1.00x |"), "{md}");
+    assert!(
+        md.contains("| haproxy | 15.00 (15.00–15.00) **1.50x** | 1.00x |"),
+        "{md}"
+    );
     // 10 / 15 = 0.67x: under 0.8x, not the 0.6x aim.
     assert!(
         md.contains("coremesh 10.00 us / haproxy 15.00 us = **0.67x**: met (aim 0.6x: not reached). A/A band (coremesh#2 vs coremesh): 5.0%."),

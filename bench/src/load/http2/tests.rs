@@ -31,8 +31,5 @@ fn get_and_grpc_requests() {
     assert_eq!(call.headers()["content-type"], "application/grpc");
     assert_eq!(call.headers()["te"], "trailers");
     let body = body.unwrap();
-    assert_eq!(
-        grpc::parse_request(grpc::unframe(&body).unwrap()),
-        Ok(128)
-    );
+    assert_eq!(grpc::parse_request(grpc::unframe(&body).unwrap()), Ok(128));
 }
