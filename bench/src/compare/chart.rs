@@ -7,7 +7,8 @@
 //! - `throughput.svg`: requests per second at saturation, same layout;
 //! - `latency.svg`: p50/p90/p99/p99.9 at the fixed rate, one line per target
 //!   (direct included), log scale; `latency-mtls.svg` the same for the
-//!   mesh-hop pairs (`mtls-rate`).
+//!   mesh-hop pairs (`mtls-rate`), `latency-h2.svg` and
+//!   `latency-grpc.svg` for `h2-rate` and `grpc-rate`.
 
 use std::path::{Path, PathBuf};
 
@@ -51,6 +52,10 @@ pub fn write_all(r: &Results, dir: &Path) -> Result<(), ChartError> {
         Scenario::Rate,
         Scenario::Mtls,
         Scenario::MtlsRate,
+        Scenario::H2,
+        Scenario::H2Rate,
+        Scenario::Grpc,
+        Scenario::GrpcRate,
     ]
     .into_iter()
     .filter(|sc| r.samples.iter().any(|s| s.scenario == *sc))
@@ -85,6 +90,8 @@ pub fn write_all(r: &Results, dir: &Path) -> Result<(), ChartError> {
     for (sc, file, rate) in [
         (Scenario::Rate, "latency.svg", r.fixed_rate),
         (Scenario::MtlsRate, "latency-mtls.svg", r.mtls_fixed_rate),
+        (Scenario::H2Rate, "latency-h2.svg", r.h2_fixed_rate),
+        (Scenario::GrpcRate, "latency-grpc.svg", r.grpc_fixed_rate),
     ] {
         let ran: Vec<String> = order
             .iter()
