@@ -282,6 +282,10 @@ struct CompareArgs {
     /// busy at saturation; at most this many at the fixed rate).
     #[arg(long, default_value_t = 16)]
     h2_streams: usize,
+    /// gRPC scenarios: send this deadline (`grpc-timeout`) with every call
+    /// (e.g. 5s); by default calls carry none.
+    #[arg(long, value_parser = parse_duration)]
+    grpc_timeout: Option<Duration>,
 }
 
 fn main() -> ExitCode {
@@ -469,6 +473,7 @@ fn cmd_compare(a: CompareArgs) -> CmdResult {
         aa: !a.no_aa,
         h2_connections: a.h2_connections,
         h2_streams: a.h2_streams,
+        grpc_timeout: a.grpc_timeout,
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
     let results = compare::run(&opts)?;

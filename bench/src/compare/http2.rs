@@ -52,6 +52,12 @@ use crate::sys;
 /// The gRPC calls' reply payload size.
 pub const GRPC_REPLY: u32 = SMALL as u32;
 
+/// A `grpc-timeout` value for `d`: whole milliseconds (`1500m`), at most
+/// 8 digits (about 27 hours).
+pub fn grpc_timeout(d: Duration) -> String {
+    format!("{}m", d.as_millis().clamp(1, 99_999_999))
+}
+
 /// A check of a started h2 target that failed: it is skipped.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {

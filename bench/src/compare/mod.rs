@@ -162,6 +162,9 @@ pub struct Options {
     /// HTTP/2 scenarios: client connections, and concurrent streams on each.
     pub h2_connections: usize,
     pub h2_streams: usize,
+    /// gRPC scenarios: a `grpc-timeout` (deadline) on every call; none by
+    /// default.
+    pub grpc_timeout: Option<Duration>,
     /// The command line, recorded in the results.
     pub command: String,
 }
@@ -1013,6 +1016,12 @@ fn start_http2(
     if !one_hop && !pairs {
         return None;
     }
+    if let (true, Some(t)) = (pairs, opts.grpc_timeout) {
+        notes.push(format!(
+            "grpc scenarios: every call carried grpc-timeout: {} (--grpc-timeout)",
+            http2::grpc_timeout(t)
+        ));
+    }
     log("starting the HTTP/2 targets (h2c one hop; gRPC outbound -> h2 over mutual TLS 1.3 -> inbound)");
     match http2::start(
         resolved,
@@ -1439,6 +1448,10 @@ impl Runner<'_> {
                 .arg(opts.h2_streams.to_string())
                 .arg("--grpc-size")
                 .arg(http2::GRPC_REPLY.to_string());
+            if let (true, Some(t)) = (scenario.is_grpc(), opts.grpc_timeout) {
+                cmd.arg("--header")
+                    .arg(format!("grpc-timeout: {}", http2::grpc_timeout(t)));
+            }
         } else {
             cmd.arg("--connections").arg(opts.connections.to_string());
         }

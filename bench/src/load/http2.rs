@@ -405,36 +405,47 @@ async fn sender(ctx: Rc<Ctx>, conn: usize) {
         ctx.state.borrow_mut().busy += 1;
         let result = exchange(&ctx, conn).await;
         let done = sys::now_ns();
-        let mut st = ctx.state.borrow_mut();
-        st.busy -= 1;
-        match result {
-            Ok((status, grpc_status)) => {
-                st.responses_total += 1;
-                if st.latency.record(intended, done) {
-                    match status {
-                        400..=499 => st.errors.status_4xx += 1,
-                        500..=599 => st.errors.status_5xx += 1,
-                        _ if grpc_status.is_some_and(|g| g != grpc::OK) => st.errors.grpc += 1,
-                        _ => {}
-                    }
+        if record(&ctx, intended, done, result) {
+            // A failed connect: this connection's senders wait it out.
+            let wait = ctx.conns.borrow()[conn].retry_at.saturating_sub(done);
+            tokio::time::sleep(Duration::from_nanos(wait)).await;
+        }
+    }
+}
+
+/// Counts one finished stream; true when it failed to connect.
+fn record(
+    ctx: &Ctx,
+    intended: u64,
+    done: u64,
+    result: Result<(u16, Option<u32>), Failure>,
+) -> bool {
+    let mut st = ctx.state.borrow_mut();
+    st.busy -= 1;
+    match result {
+        Ok((status, grpc_status)) => {
+            st.responses_total += 1;
+            if st.latency.record(intended, done) {
+                match status {
+                    400..=499 => st.errors.status_4xx += 1,
+                    500..=599 => st.errors.status_5xx += 1,
+                    _ if grpc_status.is_some_and(|g| g != grpc::OK) => st.errors.grpc += 1,
+                    _ => {}
                 }
             }
-            Err(kind) => {
-                let e = &mut st.errors;
-                match kind {
-                    Failure::Connect => e.connect += 1,
-                    Failure::Write => e.write += 1,
-                    Failure::Read => e.read += 1,
-                    Failure::Parse => e.parse += 1,
-                    Failure::Closed => e.closed += 1,
-                    Failure::Timeout => e.timeout += 1,
-                }
-                drop(st);
-                if kind == Failure::Connect {
-                    let wait = ctx.conns.borrow()[conn].retry_at.saturating_sub(done);
-                    tokio::time::sleep(Duration::from_nanos(wait)).await;
-                }
+            false
+        }
+        Err(kind) => {
+            let e = &mut st.errors;
+            match kind {
+                Failure::Connect => e.connect += 1,
+                Failure::Write => e.write += 1,
+                Failure::Read => e.read += 1,
+                Failure::Parse => e.parse += 1,
+                Failure::Closed => e.closed += 1,
+                Failure::Timeout => e.timeout += 1,
             }
+            kind == Failure::Connect
         }
     }
 }
@@ -661,7 +672,9 @@ impl IdleConns {
 
     /// Lets the connection tasks run for `d` (answering PINGs, SETTINGS).
     pub fn idle_for(&mut self, d: Duration) {
-        self.local.block_on(&self.rt, tokio::time::sleep(d));
+        // The sleep is made inside the runtime (its timer is the runtime's).
+        self.local
+            .block_on(&self.rt, async move { tokio::time::sleep(d).await });
     }
 }
 

@@ -144,3 +144,10 @@ fn checks_pass_against_the_origin() {
     stop.store(true, Ordering::Relaxed);
     h.join().unwrap();
 }
+
+#[test]
+fn grpc_timeouts_in_milliseconds() {
+    assert_eq!(grpc_timeout(Duration::from_secs(5)), "5000m");
+    assert_eq!(grpc_timeout(Duration::ZERO), "1m");
+    assert_eq!(grpc_timeout(Duration::from_secs(1 << 40)), "99999999m");
+}
