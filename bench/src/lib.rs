@@ -5,8 +5,12 @@
 //!   send it on a free keep-alive connection, frame the response with
 //!   [`http`], and record the latency from the intended time into an
 //!   hdrhistogram ([`schedule::Latency`]), so stalls cannot hide behind
-//!   coordinated omission.
-//! - [`origin`]: a fast keep-alive origin server with pre-built responses.
+//!   coordinated omission. [`load::http2`] does the same over HTTP/2 (h2c
+//!   with prior knowledge, N connections x M concurrent streams, or unary
+//!   gRPC calls checked for grpc-status 0) on current-thread tokio
+//!   runtimes, the send times still from a timerfd.
+//! - [`origin`]: a fast keep-alive origin server with pre-built responses;
+//!   h2c and a unary gRPC method ([`grpc`]) on the same port.
 //! - [`compare`]: the side-by-side harness. It starts the origin, writes an
 //!   equivalent configuration for each proxy found (coremesh, nginx,
 //!   HAProxy, Envoy, Caddy), pins the proxies and the generator to separate
@@ -22,6 +26,10 @@
 //!   coremesh, nginx and HAProxy alike: a pair of processes per target, an
 //!   outbound proxy, mutual TLS 1.3 with harness-made SPIFFE certificates,
 //!   an inbound proxy in front of the origin.
+//!   Its HTTP/2 scenarios ([`compare::http2`]) run h2c through one proxy
+//!   and unary gRPC through the mutual-TLS pair, against nginx
+//!   (`grpc_pass`) and HAProxy (`proto h2`), with RSS per idle h2c
+//!   connection.
 //! - [`fleet`]: thousands of simulated proxy sessions (one QUIC connection
 //!   each) against coremesh-control, timing how long a route change takes
 //!   to reach them all, with control's RSS and CPU.
