@@ -139,6 +139,65 @@ fn open_and_closed_loop_against_the_origin() {
     assert_eq!(r["errors"]["timeout"], 0, "{r}");
 }
 
+/// The sum of a report's error counters.
+fn error_total(r: &Value) -> u64 {
+    r["errors"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn h2c_and_grpc_load_against_the_origin() {
+    let o = origin(&["--body-size", "100"]);
+    let url = format!("http://{}/size/128", o.addr);
+    // Open loop over 2 connections x 4 streams: what the schedule says.
+    let r = load(&[
+        "--h2",
+        "--url",
+        &url,
+        "--rate",
+        "1000",
+        "--duration",
+        "1s",
+        "--connections",
+        "2",
+        "--streams",
+        "4",
+    ]);
+    assert_eq!(error_total(&r), 0, "{r}");
+    assert_eq!(
+        (r["protocol"].as_str(), r["streams"].as_u64()),
+        (Some("h2c"), Some(4))
+    );
+    let n = r["responses"].as_u64().unwrap();
+    assert!((950..=1000).contains(&n), "{r}");
+    for p in ["p50", "p99", "max"] {
+        assert!(r["latency_us"][p].as_f64().unwrap() > 0.0, "{p}: {r}");
+    }
+    // Closed loop gRPC: every call checked for grpc-status 0.
+    let r = load(&[
+        "--grpc",
+        "--url",
+        &format!("http://{}/", o.addr),
+        "--header",
+        "Host: api",
+        "--rate",
+        "0",
+        "--duration",
+        "500ms",
+        "--connections",
+        "2",
+        "--streams",
+        "8",
+    ]);
+    assert!(r["responses"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(error_total(&r), 0, "{r}");
+    assert_eq!(r["protocol"], "grpc", "{r}");
+}
+
 #[test]
 fn a_slow_origin_shows_in_latency_from_the_intended_time() {
     // One connection, 100 req/s asked, but every response takes 50 ms: the
@@ -688,5 +747,117 @@ fn short_failover_run() {
         assert!(f["last_to_faulty_ms"].is_number(), "{f}");
     }
     assert!(dir.join("report.md").is_file() && dir.join("report.json").is_file());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The HTTP/2 scenarios, briefly: h2c through one proxy, unary gRPC
+/// through the mutual-TLS pairs, RSS per idle h2c connection, through
+/// coremesh (release build, or COREMESH_BIN), nginx and HAProxy when
+/// installed; says so and passes without coremesh or nginx.
+#[test]
+fn short_compare_of_the_http2_scenarios() {
+    let Some(coremesh) = coremesh_bin() else {
+        eprintln!("SKIPPED: no coremesh-proxy release binary (set COREMESH_BIN or build it)");
+        return;
+    };
+    if !on_path("nginx") {
+        eprintln!("SKIPPED: nginx is not installed (scripts/install-bench-deps.sh)");
+        return;
+    }
+    let haproxy = on_path("haproxy");
+    let dir = std::env::temp_dir().join(format!("coremesh-bench-http2-{}", std::process::id()));
+    let out = dir.join("results.json");
+    let run = Command::new(BIN)
+        .args(["compare", "--proxies"])
+        .arg(if haproxy {
+            "coremesh,nginx,haproxy"
+        } else {
+            "coremesh,nginx"
+        })
+        .args(["--scenarios", "http2", "--grpc-timeout", "5s"])
+        .args(["--rounds", "1", "--duration", "1s", "--warmup", "200ms"])
+        .args([
+            "--h2-connections",
+            "2",
+            "--h2-streams",
+            "4",
+            "--idle-conns",
+            "50",
+        ])
+        .arg("--coremesh-bin")
+        .arg(&coremesh)
+        .arg("--coremesh-glommio-bin")
+        .arg(dir.join("absent"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "compare failed: {stderr}");
+    for want in [
+        "### HTTP/2: h2c through one proxy",
+        "### gRPC mesh hop",
+        "### RSS per idle h2c client connection",
+        "Target (issue 14",
+    ] {
+        assert!(stdout.contains(want), "{want}: {stdout}");
+    }
+    let r: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert!(r["h2_fixed_rate"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["grpc_fixed_rate"].as_f64().unwrap() > 0.0, "{r}");
+    assert_eq!(
+        (r["h2_connections"].as_u64(), r["h2_streams"].as_u64()),
+        (Some(2), Some(4))
+    );
+    let mut want = vec!["coremesh", "coremesh#2", "nginx"];
+    if haproxy {
+        want.push("haproxy");
+    }
+    for topology in ["h2", "grpc"] {
+        let ok: Vec<&str> = r["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["status"] == "ok" && t["topology"] == topology)
+            .map(|t| t["label"].as_str().unwrap())
+            .collect();
+        assert_eq!(ok, want, "{topology}: {}\n{stderr}", r["targets"]);
+    }
+    let samples = r["samples"].as_array().unwrap();
+    for scenario in ["h2", "h2-rate", "grpc", "grpc-rate"] {
+        for target in std::iter::once(&"direct").chain(&want) {
+            let s = samples
+                .iter()
+                .find(|s| s["scenario"] == scenario && s["target"] == *target)
+                .unwrap_or_else(|| panic!("no sample for {scenario} {target}"));
+            assert!(s["responses_total"].as_u64().unwrap() > 0, "{s}");
+            let errors: u64 = s["errors"]
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|v| v.as_u64().unwrap())
+                .sum();
+            assert_eq!(errors, 0, "{scenario} {target}: {s}");
+            assert_eq!(
+                s["proxy_cpu_us_per_req"].is_null(),
+                *target == "direct",
+                "{s}"
+            );
+        }
+    }
+    for target in &want {
+        assert!(
+            r["idle"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["scenario"] == "h2-idle"
+                    && s["target"] == *target
+                    && s["connections"] == 50),
+            "h2-idle {target}: {}",
+            r["idle"]
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
