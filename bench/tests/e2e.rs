@@ -774,7 +774,7 @@ fn short_compare_of_the_http2_scenarios() {
         } else {
             "coremesh,nginx"
         })
-        .args(["--scenarios", "http2", "--grpc-timeout", "5s"])
+        .args(["--scenarios", "http2"])
         .args(["--rounds", "1", "--duration", "1s", "--warmup", "200ms"])
         .args([
             "--h2-connections",
