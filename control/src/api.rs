@@ -75,6 +75,7 @@ pub fn router(hub: Arc<Hub>, credential: &str) -> Router {
         .route("/v1/meshconfig/{name}", delete(delete_mesh_config))
         .route("/v1/proxies", get(proxies))
         .route("/v1/endpoints", get(endpoints))
+        .route("/v1/ca", get(ca))
         .route("/v1/history", get(history))
         .route("/v1/rollback", post(rollback))
         .route("/v1/tokens", post(create_token).get(list_tokens))
@@ -222,6 +223,17 @@ async fn proxies(State(ctx): State<Ctx>) -> Response {
 
 async fn endpoints(State(ctx): State<Ctx>) -> Response {
     Json(ctx.hub.endpoints()).into_response()
+}
+
+async fn ca(State(ctx): State<Ctx>) -> Response {
+    let ca = ctx.hub.ca();
+    Json(coremesh_api::http::CaStatus {
+        trust_domain: ca.trust_domain().to_string(),
+        fingerprint: ca.fingerprint().to_string(),
+        not_after: ca.not_after(),
+        now: crate::unix_secs(std::time::SystemTime::now()),
+    })
+    .into_response()
 }
 
 async fn history(State(ctx): State<Ctx>) -> Result<Response, Error> {

@@ -502,6 +502,48 @@ rateLimit: { requestsPerSecond: 1, burst: 5, per: caller }
 }
 
 #[test]
+fn meshctl_check_flags_certificates_close_to_expiry() {
+    // Certificates of 30 minutes: every one is within check's default 1 h.
+    let mesh = Mesh::start(
+        ControlBuilder::new().arg("--cert-lifetime", "30m").start(),
+        1,
+    );
+    let version = mesh.control.apply(EXAMPLE);
+    mesh.converge(version);
+    let out = mesh.control.meshctl(&["check"]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    let expiring: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("FAIL") && l.contains("certificate expires in"))
+        .collect();
+    assert_eq!(
+        expiring.len(),
+        mesh.proxies(),
+        "one per proxy:\n{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("ok    control is reachable"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("endpoints are healthy"),
+        "{}",
+        out.stdout
+    );
+    // With a tighter threshold nothing is flagged.
+    let out = mesh.control.meshctl(&["check", "--cert-warn", "5m"]);
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    assert!(
+        out.stdout.contains("the mesh looks healthy"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
 fn an_invalid_resource_is_rejected_with_where_and_why_and_nothing_changes() {
     let control = Control::start();
     let version = control.apply(EXAMPLE);
@@ -982,6 +1024,20 @@ fn a_snapshot_the_proxy_cannot_apply_is_nacked_with_the_reason_and_the_last_good
         line.contains("NACK: version ") && line.contains("is defined both in"),
         "{table}"
     );
+    // meshctl check flags it, with what to do, and exits 1.
+    let out = mesh.control.meshctl(&["check"]);
+    assert_eq!(out.code, 1, "check with a NACKing proxy:\n{}", out.stdout);
+    let finding = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("FAIL") && l.contains("web-db") && l.contains("NACK"))
+        .unwrap_or_else(|| panic!("check names the NACKing proxy:\n{}", out.stdout));
+    assert!(finding.contains("is defined both in"), "{finding}");
+    assert!(
+        out.stdout.contains("fix: fix the resource"),
+        "{}",
+        out.stdout
+    );
     // The api proxies could apply it.
     for m in &mesh.api_members {
         wait_proxy(&mesh.control, &m.node, "an ACK of the new config", |p| {
@@ -1009,6 +1065,14 @@ fn a_snapshot_the_proxy_cannot_apply_is_nacked_with_the_reason_and_the_last_good
     let out = mesh.control.meshctl(&["delete", "service", "db"]).ok();
     let fixed = coremesh_e2e::control::version_in(&out.stdout).expect("a version");
     mesh.converge(fixed);
+    let out = mesh.control.meshctl(&["check", "-o", "json"]);
+    let doc: serde_json::Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("check -o json: {e}:\n{}", out.stdout));
+    assert_eq!(
+        (out.code, &doc["ok"]),
+        (0, &serde_json::Value::Bool(true)),
+        "a converged mesh checks clean: {doc:#}"
+    );
     let t = tally(mesh.web(), 10, "/fixed", &[]);
     assert_eq!(count(&t, "api-v2"), 10, "the new route is in force: {t:?}");
     assert_eq!(get_db(mesh.web()), "db-static");

@@ -83,6 +83,18 @@ pub struct ProxyStatus {
     pub applied_at: Option<u64>,
 }
 
+/// Control's certificate authority, as `GET /v1/ca` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaStatus {
+    pub trust_domain: String,
+    /// SHA-256 of the trust anchor (what join tokens pin).
+    pub fingerprint: String,
+    /// Unix seconds when the issuing chain expires.
+    pub not_after: u64,
+    /// Control's own clock (Unix seconds) when it answered.
+    pub now: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointStatus {
     pub service: String,

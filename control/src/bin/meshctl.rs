@@ -73,6 +73,18 @@ enum Cmd {
     Delete { kind: String, name: String },
     /// Every proxy: service, node, address, applied version, ACK/NACK, heartbeat, certificate.
     Status,
+    /// Diagnoses the mesh: control's CA, every proxy connected and ACKing
+    /// without a NACK, certificates not close to expiry, endpoints
+    /// healthy; each finding with a one-line fix. Exit 1 when something
+    /// is wrong.
+    Check {
+        /// A proxy certificate expiring sooner than this is flagged.
+        #[arg(long, default_value = "1h", value_parser = coremesh_api::resource::parse_duration)]
+        cert_warn: Duration,
+        /// `json`: the findings as one JSON document.
+        #[arg(short, long)]
+        output: Option<String>,
+    },
     /// Every config version.
     History,
     /// Restore the config of an earlier version, as a new version.
@@ -366,6 +378,7 @@ fn run(cli: Cli) -> Result<(), Fail> {
             let proxies: Vec<ProxyStatus> = api.get("/v1/proxies")?;
             print_status(&proxies);
         }
+        Cmd::Check { cert_warn, output } => check(&api, cert_warn, output.as_deref())?,
         Cmd::History => {
             let h: Vec<HistoryEntry> = api.get("/v1/history")?;
             let mut rows = vec![vec![
@@ -668,6 +681,159 @@ fn token(api: &Api, cmd: TokenCmd) -> Result<(), Fail> {
         }
     }
     Ok(())
+}
+
+/// One finding of `meshctl check`.
+#[derive(serde::Serialize)]
+struct Finding {
+    ok: bool,
+    what: String,
+    /// How to fix it (empty when ok).
+    fix: String,
+}
+
+fn check(api: &Api, cert_warn: Duration, output: Option<&str>) -> Result<(), Fail> {
+    let ca: coremesh_api::http::CaStatus = api.get("/v1/ca")?;
+    let proxies: Vec<ProxyStatus> = api.get("/v1/proxies")?;
+    let endpoints: Vec<coremesh_api::http::EndpointStatus> = api.get("/v1/endpoints")?;
+    let findings = findings(&ca, &proxies, &endpoints, cert_warn);
+    let bad = findings.iter().filter(|f| !f.ok).count();
+    if output == Some("json") {
+        let doc = serde_json::json!({ "ok": bad == 0, "findings": findings });
+        println!("{doc:#}");
+    } else {
+        for f in &findings {
+            if f.ok {
+                println!("ok    {}", f.what);
+            } else {
+                println!("FAIL  {}\n      fix: {}", f.what, f.fix);
+            }
+        }
+        println!(
+            "{}",
+            match bad {
+                0 => "the mesh looks healthy".to_string(),
+                n => format!("{n} problem(s) found"),
+            }
+        );
+    }
+    if bad > 0 {
+        return Err(Fail(1, String::new()));
+    }
+    Ok(())
+}
+
+/// What `meshctl check` finds in control's view of the mesh.
+fn findings(
+    ca: &coremesh_api::http::CaStatus,
+    proxies: &[ProxyStatus],
+    endpoints: &[coremesh_api::http::EndpointStatus],
+    cert_warn: Duration,
+) -> Vec<Finding> {
+    let now = ca.now;
+    let mut out = Vec::new();
+    let mut push = |ok: bool, what: String, fix: &str| {
+        out.push(Finding {
+            ok,
+            what,
+            fix: if ok { String::new() } else { fix.to_string() },
+        })
+    };
+    let ca_left = ca.not_after.saturating_sub(now);
+    push(
+        ca_left > 30 * 86_400,
+        if ca.not_after > now {
+            format!(
+                "control is reachable; its CA ({}) expires in {}",
+                ca.trust_domain,
+                human(ca_left)
+            )
+        } else {
+            format!("control's CA ({}) EXPIRED {} ago", ca.trust_domain, human(now - ca.not_after))
+        },
+        "move the mesh to a new CA before it expires (README, \"Rotating the root\": --extra-roots, then --ca-cert/--ca-key)",
+    );
+    for p in proxies {
+        let who = format!("proxy {} on {}", p.service, p.node);
+        if !p.connected {
+            let left = p
+                .last_seen
+                .map(|t| format!(" (left {} ago)", human(now.saturating_sub(t))))
+                .unwrap_or_default();
+            push(
+                false,
+                format!("{who} is disconnected{left}"),
+                "check the host and the unit: `systemctl status coremesh-proxy@SERVICE`, `journalctl -u coremesh-proxy@SERVICE`",
+            );
+            continue;
+        }
+        if let Some(problem) = &p.problem {
+            push(
+                false,
+                format!("{who} is misconfigured: {problem}"),
+                "correct the proxy's proxy.toml as the message says, then restart it",
+            );
+        }
+        match (&p.nack, p.applied_version, p.sent_version) {
+            (Some(reason), _, _) => push(
+                false,
+                format!("{who} refused its last snapshot (NACK): {reason}"),
+                "fix the resource the reason names (or the proxy's own config) and apply again; the proxy keeps its last good policy meanwhile",
+            ),
+            (None, Some(a), Some(s)) if a == s => push(
+                true,
+                format!(
+                    "{who} runs its last snapshot (config {})",
+                    p.applied_config_version.map_or("-".into(), |c| c.to_string())
+                ),
+                "",
+            ),
+            _ => push(
+                false,
+                format!("{who} has not ACKed its last snapshot yet"),
+                "wait a few seconds and check again; if it stays, look at the proxy's log",
+            ),
+        }
+        match p.cert_expiry {
+            Some(t) if t <= now => push(
+                false,
+                format!("{who}: its certificate EXPIRED {} ago", human(now - t)),
+                "the proxy could not renew: check its log and its connection to control (peers refuse it meanwhile)",
+            ),
+            Some(t) if t - now < cert_warn.as_secs() => push(
+                false,
+                format!("{who}: its certificate expires in {}", human(t - now)),
+                "proxies renew over their control session at 2/3 of the lifetime; if this one does not, check its log and its connection to control",
+            ),
+            _ => {}
+        }
+    }
+    if proxies.is_empty() {
+        push(
+            false,
+            "no proxy has joined control".into(),
+            "create a token (`meshctl token create --service S`) or a host directory (`meshctl bootstrap`) and start a proxy with it",
+        );
+    }
+    let unhealthy: Vec<_> = endpoints.iter().filter(|e| !e.healthy).collect();
+    for e in &unhealthy {
+        push(
+            false,
+            format!(
+                "endpoint {} of {} on {} is unhealthy",
+                e.address, e.service, e.node
+            ),
+            "its app fails the proxy's [control.health] check: look at the app on that host",
+        );
+    }
+    if unhealthy.is_empty() && !endpoints.is_empty() {
+        push(
+            true,
+            format!("all {} endpoints are healthy", endpoints.len()),
+            "",
+        );
+    }
+    out
 }
 
 fn print_status(ps: &[ProxyStatus]) {
