@@ -163,11 +163,28 @@ impl AsyncWrite for PollTls {
 }
 
 /// A connection for the HTTP/2 stack: plaintext (h2c, the local app) or
-/// mutual TLS (another proxy). An enum, as [`crate::conn::Conn`] is.
-pub enum PollConn {
+/// mutual TLS (another proxy), with a read budget.
+///
+/// The budget: the `h2` crate reads and handles frames for as long as the
+/// socket has bytes, all in one poll of the connection's task; a peer that
+/// keeps the socket full (a SETTINGS or PING flood) would hold the shard,
+/// and every other connection on it would wait. After [`READ_BUDGET`]
+/// reads in a row that found bytes, a read says `Pending` once (and wakes
+/// the task at once), so the shard's other tasks run in between.
+pub struct PollConn {
+    io: PollIo,
+    reads: u32,
+}
+
+enum PollIo {
     Plain(PollTcp),
     Tls(Box<PollTls>),
 }
+
+/// Reads that found bytes before a connection yields to the shard's other
+/// tasks (the h2 codec reads up to 8 KiB at a time: about 900 SETTINGS
+/// frames of a flood per read).
+const READ_BUDGET: u32 = 8;
 
 impl AsyncRead for PollConn {
     fn poll_read(
@@ -175,10 +192,22 @@ impl AsyncRead for PollConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            PollConn::Plain(c) => Pin::new(c).poll_read(cx, buf),
-            PollConn::Tls(c) => Pin::new(&mut **c).poll_read(cx, buf),
+        let me = self.get_mut();
+        if me.reads >= READ_BUDGET {
+            me.reads = 0;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
         }
+        let res = match &mut me.io {
+            PollIo::Plain(c) => Pin::new(c).poll_read(cx, buf),
+            PollIo::Tls(c) => Pin::new(&mut **c).poll_read(cx, buf),
+        };
+        match res {
+            Poll::Ready(Ok(())) => me.reads += 1,
+            Poll::Pending => me.reads = 0,
+            Poll::Ready(Err(_)) => {}
+        }
+        res
     }
 }
 
@@ -188,23 +217,23 @@ impl AsyncWrite for PollConn {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            PollConn::Plain(c) => Pin::new(c).poll_write(cx, data),
-            PollConn::Tls(c) => Pin::new(&mut **c).poll_write(cx, data),
+        match &mut self.get_mut().io {
+            PollIo::Plain(c) => Pin::new(c).poll_write(cx, data),
+            PollIo::Tls(c) => Pin::new(&mut **c).poll_write(cx, data),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            PollConn::Plain(c) => Pin::new(c).poll_flush(cx),
-            PollConn::Tls(c) => Pin::new(&mut **c).poll_flush(cx),
+        match &mut self.get_mut().io {
+            PollIo::Plain(c) => Pin::new(c).poll_flush(cx),
+            PollIo::Tls(c) => Pin::new(&mut **c).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            PollConn::Plain(c) => Pin::new(c).poll_shutdown(cx),
-            PollConn::Tls(c) => Pin::new(&mut **c).poll_shutdown(cx),
+        match &mut self.get_mut().io {
+            PollIo::Plain(c) => Pin::new(c).poll_shutdown(cx),
+            PollIo::Tls(c) => Pin::new(&mut **c).poll_shutdown(cx),
         }
     }
 }
@@ -213,14 +242,15 @@ impl PollConn {
     /// A connection in readiness mode: the plain socket, or the TLS
     /// session over it.
     pub fn from_conn(c: crate::conn::Conn) -> io::Result<PollConn> {
-        match c {
-            crate::conn::Conn::Plain(t) => Ok(PollConn::Plain(t.into_poll()?)),
+        let io = match c {
+            crate::conn::Conn::Plain(t) => PollIo::Plain(t.into_poll()?),
             crate::conn::Conn::Tls(t) => {
                 let (tcp, s, _) = t.into_parts().ok_or_else(|| {
                     io::Error::other("TLS session still shared; cannot switch to HTTP/2")
                 })?;
-                Ok(PollConn::Tls(Box::new(PollTls::new(tcp.into_poll()?, s))))
+                PollIo::Tls(Box::new(PollTls::new(tcp.into_poll()?, s)))
             }
-        }
+        };
+        Ok(PollConn { io, reads: 0 })
     }
 }

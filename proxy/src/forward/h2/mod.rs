@@ -48,8 +48,17 @@ pub const MAX_CONCURRENT_STREAMS: u32 = 256;
 /// has passed it on (end-to-end backpressure: a slow reader on one side
 /// holds at most this much per stream in the proxy).
 pub const STREAM_WINDOW: u32 = 256 * 1024;
-/// Flow-control window per connection.
+/// Flow-control window per client connection (what a client may send
+/// before the proxy passed it on, all its streams together).
 pub const CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// Flow-control window per upstream connection (what an upstream may send
+/// before the proxy passed it on, all the streams it carries together).
+/// Many clients' streams share one upstream connection: with a window of
+/// only a few streams' worth, a handful of clients that stop reading (a
+/// zero-window stall holds its stream's 256 KiB) would leave no window for
+/// anyone else's answers on it. 16 MiB takes 64 stalled streams; what the
+/// proxy holds is bounded per stream by [`STREAM_WINDOW`] anyway.
+pub const UPSTREAM_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// Streams a client may reset before the proxy accepted them, at once
 /// (rapid reset, CVE-2023-44487): beyond it the connection gets GOAWAY
 /// ENHANCE_YOUR_CALM.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::{left, race, Either, CONNECTION_WINDOW, STREAM_WINDOW};
+use super::{left, race, Either, STREAM_WINDOW, UPSTREAM_CONNECTION_WINDOW};
 use crate::config::Config;
 use crate::error::{ErrorKind, ProxyError};
 use crate::runtime::{self, TcpStream};
@@ -133,7 +133,7 @@ async fn open(
 fn client_builder() -> h2::client::Builder {
     let mut b = h2::client::Builder::new();
     b.initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
+        .initial_connection_window_size(UPSTREAM_CONNECTION_WINDOW)
         .max_send_buffer_size(STREAM_WINDOW as usize)
         .enable_push(false);
     b
