@@ -430,14 +430,27 @@ fn ping_flood_from_a_client_that_never_reads() {
 }
 
 #[test]
-fn empty_data_frame_flood() {
+fn empty_data_frame_flood_closes_the_connection() {
     let api = H2Origin::start();
     let plain = Origin::start("plain");
     let proxy = proxy_for(&api, &plain, |b| b);
+    let before = conn_errors(&proxy, "ENHANCE_YOUR_CALM");
     let attack = under_attack(&proxy, "empty-data", &[]);
     assert!(
         attack["frames"].as_u64() > Some(0),
         "empty DATA flood: nothing was sent: {attack}"
+    );
+    // The h2 crate counts small DATA frames per connection and ends the
+    // connection with ENHANCE_YOUR_CALM ("too_many_data_frames").
+    assert_connections_ended("empty DATA flood", &attack);
+    assert!(
+        count(&attack, "goaway", "ENHANCE_YOUR_CALM") >= 1,
+        "empty DATA flood: expected GOAWAY ENHANCE_YOUR_CALM: {attack}"
+    );
+    let after = conn_errors(&proxy, "ENHANCE_YOUR_CALM");
+    assert!(
+        after > before,
+        "the metric did not count the floods ({before} -> {after})"
     );
 }
 
