@@ -163,7 +163,7 @@ pub fn render(shards: &[&H2Stats], out: &mut String) {
         out,
         name,
         "counter",
-        "HTTP/2 client connections the proxy ended, by error (ENHANCE_YOUR_CALM: rapid reset or too many bad streams; PROTOCOL_ERROR, FRAME_SIZE_ERROR, COMPRESSION_ERROR: malformed frames or headers; timeout: no preface in time).",
+        "HTTP/2 client connections the proxy ended, by error (ENHANCE_YOUR_CALM: rapid reset or too many bad streams; PROTOCOL_ERROR, FRAME_SIZE_ERROR, COMPRESSION_ERROR: malformed frames or headers; SETTINGS_FLOOD, PING_FLOOD: more control frames than allowed in a second; timeout: no preface in time).",
     );
     for (reason, n) in &m.conn_errors {
         let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {n}");

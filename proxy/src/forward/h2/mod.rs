@@ -143,7 +143,7 @@ pub(super) async fn serve_h2(shard: Rc<Shard>, conn: Conn, dir: Direction, dest:
         peer: conn.peer_id().cloned(),
         dest,
     });
-    match PollConn::from_conn(conn) {
+    match PollConn::from_conn(conn, true) {
         Ok(io) => drive_server(&shard, io, info).await,
         Err(e) => tracing::warn!("cannot serve HTTP/2 on a connection: {e}"),
     }
@@ -224,6 +224,17 @@ async fn drive_server(shard: &Rc<Shard>, io: PollConn, info: Rc<ConnInfo>) {
 /// Counts a client connection the proxy ended for an error of the
 /// client's (a GOAWAY it sent: rapid reset, floods, malformed frames).
 fn connection_ended(shard: &Shard, e: &h2::Error) {
+    let flood = e
+        .get_io()
+        .and_then(|io| crate::tls::poll::Flood::of(&io.to_string()));
+    if let Some(reason) = flood {
+        crate::lograte::log_limited!(
+            tracing::Level::INFO,
+            "closed an HTTP/2 connection: {reason} (more control frames than allowed in a second)"
+        );
+        shard.stats.borrow_mut().h2.connection_error(reason);
+        return;
+    }
     if e.is_remote() || e.is_io() {
         return;
     }

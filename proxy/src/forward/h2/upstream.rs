@@ -95,7 +95,7 @@ async fn open(
         }
     };
     let peer = conn.peer_id().cloned();
-    let io = PollConn::from_conn(conn)
+    let io = PollConn::from_conn(conn, false)
         .map_err(|e| ProxyError::io(ErrorKind::ConnectFailed, "HTTP/2 upstream", e))?;
     let handshake = client_builder().handshake::<_, Bytes>(io);
     let (send, connection) = match runtime::timeout(limit, handshake).await {
