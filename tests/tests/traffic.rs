@@ -147,8 +147,16 @@ impl Mesh {
         let version = self.control.apply(&yaml);
         let proxies = self.apis.len() + usize::from(self.shadow.is_some()) + 1;
         let endpoints = self.apis.len() + usize::from(self.shadow.is_some());
-        self.control
-            .wait_converged(proxies, endpoints, version, CONVERGE);
+        if policy.trim().is_empty() {
+            // Only the Services: control sends a snapshot only to proxies
+            // whose view changed, and web's may not have (it may already
+            // run config 0 with api's endpoints); api's proxies must move.
+            self.control
+                .wait_applied(proxies, endpoints, version, &["api"], CONVERGE);
+        } else {
+            self.control
+                .wait_converged(proxies, endpoints, version, CONVERGE);
+        }
     }
 
     fn app(&self, version: &str) -> &Origin {
