@@ -49,13 +49,20 @@ fn snmp_and_status_counters_parse() {
 
 #[test]
 fn sleeping_counts_as_context_switches() {
-    let me = std::process::id();
-    let before = tree_context_switches(me);
+    // This thread's own counters: other test threads of this process may
+    // exit meanwhile, and their switches leave the tree's sum with them.
+    let mine = || {
+        let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        parse_context_switches(&status)
+    };
+    let before = mine();
     for _ in 0..20 {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
-    let after = tree_context_switches(me);
+    let after = mine();
     assert!(after >= before + 20, "{before} -> {after} after 20 sleeps");
+    // The tree's sum takes in every live thread, this one included.
+    assert!(tree_context_switches(std::process::id()) >= after);
 }
 
 /// Time this thread has run, from the kernel's per-thread CPU clock.
