@@ -172,6 +172,23 @@ pub(crate) struct LimitsFile {
     pub max_request_line: Option<i64>,
     /// Most header fields in one head.
     pub max_headers: Option<i64>,
+    /// `[limits.h2]`.
+    pub h2: Option<H2LimitsFile>,
+}
+
+/// `[limits.h2]` (see `config::H2Limits` for what each bounds).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct H2LimitsFile {
+    pub max_concurrent_streams: Option<i64>,
+    pub stream_window: Option<i64>,
+    pub connection_window: Option<i64>,
+    pub upstream_connection_window: Option<i64>,
+    pub max_pending_resets: Option<i64>,
+    pub max_local_resets: Option<i64>,
+    pub max_settings_per_second: Option<i64>,
+    pub max_pings_per_second: Option<i64>,
+    pub max_empty_frames_per_second: Option<i64>,
 }
 
 /// `[upstream]`.

@@ -260,6 +260,8 @@ pub struct Limits {
     pub max_request_line: usize,
     /// Most header fields in one head (1..=512); more are refused.
     pub max_headers: usize,
+    /// `[limits.h2]`: what an HTTP/2 peer may do.
+    pub h2: H2Limits,
 }
 
 impl Default for Limits {
@@ -268,6 +270,64 @@ impl Default for Limits {
             max_head_bytes: 65_536,
             max_request_line: 8_192,
             max_headers: 100,
+            h2: H2Limits::default(),
+        }
+    }
+}
+
+/// `[limits.h2]`: bounds on an HTTP/2 peer, each against one attack
+/// (the header list is bounded by `max_head_bytes`, which also bounds
+/// CONTINUATION frames and HPACK bombs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct H2Limits {
+    /// Streams a client may have open at once on one connection; more are
+    /// refused with REFUSED_STREAM (1..=65535).
+    pub max_concurrent_streams: u32,
+    /// Flow-control window per stream, in bytes: what a peer may send
+    /// before the proxy passed it on, so what a slow reader makes the
+    /// proxy hold per stream (16384..=16777216).
+    pub stream_window: u32,
+    /// Flow-control window per client connection, all its streams together
+    /// (stream_window..=2147483647).
+    pub connection_window: u32,
+    /// Flow-control window per upstream connection, shared by the many
+    /// clients' streams it carries (stream_window..=2147483647).
+    pub upstream_connection_window: u32,
+    /// Streams a client may reset before the proxy accepted them, at once
+    /// (rapid reset, CVE-2023-44487); beyond it, GOAWAY ENHANCE_YOUR_CALM
+    /// (1..=10000).
+    pub max_pending_resets: usize,
+    /// Streams the proxy may reset for a client's protocol errors before it
+    /// ends the connection with ENHANCE_YOUR_CALM (1..=100000).
+    pub max_local_resets: usize,
+    /// SETTINGS frames (not ACKs) a peer may send in a second; beyond it
+    /// the connection is closed (1..=100000).
+    pub max_settings_per_second: u32,
+    /// PING frames (not ACKs) a peer may send in a second (1..=100000).
+    pub max_pings_per_second: u32,
+    /// Empty DATA frames without END_STREAM a peer may send in a second
+    /// (1..=100000).
+    pub max_empty_frames_per_second: u32,
+}
+
+impl Default for H2Limits {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: 256,
+            stream_window: 256 * 1024,
+            connection_window: 1024 * 1024,
+            // Many clients' streams share one upstream connection: with a
+            // window of a few streams' worth, a handful of clients that stop
+            // reading (each stalled stream holds its stream window) would
+            // leave no window for anyone else's answers on it. 16 MiB takes
+            // 64 stalled streams; what the proxy holds stays bounded per
+            // stream by the stream window.
+            upstream_connection_window: 16 * 1024 * 1024,
+            max_pending_resets: 32,
+            max_local_resets: 256,
+            max_settings_per_second: 100,
+            max_pings_per_second: 100,
+            max_empty_frames_per_second: 100,
         }
     }
 }
@@ -471,6 +531,17 @@ impl Config {
                 "max_head_bytes": self.limits.max_head_bytes,
                 "max_request_line": self.limits.max_request_line,
                 "max_headers": self.limits.max_headers,
+                "h2": {
+                    "max_concurrent_streams": self.limits.h2.max_concurrent_streams,
+                    "stream_window": self.limits.h2.stream_window,
+                    "connection_window": self.limits.h2.connection_window,
+                    "upstream_connection_window": self.limits.h2.upstream_connection_window,
+                    "max_pending_resets": self.limits.h2.max_pending_resets,
+                    "max_local_resets": self.limits.h2.max_local_resets,
+                    "max_settings_per_second": self.limits.h2.max_settings_per_second,
+                    "max_pings_per_second": self.limits.h2.max_pings_per_second,
+                    "max_empty_frames_per_second": self.limits.h2.max_empty_frames_per_second,
+                },
             },
             "upstream": {
                 "pool_idle_timeout": d(self.upstream.pool_idle_timeout),

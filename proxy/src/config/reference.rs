@@ -128,6 +128,40 @@ wildcard IP), except port 0, which lets the OS pick a free port.
   max_headers      integer        100           Most header fields in one head,
                                                 1..=512.
 
+[limits.h2]  (optional; reload: new connections)
+  Each key bounds one HTTP/2 attack; the header list (and with it
+  CONTINUATION floods and HPACK bombs) is bounded by max_head_bytes.
+  max_concurrent_streams      integer  256      Streams a client may have open
+                                                on one connection; more get
+                                                REFUSED_STREAM. 1..=65535.
+  stream_window               integer  262144   Flow-control window per stream,
+                                                in bytes: what a slow reader
+                                                makes the proxy hold per
+                                                stream. 16384..=16777216.
+  connection_window           integer  1048576  Window per client connection.
+                                                stream_window..=2147483647.
+  upstream_connection_window  integer  16777216 Window per upstream connection
+                                                (shared by many clients'
+                                                streams). stream_window..=
+                                                2147483647.
+  max_pending_resets          integer  32       Streams a client may reset
+                                                before the proxy accepted them
+                                                (rapid reset); beyond it GOAWAY
+                                                ENHANCE_YOUR_CALM. 1..=10000.
+  max_local_resets            integer  256      Streams the proxy may reset for
+                                                a client's protocol errors
+                                                before GOAWAY ENHANCE_YOUR_CALM.
+                                                1..=100000.
+  max_settings_per_second     integer  100      SETTINGS frames (not ACKs) a
+                                                peer may send in a second;
+                                                beyond it the connection is
+                                                closed. 1..=100000.
+  max_pings_per_second        integer  100      PING frames (not ACKs) a peer
+                                                may send in a second. 1..=100000.
+  max_empty_frames_per_second integer  100      Empty DATA frames without
+                                                END_STREAM a peer may send in a
+                                                second. 1..=100000.
+
 [upstream]  (optional; reload)
   pool_idle_timeout     duration  30s           How long an idle pooled upstream
                                                 connection is kept (> 0, <= 24h).

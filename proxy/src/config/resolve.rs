@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use super::affinity::format_cpu_list;
 use super::file::{
-    ControlFile, FileConfig, HealthFile, InboundFile, LimitsFile, OutboundFile, ProxyFile,
-    ServiceFile, TimeoutsFile, TlsFile, UpstreamFile,
+    ControlFile, FileConfig, H2LimitsFile, HealthFile, InboundFile, LimitsFile, OutboundFile,
+    ProxyFile, ServiceFile, TimeoutsFile, TlsFile, UpstreamFile,
 };
 use super::target::{parse_target, Target};
 use super::{
-    duration, AppProtocol, Config, ConfigError, ControlConfig, HealthConfig, HealthKind,
+    duration, AppProtocol, Config, ConfigError, ControlConfig, H2Limits, HealthConfig, HealthKind,
     InboundConfig, Limits, OutboundConfig, ProxyConfig, ServiceConfig, TcpUpstreamConfig, Timeouts,
     TlsConfig, UpstreamConfig,
 };
@@ -529,10 +529,91 @@ fn resolve_limits(at: At<'_>, f: LimitsFile) -> Result<Limits> {
     let max_headers = f.max_headers.map_or(Ok(d.max_headers), |n| {
         at.int_in("max_headers", n, MAX_HEADERS)
     })?;
+    let h2 = resolve_h2_limits(At::new(at.path, "[limits.h2]"), f.h2.unwrap_or_default())?;
     Ok(Limits {
         max_head_bytes,
         max_request_line,
         max_headers,
+        h2,
+    })
+}
+
+/// The largest HTTP/2 flow-control window (RFC 9113, section 6.9.1).
+const MAX_H2_WINDOW: usize = (1 << 31) - 1;
+
+fn resolve_h2_limits(at: At<'_>, f: H2LimitsFile) -> Result<H2Limits> {
+    let d = H2Limits::default();
+    let int = |key: &str, v: Option<i64>, default: usize, range: RangeInclusive<usize>| {
+        v.map_or(Ok(default), |n| at.int_in(key, n, range))
+    };
+    let u32_of = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+    let stream_window = int(
+        "stream_window",
+        f.stream_window,
+        d.stream_window as usize,
+        16_384..=16_777_216,
+    )?;
+    let window = |key: &str, v: Option<i64>, default: u32| -> Result<u32> {
+        match v {
+            Some(n) => at.int_in(key, n, stream_window..=MAX_H2_WINDOW).map(u32_of),
+            None if (default as usize) < stream_window => Err(at.err(
+                key,
+                format!(
+                    "default {default} is smaller than stream_window {stream_window}; \
+                     set it to at least that"
+                ),
+            )),
+            None => Ok(default),
+        }
+    };
+    let rate = |key: &str, v: Option<i64>, default: u32| {
+        int(key, v, default as usize, 1..=100_000).map(u32_of)
+    };
+    Ok(H2Limits {
+        max_concurrent_streams: u32_of(int(
+            "max_concurrent_streams",
+            f.max_concurrent_streams,
+            d.max_concurrent_streams as usize,
+            1..=65_535,
+        )?),
+        stream_window: u32_of(stream_window),
+        connection_window: window(
+            "connection_window",
+            f.connection_window,
+            d.connection_window,
+        )?,
+        upstream_connection_window: window(
+            "upstream_connection_window",
+            f.upstream_connection_window,
+            d.upstream_connection_window,
+        )?,
+        max_pending_resets: int(
+            "max_pending_resets",
+            f.max_pending_resets,
+            d.max_pending_resets,
+            1..=10_000,
+        )?,
+        max_local_resets: int(
+            "max_local_resets",
+            f.max_local_resets,
+            d.max_local_resets,
+            1..=100_000,
+        )?,
+        max_settings_per_second: rate(
+            "max_settings_per_second",
+            f.max_settings_per_second,
+            d.max_settings_per_second,
+        )?,
+        max_pings_per_second: rate(
+            "max_pings_per_second",
+            f.max_pings_per_second,
+            d.max_pings_per_second,
+        )?,
+        max_empty_frames_per_second: rate(
+            "max_empty_frames_per_second",
+            f.max_empty_frames_per_second,
+            d.max_empty_frames_per_second,
+        )?,
     })
 }
 

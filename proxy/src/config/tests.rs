@@ -49,6 +49,10 @@ max_head_bytes = 16384
 max_request_line = 4096
 max_headers = 64
 
+[limits.h2]
+max_concurrent_streams = 100
+stream_window = 65536
+
 [upstream]
 pool_idle_timeout = "45s"
 max_idle_per_endpoint = 0
@@ -142,7 +146,12 @@ fn full_example_parses_with_its_values() {
         Limits {
             max_head_bytes: 16384,
             max_request_line: 4096,
-            max_headers: 64
+            max_headers: 64,
+            h2: H2Limits {
+                max_concurrent_streams: 100,
+                stream_window: 65536,
+                ..H2Limits::default()
+            }
         }
     );
     assert_eq!(
@@ -192,7 +201,18 @@ fn defaults_fill_every_optional_key() {
         Limits {
             max_head_bytes: 65536,
             max_request_line: 8192,
-            max_headers: 100
+            max_headers: 100,
+            h2: H2Limits {
+                max_concurrent_streams: 256,
+                stream_window: 262144,
+                connection_window: 1048576,
+                upstream_connection_window: 16777216,
+                max_pending_resets: 32,
+                max_local_resets: 256,
+                max_settings_per_second: 100,
+                max_pings_per_second: 100,
+                max_empty_frames_per_second: 100,
+            }
         }
     );
     assert_eq!(
@@ -459,6 +479,42 @@ fn names_and_labels() {
 }
 
 #[test]
+fn h2_limit_ranges_and_windows() {
+    let h2 = |kv: &str| parse(&format!("{MINIMAL}[limits.h2]\n{kv}\n"));
+    let err = |kv: &str| h2(kv).unwrap_err().to_string();
+    assert_eq!(
+        err("max_concurrent_streams = 0"),
+        "proxy.toml: [limits.h2] max_concurrent_streams: 0 is out of range 1..=65535"
+    );
+    assert_eq!(
+        err("stream_window = 1024"),
+        "proxy.toml: [limits.h2] stream_window: 1024 is out of range 16384..=16777216"
+    );
+    assert_eq!(
+        err("stream_window = 65536\nconnection_window = 32768"),
+        "proxy.toml: [limits.h2] connection_window: 32768 is out of range 65536..=2147483647"
+    );
+    assert_eq!(
+        err("stream_window = 4194304"),
+        "proxy.toml: [limits.h2] connection_window: default 1048576 is smaller than \
+         stream_window 4194304; set it to at least that"
+    );
+    assert_eq!(
+        err("max_pings_per_second = 0"),
+        "proxy.toml: [limits.h2] max_pings_per_second: 0 is out of range 1..=100000"
+    );
+    assert!(err("max_streams = 5").contains("unknown field `max_streams`"));
+    let l = h2("max_pending_resets = 4\nmax_empty_frames_per_second = 7")
+        .unwrap()
+        .limits
+        .h2;
+    assert_eq!(
+        (l.max_pending_resets, l.max_empty_frames_per_second),
+        (4, 7)
+    );
+}
+
+#[test]
 fn limit_ranges() {
     let limits = |kv: &str| parse(&format!("{MINIMAL}[limits]\n{kv}\n"));
     let err = |kv: &str| limits(kv).unwrap_err().to_string();
@@ -637,6 +693,7 @@ fn reference_documents_every_key() {
         ("services", "[[services]]\n"),
         ("timeouts", "[timeouts]\n"),
         ("limits", "[limits]\n"),
+        ("limits.h2", "[limits.h2]\n"),
         ("upstream", "[upstream]\n"),
         ("control", "[control]\n"),
         ("control.health", "[control.health]\n"),

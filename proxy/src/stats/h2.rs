@@ -42,8 +42,11 @@ pub struct H2Stats {
     /// gRPC calls by (direction, service, grpc-status; 255: none sent).
     grpc: BTreeMap<(Direction, Arc<str>, u8), u64>,
     resets: BTreeMap<(Direction, ResetBy), u64>,
-    /// Client connections ended by the proxy, by HTTP/2 error code name.
-    conn_errors: BTreeMap<&'static str, u64>,
+    /// Client connections ended by the proxy, by (HTTP/2 error code name,
+    /// the abuse or error that made it).
+    conn_errors: BTreeMap<(&'static str, &'static str), u64>,
+    /// Streams refused with REFUSED_STREAM, by direction.
+    refused: [u64; 2],
 }
 
 impl H2Stats {
@@ -77,15 +80,22 @@ impl H2Stats {
     }
 
     /// The proxy ended a client connection with GOAWAY `reason` (an
-    /// HTTP/2 error code name, or `timeout` for a preface that never came).
-    pub fn connection_error(&mut self, reason: &'static str) {
-        *self.conn_errors.entry(reason).or_default() += 1;
+    /// HTTP/2 error code name, a flood's name, or `timeout` for a preface
+    /// that never came), for `cause` (which limit or error).
+    pub fn connection_error(&mut self, reason: &'static str, cause: &'static str) {
+        *self.conn_errors.entry((reason, cause)).or_default() += 1;
+    }
+
+    /// `n` streams refused: the client had `max_concurrent_streams` open.
+    pub fn refused(&mut self, dir: Direction, n: u64) {
+        self.refused[dir.idx()] += n;
     }
 
     fn merge(&mut self, o: &H2Stats) {
         for i in 0..2 {
             self.connections[i] += o.connections[i];
             self.streams[i] += o.streams[i];
+            self.refused[i] += o.refused[i];
         }
         for (k, v) in &o.grpc {
             *self.grpc.entry(k.clone()).or_default() += v;
@@ -94,7 +104,7 @@ impl H2Stats {
             *self.resets.entry(*k).or_default() += v;
         }
         for (k, v) in &o.conn_errors {
-            *self.conn_errors.entry(k).or_default() += v;
+            *self.conn_errors.entry(*k).or_default() += v;
         }
     }
 }
@@ -115,6 +125,11 @@ pub fn render(shards: &[&H2Stats], out: &mut String) {
             "coremesh_h2_streams_total",
             "HTTP/2 streams (requests) served.",
             &m.streams,
+        ),
+        (
+            "coremesh_h2_streams_refused_total",
+            "HTTP/2 streams refused with REFUSED_STREAM: the client already had [limits.h2] max_concurrent_streams open.",
+            &m.refused,
         ),
     ] {
         push_header(out, name, "counter", help);
@@ -163,9 +178,9 @@ pub fn render(shards: &[&H2Stats], out: &mut String) {
         out,
         name,
         "counter",
-        "HTTP/2 client connections the proxy ended, by error (ENHANCE_YOUR_CALM: rapid reset or too many bad streams; PROTOCOL_ERROR, FRAME_SIZE_ERROR, COMPRESSION_ERROR: malformed frames or headers; SETTINGS_FLOOD, PING_FLOOD: more control frames than allowed in a second; timeout: no preface in time).",
+        "HTTP/2 client connections the proxy ended, by error (the GOAWAY code, SETTINGS_FLOOD, PING_FLOOD, EMPTY_FRAME_FLOOD, or timeout) and cause (rapid_reset, local_resets, continuation_flood, small_data_frames, settings_flood, ping_flood, empty_frame_flood, no_preface, or protocol: malformed frames or headers).",
     );
-    for (reason, n) in &m.conn_errors {
-        let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {n}");
+    for ((reason, cause), n) in &m.conn_errors {
+        let _ = writeln!(out, "{name}{{reason=\"{reason}\",cause=\"{cause}\"}} {n}");
     }
 }

@@ -17,7 +17,12 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::session::Session;
+use std::rc::Rc;
+
+mod scan;
 use crate::runtime::PollTcp;
+pub use scan::{Flood, FrameLimits, SentCounts};
+use scan::{ReadScan, WriteScan};
 
 /// Ciphertext the session may hold unsent before writes wait.
 const TX_HIGH: usize = 64 * 1024;
@@ -174,120 +179,9 @@ impl AsyncWrite for PollTls {
 pub struct PollConn {
     io: PollIo,
     reads: u32,
-    scan: FrameScan,
-}
-
-/// SETTINGS (and PING) frames a peer may send in one second (ACKs not
-/// counted). A client sends a few SETTINGS when it connects and pings
-/// seldom (gRPC keepalives: every few seconds at most); a flood of either
-/// makes the proxy do work for nothing and answer with frames the client
-/// need not read. Beyond it the connection is closed.
-pub const MAX_SETTINGS_PER_SEC: u32 = 100;
-/// See [`MAX_SETTINGS_PER_SEC`].
-pub const MAX_PINGS_PER_SEC: u32 = 100;
-
-/// A flood of control frames that closed a connection (what
-/// `coremesh_h2_connection_errors_total` counts it as).
-#[derive(Debug)]
-pub struct Flood(pub &'static str);
-
-impl std::fmt::Display for Flood {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Starts with the reason: the h2 crate keeps an I/O error's text,
-        // not the error itself (see `Flood::of`).
-        write!(f, "{}: control frames beyond the per-second limit", self.0)
-    }
-}
-
-impl Flood {
-    /// The flood an I/O error's text says closed a connection.
-    pub fn of(text: &str) -> Option<&'static str> {
-        ["SETTINGS_FLOOD", "PING_FLOOD"]
-            .into_iter()
-            .find(|r| text.starts_with(r))
-    }
-}
-
-impl std::error::Error for Flood {}
-
-/// Follows the frame headers in the bytes a peer sends (skipping
-/// payloads), to count its control frames; a few instructions per frame.
-struct FrameScan {
-    /// Bytes of the client preface still to skip (server side).
-    preface: usize,
-    head: [u8; 9],
-    have: usize,
-    /// Payload bytes of the current frame still to skip.
-    skip: usize,
-    window: std::time::Instant,
-    settings: u32,
-    pings: u32,
-}
-
-impl FrameScan {
-    fn new(preface: usize) -> FrameScan {
-        FrameScan {
-            preface,
-            head: [0; 9],
-            have: 0,
-            skip: 0,
-            window: std::time::Instant::now(),
-            settings: 0,
-            pings: 0,
-        }
-    }
-
-    fn feed(&mut self, mut b: &[u8]) -> Result<(), Flood> {
-        while !b.is_empty() {
-            if self.preface > 0 {
-                let n = self.preface.min(b.len());
-                self.preface -= n;
-                b = &b[n..];
-            } else if self.skip > 0 {
-                let n = self.skip.min(b.len());
-                self.skip -= n;
-                b = &b[n..];
-            } else {
-                let n = (9 - self.have).min(b.len());
-                self.head[self.have..self.have + n].copy_from_slice(&b[..n]);
-                self.have += n;
-                b = &b[n..];
-                if self.have == 9 {
-                    self.have = 0;
-                    let h = self.head;
-                    self.skip =
-                        usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
-                    let ack = h[4] & 1 != 0;
-                    match (h[3], ack) {
-                        (4, false) => self.count(true)?,
-                        (6, false) => self.count(false)?,
-                        _ => {}
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn count(&mut self, settings: bool) -> Result<(), Flood> {
-        if self.window.elapsed() >= std::time::Duration::from_secs(1) {
-            self.window = std::time::Instant::now();
-            self.settings = 0;
-            self.pings = 0;
-        }
-        if settings {
-            self.settings += 1;
-            if self.settings > MAX_SETTINGS_PER_SEC {
-                return Err(Flood("SETTINGS_FLOOD"));
-            }
-        } else {
-            self.pings += 1;
-            if self.pings > MAX_PINGS_PER_SEC {
-                return Err(Flood("PING_FLOOD"));
-            }
-        }
-        Ok(())
-    }
+    scan: ReadScan,
+    /// Server side only: what the proxy sends, for refused streams.
+    sent: Option<WriteScan>,
 }
 
 enum PollIo {
@@ -337,10 +231,15 @@ impl AsyncWrite for PollConn {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().io {
+        let me = self.get_mut();
+        let res = match &mut me.io {
             PollIo::Plain(c) => Pin::new(c).poll_write(cx, data),
             PollIo::Tls(c) => Pin::new(&mut **c).poll_write(cx, data),
+        };
+        if let (Poll::Ready(Ok(n)), Some(sent)) = (&res, &mut me.sent) {
+            sent.feed(&data[..*n]);
         }
+        res
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -360,8 +259,14 @@ impl AsyncWrite for PollConn {
 
 impl PollConn {
     /// A connection in readiness mode: the plain socket, or the TLS
-    /// session over it. `server`: the peer starts with the client preface.
-    pub fn from_conn(c: crate::conn::Conn, server: bool) -> io::Result<PollConn> {
+    /// session over it. `server`: the peer starts with the client preface
+    /// (and the proxy's refused streams are counted). `limits`: the peer's
+    /// frame rates.
+    pub fn from_conn(
+        c: crate::conn::Conn,
+        server: bool,
+        limits: FrameLimits,
+    ) -> io::Result<PollConn> {
         let io = match c {
             crate::conn::Conn::Plain(t) => PollIo::Plain(t.into_poll()?),
             crate::conn::Conn::Tls(t) => {
@@ -375,10 +280,13 @@ impl PollConn {
         Ok(PollConn {
             io,
             reads: 0,
-            scan: FrameScan::new(preface),
+            scan: ReadScan::new(preface, limits),
+            sent: server.then(WriteScan::new),
         })
     }
-}
 
-#[cfg(test)]
-mod tests;
+    /// What the proxy sent on a server connection (`None`: a client one).
+    pub fn sent_counts(&self) -> Option<Rc<SentCounts>> {
+        self.sent.as_ref().map(|s| s.counts.clone())
+    }
+}

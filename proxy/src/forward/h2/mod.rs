@@ -31,7 +31,7 @@ use crate::conn::Conn;
 use crate::runtime;
 use crate::shard::Shard;
 use crate::stats::Direction;
-use crate::tls::poll::PollConn;
+use crate::tls::poll::{FrameLimits, PollConn, SentCounts};
 
 mod answer;
 mod body;
@@ -41,31 +41,6 @@ pub(super) mod upstream;
 
 /// The client connection preface (RFC 9113, section 3.4).
 pub(super) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Streams a client may have open at once on one connection.
-pub const MAX_CONCURRENT_STREAMS: u32 = 256;
-/// Flow-control window per stream: what a peer may send before the proxy
-/// has passed it on (end-to-end backpressure: a slow reader on one side
-/// holds at most this much per stream in the proxy).
-pub const STREAM_WINDOW: u32 = 256 * 1024;
-/// Flow-control window per client connection (what a client may send
-/// before the proxy passed it on, all its streams together).
-pub const CONNECTION_WINDOW: u32 = 1024 * 1024;
-/// Flow-control window per upstream connection (what an upstream may send
-/// before the proxy passed it on, all the streams it carries together).
-/// Many clients' streams share one upstream connection: with a window of
-/// only a few streams' worth, a handful of clients that stop reading (a
-/// zero-window stall holds its stream's 256 KiB) would leave no window for
-/// anyone else's answers on it. 16 MiB takes 64 stalled streams; what the
-/// proxy holds is bounded per stream by [`STREAM_WINDOW`] anyway.
-pub const UPSTREAM_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
-/// Streams a client may reset before the proxy accepted them, at once
-/// (rapid reset, CVE-2023-44487): beyond it the connection gets GOAWAY
-/// ENHANCE_YOUR_CALM.
-pub const MAX_PENDING_RESETS: usize = 32;
-/// Streams the proxy may reset for a client's protocol errors before it
-/// closes the connection with ENHANCE_YOUR_CALM.
-pub const MAX_LOCAL_RESETS: usize = 256;
 
 /// What the first bytes of a plaintext connection say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,15 +73,18 @@ pub(super) struct ConnInfo {
     pub(super) dest: Option<Arc<str>>,
 }
 
+/// The server side of a client connection, held to `[limits.h2]` (and
+/// the header list to `max_head_bytes`).
 fn server_builder(cfg: &crate::config::Config) -> h2::server::Builder {
+    let l = &cfg.limits.h2;
     let mut b = h2::server::Builder::new();
-    b.max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
+    b.max_concurrent_streams(l.max_concurrent_streams)
+        .initial_window_size(l.stream_window)
+        .initial_connection_window_size(l.connection_window)
         .max_header_list_size(cfg.limits.max_head_bytes as u32)
-        .max_send_buffer_size(STREAM_WINDOW as usize)
-        .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
-        .max_local_error_reset_streams(Some(MAX_LOCAL_RESETS));
+        .max_send_buffer_size(l.stream_window as usize)
+        .max_pending_accept_reset_streams(l.max_pending_resets)
+        .max_local_error_reset_streams(Some(l.max_local_resets));
     b
 }
 
@@ -143,7 +121,8 @@ pub(super) async fn serve_h2(shard: Rc<Shard>, conn: Conn, dir: Direction, dest:
         peer: conn.peer_id().cloned(),
         dest,
     });
-    match PollConn::from_conn(conn, true) {
+    let limits = FrameLimits::from(&shard.config().limits.h2);
+    match PollConn::from_conn(conn, true, limits) {
         Ok(io) => drive_server(&shard, io, info).await,
         Err(e) => tracing::warn!("cannot serve HTTP/2 on a connection: {e}"),
     }
@@ -151,17 +130,22 @@ pub(super) async fn serve_h2(shard: Rc<Shard>, conn: Conn, dir: Direction, dest:
 
 async fn drive_server(shard: &Rc<Shard>, io: PollConn, info: Rc<ConnInfo>) {
     let cfg = shard.config();
+    let sent = io.sent_counts();
     let handshake = server_builder(&cfg).handshake::<_, Bytes>(io);
     let mut conn = match runtime::timeout(cfg.timeouts.head_read, handshake).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             tracing::debug!("HTTP/2 handshake failed: {e}");
-            connection_ended(shard, &e);
+            connection_ended(shard, &e, sent.as_deref());
             return;
         }
         Err(_) => {
             tracing::debug!("HTTP/2 preface did not arrive in time");
-            shard.stats.borrow_mut().h2.connection_error("timeout");
+            shard
+                .stats
+                .borrow_mut()
+                .h2
+                .connection_error("timeout", "no_preface");
             return;
         }
     };
@@ -187,6 +171,7 @@ async fn drive_server(shard: &Rc<Shard>, io: PollConn, info: Rc<ConnInfo>) {
                 race(accept, other).await
             }
         };
+        count_refused(shard, info.dir, sent.as_deref());
         match event {
             Either::Left(Some(Ok((req, respond)))) => {
                 let slot = StreamGuard::new(active.clone());
@@ -200,7 +185,7 @@ async fn drive_server(shard: &Rc<Shard>, io: PollConn, info: Rc<ConnInfo>) {
             }
             Either::Left(Some(Err(e))) => {
                 tracing::debug!("HTTP/2 connection ended: {e}");
-                connection_ended(shard, &e);
+                connection_ended(shard, &e, sent.as_deref());
                 break;
             }
             Either::Left(None) => break,
@@ -219,27 +204,67 @@ async fn drive_server(shard: &Rc<Shard>, io: PollConn, info: Rc<ConnInfo>) {
             }
         }
     }
+    count_refused(shard, info.dir, sent.as_deref());
 }
 
 /// Counts a client connection the proxy ended for an error of the
 /// client's (a GOAWAY it sent: rapid reset, floods, malformed frames).
-fn connection_ended(shard: &Shard, e: &h2::Error) {
+fn connection_ended(shard: &Shard, e: &h2::Error, sent: Option<&SentCounts>) {
     let flood = e
         .get_io()
         .and_then(|io| crate::tls::poll::Flood::of(&io.to_string()));
     if let Some(reason) = flood {
         crate::lograte::log_limited!(
             tracing::Level::INFO,
-            "closed an HTTP/2 connection: {reason} (more control frames than allowed in a second)"
+            "closed an HTTP/2 connection: {reason} (more frames than [limits.h2] allows in a second)"
         );
-        shard.stats.borrow_mut().h2.connection_error(reason);
+        let cause = match reason {
+            "SETTINGS_FLOOD" => "settings_flood",
+            "PING_FLOOD" => "ping_flood",
+            _ => "empty_frame_flood",
+        };
+        shard.stats.borrow_mut().h2.connection_error(reason, cause);
         return;
     }
     if e.is_remote() || e.is_io() {
         return;
     }
     if let Some(r) = e.reason() {
-        shard.stats.borrow_mut().h2.connection_error(reason_name(r));
+        let debug = sent.map(|s| s.goaway_debug.take()).unwrap_or_default();
+        let cause = goaway_cause(&debug);
+        if r == h2::Reason::ENHANCE_YOUR_CALM {
+            crate::lograte::log_limited!(
+                tracing::Level::INFO,
+                "closed an HTTP/2 connection with ENHANCE_YOUR_CALM: {cause} (see [limits.h2])"
+            );
+        }
+        shard
+            .stats
+            .borrow_mut()
+            .h2
+            .connection_error(reason_name(r), cause);
+    }
+}
+
+/// Which abuse a GOAWAY the `h2` crate sent was for, from its debug data.
+fn goaway_cause(debug: &[u8]) -> &'static str {
+    [
+        ("too_many_resets", "rapid_reset"),
+        ("too_many_internal_resets", "local_resets"),
+        ("too_many_continuations", "continuation_flood"),
+        ("too_many_data_frames", "small_data_frames"),
+    ]
+    .into_iter()
+    .find(|(name, _)| debug == name.as_bytes())
+    .map_or("protocol", |(_, cause)| cause)
+}
+
+/// Counts the streams the connection refused since the last look (a
+/// client beyond `max_concurrent_streams`).
+fn count_refused(shard: &Shard, dir: Direction, sent: Option<&SentCounts>) {
+    let n = sent.map_or(0, |s| s.refused.take());
+    if n > 0 {
+        shard.stats.borrow_mut().h2.refused(dir, n);
     }
 }
 

@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::{left, race, Either, STREAM_WINDOW, UPSTREAM_CONNECTION_WINDOW};
+use super::{left, race, Either};
 use crate::config::Config;
 use crate::error::{ErrorKind, ProxyError};
 use crate::runtime::{self, TcpStream};
 use crate::shard::h2pool::H2Up;
 use crate::shard::Shard;
-use crate::tls::poll::PollConn;
+use crate::tls::poll::{FrameLimits, PollConn};
 
 /// A connection to `addr` with room for one more stream, opened within
 /// `deadline` (and `timeouts.connect`) when none is pooled. `mtls`: the
@@ -95,9 +95,9 @@ async fn open(
         }
     };
     let peer = conn.peer_id().cloned();
-    let io = PollConn::from_conn(conn, false)
+    let io = PollConn::from_conn(conn, false, FrameLimits::from(&cfg.limits.h2))
         .map_err(|e| ProxyError::io(ErrorKind::ConnectFailed, "HTTP/2 upstream", e))?;
-    let handshake = client_builder().handshake::<_, Bytes>(io);
+    let handshake = client_builder(&cfg.limits.h2).handshake::<_, Bytes>(io);
     let (send, connection) = match runtime::timeout(limit, handshake).await {
         Ok(Ok(pair)) => pair,
         Ok(Err(e)) => {
@@ -130,11 +130,12 @@ async fn open(
     Ok(up)
 }
 
-fn client_builder() -> h2::client::Builder {
+/// The client side of an upstream connection (windows from `[limits.h2]`).
+fn client_builder(l: &crate::config::H2Limits) -> h2::client::Builder {
     let mut b = h2::client::Builder::new();
-    b.initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(UPSTREAM_CONNECTION_WINDOW)
-        .max_send_buffer_size(STREAM_WINDOW as usize)
+    b.initial_window_size(l.stream_window)
+        .initial_connection_window_size(l.upstream_connection_window)
+        .max_send_buffer_size(l.stream_window as usize)
         .enable_push(false);
     b
 }
