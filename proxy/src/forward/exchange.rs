@@ -6,9 +6,10 @@
 //! response relayed from the buffer it was read into.
 
 use super::relay::{body_prefix, dechunk_in_place, relay_request_body, relay_response_body};
-use super::upstream::{upstream_conn, ConnectPlan, Endpoints, InFlight, Tried};
+use super::tries::{Connected, Failure, GiveUp, Last, Plan, Protocol};
+use super::upstream::{upstream_conn, ConnectPlan, Endpoints, Tried};
 use super::*;
-use crate::attempt::{Attempts, TryFailure, Verdict};
+use crate::attempt::{Attempts, TryFailure};
 use crate::shard::pool::Permit;
 
 /// Why an exchange with one upstream connection failed.
@@ -123,129 +124,113 @@ pub(super) async fn exchange(
         };
         return ctx.answer_and_close(answer, cbuf).await;
     }
-    tries(ctx, cbuf, endpoints, attempts, key).await
+    let start = ctx.ex.start;
+    let shard = ctx.shard;
+    let mut p = Http1Tries { ctx, cbuf };
+    super::tries::run(&mut p, shard, &endpoints, attempts, key, start).await
 }
 
-/// The tries of a request, as `attempts` decides after each failure.
-async fn tries(
-    ctx: &mut RequestCtx<'_, '_>,
-    mut cbuf: Buf,
-    endpoints: Endpoints<'_>,
-    mut attempts: Attempts,
-    key: Option<u64>,
-) -> (Next, Buf) {
-    let shard = ctx.shard;
-    let service = endpoints.service();
-    // A retry spends the service's retry budget; an exhausted budget ends
-    // the tries (an outage is not amplified).
-    let budget_allows = || {
-        service.is_none_or(|name| {
-            shard
-                .traffic
-                .with(name, |s| s.budget.try_withdraw(Instant::now()))
-                .unwrap_or(true)
-        })
-    };
-    let mut tried = Tried::default();
-    // The first try uses the request's clock reading; each later one (after
-    // a failure, a backoff) reads the clock again.
-    let mut first = Some(ctx.ex.start);
-    loop {
-        let now = first.take().unwrap_or_else(Instant::now);
-        let (fresh_only, try_deadline) = attempts.begin(now);
-        let plan = ConnectPlan {
-            fresh_only,
-            non_idempotent: !attempts.idempotent(),
-            key,
-            now,
-            deadline: try_deadline,
+/// An HTTP/1.1 request's side of the tries (forward/tries.rs): the
+/// request's buffer goes to each try and comes back with its failure.
+struct Http1Tries<'c, 'a, 'b> {
+    ctx: &'c mut RequestCtx<'a, 'b>,
+    cbuf: Buf,
+}
+
+impl Failure for Failed {
+    fn error(&self) -> &ProxyError {
+        &self.err
+    }
+
+    fn as_try(&self) -> TryFailure {
+        Failed::as_try(self)
+    }
+
+    fn says_endpoint_down(&self, reused: bool) -> bool {
+        Failed::says_endpoint_down(self, reused)
+    }
+}
+
+impl Protocol for Http1Tries<'_, '_, '_> {
+    type Conn = (Conn, Option<Permit>);
+    type Fail = Failed;
+    type Done = (Next, Buf);
+
+    fn exchange_record(&self) -> &super::ctx::Exchange {
+        &self.ctx.ex
+    }
+
+    async fn connect(
+        &mut self,
+        endpoints: &Endpoints<'_>,
+        tried: &mut Tried,
+        plan: &Plan<'_>,
+    ) -> Result<Connected<Self::Conn>, ProxyError> {
+        let connect = ConnectPlan {
+            fresh_only: plan.fresh_only,
+            non_idempotent: !plan.attempts.idempotent(),
+            key: plan.key,
+            now: plan.now,
+            deadline: plan.deadline,
         };
-        let conn = upstream_conn(shard, ctx.cfg, &endpoints, &mut tried, plan).await;
-        let (failure, reused) = match conn {
-            Ok((up, addr, reused, conn_permit)) => {
-                ctx.ex.upstream = Some(addr);
-                let retry_status = attempts.retries_some_status().then_some(RetryStatus {
-                    attempts: &attempts,
-                    budget: &budget_allows,
-                });
-                let flight = InFlight::start(shard, service, addr, now);
-                let res = over_connection(
-                    ctx,
-                    cbuf,
-                    TryConn {
-                        up,
-                        permit: conn_permit,
-                        addr,
-                        peer: endpoints.mtls().is_some() && attempts.may_move(now),
-                    },
-                    try_deadline,
-                    retry_status,
-                )
-                .await;
-                let ok = match &res {
-                    Ok(_) => ctx.ex.status < 500,
-                    Err(f) => f.err.kind.blame() != crate::error::Blame::Upstream,
-                };
-                flight.end(ok, ctx.ex.end);
-                if endpoints.tracked() {
-                    shard.outcomes.record(addr, ok);
-                    match &res {
-                        Ok(_) => shard.endpoint_outcome(addr, None, now),
-                        Err(f) if f.says_endpoint_down(reused) => {
-                            shard.endpoint_outcome(addr, Some(f.err.kind), Instant::now())
-                        }
-                        Err(_) => {}
-                    }
-                }
-                match res {
-                    Ok(done) => return done,
-                    Err(mut f) => {
-                        cbuf = std::mem::take(&mut f.cbuf);
-                        ((f.as_try(), f.err, Some(addr)), reused)
-                    }
-                }
-            }
-            Err(e) => ((TryFailure::connect(e.kind), e, None), false),
-        };
-        let (failure, err, addr) = failure;
-        let verdict = attempts.after_failure(
-            &failure,
+        let (up, addr, reused, permit) =
+            upstream_conn(self.ctx.shard, self.ctx.cfg, endpoints, tried, connect).await?;
+        self.ctx.ex.upstream = Some(addr);
+        Ok(Connected {
+            conn: (up, permit),
+            addr,
             reused,
-            Instant::now(),
-            budget_allows,
-            shard.random(),
-        );
-        match verdict {
-            Verdict::Replay => {
-                tracing::debug!(?addr, "replaying on a new connection: {err}");
-                continue;
-            }
-            Verdict::Move => {
-                tracing::debug!(?addr, "moving to another endpoint: {err}");
-                continue;
-            }
-            Verdict::Retry {
-                try_number,
-                backoff,
-            } => {
-                tracing::debug!(?addr, try = try_number, "retrying: {err}");
-                if !backoff.is_zero() {
-                    runtime::sleep(backoff).await;
-                }
-            }
-            Verdict::Close => {
-                debug_fault(ctx, addr, &err, true);
+        })
+    }
+
+    async fn exchange(
+        &mut self,
+        c: Connected<Self::Conn>,
+        endpoints: &Endpoints<'_>,
+        plan: &Plan<'_>,
+    ) -> Result<(Next, Buf), Failed> {
+        let retry_status = plan.attempts.retries_some_status().then_some(RetryStatus {
+            attempts: plan.attempts,
+            budget: plan.budget,
+        });
+        let (up, permit) = c.conn;
+        let conn = TryConn {
+            up,
+            permit,
+            addr: c.addr,
+            peer: endpoints.mtls().is_some() && plan.attempts.may_move(plan.now),
+        };
+        let cbuf = std::mem::take(&mut self.cbuf);
+        over_connection(self.ctx, cbuf, conn, plan.deadline, retry_status)
+            .await
+            .map_err(|mut f| {
+                self.cbuf = std::mem::take(&mut f.cbuf);
+                f
+            })
+    }
+
+    async fn give_up(
+        &mut self,
+        how: GiveUp,
+        last: Last<Failed>,
+        addr: Option<SocketAddr>,
+    ) -> (Next, Buf) {
+        let cbuf = std::mem::take(&mut self.cbuf);
+        let ctx = &mut *self.ctx;
+        match how {
+            GiveUp::Close => {
+                debug_fault(ctx, addr, last.error(), true);
                 ctx.ex.status = 0;
-                return (Next::Close, cbuf);
+                (Next::Close, cbuf)
             }
-            Verdict::Answer { kind, close } => {
+            GiveUp::Answer { kind, close } => {
                 ctx.ex.status = kind.status();
-                debug_fault(ctx, addr, &err, false);
-                return if close {
+                debug_fault(ctx, addr, last.error(), false);
+                if close {
                     ctx.answer_and_close(Answer::Error(kind), cbuf).await
                 } else {
                     ctx.answer(Answer::Error(kind), cbuf).await
-                };
+                }
             }
         }
     }

@@ -48,6 +48,7 @@ mod relay;
 mod request;
 pub mod tcp_service;
 mod to_h2;
+pub(super) mod tries;
 mod upstream;
 
 pub use crate::shard::probe::PROBE_PATH;

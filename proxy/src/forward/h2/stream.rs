@@ -22,6 +22,7 @@
 
 use std::cell::Cell;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::task::Poll;
 use std::time::Instant;
@@ -35,14 +36,15 @@ use super::answer::{send_local, COREMESH_ERROR, GRPC_MESSAGE, GRPC_STATUS};
 use super::body::{relay, BodyStat, ReqBody, Stop};
 use super::upstream::connection;
 use super::{left, ConnInfo, StreamGuard};
-use crate::attempt::{after, Attempts, TryFailure, TryPolicy, Verdict};
+use crate::attempt::{after, Attempts, TryFailure, TryPolicy};
 use crate::config::Config;
-use crate::error::{Answer, Blame, ErrorKind, ProxyError};
+use crate::error::{Answer, ErrorKind, ProxyError};
 use crate::forward::ctx::Exchange;
 use crate::forward::request::{
     denied, hash_key, rate_admits, route_request, LoggedRequest, Routed,
 };
-use crate::forward::upstream::{Endpoints, InFlight, Tried};
+use crate::forward::tries::{self, Connected, Failure, GiveUp, Last, Plan, Protocol};
+use crate::forward::upstream::{Endpoints, Tried};
 use crate::forward::PROBE_PATH;
 use crate::grpc;
 use crate::route::RequestView;
@@ -186,8 +188,6 @@ struct TryFail {
     /// The client already has the answer (a response started, or a reset
     /// was passed on): nothing more is sent to it.
     response_started: bool,
-    /// Connecting failed: nothing was sent.
-    connect: bool,
 }
 
 impl TryFail {
@@ -197,7 +197,6 @@ impl TryFail {
             replayable: false,
             request_intact,
             response_started: false,
-            connect: false,
         }
     }
 
@@ -207,11 +206,14 @@ impl TryFail {
             ..TryFail::new(kind, context, false)
         }
     }
+}
+
+impl Failure for TryFail {
+    fn error(&self) -> &ProxyError {
+        &self.err
+    }
 
     fn as_try(&self) -> TryFailure {
-        if self.connect {
-            return TryFailure::connect(self.err.kind);
-        }
         TryFailure {
             kind: self.err.kind,
             sent: true,
@@ -221,11 +223,112 @@ impl TryFail {
         }
     }
 
-    fn says_endpoint_down(&self) -> bool {
+    fn says_endpoint_down(&self, _reused: bool) -> bool {
         match self.err.kind {
             ErrorKind::UpstreamTimeout => self.request_intact,
             ErrorKind::ClientGone | ErrorKind::RetryableStatus => false,
             _ => !self.replayable,
+        }
+    }
+}
+
+/// A stream's side of the tries (forward/tries.rs): each try opens a
+/// stream on a pooled h2 connection; the request body is pumped from the
+/// client as each try needs it, kept for a retry up to `maxBody`.
+struct StreamTries<'c, 'p> {
+    call: &'c mut Call<'p>,
+    body: ReqBody,
+    /// The call's own deadline (`grpc-timeout`), which also bounds each
+    /// try's wait for the response head.
+    call_deadline: Option<Instant>,
+}
+
+impl StreamTries<'_, '_> {
+    fn try_deadline(&self, plan: &Plan<'_>) -> Instant {
+        self.call_deadline
+            .map_or(plan.deadline, |d| d.min(plan.deadline))
+    }
+}
+
+impl Protocol for StreamTries<'_, '_> {
+    type Conn = Rc<crate::shard::h2pool::H2Up>;
+    type Fail = TryFail;
+    type Done = ();
+
+    fn exchange_record(&self) -> &Exchange {
+        &self.call.ex
+    }
+
+    async fn connect(
+        &mut self,
+        endpoints: &Endpoints<'_>,
+        tried: &mut Tried,
+        plan: &Plan<'_>,
+    ) -> Result<Connected<Self::Conn>, ProxyError> {
+        let shard = self.call.shard;
+        let (addr, backend) = endpoints.pick(shard, tried, plan.key, plan.now);
+        tried.note(addr, backend);
+        self.call.ex.upstream = Some(addr);
+        let deadline = self.try_deadline(plan);
+        match connection(shard, self.call.cfg, addr, endpoints.mtls(), deadline).await {
+            Ok(conn) => Ok(Connected {
+                conn,
+                addr,
+                reused: false,
+            }),
+            Err(e) => {
+                if endpoints.tracked() {
+                    shard.outcomes.record(addr, false);
+                    shard.endpoint_outcome(addr, Some(e.kind), Instant::now());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn exchange(
+        &mut self,
+        c: Connected<Self::Conn>,
+        endpoints: &Endpoints<'_>,
+        plan: &Plan<'_>,
+    ) -> Result<(), TryFail> {
+        let slot = StreamSlot::new(c.conn);
+        let try_plan = TryPlan {
+            attempts: plan.attempts,
+            budget: plan.budget,
+            deadline: self.try_deadline(plan),
+            call_deadline: self.call_deadline,
+            peer_hop: endpoints.mtls().is_some(),
+        };
+        // Boxed: the try's futures (the body pump, the relay, their
+        // timers) would otherwise be part of every stream's task, copied
+        // whole when it is spawned.
+        Box::pin(self.call.one_try(&slot, &mut self.body, try_plan)).await
+    }
+
+    async fn give_up(&mut self, how: GiveUp, last: Last<TryFail>, addr: Option<SocketAddr>) {
+        let call = &mut *self.call;
+        let err = last.error();
+        if let Last::Tried(f) = &last {
+            if f.response_started {
+                // The client has its answer (or the reset) already.
+                if call.ex.status == 0 {
+                    call.ex.status = err.kind.status();
+                }
+                tracing::debug!(?addr, "HTTP/2 stream ended early: {err}");
+                return;
+            }
+        }
+        match how {
+            GiveUp::Close => {
+                call.ex.status = err.kind.status();
+                call.respond.send_reset(Reason::INTERNAL_ERROR);
+                call.count_reset(ResetBy::Proxy);
+            }
+            GiveUp::Answer { kind, .. } => {
+                tracing::debug!(?addr, service = %call.service, "upstream fault answered locally: {err}");
+                call.answer(&Answer::Error(kind));
+            }
         }
     }
 }
@@ -293,7 +396,14 @@ impl<'p> Call<'p> {
             0
         };
         let body = ReqBody::new(recv, limit);
-        self.tries(&endpoints, attempts, body, key).await;
+        let (shard, start) = (self.shard, self.ex.start);
+        let call_deadline = self.call_deadline();
+        let mut p = StreamTries {
+            call: self,
+            body,
+            call_deadline,
+        };
+        tries::run(&mut p, shard, &endpoints, attempts, key, start).await;
     }
 
     /// The service's Resilience before any upstream (outbound): an
@@ -368,122 +478,6 @@ impl<'p> Call<'p> {
         }
         let t = self.view.parts.headers.get(GRPC_TIMEOUT)?;
         grpc::parse_timeout(t.as_bytes()).map(|d| after(self.ex.start, d))
-    }
-
-    /// The tries of the stream, as `attempts` decides after each failure.
-    async fn tries(
-        &mut self,
-        endpoints: &Endpoints<'_>,
-        mut attempts: Attempts,
-        mut body: ReqBody,
-        key: Option<u64>,
-    ) {
-        let shard = self.shard;
-        let service = endpoints.service();
-        let budget_allows = || {
-            service.is_none_or(|name| {
-                shard
-                    .traffic
-                    .with(name, |s| s.budget.try_withdraw(Instant::now()))
-                    .unwrap_or(true)
-            })
-        };
-        let call_deadline = self.call_deadline();
-        let mut tried = Tried::default();
-        let mut first = Some(self.ex.start);
-        loop {
-            let now = first.take().unwrap_or_else(Instant::now);
-            let (_, try_deadline) = attempts.begin(now);
-            let try_deadline = call_deadline.map_or(try_deadline, |d| d.min(try_deadline));
-            let (addr, backend) = endpoints.pick(shard, &tried, key, now);
-            tried.note(addr, backend);
-            self.ex.upstream = Some(addr);
-            let up = connection(shard, self.cfg, addr, endpoints.mtls(), try_deadline).await;
-            let fail = match up {
-                Err(e) => {
-                    if endpoints.tracked() {
-                        shard.outcomes.record(addr, false);
-                        shard.endpoint_outcome(addr, Some(e.kind), Instant::now());
-                    }
-                    TryFail {
-                        err: e,
-                        connect: true,
-                        ..TryFail::new(ErrorKind::ConnectFailed, "", body.replayable())
-                    }
-                }
-                Ok(up) => {
-                    let slot = StreamSlot::new(up);
-                    let flight = InFlight::start(shard, service, addr, now);
-                    let plan = TryPlan {
-                        attempts: &attempts,
-                        budget: &budget_allows,
-                        deadline: try_deadline,
-                        call_deadline,
-                        peer_hop: endpoints.mtls().is_some(),
-                    };
-                    // Boxed: the try's futures (the body pump, the relay,
-                    // their timers) would otherwise be part of every
-                    // stream's task, copied whole when it is spawned.
-                    let res = Box::pin(self.one_try(&slot, &mut body, plan)).await;
-                    let ok = match &res {
-                        Ok(()) => self.ex.status < 500,
-                        Err(f) => f.err.kind.blame() != Blame::Upstream,
-                    };
-                    flight.end(ok, self.ex.end);
-                    if endpoints.tracked() {
-                        shard.outcomes.record(addr, ok);
-                        match &res {
-                            Ok(()) => shard.endpoint_outcome(addr, None, now),
-                            Err(f) if f.says_endpoint_down() => {
-                                shard.endpoint_outcome(addr, Some(f.err.kind), Instant::now())
-                            }
-                            Err(_) => {}
-                        }
-                    }
-                    match res {
-                        Ok(()) => return,
-                        Err(f) => f,
-                    }
-                }
-            };
-            if fail.response_started {
-                self.ex.status = if self.ex.status == 0 {
-                    fail.err.kind.status()
-                } else {
-                    self.ex.status
-                };
-                tracing::debug!(%addr, "HTTP/2 stream ended early: {}", fail.err);
-                return;
-            }
-            let verdict = attempts.after_failure(
-                &fail.as_try(),
-                false,
-                Instant::now(),
-                budget_allows,
-                shard.random(),
-            );
-            match verdict {
-                Verdict::Replay | Verdict::Move => {
-                    tracing::debug!(%addr, "HTTP/2 stream moves on: {}", fail.err);
-                }
-                Verdict::Retry { backoff, .. } => {
-                    tracing::debug!(%addr, "retrying an HTTP/2 stream: {}", fail.err);
-                    if !backoff.is_zero() {
-                        runtime::sleep(backoff).await;
-                    }
-                }
-                Verdict::Close => {
-                    self.ex.status = fail.err.kind.status();
-                    self.respond.send_reset(Reason::INTERNAL_ERROR);
-                    self.count_reset(ResetBy::Proxy);
-                    return;
-                }
-                Verdict::Answer { kind, .. } => {
-                    tracing::debug!(%addr, service = %self.service, "upstream fault answered locally: {}", fail.err);
-                    return self.answer(&Answer::Error(kind));
-                }
-            }
-        }
     }
 
     /// The request head for the upstream: the client's, less hop-by-hop
