@@ -1,15 +1,19 @@
 //! The chunked body decoder. Properties: feeding the same bytes in any
-//! split gives the same consumed length, data and end state as feeding them
-//! at once; and a body chunked here (sizes taken from the input) decodes
-//! back to itself.
+//! split gives the same consumed length, data, trailer fields and end state
+//! as feeding them at once; and a body chunked here (sizes taken from the
+//! input) decodes back to itself.
 #![no_main]
 
 use coremesh_http1::ChunkedDecoder;
 use libfuzzer_sys::fuzz_target;
 
-/// Feeds `data` in pieces of the given sizes: (consumed, data, done, error).
-fn run(data: &[u8], pieces: &[usize]) -> (usize, Vec<u8>, bool, Option<u16>) {
-    let mut d = ChunkedDecoder::new();
+/// A trailer field: name, value.
+type Field = (Vec<u8>, Vec<u8>);
+
+/// Feeds `data` in pieces of the given sizes: (consumed, data, done, error,
+/// trailer fields).
+fn run(data: &[u8], pieces: &[usize]) -> (usize, Vec<u8>, bool, Option<u16>, Vec<Field>) {
+    let mut d = ChunkedDecoder::keeping_trailers();
     let mut out = Vec::new();
     let mut at = 0;
     let mut sizes = pieces.iter().cycle();
@@ -23,10 +27,17 @@ fn run(data: &[u8], pieces: &[usize]) -> (usize, Vec<u8>, bool, Option<u16>) {
                     break;
                 }
             }
-            Err(e) => return (at, out, false, Some(e.status)),
+            Err(e) => return (at, out, false, Some(e.status), Vec::new()),
         }
     }
-    (at, out, d.is_done(), None)
+    let trailers: Vec<Field> = d
+        .trailers()
+        .map(|(n, v)| (n.to_vec(), v.to_vec()))
+        .collect();
+    for (n, _) in &trailers {
+        assert!(!n.is_empty() && !n.contains(&b':'), "trailer name {n:?}");
+    }
+    (at, out, d.is_done(), None, trailers)
 }
 
 fuzz_target!(|input: &[u8]| {
@@ -40,6 +51,7 @@ fuzz_target!(|input: &[u8]| {
     if whole.3.is_none() {
         assert_eq!(whole.0, split.0, "consumed differs");
         assert_eq!(whole.1, split.1, "data differs");
+        assert_eq!(whole.4, split.4, "trailers differ");
     }
 
     // Encode `data` as chunks of sizes 1..=k+1, then decode.
@@ -50,8 +62,9 @@ fuzz_target!(|input: &[u8]| {
         body.extend_from_slice(b"\r\n");
     }
     body.extend_from_slice(b"0\r\n\r\n");
-    let (used, out, done, err) = run(&body, &[5, 1 + k as usize]);
+    let (used, out, done, err, trailers) = run(&body, &[5, 1 + k as usize]);
     assert_eq!(err, None);
+    assert!(trailers.is_empty());
     assert!(done);
     assert_eq!(used, body.len());
     assert_eq!(out, data);

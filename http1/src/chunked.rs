@@ -9,9 +9,13 @@
 //! The decoder is a byte-at-a-time state machine outside chunk data and
 //! skips chunk data in bulk, so feeding one byte at a time gives the same
 //! result as feeding everything at once. It keeps no bytes: the caller
-//! forwards exactly what `feed` reports as consumed.
+//! forwards exactly what `feed` reports as consumed. The one exception is
+//! opt-in: a decoder made with [`ChunkedDecoder::keeping_trailers`] copies
+//! the trailer section (at most 64 KiB) for a caller that carries it into
+//! another protocol, where raw relaying is not possible.
 
 use super::scan::{is_tchar, is_value_byte};
+use super::trailers::TrailerFields;
 use super::ParseError;
 
 /// Longest chunk-size line (size, extensions, CRLF). Extensions are allowed
@@ -72,6 +76,8 @@ pub struct ChunkedDecoder {
     digits: u8,
     /// Bytes of the current size line, or of the trailer section.
     line: u32,
+    /// The trailer section's field lines (each with its CRLF), when kept.
+    trailers: Option<Vec<u8>>,
 }
 
 impl Default for ChunkedDecoder {
@@ -87,7 +93,29 @@ impl ChunkedDecoder {
             remaining: 0,
             digits: 0,
             line: 0,
+            trailers: None,
         }
+    }
+
+    /// A decoder that also keeps the trailer section's field lines, read
+    /// back with [`trailers`](Self::trailers) once the body is done.
+    pub fn keeping_trailers() -> Self {
+        ChunkedDecoder {
+            trailers: Some(Vec::new()),
+            ..Self::new()
+        }
+    }
+
+    /// The trailer fields of a finished body, as sent (nothing prohibited
+    /// is removed: see [`is_prohibited_trailer`](crate::is_prohibited_trailer)).
+    /// Empty before the body is done, or when the decoder was not made with
+    /// [`keeping_trailers`](Self::keeping_trailers).
+    pub fn trailers(&self) -> TrailerFields<'_> {
+        let kept = match (&self.trailers, self.state) {
+            (Some(t), State::Done) => t.as_slice(),
+            _ => &[],
+        };
+        TrailerFields::new(kept)
     }
 
     /// The whole body, trailers and final CRLF included, has been consumed.
@@ -160,7 +188,24 @@ impl ChunkedDecoder {
             }
             _ => {}
         }
-        self.state = match (self.state, b) {
+        let before = self.state;
+        self.state = self.next_state(b)?;
+        if let Some(kept) = &mut self.trailers {
+            // Field lines only: not the CRLF that ends the section.
+            let field = matches!(
+                before,
+                State::TrailerName | State::TrailerValue | State::TrailerLf
+            ) || (before == State::TrailerStart && self.state == State::TrailerName);
+            if field {
+                kept.push(b);
+            }
+        }
+        Ok(())
+    }
+
+    /// The state after byte `b` (outside chunk data).
+    fn next_state(&mut self, b: u8) -> Result<State, ParseError> {
+        Ok(match (self.state, b) {
             (State::Size, _) if b.is_ascii_hexdigit() => {
                 if self.digits == 16 {
                     return Err(SIZE_TOO_LONG);
@@ -216,8 +261,7 @@ impl ChunkedDecoder {
             (State::Data | State::Done | State::Failed(_), _) => {
                 unreachable!("handled in feed")
             }
-        };
-        Ok(())
+        })
     }
 }
 

@@ -23,6 +23,8 @@
 //! * `request.rs`, `response.rs`: the heads and their framing rules.
 //! * `plan.rs`: [`HeadPlan`] and the forwarding rewrites.
 //! * `chunked.rs`: the chunked body validator.
+//! * `trailers.rs`: a kept trailer section's fields, and which fields may
+//!   be trailers (for translation to HTTP/2; raw relaying never reads them).
 //! * `authority.rs`: `host[:port]` syntax.
 //! * `local.rs`: responses the proxy writes itself, reason phrases.
 //! * `tests`: the public API end to end, one test per rejected attack, and
@@ -36,8 +38,8 @@
 //!   6.1 (Transfer-Encoding), 6.3 (message body length, smuggling defences),
 //!   7.1 (chunked coding, chunk extensions, trailer section),
 //!   9.3 and 9.6 (persistence, `Connection: close`, HTTP/1.0 keep-alive).
-//! * RFC 9110 5.5 (field values), 7.2 (Host), 7.6.1 (Connection and hop-by-hop
-//!   fields), 7.8 (Upgrade), 9.2.2 (idempotent methods), 9.3.6 (CONNECT),
+//! * RFC 9110 5.5 (field values), 6.5.1 (fields prohibited in trailers),
+//!   7.2 (Host), 7.6.1 (Connection and hop-by-hop fields), 7.8 (Upgrade), 9.2.2 (idempotent methods), 9.3.6 (CONNECT),
 //!   10.1.1 (Expect), 15 (status codes, reason phrases).
 //!
 //! Every request the codec rejects must not reach the upstream; the caller
@@ -54,6 +56,7 @@ mod plan;
 mod request;
 mod response;
 mod scan;
+mod trailers;
 
 #[cfg(test)]
 mod tests;
@@ -64,6 +67,7 @@ pub use local::{reason_phrase, write_error_response, write_probe_response};
 pub use plan::{HeadPlan, Seg};
 pub use request::{parse_request, RequestHead};
 pub use response::{parse_response, ResponseHead};
+pub use trailers::{is_prohibited_trailer, TrailerFields};
 
 use std::fmt;
 

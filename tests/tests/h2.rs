@@ -1566,6 +1566,171 @@ fn an_h2c_only_app_gets_http1_requests_translated() {
     assert!(app.not_h2().is_empty(), "{:?}", app.not_h2());
 }
 
+/// A web proxy calling an api proxy over mutual TLS, whose inbound speaks
+/// `app_protocol` to `app` and names the caller in `x-coremesh-caller`.
+fn translating_pair(dir: &TempDir, app: SocketAddr, app_protocol: &str) -> (Proxy, Proxy) {
+    let pki = Pki::new("mesh");
+    let files = pki.files(dir.path(), "api", "api");
+    let api = ProxyBuilder::new("api")
+        .inbound(app)
+        .inbound_key("app_protocol", &format!("{app_protocol:?}"))
+        .inbound_key("identity_header", "\"x-coremesh-caller\"")
+        .extra(&files.toml())
+        .start();
+    let files = pki.files(dir.path(), "web", "web");
+    let web = ProxyBuilder::new("web")
+        .outbound()
+        .service("api", &[api.inbound()])
+        .extra(&files.toml())
+        .start();
+    (web, api)
+}
+
+#[test]
+fn an_h2c_only_app_gets_the_trailers_of_a_chunked_http1_request() {
+    // HTTP/1.1 chunked request -> h2c app: the trailer section becomes a
+    // trailing HEADERS frame, less what RFC 9110 6.5.1 keeps out of
+    // trailers and the caller's identity field (the proxy's word).
+    let dir = TempDir::new("h1-trailers-to-h2");
+    let app = H2Origin::start("api");
+    let (web, _api) = translating_pair(&dir, app.addr(), "h2c");
+    let mut c = web.outbound_client();
+    c.set_read_timeout(Duration::from_secs(30));
+    // The trailer section arrives in a later read than the head and data.
+    c.send(
+        b"POST /upload-trailers HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\
+          TE: trailers\r\n\r\n5\r\nhello\r\n6\r\n world\r\n",
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    c.send(
+        b"0\r\nX-Checksum: 7\r\nx-multi: a\r\nX-Multi:  b \r\nContent-Type: text/evil\r\n\
+          Host: evil\r\nContent-Length: 99\r\nTrailer: x-checksum\r\n\
+          x-coremesh-caller: spiffe://forged/caller\r\n\r\n",
+    );
+    let r = c.read_response();
+    assert_eq!(
+        r.status,
+        200,
+        "{:?} {:?}; app saw non-h2: {:?}",
+        r.header("coremesh-error"),
+        r.body_str(),
+        app.not_h2()
+    );
+    let got = app.last();
+    assert_eq!((got.body_len, got.path.as_str()), (11, "/upload-trailers"));
+    let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        got.trailers,
+        pairs(&[("x-checksum", "7"), ("x-multi", "a"), ("x-multi", "b")]),
+        "the request's trailers reach the h2c app, prohibited ones dropped"
+    );
+    assert!(
+        got.header("x-coremesh-caller")
+            .is_some_and(|id| id.starts_with("spiffe://") && !id.contains("forged")),
+        "the identity the app reads is the proxy's: {:?}",
+        got.headers
+    );
+
+    // Only prohibited fields: the stream ends with DATA, the app sees no
+    // trailers; and the connection goes on after the trailer section.
+    let r = c.request(
+        &Request::post("/only-prohibited")
+            .host("api")
+            .header("Transfer-Encoding", "chunked")
+            .body("3\r\nabc\r\n0\r\nContent-Length: 3\r\nConnection: close\r\n\r\n"),
+    );
+    assert_eq!(r.status, 200, "{:?}", r.body_str());
+    let got = app.last();
+    assert_eq!((got.path.as_str(), got.body_len), ("/only-prohibited", 3));
+    assert!(got.trailers.is_empty(), "{:?}", got.trailers);
+    let r = c.request(&Request::get("/after").host("api"));
+    assert_eq!(r.status, 200);
+    assert_eq!(app.last().path, "/after");
+    assert!(app.not_h2().is_empty(), "{:?}", app.not_h2());
+}
+
+#[test]
+fn an_http1_only_app_gets_h2_request_trailers_the_request_announces() {
+    // h2 request -> HTTP/1.1 app: hyper's client writes only the trailer
+    // fields the request names in `trailer`, in a chunked body (README,
+    // "HTTP/2 and gRPC"). This pins down what is carried and what is not.
+    let dir = TempDir::new("h2-trailers-to-h1");
+    let app = Origin::start("api");
+    let (web, _api) = translating_pair(&dir, app.addr(), "http1");
+    let c = H2Client::connect(web.outbound()).unwrap_or_else(|e| panic!("{e}"));
+    let post = |path: &str| H2Request::new("POST", "api", path).body(vec![b'b'; 20_000]);
+
+    // Announced, no content-length: chunked, the announced trailers (not
+    // the identity field, which the proxy sets in the head).
+    let r = c
+        .request(
+            post("/announced")
+                .header("trailer", "x-request-checksum, x-coremesh-caller")
+                .trailer("x-request-checksum", "7")
+                .trailer("x-coremesh-caller", "spiffe://forged/caller"),
+            H2_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 200, "{r:?}");
+    let got = app.last();
+    assert_eq!((got.target.as_str(), got.body_len), ("/announced", 20_000));
+    assert_eq!(got.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(
+        got.trailers,
+        vec![("x-request-checksum".to_string(), "7".to_string())],
+        "announced trailers reach the app, the forged identity does not"
+    );
+    assert!(
+        got.header("x-coremesh-caller")
+            .is_some_and(|id| id.starts_with("spiffe://") && !id.contains("forged")),
+        "{:?}",
+        got.headers
+    );
+
+    // Not announced (a gRPC-like request: `te: trailers`, no length): the
+    // body arrives whole and chunked, its trailers do not.
+    let r = c
+        .request(
+            post("/unannounced")
+                .header("te", "trailers")
+                .trailer("x-request-checksum", "7"),
+            H2_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 200, "{r:?}");
+    let got = app.last();
+    assert_eq!(
+        (got.target.as_str(), got.body_len),
+        ("/unannounced", 20_000)
+    );
+    assert_eq!(got.header("transfer-encoding"), Some("chunked"));
+    assert!(got.trailers.is_empty(), "{:?}", got.trailers);
+
+    // Announced with a content-length: the body keeps its length, so there
+    // is no trailer section to carry them in.
+    let r = c
+        .request(
+            post("/with-length")
+                .header("content-length", "20000")
+                .header("trailer", "x-request-checksum")
+                .trailer("x-request-checksum", "7"),
+            H2_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 200, "{r:?}");
+    let got = app.last();
+    assert_eq!(
+        (got.target.as_str(), got.body_len),
+        ("/with-length", 20_000)
+    );
+    assert_eq!(got.header("content-length"), Some("20000"));
+    assert!(got.trailers.is_empty(), "{:?}", got.trailers);
+}
+
 #[test]
 fn static_services_say_what_their_endpoints_speak() {
     // [[services]] protocol = "h2c" / "http1": the proxy translates.

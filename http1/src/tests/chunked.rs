@@ -118,3 +118,72 @@ fn feed_with_reports_the_data_spans() {
     assert!(d.is_done());
     assert_eq!(data, b"Wikipedia");
 }
+
+#[test]
+fn keeping_trailers_reads_the_fields_back_however_the_body_is_split() {
+    let body = b"4\r\nWiki\r\n0;last\r\nX-Checksum: abc\r\nx-other:\t v 1 \r\nEmpty:\r\n\r\nNEXT";
+    let want: Vec<(&[u8], &[u8])> = vec![
+        (b"X-Checksum", b"abc"),
+        (b"x-other", b"v 1"),
+        (b"Empty", b""),
+    ];
+    let mut d = ChunkedDecoder::keeping_trailers();
+    let used = d.feed(body).unwrap();
+    assert_eq!(&body[used..], b"NEXT");
+    assert_eq!(d.trailers().collect::<Vec<_>>(), want);
+    // Split at every offset: the same fields.
+    for cut in 0..used {
+        let mut d = ChunkedDecoder::keeping_trailers();
+        let n = d.feed(&body[..cut]).unwrap();
+        assert_eq!(n, cut);
+        assert_eq!(d.trailers().count(), 0, "not done at {cut}");
+        d.feed(&body[cut..used]).unwrap();
+        assert!(d.is_done());
+        assert_eq!(d.trailers().collect::<Vec<_>>(), want, "cut at {cut}");
+    }
+}
+
+#[test]
+fn trailers_are_kept_only_when_asked_and_only_when_present() {
+    let body = b"0\r\nX-A: 1\r\n\r\n";
+    let mut d = ChunkedDecoder::new();
+    d.feed(body).unwrap();
+    assert!(d.is_done());
+    assert_eq!(d.trailers().count(), 0, "a relaying decoder keeps nothing");
+    let mut d = ChunkedDecoder::keeping_trailers();
+    d.feed(b"3\r\nabc\r\n0\r\n\r\n").unwrap();
+    assert!(d.is_done());
+    assert_eq!(d.trailers().count(), 0);
+    let mut d = ChunkedDecoder::keeping_trailers();
+    assert!(d.feed(b"0\r\nX-A: 1\r\nX B\r\n\r\n").is_err());
+    assert_eq!(d.trailers().count(), 0, "a failed body has no trailers");
+}
+
+#[test]
+fn prohibited_trailers_follow_rfc_9110_6_5_1() {
+    for name in [
+        "Content-Length",
+        "transfer-encoding",
+        "Trailer",
+        "TE",
+        "connection",
+        "Keep-Alive",
+        "proxy-connection",
+        "upgrade",
+        "Host",
+        "authorization",
+        "content-type",
+        "expect",
+    ] {
+        assert!(is_prohibited_trailer(name.as_bytes()), "{name}");
+    }
+    for name in [
+        "x-checksum",
+        "grpc-status",
+        "server-timing",
+        "digest",
+        "etag",
+    ] {
+        assert!(!is_prohibited_trailer(name.as_bytes()), "{name}");
+    }
+}

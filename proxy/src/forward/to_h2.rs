@@ -5,10 +5,11 @@
 //!
 //! Translation: `Host` becomes `:authority`; a Content-Length or chunked
 //! body becomes DATA (the chunked framing is removed; its trailer section
-//! is not carried); fields that belong to one connection are dropped both
-//! ways. The answer keeps its Content-Length when it has one, else it goes
-//! chunked (with the upstream's trailers) to an HTTP/1.1 client and
-//! delimited by the close to an HTTP/1.0 one.
+//! becomes a trailing HEADERS frame, without the fields RFC 9110 6.5.1
+//! keeps out of trailers); fields that belong to one connection are
+//! dropped both ways. The answer keeps its Content-Length when it has
+//! one, else it goes chunked (with the upstream's trailers) to an HTTP/1.1
+//! client and delimited by the close to an HTTP/1.0 one.
 //!
 //! One try: a failed connect moves to the next endpoint, nothing else is
 //! retried.
@@ -55,7 +56,7 @@ impl RequestCtx<'_, '_> {
         key: Option<u64>,
     ) -> (Next, Buf) {
         let deadline = after(self.ex.start, policy.total);
-        let Some(req) = self.h2_request(&cbuf) else {
+        let Some((req, hop)) = self.h2_request(&cbuf) else {
             let answer = Answer::Refused {
                 status: 400,
                 reason: "request fields cannot be carried over HTTP/2",
@@ -93,7 +94,7 @@ impl RequestCtx<'_, '_> {
                     return (Next::Close, cbuf);
                 }
             }
-            let (b, whole) = self.h2_body(cbuf, &mut up_send).await;
+            let (b, whole) = self.h2_body(cbuf, &mut up_send, &hop).await;
             cbuf = b;
             body_whole = whole;
         }
@@ -114,8 +115,9 @@ impl RequestCtx<'_, '_> {
         self.h2_response(resp, cbuf, body_whole).await
     }
 
-    /// The request head as an h2 request.
-    fn h2_request(&self, cbuf: &Buf) -> Option<http::Request<()>> {
+    /// The request head as an h2 request, and the field names its
+    /// Connection header makes this hop's (left out of trailers too).
+    fn h2_request(&self, cbuf: &Buf) -> Option<(http::Request<()>, Vec<String>)> {
         let mut fields = [httparse::EMPTY_HEADER; 128];
         let mut parsed = httparse::Request::new(&mut fields);
         parsed.parse(&cbuf[..self.head.head_len]).ok()?;
@@ -141,9 +143,7 @@ impl RequestCtx<'_, '_> {
             .flat_map(|h| h.value.split(|&b| b == b','))
             .map(|t| String::from_utf8_lossy(t.trim_ascii()).to_ascii_lowercase())
             .collect();
-        let identity = (self.dir == Direction::Inbound)
-            .then(|| self.cfg.inbound.as_ref()?.identity_header.as_deref())
-            .flatten();
+        let identity = self.identity_field();
         let h = req.headers_mut();
         for f in parsed.headers.iter() {
             let name = f.name.to_ascii_lowercase();
@@ -162,7 +162,42 @@ impl RequestCtx<'_, '_> {
             let name = http::header::HeaderName::from_bytes(name.as_bytes()).ok()?;
             h.insert(name, http::header::HeaderValue::from_str(id).ok()?);
         }
-        Some(req)
+        Some((req, named))
+    }
+
+    /// The field that carries the caller's identity to the app (inbound):
+    /// the proxy sets it, so the client's own is dropped.
+    fn identity_field(&self) -> Option<&str> {
+        (self.dir == Direction::Inbound)
+            .then(|| self.cfg.inbound.as_ref()?.identity_header.as_deref())
+            .flatten()
+    }
+
+    /// The trailer section of a finished chunked body as h2 trailers,
+    /// without the fields that may not be trailers (RFC 9110 6.5.1), the
+    /// ones the request's Connection header names, and the identity
+    /// field. `None` when nothing is left: the body ends with DATA.
+    fn h2_trailers(&self, dec: &ChunkedDecoder, hop: &[String]) -> Option<http::HeaderMap> {
+        let identity = self.identity_field();
+        let mut out = http::HeaderMap::new();
+        for (name, value) in dec.trailers() {
+            let dropped = http1::is_prohibited_trailer(name)
+                || hop.iter().any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+                || identity.is_some_and(|i| name.eq_ignore_ascii_case(i.as_bytes()));
+            if dropped {
+                continue;
+            }
+            // The codec accepted both (a token, visible bytes and
+            // whitespace); `http` lowercases the name as h2 wants.
+            let (Ok(name), Ok(value)) = (
+                http::header::HeaderName::from_bytes(name),
+                http::header::HeaderValue::from_bytes(value),
+            ) else {
+                continue;
+            };
+            out.append(name, value);
+        }
+        (!out.is_empty()).then_some(out)
     }
 
     /// A connection to one of the endpoints (the next one when connecting
@@ -196,16 +231,22 @@ impl RequestCtx<'_, '_> {
     }
 
     /// Sends the request body as DATA: what `cbuf` holds, then what the
-    /// client still sends. Returns the buffer (with any bytes after the
-    /// body: the next request) and whether the whole body was read; when
-    /// the upstream stops taking it (an early answer), the rest is not read.
-    async fn h2_body(&mut self, mut cbuf: Buf, to: &mut ::h2::SendStream<Bytes>) -> (Buf, bool) {
+    /// client still sends, then a chunked body's trailers. Returns the
+    /// buffer (with any bytes after the body: the next request) and
+    /// whether the whole body was read; when the upstream stops taking it
+    /// (an early answer), the rest is not read.
+    async fn h2_body(
+        &mut self,
+        mut cbuf: Buf,
+        to: &mut ::h2::SendStream<Bytes>,
+        hop: &[String],
+    ) -> (Buf, bool) {
         let last = Cell::new(Instant::now());
         let mut left = match self.head.framing {
             Framing::Length(n) => n,
             _ => u64::MAX,
         };
-        let mut dec = ChunkedDecoder::new();
+        let mut dec = ChunkedDecoder::keeping_trailers();
         let chunked = self.head.framing == Framing::Chunked;
         loop {
             let (data, used) = if chunked {
@@ -227,10 +268,18 @@ impl RequestCtx<'_, '_> {
             consume(&mut cbuf, used);
             self.ex.bytes_in += used as u64;
             let done = if chunked { dec.is_done() } else { left == 0 };
+            let trailers = done.then(|| self.h2_trailers(&dec, hop)).flatten();
+            let end = done && trailers.is_none();
             if (done || !data.is_empty())
-                && send_all(to, Bytes::from(data), &last, done).await.is_err()
+                && send_all(to, Bytes::from(data), &last, end).await.is_err()
             {
                 return (cbuf, false);
+            }
+            if let Some(t) = trailers {
+                if let Err(e) = to.send_trailers(t) {
+                    tracing::debug!("h2c upstream did not take the request trailers: {e}");
+                    return (cbuf, false);
+                }
             }
             if done {
                 return (cbuf, true);

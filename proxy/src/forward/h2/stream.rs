@@ -480,6 +480,17 @@ impl<'p> Call<'p> {
         grpc::parse_timeout(t.as_bytes()).map(|d| after(self.ex.start, d))
     }
 
+    /// The field that carries the caller's identity to the app (inbound,
+    /// when the operator named one): the proxy sets it, a client's own
+    /// copy never gets through.
+    fn identity_field(&self) -> Option<HeaderName> {
+        if self.info.dir != Direction::Inbound {
+            return None;
+        }
+        let name = self.cfg.inbound.as_ref()?.identity_header.as_deref()?;
+        HeaderName::from_bytes(name.as_bytes()).ok()
+    }
+
     /// The request head for the upstream: the client's, less hop-by-hop
     /// fields; inbound, with the caller's identity in the operator's
     /// header; with what is left of a gRPC call's deadline.
@@ -508,23 +519,15 @@ impl<'p> Call<'p> {
             }
         }
         h.remove(http::header::HOST);
-        if self.info.dir == Direction::Inbound {
-            if let Some(name) = self
-                .cfg
-                .inbound
-                .as_ref()
-                .and_then(|i| i.identity_header.as_deref())
-                .and_then(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+        if let Some(name) = self.identity_field() {
+            h.remove(&name);
+            if let Some(v) = self
+                .info
+                .peer
+                .as_deref()
+                .and_then(|id| HeaderValue::from_str(id).ok())
             {
-                h.remove(&name);
-                if let Some(v) = self
-                    .info
-                    .peer
-                    .as_deref()
-                    .and_then(|id| HeaderValue::from_str(id).ok())
-                {
-                    h.insert(name, v);
-                }
+                h.insert(name, v);
             }
         }
         if let Some(d) = call_deadline {

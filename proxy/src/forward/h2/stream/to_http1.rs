@@ -3,11 +3,19 @@
 //! client over the shard's socket, and the answer comes back as h2.
 //!
 //! Translation: `:authority` becomes `Host` and the target is sent in
-//! origin form; a body without `content-length` goes chunked, with the
-//! client's trailers; fields that belong to one connection are dropped both
-//! ways; the app's chunked body and trailers come back as DATA and a
-//! trailing HEADERS frame. `te: trailers` is passed on, so an app may send
-//! trailers.
+//! origin form; a body without `content-length` goes chunked; fields that
+//! belong to one connection are dropped both ways; the app's chunked body
+//! and trailers come back as DATA and a trailing HEADERS frame. `te:
+//! trailers` is passed on, so an app may send trailers.
+//!
+//! The client's trailers reach the app only when the request announces
+//! them in a `trailer` field and goes chunked (no `content-length`):
+//! hyper's HTTP/1.1 client writes only announced trailer fields (hyper
+//! 1.x, `proto::h1::encode::Encoder::encode_trailers`), and leaves out some
+//! that RFC 9110 6.5.1 keeps out of trailers (`content-type`,
+//! `authorization`, ...). Announcing them for the client is not possible:
+//! the head goes out before the trailers arrive, and holding it back would
+//! stop streaming bodies (gRPC streams) from streaming.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -39,6 +47,9 @@ struct ClientBody {
     recv: RecvStream,
     data_done: bool,
     received: Rc<Cell<u64>>,
+    /// The identity field (inbound): the proxy's word in the head, so a
+    /// client's trailer of that name is dropped.
+    identity: Option<HeaderName>,
 }
 
 impl Body for ClientBody {
@@ -63,7 +74,12 @@ impl Body for ClientBody {
             }
         }
         match me.recv.poll_trailers(cx) {
-            Poll::Ready(Ok(Some(t))) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
+            Poll::Ready(Ok(Some(mut t))) => {
+                if let Some(name) = &me.identity {
+                    t.remove(name);
+                }
+                Poll::Ready(Some(Ok(Frame::trailers(t))))
+            }
             Poll::Ready(Ok(None)) => Poll::Ready(None),
             Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
             Poll::Pending => Poll::Pending,
@@ -160,6 +176,7 @@ impl Call<'_> {
             recv,
             data_done: false,
             received: received.clone(),
+            identity: self.identity_field(),
         };
         let (parts, ()) = req.into_parts();
         let mut req = http::Request::from_parts(parts, body);
