@@ -1765,3 +1765,36 @@ fn static_services_say_what_their_endpoints_speak() {
     assert_eq!(r.json()["version"], "HTTP/1.1");
     assert_eq!(h1o.last().target, "/from/h2");
 }
+
+#[test]
+fn an_h2_request_trailer_cannot_forge_the_callers_identity() {
+    // h2 client -> h2c app, no translation: the request's trailers pass,
+    // but one named like `identity_header` is dropped (the caller's
+    // identity is the proxy's word, in the head).
+    let dir = TempDir::new("h2-trailers-identity");
+    let app = H2Origin::start("api");
+    let (web, _api) = translating_pair(&dir, app.addr(), "h2c");
+    let c = H2Client::connect(web.outbound()).unwrap_or_else(|e| panic!("{e}"));
+    let r = c
+        .request(
+            H2Request::new("POST", "api", "/upload-trailers")
+                .body(vec![b'b'; 1000])
+                .trailer("x-request-checksum", "7")
+                .trailer("x-coremesh-caller", "spiffe://forged/caller"),
+            H2_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 200, "{r:?}");
+    let got = app.last();
+    assert_eq!(
+        got.trailers,
+        vec![("x-request-checksum".to_string(), "7".to_string())],
+        "the client's trailers pass, the forged identity does not"
+    );
+    assert!(
+        got.header("x-coremesh-caller")
+            .is_some_and(|id| id.starts_with("spiffe://") && !id.contains("forged")),
+        "{:?}",
+        got.headers
+    );
+}

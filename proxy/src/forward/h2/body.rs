@@ -124,6 +124,9 @@ pub(super) struct ReqBody {
     kept_len: u64,
     limit: u64,
     stat: std::rc::Rc<BodyStat>,
+    /// The field that carries the caller's identity to the app: a client's
+    /// trailer of that name is dropped, as its header is.
+    identity: Option<http::HeaderName>,
 }
 
 /// What a try's other phases read of a body a pump is sending.
@@ -147,7 +150,7 @@ impl BodyStat {
 }
 
 impl ReqBody {
-    pub(super) fn new(recv: RecvStream, limit: u64) -> ReqBody {
+    pub(super) fn new(recv: RecvStream, limit: u64, identity: Option<http::HeaderName>) -> ReqBody {
         let done = recv.is_end_stream();
         ReqBody {
             recv,
@@ -157,6 +160,7 @@ impl ReqBody {
             kept_len: 0,
             limit,
             stat: Default::default(),
+            identity,
         }
     }
 
@@ -214,9 +218,13 @@ impl ReqBody {
                     }
                 }
                 None => {
-                    self.trailers = std::future::poll_fn(|cx| self.recv.poll_trailers(cx))
+                    let mut trailers = std::future::poll_fn(|cx| self.recv.poll_trailers(cx))
                         .await
                         .map_err(Stop::From)?;
+                    if let (Some(t), Some(name)) = (&mut trailers, &self.identity) {
+                        t.remove(name);
+                    }
+                    self.trailers = trailers;
                     self.done = true;
                 }
             }

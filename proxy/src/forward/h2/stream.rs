@@ -395,7 +395,7 @@ impl<'p> Call<'p> {
         } else {
             0
         };
-        let body = ReqBody::new(recv, limit);
+        let body = ReqBody::new(recv, limit, self.identity_field());
         let (shard, start) = (self.shard, self.ex.start);
         let call_deadline = self.call_deadline();
         let mut p = StreamTries {
