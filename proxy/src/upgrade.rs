@@ -162,7 +162,10 @@ impl Inherited {
             tracing::info!("took over the {name} listener on unix:{}", path.display());
             Some(l)
         } else {
-            tracing::info!("the {name} listener moved to unix:{}: binding anew", path.display());
+            tracing::info!(
+                "the {name} listener moved to unix:{}: binding anew",
+                path.display()
+            );
             None
         }
     }

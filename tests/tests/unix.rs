@@ -136,7 +136,10 @@ fn an_inbound_proxy_reaches_a_unix_app_over_http1_and_h2c() {
 
     // No app on the socket path: 502, as for a refused TCP connect.
     let none = ProxyBuilder::new("api")
-        .inbound_app(&format!("unix:{}", dir.path().join("nobody.sock").display()))
+        .inbound_app(&format!(
+            "unix:{}",
+            dir.path().join("nobody.sock").display()
+        ))
         .start();
     let out = Curl::new(&format!("http://{}/gone", none.inbound())).run();
     assert_eq!(out.response.status, 502, "{out:?}");
@@ -203,7 +206,11 @@ fn a_mesh_reaches_a_unix_app_over_mutual_tls_and_checks_its_health() {
         "{:?}",
         control.endpoints()
     );
-    assert!(api.log_text().contains("app is unhealthy"), "{}", api.log_tail(20));
+    assert!(
+        api.log_text().contains("app is unhealthy"),
+        "{}",
+        api.log_tail(20)
+    );
 }
 
 /// A TCP echo server: bytes come back as they arrive, then `<eof>` after
@@ -237,10 +244,7 @@ fn a_tcp_service_reaches_its_unix_app() {
     let control = ControlBuilder::new().start();
     let dir = TempDir::new("unix-tcp");
     let app = UnixFront::start(&dir.path().join("db.sock"), echo_server());
-    let (md, mw) = (
-        control.member("db", "db-1"),
-        control.member("web", "web-1"),
-    );
+    let (md, mw) = (control.member("db", "db-1"), control.member("web", "web-1"));
     let _db = ProxyBuilder::new("db")
         .inbound_app(&app.address())
         .inbound_key("protocol", "\"tcp\"")
@@ -253,7 +257,11 @@ fn a_tcp_service_reaches_its_unix_app() {
         .start();
     control.apply("kind: Service\nname: db\nprotocol: tcp\n---\nkind: Service\nname: web\n");
     let config = web.admin_get("/config").json();
-    let listen: SocketAddr = config["bound"]["tcp"]["db"].as_str().unwrap().parse().unwrap();
+    let listen: SocketAddr = config["bound"]["tcp"]["db"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let got = wait_for(Duration::from_secs(15), || {
         let mut s = TcpStream::connect(listen).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -289,16 +297,23 @@ fn a_stale_socket_file_is_replaced_a_live_one_is_not_taken_and_other_files_stay(
     let (status, out) =
         web_on_socket(&socket, api.addr()).start_expecting_exit(Duration::from_secs(10));
     assert!(!status.success());
-    assert!(out.contains("in use, another process is listening on it"), "{out}");
+    assert!(
+        out.contains("in use, another process is listening on it"),
+        "{out}"
+    );
     assert!(out.contains(&format!("unix:{}", socket.display())), "{out}");
     assert_eq!(curl_unix(&socket, "http://api/", &[]).response.status, 200);
     drop(web);
 
     // Not a socket: never deleted.
     let file = dir.write("notes.txt", "keep me");
-    let (status, out) = web_on_socket(&file, api.addr()).start_expecting_exit(Duration::from_secs(10));
+    let (status, out) =
+        web_on_socket(&file, api.addr()).start_expecting_exit(Duration::from_secs(10));
     assert!(!status.success());
-    assert!(out.contains("exists and is not a socket (a regular file)"), "{out}");
+    assert!(
+        out.contains("exists and is not a socket (a regular file)"),
+        "{out}"
+    );
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
 }
 
@@ -310,20 +325,32 @@ fn an_upgrade_in_place_hands_the_unix_listener_over() {
     let api = Origin::start("api");
     let mut old = web_on_socket(&socket, api.addr())
         .outbound_key("listen_mode", "\"0600\"")
-        .proxy_key("upgrade_socket", &format!("{:?}", upgrade.to_str().unwrap()))
+        .proxy_key(
+            "upgrade_socket",
+            &format!("{:?}", upgrade.to_str().unwrap()),
+        )
         .proxy_key("drain_timeout", "\"2s\"")
         .start();
-    assert_eq!(curl_unix(&socket, "http://api/before", &[]).response.status, 200);
+    assert_eq!(
+        curl_unix(&socket, "http://api/before", &[]).response.status,
+        200
+    );
     let new = old.upgrade(&upgrade);
     assert!(
-        new.log_text().contains("took over the outbound listener on unix:"),
+        new.log_text()
+            .contains("took over the outbound listener on unix:"),
         "{}",
         new.log_tail(20)
     );
-    let status = old.wait_exit(Duration::from_secs(15)).expect("old proxy exits");
+    let status = old
+        .wait_exit(Duration::from_secs(15))
+        .expect("old proxy exits");
     assert!(status.success(), "{}", old.log_tail(20));
     // The same socket file, now served by the new process only.
-    assert_eq!(curl_unix(&socket, "http://api/after", &[]).response.status, 200);
+    assert_eq!(
+        curl_unix(&socket, "http://api/after", &[]).response.status,
+        200
+    );
     assert_eq!(api.last().target, "/after");
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);

@@ -102,10 +102,7 @@ impl Bound {
             }
         }
         if let Some(p) = &self.outbound_unix {
-            m.insert(
-                "outbound".into(),
-                format!("unix:{}", p.display()).into(),
-            );
+            m.insert("outbound".into(), format!("unix:{}", p.display()).into());
         }
         if !self.tcp.is_empty() {
             let tcp: serde_json::Map<String, serde_json::Value> = self

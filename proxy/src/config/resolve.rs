@@ -16,10 +16,9 @@ use super::file::{
 use super::target::{parse_target, Target};
 use super::unix;
 use super::{
-    AppAddr, ListenAddr, UnixListen,
-    duration, AppProtocol, Config, ConfigError, ControlConfig, HealthConfig, HealthKind,
-    InboundConfig, Limits, OutboundConfig, ProxyConfig, ServiceConfig, TcpUpstreamConfig, Timeouts,
-    TlsConfig, UpstreamConfig,
+    duration, AppAddr, AppProtocol, Config, ConfigError, ControlConfig, HealthConfig, HealthKind,
+    InboundConfig, Limits, ListenAddr, OutboundConfig, ProxyConfig, ServiceConfig,
+    TcpUpstreamConfig, Timeouts, TlsConfig, UnixListen, UpstreamConfig,
 };
 
 type Result<T> = std::result::Result<T, ConfigError>;

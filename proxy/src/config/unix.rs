@@ -105,7 +105,9 @@ pub struct UnixListen {
 pub(super) fn parse_path(text: &str) -> Option<Result<PathBuf, String>> {
     let path = text.strip_prefix(UNIX_PREFIX)?;
     Some(if path.is_empty() {
-        Err(format!("\"{text}\" names no path: write \"unix:/run/app.sock\""))
+        Err(format!(
+            "\"{text}\" names no path: write \"unix:/run/app.sock\""
+        ))
     } else if !path.starts_with('/') {
         Err(format!("\"{text}\" is not an absolute path"))
     } else if path.len() > MAX_PATH {

@@ -397,9 +397,9 @@ impl TcpStream {
             }
             Err(e) => return Err(e),
         }
-        TcpStream::adopt(super::StdStream::Unix(std::os::unix::net::UnixStream::from(
-            std::os::fd::OwnedFd::from(s),
-        )))
+        TcpStream::adopt(super::StdStream::Unix(
+            std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(s)),
+        ))
     }
 
     /// Connects, bounded by `limit`. glommio has no way to connect a socket

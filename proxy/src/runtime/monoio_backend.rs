@@ -526,7 +526,8 @@ impl TcpStream {
             }
         }
         let slice = buf.slice(start..range.end);
-        let (res, slice) = either!(&mut self.inner, Sock::{Tcp, Unix}, s => s.write_all(slice).await);
+        let (res, slice) =
+            either!(&mut self.inner, Sock::{Tcp, Unix}, s => s.write_all(slice).await);
         (res.map(|_| ()), slice.into_inner())
     }
 
@@ -541,7 +542,8 @@ impl TcpStream {
         }
         while v.remaining() > 0 {
             let pending = IoVecsBuf(v);
-            let (res, back) = either!(&mut self.inner, Sock::{Tcp, Unix}, s => s.writev(pending).await);
+            let (res, back) =
+                either!(&mut self.inner, Sock::{Tcp, Unix}, s => s.writev(pending).await);
             v = back.0;
             match res {
                 Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), v),
