@@ -63,7 +63,8 @@ cargo test -p coremesh-e2e --tests --no-run
 # of TLS handshakes move to a new process, and tests/hosts.rs times failover
 # to the second on a mesh of six processes: alone too.
 # tests/h2.rs (HTTP/2, gRPC and WebSocket with curl, h2load, grpcio and
-# websockets, installed by install-deps.sh) runs with the rest.
+# websockets, installed by install-deps.sh) runs with the rest, as does
+# tests/unix.rs (Unix socket apps and listeners; its one upgrade is light).
 e2e() {
     cargo test --no-fail-fast -p coremesh-e2e --tests -- --skip on_1_core:: --skip on_2_cores:: \
         --skip ten_upgrades_under_load --skip an_upgraded_sidecar --skip sigusr2_makes_the_proxy \
@@ -83,9 +84,9 @@ bash "$ROOT/scripts/fuzz.sh" "${COREMESH_FUZZ_SECONDS:-15}"
 section "build coremesh-proxy with runtime-glommio"
 CARGO_TARGET_DIR="$TARGET_DIR/glommio" cargo build -p coremesh-proxy --features runtime-glommio
 
-section "e2e subset on glommio: smoke, mutual TLS, TCP services, authorization"
+section "e2e subset on glommio: smoke, mutual TLS, TCP services, authorization, Unix sockets"
 COREMESH_PROXY_BIN="$TARGET_DIR/glommio/debug/coremesh-proxy" cargo test -p coremesh-e2e \
-    --test smoke --test mtls --test tcp --test authz
+    --test smoke --test mtls --test tcp --test authz --test unix
 
 section "e2e h2 smoke subset on glommio: h2c and ALPN h2 with curl, gRPC call shapes, WebSocket"
 COREMESH_PROXY_BIN="$TARGET_DIR/glommio/debug/coremesh-proxy" cargo test -p coremesh-e2e \

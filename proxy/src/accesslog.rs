@@ -24,7 +24,8 @@
 //! Request bytes are untrusted: valid UTF-8 is kept, `"`, `\` and control
 //! characters are JSON-escaped, and bytes that are not UTF-8 are written as
 //! the four characters `\xNN` (JSON `"\\xNN"`), as nginx does, so every line
-//! parses as JSON. `upstream` is `null` when no upstream was picked; `status`
+//! parses as JSON. `upstream` is `null` when no upstream was picked, and
+//! `"unix"` for the local app on its Unix socket file; `status`
 //! 0 means no response was sent.
 
 use std::fs::{File, OpenOptions};
@@ -158,6 +159,7 @@ fn format_line(out: &mut Vec<u8>, e: &AccessEntry<'_>, now: SystemTime) {
         e.bytes_out
     );
     match e.upstream {
+        Some(crate::config::UNIX_APP) => out.extend_from_slice(b"\"unix\""),
         // A SocketAddr's display form has no character that needs escaping.
         Some(addr) => {
             let _ = write!(out, "\"{addr}\"");

@@ -46,6 +46,7 @@ use std::sync::Arc;
 
 use agent::{AgentSetup, Bound};
 use config::Config;
+use listener::Listener;
 use msg::AgentLink;
 use msg::ShardHandle;
 use shard::thread::ShardSetup;
@@ -125,11 +126,22 @@ pub fn start(
     if let Some(i) = &cfg.inbound {
         let l = sockets.listener("inbound", i.listen, "[inbound] listen")?;
         bound.inbound = l.local_addr().ok();
-        listeners.push((l, msg::Role::Http(Direction::Inbound)));
+        listeners.push((Listener::Tcp(l), msg::Role::Http(Direction::Inbound)));
     }
     if let Some(o) = &cfg.outbound {
-        let l = sockets.listener("outbound", o.listen, "[outbound] listen")?;
-        bound.outbound = l.local_addr().ok();
+        let (name, what) = ("outbound", "[outbound] listen");
+        let l = match &o.listen {
+            config::ListenAddr::Tcp(a) => {
+                let l = sockets.listener(name, *a, what)?;
+                bound.outbound = l.local_addr().ok();
+                Listener::Tcp(l)
+            }
+            config::ListenAddr::Unix(u) => {
+                let l = sockets.unix_listener(name, u, what)?;
+                bound.outbound_unix = Some(u.path.clone());
+                Listener::Unix(l)
+            }
+        };
         listeners.push((l, msg::Role::Http(Direction::Outbound)));
         for t in &o.tcp {
             let what = format!("[[outbound.tcp]] {} listen", t.service);
@@ -137,7 +149,8 @@ pub fn start(
             if let Ok(a) = l.local_addr() {
                 bound.tcp.push((t.service.clone(), a));
             }
-            listeners.push((l, msg::Role::Tcp(std::sync::Arc::from(t.service.as_str()))));
+            let role = msg::Role::Tcp(std::sync::Arc::from(t.service.as_str()));
+            listeners.push((Listener::Tcp(l), role));
         }
     }
     let admin = sockets.listener("admin", cfg.proxy.admin, "[proxy] admin")?;
@@ -146,13 +159,16 @@ pub fn start(
 
     let (agent_tx, agent_rx) = async_channel::unbounded();
     let cores = cfg.proxy.cores;
-    // One shard accepts on the sockets itself; several get connections from
-    // the agent's acceptor (see listener.rs).
-    let (mut own, accept) = if cores == 1 {
-        (listeners, Vec::new())
-    } else {
-        (Vec::new(), listeners)
-    };
+    // One shard accepts on the TCP sockets itself; several get connections
+    // from the agent's acceptor, as a Unix socket's always do (see
+    // listener.rs).
+    let (mut own, mut accept) = (Vec::new(), Vec::new());
+    for (l, role) in listeners {
+        match l {
+            Listener::Tcp(l) if cores == 1 => own.push((l, role)),
+            l => accept.push((l, role)),
+        }
+    }
     let mut handles = Vec::with_capacity(cores);
     for index in 0..cores {
         let (tx, rx) = async_channel::unbounded();
@@ -214,6 +230,32 @@ impl Sockets {
         let l = match taken {
             Some(l) => l,
             None => listener::bind(addr, what)?,
+        };
+        if self.keep {
+            let copy = l.try_clone().map_err(|source| StartError::Dup {
+                name: name.to_string(),
+                source,
+            })?;
+            self.handover.push((name.to_string(), copy.into()));
+        }
+        Ok(l)
+    }
+
+    /// A Unix socket file listener, taken over or bound (replacing a stale
+    /// file), with its mode and owner applied either way.
+    fn unix_listener(
+        &mut self,
+        name: &str,
+        u: &config::UnixListen,
+        what: &str,
+    ) -> Result<std::os::unix::net::UnixListener, StartError> {
+        let taken = self.inherited.as_mut().and_then(|h| h.unix(name, &u.path));
+        let l = match taken {
+            Some(l) => {
+                listener::apply_unix_access(u, what)?;
+                l
+            }
+            None => listener::bind_unix(u, what)?,
         };
         if self.keep {
             let copy = l.try_clone().map_err(|source| StartError::Dup {

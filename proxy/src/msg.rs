@@ -39,7 +39,7 @@ pub enum ShardMsg {
     /// A connection accepted by the agent's acceptor (cores > 1), handed to the
     /// shard with the fewest open connections.
     Accept {
-        stream: std::net::TcpStream,
+        stream: crate::runtime::StdStream,
         role: Role,
     },
     /// A new configuration (SIGHUP reload) to use for new requests.

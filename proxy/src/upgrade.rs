@@ -152,6 +152,24 @@ impl Inherited {
         }
     }
 
+    /// The Unix socket file listener handed over as `name`, if it is bound
+    /// at `path`. `None`: bind anew (the old process's socket file is
+    /// then replaced only if nobody listens on it any more).
+    pub fn unix(&mut self, name: &str, path: &Path) -> Option<UnixListener> {
+        let l = UnixListener::from(self.sockets.remove(name)?);
+        let here = l.local_addr().ok()?.as_pathname().map(Path::to_path_buf);
+        if here.as_deref() == Some(path) {
+            tracing::info!("took over the {name} listener on unix:{}", path.display());
+            Some(l)
+        } else {
+            tracing::info!(
+                "the {name} listener moved to unix:{}: binding anew",
+                path.display()
+            );
+            None
+        }
+    }
+
     /// The upgrade socket, for the next upgrade, if it is at `path`.
     pub fn upgrade_listener(&mut self, path: &Path) -> Option<UnixListener> {
         let l = UnixListener::from(self.sockets.remove(UPGRADE)?);

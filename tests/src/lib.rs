@@ -32,6 +32,8 @@
 //!   streams, trailers, gRPC frames).
 //! * [`grpc`]: the Python apps and clients of `tests/py/` (grpcio,
 //!   websockets) as processes ([`PyApp`], [`GrpcClient`]).
+//! * [`unix`]: a Unix socket file in front of an origin ([`UnixFront`]),
+//!   for apps that listen on one.
 //!
 //! Every address is loopback and every port is picked by the OS, so all tests
 //! run in parallel.
@@ -51,6 +53,7 @@ pub mod openload;
 pub mod origin;
 pub mod pki;
 pub mod proxy;
+pub mod unix;
 pub mod util;
 
 pub use client::{http_get, Client, Request, Response};
@@ -61,4 +64,5 @@ pub use h2::{H2Client, H2Origin, H2Request, H2Response};
 pub use metrics::Metrics;
 pub use origin::{Origin, Received};
 pub use proxy::{Proxy, ProxyBuilder};
+pub use unix::UnixFront;
 pub use util::{pattern_checksum, unused_port, Fnv64, Pattern, TempDir};

@@ -64,6 +64,7 @@ pub struct ProxyBuilder {
     inbound: Option<(String, String)>,
     inbound_extra: Vec<(String, String)>,
     outbound: Option<String>,
+    outbound_extra: Vec<(String, String)>,
     passthrough: Option<bool>,
     services: Vec<(String, Vec<String>)>,
     timeouts: Vec<(String, String)>,
@@ -86,6 +87,7 @@ impl ProxyBuilder {
             inbound: None,
             inbound_extra: Vec::new(),
             outbound: None,
+            outbound_extra: Vec::new(),
             passthrough: None,
             services: Vec::new(),
             timeouts: Vec::new(),
@@ -129,6 +131,12 @@ impl ProxyBuilder {
         self.inbound = Some((listen.to_string(), app.to_string()));
         self
     }
+    /// `[inbound]` on `127.0.0.1:0` forwarding to `app` as written
+    /// (`"unix:/PATH"`).
+    pub fn inbound_app(mut self, app: &str) -> Self {
+        self.inbound = Some(("127.0.0.1:0".to_string(), app.to_string()));
+        self
+    }
     /// One more `[inbound]` key, as raw TOML (`inbound_key("identity_header", "\"x-caller\"")`).
     pub fn inbound_key(mut self, key: &str, toml_value: &str) -> Self {
         self.inbound_extra
@@ -142,6 +150,12 @@ impl ProxyBuilder {
     }
     pub fn outbound_at(mut self, listen: &str) -> Self {
         self.outbound = Some(listen.to_string());
+        self
+    }
+    /// One more `[outbound]` key, as raw TOML (`outbound_key("listen_mode", "\"0660\"")`).
+    pub fn outbound_key(mut self, key: &str, toml_value: &str) -> Self {
+        self.outbound_extra
+            .push((key.to_string(), toml_value.to_string()));
         self
     }
     pub fn passthrough(mut self, on: bool) -> Self {
@@ -212,6 +226,9 @@ impl ProxyBuilder {
             t += &format!("\n[outbound]\nlisten = {}\n", q(listen));
             if let Some(p) = self.passthrough {
                 t += &format!("passthrough = {p}\n");
+            }
+            for (k, v) in &self.outbound_extra {
+                t += &format!("{k} = {v}\n");
             }
         }
         for (name, eps) in &self.services {
@@ -321,7 +338,12 @@ impl ProxyBuilder {
         };
         proxy.pid = proxy.child.id();
         let want_in = self.inbound.is_some();
-        let want_out = self.outbound.is_some();
+        // A `unix:` outbound listener has no address to wait for (the
+        // `bound` line names its path).
+        let want_out = self
+            .outbound
+            .as_ref()
+            .is_some_and(|o| !o.starts_with("unix:"));
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             match rx.recv_timeout(Duration::from_millis(50)) {

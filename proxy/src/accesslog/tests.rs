@@ -120,3 +120,17 @@ fn grpc_calls_carry_their_status() {
     assert_eq!(v["protocol"], "HTTP/2");
     assert_eq!(v["grpc_status"], 14);
 }
+
+/// The local app on its Unix socket file is `"upstream":"unix"`.
+#[test]
+fn a_unix_app_is_logged_as_unix() {
+    let path = temp_path("unix");
+    let mut log = AccessLog::open(&path).unwrap();
+    let mut e = entry(b"/", 200);
+    e.upstream = Some(crate::config::UNIX_APP);
+    log.log(&e);
+    log.flush();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let line: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+    assert_eq!(line["upstream"], "unix", "{text}");
+}

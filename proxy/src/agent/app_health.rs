@@ -1,18 +1,18 @@
 //! Health checks of the local app (`[control.health]`), run on the agent
-//! thread every `interval`: a TCP connect to `[inbound] app`, an HTTP/1.1
+//! thread every `interval`: a connect to `[inbound] app` (TCP, or its Unix
+//! socket file), an HTTP/1.1
 //! `GET <path>` whose status is 2xx or 3xx, or a gRPC health check
 //! (grpc.health.v1 `Check` over h2c) that answers SERVING. Each check is bounded by
 //! `timeout`. The latest result is what the control session reports with
 //! every heartbeat; changes are logged once, not every interval.
 
 use std::cell::RefCell;
-use std::net::SocketAddr;
 use std::rc::Rc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
 
-use crate::config::{HealthConfig, HealthKind};
+use crate::config::{AppAddr, HealthConfig, HealthKind};
 
 /// The result of one check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,7 +29,7 @@ pub type LatestHealth = Rc<RefCell<Option<HealthReport>>>;
 /// How to check the app, resolved from the configuration.
 #[derive(Debug, Clone)]
 pub struct Checker {
-    pub app: SocketAddr,
+    pub app: AppAddr,
     pub config: HealthConfig,
 }
 
@@ -38,10 +38,16 @@ impl Checker {
     pub async fn check(&self) -> HealthReport {
         let timeout = self.config.timeout;
         let run = async {
-            match self.config.kind {
-                HealthKind::Tcp => tcp(self.app).await,
-                HealthKind::Http => http(self.app, &self.config.path).await,
-                HealthKind::Grpc => grpc(self.app, &self.config.grpc_service).await,
+            let connected = match &self.app {
+                AppAddr::Tcp(a) => TcpStream::connect(a).await.map(|s| self.on(s)),
+                AppAddr::Unix(p) => UnixStream::connect(p).await.map(|s| self.on(s)),
+            };
+            match connected {
+                Ok(check) => check.await,
+                Err(e) => HealthReport {
+                    healthy: false,
+                    detail: format!("connect: {e}"),
+                },
             }
         };
         match tokio::time::timeout(timeout, run).await {
@@ -53,6 +59,31 @@ impl Checker {
                     crate::config::format_duration(timeout)
                 ),
             },
+        }
+    }
+
+    /// The check itself, on a connection to the app.
+    fn on<S>(&self, s: S) -> std::pin::Pin<Box<dyn std::future::Future<Output = HealthReport> + '_>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + 'static,
+    {
+        // The Host header and :authority: the app's address, or `localhost`
+        // for a socket file (which names no host).
+        let authority = match &self.app {
+            AppAddr::Tcp(a) => a.to_string(),
+            AppAddr::Unix(_) => "localhost".to_string(),
+        };
+        // Boxed: one allocation per check (every few seconds, agent thread),
+        // and the two stream types need no second copy of each check.
+        match self.config.kind {
+            HealthKind::Tcp => Box::pin(async {
+                HealthReport {
+                    healthy: true,
+                    detail: "connected".into(),
+                }
+            }),
+            HealthKind::Http => Box::pin(http(s, authority, &self.config.path)),
+            HealthKind::Grpc => Box::pin(grpc(s, authority, &self.config.grpc_service)),
         }
     }
 
@@ -88,38 +119,24 @@ impl Checker {
     }
 }
 
-async fn tcp(app: SocketAddr) -> HealthReport {
-    match TcpStream::connect(app).await {
-        Ok(_) => HealthReport {
-            healthy: true,
-            detail: "connected".into(),
-        },
-        Err(e) => HealthReport {
-            healthy: false,
-            detail: format!("connect: {e}"),
-        },
-    }
-}
-
 /// Longest gRPC health answer read.
 const MAX_GRPC_ANSWER: usize = 1024;
 
 /// `grpc.health.v1.Health/Check` for `service` over h2c.
-async fn grpc(app: SocketAddr, service: &str) -> HealthReport {
+async fn grpc<S>(s: S, app: String, service: &str) -> HealthReport
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let unhealthy = |detail: String| HealthReport {
         healthy: false,
         detail,
     };
-    let tcp = match TcpStream::connect(app).await {
-        Ok(s) => s,
-        Err(e) => return unhealthy(format!("connect: {e}")),
-    };
-    let (client, connection) = match h2::client::handshake(tcp).await {
+    let (client, connection) = match h2::client::handshake(s).await {
         Ok(pair) => pair,
         Err(e) => return unhealthy(format!("HTTP/2: {e}")),
     };
     tokio::select! {
-        r = grpc_check(client, app, service) => r.unwrap_or_else(unhealthy),
+        r = grpc_check(client, &app, service) => r.unwrap_or_else(unhealthy),
         r = connection => unhealthy(match r {
             Ok(()) => "the app closed the connection".into(),
             Err(e) => format!("HTTP/2: {e}"),
@@ -129,7 +146,7 @@ async fn grpc(app: SocketAddr, service: &str) -> HealthReport {
 
 async fn grpc_check(
     client: h2::client::SendRequest<bytes::Bytes>,
-    app: SocketAddr,
+    app: &str,
     service: &str,
 ) -> Result<HealthReport, String> {
     let mut client = client.ready().await.map_err(|e| format!("HTTP/2: {e}"))?;
@@ -253,14 +270,13 @@ fn varint(b: &[u8]) -> Option<(u64, usize)> {
 /// Longest response head read before giving up on finding the status line.
 const MAX_STATUS_LINE: usize = 1024;
 
-async fn http(app: SocketAddr, path: &str) -> HealthReport {
+async fn http<S>(mut s: S, app: String, path: &str) -> HealthReport
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let unhealthy = |detail: String| HealthReport {
         healthy: false,
         detail,
-    };
-    let mut s = match TcpStream::connect(app).await {
-        Ok(s) => s,
-        Err(e) => return unhealthy(format!("connect: {e}")),
     };
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {app}\r\nUser-Agent: coremesh-health\r\nConnection: close\r\n\r\n"

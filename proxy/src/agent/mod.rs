@@ -60,6 +60,8 @@ pub const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Bound {
     pub inbound: Option<SocketAddr>,
     pub outbound: Option<SocketAddr>,
+    /// `[outbound] listen` when it is a Unix socket file.
+    pub outbound_unix: Option<PathBuf>,
     pub admin: Option<SocketAddr>,
     /// `[[outbound.tcp]]` listeners: (service, bound address).
     pub tcp: Vec<(String, SocketAddr)>,
@@ -79,6 +81,9 @@ impl Bound {
                 line.push_str(&format!(" {k}={a}"));
             }
         }
+        if let Some(p) = &self.outbound_unix {
+            line.push_str(&format!(" outbound=unix:{}", p.display()));
+        }
         for (service, a) in &self.tcp {
             line.push_str(&format!(" tcp:{service}={a}"));
         }
@@ -95,6 +100,9 @@ impl Bound {
             if let Some(a) = v {
                 m.insert(k.into(), a.to_string().into());
             }
+        }
+        if let Some(p) = &self.outbound_unix {
+            m.insert("outbound".into(), format!("unix:{}", p.display()).into());
         }
         if !self.tcp.is_empty() {
             let tcp: serde_json::Map<String, serde_json::Value> = self
@@ -114,8 +122,9 @@ pub struct AgentSetup {
     pub config: Arc<Config>,
     pub shards: Vec<ShardHandle>,
     pub admin: std::net::TcpListener,
-    /// Listeners the agent accepts on (only when there is more than one shard).
-    pub accept: Vec<(std::net::TcpListener, crate::msg::Role)>,
+    /// Listeners the agent accepts on: all of them with more than one
+    /// shard, and a Unix socket file always (see listener.rs).
+    pub accept: Vec<(crate::listener::Listener, crate::msg::Role)>,
     pub requests: async_channel::Receiver<AgentRequest>,
     pub bound: Bound,
     /// The executor the shards run ("monoio"/"glommio"), for `/config`.
@@ -535,7 +544,7 @@ async fn start_control(
     control::restore(&state, &applier).await;
     let health = config.inbound.as_ref().map(|i| {
         let checker = app_health::Checker {
-            app: i.app,
+            app: i.app.clone(),
             config: cc.health.clone(),
         };
         let latest = app_health::LatestHealth::default();

@@ -106,7 +106,7 @@ pub(crate) struct ProxyFile {
 pub(crate) struct InboundFile {
     /// Address peer proxies connect to.
     pub listen: Option<String>,
-    /// Address of the local app. Required.
+    /// Address of the local app (`unix:/PATH`: a socket file). Required.
     pub app: Option<String>,
     /// Header carrying the caller's SPIFFE ID to the app.
     pub identity_header: Option<String>,
@@ -120,8 +120,14 @@ pub(crate) struct InboundFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct OutboundFile {
-    /// Address the local app sends its requests to.
+    /// Address the local app sends its requests to (`unix:/PATH`: a socket file).
     pub listen: Option<String>,
+    /// Permission bits of a `unix:` listen socket file, an octal string.
+    pub listen_mode: Option<toml::Value>,
+    /// Owner of a `unix:` listen socket file: a user name or id.
+    pub listen_owner: Option<toml::Value>,
+    /// Group of a `unix:` listen socket file: a group name or id.
+    pub listen_group: Option<toml::Value>,
     /// Forward requests for unknown services to the address they name.
     pub passthrough: Option<bool>,
     /// `[[outbound.tcp]]`: a local listener per TCP service. In TOML an

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use super::file::InterceptFile;
-use super::{ConfigError, InboundConfig, InterceptConfig, OutboundConfig};
+use super::{AppAddr, ConfigError, InboundConfig, InterceptConfig, OutboundConfig};
 
 /// Errors name `[intercept]` and the key in `path`.
 struct At<'a>(&'a Path);
@@ -42,29 +42,47 @@ pub(super) fn resolve(
                 "true needs an [outbound] section to redirect to",
             ));
         };
-        if o.listen.port() == 0 {
+        let Some(listen) = o.listen.tcp() else {
             return Err(at.err(
                 "outbound",
                 format!(
-                    "[outbound] listen \"{}\" has port 0; nftables redirects to a fixed port: give it one",
+                    "[outbound] listen \"{}\" is a Unix socket; nftables redirects TCP to a port: give [outbound] a TCP listen address, or set outbound = false",
                     o.listen
+                ),
+            ));
+        };
+        if listen.port() == 0 {
+            return Err(at.err(
+                "outbound",
+                format!(
+                    "[outbound] listen \"{listen}\" has port 0; nftables redirects to a fixed port: give it one"
                 ),
             ));
         }
         // The output hook's redirect sends to the loopback address.
-        if !(o.listen.ip().is_loopback() || o.listen.ip().is_unspecified()) {
+        if !(listen.ip().is_loopback() || listen.ip().is_unspecified()) {
             return Err(at.err(
                 "outbound",
                 format!(
-                    "[outbound] listen \"{}\" is not on loopback; a redirected connection arrives at 127.0.0.1 (::1)",
-                    o.listen
+                    "[outbound] listen \"{listen}\" is not on loopback; a redirected connection arrives at 127.0.0.1 (::1)"
                 ),
             ));
         }
     }
     let inbound_ports = match f.inbound_ports {
         Some(ports) => ports_in(&at, "inbound_ports", ports)?,
-        None => inbound.iter().map(|i| i.app.port()).collect(),
+        None => match inbound.as_ref().map(|i| &i.app) {
+            None => Vec::new(),
+            Some(AppAddr::Tcp(a)) => vec![a.port()],
+            // The default is the port callers used to reach the app at:
+            // an app on a socket file had none.
+            Some(app @ AppAddr::Unix(_)) => {
+                return Err(at.err(
+                    "inbound_ports",
+                    format!("is needed: [inbound] app \"{app}\" is a Unix socket, so it has no port to redirect by default; list the ports callers connect to, or write inbound_ports = []"),
+                ))
+            }
+        },
     };
     if !inbound_ports.is_empty() {
         let Some(i) = inbound else {

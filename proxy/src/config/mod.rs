@@ -23,6 +23,7 @@ mod resolve;
 mod target;
 #[cfg(test)]
 mod tests;
+mod unix;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -34,6 +35,7 @@ use serde_json::json;
 pub use error::{ConfigError, ConfigErrorKind};
 pub use reference::REFERENCE;
 pub use target::{parse_target, HostPort, Target, TargetError};
+pub use unix::{AppAddr, ListenAddr, UnixListen, UNIX_APP};
 
 /// Formats a duration as `proxy.toml` writes it (`"500ms"`, `"10s"`, `"2m"`).
 pub fn format_duration(d: Duration) -> String {
@@ -149,8 +151,9 @@ pub struct ProxyConfig {
 pub struct InboundConfig {
     /// Address peer proxies connect to.
     pub listen: SocketAddr,
-    /// Address of the local app that inbound requests are forwarded to.
-    pub app: SocketAddr,
+    /// The local app that inbound requests are forwarded to: a TCP
+    /// address, or a Unix stream socket.
+    pub app: AppAddr,
     /// Lowercase name of the header in which the app receives the caller's
     /// SPIFFE ID (mutual TLS only); the proxy removes it from requests first.
     pub identity_header: Option<String>,
@@ -190,10 +193,10 @@ impl AppProtocol {
 /// `[outbound]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboundConfig {
-    /// Address the local app sends its outgoing HTTP requests to; bound
-    /// (default `127.0.0.1:4140`) even when the file gives only
-    /// `[[outbound.tcp]]` entries.
-    pub listen: SocketAddr,
+    /// Where the local app sends its outgoing HTTP requests: a TCP address
+    /// (default `127.0.0.1:4140`) or a Unix socket file; bound even when
+    /// the file gives only `[[outbound.tcp]]` entries.
+    pub listen: ListenAddr,
     /// Forward requests whose authority names no known service straight to the
     /// address it names, instead of answering 503.
     pub passthrough: bool,
@@ -495,6 +498,12 @@ impl Config {
             })),
             "outbound": self.outbound.as_ref().map(|o| json!({
                 "listen": o.listen.to_string(),
+                "listen_mode": match &o.listen {
+                    ListenAddr::Unix(UnixListen { mode: Some(m), .. }) => Some(format!("{m:04o}")),
+                    _ => None,
+                },
+                "listen_owner": match &o.listen { ListenAddr::Unix(u) => u.owner, _ => None },
+                "listen_group": match &o.listen { ListenAddr::Unix(u) => u.group, _ => None },
                 "passthrough": o.passthrough,
                 "tcp": o.tcp.iter().map(|t| json!({
                     "service": t.service,

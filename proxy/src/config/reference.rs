@@ -5,7 +5,9 @@
 /// every key the parser accepts appears here.
 pub const REFERENCE: &str = r#"proxy.toml reference
 
-Types: addr = "IP:port" ("127.0.0.1:9000", "[::1]:9000"). target = an addr or
+Types: addr = "IP:port" ("127.0.0.1:9000", "[::1]:9000"). unix = "unix:" and
+an absolute path of at most 107 bytes ("unix:/run/api/app.sock"), a Unix
+stream socket file. target = an addr or
 "host:port" ("db.internal:5432"): the agent thread resolves host names (at
 start and every 30 s for [[services]], at each connect for [control]; a failed
 lookup keeps the last good addresses and logs a warning). duration = a whole number and a unit: ms, s, m or h ("250ms", "10s",
@@ -45,8 +47,13 @@ letter or digit, at most 63 characters. Unknown keys are errors.
   listen         addr             127.0.0.1:4143  Where peer proxies connect.
                                                 Adding or removing the section, or
                                                 changing listen: restart
-  app            addr             required      The local app that inbound requests
-                                                are forwarded to.  reload
+  app            addr | unix      required      The local app that inbound requests
+                                                (HTTP/1.1, h2c, a TCP service's
+                                                stream) and [control.health]
+                                                checks go to: TCP, or its Unix
+                                                socket file. With [intercept], a
+                                                unix app needs inbound_ports.
+                                                reload
   protocol       "http" | "tcp"   "http"        What peers send: HTTP requests, or the
                                                 byte stream of a TCP service (ALPN
                                                 coremesh-tcp), relayed to app as is;
@@ -68,11 +75,29 @@ letter or digit, at most 63 characters. Unknown keys are errors.
                                                 h2c (not upgrades).  reload
 
 [outbound]  (optional; at least one of [inbound] and [outbound])
-  listen         addr             127.0.0.1:4140  Where the local app sends its
+  listen         addr | unix      127.0.0.1:4140  Where the local app sends its
                                                 HTTP requests (bound even when the
                                                 file has only [[outbound.tcp]]).
-                                                Adding or removing the section, or
-                                                changing listen: restart
+                                                A unix socket file is accepted by
+                                                the agent thread and handed to the
+                                                least loaded shard; a stale file
+                                                (nobody listening) is replaced, a
+                                                live socket or a file that is no
+                                                socket is an error. Not with
+                                                [intercept] outbound. Adding or
+                                                removing the section, or changing
+                                                listen: restart
+  listen_mode    string           as created    Permission bits of a unix listen
+                                                socket file, octal ("0660"; at
+                                                most "0777"), set right after
+                                                binding.  restart
+  listen_owner   string | integer this user     Owner of a unix listen socket
+                                                file: a user name (looked up when
+                                                the file is read) or a uid.
+                                                restart
+  listen_group   string | integer this group    Group of a unix listen socket
+                                                file: a group name or a gid.
+                                                restart
   passthrough    bool             false         Forward requests for hosts not
                                                 listed in [[services]] to the
                                                 host they name (and tunnel

@@ -7,7 +7,7 @@
 //! every reload anyway) but may not appear or disappear: it decides whether
 //! the inbound port speaks plaintext or mutual TLS.
 
-use super::{Config, ConfigError, ControlConfig, TcpUpstreamConfig};
+use super::{Config, ConfigError, ControlConfig, ListenAddr, TcpUpstreamConfig};
 
 pub(crate) fn check(old: &Config, new: &Config) -> Result<(), ConfigError> {
     let changed = |place: &str, key: &str, from: String, to: String| {
@@ -88,11 +88,26 @@ pub(crate) fn check(old: &Config, new: &Config) -> Result<(), ConfigError> {
     section(new, "[outbound]", &old.outbound, &new.outbound)?;
     if let (Some(a), Some(b)) = (&old.outbound, &new.outbound) {
         if a.listen != b.listen {
+            // The mode and owner are applied when the socket is bound.
+            let key = match (&a.listen, &b.listen) {
+                (ListenAddr::Unix(x), ListenAddr::Unix(y)) if x.path == y.path => {
+                    "listen_mode, listen_owner or listen_group"
+                }
+                _ => "listen",
+            };
+            if key != "listen" {
+                return Err(ConfigError::needs_restart(
+                    &new.source,
+                    "[outbound]",
+                    key,
+                    "changed; the socket file's mode and owner are set when it is bound",
+                ));
+            }
             return Err(changed(
                 "[outbound]",
                 "listen",
-                quoted(a.listen),
-                quoted(b.listen),
+                quoted(&a.listen),
+                quoted(&b.listen),
             ));
         }
         tcp(new, &a.tcp, &b.tcp)?;

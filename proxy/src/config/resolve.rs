@@ -14,10 +14,11 @@ use super::file::{
     ProxyFile, ServiceFile, TimeoutsFile, TlsFile, UpstreamFile,
 };
 use super::target::{parse_target, Target};
+use super::unix;
 use super::{
-    duration, AppProtocol, Config, ConfigError, ControlConfig, H2Limits, HealthConfig, HealthKind,
-    InboundConfig, Limits, OutboundConfig, ProxyConfig, ServiceConfig, TcpUpstreamConfig, Timeouts,
-    TlsConfig, UpstreamConfig,
+    duration, AppAddr, AppProtocol, Config, ConfigError, ControlConfig, H2Limits, HealthConfig,
+    HealthKind, InboundConfig, Limits, ListenAddr, OutboundConfig, ProxyConfig, ServiceConfig,
+    TcpUpstreamConfig, Timeouts, TlsConfig, UnixListen, UpstreamConfig,
 };
 
 type Result<T> = std::result::Result<T, ConfigError>;
@@ -270,8 +271,8 @@ fn resolve_inbound(at: At<'_>, f: InboundFile) -> Result<InboundConfig> {
         "listen",
         f.listen.as_deref().unwrap_or(DEFAULT_INBOUND_LISTEN),
     )?;
-    let app = at.connect_addr("app", &at.required("app", f.app)?)?;
-    if app == listen {
+    let app = at.app_addr("app", &at.required("app", f.app)?)?;
+    if app.tcp() == Some(listen) {
         // Forwarding to ourselves would loop until the connection limit.
         return Err(at.err(
             "app",
@@ -383,10 +384,7 @@ fn beside(config: &Path, p: &str) -> PathBuf {
 }
 
 fn resolve_outbound(at: At<'_>, f: OutboundFile) -> Result<OutboundConfig> {
-    let listen = at.socket_addr(
-        "listen",
-        f.listen.as_deref().unwrap_or(DEFAULT_OUTBOUND_LISTEN),
-    )?;
+    let listen = outbound_listen(&at, &f)?;
     let mut tcp: Vec<TcpUpstreamConfig> = Vec::with_capacity(f.tcp.len());
     for (i, t) in f.tcp.into_iter().enumerate() {
         let at = At::new(at.path, &format!("[[outbound.tcp]] #{}", i + 1));
@@ -407,6 +405,53 @@ fn resolve_outbound(at: At<'_>, f: OutboundFile) -> Result<OutboundConfig> {
     })
 }
 
+/// `[outbound] listen`, with `listen_mode`, `listen_owner` and
+/// `listen_group`, which only a `unix:` socket file has.
+fn outbound_listen(at: &At<'_>, f: &OutboundFile) -> Result<ListenAddr> {
+    let text = f.listen.as_deref().unwrap_or(DEFAULT_OUTBOUND_LISTEN);
+    let path = match unix::parse_path(text) {
+        None => {
+            let file_keys = [
+                ("listen_mode", &f.listen_mode),
+                ("listen_owner", &f.listen_owner),
+                ("listen_group", &f.listen_group),
+            ];
+            if let Some((key, _)) = file_keys.iter().find(|(_, v)| v.is_some()) {
+                return Err(at.err(
+                    key,
+                    format!("applies to a socket file only; listen \"{text}\" is a TCP address (write listen = \"unix:/PATH\")"),
+                ));
+            }
+            return Ok(ListenAddr::Tcp(at.socket_addr("listen", text)?));
+        }
+        Some(p) => p.map_err(|e| at.err("listen", e))?,
+    };
+    let mode = f
+        .listen_mode
+        .as_ref()
+        .map(unix::parse_mode)
+        .transpose()
+        .map_err(|e| at.err("listen_mode", e))?;
+    let owner = f
+        .listen_owner
+        .as_ref()
+        .map(|v| unix::parse_id(v, unix::Ids::User))
+        .transpose()
+        .map_err(|e| at.err("listen_owner", e))?;
+    let group = f
+        .listen_group
+        .as_ref()
+        .map(|v| unix::parse_id(v, unix::Ids::Group))
+        .transpose()
+        .map_err(|e| at.err("listen_group", e))?;
+    Ok(ListenAddr::Unix(UnixListen {
+        path,
+        mode,
+        owner,
+        group,
+    }))
+}
+
 /// Two listeners on one port collide when their IPs are equal or either is the
 /// wildcard (Linux refuses the second bind). Port 0 asks the OS for a free port,
 /// so it never collides.
@@ -423,7 +468,9 @@ fn check_listeners_distinct(
         listeners.push(("[inbound]".to_owned(), "listen", i.listen));
     }
     if let Some(o) = outbound {
-        listeners.push(("[outbound]".to_owned(), "listen", o.listen));
+        if let Some(listen) = o.listen.tcp() {
+            listeners.push(("[outbound]".to_owned(), "listen", listen));
+        }
         for (n, t) in o.tcp.iter().enumerate() {
             let place = format!("[[outbound.tcp]] #{}", n + 1);
             listeners.push((place, "listen", t.listen));
@@ -846,6 +893,14 @@ impl<'a> At<'a> {
     /// An address or `host:port` to connect to (see [`parse_target`]).
     fn target(&self, key: &str, text: &str) -> Result<Target> {
         parse_target(text).map_err(|e| self.err(key, format!("\"{text}\" {e}")))
+    }
+
+    /// `[inbound] app`: an address to connect to, or `unix:/PATH`.
+    fn app_addr(&self, key: &str, text: &str) -> Result<AppAddr> {
+        match unix::parse_path(text) {
+            Some(p) => p.map(AppAddr::Unix).map_err(|e| self.err(key, e)),
+            None => self.connect_addr(key, text).map(AppAddr::Tcp),
+        }
     }
 
     /// An address to connect to: port 0 names no listener.

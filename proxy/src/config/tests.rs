@@ -4,6 +4,7 @@
 mod control;
 mod mtls;
 mod names;
+mod unix;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -99,7 +100,7 @@ fn full_example_parses_with_its_values() {
         c.inbound,
         Some(InboundConfig {
             listen: addr("0.0.0.0:4143"),
-            app: addr("127.0.0.1:8080"),
+            app: AppAddr::Tcp(addr("127.0.0.1:8080")),
             identity_header: None,
             tcp: false,
             app_protocol: AppProtocol::Auto,
@@ -108,7 +109,7 @@ fn full_example_parses_with_its_values() {
     assert_eq!(
         c.outbound,
         Some(OutboundConfig {
-            listen: addr("[::1]:4140"),
+            listen: ListenAddr::Tcp(addr("[::1]:4140")),
             passthrough: true,
             tcp: Vec::new(),
         })
@@ -179,7 +180,7 @@ fn defaults_fill_every_optional_key() {
     assert_eq!(
         c.outbound,
         Some(OutboundConfig {
-            listen: addr("127.0.0.1:4140"),
+            listen: ListenAddr::Tcp(addr("127.0.0.1:4140")),
             passthrough: false,
             tcp: Vec::new(),
         })

@@ -187,7 +187,7 @@ impl<'p> RequestCtx<'p, '_> {
     fn authorize(&mut self, cbuf: &Buf) -> Result<Routed<'p>, Answer<'p>> {
         let cfg = self.cfg;
         self.service = &cfg.proxy.service;
-        let app = cfg.inbound.as_ref().map(|i| i.app);
+        let app = cfg.inbound.as_ref().map(|i| i.app.key());
         let app = match app {
             Some(app) if self.head.method != Method::Connect => app,
             _ => return Err(Answer::Error(ErrorKind::ConnectNotAllowed)),
@@ -430,6 +430,9 @@ pub(super) async fn route_request<'p, R: crate::route::RequestView>(
         Ok(Target::Passthrough { host, port }) => ("passthrough", {
             match shard.resolve(&host, port).await {
                 Ok(addr) if shard.is_own(addr) => Err(Answer::Error(ErrorKind::LoopDetected)),
+                // Nothing listens on port 0 (and it is how a Unix-socket
+                // app is known, config::UNIX_APP).
+                Ok(addr) if addr.port() == 0 => Err(Answer::Error(ErrorKind::ResolveFailed)),
                 Ok(addr) => Ok(Routed {
                     endpoints: Endpoints::One(addr),
                     policy: single,

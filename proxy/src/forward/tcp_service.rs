@@ -29,10 +29,10 @@ pub async fn inbound(shard: &Shard, cfg: &Config, t: TlsStream) {
         t.shutdown_write().await;
         return;
     }
-    let Some(app) = cfg.inbound.as_ref().map(|i| i.app) else {
+    let Some(app) = cfg.inbound.as_ref().map(|i| &i.app) else {
         return;
     };
-    let up = match TcpStream::connect(app, cfg.timeouts.connect).await {
+    let up = match super::upstream::connect_to(cfg, app.key(), cfg.timeouts.connect).await {
         Ok(c) => c,
         Err(e) => {
             crate::lograte::log_limited!(tracing::Level::WARN, %app, "TCP service: cannot reach the local app: {e}");

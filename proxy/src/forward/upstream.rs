@@ -245,7 +245,7 @@ pub(super) async fn upstream_conn(
             ));
         }
         let limit = cfg.timeouts.connect.min(left);
-        let conn = TcpStream::connect(addr, limit).await;
+        let conn = connect_to(cfg, addr, limit).await;
         if conn.is_err() && endpoints.tracked() {
             shard.outcomes.record(addr, false);
             balancer_end(shard, endpoints, addr, connect_start, false);
@@ -322,6 +322,22 @@ pub(super) async fn upstream_conn(
         }
     }
     Err(last)
+}
+
+/// A new connection to `addr`: the local app's socket file when `addr` is
+/// [`UNIX_APP`](crate::config::UNIX_APP) and `[inbound] app` is one, else
+/// TCP. Every connect that may go to the local app comes through here.
+pub(in crate::forward) async fn connect_to(
+    cfg: &Config,
+    addr: SocketAddr,
+    limit: Duration,
+) -> std::io::Result<TcpStream> {
+    if addr == crate::config::UNIX_APP {
+        if let Some(crate::config::AppAddr::Unix(path)) = cfg.inbound.as_ref().map(|i| &i.app) {
+            return TcpStream::connect_unix(path, limit).await;
+        }
+    }
+    TcpStream::connect(addr, limit).await
 }
 
 /// How long a connect must have had before its timeout counts against the

@@ -64,7 +64,10 @@ pub fn ruleset(cfg: &Config) -> Result<String, InterceptError> {
         "# coremesh-proxy --intercept, from {}\ntable {TABLE}\ndelete table {TABLE}\ntable {TABLE} {{",
         cfg.source.display()
     );
-    if let (true, Some(o)) = (i.outbound, &cfg.outbound) {
+    // A Unix outbound listener with outbound interception is refused when
+    // the file is read (config/intercept.rs).
+    let outbound_tcp = cfg.outbound.as_ref().and_then(|o| o.listen.tcp());
+    if let (true, Some(listen)) = (i.outbound, outbound_tcp) {
         let _ = writeln!(
             r,
             "\tchain output {{\n\t\ttype nat hook output priority -100; policy accept;"
@@ -83,8 +86,8 @@ pub fn ruleset(cfg: &Config) -> Result<String, InterceptError> {
         let _ = writeln!(
             r,
             "\t\tmeta nfproto {} meta l4proto tcp redirect to :{}\n\t}}",
-            family(o.listen),
-            o.listen.port()
+            family(listen),
+            listen.port()
         );
     }
     if let (false, Some(inb)) = (i.inbound_ports.is_empty(), &cfg.inbound) {

@@ -185,7 +185,7 @@ impl TcpListener {
         let accept = async {
             let s = self.inner.accept().await?;
             let peer = s.peer_addr()?;
-            Ok((TcpStream::adopt(s), peer))
+            Ok((TcpStream::wrap(Sock::Tcp(s)), peer))
         };
         let stopped = async {
             stop.stopped().await;
@@ -251,18 +251,47 @@ impl StopHandle {
     }
 }
 
-/// A TCP connection on the current shard.
+/// The socket under a [`TcpStream`]: TCP, or a Unix stream socket (the
+/// local app's, or one the app called in on).
+enum Sock {
+    Tcp(glommio::net::TcpStream),
+    /// With its descriptor: glommio's Unix stream does not give it out.
+    Unix(glommio::net::UnixStream, RawFd),
+}
+
+/// Runs `$body` with `$s` bound to the socket of either kind: both have the
+/// same operations, so the arms are identical.
+macro_rules! either {
+    ($e:expr, $s:ident => $body:expr) => {
+        match $e {
+            Sock::Tcp($s) => $body,
+            Sock::Unix($s, _) => $body,
+        }
+    };
+}
+
+impl Sock {
+    fn fd(&self) -> RawFd {
+        match self {
+            Sock::Tcp(s) => s.as_raw_fd(),
+            Sock::Unix(_, fd) => *fd,
+        }
+    }
+}
+
+/// A connection on the current shard: TCP, or a Unix stream socket (the
+/// name stays: everything above the seam treats both alike).
 pub struct TcpStream {
-    inner: glommio::net::TcpStream,
+    inner: Sock,
     /// The byte a readiness wait took off the socket; the next read starts
     /// with it.
     stash: Option<u8>,
 }
 
-/// A TCP connection in readiness mode (tokio's `AsyncRead`/`AsyncWrite`
+/// A connection in readiness mode (tokio's `AsyncRead`/`AsyncWrite`
 /// over glommio's futures-io ones).
 pub struct PollTcp {
-    inner: glommio::net::TcpStream,
+    inner: Sock,
     stash: Option<u8>,
 }
 
@@ -276,8 +305,10 @@ impl tokio::io::AsyncRead for PollTcp {
             buf.put_slice(&[b]);
             return std::task::Poll::Ready(Ok(()));
         }
+        let this = self.get_mut();
         let dst = buf.initialize_unfilled();
-        match futures_lite::AsyncRead::poll_read(std::pin::Pin::new(&mut self.inner), cx, dst) {
+        let polled = either!(&mut this.inner, s => futures_lite::AsyncRead::poll_read(std::pin::Pin::new(s), cx, dst));
+        match polled {
             std::task::Poll::Ready(Ok(n)) => {
                 buf.advance(n);
                 std::task::Poll::Ready(Ok(()))
@@ -294,21 +325,21 @@ impl tokio::io::AsyncWrite for PollTcp {
         cx: &mut std::task::Context<'_>,
         data: &[u8],
     ) -> std::task::Poll<io::Result<usize>> {
-        futures_lite::AsyncWrite::poll_write(std::pin::Pin::new(&mut self.inner), cx, data)
+        either!(&mut self.inner, s => futures_lite::AsyncWrite::poll_write(std::pin::Pin::new(s), cx, data))
     }
 
     fn poll_flush(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<io::Result<()>> {
-        futures_lite::AsyncWrite::poll_flush(std::pin::Pin::new(&mut self.inner), cx)
+        either!(&mut self.inner, s => futures_lite::AsyncWrite::poll_flush(std::pin::Pin::new(s), cx))
     }
 
     fn poll_shutdown(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<io::Result<()>> {
-        futures_lite::AsyncWrite::poll_close(std::pin::Pin::new(&mut self.inner), cx)
+        either!(&mut self.inner, s => futures_lite::AsyncWrite::poll_close(std::pin::Pin::new(s), cx))
     }
 }
 
@@ -327,7 +358,48 @@ impl TcpStream {
         // SAFETY: `fd` came out of `into_raw_fd`: an open, connected TCP
         // socket that nothing else owns or will close.
         let inner = unsafe { glommio::net::TcpStream::from_raw_fd(fd) };
-        Ok(TcpStream::adopt(inner))
+        Ok(TcpStream::wrap(Sock::Tcp(inner)))
+    }
+
+    /// Adopts an accepted socket of either kind.
+    pub fn adopt(s: super::StdStream) -> io::Result<Self> {
+        match s {
+            super::StdStream::Tcp(s) => TcpStream::from_std(s),
+            super::StdStream::Unix(s) => {
+                let fd = s.into_raw_fd();
+                // SAFETY: `fd` came out of `into_raw_fd`: an open, connected
+                // Unix stream socket that nothing else owns or will close.
+                let inner = unsafe { glommio::net::UnixStream::from_raw_fd(fd) };
+                Ok(TcpStream::wrap(Sock::Unix(inner, fd)))
+            }
+        }
+    }
+
+    /// Connects to the Unix stream socket at `path`. A Unix connect
+    /// completes (or fails) at once unless the listener's accept queue is
+    /// full, which is reported as an error rather than waited out: glommio
+    /// opens its own socket for a connect and hides its descriptor, which
+    /// the seam needs. `limit` has nothing to bound here.
+    pub async fn connect_unix(path: &std::path::Path, limit: Duration) -> io::Result<Self> {
+        let _ = limit;
+        let s = socket2::Socket::new(
+            socket2::Domain::UNIX,
+            socket2::Type::STREAM.nonblocking().cloexec(),
+            None,
+        )?;
+        match s.connect(&socket2::SockAddr::unix(path)?) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "connect: the listener's accept queue is full",
+                ))
+            }
+            Err(e) => return Err(e),
+        }
+        TcpStream::adopt(super::StdStream::Unix(
+            std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(s)),
+        ))
     }
 
     /// Connects, bounded by `limit`. glommio has no way to connect a socket
@@ -338,19 +410,22 @@ impl TcpStream {
         match timeout(limit, glommio::net::TcpStream::connect(addr)).await {
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
-                Ok(TcpStream::adopt(s))
+                Ok(TcpStream::wrap(Sock::Tcp(s)))
             }
             Ok(Err(e)) => Err(e.into()),
             Err(Elapsed) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
         }
     }
 
-    fn adopt(inner: glommio::net::TcpStream) -> Self {
+    fn wrap(inner: Sock) -> Self {
         TcpStream { inner, stash: None }
     }
 
+    /// `TCP_NODELAY` (nothing to set on a Unix socket).
     pub fn set_nodelay(&self) {
-        let _ = self.inner.set_nodelay(true);
+        if let Sock::Tcp(s) = &self.inner {
+            let _ = s.set_nodelay(true);
+        }
     }
 
     /// The socket's descriptor (for the shard's idle table).
@@ -362,12 +437,16 @@ impl TcpStream {
     /// it waits idle (nothing to drop on this backend).
     pub fn release_idle_state(&mut self) {}
 
+    /// The peer's address; a Unix socket's peer has none (the error says so).
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.inner.peer_addr()?)
+        match &self.inner {
+            Sock::Tcp(s) => Ok(s.peer_addr()?),
+            Sock::Unix(..) => Err(super::no_ip_peer()),
+        }
     }
 
     fn fd(&self) -> RawFd {
-        self.inner.as_raw_fd()
+        self.inner.fd()
     }
 
     /// Half-close: the peer reads EOF; reading goes on.
@@ -432,7 +511,8 @@ impl TcpStream {
             return Ok(());
         }
         let mut byte = [0u8; 1];
-        if self.inner.read(&mut byte).await? == 1 {
+        let n = either!(&mut self.inner, s => s.read(&mut byte).await?);
+        if n == 1 {
             self.stash = Some(byte[0]);
         }
         Ok(())
@@ -488,7 +568,9 @@ impl TcpStream {
         let mut rest = &buf[range];
         while !rest.is_empty() {
             let res = match send_nb(self.fd(), rest) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.inner.write(rest).await,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    either!(&mut self.inner, s => s.write(rest).await)
+                }
                 res => res,
             };
             match res {
@@ -515,7 +597,7 @@ impl TcpStream {
                     let first = unsafe {
                         std::slice::from_raw_parts(first.iov_base as *const u8, first.iov_len)
                     };
-                    self.inner.write(first).await
+                    either!(&mut self.inner, s => s.write(first).await)
                 }
                 res => res,
             };
@@ -537,7 +619,11 @@ impl TcpStream {
     pub fn try_clone(&self) -> io::Result<TcpStream> {
         // SAFETY: the fd belongs to `self.inner`, which outlives this borrow.
         let fd = unsafe { BorrowedFd::borrow_raw(self.fd()) };
-        TcpStream::from_std(std::net::TcpStream::from(fd.try_clone_to_owned()?))
+        let fd = fd.try_clone_to_owned()?;
+        TcpStream::adopt(match self.inner {
+            Sock::Tcp(_) => super::StdStream::Tcp(fd.into()),
+            Sock::Unix(..) => super::StdStream::Unix(fd.into()),
+        })
     }
 
     /// Relays bytes both ways until both directions finish (EOF), either side
@@ -593,7 +679,7 @@ async fn pipe(
             }
         }
     }
-    let _ = w.inner.shutdown(Shutdown::Write).await;
+    let _ = either!(&w.inner, s => s.shutdown(Shutdown::Write).await);
     done.set(done.get() + 1);
     total
 }

@@ -5,7 +5,8 @@
 //!
 //! * [`start_shard`]: a thread, optionally pinned to one CPU, running an executor;
 //! * [`spawn_local`], [`sleep`], [`timeout`]: tasks and timers on the current shard;
-//! * [`TcpListener`] / [`TcpStream`]: accept, connect, owned-buffer reads and
+//! * [`TcpListener`] / [`TcpStream`] (TCP, or a Unix stream socket:
+//!   [`TcpStream::connect_unix`], [`TcpStream::adopt`]): accept, connect, owned-buffer reads and
 //!   writes ([`Buf`] is a `Vec<u8>` whose spare capacity is read into), a
 //!   vectored write of a [`IoVecs`] (head slices plus body bytes), readiness
 //!   waits so an idle keep-alive connection holds no buffer, and a two-way
@@ -67,6 +68,21 @@ fn marked_socket(addr: SocketAddr, mark: u32) -> std::io::Result<std::net::TcpSt
 
 #[cfg(not(feature = "runtime-glommio"))]
 use std::net::SocketAddr;
+
+/// An accepted connection on its way to a shard: TCP, or a Unix stream
+/// socket (a `unix:` outbound listener).
+pub enum StdStream {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+/// What [`TcpStream::peer_addr`] says about a Unix socket's peer.
+fn no_ip_peer() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "a Unix socket's peer has no IP address",
+    )
+}
 
 /// An owned I/O buffer: reads append into its spare capacity.
 pub type Buf = Vec<u8>;

@@ -256,12 +256,83 @@ impl Default for Stop {
     }
 }
 
-/// A TCP connection in readiness mode (tokio's `AsyncRead`/`AsyncWrite`).
-pub type PollTcp = monoio::net::tcp::stream_poll::TcpStreamPoll;
+/// A connection in readiness mode (tokio's `AsyncRead`/`AsyncWrite`), over
+/// TCP or a Unix socket.
+pub enum PollTcp {
+    Tcp(monoio::net::tcp::stream_poll::TcpStreamPoll),
+    Unix(monoio::net::unix::stream_poll::UnixStreamPoll),
+}
 
-/// A TCP connection on the current shard.
+/// Runs `$body` with `$s` bound to the socket of either kind (`Sock` or
+/// `PollTcp`): both have the same operations, so the arms are identical.
+macro_rules! either {
+    ($e:expr, $t:ident :: {$a:ident, $b:ident}, $s:ident => $body:expr) => {
+        match $e {
+            $t::$a($s) => $body,
+            $t::$b($s) => $body,
+        }
+    };
+}
+
+impl tokio::io::AsyncRead for PollTcp {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        either!(self.get_mut(), PollTcp::{Tcp, Unix}, s => std::pin::Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl tokio::io::AsyncWrite for PollTcp {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        either!(self.get_mut(), PollTcp::{Tcp, Unix}, s => std::pin::Pin::new(s).poll_write(cx, data))
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        either!(self.get_mut(), PollTcp::{Tcp, Unix}, s => std::pin::Pin::new(s).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        either!(self, PollTcp::{Tcp, Unix}, s => s.is_write_vectored())
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        either!(self.get_mut(), PollTcp::{Tcp, Unix}, s => std::pin::Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        either!(self.get_mut(), PollTcp::{Tcp, Unix}, s => std::pin::Pin::new(s).poll_shutdown(cx))
+    }
+}
+
+/// The socket under a [`TcpStream`].
+enum Sock {
+    Tcp(monoio::net::TcpStream),
+    /// A Unix stream socket: the local app's (`[inbound] app = "unix:..."`)
+    /// or one the app called in on (`[outbound] listen = "unix:..."`).
+    Unix(monoio::net::UnixStream),
+}
+
+/// A connection on the current shard: TCP, or a Unix stream socket (the
+/// name stays: everything above the seam treats both alike, and only
+/// [`TcpStream::peer_addr`] and [`TcpStream::set_nodelay`] differ).
 pub struct TcpStream {
-    inner: monoio::net::TcpStream,
+    inner: Sock,
     /// Cancels a lingering read; kept per connection so a request costs no
     /// allocation (a fresh one replaces it only after it has cancelled).
     canceller: Option<Canceller>,
@@ -278,7 +349,7 @@ pub enum Linger {
 impl TcpStream {
     fn wrap(inner: monoio::net::TcpStream) -> Self {
         TcpStream {
-            inner,
+            inner: Sock::Tcp(inner),
             canceller: None,
         }
     }
@@ -286,6 +357,29 @@ impl TcpStream {
     /// Adopts an accepted std socket (handed over from the acceptor thread).
     pub fn from_std(s: std::net::TcpStream) -> io::Result<Self> {
         Ok(TcpStream::wrap(monoio::net::TcpStream::from_std(s)?))
+    }
+
+    /// Adopts an accepted socket of either kind.
+    pub fn adopt(s: super::StdStream) -> io::Result<Self> {
+        match s {
+            super::StdStream::Tcp(s) => TcpStream::from_std(s),
+            super::StdStream::Unix(s) => Ok(TcpStream {
+                inner: Sock::Unix(monoio::net::UnixStream::from_std(s)?),
+                canceller: None,
+            }),
+        }
+    }
+
+    /// Connects to the Unix stream socket at `path`, bounded by `limit`.
+    pub async fn connect_unix(path: &std::path::Path, limit: Duration) -> io::Result<Self> {
+        match monoio::time::timeout(limit, monoio::net::UnixStream::connect(path)).await {
+            Ok(Ok(s)) => Ok(TcpStream {
+                inner: Sock::Unix(s),
+                canceller: None,
+            }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+        }
     }
 
     /// Connects, bounded by `limit`; the socket carries the upstream mark
@@ -326,7 +420,7 @@ impl TcpStream {
 
     /// The socket's descriptor (for the shard's idle table).
     pub fn raw_fd(&self) -> std::os::fd::RawFd {
-        std::os::fd::AsRawFd::as_raw_fd(&self.inner)
+        either!(&self.inner, Sock::{Tcp, Unix}, s => std::os::fd::AsRawFd::as_raw_fd(s))
     }
 
     /// Drops per-connection state that only a busy connection needs, before
@@ -335,8 +429,11 @@ impl TcpStream {
         self.canceller = None;
     }
 
+    /// `TCP_NODELAY` (nothing to set on a Unix socket).
     pub fn set_nodelay(&self) {
-        let _ = self.inner.set_nodelay(true);
+        if let Sock::Tcp(s) = &self.inner {
+            let _ = s.set_nodelay(true);
+        }
     }
 
     /// Half-close: the peer reads EOF; reading goes on.
@@ -350,18 +447,29 @@ impl TcpStream {
     pub fn try_clone(&self) -> io::Result<TcpStream> {
         // SAFETY: the fd belongs to `self.inner`, which outlives this borrow.
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.raw_fd()) };
-        TcpStream::from_std(std::net::TcpStream::from(fd.try_clone_to_owned()?))
+        let fd = fd.try_clone_to_owned()?;
+        TcpStream::adopt(match self.inner {
+            Sock::Tcp(_) => super::StdStream::Tcp(fd.into()),
+            Sock::Unix(_) => super::StdStream::Unix(fd.into()),
+        })
     }
 
+    /// The peer's address; a Unix socket's peer has none (the error says so).
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.peer_addr()
+        match &self.inner {
+            Sock::Tcp(s) => s.peer_addr(),
+            Sock::Unix(_) => Err(super::no_ip_peer()),
+        }
     }
 
     /// The same socket with a readiness-based (`poll_read`/`poll_write`)
     /// surface, for protocol stacks written against tokio's I/O traits
     /// (HTTP/2: the `h2` crate). One-way: the connection stays poll-based.
     pub fn into_poll(self) -> io::Result<PollTcp> {
-        self.inner.try_into_poll_io().map_err(|(e, _)| e)
+        match self.inner {
+            Sock::Tcp(s) => s.try_into_poll_io().map(PollTcp::Tcp).map_err(|(e, _)| e),
+            Sock::Unix(s) => s.try_into_poll_io().map(PollTcp::Unix).map_err(|(e, _)| e),
+        }
     }
 
     /// Copies the first bytes waiting on the socket into `buf` without
@@ -376,7 +484,8 @@ impl TcpStream {
         // monoio reads a Vec from its start; a slice of the spare capacity
         // appends instead (and set_init extends the length past it).
         let (len, cap) = (buf.len(), buf.capacity());
-        let (res, slice) = self.inner.read(buf.slice_mut(len..cap)).await;
+        let slice = buf.slice_mut(len..cap);
+        let (res, slice) = either!(&mut self.inner, Sock::{Tcp, Unix}, s => s.read(slice).await);
         (res, slice.into_inner())
     }
 
@@ -385,31 +494,13 @@ impl TcpStream {
     /// without holding one. A deadline rather than a duration: the caller
     /// has just read the clock (the end of the previous response).
     pub async fn read_linger(&mut self, buf: Buf, until: Instant) -> Linger {
-        use monoio::buf::IoBufMut;
-        let canceller = self.canceller.get_or_insert_with(Canceller::new);
-        let handle = canceller.handle();
-        let (len, cap) = (buf.len(), buf.capacity());
-        let read = self.inner.cancelable_read(buf.slice_mut(len..cap), handle);
-        let mut read = std::pin::pin!(read);
-        monoio::select! {
-            (res, buf) = &mut read => Linger::Read(res, buf.into_inner()),
-            _ = monoio::time::sleep_until(until.into()) => {
-                let fresh = self.canceller.take().map(Canceller::cancel);
-                let (res, buf) = read.await;
-                self.canceller = fresh;
-                let buf = buf.into_inner();
-                match res {
-                    Ok(n) => Linger::Read(Ok(n), buf),
-                    Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => Linger::Idle(buf),
-                    Err(e) => Linger::Read(Err(e), buf),
-                }
-            }
-        }
+        let canceller = &mut self.canceller;
+        either!(&mut self.inner, Sock::{Tcp, Unix}, s => linger(s, canceller, buf, until).await)
     }
 
     /// Waits until the socket is readable (or closed) without holding a buffer.
     pub async fn readable(&mut self) -> io::Result<()> {
-        self.inner.readable(false).await
+        either!(&self.inner, Sock::{Tcp, Unix}, s => s.readable(false).await)
     }
 
     /// Writes `buf[range]` completely: what the socket takes at once goes
@@ -434,7 +525,9 @@ impl TcpStream {
                 return (Ok(()), buf);
             }
         }
-        let (res, slice) = self.inner.write_all(buf.slice(start..range.end)).await;
+        let slice = buf.slice(start..range.end);
+        let (res, slice) =
+            either!(&mut self.inner, Sock::{Tcp, Unix}, s => s.write_all(slice).await);
         (res.map(|_| ()), slice.into_inner())
     }
 
@@ -448,7 +541,9 @@ impl TcpStream {
             }
         }
         while v.remaining() > 0 {
-            let (res, back) = self.inner.writev(IoVecsBuf(v)).await;
+            let pending = IoVecsBuf(v);
+            let (res, back) =
+                either!(&mut self.inner, Sock::{Tcp, Unix}, s => s.writev(pending).await);
             v = back.0;
             match res {
                 Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), v),
@@ -472,14 +567,73 @@ impl TcpStream {
         let fds = [a.raw_fd(), b.raw_fd()];
         let last = Rc::new(Cell::new(Instant::now()));
         let done = Rc::new(Cell::new(0u8));
-        let (ar, aw) = a.inner.into_split();
-        let (br, bw) = b.inner.into_split();
-        let ab = pipe(ar, bw, bufs.0, last.clone(), done.clone());
-        let ba = pipe(br, aw, bufs.1, last.clone(), done.clone());
-        let (x, y, ()) =
-            monoio::join!(ab, ba, super::tunnel_watchdog(fds, idle, last, done, sleep));
-        (x, y)
+        let dog = super::tunnel_watchdog(fds, idle, last.clone(), done.clone(), sleep);
+        let (a, b) = (a.inner, b.inner);
+        match (a, b) {
+            (Sock::Tcp(a), Sock::Tcp(b)) => {
+                pipes(a.into_split(), b.into_split(), bufs, last, done, dog).await
+            }
+            (Sock::Tcp(a), Sock::Unix(b)) => {
+                pipes(a.into_split(), b.into_split(), bufs, last, done, dog).await
+            }
+            (Sock::Unix(a), Sock::Tcp(b)) => {
+                pipes(a.into_split(), b.into_split(), bufs, last, done, dog).await
+            }
+            (Sock::Unix(a), Sock::Unix(b)) => {
+                pipes(a.into_split(), b.into_split(), bufs, last, done, dog).await
+            }
+        }
     }
+}
+
+/// A read kept posted until `until` (see [`TcpStream::read_linger`]).
+async fn linger<S: CancelableAsyncReadRent>(
+    s: &mut S,
+    canceller: &mut Option<Canceller>,
+    buf: Buf,
+    until: Instant,
+) -> Linger {
+    use monoio::buf::IoBufMut;
+    let handle = canceller.get_or_insert_with(Canceller::new).handle();
+    let (len, cap) = (buf.len(), buf.capacity());
+    let read = s.cancelable_read(buf.slice_mut(len..cap), handle);
+    let mut read = std::pin::pin!(read);
+    monoio::select! {
+        (res, buf) = &mut read => Linger::Read(res, buf.into_inner()),
+        _ = monoio::time::sleep_until(until.into()) => {
+            let fresh = canceller.take().map(Canceller::cancel);
+            let (res, buf) = read.await;
+            *canceller = fresh;
+            let buf = buf.into_inner();
+            match res {
+                Ok(n) => Linger::Read(Ok(n), buf),
+                Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => Linger::Idle(buf),
+                Err(e) => Linger::Read(Err(e), buf),
+            }
+        }
+    }
+}
+
+/// Both directions of a tunnel and its watchdog, over split halves of
+/// either kind of socket.
+async fn pipes<AR, AW, BR, BW>(
+    (ar, aw): (AR, AW),
+    (br, bw): (BR, BW),
+    bufs: (Buf, Buf),
+    last: Rc<Cell<Instant>>,
+    done: Rc<Cell<u8>>,
+    dog: impl Future<Output = ()>,
+) -> (u64, u64)
+where
+    AR: AsyncReadRent,
+    AW: AsyncWriteRent,
+    BR: AsyncReadRent,
+    BW: AsyncWriteRent,
+{
+    let ab = pipe(ar, bw, bufs.0, last.clone(), done.clone());
+    let ba = pipe(br, aw, bufs.1, last, done);
+    let (x, y, ()) = monoio::join!(ab, ba, dog);
+    (x, y)
 }
 
 /// Sends what the socket accepts right now, without blocking: one

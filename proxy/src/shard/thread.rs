@@ -93,7 +93,7 @@ pub async fn run(setup: ShardSetup, driver: String) {
 
     while let Ok(msg) = rx.recv().await {
         match msg {
-            ShardMsg::Accept { stream, role } => match TcpStream::from_std(stream) {
+            ShardMsg::Accept { stream, role } => match TcpStream::adopt(stream) {
                 Ok(s) => spawn_conn(&shard, s, role),
                 Err(e) => {
                     shard.open_conns.fetch_sub(1, Ordering::Relaxed);

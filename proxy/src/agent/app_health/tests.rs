@@ -1,8 +1,13 @@
 use super::*;
+use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
 fn checker(app: SocketAddr, kind: HealthKind) -> Checker {
+    on(AppAddr::Tcp(app), kind)
+}
+
+fn on(app: AppAddr, kind: HealthKind) -> Checker {
     Checker {
         app,
         config: HealthConfig {
@@ -44,6 +49,43 @@ async fn app(response: &'static str) -> (SocketAddr, Rc<RefCell<Vec<String>>>) {
 fn closed_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
+}
+
+/// `[inbound] app = "unix:..."`: every kind of check connects to the
+/// socket file; HTTP names `localhost` as the host.
+#[tokio::test(flavor = "current_thread")]
+async fn checks_reach_an_app_on_a_unix_socket() {
+    let dir = std::env::temp_dir().join(format!("coremesh-health-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("app.sock");
+    let _ = std::fs::remove_file(&path);
+    let l = tokio::net::UnixListener::bind(&path).unwrap();
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async {
+            let seen = Rc::new(RefCell::new(String::new()));
+            let s2 = seen.clone();
+            tokio::task::spawn_local(async move {
+                loop {
+                    let (mut c, _) = l.accept().await.unwrap();
+                    let mut buf = [0u8; 512];
+                    let n = c.read(&mut buf).await.unwrap_or(0);
+                    *s2.borrow_mut() = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    let _ = c.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await;
+                }
+            });
+            let app = AppAddr::Unix(path.clone());
+            let r = on(app.clone(), HealthKind::Tcp).check().await;
+            assert_eq!((r.healthy, r.detail.as_str()), (true, "connected"));
+            let r = on(app, HealthKind::Http).check().await;
+            assert_eq!((r.healthy, r.detail.as_str()), (true, "HTTP 200"));
+            assert!(seen.borrow().contains("Host: localhost\r\n"), "{seen:?}");
+            let gone = AppAddr::Unix(dir.join("nobody.sock"));
+            let r = on(gone, HealthKind::Http).check().await;
+            assert!(!r.healthy && r.detail.starts_with("connect: "), "{r:?}");
+        })
+        .await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -320,7 +320,7 @@ async fn start_proxy(cfg: ControlConfig, shards: Vec<ShardHandle>) -> Proxy {
         detail: "HTTP 200".into(),
     });
     let checker = Checker {
-        app: "127.0.0.1:1".parse().unwrap(),
+        app: crate::config::AppAddr::Tcp("127.0.0.1:1".parse().unwrap()),
         config: cfg.health.clone(),
     };
     let link = Rc::new(ControlLink::default());

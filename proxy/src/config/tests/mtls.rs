@@ -48,7 +48,7 @@ fn all_three_parse_with_their_values() {
     assert_eq!(
         c.outbound,
         Some(OutboundConfig {
-            listen: addr("127.0.0.1:4140"),
+            listen: ListenAddr::Tcp(addr("127.0.0.1:4140")),
             passthrough: true,
             tcp: vec![
                 TcpUpstreamConfig {
@@ -109,7 +109,7 @@ fn tcp_entries_with_and_without_an_outbound_header() {
     // No [outbound] header: the entry creates the table; listen keeps its default.
     let c = parse(&format!("{PROXY}{}", tcp("db", "127.0.0.1:5432"))).unwrap();
     let o = c.outbound.unwrap();
-    assert_eq!(o.listen, addr("127.0.0.1:4140"));
+    assert_eq!(o.listen, ListenAddr::Tcp(addr("127.0.0.1:4140")));
     assert_eq!(o.tcp[0].service, "db");
 
     // The header after the entries (TOML allows a super-table after its sub-table).
@@ -119,7 +119,7 @@ fn tcp_entries_with_and_without_an_outbound_header() {
     ))
     .unwrap();
     let o = c.outbound.unwrap();
-    assert_eq!(o.listen, addr("127.0.0.1:4141"));
+    assert_eq!(o.listen, ListenAddr::Tcp(addr("127.0.0.1:4141")));
     assert_eq!(o.tcp.len(), 1);
 }
 

@@ -434,7 +434,7 @@ impl<'p> Call<'p> {
     fn authorize(&mut self) -> Result<Routed<'p>, Answer<'p>> {
         let cfg = self.cfg;
         self.service = &cfg.proxy.service;
-        let Some(app) = cfg.inbound.as_ref().map(|i| i.app) else {
+        let Some(app) = cfg.inbound.as_ref().map(|i| i.app.key()) else {
             return Err(Answer::Error(ErrorKind::ConnectNotAllowed));
         };
         let path = self.view.path_and_query();

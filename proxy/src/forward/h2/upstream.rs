@@ -13,7 +13,7 @@ use bytes::Bytes;
 use super::{left, race, Either};
 use crate::config::Config;
 use crate::error::{ErrorKind, ProxyError};
-use crate::runtime::{self, TcpStream};
+use crate::runtime;
 use crate::shard::h2pool::H2Up;
 use crate::shard::Shard;
 use crate::tls::poll::{FrameLimits, PollConn};
@@ -75,7 +75,8 @@ async fn open(
         ));
     }
     let limit = cfg.timeouts.connect.min(left);
-    let tcp = TcpStream::connect(addr, limit).await.map_err(|e| {
+    let connect = super::super::upstream::connect_to(cfg, addr, limit);
+    let tcp = connect.await.map_err(|e| {
         let kind = if e.kind() == std::io::ErrorKind::TimedOut {
             ErrorKind::ConnectTimeout
         } else {

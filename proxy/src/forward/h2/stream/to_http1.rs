@@ -111,7 +111,7 @@ async fn connect(
     deadline: Instant,
 ) -> Result<SendRequest<ClientBody>, ErrorKind> {
     let limit = cfg.timeouts.connect.min(left(deadline));
-    let tcp = runtime::TcpStream::connect(addr, limit)
+    let tcp = crate::forward::upstream::connect_to(cfg, addr, limit)
         .await
         .map_err(|e| {
             if e.kind() == std::io::ErrorKind::TimedOut {
