@@ -36,6 +36,14 @@ impl Conn {
         matches!(self, Conn::Tls(_))
     }
 
+    /// Whether TLS negotiated `proto` by ALPN (never, in plaintext).
+    pub fn alpn_is(&self, proto: &[u8]) -> bool {
+        match self {
+            Conn::Plain(_) => false,
+            Conn::Tls(c) => c.alpn_is(proto),
+        }
+    }
+
     pub fn release_idle_state(&mut self) {
         match self {
             Conn::Plain(c) => c.release_idle_state(),

@@ -1024,7 +1024,15 @@ fn grpc_deadlines_end_calls_with_deadline_exceeded() {
             H2_TIMEOUT,
         )
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_grpc_error(&r, 4, "grpc-timeout 500m on a 5 s method");
+    // The proxy forwards the deadline reduced, so the app's gRPC server may
+    // end the call itself a moment before the proxy does (a busy machine):
+    // either way DEADLINE_EXCEEDED, with or without `coremesh-error`.
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.grpc_status(),
+        Some(4),
+        "grpc-timeout 500m on a 5 s method: {r:?}"
+    );
     assert!(
         r.took < Duration::from_millis(4000),
         "the proxy's deadline answered, not the end of the method: {r:?}"

@@ -27,12 +27,15 @@ fn inbound_proxy(pki: &Pki, dir: &TempDir, service: &str, app: &Origin) -> Proxy
 
 /// A static-mode web proxy whose service `api` is at `endpoints`.
 fn web_proxy(pki: &Pki, dir: &TempDir, endpoints: &[SocketAddr]) -> Proxy {
+    web_builder(pki, dir, endpoints).start()
+}
+
+fn web_builder(pki: &Pki, dir: &TempDir, endpoints: &[SocketAddr]) -> ProxyBuilder {
     let files = pki.files(dir.path(), "web", "web");
     ProxyBuilder::new("web")
         .outbound()
         .service("api", endpoints)
         .extra(&files.toml())
-        .start()
 }
 
 fn inbound_handshakes(p: &Proxy) -> f64 {
@@ -53,7 +56,11 @@ fn static_mode_carries_requests_over_mutual_tls_and_resumes_sessions() {
     let pki = Pki::new("mesh");
     let app = Origin::start("api");
     let api = inbound_proxy(&pki, &dir, "api", &app);
-    let web = web_proxy(&pki, &dir, &[api.inbound()]);
+    // HTTP/1.1 between the proxies (multiplexed, every request would ride
+    // one h2 connection and one handshake).
+    let web = web_builder(&pki, &dir, &[api.inbound()])
+        .upstream("multiplex", "false")
+        .start();
 
     let mut c = web.outbound_client();
     let r = c.request(&Request::get("/hello").host("api"));

@@ -205,6 +205,8 @@ pub(crate) struct UpstreamFile {
     pub pool_idle_timeout: Option<String>,
     /// Most idle pooled connections per endpoint, per shard.
     pub max_idle_per_endpoint: Option<i64>,
+    /// HTTP/1.1 to peer proxies over shared h2 connections.
+    pub multiplex: Option<bool>,
 }
 
 /// `[control]`.

@@ -342,6 +342,10 @@ pub struct UpstreamConfig {
     pub pool_idle_timeout: Duration,
     /// Most idle pooled connections per endpoint, on each shard; 0 disables pooling.
     pub max_idle_per_endpoint: usize,
+    /// HTTP/1.1 requests to peer proxies ride shared h2 connections over
+    /// mutual TLS (the multiplexed mesh hop); off: one HTTP/1.1 connection
+    /// per request in flight, as before.
+    pub multiplex: bool,
 }
 
 impl Default for UpstreamConfig {
@@ -349,6 +353,7 @@ impl Default for UpstreamConfig {
         Self {
             pool_idle_timeout: Duration::from_secs(30),
             max_idle_per_endpoint: 64,
+            multiplex: true,
         }
     }
 }
@@ -555,6 +560,7 @@ impl Config {
             "upstream": {
                 "pool_idle_timeout": d(self.upstream.pool_idle_timeout),
                 "max_idle_per_endpoint": self.upstream.max_idle_per_endpoint,
+                "multiplex": self.upstream.multiplex,
             },
             "control": self.control.as_ref().map(|c| json!({
                 "address": c.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),

@@ -678,6 +678,7 @@ fn resolve_upstream(at: At<'_>, f: UpstreamFile) -> Result<UpstreamConfig> {
             .map_or(Ok(d.max_idle_per_endpoint), |n| {
                 at.int_in("max_idle_per_endpoint", n, 0..=usize::MAX)
             })?,
+        multiplex: f.multiplex.unwrap_or(d.multiplex),
     })
 }
 

@@ -57,6 +57,7 @@ stream_window = 65536
 [upstream]
 pool_idle_timeout = "45s"
 max_idle_per_endpoint = 0
+multiplex = false
 "#;
 
 const MINIMAL: &str = "[proxy]\nservice = \"web\"\n[outbound]\n";
@@ -159,7 +160,8 @@ fn full_example_parses_with_its_values() {
         c.upstream,
         UpstreamConfig {
             pool_idle_timeout: Duration::from_secs(45),
-            max_idle_per_endpoint: 0
+            max_idle_per_endpoint: 0,
+            multiplex: false,
         }
     );
     assert_eq!(c.service("api").map(|s| s.endpoints.len()), Some(2));
@@ -220,7 +222,8 @@ fn defaults_fill_every_optional_key() {
         c.upstream,
         UpstreamConfig {
             pool_idle_timeout: Duration::from_secs(30),
-            max_idle_per_endpoint: 64
+            max_idle_per_endpoint: 64,
+            multiplex: true,
         }
     );
 

@@ -6,7 +6,8 @@
 //! response relayed from the buffer it was read into.
 
 use super::relay::{body_prefix, dechunk_in_place, relay_request_body, relay_response_body};
-use super::tries::{Connected, Failure, GiveUp, Last, Plan, Protocol};
+use super::to_h2::H2Tries;
+use super::tries::{self, Connected, Failure, GiveUp, Last, Plan, Protocol, TryFail};
 use super::upstream::{upstream_conn, ConnectPlan, Endpoints, Tried};
 use super::*;
 use crate::attempt::{Attempts, TryFailure};
@@ -69,6 +70,18 @@ impl Failed {
         }
     }
 
+    /// As a failure of a try over an h2 stream (the multiplexed hop's
+    /// fallback to HTTP/1.1), and the request's buffer.
+    pub(super) fn into_try_fail(self) -> (TryFail, Buf) {
+        let fail = TryFail {
+            err: self.err,
+            replayable: self.replayable,
+            request_intact: self.request_intact,
+            response_started: self.response_started,
+        };
+        (fail, self.cbuf)
+    }
+
     /// What the attempt decision needs to know.
     fn as_try(&self) -> TryFailure {
         TryFailure {
@@ -90,6 +103,7 @@ pub(super) async fn exchange(
     endpoints: Endpoints<'_>,
     attempts: Attempts,
     key: Option<u64>,
+    upstream_h2: Option<bool>,
 ) -> (Next, Buf) {
     let shard = ctx.shard;
     let service = endpoints.service();
@@ -125,9 +139,24 @@ pub(super) async fn exchange(
         return ctx.answer_and_close(answer, cbuf).await;
     }
     let start = ctx.ex.start;
-    let shard = ctx.shard;
+    if let Some(carried) = upstream_h2 {
+        let Some(first) = ctx.h2_request(&cbuf) else {
+            let answer = Answer::Refused {
+                status: 400,
+                reason: "request fields cannot be carried over HTTP/2",
+            };
+            return ctx.answer_and_close(answer, cbuf).await;
+        };
+        let mut p = H2Tries {
+            ctx,
+            cbuf,
+            first: Some(first),
+            carried,
+        };
+        return Box::pin(tries::run(&mut p, shard, &endpoints, attempts, key, start)).await;
+    }
     let mut p = Http1Tries { ctx, cbuf };
-    super::tries::run(&mut p, shard, &endpoints, attempts, key, start).await
+    tries::run(&mut p, shard, &endpoints, attempts, key, start).await
 }
 
 /// An HTTP/1.1 request's side of the tries (forward/tries.rs): the
@@ -189,10 +218,7 @@ impl Protocol for Http1Tries<'_, '_, '_> {
         endpoints: &Endpoints<'_>,
         plan: &Plan<'_>,
     ) -> Result<(Next, Buf), Failed> {
-        let retry_status = plan.attempts.retries_some_status().then_some(RetryStatus {
-            attempts: plan.attempts,
-            budget: plan.budget,
-        });
+        let retry_status = RetryStatus::of(plan);
         let (up, permit) = c.conn;
         let conn = TryConn {
             up,
@@ -216,21 +242,32 @@ impl Protocol for Http1Tries<'_, '_, '_> {
         addr: Option<SocketAddr>,
     ) -> (Next, Buf) {
         let cbuf = std::mem::take(&mut self.cbuf);
-        let ctx = &mut *self.ctx;
-        match how {
-            GiveUp::Close => {
-                debug_fault(ctx, addr, last.error(), true);
-                ctx.ex.status = 0;
-                (Next::Close, cbuf)
-            }
-            GiveUp::Answer { kind, close } => {
-                ctx.ex.status = kind.status();
-                debug_fault(ctx, addr, last.error(), false);
-                if close {
-                    ctx.answer_and_close(Answer::Error(kind), cbuf).await
-                } else {
-                    ctx.answer(Answer::Error(kind), cbuf).await
-                }
+        give_up_http1(self.ctx, cbuf, how, last.error(), addr).await
+    }
+}
+
+/// The tries of an HTTP/1.1 request gave up: the client gets the proxy's
+/// answer, or its connection closes.
+pub(super) async fn give_up_http1(
+    ctx: &mut RequestCtx<'_, '_>,
+    cbuf: Buf,
+    how: GiveUp,
+    err: &ProxyError,
+    addr: Option<SocketAddr>,
+) -> (Next, Buf) {
+    match how {
+        GiveUp::Close => {
+            debug_fault(ctx, addr, err, true);
+            ctx.ex.status = 0;
+            (Next::Close, cbuf)
+        }
+        GiveUp::Answer { kind, close } => {
+            ctx.ex.status = kind.status();
+            debug_fault(ctx, addr, err, false);
+            if close {
+                ctx.answer_and_close(Answer::Error(kind), cbuf).await
+            } else {
+                ctx.answer(Answer::Error(kind), cbuf).await
             }
         }
     }
@@ -268,6 +305,16 @@ pub(super) struct RetryStatus<'a> {
     attempts: &'a Attempts,
     /// Withdraws a retry from the service's budget; `false`: over budget.
     budget: &'a dyn Fn() -> bool,
+}
+
+impl<'a> RetryStatus<'a> {
+    /// What a try's plan allows, when the rule retries some status.
+    pub(super) fn of(plan: &Plan<'a>) -> Option<RetryStatus<'a>> {
+        plan.attempts.retries_some_status().then_some(RetryStatus {
+            attempts: plan.attempts,
+            budget: plan.budget,
+        })
+    }
 }
 
 /// Reads the rest of a request body of at most `limit` bytes into `cbuf`

@@ -101,7 +101,7 @@ async fn deliver(
             tcp,
             target,
             addr,
-            crate::tls::identity::ALPN_HTTP1,
+            &[crate::tls::identity::ALPN_HTTP1],
         )
         .await?
     } else {

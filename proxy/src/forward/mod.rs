@@ -47,7 +47,7 @@ mod mirror;
 mod relay;
 mod request;
 pub mod tcp_service;
-mod to_h2;
+pub(super) mod to_h2;
 pub(super) mod tries;
 mod upstream;
 

@@ -173,13 +173,24 @@ impl<'p> RequestCtx<'p, '_> {
             Ok(key) => key,
             Err(answer) => return self.answer(answer, cbuf).await,
         };
-        let to_h2 = !self.head.upgrade
-            && upstream_protocol(self.cfg, self.dir, &endpoints) == crate::config::AppProtocol::H2c;
-        if to_h2 {
-            return Box::pin(self.via_h2(cbuf, endpoints, policy, key)).await;
-        }
         let attempts = Attempts::new(policy, self.ex.start, self.head.method.is_idempotent());
-        exchange(self, cbuf, endpoints, attempts, key).await
+        let upstream_h2 = self.upstream_h2(&endpoints);
+        exchange(self, cbuf, endpoints, attempts, key, upstream_h2).await
+    }
+
+    /// Whether the request goes upstream as an h2 stream: to an h2c app
+    /// (`Some(false)`), or to peer proxies over the multiplexed mesh hop
+    /// (`Some(true)`, `[upstream] multiplex`). Upgrades (WebSocket) keep
+    /// HTTP/1.1 and a connection of their own.
+    fn upstream_h2(&self, endpoints: &Endpoints<'_>) -> Option<bool> {
+        if self.head.upgrade {
+            return None;
+        }
+        if upstream_protocol(self.cfg, self.dir, endpoints) == crate::config::AppProtocol::H2c {
+            return Some(false);
+        }
+        let mesh = self.dir == Direction::Outbound && endpoints.mtls().is_some();
+        (mesh && self.cfg.upstream.multiplex).then_some(true)
     }
 
     /// The inbound phases before the app: the proxy's own probe, the

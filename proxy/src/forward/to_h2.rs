@@ -11,17 +11,22 @@
 //! one, else it goes chunked (with the upstream's trailers) to an HTTP/1.1
 //! client and delimited by the close to an HTTP/1.0 one.
 //!
-//! One try: a failed connect moves to the next endpoint, nothing else is
-//! retried.
+//! The tries are the same as over HTTP/1.1 (forward/tries.rs): a body the
+//! client sent whole can be sent again; a streaming one is tried once.
+//!
+//! Between proxies (the multiplexed mesh hop) the same translation carries
+//! HTTP/1.1 requests as streams of a few shared h2 connections over mutual
+//! TLS; the request says so in [`CARRIED_HTTP1`], and the peer gives its
+//! app HTTP/1.1 again.
 
 use std::cell::Cell;
 
 use bytes::Bytes;
 
-use super::h2::{send_all, upstream::connection};
+use super::h2::send_all;
+use super::h2::upstream::{connection_or_http1, for_try, Opened};
+use super::tries::{Connected, GiveUp, Last, Plan, Protocol, TryFail};
 use super::*;
-use crate::attempt::{after, TryPolicy};
-use crate::error::Answer;
 use crate::shard::h2pool::StreamSlot;
 
 /// Request fields that belong to the HTTP/1.1 connection (or are carried
@@ -46,78 +51,346 @@ enum Out {
     UntilClose,
 }
 
-impl RequestCtx<'_, '_> {
-    /// Serves the request through an h2c upstream.
-    pub(super) async fn via_h2(
-        &mut self,
-        mut cbuf: Buf,
-        endpoints: Endpoints<'_>,
-        policy: TryPolicy,
-        key: Option<u64>,
-    ) -> (Next, Buf) {
-        let deadline = after(self.ex.start, policy.total);
-        let Some((req, hop)) = self.h2_request(&cbuf) else {
-            let answer = Answer::Refused {
-                status: 400,
-                reason: "request fields cannot be carried over HTTP/2",
-            };
-            return self.answer_and_close(answer, cbuf).await;
-        };
-        let up = match self.h2_connect(&endpoints, key, deadline).await {
-            Ok(up) => up,
-            Err(kind) => return self.answer(Answer::Error(kind), cbuf).await,
-        };
-        let slot = StreamSlot::new(up);
-        let eos = self.head.framing == Framing::None;
-        let ready = runtime::timeout_at(deadline, slot.conn().send.clone().ready()).await;
-        let Ok(Ok(mut send)) = ready else {
-            return self
-                .answer(Answer::Error(ErrorKind::UpstreamReset), cbuf)
-                .await;
-        };
-        let Ok((resp_fut, mut up_send)) = send.send_request(req, eos) else {
-            return self
-                .answer(Answer::Error(ErrorKind::UpstreamReset), cbuf)
-                .await;
-        };
-        // The head is carried; what follows it in the buffer is the body
-        // (and maybe the next request).
-        consume(&mut cbuf, self.head.head_len);
-        let mut body_whole = true;
-        if !eos {
-            if self.head.expect_continue && self.head.version == Version::Http11 {
-                let cont = super::answer::CONTINUE.to_vec();
-                if write_bounded(self.client, cont, self.ex.idle)
-                    .await
-                    .is_err()
-                {
-                    return (Next::Close, cbuf);
-                }
-            }
-            let (b, whole) = self.h2_body(cbuf, &mut up_send, &hop).await;
-            cbuf = b;
-            body_whole = whole;
-        }
-        let resp = match runtime::timeout_at(deadline, resp_fut).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                tracing::debug!("h2c upstream failed the request: {e}");
-                return self
-                    .answer_and_close(Answer::Error(ErrorKind::UpstreamReset), cbuf)
-                    .await;
-            }
-            Err(_) => {
-                return self
-                    .answer_and_close(Answer::Error(ErrorKind::UpstreamTimeout), cbuf)
-                    .await
-            }
-        };
-        self.h2_response(resp, cbuf, body_whole).await
+/// The request field that tells a peer proxy an h2 stream carries an
+/// HTTP/1.1 request (the multiplexed mesh hop): its app gets HTTP/1.1
+/// again, whatever the stream's own protocol. Its value is the client's
+/// HTTP version ("1.1" or "1.0"). Set by the sending proxy only; a
+/// client's own is dropped.
+pub(super) const CARRIED_HTTP1: &str = "coremesh-http1";
+
+/// An HTTP/1.1 request's side of the tries (forward/tries.rs) when its
+/// upstream speaks h2: an h2c app, or a peer proxy over the multiplexed
+/// mesh hop. Each try opens a stream on a pooled h2 connection; a body
+/// the client sent whole (buffered for a retry) is sent again from `cbuf`,
+/// a streaming one is read from the client as it goes (one try).
+pub(super) struct H2Tries<'c, 'a, 'b> {
+    pub(super) ctx: &'c mut RequestCtx<'a, 'b>,
+    pub(super) cbuf: Buf,
+    /// The request head for the first try (later ones build it again).
+    pub(super) first: Option<(http::Request<()>, Vec<String>)>,
+    /// The upstream is a peer proxy, which gives its app HTTP/1.1 again.
+    pub(super) carried: bool,
+}
+
+/// The connection of one try: a stream's room on an h2 connection, or an
+/// HTTP/1.1 connection to a peer that does not multiplex.
+pub(super) enum MeshConn {
+    H2(std::rc::Rc<crate::shard::h2pool::H2Up>),
+    Http1(Conn, Option<crate::shard::pool::Permit>),
+}
+
+impl Protocol for H2Tries<'_, '_, '_> {
+    type Conn = MeshConn;
+    type Fail = TryFail;
+    type Done = (Next, Buf);
+
+    fn exchange_record(&self) -> &super::ctx::Exchange {
+        &self.ctx.ex
     }
 
+    async fn connect(
+        &mut self,
+        endpoints: &Endpoints<'_>,
+        tried: &mut upstream::Tried,
+        plan: &Plan<'_>,
+    ) -> Result<Connected<MeshConn>, ProxyError> {
+        let ctx = &mut *self.ctx;
+        let (shard, cfg) = (ctx.shard, ctx.cfg);
+        if !self.carried {
+            let c = for_try(shard, cfg, endpoints, tried, plan, plan.deadline).await;
+            ctx.ex.upstream = tried.last();
+            return c.map(|c| Connected {
+                conn: MeshConn::H2(c.conn),
+                addr: c.addr,
+                reused: c.reused,
+            });
+        }
+        let (addr, backend) = endpoints.pick(shard, tried, plan.key, plan.now);
+        if shard.h2.http1_only(addr, plan.now) {
+            // A peer that chose HTTP/1.1 lately: the HTTP/1.1 pool, as
+            // without multiplexing (it picks the endpoint again).
+            return self.http1_conn(endpoints, tried, plan).await;
+        }
+        tried.note(addr, backend);
+        ctx.ex.upstream = Some(addr);
+        let mtls = endpoints.mtls();
+        match connection_or_http1(shard, cfg, addr, mtls, plan.deadline).await {
+            Ok(Opened::H2(up)) => Ok(Connected {
+                reused: up.served.get() > 0,
+                conn: MeshConn::H2(up),
+                addr,
+            }),
+            Ok(Opened::Http1(conn)) => Ok(Connected {
+                conn: MeshConn::Http1(conn, None),
+                addr,
+                reused: false,
+            }),
+            Err(e) => {
+                if endpoints.tracked() {
+                    shard.outcomes.record(addr, false);
+                    shard.endpoint_outcome(addr, Some(e.kind), Instant::now());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn exchange(
+        &mut self,
+        c: Connected<MeshConn>,
+        endpoints: &Endpoints<'_>,
+        plan: &Plan<'_>,
+    ) -> Result<(Next, Buf), TryFail> {
+        match c.conn {
+            MeshConn::H2(up) => self.over_stream(up, endpoints, plan).await,
+            MeshConn::Http1(up, permit) => {
+                let conn = super::exchange::TryConn {
+                    up,
+                    permit,
+                    addr: c.addr,
+                    peer: endpoints.mtls().is_some() && plan.attempts.may_move(plan.now),
+                };
+                let cbuf = std::mem::take(&mut self.cbuf);
+                let retry = super::exchange::RetryStatus::of(plan);
+                let res = Box::pin(super::exchange::over_connection(
+                    self.ctx,
+                    cbuf,
+                    conn,
+                    plan.deadline,
+                    retry,
+                ))
+                .await;
+                res.map_err(|f| {
+                    let (fail, cbuf) = f.into_try_fail();
+                    self.cbuf = cbuf;
+                    fail
+                })
+            }
+        }
+    }
+
+    async fn give_up(
+        &mut self,
+        how: GiveUp,
+        last: Last<TryFail>,
+        addr: Option<std::net::SocketAddr>,
+    ) -> (Next, Buf) {
+        let cbuf = std::mem::take(&mut self.cbuf);
+        super::exchange::give_up_http1(self.ctx, cbuf, how, last.error(), addr).await
+    }
+}
+
+/// A request sent on a stream.
+struct Sent {
+    resp: ::h2::client::ResponseFuture,
+    /// The whole request was sent from `cbuf`, which still holds it (a
+    /// retry can send it again).
+    intact: bool,
+    /// Bytes of `cbuf` the request took (when `intact`).
+    used: usize,
+    /// The client's body was read whole (the connection can go on).
+    body_whole: bool,
+}
+
+/// Whether a peer proxy's answer is its own that it could not connect to
+/// its app (see forward/exchange.rs `app_unreachable`).
+fn peer_could_not_reach_app<B>(resp: &http::Response<B>) -> bool {
+    matches!(resp.status().as_u16(), 502 | 504)
+        && resp.headers().get("coremesh-error").is_some_and(|v| {
+            let v = v.as_bytes();
+            v == ErrorKind::ConnectFailed.text().as_bytes()
+                || v == ErrorKind::ConnectTimeout.text().as_bytes()
+        })
+}
+
+impl H2Tries<'_, '_, '_> {
+    /// An HTTP/1.1 connection from the pool (or a new one) for a peer
+    /// that does not multiplex.
+    async fn http1_conn(
+        &mut self,
+        endpoints: &Endpoints<'_>,
+        tried: &mut upstream::Tried,
+        plan: &Plan<'_>,
+    ) -> Result<Connected<MeshConn>, ProxyError> {
+        let ctx = &mut *self.ctx;
+        let connect = upstream::ConnectPlan {
+            fresh_only: plan.fresh_only,
+            non_idempotent: !plan.attempts.idempotent(),
+            key: plan.key,
+            now: plan.now,
+            deadline: plan.deadline,
+        };
+        let (up, addr, reused, permit) =
+            upstream::upstream_conn(ctx.shard, ctx.cfg, endpoints, tried, connect).await?;
+        ctx.ex.upstream = Some(addr);
+        Ok(Connected {
+            conn: MeshConn::Http1(up, permit),
+            addr,
+            reused,
+        })
+    }
+
+    /// One try as a stream on an h2 connection.
+    async fn over_stream(
+        &mut self,
+        up: std::rc::Rc<crate::shard::h2pool::H2Up>,
+        endpoints: &Endpoints<'_>,
+        plan: &Plan<'_>,
+    ) -> Result<(Next, Buf), TryFail> {
+        let (mut req, hop) = match self.first.take() {
+            Some(r) => r,
+            // The first try's head was built from the same bytes: this
+            // cannot fail, but if it did, the request is not sent again.
+            None => self.ctx.h2_request(&self.cbuf).ok_or_else(|| {
+                TryFail::new(
+                    ErrorKind::UpstreamReset,
+                    "rebuilding the request head",
+                    false,
+                )
+            })?,
+        };
+        if self.carried {
+            let v = if self.ctx.head.version == Version::Http10 {
+                "1.0"
+            } else {
+                "1.1"
+            };
+            req.headers_mut().insert(
+                http::header::HeaderName::from_static(CARRIED_HTTP1),
+                http::header::HeaderValue::from_static(v),
+            );
+        }
+        let slot = StreamSlot::new(up);
+        let sent = self.send(&slot, req, &hop, plan.deadline).await?;
+        let resp = match runtime::timeout_at(plan.deadline, sent.resp).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::debug!("the h2 upstream failed the request: {e}");
+                // Refused, or above the last stream of the upstream's
+                // GOAWAY: it never processed the request (RFC 9113, 8.7).
+                let unseen = e.reason() == Some(::h2::Reason::REFUSED_STREAM) || e.is_go_away();
+                if e.is_go_away() {
+                    slot.connection_gone();
+                }
+                return Err(TryFail {
+                    replayable: unseen && sent.intact,
+                    ..TryFail::new(
+                        ErrorKind::UpstreamReset,
+                        "HTTP/2 response head",
+                        sent.intact,
+                    )
+                });
+            }
+            Err(_) => {
+                return Err(TryFail::new(
+                    ErrorKind::UpstreamTimeout,
+                    "HTTP/2 response head",
+                    sent.intact,
+                ))
+            }
+        };
+        let status = resp.status().as_u16();
+        let peer = endpoints.mtls().is_some() && plan.attempts.may_move(plan.now);
+        if sent.intact && peer && peer_could_not_reach_app(&resp) {
+            let context = "the peer proxy could not reach its app";
+            return Err(TryFail::new(ErrorKind::PeerAppUnreachable, context, true));
+        }
+        if sent.intact && plan.attempts.retries_status(status) && (plan.budget)() {
+            self.ctx.ex.status = status;
+            return Err(TryFail::new(
+                ErrorKind::RetryableStatus,
+                "response status",
+                true,
+            ));
+        }
+        if sent.intact {
+            // Sent from the buffer: the head and body are done with.
+            consume(&mut self.cbuf, sent.used);
+        }
+        let cbuf = std::mem::take(&mut self.cbuf);
+        Ok(self.ctx.h2_response(resp, cbuf, sent.body_whole).await)
+    }
+
+    /// Opens a stream and sends the request: head and body from `cbuf`
+    /// when the client sent it whole, else the body as the client sends
+    /// it (`cbuf` is then consumed as it goes).
+    async fn send(
+        &mut self,
+        slot: &StreamSlot,
+        req: http::Request<()>,
+        hop: &[String],
+        deadline: Instant,
+    ) -> Result<Sent, TryFail> {
+        let head = &self.ctx.head;
+        let (head_len, framing) = (head.head_len, head.framing);
+        let whole = match framing {
+            Framing::None => Some(0),
+            Framing::Length(n) => Some(n as usize).filter(|&n| self.cbuf.len() >= head_len + n),
+            _ => None,
+        };
+        let refused = || TryFail {
+            replayable: whole.is_some(),
+            ..TryFail::new(
+                ErrorKind::UpstreamReset,
+                "opening an HTTP/2 stream",
+                whole.is_some(),
+            )
+        };
+        let ready = runtime::timeout_at(deadline, slot.conn().send.clone().ready()).await;
+        let Ok(Ok(mut send)) = ready else {
+            slot.connection_gone();
+            return Err(refused());
+        };
+        let eos = framing == Framing::None;
+        let Ok((resp, mut up_send)) = send.send_request(req, eos) else {
+            slot.connection_gone();
+            return Err(refused());
+        };
+        if let Some(n) = whole {
+            if n > 0 {
+                let body = Bytes::copy_from_slice(&self.cbuf[head_len..head_len + n]);
+                let last = Cell::new(Instant::now());
+                if send_all(&mut up_send, body, &last, true).await.is_err() {
+                    // The upstream stopped taking it: its answer says why.
+                    tracing::debug!("the h2 upstream did not take the whole body");
+                }
+            }
+            self.ctx.ex.bytes_in += n as u64;
+            return Ok(Sent {
+                resp,
+                intact: true,
+                used: head_len + n,
+                body_whole: true,
+            });
+        }
+        // Streaming: the head is carried; what follows it is the body.
+        let ctx = &mut *self.ctx;
+        consume(&mut self.cbuf, head_len);
+        if ctx.head.expect_continue && ctx.head.version == Version::Http11 {
+            let cont = super::answer::CONTINUE.to_vec();
+            if write_bounded(ctx.client, cont, ctx.ex.idle).await.is_err() {
+                return Err(TryFail::started(
+                    ErrorKind::ClientGone,
+                    "writing 100 Continue",
+                ));
+            }
+        }
+        let cbuf = std::mem::take(&mut self.cbuf);
+        let (b, body_whole) = ctx.h2_body(cbuf, &mut up_send, hop).await;
+        self.cbuf = b;
+        Ok(Sent {
+            resp,
+            intact: false,
+            used: 0,
+            body_whole,
+        })
+    }
+}
+
+impl RequestCtx<'_, '_> {
     /// The request head as an h2 request, and the field names its
     /// Connection header makes this hop's (left out of trailers too).
-    fn h2_request(&self, cbuf: &Buf) -> Option<(http::Request<()>, Vec<String>)> {
+    pub(super) fn h2_request(&self, cbuf: &Buf) -> Option<(http::Request<()>, Vec<String>)> {
         let mut fields = [httparse::EMPTY_HEADER; 128];
         let mut parsed = httparse::Request::new(&mut fields);
         parsed.parse(&cbuf[..self.head.head_len]).ok()?;
@@ -198,36 +471,6 @@ impl RequestCtx<'_, '_> {
             out.append(name, value);
         }
         (!out.is_empty()).then_some(out)
-    }
-
-    /// A connection to one of the endpoints (the next one when connecting
-    /// fails).
-    async fn h2_connect(
-        &mut self,
-        endpoints: &Endpoints<'_>,
-        key: Option<u64>,
-        deadline: Instant,
-    ) -> Result<std::rc::Rc<crate::shard::h2pool::H2Up>, ErrorKind> {
-        let shard = self.shard;
-        let mut tried = upstream::Tried::default();
-        let mut last = ErrorKind::ConnectFailed;
-        for _ in 0..endpoints.count().min(CONNECT_ATTEMPTS) {
-            let now = Instant::now();
-            let (addr, backend) = endpoints.pick(shard, &tried, key, now);
-            tried.note(addr, backend);
-            self.ex.upstream = Some(addr);
-            match connection(shard, self.cfg, addr, endpoints.mtls(), deadline).await {
-                Ok(up) => return Ok(up),
-                Err(e) => {
-                    if endpoints.tracked() {
-                        shard.outcomes.record(addr, false);
-                        shard.endpoint_outcome(addr, Some(e.kind), Instant::now());
-                    }
-                    last = e.kind;
-                }
-            }
-        }
-        Err(last)
     }
 
     /// Sends the request body as DATA: what `cbuf` holds, then what the
@@ -321,8 +564,28 @@ impl RequestCtx<'_, '_> {
         } else {
             Out::UntilClose
         };
-        let close = !self.head.keep_alive || !body_whole || out == Out::UntilClose;
-        let mut head = Vec::with_capacity(512);
+        let close = !self.head.keep_alive
+            || !body_whole
+            || out == Out::UntilClose
+            || self.shard.draining.get();
+        // The head and the first DATA go out in one write (most answers
+        // are one DATA frame).
+        let mut first = None;
+        if out == Out::Length && !body.is_end_stream() {
+            match runtime::timeout(self.ex.idle, body.data()).await {
+                Ok(Some(Ok(chunk))) => {
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                    first = Some(chunk);
+                }
+                Ok(None) => {}
+                Ok(Some(Err(_))) | Err(_) => {
+                    return self
+                        .answer_and_close(Answer::Error(ErrorKind::UpstreamReset), cbuf)
+                        .await
+                }
+            }
+        }
+        let mut head = Vec::with_capacity(512 + first.as_ref().map_or(0, Bytes::len));
         head.extend_from_slice(
             format!("HTTP/1.1 {status} {}\r\n", http1::reason_phrase(status)).as_bytes(),
         );
@@ -344,8 +607,13 @@ impl RequestCtx<'_, '_> {
         }
         if close {
             head.extend_from_slice(b"connection: close\r\n");
+        } else if self.head.version == Version::Http10 {
+            head.extend_from_slice(b"connection: keep-alive\r\n");
         }
         head.extend_from_slice(b"\r\n");
+        if let Some(chunk) = &first {
+            head.extend_from_slice(chunk);
+        }
         self.ex.bytes_out += head.len() as u64;
         if write_bounded(self.client, head, self.ex.idle)
             .await
@@ -353,7 +621,7 @@ impl RequestCtx<'_, '_> {
         {
             return (Next::Close, cbuf);
         }
-        let relayed = if out == Out::None {
+        let relayed = if out == Out::None || (first.is_some() && body.is_end_stream()) {
             Ok(())
         } else {
             self.h2_body_out(&mut body, out).await

@@ -215,3 +215,59 @@ pub(super) async fn run<P: Protocol>(
         }
     }
 }
+
+/// How one try over an h2 stream failed (HTTP/1.1 over a connection:
+/// forward/exchange.rs `Failed`).
+pub(super) struct TryFail {
+    pub(super) err: ProxyError,
+    /// Nothing reached the upstream app (a refused stream, a connection
+    /// that went away before taking it): the try can be sent again.
+    pub(super) replayable: bool,
+    /// The whole request is at hand to send again.
+    pub(super) request_intact: bool,
+    /// The client already has the answer (a response started, or a reset
+    /// was passed on): nothing more is sent to it.
+    pub(super) response_started: bool,
+}
+
+impl TryFail {
+    pub(super) fn new(kind: ErrorKind, context: &'static str, request_intact: bool) -> TryFail {
+        TryFail {
+            err: ProxyError::new(kind, context),
+            replayable: false,
+            request_intact,
+            response_started: false,
+        }
+    }
+
+    pub(super) fn started(kind: ErrorKind, context: &'static str) -> TryFail {
+        TryFail {
+            response_started: true,
+            ..TryFail::new(kind, context, false)
+        }
+    }
+}
+
+impl Failure for TryFail {
+    fn error(&self) -> &ProxyError {
+        &self.err
+    }
+
+    fn as_try(&self) -> TryFailure {
+        TryFailure {
+            kind: self.err.kind,
+            sent: true,
+            replayable: self.replayable,
+            request_intact: self.request_intact,
+            response_started: self.response_started,
+        }
+    }
+
+    fn says_endpoint_down(&self, _reused: bool) -> bool {
+        match self.err.kind {
+            ErrorKind::UpstreamTimeout => self.request_intact,
+            ErrorKind::ClientGone | ErrorKind::RetryableStatus => false,
+            _ => !self.replayable,
+        }
+    }
+}

@@ -37,6 +37,11 @@ impl Tried {
         self.addrs.iter().flatten().any(|&x| x == a)
     }
 
+    /// The endpoint of the last try.
+    pub(super) fn last(&self) -> Option<SocketAddr> {
+        self.last
+    }
+
     /// Notes the endpoint (and Route backend) a try goes to.
     pub(super) fn note(&mut self, a: SocketAddr, backend: Option<usize>) {
         self.add(a);
@@ -263,7 +268,7 @@ pub(super) async fn upstream_conn(
                     c,
                     service,
                     addr,
-                    crate::tls::identity::ALPN_HTTP1,
+                    &[crate::tls::identity::ALPN_HTTP1],
                 ))
                 .await
                 {
@@ -527,7 +532,7 @@ pub(super) async fn connect_tls(
     tcp: TcpStream,
     service: &str,
     addr: SocketAddr,
-    alpn: &[u8],
+    alpns: &[&[u8]],
 ) -> Result<Conn, ProxyError> {
     let Some(tls) = shard.tls() else {
         return Err(ProxyError::new(
@@ -541,7 +546,7 @@ pub(super) async fn connect_tls(
             "mutual TLS: the service name is not usable as a TLS name",
         ));
     };
-    let session = crate::tls::Session::client_with_alpn(tls.client.clone(), name, alpn)
+    let session = crate::tls::Session::client_with_alpns(tls.client.clone(), name, alpns)
         .map_err(|e| ProxyError::io(ErrorKind::ConnectFailed, "mutual TLS", e.into()))?;
     match crate::tls::TlsStream::handshake(tcp, session, cfg.timeouts.connect).await {
         Ok(t) => {

@@ -20,6 +20,9 @@ pub struct H2Up {
     pub alive: Cell<bool>,
     /// Streams this shard has open on it.
     pub streams: Cell<usize>,
+    /// Streams it has carried: a try on a connection that carried others
+    /// before may meet its GOAWAY, and is replayed on another.
+    pub served: Cell<u64>,
     /// When its last stream ended (for the idle close).
     pub idle_since: Cell<Instant>,
     /// The peer's SPIFFE ID (mutual TLS), to check a pooled connection
@@ -40,11 +43,18 @@ pub struct StreamSlot(Rc<H2Up>);
 impl StreamSlot {
     pub fn new(up: Rc<H2Up>) -> StreamSlot {
         up.streams.set(up.streams.get() + 1);
+        up.served.set(up.served.get() + 1);
         StreamSlot(up)
     }
 
     pub fn conn(&self) -> &H2Up {
         &self.0
+    }
+
+    /// The connection took no new stream (GOAWAY, or closed): no more
+    /// streams are opened on it.
+    pub fn connection_gone(&self) {
+        self.0.alive.set(false);
     }
 }
 
@@ -65,7 +75,15 @@ pub struct H2Pool {
     /// with no connection waits for one connect instead of each opening
     /// its own.
     connecting: RefCell<FxHashMap<SocketAddr, Rc<Connecting>>>,
+    /// Peer proxies that chose HTTP/1.1 when offered h2 (older versions),
+    /// and when: HTTP/1.1 requests go to them over the HTTP/1.1 pool until
+    /// [`HTTP1_ONLY_FOR`] has passed, then h2 is offered again.
+    http1_only: RefCell<FxHashMap<SocketAddr, Instant>>,
 }
+
+/// How long a peer that chose HTTP/1.1 is not offered h2 again (it may be
+/// upgraded meanwhile).
+pub const HTTP1_ONLY_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A connect under way; its waiters are woken when it ends either way.
 #[derive(Default)]
@@ -106,6 +124,24 @@ impl Drop for ConnectTurn<'_> {
 }
 
 impl H2Pool {
+    /// Notes that the peer at `addr` chose HTTP/1.1 over h2.
+    pub fn note_http1_only(&self, addr: SocketAddr, now: Instant) {
+        self.http1_only.borrow_mut().insert(addr, now);
+    }
+
+    /// Whether the peer at `addr` chose HTTP/1.1 within [`HTTP1_ONLY_FOR`].
+    pub fn http1_only(&self, addr: SocketAddr, now: Instant) -> bool {
+        let mut m = self.http1_only.borrow_mut();
+        match m.get(&addr) {
+            Some(&at) if now.saturating_duration_since(at) < HTTP1_ONLY_FOR => true,
+            Some(_) => {
+                m.remove(&addr);
+                false
+            }
+            None => false,
+        }
+    }
+
     /// A live connection to `addr` with room for a stream, if any (dead
     /// ones are dropped on the way).
     pub fn get(&self, addr: SocketAddr) -> Option<Rc<H2Up>> {

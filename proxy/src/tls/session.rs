@@ -142,11 +142,18 @@ impl Session {
         name: rustls::pki_types::ServerName<'static>,
         alpn: &[u8],
     ) -> Result<Session, TlsError> {
-        let c = rustls::client::UnbufferedClientConnection::new_with_alpn(
-            config,
-            name,
-            vec![alpn.to_vec()],
-        )?;
+        Session::client_with_alpns(config, name, &[alpn])
+    }
+
+    /// A client session offering `alpns`, in order of preference (the
+    /// server picks; [`Session::alpn`] says which).
+    pub fn client_with_alpns(
+        config: std::sync::Arc<rustls::ClientConfig>,
+        name: rustls::pki_types::ServerName<'static>,
+        alpns: &[&[u8]],
+    ) -> Result<Session, TlsError> {
+        let alpns = alpns.iter().map(|a| a.to_vec()).collect();
+        let c = rustls::client::UnbufferedClientConnection::new_with_alpn(config, name, alpns)?;
         Ok(Session::new(Side::Client(c)))
     }
 

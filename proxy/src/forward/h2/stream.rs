@@ -34,16 +34,17 @@ use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 
 use super::answer::{send_local, COREMESH_ERROR, GRPC_MESSAGE, GRPC_STATUS};
 use super::body::{relay, BodyStat, ReqBody, Stop};
-use super::upstream::connection;
+use super::upstream::for_try;
 use super::{left, ConnInfo, StreamGuard};
-use crate::attempt::{after, Attempts, TryFailure, TryPolicy};
+use crate::attempt::{after, Attempts, TryPolicy};
 use crate::config::Config;
 use crate::error::{Answer, ErrorKind, ProxyError};
 use crate::forward::ctx::Exchange;
 use crate::forward::request::{
     denied, hash_key, rate_admits, route_request, LoggedRequest, Routed,
 };
-use crate::forward::tries::{self, Connected, Failure, GiveUp, Last, Plan, Protocol};
+use crate::forward::to_h2::CARRIED_HTTP1;
+use crate::forward::tries::{self, Connected, GiveUp, Last, Plan, Protocol, TryFail};
 use crate::forward::upstream::{Endpoints, Tried};
 use crate::forward::PROBE_PATH;
 use crate::grpc;
@@ -177,61 +178,6 @@ struct Call<'p> {
     grpc_status: Option<u8>,
 }
 
-/// How one try failed (see forward/exchange.rs `Failed`).
-struct TryFail {
-    err: ProxyError,
-    /// Nothing reached the upstream app (a refused stream, a connection
-    /// that went away before taking it): the try can be sent again.
-    replayable: bool,
-    /// The whole request is at hand to send again.
-    request_intact: bool,
-    /// The client already has the answer (a response started, or a reset
-    /// was passed on): nothing more is sent to it.
-    response_started: bool,
-}
-
-impl TryFail {
-    fn new(kind: ErrorKind, context: &'static str, request_intact: bool) -> TryFail {
-        TryFail {
-            err: ProxyError::new(kind, context),
-            replayable: false,
-            request_intact,
-            response_started: false,
-        }
-    }
-
-    fn started(kind: ErrorKind, context: &'static str) -> TryFail {
-        TryFail {
-            response_started: true,
-            ..TryFail::new(kind, context, false)
-        }
-    }
-}
-
-impl Failure for TryFail {
-    fn error(&self) -> &ProxyError {
-        &self.err
-    }
-
-    fn as_try(&self) -> TryFailure {
-        TryFailure {
-            kind: self.err.kind,
-            sent: true,
-            replayable: self.replayable,
-            request_intact: self.request_intact,
-            response_started: self.response_started,
-        }
-    }
-
-    fn says_endpoint_down(&self, _reused: bool) -> bool {
-        match self.err.kind {
-            ErrorKind::UpstreamTimeout => self.request_intact,
-            ErrorKind::ClientGone | ErrorKind::RetryableStatus => false,
-            _ => !self.replayable,
-        }
-    }
-}
-
 /// A stream's side of the tries (forward/tries.rs): each try opens a
 /// stream on a pooled h2 connection; the request body is pumped from the
 /// client as each try needs it, kept for a retry up to `maxBody`.
@@ -265,25 +211,18 @@ impl Protocol for StreamTries<'_, '_> {
         tried: &mut Tried,
         plan: &Plan<'_>,
     ) -> Result<Connected<Self::Conn>, ProxyError> {
-        let shard = self.call.shard;
-        let (addr, backend) = endpoints.pick(shard, tried, plan.key, plan.now);
-        tried.note(addr, backend);
-        self.call.ex.upstream = Some(addr);
         let deadline = self.try_deadline(plan);
-        match connection(shard, self.call.cfg, addr, endpoints.mtls(), deadline).await {
-            Ok(conn) => Ok(Connected {
-                conn,
-                addr,
-                reused: false,
-            }),
-            Err(e) => {
-                if endpoints.tracked() {
-                    shard.outcomes.record(addr, false);
-                    shard.endpoint_outcome(addr, Some(e.kind), Instant::now());
-                }
-                Err(e)
-            }
-        }
+        let c = for_try(
+            self.call.shard,
+            self.call.cfg,
+            endpoints,
+            tried,
+            plan,
+            deadline,
+        )
+        .await;
+        self.call.ex.upstream = tried.last();
+        c
     }
 
     async fn exchange(
@@ -349,7 +288,14 @@ impl<'p> Call<'p> {
             Err(answer) => return self.answer(&answer),
         };
         let proto = crate::forward::upstream_protocol(self.cfg, self.info.dir, &endpoints);
-        if proto == crate::config::AppProtocol::Http1 {
+        // An HTTP/1.1 request a peer proxy carried over the multiplexed
+        // hop: the app gets HTTP/1.1, unless it speaks only h2c.
+        let carried = self.info.peer.is_some()
+            && self.info.dir == Direction::Inbound
+            && self.view.parts.headers.contains_key(CARRIED_HTTP1);
+        let to_http1 = proto == crate::config::AppProtocol::Http1
+            || (carried && proto == crate::config::AppProtocol::Auto);
+        if to_http1 {
             let deadline = after(self.ex.start, policy.total);
             return Box::pin(self.via_http1(&endpoints, recv, deadline)).await;
         }
@@ -543,7 +489,8 @@ impl<'p> Call<'p> {
 /// HTTP/2 forbids; `te` passes only as `trailers`.
 fn hop_by_hop(name: &HeaderName, value: &HeaderValue) -> bool {
     match name.as_str() {
-        "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "upgrade" => true,
+        "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "upgrade"
+        | CARRIED_HTTP1 => true,
         "te" => value.as_bytes() != b"trailers",
         _ => false,
     }
@@ -670,7 +617,10 @@ impl Call<'_> {
         let ready = runtime::timeout_at(plan.deadline, slot.conn().send.clone().ready()).await;
         let mut send = match ready {
             Ok(Ok(s)) => s,
-            Ok(Err(_)) => return Err(closed()),
+            Ok(Err(_)) => {
+                slot.connection_gone();
+                return Err(closed());
+            }
             Err(_) => {
                 return Err(TryFail::new(
                     ErrorKind::UpstreamTimeout,
@@ -682,7 +632,10 @@ impl Call<'_> {
         let eos = body.is_empty();
         match send.send_request(req, eos) {
             Ok((resp, up_send)) => Ok((resp, up_send, eos)),
-            Err(_) => Err(closed()),
+            Err(_) => {
+                slot.connection_gone();
+                Err(closed())
+            }
         }
     }
 

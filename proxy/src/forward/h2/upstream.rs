@@ -13,6 +13,8 @@ use bytes::Bytes;
 use super::{left, race, Either};
 use crate::config::Config;
 use crate::error::{ErrorKind, ProxyError};
+use crate::forward::tries::{Connected, Plan};
+use crate::forward::upstream::{Endpoints, Tried};
 use crate::runtime;
 use crate::shard::h2pool::H2Up;
 use crate::shard::Shard;
@@ -35,24 +37,55 @@ pub(in crate::forward) async fn connection(
     }
     // Boxed: rare (a new connection), and inline its futures (connect,
     // TLS, the h2 handshake) would grow every stream's task.
-    Box::pin(open(shard, cfg, addr, mtls, deadline)).await
+    match Box::pin(open(shard, cfg, addr, mtls, deadline, false)).await? {
+        Opened::H2(up) => Ok(up),
+        Opened::Http1(_) => unreachable!("HTTP/1.1 is offered only when asked for"),
+    }
+}
+
+/// What a connect to a peer proxy gave.
+pub(in crate::forward) enum Opened {
+    H2(Rc<H2Up>),
+    /// The peer chose HTTP/1.1 by ALPN (a proxy that does not multiplex):
+    /// the new connection, for one HTTP/1.1 exchange.
+    Http1(crate::conn::Conn),
+}
+
+/// As [`connection`], for an HTTP/1.1 request over the multiplexed mesh
+/// hop: over mutual TLS it offers `h2` and `http/1.1`, and a peer that
+/// picks HTTP/1.1 (an older proxy) gives its connection back as such.
+pub(in crate::forward) async fn connection_or_http1(
+    shard: &Shard,
+    cfg: &Config,
+    addr: SocketAddr,
+    mtls: Option<&str>,
+    deadline: Instant,
+) -> Result<Opened, ProxyError> {
+    if let Some(up) = shard.h2.get(addr) {
+        if serves(shard, &up, mtls) {
+            return Ok(Opened::H2(up));
+        }
+    }
+    Box::pin(open(shard, cfg, addr, mtls, deadline, true)).await
 }
 
 /// A pooled connection that a connect under way made, or a new one.
+/// `http1_too`: over mutual TLS, HTTP/1.1 is offered after h2.
 async fn open(
     shard: &Shard,
     cfg: &Config,
     addr: SocketAddr,
     mtls: Option<&str>,
     deadline: Instant,
-) -> Result<Rc<H2Up>, ProxyError> {
+    http1_too: bool,
+) -> Result<Opened, ProxyError> {
     // One connect per endpoint at a time: a burst of streams finding no
     // connection waits for the first connect (and takes the connection it
     // made while it has room) instead of each opening one.
     let _turn = loop {
         if let Some(up) = shard.h2.get(addr) {
             if serves(shard, &up, mtls) {
-                return Ok(up);
+                return Ok(Opened::H2(up));
             }
         }
         match shard.h2.connect_turn(addr) {
@@ -88,11 +121,21 @@ async fn open(
         None => crate::conn::Conn::Plain(tcp),
         Some(service) => {
             runtime::watch_peer(tcp.raw_fd());
-            let alpn = crate::tls::identity::ALPN_H2;
-            Box::pin(super::super::upstream::connect_tls(
-                shard, cfg, tcp, service, addr, alpn,
+            use crate::tls::identity::{ALPN_H2, ALPN_HTTP1};
+            let alpns: &[&[u8]] = if http1_too {
+                &[ALPN_H2, ALPN_HTTP1]
+            } else {
+                &[ALPN_H2]
+            };
+            let conn = Box::pin(super::super::upstream::connect_tls(
+                shard, cfg, tcp, service, addr, alpns,
             ))
-            .await?
+            .await?;
+            if http1_too && !conn.alpn_is(ALPN_H2) {
+                shard.h2.note_http1_only(addr, Instant::now());
+                return Ok(Opened::Http1(conn));
+            }
+            conn
         }
     };
     let peer = conn.peer_id().cloned();
@@ -119,6 +162,7 @@ async fn open(
         send,
         alive: Cell::new(true),
         streams: Cell::new(0),
+        served: Cell::new(0),
         idle_since: Cell::new(Instant::now()),
         peer,
     });
@@ -128,7 +172,7 @@ async fn open(
         up.clone(),
         cfg.upstream.pool_idle_timeout,
     ));
-    Ok(up)
+    Ok(Opened::H2(up))
 }
 
 /// The client side of an upstream connection (windows from `[limits.h2]`).
@@ -175,4 +219,34 @@ async fn drive(connection: h2::client::Connection<PollConn, Bytes>, up: Rc<H2Up>
         }
     }
     up.alive.set(false);
+}
+
+/// A connection for one try of a request (forward/tries.rs): an endpoint
+/// `endpoints` picks, and a pooled h2 connection to it with room for a
+/// stream, or a new one by `deadline`. A failed connect counts against
+/// the endpoint.
+pub(in crate::forward) async fn for_try(
+    shard: &Shard,
+    cfg: &Config,
+    endpoints: &Endpoints<'_>,
+    tried: &mut Tried,
+    plan: &Plan<'_>,
+    deadline: Instant,
+) -> Result<Connected<Rc<H2Up>>, ProxyError> {
+    let (addr, backend) = endpoints.pick(shard, tried, plan.key, plan.now);
+    tried.note(addr, backend);
+    match connection(shard, cfg, addr, endpoints.mtls(), deadline).await {
+        Ok(conn) => Ok(Connected {
+            reused: conn.served.get() > 0,
+            conn,
+            addr,
+        }),
+        Err(e) => {
+            if endpoints.tracked() {
+                shard.outcomes.record(addr, false);
+                shard.endpoint_outcome(addr, Some(e.kind), Instant::now());
+            }
+            Err(e)
+        }
+    }
 }
