@@ -1045,3 +1045,53 @@ faults:
         "aborted requests never reach the app"
     );
 }
+
+/// kill -9 of one of two api proxies under load, with the multiplexed mesh
+/// hop (the default): the dropped h2 connection fails only the requests it
+/// had in flight, and the route's retries send them to the other endpoint.
+/// No idempotent request fails.
+#[test]
+fn a_killed_peer_costs_no_idempotent_request_over_the_multiplexed_hop() {
+    let mesh = Mesh::start(MeshSpec::new(1, &["v1", "v2"]));
+    mesh.apply(
+        r#"kind: Route
+name: api-retries
+service: api
+rules:
+  - retries: { attempts: 3, on: [connect-failure, reset, 5xx], backoff: { base: 1ms, max: 5ms } }
+    backends: [ {} ]
+"#,
+    );
+    let out = std::thread::scope(|s| {
+        let load = s.spawn(|| {
+            closed_loop_for(&mesh.web, 8, Duration::from_secs(4), |i| {
+                get(&format!("/delay/10/{i}"))
+            })
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        mesh.apis[0].signal(libc::SIGKILL);
+        load.join().expect("load")
+    });
+    let t = summary(&out);
+    let failed: Vec<&Outcome> = out.iter().filter(|o| o.status != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?} ({t:?})",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let by = |v: &str| {
+        out.iter()
+            .filter(|o| o.origin.as_deref() == Some(v))
+            .count()
+    };
+    assert!(by("api-v1") > 0 && by("api-v2") > 0, "{t:?}");
+    let after: Vec<&Outcome> = out
+        .iter()
+        .filter(|o| o.at > Duration::from_millis(2500))
+        .collect();
+    assert!(
+        !after.is_empty() && after.iter().all(|o| o.origin.as_deref() == Some("api-v2")),
+        "after the kill, v2 answers: {t:?}"
+    );
+}

@@ -30,15 +30,15 @@ use super::*;
 use crate::shard::h2pool::StreamSlot;
 
 /// Request fields that belong to the HTTP/1.1 connection (or are carried
-/// by h2 pseudo-headers).
-const REQUEST_HOP: [&str; 8] = [
+/// by h2 pseudo-headers). `trailer` is end to end: it announces the
+/// trailers, which a peer proxy needs to give its HTTP/1.1 app.
+const REQUEST_HOP: [&str; 7] = [
     "connection",
     "keep-alive",
     "proxy-connection",
     "transfer-encoding",
     "upgrade",
     "host",
-    "trailer",
     "expect",
 ];
 
