@@ -289,10 +289,7 @@ async fn evict_node(State(ctx): State<Ctx>, Path(name): Path<String>) -> Result<
     Ok(Json(blocking(move || hub.evict_blocking(&name)).await?).into_response())
 }
 
-async fn readmit_node(
-    State(ctx): State<Ctx>,
-    Path(name): Path<String>,
-) -> Result<Response, Error> {
+async fn readmit_node(State(ctx): State<Ctx>, Path(name): Path<String>) -> Result<Response, Error> {
     let hub = ctx.hub.clone();
     Ok(Json(blocking(move || hub.readmit_blocking(&name)).await?).into_response())
 }

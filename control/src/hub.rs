@@ -51,8 +51,8 @@ use tokio::sync::{watch, Notify};
 
 use crate::ca::{Ca, PeerIdentity, Signed};
 use crate::config::{self, Config, Plan};
-use crate::registry::{ProxyId, Registry};
 use crate::nodes::{evicted_message, Nodes};
+use crate::registry::{ProxyId, Registry};
 use crate::store::{Consumed, Issued, IssuedCert, Store};
 use crate::view::{self, View};
 use crate::{unix_millis, unix_secs, Error};
@@ -748,7 +748,11 @@ impl Hub {
         };
         let still_revoked = record.revoked.len();
         lock(&self.state).nodes.update(record, now);
-        tracing::warn!(node, still_revoked, "node readmitted: it may join again with a new token");
+        tracing::warn!(
+            node,
+            still_revoked,
+            "node readmitted: it may join again with a new token"
+        );
         Ok(NodeReadmitted {
             node: node.to_string(),
             still_revoked,
@@ -762,9 +766,7 @@ impl Hub {
 
     /// Every node with certificates or an eviction.
     pub fn nodes(&self) -> Vec<NodeStatus> {
-        lock(&self.state)
-            .nodes
-            .status(unix_secs(SystemTime::now()))
+        lock(&self.state).nodes.status(unix_secs(SystemTime::now()))
     }
 
     pub fn proxies(&self) -> Vec<coremesh_api::http::ProxyStatus> {

@@ -501,7 +501,12 @@ struct Who<'a> {
     remote: SocketAddr,
 }
 
-async fn handle(msg: ProxyMsg, hub: &Arc<Hub>, who: &Who<'_>, writer: &mut Writer) -> Result<(), End> {
+async fn handle(
+    msg: ProxyMsg,
+    hub: &Arc<Hub>,
+    who: &Who<'_>,
+    writer: &mut Writer,
+) -> Result<(), End> {
     let Who {
         id,
         service,
@@ -538,18 +543,21 @@ async fn handle(msg: ProxyMsg, hub: &Arc<Hub>, who: &Who<'_>, writer: &mut Write
         }
         ProxyMsg::Renew { csr_pem } => {
             let (h, s, n) = (hub.clone(), service.to_string(), node.to_string());
-            let signed = tokio::task::spawn_blocking(move || h.renew_blocking(id, &s, &n, &csr_pem))
-                .await
-                .map_err(|e| End::Refuse(ErrorCode::Internal, format!("renew task failed: {e}")))?
-                .map_err(|e| {
-                    warn!(%service, %node, "renewal refused: {}", e.message);
-                    let code = match (e.kind, hub.evicted(node)) {
-                        (crate::ErrorKind::Internal, _) => ErrorCode::Internal,
-                        (_, true) => ErrorCode::Forbidden,
-                        (_, false) => ErrorCode::BadRequest,
-                    };
-                    End::Refuse(code, format!("renew: {}", e.message))
-                })?;
+            let signed =
+                tokio::task::spawn_blocking(move || h.renew_blocking(id, &s, &n, &csr_pem))
+                    .await
+                    .map_err(|e| {
+                        End::Refuse(ErrorCode::Internal, format!("renew task failed: {e}"))
+                    })?
+                    .map_err(|e| {
+                        warn!(%service, %node, "renewal refused: {}", e.message);
+                        let code = match (e.kind, hub.evicted(node)) {
+                            (crate::ErrorKind::Internal, _) => ErrorCode::Internal,
+                            (_, true) => ErrorCode::Forbidden,
+                            (_, false) => ErrorCode::BadRequest,
+                        };
+                        End::Refuse(code, format!("renew: {}", e.message))
+                    })?;
             info!(%service, expires = signed.not_after, "certificate renewed");
             writer
                 .send(&ControlMsg::Renewed {

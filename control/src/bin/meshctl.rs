@@ -708,10 +708,17 @@ fn token(api: &Api, cmd: TokenCmd) -> Result<(), Fail> {
 fn node(api: &Api, cmd: NodeCmd) -> Result<(), Fail> {
     match cmd {
         NodeCmd::Evict { node } => {
-            let e: NodeEvicted =
-                api.call("POST", &format!("/v1/nodes/{node}/evict"), Some(("application/json", b"{}")))?;
+            let e: NodeEvicted = api.call(
+                "POST",
+                &format!("/v1/nodes/{node}/evict"),
+                Some(("application/json", b"{}")),
+            )?;
             if e.already {
-                println!("node {} was already evicted (at {} UTC)", e.node, utc(e.evicted_at));
+                println!(
+                    "node {} was already evicted (at {} UTC)",
+                    e.node,
+                    utc(e.evicted_at)
+                );
             } else {
                 println!("evicted node {} at {} UTC", e.node, utc(e.evicted_at));
             }

@@ -25,7 +25,10 @@ fn revoked_certificates_of_evicted_nodes_are_listed_until_they_expire() {
         ..NodeRecord::new("web")
     };
     let mut nodes = Nodes::new(
-        vec![member, evicted("evil", vec![cert("bb", 200), cert("cc", 100)])],
+        vec![
+            member,
+            evicted("evil", vec![cert("bb", 200), cert("cc", 100)]),
+        ],
         50,
     );
     assert_eq!(nodes.evicted_at("evil"), Some(10));
@@ -45,8 +48,12 @@ fn revoked_certificates_of_evicted_nodes_are_listed_until_they_expire() {
     assert!(nodes.revoked().is_empty());
     assert_eq!(nodes.evicted_at("evil"), Some(10));
     let status = nodes.status(300);
-    assert_eq!(status.len(), 1, "web's certificates expired: {status:?}");
-    assert_eq!(status[0].node, "evil");
+    assert_eq!(status.len(), 2, "{status:?}");
+    assert_eq!((status[0].node.as_str(), status[0].revoked), ("evil", 0));
+    assert_eq!(
+        (status[1].node.as_str(), status[1].certificates),
+        ("web", 1)
+    );
 }
 
 #[test]

@@ -185,11 +185,27 @@ fn an_evicted_node_loses_its_endpoints_and_lists_its_sessions() {
     let mut r = Registry::new(Duration::from_secs(15), now, Duration::from_secs(600));
     let evil = r.hello("api", "evil", 0);
     let good = r.hello("api", "good", 0);
-    r.register(evil, "10.0.0.9:4143".parse().unwrap(), BTreeMap::new(), now, wall);
-    r.register(good, "10.0.0.2:4143".parse().unwrap(), BTreeMap::new(), now, wall);
+    r.register(
+        evil,
+        "10.0.0.9:4143".parse().unwrap(),
+        BTreeMap::new(),
+        now,
+        wall,
+    );
+    r.register(
+        good,
+        "10.0.0.2:4143".parse().unwrap(),
+        BTreeMap::new(),
+        now,
+        wall,
+    );
     assert_eq!(r.connected_on("evil"), vec![evil]);
     assert_eq!(r.withdraw_node("evil"), 1);
-    let left: Vec<String> = r.endpoints_of("api").iter().map(|e| e.node.clone()).collect();
+    let left: Vec<String> = r
+        .endpoints_of("api")
+        .iter()
+        .map(|e| e.node.clone())
+        .collect();
     assert_eq!(left, ["good"]);
     assert_eq!(r.withdraw_node("evil"), 0);
     r.disconnected(evil, now, wall);

@@ -353,8 +353,7 @@ pub trait Store: Send + Sync + 'static {
     /// atomically, so a certificate signed while an eviction commits is
     /// either recorded (and revoked by it) or refused. `now` in Unix
     /// seconds (expired certificates are dropped from the record).
-    fn record_issued(&self, node: &str, cert: &IssuedCert, now: u64)
-        -> Result<Issued, StoreError>;
+    fn record_issued(&self, node: &str, cert: &IssuedCert, now: u64) -> Result<Issued, StoreError>;
 
     /// Evicts `node` (again: keeps the first time): every certificate
     /// issued to it moves to its revoked list. The record after the change.

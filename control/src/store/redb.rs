@@ -509,12 +509,7 @@ impl Store for RedbStore {
         Self::read_nodes(&tx)
     }
 
-    fn record_issued(
-        &self,
-        node: &str,
-        cert: &IssuedCert,
-        now: u64,
-    ) -> Result<Issued, StoreError> {
+    fn record_issued(&self, node: &str, cert: &IssuedCert, now: u64) -> Result<Issued, StoreError> {
         let (issued, _) = self.update_node(node, now, |r| match r.evicted_at {
             Some(at) => Issued::Evicted(at),
             None => {

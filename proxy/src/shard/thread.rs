@@ -310,12 +310,20 @@ fn revoke(shard: &Shard, list: Arc<crate::tls::revoked::Revocations>) {
     if let Some(current) = shard.tls() {
         match ShardTls::with_revoked(&current.identity, &list) {
             Ok(t) => *shard.tls.borrow_mut() = Some(Rc::new(t)),
-            Err(e) => tracing::error!(shard = shard.index, "cannot rebuild TLS for the revocation list: {e}"),
+            Err(e) => tracing::error!(
+                shard = shard.index,
+                "cannot rebuild TLS for the revocation list: {e}"
+            ),
         }
     }
     let revoked = list.len();
     let closed = shard.peers.set_revoked(list, runtime::shutdown_socket);
     if closed > 0 {
-        tracing::warn!(shard = shard.index, closed, revoked, "closed connections whose peer certificate is revoked");
+        tracing::warn!(
+            shard = shard.index,
+            closed,
+            revoked,
+            "closed connections whose peer certificate is revoked"
+        );
     }
 }

@@ -344,7 +344,9 @@ fn check_revoked(
     side: &str,
 ) -> Result<(), rustls::Error> {
     if revoked.revokes(end_entity) {
-        let peer = leaf_identity(end_entity).map(|(id, _)| id).unwrap_or_default();
+        let peer = leaf_identity(end_entity)
+            .map(|(id, _)| id)
+            .unwrap_or_default();
         crate::lograte::log_limited!(tracing::Level::WARN, %peer, "refused a {side} whose certificate is revoked (its node was evicted)");
         return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
     }

@@ -41,11 +41,7 @@ pub struct PollTls {
 }
 
 impl PollTls {
-    pub fn new(
-        io: PollTcp,
-        s: Session,
-        registered: Option<super::revoked::PeerGuard>,
-    ) -> PollTls {
+    pub fn new(io: PollTcp, s: Session, registered: Option<super::revoked::PeerGuard>) -> PollTls {
         PollTls {
             _registered: registered,
             io,

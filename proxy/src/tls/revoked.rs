@@ -43,7 +43,9 @@ impl Revocations {
                 Some(b) if !b.is_empty() => {
                     serials.insert(b.into_boxed_slice());
                 }
-                _ => tracing::warn!(serial = %c.serial, node = %c.node, "ignoring a revoked certificate whose serial is not hex"),
+                _ => {
+                    tracing::warn!(serial = %c.serial, node = %c.node, "ignoring a revoked certificate whose serial is not hex")
+                }
             }
         }
         Revocations { serials }

@@ -253,7 +253,9 @@ fn shard_revoking(id: Identity, revoked: &[&Identity]) -> ShardTls {
     let list: Vec<coremesh_api::snapshot::RevokedCert> = revoked
         .iter()
         .map(|r| coremesh_api::snapshot::RevokedCert {
-            serial: coremesh_api::snapshot::serial_hex(&super::revoked::leaf_serial(&r.chain[0]).unwrap()),
+            serial: coremesh_api::snapshot::serial_hex(
+                &super::revoked::leaf_serial(&r.chain[0]).unwrap(),
+            ),
             node: "evil".into(),
             not_after: u64::MAX,
         })
@@ -287,7 +289,10 @@ fn the_outbound_side_refuses_a_server_whose_certificate_is_revoked() {
     let evil = shard(evil_id);
     let (mut c, mut s) = pair(&web, &evil, "api");
     let e = handshake(&mut c, &mut s).unwrap_err();
-    assert!(!e.identity_mismatch, "a revoked peer is no impersonation: {e}");
+    assert!(
+        !e.identity_mismatch,
+        "a revoked peer is no impersonation: {e}"
+    );
     assert!(e.msg.to_lowercase().contains("revoked"), "{e}");
 }
 

@@ -46,6 +46,9 @@ fn a_new_list_shuts_the_connections_it_revokes_and_refuses_new_ones() {
     drop(also);
     assert_eq!(conns.open(), 1);
     // An empty list revokes nothing.
-    assert_eq!(conns.set_revoked(Arc::default(), |_| panic!("nothing to shut")), 0);
+    assert_eq!(
+        conns.set_revoked(Arc::default(), |_| panic!("nothing to shut")),
+        0
+    );
     assert!(conns.register(Box::new([0x7f, 0x01]), 14).is_ok());
 }
