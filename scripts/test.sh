@@ -64,6 +64,8 @@ cargo test -p coremesh-e2e --tests --no-run
 # to the second on a mesh of six processes: alone too.
 # tests/h2.rs (HTTP/2, gRPC and WebSocket with curl, h2load, grpcio and
 # websockets, installed by install-deps.sh) runs with the rest.
+# tests/revocation.rs (meshctl node evict: revoked certificates refused and
+# their connections shut) runs with the rest, on both monoio drivers.
 e2e() {
     cargo test --no-fail-fast -p coremesh-e2e --tests -- --skip on_1_core:: --skip on_2_cores:: \
         --skip ten_upgrades_under_load --skip an_upgraded_sidecar --skip sigusr2_makes_the_proxy \

@@ -90,12 +90,15 @@ pub struct RevokedPeer {
     pub serial: String,
 }
 
+/// A registered connection: its peer's serial and its socket.
+type OpenConn = (Box<[u8]>, RawFd);
+
 /// One shard's open mutual TLS connections by peer serial, and the
 /// revocation list in force on it.
 #[derive(Default)]
 pub struct PeerConns {
     revoked: RefCell<Arc<Revocations>>,
-    open: RefCell<FxHashMap<u64, (Box<[u8]>, RawFd)>>,
+    open: RefCell<FxHashMap<u64, OpenConn>>,
     next: Cell<u64>,
 }
 

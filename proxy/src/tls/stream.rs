@@ -61,8 +61,8 @@ impl TlsStream {
                         .and_then(|c| c.first())
                         .and_then(|leaf| super::identity::leaf_identity(leaf).ok());
                 // A resumed session is not verified again by rustls: its
-                // certificate must still be valid (expiry is how the mesh
-                // revokes), whoever issued the ticket.
+                // certificate must still be valid, whoever issued the
+                // ticket (revocation is checked when it registers, below).
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs() as i64);
