@@ -63,8 +63,11 @@ cargo test -p coremesh-e2e --tests --no-run
 # of TLS handshakes move to a new process, and tests/hosts.rs times failover
 # to the second on a mesh of six processes: alone too.
 # tests/h2.rs (HTTP/2, gRPC and WebSocket with curl, h2load, grpcio and
-# websockets, installed by install-deps.sh) runs with the rest, as does
-# tests/unix.rs (Unix socket apps and listeners; its one upgrade is light).
+# websockets, installed by install-deps.sh) runs with the rest, as do
+# tests/unix.rs (Unix socket apps and listeners; its one upgrade is light),
+# tests/revocation.rs (meshctl node evict: revoked certificates refused and
+# their connections shut) and tests/mux.rs (the multiplexed mesh hop), on
+# both monoio drivers.
 e2e() {
     cargo test --no-fail-fast -p coremesh-e2e --tests -- --skip on_1_core:: --skip on_2_cores:: \
         --skip ten_upgrades_under_load --skip an_upgraded_sidecar --skip sigusr2_makes_the_proxy \

@@ -81,6 +81,9 @@ pub fn router(hub: Arc<Hub>, credential: &str) -> Router {
         .route("/v1/tokens", post(create_token).get(list_tokens))
         .route("/v1/tokens/{id}", delete(revoke_token))
         .route("/v1/store/dump", get(store_dump))
+        .route("/v1/nodes", get(nodes))
+        .route("/v1/nodes/{name}/evict", post(evict_node))
+        .route("/v1/nodes/{name}/readmit", post(readmit_node))
         .fallback(|| async { Error::not_found("no such API path; see `meshctl --help`") })
         .layer(middleware::from_fn_with_state(ctx.clone(), auth))
         .with_state(ctx)
@@ -275,4 +278,18 @@ async fn store_dump(State(ctx): State<Ctx>) -> Result<Response, Error> {
     let hub = ctx.hub.clone();
     let dump = blocking(move || hub.dump_blocking()).await?;
     Ok(Json(dump).into_response())
+}
+
+async fn nodes(State(ctx): State<Ctx>) -> Response {
+    Json(ctx.hub.nodes()).into_response()
+}
+
+async fn evict_node(State(ctx): State<Ctx>, Path(name): Path<String>) -> Result<Response, Error> {
+    let hub = ctx.hub.clone();
+    Ok(Json(blocking(move || hub.evict_blocking(&name)).await?).into_response())
+}
+
+async fn readmit_node(State(ctx): State<Ctx>, Path(name): Path<String>) -> Result<Response, Error> {
+    let hub = ctx.hub.clone();
+    Ok(Json(blocking(move || hub.readmit_blocking(&name)).await?).into_response())
 }

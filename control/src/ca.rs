@@ -1,7 +1,8 @@
 //! Control's certificate authority: created at first start (ECDSA P-256),
 //! or supplied by the operator (`--ca-cert`, `--ca-key`: a root, or an
 //! intermediate with its issuers). It signs the proxies' CSRs with their
-//! SPIFFE ID (`spiffe://<trust-domain>/service/<name>`) as the only URI SAN,
+//! SPIFFE ID (`spiffe://<trust-domain>/service/<name>`) as the only URI SAN
+//! and the node they joined from in the subject (`OU=<node>`, [`NODE_DN`]),
 //! and control's own QUIC server certificate. Proxies generate their keys;
 //! only CSRs reach control.
 //!
@@ -66,12 +67,20 @@ fn ca_err(e: rcgen::Error) -> Error {
     Error::internal(format!("CA: {e}"))
 }
 
+/// The subject attribute of a proxy certificate that names the node it was
+/// issued to (from the join; a renewal keeps it): organizationalUnitName.
+/// Control reads it back on renewals, so a host cannot move its
+/// certificates to another node's name by what it says in its Hello.
+pub const NODE_DN: DnType = DnType::OrganizationalUnitName;
+
 /// A certificate control signed.
 #[derive(Debug, Clone)]
 pub struct Signed {
     pub cert_pem: String,
     /// Unix seconds.
     pub not_after: u64,
+    /// [`coremesh_api::snapshot::serial_hex`] of the leaf's serial number.
+    pub serial: String,
 }
 
 /// One certificate of a CA file: DER and its PEM.
@@ -297,15 +306,17 @@ impl Ca {
             .map_err(|e| Error::rejected(format!("bad CSR: {e}")))
     }
 
-    /// Signs `csr` for `service`, whatever names the CSR asked for: the
-    /// only SAN is the SPIFFE ID, valid for client and server auth (proxies
-    /// are both), from `now - BACKDATE` to `now + lifetime` (or the CA's
-    /// own expiry, if sooner). The PEM is the leaf followed by the
-    /// intermediates.
+    /// Signs `csr` for `service` on `node`, whatever names the CSR asked
+    /// for: the only SAN is the SPIFFE ID, the subject is `CN=<service>`
+    /// and, unless `node` is empty, `OU=<node>` ([`NODE_DN`]); valid for
+    /// client and server auth (proxies are both), from `now - BACKDATE` to
+    /// `now + lifetime` (or the CA's own expiry, if sooner). The PEM is the
+    /// leaf followed by the intermediates.
     pub fn sign(
         &self,
         mut csr: CertificateSigningRequestParams,
         service: &str,
+        node: &str,
         lifetime: Duration,
         now: SystemTime,
     ) -> Result<Signed, Error> {
@@ -317,6 +328,9 @@ impl Ca {
             })?)];
         p.distinguished_name = DistinguishedName::new();
         p.distinguished_name.push(DnType::CommonName, service);
+        if !node.is_empty() {
+            p.distinguished_name.push(NODE_DN, node);
+        }
         p.is_ca = IsCa::ExplicitNoCa;
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![
@@ -330,6 +344,10 @@ impl Ca {
         let not_after = (now + lifetime).min(ca_end);
         p.not_after = not_after.into();
         let cert = csr.signed_by(&self.issuer).map_err(ca_err)?;
+        // The serial as a parser reads it back: what peers will compare.
+        let serial = x509_parser::parse_x509_certificate(cert.der())
+            .map(|(_, c)| coremesh_api::snapshot::serial_hex(c.raw_serial()))
+            .map_err(|e| Error::internal(format!("CA: cannot read back what it signed: {e}")))?;
         let mut cert_pem = cert.pem();
         for c in &self.intermediates {
             cert_pem.push_str(&c.pem);
@@ -337,6 +355,7 @@ impl Ca {
         Ok(Signed {
             cert_pem,
             not_after: crate::unix_secs(not_after),
+            serial,
         })
     }
 
@@ -532,6 +551,11 @@ pub struct PeerIdentity {
     pub spiffe_id: String,
     /// Unix seconds.
     pub not_after: u64,
+    /// [`coremesh_api::snapshot::serial_hex`] of its serial number.
+    pub serial: String,
+    /// The node it was issued to ([`NODE_DN`]); `None` for a certificate
+    /// from before control wrote it.
+    pub node: Option<String>,
 }
 
 /// Why a client certificate names no service ([`peer_identity`]); the
@@ -556,6 +580,13 @@ pub fn peer_identity(der: &[u8], trust_domain: &str) -> Result<PeerIdentity, Pee
     let (_, cert) =
         x509_parser::parse_x509_certificate(der).map_err(PeerIdentityError::Unreadable)?;
     let not_after = cert.validity().not_after.timestamp().max(0) as u64;
+    let serial = coremesh_api::snapshot::serial_hex(cert.raw_serial());
+    let node = cert
+        .subject()
+        .iter_organizational_unit()
+        .next()
+        .and_then(|ou| ou.as_str().ok())
+        .map(str::to_string);
     let prefix = format!("spiffe://{trust_domain}/service/");
     let san = cert
         .subject_alternative_name()
@@ -569,6 +600,8 @@ pub fn peer_identity(der: &[u8], trust_domain: &str) -> Result<PeerIdentity, Pee
                         service: service.to_string(),
                         spiffe_id: uri.to_string(),
                         not_after,
+                        serial,
+                        node,
                     });
                 }
             }

@@ -39,17 +39,21 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use coremesh_api::http::{ApplyResult, HistoryEntry, TokenCreated, TokenInfo, TokenRequest};
+use coremesh_api::http::{
+    ApplyResult, HistoryEntry, NodeEvicted, NodeReadmitted, NodeStatus, TokenCreated, TokenInfo,
+    TokenRequest,
+};
 use coremesh_api::resource::Resource;
 use coremesh_api::snapshot::Snapshot;
 use coremesh_api::token::{sha256_hex, JoinToken};
 use coremesh_api::wire::{self, ControlMsg};
 use tokio::sync::{watch, Notify};
 
-use crate::ca::{Ca, Signed};
+use crate::ca::{Ca, PeerIdentity, Signed};
 use crate::config::{self, Config, Plan};
+use crate::nodes::{evicted_message, Nodes};
 use crate::registry::{ProxyId, Registry};
-use crate::store::{Consumed, Store};
+use crate::store::{Consumed, Issued, IssuedCert, Store};
 use crate::view::{self, View};
 use crate::{unix_millis, unix_secs, Error};
 
@@ -162,6 +166,8 @@ struct State {
     config_digest: String,
     config: Arc<Config>,
     registry: Registry,
+    /// Evicted nodes and the revocation list (loaded from the store).
+    nodes: Nodes,
     sessions: HashMap<ProxyId, SessionSlot>,
     /// The latest view computed for each distinct key, so that sessions
     /// with equal views share one.
@@ -190,6 +196,8 @@ pub struct Hub {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JoinError {
     Token(String),
+    /// The node is evicted.
+    Evicted(String),
     BadRequest(String),
     Internal(String),
 }
@@ -218,6 +226,7 @@ impl Hub {
         started: Instant,
     ) -> Result<Arc<Hub>, Error> {
         let (config_version, config) = store.current()?;
+        let nodes = Nodes::new(store.nodes()?, unix_secs(SystemTime::now()));
         let state = State {
             config_version,
             config_digest: store.current_digest()?,
@@ -227,6 +236,7 @@ impl Hub {
                 started + opts.grace,
                 opts.forget_after,
             ),
+            nodes,
             sessions: HashMap::new(),
             latest: HashMap::new(),
             snapshot_version: 0,
@@ -276,6 +286,9 @@ impl Hub {
             }
             // Status rows only: no view depends on them.
             st.registry.forget(now);
+            if st.nodes.expire(unix_secs(SystemTime::now())) {
+                st.dirty = true;
+            }
             if !st.grace_over && !st.registry.in_grace(now) {
                 st.grace_over = true;
                 let mut released = 0;
@@ -304,7 +317,8 @@ impl Hub {
 
     // ---- sessions (called by the QUIC server) ----
 
-    /// A session said Hello; returns its id, its first snapshot (unless
+    /// A session said Hello (from `node`: see [`Hub::admit_session`]);
+    /// returns its id, its first snapshot (unless
     /// held for the grace period) and the channel of the ones after it.
     pub fn open_session(
         &self,
@@ -337,7 +351,8 @@ impl Hub {
                 slot.calls.as_ref(),
                 service,
                 &self.trust_bundle,
-            );
+            )
+            .with_revoked(st.nodes.revoked());
             let key: ViewKey = (own_key(&st.config, service), slot.calls.clone());
             let view = match st.latest.get(&key) {
                 Some(v) if **v == view => v.clone(),
@@ -421,21 +436,89 @@ impl Hub {
         }
     }
 
-    /// Signs a renewal CSR for the session's service.
-    pub fn renew(&self, id: ProxyId, service: &str, csr_pem: &str) -> Result<Signed, Error> {
+    /// Whether a session may start with the certificate `peer` from a
+    /// proxy that says it runs on `hello_node`: not with a revoked
+    /// certificate, nor from an evicted node. The node it runs on: the
+    /// certificate's, else (a certificate from before control wrote it)
+    /// the Hello's. The error is what the proxy is told.
+    pub fn admit_session(&self, peer: &PeerIdentity, hello_node: &str) -> Result<String, Error> {
+        let node = peer.node.clone().unwrap_or_else(|| hello_node.to_string());
+        if node != hello_node {
+            tracing::warn!(
+                certificate_node = %node,
+                hello_node,
+                "the proxy names another node than its certificate; using the certificate's"
+            );
+        }
+        let st = lock(&self.state);
+        if let Some(at) = st.nodes.evicted_at(&node) {
+            return Err(Error::rejected(evicted_message(&node, at)));
+        }
+        if st.nodes.is_revoked(&peer.serial) {
+            return Err(Error::rejected(format!(
+                "certificate {} ({}) was revoked when its node was evicted; join again with a new token once the node is readmitted",
+                peer.serial, peer.spiffe_id
+            )));
+        }
+        Ok(node)
+    }
+
+    /// Signs a renewal CSR for the session's service on `node`, unless the
+    /// node was evicted. Blocking (the certificate is recorded durably).
+    pub fn renew_blocking(
+        &self,
+        id: ProxyId,
+        service: &str,
+        node: &str,
+        csr_pem: &str,
+    ) -> Result<Signed, Error> {
+        if let Some(at) = lock(&self.state).nodes.evicted_at(node) {
+            return Err(Error::rejected(evicted_message(node, at)));
+        }
         let csr = Ca::parse_csr(csr_pem)?;
+        let now = SystemTime::now();
         let signed = self
             .ca
-            .sign(csr, service, self.opts.cert_lifetime, SystemTime::now())?;
+            .sign(csr, service, node, self.opts.cert_lifetime, now)?;
+        self.record_issued(node, service, &signed, now)?;
         lock(&self.state)
             .registry
             .set_cert_expiry(id, signed.not_after);
         Ok(signed)
     }
 
-    /// Checks and spends a join token, then signs the CSR for its service.
+    /// Records a signed certificate under its node before it is handed
+    /// out; refused when the node was evicted meanwhile.
+    fn record_issued(
+        &self,
+        node: &str,
+        service: &str,
+        signed: &Signed,
+        now: SystemTime,
+    ) -> Result<(), Error> {
+        let cert = IssuedCert {
+            serial: signed.serial.clone(),
+            service: service.to_string(),
+            not_after: signed.not_after,
+        };
+        match self.store.record_issued(node, &cert, unix_secs(now))? {
+            Issued::Recorded => Ok(()),
+            Issued::Evicted(at) => Err(Error::rejected(evicted_message(node, at))),
+        }
+    }
+
+    /// Checks and spends a join token, then signs the CSR for its service
+    /// on `node`; an evicted node is refused before the token is spent.
     /// Blocking (the token's use is fsynced).
-    pub fn join_blocking(&self, token: &str, csr_pem: &str) -> Result<Joined, JoinError> {
+    pub fn join_blocking(
+        &self,
+        token: &str,
+        csr_pem: &str,
+        node: &str,
+    ) -> Result<Joined, JoinError> {
+        if let Some(at) = lock(&self.state).nodes.evicted_at(node) {
+            return Err(JoinError::Evicted(evicted_message(node, at)));
+        }
         let token: JoinToken = token
             .parse()
             .map_err(|e| JoinError::Token(format!("malformed join token: {e}")))?;
@@ -456,8 +539,13 @@ impl Hub {
         };
         let cert = self
             .ca
-            .sign(csr, &record.service, self.opts.cert_lifetime, now)
+            .sign(csr, &record.service, node, self.opts.cert_lifetime, now)
             .map_err(|e| JoinError::Internal(e.message))?;
+        self.record_issued(node, &record.service, &cert, now)
+            .map_err(|e| match e.kind {
+                crate::ErrorKind::Rejected => JoinError::Evicted(e.message),
+                _ => JoinError::Internal(e.message),
+            })?;
         Ok(Joined {
             spiffe_id: self.ca.spiffe_id(&record.service),
             service: record.service,
@@ -602,6 +690,85 @@ impl Hub {
         }
     }
 
+    /// Evicts `node`: durably first, then its certificates join the
+    /// revocation list every proxy is sent, its endpoints are withdrawn and
+    /// its control sessions closed (their proxies are refused when they
+    /// reconnect).
+    pub fn evict_blocking(&self, node: &str) -> Result<NodeEvicted, Error> {
+        check_node_name(node)?;
+        let now = unix_secs(SystemTime::now());
+        let already = lock(&self.state).nodes.evicted_at(node).is_some();
+        let record = self.store.evict_node(node, now)?;
+        let evicted_at = record.evicted_at.unwrap_or(now);
+        let mut st = lock(&self.state);
+        st.nodes.update(record, now);
+        let revoked: Vec<_> = st
+            .nodes
+            .revoked()
+            .iter()
+            .filter(|c| c.node == node)
+            .cloned()
+            .collect();
+        let endpoints_withdrawn = st.registry.withdraw_node(node);
+        let mut sessions_closed = 0;
+        for id in st.registry.connected_on(node) {
+            // Dropping its sender ends the session task, which closes the
+            // connection.
+            sessions_closed += usize::from(st.sessions.remove(&id).is_some());
+        }
+        self.mark_dirty(&mut st);
+        drop(st);
+        tracing::warn!(
+            node,
+            revoked = revoked.len(),
+            sessions_closed,
+            endpoints_withdrawn,
+            already,
+            "node evicted: its certificates are revoked on every proxy"
+        );
+        Ok(NodeEvicted {
+            node: node.to_string(),
+            evicted_at,
+            already,
+            revoked,
+            sessions_closed,
+            endpoints_withdrawn,
+        })
+    }
+
+    /// Ends `node`'s eviction: it may join again with a new token. Its
+    /// revoked certificates stay revoked until they expire.
+    pub fn readmit_blocking(&self, node: &str) -> Result<NodeReadmitted, Error> {
+        check_node_name(node)?;
+        let now = unix_secs(SystemTime::now());
+        let Some(record) = self.store.readmit_node(node, now)? else {
+            return Err(Error::not_found(format!(
+                "node {node:?} is not evicted; see `meshctl node list`"
+            )));
+        };
+        let still_revoked = record.revoked.len();
+        lock(&self.state).nodes.update(record, now);
+        tracing::warn!(
+            node,
+            still_revoked,
+            "node readmitted: it may join again with a new token"
+        );
+        Ok(NodeReadmitted {
+            node: node.to_string(),
+            still_revoked,
+        })
+    }
+
+    /// Whether `node` is evicted.
+    pub fn evicted(&self, node: &str) -> bool {
+        lock(&self.state).nodes.evicted_at(node).is_some()
+    }
+
+    /// Every node with certificates or an eviction.
+    pub fn nodes(&self) -> Vec<NodeStatus> {
+        lock(&self.state).nodes.status(unix_secs(SystemTime::now()))
+    }
+
     pub fn proxies(&self) -> Vec<coremesh_api::http::ProxyStatus> {
         lock(&self.state).registry.proxy_statuses()
     }
@@ -609,6 +776,16 @@ impl Hub {
     pub fn endpoints(&self) -> Vec<coremesh_api::http::EndpointStatus> {
         lock(&self.state).registry.endpoint_statuses()
     }
+}
+
+/// A node name an operator may evict: what a proxy could have joined as.
+fn check_node_name(node: &str) -> Result<(), Error> {
+    if node.is_empty() || node.len() > 253 || node.chars().any(|c| c.is_control() || c == '/') {
+        return Err(Error::rejected(format!(
+            "node: {node:?} is not a node name (1 to 253 characters, no '/' or control characters)"
+        )));
+    }
+    Ok(())
 }
 
 fn next_version(st: &mut State) -> u64 {
@@ -651,11 +828,13 @@ fn publish(st: &mut State, trust_bundle: &Arc<Vec<String>>, store_id: &str) -> D
     let State {
         config,
         registry,
+        nodes,
         sessions,
         latest,
         config_digest,
         ..
     } = st;
+    let revoked = nodes.revoked();
     let config_ref = view::ConfigRef {
         version: config_version,
         store_id,
@@ -693,7 +872,8 @@ fn publish(st: &mut State, trust_bundle: &Arc<Vec<String>>, store_id: &str) -> D
         let calls: &Calls = calls;
         let key = (own.get(service.as_str()).copied(), calls);
         let (view, published) = views.entry(key).or_insert_with(|| {
-            let view = view::compute(config, registry, calls.as_ref(), service, trust_bundle);
+            let view = view::compute(config, registry, calls.as_ref(), service, trust_bundle)
+                .with_revoked(revoked);
             let owned: ViewKey = (key.0.map(str::to_string), calls.clone());
             let view = match latest.get(&owned) {
                 Some(v) if **v == view => v.clone(),

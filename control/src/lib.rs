@@ -18,7 +18,10 @@
 //!                        └──────── Snapshot per changed session ◀── view ◀─┘
 //! ```
 //!
-//! Durable: the config, its history and join tokens (the store). Soft, in
+//! Durable: the config, its history, join tokens, and per node the
+//! certificates issued to it and whether it was evicted (the store; an
+//! eviction's revocation list goes to every proxy in its snapshots, see
+//! [`nodes`]). Soft, in
 //! memory: registrations, heartbeats, proxy status; after a restart the
 //! proxies re-register within the grace period.
 
@@ -31,6 +34,7 @@ pub mod client;
 pub mod config;
 pub mod datadir;
 pub mod hub;
+pub mod nodes;
 pub mod quic;
 pub mod registry;
 pub mod store;

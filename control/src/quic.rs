@@ -21,11 +21,13 @@
 //!             client cert ──▶ AWAIT_HELLO ──(10 s)──▶ close
 //!                                 │ Hello (service == cert's, protocol ok)
 //!                                 ▼
+//!                                 │ (refused: a revoked certificate, an evicted node)
 //!                             Welcome, Snapshot ──▶ ACTIVE
 //!   ACTIVE, any order:  Ack/Nack ─▶ recorded;  Register ─▶ endpoint of the
 //!                       cert's service;  Health ─▶ heartbeat;  Renew ─▶ Renewed;
 //!                       Deregister ─▶ withdraw, push to all others, Deregistered;
-//!                       control ─▶ Snapshot whenever this session's view changes.
+//!                       control ─▶ Snapshot whenever this session's view changes;
+//!                       its node evicted ─▶ control closes the session.
 //!   ACTIVE ──▶ CLOSED:  the proxy ends the stream or the connection drops (the
 //!                       endpoint stays until its heartbeat expires), or a
 //!                       malformed/out-of-order message (Error{bad_request}, then
@@ -375,7 +377,8 @@ async fn join(reader: &mut Reader, writer: &mut Writer, hub: &Arc<Hub>) -> Resul
         }
     };
     let h = hub.clone();
-    let joined = tokio::task::spawn_blocking(move || h.join_blocking(&token, &csr_pem))
+    let joining = node.clone();
+    let joined = tokio::task::spawn_blocking(move || h.join_blocking(&token, &csr_pem, &joining))
         .await
         .map_err(|e| End::Refuse(ErrorCode::Internal, format!("join task failed: {e}")))?;
     match joined {
@@ -392,6 +395,7 @@ async fn join(reader: &mut Reader, writer: &mut Writer, hub: &Arc<Hub>) -> Resul
                 .await
         }
         Err(JoinError::Token(m)) => Err(End::Refuse(ErrorCode::TokenRefused, m)),
+        Err(JoinError::Evicted(m)) => Err(End::Refuse(ErrorCode::Forbidden, m)),
         Err(JoinError::BadRequest(m)) => Err(bad_request(m)),
         Err(JoinError::Internal(m)) => Err(End::Refuse(ErrorCode::Internal, m)),
     }
@@ -445,6 +449,9 @@ async fn session(
             )))
         }
     };
+    let node = hub
+        .admit_session(&peer, &node)
+        .map_err(|e| End::Refuse(ErrorCode::Forbidden, e.message))?;
     let service = peer.service;
     let (id, first, mut snapshots) =
         hub.open_session(&service, &node, calls, version, peer.not_after);
@@ -465,7 +472,8 @@ async fn session(
         tokio::select! {
             changed = snapshots.changed() => {
                 if changed.is_err() {
-                    return Err(End::Gone("session replaced".into()));
+                    info!(%service, %node, "session closed by control: its node was evicted");
+                    return Err(End::Gone("session closed by control".into()));
                 }
                 let snapshot = snapshots.borrow_and_update().clone();
                 if let Some(s) = snapshot {
@@ -477,20 +485,34 @@ async fn session(
                     info!(%service, %node, "session ended by the proxy");
                     return Ok(());
                 };
-                handle(msg, hub, id, &service, remote, writer).await?;
+                let who = Who { id, service: &service, node: &node, remote };
+                handle(msg, hub, &who, writer).await?;
             }
         }
     }
 }
 
+/// Whose session a message came on.
+#[derive(Clone, Copy)]
+struct Who<'a> {
+    id: crate::registry::ProxyId,
+    service: &'a str,
+    node: &'a str,
+    remote: SocketAddr,
+}
+
 async fn handle(
     msg: ProxyMsg,
-    hub: &Hub,
-    id: crate::registry::ProxyId,
-    service: &str,
-    remote: SocketAddr,
+    hub: &Arc<Hub>,
+    who: &Who<'_>,
     writer: &mut Writer,
 ) -> Result<(), End> {
+    let Who {
+        id,
+        service,
+        node,
+        remote,
+    } = *who;
     match msg {
         ProxyMsg::Ack { version } => hub.ack(id, version),
         ProxyMsg::Nack { version, reason } => {
@@ -520,9 +542,22 @@ async fn handle(
             hub.health(id, healthy);
         }
         ProxyMsg::Renew { csr_pem } => {
-            let signed = hub
-                .renew(id, service, &csr_pem)
-                .map_err(|e| bad_request(format!("renew: {}", e.message)))?;
+            let (h, s, n) = (hub.clone(), service.to_string(), node.to_string());
+            let signed =
+                tokio::task::spawn_blocking(move || h.renew_blocking(id, &s, &n, &csr_pem))
+                    .await
+                    .map_err(|e| {
+                        End::Refuse(ErrorCode::Internal, format!("renew task failed: {e}"))
+                    })?
+                    .map_err(|e| {
+                        warn!(%service, %node, "renewal refused: {}", e.message);
+                        let code = match (e.kind, hub.evicted(node)) {
+                            (crate::ErrorKind::Internal, _) => ErrorCode::Internal,
+                            (_, true) => ErrorCode::Forbidden,
+                            (_, false) => ErrorCode::BadRequest,
+                        };
+                        End::Refuse(code, format!("renew: {}", e.message))
+                    })?;
             info!(%service, expires = signed.not_after, "certificate renewed");
             writer
                 .send(&ControlMsg::Renewed {

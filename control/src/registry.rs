@@ -375,6 +375,29 @@ impl Registry {
         }
     }
 
+    /// The connected proxies on `node`.
+    pub fn connected_on(&self, node: &str) -> Vec<ProxyId> {
+        self.proxies
+            .iter()
+            .filter(|(_, p)| p.status.connected && p.status.node == node)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Withdraws every endpoint registered from `node` (it was evicted);
+    /// how many there were.
+    pub fn withdraw_node(&mut self, node: &str) -> usize {
+        let before = self.endpoints.len();
+        self.endpoints.retain(|(service, address), e| {
+            let keep = e.node != node;
+            if !keep {
+                tracing::warn!(%service, %address, %node, "endpoint withdrawn: its node was evicted");
+            }
+            keep
+        });
+        before - self.endpoints.len()
+    }
+
     /// Removes endpoints whose heartbeat is older than the timeout, unless
     /// still in the grace period. True if any was removed.
     pub fn expire(&mut self, now: Instant) -> bool {

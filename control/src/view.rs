@@ -1,7 +1,7 @@
 //! What one proxy sees: the services it may call with their endpoints,
 //! their routes and their Resiliences (plus the services those mirror to);
 //! the AccessPolicy and Resilience of its own service and the mesh's
-//! default access; the trust bundle. A pure function of the config, the
+//! default access; the trust bundle and the revocation list. A pure function of the config, the
 //! registry, the proxy's `calls` and its service; the hub turns a view into
 //! a versioned [`Snapshot`] and sends it only when it differs from the last
 //! one sent.
@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use coremesh_api::resource::{Access, AccessPolicy, Resilience, Route, Service};
-use coremesh_api::snapshot::{ServiceEndpoints, Snapshot};
+use coremesh_api::snapshot::{RevokedCert, ServiceEndpoints, Snapshot};
 
 use crate::config::Config;
 use crate::registry::Registry;
@@ -40,9 +40,18 @@ pub struct View {
     pub outbound_policy: Access,
     /// The same for every proxy (control's CA and extra roots), shared.
     pub trust_bundle: Arc<Vec<String>>,
+    /// The same for every proxy (certificates of evicted nodes), shared;
+    /// set by the hub ([`View::with_revoked`]).
+    pub revoked: Arc<Vec<RevokedCert>>,
 }
 
 impl View {
+    /// The view with the mesh's revocation list.
+    pub fn with_revoked(mut self, revoked: &Arc<Vec<RevokedCert>>) -> View {
+        self.revoked = revoked.clone();
+        self
+    }
+
     pub fn snapshot(&self, version: u64, config: &ConfigRef<'_>) -> Snapshot {
         Snapshot {
             version,
@@ -56,6 +65,7 @@ impl View {
             default_access: self.default_access,
             outbound_policy: self.outbound_policy,
             trust_bundle: self.trust_bundle.to_vec(),
+            revoked: self.revoked.to_vec(),
         }
     }
 }
@@ -130,6 +140,7 @@ pub fn compute(
         default_access: config.default_access(),
         outbound_policy: config.outbound_policy(),
         trust_bundle: trust_bundle.clone(),
+        revoked: Arc::default(),
     }
 }
 

@@ -54,6 +54,10 @@ pub enum ShardMsg {
     /// trust bundle, or `[tls]` files reloaded): new handshakes use them,
     /// open connections keep theirs.
     Identity(Arc<Identity>),
+    /// Control's revocation list (a node was evicted, or a revoked
+    /// certificate expired): new handshakes refuse those certificates,
+    /// open connections that use one are shut.
+    Revoked(Arc<crate::tls::revoked::Revocations>),
     /// A new split of one service limit (see agent/traffic.rs).
     Share(Arc<crate::traffic::ShareUpdate>),
     /// Rate-limit tokens from the service's pool, for a shard that refused

@@ -13,6 +13,9 @@
 //! | POST | /v1/tokens | [`TokenRequest`] | [`TokenCreated`] |
 //! | GET | /v1/tokens | - | `[TokenInfo]` |
 //! | DELETE | /v1/tokens/ID | - | `{}` |
+//! | GET | /v1/nodes | - | `[NodeStatus]` |
+//! | POST | /v1/nodes/NAME/evict | - | [`NodeEvicted`] |
+//! | POST | /v1/nodes/NAME/readmit | - | [`NodeReadmitted`] |
 //!
 //! Errors: 400 (input rejected: [`ErrorBody`] says what and where), 401, 404, 500.
 
@@ -135,4 +138,42 @@ pub struct TokenInfo {
     pub expires_at: u64,
     pub uses_left: u32,
     pub revoked: bool,
+}
+
+/// A node control issued certificates to, or evicted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node: String,
+    /// Unix seconds when it was evicted; absent while it is a member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evicted_at: Option<u64>,
+    /// Certificates issued to it that are valid and not revoked.
+    pub certificates: usize,
+    /// Its certificates revoked and not yet expired.
+    pub revoked: usize,
+}
+
+/// What `meshctl node evict` did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeEvicted {
+    pub node: String,
+    /// Unix seconds of the eviction (the first one, if it was evicted
+    /// before).
+    pub evicted_at: u64,
+    /// It was already evicted.
+    pub already: bool,
+    /// Its revoked certificates that have not expired yet (serials).
+    pub revoked: Vec<crate::snapshot::RevokedCert>,
+    /// Control sessions of its proxies that control closed.
+    pub sessions_closed: usize,
+    /// Its endpoints withdrawn from every other proxy's snapshots.
+    pub endpoints_withdrawn: usize,
+}
+
+/// What `meshctl node readmit` did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeReadmitted {
+    pub node: String,
+    /// Its certificates that stay revoked until they expire.
+    pub still_revoked: usize,
 }

@@ -75,6 +75,56 @@ pub struct Snapshot {
     /// older control: keep the CA from the join.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trust_bundle: Vec<String>,
+    /// Certificates control revoked (`meshctl node evict`): the proxy
+    /// refuses a peer that presents one, on new handshakes in both
+    /// directions, and closes its open connections that use one. The
+    /// same list goes to every proxy; a certificate leaves it once it has
+    /// expired. Empty from an older control, and an older proxy ignores it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked: Vec<RevokedCert>,
+}
+
+/// One revoked certificate ([`Snapshot::revoked`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RevokedCert {
+    /// The certificate's serial number as [`serial_hex`] writes it.
+    pub serial: String,
+    /// The node it was issued to (for logs; the serial is what is checked).
+    pub node: String,
+    /// When it expires, Unix seconds: after that it is refused as expired
+    /// and leaves the list.
+    pub not_after: u64,
+}
+
+/// A certificate serial number (the content octets of its DER INTEGER) as
+/// lowercase hex without leading zero bytes: how control records the
+/// serials it issued and how proxies compare a peer's against the
+/// revocation list, so both agree however the INTEGER was padded.
+pub fn serial_hex(raw: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let start = raw.iter().position(|b| *b != 0).unwrap_or(raw.len());
+    let mut out = String::with_capacity(2 * (raw.len() - start));
+    for b in &raw[start..] {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 15)] as char);
+    }
+    out
+}
+
+/// The bytes of a [`serial_hex`] string (leading zero bytes dropped), or
+/// `None` when it is not even-length lowercase or uppercase hex.
+pub fn serial_bytes(hex: &str) -> Option<Vec<u8>> {
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let nibble = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(hex.len() / 2);
+    for pair in hex.as_bytes().chunks(2) {
+        out.push(nibble(pair[0])? << 4 | nibble(pair[1])?);
+    }
+    let start = out.iter().position(|b| *b != 0).unwrap_or(out.len());
+    out.drain(..start);
+    Some(out)
 }
 
 /// A service and its current endpoints. Unhealthy endpoints are left out,
@@ -111,3 +161,6 @@ pub struct Endpoint {
 fn yes() -> bool {
     true
 }
+
+#[cfg(test)]
+mod tests;

@@ -20,8 +20,8 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use coremesh_api::http::{
-    ApplyResult, EndpointStatus, ErrorBody, HistoryEntry, ProxyStatus, RollbackRequest,
-    TokenCreated, TokenInfo, TokenRequest,
+    ApplyResult, EndpointStatus, ErrorBody, HistoryEntry, NodeEvicted, NodeReadmitted, NodeStatus,
+    ProxyStatus, RollbackRequest, TokenCreated, TokenInfo, TokenRequest,
 };
 use coremesh_api::resource::{self, Resource};
 use coremesh_control::bootstrap;
@@ -97,6 +97,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: TokenCmd,
     },
+    /// Hosts (nodes): evict a compromised one, readmit it, list them.
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+    },
     /// Set up a new host: writes OUT/proxy.toml (control address, node,
     /// token file, state dir, listeners) and OUT/join.token (a one-time
     /// token for SERVICE), both mode 0600 and never overwritten; then run
@@ -165,6 +170,20 @@ enum TokenCmd {
     Revoke {
         id: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCmd {
+    /// Evict NODE: control refuses its joins, sessions and renewals from
+    /// now on (durably), closes its sessions, withdraws its endpoints, and
+    /// every proxy refuses the certificates issued to it, on new
+    /// handshakes and on open connections, from its next snapshot.
+    Evict { node: String },
+    /// Let an evicted NODE join again (with a new token); the certificates
+    /// it had stay revoked until they expire.
+    Readmit { node: String },
+    /// Every node control issued certificates to, and the evicted ones.
+    List,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -376,7 +395,8 @@ fn run(cli: Cli) -> Result<(), Fail> {
         }
         Cmd::Status => {
             let proxies: Vec<ProxyStatus> = api.get("/v1/proxies")?;
-            print_status(&proxies);
+            let nodes: Vec<NodeStatus> = api.get("/v1/nodes")?;
+            print_status(&proxies, &nodes);
         }
         Cmd::Check { cert_warn, output } => check(&api, cert_warn, output.as_deref())?,
         Cmd::History => {
@@ -396,6 +416,7 @@ fn run(cli: Cli) -> Result<(), Fail> {
             print_change(&r);
         }
         Cmd::Token { cmd } => token(&api, cmd)?,
+        Cmd::Node { cmd } => node(&api, cmd)?,
         Cmd::Bootstrap(args) => bootstrap(&api, &cli.api, &args)?,
     }
     Ok(())
@@ -594,7 +615,8 @@ fn get(api: &Api, what: What, output: Output) -> Result<(), Fail> {
         }
         What::Proxies => {
             let ps: Vec<ProxyStatus> = serde_json::from_value(value).map_err(bad)?;
-            print_status(&ps);
+            let nodes: Vec<NodeStatus> = api.get("/v1/nodes")?;
+            print_status(&ps, &nodes);
         }
         What::Endpoints => {
             let es: Vec<EndpointStatus> = serde_json::from_value(value).map_err(bad)?;
@@ -678,6 +700,70 @@ fn token(api: &Api, cmd: TokenCmd) -> Result<(), Fail> {
         TokenCmd::Revoke { id } => {
             let _: serde_json::Value = api.call("DELETE", &format!("/v1/tokens/{id}"), None)?;
             println!("revoked token {id}");
+        }
+    }
+    Ok(())
+}
+
+fn node(api: &Api, cmd: NodeCmd) -> Result<(), Fail> {
+    match cmd {
+        NodeCmd::Evict { node } => {
+            let e: NodeEvicted = api.call(
+                "POST",
+                &format!("/v1/nodes/{node}/evict"),
+                Some(("application/json", b"{}")),
+            )?;
+            if e.already {
+                println!(
+                    "node {} was already evicted (at {} UTC)",
+                    e.node,
+                    utc(e.evicted_at)
+                );
+            } else {
+                println!("evicted node {} at {} UTC", e.node, utc(e.evicted_at));
+            }
+            println!(
+                "revoked {} certificate(s) (sent to every proxy in its next snapshot):",
+                e.revoked.len()
+            );
+            for c in &e.revoked {
+                println!("  serial {}  expires {} UTC", c.serial, utc(c.not_after));
+            }
+            println!(
+                "closed {} control session(s); withdrew {} endpoint(s); its joins and renewals are refused",
+                e.sessions_closed, e.endpoints_withdrawn
+            );
+            println!("`meshctl status` shows when every proxy has ACKed it");
+        }
+        NodeCmd::Readmit { node } => {
+            let r: NodeReadmitted = api.call(
+                "POST",
+                &format!("/v1/nodes/{node}/readmit"),
+                Some(("application/json", b"{}")),
+            )?;
+            println!(
+                "readmitted node {}: it may join again with a new token (`meshctl token create`); {} of its old certificate(s) stay revoked until they expire",
+                r.node, r.still_revoked
+            );
+        }
+        NodeCmd::List => {
+            let nodes: Vec<NodeStatus> = api.get("/v1/nodes")?;
+            let mut rows = vec![vec![
+                "NODE".into(),
+                "STATE".into(),
+                "CERTIFICATES".into(),
+                "REVOKED".into(),
+            ]];
+            for n in nodes {
+                rows.push(vec![
+                    n.node,
+                    n.evicted_at
+                        .map_or("member".into(), |t| format!("EVICTED {} UTC", utc(t))),
+                    n.certificates.to_string(),
+                    n.revoked.to_string(),
+                ]);
+            }
+            print_table(&rows);
         }
     }
     Ok(())
@@ -836,7 +922,13 @@ fn findings(
     out
 }
 
-fn print_status(ps: &[ProxyStatus]) {
+fn print_status(ps: &[ProxyStatus], nodes: &[NodeStatus]) {
+    let evicted = |node: &str| {
+        nodes
+            .iter()
+            .find(|n| n.node == node)
+            .and_then(|n| n.evicted_at)
+    };
     let now = now_secs();
     let mut rows = vec![vec![
         "SERVICE".into(),
@@ -876,6 +968,10 @@ fn print_status(ps: &[ProxyStatus]) {
             Some(problem) => format!("MISCONFIGURED: {problem}; {state}"),
             None => state,
         };
+        let state = match evicted(&p.node) {
+            Some(at) => format!("EVICTED {} UTC", utc(at)),
+            None => state,
+        };
         rows.push(vec![
             p.service.clone(),
             p.node.clone(),
@@ -905,6 +1001,18 @@ fn print_status(ps: &[ProxyStatus]) {
                 }
             }),
         ]);
+    }
+    // An evicted node whose proxies control no longer lists (forgotten
+    // after --forget-after) still shows.
+    for n in nodes {
+        if let Some(at) = n.evicted_at {
+            if !ps.iter().any(|p| p.node == n.node) {
+                let mut row = vec!["-".to_string(); 9];
+                row[1] = n.node.clone();
+                row[5] = format!("EVICTED {} UTC", utc(at));
+                rows.push(row);
+            }
+        }
     }
     print_table(&rows);
 }

@@ -98,6 +98,7 @@ fn issue(ca: &Ca, service: &str) -> (Vec<CertificateDer<'static>>, PrivateKeyDer
         .sign(
             Ca::parse_csr(&csr).unwrap(),
             service,
+            "host-1",
             DEFAULT_CERT_LIFETIME,
             SystemTime::now(),
         )
@@ -251,7 +252,7 @@ fn issued_certificates_end_with_the_ca() {
         .pem()
         .unwrap();
     let signed = ca
-        .sign(Ca::parse_csr(&csr).unwrap(), "api", DAY, now)
+        .sign(Ca::parse_csr(&csr).unwrap(), "api", "host-1", DAY, now)
         .unwrap();
     assert_eq!(signed.not_after, ca.not_after());
     assert!(signed.not_after <= crate::unix_secs(now + HOUR));

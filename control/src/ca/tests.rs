@@ -17,7 +17,9 @@ fn signs_with_spiffe_id_and_lifetime() {
     let now = SystemTime::now();
     // Whatever the CSR asks for, the certificate names only the service.
     let req = Ca::parse_csr(&csr(vec!["evil.example".into()])).unwrap();
-    let signed = ca.sign(req, "api", DEFAULT_CERT_LIFETIME, now).unwrap();
+    let signed = ca
+        .sign(req, "api", "host-1", DEFAULT_CERT_LIFETIME, now)
+        .unwrap();
     let der = CertificateDer::from_pem_slice(signed.cert_pem.as_bytes()).unwrap();
     let id = peer_identity(&der, "coremesh.local").unwrap();
     assert_eq!(id.service, "api");
@@ -29,6 +31,14 @@ fn signs_with_spiffe_id_and_lifetime() {
     assert_eq!(na - t, 24 * 3600);
     assert_eq!(t - nb, 300);
     assert_eq!(id.not_after, na);
+    // The node is in the subject, the serial is what the parser reads.
+    assert_eq!(id.node.as_deref(), Some("host-1"));
+    assert_eq!(id.serial, signed.serial);
+    assert_eq!(
+        signed.serial,
+        coremesh_api::snapshot::serial_hex(cert.raw_serial())
+    );
+    assert!(!signed.serial.is_empty());
     let sans = cert.subject_alternative_name().unwrap().unwrap();
     assert_eq!(sans.value.general_names.len(), 1);
     assert_eq!(
@@ -50,4 +60,15 @@ fn signs_with_spiffe_id_and_lifetime() {
 #[test]
 fn garbage_csr_is_rejected() {
     assert!(Ca::parse_csr("not a csr").is_err());
+}
+
+#[test]
+fn a_certificate_without_a_node_reads_as_none() {
+    let ca = ca();
+    let req = Ca::parse_csr(&csr(vec![])).unwrap();
+    let signed = ca
+        .sign(req, "api", "", DEFAULT_CERT_LIFETIME, SystemTime::now())
+        .unwrap();
+    let der = CertificateDer::from_pem_slice(signed.cert_pem.as_bytes()).unwrap();
+    assert_eq!(peer_identity(&der, "coremesh.local").unwrap().node, None);
 }

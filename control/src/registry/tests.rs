@@ -177,3 +177,37 @@ fn a_held_session_shows_what_the_proxy_said_it_runs_until_control_sends_one() {
     r.sent(a, 42, 7);
     assert_eq!(r.proxy_statuses()[0].held_running, None);
 }
+
+#[test]
+fn an_evicted_node_loses_its_endpoints_and_lists_its_sessions() {
+    let now = Instant::now();
+    let wall = SystemTime::now();
+    let mut r = Registry::new(Duration::from_secs(15), now, Duration::from_secs(600));
+    let evil = r.hello("api", "evil", 0);
+    let good = r.hello("api", "good", 0);
+    r.register(
+        evil,
+        "10.0.0.9:4143".parse().unwrap(),
+        BTreeMap::new(),
+        now,
+        wall,
+    );
+    r.register(
+        good,
+        "10.0.0.2:4143".parse().unwrap(),
+        BTreeMap::new(),
+        now,
+        wall,
+    );
+    assert_eq!(r.connected_on("evil"), vec![evil]);
+    assert_eq!(r.withdraw_node("evil"), 1);
+    let left: Vec<String> = r
+        .endpoints_of("api")
+        .iter()
+        .map(|e| e.node.clone())
+        .collect();
+    assert_eq!(left, ["good"]);
+    assert_eq!(r.withdraw_node("evil"), 0);
+    r.disconnected(evil, now, wall);
+    assert!(r.connected_on("evil").is_empty());
+}

@@ -1,5 +1,6 @@
 //! The durable store: the current config as a versioned whole, its history,
-//! and join tokens. A trait, so a replicated backend (etcd) can come later;
+//! join tokens, and per node the certificates issued to it and whether it
+//! was evicted (`meshctl node evict`). A trait, so a replicated backend (etcd) can come later;
 //! [`RedbStore`] is the embedded default.
 //!
 //! Contract for every implementation: a method that changes something
@@ -144,6 +145,10 @@ pub struct StoreDump {
     /// Every committed version, oldest first.
     pub versions: Vec<VersionRecord>,
     pub tokens: Vec<TokenRecord>,
+    /// Nodes with certificates or an eviction (absent from backups made
+    /// before evictions existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeRecord>,
 }
 
 impl StoreDump {
@@ -206,6 +211,65 @@ pub struct TokenRecord {
     pub expires_at: u64,
     pub uses_left: u32,
     pub revoked: bool,
+}
+
+/// A node (a host, as proxies name it in `[control] node`): the
+/// certificates control issued to it that have not expired, and whether it
+/// was evicted. Evicting moves every issued certificate to `revoked`; a
+/// readmission clears `evicted_at` but keeps `revoked` until each expires
+/// (the keys of an evicted host stay untrusted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub node: String,
+    /// Unix seconds when it was evicted; `None` while it is a member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evicted_at: Option<u64>,
+    #[serde(default)]
+    pub issued: Vec<IssuedCert>,
+    #[serde(default)]
+    pub revoked: Vec<IssuedCert>,
+}
+
+impl NodeRecord {
+    pub fn new(node: &str) -> NodeRecord {
+        NodeRecord {
+            node: node.to_string(),
+            evicted_at: None,
+            issued: Vec::new(),
+            revoked: Vec::new(),
+        }
+    }
+
+    /// Drops the certificates that expired by `now` (Unix seconds).
+    pub fn prune(&mut self, now: u64) {
+        self.issued.retain(|c| c.not_after > now);
+        self.revoked.retain(|c| c.not_after > now);
+    }
+
+    /// Whether the record says anything worth keeping.
+    pub fn is_empty(&self) -> bool {
+        self.evicted_at.is_none() && self.issued.is_empty() && self.revoked.is_empty()
+    }
+}
+
+/// A certificate control issued (on a join or a renewal).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuedCert {
+    /// [`coremesh_api::snapshot::serial_hex`] of its serial number.
+    pub serial: String,
+    pub service: String,
+    /// Unix seconds.
+    pub not_after: u64,
+}
+
+/// Outcome of [`Store::record_issued`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Issued {
+    /// Recorded (durably): the certificate may be handed out.
+    Recorded,
+    /// The node was evicted at this Unix second: the certificate must not
+    /// be handed out.
+    Evicted(u64),
 }
 
 /// Why a join token was refused; the message goes back to the proxy.
@@ -281,6 +345,23 @@ pub trait Store: Send + Sync + 'static {
 
     /// Marks a token revoked; false if there is no such token.
     fn revoke_token(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// Every node record, by name.
+    fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
+
+    /// Records `cert` as issued to `node`, unless the node is evicted;
+    /// atomically, so a certificate signed while an eviction commits is
+    /// either recorded (and revoked by it) or refused. `now` in Unix
+    /// seconds (expired certificates are dropped from the record).
+    fn record_issued(&self, node: &str, cert: &IssuedCert, now: u64) -> Result<Issued, StoreError>;
+
+    /// Evicts `node` (again: keeps the first time): every certificate
+    /// issued to it moves to its revoked list. The record after the change.
+    fn evict_node(&self, node: &str, now: u64) -> Result<NodeRecord, StoreError>;
+
+    /// Ends an eviction; its revoked certificates stay revoked. `None` if
+    /// the node was not evicted.
+    fn readmit_node(&self, node: &str, now: u64) -> Result<Option<NodeRecord>, StoreError>;
 }
 
 /// The check [`Store::consume_token`] implementations share: what to refuse,

@@ -14,8 +14,8 @@ use std::sync::Once;
 use redb::{Database, DatabaseError, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::{
-    check_token, Consumed, Corruption, Damage, Store, StoreDump, StoreError, StoreIo, TokenRecord,
-    VersionRecord,
+    check_token, Consumed, Corruption, Damage, Issued, IssuedCert, NodeRecord, Store, StoreDump,
+    StoreError, StoreIo, TokenRecord, VersionRecord,
 };
 use crate::config::Config;
 
@@ -28,6 +28,9 @@ const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 /// `"store_id"` -> the store's identity. Stores made before identities
 /// existed lack it until control adopts them (`startup`).
 const IDENTITY: TableDefinition<&str, &str> = TableDefinition::new("identity");
+/// node name -> JSON [`NodeRecord`]. Stores made before evictions lack it
+/// until the first certificate is recorded.
+const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 
 const CURRENT: &str = "current";
 const STORE_ID: &str = "store_id";
@@ -193,6 +196,7 @@ impl RedbStore {
                 current: 0,
                 versions: vec![],
                 tokens: vec![],
+                nodes: vec![],
             },
         )
     }
@@ -226,6 +230,12 @@ impl RedbStore {
             for t in &dump.tokens {
                 tokens
                     .insert(t.id.as_str(), to_json(t)?.as_slice())
+                    .map_err(io)?;
+            }
+            let mut nodes = tx.open_table(NODES).map_err(io)?;
+            for n in &dump.nodes {
+                nodes
+                    .insert(n.node.as_str(), to_json(n)?.as_slice())
                     .map_err(io)?;
             }
         }
@@ -264,12 +274,58 @@ impl RedbStore {
             let (_, v) = row.map_err(io)?;
             tokens.push(serde_json::from_slice(v.value()).map_err(|e| corrupt("token", e))?);
         }
+        let nodes = Self::read_nodes(&tx)?;
         Ok(StoreDump {
             store_id: self.id.clone(),
             current,
             versions,
             tokens,
+            nodes,
         })
+    }
+
+    fn read_nodes(tx: &redb::ReadTransaction) -> Result<Vec<NodeRecord>, StoreError> {
+        let table = match tx.open_table(NODES) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(io(e)),
+        };
+        let mut nodes = Vec::new();
+        for row in table.iter().map_err(io)? {
+            let (_, v) = row.map_err(io)?;
+            nodes.push(serde_json::from_slice(v.value()).map_err(|e| corrupt("node", e))?);
+        }
+        Ok(nodes)
+    }
+
+    /// Reads `node`'s record (a new one if it has none), lets `change`
+    /// edit it, and writes it back in the same transaction, durably.
+    fn update_node<T>(
+        &self,
+        node: &str,
+        now: u64,
+        change: impl FnOnce(&mut NodeRecord) -> T,
+    ) -> Result<(T, NodeRecord), StoreError> {
+        let tx = self.db.begin_write().map_err(io)?;
+        let out;
+        let rec;
+        {
+            let mut nodes = tx.open_table(NODES).map_err(io)?;
+            let mut r = match nodes.get(node).map_err(io)? {
+                Some(v) => serde_json::from_slice(v.value()).map_err(|e| corrupt("node", e))?,
+                None => NodeRecord::new(node),
+            };
+            r.prune(now);
+            out = change(&mut r);
+            if r.is_empty() {
+                nodes.remove(node).map_err(io)?;
+            } else {
+                nodes.insert(node, to_json(&r)?.as_slice()).map_err(io)?;
+            }
+            rec = r;
+        }
+        tx.commit().map_err(io)?;
+        Ok((out, rec))
     }
 
     fn read_token(
@@ -446,6 +502,36 @@ impl Store for RedbStore {
         }
         tx.commit().map_err(io)?;
         Ok(true)
+    }
+
+    fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(io)?;
+        Self::read_nodes(&tx)
+    }
+
+    fn record_issued(&self, node: &str, cert: &IssuedCert, now: u64) -> Result<Issued, StoreError> {
+        let (issued, _) = self.update_node(node, now, |r| match r.evicted_at {
+            Some(at) => Issued::Evicted(at),
+            None => {
+                r.issued.push(cert.clone());
+                Issued::Recorded
+            }
+        })?;
+        Ok(issued)
+    }
+
+    fn evict_node(&self, node: &str, now: u64) -> Result<NodeRecord, StoreError> {
+        let ((), rec) = self.update_node(node, now, |r| {
+            r.evicted_at.get_or_insert(now);
+            let issued = std::mem::take(&mut r.issued);
+            r.revoked.extend(issued);
+        })?;
+        Ok(rec)
+    }
+
+    fn readmit_node(&self, node: &str, now: u64) -> Result<Option<NodeRecord>, StoreError> {
+        let (was, rec) = self.update_node(node, now, |r| r.evicted_at.take().is_some())?;
+        Ok(was.then_some(rec))
     }
 }
 

@@ -1,7 +1,8 @@
 //! Applying a snapshot from control: compile it once, hand every shard the
 //! same immutable table (prepare on all, then commit on all, so every core
 //! switches together), persist it as the last good snapshot, and show its
-//! version on `/config`.
+//! version on `/config`. Its revocation list goes to every shard before the
+//! table (so it is in force before the ACK): see tls/revoked.rs.
 //!
 //! A snapshot is refused (NACK, the last good table stays in force) when it
 //! does not compile, when not every shard prepares it in time, when it
@@ -197,6 +198,8 @@ pub struct Applier {
     identity: RefCell<Option<super::state::Identity>>,
     /// Roots from the latest snapshot's trust bundle (empty: the join's CA).
     bundle: RefCell<Vec<String>>,
+    /// The revocation list the shards have (from the latest admitted snapshot).
+    revoked: RefCell<Vec<coremesh_api::snapshot::RevokedCert>>,
     /// Endpoint state and limit splits (agent/traffic.rs), with the
     /// configuration in force; told of every table applied.
     traffic: RefCell<Option<(Rc<super::traffic::Traffic>, Arc<crate::config::Config>)>>,
@@ -221,6 +224,7 @@ impl Applier {
             admin,
             identity: RefCell::new(None),
             bundle: RefCell::new(Vec::new()),
+            revoked: RefCell::new(Vec::new()),
             traffic: RefCell::new(None),
         }
     }
@@ -382,6 +386,7 @@ impl Applier {
         let compiled = self.admit(snap);
         let prepared = match compiled {
             Ok(t) => {
+                self.push_revoked(&snap.revoked);
                 let table = Arc::new(t);
                 self.prepare_commit(table.clone(), snap.version)
                     .await
@@ -415,6 +420,25 @@ impl Applier {
         *self.last_nack.borrow_mut() = None;
         self.publish();
         Ok(())
+    }
+
+    /// Sends a changed revocation list to every shard. Each shard's inbox
+    /// is in order, so the list is in force on a shard before it prepares
+    /// the table that comes next, and so before the snapshot is ACKed.
+    fn push_revoked(&self, list: &[coremesh_api::snapshot::RevokedCert]) {
+        if *self.revoked.borrow() == list {
+            return;
+        }
+        let revocations = Arc::new(crate::tls::revoked::Revocations::from_list(list));
+        tracing::info!(
+            revoked = revocations.len(),
+            nodes = ?list.iter().map(|c| c.node.as_str()).collect::<std::collections::BTreeSet<_>>(),
+            "revocation list from control in force"
+        );
+        for h in &self.shards {
+            let _ = h.tx.try_send(ShardMsg::Revoked(revocations.clone()));
+        }
+        *self.revoked.borrow_mut() = list.to_vec();
     }
 
     /// Whether `snap` may replace what runs, compiled: its lineage, no

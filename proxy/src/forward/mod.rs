@@ -196,7 +196,8 @@ async fn accept_mtls(shard: &Shard, cfg: &Config, tcp: TcpStream) -> Option<crat
             return None;
         }
     };
-    match crate::tls::TlsStream::handshake(tcp, session, cfg.timeouts.head_read).await {
+    match crate::tls::TlsStream::handshake(tcp, session, cfg.timeouts.head_read, &shard.peers).await
+    {
         Ok(t) => {
             shard
                 .stats

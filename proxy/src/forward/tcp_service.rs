@@ -109,7 +109,7 @@ async fn connect(shard: &Shard, cfg: &Config, service: &str) -> Option<Conn> {
                 return None;
             }
         };
-        match TlsStream::handshake(tcp, session, cfg.timeouts.connect).await {
+        match TlsStream::handshake(tcp, session, cfg.timeouts.connect, &shard.peers).await {
             Ok(t) => {
                 shard
                     .stats

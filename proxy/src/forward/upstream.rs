@@ -548,7 +548,7 @@ pub(super) async fn connect_tls(
     };
     let session = crate::tls::Session::client_with_alpns(tls.client.clone(), name, alpns)
         .map_err(|e| ProxyError::io(ErrorKind::ConnectFailed, "mutual TLS", e.into()))?;
-    match crate::tls::TlsStream::handshake(tcp, session, cfg.timeouts.connect).await {
+    match crate::tls::TlsStream::handshake(tcp, session, cfg.timeouts.connect, &shard.peers).await {
         Ok(t) => {
             shard
                 .stats

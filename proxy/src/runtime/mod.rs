@@ -125,6 +125,18 @@ pub(crate) async fn tunnel_watchdog<S, F>(
     }
 }
 
+/// Shuts a connection's socket down both ways (shutdown(2)), without
+/// closing the descriptor: the tasks reading and writing it see the end of
+/// the stream and close it themselves. Used on connections whose peer's
+/// certificate was revoked (tls/revoked.rs).
+pub fn shutdown_socket(fd: std::os::fd::RawFd) {
+    // SAFETY: callers pass descriptors registered only while the
+    // connection that owns them is open (its guard is dropped before the
+    // socket is closed), so `fd` is that connection's socket; shutdown(2)
+    // does not close the descriptor, and an error is harmless.
+    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+}
+
 /// Whether an idle pooled connection is unusable: the peer closed it (or
 /// sent bytes nobody asked for). One non-blocking `recv(MSG_PEEK)`.
 pub fn stale(fd: std::os::fd::RawFd) -> bool {

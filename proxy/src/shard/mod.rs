@@ -63,6 +63,9 @@ pub struct Shard {
     prepared: RefCell<Option<Arc<RoutingTable>>>,
     /// This shard's TLS configurations and session caches (see tls/identity.rs).
     tls: RefCell<Option<Rc<ShardTls>>>,
+    /// Open mutual TLS connections by peer certificate, and the revocation
+    /// list in force (tls/revoked.rs).
+    pub peers: Rc<crate::tls::revoked::PeerConns>,
     /// The local app's health as the agent last checked it; `None`: not
     /// checked (no `[control]`, or no result yet).
     pub app_healthy: Cell<Option<bool>>,

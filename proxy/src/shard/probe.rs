@@ -68,7 +68,7 @@ async fn probe(shard: &Shard, t: &ProbeTarget) -> std::io::Result<u16> {
             let name = server_name(&t.service, t.addr)
                 .ok_or_else(|| std::io::Error::other("service name is not a TLS name"))?;
             let session = Session::client_with_alpn(tls.client.clone(), name, ALPN_HTTP1)?;
-            Conn::Tls(TlsStream::handshake(tcp, session, t.timeout).await?)
+            Conn::Tls(TlsStream::handshake(tcp, session, t.timeout, &shard.peers).await?)
         }
         None => Conn::Plain(tcp),
     };

@@ -72,6 +72,7 @@ pub async fn run(setup: ShardSetup, driver: String) {
         routes: RefCell::new(None),
         prepared: RefCell::new(None),
         tls: RefCell::new(None),
+        peers: Rc::default(),
         app_healthy: Cell::new(None),
         outcomes: Default::default(),
         probe_generation: Cell::new(0),
@@ -119,12 +120,13 @@ pub async fn run(setup: ShardSetup, driver: String) {
                     sync_traffic(&shard);
                 }
             }
-            ShardMsg::Identity(id) => match ShardTls::new(&id) {
+            ShardMsg::Identity(id) => match ShardTls::with_revoked(&id, &shard.peers.revoked()) {
                 Ok(t) => *shard.tls.borrow_mut() = Some(Rc::new(t)),
                 // Checked on the agent thread before it is sent; keep the
                 // previous configuration if this shard still disagrees.
                 Err(e) => tracing::error!(shard = index, "cannot use the new certificate: {e}"),
             },
+            ShardMsg::Revoked(list) => revoke(&shard, list),
             ShardMsg::AppHealth(h) => shard.app_healthy.set(Some(h)),
             ShardMsg::Excluded(set) => *shard.excluded.borrow_mut() = set,
             ShardMsg::Probes(plan) => crate::shard::probe::run_plan(&shard, plan),
@@ -298,5 +300,30 @@ async fn housekeeping(shard: Rc<Shard>) {
         }
         let idle = shard.config.borrow().upstream.pool_idle_timeout;
         shard.pool.sweep(Instant::now(), idle);
+    }
+}
+
+/// Puts a new revocation list in force: new TLS configurations (whose
+/// verifiers check it, with empty session caches so that no session from
+/// before resumes), then every open connection with a revoked peer shut.
+fn revoke(shard: &Shard, list: Arc<crate::tls::revoked::Revocations>) {
+    if let Some(current) = shard.tls() {
+        match ShardTls::with_revoked(&current.identity, &list) {
+            Ok(t) => *shard.tls.borrow_mut() = Some(Rc::new(t)),
+            Err(e) => tracing::error!(
+                shard = shard.index,
+                "cannot rebuild TLS for the revocation list: {e}"
+            ),
+        }
+    }
+    let revoked = list.len();
+    let closed = shard.peers.set_revoked(list, runtime::shutdown_socket);
+    if closed > 0 {
+        tracing::warn!(
+            shard = shard.index,
+            closed,
+            revoked,
+            "closed connections whose peer certificate is revoked"
+        );
     }
 }

@@ -12,7 +12,9 @@
 //!   and the leaf's SPIFFE ID (`spiffe://<trust-domain>/service/<name>`) must
 //!   be in our trust domain. A client additionally checks that the server is
 //!   the service it meant to call: the expected service travels in the server
-//!   name the client connects with ([`server_name`]).
+//!   name the client connects with ([`server_name`]). Both directions refuse
+//!   a certificate on the revocation list from control ([`super::revoked`])
+//!   with `certificate_revoked`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,6 +28,8 @@ use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
 use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
 };
+
+use super::revoked::Revocations;
 
 /// Why PEM files do not make an [`Identity`]. `what` says where they came
 /// from (the `[tls]` section of a file, "control certificate", "trust
@@ -192,7 +196,7 @@ impl Identity {
         Ok(id)
     }
 
-    fn clone_identity(&self) -> Identity {
+    pub(crate) fn clone_identity(&self) -> Identity {
         Identity {
             chain: self.chain.clone(),
             key: self.key.clone_key(),
@@ -266,7 +270,18 @@ pub struct ShardTls {
 }
 
 impl ShardTls {
+    /// The configurations for `identity` with nothing revoked.
     pub fn new(identity: &Arc<Identity>) -> Result<ShardTls, ShardTlsError> {
+        Self::with_revoked(identity, &Arc::default())
+    }
+
+    /// The configurations for `identity`, refusing peers whose certificate
+    /// `revoked` lists. New configurations mean new session caches: a
+    /// session resumed from before the list must handshake in full.
+    pub fn with_revoked(
+        identity: &Arc<Identity>,
+        revoked: &Arc<Revocations>,
+    ) -> Result<ShardTls, ShardTlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = RootCertStore::empty();
         for r in &identity.roots {
@@ -280,6 +295,7 @@ impl ShardTls {
         let client_verifier = Arc::new(PeerVerifier {
             inner,
             trust_domain: identity.trust_domain.clone(),
+            revoked: revoked.clone(),
         });
         let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -294,6 +310,7 @@ impl ShardTls {
             roots,
             provider: provider.clone(),
             trust_domain: identity.trust_domain.clone(),
+            revoked: revoked.clone(),
         });
         let mut client = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -317,6 +334,23 @@ impl ShardTls {
 struct PeerVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     trust_domain: String,
+    revoked: Arc<Revocations>,
+}
+
+/// Refuses a chain-verified leaf that the revocation list names.
+fn check_revoked(
+    revoked: &Revocations,
+    end_entity: &CertificateDer<'_>,
+    side: &str,
+) -> Result<(), rustls::Error> {
+    if revoked.revokes(end_entity) {
+        let peer = leaf_identity(end_entity)
+            .map(|(id, _)| id)
+            .unwrap_or_default();
+        crate::lograte::log_limited!(tracing::Level::WARN, %peer, "refused a {side} whose certificate is revoked (its node was evicted)");
+        return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+    }
+    Ok(())
 }
 
 impl ClientCertVerifier for PeerVerifier {
@@ -332,6 +366,7 @@ impl ClientCertVerifier for PeerVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         self.inner
             .verify_client_cert(end_entity, intermediates, now)?;
+        check_revoked(&self.revoked, end_entity, "caller")?;
         let (id, _) = leaf_identity(end_entity)
             .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
         if trust_domain_of(&id) != Some(self.trust_domain.as_str()) {
@@ -386,6 +421,7 @@ struct ServiceVerifier {
     roots: Arc<RootCertStore>,
     provider: Arc<CryptoProvider>,
     trust_domain: String,
+    revoked: Arc<Revocations>,
 }
 
 impl ServerCertVerifier for ServiceVerifier {
@@ -405,6 +441,7 @@ impl ServerCertVerifier for ServiceVerifier {
             now,
             self.provider.signature_verification_algorithms.all,
         )?;
+        check_revoked(&self.revoked, end_entity, "peer it called")?;
         let ServerName::DnsName(name) = server_name else {
             return Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName,

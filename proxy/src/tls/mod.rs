@@ -5,12 +5,15 @@
 //! * [`stream`]: that session over a shard's TCP connection.
 //! * [`identity`]: the proxy's certificate and trust anchors, the per-shard
 //!   rustls configurations built from them, and the SPIFFE checks on peers.
+//! * [`revoked`]: control's revocation list, and each shard's open
+//!   connections by peer certificate, shut when it is revoked.
 //!
 //! Connection lifecycle:
 //!
 //! ```text
 //!  TCP connected ──handshake (flights out, reads in)──▶ established
-//!     │ bad certificate, wrong service, plaintext, timeout        │
+//!     │ bad or revoked certificate, wrong service,                │ peer's certificate revoked:
+//!     │ plaintext, timeout                                        │ socket shut (tls/revoked.rs)
 //!     ▼                                                           ▼
 //!  closed (alert sent; 502 "peer identity mismatch"    reads decrypt into the caller's
 //!          or connect failure on the outbound side)   buffer; writes encrypt into tx
@@ -20,6 +23,7 @@
 //! ```
 
 pub mod identity;
+pub mod revoked;
 pub mod session;
 pub mod stream;
 

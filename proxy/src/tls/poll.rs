@@ -31,6 +31,9 @@ const TX_HIGH: usize = 64 * 1024;
 const WRITE_CHUNK: usize = 64 * 1024;
 
 pub struct PollTls {
+    /// The connection's registration by peer certificate (tls/revoked.rs):
+    /// first, so it is dropped before the socket closes.
+    _registered: Option<super::revoked::PeerGuard>,
     io: PollTcp,
     s: Session,
     plain: Vec<u8>,
@@ -38,8 +41,9 @@ pub struct PollTls {
 }
 
 impl PollTls {
-    pub fn new(io: PollTcp, s: Session) -> PollTls {
+    pub fn new(io: PollTcp, s: Session, registered: Option<super::revoked::PeerGuard>) -> PollTls {
         PollTls {
+            _registered: registered,
             io,
             s,
             plain: Vec::new(),
@@ -270,10 +274,14 @@ impl PollConn {
         let io = match c {
             crate::conn::Conn::Plain(t) => PollIo::Plain(t.into_poll()?),
             crate::conn::Conn::Tls(t) => {
-                let (tcp, s, _) = t.into_parts().ok_or_else(|| {
+                let parts = t.into_parts().ok_or_else(|| {
                     io::Error::other("TLS session still shared; cannot switch to HTTP/2")
                 })?;
-                PollIo::Tls(Box::new(PollTls::new(tcp.into_poll()?, s)))
+                PollIo::Tls(Box::new(PollTls::new(
+                    parts.tcp.into_poll()?,
+                    parts.session,
+                    parts.registered,
+                )))
             }
         };
         let preface = if server { 24 } else { 0 };

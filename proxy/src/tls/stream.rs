@@ -14,24 +14,41 @@ use std::io;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use super::revoked::{leaf_serial, PeerConns, PeerGuard};
 use super::session::Session;
 use crate::runtime::{self, Buf, IoVecs, Linger, TcpStream};
 
 pub struct TlsStream {
+    /// This connection in its shard's registry of open connections by peer
+    /// certificate (tls/revoked.rs). First field: dropped before the
+    /// socket closes, so the registry never holds a closed descriptor.
+    registered: Option<PeerGuard>,
     tcp: TcpStream,
     s: Rc<RefCell<Session>>,
     /// The peer's SPIFFE ID, read once after the handshake.
     peer: Option<Rc<str>>,
 }
 
+/// A [`TlsStream`] taken apart ([`TlsStream::into_parts`]).
+pub struct TlsParts {
+    /// Drop it before (or with) the socket.
+    pub registered: Option<PeerGuard>,
+    pub tcp: TcpStream,
+    pub session: Session,
+}
+
 impl TlsStream {
-    /// Runs the handshake to completion on `tcp`, bounded by `limit`.
+    /// Runs the handshake to completion on `tcp`, bounded by `limit`, and
+    /// registers the connection in `peers` (refused if the peer's
+    /// certificate was revoked meanwhile, or the session was resumed).
     pub async fn handshake(
         tcp: TcpStream,
         session: Session,
         limit: Duration,
+        peers: &Rc<PeerConns>,
     ) -> io::Result<TlsStream> {
         let mut t = TlsStream {
+            registered: None,
             tcp,
             s: Rc::new(RefCell::new(session)),
             peer: None,
@@ -44,8 +61,8 @@ impl TlsStream {
                         .and_then(|c| c.first())
                         .and_then(|leaf| super::identity::leaf_identity(leaf).ok());
                 // A resumed session is not verified again by rustls: its
-                // certificate must still be valid (expiry is how the mesh
-                // revokes), whoever issued the ticket.
+                // certificate must still be valid, whoever issued the
+                // ticket (revocation is checked when it registers, below).
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs() as i64);
@@ -56,6 +73,17 @@ impl TlsStream {
                     ));
                 }
                 t.peer = leaf.map(|(id, _)| Rc::from(id));
+                let serial =
+                    t.s.borrow()
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|leaf| leaf_serial(leaf));
+                if let Some(serial) = serial {
+                    let guard = peers
+                        .register(serial, t.tcp.raw_fd())
+                        .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e))?;
+                    t.registered = Some(guard);
+                }
                 Ok(t)
             }
             Ok(Err(e)) => Err(e),
@@ -84,13 +112,19 @@ impl TlsStream {
         }
     }
 
-    /// The socket, the session and the peer's SPIFFE ID, for a connection
+    /// The socket, the session and the connection's registration (to keep while the socket is open), for a connection
     /// that goes on in readiness mode (HTTP/2, see tls/poll.rs). `None`:
     /// the session is shared (a tunnel half still holds it).
-    pub fn into_parts(self) -> Option<(TcpStream, Session, Option<Rc<str>>)> {
-        let TlsStream { tcp, s, peer } = self;
+    pub fn into_parts(self) -> Option<TlsParts> {
+        let TlsStream {
+            registered, tcp, s, ..
+        } = self;
         let s = Rc::try_unwrap(s).ok()?.into_inner();
-        Some((tcp, s, peer))
+        Some(TlsParts {
+            registered,
+            tcp,
+            session: s,
+        })
     }
 
     /// The peer's SPIFFE ID.
@@ -289,8 +323,18 @@ impl TlsStream {
     /// A second handle on the same session and socket, for the other
     /// direction of a tunnel.
     pub fn try_clone(&self) -> io::Result<TlsStream> {
+        let tcp = self.tcp.try_clone()?;
+        // Its own descriptor, which may outlive this one's: registered too.
+        let registered = match &self.registered {
+            Some(g) => Some(
+                g.also(tcp.raw_fd())
+                    .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e))?,
+            ),
+            None => None,
+        };
         Ok(TlsStream {
-            tcp: self.tcp.try_clone()?,
+            registered,
+            tcp,
             s: self.s.clone(),
             peer: self.peer.clone(),
         })

@@ -247,3 +247,77 @@ fn identity_errors_say_where_and_keep_the_cause() {
         "t: certificate: no spiffe:// URI in subjectAltName"
     );
 }
+
+/// `id` refusing the certificates of `revoked` (their leaves' serials).
+fn shard_revoking(id: Identity, revoked: &[&Identity]) -> ShardTls {
+    let list: Vec<coremesh_api::snapshot::RevokedCert> = revoked
+        .iter()
+        .map(|r| coremesh_api::snapshot::RevokedCert {
+            serial: coremesh_api::snapshot::serial_hex(
+                &super::revoked::leaf_serial(&r.chain[0]).unwrap(),
+            ),
+            node: "evil".into(),
+            not_after: u64::MAX,
+        })
+        .collect();
+    let list = Arc::new(super::revoked::Revocations::from_list(&list));
+    ShardTls::with_revoked(&Arc::new(id), &list).unwrap()
+}
+
+#[test]
+fn the_inbound_side_refuses_a_caller_whose_certificate_is_revoked() {
+    let pki = Pki::new("mesh");
+    let evil_id = pki.identity(&format!("{TD}web"));
+    let evil_again = pki.identity(&format!("{TD}web"));
+    let api = shard_revoking(pki.identity(&format!("{TD}api")), &[&evil_id]);
+    let evil = shard(evil_id);
+    let (mut c, mut s) = pair(&evil, &api, "api");
+    let e = handshake(&mut c, &mut s).unwrap_err();
+    assert!(!e.identity_mismatch, "{e}");
+    assert!(e.msg.to_lowercase().contains("revoked"), "{e}");
+    // Another certificate of the same service (not revoked) still works.
+    let good = shard(evil_again);
+    let (mut c, mut s) = pair(&good, &api, "api");
+    handshake(&mut c, &mut s).unwrap();
+}
+
+#[test]
+fn the_outbound_side_refuses_a_server_whose_certificate_is_revoked() {
+    let pki = Pki::new("mesh");
+    let evil_id = pki.identity(&format!("{TD}api"));
+    let web = shard_revoking(pki.identity(&format!("{TD}web")), &[&evil_id]);
+    let evil = shard(evil_id);
+    let (mut c, mut s) = pair(&web, &evil, "api");
+    let e = handshake(&mut c, &mut s).unwrap_err();
+    assert!(
+        !e.identity_mismatch,
+        "a revoked peer is no impersonation: {e}"
+    );
+    assert!(e.msg.to_lowercase().contains("revoked"), "{e}");
+}
+
+#[test]
+fn a_new_revocation_list_ends_resumption_of_sessions_from_before() {
+    let pki = Pki::new("mesh");
+    let web_id = pki.identity(&format!("{TD}web"));
+    let web_revoked = pki.identity(&format!("{TD}web"));
+    // web_revoked is the same key and certificate as web's.
+    let web_revoked = Identity {
+        chain: web_id.chain.clone(),
+        key: web_id.key.clone_key(),
+        ..web_revoked
+    };
+    let web = shard(web_id);
+    let api = Arc::new(pki.identity(&format!("{TD}api")));
+    let api_before = ShardTls::new(&api).unwrap();
+    let (mut c, mut s) = pair(&web, &api_before, "api");
+    handshake(&mut c, &mut s).unwrap();
+    transfer(&mut s, &mut c);
+    let _ = read_all(&mut c, 64);
+    // The list arrives: the shard's configurations are rebuilt with it,
+    // and the ticket web holds is worth nothing there.
+    let api_after = shard_revoking(api.clone_identity(), &[&web_revoked]);
+    let (mut c, mut s) = pair(&web, &api_after, "api");
+    let e = handshake(&mut c, &mut s).unwrap_err();
+    assert!(e.msg.to_lowercase().contains("revoked"), "{e}");
+}

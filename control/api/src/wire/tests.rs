@@ -117,6 +117,11 @@ fn control_msgs() -> Vec<ControlMsg> {
             default_access: crate::resource::Access::Deny,
             outbound_policy: crate::resource::Access::Deny,
             trust_bundle: vec!["root 1".into(), "root 2".into()],
+            revoked: vec![crate::snapshot::RevokedCert {
+                serial: "7f3a".into(),
+                node: "host-c".into(),
+                not_after: 1_900_000_000,
+            }],
             resilience,
         }),
         ControlMsg::Renewed {
