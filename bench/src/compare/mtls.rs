@@ -158,6 +158,10 @@ pub enum TlsClientError {
 
 /// The trust domain of the run's certificates.
 pub const TRUST_DOMAIN: &str = "bench.coremesh";
+
+/// The label of coremesh's pair with HTTP/1.1 between the proxies
+/// (`[upstream] multiplex = false`), beside the default multiplexed one.
+pub const HTTP1_HOP: &str = "coremesh-http1hop";
 /// The calling service (the outbound proxy's identity).
 pub const CALLER: &str = "web";
 /// The called service: the load's `Host`, the inbound proxy's identity.
@@ -281,7 +285,16 @@ fn tls_table(cert: &Path, key: &Path, ca: &Path) -> String {
 
 /// The coremesh outbound proxy (identity `web`): Host `api` goes to the
 /// inbound proxy at `inbound` over mutual TLS.
-pub fn coremesh_outbound(pki: &PkiFiles, inbound: SocketAddr) -> String {
+pub fn coremesh_outbound(pki: &PkiFiles, inbound: SocketAddr, multiplex: bool) -> String {
+    let upstream = if multiplex {
+        "# HTTP/1.1 requests ride shared h2 connections to the inbound proxy\n\
+         # ([upstream] multiplex, the default).\n"
+            .to_string()
+    } else {
+        "# One HTTP/1.1 connection per request in flight (multiplexing off).\n\
+         [upstream]\nmultiplex = false\n\n"
+            .to_string()
+    };
     format!(
         "# coremesh-bench compare mtls: the outbound (calling) proxy, static mode.\n\
          # One shard; Host: {SERVICE} goes over mutual TLS 1.3 (pooled, sessions resumed)\n\
@@ -295,6 +308,7 @@ pub fn coremesh_outbound(pki: &PkiFiles, inbound: SocketAddr) -> String {
          listen = \"127.0.0.1:0\"\n\
          \n\
          {tls}\n\
+         {upstream}\
          [[services]]\n\
          name = \"{SERVICE}\"\n\
          endpoints = [\"{inbound}\"]\n",
@@ -627,7 +641,16 @@ pub(super) fn start(
             configs.join("mtls").display()
         )],
     };
+    // coremesh runs twice: with the multiplexed hop (the default) and with
+    // HTTP/1.1 between the proxies, as `coremesh-http1hop`.
+    let mut runs: Vec<(String, Kind, PathBuf, bool)> = Vec::new();
     for (label, kind, bin) in resolved {
+        runs.push((label.clone(), *kind, bin.clone(), true));
+        if *kind == Kind::Coremesh && label == super::COREMESH {
+            runs.push((HTTP1_HOP.to_string(), *kind, bin.clone(), false));
+        }
+    }
+    for (label, kind, bin, multiplex) in &runs {
         let mut info = TargetInfo {
             label: label.clone(),
             kind: kind.name().into(),
@@ -665,7 +688,7 @@ pub(super) fn start(
                 pin,
             },
             label,
-            *kind,
+            (*kind, *multiplex),
             bin,
             &mut info,
         ) {
@@ -694,7 +717,7 @@ pub(super) fn start(
 fn start_pair(
     env: &PairEnv<'_>,
     label: &str,
-    kind: Kind,
+    (kind, multiplex): (Kind, bool),
     bin: &Path,
     info: &mut TargetInfo,
 ) -> Result<(Running, Running), MtlsError> {
@@ -731,7 +754,7 @@ fn start_pair(
     let outs = side(out_dir, label, kind, "outbound")?;
     let out_port = port(kind, "outbound")?;
     let text = match kind {
-        Kind::Coremesh => coremesh_outbound(pki, inbound.addr),
+        Kind::Coremesh => coremesh_outbound(pki, inbound.addr, multiplex),
         Kind::Nginx => nginx_outbound(pki, out_port, inbound.addr, &outs.own, nofile),
         _ => haproxy_outbound(pki, out_port, inbound.addr, &outs.own, nofile),
     };
