@@ -57,7 +57,7 @@ fn static_mode_carries_requests_over_mutual_tls_and_resumes_sessions() {
     let app = Origin::start("api");
     let api = inbound_proxy(&pki, &dir, "api", &app);
     // HTTP/1.1 between the proxies (multiplexed, every request would ride
-    // one h2 connection and one handshake).
+    // one h2 connection and one handshake; off by default).
     let web = web_builder(&pki, &dir, &[api.inbound()])
         .upstream("multiplex", "false")
         .start();

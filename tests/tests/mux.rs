@@ -1,4 +1,4 @@
-//! The multiplexed mesh hop (`[upstream] multiplex`, on by default):
+//! The multiplexed mesh hop (`[upstream] multiplex = true`):
 //! HTTP/1.1 requests between two proxies ride shared h2 connections over
 //! mutual TLS, and come out as HTTP/1.1 on the far side.
 //!
@@ -28,6 +28,7 @@ fn pair(dir: &TempDir, app: SocketAddr) -> (Proxy, Proxy) {
     let web = ProxyBuilder::new("web")
         .outbound()
         .service("api", &[api.inbound()])
+        .upstream("multiplex", "true")
         .extra(&files.toml())
         .start();
     (web, api)
@@ -223,6 +224,7 @@ fn a_peer_that_does_not_multiplex_gets_http1() {
     let web = ProxyBuilder::new("web")
         .outbound()
         .service("api", &[old.addr])
+        .upstream("multiplex", "true")
         .extra(&files.toml())
         .start();
     let mut c = web.outbound_client();

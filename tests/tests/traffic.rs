@@ -50,6 +50,8 @@ struct MeshSpec {
     app_check: Option<&'static str>,
     /// An `api-shadow` service with one endpoint (mirroring).
     shadow: bool,
+    /// The web proxy's `[upstream] multiplex`.
+    multiplex: bool,
 }
 
 impl MeshSpec {
@@ -60,6 +62,7 @@ impl MeshSpec {
             versions,
             app_check: None,
             shadow: false,
+            multiplex: false,
         }
     }
 }
@@ -119,6 +122,7 @@ impl Mesh {
         let wm = control.member("web", "web-1");
         let web = ProxyBuilder::new("web")
             .cores(spec.web_cores.unwrap_or(spec.cores))
+            .upstream("multiplex", &spec.multiplex.to_string())
             .outbound()
             .control(&control.section(&wm).calls(&["api"]))
             .start();
@@ -1047,12 +1051,15 @@ faults:
 }
 
 /// kill -9 of one of two api proxies under load, with the multiplexed mesh
-/// hop (the default): the dropped h2 connection fails only the requests it
-/// had in flight, and the route's retries send them to the other endpoint.
-/// No idempotent request fails.
+/// hop: the dropped h2 connection fails only the requests it had in
+/// flight, and the route's retries send them to the other endpoint. No
+/// idempotent request fails.
 #[test]
 fn a_killed_peer_costs_no_idempotent_request_over_the_multiplexed_hop() {
-    let mesh = Mesh::start(MeshSpec::new(1, &["v1", "v2"]));
+    let mesh = Mesh::start(MeshSpec {
+        multiplex: true,
+        ..MeshSpec::new(1, &["v1", "v2"])
+    });
     mesh.apply(
         r#"kind: Route
 name: api-retries

@@ -501,7 +501,7 @@ fn start_pair(
     )?;
     let out_port = port(kind, "outbound")?;
     let text = match kind {
-        Kind::Coremesh => mtls::coremesh_outbound(pki, inbound.addr, true),
+        Kind::Coremesh => mtls::coremesh_outbound(pki, inbound.addr, false),
         Kind::Nginx => nginx_grpc_outbound(pki, out_port, inbound.addr, &outs.own, nofile),
         _ => haproxy_grpc_outbound(pki, out_port, inbound.addr, &outs.own, nofile),
     };

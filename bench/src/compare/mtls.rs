@@ -159,9 +159,9 @@ pub enum TlsClientError {
 /// The trust domain of the run's certificates.
 pub const TRUST_DOMAIN: &str = "bench.coremesh";
 
-/// The label of coremesh's pair with HTTP/1.1 between the proxies
-/// (`[upstream] multiplex = false`), beside the default multiplexed one.
-pub const HTTP1_HOP: &str = "coremesh-http1hop";
+/// The label of coremesh's pair with the multiplexed hop (`[upstream]
+/// multiplex = true`), beside the default (HTTP/1.1 between the proxies).
+pub const MUX_HOP: &str = "coremesh-mux";
 /// The calling service (the outbound proxy's identity).
 pub const CALLER: &str = "web";
 /// The called service: the load's `Host`, the inbound proxy's identity.
@@ -287,13 +287,10 @@ fn tls_table(cert: &Path, key: &Path, ca: &Path) -> String {
 /// inbound proxy at `inbound` over mutual TLS.
 pub fn coremesh_outbound(pki: &PkiFiles, inbound: SocketAddr, multiplex: bool) -> String {
     let upstream = if multiplex {
-        "# HTTP/1.1 requests ride shared h2 connections to the inbound proxy\n\
-         # ([upstream] multiplex, the default).\n"
-            .to_string()
+        "# HTTP/1.1 requests ride shared h2 connections to the inbound proxy.\n\
+         [upstream]\nmultiplex = true\n\n"
     } else {
-        "# One HTTP/1.1 connection per request in flight (multiplexing off).\n\
-         [upstream]\nmultiplex = false\n\n"
-            .to_string()
+        "# One HTTP/1.1 connection per request in flight (the default).\n"
     };
     format!(
         "# coremesh-bench compare mtls: the outbound (calling) proxy, static mode.\n\
@@ -641,13 +638,13 @@ pub(super) fn start(
             configs.join("mtls").display()
         )],
     };
-    // coremesh runs twice: with the multiplexed hop (the default) and with
-    // HTTP/1.1 between the proxies, as `coremesh-http1hop`.
+    // coremesh runs twice: with HTTP/1.1 between the proxies (the
+    // default) and with the multiplexed hop, as `coremesh-mux`.
     let mut runs: Vec<(String, Kind, PathBuf, bool)> = Vec::new();
     for (label, kind, bin) in resolved {
-        runs.push((label.clone(), *kind, bin.clone(), true));
+        runs.push((label.clone(), *kind, bin.clone(), false));
         if *kind == Kind::Coremesh && label == super::COREMESH {
-            runs.push((HTTP1_HOP.to_string(), *kind, bin.clone(), false));
+            runs.push((MUX_HOP.to_string(), *kind, bin.clone(), true));
         }
     }
     for (label, kind, bin, multiplex) in &runs {

@@ -343,8 +343,8 @@ pub struct UpstreamConfig {
     /// Most idle pooled connections per endpoint, on each shard; 0 disables pooling.
     pub max_idle_per_endpoint: usize,
     /// HTTP/1.1 requests to peer proxies ride shared h2 connections over
-    /// mutual TLS (the multiplexed mesh hop); off: one HTTP/1.1 connection
-    /// per request in flight, as before.
+    /// mutual TLS (the multiplexed mesh hop); off (the default): one
+    /// HTTP/1.1 connection per request in flight.
     pub multiplex: bool,
 }
 
@@ -353,7 +353,7 @@ impl Default for UpstreamConfig {
         Self {
             pool_idle_timeout: Duration::from_secs(30),
             max_idle_per_endpoint: 64,
-            multiplex: true,
+            multiplex: false,
         }
     }
 }

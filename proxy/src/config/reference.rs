@@ -193,14 +193,16 @@ wildcard IP), except port 0, which lets the OS pick a free port.
   max_idle_per_endpoint integer   64            Most idle pooled connections per
                                                 endpoint on each shard; 0 disables
                                                 pooling.
-  multiplex             bool      true          HTTP/1.1 requests to peer proxies
+  multiplex             bool      false         HTTP/1.1 requests to peer proxies
                                                 ride a few shared h2 connections
                                                 over mutual TLS (the peer gives its
                                                 app HTTP/1.1 again); upgrades keep
                                                 a connection of their own; a peer
                                                 that does not offer h2 gets
                                                 HTTP/1.1. false: one HTTP/1.1
-                                                connection per request in flight.
+                                                connection per request in flight
+                                                (less CPU per request below
+                                                saturation; see the README).
 
 [tls]  (optional; not with [control], which issues the certificate)
   Paths are relative to the directory of proxy.toml. The files are read and

@@ -57,7 +57,7 @@ stream_window = 65536
 [upstream]
 pool_idle_timeout = "45s"
 max_idle_per_endpoint = 0
-multiplex = false
+multiplex = true
 "#;
 
 const MINIMAL: &str = "[proxy]\nservice = \"web\"\n[outbound]\n";
@@ -161,7 +161,7 @@ fn full_example_parses_with_its_values() {
         UpstreamConfig {
             pool_idle_timeout: Duration::from_secs(45),
             max_idle_per_endpoint: 0,
-            multiplex: false,
+            multiplex: true,
         }
     );
     assert_eq!(c.service("api").map(|s| s.endpoints.len()), Some(2));
@@ -223,7 +223,7 @@ fn defaults_fill_every_optional_key() {
         UpstreamConfig {
             pool_idle_timeout: Duration::from_secs(30),
             max_idle_per_endpoint: 64,
-            multiplex: true,
+            multiplex: false,
         }
     );
 

@@ -10,13 +10,16 @@ fn addr(s: &str) -> SocketAddr {
 
 #[test]
 fn coremesh_pair_is_static_mutual_tls() {
-    let out = coremesh_outbound(&pki(), addr("127.0.0.1:4143"), true);
+    let out = coremesh_outbound(&pki(), addr("127.0.0.1:4143"), false);
     let inb = coremesh_inbound(&pki(), addr("127.0.0.1:9999"));
-    let http1 = coremesh_outbound(&pki(), addr("127.0.0.1:4143"), false);
-    let table: toml::Table = http1.parse().unwrap_or_else(|e| panic!("{e}\n{http1}"));
-    assert_eq!(table["upstream"]["multiplex"].as_bool(), Some(false));
+    let mux = coremesh_outbound(&pki(), addr("127.0.0.1:4143"), true);
+    let table: toml::Table = mux.parse().unwrap_or_else(|e| panic!("{e}\n{mux}"));
+    assert_eq!(table["upstream"]["multiplex"].as_bool(), Some(true));
     let table: toml::Table = out.parse().unwrap();
-    assert!(table.get("upstream").is_none(), "multiplexed by default: {out}");
+    assert!(
+        table.get("upstream").is_none(),
+        "HTTP/1.1 by default: {out}"
+    );
     for t in [&out, &inb] {
         let table: toml::Table = t.parse().unwrap_or_else(|e| panic!("{e}\n{t}"));
         assert_eq!(table["proxy"]["cores"].as_integer(), Some(1));
