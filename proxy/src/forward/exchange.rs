@@ -6,8 +6,7 @@
 //! response relayed from the buffer it was read into.
 
 use super::relay::{body_prefix, dechunk_in_place, relay_request_body, relay_response_body};
-use super::to_h2::H2Tries;
-use super::tries::{self, Connected, Failure, GiveUp, Last, Plan, Protocol, TryFail};
+use super::tries::{Connected, Failure, GiveUp, Last, Plan, Protocol, TryFail};
 use super::upstream::{upstream_conn, ConnectPlan, Endpoints, Tried};
 use super::*;
 use crate::attempt::{Attempts, TryFailure};
@@ -94,76 +93,11 @@ impl Failed {
     }
 }
 
-/// Forwards a request and its response over a pooled or new upstream
-/// connection, trying again as `attempts` decides. Only idempotent requests
-/// whose whole body went out in the first write are ever sent twice.
-pub(super) async fn exchange(
-    ctx: &mut RequestCtx<'_, '_>,
-    mut cbuf: Buf,
-    endpoints: Endpoints<'_>,
-    attempts: Attempts,
-    key: Option<u64>,
-    upstream_h2: Option<bool>,
-) -> (Next, Buf) {
-    let shard = ctx.shard;
-    let service = endpoints.service();
-    // maxRequests: this request holds a slot until it is done.
-    let _permit = match service {
-        Some(name) => match shard.traffic.with(name, |s| {
-            s.breaker.permit(crate::resilience::Limit::Requests)
-        }) {
-            Some(None) => return ctx.answer(Answer::Error(ErrorKind::Overloaded), cbuf).await,
-            Some(permit) => permit,
-            None => None,
-        },
-        None => None,
-    };
-    if let Some(name) = service {
-        shard.traffic.with(name, |s| s.budget.deposit(ctx.ex.start));
-    }
-    if attempts.may_retry_at_all() {
-        let limit = attempts.policy().max_body;
-        cbuf = match Box::pin(buffer_body(ctx, cbuf, limit)).await {
-            Ok(b) => b,
-            Err(b) => return (Next::Close, b),
-        };
-    }
-    // A chunked body whose first bytes are malformed is refused before any
-    // upstream is involved.
-    let prefix = &cbuf[ctx.head.head_len..];
-    if body_prefix(ctx.head.framing, prefix, &mut ChunkedDecoder::new()).is_err() {
-        let answer = Answer::Refused {
-            status: 400,
-            reason: "invalid chunked body",
-        };
-        return ctx.answer_and_close(answer, cbuf).await;
-    }
-    let start = ctx.ex.start;
-    if let Some(carried) = upstream_h2 {
-        let Some(first) = ctx.h2_request(&cbuf) else {
-            let answer = Answer::Refused {
-                status: 400,
-                reason: "request fields cannot be carried over HTTP/2",
-            };
-            return ctx.answer_and_close(answer, cbuf).await;
-        };
-        let mut p = H2Tries {
-            ctx,
-            cbuf,
-            first: Some(first),
-            carried,
-        };
-        return Box::pin(tries::run(&mut p, shard, &endpoints, attempts, key, start)).await;
-    }
-    let mut p = Http1Tries { ctx, cbuf };
-    tries::run(&mut p, shard, &endpoints, attempts, key, start).await
-}
-
 /// An HTTP/1.1 request's side of the tries (forward/tries.rs): the
 /// request's buffer goes to each try and comes back with its failure.
-struct Http1Tries<'c, 'a, 'b> {
-    ctx: &'c mut RequestCtx<'a, 'b>,
-    cbuf: Buf,
+pub(super) struct Http1Tries<'c, 'a, 'b> {
+    pub(super) ctx: &'c mut RequestCtx<'a, 'b>,
+    pub(super) cbuf: Buf,
 }
 
 impl Failure for Failed {
@@ -321,7 +255,11 @@ impl<'a> RetryStatus<'a> {
 /// (a retry sends the buffer again; see `Failed::request_intact`). Larger
 /// or chunked bodies are left to stream: such a request is tried once.
 /// `Err`: the client went away or stalled past `timeouts.idle`.
-async fn buffer_body(ctx: &mut RequestCtx<'_, '_>, mut cbuf: Buf, limit: u64) -> Result<Buf, Buf> {
+pub(super) async fn buffer_body(
+    ctx: &mut RequestCtx<'_, '_>,
+    mut cbuf: Buf,
+    limit: u64,
+) -> Result<Buf, Buf> {
     let (shard, cfg, head) = (ctx.shard, ctx.cfg, &ctx.head);
     let Framing::Length(n) = head.framing else {
         return Ok(cbuf);

@@ -44,6 +44,7 @@ mod exchange;
 mod h2;
 pub mod intercepted;
 mod mirror;
+mod phases;
 mod relay;
 mod request;
 pub mod tcp_service;

@@ -15,17 +15,14 @@
 //! ([`RequestCtx::answer`]).
 
 use super::ctx::{Exchange, Tunnel, H1};
-use super::exchange::exchange;
-use super::relay::{connect_tunnel, tunnel};
+use super::exchange::{buffer_body, Http1Tries};
+use super::phases::{denied, hash_key, rate_admits, route_request, LoggedRequest, Routed};
+use super::relay::{body_prefix, connect_tunnel, tunnel};
+use super::to_h2::H2Tries;
+use super::tries;
 use super::*;
 use crate::attempt::{Attempts, TryPolicy};
 use crate::error::Answer;
-
-/// Where the route phase sends a request.
-pub(super) struct Routed<'p> {
-    pub(super) endpoints: Endpoints<'p>,
-    pub(super) policy: TryPolicy,
-}
 
 /// Serves one request whose head is at the start of `cbuf` and began to
 /// arrive at `start`. Returns, besides what comes next, when it ended.
@@ -293,211 +290,67 @@ impl<'p> RequestCtx<'p, '_> {
     }
 }
 
-/// The ring-hash key of a request of any protocol (a header's value, or a
-/// cookie's), hashed; `None` when the request has none (any endpoint then).
-pub(super) fn hash_key<R: crate::route::RequestView>(
-    k: &coremesh_api::resource::HashKey,
-    req: &R,
-) -> Option<u64> {
-    use coremesh_api::resource::HashKey;
-    let value = match k {
-        HashKey::Header(name) => req.header(name)?,
-        HashKey::Cookie(name) => req.header("cookie")?.split(|&b| b == b';').find_map(|kv| {
-            let kv = kv.trim_ascii();
-            let eq = kv.iter().position(|&b| b == b'=')?;
-            (&kv[..eq] == name.as_bytes()).then(|| &kv[eq + 1..])
-        })?,
+/// Forwards a request and its response over a pooled or new upstream
+/// connection, trying again as `attempts` decides. Only idempotent requests
+/// whose whole body went out in the first write are ever sent twice.
+pub(super) async fn exchange(
+    ctx: &mut RequestCtx<'_, '_>,
+    mut cbuf: Buf,
+    endpoints: Endpoints<'_>,
+    attempts: Attempts,
+    key: Option<u64>,
+    upstream_h2: Option<bool>,
+) -> (Next, Buf) {
+    let shard = ctx.shard;
+    let service = endpoints.service();
+    // maxRequests: this request holds a slot until it is done.
+    let _permit = match service {
+        Some(name) => match shard.traffic.with(name, |s| {
+            s.breaker.permit(crate::resilience::Limit::Requests)
+        }) {
+            Some(None) => return ctx.answer(Answer::Error(ErrorKind::Overloaded), cbuf).await,
+            Some(permit) => permit,
+            None => None,
+        },
+        None => None,
     };
-    Some(crate::balance::stable_hash(value))
-}
-
-/// The request fields the access log shows.
-pub(super) struct LoggedRequest {
-    pub(super) method: Vec<u8>,
-    pub(super) authority: Vec<u8>,
-    pub(super) path: Vec<u8>,
-    pub(super) protocol: &'static str,
-    /// Set once a gRPC call's status is known.
-    pub(super) grpc_status: Option<u8>,
-}
-
-impl LoggedRequest {
-    fn new(head: &RequestHead, buf: &[u8]) -> Self {
-        let field = |s: &std::ops::Range<usize>| buf.get(s.clone()).unwrap_or(&[]).to_vec();
-        LoggedRequest {
-            method: head.method_bytes(buf).to_vec(),
-            authority: head.authority.as_ref().map(field).unwrap_or_default(),
-            path: field(&head.path),
-            protocol: match head.version {
-                Version::Http10 => "HTTP/1.0",
-                Version::Http11 => "HTTP/1.1",
-            },
-            grpc_status: None,
-        }
+    if let Some(name) = service {
+        shard.traffic.with(name, |s| s.budget.deposit(ctx.ex.start));
     }
-}
-
-impl Shard {
-    /// The log phase: records a finished request in the stats and the
-    /// access log.
-    pub(super) fn record(
-        &self,
-        dir: Direction,
-        service: &str,
-        req: Option<&LoggedRequest>,
-        ex: &Exchange,
-    ) {
-        let latency = ex
-            .end
-            .unwrap_or_else(Instant::now)
-            .saturating_duration_since(ex.start);
-        self.stats
-            .borrow_mut()
-            .record(dir, service, ex.status, latency, ex.bytes_in, ex.bytes_out);
-        if let (Some(req), Some(log)) = (req, self.access_log.borrow_mut().as_mut()) {
-            log.log(&crate::accesslog::AccessEntry {
-                direction: dir,
-                service,
-                method: &req.method,
-                authority: &req.authority,
-                path: &req.path,
-                status: ex.status,
-                duration: latency,
-                bytes_in: ex.bytes_in,
-                bytes_out: ex.bytes_out,
-                upstream: ex.upstream,
-                core: self.index,
-                protocol: req.protocol,
-                grpc_status: req.grpc_status,
-            });
-        }
+    if attempts.may_retry_at_all() {
+        let limit = attempts.policy().max_body;
+        cbuf = match Box::pin(buffer_body(ctx, cbuf, limit)).await {
+            Ok(b) => b,
+            Err(b) => return (Next::Close, b),
+        };
     }
-}
-
-/// The outbound route of any protocol's request: control's table, the static services, or
-/// passthrough; then the service's Route rule and its backends.
-pub(super) async fn route_request<'p, R: crate::route::RequestView>(
-    shard: &'p Shard,
-    cfg: &'p Config,
-    table: Option<&'p RoutingTable>,
-    req: &R,
-) -> (&'p str, Result<Routed<'p>, Answer<'p>>) {
-    let statics = crate::route::Statics {
-        services: &cfg.services,
-        name: |s: &crate::config::ServiceConfig| s.name.as_str(),
-        passthrough: cfg.outbound.as_ref().is_some_and(|o| o.passthrough),
-    };
-    let single = TryPolicy::single(cfg.timeouts.request);
-    let target = crate::route::outbound(&statics, table, req);
-    let (service, routed) = match target {
-        Ok(Target::Routed(sr)) => (
-            &*sr.name,
-            match &sr.rules {
-                None if sr.all.is_empty() => Err(Answer::Error(ErrorKind::NoEndpoints)),
-                None => Ok(Routed {
-                    endpoints: Endpoints::Service(&sr.name, &sr.all, true),
-                    policy: single,
-                }),
-                Some(rules) => match crate::route::match_rule(rules, req) {
-                    None => Err(Answer::Error(ErrorKind::NoRoute)),
-                    Some(rule)
-                        if rule
-                            .backends
-                            .iter()
-                            .all(|b| b.weight == 0 || b.endpoints.is_empty()) =>
-                    {
-                        Err(Answer::Error(ErrorKind::NoHealthyEndpoints))
-                    }
-                    Some(rule) => {
-                        // A strict rule's backend is drawn here, once:
-                        // one without endpoints is this request's 503.
-                        let strict = rule
-                            .strict
-                            .then(|| crate::route::strict_backend(rule, shard.random()))
-                            .flatten();
-                        match strict {
-                            Some(b) if rule.backends[b].endpoints.is_empty() => {
-                                Err(Answer::Error(ErrorKind::NoHealthyEndpoints))
-                            }
-                            _ => Ok(Routed {
-                                endpoints: Endpoints::Rule(&sr.name, rule, &sr.all, strict),
-                                policy: TryPolicy::for_rule(cfg.timeouts.request, rule),
-                            }),
-                        }
-                    }
-                },
-            },
-        ),
-        Ok(Target::Service(svc)) if svc.endpoints.is_empty() => {
-            (&*svc.name, Err(Answer::Error(ErrorKind::NoEndpoints)))
-        }
-        Ok(Target::Service(svc)) => (
-            &*svc.name,
-            Ok(Routed {
-                endpoints: Endpoints::Service(&svc.name, &svc.endpoints, static_mtls(cfg)),
-                policy: single,
-            }),
-        ),
-        Ok(Target::Passthrough { host, port }) => ("passthrough", {
-            match shard.resolve(&host, port).await {
-                Ok(addr) if shard.is_own(addr) => Err(Answer::Error(ErrorKind::LoopDetected)),
-                // Nothing listens on port 0 (and it is how a Unix-socket
-                // app is known, config::UNIX_APP).
-                Ok(addr) if addr.port() == 0 => Err(Answer::Error(ErrorKind::ResolveFailed)),
-                Ok(addr) => Ok(Routed {
-                    endpoints: Endpoints::One(addr),
-                    policy: single,
-                }),
-                Err(_) => Err(Answer::Error(ErrorKind::ResolveFailed)),
-            }
-        }),
-        Err(kind) => ("unknown", Err(Answer::Error(kind))),
-    };
-    (service, routed)
-}
-
-/// The AccessPolicy decision for a request of any protocol: the caller's
-/// SPIFFE ID (from its certificate), method and path. `Some(policy)`:
-/// denied by it (and counted by policy and caller). A plaintext inbound
-/// port (a static proxy without `[tls]`) has no identities to check.
-pub(super) fn denied<'p>(
-    shard: &Shard,
-    table: Option<&'p RoutingTable>,
-    tls: bool,
-    caller: Option<&str>,
-    method: &[u8],
-    path: &[u8],
-) -> Option<&'p str> {
-    let table = table?;
-    if table.authz.allows_all() || !tls {
-        return None;
+    // A chunked body whose first bytes are malformed is refused before any
+    // upstream is involved.
+    let prefix = &cbuf[ctx.head.head_len..];
+    if body_prefix(ctx.head.framing, prefix, &mut ChunkedDecoder::new()).is_err() {
+        let answer = Answer::Refused {
+            status: 400,
+            reason: "invalid chunked body",
+        };
+        return ctx.answer_and_close(answer, cbuf).await;
     }
-    let caller = caller.unwrap_or("");
-    match table.authz.check(caller, method, path) {
-        crate::authz::Decision::Allow => None,
-        crate::authz::Decision::Deny { policy } => {
-            shard.stats.borrow_mut().mesh.denied(policy, caller);
-            Some(policy)
-        }
+    let start = ctx.ex.start;
+    if let Some(carried) = upstream_h2 {
+        let Some(first) = ctx.h2_request(&cbuf) else {
+            let answer = Answer::Refused {
+                status: 400,
+                reason: "request fields cannot be carried over HTTP/2",
+            };
+            return ctx.answer_and_close(answer, cbuf).await;
+        };
+        let mut p = H2Tries {
+            ctx,
+            cbuf,
+            first: Some(first),
+            carried,
+        };
+        return Box::pin(tries::run(&mut p, shard, &endpoints, attempts, key, start)).await;
     }
-}
-
-/// `service`'s `rateLimit` (per service, or per caller identity): whether
-/// a request at `now` may go on.
-pub(super) fn rate_admits(
-    shard: &Shard,
-    service: &str,
-    caller: Option<&str>,
-    now: Instant,
-) -> bool {
-    shard
-        .traffic
-        .with(service, |s| match &mut s.limiter {
-            None => true,
-            Some(crate::traffic::Limiter::Service(t)) => t.try_take(now),
-            Some(crate::traffic::Limiter::Caller(k)) => {
-                k.try_take(caller.map(str::as_bytes).unwrap_or(b""), now)
-            }
-        })
-        .unwrap_or(true)
+    let mut p = Http1Tries { ctx, cbuf };
+    tries::run(&mut p, shard, &endpoints, attempts, key, start).await
 }

@@ -16,15 +16,15 @@
 //!
 //! Between proxies (the multiplexed mesh hop) the same translation carries
 //! HTTP/1.1 requests as streams of a few shared h2 connections over mutual
-//! TLS; the request says so in [`CARRIED_HTTP1`], and the peer gives its
+//! TLS; the request says so in `coremesh-http1`, and the peer gives its
 //! app HTTP/1.1 again.
 
 use std::cell::Cell;
 
 use bytes::Bytes;
 
-use super::h2::send_all;
 use super::h2::upstream::{connection_or_http1, for_try, Opened};
+use super::h2::{send_all, CARRIED_HTTP1};
 use super::tries::{Connected, GiveUp, Last, Plan, Protocol, TryFail};
 use super::*;
 use crate::shard::h2pool::StreamSlot;
@@ -50,13 +50,6 @@ enum Out {
     Chunked,
     UntilClose,
 }
-
-/// The request field that tells a peer proxy an h2 stream carries an
-/// HTTP/1.1 request (the multiplexed mesh hop): its app gets HTTP/1.1
-/// again, whatever the stream's own protocol. Its value is the client's
-/// HTTP version ("1.1" or "1.0"). Set by the sending proxy only; a
-/// client's own is dropped.
-pub(super) const CARRIED_HTTP1: &str = "coremesh-http1";
 
 /// An HTTP/1.1 request's side of the tries (forward/tries.rs) when its
 /// upstream speaks h2: an h2c app, or a peer proxy over the multiplexed

@@ -39,6 +39,13 @@ pub(super) use body::send_all;
 mod stream;
 pub(super) mod upstream;
 
+/// The request field that tells a peer proxy an h2 stream carries an
+/// HTTP/1.1 request (the multiplexed mesh hop): its app gets HTTP/1.1
+/// again, whatever the stream's own protocol. Its value is the client's
+/// HTTP version ("1.1" or "1.0"). Set by the sending proxy only; a
+/// client's own is dropped.
+pub(in crate::forward) const CARRIED_HTTP1: &str = "coremesh-http1";
+
 /// The client connection preface (RFC 9113, section 3.4).
 pub(super) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 

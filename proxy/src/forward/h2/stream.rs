@@ -35,15 +35,12 @@ use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use super::answer::{send_local, COREMESH_ERROR, GRPC_MESSAGE, GRPC_STATUS};
 use super::body::{relay, BodyStat, ReqBody, Stop};
 use super::upstream::for_try;
-use super::{left, ConnInfo, StreamGuard};
+use super::{left, ConnInfo, StreamGuard, CARRIED_HTTP1};
 use crate::attempt::{after, Attempts, TryPolicy};
 use crate::config::Config;
 use crate::error::{Answer, ErrorKind, ProxyError};
 use crate::forward::ctx::Exchange;
-use crate::forward::request::{
-    denied, hash_key, rate_admits, route_request, LoggedRequest, Routed,
-};
-use crate::forward::to_h2::CARRIED_HTTP1;
+use crate::forward::phases::{denied, hash_key, rate_admits, route_request, LoggedRequest, Routed};
 use crate::forward::tries::{self, Connected, GiveUp, Last, Plan, Protocol, TryFail};
 use crate::forward::upstream::{Endpoints, Tried};
 use crate::forward::PROBE_PATH;
