@@ -201,6 +201,11 @@ struct OriginArgs {
     /// most 31 bytes), so a client can tell which instance answered.
     #[arg(long)]
     instance: Option<String>,
+    /// Also answer HTTP/1.1 on a Unix socket at this path (a socket file
+    /// left there by an earlier run is replaced); printed on stdout after
+    /// the TCP address.
+    #[arg(long)]
+    unix: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -275,6 +280,16 @@ struct CompareArgs {
     /// Do not run coremesh a second time (the A/A noise pair).
     #[arg(long)]
     no_aa: bool,
+    /// mtls scenarios: also run `coremesh-unix`, `nginx-unix` and
+    /// `haproxy-unix` pairs, whose inbound proxy reaches the origin over a
+    /// Unix socket instead of TCP (the origin listens on both).
+    #[arg(long)]
+    app_unix: bool,
+    /// Count the proxies' system calls per request with `perf stat -e
+    /// raw_syscalls:sys_enter` (needs perf; costs each system call a
+    /// little, so compare CPU from a run without it).
+    #[arg(long)]
+    count_syscalls: bool,
     /// HTTP/2 scenarios: client connections.
     #[arg(long, default_value_t = 8)]
     h2_connections: usize,
@@ -402,7 +417,14 @@ fn cmd_origin(a: OriginArgs) -> CmdResult {
     sys::raise_nofile(1 << 20);
     let listener = origin::bind(a.listen).map_err(|e| format!("--listen {}: {e}", a.listen))?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    let unix = match &a.unix {
+        Some(p) => Some(origin::bind_unix(p).map_err(|e| format!("--unix {}: {e}", p.display()))?),
+        None => None,
+    };
     println!("listening on {bound}");
+    if let Some(p) = &a.unix {
+        println!("listening on unix:{}", p.display());
+    }
     use std::io::Write;
     let _ = std::io::stdout().flush();
     if let Some(i) = &a.instance {
@@ -415,7 +437,7 @@ fn cmd_origin(a: OriginArgs) -> CmdResult {
         delay: a.delay,
         instance: a.instance,
     };
-    origin::serve(listener, cfg, Arc::new(AtomicBool::new(false)))
+    origin::serve_with_unix(listener, unix, cfg, Arc::new(AtomicBool::new(false)))
         .map_err(|e| format!("origin: {e}"))?;
     Ok(())
 }
@@ -471,6 +493,8 @@ fn cmd_compare(a: CompareArgs) -> CmdResult {
         idle_conns: a.idle_conns,
         scenarios,
         aa: !a.no_aa,
+        app_unix: a.app_unix,
+        count_syscalls: a.count_syscalls,
         h2_connections: a.h2_connections,
         h2_streams: a.h2_streams,
         grpc_timeout: a.grpc_timeout,

@@ -12,16 +12,22 @@
 //! The same port serves h2c with prior knowledge (and unary gRPC): a
 //! connection whose first bytes are the HTTP/2 preface is handed to
 //! [`http2`]'s thread.
+//!
+//! With a Unix socket ([`bind_unix`], `--unix PATH`), the same loop also
+//! answers HTTP/1.1 on that socket, so a proxy in front of the origin can
+//! reach it without the TCP stack (`compare`'s app-unix pairs). HTTP/2 is
+//! served on the TCP port only.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mio::net::{TcpListener, TcpStream};
+use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
@@ -44,6 +50,7 @@ pub struct OriginConfig {
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const TIMER: Token = Token(usize::MAX - 2);
+const UNIX_LISTENER: Token = Token(usize::MAX - 3);
 const READ_BUF: usize = 16 * 1024;
 /// `/size/N` larger than this gets this.
 pub(crate) const MAX_BODY: usize = 256 * 1024 * 1024;
@@ -57,8 +64,84 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::bind(addr)
 }
 
+/// Binds a Unix socket at `path`, replacing a socket file left there by
+/// an earlier run (anything else at `path` is an error, not deleted).
+pub fn bind_unix(path: &Path) -> io::Result<UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    UnixListener::bind(path)
+}
+
+/// A client connection: over TCP, or over the Unix socket (HTTP/1.1 only).
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl mio::event::Source for Stream {
+    fn register(
+        &mut self,
+        registry: &mio::Registry,
+        token: Token,
+        interests: Interest,
+    ) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.register(registry, token, interests),
+            Stream::Unix(s) => s.register(registry, token, interests),
+        }
+    }
+    fn reregister(
+        &mut self,
+        registry: &mio::Registry,
+        token: Token,
+        interests: Interest,
+    ) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.reregister(registry, token, interests),
+            Stream::Unix(s) => s.reregister(registry, token, interests),
+        }
+    }
+    fn deregister(&mut self, registry: &mio::Registry) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.deregister(registry),
+            Stream::Unix(s) => s.deregister(registry),
+        }
+    }
+}
+
 struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     buf: Box<[u8]>,
     filled: usize,
     /// Request body bytes still to discard.
@@ -89,8 +172,14 @@ struct Server {
 }
 
 /// Serves until `stop` is set (checked at least every 100 ms).
-pub fn serve(
+pub fn serve(listener: TcpListener, cfg: OriginConfig, stop: Arc<AtomicBool>) -> io::Result<()> {
+    serve_with_unix(listener, None, cfg, stop)
+}
+
+/// [`serve`], answering HTTP/1.1 on the Unix socket `unix` as well.
+pub fn serve_with_unix(
     mut listener: TcpListener,
+    mut unix: Option<UnixListener>,
     cfg: OriginConfig,
     stop: Arc<AtomicBool>,
 ) -> io::Result<()> {
@@ -98,6 +187,10 @@ pub fn serve(
     let poll = Poll::new()?;
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)?;
+    if let Some(u) = unix.as_mut() {
+        poll.registry()
+            .register(u, UNIX_LISTENER, Interest::READABLE)?;
+    }
     let mut timer = sys::Timer::new()?;
     poll.registry()
         .register(&mut SourceFd(&timer.raw_fd()), TIMER, Interest::READABLE)?;
@@ -125,6 +218,11 @@ pub fn serve(
         for ev in events.iter() {
             match ev.token() {
                 LISTENER => srv.accept(&listener),
+                UNIX_LISTENER => {
+                    if let Some(u) = &unix {
+                        srv.accept_unix(u);
+                    }
+                }
                 TIMER => timer.clear(),
                 Token(i) => {
                     if ev.is_writable() || ev.is_error() {
@@ -144,7 +242,7 @@ pub fn serve(
 impl Server {
     fn accept(&mut self, listener: &TcpListener) {
         loop {
-            let (mut stream, _) = match listener.accept() {
+            let (stream, _) = match listener.accept() {
                 Ok(s) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -152,36 +250,55 @@ impl Server {
                 Err(_) => return,
             };
             let _ = stream.set_nodelay(true);
-            let slot = self.free_slots.pop().unwrap_or_else(|| {
-                self.conns.push(None);
-                self.conns.len() - 1
-            });
-            if self
-                .poll
-                .registry()
-                .register(
-                    &mut stream,
-                    Token(slot),
-                    Interest::READABLE | Interest::WRITABLE,
-                )
-                .is_err()
-            {
-                self.free_slots.push(slot);
-                continue;
-            }
-            self.generation += 1;
-            self.conns[slot] = Some(Conn {
-                stream,
-                buf: vec![0u8; READ_BUF].into_boxed_slice(),
-                filled: 0,
-                skip: 0,
-                out: None,
-                delayed: false,
-                close_after: false,
-                generation: self.generation,
-                fresh: true,
-            });
+            self.add(Stream::Tcp(stream));
         }
+    }
+
+    fn accept_unix(&mut self, listener: &UnixListener) {
+        loop {
+            let stream = match listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            };
+            self.add(Stream::Unix(stream));
+        }
+    }
+
+    /// Registers an accepted connection in a free slot.
+    fn add(&mut self, mut stream: Stream) {
+        let slot = self.free_slots.pop().unwrap_or_else(|| {
+            self.conns.push(None);
+            self.conns.len() - 1
+        });
+        if self
+            .poll
+            .registry()
+            .register(
+                &mut stream,
+                Token(slot),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .is_err()
+        {
+            self.free_slots.push(slot);
+            return;
+        }
+        // Only TCP connections may turn out to be h2c (see the module doc).
+        let fresh = matches!(stream, Stream::Tcp(_));
+        self.generation += 1;
+        self.conns[slot] = Some(Conn {
+            stream,
+            buf: vec![0u8; READ_BUF].into_boxed_slice(),
+            filled: 0,
+            skip: 0,
+            out: None,
+            delayed: false,
+            close_after: false,
+            generation: self.generation,
+            fresh,
+        });
     }
 
     fn response(&mut self, size: usize, close: bool) -> Rc<[u8]> {
@@ -331,8 +448,12 @@ impl Server {
         if let Some(Some(mut c)) = self.conns.get_mut(i).map(Option::take) {
             let _ = self.poll.registry().deregister(&mut c.stream);
             self.free_slots.push(i);
+            let Stream::Tcp(tcp) = c.stream else {
+                // Unix connections are never fresh, so never sniffed as h2.
+                return;
+            };
             // SAFETY: the fd comes from a socket we own and give up here.
-            let std = unsafe { std::net::TcpStream::from_raw_fd(c.stream.into_raw_fd()) };
+            let std = unsafe { std::net::TcpStream::from_raw_fd(tcp.into_raw_fd()) };
             self.h2.hand(std, c.buf[..c.filled].to_vec());
         }
     }

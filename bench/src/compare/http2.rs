@@ -481,7 +481,7 @@ fn start_pair(
     )?;
     let in_port = port(kind, "inbound")?;
     let text = match kind {
-        Kind::Coremesh => mtls::coremesh_inbound(pki, origin),
+        Kind::Coremesh => mtls::coremesh_inbound(pki, mtls::App::Tcp(origin)),
         Kind::Nginx => nginx_grpc_inbound(pki, in_port, origin, &ins.own, nofile),
         _ => haproxy_grpc_inbound(pki, in_port, origin, &ins.own, nofile),
     };

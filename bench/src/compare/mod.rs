@@ -18,7 +18,9 @@
 //!    The mtls scenarios (`mtls`, `mtls-rate`) run through pairs of
 //!    processes of each kind: an outbound proxy, mutual TLS 1.3, an inbound
 //!    proxy in front of the origin, with harness-made certificates (see
-//!    [`mtls`]).
+//!    [`mtls`]). With `--app-unix` the origin also listens on a Unix
+//!    socket, and a second pair of each kind (`coremesh-unix`, ...) reaches
+//!    it there instead of over TCP.
 //! 3. Rounds: for each round, for each scenario, for each target (`direct`,
 //!    i.e. no proxy, then the proxies): run `coremesh-bench load --json` as a
 //!    pinned child and read the proxy's CPU time from /proc around it. Targets
@@ -46,6 +48,7 @@ pub mod mtls;
 pub mod policy;
 pub mod proxies;
 pub mod report;
+pub mod syscalls;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -159,6 +162,12 @@ pub struct Options {
     pub scenarios: Vec<Scenario>,
     /// Run coremesh a second time as `coremesh#2`.
     pub aa: bool,
+    /// The mtls scenarios also run `<kind>-unix` pairs, whose inbound
+    /// proxy reaches the origin over a Unix socket (see [`mtls`]).
+    pub app_unix: bool,
+    /// Count the proxies' system calls per request with `perf stat` (see
+    /// [`syscalls`]); costs them a little CPU per system call.
+    pub count_syscalls: bool,
     /// HTTP/2 scenarios: client connections, and concurrent streams on each.
     pub h2_connections: usize,
     pub h2_streams: usize,
@@ -381,6 +390,10 @@ pub struct Sample {
     /// unless one splits writes or sends extra acknowledgements.
     #[serde(default)]
     pub tcp_segments_per_req: Option<f64>,
+    /// System calls of the target's proxy processes per response
+    /// (`--count-syscalls`; an io_uring submission counts once).
+    #[serde(default)]
+    pub proxy_syscalls_per_req: Option<f64>,
     /// Proxy CPU seconds per wall second during the run.
     pub proxy_cores_used: Option<f64>,
     pub generator_cores_used: f64,
@@ -552,6 +565,8 @@ struct Setup {
     /// The origin's and the load generator's CPUs, as a taskset list.
     load_cpus: String,
     taskset: Option<PathBuf>,
+    /// perf, when `--count-syscalls` asked for it and it is installed.
+    perf: Option<PathBuf>,
     /// This binary: the origin and the load generator are its subcommands.
     exe: PathBuf,
 }
@@ -741,9 +756,16 @@ pub fn run(opts: &Options) -> Result<Results, CompareError> {
     let started_at = Instant::now();
     let mut notes = Vec::new();
     let setup = prepare(opts, &mut notes)?;
-    let origin = start_origin(&setup)?;
+    let origin_unix = (opts.app_unix && opts.scenarios.iter().any(|s| s.is_mtls()))
+        .then(|| setup.out_dir.join("run").join("origin.sock"));
+    let origin = start_origin(&setup, origin_unix.as_deref())?;
     log(&format!("origin on {}", origin.addr));
-    let mut started = start_targets(opts, &setup, origin.addr, &mut notes);
+    let mut started = start_targets(
+        opts,
+        &setup,
+        (origin.addr, origin_unix.as_deref()),
+        &mut notes,
+    );
     if let Err(e) = proxies::probe(origin.addr, "/") {
         return Err(CompareError::OriginSilent(e));
     }
@@ -814,6 +836,17 @@ fn prepare(opts: &Options, notes: &mut Vec<String>) -> Result<Setup, CompareErro
         "proxy CPUs {pc}; origin and load generator CPUs {lc}"
     ));
 
+    let perf = opts
+        .count_syscalls
+        .then(|| proxies::find_on_path("perf"))
+        .flatten();
+    if opts.count_syscalls {
+        notes.push(match &perf {
+            Some(_) => "--count-syscalls: system calls counted by `perf stat -e raw_syscalls:sys_enter` on the proxies during every measurement; the tracepoint costs each system call a little, so read CPU ratios from a run without it".into(),
+            None => "--count-syscalls: perf not found: system calls not counted".into(),
+        });
+    }
+
     let exe = std::env::current_exe().map_err(CompareError::OwnBinary)?;
     Ok(Setup {
         out_dir,
@@ -821,6 +854,7 @@ fn prepare(opts: &Options, notes: &mut Vec<String>) -> Result<Setup, CompareErro
         proxy_cpus: pc,
         load_cpus: lc,
         taskset,
+        perf,
         exe,
     })
 }
@@ -831,14 +865,21 @@ fn prepare(opts: &Options, notes: &mut Vec<String>) -> Result<Setup, CompareErro
 fn start_targets(
     opts: &Options,
     setup: &Setup,
-    origin: SocketAddr,
+    (origin, origin_unix): (SocketAddr, Option<&Path>),
     notes: &mut Vec<String>,
 ) -> Started {
     let mut infos = Vec::new();
     let resolved = resolve_proxies(opts, &mut infos);
     let one_hop = start_one_hop(opts, setup, origin, &resolved, &mut infos);
     let mesh = start_mesh(opts, setup, origin, &resolved, &mut infos, notes);
-    let pairs = start_pairs(opts, setup, origin, &resolved, &mut infos, notes);
+    let pairs = start_pairs(
+        opts,
+        setup,
+        (origin, origin_unix),
+        &resolved,
+        &mut infos,
+        notes,
+    );
     let h2 = start_http2(opts, setup, origin, &resolved, &mut infos, notes);
     Started {
         h2,
@@ -971,7 +1012,7 @@ fn start_mesh(
 fn start_pairs(
     opts: &Options,
     setup: &Setup,
-    origin: SocketAddr,
+    origin: (SocketAddr, Option<&Path>),
     resolved: &[(String, Kind, PathBuf)],
     infos: &mut Vec<TargetInfo>,
     notes: &mut Vec<String>,
@@ -1332,9 +1373,10 @@ fn resolve_proxies(opts: &Options, infos: &mut Vec<TargetInfo>) -> Vec<(String, 
     out
 }
 
-/// Starts `coremesh-bench origin` on the load CPUs; its address is the
-/// first line it prints.
-fn start_origin(setup: &Setup) -> Result<Running, CompareError> {
+/// Starts `coremesh-bench origin` on the load CPUs, also listening on the
+/// Unix socket `unix` if given; its TCP address is the first line it
+/// prints.
+fn start_origin(setup: &Setup, unix: Option<&Path>) -> Result<Running, CompareError> {
     use std::io::BufRead;
     let (exe, dir) = (&setup.exe, &setup.out_dir);
     let log_path = dir.join("run").join("origin.log");
@@ -1355,6 +1397,10 @@ fn start_origin(setup: &Setup) -> Result<Running, CompareError> {
             "--body-size",
             &SMALL.to_string(),
         ])
+        .args(
+            unix.iter()
+                .flat_map(|p| [std::ffi::OsStr::new("--unix"), p.as_os_str()]),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log)
@@ -1459,6 +1505,23 @@ impl Runner<'_> {
             cmd.arg("--new-conn");
         }
         let pids = target.pids();
+        let counter = match (&setup.perf, pids.is_empty() || calibrate) {
+            (Some(perf), false) => {
+                let out = setup.out_dir.join("run").join(format!(
+                    "syscalls-{}-{}.csv",
+                    proxies::file_label(&target.label),
+                    scenario.name()
+                ));
+                match syscalls::start(perf, &pids, &out) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        log(&format!("{}: {}", target.label, error_chain(&e)));
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let cpu0 = cpu_times(&pids);
         let switches0 = context_switches(&pids);
         let segments0 = sys::tcp_out_segments();
@@ -1474,6 +1537,13 @@ impl Runner<'_> {
         let switches1 = context_switches(&pids);
         let segments1 = sys::tcp_out_segments();
         let origin_cpu = sys::tree_cpu_seconds(origin_pid) - origin0;
+        let syscalls = counter.and_then(|c| match c.finish() {
+            Ok(n) => Some(n),
+            Err(e) => {
+                log(&format!("{}: {}", target.label, error_chain(&e)));
+                None
+            }
+        });
         if !out.status.success() {
             return Err(CompareError::LoadFailed {
                 target: target.label.clone(),
@@ -1512,6 +1582,7 @@ impl Runner<'_> {
             tcp_segments_per_req: segments0
                 .zip(segments1)
                 .and_then(|(a, b)| per_response(b.saturating_sub(a) as f64)),
+            proxy_syscalls_per_req: syscalls.and_then(|n| per_response(n as f64)),
             proxy_cores_used: proxy_cpu.map(|c| c.total() / wall),
             generator_cores_used: rep.generator.cores_used,
             generator_us_per_req: rep.generator.us_per_request,

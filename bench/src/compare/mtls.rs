@@ -35,6 +35,13 @@
 //! certificate, and answer 200 to one with the `web` certificate: so the
 //! hop is mutual TLS, not plain HTTP that happens to work.
 //!
+//! With `--app-unix`, every kind also runs as `<kind>-unix` (issue 16,
+//! item 5): the same pair, but the inbound proxy reaches the origin over a
+//! Unix socket (coremesh `app = "unix:PATH"`, nginx `server unix:PATH`,
+//! HAProxy `server ... unix@PATH`), so the app hop skips the TCP stack.
+//! Hypothesis: coremesh's unix pair costs at most 0.75x the best peer's
+//! TCP pair and 0.9x the best peer's unix pair.
+//!
 //! Scenarios: `mtls` (closed loop, saturation) and `mtls-rate` (open loop
 //! at a fixed rate, a quarter of the slowest pair's `mtls` throughput in
 //! round 1), both with 128 B responses; `direct` (load -> origin) runs in
@@ -162,6 +169,47 @@ pub const TRUST_DOMAIN: &str = "bench.coremesh";
 /// The label of coremesh's pair with the multiplexed hop (`[upstream]
 /// multiplex = true`), beside the default (HTTP/1.1 between the proxies).
 pub const MUX_HOP: &str = "coremesh-mux";
+/// What the label of a pair whose inbound proxy reaches the origin over
+/// its Unix socket ends with (`coremesh-unix`, `nginx-unix`, ...).
+pub const APP_UNIX: &str = "-unix";
+
+/// Whether `label` names an app-unix pair.
+pub fn is_app_unix(label: &str) -> bool {
+    label.ends_with(APP_UNIX)
+}
+
+/// Where an inbound proxy reaches the origin (the local app).
+#[derive(Debug, Clone, Copy)]
+pub enum App<'a> {
+    Tcp(SocketAddr),
+    /// The origin's Unix socket file.
+    Unix(&'a Path),
+}
+
+impl App<'_> {
+    /// coremesh's `[inbound] app` value.
+    fn coremesh(self) -> String {
+        match self {
+            App::Tcp(a) => a.to_string(),
+            App::Unix(p) => format!("unix:{}", p.display()),
+        }
+    }
+    /// nginx's `server` address in an `upstream` block.
+    fn nginx(self) -> String {
+        match self {
+            App::Tcp(a) => a.to_string(),
+            App::Unix(p) => format!("unix:{}", p.display()),
+        }
+    }
+    /// HAProxy's `server` address (`unix@` names a stream socket file).
+    fn haproxy(self) -> String {
+        match self {
+            App::Tcp(a) => a.to_string(),
+            App::Unix(p) => format!("unix@{}", p.display()),
+        }
+    }
+}
+
 /// The calling service (the outbound proxy's identity).
 pub const CALLER: &str = "web";
 /// The called service: the load's `Host`, the inbound proxy's identity.
@@ -315,7 +363,7 @@ pub fn coremesh_outbound(pki: &PkiFiles, inbound: SocketAddr, multiplex: bool) -
 }
 
 /// The coremesh inbound proxy (identity `api`) in front of `origin`.
-pub fn coremesh_inbound(pki: &PkiFiles, origin: SocketAddr) -> String {
+pub fn coremesh_inbound(pki: &PkiFiles, origin: App<'_>) -> String {
     format!(
         "# coremesh-bench compare mtls: the inbound (called) proxy, static mode.\n\
          # One shard; the inbound listener accepts mutual TLS 1.3 only (a client\n\
@@ -327,10 +375,11 @@ pub fn coremesh_inbound(pki: &PkiFiles, origin: SocketAddr) -> String {
          \n\
          [inbound]\n\
          listen = \"127.0.0.1:0\"\n\
-         app = \"{origin}\"\n\
+         app = {app:?}\n\
          \n\
          {}",
         tls_table(&pki.api_cert, &pki.api_key, &pki.ca),
+        app = origin.coremesh(),
     )
 }
 
@@ -427,7 +476,7 @@ http {{
 pub fn nginx_inbound(
     pki: &PkiFiles,
     port: u16,
-    origin: SocketAddr,
+    origin: App<'_>,
     dir: &Path,
     nofile: u64,
 ) -> String {
@@ -470,6 +519,7 @@ http {{
         api_cert = pki.api_cert.display(),
         api_key = pki.api_key.display(),
         ca = pki.ca.display(),
+        origin = origin.nginx(),
     )
 }
 
@@ -514,7 +564,7 @@ backend {SERVICE}_mesh
 pub fn haproxy_inbound(
     pki: &PkiFiles,
     port: u16,
-    origin: SocketAddr,
+    origin: App<'_>,
     dir: &Path,
     nofile: u64,
 ) -> String {
@@ -532,6 +582,7 @@ backend origin
         head = haproxy_head("inbound (called) proxy", dir, nofile),
         api_pem = pki.api_pem.display(),
         ca = pki.ca.display(),
+        origin = origin.haproxy(),
     )
 }
 
@@ -609,19 +660,62 @@ pub(super) fn launch(
 #[derive(Clone, Copy)]
 struct PairEnv<'a> {
     pki: &'a PkiFiles,
-    origin: SocketAddr,
     out_dir: &'a Path,
     nofile: u64,
     pin: Pin<'a>,
 }
 
+/// One pair to start: its label, kind and binary, whether coremesh's hop
+/// is multiplexed, and how the inbound proxy reaches the origin.
+struct Run<'a> {
+    label: String,
+    kind: Kind,
+    bin: PathBuf,
+    multiplex: bool,
+    app: App<'a>,
+}
+
+/// The pairs to start for `resolved`: one per target; coremesh also with
+/// the multiplexed hop ([`MUX_HOP`]); and with `origin_unix`, every kind
+/// with a two-hop configuration again as `<label>-unix`, its inbound proxy
+/// reaching the origin over that socket (the multiplexed hop is measured
+/// over TCP only).
+fn runs<'a>(
+    resolved: &[(String, Kind, PathBuf)],
+    origin: SocketAddr,
+    origin_unix: Option<&'a Path>,
+) -> Vec<Run<'a>> {
+    let mut runs = Vec::new();
+    for (label, kind, bin) in resolved {
+        let run = |label: String, multiplex, app| Run {
+            label,
+            kind: *kind,
+            bin: bin.clone(),
+            multiplex,
+            app,
+        };
+        runs.push(run(label.clone(), false, App::Tcp(origin)));
+        let first_coremesh = *kind == Kind::Coremesh && label == super::COREMESH;
+        if first_coremesh {
+            runs.push(run(MUX_HOP.to_string(), true, App::Tcp(origin)));
+        }
+        // One unix pair per kind: not for the A/A twin or the glommio build.
+        let unix_kind = first_coremesh || matches!(kind, Kind::Nginx | Kind::Haproxy);
+        if let (Some(path), true) = (origin_unix, unix_kind) {
+            runs.push(run(format!("{label}{APP_UNIX}"), false, App::Unix(path)));
+        }
+    }
+    runs
+}
+
 /// Starts an inbound then an outbound proxy for every target in `resolved`
 /// whose kind has a two-hop TLS configuration here (coremesh, nginx,
 /// HAProxy), all pinned by `pin`, and checks each pair. A pair that fails
-/// to start or fails a check is skipped with a note.
+/// to start or fails a check is skipped with a note. With `origin_unix`
+/// (the origin's Unix socket), the app-unix pairs run too (see [`runs`]).
 pub(super) fn start(
     resolved: &[(String, Kind, PathBuf)],
-    origin: SocketAddr,
+    (origin, origin_unix): (SocketAddr, Option<&Path>),
     out_dir: &Path,
     nofile: u64,
     pin: Pin<'_>,
@@ -638,16 +732,16 @@ pub(super) fn start(
             configs.join("mtls").display()
         )],
     };
-    // coremesh runs twice: with HTTP/1.1 between the proxies (the
-    // default) and with the multiplexed hop, as `coremesh-mux`.
-    let mut runs: Vec<(String, Kind, PathBuf, bool)> = Vec::new();
-    for (label, kind, bin) in resolved {
-        runs.push((label.clone(), *kind, bin.clone(), false));
-        if *kind == Kind::Coremesh && label == super::COREMESH {
-            runs.push((MUX_HOP.to_string(), *kind, bin.clone(), true));
-        }
+    if let Some(p) = origin_unix {
+        pairs.notes.push(format!(
+            "mtls scenarios: the {APP_UNIX} pairs' inbound proxies reach the origin over its Unix socket {}",
+            p.display()
+        ));
     }
-    for (label, kind, bin, multiplex) in &runs {
+    for run in runs(resolved, origin, origin_unix) {
+        let Run {
+            label, kind, bin, ..
+        } = &run;
         let mut info = TargetInfo {
             label: label.clone(),
             kind: kind.name().into(),
@@ -679,14 +773,11 @@ pub(super) fn start(
         match start_pair(
             &PairEnv {
                 pki: &pki,
-                origin,
                 out_dir,
                 nofile,
                 pin,
             },
-            label,
-            (*kind, *multiplex),
-            bin,
+            &run,
             &mut info,
         ) {
             Ok((outbound, inbound)) => match check(&pki, outbound.addr, inbound.addr) {
@@ -713,18 +804,23 @@ pub(super) fn start(
 /// outbound one.
 fn start_pair(
     env: &PairEnv<'_>,
-    label: &str,
-    (kind, multiplex): (Kind, bool),
-    bin: &Path,
+    run: &Run<'_>,
     info: &mut TargetInfo,
 ) -> Result<(Running, Running), MtlsError> {
     let PairEnv {
         pki,
-        origin,
         out_dir,
         nofile,
         pin,
     } = *env;
+    let Run {
+        label,
+        kind,
+        bin,
+        multiplex,
+        app,
+    } = run;
+    let (kind, multiplex, app) = (*kind, *multiplex, *app);
     let port = |k: Kind, side: &'static str| -> Result<u16, MtlsError> {
         if k == Kind::Coremesh {
             Ok(0)
@@ -735,9 +831,9 @@ fn start_pair(
     let ins = side(out_dir, label, kind, "inbound")?;
     let in_port = port(kind, "inbound")?;
     let text = match kind {
-        Kind::Coremesh => coremesh_inbound(pki, origin),
-        Kind::Nginx => nginx_inbound(pki, in_port, origin, &ins.own, nofile),
-        _ => haproxy_inbound(pki, in_port, origin, &ins.own, nofile),
+        Kind::Coremesh => coremesh_inbound(pki, app),
+        Kind::Nginx => nginx_inbound(pki, in_port, app, &ins.own, nofile),
+        _ => haproxy_inbound(pki, in_port, app, &ins.own, nofile),
     };
     info.inbound_config = Some(ins.config.display().to_string());
     info.inbound_log = Some(ins.log.display().to_string());

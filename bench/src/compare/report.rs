@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::mtls::{is_app_unix, APP_UNIX};
 use super::{IdleSample, Results, Sample, Scenario, COREMESH, DIRECT};
 use crate::load::fmt_us;
 
@@ -40,7 +41,7 @@ pub fn median(v: &mut [f64]) -> f64 {
 
 type Metric = (&'static str, fn(&Sample) -> Option<f64>);
 
-const METRICS: [Metric; 14] = [
+const METRICS: [Metric; 15] = [
     ("rps", |s| Some(s.achieved_rps)),
     ("proxy_cpu_us_per_req", |s| s.proxy_cpu_us_per_req),
     ("proxy_user_us_per_req", |s| s.proxy_user_us_per_req),
@@ -49,6 +50,7 @@ const METRICS: [Metric; 14] = [
         s.proxy_context_switches_per_req
     }),
     ("tcp_segments_per_req", |s| s.tcp_segments_per_req),
+    ("proxy_syscalls_per_req", |s| s.proxy_syscalls_per_req),
     ("proxy_cores_used", |s| s.proxy_cores_used),
     ("p50_us", |s| Some(s.latency_us.p50)),
     ("p90_us", |s| Some(s.latency_us.p90)),
@@ -210,6 +212,7 @@ pub fn markdown(r: &Results) -> String {
     md += &latency_md(r, &order);
     md += &policy_md(r);
     md += &mtls_md(r);
+    md += &app_unix_md(r);
     md += &http2::h2_md(r);
     md += &idle_md(r, &proxies);
     md += &trailer_md(r);
@@ -695,7 +698,7 @@ fn mtls_md(r: &Results) -> String {
         };
         let peers: Vec<(String, f64)> = order
             .iter()
-            .filter(|t| *t != DIRECT && !t.starts_with(COREMESH))
+            .filter(|t| *t != DIRECT && !t.starts_with(COREMESH) && !is_app_unix(t))
             .filter_map(|t| median(sc, t, cpu).map(|v| (t.clone(), v)))
             .collect();
         let Some(v) = mesh_verdict(c, median(sc, &aa, cpu), &peers) else {
@@ -730,16 +733,153 @@ fn mtls_md(r: &Results) -> String {
     md
 }
 
-/// The peer pair (not direct, not coremesh) with the lowest median CPU per
-/// request in `sc`.
+/// The peer pair (not direct, not coremesh, reaching the origin over
+/// TCP) with the lowest median CPU per request in `sc`.
 pub(super) fn best_peer(r: &Results, sc: Scenario) -> Option<(String, f64)> {
+    best_of(r, sc, |t| !is_app_unix(t))
+}
+
+/// The peer (not direct, not coremesh) among the targets `which` keeps
+/// with the lowest median CPU per request in `sc`.
+fn best_of(r: &Results, sc: Scenario, which: impl Fn(&str) -> bool) -> Option<(String, f64)> {
     r.summary
         .iter()
         .filter(|s| s.scenario == sc && s.metric == "proxy_cpu_us_per_req")
         .filter(|s| s.target != DIRECT && !s.target.starts_with(COREMESH))
+        .filter(|s| which(&s.target))
         .filter(|s| s.median.is_finite() && s.median > 0.0)
         .min_by(|a, b| a.median.total_cmp(&b.median))
         .map(|s| (s.target.clone(), s.median))
+}
+
+/// Issue 16's targets for the app hop over a Unix socket: coremesh's unix
+/// pair at most this times the best peer's TCP pair ...
+pub const APP_UNIX_VS_TCP: f64 = 0.75;
+/// ... and at most this times the best peer's unix pair.
+pub const APP_UNIX_VS_UNIX: f64 = 0.9;
+
+/// coremesh's unix pair against the best peer pairs, in one mtls scenario.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppUnixVerdict {
+    /// Against the best TCP peer pair ([`APP_UNIX_VS_TCP`]).
+    pub vs_tcp: Option<MeshVerdict>,
+    /// Against the best unix peer pair ([`APP_UNIX_VS_UNIX`]).
+    pub vs_unix: Option<MeshVerdict>,
+}
+
+/// `coremesh_unix`: the median CPU per request of coremesh's unix pair;
+/// `peers`: (label, median) of every peer pair, TCP and unix (told apart
+/// by [`is_app_unix`]).
+pub fn app_unix_verdict(coremesh_unix: f64, peers: &[(String, f64)]) -> AppUnixVerdict {
+    let (unix, tcp): (Vec<_>, Vec<_>) = peers.iter().cloned().partition(|(t, _)| is_app_unix(t));
+    AppUnixVerdict {
+        vs_tcp: verdict(coremesh_unix, None, &tcp, APP_UNIX_VS_TCP, APP_UNIX_VS_TCP),
+        vs_unix: verdict(
+            coremesh_unix,
+            None,
+            &unix,
+            APP_UNIX_VS_UNIX,
+            APP_UNIX_VS_UNIX,
+        ),
+    }
+}
+
+/// The app-unix tables (issue 16, item 5): every mtls pair's CPU per
+/// request, throughput and kernel work, each unix pair beside its kind's
+/// TCP pair, and the two targets for coremesh's unix pair.
+fn app_unix_md(r: &Results) -> String {
+    let unix_label = format!("{COREMESH}{APP_UNIX}");
+    let ran = |t: &str, sc: Scenario| r.samples.iter().any(|s| s.target == t && s.scenario == sc);
+    let scenarios: Vec<Scenario> = [Scenario::Mtls, Scenario::MtlsRate]
+        .into_iter()
+        .filter(|sc| {
+            target_order(r)
+                .iter()
+                .any(|t| is_app_unix(t) && ran(t, *sc))
+        })
+        .collect();
+    if scenarios.is_empty() {
+        return String::new();
+    }
+    let cpu = "proxy_cpu_us_per_req";
+    let median = |sc: Scenario, t: &str, m: &str| find(r, sc, t, m).map(|s| s.median);
+    let mut md = String::from("### App hop over a Unix socket: `<kind>-unix` pairs\n\n");
+    md += "The mesh hop again, but each `-unix` pair's inbound proxy reaches the origin over a Unix socket (coremesh `app = \"unix:PATH\"`, nginx `server unix:PATH`, HAProxy `server ... unix@PATH`) instead of loopback TCP; everything else as in the mesh-hop table. Segments: TCP segments the whole machine sent per request (every hop: load -> outbound, outbound -> inbound, and for TCP pairs inbound -> origin); `beyond direct`: minus the direct run's (load -> origin). Syscalls: system calls of both proxy processes per request (`perf stat -e raw_syscalls:sys_enter`, with `--count-syscalls`).\n\n";
+    for sc in &scenarios {
+        let direct_segs = median(*sc, DIRECT, "tcp_segments_per_req");
+        md += &format!("{}:\n\n", sc.describe());
+        md += &header(
+            "target",
+            [
+                "CPU us/req (both proxies)",
+                "vs same kind over TCP",
+                "req/s",
+                "p99",
+                "TCP segments/req (beyond direct)",
+                "context switches/req",
+                "syscalls/req",
+            ]
+            .into_iter(),
+        );
+        for t in target_order(r).iter().filter(|t| ran(t, *sc)) {
+            let tcp_twin = t.strip_suffix(APP_UNIX);
+            let vs = match (tcp_twin, median(*sc, t, cpu)) {
+                (Some(twin), Some(c)) => median(*sc, twin, cpu)
+                    .filter(|b| *b > 0.0)
+                    .map_or("-".into(), |b| format!("{:.2}x", c / b)),
+                _ => "-".into(),
+            };
+            let segs = match (median(*sc, t, "tcp_segments_per_req"), direct_segs) {
+                (Some(g), Some(d)) if t != DIRECT => format!("{g:.2} ({:.2})", g - d),
+                (Some(g), _) => format!("{g:.2}"),
+                _ => "-".into(),
+            };
+            let per = |m: &str| median(*sc, t, m).map_or("-".into(), f2);
+            md += &row_md(&[
+                t.to_string(),
+                cell(find(r, *sc, t, cpu), f2),
+                vs,
+                cell(find(r, *sc, t, "rps"), f0),
+                median(*sc, t, "p99_us").map_or("-".into(), fmt_us),
+                segs,
+                per("proxy_context_switches_per_req"),
+                per("proxy_syscalls_per_req"),
+            ]);
+        }
+        md += "\n";
+    }
+    for sc in scenarios {
+        let Some(c) = median(sc, &unix_label, cpu) else {
+            md += &format!(
+                "Targets (issue 16), {}: {unix_label} did not run.\n\n",
+                sc.name()
+            );
+            continue;
+        };
+        let peers: Vec<(String, f64)> = target_order(r)
+            .into_iter()
+            .filter(|t| t != DIRECT && !t.starts_with(COREMESH))
+            .filter_map(|t| median(sc, &t, cpu).map(|v| (t, v)))
+            .collect();
+        let v = app_unix_verdict(c, &peers);
+        let say = |v: &Option<MeshVerdict>, limit: f64, what: &str| match v {
+            Some(v) => format!(
+                "/ {what} {} {:.2} us = **{:.2}x** (at most {limit}x: {})",
+                v.best_peer,
+                v.peer_cpu,
+                v.ratio,
+                if v.met { "met" } else { "missed" }
+            ),
+            None => format!("/ {what}: none ran"),
+        };
+        md += &format!(
+            "Targets (issue 16), {}: {unix_label} {c:.2} us {}; {unix_label} {c:.2} us {}.\n\n",
+            sc.name(),
+            say(&v.vs_tcp, APP_UNIX_VS_TCP, "best TCP peer"),
+            say(&v.vs_unix, APP_UNIX_VS_UNIX, "best unix peer"),
+        );
+    }
+    md
 }
 
 /// The scenarios, in run order, that have a sample with `has`.
@@ -784,19 +924,21 @@ fn cpu_split(r: &Results, proxies: &[&String]) -> String {
 
 /// What the kernel part is made of, per request (medians): the TCP segments
 /// the machine sent for it (all hops, so the same for every proxy that
-/// neither splits a write nor sends an extra acknowledgement) and the
+/// neither splits a write nor sends an extra acknowledgement), the
 /// proxy's context switches (its wake-ups, shared by the requests a
-/// wake-up serves).
+/// wake-up serves) and, when counted (`--count-syscalls`), its system
+/// calls.
 fn kernel_work(r: &Results, targets: &[String]) -> String {
     let scenarios = scenarios_with(r, |s| s.tcp_segments_per_req.is_some());
     if scenarios.is_empty() {
         return String::new();
     }
-    let mut md = String::from(
-        "### Kernel work per request: TCP segments sent (whole machine, every hop) / proxy context switches (medians)
-
-",
-    );
+    let with_syscalls = r.samples.iter().any(|s| s.proxy_syscalls_per_req.is_some());
+    let mut md = String::from(if with_syscalls {
+        "### Kernel work per request: TCP segments sent (whole machine, every hop) / proxy context switches / proxy system calls (medians)\n\n"
+    } else {
+        "### Kernel work per request: TCP segments sent (whole machine, every hop) / proxy context switches (medians)\n\n"
+    });
     md += &header("target", scenarios.iter().map(|s| s.name()));
     for t in targets {
         if !r.samples.iter().any(|s| s.target == *t) {
@@ -806,11 +948,16 @@ fn kernel_work(r: &Results, targets: &[String]) -> String {
         for sc in &scenarios {
             let segs = find(r, *sc, t, "tcp_segments_per_req").map(|s| s.median);
             let switches = find(r, *sc, t, "proxy_context_switches_per_req").map(|s| s.median);
-            row.push(match (segs, switches) {
+            let calls = find(r, *sc, t, "proxy_syscalls_per_req").map(|s| s.median);
+            let mut text = match (segs, switches) {
                 (Some(g), Some(c)) => format!("{g:.2} / {c:.2}"),
                 (Some(g), None) => format!("{g:.2} / -"),
                 _ => "-".into(),
-            });
+            };
+            if let (true, Some(_)) = (with_syscalls, segs) {
+                text += &calls.map_or(" / -".into(), |n| format!(" / {n:.2}"));
+            }
+            row.push(text);
         }
         md += &row_md(&row);
     }

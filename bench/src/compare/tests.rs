@@ -16,6 +16,7 @@ fn sample(target: &str, rps: f64) -> Sample {
         proxy_sys_us_per_req: None,
         proxy_context_switches_per_req: None,
         tcp_segments_per_req: None,
+        proxy_syscalls_per_req: None,
         proxy_cores_used: None,
         generator_cores_used: 0.0,
         generator_us_per_req: 0.0,

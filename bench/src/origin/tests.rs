@@ -117,3 +117,54 @@ fn preface_sniffing() {
     assert_eq!(sniff(b"POST / HTTP/1.1\r\n"), Sniff::Http1);
     assert_eq!(sniff(b"G"), Sniff::Http1);
 }
+
+/// The same loop answers HTTP/1.1 on the Unix socket beside the TCP port;
+/// a socket file left by an earlier run is replaced, anything else at the
+/// path is refused, not deleted.
+#[test]
+fn serves_http1_on_a_unix_socket_too() {
+    use std::os::unix::net::UnixStream as StdUnix;
+    let dir =
+        std::env::temp_dir().join(format!("coremesh-bench-origin-unix-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("origin.sock");
+    // A stale socket file: bound once, its listener dropped.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    let unix = bind_unix(&path).unwrap();
+    let l = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = l.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let st = stop.clone();
+    let cfg = OriginConfig {
+        body_size: 10,
+        delay: Duration::ZERO,
+        instance: None,
+    };
+    let h = std::thread::spawn(move || serve_with_unix(l, Some(unix), cfg, st).unwrap());
+
+    let mut s = StdUnix::connect(&path).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /size/5 HTTP/1.1\r\nHost: origin\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert_eq!(
+        resp.split("\r\n\r\n").nth(1).map(str::len),
+        Some(5),
+        "{resp}"
+    );
+    // TCP still answers.
+    let mut c = Client::new(addr);
+    c.s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(c.response(), (200, true));
+    stop.store(true, Ordering::Relaxed);
+    h.join().unwrap();
+
+    let file = dir.join("not-a-socket");
+    std::fs::write(&file, b"keep me").unwrap();
+    let err = bind_unix(&file).expect_err("a regular file is not replaced");
+    assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -11,7 +11,7 @@ fn addr(s: &str) -> SocketAddr {
 #[test]
 fn coremesh_pair_is_static_mutual_tls() {
     let out = coremesh_outbound(&pki(), addr("127.0.0.1:4143"), false);
-    let inb = coremesh_inbound(&pki(), addr("127.0.0.1:9999"));
+    let inb = coremesh_inbound(&pki(), App::Tcp(addr("127.0.0.1:9999")));
     let mux = coremesh_outbound(&pki(), addr("127.0.0.1:4143"), true);
     let table: toml::Table = mux.parse().unwrap_or_else(|e| panic!("{e}\n{mux}"));
     assert_eq!(table["upstream"]["multiplex"].as_bool(), Some(true));
@@ -69,7 +69,7 @@ fn nginx_pair_verifies_both_ways_over_tls13_with_pools() {
     let inb = nginx_inbound(
         &pki(),
         8001,
-        addr("127.0.0.1:9999"),
+        App::Tcp(addr("127.0.0.1:9999")),
         Path::new("/d"),
         20_000,
     );
@@ -109,7 +109,7 @@ fn haproxy_pair_verifies_both_ways_over_tls13_with_reuse() {
     let inb = haproxy_inbound(
         &pki(),
         8001,
-        addr("127.0.0.1:9999"),
+        App::Tcp(addr("127.0.0.1:9999")),
         Path::new("/d"),
         20_000,
     );
@@ -122,6 +122,83 @@ fn haproxy_pair_verifies_both_ways_over_tls13_with_reuse() {
         assert!(inb.contains(want), "{want}: {inb}");
     }
     assert!(!out.contains("\n    log ") && !inb.contains("\n    log "));
+}
+
+/// The app-unix pairs' inbound proxies name the origin's socket file in
+/// each proxy's own syntax; the outbound side is unchanged.
+#[test]
+fn app_unix_inbound_proxies_reach_the_origin_over_its_socket() {
+    let sock = App::Unix(Path::new("/b/run/origin.sock"));
+    let cm = coremesh_inbound(&pki(), sock);
+    let table: toml::Table = cm.parse().unwrap_or_else(|e| panic!("{e}\n{cm}"));
+    assert_eq!(
+        table["inbound"]["app"].as_str(),
+        Some("unix:/b/run/origin.sock")
+    );
+    let ng = nginx_inbound(&pki(), 8001, sock, Path::new("/d"), 20_000);
+    assert!(ng.contains("server unix:/b/run/origin.sock;"), "{ng}");
+    assert!(ng.contains("keepalive 256;"), "{ng}");
+    let ha = haproxy_inbound(&pki(), 8001, sock, Path::new("/d"), 20_000);
+    assert!(
+        ha.contains("server origin unix@/b/run/origin.sock maxconn"),
+        "{ha}"
+    );
+    assert!(ha.contains("http-reuse always"), "{ha}");
+}
+
+/// Which pairs start: one per target, coremesh's multiplexed hop, and
+/// with the origin's socket one unix pair per kind (not for the A/A twin,
+/// the glommio build or the multiplexed hop).
+#[test]
+fn runs_add_one_unix_pair_per_kind() {
+    let bin = PathBuf::from("/bin/x");
+    let resolved = vec![
+        ("coremesh".to_string(), Kind::Coremesh, bin.clone()),
+        ("coremesh#2".to_string(), Kind::Coremesh, bin.clone()),
+        ("coremesh-glommio".to_string(), Kind::Coremesh, bin.clone()),
+        ("nginx".to_string(), Kind::Nginx, bin.clone()),
+        ("haproxy".to_string(), Kind::Haproxy, bin.clone()),
+    ];
+    let origin = addr("127.0.0.1:9999");
+    let labels = |r: &[Run<'_>]| r.iter().map(|r| r.label.clone()).collect::<Vec<_>>();
+    let tcp_only = runs(&resolved, origin, None);
+    assert_eq!(
+        labels(&tcp_only),
+        [
+            "coremesh",
+            "coremesh-mux",
+            "coremesh#2",
+            "coremesh-glommio",
+            "nginx",
+            "haproxy"
+        ]
+    );
+    assert!(tcp_only
+        .iter()
+        .all(|r| matches!(r.app, App::Tcp(a) if a == origin)));
+    let sock = Path::new("/b/run/origin.sock");
+    let both = runs(&resolved, origin, Some(sock));
+    assert_eq!(
+        labels(&both),
+        [
+            "coremesh",
+            "coremesh-mux",
+            "coremesh-unix",
+            "coremesh#2",
+            "coremesh-glommio",
+            "nginx",
+            "nginx-unix",
+            "haproxy",
+            "haproxy-unix"
+        ]
+    );
+    for r in &both {
+        assert_eq!(
+            is_app_unix(&r.label),
+            matches!(r.app, App::Unix(p) if p == sock)
+        );
+        assert!(!(r.multiplex && is_app_unix(&r.label)));
+    }
 }
 
 /// The generated leaves carry the SPIFFE ID (coremesh's check) and the

@@ -17,6 +17,7 @@ fn s(round: usize, target: &str, cpu: f64) -> Sample {
         proxy_sys_us_per_req: None,
         proxy_context_switches_per_req: None,
         tcp_segments_per_req: None,
+        proxy_syscalls_per_req: None,
         proxy_cores_used: Some(1.0),
         generator_cores_used: 0.5,
         generator_us_per_req: 1.0,
@@ -168,6 +169,99 @@ fn kernel_work_shows_segments_and_wake_ups() {
 
     let old = results(vec![s(1, "nginx", 20.0)]);
     assert_eq!(kernel_work(&old, &order), "");
+}
+
+/// coremesh's unix pair against the best TCP peer pair (0.75x) and the
+/// best unix peer pair (0.9x); coremesh's own pairs are never peers.
+#[test]
+fn app_unix_verdict_against_tcp_and_unix_peers() {
+    let peers = vec![
+        ("nginx".to_string(), 40.0),
+        ("haproxy".to_string(), 36.0),
+        ("nginx-unix".to_string(), 33.0),
+        ("haproxy-unix".to_string(), 30.0),
+    ];
+    let v = app_unix_verdict(26.0, &peers);
+    let tcp = v.vs_tcp.unwrap();
+    assert_eq!(tcp.best_peer, "haproxy");
+    assert!((tcp.ratio - 26.0 / 36.0).abs() < 1e-9 && tcp.met, "{tcp:?}");
+    let unix = v.vs_unix.unwrap();
+    assert_eq!(unix.best_peer, "haproxy-unix");
+    assert!(
+        (unix.ratio - 26.0 / 30.0).abs() < 1e-9 && unix.met,
+        "{unix:?}"
+    );
+    let v = app_unix_verdict(28.0, &peers);
+    assert!(!v.vs_tcp.unwrap().met && !v.vs_unix.unwrap().met);
+    let v = app_unix_verdict(20.0, &peers[..2]);
+    assert!(v.vs_tcp.unwrap().met && v.vs_unix.is_none());
+}
+
+/// The app-unix table puts each unix pair beside its TCP twin with the
+/// segments it saves, and the TCP mesh-hop verdict ignores unix pairs.
+#[test]
+fn app_unix_table_and_targets() {
+    let mut samples = Vec::new();
+    let pairs = [
+        (DIRECT, 0.0, 2.0),
+        (COREMESH, 30.0, 6.0),
+        ("haproxy", 40.0, 6.0),
+        ("coremesh-unix", 25.0, 4.0),
+        ("haproxy-unix", 32.0, 4.0),
+    ];
+    for round in 1..=3 {
+        for (t, cpu, segs) in pairs {
+            let mut x = s(round, t, cpu);
+            x.scenario = Scenario::Mtls;
+            x.tcp_segments_per_req = Some(segs);
+            x.proxy_context_switches_per_req = Some(1.0);
+            x.proxy_syscalls_per_req = (t != DIRECT).then_some(8.0);
+            if t == DIRECT {
+                x.proxy_cpu_us_per_req = None;
+            }
+            samples.push(x);
+        }
+    }
+    let r = results(samples);
+    let md = app_unix_md(&r);
+    assert!(
+        md.contains("| coremesh-unix | 25.00 (25.00–25.00) **0.83x** | 0.83x | "),
+        "{md}"
+    );
+    assert!(md.contains("| 4.00 (2.00) | 1.00 | 8.00 |"), "{md}");
+    assert!(
+        md.contains("| haproxy-unix | 32.00 (32.00–32.00) **1.07x** | 0.80x | "),
+        "{md}"
+    );
+    assert!(
+        md.contains("best TCP peer haproxy 40.00 us = **0.62x** (at most 0.75x: met)"),
+        "{md}"
+    );
+    assert!(
+        md.contains("best unix peer haproxy-unix 32.00 us = **0.78x** (at most 0.9x: met)"),
+        "{md}"
+    );
+    // The TCP verdict still compares coremesh with haproxy, not haproxy-unix.
+    let mesh = mtls_md(&r);
+    assert!(
+        mesh.contains("coremesh 30.00 us / haproxy 40.00 us = **0.75x**"),
+        "{mesh}"
+    );
+    // Kernel work shows the system calls when counted.
+    let order = target_order(&r);
+    let k = kernel_work(&r, &order);
+    assert!(k.contains("/ proxy system calls"), "{k}");
+    assert!(k.contains("| coremesh-unix | 4.00 / 1.00 / 8.00 |"), "{k}");
+    assert!(k.contains("| direct | 2.00 / 1.00 / - |"), "{k}");
+    // Without unix pairs there is no table.
+    let tcp_only = results(
+        r.samples
+            .iter()
+            .filter(|s| !is_app_unix(&s.target))
+            .cloned()
+            .collect(),
+    );
+    assert_eq!(app_unix_md(&tcp_only), "");
 }
 
 #[test]
