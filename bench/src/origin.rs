@@ -65,9 +65,11 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// Binds a Unix socket at `path`, replacing a socket file left there by
-/// an earlier run (anything else at `path` is an error, not deleted).
+/// an earlier run (anything else at `path` is an error, not deleted). The
+/// file is left open to every local user (mode 0666): nginx's workers, for
+/// one, drop root and need write permission to connect.
 pub fn bind_unix(path: &Path) -> io::Result<UnixListener> {
-    use std::os::unix::fs::FileTypeExt;
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
         Ok(_) => {
@@ -79,7 +81,9 @@ pub fn bind_unix(path: &Path) -> io::Result<UnixListener> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    UnixListener::bind(path)
+    let l = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(l)
 }
 
 /// A client connection: over TCP, or over the Unix socket (HTTP/1.1 only).

@@ -705,6 +705,128 @@ fn short_compare_of_the_mtls_scenarios() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A short mtls compare with `--app-unix --count-syscalls`: beside each
+/// TCP pair runs a `-unix` pair whose inbound proxy reaches the origin over
+/// its Unix socket (coremesh `app = "unix:..."`, nginx `server unix:...`,
+/// HAProxy `unix@...`); every pair answers through the hop, the report has
+/// the app-unix table and issue 16's targets, and each sample carries
+/// segments and (with perf installed) system calls per request. Needs the
+/// release proxy binary (or COREMESH_BIN) and nginx; says so and passes
+/// without them.
+#[test]
+fn short_compare_of_the_app_unix_pairs() {
+    let Some(coremesh) = coremesh_bin() else {
+        eprintln!("SKIPPED: no coremesh-proxy release binary (set COREMESH_BIN or build it)");
+        return;
+    };
+    if !on_path("nginx") {
+        eprintln!("SKIPPED: nginx is not installed (scripts/install-bench-deps.sh)");
+        return;
+    }
+    let haproxy = on_path("haproxy");
+    // perf installed and allowed to count the tracepoint here.
+    let perf = on_path("perf")
+        && Command::new("perf")
+            .args(["stat", "-e", "raw_syscalls:sys_enter", "--", "true"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    let dir = std::env::temp_dir().join(format!("coremesh-bench-unix-{}", std::process::id()));
+    let out = dir.join("results.json");
+    let run = Command::new(BIN)
+        .args(["compare", "--proxies"])
+        .arg(if haproxy {
+            "coremesh,nginx,haproxy"
+        } else {
+            "coremesh,nginx"
+        })
+        .args([
+            "--scenarios",
+            "mtls",
+            "--app-unix",
+            "--count-syscalls",
+            "--no-aa",
+        ])
+        .args(["--rounds", "1", "--duration", "1s", "--warmup", "200ms"])
+        .args(["--connections", "8"])
+        .arg("--coremesh-bin")
+        .arg(&coremesh)
+        .arg("--coremesh-glommio-bin")
+        .arg(dir.join("absent"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "compare failed: {stderr}");
+    assert!(
+        stdout.contains("### App hop over a Unix socket"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Targets (issue 16), mtls: coremesh-unix"),
+        "{stdout}"
+    );
+    let r: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let mut want = vec![
+        "coremesh",
+        "coremesh-mux",
+        "coremesh-unix",
+        "nginx",
+        "nginx-unix",
+    ];
+    if haproxy {
+        want.extend(["haproxy", "haproxy-unix"]);
+    }
+    let targets = r["targets"].as_array().unwrap();
+    let ok: Vec<&str> = targets
+        .iter()
+        .filter(|t| t["status"] == "ok")
+        .map(|t| t["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(ok, want, "{}\n{stderr}", r["targets"]);
+    let socket = dir.join("run/origin.sock");
+    for t in targets.iter().filter(|t| t["status"] == "ok") {
+        let label = t["label"].as_str().unwrap();
+        let inbound = std::fs::read_to_string(t["inbound_config"].as_str().unwrap()).unwrap();
+        let names_socket = inbound.contains(&socket.display().to_string());
+        assert_eq!(names_socket, label.ends_with("-unix"), "{label}: {inbound}");
+    }
+    let notes: Vec<&str> = r["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    for label in &want {
+        let checked = format!("mtls {label}: 200 through the pair; the inbound proxy refuses");
+        assert!(notes.iter().any(|n| n.starts_with(&checked)), "{notes:?}");
+    }
+    let samples = r["samples"].as_array().unwrap();
+    for target in &want {
+        let s = samples
+            .iter()
+            .find(|s| s["scenario"] == "mtls" && s["target"] == *target)
+            .unwrap_or_else(|| panic!("no sample for {target}"));
+        assert!(s["achieved_rps"].as_f64().unwrap() > 0.0, "{s}");
+        let errors: u64 = s["errors"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert_eq!(errors, 0, "{target}: {s}");
+        assert!(s["proxy_cpu_us_per_req"].as_f64().unwrap() > 0.0, "{s}");
+        assert!(s["tcp_segments_per_req"].as_f64().is_some(), "{s}");
+        if perf {
+            // Every request costs each proxy at least one system call.
+            let calls = s["proxy_syscalls_per_req"].as_f64();
+            assert!(calls.is_some_and(|n| n >= 1.0), "{s}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The failover scenario, briefly: two faults (an app killed, a host's
 /// link down) on a fresh namespace mesh each, with the JSON report's
 /// fields and no failed GET. Needs root (network namespaces) and the

@@ -131,6 +131,9 @@ fn serves_http1_on_a_unix_socket_too() {
     // A stale socket file: bound once, its listener dropped.
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     let unix = bind_unix(&path).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o666, "any local user may connect");
     let l = bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = l.local_addr().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
