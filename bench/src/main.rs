@@ -202,8 +202,9 @@ struct OriginArgs {
     #[arg(long)]
     instance: Option<String>,
     /// Also answer HTTP/1.1 on a Unix socket at this path (a socket file
-    /// left there by an earlier run is replaced); printed on stdout after
-    /// the TCP address.
+    /// left there by an earlier run is replaced; mode 0666). stdout keeps
+    /// one line, the TCP address (callers may stop reading after it); the
+    /// path goes to stderr.
     #[arg(long)]
     unix: Option<PathBuf>,
 }
@@ -423,7 +424,7 @@ fn cmd_origin(a: OriginArgs) -> CmdResult {
     };
     println!("listening on {bound}");
     if let Some(p) = &a.unix {
-        println!("listening on unix:{}", p.display());
+        eprintln!("listening on unix:{}", p.display());
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();
