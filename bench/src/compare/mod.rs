@@ -27,6 +27,10 @@
 //!    The two policy scenarios swap places every other round (plain, full;
 //!    full, plain; ...), so drift cannot favour the one that always runs
 //!    first.
+//!    The `burst` scenario starts a fresh instance of every one-hop proxy
+//!    in front of a second origin that delays its responses, and reads the
+//!    RSS before, during and after a burst of new connections (see
+//!    [`burst`]).
 //!    The HTTP/2 scenarios (`h2`, `h2-rate`, `h2-idle`; `grpc`,
 //!    `grpc-rate`) run through h2c one-hop proxies and gRPC mesh pairs of
 //!    their own, driven by the HTTP/2 load generator (see [`http2`]).
@@ -40,6 +44,7 @@
 //! a wake-up per request in open loop (~30 us each in a VM, measured here),
 //! are not the queue being measured.
 
+pub mod burst;
 pub mod chart;
 pub mod http2;
 pub mod mtls;
@@ -156,6 +161,10 @@ pub struct Options {
     pub connections: usize,
     pub rate: Option<f64>,
     pub idle_conns: usize,
+    /// The burst scenario: connections in the burst, and how long they
+    /// then sit idle before RSS is read.
+    pub burst_conns: usize,
+    pub burst_idle: Duration,
     pub scenarios: Vec<Scenario>,
     /// Run coremesh a second time as `coremesh#2`.
     pub aa: bool,
@@ -210,6 +219,9 @@ pub enum Scenario {
     /// RSS per idle h2c client connection of a one-hop proxy.
     #[serde(rename = "h2-idle")]
     H2Idle,
+    /// RSS of a one-hop proxy before, during and after a burst of new
+    /// connections, and per connection once they sit idle (see [`burst`]).
+    Burst,
     /// Unary gRPC through the mutual-TLS mesh pair (h2 on every hop),
     /// saturation.
     Grpc,
@@ -219,7 +231,7 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 15] = [
+    pub const ALL: [Scenario; 16] = [
         Scenario::Small,
         Scenario::Rate,
         Scenario::Body16k,
@@ -233,6 +245,7 @@ impl Scenario {
         Scenario::H2,
         Scenario::H2Rate,
         Scenario::H2Idle,
+        Scenario::Burst,
         Scenario::Grpc,
         Scenario::GrpcRate,
     ];
@@ -252,6 +265,7 @@ impl Scenario {
             Scenario::H2 => "h2",
             Scenario::H2Rate => "h2-rate",
             Scenario::H2Idle => "h2-idle",
+            Scenario::Burst => "burst",
             Scenario::Grpc => "grpc",
             Scenario::GrpcRate => "grpc-rate",
         }
@@ -335,6 +349,7 @@ impl Scenario {
             Scenario::H2 => "h2c through one proxy, N connections x M streams, 128 B responses, max throughput",
             Scenario::H2Rate => "h2c through one proxy, N connections x M streams, 128 B responses, fixed rate",
             Scenario::H2Idle => "idle h2c client connections",
+            Scenario::Burst => "RSS after a burst of new connections, then idle",
             Scenario::Grpc => {
                 "unary gRPC, outbound proxy -> h2 over mutual TLS 1.3 -> inbound proxy, max throughput"
             }
@@ -401,6 +416,9 @@ pub struct IdleSample {
     pub rss_before: u64,
     pub rss_after: u64,
     pub bytes_per_conn: f64,
+    /// The burst scenario's other readings (none for `idle`, `h2-idle`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<burst::BurstRss>,
 }
 
 fn idle_scenario() -> Scenario {
@@ -741,7 +759,7 @@ pub fn run(opts: &Options) -> Result<Results, CompareError> {
     let started_at = Instant::now();
     let mut notes = Vec::new();
     let setup = prepare(opts, &mut notes)?;
-    let origin = start_origin(&setup)?;
+    let origin = start_origin(&setup, Duration::ZERO)?;
     log(&format!("origin on {}", origin.addr));
     let mut started = start_targets(opts, &setup, origin.addr, &mut notes);
     if let Err(e) = proxies::probe(origin.addr, "/") {
@@ -1055,7 +1073,7 @@ fn measure_rounds(
         .scenarios
         .iter()
         .copied()
-        .filter(|s| !matches!(s, Scenario::Idle | Scenario::H2Idle))
+        .filter(|s| !matches!(s, Scenario::Idle | Scenario::H2Idle | Scenario::Burst))
         .collect();
     let mut m = Measured {
         samples: Vec::new(),
@@ -1066,6 +1084,18 @@ fn measure_rounds(
         grpc_rate: opts.rate.unwrap_or(0.0),
     };
     calibrate(r, started, &load_scenarios, &mut m)?;
+    // The burst's own origin, which holds every response a moment.
+    let burst_origin = if opts.scenarios.contains(&Scenario::Burst) {
+        let o = start_origin(r.setup, burst::ORIGIN_DELAY)?;
+        log(&format!(
+            "burst origin (responses delayed {} ms) on {}",
+            burst::ORIGIN_DELAY.as_millis(),
+            o.addr
+        ));
+        Some(o)
+    } else {
+        None
+    };
     for round in 1..=opts.rounds {
         for scenario in round_order(&load_scenarios, round) {
             let rate = m.rate_for(scenario);
@@ -1087,6 +1117,9 @@ fn measure_rounds(
         }
         if opts.scenarios.contains(&Scenario::Idle) {
             measure_idle(r, &started.one_hop, round, &mut m.idle, notes);
+        }
+        if let Some(o) = &burst_origin {
+            burst::measure(r, &started.one_hop, o.addr, round, &mut m.idle, notes);
         }
         if let (true, Some(h)) = (opts.scenarios.contains(&Scenario::H2Idle), &started.h2) {
             http2::measure_idle(
@@ -1332,12 +1365,16 @@ fn resolve_proxies(opts: &Options, infos: &mut Vec<TargetInfo>) -> Vec<(String, 
     out
 }
 
-/// Starts `coremesh-bench origin` on the load CPUs; its address is the
-/// first line it prints.
-fn start_origin(setup: &Setup) -> Result<Running, CompareError> {
+/// Starts `coremesh-bench origin` on the load CPUs, each response held
+/// `delay`; its address is the first line it prints.
+fn start_origin(setup: &Setup, delay: Duration) -> Result<Running, CompareError> {
     use std::io::BufRead;
     let (exe, dir) = (&setup.exe, &setup.out_dir);
-    let log_path = dir.join("run").join("origin.log");
+    let log_path = dir.join("run").join(if delay.is_zero() {
+        "origin.log".to_string()
+    } else {
+        format!("origin-delay-{}ms.log", delay.as_millis())
+    });
     proxies::create_dir(&dir.join("run")).map_err(CompareError::OriginStart)?;
     let log = std::fs::File::create(&log_path).map_err(|source| {
         CompareError::OriginStart(StartError::Log {
@@ -1354,6 +1391,8 @@ fn start_origin(setup: &Setup) -> Result<Running, CompareError> {
             "127.0.0.1:0",
             "--body-size",
             &SMALL.to_string(),
+            "--delay",
+            &format!("{}ms", delay.as_millis()),
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -1560,6 +1599,7 @@ fn idle_rss(r: &Running, label: &str, n: usize, round: usize) -> Result<IdleSamp
         rss_before: before,
         rss_after: after,
         bytes_per_conn: (after as f64 - before as f64) / count.max(1) as f64,
+        burst: None,
     })
 }
 

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::{IdleSample, Results, Sample, Scenario, COREMESH, DIRECT};
 use crate::load::fmt_us;
 
+pub mod burst;
 pub mod http2;
 
 /// One metric of one target in one scenario, over the rounds.
@@ -212,6 +213,7 @@ pub fn markdown(r: &Results) -> String {
     md += &mtls_md(r);
     md += &http2::h2_md(r);
     md += &idle_md(r, &proxies);
+    md += &burst::markdown(r, &proxies);
     md += &trailer_md(r);
     md
 }
