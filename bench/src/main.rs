@@ -260,6 +260,14 @@ struct CompareArgs {
     /// Idle keep-alive connections opened to measure RSS per connection.
     #[arg(long, default_value_t = 5000)]
     idle_conns: usize,
+    /// The burst scenario: new connections in the burst, each with one
+    /// request, all in flight together.
+    #[arg(long, default_value_t = 2000)]
+    burst_conns: usize,
+    /// The burst scenario: how long the burst's connections sit idle
+    /// before the proxy's RSS is read.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    burst_idle: Duration,
     /// Scenarios, comma-separated: small, rate, 16k, 1m, newconn, idle,
     /// policy-plain, policy-full (`policy` = both: load -> web proxy ->
     /// mutual TLS -> api proxy -> origin under coremesh-control, without
@@ -271,7 +279,9 @@ struct CompareArgs {
     /// --h2-streams, 128 B responses), h2-idle (RSS per idle h2c client
     /// connection), grpc, grpc-rate (unary gRPC: load -> outbound proxy ->
     /// h2 over mutual TLS 1.3 -> inbound proxy -> origin; CPU of both
-    /// proxies); `http2` = all five.
+    /// proxies); `http2` = all five; burst (RSS of a fresh one-hop proxy
+    /// before, during and after --burst-conns requests in flight together
+    /// on new connections, then per connection after --burst-idle).
     #[arg(
         long,
         default_value = "small,rate,16k,1m,newconn,idle",
@@ -470,6 +480,9 @@ fn cmd_compare(a: CompareArgs) -> CmdResult {
     if a.rounds == 0 {
         return Err("--rounds must be at least 1".into());
     }
+    if a.burst_conns == 0 {
+        return Err("--burst-conns must be at least 1".into());
+    }
     if a.h2_connections == 0 || a.h2_streams == 0 {
         return Err("--h2-connections and --h2-streams must be at least 1".into());
     }
@@ -492,6 +505,8 @@ fn cmd_compare(a: CompareArgs) -> CmdResult {
         connections: a.connections,
         rate: a.rate,
         idle_conns: a.idle_conns,
+        burst_conns: a.burst_conns,
+        burst_idle: a.burst_idle,
         scenarios,
         aa: !a.no_aa,
         app_unix: a.app_unix,

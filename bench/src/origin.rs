@@ -59,9 +59,20 @@ const MAX_CACHED: usize = 64;
 
 /// Binds the listening socket (port 0 picks a free port).
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    // mio's bind sets SO_REUSEADDR and a backlog of 1024, which the
-    // new-connection-per-request scenario needs.
-    TcpListener::bind(addr)
+    // SO_REUSEADDR and a backlog of 4096 (the kernel's default somaxconn):
+    // the new-connection-per-request scenario needs 1024, and compare's
+    // burst opens 2,000 upstream connections at once, whose SYNs beyond
+    // the backlog would wait out a 1 s retransmission.
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    sock.set_reuse_address(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(4096)?;
+    Ok(TcpListener::from_std(sock.into()))
 }
 
 /// Binds a Unix socket at `path`, replacing a socket file left there by

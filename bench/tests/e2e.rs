@@ -985,3 +985,78 @@ fn short_compare_of_the_http2_scenarios() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The burst scenario, briefly: 200 connections with a request each in
+/// flight together, idle 1 s, through a fresh coremesh (release build, or
+/// COREMESH_BIN), nginx and HAProxy when installed: every proxy has its
+/// four readings, the peak is above the baseline, and the report has the
+/// burst table with a verdict per proxy. Says so and passes without
+/// coremesh or nginx.
+#[test]
+fn short_compare_of_the_burst_scenario() {
+    let Some(coremesh) = coremesh_bin() else {
+        eprintln!("SKIPPED: no coremesh-proxy release binary (set COREMESH_BIN or build it)");
+        return;
+    };
+    if !on_path("nginx") {
+        eprintln!("SKIPPED: nginx is not installed (scripts/install-bench-deps.sh)");
+        return;
+    }
+    let haproxy = on_path("haproxy");
+    let dir = std::env::temp_dir().join(format!("coremesh-bench-burst-{}", std::process::id()));
+    let out = dir.join("results.json");
+    let run = Command::new(BIN)
+        .args(["compare", "--proxies"])
+        .arg(if haproxy {
+            "coremesh,nginx,haproxy"
+        } else {
+            "coremesh,nginx"
+        })
+        .args(["--scenarios", "burst", "--rounds", "1", "--no-aa"])
+        .args(["--burst-conns", "200", "--burst-idle", "1s"])
+        .arg("--coremesh-bin")
+        .arg(&coremesh)
+        .arg("--coremesh-glommio-bin")
+        .arg(dir.join("absent"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "compare failed: {stderr}");
+    assert!(
+        stdout.contains("### Memory after a burst") && stdout.contains("200 new connections"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Target (issue 20"), "{stdout}");
+    let mut want = vec!["coremesh", "nginx"];
+    if haproxy {
+        want.push("haproxy");
+    }
+    let r: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    // No load scenario ran: the burst is all there is.
+    assert!(r["samples"].as_array().unwrap().is_empty(), "{r}");
+    for target in &want {
+        let s = r["idle"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["scenario"] == "burst" && s["target"] == *target)
+            .unwrap_or_else(|| panic!("no burst sample for {target}: {}\n{stderr}", r["idle"]));
+        assert_eq!(s["connections"], 200, "{s}");
+        let b = &s["burst"];
+        let (before, peak) = (
+            s["rss_before"].as_u64().unwrap(),
+            b["peak"].as_u64().unwrap(),
+        );
+        assert!(before > 0 && peak > before, "{target}: {s}");
+        assert!(b["closed"].as_u64().unwrap() > 0, "{s}");
+        assert_eq!(b["idle_s"].as_f64(), Some(1.0), "{s}");
+        assert!(
+            stdout.contains(&format!("| {target} |")),
+            "{target}: {stdout}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -614,6 +614,7 @@ fn idle_rss(r: &Running, label: &str, n: usize, round: usize) -> Result<IdleSamp
         rss_before: before,
         rss_after: after,
         bytes_per_conn: (after as f64 - before as f64) / count.max(1) as f64,
+        burst: None,
     })
 }
 

@@ -29,6 +29,10 @@
 //!    The two policy scenarios swap places every other round (plain, full;
 //!    full, plain; ...), so drift cannot favour the one that always runs
 //!    first.
+//!    The `burst` scenario starts a fresh instance of every one-hop proxy
+//!    in front of a second origin that delays its responses, and reads the
+//!    RSS before, during and after a burst of new connections (see
+//!    [`burst`]).
 //!    The HTTP/2 scenarios (`h2`, `h2-rate`, `h2-idle`; `grpc`,
 //!    `grpc-rate`) run through h2c one-hop proxies and gRPC mesh pairs of
 //!    their own, driven by the HTTP/2 load generator (see [`http2`]).
@@ -42,6 +46,7 @@
 //! a wake-up per request in open loop (~30 us each in a VM, measured here),
 //! are not the queue being measured.
 
+pub mod burst;
 pub mod chart;
 pub mod http2;
 pub mod mtls;
@@ -159,6 +164,10 @@ pub struct Options {
     pub connections: usize,
     pub rate: Option<f64>,
     pub idle_conns: usize,
+    /// The burst scenario: connections in the burst, and how long they
+    /// then sit idle before RSS is read.
+    pub burst_conns: usize,
+    pub burst_idle: Duration,
     pub scenarios: Vec<Scenario>,
     /// Run coremesh a second time as `coremesh#2`.
     pub aa: bool,
@@ -219,6 +228,9 @@ pub enum Scenario {
     /// RSS per idle h2c client connection of a one-hop proxy.
     #[serde(rename = "h2-idle")]
     H2Idle,
+    /// RSS of a one-hop proxy before, during and after a burst of new
+    /// connections, and per connection once they sit idle (see [`burst`]).
+    Burst,
     /// Unary gRPC through the mutual-TLS mesh pair (h2 on every hop),
     /// saturation.
     Grpc,
@@ -228,7 +240,7 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 15] = [
+    pub const ALL: [Scenario; 16] = [
         Scenario::Small,
         Scenario::Rate,
         Scenario::Body16k,
@@ -242,6 +254,7 @@ impl Scenario {
         Scenario::H2,
         Scenario::H2Rate,
         Scenario::H2Idle,
+        Scenario::Burst,
         Scenario::Grpc,
         Scenario::GrpcRate,
     ];
@@ -261,6 +274,7 @@ impl Scenario {
             Scenario::H2 => "h2",
             Scenario::H2Rate => "h2-rate",
             Scenario::H2Idle => "h2-idle",
+            Scenario::Burst => "burst",
             Scenario::Grpc => "grpc",
             Scenario::GrpcRate => "grpc-rate",
         }
@@ -344,6 +358,7 @@ impl Scenario {
             Scenario::H2 => "h2c through one proxy, N connections x M streams, 128 B responses, max throughput",
             Scenario::H2Rate => "h2c through one proxy, N connections x M streams, 128 B responses, fixed rate",
             Scenario::H2Idle => "idle h2c client connections",
+            Scenario::Burst => "RSS after a burst of new connections, then idle",
             Scenario::Grpc => {
                 "unary gRPC, outbound proxy -> h2 over mutual TLS 1.3 -> inbound proxy, max throughput"
             }
@@ -414,6 +429,9 @@ pub struct IdleSample {
     pub rss_before: u64,
     pub rss_after: u64,
     pub bytes_per_conn: f64,
+    /// The burst scenario's other readings (none for `idle`, `h2-idle`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<burst::BurstRss>,
 }
 
 fn idle_scenario() -> Scenario {
@@ -758,7 +776,7 @@ pub fn run(opts: &Options) -> Result<Results, CompareError> {
     let setup = prepare(opts, &mut notes)?;
     let origin_unix = (opts.app_unix && opts.scenarios.iter().any(|s| s.is_mtls()))
         .then(|| setup.out_dir.join("run").join("origin.sock"));
-    let origin = start_origin(&setup, origin_unix.as_deref())?;
+    let origin = start_origin(&setup, origin_unix.as_deref(), Duration::ZERO)?;
     log(&format!("origin on {}", origin.addr));
     let mut started = start_targets(
         opts,
@@ -1096,7 +1114,7 @@ fn measure_rounds(
         .scenarios
         .iter()
         .copied()
-        .filter(|s| !matches!(s, Scenario::Idle | Scenario::H2Idle))
+        .filter(|s| !matches!(s, Scenario::Idle | Scenario::H2Idle | Scenario::Burst))
         .collect();
     let mut m = Measured {
         samples: Vec::new(),
@@ -1107,6 +1125,18 @@ fn measure_rounds(
         grpc_rate: opts.rate.unwrap_or(0.0),
     };
     calibrate(r, started, &load_scenarios, &mut m)?;
+    // The burst's own origin, which holds every response a moment.
+    let burst_origin = if opts.scenarios.contains(&Scenario::Burst) {
+        let o = start_origin(r.setup, None, burst::ORIGIN_DELAY)?;
+        log(&format!(
+            "burst origin (responses delayed {} ms) on {}",
+            burst::ORIGIN_DELAY.as_millis(),
+            o.addr
+        ));
+        Some(o)
+    } else {
+        None
+    };
     for round in 1..=opts.rounds {
         for scenario in round_order(&load_scenarios, round) {
             let rate = m.rate_for(scenario);
@@ -1128,6 +1158,9 @@ fn measure_rounds(
         }
         if opts.scenarios.contains(&Scenario::Idle) {
             measure_idle(r, &started.one_hop, round, &mut m.idle, notes);
+        }
+        if let Some(o) = &burst_origin {
+            burst::measure(r, &started.one_hop, o.addr, round, &mut m.idle, notes);
         }
         if let (true, Some(h)) = (opts.scenarios.contains(&Scenario::H2Idle), &started.h2) {
             http2::measure_idle(
@@ -1374,12 +1407,20 @@ fn resolve_proxies(opts: &Options, infos: &mut Vec<TargetInfo>) -> Vec<(String, 
 }
 
 /// Starts `coremesh-bench origin` on the load CPUs, also listening on the
-/// Unix socket `unix` if given; its TCP address is the first line it
-/// prints.
-fn start_origin(setup: &Setup, unix: Option<&Path>) -> Result<Running, CompareError> {
+/// Unix socket `unix` if given, each response held `delay`; its TCP
+/// address is the first line it prints.
+fn start_origin(
+    setup: &Setup,
+    unix: Option<&Path>,
+    delay: Duration,
+) -> Result<Running, CompareError> {
     use std::io::BufRead;
     let (exe, dir) = (&setup.exe, &setup.out_dir);
-    let log_path = dir.join("run").join("origin.log");
+    let log_path = dir.join("run").join(if delay.is_zero() {
+        "origin.log".to_string()
+    } else {
+        format!("origin-delay-{}ms.log", delay.as_millis())
+    });
     proxies::create_dir(&dir.join("run")).map_err(CompareError::OriginStart)?;
     let log = std::fs::File::create(&log_path).map_err(|source| {
         CompareError::OriginStart(StartError::Log {
@@ -1396,6 +1437,8 @@ fn start_origin(setup: &Setup, unix: Option<&Path>) -> Result<Running, CompareEr
             "127.0.0.1:0",
             "--body-size",
             &SMALL.to_string(),
+            "--delay",
+            &format!("{}ms", delay.as_millis()),
         ])
         .args(
             unix.iter()
@@ -1631,6 +1674,7 @@ fn idle_rss(r: &Running, label: &str, n: usize, round: usize) -> Result<IdleSamp
         rss_before: before,
         rss_after: after,
         bytes_per_conn: (after as f64 - before as f64) / count.max(1) as f64,
+        burst: None,
     })
 }
 

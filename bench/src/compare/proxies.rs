@@ -672,6 +672,11 @@ pub fn request_on(s: &mut TcpStream, path: &str) -> Result<u16, ProbeError> {
 pub fn request_host<S: Read + Write>(s: &mut S, path: &str, host: &str) -> Result<u16, ProbeError> {
     let req = crate::http::build_request(path, host, &[], 0, false);
     s.write_all(&req).map_err(ProbeError::Write)?;
+    read_status(s)
+}
+
+/// Reads one whole response from `s`; returns its status.
+pub fn read_status<S: Read>(s: &mut S) -> Result<u16, ProbeError> {
     let mut r = ResponseReader::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut filled = 0;

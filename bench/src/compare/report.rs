@@ -6,6 +6,7 @@ use super::mtls::{is_app_unix, APP_UNIX};
 use super::{IdleSample, Results, Sample, Scenario, COREMESH, DIRECT};
 use crate::load::fmt_us;
 
+pub mod burst;
 pub mod http2;
 
 /// One metric of one target in one scenario, over the rounds.
@@ -215,6 +216,7 @@ pub fn markdown(r: &Results) -> String {
     md += &app_unix_md(r);
     md += &http2::h2_md(r);
     md += &idle_md(r, &proxies);
+    md += &burst::markdown(r, &proxies);
     md += &trailer_md(r);
     md
 }

@@ -137,6 +137,18 @@ pub fn shutdown_socket(fd: std::os::fd::RawFd) {
     unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
 }
 
+/// Hands the free pages inside every malloc heap back to the kernel
+/// (glibc's `malloc_trim(0)`; see shard/heap.rs for when). Elsewhere the
+/// allocator decides alone, and this does nothing.
+pub fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointer; it walks glibc's own free lists
+    // under the arenas' locks and may be called from any thread.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Whether an idle pooled connection is unusable: the peer closed it (or
 /// sent bytes nobody asked for). One non-blocking `recv(MSG_PEEK)`.
 pub fn stale(fd: std::os::fd::RawFd) -> bool {

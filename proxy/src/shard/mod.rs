@@ -224,6 +224,7 @@ fn seed(index: usize) -> u64 {
 
 pub mod buf;
 pub mod h2pool;
+pub mod heap;
 pub mod idle;
 pub mod outcomes;
 pub mod pool;

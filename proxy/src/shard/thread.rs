@@ -284,8 +284,11 @@ async fn idle_sweeper(shard: Rc<Shard>) {
     }
 }
 
-/// Once a second: flush the access log, close expired pooled connections.
+/// Once a second: flush the access log, close expired pooled connections,
+/// free pooled buffers a burst left unused, and once a burst has passed
+/// hand the free heap back to the kernel (see heap.rs).
 async fn housekeeping(shard: Rc<Shard>) {
+    let mut heap = crate::shard::heap::HeapRelease::default();
     loop {
         runtime::sleep(Duration::from_secs(1)).await;
         let demand = shard.traffic.demand(Instant::now());
@@ -300,6 +303,10 @@ async fn housekeeping(shard: Rc<Shard>) {
         }
         let idle = shard.config.borrow().upstream.pool_idle_timeout;
         shard.pool.sweep(Instant::now(), idle);
+        let freed = shard.bufs.trim();
+        if heap.tick(shard.open_conns.load(Ordering::Relaxed), freed) {
+            runtime::release_free_heap();
+        }
     }
 }
 

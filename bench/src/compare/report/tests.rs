@@ -294,6 +294,7 @@ fn http2_tables_and_issue_14_targets() {
             rss_before: 0,
             rss_after: 0,
             bytes_per_conn: b,
+            burst: None,
         })
         .collect();
     let mut r = results(samples);
