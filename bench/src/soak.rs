@@ -385,13 +385,16 @@ fn inject(mesh: &mut SoakMesh, opts: &Options, t0: u64) -> Result<Injected, Soak
         let room = ns(opts.down + opts.grace) + ns(Duration::from_secs(2));
         if down.is_none() && now >= next_fault && now + room < end {
             let &(kind, target) = rotation.next().expect("a cycle");
+            // Taken before the signal: a connection the kill cuts can end
+            // before kill(2) and wait(2) return (a 3-minute soak had a TCP
+            // request fail 1 ms before a start taken after them).
+            let start = sys::now_ns();
             match kind {
                 FaultKind::AppKill => mesh.kill_app(target),
                 FaultKind::EndpointKill => mesh.kill_proxy(target),
                 FaultKind::ControlRestart => mesh.kill_control(),
                 _ => mesh.sighup(target),
             }
-            let start = sys::now_ns();
             out.faults.push(Fault {
                 kind,
                 target: target.to_string(),

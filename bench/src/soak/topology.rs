@@ -140,8 +140,8 @@ impl Drop for SoakMesh {
     }
 }
 
-/// The processes to watch: (name, pid).
 impl SoakMesh {
+    /// The processes to watch: (name, pid).
     pub fn processes(&self) -> Vec<(String, u32)> {
         let mut v = vec![
             ("control".to_string(), self.control.running.pid()),
