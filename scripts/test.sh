@@ -2,7 +2,8 @@
 # Runs every check CI runs: fmt, clippy (monoio and glommio), unit tests, the
 # end-to-end suite on monoio/io_uring and again on monoio's epoll driver, the
 # smoke subset against the glommio backend, and coremesh-bench's end-to-end
-# tests (a short compare against nginx) on a release build, and the Debian
+# tests (a short compare against nginx) on a release build, a 3-minute soak
+# under faults (scripts/soak.sh), and the Debian
 # packages built and installed into a scratch root. Installs what it needs
 # first.
 set -euo pipefail
@@ -109,6 +110,9 @@ if grep -q '^SKIPPED' "$BENCH_LOG"; then
     grep '^SKIPPED' "$BENCH_LOG" >&2
     exit 1
 fi
+
+section "coremesh-bench soak: 3 minutes of load under faults, release build (scripts/soak.sh)"
+bash "$ROOT/scripts/soak.sh" 3m --out "$TARGET_DIR/soak"
 
 section "Debian packages: cargo-deb, installed into a scratch root (scripts/test-package.sh)"
 bash "$ROOT/scripts/test-package.sh"

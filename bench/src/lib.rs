@@ -37,6 +37,12 @@
 //!   namespace host, under faults (an app, a subset, a proxy killed, a link
 //!   down, with control up or down): failed requests, how long requests
 //!   still went to the faulty endpoint, and the p99 the fault added.
+//! - [`soak`]: the quickstart's mesh (HTTP/1.1, h2, gRPC and a TCP
+//!   service) under open-loop load for as long as asked, while apps,
+//!   endpoints and control are killed and restarted, proxies reloaded,
+//!   routes changed and certificates renewed, beside a slowloris and an
+//!   h2 rapid-reset client: every failure attributed to a fault or marked
+//!   unexplained, every process's RSS and fds over time.
 //! - [`mesh`]: starting coremesh-control and joining proxies to it, for
 //!   the policy scenarios and `failover`.
 //! - [`operator`]: the operator HTTP API client both of those apply
@@ -55,6 +61,7 @@ pub mod mesh;
 pub mod operator;
 pub mod origin;
 pub mod schedule;
+pub mod soak;
 pub mod sys;
 
 use std::time::Duration;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use coremesh_bench::compare::{self, Scenario};
 use coremesh_bench::failover::{self, Case};
-use coremesh_bench::{error_chain, fleet, http, load, origin, parse_duration, sys};
+use coremesh_bench::{error_chain, fleet, http, load, origin, parse_duration, soak, sys};
 
 /// What a subcommand fails with: a library error (shown with its causes)
 /// or a message made here.
@@ -47,6 +47,68 @@ enum Cmd {
     /// down): failed requests, time until no request goes to the faulty
     /// endpoint, added p99.
     Failover(FailoverArgs),
+    /// Run the quickstart's mesh (HTTP/1.1, h2, gRPC, a TCP service)
+    /// under open-loop load while apps, endpoints and control are killed
+    /// and restarted, proxies reloaded, routes changed and certificates
+    /// renewed: every failure attributed to a fault or unexplained, RSS and
+    /// fds of every process over time. Exits non-zero when it fails.
+    Soak(SoakArgs),
+}
+
+#[derive(Debug, Args)]
+struct SoakArgs {
+    /// How long the load runs (e.g. 3m, 1h).
+    #[arg(long, default_value = "3m", value_parser = parse_duration)]
+    duration: Duration,
+    /// Resource trends are fitted after this; default a sixth of
+    /// --duration, at least 30 s.
+    #[arg(long, value_parser = parse_duration)]
+    warmup: Option<Duration>,
+    /// A fault (of the rotation) starts this often.
+    #[arg(long, default_value = "8s", value_parser = parse_duration)]
+    fault_interval: Duration,
+    /// How long a killed app, proxy or control stays down.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    down: Duration,
+    /// After a killed process is back, how long failures on its way are
+    /// still counted as its doing.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    grace: Duration,
+    /// api's Route is applied with other weights this often.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    route_interval: Duration,
+    /// Every process's RSS, fds and sockets are read this often; default
+    /// --duration / 600, at least 1 s.
+    #[arg(long, value_parser = parse_duration)]
+    sample_interval: Option<Duration>,
+    /// Lifetime of the certificates control issues (renewed at about two
+    /// thirds of it).
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    cert_lifetime: Duration,
+    /// HTTP/1.1 GETs per second (service api).
+    #[arg(long, default_value_t = 100.0)]
+    http1_rate: f64,
+    /// h2c GETs per second (service api).
+    #[arg(long, default_value_t = 50.0)]
+    h2_rate: f64,
+    /// Unary gRPC calls per second (service api).
+    #[arg(long, default_value_t = 50.0)]
+    grpc_rate: f64,
+    /// HTTP/1.1 GETs per second through the TCP service db.
+    #[arg(long, default_value_t = 50.0)]
+    tcp_rate: f64,
+    /// The coremesh proxy binary; default coremesh-proxy next to this one.
+    #[arg(long)]
+    proxy_bin: Option<PathBuf>,
+    /// The coremesh-control binary; default coremesh-control next to this one.
+    #[arg(long)]
+    control_bin: Option<PathBuf>,
+    /// Configs, each process's logs, report.json, report.md, resources.svg.
+    #[arg(long, default_value = "bench-results/soak")]
+    out: PathBuf,
+    /// Print the report as JSON (else markdown).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -322,6 +384,7 @@ fn main() -> ExitCode {
         Cmd::Compare(a) => cmd_compare(a),
         Cmd::Fleet(a) => cmd_fleet(a),
         Cmd::Failover(a) => cmd_failover(a),
+        Cmd::Soak(a) => cmd_soak(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -598,4 +661,82 @@ fn cmd_failover(a: FailoverArgs) -> CmdResult {
         print!("{md}");
     }
     Ok(())
+}
+
+fn cmd_soak(a: SoakArgs) -> CmdResult {
+    for (name, rate) in [
+        ("--http1-rate", a.http1_rate),
+        ("--h2-rate", a.h2_rate),
+        ("--grpc-rate", a.grpc_rate),
+        ("--tcp-rate", a.tcp_rate),
+    ] {
+        if rate <= 0.0 {
+            return Err(format!("{name} must be above 0 (the load is open loop)").into());
+        }
+    }
+    if a.duration < Duration::from_secs(30) {
+        return Err("--duration must be at least 30s (faults come every few seconds)".into());
+    }
+    for (name, d) in [
+        ("--fault-interval", a.fault_interval),
+        ("--route-interval", a.route_interval),
+    ] {
+        if d.is_zero() {
+            return Err(format!("{name} must be above 0").into());
+        }
+    }
+    let warmup = a
+        .warmup
+        .unwrap_or((a.duration / 6).max(Duration::from_secs(30)));
+    if warmup >= a.duration {
+        return Err(format!("--warmup {warmup:?} leaves nothing of --duration to judge").into());
+    }
+    let bench = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    let beside = |name: &str| bench.parent().map_or(PathBuf::from(name), |d| d.join(name));
+    let out = std::path::absolute(&a.out).map_err(|e| format!("--out {}: {e}", a.out.display()))?;
+    let opts = soak::Options {
+        duration: a.duration,
+        warmup,
+        fault_interval: a.fault_interval,
+        down: a.down,
+        grace: a.grace,
+        route_interval: a.route_interval,
+        sample_interval: a
+            .sample_interval
+            .unwrap_or((a.duration / 600).max(Duration::from_secs(1))),
+        cert_lifetime: a.cert_lifetime,
+        http1_rate: a.http1_rate,
+        h2_rate: a.h2_rate,
+        grpc_rate: a.grpc_rate,
+        tcp_rate: a.tcp_rate,
+        bins: soak::topology::Bins {
+            proxy: a.proxy_bin.unwrap_or_else(|| beside("coremesh-proxy")),
+            control: a.control_bin.unwrap_or_else(|| beside("coremesh-control")),
+            bench: bench.clone(),
+        },
+        out_dir: out.clone(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let report = soak::run(&opts)?;
+    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    let md = soak::report::markdown(&report);
+    for (name, text) in [("report.json", &json), ("report.md", &md)] {
+        let path = out.join(name);
+        std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    if a.json {
+        println!("{json}");
+    } else {
+        print!("{md}");
+    }
+    eprintln!(
+        "[soak] report: {}, chart: {}",
+        out.join("report.md").display(),
+        out.join("resources.svg").display()
+    );
+    if report.passed() {
+        Ok(())
+    } else {
+        Err(format!("the soak failed: {}", report.failures.join("; ")).into())
+    }
 }

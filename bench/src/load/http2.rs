@@ -122,8 +122,28 @@ fn build(cfg: &H2Config) -> Result<(http::Request<()>, Option<Bytes>), RequestEr
     Ok((req, body))
 }
 
+/// One finished stream of a run with a timeline: when it was intended to
+/// go out and when it ended (CLOCK_MONOTONIC nanoseconds, [`sys::now_ns`]),
+/// and its (status, grpc-status) or how it failed. Streams still in flight
+/// when the drain ran out are counted in [`Errors::timeout`] only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamOutcome {
+    pub intended: u64,
+    pub done: u64,
+    pub result: Result<(u16, Option<u32>), Failure>,
+}
+
 /// Runs the load and reports. Blocks for about warm-up + duration.
 pub fn run(cfg: &H2Config) -> io::Result<LoadReport> {
+    run_with_timeline(cfg, false).map(|(report, _)| report)
+}
+
+/// [`run`], with every finished stream's [`StreamOutcome`] (warm-up
+/// included), ordered by intended time, when `timeline` is set (else none).
+pub fn run_with_timeline(
+    cfg: &H2Config,
+    timeline: bool,
+) -> io::Result<(LoadReport, Vec<StreamOutcome>)> {
     let (request, body) = build(cfg).map_err(io::Error::other)?;
     let threads = cfg.threads.max(1);
     let conns = cfg.connections.max(threads);
@@ -147,6 +167,7 @@ pub fn run(cfg: &H2Config) -> io::Result<LoadReport> {
                 duration: cfg.duration.as_nanos() as u64,
                 drain: cfg.drain.as_nanos() as u64,
                 barrier: barrier.clone(),
+                timeline,
             };
             std::thread::Builder::new()
                 .name(format!("load-h2-{t}"))
@@ -156,10 +177,12 @@ pub fn run(cfg: &H2Config) -> io::Result<LoadReport> {
     let mut latency = Latency::new(0);
     let mut errors = Errors::default();
     let (mut total, mut unsent) = (0, 0);
+    let mut outcomes = Vec::new();
     for h in handles {
         let out = h
             .join()
             .map_err(|_| io::Error::other("load thread panicked"))??;
+        outcomes.extend(out.timeline);
         latency.merge(&out.latency);
         errors.add(&out.errors);
         total += out.responses_total;
@@ -170,7 +193,8 @@ pub fn run(cfg: &H2Config) -> io::Result<LoadReport> {
     let (user_s, sys_s) = (cpu_u1 - cpu_u0, cpu_s1 - cpu_s0);
     let duration_s = cfg.duration.as_secs_f64();
     let responses = latency.count();
-    Ok(LoadReport {
+    outcomes.sort_by_key(|o| o.intended);
+    let report = LoadReport {
         url: cfg.url.clone(),
         protocol: match cfg.mode {
             Mode::Get => "h2c".into(),
@@ -203,7 +227,8 @@ pub fn run(cfg: &H2Config) -> io::Result<LoadReport> {
                 0.0
             },
         },
-    })
+    };
+    Ok((report, outcomes))
 }
 
 struct ThreadSpec {
@@ -220,6 +245,7 @@ struct ThreadSpec {
     duration: u64,
     drain: u64,
     barrier: Arc<Barrier>,
+    timeline: bool,
 }
 
 struct ThreadOutcome {
@@ -227,6 +253,7 @@ struct ThreadOutcome {
     errors: Errors,
     responses_total: u64,
     unsent: u64,
+    timeline: Vec<StreamOutcome>,
 }
 
 /// After a failed connect, a connection's senders wait this long.
@@ -265,6 +292,8 @@ struct State {
     idle: usize,
     /// Streams in flight.
     busy: u64,
+    /// `Some` when the run keeps a timeline.
+    timeline: Option<Vec<StreamOutcome>>,
 }
 
 struct Ctx {
@@ -316,6 +345,7 @@ async fn thread_main(spec: ThreadSpec) -> io::Result<ThreadOutcome> {
             responses_total: 0,
             idle: 0,
             busy: 0,
+            timeline: spec.timeline.then(Vec::new),
         }),
         conns: RefCell::new(conns),
         wake: Notify::new(),
@@ -351,6 +381,7 @@ async fn thread_main(spec: ThreadSpec) -> io::Result<ThreadOutcome> {
         errors: st.errors,
         responses_total: st.responses_total,
         unsent: st.sched.unsent(),
+        timeline: st.timeline.take().unwrap_or_default(),
     })
 }
 
@@ -422,6 +453,13 @@ fn record(
 ) -> bool {
     let mut st = ctx.state.borrow_mut();
     st.busy -= 1;
+    if let Some(t) = st.timeline.as_mut() {
+        t.push(StreamOutcome {
+            intended,
+            done,
+            result,
+        });
+    }
     match result {
         Ok((status, grpc_status)) => {
             st.responses_total += 1;
