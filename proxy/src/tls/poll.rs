@@ -302,3 +302,6 @@ impl PollConn {
         self.sent.as_ref().map(|s| s.counts.clone())
     }
 }
+
+#[cfg(test)]
+mod tests;
