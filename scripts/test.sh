@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every check CI runs: fmt, clippy (monoio and glommio), unit tests, the
+# Runs every check CI runs: fmt, clippy (monoio and glommio), the SAFETY-comment
+# check, unit tests (and the proxy's again under AddressSanitizer), the
 # end-to-end suite on monoio/io_uring and again on monoio's epoll driver, the
 # smoke subset against the glommio backend, and coremesh-bench's end-to-end
 # tests (a short compare against nginx) on a release build, a 3-minute soak
@@ -33,6 +34,9 @@ cargo fmt --all -- --check
 section "import cycles (scripts/check-cycles.py)"
 python3 "$ROOT/scripts/check-cycles.py"
 
+section "unsafe code: every site has a SAFETY: comment (scripts/check-safety.py)"
+python3 "$ROOT/scripts/check-safety.py"
+
 section "docs anchors (scripts/check-anchors.py)"
 python3 "$ROOT/scripts/check-anchors.py"
 
@@ -47,6 +51,11 @@ section "unit tests"
 cargo test --workspace --exclude coremesh-e2e --exclude coremesh-bench
 cargo test -p coremesh-bench --lib --bins
 cargo test -p coremesh-e2e --lib
+
+section "AddressSanitizer: coremesh-proxy's unit tests on io_uring and epoll (scripts/sanitize.sh; docs/unsafe.md)"
+# Its own target dir (target/asan): the instrumented build does not
+# invalidate the normal one.
+COREMESH_ASAN_TARGET_DIR="$TARGET_DIR/asan" bash "$ROOT/scripts/sanitize.sh"
 
 section "build coremesh-proxy and coremesh-control (debug)"
 cargo build -p coremesh-proxy -p coremesh-control

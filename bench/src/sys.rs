@@ -40,8 +40,10 @@ impl Timer {
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
-        // SAFETY: `fd` was just created and is owned by nobody else.
         Ok(Timer {
+            // SAFETY: `fd` >= 0 was just returned by timerfd_create: an open
+            // descriptor that nothing else owns, so the OwnedFd is its only
+            // owner.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
             armed: 0,
             interval: 0,

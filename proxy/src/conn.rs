@@ -207,7 +207,10 @@ async fn pipe(
 /// Bytes queued in the socket's receive buffer (FIONREAD); 0 on error.
 fn unread_bytes(fd: std::os::fd::RawFd) -> usize {
     let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one int through the pointer.
+    // SAFETY: ioctl(FIONREAD) on a socket writes one `c_int` (the bytes
+    // queued) through its third argument, here `&mut n`, a live local
+    // `c_int`; on a descriptor that is not a socket (or closed) it fails
+    // with an error return and writes nothing.
     let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
     if r == 0 && n > 0 {
         n as usize
@@ -220,20 +223,18 @@ fn unread_bytes(fd: std::os::fd::RawFd) -> usize {
 /// the peer may send more (the queue is empty for now); `false`: it closed
 /// or the socket failed.
 fn discard_queued(fd: std::os::fd::RawFd) -> bool {
+    use nix::errno::Errno;
+    use nix::sys::socket::{recv, MsgFlags};
     let mut sink = [0u8; 16 * 1024];
     loop {
-        // SAFETY: reads into a local buffer of the given length.
-        let n = unsafe { libc::recv(fd, sink.as_mut_ptr().cast(), sink.len(), libc::MSG_DONTWAIT) };
-        if n > 0 {
-            continue;
-        }
-        if n == 0 {
-            return false;
-        }
-        match io::Error::last_os_error().kind() {
-            io::ErrorKind::WouldBlock => return true,
-            io::ErrorKind::Interrupted => {}
-            _ => return false,
+        match recv(fd, &mut sink, MsgFlags::MSG_DONTWAIT) {
+            Ok(0) => return false,
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => return true,
+            Err(_) => return false,
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -81,8 +81,9 @@ fn init_logging(format: LogFormat) {
 /// touched by what is kept.
 fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets a malloc parameter; it is called before any
-    // other thread exists.
+    // SAFETY: mallopt(3) takes two integers, no pointers, and only sets a
+    // glibc malloc parameter (under malloc's own lock); it is called first
+    // thing in `main`, before any other thread exists or allocates.
     unsafe {
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 20);
     }

@@ -269,8 +269,7 @@ pub async fn serve(
         };
         let cred = conn.peer_cred().ok();
         let pid = cred.and_then(|c| c.pid()).unwrap_or(0) as u32;
-        // SAFETY: geteuid(2) has no preconditions and cannot fail.
-        let own = unsafe { libc::geteuid() };
+        let own = nix::unistd::geteuid().as_raw();
         if let Some(uid) = cred.map(|c| c.uid()).filter(|&uid| uid != own && uid != 0) {
             let e = UpgradeError::Stranger {
                 path: path.clone(),
@@ -473,8 +472,11 @@ fn receive(conn: &UnixStream) -> io::Result<(Vec<String>, Vec<OwnedFd>)> {
         for c in msg.cmsgs() {
             if let ControlMessageOwned::ScmRights(raw) = c {
                 for fd in raw {
-                    // SAFETY: the kernel installed `fd` in this process for
-                    // this message; nothing else owns or closes it.
+                    // SAFETY: SCM_RIGHTS: the kernel installed `fd` in this
+                    // process for this message (close-on-exec), a fresh
+                    // descriptor that no other code knows of, and each
+                    // appears once in the message, so this `OwnedFd` is its
+                    // only owner.
                     fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
                 }
             }

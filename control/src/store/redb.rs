@@ -143,8 +143,10 @@ pub fn in_use(path: &Path) -> bool {
     let Ok(file) = std::fs::File::open(path) else {
         return false;
     };
-    // SAFETY: flock on a descriptor this function owns for its whole life;
-    // the lock (if taken) goes with the descriptor when `file` drops.
+    // SAFETY: flock(2) takes a descriptor and flags, no pointers; the
+    // descriptor is `file`'s, open for the whole call. The lock (if taken)
+    // goes with the descriptor when `file` drops. (std's safe
+    // `File::try_lock_shared` needs Rust 1.89, above the workspace's MSRV.)
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
     rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
 }

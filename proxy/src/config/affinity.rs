@@ -6,17 +6,11 @@ use std::io;
 
 /// The CPUs in this process's affinity mask, ascending.
 pub(crate) fn allowed_cpus() -> io::Result<Vec<usize>> {
-    // SAFETY: `cpu_set_t` is a plain bit array; all zeroes is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let size = std::mem::size_of::<libc::cpu_set_t>();
-    // SAFETY: `set` is a live, writable `cpu_set_t` of exactly `size` bytes; pid 0
-    // is the calling thread, whose mask the process started with.
-    if unsafe { libc::sched_getaffinity(0, size, &mut set) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((0..size * 8)
-        // SAFETY: `cpu` < the number of bits in `set`, so the read is in bounds.
-        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+    use nix::sched::{sched_getaffinity, CpuSet};
+    // pid 0: the calling thread, whose mask the process started with.
+    let set = sched_getaffinity(nix::unistd::Pid::from_raw(0))?;
+    Ok((0..CpuSet::count())
+        .filter(|&cpu| set.is_set(cpu).unwrap_or(false))
         .collect())
 }
 

@@ -75,7 +75,9 @@ fn raise_memlock() {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: getrlimit/setrlimit read or write exactly one rlimit we own.
+    // SAFETY: getrlimit(2) writes one `rlimit` through its pointer and
+    // setrlimit(2) reads one, here `lim`, a live local `libc::rlimit` (the
+    // type the kernel expects); neither keeps the pointer after returning.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) != 0 || lim.rlim_cur >= WANT_MEMLOCK {
             return;
@@ -451,8 +453,9 @@ impl TcpStream {
 
     /// Half-close: the peer reads EOF; reading goes on.
     pub fn shutdown_write(&self) {
-        // SAFETY: shutdown(2) on a descriptor `self` owns; it does not close it.
-        unsafe { libc::shutdown(self.fd(), libc::SHUT_WR) };
+        // On a descriptor `self` owns; shutdown(2) does not close it, and an
+        // error (the peer reset it already) leaves nothing to do.
+        let _ = nix::sys::socket::shutdown(self.fd(), nix::sys::socket::Shutdown::Write);
     }
 
     /// The same socket with tokio's `AsyncRead`/`AsyncWrite` surface, for
@@ -540,23 +543,12 @@ impl TcpStream {
         }
         // Already readable (or closed)? Then nothing needs taking off the socket.
         let mut probe = [0u8; 1];
-        // SAFETY: `probe` is a live, writable one-byte buffer.
-        let n = unsafe {
-            libc::recv(
-                self.fd(),
-                probe.as_mut_ptr().cast(),
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        if n >= 0 {
-            return Ok(());
+        let peek = nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT;
+        match nix::sys::socket::recv(self.fd(), &mut probe, peek) {
+            Ok(_) => Ok(()),
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => self.wait_readable().await,
+            Err(e) => Err(e.into()),
         }
-        let e = io::Error::last_os_error();
-        if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted {
-            return self.wait_readable().await;
-        }
-        Err(e)
     }
 
     /// Writes `buf[range]` completely.
@@ -586,17 +578,11 @@ impl TcpStream {
     /// Writes every pending byte of `v` (vectored).
     pub async fn write_vectored(&mut self, mut v: IoVecs) -> (io::Result<()>, IoVecs) {
         while v.remaining() > 0 {
-            let res = match sendmsg_nb(self.fd(), v.pending()) {
+            let res = match sendmsg_nb(self.fd(), &v) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Full socket buffer: let glommio wait for writability
                     // and send (part of) the first pending slice.
-                    let first = &v.pending()[0];
-                    // SAFETY: `IoVecs` only holds non-empty iovecs pointing
-                    // into its own `src`/`own` buffers, which `v` keeps alive
-                    // and unmodified for as long as this borrow lasts.
-                    let first = unsafe {
-                        std::slice::from_raw_parts(first.iov_base as *const u8, first.iov_len)
-                    };
+                    let first = v.pending_slices().next().expect("bytes remain");
                     either!(&mut self.inner, s => s.write(first).await)
                 }
                 res => res,
@@ -617,7 +603,9 @@ impl TcpStream {
     /// A second handle on the same socket (a duplicated descriptor), for the
     /// other direction of a relay.
     pub fn try_clone(&self) -> io::Result<TcpStream> {
-        // SAFETY: the fd belongs to `self.inner`, which outlives this borrow.
+        // SAFETY: `fd()` is `self.inner`'s open socket, and `&self` keeps it
+        // open for the borrow, which ends with the dup below. (glommio's
+        // streams implement `AsRawFd` but not `AsFd`, hence the raw borrow.)
         let fd = unsafe { BorrowedFd::borrow_raw(self.fd()) };
         let fd = fd.try_clone_to_owned()?;
         TcpStream::adopt(match self.inner {
@@ -688,8 +676,9 @@ async fn pipe(
 /// what arrived.
 fn recv_spare(fd: RawFd, buf: &mut Buf) -> io::Result<usize> {
     let spare = buf.spare_capacity_mut();
-    // SAFETY: the kernel writes at most `spare.len()` bytes to `spare`, memory
-    // `buf` owns and we borrow mutably; `MaybeUninit<u8>` has u8's layout.
+    // SAFETY: `spare` is `buf`'s spare capacity, borrowed mutably for the
+    // call: `spare.len()` writable bytes (`MaybeUninit<u8>` has u8's
+    // layout); recv(2) writes at most that many and keeps no pointer.
     let n = unsafe {
         libc::recv(
             fd,
@@ -702,7 +691,9 @@ fn recv_spare(fd: RawFd, buf: &mut Buf) -> io::Result<usize> {
         return Err(io::Error::last_os_error());
     }
     let n = n as usize;
-    // SAFETY: `recv` initialised the first `n <= spare.len()` spare bytes.
+    // SAFETY: `recv` returned `n >= 0` (checked above), so it initialised the
+    // first `n <= spare.len()` spare bytes, right after the current length:
+    // the new length stays within the capacity and covers only those.
     unsafe { buf.set_len(buf.len() + n) };
     Ok(n)
 }
@@ -710,31 +701,27 @@ fn recv_spare(fd: RawFd, buf: &mut Buf) -> io::Result<usize> {
 /// Non-blocking `send`; `MSG_NOSIGNAL` turns a closed peer into `EPIPE`
 /// instead of SIGPIPE.
 fn send_nb(fd: RawFd, b: &[u8]) -> io::Result<usize> {
-    // SAFETY: `b` is a live slice; `send` reads at most `b.len()` bytes of it.
-    let n = unsafe {
-        libc::send(
-            fd,
-            b.as_ptr().cast(),
-            b.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    use nix::sys::socket::MsgFlags;
+    Ok(nix::sys::socket::send(
+        fd,
+        b,
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+    )?)
 }
 
 /// Non-blocking vectored send of (up to `IOV_MAX` of) `iov`.
-fn sendmsg_nb(fd: RawFd, iov: &[libc::iovec]) -> io::Result<usize> {
-    // SAFETY: msghdr is plain data; all-zero means no address, no control data.
+fn sendmsg_nb(fd: RawFd, v: &IoVecs) -> io::Result<usize> {
+    let iov = v.pending();
+    // SAFETY: `msghdr` is plain C data (integers and raw pointers), for which
+    // all zeroes is a valid value: no address, no control data, no flags.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
     msg.msg_iovlen = iov.len().min(IOV_MAX) as _;
-    // SAFETY: `msg` points at `iov`, whose entries point into buffers the
-    // caller keeps alive for this call (`IoVecs` owns them); `sendmsg` only
-    // reads the array and the bytes.
+    // SAFETY: `msg.msg_iov` points at `msg_iovlen` entries of `iov`, a live
+    // slice borrowed from `v`; each entry points at `iov_len` initialised
+    // bytes inside `v`'s own buffers (the `IoVecs` invariant,
+    // runtime/iovecs.rs), kept alive and unchanged by the borrow for this
+    // synchronous call. sendmsg(2) only reads them.
     let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
     if n < 0 {
         Err(io::Error::last_os_error())

@@ -6,15 +6,24 @@
 //! `iovec` array that stays valid while the write is in flight, and io_uring
 //! needs the memory owned by the operation, so this type owns both buffers and
 //! the array.
+//!
+//! The one invariant every `unsafe` use of it rests on: each pending
+//! `iovec` (`iov[pos..]`) points at `iov_len` initialised bytes inside
+//! `src` or `own`. [`IoVecs::new`] makes them from bounds-checked slices of
+//! the two buffers; [`IoVecs::advance`] only moves a base forward inside
+//! its slice and shortens it; the buffers are private and never touched
+//! again until [`IoVecs::into_parts`] gives them back (consuming `self`),
+//! so no push reallocates them under the pointers. Moving an `IoVecs` moves
+//! the `Vec` headers, not the heap memory the pointers point into.
 
 use crate::http1::{HeadPlan, Seg, Span};
 
 /// Buffers plus the `iovec`s that point into them.
 pub struct IoVecs {
     /// The buffer the head (and body bytes) were read into.
-    pub src: Vec<u8>,
+    src: Vec<u8>,
     /// Bytes the proxy added (rewritten request line, extra header lines).
-    pub own: Vec<u8>,
+    own: Vec<u8>,
     iov: Vec<libc::iovec>,
     /// First `iovec` not yet fully written.
     pos: usize,
@@ -63,9 +72,22 @@ impl IoVecs {
         self.remaining
     }
 
-    /// The pending `iovec`s (for backends that take `IoSlice`s).
+    /// The pending `iovec`s, for `sendmsg(2)` and io_uring: each points at
+    /// `iov_len` bytes inside this value's buffers, valid while `self` is
+    /// borrowed (see the module's doc).
     pub fn pending(&self) -> &[libc::iovec] {
         &self.iov[self.pos..]
+    }
+
+    /// The pending bytes, one slice per `iovec` (none empty).
+    pub fn pending_slices(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.pending().iter().map(|v| {
+            // SAFETY: by the module's invariant `v` points at `iov_len`
+            // initialised bytes inside `self.src` or `self.own`; the slice
+            // borrows `self`, so neither buffer can be dropped, moved out or
+            // written while it lives.
+            unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) }
+        })
     }
 
     /// Marks `n` bytes as written.
@@ -77,7 +99,9 @@ impl IoVecs {
                 n -= v.iov_len;
                 self.pos += 1;
             } else {
-                // SAFETY: n < iov_len, so the new base stays inside the same buffer.
+                // SAFETY: `n < iov_len`, so `base + n` stays inside the slice
+                // of `src` or `own` this iovec points into (module invariant),
+                // not even one past its end; `add` needs no more.
                 v.iov_base = unsafe { (v.iov_base as *mut u8).add(n) } as *mut libc::c_void;
                 v.iov_len -= n;
                 n = 0;
@@ -90,3 +114,6 @@ impl IoVecs {
         (self.src, self.own, self.iov)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -115,10 +115,11 @@ pub(crate) async fn tunnel_watchdog<S, F>(
         sleep(tick).await;
         if !shut && last.get().elapsed() >= idle {
             for fd in fds {
-                // SAFETY: both sockets stay open until the tunnel returns
-                // (their halves are owned by the pipes being awaited with
-                // this future); shutdown(2) does not close the descriptor.
-                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+                // Both sockets stay open until the tunnel returns (their
+                // halves are owned by the pipes awaited with this future),
+                // so `fd` is still the tunnel's socket; shutdown(2) does
+                // not close the descriptor.
+                let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
             }
             shut = true;
         }
@@ -130,11 +131,11 @@ pub(crate) async fn tunnel_watchdog<S, F>(
 /// the stream and close it themselves. Used on connections whose peer's
 /// certificate was revoked (tls/revoked.rs).
 pub fn shutdown_socket(fd: std::os::fd::RawFd) {
-    // SAFETY: callers pass descriptors registered only while the
-    // connection that owns them is open (its guard is dropped before the
-    // socket is closed), so `fd` is that connection's socket; shutdown(2)
-    // does not close the descriptor, and an error is harmless.
-    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+    // Callers pass descriptors registered only while the connection that
+    // owns them is open (its guard is dropped before the socket is closed),
+    // so `fd` is that connection's socket; shutdown(2) does not close the
+    // descriptor, and an error is harmless.
+    let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
 }
 
 /// Hands the free pages inside every malloc heap back to the kernel
@@ -152,26 +153,19 @@ pub fn release_free_heap() {
 /// Whether an idle pooled connection is unusable: the peer closed it (or
 /// sent bytes nobody asked for). One non-blocking `recv(MSG_PEEK)`.
 pub fn stale(fd: std::os::fd::RawFd) -> bool {
+    use nix::errno::Errno;
     let mut b = [0u8; 1];
-    // SAFETY: `b` is a valid 1-byte buffer for the duration of the call; with
-    // MSG_PEEK the kernel copies at most one byte and consumes nothing.
-    let n = unsafe {
-        libc::recv(
-            fd,
-            b.as_mut_ptr().cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    if n < 0 {
-        let e = std::io::Error::last_os_error();
-        !matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
-        )
-    } else {
-        true
+    // With MSG_PEEK the kernel copies at most one byte and consumes nothing.
+    match nix::sys::socket::recv(fd, &mut b, peek_flags()) {
+        Ok(_) => true,
+        Err(e) => !matches!(e, Errno::EAGAIN | Errno::EINTR),
     }
+}
+
+/// `MSG_PEEK | MSG_DONTWAIT`: look at what waits on a socket, without
+/// taking it or waiting for it.
+fn peek_flags() -> nix::sys::socket::MsgFlags {
+    nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT
 }
 
 /// `recv(MSG_PEEK | MSG_DONTWAIT)`: the bytes waiting on a socket, left
@@ -180,31 +174,24 @@ fn peek_fd(fd: std::os::fd::RawFd, buf: &mut [u8]) -> usize {
     if buf.is_empty() {
         return 0;
     }
-    // SAFETY: `buf` is valid for writes of its length for the call; with
-    // MSG_PEEK the kernel consumes nothing from the socket.
-    let n = unsafe {
-        libc::recv(
-            fd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    usize::try_from(n).unwrap_or(0)
+    nix::sys::socket::recv(fd, buf, peek_flags()).unwrap_or(0)
 }
 
 /// Pins the calling thread to `cpu`.
 pub fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
-    // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET only write inside it,
-    // and sched_setaffinity reads exactly size_of::<cpu_set_t>() bytes.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_ZERO(&mut set);
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
+    use nix::sched::{sched_setaffinity, CpuSet};
+    let mut set = CpuSet::new();
+    set.set(cpu).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "cannot pin a shard to CPU {cpu}: beyond the {} CPUs an affinity mask holds ({e})",
+                CpuSet::count()
+            ),
+        )
+    })?;
+    // pid 0: the calling thread.
+    sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
     Ok(())
 }
 
@@ -249,7 +236,9 @@ pub fn watch_peer(fd: std::os::fd::RawFd) {
 /// its window closed (a streaming upload to a slow app, a tunnel); the
 /// keepalive stays.
 pub fn peer_patience(fd: std::os::fd::RawFd, patient: bool) {
-    // SAFETY: as in `watch_peer`.
+    // SAFETY: as in `watch_peer`: `fd` is an open socket of a connection the
+    // caller holds for this call, and the borrow ends with it; setsockopt(2)
+    // neither closes nor takes ownership of it.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     let s = socket2::SockRef::from(&fd);
     let timeout = (!patient).then_some(PEER_DEAD_AFTER);
@@ -257,3 +246,6 @@ pub fn peer_patience(fd: std::os::fd::RawFd, patient: bool) {
         tracing::debug!("cannot change TCP_USER_TIMEOUT on an upstream connection: {e}");
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -171,18 +171,22 @@ enum Limit {
     At(Instant),
 }
 
-/// The future of [`timeout`] and [`timeout_at`].
-///
-/// The timer is made only when `f` first returns `Pending`: most timed
-/// operations on the request path finish on their first poll (a write the
-/// socket takes at once, a read of bytes already decrypted), and then cost
-/// neither a clock read nor a timer. A relative limit counts from that
-/// first wait, microseconds after the call.
-pub struct Timeout<F> {
-    value: F,
-    limit: Limit,
-    /// Set once, on the first `Pending`, and never moved out (pinned).
-    sleep: Option<monoio::time::Sleep>,
+pin_project_lite::pin_project! {
+    /// The future of [`timeout`] and [`timeout_at`].
+    ///
+    /// The timer is made only when `f` first returns `Pending`: most timed
+    /// operations on the request path finish on their first poll (a write the
+    /// socket takes at once, a read of bytes already decrypted), and then cost
+    /// neither a clock read nor a timer. A relative limit counts from that
+    /// first wait, microseconds after the call.
+    pub struct Timeout<F> {
+        #[pin]
+        value: F,
+        limit: Limit,
+        // Set once, on the first `Pending`, and never moved out (pinned).
+        #[pin]
+        sleep: Option<monoio::time::Sleep>,
+    }
 }
 
 impl<F: Future> Future for Timeout<F> {
@@ -192,22 +196,17 @@ impl<F: Future> Future for Timeout<F> {
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
-        // SAFETY: structural pinning: `value` and the `Sleep` inside `sleep`
-        // are never moved out of `self` nor handed out unpinned; `sleep` goes
-        // from `None` to `Some` once and is dropped in place with `self`.
-        let this = unsafe { self.get_unchecked_mut() };
-        // SAFETY: see above (`value` stays where it is).
-        let value = unsafe { std::pin::Pin::new_unchecked(&mut this.value) };
-        if let std::task::Poll::Ready(v) = value.poll(cx) {
+        let mut this = self.project();
+        if let std::task::Poll::Ready(v) = this.value.poll(cx) {
             return std::task::Poll::Ready(Ok(v));
         }
-        let limit = &this.limit;
-        let sleep = this.sleep.get_or_insert_with(|| match *limit {
-            Limit::After(d) => monoio::time::sleep(d),
-            Limit::At(t) => monoio::time::sleep_until(t.into()),
-        });
-        // SAFETY: see above (the `Sleep` is never moved once created).
-        let sleep = unsafe { std::pin::Pin::new_unchecked(sleep) };
+        if this.sleep.is_none() {
+            this.sleep.set(Some(match *this.limit {
+                Limit::After(d) => monoio::time::sleep(d),
+                Limit::At(t) => monoio::time::sleep_until(t.into()),
+            }));
+        }
+        let sleep = this.sleep.as_pin_mut().expect("set just above");
         sleep.poll(cx).map(|()| Err(Elapsed))
     }
 }
@@ -410,7 +409,9 @@ impl TcpStream {
         let s = monoio::net::TcpStream::from_std(super::marked_socket(addr, mark)?)?;
         s.writable(false).await?;
         let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
-        // SAFETY: `fd` belongs to `s`, which outlives this borrow.
+        // SAFETY: `fd` is `s`'s open socket, and `s` lives (unclosed) until
+        // after the borrow's last use in the `match` below. (monoio's
+        // streams implement `AsRawFd` but not `AsFd`, hence the raw borrow.)
         let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
         match socket2::SockRef::from(&borrowed).take_error()? {
             Some(e) => Err(e),
@@ -438,14 +439,17 @@ impl TcpStream {
 
     /// Half-close: the peer reads EOF; reading goes on.
     pub fn shutdown_write(&self) {
-        // SAFETY: shutdown(2) on a descriptor `self` owns; it does not close it.
-        unsafe { libc::shutdown(self.raw_fd(), libc::SHUT_WR) };
+        // On a descriptor `self` owns; shutdown(2) does not close it, and an
+        // error (the peer reset it already) leaves nothing to do.
+        let _ = nix::sys::socket::shutdown(self.raw_fd(), nix::sys::socket::Shutdown::Write);
     }
 
     /// A second handle on the same socket (a duplicated descriptor), for the
     /// other direction of a relay.
     pub fn try_clone(&self) -> io::Result<TcpStream> {
-        // SAFETY: the fd belongs to `self.inner`, which outlives this borrow.
+        // SAFETY: `raw_fd()` is `self.inner`'s open socket, and `&self` keeps
+        // it open for the borrow, which ends with the dup below. (monoio's
+        // streams implement `AsRawFd` but not `AsFd`, hence the raw borrow.)
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.raw_fd()) };
         let fd = fd.try_clone_to_owned()?;
         TcpStream::adopt(match self.inner {
@@ -513,11 +517,7 @@ impl TcpStream {
         use monoio::buf::IoBuf;
         let mut start = range.start;
         if start < range.end {
-            let iov = [libc::iovec {
-                iov_base: buf[start..range.end].as_ptr() as *mut libc::c_void,
-                iov_len: range.end - start,
-            }];
-            match send_now(self.raw_fd(), &iov) {
+            match send_now_one(self.raw_fd(), &buf[start..range.end]) {
                 Ok(n) => start += n,
                 Err(e) => return (Err(e), buf),
             }
@@ -535,7 +535,7 @@ impl TcpStream {
     /// first (see [`send_now`]), the ring for what the socket did not take.
     pub async fn write_vectored(&mut self, mut v: IoVecs) -> (io::Result<()>, IoVecs) {
         if v.remaining() > 0 {
-            match send_now(self.raw_fd(), v.pending()) {
+            match send_now(self.raw_fd(), &v) {
                 Ok(n) => v.advance(n),
                 Err(e) => return (Err(e), v),
             }
@@ -648,15 +648,21 @@ where
 /// into the same submission as the other connections' work, and the write
 /// needs no timer. A write the socket cannot take whole (large bodies, a
 /// slow reader) goes on through the ring.
-fn send_now(fd: std::os::fd::RawFd, iov: &[libc::iovec]) -> io::Result<usize> {
-    // SAFETY: an all-zero msghdr is valid (no address, no control data).
+fn send_now(fd: std::os::fd::RawFd, v: &IoVecs) -> io::Result<usize> {
+    let iov = v.pending();
+    // SAFETY: `msghdr` is plain C data (integers and raw pointers), for which
+    // all zeroes is a valid value: no address, no control data, no flags.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
     // At most IOV_MAX (1024) pieces per call; the rest goes in the next.
     msg.msg_iovlen = iov.len().min(1024) as _;
     loop {
-        // SAFETY: `iov` points into buffers the caller keeps alive and
-        // unmodified for the duration of this synchronous call.
+        // SAFETY: `msg.msg_iov` points at `msg_iovlen` entries of `iov`, a
+        // live slice borrowed from `v`; each entry points at `iov_len`
+        // initialised bytes inside `v`'s own buffers (the `IoVecs`
+        // invariant, runtime/iovecs.rs), which the borrow keeps alive and
+        // unchanged for this synchronous call. sendmsg(2) only reads them
+        // (the kernel does not write through `msg_iov` on a send).
         let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
         if n >= 0 {
             return Ok(n as usize);
@@ -666,6 +672,21 @@ fn send_now(fd: std::os::fd::RawFd, iov: &[libc::iovec]) -> io::Result<usize> {
             io::ErrorKind::WouldBlock => return Ok(0),
             io::ErrorKind::Interrupted => continue,
             _ => return Err(e),
+        }
+    }
+}
+
+/// [`send_now`] of one slice: one `send(MSG_DONTWAIT)`; `Ok(0)` when the
+/// send buffer is full.
+fn send_now_one(fd: std::os::fd::RawFd, b: &[u8]) -> io::Result<usize> {
+    use nix::errno::Errno;
+    use nix::sys::socket::MsgFlags;
+    loop {
+        match nix::sys::socket::send(fd, b, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL) {
+            Ok(n) => return Ok(n),
+            Err(Errno::EAGAIN) => return Ok(0),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -708,9 +729,14 @@ async fn pipe<R: AsyncReadRent, W: AsyncWriteRent>(
 /// Adapter: monoio's `IoVecBuf` over [`IoVecs`].
 struct IoVecsBuf(IoVecs);
 
-// SAFETY: the iovec array and the buffers it points into are owned by the
-// IoVecs moved into this wrapper; none of them is touched (and no Vec is
-// reallocated) while the runtime owns the value, so the pointer stays valid.
+// SAFETY: monoio reads `read_iovec_len()` iovecs from `read_iovec_ptr()`
+// and the bytes they point at while it owns this value (the write's
+// submission and completion). The array is `IoVecs`'s `iov[pos..]`, and its
+// entries point into the `IoVecs`'s own buffers (the invariant in
+// runtime/iovecs.rs). Both live on the heap of Vecs moved into this
+// wrapper, so moving the wrapper into the runtime moves no byte they point
+// at, and nothing touches them (no push, no advance) until the runtime
+// hands the value back.
 unsafe impl monoio::buf::IoVecBuf for IoVecsBuf {
     fn read_iovec_ptr(&self) -> *const libc::iovec {
         self.0.pending().as_ptr()
@@ -719,3 +745,6 @@ unsafe impl monoio::buf::IoVecBuf for IoVecsBuf {
         self.0.pending().len()
     }
 }
+
+#[cfg(test)]
+mod tests;

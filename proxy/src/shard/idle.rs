@@ -76,10 +76,10 @@ impl IdleConns {
         for (i, s) in slots.iter_mut().enumerate() {
             if s.as_ref().is_some_and(&due) {
                 let e = s.take().expect("checked above");
-                // SAFETY: the entry exists only while its connection is alive
-                // and waiting (the guard removes it first), so `fd` is that
+                // The entry exists only while its connection is alive and
+                // waiting (the guard removes it first), so `fd` is that
                 // connection's open socket; shutdown(2) does not close it.
-                unsafe { libc::shutdown(e.fd, libc::SHUT_RDWR) };
+                let _ = nix::sys::socket::shutdown(e.fd, nix::sys::socket::Shutdown::Both);
                 free.push(i);
                 n += 1;
             }

@@ -78,8 +78,12 @@ impl PollTls {
             }
         };
         if let Poll::Ready(Ok(n)) = res {
-            // SAFETY: `poll_read` initialised `n` bytes of the spare capacity
-            // (ReadBuf::filled), directly after the vector's length.
+            // SAFETY: `rb` wraps exactly `rx`'s spare capacity (from
+            // `rx.len()` on) and `PollTcp::poll_read` (monoio's poll-io
+            // stream) fills that buffer, never swapping in another; a
+            // `ReadBuf` counts as filled only bytes written through it, so
+            // `n = rb.filled().len()` bytes right after `len` are
+            // initialised, and `len + n` is within the capacity.
             unsafe { rx.set_len(len + n) };
         }
         self.s.put_rx(rx);
@@ -298,3 +302,6 @@ impl PollConn {
         self.sent.as_ref().map(|s| s.counts.clone())
     }
 }
+
+#[cfg(test)]
+mod tests;

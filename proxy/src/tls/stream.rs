@@ -283,11 +283,7 @@ impl TlsStream {
             let mut stage = std::mem::take(&mut s.stage);
             stage.clear();
             let mut res = Ok(());
-            for iov in v.pending() {
-                // SAFETY: every pending iovec points into `v.src` or `v.own`,
-                // which `v` owns and nobody mutates while this borrow lasts.
-                let slice =
-                    unsafe { std::slice::from_raw_parts(iov.iov_base as *const u8, iov.iov_len) };
+            for slice in v.pending_slices() {
                 if slice.len() >= 4096 {
                     res = s.encrypt(&stage).and_then(|()| s.encrypt(slice));
                     stage.clear();

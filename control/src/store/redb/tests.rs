@@ -123,3 +123,18 @@ fn tokens_are_used_up_expire_and_revoke_durably() {
     assert_eq!(s.tokens().unwrap().len(), 3);
     std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
 }
+
+#[test]
+fn in_use_sees_an_open_store_and_only_while_it_is_open() {
+    let path = temp_path("in-use");
+    assert!(!in_use(&path), "no file: nobody uses it");
+    let s = RedbStore::create(&path, "s1").unwrap();
+    assert!(in_use(&path), "redb holds its lock while the store is open");
+    // Asking did not take the lock away (the probe's descriptor is closed).
+    assert!(in_use(&path));
+    drop(s);
+    assert!(!in_use(&path), "closed: the lock went with it");
+    let s = RedbStore::open(&path).unwrap();
+    assert!(in_use(&path));
+    drop(s);
+}
