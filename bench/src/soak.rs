@@ -34,8 +34,8 @@
 //! unexplained. It passes when
 //! - no failure is unexplained;
 //! - no idempotent request (HTTP/1.1 and h2 GETs) failed at all;
-//! - no judged process's RSS or fds rose after the warm-up by more than
-//!   2 % per hour ([`resources`]; judged when at least 5 minutes follow
+//! - no judged process's RSS, non-socket fds or CLOSE_WAIT sockets rose
+//!   after the warm-up by more than 2 % per hour ([`resources`]; judged when at least 5 minutes follow
 //!   the warm-up, so not in CI's 3-minute run);
 //! - control, while up, accepted every route change;
 //! - the proxy closed slowloris connections (runs of a minute or more).

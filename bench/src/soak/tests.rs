@@ -1,5 +1,5 @@
 use super::attribution::{attribute, Fault, FaultKind, Protocol, Request};
-use super::resources::{fit, trends, Sample, Series};
+use super::resources::{close_wait_inodes, fit, trends, Sample, Series};
 
 const S: u64 = 1_000_000_000;
 
@@ -100,6 +100,7 @@ fn series(process: &str, from_s: u64, to_s: u64, rss: impl Fn(f64) -> f64) -> Se
                 rss_bytes: rss(t as f64) as u64,
                 fds: 20,
                 sockets: 10,
+                close_wait: 0,
             })
             .collect(),
     }
@@ -125,9 +126,9 @@ fn flat_rss_passes_and_a_leak_fails() {
             .unwrap()
             .ok
     };
-    assert!(ok("web proxy", "rss") && ok("web proxy", "fds"));
+    assert!(ok("web proxy", "rss") && ok("web proxy", "files"));
     assert!(!ok("leaky", "rss"));
-    assert!(ok("leaky", "fds"));
+    assert!(ok("leaky", "files") && ok("leaky", "close-wait"));
     assert!(ok("warm", "rss"));
 }
 
@@ -150,7 +151,7 @@ fn a_restarted_process_warms_up_from_its_start() {
         }
     });
     let ts = trends(&[s], 60.0, 600.0);
-    assert_eq!(ts.len(), 2);
+    assert_eq!(ts.len(), 3);
     assert!(ts.iter().all(|t| t.ok), "{ts:?}");
 }
 
@@ -161,4 +162,44 @@ fn a_short_window_is_reported_but_not_judged() {
     let ts = trends(&[s], 30.0, 180.0);
     let rss = ts.iter().find(|t| t.measure == "rss").unwrap();
     assert!(!rss.judged && rss.ok && rss.rise > 0.5e6);
+}
+
+#[test]
+fn socket_churn_is_no_leak_but_forgotten_sockets_and_files_are() {
+    let mut churn = series("web proxy", 0, 600, |_| 10e6);
+    for x in &mut churn.samples {
+        // Keep-alive connections come and go: 10 to 70 sockets.
+        x.sockets = 10 + (x.t_s as u64 * 7) % 60;
+        x.fds = x.sockets + 11;
+    }
+    let mut forgot = series("forgetful", 0, 600, |_| 10e6);
+    for x in &mut forgot.samples {
+        x.close_wait = x.t_s as u64 / 60;
+        x.sockets = 10 + x.close_wait;
+        x.fds = x.sockets + 10;
+    }
+    let mut files = series("files", 0, 600, |_| 10e6);
+    for x in &mut files.samples {
+        x.fds = x.sockets + 10 + x.t_s as u64 / 60;
+    }
+    let ts = trends(&[churn, forgot, files], 60.0, 600.0);
+    let ok = |p: &str, m: &str| {
+        ts.iter()
+            .find(|t| t.process == p && t.measure == m)
+            .unwrap()
+            .ok
+    };
+    assert!(ok("web proxy", "files") && ok("web proxy", "close-wait"));
+    assert!(!ok("forgetful", "close-wait") && ok("forgetful", "files"));
+    assert!(!ok("files", "files"));
+}
+
+#[test]
+fn close_wait_sockets_are_read_from_the_tcp_table() {
+    let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1111 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:1F90 0100007F:A1B2 08 00000000:00000000 00:00000000 00000000     0        0 2222 1 0000000000000000 20 4 30 10 -1
+   2: 0100007F:1F90 0100007F:A1B3 01 00000000:00000000 00:00000000 00000000     0        0 3333 1 0000000000000000 20 4 30 10 -1
+";
+    assert_eq!(close_wait_inodes(table), vec![2222]);
 }
