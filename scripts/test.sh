@@ -76,8 +76,10 @@ cargo test -p coremesh-e2e --tests --no-run
 # websockets, installed by install-deps.sh) runs with the rest, as do
 # tests/unix.rs (Unix socket apps and listeners; its one upgrade is light),
 # tests/revocation.rs (meshctl node evict: revoked certificates refused and
-# their connections shut) and tests/mux.rs (the multiplexed mesh hop), on
-# both monoio drivers.
+# their connections shut), tests/mux.rs (the multiplexed mesh hop) and
+# tests/exhaustion.rs (RLIMIT_NOFILE lowered on a running proxy, a tiny
+# buffer budget; it asserts the proxy's own CPU share, which other tests'
+# load does not inflate; about 25 s), on both monoio drivers.
 e2e() {
     cargo test --no-fail-fast -p coremesh-e2e --tests -- --skip on_1_core:: --skip on_2_cores:: \
         --skip ten_upgrades_under_load --skip an_upgraded_sidecar --skip sigusr2_makes_the_proxy \
@@ -97,9 +99,9 @@ bash "$ROOT/scripts/fuzz.sh" "${COREMESH_FUZZ_SECONDS:-15}"
 section "build coremesh-proxy with runtime-glommio"
 CARGO_TARGET_DIR="$TARGET_DIR/glommio" cargo build -p coremesh-proxy --features runtime-glommio
 
-section "e2e subset on glommio: smoke, mutual TLS, TCP services, authorization, Unix sockets"
+section "e2e subset on glommio: smoke, mutual TLS, TCP services, authorization, Unix sockets, exhaustion"
 COREMESH_PROXY_BIN="$TARGET_DIR/glommio/debug/coremesh-proxy" cargo test -p coremesh-e2e \
-    --test smoke --test mtls --test tcp --test authz --test unix
+    --test smoke --test mtls --test tcp --test authz --test unix --test exhaustion
 
 section "e2e h2 smoke subset on glommio: h2c and ALPN h2 with curl, gRPC call shapes, WebSocket"
 COREMESH_PROXY_BIN="$TARGET_DIR/glommio/debug/coremesh-proxy" cargo test -p coremesh-e2e \

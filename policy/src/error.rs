@@ -58,6 +58,9 @@ pub enum ErrorKind {
     Overloaded,
     /// The service's rate limit refused the request (`rateLimit`).
     RateLimited,
+    /// The proxy's buffers are at `[limits] buffer_budget` (or the
+    /// connection's at `connection_buffer_budget`): shed before memory runs out.
+    BufferBudget,
     /// The peer proxy answered that it could not reach its app (its own
     /// `upstream connection refused` or `upstream connect timeout`): the
     /// app never saw the request.
@@ -85,6 +88,7 @@ impl ErrorKind {
             ErrorKind::ClientGone => 400,
             ErrorKind::Overloaded => 503,
             ErrorKind::RateLimited => 429,
+            ErrorKind::BufferBudget => 503,
         }
     }
 
@@ -112,6 +116,7 @@ impl ErrorKind {
             ErrorKind::ClientGone => "client closed the connection",
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::RateLimited => "rate limited",
+            ErrorKind::BufferBudget => "buffer budget exhausted",
             ErrorKind::PeerAppUnreachable => "upstream app unreachable",
         }
     }
@@ -126,7 +131,8 @@ impl ErrorKind {
             | ErrorKind::NoHealthyEndpoints
             | ErrorKind::NoRoute
             | ErrorKind::Overloaded
-            | ErrorKind::RateLimited => Blame::Internal,
+            | ErrorKind::RateLimited
+            | ErrorKind::BufferBudget => Blame::Internal,
             _ => Blame::Upstream,
         }
     }

@@ -111,7 +111,7 @@ pub fn answer_code(answer: &Answer<'_>) -> Code {
 pub fn error_code(kind: ErrorKind) -> Code {
     match kind {
         ErrorKind::UpstreamTimeout | ErrorKind::Idle => Code::DeadlineExceeded,
-        ErrorKind::RateLimited => Code::ResourceExhausted,
+        ErrorKind::RateLimited | ErrorKind::BufferBudget => Code::ResourceExhausted,
         ErrorKind::ClientGone => Code::Cancelled,
         ErrorKind::ConnectNotAllowed => Code::Unimplemented,
         ErrorKind::NoAuthority | ErrorKind::LoopDetected | ErrorKind::BadResponse => Code::Internal,

@@ -241,7 +241,7 @@ pub async fn acceptor(l: Listener, role: Role, shards: Vec<ShardHandle>) {
                     "accept failed on the {} listener: {e}",
                     role.describe()
                 );
-                let pause = crate::stats::accept::ACCEPT_FAILURES.count(&e);
+                let pause = crate::stats::accept::ACCEPT_FAILURES.count(role.listener(), &e);
                 tokio::time::sleep(pause).await;
                 continue;
             }

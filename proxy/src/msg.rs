@@ -25,6 +25,16 @@ pub enum Role {
 }
 
 impl Role {
+    /// The `listener` label of `coremesh_accept_failures_total`.
+    pub fn listener(&self) -> crate::stats::accept::Listener {
+        use crate::stats::accept::Listener;
+        match self {
+            Role::Http(Direction::Outbound) => Listener::Outbound,
+            Role::Http(Direction::Inbound) => Listener::Inbound,
+            Role::Tcp(_) => Listener::Tcp,
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             Role::Http(d) => d.as_str().to_string(),

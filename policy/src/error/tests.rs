@@ -42,6 +42,7 @@ fn only_upstream_failures_have_a_retry_class() {
         ErrorKind::ClientGone,
         ErrorKind::NoRoute,
         ErrorKind::RateLimited,
+        ErrorKind::BufferBudget,
         ErrorKind::BadResponse,
     ] {
         assert_eq!(never.retry_class(), RetryClass::Never);

@@ -73,8 +73,9 @@ pub async fn serve(listener: TcpListener, state: Rc<AdminState>) {
                 // EMFILE and friends: back off instead of spinning, then keep
                 // serving.
                 crate::lograte::log_limited!(tracing::Level::WARN, %err, "admin: accept failed");
-                crate::stats::accept::ACCEPT_FAILURES.count(&err);
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                let pause = crate::stats::accept::ACCEPT_FAILURES
+                    .count(crate::stats::accept::Listener::Admin, &err);
+                tokio::time::sleep(pause).await;
                 continue;
             }
         };
@@ -160,6 +161,8 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byt
             let mut out = String::with_capacity(16 * 1024);
             stats::render_prometheus(&snaps, &mut out);
             stats::accept::ACCEPT_FAILURES.render(&mut out);
+            let budget = state.config_json.borrow()["limits"]["buffer_budget"].as_u64();
+            crate::shard::budget::REFUSALS.render(&mut out, budget.unwrap_or(0) as usize);
             if let Some((id, not_after)) = state.certificate.borrow().as_ref() {
                 stats::render_certificate(id, *not_after, &mut out);
             }

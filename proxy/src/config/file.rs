@@ -178,6 +178,10 @@ pub(crate) struct LimitsFile {
     pub max_request_line: Option<i64>,
     /// Most header fields in one head.
     pub max_headers: Option<i64>,
+    /// Bytes of buffers all in-flight requests may hold.
+    pub buffer_budget: Option<i64>,
+    /// Bytes of buffers one connection may hold.
+    pub connection_buffer_budget: Option<i64>,
     /// `[limits.h2]`.
     pub h2: Option<H2LimitsFile>,
 }

@@ -20,6 +20,8 @@ mod intercept;
 mod reference;
 mod reload;
 mod resolve;
+#[cfg(test)]
+pub(crate) use resolve::POOLED_BUF;
 mod target;
 #[cfg(test)]
 mod tests;
@@ -253,7 +255,18 @@ impl Default for Timeouts {
     }
 }
 
-/// `[limits]`: bounds on what a peer may send, enforced by the HTTP/1 codec.
+/// `[limits] buffer_budget` default: 256 MiB. A sidecar shares its host
+/// with its app; at about 96 KiB per request moving a body (head, response
+/// and two body buffers) it still holds some 2,700 such requests at once.
+pub const DEFAULT_BUFFER_BUDGET: usize = 256 * 1024 * 1024;
+
+/// `[limits] connection_buffer_budget` default: 32 MiB, room for the
+/// largest request body a route may keep for retries (`maxBodyBytes`, at
+/// most 16 MiB) beside the head and relay buffers.
+pub const DEFAULT_CONNECTION_BUFFER_BUDGET: usize = 32 * 1024 * 1024;
+
+/// `[limits]`: bounds on what a peer may send, enforced by the HTTP/1 codec,
+/// and on the buffers the proxy holds for them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Largest request or response head in bytes (1024..=1048576); a larger
@@ -263,8 +276,23 @@ pub struct Limits {
     pub max_request_line: usize,
     /// Most header fields in one head (1..=512); more are refused.
     pub max_headers: usize,
+    /// Bytes of buffers all in-flight requests together may hold
+    /// (65536..=2^40); beyond it new requests and streams get 503
+    /// `buffer budget exhausted` (shard/budget.rs says what is charged).
+    pub buffer_budget: usize,
+    /// Bytes of buffers one connection may hold: an HTTP/1.1 request, or an
+    /// HTTP/2 connection's streams together (max_head_bytes + 16384 ..=
+    /// buffer_budget).
+    pub connection_buffer_budget: usize,
     /// `[limits.h2]`: what an HTTP/2 peer may do.
     pub h2: H2Limits,
+}
+
+impl Limits {
+    /// `(buffer_budget, connection_buffer_budget)`, as shard/budget.rs takes them.
+    pub fn budgets(&self) -> (usize, usize) {
+        (self.buffer_budget, self.connection_buffer_budget)
+    }
 }
 
 impl Default for Limits {
@@ -273,6 +301,8 @@ impl Default for Limits {
             max_head_bytes: 65_536,
             max_request_line: 8_192,
             max_headers: 100,
+            buffer_budget: DEFAULT_BUFFER_BUDGET,
+            connection_buffer_budget: DEFAULT_CONNECTION_BUFFER_BUDGET,
             h2: H2Limits::default(),
         }
     }
@@ -545,6 +575,8 @@ impl Config {
                 "max_head_bytes": self.limits.max_head_bytes,
                 "max_request_line": self.limits.max_request_line,
                 "max_headers": self.limits.max_headers,
+                "buffer_budget": self.limits.buffer_budget,
+                "connection_buffer_budget": self.limits.connection_buffer_budget,
                 "h2": {
                     "max_concurrent_streams": self.limits.h2.max_concurrent_streams,
                     "stream_window": self.limits.h2.stream_window,

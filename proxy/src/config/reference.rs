@@ -152,6 +152,17 @@ wildcard IP), except port 0, which lets the OS pick a free port.
                                                 256..=max_head_bytes.
   max_headers      integer        100           Most header fields in one head,
                                                 1..=512.
+  buffer_budget    integer        268435456     Bytes of buffers all in-flight
+                                                requests may hold (256 MiB); new
+                                                requests and HTTP/2 streams beyond
+                                                it get 503 "buffer budget
+                                                exhausted". 65536..=2^40.
+  connection_buffer_budget integer 33554432     Bytes of buffers one connection may
+                                                hold (an HTTP/1.1 request, an
+                                                HTTP/2 connection's streams
+                                                together); default 32 MiB, or
+                                                buffer_budget if smaller.
+                                                max_head_bytes+16384..=buffer_budget.
 
 [limits.h2]  (optional; reload: new connections)
   Each key bounds one HTTP/2 attack; the header list (and with it

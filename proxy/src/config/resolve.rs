@@ -26,6 +26,9 @@ type Result<T> = std::result::Result<T, ConfigError>;
 /// Shards are threads on one host; more than this is a typo, not a machine.
 const CORES: RangeInclusive<usize> = 1..=256;
 const MAX_HEAD_BYTES: RangeInclusive<usize> = 1024..=1_048_576;
+/// A pooled buffer's size (`shard::buf::BUF_SIZE`; shard/budget's tests
+/// check they agree, config does not import the shard).
+pub(crate) const POOLED_BUF: usize = 16_384;
 const MIN_REQUEST_LINE: usize = 256;
 const MAX_HEADERS: RangeInclusive<usize> = 1..=512;
 /// Upper bound for every timeout: anything longer is a unit mistake.
@@ -576,11 +579,34 @@ fn resolve_limits(at: At<'_>, f: LimitsFile) -> Result<Limits> {
     let max_headers = f.max_headers.map_or(Ok(d.max_headers), |n| {
         at.int_in("max_headers", n, MAX_HEADERS)
     })?;
+    let buffer_budget = f.buffer_budget.map_or(Ok(d.buffer_budget), |n| {
+        at.int_in("buffer_budget", n, 65_536..=1 << 40)
+    })?;
+    // A request charges its head buffer and its response head's buffer
+    // when it is admitted (shard/budget.rs): a connection's budget must
+    // hold the largest head beside a pooled buffer.
+    let min_conn = max_head_bytes + POOLED_BUF;
+    let connection_buffer_budget = match f.connection_buffer_budget {
+        Some(n) => at.int_in("connection_buffer_budget", n, min_conn..=buffer_budget)?,
+        None => d
+            .connection_buffer_budget
+            .clamp(min_conn, buffer_budget.max(min_conn)),
+    };
+    if connection_buffer_budget > buffer_budget {
+        return Err(at.err(
+            "buffer_budget",
+            format!(
+                "{buffer_budget} is smaller than one connection's budget                  ({connection_buffer_budget}: max_head_bytes + 16384 at least); raise it"
+            ),
+        ));
+    }
     let h2 = resolve_h2_limits(At::new(at.path, "[limits.h2]"), f.h2.unwrap_or_default())?;
     Ok(Limits {
         max_head_bytes,
         max_request_line,
         max_headers,
+        buffer_budget,
+        connection_buffer_budget,
         h2,
     })
 }

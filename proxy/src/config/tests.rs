@@ -149,6 +149,8 @@ fn full_example_parses_with_its_values() {
             max_head_bytes: 16384,
             max_request_line: 4096,
             max_headers: 64,
+            buffer_budget: 256 * 1024 * 1024,
+            connection_buffer_budget: 32 * 1024 * 1024,
             h2: H2Limits {
                 max_concurrent_streams: 100,
                 stream_window: 65536,
@@ -205,6 +207,8 @@ fn defaults_fill_every_optional_key() {
             max_head_bytes: 65536,
             max_request_line: 8192,
             max_headers: 100,
+            buffer_budget: 268435456,
+            connection_buffer_budget: 33554432,
             h2: H2Limits {
                 max_concurrent_streams: 256,
                 stream_window: 262144,
@@ -832,4 +836,23 @@ fn app_protocol_is_auto_http1_or_h2c() {
         error(&format!("{base}app_protocol = \"spdy\"\n")),
         r#"proxy.toml: [inbound] app_protocol: "spdy" is not "auto" (the client's protocol), "http1" or "h2c""#
     );
+}
+
+#[test]
+fn buffer_budgets_are_validated() {
+    let parse = |limits: &str| parse(&format!("{MINIMAL}[limits]\n{limits}"));
+    let c = parse("buffer_budget = 1048576\nconnection_buffer_budget = 262144\n").unwrap();
+    assert_eq!(c.limits.buffer_budget, 1_048_576);
+    assert_eq!(c.limits.connection_buffer_budget, 262_144);
+    // A small global budget lowers the default per connection with it.
+    let c = parse("buffer_budget = 131072\n").unwrap();
+    assert_eq!(c.limits.connection_buffer_budget, 131_072);
+    let e = parse("buffer_budget = 1000\n").unwrap_err().to_string();
+    assert!(e.contains("[limits] buffer_budget"), "{e}");
+    let e = parse("connection_buffer_budget = 4096\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("connection_buffer_budget"), "{e}");
+    let e = parse("buffer_budget = 65536\n").unwrap_err().to_string();
+    assert!(e.contains("max_head_bytes + 16384"), "{e}");
 }

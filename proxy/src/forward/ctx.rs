@@ -46,6 +46,9 @@ pub(super) struct RequestCtx<'p, 'c> {
     /// every request on the connection, not the authority (which names
     /// the address the app called).
     pub(super) dest: Option<&'c str>,
+    /// The buffers this request holds, against `[limits] buffer_budget`
+    /// (shard/budget.rs); `None`: refused at admission (answered 503).
+    pub(super) charge: Option<crate::shard::budget::Charge<'p>>,
 }
 
 /// A tunnel to run once the request's phases are over: after `CONNECT`, or

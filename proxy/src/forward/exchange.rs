@@ -269,6 +269,12 @@ pub(super) async fn buffer_body(
         return Ok(cbuf);
     }
     if cbuf.capacity() < want {
+        // Kept for retries only within the buffer budget: refused, the body
+        // streams as it would past maxBody (and the request is not retried).
+        let more = want.max(crate::shard::buf::LARGE_BUF_SIZE) - cbuf.capacity();
+        if ctx.charge.as_ref().is_some_and(|c| !c.grow_extra(more)) {
+            return Ok(cbuf);
+        }
         let mut big = if want <= crate::shard::buf::LARGE_BUF_SIZE {
             shard.bufs.get_large()
         } else {
@@ -461,6 +467,7 @@ async fn send_request(
         client,
         scratch,
         ex,
+        charge,
         ..
     } = ctx;
     let idle = cfg.timeouts.idle;
@@ -521,7 +528,7 @@ async fn send_request(
         dec,
         sent.cbuf,
         idle,
-        &shard.bufs,
+        (&shard.bufs, charge.as_ref()),
     ))
     .await;
     match relayed {
@@ -585,6 +592,12 @@ async fn response_head(
             }
         }
         if ubuf.len() == ubuf.capacity() {
+            let grow = limits.max_head_bytes.saturating_sub(ubuf.capacity());
+            if ctx.charge.as_ref().is_some_and(|c| !c.grow(grow)) {
+                shard.bufs.put(ubuf);
+                let growing = "growing the response head buffer";
+                return Err(sent.fail(ErrorKind::BufferBudget, growing, false));
+            }
             let mut big = Vec::with_capacity(limits.max_head_bytes.max(ubuf.len() + 1));
             big.extend_from_slice(&ubuf);
             shard.bufs.put(std::mem::replace(&mut ubuf, big));
@@ -636,6 +649,7 @@ async fn relay_response(
         client,
         scratch,
         ex,
+        charge,
         ..
     } = ctx;
     let mut rdec = ChunkedDecoder::new();
@@ -691,7 +705,7 @@ async fn relay_response(
         rdec,
         ubuf,
         idle,
-        &shard.bufs,
+        (&shard.bufs, charge.as_ref()),
     ))
     .await;
     match relayed {

@@ -63,8 +63,16 @@ async fn pass_through(shard: Rc<Shard>, tcp: TcpStream, dst: SocketAddr) {
     let cfg = shard.config();
     tcp.set_nodelay();
     shard.conn_opened(Direction::Outbound);
+    let Some(charge) = shard
+        .budget
+        .charge_relay(cfg.limits.budgets(), "passthrough")
+    else {
+        shard.conn_closed(Direction::Outbound);
+        return;
+    };
     match TcpStream::connect(dst, cfg.timeouts.connect).await {
         Ok(up) => {
+            let _charge = charge;
             let bufs = (shard.bufs.get(), shard.bufs.get());
             let (sent, received) =
                 Conn::tunnel(Conn::Plain(tcp), Conn::Plain(up), bufs, cfg.timeouts.idle).await;

@@ -67,12 +67,25 @@ pub(super) fn send(
         .mirrors_in_flight
         .set(shard.mirrors_in_flight.get() + 1);
     runtime::spawn_local(async move {
-        let limit = cfg.timeouts.request;
-        let res = runtime::timeout(
-            limit,
-            deliver(&shard, &cfg, &target, addr, copy, method, mtls),
-        )
-        .await;
+        use crate::shard::budget::{Charge, Refused, REFUSALS};
+        // The copy and the buffer its answer is read into, within the
+        // buffer budget: refused, the request is not mirrored.
+        let need = copy.len() + crate::shard::buf::BUF_SIZE;
+        let charge = Charge::new(&shard.budget, None, need, cfg.limits.budgets());
+        let res = match charge {
+            Some(_charge) => {
+                let limit = cfg.timeouts.request;
+                runtime::timeout(
+                    limit,
+                    deliver(&shard, &cfg, &target, addr, copy, method, mtls),
+                )
+                .await
+            }
+            None => {
+                REFUSALS.count(Refused::Extra);
+                Ok(Ok(()))
+            }
+        };
         shard
             .mirrors_in_flight
             .set(shard.mirrors_in_flight.get() - 1);

@@ -491,6 +491,10 @@ async fn read_head(
     let Some(mut b) = slot.take() else {
         return HeadRead::Idle;
     };
+    // A head outgrowing the pooled buffer is charged while it is read (the
+    // request's own charge takes over once it is parsed): many slow clients
+    // with large heads would otherwise hold max_head_bytes each, unbudgeted.
+    let mut growth: Option<crate::shard::budget::Charge<'_>>;
     loop {
         if !b.is_empty() {
             let start = *head_start.get_or_insert_with(Instant::now);
@@ -508,6 +512,17 @@ async fn read_head(
             if b.len() == b.capacity() {
                 // Heads larger than a pooled buffer get a one-off buffer of
                 // the configured maximum; the parser answers 431 beyond it.
+                let grow = limits.max_head_bytes.saturating_sub(b.capacity());
+                let budgets = cfg.limits.budgets();
+                growth = crate::shard::budget::Charge::new(&shard.budget, None, grow, budgets);
+                if growth.is_none() {
+                    crate::shard::budget::REFUSALS.count(crate::shard::budget::Refused::Request);
+                    *slot = Some(b);
+                    return HeadRead::Reject(http1::ParseError {
+                        status: 503,
+                        reason: ErrorKind::BufferBudget.text(),
+                    });
+                }
                 let mut big = Vec::with_capacity(limits.max_head_bytes.max(b.len() + 1));
                 big.extend_from_slice(&b);
                 shard.bufs.put(std::mem::replace(&mut b, big));

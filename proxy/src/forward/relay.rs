@@ -4,6 +4,7 @@
 
 use super::upstream::{upstream_conn, ConnectPlan, Tried};
 use super::*;
+use crate::shard::budget::{self, Charge};
 use crate::shard::buf::BufPool;
 
 /// How many of `avail` bytes after the head belong to the request body, and
@@ -118,7 +119,7 @@ pub(super) async fn relay_request_body(
     mut dec: ChunkedDecoder,
     mut b: Buf,
     idle: Duration,
-    bufs: &BufPool,
+    (bufs, charge): (&BufPool, Option<&Charge<'_>>),
 ) -> Result<(Buf, u64, usize), (ErrorKind, Buf)> {
     let mut remaining = match framing {
         Framing::Length(n) => n - sent as u64,
@@ -131,7 +132,7 @@ pub(super) async fn relay_request_body(
     let mut filled = 0;
     loop {
         b.clear();
-        bufs.grow_for_body(&mut b, filled);
+        budget::grow_for_body(bufs, charge, &mut b, filled);
         let (res, back) = match runtime::timeout(idle, client.read(b)).await {
             Ok(x) => x,
             Err(_) => return Err((ErrorKind::Idle, Vec::new())),
@@ -182,7 +183,7 @@ pub(super) async fn relay_response_body(
     mut dec: ChunkedDecoder,
     mut b: Buf,
     idle: Duration,
-    bufs: &BufPool,
+    (bufs, charge): (&BufPool, Option<&Charge<'_>>),
 ) -> Result<(Buf, u64, bool), (ErrorKind, Buf)> {
     let mut remaining = match framing {
         Framing::Length(n) => n - sent as u64,
@@ -193,7 +194,7 @@ pub(super) async fn relay_response_body(
     let mut filled = b.len();
     loop {
         b.clear();
-        bufs.grow_for_body(&mut b, filled);
+        budget::grow_for_body(bufs, charge, &mut b, filled);
         let (res, back) = match runtime::timeout(idle, up.read(b)).await {
             Ok(x) => x,
             Err(_) => return Err((ErrorKind::Idle, Vec::new())),

@@ -39,6 +39,8 @@ pub(super) async fn handle(
     let Some(client) = client_slot.as_mut() else {
         return (Next::Close, cbuf, start);
     };
+    let tunnel_request = head.upgrade || head.method == Method::Connect;
+    let charge = admit(shard, cfg, &cbuf, tunnel_request);
     let mut ctx = RequestCtx {
         shard,
         cfg,
@@ -58,6 +60,7 @@ pub(super) async fn handle(
         scratch,
         service: "unknown",
         dest,
+        charge,
     };
     ctx.identity_header(&cbuf);
     // The access log needs the request line's fields after the buffer has
@@ -67,7 +70,6 @@ pub(super) async fn handle(
         .borrow()
         .is_some()
         .then(|| LoggedRequest::new(&ctx.head, &cbuf));
-    let tunnel_request = ctx.head.upgrade || ctx.head.method == Method::Connect;
     // The phases' future is built where it is awaited (twice, not once into
     // a local moved later): a local that is moved into the timeout keeps a
     // slot of its own in this future (rust-lang/rust#62958), measured at
@@ -82,8 +84,12 @@ pub(super) async fn handle(
             Err(_) => ctx.total_timeout().await,
         }
     };
+    // The charge covers the tunnel's buffers too, so it lives until the end.
     let RequestCtx {
-        mut ex, service, ..
+        mut ex,
+        service,
+        charge: _charge,
+        ..
     } = ctx;
     let next = match next {
         Next::Tunnel(t) => {
@@ -105,6 +111,33 @@ pub(super) async fn handle(
     let end = *ex.end.get_or_insert_with(Instant::now);
     shard.record(dir, service, logged.as_ref(), &ex);
     (next, cbuf, end)
+}
+
+/// Charges what a request holds from its head on (shard/budget.rs): the
+/// head's buffer and a buffer for the response head, and for a tunnel its
+/// two relay buffers. `None`: over `[limits] buffer_budget` (or the
+/// connection's), and the request is answered 503.
+fn admit<'p>(
+    shard: &'p Shard,
+    cfg: &Config,
+    cbuf: &Buf,
+    tunnel: bool,
+) -> Option<crate::shard::budget::Charge<'p>> {
+    use crate::shard::budget::{Charge, Refused, REFUSALS};
+    let tunnel_bufs = if tunnel { 2 * BUF_SIZE } else { 0 };
+    let need = cbuf.capacity() + BUF_SIZE + tunnel_bufs;
+    let charge = Charge::new(&shard.budget, None, need, cfg.limits.budgets());
+    if charge.is_none() {
+        REFUSALS.count(Refused::Request);
+        crate::lograte::log_limited!(
+            tracing::Level::WARN,
+            shard = shard.index,
+            "request refused with 503: buffer budget exhausted ({} of [limits] buffer_budget {} in use on this shard)",
+            shard.budget.used(),
+            cfg.limits.buffer_budget
+        );
+    }
+    charge
 }
 
 impl<'p> RequestCtx<'p, '_> {
@@ -155,6 +188,11 @@ impl<'p> RequestCtx<'p, '_> {
 
     /// Every phase after the head: route (or authorize), then the tries.
     async fn forward(&mut self, cbuf: Buf) -> (Next, Buf) {
+        if self.charge.is_none() {
+            return self
+                .answer(Answer::Error(ErrorKind::BufferBudget), cbuf)
+                .await;
+        }
         let routed = match self.dir {
             Direction::Inbound => self.authorize(&cbuf),
             Direction::Outbound => self.route(&cbuf).await,

@@ -39,6 +39,12 @@ pub async fn inbound(shard: &Shard, cfg: &Config, t: TlsStream) {
             return;
         }
     };
+    let Some(_charge) = shard
+        .budget
+        .charge_relay(cfg.limits.budgets(), "TCP service")
+    else {
+        return;
+    };
     let bufs = (shard.bufs.get(), shard.bufs.get());
     let (to_app, from_app) =
         Conn::tunnel(Conn::Tls(t), Conn::Plain(up), bufs, cfg.timeouts.idle).await;
@@ -55,6 +61,13 @@ pub async fn outbound(shard: Rc<Shard>, tcp: TcpStream, service: std::sync::Arc<
     let cfg = shard.config();
     tcp.set_nodelay();
     shard.conn_opened(Direction::Outbound);
+    let Some(_charge) = shard
+        .budget
+        .charge_relay(cfg.limits.budgets(), "TCP service")
+    else {
+        shard.conn_closed(Direction::Outbound);
+        return;
+    };
     let Some(up) = connect(&shard, &cfg, &service).await else {
         shard.conn_closed(Direction::Outbound);
         return;

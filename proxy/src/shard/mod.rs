@@ -40,6 +40,8 @@ pub struct Shard {
     config: RefCell<Rc<Arc<Config>>>,
     pub stats: RefCell<ShardStats>,
     pub bufs: BufPool,
+    /// This shard's side of `[limits] buffer_budget` (budget.rs).
+    pub budget: crate::shard::budget::Budget,
     pub pool: UpstreamPool,
     /// HTTP/2 upstream connections (forward/h2).
     pub h2: crate::shard::h2pool::H2Pool,
@@ -222,6 +224,7 @@ fn seed(index: usize) -> u64 {
     (t ^ ((index as u64 + 1) << 32) ^ u64::from(std::process::id())) | 1
 }
 
+pub mod budget;
 pub mod buf;
 pub mod h2pool;
 pub mod heap;

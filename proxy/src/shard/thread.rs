@@ -57,6 +57,7 @@ pub async fn run(setup: ShardSetup, driver: String) {
         config: RefCell::new(Rc::new(config)),
         stats: RefCell::new(ShardStats::new(index)),
         bufs: BufPool::new(),
+        budget: crate::shard::budget::Budget::new(&crate::shard::budget::GLOBAL),
         pool: UpstreamPool::new(),
         h2: Default::default(),
         idle: IdleConns::new(),
@@ -245,7 +246,7 @@ async fn accept_loop(shard: Rc<Shard>, l: TcpListener, role: Role, stop: runtime
                     "accept failed on the {} listener: {e}",
                     role.describe()
                 );
-                let pause = crate::stats::accept::ACCEPT_FAILURES.count(&e);
+                let pause = crate::stats::accept::ACCEPT_FAILURES.count(role.listener(), &e);
                 runtime::sleep(pause).await;
             }
         }

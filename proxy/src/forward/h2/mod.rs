@@ -78,6 +78,9 @@ pub(super) struct ConnInfo {
     pub(super) peer: Option<Rc<str>>,
     /// The service every request goes to (an intercepted connection).
     pub(super) dest: Option<Arc<str>>,
+    /// What its streams hold together, against `[limits]
+    /// connection_buffer_budget` (shard/budget.rs).
+    pub(super) buffers: Rc<crate::shard::budget::ConnAccount>,
 }
 
 /// The server side of a client connection, held to `[limits.h2]` (and
@@ -127,6 +130,7 @@ pub(super) async fn serve_h2(shard: Rc<Shard>, conn: Conn, dir: Direction, dest:
         tls: conn.is_tls(),
         peer: conn.peer_id().cloned(),
         dest,
+        buffers: Rc::default(),
     });
     let limits = FrameLimits::from(&shard.config().limits.h2);
     match PollConn::from_conn(conn, true, limits) {

@@ -101,9 +101,14 @@ pub(super) async fn serve_stream(
         },
         service: "unknown",
         grpc_status: None,
+        charge: None,
     };
     shard.stats.borrow_mut().h2.stream(info.dir);
-    call.run(recv).await;
+    call.charge = admit(call.shard, call.cfg, call.info, call.view.parts, &recv);
+    match call.charge {
+        Some(_) => call.run(recv).await,
+        None => call.answer(&Answer::Error(ErrorKind::BufferBudget)),
+    }
     let Call {
         ex,
         service,
@@ -121,6 +126,47 @@ pub(super) async fn serve_stream(
             .grpc(info.dir, service, grpc_status);
     }
     shard.record(info.dir, service, logged.as_ref(), &ex);
+}
+
+/// Charges what a stream may make the proxy hold (shard/budget.rs): a
+/// pooled buffer's worth for its head and answer, and, when a body follows,
+/// the DATA the h2 layer may keep for it unread (its Content-Length, at
+/// most `[limits.h2] stream_window`). The connection's streams share
+/// `connection_buffer_budget`. `None`: refused, and answered 503.
+fn admit<'s>(
+    shard: &'s Shard,
+    cfg: &Config,
+    info: &ConnInfo,
+    parts: &http::request::Parts,
+    recv: &RecvStream,
+) -> Option<(crate::shard::budget::Charge<'s>, u64, u64)> {
+    use crate::shard::budget::{Charge, Refused, REFUSALS};
+    let window = u64::from(cfg.limits.h2.stream_window);
+    // The largest the body can be: none, its Content-Length, or unknown.
+    let bound = if recv.is_end_stream() {
+        0
+    } else {
+        parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .unwrap_or(u64::MAX)
+    };
+    let body = bound.min(window);
+    let need = crate::shard::buf::BUF_SIZE + body as usize;
+    let conn = Some(info.buffers.clone());
+    let charge = Charge::new(&shard.budget, conn, need, cfg.limits.budgets());
+    if charge.is_none() {
+        REFUSALS.count(Refused::Request);
+        crate::lograte::log_limited!(
+            tracing::Level::WARN,
+            shard = shard.index,
+            "HTTP/2 stream refused with 503: buffer budget exhausted ({} of [limits] buffer_budget {} in use on this shard)",
+            shard.budget.used(),
+            cfg.limits.buffer_budget
+        );
+    }
+    charge.map(|c| (c, body, bound))
 }
 
 /// An HTTP/2 request as the policy reads it.
@@ -173,6 +219,10 @@ struct Call<'p> {
     service: &'p str,
     /// The call's final `grpc-status`, once known (gRPC calls).
     grpc_status: Option<u8>,
+    /// What the stream holds against the buffer budget (`admit`), how
+    /// many body bytes of it may be kept for a retry without charging
+    /// more, and the most the body can be.
+    charge: Option<(crate::shard::budget::Charge<'p>, u64, u64)>,
 }
 
 /// A stream's side of the tries (forward/tries.rs): each try opens a
@@ -333,11 +383,24 @@ impl<'p> Call<'p> {
             Err(answer) => return self.answer(&answer),
         };
         let attempts = Attempts::new(policy, self.ex.start, idempotent);
-        let limit = if attempts.may_retry_at_all() {
+        let mut limit = if attempts.may_retry_at_all() {
             attempts.policy().max_body
         } else {
             0
         };
+        // The body kept for a retry stays within the buffer budget: what
+        // the stream was charged for its unread DATA covers that much;
+        // beyond it, more is charged or the body is kept no further (the
+        // request is then not retried once part of it is gone).
+        if let Some((charge, covered, bound)) = &self.charge {
+            let kept = limit.min(*bound);
+            if kept > *covered {
+                let more = usize::try_from(kept - covered).unwrap_or(usize::MAX);
+                if !charge.grow_extra(more) {
+                    limit = *covered;
+                }
+            }
+        }
         let body = ReqBody::new(recv, limit, self.identity_field());
         let (shard, start) = (self.shard, self.ex.start);
         let call_deadline = self.call_deadline();

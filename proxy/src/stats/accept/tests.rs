@@ -1,33 +1,36 @@
 use super::*;
 
 #[test]
-fn failures_are_counted_by_reason_with_a_pause_for_lack_of_resources() {
-    let f = AcceptFailures {
-        descriptors: AtomicU64::new(0),
-        memory: AtomicU64::new(0),
-        other: AtomicU64::new(0),
-    };
-    let pause = f.count(&io::Error::from_raw_os_error(libc::EMFILE));
+fn failures_are_counted_by_listener_and_reason_with_a_pause_for_lack_of_resources() {
+    let f = AcceptFailures::new();
+    let pause = f.count(
+        Listener::Outbound,
+        &io::Error::from_raw_os_error(libc::EMFILE),
+    );
     assert_eq!(pause.as_millis(), 100);
-    f.count(&io::Error::from_raw_os_error(libc::ENFILE));
-    f.count(&io::Error::from_raw_os_error(libc::ENOMEM));
+    f.count(
+        Listener::Outbound,
+        &io::Error::from_raw_os_error(libc::ENFILE),
+    );
+    f.count(Listener::Admin, &io::Error::from_raw_os_error(libc::EMFILE));
+    f.count(Listener::Tcp, &io::Error::from_raw_os_error(libc::ENOMEM));
     assert_eq!(
-        f.count(&io::Error::from_raw_os_error(libc::ECONNABORTED))
-            .as_millis(),
+        f.count(
+            Listener::Inbound,
+            &io::Error::from_raw_os_error(libc::ECONNABORTED)
+        )
+        .as_millis(),
         10
     );
     let mut out = String::new();
     f.render(&mut out);
-    assert!(
-        out.contains("coremesh_accept_failures_total{reason=\"descriptors\"} 2\n"),
-        "{out}"
-    );
-    assert!(
-        out.contains("coremesh_accept_failures_total{reason=\"memory\"} 1\n"),
-        "{out}"
-    );
-    assert!(
-        out.contains("coremesh_accept_failures_total{reason=\"other\"} 1\n"),
-        "{out}"
-    );
+    for line in [
+        "coremesh_accept_failures_total{listener=\"outbound\",reason=\"descriptors\"} 2\n",
+        "coremesh_accept_failures_total{listener=\"admin\",reason=\"descriptors\"} 1\n",
+        "coremesh_accept_failures_total{listener=\"tcp\",reason=\"memory\"} 1\n",
+        "coremesh_accept_failures_total{listener=\"inbound\",reason=\"other\"} 1\n",
+        "coremesh_accept_failures_total{listener=\"inbound\",reason=\"descriptors\"} 0\n",
+    ] {
+        assert!(out.contains(line), "{line} in\n{out}");
+    }
 }
