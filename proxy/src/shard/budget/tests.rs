@@ -1,14 +1,19 @@
 use super::*;
 
-fn global() -> &'static Global {
-    Box::leak(Box::new(Global::new()))
+/// A global budget of the test's own (a `static` each, not a leaked box:
+/// the tests also run under LeakSanitizer, scripts/sanitize.sh).
+macro_rules! global {
+    () => {{
+        static G: Global = Global::new();
+        &G
+    }};
 }
 
 const MIB: usize = 1024 * 1024;
 
 #[test]
 fn charges_lease_in_steps_and_come_back_when_dropped() {
-    let g = global();
+    let g: &'static Global = global!();
     let b = Budget::new(g);
     let c = Charge::new(&b, None, 16 * 1024, (MIB, MIB)).expect("fits");
     assert_eq!(b.used(), 16 * 1024);
@@ -28,7 +33,7 @@ fn charges_lease_in_steps_and_come_back_when_dropped() {
 
 #[test]
 fn the_global_limit_refuses_across_shards_and_frees_on_drop() {
-    let g = global();
+    let g: &'static Global = global!();
     let (a, b) = (Budget::new(g), Budget::new(g));
     let limit = (MIB, MIB);
     let big = Charge::new(&a, None, 700 * 1024, limit).expect("fits");
@@ -48,7 +53,7 @@ fn the_global_limit_refuses_across_shards_and_frees_on_drop() {
 
 #[test]
 fn a_connection_is_bounded_by_its_own_budget() {
-    let g = global();
+    let g: &'static Global = global!();
     let b = Budget::new(g);
     let conn = Rc::new(ConnAccount::default());
     let limit = (16 * MIB, 100 * 1024);
