@@ -73,6 +73,8 @@ pub(crate) struct Fields {
     pub proxy_error: Option<Span>,
     /// Lines to leave out when forwarding.
     pub drop: LineMask,
+    /// The trace-context fields (requests only).
+    pub trace: crate::trace::TraceFields,
 }
 
 /// The field lines of a head of `head_len` bytes whose start line ends at
@@ -224,6 +226,13 @@ impl Fields {
                     if request && trim_ows(h.value).eq_ignore_ascii_case(b"100-continue") =>
                 {
                     f.expect_continue = true;
+                }
+                Kind::Other if request => {
+                    if let Some(t) = crate::trace::classify(h.name.as_bytes()) {
+                        let v = trim_ows(h.value);
+                        let start = offset(buf, v);
+                        f.trace.note(t, i, start..start + v.len());
+                    }
                 }
                 _ => {}
             }

@@ -56,6 +56,7 @@ mod plan;
 mod request;
 mod response;
 mod scan;
+mod trace;
 mod trailers;
 
 #[cfg(test)]
@@ -67,6 +68,7 @@ pub use local::{reason_phrase, write_error_response, write_probe_response};
 pub use plan::{HeadPlan, Seg};
 pub use request::{parse_request, RequestHead};
 pub use response::{parse_response, ResponseHead};
+pub use trace::TraceField;
 pub use trailers::{is_prohibited_trailer, TrailerFields};
 
 use std::fmt;

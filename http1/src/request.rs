@@ -46,6 +46,8 @@ pub struct RequestHead {
     pub(crate) drop: LineMask,
     /// Emit `host: <authority>` when forwarding.
     pub(crate) add_host: bool,
+    /// Where the trace-context fields are.
+    pub(crate) trace: crate::trace::TraceFields,
 }
 
 impl RequestHead {
@@ -67,6 +69,37 @@ impl RequestHead {
     /// forged by the client). Returns how many lines were dropped.
     pub fn drop_header(&mut self, src: &[u8], name: &str) -> usize {
         crate::fields::mark(src, self.line_end, self.head_len, name, &mut self.drop)
+    }
+
+    /// The trimmed value of the first trace-context field `f`, found
+    /// during the parse (no scan); `src` is the buffer given to
+    /// [`parse_request`].
+    pub fn trace_field<'a>(&self, src: &'a [u8], f: crate::TraceField) -> Option<&'a [u8]> {
+        self.trace.get(f).and_then(|s| src.get(s))
+    }
+
+    /// Whether the head has any trace-context field.
+    pub fn has_trace_fields(&self) -> bool {
+        self.trace.any()
+    }
+
+    /// Leaves every trace-context field (`traceparent`, `tracestate`, B3)
+    /// out of the forwarded head except `tracestate` when `keep_state`: a
+    /// proxy that sets its own `traceparent` drops the client's. Costs
+    /// nothing more than the parse unless a field occurs twice.
+    pub fn drop_trace_fields(&mut self, src: &[u8], keep_state: bool) {
+        let keep = keep_state.then_some(crate::TraceField::Tracestate);
+        for line in self.trace.lines_except(keep) {
+            self.drop.set(line);
+        }
+        if self.trace.repeated {
+            for name in crate::trace::NAMES {
+                if keep_state && name == "tracestate" {
+                    continue;
+                }
+                crate::fields::mark(src, self.line_end, self.head_len, name, &mut self.drop);
+            }
+        }
     }
 }
 
@@ -187,6 +220,7 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>,
         line_end: b.line_end,
         drop: f.drop,
         add_host,
+        trace: f.trace,
     }))
 }
 

@@ -7,6 +7,7 @@ mod chunked;
 mod requests;
 mod responses;
 mod split;
+mod trace;
 
 use super::*;
 
