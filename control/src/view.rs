@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use coremesh_api::resource::{Access, AccessPolicy, Resilience, Route, Service};
+use coremesh_api::resource::{Access, AccessPolicy, Resilience, Route, Service, Tracing};
 use coremesh_api::snapshot::{RevokedCert, ServiceEndpoints, Snapshot};
 
 use crate::config::Config;
@@ -38,6 +38,8 @@ pub struct View {
     pub default_access: Access,
     /// The MeshConfig's `outboundPolicy`.
     pub outbound_policy: Access,
+    /// The MeshConfig's `tracing`, the same for every proxy.
+    pub tracing: Option<Tracing>,
     /// The same for every proxy (control's CA and extra roots), shared.
     pub trust_bundle: Arc<Vec<String>>,
     /// The same for every proxy (certificates of evicted nodes), shared;
@@ -64,6 +66,7 @@ impl View {
             access_policy: self.access_policy.clone(),
             default_access: self.default_access,
             outbound_policy: self.outbound_policy,
+            tracing: self.tracing.clone(),
             trust_bundle: self.trust_bundle.to_vec(),
             revoked: self.revoked.to_vec(),
         }
@@ -139,6 +142,7 @@ pub fn compute(
         access_policy: config.access_policy(service).cloned(),
         default_access: config.default_access(),
         outbound_policy: config.outbound_policy(),
+        tracing: config.mesh.as_ref().and_then(|m| m.tracing.clone()),
         trust_bundle: trust_bundle.clone(),
         revoked: Arc::default(),
     }

@@ -88,7 +88,10 @@ impl TraceFields {
     }
 
     /// The field lines of every first occurrence, but `skip`'s.
-    pub(crate) fn lines_except(&self, skip: Option<TraceField>) -> impl Iterator<Item = usize> + '_ {
+    pub(crate) fn lines_except(
+        &self,
+        skip: Option<TraceField>,
+    ) -> impl Iterator<Item = usize> + '_ {
         let skip = skip.map_or(0, |f| 1u8 << f as usize);
         (0..COUNT)
             .filter(move |k| (self.present & !skip) & (1 << k) != 0)

@@ -52,6 +52,8 @@ pub struct RoutingTable {
     /// to a destination that is no mesh service is refused, not passed
     /// through.
     pub outbound_deny: bool,
+    /// The MeshConfig's `tracing` (the proxy's `[tracing]` overrides it).
+    pub tracing: Option<coremesh_api::resource::Tracing>,
 }
 
 /// How requests to one service are routed.
@@ -64,6 +66,8 @@ pub struct ServiceRoutes {
     pub rules: Option<Vec<CompiledRule>>,
     /// `protocol: tcp`: a byte stream, not HTTP requests.
     pub tcp: bool,
+    /// The name of the service's Route (a span's `http.route`).
+    pub route: Option<String>,
 }
 
 /// One rule of a Route. Regular expressions are compiled here, once per
@@ -171,6 +175,7 @@ impl RoutingTable {
                     all: s.endpoints.iter().map(|e| e.address).collect(),
                     rules: None,
                     tcp: s.protocol == coremesh_api::resource::Protocol::Tcp,
+                    route: None,
                 },
             );
         }
@@ -194,6 +199,7 @@ impl RoutingTable {
                 .collect(),
             destinations: destinations(snap),
             outbound_deny: snap.outbound_policy == coremesh_api::resource::Access::Deny,
+            tracing: snap.tracing.clone(),
         })
     }
 
@@ -340,6 +346,7 @@ fn compile_route(
     }
     if let Some(s) = services.get_mut(&key) {
         s.rules = Some(rules);
+        s.route = Some(r.name.clone());
     }
     Ok(())
 }

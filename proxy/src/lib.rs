@@ -33,6 +33,7 @@ pub(crate) mod runtime;
 pub(crate) mod shard;
 pub(crate) mod stats;
 pub(crate) mod tls;
+pub(crate) mod trace;
 pub(crate) mod upgrade;
 /// The request policy, its own crate (sans-I/O: routing, authorization,
 /// balancing, resilience, the attempt decision).
@@ -158,6 +159,7 @@ pub fn start(
     let upgrade = sockets.upgrade_setup(cfg.proxy.upgrade_socket.as_deref())?;
 
     let (agent_tx, agent_rx) = async_channel::unbounded();
+    let (spans_tx, spans_rx) = async_channel::bounded(trace::CHANNEL_BATCHES);
     let cores = cfg.proxy.cores;
     // One shard accepts on the TCP sockets itself; several get connections
     // from the agent's acceptor, as a Unix socket's always do (see
@@ -186,6 +188,7 @@ pub fn start(
             open_conns: handle.open_conns.clone(),
             ready: handle.ready.clone(),
             agent: AgentLink(agent_tx.clone()),
+            spans: spans_tx.clone(),
             own_addrs: [bound.inbound, bound.outbound, bound.admin]
                 .into_iter()
                 .flatten()
@@ -205,6 +208,7 @@ pub fn start(
         admin,
         accept,
         requests: agent_rx,
+        spans: spans_rx,
         bound,
         backend: runtime::backend_name(),
         upgrade,

@@ -408,6 +408,83 @@ pub struct MeshConfig {
     /// `allow`, so a MeshConfig without it serializes as before.
     #[serde(default, skip_serializing_if = "Access::is_allow")]
     pub outbound_policy: Access,
+    /// Distributed tracing for the whole mesh (a proxy's `[tracing]`
+    /// overrides it); absent: no spans are recorded, though every proxy
+    /// still propagates `traceparent`. Skipped when absent, so a
+    /// MeshConfig without it serializes as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<Tracing>,
+}
+
+/// `tracing:` of the [`MeshConfig`]: which share of new traces the proxies
+/// record, and where they send the spans (OTLP over HTTP).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Tracing {
+    /// The share of new traces sampled, `0.0..=1.0`; a request that
+    /// arrives with a sampling decision keeps it (parent-based).
+    pub sampling: f64,
+    /// The OTLP/HTTP collector, `http://host:port`: spans are POSTed to
+    /// `<collector>/v1/traces` as protobuf.
+    pub collector: String,
+}
+
+/// Validation rejects a NaN sampling ratio, so equality is total.
+impl Eq for Tracing {}
+
+/// Why a tracing setting is refused ([`check_tracing`]); the caller names
+/// where it came from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TracingError {
+    #[error("sampling {0} is not between 0.0 and 1.0")]
+    Sampling(String),
+    #[error("collector {0:?} is not an http:// URL with a host (such as http://10.0.0.9:4318)")]
+    Collector(String),
+}
+
+/// Checks a sampling ratio: `0.0..=1.0`.
+pub fn check_sampling(sampling: f64) -> Result<(), TracingError> {
+    if (0.0..=1.0).contains(&sampling) {
+        Ok(())
+    } else {
+        Err(TracingError::Sampling(sampling.to_string()))
+    }
+}
+
+/// Checks a collector URL: `http://host[:port][/path]` (spans go to
+/// `<collector>/v1/traces`); `https` is not offered.
+pub fn check_collector(collector: &str) -> Result<(), TracingError> {
+    let bad = || TracingError::Collector(collector.to_string());
+    let rest = collector.strip_prefix("http://").ok_or_else(bad)?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let (host, port) = match authority.strip_prefix('[') {
+        // [v6]:port
+        Some(v6) => {
+            let (addr, after) = v6.split_once(']').ok_or_else(bad)?;
+            addr.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?;
+            match after {
+                "" => ("v6", None),
+                p => ("v6", Some(p.strip_prefix(':').ok_or_else(bad)?)),
+            }
+        }
+        None => match authority.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        },
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_');
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
+    let path_ok = path
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#');
+    if host_ok && port_ok && path_ok {
+        Ok(())
+    } else {
+        Err(bad())
+    }
 }
 
 /// Durations as strings: `500ms`, `2s`, `1m`, `1h`.
@@ -681,6 +758,9 @@ pub enum Reason {
     /// A header or query value that can never match as sent.
     #[error(transparent)]
     Value(#[from] ValueError),
+    /// A MeshConfig's tracing setting.
+    #[error(transparent)]
+    Tracing(#[from] TracingError),
     /// The reason in words, with no error underneath: a rule about this
     /// field or about the set, or the YAML parser's message.
     #[error("{0}")]

@@ -69,6 +69,11 @@ pub struct Snapshot {
     /// (an older control, or `allow`): passed through.
     #[serde(default, skip_serializing_if = "Access::is_allow")]
     pub outbound_policy: Access,
+    /// The MeshConfig's `tracing` (a proxy's own `[tracing]` overrides
+    /// it). Absent (none, or an older control): no spans recorded unless
+    /// the proxy's config says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<crate::resource::Tracing>,
     /// The CA certificates (PEM, one certificate each) whose peer
     /// certificates this proxy trusts, on the data plane and for control:
     /// control's CA first, then extra roots during a rotation. Empty from an

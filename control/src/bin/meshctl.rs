@@ -602,8 +602,12 @@ fn get(api: &Api, what: What, output: Output) -> Result<(), Fail> {
                     ),
                     Resource::Resilience(res) => resilience_detail(res),
                     Resource::MeshConfig(m) => {
+                        let tracing = match &m.tracing {
+                            Some(t) => format!(", tracing {} to {}", t.sampling, t.collector),
+                            None => String::new(),
+                        };
                         format!(
-                            "defaultAccess {}, outboundPolicy {}",
+                            "defaultAccess {}, outboundPolicy {}{tracing}",
                             m.default_access.as_str(),
                             m.outbound_policy.as_str()
                         )

@@ -33,8 +33,14 @@ fn dropped_trace_fields_are_not_forwarded_but_tracestate_may_be() {
     assert!(out.contains("tracestate: k=v\r\n"), "{out}");
     assert!(out.contains("keep: me\r\n"), "{out}");
     assert!(out.contains("traceparent: new\r\n"), "{out}");
-    assert!(!out.contains("traceparent: x") && !out.contains("traceparent: y"), "{out}");
-    assert!(!out.contains("b3:") && !out.contains("x-b3-sampled"), "{out}");
+    assert!(
+        !out.contains("traceparent: x") && !out.contains("traceparent: y"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("b3:") && !out.contains("x-b3-sampled"),
+        "{out}"
+    );
 
     let mut h = req(s);
     h.drop_trace_fields(s, false);

@@ -33,6 +33,7 @@ pub mod apply;
 pub mod control;
 pub mod identity;
 pub mod names;
+pub mod otlp;
 pub mod state;
 pub mod systemd;
 pub mod tls;
@@ -126,6 +127,8 @@ pub struct AgentSetup {
     /// shard, and a Unix socket file always (see listener.rs).
     pub accept: Vec<(crate::listener::Listener, crate::msg::Role)>,
     pub requests: async_channel::Receiver<AgentRequest>,
+    /// Finished spans from the shards, for the OTLP exporter.
+    pub spans: async_channel::Receiver<crate::trace::SpanBatch>,
     pub bound: Bound,
     /// The executor the shards run ("monoio"/"glommio"), for `/config`.
     pub backend: &'static str,
@@ -224,6 +227,7 @@ async fn agent(setup: AgentSetup) -> i32 {
         admin,
         accept,
         requests,
+        spans,
         bound,
         backend,
         mut upgrade,
@@ -275,6 +279,7 @@ async fn agent(setup: AgentSetup) -> i32 {
     }
     tokio::task::spawn_local(resolver(requests, traffic.clone()));
     tokio::task::spawn_local(traffic_ticks(traffic.clone()));
+    tokio::task::spawn_local(otlp::export(spans));
     // Accept only now, with the identity and the last good snapshot in
     // place: connections already queued (an upgrade's inherited listeners)
     // must find a proxy that can serve them.

@@ -38,6 +38,18 @@ pub(crate) struct FileConfig {
     pub resilience: Vec<coremesh_api::resource::Resilience>,
     /// `[intercept]`: transparent interception with nftables.
     pub intercept: Option<InterceptFile>,
+    /// `[tracing]`: overrides the MeshConfig's `tracing`.
+    pub tracing: Option<TracingFile>,
+}
+
+/// `[tracing]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TracingFile {
+    /// Share of new traces sampled (a float or an integer, as written).
+    pub sampling: Option<toml::Value>,
+    /// OTLP/HTTP collector URL.
+    pub collector: Option<String>,
 }
 
 /// `[intercept]`.

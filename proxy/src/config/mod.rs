@@ -30,6 +30,7 @@ mod unix;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -76,6 +77,21 @@ pub struct Config {
     /// interception; the proxy reads no original destinations and marks no
     /// sockets.
     pub intercept: Option<InterceptConfig>,
+    /// `[tracing]`: this proxy's own sampling ratio and collector, each
+    /// overriding the MeshConfig's `tracing` (see crate::trace). Reloaded
+    /// on SIGHUP.
+    pub tracing: TracingConfig,
+}
+
+/// `[tracing]`: each key, when set, overrides the mesh-wide value of the
+/// MeshConfig's `tracing`. Spans are recorded only when a collector is
+/// known (here or mesh-wide).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TracingConfig {
+    /// Share of new traces sampled, `0.0..=1.0`.
+    pub sampling: Option<f64>,
+    /// `http://host:port`: spans are POSTed to `<collector>/v1/traces`.
+    pub collector: Option<Arc<str>>,
 }
 
 /// `[intercept]`: what the nftables ruleset of this proxy redirects, and
@@ -551,6 +567,10 @@ impl Config {
                 "key": t.key.display().to_string(),
                 "ca": t.ca.display().to_string(),
             })),
+            "tracing": {
+                "sampling": self.tracing.sampling,
+                "collector": self.tracing.collector.as_deref(),
+            },
             "intercept": self.intercept.as_ref().map(|i| json!({
                 "mark": i.mark,
                 "outbound": i.outbound,

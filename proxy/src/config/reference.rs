@@ -269,6 +269,20 @@ wildcard IP), except port 0, which lets the OS pick a free port.
   exclude_uids   [integer]        []            Users whose outgoing connections
                                                 are never redirected.
 
+[tracing]  (optional; reload)
+  Distributed tracing (see docs/observability.md). Each key overrides the
+  MeshConfig's `tracing` value of the same name. Every forwarded request
+  carries a W3C traceparent whatever is set here; spans are recorded and
+  exported only when a collector is known (here or mesh-wide).
+  sampling       float            MeshConfig's, else 0.0  Share of new traces
+                                                sampled, 0.0..=1.0; a request
+                                                that arrives with a sampling
+                                                decision keeps it.
+  collector      string           MeshConfig's  OTLP/HTTP collector,
+                                                "http://host:port": spans are
+                                                POSTed to <collector>/v1/traces
+                                                as protobuf.
+
 [control]  (optional; every key needs a restart)
   Without this section the proxy runs from [[services]] alone. With it, the
   proxy joins control once with token_file, then connects with its own

@@ -6,19 +6,20 @@ use std::io;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::affinity::format_cpu_list;
 use super::file::{
     ControlFile, FileConfig, H2LimitsFile, HealthFile, InboundFile, LimitsFile, OutboundFile,
-    ProxyFile, ServiceFile, TimeoutsFile, TlsFile, UpstreamFile,
+    ProxyFile, ServiceFile, TimeoutsFile, TlsFile, TracingFile, UpstreamFile,
 };
 use super::target::{parse_target, Target};
 use super::unix;
 use super::{
     duration, AppAddr, AppProtocol, Config, ConfigError, ControlConfig, H2Limits, HealthConfig,
     HealthKind, InboundConfig, Limits, ListenAddr, OutboundConfig, ProxyConfig, ServiceConfig,
-    TcpUpstreamConfig, Timeouts, TlsConfig, UnixListen, UpstreamConfig,
+    TcpUpstreamConfig, Timeouts, TlsConfig, TracingConfig, UnixListen, UpstreamConfig,
 };
 
 type Result<T> = std::result::Result<T, ConfigError>;
@@ -129,6 +130,7 @@ pub(crate) fn resolve(
         .intercept
         .map(|f| super::intercept::resolve(path, f, &inbound, &outbound))
         .transpose()?;
+    let tracing = resolve_tracing(At::new(path, "[tracing]"), file.tracing.unwrap_or_default())?;
     if tls.is_some() && control.is_some() {
         return Err(At::new(path, "[tls]").err(
             "",
@@ -148,6 +150,34 @@ pub(crate) fn resolve(
         tls,
         resilience,
         intercept,
+        tracing,
+    })
+}
+
+/// `[tracing]`: sampling in `0.0..=1.0` (a float or `0`/`1`), collector an
+/// `http://` URL (the same rules as the MeshConfig's).
+fn resolve_tracing(at: At<'_>, f: TracingFile) -> Result<TracingConfig> {
+    use coremesh_api::resource::{check_collector, check_sampling};
+    let sampling = match f.sampling {
+        None => None,
+        Some(toml::Value::Float(x)) => Some(x),
+        Some(toml::Value::Integer(n)) => Some(n as f64),
+        Some(other) => {
+            return Err(at.err(
+                "sampling",
+                format!("{other} is not a number between 0.0 and 1.0"),
+            ))
+        }
+    };
+    if let Some(x) = sampling {
+        check_sampling(x).map_err(|e| at.err("sampling", e))?;
+    }
+    if let Some(c) = &f.collector {
+        check_collector(c).map_err(|e| at.err("collector", e))?;
+    }
+    Ok(TracingConfig {
+        sampling,
+        collector: f.collector.map(|c| Arc::from(c.trim_end_matches('/'))),
     })
 }
 

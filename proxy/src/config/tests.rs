@@ -708,6 +708,7 @@ fn reference_documents_every_key() {
         ("tls", "[tls]\n"),
         ("outbound.tcp", "[[outbound.tcp]]\n"),
         ("intercept", "[intercept]\n"),
+        ("tracing", "[tracing]\n"),
     ];
     for (section, header) in sections.into_iter().chain(more) {
         let e = error(&format!("{header}zzz_unknown = 1\n"));
@@ -855,4 +856,39 @@ fn buffer_budgets_are_validated() {
     assert!(e.contains("connection_buffer_budget"), "{e}");
     let e = parse("buffer_budget = 65536\n").unwrap_err().to_string();
     assert!(e.contains("max_head_bytes + 16384"), "{e}");
+}
+
+#[test]
+fn tracing_section_overrides_and_is_checked() {
+    let base = "[proxy]\nservice = \"web\"\n[outbound]\n";
+    let c = parse_ok(&format!(
+        "{base}[tracing]\nsampling = 0.25\ncollector = \"http://127.0.0.1:4318/\"\n"
+    ));
+    assert_eq!(c.tracing.sampling, Some(0.25));
+    assert_eq!(
+        c.tracing.collector.as_deref(),
+        Some("http://127.0.0.1:4318")
+    );
+    assert_eq!(
+        parse_ok(&format!("{base}[tracing]\nsampling = 1\n"))
+            .tracing
+            .sampling,
+        Some(1.0)
+    );
+    assert_eq!(parse_ok(base).tracing, TracingConfig::default());
+    let e = error(&format!("{base}[tracing]\nsampling = 1.5\n"));
+    assert!(e.contains("[tracing] sampling") && e.contains("1.5"), "{e}");
+    let e = error(&format!("{base}[tracing]\nsampling = \"all\"\n"));
+    assert!(e.contains("[tracing] sampling"), "{e}");
+    let e = error(&format!(
+        "{base}[tracing]\ncollector = \"https://c:4318\"\n"
+    ));
+    assert!(
+        e.contains("[tracing] collector") && e.contains("http://"),
+        "{e}"
+    );
+}
+
+fn parse_ok(text: &str) -> Config {
+    parse(text).unwrap()
 }

@@ -24,6 +24,9 @@ pub(super) struct Exchange {
     pub(super) bytes_in: u64,
     pub(super) bytes_out: u64,
     pub(super) upstream: Option<SocketAddr>,
+    /// The request's place in its trace, and its span's recording when
+    /// sampled (crate::trace).
+    pub(super) trace: crate::trace::Hop,
 }
 
 /// One request and what serving it needs, through all its phases. `'p`:

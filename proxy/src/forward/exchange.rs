@@ -123,6 +123,10 @@ impl Protocol for Http1Tries<'_, '_, '_> {
         &self.ctx.ex
     }
 
+    fn trace_rec(&mut self) -> Option<&mut crate::trace::Recording> {
+        self.ctx.ex.trace.rec.as_deref_mut()
+    }
+
     async fn connect(
         &mut self,
         endpoints: &Endpoints<'_>,
@@ -339,6 +343,9 @@ pub(super) async fn over_connection(
     } = conn;
     let mut sent = send_request(ctx, cbuf, &mut up).await?;
     let (mut resp, mut ubuf) = response_head(ctx, &mut up, &mut sent, deadline).await?;
+    if let Some(rec) = ctx.ex.trace.rec.as_mut() {
+        rec.first_byte(Instant::now());
+    }
     let tunnel = resp.switching && ctx.head.upgrade;
     if up.is_tls() && sent.patient != tunnel {
         // Answered: the upload is over (or a tunnel starts, where either

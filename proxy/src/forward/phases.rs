@@ -59,6 +59,46 @@ impl LoggedRequest {
 }
 
 impl Shard {
+    /// The span of a finished sampled request (crate::trace), buffered
+    /// for the agent; nothing for an unsampled one.
+    pub(super) fn finish_span(&self, dir: Direction, service: &str, ex: &mut Exchange) {
+        let Some(rec) = ex.trace.rec.take() else {
+            return;
+        };
+        let cfg = self.config();
+        let table = self.routes();
+        let tls = self.tls();
+        let svc = table.as_ref().and_then(|t| t.service(service.as_bytes()));
+        let mesh_peer = dir == Direction::Outbound
+            && (svc.is_some()
+                || (static_mtls(&cfg) && cfg.services.iter().any(|s| s.name == service)));
+        let finished = crate::trace::Finished {
+            dir,
+            service,
+            status: ex.status,
+            start: ex.start,
+            end: ex.end.unwrap_or_else(Instant::now),
+            upstream: ex.upstream,
+            own_id: tls.as_ref().map(|t| t.identity.spiffe_id.as_str()),
+            trust_domain: tls.as_ref().map(|t| t.identity.trust_domain.as_str()),
+            mesh_peer,
+            route: svc.and_then(|s| s.route.as_deref()),
+        };
+        let span = crate::trace::SpanRecord::new(&ex.trace, *rec, &finished);
+        if self.tracer.push(span) {
+            self.flush_spans();
+        }
+    }
+
+    /// Hands the buffered spans to the agent (a full batch, and once a
+    /// second from the housekeeping).
+    pub fn flush_spans(&self) {
+        let cfg = self.config();
+        let table = self.routes();
+        let collector = crate::trace::collector(&cfg, table.as_ref().map(|t| &***t));
+        self.tracer.flush(collector, &cfg.proxy.service);
+    }
+
     /// The log phase: records a finished request in the stats and the
     /// access log.
     pub(super) fn record(

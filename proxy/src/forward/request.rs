@@ -54,6 +54,7 @@ pub(super) async fn handle(
             bytes_in: head.head_len as u64,
             bytes_out: 0,
             upstream: None,
+            trace: crate::trace::Hop::default(),
         },
         head,
         client,
@@ -63,6 +64,7 @@ pub(super) async fn handle(
         charge,
     };
     ctx.identity_header(&cbuf);
+    ctx.trace_context(&cbuf);
     // The access log needs the request line's fields after the buffer has
     // been reused for the body, so it gets a copy (only when it is enabled).
     let logged = shard
@@ -110,6 +112,7 @@ pub(super) async fn handle(
     };
     let end = *ex.end.get_or_insert_with(Instant::now);
     shard.record(dir, service, logged.as_ref(), &ex);
+    shard.finish_span(dir, service, &mut ex);
     (next, cbuf, end)
 }
 
@@ -165,6 +168,54 @@ impl<'p> RequestCtx<'p, '_> {
             extra.extend_from_slice(id.as_bytes());
             extra.extend_from_slice(b"\r\n");
         }
+    }
+
+    /// The trace context (crate::trace): the client's `traceparent` (or
+    /// B3) continued with this hop's span, or a new trace; the client's
+    /// fields are replaced by the proxy's (`tracestate` goes on as is).
+    /// The fields were located by the parse, so this reads no more of the
+    /// head; an unsampled request allocates nothing.
+    fn trace_context(&mut self, cbuf: &Buf) {
+        use crate::http1::TraceField as F;
+        use crate::trace;
+        let head = &mut self.head;
+        let (incoming, decision) = if head.has_trace_fields() {
+            let f = |k| head.trace_field(cbuf, k);
+            let incoming = f(F::Traceparent)
+                .and_then(trace::parse_traceparent)
+                .or_else(|| f(F::B3).and_then(trace::parse_b3_single))
+                .or_else(|| {
+                    trace::parse_b3_multi(
+                        f(F::B3TraceId)?,
+                        f(F::B3SpanId)?,
+                        f(F::B3Sampled),
+                        f(F::B3Flags),
+                    )
+                });
+            (incoming, f(F::B3).and_then(trace::b3_decision))
+        } else {
+            (None, None)
+        };
+        let shard = self.shard;
+        let ratio = trace::ratio(self.cfg, self.table);
+        let mut hop = trace::Hop::begin(incoming, decision, ratio, &mut || shard.random());
+        if let Some(rec) = hop.rec.as_mut() {
+            rec.method = String::from_utf8_lossy(head.method_bytes(cbuf)).into_owned();
+            rec.path = String::from_utf8_lossy(&cbuf[head.path.clone()]).into_owned();
+            rec.protocol = match head.version {
+                Version::Http10 => "HTTP/1.0",
+                Version::Http11 => "HTTP/1.1",
+            };
+            rec.caller = self.client.peer_id().map(|c| c.to_string());
+            if let Some(ts) = head.trace_field(cbuf, F::Tracestate) {
+                rec.tracestate = String::from_utf8_lossy(ts).into_owned();
+            }
+        }
+        if head.has_trace_fields() {
+            head.drop_trace_fields(cbuf, true);
+        }
+        hop.write_fields(&mut self.scratch.extra);
+        self.ex.trace = hop;
     }
 
     /// The request's total timeout (`timeouts.total`) passed: the phases'

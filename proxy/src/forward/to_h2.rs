@@ -81,6 +81,10 @@ impl Protocol for H2Tries<'_, '_, '_> {
         &self.ctx.ex
     }
 
+    fn trace_rec(&mut self) -> Option<&mut crate::trace::Recording> {
+        self.ctx.ex.trace.rec.as_deref_mut()
+    }
+
     async fn connect(
         &mut self,
         endpoints: &Endpoints<'_>,
@@ -256,7 +260,12 @@ impl H2Tries<'_, '_, '_> {
         let slot = StreamSlot::new(up);
         let sent = self.send(&slot, req, &hop, plan.deadline).await?;
         let resp = match runtime::timeout_at(plan.deadline, sent.resp).await {
-            Ok(Ok(r)) => r,
+            Ok(Ok(r)) => {
+                if let Some(rec) = self.ctx.ex.trace.rec.as_mut() {
+                    rec.first_byte(Instant::now());
+                }
+                r
+            }
             Ok(Err(e)) => {
                 tracing::debug!("the h2 upstream failed the request: {e}");
                 // Refused, or above the last stream of the upstream's
@@ -428,6 +437,7 @@ impl RequestCtx<'_, '_> {
             let name = http::header::HeaderName::from_bytes(name.as_bytes()).ok()?;
             h.insert(name, http::header::HeaderValue::from_str(id).ok()?);
         }
+        self.ex.trace.set_h2_fields(h);
         Some((req, named))
     }
 

@@ -71,6 +71,9 @@ pub(super) trait Protocol {
     /// The request's record (status, times, upstream).
     fn exchange_record(&self) -> &Exchange;
 
+    /// The request's span recording, when it is sampled.
+    fn trace_rec(&mut self) -> Option<&mut crate::trace::Recording>;
+
     /// A connection to an endpoint `endpoints` picks (not one in `tried`
     /// when another is left), for the try `plan` allows.
     async fn connect(
@@ -158,6 +161,9 @@ pub(super) async fn run<P: Protocol>(
         };
         let (last, addr, reused) = match p.connect(endpoints, &mut tried, &plan).await {
             Ok(conn) => {
+                if let Some(rec) = p.trace_rec() {
+                    rec.connected(Instant::now());
+                }
                 let (addr, reused) = (conn.addr, conn.reused);
                 let flight = InFlight::start(shard, service, addr, now);
                 let res = p.exchange(conn, endpoints, &plan).await;

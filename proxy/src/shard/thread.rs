@@ -17,6 +17,8 @@ pub struct ShardSetup {
     pub open_conns: Arc<AtomicUsize>,
     pub ready: Arc<AtomicBool>,
     pub agent: AgentLink,
+    /// Finished spans to the agent's exporter (crate::trace).
+    pub spans: async_channel::Sender<crate::trace::SpanBatch>,
     /// This proxy's own bound addresses (listeners and admin): passthrough
     /// never forwards to them, which would loop until descriptors run out.
     pub own_addrs: Vec<SocketAddr>,
@@ -32,6 +34,7 @@ pub async fn run(setup: ShardSetup, driver: String) {
         open_conns,
         ready,
         agent,
+        spans,
         own_addrs,
     } = setup;
     tracing::info!(
@@ -80,6 +83,7 @@ pub async fn run(setup: ShardSetup, driver: String) {
         traffic: crate::traffic::ShardTraffic::new(index, cores),
         excluded: RefCell::new(Arc::default()),
         down: RefCell::default(),
+        tracer: crate::trace::Tracer::new(spans),
     });
 
     sync_traffic(&shard);
@@ -292,6 +296,7 @@ async fn housekeeping(shard: Rc<Shard>) {
     let mut heap = crate::shard::heap::HeapRelease::default();
     loop {
         runtime::sleep(Duration::from_secs(1)).await;
+        shard.flush_spans();
         let demand = shard.traffic.demand(Instant::now());
         if !demand.is_empty() {
             let _ = shard.agent.send(crate::msg::AgentRequest::Demand {

@@ -392,6 +392,12 @@ fn check_mesh_config(m: &MeshConfig) -> Result<(), Invalid> {
             .into(),
         ));
     }
+    if let Some(t) = &m.tracing {
+        super::check_sampling(t.sampling)
+            .map_err(|e| ("tracing.sampling".to_string(), e.into()))?;
+        super::check_collector(&t.collector)
+            .map_err(|e| ("tracing.collector".to_string(), e.into()))?;
+    }
     Ok(())
 }
 

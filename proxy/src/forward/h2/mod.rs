@@ -367,3 +367,38 @@ pub(super) fn left(deadline: Instant) -> Duration {
 
 #[cfg(test)]
 mod tests;
+
+/// An h2 stream's trace context (crate::trace): the client's
+/// `traceparent` (or B3) continued with this hop's span, or a new trace.
+/// The fields the upstream gets are set in `Call::upstream_request`.
+pub(super) fn trace_hop(
+    shard: &Shard,
+    cfg: &crate::config::Config,
+    table: Option<&crate::routing::RoutingTable>,
+    parts: &http::request::Parts,
+    info: &ConnInfo,
+) -> crate::trace::Hop {
+    use crate::trace;
+    let h = &parts.headers;
+    let ratio = trace::ratio(cfg, table);
+    let mut hop = trace::Hop::begin(
+        trace::incoming_h2(h),
+        trace::decision_h2(h),
+        ratio,
+        &mut || shard.random(),
+    );
+    if let Some(rec) = hop.rec.as_mut() {
+        rec.method = parts.method.as_str().to_string();
+        rec.path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        rec.protocol = "HTTP/2";
+        rec.caller = info.peer.as_deref().map(str::to_string);
+        if let Some(ts) = h.get("tracestate") {
+            rec.tracestate = String::from_utf8_lossy(ts.as_bytes()).into_owned();
+        }
+    }
+    hop
+}

@@ -98,6 +98,13 @@ pub(super) async fn serve_stream(
             bytes_in: 0,
             bytes_out: 0,
             upstream: None,
+            trace: crate::forward::h2::trace_hop(
+                &shard,
+                &cfg,
+                table.as_ref().map(|t| &***t),
+                &parts,
+                &info,
+            ),
         },
         service: "unknown",
         grpc_status: None,
@@ -110,11 +117,14 @@ pub(super) async fn serve_stream(
         None => call.answer(&Answer::Error(ErrorKind::BufferBudget)),
     }
     let Call {
-        ex,
+        mut ex,
         service,
         grpc_status,
         ..
     } = call;
+    if let Some(rec) = ex.trace.rec.as_mut() {
+        rec.grpc_status = grpc_status;
+    }
     if let Some(l) = logged.as_mut() {
         l.grpc_status = grpc_status;
     }
@@ -126,6 +136,7 @@ pub(super) async fn serve_stream(
             .grpc(info.dir, service, grpc_status);
     }
     shard.record(info.dir, service, logged.as_ref(), &ex);
+    shard.finish_span(info.dir, service, &mut ex);
 }
 
 /// Charges what a stream may make the proxy hold (shard/budget.rs): a
@@ -250,6 +261,10 @@ impl Protocol for StreamTries<'_, '_> {
 
     fn exchange_record(&self) -> &Exchange {
         &self.call.ex
+    }
+
+    fn trace_rec(&mut self) -> Option<&mut crate::trace::Recording> {
+        self.call.ex.trace.rec.as_deref_mut()
     }
 
     async fn connect(
@@ -541,6 +556,7 @@ impl<'p> Call<'p> {
                 h.insert(GRPC_TIMEOUT, v);
             }
         }
+        self.ex.trace.set_h2_fields(h);
         req
     }
 }
@@ -624,6 +640,9 @@ impl Call<'_> {
                 plan.deadline,
             )
             .await?;
+        if let Some(rec) = self.ex.trace.rec.as_mut() {
+            rec.first_byte(Instant::now());
+        }
         let (rparts, mut up_recv) = self.judge_head(head, &stat, &plan)?;
         let end = up_recv.is_end_stream();
         let head = http::Response::from_parts(rparts, ());

@@ -1,7 +1,9 @@
 use std::time::Duration;
 
 use super::*;
-use crate::resource::{Access, AccessRule, Protocol, RetryOn, ValueMatch, ACCESS_EXAMPLE, EXAMPLE};
+use crate::resource::{
+    check_collector, Access, AccessRule, Protocol, RetryOn, ValueMatch, ACCESS_EXAMPLE, EXAMPLE,
+};
 
 fn err(text: &str) -> String {
     parse_documents(text).unwrap_err().to_string()
@@ -191,4 +193,48 @@ fn to_yaml_round_trips() {
     );
     assert_eq!(parse_documents(&yaml).unwrap(), rs);
     assert_eq!(to_yaml(&[]), "");
+}
+
+#[test]
+fn mesh_config_tracing() {
+    let rs = parse_documents(
+        "kind: MeshConfig\nname: mesh\ntracing: {sampling: 0.01, collector: \"http://10.0.0.9:4318\"}\n",
+    )
+    .unwrap();
+    let Resource::MeshConfig(m) = &rs[0] else {
+        panic!("{rs:?}")
+    };
+    let t = m.tracing.as_ref().unwrap();
+    assert_eq!(
+        (t.sampling, t.collector.as_str()),
+        (0.01, "http://10.0.0.9:4318")
+    );
+    let yaml = to_yaml(&rs);
+    assert!(yaml.contains("collector: http://10.0.0.9:4318"), "{yaml}");
+    assert_eq!(parse_documents(&yaml).unwrap(), rs);
+
+    let e = err(
+        "kind: MeshConfig\nname: mesh\ntracing: {sampling: 1.5, collector: \"http://c:4318\"}\n",
+    );
+    assert!(e.contains("tracing.sampling") && e.contains("1.5"), "{e}");
+    for bad in [
+        "https://c:4318",
+        "c:4318",
+        "http://",
+        "http://c:99999",
+        "http://a b",
+    ] {
+        let e = err(&format!(
+            "kind: MeshConfig\nname: mesh\ntracing: {{sampling: 0.5, collector: \"{bad}\"}}\n"
+        ));
+        assert!(e.contains("tracing.collector"), "{bad}: {e}");
+    }
+    for good in [
+        "http://c:4318",
+        "http://[::1]:4318",
+        "http://127.0.0.1:4318/otlp",
+        "http://collector",
+    ] {
+        assert_eq!(check_collector(good), Ok(()), "{good}");
+    }
 }

@@ -192,6 +192,9 @@ impl Call<'_> {
                     Err(kind) => return self.answer(&Answer::Error(kind)),
                 },
             };
+            if let Some(rec) = self.ex.trace.rec.as_mut() {
+                rec.connected(Instant::now());
+            }
             let answer = self.wait_http1(send.try_send_request(req), deadline).await;
             match answer {
                 Waited::Answer(r) if r.is_err() && !fresh => {
@@ -209,7 +212,12 @@ impl Call<'_> {
         self.ex.bytes_in = received.get();
         let resp = match answer {
             Waited::Answer(r) => match *r {
-                Ok(r) => r,
+                Ok(r) => {
+                    if let Some(rec) = self.ex.trace.rec.as_mut() {
+                        rec.first_byte(Instant::now());
+                    }
+                    r
+                }
                 Err(e) => {
                     tracing::debug!(%app, "HTTP/1.1 app failed the request: {}", e.error());
                     return self.answer(&Answer::Error(ErrorKind::UpstreamReset));
