@@ -6,9 +6,9 @@
 # namespaces as test hosts), nftables (interception in the test hosts),
 # systemd-analyze (unit checks), dpkg-dev
 # (cargo-deb's Depends line), h2load (Debian package `nghttp2-client`: HTTP/2
-# load through the proxy), the PyPI packages grpcio, h2 and websockets for
-# python3 (the gRPC, raw HTTP/2 and WebSocket apps and clients of
-# tests/py/), and the rustfmt/clippy components.
+# load through the proxy), the PyPI packages grpcio, h2, websockets and
+# opentelemetry-proto for python3 (the gRPC, raw HTTP/2 and WebSocket apps
+# and clients, and the OTLP receiver, of tests/py/), and the rustfmt/clippy components.
 # Idempotent; safe to run on every CI run.
 set -euo pipefail
 
@@ -43,9 +43,11 @@ command -v h2load >/dev/null 2>&1 || need_apt+=(nghttp2-client)
 
 # PyPI packages for the Python test apps and clients (tests/py/), by import
 # name -> package name; pip comes from Debian when python3 lacks it.
-declare -A py_packages=([grpc]=grpcio [h2]=h2 [websockets]=websockets)
+declare -A py_packages=([grpc]=grpcio [h2]=h2 [websockets]=websockets
+    [opentelemetry.proto.collector.trace.v1.trace_service_pb2]=opentelemetry-proto)
+py_modules=(grpc h2 websockets opentelemetry.proto.collector.trace.v1.trace_service_pb2)
 need_pip=()
-for module in grpc h2 websockets; do
+for module in "${py_modules[@]}"; do
     if ! command -v python3 >/dev/null 2>&1 \
         || ! python3 -c "import $module" >/dev/null 2>&1 </dev/null; then
         need_pip+=("${py_packages[$module]}")
@@ -88,7 +90,7 @@ if [ "${#need_pip[@]}" -gt 0 ]; then
     if ! "${pip_install[@]}" "${need_pip[@]}" </dev/null; then
         "${pip_install[@]}" --break-system-packages "${need_pip[@]}" </dev/null
     fi
-    for module in grpc h2 websockets; do
+    for module in "${py_modules[@]}"; do
         python3 -c "import $module" </dev/null || {
             echo "install-deps: python3 still cannot import $module" >&2
             exit 1
@@ -109,4 +111,4 @@ if [ "${#need_rust[@]}" -gt 0 ]; then
     rustup component add "${need_rust[@]}" </dev/null
 fi
 
-echo "install-deps: ok (curl, promtool, python3 with grpcio/h2/websockets, cc, redis, testssl, ip, nft, systemd-analyze, dpkg-dev, h2load, rustfmt, clippy present)"
+echo "install-deps: ok (curl, promtool, python3 with grpcio/h2/websockets/opentelemetry-proto, cc, redis, testssl, ip, nft, systemd-analyze, dpkg-dev, h2load, rustfmt, clippy present)"

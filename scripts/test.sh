@@ -75,6 +75,8 @@ cargo test -p coremesh-e2e --tests --no-run
 # tests/h2.rs (HTTP/2, gRPC and WebSocket with curl, h2load, grpcio and
 # websockets, installed by install-deps.sh) runs with the rest, as do
 # tests/unix.rs (Unix socket apps and listeners; its one upgrade is light),
+# tests/tracing.rs (spans of a three-service mesh at a Python OTLP/HTTP
+# receiver, tests/py/otlp_receiver.py with PyPI opentelemetry-proto),
 # tests/revocation.rs (meshctl node evict: revoked certificates refused and
 # their connections shut), tests/mux.rs (the multiplexed mesh hop) and
 # tests/exhaustion.rs (RLIMIT_NOFILE lowered on a running proxy, a tiny
