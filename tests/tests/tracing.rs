@@ -22,7 +22,9 @@ use std::time::Duration;
 
 use coremesh_e2e::grpc::require_python;
 use coremesh_e2e::util::wait_for;
-use coremesh_e2e::{Control, ControlBuilder, Member, Origin, Proxy, ProxyBuilder, PyApp, Request};
+use coremesh_e2e::{
+    Control, ControlBuilder, Member, MeshProxy, Origin, Proxy, ProxyBuilder, PyApp, Request,
+};
 
 const CONVERGE: Duration = Duration::from_secs(30);
 const SPANS_ARRIVE: Duration = Duration::from_secs(20);
@@ -179,11 +181,10 @@ impl Mesh {
             .header("traceparent")
             .unwrap_or_else(|| panic!("api got no traceparent: {at_api:?}"))
             .to_string();
-        let r = self.api.outbound_client().request(
-            &Request::get("/rows")
-                .host("db")
-                .header("traceparent", &tp),
-        );
+        let r = self
+            .api
+            .outbound_client()
+            .request(&Request::get("/rows").host("db").header("traceparent", &tp));
         assert_eq!(r.status, 200, "{r:?}");
         let at_db = self.db_app.last();
         let tp_db = at_db
@@ -229,15 +230,26 @@ fn check_tree(mesh: &Mesh, multiplex: bool) {
     // the next; each proxy's span is the parent of what it forwarded.
     assert_eq!(web_out.parent, "", "web's span is the root");
     assert_eq!(api_in.parent, web_out.span_id);
-    assert_eq!(api_parent, api_in.span_id, "api's app got api's span as parent");
+    assert_eq!(
+        api_parent, api_in.span_id,
+        "api's app got api's span as parent"
+    );
     assert_eq!(api_out.parent, api_in.span_id);
     assert_eq!(db_in.parent, api_out.span_id);
     assert_eq!(db_parent, db_in.span_id);
 
     for s in [web_out, api_in, api_out, db_in] {
         assert_eq!(s.attr_str("http.request.method"), "GET", "{s:#?}");
-        assert_eq!(s.attr("http.response.status_code"), Some(&200.into()), "{s:#?}");
-        assert_eq!(s.attr("http.request.resend_count"), Some(&0.into()), "{s:#?}");
+        assert_eq!(
+            s.attr("http.response.status_code"),
+            Some(&200.into()),
+            "{s:#?}"
+        );
+        assert_eq!(
+            s.attr("http.request.resend_count"),
+            Some(&0.into()),
+            "{s:#?}"
+        );
     }
     assert_eq!(web_out.attr_str("http.route"), "api-route");
     assert_eq!(web_out.name, "GET api-route");
@@ -260,7 +272,10 @@ fn check_tree(mesh: &Mesh, multiplex: bool) {
         format!("spiffe://{td}/service/{svc}")
     };
     assert_eq!(web_out.attr_str("coremesh.source.spiffe_id"), id("web"));
-    assert_eq!(web_out.attr_str("coremesh.destination.spiffe_id"), id("api"));
+    assert_eq!(
+        web_out.attr_str("coremesh.destination.spiffe_id"),
+        id("api")
+    );
     assert_eq!(api_in.attr_str("coremesh.source.spiffe_id"), id("web"));
     assert_eq!(api_in.attr_str("coremesh.destination.spiffe_id"), id("api"));
     assert_eq!(api_out.attr_str("coremesh.source.spiffe_id"), id("api"));
@@ -285,10 +300,17 @@ fn b3_continues_and_unsampled_is_not_recorded(mesh: &Mesh) {
             .header("X-B3-SpanId", "a2fb4a1d1a96d312")
             .header("X-B3-Sampled", "1"),
     );
-    assert_eq!(split_traceparent(&at_api).0, b3_trace, "the B3 trace goes on");
+    assert_eq!(
+        split_traceparent(&at_api).0,
+        b3_trace,
+        "the B3 trace goes on"
+    );
     let spans = mesh.wait_trace(b3_trace, 4);
     let web_out = one(&spans, "web", CLIENT);
-    assert_eq!(web_out.parent, "a2fb4a1d1a96d312", "the B3 span is the parent");
+    assert_eq!(
+        web_out.parent, "a2fb4a1d1a96d312",
+        "the B3 span is the parent"
+    );
     assert!(mesh.api_app.last().header("x-b3-traceid").is_none());
 
     // The single-header form too.
@@ -301,9 +323,10 @@ fn b3_continues_and_unsampled_is_not_recorded(mesh: &Mesh) {
 
     // A caller that did not sample: propagated as unsampled, no spans.
     let unsampled = "0af7651916cd43dd8448eb211c80319c";
-    let (at_api, at_db) = mesh.call_chain(
-        Request::get("/quiet").header("traceparent", &format!("00-{unsampled}-b7ad6b7169203331-00")),
-    );
+    let (at_api, at_db) = mesh.call_chain(Request::get("/quiet").header(
+        "traceparent",
+        &format!("00-{unsampled}-b7ad6b7169203331-00"),
+    ));
     let (t, _, flags) = split_traceparent(&at_api);
     assert_eq!((t.as_str(), flags.as_str()), (unsampled, "00"));
     assert_eq!(split_traceparent(&at_db).2, "00");
@@ -322,7 +345,10 @@ fn b3_continues_and_unsampled_is_not_recorded(mesh: &Mesh) {
     let m = mesh.web.metrics();
     assert!(m.sum("coremesh_trace_spans_exported_total", &[]) >= 4.0);
     assert_eq!(
-        m.sum("coremesh_trace_spans_dropped_total", &[("reason", "export_failed")]),
+        m.sum(
+            "coremesh_trace_spans_dropped_total",
+            &[("reason", "export_failed")]
+        ),
         0.0
     );
 }
