@@ -66,7 +66,7 @@ impl View {
             access_policy: self.access_policy.clone(),
             default_access: self.default_access,
             outbound_policy: self.outbound_policy,
-            tracing: self.tracing.clone(),
+            tracing: self.tracing.clone().map(Box::new),
             trust_bundle: self.trust_bundle.to_vec(),
             revoked: self.revoked.to_vec(),
         }

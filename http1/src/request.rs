@@ -71,11 +71,23 @@ impl RequestHead {
         crate::fields::mark(src, self.line_end, self.head_len, name, &mut self.drop)
     }
 
-    /// The trimmed value of the first trace-context field `f`, found
-    /// during the parse (no scan); `src` is the buffer given to
-    /// [`parse_request`].
+    /// The trimmed value of the first trace-context field `f`; `src` is
+    /// the buffer given to [`parse_request`]. `traceparent` was located by
+    /// the parse, and an absent field costs nothing; another present field
+    /// is found by a scan of the head.
     pub fn trace_field<'a>(&self, src: &'a [u8], f: crate::TraceField) -> Option<&'a [u8]> {
-        self.trace.get(f).and_then(|s| src.get(s))
+        if !self.trace.has(f) {
+            return None;
+        }
+        match self
+            .trace
+            .traceparent()
+            .filter(|_| f == crate::TraceField::Traceparent)
+        {
+            Some(s) => src.get(s),
+            // Rarer fields: a scan, only when the parse saw one.
+            None => self.header(src, crate::trace::NAMES[f as usize]),
+        }
     }
 
     /// Whether the head has any trace-context field.

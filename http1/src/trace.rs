@@ -47,15 +47,16 @@ pub(crate) fn classify(n: &[u8]) -> Option<TraceField> {
     })
 }
 
-/// Where the trace-context fields of a head are: the first value of each
-/// (trimmed) and its field line. Compact (offsets as `u32`, line indices
-/// as `u16`: a head is far smaller than 4 GiB and has at most
-/// [`super::MAX_HEADERS_CAP`] lines), since it lives in every
-/// [`super::RequestHead`].
+/// Where the trace-context fields of a head are: the field line of each
+/// field's first occurrence, and the value of `traceparent` (the one read
+/// on every request; the others, rarer, are found by a scan of the head
+/// when present). Compact (`u32` offsets, `u16` line indices: a head is
+/// far smaller than 4 GiB and has at most [`super::MAX_HEADERS_CAP`]
+/// lines), since it lives in every [`super::RequestHead`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct TraceFields {
-    /// `(start, end)` of each field's first value.
-    at: [(u32, u32); COUNT],
+    /// `(start, end)` of the first `traceparent` value.
+    traceparent: (u32, u32),
     /// The field line of each field's first occurrence.
     line: [u16; COUNT],
     /// Bit `i`: field `i` is present.
@@ -74,13 +75,19 @@ impl TraceFields {
             return;
         }
         self.present |= 1 << k;
-        self.at[k] = (value.start as u32, value.end as u32);
         self.line[k] = i as u16;
+        if f == TraceField::Traceparent {
+            self.traceparent = (value.start as u32, value.end as u32);
+        }
     }
 
-    pub(crate) fn get(&self, f: TraceField) -> Option<Span> {
-        let k = f as usize;
-        (self.present & (1 << k) != 0).then(|| self.at[k].0 as usize..self.at[k].1 as usize)
+    pub(crate) fn has(&self, f: TraceField) -> bool {
+        self.present & (1 << f as usize) != 0
+    }
+
+    pub(crate) fn traceparent(&self) -> Option<Span> {
+        self.has(TraceField::Traceparent)
+            .then_some(self.traceparent.0 as usize..self.traceparent.1 as usize)
     }
 
     pub(crate) fn any(&self) -> bool {
@@ -99,7 +106,7 @@ impl TraceFields {
     }
 }
 
-/// Every trace-context field name, lowercase.
+/// Every trace-context field name, lowercase, in [`TraceField`] order.
 pub(crate) const NAMES: [&str; COUNT] = [
     "traceparent",
     "tracestate",

@@ -199,7 +199,7 @@ impl RoutingTable {
                 .collect(),
             destinations: destinations(snap),
             outbound_deny: snap.outbound_policy == coremesh_api::resource::Access::Deny,
-            tracing: snap.tracing.clone(),
+            tracing: snap.tracing.as_deref().cloned(),
         })
     }
 

@@ -71,9 +71,10 @@ pub struct Snapshot {
     pub outbound_policy: Access,
     /// The MeshConfig's `tracing` (a proxy's own `[tracing]` overrides
     /// it). Absent (none, or an older control): no spans recorded unless
-    /// the proxy's config says so.
+    /// the proxy's config says so. Boxed: a snapshot message stays within
+    /// the size of the other control messages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tracing: Option<crate::resource::Tracing>,
+    pub tracing: Option<Box<crate::resource::Tracing>>,
     /// The CA certificates (PEM, one certificate each) whose peer
     /// certificates this proxy trusts, on the data plane and for control:
     /// control's CA first, then extra roots during a rotation. Empty from an

@@ -115,6 +115,11 @@ pub enum ProxyMsg {
 }
 
 /// Control → proxy.
+///
+/// The snapshot variant is much the largest: a message is decoded a few
+/// times a minute at most and moved once, so its size costs nothing that
+/// boxing it (and changing every match on it) would win back.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ControlMsg {

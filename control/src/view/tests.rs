@@ -107,6 +107,10 @@ fn a_proxy_sees_only_its_own_access_policy() {
         name: "mesh".into(),
         default_access: Access::Deny,
         outbound_policy: Access::Deny,
+        tracing: Some(coremesh_api::resource::Tracing {
+            sampling: 0.5,
+            collector: "http://10.0.0.9:4318".into(),
+        }),
     });
     let web = compute(&c, &reg, None, "web", &bundle());
     assert_eq!(web.default_access, Access::Deny);
@@ -123,6 +127,12 @@ fn a_proxy_sees_only_its_own_access_policy() {
     assert_eq!(s.default_access, Access::Deny);
     assert_eq!(s.trust_bundle, ["ROOT"]);
     assert_eq!(s.access_policy, None);
+    // The mesh's tracing goes to every proxy.
+    let t = s.tracing.as_deref().expect("tracing in the snapshot");
+    assert_eq!(
+        (t.sampling, t.collector.as_str()),
+        (0.5, "http://10.0.0.9:4318")
+    );
 }
 
 /// api (mirrors to api-shadow, with a Resilience), db (with a

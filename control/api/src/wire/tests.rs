@@ -116,10 +116,10 @@ fn control_msgs() -> Vec<ControlMsg> {
             access_policy,
             default_access: crate::resource::Access::Deny,
             outbound_policy: crate::resource::Access::Deny,
-            tracing: Some(crate::resource::Tracing {
+            tracing: Some(Box::new(crate::resource::Tracing {
                 sampling: 0.25,
                 collector: "http://10.0.0.9:4318".into(),
-            }),
+            })),
             trust_bundle: vec!["root 1".into(), "root 2".into()],
             revoked: vec![crate::snapshot::RevokedCert {
                 serial: "7f3a".into(),
