@@ -379,3 +379,110 @@ fn spans_form_the_tree_over_the_multiplexed_hop() {
     let mesh = Mesh::start(true);
     check_tree(&mesh, true);
 }
+
+/// A proxy without control, traced by its own `[tracing]`: at sampling
+/// 0.0 it records only what its caller sampled (parent-based), here a
+/// gRPC call whose status the span carries.
+#[test]
+fn proxy_toml_tracing_records_a_sampled_grpc_call() {
+    if !require_python(&[
+        (
+            "opentelemetry.proto.collector.trace.v1.trace_service_pb2",
+            "opentelemetry-proto",
+        ),
+        ("grpc", "grpcio"),
+    ]) {
+        return;
+    }
+    let receiver = PyApp::start("otlp_receiver.py", "otlp");
+    let app = PyApp::grpc("api-1");
+    let web = ProxyBuilder::new("web")
+        .outbound()
+        .service("api", &[app.addr()])
+        .extra(&format!(
+            "[tracing]\nsampling = 0.0\ncollector = \"http://{}\"\n",
+            receiver.addr()
+        ))
+        .start();
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let run = coremesh_e2e::GrpcClient::new(web.outbound())
+        .authority("api")
+        .metadata("traceparent", &format!("00-{trace}-00f067aa0ba902b7-01"))
+        .run(&["status", "--code", "5"]);
+    assert_eq!(run.calls()[0]["code_num"], 5, "{:?}", run.json);
+    // Not sampled by its caller, at ratio 0.0: not recorded.
+    let quiet = "5bf92f3577b34da6a3ce929d0e0e4736";
+    coremesh_e2e::GrpcClient::new(web.outbound())
+        .authority("api")
+        .metadata("traceparent", &format!("00-{quiet}-00f067aa0ba902b7-00"))
+        .run(&["unary"]);
+    let spans = wait_for(SPANS_ARRIVE, || {
+        let log = receiver.log_text();
+        log.lines()
+            .filter_map(|l| l.strip_prefix("SPAN "))
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["trace_id"] == trace)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no span; receiver: {}\nweb: {}",
+            receiver.log_text(),
+            web.log_tail(20)
+        )
+    });
+    assert_eq!(spans["service"], "web");
+    assert_eq!(spans["kind"], CLIENT);
+    assert_eq!(spans["parent_span_id"], "00f067aa0ba902b7");
+    let a = &spans["attributes"];
+    assert_eq!(a["rpc.system"], "grpc");
+    assert_eq!(a["rpc.grpc.status_code"], 5);
+    assert_eq!(a["http.request.method"], "POST");
+    assert_eq!(a["network.protocol.version"], "2");
+    assert_eq!(a["peer.service"], "api");
+    // Give the unsampled call's span (if any) the same second to arrive.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !receiver.log_text().contains(quiet),
+        "an unsampled call was recorded: {}",
+        receiver.log_text()
+    );
+}
+
+/// A collector that cannot be reached costs the requests nothing; the
+/// spans are dropped and counted.
+#[test]
+fn an_unreachable_collector_drops_and_counts_spans() {
+    let app = Origin::start("api");
+    // A port nothing listens on: bound, then closed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let web = ProxyBuilder::new("web")
+        .outbound()
+        .service("api", &[app.addr()])
+        .extra(&format!(
+            "[tracing]\nsampling = 1.0\ncollector = \"http://{closed}\"\n"
+        ))
+        .start();
+    let mut c = web.outbound_client();
+    for _ in 0..20 {
+        let r = c.request(&Request::get("/x").host("api"));
+        assert_eq!(r.status, 200);
+        assert!(app
+            .last()
+            .header("traceparent")
+            .is_some_and(|t| t.ends_with("-01")));
+    }
+    let m = wait_for(Duration::from_secs(15), || {
+        let m = web.metrics();
+        (m.sum(
+            "coremesh_trace_spans_dropped_total",
+            &[("reason", "export_failed")],
+        ) >= 20.0)
+            .then_some(m)
+    })
+    .unwrap_or_else(|| panic!("{}", web.admin_get("/metrics").body_str()));
+    assert!(m.sum("coremesh_trace_export_errors_total", &[]) >= 1.0);
+    assert_eq!(m.sum("coremesh_trace_spans_exported_total", &[]), 0.0);
+}

@@ -312,3 +312,6 @@ pub fn request(service: &str, spans: Vec<SpanRecord>) -> ExportTraceServiceReque
         }],
     }
 }
+
+#[cfg(test)]
+mod tests;
