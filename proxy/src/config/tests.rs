@@ -708,6 +708,7 @@ fn reference_documents_every_key() {
         ("tls", "[tls]\n"),
         ("outbound.tcp", "[[outbound.tcp]]\n"),
         ("intercept", "[intercept]\n"),
+        ("access_log", "[access_log]\n"),
     ];
     for (section, header) in sections.into_iter().chain(more) {
         let e = error(&format!("{header}zzz_unknown = 1\n"));
