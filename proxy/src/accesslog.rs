@@ -171,7 +171,10 @@ impl AccessLog {
 /// version other than `00` may carry more after the flags.
 pub fn trace_id(traceparent: &[u8]) -> Option<[u8; 32]> {
     let v = traceparent.trim_ascii();
-    let hex = |b: &[u8]| b.iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
+    let hex = |b: &[u8]| {
+        b.iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+    };
     if v.len() < 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
         return None;
     }

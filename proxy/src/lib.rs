@@ -160,9 +160,7 @@ pub fn start(
     // The access log's file is written by a thread of its own (accesslog.rs).
     let access_log = cfg.proxy.access_log.as_deref().and_then(|p| {
         accesslog::Writer::start(p, &accesslog::COUNTERS)
-            .map_err(|e| {
-                tracing::error!("access log {}: {e}; access logging is off", p.display())
-            })
+            .map_err(|e| tracing::error!("access log {}: {e}; access logging is off", p.display()))
             .ok()
     });
     let (agent_tx, agent_rx) = async_channel::unbounded();

@@ -426,6 +426,7 @@ pub fn start(
     origin: SocketAddr,
     dir: &Path,
     pin: Pin<'_>,
+    extra: &str,
 ) -> Result<Running, StartError> {
     let own = dir.join("run").join(file_label(label));
     create_dir(&own)?;
@@ -437,7 +438,12 @@ pub fn start(
         free_port().map_err(StartError::FreePort)?
     };
     let config_path = configs.join(format!("{}.{}", file_label(label), kind.config_ext()));
-    write_config(&config_path, &config(kind, port, origin, &own, nofile))?;
+    // `extra` is TOML: only coremesh's configuration takes it.
+    let mut text = config(kind, port, origin, &own, nofile);
+    if kind == Kind::Coremesh {
+        text.push_str(extra);
+    }
+    write_config(&config_path, &text)?;
     let log_path = own.join("stderr.log");
     if kind == Kind::Coremesh {
         return start_coremesh(bin, config_path, log_path, "outbound", pin);

@@ -33,7 +33,10 @@ fn open(path: &std::path::Path, counters: &'static Counters) -> (Writer, AccessL
 fn wait_until(f: impl Fn() -> bool) {
     let until = std::time::Instant::now() + Duration::from_secs(5);
     while !f() {
-        assert!(std::time::Instant::now() < until, "the writer did not catch up");
+        assert!(
+            std::time::Instant::now() < until,
+            "the writer did not catch up"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -198,7 +201,11 @@ fn text_lines_look_like_the_combined_format() {
         ..entry(b"/a?x=1", 503)
     };
     let mut out = Vec::new();
-    format_text(&mut out, &e, UNIX_EPOCH + Duration::from_millis(1_709_251_199_123));
+    format_text(
+        &mut out,
+        &e,
+        UNIX_EPOCH + Duration::from_millis(1_709_251_199_123),
+    );
     assert_eq!(
         String::from_utf8(out).unwrap(),
         "- - spiffe://mesh.test/service/web [29/Feb/2024:23:59:59 +0000] \"GET /a?x=1 HTTP/1.1\" 503 345 \
@@ -219,7 +226,9 @@ fn text_lines_look_like_the_combined_format() {
         "{line}"
     );
     assert!(line.contains(" upstream=- "), "{line}");
-    assert!(line.bytes().all(|b| (0x20..0x7f).contains(&b) || b == b'\n'));
+    assert!(line
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) || b == b'\n'));
 }
 
 #[test]

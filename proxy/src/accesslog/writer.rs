@@ -132,7 +132,9 @@ impl Sink {
                 Err(b)
             }
             Err(TrySendError::Disconnected(Msg::Lines(b, _))) => {
-                self.counters.write_error.fetch_add(lines, Ordering::Relaxed);
+                self.counters
+                    .write_error
+                    .fetch_add(lines, Ordering::Relaxed);
                 Err(b)
             }
             Err(_) => Err(Vec::new()),
@@ -142,7 +144,9 @@ impl Sink {
     /// Queues `buf`, waiting for room (the drain only).
     pub(super) fn send(&self, buf: Vec<u8>, lines: u64) {
         if self.tx.send(Msg::Lines(buf, lines)).is_err() {
-            self.counters.write_error.fetch_add(lines, Ordering::Relaxed);
+            self.counters
+                .write_error
+                .fetch_add(lines, Ordering::Relaxed);
         }
     }
 
@@ -271,7 +275,9 @@ impl Thread {
                 self.failing = false;
             }
             Err(err) => {
-                self.counters.write_error.fetch_add(lines, Ordering::Relaxed);
+                self.counters
+                    .write_error
+                    .fetch_add(lines, Ordering::Relaxed);
                 if !self.failing {
                     tracing::warn!(%err, lines, "access log write failed; dropping lines");
                     self.failing = true;

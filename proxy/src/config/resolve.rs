@@ -10,15 +10,16 @@ use std::time::Duration;
 
 use super::affinity::format_cpu_list;
 use super::file::{
-    AccessLogFile, ControlFile, FileConfig, H2LimitsFile, HealthFile, InboundFile, LimitsFile, OutboundFile,
-    ProxyFile, ServiceFile, TimeoutsFile, TlsFile, UpstreamFile,
+    AccessLogFile, ControlFile, FileConfig, H2LimitsFile, HealthFile, InboundFile, LimitsFile,
+    OutboundFile, ProxyFile, ServiceFile, TimeoutsFile, TlsFile, UpstreamFile,
 };
 use super::target::{parse_target, Target};
 use super::unix;
 use super::{
-    duration, AccessLogConfig, AccessLogFormat, AppAddr, AppProtocol, Config, ConfigError, ControlConfig, H2Limits, HealthConfig,
-    HealthKind, InboundConfig, Limits, ListenAddr, OutboundConfig, ProxyConfig, ServiceConfig,
-    TcpUpstreamConfig, Timeouts, TlsConfig, UnixListen, UpstreamConfig,
+    duration, AccessLogConfig, AccessLogFormat, AppAddr, AppProtocol, Config, ConfigError,
+    ControlConfig, H2Limits, HealthConfig, HealthKind, InboundConfig, Limits, ListenAddr,
+    OutboundConfig, ProxyConfig, ServiceConfig, TcpUpstreamConfig, Timeouts, TlsConfig, UnixListen,
+    UpstreamConfig,
 };
 
 type Result<T> = std::result::Result<T, ConfigError>;
@@ -167,10 +168,7 @@ fn resolve_access_log(
     let d = AccessLogConfig::default();
     if let Some(p) = f.path {
         if p.is_empty() {
-            return Err(at.err(
-                "path",
-                "is empty; remove the key to disable the access log",
-            ));
+            return Err(at.err("path", "is empty; remove the key to disable the access log"));
         }
         if proxy.access_log.is_some() {
             return Err(at.err(
@@ -198,10 +196,7 @@ fn resolve_access_log(
                 toml::Value::Float(x) => x,
                 toml::Value::Integer(i) => i as f64,
                 other => {
-                    return Err(at.err(
-                        "sample",
-                        format!("{other} is not a number from 0.0 to 1.0"),
-                    ))
+                    return Err(at.err("sample", format!("{other} is not a number from 0.0 to 1.0")))
                 }
             };
             if !(0.0..=1.0).contains(&n) {

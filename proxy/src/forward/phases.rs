@@ -74,12 +74,7 @@ impl Caller {
 }
 
 impl LoggedRequest {
-    pub(super) fn new(
-        head: &RequestHead,
-        buf: &[u8],
-        request_id: &[u8],
-        caller: Caller,
-    ) -> Self {
+    pub(super) fn new(head: &RequestHead, buf: &[u8], request_id: &[u8], caller: Caller) -> Self {
         let field = |s: &std::ops::Range<usize>| buf.get(s.clone()).unwrap_or(&[]).to_vec();
         LoggedRequest {
             method: head.method_bytes(buf).to_vec(),

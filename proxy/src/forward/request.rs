@@ -16,11 +16,9 @@
 
 use super::ctx::{Exchange, Tunnel, H1};
 use super::exchange::{buffer_body, Http1Tries};
-use super::phases::{
-    denied, hash_key, rate_admits, route_request, Caller, LoggedRequest, Routed,
-};
-use super::request_id;
+use super::phases::{denied, hash_key, rate_admits, route_request, Caller, LoggedRequest, Routed};
 use super::relay::{body_prefix, connect_tunnel, tunnel};
+use super::request_id;
 use super::to_h2::H2Tries;
 use super::tries;
 use super::*;

@@ -52,8 +52,14 @@ impl RequestIds {
     pub fn next(&self) -> Generated {
         let n = self.n.get().wrapping_add(1);
         self.n.set(n);
-        let hi = mix(self.key.0.wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
-        let lo = mix(self.key.1.wrapping_add(n.wrapping_mul(0xD1B5_4A32_D192_ED03)));
+        let hi = mix(self
+            .key
+            .0
+            .wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+        let lo = mix(self
+            .key
+            .1
+            .wrapping_add(n.wrapping_mul(0xD1B5_4A32_D192_ED03)));
         let mut b = [0u8; 16];
         b[..8].copy_from_slice(&hi.to_be_bytes());
         b[8..].copy_from_slice(&lo.to_be_bytes());
