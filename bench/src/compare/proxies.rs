@@ -416,8 +416,10 @@ impl Pin<'_> {
     }
 }
 
-/// Writes the configuration, starts the proxy pinned by `pin`, and waits
-/// until it accepts connections.
+/// Writes the configuration (coremesh's with `extra` TOML appended),
+/// starts the proxy pinned by `pin`, and waits until it accepts
+/// connections.
+#[allow(clippy::too_many_arguments)] // three call sites, each naming every part of one instance
 pub fn start(
     nofile: u64,
     kind: Kind,

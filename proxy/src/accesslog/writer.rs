@@ -4,8 +4,8 @@
 //! ([`super::QUEUE`] buffers) without ever waiting (`try_send`); a buffer that
 //! does not fit is dropped and its lines counted. The thread writes each
 //! buffer with one `write(2)` (`O_APPEND`), gives the emptied buffer back
-//! through a short spare list (taken with `try_lock`, so a shard never waits
-//! on it either), and reopens the path when asked ([`Sink::reopen`], on
+//! through a short bounded channel of spares (taken with `try_recv`, so a
+//! shard never waits on it either; no lock), and reopens the path when asked ([`Sink::reopen`], on
 //! SIGUSR1).
 
 use std::fs::{File, OpenOptions};
@@ -13,7 +13,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use super::{FLUSH_AT, QUEUE};
@@ -99,7 +99,8 @@ pub(super) enum Msg {
 pub struct Sink {
     tx: SyncSender<Msg>,
     counters: &'static Counters,
-    spares: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// Emptied buffers from the writer.
+    spares: async_channel::Receiver<Vec<u8>>,
     reopen: Arc<AtomicBool>,
 }
 
@@ -112,10 +113,8 @@ impl std::fmt::Debug for Sink {
 impl Sink {
     /// An empty buffer: a spare one if one is free right now, else a new one.
     pub(super) fn spare(&self) -> Vec<u8> {
-        if let Ok(mut s) = self.spares.try_lock() {
-            if let Some(b) = s.pop() {
-                return b;
-            }
+        if let Ok(b) = self.spares.try_recv() {
+            return b;
         }
         // Room for a full buffer plus the line that tips it over.
         Vec::with_capacity(FLUSH_AT + 4096)
@@ -156,7 +155,7 @@ impl Sink {
         Sink {
             tx,
             counters,
-            spares: Arc::default(),
+            spares: async_channel::bounded(1).1,
             reopen: Arc::default(),
         }
     }
@@ -181,10 +180,11 @@ impl Writer {
     pub fn start(path: &Path, counters: &'static Counters) -> io::Result<Writer> {
         let file = open(path)?;
         let (tx, rx) = sync_channel(QUEUE);
+        let (spares_tx, spares) = async_channel::bounded(SPARES);
         let sink = Sink {
             tx,
             counters,
-            spares: Arc::default(),
+            spares,
             reopen: Arc::default(),
         };
         let state = Thread {
@@ -192,7 +192,7 @@ impl Writer {
             file,
             rx,
             counters,
-            spares: sink.spares.clone(),
+            spares: spares_tx,
             reopen: sink.reopen.clone(),
             failing: false,
         };
@@ -229,7 +229,7 @@ struct Thread {
     file: File,
     rx: Receiver<Msg>,
     counters: &'static Counters,
-    spares: Arc<Mutex<Vec<Vec<u8>>>>,
+    spares: async_channel::Sender<Vec<u8>>,
     reopen: Arc<AtomicBool>,
     /// Set after a failed write so a full disk logs one warning, not one
     /// per buffer; cleared by the next successful write.
@@ -285,13 +285,10 @@ impl Thread {
             }
         }
         buf.clear();
-        // A buffer grown far past the usual size (one huge line) is freed.
+        // A buffer grown far past the usual size (one huge line) is
+        // freed, as is one that finds the spares full.
         if buf.capacity() <= 2 * (FLUSH_AT + 4096) {
-            if let Ok(mut s) = self.spares.lock() {
-                if s.len() < SPARES {
-                    s.push(buf);
-                }
-            }
+            let _ = self.spares.try_send(buf);
         }
     }
 }
