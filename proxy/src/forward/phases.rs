@@ -47,6 +47,17 @@ pub(super) struct LoggedRequest {
     pub(super) caller: Caller,
 }
 
+/// The value of the field line `name` among `extra`'s lines (`name:
+/// value` CRLF each, as the proxy writes them).
+pub(super) fn added_field<'a>(extra: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    extra.split(|&b| b == b'\n').find_map(|line| {
+        let colon = line.iter().position(|&b| b == b':')?;
+        line[..colon]
+            .eq_ignore_ascii_case(name)
+            .then(|| line[colon + 1..].trim_ascii())
+    })
+}
+
 /// Who called, for the access log: the peer's SPIFFE ID (inbound), or
 /// this proxy's own identity (outbound); both held by reference count.
 pub(super) enum Caller {
@@ -74,7 +85,16 @@ impl Caller {
 }
 
 impl LoggedRequest {
-    pub(super) fn new(head: &RequestHead, buf: &[u8], request_id: &[u8], caller: Caller) -> Self {
+    /// The log's copy of an HTTP/1.1 request; `extra` holds the field
+    /// lines the proxy adds to the forwarded head, whose `traceparent`,
+    /// if it sets one, is the one the request goes upstream with.
+    pub(super) fn new(
+        head: &RequestHead,
+        buf: &[u8],
+        extra: &[u8],
+        request_id: &[u8],
+        caller: Caller,
+    ) -> Self {
         let field = |s: &std::ops::Range<usize>| buf.get(s.clone()).unwrap_or(&[]).to_vec();
         LoggedRequest {
             method: head.method_bytes(buf).to_vec(),
@@ -86,8 +106,8 @@ impl LoggedRequest {
             },
             grpc_status: None,
             request_id: request_id.to_vec(),
-            trace_id: head
-                .header(buf, "traceparent")
+            trace_id: added_field(extra, b"traceparent")
+                .or_else(|| head.header(buf, "traceparent"))
                 .and_then(crate::accesslog::trace_id),
             caller,
         }

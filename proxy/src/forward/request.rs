@@ -75,7 +75,7 @@ pub(super) async fn handle(
     let logged = shard.logs_requests().then(|| {
         let id = request_id::of_http1(&ctx.head, &cbuf, ctx.scratch.request_id.as_ref());
         let caller = Caller::of(shard, dir, ctx.client.peer_id());
-        LoggedRequest::new(&ctx.head, &cbuf, id, caller)
+        LoggedRequest::new(&ctx.head, &cbuf, &ctx.scratch.extra, id, caller)
     });
     // The phases' future is built where it is awaited (twice, not once into
     // a local moved later): a local that is moved into the timeout keeps a
