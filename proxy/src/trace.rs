@@ -308,6 +308,16 @@ impl Hop {
         }
     }
 
+    /// The trace id as 32 lowercase hex digits (the access log's).
+    pub fn trace_id_hex(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for (i, b) in self.trace_id.iter().enumerate() {
+            out[2 * i] = HEX[usize::from(b >> 4)];
+            out[2 * i + 1] = HEX[usize::from(b & 15)];
+        }
+        out
+    }
+
     /// Appends `traceparent: 00-{trace}-{span}-{flags}\r\n` (and, for a
     /// B3 caller, `b3: {trace}-{span}-{0|1}\r\n`) to an HTTP/1.1 head's
     /// added fields.

@@ -40,6 +40,8 @@ pub(crate) struct FileConfig {
     pub intercept: Option<InterceptFile>,
     /// `[tracing]`: overrides the MeshConfig's `tracing`.
     pub tracing: Option<TracingFile>,
+    /// `[access_log]`.
+    pub access_log: Option<AccessLogFile>,
 }
 
 /// `[tracing]`.
@@ -50,6 +52,20 @@ pub(crate) struct TracingFile {
     pub sampling: Option<toml::Value>,
     /// OTLP/HTTP collector URL.
     pub collector: Option<String>,
+}
+
+/// `[access_log]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AccessLogFile {
+    /// The file (the same as `[proxy] access_log`; one of the two).
+    pub path: Option<String>,
+    /// Whether lines are written.
+    pub enabled: Option<bool>,
+    /// `"json"` (default) or `"text"`.
+    pub format: Option<String>,
+    /// The share of requests logged, 0.0..=1.0.
+    pub sample: Option<toml::Value>,
 }
 
 /// `[intercept]`.
