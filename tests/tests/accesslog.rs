@@ -87,12 +87,20 @@ fn access_log_has_one_json_line_per_request() {
     assert_eq!(lines[2]["status"], 404);
     assert_eq!(lines[2]["service"], "unknown");
     // Every request has an id, a locally answered one too; without a
-    // traceparent there is no trace id, and without mutual TLS no caller.
+    // traceparent from the client each starts a trace of its own (the
+    // proxy's traceparent, contract T), and without mutual TLS no caller.
+    let mut traces = std::collections::BTreeSet::new();
     for l in &lines {
         assert!(is_uuid_v4(l["request_id"].as_str().unwrap()), "{l}");
-        assert_eq!(l["trace_id"], serde_json::Value::Null);
+        let t = l["trace_id"].as_str().unwrap_or_default();
+        assert!(
+            t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{l}"
+        );
+        traces.insert(t.to_string());
         assert_eq!(l["caller"], serde_json::Value::Null);
     }
+    assert_eq!(traces.len(), 3, "a new trace per request: {lines:?}");
     let m = proxy.metrics();
     assert_eq!(m.sum("coremesh_access_log_lines_written_total", &[]), 3.0);
     assert_eq!(m.sum("coremesh_access_log_dropped_lines_total", &[]), 0.0);
@@ -224,8 +232,9 @@ fn text_lines_look_like_the_combined_format() {
     }
     let l = &lines[1];
     assert!(l.contains("\"GET /b HTTP/1.1\" 404 "), "{l}");
+    // No traceparent from the client: the proxy started a trace.
     assert!(
-        l.contains(" trace_id=- ") && l.contains(" upstream=- "),
+        !l.contains(" trace_id=- ") && l.contains(" trace_id=") && l.contains(" upstream=- "),
         "{l}"
     );
     assert!(l.contains(" service=unknown "), "{l}");
