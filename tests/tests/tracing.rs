@@ -94,6 +94,7 @@ impl Mesh {
         let yaml = format!(
             "kind: Service\nname: web\n---\nkind: Service\nname: api\n---\nkind: Service\nname: db\n\
              ---\nkind: Route\nname: api-route\nservice: api\nrules:\n  - match: {{ pathPrefix: / }}\n    backends: [ {{ weight: 1 }} ]\n\
+             ---\nkind: Route\nname: db-route\nservice: db\nrules:\n  - retries: {{ attempts: 2, on: [5xx] }}\n    backends: [ {{ weight: 1 }} ]\n\
              ---\nkind: MeshConfig\nname: mesh\ntracing: {{sampling: 1.0, collector: \"http://{}\"}}\n",
             receiver.addr()
         );
@@ -340,6 +341,26 @@ fn b3_continues_and_unsampled_is_not_recorded(mesh: &Mesh) {
         .filter(|s| s.trace_id == unsampled)
         .collect();
     assert!(quiet.is_empty(), "unsampled request recorded: {quiet:#?}");
+
+    // A request the api proxy retried (db's next answer is a 503; db's
+    // Route retries 5xx): its span counts the resend.
+    mesh.db_app.fail_every(mesh.db_app.requests() as u64 + 1);
+    let (retried, _) = mesh.call_chain(Request::get("/retried"));
+    mesh.db_app.fail_every(0);
+    let spans = mesh.wait_trace(&split_traceparent(&retried).0, 4);
+    let api_out = one(&spans, "api", CLIENT);
+    assert_eq!(
+        api_out.attr("http.request.resend_count"),
+        Some(&1.into()),
+        "{api_out:#?}"
+    );
+    assert_eq!(api_out.attr_str("http.route"), "db-route");
+    let connected = api_out
+        .events
+        .iter()
+        .filter(|e| *e == "upstream_connected")
+        .count();
+    assert_eq!(connected, 2, "one per try: {api_out:#?}");
 
     // The exporter's counters.
     let m = mesh.web.metrics();
