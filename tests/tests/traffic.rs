@@ -990,6 +990,21 @@ fn mirrored_requests_arrive_at_the_shadow_and_never_slow_the_primary(cores: usiz
         assert_eq!(copy.method, "POST");
         assert_eq!(copy.header("x-trace"), Some(i.to_string().as_str()));
         assert_eq!(copy.body, format!("copy {i}").into_bytes());
+        // The copy is part of the request's trace (the same trace id as
+        // the primary's, from the traceparent web's proxy added).
+        let primary = mesh
+            .app("v1")
+            .received()
+            .into_iter()
+            .find(|r| r.target == format!("/mirror/{i}"))
+            .expect("the primary got it");
+        let trace = |r: &coremesh_e2e::Received| {
+            r.header("traceparent")
+                .and_then(|t| t.get(3..35))
+                .map(str::to_string)
+        };
+        assert!(trace(copy).is_some(), "{copy:?}");
+        assert_eq!(trace(copy), trace(&primary));
     }
     assert_eq!(
         mesh.app("v1").requests(),

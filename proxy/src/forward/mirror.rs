@@ -22,6 +22,7 @@ pub(super) fn send(
     target: &str,
     head: &RequestHead,
     buf: &[u8],
+    extra: &[u8],
 ) {
     let body = match head.framing {
         Framing::None => 0,
@@ -57,7 +58,10 @@ pub(super) fn send(
     };
     let addr = eps[shard.next_rr(target) % eps.len()];
     let mut plan = HeadPlan::default();
-    head.plan_forward(buf, b"", &mut plan);
+    // The fields the proxy adds to the request (its traceparent and
+    // request id): the copy is part of the same trace, a sibling of the
+    // request.
+    head.plan_forward(buf, extra, &mut plan);
     let mut copy = plan.to_vec(buf);
     copy.extend_from_slice(&buf[head.head_len..end]);
     let target = target.to_string();

@@ -374,7 +374,14 @@ impl<'p> RequestCtx<'p, '_> {
         }
         if let Some((target, bp)) = &p.mirror {
             if shard.random() % 10_000 < u64::from(*bp) {
-                mirror::send(shard, self.table, target, &self.head, cbuf);
+                mirror::send(
+                    shard,
+                    self.table,
+                    target,
+                    &self.head,
+                    cbuf,
+                    &self.scratch.extra,
+                );
             }
         }
         let req = H1 {
