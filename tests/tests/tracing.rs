@@ -399,6 +399,30 @@ fn spans_form_the_tree_over_the_multiplexed_hop() {
     }
     let mesh = Mesh::start(true);
     check_tree(&mesh, true);
+
+    // The MeshConfig changed alone reaches every proxy in a snapshot: at
+    // sampling 0.0 a new trace goes out unsampled and records nothing.
+    let version = mesh.control.apply(&format!(
+        "kind: MeshConfig\nname: mesh\ntracing: {{sampling: 0.0, collector: \"http://{}\"}}\n",
+        mesh.receiver.addr()
+    ));
+    mesh.control.wait_converged(3, 2, version, CONVERGE);
+    let (at_api, at_db) = mesh.call_chain(Request::get("/unsampled-now"));
+    let (trace, _, flags) = split_traceparent(&at_api);
+    assert_eq!(flags, "00", "{at_api}");
+    assert_eq!(split_traceparent(&at_db).2, "00");
+    // A caller's sampled trace is still recorded (parent-based), and once
+    // its spans are in, the unsampled trace's would be too.
+    let sampled = "11111111111111111111111111111111";
+    mesh.call_chain(
+        Request::get("/sampled-by-caller")
+            .header("traceparent", &format!("00-{sampled}-2222222222222222-01")),
+    );
+    mesh.wait_trace(sampled, 4);
+    assert!(
+        mesh.spans().iter().all(|s| s.trace_id != trace),
+        "an unsampled trace was recorded"
+    );
 }
 
 /// A proxy without control, traced by its own `[tracing]`: at sampling
