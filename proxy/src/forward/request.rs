@@ -70,6 +70,16 @@ pub(super) async fn handle(
         .borrow()
         .is_some()
         .then(|| LoggedRequest::new(&ctx.head, &cbuf));
+    let tapped = shard.tap.begin(
+        dir,
+        &H1 {
+            head: &ctx.head,
+            buf: &cbuf,
+            service: None,
+        },
+        ctx.client.peer_id().map(|c| &**c),
+        start,
+    );
     // The phases' future is built where it is awaited (twice, not once into
     // a local moved later): a local that is moved into the timeout keeps a
     // slot of its own in this future (rust-lang/rust#62958), measured at
@@ -110,6 +120,8 @@ pub(super) async fn handle(
     };
     let end = *ex.end.get_or_insert_with(Instant::now);
     shard.record(dir, service, logged.as_ref(), &ex);
+    let latency = end.saturating_duration_since(ex.start);
+    shard.tap.finish(tapped, service, ex.status, latency);
     (next, cbuf, end)
 }
 

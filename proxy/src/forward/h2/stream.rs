@@ -82,6 +82,9 @@ pub(super) async fn serve_stream(
         protocol: "HTTP/2",
         grpc_status: None,
     });
+    let tapped = shard
+        .tap
+        .begin(info.dir, &view, info.peer.as_deref(), start);
     let mut call = Call {
         shard: &shard,
         cfg: &cfg,
@@ -126,6 +129,11 @@ pub(super) async fn serve_stream(
             .grpc(info.dir, service, grpc_status);
     }
     shard.record(info.dir, service, logged.as_ref(), &ex);
+    let latency = ex
+        .end
+        .unwrap_or_else(Instant::now)
+        .saturating_duration_since(ex.start);
+    shard.tap.finish(tapped, service, ex.status, latency);
 }
 
 /// Charges what a stream may make the proxy hold (shard/budget.rs): a
