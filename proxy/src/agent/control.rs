@@ -804,6 +804,9 @@ impl Client {
                             .map_or(0, |d| d.as_millis() as u64);
                         write(&mut send, &ProxyMsg::Clock { unix_ms }).await?;
                     }
+                    for msg in tapper.dropped_reports() {
+                        write(&mut send, &msg).await?;
+                    }
                 }
                 batch = tapper.batch() => {
                     for msg in batch {

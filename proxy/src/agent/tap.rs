@@ -148,6 +148,24 @@ impl Tapper {
             .collect()
     }
 
+    /// For each running tap that dropped records since the last report
+    /// (and has no records to carry the count): a TapRecords with none.
+    /// Sent every heartbeat, so `meshctl tap` learns of drops in a quiet
+    /// stretch too.
+    pub fn dropped_reports(&self) -> Vec<ProxyMsg> {
+        self.taps
+            .iter()
+            .filter_map(|(tap, r)| {
+                let dropped = r.spec.dropped.swap(0, Ordering::Relaxed);
+                (dropped > 0).then(|| ProxyMsg::TapRecords {
+                    tap: *tap,
+                    records: Vec::new(),
+                    dropped,
+                })
+            })
+            .collect()
+    }
+
     /// Hands every shard the list of running taps.
     fn publish(&self) {
         let list: Arc<Vec<Arc<TapSpec>>> =

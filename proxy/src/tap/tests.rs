@@ -134,7 +134,7 @@ fn each_shard_keeps_to_its_share_of_the_rate_and_a_full_channel_drops() {
     // 2 taken in that second; the channel holds 4, so nothing more fits.
     assert_eq!(rx.len(), 2);
     for t in taken {
-        tap.finish(t, "db", 200, Duration::ZERO);
+        tap.finish(Some(t), "db", 200, Duration::ZERO);
     }
     assert_eq!(rx.len(), 4);
 }
