@@ -905,7 +905,7 @@ fn findings(
             (None, Some(a), Some(s)) if a == s => push(
                 true,
                 format!(
-                    "{who} runs its last snapshot (config {})",
+                    "{who} runs its last snapshot (config v{})",
                     p.applied_config_version.map_or("-".into(), |c| c.to_string())
                 ),
                 "",
