@@ -188,3 +188,6 @@ impl Drop for Tapper {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
