@@ -1322,6 +1322,104 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    fn proxy(node: &str, skew: Option<i64>) -> ProxyStatus {
+        ProxyStatus {
+            service: "api".into(),
+            node: node.into(),
+            address: None,
+            connected: true,
+            sent_version: Some(5),
+            applied_version: Some(5),
+            applied_config_version: Some(3),
+            nack: None,
+            last_heartbeat: Some(1_000),
+            healthy: Some(true),
+            cert_expiry: Some(1_000_000),
+            last_seen: None,
+            problem: None,
+            held_running: None,
+            applied_at: Some(1_000),
+            clock_skew_ms: skew,
+        }
+    }
+
+    #[test]
+    fn check_flags_clock_skew_with_a_fix() {
+        let ca = coremesh_api::http::CaStatus {
+            trust_domain: "mesh.local".into(),
+            fingerprint: "ab".into(),
+            not_after: 100_000_000,
+            now: 1_000,
+        };
+        let ps = [
+            proxy("in-step", Some(-40)),
+            proxy("ahead", Some(2_500)),
+            proxy("behind", Some(-90_000)),
+            proxy("old", None),
+        ];
+        let f = findings(
+            &ca,
+            &ps,
+            &[],
+            Duration::from_secs(3600),
+            Duration::from_secs(1),
+        );
+        let fails: Vec<&str> = f
+            .iter()
+            .filter(|f| !f.ok)
+            .map(|f| f.what.as_str())
+            .collect();
+        assert_eq!(
+            fails,
+            [
+                "proxy api on ahead: its clock is 2.5s ahead of control's",
+                "proxy api on behind: its clock is 1m behind control's"
+            ]
+        );
+        assert!(f
+            .iter()
+            .filter(|f| !f.ok)
+            .all(|f| f.fix.contains("timedatectl")));
+        assert!(f
+            .iter()
+            .any(|f| f.ok && f.what.contains("on old: clock skew unknown")));
+        // All in step: one summary line.
+        let f = findings(
+            &ca,
+            &ps[..1],
+            &[],
+            Duration::from_secs(3600),
+            Duration::from_secs(1),
+        );
+        assert!(
+            f.iter().any(|f| f.ok
+                && f.what == "clocks of 1 proxies within 1.0s of control's (largest skew 40ms)"),
+            "{:?}",
+            f.iter().map(|f| &f.what).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_tapped_request_on_one_line() {
+        let r = coremesh_api::http::TapRequest {
+            at_ms: 1_700_000_000_123,
+            node: "host-1".into(),
+            direction: "inbound".into(),
+            caller: Some("spiffe://mesh.local/service/web".into()),
+            service: "api".into(),
+            method: "GET".into(),
+            authority: "api".into(),
+            path: "/a\u{1b}[2Jb".into(),
+            status: 200,
+            latency_us: 1_250,
+            trace_id: None,
+        };
+        assert_eq!(
+            tap_line(&r),
+            "22:13:20.123  inbound   node=host-1  from=spiffe://mesh.local/service/web  GET api /a\\u{1b}[2Jb -> 200  1.2ms  trace=-"
+        );
+    }
+
     #[test]
     fn utc_dates() {
         assert_eq!(utc(0), "1970-01-01 00:00:00");
