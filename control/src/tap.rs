@@ -45,6 +45,9 @@ pub const STATUS_EVERY: Duration = Duration::from_secs(2);
 pub const DEFAULT_MAX_RPS: u32 = 100;
 /// The largest `max_rps` accepted.
 pub const MAX_MAX_RPS: u32 = 10_000;
+/// Taps running at once, at most: each costs the tapped proxies a copy of
+/// every request it wants.
+pub const MAX_TAPS: usize = 16;
 /// Lines waiting for the HTTP client, per tap.
 const QUEUE: usize = 1024;
 
@@ -116,6 +119,8 @@ pub enum TapError {
     MaxRps(u32),
     #[error("path: {0:?} does not start with '/'")]
     Path(String),
+    #[error("{MAX_TAPS} taps are running already; stop one (its meshctl tap) first")]
+    TooMany,
 }
 
 /// Stops its tap when dropped (the HTTP client went away).
@@ -203,6 +208,9 @@ impl Taps {
         }
         let (out, rx) = mpsc::channel(QUEUE);
         let mut inner = lock(&self.inner);
+        if inner.taps.len() >= MAX_TAPS {
+            return Err(TapError::TooMany);
+        }
         inner.next += 1;
         let id = inner.next;
         let tap = Tap {

@@ -107,4 +107,10 @@ fn bad_requests_are_refused() {
         t.start("api", Some("users".into()), 1).err(),
         Some(TapError::Path("users".into()))
     );
+    let running: Vec<_> = (0..MAX_TAPS)
+        .map(|_| t.start("api", None, 1).unwrap())
+        .collect();
+    assert_eq!(t.start("api", None, 1).err(), Some(TapError::TooMany));
+    drop(running);
+    assert!(t.start("api", None, 1).is_ok(), "room again once they stop");
 }
