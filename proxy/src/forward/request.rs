@@ -77,6 +77,16 @@ pub(super) async fn handle(
         let caller = Caller::of(shard, dir, ctx.client.peer_id());
         LoggedRequest::new(&ctx.head, &cbuf, &ctx.scratch.extra, id, caller)
     });
+    let tapped = shard.tap.begin(
+        dir,
+        &H1 {
+            head: &ctx.head,
+            buf: &cbuf,
+            service: None,
+        },
+        ctx.client.peer_id().map(|c| &**c),
+        start,
+    );
     // The phases' future is built where it is awaited (twice, not once into
     // a local moved later): a local that is moved into the timeout keeps a
     // slot of its own in this future (rust-lang/rust#62958), measured at
@@ -117,6 +127,8 @@ pub(super) async fn handle(
     };
     let end = *ex.end.get_or_insert_with(Instant::now);
     shard.record(dir, service, logged.as_ref(), &ex);
+    let latency = end.saturating_duration_since(ex.start);
+    shard.tap.finish(tapped, service, ex.status, latency);
     (next, cbuf, end)
 }
 

@@ -88,6 +88,8 @@ pub struct Shard {
     /// Endpoints this shard saw fail itself, out of its picks for a backoff
     /// (policy's `LocalDown`): no agent period, no control needed.
     pub down: RefCell<crate::resilience::LocalDown>,
+    /// `meshctl tap`s running (tap.rs).
+    pub tap: crate::tap::ShardTap,
 }
 
 impl Shard {

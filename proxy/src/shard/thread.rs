@@ -75,6 +75,7 @@ pub async fn run(setup: ShardSetup, driver: String) {
         traffic: crate::traffic::ShardTraffic::new(index, cores),
         excluded: RefCell::new(Arc::default()),
         down: RefCell::default(),
+        tap: Default::default(),
     });
 
     sync_traffic(&shard);
@@ -124,6 +125,7 @@ pub async fn run(setup: ShardSetup, driver: String) {
             },
             ShardMsg::Revoked(list) => revoke(&shard, list),
             ShardMsg::AppHealth(h) => shard.app_healthy.set(Some(h)),
+            ShardMsg::Tap(taps) => shard.tap.set(taps),
             ShardMsg::Excluded(set) => *shard.excluded.borrow_mut() = set,
             ShardMsg::Probes(plan) => crate::shard::probe::run_plan(&shard, plan),
             ShardMsg::Share(u) => shard.traffic.apply_share(&u, Instant::now()),

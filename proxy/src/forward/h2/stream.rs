@@ -90,6 +90,9 @@ pub(super) async fn serve_stream(
             .and_then(crate::accesslog::trace_id),
         caller: Caller::of(&shard, info.dir, info.peer.as_ref()),
     });
+    let tapped = shard
+        .tap
+        .begin(info.dir, &view, info.peer.as_deref(), start);
     let mut call = Call {
         shard: &shard,
         cfg: &cfg,
@@ -134,6 +137,11 @@ pub(super) async fn serve_stream(
             .grpc(info.dir, service, grpc_status);
     }
     shard.record(info.dir, service, logged.as_ref(), &ex);
+    let latency = ex
+        .end
+        .unwrap_or_else(Instant::now)
+        .saturating_duration_since(ex.start);
+    shard.tap.finish(tapped, service, ex.status, latency);
 }
 
 /// Charges what a stream may make the proxy hold (shard/budget.rs): a
