@@ -190,6 +190,8 @@ pub struct Hub {
     /// Serializes config writers (read-plan-commit), so commits never race.
     writer: Mutex<()>,
     changed: Notify,
+    /// `meshctl tap` (tap.rs).
+    taps: Arc<crate::tap::Taps>,
 }
 
 /// Why a join was refused, for the wire's Error message.
@@ -247,6 +249,7 @@ impl Hub {
             store_id: store.id().to_string(),
             store,
             trust_bundle: Arc::new(ca.trust_bundle()),
+            taps: Arc::new(crate::tap::Taps::new(ca.spiffe_id(""))),
             ca,
             opts,
             state: Mutex::new(state),
@@ -266,6 +269,10 @@ impl Hub {
 
     pub fn options(&self) -> &Options {
         &self.opts
+    }
+
+    pub fn taps(&self) -> &Arc<crate::tap::Taps> {
+        &self.taps
     }
 
     /// The publisher: debounces changes, expires endpoints, forgets long
@@ -385,10 +392,17 @@ impl Hub {
     }
 
     pub fn close_session(&self, id: ProxyId) {
+        self.taps.detach(id);
         let mut st = lock(&self.state);
         st.sessions.remove(&id);
         st.registry
             .disconnected(id, Instant::now(), SystemTime::now());
+    }
+
+    /// The proxy's clock said `unix_ms` (checked against control's now).
+    pub fn clock(&self, id: ProxyId, unix_ms: u64) {
+        let now = unix_millis(SystemTime::now());
+        lock(&self.state).registry.clock(id, unix_ms, now);
     }
 
     pub fn ack(&self, id: ProxyId, version: u64) {

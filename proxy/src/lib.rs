@@ -32,6 +32,7 @@ pub(crate) mod msg;
 pub(crate) mod runtime;
 pub(crate) mod shard;
 pub(crate) mod stats;
+pub(crate) mod tap;
 pub(crate) mod tls;
 pub(crate) mod trace;
 pub(crate) mod upgrade;

@@ -16,6 +16,7 @@
 //! | [`health`] | checks of the local app |
 //! | [`state`] | `state_dir`: key, certificate, CA, last good snapshot |
 //! | [`systemd`] | sd_notify: READY/RELOADING/STOPPING, the watchdog (asks every shard) |
+//! | [`tap`] | `meshctl tap`: taps started by control on the shards, their records batched to control |
 //!
 //! Start-up with `[control]`: the persisted snapshot is applied right after
 //! the shards start, before control is contacted, so a proxy restarted while
@@ -36,6 +37,7 @@ pub mod names;
 pub mod otlp;
 pub mod state;
 pub mod systemd;
+pub mod tap;
 pub mod tls;
 pub mod traffic;
 

@@ -79,6 +79,19 @@ pub(super) async fn handle(
         let caller = Caller::of(shard, dir, ctx.client.peer_id());
         LoggedRequest::new(&ctx.head, &cbuf, &ctx.scratch.extra, id, caller)
     });
+    let mut tapped = shard.tap.begin(
+        dir,
+        &H1 {
+            head: &ctx.head,
+            buf: &cbuf,
+            service: None,
+        },
+        ctx.client.peer_id().map(|c| &**c),
+        start,
+    );
+    if let Some(t) = tapped.as_mut() {
+        t.set_trace_id(&ctx.ex.trace);
+    }
     // The phases' future is built where it is awaited (twice, not once into
     // a local moved later): a local that is moved into the timeout keeps a
     // slot of its own in this future (rust-lang/rust#62958), measured at
@@ -120,6 +133,8 @@ pub(super) async fn handle(
     let end = *ex.end.get_or_insert_with(Instant::now);
     shard.record(dir, service, logged.as_ref(), &ex);
     shard.finish_span(dir, service, &mut ex);
+    let latency = end.saturating_duration_since(ex.start);
+    shard.tap.finish(tapped, service, ex.status, latency);
     (next, cbuf, end)
 }
 

@@ -90,6 +90,8 @@ pub struct Shard {
     pub down: RefCell<crate::resilience::LocalDown>,
     /// Finished sampled spans, on their way to the agent (crate::trace).
     pub tracer: crate::trace::Tracer,
+    /// `meshctl tap`s running (tap.rs).
+    pub tap: crate::tap::ShardTap,
 }
 
 impl Shard {

@@ -79,6 +79,7 @@ pub async fn run(setup: ShardSetup, driver: String) {
         excluded: RefCell::new(Arc::default()),
         down: RefCell::default(),
         tracer: crate::trace::Tracer::new(spans),
+        tap: Default::default(),
     });
 
     sync_traffic(&shard);
@@ -128,6 +129,7 @@ pub async fn run(setup: ShardSetup, driver: String) {
             },
             ShardMsg::Revoked(list) => revoke(&shard, list),
             ShardMsg::AppHealth(h) => shard.app_healthy.set(Some(h)),
+            ShardMsg::Tap(taps) => shard.tap.set(taps),
             ShardMsg::Excluded(set) => *shard.excluded.borrow_mut() = set,
             ShardMsg::Probes(plan) => crate::shard::probe::run_plan(&shard, plan),
             ShardMsg::Share(u) => shard.traffic.apply_share(&u, Instant::now()),

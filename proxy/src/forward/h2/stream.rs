@@ -90,6 +90,9 @@ pub(super) async fn serve_stream(
             .and_then(crate::accesslog::trace_id),
         caller: Caller::of(&shard, info.dir, info.peer.as_ref()),
     });
+    let mut tapped = shard
+        .tap
+        .begin(info.dir, &view, info.peer.as_deref(), start);
     let mut call = Call {
         shard: &shard,
         cfg: &cfg,
@@ -118,6 +121,9 @@ pub(super) async fn serve_stream(
         grpc_status: None,
         charge: None,
     };
+    if let Some(t) = tapped.as_mut() {
+        t.set_trace_id(&call.ex.trace);
+    }
     if let Some(l) = logged.as_mut() {
         // The trace id the request is forwarded with (this hop's context,
         // which may be new or converted from B3), not the client's field.
@@ -150,6 +156,11 @@ pub(super) async fn serve_stream(
     }
     shard.record(info.dir, service, logged.as_ref(), &ex);
     shard.finish_span(info.dir, service, &mut ex);
+    let latency = ex
+        .end
+        .unwrap_or_else(Instant::now)
+        .saturating_duration_since(ex.start);
+    shard.tap.finish(tapped, service, ex.status, latency);
 }
 
 /// Charges what a stream may make the proxy hold (shard/budget.rs): a
