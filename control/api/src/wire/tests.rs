@@ -46,7 +46,45 @@ fn proxy_msgs() -> Vec<ProxyMsg> {
         ProxyMsg::Renew {
             csr_pem: "csr".into(),
         },
+        ProxyMsg::EdgeStats {
+            interval_ms: 5000,
+            edges: vec![EdgeSummary {
+                direction: EdgeDirection::Outbound,
+                source: "web".into(),
+                destination: "api".into(),
+                subset: "version=v1".into(),
+                protocol: EdgeProtocol::Http,
+                requests: 125,
+                failures: 1,
+                latency: vec![(40, 100), (48, 25)],
+            }],
+        },
     ]
+}
+
+/// A proxy of this version reads a Welcome from an older control (no
+/// `edge_stats_interval_ms`: it then never sends EdgeStats), and an
+/// older proxy, which ignores unknown fields, reads a newer one.
+#[test]
+fn welcome_without_edge_stats_decodes_and_unknown_fields_are_ignored() {
+    let old = r#"{"type":"welcome","protocol":1,"heartbeat_interval_ms":5000}"#;
+    let m: ControlMsg = serde_json::from_str(old).unwrap();
+    assert!(matches!(
+        m,
+        ControlMsg::Welcome {
+            edge_stats_interval_ms: None,
+            ..
+        }
+    ));
+    let newer = r#"{"type":"welcome","protocol":1,"heartbeat_interval_ms":5000,"edge_stats_interval_ms":5000,"later_field":true}"#;
+    let m: ControlMsg = serde_json::from_str(newer).unwrap();
+    assert!(matches!(
+        m,
+        ControlMsg::Welcome {
+            edge_stats_interval_ms: Some(5000),
+            ..
+        }
+    ));
 }
 
 fn control_msgs() -> Vec<ControlMsg> {
@@ -89,11 +127,13 @@ fn control_msgs() -> Vec<ControlMsg> {
             protocol: PROTOCOL_VERSION,
             heartbeat_interval_ms: 5000,
             compression: None,
+            edge_stats_interval_ms: None,
         },
         ControlMsg::Welcome {
             protocol: PROTOCOL_VERSION,
             heartbeat_interval_ms: 5000,
             compression: Some(ZSTD.into()),
+            edge_stats_interval_ms: Some(5000),
         },
         ControlMsg::Snapshot(Snapshot {
             version: 12,
