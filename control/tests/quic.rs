@@ -215,6 +215,7 @@ async fn session_trusting(
             protocol,
             heartbeat_interval_ms,
             compression,
+            ..
         }) => {
             assert_eq!(protocol, PROTOCOL_VERSION);
             assert_eq!(heartbeat_interval_ms, 5000);

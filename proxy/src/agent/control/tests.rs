@@ -209,6 +209,7 @@ async fn serve(
                         protocol: wire::PROTOCOL_VERSION,
                         heartbeat_interval_ms: 100,
                         compression: None,
+                        edge_stats_interval_ms: None,
                     })
                 }
                 ProxyMsg::Renew { csr_pem } => Some(ControlMsg::Renewed {
@@ -312,6 +313,7 @@ fn config(
 /// Starts the client as the agent does: restore, then run.
 async fn start_proxy(cfg: ControlConfig, shards: Vec<ShardHandle>) -> Proxy {
     let state = StateDir::open(&cfg.state_dir).unwrap();
+    let shards_for_admin = shards.clone();
     let applier = Rc::new(Applier::new(shards, Some(state.clone()), None));
     restore(&state, &applier).await;
     let latest = LatestHealth::default();
@@ -324,6 +326,12 @@ async fn start_proxy(cfg: ControlConfig, shards: Vec<ShardHandle>) -> Proxy {
         config: cfg.health.clone(),
     };
     let link = Rc::new(ControlLink::default());
+    let admin = Rc::new(crate::agent::admin::AdminState {
+        shards: shards_for_admin,
+        config_json: RefCell::new(serde_json::Value::Null),
+        draining: std::cell::Cell::new(false),
+        certificate: RefCell::new(None),
+    });
     let task = tokio::task::spawn_local(run(ControlSetup {
         config: cfg,
         service: "web".into(),
@@ -333,6 +341,7 @@ async fn start_proxy(cfg: ControlConfig, shards: Vec<ShardHandle>) -> Proxy {
         applier: applier.clone(),
         health: Some((checker, latest)),
         link: link.clone(),
+        admin,
     }));
     Proxy {
         applier,
