@@ -190,6 +190,8 @@ pub struct Hub {
     /// Serializes config writers (read-plan-commit), so commits never race.
     writer: Mutex<()>,
     changed: Notify,
+    /// The proxies' edge summaries (the fleet view).
+    fleet: crate::fleet::Fleet,
 }
 
 /// Why a join was refused, for the wire's Error message.
@@ -252,6 +254,7 @@ impl Hub {
             state: Mutex::new(state),
             writer: Mutex::new(()),
             changed: Notify::new(),
+            fleet: crate::fleet::Fleet::default(),
         }))
     }
 
@@ -266,6 +269,11 @@ impl Hub {
 
     pub fn options(&self) -> &Options {
         &self.opts
+    }
+
+    /// The fleet view: every proxy's edge summaries.
+    pub fn fleet(&self) -> &crate::fleet::Fleet {
+        &self.fleet
     }
 
     /// The publisher: debounces changes, expires endpoints, forgets long

@@ -463,6 +463,7 @@ async fn session(
             protocol: PROTOCOL_VERSION,
             heartbeat_interval_ms: hub.options().heartbeat_interval.as_millis() as u64,
             compression: writer.compressed.then(|| wire::ZSTD.to_string()),
+            edge_stats_interval_ms: Some(crate::fleet::SUMMARY_INTERVAL.as_millis() as u64),
         })
         .await?;
     if let Some(first) = first {
@@ -565,6 +566,10 @@ async fn handle(
                 })
                 .await?;
         }
+        ProxyMsg::EdgeStats { edges, .. } => {
+            debug!(%service, edges = edges.len(), "edge summary");
+            hub.fleet().record(service, &edges);
+        }
         ProxyMsg::Deregister => {
             info!(%service, "endpoint deregistered");
             hub.deregister(id);
@@ -590,5 +595,6 @@ fn msg_name(m: &ProxyMsg) -> &'static str {
         ProxyMsg::Health { .. } => "health",
         ProxyMsg::Deregister => "deregister",
         ProxyMsg::Renew { .. } => "renew",
+        ProxyMsg::EdgeStats { .. } => "edge_stats",
     }
 }
