@@ -308,9 +308,8 @@ async fn edges(
     axum::extract::Query(q): axum::extract::Query<EdgesQuery>,
 ) -> Result<Response, Error> {
     let w = q.window.as_deref().unwrap_or("10s");
-    let window = crate::fleet::Window::parse(w).ok_or_else(|| {
-        Error::rejected(format!("window {w:?}: expected 10s or 1m"))
-    })?;
+    let window = crate::fleet::Window::parse(w)
+        .ok_or_else(|| Error::rejected(format!("window {w:?}: expected 10s or 1m")))?;
     Ok(Json(ctx.hub.fleet().edges(window)).into_response())
 }
 

@@ -11,8 +11,10 @@
 //! Counted once: both proxies of a call report it (the caller's proxy as
 //! `outbound`, the callee's as `inbound`). The views use the outbound
 //! reports, and inbound ones only for callers with no reporting proxy of
-//! their own (a source service from which no summary arrived within
-//! [`REPORTER_TTL`], such as `unknown`, a caller without an identity).
+//! their own: a source service with no session that sends summaries (a
+//! proxy sends an empty one as soon as its session starts) and none sent
+//! within [`REPORTER_TTL`], such as `unknown`, a caller without an
+//! identity, or a caller whose proxy predates the summaries.
 //!
 //! Memory is bounded: [`STEPS`] steps of [`STEP`], at most [`MAX_EDGES`]
 //! edges per step (further ones are dropped and counted), and each edge's
@@ -139,6 +141,9 @@ struct State {
     totals: BTreeMap<EdgeId, Acc>,
     /// Source services with a reporting proxy, and when they last reported.
     reporters: HashMap<String, Instant>,
+    /// Sessions that send summaries, per service: while one is up, the
+    /// service is a reporter whether or not it sent anything lately.
+    live: HashMap<String, usize>,
     summaries: u64,
     dropped: u64,
 }
@@ -158,7 +163,39 @@ fn now_ms() -> u64 {
 
 const STEP_MS: u64 = STEP.as_millis() as u64;
 
+/// A session that sends summaries (it sent one, possibly empty: proxies
+/// send an empty one at once to say so). While it lives, its service's
+/// calls are counted from its outbound reports only.
+pub struct Reporting<'a> {
+    fleet: &'a Fleet,
+    service: String,
+}
+
+impl Drop for Reporting<'_> {
+    fn drop(&mut self) {
+        let mut st = self.fleet.lock();
+        let now = Instant::now();
+        st.reporters.insert(self.service.clone(), now);
+        if let Some(n) = st.live.get_mut(&self.service) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                st.live.remove(&self.service);
+            }
+        }
+    }
+}
+
 impl Fleet {
+    /// Marks a session of `service` as sending summaries until the guard
+    /// is dropped (when the session ends).
+    pub fn reporting(&self, service: &str) -> Reporting<'_> {
+        *self.lock().live.entry(service.to_string()).or_default() += 1;
+        Reporting {
+            fleet: self,
+            service: service.to_string(),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -172,6 +209,9 @@ impl Fleet {
         let mut st = self.lock();
         st.summaries += 1;
         st.reporters.insert(service.to_string(), now);
+        if edges.is_empty() {
+            return;
+        }
         let t_ms = at_ms - at_ms % STEP_MS;
         if st.steps.back().is_none_or(|s| s.t_ms < t_ms) {
             st.steps.push_back(Step {
@@ -224,10 +264,13 @@ impl Fleet {
     fn counted(st: &State, id: &EdgeId, now: Instant) -> bool {
         match id.direction {
             EdgeDirection::Outbound => true,
-            EdgeDirection::Inbound => !st
-                .reporters
-                .get(&id.source)
-                .is_some_and(|&t| now.saturating_duration_since(t) < REPORTER_TTL),
+            EdgeDirection::Inbound => {
+                !(st.live.get(&id.source).is_some_and(|&n| n > 0)
+                    || st
+                        .reporters
+                        .get(&id.source)
+                        .is_some_and(|&t| now.saturating_duration_since(t) < REPORTER_TTL))
+            }
         }
     }
 

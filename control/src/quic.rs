@@ -469,6 +469,8 @@ async fn session(
     if let Some(first) = first {
         writer.send_published(&first).await?;
     }
+    // Set by the session's first EdgeStats.
+    let mut reporting: Option<crate::fleet::Reporting<'_>> = None;
     loop {
         tokio::select! {
             changed = snapshots.changed() => {
@@ -486,6 +488,14 @@ async fn session(
                     info!(%service, %node, "session ended by the proxy");
                     return Ok(());
                 };
+                if let ProxyMsg::EdgeStats { edges, .. } = &msg {
+                    if reporting.is_none() {
+                        reporting = Some(hub.fleet().reporting(&service));
+                    }
+                    debug!(%service, edges = edges.len(), "edge summary");
+                    hub.fleet().record(&service, edges);
+                    continue;
+                }
                 let who = Who { id, service: &service, node: &node, remote };
                 handle(msg, hub, &who, writer).await?;
             }
@@ -566,10 +576,8 @@ async fn handle(
                 })
                 .await?;
         }
-        ProxyMsg::EdgeStats { edges, .. } => {
-            debug!(%service, edges = edges.len(), "edge summary");
-            hub.fleet().record(service, &edges);
-        }
+        // Taken by the session loop.
+        ProxyMsg::EdgeStats { .. } => {}
         ProxyMsg::Deregister => {
             info!(%service, "endpoint deregistered");
             hub.deregister(id);

@@ -115,7 +115,10 @@ pub enum ProxyMsg {
     },
     /// Per-edge counts since the previous EdgeStats of this session (or
     /// since the session began), sent every `edge_stats_interval_ms` of
-    /// the Welcome. Only sent to a control whose Welcome set that field:
+    /// the Welcome (edges without requests left out, nothing sent when
+    /// none had any), and once, empty, right after the Welcome: from then
+    /// on control counts this service's calls from its reports, not from
+    /// its callees'. Only sent to a control whose Welcome set that field:
     /// an older control would refuse the unknown message and close the
     /// session.
     EdgeStats {

@@ -20,8 +20,8 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use coremesh_api::http::{
-    ApplyResult, EdgesView, EndpointStatus, ErrorBody, HistoryEntry, NodeEvicted, NodeReadmitted, NodeStatus,
-    ProxyStatus, RollbackRequest, TokenCreated, TokenInfo, TokenRequest,
+    ApplyResult, EdgesView, EndpointStatus, ErrorBody, HistoryEntry, NodeEvicted, NodeReadmitted,
+    NodeStatus, ProxyStatus, RollbackRequest, TokenCreated, TokenInfo, TokenRequest,
 };
 use coremesh_api::resource::{self, Resource};
 use coremesh_control::bootstrap;
@@ -1207,7 +1207,16 @@ mod tests {
         assert_eq!(rows[0][0], "SOURCE");
         assert_eq!(
             rows[1],
-            ["web", "api", "version=v1", "http", "12.5", "99.80%", "1.20ms", "15ms"]
+            [
+                "web",
+                "api",
+                "version=v1",
+                "http",
+                "12.5",
+                "99.80%",
+                "1.20ms",
+                "15ms"
+            ]
         );
     }
 

@@ -732,6 +732,16 @@ impl Client {
         let mut edges_since = tokio::time::Instant::now();
         if edge_tick.is_some() {
             self.edge_summaries().await;
+            // An empty one says this proxy sends them: control then counts
+            // its calls from these, not from the callees' reports.
+            write(
+                &mut send,
+                &ProxyMsg::EdgeStats {
+                    interval_ms: 0,
+                    edges: Vec::new(),
+                },
+            )
+            .await?;
         }
         let mut renew_at = self.renew_deadline(&id.cert_pem, false);
         let mut pending_key: Option<String> = None;

@@ -37,7 +37,12 @@ pub async fn inbound(shard: &Shard, cfg: &Config, t: TlsStream) {
         Ok(c) => c,
         Err(e) => {
             crate::lograte::log_limited!(tracing::Level::WARN, %app, "TCP service: cannot reach the local app: {e}");
-            record_edge(shard, Direction::Inbound, (super::phases::peer_service(caller.as_deref()), service), None);
+            record_edge(
+                shard,
+                Direction::Inbound,
+                (super::phases::peer_service(caller.as_deref()), service),
+                None,
+            );
             return;
         }
     };
@@ -106,7 +111,12 @@ pub async fn outbound(shard: Rc<Shard>, tcp: TcpStream, service: std::sync::Arc<
         return;
     };
     let Some(up) = connect(&shard, &cfg, &service).await else {
-        record_edge(&shard, Direction::Outbound, (&cfg.proxy.service, &service), None);
+        record_edge(
+            &shard,
+            Direction::Outbound,
+            (&cfg.proxy.service, &service),
+            None,
+        );
         shard.conn_closed(Direction::Outbound);
         return;
     };

@@ -294,7 +294,9 @@ pub struct EdgeSnapshot {
 }
 
 /// The shards' edges merged (cores summed).
-fn merge<'a>(shards: impl IntoIterator<Item = &'a EdgeSnapshot>) -> (BTreeMap<EdgeKey, EdgeCounts>, u64) {
+fn merge<'a>(
+    shards: impl IntoIterator<Item = &'a EdgeSnapshot>,
+) -> (BTreeMap<EdgeKey, EdgeCounts>, u64) {
     let mut m: BTreeMap<EdgeKey, EdgeCounts> = BTreeMap::new();
     let mut overflow = 0;
     for s in shards {
@@ -502,7 +504,11 @@ impl SummaryState {
                 continue;
             }
             let dense: Vec<u64> = match pfine {
-                Some(p) => fine.iter().zip(p.iter()).map(|(a, b)| a.saturating_sub(*b)).collect(),
+                Some(p) => fine
+                    .iter()
+                    .zip(p.iter())
+                    .map(|(a, b)| a.saturating_sub(*b))
+                    .collect(),
                 None => fine.to_vec(),
             };
             let (dir, source, destination, subset, protocol) = key;

@@ -15,9 +15,21 @@ fn web_api(subset: &str) -> EdgeRef<'_> {
 fn requests_are_counted_per_edge_and_status_class() {
     let mut s = EdgeStats::default();
     for _ in 0..9 {
-        s.record(&web_api("version=v1"), Outcome::Http(200), Duration::from_millis(2), 10, 20);
+        s.record(
+            &web_api("version=v1"),
+            Outcome::Http(200),
+            Duration::from_millis(2),
+            10,
+            20,
+        );
     }
-    s.record(&web_api("version=v2"), Outcome::Http(503), Duration::from_millis(30), 10, 20);
+    s.record(
+        &web_api("version=v2"),
+        Outcome::Http(503),
+        Duration::from_millis(30),
+        10,
+        20,
+    );
     let mut out = String::new();
     render([&s.snapshot()], &mut out);
     assert!(out.contains(
@@ -36,8 +48,20 @@ fn grpc_and_tcp_edges_use_their_own_statuses() {
         protocol: EdgeProtocol::Grpc,
         ..web_api("")
     };
-    s.record(&grpc, Outcome::Grpc(Some(0)), Duration::from_millis(1), 0, 0);
-    s.record(&grpc, Outcome::Grpc(Some(14)), Duration::from_millis(1), 0, 0);
+    s.record(
+        &grpc,
+        Outcome::Grpc(Some(0)),
+        Duration::from_millis(1),
+        0,
+        0,
+    );
+    s.record(
+        &grpc,
+        Outcome::Grpc(Some(14)),
+        Duration::from_millis(1),
+        0,
+        0,
+    );
     s.record(&grpc, Outcome::Grpc(None), Duration::from_millis(1), 0, 0);
     let db = EdgeRef {
         dir: Direction::Outbound,
@@ -52,7 +76,10 @@ fn grpc_and_tcp_edges_use_their_own_statuses() {
     let mut out = String::new();
     render([&s.snapshot()], &mut out);
     for status in ["0", "14", "none"] {
-        assert!(out.contains(&format!("protocol=\"grpc\",status=\"{status}\"}} 1\n")), "{out}");
+        assert!(
+            out.contains(&format!("protocol=\"grpc\",status=\"{status}\"}} 1\n")),
+            "{out}"
+        );
     }
     assert!(out.contains("coremesh_edge_tcp_connections_total{direction=\"outbound\",source=\"api\",destination=\"db\",subset=\"\",protocol=\"tcp\",result=\"ok\"} 1\n"), "{out}");
     assert!(out.contains("result=\"failed\"} 1\n"));
@@ -60,9 +87,15 @@ fn grpc_and_tcp_edges_use_their_own_statuses() {
 
     let mut st = SummaryState::default();
     let sums = st.delta([&s.snapshot()]);
-    let g = sums.iter().find(|e| e.protocol == EdgeProtocol::Grpc).unwrap();
+    let g = sums
+        .iter()
+        .find(|e| e.protocol == EdgeProtocol::Grpc)
+        .unwrap();
     assert_eq!((g.requests, g.failures), (3, 2));
-    let t = sums.iter().find(|e| e.protocol == EdgeProtocol::Tcp).unwrap();
+    let t = sums
+        .iter()
+        .find(|e| e.protocol == EdgeProtocol::Tcp)
+        .unwrap();
     assert_eq!((t.requests, t.failures), (2, 1));
 }
 
@@ -89,10 +122,22 @@ fn summaries_carry_what_changed_since_the_last_one_merged_over_cores() {
     let mut a = EdgeStats::default();
     let mut b = EdgeStats::default();
     for _ in 0..90 {
-        a.record(&web_api("version=v1"), Outcome::Http(200), Duration::from_millis(1), 0, 0);
+        a.record(
+            &web_api("version=v1"),
+            Outcome::Http(200),
+            Duration::from_millis(1),
+            0,
+            0,
+        );
     }
     for _ in 0..10 {
-        b.record(&web_api("version=v1"), Outcome::Http(500), Duration::from_millis(8), 0, 0);
+        b.record(
+            &web_api("version=v1"),
+            Outcome::Http(500),
+            Duration::from_millis(8),
+            0,
+            0,
+        );
     }
     let mut st = SummaryState::default();
     let first = st.delta([&a.snapshot(), &b.snapshot()]);
@@ -104,7 +149,13 @@ fn summaries_carry_what_changed_since_the_last_one_merged_over_cores() {
     assert!((7.0..9.0).contains(&p99), "{p99}");
     // Nothing new: nothing sent.
     assert!(st.delta([&a.snapshot(), &b.snapshot()]).is_empty());
-    a.record(&web_api("version=v1"), Outcome::Http(200), Duration::from_millis(1), 0, 0);
+    a.record(
+        &web_api("version=v1"),
+        Outcome::Http(200),
+        Duration::from_millis(1),
+        0,
+        0,
+    );
     let next = st.delta([&a.snapshot(), &b.snapshot()]);
     assert_eq!((next[0].requests, next[0].failures), (1, 0));
     assert_eq!(next[0].latency.iter().map(|(_, n)| n).sum::<u64>(), 1);
