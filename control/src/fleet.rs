@@ -22,6 +22,11 @@
 //!
 //! [`ProxyMsg::EdgeStats`]: coremesh_api::wire::ProxyMsg::EdgeStats
 
+// Control is not the data plane: one std Mutex guards the history, held
+// for short sections (no await inside), once per proxy summary or API
+// request.
+#![allow(clippy::disallowed_types)]
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::Mutex;
