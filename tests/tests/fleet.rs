@@ -289,10 +289,43 @@ fn meshctl_top_shows_the_edges_with_the_requests_sent_and_the_split() {
         m.text
     );
 
-    // The live table itself: the header and the edges.
-    let live = mesh.control.meshctl(&["top", "--help"]).ok();
-    assert!(live.stdout.contains("--service"), "{}", live.stdout);
+    // The live table: the screen cleared and redrawn every second, with
+    // the header and the edges.
+    let frames = live_top(&mesh.control, Duration::from_millis(2500));
+    assert!(
+        frames.matches("\x1b[2J").count() >= 2,
+        "redrawn every second:\n{frames}"
+    );
+    assert!(
+        frames.contains("SOURCE  DESTINATION  SUBSET") && frames.contains("SUCCESS"),
+        "{frames}"
+    );
+    let row = frames
+        .lines()
+        .find(|l| l.starts_with("web") && l.contains("version=v1"))
+        .unwrap_or_else(|| panic!("no web -> api v1 row:\n{frames}"));
+    assert!(
+        row.contains("http") && row.contains('%') && row.contains("ms"),
+        "{row}"
+    );
     let _ = &mesh.db;
+}
+
+/// What `meshctl top --window 1m` prints in `run`, then it is stopped.
+fn live_top(control: &Control, run: Duration) -> String {
+    let mut child = Command::new(coremesh_e2e::control::meshctl_bin())
+        .arg("--api")
+        .arg(control.api_url())
+        .arg("--data-dir")
+        .arg(control.data_dir())
+        .args(["top", "--window", "1m"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run meshctl top");
+    std::thread::sleep(run);
+    child.kill().expect("stop meshctl top");
+    let out = child.wait_with_output().expect("meshctl top output");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The Grafana dashboard's queries only name metrics a proxy exports: each
