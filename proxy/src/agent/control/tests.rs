@@ -605,6 +605,20 @@ async fn session_scenario() {
         proxy.link.deregister(Duration::from_secs(1)).await,
         Deregistration::NotConnected
     );
+    // This control's Welcome did not ask for edge summaries (as an older
+    // control's does not): the proxy sent none, which such a control would
+    // refuse as an unknown message.
+    while let Ok(s) = control.seen.try_recv() {
+        control.backlog.push(s);
+    }
+    assert!(
+        !control
+            .backlog
+            .iter()
+            .any(|s| matches!(s.msg, ProxyMsg::EdgeStats { .. })),
+        "{:?}",
+        control.backlog
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]
