@@ -8,6 +8,7 @@
 //!  test ──▶ web proxy [outbound] ══mTLS══▶ api proxy (version=v1) ──▶ origin api-v1
 //!           Route api: 90/10      ╚═════▶ api proxy (version=v2) ──▶ origin api-v2
 //!  test ──▶ api-v1 proxy [outbound] ══mTLS══▶ db proxy ──▶ origin db
+//!  test ──TCP──▶ web proxy [[outbound.tcp]] cache ══mTLS══▶ cache proxy ──▶ echo server
 //!                 ▲                                 ▲
 //!                 └── QUIC: snapshots, EdgeStats ───┴── coremesh-control ◀── meshctl top
 //! ```
@@ -38,6 +39,10 @@ name: api
 kind: Service
 name: db
 ---
+kind: Service
+name: cache
+protocol: tcp
+---
 kind: Route
 name: api-split
 service: api
@@ -55,6 +60,7 @@ struct Mesh {
     /// api-v1 (with an outbound listener, to call db), api-v2.
     apis: Vec<Proxy>,
     db: Proxy,
+    _cache: Proxy,
     web: Proxy,
     _members: Vec<Member>,
 }
@@ -86,23 +92,32 @@ impl Mesh {
             apps.push(app);
             members.push(m);
         }
+        let m = control.member("cache", "cache-1");
+        let cache = ProxyBuilder::new("cache")
+            .inbound(echo_server())
+            .inbound_key("protocol", "\"tcp\"")
+            .control(&control.section(&m))
+            .start();
+        members.push(m);
         let m = control.member("web", "web-1");
         let web = ProxyBuilder::new("web")
             .cores(2)
             .outbound()
-            .control(&control.section(&m).calls(&["api"]))
+            .extra("[[outbound.tcp]]\nservice = \"cache\"\nlisten = \"127.0.0.1:0\"\n")
+            .control(&control.section(&m).calls(&["api", "cache"]))
             .start();
         members.push(m);
         let version = control.apply(POLICY);
         // Control sends a snapshot only to proxies whose view changed; the
         // Route changes web's.
-        control.wait_applied(4, 3, version, &["web"], CONVERGE);
+        control.wait_applied(5, 4, version, &["web"], CONVERGE);
         Mesh {
             control,
             apps,
             _db_app: db_app,
             apis,
             db,
+            _cache: cache,
             web,
             _members: members,
         }
@@ -121,6 +136,45 @@ fn send(proxy: &Proxy, service: &str, n: usize) {
             c = Client::connect(proxy.outbound());
             c.set_read_timeout(Duration::from_secs(10));
         }
+    }
+}
+
+/// A TCP echo server that closes after the client half-closes.
+fn echo_server() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s.try_clone().expect("clone"), &mut s);
+                let _ = s.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+/// `n` connections through web's `[[outbound.tcp]]` listener for cache,
+/// each a round trip of a few bytes; every one must come back whole.
+fn tcp_round_trips(web: &Proxy, n: usize) {
+    use std::io::{Read, Write};
+    let config = web.admin_get("/config").json();
+    let addr: std::net::SocketAddr = config["bound"]["tcp"]["cache"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no tcp listener for cache: {config}"))
+        .parse()
+        .expect("address");
+    for i in 0..n {
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let msg = format!("ping {i}");
+        s.write_all(msg.as_bytes()).expect("write");
+        s.shutdown(std::net::Shutdown::Write).expect("half-close");
+        let mut got = String::new();
+        s.read_to_string(&mut got).expect("read");
+        assert_eq!(got, msg, "connection {i} through the cache TCP service");
     }
 }
 
@@ -175,8 +229,10 @@ fn meshctl_top_shows_the_edges_with_the_requests_sent_and_the_split() {
     let mesh = Mesh::start();
     const WEB_TO_API: u64 = 200;
     const API_TO_DB: u64 = 60;
+    const WEB_TO_CACHE: u64 = 20;
     send(&mesh.web, "api", WEB_TO_API as usize);
     send(&mesh.apis[0], "db", API_TO_DB as usize);
+    tcp_round_trips(&mesh.web, WEB_TO_CACHE as usize);
     let reached: Vec<u64> = mesh.apps.iter().map(|a| a.requests() as u64).collect();
     assert_eq!(reached.iter().sum::<u64>(), WEB_TO_API);
 
@@ -187,7 +243,9 @@ fn meshctl_top_shows_the_edges_with_the_requests_sent_and_the_split() {
         let v = top(&mesh.control, &["--window", "1m"]);
         let split = requests(&v, "web", "api", Some("version=v1"))
             + requests(&v, "web", "api", Some("version=v2"));
-        let done = split >= WEB_TO_API && requests(&v, "api", "db", None) >= API_TO_DB;
+        let done = split >= WEB_TO_API
+            && requests(&v, "api", "db", None) >= API_TO_DB
+            && requests(&v, "web", "cache", None) >= WEB_TO_CACHE;
         last = v.clone();
         if done {
             Some(v)
@@ -237,7 +295,18 @@ fn meshctl_top_shows_the_edges_with_the_requests_sent_and_the_split() {
         v1 + v2
     );
 
+    // The TCP service edge: connections, none failed.
+    let tcp = requests(&v, "web", "cache", None);
+    assert!(
+        within(tcp, WEB_TO_CACHE, 5.0),
+        "web -> cache: {tcp} of {WEB_TO_CACHE}:\n{v:#}"
+    );
     for e in v["edges"].as_array().expect("edges") {
+        if e["destination"] == "cache" {
+            assert_eq!(e["protocol"], "tcp", "{e}");
+            assert_eq!(e["failures"], 0, "{e}");
+            continue;
+        }
         if e["source"] == "web" || e["source"] == "api" {
             assert_eq!(e["protocol"], "http", "{e}");
             assert_eq!(e["failures"], 0, "{e}");
@@ -336,6 +405,7 @@ fn every_metric_the_grafana_dashboard_queries_appears_in_a_scraped_proxy() {
     let mesh = Mesh::start();
     send(&mesh.web, "api", 20);
     send(&mesh.apis[0], "db", 5);
+    tcp_round_trips(&mesh.web, 3);
     let dashboard = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../docs/grafana/coremesh-proxy.json"
@@ -380,6 +450,21 @@ fn every_metric_the_grafana_dashboard_queries_appears_in_a_scraped_proxy() {
         ],
     );
     assert_eq!(sent, 20.0, "{}", web.text);
+    // A TCP connection is counted when the proxy's relay ends, which may
+    // be a moment after the client saw its end.
+    let tcp_ok = || {
+        mesh.web.metrics().sum(
+            "coremesh_edge_tcp_connections_total",
+            &[
+                ("source", "web"),
+                ("destination", "cache"),
+                ("result", "ok"),
+            ],
+        )
+    };
+    let counted = wait_for(Duration::from_secs(10), || (tcp_ok() >= 3.0).then_some(()));
+    assert!(counted.is_some(), "{}", mesh.web.metrics().text);
+    assert_eq!(tcp_ok(), 3.0);
     let inbound = scrapes[2].sum(
         "coremesh_edge_requests_total",
         &[
