@@ -157,6 +157,12 @@ pub fn start(
     bound.admin = admin.local_addr().ok();
     let upgrade = sockets.upgrade_setup(cfg.proxy.upgrade_socket.as_deref())?;
 
+    // The access log's file is written by a thread of its own (accesslog.rs).
+    let access_log = cfg.proxy.access_log.as_deref().and_then(|p| {
+        accesslog::Writer::start(p, &accesslog::COUNTERS)
+            .map_err(|e| tracing::error!("access log {}: {e}; access logging is off", p.display()))
+            .ok()
+    });
     let (agent_tx, agent_rx) = async_channel::unbounded();
     let cores = cfg.proxy.cores;
     // One shard accepts on the TCP sockets itself; several get connections
@@ -190,6 +196,7 @@ pub fn start(
                 .into_iter()
                 .flatten()
                 .collect(),
+            access_log: access_log.as_ref().map(accesslog::Writer::sink),
         };
         let cpu = cfg.proxy.cpus.as_ref().map(|c| c[index]);
         runtime::start_shard(format!("shard-{index}"), cpu, move |driver| {
@@ -198,7 +205,7 @@ pub fn start(
         .map_err(|source| StartError::Shard { index, source })?;
         handles.push(handle);
     }
-    Ok(agent::run(AgentSetup {
+    let code = agent::run(AgentSetup {
         config_path,
         config: cfg,
         shards: handles,
@@ -208,7 +215,12 @@ pub fn start(
         bound,
         backend: runtime::backend_name(),
         upgrade,
-    }))
+        access_log: access_log.as_ref().map(accesslog::Writer::sink),
+    });
+    // The shards handed over their last lines in the drain; the writer
+    // writes what is queued and ends.
+    drop(access_log);
+    Ok(code)
 }
 
 /// The listening sockets of a start: taken over from a predecessor or

@@ -57,6 +57,8 @@ pub struct Shard {
     rng: Cell<u64>,
     open_conns: Arc<AtomicUsize>,
     pub access_log: RefCell<Option<AccessLog>>,
+    /// This shard's `x-request-id` generator (forward/request_id.rs).
+    pub request_ids: crate::forward::request_id::RequestIds,
     agent: AgentLink,
     pub own_addrs: Vec<SocketAddr>,
     /// The routing table from control in force, if any (see routing.rs).
