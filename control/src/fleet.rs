@@ -460,12 +460,14 @@ impl Fleet {
         );
         for view in [&ten_seconds, &one_minute] {
             for e in &view.edges {
-                for (q, ms) in [("0.5", e.p50_ms), ("0.95", e.p95_ms), ("0.99", e.p99_ms)] {
+                // `percentile`, not `quantile`: that label is for summaries,
+                // and these are gauges (a window's percentiles).
+                for (q, ms) in [("p50", e.p50_ms), ("p95", e.p95_ms), ("p99", e.p99_ms)] {
                     out.push_str(name);
                     labels(out, &e.source, &e.destination, &e.subset, &e.protocol);
                     let _ = writeln!(
                         out,
-                        ",window=\"{}\",quantile=\"{q}\"}} {}",
+                        ",window=\"{}\",percentile=\"{q}\"}} {}",
                         view.window,
                         ms / 1000.0
                     );
