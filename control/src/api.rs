@@ -85,6 +85,9 @@ pub fn router(hub: Arc<Hub>, credential: &str) -> Router {
         .route("/v1/nodes/{name}/evict", post(evict_node))
         .route("/v1/nodes/{name}/readmit", post(readmit_node))
         .route("/v1/tap/{service}", get(tap))
+        .route("/v1/edges", get(edges))
+        .route("/v1/edges/series", get(edge_series))
+        .route("/metrics", get(metrics))
         .fallback(|| async { Error::not_found("no such API path; see `meshctl --help`") })
         .layer(middleware::from_fn_with_state(ctx.clone(), auth))
         .with_state(ctx)
@@ -329,4 +332,53 @@ async fn tap(
 async fn readmit_node(State(ctx): State<Ctx>, Path(name): Path<String>) -> Result<Response, Error> {
     let hub = ctx.hub.clone();
     Ok(Json(blocking(move || hub.readmit_blocking(&name)).await?).into_response())
+}
+
+#[derive(serde::Deserialize)]
+struct EdgesQuery {
+    window: Option<String>,
+}
+
+/// `GET /v1/edges?window=10s|1m` (default 10s).
+async fn edges(
+    State(ctx): State<Ctx>,
+    axum::extract::Query(q): axum::extract::Query<EdgesQuery>,
+) -> Result<Response, Error> {
+    let w = q.window.as_deref().unwrap_or("10s");
+    let window = crate::fleet::Window::parse(w)
+        .ok_or_else(|| Error::rejected(format!("window {w:?}: expected 10s or 1m")))?;
+    Ok(Json(ctx.hub.fleet().edges(window)).into_response())
+}
+
+#[derive(serde::Deserialize)]
+struct SeriesQuery {
+    source: Option<String>,
+    destination: Option<String>,
+}
+
+/// `GET /v1/edges/series?source=S&destination=D`: the last hour at 10 s.
+async fn edge_series(
+    State(ctx): State<Ctx>,
+    axum::extract::Query(q): axum::extract::Query<SeriesQuery>,
+) -> Result<Response, Error> {
+    let (Some(source), Some(destination)) = (q.source, q.destination) else {
+        return Err(Error::rejected(
+            "edges/series needs the query parameters source and destination",
+        ));
+    };
+    Ok(Json(ctx.hub.fleet().series(&source, &destination)).into_response())
+}
+
+/// `GET /metrics`: the fleet view in the Prometheus text format.
+async fn metrics(State(ctx): State<Ctx>) -> Response {
+    let mut out = String::with_capacity(16 * 1024);
+    ctx.hub.fleet().render_prometheus(&mut out);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
 }

@@ -33,6 +33,7 @@ pub mod ca;
 pub mod client;
 pub mod config;
 pub mod datadir;
+pub mod fleet;
 pub mod hub;
 pub mod nodes;
 pub mod quic;

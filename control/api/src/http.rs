@@ -17,6 +17,9 @@
 //! | POST | /v1/nodes/NAME/evict | - | [`NodeEvicted`] |
 //! | POST | /v1/nodes/NAME/readmit | - | [`NodeReadmitted`] |
 //! | GET | /v1/tap/SERVICE?path=P&max_rps=N | - | a stream of [`TapEvent`] lines |
+//! | GET | /v1/edges?window=10s\|1m | - | [`EdgesView`] |
+//! | GET | /v1/edges/series?source=S&destination=D | - | [`EdgeSeries`] |
+//! | GET | /metrics | - | Prometheus text: the fleet view |
 //!
 //! Errors: 400 (input rejected: [`ErrorBody`] says what and where), 401, 404, 500.
 
@@ -229,4 +232,64 @@ pub struct NodeReadmitted {
     pub node: String,
     /// Its certificates that stay revoked until they expire.
     pub still_revoked: usize,
+}
+
+/// `GET /v1/edges`: the fleet's edges over the last `window`, merged over
+/// every proxy that reported them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EdgesView {
+    /// `10s` or `1m`.
+    pub window: String,
+    /// Control's clock (Unix milliseconds) when it answered.
+    pub generated_at_ms: u64,
+    /// Sorted by (source, destination, subset, protocol).
+    pub edges: Vec<EdgeView>,
+}
+
+/// One (source, destination, subset, protocol) over a window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EdgeView {
+    pub source: String,
+    pub destination: String,
+    /// The Route backend's subset as `k=v` joined by `,` in key order;
+    /// empty when the route picked no subset.
+    pub subset: String,
+    /// `http`, `grpc` or `tcp`.
+    pub protocol: String,
+    /// Requests per second: `requests` / the window.
+    pub rps: f64,
+    /// (requests - failures) / requests; 1 when there were none.
+    pub success_rate: f64,
+    /// Latency percentiles in milliseconds (0 without requests).
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    /// Within the window.
+    pub requests: u64,
+    /// 5xx, a gRPC status other than OK, or a failed TCP connection.
+    pub failures: u64,
+}
+
+/// `GET /v1/edges/series`: one source-destination pair over the last hour
+/// at 10 s steps, summed over subsets and protocols.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EdgeSeries {
+    pub source: String,
+    pub destination: String,
+    /// Oldest first; only steps with traffic.
+    pub points: Vec<EdgePoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EdgePoint {
+    /// Start of the 10 s step (Unix milliseconds).
+    pub t_ms: u64,
+    pub rps: f64,
+    pub success_rate: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
 }
