@@ -40,6 +40,7 @@ pub mod registry;
 pub mod store;
 pub mod systemd;
 pub mod tokens;
+pub mod ui;
 pub mod view;
 
 use std::sync::Arc;
