@@ -357,7 +357,7 @@ function legend() {
 
 const NODE_W = 140;
 const NODE_H = 46;
-const COL_GAP = 150;
+const COL_GAP = 240;
 const ROW_GAP = 36;
 
 // A small layered layout: each service's column is the longest path of
@@ -440,7 +440,7 @@ function layout(names, pairs) {
   svg.append(
     s("defs", {},
       ["ok", "warn", "bad", "idle"].map((cls) =>
-        s("marker", { id: `arrow-${cls}`, viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" },
+        s("marker", { id: `arrow-${cls}`, viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 11, markerHeight: 11, markerUnits: "userSpaceOnUse", orient: "auto-start-reverse" },
           s("path", { d: "M0,0 L10,5 L0,10 z", class: `arrowhead ${cls}` })),
       )),
   );
@@ -456,8 +456,9 @@ function layout(names, pairs) {
       const x1 = a.x + NODE_W, y1 = a.y + NODE_H / 2, x2 = b.x - 2, y2 = b.y + NODE_H / 2;
       const mx = (x1 + x2) / 2;
       d = `M${x1},${y1} C${mx},${y1} ${mx},${y2} ${x2},${y2}`;
+      // Above the line's middle, so the line stays visible.
       lx = mx;
-      ly = (y1 + y2) / 2;
+      ly = (y1 + y2) / 2 - 14;
     } else {
       // Same column or backwards: a loop below both boxes.
       const x1 = a.x + NODE_W / 2, y1 = a.y + NODE_H, x2 = b.x + NODE_W / 2 + 10, y2 = b.y + NODE_H + 2;
@@ -590,7 +591,7 @@ async function renderService(name) {
   const totalRps = [...bySubset.values()].reduce((a, b) => a + b.rps, 0);
   const subsetRows = [...bySubset.entries()].sort().map(([subset, a]) => {
     const share = totalRps > 0 ? a.rps / totalRps : 0;
-    return h("tr", { class: "subset-row", "data-subset": subset, "data-rps": a.rps.toFixed(3), "data-share": share.toFixed(4) },
+    return h("tr", { class: "subset-row", "data-subset": subset, "data-rps": a.rps.toFixed(3), "data-requests": a.requests, "data-share": share.toFixed(4) },
       h("td", {}, subset || "(no subset)"),
       h("td", { class: "num" }, fmtRps(a.rps)),
       h("td", { class: "num share" }, shareBar(share), fmtPct(share)),
