@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -115,7 +115,12 @@ async fn auth(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
     ) {
         return denied.into_response();
     }
-    next.run(req).await
+    let mut resp = next.run(req).await;
+    // The answers hold the mesh's state (and, for tokens, secrets): a
+    // browser keeps none of them in its cache.
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }
 
 async fn apply(State(ctx): State<Ctx>, body: Bytes) -> Result<Response, Error> {

@@ -325,6 +325,7 @@ fn a_browser_logs_in_uses_the_api_with_the_cookie_and_logs_out() {
     // The API reads with the cookie; a change needs the CSRF header too.
     let r = request(addr, "GET", "/v1/services", &[cookie], "");
     assert_eq!((r.status, r.body.as_str()), (200, "[]"));
+    assert_eq!(r.header("cache-control"), Some("no-store"));
     let r = request(addr, "POST", "/v1/apply", &[cookie], MESH);
     assert_eq!(r.status, 403, "{}", r.body);
     assert!(r.body.contains("X-Coremesh-Csrf"), "{}", r.body);
