@@ -789,7 +789,7 @@ async function renderHistory() {
   const rows = history.map((e) => h("tr", { class: `history-row${e.version === current ? " current" : ""}`, "data-version": e.version },
     h("td", { class: "num" }, `v${e.version}`),
     h("td", { title: fmtTime(e.at) }, fmtAgo(e.at)),
-    h("td", {}, e.summary, e.version === current ? h("span", { class: "badge" }, "current") : null),
+    h("td", {}, h("span", { class: "summary" }, e.summary), e.version === current ? h("span", { class: "badge" }, "current") : null),
     h("td", { class: "center" }, radio("a", e.version)),
     h("td", { class: "center" }, radio("b", e.version)),
     h("td", {}, e.version === current ? null :

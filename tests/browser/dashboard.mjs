@@ -174,7 +174,7 @@ try {
   await page.waitForSelector("dialog#confirm[open]");
   await page.click("#confirm-ok");
   await page.waitForSelector(`#history tr.history-row[data-version="${newVersion + 1}"]`);
-  const summary = await page.innerText(`#history tr.history-row[data-version="${newVersion + 1}"] td:nth-child(3)`);
+  const summary = await page.innerText(`#history tr.history-row[data-version="${newVersion + 1}"] span.summary`);
   check(/rollback to/.test(summary), `the confirmed rollback committed v${newVersion + 1}: ${summary.trim()}`);
   check(/Rolled back to v/.test(await page.textContent("main#view")), "the page says what the rollback did");
 
