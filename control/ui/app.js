@@ -102,8 +102,13 @@ function health(successRate, requests) {
   if (successRate >= 0.95) return "warn";
   return "bad";
 }
+// Sources that are not services: a caller without a mesh identity
+// (`unknown`, counted by the callee's proxy) and a proxy's overflow edge
+// (`other`).
 function serviceLabel(name) {
-  return name === "" ? "(outside the mesh)" : name;
+  if (name === "" || name === "unknown") return "unknown callers";
+  if (name === "other") return "other (overflow)";
+  return name;
 }
 
 // ---- the API ----
@@ -310,7 +315,7 @@ async function renderTopology() {
     names.add(p.source);
     names.add(p.destination);
   }
-  const graph = layout([...names].sort(), pairs);
+  const graph = layout([...names].sort(), pairs, new Set(services.map((r) => r.name)));
   const rows = edges.edges
     .slice()
     .sort((a, b) => (a.source + a.destination + a.subset).localeCompare(b.source + b.destination + b.subset))
@@ -363,7 +368,7 @@ const ROW_GAP = 36;
 // A small layered layout: each service's column is the longest path of
 // calls leading to it (callers left, callees right; a call back along a
 // cycle is drawn as a curve), rows ordered by their callers' rows.
-function layout(names, pairs) {
+function layout(names, pairs, services) {
   const incoming = new Map(names.map((n) => [n, []]));
   const outgoing = new Map(names.map((n) => [n, []]));
   for (const p of pairs) {
@@ -487,7 +492,7 @@ function layout(names, pairs) {
     const { x, y } = pos.get(n);
     const inb = inbound.get(n);
     const cls = inb ? health(1 - inb.failures / Math.max(1, inb.requests), inb.requests) : "idle";
-    const known = n !== "";
+    const known = services.has(n);
     const node = s("g", { class: `node ${cls}${known ? "" : " outside"}`, "data-service": n, tabindex: known ? 0 : null },
       s("rect", { x, y, width: NODE_W, height: NODE_H, rx: 8 }),
       s("text", { x: x + NODE_W / 2, y: y + NODE_H / 2 + 5, "text-anchor": "middle" }, serviceLabel(n)));
