@@ -30,9 +30,12 @@ const TRAFFIC_TIMEOUT_MS = 60_000;
 // The route splits api 90/10 between version=v1 and version=v2. The share
 // is read over the 1 min window once it holds SPLIT_REQUESTS requests: a
 // random 90/10 pick over 400 requests has a standard deviation of 1.5
-// points, and the quickstart's 5 canary requests (all to v2) may still be
-// in the window (1.25 points at most), so 7 points leaves 3.8 deviations.
-const SPLIT_TOLERANCE = 0.07;
+// points; the quickstart's own first requests (7 of 25 to v2, 5 of them
+// canary) may still be in the window (+1.3 points at most), and a v1
+// endpoint briefly out of a shard's rotation gives its share to v2
+// (spill-over; seen here up to +5 points over 590 requests). So 8 points,
+// the fleet test's 2-18% for v2.
+const SPLIT_TOLERANCE = 0.08;
 const SPLIT_REQUESTS = 400;
 
 function need(name) {
