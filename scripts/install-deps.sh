@@ -109,6 +109,10 @@ fi
 # tests/browser/node_modules (nothing global; no browser download: the test
 # launches Debian's /usr/bin/chromium).
 BROWSER_DIR="$ROOT/tests/browser"
+if ! node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' </dev/null; then
+    echo "install-deps: playwright-core needs Node.js 20 or later; this node is $(node --version)" >&2
+    exit 1
+fi
 # Runs only when the installed version is not the locked one.
 if ! (cd "$BROWSER_DIR" && node -e '
     const want = require("./package-lock.json").packages["node_modules/playwright-core"].version;
