@@ -643,6 +643,18 @@ impl Hub {
             .collect())
     }
 
+    /// Every resource as of config `version` (services first, as `meshctl
+    /// get` lists them); version 0 is the empty config before the first
+    /// apply.
+    pub fn config_at_blocking(&self, version: u64) -> Result<Vec<Resource>, Error> {
+        let config = self.store.config_at(version)?.ok_or_else(|| {
+            Error::not_found(format!(
+                "version {version} does not exist; see `meshctl history`"
+            ))
+        })?;
+        Ok(config.resources())
+    }
+
     pub fn create_token_blocking(&self, req: &TokenRequest) -> Result<TokenCreated, Error> {
         if let Err(e) =
             coremesh_api::resource::validate(&Resource::Service(coremesh_api::resource::Service {

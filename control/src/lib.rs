@@ -42,6 +42,7 @@ pub mod store;
 pub mod systemd;
 pub mod tap;
 pub mod tokens;
+pub mod ui;
 pub mod view;
 
 use std::sync::Arc;

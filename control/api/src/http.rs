@@ -1,5 +1,8 @@
 //! JSON bodies of control's HTTP API (`meshctl` and the dashboard). Every
-//! request carries `Authorization: Bearer <operator credential>`.
+//! request carries `Authorization: Bearer <operator credential>`, or the
+//! dashboard's session cookie `coremesh_session` (from `POST /ui/login`
+//! with a [`LoginRequest`]); with the cookie, a request other than GET also
+//! carries `X-Coremesh-Csrf: 1`.
 //!
 //! | method | path | body | answer |
 //! | --- | --- | --- | --- |
@@ -9,6 +12,7 @@
 //! | GET | /v1/proxies | - | `[ProxyStatus]` |
 //! | GET | /v1/endpoints | - | `[EndpointStatus]` |
 //! | GET | /v1/history | - | `[HistoryEntry]` |
+//! | GET | /v1/history/VERSION | - | `[Resource]`: every resource as of that version |
 //! | POST | /v1/rollback | [`RollbackRequest`] | [`ApplyResult`] |
 //! | POST | /v1/tokens | [`TokenRequest`] | [`TokenCreated`] |
 //! | GET | /v1/tokens | - | `[TokenInfo]` |
@@ -21,7 +25,8 @@
 //! | GET | /v1/edges/series?source=S&destination=D | - | [`EdgeSeries`] |
 //! | GET | /metrics | - | Prometheus text: the fleet view |
 //!
-//! Errors: 400 (input rejected: [`ErrorBody`] says what and where), 401, 404, 500.
+//! Errors: 400 (input rejected: [`ErrorBody`] says what and where), 401,
+//! 403 (the cookie without the CSRF header), 404, 500.
 
 use std::net::SocketAddr;
 
@@ -38,6 +43,14 @@ pub struct ApplyResult {
     pub version: u64,
     /// `kind/name` of each resource created, changed or deleted.
     pub changed: Vec<String>,
+}
+
+/// `POST /ui/login`: the operator credential (what
+/// `<data-dir>/operator.credential` holds), answered with the session
+/// cookie.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginRequest {
+    pub credential: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
