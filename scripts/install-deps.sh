@@ -8,10 +8,15 @@
 # (cargo-deb's Depends line), h2load (Debian package `nghttp2-client`: HTTP/2
 # load through the proxy), the PyPI packages grpcio, h2, websockets and
 # opentelemetry-proto for python3 (the gRPC, raw HTTP/2 and WebSocket apps
-# and clients, and the OTLP receiver, of tests/py/), and the rustfmt/clippy components.
+# and clients, and the OTLP receiver, of tests/py/), Debian's chromium with
+# Node.js and npm, and the npm package playwright-core in
+# tests/browser/node_modules (`npm ci` from the committed package-lock.json:
+# the dashboard's browser test, tests/tests/dashboard.rs), and the
+# rustfmt/clippy components.
 # Idempotent; safe to run on every CI run.
 set -euo pipefail
 
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export DEBIAN_FRONTEND=noninteractive
 
 SUDO=""
@@ -40,6 +45,11 @@ command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 command -v dpkg-shlibdeps >/dev/null 2>&1 || need_apt+=(dpkg-dev)
 # h2load: HTTP/2 load through the outbound proxy (tests/tests/h2.rs).
 command -v h2load >/dev/null 2>&1 || need_apt+=(nghttp2-client)
+# Headless Chromium for the dashboard's browser test (tests/tests/dashboard.rs),
+# driven by playwright-core under Node.js (installed below with npm).
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 
 # PyPI packages for the Python test apps and clients (tests/py/), by import
 # name -> package name; pip comes from Debian when python3 lacks it.
@@ -98,6 +108,23 @@ if [ "${#need_pip[@]}" -gt 0 ]; then
     done
 fi
 
+# playwright-core, exactly as tests/browser/package-lock.json pins it, into
+# tests/browser/node_modules (nothing global; no browser download: the test
+# launches Debian's /usr/bin/chromium).
+BROWSER_DIR="$ROOT/tests/browser"
+if ! node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' </dev/null; then
+    echo "install-deps: playwright-core needs Node.js 20 or later; this node is $(node --version)" >&2
+    exit 1
+fi
+# Runs only when the installed version is not the locked one.
+if ! (cd "$BROWSER_DIR" && node -e '
+    const want = require("./package-lock.json").packages["node_modules/playwright-core"].version;
+    const have = require("./node_modules/playwright-core/package.json").version;
+    process.exit(want === have ? 0 : 1);' >/dev/null 2>&1 </dev/null); then
+    echo "install-deps: installing npm packages in tests/browser (npm ci)"
+    (cd "$BROWSER_DIR" && npm ci --no-audit --no-fund --loglevel=error </dev/null)
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
     echo "install-deps: cargo not found: install a stable Rust toolchain (rustup) first" >&2
     exit 1
@@ -111,4 +138,4 @@ if [ "${#need_rust[@]}" -gt 0 ]; then
     rustup component add "${need_rust[@]}" </dev/null
 fi
 
-echo "install-deps: ok (curl, promtool, python3 with grpcio/h2/websockets/opentelemetry-proto, cc, redis, testssl, ip, nft, systemd-analyze, dpkg-dev, h2load, rustfmt, clippy present)"
+echo "install-deps: ok (curl, promtool, python3 with grpcio/h2/websockets/opentelemetry-proto, cc, redis, testssl, ip, nft, systemd-analyze, dpkg-dev, h2load, chromium, node with playwright-core, rustfmt, clippy present)"

@@ -14,27 +14,51 @@
 #
 #   scripts/quickstart.sh          run the demo, then stop
 #   scripts/quickstart.sh --keep   leave the mesh running until Ctrl-C
+#
+# For scripts and tests (tests/tests/dashboard.rs runs it so):
+#   --bin-dir DIR   use coremesh-proxy, coremesh-control and meshctl from DIR
+#                   (no install-deps, no cargo build)
+#   --info FILE     once the mesh is up, write KEY=VALUE lines to FILE:
+#                   DASHBOARD_URL, API, API_CA, CREDENTIAL_FILE, DATA_DIR,
+#                   WEB_URL, MESHCTL (written whole: it appears complete)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
+usage() { echo "usage: $0 [--keep] [--bin-dir DIR] [--info FILE]" >&2; exit 2; }
 KEEP=0
-case "${1:-}" in
-    --keep) KEEP=1 ;;
-    "") ;;
-    *) echo "usage: $0 [--keep]" >&2; exit 2 ;;
-esac
+BIN_DIR=""
+INFO=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --keep) KEEP=1 ;;
+        --bin-dir) [ $# -ge 2 ] || usage; BIN_DIR="$2"; shift ;;
+        --info) [ $# -ge 2 ] || usage; INFO="$2"; shift ;;
+        *) usage ;;
+    esac
+    shift
+done
 
-bash "$ROOT/scripts/install-deps.sh" >/dev/null
+if [ -n "$BIN_DIR" ]; then
+    BIN_DIR="$(cd "$BIN_DIR" && pwd)"
+    PROXY="$BIN_DIR/coremesh-proxy"
+    CONTROL="$BIN_DIR/coremesh-control"
+    MESHCTL_BIN="$BIN_DIR/meshctl"
+    for bin in "$PROXY" "$CONTROL" "$MESHCTL_BIN"; do
+        [ -x "$bin" ] || { echo "--bin-dir: no $bin" >&2; exit 1; }
+    done
+else
+    bash "$ROOT/scripts/install-deps.sh" >/dev/null
 
-echo "==> building coremesh-proxy and coremesh-control (release)"
-cargo build --release -p coremesh-proxy -p coremesh-control
-TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
-PROXY="$TARGET_DIR/release/coremesh-proxy"
-CONTROL="$TARGET_DIR/release/coremesh-control"
-MESHCTL_BIN="$TARGET_DIR/release/meshctl"
+    echo "==> building coremesh-proxy and coremesh-control (release)"
+    cargo build --release -p coremesh-proxy -p coremesh-control
+    TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+    case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
+    PROXY="$TARGET_DIR/release/coremesh-proxy"
+    CONTROL="$TARGET_DIR/release/coremesh-control"
+    MESHCTL_BIN="$TARGET_DIR/release/meshctl"
+fi
 APP="$ROOT/scripts/demo/app.py"
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/coremesh-quickstart.XXXXXX")"
@@ -216,7 +240,24 @@ cat <<EOF
   the policy:   scripts/demo/mesh.yaml; change the weights, apply it, curl again
   web sidecar:  curl http://$ADMIN_web_v1/metrics   (and /config: the applied version)
   logs:         $WORK/*.log
+  dashboard:    https://$API/ui/
+                log in with the operator credential: cat $WORK/control/operator.credential
+                (the page's certificate comes from the mesh's own CA, $WORK/control/api-ca.pem:
+                the browser warns until you trust that CA; the API is on 127.0.0.1 only)
 EOF
+
+if [ -n "$INFO" ]; then
+    {
+        echo "DASHBOARD_URL=https://$API/ui/"
+        echo "API=$API"
+        echo "API_CA=$WORK/control/api-ca.pem"
+        echo "CREDENTIAL_FILE=$WORK/control/operator.credential"
+        echo "DATA_DIR=$WORK/control"
+        echo "WEB_URL=http://$WEB_APP/"
+        echo "MESHCTL=$MESHCTL_BIN"
+    } > "$INFO.tmp"
+    mv "$INFO.tmp" "$INFO"
+fi
 
 if [ "$KEEP" = 1 ]; then
     echo

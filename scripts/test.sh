@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check CI runs: fmt, clippy (monoio and glommio), the SAFETY-comment
 # check, unit tests (and the proxy's again under AddressSanitizer), the
-# end-to-end suite on monoio/io_uring and again on monoio's epoll driver, the
+# end-to-end suite on monoio/io_uring (with the dashboard's browser test) and
+# again on monoio's epoll driver, the
 # smoke subset against the glommio backend, and coremesh-bench's end-to-end
 # tests (a short compare against nginx) on a release build, a 3-minute soak
 # under faults (scripts/soak.sh), and the Debian
@@ -81,19 +82,28 @@ cargo test -p coremesh-e2e --tests --no-run
 # their connections shut), tests/mux.rs (the multiplexed mesh hop) and
 # tests/exhaustion.rs (RLIMIT_NOFILE lowered on a running proxy, a tiny
 # buffer budget; it asserts the proxy's own CPU share, which other tests'
-# load does not inflate; about 25 s) and tests/tap.rs (meshctl tap through
+# load does not inflate; about 25 s), tests/tap.rs (meshctl tap through
 # control to the proxies; its --max-rps bound counts one-second windows
 # from the burst's measured length, so other tests' load cannot flake it;
-# about 10 s), on both monoio drivers.
+# about 10 s) and tests/fleet.rs (edge summaries reach control, `meshctl
+# top -o json` counts what was sent; the Grafana dashboard's metric names
+# in a live /metrics; about 15 s), on both monoio drivers.
 e2e() {
     cargo test --no-fail-fast -p coremesh-e2e --tests -- --skip on_1_core:: --skip on_2_cores:: \
         --skip ten_upgrades_under_load --skip an_upgraded_sidecar --skip sigusr2_makes_the_proxy \
-        --skip on_hosts::
+        --skip on_hosts:: --skip the_dashboard_shows
     cargo test --no-fail-fast -p coremesh-e2e --test traffic --test upgrade --test hosts -- --test-threads=1
 }
 
 section "e2e: monoio on io_uring"
 e2e
+
+# tests/dashboard.rs: scripts/quickstart.sh's mesh under load, and the
+# dashboard in Debian's headless Chromium (playwright-core); it reads the
+# live 90/10 split, so it runs alone, once (the page does not depend on the
+# proxies' io driver). Screenshots: $TARGET_DIR/dashboard-screenshots/.
+section "e2e: the dashboard in headless Chromium"
+cargo test --no-fail-fast -p coremesh-e2e --test dashboard
 
 section "e2e: monoio on epoll (MONOIO_FORCE_LEGACY_DRIVER=1)"
 MONOIO_FORCE_LEGACY_DRIVER=1 e2e

@@ -1,7 +1,9 @@
-//! The HTTP API for meshctl and (later) the dashboard: exactly the table in
-//! [`coremesh_api::http`]. Every request needs `Authorization: Bearer
-//! <operator credential>`; errors are [`ErrorBody`] JSON with 400 (input
-//! rejected), 401, 404 or 500.
+//! The HTTP API for meshctl and the dashboard: exactly the table in
+//! [`coremesh_api::http`], beside the dashboard's own pages ([`crate::ui`]).
+//! Every request needs `Authorization: Bearer <operator credential>` or the
+//! dashboard's session cookie (and, for a state change with the cookie, the
+//! CSRF header; [`ui::authorize`]); errors are [`ErrorBody`] JSON with 400
+//! (input rejected), 401, 403 (cookie without the CSRF header), 404 or 500.
 //!
 //! Handlers that touch the store (which fsyncs) run on the blocking pool.
 
@@ -9,7 +11,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -18,12 +20,14 @@ use coremesh_api::http::{ErrorBody, RollbackRequest, TokenRequest};
 use coremesh_api::resource::Resource;
 
 use crate::hub::Hub;
+use crate::ui::{self, Sessions};
 use crate::{Error, ErrorKind};
 
 #[derive(Clone)]
 struct Ctx {
     hub: Arc<Hub>,
     credential: Arc<str>,
+    sessions: Arc<Sessions>,
 }
 
 impl IntoResponse for Error {
@@ -55,13 +59,18 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| Error::internal(format!("task failed: {e}")))?
 }
 
-/// The router, with bearer authentication on every route.
-pub fn router(hub: Arc<Hub>, credential: &str) -> Router {
+/// The router: the API, with authentication on every route, and the
+/// dashboard. `tls`: the API is served over TLS (the session cookie is
+/// then `Secure`).
+pub fn router(hub: Arc<Hub>, credential: &str, tls: bool) -> Router {
+    let credential: Arc<str> = credential.into();
+    let sessions = Arc::new(Sessions::new(ui::SESSION_TTL));
     let ctx = Ctx {
         hub,
-        credential: credential.into(),
+        credential: credential.clone(),
+        sessions: sessions.clone(),
     };
-    Router::new()
+    let api = Router::new()
         .route("/v1/apply", post(apply))
         .route("/v1/services", get(services))
         .route("/v1/routes", get(routes))
@@ -77,6 +86,7 @@ pub fn router(hub: Arc<Hub>, credential: &str) -> Router {
         .route("/v1/endpoints", get(endpoints))
         .route("/v1/ca", get(ca))
         .route("/v1/history", get(history))
+        .route("/v1/history/{version}", get(history_version))
         .route("/v1/rollback", post(rollback))
         .route("/v1/tokens", post(create_token).get(list_tokens))
         .route("/v1/tokens/{id}", delete(revoke_token))
@@ -85,36 +95,36 @@ pub fn router(hub: Arc<Hub>, credential: &str) -> Router {
         .route("/v1/nodes/{name}/evict", post(evict_node))
         .route("/v1/nodes/{name}/readmit", post(readmit_node))
         .route("/v1/tap/{service}", get(tap))
+        .route("/v1/edges", get(edges))
+        .route("/v1/edges/series", get(edge_series))
+        .route("/metrics", get(metrics))
         .fallback(|| async { Error::not_found("no such API path; see `meshctl --help`") })
         .layer(middleware::from_fn_with_state(ctx.clone(), auth))
-        .with_state(ctx)
+        .with_state(ctx);
+    ui::routes(ui::Ui {
+        credential,
+        sessions,
+        secure: tls,
+    })
+    .merge(api)
 }
 
 async fn auth(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let ok = presented.is_some_and(|p| {
-        // Constant time, so the credential cannot be guessed byte by byte.
-        p.len() == ctx.credential.len()
-            && p.bytes()
-                .zip(ctx.credential.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-    });
-    if !ok {
-        return (
-            StatusCode::UNAUTHORIZED,
-            Json(ErrorBody {
-                error: "missing or wrong operator credential (Authorization: Bearer, see <data-dir>/operator.credential)".into(),
-            }),
-        )
-            .into_response();
+    if let Err(denied) = ui::authorize(
+        req.headers(),
+        req.method(),
+        &ctx.credential,
+        &ctx.sessions,
+        std::time::Instant::now(),
+    ) {
+        return denied.into_response();
     }
-    next.run(req).await
+    let mut resp = next.run(req).await;
+    // The answers hold the mesh's state (and, for tokens, secrets): a
+    // browser keeps none of them in its cache.
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }
 
 async fn apply(State(ctx): State<Ctx>, body: Bytes) -> Result<Response, Error> {
@@ -245,6 +255,21 @@ async fn history(State(ctx): State<Ctx>) -> Result<Response, Error> {
     Ok(Json(blocking(move || hub.history_blocking()).await?).into_response())
 }
 
+/// Every resource as of `version` (what a rollback to it would restore),
+/// for the dashboard's diff between two versions.
+async fn history_version(
+    State(ctx): State<Ctx>,
+    Path(version): Path<String>,
+) -> Result<Response, Error> {
+    let version: u64 = version.parse().map_err(|_| {
+        Error::rejected(format!(
+            "/v1/history/{version}: not a version number; see `meshctl history`"
+        ))
+    })?;
+    let hub = ctx.hub.clone();
+    Ok(Json(blocking(move || hub.config_at_blocking(version)).await?).into_response())
+}
+
 fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
     serde_json::from_slice(body).map_err(|e| Error::rejected(format!("bad JSON body: {e}")))
 }
@@ -329,4 +354,53 @@ async fn tap(
 async fn readmit_node(State(ctx): State<Ctx>, Path(name): Path<String>) -> Result<Response, Error> {
     let hub = ctx.hub.clone();
     Ok(Json(blocking(move || hub.readmit_blocking(&name)).await?).into_response())
+}
+
+#[derive(serde::Deserialize)]
+struct EdgesQuery {
+    window: Option<String>,
+}
+
+/// `GET /v1/edges?window=10s|1m` (default 10s).
+async fn edges(
+    State(ctx): State<Ctx>,
+    axum::extract::Query(q): axum::extract::Query<EdgesQuery>,
+) -> Result<Response, Error> {
+    let w = q.window.as_deref().unwrap_or("10s");
+    let window = crate::fleet::Window::parse(w)
+        .ok_or_else(|| Error::rejected(format!("window {w:?}: expected 10s or 1m")))?;
+    Ok(Json(ctx.hub.fleet().edges(window)).into_response())
+}
+
+#[derive(serde::Deserialize)]
+struct SeriesQuery {
+    source: Option<String>,
+    destination: Option<String>,
+}
+
+/// `GET /v1/edges/series?source=S&destination=D`: the last hour at 10 s.
+async fn edge_series(
+    State(ctx): State<Ctx>,
+    axum::extract::Query(q): axum::extract::Query<SeriesQuery>,
+) -> Result<Response, Error> {
+    let (Some(source), Some(destination)) = (q.source, q.destination) else {
+        return Err(Error::rejected(
+            "edges/series needs the query parameters source and destination",
+        ));
+    };
+    Ok(Json(ctx.hub.fleet().series(&source, &destination)).into_response())
+}
+
+/// `GET /metrics`: the fleet view in the Prometheus text format.
+async fn metrics(State(ctx): State<Ctx>) -> Response {
+    let mut out = String::with_capacity(16 * 1024);
+    ctx.hub.fleet().render_prometheus(&mut out);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
 }

@@ -192,6 +192,8 @@ pub struct Hub {
     changed: Notify,
     /// `meshctl tap` (tap.rs).
     taps: Arc<crate::tap::Taps>,
+    /// The proxies' edge summaries (the fleet view).
+    fleet: crate::fleet::Fleet,
 }
 
 /// Why a join was refused, for the wire's Error message.
@@ -255,6 +257,7 @@ impl Hub {
             state: Mutex::new(state),
             writer: Mutex::new(()),
             changed: Notify::new(),
+            fleet: crate::fleet::Fleet::default(),
         }))
     }
 
@@ -273,6 +276,11 @@ impl Hub {
 
     pub fn taps(&self) -> &Arc<crate::tap::Taps> {
         &self.taps
+    }
+
+    /// The fleet view: every proxy's edge summaries.
+    pub fn fleet(&self) -> &crate::fleet::Fleet {
+        &self.fleet
     }
 
     /// The publisher: debounces changes, expires endpoints, forgets long
@@ -633,6 +641,18 @@ impl Hub {
                 summary: r.summary,
             })
             .collect())
+    }
+
+    /// Every resource as of config `version` (services first, as `meshctl
+    /// get` lists them); version 0 is the empty config before the first
+    /// apply.
+    pub fn config_at_blocking(&self, version: u64) -> Result<Vec<Resource>, Error> {
+        let config = self.store.config_at(version)?.ok_or_else(|| {
+            Error::not_found(format!(
+                "version {version} does not exist; see `meshctl history`"
+            ))
+        })?;
+        Ok(config.resources())
     }
 
     pub fn create_token_blocking(&self, req: &TokenRequest) -> Result<TokenCreated, Error> {

@@ -33,6 +33,7 @@ pub mod ca;
 pub mod client;
 pub mod config;
 pub mod datadir;
+pub mod fleet;
 pub mod hub;
 pub mod nodes;
 pub mod quic;
@@ -41,6 +42,7 @@ pub mod store;
 pub mod systemd;
 pub mod tap;
 pub mod tokens;
+pub mod ui;
 pub mod view;
 
 use std::sync::Arc;

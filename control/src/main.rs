@@ -344,7 +344,7 @@ async fn run(args: Args) -> Result<(), Error> {
     }
     tokio::spawn(hub.clone().run());
     tokio::spawn(quic::serve(endpoint.clone(), hub.clone()));
-    let app = api::router(hub.clone(), &dir.credential);
+    let app = api::router(hub.clone(), &dir.credential, api_tls.is_some());
     api_tls::serve(listener, app, api_tls, shutdown()).await;
     tracing::info!("shutting down");
     endpoint.close(0u32.into(), b"control shutting down");

@@ -468,11 +468,14 @@ async fn session(
             heartbeat_interval_ms: hub.options().heartbeat_interval.as_millis() as u64,
             compression: writer.compressed.then(|| wire::ZSTD.to_string()),
             features: wire::FEATURES.map(String::from).to_vec(),
+            edge_stats_interval_ms: Some(crate::fleet::SUMMARY_INTERVAL.as_millis() as u64),
         })
         .await?;
     if let Some(first) = first {
         writer.send_published(&first).await?;
     }
+    // Set by the session's first EdgeStats.
+    let mut reporting: Option<crate::fleet::Reporting<'_>> = None;
     loop {
         tokio::select! {
             changed = snapshots.changed() => {
@@ -491,6 +494,14 @@ async fn session(
                     info!(%service, %node, "session ended by the proxy");
                     return Ok(());
                 };
+                if let ProxyMsg::EdgeStats { edges, .. } = &msg {
+                    if reporting.is_none() {
+                        reporting = Some(hub.fleet().reporting(&service));
+                    }
+                    debug!(%service, edges = edges.len(), "edge summary");
+                    hub.fleet().record(&service, edges);
+                    continue;
+                }
                 let who = Who { id, service: &service, node: &node, remote };
                 handle(msg, hub, &who, writer).await?;
             }
@@ -578,6 +589,8 @@ async fn handle(
             records,
             dropped,
         } => hub.taps().records(id, tap, records, dropped),
+        // Taken by the session loop.
+        ProxyMsg::EdgeStats { .. } => {}
         ProxyMsg::Deregister => {
             info!(%service, "endpoint deregistered");
             hub.deregister(id);
@@ -606,5 +619,6 @@ fn msg_name(m: &ProxyMsg) -> &'static str {
         ProxyMsg::Features { .. } => "features",
         ProxyMsg::Clock { .. } => "clock",
         ProxyMsg::TapRecords { .. } => "tap_records",
+        ProxyMsg::EdgeStats { .. } => "edge_stats",
     }
 }

@@ -75,6 +75,9 @@ pub struct ServiceRoutes {
 /// `ShardMsg::Prepare`), so their match caches are never shared by cores.
 #[derive(Debug, Clone)]
 pub struct CompiledRule {
+    /// `ROUTE#INDEX` (the Route's name and the rule's position): the
+    /// `route` label of the per-edge metrics.
+    pub name: String,
     pub path: Option<PathMatch>,
     /// Lowercase header name and its condition.
     pub headers: Vec<(String, ValueMatcher)>,
@@ -161,6 +164,9 @@ pub struct RetryPolicy {
 pub struct WeightedBackend {
     pub weight: u32,
     pub endpoints: Vec<SocketAddr>,
+    /// The subset selector as `k=v` joined by `,` in key order (empty:
+    /// the whole service): the `subset` of the per-edge metrics.
+    pub subset: String,
 }
 
 impl RoutingTable {
@@ -320,9 +326,16 @@ fn compile_route(
                     .filter(|e| b.subset.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
                     .map(|e| e.address)
                     .collect(),
+                subset: b
+                    .subset
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
             })
             .collect();
         rules.push(CompiledRule {
+            name: format!("{}#{i}", r.name),
             path,
             headers,
             query,

@@ -1,5 +1,8 @@
 //! JSON bodies of control's HTTP API (`meshctl` and the dashboard). Every
-//! request carries `Authorization: Bearer <operator credential>`.
+//! request carries `Authorization: Bearer <operator credential>`, or the
+//! dashboard's session cookie `coremesh_session` (from `POST /ui/login`
+//! with a [`LoginRequest`]); with the cookie, a request other than GET also
+//! carries `X-Coremesh-Csrf: 1`.
 //!
 //! | method | path | body | answer |
 //! | --- | --- | --- | --- |
@@ -9,6 +12,7 @@
 //! | GET | /v1/proxies | - | `[ProxyStatus]` |
 //! | GET | /v1/endpoints | - | `[EndpointStatus]` |
 //! | GET | /v1/history | - | `[HistoryEntry]` |
+//! | GET | /v1/history/VERSION | - | `[Resource]`: every resource as of that version |
 //! | POST | /v1/rollback | [`RollbackRequest`] | [`ApplyResult`] |
 //! | POST | /v1/tokens | [`TokenRequest`] | [`TokenCreated`] |
 //! | GET | /v1/tokens | - | `[TokenInfo]` |
@@ -17,8 +21,12 @@
 //! | POST | /v1/nodes/NAME/evict | - | [`NodeEvicted`] |
 //! | POST | /v1/nodes/NAME/readmit | - | [`NodeReadmitted`] |
 //! | GET | /v1/tap/SERVICE?path=P&max_rps=N | - | a stream of [`TapEvent`] lines |
+//! | GET | /v1/edges?window=10s\|1m | - | [`EdgesView`] |
+//! | GET | /v1/edges/series?source=S&destination=D | - | [`EdgeSeries`] |
+//! | GET | /metrics | - | Prometheus text: the fleet view |
 //!
-//! Errors: 400 (input rejected: [`ErrorBody`] says what and where), 401, 404, 500.
+//! Errors: 400 (input rejected: [`ErrorBody`] says what and where), 401,
+//! 403 (the cookie without the CSRF header), 404, 500.
 
 use std::net::SocketAddr;
 
@@ -35,6 +43,14 @@ pub struct ApplyResult {
     pub version: u64,
     /// `kind/name` of each resource created, changed or deleted.
     pub changed: Vec<String>,
+}
+
+/// `POST /ui/login`: the operator credential (what
+/// `<data-dir>/operator.credential` holds), answered with the session
+/// cookie.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginRequest {
+    pub credential: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -229,4 +245,64 @@ pub struct NodeReadmitted {
     pub node: String,
     /// Its certificates that stay revoked until they expire.
     pub still_revoked: usize,
+}
+
+/// `GET /v1/edges`: the fleet's edges over the last `window`, merged over
+/// every proxy that reported them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EdgesView {
+    /// `10s` or `1m`.
+    pub window: String,
+    /// Control's clock (Unix milliseconds) when it answered.
+    pub generated_at_ms: u64,
+    /// Sorted by (source, destination, subset, protocol).
+    pub edges: Vec<EdgeView>,
+}
+
+/// One (source, destination, subset, protocol) over a window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EdgeView {
+    pub source: String,
+    pub destination: String,
+    /// The Route backend's subset as `k=v` joined by `,` in key order;
+    /// empty when the route picked no subset.
+    pub subset: String,
+    /// `http`, `grpc` or `tcp`.
+    pub protocol: String,
+    /// Requests per second: `requests` / the window.
+    pub rps: f64,
+    /// (requests - failures) / requests; 1 when there were none.
+    pub success_rate: f64,
+    /// Latency percentiles in milliseconds (0 without requests).
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    /// Within the window.
+    pub requests: u64,
+    /// 5xx, a gRPC status other than OK, or a failed TCP connection.
+    pub failures: u64,
+}
+
+/// `GET /v1/edges/series`: one source-destination pair over the last hour
+/// at 10 s steps, summed over subsets and protocols.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EdgeSeries {
+    pub source: String,
+    pub destination: String,
+    /// Oldest first; only steps with traffic.
+    pub points: Vec<EdgePoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EdgePoint {
+    /// Start of the 10 s step (Unix milliseconds).
+    pub t_ms: u64,
+    pub rps: f64,
+    pub success_rate: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
 }

@@ -9,6 +9,7 @@
 //! control. The hello carries [`wire::PROTOCOL_VERSION`].
 
 pub mod http;
+pub mod latency;
 pub mod resource;
 pub mod snapshot;
 pub mod token;

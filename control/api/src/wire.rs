@@ -15,7 +15,8 @@
 //! session (client certificate):     Hello ──▶ Welcome, Snapshot
 //!                                   then, in any order: Ack/Nack(version),
 //!                                   Register, Health (also the heartbeat),
-//!                                   Renew ──▶ Renewed, Deregister ──▶ Deregistered
+//!                                   Renew ──▶ Renewed, Deregister ──▶ Deregistered,
+//!                                   EdgeStats (only when Welcome asked for them)
 //!                                   control: Snapshot whenever something changes
 //! optional features (each side sends these only when the other said it
 //! knows them: control lists [`FEATURES`] in its Welcome, the proxy answers
@@ -136,6 +137,19 @@ pub enum ProxyMsg {
         #[serde(default)]
         dropped: u64,
     },
+    /// Per-edge counts since the previous EdgeStats of this session (or
+    /// since the session began), sent every `edge_stats_interval_ms` of
+    /// the Welcome (edges without requests left out, nothing sent when
+    /// none had any), and once, empty, right after the Welcome: from then
+    /// on control counts this service's calls from its reports, not from
+    /// its callees'. Only sent to a control whose Welcome set that field:
+    /// an older control would refuse the unknown message and close the
+    /// session.
+    EdgeStats {
+        /// How long the counts cover, in milliseconds.
+        interval_ms: u64,
+        edges: Vec<EdgeSummary>,
+    },
 }
 
 /// [`FEATURE_TAP`] and [`FEATURE_CLOCK`].
@@ -172,6 +186,59 @@ pub struct TapRecord {
     pub trace_id: Option<String>,
 }
 
+/// One edge's counts in an [`ProxyMsg::EdgeStats`]: deltas over the
+/// interval, summed over the proxy's cores and the edge's routes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeSummary {
+    /// Which side of the call this proxy was on: the caller's proxy
+    /// (`outbound`) or the callee's (`inbound`).
+    pub direction: EdgeDirection,
+    /// The calling service: this proxy's own (outbound), or the caller's
+    /// from its SPIFFE ID (inbound; `unknown` without one).
+    pub source: String,
+    pub destination: String,
+    /// The Route backend's subset selector as `k=v` joined by `,` in key
+    /// order; empty when no Route rule picked a subset.
+    #[serde(default)]
+    pub subset: String,
+    pub protocol: EdgeProtocol,
+    /// Requests (TCP: connections) finished in the interval.
+    pub requests: u64,
+    /// Of those: 5xx or no response, a gRPC status other than OK, a TCP
+    /// connection that never reached the service.
+    pub failures: u64,
+    /// Latency (TCP: connection duration) as a sparse histogram:
+    /// (bucket index of [`crate::latency`], count).
+    #[serde(default)]
+    pub latency: Vec<(u16, u64)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EdgeDirection {
+    Inbound,
+    Outbound,
+}
+
+/// What an edge carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EdgeProtocol {
+    Http,
+    Grpc,
+    Tcp,
+}
+
+impl EdgeProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EdgeProtocol::Http => "http",
+            EdgeProtocol::Grpc => "grpc",
+            EdgeProtocol::Tcp => "tcp",
+        }
+    }
+}
+
 /// Control → proxy.
 ///
 /// The snapshot variant is much the largest: a message is decoded a few
@@ -198,6 +265,10 @@ pub enum ControlMsg {
         /// The optional messages control understands ([`FEATURES`]).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         features: Vec<String>,
+        /// Set by a control that takes [`ProxyMsg::EdgeStats`]: how often
+        /// to send them. Absent (an older control): never send them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        edge_stats_interval_ms: Option<u64>,
     },
     Snapshot(Snapshot),
     Renewed {

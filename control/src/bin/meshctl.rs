@@ -20,8 +20,8 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use coremesh_api::http::{
-    ApplyResult, EndpointStatus, ErrorBody, HistoryEntry, NodeEvicted, NodeReadmitted, NodeStatus,
-    ProxyStatus, RollbackRequest, TokenCreated, TokenInfo, TokenRequest,
+    ApplyResult, EdgesView, EndpointStatus, ErrorBody, HistoryEntry, NodeEvicted, NodeReadmitted,
+    NodeStatus, ProxyStatus, RollbackRequest, TokenCreated, TokenInfo, TokenRequest,
 };
 use coremesh_api::resource::{self, Resource};
 use coremesh_control::bootstrap;
@@ -102,6 +102,22 @@ enum Cmd {
         #[arg(long, default_value = "1s", value_parser = coremesh_api::resource::parse_duration)]
         max_clock_skew: Duration,
         /// `json`: the findings as one JSON document.
+        #[arg(short, long)]
+        output: Option<String>,
+    },
+    /// The mesh's edges live, like `linkerd viz top`: requests per
+    /// second, success rate, p50 and p99 per source, destination, subset
+    /// and protocol, merged from every proxy's summaries; the screen is
+    /// redrawn every second until interrupted. `-o json`: one snapshot
+    /// (control's `GET /v1/edges`).
+    Top {
+        /// Only edges from or to this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// The window the figures cover: `10s` or `1m`.
+        #[arg(long, default_value = "10s")]
+        window: String,
+        /// `json`: one snapshot as JSON, then exit.
         #[arg(short, long)]
         output: Option<String>,
     },
@@ -429,6 +445,11 @@ fn run(cli: Cli) -> Result<(), Fail> {
             max_rps,
             output,
         } => tap(&api, &service, path.as_deref(), max_rps, output.as_deref())?,
+        Cmd::Top {
+            service,
+            window,
+            output,
+        } => top(&api, service.as_deref(), &window, output.as_deref())?,
         Cmd::History => {
             let h: Vec<HistoryEntry> = api.get("/v1/history")?;
             let mut rows = vec![vec![
@@ -1095,6 +1116,85 @@ fn print_status(ps: &[ProxyStatus], nodes: &[NodeStatus]) {
     print_table(&rows);
 }
 
+/// `meshctl top`: one snapshot as JSON, or the table redrawn every second.
+fn top(api: &Api, service: Option<&str>, window: &str, output: Option<&str>) -> Result<(), Fail> {
+    if coremesh_control::fleet::Window::parse(window).is_none() {
+        return Err(Fail(1, format!("--window {window:?}: use 10s or 1m")));
+    }
+    let fetch = || -> Result<EdgesView, Fail> {
+        let mut v: EdgesView = api.get(&format!("/v1/edges?window={window}"))?;
+        if let Some(s) = service {
+            v.edges.retain(|e| e.source == s || e.destination == s);
+        }
+        Ok(v)
+    };
+    match output {
+        Some("json") => {
+            let v = fetch()?;
+            let text = serde_json::to_string_pretty(&v).map_err(|e| Fail(1, e.to_string()))?;
+            println!("{text}");
+            return Ok(());
+        }
+        Some(other) => return Err(Fail(1, format!("-o {other}: only json is supported"))),
+        None => {}
+    }
+    use std::io::Write as _;
+    loop {
+        let v = fetch()?;
+        // Clear the screen and go home, then the table.
+        print!("\x1b[2J\x1b[H");
+        println!(
+            "meshctl top: {} edge(s), window {}, {} UTC (Ctrl-C to quit)\n",
+            v.edges.len(),
+            v.window,
+            utc(v.generated_at_ms / 1000)
+        );
+        print_table(&top_rows(&v));
+        let _ = std::io::stdout().flush();
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn top_rows(v: &EdgesView) -> Vec<Vec<String>> {
+    let mut rows = vec![[
+        "SOURCE",
+        "DESTINATION",
+        "SUBSET",
+        "PROTO",
+        "RPS",
+        "SUCCESS",
+        "P50",
+        "P99",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect::<Vec<_>>()];
+    let ms = |x: f64| {
+        if x < 10.0 {
+            format!("{x:.2}ms")
+        } else {
+            format!("{x:.0}ms")
+        }
+    };
+    for e in &v.edges {
+        rows.push(vec![
+            e.source.clone(),
+            e.destination.clone(),
+            if e.subset.is_empty() {
+                "-".into()
+            } else {
+                e.subset.clone()
+            },
+            e.protocol.clone(),
+            format!("{:.1}", e.rps),
+            format!("{:.2}%", e.success_rate * 100.0),
+            ms(e.p50_ms),
+            ms(e.p99_ms),
+        ]);
+    }
+    rows
+}
+
 fn print_table(rows: &[Vec<String>]) {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
@@ -1421,6 +1521,42 @@ mod tests {
         assert_eq!(
             tap_line(&r),
             "22:13:20.123  inbound   node=host-1  from=spiffe://mesh.local/service/web  GET api /a\\u{1b}[2Jb -> 200  1.2ms  trace=-"
+        );
+    }
+
+    #[test]
+    fn top_table_rows() {
+        let v = EdgesView {
+            window: "10s".into(),
+            generated_at_ms: 0,
+            edges: vec![coremesh_api::http::EdgeView {
+                source: "web".into(),
+                destination: "api".into(),
+                subset: "version=v1".into(),
+                protocol: "http".into(),
+                rps: 12.5,
+                success_rate: 0.998,
+                p50_ms: 1.2,
+                p95_ms: 3.4,
+                p99_ms: 15.0,
+                requests: 125,
+                failures: 0,
+            }],
+        };
+        let rows = top_rows(&v);
+        assert_eq!(rows[0][0], "SOURCE");
+        assert_eq!(
+            rows[1],
+            [
+                "web",
+                "api",
+                "version=v1",
+                "http",
+                "12.5",
+                "99.80%",
+                "1.20ms",
+                "15ms"
+            ]
         );
     }
 

@@ -3,6 +3,7 @@ use crate::routing::RetryPolicy;
 
 fn rule(on: &[RetryOn], attempts: u32) -> CompiledRule {
     CompiledRule {
+        name: "r#0".into(),
         path: None,
         headers: Vec::new(),
         query: Vec::new(),

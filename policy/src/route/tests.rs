@@ -58,6 +58,7 @@ impl RequestView for Text {
 
 fn rule(path_prefix: Option<&str>, headers: &[(&str, &str)], methods: &[&str]) -> CompiledRule {
     CompiledRule {
+        name: "r#0".into(),
         path: path_prefix.map(|p| PathMatch::Prefix(p.to_string())),
         headers: headers
             .iter()
@@ -230,6 +231,7 @@ fn backends(sets: &[(u32, &[u8])]) -> CompiledRule {
                 .iter()
                 .map(|&n| SocketAddr::from(([10, 0, 0, n], 80)))
                 .collect(),
+            subset: String::new(),
         })
         .collect();
     r

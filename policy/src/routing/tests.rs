@@ -106,3 +106,29 @@ fn original_destinations_map_to_services() {
             .outbound_deny
     );
 }
+
+/// Each rule is named `ROUTE#INDEX` and each backend carries its subset
+/// as `k=v` in key order: the labels of the per-edge metrics.
+#[test]
+fn rules_and_backends_carry_their_edge_labels() {
+    let docs = coremesh_api::resource::parse_documents(
+        "kind: Route\nname: api-canary\nservice: api\nrules:\n  - match: { headers: { x-canary: \"true\" } }\n    backends: [ { subset: { zone: a, version: v2 } } ]\n  - backends:\n      - { subset: { version: v1 }, weight: 90 }\n      - { weight: 10 }\n",
+    )
+    .unwrap();
+    let route = match docs.into_iter().next() {
+        Some(coremesh_api::resource::Resource::Route(r)) => r,
+        other => panic!("{other:?}"),
+    };
+    let mut snap = snapshot(&["api"]);
+    snap.routes = vec![route];
+    let table = RoutingTable::compile(&snap).unwrap();
+    let rules = table
+        .service(b"api")
+        .and_then(|s| s.rules.as_ref())
+        .unwrap();
+    assert_eq!(rules[0].name, "api-canary#0");
+    assert_eq!(rules[0].backends[0].subset, "version=v2,zone=a");
+    assert_eq!(rules[1].name, "api-canary#1");
+    assert_eq!(rules[1].backends[0].subset, "version=v1");
+    assert_eq!(rules[1].backends[1].subset, "");
+}

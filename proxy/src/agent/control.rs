@@ -68,6 +68,8 @@ const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
 const CLOCK_EVERY: Duration = Duration::from_secs(30);
 /// The optional features this proxy supports (wire::FEATURES).
 const FEATURES: [&str; 2] = [wire::FEATURE_TAP, wire::FEATURE_CLOCK];
+/// Edge summaries are never sent more often than this.
+const MIN_EDGE_STATS: Duration = Duration::from_millis(500);
 
 /// Everything the client starts with.
 pub struct ControlSetup {
@@ -85,6 +87,8 @@ pub struct ControlSetup {
     /// `[inbound]` (heartbeats then say healthy, "no inbound").
     pub health: Option<(Checker, LatestHealth)>,
     pub link: Rc<ControlLink>,
+    /// The shards, whose edge counters go to control as summaries.
+    pub admin: Rc<super::admin::AdminState>,
 }
 
 /// The agent's side of the session: deregistration on SIGTERM.
@@ -393,6 +397,7 @@ pub async fn run(setup: ControlSetup) {
         setup,
         names: super::names::Names::default(),
         identity: RefCell::new(None),
+        summaries: RefCell::new(crate::stats::edge::SummaryState::default()),
     };
     let mut backoff = Backoff::new();
     loop {
@@ -436,6 +441,8 @@ struct Client {
     names: super::names::Names,
     /// The identity in use (loaded from state_dir, replaced on renewal).
     identity: RefCell<Option<Identity>>,
+    /// The edge totals last reported to control.
+    summaries: RefCell<crate::stats::edge::SummaryState>,
 }
 
 impl Client {
@@ -671,7 +678,7 @@ impl Client {
         let (tx, mut msgs) = mpsc::unbounded_channel();
         let _reader = AbortOnDrop(tokio::task::spawn_local(read_frames(recv, tx)));
         let applied = self.setup.applier.applied();
-        let (heartbeat, features) = self
+        let (heartbeat, features, edge_every) = self
             .hello(&mut send, &mut msgs, applied.as_ref().map(|a| a.version))
             .await?;
         tracing::info!(
@@ -738,6 +745,28 @@ impl Client {
 
         let mut tick = tokio::time::interval(heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Edge summaries, when control takes them. What was counted while
+        // there was no session is not sent: it would all land in one of
+        // control's 10 s steps.
+        let mut edge_tick = edge_every.map(|every| {
+            let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        let mut edges_since = tokio::time::Instant::now();
+        if edge_tick.is_some() {
+            self.edge_summaries().await;
+            // An empty one says this proxy sends them: control then counts
+            // its calls from these, not from the callees' reports.
+            write(
+                &mut send,
+                &ProxyMsg::EdgeStats {
+                    interval_ms: 0,
+                    edges: Vec::new(),
+                },
+            )
+            .await?;
+        }
         let mut renew_at = self.renew_deadline(&id.cert_pem, false);
         let mut pending_key: Option<String> = None;
         let mut deregistering: Option<oneshot::Sender<()>> = None;
@@ -791,6 +820,15 @@ impl Client {
                         return Err(SessionError::UnexpectedInSession(msg_kind(&other)).into());
                     }
                 },
+                _ = async { edge_tick.as_mut()?.tick().await; Some(()) }, if edge_tick.is_some() => {
+                    let edges = self.edge_summaries().await;
+                    let now = tokio::time::Instant::now();
+                    let interval_ms = now.duration_since(edges_since).as_millis() as u64;
+                    edges_since = now;
+                    if !edges.is_empty() {
+                        write(&mut send, &ProxyMsg::EdgeStats { interval_ms, edges }).await?;
+                    }
+                }
                 _ = tick.tick() => {
                     let report = self.health().await;
                     write(&mut send, &ProxyMsg::Health {
@@ -846,15 +884,24 @@ impl Client {
         }
     }
 
+    /// The edges' counts since the last call (cores merged).
+    async fn edge_summaries(&self) -> Vec<coremesh_api::wire::EdgeSummary> {
+        let snaps = super::admin::collect_snapshots(&self.setup.admin).await;
+        self.summaries
+            .borrow_mut()
+            .delta(snaps.iter().map(|s| &s.edges))
+    }
+
     /// Says hello (service, node, the version running, the services called)
-    /// and waits for the welcome; returns the heartbeat interval and the
-    /// optional features control knows.
+    /// and waits for the welcome; returns the heartbeat interval, the
+    /// optional features control knows and, when control takes edge
+    /// summaries, how often to send them.
     async fn hello(
         &self,
         send: &mut quinn::SendStream,
         msgs: &mut mpsc::UnboundedReceiver<Result<ControlMsg, StreamError>>,
         running: Option<u64>,
-    ) -> Result<(Duration, Vec<String>), Failure> {
+    ) -> Result<(Duration, Vec<String>, Option<Duration>), Failure> {
         let hello = ProxyMsg::Hello {
             protocol: wire::PROTOCOL_VERSION,
             service: self.setup.service.clone(),
@@ -868,10 +915,12 @@ impl Client {
             ControlMsg::Welcome {
                 heartbeat_interval_ms,
                 features,
+                edge_stats_interval_ms,
                 ..
             } => Ok((
                 Duration::from_millis(heartbeat_interval_ms).max(MIN_HEARTBEAT),
                 features,
+                edge_stats_interval_ms.map(|ms| Duration::from_millis(ms).max(MIN_EDGE_STATS)),
             )),
             ControlMsg::Error { code, message } => {
                 Err(SessionError::SessionRefused { code, message }.into())

@@ -592,6 +592,7 @@ async fn start_control(
         applier: applier.clone(),
         health,
         link: link.clone(),
+        admin: admin.clone(),
     }));
     Ok((applier, link))
 }

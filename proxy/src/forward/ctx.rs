@@ -27,6 +27,8 @@ pub(super) struct Exchange {
     /// The request's place in its trace, and its span's recording when
     /// sampled (crate::trace).
     pub(super) trace: crate::trace::Hop,
+    /// The Route backend of the last try (its subset labels the edge).
+    pub(super) backend: Option<usize>,
 }
 
 /// One request and what serving it needs, through all its phases. `'p`:
@@ -45,6 +47,8 @@ pub(super) struct RequestCtx<'p, 'c> {
     /// The service the request was routed to (its stats label), known once
     /// routed: a total timeout drops the phases' future, not this.
     pub(super) service: &'p str,
+    /// The Route rule that routed the request, if one did.
+    pub(super) rule: Option<&'p crate::routing::CompiledRule>,
     /// The service an intercepted connection was addressed to: it routes
     /// every request on the connection, not the authority (which names
     /// the address the app called).

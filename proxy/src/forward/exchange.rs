@@ -143,6 +143,7 @@ impl Protocol for Http1Tries<'_, '_, '_> {
         let (up, addr, reused, permit) =
             upstream_conn(self.ctx.shard, self.ctx.cfg, endpoints, tried, connect).await?;
         self.ctx.ex.upstream = Some(addr);
+        self.ctx.ex.backend = tried.backend();
         Ok(Connected {
             conn: (up, permit),
             addr,

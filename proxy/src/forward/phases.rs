@@ -114,6 +114,28 @@ impl LoggedRequest {
     }
 }
 
+/// What the log phase needs to name a request's edge besides the
+/// exchange: all borrowed, so recording allocates nothing.
+pub(super) struct EdgeAttrs<'a> {
+    /// This proxy's own service (`[proxy] service`).
+    pub(super) own: &'a str,
+    /// The caller's SPIFFE ID (inbound, mutual TLS).
+    pub(super) peer: Option<&'a str>,
+    /// The Route rule that routed it (outbound).
+    pub(super) rule: Option<&'a crate::routing::CompiledRule>,
+    /// `Some(status)`: a gRPC call, and its final status.
+    pub(super) grpc: Option<Option<u8>>,
+}
+
+/// The service named by a SPIFFE ID `spiffe://<trust domain>/service/<name>`;
+/// "unknown" for anything else.
+pub(super) fn peer_service(id: Option<&str>) -> &str {
+    id.and_then(|id| id.rsplit_once("/service/"))
+        .map(|(_, s)| s)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("unknown")
+}
+
 impl Shard {
     /// The span of a finished sampled request (crate::trace), buffered
     /// for the agent; nothing for an unsampled one.
@@ -155,22 +177,52 @@ impl Shard {
         self.tracer.flush(collector, &cfg.proxy.service);
     }
 
-    /// The log phase: records a finished request in the stats and the
-    /// access log.
+    /// The log phase: records a finished request in the stats, its edge's
+    /// golden metrics and the access log.
     pub(super) fn record(
         &self,
         dir: Direction,
         service: &str,
         req: Option<&LoggedRequest>,
         ex: &Exchange,
+        edge: &EdgeAttrs<'_>,
     ) {
         let latency = ex
             .end
             .unwrap_or_else(Instant::now)
             .saturating_duration_since(ex.start);
-        self.stats
-            .borrow_mut()
-            .record(dir, service, ex.status, latency, ex.bytes_in, ex.bytes_out);
+        {
+            let mut stats = self.stats.borrow_mut();
+            stats.record(dir, service, ex.status, latency, ex.bytes_in, ex.bytes_out);
+            // The proxy's own health probe is no edge.
+            if service != "probe" {
+                use crate::stats::edge::{EdgeRef, Outcome};
+                use coremesh_api::wire::EdgeProtocol;
+                let (source, destination) = match dir {
+                    Direction::Outbound => (edge.own, service),
+                    Direction::Inbound => (peer_service(edge.peer), service),
+                };
+                let subset = match (edge.rule, ex.backend) {
+                    (Some(rule), Some(b)) => rule.backends.get(b).map_or("", |b| &b.subset),
+                    _ => "",
+                };
+                let (protocol, outcome) = match edge.grpc {
+                    Some(status) => (EdgeProtocol::Grpc, Outcome::Grpc(status)),
+                    None => (EdgeProtocol::Http, Outcome::Http(ex.status)),
+                };
+                let e = EdgeRef {
+                    dir,
+                    source,
+                    destination,
+                    route: edge.rule.map_or("", |r| &r.name),
+                    subset,
+                    protocol,
+                };
+                stats
+                    .edges
+                    .record(&e, outcome, latency, ex.bytes_in, ex.bytes_out);
+            }
+        }
         let Some(req) = req else { return };
         let mut log = self.access_log.borrow_mut();
         let Some(log) = log.as_mut() else { return };

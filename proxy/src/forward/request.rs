@@ -56,11 +56,13 @@ pub(super) async fn handle(
             bytes_out: 0,
             upstream: None,
             trace: crate::trace::Hop::default(),
+            backend: None,
         },
         head,
         client,
         scratch,
         service: "unknown",
+        rule: None,
         dest,
         charge,
     };
@@ -110,9 +112,14 @@ pub(super) async fn handle(
     let RequestCtx {
         mut ex,
         service,
+        rule,
         charge: _charge,
         ..
     } = ctx;
+    let peer = match dir {
+        Direction::Inbound => client_slot.as_ref().and_then(|c| c.peer_id().cloned()),
+        Direction::Outbound => None,
+    };
     let next = match next {
         Next::Tunnel(t) => {
             if let Some(client) = client_slot.take() {
@@ -131,7 +138,13 @@ pub(super) async fn handle(
         n => n,
     };
     let end = *ex.end.get_or_insert_with(Instant::now);
-    shard.record(dir, service, logged.as_ref(), &ex);
+    let edge = super::phases::EdgeAttrs {
+        own: &cfg.proxy.service,
+        peer: peer.as_deref(),
+        rule,
+        grpc: None,
+    };
+    shard.record(dir, service, logged.as_ref(), &ex, &edge);
     shard.finish_span(dir, service, &mut ex);
     let latency = end.saturating_duration_since(ex.start);
     shard.tap.finish(tapped, service, ex.status, latency);
@@ -360,6 +373,13 @@ impl<'p> RequestCtx<'p, '_> {
         };
         let (service, routed) = route_request(self.shard, self.cfg, self.table, &req).await;
         self.service = service;
+        if let Ok(Routed {
+            endpoints: Endpoints::Rule(_, rule, _, _),
+            ..
+        }) = &routed
+        {
+            self.rule = Some(rule);
+        }
         routed
     }
 

@@ -21,6 +21,7 @@ use crate::tls::{Session, TlsStream};
 /// A caller's TCP stream arrived on the inbound port: authorize it, then
 /// relay it to the local app.
 pub async fn inbound(shard: &Shard, cfg: &Config, t: TlsStream) {
+    let start = std::time::Instant::now();
     let service = cfg.proxy.service.as_str();
     let caller = t.peer_id().cloned();
     if let Some(deny) = super::authz_tcp(shard, caller.as_deref()) {
@@ -36,6 +37,12 @@ pub async fn inbound(shard: &Shard, cfg: &Config, t: TlsStream) {
         Ok(c) => c,
         Err(e) => {
             crate::lograte::log_limited!(tracing::Level::WARN, %app, "TCP service: cannot reach the local app: {e}");
+            record_edge(
+                shard,
+                Direction::Inbound,
+                (super::phases::peer_service(caller.as_deref()), service),
+                None,
+            );
             return;
         }
     };
@@ -53,11 +60,46 @@ pub async fn inbound(shard: &Shard, cfg: &Config, t: TlsStream) {
         .borrow_mut()
         .mesh
         .tcp(Direction::Inbound, service, to_app, from_app);
+    record_edge(
+        shard,
+        Direction::Inbound,
+        (super::phases::peer_service(caller.as_deref()), service),
+        Some((start.elapsed(), to_app, from_app)),
+    );
+}
+
+/// A TCP service connection on its edge: `None` when it never reached the
+/// service (a failure), else its duration and bytes each way.
+fn record_edge(
+    shard: &Shard,
+    dir: Direction,
+    (source, destination): (&str, &str),
+    done: Option<(std::time::Duration, u64, u64)>,
+) {
+    use crate::stats::edge::{EdgeRef, Outcome};
+    let e = EdgeRef {
+        dir,
+        source,
+        destination,
+        route: "",
+        subset: "",
+        protocol: coremesh_api::wire::EdgeProtocol::Tcp,
+    };
+    let (outcome, (duration, sent, received)) = match done {
+        Some(d) => (Outcome::Tcp(true), d),
+        None => (Outcome::Tcp(false), (std::time::Duration::ZERO, 0, 0)),
+    };
+    shard
+        .stats
+        .borrow_mut()
+        .edges
+        .record(&e, outcome, duration, sent, received);
 }
 
 /// The local app connected to the listener of TCP service `service`: open
 /// mutual TLS to one of its endpoints and relay.
 pub async fn outbound(shard: Rc<Shard>, tcp: TcpStream, service: std::sync::Arc<str>) {
+    let start = std::time::Instant::now();
     let cfg = shard.config();
     tcp.set_nodelay();
     shard.conn_opened(Direction::Outbound);
@@ -69,6 +111,12 @@ pub async fn outbound(shard: Rc<Shard>, tcp: TcpStream, service: std::sync::Arc<
         return;
     };
     let Some(up) = connect(&shard, &cfg, &service).await else {
+        record_edge(
+            &shard,
+            Direction::Outbound,
+            (&cfg.proxy.service, &service),
+            None,
+        );
         shard.conn_closed(Direction::Outbound);
         return;
     };
@@ -79,6 +127,12 @@ pub async fn outbound(shard: Rc<Shard>, tcp: TcpStream, service: std::sync::Arc<
         .borrow_mut()
         .mesh
         .tcp(Direction::Outbound, &service, sent, received);
+    record_edge(
+        &shard,
+        Direction::Outbound,
+        (&cfg.proxy.service, &service),
+        Some((start.elapsed(), sent, received)),
+    );
     shard.conn_closed(Direction::Outbound);
 }
 

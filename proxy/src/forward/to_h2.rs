@@ -96,6 +96,7 @@ impl Protocol for H2Tries<'_, '_, '_> {
         if !self.carried {
             let c = for_try(shard, cfg, endpoints, tried, plan, plan.deadline).await;
             ctx.ex.upstream = tried.last();
+            ctx.ex.backend = tried.backend();
             return c.map(|c| Connected {
                 conn: MeshConn::H2(c.conn),
                 addr: c.addr,
@@ -110,6 +111,7 @@ impl Protocol for H2Tries<'_, '_, '_> {
         }
         tried.note(addr, backend);
         ctx.ex.upstream = Some(addr);
+        ctx.ex.backend = backend;
         let mtls = endpoints.mtls();
         match connection_or_http1(shard, cfg, addr, mtls, plan.deadline).await {
             Ok(Opened::H2(up)) => Ok(Connected {
@@ -220,6 +222,7 @@ impl H2Tries<'_, '_, '_> {
         let (up, addr, reused, permit) =
             upstream::upstream_conn(ctx.shard, ctx.cfg, endpoints, tried, connect).await?;
         ctx.ex.upstream = Some(addr);
+        ctx.ex.backend = tried.backend();
         Ok(Connected {
             conn: MeshConn::Http1(up, permit),
             addr,

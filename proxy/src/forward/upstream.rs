@@ -42,6 +42,11 @@ impl Tried {
         self.last
     }
 
+    /// The Route backend of the last try.
+    pub(super) fn backend(&self) -> Option<usize> {
+        self.backend
+    }
+
     /// Notes the endpoint (and Route backend) a try goes to.
     pub(super) fn note(&mut self, a: SocketAddr, backend: Option<usize>) {
         self.add(a);

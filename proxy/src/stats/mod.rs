@@ -23,6 +23,7 @@ use hdrhistogram::Histogram;
 use rustc_hash::FxHashMap;
 
 pub mod accept;
+pub mod edge;
 mod h2;
 mod mesh;
 pub use h2::{H2Stats, ResetBy};
@@ -135,6 +136,8 @@ pub struct ShardStats {
     pub mesh: MeshStats,
     /// HTTP/2 and gRPC counters.
     pub h2: H2Stats,
+    /// Golden metrics per edge.
+    pub edges: edge::EdgeStats,
 }
 
 impl ShardStats {
@@ -148,6 +151,7 @@ impl ShardStats {
             index: [FxHashMap::default(), FxHashMap::default()],
             mesh: MeshStats::default(),
             h2: H2Stats::default(),
+            edges: edge::EdgeStats::default(),
         }
     }
 
@@ -233,6 +237,7 @@ impl ShardStats {
             services,
             mesh: self.mesh.clone(),
             h2: self.h2.clone(),
+            edges: self.edges.snapshot(),
         }
     }
 }
@@ -249,6 +254,7 @@ pub struct ShardSnapshot {
     services: Vec<ServiceSnapshot>,
     mesh: MeshStats,
     h2: H2Stats,
+    pub edges: edge::EdgeSnapshot,
 }
 
 #[derive(Debug, Clone)]
@@ -465,6 +471,7 @@ pub fn render_prometheus(snaps: &[ShardSnapshot], out: &mut String) {
     mesh::render(&mesh, out);
     let h2: Vec<&H2Stats> = snaps.iter().map(|s| &s.h2).collect();
     h2::render(&h2, out);
+    edge::render(snaps.iter().map(|s| &s.edges), out);
 }
 
 /// The proxy's certificate expiry, so an alert can fire well before a

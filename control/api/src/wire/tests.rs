@@ -68,7 +68,45 @@ fn proxy_msgs() -> Vec<ProxyMsg> {
             }],
             dropped: 2,
         },
+        ProxyMsg::EdgeStats {
+            interval_ms: 5000,
+            edges: vec![EdgeSummary {
+                direction: EdgeDirection::Outbound,
+                source: "web".into(),
+                destination: "api".into(),
+                subset: "version=v1".into(),
+                protocol: EdgeProtocol::Http,
+                requests: 125,
+                failures: 1,
+                latency: vec![(40, 100), (48, 25)],
+            }],
+        },
     ]
+}
+
+/// A proxy of this version reads a Welcome from an older control (no
+/// `edge_stats_interval_ms`: it then never sends EdgeStats), and an
+/// older proxy, which ignores unknown fields, reads a newer one.
+#[test]
+fn welcome_without_edge_stats_decodes_and_unknown_fields_are_ignored() {
+    let old = r#"{"type":"welcome","protocol":1,"heartbeat_interval_ms":5000}"#;
+    let m: ControlMsg = serde_json::from_str(old).unwrap();
+    assert!(matches!(
+        m,
+        ControlMsg::Welcome {
+            edge_stats_interval_ms: None,
+            ..
+        }
+    ));
+    let newer = r#"{"type":"welcome","protocol":1,"heartbeat_interval_ms":5000,"edge_stats_interval_ms":5000,"later_field":true}"#;
+    let m: ControlMsg = serde_json::from_str(newer).unwrap();
+    assert!(matches!(
+        m,
+        ControlMsg::Welcome {
+            edge_stats_interval_ms: Some(5000),
+            ..
+        }
+    ));
 }
 
 fn control_msgs() -> Vec<ControlMsg> {
@@ -112,12 +150,14 @@ fn control_msgs() -> Vec<ControlMsg> {
             heartbeat_interval_ms: 5000,
             compression: None,
             features: Vec::new(),
+            edge_stats_interval_ms: None,
         },
         ControlMsg::Welcome {
             protocol: PROTOCOL_VERSION,
             heartbeat_interval_ms: 5000,
             compression: Some(ZSTD.into()),
             features: FEATURES.map(String::from).to_vec(),
+            edge_stats_interval_ms: Some(5000),
         },
         ControlMsg::Snapshot(Snapshot {
             version: 12,
@@ -189,6 +229,7 @@ fn welcome_features_are_optional_both_ways() {
         heartbeat_interval_ms: 5000,
         compression: None,
         features: vec!["tap".into(), "a-feature-from-the-future".into()],
+        edge_stats_interval_ms: None,
     })
     .unwrap();
     assert!(new.contains(r#""features":["tap","#), "{new}");

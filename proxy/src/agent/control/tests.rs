@@ -210,6 +210,7 @@ async fn serve(
                         heartbeat_interval_ms: 100,
                         compression: None,
                         features: Vec::new(),
+                        edge_stats_interval_ms: None,
                     })
                 }
                 ProxyMsg::Renew { csr_pem } => Some(ControlMsg::Renewed {
@@ -313,6 +314,7 @@ fn config(
 /// Starts the client as the agent does: restore, then run.
 async fn start_proxy(cfg: ControlConfig, shards: Vec<ShardHandle>) -> Proxy {
     let state = StateDir::open(&cfg.state_dir).unwrap();
+    let shards_for_admin = shards.clone();
     let applier = Rc::new(Applier::new(shards, Some(state.clone()), None));
     restore(&state, &applier).await;
     let latest = LatestHealth::default();
@@ -325,6 +327,12 @@ async fn start_proxy(cfg: ControlConfig, shards: Vec<ShardHandle>) -> Proxy {
         config: cfg.health.clone(),
     };
     let link = Rc::new(ControlLink::default());
+    let admin = Rc::new(crate::agent::admin::AdminState {
+        shards: shards_for_admin,
+        config_json: RefCell::new(serde_json::Value::Null),
+        draining: std::cell::Cell::new(false),
+        certificate: RefCell::new(None),
+    });
     let task = tokio::task::spawn_local(run(ControlSetup {
         config: cfg,
         service: "web".into(),
@@ -334,6 +342,7 @@ async fn start_proxy(cfg: ControlConfig, shards: Vec<ShardHandle>) -> Proxy {
         applier: applier.clone(),
         health: Some((checker, latest)),
         link: link.clone(),
+        admin,
     }));
     Proxy {
         applier,
@@ -596,6 +605,20 @@ async fn session_scenario() {
     assert_eq!(
         proxy.link.deregister(Duration::from_secs(1)).await,
         Deregistration::NotConnected
+    );
+    // This control's Welcome did not ask for edge summaries (as an older
+    // control's does not): the proxy sent none, which such a control would
+    // refuse as an unknown message.
+    while let Ok(s) = control.seen.try_recv() {
+        control.backlog.push(s);
+    }
+    assert!(
+        !control
+            .backlog
+            .iter()
+            .any(|s| matches!(s.msg, ProxyMsg::EdgeStats { .. })),
+        "{:?}",
+        control.backlog
     );
 }
 

@@ -116,8 +116,10 @@ pub(super) async fn serve_stream(
                 &parts,
                 &info,
             ),
+            backend: None,
         },
         service: "unknown",
+        rule: None,
         grpc_status: None,
         charge: None,
     };
@@ -139,6 +141,7 @@ pub(super) async fn serve_stream(
         mut ex,
         service,
         grpc_status,
+        rule,
         ..
     } = call;
     if let Some(rec) = ex.trace.rec.as_mut() {
@@ -154,7 +157,13 @@ pub(super) async fn serve_stream(
             .h2
             .grpc(info.dir, service, grpc_status);
     }
-    shard.record(info.dir, service, logged.as_ref(), &ex);
+    let edge = crate::forward::phases::EdgeAttrs {
+        own: &cfg.proxy.service,
+        peer: info.peer.as_deref(),
+        rule,
+        grpc: is_grpc.then_some(grpc_status),
+    };
+    shard.record(info.dir, service, logged.as_ref(), &ex, &edge);
     shard.finish_span(info.dir, service, &mut ex);
     let latency = ex
         .end
@@ -252,6 +261,8 @@ struct Call<'p> {
     respond: SendResponse<Bytes>,
     ex: Exchange,
     service: &'p str,
+    /// The Route rule that routed the call, if one did.
+    rule: Option<&'p crate::routing::CompiledRule>,
     /// The call's final `grpc-status`, once known (gRPC calls).
     grpc_status: Option<u8>,
     /// What the stream holds against the buffer budget (`admit`), how
@@ -308,6 +319,7 @@ impl Protocol for StreamTries<'_, '_> {
         )
         .await;
         self.call.ex.upstream = tried.last();
+        self.call.ex.backend = tried.backend();
         c
     }
 
@@ -366,6 +378,13 @@ impl<'p> Call<'p> {
                 let (service, routed) =
                     route_request(self.shard, self.cfg, self.table, &self.view).await;
                 self.service = service;
+                if let Ok(Routed {
+                    endpoints: Endpoints::Rule(_, rule, _, _),
+                    ..
+                }) = &routed
+                {
+                    self.rule = Some(rule);
+                }
                 routed
             }
         };
