@@ -347,8 +347,25 @@ fn b3_continues_and_unsampled_is_not_recorded(mesh: &Mesh) {
     mesh.db_app.fail_every(mesh.db_app.requests() as u64 + 1);
     let (retried, _) = mesh.call_chain(Request::get("/retried"));
     mesh.db_app.fail_every(0);
-    let spans = mesh.wait_trace(&split_traceparent(&retried).0, 4);
+    // Five spans: db's proxy served two tries, both children of api's
+    // client span.
+    let spans = mesh.wait_trace(&split_traceparent(&retried).0, 5);
     let api_out = one(&spans, "api", CLIENT);
+    let tries: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.service == "db" && s.kind == SERVER)
+        .collect();
+    assert_eq!(tries.len(), 2, "{spans:#?}");
+    assert!(
+        tries.iter().all(|t| t.parent == api_out.span_id),
+        "{spans:#?}"
+    );
+    let mut statuses: Vec<i64> = tries
+        .iter()
+        .filter_map(|t| t.attr("http.response.status_code")?.as_i64())
+        .collect();
+    statuses.sort();
+    assert_eq!(statuses, [200, 503]);
     assert_eq!(
         api_out.attr("http.request.resend_count"),
         Some(&1.into()),
