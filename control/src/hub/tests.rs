@@ -37,7 +37,8 @@ fn hub(name: &str) -> (Arc<Hub>, TempDir) {
 }
 
 fn apply(hub: &Hub, yaml: &str) {
-    hub.apply_blocking(parse_documents(yaml).unwrap()).unwrap();
+    hub.apply_blocking(parse_documents(yaml).unwrap(), None)
+        .unwrap();
 }
 
 const MESH: &str = "
@@ -161,7 +162,7 @@ fn resilience_reaches_callers_and_its_own_service_only() {
     }
 
     // Deleting db's Resilience: db shares web's view again.
-    hub.delete_blocking("resilience", "db").unwrap();
+    hub.delete_blocking("resilience", "db", None).unwrap();
     publish_now(&hub);
     let s = sent(&mut db).unwrap();
     assert_eq!(resilience(&s), ["api"]);
