@@ -34,6 +34,8 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
@@ -299,12 +301,44 @@ pub fn parse_current(key: &str, value: &[u8]) -> Result<u64, StoreError> {
 /// tried while other controls keep changing the same key.
 const CAS_TRIES: usize = 32;
 
-/// What the async half holds: a client (cheap to clone) and the layout.
+/// What the async half holds: a client per endpoint (cheap to clone) and
+/// the layout.
+///
+/// One client per endpoint rather than one balanced over all: the balanced
+/// channel keeps sending requests to a member that is down (each fails
+/// with a connect error), so the store picks the endpoint itself, sticking
+/// to the last one that answered and moving on when one cannot take the
+/// request ([`retryable`]).
 #[derive(Clone)]
 struct Inner {
-    client: Client,
+    clients: Arc<Vec<Client>>,
+    /// Index into `clients` of the endpoint that answered last.
+    preferred: Arc<AtomicUsize>,
     keys: Keys,
     endpoints: String,
+}
+
+/// Whether a request that failed with `e` certainly did not reach etcd's
+/// log, so another endpoint may be asked: the connection failed, or the
+/// member has no leader (`--etcd-...` requires one: it refuses before it
+/// proposes anything). Not "request timed out" or "leader changed": such
+/// a change may still be committed.
+fn retryable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => {
+            let m = s.message();
+            s.code() == tonic::Code::Unavailable
+                && !m.contains("timed out")
+                && !m.contains("leader changed")
+        }
+        _ => false,
+    }
+}
+
+/// Whether `e` says the member has no leader (etcd lost its majority).
+fn no_leader(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains("no leader"))
 }
 
 pub struct EtcdStore {
@@ -378,14 +412,21 @@ impl EtcdStore {
             options = options.with_tls(tls);
         }
         // Not `rt.block_on`: the caller may be inside control's runtime,
-        // where blocking on another runtime panics.
+        // where blocking on another runtime panics. Connecting is lazy:
+        // a member that is down now is tried again on each request.
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let after = args.etcd_timeout;
         rt.spawn(async move {
-            let r = tokio::time::timeout(after, Client::connect(urls, Some(options))).await;
-            let _ = tx.send(r);
+            let connect = async {
+                let mut clients = Vec::with_capacity(urls.len());
+                for url in urls {
+                    clients.push(Client::connect([url], Some(options.clone())).await?);
+                }
+                Ok::<_, etcd_client::Error>(clients)
+            };
+            let _ = tx.send(tokio::time::timeout(after, connect).await);
         });
-        let client = rx
+        let clients = rx
             .recv()
             .map_err(|_| io(EtcdError::Gone("its runtime stopped")))?
             .map_err(|_| {
@@ -404,7 +445,8 @@ impl EtcdStore {
             })?;
         let mut store = EtcdStore {
             inner: Inner {
-                client,
+                clients: Arc::new(clients),
+                preferred: Arc::new(AtomicUsize::new(0)),
                 keys,
                 endpoints: shown,
             },
@@ -505,9 +547,44 @@ impl Inner {
         }
     }
 
+    /// Runs `f` with the client of the preferred endpoint, then of the
+    /// others in turn while the request certainly did not reach etcd
+    /// ([`retryable`]). The error of the last try, or a "no leader" one if
+    /// any try had it (it says the most).
+    async fn call<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T, StoreError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let n = self.clients.len();
+        let start = self.preferred.load(Ordering::Relaxed);
+        let mut worst: Option<etcd_client::Error> = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            match f(self.clients[i].clone()).await {
+                Ok(v) => {
+                    if k > 0 {
+                        self.preferred.store(i, Ordering::Relaxed);
+                    }
+                    return Ok(v);
+                }
+                Err(e) if retryable(&e) => {
+                    if worst.as_ref().is_none_or(|w| !no_leader(w)) {
+                        worst = Some(e);
+                    }
+                }
+                Err(e) => return Err(self.fail(what)(e)),
+            }
+        }
+        Err(self.fail(what)(worst.unwrap_or_else(|| {
+            etcd_client::Error::InvalidArgs("no endpoints".into())
+        })))
+    }
+
     async fn get_one(&self, key: &str, what: &'static str) -> Result<Option<KeyValue>, StoreError> {
-        let mut kv = self.client.kv_client();
-        let resp = kv.get(key, None).await.map_err(self.fail(what))?;
+        let resp = self
+            .call(what, |c| async move { c.kv_client().get(key, None).await })
+            .await?;
         Ok(resp.kvs().first().cloned())
     }
 
@@ -516,38 +593,34 @@ impl Inner {
         txn: Txn,
         what: &'static str,
     ) -> Result<etcd_client::TxnResponse, StoreError> {
-        let mut kv = self.client.kv_client();
-        kv.txn(txn).await.map_err(self.fail(what))
+        self.call(what, |c| {
+            let txn = txn.clone();
+            async move { c.kv_client().txn(txn).await }
+        })
+        .await
     }
 
     /// Every key under the prefix, at one revision.
     async fn all(&self) -> Result<Vec<KeyValue>, StoreError> {
-        // History grows without bound; tonic's default 4 MiB answer limit
-        // would cut a long one off.
-        let mut kv = self
-            .client
-            .kv_client()
-            .max_decoding_message_size(usize::MAX);
-        let resp = kv
-            .get(self.keys.prefix(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(self.fail("reading the store"))?;
-        Ok(resp.kvs().to_vec())
+        self.range("", "reading the store").await
     }
 
     /// Every key under `<prefix><sub>`.
     async fn range(&self, sub: &str, what: &'static str) -> Result<Vec<KeyValue>, StoreError> {
-        let mut kv = self
-            .client
-            .kv_client()
-            .max_decoding_message_size(usize::MAX);
-        let resp = kv
-            .get(
-                format!("{}{sub}", self.keys.prefix()),
-                Some(GetOptions::new().with_prefix()),
-            )
-            .await
-            .map_err(self.fail(what))?;
+        let key = format!("{}{sub}", self.keys.prefix());
+        let resp = self
+            .call(what, |c| {
+                let key = key.clone();
+                async move {
+                    // History grows without bound; tonic's default 4 MiB
+                    // answer limit would cut a long one off.
+                    c.kv_client()
+                        .max_decoding_message_size(usize::MAX)
+                        .get(key, Some(GetOptions::new().with_prefix()))
+                        .await
+                }
+            })
+            .await?;
         Ok(resp.kvs().to_vec())
     }
 
@@ -838,8 +911,13 @@ impl Store for EtcdStore {
             let key = inner.keys.current();
             // Warn once per outage, not once per retry.
             let mut failing = false;
+            let mut turn = 0;
             loop {
-                let mut client = inner.client.clone();
+                // Another member on each try, from the preferred one.
+                let n = inner.clients.len();
+                let i = (inner.preferred.load(Ordering::Relaxed) + turn) % n;
+                turn += 1;
+                let mut client = inner.clients[i].clone();
                 match client.watch(key.clone(), None).await {
                     Ok((_watcher, mut stream)) => {
                         if failing {
@@ -919,10 +997,12 @@ impl Store for EtcdStore {
         let key = self.inner.keys.token(&token.id);
         let value = to_json(token)?;
         self.run("writing a token", |inner| async move {
-            let mut kv = inner.client.kv_client();
-            kv.put(key, value, None)
-                .await
-                .map_err(inner.fail("writing a token"))?;
+            inner
+                .call("writing a token", |c| {
+                    let (key, value) = (key.clone(), value.clone());
+                    async move { c.kv_client().put(key, value, None).await }
+                })
+                .await?;
             Ok(())
         })
     }
