@@ -281,7 +281,10 @@ async fn rollback(
 ) -> Result<Response, Error> {
     let req: RollbackRequest = json_body(&body)?;
     let hub = ctx.hub.clone();
-    Ok(Json(blocking(move || hub.rollback_blocking(req.to, base.if_version)).await?).into_response())
+    Ok(
+        Json(blocking(move || hub.rollback_blocking(req.to, base.if_version)).await?)
+            .into_response(),
+    )
 }
 
 async fn create_token(State(ctx): State<Ctx>, body: Bytes) -> Result<Response, Error> {

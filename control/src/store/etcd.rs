@@ -251,10 +251,12 @@ pub enum EtcdError {
 /// What to check, after an etcd client error.
 fn hint(e: &etcd_client::Error) -> &'static str {
     match e {
+        etcd_client::Error::GRpcStatus(s) if timed_out(s) || s.message().contains("timed out") => {
+            " (no answer in time: is a majority of the etcd members up? A change that timed out may still land if etcd recovers: check `meshctl history` before applying again)"
+        }
         etcd_client::Error::GRpcStatus(s) => {
             let m = s.message();
-            if m.contains("no leader") || m.contains("timed out") || m.contains("leader changed")
-            {
+            if m.contains("no leader") || m.contains("leader changed") {
                 " (is a majority of the etcd members up? Without one etcd takes no change, and nothing was applied)"
             } else if s.code() == tonic::Code::Unavailable {
                 " (is etcd running at these addresses, and reachable?)"
@@ -316,24 +318,47 @@ struct Inner {
     preferred: Arc<AtomicUsize>,
     keys: Keys,
     endpoints: String,
+    /// How long [`Inner::call`] keeps trying (`--etcd-timeout`).
+    patience: Duration,
 }
 
-/// Whether a request that failed with `e` certainly did not reach etcd's
-/// log, so another endpoint may be asked: the connection failed, or the
-/// member has no leader (`--etcd-...` requires one: it refuses before it
-/// proposes anything). Not "request timed out" or "leader changed": such
-/// a change may still be committed.
-fn retryable(e: &etcd_client::Error) -> bool {
+/// Which failed requests [`Inner::call`] tries again (on the next
+/// endpoint, and again until `--etcd-timeout` has passed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Only requests that certainly did not reach etcd's log: the
+    /// connection failed, or the member has no leader (the client requires
+    /// one, so such a member refuses before it proposes anything). For
+    /// writes that must not happen twice (a token's use).
+    Unsent,
+    /// Also requests whose outcome is unknown ("leader changed", "request
+    /// timed out": the change may still be committed). For reads, and for
+    /// writes that are safe to repeat (a put of the same value, a commit
+    /// whose guard fails on a second try, and is then recognized).
+    Any,
+}
+
+/// Whether a request that failed with `e` may be sent again under `retry`.
+pub fn retryable(e: &etcd_client::Error, retry: Retry) -> bool {
     match e {
         etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(s) if timed_out(s) => retry == Retry::Any,
         etcd_client::Error::GRpcStatus(s) => {
             let m = s.message();
-            s.code() == tonic::Code::Unavailable
-                && !m.contains("timed out")
-                && !m.contains("leader changed")
+            let unknown = m.contains("timed out") || m.contains("leader changed");
+            s.code() == tonic::Code::Unavailable && (retry == Retry::Any || !unknown)
         }
         _ => false,
     }
+}
+
+/// Whether the client gave up waiting (`--etcd-timeout` per request): the
+/// request may or may not have been applied.
+fn timed_out(s: &tonic::Status) -> bool {
+    matches!(
+        s.code(),
+        tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+    ) && s.message().contains("imeout")
 }
 
 /// Whether `e` says the member has no leader (etcd lost its majority).
@@ -447,6 +472,7 @@ impl EtcdStore {
             inner: Inner {
                 clients: Arc::new(clients),
                 preferred: Arc::new(AtomicUsize::new(0)),
+                patience: args.etcd_timeout,
                 keys,
                 endpoints: shown,
             },
@@ -515,7 +541,9 @@ impl EtcdStore {
                 .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
                 .and_then([TxnOp::put(key.clone(), id_owned.clone(), None)])
                 .or_else([TxnOp::get(key.clone(), None)]);
-            let resp = inner.txn(txn, "creating the store identity").await?;
+            let resp = inner
+                .txn(txn, "creating the store identity", Retry::Any)
+                .await?;
             if resp.succeeded() {
                 return Ok(id_owned);
             }
@@ -548,33 +576,42 @@ impl Inner {
     }
 
     /// Runs `f` with the client of the preferred endpoint, then of the
-    /// others in turn while the request certainly did not reach etcd
-    /// ([`retryable`]). The error of the last try, or a "no leader" one if
-    /// any try had it (it says the most).
-    async fn call<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T, StoreError>
+    /// others in turn while the failure is [`retryable`] under `retry`, in
+    /// rounds 200 ms apart until `patience` has passed (an election after
+    /// a member is lost takes about a second). The error of the last try,
+    /// or a "no leader" one if any try had it (it says the most).
+    async fn call<T, F, Fut>(&self, what: &'static str, retry: Retry, f: F) -> Result<T, StoreError>
     where
         F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
         let n = self.clients.len();
-        let start = self.preferred.load(Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + self.patience;
+        let pause = Duration::from_millis(200);
         let mut worst: Option<etcd_client::Error> = None;
-        for k in 0..n {
-            let i = (start + k) % n;
-            match f(self.clients[i].clone()).await {
-                Ok(v) => {
-                    if k > 0 {
-                        self.preferred.store(i, Ordering::Relaxed);
+        loop {
+            let start = self.preferred.load(Ordering::Relaxed);
+            for k in 0..n {
+                let i = (start + k) % n;
+                match f(self.clients[i].clone()).await {
+                    Ok(v) => {
+                        if k > 0 {
+                            self.preferred.store(i, Ordering::Relaxed);
+                        }
+                        return Ok(v);
                     }
-                    return Ok(v);
-                }
-                Err(e) if retryable(&e) => {
-                    if worst.as_ref().is_none_or(|w| !no_leader(w)) {
-                        worst = Some(e);
+                    Err(e) if retryable(&e, retry) => {
+                        if worst.as_ref().is_none_or(|w| !no_leader(w)) {
+                            worst = Some(e);
+                        }
                     }
+                    Err(e) => return Err(self.fail(what)(e)),
                 }
-                Err(e) => return Err(self.fail(what)(e)),
             }
+            if tokio::time::Instant::now() + pause >= deadline {
+                break;
+            }
+            tokio::time::sleep(pause).await;
         }
         Err(self.fail(what)(worst.unwrap_or_else(|| {
             etcd_client::Error::InvalidArgs("no endpoints".into())
@@ -583,7 +620,9 @@ impl Inner {
 
     async fn get_one(&self, key: &str, what: &'static str) -> Result<Option<KeyValue>, StoreError> {
         let resp = self
-            .call(what, |c| async move { c.kv_client().get(key, None).await })
+            .call(what, Retry::Any, |c| async move {
+                c.kv_client().get(key, None).await
+            })
             .await?;
         Ok(resp.kvs().first().cloned())
     }
@@ -592,8 +631,9 @@ impl Inner {
         &self,
         txn: Txn,
         what: &'static str,
+        retry: Retry,
     ) -> Result<etcd_client::TxnResponse, StoreError> {
-        self.call(what, |c| {
+        self.call(what, retry, |c| {
             let txn = txn.clone();
             async move { c.kv_client().txn(txn).await }
         })
@@ -609,7 +649,7 @@ impl Inner {
     async fn range(&self, sub: &str, what: &'static str) -> Result<Vec<KeyValue>, StoreError> {
         let key = format!("{}{sub}", self.keys.prefix());
         let resp = self
-            .call(what, |c| {
+            .call(what, Retry::Any, |c| {
                 let key = key.clone();
                 async move {
                     // History grows without bound; tonic's default 4 MiB
@@ -694,7 +734,7 @@ impl Inner {
                 TxnOp::put(current.clone(), version.to_string(), None),
             ])
             .or_else([TxnOp::get(current.clone(), None)]);
-        let resp = self.txn(txn, "committing a version").await?;
+        let resp = self.txn(txn, "committing a version", Retry::Any).await?;
         if resp.succeeded() {
             return Ok(version);
         }
@@ -702,6 +742,11 @@ impl Inner {
             Some(kv) => parse_current(&current, kv.value())?,
             None => 0,
         };
+        // A try whose answer was lost (an election) may have committed
+        // before this one failed its guard: then the version is ours.
+        if found == version && self.version_record(version).await?.as_ref() == Some(&rec) {
+            return Ok(version);
+        }
         Err(StoreError::Conflict { expected, found })
     }
 
@@ -739,7 +784,9 @@ impl Inner {
             Some(v) => TxnOp::put(key, v, None),
             None => TxnOp::delete(key, None),
         };
-        let resp = self.txn(Txn::new().when([guard]).and_then([op]), what).await?;
+        let resp = self
+            .txn(Txn::new().when([guard]).and_then([op]), what, Retry::Unsent)
+            .await?;
         Ok(resp.succeeded())
     }
 
@@ -881,7 +928,11 @@ impl Store for EtcdStore {
         let id = self.id.clone();
         let dump = self.run("reading the store", |inner| async move {
             let kvs = inner.all().await?;
-            dump_from(&inner.keys, &id, kvs.iter().map(|kv| (kv.key(), kv.value())))
+            dump_from(
+                &inner.keys,
+                &id,
+                kvs.iter().map(|kv| (kv.key(), kv.value())),
+            )
         })?;
         dump.check().map_err(|e| StoreError::Corrupt(e.into()))?;
         Ok(dump)
@@ -998,7 +1049,7 @@ impl Store for EtcdStore {
         let value = to_json(token)?;
         self.run("writing a token", |inner| async move {
             inner
-                .call("writing a token", |c| {
+                .call("writing a token", Retry::Any, |c| {
                     let (key, value) = (key.clone(), value.clone());
                     async move { c.kv_client().put(key, value, None).await }
                 })

@@ -69,7 +69,9 @@ fn version_keys_sort_as_versions_do() {
     let back: Vec<Option<Key>> = keys.iter().map(|key| k.parse(key.as_bytes())).collect();
     assert_eq!(
         back,
-        [1, 9, 10, 100, u64::MAX].map(|v| Some(Key::Version(v))).to_vec()
+        [1, 9, 10, 100, u64::MAX]
+            .map(|v| Some(Key::Version(v)))
+            .to_vec()
     );
 }
 
@@ -158,9 +160,13 @@ fn a_dump_reads_every_record_and_skips_what_is_not_ours() {
 fn a_damaged_record_is_named() {
     let k = Keys::new("/coremesh/").unwrap();
     let kvs = [(k.token("t1").into_bytes(), b"{not json".to_vec())];
-    let e = dump_from(&k, "", kvs.iter().map(|(a, b)| (a.as_slice(), b.as_slice())))
-        .unwrap_err()
-        .to_string();
+    let e = dump_from(
+        &k,
+        "",
+        kvs.iter().map(|(a, b)| (a.as_slice(), b.as_slice())),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.starts_with("store data is corrupt: token: "), "{e}");
 }
 
@@ -181,9 +187,7 @@ fn errors_say_where_and_what_to_check() {
     let e = EtcdError::Request {
         endpoints: "h1:2379,h2:2379".into(),
         what: "committing a version",
-        source: etcd_client::Error::GRpcStatus(tonic::Status::unavailable(
-            "etcdserver: no leader",
-        )),
+        source: etcd_client::Error::GRpcStatus(tonic::Status::unavailable("etcdserver: no leader")),
     };
     let text = e.to_string();
     assert!(
@@ -191,7 +195,47 @@ fn errors_say_where_and_what_to_check() {
         "{text}"
     );
     assert!(
-        text.contains("is a majority of the etcd members up?") && text.contains("nothing was applied"),
+        text.contains("is a majority of the etcd members up?")
+            && text.contains("nothing was applied"),
+        "{text}"
+    );
+}
+
+#[test]
+fn only_requests_that_never_reached_the_log_are_sent_twice_unless_safe() {
+    let status = |m: &str| etcd_client::Error::GRpcStatus(tonic::Status::unavailable(m));
+    // Refused before proposing: any request may go to another member.
+    for retry in [Retry::Unsent, Retry::Any] {
+        assert!(retryable(&status("etcdserver: no leader"), retry));
+        assert!(retryable(&status("tcp connect error"), retry));
+    }
+    // Outcome unknown: only what is safe to repeat.
+    for m in [
+        "etcdserver: leader changed",
+        "etcdserver: request timed out",
+    ] {
+        assert!(!retryable(&status(m), Retry::Unsent), "{m}");
+        assert!(retryable(&status(m), Retry::Any), "{m}");
+    }
+    // etcd said no: never.
+    let denied = etcd_client::Error::GRpcStatus(tonic::Status::permission_denied("no"));
+    assert!(!retryable(&denied, Retry::Any));
+}
+
+#[test]
+fn a_request_that_timed_out_may_have_landed_and_the_error_says_so() {
+    let e = etcd_client::Error::GRpcStatus(tonic::Status::cancelled("Timeout expired"));
+    assert!(!retryable(&e, Retry::Unsent));
+    assert!(retryable(&e, Retry::Any));
+    let text = EtcdError::Request {
+        endpoints: "h1:2379".into(),
+        what: "committing a version",
+        source: e,
+    }
+    .to_string();
+    assert!(
+        text.contains("is a majority of the etcd members up?")
+            && text.contains("check `meshctl history`"),
         "{text}"
     );
 }
