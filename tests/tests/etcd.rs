@@ -245,7 +245,7 @@ fn a_one_time_token_presented_through_two_controls_joins_once() {
     let settled = wait_for(SOON, || {
         let joined = [&via_a, &via_b].map(|m| m.cert_path().exists());
         let refused = [&pa, &pb].map(|p| p.log_text().contains("used up"));
-        (joined[0] != joined[1] && refused[0] != refused[1] && joined[0] == !refused[0])
+        (joined[0] != joined[1] && refused[0] != refused[1] && joined[0] != refused[0])
             .then_some(joined)
     });
     assert!(
