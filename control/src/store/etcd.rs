@@ -361,6 +361,18 @@ fn timed_out(s: &tonic::Status) -> bool {
     ) && s.message().contains("imeout")
 }
 
+/// How much an error says about why etcd cannot take a request, to pick
+/// the one to report when every member failed: "no leader" (the majority is
+/// gone) over a timeout (a member that has not noticed yet) over a refused
+/// connection (that member is down).
+fn telling(e: &etcd_client::Error) -> u8 {
+    match e {
+        e if no_leader(e) => 3,
+        etcd_client::Error::GRpcStatus(s) if timed_out(s) || s.message().contains("timed out") => 2,
+        _ => 1,
+    }
+}
+
 /// Whether `e` says the member has no leader (etcd lost its majority).
 fn no_leader(e: &etcd_client::Error) -> bool {
     matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains("no leader"))
@@ -578,8 +590,8 @@ impl Inner {
     /// Runs `f` with the client of the preferred endpoint, then of the
     /// others in turn while the failure is [`retryable`] under `retry`, in
     /// rounds 200 ms apart until `patience` has passed (an election after
-    /// a member is lost takes about a second). The error of the last try,
-    /// or a "no leader" one if any try had it (it says the most).
+    /// a member is lost takes about a second). The most [`telling`] error
+    /// of the tries.
     async fn call<T, F, Fut>(&self, what: &'static str, retry: Retry, f: F) -> Result<T, StoreError>
     where
         F: Fn(Client) -> Fut,
@@ -601,7 +613,7 @@ impl Inner {
                         return Ok(v);
                     }
                     Err(e) if retryable(&e, retry) => {
-                        if worst.as_ref().is_none_or(|w| !no_leader(w)) {
+                        if worst.as_ref().is_none_or(|w| telling(&e) >= telling(w)) {
                             worst = Some(e);
                         }
                     }
