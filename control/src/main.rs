@@ -256,7 +256,7 @@ fn online_dump(api: &str, credential: &str, api_ca: &std::path::Path) -> Result<
         .map_err(|e| Error::rejected(e.to_string()))?;
     let r = client.get("/v1/store/dump").map_err(|e| {
         Error::internal(format!(
-            "the store is locked by a running control, and asking it failed: {e} (pass its --api)"
+            "the store is held by a running control (its store file is locked, or absent: an etcd store), and asking it failed: {e} (pass its --api)"
         ))
     })?;
     if r.status != 200 {

@@ -211,6 +211,25 @@ fn two_controls_share_history_and_only_one_of_two_racing_applies_wins() {
         services(&a),
         services(&b)
     );
+
+    // A backup of a replica's data directory reads the store through it.
+    let out = TempDir::new("backup");
+    let to = out.path().join("b.json");
+    let (code, stdout, stderr) = b.command(&[
+        "backup",
+        "--data-dir",
+        b.data_dir().to_str().expect("UTF-8"),
+        "--to",
+        to.to_str().expect("UTF-8"),
+        "--api",
+        &b.api_url(),
+    ]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let n = committed.len();
+    assert!(
+        stdout.contains(&format!("(version {n}, {n} versions")),
+        "{stdout}"
+    );
 }
 
 #[test]
