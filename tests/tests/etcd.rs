@@ -379,3 +379,34 @@ fn apply_survives_one_etcd_member_lost_and_fails_cleanly_without_a_majority() {
         services(&b)
     );
 }
+
+#[test]
+fn a_proxy_listing_both_controls_moves_to_the_other_when_its_control_is_killed() {
+    if skip() {
+        return;
+    }
+    let etcd = EtcdCluster::start(3);
+    let mut a = control_on(&etcd, None);
+    let b = control_on(&etcd, Some(&a));
+    let app = Origin::start("api");
+    let m = a.member("api", "mover");
+    let _p = ProxyBuilder::new("api")
+        .inbound(app.addr())
+        .control(&a.section(&m).also(b.quic()))
+        .start();
+    let v1 = a.apply(&service("api"));
+    a.wait_applied(1, 1, v1, &[], SOON);
+    assert!(b.proxies().is_empty(), "the proxy uses the first address");
+
+    let killed = Instant::now();
+    a.kill9();
+    // The proxy notices by its QUIC idle timeout (10 s), then reconnects
+    // down its list.
+    b.wait_applied(1, 1, v1, &[], Duration::from_secs(40));
+    eprintln!(
+        "the proxy was on b {} ms after a was killed",
+        killed.elapsed().as_millis()
+    );
+    let v2 = b.apply("kind: Resilience\nservice: api\nloadBalancer: round-robin\n");
+    b.wait_applied(1, 1, v2, &["api"], SOON);
+}
