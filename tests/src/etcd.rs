@@ -5,7 +5,10 @@
 //!
 //! etcd takes explicit ports, not port 0: [`EtcdCluster::start`] binds a
 //! port-0 socket per port to learn free ones, releases them all, and
-//! passes them on. Members can be killed with SIGKILL and started again on
+//! passes them on. Health is read from each member's plain-HTTP metrics
+//! port (`/health`), so it works the same when clients must speak TLS
+//! ([`EtcdCluster::start_tls`]: a server certificate, and client
+//! certificates required). Members can be killed with SIGKILL and started again on
 //! their data directory ([`EtcdCluster::kill9`], [`EtcdCluster::restart`]).
 
 use std::net::{SocketAddr, TcpListener};
@@ -32,7 +35,21 @@ struct EtcdMember {
     name: String,
     client: SocketAddr,
     peer: SocketAddr,
+    /// Plain HTTP: `/health` and `/metrics`.
+    metrics: SocketAddr,
     child: Option<Child>,
+}
+
+/// The files of a cluster whose clients speak TLS.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    /// The CA (PEM) that signed the server's and the clients' certificates.
+    pub ca: PathBuf,
+    /// A client certificate and key the cluster accepts.
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
 }
 
 /// A running etcd cluster; every member is killed on drop.
@@ -41,6 +58,7 @@ pub struct EtcdCluster {
     members: Vec<EtcdMember>,
     initial_cluster: String,
     token: String,
+    tls: Option<EtcdTls>,
 }
 
 /// `n` distinct free loopback ports: all bound at once (so no two are the
@@ -59,13 +77,37 @@ impl EtcdCluster {
     /// Starts `n` members and waits until each says it is healthy (it has
     /// a leader and answers). Panics with the members' logs if not.
     pub fn start(n: usize) -> EtcdCluster {
+        EtcdCluster::start_with(n, None)
+    }
+
+    /// Like [`EtcdCluster::start`], with clients on TLS: a server
+    /// certificate for 127.0.0.1 from `pki`, and a client certificate from
+    /// the same CA required (`--client-cert-auth`). Peers speak plain HTTP.
+    pub fn start_tls(n: usize, pki: &crate::pki::Pki) -> EtcdCluster {
+        EtcdCluster::start_with(n, Some(pki))
+    }
+
+    fn start_with(n: usize, pki: Option<&crate::pki::Pki>) -> EtcdCluster {
         let dir = TempDir::new("etcd");
-        let ports = free_ports(2 * n);
+        let tls = pki.map(|pki| {
+            let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+            let (server_cert, server_key) = pki.leaf_for_ip(ip);
+            let (client_cert, client_key) = pki.leaf_for_ip(ip);
+            EtcdTls {
+                ca: dir.write("ca.pem", &pki.ca_pem),
+                client_cert: dir.write("client.pem", client_cert),
+                client_key: dir.write("client.key", client_key),
+                server_cert: dir.write("server.pem", server_cert),
+                server_key: dir.write("server.key", server_key),
+            }
+        });
+        let ports = free_ports(3 * n);
         let members: Vec<EtcdMember> = (0..n)
             .map(|i| EtcdMember {
                 name: format!("m{i}"),
-                client: ports[2 * i],
-                peer: ports[2 * i + 1],
+                client: ports[3 * i],
+                peer: ports[3 * i + 1],
+                metrics: ports[3 * i + 2],
                 child: None,
             })
             .collect();
@@ -80,12 +122,18 @@ impl EtcdCluster {
             members,
             initial_cluster,
             token,
+            tls,
         };
         for i in 0..n {
             cluster.spawn(i);
         }
         cluster.wait_healthy(&(0..n).collect::<Vec<_>>(), ETCD_START_TIMEOUT);
         cluster
+    }
+
+    /// The TLS files, for a cluster from [`EtcdCluster::start_tls`].
+    pub fn tls(&self) -> Option<&EtcdTls> {
+        self.tls.as_ref()
     }
 
     fn data_dir(&self, i: usize) -> PathBuf {
@@ -105,13 +153,25 @@ impl EtcdCluster {
             .open(self.log_path(i))
             .expect("etcd log file");
         let m = &self.members[i];
-        let client_url = format!("http://{}", m.client);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client_url = format!("{scheme}://{}", m.client);
         let peer_url = format!("http://{}", m.peer);
-        let child = Command::new(ETCD_BIN)
+        let mut cmd = Command::new(ETCD_BIN);
+        if let Some(t) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&t.server_cert)
+                .arg("--key-file")
+                .arg(&t.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&t.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
             .args(["--name", &m.name])
             .arg("--data-dir")
             .arg(self.data_dir(i))
             .args(["--listen-client-urls", &client_url])
+            .args(["--listen-metrics-urls", &format!("http://{}", m.metrics)])
             .args(["--advertise-client-urls", &client_url])
             .args(["--listen-peer-urls", &peer_url])
             .args(["--initial-advertise-peer-urls", &peer_url])
@@ -137,9 +197,10 @@ impl EtcdCluster {
         self.members[i].client
     }
 
-    /// Whether member `i` answers `GET /health` with `"health":"true"`.
+    /// Whether member `i` answers `GET /health` (on its metrics port) with
+    /// `"health":"true"`.
     pub fn healthy(&self, i: usize) -> bool {
-        let Ok(mut c) = Client::try_connect(self.members[i].client) else {
+        let Ok(mut c) = Client::try_connect(self.members[i].metrics) else {
             return false;
         };
         c.set_read_timeout(Duration::from_secs(3));

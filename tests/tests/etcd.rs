@@ -410,3 +410,47 @@ fn a_proxy_listing_both_controls_moves_to_the_other_when_its_control_is_killed()
     let v2 = b.apply("kind: Resilience\nservice: api\nloadBalancer: round-robin\n");
     b.wait_applied(1, 1, v2, &["api"], SOON);
 }
+
+#[test]
+fn control_speaks_tls_to_etcd_with_a_client_certificate() {
+    if skip() {
+        return;
+    }
+    let pki = coremesh_e2e::pki::Pki::new("etcd");
+    let etcd = EtcdCluster::start_tls(1, &pki);
+    let tls = etcd.tls().expect("a TLS cluster").clone();
+    let path = |p: &std::path::Path| p.to_str().expect("UTF-8").to_string();
+    let c = ControlBuilder::new()
+        .arg("--store", &etcd.url())
+        .arg("--etcd-ca", &path(&tls.ca))
+        .arg("--etcd-cert", &path(&tls.client_cert))
+        .arg("--etcd-key", &path(&tls.client_key))
+        .start();
+    assert_eq!(c.apply(&service("api")), 1);
+    assert_eq!(history(&c), vec![(1, "apply service/api".to_string())]);
+
+    // Without a client certificate etcd refuses it, and control says
+    // where it failed instead of starting.
+    let dir = TempDir::new("no-client-cert");
+    let (code, stdout, stderr) = c.command(&[
+        "--data-dir",
+        &path(&dir.path().join("data")),
+        "--listen",
+        "127.0.0.1:0",
+        "--api",
+        "127.0.0.1:0",
+        "--store",
+        &etcd.url(),
+        "--etcd-ca",
+        &path(&tls.ca),
+        "--etcd-timeout",
+        "2s",
+    ]);
+    eprintln!("without a client certificate: {stderr}");
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    let addr = etcd.client_addr(0).to_string();
+    assert!(
+        stderr.contains(&format!("etcd at {addr}")) && stderr.contains("failed"),
+        "{stderr}"
+    );
+}

@@ -230,7 +230,10 @@ pub fn open_etcd(
     now: u64,
 ) -> Result<EtcdStore, Error> {
     let shown = format!("etcd at {} under {}", endpoints.join(","), args.etcd_prefix);
-    let fail = |e: StoreError| Error::internal(format!("{shown}: {e}")).caused_by(e);
+    // Errors from etcd name the endpoints themselves.
+    let fail = |e: StoreError| {
+        Error::internal(format!("the store under {}: {e}", args.etcd_prefix)).caused_by(e)
+    };
     let mut store = EtcdStore::connect(endpoints, args).map_err(fail)?;
     let held = store.id().to_string();
     match (held.as_str(), dir.store_id.clone()) {
