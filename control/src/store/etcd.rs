@@ -246,6 +246,8 @@ pub enum EtcdError {
     },
     #[error("etcd store: {0}")]
     Gone(&'static str),
+    #[error("cannot start the etcd client's threads: {0}")]
+    Runtime(#[source] std::io::Error),
 }
 
 /// What to check, after an etcd client error.
@@ -433,12 +435,7 @@ impl EtcdStore {
             .thread_name("etcd-store")
             .enable_all()
             .build()
-            .map_err(|e| {
-                io(EtcdError::TlsFile {
-                    path: PathBuf::from("(runtime)"),
-                    why: format!("cannot start the etcd client's runtime: {e}"),
-                })
-            })?;
+            .map_err(|e| io(EtcdError::Runtime(e)))?;
         let mut options = ConnectOptions::new()
             .with_connect_timeout(args.etcd_timeout)
             .with_timeout(args.etcd_timeout)
