@@ -318,6 +318,16 @@ async fn run(args: Args) -> Result<(), Error> {
                 args.reinitialize_store,
                 now,
             )?;
+            let trusted: Vec<String> = ca
+                .roots()
+                .iter()
+                .map(|der| coremesh_api::token::fingerprint_hex(der.as_ref()))
+                .collect();
+            match store.agree_ca(&trusted) {
+                Ok(Ok(())) => {}
+                Ok(Err(mismatch)) => return Err(Error::internal(mismatch.to_string())),
+                Err(e) => return Err(e.into()),
+            }
             println!(
                 "store: etcd at {} under {} (store {})",
                 store.endpoints(),

@@ -454,3 +454,35 @@ fn control_speaks_tls_to_etcd_with_a_client_certificate() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_control_with_another_ca_is_refused() {
+    if skip() {
+        return;
+    }
+    let etcd = EtcdCluster::start(1);
+    let a = control_on(&etcd, None);
+    assert_eq!(a.apply(&service("api")), 1);
+    // A new data directory without a.'s CA files: control makes its own CA,
+    // which the store's proxies would not trust.
+    let dir = TempDir::new("own-ca");
+    let data = dir.path().join("data");
+    let (code, stdout, stderr) = a.command(&[
+        "--data-dir",
+        data.to_str().expect("UTF-8"),
+        "--listen",
+        "127.0.0.1:0",
+        "--api",
+        "127.0.0.1:0",
+        "--store",
+        &etcd.url(),
+    ]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("is not the CA of the other controls on this store")
+            && stderr.contains("Copy ca.pem and ca.key"),
+        "{stderr}"
+    );
+    // Nothing of it reached the store.
+    assert_eq!(history(&a), vec![(1, "apply service/api".to_string())]);
+}

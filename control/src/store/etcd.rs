@@ -140,11 +140,22 @@ pub fn parse_url(url: &str) -> Result<Vec<String>, EtcdError> {
 /// | `<prefix>versions/<version, 20 digits>` | JSON [`VersionRecord`] |
 /// | `<prefix>tokens/<id>` | JSON [`TokenRecord`] |
 /// | `<prefix>nodes/<node>` | JSON [`NodeRecord`] |
+/// | `<prefix>ca-fingerprint` | the fingerprint of the controls' CA root ([`EtcdStore::agree_ca`]) |
 ///
 /// Versions are zero-padded so that etcd's byte order is version order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
     prefix: String,
+}
+
+/// This control's CA is not the one the others on the store use
+/// ([`EtcdStore::agree_ca`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("this control's CA (root fingerprint {ours}) is not the CA of the other controls on this store (root fingerprint {recorded}, recorded in etcd at {key}), and its trust bundle does not include theirs: proxies joined through one would not trust the other. Copy ca.pem and ca.key from another control's data directory into this one's (or pass the same --ca-cert and --ca-key); to move every control to a new CA, rotate the root (README, \"Rotating the root\")")]
+pub struct CaMismatch {
+    pub ours: String,
+    pub recorded: String,
+    pub key: String,
 }
 
 /// What a key under the prefix is ([`Keys::parse`]).
@@ -182,6 +193,10 @@ impl Keys {
 
     pub fn current(&self) -> String {
         format!("{}current", self.prefix)
+    }
+
+    pub fn ca_fingerprint(&self) -> String {
+        format!("{}ca-fingerprint", self.prefix)
     }
 
     pub fn version(&self, version: u64) -> String {
@@ -537,6 +552,56 @@ impl EtcdStore {
             let key = inner.keys.store_id();
             let kv = inner.get_one(&key, "reading the store identity").await?;
             Ok(kv.map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+        })
+    }
+
+    /// Checks that this control issues from the CA the other controls on
+    /// the store use. etcd keeps the fingerprint of a control's CA root
+    /// (`ca-fingerprint`; never a key): the first control records its
+    /// own. A control whose trust bundle (`trusted`: its root's fingerprint
+    /// first, then `--extra-roots`') includes the recorded one agrees (and
+    /// records its own root, so a root rotation moves the record along);
+    /// one that does not is refused: [`CaMismatch`] says which.
+    pub fn agree_ca(&self, trusted: &[String]) -> Result<Result<(), CaMismatch>, StoreError> {
+        let Some(ours) = trusted.first().cloned() else {
+            return Ok(Ok(()));
+        };
+        let trusted = trusted.to_vec();
+        self.run("checking the CA", move |inner| async move {
+            let key = inner.keys.ca_fingerprint();
+            for _ in 0..CAS_TRIES {
+                let (recorded, rev) =
+                    match inner.get_one(&key, "reading the CA fingerprint").await? {
+                        Some(kv) => (
+                            Some(String::from_utf8_lossy(kv.value()).into_owned()),
+                            kv.mod_revision(),
+                        ),
+                        None => (None, 0),
+                    };
+                match recorded {
+                    Some(r) if r == ours => return Ok(Ok(())),
+                    Some(r) if !trusted.contains(&r) => {
+                        return Ok(Err(CaMismatch {
+                            ours,
+                            recorded: r,
+                            key,
+                        }))
+                    }
+                    _ => {}
+                }
+                if inner
+                    .write_if_unchanged(
+                        &key,
+                        rev,
+                        Some(ours.clone().into_bytes()),
+                        "recording the CA fingerprint",
+                    )
+                    .await?
+                {
+                    return Ok(Ok(()));
+                }
+            }
+            Err(inner.raced("recording the CA fingerprint"))
         })
     }
 

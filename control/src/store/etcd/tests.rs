@@ -55,6 +55,8 @@ fn keys_sit_under_the_prefix() {
     assert_eq!(k.version(7), "/coremesh/versions/00000000000000000007");
     assert_eq!(k.token("ab12"), "/coremesh/tokens/ab12");
     assert_eq!(k.node("web-1"), "/coremesh/nodes/web-1");
+    assert_eq!(k.ca_fingerprint(), "/coremesh/ca-fingerprint");
+    assert_eq!(k.parse(k.ca_fingerprint().as_bytes()), Some(Key::Other));
     // A prefix without its slash gets one: no key of /a runs into /ab.
     assert_eq!(Keys::new("/mesh-a").unwrap().current(), "/mesh-a/current");
     assert!(Keys::new("").is_err());
