@@ -11,7 +11,9 @@
 //! without a flag). `http://` is for a control with `--api-plaintext`.
 //!
 //! Exit codes: 0 success, 1 input rejected (the server's reason is
-//! printed), 2 control unreachable.
+//! printed; also a change refused because the config moved past its
+//! `--if-version`, or past what control read, when another control on the
+//! same etcd committed first), 2 control unreachable.
 
 use std::io::Read;
 use std::path::PathBuf;
