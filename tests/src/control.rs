@@ -925,6 +925,14 @@ mod tests {
         assert!(t.contains("node = \"web-1\"\n"), "{t}");
         assert!(t.contains("calls = [\"api\", \"db\"]\n"), "{t}");
         assert!(t.contains("\n[control.health]\ninterval = \"1s\"\n"), "{t}");
+        let two = m
+            .section("127.0.0.1:7443".parse().unwrap())
+            .also("127.0.0.1:7444".parse().unwrap())
+            .render();
+        assert!(
+            two.starts_with("[control]\naddress = [\"127.0.0.1:7443\", \"127.0.0.1:7444\"]\n"),
+            "{two}"
+        );
         let b = ProxyBuilder::new("api")
             .labels(&[("version", "v2")])
             .render();
