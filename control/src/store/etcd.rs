@@ -29,8 +29,16 @@
 //! comes. Callers are already off the executor (`spawn_blocking`, or
 //! start-up before serving), as the trait asks.
 //!
-//! The CA key is not in etcd: each replica reads its CA from its data
-//! directory (or `--ca-cert`/`--ca-key`).
+//! Each member has its own client, and a request goes to the member that
+//! answered last, then to the others while it certainly did not reach
+//! etcd's log ([`Retry`]): a dead member costs a refused connection, an
+//! election a few retries.
+//!
+//! The store watches `current` ([`Store::watch`]), so the hub adopts and
+//! pushes what another control committed. The CA key is not in etcd: each
+//! replica reads its CA from its data directory (or
+//! `--ca-cert`/`--ca-key`); etcd keeps only the fingerprint of their root,
+//! so a replica with another CA is refused ([`EtcdStore::agree_ca`]).
 
 use std::future::Future;
 use std::path::PathBuf;
