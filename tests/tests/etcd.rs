@@ -341,6 +341,7 @@ fn apply_survives_one_etcd_member_lost_and_fails_cleanly_without_a_majority() {
         [ta.join().expect("thread"), tb.join().expect("thread")]
     });
     for r in failed {
+        eprintln!("apply without an etcd majority: {}", r.stderr.trim());
         assert_eq!(r.code, 1, "{r:?}");
         assert!(
             r.stderr.contains("etcd at ") && r.stderr.contains("majority of the etcd members"),
