@@ -230,6 +230,18 @@ fn two_controls_share_history_and_only_one_of_two_racing_applies_wins() {
         stdout.contains(&format!("(version {n}, {n} versions")),
         "{stdout}"
     );
+
+    // Rollback through one, seen through the other.
+    let r = a.meshctl(&["rollback", "--to", "1"]).ok();
+    assert!(
+        r.stdout.starts_with(&format!("version {}: ", n + 1)),
+        "{r:?}"
+    );
+    let back = wait_for(SOON, || (services(&b) == ["api"]).then_some(()));
+    assert!(back.is_some(), "b serves {:?}", services(&b));
+    let last = history(&b).pop().expect("history");
+    assert_eq!(last.0, n as u64 + 1);
+    assert!(last.1.contains("rollback"), "{last:?}");
 }
 
 #[test]
