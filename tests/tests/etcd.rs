@@ -3,8 +3,9 @@
 //! processes with `--store etcd://...` on it (the second with the first's
 //! CA, through `--ca-cert`/`--ca-key`).
 //!
-//! - what is applied through one control is in the other's history and
-//!   config, and reaches the proxies of both;
+//! - what is applied (or rolled back) through one control is in the
+//!   other's history and config, and reaches the proxies of both; a backup
+//!   of either's data directory reads the store through it;
 //! - two meshctl processes applying at once from the same base version
 //!   (`--if-version`): exactly one wins, the other exits 1 with "changed by
 //!   someone else at version N; re-read and apply again", and re-applied
@@ -13,7 +14,11 @@
 //!   one proxy;
 //! - one etcd member killed: applies go on; two killed: apply fails with an
 //!   error that says etcd lost its majority, nothing is half-applied, and
-//!   once they are back applies work.
+//!   once they are back applies work;
+//! - a proxy that lists both controls moves to the other when its own is
+//!   killed;
+//! - control speaks TLS to etcd with a client certificate; a control with
+//!   another CA than the store's is refused.
 //!
 //! Skipped, with the reason printed, where /usr/bin/etcd is missing, except
 //! under CI (`CI=true`), where that fails them: scripts/install-deps.sh
