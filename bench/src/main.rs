@@ -358,6 +358,13 @@ struct CompareArgs {
     /// Unix socket instead of TCP (the origin listens on both).
     #[arg(long)]
     app_unix: bool,
+    /// Tracing cost: one more coremesh one-hop target per sampling ratio
+    /// (`--tracing 0.01,1.0` adds `coremesh-trace-0.01` and
+    /// `coremesh-trace-1`), configured with `[tracing] sampling = R` and
+    /// a collector the bench runs itself (an OTLP/HTTP sink that answers
+    /// every export with 200 and counts them).
+    #[arg(long, value_delimiter = ',')]
+    tracing: Vec<f64>,
     /// Count the proxies' system calls per request with `perf stat -e
     /// raw_syscalls:sys_enter` (needs perf; costs each system call a
     /// little, so compare CPU from a run without it).
@@ -549,6 +556,9 @@ fn cmd_compare(a: CompareArgs) -> CmdResult {
     if a.h2_connections == 0 || a.h2_streams == 0 {
         return Err("--h2-connections and --h2-streams must be at least 1".into());
     }
+    if let Some(r) = a.tracing.iter().find(|r| !(0.0..=1.0).contains(*r)) {
+        return Err(format!("--tracing: {r} is not a sampling ratio from 0.0 to 1.0").into());
+    }
     let opts = compare::Options {
         proxies: a
             .proxies
@@ -574,6 +584,7 @@ fn cmd_compare(a: CompareArgs) -> CmdResult {
         aa: !a.no_aa,
         app_unix: a.app_unix,
         count_syscalls: a.count_syscalls,
+        tracing: a.tracing,
         h2_connections: a.h2_connections,
         h2_streams: a.h2_streams,
         grpc_timeout: a.grpc_timeout,

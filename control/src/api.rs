@@ -93,6 +93,7 @@ pub fn router(hub: Arc<Hub>, credential: &str) -> Router {
         .route("/v1/nodes", get(nodes))
         .route("/v1/nodes/{name}/evict", post(evict_node))
         .route("/v1/nodes/{name}/readmit", post(readmit_node))
+        .route("/v1/tap/{service}", get(tap))
         .fallback(|| async { Error::not_found("no such API path; see `meshctl --help`") })
         .layer(middleware::from_fn_with_state(ctx.clone(), auth))
         .with_state(ctx)
@@ -320,6 +321,42 @@ async fn nodes(State(ctx): State<Ctx>) -> Response {
 async fn evict_node(State(ctx): State<Ctx>, Path(name): Path<String>) -> Result<Response, Error> {
     let hub = ctx.hub.clone();
     Ok(Json(blocking(move || hub.evict_blocking(&name)).await?).into_response())
+}
+
+/// `GET /v1/tap/SERVICE?path=P&max_rps=N`.
+#[derive(Debug, serde::Deserialize)]
+struct TapQuery {
+    path: Option<String>,
+    max_rps: Option<u32>,
+}
+
+/// A tap on SERVICE's proxies, streamed as newline-delimited JSON until
+/// the client goes away (see tap.rs).
+async fn tap(
+    State(ctx): State<Ctx>,
+    Path(service): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<TapQuery>,
+) -> Result<Response, Error> {
+    let (_, config) = ctx.hub.config();
+    let taps = ctx.hub.taps();
+    if !config.services.iter().any(|s| s.name == service) && !taps.has_sessions(&service) {
+        return Err(Error::not_found(format!(
+            "no service {service:?}: no Service resource defines it and no proxy of it is connected; see `meshctl get services` and `meshctl status`"
+        )));
+    }
+    let max_rps = q.max_rps.unwrap_or(crate::tap::DEFAULT_MAX_RPS);
+    let (guard, rx) = taps
+        .start(&service, q.path.filter(|p| !p.is_empty()), max_rps)
+        .map_err(|e| Error::rejected(e.to_string()))?;
+    let body = crate::tap::TapBody::new(taps.clone(), guard, rx);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response())
 }
 
 async fn readmit_node(State(ctx): State<Ctx>, Path(name): Path<String>) -> Result<Response, Error> {

@@ -267,6 +267,105 @@ impl Client {
         })
     }
 
+    /// GETs `path` and hands each line of the answer's body to `line` as it
+    /// arrives (a streamed answer: chunked, or until the server closes),
+    /// until `line` returns false or the stream ends. A non-2xx answer is
+    /// read whole and returned instead.
+    pub fn stream_lines(
+        &self,
+        path: &str,
+        mut line: impl FnMut(&[u8]) -> bool,
+    ) -> Result<Option<Response>, ClientError> {
+        let tcp = self.connect()?;
+        let head = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nConnection: close\r\nAccept: application/x-ndjson\r\n\r\n",
+            self.authority, self.credential
+        );
+        let mut stream: Box<dyn ReadWrite> = match &self.tls {
+            None => Box::new(tcp),
+            Some(tls) => {
+                let conn = ClientConnection::new(tls.config.clone(), tls.name.clone())
+                    .map_err(|e| self.tls_error(tls, e))?;
+                Box::new(StreamOwned::new(conn, tcp))
+            }
+        };
+        let failed = |step: &'static str, e: io::Error| {
+            let tls_cause = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .cloned();
+            match (&self.tls, tls_cause) {
+                (Some(tls), Some(cause)) => self.tls_error(tls, cause),
+                _ => ClientError::Unreachable {
+                    addr: self.authority.clone(),
+                    step,
+                    source: e,
+                },
+            }
+        };
+        stream
+            .write_all(head.as_bytes())
+            .and_then(|()| stream.flush())
+            .map_err(|e| failed("", e))?;
+        let mut raw = Vec::new();
+        let mut chunk = vec![0u8; 16 * 1024];
+        let head_end = loop {
+            if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end;
+            }
+            match stream.read(&mut chunk) {
+                Ok(0) => {
+                    return Err(ClientError::Protocol {
+                        addr: self.authority.clone(),
+                        reason: ResponseError::NoHead,
+                    })
+                }
+                Ok(n) => raw.extend_from_slice(&chunk[..n]),
+                Err(e) => return Err(failed("reading the answer: ", e)),
+            }
+        };
+        let protocol = |reason| ClientError::Protocol {
+            addr: self.authority.clone(),
+            reason,
+        };
+        // The head alone, to learn the status and the framing.
+        let mut head_only = raw[..head_end + 4].to_vec();
+        let status_line = String::from_utf8_lossy(&head_only);
+        let status_line = status_line.lines().next().unwrap_or_default();
+        let status: u16 = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| protocol(ResponseError::BadStatusLine(status_line.to_string())))?;
+        if !(200..300).contains(&status) {
+            let _ = stream.read_to_end(&mut raw);
+            return parse_response(&raw).map(Some).map_err(protocol);
+        }
+        head_only.make_ascii_lowercase();
+        let chunked = head_only
+            .windows(26)
+            .any(|w| w == b"transfer-encoding: chunked");
+        let mut body = Lines::new(chunked);
+        if !body
+            .push(&raw[head_end + 4..], &mut line)
+            .map_err(protocol)?
+        {
+            return Ok(None);
+        }
+        loop {
+            match stream.read(&mut chunk) {
+                Ok(0) => return Ok(None),
+                Ok(n) => {
+                    if !body.push(&chunk[..n], &mut line).map_err(protocol)? {
+                        return Ok(None);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+                Err(e) => return Err(failed("reading the stream: ", e)),
+            }
+        }
+    }
+
     /// A rustls error, told as what the operator should check.
     fn tls_error(&self, tls: &Tls, e: rustls::Error) -> ClientError {
         let addr = self.authority.clone();
@@ -300,6 +399,108 @@ impl Client {
                 detail: other.to_string(),
             },
         }
+    }
+}
+
+/// A plain or TLS connection.
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+/// Splits a streamed body into lines as its bytes arrive, undoing the
+/// chunked framing first when there is one.
+pub struct Lines {
+    chunked: bool,
+    /// Bytes not yet decoded (chunked framing).
+    framed: Vec<u8>,
+    /// Bytes of the chunk being read still to come; `None`: a size line next.
+    left: Option<usize>,
+    /// The current line so far.
+    line: Vec<u8>,
+    /// The last chunk was seen.
+    done: bool,
+}
+
+impl Lines {
+    pub fn new(chunked: bool) -> Lines {
+        Lines {
+            chunked,
+            framed: Vec::new(),
+            left: None,
+            line: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// Feeds bytes; calls `each` per complete line (without the newline).
+    /// `Ok(false)`: `each` asked to stop, or the body ended.
+    pub fn push(
+        &mut self,
+        bytes: &[u8],
+        each: &mut impl FnMut(&[u8]) -> bool,
+    ) -> Result<bool, ResponseError> {
+        if !self.chunked {
+            return Ok(self.body(bytes, each));
+        }
+        self.framed.extend_from_slice(bytes);
+        let mut at = 0;
+        let more = loop {
+            if self.done {
+                break false;
+            }
+            match self.left {
+                None => {
+                    let rest = &self.framed[at..];
+                    let Some(end) = rest.windows(2).position(|w| w == b"\r\n") else {
+                        break true;
+                    };
+                    let text = String::from_utf8_lossy(&rest[..end]);
+                    let size = text.split(';').next().unwrap_or_default().trim();
+                    if size.is_empty() {
+                        // The CRLF after a chunk's data.
+                        at += end + 2;
+                        continue;
+                    }
+                    let n = usize::from_str_radix(size, 16).map_err(|_| {
+                        ResponseError::BadChunkSize {
+                            text: size.to_string(),
+                        }
+                    })?;
+                    at += end + 2;
+                    if n == 0 {
+                        self.done = true;
+                    } else {
+                        self.left = Some(n);
+                    }
+                }
+                Some(n) => {
+                    let avail = (self.framed.len() - at).min(n);
+                    if avail == 0 {
+                        break true;
+                    }
+                    let data = self.framed[at..at + avail].to_vec();
+                    at += avail;
+                    self.left = (n > avail).then_some(n - avail);
+                    if !self.body(&data, each) {
+                        break false;
+                    }
+                }
+            }
+        };
+        self.framed.drain(..at);
+        Ok(more)
+    }
+
+    fn body(&mut self, mut bytes: &[u8], each: &mut impl FnMut(&[u8]) -> bool) -> bool {
+        while let Some(nl) = bytes.iter().position(|&b| b == b'\n') {
+            self.line.extend_from_slice(&bytes[..nl]);
+            bytes = &bytes[nl + 1..];
+            let line = std::mem::take(&mut self.line);
+            if !each(&line) {
+                return false;
+            }
+        }
+        self.line.extend_from_slice(bytes);
+        true
     }
 }
 

@@ -193,6 +193,8 @@ pub struct Hub {
     /// Woken by the store's watch ([`Store::watch`]): another control on
     /// the same store may have committed a version; [`Hub::run`] re-reads.
     store_changed: Arc<Notify>,
+    /// `meshctl tap` (tap.rs).
+    taps: Arc<crate::tap::Taps>,
 }
 
 /// Why a join was refused, for the wire's Error message.
@@ -253,6 +255,7 @@ impl Hub {
             store_id: store.id().to_string(),
             store,
             trust_bundle: Arc::new(ca.trust_bundle()),
+            taps: Arc::new(crate::tap::Taps::new(ca.spiffe_id(""))),
             ca,
             opts,
             state: Mutex::new(state),
@@ -273,6 +276,10 @@ impl Hub {
 
     pub fn options(&self) -> &Options {
         &self.opts
+    }
+
+    pub fn taps(&self) -> &Arc<crate::tap::Taps> {
+        &self.taps
     }
 
     /// The publisher: debounces changes, expires endpoints, forgets long
@@ -403,10 +410,17 @@ impl Hub {
     }
 
     pub fn close_session(&self, id: ProxyId) {
+        self.taps.detach(id);
         let mut st = lock(&self.state);
         st.sessions.remove(&id);
         st.registry
             .disconnected(id, Instant::now(), SystemTime::now());
+    }
+
+    /// The proxy's clock said `unix_ms` (checked against control's now).
+    pub fn clock(&self, id: ProxyId, unix_ms: u64) {
+        let now = unix_millis(SystemTime::now());
+        lock(&self.state).registry.clock(id, unix_ms, now);
     }
 
     pub fn ack(&self, id: ProxyId, version: u64) {

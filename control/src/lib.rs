@@ -39,6 +39,7 @@ pub mod quic;
 pub mod registry;
 pub mod store;
 pub mod systemd;
+pub mod tap;
 pub mod tokens;
 pub mod view;
 

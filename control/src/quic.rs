@@ -27,7 +27,10 @@
 //!                       cert's service;  Health ─▶ heartbeat;  Renew ─▶ Renewed;
 //!                       Deregister ─▶ withdraw, push to all others, Deregistered;
 //!                       control ─▶ Snapshot whenever this session's view changes;
-//!                       its node evicted ─▶ control closes the session.
+//!                       its node evicted ─▶ control closes the session;
+//!                       Features ─▶ tap-capable; Clock ─▶ its clock skew;
+//!                       TapRecords ─▶ the tap's stream (tap.rs);
+//!                       control ─▶ TapStart/TapStop (only if tap-capable).
 //!   ACTIVE ──▶ CLOSED:  the proxy ends the stream or the connection drops (the
 //!                       endpoint stays until its heartbeat expires), or a
 //!                       malformed/out-of-order message (Error{bad_request}, then
@@ -456,6 +459,7 @@ async fn session(
     let (id, first, mut snapshots) =
         hub.open_session(&service, &node, calls, version, peer.not_after);
     let _guard = SessionGuard { hub, id };
+    let mut taps = hub.taps().attach(id, &service, &node);
     info!(%service, %node, proxy = id, "session started");
     writer.compressed = compression.iter().any(|c| c == wire::ZSTD);
     writer
@@ -463,6 +467,7 @@ async fn session(
             protocol: PROTOCOL_VERSION,
             heartbeat_interval_ms: hub.options().heartbeat_interval.as_millis() as u64,
             compression: writer.compressed.then(|| wire::ZSTD.to_string()),
+            features: wire::FEATURES.map(String::from).to_vec(),
         })
         .await?;
     if let Some(first) = first {
@@ -480,6 +485,7 @@ async fn session(
                     writer.send_published(&s).await?;
                 }
             }
+            Some(tap) = taps.recv() => writer.send(&tap).await?,
             msg = reader.next() => {
                 let Some(msg) = msg? else {
                     info!(%service, %node, "session ended by the proxy");
@@ -565,6 +571,13 @@ async fn handle(
                 })
                 .await?;
         }
+        ProxyMsg::Features { features } => hub.taps().features(id, &features),
+        ProxyMsg::Clock { unix_ms } => hub.clock(id, unix_ms),
+        ProxyMsg::TapRecords {
+            tap,
+            records,
+            dropped,
+        } => hub.taps().records(id, tap, records, dropped),
         ProxyMsg::Deregister => {
             info!(%service, "endpoint deregistered");
             hub.deregister(id);
@@ -590,5 +603,8 @@ fn msg_name(m: &ProxyMsg) -> &'static str {
         ProxyMsg::Health { .. } => "health",
         ProxyMsg::Deregister => "deregister",
         ProxyMsg::Renew { .. } => "renew",
+        ProxyMsg::Features { .. } => "features",
+        ProxyMsg::Clock { .. } => "clock",
+        ProxyMsg::TapRecords { .. } => "tap_records",
     }
 }

@@ -124,6 +124,7 @@ impl Registry {
                 problem: None,
                 held_running: None,
                 applied_at: None,
+                clock_skew_ms: None,
             },
             in_flight: Vec::new(),
             labels: BTreeMap::new(),
@@ -133,6 +134,7 @@ impl Registry {
         entry.status.last_seen = None;
         entry.status.problem = None;
         entry.status.held_running = None;
+        entry.status.clock_skew_ms = None;
         entry.disconnected_at = None;
         entry.status.cert_expiry = Some(cert_expiry);
         entry.in_flight.clear();
@@ -182,6 +184,13 @@ impl Registry {
             forgotten += 1;
         }
         forgotten
+    }
+
+    /// The proxy's clock said `proxy_ms` when control's said `control_ms`.
+    pub fn clock(&mut self, id: ProxyId, proxy_ms: u64, control_ms: u64) {
+        if let Some(p) = self.proxies.get_mut(&id) {
+            p.status.clock_skew_ms = Some(proxy_ms as i64 - control_ms as i64);
+        }
     }
 
     pub fn set_cert_expiry(&mut self, id: ProxyId, not_after: u64) {

@@ -215,6 +215,7 @@ async fn session_trusting(
             protocol,
             heartbeat_interval_ms,
             compression,
+            ..
         }) => {
             assert_eq!(protocol, PROTOCOL_VERSION);
             assert_eq!(heartbeat_interval_ms, 5000);
@@ -802,6 +803,161 @@ async fn operator_intermediate_ca_with_an_extra_root() {
         .map(|p| CertificateDer::from_pem_slice(p.as_bytes()).unwrap())
         .collect();
     assert_eq!(bundle, [root_der, other_der]);
+    drop(control);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The next message within `wait` that is not a snapshot; `None` if none
+/// came.
+async fn other_within(c: &mut Conn, wait: Duration) -> Option<ControlMsg> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        while let Some(m) = c.dec.next::<ControlMsg>().unwrap() {
+            if !matches!(m, ControlMsg::Snapshot(_)) {
+                return Some(m);
+            }
+        }
+        match tokio::time::timeout_at(deadline, c.recv.read(&mut buf)).await {
+            Ok(Ok(Some(n))) => c.dec.push(&buf[..n]),
+            _ => return None,
+        }
+    }
+}
+
+/// `meshctl tap` through control: only proxies that said they know taps
+/// (Features) are sent TapStart (an older proxy would fail to parse it);
+/// their records reach meshctl; when meshctl exits the tap stops on the
+/// proxies. And a proxy's Clock gives its skew to `meshctl check`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tap_reaches_only_proxies_that_know_it_and_stops_with_meshctl() {
+    use std::io::BufRead;
+    let dir = temp_dir("tap");
+    std::fs::create_dir_all(&dir).unwrap();
+    let control = Control::start(&dir, &["--grace", "0s"]);
+    assert!(control
+        .meshctl_stdin(&["apply", "-f", "-"], Some(EXAMPLE))
+        .status
+        .success());
+    let (old_id, _) = join(&control, &token(&control, "api")).await.unwrap();
+    let (new_id, _) = join(&control, &token(&control, "api")).await.unwrap();
+    let (mut old, _) = session(&control, &old_id, "api", "node-old").await;
+    let (mut new, _) = session(&control, &new_id, "api", "node-new").await;
+    new.send(&ProxyMsg::Features {
+        features: vec!["tap".into(), "clock".into()],
+    })
+    .await;
+    let ahead = 5_000;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    new.send(&ProxyMsg::Clock {
+        unix_ms: now_ms + ahead,
+    })
+    .await;
+
+    let mut tap = control.meshctl_spawn(&["tap", "api", "--path", "/users", "-o", "json"]);
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stdout = tap.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let id = match other_within(&mut new, Duration::from_secs(10)).await {
+        Some(ControlMsg::TapStart {
+            tap,
+            path_prefix,
+            max_rps,
+            ttl_ms,
+        }) => {
+            assert_eq!(
+                (path_prefix.as_deref(), max_rps, ttl_ms),
+                (Some("/users"), 100, 15_000)
+            );
+            tap
+        }
+        other => panic!("the tap-capable proxy should get TapStart, got {other:?}"),
+    };
+    assert_eq!(
+        other_within(&mut old, Duration::from_secs(1)).await,
+        None,
+        "a proxy that did not say it knows taps is sent nothing about them"
+    );
+    let record = wire::TapRecord {
+        at_ms: now_ms,
+        direction: "inbound".into(),
+        caller: Some("spiffe://coremesh.local/service/web".into()),
+        service: "api".into(),
+        method: "GET".into(),
+        authority: "api".into(),
+        path: "/users/1".into(),
+        status: 200,
+        latency_us: 900,
+        trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+    };
+    new.send(&ProxyMsg::TapRecords {
+        tap: id,
+        records: vec![record],
+        dropped: 0,
+    })
+    .await;
+    let line = lines
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|e| {
+            let _ = tap.kill();
+            let mut err = String::new();
+            let _ = std::io::Read::read_to_string(&mut tap.stderr.take().unwrap(), &mut err);
+            panic!("meshctl prints the record ({e}); its stderr:\n{err}")
+        });
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        (&v["node"], &v["path"], &v["status"], &v["caller"]),
+        (
+            // The node its certificate names.
+            &serde_json::json!("test-node"),
+            &serde_json::json!("/users/1"),
+            &serde_json::json!(200),
+            &serde_json::json!("spiffe://coremesh.local/service/web")
+        ),
+        "{line}"
+    );
+
+    // The clock skew: the new proxy is 5 s ahead, the old one's unknown.
+    let ps = proxies(&control);
+    let mut skews: Vec<Option<i64>> = ps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["clock_skew_ms"].as_i64())
+        .collect();
+    skews.sort();
+    assert_eq!(skews.len(), 2, "{ps:#}");
+    assert_eq!(skews[0], None, "{ps:#}");
+    let ms = skews[1].unwrap();
+    assert!((4_000..=5_500).contains(&ms), "skew {ms}");
+    let out = control.meshctl(&["check"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("FAIL")
+            && l.contains("proxy api on test-node")
+            && l.contains("ahead of control's")),
+        "{text}"
+    );
+    assert!(text.contains("fix: run time synchronization"), "{text}");
+
+    // meshctl goes away: the tap stops on the proxy.
+    let _ = tap.kill();
+    let _ = tap.wait();
+    match other_within(&mut new, Duration::from_secs(10)).await {
+        Some(ControlMsg::TapStop { tap }) => assert_eq!(tap, id),
+        other => panic!("expected TapStop after meshctl exited, got {other:?}"),
+    }
     drop(control);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,43 +1,73 @@
-//! Per-shard access log: one JSON object per line, buffered per core.
+//! The access log: one line per request, JSON or text, formatted on the
+//! shard and written by a thread of its own.
 //!
-//! Each shard opens the log file itself (`O_APPEND`) and formats entries into
-//! its own buffer; nothing is shared between cores. The buffer is written when
-//! it passes [`FLUSH_AT`] bytes and when the shard calls [`AccessLog::flush`]
-//! (about once a second and on shutdown). A flush is one `write(2)` of whole
-//! lines: with `O_APPEND` the kernel places each write at the end of the file
-//! atomically, so lines of different shards sharing one file never interleave
-//! mid-line. (A short write, which regular files only produce on a full disk
-//! or a size limit, is the exception.)
+//! Each shard formats entries into its own buffer; nothing is shared between
+//! cores while a line is built. A buffer is handed over when it passes
+//! [`FLUSH_AT`] bytes and when the shard calls [`AccessLog::flush`] (about
+//! once a second, and on shutdown): it goes by a bounded channel
+//! ([`QUEUE`] buffers) to the writer thread ([`writer`]), which owns the
+//! file. So the shard never makes a blocking `write(2)` to the file: a
+//! slow disk fills the queue, and what does not fit is dropped and counted
+//! (`coremesh_access_log_dropped_lines_total{reason="queue_full"}`), as a
+//! full disk's lost lines are (`reason="write_error"`). Emptied buffers go
+//! back to the shards through a small spare list, so a busy log allocates
+//! no new buffer per hand-over.
 //!
-//! The write is a blocking syscall on the shard. It goes to the page cache and
-//! happens once per 64 KiB or once a second, like nginx's buffered
-//! `access_log`; a log on slow storage should be a pipe to a collector instead.
+//! The writer makes one `write(2)` of whole lines per buffer, on a file
+//! opened with `O_APPEND`: lines never interleave mid-line, even with other
+//! writers on the same file. SIGUSR1 makes it reopen the path (for
+//! logrotate: `mv access.log access.log.1; kill -USR1 PID`); lines handed
+//! over after the signal go to the new file.
 //!
-//! Line format (fields in this order):
+//! Two formats (`[access_log] format`), with the same fields:
+//!
+//! JSON (fields in this order; `grpc_status` only for gRPC calls):
 //!
 //! ```text
 //! {"ts":"2024-05-01T12:34:56.789Z","core":0,"direction":"outbound","service":"api",
 //!  "method":"GET","authority":"api","path":"/x","status":200,"duration_us":1234,
-//!  "bytes_in":120,"bytes_out":5120,"upstream":"10.0.0.7:8080"}
+//!  "bytes_in":120,"bytes_out":5120,"upstream":"10.0.0.7:8080","protocol":"HTTP/1.1",
+//!  "request_id":"5b0e3f5c-...","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736",
+//!  "caller":"spiffe://mesh.example/service/web"}
 //! ```
 //!
-//! Request bytes are untrusted: valid UTF-8 is kept, `"`, `\` and control
-//! characters are JSON-escaped, and bytes that are not UTF-8 are written as
-//! the four characters `\xNN` (JSON `"\\xNN"`), as nginx does, so every line
-//! parses as JSON. `upstream` is `null` when no upstream was picked, and
-//! `"unix"` for the local app on its Unix socket file; `status`
+//! Text, close to the combined log format (`%h %l %u %t "%r" %>s %b`), the
+//! caller's identity in the user field, then `key=value` pairs:
+//!
+//! ```text
+//! - - spiffe://mesh.example/service/web [01/May/2024:12:34:56 +0000] "GET /x HTTP/1.1" 200 5120
+//!  request_id="5b0e3f5c-..." trace_id=4bf92f3577b34da6a3ce929d0e0e4736 direction=outbound
+//!  service=api authority="api" upstream=10.0.0.7:8080 duration_us=1234 bytes_in=120 core=0
+//! ```
+//!
+//! (one line in the file). A missing value is `-` in text and `null` in
+//! JSON.
+//!
+//! Request bytes are untrusted. JSON: valid UTF-8 is kept, `"`, `\` and
+//! control characters are escaped, and bytes that are not UTF-8 are written
+//! as the four characters `\xNN` (JSON `"\\xNN"`), as nginx does, so every
+//! line parses as JSON. Text: `"` and `\` are escaped with `\`, and every
+//! byte below 0x20 or from 0x7f up is `\xNN` (as nginx's text log), so a
+//! line is printable ASCII. `upstream` is `null`/`-` when no upstream was
+//! picked, and `unix` for the local app on its Unix socket file; `status`
 //! 0 means no response was sent.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::Write;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::config::AccessLogFormat;
 use crate::stats::Direction;
 
-/// Buffer size past which [`AccessLog::log`] writes the buffer out.
+pub mod writer;
+pub use writer::{Sink, Writer, COUNTERS};
+
+/// Buffer size past which [`AccessLog::log`] hands the buffer to the writer.
 pub const FLUSH_AT: usize = 64 * 1024;
+
+/// Buffers the channel to the writer holds; past this, lines are dropped.
+/// Together at most about 4.3 MiB of log lines wait for the disk.
+pub const QUEUE: usize = 64;
 
 /// One finished request, borrowed from the request's buffers.
 #[derive(Debug, Clone)]
@@ -58,73 +88,110 @@ pub struct AccessEntry<'a> {
     /// A gRPC call's final `grpc-status` (absent for other requests, or a
     /// call that ended without one).
     pub grpc_status: Option<u8>,
+    /// The `x-request-id` the request was forwarded with (kept or
+    /// generated; see `forward::request_id`).
+    pub request_id: &'a [u8],
+    /// The trace id of the `traceparent` the request was forwarded with:
+    /// 32 lowercase hex digits.
+    pub trace_id: Option<&'a [u8; 32]>,
+    /// Who called: the peer's SPIFFE ID on the inbound side (mutual TLS),
+    /// this proxy's own on the outbound side.
+    pub caller: Option<&'a str>,
 }
 
-/// One shard's access log.
+/// One shard's side of the access log: its buffer, and the way to the
+/// writer thread.
 #[derive(Debug)]
 pub struct AccessLog {
-    file: File,
+    sink: Sink,
     buf: Vec<u8>,
-    /// Lines lost to write errors since the log was opened.
-    dropped_lines: u64,
-    /// Set after a failed write so a full disk logs one warning, not one per
-    /// flush; cleared by the next successful write.
-    failing: bool,
+    /// Lines in `buf`.
+    lines: u64,
 }
 
 impl AccessLog {
-    /// Opens (creating if needed) `path` for appending.
-    pub fn open(path: &Path) -> io::Result<AccessLog> {
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(AccessLog {
-            file,
-            // Room for a full buffer plus the line that tips it over.
-            buf: Vec::with_capacity(FLUSH_AT + 4096),
-            dropped_lines: 0,
-            failing: false,
-        })
+    pub fn new(sink: Sink) -> AccessLog {
+        let buf = sink.spare();
+        AccessLog {
+            sink,
+            buf,
+            lines: 0,
+        }
     }
 
-    /// Appends one line to the buffer; writes the buffer out once it exceeds
-    /// [`FLUSH_AT`].
-    pub fn log(&mut self, e: &AccessEntry<'_>) {
-        self.log_at(e, SystemTime::now());
+    /// Appends one line to the buffer; hands the buffer to the writer once
+    /// it exceeds [`FLUSH_AT`].
+    pub fn log(&mut self, e: &AccessEntry<'_>, format: AccessLogFormat) {
+        self.log_at(e, format, SystemTime::now());
     }
 
-    fn log_at(&mut self, e: &AccessEntry<'_>, now: SystemTime) {
-        format_line(&mut self.buf, e, now);
+    fn log_at(&mut self, e: &AccessEntry<'_>, format: AccessLogFormat, now: SystemTime) {
+        match format {
+            AccessLogFormat::Json => format_json(&mut self.buf, e, now),
+            AccessLogFormat::Text => format_text(&mut self.buf, e, now),
+        }
+        self.lines += 1;
         if self.buf.len() > FLUSH_AT {
             self.flush();
         }
     }
 
-    /// Writes out every buffered line. On error the buffered lines are dropped
-    /// (a log must not grow the shard's memory without bound) and counted.
+    /// Hands every buffered line to the writer without waiting: when its
+    /// queue is full the lines are dropped and counted (the buffer is
+    /// kept for the next lines).
     pub fn flush(&mut self) {
-        if self.buf.is_empty() {
+        if self.lines == 0 {
             return;
         }
-        match self.file.write_all(&self.buf) {
-            Ok(()) => {
-                if self.failing {
-                    tracing::warn!(
-                        dropped = self.dropped_lines,
-                        "access log writes work again; lines dropped while failing (since the log was opened)"
-                    );
-                }
-                self.failing = false;
+        let buf = std::mem::take(&mut self.buf);
+        self.buf = match self.sink.try_send(buf, self.lines) {
+            Ok(()) => self.sink.spare(),
+            Err(mut back) => {
+                back.clear();
+                back
             }
-            Err(err) => {
-                let lines = self.buf.iter().filter(|&&b| b == b'\n').count() as u64;
-                self.dropped_lines += lines;
-                if !self.failing {
-                    tracing::warn!(%err, lines, "access log write failed; dropping lines");
-                    self.failing = true;
-                }
-            }
-        }
-        self.buf.clear();
+        };
+        self.lines = 0;
     }
+
+    /// Hands every buffered line to the writer, waiting for room in its
+    /// queue: only for the drain, when no request is left to delay.
+    pub fn flush_waiting(&mut self) {
+        if self.lines == 0 {
+            return;
+        }
+        self.sink.send(std::mem::take(&mut self.buf), self.lines);
+        self.lines = 0;
+    }
+}
+
+/// The trace id of a W3C `traceparent` value (`VV-TRACEID-PARENTID-FLAGS`):
+/// its 32 lowercase hex digits, `None` when the value is not a valid
+/// traceparent (wrong shape, version `ff`, an all-zero trace id). A
+/// version other than `00` may carry more after the flags.
+pub fn trace_id(traceparent: &[u8]) -> Option<[u8; 32]> {
+    let v = traceparent.trim_ascii();
+    let hex = |b: &[u8]| {
+        b.iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+    };
+    if v.len() < 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
+        return None;
+    }
+    let (version, id) = (&v[..2], &v[3..35]);
+    let ok = hex(version)
+        && version != b"ff"
+        && (version != b"00" || v.len() == 55)
+        && (v.len() == 55 || v[55] == b'-')
+        && hex(id)
+        && id.iter().any(|&c| c != b'0')
+        && hex(&v[36..52])
+        && hex(&v[53..55]);
+    ok.then(|| {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(id);
+        out
+    })
 }
 
 impl Drop for AccessLog {
@@ -133,7 +200,7 @@ impl Drop for AccessLog {
     }
 }
 
-fn format_line(out: &mut Vec<u8>, e: &AccessEntry<'_>, now: SystemTime) {
+fn format_json(out: &mut Vec<u8>, e: &AccessEntry<'_>, now: SystemTime) {
     // `write!` into a Vec<u8> cannot fail.
     out.extend_from_slice(b"{\"ts\":\"");
     push_rfc3339_millis(out, now);
@@ -171,7 +238,93 @@ fn format_line(out: &mut Vec<u8>, e: &AccessEntry<'_>, now: SystemTime) {
     if let Some(g) = e.grpc_status {
         let _ = write!(out, ",\"grpc_status\":{g}");
     }
+    out.extend_from_slice(b",\"request_id\":");
+    push_json_str(out, e.request_id);
+    out.extend_from_slice(b",\"trace_id\":");
+    match e.trace_id {
+        // Hex digits: nothing to escape.
+        Some(t) => {
+            out.push(b'"');
+            out.extend_from_slice(t);
+            out.push(b'"');
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"caller\":");
+    match e.caller {
+        Some(c) => push_json_str(out, c.as_bytes()),
+        None => out.extend_from_slice(b"null"),
+    }
     out.extend_from_slice(b"}\n");
+}
+
+/// The text line (see the module doc).
+fn format_text(out: &mut Vec<u8>, e: &AccessEntry<'_>, now: SystemTime) {
+    out.extend_from_slice(b"- - ");
+    match e.caller {
+        // A SPIFFE ID is a URI (no space), but it came from a certificate:
+        // escaped all the same.
+        Some(c) if !c.is_empty() => push_text(out, c.as_bytes()),
+        _ => out.push(b'-'),
+    }
+    out.extend_from_slice(b" [");
+    push_clf_time(out, now);
+    out.extend_from_slice(b"] \"");
+    push_text(out, e.method);
+    out.push(b' ');
+    push_text(out, e.path);
+    out.push(b' ');
+    out.extend_from_slice(e.protocol.as_bytes());
+    let _ = write!(out, "\" {} {} request_id=\"", e.status, e.bytes_out);
+    push_text(out, e.request_id);
+    out.extend_from_slice(b"\" trace_id=");
+    match e.trace_id {
+        Some(t) => out.extend_from_slice(t),
+        None => out.push(b'-'),
+    }
+    let _ = write!(out, " direction={} service=", e.direction.as_str());
+    push_text(out, e.service.as_bytes());
+    out.extend_from_slice(b" authority=\"");
+    push_text(out, e.authority);
+    out.extend_from_slice(b"\" upstream=");
+    match e.upstream {
+        Some(crate::config::UNIX_APP) => out.extend_from_slice(b"unix"),
+        Some(addr) => {
+            let _ = write!(out, "{addr}");
+        }
+        None => out.push(b'-'),
+    }
+    let _ = write!(
+        out,
+        " duration_us={} bytes_in={} core={}",
+        e.duration.as_micros(),
+        e.bytes_in,
+        e.core
+    );
+    if let Some(g) = e.grpc_status {
+        let _ = write!(out, " grpc_status={g}");
+    }
+    out.push(b'\n');
+}
+
+/// Writes untrusted bytes into a text line: `"` and `\` escaped with `\`,
+/// bytes below 0x20 and from 0x7f up as `\xNN`.
+fn push_text(out: &mut Vec<u8>, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for &b in bytes {
+        match b {
+            b'"' | b'\\' => {
+                out.push(b'\\');
+                out.push(b);
+            }
+            0x20..=0x7e => out.push(b),
+            _ => {
+                out.extend_from_slice(b"\\x");
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 0xf)]);
+            }
+        }
+    }
 }
 
 /// Writes `bytes` as a JSON string (with quotes). See the module doc for how
@@ -225,6 +378,28 @@ fn push_rfc3339_millis(out: &mut Vec<u8>, t: SystemTime) {
         rem % 3600 / 60,
         rem % 60,
         since.subsec_millis()
+    );
+}
+
+/// `DD/Mon/YYYY:HH:MM:SS +0000`, the common log format's time (UTC, whole
+/// seconds).
+fn push_clf_time(out: &mut Vec<u8>, t: SystemTime) {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs();
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(secs / 86_400);
+    let month = MONTHS[(m as usize).clamp(1, 12) - 1];
+    let _ = write!(
+        out,
+        "{d:02}/{month}/{y:04}:{:02}:{:02}:{:02} +0000",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
     );
 }
 

@@ -32,6 +32,7 @@ pub(crate) mod msg;
 pub(crate) mod runtime;
 pub(crate) mod shard;
 pub(crate) mod stats;
+pub(crate) mod tap;
 pub(crate) mod tls;
 pub(crate) mod upgrade;
 /// The request policy, its own crate (sans-I/O: routing, authorization,
@@ -157,6 +158,12 @@ pub fn start(
     bound.admin = admin.local_addr().ok();
     let upgrade = sockets.upgrade_setup(cfg.proxy.upgrade_socket.as_deref())?;
 
+    // The access log's file is written by a thread of its own (accesslog.rs).
+    let access_log = cfg.proxy.access_log.as_deref().and_then(|p| {
+        accesslog::Writer::start(p, &accesslog::COUNTERS)
+            .map_err(|e| tracing::error!("access log {}: {e}; access logging is off", p.display()))
+            .ok()
+    });
     let (agent_tx, agent_rx) = async_channel::unbounded();
     let cores = cfg.proxy.cores;
     // One shard accepts on the TCP sockets itself; several get connections
@@ -190,6 +197,7 @@ pub fn start(
                 .into_iter()
                 .flatten()
                 .collect(),
+            access_log: access_log.as_ref().map(accesslog::Writer::sink),
         };
         let cpu = cfg.proxy.cpus.as_ref().map(|c| c[index]);
         runtime::start_shard(format!("shard-{index}"), cpu, move |driver| {
@@ -198,7 +206,7 @@ pub fn start(
         .map_err(|source| StartError::Shard { index, source })?;
         handles.push(handle);
     }
-    Ok(agent::run(AgentSetup {
+    let code = agent::run(AgentSetup {
         config_path,
         config: cfg,
         shards: handles,
@@ -208,7 +216,12 @@ pub fn start(
         bound,
         backend: runtime::backend_name(),
         upgrade,
-    }))
+        access_log: access_log.as_ref().map(accesslog::Writer::sink),
+    });
+    // The shards handed over their last lines in the drain; the writer
+    // writes what is queued and ends.
+    drop(access_log);
+    Ok(code)
 }
 
 /// The listening sockets of a start: taken over from a predecessor or

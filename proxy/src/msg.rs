@@ -81,6 +81,8 @@ pub enum ShardMsg {
     /// The local app's latest health check result (`[control.health]`),
     /// for probes answered by this proxy.
     AppHealth(bool),
+    /// The `meshctl tap`s running now (tap.rs); empty: none.
+    Tap(Arc<Vec<Arc<crate::tap::TapSpec>>>),
     /// Reply with a snapshot of this shard's stats.
     Snapshot(tokio::sync::oneshot::Sender<ShardSnapshot>),
     /// Start accepting on the listeners this shard owns: the agent sends it

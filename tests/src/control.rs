@@ -401,6 +401,24 @@ impl Control {
         self.meshctl_with_input(args, None)
     }
 
+    /// meshctl left running (`meshctl tap`): stdout and stderr piped.
+    pub fn meshctl_spawn(&self, args: &[&str]) -> std::process::Child {
+        let mut cmd = self.host_command(meshctl_bin());
+        cmd.arg("--api")
+            .arg(self.api_url())
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(args);
+        for var in ["COREMESH_API", "COREMESH_CREDENTIAL", "COREMESH_CA"] {
+            cmd.env_remove(var);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn meshctl")
+    }
+
     /// Runs meshctl with `input` on its stdin (for `apply -f -`).
     pub fn meshctl_stdin(&self, args: &[&str], input: &str) -> Meshctl {
         self.meshctl_with_input(args, Some(input))

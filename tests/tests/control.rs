@@ -315,22 +315,26 @@ fn a_proxy_joins_with_a_token_and_meshctl_status_shows_it() {
         "status shows the ACK:\n{}",
         status.stdout
     );
-    // APPLIED: the config version `meshctl history` lists, and how long
-    // ago the proxy applied it (not the raw snapshot timestamp).
+    // APPLIED: the config version `meshctl history` lists (`v7`), and
+    // how long ago the proxy applied it (`2m ago`), not the raw snapshot
+    // timestamp.
+    let applied = control
+        .proxies()
+        .iter()
+        .find(|p| p["node"] == "api-node-1")
+        .and_then(|p| p["applied_config_version"].as_u64())
+        .unwrap_or_else(|| panic!("no applied config version: {:?}", control.proxies()));
     assert_eq!(
-        (
-            cols[4],
-            cols[5].trim_end_matches(',').parse::<u64>().is_ok()
-        ),
-        ("config", true),
-        "status shows the applied config version, got {:?}:\n{}",
+        (cols[4], cols[6]),
+        (format!("v{applied},").as_str(), "ago"),
+        "status shows the applied config version (`meshctl history`'s VERSION), and how long ago, got {:?}:\n{}",
         &cols[4..7],
         status.stdout
     );
     assert!(
-        line.contains(" ago"),
-        "status says how long ago it was applied:\n{}",
-        status.stdout
+        cols[5].ends_with('s') || cols[5].ends_with('m'),
+        "an age such as 3s or 2m: {:?}",
+        cols[5]
     );
     assert!(
         line.contains("in "),
@@ -530,6 +534,15 @@ fn meshctl_check_flags_certificates_close_to_expiry() {
     );
     assert!(
         out.stdout.contains("endpoints are healthy"),
+        "{}",
+        out.stdout
+    );
+    // Every proxy reported its clock, and they are all in step here.
+    assert!(
+        out.stdout.contains(&format!(
+            "ok    clocks of {} proxies within 1.0s of control's",
+            mesh.proxies()
+        )),
         "{}",
         out.stdout
     );

@@ -83,6 +83,7 @@ pub(super) fn measure(
             origin,
             &setup.out_dir,
             setup.proxy_pin(),
+            &setup.extra_config(&t.label),
         );
         let measured = fresh.map_err(IdleError::Start).and_then(|mut p| {
             let s = burst_rss(&p, &t.label, r.opts.burst_conns, r.opts.burst_idle, round);

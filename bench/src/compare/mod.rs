@@ -50,6 +50,7 @@ pub mod burst;
 pub mod chart;
 pub mod http2;
 pub mod mtls;
+pub mod otlp;
 pub mod policy;
 pub mod proxies;
 pub mod report;
@@ -177,6 +178,9 @@ pub struct Options {
     /// Count the proxies' system calls per request with `perf stat` (see
     /// [`syscalls`]); costs them a little CPU per system call.
     pub count_syscalls: bool,
+    /// Sampling ratios of the `coremesh-trace-R` one-hop targets (tracing
+    /// on, exporting to [`otlp`]'s sink); none by default.
+    pub tracing: Vec<f64>,
     /// HTTP/2 scenarios: client connections, and concurrent streams on each.
     pub h2_connections: usize,
     pub h2_streams: usize,
@@ -587,9 +591,21 @@ struct Setup {
     perf: Option<PathBuf>,
     /// This binary: the origin and the load generator are its subcommands.
     exe: PathBuf,
+    /// The collector of the `coremesh-trace-R` targets (`--tracing`).
+    otlp: Option<otlp::OtlpSink>,
 }
 
 impl Setup {
+    /// TOML appended to the generated configuration of the target
+    /// `label` (its idle and burst instances too): `[tracing]` for a
+    /// `coremesh-trace-R` target.
+    fn extra_config(&self, label: &str) -> String {
+        match (tracing_ratio(label), &self.otlp) {
+            (Some(r), Some(sink)) => tracing_toml(r, &sink.url()),
+            _ => String::new(),
+        }
+    }
+
     /// Where the proxies run.
     fn proxy_pin(&self) -> Pin<'_> {
         Pin {
@@ -796,6 +812,18 @@ pub fn run(opts: &Options) -> Result<Results, CompareError> {
     let measured = measure_rounds(&runner, &started, &mut notes)?;
     started.stop(&measured.samples, &mut notes);
     drop(origin);
+    if let Some(sink) = &setup.otlp {
+        let c = sink.counts();
+        notes.push(format!(
+            "--tracing: the OTLP sink received {} exports ({} bytes of spans){}",
+            c.requests.load(std::sync::atomic::Ordering::Relaxed),
+            c.bytes.load(std::sync::atomic::Ordering::Relaxed),
+            match c.rejected.load(std::sync::atomic::Ordering::Relaxed) {
+                0 => String::new(),
+                n => format!(", and refused {n} other requests"),
+            }
+        ));
+    }
     let results = summarise(opts, setup, started_at, started.infos, notes, measured);
     write_results(opts, &results)?;
     Ok(results)
@@ -866,6 +894,25 @@ fn prepare(opts: &Options, notes: &mut Vec<String>) -> Result<Setup, CompareErro
     }
 
     let exe = std::env::current_exe().map_err(CompareError::OwnBinary)?;
+    let otlp = if opts.tracing.is_empty() {
+        None
+    } else {
+        match otlp::OtlpSink::start(load_cpus.clone()) {
+            Ok(sink) => {
+                log(&format!(
+                    "OTLP sink for the tracing targets on {}",
+                    sink.url()
+                ));
+                Some(sink)
+            }
+            Err(e) => {
+                notes.push(format!(
+                    "--tracing: cannot start the OTLP sink ({e}); the tracing targets export nowhere"
+                ));
+                None
+            }
+        }
+    };
     Ok(Setup {
         out_dir,
         nofile,
@@ -874,6 +921,7 @@ fn prepare(opts: &Options, notes: &mut Vec<String>) -> Result<Setup, CompareErro
         taskset,
         perf,
         exe,
+        otlp,
     })
 }
 
@@ -944,6 +992,7 @@ fn start_one_hop(
             origin,
             &setup.out_dir,
             setup.proxy_pin(),
+            &setup.extra_config(&label),
         ) {
             Ok(r) => {
                 info.config = Some(r.config_path.display().to_string());
@@ -1243,6 +1292,7 @@ fn measure_idle(
             r.origin,
             &setup.out_dir,
             setup.proxy_pin(),
+            &setup.extra_config(&t.label),
         );
         let measured = fresh.map_err(IdleError::Start).and_then(|mut p| {
             let s = idle_rss(&p, &t.label, r.opts.idle_conns, round);
@@ -1325,6 +1375,29 @@ fn skip(info: &mut TargetInfo, note: String) {
     info.note = note;
 }
 
+/// Label prefix of the tracing targets (`--tracing`).
+pub const TRACE_PREFIX: &str = "coremesh-trace-";
+
+/// The label of the tracing target with sampling ratio `r`:
+/// `coremesh-trace-0.01`, `coremesh-trace-1`.
+pub fn tracing_label(r: f64) -> String {
+    format!("{TRACE_PREFIX}{r}")
+}
+
+/// The sampling ratio of a tracing target's label (or of its idle and
+/// burst instances', `coremesh-trace-1-idle`).
+pub fn tracing_ratio(label: &str) -> Option<f64> {
+    let rest = label.strip_prefix(TRACE_PREFIX)?;
+    let end = rest.find(['-', '#']).unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// The proxy's `[tracing]` section (issue 17's contract T): sample `r` of
+/// the requests, export to `collector`.
+pub fn tracing_toml(r: f64, collector: &str) -> String {
+    format!("\n[tracing]\nsampling = {r:?}\ncollector = \"{collector}\"\n")
+}
+
 /// The proxies asked for that are installed, with labels; notes the rest.
 fn resolve_proxies(opts: &Options, infos: &mut Vec<TargetInfo>) -> Vec<(String, Kind, PathBuf)> {
     let mut out = Vec::new();
@@ -1362,6 +1435,9 @@ fn resolve_proxies(opts: &Options, infos: &mut Vec<TargetInfo>) -> Vec<(String, 
                 out.push((COREMESH.to_string(), kind, opts.coremesh_bin.clone()));
                 if opts.aa {
                     out.push((format!("{COREMESH}#2"), kind, opts.coremesh_bin.clone()));
+                }
+                for &r in &opts.tracing {
+                    out.push((tracing_label(r), kind, opts.coremesh_bin.clone()));
                 }
             } else {
                 missing(

@@ -416,8 +416,10 @@ impl Pin<'_> {
     }
 }
 
-/// Writes the configuration, starts the proxy pinned by `pin`, and waits
-/// until it accepts connections.
+/// Writes the configuration (coremesh's with `extra` TOML appended),
+/// starts the proxy pinned by `pin`, and waits until it accepts
+/// connections.
+#[allow(clippy::too_many_arguments)] // three call sites, each naming every part of one instance
 pub fn start(
     nofile: u64,
     kind: Kind,
@@ -426,6 +428,7 @@ pub fn start(
     origin: SocketAddr,
     dir: &Path,
     pin: Pin<'_>,
+    extra: &str,
 ) -> Result<Running, StartError> {
     let own = dir.join("run").join(file_label(label));
     create_dir(&own)?;
@@ -437,7 +440,12 @@ pub fn start(
         free_port().map_err(StartError::FreePort)?
     };
     let config_path = configs.join(format!("{}.{}", file_label(label), kind.config_ext()));
-    write_config(&config_path, &config(kind, port, origin, &own, nofile))?;
+    // `extra` is TOML: only coremesh's configuration takes it.
+    let mut text = config(kind, port, origin, &own, nofile);
+    if kind == Kind::Coremesh {
+        text.push_str(extra);
+    }
+    write_config(&config_path, &text)?;
     let log_path = own.join("stderr.log");
     if kind == Kind::Coremesh {
         return start_coremesh(bin, config_path, log_path, "outbound", pin);

@@ -78,3 +78,31 @@ fn scenario_names_round_trip() {
         assert_eq!(json, format!("\"{}\"", s.name()));
     }
 }
+
+#[test]
+fn tracing_targets_are_named_by_ratio_and_get_a_tracing_section() {
+    assert_eq!(tracing_label(0.01), "coremesh-trace-0.01");
+    assert_eq!(tracing_label(1.0), "coremesh-trace-1");
+    assert_eq!(tracing_ratio("coremesh-trace-0.01"), Some(0.01));
+    assert_eq!(tracing_ratio("coremesh-trace-1"), Some(1.0));
+    // Their idle and burst instances too.
+    assert_eq!(tracing_ratio("coremesh-trace-1-idle"), Some(1.0));
+    assert_eq!(tracing_ratio("coremesh"), None);
+    assert_eq!(tracing_ratio("coremesh#2"), None);
+    let base = proxies::config(
+        proxies::Kind::Coremesh,
+        0,
+        "127.0.0.1:1".parse().unwrap(),
+        Path::new("/tmp"),
+        4096,
+    );
+    for r in [0.01, 1.0] {
+        let text = format!("{base}{}", tracing_toml(r, "http://127.0.0.1:4318"));
+        let v: toml::Value = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert_eq!(v["tracing"]["sampling"].as_float(), Some(r), "{text}");
+        assert_eq!(
+            v["tracing"]["collector"].as_str(),
+            Some("http://127.0.0.1:4318")
+        );
+    }
+}

@@ -16,6 +16,7 @@
 //! | GET | /v1/nodes | - | `[NodeStatus]` |
 //! | POST | /v1/nodes/NAME/evict | - | [`NodeEvicted`] |
 //! | POST | /v1/nodes/NAME/readmit | - | [`NodeReadmitted`] |
+//! | GET | /v1/tap/SERVICE?path=P&max_rps=N | - | a stream of [`TapEvent`] lines |
 //!
 //! Errors: 400 (input rejected: [`ErrorBody`] says what and where), 401, 404, 500.
 
@@ -84,6 +85,58 @@ pub struct ProxyStatus {
     /// Unix seconds when the proxy ACKed its last applied snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_at: Option<u64>,
+    /// The proxy's wall clock minus control's, in milliseconds, as of its
+    /// last Clock message (accurate to the one-way network delay); absent
+    /// for a proxy too old to send one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_skew_ms: Option<i64>,
+}
+
+/// One line of `GET /v1/tap/SERVICE`: newline-delimited JSON, for as long
+/// as the client keeps the connection open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TapEvent {
+    /// A request through one of the service's proxies.
+    Request(TapRequest),
+    /// Sent when the tap starts and every few seconds after: who is
+    /// tapped, and what was left out.
+    Status(TapStatus),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TapRequest {
+    /// Unix milliseconds when the request began.
+    pub at_ms: u64,
+    /// The node of the proxy that saw it.
+    pub node: String,
+    /// `inbound` (a call to the service) or `outbound` (a call it made).
+    pub direction: String,
+    /// The caller's SPIFFE ID; `None` when unknown (a plaintext port).
+    pub caller: Option<String>,
+    /// Where the request went: the tapped service (inbound) or the one
+    /// it called (outbound).
+    pub service: String,
+    pub method: String,
+    pub authority: String,
+    /// Without the query.
+    pub path: String,
+    /// 0: no response was sent.
+    pub status: u16,
+    pub latency_us: u64,
+    pub trace_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TapStatus {
+    pub service: String,
+    /// Connected proxies of the service that are tapped.
+    pub proxies: usize,
+    /// Nodes of connected proxies too old to tap.
+    #[serde(default)]
+    pub untapped: Vec<String>,
+    /// Requests left out so far: over `max_rps`, or queues full.
+    pub dropped: u64,
 }
 
 /// Control's certificate authority, as `GET /v1/ca` shows it.

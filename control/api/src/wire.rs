@@ -17,6 +17,12 @@
 //!                                   Register, Health (also the heartbeat),
 //!                                   Renew ──▶ Renewed, Deregister ──▶ Deregistered
 //!                                   control: Snapshot whenever something changes
+//! optional features (each side sends these only when the other said it
+//! knows them: control lists [`FEATURES`] in its Welcome, the proxy answers
+//! with Features; an older peer never sees a message it cannot parse):
+//!                                   Features, Clock (every CLOCK_EVERY)
+//!                                   control: TapStart (renewed) / TapStop
+//!                                   proxy: TapRecords while a tap runs
 //! ```
 //! A malformed, oversized or out-of-order message closes the stream with an
 //! error logged on both sides; it never takes down control or the proxy.
@@ -112,6 +118,58 @@ pub enum ProxyMsg {
     Renew {
         csr_pem: String,
     },
+    /// The optional features this proxy supports, of those control's
+    /// Welcome listed; sent once, right after the Welcome.
+    Features {
+        features: Vec<String>,
+    },
+    /// The proxy's wall clock (Unix milliseconds) as it sends this; control
+    /// compares it with its own on receipt (`meshctl check`'s clock skew).
+    Clock {
+        unix_ms: u64,
+    },
+    /// Requests a running tap caught, and how many it dropped since the
+    /// last batch (over the rate limit or a full queue).
+    TapRecords {
+        tap: u64,
+        records: Vec<TapRecord>,
+        #[serde(default)]
+        dropped: u64,
+    },
+}
+
+/// [`FEATURE_TAP`] and [`FEATURE_CLOCK`].
+pub const FEATURES: [&str; 2] = [FEATURE_TAP, FEATURE_CLOCK];
+/// TapStart, TapStop and TapRecords.
+pub const FEATURE_TAP: &str = "tap";
+/// Clock.
+pub const FEATURE_CLOCK: &str = "clock";
+
+/// One request a tap caught: the request line's fields, who called, how
+/// it ended. Never a body, and no header value but the trace id (read from
+/// `traceparent`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TapRecord {
+    /// Unix milliseconds when the request began.
+    pub at_ms: u64,
+    /// `inbound` or `outbound`.
+    pub direction: String,
+    /// The caller's SPIFFE ID (inbound, over mutual TLS); `None` outbound
+    /// (the caller is the proxy's own app) or on a plaintext port.
+    #[serde(default)]
+    pub caller: Option<String>,
+    /// The service the request went to (outbound), or this proxy's own.
+    pub service: String,
+    pub method: String,
+    pub authority: String,
+    /// The path, without the query.
+    pub path: String,
+    /// 0: no response was sent.
+    pub status: u16,
+    pub latency_us: u64,
+    /// The W3C trace id (32 hex digits), when the request carried one.
+    #[serde(default)]
+    pub trace_id: Option<String>,
 }
 
 /// Control → proxy.
@@ -132,6 +190,9 @@ pub enum ControlMsg {
         /// The compression control's snapshots to this proxy use, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         compression: Option<String>,
+        /// The optional messages control understands ([`FEATURES`]).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        features: Vec<String>,
     },
     Snapshot(Snapshot),
     Renewed {
@@ -143,6 +204,19 @@ pub enum ControlMsg {
     Error {
         code: ErrorCode,
         message: String,
+    },
+    /// Start (or renew) tap `tap`: hand over requests whose path starts
+    /// with `path_prefix`, at most `max_rps` a second, and stop by itself
+    /// `ttl_ms` after this message unless renewed.
+    TapStart {
+        tap: u64,
+        #[serde(default)]
+        path_prefix: Option<String>,
+        max_rps: u32,
+        ttl_ms: u64,
+    },
+    TapStop {
+        tap: u64,
     },
 }
 

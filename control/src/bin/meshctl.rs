@@ -86,14 +86,34 @@ enum Cmd {
     },
     /// Every proxy: service, node, address, applied version, ACK/NACK, heartbeat, certificate.
     Status,
+    /// A live stream of the requests going through SERVICE's proxies
+    /// (both directions): time, direction, node, caller, method,
+    /// authority, path, status, latency, trace id. Never a body. Runs
+    /// until interrupted; the tap stops on the proxies when meshctl exits.
+    Tap {
+        service: String,
+        /// Only requests whose path starts with this (e.g. /users).
+        #[arg(long)]
+        path: Option<String>,
+        /// At most this many requests a second in all (1 to 10000).
+        #[arg(long, default_value_t = 100)]
+        max_rps: u32,
+        /// `json`: one JSON object per request (as control streams them).
+        #[arg(short, long)]
+        output: Option<String>,
+    },
     /// Diagnoses the mesh: control's CA, every proxy connected and ACKing
-    /// without a NACK, certificates not close to expiry, endpoints
-    /// healthy; each finding with a one-line fix. Exit 1 when something
-    /// is wrong.
+    /// without a NACK, certificates not close to expiry, clocks in step
+    /// with control's, endpoints healthy; each finding with a one-line
+    /// fix. Exit 1 when something is wrong.
     Check {
         /// A proxy certificate expiring sooner than this is flagged.
         #[arg(long, default_value = "1h", value_parser = coremesh_api::resource::parse_duration)]
         cert_warn: Duration,
+        /// A proxy whose clock is further than this from control's is
+        /// flagged.
+        #[arg(long, default_value = "1s", value_parser = coremesh_api::resource::parse_duration)]
+        max_clock_skew: Duration,
         /// `json`: the findings as one JSON document.
         #[arg(short, long)]
         output: Option<String>,
@@ -419,7 +439,17 @@ fn run(cli: Cli) -> Result<(), Fail> {
             let nodes: Vec<NodeStatus> = api.get("/v1/nodes")?;
             print_status(&proxies, &nodes);
         }
-        Cmd::Check { cert_warn, output } => check(&api, cert_warn, output.as_deref())?,
+        Cmd::Check {
+            cert_warn,
+            max_clock_skew,
+            output,
+        } => check(&api, cert_warn, max_clock_skew, output.as_deref())?,
+        Cmd::Tap {
+            service,
+            path,
+            max_rps,
+            output,
+        } => tap(&api, &service, path.as_deref(), max_rps, output.as_deref())?,
         Cmd::History => {
             let h: Vec<HistoryEntry> = api.get("/v1/history")?;
             let mut rows = vec![vec![
@@ -808,11 +838,16 @@ struct Finding {
     fix: String,
 }
 
-fn check(api: &Api, cert_warn: Duration, output: Option<&str>) -> Result<(), Fail> {
+fn check(
+    api: &Api,
+    cert_warn: Duration,
+    max_skew: Duration,
+    output: Option<&str>,
+) -> Result<(), Fail> {
     let ca: coremesh_api::http::CaStatus = api.get("/v1/ca")?;
     let proxies: Vec<ProxyStatus> = api.get("/v1/proxies")?;
     let endpoints: Vec<coremesh_api::http::EndpointStatus> = api.get("/v1/endpoints")?;
-    let findings = findings(&ca, &proxies, &endpoints, cert_warn);
+    let findings = findings(&ca, &proxies, &endpoints, cert_warn, max_skew);
     let bad = findings.iter().filter(|f| !f.ok).count();
     if output == Some("json") {
         let doc = serde_json::json!({ "ok": bad == 0, "findings": findings });
@@ -845,6 +880,7 @@ fn findings(
     proxies: &[ProxyStatus],
     endpoints: &[coremesh_api::http::EndpointStatus],
     cert_warn: Duration,
+    max_skew: Duration,
 ) -> Vec<Finding> {
     let now = ca.now;
     let mut out = Vec::new();
@@ -899,7 +935,7 @@ fn findings(
             (None, Some(a), Some(s)) if a == s => push(
                 true,
                 format!(
-                    "{who} runs its last snapshot (config {})",
+                    "{who} runs its last snapshot (config v{})",
                     p.applied_config_version.map_or("-".into(), |c| c.to_string())
                 ),
                 "",
@@ -922,6 +958,44 @@ fn findings(
                 "proxies renew over their control session at 2/3 of the lifetime; if this one does not, check its log and its connection to control",
             ),
             _ => {}
+        }
+        // Reported by the proxy (its Clock message), compared with
+        // control's clock on receipt: off by at most the one-way delay.
+        match p.clock_skew_ms {
+            Some(ms) if ms.unsigned_abs() > max_skew.as_millis() as u64 => push(
+                false,
+                format!(
+                    "{who}: its clock is {} {} control's",
+                    human_ms(ms.unsigned_abs()),
+                    if ms > 0 { "ahead of" } else { "behind" }
+                ),
+                "run time synchronization on both hosts (chrony or systemd-timesyncd: `timedatectl status` should say synchronized: yes)",
+            ),
+            Some(_) => {}
+            None => push(
+                true,
+                format!("{who}: clock skew unknown (a proxy too old to report its clock)"),
+                "",
+            ),
+        }
+    }
+    let timed: Vec<i64> = proxies
+        .iter()
+        .filter(|p| p.connected)
+        .filter_map(|p| p.clock_skew_ms)
+        .collect();
+    if let Some(worst) = timed.iter().map(|ms| ms.unsigned_abs()).max() {
+        if worst <= max_skew.as_millis() as u64 {
+            push(
+                true,
+                format!(
+                    "clocks of {} proxies within {} of control's (largest skew {})",
+                    timed.len(),
+                    human_ms(max_skew.as_millis() as u64),
+                    human_ms(worst)
+                ),
+                "",
+            );
         }
     }
     if proxies.is_empty() {
@@ -979,7 +1053,7 @@ fn print_status(ps: &[ProxyStatus], nodes: &[NodeStatus]) {
             .map(|t| format!(", {} ago", human(now.saturating_sub(t))))
             .unwrap_or_default();
         let applied = match (p.applied_version, p.applied_config_version, p.held_running) {
-            (Some(_), Some(c), _) => format!("config {c}{ago}"),
+            (Some(_), Some(c), _) => format!("v{c}{ago}"),
             (Some(v), None, _) => format!("snapshot {v}{ago}"),
             (None, _, Some(v)) => format!("snapshot {v} (as it said)"),
             _ => "-".into(),
@@ -1071,6 +1145,170 @@ fn now_secs() -> u64 {
     coremesh_control::unix_secs(SystemTime::now())
 }
 
+/// `250ms`, `1.5s`, `3m`.
+fn human_ms(ms: u64) -> String {
+    match ms {
+        0..=999 => format!("{ms}ms"),
+        1000..=59_999 => format!("{:.1}s", ms as f64 / 1000.0),
+        _ => human(ms / 1000),
+    }
+}
+
+/// Streams a tap until interrupted (or control ends it: exit 2).
+fn tap(
+    api: &Api,
+    service: &str,
+    path: Option<&str>,
+    max_rps: u32,
+    output: Option<&str>,
+) -> Result<(), Fail> {
+    use coremesh_api::http::{TapEvent, TapStatus};
+    use std::io::Write;
+    let json = match output {
+        None => false,
+        Some("json") => true,
+        Some(other) => return Err(Fail(1, format!("-o {other:?}: only json is supported"))),
+    };
+    let mut url = format!("/v1/tap/{}?max_rps={max_rps}", encode_query(service));
+    if let Some(p) = path {
+        url.push_str(&format!("&path={}", encode_query(p)));
+    }
+    let mut last: Option<TapStatus> = None;
+    let mut bad: Option<String> = None;
+    let stdout = std::io::stdout();
+    let answer = api.client.stream_lines(&url, |line| {
+        if line.is_empty() {
+            return true;
+        }
+        let event: TapEvent = match serde_json::from_slice(line) {
+            Ok(e) => e,
+            Err(e) => {
+                bad = Some(format!("unexpected line from control: {e}"));
+                return false;
+            }
+        };
+        let mut out = stdout.lock();
+        let written = match event {
+            TapEvent::Request(r) if json => serde_json::to_string(&r)
+                .map_err(std::io::Error::other)
+                .and_then(|s| writeln!(out, "{s}")),
+            TapEvent::Request(r) => writeln!(out, "{}", tap_line(&r)),
+            TapEvent::Status(s) => {
+                tap_status(last.as_ref(), &s, path, max_rps);
+                last = Some(s);
+                Ok(())
+            }
+        };
+        // stdout closed (`| head`): stop, quietly.
+        written.and_then(|()| out.flush()).is_ok()
+    })?;
+    if let Some(r) = answer {
+        if r.status == 401 {
+            return Err(Fail(
+                1,
+                "control refused the operator credential (401); check --credential / --data-dir"
+                    .into(),
+            ));
+        }
+        let msg = serde_json::from_slice::<ErrorBody>(&r.body)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&r.body).into_owned());
+        return Err(Fail(1, msg));
+    }
+    if let Some(msg) = bad {
+        return Err(Fail(2, msg));
+    }
+    if std::io::stdout().flush().is_err() {
+        return Ok(());
+    }
+    Err(Fail(2, "control ended the tap (did it restart?)".into()))
+}
+
+/// One request of a tap, on one line: time (UTC), direction, node,
+/// caller, method, authority, path, status, latency, trace id.
+fn tap_line(r: &coremesh_api::http::TapRequest) -> String {
+    let secs = r.at_ms / 1000;
+    format!(
+        "{}.{:03}  {:<8}  node={}  from={}  {} {} {} -> {}  {}  trace={}",
+        &utc(secs)[11..],
+        r.at_ms % 1000,
+        r.direction,
+        printable(&r.node),
+        r.caller.as_deref().map_or("-".into(), printable),
+        printable(&r.method),
+        printable(&r.authority),
+        printable(&r.path),
+        if r.status == 0 {
+            "no response".to_string()
+        } else {
+            r.status.to_string()
+        },
+        human_us(r.latency_us),
+        r.trace_id.as_deref().map_or("-".into(), printable),
+    )
+}
+
+/// What changed in a tap's status, on stderr.
+fn tap_status(
+    last: Option<&coremesh_api::http::TapStatus>,
+    s: &coremesh_api::http::TapStatus,
+    path: Option<&str>,
+    max_rps: u32,
+) {
+    if last.is_none_or(|l| l.proxies != s.proxies) {
+        eprintln!(
+            "tapping {} proxies of {}{} (at most {max_rps} requests/s); Ctrl-C to stop",
+            s.proxies,
+            s.service,
+            path.map(|p| format!(", paths under {p}"))
+                .unwrap_or_default()
+        );
+    }
+    if !s.untapped.is_empty() && last.is_none_or(|l| l.untapped != s.untapped) {
+        eprintln!(
+            "not tapped (proxies too old for tap; upgrade them): {}",
+            s.untapped.join(", ")
+        );
+    }
+    if s.dropped > last.map_or(0, |l| l.dropped) {
+        eprintln!(
+            "{} requests left out so far (over --max-rps, or queues full)",
+            s.dropped
+        );
+    }
+}
+
+/// Request bytes shown on a terminal: control characters escaped.
+fn printable(s: &str) -> String {
+    if s.chars().any(char::is_control) {
+        s.escape_debug().to_string()
+    } else {
+        s.to_string()
+    }
+}
+
+/// `850us`, `12.3ms`, `2.1s`.
+fn human_us(us: u64) -> String {
+    match us {
+        0..=999 => format!("{us}us"),
+        1000..=999_999 => format!("{:.1}ms", us as f64 / 1000.0),
+        _ => format!("{:.1}s", us as f64 / 1e6),
+    }
+}
+
+/// Percent-encodes a query value (all but unreserved characters and `/`).
+fn encode_query(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// `45s`, `3m`, `2h5m`, `3d4h`.
 fn human(secs: u64) -> String {
     let d = Duration::from_secs(secs).as_secs();
@@ -1112,6 +1350,104 @@ mod tests {
     fn flags_are_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    fn proxy(node: &str, skew: Option<i64>) -> ProxyStatus {
+        ProxyStatus {
+            service: "api".into(),
+            node: node.into(),
+            address: None,
+            connected: true,
+            sent_version: Some(5),
+            applied_version: Some(5),
+            applied_config_version: Some(3),
+            nack: None,
+            last_heartbeat: Some(1_000),
+            healthy: Some(true),
+            cert_expiry: Some(1_000_000),
+            last_seen: None,
+            problem: None,
+            held_running: None,
+            applied_at: Some(1_000),
+            clock_skew_ms: skew,
+        }
+    }
+
+    #[test]
+    fn check_flags_clock_skew_with_a_fix() {
+        let ca = coremesh_api::http::CaStatus {
+            trust_domain: "mesh.local".into(),
+            fingerprint: "ab".into(),
+            not_after: 100_000_000,
+            now: 1_000,
+        };
+        let ps = [
+            proxy("in-step", Some(-40)),
+            proxy("ahead", Some(2_500)),
+            proxy("behind", Some(-90_000)),
+            proxy("old", None),
+        ];
+        let f = findings(
+            &ca,
+            &ps,
+            &[],
+            Duration::from_secs(3600),
+            Duration::from_secs(1),
+        );
+        let fails: Vec<&str> = f
+            .iter()
+            .filter(|f| !f.ok)
+            .map(|f| f.what.as_str())
+            .collect();
+        assert_eq!(
+            fails,
+            [
+                "proxy api on ahead: its clock is 2.5s ahead of control's",
+                "proxy api on behind: its clock is 1m behind control's"
+            ]
+        );
+        assert!(f
+            .iter()
+            .filter(|f| !f.ok)
+            .all(|f| f.fix.contains("timedatectl")));
+        assert!(f
+            .iter()
+            .any(|f| f.ok && f.what.contains("on old: clock skew unknown")));
+        // All in step: one summary line.
+        let f = findings(
+            &ca,
+            &ps[..1],
+            &[],
+            Duration::from_secs(3600),
+            Duration::from_secs(1),
+        );
+        assert!(
+            f.iter().any(|f| f.ok
+                && f.what == "clocks of 1 proxies within 1.0s of control's (largest skew 40ms)"),
+            "{:?}",
+            f.iter().map(|f| &f.what).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_tapped_request_on_one_line() {
+        let r = coremesh_api::http::TapRequest {
+            at_ms: 1_700_000_000_123,
+            node: "host-1".into(),
+            direction: "inbound".into(),
+            caller: Some("spiffe://mesh.local/service/web".into()),
+            service: "api".into(),
+            method: "GET".into(),
+            authority: "api".into(),
+            path: "/a\u{1b}[2Jb".into(),
+            status: 200,
+            latency_us: 1_250,
+            trace_id: None,
+        };
+        assert_eq!(
+            tap_line(&r),
+            "22:13:20.123  inbound   node=host-1  from=spiffe://mesh.local/service/web  GET api /a\\u{1b}[2Jb -> 200  1.2ms  trace=-"
+        );
     }
 
     #[test]

@@ -51,3 +51,33 @@ fn presented_names_read_as_typed() {
     assert_eq!(bare_name("IpAddress(10.0.0.5)"), "10.0.0.5");
     assert_eq!(bare_name("control.example"), "control.example");
 }
+
+#[test]
+fn streamed_lines_arrive_whole_however_the_bytes_are_cut() {
+    let body = b"{\"a\":1}\n{\"b\":2}\n";
+    let chunked = b"8\r\n{\"a\":1}\n\r\n8\r\n{\"b\":2}\n\r\n0\r\n\r\n";
+    for (framed, is_chunked) in [(&chunked[..], true), (&body[..], false)] {
+        for cut in 1..framed.len() {
+            let mut lines = Lines::new(is_chunked);
+            let mut got = Vec::new();
+            let mut each = |l: &[u8]| {
+                got.push(String::from_utf8(l.to_vec()).unwrap());
+                true
+            };
+            for piece in framed.chunks(cut) {
+                lines.push(piece, &mut each).unwrap();
+            }
+            assert_eq!(got, ["{\"a\":1}", "{\"b\":2}"], "cut every {cut} bytes");
+        }
+    }
+    // Stopping early.
+    let mut lines = Lines::new(false);
+    let mut n = 0;
+    let more = lines
+        .push(body, &mut |_| {
+            n += 1;
+            false
+        })
+        .unwrap();
+    assert_eq!((more, n), (false, 1));
+}

@@ -116,6 +116,23 @@ impl Control {
         child.wait_with_output().unwrap()
     }
 
+    /// meshctl left running (`meshctl tap`), its stdout piped.
+    pub fn meshctl_spawn(&self, args: &[&str]) -> std::process::Child {
+        Command::new(env!("CARGO_BIN_EXE_meshctl"))
+            .arg("--api")
+            .arg(format!("https://{}", self.api))
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(args)
+            .env_remove("COREMESH_API")
+            .env_remove("COREMESH_CREDENTIAL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run meshctl")
+    }
+
     /// meshctl that must succeed; returns its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.meshctl(args);

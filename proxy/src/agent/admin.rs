@@ -163,6 +163,7 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byt
             stats::accept::ACCEPT_FAILURES.render(&mut out);
             let budget = state.config_json.borrow()["limits"]["buffer_budget"].as_u64();
             crate::shard::budget::REFUSALS.render(&mut out, budget.unwrap_or(0) as usize);
+            crate::accesslog::COUNTERS.render(&mut out);
             if let Some((id, not_after)) = state.certificate.borrow().as_ref() {
                 stats::render_certificate(id, *not_after, &mut out);
             }

@@ -206,6 +206,11 @@ pub struct Applier {
 }
 
 impl Applier {
+    /// The shards it applies to (the tapper reaches them too).
+    pub fn shards(&self) -> &[ShardHandle] {
+        &self.shards
+    }
+
     pub fn new(
         shards: Vec<ShardHandle>,
         state: Option<StateDir>,

@@ -63,6 +63,11 @@ const MIN_RENEW_GAP: Duration = Duration::from_secs(1);
 const CLOSE_LINGER: Duration = Duration::from_millis(200);
 /// Heartbeats are never sent more often than this, whatever control asks.
 const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
+/// How often the proxy tells a control that asks for it its wall clock
+/// (Clock), for `meshctl check`'s clock skew; also once per session start.
+const CLOCK_EVERY: Duration = Duration::from_secs(30);
+/// The optional features this proxy supports (wire::FEATURES).
+const FEATURES: [&str; 2] = [wire::FEATURE_TAP, wire::FEATURE_CLOCK];
 
 /// Everything the client starts with.
 pub struct ControlSetup {
@@ -666,7 +671,7 @@ impl Client {
         let (tx, mut msgs) = mpsc::unbounded_channel();
         let _reader = AbortOnDrop(tokio::task::spawn_local(read_frames(recv, tx)));
         let applied = self.setup.applier.applied();
-        let heartbeat = self
+        let (heartbeat, features) = self
             .hello(&mut send, &mut msgs, applied.as_ref().map(|a| a.version))
             .await?;
         tracing::info!(
@@ -711,6 +716,25 @@ impl Client {
                 }
             }
         }
+
+        // Optional features: only those control said it knows.
+        let features: Vec<String> = FEATURES
+            .iter()
+            .filter(|f| features.iter().any(|g| g == *f))
+            .map(|f| f.to_string())
+            .collect();
+        if !features.is_empty() {
+            write(
+                &mut send,
+                &ProxyMsg::Features {
+                    features: features.clone(),
+                },
+            )
+            .await?;
+        }
+        let clock = features.iter().any(|f| f == wire::FEATURE_CLOCK);
+        let mut clock_at = tokio::time::Instant::now();
+        let mut tapper = super::tap::Tapper::new(self.setup.applier.shards().to_vec());
 
         let mut tick = tokio::time::interval(heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -759,6 +783,10 @@ impl Client {
                     ControlMsg::Error { code, message } => {
                         return Err(SessionError::Ended { code, message }.into());
                     }
+                    ControlMsg::TapStart { tap, path_prefix, max_rps, ttl_ms } => {
+                        tapper.start(tap, path_prefix, max_rps, Duration::from_millis(ttl_ms));
+                    }
+                    ControlMsg::TapStop { tap } => tapper.stop(tap),
                     other => {
                         return Err(SessionError::UnexpectedInSession(msg_kind(&other)).into());
                     }
@@ -769,6 +797,24 @@ impl Client {
                         healthy: report.healthy,
                         detail: report.detail,
                     }).await?;
+                    if clock && tokio::time::Instant::now() >= clock_at {
+                        clock_at = tokio::time::Instant::now() + CLOCK_EVERY;
+                        let unix_ms = SystemTime::now()
+                            .duration_since(UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis() as u64);
+                        write(&mut send, &ProxyMsg::Clock { unix_ms }).await?;
+                    }
+                    for msg in tapper.dropped_reports() {
+                        write(&mut send, &msg).await?;
+                    }
+                }
+                batch = tapper.batch() => {
+                    for msg in batch {
+                        write(&mut send, &msg).await?;
+                    }
+                }
+                _ = sleep_until_some(tapper.next_expiry()) => {
+                    tapper.expire(tokio::time::Instant::now());
                 }
                 _ = tokio::time::sleep_until(renew_at) => {
                     if pending_key.is_some() {
@@ -801,13 +847,14 @@ impl Client {
     }
 
     /// Says hello (service, node, the version running, the services called)
-    /// and waits for the welcome; returns the heartbeat interval.
+    /// and waits for the welcome; returns the heartbeat interval and the
+    /// optional features control knows.
     async fn hello(
         &self,
         send: &mut quinn::SendStream,
         msgs: &mut mpsc::UnboundedReceiver<Result<ControlMsg, StreamError>>,
         running: Option<u64>,
-    ) -> Result<Duration, Failure> {
+    ) -> Result<(Duration, Vec<String>), Failure> {
         let hello = ProxyMsg::Hello {
             protocol: wire::PROTOCOL_VERSION,
             service: self.setup.service.clone(),
@@ -820,8 +867,12 @@ impl Client {
         match next(msgs, ANSWER_TIMEOUT).await? {
             ControlMsg::Welcome {
                 heartbeat_interval_ms,
+                features,
                 ..
-            } => Ok(Duration::from_millis(heartbeat_interval_ms).max(MIN_HEARTBEAT)),
+            } => Ok((
+                Duration::from_millis(heartbeat_interval_ms).max(MIN_HEARTBEAT),
+                features,
+            )),
             ControlMsg::Error { code, message } => {
                 Err(SessionError::SessionRefused { code, message }.into())
             }
@@ -1017,6 +1068,16 @@ fn msg_kind(m: &ControlMsg) -> &'static str {
         ControlMsg::Renewed { .. } => "Renewed",
         ControlMsg::Deregistered => "Deregistered",
         ControlMsg::Error { .. } => "Error",
+        ControlMsg::TapStart { .. } => "TapStart",
+        ControlMsg::TapStop { .. } => "TapStop",
+    }
+}
+
+/// Sleeps until `at`; never completes for `None`.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -16,6 +16,7 @@
 //! | [`health`] | checks of the local app |
 //! | [`state`] | `state_dir`: key, certificate, CA, last good snapshot |
 //! | [`systemd`] | sd_notify: READY/RELOADING/STOPPING, the watchdog (asks every shard) |
+//! | [`tap`] | `meshctl tap`: taps started by control on the shards, their records batched to control |
 //!
 //! Start-up with `[control]`: the persisted snapshot is applied right after
 //! the shards start, before control is contacted, so a proxy restarted while
@@ -35,6 +36,7 @@ pub mod identity;
 pub mod names;
 pub mod state;
 pub mod systemd;
+pub mod tap;
 pub mod tls;
 pub mod traffic;
 
@@ -130,6 +132,8 @@ pub struct AgentSetup {
     /// The executor the shards run ("monoio"/"glommio"), for `/config`.
     pub backend: &'static str,
     pub upgrade: UpgradeSetup,
+    /// The access log's writer, reopened on SIGUSR1.
+    pub access_log: Option<crate::accesslog::Sink>,
 }
 
 /// Upgrades in place (see [`crate::upgrade`]).
@@ -181,6 +185,18 @@ fn await_successor(
     }
 }
 
+/// The next delivery of `sig`; never without one.
+async fn recv_or_never(sig: &mut Option<Signal>) {
+    match sig {
+        Some(s) => {
+            if s.recv().await.is_none() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// Logs each SIGUSR2 of a proxy that has no `[proxy] upgrade_socket`.
 async fn refuse_usr2() {
     let Ok(mut usr2) = signal(SignalKind::user_defined2()) else {
@@ -227,6 +243,7 @@ async fn agent(setup: AgentSetup) -> i32 {
         bound,
         backend,
         mut upgrade,
+        access_log,
     } = setup;
     // Host names in [[services]] resolve before anything serves.
     let names = names::Names::default();
@@ -235,6 +252,11 @@ async fn agent(setup: AgentSetup) -> i32 {
     let Some((mut hup, mut term, mut int)) = signals() else {
         return 1;
     };
+    // Installed even without an access log: SIGUSR1's default action
+    // would end the process.
+    let mut usr1 = signal(SignalKind::user_defined1())
+        .map_err(|e| tracing::warn!("cannot handle SIGUSR1 (access log reopen): {e}"))
+        .ok();
     let state = Rc::new(AdminState {
         shards: shards.clone(),
         config_json: std::cell::RefCell::new(config_json(&config, &bound, backend)),
@@ -340,6 +362,10 @@ async fn agent(setup: AgentSetup) -> i32 {
             }
             _ = term.recv() => stop = true,
             _ = int.recv() => stop = true,
+            _ = recv_or_never(&mut usr1) => match &access_log {
+                Some(sink) => sink.reopen(),
+                None => tracing::info!("SIGUSR1: no access log to reopen"),
+            },
         }
     }
 

@@ -38,6 +38,22 @@ pub(crate) struct FileConfig {
     pub resilience: Vec<coremesh_api::resource::Resilience>,
     /// `[intercept]`: transparent interception with nftables.
     pub intercept: Option<InterceptFile>,
+    /// `[access_log]`.
+    pub access_log: Option<AccessLogFile>,
+}
+
+/// `[access_log]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AccessLogFile {
+    /// The file (the same as `[proxy] access_log`; one of the two).
+    pub path: Option<String>,
+    /// Whether lines are written.
+    pub enabled: Option<bool>,
+    /// `"json"` (default) or `"text"`.
+    pub format: Option<String>,
+    /// The share of requests logged, 0.0..=1.0.
+    pub sample: Option<toml::Value>,
 }
 
 /// `[intercept]`.

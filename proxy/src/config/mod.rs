@@ -76,6 +76,50 @@ pub struct Config {
     /// interception; the proxy reads no original destinations and marks no
     /// sockets.
     pub intercept: Option<InterceptConfig>,
+    /// `[access_log]`: the format, sampling and on/off of the access log
+    /// (its file is `[proxy] access_log`).
+    pub access_log: AccessLogConfig,
+}
+
+/// How access log lines are written (see `accesslog.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AccessLogFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// Close to the combined log format, then `key=value` pairs.
+    Text,
+}
+
+impl AccessLogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessLogFormat::Json => "json",
+            AccessLogFormat::Text => "text",
+        }
+    }
+}
+
+/// `[access_log]`: all of it applies on SIGHUP (the file does not: it is
+/// opened at start).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLogConfig {
+    /// `false`: no line is written (the file stays open).
+    pub enabled: bool,
+    pub format: AccessLogFormat,
+    /// The share of requests logged, `0.0..=1.0`; answers with a 5xx
+    /// status, and requests that got no answer, are always logged.
+    pub sample: f64,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        AccessLogConfig {
+            enabled: true,
+            format: AccessLogFormat::Json,
+            sample: 1.0,
+        }
+    }
 }
 
 /// `[intercept]`: what the nftables ruleset of this proxy redirects, and
@@ -524,6 +568,12 @@ impl Config {
                 "drain_timeout": d(p.drain_timeout),
                 "access_log": p.access_log.as_ref().map(|p| p.display().to_string()),
                 "upgrade_socket": p.upgrade_socket.as_ref().map(|p| p.display().to_string()),
+            },
+            "access_log": {
+                "path": p.access_log.as_ref().map(|p| p.display().to_string()),
+                "enabled": self.access_log.enabled,
+                "format": self.access_log.format.as_str(),
+                "sample": self.access_log.sample,
             },
             "inbound": self.inbound.as_ref().map(|i| json!({
                 "listen": i.listen.to_string(),

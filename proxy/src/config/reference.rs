@@ -35,8 +35,9 @@ letter or digit, at most 63 characters. Unknown keys are errors.
                                                 in flight, tunnels, TCP-service
                                                 streams (0s..=24h).  reload
   access_log     path             none          File to append access log lines to,
-                                                relative to the working directory.
-                                                restart
+                                                relative to the working directory
+                                                (the same as [access_log] path; set
+                                                one of the two).  restart
   upgrade_socket path             none          Unix socket on which the running
                                                 proxy hands its listening sockets to
                                                 a new binary started with
@@ -229,6 +230,23 @@ wildcard IP), except port 0, which lets the OS pick a free port.
   With [tls], the inbound listener accepts mutual TLS 1.3 only, and the
   [[services]] are called over mutual TLS (their peer must present the
   service's SPIFFE ID). Adding or removing the section: restart.
+
+[access_log]  (optional; needs a file: path here or [proxy] access_log)
+  path           path             none          File to append access log lines to,
+                                                relative to the working directory.
+                                                SIGUSR1 reopens it (logrotate).
+                                                restart
+  enabled        bool             true          false: no line is written (the
+                                                file stays open).  reload
+  format         "json" | "text"  "json"        One JSON object per line, or text
+                                                close to the combined log format
+                                                (the caller's SPIFFE ID as the
+                                                user) followed by key=value pairs.
+                                                reload
+  sample         number           1.0           Share of requests logged,
+                                                0.0..=1.0, drawn per request; 5xx
+                                                answers and requests that got no
+                                                answer are always logged.  reload
 
 [[resilience]]  (zero or more; reload)
   The control plane's Resilience block, for static use: the same keys

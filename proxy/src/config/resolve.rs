@@ -10,15 +10,16 @@ use std::time::Duration;
 
 use super::affinity::format_cpu_list;
 use super::file::{
-    ControlFile, FileConfig, H2LimitsFile, HealthFile, InboundFile, LimitsFile, OutboundFile,
-    ProxyFile, ServiceFile, TimeoutsFile, TlsFile, UpstreamFile,
+    AccessLogFile, ControlFile, FileConfig, H2LimitsFile, HealthFile, InboundFile, LimitsFile,
+    OutboundFile, ProxyFile, ServiceFile, TimeoutsFile, TlsFile, UpstreamFile,
 };
 use super::target::{parse_target, Target};
 use super::unix;
 use super::{
-    duration, AppAddr, AppProtocol, Config, ConfigError, ControlConfig, H2Limits, HealthConfig,
-    HealthKind, InboundConfig, Limits, ListenAddr, OutboundConfig, ProxyConfig, ServiceConfig,
-    TcpUpstreamConfig, Timeouts, TlsConfig, UnixListen, UpstreamConfig,
+    duration, AccessLogConfig, AccessLogFormat, AppAddr, AppProtocol, Config, ConfigError,
+    ControlConfig, H2Limits, HealthConfig, HealthKind, InboundConfig, Limits, ListenAddr,
+    OutboundConfig, ProxyConfig, ServiceConfig, TcpUpstreamConfig, Timeouts, TlsConfig, UnixListen,
+    UpstreamConfig,
 };
 
 type Result<T> = std::result::Result<T, ConfigError>;
@@ -52,7 +53,12 @@ pub(crate) fn resolve(
     let proxy = file
         .proxy
         .ok_or_else(|| At::new(path, "[proxy]").err("", "this section is required"))?;
-    let proxy = resolve_proxy(At::new(path, "[proxy]"), proxy, allowed_cpus)?;
+    let mut proxy = resolve_proxy(At::new(path, "[proxy]"), proxy, allowed_cpus)?;
+    let access_log = resolve_access_log(
+        At::new(path, "[access_log]"),
+        file.access_log.unwrap_or_default(),
+        &mut proxy,
+    )?;
     let inbound = file
         .inbound
         .map(|f| resolve_inbound(At::new(path, "[inbound]"), f))
@@ -148,6 +154,61 @@ pub(crate) fn resolve(
         tls,
         resilience,
         intercept,
+        access_log,
+    })
+}
+
+/// `[access_log]`; its `path` is kept in `[proxy] access_log` (the older
+/// spelling of the same key, still accepted), so one of the two may be set.
+fn resolve_access_log(
+    at: At<'_>,
+    f: AccessLogFile,
+    proxy: &mut ProxyConfig,
+) -> Result<AccessLogConfig> {
+    let d = AccessLogConfig::default();
+    if let Some(p) = f.path {
+        if p.is_empty() {
+            return Err(at.err("path", "is empty; remove the key to disable the access log"));
+        }
+        if proxy.access_log.is_some() {
+            return Err(at.err(
+                "path",
+                "the file is also set by [proxy] access_log; keep one of the two",
+            ));
+        }
+        proxy.access_log = Some(PathBuf::from(p));
+    }
+    let format = match f.format.as_deref() {
+        None => d.format,
+        Some("json") => AccessLogFormat::Json,
+        Some("text") => AccessLogFormat::Text,
+        Some(other) => {
+            return Err(at.err(
+                "format",
+                format!("\"{other}\" is not one of \"json\", \"text\""),
+            ))
+        }
+    };
+    let sample = match f.sample {
+        None => d.sample,
+        Some(v) => {
+            let n = match v {
+                toml::Value::Float(x) => x,
+                toml::Value::Integer(i) => i as f64,
+                other => {
+                    return Err(at.err("sample", format!("{other} is not a number from 0.0 to 1.0")))
+                }
+            };
+            if !(0.0..=1.0).contains(&n) {
+                return Err(at.err("sample", format!("{n} is not within 0.0..=1.0")));
+            }
+            n
+        }
+    };
+    Ok(AccessLogConfig {
+        enabled: f.enabled.unwrap_or(d.enabled),
+        format,
+        sample,
     })
 }
 

@@ -708,6 +708,7 @@ fn reference_documents_every_key() {
         ("tls", "[tls]\n"),
         ("outbound.tcp", "[[outbound.tcp]]\n"),
         ("intercept", "[intercept]\n"),
+        ("access_log", "[access_log]\n"),
     ];
     for (section, header) in sections.into_iter().chain(more) {
         let e = error(&format!("{header}zzz_unknown = 1\n"));
@@ -855,4 +856,71 @@ fn buffer_budgets_are_validated() {
     assert!(e.contains("connection_buffer_budget"), "{e}");
     let e = parse("buffer_budget = 65536\n").unwrap_err().to_string();
     assert!(e.contains("max_head_bytes + 16384"), "{e}");
+}
+
+#[test]
+fn access_log_section() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.access_log, AccessLogConfig::default());
+    assert_eq!(c.access_log.format, AccessLogFormat::Json);
+    assert_eq!(c.access_log.sample, 1.0);
+    assert!(c.access_log.enabled);
+
+    let c = parse(&format!(
+        "{MINIMAL}[access_log]\npath = \"a.log\"\nformat = \"text\"\nsample = 0.1\nenabled = false\n"
+    ))
+    .unwrap();
+    assert_eq!(c.proxy.access_log, Some("a.log".into()));
+    assert_eq!(c.access_log.format, AccessLogFormat::Text);
+    assert_eq!(c.access_log.sample, 0.1);
+    assert!(!c.access_log.enabled);
+    let j = c.to_json();
+    assert_eq!(j["access_log"]["format"], "text");
+    assert_eq!(j["access_log"]["path"], "a.log");
+    // An integer is a ratio too.
+    let c = parse(&format!("{MINIMAL}[access_log]\nsample = 0\n")).unwrap();
+    assert_eq!(c.access_log.sample, 0.0);
+
+    for (body, want) in [
+        (
+            "[access_log]\nformat = \"xml\"\n",
+            r#"proxy.toml: [access_log] format: "xml" is not one of "json", "text""#,
+        ),
+        (
+            "[access_log]\nsample = 1.5\n",
+            "proxy.toml: [access_log] sample: 1.5 is not within 0.0..=1.0",
+        ),
+        (
+            "[access_log]\nsample = \"all\"\n",
+            r#"proxy.toml: [access_log] sample: "all" is not a number from 0.0 to 1.0"#,
+        ),
+        (
+            "[access_log]\npath = \"\"\n",
+            "proxy.toml: [access_log] path: is empty; remove the key to disable the access log",
+        ),
+    ] {
+        assert_eq!(error(&format!("{MINIMAL}{body}")), want);
+    }
+    assert_eq!(
+        error("[proxy]\nservice = \"web\"\naccess_log = \"a.log\"\n[outbound]\n[access_log]\npath = \"b.log\"\n"),
+        "proxy.toml: [access_log] path: the file is also set by [proxy] access_log; keep one of the two"
+    );
+}
+
+#[test]
+fn access_log_format_sample_and_enabled_reload_but_the_file_does_not() {
+    let old = parse(&format!("{MINIMAL}[access_log]\npath = \"a.log\"\n")).unwrap();
+    let new = parse(&format!(
+        "{MINIMAL}[access_log]\npath = \"a.log\"\nformat = \"text\"\nsample = 0.5\nenabled = false\n"
+    ))
+    .unwrap();
+    old.check_reload(&new).unwrap();
+    // The older spelling of the same file is the same file.
+    let same = parse("[proxy]\nservice = \"web\"\naccess_log = \"a.log\"\n[outbound]\n").unwrap();
+    old.check_reload(&same).unwrap();
+    let moved = parse(&format!("{MINIMAL}[access_log]\npath = \"b.log\"\n")).unwrap();
+    assert_eq!(
+        old.check_reload(&moved).unwrap_err().to_string(),
+        r#"proxy.toml: [proxy] access_log: changed from "a.log" to "b.log"; this key needs a restart"#
+    );
 }

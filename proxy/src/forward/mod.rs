@@ -47,6 +47,7 @@ mod mirror;
 mod phases;
 mod relay;
 mod request;
+pub(crate) mod request_id;
 pub mod tcp_service;
 pub(super) mod to_h2;
 pub(super) mod tries;
@@ -81,6 +82,9 @@ struct Scratch {
     /// Field lines the proxy adds to a forwarded request (the caller's
     /// identity on the inbound side), each ending in CRLF.
     extra: Vec<u8>,
+    /// The `x-request-id` the proxy generated for the current request
+    /// (`None`: the request had its own); see request_id.rs.
+    request_id: Option<request_id::Generated>,
 }
 
 impl Scratch {

@@ -40,10 +40,61 @@ pub(super) struct LoggedRequest {
     pub(super) protocol: &'static str,
     /// Set once a gRPC call's status is known.
     pub(super) grpc_status: Option<u8>,
+    /// The `x-request-id` the request is forwarded with.
+    pub(super) request_id: Vec<u8>,
+    /// The trace id of the `traceparent` it is forwarded with.
+    pub(super) trace_id: Option<[u8; 32]>,
+    pub(super) caller: Caller,
+}
+
+/// The value of the field line `name` among `extra`'s lines (`name:
+/// value` CRLF each, as the proxy writes them).
+pub(super) fn added_field<'a>(extra: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    extra.split(|&b| b == b'\n').find_map(|line| {
+        let colon = line.iter().position(|&b| b == b':')?;
+        line[..colon]
+            .eq_ignore_ascii_case(name)
+            .then(|| line[colon + 1..].trim_ascii())
+    })
+}
+
+/// Who called, for the access log: the peer's SPIFFE ID (inbound), or
+/// this proxy's own identity (outbound); both held by reference count.
+pub(super) enum Caller {
+    None,
+    Peer(Rc<str>),
+    Own(Rc<crate::tls::ShardTls>),
+}
+
+impl Caller {
+    /// The caller of a request that came in on `dir` from `peer`.
+    pub(super) fn of(shard: &Shard, dir: Direction, peer: Option<&Rc<str>>) -> Caller {
+        match dir {
+            Direction::Inbound => peer.map_or(Caller::None, |p| Caller::Peer(p.clone())),
+            Direction::Outbound => shard.tls().map_or(Caller::None, Caller::Own),
+        }
+    }
+
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            Caller::None => None,
+            Caller::Peer(p) => Some(p),
+            Caller::Own(t) => Some(&t.identity.spiffe_id),
+        }
+    }
 }
 
 impl LoggedRequest {
-    pub(super) fn new(head: &RequestHead, buf: &[u8]) -> Self {
+    /// The log's copy of an HTTP/1.1 request; `extra` holds the field
+    /// lines the proxy adds to the forwarded head, whose `traceparent`,
+    /// if it sets one, is the one the request goes upstream with.
+    pub(super) fn new(
+        head: &RequestHead,
+        buf: &[u8],
+        extra: &[u8],
+        request_id: &[u8],
+        caller: Caller,
+    ) -> Self {
         let field = |s: &std::ops::Range<usize>| buf.get(s.clone()).unwrap_or(&[]).to_vec();
         LoggedRequest {
             method: head.method_bytes(buf).to_vec(),
@@ -54,6 +105,11 @@ impl LoggedRequest {
                 Version::Http11 => "HTTP/1.1",
             },
             grpc_status: None,
+            request_id: request_id.to_vec(),
+            trace_id: added_field(extra, b"traceparent")
+                .or_else(|| head.header(buf, "traceparent"))
+                .and_then(crate::accesslog::trace_id),
+            caller,
         }
     }
 }
@@ -75,8 +131,16 @@ impl Shard {
         self.stats
             .borrow_mut()
             .record(dir, service, ex.status, latency, ex.bytes_in, ex.bytes_out);
-        if let (Some(req), Some(log)) = (req, self.access_log.borrow_mut().as_mut()) {
-            log.log(&crate::accesslog::AccessEntry {
+        let Some(req) = req else { return };
+        let mut log = self.access_log.borrow_mut();
+        let Some(log) = log.as_mut() else { return };
+        let cfg = self.config();
+        let opts = &cfg.access_log;
+        if !opts.enabled || !self.sampled(opts.sample, ex.status) {
+            return;
+        }
+        log.log(
+            &crate::accesslog::AccessEntry {
                 direction: dir,
                 service,
                 method: &req.method,
@@ -90,8 +154,28 @@ impl Shard {
                 core: self.index,
                 protocol: req.protocol,
                 grpc_status: req.grpc_status,
-            });
+                request_id: &req.request_id,
+                trace_id: req.trace_id.as_ref(),
+                caller: req.caller.as_str(),
+            },
+            opts.format,
+        );
+    }
+
+    /// Whether the access log takes requests now: a file, and `enabled`.
+    /// Requests copy what the log shows only then.
+    pub(super) fn logs_requests(&self) -> bool {
+        self.access_log.borrow().is_some() && self.config().access_log.enabled
+    }
+
+    /// `[access_log] sample`: whether this request's line is written. An
+    /// answer with a 5xx status, or none at all (status 0), always is.
+    fn sampled(&self, sample: f64, status: u16) -> bool {
+        if sample >= 1.0 || status == 0 || status >= 500 {
+            return true;
         }
+        // 53 random bits as a fraction in [0, 1).
+        sample > 0.0 && (self.random() >> 11) as f64 * (1.0 / (1u64 << 53) as f64) < sample
     }
 }
 

@@ -16,8 +16,9 @@
 
 use super::ctx::{Exchange, Tunnel, H1};
 use super::exchange::{buffer_body, Http1Tries};
-use super::phases::{denied, hash_key, rate_admits, route_request, LoggedRequest, Routed};
+use super::phases::{denied, hash_key, rate_admits, route_request, Caller, LoggedRequest, Routed};
 use super::relay::{body_prefix, connect_tunnel, tunnel};
+use super::request_id;
 use super::to_h2::H2Tries;
 use super::tries;
 use super::*;
@@ -63,13 +64,29 @@ pub(super) async fn handle(
         charge,
     };
     ctx.identity_header(&cbuf);
+    ctx.scratch.request_id = request_id::http1(
+        &mut ctx.head,
+        &cbuf,
+        &shard.request_ids,
+        &mut ctx.scratch.extra,
+    );
     // The access log needs the request line's fields after the buffer has
     // been reused for the body, so it gets a copy (only when it is enabled).
-    let logged = shard
-        .access_log
-        .borrow()
-        .is_some()
-        .then(|| LoggedRequest::new(&ctx.head, &cbuf));
+    let logged = shard.logs_requests().then(|| {
+        let id = request_id::of_http1(&ctx.head, &cbuf, ctx.scratch.request_id.as_ref());
+        let caller = Caller::of(shard, dir, ctx.client.peer_id());
+        LoggedRequest::new(&ctx.head, &cbuf, &ctx.scratch.extra, id, caller)
+    });
+    let tapped = shard.tap.begin(
+        dir,
+        &H1 {
+            head: &ctx.head,
+            buf: &cbuf,
+            service: None,
+        },
+        ctx.client.peer_id().map(|c| &**c),
+        start,
+    );
     // The phases' future is built where it is awaited (twice, not once into
     // a local moved later): a local that is moved into the timeout keeps a
     // slot of its own in this future (rust-lang/rust#62958), measured at
@@ -110,6 +127,8 @@ pub(super) async fn handle(
     };
     let end = *ex.end.get_or_insert_with(Instant::now);
     shard.record(dir, service, logged.as_ref(), &ex);
+    let latency = end.saturating_duration_since(ex.start);
+    shard.tap.finish(tapped, service, ex.status, latency);
     (next, cbuf, end)
 }
 

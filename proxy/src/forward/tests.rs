@@ -27,3 +27,18 @@ fn an_idle_connection_task_stays_small() {
         "serve_http future is {serve_size} bytes"
     );
 }
+
+/// The access log reads a field the proxy adds to the forwarded head
+/// (the traceparent it sends) from its own lines.
+#[test]
+fn added_fields_are_found_by_name() {
+    let extra =
+        b"x-coremesh-caller: spiffe://a/b\r\nTraceparent: 00-ab-cd-01\r\nx-request-id: 1\r\n";
+    assert_eq!(
+        phases::added_field(extra, b"traceparent"),
+        Some(&b"00-ab-cd-01"[..])
+    );
+    assert_eq!(phases::added_field(extra, b"x-request-id"), Some(&b"1"[..]));
+    assert_eq!(phases::added_field(extra, b"x-other"), None);
+    assert_eq!(phases::added_field(b"", b"traceparent"), None);
+}

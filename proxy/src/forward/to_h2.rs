@@ -428,6 +428,12 @@ impl RequestCtx<'_, '_> {
             let name = http::header::HeaderName::from_bytes(name.as_bytes()).ok()?;
             h.insert(name, http::header::HeaderValue::from_str(id).ok()?);
         }
+        if let Some(id) = &self.scratch.request_id {
+            // Generated for this request (request_id.rs); an empty one
+            // the client sent is replaced.
+            let name = http::header::HeaderName::from_static(super::request_id::NAME);
+            h.insert(name, http::header::HeaderValue::from_bytes(id).ok()?);
+        }
         Some((req, named))
     }
 

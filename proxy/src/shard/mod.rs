@@ -57,6 +57,8 @@ pub struct Shard {
     rng: Cell<u64>,
     open_conns: Arc<AtomicUsize>,
     pub access_log: RefCell<Option<AccessLog>>,
+    /// This shard's `x-request-id` generator (forward/request_id.rs).
+    pub request_ids: crate::forward::request_id::RequestIds,
     agent: AgentLink,
     pub own_addrs: Vec<SocketAddr>,
     /// The routing table from control in force, if any (see routing.rs).
@@ -86,6 +88,8 @@ pub struct Shard {
     /// Endpoints this shard saw fail itself, out of its picks for a backoff
     /// (policy's `LocalDown`): no agent period, no control needed.
     pub down: RefCell<crate::resilience::LocalDown>,
+    /// `meshctl tap`s running (tap.rs).
+    pub tap: crate::tap::ShardTap,
 }
 
 impl Shard {

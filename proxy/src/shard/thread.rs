@@ -20,6 +20,8 @@ pub struct ShardSetup {
     /// This proxy's own bound addresses (listeners and admin): passthrough
     /// never forwards to them, which would loop until descriptors run out.
     pub own_addrs: Vec<SocketAddr>,
+    /// The access log's writer thread, when there is an access log.
+    pub access_log: Option<crate::accesslog::Sink>,
 }
 
 /// Runs a shard until its inbox closes. `driver` describes the executor.
@@ -33,22 +35,14 @@ pub async fn run(setup: ShardSetup, driver: String) {
         ready,
         agent,
         own_addrs,
+        access_log,
     } = setup;
     tracing::info!(
         shard = index,
         "shard running on {} {driver}",
         runtime::backend_name()
     );
-    let access_log = match &config.proxy.access_log {
-        Some(p) => match AccessLog::open(p) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                tracing::error!("access log {}: {e}; access logging is off", p.display());
-                None
-            }
-        },
-        None => None,
-    };
+    let access_log = access_log.map(AccessLog::new);
     let cores = config.proxy.cores;
     let shard = Rc::new_cyclic(|me| Shard {
         me: me.clone(),
@@ -68,6 +62,7 @@ pub async fn run(setup: ShardSetup, driver: String) {
         rng: Cell::new(seed(index)),
         open_conns,
         access_log: RefCell::new(access_log),
+        request_ids: Default::default(),
         agent,
         own_addrs,
         routes: RefCell::new(None),
@@ -80,6 +75,7 @@ pub async fn run(setup: ShardSetup, driver: String) {
         traffic: crate::traffic::ShardTraffic::new(index, cores),
         excluded: RefCell::new(Arc::default()),
         down: RefCell::default(),
+        tap: Default::default(),
     });
 
     sync_traffic(&shard);
@@ -129,6 +125,7 @@ pub async fn run(setup: ShardSetup, driver: String) {
             },
             ShardMsg::Revoked(list) => revoke(&shard, list),
             ShardMsg::AppHealth(h) => shard.app_healthy.set(Some(h)),
+            ShardMsg::Tap(taps) => shard.tap.set(taps),
             ShardMsg::Excluded(set) => *shard.excluded.borrow_mut() = set,
             ShardMsg::Probes(plan) => crate::shard::probe::run_plan(&shard, plan),
             ShardMsg::Share(u) => shard.traffic.apply_share(&u, Instant::now()),
@@ -194,7 +191,9 @@ pub async fn run(setup: ShardSetup, driver: String) {
                         runtime::sleep(Duration::from_millis(10)).await;
                     }
                     if let Some(l) = shard.access_log.borrow_mut().as_mut() {
-                        l.flush();
+                        // Nothing is left to delay: waiting for the writer's
+                        // queue loses no line.
+                        l.flush_waiting();
                     }
                     let _ = reply.send(());
                 });

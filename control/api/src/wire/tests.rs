@@ -46,6 +46,28 @@ fn proxy_msgs() -> Vec<ProxyMsg> {
         ProxyMsg::Renew {
             csr_pem: "csr".into(),
         },
+        ProxyMsg::Features {
+            features: vec![FEATURE_TAP.into()],
+        },
+        ProxyMsg::Clock {
+            unix_ms: 1_796_474_442_289,
+        },
+        ProxyMsg::TapRecords {
+            tap: 3,
+            records: vec![TapRecord {
+                at_ms: 1_796_474_442_289,
+                direction: "inbound".into(),
+                caller: Some("spiffe://mesh.local/service/web".into()),
+                service: "api".into(),
+                method: "GET".into(),
+                authority: "api".into(),
+                path: "/users/7".into(),
+                status: 200,
+                latency_us: 1234,
+                trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+            }],
+            dropped: 2,
+        },
     ]
 }
 
@@ -89,11 +111,13 @@ fn control_msgs() -> Vec<ControlMsg> {
             protocol: PROTOCOL_VERSION,
             heartbeat_interval_ms: 5000,
             compression: None,
+            features: Vec::new(),
         },
         ControlMsg::Welcome {
             protocol: PROTOCOL_VERSION,
             heartbeat_interval_ms: 5000,
             compression: Some(ZSTD.into()),
+            features: FEATURES.map(String::from).to_vec(),
         },
         ControlMsg::Snapshot(Snapshot {
             version: 12,
@@ -132,7 +156,43 @@ fn control_msgs() -> Vec<ControlMsg> {
             code: ErrorCode::TokenRefused,
             message: "token expired".into(),
         },
+        ControlMsg::TapStart {
+            tap: 3,
+            path_prefix: Some("/users".into()),
+            max_rps: 100,
+            ttl_ms: 15_000,
+        },
+        ControlMsg::TapStart {
+            tap: 4,
+            path_prefix: None,
+            max_rps: 1,
+            ttl_ms: 15_000,
+        },
+        ControlMsg::TapStop { tap: 3 },
     ]
+}
+
+/// A Welcome from a control that predates features still parses (no
+/// features: the proxy sends none of the optional messages), and one with
+/// features parses the same for a proxy that ignores them.
+#[test]
+fn welcome_features_are_optional_both_ways() {
+    let old = r#"{"type":"welcome","protocol":1,"heartbeat_interval_ms":5000}"#;
+    let m: ControlMsg = serde_json::from_str(old).unwrap();
+    assert!(matches!(m, ControlMsg::Welcome { ref features, .. } if features.is_empty()));
+    let new = serde_json::to_string(&ControlMsg::Welcome {
+        protocol: PROTOCOL_VERSION,
+        heartbeat_interval_ms: 5000,
+        compression: None,
+        features: vec!["tap".into(), "a-feature-from-the-future".into()],
+    })
+    .unwrap();
+    assert!(new.contains(r#""features":["tap","#), "{new}");
+    // The fields an older proxy knows are all there, and nothing else is
+    // required of it.
+    let v: serde_json::Value = serde_json::from_str(&new).unwrap();
+    assert_eq!(v["type"], "welcome");
+    assert_eq!(v["heartbeat_interval_ms"], 5000);
 }
 
 /// Encodes all, then decodes from pushes of `chunk` bytes.

@@ -209,6 +209,7 @@ async fn serve(
                         protocol: wire::PROTOCOL_VERSION,
                         heartbeat_interval_ms: 100,
                         compression: None,
+                        features: Vec::new(),
                     })
                 }
                 ProxyMsg::Renew { csr_pem } => Some(ControlMsg::Renewed {

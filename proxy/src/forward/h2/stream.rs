@@ -40,7 +40,9 @@ use crate::attempt::{after, Attempts, TryPolicy};
 use crate::config::Config;
 use crate::error::{Answer, ErrorKind, ProxyError};
 use crate::forward::ctx::Exchange;
-use crate::forward::phases::{denied, hash_key, rate_admits, route_request, LoggedRequest, Routed};
+use crate::forward::phases::{
+    denied, hash_key, rate_admits, route_request, Caller, LoggedRequest, Routed,
+};
 use crate::forward::tries::{self, Connected, GiveUp, Last, Plan, Protocol, TryFail};
 use crate::forward::upstream::{Endpoints, Tried};
 use crate::forward::PROBE_PATH;
@@ -69,19 +71,28 @@ pub(super) async fn serve_stream(
     let start = Instant::now();
     let cfg = shard.config();
     let table = shard.routes();
-    let (parts, recv) = req.into_parts();
+    let (mut parts, recv) = req.into_parts();
+    crate::forward::request_id::h2(&mut parts.headers, &shard.request_ids);
     let is_grpc = grpc::is_grpc(parts.headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes));
     let view = H2View {
         parts: &parts,
         dest: info.dest.as_deref().map(str::as_bytes),
     };
-    let mut logged = shard.access_log.borrow().is_some().then(|| LoggedRequest {
+    let mut logged = shard.logs_requests().then(|| LoggedRequest {
         method: view.method().to_vec(),
         authority: view.authority().unwrap_or_default().to_vec(),
         path: view.path_and_query().to_vec(),
         protocol: "HTTP/2",
         grpc_status: None,
+        request_id: crate::forward::request_id::of_h2(&parts.headers).to_vec(),
+        trace_id: view
+            .header("traceparent")
+            .and_then(crate::accesslog::trace_id),
+        caller: Caller::of(&shard, info.dir, info.peer.as_ref()),
     });
+    let tapped = shard
+        .tap
+        .begin(info.dir, &view, info.peer.as_deref(), start);
     let mut call = Call {
         shard: &shard,
         cfg: &cfg,
@@ -126,6 +137,11 @@ pub(super) async fn serve_stream(
             .grpc(info.dir, service, grpc_status);
     }
     shard.record(info.dir, service, logged.as_ref(), &ex);
+    let latency = ex
+        .end
+        .unwrap_or_else(Instant::now)
+        .saturating_duration_since(ex.start);
+    shard.tap.finish(tapped, service, ex.status, latency);
 }
 
 /// Charges what a stream may make the proxy hold (shard/budget.rs): a
