@@ -6,7 +6,10 @@
 # namespaces as test hosts), nftables (interception in the test hosts),
 # systemd-analyze (unit checks), dpkg-dev
 # (cargo-deb's Depends line), h2load (Debian package `nghttp2-client`: HTTP/2
-# load through the proxy), the PyPI packages grpcio, h2, websockets and
+# load through the proxy), etcd and etcdctl (Debian packages `etcd-server`
+# and `etcd-client`: the etcd store's tests), protoc (Debian package
+# `protobuf-compiler`: the etcd-client crate compiles etcd's .proto files
+# when it builds), the PyPI packages grpcio, h2, websockets and
 # opentelemetry-proto for python3 (the gRPC, raw HTTP/2 and WebSocket apps
 # and clients, and the OTLP receiver, of tests/py/), Debian's chromium with
 # Node.js and npm, and the npm package playwright-core in
@@ -50,6 +53,12 @@ command -v h2load >/dev/null 2>&1 || need_apt+=(nghttp2-client)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+# etcd: the three-member cluster of the etcd store's test (tests/tests/etcd.rs)
+# runs /usr/bin/etcd; etcdctl for the set-up in docs/etcd.md.
+[ -x /usr/bin/etcd ] || need_apt+=(etcd-server)
+command -v etcdctl >/dev/null 2>&1 || need_apt+=(etcd-client)
+# protoc: etcd-client's build script compiles etcd's protobuf definitions.
+command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
 
 # PyPI packages for the Python test apps and clients (tests/py/), by import
 # name -> package name; pip comes from Debian when python3 lacks it.
@@ -89,6 +98,11 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
     # Likewise redis-server's own instance on :6379: the tests start theirs.
     if [[ " ${need_apt[*]} " == *" redis-server "* ]]; then
         $SUDO service redis-server stop >/dev/null 2>&1 || true
+    fi
+    # And etcd's on :2379 (where systemd runs it): the tests start their
+    # own cluster on free ports.
+    if [[ " ${need_apt[*]} " == *" etcd-server "* ]]; then
+        $SUDO service etcd stop >/dev/null 2>&1 || true
     fi
 fi
 
@@ -138,4 +152,4 @@ if [ "${#need_rust[@]}" -gt 0 ]; then
     rustup component add "${need_rust[@]}" </dev/null
 fi
 
-echo "install-deps: ok (curl, promtool, python3 with grpcio/h2/websockets/opentelemetry-proto, cc, redis, testssl, ip, nft, systemd-analyze, dpkg-dev, h2load, chromium, node with playwright-core, rustfmt, clippy present)"
+echo "install-deps: ok (curl, promtool, python3 with grpcio/h2/websockets/opentelemetry-proto, cc, redis, testssl, ip, nft, systemd-analyze, dpkg-dev, h2load, chromium, node with playwright-core, etcd, etcdctl, protoc, rustfmt, clippy present)"

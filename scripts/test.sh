@@ -79,7 +79,10 @@ cargo test -p coremesh-e2e --tests --no-run
 # tests/tracing.rs (spans of a three-service mesh at a Python OTLP/HTTP
 # receiver, tests/py/otlp_receiver.py with PyPI opentelemetry-proto),
 # tests/revocation.rs (meshctl node evict: revoked certificates refused and
-# their connections shut), tests/mux.rs (the multiplexed mesh hop) and
+# their connections shut), tests/etcd.rs (two controls on a three-member
+# etcd cluster from Debian's etcd-server: shared history, racing applies,
+# one-time tokens, etcd members killed; about 20 s), tests/mux.rs (the
+# multiplexed mesh hop) and
 # tests/exhaustion.rs (RLIMIT_NOFILE lowered on a running proxy, a tiny
 # buffer budget; it asserts the proxy's own CPU share, which other tests'
 # load does not inflate; about 25 s), tests/tap.rs (meshctl tap through

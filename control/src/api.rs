@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -36,6 +36,7 @@ impl IntoResponse for Error {
             ErrorKind::Rejected => StatusCode::BAD_REQUEST,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::Conflict => StatusCode::CONFLICT,
         };
         if status.is_server_error() {
             tracing::error!("API: {}", self.message);
@@ -48,6 +49,14 @@ impl IntoResponse for Error {
         )
             .into_response()
     }
+}
+
+/// `?if_version=N` on a change: the config version the operator's change
+/// is based on (`meshctl apply --if-version N`); refused with 409 when the
+/// config is at another version.
+#[derive(Debug, Default, serde::Deserialize)]
+struct IfVersion {
+    if_version: Option<u64>,
 }
 
 /// Runs a store-touching closure on the blocking pool.
@@ -127,7 +136,11 @@ async fn auth(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
     resp
 }
 
-async fn apply(State(ctx): State<Ctx>, body: Bytes) -> Result<Response, Error> {
+async fn apply(
+    State(ctx): State<Ctx>,
+    Query(base): Query<IfVersion>,
+    body: Bytes,
+) -> Result<Response, Error> {
     let text = std::str::from_utf8(&body).map_err(|_| Error::rejected("the body is not UTF-8"))?;
     let docs = coremesh_api::resource::parse_documents(text)
         .map_err(|e| Error::rejected(e.to_string()))?;
@@ -135,7 +148,7 @@ async fn apply(State(ctx): State<Ctx>, body: Bytes) -> Result<Response, Error> {
         return Err(Error::rejected("no resources in the input"));
     }
     let hub = ctx.hub.clone();
-    let result = blocking(move || hub.apply_blocking(docs)).await?;
+    let result = blocking(move || hub.apply_blocking(docs, base.if_version)).await?;
     Ok(Json(result).into_response())
 }
 
@@ -193,42 +206,55 @@ async fn mesh_config(State(ctx): State<Ctx>) -> Json<Vec<Resource>> {
     )
 }
 
-async fn delete_kind(ctx: Ctx, kind: &'static str, name: String) -> Result<Response, Error> {
+async fn delete_kind(
+    ctx: Ctx,
+    kind: &'static str,
+    name: String,
+    base: IfVersion,
+) -> Result<Response, Error> {
     let hub = ctx.hub.clone();
-    let r = blocking(move || hub.delete_blocking(kind, &name)).await?;
+    let r = blocking(move || hub.delete_blocking(kind, &name, base.if_version)).await?;
     Ok(Json(r).into_response())
 }
 
 async fn delete_service(
     State(ctx): State<Ctx>,
     Path(name): Path<String>,
+    Query(base): Query<IfVersion>,
 ) -> Result<Response, Error> {
-    delete_kind(ctx, "service", name).await
+    delete_kind(ctx, "service", name, base).await
 }
 
-async fn delete_route(State(ctx): State<Ctx>, Path(name): Path<String>) -> Result<Response, Error> {
-    delete_kind(ctx, "route", name).await
+async fn delete_route(
+    State(ctx): State<Ctx>,
+    Path(name): Path<String>,
+    Query(base): Query<IfVersion>,
+) -> Result<Response, Error> {
+    delete_kind(ctx, "route", name, base).await
 }
 
 async fn delete_access_policy(
     State(ctx): State<Ctx>,
     Path(name): Path<String>,
+    Query(base): Query<IfVersion>,
 ) -> Result<Response, Error> {
-    delete_kind(ctx, "accesspolicy", name).await
+    delete_kind(ctx, "accesspolicy", name, base).await
 }
 
 async fn delete_resilience(
     State(ctx): State<Ctx>,
     Path(name): Path<String>,
+    Query(base): Query<IfVersion>,
 ) -> Result<Response, Error> {
-    delete_kind(ctx, "resilience", name).await
+    delete_kind(ctx, "resilience", name, base).await
 }
 
 async fn delete_mesh_config(
     State(ctx): State<Ctx>,
     Path(name): Path<String>,
+    Query(base): Query<IfVersion>,
 ) -> Result<Response, Error> {
-    delete_kind(ctx, "meshconfig", name).await
+    delete_kind(ctx, "meshconfig", name, base).await
 }
 
 async fn proxies(State(ctx): State<Ctx>) -> Response {
@@ -274,10 +300,17 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
     serde_json::from_slice(body).map_err(|e| Error::rejected(format!("bad JSON body: {e}")))
 }
 
-async fn rollback(State(ctx): State<Ctx>, body: Bytes) -> Result<Response, Error> {
+async fn rollback(
+    State(ctx): State<Ctx>,
+    Query(base): Query<IfVersion>,
+    body: Bytes,
+) -> Result<Response, Error> {
     let req: RollbackRequest = json_body(&body)?;
     let hub = ctx.hub.clone();
-    Ok(Json(blocking(move || hub.rollback_blocking(req.to)).await?).into_response())
+    Ok(
+        Json(blocking(move || hub.rollback_blocking(req.to, base.if_version)).await?)
+            .into_response(),
+    )
 }
 
 async fn create_token(State(ctx): State<Ctx>, body: Bytes) -> Result<Response, Error> {

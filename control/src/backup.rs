@@ -68,7 +68,7 @@ fn read_optional(path: &Path) -> Result<Option<String>, Error> {
 
 /// Takes a backup of the data directory `dir`. `online` reads the store
 /// from a running control; it is called only when the store file is locked
-/// by one.
+/// by one, or absent (a control on etcd).
 pub fn take(
     dir: &Path,
     include_ca_key: bool,
@@ -84,7 +84,9 @@ pub fn take(
     let credential = credential.trim().to_string();
     let recorded = datadir::read_store_id(dir)?;
     let store_path = dir.join(STORE);
-    let store = if crate::store::in_use(&store_path) {
+    // No store file: the store is in etcd (`--store etcd://`), read
+    // through the running control like a locked file.
+    let store = if crate::store::in_use(&store_path) || !store_path.exists() {
         online(&credential)?
     } else {
         match RedbStore::open(&store_path) {

@@ -190,6 +190,9 @@ pub struct Hub {
     /// Serializes config writers (read-plan-commit), so commits never race.
     writer: Mutex<()>,
     changed: Notify,
+    /// Woken by the store's watch ([`Store::watch`]): another control on
+    /// the same store may have committed a version; [`Hub::run`] re-reads.
+    store_changed: Arc<Notify>,
     /// `meshctl tap` (tap.rs).
     taps: Arc<crate::tap::Taps>,
     /// The proxies' edge summaries (the fleet view).
@@ -247,6 +250,9 @@ impl Hub {
             dirty: false,
             grace_over: opts.grace.is_zero(),
         };
+        let store_changed = Arc::new(Notify::new());
+        let wake = store_changed.clone();
+        store.watch(Box::new(move || wake.notify_one()));
         Ok(Arc::new(Hub {
             store_id: store.id().to_string(),
             store,
@@ -258,6 +264,7 @@ impl Hub {
             writer: Mutex::new(()),
             changed: Notify::new(),
             fleet: crate::fleet::Fleet::default(),
+            store_changed,
         }))
     }
 
@@ -293,6 +300,17 @@ impl Hub {
             tokio::select! {
                 _ = self.changed.notified() => tokio::time::sleep(self.opts.debounce).await,
                 _ = tick.tick() => {}
+                _ = self.store_changed.notified() => {
+                    // Reading the store blocks; what it adopts marks the
+                    // hub dirty and wakes this loop again to publish.
+                    let hub = self.clone();
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(e) = hub.refresh_blocking() {
+                            tracing::warn!("re-reading the store after a change elsewhere: {e}");
+                        }
+                    });
+                    continue;
+                }
             }
             let now = Instant::now();
             let mut st = lock(&self.state);
@@ -582,12 +600,58 @@ impl Hub {
         (st.config_version, st.config.clone())
     }
 
+    /// Reads the store's current version and, when it is not the one the
+    /// hub holds (another control on a shared store committed it), adopts
+    /// it and publishes it to this control's proxies. Returns what the hub
+    /// holds after. The caller holds `writer`, so no commit of this hub
+    /// interleaves.
+    fn adopt_current(&self) -> Result<(u64, Arc<Config>), Error> {
+        let (version, config, digest) = self.store.current_record()?;
+        let mut st = lock(&self.state);
+        if st.config_version != version || st.config_digest != digest {
+            tracing::info!(
+                version,
+                held = st.config_version,
+                "adopted the store's current version (committed by another control)"
+            );
+            st.config_version = version;
+            st.config_digest = digest;
+            st.config = Arc::new(config);
+            self.mark_dirty(&mut st);
+        }
+        Ok((st.config_version, st.config.clone()))
+    }
+
+    /// See [`Hub::adopt_current`]: for a watch on a shared store.
+    /// Blocking (reads the store).
+    pub fn refresh_blocking(&self) -> Result<u64, Error> {
+        let _writer = lock(&self.writer);
+        Ok(self.adopt_current()?.0)
+    }
+
+    /// Plans a change on the store's current config and commits it as the
+    /// next version. With `base` (the version the operator's change is
+    /// based on: `meshctl apply --if-version`), refuses when the config is
+    /// at another version; without it, the change is planned on the latest
+    /// version. Either way a commit raced by another control on the same
+    /// store fails with [`crate::ErrorKind::Conflict`] rather than
+    /// overwrite what that one committed.
     fn commit(
         &self,
+        base: Option<u64>,
         plan_for: impl FnOnce(&Config) -> Result<Plan, Error>,
     ) -> Result<ApplyResult, Error> {
         let _writer = lock(&self.writer);
-        let (version, current) = self.config();
+        let (version, current) = self.adopt_current()?;
+        match base {
+            Some(base) if base > version => {
+                return Err(Error::rejected(format!(
+                    "if-version {base}: the config is at version {version}; there is no version {base} yet"
+                )))
+            }
+            Some(base) if base < version => return Err(Error::changed(version)),
+            _ => {}
+        }
         let plan = plan_for(&current)?;
         if plan.changed.is_empty() {
             return Ok(ApplyResult {
@@ -613,21 +677,31 @@ impl Hub {
         })
     }
 
-    pub fn apply_blocking(&self, docs: Vec<Resource>) -> Result<ApplyResult, Error> {
-        self.commit(|c| config::plan_apply(c, docs))
+    /// `base`: see [`Hub::commit`].
+    pub fn apply_blocking(
+        &self,
+        docs: Vec<Resource>,
+        base: Option<u64>,
+    ) -> Result<ApplyResult, Error> {
+        self.commit(base, |c| config::plan_apply(c, docs))
     }
 
-    pub fn delete_blocking(&self, kind: &str, name: &str) -> Result<ApplyResult, Error> {
-        self.commit(|c| config::plan_delete(c, kind, name))
+    pub fn delete_blocking(
+        &self,
+        kind: &str,
+        name: &str,
+        base: Option<u64>,
+    ) -> Result<ApplyResult, Error> {
+        self.commit(base, |c| config::plan_delete(c, kind, name))
     }
 
-    pub fn rollback_blocking(&self, to: u64) -> Result<ApplyResult, Error> {
+    pub fn rollback_blocking(&self, to: u64, base: Option<u64>) -> Result<ApplyResult, Error> {
         let target = self.store.config_at(to)?.ok_or_else(|| {
             Error::not_found(format!(
                 "version {to} does not exist; see `meshctl history`"
             ))
         })?;
-        self.commit(|c| Ok(config::plan_rollback(c, target, to)))
+        self.commit(base, |c| Ok(config::plan_rollback(c, target, to)))
     }
 
     pub fn history_blocking(&self) -> Result<Vec<HistoryEntry>, Error> {

@@ -59,6 +59,10 @@ pub enum ErrorKind {
     NotFound,
     /// Control's own fault (store, CA): 500. A retry may help.
     Internal,
+    /// The config changed since the version the change was based on
+    /// (another operator, through this control or another one on the same
+    /// store): 409, meshctl exit 1. Re-read and apply again.
+    Conflict,
 }
 
 /// The crate's error: a kind and a message that says what and where, and
@@ -105,6 +109,13 @@ impl Error {
     pub fn internal(message: impl Into<String>) -> Self {
         Error::new(ErrorKind::Internal, message)
     }
+    /// The config is at `version`, not at the one a change was based on.
+    pub fn changed(version: u64) -> Self {
+        Error::new(
+            ErrorKind::Conflict,
+            format!("changed by someone else at version {version}; re-read and apply again"),
+        )
+    }
 
     fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Error {
@@ -124,7 +135,10 @@ impl Error {
 
 impl From<store::StoreError> for Error {
     fn from(e: store::StoreError) -> Self {
-        Error::internal(e.to_string()).caused_by(e)
+        match e {
+            store::StoreError::Conflict { found, .. } => Error::changed(found).caused_by(e),
+            e => Error::internal(e.to_string()).caused_by(e),
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use clap::Parser;
 use coremesh_control::hub::{Hub, Options};
-use coremesh_control::store::startup::open_store;
+use coremesh_control::store::startup::{open_etcd, open_store};
 use coremesh_control::store::{Store, StoreDump};
 use coremesh_control::{api, api_tls, backup, ca, datadir, quic, systemd, Error};
 
@@ -51,6 +51,8 @@ struct Args {
     api: SocketAddr,
     #[command(flatten)]
     api_tls: api_tls::ApiTlsArgs,
+    #[command(flatten)]
+    store: coremesh_control::store::EtcdArgs,
     /// Trust domain of the SPIFFE IDs: spiffe://<trust-domain>/service/<name>.
     #[arg(long, default_value = "coremesh.local")]
     trust_domain: String,
@@ -254,7 +256,7 @@ fn online_dump(api: &str, credential: &str, api_ca: &std::path::Path) -> Result<
         .map_err(|e| Error::rejected(e.to_string()))?;
     let r = client.get("/v1/store/dump").map_err(|e| {
         Error::internal(format!(
-            "the store is locked by a running control, and asking it failed: {e} (pass its --api)"
+            "the store is held by a running control (its store file is locked, or absent: an etcd store), and asking it failed: {e} (pass its --api)"
         ))
     })?;
     if r.status != 200 {
@@ -290,18 +292,51 @@ async fn run(args: Args) -> Result<(), Error> {
             .unwrap_or_else(|| dir.path.join(datadir::CA_CERT))
             .display()
     );
-    let store = open_store(
-        &mut dir,
-        args.reinitialize_store,
-        coremesh_control::unix_secs(SystemTime::now()),
-    )?;
-    let store: Arc<dyn Store> = Arc::new(store);
-    // The store holds token hashes and the history: not for other users.
-    std::fs::set_permissions(
-        dir.store_path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .map_err(|e| Error::internal(format!("{}: chmod 0600: {e}", dir.store_path().display())))?;
+    let now = coremesh_control::unix_secs(SystemTime::now());
+    let etcd = args
+        .store
+        .etcd_endpoints()
+        .map_err(|e| Error::rejected(e.to_string()))?;
+    let store: Arc<dyn Store> = match etcd {
+        None => {
+            let store = open_store(&mut dir, args.reinitialize_store, now)?;
+            // The store holds token hashes and the history: not for other users.
+            std::fs::set_permissions(
+                dir.store_path(),
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )
+            .map_err(|e| {
+                Error::internal(format!("{}: chmod 0600: {e}", dir.store_path().display()))
+            })?;
+            Arc::new(store)
+        }
+        Some(endpoints) => {
+            let store = open_etcd(
+                &mut dir,
+                &endpoints,
+                &args.store,
+                args.reinitialize_store,
+                now,
+            )?;
+            let trusted: Vec<String> = ca
+                .roots()
+                .iter()
+                .map(|der| coremesh_api::token::fingerprint_hex(der.as_ref()))
+                .collect();
+            match store.agree_ca(&trusted) {
+                Ok(Ok(())) => {}
+                Ok(Err(mismatch)) => return Err(Error::internal(mismatch.to_string())),
+                Err(e) => return Err(e.into()),
+            }
+            println!(
+                "store: etcd at {} under {} (store {})",
+                store.endpoints(),
+                store.keys().prefix(),
+                store.id()
+            );
+            Arc::new(store)
+        }
+    };
     let opts = Options {
         heartbeat_timeout: args.heartbeat_timeout,
         grace: args.grace,

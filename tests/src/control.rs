@@ -798,6 +798,7 @@ impl Member {
     pub fn section(&self, address: SocketAddr) -> ControlSection {
         ControlSection {
             address,
+            more_addresses: Vec::new(),
             token_file: Some(self.token_file()),
             state_dir: self.state_dir(),
             node: Some(self.node.clone()),
@@ -812,6 +813,9 @@ impl Member {
 #[derive(Clone, Debug)]
 pub struct ControlSection {
     pub address: SocketAddr,
+    /// More control addresses after `address` (`address = [...]`), tried
+    /// in order.
+    pub more_addresses: Vec<SocketAddr>,
     pub token_file: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub node: Option<String>,
@@ -823,6 +827,11 @@ pub struct ControlSection {
 }
 
 impl ControlSection {
+    /// Another control address, tried after the ones before it.
+    pub fn also(mut self, address: SocketAddr) -> Self {
+        self.more_addresses.push(address);
+        self
+    }
     /// `calls = [...]`: the services the local app calls.
     pub fn calls(mut self, services: &[&str]) -> Self {
         self.calls = Some(services.iter().map(|s| s.to_string()).collect());
@@ -844,7 +853,15 @@ impl ControlSection {
         let q = |s: &str| format!("{s:?}");
         let p = |p: &Path| q(p.to_str().expect("UTF-8 path"));
         let mut t = String::from("[control]\n");
-        t += &format!("address = {}\n", q(&self.address.to_string()));
+        if self.more_addresses.is_empty() {
+            t += &format!("address = {}\n", q(&self.address.to_string()));
+        } else {
+            let all: Vec<String> = std::iter::once(&self.address)
+                .chain(&self.more_addresses)
+                .map(|a| q(&a.to_string()))
+                .collect();
+            t += &format!("address = [{}]\n", all.join(", "));
+        }
         if let Some(f) = &self.token_file {
             t += &format!("token_file = {}\n", p(f));
         }
@@ -926,6 +943,14 @@ mod tests {
         assert!(t.contains("node = \"web-1\"\n"), "{t}");
         assert!(t.contains("calls = [\"api\", \"db\"]\n"), "{t}");
         assert!(t.contains("\n[control.health]\ninterval = \"1s\"\n"), "{t}");
+        let two = m
+            .section("127.0.0.1:7443".parse().unwrap())
+            .also("127.0.0.1:7444".parse().unwrap())
+            .render();
+        assert!(
+            two.starts_with("[control]\naddress = [\"127.0.0.1:7443\", \"127.0.0.1:7444\"]\n"),
+            "{two}"
+        );
         let b = ProxyBuilder::new("api")
             .labels(&[("version", "v2")])
             .render();

@@ -46,6 +46,7 @@
 pub mod client;
 pub mod control;
 pub mod curl;
+pub mod etcd;
 pub mod grpc;
 pub mod h2;
 pub mod metrics;

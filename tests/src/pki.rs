@@ -75,6 +75,24 @@ impl Pki {
         (cert.pem(), key.serialize_pem())
     }
 
+    /// A leaf (PEM cert, PEM key) for a server at `ip` (also `localhost`),
+    /// good for server and client authentication, valid for an hour: for
+    /// third-party servers (etcd) and their clients.
+    pub fn leaf_for_ip(&self, ip: std::net::IpAddr) -> (String, String) {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        p.subject_alt_names.push(SanType::IpAddress(ip));
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now - time::Duration::seconds(60);
+        p.not_after = now + time::Duration::seconds(3600);
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
     /// `[tls]` files for service `service` in trust domain `mesh.test`,
     /// valid for an hour, written into `dir` as `<tag>.crt` etc.
     pub fn files(&self, dir: &Path, tag: &str, service: &str) -> TlsFiles {

@@ -11,7 +11,9 @@
 //! without a flag). `http://` is for a control with `--api-plaintext`.
 //!
 //! Exit codes: 0 success, 1 input rejected (the server's reason is
-//! printed), 2 control unreachable.
+//! printed; also a change refused because the config moved past its
+//! `--if-version`, or past what control read, when another control on the
+//! same etcd committed first), 2 control unreachable.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -61,6 +63,11 @@ enum Cmd {
     Apply {
         #[arg(short = 'f', long = "filename")]
         file: String,
+        /// Apply only if the config is still at version N (the version you
+        /// read, e.g. in `meshctl history`): if someone else changed it
+        /// since, nothing is applied and meshctl exits 1.
+        #[arg(long, value_name = "N")]
+        if_version: Option<u64>,
     },
     /// List resources, proxies or endpoints.
     Get {
@@ -70,7 +77,13 @@ enum Cmd {
     },
     /// Delete a resource: `meshctl delete route api-canary`; kinds: service,
     /// route, accesspolicy, resilience, meshconfig.
-    Delete { kind: String, name: String },
+    Delete {
+        kind: String,
+        name: String,
+        /// Delete only if the config is still at version N (see apply).
+        #[arg(long, value_name = "N")]
+        if_version: Option<u64>,
+    },
     /// Every proxy: service, node, address, applied version, ACK/NACK, heartbeat, certificate.
     Status,
     /// A live stream of the requests going through SERVICE's proxies
@@ -127,6 +140,9 @@ enum Cmd {
     Rollback {
         #[arg(long)]
         to: u64,
+        /// Roll back only if the config is still at version N (see apply).
+        #[arg(long, value_name = "N")]
+        if_version: Option<u64>,
     },
     /// Join tokens for new proxies.
     Token {
@@ -388,7 +404,7 @@ fn run(cli: Cli) -> Result<(), Fail> {
         client: Client::new(&cli.api, &cred, ca_file(&cli).as_deref())?,
     };
     match cli.cmd {
-        Cmd::Apply { file } => {
+        Cmd::Apply { file, if_version } => {
             let text = if file == "-" {
                 let mut s = String::new();
                 std::io::stdin()
@@ -401,14 +417,18 @@ fn run(cli: Cli) -> Result<(), Fail> {
             let r: ApplyResult = api
                 .call(
                     "POST",
-                    "/v1/apply",
+                    &with_if_version("/v1/apply", if_version),
                     Some(("application/yaml", text.as_bytes())),
                 )
                 .map_err(|Fail(c, m)| Fail(c, if c == 1 { format!("{file}: {m}") } else { m }))?;
             print_change(&r);
         }
         Cmd::Get { what, output } => get(&api, what, output)?,
-        Cmd::Delete { kind, name } => {
+        Cmd::Delete {
+            kind,
+            name,
+            if_version,
+        } => {
             let plural = match coremesh_control::config::kind_of(&kind) {
                 Some("service") => "services",
                 Some("route") => "routes",
@@ -426,7 +446,8 @@ fn run(cli: Cli) -> Result<(), Fail> {
                     ))
                 }
             };
-            let r: ApplyResult = api.call("DELETE", &format!("/v1/{plural}/{name}"), None)?;
+            let path = with_if_version(&format!("/v1/{plural}/{name}"), if_version);
+            let r: ApplyResult = api.call("DELETE", &path, None)?;
             print_change(&r);
         }
         Cmd::Status => {
@@ -462,8 +483,9 @@ fn run(cli: Cli) -> Result<(), Fail> {
             }
             print_table(&rows);
         }
-        Cmd::Rollback { to } => {
-            let r: ApplyResult = api.post_json("/v1/rollback", &RollbackRequest { to })?;
+        Cmd::Rollback { to, if_version } => {
+            let path = with_if_version("/v1/rollback", if_version);
+            let r: ApplyResult = api.post_json(&path, &RollbackRequest { to })?;
             print_change(&r);
         }
         Cmd::Token { cmd } => token(&api, cmd)?,
@@ -579,6 +601,14 @@ fn resilience_detail(r: &resource::Resilience) -> String {
         parts.push(format!("mirror {} {}%", m.service, m.percent));
     }
     parts.join(", ")
+}
+
+/// `path` with `?if_version=N` when `--if-version N` was given.
+fn with_if_version(path: &str, if_version: Option<u64>) -> String {
+    match if_version {
+        Some(n) => format!("{path}?if_version={n}"),
+        None => path.to_string(),
+    }
 }
 
 fn print_change(r: &ApplyResult) {

@@ -37,7 +37,8 @@ fn hub(name: &str) -> (Arc<Hub>, TempDir) {
 }
 
 fn apply(hub: &Hub, yaml: &str) {
-    hub.apply_blocking(parse_documents(yaml).unwrap()).unwrap();
+    hub.apply_blocking(parse_documents(yaml).unwrap(), None)
+        .unwrap();
 }
 
 const MESH: &str = "
@@ -161,7 +162,7 @@ fn resilience_reaches_callers_and_its_own_service_only() {
     }
 
     // Deleting db's Resilience: db shares web's view again.
-    hub.delete_blocking("resilience", "db").unwrap();
+    hub.delete_blocking("resilience", "db", None).unwrap();
     publish_now(&hub);
     let s = sent(&mut db).unwrap();
     assert_eq!(resilience(&s), ["api"]);
@@ -220,4 +221,67 @@ fn a_late_delivery_never_replaces_a_newer_snapshot() {
     deliver(vec![(tx, published(8))]);
     let got = rx.borrow_and_update().as_ref().map(|p| p.snapshot.version);
     assert_eq!(got, Some(8));
+}
+
+/// Two hubs on one store, as two controls on one etcd.
+fn two_hubs(name: &str) -> (Arc<Hub>, Arc<Hub>, TempDir) {
+    let (a, dir) = hub(name);
+    let (cert, key) = crate::ca::create_ca("coremesh.local", SystemTime::now()).unwrap();
+    let ca = Ca::load(&cert, &key, "coremesh.local").unwrap();
+    let opts = Options {
+        grace: Duration::ZERO,
+        ..Options::default()
+    };
+    let b = Hub::new(a.store.clone(), ca, opts, Instant::now()).unwrap();
+    (a, b, dir)
+}
+
+fn docs(yaml: &str) -> Vec<Resource> {
+    parse_documents(yaml).unwrap()
+}
+
+#[test]
+fn a_change_based_on_an_older_version_is_refused_and_says_what_to_do() {
+    let (hub, _dir) = hub("if-version");
+    let r = hub.apply_blocking(docs("kind: Service\nname: api\n"), Some(0));
+    assert_eq!(r.unwrap().version, 1);
+    let e = hub
+        .apply_blocking(docs("kind: Service\nname: db\n"), Some(0))
+        .unwrap_err();
+    assert_eq!(e.kind, crate::ErrorKind::Conflict);
+    assert_eq!(
+        e.message,
+        "changed by someone else at version 1; re-read and apply again"
+    );
+    let e = hub.delete_blocking("service", "api", Some(5)).unwrap_err();
+    assert_eq!(e.kind, crate::ErrorKind::Rejected);
+    assert!(e.message.contains("there is no version 5 yet"), "{e}");
+    assert_eq!(hub.config().0, 1, "nothing applied");
+    let r = hub.apply_blocking(docs("kind: Service\nname: db\n"), Some(1));
+    assert_eq!(r.unwrap().version, 2);
+}
+
+#[test]
+fn a_hub_plans_on_what_another_committed_and_adopts_it_when_told() {
+    let (a, b, _dir) = two_hubs("shared");
+    a.apply_blocking(docs("kind: Service\nname: api\n"), None)
+        .unwrap();
+    // b still holds version 0; its next change is planned on version 1.
+    assert_eq!(b.config().0, 0);
+    let r = b
+        .apply_blocking(docs("kind: Service\nname: db\n"), None)
+        .unwrap();
+    assert_eq!(r.version, 2);
+    let config = b.config().1;
+    let names: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["api", "db"], "a's change is kept");
+    // a learns of b's version when its store says something changed.
+    assert_eq!(a.config().0, 1);
+    assert_eq!(a.refresh_blocking().unwrap(), 2);
+    assert_eq!(a.config().1.services.len(), 2);
+    // Based on what it last read, a's operator is told to re-read.
+    let e = b
+        .apply_blocking(docs("kind: Service\nname: web\n"), Some(1))
+        .unwrap_err();
+    assert_eq!(e.kind, crate::ErrorKind::Conflict);
 }

@@ -1,7 +1,9 @@
 //! The durable store: the current config as a versioned whole, its history,
 //! join tokens, and per node the certificates issued to it and whether it
-//! was evicted (`meshctl node evict`). A trait, so a replicated backend (etcd) can come later;
-//! [`RedbStore`] is the embedded default.
+//! was evicted (`meshctl node evict`). A trait with two backends:
+//! [`RedbStore`], the embedded default (one file in the data directory),
+//! and [`EtcdStore`], etcd v3 shared by several control processes
+//! (`--store etcd://...`, docs/etcd.md).
 //!
 //! Contract for every implementation: a method that changes something
 //! returns only after the change is durable (fsynced), so what the API
@@ -15,9 +17,11 @@
 //! "another store" (refused unless allowed). How control opens the store,
 //! and refuses to start on a missing or damaged one, is in [`startup`].
 
+pub mod etcd;
 mod redb;
 pub mod startup;
 
+pub use self::etcd::{EtcdArgs, EtcdError, EtcdStore};
 pub use self::redb::{in_use, RedbStore};
 
 use serde::{Deserialize, Serialize};
@@ -33,7 +37,9 @@ pub enum StoreError {
     Io(#[source] StoreIo),
     #[error("store data is corrupt: {0}")]
     Corrupt(#[source] Corruption),
-    /// A concurrent writer committed first (compare-and-swap failed).
+    /// A concurrent writer committed first (compare-and-swap failed):
+    /// another control process on the same etcd, or an operator who named
+    /// the version their change is based on (`meshctl apply --if-version`).
     #[error("store version moved: expected {expected}, found {found}")]
     Conflict { expected: u64, found: u64 },
     /// The store file cannot be opened or read as a store: truncated,
@@ -55,6 +61,8 @@ pub enum StoreIo {
     Encode(serde_json::Error),
     /// A store was to be created over a file that holds data.
     Exists(std::path::PathBuf),
+    /// etcd failed or did not answer.
+    Etcd(Box<EtcdError>),
 }
 
 impl std::fmt::Display for StoreIo {
@@ -67,6 +75,7 @@ impl std::fmt::Display for StoreIo {
                 "{} already exists; refusing to overwrite it",
                 path.display()
             ),
+            StoreIo::Etcd(e) => write!(f, "{e}"),
         }
     }
 }
@@ -78,6 +87,7 @@ impl std::error::Error for StoreIo {
             StoreIo::Redb(e) => Some(&**e),
             StoreIo::Encode(e) => Some(e),
             StoreIo::Exists(_) => None,
+            StoreIo::Etcd(e) => Some(&**e),
         }
     }
 }
@@ -95,6 +105,10 @@ pub enum Corruption {
     /// The current version has no record.
     #[error("current version {0} is missing")]
     MissingVersion(u64),
+    /// An etcd key under the store's prefix holds what its name says it
+    /// cannot (see docs/etcd.md for the layout).
+    #[error("etcd key {key}: {why}")]
+    BadKey { key: String, why: String },
     /// The versions read back are not whole ([`StoreDump::check`]).
     #[error(transparent)]
     Incomplete(#[from] DumpError),
@@ -312,6 +326,24 @@ pub trait Store: Send + Sync + 'static {
     /// The digest recorded with the current version (of the empty config
     /// before the first commit).
     fn current_digest(&self) -> Result<String, StoreError>;
+
+    /// The current version, its config and its digest, read together: what
+    /// the hub compares with what it holds before each change, so a
+    /// version committed by another control on a shared store is seen
+    /// (and planned on) rather than overwritten.
+    fn current_record(&self) -> Result<(u64, Config, String), StoreError> {
+        let (version, config) = self.current()?;
+        Ok((version, config, self.current_digest()?))
+    }
+
+    /// Calls `on_change` (on a thread of the store's) whenever the current
+    /// version may have been changed by another process sharing the store,
+    /// and after each reconnection (a change may have been missed). The
+    /// callback must not block: it wakes whoever re-reads. Stores that only
+    /// this process writes (redb) never call it.
+    fn watch(&self, on_change: Box<dyn Fn() + Send + Sync>) {
+        let _ = on_change;
+    }
 
     /// Writes `config` as version `expected + 1` if the current version is
     /// still `expected`; returns the new version once durable.

@@ -24,7 +24,7 @@
 
 use std::path::Path;
 
-use super::{RedbStore, Store, StoreError};
+use super::{EtcdArgs, EtcdStore, RedbStore, Store, StoreError};
 use crate::config::Config;
 use crate::datadir::{DataDir, STORE_ID};
 use crate::Error;
@@ -208,6 +208,72 @@ fn reinitialized(
         "{}: {summary}; proxies keep their policy and refuse this store's versions until they pass the ones they run",
         path.display()
     );
+    Ok(store)
+}
+
+/// Opens the etcd store of `--store etcd://...` for this data directory:
+///
+/// | etcd under the prefix | `store.id` | what happens |
+/// | --- | --- | --- |
+/// | no store | missing | a new store: a new identity in etcd (or the one another replica made first) and in `store.id` |
+/// | no store | present | refused (exit 1), unless `--reinitialize-store`: an empty store with the directory's identity, version 1 saying why |
+/// | store X | missing | `store.id` records X (a new replica joining) |
+/// | store X | X | opened |
+/// | store X | Y | refused (exit 1): another store |
+///
+/// etcd not answering is an error (exit 1) that names the endpoints.
+pub fn open_etcd(
+    dir: &mut DataDir,
+    endpoints: &[String],
+    args: &EtcdArgs,
+    reinitialize: bool,
+    now: u64,
+) -> Result<EtcdStore, Error> {
+    let shown = format!("etcd at {} under {}", endpoints.join(","), args.etcd_prefix);
+    // Errors from etcd name the endpoints themselves.
+    let fail = |e: StoreError| {
+        Error::internal(format!("the store under {}: {e}", args.etcd_prefix)).caused_by(e)
+    };
+    let mut store = EtcdStore::connect(endpoints, args).map_err(fail)?;
+    let held = store.id().to_string();
+    match (held.as_str(), dir.store_id.clone()) {
+        ("", None) => {
+            let id = store
+                .create_id(&crate::tokens::random_hex(16))
+                .map_err(fail)?;
+            dir.record_store_id(&id)?;
+            tracing::info!(store_id = %id, "{shown}: using the store (recorded in {STORE_ID})");
+        }
+        ("", Some(recorded)) if reinitialize => {
+            store.create_id(&recorded).map_err(fail)?;
+            let summary = format!(
+                "store reinitialized with --reinitialize-store: {shown} held no store"
+            );
+            match store.commit(0, &Config::default(), &summary, now) {
+                // Another replica reinitialized it first: fine.
+                Ok(_) | Err(StoreError::Conflict { .. }) => {}
+                Err(e) => return Err(fail(e)),
+            }
+            tracing::warn!(store_id = %recorded, "{shown}: {summary}");
+        }
+        ("", Some(recorded)) => {
+            return Err(Error::internal(format!(
+                "{shown}: holds no coremesh store, but the data directory {} was initialized with store {recorded} ({STORE_ID}): control will not start with an empty store, which would hand every proxy an empty policy. Check --store and --etcd-prefix; to start empty anyway, start once with --reinitialize-store.",
+                dir.path.display()
+            )))
+        }
+        (id, None) => {
+            dir.record_store_id(id)?;
+            tracing::info!(store_id = %id, "{shown}: joined the store (recorded in {STORE_ID})");
+        }
+        (id, Some(recorded)) if id == recorded => {}
+        (id, Some(recorded)) => {
+            return Err(Error::internal(format!(
+                "{shown}: is store {id}, but the data directory {} was initialized with store {recorded} ({STORE_ID}): it is another store. Check --store and --etcd-prefix.",
+                dir.path.display()
+            )))
+        }
+    }
     Ok(store)
 }
 

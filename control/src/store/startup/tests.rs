@@ -224,7 +224,11 @@ fn a_store_error_turned_into_an_error_keeps_it() {
         expected: 1,
         found: 2,
     });
-    assert_eq!(e.message, "store version moved: expected 1, found 2");
+    assert_eq!(
+        e.message,
+        "changed by someone else at version 2; re-read and apply again"
+    );
+    assert_eq!(e.kind, crate::ErrorKind::Conflict);
     assert!(matches!(
         e.source().and_then(|s| s.downcast_ref::<StoreError>()),
         Some(StoreError::Conflict {
