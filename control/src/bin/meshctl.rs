@@ -1470,6 +1470,28 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    #[test]
+    fn api_takes_a_list_comma_separated_or_repeated() {
+        let apis = |args: &[&str]| {
+            let mut argv = vec!["meshctl"];
+            argv.extend_from_slice(args);
+            argv.push("status");
+            Cli::try_parse_from(argv).map(|c| c.api)
+        };
+        assert_eq!(
+            apis(&["--api", "https://a:1,https://b:2"]).ok(),
+            Some(vec!["https://a:1".to_string(), "https://b:2".to_string()])
+        );
+        assert_eq!(
+            apis(&["--api", "https://a:1", "--api", "https://b:2,https://c:3"]).ok(),
+            Some(vec![
+                "https://a:1".to_string(),
+                "https://b:2".to_string(),
+                "https://c:3".to_string()
+            ])
+        );
+    }
+
     fn proxy(node: &str, skew: Option<i64>) -> ProxyStatus {
         ProxyStatus {
             service: "api".into(),
