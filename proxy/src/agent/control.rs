@@ -1183,7 +1183,7 @@ fn failover_order(start: usize, len: usize) -> usize {
 /// drawn from the upper half of its step ("equal jitter": 100-200 ms,
 /// 200-400 ms, ... 5-10 s), so a fleet that lost control at the same moment
 /// does not come back at the same moment, and one that cannot reach any
-/// control asks at most every 5 s.
+/// control waits 5-10 s between tries.
 #[derive(Debug)]
 pub struct Backoff {
     attempt: u32,
