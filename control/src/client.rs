@@ -4,7 +4,14 @@
 //! host name) or plain HTTP (`http://`, for a control started with
 //! `--api-plaintext` on loopback). Blocking std sockets, so meshctl needs
 //! no runtime.
+//!
+//! Several URLs (control replicas sharing one etcd store) are tried in
+//! order at each request until one accepts the TCP connection; once one
+//! has, its answer (or error: TLS, HTTP, a broken exchange) is final, so a
+//! request is never sent twice. Later requests start at the one that
+//! answered.
 
+use std::cell::Cell;
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -37,6 +44,9 @@ pub enum ClientError {
         #[source]
         reason: ResponseError,
     },
+    /// Several URLs, and none accepted a connection (meshctl exit 2).
+    #[error("cannot reach control at any of {}", join_tried(.tried))]
+    NoneReachable { tried: Vec<(String, io::Error)> },
     #[error("{0}")]
     BadUrl(String),
     /// `https://` without a CA to verify control with.
@@ -98,11 +108,33 @@ struct Tls {
     ca: PathBuf,
 }
 
-pub struct Client {
+/// One URL of `--api`.
+struct Target {
     /// `host:port`
     authority: String,
-    credential: String,
     tls: Option<Tls>,
+}
+
+pub struct Client {
+    /// In the order given; at least one.
+    targets: Vec<Target>,
+    /// The target to try first: the last one that accepted a connection.
+    first: Cell<usize>,
+    credential: String,
+}
+
+fn join_tried(tried: &[(String, io::Error)]) -> String {
+    tried
+        .iter()
+        .map(|(addr, e)| format!("{addr} ({e})"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The order in which to try `len` targets: `first`, then the following
+/// ones round the list.
+pub fn try_order(first: usize, len: usize) -> impl Iterator<Item = usize> {
+    (0..len).map(move |k| (first + k) % len.max(1))
 }
 
 /// The certificates of a PEM file, as roots for a TLS 1.3 client.
@@ -135,6 +167,65 @@ impl Client {
     /// `url` is `https://host:port` (verified with the CA in `ca`) or
     /// `http://host:port` (plain; `ca` unused); a trailing `/` is fine.
     pub fn new(url: &str, credential: &str, ca: Option<&Path>) -> Result<Client, ClientError> {
+        Client::with_urls(&[url], credential, ca)
+    }
+
+    /// Several URLs of the same control plane (replicas), tried in this
+    /// order; every `https://` one is verified with the CA in `ca`.
+    pub fn with_urls(
+        urls: &[impl AsRef<str>],
+        credential: &str,
+        ca: Option<&Path>,
+    ) -> Result<Client, ClientError> {
+        let targets = urls
+            .iter()
+            .map(|u| Target::new(u.as_ref(), ca))
+            .collect::<Result<Vec<_>, _>>()?;
+        if targets.is_empty() {
+            return Err(ClientError::BadUrl(
+                "--api: no URL given; e.g. https://127.0.0.1:7080".into(),
+            ));
+        }
+        Ok(Client {
+            targets,
+            first: Cell::new(0),
+            credential: credential.trim().to_string(),
+        })
+    }
+
+    pub fn get(&self, path: &str) -> Result<Response, ClientError> {
+        self.request("GET", path, None)
+    }
+
+    /// A TCP connection to the first target that accepts one, from the
+    /// last that did, round the list. Refused, timed out or unresolvable:
+    /// the next one.
+    fn connect(&self) -> Result<(TcpStream, &Target), ClientError> {
+        let mut tried = Vec::new();
+        for i in try_order(self.first.get(), self.targets.len()) {
+            let t = &self.targets[i];
+            match t.connect() {
+                Ok(s) => {
+                    self.first.set(i);
+                    return Ok((s, t));
+                }
+                Err(e) => tried.push((t.authority.clone(), e)),
+            }
+        }
+        if tried.len() == 1 {
+            let (addr, source) = tried.remove(0);
+            return Err(ClientError::Unreachable {
+                addr,
+                step: "",
+                source,
+            });
+        }
+        Err(ClientError::NoneReachable { tried })
+    }
+}
+
+impl Target {
+    fn new(url: &str, ca: Option<&Path>) -> Result<Target, ClientError> {
         let (rest, tls, default_port) = if let Some(rest) = url.strip_prefix("https://") {
             (rest, true, 443)
         } else if let Some(rest) = url.strip_prefix("http://") {
@@ -172,28 +263,11 @@ impl Client {
         } else {
             None
         };
-        Ok(Client {
-            authority,
-            credential: credential.trim().to_string(),
-            tls,
-        })
+        Ok(Target { authority, tls })
     }
 
-    pub fn get(&self, path: &str) -> Result<Response, ClientError> {
-        self.request("GET", path, None)
-    }
-
-    fn connect(&self) -> Result<TcpStream, ClientError> {
-        let unreachable = |source| ClientError::Unreachable {
-            addr: self.authority.clone(),
-            step: "",
-            source,
-        };
-        let addrs: Vec<_> = self
-            .authority
-            .to_socket_addrs()
-            .map_err(unreachable)?
-            .collect();
+    fn connect(&self) -> io::Result<TcpStream> {
+        let addrs: Vec<_> = self.authority.to_socket_addrs()?.collect();
         let mut last = io::Error::new(io::ErrorKind::AddrNotAvailable, "no address");
         for a in addrs {
             match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
@@ -205,19 +279,21 @@ impl Client {
                 Err(e) => last = e,
             }
         }
-        Err(unreachable(last))
+        Err(last)
     }
+}
 
+impl Client {
     pub fn request(
         &self,
         method: &str,
         path: &str,
         body: Option<(&str, &[u8])>,
     ) -> Result<Response, ClientError> {
-        let tcp = self.connect()?;
+        let (tcp, t) = self.connect()?;
         let mut req = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nConnection: close\r\nAccept: application/json\r\n",
-            self.authority, self.credential
+            t.authority, self.credential
         );
         let body_bytes = match body {
             Some((content_type, b)) => {
@@ -234,11 +310,11 @@ impl Client {
         };
         req.push_str("\r\n");
         let mut raw = Vec::new();
-        let done = match &self.tls {
+        let done = match &t.tls {
             None => exchange(tcp, &req, body_bytes, &mut raw),
             Some(tls) => {
                 let conn = ClientConnection::new(tls.config.clone(), tls.name.clone())
-                    .map_err(|e| self.tls_error(tls, e))?;
+                    .map_err(|e| t.tls_error(tls, e))?;
                 exchange(StreamOwned::new(conn, tcp), &req, body_bytes, &mut raw)
             }
         };
@@ -247,14 +323,14 @@ impl Client {
                 .get_ref()
                 .and_then(|inner| inner.downcast_ref::<rustls::Error>())
                 .cloned();
-            match (&self.tls, tls_cause) {
-                (Some(tls), Some(cause)) => return Err(self.tls_error(tls, cause)),
+            match (&t.tls, tls_cause) {
+                (Some(tls), Some(cause)) => return Err(t.tls_error(tls, cause)),
                 // A peer that closed without close_notify after a whole
                 // answer: the answer is good.
                 _ if e.kind() == io::ErrorKind::UnexpectedEof && parse_response(&raw).is_ok() => {}
                 _ => {
                     return Err(ClientError::Unreachable {
-                        addr: self.authority.clone(),
+                        addr: t.authority.clone(),
                         step,
                         source: e,
                     })
@@ -262,7 +338,7 @@ impl Client {
             }
         }
         parse_response(&raw).map_err(|reason| ClientError::Protocol {
-            addr: self.authority.clone(),
+            addr: t.authority.clone(),
             reason,
         })
     }
@@ -276,16 +352,16 @@ impl Client {
         path: &str,
         mut line: impl FnMut(&[u8]) -> bool,
     ) -> Result<Option<Response>, ClientError> {
-        let tcp = self.connect()?;
+        let (tcp, t) = self.connect()?;
         let head = format!(
             "GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nConnection: close\r\nAccept: application/x-ndjson\r\n\r\n",
-            self.authority, self.credential
+            t.authority, self.credential
         );
-        let mut stream: Box<dyn ReadWrite> = match &self.tls {
+        let mut stream: Box<dyn ReadWrite> = match &t.tls {
             None => Box::new(tcp),
             Some(tls) => {
                 let conn = ClientConnection::new(tls.config.clone(), tls.name.clone())
-                    .map_err(|e| self.tls_error(tls, e))?;
+                    .map_err(|e| t.tls_error(tls, e))?;
                 Box::new(StreamOwned::new(conn, tcp))
             }
         };
@@ -294,10 +370,10 @@ impl Client {
                 .get_ref()
                 .and_then(|inner| inner.downcast_ref::<rustls::Error>())
                 .cloned();
-            match (&self.tls, tls_cause) {
-                (Some(tls), Some(cause)) => self.tls_error(tls, cause),
+            match (&t.tls, tls_cause) {
+                (Some(tls), Some(cause)) => t.tls_error(tls, cause),
                 _ => ClientError::Unreachable {
-                    addr: self.authority.clone(),
+                    addr: t.authority.clone(),
                     step,
                     source: e,
                 },
@@ -316,7 +392,7 @@ impl Client {
             match stream.read(&mut chunk) {
                 Ok(0) => {
                     return Err(ClientError::Protocol {
-                        addr: self.authority.clone(),
+                        addr: t.authority.clone(),
                         reason: ResponseError::NoHead,
                     })
                 }
@@ -325,7 +401,7 @@ impl Client {
             }
         };
         let protocol = |reason| ClientError::Protocol {
-            addr: self.authority.clone(),
+            addr: t.authority.clone(),
             reason,
         };
         // The head alone, to learn the status and the framing.
@@ -365,7 +441,9 @@ impl Client {
             }
         }
     }
+}
 
+impl Target {
     /// A rustls error, told as what the operator should check.
     fn tls_error(&self, tls: &Tls, e: rustls::Error) -> ClientError {
         let addr = self.authority.clone();

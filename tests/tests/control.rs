@@ -638,9 +638,9 @@ fn kill_9_of_control_keeps_traffic_flowing_and_a_restart_reconverges_without_tok
     // The grace must outlast the proxies' reconnection so no endpoint is
     // withdrawn; held proxies get their snapshot when it ends, so it also
     // bounds the reconvergence. A proxy notices the restart with its next
-    // packet (keep-alive every 3 s), or by idle timeout (10 s) if control
-    // did not answer with a stateless reset: 10 s is generous only with the
-    // reset, which is checked below.
+    // packet (keep-alive every 1 s), or by idle timeout (3 s) if control
+    // did not answer with a stateless reset, and reconnects in a fraction
+    // of a second: 10 s is generous.
     let mut mesh = Mesh::start(ControlBuilder::new().grace("10s").start(), 1);
     let version = mesh.control.apply(EXAMPLE);
     mesh.converge(version);

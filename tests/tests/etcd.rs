@@ -15,8 +15,9 @@
 //! - one etcd member killed: applies go on; two killed: apply fails with an
 //!   error that says etcd lost its majority, nothing is half-applied, and
 //!   once they are back applies work;
-//! - a proxy that lists both controls moves to the other when its own is
-//!   killed;
+//! - a proxy that lists both controls moves to the other within seconds
+//!   when its own is killed (kill -9), and meshctl given both APIs, the
+//!   dead one first, uses the live one;
 //! - control speaks TLS to etcd with a client certificate; a control with
 //!   another CA than the store's is refused.
 //!
@@ -418,15 +419,70 @@ fn a_proxy_listing_both_controls_moves_to_the_other_when_its_control_is_killed()
 
     let killed = Instant::now();
     a.kill9();
-    // The proxy notices by its QUIC idle timeout (10 s), then reconnects
-    // down its list.
-    b.wait_applied(1, 1, v1, &[], Duration::from_secs(40));
+    // The proxy notices by its QUIC keep-alives going unanswered (idle
+    // timeout 3 s), then tries the next address of its list first.
+    let on_b = wait_for(Duration::from_secs(40), || {
+        b.proxies()
+            .iter()
+            .any(|p| p["connected"] == true && p["applied_version"] == p["sent_version"])
+            .then(Instant::now)
+    })
+    .expect("the proxy moves to b");
+    let moved = on_b - killed;
     eprintln!(
-        "the proxy was on b {} ms after a was killed",
-        killed.elapsed().as_millis()
+        "the proxy was on b, its snapshot ACKed, {} ms after a was killed",
+        moved.as_millis()
     );
+    // Issue 19's target is 5 s (3-4 s to notice, then the next address at
+    // once); the extra second is for a debug build on a loaded machine and
+    // for polling b's API.
+    assert!(
+        moved < Duration::from_secs(6),
+        "the proxy took {moved:?} to move to b"
+    );
+    b.wait_applied(1, 1, v1, &[], SOON);
     let v2 = b.apply("kind: Resilience\nservice: api\nloadBalancer: round-robin\n");
     b.wait_applied(1, 1, v2, &["api"], SOON);
+
+    // meshctl given both replicas' APIs, the dead one first: it uses the
+    // one that answers. Comma-separated, and the flag repeated.
+    let both = format!("{},{}", a.api_url(), b.api_url());
+    let data = b.data_dir().to_str().expect("UTF-8");
+    for api in [
+        vec!["--api", both.as_str()],
+        vec!["--api", &a.api_url(), "--api", &b.api_url()],
+    ]
+    .iter()
+    {
+        let out = std::process::Command::new(coremesh_e2e::control::meshctl_bin())
+            .args(api.iter().copied())
+            .args(["--data-dir", data, "history"])
+            .env_remove("COREMESH_API")
+            .env_remove("COREMESH_CREDENTIAL")
+            .env_remove("COREMESH_CA")
+            .output()
+            .expect("run meshctl");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{api:?}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("apply service/api"), "{stdout}");
+    }
+    // Both dead: exit 2, naming both.
+    let out = std::process::Command::new(coremesh_e2e::control::meshctl_bin())
+        .args(["--api", &format!("{},{}", a.api_url(), a.api_url())])
+        .args(["--data-dir", data, "history"])
+        .env_remove("COREMESH_API")
+        .output()
+        .expect("run meshctl");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("cannot reach control at any of"),
+        "{stderr}"
+    );
 }
 
 #[test]

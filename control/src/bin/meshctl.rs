@@ -1,6 +1,8 @@
 //! `meshctl`: the operator's command line for coremesh-control's HTTP API.
 //!
-//! Finds control through `--api` / `COREMESH_API` and the operator
+//! Finds control through `--api` / `COREMESH_API` (several replicas: a
+//! comma-separated list or the flag repeated, tried in order until one
+//! accepts the connection) and the operator
 //! credential through `--credential FILE` / `COREMESH_CREDENTIAL` or
 //! `--data-dir DIR` (reads `DIR/operator.credential`).
 //!
@@ -35,14 +37,17 @@ use serde::de::DeserializeOwned;
 #[command(version, about)]
 struct Cli {
     /// Control's API: https://HOST:PORT (http:// only for a control with
-    /// --api-plaintext).
+    /// --api-plaintext). Several replicas: comma-separated, or the flag
+    /// repeated; tried in order, the first that accepts the connection
+    /// answers (an error it answers is final).
     #[arg(
         long,
         env = "COREMESH_API",
         default_value = "https://127.0.0.1:7080",
+        value_delimiter = ',',
         global = true
     )]
-    api: String,
+    api: Vec<String>,
     /// The CA certificate (PEM) that issued control's API certificate.
     /// Default: api-ca.pem in --data-dir, else beside the --credential file.
     #[arg(long, env = "COREMESH_CA", value_name = "FILE", global = true)]
@@ -269,6 +274,10 @@ impl From<ClientError> for Fail {
                 2,
                 format!("{e}\nIs coremesh-control running? Check --api / COREMESH_API, and that its log says `listening ... api=ADDR`."),
             ),
+            ClientError::NoneReachable { .. } => Fail(
+                2,
+                format!("{e}\nAre the coremesh-control replicas running? Check --api / COREMESH_API, and that their logs say `listening ... api=ADDR`."),
+            ),
             ClientError::Protocol { .. } => Fail(2, format!("{e}\nIs --api pointing at coremesh-control's API port? Control serves https:// unless started with --api-plaintext.")),
             ClientError::BadUrl(m) => Fail(1, m),
             ClientError::NoCa { .. } => Fail(1, format!("{e}: pass --ca FILE (control's <data-dir>/api-ca.pem), or --data-dir DIR, or keep api-ca.pem beside the --credential file")),
@@ -394,14 +403,20 @@ fn ca_file(cli: &Cli) -> Option<PathBuf> {
 
 const API_CA: &str = coremesh_control::datadir::API_CA;
 
+/// The first `--api` URL: where `bootstrap` derives control's QUIC address
+/// from when `--control-address` is not given.
+fn first_api(cli: &Cli) -> &str {
+    cli.api.first().map_or("", String::as_str)
+}
+
 fn run(cli: Cli) -> Result<(), Fail> {
     if let Cmd::Bootstrap(args) = &cli.cmd {
         // Check everything before a token is spent on it.
-        bootstrap_plan(&cli.api, args)?;
+        bootstrap_plan(first_api(&cli), args)?;
     }
     let cred = credential(&cli)?;
     let api = Api {
-        client: Client::new(&cli.api, &cred, ca_file(&cli).as_deref())?,
+        client: Client::with_urls(&cli.api, &cred, ca_file(&cli).as_deref())?,
     };
     match cli.cmd {
         Cmd::Apply { file, if_version } => {
@@ -490,7 +505,10 @@ fn run(cli: Cli) -> Result<(), Fail> {
         }
         Cmd::Token { cmd } => token(&api, cmd)?,
         Cmd::Node { cmd } => node(&api, cmd)?,
-        Cmd::Bootstrap(args) => bootstrap(&api, &cli.api, &args)?,
+        Cmd::Bootstrap(args) => {
+            let url = cli.api.first().map_or("", String::as_str);
+            bootstrap(&api, url, &args)?
+        }
     }
     Ok(())
 }
@@ -1454,6 +1472,28 @@ mod tests {
     fn flags_are_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn api_takes_a_list_comma_separated_or_repeated() {
+        let apis = |args: &[&str]| {
+            let mut argv = vec!["meshctl"];
+            argv.extend_from_slice(args);
+            argv.push("status");
+            Cli::try_parse_from(argv).map(|c| c.api)
+        };
+        assert_eq!(
+            apis(&["--api", "https://a:1,https://b:2"]).ok(),
+            Some(vec!["https://a:1".to_string(), "https://b:2".to_string()])
+        );
+        assert_eq!(
+            apis(&["--api", "https://a:1", "--api", "https://b:2,https://c:3"]).ok(),
+            Some(vec![
+                "https://a:1".to_string(),
+                "https://b:2".to_string(),
+                "https://c:3".to_string()
+            ])
+        );
     }
 
     fn proxy(node: &str, skew: Option<i64>) -> ProxyStatus {

@@ -2,7 +2,9 @@
 //! agent thread (quinn over the tokio current-thread runtime).
 //!
 //! Lifecycle (`run` loops through it forever; every failure goes back to
-//! `disconnected` after a backoff of 100 ms doubling to 10 s, with jitter):
+//! `disconnected` after a backoff of 100-200 ms doubling to 5-10 s, with
+//! jitter; each connect starts at the address after the one last connected
+//! to, so a proxy whose control died tries the next listed control first):
 //!
 //! ```text
 //! disconnected ──no certificate in state_dir──▶ joining
@@ -398,6 +400,7 @@ pub async fn run(setup: ControlSetup) {
         names: super::names::Names::default(),
         identity: RefCell::new(None),
         summaries: RefCell::new(crate::stats::edge::SummaryState::default()),
+        start: Cell::new(0),
     };
     let mut backoff = Backoff::new();
     loop {
@@ -443,6 +446,12 @@ struct Client {
     identity: RefCell<Option<Identity>>,
     /// The edge totals last reported to control.
     summaries: RefCell<crate::stats::edge::SummaryState>,
+    /// Where in the resolved address list the next connect starts: the
+    /// address after the last one connected to. A session ends when its
+    /// control died, restarted or dropped it; the next control listed is
+    /// the best bet, and trying the dead one first would cost a whole
+    /// CONNECT_TIMEOUT before the failover.
+    start: Cell<usize>,
 }
 
 impl Client {
@@ -500,11 +509,13 @@ impl Client {
         Ok(Some(id))
     }
 
-    /// Tries each address in order; the first that completes a handshake wins.
+    /// Tries each address in order, from [`Client::start`] round the list;
+    /// the first that completes a handshake wins. Also returns its index in
+    /// the list.
     async fn connect(
         &self,
         cfg: &quinn::ClientConfig,
-    ) -> Result<(quinn::Endpoint, quinn::Connection, SocketAddr), SessionError> {
+    ) -> Result<(quinn::Endpoint, quinn::Connection, SocketAddr, usize), SessionError> {
         let mut errors = Vec::new();
         let mut addrs = Vec::new();
         for target in &self.cfg().addresses {
@@ -519,7 +530,15 @@ impl Client {
                 }
             }
         }
-        for addr in addrs {
+        let first = failover_order(self.start.get(), addrs.len());
+        for (i, addr) in addrs
+            .iter()
+            .copied()
+            .enumerate()
+            .cycle()
+            .skip(first)
+            .take(addrs.len())
+        {
             let bind: SocketAddr = if addr.is_ipv6() {
                 (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
             } else {
@@ -534,7 +553,7 @@ impl Client {
                 }
             };
             match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
-                Ok(Ok(conn)) => return Ok((endpoint, conn, addr)),
+                Ok(Ok(conn)) => return Ok((endpoint, conn, addr, i)),
                 Ok(Err(source)) => errors.push(AttemptError::Handshake { addr, source }),
                 Err(_) => errors.push(AttemptError::Timeout {
                     addr,
@@ -571,7 +590,7 @@ impl Client {
         let verifier = Arc::new(FingerprintVerifier::new(&token.ca_fingerprint));
         let mismatch = verifier.mismatch_flag();
         let cfg = tls::join_config(verifier)?;
-        let (_endpoint, conn, addr) = match self.connect(&cfg).await {
+        let (_endpoint, conn, addr, _) = match self.connect(&cfg).await {
             Ok(c) => c,
             Err(_) if mismatch.load(Ordering::Relaxed) => {
                 tracing::error!(
@@ -670,7 +689,11 @@ impl Client {
     /// One session over mutual TLS, until it fails.
     async fn session(&self, id: &Identity) -> Result<(), Failure> {
         let cfg = tls::session_config(&id.key_pem, &id.cert_pem, &id.ca_pem)?;
-        let (endpoint, conn, addr) = self.connect(&cfg).await?;
+        let (endpoint, conn, addr, at) = self.connect(&cfg).await?;
+        // Whatever ends this session, the next one tries the next address
+        // first. (A join does not move it: the session after it tries the
+        // addresses in the same order.)
+        self.start.set(at + 1);
         let (mut send, recv) = conn
             .open_bi()
             .await
@@ -1149,9 +1172,18 @@ pub fn random_unit() -> f64 {
     (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// Reconnection delays: 100 ms doubling up to 10 s, each drawn from the
-/// upper half of its step ("equal jitter"), so a fleet that lost control at
-/// the same moment does not come back at the same moment.
+/// Where a connect over `len` addresses starts: `start` (the one after the
+/// address last connected to) wrapped round the list, which may have
+/// changed length since (names resolve anew at each connect).
+fn failover_order(start: usize, len: usize) -> usize {
+    start.checked_rem(len).unwrap_or(0)
+}
+
+/// Reconnection delays: steps of 200 ms doubling up to 10 s, each delay
+/// drawn from the upper half of its step ("equal jitter": 100-200 ms,
+/// 200-400 ms, ... 5-10 s), so a fleet that lost control at the same moment
+/// does not come back at the same moment, and one that cannot reach any
+/// control waits 5-10 s between tries.
 #[derive(Debug)]
 pub struct Backoff {
     attempt: u32,
@@ -1168,7 +1200,7 @@ impl Backoff {
     /// The next delay; `r` in [0, 1) picks where in the step.
     pub fn next(&mut self, r: f64) -> Duration {
         let step = Self::MIN
-            .saturating_mul(1u32 << self.attempt.min(16))
+            .saturating_mul(2u32 << self.attempt.min(16))
             .min(Self::MAX);
         self.attempt = self.attempt.saturating_add(1);
         let half = step / 2;

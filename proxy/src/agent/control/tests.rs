@@ -677,11 +677,30 @@ fn backoff_stays_within_bounds_and_grows() {
     assert!(prev_max > Duration::from_secs(9));
     assert_eq!(b.next(1.0), Backoff::MAX);
     b.reset();
-    assert_eq!(b.next(0.0), Backoff::MIN);
+    // Jittered from the first step on: 100-200 ms, then 200-400 ms.
     assert_eq!(b.next(0.0), Backoff::MIN);
     assert_eq!(b.next(0.0), Duration::from_millis(200));
+    b.reset();
+    assert_eq!(b.next(0.5), Duration::from_millis(150));
+    // Never below 5 s once at the top, so a fleet with no control left
+    // does not hammer the network.
+    let mut top = Backoff { attempt: 30 };
+    assert_eq!(top.next(0.0), Backoff::MAX / 2);
     for _ in 0..1000 {
         let r = random_unit();
         assert!((0.0..1.0).contains(&r));
     }
+}
+
+#[test]
+fn a_connect_starts_after_the_address_last_connected_to() {
+    // Connected to the first of three: the next connect starts at the second.
+    assert_eq!(failover_order(1, 3), 1);
+    // Connected to the last: round to the first.
+    assert_eq!(failover_order(3, 3), 0);
+    // A name resolved to fewer addresses since: still within the list.
+    assert_eq!(failover_order(5, 2), 1);
+    assert_eq!(failover_order(4, 0), 0);
+    // One address: always that one.
+    assert_eq!(failover_order(1, 1), 0);
 }
