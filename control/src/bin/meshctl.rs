@@ -348,7 +348,10 @@ impl Api {
         path: &str,
         body: Option<(&str, &[u8])>,
     ) -> Result<T, Fail> {
-        let r = self.client.request(method, path, body)?;
+        let r = self
+            .client
+            .request(method, path, body)
+            .map_err(|e| answer_lost(method, e))?;
         if r.status == 401 {
             return Err(Fail(
                 1,
@@ -378,6 +381,34 @@ impl Api {
         let body = serde_json::to_vec(body).map_err(|e| Fail(1, e.to_string()))?;
         self.call("POST", path, Some(("application/json", &body)))
     }
+}
+
+/// A change (anything but GET) whose request was sent and whose answer
+/// never came: control may have died after committing it, or before.
+/// Exit 2 as for an unreachable control, saying that the outcome is
+/// unknown and how to find it out, so it is not blindly sent again.
+fn answer_lost(method: &str, e: ClientError) -> Fail {
+    let lost = matches!(
+        &e,
+        ClientError::Unreachable { step, .. } if !step.is_empty()
+    ) || matches!(
+        &e,
+        ClientError::Protocol {
+            reason: coremesh_control::client::ResponseError::NoHead,
+            ..
+        }
+    );
+    if method == "GET" || !lost {
+        return Fail::from(e);
+    }
+    Fail(
+        2,
+        format!(
+            "{e}\nThe change was sent, but control's answer was lost (did it stop?): it may or may not have been committed. \
+             Check `meshctl history` (through another replica, if one died) before sending it again; \
+             `--if-version N` makes a repeat safe."
+        ),
+    )
 }
 
 /// The CA file to pin: `--ca`, else `api-ca.pem` in `--data-dir`, else
