@@ -35,10 +35,12 @@
 //! election a few retries.
 //!
 //! The store watches `current` ([`Store::watch`]), so the hub adopts and
-//! pushes what another control committed. The CA key is not in etcd: each
-//! replica reads its CA from its data directory (or
+//! pushes what another control committed. By default the CA key is not in
+//! etcd: each replica reads its CA from its data directory (or
 //! `--ca-cert`/`--ca-key`); etcd keeps only the fingerprint of their root,
-//! so a replica with another CA is refused ([`EtcdStore::agree_ca`]).
+//! so a replica with another CA is refused ([`EtcdStore::agree_ca`]). With
+//! `--ca-in-store` the CA is in etcd at `ca/current`, its key sealed with
+//! the operator's key ([`super::ca_record`], `ca_store`).
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -149,6 +151,7 @@ pub fn parse_url(url: &str) -> Result<Vec<String>, EtcdError> {
 /// | `<prefix>tokens/<id>` | JSON [`TokenRecord`] |
 /// | `<prefix>nodes/<node>` | JSON [`NodeRecord`] |
 /// | `<prefix>ca-fingerprint` | the fingerprint of the controls' CA root ([`EtcdStore::agree_ca`]) |
+/// | `<prefix>ca/current` | with `--ca-in-store`: JSON [`super::ca_record::CaRecord`], the CA with its key sealed |
 ///
 /// Versions are zero-padded so that etcd's byte order is version order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,6 +177,8 @@ pub enum Key {
     Version(u64),
     Token(String),
     Node(String),
+    /// `ca/<slot>`: a sealed CA ([`Keys::ca`]).
+    Ca(String),
     /// Not one of ours (a later control's, say): left alone.
     Other,
 }
@@ -207,6 +212,12 @@ impl Keys {
         format!("{}ca-fingerprint", self.prefix)
     }
 
+    /// `ca/<slot>`: the CA shared through the store, sealed
+    /// ([`super::ca_record`]); `slot` is [`CA_CURRENT`].
+    pub fn ca(&self, slot: &str) -> String {
+        format!("{}ca/{slot}", self.prefix)
+    }
+
     pub fn version(&self, version: u64) -> String {
         format!("{}versions/{version:020}", self.prefix)
     }
@@ -236,6 +247,8 @@ impl Keys {
                     Key::Token(id.to_string())
                 } else if let Some(node) = rest.strip_prefix("nodes/") {
                     Key::Node(node.to_string())
+                } else if let Some(slot) = rest.strip_prefix("ca/") {
+                    Key::Ca(slot.to_string())
                 } else {
                     Key::Other
                 }
@@ -994,7 +1007,7 @@ pub fn dump_from<'a>(
             Some(Key::Node(_)) => dump
                 .nodes
                 .push(serde_json::from_slice(value).map_err(|e| corrupt("node", e))?),
-            Some(Key::StoreId) | Some(Key::Other) | None => {}
+            Some(Key::StoreId) | Some(Key::Ca(_)) | Some(Key::Other) | None => {}
         }
     }
     dump.versions.sort_by_key(|v: &VersionRecord| v.version);
@@ -1217,6 +1230,9 @@ impl Store for EtcdStore {
         })
     }
 }
+
+mod ca_store;
+pub use self::ca_store::CA_CURRENT;
 
 #[cfg(test)]
 mod tests;

@@ -17,6 +17,7 @@
 //! "another store" (refused unless allowed). How control opens the store,
 //! and refuses to start on a missing or damaged one, is in [`startup`].
 
+pub mod ca_record;
 pub mod etcd;
 mod redb;
 pub mod startup;
