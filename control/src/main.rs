@@ -390,7 +390,7 @@ async fn run(args: Args) -> Result<(), Error> {
             Arc::new(store)
         }
         Some(endpoints) => {
-            let store = open_etcd(
+            let mut store = open_etcd(
                 &mut dir,
                 &endpoints,
                 &args.store,
@@ -427,8 +427,17 @@ async fn run(args: Args) -> Result<(), Error> {
                 Ok(Err(mismatch)) => return Err(Error::internal(mismatch.to_string())),
                 Err(e) => return Err(e.into()),
             }
+            let replica = args.store.replica(args.api.port());
+            store
+                .start_session(&replica, args.heartbeat_timeout)
+                .map_err(|e| {
+                    Error::internal(format!(
+                        "the store under {}: starting this replica's session: {e}",
+                        args.store.etcd_prefix
+                    ))
+                })?;
             println!(
-                "store: etcd at {} under {} (store {})",
+                "store: etcd at {} under {} (store {}, replica {replica})",
                 store.endpoints(),
                 store.keys().prefix(),
                 store.id()

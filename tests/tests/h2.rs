@@ -1191,8 +1191,11 @@ fn grpc_a_server_that_dies_mid_stream_is_unavailable() {
     let c = m.client();
     assert_all_ok(&c.run(&["unary"]), 1, "before the server dies");
     let run = std::thread::scope(|s| {
+        // 100 replies 100 ms apart: a 10 s stream. The kill comes 4 s in,
+        // leaving the Python client up to 4 s to start on a loaded machine
+        // (1.5 s was once too little) and 6 s of stream still to cut.
         let t = s.spawn(|| c.run(&["server-stream", "--count", "100", "--interval-ms", "100"]));
-        std::thread::sleep(Duration::from_millis(1500));
+        std::thread::sleep(Duration::from_secs(4));
         m.app("api-v1").kill();
         t.join().expect("client thread")
     });
