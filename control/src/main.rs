@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use clap::Parser;
+use coremesh_control::ca_rotation::CaRotation;
 use coremesh_control::hub::{Hub, Options};
 use coremesh_control::store::ca_record::SealKey;
 use coremesh_control::store::startup::{ca_from_etcd, open_etcd, open_store, OwnCa};
@@ -376,6 +377,7 @@ async fn run(args: Args) -> Result<(), Error> {
         }
     };
     let now = coremesh_control::unix_secs(SystemTime::now());
+    let mut etcd_store: Option<Arc<coremesh_control::store::EtcdStore>> = None;
     let store: Arc<dyn Store> = match etcd {
         None => {
             let store = open_store(&mut dir, args.reinitialize_store, now)?;
@@ -442,7 +444,9 @@ async fn run(args: Args) -> Result<(), Error> {
                 store.keys().prefix(),
                 store.id()
             );
-            Arc::new(store)
+            let store = Arc::new(store);
+            etcd_store = Some(store.clone());
+            store
         }
     };
     let opts = Options {
@@ -490,7 +494,18 @@ async fn run(args: Args) -> Result<(), Error> {
     }
     tokio::spawn(hub.clone().run());
     tokio::spawn(quic::serve(endpoint.clone(), hub.clone()));
-    let app = api::router(hub.clone(), &dir.credential, api_tls.is_some());
+    // The leader of election ca-rotation issues a requested next root.
+    let rotation = match (etcd_store, seal_key) {
+        (Some(store), Some(key)) => Some(CaRotation::start(
+            store,
+            key,
+            hub.ca(),
+            Duration::from_secs(1),
+        )),
+        _ => None,
+    };
+    let app = api::router(hub.clone(), &dir.credential, api_tls.is_some())
+        .layer(axum::Extension(rotation));
     api_tls::serve(listener, app, api_tls, shutdown()).await;
     tracing::info!("shutting down");
     endpoint.close(0u32.into(), b"control shutting down");

@@ -1343,7 +1343,7 @@ impl Store for EtcdStore {
 }
 
 mod ca_store;
-pub use self::ca_store::CA_CURRENT;
+pub use self::ca_store::{unchanged, CaSlots, Slot, CA_CURRENT, CA_NEXT, CA_PREVIOUS, CA_REQUEST};
 mod session;
 pub use self::session::{LeaseHook, Session, StoreHealth};
 

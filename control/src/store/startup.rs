@@ -25,7 +25,7 @@
 use std::path::Path;
 
 use super::ca_record::{CaRecord, SealKey};
-use super::etcd::CA_CURRENT;
+use super::etcd::{CA_CURRENT, CA_NEXT, CA_PREVIOUS};
 use super::{EtcdArgs, EtcdStore, RedbStore, Store, StoreError};
 use crate::ca::Ca;
 use crate::config::Config;
@@ -352,6 +352,8 @@ pub fn ca_from_etcd(
                 .map_err(fail)?
             {
                 None => {
+                    let mut ca = ca;
+                    rotation_roots(store, &mut ca, now)?;
                     tracing::info!(key = %key_name, from = %what, kid = key.kid(), fingerprint = ca.fingerprint(), "stored the CA in etcd, its key sealed");
                     return Ok(StoredCa {
                         ca,
@@ -392,11 +394,41 @@ pub fn ca_from_etcd(
         }
     }
     tracing::info!(key = %key_name, kid = key.kid(), fingerprint = ca.fingerprint(), "took the CA from etcd (its key in memory only)");
+    let mut ca = ca;
+    rotation_roots(store, &mut ca, now)?;
     Ok(StoredCa {
         ca,
         key_name,
         stored: None,
     })
+}
+
+/// Adds the roots of a rotation under way (`ca/next`, `ca/previous`;
+/// [`crate::ca_rotation`]) to `ca`'s trust bundle: the anchor, the last
+/// certificate of each chain.
+fn rotation_roots(store: &EtcdStore, ca: &mut Ca, now: std::time::SystemTime) -> Result<(), Error> {
+    let slots = store.ca_slots().map_err(|e| {
+        Error::internal(format!(
+            "the CA in etcd under {}ca/: {e}",
+            store.keys().prefix()
+        ))
+        .caused_by(e)
+    })?;
+    for (slot, value) in [(CA_NEXT, &slots.next), (CA_PREVIOUS, &slots.previous)] {
+        let Some(value) = value else { continue };
+        let key_name = store.keys().ca(slot);
+        let record = CaRecord::from_json(&key_name, &value.value)
+            .map_err(|e| Error::internal(e.to_string()))?;
+        let anchor = record
+            .cert_pem
+            .split_inclusive("-----END CERTIFICATE-----")
+            .filter(|b| b.contains("-----BEGIN CERTIFICATE-----"))
+            .last()
+            .unwrap_or_default();
+        let added = ca.add_extra_roots(&key_name, anchor, now)?;
+        tracing::info!(key = %key_name, fingerprint = %record.fingerprint, added, "trusting the root of a rotation under way");
+    }
+    Ok(())
 }
 
 fn store_error(path: &Path, e: StoreError) -> Error {

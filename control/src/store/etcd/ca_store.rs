@@ -51,3 +51,73 @@ impl EtcdStore {
         })
     }
 }
+
+/// The slot of the next root during a rotation: `<prefix>ca/next`.
+pub const CA_NEXT: &str = "next";
+/// The slot of the old root after a rotation's switch: `<prefix>ca/previous`.
+pub const CA_PREVIOUS: &str = "previous";
+/// The slot of an operator's request for a next root: `<prefix>ca/rotation`.
+pub const CA_REQUEST: &str = "rotation";
+
+/// One slot's value and `mod_revision` (for a guarded change).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    pub value: Vec<u8>,
+    pub revision: i64,
+}
+
+/// Every `ca/` slot, read at one revision.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CaSlots {
+    pub current: Option<Slot>,
+    pub next: Option<Slot>,
+    pub previous: Option<Slot>,
+    pub request: Option<Slot>,
+}
+
+/// A compare that holds while `slot` is as read: its `mod_revision`, or
+/// absent.
+pub fn unchanged(key: &str, slot: &Option<Slot>) -> Compare {
+    match slot {
+        Some(s) => Compare::mod_revision(key, CompareOp::Equal, s.revision),
+        None => Compare::create_revision(key, CompareOp::Equal, 0),
+    }
+}
+
+impl EtcdStore {
+    /// Every `ca/` slot, at one revision.
+    pub fn ca_slots(&self) -> Result<CaSlots, StoreError> {
+        self.run("reading the CA", |inner| async move {
+            let kvs = inner.range("ca/", "reading the CA").await?;
+            let mut slots = CaSlots::default();
+            for kv in kvs {
+                let slot = Some(Slot {
+                    value: kv.value().to_vec(),
+                    revision: kv.mod_revision(),
+                });
+                match kv.key().strip_prefix(inner.keys.ca("").as_bytes()) {
+                    Some(b"current") => slots.current = slot,
+                    Some(b"next") => slots.next = slot,
+                    Some(b"previous") => slots.previous = slot,
+                    Some(b"rotation") => slots.request = slot,
+                    _ => {}
+                }
+            }
+            Ok(slots)
+        })
+    }
+
+    /// One transaction on the `ca/` slots: `ops` if every compare holds.
+    /// False when one did not (another control changed a slot first).
+    pub fn ca_txn(
+        &self,
+        what: &'static str,
+        compares: Vec<Compare>,
+        ops: Vec<TxnOp>,
+    ) -> Result<bool, StoreError> {
+        self.run(what, move |inner| async move {
+            let txn = Txn::new().when(compares).and_then(ops);
+            Ok(inner.txn(txn, what, Retry::Unsent).await?.succeeded())
+        })
+    }
+}
