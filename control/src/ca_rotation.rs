@@ -16,10 +16,17 @@
 //! the operator's key can switch.
 //!
 //! Every replica trusts the roots of `current`, `next` and `previous`
-//! (its trust bundle, pushed to proxies) and issues from `current`, as
-//! read when it starts: after each step, restart the replicas one by one.
+//! (its trust bundle, pushed to proxies) and issues from `current`. It
+//! reads the slots at start and then every second: when they change, it
+//! rebuilds its CA and hands it to `on_change` (main swaps the hub's CA,
+//! which pushes the new trust bundle to every proxy, and the QUIC server
+//! configuration).
 
-use std::sync::Arc;
+// A std Mutex guards what this replica loaded, touched once a second and
+// by status requests: off the data plane (clippy.toml's rule is for it).
+#![allow(clippy::disallowed_types)]
+
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use etcd_client::{Compare, CompareOp, TxnOp};
@@ -74,6 +81,19 @@ impl Step {
     }
 }
 
+/// What a replica hands its new CA to when the slots change: returns the
+/// fingerprints of the roots it then trusts.
+pub type OnChange = Box<dyn Fn(Ca) -> Result<Vec<String>, Error> + Send + Sync>;
+
+/// The CA a replica runs with, and the slots it was built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Loaded {
+    /// Fingerprints in `current`, `next`, `previous` when it was built.
+    seen: [Option<String>; 3],
+    issuing: String,
+    trusted: Vec<String>,
+}
+
 /// The rotation of one replica: its store, the operator's key, and its
 /// place in the election.
 pub struct CaRotation {
@@ -81,15 +101,26 @@ pub struct CaRotation {
     key: SealKey,
     trust_domain: String,
     election: Election,
-    /// The roots of this replica's CA as it started: issuing, trusted.
-    issuing: String,
-    trusted: Vec<String>,
+    loaded: Mutex<Loaded>,
+    on_change: OnChange,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl CaRotation {
-    /// Campaigns in election [`ELECTION`] and, while leading, issues the
-    /// next root when one is requested (checked every `every`).
-    pub fn start(store: Arc<EtcdStore>, key: SealKey, ca: &Ca, every: Duration) -> Arc<CaRotation> {
+    /// Campaigns in election [`ELECTION`] and, every `every`: while
+    /// leading, issues the next root when one is requested; on every
+    /// replica, rebuilds the CA when the slots changed since `ca` (the one
+    /// it started with) and hands it to `on_change`.
+    pub fn start(
+        store: Arc<EtcdStore>,
+        key: SealKey,
+        ca: &Ca,
+        every: Duration,
+        on_change: OnChange,
+    ) -> Result<Arc<CaRotation>, Error> {
         let replica = store.replica().to_string();
         let election = Election::start(&store, ELECTION, &replica);
         let trusted = ca
@@ -97,14 +128,26 @@ impl CaRotation {
             .iter()
             .map(|der| coremesh_api::token::fingerprint_hex(der.as_ref()))
             .collect();
-        let rotation = Arc::new(CaRotation {
+        let mut rotation = CaRotation {
             store,
             key,
             trust_domain: ca.trust_domain().to_string(),
             election,
-            issuing: ca.fingerprint().to_string(),
-            trusted,
-        });
+            loaded: Mutex::new(Loaded {
+                seen: [None, None, None],
+                issuing: ca.fingerprint().to_string(),
+                trusted,
+            }),
+            on_change,
+        };
+        let slots = rotation.store.ca_slots().map_err(|e| rotation.fail(e))?;
+        let seen = rotation.seen(&slots)?;
+        rotation
+            .loaded
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .seen = seen;
+        let rotation = Arc::new(rotation);
         let r = rotation.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
@@ -112,7 +155,11 @@ impl CaRotation {
             loop {
                 tick.tick().await;
                 let r = r.clone();
-                let done = tokio::task::spawn_blocking(move || r.issue_next_if_asked()).await;
+                let done = tokio::task::spawn_blocking(move || {
+                    r.issue_next_if_asked()?;
+                    r.reload_if_changed()
+                })
+                .await;
                 match done {
                     Ok(Err(e)) => tracing::warn!("CA rotation: {e}"),
                     Err(e) => tracing::warn!("CA rotation: task failed: {e}"),
@@ -120,7 +167,64 @@ impl CaRotation {
                 }
             }
         });
-        rotation
+        Ok(rotation)
+    }
+
+    /// The fingerprints in `current`, `next`, `previous`.
+    fn seen(&self, slots: &CaSlots) -> Result<[Option<String>; 3], Error> {
+        let fp = |slot: &str, v: &Option<Slot>| -> Result<Option<String>, Error> {
+            Ok(self.record(slot, v)?.map(|r| r.fingerprint))
+        };
+        Ok([
+            fp(CA_CURRENT, &slots.current)?,
+            fp(CA_NEXT, &slots.next)?,
+            fp(CA_PREVIOUS, &slots.previous)?,
+        ])
+    }
+
+    /// Every replica's work: when the slots changed since the CA it runs
+    /// with was built, builds the CA of `current` trusting `next` and
+    /// `previous` too, and hands it to `on_change`.
+    fn reload_if_changed(&self) -> Result<(), Error> {
+        let slots = self.store.ca_slots().map_err(|e| self.fail(e))?;
+        let seen = self.seen(&slots)?;
+        if lock(&self.loaded).seen == seen {
+            return Ok(());
+        }
+        let Some(current) = self.record(CA_CURRENT, &slots.current)? else {
+            // Removed by hand: keep issuing from what this replica has.
+            return Ok(());
+        };
+        let key_name = self.key_name(CA_CURRENT);
+        let key_pem = current
+            .open(&self.key, &key_name, self.store.id())
+            .map_err(|e| Error::internal(e.to_string()))?;
+        let now = SystemTime::now();
+        let mut ca = Ca::from_pem(
+            &key_name,
+            &current.cert_pem,
+            &format!("{key_name} (sealed key)"),
+            &key_pem,
+            &self.trust_domain,
+            now,
+        )?;
+        crate::store::startup::add_rotation_roots(self.store.keys(), &slots, &mut ca, now)?;
+        let issuing = ca.fingerprint().to_string();
+        let trusted = (self.on_change)(ca)?;
+        // Move the fingerprint record along, as a restart would: a replica
+        // started later is checked against the root that issues now.
+        match self.store.agree_ca(&trusted) {
+            Ok(Ok(())) => {}
+            Ok(Err(mismatch)) => tracing::warn!("CA: {mismatch}"),
+            Err(e) => tracing::warn!("CA: recording the root's fingerprint: {e}"),
+        }
+        tracing::info!(issuing = %issuing, trusted = trusted.len(), "CA: reloaded from etcd (a root rotation step)");
+        *lock(&self.loaded) = Loaded {
+            seen,
+            issuing,
+            trusted,
+        };
+        Ok(())
     }
 
     fn fail(&self, e: crate::store::StoreError) -> Error {
@@ -198,14 +302,9 @@ impl CaRotation {
     }
 
     fn status_of(&self, slots: &CaSlots) -> Result<RotationStatus, Error> {
-        let fp = |slot: &str, v: &Option<Slot>| -> Result<Option<String>, Error> {
-            Ok(self.record(slot, v)?.map(|r| r.fingerprint))
-        };
-        let (current, next, previous) = (
-            fp(CA_CURRENT, &slots.current)?,
-            fp(CA_NEXT, &slots.next)?,
-            fp(CA_PREVIOUS, &slots.previous)?,
-        );
+        let [current, next, previous] = self.seen(slots)?;
+        // One guard (two in one expression would deadlock).
+        let loaded = lock(&self.loaded).clone();
         let phase = if next.is_some() {
             "next-issued"
         } else if slots.request.is_some() {
@@ -220,8 +319,8 @@ impl CaRotation {
             current,
             next,
             previous,
-            issuing: self.issuing.clone(),
-            trusted: self.trusted.clone(),
+            issuing: loaded.issuing,
+            trusted: loaded.trusted,
             leading: self.election.leading().is_some(),
         })
     }
@@ -238,7 +337,7 @@ impl CaRotation {
                 match phase.as_str() {
                     "none" => "begin one with `meshctl ca rotate begin`",
                     "requested" => "the leader of election ca-rotation issues the next root within seconds; see `meshctl ca status`",
-                    "next-issued" => "restart every control so that all trust both roots, then `meshctl ca rotate switch`",
+                    "next-issued" => "once every proxy has ACKed the bundle with both roots (`meshctl status`), `meshctl ca rotate switch`",
                     _ => "once every proxy has renewed its certificate, `meshctl ca rotate finish`",
                 }
             )))

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use clap::Parser;
-use coremesh_control::ca_rotation::CaRotation;
+use coremesh_control::ca_rotation::{CaRotation, OnChange};
 use coremesh_control::hub::{Hub, Options};
 use coremesh_control::store::ca_record::SealKey;
 use coremesh_control::store::startup::{ca_from_etcd, open_etcd, open_store, OwnCa};
@@ -159,9 +159,15 @@ fn load_ca(args: &Args, dir: &datadir::DataDir) -> Result<ca::Ca, Error> {
 }
 
 /// `ca` with --extra-roots in its trust bundle; warns when it expires soon.
-fn with_extra_roots(args: &Args, mut ca: ca::Ca) -> Result<ca::Ca, Error> {
+fn with_extra_roots(args: &Args, ca: ca::Ca) -> Result<ca::Ca, Error> {
+    add_extra_roots(&args.extra_roots, ca)
+}
+
+/// `ca` with the roots of `files` in its trust bundle; warns when it
+/// expires soon.
+fn add_extra_roots(files: &[PathBuf], mut ca: ca::Ca) -> Result<ca::Ca, Error> {
     let now = SystemTime::now();
-    for path in &args.extra_roots {
+    for path in files {
         let added = ca.add_extra_roots_file(path, now)?;
         tracing::info!(file = %path.display(), added, "extra roots in the trust bundle");
     }
@@ -467,7 +473,7 @@ async fn run(args: Args) -> Result<(), Error> {
         .map_err(|e| Error::internal(format!("QUIC socket: {e}")))?;
     let api_tls = api_tls::acceptor(
         &args.api_tls,
-        hub.ca(),
+        &hub.ca(),
         args.api,
         &dir.path,
         SystemTime::now(),
@@ -494,14 +500,34 @@ async fn run(args: Args) -> Result<(), Error> {
     }
     tokio::spawn(hub.clone().run());
     tokio::spawn(quic::serve(endpoint.clone(), hub.clone()));
-    // The leader of election ca-rotation issues a requested next root.
+    // The leader of election ca-rotation issues a requested next root;
+    // every replica swaps its CA when the CA in etcd changes.
     let rotation = match (etcd_store, seal_key) {
-        (Some(store), Some(key)) => Some(CaRotation::start(
-            store,
-            key,
-            hub.ca(),
-            Duration::from_secs(1),
-        )),
+        (Some(store), Some(key)) => {
+            let started_with = hub.ca();
+            let (hub, endpoint) = (hub.clone(), endpoint.clone());
+            let (extra, listen_ip) = (args.extra_roots.clone(), args.listen.ip());
+            let on_change: OnChange = Box::new(move |ca| {
+                let ca = add_extra_roots(&extra, ca)?;
+                let trusted = ca
+                    .roots()
+                    .iter()
+                    .map(|der| coremesh_api::token::fingerprint_hex(der.as_ref()))
+                    .collect();
+                hub.set_ca(ca);
+                // New connections get a server certificate from the new CA
+                // and are verified against the new bundle.
+                endpoint.set_server_config(Some(quic::server_config(&hub, listen_ip)?));
+                Ok(trusted)
+            });
+            Some(CaRotation::start(
+                store,
+                key,
+                &started_with,
+                Duration::from_secs(1),
+                on_change,
+            )?)
+        }
         _ => None,
     };
     let app = api::router(hub.clone(), &dir.credential, api_tls.is_some())

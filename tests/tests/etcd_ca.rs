@@ -362,7 +362,7 @@ fn a_root_rotation_through_etcd_issues_the_next_root_once_and_moves_every_contro
     let etcd = EtcdCluster::start(3);
     let keys = TempDir::new("ca-store-key");
     let key = new_key(&keys, "ca-store.key");
-    let mut a = sealed_control(&etcd, &key);
+    let a = sealed_control(&etcd, &key);
     let mut b = sealed_control(&etcd, &key);
     let app = Origin::start("api");
     let (ma, mb) = (a.member("api", "on-a"), b.member("api", "on-b"));
@@ -399,17 +399,27 @@ fn a_root_rotation_through_etcd_issues_the_next_root_once_and_moves_every_contro
     let again = a.meshctl(&["ca", "rotate", "begin"]);
     assert_ne!(again.code, 0, "{}", again.stdout);
 
-    // Restarted, every control trusts both roots, and so do their proxies.
-    a.restart();
-    b.restart();
+    // Without a restart, every control now trusts both roots, and so do
+    // their proxies.
     let both = wait_bundles(&[&ma, &mb], 2);
     assert!(both.contains(&old[0]));
 
-    // switch: the next root issues; the old one stays trusted.
+    // switch: the next root issues on both controls; the old one stays
+    // trusted.
     let out = b.meshctl(&["ca", "rotate", "switch"]).ok().stdout;
     assert_eq!(phase(&out), "switched", "{out}");
-    a.restart();
-    b.restart();
+    for c in [&a, &b] {
+        let moved = wait_for(SOON, || {
+            let out = c.meshctl(&["ca", "status"]).ok().stdout;
+            let current = out
+                .lines()
+                .find_map(|l| l.strip_prefix("current:"))
+                .map(|f| f.trim().to_string())?;
+            out.contains(&format!("issues from {current} and trusts 2"))
+                .then_some(())
+        });
+        assert!(moved.is_some(), "{}", c.log_tail(20));
+    }
     let after = wait_bundles(&[&ma, &mb], 2);
     let new_root = after
         .iter()
@@ -439,7 +449,10 @@ fn a_root_rotation_through_etcd_issues_the_next_root_once_and_moves_every_contro
     assert_eq!(phase(&out), "none", "{out}");
     let status = b.meshctl(&["ca", "status"]).ok().stdout;
     assert!(status.contains("previous: -"), "{status}");
-    a.restart();
     let last = wait_bundles(&[&mn], 1);
     assert_eq!(last, vec![new_root]);
+    // A restarted control starts on the new root alone.
+    b.restart();
+    let status = b.meshctl(&["ca", "status"]).ok().stdout;
+    assert!(status.contains("trusts 1 root(s)"), "{status}");
 }

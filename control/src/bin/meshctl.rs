@@ -244,8 +244,8 @@ enum CaCmd {
     /// A step of a root rotation (docs/etcd.md, "Rotating the root in
     /// etcd"): `begin` (a next root is issued once, by one control),
     /// `switch` (the next root issues; the old one stays trusted),
-    /// `finish` (the old root is dropped). Restart every control after
-    /// each step.
+    /// `finish` (the old root is dropped). Every control takes each step
+    /// within about a second, without a restart.
     Rotate {
         #[arg(value_parser = ["begin", "switch", "finish"])]
         step: String,

@@ -181,6 +181,7 @@ pub fn parse_url(url: &str) -> Result<Vec<String>, EtcdError> {
 /// | `<prefix>nodes/<node>` | JSON [`NodeRecord`] |
 /// | `<prefix>ca-fingerprint` | the fingerprint of the controls' CA root ([`EtcdStore::agree_ca`]) |
 /// | `<prefix>ca/current` | with `--ca-in-store`: JSON [`super::ca_record::CaRecord`], the CA with its key sealed |
+/// | `<prefix>ca/next`, `<prefix>ca/previous`, `<prefix>ca/rotation` | a root rotation under way ([`crate::ca_rotation`]) |
 /// | `<prefix>election/<name>` | the replica leading election `name`, under its lease ([`super::election`]) |
 /// | `<prefix>endpoints/<service>/<address>` | JSON [`super::registrations::EndpointRecord`], under the owning replica's lease |
 ///

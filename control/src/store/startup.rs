@@ -403,20 +403,18 @@ pub fn ca_from_etcd(
     })
 }
 
-/// Adds the roots of a rotation under way (`ca/next`, `ca/previous`;
-/// [`crate::ca_rotation`]) to `ca`'s trust bundle: the anchor, the last
-/// certificate of each chain.
-fn rotation_roots(store: &EtcdStore, ca: &mut Ca, now: std::time::SystemTime) -> Result<(), Error> {
-    let slots = store.ca_slots().map_err(|e| {
-        Error::internal(format!(
-            "the CA in etcd under {}ca/: {e}",
-            store.keys().prefix()
-        ))
-        .caused_by(e)
-    })?;
+/// Adds the roots of a rotation under way (`ca/next`, `ca/previous` in
+/// `slots`; [`crate::ca_rotation`]) to `ca`'s trust bundle: the anchor,
+/// the last certificate of each chain.
+pub fn add_rotation_roots(
+    keys: &super::etcd::Keys,
+    slots: &super::etcd::CaSlots,
+    ca: &mut Ca,
+    now: std::time::SystemTime,
+) -> Result<(), Error> {
     for (slot, value) in [(CA_NEXT, &slots.next), (CA_PREVIOUS, &slots.previous)] {
         let Some(value) = value else { continue };
-        let key_name = store.keys().ca(slot);
+        let key_name = keys.ca(slot);
         let record = CaRecord::from_json(&key_name, &value.value)
             .map_err(|e| Error::internal(e.to_string()))?;
         let anchor = record
@@ -429,6 +427,18 @@ fn rotation_roots(store: &EtcdStore, ca: &mut Ca, now: std::time::SystemTime) ->
         tracing::info!(key = %key_name, fingerprint = %record.fingerprint, added, "trusting the root of a rotation under way");
     }
     Ok(())
+}
+
+/// [`add_rotation_roots`] with the slots read from `store`.
+fn rotation_roots(store: &EtcdStore, ca: &mut Ca, now: std::time::SystemTime) -> Result<(), Error> {
+    let slots = store.ca_slots().map_err(|e| {
+        Error::internal(format!(
+            "the CA in etcd under {}ca/: {e}",
+            store.keys().prefix()
+        ))
+        .caused_by(e)
+    })?;
+    add_rotation_roots(store.keys(), &slots, ca, now)
 }
 
 fn store_error(path: &Path, e: StoreError) -> Error {
