@@ -152,6 +152,8 @@ impl CaRotation {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Warn once per outage (etcd without a majority), not each tick.
+            let mut failing = false;
             loop {
                 tick.tick().await;
                 let r = r.clone();
@@ -159,11 +161,21 @@ impl CaRotation {
                     r.issue_next_if_asked()?;
                     r.reload_if_changed()
                 })
-                .await;
+                .await
+                .unwrap_or_else(|e| Err(Error::internal(format!("task failed: {e}"))));
                 match done {
-                    Ok(Err(e)) => tracing::warn!("CA rotation: {e}"),
-                    Err(e) => tracing::warn!("CA rotation: task failed: {e}"),
-                    Ok(Ok(())) => {}
+                    Err(e) if !failing => {
+                        tracing::warn!(
+                            "CA rotation: {e}; trying again every {every:?} (the CA in use stays)"
+                        );
+                        failing = true;
+                    }
+                    Err(_) => {}
+                    Ok(()) if failing => {
+                        tracing::info!("CA rotation: reading the CA in etcd again");
+                        failing = false;
+                    }
+                    Ok(()) => {}
                 }
             }
         });
