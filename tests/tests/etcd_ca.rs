@@ -10,7 +10,12 @@
 //!   PEM private key;
 //! - a control with another key file, with a key file others can read, or
 //!   with its own files' CA differing from etcd's, refuses to start with a
-//!   message that says what to do.
+//!   message that says what to do;
+//! - a root rotation (`meshctl ca rotate begin|switch|finish`) without a
+//!   restart: the next root is issued once (by the leader of election
+//!   ca-rotation), both controls' proxies trust both roots, after the
+//!   switch a new join gets a certificate from the new root, and after
+//!   finish the bundle holds the new root alone.
 //!
 //! Skipped, with the reason printed, where /usr/bin/etcd is missing, except
 //! under CI (`CI=true`), where that fails them.
@@ -249,6 +254,15 @@ fn a_control_with_another_key_or_another_ca_refuses_to_start() {
         stderr.contains("is not the CA in etcd at /coremesh/ca/current")
             && stderr.contains("Start without --ca-cert/--ca-key"),
         "{stderr}"
+    );
+
+    // A control with its CA in files has no rotation through the API.
+    let no = own.meshctl(&["ca", "rotate", "begin"]);
+    assert_eq!(no.code, 1, "{}{}", no.stdout, no.stderr);
+    assert!(
+        no.stderr.contains("does not keep its CA in etcd"),
+        "{}",
+        no.stderr
     );
 
     // --ca-in-store on the redb store is refused.
