@@ -107,6 +107,8 @@ pub fn router(hub: Arc<Hub>, credential: &str, tls: bool) -> Router {
         .route("/v1/edges", get(edges))
         .route("/v1/edges/series", get(edge_series))
         .route("/metrics", get(metrics))
+        .route("/v1/ca/rotation", get(ca_rotation_status))
+        .route("/v1/ca/rotation/{step}", post(ca_rotation_step))
         .fallback(|| async { Error::not_found("no such API path; see `meshctl --help`") })
         .layer(middleware::from_fn_with_state(ctx.clone(), auth))
         .with_state(ctx);
@@ -436,4 +438,33 @@ async fn metrics(State(ctx): State<Ctx>) -> Response {
         out,
     )
         .into_response()
+}
+
+/// The rotation of a CA kept in etcd, when control runs with
+/// `--ca-in-store` (added by main as an extension; `None` otherwise).
+pub type Rotation = axum::Extension<Option<Arc<crate::ca_rotation::CaRotation>>>;
+
+fn rotation_of(rotation: Rotation) -> Result<Arc<crate::ca_rotation::CaRotation>, Error> {
+    rotation.0.ok_or_else(|| {
+        Error::rejected(
+            "this control does not keep its CA in etcd: rotating the root through the API needs --store etcd://... and --ca-in-store (with its CA in files, rotate as the README's \"Rotating the root\" says)",
+        )
+    })
+}
+
+/// `GET /v1/ca/rotation`: where a root rotation is.
+async fn ca_rotation_status(rotation: Rotation) -> Result<Response, Error> {
+    let rotation = rotation_of(rotation)?;
+    Ok(Json(blocking(move || rotation.status()).await?).into_response())
+}
+
+/// `POST /v1/ca/rotation/{begin|switch|finish}`: one step of a rotation.
+async fn ca_rotation_step(rotation: Rotation, Path(step): Path<String>) -> Result<Response, Error> {
+    let rotation = rotation_of(rotation)?;
+    let step = crate::ca_rotation::Step::parse(&step).ok_or_else(|| {
+        Error::not_found(format!(
+            "no rotation step {step:?}: begin, switch or finish"
+        ))
+    })?;
+    Ok(Json(blocking(move || rotation.step(step)).await?).into_response())
 }

@@ -89,6 +89,21 @@ pub fn read_store_id(dir: &Path) -> Result<Option<String>, Error> {
     }
 }
 
+/// The data directory's own CA (`ca.pem`, `ca.key`) if both files exist,
+/// read without creating one (for `--ca-in-store`, which stores it in etcd
+/// or compares it with etcd's).
+pub fn read_ca(dir: &Path) -> Result<Option<(String, String)>, Error> {
+    let (cert, key) = (dir.join(CA_CERT), dir.join(CA_KEY));
+    match (cert.exists(), key.exists()) {
+        (true, true) => Ok(Some((read(&cert)?, read(&key)?))),
+        (false, false) => Ok(None),
+        _ => Err(Error::internal(format!(
+            "{}: has only one of {CA_CERT} and {CA_KEY}; restore the other or remove both",
+            dir.display()
+        ))),
+    }
+}
+
 fn io_err(path: &Path, what: &str, e: std::io::Error) -> Error {
     Error::internal(format!("{}: {what}: {e}", path.display()))
 }

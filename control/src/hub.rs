@@ -182,9 +182,10 @@ pub struct Hub {
     /// The store's identity, in every snapshot (proxies refuse a lower
     /// config version from the same store, and another store's snapshots).
     store_id: String,
-    ca: Ca,
+    /// Swapped when the CA in etcd changes ([`Hub::set_ca`]).
+    ca: Mutex<Arc<Ca>>,
     /// The CA's trust bundle, in every view.
-    trust_bundle: Arc<Vec<String>>,
+    trust_bundle: Mutex<Arc<Vec<String>>>,
     opts: Options,
     state: Mutex<State>,
     /// Serializes config writers (read-plan-commit), so commits never race.
@@ -256,9 +257,9 @@ impl Hub {
         Ok(Arc::new(Hub {
             store_id: store.id().to_string(),
             store,
-            trust_bundle: Arc::new(ca.trust_bundle()),
+            trust_bundle: Mutex::new(Arc::new(ca.trust_bundle())),
             taps: Arc::new(crate::tap::Taps::new(ca.spiffe_id(""))),
-            ca,
+            ca: Mutex::new(Arc::new(ca)),
             opts,
             state: Mutex::new(state),
             writer: Mutex::new(()),
@@ -273,8 +274,23 @@ impl Hub {
         &self.store_id
     }
 
-    pub fn ca(&self) -> &Ca {
-        &self.ca
+    /// The CA control issues from now.
+    pub fn ca(&self) -> Arc<Ca> {
+        lock(&self.ca).clone()
+    }
+
+    fn trust_bundle(&self) -> Arc<Vec<String>> {
+        lock(&self.trust_bundle).clone()
+    }
+
+    /// Issues from `ca` from now on, and sends every proxy a snapshot with
+    /// its trust bundle (a root rotation of the CA in etcd,
+    /// [`crate::ca_rotation`]).
+    pub fn set_ca(&self, ca: Ca) {
+        *lock(&self.trust_bundle) = Arc::new(ca.trust_bundle());
+        *lock(&self.ca) = Arc::new(ca);
+        let mut st = lock(&self.state);
+        self.mark_dirty(&mut st);
     }
 
     pub fn options(&self) -> &Options {
@@ -336,7 +352,7 @@ impl Hub {
                 st.dirty = true;
             }
             if st.dirty {
-                let out = publish(&mut st, &self.trust_bundle, &self.store_id);
+                let out = publish(&mut st, &self.trust_bundle(), &self.store_id);
                 drop(st);
                 deliver(out);
             }
@@ -383,7 +399,7 @@ impl Hub {
                 &st.registry,
                 slot.calls.as_ref(),
                 service,
-                &self.trust_bundle,
+                &self.trust_bundle(),
             )
             .with_revoked(st.nodes.revoked());
             let key: ViewKey = (own_key(&st.config, service), slot.calls.clone());
@@ -470,7 +486,7 @@ impl Hub {
     pub fn deregister(&self, id: ProxyId) {
         let mut st = lock(&self.state);
         if st.registry.deregister(id) {
-            let out = publish(&mut st, &self.trust_bundle, &self.store_id);
+            let out = publish(&mut st, &self.trust_bundle(), &self.store_id);
             drop(st);
             deliver(out);
         }
@@ -518,7 +534,7 @@ impl Hub {
         let csr = Ca::parse_csr(csr_pem)?;
         let now = SystemTime::now();
         let signed = self
-            .ca
+            .ca()
             .sign(csr, service, node, self.opts.cert_lifetime, now)?;
         self.record_issued(node, service, &signed, now)?;
         lock(&self.state)
@@ -578,7 +594,7 @@ impl Hub {
             Consumed::Refused(why) => return Err(JoinError::Token(why.to_string())),
         };
         let cert = self
-            .ca
+            .ca()
             .sign(csr, &record.service, node, self.opts.cert_lifetime, now)
             .map_err(|e| JoinError::Internal(e.message))?;
         self.record_issued(node, &record.service, &cert, now)
@@ -587,7 +603,7 @@ impl Hub {
                 _ => JoinError::Internal(e.message),
             })?;
         Ok(Joined {
-            spiffe_id: self.ca.spiffe_id(&record.service),
+            spiffe_id: self.ca().spiffe_id(&record.service),
             service: record.service,
             cert,
         })
@@ -763,7 +779,7 @@ impl Hub {
         }
         let now = unix_secs(SystemTime::now());
         let (record, token) =
-            crate::tokens::new_token(&req.service, ttl, uses, self.ca.fingerprint(), now);
+            crate::tokens::new_token(&req.service, ttl, uses, self.ca().fingerprint(), now);
         self.store.put_token(&record)?;
         tracing::info!(id = %record.id, service = %record.service, uses, ttl, "join token created");
         Ok(TokenCreated {

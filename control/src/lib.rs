@@ -30,6 +30,7 @@ pub mod api_tls;
 pub mod backup;
 pub mod bootstrap;
 pub mod ca;
+pub mod ca_rotation;
 pub mod client;
 pub mod config;
 pub mod datadir;

@@ -18,8 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use clap::Parser;
+use coremesh_control::ca_rotation::{CaRotation, OnChange};
 use coremesh_control::hub::{Hub, Options};
-use coremesh_control::store::startup::{open_etcd, open_store};
+use coremesh_control::store::ca_record::SealKey;
+use coremesh_control::store::startup::{ca_from_etcd, open_etcd, open_store, OwnCa};
 use coremesh_control::store::{Store, StoreDump};
 use coremesh_control::{api, api_tls, backup, ca, datadir, quic, systemd, Error};
 
@@ -81,6 +83,17 @@ struct Args {
     /// control to trust, during a root rotation; repeatable.
     #[arg(long, value_name = "FILE")]
     extra_roots: Vec<PathBuf>,
+    /// Share the CA through the etcd store (`--store etcd://...`), its key
+    /// sealed with --ca-store-key: the first control stores its CA there
+    /// (--ca-cert/--ca-key's, the data directory's, or a new one), the
+    /// others take it from there and keep its key in memory only.
+    #[arg(long, requires = "ca_store_key")]
+    ca_in_store: bool,
+    /// The operator's key (64 hex digits, mode 0600) that seals the CA key
+    /// in etcd; the same file on every control. Make one with
+    /// `coremesh-control ca-store-key FILE`.
+    #[arg(long, value_name = "FILE", requires = "ca_in_store")]
+    ca_store_key: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -118,13 +131,19 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
+    /// Writes a new random key for --ca-store-key to FILE (mode 0600,
+    /// never overwriting a file) and prints its key id. Copy it to every
+    /// control of the store, as safely as the CA key itself.
+    CaStoreKey {
+        /// The key file to create.
+        file: PathBuf,
+    },
 }
 
 /// The CA: the operator's (--ca-cert/--ca-key) or the data directory's,
 /// plus --extra-roots.
 fn load_ca(args: &Args, dir: &datadir::DataDir) -> Result<ca::Ca, Error> {
-    let now = SystemTime::now();
-    let mut ca = match (&args.ca_cert, &args.ca_key, &dir.ca) {
+    let ca = match (&args.ca_cert, &args.ca_key, &dir.ca) {
         (Some(cert), Some(key), _) => ca::Ca::load_files(cert, key, &args.trust_domain)?,
         (_, _, Some((cert_pem, key_pem))) => ca::Ca::from_pem(
             &dir.path.join(datadir::CA_CERT).display().to_string(),
@@ -132,11 +151,23 @@ fn load_ca(args: &Args, dir: &datadir::DataDir) -> Result<ca::Ca, Error> {
             &dir.path.join(datadir::CA_KEY).display().to_string(),
             key_pem,
             &args.trust_domain,
-            now,
+            SystemTime::now(),
         )?,
         _ => return Err(Error::internal("no CA: pass --ca-cert and --ca-key")),
     };
-    for path in &args.extra_roots {
+    with_extra_roots(args, ca)
+}
+
+/// `ca` with --extra-roots in its trust bundle; warns when it expires soon.
+fn with_extra_roots(args: &Args, ca: ca::Ca) -> Result<ca::Ca, Error> {
+    add_extra_roots(&args.extra_roots, ca)
+}
+
+/// `ca` with the roots of `files` in its trust bundle; warns when it
+/// expires soon.
+fn add_extra_roots(files: &[PathBuf], mut ca: ca::Ca) -> Result<ca::Ca, Error> {
+    let now = SystemTime::now();
+    for path in files {
         let added = ca.add_extra_roots_file(path, now)?;
         tracing::info!(file = %path.display(), added, "extra roots in the trust bundle");
     }
@@ -247,7 +278,41 @@ fn offline(cmd: Cmd) -> Result<(), Error> {
             }
             Ok(())
         }
+        Cmd::CaStoreKey { file } => {
+            let key = SealKey::write_new(&file).map_err(|e| Error::rejected(e.to_string()))?;
+            println!(
+                "wrote a new CA store key to {} (kid {}); pass it as --ca-store-key to every control of the store, with --ca-in-store",
+                file.display(),
+                key.kid()
+            );
+            Ok(())
+        }
     }
+}
+
+/// This control's own CA for `--ca-in-store`: --ca-cert/--ca-key's, or the
+/// data directory's if it has one (never made here).
+fn own_ca(args: &Args, dir: &datadir::DataDir) -> Result<Option<OwnCa>, Error> {
+    if let (Some(cert), Some(key)) = (&args.ca_cert, &args.ca_key) {
+        let read = |p: &std::path::Path| {
+            std::fs::read_to_string(p)
+                .map_err(|e| Error::rejected(format!("{}: cannot read: {e}", p.display())))
+        };
+        return Ok(Some(OwnCa {
+            cert_src: cert.display().to_string(),
+            cert_pem: read(cert)?,
+            key_src: key.display().to_string(),
+            key_pem: read(key)?,
+        }));
+    }
+    Ok(
+        datadir::read_ca(&dir.path)?.map(|(cert_pem, key_pem)| OwnCa {
+            cert_src: dir.path.join(datadir::CA_CERT).display().to_string(),
+            cert_pem,
+            key_src: dir.path.join(datadir::CA_KEY).display().to_string(),
+            key_pem,
+        }),
+    )
 }
 
 /// The store of a running control, through its API.
@@ -276,7 +341,25 @@ async fn run(args: Args) -> Result<(), Error> {
         .data_dir
         .clone()
         .ok_or_else(|| Error::rejected("--data-dir is required"))?;
-    let mut dir = datadir::open(&data_dir, &args.trust_domain, args.ca_cert.is_none())?;
+    let etcd = args
+        .store
+        .etcd_endpoints()
+        .map_err(|e| Error::rejected(e.to_string()))?;
+    // Read before anything is created: a bad key file fails the start
+    // with nothing written.
+    let seal_key = match (&args.ca_store_key, &etcd) {
+        (Some(_), None) => {
+            return Err(Error::rejected(
+                "--ca-in-store needs an etcd store (--store etcd://...): the redb store is one control's, which has its CA in its files",
+            ))
+        }
+        (Some(path), Some(_)) => {
+            Some(SealKey::read_file(path).map_err(|e| Error::rejected(e.to_string()))?)
+        }
+        (None, _) => None,
+    };
+    let own_files = args.ca_cert.is_none() && seal_key.is_none();
+    let mut dir = datadir::open(&data_dir, &args.trust_domain, own_files)?;
     for path in &dir.created {
         println!("created {}", path.display());
     }
@@ -284,19 +367,23 @@ async fn run(args: Args) -> Result<(), Error> {
         "operator credential: {}",
         dir.path.join(datadir::CREDENTIAL).display()
     );
-    let ca = load_ca(&args, &dir)?;
-    println!(
-        "CA certificate: {}",
-        args.ca_cert
-            .clone()
-            .unwrap_or_else(|| dir.path.join(datadir::CA_CERT))
-            .display()
-    );
+    // With --ca-in-store the CA is read once the store is open.
+    let mut ca = match seal_key {
+        Some(_) => None,
+        None => {
+            let ca = load_ca(&args, &dir)?;
+            println!(
+                "CA certificate: {}",
+                args.ca_cert
+                    .clone()
+                    .unwrap_or_else(|| dir.path.join(datadir::CA_CERT))
+                    .display()
+            );
+            Some(ca)
+        }
+    };
     let now = coremesh_control::unix_secs(SystemTime::now());
-    let etcd = args
-        .store
-        .etcd_endpoints()
-        .map_err(|e| Error::rejected(e.to_string()))?;
+    let mut etcd_store: Option<Arc<coremesh_control::store::EtcdStore>> = None;
     let store: Arc<dyn Store> = match etcd {
         None => {
             let store = open_store(&mut dir, args.reinitialize_store, now)?;
@@ -311,13 +398,33 @@ async fn run(args: Args) -> Result<(), Error> {
             Arc::new(store)
         }
         Some(endpoints) => {
-            let store = open_etcd(
+            let mut store = open_etcd(
                 &mut dir,
                 &endpoints,
                 &args.store,
                 args.reinitialize_store,
                 now,
             )?;
+            if let Some(key) = &seal_key {
+                let own = own_ca(&args, &dir)?;
+                let taken = ca_from_etcd(&store, key, own, &args.trust_domain)?;
+                match &taken.stored {
+                    Some(what) => println!(
+                        "CA: stored {what} in etcd at {} (key sealed, kid {})",
+                        taken.key_name,
+                        key.kid()
+                    ),
+                    None => println!(
+                        "CA: from etcd at {} (key sealed, kid {})",
+                        taken.key_name,
+                        key.kid()
+                    ),
+                }
+                ca = Some(with_extra_roots(&args, taken.ca)?);
+            }
+            let Some(ca) = &ca else {
+                return Err(Error::internal("no CA"));
+            };
             let trusted: Vec<String> = ca
                 .roots()
                 .iter()
@@ -328,13 +435,24 @@ async fn run(args: Args) -> Result<(), Error> {
                 Ok(Err(mismatch)) => return Err(Error::internal(mismatch.to_string())),
                 Err(e) => return Err(e.into()),
             }
+            let replica = args.store.replica(args.api.port());
+            store
+                .start_session(&replica, args.heartbeat_timeout)
+                .map_err(|e| {
+                    Error::internal(format!(
+                        "the store under {}: starting this replica's session: {e}",
+                        args.store.etcd_prefix
+                    ))
+                })?;
             println!(
-                "store: etcd at {} under {} (store {})",
+                "store: etcd at {} under {} (store {}, replica {replica})",
                 store.endpoints(),
                 store.keys().prefix(),
                 store.id()
             );
-            Arc::new(store)
+            let store = Arc::new(store);
+            etcd_store = Some(store.clone());
+            store
         }
     };
     let opts = Options {
@@ -344,6 +462,9 @@ async fn run(args: Args) -> Result<(), Error> {
         forget_after: args.forget_after,
         ..Options::default()
     };
+    let Some(ca) = ca else {
+        return Err(Error::internal("no CA"));
+    };
     let hub = Hub::new(store, ca, opts, started)?;
     let (version, _) = hub.config();
     let endpoint = quic::bind(&hub, args.listen, &dir.quic_reset_key)?;
@@ -352,7 +473,7 @@ async fn run(args: Args) -> Result<(), Error> {
         .map_err(|e| Error::internal(format!("QUIC socket: {e}")))?;
     let api_tls = api_tls::acceptor(
         &args.api_tls,
-        hub.ca(),
+        &hub.ca(),
         args.api,
         &dir.path,
         SystemTime::now(),
@@ -379,7 +500,38 @@ async fn run(args: Args) -> Result<(), Error> {
     }
     tokio::spawn(hub.clone().run());
     tokio::spawn(quic::serve(endpoint.clone(), hub.clone()));
-    let app = api::router(hub.clone(), &dir.credential, api_tls.is_some());
+    // The leader of election ca-rotation issues a requested next root;
+    // every replica swaps its CA when the CA in etcd changes.
+    let rotation = match (etcd_store, seal_key) {
+        (Some(store), Some(key)) => {
+            let started_with = hub.ca();
+            let (hub, endpoint) = (hub.clone(), endpoint.clone());
+            let (extra, listen_ip) = (args.extra_roots.clone(), args.listen.ip());
+            let on_change: OnChange = Box::new(move |ca| {
+                let ca = add_extra_roots(&extra, ca)?;
+                let trusted = ca
+                    .roots()
+                    .iter()
+                    .map(|der| coremesh_api::token::fingerprint_hex(der.as_ref()))
+                    .collect();
+                hub.set_ca(ca);
+                // New connections get a server certificate from the new CA
+                // and are verified against the new bundle.
+                endpoint.set_server_config(Some(quic::server_config(&hub, listen_ip)?));
+                Ok(trusted)
+            });
+            Some(CaRotation::start(
+                store,
+                key,
+                &started_with,
+                Duration::from_secs(1),
+                on_change,
+            )?)
+        }
+        _ => None,
+    };
+    let app = api::router(hub.clone(), &dir.credential, api_tls.is_some())
+        .layer(axum::Extension(rotation));
     api_tls::serve(listener, app, api_tls, shutdown()).await;
     tracing::info!("shutting down");
     endpoint.close(0u32.into(), b"control shutting down");

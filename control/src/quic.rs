@@ -88,7 +88,7 @@ pub fn tls_config(ca: &Ca, listen_ip: IpAddr) -> Result<rustls::ServerConfig, Er
 
 /// The QUIC server configuration: [`tls_config`] and the transport.
 pub fn server_config(hub: &Hub, listen_ip: IpAddr) -> Result<quinn::ServerConfig, Error> {
-    let tls = tls_config(hub.ca(), listen_ip)?;
+    let tls = tls_config(&hub.ca(), listen_ip)?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| tls_err(&e))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();

@@ -29,6 +29,7 @@ use coremesh_api::http::{
 };
 use coremesh_api::resource::{self, Resource};
 use coremesh_control::bootstrap;
+use coremesh_control::ca_rotation::RotationStatus;
 use coremesh_control::client::{Client, ClientError};
 use serde::de::DeserializeOwned;
 
@@ -159,6 +160,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: NodeCmd,
     },
+    /// The CA kept in etcd (`coremesh-control --ca-in-store`): rotate its
+    /// root, see where a rotation is.
+    Ca {
+        #[command(subcommand)]
+        cmd: CaCmd,
+    },
     /// Set up a new host: writes OUT/proxy.toml (control address, node,
     /// token file, state dir, listeners) and OUT/join.token (a one-time
     /// token for SERVICE), both mode 0600 and never overwritten; then run
@@ -226,6 +233,22 @@ enum TokenCmd {
     List,
     Revoke {
         id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCmd {
+    /// Where a root rotation is: the roots in etcd (current, next,
+    /// previous), and the ones this control issues from and trusts.
+    Status,
+    /// A step of a root rotation (docs/etcd.md, "Rotating the root in
+    /// etcd"): `begin` (a next root is issued once, by one control),
+    /// `switch` (the next root issues; the old one stays trusted),
+    /// `finish` (the old root is dropped). Every control takes each step
+    /// within about a second, without a restart.
+    Rotate {
+        #[arg(value_parser = ["begin", "switch", "finish"])]
+        step: String,
     },
 }
 
@@ -536,6 +559,7 @@ fn run(cli: Cli) -> Result<(), Fail> {
         }
         Cmd::Token { cmd } => token(&api, cmd)?,
         Cmd::Node { cmd } => node(&api, cmd)?,
+        Cmd::Ca { cmd } => ca_cmd(&api, cmd)?,
         Cmd::Bootstrap(args) => {
             let url = cli.api.first().map_or("", String::as_str);
             bootstrap(&api, url, &args)?
@@ -775,6 +799,30 @@ fn get(api: &Api, what: What, output: Output) -> Result<(), Fail> {
             print_table(&rows);
         }
     }
+    Ok(())
+}
+
+fn ca_cmd(api: &Api, cmd: CaCmd) -> Result<(), Fail> {
+    let status: RotationStatus = match cmd {
+        CaCmd::Status => api.get("/v1/ca/rotation")?,
+        CaCmd::Rotate { step } => api.post_json(&format!("/v1/ca/rotation/{step}"), &())?,
+    };
+    let show = |f: &Option<String>| f.clone().unwrap_or_else(|| "-".to_string());
+    println!("phase:    {}", status.phase);
+    println!("current:  {}", show(&status.current));
+    println!("next:     {}", show(&status.next));
+    println!("previous: {}", show(&status.previous));
+    println!(
+        "this control issues from {} and trusts {} root(s): {}{}",
+        status.issuing,
+        status.trusted.len(),
+        status.trusted.join(", "),
+        if status.leading {
+            " (leader of election ca-rotation)"
+        } else {
+            ""
+        }
+    );
     Ok(())
 }
 

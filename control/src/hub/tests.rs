@@ -84,7 +84,7 @@ fn last_view(hub: &Hub, s: &Session) -> Arc<View> {
 }
 
 fn publish_now(hub: &Hub) {
-    let out = publish(&mut lock(&hub.state), &hub.trust_bundle, &hub.store_id);
+    let out = publish(&mut lock(&hub.state), &hub.trust_bundle(), &hub.store_id);
     deliver(out);
 }
 

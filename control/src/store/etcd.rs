@@ -35,10 +35,12 @@
 //! election a few retries.
 //!
 //! The store watches `current` ([`Store::watch`]), so the hub adopts and
-//! pushes what another control committed. The CA key is not in etcd: each
-//! replica reads its CA from its data directory (or
+//! pushes what another control committed. By default the CA key is not in
+//! etcd: each replica reads its CA from its data directory (or
 //! `--ca-cert`/`--ca-key`); etcd keeps only the fingerprint of their root,
-//! so a replica with another CA is refused ([`EtcdStore::agree_ca`]).
+//! so a replica with another CA is refused ([`EtcdStore::agree_ca`]). With
+//! `--ca-in-store` the CA is in etcd at `ca/current`, its key sealed with
+//! the operator's key ([`super::ca_record`], `ca_store`).
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -83,6 +85,12 @@ pub struct EtcdArgs {
     /// How long one store operation may wait for etcd before it fails.
     #[arg(long, default_value = "5s", value_parser = crate::store::etcd::duration)]
     pub etcd_timeout: Duration,
+    /// This control process's name among the replicas on the store: the
+    /// value of the election keys it leads and the owner of the
+    /// registrations it holds. Unique per replica; default HOSTNAME:API-PORT
+    /// (HOSTNAME:pidPID when --api's port is 0).
+    #[arg(long, value_name = "NAME")]
+    pub replica_name: Option<String>,
 }
 
 fn duration(s: &str) -> Result<Duration, coremesh_api::resource::DurationError> {
@@ -90,12 +98,35 @@ fn duration(s: &str) -> Result<Duration, coremesh_api::resource::DurationError> 
 }
 
 impl EtcdArgs {
+    /// `--replica-name`, or HOSTNAME:API-PORT (HOSTNAME:pidPID for an API
+    /// on port 0, which is only known once bound).
+    pub fn replica(&self, api_port: u16) -> String {
+        if let Some(name) = &self.replica_name {
+            return name.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".to_string());
+        default_replica(&host, api_port, std::process::id())
+    }
+
     /// The etcd endpoints of `--store etcd://...`, or `None` for `redb`.
     pub fn etcd_endpoints(&self) -> Result<Option<Vec<String>>, EtcdError> {
         if self.store == "redb" {
             return Ok(None);
         }
         parse_url(&self.store).map(Some)
+    }
+}
+
+/// The default replica name: `host:port`, or `host:pidPID` for port 0.
+pub fn default_replica(host: &str, api_port: u16, pid: u32) -> String {
+    if api_port == 0 {
+        format!("{host}:pid{pid}")
+    } else {
+        format!("{host}:{api_port}")
     }
 }
 
@@ -149,6 +180,10 @@ pub fn parse_url(url: &str) -> Result<Vec<String>, EtcdError> {
 /// | `<prefix>tokens/<id>` | JSON [`TokenRecord`] |
 /// | `<prefix>nodes/<node>` | JSON [`NodeRecord`] |
 /// | `<prefix>ca-fingerprint` | the fingerprint of the controls' CA root ([`EtcdStore::agree_ca`]) |
+/// | `<prefix>ca/current` | with `--ca-in-store`: JSON [`super::ca_record::CaRecord`], the CA with its key sealed |
+/// | `<prefix>ca/next`, `<prefix>ca/previous`, `<prefix>ca/rotation` | a root rotation under way ([`crate::ca_rotation`]) |
+/// | `<prefix>election/<name>` | the replica leading election `name`, under its lease ([`super::election`]) |
+/// | `<prefix>endpoints/<service>/<address>` | JSON [`super::registrations::EndpointRecord`], under the owning replica's lease |
 ///
 /// Versions are zero-padded so that etcd's byte order is version order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,6 +209,12 @@ pub enum Key {
     Version(u64),
     Token(String),
     Node(String),
+    /// `ca/<slot>`: a sealed CA ([`Keys::ca`]).
+    Ca(String),
+    /// The leader key of an election.
+    Election(String),
+    /// A shared registration: (service, address).
+    Endpoint(String, std::net::SocketAddr),
     /// Not one of ours (a later control's, say): left alone.
     Other,
 }
@@ -207,6 +248,12 @@ impl Keys {
         format!("{}ca-fingerprint", self.prefix)
     }
 
+    /// `ca/<slot>`: the CA shared through the store, sealed
+    /// ([`super::ca_record`]); `slot` is [`CA_CURRENT`].
+    pub fn ca(&self, slot: &str) -> String {
+        format!("{}ca/{slot}", self.prefix)
+    }
+
     pub fn version(&self, version: u64) -> String {
         format!("{}versions/{version:020}", self.prefix)
     }
@@ -217,6 +264,20 @@ impl Keys {
 
     pub fn node(&self, node: &str) -> String {
         format!("{}nodes/{node}", self.prefix)
+    }
+
+    pub fn election(&self, name: &str) -> String {
+        format!("{}election/{name}", self.prefix)
+    }
+
+    /// `<prefix>endpoints/<service>/<address>`: a shared registration.
+    pub fn endpoint(&self, service: &str, address: std::net::SocketAddr) -> String {
+        format!("{}endpoints/{service}/{address}", self.prefix)
+    }
+
+    /// `<prefix>endpoints/`, the range of every registration.
+    pub fn endpoints(&self) -> String {
+        format!("{}endpoints/", self.prefix)
     }
 
     /// What `key` (a full key) is; `None` when it is not under the prefix.
@@ -236,12 +297,30 @@ impl Keys {
                     Key::Token(id.to_string())
                 } else if let Some(node) = rest.strip_prefix("nodes/") {
                     Key::Node(node.to_string())
+                } else if let Some(slot) = rest.strip_prefix("ca/") {
+                    Key::Ca(slot.to_string())
+                } else if let Some(name) = rest.strip_prefix("election/") {
+                    Key::Election(name.to_string())
+                } else if let Some(e) = rest.strip_prefix("endpoints/") {
+                    match parse_endpoint(e) {
+                        Some((service, address)) => Key::Endpoint(service, address),
+                        None => Key::Other,
+                    }
                 } else {
                     Key::Other
                 }
             }
         })
     }
+}
+
+/// The (service, address) of an `endpoints/` key's rest.
+pub fn parse_endpoint(rest: &str) -> Option<(String, std::net::SocketAddr)> {
+    let (service, address) = rest.rsplit_once('/')?;
+    if service.is_empty() {
+        return None;
+    }
+    Some((service.to_string(), address.parse().ok()?))
 }
 
 /// Why the etcd store failed: what, where (the endpoints), and what to
@@ -296,7 +375,7 @@ fn hint(e: &etcd_client::Error) -> &'static str {
     }
 }
 
-fn io(e: EtcdError) -> StoreError {
+pub(super) fn io(e: EtcdError) -> StoreError {
     StoreError::Io(StoreIo::Etcd(Box::new(e)))
 }
 
@@ -337,7 +416,7 @@ const CAS_TRIES: usize = 32;
 /// to the last one that answered and moving on when one cannot take the
 /// request ([`retryable`]).
 #[derive(Clone)]
-struct Inner {
+pub(crate) struct Inner {
     clients: Arc<Vec<Client>>,
     /// Index into `clients` of the endpoint that answered last.
     preferred: Arc<AtomicUsize>,
@@ -345,6 +424,9 @@ struct Inner {
     endpoints: String,
     /// How long [`Inner::call`] keeps trying (`--etcd-timeout`).
     patience: Duration,
+    /// This replica's lease and name, once [`EtcdStore::start_session`]
+    /// ran.
+    session: Option<Arc<Session>>,
 }
 
 /// Which failed requests [`Inner::call`] tries again (on the next
@@ -507,6 +589,7 @@ impl EtcdStore {
                 patience: args.etcd_timeout,
                 keys,
                 endpoints: shown,
+                session: None,
             },
             id: String::new(),
             timeout: args.etcd_timeout,
@@ -525,9 +608,27 @@ impl EtcdStore {
         &self.inner.keys
     }
 
+    /// The async half, for work on the store's runtime.
+    pub(crate) fn inner(&self) -> Inner {
+        self.inner.clone()
+    }
+
+    /// Spawns `fut` on the store's runtime; its abort handle (`None` once
+    /// the store is shutting down).
+    pub fn spawn_handle<F>(&self, fut: F) -> Option<tokio::task::AbortHandle>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.rt.as_ref().map(|rt| rt.spawn(fut).abort_handle())
+    }
+
     /// Runs `f` on the store's runtime and waits for it, at most
     /// `--etcd-timeout` (plus a margin for a retried compare).
-    fn run<T, F>(&self, what: &'static str, f: impl FnOnce(Inner) -> F) -> Result<T, StoreError>
+    pub(super) fn run<T, F>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(Inner) -> F,
+    ) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: Future<Output = Result<T, StoreError>> + Send + 'static,
@@ -647,6 +748,16 @@ fn first_get(resp: &etcd_client::TxnResponse) -> Option<KeyValue> {
 }
 
 impl Inner {
+    pub(crate) fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The client of the endpoint that answered last (for watches).
+    pub(crate) fn client(&self) -> Client {
+        let i = self.preferred.load(Ordering::Relaxed) % self.clients.len();
+        self.clients[i].clone()
+    }
+
     fn fail(&self, what: &'static str) -> impl FnOnce(etcd_client::Error) -> StoreError + '_ {
         move |source| {
             io(EtcdError::Request {
@@ -662,7 +773,12 @@ impl Inner {
     /// rounds 200 ms apart until `patience` has passed (an election after
     /// a member is lost takes about a second). The most [`telling`] error
     /// of the tries.
-    async fn call<T, F, Fut>(&self, what: &'static str, retry: Retry, f: F) -> Result<T, StoreError>
+    pub(crate) async fn call<T, F, Fut>(
+        &self,
+        what: &'static str,
+        retry: Retry,
+        f: F,
+    ) -> Result<T, StoreError>
     where
         F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
@@ -709,7 +825,7 @@ impl Inner {
         Ok(resp.kvs().first().cloned())
     }
 
-    async fn txn(
+    pub(crate) async fn txn(
         &self,
         txn: Txn,
         what: &'static str,
@@ -994,7 +1110,12 @@ pub fn dump_from<'a>(
             Some(Key::Node(_)) => dump
                 .nodes
                 .push(serde_json::from_slice(value).map_err(|e| corrupt("node", e))?),
-            Some(Key::StoreId) | Some(Key::Other) | None => {}
+            Some(Key::StoreId)
+            | Some(Key::Ca(_))
+            | Some(Key::Election(_))
+            | Some(Key::Endpoint(..))
+            | Some(Key::Other)
+            | None => {}
         }
     }
     dump.versions.sort_by_key(|v: &VersionRecord| v.version);
@@ -1004,6 +1125,10 @@ pub fn dump_from<'a>(
 impl Store for EtcdStore {
     fn id(&self) -> &str {
         &self.id
+    }
+
+    fn etcd(&self) -> Option<&EtcdStore> {
+        Some(self)
     }
 
     fn dump(&self) -> Result<StoreDump, StoreError> {
@@ -1217,6 +1342,11 @@ impl Store for EtcdStore {
         })
     }
 }
+
+mod ca_store;
+pub use self::ca_store::{unchanged, CaSlots, Slot, CA_CURRENT, CA_NEXT, CA_PREVIOUS, CA_REQUEST};
+mod session;
+pub use self::session::{LeaseHook, Session, StoreHealth};
 
 #[cfg(test)]
 mod tests;

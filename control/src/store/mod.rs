@@ -17,8 +17,11 @@
 //! "another store" (refused unless allowed). How control opens the store,
 //! and refuses to start on a missing or damaged one, is in [`startup`].
 
+pub mod ca_record;
+pub mod election;
 pub mod etcd;
 mod redb;
+pub mod registrations;
 pub mod startup;
 
 pub use self::etcd::{EtcdArgs, EtcdError, EtcdStore};
@@ -343,6 +346,12 @@ pub trait Store: Send + Sync + 'static {
     /// this process writes (redb) never call it.
     fn watch(&self, on_change: Box<dyn Fn() + Send + Sync>) {
         let _ = on_change;
+    }
+
+    /// The etcd store, when this is one: its session, elections and
+    /// shared registrations.
+    fn etcd(&self) -> Option<&EtcdStore> {
+        None
     }
 
     /// Writes `config` as version `expected + 1` if the current version is

@@ -24,7 +24,10 @@
 
 use std::path::Path;
 
+use super::ca_record::{CaRecord, SealKey};
+use super::etcd::{CA_CURRENT, CA_NEXT, CA_PREVIOUS};
 use super::{EtcdArgs, EtcdStore, RedbStore, Store, StoreError};
+use crate::ca::Ca;
 use crate::config::Config;
 use crate::datadir::{DataDir, STORE_ID};
 use crate::Error;
@@ -275,6 +278,167 @@ pub fn open_etcd(
         }
     }
     Ok(store)
+}
+
+/// A CA from this control's own files (`--ca-cert`/`--ca-key`, or the
+/// data directory's `ca.pem`/`ca.key`): text and where it came from.
+pub struct OwnCa {
+    pub cert_src: String,
+    pub cert_pem: String,
+    pub key_src: String,
+    pub key_pem: String,
+}
+
+/// The CA a control took from etcd with `--ca-in-store`.
+pub struct StoredCa {
+    pub ca: Ca,
+    /// The etcd key it is at.
+    pub key_name: String,
+    /// What this control stored there, if it was the first: its own
+    /// files' CA (their name) or a new CA.
+    pub stored: Option<String>,
+}
+
+/// The CA of `--ca-in-store`: the one sealed at `<prefix>ca/current`,
+/// opened with the operator's `key`. When etcd holds none, this control
+/// stores one there in a create-if-absent transaction: `own` (its files'
+/// CA) or, without files, a new CA, kept in memory only. A control whose
+/// files hold another CA than the one in etcd is refused, and so is one
+/// whose key is not the one the CA was sealed with.
+pub fn ca_from_etcd(
+    store: &EtcdStore,
+    key: &SealKey,
+    own: Option<OwnCa>,
+    trust_domain: &str,
+) -> Result<StoredCa, Error> {
+    let now = std::time::SystemTime::now();
+    let key_name = store.keys().ca(CA_CURRENT);
+    let fail =
+        |e: StoreError| Error::internal(format!("the CA in etcd at {key_name}: {e}")).caused_by(e);
+    let sealing = |e: super::ca_record::SealError| Error::internal(e.to_string()).caused_by(e);
+    let own_ca = match &own {
+        Some(o) => Some(Ca::from_pem(
+            &o.cert_src,
+            &o.cert_pem,
+            &o.key_src,
+            &o.key_pem,
+            trust_domain,
+            now,
+        )?),
+        None => None,
+    };
+    let value = match store.ca_value(CA_CURRENT).map_err(fail)? {
+        Some(v) => v,
+        None => {
+            let (what, cert_pem, key_pem) = match &own {
+                Some(o) => (o.cert_src.clone(), o.cert_pem.clone(), o.key_pem.clone()),
+                None => {
+                    let (c, k) = crate::ca::create_ca(trust_domain, now)?;
+                    ("a new CA".to_string(), c, k)
+                }
+            };
+            let ca = Ca::from_pem(&what, &cert_pem, &what, &key_pem, trust_domain, now)?;
+            let record = CaRecord::seal(
+                key,
+                &key_name,
+                store.id(),
+                &cert_pem,
+                &key_pem,
+                ca.fingerprint(),
+            )
+            .map_err(sealing)?;
+            match store
+                .create_ca_value(CA_CURRENT, record.to_json())
+                .map_err(fail)?
+            {
+                None => {
+                    let mut ca = ca;
+                    rotation_roots(store, &mut ca, now)?;
+                    tracing::info!(key = %key_name, from = %what, kid = key.kid(), fingerprint = ca.fingerprint(), "stored the CA in etcd, its key sealed");
+                    return Ok(StoredCa {
+                        ca,
+                        key_name,
+                        stored: Some(what),
+                    });
+                }
+                // Another control stored its CA first: use that one.
+                Some(theirs) => theirs,
+            }
+        }
+    };
+    let record = CaRecord::from_json(&key_name, &value).map_err(sealing)?;
+    let key_pem = record.open(key, &key_name, store.id()).map_err(sealing)?;
+    let ca = Ca::from_pem(
+        &key_name,
+        &record.cert_pem,
+        &format!("{key_name} (sealed key)"),
+        &key_pem,
+        trust_domain,
+        now,
+    )?;
+    if ca.fingerprint() != record.fingerprint {
+        return Err(Error::internal(format!(
+            "the CA in etcd at {key_name}: its certificate's root has fingerprint {}, but the record says {}: the record was altered; put the CA back from a backup",
+            ca.fingerprint(),
+            record.fingerprint
+        )));
+    }
+    if let (Some(o), Some(own_ca)) = (&own, &own_ca) {
+        if own_ca.fingerprint() != ca.fingerprint() {
+            return Err(Error::internal(format!(
+                "this control's CA ({}, root fingerprint {}) is not the CA in etcd at {key_name} (root fingerprint {}): with --ca-in-store every control issues from the CA in etcd. Start without --ca-cert/--ca-key, and move this data directory's ca.pem and ca.key aside if it has them",
+                o.cert_src,
+                own_ca.fingerprint(),
+                ca.fingerprint()
+            )));
+        }
+    }
+    tracing::info!(key = %key_name, kid = key.kid(), fingerprint = ca.fingerprint(), "took the CA from etcd (its key in memory only)");
+    let mut ca = ca;
+    rotation_roots(store, &mut ca, now)?;
+    Ok(StoredCa {
+        ca,
+        key_name,
+        stored: None,
+    })
+}
+
+/// Adds the roots of a rotation under way (`ca/next`, `ca/previous` in
+/// `slots`; [`crate::ca_rotation`]) to `ca`'s trust bundle: the anchor,
+/// the last certificate of each chain.
+pub fn add_rotation_roots(
+    keys: &super::etcd::Keys,
+    slots: &super::etcd::CaSlots,
+    ca: &mut Ca,
+    now: std::time::SystemTime,
+) -> Result<(), Error> {
+    for (slot, value) in [(CA_NEXT, &slots.next), (CA_PREVIOUS, &slots.previous)] {
+        let Some(value) = value else { continue };
+        let key_name = keys.ca(slot);
+        let record = CaRecord::from_json(&key_name, &value.value)
+            .map_err(|e| Error::internal(e.to_string()))?;
+        let anchor = record
+            .cert_pem
+            .split_inclusive("-----END CERTIFICATE-----")
+            .filter(|b| b.contains("-----BEGIN CERTIFICATE-----"))
+            .last()
+            .unwrap_or_default();
+        let added = ca.add_extra_roots(&key_name, anchor, now)?;
+        tracing::info!(key = %key_name, fingerprint = %record.fingerprint, added, "trusting the root of a rotation under way");
+    }
+    Ok(())
+}
+
+/// [`add_rotation_roots`] with the slots read from `store`.
+fn rotation_roots(store: &EtcdStore, ca: &mut Ca, now: std::time::SystemTime) -> Result<(), Error> {
+    let slots = store.ca_slots().map_err(|e| {
+        Error::internal(format!(
+            "the CA in etcd under {}ca/: {e}",
+            store.keys().prefix()
+        ))
+        .caused_by(e)
+    })?;
+    add_rotation_roots(store.keys(), &slots, ca, now)
 }
 
 fn store_error(path: &Path, e: StoreError) -> Error {

@@ -43,6 +43,7 @@ fn redb_is_no_etcd() {
         etcd_cert: None,
         etcd_key: None,
         etcd_timeout: Duration::from_secs(5),
+        replica_name: None,
     };
     assert_eq!(args.etcd_endpoints().unwrap(), None);
 }
@@ -89,6 +90,10 @@ fn keys_parse_back() {
     assert_eq!(
         k.parse(k.node("db 1").as_bytes()),
         Some(Key::Node("db 1".into()))
+    );
+    assert_eq!(
+        k.parse(k.election("withdraw").as_bytes()),
+        Some(Key::Election("withdraw".into()))
     );
     // Another mesh's keys, and keys a later control may add.
     assert_eq!(k.parse(b"/other/current"), None);
@@ -240,4 +245,11 @@ fn a_request_that_timed_out_may_have_landed_and_the_error_says_so() {
             && text.contains("check `meshctl history`"),
         "{text}"
     );
+}
+
+#[test]
+fn the_default_replica_name_is_host_and_api_port() {
+    assert_eq!(default_replica("h1", 7080, 99), "h1:7080");
+    // Port 0 is chosen at bind: the pid keeps two such replicas apart.
+    assert_eq!(default_replica("h1", 0, 99), "h1:pid99");
 }
