@@ -602,3 +602,130 @@ fn kill_9_of_a_replica_its_proxies_show_up_connected_and_acked_on_the_next() {
     // The etcd cluster is untouched by all this.
     assert!((0..3).all(|i| ha.etcd.healthy(i)));
 }
+
+/// Runs `meshctl apply -f FILE` through `control`, killing `control` with
+/// SIGKILL `after` from the start if meshctl has not exited by then.
+/// Returns what meshctl did, and whether control was killed while it ran.
+fn apply_killing(ha: &mut Ha, yaml: &str, after: Duration) -> (Meshctl, bool) {
+    let dir = coremesh_e2e::TempDir::new("apply");
+    let file = dir.write("mesh.yaml", yaml);
+    let mut child = ha
+        .a()
+        .meshctl_spawn(&["apply", "-f", file.to_str().expect("UTF-8")]);
+    let started = Instant::now();
+    let mut killed_while_running = false;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("meshctl wait") {
+            break s;
+        }
+        if !killed_while_running && started.elapsed() >= after {
+            ha.replicas[0].kill9();
+            killed_while_running = true;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "meshctl apply hangs"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    let _ = child
+        .stdout
+        .take()
+        .expect("piped")
+        .read_to_string(&mut stdout);
+    let _ = child
+        .stderr
+        .take()
+        .expect("piped")
+        .read_to_string(&mut stderr);
+    (
+        Meshctl {
+            code: status.code().unwrap_or(-1),
+            stdout,
+            stderr,
+        },
+        killed_while_running,
+    )
+}
+
+#[test]
+fn kill_9_of_a_replica_in_the_middle_of_an_apply_leaves_it_whole_or_absent_everywhere() {
+    let _serial = lock();
+    if skip() {
+        return;
+    }
+    let mut ha = Ha::start();
+    assert_eq!(ha.a().apply(BASE), 1);
+    // How long an apply that commits takes here, to kill A in the middle
+    // of the next. (A Service alone changes no proxy's view.)
+    let probe = Instant::now();
+    let v1 = ha.a().apply("kind: Service\nname: probe\n");
+    let takes = probe.elapsed();
+    assert_eq!(v1, 2);
+    ha.wait_settled(ha.a(), None, &[], SOON);
+
+    let (out, killed_while_running) = apply_killing(&mut ha, CHANGED, takes * 3 / 4);
+    if !killed_while_running {
+        ha.replicas[0].kill9();
+    }
+    let killed = Instant::now();
+    let current = ha.b().config_version();
+    eprintln!(
+        "apply ({takes:?} unkilled) with A killed {} it returned: exit {}, {}{}; \
+         the replicas are at version {current}",
+        if killed_while_running {
+            "before"
+        } else {
+            "after"
+        },
+        out.code,
+        out.stdout.trim(),
+        out.stderr.trim()
+    );
+    if out.code == 0 {
+        // Committed and said so: it must land.
+        let said = coremesh_e2e::control::version_in(&out.stdout);
+        assert_eq!(said, Some(v1 + 1), "{out:?}");
+        assert_eq!(current, v1 + 1, "a successful apply is in B's history");
+    } else {
+        // Cut off: committed or not, whole or absent.
+        assert!(
+            current == v1 || current == v1 + 1,
+            "a failed apply made version {current} from {v1}: {out:?}"
+        );
+    }
+    assert_eq!(ha.replicas[2].config_version(), current, "B and C agree");
+
+    // Whatever the outcome, every proxy ends on the replicas' version, and
+    // the traffic shows which one it is.
+    ha.wait_settled(ha.b(), Some(current), &["api", "web"], SOON);
+    let runs = wait_for(SOON, || ha.proxies_run(current).ok());
+    assert!(
+        runs.is_some(),
+        "{}",
+        ha.proxies_run(current).expect_err("not running it")
+    );
+    eprintln!(
+        "every proxy on B running version {current} {} ms after the kill",
+        killed.elapsed().as_millis()
+    );
+    let (status, _) = get_api(&ha.web, "/private/x");
+    if current == v1 + 1 {
+        assert_eq!(status, 403, "the AccessPolicy of the change applies");
+        for i in 0..10 {
+            let (status, origin) = get_api(&ha.web, &format!("/public/{i}"));
+            assert_eq!((status, origin.as_str()), (200, "api-v2"));
+        }
+    } else {
+        assert_eq!(status, 200, "no AccessPolicy: the change is absent");
+        let origins: std::collections::BTreeSet<String> = (0..10)
+            .map(|i| get_api(&ha.web, &format!("/public/{i}")))
+            .map(|(status, origin)| {
+                assert_eq!(status, 200);
+                origin
+            })
+            .collect();
+        assert_eq!(origins.len(), 2, "round-robin over v1 and v2: {origins:?}");
+    }
+}
