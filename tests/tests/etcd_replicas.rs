@@ -17,6 +17,9 @@
 //!   the change reaches every proxy (each one's admin `/config` and
 //!   `meshctl get proxies` on a surviving replica say it runs it) and the
 //!   traffic follows it (a Route and an AccessPolicy observable in answers);
+//! - kill -9 of A in the middle of an apply through it: whatever meshctl
+//!   said, the change is whole or absent on B and C, and every proxy runs
+//!   their version;
 //! - after the kill, `meshctl --api A,B,C status` (A dead) lists every
 //!   proxy as connected to B with its snapshot ACKed, and every endpoint,
 //!   within a bound.
