@@ -348,6 +348,30 @@ impl Ha {
         Ok(())
     }
 
+    /// Whether every proxy's last session, as its log says, is with
+    /// replica `i` (`connected to control at ADDR`). `Err`: the one that
+    /// is not, and its last such line.
+    fn all_on(&self, i: usize) -> Result<(), String> {
+        let want = format!("connected to control at {} ", self.replicas[i].quic());
+        for p in self.apis.iter().chain([&self.web]) {
+            let lines = p.log_lines();
+            let last = lines
+                .iter()
+                .rev()
+                .find(|l| l.contains("connected to control at "));
+            match last {
+                Some(l) if l.contains(&want) => {}
+                other => {
+                    return Err(format!(
+                        "proxy with admin {}: last connected line {other:?}, not {want:?}",
+                        p.admin()
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn load(&self) -> OpenLoad {
         OpenLoad::start(LoadSpec {
             netns: None,
@@ -381,10 +405,9 @@ fn kill_9_of_the_proxies_replica_under_500_requests_per_second_fails_no_request(
     let mut ha = Ha::start();
     let v1 = ha.b().apply(BASE);
     ha.wait_settled(ha.a(), Some(v1), &["api"], SOON);
-    assert!(
-        ha.b().proxies().is_empty(),
-        "every proxy uses the first replica of its list"
-    );
+    if let Err(e) = ha.all_on(0) {
+        panic!("every proxy uses the first replica of its list: {e}");
+    }
     let before = (ha.v1.requests(), ha.v2.requests());
 
     let load = ha.load();
@@ -392,6 +415,10 @@ fn kill_9_of_the_proxies_replica_under_500_requests_per_second_fails_no_request(
     std::thread::sleep(Duration::from_secs(3));
     ha.replicas[0].kill9();
     let killed = Instant::now();
+    if wait_for(SOON, || ha.all_on(1).ok()).is_none() {
+        let e = ha.all_on(1).expect_err("not all on B");
+        panic!("every proxy moves to B, the next of its list: {e}");
+    }
     let moved = ha.wait_settled(ha.b(), Some(v1), &["api"], SOON);
     eprintln!(
         "every proxy on B, ACKed, with every endpoint, {} ms after A was killed",
@@ -573,8 +600,18 @@ fn kill_9_of_a_replica_its_proxies_show_up_connected_and_acked_on_the_next() {
     let v1 = ha.a().apply(BASE);
     ha.wait_settled(ha.a(), Some(v1), &["api"], SOON);
 
+    if let Err(e) = ha.all_on(0) {
+        panic!("every proxy uses the first replica of its list: {e}");
+    }
+
     ha.replicas[0].kill9();
     let killed = Instant::now();
+    // Each proxy says it is on B (the next of its list) ...
+    if wait_for(SOON, || ha.all_on(1).ok()).is_none() {
+        let e = ha.all_on(1).expect_err("not all on B");
+        panic!("every proxy moves to B, the next of its list: {e}");
+    }
+    // ... and B lists each connected, its snapshot ACKed, and its endpoint.
     let on_b = ha.wait_settled(ha.b(), Some(v1), &["api"], SOON);
     let took = on_b - killed;
     eprintln!(
