@@ -372,6 +372,20 @@ impl Ha {
         Ok(())
     }
 
+    /// Each proxy's log line saying it connected to replica `i`, with its
+    /// time: who reached it first.
+    fn arrivals(&self, i: usize) -> String {
+        let want = format!("connected to control at {} ", self.replicas[i].quic());
+        let mut lines: Vec<String> = self
+            .apis
+            .iter()
+            .chain([&self.web])
+            .filter_map(|p| p.log_lines().into_iter().find(|l| l.contains(&want)))
+            .collect();
+        lines.sort();
+        lines.join("\n")
+    }
+
     fn load(&self) -> OpenLoad {
         OpenLoad::start(LoadSpec {
             netns: None,
@@ -474,9 +488,11 @@ fn kill_9_of_the_proxies_replica_under_500_requests_per_second_fails_no_request(
     );
     assert!(
         failed.is_empty(),
-        "{} of {n} requests failed across the kill of the proxies' replica; first ones:\n{}",
+        "{} of {n} requests failed across the kill of the proxies' replica; first ones:\n{}\n\
+         when each proxy connected to B (its log):\n{}",
         failed.len(),
-        failed[..failed.len().min(15)].join("\n")
+        failed[..failed.len().min(15)].join("\n"),
+        ha.arrivals(1)
     );
     // Each answer came from an app that counted it, once.
     assert_eq!(
