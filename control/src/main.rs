@@ -348,6 +348,12 @@ async fn run(args: Args) -> Result<(), Error> {
     };
     let opts = Options {
         heartbeat_timeout: args.heartbeat_timeout,
+        // Three heartbeats per timeout, so a short --heartbeat-timeout
+        // (tests) does not expire live proxies; 5 s from the default 15 s.
+        heartbeat_interval: (args.heartbeat_timeout / 3).clamp(
+            Duration::from_millis(100),
+            Options::default().heartbeat_interval,
+        ),
         grace: args.grace,
         cert_lifetime: args.cert_lifetime,
         forget_after: args.forget_after,

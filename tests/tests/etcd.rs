@@ -560,3 +560,124 @@ fn a_control_with_another_ca_is_refused() {
     // Nothing of it reached the store.
     assert_eq!(history(&a), vec![(1, "apply service/api".to_string())]);
 }
+
+/// One GET for service api through `web`'s outbound: its status (0 when the
+/// connection failed).
+fn call_api(web: &coremesh_e2e::Proxy) -> u16 {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        web.outbound_client().get("api", "/").status
+    }));
+    r.unwrap_or(0)
+}
+
+fn api_endpoints(control: &Control) -> Vec<serde_json::Value> {
+    control
+        .endpoints()
+        .into_iter()
+        .filter(|e| e["service"] == "api")
+        .collect()
+}
+
+#[test]
+fn registrations_are_shared_a_moving_proxy_keeps_its_endpoint_and_a_dead_one_is_withdrawn() {
+    if skip() {
+        return;
+    }
+    let etcd = EtcdCluster::start(3);
+    // The lease TTL is the heartbeat timeout: longer than a proxy takes to
+    // move (about 4 s), short enough for the test.
+    let start = |name: &str, ca_of: Option<&Control>| {
+        let mut b = ControlBuilder::new()
+            .arg("--store", &etcd.url())
+            .arg("--replica-name", name)
+            .grace("0s")
+            .heartbeat_timeout("8s");
+        if let Some(first) = ca_of {
+            let dir = first.data_dir();
+            b = b
+                .arg("--ca-cert", dir.join("ca.pem").to_str().expect("UTF-8"))
+                .arg("--ca-key", dir.join("ca.key").to_str().expect("UTF-8"));
+        }
+        b.start()
+    };
+    let mut a = start("replica-a", None);
+    let b = start("replica-b", Some(&a));
+    b.apply(&format!("{}---\n{}", service("api"), service("web")));
+    let app = Origin::start("api");
+    let (ma, mw) = (a.member("api", "api-1"), b.member("web", "web-1"));
+    let api = ProxyBuilder::new("api")
+        .inbound(app.addr())
+        .control(&a.section(&ma).also(b.quic()))
+        .start();
+    let web = ProxyBuilder::new("web")
+        .outbound()
+        .control(&b.section(&mw).calls(&["api"]))
+        .start();
+
+    // The caller on b reaches the service registered through a.
+    let reached = wait_for(SOON, || (call_api(&web) == 200).then_some(()));
+    assert!(
+        reached.is_some(),
+        "web (on b) never reached api (registered through a); b's endpoints: {:?}",
+        b.endpoints()
+    );
+    let eps = api_endpoints(&b);
+    assert_eq!(eps.len(), 1, "{eps:?}");
+    let replica_a = "replica-a".to_string();
+    assert_eq!(eps[0]["replica"], "replica-a", "{eps:?}");
+    let out = b.meshctl(&["get", "endpoints"]).ok().stdout;
+    assert!(out.contains("REPLICA") && out.contains(&replica_a), "{out}");
+
+    // Replica a dies with the service's proxy alive: the proxy moves to b
+    // and registers there before a's lease ends; the caller never loses the
+    // endpoint.
+    a.kill9();
+    let killed = Instant::now();
+    let (mut ok, mut failed) = (0, 0);
+    let mut moved = None;
+    while killed.elapsed() < Duration::from_secs(14) {
+        if call_api(&web) == 200 {
+            ok += 1;
+        } else {
+            failed += 1;
+        }
+        if moved.is_none() {
+            let eps = api_endpoints(&b);
+            if eps.len() == 1 && eps[0]["replica"] == "replica-b" {
+                moved = Some(killed.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "replica a killed: {ok} requests ok, {failed} failed; the endpoint moved to b's lease after {moved:?}"
+    );
+    assert_eq!(failed, 0, "requests failed while the proxy moved");
+    assert!(
+        moved.is_some(),
+        "the endpoint never moved to b: {:?}",
+        api_endpoints(&b)
+    );
+    assert_eq!(api_endpoints(&b).len(), 1, "a's lease ended: still listed");
+
+    // The service's proxy dies: b (now the leader of election withdraw)
+    // withdraws its endpoint once its heartbeat is older than the timeout.
+    api.signal(libc::SIGKILL);
+    let died = Instant::now();
+    let gone = wait_for(Duration::from_secs(20), || {
+        api_endpoints(&b).is_empty().then(Instant::now)
+    });
+    let took = gone.map(|g| g - died);
+    eprintln!("the dead proxy's endpoint was withdrawn after {took:?}");
+    let took = took.expect("the endpoint is withdrawn");
+    assert!(
+        took < Duration::from_secs(8 + 5),
+        "withdrawn after {took:?} (heartbeat timeout 8 s)"
+    );
+    assert!(
+        b.log_text()
+            .contains("withdrawn by this replica, the leader of election withdraw"),
+        "{}",
+        b.log_tail(30)
+    );
+}

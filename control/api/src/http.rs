@@ -174,6 +174,10 @@ pub struct EndpointStatus {
     pub node: String,
     pub labels: std::collections::BTreeMap<String, String>,
     pub healthy: bool,
+    /// The control replica whose proxy registered it (registrations shared
+    /// through etcd); absent with one control.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -723,23 +723,33 @@ fn get(api: &Api, what: What, output: Output) -> Result<(), Fail> {
         }
         What::Endpoints => {
             let es: Vec<EndpointStatus> = serde_json::from_value(value).map_err(bad)?;
-            let mut rows = vec![vec![
+            // The owning replica, when registrations are shared (etcd).
+            let replicas = es.iter().any(|e| e.replica.is_some());
+            let mut head: Vec<String> = vec![
                 "SERVICE".into(),
                 "ADDRESS".into(),
                 "NODE".into(),
                 "HEALTHY".into(),
                 "LABELS".into(),
-            ]];
+            ];
+            if replicas {
+                head.push("REPLICA".into());
+            }
+            let mut rows = vec![head];
             for e in es {
                 let labels: Vec<String> =
                     e.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                rows.push(vec![
+                let mut row = vec![
                     e.service,
                     e.address.to_string(),
                     e.node,
                     e.healthy.to_string(),
                     labels.join(","),
-                ]);
+                ];
+                if replicas {
+                    row.push(e.replica.unwrap_or_default());
+                }
+                rows.push(row);
             }
             print_table(&rows);
         }
