@@ -317,20 +317,21 @@ fn a_change_through_one_control_reaches_the_proxies_of_the_other() {
         .control(&b.section(&mb))
         .start();
     // Each control has its proxy (a Service alone changes no view: no
-    // snapshot needs to follow it).
+    // snapshot needs to follow it), and lists both endpoints
+    // (registrations are shared).
     let v1 = b.apply(&service("api"));
-    a.wait_applied(1, 1, v1, &[], SOON);
-    b.wait_applied(1, 1, v1, &[], SOON);
+    a.wait_applied(1, 2, v1, &[], SOON);
+    b.wait_applied(1, 2, v1, &[], SOON);
     // A Resilience of api changes the view of api's own proxies: the one
     // on a gets it although b took the change.
     let started = Instant::now();
     let v2 = b.apply("kind: Resilience\nservice: api\nloadBalancer: round-robin\n");
-    a.wait_applied(1, 1, v2, &["api"], SOON);
+    a.wait_applied(1, 2, v2, &["api"], SOON);
     eprintln!(
         "a change applied through b was ACKed by a's proxy {} ms after meshctl started",
         started.elapsed().as_millis()
     );
-    b.wait_applied(1, 1, v2, &["api"], SOON);
+    b.wait_applied(1, 2, v2, &["api"], SOON);
 }
 
 #[test]
