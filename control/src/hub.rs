@@ -203,6 +203,8 @@ pub struct Hub {
     shared: Option<Arc<crate::store::registrations::Shared>>,
     /// Woken when the mirror of the shared registrations changed.
     shared_changed: Arc<Notify>,
+    /// This replica was cut off from etcd at the last look ([`Hub::pushing`]).
+    cut_off: std::sync::atomic::AtomicBool,
 }
 
 /// Why a join was refused, for the wire's Error message.
@@ -286,6 +288,7 @@ impl Hub {
             store_changed,
             shared,
             shared_changed,
+            cut_off: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -365,11 +368,59 @@ impl Hub {
                 );
                 st.dirty = true;
             }
-            if st.dirty {
+            // Cut off from etcd: the proxies keep their last snapshot
+            // (what this replica would push may be stale or partial); the
+            // change waits, dirty, until etcd answers again.
+            if st.dirty && self.pushing() {
                 let out = publish(&mut st, &self.trust_bundle, &self.store_id);
                 drop(st);
                 deliver(out);
             }
+        }
+    }
+
+    /// Whether this replica pushes: not while it is cut off from etcd.
+    /// Back from a cut-off, it re-reads the current version and the shared
+    /// registrations first.
+    fn pushing(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let Some(etcd) = self.store.etcd() else {
+            return true;
+        };
+        let cut_off = etcd.health() != crate::store::etcd::StoreHealth::Ok;
+        let was = self.cut_off.swap(cut_off, Ordering::AcqRel);
+        if was && !cut_off {
+            tracing::info!("etcd answers again: re-reading the store, then pushing again");
+            self.store_changed.notify_one();
+            if let Some(sh) = &self.shared {
+                sh.resync();
+            }
+        }
+        !cut_off
+    }
+
+    /// This replica and its link to the store (`GET /v1/replica`).
+    pub fn replica_status(&self) -> coremesh_api::http::ReplicaStatus {
+        use crate::store::etcd::StoreHealth;
+        let Some(etcd) = self.store.etcd() else {
+            return coremesh_api::http::ReplicaStatus {
+                replica: None,
+                store: "redb".into(),
+                cut_off_since: None,
+                why: None,
+                pushing: true,
+            };
+        };
+        let (since, why) = match etcd.health() {
+            StoreHealth::Ok => (None, None),
+            StoreHealth::CutOff { since, why } => (Some(unix_secs(since)), Some(why)),
+        };
+        coremesh_api::http::ReplicaStatus {
+            replica: Some(etcd.replica().to_string()).filter(|r| !r.is_empty()),
+            store: format!("etcd://{}", etcd.endpoints()),
+            pushing: since.is_none(),
+            cut_off_since: since,
+            why,
         }
     }
 
@@ -511,7 +562,7 @@ impl Hub {
         let mut st = lock(&self.state);
         let gone = st.registry.deregister(id);
         self.share(&mut st);
-        if gone {
+        if gone && self.pushing() {
             let out = publish(&mut st, &self.trust_bundle, &self.store_id);
             drop(st);
             deliver(out);

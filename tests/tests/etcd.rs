@@ -682,3 +682,118 @@ fn registrations_are_shared_a_moving_proxy_keeps_its_endpoint_and_a_dead_one_is_
         b.log_tail(30)
     );
 }
+
+/// The pid of the etcd member serving clients at `client` (found by its
+/// command line: the cluster fixture does not hand out its children).
+fn etcd_member_pid(client: std::net::SocketAddr) -> libc::pid_t {
+    let needle = format!("http://{client}");
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<libc::pid_t>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.first().is_some_and(|a| a.ends_with("etcd"))
+            && args
+                .windows(2)
+                .any(|w| w[0] == "--listen-client-urls" && w[1] == needle)
+        {
+            return pid;
+        }
+    }
+    panic!("no etcd process listens for clients at {needle}");
+}
+
+fn status_line(control: &Control) -> String {
+    let out = control.meshctl(&["status"]).ok().stdout;
+    out.lines().next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn a_replica_cut_off_from_etcd_says_so_stops_pushing_and_resumes() {
+    if skip() {
+        return;
+    }
+    let etcd = EtcdCluster::start(3);
+    let member3 = etcd.client_addr(2);
+    let y = ControlBuilder::new()
+        .arg("--store", &etcd.url())
+        .arg("--replica-name", "replica-y")
+        .grace("0s")
+        .heartbeat_timeout("6s")
+        .start();
+    let dir = y.data_dir();
+    // X knows member 3 only.
+    let x = ControlBuilder::new()
+        .arg("--store", &format!("etcd://{member3}"))
+        .arg("--replica-name", "replica-x")
+        .arg("--ca-cert", dir.join("ca.pem").to_str().expect("UTF-8"))
+        .arg("--ca-key", dir.join("ca.key").to_str().expect("UTF-8"))
+        .arg("--etcd-timeout", "2s")
+        .grace("0s")
+        .heartbeat_timeout("6s")
+        .start();
+    let app = Origin::start("api");
+    let m = x.member("api", "on-x");
+    let _p = ProxyBuilder::new("api")
+        .inbound(app.addr())
+        .control(&x.section(&m))
+        .start();
+    let v1 = y.apply(&service("api"));
+    x.wait_applied(1, 1, v1, &[], SOON);
+    let line = status_line(&x);
+    assert!(line.starts_with("control replica-x: ok"), "{line}");
+
+    let pid = etcd_member_pid(member3);
+    // SAFETY: kill(2) on a pid of our own child process; no memory involved.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let stopped = Instant::now();
+    let cut = wait_for(Duration::from_secs(15), || {
+        let line = status_line(&x);
+        line.contains("cut off from etcd").then_some(line)
+    });
+    let Some(line) = cut else {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+        panic!("x never said it is cut off: {}", status_line(&x));
+    };
+    eprintln!("{:?} after SIGSTOP: {line}", stopped.elapsed());
+    assert!(
+        line.starts_with("control replica-x: cut off from etcd (etcd://")
+            && line.contains("not pushing changes"),
+        "{line}"
+    );
+    assert!(status_line(&y).starts_with("control replica-y: ok"));
+
+    // A change through y does not reach x's proxy while x is cut off.
+    let v2 = y.apply("kind: Resilience\nservice: api\nloadBalancer: round-robin\n");
+    std::thread::sleep(Duration::from_secs(3));
+    let applied: Vec<serde_json::Value> = x
+        .proxies()
+        .iter()
+        .map(|p| p["applied_config_version"].clone())
+        .collect();
+    assert_eq!(
+        applied,
+        vec![serde_json::json!(v1)],
+        "x pushed while cut off"
+    );
+
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let resumed = Instant::now();
+    x.wait_applied(1, 1, v2, &["api"], Duration::from_secs(30));
+    eprintln!(
+        "x's proxy applied the change {} ms after SIGCONT",
+        resumed.elapsed().as_millis()
+    );
+    let ok = wait_for(SOON, || {
+        status_line(&x)
+            .starts_with("control replica-x: ok")
+            .then_some(())
+    });
+    assert!(ok.is_some(), "{}", status_line(&x));
+}

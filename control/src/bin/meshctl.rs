@@ -466,6 +466,10 @@ fn run(cli: Cli) -> Result<(), Fail> {
             print_change(&r);
         }
         Cmd::Status => {
+            // A control from before /v1/replica answers 404: no line.
+            if let Ok(r) = api.get::<coremesh_api::http::ReplicaStatus>("/v1/replica") {
+                println!("{}", replica_line(&r, now_secs()));
+            }
             let proxies: Vec<ProxyStatus> = api.get("/v1/proxies")?;
             let nodes: Vec<NodeStatus> = api.get("/v1/nodes")?;
             print_status(&proxies, &nodes);
@@ -1077,6 +1081,35 @@ fn findings(
         );
     }
     out
+}
+
+/// `control h1:7080: ok`, or `control h1:7080: cut off from etcd
+/// (etcd://...) since 12:01:02 UTC, 9 s: not pushing changes (why)`.
+fn replica_line(r: &coremesh_api::http::ReplicaStatus, now: u64) -> String {
+    let who = r.replica.as_deref().unwrap_or("(this control)");
+    match r.cut_off_since {
+        None => format!("control {who}: ok ({})", r.store),
+        Some(since) => {
+            let t = since % 86_400;
+            format!(
+                "control {who}: cut off from etcd ({}) since {:02}:{:02}:{:02} UTC, {} s: {}{}",
+                r.store,
+                t / 3600,
+                t / 60 % 60,
+                t % 60,
+                now.saturating_sub(since),
+                if r.pushing {
+                    "pushing"
+                } else {
+                    "not pushing changes"
+                },
+                r.why
+                    .as_deref()
+                    .map(|w| format!(" ({w})"))
+                    .unwrap_or_default()
+            )
+        }
+    }
 }
 
 fn print_status(ps: &[ProxyStatus], nodes: &[NodeStatus]) {

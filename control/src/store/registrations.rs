@@ -133,6 +133,8 @@ pub struct Shared {
     timeout: Duration,
     local: Mutex<Local>,
     flush: Notify,
+    /// Read `endpoints/` again (back from a cut-off).
+    resync: Notify,
     mirror: Mutex<Mirror>,
     /// Leads the `withdraw` election (kept alive with the tasks).
     election: Election,
@@ -165,6 +167,7 @@ impl Shared {
             timeout,
             local: Mutex::new(Local::default()),
             flush: Notify::new(),
+            resync: Notify::new(),
             mirror: Mutex::new(Mirror::default()),
             election: Election::start(store, "withdraw", &replica),
         });
@@ -262,6 +265,12 @@ impl Shared {
         if m.published.contains_key(key) {
             Arc::make_mut(&mut m.published).remove(key);
         }
+    }
+
+    /// Reads every registration again and watches from there (a watch
+    /// that hung while etcd was unreachable may have missed changes).
+    pub fn resync(&self) {
+        self.resync.notify_one();
     }
 
     /// Whether this replica leads the withdrawal of stale endpoints.
@@ -599,7 +608,11 @@ async fn mirror(shared: Arc<Shared>, inner: Inner, on_change: Box<dyn Fn() + Sen
             }
         };
         loop {
-            match stream.message().await {
+            let message = tokio::select! {
+                m = stream.message() => m,
+                _ = shared.resync.notified() => break,
+            };
+            match message {
                 Ok(Some(resp)) if resp.canceled() => break,
                 Ok(Some(resp)) => {
                     let mut changed = false;

@@ -120,7 +120,7 @@ impl Session {
                 since: SystemTime::now()
                     .checked_sub(link.last_ok.elapsed())
                     .unwrap_or_else(SystemTime::now),
-                why: "no answer from etcd yet".to_string(),
+                why: "no answer from etcd to this replica's lease keep-alives".to_string(),
             },
             None => StoreHealth::Ok,
         }
