@@ -775,7 +775,14 @@ fn a_replica_cut_off_from_etcd_says_so_stops_pushing_and_resumes() {
             && line.contains("not pushing changes"),
         "{line}"
     );
-    assert!(status_line(&y).starts_with("control replica-y: ok"));
+    // y asks the other members (if member 3 led etcd, after their
+    // election, a second or two).
+    let y_ok = wait_for(SOON, || {
+        status_line(&y)
+            .starts_with("control replica-y: ok")
+            .then_some(())
+    });
+    assert!(y_ok.is_some(), "{}", status_line(&y));
 
     // A change through y does not reach x's proxy while x is cut off.
     let v2 = y.apply("kind: Resilience\nservice: api\nloadBalancer: round-robin\n");

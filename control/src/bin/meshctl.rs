@@ -466,9 +466,12 @@ fn run(cli: Cli) -> Result<(), Fail> {
             print_change(&r);
         }
         Cmd::Status => {
-            // A control from before /v1/replica answers 404: no line.
+            // A replica on etcd says how its link to etcd is; one control
+            // on redb (or from before /v1/replica: 404) prints no line.
             if let Ok(r) = api.get::<coremesh_api::http::ReplicaStatus>("/v1/replica") {
-                println!("{}", replica_line(&r, now_secs()));
+                if r.replica.is_some() {
+                    println!("{}", replica_line(&r, now_secs()));
+                }
             }
             let proxies: Vec<ProxyStatus> = api.get("/v1/proxies")?;
             let nodes: Vec<NodeStatus> = api.get("/v1/nodes")?;

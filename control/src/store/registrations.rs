@@ -438,9 +438,17 @@ async fn write(
                 }
                 continue;
             };
+            let key = match &w {
+                Write::Put(k, ..) | Write::Refresh(k, ..) | Write::Delete(k, _) => {
+                    keys.endpoint(&k.0, k.1)
+                }
+            };
             let resp = inner
                 .txn(
-                    Txn::new().when(compares).and_then([op]),
+                    Txn::new()
+                        .when(compares)
+                        .and_then([op])
+                        .or_else([TxnOp::get(key, None)]),
                     "writing a registration",
                     Retry::Any,
                 )
@@ -449,11 +457,20 @@ async fn write(
                 let rev = resp.header().map_or(0, |h| h.revision());
                 done(w, rev, written);
             } else if let Write::Refresh(k, ..) = w {
-                // Another replica took it (the proxy moved), or the leader
-                // withdrew it: not refreshed again until a new Register.
-                tracing::info!(service = %k.0, address = %k.1, "registration changed by another replica: no longer refreshed here");
-                if let Some(w) = written.get_mut(&k) {
-                    w.lost = true;
+                let held = resp.op_responses().into_iter().any(
+                    |op| matches!(op, etcd_client::TxnOpResponse::Get(g) if !g.kvs().is_empty()),
+                );
+                if held {
+                    // Another replica took it (the proxy moved): not
+                    // refreshed here again until a new Register.
+                    tracing::info!(service = %k.0, address = %k.1, "registration taken by another replica: no longer refreshed here");
+                    if let Some(w) = written.get_mut(&k) {
+                        w.lost = true;
+                    }
+                } else {
+                    // Gone (withdrawn, or its lease ended) while its proxy
+                    // still heartbeats here: put again on the next round.
+                    written.remove(&k);
                 }
             }
         }
