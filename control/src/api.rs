@@ -93,6 +93,7 @@ pub fn router(hub: Arc<Hub>, credential: &str, tls: bool) -> Router {
         .route("/v1/meshconfig/{name}", delete(delete_mesh_config))
         .route("/v1/proxies", get(proxies))
         .route("/v1/endpoints", get(endpoints))
+        .route("/v1/replica", get(replica))
         .route("/v1/ca", get(ca))
         .route("/v1/history", get(history))
         .route("/v1/history/{version}", get(history_version))
@@ -267,6 +268,10 @@ async fn endpoints(State(ctx): State<Ctx>) -> Response {
     Json(ctx.hub.endpoints()).into_response()
 }
 
+async fn replica(State(ctx): State<Ctx>) -> Response {
+    Json(ctx.hub.replica_status()).into_response()
+}
+
 async fn ca(State(ctx): State<Ctx>) -> Response {
     let ca = ctx.hub.ca();
     Json(coremesh_api::http::CaStatus {
@@ -430,6 +435,12 @@ async fn edge_series(
 async fn metrics(State(ctx): State<Ctx>) -> Response {
     let mut out = String::with_capacity(16 * 1024);
     ctx.hub.fleet().render_prometheus(&mut out);
+    let status = ctx.hub.replica_status();
+    out.push_str("# HELP coremesh_control_store_cut_off 1 while this control replica cannot reach its store (etcd) and does not push changes.\n# TYPE coremesh_control_store_cut_off gauge\n");
+    out.push_str(&format!(
+        "coremesh_control_store_cut_off {}\n",
+        u8::from(status.cut_off_since.is_some())
+    ));
     (
         [(
             header::CONTENT_TYPE,

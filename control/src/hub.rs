@@ -198,6 +198,14 @@ pub struct Hub {
     taps: Arc<crate::tap::Taps>,
     /// The proxies' edge summaries (the fleet view).
     fleet: crate::fleet::Fleet,
+    /// Registrations shared through etcd (store/registrations.rs): the
+    /// registry's changes go there, and the hub publishes every replica's
+    /// endpoints from its mirror. `None` with redb.
+    shared: Option<Arc<crate::store::registrations::Shared>>,
+    /// Woken when the mirror of the shared registrations changed.
+    shared_changed: Arc<Notify>,
+    /// This replica was cut off from etcd at the last look ([`Hub::pushing`]).
+    cut_off: std::sync::atomic::AtomicBool,
 }
 
 /// Why a join was refused, for the wire's Error message.
@@ -235,7 +243,17 @@ impl Hub {
     ) -> Result<Arc<Hub>, Error> {
         let (config_version, config) = store.current()?;
         let nodes = Nodes::new(store.nodes()?, unix_secs(SystemTime::now()));
-        let state = State {
+        let shared_changed = Arc::new(Notify::new());
+        let shared = store.etcd().filter(|e| e.lease().is_some()).map(|etcd| {
+            let wake = shared_changed.clone();
+            crate::store::registrations::Shared::start(
+                etcd,
+                opts.heartbeat_timeout,
+                started + opts.grace,
+                Box::new(move || wake.notify_one()),
+            )
+        });
+        let mut state = State {
             config_version,
             config_digest: store.current_digest()?,
             config: Arc::new(config),
@@ -251,6 +269,9 @@ impl Hub {
             dirty: false,
             grace_over: opts.grace.is_zero(),
         };
+        if let Some(sh) = &shared {
+            state.registry.share(sh.endpoints());
+        }
         let store_changed = Arc::new(Notify::new());
         let wake = store_changed.clone();
         store.watch(Box::new(move || wake.notify_one()));
@@ -266,6 +287,9 @@ impl Hub {
             changed: Notify::new(),
             fleet: crate::fleet::Fleet::default(),
             store_changed,
+            shared,
+            shared_changed,
+            cut_off: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -316,6 +340,7 @@ impl Hub {
             tokio::select! {
                 _ = self.changed.notified() => tokio::time::sleep(self.opts.debounce).await,
                 _ = tick.tick() => {}
+                _ = self.shared_changed.notified() => tokio::time::sleep(self.opts.debounce).await,
                 _ = self.store_changed.notified() => {
                     // Reading the store blocks; what it adopts marks the
                     // hub dirty and wakes this loop again to publish.
@@ -332,6 +357,14 @@ impl Hub {
             let mut st = lock(&self.state);
             if st.registry.expire(now) {
                 st.dirty = true;
+            }
+            if let Some(sh) = &self.shared {
+                sh.apply(st.registry.take_changes());
+                let set = sh.endpoints();
+                if st.registry.shared().is_none_or(|s| !Arc::ptr_eq(s, &set)) {
+                    st.registry.set_shared(set);
+                    st.dirty = true;
+                }
             }
             // Status rows only: no view depends on them.
             st.registry.forget(now);
@@ -351,7 +384,10 @@ impl Hub {
                 );
                 st.dirty = true;
             }
-            if st.dirty {
+            // Cut off from etcd: the proxies keep their last snapshot
+            // (what this replica would push may be stale or partial); the
+            // change waits, dirty, until etcd answers again.
+            if st.dirty && self.pushing() {
                 let out = publish(&mut st, &self.trust_bundle(), &self.store_id);
                 drop(st);
                 deliver(out);
@@ -359,9 +395,62 @@ impl Hub {
         }
     }
 
+    /// Whether this replica pushes: not while it is cut off from etcd.
+    /// Back from a cut-off, it re-reads the current version and the shared
+    /// registrations first.
+    fn pushing(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let Some(etcd) = self.store.etcd() else {
+            return true;
+        };
+        let cut_off = etcd.health() != crate::store::etcd::StoreHealth::Ok;
+        let was = self.cut_off.swap(cut_off, Ordering::AcqRel);
+        if was && !cut_off {
+            tracing::info!("etcd answers again: re-reading the store, then pushing again");
+            self.store_changed.notify_one();
+            if let Some(sh) = &self.shared {
+                sh.resync();
+            }
+        }
+        !cut_off
+    }
+
+    /// This replica and its link to the store (`GET /v1/replica`).
+    pub fn replica_status(&self) -> coremesh_api::http::ReplicaStatus {
+        use crate::store::etcd::StoreHealth;
+        let Some(etcd) = self.store.etcd() else {
+            return coremesh_api::http::ReplicaStatus {
+                replica: None,
+                store: "redb".into(),
+                cut_off_since: None,
+                why: None,
+                pushing: true,
+            };
+        };
+        let (since, why) = match etcd.health() {
+            StoreHealth::Ok => (None, None),
+            StoreHealth::CutOff { since, why } => (Some(unix_secs(since)), Some(why)),
+        };
+        coremesh_api::http::ReplicaStatus {
+            replica: Some(etcd.replica().to_string()).filter(|r| !r.is_empty()),
+            store: format!("etcd://{}", etcd.endpoints()),
+            pushing: since.is_none(),
+            cut_off_since: since,
+            why,
+        }
+    }
+
     fn mark_dirty(&self, st: &mut State) {
         st.dirty = true;
         self.changed.notify_one();
+    }
+
+    /// Hands what the registry did to this replica's endpoints to the
+    /// shared registrations (their flusher writes etcd, off this lock).
+    fn share(&self, st: &mut State) {
+        if let Some(sh) = &self.shared {
+            sh.apply(st.registry.take_changes());
+        }
     }
 
     // ---- sessions (called by the QUIC server) ----
@@ -462,20 +551,22 @@ impl Hub {
 
     pub fn register(&self, id: ProxyId, address: SocketAddr, labels: BTreeMap<String, String>) {
         let mut st = lock(&self.state);
-        if st
+        let changed = st
             .registry
-            .register(id, address, labels, Instant::now(), SystemTime::now())
-        {
+            .register(id, address, labels, Instant::now(), SystemTime::now());
+        self.share(&mut st);
+        if changed {
             self.mark_dirty(&mut st);
         }
     }
 
     pub fn health(&self, id: ProxyId, healthy: bool) {
         let mut st = lock(&self.state);
-        if st
+        let flipped = st
             .registry
-            .health(id, healthy, Instant::now(), SystemTime::now())
-        {
+            .health(id, healthy, Instant::now(), SystemTime::now());
+        self.share(&mut st);
+        if flipped {
             self.mark_dirty(&mut st);
         }
     }
@@ -485,7 +576,9 @@ impl Hub {
     /// waits for this before it stops accepting).
     pub fn deregister(&self, id: ProxyId) {
         let mut st = lock(&self.state);
-        if st.registry.deregister(id) {
+        let gone = st.registry.deregister(id);
+        self.share(&mut st);
+        if gone && self.pushing() {
             let out = publish(&mut st, &self.trust_bundle(), &self.store_id);
             drop(st);
             deliver(out);
@@ -834,6 +927,7 @@ impl Hub {
             .cloned()
             .collect();
         let endpoints_withdrawn = st.registry.withdraw_node(node);
+        self.share(&mut st);
         let mut sessions_closed = 0;
         for id in st.registry.connected_on(node) {
             // Dropping its sender ends the session task, which closes the

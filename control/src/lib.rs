@@ -23,7 +23,9 @@
 //! eviction's revocation list goes to every proxy in its snapshots, see
 //! [`nodes`]). Soft, in
 //! memory: registrations, heartbeats, proxy status; after a restart the
-//! proxies re-register within the grace period.
+//! proxies re-register within the grace period. With the etcd store,
+//! registrations are also shared among the replicas under their leases
+//! ([`store::registrations`]), and the hub publishes every replica's.
 
 pub mod api;
 pub mod api_tls;

@@ -457,6 +457,17 @@ async fn run(args: Args) -> Result<(), Error> {
     };
     let opts = Options {
         heartbeat_timeout: args.heartbeat_timeout,
+        // On etcd, three heartbeats per timeout (the lease TTL), so that a
+        // short --heartbeat-timeout does not let the leader withdraw live
+        // proxies: 5 s from the default 15 s, as with redb.
+        heartbeat_interval: if args.store.store == "redb" {
+            Options::default().heartbeat_interval
+        } else {
+            (args.heartbeat_timeout / 3).clamp(
+                Duration::from_millis(100),
+                Options::default().heartbeat_interval,
+            )
+        },
         grace: args.grace,
         cert_lifetime: args.cert_lifetime,
         forget_after: args.forget_after,

@@ -26,6 +26,11 @@ use std::time::{Duration, Instant, SystemTime};
 use coremesh_api::http::{EndpointStatus, ProxyStatus};
 use coremesh_api::snapshot::Endpoint;
 
+use crate::store::registrations::{Change, EndpointKey, EndpointRecord};
+
+/// Every replica's endpoints, read from etcd (registrations shared).
+pub type SharedSet = std::sync::Arc<BTreeMap<EndpointKey, EndpointRecord>>;
+
 /// A proxy session's id in the registry (stable across its reconnects).
 pub type ProxyId = u64;
 
@@ -63,6 +68,14 @@ pub struct Registry {
     forget_after: Duration,
     /// No expiry before this instant.
     grace_until: Instant,
+    /// With registrations shared through etcd: what this replica's
+    /// proxies did to their endpoints, for the store to write
+    /// ([`Registry::take_changes`]).
+    changes: Option<Vec<Change>>,
+    /// With registrations shared: every replica's endpoints, which callers
+    /// are sent and `meshctl get endpoints` shows, instead of this
+    /// replica's own.
+    shared: Option<SharedSet>,
 }
 
 impl Registry {
@@ -80,6 +93,58 @@ impl Registry {
             heartbeat_timeout,
             forget_after,
             grace_until,
+            changes: None,
+            shared: None,
+        }
+    }
+
+    /// Records changes to this replica's endpoints for sharing
+    /// ([`Registry::take_changes`]) and publishes `set` instead of them.
+    pub fn share(&mut self, set: SharedSet) {
+        self.changes.get_or_insert_with(Vec::new);
+        self.shared = Some(set);
+    }
+
+    /// The set to publish, when shared (the mirror of etcd changed).
+    pub fn set_shared(&mut self, set: SharedSet) {
+        self.shared = Some(set);
+    }
+
+    /// Removes `key` from the shared set before etcd confirms it.
+    pub fn unshare(&mut self, key: &EndpointKey) {
+        if let Some(set) = &mut self.shared {
+            if set.contains_key(key) {
+                std::sync::Arc::make_mut(set).remove(key);
+            }
+        }
+    }
+
+    /// The shared set published now, if shared.
+    pub fn shared(&self) -> Option<&SharedSet> {
+        self.shared.as_ref()
+    }
+
+    /// What changed since the last call (empty unless shared).
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        self.changes
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    fn record(&mut self, c: impl FnOnce() -> Change) {
+        if let Some(changes) = &mut self.changes {
+            changes.push(c());
+        }
+    }
+
+    fn put_change(key: &(String, SocketAddr), e: &EndpointEntry, wall: SystemTime) -> Change {
+        Change::Put {
+            key: key.clone(),
+            node: e.node.clone(),
+            labels: e.labels.clone(),
+            healthy: e.healthy,
+            at_ms: crate::unix_millis(wall),
         }
     }
 
@@ -289,13 +354,15 @@ impl Registry {
             last_heartbeat: now,
             owner: id,
         };
-        match self.endpoints.get_mut(&(service.clone(), address)) {
+        let key = (service, address);
+        self.record(|| Self::put_change(&key, &new, wall));
+        match self.endpoints.get_mut(&key) {
             Some(e) => {
                 changed |= e.labels != new.labels || e.healthy != new.healthy || e.node != new.node;
                 *e = new;
             }
             None => {
-                self.endpoints.insert((service, address), new);
+                self.endpoints.insert(key, new);
                 changed = true;
             }
         }
@@ -319,6 +386,15 @@ impl Registry {
                 e.last_heartbeat = now;
                 let flipped = e.healthy != healthy;
                 e.healthy = healthy;
+                let change = if flipped {
+                    Self::put_change(&key, e, wall)
+                } else {
+                    Change::Beat {
+                        key: key.clone(),
+                        at_ms: crate::unix_millis(wall),
+                    }
+                };
+                self.record(|| change);
                 if flipped {
                     self.log_flip(&key, healthy);
                 }
@@ -330,16 +406,15 @@ impl Registry {
                 // it back.
                 let labels = p.labels.clone();
                 let node = p.status.node.clone();
-                self.endpoints.insert(
-                    key,
-                    EndpointEntry {
-                        node,
-                        labels,
-                        healthy,
-                        last_heartbeat: now,
-                        owner: id,
-                    },
-                );
+                let e = EndpointEntry {
+                    node,
+                    labels,
+                    healthy,
+                    last_heartbeat: now,
+                    owner: id,
+                };
+                self.record(|| Self::put_change(&key, &e, wall));
+                self.endpoints.insert(key, e);
                 true
             }
         }
@@ -378,6 +453,8 @@ impl Registry {
         match self.endpoints.get(&key) {
             Some(e) if e.owner == id => {
                 self.endpoints.remove(&key);
+                self.unshare(&key);
+                self.record(|| Change::Remove { key });
                 true
             }
             _ => false,
@@ -397,13 +474,19 @@ impl Registry {
     /// how many there were.
     pub fn withdraw_node(&mut self, node: &str) -> usize {
         let before = self.endpoints.len();
+        let mut gone = Vec::new();
         self.endpoints.retain(|(service, address), e| {
             let keep = e.node != node;
             if !keep {
                 tracing::warn!(%service, %address, %node, "endpoint withdrawn: its node was evicted");
+                gone.push((service.clone(), *address));
             }
             keep
         });
+        for key in gone {
+            self.unshare(&key);
+            self.record(|| Change::Remove { key });
+        }
         before - self.endpoints.len()
     }
 
@@ -415,14 +498,26 @@ impl Registry {
         }
         let timeout = self.heartbeat_timeout;
         let before = self.endpoints.len();
+        let shared = self.changes.is_some();
+        let mut gone = Vec::new();
         self.endpoints.retain(|(service, addr), e| {
             let alive = now.saturating_duration_since(e.last_heartbeat) <= timeout;
             if !alive {
-                tracing::info!(%service, address = %addr, node = %e.node, "endpoint expired: no heartbeat");
+                if shared {
+                    // The leader of election withdraw removes it from etcd.
+                    tracing::info!(%service, address = %addr, node = %e.node, "no heartbeat: this replica stops refreshing the endpoint");
+                } else {
+                    tracing::info!(%service, address = %addr, node = %e.node, "endpoint expired: no heartbeat");
+                }
+                gone.push((service.clone(), *addr));
             }
             alive
         });
-        self.endpoints.len() != before
+        for key in gone {
+            self.record(|| Change::Forget { key });
+        }
+        // Shared: what callers see changes when etcd does.
+        !shared && self.endpoints.len() != before
     }
 
     pub fn in_grace(&self, now: Instant) -> bool {
@@ -430,37 +525,53 @@ impl Registry {
     }
 
     /// Services with at least one registered endpoint.
-    pub fn services(&self) -> impl Iterator<Item = &str> {
+    pub fn services(&self) -> Box<dyn Iterator<Item = &str> + '_> {
         let mut last: Option<&str> = None;
-        self.endpoints.keys().filter_map(move |(s, _)| {
+        let keys: Box<dyn Iterator<Item = &(String, SocketAddr)>> = match &self.shared {
+            Some(set) => Box::new(set.keys()),
+            None => Box::new(self.endpoints.keys()),
+        };
+        Box::new(keys.filter_map(move |(s, _)| {
             if last == Some(s.as_str()) {
                 None
             } else {
                 last = Some(s.as_str());
                 Some(s.as_str())
             }
-        })
+        }))
     }
 
     /// The endpoints of `service` a caller should use: the healthy ones, or
     /// all of them when none is healthy (fail open: a health checker that
     /// is wrong everywhere must not make the service vanish).
     pub fn endpoints_of(&self, service: &str) -> Vec<Endpoint> {
-        let all: Vec<(&SocketAddr, &EndpointEntry)> = self
-            .endpoints
-            .range((service.to_string(), SocketAddr::from(([0, 0, 0, 0], 0)))..)
-            .take_while(|((s, _), _)| s == service)
-            .map(|((_, a), e)| (a, e))
-            .collect();
-        let any_healthy = all.iter().any(|(_, e)| e.healthy);
+        let from = (service.to_string(), SocketAddr::from(([0, 0, 0, 0], 0)));
+        let all: Vec<Endpoint> = match &self.shared {
+            Some(set) => set
+                .range(from..)
+                .take_while(|((s, _), _)| s == service)
+                .map(|((_, a), e)| Endpoint {
+                    address: *a,
+                    labels: e.labels.clone(),
+                    node: e.node.clone(),
+                    healthy: e.healthy,
+                })
+                .collect(),
+            None => self
+                .endpoints
+                .range(from..)
+                .take_while(|((s, _), _)| s == service)
+                .map(|((_, a), e)| Endpoint {
+                    address: *a,
+                    labels: e.labels.clone(),
+                    node: e.node.clone(),
+                    healthy: e.healthy,
+                })
+                .collect(),
+        };
+        let any_healthy = all.iter().any(|e| e.healthy);
         all.into_iter()
-            .filter(|(_, e)| e.healthy || !any_healthy)
-            .map(|(a, e)| Endpoint {
-                address: *a,
-                labels: e.labels.clone(),
-                node: e.node.clone(),
-                healthy: e.healthy,
-            })
+            .filter(|e| e.healthy || !any_healthy)
             .collect()
     }
 
@@ -469,6 +580,19 @@ impl Registry {
     }
 
     pub fn endpoint_statuses(&self) -> Vec<EndpointStatus> {
+        if let Some(set) = &self.shared {
+            return set
+                .iter()
+                .map(|((service, address), e)| EndpointStatus {
+                    service: service.clone(),
+                    address: *address,
+                    node: e.node.clone(),
+                    labels: e.labels.clone(),
+                    healthy: e.healthy,
+                    replica: Some(e.replica.clone()),
+                })
+                .collect();
+        }
         self.endpoints
             .iter()
             .map(|((service, address), e)| EndpointStatus {
@@ -477,6 +601,7 @@ impl Registry {
                 node: e.node.clone(),
                 labels: e.labels.clone(),
                 healthy: e.healthy,
+                replica: None,
             })
             .collect()
     }

@@ -317,20 +317,21 @@ fn a_change_through_one_control_reaches_the_proxies_of_the_other() {
         .control(&b.section(&mb))
         .start();
     // Each control has its proxy (a Service alone changes no view: no
-    // snapshot needs to follow it).
+    // snapshot needs to follow it), and lists both endpoints
+    // (registrations are shared).
     let v1 = b.apply(&service("api"));
-    a.wait_applied(1, 1, v1, &[], SOON);
-    b.wait_applied(1, 1, v1, &[], SOON);
+    a.wait_applied(1, 2, v1, &[], SOON);
+    b.wait_applied(1, 2, v1, &[], SOON);
     // A Resilience of api changes the view of api's own proxies: the one
     // on a gets it although b took the change.
     let started = Instant::now();
     let v2 = b.apply("kind: Resilience\nservice: api\nloadBalancer: round-robin\n");
-    a.wait_applied(1, 1, v2, &["api"], SOON);
+    a.wait_applied(1, 2, v2, &["api"], SOON);
     eprintln!(
         "a change applied through b was ACKed by a's proxy {} ms after meshctl started",
         started.elapsed().as_millis()
     );
-    b.wait_applied(1, 1, v2, &["api"], SOON);
+    b.wait_applied(1, 2, v2, &["api"], SOON);
 }
 
 #[test]
@@ -559,4 +560,248 @@ fn a_control_with_another_ca_is_refused() {
     );
     // Nothing of it reached the store.
     assert_eq!(history(&a), vec![(1, "apply service/api".to_string())]);
+}
+
+/// One GET for service api through `web`'s outbound: its status (0 when the
+/// connection failed).
+fn call_api(web: &coremesh_e2e::Proxy) -> u16 {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        web.outbound_client().get("api", "/").status
+    }));
+    r.unwrap_or(0)
+}
+
+fn api_endpoints(control: &Control) -> Vec<serde_json::Value> {
+    control
+        .endpoints()
+        .into_iter()
+        .filter(|e| e["service"] == "api")
+        .collect()
+}
+
+#[test]
+fn registrations_are_shared_a_moving_proxy_keeps_its_endpoint_and_a_dead_one_is_withdrawn() {
+    if skip() {
+        return;
+    }
+    let etcd = EtcdCluster::start(3);
+    // The lease TTL is the heartbeat timeout: longer than a proxy takes to
+    // move (about 4 s), short enough for the test.
+    let start = |name: &str, ca_of: Option<&Control>| {
+        let mut b = ControlBuilder::new()
+            .arg("--store", &etcd.url())
+            .arg("--replica-name", name)
+            .grace("0s")
+            .heartbeat_timeout("8s");
+        if let Some(first) = ca_of {
+            let dir = first.data_dir();
+            b = b
+                .arg("--ca-cert", dir.join("ca.pem").to_str().expect("UTF-8"))
+                .arg("--ca-key", dir.join("ca.key").to_str().expect("UTF-8"));
+        }
+        b.start()
+    };
+    let mut a = start("replica-a", None);
+    let b = start("replica-b", Some(&a));
+    b.apply(&format!("{}---\n{}", service("api"), service("web")));
+    let app = Origin::start("api");
+    let (ma, mw) = (a.member("api", "api-1"), b.member("web", "web-1"));
+    let api = ProxyBuilder::new("api")
+        .inbound(app.addr())
+        .control(&a.section(&ma).also(b.quic()))
+        .start();
+    let web = ProxyBuilder::new("web")
+        .outbound()
+        .control(&b.section(&mw).calls(&["api"]))
+        .start();
+
+    // The caller on b reaches the service registered through a.
+    let reached = wait_for(SOON, || (call_api(&web) == 200).then_some(()));
+    assert!(
+        reached.is_some(),
+        "web (on b) never reached api (registered through a); b's endpoints: {:?}",
+        b.endpoints()
+    );
+    let eps = api_endpoints(&b);
+    assert_eq!(eps.len(), 1, "{eps:?}");
+    let replica_a = "replica-a".to_string();
+    assert_eq!(eps[0]["replica"], "replica-a", "{eps:?}");
+    let out = b.meshctl(&["get", "endpoints"]).ok().stdout;
+    assert!(out.contains("REPLICA") && out.contains(&replica_a), "{out}");
+
+    // Replica a dies with the service's proxy alive: the proxy moves to b
+    // and registers there before a's lease ends; the caller never loses the
+    // endpoint.
+    a.kill9();
+    let killed = Instant::now();
+    let (mut ok, mut failed) = (0, 0);
+    let mut moved = None;
+    while killed.elapsed() < Duration::from_secs(14) {
+        if call_api(&web) == 200 {
+            ok += 1;
+        } else {
+            failed += 1;
+        }
+        if moved.is_none() {
+            let eps = api_endpoints(&b);
+            if eps.len() == 1 && eps[0]["replica"] == "replica-b" {
+                moved = Some(killed.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "replica a killed: {ok} requests ok, {failed} failed; the endpoint moved to b's lease after {moved:?}"
+    );
+    assert_eq!(failed, 0, "requests failed while the proxy moved");
+    assert!(
+        moved.is_some(),
+        "the endpoint never moved to b: {:?}",
+        api_endpoints(&b)
+    );
+    assert_eq!(api_endpoints(&b).len(), 1, "a's lease ended: still listed");
+
+    // The service's proxy dies: b (now the leader of election withdraw)
+    // withdraws its endpoint once its heartbeat is older than the timeout.
+    api.signal(libc::SIGKILL);
+    let died = Instant::now();
+    let gone = wait_for(Duration::from_secs(20), || {
+        api_endpoints(&b).is_empty().then(Instant::now)
+    });
+    let took = gone.map(|g| g - died);
+    eprintln!("the dead proxy's endpoint was withdrawn after {took:?}");
+    let took = took.expect("the endpoint is withdrawn");
+    assert!(
+        took < Duration::from_secs(8 + 5),
+        "withdrawn after {took:?} (heartbeat timeout 8 s)"
+    );
+    assert!(
+        b.log_text()
+            .contains("withdrawn by this replica, the leader of election withdraw"),
+        "{}",
+        b.log_tail(30)
+    );
+}
+
+/// The pid of the etcd member serving clients at `client` (found by its
+/// command line: the cluster fixture does not hand out its children).
+fn etcd_member_pid(client: std::net::SocketAddr) -> libc::pid_t {
+    let needle = format!("http://{client}");
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<libc::pid_t>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.first().is_some_and(|a| a.ends_with("etcd"))
+            && args
+                .windows(2)
+                .any(|w| w[0] == "--listen-client-urls" && w[1] == needle)
+        {
+            return pid;
+        }
+    }
+    panic!("no etcd process listens for clients at {needle}");
+}
+
+fn status_line(control: &Control) -> String {
+    let out = control.meshctl(&["status"]).ok().stdout;
+    out.lines().next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn a_replica_cut_off_from_etcd_says_so_stops_pushing_and_resumes() {
+    if skip() {
+        return;
+    }
+    let etcd = EtcdCluster::start(3);
+    let member3 = etcd.client_addr(2);
+    let y = ControlBuilder::new()
+        .arg("--store", &etcd.url())
+        .arg("--replica-name", "replica-y")
+        .grace("0s")
+        .heartbeat_timeout("6s")
+        .start();
+    let dir = y.data_dir();
+    // X knows member 3 only.
+    let x = ControlBuilder::new()
+        .arg("--store", &format!("etcd://{member3}"))
+        .arg("--replica-name", "replica-x")
+        .arg("--ca-cert", dir.join("ca.pem").to_str().expect("UTF-8"))
+        .arg("--ca-key", dir.join("ca.key").to_str().expect("UTF-8"))
+        .arg("--etcd-timeout", "2s")
+        .grace("0s")
+        .heartbeat_timeout("6s")
+        .start();
+    let app = Origin::start("api");
+    let m = x.member("api", "on-x");
+    let _p = ProxyBuilder::new("api")
+        .inbound(app.addr())
+        .control(&x.section(&m))
+        .start();
+    let v1 = y.apply(&service("api"));
+    x.wait_applied(1, 1, v1, &[], SOON);
+    let line = status_line(&x);
+    assert!(line.starts_with("control replica-x: ok"), "{line}");
+    // (A Service alone changes no view: the proxy may still run the
+    // snapshot of version 0.)
+    let applied = |c: &Control| -> Vec<serde_json::Value> {
+        c.proxies()
+            .iter()
+            .map(|p| p["applied_config_version"].clone())
+            .collect()
+    };
+    let before = applied(&x);
+
+    let pid = etcd_member_pid(member3);
+    // SAFETY: kill(2) on a pid of our own child process; no memory involved.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let stopped = Instant::now();
+    let cut = wait_for(Duration::from_secs(15), || {
+        let line = status_line(&x);
+        line.contains("cut off from etcd").then_some(line)
+    });
+    let Some(line) = cut else {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+        panic!("x never said it is cut off: {}", status_line(&x));
+    };
+    eprintln!("{:?} after SIGSTOP: {line}", stopped.elapsed());
+    assert!(
+        line.starts_with("control replica-x: cut off from etcd (etcd://")
+            && line.contains("not pushing changes"),
+        "{line}"
+    );
+    // y asks the other members (if member 3 led etcd, after their
+    // election, a second or two).
+    let y_ok = wait_for(SOON, || {
+        status_line(&y)
+            .starts_with("control replica-y: ok")
+            .then_some(())
+    });
+    assert!(y_ok.is_some(), "{}", status_line(&y));
+
+    // A change through y does not reach x's proxy while x is cut off.
+    let v2 = y.apply("kind: Resilience\nservice: api\nloadBalancer: round-robin\n");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(applied(&x), before, "x pushed while cut off");
+    assert_ne!(before, vec![serde_json::json!(v2)]);
+
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let resumed = Instant::now();
+    x.wait_applied(1, 1, v2, &["api"], Duration::from_secs(30));
+    eprintln!(
+        "x's proxy applied the change {} ms after SIGCONT",
+        resumed.elapsed().as_millis()
+    );
+    let ok = wait_for(SOON, || {
+        status_line(&x)
+            .starts_with("control replica-x: ok")
+            .then_some(())
+    });
+    assert!(ok.is_some(), "{}", status_line(&x));
 }

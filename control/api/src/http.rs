@@ -155,6 +155,27 @@ pub struct TapStatus {
     pub dropped: u64,
 }
 
+/// This control process and its link to the store, as `GET /v1/replica`
+/// shows it (`meshctl status`'s first line).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    /// `--replica-name` (or its default); absent with the redb store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
+    /// `redb`, or `etcd://HOST:PORT,...`.
+    pub store: String,
+    /// Since when (unix seconds) this replica has not heard from etcd;
+    /// absent while it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut_off_since: Option<u64>,
+    /// Why, in etcd's words (with `cut_off_since`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+    /// Whether this replica pushes changes to its proxies (not while cut
+    /// off: they keep their last snapshot).
+    pub pushing: bool,
+}
+
 /// Control's certificate authority, as `GET /v1/ca` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CaStatus {
@@ -174,6 +195,10 @@ pub struct EndpointStatus {
     pub node: String,
     pub labels: std::collections::BTreeMap<String, String>,
     pub healthy: bool,
+    /// The control replica whose proxy registered it (registrations shared
+    /// through etcd); absent with one control.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -520,6 +520,13 @@ fn run(cli: Cli) -> Result<(), Fail> {
             print_change(&r);
         }
         Cmd::Status => {
+            // A replica on etcd says how its link to etcd is; one control
+            // on redb (or from before /v1/replica: 404) prints no line.
+            if let Ok(r) = api.get::<coremesh_api::http::ReplicaStatus>("/v1/replica") {
+                if r.replica.is_some() {
+                    println!("{}", replica_line(&r, now_secs()));
+                }
+            }
             let proxies: Vec<ProxyStatus> = api.get("/v1/proxies")?;
             let nodes: Vec<NodeStatus> = api.get("/v1/nodes")?;
             print_status(&proxies, &nodes);
@@ -778,23 +785,33 @@ fn get(api: &Api, what: What, output: Output) -> Result<(), Fail> {
         }
         What::Endpoints => {
             let es: Vec<EndpointStatus> = serde_json::from_value(value).map_err(bad)?;
-            let mut rows = vec![vec![
+            // The owning replica, when registrations are shared (etcd).
+            let replicas = es.iter().any(|e| e.replica.is_some());
+            let mut head: Vec<String> = vec![
                 "SERVICE".into(),
                 "ADDRESS".into(),
                 "NODE".into(),
                 "HEALTHY".into(),
                 "LABELS".into(),
-            ]];
+            ];
+            if replicas {
+                head.push("REPLICA".into());
+            }
+            let mut rows = vec![head];
             for e in es {
                 let labels: Vec<String> =
                     e.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                rows.push(vec![
+                let mut row = vec![
                     e.service,
                     e.address.to_string(),
                     e.node,
                     e.healthy.to_string(),
                     labels.join(","),
-                ]);
+                ];
+                if replicas {
+                    row.push(e.replica.unwrap_or_default());
+                }
+                rows.push(row);
             }
             print_table(&rows);
         }
@@ -1146,6 +1163,35 @@ fn findings(
         );
     }
     out
+}
+
+/// `control h1:7080: ok`, or `control h1:7080: cut off from etcd
+/// (etcd://...) since 12:01:02 UTC, 9 s: not pushing changes (why)`.
+fn replica_line(r: &coremesh_api::http::ReplicaStatus, now: u64) -> String {
+    let who = r.replica.as_deref().unwrap_or("(this control)");
+    match r.cut_off_since {
+        None => format!("control {who}: ok ({})", r.store),
+        Some(since) => {
+            let t = since % 86_400;
+            format!(
+                "control {who}: cut off from etcd ({}) since {:02}:{:02}:{:02} UTC, {} s: {}{}",
+                r.store,
+                t / 3600,
+                t / 60 % 60,
+                t % 60,
+                now.saturating_sub(since),
+                if r.pushing {
+                    "pushing"
+                } else {
+                    "not pushing changes"
+                },
+                r.why
+                    .as_deref()
+                    .map(|w| format!(" ({w})"))
+                    .unwrap_or_default()
+            )
+        }
+    }
 }
 
 fn print_status(ps: &[ProxyStatus], nodes: &[NodeStatus]) {

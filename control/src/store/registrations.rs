@@ -133,6 +133,8 @@ pub struct Shared {
     timeout: Duration,
     local: Mutex<Local>,
     flush: Notify,
+    /// Read `endpoints/` again (back from a cut-off).
+    resync: Notify,
     mirror: Mutex<Mirror>,
     /// Leads the `withdraw` election (kept alive with the tasks).
     election: Election,
@@ -165,6 +167,7 @@ impl Shared {
             timeout,
             local: Mutex::new(Local::default()),
             flush: Notify::new(),
+            resync: Notify::new(),
             mirror: Mutex::new(Mirror::default()),
             election: Election::start(store, "withdraw", &replica),
         });
@@ -262,6 +265,12 @@ impl Shared {
         if m.published.contains_key(key) {
             Arc::make_mut(&mut m.published).remove(key);
         }
+    }
+
+    /// Reads every registration again and watches from there (a watch
+    /// that hung while etcd was unreachable may have missed changes).
+    pub fn resync(&self) {
+        self.resync.notify_one();
     }
 
     /// Whether this replica leads the withdrawal of stale endpoints.
@@ -429,9 +438,17 @@ async fn write(
                 }
                 continue;
             };
+            let key = match &w {
+                Write::Put(k, ..) | Write::Refresh(k, ..) | Write::Delete(k, _) => {
+                    keys.endpoint(&k.0, k.1)
+                }
+            };
             let resp = inner
                 .txn(
-                    Txn::new().when(compares).and_then([op]),
+                    Txn::new()
+                        .when(compares)
+                        .and_then([op])
+                        .or_else([TxnOp::get(key, None)]),
                     "writing a registration",
                     Retry::Any,
                 )
@@ -440,11 +457,20 @@ async fn write(
                 let rev = resp.header().map_or(0, |h| h.revision());
                 done(w, rev, written);
             } else if let Write::Refresh(k, ..) = w {
-                // Another replica took it (the proxy moved), or the leader
-                // withdrew it: not refreshed again until a new Register.
-                tracing::info!(service = %k.0, address = %k.1, "registration changed by another replica: no longer refreshed here");
-                if let Some(w) = written.get_mut(&k) {
-                    w.lost = true;
+                let held = resp.op_responses().into_iter().any(
+                    |op| matches!(op, etcd_client::TxnOpResponse::Get(g) if !g.kvs().is_empty()),
+                );
+                if held {
+                    // Another replica took it (the proxy moved): not
+                    // refreshed here again until a new Register.
+                    tracing::info!(service = %k.0, address = %k.1, "registration taken by another replica: no longer refreshed here");
+                    if let Some(w) = written.get_mut(&k) {
+                        w.lost = true;
+                    }
+                } else {
+                    // Gone (withdrawn, or its lease ended) while its proxy
+                    // still heartbeats here: put again on the next round.
+                    written.remove(&k);
                 }
             }
         }
@@ -599,7 +625,11 @@ async fn mirror(shared: Arc<Shared>, inner: Inner, on_change: Box<dyn Fn() + Sen
             }
         };
         loop {
-            match stream.message().await {
+            let message = tokio::select! {
+                m = stream.message() => m,
+                _ = shared.resync.notified() => break,
+            };
+            match message {
                 Ok(Some(resp)) if resp.canceled() => break,
                 Ok(Some(resp)) => {
                     let mut changed = false;

@@ -120,7 +120,7 @@ impl Session {
                 since: SystemTime::now()
                     .checked_sub(link.last_ok.elapsed())
                     .unwrap_or_else(SystemTime::now),
-                why: "no answer from etcd yet".to_string(),
+                why: "no answer from etcd to this replica's lease keep-alives".to_string(),
             },
             None => StoreHealth::Ok,
         }
@@ -149,19 +149,35 @@ impl Inner {
     }
 
     /// Renews lease `id` once; `Ok(false)` when etcd no longer has it.
-    async fn renew(&self, id: i64) -> Result<bool, StoreError> {
-        self.call(
-            "keeping this replica's lease alive",
-            Retry::Any,
-            |c| async move {
-                match c.lease_client().keep_alive(id).await {
-                    Ok(_) => Ok(true),
-                    Err(etcd_client::Error::LeaseKeepAliveError(_)) => Ok(false),
-                    Err(e) => Err(e),
+    /// Each member gets `per_try` to answer, from the preferred one on: a
+    /// member that hangs (stopped, or cut off from its peers) must not make
+    /// this replica look cut off while the others answer; the one that
+    /// does becomes the preferred member for every request.
+    async fn renew(&self, id: i64, per_try: Duration) -> Result<bool, String> {
+        let n = self.clients.len();
+        let start = self.preferred.load(Ordering::Relaxed);
+        let mut why = String::new();
+        for k in 0..n {
+            let i = (start + k) % n;
+            let mut lease = self.clients[i].lease_client();
+            match tokio::time::timeout(per_try, lease.keep_alive(id)).await {
+                Ok(Ok(_)) => {
+                    if k > 0 {
+                        self.preferred.store(i, Ordering::Relaxed);
+                    }
+                    return Ok(true);
                 }
-            },
-        )
-        .await
+                Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => return Ok(false),
+                Ok(Err(e)) => why = format!("{e}{}", super::hint(&e)),
+                Err(_) => {
+                    why = format!(
+                        "no answer to a lease keep-alive within {:.1}s",
+                        per_try.as_secs_f64()
+                    )
+                }
+            }
+        }
+        Err(format!("etcd at {}: {why}", self.endpoints))
     }
 
     /// Keeps the session's lease alive every tick, forever; grants a new
@@ -170,10 +186,9 @@ impl Inner {
         loop {
             tokio::time::sleep(session.tick()).await;
             let id = session.lease();
-            let renewed = tokio::time::timeout(session.threshold(), self.renew(id)).await;
-            match renewed {
-                Ok(Ok(true)) => session.heard(),
-                Ok(Ok(false)) => {
+            match self.renew(id, session.tick()).await {
+                Ok(true) => session.heard(),
+                Ok(false) => {
                     tracing::warn!(replica = %session.replica, lease = id, "etcd no longer has this replica's lease (it expired while etcd did not hear from us): granting a new one and putting this replica's keys again");
                     match self.grant(session.ttl).await {
                         Ok(new) => {
@@ -187,11 +202,7 @@ impl Inner {
                         Err(e) => session.missed(e.to_string()),
                     }
                 }
-                Ok(Err(e)) => session.missed(e.to_string()),
-                Err(_) => session.missed(format!(
-                    "no answer to a lease keep-alive within {:.1}s",
-                    session.threshold().as_secs_f64()
-                )),
+                Err(why) => session.missed(why),
             }
         }
     }
