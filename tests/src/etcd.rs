@@ -25,10 +25,36 @@ pub const ETCD_BIN: &str = "/usr/bin/etcd";
 /// How long a new cluster may take to elect a leader and answer.
 pub const ETCD_START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Whether etcd is installed; tests skip (with the reason printed) when it
-/// is not.
+/// Whether etcd is installed.
 pub fn have_etcd() -> bool {
     Path::new(ETCD_BIN).is_file()
+}
+
+/// Set (to anything) to skip the etcd tests: scripts/test.sh's second
+/// e2e pass (monoio's epoll driver) sets it, since these tests are about
+/// control, which does not run on monoio, and they ran in the first pass.
+pub const SKIP_ETCD_ENV: &str = "COREMESH_E2E_SKIP_ETCD";
+
+/// Whether an etcd test should skip, printing why: asked to
+/// ([`SKIP_ETCD_ENV`]), or etcd is missing outside CI. Under CI
+/// (`CI=true`) a missing etcd fails the test instead:
+/// scripts/install-deps.sh installs it there.
+pub fn skip_etcd_test() -> bool {
+    if std::env::var_os(SKIP_ETCD_ENV).is_some() {
+        eprintln!("skipped: {SKIP_ETCD_ENV} is set (the etcd tests ran in another pass)");
+        return true;
+    }
+    if have_etcd() {
+        return false;
+    }
+    assert!(
+        !crate::util::under_ci(),
+        "{ETCD_BIN} is missing under CI: scripts/install-deps.sh installs Debian's etcd-server"
+    );
+    eprintln!(
+        "skipped: {ETCD_BIN} is missing (scripts/install-deps.sh installs Debian's etcd-server)"
+    );
+    true
 }
 
 struct EtcdMember {

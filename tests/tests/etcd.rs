@@ -27,7 +27,7 @@
 
 use std::time::{Duration, Instant};
 
-use coremesh_e2e::etcd::{have_etcd, EtcdCluster, ETCD_BIN};
+use coremesh_e2e::etcd::{skip_etcd_test, EtcdCluster};
 use coremesh_e2e::util::wait_for;
 use coremesh_e2e::{
     Control, ControlBuilder, Member, MeshProxy, Meshctl, Origin, ProxyBuilder, TempDir,
@@ -38,13 +38,7 @@ const SOON: Duration = Duration::from_secs(15);
 const CHANGED: &str = "re-read and apply again";
 
 fn skip() -> bool {
-    if have_etcd() {
-        return false;
-    }
-    eprintln!(
-        "skipped: {ETCD_BIN} is missing (scripts/install-deps.sh installs Debian's etcd-server)"
-    );
-    true
+    skip_etcd_test()
 }
 
 /// A control on `etcd`; `ca_of`: share that control's CA (as every replica

@@ -25,7 +25,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use coremesh_e2e::control::control_bin;
-use coremesh_e2e::etcd::{have_etcd, EtcdCluster, ETCD_BIN};
+use coremesh_e2e::etcd::{skip_etcd_test, EtcdCluster};
 use coremesh_e2e::util::wait_for;
 use coremesh_e2e::{Control, ControlBuilder, Member, MeshProxy, Origin, ProxyBuilder, TempDir};
 
@@ -33,17 +33,7 @@ const SOON: Duration = Duration::from_secs(15);
 const ETCDCTL: &str = "/usr/bin/etcdctl";
 
 fn skip() -> bool {
-    if have_etcd() {
-        return false;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{ETCD_BIN} is missing under CI (scripts/install-deps.sh installs it)"
-    );
-    eprintln!(
-        "skipped: {ETCD_BIN} is missing (scripts/install-deps.sh installs Debian's etcd-server)"
-    );
-    true
+    skip_etcd_test()
 }
 
 /// `coremesh-control ca-store-key FILE` in `dir`: the new key file.

@@ -40,9 +40,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use coremesh_e2e::control::meshctl_bin;
-use coremesh_e2e::etcd::{have_etcd, EtcdCluster, ETCD_BIN};
+use coremesh_e2e::etcd::{skip_etcd_test, EtcdCluster};
 use coremesh_e2e::openload::{LoadSpec, OpenLoad};
-use coremesh_e2e::util::{under_ci, wait_for};
+use coremesh_e2e::util::wait_for;
 use coremesh_e2e::{
     Control, ControlBuilder, ControlSection, Member, MeshProxy, Meshctl, Origin, Proxy,
     ProxyBuilder, Request,
@@ -98,17 +98,7 @@ rules:
 "#;
 
 fn skip() -> bool {
-    if have_etcd() {
-        return false;
-    }
-    assert!(
-        !under_ci(),
-        "{ETCD_BIN} is missing under CI: scripts/install-deps.sh installs Debian's etcd-server"
-    );
-    eprintln!(
-        "skipped: {ETCD_BIN} is missing (scripts/install-deps.sh installs Debian's etcd-server)"
-    );
-    true
+    skip_etcd_test()
 }
 
 /// Three replicas on one etcd, and the mesh, its proxies all on replica
