@@ -158,6 +158,8 @@ struct SessionSlot {
     last: Option<Arc<View>>,
     /// Reconnected during the grace period: no snapshot until it ends.
     held: bool,
+    /// When the session said Hello.
+    opened: Instant,
 }
 
 struct State {
@@ -175,6 +177,11 @@ struct State {
     snapshot_version: u64,
     dirty: bool,
     grace_over: bool,
+    /// Cut off from etcd since this tick (first seen by [`Hub::run`]), and
+    /// whether the sessions were handed over ([`handover_after`]) in
+    /// this cut-off.
+    cut_off_seen: Option<Instant>,
+    handed_over: bool,
 }
 
 pub struct Hub {
@@ -267,6 +274,8 @@ impl Hub {
             latest: HashMap::new(),
             snapshot_version: 0,
             dirty: false,
+            cut_off_seen: None,
+            handed_over: false,
             grace_over: opts.grace.is_zero(),
         };
         if let Some(sh) = &shared {
@@ -387,12 +396,56 @@ impl Hub {
             // Cut off from etcd: the proxies keep their last snapshot
             // (what this replica would push may be stale or partial); the
             // change waits, dirty, until etcd answers again.
-            if st.dirty && self.pushing() {
+            let pushing = self.pushing();
+            if pushing {
+                st.cut_off_seen = None;
+                st.handed_over = false;
+            } else {
+                self.hand_over(&mut st, now);
+            }
+            if st.dirty && pushing {
                 let out = publish(&mut st, &self.trust_bundle(), &self.store_id);
                 drop(st);
                 deliver(out);
             }
         }
+    }
+
+    /// Cut off from etcd for [`handover_after`]: closes the sessions
+    /// older than that, once per cut-off, so that their proxies move to
+    /// the next replica in their `[control] address` list and register
+    /// there, before this replica's lease (and with it their endpoints in
+    /// etcd) runs out. Their endpoints are dropped here as if they had
+    /// deregistered, so this replica never puts them back over the new
+    /// owner's record when etcd answers again (a delete of its own is
+    /// guarded by the revision it wrote). Sessions that arrive later in
+    /// the cut-off stay: when etcd has lost its majority every replica is
+    /// cut off, and a proxy moves once, not round the list. A proxy that
+    /// lists this replica only reconnects here and keeps its last snapshot.
+    fn hand_over(&self, st: &mut State, now: Instant) {
+        let after = handover_after(self.opts.heartbeat_timeout);
+        let since = *st.cut_off_seen.get_or_insert(now);
+        if st.handed_over || now.duration_since(since) < after {
+            return;
+        }
+        st.handed_over = true;
+        let old: Vec<ProxyId> = st
+            .sessions
+            .iter()
+            .filter(|(_, slot)| now.duration_since(slot.opened) >= after)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &old {
+            // Dropping its sender ends the session task, which closes the
+            // connection.
+            st.sessions.remove(id);
+            st.registry.deregister(*id);
+        }
+        self.share(st);
+        tracing::warn!(
+            sessions_closed = old.len(),
+            "cut off from etcd for {after:?}: closed the proxies' sessions, so that they move to a replica that reaches etcd and register there before this replica's lease ends"
+        );
     }
 
     /// Whether this replica pushes: not while it is cut off from etcd.
@@ -480,6 +533,7 @@ impl Hub {
             tx,
             last: None,
             held,
+            opened: Instant::now(),
         };
         let mut first = None;
         if !held {
@@ -997,6 +1051,15 @@ impl Hub {
 }
 
 /// A node name an operator may evict: what a proxy could have joined as.
+/// How long a replica cut off from etcd keeps its proxies' sessions
+/// before it hands them over ([`Hub::hand_over`]): a sixth of the heartbeat
+/// timeout (the lease's TTL), at least 1 s. The cut-off itself is seen a
+/// third of the TTL after etcd's last answer, so the proxies move about
+/// half way through the lease, with the other half left to register again.
+pub fn handover_after(heartbeat_timeout: Duration) -> Duration {
+    (heartbeat_timeout / 6).max(Duration::from_secs(1))
+}
+
 fn check_node_name(node: &str) -> Result<(), Error> {
     if node.is_empty() || node.len() > 253 || node.chars().any(|c| c.is_control() || c == '/') {
         return Err(Error::rejected(format!(
@@ -1083,6 +1146,7 @@ fn publish(st: &mut State, trust_bundle: &Arc<Vec<String>>, store_id: &str) -> D
             tx,
             last,
             held,
+            opened: _,
         } = slot;
         if *held {
             continue;

@@ -730,25 +730,37 @@ fn a_replica_cut_off_from_etcd_says_so_stops_pushing_and_resumes() {
         .grace("0s")
         .heartbeat_timeout("6s")
         .start();
+    // Two proxies of api on x: one lists x only, the other x then y.
     let app = Origin::start("api");
     let m = x.member("api", "on-x");
-    let _p = ProxyBuilder::new("api")
+    let p_x = ProxyBuilder::new("api")
         .inbound(app.addr())
         .control(&x.section(&m))
         .start();
+    let app2 = Origin::start("api");
+    let m2 = x.member("api", "movable");
+    let p_m = ProxyBuilder::new("api")
+        .inbound(app2.addr())
+        .control(&x.section(&m2).also(y.quic()))
+        .start();
     let v1 = y.apply(&service("api"));
-    x.wait_applied(1, 1, v1, &[], SOON);
+    x.wait_applied(2, 2, v1, &[], SOON);
+    assert!(
+        y.proxies().is_empty(),
+        "both proxies use x, their first address"
+    );
     let line = status_line(&x);
     assert!(line.starts_with("control replica-x: ok"), "{line}");
-    // (A Service alone changes no view: the proxy may still run the
-    // snapshot of version 0.)
-    let applied = |c: &Control| -> Vec<serde_json::Value> {
+    let on_x_only = |c: &Control| -> serde_json::Value {
         c.proxies()
-            .iter()
-            .map(|p| p["applied_config_version"].clone())
-            .collect()
+            .into_iter()
+            .find(|p| p["node"] == "on-x")
+            .map_or(serde_json::Value::Null, |p| {
+                p["applied_config_version"].clone()
+            })
     };
-    let before = applied(&x);
+    let movable = p_m.inbound();
+    let y_lists_movable = || y.endpoint_addrs("api").contains(&movable);
 
     let pid = etcd_member_pid(member3);
     // SAFETY: kill(2) on a pid of our own child process; no memory involved.
@@ -778,16 +790,48 @@ fn a_replica_cut_off_from_etcd_says_so_stops_pushing_and_resumes() {
     });
     assert!(y_ok.is_some(), "{}", status_line(&y));
 
-    // A change through y does not reach x's proxy while x is cut off.
+    // x hands its sessions over: the proxy that lists y moves there and
+    // registers, and its endpoint never leaves y's list, though x's lease
+    // (6 s) runs out.
+    let moved = wait_for(SOON, || {
+        y.proxies()
+            .iter()
+            .any(|p| p["node"] == "movable" && p["connected"] == true)
+            .then_some(())
+    });
+    assert!(
+        moved.is_some(),
+        "the proxy never moved to y: {:?}",
+        y.proxies()
+    );
+    eprintln!("the proxy moved to y {:?} after SIGSTOP", stopped.elapsed());
+    let watch_until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < watch_until {
+        assert!(
+            y_lists_movable(),
+            "y lost the moved proxy's endpoint: {:?}",
+            y.endpoints()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // A change through y reaches the moved proxy, and not the proxy that
+    // stays with x while x is cut off.
     let v2 = y.apply("kind: Resilience\nservice: api\nloadBalancer: round-robin\n");
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(applied(&x), before, "x pushed while cut off");
-    assert_ne!(before, vec![serde_json::json!(v2)]);
+    // (y lists one endpoint: x's lease ran out, and with it the endpoint of
+    // the proxy that stayed with x, until x reaches etcd again.)
+    y.wait_applied(1, 1, v2, &["api"], SOON);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_ne!(
+        on_x_only(&x),
+        serde_json::json!(v2),
+        "x pushed while cut off"
+    );
 
     // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGCONT) };
     let resumed = Instant::now();
-    x.wait_applied(1, 1, v2, &["api"], Duration::from_secs(30));
+    x.wait_applied(1, 2, v2, &["api"], Duration::from_secs(30));
     eprintln!(
         "x's proxy applied the change {} ms after SIGCONT",
         resumed.elapsed().as_millis()
@@ -798,4 +842,17 @@ fn a_replica_cut_off_from_etcd_says_so_stops_pushing_and_resumes() {
             .then_some(())
     });
     assert!(ok.is_some(), "{}", status_line(&x));
+    // x put nothing back over y's record: the moved proxy's endpoint is
+    // still there, with y as its owner, after x's heartbeat timeout.
+    std::thread::sleep(Duration::from_secs(7));
+    let owner = |c: &Control| {
+        c.endpoints()
+            .into_iter()
+            .find(|e| e["address"] == movable.to_string())
+            .map(|e| e["replica"].clone())
+    };
+    let y_owns = Some(serde_json::json!("replica-y"));
+    assert_eq!(owner(&y), y_owns, "{:?}", y.endpoints());
+    assert_eq!(owner(&x), y_owns, "{:?}", x.endpoints());
+    drop((p_x, p_m));
 }
