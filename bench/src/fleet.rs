@@ -8,9 +8,10 @@
 //!
 //! Certificates: one join (one single-use token, one key, one CSR) per
 //! service; every session of that service presents the same certificate and
-//! key. Control reads a session's service from its certificate and keys
-//! sessions by (service, node), so sessions with distinct node names are
-//! distinct proxies to it; the joins are not what is measured.
+//! key. Control reads a session's service and node from its certificate
+//! (the join's node, [`JOIN_NODE`], which each Hello names too), and keeps
+//! every session as a proxy of its own (its own row in `GET /v1/proxies`,
+//! its own registration); the joins are not what is measured.
 //!
 //! Topology (defaults): 100 services `fleet-000`..`fleet-099`; session `i`
 //! belongs to service `i % services`; the first `endpoints` sessions of each
@@ -33,6 +34,14 @@
 //! 5. cross-check control's own record (`GET /v1/proxies`: the applied config
 //!    version of every session) and sample control's RSS and CPU from /proc
 //!    throughout.
+//!
+//! Replicas (`--replicas N --store etcd://...`, see [`replicas`]): the bench
+//! starts N controls on the etcd store itself (and, for `etcd://local`, the
+//! etcd cluster); session `i` connects to replica `i % N`, service `s` joins
+//! through replica `s % N`, both applies go through replica 0 (the others
+//! learn of them through their etcd watch), and the report gains one row
+//! per replica: its sessions' propagation, its own `GET /v1/proxies` count
+//! of its sessions' ACKs, its RSS and CPU.
 
 // The simulator, not the data plane: one lock for the first few error
 // messages, taken only when a session fails.
@@ -111,6 +120,15 @@ pub enum FleetError {
     },
     #[error("join task")]
     JoinTask(#[source] tokio::task::JoinError),
+    #[error("starting the control replicas")]
+    Replicas(#[source] Box<replicas::ReplicasError>),
+    #[error("control replica {index} (API {api})")]
+    ReplicaAccess {
+        index: usize,
+        api: SocketAddr,
+        #[source]
+        source: Box<OperatorError>,
+    },
 }
 
 /// Why a client UDP socket and QUIC endpoint could not be made.
@@ -190,6 +208,8 @@ pub enum SessionError {
     Unexpected { kind: String },
 }
 
+/// The node every join names, so every session's certificate names it.
+pub const JOIN_NODE: &str = "fleet-bench";
 /// The name control's QUIC certificate is issued for.
 const SERVER_NAME: &str = "coremesh-control";
 const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -220,6 +240,9 @@ pub struct FleetConfig {
     pub threads: usize,
     /// Ask control for compressed snapshots, as the proxy does.
     pub compression: bool,
+    /// Start this many control replicas on an etcd store instead of using
+    /// the running control of `control`, `api`, `data_dir`, `control_pid`.
+    pub replicas: Option<replicas::ReplicasConfig>,
 }
 
 /// Propagation latency summary, in milliseconds.
@@ -294,6 +317,32 @@ pub struct FleetReport {
     /// This process's CPU seconds in the same window (the simulated proxies
     /// share the machine's cores with control).
     pub bench_cpu_propagation_s: f64,
+    /// With `--replicas`: the etcd store the replicas shared, and the key
+    /// prefix of this run.
+    pub store: Option<String>,
+    pub etcd_prefix: Option<String>,
+    /// With `--replicas`: one row per replica (session `i` on replica
+    /// `i % N`; the applies went through replica 0). Empty otherwise.
+    pub replicas: Vec<ReplicaRow>,
+}
+
+/// One control replica's share of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplicaRow {
+    pub index: usize,
+    pub quic: SocketAddr,
+    pub api: SocketAddr,
+    /// Its sessions, connected ones, and those the apply affected.
+    pub sessions: usize,
+    pub connected: usize,
+    pub affected: usize,
+    pub reached: usize,
+    /// From the apply's answer (read from replica 0) to its sessions' ACKs.
+    pub propagation: Option<Percentiles>,
+    /// Its own sessions that its `GET /v1/proxies` lists as connected with
+    /// the new config version applied.
+    pub recorded_acks: Option<usize>,
+    pub usage: Option<ControlUsage>,
 }
 
 impl FleetReport {
@@ -368,8 +417,80 @@ impl FleetReport {
             "  bench (simulated proxies) CPU during propagation: {:.2} s",
             self.bench_cpu_propagation_s
         );
+        if !self.replicas.is_empty() {
+            s += &self.replica_table();
+        }
         for e in &self.errors {
             let _ = writeln!(s, "  error: {e}");
+        }
+        s
+    }
+}
+
+impl FleetReport {
+    /// The replica rows as a markdown table (after a line naming the
+    /// store), propagation counted from the apply's answer.
+    pub fn replica_table(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "\n  store {} prefix {}; applies through replica 0\n",
+            self.store.as_deref().unwrap_or("-"),
+            self.etcd_prefix.as_deref().unwrap_or("-")
+        );
+        s += "| replica | sessions (connected) | reached / affected | ACKs in its /v1/proxies | min | p50 | p90 | p99 | max | RSS settled / peak (VmHWM) | CPU ramp / propagation / idle |\n";
+        s += "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
+        let ms = |p: &Option<Percentiles>, f: fn(&Percentiles) -> f64| {
+            p.as_ref()
+                .map_or("-".to_string(), |p| format!("{:.0} ms", f(p)))
+        };
+        for r in &self.replicas {
+            let usage = r
+                .usage
+                .as_ref()
+                .map_or(("-".to_string(), "-".to_string()), |u| {
+                    (
+                        format!("{:.0} / {:.0} MiB", u.rss_settled_mib, u.rss_hwm_mib),
+                        format!(
+                            "{:.1} s / {:.2} s / {:.1}%",
+                            u.cpu_ramp_s, u.cpu_propagation_s, u.cpu_idle_pct
+                        ),
+                    )
+                });
+            let _ = writeln!(
+                s,
+                "| {} | {} ({}) | {} / {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.index,
+                r.sessions,
+                r.connected,
+                r.reached,
+                r.affected,
+                r.recorded_acks.map_or("-".to_string(), |n| n.to_string()),
+                ms(&r.propagation, |p| p.min_ms),
+                ms(&r.propagation, |p| p.p50_ms),
+                ms(&r.propagation, |p| p.p90_ms),
+                ms(&r.propagation, |p| p.p99_ms),
+                ms(&r.propagation, |p| p.max_ms),
+                usage.0,
+                usage.1
+            );
+        }
+        if let Some(p) = &self.propagation {
+            let _ = writeln!(
+                s,
+                "| all | {} ({}) | {} / {} | {} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | | |",
+                self.sessions,
+                self.connected,
+                self.reached,
+                self.affected,
+                self.control_recorded_acks
+                    .map_or("-".to_string(), |n| n.to_string()),
+                p.min_ms,
+                p.p50_ms,
+                p.p90_ms,
+                p.p99_ms,
+                p.max_ms
+            );
         }
         s
     }
@@ -626,7 +747,7 @@ async fn join(
             protocol: PROTOCOL_VERSION,
             token,
             csr_pem,
-            node: "fleet-bench".into(),
+            node: JOIN_NODE.into(),
         },
     )
     .await?;
@@ -673,12 +794,14 @@ struct Shared {
     /// snapshot with `target`; 0: not yet.
     reached: Vec<AtomicU64>,
     reached_count: AtomicUsize,
+    /// Ready sessions per control (session `i` on control `i % len`).
+    ready_on: Vec<AtomicUsize>,
     stop: AtomicBool,
     stopped: tokio::sync::Notify,
 }
 
 impl Shared {
-    fn new(cfg: &FleetConfig) -> Shared {
+    fn new(cfg: &FleetConfig, controls: usize) -> Shared {
         Shared {
             base: Instant::now(),
             ready: AtomicUsize::new(0),
@@ -695,6 +818,7 @@ impl Shared {
             target: AtomicU64::new(0),
             reached: (0..cfg.sessions).map(|_| AtomicU64::new(0)).collect(),
             reached_count: AtomicUsize::new(0),
+            ready_on: (0..controls.max(1)).map(|_| AtomicUsize::new(0)).collect(),
             stop: AtomicBool::new(false),
             stopped: tokio::sync::Notify::new(),
         }
@@ -716,7 +840,6 @@ impl Shared {
 struct SessionSpec {
     idx: usize,
     service: String,
-    node: String,
     calls: Vec<String>,
     register: Option<(SocketAddr, BTreeMap<String, String>)>,
 }
@@ -730,7 +853,11 @@ async fn session(
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     if let Err(e) = session_inner(spec, ep, cfg, control, &shared, permit).await {
-        shared.fail(&e);
+        // Once the run is over, the endpoints close under sessions that
+        // were mid-read: not a failure.
+        if !shared.stop.load(Ordering::Acquire) {
+            shared.fail(&e);
+        }
     }
 }
 
@@ -757,7 +884,7 @@ async fn session_inner(
         &ProxyMsg::Hello {
             protocol: PROTOCOL_VERSION,
             service: spec.service.clone(),
-            node: spec.node.clone(),
+            node: JOIN_NODE.into(),
             version: None,
             calls: Some(spec.calls.clone()),
             compression: shared.compression.clone(),
@@ -810,6 +937,8 @@ async fn session_inner(
                                 .await?;
                             }
                             permit = None;
+                            shared.ready_on[spec.idx % shared.ready_on.len()]
+                                .fetch_add(1, Ordering::Relaxed);
                             shared.ready.fetch_add(1, Ordering::AcqRel);
                         }
                     }
@@ -841,12 +970,20 @@ fn spawn_sampler(pid: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64
     })
 }
 
-/// What the run needs from control's data directory, and control's pid.
+/// What the run needs from the controls' data directories, and their pids.
 struct Access {
+    /// One control, or the replicas (the applies go through the first).
+    nodes: Vec<Node>,
+    /// The CA the controls share.
+    roots: Arc<rustls::RootCertStore>,
+}
+
+/// One control: where sessions connect, its API and credential, its pid.
+struct Node {
+    quic: SocketAddr,
     /// Control's API, verified with the data directory's `api-ca.pem`.
     api: Api,
     credential: String,
-    roots: Arc<rustls::RootCertStore>,
     /// None: control's RSS and CPU are not reported.
     pid: Option<u32>,
 }
@@ -911,9 +1048,9 @@ struct Ramped {
 struct Settled {
     settle_s: f64,
     snapshots_during_ramp: u64,
-    /// Control's RSS and CPU seconds once settled.
-    rss: u64,
-    cpu: f64,
+    /// Each control's RSS and CPU seconds once settled.
+    rss: Vec<u64>,
+    cpu: Vec<f64>,
 }
 
 /// What the measured apply changes and who must see it.
@@ -936,10 +1073,10 @@ struct Applied {
     returned_ns: u64,
     /// Sessions that call a changed service.
     affected: usize,
-    /// Control's CPU seconds when the last affected session had the new
-    /// version (or the timeout passed), and after the idle window.
-    cpu_propagated: f64,
-    cpu_idle_end: f64,
+    /// Each control's CPU seconds when the last affected session had the
+    /// new version (or the timeout passed), and after the idle window.
+    cpu_propagated: Vec<f64>,
+    cpu_idle_end: Vec<f64>,
     idle: Duration,
     /// This process's CPU seconds over the propagation.
     bench_cpu_s: f64,
@@ -956,19 +1093,26 @@ struct Propagation {
 }
 
 pub fn run(cfg: &FleetConfig, command: String) -> Result<FleetReport, FleetError> {
-    let access = prepare(cfg)?;
+    // Declared first, dropped last: the replicas outlive every session.
+    let started = cfg
+        .replicas
+        .as_ref()
+        .map(replicas::start)
+        .transpose()
+        .map_err(|e| FleetError::Replicas(Box::new(e)))?;
+    let access = prepare(cfg, started.as_ref())?;
+    let n = access.nodes.len();
+    let first = &access.nodes[0];
 
     // 1. The starting config.
     let changed = cfg.changed.min(cfg.services);
-    let v0 = apply(
-        &access.api,
-        &access.credential,
-        &config_yaml(cfg.services, 0),
-    )
-    .map_err(|source| FleetError::Apply {
-        what: "starting",
-        source,
-    })?;
+    let v0 =
+        apply(&first.api, &first.credential, &config_yaml(cfg.services, 0)).map_err(|source| {
+            FleetError::Apply {
+                what: "starting",
+                source,
+            }
+        })?;
     eprintln!("[fleet] config version {} (v1 90 / v2 10)", v0.version);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -976,8 +1120,12 @@ pub fn run(cfg: &FleetConfig, command: String) -> Result<FleetReport, FleetError
         .enable_all()
         .build()
         .map_err(FleetError::Runtime)?;
-    let shared = Arc::new(Shared::new(cfg));
-    let watch = ControlWatch::start(access.pid);
+    let shared = Arc::new(Shared::new(cfg, n));
+    let watches: Vec<ControlWatch> = access
+        .nodes
+        .iter()
+        .map(|node| ControlWatch::start(node.pid))
+        .collect();
     let _guard = rt.enter();
     let endpoints = (0..cfg.sockets)
         .map(|index| client_endpoint().map_err(|source| FleetError::Endpoint { index, source }))
@@ -988,34 +1136,64 @@ pub fn run(cfg: &FleetConfig, command: String) -> Result<FleetReport, FleetError
     let plan = Plan::new(cfg, changed);
 
     // 3. Ramp and settle.
-    let ramped = ramp(&rt, cfg, plan.specs, &endpoints, &configs, &shared);
-    let settled = settle(&rt, cfg, &shared, &watch);
+    let quics: Vec<SocketAddr> = access.nodes.iter().map(|node| node.quic).collect();
+    let ramped = ramp(&rt, cfg, plan.specs, &endpoints, &configs, &quics, &shared);
+    let settled = settle(&rt, cfg, &shared, &watches);
 
-    // 4. The measured apply.
+    // 4. The measured apply (through the first control).
     let change = Change {
         services: changed,
         version: v0.version + 1,
         affected: plan.affected.iter().filter(|a| **a).count(),
     };
-    let applied = measured_apply(&rt, cfg, &access, &shared, &watch, &change)?;
-    let propagation = propagation(&shared, &plan.affected, &applied);
+    let applied = measured_apply(&rt, cfg, first, &shared, &watches, &change)?;
+    let propagation = propagation(&shared, &plan.affected, &applied, |_| true);
 
-    // 5. Control's own record.
-    let recorded = recorded_acks(&access.api, &access.credential, change.version);
+    // 5. Each control's own record of its own sessions.
+    let recorded: Vec<Option<usize>> = access
+        .nodes
+        .iter()
+        .map(|node| recorded_acks(node, change.version))
+        .collect();
 
-    let cpu0 = watch.cpu0;
-    let peak = shut_down(&rt, &shared, watch, &endpoints, ramped.tasks);
+    let cpu0: Vec<f64> = watches.iter().map(|w| w.cpu0).collect();
+    let peaks = shut_down(&rt, &shared, watches, &endpoints, ramped.tasks);
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-    let control = access.pid.map(|pid| ControlUsage {
-        pid,
-        rss_settled_mib: mib(settled.rss),
-        rss_peak_sampled_mib: mib(peak),
-        rss_hwm_mib: mib(hwm_bytes(pid)),
-        cpu_ramp_s: settled.cpu - cpu0,
-        cpu_propagation_s: applied.cpu_propagated - settled.cpu,
-        cpu_idle_pct: (applied.cpu_idle_end - applied.cpu_propagated) / applied.idle.as_secs_f64()
-            * 100.0,
-    });
+    let usage = |k: usize| {
+        access.nodes[k].pid.map(|pid| ControlUsage {
+            pid,
+            rss_settled_mib: mib(settled.rss[k]),
+            rss_peak_sampled_mib: mib(peaks[k]),
+            rss_hwm_mib: mib(hwm_bytes(pid)),
+            cpu_ramp_s: settled.cpu[k] - cpu0[k],
+            cpu_propagation_s: applied.cpu_propagated[k] - settled.cpu[k],
+            cpu_idle_pct: (applied.cpu_idle_end[k] - applied.cpu_propagated[k])
+                / applied.idle.as_secs_f64()
+                * 100.0,
+        })
+    };
+    let rows: Vec<ReplicaRow> = match &started {
+        None => Vec::new(),
+        Some(_) => (0..n)
+            .map(|k| {
+                let mine = propagation_of(&shared, &plan.affected, &applied, k, n);
+                ReplicaRow {
+                    index: k,
+                    quic: access.nodes[k].quic,
+                    api: access.nodes[k].api.addr,
+                    sessions: (0..cfg.sessions).filter(|i| i % n == k).count(),
+                    connected: shared.ready_on[k].load(Ordering::Relaxed),
+                    affected: (0..cfg.sessions)
+                        .filter(|i| i % n == k && plan.affected[*i])
+                        .count(),
+                    reached: mine.from_returned.len(),
+                    propagation: percentiles(mine.from_returned),
+                    recorded_acks: recorded[k],
+                    usage: usage(k),
+                }
+            })
+            .collect(),
+    };
     let errors = shared
         .errors
         .lock()
@@ -1050,27 +1228,51 @@ pub fn run(cfg: &FleetConfig, command: String) -> Result<FleetReport, FleetError
         before_apply_returned: propagation.early,
         propagation: percentiles(propagation.from_returned),
         propagation_from_request: percentiles(propagation.from_sent),
-        control_recorded_acks: recorded,
-        control,
+        control_recorded_acks: recorded.iter().copied().sum(),
+        control: if started.is_none() { usage(0) } else { None },
         bench_cpu_propagation_s: applied.bench_cpu_s,
+        store: started.as_ref().map(|r| r.store.clone()),
+        etcd_prefix: started.as_ref().map(|r| r.prefix.clone()),
+        replicas: rows,
     })
 }
 
-/// Checks the counts; reads the operator credential and control's CA;
-/// finds control's pid; raises RLIMIT_NOFILE.
-fn prepare(cfg: &FleetConfig) -> Result<Access, FleetError> {
+/// Checks the counts; reads the operator credentials and the controls'
+/// CA; finds control's pid (one control); raises RLIMIT_NOFILE.
+fn prepare(cfg: &FleetConfig, started: Option<&replicas::Replicas>) -> Result<Access, FleetError> {
     if cfg.services == 0 || cfg.sessions == 0 || cfg.sockets == 0 || cfg.concurrency == 0 {
         return Err(FleetError::Zero);
     }
-    let cred_path = cfg.data_dir.join("operator.credential");
-    let credential = std::fs::read_to_string(&cred_path)
-        .map_err(|source| FleetError::Read {
-            path: cred_path,
-            source,
-        })?
-        .trim()
-        .to_string();
-    let ca_path = cfg.data_dir.join("ca.pem");
+    let (nodes, ca_dir) = match started {
+        Some(set) => {
+            let nodes = set
+                .controls
+                .iter()
+                .zip(&set.data_dirs)
+                .enumerate()
+                .map(|(index, (c, dir))| {
+                    node(c.quic, c.api, dir, Some(c.running.pid())).map_err(|e| match e {
+                        FleetError::Apply { source, .. } => FleetError::ReplicaAccess {
+                            index,
+                            api: c.api,
+                            source: Box::new(source),
+                        },
+                        other => other,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            (nodes, set.data_dirs[0].clone())
+        }
+        None => {
+            let pid = cfg.control_pid.or_else(|| find_control(&cfg.data_dir));
+            if pid.is_none() {
+                eprintln!("[fleet] control's pid not found (pass --control-pid): no RSS/CPU");
+            }
+            let one = node(cfg.control, cfg.api, &cfg.data_dir, pid)?;
+            (vec![one], cfg.data_dir.clone())
+        }
+    };
+    let ca_path = ca_dir.join("ca.pem");
     let ca_pem = std::fs::read(&ca_path).map_err(|source| FleetError::Read {
         path: ca_path.clone(),
         source,
@@ -1086,25 +1288,44 @@ fn prepare(cfg: &FleetConfig) -> Result<Access, FleetError> {
             source,
         })?;
     }
-    let pid = cfg.control_pid.or_else(|| find_control(&cfg.data_dir));
-    if pid.is_none() {
-        eprintln!("[fleet] control's pid not found (pass --control-pid): no RSS/CPU");
-    }
     crate::sys::raise_nofile(65536);
-    let api = Api::new(cfg.api, &cfg.data_dir).map_err(|source| FleetError::Apply {
+    Ok(Access {
+        nodes,
+        roots: Arc::new(roots),
+    })
+}
+
+/// A control whose data directory is `data_dir`: its operator credential
+/// and API client.
+fn node(
+    quic: SocketAddr,
+    api: SocketAddr,
+    data_dir: &Path,
+    pid: Option<u32>,
+) -> Result<Node, FleetError> {
+    let cred_path = data_dir.join("operator.credential");
+    let credential = std::fs::read_to_string(&cred_path)
+        .map_err(|source| FleetError::Read {
+            path: cred_path,
+            source,
+        })?
+        .trim()
+        .to_string();
+    let api = Api::new(api, data_dir).map_err(|source| FleetError::Apply {
         what: "starting",
         source,
     })?;
-    Ok(Access {
+    Ok(Node {
+        quic,
         api,
         credential,
-        roots: Arc::new(roots),
         pid,
     })
 }
 
 /// One join per service (a token from the API, then a join over QUIC, all
-/// services at once); the client config of each service's sessions.
+/// services at once; service `s` through control `s % controls`); the
+/// client config of each service's sessions.
 fn join_services(
     rt: &tokio::runtime::Runtime,
     cfg: &FleetConfig,
@@ -1117,10 +1338,11 @@ fn join_services(
         let mut joins = Vec::new();
         for s in 0..cfg.services {
             let name = service_name(s);
+            let via = &access.nodes[s % access.nodes.len()];
             let body = serde_json::json!({"service": name, "uses": 1, "ttl_secs": 600});
             let created: TokenCreated = json(
-                &access.api,
-                &access.credential,
+                &via.api,
+                &via.credential,
                 "POST",
                 "/v1/tokens",
                 body.to_string().as_bytes(),
@@ -1130,7 +1352,7 @@ fn join_services(
                 source,
             })?;
             let ep = endpoints[s % endpoints.len()].clone();
-            let control = cfg.control;
+            let control = via.quic;
             let roots = access.roots.clone();
             joins.push(tokio::spawn(async move {
                 join(&ep, control, created.token, &name, &roots)
@@ -1178,7 +1400,6 @@ impl Plan {
                 SessionSpec {
                     idx: i,
                     service: service_name(s),
-                    node: format!("fleet-node-{i:05}"),
                     calls: calls_of(s, cfg.services, cfg.calls)
                         .into_iter()
                         .map(service_name)
@@ -1204,14 +1425,16 @@ impl Plan {
     }
 }
 
-/// Starts every session (`--concurrency` handshakes at a time) and waits
-/// until each is ready or has failed.
+/// Starts every session (`--concurrency` handshakes at a time; session
+/// `i` connects to `quics[i % len]`) and waits until each is ready or has
+/// failed.
 fn ramp(
     rt: &tokio::runtime::Runtime,
     cfg: &FleetConfig,
     specs: Vec<SessionSpec>,
     endpoints: &[quinn::Endpoint],
     configs: &[quinn::ClientConfig],
+    quics: &[SocketAddr],
     shared: &Arc<Shared>,
 ) -> Ramped {
     let t_ramp = Instant::now();
@@ -1221,11 +1444,12 @@ fn ramp(
         for (n, spec) in specs.into_iter().enumerate() {
             let permit = sem.clone().acquire_owned().await.expect("semaphore open");
             let svc = spec.idx % cfg.services;
+            let quic = quics[spec.idx % quics.len()];
             tasks.push(tokio::spawn(session(
                 spec,
                 endpoints[n % endpoints.len()].clone(),
                 configs[svc].clone(),
-                cfg.control,
+                quic,
                 shared.clone(),
                 permit,
             )));
@@ -1259,7 +1483,7 @@ fn settle(
     rt: &tokio::runtime::Runtime,
     cfg: &FleetConfig,
     shared: &Shared,
-    watch: &ControlWatch,
+    watches: &[ControlWatch],
 ) -> Settled {
     let t_settle = Instant::now();
     rt.block_on(async {
@@ -1278,8 +1502,8 @@ fn settle(
     Settled {
         settle_s: t_settle.elapsed().as_secs_f64(),
         snapshots_during_ramp: shared.snapshots.load(Ordering::Relaxed),
-        rss: watch.rss(),
-        cpu: watch.cpu(),
+        rss: watches.iter().map(ControlWatch::rss).collect(),
+        cpu: watches.iter().map(ControlWatch::cpu).collect(),
     }
 }
 
@@ -1289,22 +1513,22 @@ fn settle(
 fn measured_apply(
     rt: &tokio::runtime::Runtime,
     cfg: &FleetConfig,
-    access: &Access,
+    via: &Node,
     shared: &Shared,
-    watch: &ControlWatch,
+    watches: &[ControlWatch],
     change: &Change,
 ) -> Result<Applied, FleetError> {
     let target = change.version;
     shared.target.store(target, Ordering::Release);
     let yaml = config_yaml(cfg.services, change.services);
-    let api = access.api.clone();
+    let api = via.api.clone();
     let bench_cpu1 = {
         let (u, s) = crate::sys::self_cpu_seconds();
         u + s
     };
     let sent_ns = shared.now();
     let result = rt.block_on(async {
-        let cred = access.credential.clone();
+        let cred = via.credential.clone();
         tokio::task::spawn_blocking(move || apply(&api, &cred, &yaml))
             .await
             .map_err(FleetError::ApplyTask)?
@@ -1314,6 +1538,15 @@ fn measured_apply(
             })
     })?;
     let returned_ns = shared.now();
+    // For reading the controls' logs against the run.
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    eprintln!(
+        "[fleet] measured apply answered at {}.{:06} (Unix time)",
+        wall.as_secs(),
+        wall.subsec_micros()
+    );
     if result.version != target {
         return Err(FleetError::Version {
             got: result.version,
@@ -1328,7 +1561,7 @@ fn measured_apply(
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     });
-    let cpu_propagated = watch.cpu();
+    let cpu_propagated = watches.iter().map(ControlWatch::cpu).collect();
     let bench_cpu2 = {
         let (u, s) = crate::sys::self_cpu_seconds();
         u + s
@@ -1342,15 +1575,31 @@ fn measured_apply(
         returned_ns,
         affected: change.affected,
         cpu_propagated,
-        cpu_idle_end: watch.cpu(),
+        cpu_idle_end: watches.iter().map(ControlWatch::cpu).collect(),
         idle,
         bench_cpu_s: bench_cpu2 - bench_cpu1,
     })
 }
 
-/// When each affected session had the new version, from the apply's
-/// answer and from its request.
-fn propagation(shared: &Shared, affected: &[bool], applied: &Applied) -> Propagation {
+/// When each affected session of control `k` of `n` had the new version.
+fn propagation_of(
+    shared: &Shared,
+    affected: &[bool],
+    applied: &Applied,
+    k: usize,
+    n: usize,
+) -> Propagation {
+    propagation(shared, affected, applied, |i| i % n == k)
+}
+
+/// When each affected session (of those `keep` takes) had the new
+/// version, from the apply's answer and from its request.
+fn propagation(
+    shared: &Shared,
+    affected: &[bool],
+    applied: &Applied,
+    keep: impl Fn(usize) -> bool,
+) -> Propagation {
     let mut p = Propagation {
         from_returned: Vec::new(),
         from_sent: Vec::new(),
@@ -1358,7 +1607,7 @@ fn propagation(shared: &Shared, affected: &[bool], applied: &Applied) -> Propaga
     };
     for (i, r) in shared.reached.iter().enumerate() {
         let r = r.load(Ordering::Acquire);
-        if r == 0 || !affected[i] {
+        if r == 0 || !affected[i] || !keep(i) {
             continue;
         }
         let at = r - 1;
@@ -1373,35 +1622,36 @@ fn propagation(shared: &Shared, affected: &[bool], applied: &Applied) -> Propaga
     p
 }
 
-/// Sessions whose ACK of config version `target` control has recorded
-/// (`GET /v1/proxies`); None if control could not say.
-fn recorded_acks(api: &Api, credential: &str, target: u64) -> Option<usize> {
-    http(api, credential, "GET", "/v1/proxies", b"")
+/// Sessions connected to this control whose ACK of config version
+/// `target` it has recorded (`GET /v1/proxies`: rows of [`JOIN_NODE`]
+/// connected, with that config version applied); None if it could not
+/// say.
+fn recorded_acks(node: &Node, target: u64) -> Option<usize> {
+    http(&node.api, &node.credential, "GET", "/v1/proxies", b"")
         .ok()
         .and_then(|b| serde_json::from_slice::<Vec<ProxyStatus>>(&b).ok())
         .map(|ps| {
             ps.iter()
                 .filter(|p| {
-                    p.connected
-                        && p.node.starts_with("fleet-node-")
-                        && p.applied_config_version == Some(target)
+                    p.connected && p.node == JOIN_NODE && p.applied_config_version == Some(target)
                 })
                 .count()
         })
 }
 
-/// Stops the sessions and the RSS sampler, closes the endpoints, and gives
-/// each session task a second to finish; the peak RSS sampled.
+/// Stops the sessions and the RSS samplers, closes the endpoints, and
+/// gives each session task a second to finish; each control's peak RSS
+/// sampled.
 fn shut_down(
     rt: &tokio::runtime::Runtime,
     shared: &Shared,
-    watch: ControlWatch,
+    watches: Vec<ControlWatch>,
     endpoints: &[quinn::Endpoint],
     tasks: Vec<tokio::task::JoinHandle<()>>,
-) -> u64 {
+) -> Vec<u64> {
     shared.stop.store(true, Ordering::Release);
     shared.stopped.notify_waiters();
-    let peak = watch.stop();
+    let peak = watches.into_iter().map(ControlWatch::stop).collect();
     rt.block_on(async {
         for ep in endpoints {
             ep.close(0u32.into(), b"bench done");
@@ -1413,5 +1663,6 @@ fn shut_down(
     peak
 }
 
+pub mod replicas;
 #[cfg(test)]
 mod tests;

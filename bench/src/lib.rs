@@ -31,8 +31,10 @@
 //!   (`grpc_pass`) and HAProxy (`proto h2`), with RSS per idle h2c
 //!   connection.
 //! - [`fleet`]: thousands of simulated proxy sessions (one QUIC connection
-//!   each) against coremesh-control, timing how long a route change takes
-//!   to reach them all, with control's RSS and CPU.
+//!   each) against coremesh-control, or spread over N control replicas on
+//!   etcd that it starts (`--replicas N --store etcd://...`), timing how
+//!   long a route change takes to reach them all, with each control's RSS
+//!   and CPU.
 //! - [`failover`]: the quickstart's mesh, each process in its own network
 //!   namespace host, under faults (an app, a subset, a proxy killed, a link
 //!   down, with control up or down): failed requests, how long requests

@@ -146,15 +146,43 @@ struct FleetArgs {
     /// Proxy sessions (QUIC connections), each with a client certificate.
     #[arg(long, default_value_t = 10_000)]
     sessions: usize,
-    /// Control's QUIC address.
-    #[arg(long)]
-    control: std::net::SocketAddr,
+    /// Control's QUIC address (a running control; not with --replicas).
+    #[arg(
+        long,
+        required_unless_present = "replicas",
+        conflicts_with = "replicas"
+    )]
+    control: Option<std::net::SocketAddr>,
     /// Control's API address (HTTPS, verified with DATA_DIR/api-ca.pem).
     #[arg(long, default_value = "127.0.0.1:7080")]
     api: std::net::SocketAddr,
     /// Control's data directory (operator.credential, ca.pem).
+    #[arg(
+        long,
+        required_unless_present = "replicas",
+        conflicts_with = "replicas"
+    )]
+    data_dir: Option<PathBuf>,
+    /// Start this many coremesh-control replicas on --store instead (on
+    /// loopback, data in a temp dir removed after the run): session i
+    /// connects to replica i % N, the applies go through replica 0.
+    #[arg(long, requires = "store")]
+    replicas: Option<usize>,
+    /// The replicas' etcd store: etcd://HOST:PORT,... (a fresh key prefix
+    /// per run, left in etcd afterwards: delete it with `etcdctl del
+    /// --prefix`), or etcd://local: a three-member etcd cluster started
+    /// here from /usr/bin/etcd on loopback for the run.
+    #[arg(long, requires = "replicas")]
+    store: Option<String>,
+    /// The coremesh-control binary for --replicas; default
+    /// coremesh-control next to this one.
     #[arg(long)]
-    data_dir: PathBuf,
+    control_bin: Option<PathBuf>,
+    /// With --replicas: keep the run's work directory (each replica's
+    /// control.log and data directory, the local etcd members' logs) and
+    /// print where it is.
+    #[arg(long, requires = "replicas")]
+    keep_work_dir: bool,
     /// Services (fleet-000, fleet-001, ...).
     #[arg(long, default_value_t = 100)]
     services: usize,
@@ -597,11 +625,32 @@ fn cmd_compare(a: CompareArgs) -> CmdResult {
 }
 
 fn cmd_fleet(a: FleetArgs) -> CmdResult {
+    let replicas = match (a.replicas, a.store) {
+        (Some(count), Some(store)) => {
+            let bench =
+                std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+            let beside = bench
+                .parent()
+                .map_or(PathBuf::from("coremesh-control"), |d| {
+                    d.join("coremesh-control")
+                });
+            Some(fleet::replicas::ReplicasConfig {
+                count,
+                store,
+                control_bin: a.control_bin.unwrap_or(beside),
+                keep: a.keep_work_dir,
+            })
+        }
+        _ => None,
+    };
     let cfg = fleet::FleetConfig {
         sessions: a.sessions,
-        control: a.control,
+        // Unused with --replicas (clap requires them otherwise).
+        control: a
+            .control
+            .unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
         api: a.api,
-        data_dir: a.data_dir,
+        data_dir: a.data_dir.unwrap_or_default(),
         services: a.services,
         endpoints: a.endpoints,
         calls: a.calls,
@@ -613,6 +662,7 @@ fn cmd_fleet(a: FleetArgs) -> CmdResult {
         timeout: a.timeout,
         threads: a.threads,
         compression: !a.no_compression,
+        replicas,
     };
     let report = fleet::run(&cfg, std::env::args().collect::<Vec<_>>().join(" "))?;
     if a.json {

@@ -1060,3 +1060,75 @@ fn short_compare_of_the_burst_scenario() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `fleet --replicas 3 --store etcd://local`, small: 300 sessions over
+/// three coremesh-control replicas on a three-member etcd cluster the
+/// bench starts from /usr/bin/etcd, a route change applied through
+/// replica 0 reaching every affected session on every replica, and each
+/// replica's `GET /v1/proxies` recording its own sessions' ACKs. Needs
+/// coremesh-control (release or debug, or COREMESH_CONTROL_BIN) and
+/// Debian's etcd-server; says so and passes without them.
+#[test]
+fn short_fleet_on_three_etcd_replicas() {
+    let Some(control) = workspace_bin("COREMESH_CONTROL_BIN", "coremesh-control") else {
+        eprintln!("SKIPPED: no coremesh-control binary (set COREMESH_CONTROL_BIN or build it)");
+        return;
+    };
+    if !std::path::Path::new("/usr/bin/etcd").is_file() {
+        eprintln!(
+            "SKIPPED: /usr/bin/etcd is missing (scripts/install-deps.sh installs etcd-server)"
+        );
+        return;
+    }
+    let run = Command::new(BIN)
+        .args([
+            "fleet",
+            "--replicas",
+            "3",
+            "--store",
+            "etcd://local",
+            "--json",
+        ])
+        .args(["--sessions", "300", "--services", "30", "--endpoints", "3"])
+        .args(["--settle", "1s", "--timeout", "20s"])
+        .arg("--control-bin")
+        .arg(&control)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "fleet failed: {stderr}");
+    let r: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(r["connected"], 300, "{r}");
+    assert_eq!(r["failed"], 0, "{r}");
+    let affected = r["affected"].as_u64().unwrap();
+    assert!(affected > 0, "{r}");
+    assert_eq!(r["reached"], affected, "{r}");
+    assert!(
+        r["store"]
+            .as_str()
+            .unwrap()
+            .starts_with("etcd://127.0.0.1:"),
+        "{r}"
+    );
+    let rows = r["replicas"].as_array().expect("replica rows");
+    assert_eq!(rows.len(), 3, "{r}");
+    for row in rows {
+        assert_eq!(row["sessions"], 100, "{row}");
+        assert_eq!(row["connected"], 100, "{row}");
+        assert_eq!(row["reached"], row["affected"], "{row}");
+        assert_eq!(row["recorded_acks"], row["affected"], "{row}");
+        assert!(
+            row["propagation"]["p99_ms"].as_f64().unwrap() >= 0.0,
+            "{row}"
+        );
+        assert!(row["usage"]["rss_hwm_mib"].as_f64().unwrap() > 0.0, "{row}");
+    }
+    // The run's temp dir (etcd data, the replicas' data dirs) is gone.
+    let prefix = r["etcd_prefix"].as_str().unwrap();
+    let run_id = prefix
+        .trim_matches('/')
+        .trim_start_matches("coremesh-bench-fleet-");
+    let dir = std::env::temp_dir().join(format!("coremesh-bench-fleet-{run_id}"));
+    assert!(!dir.exists(), "{} left behind", dir.display());
+}

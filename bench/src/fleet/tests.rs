@@ -30,3 +30,30 @@ fn percentiles_nearest_rank() {
     assert_eq!(p.min_ms, 1.0);
     assert!(percentiles(vec![]).is_none());
 }
+
+#[test]
+fn a_store_that_is_not_etcd_is_refused_before_anything_starts() {
+    for store in ["redis://h1:6379", "etcd://", "h1:2379"] {
+        let cfg = replicas::ReplicasConfig {
+            count: 3,
+            store: store.into(),
+            control_bin: PathBuf::from("/nonexistent/coremesh-control"),
+            keep: false,
+        };
+        let got = replicas::start(&cfg);
+        assert!(
+            matches!(got, Err(replicas::ReplicasError::Store { .. })),
+            "{store}"
+        );
+    }
+    let none = replicas::ReplicasConfig {
+        count: 0,
+        store: replicas::LOCAL.into(),
+        control_bin: PathBuf::from("/nonexistent/coremesh-control"),
+        keep: false,
+    };
+    assert!(matches!(
+        replicas::start(&none),
+        Err(replicas::ReplicasError::Zero)
+    ));
+}
