@@ -138,6 +138,17 @@ impl ControlBuilder {
     pub fn heartbeat_timeout(self, d: &str) -> Self {
         self.arg("--heartbeat-timeout", d)
     }
+    /// `--ca-cert`/`--ca-key` of `first`'s data directory: a replica that
+    /// issues from the same CA as `first` (as every replica on one store
+    /// must); `None`: its own.
+    pub fn ca_of(self, first: Option<&Control>) -> Self {
+        let Some(first) = first else {
+            return self;
+        };
+        let dir = first.data_dir();
+        self.arg("--ca-cert", dir.join("ca.pem").to_str().expect("UTF-8"))
+            .arg("--ca-key", dir.join("ca.key").to_str().expect("UTF-8"))
+    }
     /// Runs control (and every meshctl and subcommand run) inside a test
     /// host: QUIC on the host's address, the API on the host's loopback.
     pub fn on_host(mut self, host: &coremesh_testnet::Host) -> Self {

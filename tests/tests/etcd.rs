@@ -44,16 +44,11 @@ fn skip() -> bool {
 /// A control on `etcd`; `ca_of`: share that control's CA (as every replica
 /// must).
 fn control_on(etcd: &EtcdCluster, ca_of: Option<&Control>) -> Control {
-    let mut b = ControlBuilder::new()
+    ControlBuilder::new()
         .arg("--store", &etcd.url())
-        .grace("0s");
-    if let Some(first) = ca_of {
-        let dir = first.data_dir();
-        b = b
-            .arg("--ca-cert", dir.join("ca.pem").to_str().expect("UTF-8"))
-            .arg("--ca-key", dir.join("ca.key").to_str().expect("UTF-8"));
-    }
-    b.start()
+        .grace("0s")
+        .ca_of(ca_of)
+        .start()
 }
 
 fn service(name: &str) -> String {
@@ -582,18 +577,13 @@ fn registrations_are_shared_a_moving_proxy_keeps_its_endpoint_and_a_dead_one_is_
     // The lease TTL is the heartbeat timeout: longer than a proxy takes to
     // move (about 4 s), short enough for the test.
     let start = |name: &str, ca_of: Option<&Control>| {
-        let mut b = ControlBuilder::new()
+        ControlBuilder::new()
             .arg("--store", &etcd.url())
             .arg("--replica-name", name)
             .grace("0s")
-            .heartbeat_timeout("8s");
-        if let Some(first) = ca_of {
-            let dir = first.data_dir();
-            b = b
-                .arg("--ca-cert", dir.join("ca.pem").to_str().expect("UTF-8"))
-                .arg("--ca-key", dir.join("ca.key").to_str().expect("UTF-8"));
-        }
-        b.start()
+            .heartbeat_timeout("8s")
+            .ca_of(ca_of)
+            .start()
     };
     let mut a = start("replica-a", None);
     let b = start("replica-b", Some(&a));
@@ -719,13 +709,11 @@ fn a_replica_cut_off_from_etcd_says_so_stops_pushing_and_resumes() {
         .grace("0s")
         .heartbeat_timeout("6s")
         .start();
-    let dir = y.data_dir();
     // X knows member 3 only.
     let x = ControlBuilder::new()
         .arg("--store", &format!("etcd://{member3}"))
         .arg("--replica-name", "replica-x")
-        .arg("--ca-cert", dir.join("ca.pem").to_str().expect("UTF-8"))
-        .arg("--ca-key", dir.join("ca.key").to_str().expect("UTF-8"))
+        .ca_of(Some(&y))
         .arg("--etcd-timeout", "2s")
         .grace("0s")
         .heartbeat_timeout("6s")

@@ -120,18 +120,13 @@ struct Ha {
 /// A replica on `etcd`; `ca_of`: with that replica's CA (every replica
 /// must issue from the same one).
 fn replica(etcd: &EtcdCluster, ca_of: Option<&Control>) -> Control {
-    let mut b = ControlBuilder::new()
+    ControlBuilder::new()
         .arg("--store", &etcd.url())
         // A replica the proxies move to must push to them at once, not hold
         // their snapshots for a grace period after its own start.
-        .grace("0s");
-    if let Some(first) = ca_of {
-        let dir = first.data_dir();
-        b = b
-            .arg("--ca-cert", dir.join("ca.pem").to_str().expect("UTF-8"))
-            .arg("--ca-key", dir.join("ca.key").to_str().expect("UTF-8"));
-    }
-    b.start()
+        .grace("0s")
+        .ca_of(ca_of)
+        .start()
 }
 
 impl Ha {
