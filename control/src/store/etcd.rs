@@ -998,6 +998,36 @@ impl Inner {
         })
     }
 
+    /// Reads the record at `key`, lets `change` decide what to write, and
+    /// writes it only if nobody changed the key meanwhile (else again from
+    /// the read, up to [`CAS_TRIES`] times). `what`: the record, for errors.
+    async fn update_record<R, T>(
+        &self,
+        key: &str,
+        what: &'static str,
+        mut change: impl FnMut(Option<R>) -> Update<R, T>,
+    ) -> Result<T, StoreError>
+    where
+        R: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        for _ in 0..CAS_TRIES {
+            let (rec, rev) = self.read_record::<R>(key, what).await?;
+            let (value, out) = match change(rec) {
+                Update::Keep(out) => return Ok(out),
+                Update::Write(value, out) => (value, out),
+            };
+            let value = value.as_ref().map(to_json).transpose()?;
+            // Deleting what does not exist: nothing to write.
+            if value.is_none() && rev == 0 {
+                return Ok(out);
+            }
+            if self.write_if_unchanged(key, rev, value, what).await? {
+                return Ok(out);
+            }
+        }
+        Err(self.raced(what))
+    }
+
     async fn consume_token(
         &self,
         id: String,
@@ -1005,50 +1035,34 @@ impl Inner {
         now: u64,
     ) -> Result<Consumed, StoreError> {
         let key = self.keys.token(&id);
-        for _ in 0..CAS_TRIES {
-            let (t, rev) = self
-                .read_record::<TokenRecord>(&key, "reading a token")
-                .await?;
+        self.update_record(&key, "consuming a token", |t: Option<TokenRecord>| {
             let Some(mut t) = t else {
-                return Ok(Consumed::Refused(TokenRefusal::Unknown));
+                return Update::Keep(Consumed::Refused(TokenRefusal::Unknown));
             };
             if let Err(why) = check_token(&t, &secret_sha256, now) {
-                return Ok(Consumed::Refused(why));
+                return Update::Keep(Consumed::Refused(why));
             }
             t.uses_left -= 1;
-            if self
-                .write_if_unchanged(&key, rev, Some(to_json(&t)?), "consuming a token")
-                .await?
-            {
-                return Ok(Consumed::Ok(t));
-            }
-        }
-        Err(self.raced("consuming a token"))
+            Update::Write(Some(t.clone()), Consumed::Ok(t))
+        })
+        .await
     }
 
     async fn revoke_token(&self, id: String) -> Result<bool, StoreError> {
         let key = self.keys.token(&id);
-        for _ in 0..CAS_TRIES {
-            let (t, rev) = self
-                .read_record::<TokenRecord>(&key, "reading a token")
-                .await?;
+        self.update_record(&key, "revoking a token", |t: Option<TokenRecord>| {
             let Some(mut t) = t else {
-                return Ok(false);
+                return Update::Keep(false);
             };
             t.revoked = true;
-            if self
-                .write_if_unchanged(&key, rev, Some(to_json(&t)?), "revoking a token")
-                .await?
-            {
-                return Ok(true);
-            }
-        }
-        Err(self.raced("revoking a token"))
+            Update::Write(Some(t), true)
+        })
+        .await
     }
 
     /// Reads `node`'s record (a new one if it has none), lets `change`
     /// edit it and writes it back if nobody changed it meanwhile (else
-    /// again from the read).
+    /// again from the read); a record left saying nothing is deleted.
     async fn update_node<T>(
         &self,
         node: String,
@@ -1056,30 +1070,22 @@ impl Inner {
         change: impl Fn(&mut NodeRecord) -> T,
     ) -> Result<(T, NodeRecord), StoreError> {
         let key = self.keys.node(&node);
-        for _ in 0..CAS_TRIES {
-            let (r, rev) = self
-                .read_record::<NodeRecord>(&key, "reading a node")
-                .await?;
+        self.update_record(&key, "writing a node record", |r: Option<NodeRecord>| {
             let mut r = r.unwrap_or_else(|| NodeRecord::new(&node));
             r.prune(now);
             let out = change(&mut r);
-            let value = if r.is_empty() {
-                None
-            } else {
-                Some(to_json(&r)?)
-            };
-            if value.is_none() && rev == 0 {
-                return Ok((out, r));
-            }
-            if self
-                .write_if_unchanged(&key, rev, value, "writing a node record")
-                .await?
-            {
-                return Ok((out, r));
-            }
-        }
-        Err(self.raced("writing a node record"))
+            let value = (!r.is_empty()).then(|| r.clone());
+            Update::Write(value, (out, r))
+        })
+        .await
     }
+}
+
+/// What [`Inner::update_record`]'s edit decided: leave the record as it
+/// is, or write it (`None`: delete it); either way with the answer.
+enum Update<R, T> {
+    Keep(T),
+    Write(Option<R>, T),
 }
 
 /// A dump from every (key, value) under the prefix (read at one
