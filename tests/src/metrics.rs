@@ -121,6 +121,48 @@ fn parse_line(line: &str) -> Option<Sample> {
     })
 }
 
+/// Whether `promtool check metrics` can run here; prints a note and
+/// returns false when promtool is missing, which fails under CI
+/// (Debian's `prometheus`, installed by scripts/install-deps.sh).
+pub fn have_promtool() -> bool {
+    if crate::util::have_program("promtool") {
+        return true;
+    }
+    assert!(
+        !crate::util::under_ci(),
+        "promtool is missing under CI (Debian package `prometheus`; scripts/install-deps.sh installs it)"
+    );
+    eprintln!("NOTE: promtool not installed; skipping `promtool check metrics` (CI requires it)");
+    false
+}
+
+/// Asserts that `promtool check metrics` accepts `text` (`whose`: whose
+/// /metrics it is, for the message).
+pub fn assert_promtool_accepts(whose: &str, text: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("feed promtool");
+    let out = child.wait_with_output().expect("promtool output");
+    assert!(
+        out.status.success(),
+        "promtool check metrics refused {whose}'s /metrics:\n{}{}\n--- metrics:\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -386,35 +386,9 @@ fn meshctl_top_shows_the_edges_with_the_requests_sent_and_the_split() {
 /// `promtool check metrics` on `text` (skipped without promtool, except
 /// under CI).
 fn promtool_check(text: &str) {
-    use std::io::Write;
-    if !coremesh_e2e::util::have_program("promtool") {
-        assert!(
-            !coremesh_e2e::util::under_ci(),
-            "promtool is missing under CI"
-        );
-        eprintln!("NOTE: promtool not installed; skipping `promtool check metrics`");
-        return;
+    if coremesh_e2e::metrics::have_promtool() {
+        coremesh_e2e::metrics::assert_promtool_accepts("control", text);
     }
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run promtool");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write to promtool");
-    let out = child.wait_with_output().expect("promtool");
-    assert!(
-        out.status.success(),
-        "promtool check metrics refused control's /metrics:\n{}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// What `meshctl top --window 1m` prints in `run`, then it is stopped.
