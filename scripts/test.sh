@@ -100,7 +100,8 @@ cargo test -p coremesh-e2e --tests --no-run
 e2e() {
     cargo test --no-fail-fast -p coremesh-e2e --tests -- --skip on_1_core:: --skip on_2_cores:: \
         --skip ten_upgrades_under_load --skip an_upgraded_sidecar --skip sigusr2_makes_the_proxy \
-        --skip on_hosts:: --skip the_dashboard_shows --skip kill_9_of_a_replica --skip kill_9_of_the_proxies_replica
+        --skip on_hosts:: --skip the_dashboard_shows --skip kill_9_of_a_replica --skip kill_9_of_the_proxies_replica \
+        --skip two_etcd_members_killed
     cargo test --no-fail-fast -p coremesh-e2e --test traffic --test upgrade --test hosts \
         --test etcd_replicas -- --test-threads=1
 }

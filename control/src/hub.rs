@@ -415,10 +415,10 @@ impl Hub {
     /// older than that, once per cut-off, so that their proxies move to
     /// the next replica in their `[control] address` list and register
     /// there, before this replica's lease (and with it their endpoints in
-    /// etcd) runs out. Their endpoints are dropped here as if they had
-    /// deregistered, so this replica never puts them back over the new
-    /// owner's record when etcd answers again (a delete of its own is
-    /// guarded by the revision it wrote). Sessions that arrive later in
+    /// etcd) runs out. Their endpoints are released
+    /// ([`Registry::release`]): still listed, never written from here
+    /// again, so this replica neither puts them back over the new owner's
+    /// record nor deletes them when etcd answers again. Sessions that arrive later in
     /// the cut-off stay: when etcd has lost its majority every replica is
     /// cut off, and a proxy moves once, not round the list. A proxy that
     /// lists this replica only reconnects here and keeps its last snapshot.
@@ -439,7 +439,7 @@ impl Hub {
             // Dropping its sender ends the session task, which closes the
             // connection.
             st.sessions.remove(id);
-            st.registry.deregister(*id);
+            st.registry.release(*id);
         }
         self.share(st);
         tracing::warn!(

@@ -461,6 +461,27 @@ impl Registry {
         }
     }
 
+    /// Lets go of the session's endpoint without withdrawing it: this
+    /// replica, cut off from etcd, closed the session so that the proxy
+    /// registers with another ([`crate::hub::Hub`]'s hand-over). It leaves
+    /// this replica's registrations (never refreshed, put back or deleted
+    /// from here again) and stays in the shared set: its record in etcd
+    /// stays until the next replica puts it, or until the leader of
+    /// `withdraw` finds its heartbeat stale.
+    pub fn release(&mut self, id: ProxyId) {
+        let Some(p) = self.proxies.get_mut(&id) else {
+            return;
+        };
+        let Some(address) = p.status.address.take() else {
+            return;
+        };
+        let key = (p.status.service.clone(), address);
+        if self.endpoints.get(&key).is_some_and(|e| e.owner == id) {
+            self.endpoints.remove(&key);
+            self.record(|| Change::Forget { key });
+        }
+    }
+
     /// The connected proxies on `node`.
     pub fn connected_on(&self, node: &str) -> Vec<ProxyId> {
         self.proxies

@@ -22,7 +22,11 @@
 //!   their version;
 //! - after the kill, `meshctl --api A,B,C status` (A dead) lists every
 //!   proxy as connected to B with its snapshot ACKed, and every endpoint,
-//!   within a bound.
+//!   within a bound;
+//! - two etcd members killed with SIGKILL under 500 req/s: every replica
+//!   says it is cut off, apply fails with the etcd error, no request
+//!   fails while the replicas hand their sessions over; the members back:
+//!   an apply works and reaches every proxy, and the traffic follows it.
 //!
 //! The tests of this file run one at a time (each starts 3 etcd members,
 //! 3 controls and 3 proxies; together they would overload a 2-core
@@ -768,5 +772,134 @@ fn kill_9_of_a_replica_in_the_middle_of_an_apply_leaves_it_whole_or_absent_every
             })
             .collect();
         assert_eq!(origins.len(), 2, "round-robin over v1 and v2: {origins:?}");
+    }
+}
+
+/// Whether every replica's `meshctl status` begins with `want` after its
+/// `control NAME: ` (`ok` or `cut off from etcd`).
+fn every_replica_says(ha: &Ha, want: &str) -> Result<(), String> {
+    for c in &ha.replicas {
+        let out = c.meshctl(&["status"]).stdout;
+        let first = out.lines().next().unwrap_or_default().to_string();
+        let said = first.split_once(": ").map_or("", |(_, rest)| rest);
+        if !said.starts_with(want) {
+            return Err(format!("{}: {first}", c.api_url()));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn two_etcd_members_killed_traffic_flows_apply_fails_and_works_once_they_are_back() {
+    let _serial = lock();
+    if skip() {
+        return;
+    }
+    let mut ha = Ha::start();
+    let v1 = ha.b().apply(BASE);
+    ha.wait_settled(ha.a(), Some(v1), &["api"], SOON);
+
+    // etcd without its majority, under 500 req/s: long enough for every
+    // replica to see it is cut off and hand its sessions over (a third of
+    // the 15 s lease TTL, then a sixth): the proxies move once, to B.
+    let load = ha.load();
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    ha.etcd.kill9(0);
+    ha.etcd.kill9(1);
+    let killed = Instant::now();
+    let cut = wait_for(SOON, || every_replica_says(&ha, "cut off from etcd").ok());
+    assert!(
+        cut.is_some(),
+        "{}",
+        every_replica_says(&ha, "cut off from etcd").expect_err("not all cut off")
+    );
+    eprintln!(
+        "every replica says it is cut off {:?} after the kills",
+        killed.elapsed()
+    );
+    let dir = coremesh_e2e::TempDir::new("apply");
+    let file = dir.write("mesh.yaml", CHANGED);
+    let refused = ha
+        .b()
+        .meshctl(&["apply", "-f", file.to_str().expect("UTF-8")]);
+    assert_eq!(
+        refused.code, 1,
+        "apply without an etcd majority: {refused:?}"
+    );
+    assert!(
+        refused.stderr.contains("majority of the etcd members"),
+        "the error says to check etcd's majority: {refused:?}"
+    );
+    let until = killed + Duration::from_secs(12);
+    std::thread::sleep(until.saturating_duration_since(Instant::now()));
+    let outcomes = load.stop();
+    let n = outcomes.len();
+    let failed: Vec<String> = outcomes
+        .iter()
+        .filter(|o| !o.ok())
+        .map(|o| {
+            format!(
+                "#{} at +{} ms (kills at +{} ms): {:?}",
+                o.seq,
+                o.intended.duration_since(started).as_millis(),
+                killed.duration_since(started).as_millis(),
+                o.result
+            )
+        })
+        .collect();
+    eprintln!(
+        "{n} requests while etcd had no majority: {} failed",
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of {n} requests failed while etcd had no majority; first ones:\n{}",
+        failed.len(),
+        failed[..failed.len().min(15)].join("\n")
+    );
+    assert!(
+        n as f64 >= RATE * started.elapsed().as_secs_f64() * 0.9,
+        "the load sent only {n} requests"
+    );
+
+    // Back: applies work again, and reach every proxy.
+    ha.etcd.restart(0);
+    ha.etcd.restart(1);
+    ha.etcd.wait_healthy(&[0, 1, 2], Duration::from_secs(30));
+    let back = Instant::now();
+    let ok = wait_for(SOON, || every_replica_says(&ha, "ok").ok());
+    assert!(
+        ok.is_some(),
+        "{}",
+        every_replica_says(&ha, "ok").expect_err("not all ok")
+    );
+    let applied = wait_for(SOON, || {
+        let r = ha
+            .b()
+            .meshctl(&["apply", "-f", file.to_str().expect("UTF-8")]);
+        (r.code == 0).then_some(r)
+    })
+    .expect("apply works once etcd has its majority back");
+    let v2 = coremesh_e2e::control::version_in(&applied.stdout)
+        .unwrap_or_else(|| panic!("no version in {applied:?}"));
+    assert_eq!(v2, v1 + 1, "the refused apply left nothing: {applied:?}");
+    let runs = wait_for(SOON, || ha.proxies_run(v2).ok());
+    assert!(
+        runs.is_some(),
+        "{}",
+        ha.proxies_run(v2).expect_err("not running it")
+    );
+    eprintln!(
+        "every proxy runs version {v2} {} ms after etcd was healthy again",
+        back.elapsed().as_millis()
+    );
+    for i in 0..20 {
+        let (status, origin) = get_api(&ha.web, &format!("/public/{i}"));
+        assert_eq!(
+            (status, origin.as_str()),
+            (200, "api-v2"),
+            "request {i} after the change"
+        );
     }
 }
