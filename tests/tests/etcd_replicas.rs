@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 
 use coremesh_e2e::control::meshctl_bin;
 use coremesh_e2e::etcd::{skip_etcd_test, EtcdCluster};
-use coremesh_e2e::openload::{LoadSpec, OpenLoad};
+use coremesh_e2e::openload::{LoadSpec, OpenLoad, Outcome};
 use coremesh_e2e::util::wait_for;
 use coremesh_e2e::{
     Control, ControlBuilder, ControlSection, Member, MeshProxy, Meshctl, Origin, Proxy,
@@ -395,6 +395,24 @@ fn get_api(web: &Proxy, path: &str) -> (u16, String) {
     (r.status, r.header("x-origin").unwrap_or("-").to_string())
 }
 
+/// The requests of `outcomes` that failed, each with when it was meant to
+/// be sent and when `event` happened, from the load's start.
+fn failures(outcomes: &[Outcome], started: Instant, at: Instant, event: &str) -> Vec<String> {
+    outcomes
+        .iter()
+        .filter(|o| !o.ok())
+        .map(|o| {
+            format!(
+                "#{} at +{} ms ({event} at +{} ms): {:?}",
+                o.seq,
+                o.intended.duration_since(started).as_millis(),
+                at.duration_since(started).as_millis(),
+                o.result
+            )
+        })
+        .collect()
+}
+
 fn lock() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -444,19 +462,7 @@ fn kill_9_of_the_proxies_replica_under_500_requests_per_second_fails_no_request(
         n * 10 >= expected * 9,
         "the load sent {n} requests in {elapsed:?}, short of {RATE}/s ({expected})"
     );
-    let failed: Vec<String> = outcomes
-        .iter()
-        .filter(|o| !o.ok())
-        .map(|o| {
-            format!(
-                "#{} at +{} ms (kill at +{} ms): {:?}",
-                o.seq,
-                o.intended.duration_since(started).as_millis(),
-                killed.duration_since(started).as_millis(),
-                o.result
-            )
-        })
-        .collect();
+    let failed = failures(&outcomes, started, killed, "kill");
     let mut by_origin: BTreeMap<String, usize> = BTreeMap::new();
     for o in &outcomes {
         if let Some(origin) = o.origin() {
@@ -835,19 +841,7 @@ fn two_etcd_members_killed_traffic_flows_apply_fails_and_works_once_they_are_bac
     std::thread::sleep(until.saturating_duration_since(Instant::now()));
     let outcomes = load.stop();
     let n = outcomes.len();
-    let failed: Vec<String> = outcomes
-        .iter()
-        .filter(|o| !o.ok())
-        .map(|o| {
-            format!(
-                "#{} at +{} ms (kills at +{} ms): {:?}",
-                o.seq,
-                o.intended.duration_since(started).as_millis(),
-                killed.duration_since(started).as_millis(),
-                o.result
-            )
-        })
-        .collect();
+    let failed = failures(&outcomes, started, killed, "kills");
     eprintln!(
         "{n} requests while etcd had no majority: {} failed",
         failed.len()
